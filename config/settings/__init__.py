@@ -1,0 +1,1 @@
+"""Settings modules: base (shared), development, test and production."""

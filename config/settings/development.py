@@ -1,0 +1,19 @@
+"""Development settings: the embedded defaults (SQLite, local memory cache, eager Celery)."""
+
+from .base import *  # noqa: F403
+from .base import ALLOWED_HOSTS, SALT_KEY, SECRET_KEY, env
+
+DEBUG = env.bool("DEBUG", default=True)
+
+if DEBUG:
+    # Development-only secrets, used solely while DEBUG is on and nothing is set.
+    SECRET_KEY = SECRET_KEY or "dev-insecure-secret-key-change-me-0123456789abcdefghijklmnop"
+    SALT_KEY = SALT_KEY or ["dev-insecure-salt"]
+    ALLOWED_HOSTS = ALLOWED_HOSTS or ["127.0.0.1", "localhost"]
+
+if not SECRET_KEY or not SALT_KEY:
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured(
+        "SECRET_KEY and SALT_KEY must be set when DEBUG is off (see docs/OPERATIONS.md)."
+    )

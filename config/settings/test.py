@@ -1,0 +1,19 @@
+"""Test settings: PostgreSQL and Redis when DATABASE_URL / REDIS_URL are set, else embedded."""
+
+from .base import *  # noqa: F403
+from .base import DATABASES
+
+DEBUG = False
+SECRET_KEY = "test-secret-key-not-for-production-0123456789abcdefghijklmnopqrstuv"
+SALT_KEY = ["test-salt-primary"]
+ALLOWED_HOSTS = ["testserver", "127.0.0.1", "localhost"]
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+
+# Loopback upstream servers are how the tests speak to "providers".
+PROVIDER_ALLOW_PRIVATE_URLS = False
+
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # Tests open and close connections from many threads; do not keep them.
+    DATABASES["default"]["CONN_MAX_AGE"] = 0

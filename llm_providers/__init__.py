@@ -1,0 +1,1 @@
+"""Tenants, encrypted provider configs, prices, adapters and the completion service."""

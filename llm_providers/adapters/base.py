@@ -1,0 +1,146 @@
+"""The adapter contract: one subclass per wire protocol, no Django inside.
+
+An adapter is built once per provider config (its SDK client with it) and
+reused for every call until the config changes. It turns a `ChatRequest`
+into the vendor's request, the vendor's answer into a `ChatResult` with a
+normalised `Usage`, and the vendor's errors into the `ProviderError` tree.
+It never retries: the completion service owns retries and fallbacks, so SDK
+retries are switched off.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from typing import ClassVar
+
+from .errors import NotSupported, ProviderError, scrub_secrets
+from .types import (
+    AdapterSettings,
+    ChatRequest,
+    ChatResult,
+    ConnectionCheck,
+    EmbedRequest,
+    EmbedResult,
+    Message,
+    StreamChunk,
+)
+
+# 60 s per call unless the config or the call says otherwise: long generations
+# stream, and a non-streamed answer slower than this is better retried elsewhere.
+DEFAULT_TIMEOUT_SECONDS = 60.0
+# 5 s to connect: a provider that takes longer is down.
+DEFAULT_CONNECT_TIMEOUT_SECONDS = 5.0
+
+# Offline token estimate. BPE tokenizers average about 4 characters of English
+# per token; we count 3 so the estimate errs high (it sizes budget
+# reservations and TPM windows), plus the per-message framing tokens chat
+# formats add, and a flat cost per image.
+_CHARS_PER_TOKEN = 3
+_TOKENS_PER_MESSAGE = 4
+_TOKENS_PER_REQUEST = 3
+_TOKENS_PER_IMAGE = 1_600
+
+
+def estimate_text_tokens(text: str) -> int:
+    return math.ceil(len(text) / _CHARS_PER_TOKEN) if text else 0
+
+
+def estimate_message_tokens(messages: list[Message], tools: list | None = None) -> int:
+    """An offline, deliberately generous token count of a prompt."""
+    total = _TOKENS_PER_REQUEST
+    for message in messages:
+        total += _TOKENS_PER_MESSAGE
+        content = message.get("content")
+        if isinstance(content, str):
+            total += estimate_text_tokens(content)
+        elif isinstance(content, list):
+            for part in content:
+                if part.get("type") == "text":
+                    total += estimate_text_tokens(part.get("text", ""))
+                elif part.get("type") == "image_url":
+                    total += _TOKENS_PER_IMAGE
+        for call in message.get("tool_calls") or ():
+            function = call.get("function", {})
+            total += estimate_text_tokens(function.get("name", ""))
+            total += estimate_text_tokens(function.get("arguments", ""))
+    if tools:
+        import json
+
+        total += estimate_text_tokens(json.dumps(tools, separators=(",", ":")))
+    return total
+
+
+class Adapter(ABC):
+    """Base of every protocol adapter. Capabilities are class attributes."""
+
+    protocol: ClassVar[str]
+    supports_streaming: ClassVar[bool] = True
+    supports_embeddings: ClassVar[bool] = False
+    supports_tools: ClassVar[bool] = True
+    supports_vision: ClassVar[bool] = True
+
+    def __init__(self, settings: AdapterSettings):
+        self.settings = settings
+
+    # --- the protocol ----------------------------------------------------------
+
+    @abstractmethod
+    def complete(self, request: ChatRequest) -> ChatResult:
+        """One non-streamed chat completion."""
+
+    @abstractmethod
+    def stream(self, request: ChatRequest) -> Iterator[StreamChunk]:
+        """Yield chunks as they arrive; the last one carries usage if reported."""
+
+    @abstractmethod
+    def list_models(self) -> list[str]:
+        """Model ids the provider offers to this account."""
+
+    def embed(self, request: EmbedRequest) -> EmbedResult:
+        raise NotSupported(f"{self.settings.provider_type} does not offer embeddings here.")
+
+    def count_tokens(self, request: ChatRequest) -> int:
+        """Prompt tokens, estimated offline (nothing is downloaded)."""
+        return estimate_message_tokens(request.messages, request.tools)
+
+    def test_connection(self) -> ConnectionCheck:
+        """Authenticate and list models; never raises for provider failures."""
+        started = time.perf_counter()
+        try:
+            models = self.list_models()
+        except ProviderError as exc:
+            return ConnectionCheck(
+                ok=False,
+                latency_ms=_elapsed_ms(started),
+                error=f"{exc.code}: {self.scrub(exc.message)}",
+            )
+        return ConnectionCheck(ok=True, latency_ms=_elapsed_ms(started), models=models)
+
+    # --- shared helpers --------------------------------------------------------
+
+    @property
+    def timeout(self) -> float:
+        return float(self.settings.options.get("timeout") or DEFAULT_TIMEOUT_SECONDS)
+
+    @property
+    def connect_timeout(self) -> float:
+        return float(
+            self.settings.options.get("connect_timeout") or DEFAULT_CONNECT_TIMEOUT_SECONDS
+        )
+
+    def scrub(self, message: str) -> str:
+        return scrub_secrets(message, self.settings.secrets())
+
+    def close(self) -> None:
+        """Release the SDK client's connections (called when the config changes).
+
+        Adapters without pooled connections have nothing to release.
+        """
+        return None
+
+
+def _elapsed_ms(started: float) -> int:
+    return int((time.perf_counter() - started) * 1000)

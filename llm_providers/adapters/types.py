@@ -1,0 +1,122 @@
+"""Plain data passed between the completion service and the adapters (no Django here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# Messages use the OpenAI chat shape, which every adapter translates from:
+#   {"role": "system" | "user" | "assistant" | "tool",
+#    "content": str | [{"type": "text", "text": ...},
+#                      {"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}}],
+#    "tool_calls": [{"id", "type": "function", "function": {"name", "arguments"}}],  # assistant
+#    "tool_call_id": "..."}                                                          # tool
+Message = dict[str, Any]
+# Tools use the OpenAI function-tool shape:
+#   {"type": "function", "function": {"name", "description", "parameters": {JSON schema}}}
+Tool = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Tokens of one call, normalised across providers.
+
+    `input_tokens` counts the whole prompt, cached parts included;
+    `cache_read_tokens` and `cache_write_tokens` are the parts of it read
+    from / written to the provider's prompt cache. `output_tokens` counts
+    everything generated, reasoning included; `reasoning_tokens` is that part.
+    (OpenAI reports this way already; Anthropic and Bedrock report input
+    without the cache parts, and their adapters add them back.)
+    """
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    id: str
+    name: str
+    arguments: str  # JSON text, as the model produced it
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    model: str
+    messages: list[Message]
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: list[str] | None = None
+    json_mode: bool = False
+    tools: list[Tool] | None = None
+    # Seconds for the whole call; None: the adapter's configured default.
+    timeout: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChatResult:
+    content: str
+    usage: Usage
+    model: str
+    finish_reason: str = "stop"
+    tool_calls: list[ToolCall] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamChunk:
+    """A piece of a streamed answer. The last chunk carries finish_reason,
+    the complete tool calls and the usage (when the provider reported it)."""
+
+    text: str = ""
+    model: str = ""
+    finish_reason: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    usage: Usage | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EmbedRequest:
+    model: str
+    inputs: list[str]
+    timeout: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EmbedResult:
+    vectors: list[list[float]]
+    usage: Usage
+    model: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionCheck:
+    ok: bool
+    latency_ms: int
+    models: list[str] = field(default_factory=list)
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterSettings:
+    """Everything an adapter needs to build its SDK client. Holds plaintext
+    secrets: never log it, never put it in a cache key (its repr hides them)."""
+
+    provider_type: str
+    base_url: str = ""
+    api_key: str = field(default="", repr=False)
+    aws_access_key_id: str = field(default="", repr=False)
+    aws_secret_access_key: str = field(default="", repr=False)
+    aws_region: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def secrets(self) -> list[str]:
+        """The secret values, for scrubbing error messages."""
+        return [s for s in (self.api_key, self.aws_access_key_id, self.aws_secret_access_key) if s]

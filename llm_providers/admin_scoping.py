@@ -1,0 +1,100 @@
+"""The base of every tenant-owned admin: users see their tenants only.
+
+Permissions come from TenantMembership, not from Django's model permissions:
+a staff user with an *admin* membership may add, change and delete the
+tenant's objects; a *viewer* may only look; a superuser may do everything.
+Choices of tenants and of tenant-owned objects in forms are limited to the
+tenants the user administers, so a forged POST naming another tenant's id
+fails validation and nothing is saved.
+"""
+
+from __future__ import annotations
+
+from django.contrib import admin
+from django.core.exceptions import PermissionDenied
+
+from .models import Tenant, TenantMembership
+from .selectors import tenant_ids_for_user
+
+
+class TenantScopedAdmin(admin.ModelAdmin):
+    # Lookup path from the model to its tenant, e.g. "override__tenant".
+    tenant_path = "tenant"
+
+    # --- which tenants ---------------------------------------------------------
+
+    def _visible_tenant_ids(self, request) -> set:
+        cached = getattr(request, "_visible_tenant_ids", None)
+        if cached is None:
+            cached = tenant_ids_for_user(request.user)
+            request._visible_tenant_ids = cached
+        return cached
+
+    def _admin_tenant_ids(self, request) -> set:
+        cached = getattr(request, "_admin_tenant_ids", None)
+        if cached is None:
+            cached = tenant_ids_for_user(request.user, role=TenantMembership.Role.ADMIN)
+            request._admin_tenant_ids = cached
+        return cached
+
+    def tenant_id_of(self, obj):
+        value = obj
+        for part in self.tenant_path.split("__"):
+            value = getattr(value, part, None)
+            if value is None:
+                return None
+        return value.pk
+
+    # --- queryset and permissions ---------------------------------------------
+
+    def get_queryset(self, request):
+        queryset = super().get_queryset(request)
+        if request.user.is_superuser:
+            return queryset
+        return queryset.filter(**{f"{self.tenant_path}__in": self._visible_tenant_ids(request)})
+
+    def has_module_permission(self, request):
+        return (
+            request.user.is_active
+            and request.user.is_staff
+            and bool(self._visible_tenant_ids(request))
+        )
+
+    def has_view_permission(self, request, obj=None):
+        if not self.has_module_permission(request):
+            return False
+        return obj is None or self.tenant_id_of(obj) in self._visible_tenant_ids(request)
+
+    def has_add_permission(self, request):
+        return self.has_module_permission(request) and bool(self._admin_tenant_ids(request))
+
+    def has_change_permission(self, request, obj=None):
+        if not self.has_module_permission(request):
+            return False
+        if obj is None:
+            return bool(self._admin_tenant_ids(request))
+        return self.tenant_id_of(obj) in self._admin_tenant_ids(request)
+
+    def has_delete_permission(self, request, obj=None):
+        return self.has_change_permission(request, obj)
+
+    # --- form choices ----------------------------------------------------------
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        formfield = super().formfield_for_foreignkey(db_field, request, **kwargs)
+        if formfield is None or request.user.is_superuser:
+            return formfield
+        allowed = self._admin_tenant_ids(request)
+        related = db_field.related_model
+        if related is Tenant:
+            formfield.queryset = formfield.queryset.filter(pk__in=allowed)
+        elif any(f.name == "tenant" for f in related._meta.get_fields()):
+            formfield.queryset = formfield.queryset.filter(tenant_id__in=allowed)
+        return formfield
+
+    def save_model(self, request, obj, form, change):
+        # Form choices already refuse other tenants; this guards every other path.
+        tenant_id = self.tenant_id_of(obj)
+        if tenant_id is not None and tenant_id not in self._admin_tenant_ids(request):
+            raise PermissionDenied("You do not administer this tenant.")
+        super().save_model(request, obj, form, change)

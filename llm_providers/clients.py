@@ -1,0 +1,68 @@
+"""Adapters (with their SDK clients) built once per provider config and reused.
+
+An adapter is rebuilt when its config changes (a newer `updated_at`); the
+previous one is closed. Plaintext credentials go from the config straight
+into the adapter settings and stay in this process's memory.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from .adapters.base import Adapter
+from .adapters.registry import adapter_build
+from .adapters.types import AdapterSettings
+from .models import ProviderConfig
+from .network import base_url_validate
+
+_adapters: dict[object, tuple[object, Adapter]] = {}
+_lock = threading.Lock()
+
+
+def adapter_settings_for_config(config: ProviderConfig) -> AdapterSettings:
+    """Decrypt the config's credentials into adapter settings.
+
+    Raises SecretUnreadableError when a secret does not decrypt, and
+    ValidationError when the base URL is not allowed (checked again here, not
+    only on save, because DNS answers change).
+    """
+    spec = config.spec
+    base_url = config.base_url or spec.default_base_url
+    if config.base_url:
+        base_url_validate(config.base_url)
+    credentials = config.credentials()
+    return AdapterSettings(
+        provider_type=config.provider_type,
+        base_url=base_url,
+        api_key=credentials.get("api_key", ""),
+        aws_access_key_id=credentials.get("aws_access_key_id", ""),
+        aws_secret_access_key=credentials.get("aws_secret_access_key", ""),
+        aws_region=config.aws_region,
+        options=dict(config.options or {}),
+    )
+
+
+def adapter_for_config(config: ProviderConfig) -> Adapter:
+    """The adapter for this version of the config, building it on first use."""
+    version = config.updated_at
+    found = _adapters.get(config.pk)
+    if found is not None and found[0] == version:
+        return found[1]
+    with _lock:
+        found = _adapters.get(config.pk)
+        if found is not None and found[0] == version:
+            return found[1]
+        adapter = adapter_build(adapter_settings_for_config(config))
+        _adapters[config.pk] = (version, adapter)
+    if found is not None:
+        found[1].close()
+    return adapter
+
+
+def adapters_clear() -> None:
+    """Close and forget every adapter (tests, and after key rotation)."""
+    with _lock:
+        adapters = [adapter for _, adapter in _adapters.values()]
+        _adapters.clear()
+    for adapter in adapters:
+        adapter.close()

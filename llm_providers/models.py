@@ -1,0 +1,393 @@
+"""Tenants, memberships, service keys, provider configs (encrypted credentials) and prices."""
+
+from __future__ import annotations
+
+import uuid
+import zoneinfo
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.db.models import Q
+from rest_framework_api_key.models import AbstractAPIKey
+
+from .encryption import (
+    GuardedEncryptedTextField,
+    UnreadableSecret,
+    secret_display_parts,
+    secret_fingerprint,
+    secret_mask,
+)
+from .exceptions import SecretUnreadableError
+from .network import base_url_validate
+from .provider_types import ProviderType, provider_type_spec
+
+
+def _timezone_validate(value: str) -> None:
+    if value not in zoneinfo.available_timezones():
+        raise ValidationError(f"“{value}” is not a known time zone, e.g. UTC or Europe/Paris.")
+
+
+class Tenant(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.CharField(max_length=200)
+    slug = models.SlugField(max_length=100, unique=True)
+    is_active = models.BooleanField(default=True)
+    timezone = models.CharField(
+        max_length=64,
+        default="UTC",
+        validators=[_timezone_validate],
+        help_text="Usage days and daily budgets follow this time zone.",
+    )
+    response_cache_ttl_seconds = models.PositiveIntegerField(
+        default=0,
+        validators=[MaxValueValidator(30 * 24 * 3600)],
+        help_text="How long identical completions are served from cache; 0 turns caching off.",
+    )
+    store_prompt_previews = models.BooleanField(
+        default=False,
+        help_text="Keep a truncated preview of prompts in call logs.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class TenantMembership(models.Model):
+    class Role(models.TextChoices):
+        ADMIN = "admin", "Admin"
+        VIEWER = "viewer", "Viewer"
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="tenant_memberships"
+    )
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.VIEWER)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "tenant"], name="membership_unique_user_tenant")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} @ {self.tenant} ({self.role})"
+
+
+class ServiceKey(AbstractAPIKey):
+    """A hashed API key with which an internal program acts for one tenant."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="service_keys")
+
+    class Meta(AbstractAPIKey.Meta):
+        verbose_name = "service key"
+        verbose_name_plural = "service keys"
+
+
+class ProviderConfig(models.Model):
+    """One tenant's account at one provider: credentials, endpoint, models and limits.
+
+    Credentials are Fernet-encrypted at rest; plaintext leaves this model only
+    through `credentials()`, which the adapter factory hands to an SDK client.
+    """
+
+    class TestStatus(models.TextChoices):
+        UNTESTED = "", "Not tested"
+        OK = "ok", "OK"
+        ERROR = "error", "Error"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="provider_configs")
+    name = models.CharField(max_length=100)
+    provider_type = models.CharField(max_length=32, choices=ProviderType.choices)
+
+    api_key = GuardedEncryptedTextField(blank=True, null=True)
+    aws_access_key_id = GuardedEncryptedTextField(blank=True, null=True)
+    aws_secret_access_key = GuardedEncryptedTextField(blank=True, null=True)
+    aws_region = models.CharField(max_length=32, blank=True)
+    base_url = models.CharField(
+        max_length=500, blank=True, help_text="Leave empty to use the provider's standard endpoint."
+    )
+    options = models.JSONField(default=dict, blank=True)
+
+    allowed_models = models.JSONField(
+        default=list, blank=True, help_text="Models this config may serve; empty means any."
+    )
+    default_model = models.CharField(max_length=200, blank=True)
+
+    is_active = models.BooleanField(default=True)
+    is_default = models.BooleanField(default=False)
+    priority = models.PositiveIntegerField(
+        default=100, help_text="Fallback order for the tenant default route: lower goes first."
+    )
+    rpm_limit = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1)], help_text="Requests per minute."
+    )
+    tpm_limit = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1)], help_text="Tokens per minute."
+    )
+
+    key_fingerprint = models.CharField(max_length=16, blank=True, editable=False)
+    key_prefix = models.CharField(max_length=10, blank=True, editable=False)
+    key_last4 = models.CharField(max_length=4, blank=True, editable=False)
+
+    last_test_status = models.CharField(
+        max_length=8, choices=TestStatus.choices, blank=True, default=TestStatus.UNTESTED
+    )
+    last_tested_at = models.DateTimeField(null=True, blank=True)
+    last_test_latency_ms = models.PositiveIntegerField(null=True, blank=True)
+    last_test_error = models.CharField(max_length=500, blank=True)
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["tenant", "priority", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "name"], name="provider_config_unique_name"),
+            models.UniqueConstraint(
+                fields=["tenant"],
+                condition=Q(is_default=True),
+                name="provider_config_one_default_per_tenant",
+            ),
+        ]
+        indexes = [models.Index(fields=["tenant", "is_active", "priority"])]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.get_provider_type_display()})"
+
+    # --- secrets -------------------------------------------------------------
+
+    @property
+    def spec(self):
+        return provider_type_spec(self.provider_type)
+
+    def _display_secret_source(self):
+        if self.spec.requires_aws_credentials:
+            return self.aws_access_key_id
+        return self.api_key
+
+    def _fingerprint_source(self):
+        if self.spec.requires_aws_credentials:
+            return self.aws_secret_access_key
+        return self.api_key
+
+    def set_api_key(self, value: str) -> None:
+        """Store a new API key and the parts of it that are safe to show."""
+        self.api_key = value or None
+        self._refresh_key_display()
+
+    def set_aws_credentials(self, *, access_key_id: str, secret_access_key: str) -> None:
+        self.aws_access_key_id = access_key_id or None
+        self.aws_secret_access_key = secret_access_key or None
+        self._refresh_key_display()
+
+    def _refresh_key_display(self) -> None:
+        shown = self._display_secret_source()
+        hashed = self._fingerprint_source()
+        if isinstance(shown, str) and shown:
+            self.key_prefix, self.key_last4 = secret_display_parts(shown)
+        else:
+            self.key_prefix, self.key_last4 = "", ""
+        self.key_fingerprint = (
+            secret_fingerprint(hashed) if isinstance(hashed, str) and hashed else ""
+        )
+
+    @property
+    def has_key(self) -> bool:
+        return bool(self._fingerprint_source())
+
+    @property
+    def key_unreadable(self) -> bool:
+        return any(
+            isinstance(value, UnreadableSecret)
+            for value in (self.api_key, self.aws_access_key_id, self.aws_secret_access_key)
+        )
+
+    @property
+    def key_mask(self) -> str:
+        """What the admin and the API show instead of the key."""
+        if self.key_unreadable:
+            return "key unreadable — enter it again"
+        if not self.has_key:
+            return ""
+        return secret_mask(self.key_prefix, self.key_last4)
+
+    def _readable(self, field_name: str, label: str) -> str:
+        value = getattr(self, field_name)
+        if isinstance(value, UnreadableSecret):
+            raise SecretUnreadableError(
+                f"The {label} of provider config “{self.name}” ({self.id}) cannot be decrypted "
+                "with the configured SECRET_KEY/SALT_KEY: restore the old key or enter the "
+                f"{label} again.",
+                extra={"provider_config_id": str(self.id), "field": field_name},
+            )
+        return value or ""
+
+    def credentials(self) -> dict[str, str]:
+        """Decrypted credentials for an SDK client; raises SecretUnreadableError."""
+        if self.spec.requires_aws_credentials:
+            return {
+                "aws_access_key_id": self._readable("aws_access_key_id", "AWS access key id"),
+                "aws_secret_access_key": self._readable(
+                    "aws_secret_access_key", "AWS secret access key"
+                ),
+            }
+        return {"api_key": self._readable("api_key", "API key")}
+
+    # --- validation ----------------------------------------------------------
+
+    def clean(self) -> None:
+        super().clean()
+        errors: dict[str, list[str]] = {}
+        try:
+            spec = self.spec
+        except ValueError:
+            raise ValidationError({"provider_type": "Choose a provider type."}) from None
+        label = self.get_provider_type_display()
+
+        if spec.requires_api_key and not self.api_key:
+            errors.setdefault("api_key", []).append(f"{label} needs an API key.")
+        if spec.requires_aws_credentials:
+            missing = [
+                name
+                for name, value in (
+                    ("an AWS access key id", self.aws_access_key_id),
+                    ("an AWS secret access key", self.aws_secret_access_key),
+                    ("a region", self.aws_region),
+                )
+                if not value
+            ]
+            if missing:
+                field = "aws_region" if missing == ["a region"] else "aws_access_key_id"
+                errors.setdefault(field, []).append(
+                    f"{label} needs an AWS access key id, an AWS secret access key and a "
+                    f"region; missing: {', '.join(missing)}."
+                )
+        if spec.requires_base_url and not self.base_url:
+            errors.setdefault("base_url", []).append(
+                f"{label} needs a base URL (the endpoint of your deployment)."
+            )
+        if self.base_url:
+            try:
+                base_url_validate(self.base_url)
+            except ValidationError as exc:
+                errors.setdefault("base_url", []).extend(exc.messages)
+
+        errors.update(self._options_errors(spec, label))
+
+        if not isinstance(self.allowed_models, list) or not all(
+            isinstance(m, str) and m for m in self.allowed_models
+        ):
+            errors.setdefault("allowed_models", []).append(
+                "Allowed models must be a list of model names."
+            )
+        elif (
+            self.default_model
+            and self.allowed_models
+            and (self.default_model not in self.allowed_models)
+        ):
+            errors.setdefault("default_model", []).append(
+                f"The default model “{self.default_model}” is not among the allowed models."
+            )
+        if self.is_default and not self.is_active:
+            errors.setdefault("is_default", []).append(
+                "An inactive provider config cannot be the tenant default."
+            )
+        if errors:
+            raise ValidationError(errors)
+
+    def _options_errors(self, spec, label: str) -> dict[str, list[str]]:
+        options = self.options
+        if not isinstance(options, dict):
+            return {"options": ["Options must be a JSON object."]}
+        messages = []
+        unknown = sorted(set(options) - spec.allowed_options)
+        if unknown:
+            messages.append(
+                f"Unknown option(s) for {label}: {', '.join(unknown)}. "
+                f"Allowed: {', '.join(sorted(spec.allowed_options)) or 'none'}."
+            )
+        missing = [name for name in spec.required_options if not options.get(name)]
+        if missing:
+            messages.append(f"{label} needs the option(s): {', '.join(missing)}.")
+        if self.provider_type == ProviderType.AZURE_OPENAI:
+            deployments = options.get("deployments", {})
+            if not isinstance(deployments, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) and v for k, v in deployments.items()
+            ):
+                messages.append("Azure “deployments” must map model names to deployment names.")
+            elif not options.get("deployment") and not deployments:
+                messages.append(
+                    "Azure OpenAI needs a “deployment” (or a “deployments” map of model → "
+                    "deployment)."
+                )
+        for name in ("timeout", "connect_timeout"):
+            value = options.get(name)
+            if value is not None and (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not 0 < value <= 600
+            ):
+                messages.append(f"Option “{name}” must be a number of seconds between 0 and 600.")
+        return {"options": messages} if messages else {}
+
+    def model_is_allowed(self, model: str) -> bool:
+        return not self.allowed_models or model in self.allowed_models
+
+
+class ModelPrice(models.Model):
+    """A price that overrides genai-prices, for every tenant or for one, from a date on.
+
+    Prices are USD per million tokens. Cache prices left empty fall back to the
+    input price.
+    """
+
+    tenant = models.ForeignKey(
+        Tenant,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="model_prices",
+        help_text="Empty: applies to every tenant.",
+    )
+    provider_type = models.CharField(max_length=32, choices=ProviderType.choices)
+    model = models.CharField(max_length=200)
+    input_per_mtok = models.DecimalField(max_digits=14, decimal_places=6)
+    output_per_mtok = models.DecimalField(max_digits=14, decimal_places=6)
+    cache_read_per_mtok = models.DecimalField(
+        max_digits=14, decimal_places=6, null=True, blank=True
+    )
+    cache_write_per_mtok = models.DecimalField(
+        max_digits=14, decimal_places=6, null=True, blank=True
+    )
+    effective_from = models.DateField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["provider_type", "model", "-effective_from"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["provider_type", "model", "effective_from"],
+                condition=Q(tenant__isnull=True),
+                name="model_price_unique_global",
+            ),
+            models.UniqueConstraint(
+                fields=["tenant", "provider_type", "model", "effective_from"],
+                condition=Q(tenant__isnull=False),
+                name="model_price_unique_tenant",
+            ),
+            models.CheckConstraint(
+                condition=Q(input_per_mtok__gte=0) & Q(output_per_mtok__gte=0),
+                name="model_price_non_negative",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        scope = self.tenant.slug if self.tenant_id else "all tenants"
+        return f"{self.provider_type}/{self.model} from {self.effective_from} ({scope})"

@@ -1,0 +1,75 @@
+"""Base URL checks for provider configs: http(s) only, and no private hosts (SSRF)."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+
+
+def _address_is_forbidden(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """Name the kind of non-public address, or None when it is a public one."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    checks = (
+        ("loopback", address.is_loopback),
+        ("private", address.is_private),
+        ("link-local", address.is_link_local),
+        ("multicast", address.is_multicast),
+        ("unspecified", address.is_unspecified),
+        ("reserved", address.is_reserved),
+    )
+    for label, forbidden in checks:
+        if forbidden:
+            return label
+    return None
+
+
+def _host_addresses(host: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    try:
+        return [ipaddress.ip_address(host)]
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ValidationError(
+            f"The host “{host}” could not be resolved; check the base URL.",
+            code="unresolvable_host",
+        ) from exc
+    return [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
+
+
+def base_url_validate(url: str, *, allow_private: bool | None = None) -> None:
+    """Raise ValidationError unless `url` is an http(s) URL of a public host.
+
+    Private, loopback, link-local and multicast hosts are refused unless
+    `allow_private` (default: the PROVIDER_ALLOW_PRIVATE_URLS setting) is on.
+    """
+    if allow_private is None:
+        allow_private = settings.PROVIDER_ALLOW_PRIVATE_URLS
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise ValidationError(
+            "The base URL must start with http:// or https://.", code="invalid_scheme"
+        )
+    if not parts.hostname:
+        raise ValidationError("The base URL has no host.", code="missing_host")
+    if parts.username or parts.password:
+        raise ValidationError(
+            "The base URL must not carry credentials; put the key in the key field.",
+            code="credentials_in_url",
+        )
+    if allow_private:
+        return
+    for address in _host_addresses(parts.hostname):
+        kind = _address_is_forbidden(address)
+        if kind:
+            raise ValidationError(
+                f"The base URL points at a {kind} address ({address}); provider URLs must be "
+                "public unless PROVIDER_ALLOW_PRIVATE_URLS is on.",
+                code="private_address",
+            )

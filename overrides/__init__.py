@@ -1,0 +1,1 @@
+"""Routing overrides: which provider and model serve a customer and a service."""

@@ -1,0 +1,119 @@
+"""Routing overrides per customer and/or service, with ordered fallbacks."""
+
+from __future__ import annotations
+
+from django.core.exceptions import ValidationError
+from django.db import models
+
+from llm_providers.models import ProviderConfig, Tenant
+
+
+class RoutingOverride(models.Model):
+    """Send a customer's and/or a service's calls to a provider config and model.
+
+    An empty customer_id or service_name matches any. Resolution prefers
+    customer+service, then customer, then service, then the tenant default.
+    """
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="routing_overrides")
+    customer_id = models.CharField(max_length=200, blank=True, help_text="Empty matches any.")
+    service_name = models.CharField(max_length=200, blank=True, help_text="Empty matches any.")
+    provider_config = models.ForeignKey(
+        ProviderConfig, on_delete=models.PROTECT, related_name="routing_overrides"
+    )
+    model = models.CharField(
+        max_length=200, blank=True, help_text="Empty: the provider config's default model."
+    )
+    is_active = models.BooleanField(default=True)
+    note = models.CharField(max_length=300, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["tenant", "customer_id", "service_name"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "customer_id", "service_name"],
+                name="routing_override_unique_scope",
+            ),
+            models.CheckConstraint(
+                condition=~models.Q(customer_id="", service_name=""),
+                name="routing_override_has_scope",
+                violation_error_message=(
+                    "An override needs a customer, a service or both; the tenant-wide route "
+                    "is the default provider config."
+                ),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        customer = self.customer_id or "any customer"
+        service = self.service_name or "any service"
+        return f"{customer} / {service} → {self.provider_config.name}"
+
+    @property
+    def rule(self) -> str:
+        if self.customer_id and self.service_name:
+            return "customer_service"
+        return "customer" if self.customer_id else "service"
+
+    def clean(self) -> None:
+        super().clean()
+        errors = {}
+        config = self.provider_config if self.provider_config_id else None
+        if config is not None:
+            if self.tenant_id and config.tenant_id != self.tenant_id:
+                errors["provider_config"] = "Choose a provider config of the same tenant."
+            elif not config.is_active:
+                errors["provider_config"] = f"The provider config “{config.name}” is inactive."
+            elif self.model and not config.model_is_allowed(self.model):
+                errors["model"] = (
+                    f"The model “{self.model}” is not among the allowed models of “{config.name}”."
+                )
+            elif not self.model and not config.default_model:
+                errors["model"] = (
+                    f"Name a model: the provider config “{config.name}” has no default model."
+                )
+        if errors:
+            raise ValidationError(errors)
+
+
+class RoutingFallback(models.Model):
+    """The next provider config and model to try when the override's target fails."""
+
+    override = models.ForeignKey(
+        RoutingOverride, on_delete=models.CASCADE, related_name="fallbacks"
+    )
+    position = models.PositiveSmallIntegerField(default=0)
+    provider_config = models.ForeignKey(
+        ProviderConfig, on_delete=models.PROTECT, related_name="routing_fallbacks"
+    )
+    model = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["override", "position", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["override", "provider_config", "model"],
+                name="routing_fallback_unique_target",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"fallback {self.position}: {self.provider_config.name} {self.model}".strip()
+
+    def clean(self) -> None:
+        super().clean()
+        if not (self.override_id and self.provider_config_id):
+            return
+        config = self.provider_config
+        if config.tenant_id != self.override.tenant_id:
+            raise ValidationError(
+                {"provider_config": "Choose a provider config of the same tenant."}
+            )
+        if self.model and not config.model_is_allowed(self.model):
+            raise ValidationError(
+                {"model": f"The model “{self.model}” is not allowed on “{config.name}”."}
+            )
+        if not self.model and not config.default_model:
+            raise ValidationError({"model": f"Name a model: “{config.name}” has no default model."})

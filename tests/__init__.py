@@ -1,0 +1,1 @@
+"""The test suite: one folder per app, mirroring the code; loopback upstreams in tests/upstreams."""

@@ -1,0 +1,102 @@
+"""factory_boy factories for every model the tests build."""
+
+from __future__ import annotations
+
+import factory
+from django.contrib.auth import get_user_model
+
+from llm_providers.models import ModelPrice, ProviderConfig, Tenant, TenantMembership
+from llm_providers.provider_types import ProviderType
+from overrides.models import RoutingFallback, RoutingOverride
+
+
+class UserFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = get_user_model()
+        django_get_or_create = ("username",)
+        skip_postgeneration_save = True
+
+    username = factory.Sequence(lambda n: f"user{n}")
+    email = factory.LazyAttribute(lambda o: f"{o.username}@example.com")
+    is_staff = True
+    password = factory.PostGenerationMethodCall("set_password", "pw-test-123")
+
+    @factory.post_generation
+    def _save(obj, create, extracted, **kwargs):
+        if create:
+            obj.save()
+
+
+class TenantFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Tenant
+
+    name = factory.Sequence(lambda n: f"Tenant {n}")
+    slug = factory.Sequence(lambda n: f"tenant-{n}")
+
+
+class TenantMembershipFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = TenantMembership
+
+    user = factory.SubFactory(UserFactory)
+    tenant = factory.SubFactory(TenantFactory)
+    role = TenantMembership.Role.ADMIN
+
+
+class ProviderConfigFactory(factory.django.DjangoModelFactory):
+    """A Fake provider config by default; pass provider_type and api_key for others."""
+
+    class Meta:
+        model = ProviderConfig
+        skip_postgeneration_save = True
+
+    tenant = factory.SubFactory(TenantFactory)
+    name = factory.Sequence(lambda n: f"provider-{n}")
+    provider_type = ProviderType.FAKE
+    default_model = "fake-small"
+    options = factory.LazyFunction(dict)
+
+    @factory.post_generation
+    def api_key(obj, create, extracted, **kwargs):
+        if extracted:
+            obj.set_api_key(extracted)
+            if create:
+                obj.save()
+
+
+class ModelPriceFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = ModelPrice
+
+    tenant = None
+    provider_type = ProviderType.FAKE
+    model = "fake-small"
+    input_per_mtok = "1.000000"
+    output_per_mtok = "2.000000"
+    effective_from = factory.Faker("date_between", start_date="-400d", end_date="-365d")
+
+
+class RoutingOverrideFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = RoutingOverride
+
+    tenant = factory.SubFactory(TenantFactory)
+    provider_config = factory.SubFactory(
+        ProviderConfigFactory, tenant=factory.SelfAttribute("..tenant")
+    )
+    customer_id = factory.Sequence(lambda n: f"customer-{n}")
+    service_name = ""
+    model = ""
+
+
+class RoutingFallbackFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = RoutingFallback
+
+    override = factory.SubFactory(RoutingOverrideFactory)
+    provider_config = factory.SubFactory(
+        ProviderConfigFactory, tenant=factory.SelfAttribute("..override.tenant")
+    )
+    position = factory.Sequence(lambda n: n)
+    model = ""

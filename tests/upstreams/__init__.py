@@ -1,0 +1,1 @@
+"""Real HTTP servers on loopback that speak the providers' wire formats."""

@@ -1,0 +1,1 @@
+"""Call logs, daily usage, budgets, thresholds and alerts."""

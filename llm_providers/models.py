@@ -149,11 +149,17 @@ class ProviderConfig(models.Model):
     class Meta:
         ordering = ["tenant", "priority", "name"]
         constraints = [
-            models.UniqueConstraint(fields=["tenant", "name"], name="provider_config_unique_name"),
+            models.UniqueConstraint(
+                fields=["tenant", "name"],
+                name="provider_config_unique_name",
+                violation_error_message="A provider config with this name already exists in "
+                "this tenant.",
+            ),
             models.UniqueConstraint(
                 fields=["tenant"],
                 condition=Q(is_default=True),
                 name="provider_config_one_default_per_tenant",
+                violation_error_message="This tenant already has a default provider config.",
             ),
         ]
         indexes = [models.Index(fields=["tenant", "is_active", "priority"])]

@@ -35,6 +35,8 @@ class RoutingOverride(models.Model):
             models.UniqueConstraint(
                 fields=["tenant", "customer_id", "service_name"],
                 name="routing_override_unique_scope",
+                violation_error_message="An override for this customer and service already "
+                "exists in this tenant.",
             ),
             models.CheckConstraint(
                 condition=~models.Q(customer_id="", service_name=""),

@@ -1,0 +1,174 @@
+"""Writes on provider configs: create, update, delete or deactivate, test the connection."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from .adapters.errors import scrub_secrets
+from .adapters.types import ConnectionCheck
+from .exceptions import SecretUnreadableError
+from .models import ProviderConfig, Tenant
+
+# Fields a caller may set directly; secrets go through their own arguments.
+PROVIDER_CONFIG_FIELDS = frozenset(
+    {
+        "name",
+        "provider_type",
+        "aws_region",
+        "base_url",
+        "options",
+        "allowed_models",
+        "default_model",
+        "is_active",
+        "is_default",
+        "priority",
+        "rpm_limit",
+        "tpm_limit",
+    }
+)
+SECRET_FIELDS = frozenset({"api_key", "aws_access_key_id", "aws_secret_access_key"})
+
+
+def _apply_secrets(config: ProviderConfig, secrets: dict[str, str | None]) -> None:
+    """Set the secrets that were given; an empty or missing value leaves a secret unchanged."""
+    api_key = secrets.get("api_key")
+    if api_key:
+        config.set_api_key(api_key)
+    access_key_id = secrets.get("aws_access_key_id")
+    secret_access_key = secrets.get("aws_secret_access_key")
+    if access_key_id or secret_access_key:
+        config.set_aws_credentials(
+            access_key_id=access_key_id or config.aws_access_key_id or "",
+            secret_access_key=secret_access_key or config.aws_secret_access_key or "",
+        )
+
+
+def _save_validated(config: ProviderConfig) -> ProviderConfig:
+    """Validate and save; a new default replaces the tenant's previous one atomically."""
+    with transaction.atomic():
+        # Serialise default switching per tenant: two concurrent "make default"
+        # writes must not both pass validation.
+        Tenant.objects.select_for_update().filter(pk=config.tenant_id).first()
+        if config.is_default:
+            ProviderConfig.objects.filter(tenant_id=config.tenant_id, is_default=True).exclude(
+                pk=config.pk
+            ).update(is_default=False)
+        config.full_clean()
+        try:
+            with transaction.atomic():
+                config.save()
+        except IntegrityError as exc:
+            raise ValidationError(
+                {"name": f"A provider config named “{config.name}” already exists in this tenant."}
+            ) from exc
+    return config
+
+
+def provider_config_create(
+    *,
+    tenant: Tenant,
+    name: str,
+    provider_type: str,
+    api_key: str = "",
+    aws_access_key_id: str = "",
+    aws_secret_access_key: str = "",
+    **fields: Any,
+) -> ProviderConfig:
+    """Create a provider config for `tenant`; raises ValidationError saying what is wrong."""
+    unknown = set(fields) - PROVIDER_CONFIG_FIELDS
+    if unknown:
+        raise ValidationError(f"Unknown provider config field(s): {', '.join(sorted(unknown))}.")
+    config = ProviderConfig(tenant=tenant, name=name, provider_type=provider_type, **fields)
+    _apply_secrets(
+        config,
+        {
+            "api_key": api_key,
+            "aws_access_key_id": aws_access_key_id,
+            "aws_secret_access_key": aws_secret_access_key,
+        },
+    )
+    return _save_validated(config)
+
+
+def provider_config_update(
+    *, provider_config: ProviderConfig, data: dict[str, Any]
+) -> ProviderConfig:
+    """Update the given fields. Secrets left empty or absent keep their stored value.
+
+    The tenant of a config never changes.
+    """
+    unknown = set(data) - PROVIDER_CONFIG_FIELDS - SECRET_FIELDS
+    if unknown:
+        raise ValidationError(f"Unknown provider config field(s): {', '.join(sorted(unknown))}.")
+    for field, value in data.items():
+        if field in PROVIDER_CONFIG_FIELDS:
+            setattr(provider_config, field, value)
+    _apply_secrets(provider_config, {k: data.get(k) for k in SECRET_FIELDS})
+    return _save_validated(provider_config)
+
+
+def provider_config_delete(*, provider_config: ProviderConfig) -> bool:
+    """Delete the config, or deactivate it when call logs or overrides refer to it.
+
+    Call logs keep their history, so a config that served calls is never
+    removed. Returns True when the row was deleted, False when deactivated.
+    """
+    referenced = (
+        provider_config.call_logs.exists()
+        or provider_config.routing_overrides.exists()
+        or provider_config.routing_fallbacks.exists()
+    )
+    if referenced:
+        provider_config.is_active = False
+        provider_config.is_default = False
+        provider_config.save(update_fields=["is_active", "is_default", "updated_at"])
+        return False
+    provider_config.delete()
+    return True
+
+
+def provider_config_test_connection(*, provider_config: ProviderConfig) -> ConnectionCheck:
+    """Authenticate against the provider and list its models; record status,
+    latency and a scrubbed error on the config. Never raises for provider failures."""
+    from .clients import adapter_for_config
+
+    try:
+        check = adapter_for_config(provider_config).test_connection()
+    except SecretUnreadableError as exc:
+        check = ConnectionCheck(ok=False, latency_ms=0, error=f"{exc.code}: {exc.message}")
+    except ValidationError as exc:
+        check = ConnectionCheck(ok=False, latency_ms=0, error="; ".join(exc.messages))
+    error = check.error
+    if error:
+        secrets = [
+            s
+            for s in (
+                provider_config.api_key,
+                provider_config.aws_access_key_id,
+                provider_config.aws_secret_access_key,
+            )
+            if isinstance(s, str)
+        ]
+        error = scrub_secrets(error, secrets)
+        check = ConnectionCheck(
+            ok=check.ok, latency_ms=check.latency_ms, models=check.models, error=error
+        )
+    provider_config.last_test_status = (
+        ProviderConfig.TestStatus.OK if check.ok else ProviderConfig.TestStatus.ERROR
+    )
+    provider_config.last_tested_at = timezone.now()
+    provider_config.last_test_latency_ms = check.latency_ms
+    provider_config.last_test_error = error[:500]
+    # Test results are not configuration: do not touch updated_at, so the
+    # cached adapter and routes stay valid.
+    ProviderConfig.objects.filter(pk=provider_config.pk).update(
+        last_test_status=provider_config.last_test_status,
+        last_tested_at=provider_config.last_tested_at,
+        last_test_latency_ms=provider_config.last_test_latency_ms,
+        last_test_error=provider_config.last_test_error,
+    )
+    return check

@@ -164,3 +164,15 @@ LOGGING = {
         "urllib3": {"level": "WARNING"},
     },
 }
+
+# --- Completion service ------------------------------------------------------
+# Attempts per route target before moving to the next fallback (1 = no retry).
+LLM_RETRY_ATTEMPTS = env.int("LLM_RETRY_ATTEMPTS", default=2)
+# Exponential backoff between attempts: base, doubled per attempt, capped.
+LLM_RETRY_BACKOFF_SECONDS = env.float("LLM_RETRY_BACKOFF_SECONDS", default=0.5)
+LLM_RETRY_BACKOFF_MAX_SECONDS = env.float("LLM_RETRY_BACKOFF_MAX_SECONDS", default=8.0)
+# A provider asking us to wait longer than this is skipped for the next fallback.
+LLM_RETRY_AFTER_MAX_SECONDS = env.float("LLM_RETRY_AFTER_MAX_SECONDS", default=20.0)
+# Output tokens assumed for TPM limits and budget reservations when a call sets
+# no max_tokens.
+LLM_DEFAULT_MAX_TOKENS_ESTIMATE = env.int("LLM_DEFAULT_MAX_TOKENS_ESTIMATE", default=4096)

@@ -17,3 +17,7 @@ PROVIDER_ALLOW_PRIVATE_URLS = False
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # Tests open and close connections from many threads; do not keep them.
     DATABASES["default"]["CONN_MAX_AGE"] = 0
+
+# Retries in tests wait milliseconds, not seconds.
+LLM_RETRY_BACKOFF_SECONDS = 0.001
+LLM_RETRY_BACKOFF_MAX_SECONDS = 0.01

@@ -1,0 +1,172 @@
+"""Validation of what callers ask for: messages, parameters, tools, embedding inputs.
+
+Every refusal names the field and says what to fix, before anything is
+routed, reserved or sent.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from .exceptions import ApplicationError
+
+ROLES = frozenset({"system", "user", "assistant", "tool"})
+# Data URLs only: the layer never fetches images from URLs on a caller's behalf.
+_DATA_URL = re.compile(r"^data:image/(png|jpeg|jpg|gif|webp);base64,[A-Za-z0-9+/=\s]+$")
+MAX_STOP_SEQUENCES = 4
+# 2,048 inputs per embedding call: what the largest providers accept at once.
+MAX_EMBED_INPUTS = 2_048
+
+
+class InvalidRequest(ApplicationError):
+    code = "invalid_request"
+    http_status = 400
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message, extra={"field": field})
+        self.field = field
+
+
+def _content_validate(index: int, role: str, content: Any) -> None:
+    where = f"messages[{index}].content"
+    if isinstance(content, str):
+        return
+    if content is None and role == "assistant":
+        return
+    if not isinstance(content, list) or not content:
+        raise InvalidRequest(where, f"{where} must be a string or a non-empty list of parts.")
+    for part_index, part in enumerate(content):
+        part_where = f"{where}[{part_index}]"
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text":
+            if not isinstance(part.get("text"), str):
+                raise InvalidRequest(part_where, f"{part_where}.text must be a string.")
+        elif kind == "image_url":
+            if role != "user":
+                raise InvalidRequest(part_where, f"{part_where}: only user messages carry images.")
+            image = part.get("image_url")
+            url = image.get("url") if isinstance(image, dict) else None
+            if not isinstance(url, str) or not _DATA_URL.match(url):
+                raise InvalidRequest(
+                    part_where,
+                    f"{part_where}.image_url.url must be a base64 data URL "
+                    "(data:image/png;base64,...).",
+                )
+        else:
+            raise InvalidRequest(part_where, f"{part_where}.type must be “text” or “image_url”.")
+
+
+def messages_validate(messages: Any) -> list[dict]:
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequest("messages", "messages must be a non-empty list.")
+    for index, message in enumerate(messages):
+        where = f"messages[{index}]"
+        if not isinstance(message, dict):
+            raise InvalidRequest(where, f"{where} must be an object with a role and content.")
+        role = message.get("role")
+        if role not in ROLES:
+            raise InvalidRequest(
+                f"{where}.role", f"{where}.role must be one of {', '.join(sorted(ROLES))}."
+            )
+        if role == "tool" and not isinstance(message.get("tool_call_id"), str):
+            raise InvalidRequest(
+                f"{where}.tool_call_id", f"{where}: a tool message needs its tool_call_id."
+            )
+        tool_calls = message.get("tool_calls")
+        if tool_calls is not None:
+            if role != "assistant" or not isinstance(tool_calls, list):
+                raise InvalidRequest(
+                    f"{where}.tool_calls", f"{where}: only assistant messages carry tool_calls."
+                )
+            for call_index, call in enumerate(tool_calls):
+                function = call.get("function") if isinstance(call, dict) else None
+                if not (
+                    isinstance(call.get("id"), str)
+                    and isinstance(function, dict)
+                    and isinstance(function.get("name"), str)
+                    and isinstance(function.get("arguments"), str)
+                ):
+                    raise InvalidRequest(
+                        f"{where}.tool_calls[{call_index}]",
+                        f"{where}.tool_calls[{call_index}] needs an id and a function with a "
+                        "name and JSON arguments text.",
+                    )
+        if "content" not in message and not tool_calls:
+            raise InvalidRequest(f"{where}.content", f"{where} has no content.")
+        _content_validate(index, role, message.get("content"))
+    if all(m["role"] == "system" for m in messages):
+        raise InvalidRequest("messages", "messages need at least one non-system message.")
+    return messages
+
+
+def tools_validate(tools: Any) -> list[dict] | None:
+    if tools is None or tools == []:
+        return None
+    if not isinstance(tools, list):
+        raise InvalidRequest("tools", "tools must be a list of function tools.")
+    names = set()
+    for index, tool in enumerate(tools):
+        function = tool.get("function") if isinstance(tool, dict) else None
+        name = function.get("name") if isinstance(function, dict) else None
+        if tool.get("type") != "function" or not isinstance(name, str) or not name:
+            raise InvalidRequest(
+                f"tools[{index}]",
+                f"tools[{index}] must be {{'type': 'function', 'function': {{'name': ..., "
+                "'parameters': {...}}}}.",
+            )
+        if name in names:
+            raise InvalidRequest(f"tools[{index}]", f"Tool name “{name}” is used twice.")
+        names.add(name)
+        parameters = function.get("parameters")
+        if parameters is not None and not isinstance(parameters, dict):
+            raise InvalidRequest(
+                f"tools[{index}].function.parameters",
+                "Tool parameters must be a JSON schema object.",
+            )
+    return tools
+
+
+def parameters_validate(
+    *, max_tokens: Any, temperature: Any, top_p: Any, stop: Any, timeout: Any
+) -> list[str] | None:
+    """Check numeric parameters; return stop sequences as a list (or None)."""
+    if max_tokens is not None and (
+        isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
+    ):
+        raise InvalidRequest("max_tokens", "max_tokens must be a positive whole number.")
+    for name, value, upper in (("temperature", temperature, 2), ("top_p", top_p, 1)):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= upper
+        ):
+            raise InvalidRequest(name, f"{name} must be a number between 0 and {upper}.")
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= 600
+    ):
+        raise InvalidRequest("timeout", "timeout must be a number of seconds between 0 and 600.")
+    if stop is None:
+        return None
+    stops = [stop] if isinstance(stop, str) else stop
+    if (
+        not isinstance(stops, list)
+        or not all(isinstance(s, str) and s for s in stops)
+        or len(stops) > MAX_STOP_SEQUENCES
+    ):
+        raise InvalidRequest(
+            "stop", f"stop must be a string or a list of up to {MAX_STOP_SEQUENCES} strings."
+        )
+    return stops or None
+
+
+def embed_inputs_validate(inputs: Any) -> list[str]:
+    if isinstance(inputs, str):
+        inputs = [inputs]
+    if (
+        not isinstance(inputs, list)
+        or not inputs
+        or not all(isinstance(text, str) and text for text in inputs)
+    ):
+        raise InvalidRequest("inputs", "inputs must be a non-empty string or list of strings.")
+    if len(inputs) > MAX_EMBED_INPUTS:
+        raise InvalidRequest("inputs", f"At most {MAX_EMBED_INPUTS} inputs per call.")
+    return inputs

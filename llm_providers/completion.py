@@ -1,0 +1,900 @@
+"""The completion service: `complete()`, `stream()` and `embed()` for internal code and the API.
+
+One pipeline for every call:
+
+1. resolve the route (cached under the tenant's config version);
+2. budget gate (`usage.budget`): reserve the worst-case cost, refuse when a
+   blocking budget has no room, settle the real cost afterwards;
+3. rate limit the provider config (rpm / tpm);
+4. response cache (per-tenant TTL; 0 = off);
+5. call the adapter — this module is the one owner of retries: retryable
+   failures are retried with backoff honouring Retry-After, then the next
+   fallback target is tried;
+6. price the usage and write one CallLog row per attempt.
+
+Refusals that happen before a provider is called (budget, rate limit) are
+logged with status ``blocked``; cache hits with status ``cached`` and zero
+cost. Streaming logs the call when the stream ends, when the caller stops
+early and when the upstream breaks (usage then estimated and flagged).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.utils import timezone
+
+from overrides.routing import Route, RouteTarget, route_resolve
+from usage.call_logs import call_log_record
+from usage.models import CallLog
+
+from .adapters.base import Adapter, estimate_text_tokens
+from .adapters.errors import (
+    ProviderAuthenticationError,
+    ProviderError,
+    ProviderPermissionError,
+    scrub_secrets,
+)
+from .adapters.types import ChatRequest, ChatResult, EmbedRequest, ToolCall, Usage
+from .chat_input import (
+    InvalidRequest,
+    embed_inputs_validate,
+    messages_validate,
+    parameters_validate,
+    tools_validate,
+)
+from .clients import adapter_for_config
+from .config_cache import config_version
+from .exceptions import ApplicationError, SecretUnreadableError
+from .models import Tenant
+from .pricing import ZERO, PriceSource, cost_for_usage, price_lookup
+from .rate_limiting import RateLimited, rate_limit_admit
+from .response_cache import request_fingerprint, response_cache_get, response_cache_set
+
+logger = logging.getLogger(__name__)
+
+Status = CallLog.Status
+
+
+class ProviderConfigUnusable(ApplicationError):
+    """The provider config cannot be used as stored (e.g. its base URL is now refused)."""
+
+    code = "provider_config_unusable"
+    http_status = 502
+
+
+@dataclass(frozen=True, slots=True)
+class CompletionResult:
+    request_id: uuid.UUID
+    content: str
+    tool_calls: list[ToolCall]
+    finish_reason: str
+    usage: Usage
+    cost_usd: Decimal | None
+    price_source: str
+    provider: str
+    provider_config_id: uuid.UUID
+    provider_type: str
+    model: str
+    cached: bool
+    latency_ms: int
+    route_rule: str
+    attempts: int
+    usage_estimated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingResult:
+    request_id: uuid.UUID
+    vectors: list[list[float]]
+    usage: Usage
+    cost_usd: Decimal | None
+    price_source: str
+    provider: str
+    provider_config_id: uuid.UUID
+    provider_type: str
+    model: str
+    latency_ms: int
+    attempts: int
+
+
+class _MoveOn(Exception):
+    """This target cannot serve the call; try the next one."""
+
+    def __init__(self, error: ApplicationError):
+        super().__init__(str(error))
+        self.error = error
+
+
+@dataclass
+class _Call:
+    """What one request carries through the pipeline."""
+
+    tenant: Tenant
+    request_id: uuid.UUID
+    customer_id: str
+    service_name: str
+    version: str
+    route: Route
+    targets: tuple[RouteTarget, ...]
+    request: ChatRequest | None
+    fingerprint: str
+    input_tokens: int
+    operation: str = "complete"
+    prompt_preview: str = ""
+    attempts: int = 0
+    streamed: bool = False
+    embed_request: EmbedRequest | None = field(default=None)
+
+    def next_attempt(self) -> int:
+        self.attempts += 1
+        return self.attempts
+
+    def log(self, target: RouteTarget, **fields) -> None:
+        config = target.provider_config
+        call_log_record(
+            tenant_id=self.tenant.pk,
+            request_id=self.request_id,
+            attempt=self.next_attempt(),
+            operation=self.operation,
+            provider_config_id=config.pk,
+            provider_type=config.provider_type,
+            model_requested=target.model,
+            customer_id=self.customer_id,
+            service_name=self.service_name,
+            route_rule=self.route.rule,
+            streamed=self.streamed,
+            input_hash=self.fingerprint,
+            prompt_preview=self.prompt_preview,
+            **fields,
+        )
+
+
+# --- settings -------------------------------------------------------------------
+
+
+def _attempts_per_target() -> int:
+    return max(int(settings.LLM_RETRY_ATTEMPTS), 1)
+
+
+def _retry_delay(error: ProviderError, attempt_on_target: int) -> float | None:
+    """Seconds to wait before retrying the same target; None: move on instead."""
+    if error.retry_after is not None:
+        if error.retry_after > settings.LLM_RETRY_AFTER_MAX_SECONDS:
+            return None
+        return max(float(error.retry_after), 0.0)
+    backoff = settings.LLM_RETRY_BACKOFF_SECONDS * 2 ** (attempt_on_target - 1)
+    backoff = min(backoff, settings.LLM_RETRY_BACKOFF_MAX_SECONDS)
+    # Full jitter on the upper half: concurrent callers do not retry in step.
+    return backoff * (0.5 + random.random() / 2)
+
+
+def _falls_back_on(error: ApplicationError) -> bool:
+    """Whether another target may succeed where this one failed.
+
+    Retryable failures (rate limits, timeouts, outages) and failures of the
+    target's own account (key rejected or unreadable, no permission, the
+    config's own rate limit or budget) move on; a request the provider
+    rejects as such (bad request, too long, refused) would fail everywhere.
+    """
+    if isinstance(error, ProviderError):
+        return error.retryable or isinstance(
+            error, ProviderAuthenticationError | ProviderPermissionError
+        )
+    return isinstance(error, RateLimited | SecretUnreadableError | ProviderConfigUnusable) or (
+        error.code == "budget_exceeded"
+    )
+
+
+# --- pipeline steps -------------------------------------------------------------
+
+
+def _preview(messages: list[dict]) -> str:
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, str):
+                return content
+            if isinstance(content, list):
+                return " ".join(p.get("text", "") for p in content if p.get("type") == "text")
+    return ""
+
+
+def _targets_with_model(route: Route, model: str | None) -> tuple[RouteTarget, ...]:
+    """Apply an explicitly requested model to the primary target."""
+    if not model:
+        return route.targets
+    primary = route.primary
+    config = primary.provider_config
+    if not config.model_is_allowed(model):
+        raise InvalidRequest(
+            "model",
+            f"The model “{model}” is not allowed on provider config “{config.name}”; allowed: "
+            f"{', '.join(config.allowed_models)}.",
+        )
+    return (RouteTarget(provider_config=config, model=model), *route.fallbacks)
+
+
+def _call_prepare(
+    *,
+    tenant: Tenant,
+    customer_id: str,
+    service_name: str,
+    model: str | None,
+    request: ChatRequest | None,
+    request_id: uuid.UUID | None,
+    operation: str,
+    input_tokens: int,
+    fingerprint: str,
+    preview: str,
+    embed_request: EmbedRequest | None = None,
+) -> _Call:
+    if not tenant.is_active:
+        raise InvalidRequest("tenant", f"The tenant “{tenant.slug}” is inactive.")
+    version = config_version(tenant.pk)
+    route = route_resolve(
+        tenant=tenant, customer_id=customer_id, service_name=service_name, version=version
+    )
+    return _Call(
+        tenant=tenant,
+        request_id=request_id or uuid.uuid4(),
+        customer_id=customer_id,
+        service_name=service_name,
+        version=version,
+        route=route,
+        targets=_targets_with_model(route, model),
+        request=request,
+        fingerprint=fingerprint,
+        input_tokens=input_tokens,
+        operation=operation,
+        prompt_preview=preview if tenant.store_prompt_previews else "",
+        embed_request=embed_request,
+    )
+
+
+def _price(call: _Call, target: RouteTarget, model: str):
+    config = target.provider_config
+    return price_lookup(
+        tenant_id=call.tenant.pk,
+        provider_type=config.provider_type,
+        model=model,
+        version=call.version,
+        base_url=config.base_url,
+    )
+
+
+def _priced(call: _Call, target: RouteTarget, usage: Usage, answered_model: str):
+    """Cost of `usage`: priced by the model that answered, else the one asked for."""
+    price = _price(call, target, answered_model or target.model)
+    if not price.known and answered_model and answered_model != target.model:
+        price = _price(call, target, target.model)
+    return cost_for_usage(usage=usage, price=price), price.source
+
+
+def _admit(call: _Call, target: RouteTarget, max_tokens: int | None) -> None:
+    """Rate limit the target's provider config; a refusal is logged as blocked."""
+    config = target.provider_config
+    if not config.rpm_limit and not config.tpm_limit:
+        return
+    tokens = call.input_tokens + (max_tokens or settings.LLM_DEFAULT_MAX_TOKENS_ESTIMATE)
+    try:
+        rate_limit_admit(
+            provider_config_id=config.pk,
+            rpm_limit=config.rpm_limit,
+            tpm_limit=config.tpm_limit,
+            tokens=tokens,
+        )
+    except RateLimited as exc:
+        call.log(
+            target,
+            status=Status.BLOCKED,
+            created_at=timezone.now(),
+            error_code=exc.code,
+            error_message=exc.message,
+        )
+        raise _MoveOn(exc) from exc
+
+
+def _adapter(call: _Call, target: RouteTarget) -> Adapter:
+    """The target's adapter; an unreadable key or refused URL is logged and moves on."""
+    try:
+        return adapter_for_config(target.provider_config)
+    except SecretUnreadableError as exc:
+        error = exc
+    except ValidationError as exc:
+        error = ProviderConfigUnusable(
+            f"Provider config “{target.provider_config.name}” cannot be used: "
+            + "; ".join(exc.messages)
+        )
+    call.log(
+        target,
+        status=Status.ERROR,
+        created_at=timezone.now(),
+        error_code=error.code,
+        error_message=error.message,
+    )
+    raise _MoveOn(error)
+
+
+def _secrets(target: RouteTarget) -> list[str]:
+    config = target.provider_config
+    values = (config.api_key, config.aws_access_key_id, config.aws_secret_access_key)
+    return [value for value in values if isinstance(value, str) and value]
+
+
+def _log_failure(call, target, error: Exception, started_at, started: float, **fields) -> None:
+    if isinstance(error, ApplicationError):
+        code, message = error.code, error.message
+    else:
+        code, message = "internal_error", f"{type(error).__name__}: {error}"
+    logger.warning(
+        "request %s: attempt on provider config %s failed (%s)",
+        call.request_id,
+        target.provider_config.pk,
+        code,
+    )
+    call.log(
+        target,
+        status=Status.ERROR,
+        created_at=started_at,
+        error_code=code,
+        error_message=scrub_secrets(message, _secrets(target)),
+        latency_ms=_ms_since(started),
+        **fields,
+    )
+
+
+def _ms_since(started: float) -> int:
+    return int((time.perf_counter() - started) * 1000)
+
+
+def _result(call, target, chat: ChatResult, *, cost, source, latency_ms, cached, estimated=False):
+    config = target.provider_config
+    return CompletionResult(
+        request_id=call.request_id,
+        content=chat.content,
+        tool_calls=list(chat.tool_calls),
+        finish_reason=chat.finish_reason,
+        usage=chat.usage,
+        cost_usd=cost,
+        price_source=source,
+        provider=config.name,
+        provider_config_id=config.pk,
+        provider_type=config.provider_type,
+        model=chat.model or target.model,
+        cached=cached,
+        latency_ms=latency_ms,
+        route_rule=call.route.rule,
+        attempts=call.attempts,
+        usage_estimated=estimated,
+    )
+
+
+def _cache_lookup(call: _Call, target: RouteTarget, started: float) -> CompletionResult | None:
+    if not call.tenant.response_cache_ttl_seconds:
+        return None
+    hit = response_cache_get(
+        tenant_id=call.tenant.pk,
+        provider_config_id=target.provider_config.pk,
+        model=target.model,
+        fingerprint=call.fingerprint,
+    )
+    if hit is None:
+        return None
+    # A hit consumed nothing at the provider: no tokens, no cost.
+    call.log(
+        target,
+        status=Status.CACHED,
+        created_at=timezone.now(),
+        model_answered=hit.model,
+        cost_usd=ZERO,
+        price_source=PriceSource.NONE,
+        latency_ms=_ms_since(started),
+    )
+    return _result(
+        call,
+        target,
+        hit,
+        cost=ZERO,
+        source=PriceSource.NONE,
+        latency_ms=_ms_since(started),
+        cached=True,
+    )
+
+
+def _cache_store(call: _Call, target: RouteTarget, chat: ChatResult) -> None:
+    ttl = call.tenant.response_cache_ttl_seconds
+    if ttl:
+        response_cache_set(
+            tenant_id=call.tenant.pk,
+            provider_config_id=target.provider_config.pk,
+            model=target.model,
+            fingerprint=call.fingerprint,
+            result=chat,
+            ttl_seconds=ttl,
+        )
+
+
+def _retry_or_raise(error: ApplicationError, attempt_on_target: int) -> None:
+    """Sleep before the next attempt on this target, or raise to move on / give up."""
+    retry_here = (
+        isinstance(error, ProviderError)
+        and error.retryable
+        and attempt_on_target < _attempts_per_target()
+    )
+    if retry_here:
+        delay = _retry_delay(error, attempt_on_target)
+        if delay is not None:
+            time.sleep(delay)
+            return
+    if _falls_back_on(error):
+        raise _MoveOn(error)
+    raise error
+
+
+def _run_targets(call: _Call, attempt_target) -> object:
+    """Try each target in route order until one serves the call."""
+    last_error: ApplicationError | None = None
+    for target in call.targets:
+        try:
+            return attempt_target(call, target)
+        except _MoveOn as move_on:
+            last_error = move_on.error
+    assert last_error is not None
+    raise last_error
+
+
+# --- complete -------------------------------------------------------------------
+
+
+def _chat_request(
+    *, messages, max_tokens, temperature, top_p, stop, json_mode, tools, timeout
+) -> ChatRequest:
+    messages = messages_validate(messages)
+    stops = parameters_validate(
+        max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=stop, timeout=timeout
+    )
+    return ChatRequest(
+        model="",
+        messages=messages,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        stop=stops,
+        json_mode=bool(json_mode),
+        tools=tools_validate(tools),
+        timeout=timeout,
+    )
+
+
+def _complete_on_target(call: _Call, target: RouteTarget) -> CompletionResult:
+    started = time.perf_counter()
+    request = replace(call.request, model=target.model)
+    cached = _cache_lookup(call, target, started)
+    if cached is not None:
+        return cached
+    _admit(call, target, request.max_tokens)
+    adapter = _adapter(call, target)
+    attempt_on_target = 0
+    while True:
+        attempt_on_target += 1
+        started_at, attempt_started = timezone.now(), time.perf_counter()
+        try:
+            chat = adapter.complete(request)
+        except ProviderError as error:
+            _log_failure(call, target, error, started_at, attempt_started)
+            _retry_or_raise(error, attempt_on_target)
+            continue
+        except Exception as error:
+            _log_failure(call, target, error, started_at, attempt_started)
+            raise
+        latency_ms = _ms_since(attempt_started)
+        cost, source = _priced(call, target, chat.usage, chat.model)
+        call.log(
+            target,
+            status=Status.OK,
+            created_at=started_at,
+            model_answered=chat.model,
+            usage=chat.usage,
+            cost_usd=cost,
+            price_source=source,
+            latency_ms=latency_ms,
+        )
+        _cache_store(call, target, chat)
+        return _result(
+            call, target, chat, cost=cost, source=source, latency_ms=latency_ms, cached=False
+        )
+
+
+def complete(
+    *,
+    tenant: Tenant,
+    messages: list[dict],
+    customer_id: str = "",
+    service_name: str = "",
+    model: str | None = None,
+    max_tokens: int | None = None,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    stop: str | list[str] | None = None,
+    json_mode: bool = False,
+    tools: list[dict] | None = None,
+    timeout: float | None = None,
+    request_id: uuid.UUID | None = None,
+) -> CompletionResult:
+    """Route, gate, call and record one chat completion for `tenant`.
+
+    Raises InvalidRequest (bad input), NoRouteError, RateLimited,
+    BudgetExceeded, or the last target's ProviderError when every target failed.
+    """
+    request = _chat_request(
+        messages=messages,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        stop=stop,
+        json_mode=json_mode,
+        tools=tools,
+        timeout=timeout,
+    )
+    call = _call_prepare(
+        tenant=tenant,
+        customer_id=customer_id,
+        service_name=service_name,
+        model=model,
+        request=request,
+        request_id=request_id,
+        operation="complete",
+        input_tokens=_input_estimate(request),
+        fingerprint=request_fingerprint(request),
+        preview=_preview(request.messages),
+    )
+    return _run_targets(call, _complete_on_target)
+
+
+def _input_estimate(request: ChatRequest) -> int:
+    from .adapters.base import estimate_message_tokens
+
+    return estimate_message_tokens(request.messages, request.tools)
+
+
+# --- stream ---------------------------------------------------------------------
+
+
+class CompletionStream:
+    """Iterate for text as it arrives; `result` holds the CompletionResult at the end.
+
+    Closing the stream early (or dropping it) stops the upstream call and
+    records what was received.
+    """
+
+    def __init__(self, call: _Call):
+        self.request_id = call.request_id
+        self.result: CompletionResult | None = None
+        self._call = call
+        self._chunks = self._generate()
+
+    def __iter__(self) -> Iterator[str]:
+        return self._chunks
+
+    def __next__(self) -> str:
+        return next(self._chunks)
+
+    def close(self) -> None:
+        self._chunks.close()
+
+    def _generate(self) -> Iterator[str]:
+        last_error: ApplicationError | None = None
+        for target in self._call.targets:
+            try:
+                yield from self._on_target(target)
+                return
+            except _MoveOn as move_on:
+                last_error = move_on.error
+        assert last_error is not None
+        raise last_error
+
+    def _on_target(self, target: RouteTarget) -> Iterator[str]:
+        call = self._call
+        started = time.perf_counter()
+        request = replace(call.request, model=target.model)
+        cached = _cache_lookup(call, target, started)
+        if cached is not None:
+            if cached.content:
+                yield cached.content
+            self.result = cached
+            return
+        _admit(call, target, request.max_tokens)
+        adapter = _adapter(call, target)
+        attempt_on_target = 0
+        while True:
+            attempt_on_target += 1
+            outcome = yield from self._attempt(adapter, target, request)
+            if outcome is None:
+                return
+            _retry_or_raise(outcome, attempt_on_target)
+
+    def _attempt(self, adapter: Adapter, target: RouteTarget, request: ChatRequest):
+        """Stream one attempt. Returns None when done, or the error to retry on."""
+        call = self._call
+        started_at, started = timezone.now(), time.perf_counter()
+        received: list[str] = []
+        first_token_ms: int | None = None
+        final = None
+        upstream = adapter.stream(request)
+        try:
+            for chunk in upstream:
+                if chunk.text:
+                    if first_token_ms is None:
+                        first_token_ms = _ms_since(started)
+                    received.append(chunk.text)
+                    yield chunk.text
+                if chunk.finish_reason is not None or chunk.usage is not None:
+                    final = chunk
+        except GeneratorExit:
+            upstream.close()
+            self._log_partial(
+                target,
+                request,
+                received,
+                started_at,
+                started,
+                first_token_ms,
+                status=Status.OK,
+                error=None,
+            )
+            raise
+        except ProviderError as error:
+            if not received:
+                _log_failure(call, target, error, started_at, started)
+                return error
+            # The caller already has part of the answer: no retry, no fallback.
+            self._log_partial(
+                target,
+                request,
+                received,
+                started_at,
+                started,
+                first_token_ms,
+                status=Status.ERROR,
+                error=error,
+            )
+            raise error from None
+        except Exception as error:
+            if received:
+                self._log_partial(
+                    target,
+                    request,
+                    received,
+                    started_at,
+                    started,
+                    first_token_ms,
+                    status=Status.ERROR,
+                    error=error,
+                )
+            else:
+                _log_failure(call, target, error, started_at, started)
+            raise
+        text = "".join(received)
+        usage = final.usage if final is not None and final.usage is not None else None
+        estimated = usage is None
+        if usage is None:
+            usage = self._estimate(request, text)
+        chat = ChatResult(
+            content=text,
+            usage=usage,
+            model=(final.model if final is not None and final.model else target.model),
+            finish_reason=(final.finish_reason if final is not None else None) or "stop",
+            tool_calls=list((final.tool_calls if final is not None else None) or []),
+        )
+        latency_ms = _ms_since(started)
+        cost, source = _priced(call, target, usage, chat.model)
+        call.log(
+            target,
+            status=Status.OK,
+            created_at=started_at,
+            model_answered=chat.model,
+            usage=usage,
+            usage_estimated=estimated,
+            cost_usd=cost,
+            price_source=source,
+            latency_ms=latency_ms,
+            time_to_first_token_ms=first_token_ms,
+        )
+        if not estimated:
+            _cache_store(call, target, chat)
+        self.result = _result(
+            call,
+            target,
+            chat,
+            cost=cost,
+            source=source,
+            latency_ms=latency_ms,
+            cached=False,
+            estimated=estimated,
+        )
+        return None
+
+    def _estimate(self, request: ChatRequest, text: str) -> Usage:
+        return Usage(input_tokens=self._call.input_tokens, output_tokens=estimate_text_tokens(text))
+
+    def _log_partial(
+        self, target, request, received, started_at, started, first_token_ms, *, status, error
+    ):
+        """Record a stream that ended early: usage estimated from what was received."""
+        call = self._call
+        text = "".join(received)
+        usage = self._estimate(request, text)
+        cost, source = _priced(call, target, usage, target.model)
+        if error is None:
+            code, message = "client_closed", "The caller stopped reading the stream."
+        elif isinstance(error, ApplicationError):
+            code, message = error.code, error.message
+        else:
+            code, message = "internal_error", f"{type(error).__name__}: {error}"
+        call.log(
+            target,
+            status=status,
+            created_at=started_at,
+            error_code=code,
+            error_message=scrub_secrets(message, _secrets(target)),
+            usage=usage,
+            usage_estimated=True,
+            cost_usd=cost,
+            price_source=source,
+            latency_ms=_ms_since(started),
+            time_to_first_token_ms=first_token_ms,
+        )
+        self.result = _result(
+            call,
+            target,
+            ChatResult(
+                content=text,
+                usage=usage,
+                model=target.model,
+                finish_reason="aborted" if error is None else "error",
+            ),
+            cost=cost,
+            source=source,
+            latency_ms=_ms_since(started),
+            cached=False,
+            estimated=True,
+        )
+
+
+def stream(
+    *,
+    tenant: Tenant,
+    messages: list[dict],
+    customer_id: str = "",
+    service_name: str = "",
+    model: str | None = None,
+    max_tokens: int | None = None,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    stop: str | list[str] | None = None,
+    json_mode: bool = False,
+    tools: list[dict] | None = None,
+    timeout: float | None = None,
+    request_id: uuid.UUID | None = None,
+) -> CompletionStream:
+    """Like `complete()`, streamed. Input and routing errors raise at once;
+    provider errors raise while iterating (before the first chunk they are
+    retried and fall back like `complete()`)."""
+    request = _chat_request(
+        messages=messages,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        stop=stop,
+        json_mode=json_mode,
+        tools=tools,
+        timeout=timeout,
+    )
+    call = _call_prepare(
+        tenant=tenant,
+        customer_id=customer_id,
+        service_name=service_name,
+        model=model,
+        request=request,
+        request_id=request_id,
+        operation="stream",
+        input_tokens=_input_estimate(request),
+        fingerprint=request_fingerprint(request),
+        preview=_preview(request.messages),
+    )
+    call.streamed = True
+    return CompletionStream(call)
+
+
+# --- embed ----------------------------------------------------------------------
+
+
+def _embed_on_target(call: _Call, target: RouteTarget) -> EmbeddingResult:
+    request = replace(call.embed_request, model=target.model)
+    _admit(call, target, 1)
+    adapter = _adapter(call, target)
+    attempt_on_target = 0
+    while True:
+        attempt_on_target += 1
+        started_at, started = timezone.now(), time.perf_counter()
+        try:
+            embedded = adapter.embed(request)
+        except ProviderError as error:
+            _log_failure(call, target, error, started_at, started)
+            _retry_or_raise(error, attempt_on_target)
+            continue
+        except Exception as error:
+            _log_failure(call, target, error, started_at, started)
+            raise
+        latency_ms = _ms_since(started)
+        cost, source = _priced(call, target, embedded.usage, embedded.model)
+        call.log(
+            target,
+            status=Status.OK,
+            created_at=started_at,
+            model_answered=embedded.model,
+            usage=embedded.usage,
+            cost_usd=cost,
+            price_source=source,
+            latency_ms=latency_ms,
+        )
+        config = target.provider_config
+        return EmbeddingResult(
+            request_id=call.request_id,
+            vectors=embedded.vectors,
+            usage=embedded.usage,
+            cost_usd=cost,
+            price_source=source,
+            provider=config.name,
+            provider_config_id=config.pk,
+            provider_type=config.provider_type,
+            model=embedded.model or target.model,
+            latency_ms=latency_ms,
+            attempts=call.attempts,
+        )
+
+
+def embed(
+    *,
+    tenant: Tenant,
+    inputs: str | list[str],
+    model: str,
+    customer_id: str = "",
+    service_name: str = "",
+    timeout: float | None = None,
+    request_id: uuid.UUID | None = None,
+) -> EmbeddingResult:
+    """Embed `inputs` with `model` on the routed provider config.
+
+    Vectors of different models do not mix, so embeddings never fall back to
+    another target: only the primary target is tried (with retries).
+    """
+    inputs = embed_inputs_validate(inputs)
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("model", "Name the embedding model to use.")
+    parameters_validate(max_tokens=None, temperature=None, top_p=None, stop=None, timeout=timeout)
+    embed_request = EmbedRequest(model=model, inputs=inputs, timeout=timeout)
+    call = _call_prepare(
+        tenant=tenant,
+        customer_id=customer_id,
+        service_name=service_name,
+        model=model,
+        request=None,
+        request_id=request_id,
+        operation="embed",
+        input_tokens=sum(estimate_text_tokens(text) for text in inputs),
+        fingerprint="",
+        preview="",
+        embed_request=embed_request,
+    )
+    call.targets = call.targets[:1]
+    return _run_targets(call, _embed_on_target)

@@ -1,0 +1,173 @@
+"""Prices and costs: ModelPrice overrides first, then genai-prices; never a silent $0.
+
+A price is looked up once per (tenant, provider type, model, day) and cached
+in the process under the tenant's config version, so saving a ModelPrice
+takes effect at once. Costs are exact `Decimal` USD. A model without a known
+price costs `None` with source `unknown`, which shows up as unpriced usage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from decimal import Decimal
+
+from django.db.models import Q
+from genai_prices import Usage as GenaiUsage
+from genai_prices import data_snapshot
+
+from .adapters.types import Usage
+from .config_cache import config_local_cache
+from .models import ModelPrice
+from .provider_types import provider_type_spec
+
+_PER_MILLION = Decimal(1_000_000)
+ZERO = Decimal(0)
+
+
+class PriceSource:
+    GENAI_PRICES = "genai_prices"
+    OVERRIDE = "override"
+    SELF_HOSTED = "self_hosted"
+    NONE = "none"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """USD per million tokens. `genai_model` is set when genai-prices prices it
+    (it knows tiers such as long-context rates); the flat fields otherwise."""
+
+    source: str
+    input_per_mtok: Decimal | None = None
+    output_per_mtok: Decimal | None = None
+    cache_read_per_mtok: Decimal | None = None
+    cache_write_per_mtok: Decimal | None = None
+    genai_model: object | None = None
+
+    @property
+    def known(self) -> bool:
+        return self.source != PriceSource.UNKNOWN
+
+
+UNKNOWN_PRICE = Price(source=PriceSource.UNKNOWN)
+FREE_PRICE = Price(
+    source=PriceSource.SELF_HOSTED,
+    input_per_mtok=ZERO,
+    output_per_mtok=ZERO,
+    cache_read_per_mtok=ZERO,
+    cache_write_per_mtok=ZERO,
+)
+
+
+def _override_price(tenant_id, provider_type: str, model: str, on: date) -> Price | None:
+    """The newest ModelPrice in effect on `on`; a tenant's own row beats a global one."""
+    rows = ModelPrice.objects.filter(
+        Q(tenant_id=tenant_id) | Q(tenant__isnull=True),
+        provider_type=provider_type,
+        model=model,
+        effective_from__lte=on,
+    ).order_by("tenant_id", "-effective_from")
+    best = None
+    for row in rows:
+        if row.tenant_id is not None:
+            best = row
+            break
+        if best is None:
+            best = row
+    if best is None:
+        return None
+    return Price(
+        source=PriceSource.OVERRIDE,
+        input_per_mtok=best.input_per_mtok,
+        output_per_mtok=best.output_per_mtok,
+        cache_read_per_mtok=best.cache_read_per_mtok,
+        cache_write_per_mtok=best.cache_write_per_mtok,
+    )
+
+
+def _genai_price(provider_type: str, model: str, base_url: str) -> Price | None:
+    spec = provider_type_spec(provider_type)
+    snapshot = data_snapshot.get_snapshot()
+    try:
+        if spec.price_provider_id:
+            _, model_info = snapshot.find_provider_model(model, None, spec.price_provider_id, None)
+        elif base_url:
+            # An OpenAI-compatible endpoint: genai-prices knows many by their URL.
+            _, model_info = snapshot.find_provider_model(model, None, None, base_url)
+        else:
+            return None
+    except LookupError:
+        return None
+    return Price(source=PriceSource.GENAI_PRICES, genai_model=model_info)
+
+
+def _price_compute(tenant_id, provider_type: str, model: str, on: date, base_url: str) -> Price:
+    override = _override_price(tenant_id, provider_type, model, on)
+    if override is not None:
+        return override
+    if provider_type_spec(provider_type).self_hosted:
+        return FREE_PRICE
+    return _genai_price(provider_type, model, base_url) or UNKNOWN_PRICE
+
+
+def price_lookup(
+    *,
+    tenant_id,
+    provider_type: str,
+    model: str,
+    version: str,
+    on: date | None = None,
+    base_url: str = "",
+) -> Price:
+    """The price of `model` at this provider type for this tenant on a day (default today)."""
+    on = on or datetime.now(UTC).date()
+    return config_local_cache.get_or_compute(
+        ("price", tenant_id, version, provider_type, model, on, base_url),
+        lambda: _price_compute(tenant_id, provider_type, model, on, base_url),
+    )
+
+
+def _flat_cost(usage: Usage, price: Price) -> Decimal:
+    cache_read_rate = (
+        price.cache_read_per_mtok if price.cache_read_per_mtok is not None else price.input_per_mtok
+    )
+    cache_write_rate = (
+        price.cache_write_per_mtok
+        if price.cache_write_per_mtok is not None
+        else price.input_per_mtok
+    )
+    uncached_input = max(usage.input_tokens - usage.cache_read_tokens - usage.cache_write_tokens, 0)
+    total = (
+        uncached_input * price.input_per_mtok
+        + usage.cache_read_tokens * cache_read_rate
+        + usage.cache_write_tokens * cache_write_rate
+        + usage.output_tokens * price.output_per_mtok
+    )
+    return total / _PER_MILLION
+
+
+def cost_for_usage(*, usage: Usage, price: Price, at: datetime | None = None) -> Decimal | None:
+    """Exact USD cost of `usage` at `price`; None when the price is unknown."""
+    if not price.known:
+        return None
+    if price.genai_model is None:
+        return _flat_cost(usage, price)
+    at = at or datetime.now(UTC)
+    model_price = price.genai_model.get_prices(at)
+    # genai-prices counts input and output the way adapters.types.Usage does
+    # (cache parts inside input, reasoning inside output).
+    genai_usage = GenaiUsage(
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cache_read_tokens=usage.cache_read_tokens,
+        cache_write_tokens=usage.cache_write_tokens,
+    )
+    return model_price.calc_price(genai_usage)["total_price"]
+
+
+def cost_worst_case(*, price: Price, input_tokens: int, max_output_tokens: int) -> Decimal | None:
+    """What a call can cost at most: its counted input plus max_tokens of output."""
+    return cost_for_usage(
+        usage=Usage(input_tokens=input_tokens, output_tokens=max_output_tokens), price=price
+    )

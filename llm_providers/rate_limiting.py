@@ -1,0 +1,179 @@
+"""Requests-per-minute and tokens-per-minute limits per provider config.
+
+A sliding-window counter: the count of the current one-minute bucket plus the
+previous bucket's count weighted by how much of it still lies inside the
+last sixty seconds. It needs two numbers per limit, whatever the traffic,
+and is exact at bucket boundaries and close in between.
+
+With Redis (django-redis) the check and the increments are one Lua script:
+atomic across processes, one round trip. With another cache backend they run
+under a process lock, correct within one process.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass
+
+from django.core.cache import cache
+
+from .exceptions import ApplicationError
+
+WINDOW_SECONDS = 60
+# Buckets outlive two windows so the previous one is still readable.
+_BUCKET_TTL_SECONDS = 2 * WINDOW_SECONDS + 5
+
+
+class RateLimited(ApplicationError):
+    """A provider config's own rpm/tpm limit is reached (no provider was called)."""
+
+    code = "rate_limited"
+    http_status = 429
+
+    def __init__(self, message: str, *, retry_after: float, extra: dict | None = None):
+        super().__init__(
+            message, extra={"retry_after_seconds": math.ceil(retry_after), **(extra or {})}
+        )
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True, slots=True)
+class _Window:
+    bucket: int
+    previous_weight: float
+    seconds_left: float
+
+
+def _window(now: float) -> _Window:
+    bucket = int(now // WINDOW_SECONDS)
+    elapsed = now - bucket * WINDOW_SECONDS
+    return _Window(bucket, 1 - elapsed / WINDOW_SECONDS, WINDOW_SECONDS - elapsed)
+
+
+def _retry_after(limit: int, previous: int, current: int, amount: int, window: _Window) -> float:
+    """Seconds until `amount` more fits, assuming no other traffic meanwhile."""
+    if current + amount > limit:
+        # Not even the current bucket alone has room: wait for the next bucket,
+        # where this bucket's count becomes the (decaying) previous one.
+        if amount > limit:
+            return float(WINDOW_SECONDS)
+        needed_weight = (limit - amount) / current if current else 1.0
+        return window.seconds_left + WINDOW_SECONDS * (1 - needed_weight)
+    if not previous:
+        return 1.0
+    needed_weight = (limit - current - amount) / previous
+    return max(WINDOW_SECONDS * (window.previous_weight - needed_weight), 1.0)
+
+
+_LUA_ADMIT = """
+local w = tonumber(ARGV[1])
+local tokens = tonumber(ARGV[2])
+local ttl = tonumber(ARGV[3])
+local rpm_limit = tonumber(ARGV[4])
+local tpm_limit = tonumber(ARGV[5])
+local rp = tonumber(redis.call('GET', KEYS[1]) or '0')
+local rc = tonumber(redis.call('GET', KEYS[2]) or '0')
+local tp = tonumber(redis.call('GET', KEYS[3]) or '0')
+local tc = tonumber(redis.call('GET', KEYS[4]) or '0')
+if rpm_limit > 0 and rp * w + rc + 1 > rpm_limit then
+  return {0, rp, rc}
+end
+if tpm_limit > 0 and tp * w + tc + tokens > tpm_limit then
+  return {1, tp, tc}
+end
+if rpm_limit > 0 then
+  redis.call('INCR', KEYS[2])
+  redis.call('EXPIRE', KEYS[2], ttl)
+end
+if tpm_limit > 0 then
+  redis.call('INCRBY', KEYS[4], tokens)
+  redis.call('EXPIRE', KEYS[4], ttl)
+end
+return {2, 0, 0}
+"""
+
+_local_lock = threading.Lock()
+_script = None
+_script_lock = threading.Lock()
+
+
+def _redis_script():
+    global _script
+    if _script is None:
+        with _script_lock:
+            if _script is None:
+                from django_redis import get_redis_connection
+
+                _script = get_redis_connection("default").register_script(_LUA_ADMIT)
+    return _script
+
+
+def _uses_redis() -> bool:
+    try:
+        from django_redis.cache import RedisCache
+    except ImportError:  # pragma: no cover - django-redis is a runtime dependency
+        return False
+    return isinstance(cache, RedisCache) or isinstance(getattr(cache, "_cache", None), RedisCache)
+
+
+def _keys(config_id, window: _Window) -> list[str]:
+    names = (
+        f"rl:{config_id}:rpm:{window.bucket - 1}",
+        f"rl:{config_id}:rpm:{window.bucket}",
+        f"rl:{config_id}:tpm:{window.bucket - 1}",
+        f"rl:{config_id}:tpm:{window.bucket}",
+    )
+    return list(names)
+
+
+def _admit_redis(keys, window, tokens, rpm_limit, tpm_limit):
+    real_keys = [cache.make_key(k) for k in keys]
+    outcome, previous, current = _redis_script()(
+        keys=real_keys,
+        args=[repr(window.previous_weight), tokens, _BUCKET_TTL_SECONDS, rpm_limit, tpm_limit],
+    )
+    return int(outcome), int(previous), int(current)
+
+
+def _admit_local(keys, window, tokens, rpm_limit, tpm_limit):
+    with _local_lock:
+        found = cache.get_many(keys)
+        rp, rc, tp, tc = (int(found.get(k) or 0) for k in keys)
+        if rpm_limit and rp * window.previous_weight + rc + 1 > rpm_limit:
+            return 0, rp, rc
+        if tpm_limit and tp * window.previous_weight + tc + tokens > tpm_limit:
+            return 1, tp, tc
+        updates = {}
+        if rpm_limit:
+            updates[keys[1]] = rc + 1
+        if tpm_limit:
+            updates[keys[3]] = tc + tokens
+        cache.set_many(updates, _BUCKET_TTL_SECONDS)
+        return 2, 0, 0
+
+
+def rate_limit_admit(
+    *, provider_config_id, rpm_limit: int | None, tpm_limit: int | None, tokens: int
+) -> None:
+    """Count one request of `tokens` tokens, or raise RateLimited without counting it."""
+    if not rpm_limit and not tpm_limit:
+        return
+    window = _window(time.time())
+    keys = _keys(provider_config_id, window)
+    admit = _admit_redis if _uses_redis() else _admit_local
+    outcome, previous, current = admit(keys, window, tokens, rpm_limit or 0, tpm_limit or 0)
+    if outcome == 2:
+        return
+    if outcome == 0:
+        limit, amount, what = rpm_limit, 1, "requests per minute"
+    else:
+        limit, amount, what = tpm_limit, tokens, "tokens per minute"
+    retry_after = _retry_after(limit, previous, current, amount, window)
+    raise RateLimited(
+        f"The provider config's limit of {limit} {what} is reached; retry in "
+        f"{math.ceil(retry_after)} s.",
+        retry_after=retry_after,
+        extra={"limit": limit, "limit_kind": "rpm" if outcome == 0 else "tpm"},
+    )

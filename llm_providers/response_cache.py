@@ -1,0 +1,89 @@
+"""Cache of completion results, per tenant, for identical requests.
+
+The key is a SHA-256 over the tenant, provider config, model, messages and
+every parameter that changes the answer; nothing secret goes into it. Each
+tenant sets its TTL (`Tenant.response_cache_ttl_seconds`; 0 turns it off).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict
+from typing import Any
+
+from django.core.cache import cache
+
+from .adapters.types import ChatRequest, ChatResult, ToolCall, Usage
+
+
+def request_fingerprint(request: ChatRequest) -> str:
+    """SHA-256 of the messages and parameters (the same for every target)."""
+    payload = {
+        "messages": request.messages,
+        "max_tokens": request.max_tokens,
+        "temperature": request.temperature,
+        "top_p": request.top_p,
+        "stop": request.stop,
+        "json_mode": request.json_mode,
+        "tools": request.tools,
+    }
+    encoded = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(encoded.encode("utf-8")).hexdigest()
+
+
+def _cache_key(*, tenant_id, provider_config_id, model: str, fingerprint: str) -> str:
+    scope = f"{tenant_id}|{provider_config_id}|{model}|{fingerprint}"
+    return "resp:" + hashlib.sha256(scope.encode("utf-8")).hexdigest()
+
+
+def response_cache_get(
+    *, tenant_id, provider_config_id, model: str, fingerprint: str
+) -> ChatResult | None:
+    stored = cache.get(
+        _cache_key(
+            tenant_id=tenant_id,
+            provider_config_id=provider_config_id,
+            model=model,
+            fingerprint=fingerprint,
+        )
+    )
+    if not stored:
+        return None
+    return ChatResult(
+        content=stored["content"],
+        usage=Usage(**stored["usage"]),
+        model=stored["model"],
+        finish_reason=stored["finish_reason"],
+        tool_calls=[ToolCall(**call) for call in stored["tool_calls"]],
+    )
+
+
+def response_cache_set(
+    *,
+    tenant_id,
+    provider_config_id,
+    model: str,
+    fingerprint: str,
+    result: ChatResult,
+    ttl_seconds: int,
+) -> None:
+    if ttl_seconds <= 0:
+        return
+    stored: dict[str, Any] = {
+        "content": result.content,
+        "usage": asdict(result.usage),
+        "model": result.model,
+        "finish_reason": result.finish_reason,
+        "tool_calls": [asdict(call) for call in result.tool_calls],
+    }
+    cache.set(
+        _cache_key(
+            tenant_id=tenant_id,
+            provider_config_id=provider_config_id,
+            model=model,
+            fingerprint=fingerprint,
+        ),
+        stored,
+        ttl_seconds,
+    )

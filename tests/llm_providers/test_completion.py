@@ -1,0 +1,395 @@
+"""The completion pipeline against the Fake adapter: routing, retries, fallbacks,
+rate limits, the response cache, streaming and the call log of every attempt."""
+
+from decimal import Decimal
+
+import pytest
+from django.test import override_settings
+
+from llm_providers.adapters.errors import ProviderBadRequest, UpstreamUnavailable
+from llm_providers.chat_input import InvalidRequest
+from llm_providers.completion import complete, embed, stream
+from llm_providers.encryption import UnreadableSecret
+from llm_providers.rate_limiting import RateLimited
+from overrides.routing import NoRouteError
+from tests.factories import (
+    ModelPriceFactory,
+    ProviderConfigFactory,
+    RoutingOverrideFactory,
+    TenantFactory,
+)
+from usage.models import CallLog
+
+pytestmark = pytest.mark.django_db
+
+HELLO = [{"role": "user", "content": "hi"}]
+# The Fake provider counts "hi" as 8 input tokens and answers "Echo: hi" (3 tokens);
+# at $1 / $2 per million input / output tokens that is 8 + 6 = 14 micro-dollars.
+HELLO_COST = Decimal("0.000014")
+
+
+@pytest.fixture
+def tenant():
+    tenant = TenantFactory(slug="acme-corp")
+    ModelPriceFactory(model="fake-small", input_per_mtok="1", output_per_mtok="2")
+    return tenant
+
+
+@pytest.fixture
+def primary(tenant):
+    return ProviderConfigFactory(tenant=tenant, name="primary", is_default=True, priority=1)
+
+
+@pytest.fixture
+def backup(tenant):
+    return ProviderConfigFactory(tenant=tenant, name="backup", priority=2)
+
+
+def _logs(**filters):
+    return list(CallLog.objects.filter(**filters).order_by("attempt"))
+
+
+def _fail(config, **options):
+    config.options = options
+    config.save()
+
+
+def test_complete_returns_content_usage_and_exact_cost(tenant, primary):
+    result = complete(tenant=tenant, messages=HELLO, customer_id="c1", service_name="chat")
+
+    assert result.content == "Echo: hi"
+    assert (result.usage.input_tokens, result.usage.output_tokens) == (8, 3)
+    assert result.cost_usd == HELLO_COST
+    assert result.price_source == "override"
+    assert (result.provider, result.model, result.route_rule) == (
+        "primary",
+        "fake-small",
+        "default",
+    )
+    assert result.cached is False
+
+
+def test_complete_writes_one_call_log_row(tenant, primary):
+    result = complete(tenant=tenant, messages=HELLO, customer_id="c1", service_name="chat")
+
+    [log] = _logs(request_id=result.request_id)
+    assert log.tenant == tenant
+    assert log.attempt == 1
+    assert log.status == CallLog.Status.OK
+    assert log.provider_config == primary
+    assert (log.provider_type, log.model_requested, log.model_answered) == (
+        "fake",
+        "fake-small",
+        "fake-small",
+    )
+    assert (log.customer_id, log.service_name, log.route_rule) == ("c1", "chat", "default")
+    assert (log.input_tokens, log.output_tokens) == (8, 3)
+    assert log.cost_usd == HELLO_COST
+    assert log.price_source == "override"
+    assert len(log.input_hash) == 64
+    assert log.prompt_preview == ""
+
+
+def test_complete_records_unknown_price_as_null_cost(tenant, primary):
+    primary.default_model = "fake-large"
+    primary.save()
+
+    result = complete(tenant=tenant, messages=HELLO)
+
+    [log] = _logs(request_id=result.request_id)
+    assert result.cost_usd is None
+    assert (log.cost_usd, log.price_source) == (None, "unknown")
+
+
+def test_complete_uses_override_and_records_its_rule(tenant, primary):
+    override = RoutingOverrideFactory(tenant=tenant, customer_id="vip", model="fake-small")
+
+    result = complete(tenant=tenant, messages=HELLO, customer_id="vip")
+
+    [log] = _logs(request_id=result.request_id)
+    assert log.provider_config == override.provider_config
+    assert log.route_rule == "customer"
+
+
+def test_complete_retries_retryable_failure_on_same_target(tenant, primary, backup):
+    _fail(primary, fail_first=1)
+
+    result = complete(tenant=tenant, messages=HELLO)
+
+    logs = _logs(request_id=result.request_id)
+    assert [(log.attempt, log.status, log.provider_config_id) for log in logs] == [
+        (1, "error", primary.pk),
+        (2, "ok", primary.pk),
+    ]
+    assert logs[0].error_code == "upstream_unavailable"
+    assert result.attempts == 2
+
+
+def test_complete_falls_back_after_retries_are_spent(tenant, primary, backup):
+    _fail(primary, failure="unavailable")
+
+    result = complete(tenant=tenant, messages=HELLO)
+
+    assert result.provider == "backup"
+    logs = _logs(request_id=result.request_id)
+    assert [(log.status, log.provider_config_id) for log in logs] == [
+        ("error", primary.pk),
+        ("error", primary.pk),
+        ("ok", backup.pk),
+    ]
+    assert logs[2].cost_usd == HELLO_COST
+
+
+def test_complete_falls_back_when_key_is_rejected(tenant, primary, backup):
+    _fail(primary, failure="authentication")
+
+    result = complete(tenant=tenant, messages=HELLO)
+
+    # An account problem is not retried on the same target.
+    logs = _logs(request_id=result.request_id)
+    assert [(log.status, log.error_code) for log in logs] == [
+        ("error", "provider_authentication"),
+        ("ok", ""),
+    ]
+
+
+def test_complete_raises_bad_request_without_fallback(tenant, primary, backup):
+    _fail(primary, failure="bad_request")
+
+    with pytest.raises(ProviderBadRequest):
+        complete(tenant=tenant, messages=HELLO)
+
+    assert [(log.status, log.provider_config_id) for log in _logs()] == [("error", primary.pk)]
+
+
+def test_complete_raises_last_error_when_every_target_fails(tenant, primary, backup):
+    _fail(primary, failure="unavailable")
+    _fail(backup, failure="unavailable")
+
+    with pytest.raises(UpstreamUnavailable):
+        complete(tenant=tenant, messages=HELLO)
+
+    logs = _logs()
+    assert len(logs) == 4
+    assert len({log.request_id for log in logs}) == 1
+    assert [log.attempt for log in logs] == [1, 2, 3, 4]
+
+
+def test_complete_logs_rate_limited_target_as_blocked_and_falls_back(tenant, primary, backup):
+    primary.rpm_limit = 1
+    primary.save()
+    complete(tenant=tenant, messages=HELLO)
+
+    result = complete(tenant=tenant, messages=HELLO)
+
+    assert result.provider == "backup"
+    logs = _logs(request_id=result.request_id)
+    assert [(log.status, log.error_code, log.provider_config_id) for log in logs] == [
+        ("blocked", "rate_limited", primary.pk),
+        ("ok", "", backup.pk),
+    ]
+
+
+def test_complete_raises_rate_limited_when_no_fallback_is_left(tenant, primary):
+    primary.rpm_limit = 1
+    primary.save()
+    complete(tenant=tenant, messages=HELLO)
+
+    with pytest.raises(RateLimited) as raised:
+        complete(tenant=tenant, messages=HELLO)
+
+    assert raised.value.extra["retry_after_seconds"] >= 1
+
+
+def test_complete_serves_identical_request_from_cache_at_zero_cost(tenant, primary):
+    tenant.response_cache_ttl_seconds = 60
+    tenant.save()
+    first = complete(tenant=tenant, messages=HELLO)
+
+    second = complete(tenant=tenant, messages=HELLO)
+
+    assert second.cached is True
+    assert second.content == first.content
+    assert second.cost_usd == Decimal(0)
+    [log] = _logs(request_id=second.request_id)
+    assert (log.status, log.cost_usd, log.input_tokens, log.output_tokens) == ("cached", 0, 0, 0)
+
+
+def test_complete_does_not_cache_when_ttl_is_zero(tenant, primary):
+    complete(tenant=tenant, messages=HELLO)
+
+    second = complete(tenant=tenant, messages=HELLO)
+
+    assert second.cached is False
+    assert _logs(request_id=second.request_id)[0].status == "ok"
+
+
+def test_complete_falls_back_when_key_is_unreadable(tenant, primary, backup):
+    # given a key written under a salt that is no longer configured
+    with override_settings(SALT_KEY=["retired-salt"]):
+        primary.set_api_key("sk-real-key-0123456789abcdef")
+        primary.save()
+    primary.refresh_from_db()
+    assert isinstance(primary.api_key, UnreadableSecret)
+
+    # when
+    result = complete(tenant=tenant, messages=HELLO)
+
+    # then the primary is logged as unusable and the backup serves the call
+    assert result.provider == "backup"
+    first = _logs(request_id=result.request_id)[0]
+    assert first.error_code == "secret_unreadable"
+    assert "“primary”" in first.error_message
+    assert "gAAAA" not in first.error_message
+
+
+def test_complete_applies_explicit_model_to_primary_target(tenant, primary):
+    result = complete(tenant=tenant, messages=HELLO, model="fake-large")
+
+    assert result.model == "fake-large"
+
+
+def test_complete_refuses_model_not_allowed_on_primary(tenant, primary):
+    primary.allowed_models = ["fake-small"]
+    primary.save()
+
+    with pytest.raises(InvalidRequest) as raised:
+        complete(tenant=tenant, messages=HELLO, model="gpt-4o")
+
+    assert raised.value.field == "model"
+    assert "not allowed on provider config “primary”" in raised.value.message
+    assert not CallLog.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"messages": []}, "messages"),
+        ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
+        ({"messages": [{"role": "system", "content": "x"}]}, "messages"),
+        ({"messages": HELLO, "max_tokens": 0}, "max_tokens"),
+        ({"messages": HELLO, "temperature": 3}, "temperature"),
+        ({"messages": HELLO, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"messages": HELLO, "tools": [{"type": "web"}]}, "tools[0]"),
+        (
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}],
+                    }
+                ]
+            },
+            "messages[0].content[0]",
+        ),
+    ],
+)
+def test_complete_refuses_bad_input_before_routing(tenant, primary, kwargs, field):
+    with pytest.raises(InvalidRequest) as raised:
+        complete(tenant=tenant, **kwargs)
+
+    assert raised.value.field == field
+    assert raised.value.http_status == 400
+    assert not CallLog.objects.exists()
+
+
+def test_complete_raises_no_route_without_default(tenant):
+    with pytest.raises(NoRouteError):
+        complete(tenant=tenant, messages=HELLO, customer_id="acme")
+
+    assert not CallLog.objects.exists()
+
+
+def test_complete_keeps_prompt_preview_only_when_tenant_enables_it(tenant, primary):
+    tenant.store_prompt_previews = True
+    tenant.save()
+
+    result = complete(tenant=tenant, messages=HELLO)
+
+    assert _logs(request_id=result.request_id)[0].prompt_preview == "hi"
+
+
+def test_complete_returns_tool_calls(tenant, primary):
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {}}}]
+
+    result = complete(tenant=tenant, messages=HELLO, tools=tools)
+
+    assert result.finish_reason == "tool_calls"
+    assert [call.name for call in result.tool_calls] == ["lookup"]
+
+
+def test_stream_yields_text_and_records_call_at_the_end(tenant, primary):
+    tenant.store_prompt_previews = True
+    tenant.save()
+    chunks = stream(tenant=tenant, messages=[{"role": "user", "content": "one two three"}])
+
+    text = "".join(chunks)
+
+    assert text == "Echo: one two three"
+    assert chunks.result.content == text
+    [log] = _logs(request_id=chunks.request_id)
+    assert (log.status, log.streamed, log.usage_estimated) == ("ok", True, False)
+    assert log.time_to_first_token_ms is not None
+    assert log.output_tokens == chunks.result.usage.output_tokens == 7
+    assert log.cost_usd == chunks.result.cost_usd
+
+
+def test_stream_closed_early_records_estimated_usage(tenant, primary):
+    chunks = stream(tenant=tenant, messages=[{"role": "user", "content": "one two three four"}])
+    first = next(chunks)
+
+    chunks.close()
+
+    [log] = _logs(request_id=chunks.request_id)
+    assert first == "Echo: "
+    assert (log.status, log.error_code, log.usage_estimated) == ("ok", "client_closed", True)
+    # "Echo: " is 6 characters: 2 estimated output tokens.
+    assert log.output_tokens == 2
+    assert log.cost_usd == Decimal(log.input_tokens * 1 + 2 * 2) / 1_000_000
+
+
+def test_stream_falls_back_when_first_target_fails_before_any_chunk(tenant, primary, backup):
+    _fail(primary, failure="timeout")
+
+    chunks = stream(tenant=tenant, messages=HELLO)
+    text = "".join(chunks)
+
+    assert text == "Echo: hi"
+    assert chunks.result.provider == "backup"
+    statuses = [(log.status, log.error_code) for log in _logs(request_id=chunks.request_id)]
+    assert statuses == [
+        ("error", "provider_timeout"),
+        ("error", "provider_timeout"),
+        ("ok", ""),
+    ]
+
+
+def test_stream_serves_cache_hit_as_one_chunk(tenant, primary):
+    tenant.response_cache_ttl_seconds = 60
+    tenant.save()
+    complete(tenant=tenant, messages=HELLO)
+
+    chunks = stream(tenant=tenant, messages=HELLO)
+
+    assert list(chunks) == ["Echo: hi"]
+    assert chunks.result.cached is True
+
+
+def test_embed_returns_vectors_and_logs_the_call(tenant, primary):
+    ModelPriceFactory(model="fake-embed", input_per_mtok="0.5", output_per_mtok="0")
+
+    result = embed(tenant=tenant, inputs=["alpha", "beta"], model="fake-embed")
+
+    assert len(result.vectors) == 2
+    assert len(result.vectors[0]) == 8
+    # "alpha" and "beta" are 2 tokens each at $0.50 per million.
+    assert result.cost_usd == Decimal("0.000002")
+    [log] = _logs(request_id=result.request_id)
+    assert (log.operation, log.status, log.input_tokens) == ("embed", "ok", 4)
+
+
+def test_embed_requires_a_model(tenant, primary):
+    with pytest.raises(InvalidRequest) as raised:
+        embed(tenant=tenant, inputs=["x"], model="")
+
+    assert raised.value.field == "model"

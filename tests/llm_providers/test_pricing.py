@@ -1,0 +1,140 @@
+"""Prices and costs: genai-prices, ModelPrice overrides, self-hosted, unknown models."""
+
+from datetime import date, timedelta
+from decimal import Decimal
+
+import pytest
+from django.utils import timezone
+
+from llm_providers.adapters.types import Usage
+from llm_providers.config_cache import config_version
+from llm_providers.pricing import (
+    PriceSource,
+    cost_for_usage,
+    cost_worst_case,
+    price_lookup,
+)
+from tests.factories import ModelPriceFactory, TenantFactory
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def tenant():
+    return TenantFactory()
+
+
+def _price(tenant, provider_type, model, **kwargs):
+    return price_lookup(
+        tenant_id=tenant.pk,
+        provider_type=provider_type,
+        model=model,
+        version=config_version(tenant.pk),
+        **kwargs,
+    )
+
+
+def test_cost_for_usage_prices_openai_cached_input_at_cache_rate(tenant):
+    # gpt-4o: $2.50 input, $1.25 cached input, $10 output per million tokens.
+    usage = Usage(input_tokens=1000, output_tokens=500, cache_read_tokens=200)
+
+    cost = cost_for_usage(usage=usage, price=_price(tenant, "openai", "gpt-4o"))
+
+    # 800 × 2.50 + 200 × 1.25 + 500 × 10 = 7,250 per million
+    assert cost == Decimal("0.00725")
+
+
+def test_cost_for_usage_prices_reasoning_as_output(tenant):
+    # o3-mini: $1.10 input, $4.40 output; reasoning tokens are inside output.
+    usage = Usage(input_tokens=100, output_tokens=1000, reasoning_tokens=800)
+
+    cost = cost_for_usage(usage=usage, price=_price(tenant, "openai", "o3-mini"))
+
+    assert cost == Decimal("0.00451")
+
+
+def test_cost_for_usage_prices_anthropic_cache_reads_and_writes(tenant):
+    # claude-sonnet-4-5: $3 input, $0.30 cache read, $3.75 cache write, $15 output.
+    usage = Usage(
+        input_tokens=1000, output_tokens=500, cache_read_tokens=200, cache_write_tokens=100
+    )
+
+    cost = cost_for_usage(usage=usage, price=_price(tenant, "anthropic", "claude-sonnet-4-5"))
+
+    # 700 × 3 + 200 × 0.30 + 100 × 3.75 + 500 × 15 = 10,035 per million
+    assert cost == Decimal("0.010035")
+
+
+def test_cost_for_usage_prices_bedrock_model_ids(tenant):
+    usage = Usage(input_tokens=1000, output_tokens=1000)
+
+    price = _price(tenant, "bedrock", "anthropic.claude-3-5-haiku-20241022-v1:0")
+
+    assert price.source == PriceSource.GENAI_PRICES
+    assert cost_for_usage(usage=usage, price=price) == Decimal("0.0048")
+
+
+def test_price_lookup_returns_unknown_for_unpriced_model(tenant):
+    price = _price(tenant, "openai", "no-such-model-anywhere")
+
+    assert price.source == PriceSource.UNKNOWN
+    assert cost_for_usage(usage=Usage(input_tokens=10, output_tokens=10), price=price) is None
+
+
+def test_price_lookup_prices_self_hosted_ollama_at_zero(tenant):
+    price = _price(tenant, "ollama", "llama3.2")
+
+    assert price.source == PriceSource.SELF_HOSTED
+    assert cost_for_usage(usage=Usage(input_tokens=10, output_tokens=10), price=price) == 0
+
+
+def test_price_lookup_prefers_model_price_override_to_genai(tenant):
+    ModelPriceFactory(
+        tenant=None, provider_type="openai", model="gpt-4o", input_per_mtok="1", output_per_mtok="2"
+    )
+    usage = Usage(input_tokens=1000, output_tokens=500, cache_read_tokens=200)
+
+    price = _price(tenant, "openai", "gpt-4o")
+
+    assert price.source == PriceSource.OVERRIDE
+    # No cache price given: cached input costs the input price.
+    assert cost_for_usage(usage=usage, price=price) == Decimal("0.002")
+
+
+def test_price_lookup_prefers_tenant_price_to_global(tenant):
+    ModelPriceFactory(tenant=None, model="fake-small", input_per_mtok="1", output_per_mtok="1")
+    ModelPriceFactory(tenant=tenant, model="fake-small", input_per_mtok="5", output_per_mtok="7")
+    other = TenantFactory()
+
+    mine = _price(tenant, "fake", "fake-small")
+    theirs = _price(other, "fake", "fake-small")
+
+    assert (mine.input_per_mtok, mine.output_per_mtok) == (Decimal("5"), Decimal("7"))
+    assert (theirs.input_per_mtok, theirs.output_per_mtok) == (Decimal("1"), Decimal("1"))
+
+
+def test_price_lookup_uses_price_in_effect_on_the_day(tenant):
+    today = timezone.now().date()
+    ModelPriceFactory(model="fake-small", input_per_mtok="1", effective_from=today - timedelta(30))
+    ModelPriceFactory(model="fake-small", input_per_mtok="3", effective_from=today - timedelta(5))
+    ModelPriceFactory(model="fake-small", input_per_mtok="9", effective_from=today + timedelta(5))
+
+    assert _price(tenant, "fake", "fake-small").input_per_mtok == Decimal("3")
+    assert _price(tenant, "fake", "fake-small", on=today - timedelta(10)).input_per_mtok == 1
+    assert _price(tenant, "fake", "fake-small", on=date(2000, 1, 1)).source == PriceSource.UNKNOWN
+
+
+def test_price_lookup_sees_new_model_price_after_cached_lookup(tenant):
+    assert _price(tenant, "fake", "fake-small").source == PriceSource.UNKNOWN
+
+    ModelPriceFactory(model="fake-small")
+
+    assert _price(tenant, "fake", "fake-small").source == PriceSource.OVERRIDE
+
+
+def test_cost_worst_case_prices_max_tokens_as_output(tenant):
+    price = _price(tenant, "openai", "gpt-4o")
+
+    cost = cost_worst_case(price=price, input_tokens=1000, max_output_tokens=500)
+
+    assert cost == Decimal("0.0075")

@@ -1,0 +1,85 @@
+"""Per-config rpm/tpm limits on the shared cache (Redis when configured)."""
+
+import uuid
+
+import pytest
+from django.core.cache import cache
+
+from llm_providers.rate_limiting import (
+    WINDOW_SECONDS,
+    RateLimited,
+    _retry_after,
+    _Window,
+    rate_limit_admit,
+)
+
+
+def test_rate_limit_admit_refuses_request_over_rpm():
+    config_id = uuid.uuid4()
+    for _ in range(3):
+        rate_limit_admit(provider_config_id=config_id, rpm_limit=3, tpm_limit=None, tokens=10)
+
+    with pytest.raises(RateLimited) as raised:
+        rate_limit_admit(provider_config_id=config_id, rpm_limit=3, tpm_limit=None, tokens=10)
+
+    assert raised.value.extra["limit_kind"] == "rpm"
+    assert raised.value.extra["limit"] == 3
+    assert 1 <= raised.value.extra["retry_after_seconds"] <= 2 * WINDOW_SECONDS
+    assert "3 requests per minute" in raised.value.message
+
+
+def test_rate_limit_admit_refuses_request_over_tpm_without_counting_it():
+    config_id = uuid.uuid4()
+    rate_limit_admit(provider_config_id=config_id, rpm_limit=None, tpm_limit=1000, tokens=800)
+
+    with pytest.raises(RateLimited) as raised:
+        rate_limit_admit(provider_config_id=config_id, rpm_limit=None, tpm_limit=1000, tokens=300)
+
+    assert raised.value.extra["limit_kind"] == "tpm"
+    # The refused 300 were not counted: 200 more still fit.
+    rate_limit_admit(provider_config_id=config_id, rpm_limit=None, tpm_limit=1000, tokens=200)
+
+
+def test_rate_limit_admit_counts_configs_separately():
+    first, second = uuid.uuid4(), uuid.uuid4()
+    rate_limit_admit(provider_config_id=first, rpm_limit=1, tpm_limit=None, tokens=1)
+
+    rate_limit_admit(provider_config_id=second, rpm_limit=1, tpm_limit=None, tokens=1)
+
+    with pytest.raises(RateLimited):
+        rate_limit_admit(provider_config_id=first, rpm_limit=1, tpm_limit=None, tokens=1)
+
+
+def test_rate_limit_admit_does_nothing_without_limits():
+    config_id = uuid.uuid4()
+    for _ in range(100):
+        rate_limit_admit(provider_config_id=config_id, rpm_limit=None, tpm_limit=None, tokens=9)
+
+
+def test_retry_after_waits_for_previous_bucket_to_decay():
+    # 30 s into the bucket: the previous bucket (10 requests) still weighs half.
+    window = _Window(bucket=100, previous_weight=0.5, seconds_left=30)
+
+    # limit 10: 10 × w + 2 current + 1 fits once w ≤ 0.7 → already; at 8 current
+    # it needs w ≤ 0.1, i.e. 0.4 of a window = 24 s later.
+    assert _retry_after(10, previous=10, current=8, amount=1, window=window) == pytest.approx(24)
+
+
+def test_retry_after_waits_for_next_bucket_when_current_is_full():
+    window = _Window(bucket=100, previous_weight=0.5, seconds_left=30)
+
+    # The current bucket alone holds the limit: wait for it to become the
+    # previous bucket and decay to 9/10.
+    assert _retry_after(10, previous=0, current=10, amount=1, window=window) == pytest.approx(36)
+
+
+@pytest.mark.redis
+def test_rate_limit_admit_keeps_counts_in_redis():
+    from django_redis import get_redis_connection
+
+    config_id = uuid.uuid4()
+    rate_limit_admit(provider_config_id=config_id, rpm_limit=5, tpm_limit=100, tokens=42)
+
+    keys = get_redis_connection("default").keys(cache.make_key(f"rl:{config_id}:*"))
+    values = sorted(int(get_redis_connection("default").get(k)) for k in keys)
+    assert values == [1, 42]

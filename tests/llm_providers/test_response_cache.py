@@ -1,0 +1,67 @@
+"""The response cache: keyed by tenant, config, model and request; never by a secret."""
+
+import uuid
+
+from llm_providers.adapters.types import ChatRequest, ChatResult, ToolCall, Usage
+from llm_providers.response_cache import (
+    request_fingerprint,
+    response_cache_get,
+    response_cache_set,
+)
+
+RESULT = ChatResult(
+    content="hello",
+    usage=Usage(input_tokens=10, output_tokens=2, cache_read_tokens=4),
+    model="fake-small",
+    finish_reason="tool_calls",
+    tool_calls=[ToolCall(id="c1", name="lookup", arguments='{"q": 1}')],
+)
+
+
+def _request(**overrides):
+    values = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "temperature": 0}
+    values.update(overrides)
+    return ChatRequest(**values)
+
+
+def test_request_fingerprint_changes_with_parameters():
+    base = request_fingerprint(_request())
+
+    assert request_fingerprint(_request()) == base
+    assert request_fingerprint(_request(temperature=0.5)) != base
+    assert request_fingerprint(_request(messages=[{"role": "user", "content": "ho"}])) != base
+    assert request_fingerprint(_request(json_mode=True)) != base
+
+
+def test_response_cache_round_trips_result():
+    tenant_id, config_id = uuid.uuid4(), uuid.uuid4()
+    key = {"tenant_id": tenant_id, "provider_config_id": config_id, "model": "m"}
+    response_cache_set(**key, fingerprint="f", result=RESULT, ttl_seconds=60)
+
+    assert response_cache_get(**key, fingerprint="f") == RESULT
+
+
+def test_response_cache_is_separate_per_tenant():
+    config_id = uuid.uuid4()
+    response_cache_set(
+        tenant_id=uuid.uuid4(),
+        provider_config_id=config_id,
+        model="m",
+        fingerprint="f",
+        result=RESULT,
+        ttl_seconds=60,
+    )
+
+    found = response_cache_get(
+        tenant_id=uuid.uuid4(), provider_config_id=config_id, model="m", fingerprint="f"
+    )
+
+    assert found is None
+
+
+def test_response_cache_set_with_zero_ttl_stores_nothing():
+    key = {"tenant_id": uuid.uuid4(), "provider_config_id": uuid.uuid4(), "model": "m"}
+
+    response_cache_set(**key, fingerprint="f", result=RESULT, ttl_seconds=0)
+
+    assert response_cache_get(**key, fingerprint="f") is None

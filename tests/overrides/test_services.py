@@ -1,0 +1,128 @@
+"""Override writes: validation of targets and fallbacks, all-or-nothing saves."""
+
+import pytest
+from django.core.exceptions import ValidationError
+
+from overrides.models import RoutingOverride
+from overrides.services import routing_override_create, routing_override_update
+from tests.factories import ProviderConfigFactory, TenantFactory
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def tenant():
+    return TenantFactory()
+
+
+def test_routing_override_create_saves_fallbacks_in_order(tenant):
+    primary = ProviderConfigFactory(tenant=tenant)
+    first = ProviderConfigFactory(tenant=tenant)
+    second = ProviderConfigFactory(tenant=tenant)
+
+    override = routing_override_create(
+        tenant=tenant,
+        provider_config=primary,
+        customer_id="acme",
+        fallbacks=[(first, "fake-large"), (second, "")],
+    )
+
+    rows = list(override.fallbacks.values_list("provider_config_id", "model", "position"))
+    assert rows == [(first.pk, "fake-large", 0), (second.pk, "", 1)]
+
+
+def test_routing_override_create_refuses_other_tenants_provider(tenant):
+    foreign = ProviderConfigFactory()
+
+    with pytest.raises(ValidationError) as raised:
+        routing_override_create(tenant=tenant, provider_config=foreign, customer_id="acme")
+
+    assert raised.value.message_dict["provider_config"] == [
+        "Choose a provider config of the same tenant."
+    ]
+    assert not RoutingOverride.objects.exists()
+
+
+def test_routing_override_create_refuses_other_tenants_fallback_and_saves_nothing(tenant):
+    primary = ProviderConfigFactory(tenant=tenant)
+    foreign = ProviderConfigFactory()
+
+    with pytest.raises(ValidationError) as raised:
+        routing_override_create(
+            tenant=tenant, provider_config=primary, customer_id="acme", fallbacks=[(foreign, "")]
+        )
+
+    assert "Fallback 1: Choose a provider config of the same tenant." in raised.value.messages
+    assert not RoutingOverride.objects.exists()
+
+
+def test_routing_override_create_refuses_model_outside_allowed_list(tenant):
+    config = ProviderConfigFactory(tenant=tenant, allowed_models=["fake-small"])
+
+    with pytest.raises(ValidationError) as raised:
+        routing_override_create(
+            tenant=tenant, provider_config=config, service_name="search", model="fake-large"
+        )
+
+    assert "not among the allowed models" in raised.value.message_dict["model"][0]
+
+
+def test_routing_override_create_refuses_empty_scope(tenant):
+    config = ProviderConfigFactory(tenant=tenant)
+
+    with pytest.raises(ValidationError) as raised:
+        routing_override_create(tenant=tenant, provider_config=config)
+
+    assert "needs a customer, a service or both" in " ".join(raised.value.messages)
+
+
+def test_routing_override_create_refuses_duplicate_scope(tenant):
+    config = ProviderConfigFactory(tenant=tenant)
+    routing_override_create(tenant=tenant, provider_config=config, customer_id="acme")
+
+    with pytest.raises(ValidationError) as raised:
+        routing_override_create(tenant=tenant, provider_config=config, customer_id="acme")
+
+    assert raised.value.messages == [
+        "An override for this customer and service already exists in this tenant."
+    ]
+
+
+def test_routing_override_create_refuses_same_fallback_twice(tenant):
+    primary = ProviderConfigFactory(tenant=tenant)
+    backup = ProviderConfigFactory(tenant=tenant)
+
+    with pytest.raises(ValidationError) as raised:
+        routing_override_create(
+            tenant=tenant,
+            provider_config=primary,
+            customer_id="acme",
+            fallbacks=[(backup, ""), (backup, "")],
+        )
+
+    assert "is listed twice" in raised.value.messages[0]
+
+
+def test_routing_override_update_replaces_fallbacks(tenant):
+    primary = ProviderConfigFactory(tenant=tenant)
+    old = ProviderConfigFactory(tenant=tenant)
+    new = ProviderConfigFactory(tenant=tenant)
+    override = routing_override_create(
+        tenant=tenant, provider_config=primary, customer_id="acme", fallbacks=[(old, "")]
+    )
+
+    routing_override_update(override=override, data={"model": "fake-large"}, fallbacks=[(new, "")])
+
+    override.refresh_from_db()
+    assert override.model == "fake-large"
+    assert list(override.fallbacks.values_list("provider_config_id", flat=True)) == [new.pk]
+
+
+def test_routing_override_update_refuses_unknown_field(tenant):
+    config = ProviderConfigFactory(tenant=tenant)
+    override = routing_override_create(tenant=tenant, provider_config=config, customer_id="a")
+
+    with pytest.raises(ValidationError) as raised:
+        routing_override_update(override=override, data={"tenant": TenantFactory()})
+
+    assert raised.value.messages == ["Unknown override field(s): tenant."]

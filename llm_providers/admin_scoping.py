@@ -98,3 +98,34 @@ class TenantScopedAdmin(admin.ModelAdmin):
         if tenant_id is not None and tenant_id not in self._admin_tenant_ids(request):
             raise PermissionDenied("You do not administer this tenant.")
         super().save_model(request, obj, form, change)
+
+
+class TenantScopedInline(admin.TabularInline):
+    """An inline of a TenantScopedAdmin: the parent object's tenant decides.
+
+    Choices of tenant-owned objects are limited like in the parent admin.
+    """
+
+    def _parent_admin(self) -> TenantScopedAdmin:
+        return self.admin_site._registry[self.parent_model]
+
+    def has_view_permission(self, request, obj=None):
+        return self._parent_admin().has_view_permission(request, obj)
+
+    def has_add_permission(self, request, obj=None):
+        return self._parent_admin().has_change_permission(request, obj)
+
+    def has_change_permission(self, request, obj=None):
+        return self._parent_admin().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request, obj=None):
+        return self._parent_admin().has_change_permission(request, obj)
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        formfield = super().formfield_for_foreignkey(db_field, request, **kwargs)
+        if formfield is None or request.user.is_superuser:
+            return formfield
+        if any(f.name == "tenant" for f in db_field.related_model._meta.get_fields()):
+            allowed = self._parent_admin()._admin_tenant_ids(request)
+            formfield.queryset = formfield.queryset.filter(tenant_id__in=allowed)
+        return formfield

@@ -106,10 +106,15 @@ class RoutingFallback(models.Model):
 
     def clean(self) -> None:
         super().clean()
-        if not (self.override_id and self.provider_config_id):
+        if not self.provider_config_id:
+            return
+        try:
+            # Also set (unsaved) while an override and its fallbacks are validated together.
+            override = self.override
+        except RoutingOverride.DoesNotExist:
             return
         config = self.provider_config
-        if config.tenant_id != self.override.tenant_id:
+        if config.tenant_id != override.tenant_id:
             raise ValidationError(
                 {"provider_config": "Choose a provider config of the same tenant."}
             )

@@ -1,0 +1,79 @@
+"""Run one completion (or stream) for a tenant from the shell and show what it cost."""
+
+from django.core.management.base import BaseCommand, CommandError
+
+from llm_providers.completion import complete, stream
+from llm_providers.exceptions import ApplicationError
+from llm_providers.models import Tenant
+
+
+class Command(BaseCommand):
+    help = (
+        "Run a completion through the full pipeline (routing, limits, cache, call log) and print "
+        "the content, provider, model, tokens, cost and latency."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("prompt", help="The user message.")
+        parser.add_argument("--tenant", default="demo", help="Tenant slug (default: demo).")
+        parser.add_argument("--service", default="", help="Service name, for routing.")
+        parser.add_argument("--customer", default="", help="Customer id, for routing.")
+        parser.add_argument("--model", default=None, help="Model for the primary target.")
+        parser.add_argument("--system", default="", help="An optional system message.")
+        parser.add_argument("--max-tokens", type=int, default=None)
+        parser.add_argument("--temperature", type=float, default=None)
+        parser.add_argument("--json", action="store_true", help="Ask for a JSON answer.")
+        parser.add_argument("--stream", action="store_true", help="Stream the answer.")
+
+    def handle(self, *args, **options):
+        try:
+            tenant = Tenant.objects.get(slug=options["tenant"])
+        except Tenant.DoesNotExist:
+            raise CommandError(
+                f"No tenant with slug “{options['tenant']}”. Run `manage.py seed_demo` for the "
+                "demo tenant."
+            ) from None
+        messages = []
+        if options["system"]:
+            messages.append({"role": "system", "content": options["system"]})
+        messages.append({"role": "user", "content": options["prompt"]})
+        kwargs = {
+            "tenant": tenant,
+            "messages": messages,
+            "customer_id": options["customer"],
+            "service_name": options["service"],
+            "model": options["model"],
+            "max_tokens": options["max_tokens"],
+            "temperature": options["temperature"],
+            "json_mode": options["json"],
+        }
+        try:
+            if options["stream"]:
+                chunks = stream(**kwargs)
+                for text in chunks:
+                    self.stdout.write(text, ending="")
+                    self.stdout.flush()
+                self.stdout.write("")
+                result = chunks.result
+            else:
+                result = complete(**kwargs)
+                self.stdout.write(result.content)
+        except ApplicationError as exc:
+            raise CommandError(f"{exc.code}: {exc.message}") from None
+
+        usage = result.usage
+        cost = "unpriced" if result.cost_usd is None else f"${result.cost_usd:.8f}"
+        self.stdout.write("")
+        self.stdout.write(f"provider:   {result.provider} ({result.provider_type})")
+        self.stdout.write(f"model:      {result.model}  [route: {result.route_rule}]")
+        self.stdout.write(
+            f"tokens:     {usage.input_tokens} in ({usage.cache_read_tokens} cached), "
+            f"{usage.output_tokens} out ({usage.reasoning_tokens} reasoning)"
+            + ("  [estimated]" if result.usage_estimated else "")
+        )
+        self.stdout.write(f"cost:       {cost}  [{result.price_source}]")
+        self.stdout.write(
+            f"latency:    {result.latency_ms} ms  cached: {'yes' if result.cached else 'no'}  "
+            f"attempts: {result.attempts}"
+        )
+        self.stdout.write(f"request id: {result.request_id}")

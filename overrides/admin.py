@@ -1,0 +1,66 @@
+"""Admin for routing overrides: tenant-scoped, fallbacks edited inline in order."""
+
+from django.contrib import admin
+
+from llm_providers.admin_scoping import TenantScopedAdmin, TenantScopedInline
+
+from .models import RoutingFallback, RoutingOverride
+
+
+def _active_configs_only(formfield):
+    if formfield is not None:
+        formfield.queryset = formfield.queryset.filter(is_active=True).select_related("tenant")
+    return formfield
+
+
+class RoutingFallbackInline(TenantScopedInline):
+    model = RoutingFallback
+    extra = 0
+    fields = ("position", "provider_config", "model")
+    ordering = ("position", "id")
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        formfield = super().formfield_for_foreignkey(db_field, request, **kwargs)
+        if db_field.name == "provider_config":
+            formfield = _active_configs_only(formfield)
+        return formfield
+
+
+@admin.register(RoutingOverride)
+class RoutingOverrideAdmin(TenantScopedAdmin):
+    list_display = (
+        "tenant",
+        "customer_id",
+        "service_name",
+        "provider_config",
+        "model",
+        "fallback_count",
+        "is_active",
+        "updated_at",
+    )
+    list_filter = ("is_active", "tenant")
+    search_fields = ("customer_id", "service_name", "model", "note")
+    list_select_related = ("tenant", "provider_config")
+    fields = (
+        "tenant",
+        "customer_id",
+        "service_name",
+        "provider_config",
+        "model",
+        "is_active",
+        "note",
+    )
+    inlines = (RoutingFallbackInline,)
+
+    @admin.display(description="fallbacks")
+    def fallback_count(self, obj):
+        return obj.fallbacks.count()
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).prefetch_related("fallbacks")
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        formfield = super().formfield_for_foreignkey(db_field, request, **kwargs)
+        if db_field.name == "provider_config":
+            formfield = _active_configs_only(formfield)
+        return formfield

@@ -1,0 +1,57 @@
+"""The `complete` management command against the Fake provider."""
+
+from io import StringIO
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from tests.factories import ModelPriceFactory, ProviderConfigFactory, TenantFactory
+from usage.models import CallLog
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def demo():
+    tenant = TenantFactory(slug="demo")
+    ProviderConfigFactory(tenant=tenant, name="fake", is_default=True)
+    ModelPriceFactory(model="fake-small", input_per_mtok="1", output_per_mtok="2")
+    return tenant
+
+
+def test_complete_command_prints_content_tokens_and_cost(demo):
+    out = StringIO()
+
+    call_command("complete", "hi", "--service", "chat", stdout=out)
+
+    text = out.getvalue()
+    assert text.startswith("Echo: hi\n")
+    assert "provider:   fake (fake)" in text
+    assert "tokens:     8 in (0 cached), 3 out (0 reasoning)" in text
+    assert "cost:       $0.00001400  [override]" in text
+    log = CallLog.objects.get()
+    assert (log.service_name, log.status) == ("chat", "ok")
+    assert f"request id: {log.request_id}" in text
+
+
+def test_complete_command_streams(demo):
+    out = StringIO()
+
+    call_command("complete", "one two", "--stream", stdout=out)
+
+    assert out.getvalue().startswith("Echo: one two\n")
+    assert CallLog.objects.get().streamed is True
+
+
+def test_complete_command_names_unknown_tenant(demo):
+    with pytest.raises(CommandError) as raised:
+        call_command("complete", "hi", "--tenant", "nope")
+
+    assert "No tenant with slug “nope”" in str(raised.value)
+
+
+def test_complete_command_reports_provider_error_code(demo):
+    with pytest.raises(CommandError) as raised:
+        call_command("complete", "[fake:bad_request] hi")
+
+    assert str(raised.value).startswith("provider_bad_request:")

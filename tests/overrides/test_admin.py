@@ -1,0 +1,158 @@
+"""The overrides admin: tenant scoping, role permissions, forged choices refused."""
+
+import pytest
+
+from llm_providers.models import TenantMembership
+from overrides.models import RoutingOverride
+from tests.factories import (
+    ProviderConfigFactory,
+    RoutingOverrideFactory,
+    TenantFactory,
+    TenantMembershipFactory,
+)
+
+pytestmark = pytest.mark.django_db
+
+LIST_URL = "/admin/overrides/routingoverride/"
+ADD_URL = "/admin/overrides/routingoverride/add/"
+
+
+@pytest.fixture
+def tenant():
+    return TenantFactory()
+
+
+@pytest.fixture
+def admin_client_for(client):
+    def login(tenant, role=TenantMembership.Role.ADMIN):
+        membership = TenantMembershipFactory(tenant=tenant, role=role)
+        client.force_login(membership.user)
+        return client
+
+    return login
+
+
+def _form(tenant, config, customer="acme", fallbacks=()):
+    data = {
+        "tenant": str(tenant.pk),
+        "customer_id": customer,
+        "service_name": "",
+        "provider_config": str(config.pk),
+        "model": "",
+        "is_active": "on",
+        "note": "",
+        "fallbacks-TOTAL_FORMS": str(len(fallbacks)),
+        "fallbacks-INITIAL_FORMS": "0",
+        "fallbacks-MIN_NUM_FORMS": "0",
+        "fallbacks-MAX_NUM_FORMS": "1000",
+    }
+    for index, fallback in enumerate(fallbacks):
+        data[f"fallbacks-{index}-position"] = str(index)
+        data[f"fallbacks-{index}-provider_config"] = str(fallback.pk)
+        data[f"fallbacks-{index}-model"] = ""
+    return data
+
+
+def test_changelist_shows_only_own_tenants_overrides(tenant, admin_client_for):
+    mine = RoutingOverrideFactory(tenant=tenant, customer_id="mine-customer")
+    RoutingOverrideFactory(customer_id="their-customer")
+
+    response = admin_client_for(tenant).get(LIST_URL)
+
+    assert response.status_code == 200
+    assert "mine-customer" in response.text
+    assert "their-customer" not in response.text
+    assert list(response.context["cl"].queryset) == [mine]
+
+
+def test_change_page_of_other_tenants_override_is_not_found(tenant, admin_client_for):
+    theirs = RoutingOverrideFactory()
+
+    response = admin_client_for(tenant).get(f"{LIST_URL}{theirs.pk}/change/")
+
+    # The admin redirects with "doesn't exist" for objects outside the queryset.
+    assert response.status_code == 302
+    assert response.url == "/admin/"
+
+
+def test_add_creates_override_with_fallback(tenant, admin_client_for):
+    primary = ProviderConfigFactory(tenant=tenant)
+    backup = ProviderConfigFactory(tenant=tenant)
+
+    response = admin_client_for(tenant).post(ADD_URL, _form(tenant, primary, fallbacks=[backup]))
+
+    assert response.status_code == 302
+    override = RoutingOverride.objects.get(tenant=tenant, customer_id="acme")
+    assert list(override.fallbacks.values_list("provider_config", flat=True)) == [backup.pk]
+
+
+def test_forged_post_with_other_tenants_provider_is_refused(tenant, admin_client_for):
+    foreign = ProviderConfigFactory()
+
+    response = admin_client_for(tenant).post(ADD_URL, _form(tenant, foreign))
+
+    assert response.status_code == 200
+    assert "Select a valid choice" in response.text
+    assert not RoutingOverride.objects.exists()
+
+
+def test_forged_post_for_other_tenant_is_refused(tenant, admin_client_for):
+    other = TenantFactory()
+    their_config = ProviderConfigFactory(tenant=other)
+
+    response = admin_client_for(tenant).post(ADD_URL, _form(other, their_config))
+
+    assert response.status_code == 200
+    assert not RoutingOverride.objects.exists()
+
+
+def test_forged_fallback_of_other_tenant_is_refused(tenant, admin_client_for):
+    primary = ProviderConfigFactory(tenant=tenant)
+    foreign = ProviderConfigFactory()
+
+    response = admin_client_for(tenant).post(ADD_URL, _form(tenant, primary, fallbacks=[foreign]))
+
+    assert response.status_code == 200
+    assert not RoutingOverride.objects.exists()
+
+
+def test_fallback_of_another_administered_tenant_is_refused(tenant, admin_client_for):
+    # The user administers both tenants, but a fallback must share the override's tenant.
+    client = admin_client_for(tenant)
+    other = TenantFactory()
+    user = TenantMembership.objects.get(tenant=tenant).user
+    TenantMembershipFactory(user=user, tenant=other)
+    primary = ProviderConfigFactory(tenant=tenant)
+    elsewhere = ProviderConfigFactory(tenant=other)
+
+    response = client.post(ADD_URL, _form(tenant, primary, fallbacks=[elsewhere]))
+
+    assert response.status_code == 200
+    assert "Choose a provider config of the same tenant." in response.text
+    assert not RoutingOverride.objects.exists()
+
+
+def test_inactive_provider_is_not_offered(tenant, admin_client_for):
+    ProviderConfigFactory(tenant=tenant, name="retired", is_active=False)
+    ProviderConfigFactory(tenant=tenant, name="live")
+
+    response = admin_client_for(tenant).get(ADD_URL)
+
+    choices = [
+        c.name for c in response.context["adminform"].form.fields["provider_config"].queryset
+    ]
+    assert choices == ["live"]
+
+
+def test_viewer_sees_but_cannot_change(tenant, admin_client_for):
+    override = RoutingOverrideFactory(tenant=tenant)
+    client = admin_client_for(tenant, role=TenantMembership.Role.VIEWER)
+
+    view = client.get(f"{LIST_URL}{override.pk}/change/")
+    post = client.post(f"{LIST_URL}{override.pk}/change/", _form(tenant, override.provider_config))
+    add = client.get(ADD_URL)
+
+    assert view.status_code == 200
+    assert 'name="_save"' not in view.text
+    assert post.status_code == 403
+    assert add.status_code == 403

@@ -17,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from django.core.cache import cache
+from django.core.cache import cache, caches
 
 from .exceptions import ApplicationError
 
@@ -111,11 +111,9 @@ def _redis_script():
 
 
 def _uses_redis() -> bool:
-    try:
-        from django_redis.cache import RedisCache
-    except ImportError:  # pragma: no cover - django-redis is a runtime dependency
-        return False
-    return isinstance(cache, RedisCache) or isinstance(getattr(cache, "_cache", None), RedisCache)
+    from django_redis.cache import RedisCache
+
+    return isinstance(caches["default"], RedisCache)
 
 
 def _keys(config_id, window: _Window) -> list[str]:

@@ -83,3 +83,22 @@ def test_rate_limit_admit_keeps_counts_in_redis():
     keys = get_redis_connection("default").keys(cache.make_key(f"rl:{config_id}:*"))
     values = sorted(int(get_redis_connection("default").get(k)) for k in keys)
     assert values == [1, 42]
+
+
+@pytest.mark.redis
+def test_rate_limit_admit_admits_exactly_the_limit_under_concurrency():
+    from concurrent.futures import ThreadPoolExecutor
+
+    config_id = uuid.uuid4()
+
+    def attempt(_):
+        try:
+            rate_limit_admit(provider_config_id=config_id, rpm_limit=25, tpm_limit=None, tokens=1)
+            return True
+        except RateLimited:
+            return False
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        outcomes = list(pool.map(attempt, range(200)))
+
+    assert outcomes.count(True) == 25

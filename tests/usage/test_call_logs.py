@@ -1,0 +1,64 @@
+"""Recording call logs: values stored as given, long texts cut to their column size."""
+
+import uuid
+from decimal import Decimal
+
+import pytest
+from django.utils import timezone
+
+from llm_providers.adapters.types import Usage
+from tests.factories import TenantFactory
+from usage.call_logs import call_log_record
+
+pytestmark = pytest.mark.django_db
+
+
+def test_call_log_record_stores_usage_and_cost():
+    tenant = TenantFactory()
+    request_id = uuid.uuid4()
+
+    log = call_log_record(
+        tenant_id=tenant.pk,
+        request_id=request_id,
+        attempt=2,
+        status="ok",
+        created_at=timezone.now(),
+        usage=Usage(
+            input_tokens=10,
+            output_tokens=20,
+            cache_read_tokens=3,
+            cache_write_tokens=4,
+            reasoning_tokens=5,
+        ),
+        cost_usd=Decimal("0.000123456789"),
+        price_source="genai_prices",
+    )
+
+    log.refresh_from_db()
+    assert (log.request_id, log.attempt) == (request_id, 2)
+    assert (
+        log.input_tokens,
+        log.output_tokens,
+        log.cache_read_tokens,
+        log.cache_write_tokens,
+        log.reasoning_tokens,
+    ) == (10, 20, 3, 4, 5)
+    assert log.cost_usd == Decimal("0.000123456789")
+
+
+def test_call_log_record_cuts_long_texts():
+    tenant = TenantFactory()
+
+    log = call_log_record(
+        tenant_id=tenant.pk,
+        request_id=uuid.uuid4(),
+        attempt=1,
+        status="error",
+        created_at=timezone.now(),
+        error_message="x" * 2000,
+        prompt_preview="y" * 2000,
+    )
+
+    log.refresh_from_db()
+    assert len(log.error_message) == 500
+    assert len(log.prompt_preview) == 500

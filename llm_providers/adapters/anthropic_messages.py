@@ -5,7 +5,9 @@ assistant tool calls `tool_use` blocks, tool messages `tool_result` blocks in
 a user turn, image data URLs base64 image blocks. `json_mode` appends an
 instruction to the system prompt (every Claude model follows it; the
 structured-output switch exists only on some). `max_tokens` is required by
-the API: requests without one get `DEFAULT_MAX_TOKENS`.
+the API: requests without one get `DEFAULT_MAX_TOKENS`. `temperature` and
+`top_p` are not sent: the API version this SDK speaks (2026-10-21) refuses
+every sampling parameter.
 
 Usage: `input_tokens` excludes cache reads and writes, so they are added back;
 in a stream, usage starts in `message_start` and each `message_delta` carries
@@ -104,10 +106,9 @@ class AnthropicMessagesAdapter(Adapter):
         system = system_prompt(request.messages, json_mode=request.json_mode)
         if system:
             arguments["system"] = system
-        if request.temperature is not None:
-            arguments["temperature"] = request.temperature
-        if request.top_p is not None:
-            arguments["top_p"] = request.top_p
+        # temperature and top_p are left out: API version 2026-10-21 (the one
+        # this SDK speaks) answers 400 to any sampling parameter, whatever its
+        # value, and the SDK no longer has them.
         if request.stop:
             arguments["stop_sequences"] = list(request.stop)
         if request.tools:

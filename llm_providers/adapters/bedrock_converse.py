@@ -20,6 +20,7 @@ usage in its closing `metadata` event.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -116,6 +117,18 @@ _CODE_ERRORS: dict[str, type[ProviderError]] = {
 }
 
 
+# One boto3 session for every adapter: it caches the service models, so a
+# client costs milliseconds instead of a quarter second. Credentials and
+# region are given per client; creating clients from one session is not
+# thread-safe, hence the lock.
+_session_lock = threading.Lock()
+
+
+@functools.cache
+def _shared_session() -> boto3.session.Session:
+    return boto3.session.Session()
+
+
 class BedrockConverseAdapter(Adapter):
     protocol = "bedrock_converse"
     vendor_errors = (BotoCoreError, ClientError, urllib3.exceptions.HTTPError)
@@ -123,11 +136,6 @@ class BedrockConverseAdapter(Adapter):
     def __init__(self, settings: AdapterSettings):
         super().__init__(settings)
         self._has_credentials = bool(settings.aws_access_key_id and settings.aws_secret_access_key)
-        self._session = boto3.session.Session(
-            aws_access_key_id=settings.aws_access_key_id or None,
-            aws_secret_access_key=settings.aws_secret_access_key or None,
-            region_name=settings.aws_region or DEFAULT_REGION,
-        )
         self._lock = threading.Lock()
         self._runtime_clients = {self.timeout: self._client_build("bedrock-runtime", self.timeout)}
         self._control_client = self._client_build("bedrock", self.timeout)
@@ -138,9 +146,15 @@ class BedrockConverseAdapter(Adapter):
             read_timeout=read_timeout,
             retries={"total_max_attempts": 1, "mode": "standard"},
         )
-        return self._session.client(
-            service, endpoint_url=self.settings.base_url or None, config=config
-        )
+        with _session_lock:
+            return _shared_session().client(
+                service,
+                region_name=self.settings.aws_region or DEFAULT_REGION,
+                aws_access_key_id=self.settings.aws_access_key_id or None,
+                aws_secret_access_key=self.settings.aws_secret_access_key or None,
+                endpoint_url=self.settings.base_url or None,
+                config=config,
+            )
 
     def _runtime(self, requested_timeout: float | None) -> Any:
         """The runtime client for this call's read timeout."""

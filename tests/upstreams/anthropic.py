@@ -19,7 +19,7 @@ from typing import Any
 
 from .server import LoopbackUpstream, Reply, json_reply
 
-DEFAULT_MODEL = "claude-sonnet-4-5-20250929"
+DEFAULT_MODEL = "claude-sonnet-4-6-20260217"
 
 
 def sse(event: str, payload: dict[str, Any]) -> bytes:

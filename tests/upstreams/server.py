@@ -19,6 +19,7 @@ of being retried.
 from __future__ import annotations
 
 import json
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -128,8 +129,7 @@ class LoopbackUpstream:
         class Handler(_Handler):
             owner = upstream
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
+        self._server = _Server(("127.0.0.1", 0), Handler)
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
@@ -177,6 +177,15 @@ class LoopbackUpstream:
     def _wait(self, seconds: float) -> bool:
         """Sleep unless the server stops meanwhile; False when it stopped."""
         return not (seconds and self._stopping.wait(seconds))
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client dropping a kept-alive connection is normal; anything else is a bug here.
+        if not isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
+            super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .server import LoopbackUpstream, Reply, json_reply
+from .server import LoopbackUpstream, Reply, Script, json_reply
 
 DEFAULT_MODEL = "claude-sonnet-4-6-20260217"
 
@@ -57,7 +57,7 @@ class AnthropicUpstream(LoopbackUpstream):
             return "models"
         return None
 
-    def enqueue_message(
+    def message_reply(
         self,
         content: str = "Hello!",
         *,
@@ -70,8 +70,7 @@ class AnthropicUpstream(LoopbackUpstream):
         tool_uses: list[dict[str, Any]] | None = None,
         stop_reason: str | None = None,
         delay: float = 0.0,
-        times: int = 1,
-    ) -> None:
+    ) -> Script:
         """A non-streamed message. `tool_uses`: [{"id", "name", "input": {...}}]."""
         blocks: list[dict[str, Any]] = [{"type": "text", "text": content}] if content else []
         blocks += [
@@ -90,9 +89,13 @@ class AnthropicUpstream(LoopbackUpstream):
                 input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, thinking_tokens
             ),
         }
-        self.enqueue(json_reply(payload, delay=delay, route="messages"), times=times)
+        return json_reply(payload, delay=delay, route="messages")
 
-    def enqueue_message_stream(
+    def enqueue_message(self, *args: Any, times: int = 1, **kwargs: Any) -> None:
+        """Answer the next request(s) with `message_reply(...)`."""
+        self.enqueue(self.message_reply(*args, **kwargs), times=times)
+
+    def message_stream_reply(
         self,
         pieces: list[str] = ("Hel", "lo", "!"),  # type: ignore[assignment]
         *,
@@ -109,8 +112,7 @@ class AnthropicUpstream(LoopbackUpstream):
         delay: float = 0.0,
         chunk_delay: float = 0.0,
         break_after: int | None = None,
-        times: int = 1,
-    ) -> None:
+    ) -> Script:
         """An SSE stream: message_start, ping, a text block (one delta per piece),
         one tool_use block per tool use (input JSON in two halves), message_delta
         events, message_stop.
@@ -217,19 +219,20 @@ class AnthropicUpstream(LoopbackUpstream):
                     )
                 )
             events.append(sse("message_stop", {"type": "message_stop"}))
-        self.enqueue(
-            Reply(
-                headers={"Content-Type": "text/event-stream"},
-                chunks=events,
-                delay=delay,
-                chunk_delay=chunk_delay,
-                break_after=break_after,
-                route="messages",
-            ),
-            times=times,
+        return Reply(
+            headers={"Content-Type": "text/event-stream"},
+            chunks=events,
+            delay=delay,
+            chunk_delay=chunk_delay,
+            break_after=break_after,
+            route="messages",
         )
 
-    def enqueue_models(self, ids: list[str], *, times: int = 1) -> None:
+    def enqueue_message_stream(self, *args: Any, times: int = 1, **kwargs: Any) -> None:
+        """Answer the next request(s) with `message_stream_reply(...)`."""
+        self.enqueue(self.message_stream_reply(*args, **kwargs), times=times)
+
+    def models_reply(self, ids: list[str]) -> Script:
         payload = {
             "data": [
                 {
@@ -244,9 +247,13 @@ class AnthropicUpstream(LoopbackUpstream):
             "first_id": ids[0] if ids else None,
             "last_id": ids[-1] if ids else None,
         }
-        self.enqueue(json_reply(payload, route="models"), times=times)
+        return json_reply(payload, route="models")
 
-    def enqueue_error(
+    def enqueue_models(self, *args: Any, times: int = 1, **kwargs: Any) -> None:
+        """Answer the next request(s) with `models_reply(...)`."""
+        self.enqueue(self.models_reply(*args, **kwargs), times=times)
+
+    def error_reply(
         self,
         status: int,
         *,
@@ -254,12 +261,15 @@ class AnthropicUpstream(LoopbackUpstream):
         message: str = "Internal server error",
         headers: dict[str, str] | None = None,
         delay: float = 0.0,
-        times: int = 1,
-    ) -> None:
+    ) -> Script:
         """An error answer in Anthropic's body shape, to any endpoint."""
         payload = {
             "type": "error",
             "error": {"type": type, "message": message},
             "request_id": "req_loopback",
         }
-        self.enqueue(json_reply(payload, status=status, headers=headers, delay=delay), times=times)
+        return json_reply(payload, status=status, headers=headers, delay=delay)
+
+    def enqueue_error(self, *args: Any, times: int = 1, **kwargs: Any) -> None:
+        """Answer the next request(s) with `error_reply(...)`."""
+        self.enqueue(self.error_reply(*args, **kwargs), times=times)

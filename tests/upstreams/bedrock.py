@@ -17,7 +17,7 @@ import json
 from typing import Any
 
 from .eventstream import event_encode, exception_encode
-from .server import LoopbackUpstream, RecordedRequest, Reply, json_reply
+from .server import LoopbackUpstream, RecordedRequest, Reply, Script, json_reply
 
 EVENT_STREAM_TYPE = "application/vnd.amazon.eventstream"
 
@@ -53,7 +53,7 @@ class BedrockUpstream(LoopbackUpstream):
             return "foundation_models"
         return None
 
-    def enqueue_converse(
+    def converse_reply(
         self,
         content: str = "Hello!",
         *,
@@ -64,8 +64,7 @@ class BedrockUpstream(LoopbackUpstream):
         tool_uses: list[dict[str, Any]] | None = None,
         stop_reason: str | None = None,
         delay: float = 0.0,
-        times: int = 1,
-    ) -> None:
+    ) -> Script:
         """A Converse answer. `tool_uses`: [{"id", "name", "input": {...}}]."""
         blocks: list[dict[str, Any]] = [{"text": content}] if content else []
         blocks += [
@@ -80,9 +79,13 @@ class BedrockUpstream(LoopbackUpstream):
             ),
             "metrics": {"latencyMs": 120},
         }
-        self.enqueue(json_reply(payload, delay=delay, route="converse"), times=times)
+        return json_reply(payload, delay=delay, route="converse")
 
-    def enqueue_converse_stream(
+    def enqueue_converse(self, *args: Any, times: int = 1, **kwargs: Any) -> None:
+        """Answer the next request(s) with `converse_reply(...)`."""
+        self.enqueue(self.converse_reply(*args, **kwargs), times=times)
+
+    def converse_stream_reply(
         self,
         pieces: list[str] = ("Hel", "lo", "!"),  # type: ignore[assignment]
         *,
@@ -96,8 +99,7 @@ class BedrockUpstream(LoopbackUpstream):
         delay: float = 0.0,
         chunk_delay: float = 0.0,
         break_after: int | None = None,
-        times: int = 1,
-    ) -> None:
+    ) -> Script:
         """A ConverseStream answer, one event-stream message per HTTP chunk:
         messageStart, a text block (one delta per piece), one toolUse block per
         tool use (input JSON in two halves), messageStop, metadata with usage.
@@ -159,19 +161,20 @@ class BedrockUpstream(LoopbackUpstream):
                     },
                 )
             )
-        self.enqueue(
-            Reply(
-                headers={"Content-Type": EVENT_STREAM_TYPE},
-                chunks=events,
-                delay=delay,
-                chunk_delay=chunk_delay,
-                break_after=break_after,
-                route="converse_stream",
-            ),
-            times=times,
+        return Reply(
+            headers={"Content-Type": EVENT_STREAM_TYPE},
+            chunks=events,
+            delay=delay,
+            chunk_delay=chunk_delay,
+            break_after=break_after,
+            route="converse_stream",
         )
 
-    def enqueue_foundation_models(self, ids: list[str], *, times: int = 1) -> None:
+    def enqueue_converse_stream(self, *args: Any, times: int = 1, **kwargs: Any) -> None:
+        """Answer the next request(s) with `converse_stream_reply(...)`."""
+        self.enqueue(self.converse_stream_reply(*args, **kwargs), times=times)
+
+    def foundation_models_reply(self, ids: list[str]) -> Script:
         payload = {
             "modelSummaries": [
                 {
@@ -186,9 +189,13 @@ class BedrockUpstream(LoopbackUpstream):
                 for model in ids
             ]
         }
-        self.enqueue(json_reply(payload, route="foundation_models"), times=times)
+        return json_reply(payload, route="foundation_models")
 
-    def enqueue_error(
+    def enqueue_foundation_models(self, *args: Any, times: int = 1, **kwargs: Any) -> None:
+        """Answer the next request(s) with `foundation_models_reply(...)`."""
+        self.enqueue(self.foundation_models_reply(*args, **kwargs), times=times)
+
+    def error_reply(
         self,
         status: int,
         error_type: str,
@@ -196,20 +203,20 @@ class BedrockUpstream(LoopbackUpstream):
         *,
         headers: dict[str, str] | None = None,
         delay: float = 0.0,
-        times: int = 1,
-    ) -> None:
+    ) -> Script:
         """An AWS JSON error (type in `x-amzn-ErrorType`), to any endpoint."""
-        self.enqueue(
-            Reply(
-                status=status,
-                headers={
-                    "Content-Type": "application/json",
-                    "x-amzn-ErrorType": f"{error_type}:http://internal.amazon.com/coral/",
-                    "x-amzn-RequestId": "loopback-request",
-                    **(headers or {}),
-                },
-                body=json.dumps({"message": message}).encode(),
-                delay=delay,
-            ),
-            times=times,
+        return Reply(
+            status=status,
+            headers={
+                "Content-Type": "application/json",
+                "x-amzn-ErrorType": f"{error_type}:http://internal.amazon.com/coral/",
+                "x-amzn-RequestId": "loopback-request",
+                **(headers or {}),
+            },
+            body=json.dumps({"message": message}).encode(),
+            delay=delay,
         )
+
+    def enqueue_error(self, *args: Any, times: int = 1, **kwargs: Any) -> None:
+        """Answer the next request(s) with `error_reply(...)`."""
+        self.enqueue(self.error_reply(*args, **kwargs), times=times)

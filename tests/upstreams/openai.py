@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .server import LoopbackUpstream, RecordedRequest, Reply, json_reply
+from .server import LoopbackUpstream, RecordedRequest, Reply, Script, json_reply
 
 CREATED = 1_760_000_000
 DEFAULT_MODEL = "gpt-4o-mini-2024-07-18"
@@ -68,7 +68,7 @@ class OpenAIUpstream(LoopbackUpstream):
 
     # --- replies -----------------------------------------------------------------
 
-    def enqueue_chat(
+    def chat_reply(
         self,
         content: str | None = "Hello!",
         *,
@@ -81,8 +81,7 @@ class OpenAIUpstream(LoopbackUpstream):
         finish_reason: str | None = None,
         delay: float = 0.0,
         headers: dict[str, str] | None = None,
-        times: int = 1,
-    ) -> None:
+    ) -> Script:
         """A non-streamed completion. `tool_calls`: [{"id", "name", "arguments"}]."""
         message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
         if tool_calls:
@@ -112,9 +111,13 @@ class OpenAIUpstream(LoopbackUpstream):
             ),
             "system_fingerprint": "fp_loopback",
         }
-        self.enqueue(json_reply(payload, headers=headers, delay=delay, route="chat"), times=times)
+        return json_reply(payload, headers=headers, delay=delay, route="chat")
 
-    def enqueue_chat_stream(
+    def enqueue_chat(self, *args: Any, times: int = 1, **kwargs: Any) -> None:
+        """Answer the next request(s) with `chat_reply(...)`."""
+        self.enqueue(self.chat_reply(*args, **kwargs), times=times)
+
+    def chat_stream_reply(
         self,
         pieces: list[str] = ("Hel", "lo", "!"),  # type: ignore[assignment]
         *,
@@ -128,8 +131,7 @@ class OpenAIUpstream(LoopbackUpstream):
         delay: float = 0.0,
         chunk_delay: float = 0.0,
         break_after: int | None = None,
-        times: int = 1,
-    ) -> None:
+    ) -> Script:
         """An SSE stream: a role chunk, one chunk per piece, tool call fragments, a
         finish chunk, then (only when the request asked with stream_options
         include_usage, as OpenAI does) a usage chunk, then `[DONE]`.
@@ -198,16 +200,19 @@ class OpenAIUpstream(LoopbackUpstream):
                 route="chat",
             )
 
-        self.enqueue(build, times=times)
+        return build
 
-    def enqueue_embeddings(
+    def enqueue_chat_stream(self, *args: Any, times: int = 1, **kwargs: Any) -> None:
+        """Answer the next request(s) with `chat_stream_reply(...)`."""
+        self.enqueue(self.chat_stream_reply(*args, **kwargs), times=times)
+
+    def embeddings_reply(
         self,
         vectors: list[list[float]],
         *,
         model: str = "text-embedding-3-small",
         prompt_tokens: int = 8,
-        times: int = 1,
-    ) -> None:
+    ) -> Script:
         payload = {
             "object": "list",
             "data": [
@@ -217,9 +222,13 @@ class OpenAIUpstream(LoopbackUpstream):
             "model": model,
             "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
         }
-        self.enqueue(json_reply(payload, route="embeddings"), times=times)
+        return json_reply(payload, route="embeddings")
 
-    def enqueue_models(self, ids: list[str], *, times: int = 1) -> None:
+    def enqueue_embeddings(self, *args: Any, times: int = 1, **kwargs: Any) -> None:
+        """Answer the next request(s) with `embeddings_reply(...)`."""
+        self.enqueue(self.embeddings_reply(*args, **kwargs), times=times)
+
+    def models_reply(self, ids: list[str]) -> Script:
         payload = {
             "object": "list",
             "data": [
@@ -227,9 +236,13 @@ class OpenAIUpstream(LoopbackUpstream):
                 for model in ids
             ],
         }
-        self.enqueue(json_reply(payload, route="models"), times=times)
+        return json_reply(payload, route="models")
 
-    def enqueue_error(
+    def enqueue_models(self, *args: Any, times: int = 1, **kwargs: Any) -> None:
+        """Answer the next request(s) with `models_reply(...)`."""
+        self.enqueue(self.models_reply(*args, **kwargs), times=times)
+
+    def error_reply(
         self,
         status: int,
         *,
@@ -238,11 +251,14 @@ class OpenAIUpstream(LoopbackUpstream):
         code: str | None = None,
         headers: dict[str, str] | None = None,
         delay: float = 0.0,
-        times: int = 1,
-    ) -> None:
+    ) -> Script:
         """An error answer in OpenAI's body shape, to any endpoint."""
         payload = {"error": {"message": message, "type": type, "param": None, "code": code}}
-        self.enqueue(json_reply(payload, status=status, headers=headers, delay=delay), times=times)
+        return json_reply(payload, status=status, headers=headers, delay=delay)
+
+    def enqueue_error(self, *args: Any, times: int = 1, **kwargs: Any) -> None:
+        """Answer the next request(s) with `error_reply(...)`."""
+        self.enqueue(self.error_reply(*args, **kwargs), times=times)
 
     def enqueue_invalid_key(self, api_key: str) -> None:
         """OpenAI's real 401 for a wrong key, quoting the key masked."""

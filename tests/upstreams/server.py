@@ -11,7 +11,10 @@ the body then never ends, as when a provider drops a stream.
 Replies are served first in, first out, whatever the path; each reply built
 for one endpoint names its `route` and is refused (HTTP 418 with an
 explanation) when a request for another route takes its turn. A request with
-no reply scripted gets 418 too, unless `set_default` gave one. 418 maps to a
+no reply scripted gets 418 too, unless `set_default` gave one. Each
+`enqueue_<kind>(..., times=1)` of a protocol server enqueues its
+`<kind>_reply(...)`; pass a reply to `set_default` to answer every request
+alike (benchmarks, long runs). 418 maps to a
 non-retryable bad request, so a missing script fails a test plainly instead
 of being retried.
 """

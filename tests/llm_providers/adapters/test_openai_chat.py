@@ -272,6 +272,31 @@ def test_stream_raises_upstream_unavailable_after_the_chunks_received_when_conne
     assert "broke off" in caught.value.message
 
 
+def test_stream_raises_timeout_when_upstream_stalls_between_chunks(adapter, openai_upstream):
+    openai_upstream.enqueue_chat_stream(["Hel", "lo"], chunk_delay=3)
+    received = []
+    started = time.monotonic()
+
+    with pytest.raises(ProviderTimeout):
+        for chunk in adapter.stream(_request(timeout=0.3)):
+            received.append(chunk.text)
+
+    assert received == []
+    assert time.monotonic() - started < 2
+
+
+def test_stream_closed_early_leaves_the_adapter_usable(adapter, openai_upstream):
+    openai_upstream.enqueue_chat_stream(["Hel", "lo", "!"], chunk_delay=0.05)
+    openai_upstream.enqueue_chat("Next.")
+
+    chunks = adapter.stream(_request())
+    first = next(chunks)
+    chunks.close()
+
+    assert first.text == "Hel"
+    assert adapter.complete(_request()).content == "Next."
+
+
 # --- errors --------------------------------------------------------------------------
 
 

@@ -7,6 +7,8 @@ import os
 import pytest
 from django.conf import settings
 
+pytest_plugins = ["tests.upstreams.plugin"]
+
 
 def _uses_postgres() -> bool:
     return settings.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"

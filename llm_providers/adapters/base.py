@@ -10,13 +10,14 @@ retries are switched off.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
-from typing import ClassVar
+from collections.abc import Callable, Iterator
+from typing import ClassVar, TypeVar
 
-from .errors import NotSupported, ProviderError, scrub_secrets
+from .errors import NotSupported, ProviderError, UpstreamUnavailable, scrub_secrets
 from .types import (
     AdapterSettings,
     ChatRequest,
@@ -81,6 +82,12 @@ class Adapter(ABC):
     supports_embeddings: ClassVar[bool] = False
     supports_tools: ClassVar[bool] = True
     supports_vision: ClassVar[bool] = True
+    # The max_tokens sent when a request names none (None: the provider's own
+    # default applies). Budget reservations size the worst case with it.
+    default_max_tokens: ClassVar[int | None] = None
+    # The SDK's exception types that `provider_error` translates; anything
+    # else (a bug in the adapter) propagates untouched.
+    vendor_errors: ClassVar[tuple[type[BaseException], ...]] = ()
 
     def __init__(self, settings: AdapterSettings):
         self.settings = settings
@@ -131,6 +138,14 @@ class Adapter(ABC):
             self.settings.options.get("connect_timeout") or DEFAULT_CONNECT_TIMEOUT_SECONDS
         )
 
+    def call_timeout(self, requested: float | None) -> float:
+        """Seconds for one call: the request's, else the config's, else the default."""
+        return float(requested) if requested else self.timeout
+
+    def provider_error(self, exc: BaseException) -> ProviderError:
+        """Translate one of `vendor_errors` into the error tree, message scrubbed."""
+        return UpstreamUnavailable(self.scrub(f"{type(exc).__name__}: {exc}"))
+
     def scrub(self, message: str) -> str:
         return scrub_secrets(message, self.settings.secrets())
 
@@ -140,6 +155,53 @@ class Adapter(ABC):
         Adapters without pooled connections have nothing to release.
         """
         return None
+
+
+_Method = TypeVar("_Method", bound=Callable)
+
+
+def translate_errors(method: _Method) -> _Method:
+    """Raise the adapter's vendor errors as `ProviderError`s.
+
+    The translated error is raised outside the `except` block so that it
+    carries no `__context__`: the SDK exception (whose text may quote part
+    of the key) never travels with it into logs or tracebacks.
+    """
+
+    @functools.wraps(method)
+    def wrapper(self: Adapter, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except self.vendor_errors as exc:
+            error = self.provider_error(exc)
+        raise error
+
+    return wrapper  # type: ignore[return-value]
+
+
+def translate_stream_errors(method: _Method) -> _Method:
+    """`translate_errors` for generator methods: chunks already yielded stay
+    delivered, the failure arrives as the next item's exception."""
+
+    @functools.wraps(method)
+    def wrapper(self: Adapter, *args, **kwargs):
+        iterator = method(self, *args, **kwargs)
+        try:
+            while True:
+                try:
+                    chunk = next(iterator)
+                except StopIteration:
+                    return
+                except self.vendor_errors as exc:
+                    error = self.provider_error(exc)
+                else:
+                    yield chunk
+                    continue
+                raise error
+        finally:
+            iterator.close()
+
+    return wrapper  # type: ignore[return-value]
 
 
 def _elapsed_ms(started: float) -> int:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Mapping
+from email.utils import parsedate_to_datetime
 
 from llm_providers.exceptions import ApplicationError
 
@@ -105,3 +107,100 @@ def scrub_secrets(message: str, secrets: Iterable[str] = ()) -> str:
                         text = text.replace(piece, _REDACTED)
     text = _KEY_PATTERNS.sub(_REDACTED, text)
     return text[:MAX_MESSAGE_LENGTH]
+
+
+# What vendors say when a prompt does not fit the model's window: OpenAI and
+# OpenAI-compatible servers ("maximum context length", code
+# context_length_exceeded), Anthropic ("prompt is too long", "exceed context
+# limit"), Bedrock ("Input is too long", "too many input tokens"), Gemini
+# ("input token count ... exceeds the maximum number of tokens").
+_CONTEXT_TOO_LONG = re.compile(
+    r"context[ _-]?(?:length|window|limit)|maximum context|prompt is too long"
+    r"|input is too long|too many (?:input )?tokens|exceeds? the maximum (?:number of )?tokens"
+    r"|reduce the length of the messages",
+    re.IGNORECASE,
+)
+_CONTEXT_TOO_LONG_CODES = frozenset({"context_length_exceeded", "request_too_large"})
+_CONTENT_REFUSED_CODES = frozenset({"content_filter", "content_policy_violation"})
+
+
+def message_says_context_too_long(message: str, code: str | None = None) -> bool:
+    """Whether a vendor's error message or code says the prompt is too long."""
+    if code and code.lower() in _CONTEXT_TOO_LONG_CODES:
+        return True
+    return bool(_CONTEXT_TOO_LONG.search(message or ""))
+
+
+def retry_after_from_headers(headers: Mapping[str, str] | None) -> float | None:
+    """Seconds to wait according to `retry-after-ms` or `retry-after` (seconds or a date)."""
+    if not headers:
+        return None
+    lowered = {str(name).lower(): str(value) for name, value in headers.items()}
+    millis = lowered.get("retry-after-ms")
+    if millis:
+        try:
+            return max(float(millis) / 1000, 0.0)
+        except ValueError:
+            pass
+    value = lowered.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(moment.timestamp() - time.time(), 0.0)
+
+
+def error_for_status(
+    status: int | None,
+    message: str,
+    *,
+    code: str | None = None,
+    retry_after: float | None = None,
+) -> ProviderError:
+    """The error of the tree that an HTTP status (and the vendor's code) stands for.
+
+    `message` must already be scrubbed.
+    """
+    lowered_code = (code or "").lower()
+    options = {"status_code": status, "retry_after": retry_after}
+    if lowered_code in _CONTENT_REFUSED_CODES:
+        return ContentRefused(message, **options)
+    if status in (400, 404, 413, 422) and message_says_context_too_long(message, code):
+        return ContextTooLong(message, **options)
+    if status == 413:
+        return ContextTooLong(message, **options)
+    if status == 401:
+        return ProviderAuthenticationError(message, **options)
+    if status in (402, 403):
+        return ProviderPermissionError(message, **options)
+    if status == 429:
+        return ProviderRateLimited(message, **options)
+    if status in (408, 504):
+        return ProviderTimeout(message, **options)
+    if status == 409 or (status is not None and status >= 500):
+        return UpstreamUnavailable(message, **options)
+    if status is not None and 400 <= status < 500:
+        return ProviderBadRequest(message, **options)
+    return UpstreamUnavailable(message, **options)
+
+
+# Transport errors (httpx, botocore, urllib3, the OS) that mean nothing was
+# reached, as opposed to a connection that broke off mid-answer.
+_UNREACHABLE_ERRORS = frozenset(
+    {"ConnectError", "EndpointConnectionError", "NewConnectionError", "ConnectionRefusedError"}
+)
+
+
+def connection_failure(label: str, exc: BaseException) -> str:
+    """Say whether the provider could not be reached or the connection broke off."""
+    cause = exc.__cause__ or exc
+    name = type(cause).__name__
+    if name in _UNREACHABLE_ERRORS or type(exc).__name__ in _UNREACHABLE_ERRORS:
+        return f"{label} could not be reached ({name})."
+    return f"The connection to {label} broke off ({name})."

@@ -1,0 +1,307 @@
+"""Anthropic Messages through the anthropic SDK.
+
+Translation from the OpenAI chat shape: system messages become `system`,
+assistant tool calls `tool_use` blocks, tool messages `tool_result` blocks in
+a user turn, image data URLs base64 image blocks. `json_mode` appends an
+instruction to the system prompt (every Claude model follows it; the
+structured-output switch exists only on some). `max_tokens` is required by
+the API: requests without one get `DEFAULT_MAX_TOKENS`. `temperature` and
+`top_p` are not sent: the API version this SDK speaks (2026-10-21) refuses
+every sampling parameter.
+
+Usage: `input_tokens` excludes cache reads and writes, so they are added back;
+in a stream, usage starts in `message_start` and each `message_delta` carries
+cumulative figures that replace the earlier ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import anthropic
+import httpx2
+
+from .base import Adapter, translate_errors, translate_stream_errors
+from .content import (
+    arguments_dump,
+    content_parts,
+    content_text,
+    image_parse,
+    image_url_of,
+    merge_same_role,
+    system_prompt,
+    tool_arguments_parse,
+    tool_function,
+)
+from .errors import (
+    ProviderBadRequest,
+    ProviderError,
+    ProviderTimeout,
+    UpstreamUnavailable,
+    connection_failure,
+    error_for_status,
+    retry_after_from_headers,
+)
+from .types import AdapterSettings, ChatRequest, ChatResult, Message, StreamChunk, ToolCall, Usage
+
+# 4096: the largest answer every Claude model can give (older Haiku models
+# stop there); callers wanting longer answers say so with max_tokens.
+DEFAULT_MAX_TOKENS = 4096
+# Sent when a config has no key, so that the SDK does not fall back to the
+# ANTHROPIC_API_KEY of this process's environment; the API answers 401.
+PLACEHOLDER_API_KEY = "no-key-configured"
+
+_FINISH_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+# Error types of an error body (also of an `error` event inside a stream,
+# which arrives with HTTP 200) and the status each stands for.
+_ERROR_TYPE_STATUS = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "billing_error": 402,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "timeout_error": 504,
+    "overloaded_error": 529,
+}
+
+
+class AnthropicMessagesAdapter(Adapter):
+    protocol = "anthropic_messages"
+    default_max_tokens = DEFAULT_MAX_TOKENS
+    vendor_errors = (anthropic.AnthropicError, httpx2.HTTPError)
+
+    def __init__(self, settings: AdapterSettings):
+        super().__init__(settings)
+        self._client = anthropic.Anthropic(
+            api_key=settings.api_key or PLACEHOLDER_API_KEY,
+            base_url=settings.base_url or None,
+            max_retries=0,
+            timeout=self._timeout(self.timeout),
+        )
+
+    # --- request -----------------------------------------------------------------
+
+    def _timeout(self, seconds: float) -> anthropic.Timeout:
+        return anthropic.Timeout(seconds, connect=min(self.connect_timeout, seconds))
+
+    def _create_arguments(self, request: ChatRequest) -> dict[str, Any]:
+        arguments: dict[str, Any] = {
+            "model": request.model,
+            "max_tokens": request.max_tokens or DEFAULT_MAX_TOKENS,
+            "messages": anthropic_messages(request.messages),
+            "timeout": self._timeout(self.call_timeout(request.timeout)),
+        }
+        system = system_prompt(request.messages, json_mode=request.json_mode)
+        if system:
+            arguments["system"] = system
+        # temperature and top_p are left out: API version 2026-10-21 (the one
+        # this SDK speaks) answers 400 to any sampling parameter, whatever its
+        # value, and the SDK no longer has them.
+        if request.stop:
+            arguments["stop_sequences"] = list(request.stop)
+        if request.tools:
+            arguments["tools"] = [_anthropic_tool(tool) for tool in request.tools]
+        return arguments
+
+    # --- the protocol ------------------------------------------------------------
+
+    @translate_errors
+    def complete(self, request: ChatRequest) -> ChatResult:
+        message = self._client.messages.create(**self._create_arguments(request))
+        text = "".join(block.text for block in message.content if block.type == "text")
+        tool_calls = [
+            ToolCall(id=block.id, name=block.name, arguments=arguments_dump(block.input))
+            for block in message.content
+            if block.type == "tool_use"
+        ]
+        return ChatResult(
+            content=text,
+            usage=_usage(_usage_fields(message.usage)),
+            model=message.model or request.model,
+            finish_reason=_FINISH_REASONS.get(message.stop_reason or "", "stop"),
+            tool_calls=tool_calls,
+        )
+
+    @translate_stream_errors
+    def stream(self, request: ChatRequest) -> Iterator[StreamChunk]:
+        events = self._client.messages.create(**self._create_arguments(request), stream=True)
+        model = request.model
+        stop_reason: str | None = None
+        fields: dict[str, int] = {}
+        tools: dict[int, dict[str, str]] = {}
+        with events:
+            for event in events:
+                if event.type == "message_start":
+                    model = event.message.model or model
+                    fields.update(_usage_fields(event.message.usage))
+                elif event.type == "content_block_start":
+                    block = event.content_block
+                    if block.type == "tool_use":
+                        tools[event.index] = {"id": block.id, "name": block.name, "arguments": ""}
+                    elif block.type == "text" and block.text:
+                        yield StreamChunk(text=block.text, model=model)
+                elif event.type == "content_block_delta":
+                    delta = event.delta
+                    if delta.type == "text_delta" and delta.text:
+                        yield StreamChunk(text=delta.text, model=model)
+                    elif delta.type == "input_json_delta" and event.index in tools:
+                        tools[event.index]["arguments"] += delta.partial_json
+                elif event.type == "message_delta":
+                    stop_reason = event.delta.stop_reason or stop_reason
+                    # Cumulative: the latest figures replace the earlier ones.
+                    fields.update(_usage_fields(event.usage))
+        if stop_reason is None:
+            raise UpstreamUnavailable("The anthropic stream ended before the answer finished.")
+        tool_calls = [
+            ToolCall(id=call["id"], name=call["name"], arguments=call["arguments"] or "{}")
+            for _, call in sorted(tools.items())
+        ]
+        yield StreamChunk(
+            model=model,
+            finish_reason=_FINISH_REASONS.get(stop_reason, "stop"),
+            tool_calls=tool_calls or None,
+            usage=_usage(fields),
+        )
+
+    @translate_errors
+    def list_models(self) -> list[str]:
+        page = self._client.models.list(limit=100, timeout=self._timeout(self.timeout))
+        return sorted(model.id for model in page)
+
+    def close(self) -> None:
+        self._client.close()
+
+    # --- errors ------------------------------------------------------------------
+
+    def provider_error(self, exc: BaseException) -> ProviderError:
+        if isinstance(exc, anthropic.APITimeoutError | httpx2.TimeoutException):
+            return ProviderTimeout("anthropic did not answer in time.")
+        if isinstance(exc, anthropic.APIStatusError):
+            error_type = getattr(exc, "type", None) or ""
+            vendor_message = getattr(exc, "api_message", None) or exc.message
+            status = exc.status_code
+            if status < 400:
+                # An `error` event inside a stream that began with 200 OK.
+                status = _ERROR_TYPE_STATUS.get(error_type, 500)
+                prefix = "anthropic failed mid-answer"
+            else:
+                prefix = f"anthropic answered {status}"
+            message = self.scrub(f"{prefix} {error_type}: {vendor_message}")
+            return error_for_status(
+                status,
+                message,
+                code=error_type,
+                retry_after=retry_after_from_headers(exc.response.headers),
+            )
+        if isinstance(exc, anthropic.APIConnectionError | httpx2.HTTPError):
+            return UpstreamUnavailable(self.scrub(connection_failure("anthropic", exc)))
+        return UpstreamUnavailable(self.scrub(f"anthropic failed: {exc}"))
+
+
+def anthropic_messages(messages: list[Message]) -> list[dict[str, Any]]:
+    """The conversation without system messages, as Anthropic content blocks."""
+    converted: list[dict[str, Any]] = []
+    for message in messages:
+        role = message.get("role")
+        if role == "system":
+            continue
+        if role == "tool":
+            converted.append(
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "tool_result",
+                            "tool_use_id": message.get("tool_call_id") or "",
+                            "content": content_text(message.get("content")),
+                        }
+                    ],
+                }
+            )
+            continue
+        if role not in ("user", "assistant"):
+            raise ProviderBadRequest(f"Messages cannot have the role “{role}”.")
+        blocks = _content_blocks(message.get("content"))
+        for call in message.get("tool_calls") or ():
+            function = call.get("function") or {}
+            name = function.get("name") or ""
+            blocks.append(
+                {
+                    "type": "tool_use",
+                    "id": call.get("id") or "",
+                    "name": name,
+                    "input": tool_arguments_parse(function.get("arguments"), name),
+                }
+            )
+        converted.append({"role": role, "content": blocks})
+    return merge_same_role(converted)
+
+
+def _content_blocks(content: Any) -> list[dict[str, Any]]:
+    blocks: list[dict[str, Any]] = []
+    for part in content_parts(content):
+        kind = part.get("type")
+        if kind == "text":
+            if part.get("text"):
+                blocks.append({"type": "text", "text": part["text"]})
+        elif kind == "image_url":
+            url = image_url_of(part)
+            image = image_parse(url)
+            if image is not None:
+                source = {"type": "base64", "media_type": image.media_type, "data": image.data}
+            else:
+                source = {"type": "url", "url": url}
+            blocks.append({"type": "image", "source": source})
+        else:
+            raise ProviderBadRequest(f"Message parts of type “{kind}” are not supported.")
+    return blocks
+
+
+def _anthropic_tool(tool: dict[str, Any]) -> dict[str, Any]:
+    function = tool_function(tool)
+    described = {"description": function["description"]} if function["description"] else {}
+    return {"name": function["name"], **described, "input_schema": function["parameters"]}
+
+
+def _usage_fields(usage: Any) -> dict[str, int]:
+    """The figures a usage object reports (absent ones are left out, so a
+    later event's figures replace only what it carries)."""
+    fields = {}
+    for name in (
+        "input_tokens",
+        "output_tokens",
+        "cache_read_input_tokens",
+        "cache_creation_input_tokens",
+    ):
+        value = getattr(usage, name, None)
+        if value is not None:
+            fields[name] = value
+    details = getattr(usage, "output_tokens_details", None)
+    thinking = getattr(details, "thinking_tokens", None)
+    if thinking is not None:
+        fields["thinking_tokens"] = thinking
+    return fields
+
+
+def _usage(fields: dict[str, int]) -> Usage:
+    cache_read = fields.get("cache_read_input_tokens", 0)
+    cache_write = fields.get("cache_creation_input_tokens", 0)
+    return Usage(
+        input_tokens=fields.get("input_tokens", 0) + cache_read + cache_write,
+        output_tokens=fields.get("output_tokens", 0),
+        cache_read_tokens=cache_read,
+        cache_write_tokens=cache_write,
+        reasoning_tokens=fields.get("thinking_tokens", 0),
+    )

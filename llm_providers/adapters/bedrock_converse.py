@@ -1,0 +1,404 @@
+"""AWS Bedrock Converse / ConverseStream through boto3 (`bedrock-runtime`).
+
+Credentials are the config's AWS key pair and region, never this process's
+own AWS identity: without a key pair every call fails with an
+authentication error. botocore retries are off (one attempt) and timeouts
+explicit. botocore has no per-call timeout, so one runtime client is kept per
+read timeout in use (the configured one is built with the adapter).
+
+Translation from the OpenAI chat shape: system messages become `system`
+blocks, images (data URLs only: Bedrock takes bytes) `image` blocks, tool
+calls `toolUse` blocks and tool messages `toolResult` blocks in a user turn.
+`json_mode` appends an instruction to the system prompt (Converse has no
+JSON switch common to its models). Embeddings are a different Bedrock API
+(InvokeModel with per-model bodies) and are not offered here.
+
+Usage: `inputTokens` excludes `cacheReadInputTokens` and
+`cacheWriteInputTokens`, so they are added back; ConverseStream reports
+usage in its closing `metadata` event.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import urllib3.exceptions
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectTimeoutError,
+    NoCredentialsError,
+    ParamValidationError,
+    ReadTimeoutError,
+)
+
+from .base import Adapter, translate_errors, translate_stream_errors
+from .content import (
+    arguments_dump,
+    content_parts,
+    content_text,
+    image_parse,
+    image_url_of,
+    merge_same_role,
+    system_prompt,
+    tool_arguments_parse,
+    tool_function,
+)
+from .errors import (
+    ContextTooLong,
+    ProviderAuthenticationError,
+    ProviderBadRequest,
+    ProviderError,
+    ProviderPermissionError,
+    ProviderRateLimited,
+    ProviderTimeout,
+    UpstreamUnavailable,
+    connection_failure,
+    error_for_status,
+    message_says_context_too_long,
+    retry_after_from_headers,
+)
+from .types import AdapterSettings, ChatRequest, ChatResult, Message, StreamChunk, ToolCall, Usage
+
+# The region Bedrock's console starts in, for settings built without one
+# (provider configs require a region).
+DEFAULT_REGION = "us-east-1"
+# Distinct per-call read timeouts kept as clients; past this many, a call
+# with yet another timeout gets a client of its own that is not kept.
+_MAX_TIMEOUT_CLIENTS = 8
+
+_FINISH_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "guardrail_intervened": "content_filter",
+    "content_filtered": "content_filter",
+}
+_IMAGE_FORMATS = {
+    "image/png": "png",
+    "image/jpeg": "jpeg",
+    "image/jpg": "jpeg",
+    "image/gif": "gif",
+    "image/webp": "webp",
+}
+# AWS error codes (lower-cased: ConverseStream's in-stream exceptions are
+# camelCase) and the error each stands for.
+_AUTH_CODES = frozenset(
+    {
+        "unrecognizedclientexception",
+        "invalidsignatureexception",
+        "signaturedoesnotmatch",
+        "incompletesignature",
+        "invalidclienttokenid",
+        "expiredtokenexception",
+        "missingauthenticationtokenexception",
+    }
+)
+_CODE_ERRORS: dict[str, type[ProviderError]] = {
+    "accessdeniedexception": ProviderPermissionError,
+    "throttlingexception": ProviderRateLimited,
+    "servicequotaexceededexception": ProviderRateLimited,
+    "toomanyrequestsexception": ProviderRateLimited,
+    "modeltimeoutexception": ProviderTimeout,
+    "internalserverexception": UpstreamUnavailable,
+    "serviceunavailableexception": UpstreamUnavailable,
+    "modelstreamerrorexception": UpstreamUnavailable,
+    "modelerrorexception": UpstreamUnavailable,
+    "modelnotreadyexception": UpstreamUnavailable,
+    "validationexception": ProviderBadRequest,
+    "resourcenotfoundexception": ProviderBadRequest,
+}
+
+
+# One boto3 session for every adapter: it caches the service models, so a
+# client costs milliseconds instead of a quarter second. Credentials and
+# region are given per client; creating clients from one session is not
+# thread-safe, hence the lock.
+_session_lock = threading.Lock()
+
+
+@functools.cache
+def _shared_session() -> boto3.session.Session:
+    return boto3.session.Session()
+
+
+class BedrockConverseAdapter(Adapter):
+    protocol = "bedrock_converse"
+    vendor_errors = (BotoCoreError, ClientError, urllib3.exceptions.HTTPError)
+
+    def __init__(self, settings: AdapterSettings):
+        super().__init__(settings)
+        self._has_credentials = bool(settings.aws_access_key_id and settings.aws_secret_access_key)
+        self._lock = threading.Lock()
+        self._runtime_clients = {self.timeout: self._client_build("bedrock-runtime", self.timeout)}
+        self._control_client = self._client_build("bedrock", self.timeout)
+
+    def _client_build(self, service: str, read_timeout: float) -> Any:
+        config = Config(
+            connect_timeout=min(self.connect_timeout, read_timeout),
+            read_timeout=read_timeout,
+            retries={"total_max_attempts": 1, "mode": "standard"},
+        )
+        with _session_lock:
+            return _shared_session().client(
+                service,
+                region_name=self.settings.aws_region or DEFAULT_REGION,
+                aws_access_key_id=self.settings.aws_access_key_id or None,
+                aws_secret_access_key=self.settings.aws_secret_access_key or None,
+                endpoint_url=self.settings.base_url or None,
+                config=config,
+            )
+
+    def _runtime(self, requested_timeout: float | None) -> Any:
+        """The runtime client for this call's read timeout."""
+        self._require_credentials()
+        timeout = self.call_timeout(requested_timeout)
+        client = self._runtime_clients.get(timeout)
+        if client is not None:
+            return client
+        with self._lock:
+            client = self._runtime_clients.get(timeout)
+            if client is None:
+                client = self._client_build("bedrock-runtime", timeout)
+                if len(self._runtime_clients) < _MAX_TIMEOUT_CLIENTS:
+                    self._runtime_clients[timeout] = client
+        return client
+
+    def _require_credentials(self) -> None:
+        if not self._has_credentials:
+            raise ProviderAuthenticationError(
+                "Bedrock needs an AWS access key id and secret access key on the provider config."
+            )
+
+    # --- request -----------------------------------------------------------------
+
+    def _converse_arguments(self, request: ChatRequest) -> dict[str, Any]:
+        arguments: dict[str, Any] = {
+            "modelId": request.model,
+            "messages": bedrock_messages(request.messages),
+        }
+        system = system_prompt(request.messages, json_mode=request.json_mode)
+        if system:
+            arguments["system"] = [{"text": system}]
+        inference: dict[str, Any] = {}
+        if request.max_tokens is not None:
+            inference["maxTokens"] = request.max_tokens
+        if request.temperature is not None:
+            inference["temperature"] = request.temperature
+        if request.top_p is not None:
+            inference["topP"] = request.top_p
+        if request.stop:
+            inference["stopSequences"] = list(request.stop)
+        if inference:
+            arguments["inferenceConfig"] = inference
+        if request.tools:
+            arguments["toolConfig"] = {"tools": [_bedrock_tool(tool) for tool in request.tools]}
+        return arguments
+
+    # --- the protocol ------------------------------------------------------------
+
+    @translate_errors
+    def complete(self, request: ChatRequest) -> ChatResult:
+        response = self._runtime(request.timeout).converse(**self._converse_arguments(request))
+        blocks = ((response.get("output") or {}).get("message") or {}).get("content") or []
+        text = "".join(block["text"] for block in blocks if "text" in block)
+        tool_calls = [
+            ToolCall(
+                id=block["toolUse"]["toolUseId"],
+                name=block["toolUse"]["name"],
+                arguments=arguments_dump(block["toolUse"].get("input")),
+            )
+            for block in blocks
+            if "toolUse" in block
+        ]
+        return ChatResult(
+            content=text,
+            usage=_usage(response.get("usage") or {}),
+            model=request.model,
+            finish_reason=_FINISH_REASONS.get(response.get("stopReason") or "", "stop"),
+            tool_calls=tool_calls,
+        )
+
+    @translate_stream_errors
+    def stream(self, request: ChatRequest) -> Iterator[StreamChunk]:
+        response = self._runtime(request.timeout).converse_stream(
+            **self._converse_arguments(request)
+        )
+        events = response["stream"]
+        stop_reason: str | None = None
+        usage: Usage | None = None
+        tools: dict[int, dict[str, str]] = {}
+        try:
+            for event in events:
+                if "contentBlockStart" in event:
+                    start = event["contentBlockStart"]
+                    tool_use = (start.get("start") or {}).get("toolUse")
+                    if tool_use:
+                        tools[start.get("contentBlockIndex", 0)] = {
+                            "id": tool_use.get("toolUseId", ""),
+                            "name": tool_use.get("name", ""),
+                            "arguments": "",
+                        }
+                elif "contentBlockDelta" in event:
+                    block = event["contentBlockDelta"]
+                    delta = block.get("delta") or {}
+                    if delta.get("text"):
+                        yield StreamChunk(text=delta["text"], model=request.model)
+                    elif "toolUse" in delta:
+                        call = tools.setdefault(
+                            block.get("contentBlockIndex", 0),
+                            {"id": "", "name": "", "arguments": ""},
+                        )
+                        call["arguments"] += delta["toolUse"].get("input") or ""
+                elif "messageStop" in event:
+                    stop_reason = event["messageStop"].get("stopReason") or "end_turn"
+                elif "metadata" in event:
+                    usage = _usage(event["metadata"].get("usage") or {})
+        finally:
+            events.close()
+        if stop_reason is None:
+            raise UpstreamUnavailable("The bedrock stream ended before the answer finished.")
+        tool_calls = [
+            ToolCall(id=call["id"], name=call["name"], arguments=call["arguments"] or "{}")
+            for _, call in sorted(tools.items())
+        ]
+        yield StreamChunk(
+            model=request.model,
+            finish_reason=_FINISH_REASONS.get(stop_reason, "stop"),
+            tool_calls=tool_calls or None,
+            usage=usage,
+        )
+
+    @translate_errors
+    def list_models(self) -> list[str]:
+        self._require_credentials()
+        response = self._control_client.list_foundation_models(byOutputModality="TEXT")
+        return sorted(summary["modelId"] for summary in response.get("modelSummaries") or ())
+
+    def close(self) -> None:
+        with self._lock:
+            clients = [*self._runtime_clients.values(), self._control_client]
+            self._runtime_clients.clear()
+        for client in clients:
+            client.close()
+
+    # --- errors ------------------------------------------------------------------
+
+    def provider_error(self, exc: BaseException) -> ProviderError:
+        if isinstance(exc, ClientError):
+            return self._client_error(exc)
+        if isinstance(exc, ReadTimeoutError | ConnectTimeoutError):
+            return ProviderTimeout("bedrock did not answer in time.")
+        if isinstance(exc, urllib3.exceptions.TimeoutError):
+            return ProviderTimeout("bedrock did not answer in time.")
+        if isinstance(exc, NoCredentialsError):
+            return ProviderAuthenticationError("bedrock has no AWS credentials to sign with.")
+        if isinstance(exc, ParamValidationError):
+            return ProviderBadRequest(self.scrub(f"bedrock refused the request: {exc}"))
+        return UpstreamUnavailable(self.scrub(connection_failure("bedrock", exc)))
+
+    def _client_error(self, exc: ClientError) -> ProviderError:
+        error = exc.response.get("Error") or {}
+        metadata = exc.response.get("ResponseMetadata") or {}
+        code = str(error.get("Code") or "")
+        status = metadata.get("HTTPStatusCode")
+        said = f"{code}: {error.get('Message') or 'no message'}"
+        # In-stream exceptions arrive without an HTTP status of their own.
+        prefix = f"bedrock answered {status}" if status else "bedrock failed mid-answer"
+        message = self.scrub(f"{prefix} {said}")
+        options = {
+            "status_code": status,
+            "retry_after": retry_after_from_headers(metadata.get("HTTPHeaders")),
+        }
+        lowered = code.lower()
+        if lowered in _AUTH_CODES:
+            return ProviderAuthenticationError(message, **options)
+        error_class = _CODE_ERRORS.get(lowered)
+        if error_class is ProviderBadRequest and message_says_context_too_long(message):
+            return ContextTooLong(message, **options)
+        if error_class is not None:
+            return error_class(message, **options)
+        return error_for_status(status, message, code=code, retry_after=options["retry_after"])
+
+
+def bedrock_messages(messages: list[Message]) -> list[dict[str, Any]]:
+    """The conversation without system messages, as Converse content blocks."""
+    converted: list[dict[str, Any]] = []
+    for message in messages:
+        role = message.get("role")
+        if role == "system":
+            continue
+        if role == "tool":
+            result = {
+                "toolUseId": message.get("tool_call_id") or "",
+                "content": [{"text": content_text(message.get("content"))}],
+            }
+            converted.append({"role": "user", "content": [{"toolResult": result}]})
+            continue
+        if role not in ("user", "assistant"):
+            raise ProviderBadRequest(f"Messages cannot have the role “{role}”.")
+        blocks = _content_blocks(message.get("content"))
+        for call in message.get("tool_calls") or ():
+            function = call.get("function") or {}
+            name = function.get("name") or ""
+            tool_use = {
+                "toolUseId": call.get("id") or "",
+                "name": name,
+                "input": tool_arguments_parse(function.get("arguments"), name),
+            }
+            blocks.append({"toolUse": tool_use})
+        converted.append({"role": role, "content": blocks})
+    return merge_same_role(converted)
+
+
+def _content_blocks(content: Any) -> list[dict[str, Any]]:
+    blocks: list[dict[str, Any]] = []
+    for part in content_parts(content):
+        kind = part.get("type")
+        if kind == "text":
+            if part.get("text"):
+                blocks.append({"text": part["text"]})
+        elif kind == "image_url":
+            image = image_parse(image_url_of(part))
+            if image is None:
+                raise ProviderBadRequest(
+                    "Bedrock takes images as base64 data URLs, not links to fetch."
+                )
+            image_format = _IMAGE_FORMATS.get(image.media_type)
+            if image_format is None:
+                raise ProviderBadRequest(
+                    f"Bedrock takes PNG, JPEG, GIF or WebP images, not {image.media_type}."
+                )
+            blocks.append({"image": {"format": image_format, "source": {"bytes": image.raw()}}})
+        else:
+            raise ProviderBadRequest(f"Message parts of type “{kind}” are not supported.")
+    return blocks
+
+
+def _bedrock_tool(tool: dict[str, Any]) -> dict[str, Any]:
+    function = tool_function(tool)
+    spec: dict[str, Any] = {
+        "name": function["name"],
+        "inputSchema": {"json": function["parameters"]},
+    }
+    if function["description"]:
+        spec["description"] = function["description"]
+    return {"toolSpec": spec}
+
+
+def _usage(usage: dict[str, Any]) -> Usage:
+    cache_read = usage.get("cacheReadInputTokens") or 0
+    cache_write = usage.get("cacheWriteInputTokens") or 0
+    return Usage(
+        input_tokens=(usage.get("inputTokens") or 0) + cache_read + cache_write,
+        output_tokens=usage.get("outputTokens") or 0,
+        cache_read_tokens=cache_read,
+        cache_write_tokens=cache_write,
+    )

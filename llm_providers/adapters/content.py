@@ -1,0 +1,121 @@
+"""Reading the OpenAI-shaped chat messages for adapters whose vendors use another shape."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ProviderBadRequest
+from .types import Message, Tool
+
+# Appended to the system prompt when a request asks for JSON and the vendor
+# has no JSON switch that works on every one of its models.
+JSON_MODE_INSTRUCTION = (
+    "Answer with a single valid JSON object and nothing else: "
+    "no prose before or after it, no code fences."
+)
+
+_DATA_URL = re.compile(r"^data:(?P<media_type>[\w.+-]+/[\w.+-]+)(?:;[^,;]*)*;base64,(?P<data>.*)$")
+
+
+@dataclass(frozen=True, slots=True)
+class InlineImage:
+    """An image given as a base64 data URL."""
+
+    media_type: str
+    data: str  # base64 text, as received
+
+    def raw(self) -> bytes:
+        try:
+            return base64.b64decode(self.data, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ProviderBadRequest("An image data URL does not hold valid base64.") from exc
+
+
+def image_parse(url: str) -> InlineImage | None:
+    """The inline image of a `data:<type>;base64,...` URL, or None for another URL."""
+    match = _DATA_URL.match(url or "")
+    if not match:
+        return None
+    return InlineImage(media_type=match.group("media_type").lower(), data=match.group("data"))
+
+
+def content_parts(content: Any) -> Iterator[dict[str, Any]]:
+    """The parts of a message's content: a plain string counts as one text part."""
+    if isinstance(content, str):
+        yield {"type": "text", "text": content}
+    elif isinstance(content, list):
+        for part in content:
+            if isinstance(part, dict):
+                yield part
+            elif isinstance(part, str):
+                yield {"type": "text", "text": part}
+
+
+def content_text(content: Any) -> str:
+    """The text parts of a message's content, joined."""
+    return "".join(p.get("text") or "" for p in content_parts(content) if p.get("type") == "text")
+
+
+def image_url_of(part: dict[str, Any]) -> str:
+    image = part.get("image_url")
+    return image.get("url", "") if isinstance(image, dict) else str(image or "")
+
+
+def system_prompt(messages: list[Message], *, json_mode: bool) -> str:
+    """The system messages joined, plus the JSON instruction when asked for."""
+    pieces = [content_text(m.get("content")) for m in messages if m.get("role") == "system"]
+    if json_mode:
+        pieces.append(JSON_MODE_INSTRUCTION)
+    return "\n\n".join(p for p in pieces if p)
+
+
+def tool_arguments_parse(arguments: str | None, name: str) -> dict[str, Any]:
+    """A tool call's JSON arguments as a dict (vendors other than OpenAI want objects)."""
+    if not arguments:
+        return {}
+    try:
+        parsed = json.loads(arguments)
+    except json.JSONDecodeError as exc:
+        raise ProviderBadRequest(
+            f"The arguments of the call to tool “{name}” are not valid JSON."
+        ) from exc
+    if not isinstance(parsed, dict):
+        raise ProviderBadRequest(f"The arguments of the call to tool “{name}” must be an object.")
+    return parsed
+
+
+def tool_function(tool: Tool) -> dict[str, Any]:
+    """The function part of an OpenAI function tool, with an object schema."""
+    function = tool.get("function") or {}
+    if not function.get("name"):
+        raise ProviderBadRequest("Every tool needs a function with a name.")
+    return {
+        "name": function["name"],
+        "description": function.get("description") or "",
+        "parameters": function.get("parameters") or {"type": "object", "properties": {}},
+    }
+
+
+def arguments_dump(arguments: Any) -> str:
+    """A vendor's tool input (an object) as the JSON text `ToolCall` carries."""
+    return json.dumps(arguments if arguments is not None else {}, separators=(",", ":"))
+
+
+def merge_same_role(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Join consecutive messages of one role: Anthropic and Bedrock want turns to alternate
+    (several tool results answering one assistant turn become one user turn)."""
+    merged: list[dict[str, Any]] = []
+    for message in messages:
+        if not message["content"]:
+            continue
+        if merged and merged[-1]["role"] == message["role"]:
+            merged[-1]["content"].extend(message["content"])
+        else:
+            merged.append({"role": message["role"], "content": list(message["content"])})
+    return merged

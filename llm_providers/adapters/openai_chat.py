@@ -1,0 +1,290 @@
+"""OpenAI Chat Completions through the openai SDK: OpenAI, Azure OpenAI and the
+OpenAI-compatible presets (Gemini, Mistral, Together, Groq, Ollama, any base URL).
+
+Usage arrives normalised already: `prompt_tokens` includes the cached tokens
+(`prompt_tokens_details.cached_tokens`) and `completion_tokens` the reasoning
+tokens (`completion_tokens_details.reasoning_tokens`). Streams ask for
+`stream_options={"include_usage": True}` and read the usage chunk at the end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx2
+import openai
+
+from .base import Adapter, estimate_text_tokens, translate_errors, translate_stream_errors
+from .errors import (
+    ProviderBadRequest,
+    ProviderError,
+    ProviderRateLimited,
+    ProviderTimeout,
+    UpstreamUnavailable,
+    connection_failure,
+    error_for_status,
+    retry_after_from_headers,
+)
+from .types import (
+    AdapterSettings,
+    ChatRequest,
+    ChatResult,
+    EmbedRequest,
+    EmbedResult,
+    StreamChunk,
+    ToolCall,
+    Usage,
+)
+
+AZURE = "azure_openai"
+# Servers that take no key (Ollama, many self-hosted endpoints) still get a
+# bearer header: the SDK refuses to run without a key and would otherwise
+# read OPENAI_API_KEY from this process's environment and send it there.
+PLACEHOLDER_API_KEY = "no-key-configured"
+# OpenAI and Azure reasoning models refuse `max_tokens`; the other presets
+# speak the older parameter name.
+_MAX_COMPLETION_TOKENS_TYPES = frozenset({"openai", AZURE})
+
+
+class OpenAIChatAdapter(Adapter):
+    protocol = "openai_chat"
+    supports_embeddings = True
+    vendor_errors = (openai.OpenAIError, httpx2.HTTPError)
+
+    def __init__(self, settings: AdapterSettings):
+        super().__init__(settings)
+        self._client = self._client_build()
+
+    def _client_build(self) -> openai.OpenAI:
+        options = self.settings.options
+        common: dict[str, Any] = {
+            "api_key": self.settings.api_key or PLACEHOLDER_API_KEY,
+            "max_retries": 0,
+            "timeout": self._timeout(self.timeout),
+        }
+        if self.settings.provider_type == AZURE:
+            if not options.get("api_version"):
+                raise ProviderBadRequest("Azure OpenAI needs the api_version option.")
+            if not self.settings.base_url:
+                raise ProviderBadRequest("Azure OpenAI needs the resource endpoint as base URL.")
+            return openai.AzureOpenAI(
+                azure_endpoint=self.settings.base_url,
+                api_version=options["api_version"],
+                **common,
+            )
+        return openai.OpenAI(
+            base_url=self.settings.base_url or None,
+            organization=options.get("organization") or None,
+            project=options.get("project") or None,
+            **common,
+        )
+
+    # --- request -----------------------------------------------------------------
+
+    def _timeout(self, seconds: float) -> openai.Timeout:
+        return openai.Timeout(seconds, connect=min(self.connect_timeout, seconds))
+
+    def wire_model(self, model: str) -> str:
+        """The model name sent: on Azure, the deployment that serves `model`."""
+        if self.settings.provider_type != AZURE:
+            return model
+        options = self.settings.options
+        deployments = options.get("deployments") or {}
+        return deployments.get(model) or options.get("deployment") or model
+
+    def _chat_arguments(self, request: ChatRequest) -> dict[str, Any]:
+        arguments: dict[str, Any] = {
+            "model": self.wire_model(request.model),
+            "messages": request.messages,
+            "timeout": self._timeout(self.call_timeout(request.timeout)),
+        }
+        if request.max_tokens is not None:
+            name = (
+                "max_completion_tokens"
+                if self.settings.provider_type in _MAX_COMPLETION_TOKENS_TYPES
+                else "max_tokens"
+            )
+            arguments[name] = request.max_tokens
+        if request.temperature is not None:
+            arguments["temperature"] = request.temperature
+        if request.top_p is not None:
+            arguments["top_p"] = request.top_p
+        if request.stop:
+            arguments["stop"] = list(request.stop)
+        if request.json_mode:
+            arguments["response_format"] = {"type": "json_object"}
+        if request.tools:
+            arguments["tools"] = request.tools
+        return arguments
+
+    # --- the protocol ------------------------------------------------------------
+
+    @translate_errors
+    def complete(self, request: ChatRequest) -> ChatResult:
+        response = self._client.chat.completions.create(**self._chat_arguments(request))
+        if not response.choices:
+            raise UpstreamUnavailable(f"{self.settings.provider_type} answered without a choice.")
+        choice = response.choices[0]
+        message = choice.message
+        content = message.content or ""
+        tool_calls = [
+            ToolCall(id=call.id, name=call.function.name, arguments=call.function.arguments or "")
+            for call in message.tool_calls or ()
+            if getattr(call, "function", None) is not None
+        ]
+        if response.usage is not None:
+            usage = usage_from_openai(response.usage)
+        else:
+            # Some compatible servers omit usage; an estimate beats billing nothing.
+            usage = Usage(
+                input_tokens=self.count_tokens(request),
+                output_tokens=estimate_text_tokens(content),
+            )
+        return ChatResult(
+            content=content,
+            usage=usage,
+            model=response.model or request.model,
+            finish_reason=choice.finish_reason or "stop",
+            tool_calls=tool_calls,
+        )
+
+    @translate_stream_errors
+    def stream(self, request: ChatRequest) -> Iterator[StreamChunk]:
+        response = self._client.chat.completions.create(
+            **self._chat_arguments(request),
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        model = request.model
+        finish_reason: str | None = None
+        usage: Usage | None = None
+        calls: dict[int, dict[str, str]] = {}
+        with response:
+            for chunk in response:
+                model = chunk.model or model
+                reported = chunk.usage or _groq_usage(chunk)
+                if reported is not None:
+                    usage = usage_from_openai(reported)
+                for choice in chunk.choices[:1]:
+                    delta = choice.delta
+                    for call in (delta.tool_calls if delta else None) or ():
+                        _tool_call_accumulate(calls, call)
+                    if choice.finish_reason:
+                        finish_reason = choice.finish_reason
+                    if delta is not None and delta.content:
+                        yield StreamChunk(text=delta.content, model=model)
+        if finish_reason is None:
+            raise UpstreamUnavailable(
+                f"The {self.settings.provider_type} stream ended before the answer finished."
+            )
+        tool_calls = [
+            ToolCall(id=call["id"], name=call["name"], arguments=call["arguments"])
+            for _, call in sorted(calls.items())
+        ]
+        yield StreamChunk(
+            model=model, finish_reason=finish_reason, tool_calls=tool_calls or None, usage=usage
+        )
+
+    @translate_errors
+    def embed(self, request: EmbedRequest) -> EmbedResult:
+        response = self._client.embeddings.create(
+            model=self.wire_model(request.model),
+            input=list(request.inputs),
+            encoding_format="float",
+            timeout=self._timeout(self.call_timeout(request.timeout)),
+        )
+        vectors = [list(item.embedding) for item in sorted(response.data, key=lambda d: d.index)]
+        if response.usage is not None:
+            input_tokens = response.usage.prompt_tokens
+        else:
+            input_tokens = sum(estimate_text_tokens(text) for text in request.inputs)
+        return EmbedResult(
+            vectors=vectors,
+            usage=Usage(input_tokens=input_tokens),
+            model=response.model or request.model,
+        )
+
+    @translate_errors
+    def list_models(self) -> list[str]:
+        listed = sorted(m.id for m in self._client.models.list(timeout=self._timeout(self.timeout)))
+        deployments = self.settings.options.get("deployments") if self._is_azure else None
+        # On Azure a config serves the models its deployments map; listing
+        # checked the key, the mapping says what can be called.
+        return sorted(deployments) if deployments else listed
+
+    def close(self) -> None:
+        self._client.close()
+
+    @property
+    def _is_azure(self) -> bool:
+        return self.settings.provider_type == AZURE
+
+    # --- errors ------------------------------------------------------------------
+
+    def provider_error(self, exc: BaseException) -> ProviderError:
+        label = self.settings.provider_type
+        if isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException):
+            return ProviderTimeout(f"{label} did not answer in time.")
+        if isinstance(exc, openai.APIStatusError):
+            message = self.scrub(f"{label} answered {exc.status_code}: {_vendor_message(exc)}")
+            return error_for_status(
+                exc.status_code,
+                message,
+                code=exc.code,
+                retry_after=retry_after_from_headers(exc.response.headers),
+            )
+        if isinstance(exc, openai.APIConnectionError | httpx2.HTTPError):
+            return UpstreamUnavailable(self.scrub(connection_failure(label, exc)))
+        if isinstance(exc, openai.APIError):
+            # An error event inside a stream: no HTTP status to go by.
+            code = (exc.code or exc.type or "").lower()
+            message = self.scrub(f"{label} failed mid-answer: {_vendor_message(exc)}")
+            if "rate_limit" in code:
+                return ProviderRateLimited(message)
+            return error_for_status(None, message, code=code)
+        return UpstreamUnavailable(self.scrub(f"{label} failed: {exc}"))
+
+
+def usage_from_openai(usage: Any) -> Usage:
+    """OpenAI's usage already counts cached tokens in the prompt and reasoning in the output."""
+    prompt_details = getattr(usage, "prompt_tokens_details", None)
+    completion_details = getattr(usage, "completion_tokens_details", None)
+    return Usage(
+        input_tokens=usage.prompt_tokens or 0,
+        output_tokens=usage.completion_tokens or 0,
+        cache_read_tokens=getattr(prompt_details, "cached_tokens", None) or 0,
+        cache_write_tokens=getattr(prompt_details, "cache_write_tokens", None) or 0,
+        reasoning_tokens=getattr(completion_details, "reasoning_tokens", None) or 0,
+    )
+
+
+def _groq_usage(chunk: Any) -> Any:
+    """Groq reports stream usage in `x_groq.usage` of the last chunk."""
+    extra = getattr(chunk, "model_extra", None) or {}
+    groq = extra.get("x_groq")
+    usage = groq.get("usage") if isinstance(groq, dict) else None
+    if not isinstance(usage, dict) or "prompt_tokens" not in usage:
+        return None
+    return openai.types.CompletionUsage.model_validate(usage)
+
+
+def _tool_call_accumulate(calls: dict[int, dict[str, str]], delta: Any) -> None:
+    """Streamed tool calls come in pieces keyed by index: id and name first, then
+    fragments of the JSON arguments."""
+    call = calls.setdefault(delta.index or 0, {"id": "", "name": "", "arguments": ""})
+    if delta.id:
+        call["id"] = delta.id
+    function = delta.function
+    if function is not None:
+        if function.name:
+            call["name"] = function.name
+        if function.arguments:
+            call["arguments"] += function.arguments
+
+
+def _vendor_message(exc: openai.APIError) -> str:
+    body = exc.body
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        return body["message"]
+    return exc.message

@@ -1,0 +1,489 @@
+"""AnthropicMessagesAdapter through the anthropic SDK against the loopback Anthropic server."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from llm_providers.adapters.anthropic_messages import (
+    DEFAULT_MAX_TOKENS,
+    PLACEHOLDER_API_KEY,
+    AnthropicMessagesAdapter,
+)
+from llm_providers.adapters.content import JSON_MODE_INSTRUCTION
+from llm_providers.adapters.errors import (
+    ContextTooLong,
+    NotSupported,
+    ProviderAuthenticationError,
+    ProviderBadRequest,
+    ProviderPermissionError,
+    ProviderRateLimited,
+    ProviderTimeout,
+    UpstreamUnavailable,
+)
+from llm_providers.adapters.registry import adapter_build
+from llm_providers.adapters.types import (
+    AdapterSettings,
+    ChatRequest,
+    EmbedRequest,
+    ToolCall,
+    Usage,
+)
+
+API_KEY = "sk-ant-api03-Hq4Lm9Zt2Wx7Rb5Nc8Vd1Kf6Gj3Ps0Ty"
+# A 1×1 PNG.
+PNG_BASE64 = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQ"
+    "AAAABJRU5ErkJggg=="
+)
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather of a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
+
+
+def _request(**overrides) -> ChatRequest:
+    fields = {
+        "model": "claude-sonnet-4-6",
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hello?"},
+        ],
+    }
+    fields.update(overrides)
+    return ChatRequest(**fields)
+
+
+def _adapter(base_url: str, **settings) -> AnthropicMessagesAdapter:
+    settings.setdefault("api_key", API_KEY)
+    return adapter_build(AdapterSettings("anthropic", base_url=base_url, **settings))
+
+
+@pytest.fixture
+def adapter(anthropic_upstream):
+    adapter = _adapter(anthropic_upstream.base_url)
+    yield adapter
+    adapter.close()
+
+
+# --- complete ------------------------------------------------------------------------
+
+
+def test_complete_adds_cache_reads_and_writes_to_input_tokens(adapter, anthropic_upstream):
+    anthropic_upstream.enqueue_message(
+        "Hi!",
+        input_tokens=200,
+        cache_read_tokens=1000,
+        cache_write_tokens=500,
+        output_tokens=300,
+        thinking_tokens=120,
+    )
+
+    result = adapter.complete(_request())
+
+    assert result.content == "Hi!"
+    assert result.usage == Usage(
+        input_tokens=1700,
+        output_tokens=300,
+        cache_read_tokens=1000,
+        cache_write_tokens=500,
+        reasoning_tokens=120,
+    )
+    assert result.model == "claude-sonnet-4-6-20260217"
+    assert result.finish_reason == "stop"
+
+
+def test_complete_sends_system_and_stop_sequences_but_no_sampling_parameters(
+    adapter, anthropic_upstream
+):
+    anthropic_upstream.enqueue_message()
+
+    # API version 2026-10-21 refuses temperature and top_p at any value.
+    adapter.complete(_request(max_tokens=64, temperature=0.2, top_p=0.9, stop=["END"]))
+
+    sent = anthropic_upstream.last_request
+    assert sent.path == "/v1/messages"
+    assert API_KEY in (sent.headers.get("x-api-key"), sent.headers.get("authorization", "")[7:])
+    assert sent.json == {
+        "model": "claude-sonnet-4-6",
+        "system": "Be brief.",
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "Hello?"}]}],
+        "max_tokens": 64,
+        "stop_sequences": ["END"],
+    }
+
+
+def test_complete_sends_the_default_max_tokens_when_request_names_none(adapter, anthropic_upstream):
+    anthropic_upstream.enqueue_message()
+
+    adapter.complete(_request())
+
+    assert anthropic_upstream.last_request.json["max_tokens"] == DEFAULT_MAX_TOKENS == 4096
+    assert adapter.default_max_tokens == 4096
+
+
+def test_complete_appends_the_json_instruction_to_system_when_json_mode(
+    adapter, anthropic_upstream
+):
+    anthropic_upstream.enqueue_message('{"a": 1}')
+
+    adapter.complete(_request(json_mode=True))
+
+    assert anthropic_upstream.last_request.json["system"] == f"Be brief.\n\n{JSON_MODE_INSTRUCTION}"
+
+
+def test_complete_sends_image_data_urls_as_base64_image_blocks(adapter, anthropic_upstream):
+    anthropic_upstream.enqueue_message("A dot.")
+    content = [
+        {"type": "text", "text": "What is this?"},
+        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG_BASE64}"}},
+    ]
+
+    adapter.complete(_request(messages=[{"role": "user", "content": content}]))
+
+    assert anthropic_upstream.last_request.json["messages"] == [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "What is this?"},
+                {
+                    "type": "image",
+                    "source": {"type": "base64", "media_type": "image/png", "data": PNG_BASE64},
+                },
+            ],
+        }
+    ]
+
+
+def test_complete_sends_tool_calls_and_results_as_tool_use_and_tool_result_blocks(
+    adapter, anthropic_upstream
+):
+    anthropic_upstream.enqueue_message("Sunny in both.")
+    messages = [
+        {"role": "user", "content": "Weather in Paris and Oslo?"},
+        {
+            "role": "assistant",
+            "content": "Checking.",
+            "tool_calls": [
+                {
+                    "id": "toolu_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                },
+                {
+                    "id": "toolu_2",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'},
+                },
+            ],
+        },
+        {"role": "tool", "tool_call_id": "toolu_1", "content": "Sunny, 21°C"},
+        {"role": "tool", "tool_call_id": "toolu_2", "content": "Sunny, 12°C"},
+    ]
+
+    adapter.complete(_request(messages=messages, tools=[WEATHER_TOOL]))
+
+    sent = anthropic_upstream.last_request.json
+    assert sent["tools"] == [
+        {
+            "name": "get_weather",
+            "description": "Weather of a city",
+            "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}},
+        }
+    ]
+    assert sent["messages"] == [
+        {"role": "user", "content": [{"type": "text", "text": "Weather in Paris and Oslo?"}]},
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "text", "text": "Checking."},
+                {"type": "tool_use", "id": "toolu_1", "name": "get_weather",
+                 "input": {"city": "Paris"}},
+                {"type": "tool_use", "id": "toolu_2", "name": "get_weather",
+                 "input": {"city": "Oslo"}},
+            ],
+        },
+        {
+            "role": "user",
+            "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_1", "content": "Sunny, 21°C"},
+                {"type": "tool_result", "tool_use_id": "toolu_2", "content": "Sunny, 12°C"},
+            ],
+        },
+    ]  # fmt: skip
+
+
+def test_complete_refuses_tool_call_arguments_that_are_not_json(adapter, anthropic_upstream):
+    messages = [
+        {"role": "user", "content": "Hi"},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {"id": "t", "type": "function", "function": {"name": "f", "arguments": "{oops"}}
+            ],
+        },
+    ]
+
+    with pytest.raises(ProviderBadRequest) as caught:
+        adapter.complete(_request(messages=messages))
+
+    assert caught.value.message == "The arguments of the call to tool “f” are not valid JSON."
+    assert anthropic_upstream.requests == []
+
+
+def test_complete_returns_tool_calls_when_model_uses_a_tool(adapter, anthropic_upstream):
+    anthropic_upstream.enqueue_message(
+        "", tool_uses=[{"id": "toolu_9", "name": "get_weather", "input": {"city": "Paris"}}]
+    )
+
+    result = adapter.complete(_request(tools=[WEATHER_TOOL]))
+
+    assert result.finish_reason == "tool_calls"
+    assert result.tool_calls == [
+        ToolCall(id="toolu_9", name="get_weather", arguments='{"city":"Paris"}')
+    ]
+
+
+def test_complete_reports_length_when_max_tokens_stopped_the_answer(adapter, anthropic_upstream):
+    anthropic_upstream.enqueue_message("Once upon", stop_reason="max_tokens")
+
+    assert adapter.complete(_request(max_tokens=2)).finish_reason == "length"
+
+
+# --- stream --------------------------------------------------------------------------
+
+
+def test_stream_keeps_the_last_cumulative_message_delta_usage(adapter, anthropic_upstream):
+    anthropic_upstream.enqueue_message_stream(
+        ["Hel", "lo"],
+        input_tokens=25,
+        cache_read_tokens=4000,
+        cache_write_tokens=300,
+        output_token_steps=[10, 40, 95],
+        thinking_tokens=50,
+    )
+
+    chunks = list(adapter.stream(_request()))
+
+    assert [c.text for c in chunks] == ["Hel", "lo", ""]
+    assert chunks[-1].finish_reason == "stop"
+    assert chunks[-1].model == "claude-sonnet-4-6-20260217"
+    assert chunks[-1].usage == Usage(
+        input_tokens=4325,
+        output_tokens=95,
+        cache_read_tokens=4000,
+        cache_write_tokens=300,
+        reasoning_tokens=50,
+    )
+    assert anthropic_upstream.last_request.json["stream"] is True
+
+
+def test_stream_assembles_tool_calls_on_the_final_chunk(adapter, anthropic_upstream):
+    anthropic_upstream.enqueue_message_stream(
+        ["Let me check."],
+        tool_uses=[
+            {"id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}},
+            {"id": "toolu_2", "name": "get_weather", "input": {"city": "Oslo"}},
+        ],
+    )
+
+    chunks = list(adapter.stream(_request(tools=[WEATHER_TOOL])))
+
+    assert [c.text for c in chunks] == ["Let me check.", ""]
+    assert chunks[-1].finish_reason == "tool_calls"
+    assert chunks[-1].tool_calls == [
+        ToolCall(id="toolu_1", name="get_weather", arguments='{"city": "Paris"}'),
+        ToolCall(id="toolu_2", name="get_weather", arguments='{"city": "Oslo"}'),
+    ]
+
+
+def test_stream_raises_upstream_unavailable_when_an_overloaded_error_event_arrives(
+    adapter, anthropic_upstream
+):
+    anthropic_upstream.enqueue_message_stream(
+        ["Hel", "lo"], error={"type": "overloaded_error", "message": "Overloaded"}
+    )
+    received = []
+
+    with pytest.raises(UpstreamUnavailable) as caught:
+        for chunk in adapter.stream(_request()):
+            received.append(chunk.text)
+
+    assert received == ["Hel", "lo"]
+    assert caught.value.status_code == 529
+    assert caught.value.retryable is True
+    assert caught.value.message == "anthropic failed mid-answer overloaded_error: Overloaded"
+
+
+def test_stream_raises_upstream_unavailable_after_the_chunks_received_when_connection_breaks(
+    adapter, anthropic_upstream
+):
+    # message_start, ping, block start, "Hel", "lo", then the connection drops.
+    anthropic_upstream.enqueue_message_stream(["Hel", "lo", "!"], break_after=5)
+    received = []
+
+    with pytest.raises(UpstreamUnavailable) as caught:
+        for chunk in adapter.stream(_request()):
+            received.append(chunk.text)
+
+    assert received == ["Hel", "lo"]
+    assert caught.value.retryable is True
+    assert "broke off" in caught.value.message
+
+
+# --- errors --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "error_type", "message", "expected", "retryable"),
+    [
+        (401, "authentication_error", "invalid x-api-key", ProviderAuthenticationError, False),
+        (403, "permission_error", "Your key cannot use this model.", ProviderPermissionError,
+         False),
+        (400, "invalid_request_error", "prompt is too long: 208310 tokens > 200000 maximum",
+         ContextTooLong, False),
+        (413, "request_too_large", "Request exceeds the maximum allowed number of bytes.",
+         ContextTooLong, False),
+        (400, "invalid_request_error", "temperature: range: 0..1", ProviderBadRequest, False),
+        (500, "api_error", "Internal server error", UpstreamUnavailable, True),
+        (529, "overloaded_error", "Overloaded", UpstreamUnavailable, True),
+    ],
+)  # fmt: skip
+def test_complete_maps_error_status_onto_the_error_tree(
+    adapter, anthropic_upstream, status, error_type, message, expected, retryable
+):
+    anthropic_upstream.enqueue_error(status, type=error_type, message=message)
+
+    with pytest.raises(expected) as caught:
+        adapter.complete(_request())
+
+    assert type(caught.value) is expected
+    assert caught.value.status_code == status
+    assert caught.value.retryable is retryable
+    assert caught.value.message == f"anthropic answered {status} {error_type}: {message}"
+
+
+def test_complete_raises_rate_limited_with_retry_after_seconds(adapter, anthropic_upstream):
+    anthropic_upstream.enqueue_error(
+        429,
+        type="rate_limit_error",
+        message="Number of request tokens has exceeded your per-minute rate limit",
+        headers={"retry-after": "12"},
+    )
+
+    with pytest.raises(ProviderRateLimited) as caught:
+        adapter.complete(_request())
+
+    assert caught.value.retry_after == 12.0
+    assert caught.value.retryable is True
+
+
+def test_complete_scrubs_the_key_when_the_error_message_quotes_it(adapter, anthropic_upstream):
+    anthropic_upstream.enqueue_error(
+        401, type="authentication_error", message=f"invalid x-api-key {API_KEY[:20]}…"
+    )
+
+    with pytest.raises(ProviderAuthenticationError) as caught:
+        adapter.complete(_request())
+
+    assert API_KEY[:20] not in str(caught.value)
+    assert API_KEY[12:20] not in str(caught.value)
+    assert caught.value.__context__ is None
+
+
+def test_complete_raises_timeout_when_upstream_is_slower_than_the_request_timeout(
+    adapter, anthropic_upstream
+):
+    anthropic_upstream.enqueue_message(delay=5)
+    started = time.monotonic()
+
+    with pytest.raises(ProviderTimeout) as caught:
+        adapter.complete(_request(timeout=0.3))
+
+    assert time.monotonic() - started < 2
+    assert caught.value.retryable is True
+
+
+def test_complete_raises_upstream_unavailable_when_connection_is_refused(refused_url):
+    adapter = _adapter(refused_url)
+
+    with pytest.raises(UpstreamUnavailable) as caught:
+        adapter.complete(_request())
+
+    assert caught.value.message == "anthropic could not be reached (ConnectError)."
+
+
+def test_complete_is_not_retried_by_the_sdk_when_upstream_overloads(adapter, anthropic_upstream):
+    anthropic_upstream.enqueue_error(529, type="overloaded_error", message="Overloaded")
+    anthropic_upstream.enqueue_message()
+
+    with pytest.raises(UpstreamUnavailable):
+        adapter.complete(_request())
+
+    assert len(anthropic_upstream.requests) == 1
+    assert anthropic_upstream.pending == 1
+
+
+# --- embeddings, models, connection, clients ----------------------------------------------
+
+
+def test_embed_raises_not_supported(adapter):
+    with pytest.raises(NotSupported) as caught:
+        adapter.embed(EmbedRequest(model="claude-sonnet-4-6", inputs=["x"]))
+
+    assert caught.value.message == "anthropic does not offer embeddings here."
+    assert adapter.supports_embeddings is False
+
+
+def test_connection_check_lists_the_models_when_key_works(adapter, anthropic_upstream):
+    anthropic_upstream.enqueue_models(["claude-sonnet-4-6-20260217", "claude-haiku-4-5"])
+
+    check = adapter.test_connection()
+
+    assert check.ok is True
+    assert check.models == ["claude-haiku-4-5", "claude-sonnet-4-6-20260217"]
+    assert anthropic_upstream.last_request.path == "/v1/models"
+
+
+def test_connection_check_reports_the_error_when_key_is_rejected(adapter, anthropic_upstream):
+    anthropic_upstream.enqueue_error(401, type="authentication_error", message="invalid x-api-key")
+
+    check = adapter.test_connection()
+
+    assert check.ok is False
+    assert check.error == (
+        "provider_authentication: anthropic answered 401 authentication_error: invalid x-api-key"
+    )
+
+
+def test_client_is_reused_across_calls(adapter, anthropic_upstream):
+    anthropic_upstream.enqueue_message(times=2)
+    client = adapter._client
+
+    adapter.complete(_request())
+    adapter.complete(_request())
+
+    assert adapter._client is client
+    assert adapter._client.max_retries == 0
+    first, second = anthropic_upstream.requests
+    assert first.client_port == second.client_port
+
+
+def test_keyless_config_sends_a_placeholder_not_the_environment_key(
+    anthropic_upstream, monkeypatch
+):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-from-the-environment")
+    adapter = _adapter(anthropic_upstream.base_url, api_key="")
+    anthropic_upstream.enqueue_message()
+
+    adapter.complete(_request())
+
+    headers = anthropic_upstream.last_request.headers
+    assert "sk-ant-from-the-environment" not in str(headers)
+    assert PLACEHOLDER_API_KEY in (headers.get("x-api-key"), headers.get("authorization", "")[7:])

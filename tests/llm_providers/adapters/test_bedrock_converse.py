@@ -1,0 +1,467 @@
+"""BedrockConverseAdapter through boto3 against the loopback Bedrock server (event streams)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from llm_providers.adapters.bedrock_converse import BedrockConverseAdapter
+from llm_providers.adapters.content import JSON_MODE_INSTRUCTION
+from llm_providers.adapters.errors import (
+    ContextTooLong,
+    NotSupported,
+    ProviderAuthenticationError,
+    ProviderBadRequest,
+    ProviderPermissionError,
+    ProviderRateLimited,
+    ProviderTimeout,
+    UpstreamUnavailable,
+)
+from llm_providers.adapters.registry import adapter_build
+from llm_providers.adapters.types import (
+    AdapterSettings,
+    ChatRequest,
+    EmbedRequest,
+    ToolCall,
+    Usage,
+)
+from tests.upstreams.bedrock import model_id_of
+
+ACCESS_KEY_ID = "AKIAQ3EGXYZ7LMN4PRST"
+SECRET_ACCESS_KEY = "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"
+MODEL = "anthropic.claude-sonnet-4-6-v1:0"
+# A 1×1 PNG.
+PNG_BASE64 = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQ"
+    "AAAABJRU5ErkJggg=="
+)
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather of a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
+
+
+def _request(**overrides) -> ChatRequest:
+    fields = {
+        "model": MODEL,
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hello?"},
+        ],
+    }
+    fields.update(overrides)
+    return ChatRequest(**fields)
+
+
+def _adapter(base_url: str, **settings) -> BedrockConverseAdapter:
+    settings.setdefault("aws_access_key_id", ACCESS_KEY_ID)
+    settings.setdefault("aws_secret_access_key", SECRET_ACCESS_KEY)
+    settings.setdefault("aws_region", "eu-west-1")
+    return adapter_build(AdapterSettings("bedrock", base_url=base_url, **settings))
+
+
+@pytest.fixture
+def adapter(bedrock_upstream):
+    adapter = _adapter(bedrock_upstream.base_url)
+    yield adapter
+    adapter.close()
+
+
+# --- complete ------------------------------------------------------------------------
+
+
+def test_complete_adds_cache_reads_and_writes_to_input_tokens(adapter, bedrock_upstream):
+    bedrock_upstream.enqueue_converse(
+        "Hi!", input_tokens=200, cache_read_tokens=1000, cache_write_tokens=500, output_tokens=300
+    )
+
+    result = adapter.complete(_request())
+
+    assert result.content == "Hi!"
+    assert result.usage == Usage(
+        input_tokens=1700, output_tokens=300, cache_read_tokens=1000, cache_write_tokens=500
+    )
+    assert result.model == MODEL
+    assert result.finish_reason == "stop"
+
+
+def test_complete_sends_system_and_inference_config_on_the_wire(adapter, bedrock_upstream):
+    bedrock_upstream.enqueue_converse()
+
+    adapter.complete(_request(max_tokens=64, temperature=0.2, top_p=0.9, stop=["END"]))
+
+    sent = bedrock_upstream.last_request
+    assert sent.path == f"/model/{MODEL}/converse"
+    assert model_id_of(sent) == MODEL
+    assert sent.json == {
+        "messages": [{"role": "user", "content": [{"text": "Hello?"}]}],
+        "system": [{"text": "Be brief."}],
+        "inferenceConfig": {
+            "maxTokens": 64,
+            "temperature": 0.2,
+            "topP": 0.9,
+            "stopSequences": ["END"],
+        },
+    }
+
+
+def test_complete_signs_with_the_config_key_pair_and_region_in_one_attempt(
+    adapter, bedrock_upstream
+):
+    bedrock_upstream.enqueue_converse()
+
+    adapter.complete(_request())
+
+    headers = bedrock_upstream.last_request.headers
+    assert headers["authorization"].startswith(f"AWS4-HMAC-SHA256 Credential={ACCESS_KEY_ID}/")
+    assert "/eu-west-1/bedrock/aws4_request" in headers["authorization"]
+    assert headers["amz-sdk-request"] == "attempt=1; max=1"
+
+
+def test_complete_appends_the_json_instruction_to_system_when_json_mode(adapter, bedrock_upstream):
+    bedrock_upstream.enqueue_converse('{"a": 1}')
+
+    adapter.complete(_request(json_mode=True))
+
+    assert bedrock_upstream.last_request.json["system"] == [
+        {"text": f"Be brief.\n\n{JSON_MODE_INSTRUCTION}"}
+    ]
+
+
+def test_complete_sends_image_data_urls_as_image_bytes(adapter, bedrock_upstream):
+    bedrock_upstream.enqueue_converse("A dot.")
+    content = [
+        {"type": "text", "text": "What is this?"},
+        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG_BASE64}"}},
+    ]
+
+    adapter.complete(_request(messages=[{"role": "user", "content": content}]))
+
+    # botocore carries blobs as base64 in the JSON body.
+    assert bedrock_upstream.last_request.json["messages"] == [
+        {
+            "role": "user",
+            "content": [
+                {"text": "What is this?"},
+                {"image": {"format": "png", "source": {"bytes": PNG_BASE64}}},
+            ],
+        }
+    ]
+
+
+def test_complete_refuses_image_links_because_bedrock_takes_bytes(adapter, bedrock_upstream):
+    content = [{"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]
+
+    with pytest.raises(ProviderBadRequest) as caught:
+        adapter.complete(_request(messages=[{"role": "user", "content": content}]))
+
+    assert caught.value.message == "Bedrock takes images as base64 data URLs, not links to fetch."
+    assert bedrock_upstream.requests == []
+
+
+def test_complete_sends_tool_calls_and_results_as_tool_use_and_tool_result_blocks(
+    adapter, bedrock_upstream
+):
+    bedrock_upstream.enqueue_converse("Sunny.")
+    messages = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "tooluse_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "tooluse_1", "content": "Sunny, 21°C"},
+    ]
+
+    adapter.complete(_request(messages=messages, tools=[WEATHER_TOOL]))
+
+    sent = bedrock_upstream.last_request.json
+    assert sent["toolConfig"] == {
+        "tools": [
+            {
+                "toolSpec": {
+                    "name": "get_weather",
+                    "inputSchema": {
+                        "json": {"type": "object", "properties": {"city": {"type": "string"}}}
+                    },
+                    "description": "Weather of a city",
+                }
+            }
+        ]
+    }
+    assert sent["messages"] == [
+        {"role": "user", "content": [{"text": "Weather in Paris?"}]},
+        {
+            "role": "assistant",
+            "content": [
+                {
+                    "toolUse": {
+                        "toolUseId": "tooluse_1",
+                        "name": "get_weather",
+                        "input": {"city": "Paris"},
+                    }
+                }
+            ],
+        },
+        {
+            "role": "user",
+            "content": [
+                {"toolResult": {"toolUseId": "tooluse_1", "content": [{"text": "Sunny, 21°C"}]}}
+            ],
+        },
+    ]
+
+
+def test_complete_returns_tool_calls_when_model_uses_a_tool(adapter, bedrock_upstream):
+    bedrock_upstream.enqueue_converse(
+        "", tool_uses=[{"id": "tooluse_9", "name": "get_weather", "input": {"city": "Oslo"}}]
+    )
+
+    result = adapter.complete(_request(tools=[WEATHER_TOOL]))
+
+    assert result.finish_reason == "tool_calls"
+    assert result.tool_calls == [
+        ToolCall(id="tooluse_9", name="get_weather", arguments='{"city":"Oslo"}')
+    ]
+
+
+# --- stream --------------------------------------------------------------------------
+
+
+def test_stream_yields_pieces_then_metadata_usage_on_the_final_chunk(adapter, bedrock_upstream):
+    bedrock_upstream.enqueue_converse_stream(
+        ["Hel", "lo"],
+        input_tokens=40,
+        cache_read_tokens=2048,
+        cache_write_tokens=128,
+        output_tokens=77,
+    )
+
+    chunks = list(adapter.stream(_request()))
+
+    assert [c.text for c in chunks] == ["Hel", "lo", ""]
+    assert chunks[-1].finish_reason == "stop"
+    assert chunks[-1].usage == Usage(
+        input_tokens=2216, output_tokens=77, cache_read_tokens=2048, cache_write_tokens=128
+    )
+    assert bedrock_upstream.last_request.path == f"/model/{MODEL}/converse-stream"
+
+
+def test_stream_assembles_tool_calls_on_the_final_chunk(adapter, bedrock_upstream):
+    bedrock_upstream.enqueue_converse_stream(
+        ["Checking."],
+        tool_uses=[
+            {"id": "tooluse_1", "name": "get_weather", "input": {"city": "Paris"}},
+            {"id": "tooluse_2", "name": "get_weather", "input": {"city": "Oslo"}},
+        ],
+    )
+
+    chunks = list(adapter.stream(_request(tools=[WEATHER_TOOL])))
+
+    assert chunks[-1].finish_reason == "tool_calls"
+    assert chunks[-1].tool_calls == [
+        ToolCall(id="tooluse_1", name="get_weather", arguments='{"city": "Paris"}'),
+        ToolCall(id="tooluse_2", name="get_weather", arguments='{"city": "Oslo"}'),
+    ]
+
+
+def test_stream_raises_rate_limited_when_a_throttling_exception_arrives_mid_stream(
+    adapter, bedrock_upstream
+):
+    bedrock_upstream.enqueue_converse_stream(
+        ["Hel", "lo"], exception=("throttlingException", "Too many tokens, please wait.")
+    )
+    received = []
+
+    with pytest.raises(ProviderRateLimited) as caught:
+        for chunk in adapter.stream(_request()):
+            received.append(chunk.text)
+
+    assert received == ["Hel", "lo"]
+    assert caught.value.message == (
+        "bedrock failed mid-answer throttlingException: Too many tokens, please wait."
+    )
+
+
+def test_stream_raises_upstream_unavailable_after_the_chunks_received_when_connection_breaks(
+    adapter, bedrock_upstream
+):
+    # messageStart, "Hel", "lo", then the connection drops.
+    bedrock_upstream.enqueue_converse_stream(["Hel", "lo", "!"], break_after=3)
+    received = []
+
+    with pytest.raises(UpstreamUnavailable) as caught:
+        for chunk in adapter.stream(_request()):
+            received.append(chunk.text)
+
+    assert received == ["Hel", "lo"]
+    assert caught.value.retryable is True
+    assert "broke off" in caught.value.message
+
+
+# --- errors --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "error_type", "message", "expected", "retryable"),
+    [
+        (403, "UnrecognizedClientException", "The security token included in the request is "
+         "invalid.", ProviderAuthenticationError, False),
+        (403, "AccessDeniedException", "You don't have access to the model with the specified "
+         "model ID.", ProviderPermissionError, False),
+        (400, "ValidationException", "Input is too long for requested model.", ContextTooLong,
+         False),
+        (400, "ValidationException", "The provided model identifier is invalid.",
+         ProviderBadRequest, False),
+        (408, "ModelTimeoutException", "Model has timed out in processing the request.",
+         ProviderTimeout, True),
+        (500, "InternalServerException", "Internal server error", UpstreamUnavailable, True),
+        (503, "ServiceUnavailableException", "Service unavailable", UpstreamUnavailable, True),
+    ],
+)  # fmt: skip
+def test_complete_maps_aws_errors_onto_the_error_tree(
+    adapter, bedrock_upstream, status, error_type, message, expected, retryable
+):
+    bedrock_upstream.enqueue_error(status, error_type, message)
+
+    with pytest.raises(expected) as caught:
+        adapter.complete(_request())
+
+    assert type(caught.value) is expected
+    assert caught.value.status_code == status
+    assert caught.value.retryable is retryable
+    assert caught.value.message == f"bedrock answered {status} {error_type}: {message}"
+
+
+def test_complete_raises_rate_limited_with_retry_after_when_throttled(adapter, bedrock_upstream):
+    bedrock_upstream.enqueue_error(
+        429, "ThrottlingException", "Too many requests", headers={"Retry-After": "3"}
+    )
+
+    with pytest.raises(ProviderRateLimited) as caught:
+        adapter.complete(_request())
+
+    assert caught.value.retry_after == 3.0
+    assert caught.value.retryable is True
+    assert len(bedrock_upstream.requests) == 1
+
+
+def test_complete_scrubs_the_access_key_when_the_error_message_quotes_it(adapter, bedrock_upstream):
+    bedrock_upstream.enqueue_error(
+        403,
+        "InvalidSignatureException",
+        f"Signature for access key {ACCESS_KEY_ID} does not match.",
+    )
+
+    with pytest.raises(ProviderAuthenticationError) as caught:
+        adapter.complete(_request())
+
+    assert ACCESS_KEY_ID not in str(caught.value)
+    assert ACCESS_KEY_ID[4:12] not in str(caught.value)
+    assert caught.value.__context__ is None
+
+
+def test_complete_raises_timeout_when_upstream_is_slower_than_the_request_timeout(
+    adapter, bedrock_upstream
+):
+    bedrock_upstream.enqueue_converse(delay=5)
+    started = time.monotonic()
+
+    with pytest.raises(ProviderTimeout) as caught:
+        adapter.complete(_request(timeout=0.3))
+
+    assert time.monotonic() - started < 2
+    assert caught.value.retryable is True
+
+
+def test_complete_keeps_one_runtime_client_per_timeout(adapter, bedrock_upstream):
+    bedrock_upstream.enqueue_converse(times=3)
+
+    adapter.complete(_request())
+    adapter.complete(_request(timeout=5))
+    short_client = adapter._runtime(5)
+    adapter.complete(_request(timeout=5))
+
+    assert adapter._runtime(5) is short_client
+    assert adapter._runtime(None) is not short_client
+    assert short_client.meta.config.read_timeout == 5
+    assert adapter._runtime(None).meta.config.read_timeout == 60
+
+
+def test_complete_raises_upstream_unavailable_when_connection_is_refused(refused_url):
+    adapter = _adapter(refused_url)
+
+    with pytest.raises(UpstreamUnavailable) as caught:
+        adapter.complete(_request())
+
+    assert caught.value.message == "bedrock could not be reached (EndpointConnectionError)."
+
+
+def test_complete_raises_authentication_error_without_calling_when_key_pair_missing(
+    bedrock_upstream, monkeypatch
+):
+    # This process's own AWS identity must never stand in for a tenant's.
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAPROCESSOWNKEY000")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "process-own-secret")
+    adapter = _adapter(bedrock_upstream.base_url, aws_access_key_id="", aws_secret_access_key="")
+
+    with pytest.raises(ProviderAuthenticationError):
+        adapter.complete(_request())
+
+    assert bedrock_upstream.requests == []
+
+
+# --- embeddings, models, connection, clients ----------------------------------------------
+
+
+def test_embed_raises_not_supported(adapter):
+    with pytest.raises(NotSupported):
+        adapter.embed(EmbedRequest(model="amazon.titan-embed-text-v2:0", inputs=["x"]))
+
+
+def test_connection_check_lists_text_models_from_the_control_plane(adapter, bedrock_upstream):
+    bedrock_upstream.enqueue_foundation_models([MODEL, "amazon.nova-pro-v1:0"])
+
+    check = adapter.test_connection()
+
+    assert check.ok is True
+    assert check.models == ["amazon.nova-pro-v1:0", MODEL]
+    assert bedrock_upstream.last_request.path == "/foundation-models"
+    assert bedrock_upstream.last_request.query == {"byOutputModality": "TEXT"}
+
+
+def test_connection_check_reports_the_error_when_keys_are_rejected(adapter, bedrock_upstream):
+    bedrock_upstream.enqueue_error(
+        403, "UnrecognizedClientException", "The security token included in the request is invalid."
+    )
+
+    check = adapter.test_connection()
+
+    assert check.ok is False
+    assert check.error == (
+        "provider_authentication: bedrock answered 403 UnrecognizedClientException: "
+        "The security token included in the request is invalid."
+    )
+
+
+def test_client_is_reused_across_calls(adapter, bedrock_upstream):
+    bedrock_upstream.enqueue_converse(times=2)
+    client = adapter._runtime(None)
+
+    adapter.complete(_request())
+    adapter.complete(_request())
+
+    assert adapter._runtime(None) is client
+    first, second = bedrock_upstream.requests
+    assert first.client_port == second.client_port

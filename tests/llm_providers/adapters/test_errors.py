@@ -1,0 +1,111 @@
+"""The shared error helpers: Retry-After parsing, status mapping, context-length detection."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+
+import pytest
+
+from llm_providers.adapters.errors import (
+    ContentRefused,
+    ContextTooLong,
+    ProviderAuthenticationError,
+    ProviderBadRequest,
+    ProviderPermissionError,
+    ProviderRateLimited,
+    ProviderTimeout,
+    UpstreamUnavailable,
+    connection_failure,
+    error_for_status,
+    message_says_context_too_long,
+    retry_after_from_headers,
+)
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"Retry-After": "20"}, 20.0),
+        ({"retry-after": "1.5"}, 1.5),
+        ({"retry-after-ms": "250"}, 0.25),
+        ({"retry-after-ms": "250", "retry-after": "9"}, 0.25),
+        ({"retry-after-ms": "soon", "retry-after": "9"}, 9.0),
+        ({"retry-after": "-3"}, 0.0),
+        ({"retry-after": "whenever"}, None),
+        ({}, None),
+        (None, None),
+    ],
+)
+def test_retry_after_from_headers_reads_seconds_and_milliseconds(headers, expected):
+    assert retry_after_from_headers(headers) == expected
+
+
+def test_retry_after_from_headers_reads_an_http_date():
+    moment = datetime.now(UTC) + timedelta(seconds=30)
+
+    seconds = retry_after_from_headers({"Retry-After": format_datetime(moment, usegmt=True)})
+
+    assert 28 <= seconds <= 30
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "This model's maximum context length is 128000 tokens. However, your messages resulted "
+        "in 130412 tokens.",
+        "prompt is too long: 208310 tokens > 200000 maximum",
+        "input length and `max_tokens` exceed context limit: 197202 + 21333 > 200000",
+        "Input is too long for requested model.",
+        "The input token count (1200000) exceeds the maximum number of tokens allowed (1048576).",
+        "Please reduce the length of the messages or completion.",
+    ],
+)
+def test_message_says_context_too_long_when_vendors_word_it_their_way(message):
+    assert message_says_context_too_long(message) is True
+
+
+def test_message_says_context_too_long_is_false_for_other_bad_requests():
+    assert message_says_context_too_long("Invalid value for 'temperature': 3.") is False
+    assert message_says_context_too_long("max_tokens is too large: 100000.") is False
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "expected"),
+    [
+        (400, None, ProviderBadRequest),
+        (400, "context_length_exceeded", ContextTooLong),
+        (400, "content_filter", ContentRefused),
+        (401, None, ProviderAuthenticationError),
+        (402, None, ProviderPermissionError),
+        (403, None, ProviderPermissionError),
+        (404, None, ProviderBadRequest),
+        (408, None, ProviderTimeout),
+        (409, None, UpstreamUnavailable),
+        (413, None, ContextTooLong),
+        (422, None, ProviderBadRequest),
+        (429, None, ProviderRateLimited),
+        (500, None, UpstreamUnavailable),
+        (502, None, UpstreamUnavailable),
+        (504, None, ProviderTimeout),
+        (529, None, UpstreamUnavailable),
+        (None, None, UpstreamUnavailable),
+    ],
+)
+def test_error_for_status_picks_the_error_of_the_tree(status, code, expected):
+    error = error_for_status(status, "said the provider", code=code, retry_after=2.0)
+
+    assert type(error) is expected
+    assert error.status_code == status
+    assert error.retry_after == 2.0
+    assert error.message == "said the provider"
+
+
+def test_connection_failure_tells_unreachable_from_broken_off():
+    refused = ConnectionRefusedError(111, "Connection refused")
+    broken = EOFError("peer closed")
+
+    assert (
+        connection_failure("groq", refused) == "groq could not be reached (ConnectionRefusedError)."
+    )
+    assert connection_failure("groq", broken) == "The connection to groq broke off (EOFError)."

@@ -1,0 +1,600 @@
+"""OpenAIChatAdapter through the openai SDK against the loopback OpenAI server."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from llm_providers.adapters.errors import (
+    ContentRefused,
+    ContextTooLong,
+    ProviderAuthenticationError,
+    ProviderBadRequest,
+    ProviderPermissionError,
+    ProviderRateLimited,
+    ProviderTimeout,
+    UpstreamUnavailable,
+)
+from llm_providers.adapters.openai_chat import PLACEHOLDER_API_KEY, OpenAIChatAdapter
+from llm_providers.adapters.registry import adapter_build
+from llm_providers.adapters.types import (
+    AdapterSettings,
+    ChatRequest,
+    EmbedRequest,
+    ToolCall,
+    Usage,
+)
+from tests.upstreams.server import json_reply
+
+API_KEY = "sk-proj-Q7mZ2xK9vB4nT8wR1yL6pD3sF0gH5jAa"
+# A 1×1 PNG.
+PNG_DATA_URL = (
+    "data:image/png;base64,"
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQ"
+    "AAAABJRU5ErkJggg=="
+)
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather of a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
+
+
+def _request(**overrides) -> ChatRequest:
+    fields = {
+        "model": "gpt-4o-mini",
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hello?"},
+        ],
+    }
+    fields.update(overrides)
+    return ChatRequest(**fields)
+
+
+def _adapter(provider_type: str, base_url: str, **settings) -> OpenAIChatAdapter:
+    return adapter_build(AdapterSettings(provider_type, base_url=base_url, **settings))
+
+
+@pytest.fixture
+def adapter(openai_upstream):
+    adapter = _adapter("openai", openai_upstream.base_url, api_key=API_KEY)
+    yield adapter
+    adapter.close()
+
+
+# --- complete ------------------------------------------------------------------------
+
+
+def test_complete_normalises_usage_when_cached_and_reasoning_tokens_reported(
+    adapter, openai_upstream
+):
+    openai_upstream.enqueue_chat(
+        "Hi!", prompt_tokens=1200, cached_tokens=1000, completion_tokens=300, reasoning_tokens=200
+    )
+
+    result = adapter.complete(_request())
+
+    assert result.content == "Hi!"
+    assert result.usage == Usage(
+        input_tokens=1200,
+        output_tokens=300,
+        cache_read_tokens=1000,
+        cache_write_tokens=0,
+        reasoning_tokens=200,
+    )
+    assert result.finish_reason == "stop"
+
+
+def test_complete_reports_the_model_the_provider_answered_with(adapter, openai_upstream):
+    openai_upstream.enqueue_chat(model="gpt-4o-mini-2024-07-18")
+
+    result = adapter.complete(_request(model="gpt-4o-mini"))
+
+    assert result.model == "gpt-4o-mini-2024-07-18"
+
+
+def test_complete_sends_sampling_parameters_and_json_mode_on_the_wire(adapter, openai_upstream):
+    openai_upstream.enqueue_chat('{"ok": true}')
+
+    adapter.complete(
+        _request(max_tokens=64, temperature=0.2, top_p=0.9, stop=["END"], json_mode=True)
+    )
+
+    sent = openai_upstream.last_request
+    assert sent.path == "/v1/chat/completions"
+    assert sent.headers["authorization"] == f"Bearer {API_KEY}"
+    assert sent.json == {
+        "model": "gpt-4o-mini",
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hello?"},
+        ],
+        "max_completion_tokens": 64,
+        "temperature": 0.2,
+        "top_p": 0.9,
+        "stop": ["END"],
+        "response_format": {"type": "json_object"},
+    }
+
+
+def test_complete_sends_max_tokens_when_preset_is_openai_compatible(openai_upstream):
+    adapter = _adapter("groq", openai_upstream.base_url, api_key="gsk_test_key_123456")
+    openai_upstream.enqueue_chat()
+
+    adapter.complete(_request(max_tokens=64))
+
+    assert openai_upstream.last_request.json["max_tokens"] == 64
+    assert "max_completion_tokens" not in openai_upstream.last_request.json
+
+
+def test_complete_sends_image_parts_as_image_url_when_message_has_an_image(
+    adapter, openai_upstream
+):
+    openai_upstream.enqueue_chat("A dot.")
+    content = [
+        {"type": "text", "text": "What is this?"},
+        {"type": "image_url", "image_url": {"url": PNG_DATA_URL}},
+    ]
+
+    adapter.complete(_request(messages=[{"role": "user", "content": content}]))
+
+    assert openai_upstream.last_request.json["messages"] == [{"role": "user", "content": content}]
+
+
+def test_complete_returns_tool_calls_when_model_calls_a_tool(adapter, openai_upstream):
+    openai_upstream.enqueue_chat(
+        None,
+        tool_calls=[{"id": "call_1", "name": "get_weather", "arguments": '{"city":"Paris"}'}],
+    )
+
+    result = adapter.complete(_request(tools=[WEATHER_TOOL]))
+
+    assert openai_upstream.last_request.json["tools"] == [WEATHER_TOOL]
+    assert result.content == ""
+    assert result.finish_reason == "tool_calls"
+    assert result.tool_calls == [
+        ToolCall(id="call_1", name="get_weather", arguments='{"city":"Paris"}')
+    ]
+
+
+def test_complete_estimates_usage_when_server_reports_none(adapter, openai_upstream):
+    openai_upstream.enqueue(
+        json_reply(
+            {
+                "id": "x",
+                "object": "chat.completion",
+                "created": 1,
+                "model": "local-model",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "abcdef"},
+                        "finish_reason": "stop",
+                    }
+                ],
+            }
+        )
+    )
+
+    result = adapter.complete(_request())
+
+    assert result.usage == Usage(input_tokens=adapter.count_tokens(_request()), output_tokens=2)
+
+
+# --- stream --------------------------------------------------------------------------
+
+
+def test_stream_yields_pieces_then_usage_on_the_final_chunk(adapter, openai_upstream):
+    openai_upstream.enqueue_chat_stream(
+        ["Hel", "lo"],
+        prompt_tokens=2000,
+        cached_tokens=1536,
+        completion_tokens=410,
+        reasoning_tokens=384,
+    )
+
+    chunks = list(adapter.stream(_request()))
+
+    assert [c.text for c in chunks] == ["Hel", "lo", ""]
+    assert [c.usage for c in chunks[:-1]] == [None, None]
+    assert chunks[-1].finish_reason == "stop"
+    assert chunks[-1].model == "gpt-4o-mini-2024-07-18"
+    assert chunks[-1].usage == Usage(
+        input_tokens=2000, output_tokens=410, cache_read_tokens=1536, reasoning_tokens=384
+    )
+
+
+def test_stream_asks_for_usage_in_stream_options(adapter, openai_upstream):
+    openai_upstream.enqueue_chat_stream()
+
+    list(adapter.stream(_request()))
+
+    sent = openai_upstream.last_request.json
+    assert sent["stream"] is True
+    assert sent["stream_options"] == {"include_usage": True}
+
+
+def test_stream_assembles_tool_calls_on_the_final_chunk(adapter, openai_upstream):
+    openai_upstream.enqueue_chat_stream(
+        [],
+        tool_calls=[
+            {"id": "call_1", "name": "get_weather", "arguments": '{"city": "Paris"}'},
+            {"id": "call_2", "name": "get_weather", "arguments": '{"city": "Oslo"}'},
+        ],
+    )
+
+    chunks = list(adapter.stream(_request(tools=[WEATHER_TOOL])))
+
+    assert len(chunks) == 1
+    assert chunks[0].finish_reason == "tool_calls"
+    assert chunks[0].tool_calls == [
+        ToolCall(id="call_1", name="get_weather", arguments='{"city": "Paris"}'),
+        ToolCall(id="call_2", name="get_weather", arguments='{"city": "Oslo"}'),
+    ]
+
+
+def test_stream_reads_groq_usage_when_reported_in_x_groq(openai_upstream):
+    adapter = _adapter("groq", openai_upstream.base_url, api_key="gsk_test_key_123456")
+    chunk = (
+        b'data: {"id":"x","object":"chat.completion.chunk","created":1,"model":"llama-3.3-70b",'
+        b'"choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":"stop"}],'
+        b'"x_groq":{"usage":{"prompt_tokens":40,"completion_tokens":2,"total_tokens":42}}}\n\n'
+    )
+    from tests.upstreams.server import Reply
+
+    openai_upstream.enqueue(
+        Reply(headers={"Content-Type": "text/event-stream"}, chunks=[chunk, b"data: [DONE]\n\n"])
+    )
+
+    chunks = list(adapter.stream(_request()))
+
+    assert chunks[-1].usage == Usage(input_tokens=40, output_tokens=2)
+
+
+def test_stream_raises_upstream_unavailable_after_the_chunks_received_when_connection_breaks(
+    adapter, openai_upstream
+):
+    # role chunk, "Hel", "lo", then the connection drops before "!" and the finish.
+    openai_upstream.enqueue_chat_stream(["Hel", "lo", "!"], break_after=3)
+    received = []
+
+    with pytest.raises(UpstreamUnavailable) as caught:
+        for chunk in adapter.stream(_request()):
+            received.append(chunk.text)
+
+    assert received == ["Hel", "lo"]
+    assert caught.value.retryable is True
+    assert "broke off" in caught.value.message
+
+
+def test_stream_raises_timeout_when_upstream_stalls_between_chunks(adapter, openai_upstream):
+    openai_upstream.enqueue_chat_stream(["Hel", "lo"], chunk_delay=3)
+    received = []
+    started = time.monotonic()
+
+    with pytest.raises(ProviderTimeout):
+        for chunk in adapter.stream(_request(timeout=0.3)):
+            received.append(chunk.text)
+
+    assert received == []
+    assert time.monotonic() - started < 2
+
+
+def test_stream_closed_early_leaves_the_adapter_usable(adapter, openai_upstream):
+    openai_upstream.enqueue_chat_stream(["Hel", "lo", "!"], chunk_delay=0.05)
+    openai_upstream.enqueue_chat("Next.")
+
+    chunks = adapter.stream(_request())
+    first = next(chunks)
+    chunks.close()
+
+    assert first.text == "Hel"
+    assert adapter.complete(_request()).content == "Next."
+
+
+# --- errors --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "error_options", "expected", "retryable"),
+    [
+        (403, {"type": "invalid_request_error", "code": "unsupported_country_region_territory"},
+         ProviderPermissionError, False),
+        (400, {"message": "Invalid value for 'temperature'.", "type": "invalid_request_error"},
+         ProviderBadRequest, False),
+        (400, {"message": "This model's maximum context length is 128000 tokens. However, your "
+               "messages resulted in 130412 tokens.", "code": "context_length_exceeded"},
+         ContextTooLong, False),
+        (400, {"message": "Your request was rejected by the safety system.",
+               "code": "content_policy_violation"}, ContentRefused, False),
+        (500, {}, UpstreamUnavailable, True),
+        (503, {"message": "The engine is currently overloaded."}, UpstreamUnavailable, True),
+        (529, {"message": "Overloaded"}, UpstreamUnavailable, True),
+    ],
+)  # fmt: skip
+def test_complete_maps_error_status_onto_the_error_tree(
+    adapter, openai_upstream, status, error_options, expected, retryable
+):
+    openai_upstream.enqueue_error(status, **error_options)
+
+    with pytest.raises(expected) as caught:
+        adapter.complete(_request())
+
+    assert type(caught.value) is expected
+    assert caught.value.status_code == status
+    assert caught.value.retryable is retryable
+    assert caught.value.message.startswith(f"openai answered {status}")
+
+
+def test_complete_raises_rate_limited_with_retry_after_seconds(adapter, openai_upstream):
+    openai_upstream.enqueue_error(
+        429, message="Rate limit reached.", type="requests", headers={"Retry-After": "7"}
+    )
+
+    with pytest.raises(ProviderRateLimited) as caught:
+        adapter.complete(_request())
+
+    assert caught.value.retry_after == 7.0
+    assert caught.value.retryable is True
+
+
+def test_complete_prefers_retry_after_ms_when_both_headers_sent(adapter, openai_upstream):
+    openai_upstream.enqueue_error(
+        429, type="tokens", headers={"retry-after-ms": "1500", "retry-after": "2"}
+    )
+
+    with pytest.raises(ProviderRateLimited) as caught:
+        adapter.complete(_request())
+
+    assert caught.value.retry_after == 1.5
+
+
+def test_complete_raises_authentication_error_without_any_fragment_of_the_key(
+    adapter, openai_upstream
+):
+    openai_upstream.enqueue_invalid_key(API_KEY)
+
+    with pytest.raises(ProviderAuthenticationError) as caught:
+        adapter.complete(_request())
+
+    error = caught.value
+    assert error.retryable is False
+    assert error.message.startswith("openai answered 401: Incorrect API key provided: ")
+    secret_part = API_KEY[len("sk-proj-") :]
+    for text in (error.message, str(error), repr(error)):
+        leaked = [secret_part[i : i + 4] for i in range(len(secret_part) - 3)]
+        assert [piece for piece in leaked if piece in text] == []
+        assert "sk-proj-" not in text
+    # Nothing of the SDK's exception (which quotes the key) travels along.
+    assert error.__cause__ is None
+    assert error.__context__ is None
+
+
+def test_connection_check_error_keeps_no_fragment_of_the_key(adapter, openai_upstream):
+    openai_upstream.enqueue_invalid_key(API_KEY)
+
+    check = adapter.test_connection()
+
+    assert check.ok is False
+    assert check.error.startswith("provider_authentication: openai answered 401")
+    assert API_KEY[-4:] not in check.error
+    assert API_KEY[:12] not in check.error
+
+
+def test_complete_raises_timeout_when_upstream_is_slower_than_the_request_timeout(
+    adapter, openai_upstream
+):
+    openai_upstream.enqueue_timeout(delay=5)
+    started = time.monotonic()
+
+    with pytest.raises(ProviderTimeout) as caught:
+        adapter.complete(_request(timeout=0.3))
+
+    assert time.monotonic() - started < 2
+    assert caught.value.retryable is True
+
+
+def test_complete_uses_the_options_timeout_when_the_request_names_none(openai_upstream):
+    adapter = _adapter(
+        "openai", openai_upstream.base_url, api_key=API_KEY, options={"timeout": 0.3}
+    )
+    openai_upstream.enqueue_timeout(delay=5)
+    started = time.monotonic()
+
+    with pytest.raises(ProviderTimeout):
+        adapter.complete(_request())
+
+    assert time.monotonic() - started < 2
+
+
+def test_complete_sends_the_per_call_read_timeout_and_keeps_connect_timeout_apart(
+    openai_upstream,
+):
+    adapter = _adapter(
+        "openai",
+        openai_upstream.base_url,
+        api_key=API_KEY,
+        options={"timeout": 30, "connect_timeout": 2},
+    )
+    openai_upstream.enqueue_chat(times=2)
+
+    adapter.complete(_request())
+    adapter.complete(_request(timeout=7))
+
+    assert [r.headers["x-stainless-read-timeout"] for r in openai_upstream.requests] == [
+        "30.0",
+        "7.0",
+    ]
+    assert adapter._client.timeout.connect == 2
+    assert adapter._client.max_retries == 0
+
+
+def test_complete_raises_upstream_unavailable_when_connection_is_refused(refused_url):
+    adapter = _adapter("openai", f"{refused_url}/v1", api_key=API_KEY)
+
+    with pytest.raises(UpstreamUnavailable) as caught:
+        adapter.complete(_request())
+
+    assert caught.value.retryable is True
+    assert caught.value.message == "openai could not be reached (ConnectError)."
+
+
+def test_complete_is_not_retried_by_the_sdk_when_upstream_fails(adapter, openai_upstream):
+    openai_upstream.enqueue_error(503)
+    openai_upstream.enqueue_chat("second")
+
+    with pytest.raises(UpstreamUnavailable):
+        adapter.complete(_request())
+
+    assert len(openai_upstream.requests) == 1
+    assert openai_upstream.pending == 1
+
+
+# --- embeddings, models, connection ---------------------------------------------------
+
+
+def test_embed_returns_vectors_and_input_usage(adapter, openai_upstream):
+    openai_upstream.enqueue_embeddings([[0.1, 0.2], [0.3, 0.4]], prompt_tokens=9)
+
+    result = adapter.embed(EmbedRequest(model="text-embedding-3-small", inputs=["a", "b"]))
+
+    assert result.vectors == [[0.1, 0.2], [0.3, 0.4]]
+    assert result.usage == Usage(input_tokens=9)
+    assert result.model == "text-embedding-3-small"
+    assert openai_upstream.last_request.path == "/v1/embeddings"
+    assert openai_upstream.last_request.json == {
+        "model": "text-embedding-3-small",
+        "input": ["a", "b"],
+        "encoding_format": "float",
+    }
+
+
+def test_list_models_returns_the_ids_sorted(adapter, openai_upstream):
+    openai_upstream.enqueue_models(["gpt-4o", "gpt-4o-mini", "babbage-002"])
+
+    assert adapter.list_models() == ["babbage-002", "gpt-4o", "gpt-4o-mini"]
+    assert openai_upstream.last_request.path == "/v1/models"
+
+
+def test_connection_check_succeeds_with_the_models_when_key_works(adapter, openai_upstream):
+    openai_upstream.enqueue_models(["gpt-4o"])
+
+    check = adapter.test_connection()
+
+    assert check.ok is True
+    assert check.models == ["gpt-4o"]
+    assert check.error == ""
+
+
+# --- clients -------------------------------------------------------------------------
+
+
+def test_client_is_reused_across_calls(adapter, openai_upstream):
+    openai_upstream.enqueue_chat(times=2)
+    client = adapter._client
+
+    adapter.complete(_request())
+    adapter.complete(_request())
+
+    assert adapter._client is client
+    first, second = openai_upstream.requests
+    assert first.client_port == second.client_port
+
+
+def test_close_releases_the_client(adapter):
+    adapter.close()
+
+    assert adapter._client.is_closed() is True
+
+
+def test_keyless_preset_sends_a_placeholder_not_the_environment_key(openai_upstream, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-the-environment-0000")
+    adapter = _adapter("ollama", openai_upstream.base_url)
+    openai_upstream.enqueue_chat()
+
+    adapter.complete(_request(model="llama3.2"))
+
+    assert openai_upstream.last_request.headers["authorization"] == f"Bearer {PLACEHOLDER_API_KEY}"
+
+
+# --- Azure ---------------------------------------------------------------------------
+
+
+def _azure(openai_upstream, **options) -> OpenAIChatAdapter:
+    return _adapter(
+        "azure_openai",
+        openai_upstream.url,
+        api_key="azure-key-0123456789abcdef",
+        options={"api_version": "2024-10-21", **options},
+    )
+
+
+def test_azure_calls_the_deployment_url_with_the_api_version(openai_upstream):
+    adapter = _azure(openai_upstream, deployments={"gpt-4o": "prod-gpt4o"})
+    openai_upstream.enqueue_chat(model="gpt-4o-2024-11-20")
+
+    result = adapter.complete(_request(model="gpt-4o"))
+
+    sent = openai_upstream.last_request
+    assert sent.path == "/openai/deployments/prod-gpt4o/chat/completions"
+    assert sent.query == {"api-version": "2024-10-21"}
+    assert sent.headers["api-key"] == "azure-key-0123456789abcdef"
+    assert "authorization" not in sent.headers
+    assert result.model == "gpt-4o-2024-11-20"
+
+
+def test_azure_uses_the_single_deployment_option_for_any_model(openai_upstream):
+    adapter = _azure(openai_upstream, deployment="shared")
+    openai_upstream.enqueue_chat_stream()
+
+    list(adapter.stream(_request(model="gpt-4o-mini")))
+
+    assert openai_upstream.last_request.path == "/openai/deployments/shared/chat/completions"
+
+
+def test_azure_embeddings_use_the_deployment_url(openai_upstream):
+    adapter = _azure(openai_upstream, deployments={"text-embedding-3-large": "emb"})
+    openai_upstream.enqueue_embeddings([[1.0]])
+
+    adapter.embed(EmbedRequest(model="text-embedding-3-large", inputs=["x"]))
+
+    sent = openai_upstream.last_request
+    assert sent.path == "/openai/deployments/emb/embeddings"
+    assert sent.query == {"api-version": "2024-10-21"}
+
+
+def test_azure_lists_the_models_its_deployments_serve(openai_upstream):
+    adapter = _azure(openai_upstream, deployments={"gpt-4o": "a", "gpt-4o-mini": "b"})
+    openai_upstream.enqueue_models(["gpt-35-turbo", "gpt-4o"])
+
+    assert adapter.list_models() == ["gpt-4o", "gpt-4o-mini"]
+    assert openai_upstream.last_request.path == "/openai/models"
+
+
+# --- through a stored provider config --------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_adapter_for_a_stored_config_reaches_the_loopback_upstream(
+    openai_upstream, allow_private_urls
+):
+    from llm_providers.clients import adapter_for_config
+    from tests.factories import ProviderConfigFactory
+
+    config = ProviderConfigFactory(
+        provider_type="openai",
+        base_url=openai_upstream.base_url,
+        default_model="gpt-4o-mini",
+        api_key=API_KEY,
+    )
+    openai_upstream.enqueue_chat("From the config.")
+
+    result = adapter_for_config(config).complete(_request())
+
+    assert result.content == "From the config."
+    assert openai_upstream.last_request.headers["authorization"] == f"Bearer {API_KEY}"

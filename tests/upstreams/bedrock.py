@@ -1,0 +1,222 @@
+"""A loopback server speaking Bedrock Converse (JSON), ConverseStream (AWS event-stream
+binary frames, see `eventstream.py`) and the control plane's ListFoundationModels.
+
+Point the config's `base_url` (the adapter's `endpoint_url`) at `upstream.url`:
+
+    def test_stream(bedrock_upstream):
+        bedrock_upstream.enqueue_converse_stream(["Hel", "lo"], input_tokens=200,
+                                                 cache_read_tokens=1000, output_tokens=30)
+        bedrock_upstream.enqueue_error(429, "ThrottlingException", "Too many requests")
+        ...
+        assert bedrock_upstream.requests[0].path == "/model/anthropic.claude-v2/converse-stream"
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .eventstream import event_encode, exception_encode
+from .server import LoopbackUpstream, RecordedRequest, Reply, Script, json_reply
+
+EVENT_STREAM_TYPE = "application/vnd.amazon.eventstream"
+
+
+def bedrock_usage(
+    input_tokens: int, output_tokens: int, cache_read_tokens: int = 0, cache_write_tokens: int = 0
+) -> dict[str, int]:
+    return {
+        "inputTokens": input_tokens,
+        "outputTokens": output_tokens,
+        "totalTokens": input_tokens + output_tokens + cache_read_tokens + cache_write_tokens,
+        "cacheReadInputTokens": cache_read_tokens,
+        "cacheWriteInputTokens": cache_write_tokens,
+    }
+
+
+def model_id_of(request: RecordedRequest) -> str:
+    """The model id a runtime request named in its path."""
+    return request.path.split("/model/", 1)[1].rsplit("/", 1)[0]
+
+
+class BedrockUpstream(LoopbackUpstream):
+    @property
+    def base_url(self) -> str:
+        return self.url
+
+    def route_of(self, method: str, path: str) -> str | None:
+        if path.startswith("/model/") and path.endswith("/converse-stream"):
+            return "converse_stream"
+        if path.startswith("/model/") and path.endswith("/converse"):
+            return "converse"
+        if path == "/foundation-models":
+            return "foundation_models"
+        return None
+
+    def converse_reply(
+        self,
+        content: str = "Hello!",
+        *,
+        input_tokens: int = 10,
+        output_tokens: int = 5,
+        cache_read_tokens: int = 0,
+        cache_write_tokens: int = 0,
+        tool_uses: list[dict[str, Any]] | None = None,
+        stop_reason: str | None = None,
+        delay: float = 0.0,
+    ) -> Script:
+        """A Converse answer. `tool_uses`: [{"id", "name", "input": {...}}]."""
+        blocks: list[dict[str, Any]] = [{"text": content}] if content else []
+        blocks += [
+            {"toolUse": {"toolUseId": use["id"], "name": use["name"], "input": use["input"]}}
+            for use in tool_uses or ()
+        ]
+        payload = {
+            "output": {"message": {"role": "assistant", "content": blocks}},
+            "stopReason": stop_reason or ("tool_use" if tool_uses else "end_turn"),
+            "usage": bedrock_usage(
+                input_tokens, output_tokens, cache_read_tokens, cache_write_tokens
+            ),
+            "metrics": {"latencyMs": 120},
+        }
+        return json_reply(payload, delay=delay, route="converse")
+
+    def enqueue_converse(self, *args: Any, times: int = 1, **kwargs: Any) -> None:
+        """Answer the next request(s) with `converse_reply(...)`."""
+        self.enqueue(self.converse_reply(*args, **kwargs), times=times)
+
+    def converse_stream_reply(
+        self,
+        pieces: list[str] = ("Hel", "lo", "!"),  # type: ignore[assignment]
+        *,
+        input_tokens: int = 10,
+        output_tokens: int = 5,
+        cache_read_tokens: int = 0,
+        cache_write_tokens: int = 0,
+        tool_uses: list[dict[str, Any]] | None = None,
+        stop_reason: str | None = None,
+        exception: tuple[str, str] | None = None,
+        delay: float = 0.0,
+        chunk_delay: float = 0.0,
+        break_after: int | None = None,
+    ) -> Script:
+        """A ConverseStream answer, one event-stream message per HTTP chunk:
+        messageStart, a text block (one delta per piece), one toolUse block per
+        tool use (input JSON in two halves), messageStop, metadata with usage.
+
+        `exception=(type, message)`, e.g. ("throttlingException", "Slow down"),
+        replaces messageStop and metadata by an in-stream exception.
+        `break_after=n` drops the connection after n messages.
+        """
+        events = [event_encode("messageStart", {"role": "assistant"})]
+        index = 0
+        if pieces:
+            for piece in pieces:
+                events.append(
+                    event_encode(
+                        "contentBlockDelta",
+                        {"contentBlockIndex": index, "delta": {"text": piece}},
+                    )
+                )
+            events.append(event_encode("contentBlockStop", {"contentBlockIndex": index}))
+            index += 1
+        for use in tool_uses or ():
+            arguments = json.dumps(use["input"])
+            half = len(arguments) // 2
+            events.append(
+                event_encode(
+                    "contentBlockStart",
+                    {
+                        "contentBlockIndex": index,
+                        "start": {"toolUse": {"toolUseId": use["id"], "name": use["name"]}},
+                    },
+                )
+            )
+            for fragment in (arguments[:half], arguments[half:]):
+                events.append(
+                    event_encode(
+                        "contentBlockDelta",
+                        {"contentBlockIndex": index, "delta": {"toolUse": {"input": fragment}}},
+                    )
+                )
+            events.append(event_encode("contentBlockStop", {"contentBlockIndex": index}))
+            index += 1
+        if exception is not None:
+            events.append(exception_encode(*exception))
+        else:
+            events.append(
+                event_encode(
+                    "messageStop",
+                    {"stopReason": stop_reason or ("tool_use" if tool_uses else "end_turn")},
+                )
+            )
+            events.append(
+                event_encode(
+                    "metadata",
+                    {
+                        "usage": bedrock_usage(
+                            input_tokens, output_tokens, cache_read_tokens, cache_write_tokens
+                        ),
+                        "metrics": {"latencyMs": 120},
+                    },
+                )
+            )
+        return Reply(
+            headers={"Content-Type": EVENT_STREAM_TYPE},
+            chunks=events,
+            delay=delay,
+            chunk_delay=chunk_delay,
+            break_after=break_after,
+            route="converse_stream",
+        )
+
+    def enqueue_converse_stream(self, *args: Any, times: int = 1, **kwargs: Any) -> None:
+        """Answer the next request(s) with `converse_stream_reply(...)`."""
+        self.enqueue(self.converse_stream_reply(*args, **kwargs), times=times)
+
+    def foundation_models_reply(self, ids: list[str]) -> Script:
+        payload = {
+            "modelSummaries": [
+                {
+                    "modelArn": f"arn:aws:bedrock:us-east-1::foundation-model/{model}",
+                    "modelId": model,
+                    "modelName": model,
+                    "providerName": model.split(".", 1)[0],
+                    "inputModalities": ["TEXT"],
+                    "outputModalities": ["TEXT"],
+                    "responseStreamingSupported": True,
+                }
+                for model in ids
+            ]
+        }
+        return json_reply(payload, route="foundation_models")
+
+    def enqueue_foundation_models(self, *args: Any, times: int = 1, **kwargs: Any) -> None:
+        """Answer the next request(s) with `foundation_models_reply(...)`."""
+        self.enqueue(self.foundation_models_reply(*args, **kwargs), times=times)
+
+    def error_reply(
+        self,
+        status: int,
+        error_type: str,
+        message: str,
+        *,
+        headers: dict[str, str] | None = None,
+        delay: float = 0.0,
+    ) -> Script:
+        """An AWS JSON error (type in `x-amzn-ErrorType`), to any endpoint."""
+        return Reply(
+            status=status,
+            headers={
+                "Content-Type": "application/json",
+                "x-amzn-ErrorType": f"{error_type}:http://internal.amazon.com/coral/",
+                "x-amzn-RequestId": "loopback-request",
+                **(headers or {}),
+            },
+            body=json.dumps({"message": message}).encode(),
+            delay=delay,
+        )
+
+    def enqueue_error(self, *args: Any, times: int = 1, **kwargs: Any) -> None:
+        """Answer the next request(s) with `error_reply(...)`."""
+        self.enqueue(self.error_reply(*args, **kwargs), times=times)

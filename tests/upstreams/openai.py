@@ -1,0 +1,277 @@
+"""A loopback server speaking OpenAI Chat Completions (JSON and SSE), embeddings and models.
+
+It also answers Azure OpenAI's deployment URLs
+(`/openai/deployments/{deployment}/chat/completions?api-version=...`): point
+`base_url` of an openai-type config at `upstream.base_url`, of an Azure config
+at `upstream.url`.
+
+    def test_usage(openai_upstream):
+        openai_upstream.enqueue_chat("Hi", prompt_tokens=1200, cached_tokens=1000,
+                                     completion_tokens=300, reasoning_tokens=200)
+        openai_upstream.enqueue_error(429, headers={"Retry-After": "2"})
+        ... call the adapter twice ...
+        assert openai_upstream.requests[0].json["model"] == "gpt-4o-mini"
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .server import LoopbackUpstream, RecordedRequest, Reply, Script, json_reply
+
+CREATED = 1_760_000_000
+DEFAULT_MODEL = "gpt-4o-mini-2024-07-18"
+
+
+def sse(payload: Any) -> bytes:
+    return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+
+def openai_usage(
+    prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0, reasoning_tokens: int = 0
+) -> dict[str, Any]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens, "audio_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": reasoning_tokens,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        },
+    }
+
+
+def masked_key(api_key: str) -> str:
+    """How OpenAI quotes a wrong key in its 401 message: the start, stars, the end."""
+    return f"{api_key[:8]}{'*' * max(len(api_key) - 12, 4)}{api_key[-4:]}"
+
+
+class OpenAIUpstream(LoopbackUpstream):
+    @property
+    def base_url(self) -> str:
+        """The base URL of an OpenAI-style config (`/v1` included)."""
+        return f"{self.url}/v1"
+
+    def route_of(self, method: str, path: str) -> str | None:
+        for suffix, route in (
+            ("/chat/completions", "chat"),
+            ("/embeddings", "embeddings"),
+            ("/models", "models"),
+        ):
+            if path.endswith(suffix):
+                return route
+        return None
+
+    # --- replies -----------------------------------------------------------------
+
+    def chat_reply(
+        self,
+        content: str | None = "Hello!",
+        *,
+        model: str = DEFAULT_MODEL,
+        prompt_tokens: int = 10,
+        completion_tokens: int = 5,
+        cached_tokens: int = 0,
+        reasoning_tokens: int = 0,
+        tool_calls: list[dict[str, str]] | None = None,
+        finish_reason: str | None = None,
+        delay: float = 0.0,
+        headers: dict[str, str] | None = None,
+    ) -> Script:
+        """A non-streamed completion. `tool_calls`: [{"id", "name", "arguments"}]."""
+        message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
+        if tool_calls:
+            message["tool_calls"] = [
+                {
+                    "id": call["id"],
+                    "type": "function",
+                    "function": {"name": call["name"], "arguments": call["arguments"]},
+                }
+                for call in tool_calls
+            ]
+        payload = {
+            "id": "chatcmpl-loopback",
+            "object": "chat.completion",
+            "created": CREATED,
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": message,
+                    "logprobs": None,
+                    "finish_reason": finish_reason or ("tool_calls" if tool_calls else "stop"),
+                }
+            ],
+            "usage": openai_usage(
+                prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens
+            ),
+            "system_fingerprint": "fp_loopback",
+        }
+        return json_reply(payload, headers=headers, delay=delay, route="chat")
+
+    def enqueue_chat(self, *args: Any, times: int = 1, **kwargs: Any) -> None:
+        """Answer the next request(s) with `chat_reply(...)`."""
+        self.enqueue(self.chat_reply(*args, **kwargs), times=times)
+
+    def chat_stream_reply(
+        self,
+        pieces: list[str] = ("Hel", "lo", "!"),  # type: ignore[assignment]
+        *,
+        model: str = DEFAULT_MODEL,
+        prompt_tokens: int = 10,
+        completion_tokens: int = 5,
+        cached_tokens: int = 0,
+        reasoning_tokens: int = 0,
+        tool_calls: list[dict[str, str]] | None = None,
+        finish_reason: str | None = None,
+        delay: float = 0.0,
+        chunk_delay: float = 0.0,
+        break_after: int | None = None,
+    ) -> Script:
+        """An SSE stream: a role chunk, one chunk per piece, tool call fragments, a
+        finish chunk, then (only when the request asked with stream_options
+        include_usage, as OpenAI does) a usage chunk, then `[DONE]`.
+
+        Each tool call streams as id+name first, then its arguments in two halves.
+        `break_after=n` drops the connection after n events.
+        """
+
+        def build(request: RecordedRequest) -> Reply:
+            def chunk(delta: dict | None, finish: str | None = None, **extra: Any) -> bytes:
+                choices = (
+                    [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
+                    if delta is not None
+                    else []
+                )
+                return sse(
+                    {
+                        "id": "chatcmpl-loopback",
+                        "object": "chat.completion.chunk",
+                        "created": CREATED,
+                        "model": model,
+                        "system_fingerprint": "fp_loopback",
+                        "choices": choices,
+                        **extra,
+                    }
+                )
+
+            events = [chunk({"role": "assistant", "content": "", "refusal": None})]
+            events += [chunk({"content": piece}) for piece in pieces]
+            for index, call in enumerate(tool_calls or ()):
+                half = len(call["arguments"]) // 2
+                events.append(
+                    chunk(
+                        {
+                            "tool_calls": [
+                                {
+                                    "index": index,
+                                    "id": call["id"],
+                                    "type": "function",
+                                    "function": {"name": call["name"], "arguments": ""},
+                                }
+                            ]
+                        }
+                    )
+                )
+                for fragment in (call["arguments"][:half], call["arguments"][half:]):
+                    events.append(
+                        chunk(
+                            {"tool_calls": [{"index": index, "function": {"arguments": fragment}}]}
+                        )
+                    )
+            events.append(chunk({}, finish_reason or ("tool_calls" if tool_calls else "stop")))
+            options = (request.json or {}).get("stream_options") or {}
+            if options.get("include_usage"):
+                usage = openai_usage(
+                    prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens
+                )
+                events.append(chunk(None, usage=usage))
+            events.append(b"data: [DONE]\n\n")
+            return Reply(
+                headers={"Content-Type": "text/event-stream"},
+                chunks=events,
+                delay=delay,
+                chunk_delay=chunk_delay,
+                break_after=break_after,
+                route="chat",
+            )
+
+        return build
+
+    def enqueue_chat_stream(self, *args: Any, times: int = 1, **kwargs: Any) -> None:
+        """Answer the next request(s) with `chat_stream_reply(...)`."""
+        self.enqueue(self.chat_stream_reply(*args, **kwargs), times=times)
+
+    def embeddings_reply(
+        self,
+        vectors: list[list[float]],
+        *,
+        model: str = "text-embedding-3-small",
+        prompt_tokens: int = 8,
+    ) -> Script:
+        payload = {
+            "object": "list",
+            "data": [
+                {"object": "embedding", "index": index, "embedding": vector}
+                for index, vector in enumerate(vectors)
+            ],
+            "model": model,
+            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+        }
+        return json_reply(payload, route="embeddings")
+
+    def enqueue_embeddings(self, *args: Any, times: int = 1, **kwargs: Any) -> None:
+        """Answer the next request(s) with `embeddings_reply(...)`."""
+        self.enqueue(self.embeddings_reply(*args, **kwargs), times=times)
+
+    def models_reply(self, ids: list[str]) -> Script:
+        payload = {
+            "object": "list",
+            "data": [
+                {"id": model, "object": "model", "created": CREATED, "owned_by": "system"}
+                for model in ids
+            ],
+        }
+        return json_reply(payload, route="models")
+
+    def enqueue_models(self, *args: Any, times: int = 1, **kwargs: Any) -> None:
+        """Answer the next request(s) with `models_reply(...)`."""
+        self.enqueue(self.models_reply(*args, **kwargs), times=times)
+
+    def error_reply(
+        self,
+        status: int,
+        *,
+        message: str = "The server had an error while processing your request.",
+        type: str = "server_error",
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+        delay: float = 0.0,
+    ) -> Script:
+        """An error answer in OpenAI's body shape, to any endpoint."""
+        payload = {"error": {"message": message, "type": type, "param": None, "code": code}}
+        return json_reply(payload, status=status, headers=headers, delay=delay)
+
+    def enqueue_error(self, *args: Any, times: int = 1, **kwargs: Any) -> None:
+        """Answer the next request(s) with `error_reply(...)`."""
+        self.enqueue(self.error_reply(*args, **kwargs), times=times)
+
+    def enqueue_invalid_key(self, api_key: str) -> None:
+        """OpenAI's real 401 for a wrong key, quoting the key masked."""
+        self.enqueue_error(
+            401,
+            message=(
+                f"Incorrect API key provided: {masked_key(api_key)}. You can find your API "
+                "key at https://platform.openai.com/account/api-keys."
+            ),
+            type="invalid_request_error",
+            code="invalid_api_key",
+        )
+
+    def enqueue_timeout(self, delay: float) -> None:
+        """Answer only after `delay` seconds (longer than the client's timeout)."""
+        self.enqueue_chat(delay=delay)

@@ -504,13 +504,21 @@ def _complete_on_target(call: _Call, target: RouteTarget) -> CompletionResult:
             created_at=started_at,
             model_answered=chat.model,
             usage=chat.usage,
+            usage_estimated=chat.usage_estimated,
             cost_usd=cost,
             price_source=source,
             latency_ms=latency_ms,
         )
         _cache_store(call, target, chat)
         return _result(
-            call, target, chat, cost=cost, source=source, latency_ms=latency_ms, cached=False
+            call,
+            target,
+            chat,
+            cost=cost,
+            source=source,
+            latency_ms=latency_ms,
+            cached=False,
+            estimated=chat.usage_estimated,
         )
 
 
@@ -709,8 +717,7 @@ class CompletionStream:
             latency_ms=latency_ms,
             time_to_first_token_ms=first_token_ms,
         )
-        if not estimated:
-            _cache_store(call, target, chat)
+        _cache_store(call, target, chat)
         self.result = _result(
             call,
             target,
@@ -843,6 +850,7 @@ def _embed_on_target(call: _Call, target: RouteTarget) -> EmbeddingResult:
             created_at=started_at,
             model_answered=embedded.model,
             usage=embedded.usage,
+            usage_estimated=embedded.usage_estimated,
             cost_usd=cost,
             price_source=source,
             latency_ms=latency_ms,

@@ -73,12 +73,13 @@ class OpenAIChatAdapter(Adapter):
                 api_version=options["api_version"],
                 **common,
             )
-        return openai.OpenAI(
-            base_url=self.settings.base_url or None,
-            organization=options.get("organization") or None,
-            project=options.get("project") or None,
-            **common,
-        )
+        client = openai.OpenAI(base_url=self.settings.base_url or None, **common)
+        # Only the config's own organization and project: the SDK would
+        # otherwise take OPENAI_ORG_ID / OPENAI_PROJECT_ID from this process's
+        # environment and send them with every tenant's requests.
+        client.organization = options.get("organization") or None
+        client.project = options.get("project") or None
+        return client
 
     # --- request -----------------------------------------------------------------
 
@@ -133,7 +134,8 @@ class OpenAIChatAdapter(Adapter):
             for call in message.tool_calls or ()
             if getattr(call, "function", None) is not None
         ]
-        if response.usage is not None:
+        estimated = response.usage is None
+        if not estimated:
             usage = usage_from_openai(response.usage)
         else:
             # Some compatible servers omit usage; an estimate beats billing nothing.
@@ -147,6 +149,7 @@ class OpenAIChatAdapter(Adapter):
             model=response.model or request.model,
             finish_reason=choice.finish_reason or "stop",
             tool_calls=tool_calls,
+            usage_estimated=estimated,
         )
 
     @translate_stream_errors
@@ -203,6 +206,7 @@ class OpenAIChatAdapter(Adapter):
             vectors=vectors,
             usage=Usage(input_tokens=input_tokens),
             model=response.model or request.model,
+            usage_estimated=response.usage is None,
         )
 
     @translate_errors

@@ -68,6 +68,8 @@ class ChatResult:
     model: str
     finish_reason: str = "stop"
     tool_calls: list[ToolCall] = field(default_factory=list)
+    # True when the provider reported no usage and the adapter estimated it.
+    usage_estimated: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +96,7 @@ class EmbedResult:
     vectors: list[list[float]]
     usage: Usage
     model: str
+    usage_estimated: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,331 @@
+"""`complete()` and `stream()` end to end: stored provider configs, the official SDKs,
+and loopback servers speaking each wire format. Costs are checked to the micro-dollar."""
+
+import logging
+import time
+from decimal import Decimal
+
+import pytest
+
+from llm_providers.adapters.errors import ProviderAuthenticationError, UpstreamUnavailable
+from llm_providers.completion import complete, stream
+from llm_providers.services import provider_config_create
+from tests.factories import TenantFactory
+from usage.models import CallLog
+
+pytestmark = pytest.mark.django_db
+
+OPENAI_KEY = "sk-proj-A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6"
+ANTHROPIC_KEY = "sk-ant-api03-Z9y8X7w6V5u4T3s2R1q0P9o8"
+HELLO = [{"role": "user", "content": "hello"}]
+
+
+@pytest.fixture
+def tenant(allow_private_urls):
+    return TenantFactory()
+
+
+def _config(tenant, **fields):
+    fields.setdefault("is_default", True)
+    return provider_config_create(tenant=tenant, **fields)
+
+
+def _openai(tenant, upstream, **fields):
+    return _config(
+        tenant,
+        name=fields.pop("name", "openai"),
+        provider_type="openai",
+        api_key=OPENAI_KEY,
+        base_url=upstream.base_url,
+        default_model="gpt-4o",
+        **fields,
+    )
+
+
+def _only_log(result):
+    [log] = CallLog.objects.filter(request_id=result.request_id)
+    return log
+
+
+# --- cost goldens ---------------------------------------------------------------
+# OpenAI gpt-4o: $2.50 input, $1.25 cached input, $10 output per million.
+# 1,200 prompt tokens of which 1,000 cached; 300 completion tokens of which 200
+# reasoning: 200 × 2.50 + 1,000 × 1.25 + 300 × 10 = 4,750 per million.
+OPENAI_GOLDEN = Decimal("0.00475")
+
+
+def test_complete_prices_openai_cached_and_reasoning_tokens(tenant, openai_upstream):
+    _openai(tenant, openai_upstream)
+    openai_upstream.enqueue_chat(
+        "Hi", model="gpt-4o-2024-08-06", prompt_tokens=1200, cached_tokens=1000,
+        completion_tokens=300, reasoning_tokens=200,
+    )  # fmt: skip
+
+    result = complete(tenant=tenant, messages=HELLO)
+
+    assert result.content == "Hi"
+    assert (result.usage.input_tokens, result.usage.cache_read_tokens) == (1200, 1000)
+    assert (result.usage.output_tokens, result.usage.reasoning_tokens) == (300, 200)
+    assert result.cost_usd == OPENAI_GOLDEN
+    log = _only_log(result)
+    assert (log.model_requested, log.model_answered) == ("gpt-4o", "gpt-4o-2024-08-06")
+    assert (log.cost_usd, log.price_source) == (OPENAI_GOLDEN, "genai_prices")
+
+
+def test_stream_prices_openai_usage_from_the_final_chunk(tenant, openai_upstream):
+    _openai(tenant, openai_upstream)
+    openai_upstream.enqueue_chat_stream(
+        ["H", "i"], model="gpt-4o-2024-08-06", prompt_tokens=1200, cached_tokens=1000,
+        completion_tokens=300, reasoning_tokens=200,
+    )  # fmt: skip
+
+    chunks = stream(tenant=tenant, messages=HELLO)
+
+    assert list(chunks) == ["H", "i"]
+    assert chunks.result.cost_usd == OPENAI_GOLDEN
+    assert openai_upstream.requests[0].json["stream_options"] == {"include_usage": True}
+    log = _only_log(chunks.result)
+    assert (log.streamed, log.usage_estimated, log.cost_usd) == (True, False, OPENAI_GOLDEN)
+
+
+def test_complete_prices_azure_deployment_by_model(tenant, openai_upstream):
+    _config(
+        tenant,
+        name="azure",
+        provider_type="azure_openai",
+        api_key="azure-key-0123456789abcdef0123",
+        base_url=openai_upstream.url,
+        options={"api_version": "2024-10-21", "deployments": {"gpt-4o": "prod-4o"}},
+        default_model="gpt-4o",
+    )
+    openai_upstream.enqueue_chat(
+        "Hi", model="gpt-4o-2024-08-06", prompt_tokens=1200, cached_tokens=1000,
+        completion_tokens=300, reasoning_tokens=200,
+    )  # fmt: skip
+
+    result = complete(tenant=tenant, messages=HELLO)
+
+    request = openai_upstream.requests[0]
+    assert request.path == "/openai/deployments/prod-4o/chat/completions"
+    assert request.query["api-version"] == "2024-10-21"
+    assert result.cost_usd == OPENAI_GOLDEN
+
+
+# Anthropic claude-opus-4-7: $5 input, $0.50 cache read, $6.25 cache write,
+# $25 output. 200 uncached + 1,000 read + 500 written, 300 out:
+# 1,000 + 500 + 3,125 + 7,500 = 12,125 per million.
+ANTHROPIC_MODEL = "claude-opus-4-7"
+ANTHROPIC_GOLDEN = Decimal("0.012125")
+
+
+def _anthropic(tenant, upstream):
+    return _config(
+        tenant,
+        name="anthropic",
+        provider_type="anthropic",
+        api_key=ANTHROPIC_KEY,
+        base_url=upstream.url,
+        default_model=ANTHROPIC_MODEL,
+    )
+
+
+def test_complete_prices_anthropic_cache_reads_and_writes(tenant, anthropic_upstream):
+    _anthropic(tenant, anthropic_upstream)
+    anthropic_upstream.enqueue_message(
+        "Hi", model=ANTHROPIC_MODEL, input_tokens=200, cache_read_tokens=1000,
+        cache_write_tokens=500, output_tokens=300,
+    )  # fmt: skip
+
+    result = complete(tenant=tenant, messages=HELLO)
+
+    # Anthropic's input_tokens excludes the cache: normalised input adds it back.
+    assert result.usage.input_tokens == 1700
+    assert (result.usage.cache_read_tokens, result.usage.cache_write_tokens) == (1000, 500)
+    assert result.cost_usd == ANTHROPIC_GOLDEN
+    assert _only_log(result).cost_usd == ANTHROPIC_GOLDEN
+
+
+def test_stream_prices_anthropic_from_the_last_cumulative_delta(tenant, anthropic_upstream):
+    _anthropic(tenant, anthropic_upstream)
+    anthropic_upstream.enqueue_message_stream(
+        ["H", "i"], model=ANTHROPIC_MODEL, input_tokens=200, cache_read_tokens=1000,
+        cache_write_tokens=500, output_tokens=300, output_token_steps=[100, 300],
+    )  # fmt: skip
+
+    chunks = stream(tenant=tenant, messages=HELLO)
+
+    assert "".join(chunks) == "Hi"
+    # message_delta usage is cumulative: 300, not 100 + 300.
+    assert chunks.result.usage.output_tokens == 300
+    assert chunks.result.cost_usd == ANTHROPIC_GOLDEN
+    assert _only_log(chunks.result).cost_usd == ANTHROPIC_GOLDEN
+
+
+# Bedrock anthropic.claude-3-5-haiku: $0.80 input, $0.08 cache read, $1 cache
+# write, $4 output: 160 + 80 + 500 + 1,200 = 1,940 per million.
+BEDROCK_MODEL = "anthropic.claude-3-5-haiku-20241022-v1:0"
+BEDROCK_GOLDEN = Decimal("0.00194")
+
+
+def _bedrock(tenant, upstream):
+    return _config(
+        tenant,
+        name="bedrock",
+        provider_type="bedrock",
+        aws_access_key_id="AKIAIOSFODNN7EXAMPLE",
+        aws_secret_access_key="wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        aws_region="us-east-1",
+        base_url=upstream.url,
+        default_model=BEDROCK_MODEL,
+    )
+
+
+def test_complete_prices_bedrock_cache_tokens(tenant, bedrock_upstream):
+    _bedrock(tenant, bedrock_upstream)
+    bedrock_upstream.enqueue_converse(
+        "Hi", input_tokens=200, cache_read_tokens=1000, cache_write_tokens=500, output_tokens=300
+    )
+
+    result = complete(tenant=tenant, messages=HELLO)
+
+    assert result.usage.input_tokens == 1700
+    assert result.cost_usd == BEDROCK_GOLDEN
+    assert _only_log(result).cost_usd == BEDROCK_GOLDEN
+
+
+def test_stream_prices_bedrock_usage_from_metadata_event(tenant, bedrock_upstream):
+    _bedrock(tenant, bedrock_upstream)
+    bedrock_upstream.enqueue_converse_stream(
+        ["H", "i"], input_tokens=200, cache_read_tokens=1000, cache_write_tokens=500,
+        output_tokens=300,
+    )  # fmt: skip
+
+    chunks = stream(tenant=tenant, messages=HELLO)
+
+    assert "".join(chunks) == "Hi"
+    assert chunks.result.cost_usd == BEDROCK_GOLDEN
+
+
+def test_complete_records_unpriced_model_as_unknown(tenant, openai_upstream):
+    _config(
+        tenant,
+        name="self-hosted",
+        provider_type="openai_compatible",
+        base_url=openai_upstream.base_url,
+        default_model="house-model-7b",
+    )
+    openai_upstream.enqueue_chat("Hi", model="house-model-7b")
+
+    result = complete(tenant=tenant, messages=HELLO)
+
+    log = _only_log(result)
+    assert (result.cost_usd, log.cost_usd, log.price_source) == (None, None, "unknown")
+
+
+# --- retries, fallbacks, timeouts -------------------------------------------------
+
+
+def test_complete_waits_for_retry_after_then_retries(tenant, openai_upstream):
+    _openai(tenant, openai_upstream)
+    openai_upstream.enqueue_error(429, headers={"retry-after-ms": "300"}, type="rate_limit")
+    openai_upstream.enqueue_chat("Hi")
+
+    started = time.perf_counter()
+    result = complete(tenant=tenant, messages=HELLO)
+    elapsed = time.perf_counter() - started
+
+    assert result.content == "Hi"
+    assert elapsed >= 0.3
+    statuses = list(CallLog.objects.order_by("attempt").values_list("status", "error_code"))
+    assert statuses == [("error", "provider_rate_limited"), ("ok", "")]
+
+
+def test_complete_skips_to_fallback_when_retry_after_is_too_long(tenant, openai_upstream):
+    _openai(tenant, openai_upstream, name="primary", priority=1)
+    provider_config_create(
+        tenant=tenant, name="fake-backup", provider_type="fake", default_model="fake-small"
+    )
+    openai_upstream.enqueue_error(429, headers={"Retry-After": "120"})
+
+    started = time.perf_counter()
+    result = complete(tenant=tenant, messages=HELLO)
+
+    assert time.perf_counter() - started < 5
+    assert result.provider == "fake-backup"
+    assert len(openai_upstream.requests) == 1
+
+
+def test_complete_times_out_and_falls_back(tenant, openai_upstream):
+    _openai(tenant, openai_upstream, name="slow", priority=1)
+    provider_config_create(
+        tenant=tenant, name="fake-backup", provider_type="fake", default_model="fake-small"
+    )
+    openai_upstream.enqueue_chat(delay=3, times=2)
+
+    result = complete(tenant=tenant, messages=HELLO, timeout=0.3)
+
+    assert result.provider == "fake-backup"
+    codes = list(CallLog.objects.order_by("attempt").values_list("error_code", flat=True))
+    assert codes == ["provider_timeout", "provider_timeout", ""]
+
+
+def test_stream_broken_by_upstream_records_estimated_usage_and_raises(tenant, openai_upstream):
+    _openai(tenant, openai_upstream)
+    openai_upstream.enqueue_chat_stream(["alpha ", "beta ", "gamma"], break_after=3)
+
+    chunks = stream(tenant=tenant, messages=HELLO)
+    received = []
+    with pytest.raises(UpstreamUnavailable):
+        for text in chunks:
+            received.append(text)
+
+    assert received == ["alpha ", "beta "]
+    log = CallLog.objects.get()
+    assert (log.status, log.streamed, log.usage_estimated) == ("error", True, True)
+    assert log.error_code == "upstream_unavailable"
+    # "alpha beta " is 11 characters: 4 estimated output tokens, priced.
+    assert log.output_tokens == 4
+    assert log.cost_usd is not None and log.cost_usd > 0
+
+
+def test_stream_stopped_by_caller_records_what_was_received(tenant, openai_upstream):
+    _openai(tenant, openai_upstream)
+    openai_upstream.enqueue_chat_stream(["one ", "two ", "three"], chunk_delay=0.05)
+
+    chunks = stream(tenant=tenant, messages=HELLO)
+    first = next(iter(chunks))
+    chunks.close()
+
+    log = CallLog.objects.get()
+    assert first == "one "
+    assert (log.status, log.error_code, log.usage_estimated) == ("ok", "client_closed", True)
+    assert log.output_tokens == 2
+
+
+# --- secrets ----------------------------------------------------------------------
+
+
+def _fragments(secret, size=4):
+    return {secret[i : i + size] for i in range(len(secret) - size + 1)}
+
+
+def test_rejected_key_leaves_no_fragment_in_error_log_row_or_logs(tenant, openai_upstream, caplog):
+    _openai(tenant, openai_upstream)
+    openai_upstream.enqueue_invalid_key(OPENAI_KEY)
+    caplog.set_level(logging.DEBUG)
+
+    with pytest.raises(ProviderAuthenticationError) as raised:
+        complete(tenant=tenant, messages=HELLO)
+
+    log = CallLog.objects.get()
+    exposed = " ".join(
+        [str(raised.value), repr(raised.value), raised.value.message, log.error_message,
+         caplog.text, str(raised.value.extra)]
+    )  # fmt: skip
+    # The SDK's message quoted "sk-proj-****…3n4O5p6"-style pieces of the key.
+    assert log.error_code == "provider_authentication"
+    assert "Incorrect API key" in log.error_message
+    leaked = {
+        piece for piece in _fragments(OPENAI_KEY.removeprefix("sk-proj-")) if piece in exposed
+    }
+    assert leaked == set()

@@ -36,7 +36,9 @@ def provider_type_requirements(spec: ProviderTypeSpec) -> str:
     text = "; ".join(needs)
     if spec.default_base_url and not spec.requires_base_url:
         text += f". Default endpoint: {spec.default_base_url}"
-    options = sorted(spec.allowed_options - set(spec.required_options))
+    options = sorted(
+        spec.allowed_options - set(spec.required_options) - {"deployment", "deployments"}
+    )
     if options:
         text += f". Optional options: {', '.join(options)}"
     return text + "."
@@ -126,6 +128,12 @@ class ProviderConfigAdminForm(forms.ModelForm):
             "rpm_limit",
             "tpm_limit",
         ]
+        labels = {
+            "base_url": "Base URL",
+            "aws_region": "AWS region",
+            "rpm_limit": "RPM limit",
+            "tpm_limit": "TPM limit",
+        }
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

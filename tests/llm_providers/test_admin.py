@@ -137,6 +137,27 @@ def test_changelist_shows_mask_type_default_and_last_test(
     assert_secret_absent(html, KEY)
 
 
+def test_no_admin_page_contains_key(
+    openai_config, superuser, admin_client_for, assert_secret_absent
+):
+    client = admin_client_for(superuser)
+    client.post(_change_url(openai_config), _form_data(openai_config, priority="9"))
+    pk = openai_config.pk
+    pages = [
+        reverse("admin:index"),
+        reverse(CHANGELIST),
+        reverse(CHANGELIST) + "?q=openai",
+        reverse(ADD),
+        _change_url(openai_config),
+        reverse("admin:llm_providers_providerconfig_history", args=[pk]),
+        reverse("admin:llm_providers_providerconfig_delete", args=[pk]),
+    ]
+    for page in pages:
+        response = client.get(page)
+        assert response.status_code == 200, page
+        assert_secret_absent(response.content.decode(), KEY)
+
+
 def test_change_with_empty_key_keeps_key(openai_config, tenant_admin, admin_client_for):
     response = admin_client_for(tenant_admin).post(
         _change_url(openai_config), _form_data(openai_config, priority="5")

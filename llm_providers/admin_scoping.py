@@ -54,23 +54,28 @@ class TenantScopedAdmin(admin.ModelAdmin):
         return queryset.filter(**{f"{self.tenant_path}__in": self._visible_tenant_ids(request)})
 
     def has_module_permission(self, request):
-        return (
-            request.user.is_active
-            and request.user.is_staff
-            and bool(self._visible_tenant_ids(request))
-        )
+        if not (request.user.is_active and request.user.is_staff):
+            return False
+        # A superuser manages every tenant, also before the first one exists.
+        return request.user.is_superuser or bool(self._visible_tenant_ids(request))
 
     def has_view_permission(self, request, obj=None):
         if not self.has_module_permission(request):
             return False
-        return obj is None or self.tenant_id_of(obj) in self._visible_tenant_ids(request)
+        if obj is None or request.user.is_superuser:
+            return True
+        return self.tenant_id_of(obj) in self._visible_tenant_ids(request)
 
     def has_add_permission(self, request):
-        return self.has_module_permission(request) and bool(self._admin_tenant_ids(request))
+        if not self.has_module_permission(request):
+            return False
+        return request.user.is_superuser or bool(self._admin_tenant_ids(request))
 
     def has_change_permission(self, request, obj=None):
         if not self.has_module_permission(request):
             return False
+        if request.user.is_superuser:
+            return True
         if obj is None:
             return bool(self._admin_tenant_ids(request))
         return self.tenant_id_of(obj) in self._admin_tenant_ids(request)
@@ -94,10 +99,16 @@ class TenantScopedAdmin(admin.ModelAdmin):
 
     def save_model(self, request, obj, form, change):
         # Form choices already refuse other tenants; this guards every other path.
-        tenant_id = self.tenant_id_of(obj)
-        if tenant_id is not None and tenant_id not in self._admin_tenant_ids(request):
-            raise PermissionDenied("You do not administer this tenant.")
+        self.tenant_write_check(request, obj)
         super().save_model(request, obj, form, change)
+
+    def tenant_write_check(self, request, obj) -> None:
+        """Refuse a write to an object of a tenant the user does not administer."""
+        if request.user.is_superuser:
+            return
+        tenant_id = self.tenant_id_of(obj)
+        if tenant_id is None or tenant_id not in self._admin_tenant_ids(request):
+            raise PermissionDenied("You do not administer this tenant.")
 
 
 class TenantScopedInline(admin.TabularInline):

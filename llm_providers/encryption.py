@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 
 from cryptography.fernet import InvalidToken
-from encrypted_fields.fields import EncryptedTextField
+from encrypted_fields.fields import EncryptedFieldMixin, EncryptedTextField
 
 
 class UnreadableSecret:
@@ -95,7 +95,7 @@ def encrypted_fields_reset_keys() -> None:
 
     for model in apps.get_models():
         for field in model._meta.get_fields():
-            if isinstance(field, EncryptedTextField):
+            if isinstance(field, EncryptedFieldMixin):
                 field.__dict__.pop("keys", None)
                 field.__dict__.pop("f", None)
 

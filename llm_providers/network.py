@@ -14,13 +14,15 @@ def _address_is_forbidden(address: ipaddress.IPv4Address | ipaddress.IPv6Address
     """Name the kind of non-public address, or None when it is a public one."""
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
         address = address.ipv4_mapped
+    # Most specific first: `is_private` also covers link-local, unspecified
+    # and documentation ranges, and the message should name the real kind.
     checks = (
         ("loopback", address.is_loopback),
-        ("private", address.is_private),
         ("link-local", address.is_link_local),
         ("multicast", address.is_multicast),
         ("unspecified", address.is_unspecified),
         ("reserved", address.is_reserved),
+        ("private", address.is_private),
     )
     for label, forbidden in checks:
         if forbidden:

@@ -1,4 +1,4 @@
-"""Writes on provider configs: create, update, delete or deactivate, test the connection."""
+"""Writes on provider configs (create, update, delete, test the connection) and service keys."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from django.utils import timezone
 from .adapters.errors import scrub_secrets
 from .adapters.types import ConnectionCheck
 from .exceptions import SecretUnreadableError
-from .models import ProviderConfig, Tenant
+from .models import ProviderConfig, ServiceKey, Tenant
 
 # Fields a caller may set directly; secrets go through their own arguments.
 PROVIDER_CONFIG_FIELDS = frozenset(
@@ -172,3 +172,21 @@ def provider_config_test_connection(*, provider_config: ProviderConfig) -> Conne
         last_test_error=provider_config.last_test_error,
     )
     return check
+
+
+def service_key_create(*, tenant: Tenant, name: str, expiry_date=None) -> tuple[ServiceKey, str]:
+    """Create a service key for `tenant`; returns the key and its secret, shown only once."""
+    service_key = ServiceKey(tenant=tenant, name=name, expiry_date=expiry_date)
+    secret = ServiceKey.objects.assign_key(service_key)
+    service_key.full_clean(exclude=["id", "prefix", "hashed_key"])
+    service_key.save()
+    return service_key, secret
+
+
+def service_key_revoke(*, service_key: ServiceKey) -> bool:
+    """Revoke the key for good; returns False when it already was revoked."""
+    if service_key.revoked:
+        return False
+    service_key.revoked = True
+    service_key.save(update_fields=["revoked"])
+    return True

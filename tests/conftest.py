@@ -53,3 +53,86 @@ def allow_private_urls(settings):
     """Let provider configs point at loopback upstream servers."""
     settings.PROVIDER_ALLOW_PRIVATE_URLS = True
     return settings
+
+
+# --- tenants and admin users ----------------------------------------------------
+
+
+@pytest.fixture
+def tenant(db):
+    from tests.factories import TenantFactory
+
+    return TenantFactory(name="Acme", slug="acme")
+
+
+@pytest.fixture
+def other_tenant(db):
+    from tests.factories import TenantFactory
+
+    return TenantFactory(name="Globex", slug="globex")
+
+
+@pytest.fixture
+def tenant_admin(tenant):
+    """A staff user who administers `tenant` only."""
+    from tests.factories import TenantMembershipFactory, UserFactory
+
+    user = UserFactory(username="acme-admin")
+    TenantMembershipFactory(user=user, tenant=tenant, role="admin")
+    return user
+
+
+@pytest.fixture
+def tenant_viewer(tenant):
+    """A staff user who may look at `tenant` but change nothing."""
+    from tests.factories import TenantMembershipFactory, UserFactory
+
+    user = UserFactory(username="acme-viewer")
+    TenantMembershipFactory(user=user, tenant=tenant, role="viewer")
+    return user
+
+
+@pytest.fixture
+def superuser(db):
+    from tests.factories import UserFactory
+
+    return UserFactory(username="root", is_superuser=True)
+
+
+@pytest.fixture
+def raw_column():
+    """Read a column of one row with SQL, below the model field: what the database holds."""
+    from django.db import connection
+
+    def read(instance, field_name: str):
+        opts = instance._meta
+        field = opts.get_field(field_name)
+        quote = connection.ops.quote_name
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT {quote(field.column)} FROM {quote(opts.db_table)} "
+                f"WHERE {quote(opts.pk.column)} = %s",
+                [opts.pk.get_db_prep_value(instance.pk, connection)],
+            )
+            return cursor.fetchone()[0]
+
+    return read
+
+
+@pytest.fixture
+def assert_secret_absent():
+    """Fail when a secret, or any 8-character piece of it, appears in a page.
+
+    Pieces that lie wholly inside the vendor's public prefix (`sk-proj-`),
+    which the mask shows by design, are not secret.
+    """
+    from llm_providers.encryption import secret_display_parts
+
+    def check(html: str, secret: str) -> None:
+        assert secret not in html
+        public = len(secret_display_parts(secret)[0])
+        pieces = {secret[i : i + 8] for i in range(len(secret) - 7) if i + 8 > public}
+        leaked = sorted(piece for piece in pieces if piece in html)
+        assert leaked == [], f"pieces of the secret in the page: {leaked}"
+
+    return check

@@ -5,7 +5,13 @@ from __future__ import annotations
 import factory
 from django.contrib.auth import get_user_model
 
-from llm_providers.models import ModelPrice, ProviderConfig, Tenant, TenantMembership
+from llm_providers.models import (
+    ModelPrice,
+    ProviderConfig,
+    ServiceKey,
+    Tenant,
+    TenantMembership,
+)
 from llm_providers.provider_types import ProviderType
 from overrides.models import RoutingFallback, RoutingOverride
 
@@ -63,6 +69,23 @@ class ProviderConfigFactory(factory.django.DjangoModelFactory):
             obj.set_api_key(extracted)
             if create:
                 obj.save()
+
+
+class ServiceKeyFactory(factory.django.DjangoModelFactory):
+    """A service key; its secret is on the instance as `secret` (tests only)."""
+
+    class Meta:
+        model = ServiceKey
+        skip_postgeneration_save = True
+
+    tenant = factory.SubFactory(TenantFactory)
+    name = factory.Sequence(lambda n: f"service-{n}")
+
+    @classmethod
+    def _create(cls, model_class, *args, **kwargs):
+        service_key, secret = model_class.objects.create_key(**kwargs)
+        service_key.secret = secret
+        return service_key
 
 
 class ModelPriceFactory(factory.django.DjangoModelFactory):

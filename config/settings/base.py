@@ -11,7 +11,14 @@ env = environ.Env()
 environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
 DEBUG = env.bool("DEBUG", default=False)
-ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=[])
+
+
+def _env_strings(name: str) -> list[str]:
+    """A comma-separated setting as a list, blanks around entries removed."""
+    return [item.strip() for item in env.list(name, default=[]) if item.strip()]
+
+
+ALLOWED_HOSTS = _env_strings("ALLOWED_HOSTS")
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -117,7 +124,10 @@ LOGIN_URL = "admin:login"
 # means prepending a new salt, running `manage.py rotate_keys`, then dropping
 # the old one (docs/OPERATIONS.md).
 SECRET_KEY = env.str("SECRET_KEY", default="")
-SALT_KEY = env.list("SALT_KEY", default=[])
+SALT_KEY = _env_strings("SALT_KEY")
+# Previous SECRET_KEYs: sessions, signatures and encrypted fields still read
+# with them; encrypted fields are rewritten under SECRET_KEY by `rotate_keys`.
+SECRET_KEY_FALLBACKS = _env_strings("SECRET_KEY_FALLBACKS")
 
 # --- Provider safety ---------------------------------------------------------
 # Refuse provider base URLs that resolve to private, loopback, link-local or

@@ -3,7 +3,7 @@
 from django.core.exceptions import ImproperlyConfigured
 
 from .base import *  # noqa: F403
-from .base import SALT_KEY, SECRET_KEY, env
+from .base import ALLOWED_HOSTS, SALT_KEY, SECRET_KEY, env
 
 DEBUG = False
 
@@ -14,7 +14,7 @@ if _missing:
     raise ImproperlyConfigured(
         f"{' and '.join(_missing)} must be set in production (see docs/OPERATIONS.md)."
     )
-if not env.list("ALLOWED_HOSTS", default=[]):
+if not ALLOWED_HOSTS:
     raise ImproperlyConfigured("ALLOWED_HOSTS must be set in production.")
 
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")

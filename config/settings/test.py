@@ -6,6 +6,7 @@ from .base import DATABASES
 DEBUG = False
 SECRET_KEY = "test-secret-key-not-for-production-0123456789abcdefghijklmnopqrstuv"
 SALT_KEY = ["test-salt-primary"]
+SECRET_KEY_FALLBACKS: list[str] = []
 ALLOWED_HOSTS = ["testserver", "127.0.0.1", "localhost"]
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -1,0 +1,483 @@
+"""Admin for tenants, memberships, provider configs, prices and service keys, scoped by tenant."""
+
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.contrib.admin.utils import quote, unquote
+from django.core.exceptions import PermissionDenied
+from django.db.models import Q
+from django.http import Http404, HttpResponseNotAllowed, HttpResponseRedirect
+from django.template.defaultfilters import pluralize
+from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.html import format_html
+from rest_framework_api_key.models import APIKey
+
+from .admin_scoping import TenantScopedAdmin
+from .forms import (
+    SECRET_FORM_FIELDS,
+    ProviderConfigAdminForm,
+    ServiceKeyAdminForm,
+    TenantMembershipAdminForm,
+    provider_type_help_html,
+)
+from .models import ModelPrice, ProviderConfig, ServiceKey, Tenant, TenantMembership
+from .selectors import tenant_ids_for_user
+from .services import (
+    provider_config_create,
+    provider_config_delete,
+    provider_config_test_connection,
+    provider_config_update,
+    service_key_create,
+    service_key_revoke,
+)
+
+admin.site.site_header = "LLM Provider Layer"
+admin.site.site_title = "LLM Provider Layer"
+admin.site.index_title = "Administration"
+
+# The project's service keys are ServiceKey rows (one tenant each); the
+# library's own tenant-less APIKey model is not used.
+if admin.site.is_registered(APIKey):
+    admin.site.unregister(APIKey)
+
+
+# --- tenants ------------------------------------------------------------------
+
+
+@admin.register(Tenant)
+class TenantAdmin(admin.ModelAdmin):
+    """Superusers create and delete tenants; a tenant's admins edit its settings."""
+
+    list_display = ("name", "slug", "is_active", "timezone", "response_cache_ttl_seconds")
+    search_fields = ("name", "slug")
+    list_filter = ("is_active",)
+    prepopulated_fields = {"slug": ("name",)}
+    fields = (
+        "name",
+        "slug",
+        "is_active",
+        "timezone",
+        "response_cache_ttl_seconds",
+        "store_prompt_previews",
+        "created_at",
+    )
+
+    def _tenant_ids(self, request, *, role: str | None = None) -> set:
+        attribute = f"_tenant_admin_ids_{role}"
+        cached = getattr(request, attribute, None)
+        if cached is None:
+            cached = tenant_ids_for_user(request.user, role=role)
+            setattr(request, attribute, cached)
+        return cached
+
+    def get_queryset(self, request):
+        queryset = super().get_queryset(request)
+        if request.user.is_superuser:
+            return queryset
+        return queryset.filter(pk__in=self._tenant_ids(request))
+
+    def get_readonly_fields(self, request, obj=None):
+        if request.user.is_superuser:
+            return ("created_at",)
+        # Renaming the slug or deactivating the tenant is a superuser's call.
+        return ("slug", "is_active", "created_at")
+
+    def get_prepopulated_fields(self, request, obj=None):
+        return self.prepopulated_fields if request.user.is_superuser else {}
+
+    def has_module_permission(self, request):
+        if not (request.user.is_active and request.user.is_staff):
+            return False
+        return request.user.is_superuser or bool(self._tenant_ids(request))
+
+    def has_view_permission(self, request, obj=None):
+        if not self.has_module_permission(request):
+            return False
+        return obj is None or request.user.is_superuser or obj.pk in self._tenant_ids(request)
+
+    def has_add_permission(self, request):
+        return request.user.is_active and request.user.is_superuser
+
+    def has_change_permission(self, request, obj=None):
+        if not self.has_module_permission(request):
+            return False
+        if request.user.is_superuser:
+            return True
+        admin_ids = self._tenant_ids(request, role=TenantMembership.Role.ADMIN)
+        return bool(admin_ids) if obj is None else obj.pk in admin_ids
+
+    def has_delete_permission(self, request, obj=None):
+        return request.user.is_active and request.user.is_superuser
+
+    def save_model(self, request, obj, form, change):
+        allowed = self.has_change_permission(request, obj) if change else request.user.is_superuser
+        if not allowed:
+            raise PermissionDenied("You do not administer this tenant.")
+        super().save_model(request, obj, form, change)
+
+
+@admin.register(TenantMembership)
+class TenantMembershipAdmin(TenantScopedAdmin):
+    """A tenant's admins decide who else may see (viewer) or manage (admin) it."""
+
+    form = TenantMembershipAdminForm
+    list_display = ("user", "tenant", "role", "created_at")
+    list_filter = ("role", ("tenant", admin.RelatedOnlyFieldListFilter))
+    search_fields = ("user__username", "user__email", "tenant__name")
+    list_select_related = ("user", "tenant")
+
+
+# --- provider configs -----------------------------------------------------------
+
+
+@admin.register(ProviderConfig)
+class ProviderConfigAdmin(TenantScopedAdmin):
+    """Provider configs; keys are write-only and shown only as a mask.
+
+    Writes go through the provider config services, which validate, encrypt
+    and switch the tenant default atomically.
+    """
+
+    form = ProviderConfigAdminForm
+    list_display = (
+        "name",
+        "tenant",
+        "provider_type",
+        "key_display",
+        "is_default",
+        "is_active",
+        "priority",
+        "default_model",
+        "last_test_display",
+        "last_test_latency_ms",
+        "last_test_error",
+    )
+    list_display_links = ("name",)
+    list_filter = (
+        "provider_type",
+        "is_active",
+        "is_default",
+        "last_test_status",
+        ("tenant", admin.RelatedOnlyFieldListFilter),
+    )
+    list_select_related = ("tenant",)
+    search_fields = ("name", "default_model")
+    actions = ["test_connection"]
+    readonly_fields = (
+        "key_display",
+        "key_fingerprint",
+        "last_test_status",
+        "last_tested_at",
+        "last_test_latency_ms",
+        "last_test_error",
+        "created_at",
+        "updated_at",
+    )
+
+    # --- layout ----------------------------------------------------------------
+
+    def get_fieldsets(self, request, obj=None):
+        can_edit = (
+            self.has_change_permission(request, obj)
+            if obj is not None
+            else self.has_add_permission(request)
+        )
+        secret_inputs = SECRET_FORM_FIELDS if can_edit else ()
+        fieldsets = [
+            (
+                None,
+                {
+                    "fields": (
+                        "tenant",
+                        "name",
+                        "provider_type",
+                        "is_active",
+                        "is_default",
+                        "priority",
+                    ),
+                    "description": format_html(
+                        "What each provider type needs:<ul>{}</ul>", provider_type_help_html()
+                    ),
+                },
+            ),
+            (
+                "Credentials",
+                {
+                    "fields": ("key_display", *secret_inputs, "aws_region"),
+                    "description": "Keys are write-only: they are stored encrypted and shown "
+                    "only as a mask. Leave a key field empty to keep the stored key.",
+                },
+            ),
+            (
+                "Endpoint and models",
+                {"fields": ("base_url", "default_model", "allowed_models", "options")},
+            ),
+            ("Limits", {"fields": ("rpm_limit", "tpm_limit")}),
+        ]
+        if obj is not None:
+            fieldsets.append(
+                (
+                    "Last connection test",
+                    {
+                        "fields": (
+                            "last_test_status",
+                            "last_tested_at",
+                            "last_test_latency_ms",
+                            "last_test_error",
+                            "key_fingerprint",
+                            "created_at",
+                            "updated_at",
+                        )
+                    },
+                )
+            )
+        return fieldsets
+
+    def get_readonly_fields(self, request, obj=None):
+        readonly = list(self.readonly_fields)
+        if obj is not None:
+            # A config never moves to another tenant.
+            readonly.append("tenant")
+        return readonly
+
+    @admin.display(description="Key")
+    def key_display(self, obj):
+        if obj is None or obj._state.adding:
+            return "—"
+        return obj.key_mask or "—"
+
+    @admin.display(description="Last test", ordering="last_tested_at")
+    def last_test_display(self, obj):
+        if not obj.last_tested_at:
+            return "not tested"
+        tested_at = timezone.localtime(obj.last_tested_at)
+        return f"{obj.get_last_test_status_display()} · {tested_at:%Y-%m-%d %H:%M %Z}"
+
+    # --- writes ----------------------------------------------------------------
+
+    def save_model(self, request, obj, form, change):
+        self.tenant_write_check(request, obj)
+        fields = form.config_fields()
+        secrets = form.secrets()
+        if change:
+            stored = self.get_queryset(request).get(pk=obj.pk)
+            saved = provider_config_update(provider_config=stored, data={**fields, **secrets})
+        else:
+            saved = provider_config_create(tenant=obj.tenant, **fields, **secrets)
+        # The admin goes on with `obj` (redirect, log entry): give it the stored state.
+        for field in ProviderConfig._meta.concrete_fields:
+            setattr(obj, field.attname, getattr(saved, field.attname))
+        obj._state.adding = False
+        obj._state.db = saved._state.db
+
+    def delete_model(self, request, obj):
+        self.tenant_write_check(request, obj)
+        if not provider_config_delete(provider_config=obj):
+            self.message_user(
+                request,
+                f"“{obj.name}” served calls or is used by routing overrides, so it was "
+                "deactivated instead of deleted.",
+                messages.WARNING,
+            )
+
+    def response_delete(self, request, obj_display, obj_id):
+        if ProviderConfig.objects.filter(pk=obj_id).exists():
+            # Deactivated, not deleted: delete_model said so; no "deleted" message.
+            return HttpResponseRedirect(reverse("admin:llm_providers_providerconfig_changelist"))
+        return super().response_delete(request, obj_display, obj_id)
+
+    def delete_queryset(self, request, queryset):
+        for config in queryset:
+            self.delete_model(request, config)
+
+    # --- connection tests ------------------------------------------------------
+
+    def _report_check(self, request, config, check) -> None:
+        if check.ok:
+            count = len(check.models)
+            self.message_user(
+                request,
+                f"“{config.name}”: connection OK in {check.latency_ms} ms, "
+                f"{count} model{pluralize(count)} offered.",
+                messages.SUCCESS,
+            )
+        else:
+            self.message_user(
+                request, f"“{config.name}”: connection failed: {check.error}", messages.ERROR
+            )
+
+    @admin.action(description="Test connection", permissions=["change"])
+    def test_connection(self, request, queryset):
+        skipped = 0
+        for config in queryset.select_related("tenant"):
+            if not self.has_change_permission(request, config):
+                skipped += 1
+                continue
+            check = provider_config_test_connection(provider_config=config)
+            self._report_check(request, config, check)
+        if skipped:
+            self.message_user(
+                request,
+                f"{skipped} config{pluralize(skipped)} of tenants you only view "
+                f"{pluralize(skipped, 'was,were')} not tested.",
+                messages.WARNING,
+            )
+
+    def test_connection_view(self, request, object_id):
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        config = self.get_object(request, unquote(object_id))
+        if config is None:
+            raise Http404("No such provider config.")
+        if not self.has_change_permission(request, config):
+            raise PermissionDenied("You do not administer this tenant.")
+        check = provider_config_test_connection(provider_config=config)
+        self._report_check(request, config, check)
+        return HttpResponseRedirect(
+            reverse("admin:llm_providers_providerconfig_change", args=[quote(config.pk)])
+        )
+
+    def get_urls(self):
+        urls = [
+            path(
+                "<path:object_id>/test-connection/",
+                self.admin_site.admin_view(self.test_connection_view),
+                name="llm_providers_providerconfig_test_connection",
+            )
+        ]
+        return urls + super().get_urls()
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        config = self.get_object(request, unquote(object_id))
+        extra_context = {
+            **(extra_context or {}),
+            "can_test_connection": config is not None
+            and self.has_change_permission(request, config),
+        }
+        return super().change_view(request, object_id, form_url, extra_context)
+
+
+# --- prices ---------------------------------------------------------------------
+
+
+@admin.register(ModelPrice)
+class ModelPriceAdmin(TenantScopedAdmin):
+    """Price overrides. Global rows (no tenant) are read-only except to superusers."""
+
+    list_display = (
+        "provider_type",
+        "model",
+        "scope",
+        "input_per_mtok",
+        "output_per_mtok",
+        "cache_read_per_mtok",
+        "cache_write_per_mtok",
+        "effective_from",
+    )
+    list_filter = ("provider_type", ("tenant", admin.RelatedOnlyFieldListFilter))
+    search_fields = ("model",)
+    list_select_related = ("tenant",)
+
+    @admin.display(description="Applies to", ordering="tenant__name")
+    def scope(self, obj):
+        return obj.tenant.name if obj.tenant_id else "all tenants"
+
+    def get_queryset(self, request):
+        queryset = admin.ModelAdmin.get_queryset(self, request)
+        if request.user.is_superuser:
+            return queryset
+        return queryset.filter(
+            Q(tenant__in=self._visible_tenant_ids(request)) | Q(tenant__isnull=True)
+        )
+
+    def has_view_permission(self, request, obj=None):
+        if obj is not None and obj.tenant_id is None:
+            return self.has_module_permission(request)
+        return super().has_view_permission(request, obj)
+
+    def has_change_permission(self, request, obj=None):
+        if obj is not None and obj.tenant_id is None:
+            return self.has_module_permission(request) and request.user.is_superuser
+        return super().has_change_permission(request, obj)
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        formfield = super().formfield_for_foreignkey(db_field, request, **kwargs)
+        if db_field.name == "tenant" and not request.user.is_superuser:
+            # Only superusers set global prices.
+            formfield.required = True
+            formfield.empty_label = None
+            formfield.help_text = "The tenant this price applies to."
+        return formfield
+
+
+# --- service keys ---------------------------------------------------------------
+
+
+@admin.register(ServiceKey)
+class ServiceKeyAdmin(TenantScopedAdmin):
+    """Keys with which internal programs call the API for one tenant.
+
+    The secret is shown once, in a message after creation; afterwards only
+    the prefix is known.
+    """
+
+    form = ServiceKeyAdminForm
+    list_display = ("name", "tenant", "prefix", "created", "expiry_date", "expired", "revoked")
+    list_filter = ("revoked", ("tenant", admin.RelatedOnlyFieldListFilter))
+    search_fields = ("name", "prefix")
+    list_select_related = ("tenant",)
+    actions = ["revoke"]
+
+    @admin.display(description="Expired", boolean=True)
+    def expired(self, obj):
+        return obj.has_expired
+
+    def get_fields(self, request, obj=None):
+        if obj is None:
+            return ("tenant", "name", "expiry_date")
+        return ("tenant", "name", "prefix", "created", "expiry_date", "revoked")
+
+    def get_readonly_fields(self, request, obj=None):
+        if obj is None:
+            return ()
+        if obj.revoked:
+            return ("tenant", "name", "prefix", "created", "expiry_date", "revoked")
+        return ("tenant", "prefix", "created")
+
+    def save_model(self, request, obj, form, change):
+        self.tenant_write_check(request, obj)
+        if change:
+            # Name, expiry and the revoked flag: plain fields, saved as edited.
+            super().save_model(request, obj, form, change)
+            return
+        created, secret = service_key_create(
+            tenant=obj.tenant, name=obj.name, expiry_date=obj.expiry_date
+        )
+        for field in ServiceKey._meta.concrete_fields:
+            setattr(obj, field.attname, getattr(created, field.attname))
+        obj._state.adding = False
+        obj._state.db = created._state.db
+        self.message_user(
+            request,
+            f"The secret of service key “{obj.name}” is: {secret} — store it now: it is "
+            "shown only once.",
+            messages.WARNING,
+        )
+
+    @admin.action(description="Revoke selected service keys", permissions=["change"])
+    def revoke(self, request, queryset):
+        revoked = skipped = 0
+        for service_key in queryset:
+            if not self.has_change_permission(request, service_key):
+                skipped += 1
+            elif service_key_revoke(service_key=service_key):
+                revoked += 1
+        self.message_user(request, f"Revoked {revoked} service key{pluralize(revoked)}.")
+        if skipped:
+            self.message_user(
+                request,
+                f"{skipped} key{pluralize(skipped)} of tenants you only view "
+                f"{pluralize(skipped, 'was,were')} not revoked.",
+                messages.WARNING,
+            )

@@ -1,0 +1,246 @@
+"""Admin forms: write-only secrets, provider type help, tenant-limited choices."""
+
+from __future__ import annotations
+
+import re
+
+from django import forms
+from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
+from django.forms.models import construct_instance
+from django.utils.html import format_html_join
+
+from .models import ProviderConfig, ServiceKey, TenantMembership
+from .provider_types import PROVIDER_TYPE_SPECS, ProviderType, ProviderTypeSpec
+
+SECRET_FORM_FIELDS = ("api_key", "aws_access_key_id", "aws_secret_access_key")
+
+
+def provider_type_requirements(spec: ProviderTypeSpec) -> str:
+    """What a provider type needs, in words, e.g. "API key; base URL; option api_version"."""
+    needs = []
+    if spec.requires_api_key:
+        needs.append("API key")
+    if spec.requires_aws_credentials:
+        needs.append("AWS access key id, AWS secret access key and region")
+    if spec.requires_base_url:
+        needs.append("base URL (your endpoint)")
+    if spec.required_options:
+        needs.append("option(s) " + ", ".join(spec.required_options))
+    if spec.provider_type == ProviderType.AZURE_OPENAI:
+        needs.append('option "deployment" or a "deployments" map of model → deployment')
+    if not needs:
+        needs.append(
+            "no key" if spec.provider_type != ProviderType.OLLAMA else "no key (local server)"
+        )
+    text = "; ".join(needs)
+    if spec.default_base_url and not spec.requires_base_url:
+        text += f". Default endpoint: {spec.default_base_url}"
+    options = sorted(
+        spec.allowed_options - set(spec.required_options) - {"deployment", "deployments"}
+    )
+    if options:
+        text += f". Optional options: {', '.join(options)}"
+    return text + "."
+
+
+def provider_type_help_html() -> str:
+    """An HTML list of every provider type and what it needs, for the admin form."""
+    rows = (
+        (ProviderType(provider_type).label, provider_type_requirements(spec))
+        for provider_type, spec in PROVIDER_TYPE_SPECS.items()
+    )
+    return format_html_join("", "<li><strong>{}</strong>: {}</li>", rows)
+
+
+class ModelNamesField(forms.CharField):
+    """A list of model names typed one per line or separated by commas."""
+
+    widget = forms.Textarea(attrs={"rows": 3})
+
+    def prepare_value(self, value):
+        if isinstance(value, list | tuple):
+            return "\n".join(value)
+        return value
+
+    def to_python(self, value):
+        text = super().to_python(value)
+        if isinstance(text, list):
+            return text
+        names = [name.strip() for name in re.split(r"[,\n]", text or "")]
+        unique: list[str] = []
+        for name in names:
+            if name and name not in unique:
+                unique.append(name)
+        return unique
+
+
+def _secret_widget() -> forms.PasswordInput:
+    # render_value=False: a stored secret is never sent back to the browser,
+    # not even after a validation error.
+    return forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"})
+
+
+class ProviderConfigAdminForm(forms.ModelForm):
+    """Validates a provider config as it will be stored, without saving it.
+
+    Secrets are write-only: a field left empty keeps the stored value. Saving
+    goes through `provider_config_create` / `provider_config_update` (see the
+    admin), never through `ModelForm.save()`.
+    """
+
+    api_key = forms.CharField(
+        label="API key", required=False, strip=True, widget=_secret_widget(), max_length=2000
+    )
+    aws_access_key_id = forms.CharField(
+        label="AWS access key id",
+        required=False,
+        strip=True,
+        widget=_secret_widget(),
+        max_length=200,
+    )
+    aws_secret_access_key = forms.CharField(
+        label="AWS secret access key",
+        required=False,
+        strip=True,
+        widget=_secret_widget(),
+        max_length=200,
+    )
+    allowed_models = ModelNamesField(
+        required=False,
+        help_text="One model name per line (or comma-separated); empty means any model.",
+    )
+
+    class Meta:
+        model = ProviderConfig
+        fields = [
+            "tenant",
+            "name",
+            "provider_type",
+            "default_model",
+            "allowed_models",
+            "base_url",
+            "aws_region",
+            "options",
+            "is_active",
+            "is_default",
+            "priority",
+            "rpm_limit",
+            "tpm_limit",
+        ]
+        labels = {
+            "base_url": "Base URL",
+            "aws_region": "AWS region",
+            "rpm_limit": "RPM limit",
+            "tpm_limit": "TPM limit",
+        }
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Secrets never become initial values: nothing of them reaches a page,
+        # and an empty field does not count as a change.
+        for name in SECRET_FORM_FIELDS:
+            self.initial.pop(name, None)
+        instance = self.instance
+        if not instance._state.adding:
+            mask = instance.key_mask
+            if instance.key_unreadable:
+                note = f"Stored: {mask}."
+            elif mask:
+                note = f"Stored: {mask}. Leave empty to keep it."
+            else:
+                note = "Nothing stored."
+            for name in SECRET_FORM_FIELDS:
+                self.fields[name].help_text = note
+        if "provider_type" in self.fields:
+            self.fields[
+                "provider_type"
+            ].help_text = "What each type needs is listed above the form."
+        if "options" in self.fields:
+            self.fields["options"].help_text = (
+                'A JSON object, e.g. {"api_version": "2024-10-21", "deployment": "gpt-4o"} '
+                'for Azure or {"timeout": 30} for any type.'
+            )
+
+    def secrets(self) -> dict[str, str]:
+        """The secrets typed into the form; empty ones are left out (kept as stored)."""
+        cleaned = getattr(self, "cleaned_data", {})
+        return {name: cleaned[name] for name in SECRET_FORM_FIELDS if cleaned.get(name)}
+
+    def _config_field_names(self) -> list[str]:
+        # The admin lists the secret fields in Meta.fields too (they are model
+        # fields); they must never be copied onto the instance as typed.
+        return [name for name in self._meta.fields or () if name not in SECRET_FORM_FIELDS]
+
+    def config_fields(self) -> dict:
+        """The non-secret fields of the form, as `provider_config_*` services take them."""
+        return {
+            name: self.cleaned_data[name]
+            for name in self._config_field_names()
+            if name in self.cleaned_data and name != "tenant"
+        }
+
+    def _post_clean(self):
+        # Validate the config as the services will store it: with the typed
+        # secrets applied, and letting a new default replace the tenant's old
+        # one (the services demote the previous default in the same transaction).
+        try:
+            self.instance = construct_instance(
+                self, self.instance, self._config_field_names(), self._meta.exclude
+            )
+        except ValidationError as exc:
+            self._update_errors(exc)
+            return
+        secrets = self.secrets()
+        if "api_key" in secrets:
+            self.instance.set_api_key(secrets["api_key"])
+        if "aws_access_key_id" in secrets or "aws_secret_access_key" in secrets:
+            self.instance.set_aws_credentials(
+                access_key_id=secrets.get("aws_access_key_id")
+                or self.instance.aws_access_key_id
+                or "",
+                secret_access_key=secrets.get("aws_secret_access_key")
+                or self.instance.aws_secret_access_key
+                or "",
+            )
+        exclude = self._get_validation_exclusions() | set(SECRET_FORM_FIELDS)
+        try:
+            self.instance.full_clean(
+                exclude=exclude, validate_unique=False, validate_constraints=False
+            )
+        except ValidationError as exc:
+            self._update_errors(exc)
+        constraint_exclude = exclude | {"is_default"}
+        if "tenant" not in self._errors:
+            # On change the tenant is read-only, hence not a form field; the name
+            # must still be unique within it.
+            constraint_exclude.discard("tenant")
+        try:
+            self.instance.validate_constraints(exclude=constraint_exclude)
+        except ValidationError as exc:
+            self._update_errors(exc)
+
+
+class TenantMembershipAdminForm(forms.ModelForm):
+    """A membership names its user by username, so no list of all users is shown."""
+
+    user = forms.ModelChoiceField(
+        queryset=get_user_model().objects.filter(is_active=True),
+        to_field_name=get_user_model().USERNAME_FIELD,
+        widget=forms.TextInput(attrs={"autocomplete": "off"}),
+        label="Username",
+        help_text="The user must already exist; a superuser creates users.",
+        error_messages={"invalid_choice": "No active user has this username."},
+    )
+
+    class Meta:
+        model = TenantMembership
+        fields = ["tenant", "user", "role"]
+
+
+class ServiceKeyAdminForm(forms.ModelForm):
+    """A service key's name, tenant and expiry; the secret is generated on save."""
+
+    class Meta:
+        model = ServiceKey
+        fields = ["tenant", "name", "expiry_date", "revoked"]

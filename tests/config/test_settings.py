@@ -1,0 +1,233 @@
+"""Settings read from the environment; production refuses to start without secrets.
+
+Each case starts a fresh Python process, because settings are read once per process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BASE_DIR = Path(__file__).resolve().parent.parent.parent
+# Variables the settings read: removed from the child's environment so that the
+# machine running the tests does not leak into the cases.
+SETTINGS_VARIABLES = {
+    "DJANGO_SETTINGS_MODULE",
+    "DEBUG",
+    "DATABASE_URL",
+    "REDIS_URL",
+    "CELERY_BROKER_URL",
+    "SECRET_KEY",
+    "SECRET_KEY_FALLBACKS",
+    "SALT_KEY",
+    "ALLOWED_HOSTS",
+    "EMAIL_URL",
+    "PROVIDER_ALLOW_PRIVATE_URLS",
+    "CSRF_TRUSTED_ORIGINS",
+    "SECURE_SSL_REDIRECT",
+    "SECURE_HSTS_SECONDS",
+}
+# A key as `secrets.token_urlsafe(50)` makes one: long and varied, as
+# `check --deploy` wants.
+STRONG_SECRET_KEY = "q3Zt8vK1mW9xR2pL6nB4cY7hJ0sD5fG8aE1uI3oT6yV9wQ2zX4kM7rN0bH5jC8lP"
+PRODUCTION_ENV = {
+    "SECRET_KEY": STRONG_SECRET_KEY,
+    "SALT_KEY": "salt-2025,salt-2024",
+    "ALLOWED_HOSTS": "llm.example.com",
+}
+
+SHOW_SETTINGS = """
+import json
+import django
+django.setup()
+from django.conf import settings as s
+db = s.DATABASES["default"]
+print(json.dumps({
+    "DEBUG": s.DEBUG,
+    "DB_ENGINE": db["ENGINE"], "DB_NAME": str(db["NAME"]), "DB_HOST": db.get("HOST", ""),
+    "DB_PORT": str(db.get("PORT", "")),
+    "CACHE_BACKEND": s.CACHES["default"]["BACKEND"],
+    "CACHE_LOCATION": s.CACHES["default"].get("LOCATION"),
+    "CELERY_BROKER_URL": s.CELERY_BROKER_URL,
+    "SECRET_KEY": s.SECRET_KEY, "SALT_KEY": s.SALT_KEY,
+    "SECRET_KEY_FALLBACKS": s.SECRET_KEY_FALLBACKS,
+    "ALLOWED_HOSTS": s.ALLOWED_HOSTS,
+    "EMAIL_BACKEND": s.EMAIL_BACKEND, "EMAIL_HOST": getattr(s, "EMAIL_HOST", ""),
+    "EMAIL_PORT": getattr(s, "EMAIL_PORT", None),
+    "PROVIDER_ALLOW_PRIVATE_URLS": s.PROVIDER_ALLOW_PRIVATE_URLS,
+}))
+"""
+
+
+def _run(args: list[str], *, settings_module: str, env: dict[str, str] | None = None):
+    child_env = {k: v for k, v in os.environ.items() if k not in SETTINGS_VARIABLES}
+    child_env["DJANGO_SETTINGS_MODULE"] = settings_module
+    child_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=BASE_DIR,
+        env=child_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def _settings(settings_module: str, env: dict[str, str] | None = None) -> dict:
+    result = _run(["-c", SHOW_SETTINGS], settings_module=settings_module, env=env)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    """Development settings with nothing set: the embedded defaults."""
+    return _settings("config.settings.development")
+
+
+@pytest.fixture(scope="module")
+def from_environment():
+    return _settings(
+        "config.settings.production",
+        {
+            **PRODUCTION_ENV,
+            "SALT_KEY": " salt-2025 , salt-2024 ",
+            "SECRET_KEY_FALLBACKS": "previous-secret-key",
+            "ALLOWED_HOSTS": "llm.example.com, api.example.com",
+            "DATABASE_URL": "postgres://app:pw@db.internal:6432/llm",
+            "REDIS_URL": "redis://cache.internal:6379/3",
+            "CELERY_BROKER_URL": "redis://cache.internal:6379/4",
+            "EMAIL_URL": "smtp+tls://mailer:pw@smtp.example.com:587",
+            "PROVIDER_ALLOW_PRIVATE_URLS": "true",
+            "DEBUG": "true",
+        },
+    )
+
+
+# --- embedded defaults ---------------------------------------------------------------------
+
+
+def test_default_database_is_sqlite_file_in_project(embedded):
+    assert embedded["DB_ENGINE"] == "django.db.backends.sqlite3"
+    assert embedded["DB_NAME"] == str(BASE_DIR / "db.sqlite3")
+
+
+def test_default_cache_is_local_memory(embedded):
+    assert embedded["CACHE_BACKEND"] == "django.core.cache.backends.locmem.LocMemCache"
+
+
+def test_development_secrets_only_while_debug(embedded):
+    assert embedded["DEBUG"] is True
+    assert embedded["SECRET_KEY"].startswith("dev-insecure-")
+    assert embedded["SALT_KEY"] == ["dev-insecure-salt"]
+    assert embedded["ALLOWED_HOSTS"] == ["127.0.0.1", "localhost"]
+
+
+def test_default_email_goes_to_console(embedded):
+    assert embedded["EMAIL_BACKEND"] == "django.core.mail.backends.console.EmailBackend"
+
+
+def test_private_provider_urls_refused_by_default(embedded):
+    assert embedded["PROVIDER_ALLOW_PRIVATE_URLS"] is False
+
+
+def test_development_without_debug_needs_secrets():
+    result = _run(
+        ["-c", SHOW_SETTINGS], settings_module="config.settings.development", env={"DEBUG": "0"}
+    )
+    assert result.returncode != 0
+    assert (
+        "SECRET_KEY and SALT_KEY must be set when DEBUG is off (see docs/OPERATIONS.md)."
+        in result.stderr
+    )
+
+
+# --- read from the environment ---------------------------------------------------------------
+
+
+def test_database_url_read(from_environment):
+    assert from_environment["DB_ENGINE"] == "django.db.backends.postgresql"
+    assert (from_environment["DB_NAME"], from_environment["DB_HOST"]) == ("llm", "db.internal")
+    assert from_environment["DB_PORT"] == "6432"
+
+
+def test_redis_url_selects_django_redis(from_environment):
+    assert from_environment["CACHE_BACKEND"] == "django_redis.cache.RedisCache"
+    assert from_environment["CACHE_LOCATION"] == "redis://cache.internal:6379/3"
+
+
+def test_celery_broker_url_read(from_environment):
+    assert from_environment["CELERY_BROKER_URL"] == "redis://cache.internal:6379/4"
+
+
+def test_salt_key_is_a_trimmed_list_first_first(from_environment):
+    assert from_environment["SALT_KEY"] == ["salt-2025", "salt-2024"]
+    assert from_environment["SECRET_KEY_FALLBACKS"] == ["previous-secret-key"]
+
+
+def test_allowed_hosts_read(from_environment):
+    assert from_environment["ALLOWED_HOSTS"] == ["llm.example.com", "api.example.com"]
+
+
+def test_email_url_read(from_environment):
+    assert from_environment["EMAIL_BACKEND"] == "django.core.mail.backends.smtp.EmailBackend"
+    assert (from_environment["EMAIL_HOST"], from_environment["EMAIL_PORT"]) == (
+        "smtp.example.com",
+        587,
+    )
+
+
+def test_private_provider_urls_allowed_by_setting(from_environment):
+    assert from_environment["PROVIDER_ALLOW_PRIVATE_URLS"] is True
+
+
+def test_production_ignores_debug_variable(from_environment):
+    assert from_environment["DEBUG"] is False
+
+
+# --- production -------------------------------------------------------------------------------
+
+
+def test_production_passes_check_deploy_without_warnings():
+    result = _run(
+        ["manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        settings_module="config.settings.production",
+        env=PRODUCTION_ENV,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == "System check identified no issues (0 silenced)."
+
+
+@pytest.mark.parametrize(
+    ("missing", "message"),
+    [
+        (("SECRET_KEY",), "SECRET_KEY must be set in production (see docs/OPERATIONS.md)."),
+        (("SALT_KEY",), "SALT_KEY must be set in production (see docs/OPERATIONS.md)."),
+        (
+            ("SECRET_KEY", "SALT_KEY"),
+            "SECRET_KEY and SALT_KEY must be set in production (see docs/OPERATIONS.md).",
+        ),
+        (("ALLOWED_HOSTS",), "ALLOWED_HOSTS must be set in production."),
+    ],
+)
+def test_production_refuses_to_start_without(missing, message):
+    env = {k: v for k, v in PRODUCTION_ENV.items() if k not in missing}
+    result = _run(["manage.py", "check"], settings_module="config.settings.production", env=env)
+    assert result.returncode != 0
+    assert f"django.core.exceptions.ImproperlyConfigured: {message}" in result.stderr
+
+
+def test_production_weak_secret_key_fails_check_deploy():
+    result = _run(
+        ["manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        settings_module="config.settings.production",
+        env={**PRODUCTION_ENV, "SECRET_KEY": "short"},
+    )
+    assert result.returncode != 0
+    assert "security.W009" in result.stderr + result.stdout

@@ -1,0 +1,469 @@
+"""The provider config admin: write-only keys, writes through services, connection tests."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+from django.contrib.messages import get_messages
+from django.test import override_settings
+from django.urls import reverse
+
+from llm_providers.models import ProviderConfig, ServiceKey
+from tests.factories import ProviderConfigFactory, RoutingOverrideFactory, ServiceKeyFactory
+from usage.models import CallLog
+
+pytestmark = pytest.mark.django_db
+
+KEY = "sk-proj-Q7mZ2xLp9WcR4tYv8NbK3hJd"
+AWS_KEY_ID = "AKIAQ7MZ2XLP9WCR4TYV"
+AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzQ7mZ2xLp9"
+
+CHANGELIST = "admin:llm_providers_providerconfig_changelist"
+ADD = "admin:llm_providers_providerconfig_add"
+
+
+def _change_url(config) -> str:
+    return reverse("admin:llm_providers_providerconfig_change", args=[config.pk])
+
+
+def _test_url(config) -> str:
+    return reverse("admin:llm_providers_providerconfig_test_connection", args=[config.pk])
+
+
+def _form_data(config=None, **overrides) -> dict:
+    data = {
+        "tenant": "",
+        "name": "",
+        "provider_type": "fake",
+        "default_model": "",
+        "allowed_models": "",
+        "base_url": "",
+        "aws_region": "",
+        "options": "{}",
+        "is_active": "on",
+        "priority": "100",
+        "rpm_limit": "",
+        "tpm_limit": "",
+        "api_key": "",
+        "aws_access_key_id": "",
+        "aws_secret_access_key": "",
+    }
+    if config is not None:
+        data.update(
+            name=config.name,
+            provider_type=config.provider_type,
+            default_model=config.default_model,
+            options=json.dumps(config.options or {}),
+            priority=str(config.priority),
+        )
+        if config.is_default:
+            data["is_default"] = "on"
+    data.update(overrides)
+    return {k: v for k, v in data.items() if v is not None}
+
+
+def _messages(response) -> list[str]:
+    return [str(m) for m in get_messages(response.wsgi_request)]
+
+
+@pytest.fixture
+def admin_client_for(client):
+    def login(user):
+        client.force_login(user)
+        return client
+
+    return login
+
+
+@pytest.fixture
+def openai_config(tenant):
+    return ProviderConfigFactory(
+        tenant=tenant, name="openai-prod", provider_type="openai", api_key=KEY
+    )
+
+
+# --- write-only keys --------------------------------------------------------------
+
+
+def test_add_stores_key_encrypted_and_shows_only_mask(
+    tenant, tenant_admin, admin_client_for, raw_column, assert_secret_absent
+):
+    client = admin_client_for(tenant_admin)
+    response = client.post(
+        reverse(ADD),
+        _form_data(
+            tenant=str(tenant.pk),
+            name="openai-prod",
+            provider_type="openai",
+            default_model="gpt-4o-mini",
+            api_key=KEY,
+        ),
+        follow=True,
+    )
+    assert response.status_code == 200
+    config = ProviderConfig.objects.get(tenant=tenant, name="openai-prod")
+    assert config.api_key == KEY
+    assert KEY not in raw_column(config, "api_key")
+    html = response.content.decode()
+    assert "sk-proj-…" + KEY[-4:] in html
+    assert_secret_absent(html, KEY)
+
+
+def test_change_page_never_contains_key(
+    openai_config, tenant_admin, admin_client_for, assert_secret_absent
+):
+    response = admin_client_for(tenant_admin).get(_change_url(openai_config))
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert f"Stored: sk-proj-…{KEY[-4:]}. Leave empty to keep it." in html
+    assert 'type="password"' in html
+    assert_secret_absent(html, KEY)
+
+
+def test_changelist_shows_mask_type_default_and_last_test(
+    openai_config, tenant_admin, admin_client_for, assert_secret_absent
+):
+    openai_config.is_default = True
+    openai_config.save()
+    response = admin_client_for(tenant_admin).get(reverse(CHANGELIST))
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert f"sk-proj-…{KEY[-4:]}" in html
+    assert '<td class="field-provider_type">OpenAI</td>' in html
+    assert 'class="field-is_default"><img src="/static/admin/img/icon-yes.svg" alt="True">' in html
+    assert "not tested" in html
+    assert_secret_absent(html, KEY)
+
+
+def test_no_admin_page_contains_key(
+    openai_config, superuser, admin_client_for, assert_secret_absent
+):
+    client = admin_client_for(superuser)
+    client.post(_change_url(openai_config), _form_data(openai_config, priority="9"))
+    pk = openai_config.pk
+    pages = [
+        reverse("admin:index"),
+        reverse(CHANGELIST),
+        reverse(CHANGELIST) + "?q=openai",
+        reverse(ADD),
+        _change_url(openai_config),
+        reverse("admin:llm_providers_providerconfig_history", args=[pk]),
+        reverse("admin:llm_providers_providerconfig_delete", args=[pk]),
+    ]
+    for page in pages:
+        response = client.get(page)
+        assert response.status_code == 200, page
+        assert_secret_absent(response.content.decode(), KEY)
+
+
+def test_change_with_empty_key_keeps_key(openai_config, tenant_admin, admin_client_for):
+    response = admin_client_for(tenant_admin).post(
+        _change_url(openai_config), _form_data(openai_config, priority="5")
+    )
+    assert response.status_code == 302
+    stored = ProviderConfig.objects.get(pk=openai_config.pk)
+    assert (stored.api_key, stored.priority) == (KEY, 5)
+
+
+def test_change_with_new_key_replaces_key(openai_config, tenant_admin, admin_client_for):
+    response = admin_client_for(tenant_admin).post(
+        _change_url(openai_config), _form_data(openai_config, api_key="sk-replacement-key-0000ABCD")
+    )
+    assert response.status_code == 302
+    stored = ProviderConfig.objects.get(pk=openai_config.pk)
+    assert stored.api_key == "sk-replacement-key-0000ABCD"
+    assert stored.key_mask == "sk-…ABCD"
+
+
+def test_invalid_form_does_not_echo_key(
+    tenant, tenant_admin, admin_client_for, assert_secret_absent
+):
+    response = admin_client_for(tenant_admin).post(
+        reverse(ADD),
+        _form_data(tenant=str(tenant.pk), name="", provider_type="openai", api_key=KEY),
+    )
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert "This field is required." in html
+    assert_secret_absent(html, KEY)
+    assert not ProviderConfig.objects.filter(tenant=tenant).exists()
+
+
+def test_missing_key_message_names_what_is_missing(tenant, tenant_admin, admin_client_for):
+    response = admin_client_for(tenant_admin).post(
+        reverse(ADD), _form_data(tenant=str(tenant.pk), name="a", provider_type="anthropic")
+    )
+    assert response.status_code == 200
+    assert "Anthropic needs an API key." in response.content.decode()
+    assert not ProviderConfig.objects.filter(tenant=tenant).exists()
+
+
+def test_bedrock_credentials_write_only(
+    tenant, tenant_admin, admin_client_for, raw_column, assert_secret_absent
+):
+    client = admin_client_for(tenant_admin)
+    response = client.post(
+        reverse(ADD),
+        _form_data(
+            tenant=str(tenant.pk),
+            name="bedrock",
+            provider_type="bedrock",
+            aws_region="eu-central-1",
+            aws_access_key_id=AWS_KEY_ID,
+            aws_secret_access_key=AWS_SECRET,
+        ),
+    )
+    assert response.status_code == 302
+    config = ProviderConfig.objects.get(tenant=tenant, name="bedrock")
+    assert config.credentials() == {
+        "aws_access_key_id": AWS_KEY_ID,
+        "aws_secret_access_key": AWS_SECRET,
+    }
+    assert AWS_SECRET not in raw_column(config, "aws_secret_access_key")
+    assert AWS_KEY_ID not in raw_column(config, "aws_access_key_id")
+    for page in (reverse(CHANGELIST), _change_url(config)):
+        html = client.get(page).content.decode()
+        assert f"AKIA…{AWS_KEY_ID[-4:]}" in html
+        assert_secret_absent(html, AWS_SECRET)
+        assert_secret_absent(html, AWS_KEY_ID)
+
+
+def test_unreadable_key_shown_as_such_not_as_error(openai_config, tenant_admin, admin_client_for):
+    client = admin_client_for(tenant_admin)
+    with override_settings(SALT_KEY=["a-salt-that-does-not-match"]):
+        change = client.get(_change_url(openai_config))
+        listing = client.get(reverse(CHANGELIST))
+    assert change.status_code == 200
+    assert listing.status_code == 200
+    assert "key unreadable — enter it again" in change.content.decode()
+    assert "key unreadable — enter it again" in listing.content.decode()
+
+
+def test_unreadable_key_replaced_by_entering_it_again(
+    openai_config, tenant_admin, admin_client_for
+):
+    client = admin_client_for(tenant_admin)
+    with override_settings(SALT_KEY=["new-salt-only"]):
+        response = client.post(
+            _change_url(openai_config), _form_data(openai_config, api_key="sk-entered-again-WXYZ")
+        )
+        assert response.status_code == 302
+        assert ProviderConfig.objects.get(pk=openai_config.pk).api_key == "sk-entered-again-WXYZ"
+
+
+def test_provider_type_help_lists_requirements(tenant_admin, admin_client_for):
+    html = admin_client_for(tenant_admin).get(reverse(ADD)).content.decode()
+    assert (
+        "<li><strong>AWS Bedrock</strong>: AWS access key id, AWS secret access key and "
+        "region." in html
+    )
+    assert (
+        "<li><strong>Azure OpenAI</strong>: API key; base URL (your endpoint); option(s) " in html
+    )
+    assert "<li><strong>Ollama</strong>: no key (local server)." in html
+
+
+def test_new_default_replaces_previous_default(tenant, tenant_admin, admin_client_for):
+    old = ProviderConfigFactory(tenant=tenant, name="old", is_default=True)
+    response = admin_client_for(tenant_admin).post(
+        reverse(ADD), _form_data(tenant=str(tenant.pk), name="new", is_default="on")
+    )
+    assert response.status_code == 302
+    assert list(
+        ProviderConfig.objects.filter(tenant=tenant, is_default=True).values_list("name", flat=True)
+    ) == ["new"]
+    old.refresh_from_db()
+    assert old.is_default is False
+
+
+def test_duplicate_name_refused_on_change(tenant, tenant_admin, admin_client_for):
+    ProviderConfigFactory(tenant=tenant, name="taken")
+    config = ProviderConfigFactory(tenant=tenant, name="mine")
+    response = admin_client_for(tenant_admin).post(
+        _change_url(config), _form_data(config, name="taken")
+    )
+    assert response.status_code == 200
+    assert "A provider config with this name already exists in this tenant." in (
+        response.content.decode()
+    )
+    assert ProviderConfig.objects.get(pk=config.pk).name == "mine"
+
+
+def test_allowed_models_typed_one_per_line(tenant, tenant_admin, admin_client_for):
+    response = admin_client_for(tenant_admin).post(
+        reverse(ADD),
+        _form_data(
+            tenant=str(tenant.pk),
+            name="lines",
+            allowed_models="fake-small\nfake-large, fake-small",
+            default_model="fake-large",
+        ),
+    )
+    assert response.status_code == 302
+    config = ProviderConfig.objects.get(tenant=tenant, name="lines")
+    assert config.allowed_models == ["fake-small", "fake-large"]
+
+
+def test_delete_of_config_used_by_override_refused(tenant, tenant_admin, admin_client_for):
+    override = RoutingOverrideFactory(tenant=tenant)
+    config = override.provider_config
+    response = admin_client_for(tenant_admin).post(
+        reverse("admin:llm_providers_providerconfig_delete", args=[config.pk]), {"post": "yes"}
+    )
+    # Overrides protect the config from deletion, and the admin says so.
+    assert response.status_code == 200
+    assert "would require deleting the following protected related objects" in (
+        response.content.decode()
+    )
+    assert ProviderConfig.objects.get(pk=config.pk).is_active is True
+
+
+def test_delete_of_config_with_call_logs_deactivates_it(tenant, tenant_admin, admin_client_for):
+    config = ProviderConfigFactory(tenant=tenant, name="served", is_default=True)
+    CallLog.objects.create(
+        tenant=tenant, request_id=uuid.uuid4(), provider_config=config, status="ok"
+    )
+    response = admin_client_for(tenant_admin).post(
+        reverse("admin:llm_providers_providerconfig_delete", args=[config.pk]),
+        {"post": "yes"},
+        follow=True,
+    )
+    stored = ProviderConfig.objects.get(pk=config.pk)
+    assert (stored.is_active, stored.is_default) == (False, False)
+    assert _messages(response) == [
+        "“served” served calls or is used by routing overrides, so it was deactivated instead "
+        "of deleted."
+    ]
+    assert CallLog.objects.get().provider_config_id == config.pk
+
+
+def test_delete_of_unused_config_removes_it(tenant, tenant_admin, admin_client_for):
+    config = ProviderConfigFactory(tenant=tenant)
+    response = admin_client_for(tenant_admin).post(
+        reverse("admin:llm_providers_providerconfig_delete", args=[config.pk]), {"post": "yes"}
+    )
+    assert response.status_code == 302
+    assert not ProviderConfig.objects.filter(pk=config.pk).exists()
+
+
+# --- connection tests -------------------------------------------------------------------
+
+
+def test_action_records_ok_and_list_shows_it(tenant, tenant_admin, admin_client_for):
+    config = ProviderConfigFactory(tenant=tenant, name="fake-ok")
+    client = admin_client_for(tenant_admin)
+    response = client.post(
+        reverse(CHANGELIST),
+        {"action": "test_connection", "_selected_action": [str(config.pk)]},
+        follow=True,
+    )
+    stored = ProviderConfig.objects.get(pk=config.pk)
+    assert stored.last_test_status == "ok"
+    assert stored.last_test_latency_ms is not None
+    messages = _messages(response)
+    assert len(messages) == 1
+    assert messages[0].startswith("“fake-ok”: connection OK in ")
+    assert messages[0].endswith(" ms, 2 models offered.")
+    assert f"OK · {stored.last_tested_at:%Y-%m-%d %H:%M} UTC" in response.content.decode()
+
+
+def test_action_records_authentication_failure(tenant, tenant_admin, admin_client_for):
+    config = ProviderConfigFactory(
+        tenant=tenant, name="fake-denied", options={"failure": "authentication"}
+    )
+    response = admin_client_for(tenant_admin).post(
+        reverse(CHANGELIST),
+        {"action": "test_connection", "_selected_action": [str(config.pk)]},
+        follow=True,
+    )
+    stored = ProviderConfig.objects.get(pk=config.pk)
+    assert stored.last_test_status == "error"
+    assert stored.last_test_error == "provider_authentication: Fake provider rejected the key."
+    assert _messages(response) == [
+        "“fake-denied”: connection failed: provider_authentication: Fake provider rejected the key."
+    ]
+    assert "provider_authentication: Fake provider rejected the key." in response.content.decode()
+
+
+def test_button_tests_connection_and_returns_to_change_page(tenant, tenant_admin, admin_client_for):
+    config = ProviderConfigFactory(tenant=tenant)
+    client = admin_client_for(tenant_admin)
+    page = client.get(_change_url(config)).content.decode()
+    assert f'action="{_test_url(config)}"' in page
+    response = client.post(_test_url(config))
+    assert response.status_code == 302
+    assert response["Location"] == _change_url(config)
+    assert ProviderConfig.objects.get(pk=config.pk).last_test_status == "ok"
+
+
+def test_button_refuses_get(tenant, tenant_admin, admin_client_for):
+    config = ProviderConfigFactory(tenant=tenant)
+    response = admin_client_for(tenant_admin).get(_test_url(config))
+    assert response.status_code == 405
+    assert ProviderConfig.objects.get(pk=config.pk).last_test_status == ""
+
+
+def test_button_hidden_and_refused_for_viewer(tenant, tenant_viewer, admin_client_for):
+    config = ProviderConfigFactory(tenant=tenant)
+    client = admin_client_for(tenant_viewer)
+    page = client.get(_change_url(config)).content.decode()
+    assert _test_url(config) not in page
+    assert client.post(_test_url(config)).status_code == 403
+    assert ProviderConfig.objects.get(pk=config.pk).last_test_status == ""
+
+
+def test_button_not_found_for_other_tenant(other_tenant, tenant_admin, admin_client_for):
+    config = ProviderConfigFactory(tenant=other_tenant)
+    response = admin_client_for(tenant_admin).post(_test_url(config))
+    assert response.status_code == 404
+    assert ProviderConfig.objects.get(pk=config.pk).last_test_status == ""
+
+
+# --- service keys ----------------------------------------------------------------------
+
+
+def test_service_key_secret_shown_once_then_prefix_only(tenant, tenant_admin, admin_client_for):
+    client = admin_client_for(tenant_admin)
+    response = client.post(
+        reverse("admin:llm_providers_servicekey_add"),
+        {"tenant": str(tenant.pk), "name": "billing-job"},
+        follow=True,
+    )
+    service_key = ServiceKey.objects.get(tenant=tenant, name="billing-job")
+    message, added = _messages(response)
+    assert added.endswith("billing-job</a>” was added successfully.")
+    secret = message.split(" is: ", 1)[1].split(" — ", 1)[0]
+    assert ServiceKey.objects.get_from_key(secret) == service_key
+    assert message.endswith("store it now: it is shown only once.")
+    listing = client.get(reverse("admin:llm_providers_servicekey_changelist")).content.decode()
+    assert service_key.prefix in listing
+    assert secret not in listing
+    change = client.get(
+        reverse("admin:llm_providers_servicekey_change", args=[service_key.pk])
+    ).content.decode()
+    assert secret not in change
+
+
+def test_service_key_revoke_action(tenant, tenant_admin, admin_client_for):
+    service_key = ServiceKeyFactory(tenant=tenant)
+    response = admin_client_for(tenant_admin).post(
+        reverse("admin:llm_providers_servicekey_changelist"),
+        {"action": "revoke", "_selected_action": [service_key.pk]},
+        follow=True,
+    )
+    assert _messages(response) == ["Revoked 1 service key."]
+    assert ServiceKey.objects.get(pk=service_key.pk).revoked is True
+    assert ServiceKey.objects.is_valid(service_key.secret) is False
+
+
+def test_revoked_service_key_is_read_only(tenant, tenant_admin, admin_client_for):
+    service_key = ServiceKeyFactory(tenant=tenant, revoked=True)
+    html = (
+        admin_client_for(tenant_admin)
+        .get(reverse("admin:llm_providers_servicekey_change", args=[service_key.pk]))
+        .content.decode()
+    )
+    assert 'name="revoked"' not in html
+    assert 'name="name"' not in html

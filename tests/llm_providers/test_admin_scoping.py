@@ -1,0 +1,416 @@
+"""Tenant scoping in the admin: admins edit their tenants, viewers look, superusers see all."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from django.urls import reverse
+
+from llm_providers.models import ModelPrice, ProviderConfig, ServiceKey, Tenant, TenantMembership
+from tests.factories import (
+    ModelPriceFactory,
+    ProviderConfigFactory,
+    ServiceKeyFactory,
+    TenantMembershipFactory,
+    UserFactory,
+)
+
+pytestmark = pytest.mark.django_db
+
+KEY = "sk-Hq4Zp7Lm2Xc9Vb5Nr8Tw3Ky6"
+OTHER_KEY = "sk-Gt5Rf2Ds8Aq1Wz7Xe4Cv9Bn3"
+
+
+def _url(name: str, *args) -> str:
+    return reverse(f"admin:llm_providers_{name}", args=args)
+
+
+def _config_post(config: ProviderConfig, **overrides) -> dict:
+    data = {
+        "name": config.name,
+        "provider_type": config.provider_type,
+        "default_model": config.default_model,
+        "allowed_models": "",
+        "base_url": "",
+        "aws_region": "",
+        "options": json.dumps(config.options or {}),
+        "is_active": "on",
+        "priority": str(config.priority),
+        "api_key": "",
+        "aws_access_key_id": "",
+        "aws_secret_access_key": "",
+    }
+    data.update(overrides)
+    return data
+
+
+@pytest.fixture
+def mine(tenant):
+    return ProviderConfigFactory(
+        tenant=tenant, name="acme-openai", provider_type="openai", api_key=KEY
+    )
+
+
+@pytest.fixture
+def theirs(other_tenant):
+    return ProviderConfigFactory(
+        tenant=other_tenant, name="globex-openai", provider_type="openai", api_key=OTHER_KEY
+    )
+
+
+# --- provider configs ---------------------------------------------------------------------
+
+
+def test_tenant_admin_changelist_lists_own_configs_only(client, tenant_admin, mine, theirs):
+    client.force_login(tenant_admin)
+    response = client.get(_url("providerconfig_changelist"))
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert "acme-openai" in html
+    assert "globex-openai" not in html
+    assert "Globex" not in html  # not even in the tenant filter
+
+
+def test_superuser_changelist_lists_every_tenant(client, superuser, mine, theirs):
+    client.force_login(superuser)
+    html = client.get(_url("providerconfig_changelist")).content.decode()
+    assert "acme-openai" in html
+    assert "globex-openai" in html
+
+
+def test_other_tenants_change_page_not_shown(client, tenant_admin, theirs):
+    client.force_login(tenant_admin)
+    response = client.get(_url("providerconfig_change", theirs.pk))
+    assert response.status_code == 302
+    assert response["Location"] == reverse("admin:index")
+    followed = client.get(response["Location"])
+    assert "globex-openai" not in followed.content.decode()
+
+
+def test_forged_change_post_for_other_tenant_changes_nothing(
+    client, tenant_admin, theirs, raw_column
+):
+    client.force_login(tenant_admin)
+    before = raw_column(theirs, "api_key")
+    response = client.post(
+        _url("providerconfig_change", theirs.pk),
+        _config_post(theirs, name="hijacked", api_key="sk-attacker-key-00000000"),
+    )
+    assert response.status_code == 302
+    stored = ProviderConfig.objects.get(pk=theirs.pk)
+    assert (stored.name, stored.api_key) == ("globex-openai", OTHER_KEY)
+    assert raw_column(theirs, "api_key") == before
+
+
+def test_forged_add_post_for_other_tenant_refused(client, tenant_admin, other_tenant):
+    client.force_login(tenant_admin)
+    response = client.post(
+        _url("providerconfig_add"),
+        {
+            "tenant": str(other_tenant.pk),
+            "name": "planted",
+            "provider_type": "fake",
+            "options": "{}",
+            "priority": "100",
+            "is_active": "on",
+        },
+    )
+    assert response.status_code == 200
+    assert "Select a valid choice. That choice is not one of the available choices." in (
+        response.content.decode()
+    )
+    assert not ProviderConfig.objects.filter(name="planted").exists()
+
+
+def test_tenant_choices_offer_own_tenants_only(client, tenant_admin, tenant, other_tenant):
+    client.force_login(tenant_admin)
+    html = client.get(_url("providerconfig_add")).content.decode()
+    assert f'<option value="{tenant.pk}">Acme</option>' in html
+    assert str(other_tenant.pk) not in html
+
+
+def test_forged_delete_for_other_tenant_changes_nothing(client, tenant_admin, theirs):
+    client.force_login(tenant_admin)
+    response = client.post(_url("providerconfig_delete", theirs.pk), {"post": "yes"})
+    assert response.status_code == 302
+    assert ProviderConfig.objects.filter(pk=theirs.pk, is_active=True).exists()
+
+
+def test_bulk_delete_refused_for_viewed_tenant(client, tenant, other_tenant, theirs):
+    user = UserFactory(username="mixed")
+    TenantMembershipFactory(user=user, tenant=tenant, role="admin")
+    TenantMembershipFactory(user=user, tenant=other_tenant, role="viewer")
+    client.force_login(user)
+    response = client.post(
+        _url("providerconfig_changelist"),
+        {"action": "delete_selected", "_selected_action": [str(theirs.pk)], "post": "yes"},
+    )
+    assert response.status_code == 403
+    assert ProviderConfig.objects.filter(pk=theirs.pk).exists()
+
+
+def test_connection_action_skips_viewed_tenant(client, tenant, other_tenant, theirs):
+    user = UserFactory(username="mixed")
+    TenantMembershipFactory(user=user, tenant=tenant, role="admin")
+    TenantMembershipFactory(user=user, tenant=other_tenant, role="viewer")
+    client.force_login(user)
+    response = client.post(
+        _url("providerconfig_changelist"),
+        {"action": "test_connection", "_selected_action": [str(theirs.pk)]},
+        follow=True,
+    )
+    assert "1 config of tenants you only view was not tested." in response.content.decode()
+    assert ProviderConfig.objects.get(pk=theirs.pk).last_test_status == ""
+
+
+def test_viewer_sees_read_only_page_without_key(client, tenant_viewer, mine, assert_secret_absent):
+    client.force_login(tenant_viewer)
+    listing = client.get(_url("providerconfig_changelist"))
+    page = client.get(_url("providerconfig_change", mine.pk))
+    html = page.content.decode()
+    assert listing.status_code == 200
+    assert "acme-openai" in listing.content.decode()
+    assert page.status_code == 200
+    assert 'name="name"' not in html
+    assert 'type="password"' not in html
+    assert 'name="_save"' not in html
+    assert f"sk-…{KEY[-4:]}" in html
+    assert_secret_absent(html, KEY)
+    assert_secret_absent(listing.content.decode(), KEY)
+
+
+def test_viewer_post_refused(client, tenant_viewer, mine):
+    client.force_login(tenant_viewer)
+    response = client.post(_url("providerconfig_change", mine.pk), _config_post(mine, name="x"))
+    assert response.status_code == 403
+    assert ProviderConfig.objects.get(pk=mine.pk).name == "acme-openai"
+
+
+def test_viewer_cannot_add(client, tenant_viewer):
+    client.force_login(tenant_viewer)
+    assert client.get(_url("providerconfig_add")).status_code == 403
+
+
+def test_staff_without_membership_sees_no_provider_admin(client, mine):
+    user = UserFactory(username="outsider")
+    client.force_login(user)
+    assert client.get(_url("providerconfig_changelist")).status_code == 403
+    assert "Provider configs" not in client.get(reverse("admin:index")).content.decode()
+
+
+def test_superuser_sees_configs_before_any_membership(client, superuser):
+    client.force_login(superuser)
+    assert client.get(_url("providerconfig_changelist")).status_code == 200
+    assert client.get(_url("providerconfig_add")).status_code == 200
+
+
+# --- tenants ------------------------------------------------------------------------------
+
+
+def test_tenant_admin_edits_own_tenant_settings(client, tenant_admin, tenant):
+    client.force_login(tenant_admin)
+    response = client.post(
+        _url("tenant_change", tenant.pk),
+        {"name": "Acme Corp", "timezone": "Europe/Paris", "response_cache_ttl_seconds": "300"},
+    )
+    assert response.status_code == 302
+    tenant.refresh_from_db()
+    assert (tenant.name, tenant.timezone, tenant.response_cache_ttl_seconds) == (
+        "Acme Corp",
+        "Europe/Paris",
+        300,
+    )
+    assert (tenant.slug, tenant.is_active) == ("acme", True)
+
+
+def test_tenant_admin_cannot_change_other_tenant(client, tenant_admin, other_tenant):
+    client.force_login(tenant_admin)
+    response = client.post(
+        _url("tenant_change", other_tenant.pk),
+        {"name": "Owned", "timezone": "UTC", "response_cache_ttl_seconds": "0"},
+    )
+    assert response.status_code == 302
+    assert Tenant.objects.get(pk=other_tenant.pk).name == "Globex"
+    html = client.get(_url("tenant_changelist")).content.decode()
+    assert "Acme" in html and "Globex" not in html
+
+
+def test_only_superuser_creates_tenants(client, tenant_admin, superuser):
+    client.force_login(tenant_admin)
+    assert client.get(_url("tenant_add")).status_code == 403
+    client.force_login(superuser)
+    response = client.post(
+        _url("tenant_add"),
+        {
+            "name": "Initech",
+            "slug": "initech",
+            "is_active": "on",
+            "timezone": "UTC",
+            "response_cache_ttl_seconds": "0",
+        },
+    )
+    assert response.status_code == 302
+    assert Tenant.objects.filter(slug="initech").exists()
+
+
+def test_viewer_cannot_edit_tenant(client, tenant_viewer, tenant):
+    client.force_login(tenant_viewer)
+    response = client.post(
+        _url("tenant_change", tenant.pk),
+        {"name": "Renamed", "timezone": "UTC", "response_cache_ttl_seconds": "0"},
+    )
+    assert response.status_code == 403
+    assert Tenant.objects.get(pk=tenant.pk).name == "Acme"
+
+
+# --- memberships --------------------------------------------------------------------------
+
+
+def test_tenant_admin_adds_member_by_username(client, tenant_admin, tenant):
+    UserFactory(username="newcomer")
+    client.force_login(tenant_admin)
+    response = client.post(
+        _url("tenantmembership_add"),
+        {"tenant": str(tenant.pk), "user": "newcomer", "role": "viewer"},
+    )
+    assert response.status_code == 302
+    assert TenantMembership.objects.get(user__username="newcomer").tenant_id == tenant.pk
+
+
+def test_membership_for_other_tenant_refused(client, tenant_admin, other_tenant):
+    UserFactory(username="newcomer")
+    client.force_login(tenant_admin)
+    response = client.post(
+        _url("tenantmembership_add"),
+        {"tenant": str(other_tenant.pk), "user": "newcomer", "role": "admin"},
+    )
+    assert response.status_code == 200
+    assert not TenantMembership.objects.filter(tenant=other_tenant).exists()
+
+
+def test_membership_add_page_lists_no_users(client, tenant_admin):
+    UserFactory(username="someone-elsewhere")
+    client.force_login(tenant_admin)
+    html = client.get(_url("tenantmembership_add")).content.decode()
+    assert "someone-elsewhere" not in html
+
+
+def test_unknown_username_says_so(client, tenant_admin, tenant):
+    client.force_login(tenant_admin)
+    response = client.post(
+        _url("tenantmembership_add"),
+        {"tenant": str(tenant.pk), "user": "nobody", "role": "viewer"},
+    )
+    assert "No active user has this username." in response.content.decode()
+
+
+def test_memberships_of_other_tenants_hidden(client, tenant_admin, other_tenant):
+    TenantMembershipFactory(user=UserFactory(username="globex-person"), tenant=other_tenant)
+    client.force_login(tenant_admin)
+    html = client.get(_url("tenantmembership_changelist")).content.decode()
+    assert "acme-admin" in html
+    assert "globex-person" not in html
+
+
+# --- prices -------------------------------------------------------------------------------
+
+
+def test_tenant_admin_sees_global_prices_read_only(client, tenant_admin):
+    price = ModelPriceFactory(model="shared-model")
+    client.force_login(tenant_admin)
+    assert "shared-model" in client.get(_url("modelprice_changelist")).content.decode()
+    page = client.get(_url("modelprice_change", price.pk)).content.decode()
+    assert 'name="input_per_mtok"' not in page
+    response = client.post(
+        _url("modelprice_change", price.pk),
+        {
+            "provider_type": "fake",
+            "model": "shared-model",
+            "input_per_mtok": "0",
+            "output_per_mtok": "0",
+            "effective_from": "2020-01-01",
+        },
+    )
+    assert response.status_code == 403
+    assert ModelPrice.objects.get(pk=price.pk).input_per_mtok == 1
+
+
+def test_tenant_admin_cannot_create_global_price(client, tenant_admin):
+    client.force_login(tenant_admin)
+    response = client.post(
+        _url("modelprice_add"),
+        {
+            "tenant": "",
+            "provider_type": "fake",
+            "model": "fake-small",
+            "input_per_mtok": "0.1",
+            "output_per_mtok": "0.2",
+            "effective_from": "2025-01-01",
+        },
+    )
+    assert response.status_code == 200
+    assert "This field is required." in response.content.decode()
+    assert not ModelPrice.objects.exists()
+
+
+def test_tenant_admin_creates_own_tenant_price(client, tenant_admin, tenant):
+    client.force_login(tenant_admin)
+    response = client.post(
+        _url("modelprice_add"),
+        {
+            "tenant": str(tenant.pk),
+            "provider_type": "fake",
+            "model": "fake-small",
+            "input_per_mtok": "0.100000",
+            "output_per_mtok": "0.200000",
+            "effective_from": "2025-01-01",
+        },
+    )
+    assert response.status_code == 302
+    price = ModelPrice.objects.get()
+    assert (price.tenant_id, str(price.input_per_mtok)) == (tenant.pk, "0.100000")
+
+
+def test_other_tenants_prices_hidden(client, tenant_admin, other_tenant):
+    ModelPriceFactory(tenant=other_tenant, model="their-model")
+    client.force_login(tenant_admin)
+    assert "their-model" not in client.get(_url("modelprice_changelist")).content.decode()
+
+
+def test_superuser_creates_global_price(client, superuser):
+    client.force_login(superuser)
+    response = client.post(
+        _url("modelprice_add"),
+        {
+            "tenant": "",
+            "provider_type": "fake",
+            "model": "fake-large",
+            "input_per_mtok": "2.5",
+            "output_per_mtok": "10",
+            "effective_from": "2025-01-01",
+        },
+    )
+    assert response.status_code == 302
+    assert ModelPrice.objects.get().tenant_id is None
+
+
+# --- service keys ----------------------------------------------------------------------------
+
+
+def test_service_keys_of_other_tenants_hidden(client, tenant_admin, tenant, other_tenant):
+    ServiceKeyFactory(tenant=tenant, name="acme-batch")
+    ServiceKeyFactory(tenant=other_tenant, name="globex-batch")
+    client.force_login(tenant_admin)
+    html = client.get(_url("servicekey_changelist")).content.decode()
+    assert "acme-batch" in html
+    assert "globex-batch" not in html
+
+
+def test_service_key_for_other_tenant_refused(client, tenant_admin, other_tenant):
+    client.force_login(tenant_admin)
+    response = client.post(
+        _url("servicekey_add"), {"tenant": str(other_tenant.pk), "name": "planted"}
+    )
+    assert response.status_code == 200
+    assert not ServiceKey.objects.exists()

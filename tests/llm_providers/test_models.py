@@ -1,0 +1,302 @@
+"""Model constraints, provider type validation messages and key display."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import date
+from decimal import Decimal
+
+import pytest
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+
+from llm_providers.models import ModelPrice, ProviderConfig
+from llm_providers.provider_types import PROVIDER_TYPE_SPECS, ProviderType
+from tests.factories import ModelPriceFactory, ProviderConfigFactory, TenantFactory
+
+pytestmark = pytest.mark.django_db
+
+PUBLIC_URL = "https://8.8.8.8/v1"
+
+
+def _errors(config: ProviderConfig) -> dict[str, list[str]]:
+    with pytest.raises(ValidationError) as caught:
+        config.full_clean()
+    return caught.value.message_dict
+
+
+def _config(**fields) -> ProviderConfig:
+    tenant = fields.pop("tenant", None) or TenantFactory()
+    api_key = fields.pop("api_key", None)
+    config = ProviderConfig(tenant=tenant, name=fields.pop("name", "main"), **fields)
+    if api_key:
+        config.set_api_key(api_key)
+    return config
+
+
+# --- constraints -------------------------------------------------------------------
+
+
+def test_name_unique_within_tenant_when_saved_twice():
+    config = ProviderConfigFactory(name="primary")
+    with pytest.raises(IntegrityError), transaction.atomic():
+        ProviderConfigFactory(tenant=config.tenant, name="primary")
+    assert ProviderConfig.objects.filter(tenant=config.tenant, name="primary").count() == 1
+
+
+def test_name_reusable_across_tenants():
+    first = ProviderConfigFactory(name="primary")
+    second = ProviderConfigFactory(name="primary")
+    assert first.tenant_id != second.tenant_id
+    assert ProviderConfig.objects.filter(name="primary").count() == 2
+
+
+def test_second_default_refused_by_database_when_same_tenant():
+    config = ProviderConfigFactory(is_default=True)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        ProviderConfigFactory(tenant=config.tenant, is_default=True)
+    assert ProviderConfig.objects.filter(tenant=config.tenant, is_default=True).count() == 1
+
+
+def test_defaults_allowed_when_tenants_differ():
+    ProviderConfigFactory(is_default=True)
+    ProviderConfigFactory(is_default=True)
+    assert ProviderConfig.objects.filter(is_default=True).count() == 2
+
+
+def test_non_default_configs_unlimited_when_same_tenant():
+    tenant = TenantFactory()
+    ProviderConfigFactory.create_batch(3, tenant=tenant, is_default=False)
+    assert ProviderConfig.objects.filter(tenant=tenant).count() == 3
+
+
+def test_second_default_message_when_validated():
+    config = ProviderConfigFactory(is_default=True)
+    duplicate = _config(tenant=config.tenant, name="other", provider_type="fake", is_default=True)
+    assert "This tenant already has a default provider config." in _errors(duplicate)["__all__"]
+
+
+def test_duplicate_name_message_when_validated():
+    config = ProviderConfigFactory(name="primary")
+    duplicate = _config(tenant=config.tenant, name="primary", provider_type="fake")
+    assert _errors(duplicate)["__all__"] == [
+        "A provider config with this name already exists in this tenant."
+    ]
+
+
+def test_global_price_unique_per_model_and_date():
+    ModelPriceFactory(model="gpt-x", effective_from=date(2025, 1, 1))
+    with pytest.raises(IntegrityError), transaction.atomic():
+        ModelPriceFactory(model="gpt-x", effective_from=date(2025, 1, 1))
+    assert ModelPrice.objects.filter(model="gpt-x").count() == 1
+
+
+def test_tenant_price_may_shadow_global_price():
+    tenant = TenantFactory()
+    ModelPriceFactory(model="gpt-x", effective_from=date(2025, 1, 1))
+    ModelPriceFactory(tenant=tenant, model="gpt-x", effective_from=date(2025, 1, 1))
+    with pytest.raises(IntegrityError), transaction.atomic():
+        ModelPriceFactory(tenant=tenant, model="gpt-x", effective_from=date(2025, 1, 1))
+    assert ModelPrice.objects.filter(model="gpt-x").count() == 2
+
+
+def test_negative_price_refused_by_database():
+    with pytest.raises(IntegrityError), transaction.atomic():
+        ModelPriceFactory(input_per_mtok=Decimal("-0.000001"))
+    assert ModelPrice.objects.count() == 0
+
+
+# --- provider type requirements -------------------------------------------------------
+
+
+def test_openai_without_key_names_the_missing_key():
+    assert _errors(_config(provider_type="openai"))["api_key"] == ["OpenAI needs an API key."]
+
+
+def test_openai_valid_when_key_given():
+    config = _config(provider_type="openai", api_key="sk-abcdefghijklmnop1234")
+    config.full_clean()
+    assert config.credentials() == {"api_key": "sk-abcdefghijklmnop1234"}
+
+
+def test_bedrock_without_credentials_lists_everything_missing():
+    errors = _errors(_config(provider_type="bedrock"))
+    assert errors["aws_access_key_id"] == [
+        "AWS Bedrock needs an AWS access key id, an AWS secret access key and a region; "
+        "missing: an AWS access key id, an AWS secret access key, a region."
+    ]
+
+
+def test_bedrock_without_region_points_at_region():
+    config = _config(provider_type="bedrock")
+    config.set_aws_credentials(
+        access_key_id="AKIAABCDEFGHIJKLMNOP", secret_access_key="s3cr3t/abcdefghijklmnopqrstuvwxyz"
+    )
+    assert _errors(config)["aws_region"] == [
+        "AWS Bedrock needs an AWS access key id, an AWS secret access key and a region; "
+        "missing: a region."
+    ]
+
+
+def test_bedrock_valid_with_key_pair_and_region():
+    config = _config(provider_type="bedrock", aws_region="eu-west-1")
+    config.set_aws_credentials(
+        access_key_id="AKIAABCDEFGHIJKLMNOP", secret_access_key="s3cr3t/abcdefghijklmnopqrstuvwxyz"
+    )
+    config.full_clean()
+    assert config.credentials() == {
+        "aws_access_key_id": "AKIAABCDEFGHIJKLMNOP",
+        "aws_secret_access_key": "s3cr3t/abcdefghijklmnopqrstuvwxyz",
+    }
+
+
+def test_azure_without_endpoint_version_and_deployment_says_so():
+    errors = _errors(_config(provider_type="azure_openai", api_key="azure-key-0123456789"))
+    assert errors["base_url"] == [
+        "Azure OpenAI needs a base URL (the endpoint of your deployment)."
+    ]
+    assert errors["options"] == [
+        "Azure OpenAI needs the option(s): api_version.",
+        "Azure OpenAI needs a “deployment” (or a “deployments” map of model → deployment).",
+    ]
+
+
+def test_azure_valid_with_endpoint_version_and_deployment():
+    config = _config(
+        provider_type="azure_openai",
+        api_key="azure-key-0123456789",
+        base_url=PUBLIC_URL,
+        options={"api_version": "2024-10-21", "deployment": "gpt-4o"},
+    )
+    config.full_clean()
+    assert config.options["deployment"] == "gpt-4o"
+
+
+def test_azure_deployments_map_must_name_deployments():
+    config = _config(
+        provider_type="azure_openai",
+        api_key="azure-key-0123456789",
+        base_url=PUBLIC_URL,
+        options={"api_version": "2024-10-21", "deployments": {"gpt-4o": ""}},
+    )
+    assert _errors(config)["options"] == [
+        "Azure “deployments” must map model names to deployment names."
+    ]
+
+
+@pytest.mark.parametrize("provider_type", ["ollama", "fake"])
+def test_keyless_types_valid_without_key(provider_type):
+    config = _config(provider_type=provider_type)
+    config.full_clean()
+    assert config.credentials() == {"api_key": ""}
+    assert config.key_mask == ""
+
+
+def test_openai_compatible_needs_base_url():
+    errors = _errors(_config(provider_type="openai_compatible"))
+    assert errors["base_url"] == [
+        "OpenAI-compatible endpoint needs a base URL (the endpoint of your deployment)."
+    ]
+
+
+def test_every_provider_type_has_a_spec():
+    assert set(PROVIDER_TYPE_SPECS) == set(ProviderType.values)
+
+
+def test_unknown_provider_type_asks_for_a_type():
+    errors = _errors(_config(provider_type="nope"))
+    assert errors["provider_type"] == [
+        "Value 'nope' is not a valid choice.",
+        "Choose a provider type.",
+    ]
+
+
+def test_unknown_option_lists_allowed_ones():
+    errors = _errors(_config(provider_type="fake", options={"colour": "red"}))
+    assert errors["options"] == [
+        "Unknown option(s) for Fake (demo and tests): colour. Allowed: chunk_latency_ms, "
+        "fail_first, failure, latency_ms, models, reply."
+    ]
+
+
+@pytest.mark.parametrize("value", [0, -1, 601, "30", True])
+def test_timeout_out_of_range_refused(value):
+    config = _config(provider_type="openai", api_key="sk-abcdefghijklmnop1234")
+    config.options = {"timeout": value}
+    assert _errors(config)["options"] == [
+        "Option “timeout” must be a number of seconds between 0 and 600."
+    ]
+
+
+def test_default_model_must_be_allowed():
+    config = _config(
+        provider_type="fake", allowed_models=["fake-large"], default_model="fake-small"
+    )
+    assert _errors(config)["default_model"] == [
+        "The default model “fake-small” is not among the allowed models."
+    ]
+
+
+def test_allowed_models_must_be_names():
+    config = _config(provider_type="fake", allowed_models="fake-small")
+    assert _errors(config)["allowed_models"] == ["Allowed models must be a list of model names."]
+
+
+def test_inactive_config_cannot_be_default():
+    config = _config(provider_type="fake", is_active=False, is_default=True)
+    assert _errors(config)["is_default"] == [
+        "An inactive provider config cannot be the tenant default."
+    ]
+
+
+def test_base_url_scheme_checked_on_clean():
+    config = _config(provider_type="openai_compatible", base_url="ftp://8.8.8.8/")
+    assert _errors(config)["base_url"] == ["The base URL must start with http:// or https://."]
+
+
+def test_unknown_timezone_refused():
+    tenant = TenantFactory.build(timezone="Mars/Olympus")
+    with pytest.raises(ValidationError) as caught:
+        tenant.full_clean()
+    assert caught.value.message_dict["timezone"] == [
+        "“Mars/Olympus” is not a known time zone, e.g. UTC or Europe/Paris."
+    ]
+
+
+# --- key display ---------------------------------------------------------------------------
+
+
+def test_mask_shows_vendor_prefix_and_last_four():
+    config = ProviderConfigFactory(provider_type="openai", api_key="sk-proj-Zx81Qm0PaL77abcd")
+    assert config.key_mask == "sk-proj-…abcd"
+    assert (config.key_prefix, config.key_last4) == ("sk-proj-", "abcd")
+
+
+def test_mask_hides_everything_when_key_is_short():
+    config = ProviderConfigFactory(provider_type="openai", api_key="short-key")
+    assert config.key_mask == "••••"
+    assert config.key_last4 == ""
+
+
+def test_mask_without_known_prefix_shows_last_four_only():
+    config = ProviderConfigFactory(provider_type="mistral", api_key="Qm0PaL77Zx81wxyz")
+    assert config.key_mask == "…wxyz"
+
+
+def test_bedrock_mask_shows_access_key_id_not_secret():
+    config = _config(provider_type="bedrock", aws_region="us-east-1")
+    config.set_aws_credentials(
+        access_key_id="AKIAIOSFODNN7EXAMPLE", secret_access_key="wJalrXUtnFEMI/K7MDENG/bPxRfiCY"
+    )
+    assert config.key_mask == "AKIA…MPLE"
+    assert (
+        config.key_fingerprint
+        == (hashlib.sha256(b"wJalrXUtnFEMI/K7MDENG/bPxRfiCY").hexdigest()[:16])
+    )
+
+
+def test_fingerprint_is_sha256_prefix_of_key():
+    config = ProviderConfigFactory(provider_type="openai", api_key="sk-abcdefghijklmnop1234")
+    stored = ProviderConfig.objects.get(pk=config.pk)
+    assert stored.key_fingerprint == hashlib.sha256(b"sk-abcdefghijklmnop1234").hexdigest()[:16]
+    assert len(stored.key_fingerprint) == 16

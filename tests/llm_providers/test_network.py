@@ -1,0 +1,88 @@
+"""Base URL checks: http(s) only, private hosts refused unless allowed (no external DNS used)."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.exceptions import ValidationError
+
+from llm_providers.network import base_url_validate
+
+
+def _message(url: str, **kwargs) -> str:
+    with pytest.raises(ValidationError) as caught:
+        base_url_validate(url, **kwargs)
+    return caught.value.messages[0]
+
+
+@pytest.mark.parametrize(
+    ("url", "kind", "address"),
+    [
+        ("http://127.0.0.1:11434/v1", "loopback", "127.0.0.1"),
+        ("http://[::1]/v1", "loopback", "::1"),
+        ("http://10.1.2.3/v1", "private", "10.1.2.3"),
+        ("https://192.168.0.10/v1", "private", "192.168.0.10"),
+        ("https://172.16.5.4/v1", "private", "172.16.5.4"),
+        ("http://169.254.169.254/latest/meta-data", "link-local", "169.254.169.254"),
+        ("http://224.0.0.1/", "multicast", "224.0.0.1"),
+        ("http://0.0.0.0:8000/", "unspecified", "0.0.0.0"),
+        ("http://[::ffff:127.0.0.1]/", "loopback", "::ffff:7f00:1"),
+        ("http://[fe80::1]/", "link-local", "fe80::1"),
+        # Decimal and octal spellings of 127.0.0.1 resolve locally, without DNS.
+        ("http://2130706433/", "loopback", "127.0.0.1"),
+        ("http://0177.0.0.1/", "loopback", "127.0.0.1"),
+    ],
+)
+def test_non_public_address_refused(settings, url, kind, address):
+    settings.PROVIDER_ALLOW_PRIVATE_URLS = False
+    assert _message(url) == (
+        f"The base URL points at a {kind} address ({address}); provider URLs must be public "
+        "unless PROVIDER_ALLOW_PRIVATE_URLS is on."
+    )
+
+
+def test_localhost_refused(settings):
+    settings.PROVIDER_ALLOW_PRIVATE_URLS = False
+    message = _message("http://localhost:11434/v1")
+    assert "loopback address" in message
+    assert message.endswith(
+        "provider URLs must be public unless PROVIDER_ALLOW_PRIVATE_URLS is on."
+    )
+
+
+def test_private_address_allowed_when_setting_on(settings):
+    settings.PROVIDER_ALLOW_PRIVATE_URLS = True
+    assert base_url_validate("http://127.0.0.1:11434/v1") is None
+    assert base_url_validate("http://localhost:11434/v1") is None
+
+
+def test_allow_private_argument_overrides_setting(settings):
+    settings.PROVIDER_ALLOW_PRIVATE_URLS = True
+    assert "loopback" in _message("http://127.0.0.1/", allow_private=False)
+
+
+def test_public_address_accepted(settings):
+    settings.PROVIDER_ALLOW_PRIVATE_URLS = False
+    assert base_url_validate("https://8.8.8.8/v1") is None
+    assert base_url_validate("https://[2001:4860:4860::8888]/v1") is None
+
+
+@pytest.mark.parametrize(
+    "url", ["ftp://8.8.8.8/", "file:///etc/passwd", "gopher://8.8.8.8/", "8.8.8.8/v1"]
+)
+def test_non_http_scheme_refused(url):
+    assert _message(url) == "The base URL must start with http:// or https://."
+
+
+def test_scheme_checked_even_when_private_allowed(settings):
+    settings.PROVIDER_ALLOW_PRIVATE_URLS = True
+    assert _message("file:///etc/passwd") == "The base URL must start with http:// or https://."
+
+
+def test_url_without_host_refused():
+    assert _message("https:///v1") == "The base URL has no host."
+
+
+def test_credentials_in_url_refused():
+    assert _message("https://user:sk-secret@8.8.8.8/v1") == (
+        "The base URL must not carry credentials; put the key in the key field."
+    )

@@ -1,0 +1,182 @@
+"""Provider config and service key writes: validated, encrypted, default switched atomically."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.exceptions import ValidationError
+from django.test import override_settings
+
+from llm_providers.models import ProviderConfig, ServiceKey
+from llm_providers.services import (
+    provider_config_create,
+    provider_config_delete,
+    provider_config_test_connection,
+    provider_config_update,
+    service_key_create,
+    service_key_revoke,
+)
+from tests.factories import (
+    ProviderConfigFactory,
+    RoutingOverrideFactory,
+    ServiceKeyFactory,
+    TenantFactory,
+)
+
+pytestmark = pytest.mark.django_db
+
+KEY = "sk-Zx81Qm0PaL77Tn4Rk3Wq9fQ2"
+
+
+def test_create_stores_encrypted_key_and_display_parts(raw_column):
+    tenant = TenantFactory()
+    config = provider_config_create(
+        tenant=tenant, name="openai", provider_type="openai", api_key=KEY, default_model="gpt-4o"
+    )
+    stored = ProviderConfig.objects.get(pk=config.pk)
+    assert stored.api_key == KEY
+    assert stored.key_mask == "sk-…9fQ2"
+    assert KEY not in raw_column(stored, "api_key")
+
+
+def test_create_without_required_key_saves_nothing():
+    tenant = TenantFactory()
+    with pytest.raises(ValidationError) as caught:
+        provider_config_create(tenant=tenant, name="openai", provider_type="openai")
+    assert caught.value.message_dict == {"api_key": ["OpenAI needs an API key."]}
+    assert not ProviderConfig.objects.filter(tenant=tenant).exists()
+
+
+def test_create_with_unknown_field_refused():
+    with pytest.raises(ValidationError) as caught:
+        provider_config_create(tenant=TenantFactory(), name="x", provider_type="fake", colour="red")
+    assert caught.value.messages == ["Unknown provider config field(s): colour."]
+
+
+def test_create_duplicate_name_says_so():
+    existing = ProviderConfigFactory(name="main")
+    with pytest.raises(ValidationError) as caught:
+        provider_config_create(tenant=existing.tenant, name="main", provider_type="fake")
+    assert caught.value.messages == [
+        "A provider config with this name already exists in this tenant."
+    ]
+    assert ProviderConfig.objects.filter(tenant=existing.tenant).count() == 1
+
+
+def test_create_default_replaces_previous_default():
+    old = ProviderConfigFactory(is_default=True)
+    new = provider_config_create(
+        tenant=old.tenant, name="new", provider_type="fake", is_default=True
+    )
+    old.refresh_from_db()
+    assert (old.is_default, new.is_default) == (False, True)
+    assert list(
+        ProviderConfig.objects.filter(tenant=old.tenant, is_default=True).values_list(
+            "name", flat=True
+        )
+    ) == ["new"]
+
+
+def test_update_with_empty_key_keeps_stored_key():
+    config = ProviderConfigFactory(provider_type="openai", api_key=KEY)
+    provider_config_update(provider_config=config, data={"api_key": "", "priority": 7})
+    stored = ProviderConfig.objects.get(pk=config.pk)
+    assert (stored.api_key, stored.priority, stored.key_mask) == (KEY, 7, "sk-…9fQ2")
+
+
+def test_update_with_new_key_replaces_key_and_mask():
+    config = ProviderConfigFactory(provider_type="openai", api_key=KEY)
+    provider_config_update(provider_config=config, data={"api_key": "sk-another-key-0000WXYZ"})
+    stored = ProviderConfig.objects.get(pk=config.pk)
+    assert stored.api_key == "sk-another-key-0000WXYZ"
+    assert stored.key_mask == "sk-…WXYZ"
+
+
+def test_update_invalid_base_url_leaves_row_unchanged():
+    config = ProviderConfigFactory(provider_type="openai_compatible", base_url="https://8.8.8.8/")
+    with pytest.raises(ValidationError) as caught:
+        provider_config_update(provider_config=config, data={"base_url": "http://169.254.169.254/"})
+    assert "link-local address" in caught.value.message_dict["base_url"][0]
+    assert ProviderConfig.objects.get(pk=config.pk).base_url == "https://8.8.8.8/"
+
+
+def test_update_keeps_unreadable_key_untouched(raw_column):
+    config = ProviderConfigFactory(provider_type="openai", api_key=KEY)
+    before = raw_column(config, "api_key")
+    with override_settings(SALT_KEY=["other-salt"]):
+        stored = ProviderConfig.objects.get(pk=config.pk)
+        provider_config_update(provider_config=stored, data={"priority": 3})
+    assert raw_column(config, "api_key") == before
+    assert ProviderConfig.objects.get(pk=config.pk).priority == 3
+
+
+def test_delete_removes_unreferenced_config():
+    config = ProviderConfigFactory()
+    assert provider_config_delete(provider_config=config) is True
+    assert not ProviderConfig.objects.filter(pk=config.pk).exists()
+
+
+def test_delete_deactivates_config_used_by_override():
+    override = RoutingOverrideFactory(provider_config__is_default=True)
+    config = override.provider_config
+    assert provider_config_delete(provider_config=config) is False
+    config.refresh_from_db()
+    assert (config.is_active, config.is_default) == (False, False)
+
+
+def test_connection_test_records_ok():
+    config = ProviderConfigFactory()
+    updated_at = config.updated_at
+    check = provider_config_test_connection(provider_config=config)
+    stored = ProviderConfig.objects.get(pk=config.pk)
+    assert check.ok is True
+    assert check.models == ["fake-small", "fake-large"]
+    assert stored.last_test_status == "ok"
+    assert stored.last_test_error == ""
+    assert stored.last_test_latency_ms is not None and stored.last_test_latency_ms >= 0
+    assert stored.last_tested_at is not None
+    assert stored.updated_at == updated_at
+
+
+def test_connection_test_records_authentication_failure():
+    config = ProviderConfigFactory(options={"failure": "authentication"})
+    check = provider_config_test_connection(provider_config=config)
+    stored = ProviderConfig.objects.get(pk=config.pk)
+    assert check.ok is False
+    assert stored.last_test_status == "error"
+    assert stored.last_test_error == "provider_authentication: Fake provider rejected the key."
+
+
+def test_connection_test_reports_unreadable_key_without_ciphertext(raw_column):
+    config = ProviderConfigFactory(name="legacy", api_key="fake-key-0123456789")
+    ciphertext = raw_column(config, "api_key")
+    with override_settings(SALT_KEY=["other-salt"]):
+        stored = ProviderConfig.objects.get(pk=config.pk)
+        check = provider_config_test_connection(provider_config=stored)
+    assert check.ok is False
+    assert check.error.startswith("secret_unreadable: The API key of provider config “legacy”")
+    assert ciphertext not in check.error
+    assert ProviderConfig.objects.get(pk=config.pk).last_test_status == "error"
+
+
+def test_service_key_create_returns_secret_once_and_stores_hash():
+    tenant = TenantFactory()
+    service_key, secret = service_key_create(tenant=tenant, name="billing")
+    stored = ServiceKey.objects.get(pk=service_key.pk)
+    assert secret.startswith(stored.prefix + ".")
+    assert secret not in stored.hashed_key
+    assert ServiceKey.objects.get_from_key(secret) == stored
+    assert stored.tenant_id == tenant.pk
+
+
+def test_service_key_create_without_name_refused():
+    with pytest.raises(ValidationError) as caught:
+        service_key_create(tenant=TenantFactory(), name="")
+    assert caught.value.message_dict == {"name": ["This field cannot be blank."]}
+    assert ServiceKey.objects.count() == 0
+
+
+def test_service_key_revoke_makes_key_unusable():
+    service_key = ServiceKeyFactory()
+    assert service_key_revoke(service_key=service_key) is True
+    assert ServiceKey.objects.is_valid(service_key.secret) is False
+    assert service_key_revoke(service_key=service_key) is False

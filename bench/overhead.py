@@ -54,18 +54,29 @@ class _Upstream(BaseHTTPRequestHandler):
                 "usage": {"prompt_tokens": 12, "completion_tokens": 1, "total_tokens": 13},
             }
         ).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        # Status line, headers and body in one write: two small writes would
+        # meet Nagle's algorithm and the client's delayed ACK (40 ms stalls).
+        head = (
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        self.wfile.write(head + body)
 
     def log_message(self, *args):
         return None
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def get_request(self):
+        connection, address = super().get_request()
+        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return connection, address
+
+
 def _serve(port: int) -> None:
-    ThreadingHTTPServer(("127.0.0.1", port), _Upstream).serve_forever()
+    _Server(("127.0.0.1", port), _Upstream).serve_forever()
 
 
 def _free_port() -> int:

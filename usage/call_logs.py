@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 
+from django.conf import settings
+
 from llm_providers.adapters.errors import MAX_MESSAGE_LENGTH
 from llm_providers.adapters.types import Usage
 
@@ -41,9 +43,13 @@ def call_log_record(
     input_hash: str = "",
     prompt_preview: str = "",
 ) -> CallLog:
-    """Write one CallLog row. Error messages must already be scrubbed of secrets."""
+    """Write one CallLog row. Error messages must already be scrubbed of secrets.
+
+    The row is committed on its own connection (settings.CALL_LOG_DATABASE),
+    independently of any transaction the caller has open.
+    """
     usage = usage or Usage()
-    return CallLog.objects.create(
+    return CallLog.objects.using(settings.CALL_LOG_DATABASE).create(
         tenant_id=tenant_id,
         request_id=request_id,
         attempt=attempt,

@@ -74,6 +74,19 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # Persistent connections: a completion must not pay for a new connection.
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    # Call logs are written on a connection of their own: a log must outlive a
+    # caller's transaction that rolls back (the provider was paid anyway), and
+    # the write need not wait for the WAL flush. A database crash can lose the
+    # last fraction of a second of logs; nothing else is written there.
+    DATABASES["call_logs"] = {
+        **DATABASES["default"],
+        "OPTIONS": {
+            **DATABASES["default"].get("OPTIONS", {}),
+            "options": "-c synchronous_commit=off",
+        },
+        "TEST": {"MIRROR": "default"},
+    }
+CALL_LOG_DATABASE = "call_logs" if "call_logs" in DATABASES else "default"
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

@@ -19,6 +19,12 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # Tests open and close connections from many threads; do not keep them.
     DATABASES["default"]["CONN_MAX_AGE"] = 0
 
+# Tests write call logs on the default connection, inside each test's
+# transaction, so that they roll back with it; tests/usage/test_call_logs.py
+# opens the production-style separate connection itself.
+DATABASES.pop("call_logs", None)
+CALL_LOG_DATABASE = "default"
+
 # Retries in tests wait milliseconds, not seconds.
 LLM_RETRY_BACKOFF_SECONDS = 0.001
 LLM_RETRY_BACKOFF_MAX_SECONDS = 0.01

@@ -51,6 +51,8 @@ print(json.dumps({
     "DEBUG": s.DEBUG,
     "DB_ENGINE": db["ENGINE"], "DB_NAME": str(db["NAME"]), "DB_HOST": db.get("HOST", ""),
     "DB_PORT": str(db.get("PORT", "")),
+    "CALL_LOG_DATABASE": s.CALL_LOG_DATABASE,
+    "CALL_LOG_DB_OPTIONS": s.DATABASES.get(s.CALL_LOG_DATABASE, {}).get("OPTIONS", {}),
     "CACHE_BACKEND": s.CACHES["default"]["BACKEND"],
     "CACHE_LOCATION": s.CACHES["default"].get("LOCATION"),
     "CELERY_BROKER_URL": s.CELERY_BROKER_URL,
@@ -135,6 +137,15 @@ def test_default_email_goes_to_console(embedded):
 
 def test_private_provider_urls_refused_by_default(embedded):
     assert embedded["PROVIDER_ALLOW_PRIVATE_URLS"] is False
+
+
+def test_call_logs_share_the_sqlite_connection(embedded):
+    assert embedded["CALL_LOG_DATABASE"] == "default"
+
+
+def test_call_logs_get_own_postgres_connection_without_waiting_for_flush(from_environment):
+    assert from_environment["CALL_LOG_DATABASE"] == "call_logs"
+    assert from_environment["CALL_LOG_DB_OPTIONS"] == {"options": "-c synchronous_commit=off"}
 
 
 def test_development_without_debug_needs_secrets():

@@ -4,11 +4,13 @@ import uuid
 from decimal import Decimal
 
 import pytest
+from django.db import transaction
 from django.utils import timezone
 
 from llm_providers.adapters.types import Usage
 from tests.factories import TenantFactory
 from usage.call_logs import call_log_record
+from usage.models import CallLog
 
 pytestmark = pytest.mark.django_db
 
@@ -62,3 +64,52 @@ def test_call_log_record_cuts_long_texts():
     log.refresh_from_db()
     assert len(log.error_message) == 500
     assert len(log.prompt_preview) == 500
+
+
+@pytest.fixture
+def call_log_connection(transactional_db, settings):
+    """A second connection to the test database, set up as production sets up
+    `call_logs` (config/settings/base.py)."""
+    from django.db import connections
+
+    default = connections["default"]
+    connection = type(default)(
+        {
+            **default.settings_dict,
+            "OPTIONS": {
+                **default.settings_dict.get("OPTIONS", {}),
+                "options": "-c synchronous_commit=off",
+            },
+        },
+        alias="call_logs",
+    )
+    connections["call_logs"] = connection
+    settings.CALL_LOG_DATABASE = "call_logs"
+    yield connection
+    connection.close()
+    del connections["call_logs"]
+
+
+@pytest.mark.postgres
+def test_call_log_record_survives_callers_rollback(call_log_connection):
+    # given
+    tenant = TenantFactory()
+    request_id = uuid.uuid4()
+
+    # when the caller's transaction rolls back after the provider was called
+    with pytest.raises(RuntimeError), transaction.atomic():
+        call_log_record(
+            tenant_id=tenant.pk,
+            request_id=request_id,
+            attempt=1,
+            status="ok",
+            created_at=timezone.now(),
+            cost_usd=Decimal("0.01"),
+        )
+        raise RuntimeError("the caller's own work failed")
+
+    # then the call log stays
+    assert CallLog.objects.get(request_id=request_id).cost_usd == Decimal("0.01")
+    with call_log_connection.cursor() as cursor:
+        cursor.execute("SHOW synchronous_commit")
+        assert cursor.fetchone() == ("off",)

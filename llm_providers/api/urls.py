@@ -1,0 +1,18 @@
+"""Routes of the provider config, service key and health endpoints under /api/v1/."""
+
+from __future__ import annotations
+
+from django.urls import re_path
+from rest_framework.routers import SimpleRouter
+
+from .views import HealthView, ProviderConfigViewSet, ServiceKeyViewSet
+
+# The trailing slash is optional: /providers and /providers/ are one resource.
+router = SimpleRouter(trailing_slash="/?")
+router.register("providers", ProviderConfigViewSet, basename="provider")
+router.register("service-keys", ServiceKeyViewSet, basename="service-key")
+
+urlpatterns = [
+    re_path(r"^health/?$", HealthView.as_view(), name="health"),
+    *router.urls,
+]

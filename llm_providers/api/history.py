@@ -18,9 +18,10 @@ from django.utils.text import capfirst
 
 def _field_label(instance: models.Model, name: str) -> str:
     try:
-        return str(capfirst(instance._meta.get_field(name).verbose_name))
+        verbose_name = getattr(instance._meta.get_field(name), "verbose_name", None)
     except FieldDoesNotExist:
-        return capfirst(name.replace("_", " "))
+        verbose_name = None
+    return str(capfirst(verbose_name or name.replace("_", " ")))
 
 
 def change_history_record_addition(*, user, instance: models.Model) -> LogEntry:

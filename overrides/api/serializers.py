@@ -31,6 +31,12 @@ class RoutingFallbackSerializer(serializers.Serializer):
         max_length=200, allow_blank=True, default="", help_text="Empty: its default model."
     )
 
+    def validate(self, attrs):
+        # A PATCH makes nested fields optional too; a fallback still needs its target.
+        if "provider_config" not in attrs:
+            raise serializers.ValidationError({"provider_config": "This field is required."})
+        return attrs
+
 
 class RoutingOverrideSerializer(serializers.Serializer):
     id = serializers.IntegerField(read_only=True)

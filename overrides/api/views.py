@@ -39,7 +39,8 @@ _FILTER_PARAMETERS = [
 
 
 def _fallback_pairs(fallbacks: list[dict]) -> list[tuple]:
-    return [(f["provider_config"], f["model"]) for f in fallbacks]
+    # Under PATCH, nested defaults are not applied: an omitted model means the default one.
+    return [(f["provider_config"], f.get("model", "")) for f in fallbacks]
 
 
 def _current_fallbacks(override: RoutingOverride) -> list[tuple]:

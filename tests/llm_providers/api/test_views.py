@@ -383,3 +383,14 @@ def test_health_answers_503_naming_broker_when_broker_down(anonymous_api, settin
     assert body["components"]["broker"]["status"] == "error"
     assert body["components"]["broker"]["error"] == "OperationalError"
     assert "127.0.0.1" not in response.content.decode()
+
+
+@pytest.mark.redis
+def test_health_reports_broker_ok_when_broker_answers(anonymous_api, settings):
+    settings.CELERY_BROKER_URL = settings.REDIS_URL
+
+    response = anonymous_api.get("/api/v1/health/")
+
+    assert response.status_code == 200
+    assert response.json()["components"]["broker"]["status"] == "ok"
+    assert response.json()["components"]["cache"]["status"] == "ok"

@@ -12,11 +12,10 @@ import re
 import uuid
 from dataclasses import dataclass
 
-from django.db.models import Q
+from django.db.models import F, Q, Value
 
 from llm_providers.exceptions import ApplicationError
 from llm_providers.models import ServiceKey, Tenant, TenantMembership
-from llm_providers.selectors import tenant_ids_for_user
 
 TENANT_HEADER = "X-Tenant"
 TENANT_QUERY_PARAMETER = "tenant"
@@ -75,7 +74,7 @@ def _tenant_lookup(value: str) -> Q | None:
     return Q(slug=value) if _SLUG.match(value) else None
 
 
-def _service_key_context(request, service_key: ServiceKey, named: str) -> TenantContext:
+def _service_key_context(service_key: ServiceKey, named: str) -> TenantContext:
     tenant = service_key.tenant
     if named and named not in (tenant.slug, str(tenant.pk)):
         raise TenantForbiddenError(
@@ -85,13 +84,19 @@ def _service_key_context(request, service_key: ServiceKey, named: str) -> Tenant
     return TenantContext(tenant=tenant, role=ROLE_SERVICE, service_key=service_key)
 
 
-def _user_context(request, user, named: str) -> TenantContext:
-    tenant_ids = tenant_ids_for_user(user)
-    tenants = Tenant.objects.filter(pk__in=tenant_ids)
+def _user_context(user, named: str) -> TenantContext:
+    if user.is_superuser:
+        # A superuser administers every tenant, active or not.
+        tenants = Tenant.objects.annotate(membership_role=Value(ROLE_ADMIN))
+    else:
+        # The role comes along with the tenant: one query per request.
+        tenants = Tenant.objects.filter(memberships__user=user, is_active=True).annotate(
+            membership_role=F("memberships__role")
+        )
     if named:
         lookup = _tenant_lookup(named)
-        tenant = tenants.filter(lookup).first() if lookup is not None else None
-        if tenant is None:
+        found = list(tenants.filter(lookup)[:1]) if lookup is not None else []
+        if not found:
             raise TenantForbiddenError(
                 f"You are not a member of a tenant “{named}” (or it does not exist)."
             )
@@ -107,16 +112,8 @@ def _user_context(request, user, named: str) -> TenantContext:
                 f"(its slug or id), e.g. {TENANT_HEADER}: {slugs[0]}.",
                 extra={"tenants": slugs},
             )
-        tenant = found[0]
-    if user.is_superuser:
-        role = ROLE_ADMIN
-    else:
-        role = (
-            TenantMembership.objects.filter(user=user, tenant=tenant)
-            .values_list("role", flat=True)
-            .get()
-        )
-    return TenantContext(tenant=tenant, role=role, user=user)
+    tenant = found[0]
+    return TenantContext(tenant=tenant, role=tenant.membership_role, user=user)
 
 
 def request_tenant_context(request) -> TenantContext:
@@ -131,8 +128,8 @@ def request_tenant_context(request) -> TenantContext:
         return cached
     named = _named_tenant(request)
     if isinstance(request.auth, ServiceKey):
-        context = _service_key_context(request, request.auth, named)
+        context = _service_key_context(request.auth, named)
     else:
-        context = _user_context(request, request.user, named)
+        context = _user_context(request.user, named)
     request._tenant_context = context
     return context

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from rest_framework.request import Request
+from rest_framework.test import APIRequestFactory
 
+from llm_providers.api.tenancy import request_tenant_context
 from llm_providers.models import TenantMembership
 from tests.api.fixtures import service_key_client, token_client
 from tests.factories import ProviderConfigFactory, TenantMembershipFactory, UserFactory
@@ -128,3 +131,14 @@ def test_membership_of_inactive_tenant_does_not_count(two_tenant_user, other_ten
     response = token_client(two_tenant_user).get(PROVIDERS)
 
     assert _names(response) == ["acme-provider"]
+
+
+def test_tenant_and_role_resolve_in_one_query(two_tenant_user, django_assert_num_queries):
+    request = Request(APIRequestFactory().get(PROVIDERS, HTTP_X_TENANT="globex"))
+    request.user, request.auth = two_tenant_user, None
+
+    with django_assert_num_queries(1):
+        context = request_tenant_context(request)
+        request_tenant_context(request)
+
+    assert (context.tenant.slug, context.role) == ("globex", "viewer")

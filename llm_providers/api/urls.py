@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from django.urls import re_path
-from rest_framework.routers import SimpleRouter
 
+from .routers import OptionalSlashRouter
 from .views import HealthView, ProviderConfigViewSet, ServiceKeyViewSet
 
-# The trailing slash is optional: /providers and /providers/ are one resource.
-router = SimpleRouter(trailing_slash="/?")
+router = OptionalSlashRouter()
 router.register("providers", ProviderConfigViewSet, basename="provider")
 router.register("service-keys", ServiceKeyViewSet, basename="service-key")
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from django.urls import re_path
-from rest_framework.routers import SimpleRouter
+
+from llm_providers.api.routers import OptionalSlashRouter
 
 from .views import RouteResolveView, RoutingOverrideViewSet
 
-# The trailing slash is optional: /overrides and /overrides/ are one resource.
-router = SimpleRouter(trailing_slash="/?")
+router = OptionalSlashRouter()
 router.register("overrides", RoutingOverrideViewSet, basename="override")
 
 urlpatterns = [

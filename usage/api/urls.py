@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from rest_framework.routers import SimpleRouter
+from llm_providers.api.routers import OptionalSlashRouter
 
 from .views import CallLogViewSet
 
-# The trailing slash is optional: /calls and /calls/ are the same resource.
-router = SimpleRouter(trailing_slash="/?")
+router = OptionalSlashRouter()
 router.register("calls", CallLogViewSet, basename="call")
 
 urlpatterns = [*router.urls]

@@ -394,3 +394,14 @@ def test_health_reports_broker_ok_when_broker_answers(anonymous_api, settings):
     assert response.status_code == 200
     assert response.json()["components"]["broker"]["status"] == "ok"
     assert response.json()["components"]["cache"]["status"] == "ok"
+
+
+def test_urls_answer_without_trailing_slash(admin_api, tenant):
+    created = admin_api.post("/api/v1/providers", {"name": "f", "provider_type": "fake"})
+    config_id = created.json()["id"]
+
+    detail = admin_api.get(f"/api/v1/providers/{config_id}")
+    tested = admin_api.post(f"/api/v1/providers/{config_id}/test")
+
+    assert (created.status_code, detail.status_code, tested.status_code) == (201, 200, 200)
+    assert detail.json()["name"] == "f"

@@ -16,7 +16,8 @@ import schemathesis
 from django.core.signals import request_finished, request_started
 from django.core.wsgi import get_wsgi_application
 from django.db import close_old_connections
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
@@ -98,7 +99,7 @@ def _aim_at_real_objects(case, real_ids: dict[str, str]) -> None:
 def _run_operation(
     operation, mode: GenerationMode, headers: dict, real_ids: dict, statuses: Counter
 ) -> None:
-    @settings(
+    @hypothesis_settings(
         max_examples=MAX_EXAMPLES,
         deadline=None,
         derandomize=True,

@@ -31,7 +31,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from tests.api.endpoints import tenant_objects_build
-from tests.factories import TokenFactory
+from tests.factories import ProviderConfigFactory, TokenFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -76,7 +76,11 @@ def admin_headers(admin_user):
 def real_ids(tenant) -> dict[str, str]:
     """Ids of existing objects per collection, to aim generated requests at them."""
     objects = tenant_objects_build(tenant)
+    # Connection tests get a Fake config of their own: generated PUTs may turn
+    # the other ones into real provider types, which would reach the network.
+    probe = ProviderConfigFactory(tenant=tenant, name="probe", options={"latency_ms": 1})
     return {
+        "providers/test": str(probe.pk),
         "providers": str(objects.provider.pk),
         "overrides": str(objects.override.pk),
         "calls": str(objects.call.pk),
@@ -87,6 +91,8 @@ def real_ids(tenant) -> dict[str, str]:
 def _aim_at_real_objects(case, real_ids: dict[str, str]) -> None:
     """Point the request at an existing object of the caller's own tenant."""
     collection = case.operation.path.split("/")[3]
+    if case.operation.path.endswith("/test/"):
+        collection = f"{collection}/test"
     for name in ("id", "prefix"):
         if case.path_parameters and name in case.path_parameters:
             case.path_parameters[name] = real_ids[collection]

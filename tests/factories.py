@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
+import uuid
+from decimal import Decimal
+
 import factory
 from django.contrib.auth import get_user_model
+from rest_framework.authtoken.models import Token
 
-from llm_providers.models import (
-    ModelPrice,
-    ProviderConfig,
-    ServiceKey,
-    Tenant,
-    TenantMembership,
-)
+from llm_providers.models import ModelPrice, ProviderConfig, ServiceKey, Tenant, TenantMembership
 from llm_providers.provider_types import ProviderType
 from overrides.models import RoutingFallback, RoutingOverride
+from usage.models import CallLog
 
 
 class UserFactory(factory.django.DjangoModelFactory):
@@ -123,3 +122,34 @@ class RoutingFallbackFactory(factory.django.DjangoModelFactory):
     )
     position = factory.Sequence(lambda n: n)
     model = ""
+
+
+# --- API: service keys, tokens, call logs --------------------------------------
+
+
+class TokenFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Token
+
+    user = factory.SubFactory(UserFactory)
+
+
+class CallLogFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = CallLog
+
+    tenant = factory.SubFactory(TenantFactory)
+    request_id = factory.LazyFunction(uuid.uuid4)
+    attempt = 1
+    provider_config = factory.SubFactory(
+        ProviderConfigFactory, tenant=factory.SelfAttribute("..tenant")
+    )
+    provider_type = ProviderType.FAKE
+    model_requested = "fake-small"
+    model_answered = "fake-small"
+    status = CallLog.Status.OK
+    input_tokens = 100
+    output_tokens = 20
+    cost_usd = Decimal("0.000140000000")
+    price_source = CallLog.PriceSource.OVERRIDE
+    latency_ms = 12

@@ -155,9 +155,32 @@ DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="llm-layer@localhost"
 # --- Celery ------------------------------------------------------------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL)
 
-# --- REST framework ----------------------------------------------------------
+# --- REST framework (the API: docs/API.md) -------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # Token first: an unauthenticated request gets 401 with `WWW-Authenticate: Token`.
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "llm_providers.api.authentication.ServiceKeyAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["llm_providers.api.permissions.TenantRolePermission"],
+    "DEFAULT_RENDERER_CLASSES": [
+        "rest_framework.renderers.JSONRenderer",
+        "rest_framework.renderers.BrowsableAPIRenderer",
+    ],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PAGINATION_CLASS": "llm_providers.api.pagination.PageNumberPagination",
+    "PAGE_SIZE": 50,
+    "DEFAULT_THROTTLE_CLASSES": ["llm_providers.api.throttling.CredentialRateThrottle"],
+    # Requests per credential: a service key, a user, or (unauthenticated) a client address.
+    "DEFAULT_THROTTLE_RATES": {
+        "service_key": env.str("API_THROTTLE_SERVICE_KEY", default="6000/min"),
+        "user": env.str("API_THROTTLE_USER", default="1200/min"),
+        "anon": env.str("API_THROTTLE_ANON", default="60/min"),
+    },
+    "EXCEPTION_HANDLER": "llm_providers.api.exception_handlers.api_exception_handler",
+    "TEST_REQUEST_DEFAULT_FORMAT": "json",
 }
 
 SPECTACULAR_SETTINGS = {
@@ -165,9 +188,24 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Provider keys, routing, completions and usage for many tenants.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Tags and operation ids from the path after the version: "providers", "calls"...
+    "SCHEMA_PATH_PREFIX": r"/api/v1",
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # Separate request and response components: write-only secrets appear
+    # only in requests, read-only fields only in responses.
+    "COMPONENT_SPLIT_REQUEST": True,
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "llm_providers.api.schema.postprocess_add_tenant_and_errors",
+    ],
+    "ENUM_NAME_OVERRIDES": {
+        "CallStatusEnum": "usage.models.CallLog.Status",
+        "PriceSourceEnum": "usage.models.CallLog.PriceSource",
+        "ProviderTypeEnum": "llm_providers.provider_types.ProviderType",
+        "TestStatusEnum": "llm_providers.models.ProviderConfig.TestStatus",
+    },
 }
 
 LOGGING = {

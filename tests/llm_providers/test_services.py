@@ -171,7 +171,9 @@ def test_service_key_create_returns_secret_once_and_stores_hash():
 def test_service_key_create_without_name_refused():
     with pytest.raises(ValidationError) as caught:
         service_key_create(tenant=TenantFactory(), name="")
-    assert caught.value.message_dict == {"name": ["This field cannot be blank."]}
+    assert caught.value.message_dict == {
+        "name": ["Name the service key, e.g. after the program using it."]
+    }
     assert ServiceKey.objects.count() == 0
 
 

@@ -1,0 +1,86 @@
+"""Service key authentication: `Authorization: Api-Key <key>` acts for the key's tenant."""
+
+from __future__ import annotations
+
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from rest_framework import authentication, exceptions
+from rest_framework_api_key.permissions import KeyParser
+
+from llm_providers.models import ServiceKey
+
+KEYWORD = "Api-Key"
+
+
+class ServiceKeyPrincipal:
+    """`request.user` of a request made with a service key: a program, not a person.
+
+    It belongs to exactly one tenant and holds no membership; the key itself
+    is `request.auth`.
+    """
+
+    is_authenticated = True
+    is_anonymous = False
+    is_active = True
+    is_staff = False
+    is_superuser = False
+    pk = None
+    id = None
+
+    def __init__(self, service_key: ServiceKey):
+        self.service_key = service_key
+        self.tenant = service_key.tenant
+
+    def __str__(self) -> str:
+        return f"service key {self.service_key.prefix} ({self.service_key.name})"
+
+    def get_username(self) -> str:
+        return str(self)
+
+
+class ServiceKeyAuthentication(authentication.BaseAuthentication):
+    """Authenticate a request by a tenant's service key.
+
+    The key is `<prefix>.<secret>`; only its SHA-512 hash is stored. A
+    revoked or expired key, or one of an inactive tenant, is refused with 401.
+    """
+
+    key_parser = KeyParser()
+
+    def authenticate(self, request):
+        key = self.key_parser.get_from_authorization(request)
+        if key is None:
+            return None
+        key = key.strip()
+        prefix, dot, _ = key.partition(".")
+        service_key = (
+            ServiceKey.objects.select_related("tenant").filter(prefix=prefix).first()
+            if dot and prefix
+            else None
+        )
+        if service_key is None or not service_key.is_valid(key):
+            raise exceptions.AuthenticationFailed("Invalid service key.")
+        if service_key.revoked:
+            raise exceptions.AuthenticationFailed("This service key has been revoked.")
+        if service_key.has_expired:
+            raise exceptions.AuthenticationFailed("This service key has expired.")
+        if not service_key.tenant.is_active:
+            raise exceptions.AuthenticationFailed("The tenant of this service key is inactive.")
+        return ServiceKeyPrincipal(service_key), service_key
+
+    def authenticate_header(self, request) -> str:
+        return KEYWORD
+
+
+class ServiceKeyAuthenticationScheme(OpenApiAuthenticationExtension):
+    """Describes service keys in the OpenAPI schema."""
+
+    target_class = ServiceKeyAuthentication
+    name = "serviceKey"
+
+    def get_security_definition(self, auto_schema):
+        return {
+            "type": "apiKey",
+            "in": "header",
+            "name": "Authorization",
+            "description": "A tenant's service key: `Authorization: Api-Key <prefix>.<secret>`.",
+        }

@@ -1,0 +1,256 @@
+"""Provider config and service key endpoints, and the health check.
+
+Views validate input with a serializer, call one service or selector, record
+API changes in the admin history, and serialize the result.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from django.db import transaction
+from django.http import JsonResponse
+from django.views import defaults
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.permissions import AllowAny
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from llm_providers.models import ProviderConfig, ServiceKey
+from llm_providers.selectors import provider_config_list
+from llm_providers.services import (
+    PROVIDER_CONFIG_FIELDS,
+    SECRET_FIELDS,
+    provider_config_create,
+    provider_config_delete,
+    provider_config_test_connection,
+    provider_config_update,
+    service_key_create,
+    service_key_revoke,
+)
+
+from .exception_handlers import error_body
+from .health import health_check
+from .history import (
+    change_history_record_addition,
+    change_history_record_change,
+    change_history_record_deletion,
+)
+from .scoping import TenantScopedAPIMixin
+from .selectors import service_key_list
+from .serializers import (
+    ConnectionCheckSerializer,
+    HealthSerializer,
+    ProviderConfigSerializer,
+    ServiceKeyCreatedSerializer,
+    ServiceKeySerializer,
+)
+from .tenancy import ROLE_ADMIN, ROLE_SERVICE, ROLE_VIEWER
+
+
+def _changed_fields(instance, data: dict) -> list[str]:
+    """Names of the fields `data` changes on `instance`; a given secret always counts."""
+    changed = []
+    for name, value in data.items():
+        if name in SECRET_FIELDS:
+            if value:
+                changed.append(name)
+        elif name in PROVIDER_CONFIG_FIELDS and getattr(instance, name) != value:
+            changed.append(name)
+    return changed
+
+
+@extend_schema_view(
+    list=extend_schema(summary="List the tenant's provider configs (keys masked)"),
+    create=extend_schema(summary="Add a provider config"),
+    retrieve=extend_schema(summary="Show a provider config (key masked)"),
+    update=extend_schema(summary="Replace a provider config; omitted keys are kept"),
+    partial_update=extend_schema(summary="Change some fields of a provider config"),
+)
+class ProviderConfigViewSet(
+    TenantScopedAPIMixin,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    viewsets.GenericViewSet,
+):
+    """Provider configs of the tenant. Service keys may read them; only admins write."""
+
+    serializer_class = ProviderConfigSerializer
+    read_roles = frozenset({ROLE_ADMIN, ROLE_VIEWER, ROLE_SERVICE})
+    lookup_value_regex = "[0-9a-fA-F-]{32,36}"
+
+    def get_queryset(self):
+        if self.schema_generation:
+            return ProviderConfig.objects.none()
+        return provider_config_list(tenant=self.tenant).order_by("priority", "name", "id")
+
+    def create(self, request):
+        serializer = self.get_serializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        with transaction.atomic():
+            config = provider_config_create(tenant=self.tenant, **serializer.validated_data)
+            change_history_record_addition(user=request.user, instance=config)
+        return Response(self.get_serializer(config).data, status=status.HTTP_201_CREATED)
+
+    def update(self, request, pk=None):
+        return self._update(request, partial=False)
+
+    def partial_update(self, request, pk=None):
+        return self._update(request, partial=True)
+
+    def _update(self, request, *, partial: bool):
+        config = self.get_object()
+        serializer = self.get_serializer(config, data=request.data, partial=partial)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        changed = _changed_fields(config, data)
+        with transaction.atomic():
+            config = provider_config_update(provider_config=config, data=data)
+            change_history_record_change(user=request.user, instance=config, fields=changed)
+        return Response(self.get_serializer(config).data)
+
+    @extend_schema(
+        summary="Delete a provider config, or deactivate it when calls or overrides use it",
+        responses={
+            204: OpenApiResponse(description="Deleted."),
+            200: OpenApiResponse(
+                ProviderConfigSerializer,
+                description="Call logs or overrides refer to it: deactivated instead, "
+                "so that history keeps its provider.",
+            ),
+        },
+    )
+    def destroy(self, request, pk=None):
+        config = self.get_object()
+        # Deleting clears the instance's id; the history entry needs it.
+        before = copy.copy(config)
+        with transaction.atomic():
+            deleted = provider_config_delete(provider_config=config)
+            if deleted:
+                change_history_record_deletion(user=request.user, instance=before)
+            else:
+                change_history_record_change(
+                    user=request.user,
+                    instance=config,
+                    fields=[
+                        name
+                        for name in ("is_active", "is_default")
+                        if getattr(before, name) != getattr(config, name)
+                    ],
+                )
+        if deleted:
+            return Response(status=status.HTTP_204_NO_CONTENT)
+        return Response(self.get_serializer(config).data, status=status.HTTP_200_OK)
+
+    @extend_schema(
+        summary="Test the connection: authenticate and list the provider's models",
+        request=None,
+        responses={200: ConnectionCheckSerializer},
+    )
+    @action(detail=True, methods=["post"], url_path="test")
+    def test(self, request, pk=None):
+        config = self.get_object()
+        check = provider_config_test_connection(provider_config=config)
+        return Response(ConnectionCheckSerializer(check).data)
+
+
+@extend_schema_view(
+    list=extend_schema(summary="List the tenant's service keys (prefixes only)"),
+    retrieve=extend_schema(summary="Show a service key (prefix only)"),
+)
+class ServiceKeyViewSet(
+    TenantScopedAPIMixin,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    viewsets.GenericViewSet,
+):
+    """Service keys of the tenant: admins create and revoke them, viewers see them."""
+
+    serializer_class = ServiceKeySerializer
+    lookup_field = "prefix"
+    lookup_value_regex = "[A-Za-z0-9]{1,8}"
+
+    def get_queryset(self):
+        if self.schema_generation:
+            return ServiceKey.objects.none()
+        return service_key_list(tenant=self.tenant)
+
+    @extend_schema(
+        summary="Create a service key; the response shows its secret this once",
+        request=ServiceKeySerializer,
+        responses={201: ServiceKeyCreatedSerializer},
+    )
+    def create(self, request):
+        serializer = self.get_serializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        with transaction.atomic():
+            service_key, secret = service_key_create(
+                tenant=self.tenant, **serializer.validated_data
+            )
+            change_history_record_addition(user=request.user, instance=service_key)
+        service_key.key = secret
+        return Response(
+            ServiceKeyCreatedSerializer(service_key).data, status=status.HTTP_201_CREATED
+        )
+
+    @extend_schema(
+        summary="Revoke a service key for good",
+        request=None,
+        responses={200: ServiceKeySerializer},
+    )
+    @action(detail=True, methods=["post"], url_path="revoke")
+    def revoke(self, request, prefix=None):
+        service_key = self.get_object()
+        with transaction.atomic():
+            if service_key_revoke(service_key=service_key):
+                change_history_record_change(
+                    user=request.user, instance=service_key, fields=["revoked"]
+                )
+        return Response(self.get_serializer(service_key).data)
+
+
+class HealthView(APIView):
+    """Whether the database, the cache and the Celery broker answer.
+
+    Public and not throttled, for load balancers and monitors; it names
+    components and their state, never addresses or credentials.
+    """
+
+    authentication_classes = []
+    permission_classes = [AllowAny]
+    throttle_classes = []
+
+    @extend_schema(
+        summary="Health of the database, cache and broker",
+        responses={
+            200: OpenApiResponse(HealthSerializer, description="Every configured component is up."),
+            503: OpenApiResponse(HealthSerializer, description="A configured component is down."),
+        },
+    )
+    def get(self, request):
+        report = health_check()
+        return Response(
+            HealthSerializer(report).data,
+            status=status.HTTP_200_OK if report.ok else status.HTTP_503_SERVICE_UNAVAILABLE,
+        )
+
+
+API_PATH_PREFIX = "/api/"
+
+
+def not_found(request, exception):
+    """The project's 404 handler: the API's error shape under /api/, Django's page elsewhere."""
+    if request.path.startswith(API_PATH_PREFIX):
+        return JsonResponse(error_body(code="not_found", message="Not found."), status=404)
+    return defaults.page_not_found(request, exception)
+
+
+def server_error(request):
+    """The project's 500 handler: the API's error shape under /api/, Django's page elsewhere."""
+    if request.path.startswith(API_PATH_PREFIX):
+        return JsonResponse(
+            error_body(code="server_error", message="An unexpected error occurred."), status=500
+        )
+    return defaults.server_error(request)

@@ -1,0 +1,1 @@
+"""The HTTP API of routing overrides and route resolution."""

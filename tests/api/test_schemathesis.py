@@ -1,0 +1,149 @@
+"""Property-based conformance: generated requests against the live WSGI application.
+
+schemathesis reads /api/schema/ from the application, generates requests for
+every operation (valid and invalid input, random ids and filters) and sends
+them as a tenant admin through Django's WSGI handler. No answer may be a
+server error, and every answer must match the schema: a documented status,
+content type, headers and body shape.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import schemathesis
+from django.core.signals import request_finished, request_started
+from django.core.wsgi import get_wsgi_application
+from django.db import close_old_connections
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+from hypothesis.errors import Unsatisfiable
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.core.failures import FailureGroup
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from tests.api.endpoints import tenant_objects_build
+from tests.factories import ProviderConfigFactory, TokenFactory
+
+pytestmark = pytest.mark.django_db
+
+# Examples per operation and mode: 21 operations x 2 modes x 20 keeps the run
+# to well under two minutes on two cores.
+MAX_EXAMPLES = 20
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    response_headers_conformance,
+]
+
+
+@pytest.fixture
+def wsgi_app(settings):
+    """The project's WSGI app, sharing the test's database transaction.
+
+    Django closes "old" connections when a request starts and ends; inside a
+    test transaction that would drop it, so those hooks are off meanwhile, as
+    in Django's own test client. Throttling is off: thousands of requests
+    come from one admin.
+    """
+    settings.REST_FRAMEWORK = {
+        **settings.REST_FRAMEWORK,
+        "DEFAULT_THROTTLE_RATES": {"user": None, "service_key": None, "anon": None},
+    }
+    request_started.disconnect(close_old_connections)
+    request_finished.disconnect(close_old_connections)
+    yield get_wsgi_application()
+    request_started.connect(close_old_connections)
+    request_finished.connect(close_old_connections)
+
+
+@pytest.fixture
+def admin_headers(admin_user):
+    return {"Authorization": f"Token {TokenFactory(user=admin_user).key}"}
+
+
+@pytest.fixture
+def real_ids(tenant) -> dict[str, str]:
+    """Ids of existing objects per collection, to aim generated requests at them."""
+    objects = tenant_objects_build(tenant)
+    # Connection tests get a Fake config of their own: generated PUTs may turn
+    # the other ones into real provider types, which would reach the network.
+    probe = ProviderConfigFactory(tenant=tenant, name="probe", options={"latency_ms": 1})
+    return {
+        "providers/test": str(probe.pk),
+        "providers": str(objects.provider.pk),
+        "overrides": str(objects.override.pk),
+        "calls": str(objects.call.pk),
+        "service-keys": objects.service_key.prefix,
+    }
+
+
+def _aim_at_real_objects(case, real_ids: dict[str, str]) -> None:
+    """Point the request at an existing object of the caller's own tenant."""
+    collection = case.operation.path.split("/")[3]
+    if case.operation.path.endswith("/test/"):
+        collection = f"{collection}/test"
+    for name in ("id", "prefix"):
+        if case.path_parameters and name in case.path_parameters:
+            case.path_parameters[name] = real_ids[collection]
+    if case.headers:
+        case.headers.pop("X-Tenant", None)
+    if case.query:
+        case.query.pop("tenant", None)
+
+
+def _run_operation(
+    operation, mode: GenerationMode, headers: dict, real_ids: dict, statuses: Counter
+) -> None:
+    @hypothesis_settings(
+        max_examples=MAX_EXAMPLES,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case=operation.as_strategy(generation_mode=mode), aim=st.booleans())
+    def run(case, aim):
+        if aim:
+            _aim_at_real_objects(case, real_ids)
+        response = case.call_and_validate(headers=headers, checks=CHECKS)
+        statuses[(operation.label, response.status_code)] += 1
+
+    run()
+
+
+def test_api_conforms_to_its_schema(wsgi_app, admin_headers, real_ids):
+    schema = schemathesis.openapi.from_wsgi("/api/schema/?format=json", wsgi_app)
+    operations = [result.ok() for result in schema.get_all_operations()]
+    failures = []
+    statuses: Counter = Counter()
+
+    for operation in operations:
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            try:
+                _run_operation(operation, mode, admin_headers, real_ids, statuses)
+            except Unsatisfiable:
+                # An operation without input (health) has no invalid variant.
+                assert mode is GenerationMode.NEGATIVE and not operation.query, operation.label
+            except (Exception, FailureGroup) as exc:  # report every failing operation
+                failures.append(f"{operation.label} ({mode.value}): {exc}")
+
+    assert len(operations) == 21
+    assert failures == [], "\n\n".join(failures)
+    # The run reached the application's real answers, not only its refusals.
+    answered = {status for (_, status) in statuses}
+    assert {200, 201, 204, 400, 404} <= answered, sorted(statuses.items())
+    for label in ("POST /api/v1/providers/", "POST /api/v1/service-keys/"):
+        assert statuses[(label, 201)] > 0, label
+    for label in ("PATCH /api/v1/providers/{id}/", "PATCH /api/v1/overrides/{id}/"):
+        assert statuses[(label, 200)] > 0, label

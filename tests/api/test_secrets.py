@@ -1,0 +1,131 @@
+"""Provider keys never leave the API: not in JSON, errors, the browsable API, history or schema."""
+
+from __future__ import annotations
+
+import pytest
+from django.contrib.admin.models import LogEntry
+
+from llm_providers.models import ProviderConfig
+from tests.api.fixtures import session_client
+
+pytestmark = pytest.mark.django_db
+
+PROVIDERS = "/api/v1/providers/"
+API_KEY = "sk-proj-Q7tLmN3vXc9RbY2kHs8JwE5uAp4DfG6zTn1oKi0"
+AWS_KEY_ID = "AKIAZ7Q3LMN4VXC9RBY2"
+AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEY9"
+# Pieces a leak could show: the middle of each secret, away from the masked ends.
+FRAGMENTS = [API_KEY[8:-4], AWS_KEY_ID[4:-4], AWS_SECRET[4:-4]]
+
+
+def _assert_no_secret(text: str) -> None:
+    for fragment in FRAGMENTS:
+        assert fragment not in text
+
+
+@pytest.fixture
+def configs(admin_api):
+    openai = admin_api.post(
+        PROVIDERS, {"name": "openai", "provider_type": "openai", "api_key": API_KEY}
+    )
+    bedrock = admin_api.post(
+        PROVIDERS,
+        {
+            "name": "bedrock",
+            "provider_type": "bedrock",
+            "aws_access_key_id": AWS_KEY_ID,
+            "aws_secret_access_key": AWS_SECRET,
+            "aws_region": "eu-west-1",
+        },
+    )
+    assert (openai.status_code, bedrock.status_code) == (201, 201)
+    _assert_no_secret(openai.content.decode() + bedrock.content.decode())
+    return {"openai": openai.json()["id"], "bedrock": bedrock.json()["id"]}
+
+
+def test_json_responses_show_masks_only(admin_api, configs):
+    listed = admin_api.get(PROVIDERS)
+    detail = admin_api.get(f"{PROVIDERS}{configs['bedrock']}/")
+
+    _assert_no_secret(listed.content.decode() + detail.content.decode())
+    assert detail.json()["key_mask"] == "AKIA…RBY2"
+    assert ProviderConfig.objects.get(name="bedrock").aws_secret_access_key == AWS_SECRET
+
+
+@pytest.mark.parametrize("accept", ["format=api", "text/html"])
+def test_browsable_api_pages_show_masks_only(admin_user, configs, accept):
+    client = session_client(admin_user)
+    headers = {"HTTP_ACCEPT": "text/html"} if accept == "text/html" else {}
+    query = {"format": "api"} if accept == "format=api" else {}
+
+    paths = [PROVIDERS, *(f"{PROVIDERS}{config_id}/" for config_id in configs.values())]
+    for path in paths:
+        response = client.get(path, query, **headers)
+
+        assert response.status_code == 200
+        assert response["Content-Type"].startswith("text/html")
+        _assert_no_secret(response.content.decode())
+
+
+def test_browsable_api_error_page_does_not_echo_submitted_key(admin_user, configs):
+    client = session_client(admin_user)
+
+    response = client.post(
+        f"{PROVIDERS}?format=api",
+        {"name": "openai", "provider_type": "openai", "api_key": API_KEY},
+        format="json",
+    )
+
+    assert response.status_code == 400
+    assert response["Content-Type"].startswith("text/html")
+    _assert_no_secret(response.content.decode())
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"name": "openai", "provider_type": "openai", "api_key": API_KEY},
+        {"name": "x", "provider_type": "nope", "api_key": API_KEY},
+        {"name": "x", "provider_type": "openai", "api_key": API_KEY * 50},
+        {"name": "x", "provider_type": "openai", "api_key": API_KEY, "base_url": "ftp://x"},
+        {"name": "x", "provider_type": "bedrock", "aws_secret_access_key": AWS_SECRET},
+    ],
+    ids=["duplicate", "bad-type", "too-long", "bad-url", "missing-pair"],
+)
+def test_validation_errors_do_not_echo_keys(admin_api, configs, body):
+    response = admin_api.post(PROVIDERS, body)
+
+    assert response.status_code == 400
+    _assert_no_secret(response.content.decode())
+
+
+def test_update_errors_do_not_echo_keys(admin_api, configs):
+    response = admin_api.patch(
+        f"{PROVIDERS}{configs['openai']}/", {"api_key": API_KEY, "rpm_limit": 0}
+    )
+
+    assert response.status_code == 400
+    _assert_no_secret(response.content.decode())
+
+
+def test_history_records_secret_fields_by_name_only(admin_api, configs):
+    admin_api.patch(f"{PROVIDERS}{configs['bedrock']}/", {"aws_secret_access_key": AWS_SECRET})
+
+    messages = " ".join(e.change_message + e.object_repr for e in LogEntry.objects.all())
+
+    _assert_no_secret(messages)
+    assert "Aws secret access key" in messages
+
+
+def test_options_request_describes_fields_without_values(admin_api, configs):
+    response = admin_api.options(f"{PROVIDERS}{configs['openai']}/")
+
+    assert response.status_code == 200
+    _assert_no_secret(response.content.decode())
+
+
+def test_schema_and_docs_hold_no_key(anonymous_api, configs):
+    schema = anonymous_api.get("/api/schema/").content.decode()
+    docs = anonymous_api.get("/api/docs/").content.decode()
+
+    _assert_no_secret(schema + docs)

@@ -1,0 +1,73 @@
+"""Throttling per credential, on the shared cache."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.cache import cache
+
+from tests.api.fixtures import service_key_client, token_client
+from tests.factories import ServiceKeyFactory, TenantMembershipFactory
+
+pytestmark = pytest.mark.django_db
+
+PROVIDERS = "/api/v1/providers/"
+
+
+@pytest.fixture
+def low_rates(settings):
+    settings.REST_FRAMEWORK = {
+        **settings.REST_FRAMEWORK,
+        "DEFAULT_THROTTLE_RATES": {"user": "3/min", "service_key": "2/min", "anon": "1/min"},
+    }
+
+
+def test_user_is_throttled_after_rate_with_retry_after(low_rates, admin_api):
+    statuses = [admin_api.get(PROVIDERS).status_code for _ in range(4)]
+
+    assert statuses == [200, 200, 200, 429]
+    response = admin_api.get(PROVIDERS)
+    assert response.json()["error"]["code"] == "throttled"
+    assert 1 <= int(response["Retry-After"]) <= 60
+
+
+def test_throttle_counts_each_user_apart(low_rates, admin_api, tenant):
+    for _ in range(3):
+        admin_api.get(PROVIDERS)
+    other = token_client(TenantMembershipFactory(tenant=tenant).user)
+
+    assert admin_api.get(PROVIDERS).status_code == 429
+    assert other.get(PROVIDERS).status_code == 200
+
+
+def test_service_key_has_its_own_scope_and_rate(low_rates, service_api, tenant):
+    statuses = [service_api.get(PROVIDERS).status_code for _ in range(3)]
+    other_key = service_key_client(ServiceKeyFactory(tenant=tenant))
+
+    assert statuses == [200, 200, 429]
+    assert other_key.get(PROVIDERS).status_code == 200
+
+
+def test_unauthenticated_requests_are_throttled_per_address(low_rates, anonymous_api):
+    statuses = [anonymous_api.get("/api/schema/").status_code for _ in range(2)]
+
+    assert statuses == [200, 429]
+
+
+def test_health_is_not_throttled(low_rates, anonymous_api, settings):
+    settings.CELERY_BROKER_URL = ""
+
+    statuses = {anonymous_api.get("/api/v1/health/").status_code for _ in range(3)}
+
+    assert statuses == {200}
+
+
+@pytest.mark.redis
+def test_throttle_history_lives_in_shared_cache_keyed_without_secret(low_rates, service_key):
+    client = service_key_client(service_key)
+    client.get(PROVIDERS)
+    client.get(PROVIDERS)
+
+    history = cache.get(f"throttle_service_key_{service_key.prefix}")
+
+    assert len(history) == 2
+    assert service_key.secret not in str(cache.client.get_client().keys("*"))

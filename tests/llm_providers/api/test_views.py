@@ -1,0 +1,407 @@
+"""Provider config and service key endpoints: CRUD, connection tests, history, masking."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from django.contrib.admin.models import ADDITION, CHANGE, DELETION, LogEntry
+
+from llm_providers.models import ProviderConfig, ServiceKey
+from tests.api.fixtures import service_key_client
+from tests.factories import CallLogFactory, ProviderConfigFactory, ServiceKeyFactory
+
+pytestmark = pytest.mark.django_db
+
+PROVIDERS = "/api/v1/providers/"
+SERVICE_KEYS = "/api/v1/service-keys/"
+OPENAI_KEY = "sk-proj-abcdefghijklmnopqrstuvwxyz0123456789WXYZ"
+
+
+def _history(instance) -> list[LogEntry]:
+    return list(LogEntry.objects.filter(object_id=str(instance.pk)).order_by("id"))
+
+
+# --- list and retrieve ---------------------------------------------------------
+
+
+def test_provider_list_shows_masked_key_only_when_key_stored(admin_api, tenant):
+    ProviderConfigFactory(
+        tenant=tenant, name="openai-main", provider_type="openai", api_key=OPENAI_KEY
+    )
+
+    response = admin_api.get(PROVIDERS)
+
+    assert response.status_code == 200
+    [item] = response.json()["results"]
+    assert item["name"] == "openai-main"
+    assert item["key_mask"] == "sk-proj-…WXYZ"
+    assert item["has_key"] is True
+    assert "api_key" not in item and "key_fingerprint" not in item
+
+
+def test_provider_list_is_paginated_in_priority_order_when_several(admin_api, tenant):
+    ProviderConfigFactory(tenant=tenant, name="b", priority=20)
+    ProviderConfigFactory(tenant=tenant, name="a", priority=10)
+    ProviderConfigFactory(tenant=tenant, name="c", priority=30)
+
+    response = admin_api.get(PROVIDERS, {"page_size": 2})
+
+    body = response.json()
+    assert body["count"] == 3
+    assert [p["name"] for p in body["results"]] == ["a", "b"]
+    assert body["next"].endswith("page=2&page_size=2")
+
+
+def test_provider_retrieve_answers_404_when_id_is_not_a_uuid(admin_api):
+    response = admin_api.get(f"{PROVIDERS}not-a-uuid/")
+
+    assert response.status_code == 404
+    assert response.json() == {
+        "error": {"code": "not_found", "message": "Not found.", "fields": {}, "extra": {}}
+    }
+
+
+def test_unknown_api_path_answers_404_in_error_shape(admin_api):
+    response = admin_api.get("/api/v1/no-such-thing/")
+
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
+
+
+# --- create --------------------------------------------------------------------
+
+
+def test_provider_create_stores_encrypted_key_and_records_history(admin_api, admin_user, tenant):
+    response = admin_api.post(
+        PROVIDERS,
+        {
+            "name": "openai-main",
+            "provider_type": "openai",
+            "api_key": OPENAI_KEY,
+            "default_model": "gpt-4o-mini",
+            "is_default": True,
+        },
+    )
+
+    assert response.status_code == 201, response.json()
+    config = ProviderConfig.objects.get(tenant=tenant, name="openai-main")
+    assert config.api_key == OPENAI_KEY
+    assert config.is_default is True
+    assert response.json()["key_mask"] == "sk-proj-…WXYZ"
+    [entry] = _history(config)
+    assert (entry.user_id, entry.action_flag, entry.get_change_message()) == (
+        admin_user.pk,
+        ADDITION,
+        "Added.",
+    )
+
+
+def test_provider_create_answers_field_errors_when_key_missing(admin_api, tenant):
+    response = admin_api.post(PROVIDERS, {"name": "openai-main", "provider_type": "openai"})
+
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "validation_error"
+    assert error["fields"] == {"api_key": ["OpenAI needs an API key."]}
+    assert "api_key: OpenAI needs an API key." in error["message"]
+    assert not ProviderConfig.objects.filter(tenant=tenant).exists()
+
+
+def test_provider_create_answers_400_when_name_taken(admin_api, tenant):
+    ProviderConfigFactory(tenant=tenant, name="fake")
+
+    response = admin_api.post(PROVIDERS, {"name": "fake", "provider_type": "fake"})
+
+    assert response.status_code == 400
+    assert response.json()["error"]["fields"] == {
+        "non_field_errors": ["A provider config with this name already exists in this tenant."]
+    }
+    assert ProviderConfig.objects.filter(tenant=tenant).count() == 1
+
+
+def test_provider_create_answers_400_when_options_hold_nul(admin_api, tenant):
+    response = admin_api.post(
+        PROVIDERS, {"name": "f", "provider_type": "fake", "options": {"reply": "a\x00b"}}
+    )
+
+    assert response.status_code == 400
+    assert response.json()["error"]["fields"] == {
+        "options": ["Options must not contain NUL characters."]
+    }
+
+
+def test_provider_create_answers_400_when_provider_type_unknown(admin_api):
+    response = admin_api.post(PROVIDERS, {"name": "x", "provider_type": "skynet"})
+
+    assert response.status_code == 400
+    assert response.json()["error"]["fields"] == {
+        "provider_type": ['"skynet" is not a valid choice.']
+    }
+
+
+# --- update --------------------------------------------------------------------
+
+
+def test_provider_put_keeps_stored_key_when_key_omitted(admin_api, tenant):
+    config = ProviderConfigFactory(
+        tenant=tenant, name="openai-main", provider_type="openai", api_key=OPENAI_KEY
+    )
+
+    response = admin_api.put(
+        f"{PROVIDERS}{config.pk}/",
+        {"name": "openai-renamed", "provider_type": "openai", "priority": 5},
+    )
+
+    assert response.status_code == 200, response.json()
+    config.refresh_from_db()
+    assert (config.name, config.priority, config.api_key) == ("openai-renamed", 5, OPENAI_KEY)
+
+
+def test_provider_put_resets_omitted_fields_to_defaults(admin_api, tenant):
+    config = ProviderConfigFactory(tenant=tenant, rpm_limit=60, options={"latency_ms": 5})
+
+    response = admin_api.put(
+        f"{PROVIDERS}{config.pk}/", {"name": config.name, "provider_type": "fake"}
+    )
+
+    assert response.status_code == 200
+    config.refresh_from_db()
+    assert (config.rpm_limit, config.options, config.default_model) == (None, {}, "")
+
+
+def test_provider_patch_records_changed_fields_without_values(admin_api, admin_user, tenant):
+    config = ProviderConfigFactory(
+        tenant=tenant, name="openai-main", provider_type="openai", api_key=OPENAI_KEY
+    )
+    new_key = "sk-proj-ZYXWVUTSRQPONMLKJIHGFEDCBA9876543210abcd"
+
+    response = admin_api.patch(
+        f"{PROVIDERS}{config.pk}/", {"api_key": new_key, "priority": 7, "name": config.name}
+    )
+
+    assert response.status_code == 200
+    assert response.json()["key_mask"] == "sk-proj-…abcd"
+    [entry] = _history(config)
+    assert entry.action_flag == CHANGE
+    assert entry.user_id == admin_user.pk
+    assert json.loads(entry.change_message) == [{"changed": {"fields": ["Api key", "Priority"]}}]
+    assert new_key not in entry.change_message
+
+
+def test_provider_patch_records_nothing_when_nothing_changed(admin_api, tenant):
+    config = ProviderConfigFactory(tenant=tenant, priority=3)
+
+    response = admin_api.patch(f"{PROVIDERS}{config.pk}/", {"priority": 3})
+
+    assert response.status_code == 200
+    assert _history(config) == []
+
+
+def test_provider_patch_making_default_replaces_previous_default(admin_api, tenant):
+    old = ProviderConfigFactory(tenant=tenant, is_default=True)
+    new = ProviderConfigFactory(tenant=tenant)
+
+    response = admin_api.patch(f"{PROVIDERS}{new.pk}/", {"is_default": True})
+
+    assert response.status_code == 200
+    old.refresh_from_db()
+    new.refresh_from_db()
+    assert (old.is_default, new.is_default) == (False, True)
+
+
+def test_provider_patch_answers_400_and_keeps_row_when_invalid(admin_api, tenant):
+    config = ProviderConfigFactory(tenant=tenant, default_model="fake-small")
+
+    response = admin_api.patch(f"{PROVIDERS}{config.pk}/", {"allowed_models": ["fake-large"]})
+
+    assert response.status_code == 400
+    assert response.json()["error"]["fields"] == {
+        "default_model": ["The default model “fake-small” is not among the allowed models."]
+    }
+    config.refresh_from_db()
+    assert config.allowed_models == []
+
+
+# --- delete --------------------------------------------------------------------
+
+
+def test_provider_delete_answers_204_and_records_deletion_when_unused(
+    admin_api, admin_user, tenant
+):
+    config = ProviderConfigFactory(tenant=tenant, name="spare")
+    config_id = config.pk
+
+    response = admin_api.delete(f"{PROVIDERS}{config_id}/")
+
+    assert response.status_code == 204
+    assert not ProviderConfig.objects.filter(pk=config_id).exists()
+    entry = LogEntry.objects.get(object_id=str(config_id))
+    assert (entry.action_flag, entry.user_id, entry.object_repr) == (
+        DELETION,
+        admin_user.pk,
+        "spare (Fake (demo and tests))",
+    )
+
+
+def test_provider_delete_deactivates_and_answers_200_when_call_logs_use_it(admin_api, tenant):
+    config = ProviderConfigFactory(tenant=tenant, is_default=True)
+    CallLogFactory(tenant=tenant, provider_config=config)
+
+    response = admin_api.delete(f"{PROVIDERS}{config.pk}/")
+
+    assert response.status_code == 200
+    assert (response.json()["is_active"], response.json()["is_default"]) == (False, False)
+    config.refresh_from_db()
+    assert (config.is_active, config.is_default) == (False, False)
+    [entry] = _history(config)
+    assert json.loads(entry.change_message) == [
+        {"changed": {"fields": ["Is active", "Is default"]}}
+    ]
+
+
+# --- connection test -----------------------------------------------------------
+
+
+def test_provider_test_answers_models_when_fake_provider_ok(admin_api, tenant):
+    config = ProviderConfigFactory(tenant=tenant, options={"models": ["fake-a", "fake-b"]})
+
+    response = admin_api.post(f"{PROVIDERS}{config.pk}/test/")
+
+    assert response.status_code == 200
+    body = response.json()
+    assert (body["ok"], body["models"], body["error"]) == (True, ["fake-a", "fake-b"], "")
+    config.refresh_from_db()
+    assert config.last_test_status == ProviderConfig.TestStatus.OK
+
+
+def test_provider_test_answers_scrubbed_error_when_fake_rejects_key(admin_api, tenant):
+    config = ProviderConfigFactory(tenant=tenant, options={"failure": "authentication"})
+
+    response = admin_api.post(f"{PROVIDERS}{config.pk}/test/")
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["ok"] is False
+    assert body["models"] == []
+    assert body["error"] == "provider_authentication: Fake provider rejected the key."
+    config.refresh_from_db()
+    assert (config.last_test_status, config.last_test_error) == (
+        ProviderConfig.TestStatus.ERROR,
+        "provider_authentication: Fake provider rejected the key.",
+    )
+
+
+# --- service keys ----------------------------------------------------------------
+
+
+def test_service_key_create_shows_secret_once_and_stores_only_hash(admin_api, admin_user, tenant):
+    response = admin_api.post(SERVICE_KEYS, {"name": "billing"})
+
+    assert response.status_code == 201
+    body = response.json()
+    service_key = ServiceKey.objects.get(prefix=body["prefix"])
+    assert service_key.tenant == tenant
+    assert body["key"].startswith(f"{body['prefix']}.")
+    assert service_key.is_valid(body["key"])
+    assert body["key"] not in service_key.hashed_key
+    listed = admin_api.get(SERVICE_KEYS).json()["results"]
+    assert listed == [{k: v for k, v in body.items() if k != "key"}]
+    assert LogEntry.objects.get(object_id=service_key.pk).user_id == admin_user.pk
+
+
+def test_service_key_created_through_api_authenticates(admin_api, tenant):
+    secret = admin_api.post(SERVICE_KEYS, {"name": "billing"}).json()["key"]
+    client = service_key_client(type("Key", (), {"secret": secret}))
+
+    response = client.get(PROVIDERS)
+
+    assert response.status_code == 200
+
+
+def test_service_key_create_answers_400_when_expiry_in_past(admin_api, tenant):
+    response = admin_api.post(SERVICE_KEYS, {"name": "old", "expiry_date": "2001-01-01T00:00:00Z"})
+
+    assert response.status_code == 400
+    assert response.json()["error"]["fields"] == {
+        "expiry_date": ["The expiry date must be in the future."]
+    }
+    assert not ServiceKey.objects.exists()
+
+
+def test_service_key_revoke_stops_key_and_records_history(admin_api, admin_user, tenant):
+    service_key = ServiceKeyFactory(tenant=tenant)
+
+    response = admin_api.post(f"{SERVICE_KEYS}{service_key.prefix}/revoke/")
+
+    assert response.status_code == 200
+    assert response.json()["revoked"] is True
+    service_key.refresh_from_db()
+    assert service_key.revoked is True
+    assert service_key_client(service_key).get(PROVIDERS).status_code == 401
+    [entry] = _history(service_key)
+    assert entry.get_change_message() == "Changed Revoked."
+
+
+def test_service_key_revoke_is_idempotent_when_already_revoked(admin_api, tenant):
+    service_key = ServiceKeyFactory(tenant=tenant, revoked=True)
+
+    response = admin_api.post(f"{SERVICE_KEYS}{service_key.prefix}/revoke/")
+
+    assert response.status_code == 200
+    assert _history(service_key) == []
+
+
+# --- health ----------------------------------------------------------------------
+
+
+def test_health_answers_200_without_credentials_when_components_up(anonymous_api, settings):
+    settings.CELERY_BROKER_URL = ""
+
+    response = anonymous_api.get("/api/v1/health")
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "ok"
+    assert body["components"]["database"]["status"] == "ok"
+    assert body["components"]["cache"]["status"] == "ok"
+    assert body["components"]["broker"] == {
+        "status": "not configured",
+        "latency_ms": None,
+        "error": "",
+    }
+
+
+def test_health_answers_503_naming_broker_when_broker_down(anonymous_api, settings):
+    settings.CELERY_BROKER_URL = "redis://127.0.0.1:9/0"
+
+    response = anonymous_api.get("/api/v1/health/")
+
+    assert response.status_code == 503
+    body = response.json()
+    assert body["status"] == "error"
+    assert body["components"]["broker"]["status"] == "error"
+    assert body["components"]["broker"]["error"] == "OperationalError"
+    assert "127.0.0.1" not in response.content.decode()
+
+
+@pytest.mark.redis
+def test_health_reports_broker_ok_when_broker_answers(anonymous_api, settings):
+    settings.CELERY_BROKER_URL = settings.REDIS_URL
+
+    response = anonymous_api.get("/api/v1/health/")
+
+    assert response.status_code == 200
+    assert response.json()["components"]["broker"]["status"] == "ok"
+    assert response.json()["components"]["cache"]["status"] == "ok"
+
+
+def test_urls_answer_without_trailing_slash(admin_api, tenant):
+    created = admin_api.post("/api/v1/providers", {"name": "f", "provider_type": "fake"})
+    config_id = created.json()["id"]
+
+    detail = admin_api.get(f"/api/v1/providers/{config_id}")
+    tested = admin_api.post(f"/api/v1/providers/{config_id}/test")
+
+    assert (created.status_code, detail.status_code, tested.status_code) == (201, 200, 200)
+    assert detail.json()["name"] == "f"

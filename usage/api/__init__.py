@@ -1,0 +1,1 @@
+"""The HTTP API of call logs (and, as it grows, of usage, budgets and alerts)."""

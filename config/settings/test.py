@@ -1,7 +1,7 @@
 """Test settings: PostgreSQL and Redis when DATABASE_URL / REDIS_URL are set, else embedded."""
 
 from .base import *  # noqa: F403
-from .base import DATABASES
+from .base import DATABASES, env
 
 DEBUG = False
 SECRET_KEY = "test-secret-key-not-for-production-0123456789abcdefghijklmnopqrstuv"
@@ -17,3 +17,6 @@ PROVIDER_ALLOW_PRIVATE_URLS = False
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # Tests open and close connections from many threads; do not keep them.
     DATABASES["default"]["CONN_MAX_AGE"] = 0
+
+# Tasks run inline unless a test starts a real worker (tests/usage/test_tasks.py).
+CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=True)

@@ -1,4 +1,4 @@
-"""The Celery app: configured from Django settings (CELERY_*), tasks found in each app's tasks.py."""
+"""The Celery app: configured from the CELERY_* settings; finds each app's tasks.py."""
 
 import os
 

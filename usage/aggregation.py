@@ -189,9 +189,7 @@ def _recompute_days(
         else:
             groups = "temp.usage_daily_groups"
             cursor.execute(f"DROP TABLE IF EXISTS {groups}")
-            cursor.execute(
-                f"CREATE TEMP TABLE usage_daily_groups AS {grouped_sql}", grouped_params
-            )
+            cursor.execute(f"CREATE TEMP TABLE usage_daily_groups AS {grouped_sql}", grouped_params)
             cursor.execute(upsert(groups, True), [stamp])
             written = max(cursor.rowcount, 0)
             cursor.execute(upsert(groups, False), [stamp])

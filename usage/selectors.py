@@ -50,9 +50,7 @@ def call_log_daily_groups(
     else:
         logs = logs.filter(tenant_id__in=list(tenant_ids))
     # The model that answered; a blocked or failed call only has the one asked for.
-    model = Case(
-        When(model_answered="", then=F("model_requested")), default=F("model_answered")
-    )
+    model = Case(When(model_answered="", then=F("model_requested")), default=F("model_answered"))
     status = CallLog.Status
     return (
         logs.order_by()

@@ -159,16 +159,13 @@ USAGE_RETENTION_PURGE_INTERVAL_SECONDS = env.int(
 )
 # Budget counters: "redis" when REDIS_URL is set, else "database" (row locks).
 USAGE_BUDGET_BACKEND = env.str("USAGE_BUDGET_BACKEND", default="redis" if REDIS_URL else "database")
+USAGE_BUDGET_REDIS_URL = env.str("USAGE_BUDGET_REDIS_URL", default=REDIS_URL)
 # A reservation not settled within this time is given back (a crashed worker
 # cannot hold budget for longer). Longer than the slowest stream.
-USAGE_BUDGET_RESERVATION_TTL_SECONDS = env.int(
-    "USAGE_BUDGET_RESERVATION_TTL_SECONDS", default=900
-)
+USAGE_BUDGET_RESERVATION_TTL_SECONDS = env.int("USAGE_BUDGET_RESERVATION_TTL_SECONDS", default=900)
 # Warm Redis counters are rebuilt from CallLog at least this often, which bounds
 # any drift (e.g. a worker that died between logging and settling).
-USAGE_BUDGET_COUNTER_REBUILD_SECONDS = env.int(
-    "USAGE_BUDGET_COUNTER_REBUILD_SECONDS", default=3600
-)
+USAGE_BUDGET_COUNTER_REBUILD_SECONDS = env.int("USAGE_BUDGET_COUNTER_REBUILD_SECONDS", default=3600)
 # Provider error-rate alerts: more than this share of errors among at least
 # MIN_REQUESTS attempts over the last WINDOW_MINUTES.
 USAGE_ERROR_RATE_THRESHOLD = env.float("USAGE_ERROR_RATE_THRESHOLD", default=0.2)

@@ -14,8 +14,9 @@ from django.utils import timezone
 
 from llm_providers.encryption import GuardedEncryptedTextField, UnreadableSecret
 from llm_providers.models import ProviderConfig, Tenant
-from llm_providers.network import base_url_validate
 from llm_providers.provider_types import ProviderType
+
+from .webhooks import webhook_url_validate
 
 
 class CallLog(models.Model):
@@ -344,14 +345,9 @@ class Budget(models.Model):
             errors["alert_emails"] = [f"Not valid email addresses: {', '.join(bad_emails)}."]
         if isinstance(self.webhook_url, str) and self.webhook_url:
             try:
-                base_url_validate(self.webhook_url)
+                webhook_url_validate(self.webhook_url)
             except ValidationError as exc:
-                errors["webhook_url"] = [
-                    message.replace("base URL", "webhook URL").replace(
-                        "provider URLs", "webhook URLs"
-                    )
-                    for message in exc.messages
-                ]
+                errors["webhook_url"] = exc.messages
         if (
             self.provider_config_id
             and self.tenant_id

@@ -294,6 +294,13 @@ class Budget(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    @classmethod
+    def from_db(cls, db, field_names, values):
+        instance = super().from_db(db, field_names, values)
+        # Remember the stored URL: only a changed one is checked (and resolved) again.
+        instance._stored_webhook_url = instance.__dict__.get("webhook_url")
+        return instance
+
     @property
     def is_blocking(self) -> bool:
         return self.action == self.Action.BLOCK
@@ -343,7 +350,8 @@ class Budget(models.Model):
                 bad_emails.append(address)
         if bad_emails:
             errors["alert_emails"] = [f"Not valid email addresses: {', '.join(bad_emails)}."]
-        if isinstance(self.webhook_url, str) and self.webhook_url:
+        webhook_changed = self.webhook_url != getattr(self, "_stored_webhook_url", None)
+        if isinstance(self.webhook_url, str) and self.webhook_url and webhook_changed:
             try:
                 webhook_url_validate(self.webhook_url)
             except ValidationError as exc:

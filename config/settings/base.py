@@ -179,6 +179,8 @@ USAGE_ALERT_RETRY_MAX_SECONDS = env.int("USAGE_ALERT_RETRY_MAX_SECONDS", default
 USAGE_ALERT_MAX_ATTEMPTS = env.int("USAGE_ALERT_MAX_ATTEMPTS", default=24)
 # 5 s: a webhook receiver that takes longer is treated as down and retried.
 USAGE_ALERT_WEBHOOK_TIMEOUT_SECONDS = env.float("USAGE_ALERT_WEBHOOK_TIMEOUT_SECONDS", default=5.0)
+# Admin lists of CallLog and DailyUsage count at most this many rows.
+USAGE_ADMIN_COUNT_CAP = env.int("USAGE_ADMIN_COUNT_CAP", default=10_000)
 
 CELERY_BEAT_SCHEDULE = {
     "usage-aggregate": {

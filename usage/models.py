@@ -100,21 +100,34 @@ class CallLog(models.Model):
 class DailyUsage(models.Model):
     """CallLog rolled up per tenant-local day, provider config, model, service and customer.
 
-    Rows are *recomputed* from CallLog (a grouped SELECT and an upsert that sets
-    every value), never incremented: rerunning gives the same table and late
-    logs are picked up. `provider_config` is NULL for calls whose config was
-    deleted or never resolved; two partial unique constraints make NULL one
-    group (PostgreSQL and SQLite alike), so such rows never duplicate. The
-    column is not a database foreign key: deleting a provider config leaves its
-    history here until the days are recomputed.
+    Rows are *recomputed* from CallLog (grouped, then set: never incremented),
+    so rerunning gives the same table and late logs are picked up.
+
+    `provider_config` is NULL for calls whose config was deleted or never
+    resolved. The unique key is one index where NULLs are distinct (it also
+    serves every "tenant and days" query) plus a small partial unique index
+    for the NULL rows, so NULL is one group on PostgreSQL and SQLite alike.
+
+    A derived table: its foreign keys are not database constraints (Django
+    still deletes a tenant's rows with the tenant). Checking them would cost
+    one trigger per written row, and every row comes from a CallLog row that
+    has the real constraints. A deleted provider config keeps its history here
+    until its days are recomputed.
     """
 
-    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="daily_usage")
+    tenant = models.ForeignKey(
+        Tenant,
+        on_delete=models.CASCADE,
+        db_constraint=False,
+        db_index=False,
+        related_name="daily_usage",
+    )
     day = models.DateField(help_text="In the tenant's time zone.")
     provider_config = models.ForeignKey(
         ProviderConfig,
         on_delete=models.DO_NOTHING,
         db_constraint=False,
+        db_index=False,
         null=True,
         blank=True,
         related_name="+",
@@ -183,7 +196,6 @@ class DailyUsage(models.Model):
                     "service_name",
                     "customer_id",
                 ],
-                condition=Q(provider_config__isnull=False),
                 name="daily_usage_unique_group",
             ),
             models.UniqueConstraint(
@@ -192,7 +204,12 @@ class DailyUsage(models.Model):
                 name="daily_usage_unique_group_no_config",
             ),
         ]
-        indexes = [models.Index(fields=["day"], name="daily_usage_day")]
+        indexes = [
+            # The unpriced-usage check reads recent days of every tenant.
+            models.Index(
+                fields=["day"], condition=Q(unpriced_count__gt=0), name="daily_usage_unpriced_day"
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.day} {self.model or '-'} {self.service_name or '-'}: ${self.cost_usd}"

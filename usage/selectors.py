@@ -2,20 +2,32 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 
 from django.conf import settings
-from django.db.models import Case, Count, DecimalField, F, Q, QuerySet, Sum, Value, When
+from django.db.models import (
+    Case,
+    Count,
+    DateField,
+    DecimalField,
+    F,
+    Func,
+    Q,
+    QuerySet,
+    Sum,
+    Value,
+    When,
+)
 from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
 
 from llm_providers.models import ProviderConfig, Tenant
 
 from .models import AggregationState, Budget, CallLog, CostAlert, DailyUsage
-from .periods import Period, local_date, period_containing, zone
+from .periods import Period, local_date, period_containing, utc_window_for_days, zone
 
 ZERO = Decimal(0)
 
@@ -36,25 +48,58 @@ def _sum(field_name: str):
     return Coalesce(Sum(field_name), Value(0))
 
 
-def call_log_daily_groups(
-    *, timezone_name: str, start: datetime, end: datetime, tenant_ids: Iterable | None = None
-) -> QuerySet:
-    """CallLog of [start, end) grouped like DailyUsage, days in `timezone_name`.
+@dataclass(frozen=True, slots=True)
+class DayWindow:
+    """Local days first_day..last_day of the tenants of one time zone (or of `tenant_ids`)."""
 
-    Covers the tenants of that time zone (or only `tenant_ids`, which must be
-    in it). Column aliases are those of DAILY_GROUP_SOURCES.
+    timezone_name: str
+    first_day: date
+    last_day: date
+    tenant_ids: tuple | None = None
+
+    def utc_range(self) -> tuple[datetime, datetime]:
+        return utc_window_for_days(self.first_day, self.last_day, self.timezone_name)
+
+    def call_log_filter(self) -> Q:
+        start, end = self.utc_range()
+        condition = Q(
+            tenant__timezone=self.timezone_name, created_at__gte=start, created_at__lt=end
+        )
+        if self.tenant_ids is not None:
+            condition &= Q(tenant_id__in=list(self.tenant_ids))
+        return condition
+
+
+class TenantLocalDate(Func):
+    """PostgreSQL: the date of `created_at` in each row's tenant time zone."""
+
+    arg_joiner = " AT TIME ZONE "
+    template = "(%(expressions)s)::date"
+    output_field = DateField()
+
+
+def call_log_daily_groups(*, windows: Sequence[DayWindow]) -> QuerySet:
+    """CallLog grouped like DailyUsage over `windows`; column aliases as DAILY_GROUP_SOURCES.
+
+    With one time zone the day is computed for that zone (any database); with
+    several (PostgreSQL only) each row's day follows its tenant's zone, so one
+    scan covers every zone.
     """
-    logs = CallLog.objects.filter(created_at__gte=start, created_at__lt=end)
-    if tenant_ids is None:
-        logs = logs.filter(tenant__timezone=timezone_name)
+    zones = {w.timezone_name for w in windows}
+    condition = Q()
+    for window in windows:
+        condition |= window.call_log_filter()
+    if len(zones) == 1:
+        day = TruncDate("created_at", tzinfo=zone(next(iter(zones))))
     else:
-        logs = logs.filter(tenant_id__in=list(tenant_ids))
+        day = TenantLocalDate(F("created_at"), F("tenant__timezone"))
     # The model that answered; a blocked or failed call only has the one asked for.
     model = Case(When(model_answered="", then=F("model_requested")), default=F("model_answered"))
     status = CallLog.Status
     return (
-        logs.order_by()
-        .annotate(k_day=TruncDate("created_at", tzinfo=zone(timezone_name)), k_model=model)
+        CallLog.objects.filter(condition)
+        .order_by()
+        .annotate(k_day=day, k_model=model)
         .values(
             "tenant_id",
             "k_day",

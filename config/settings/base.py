@@ -152,6 +152,9 @@ CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=600)
 # unpriced checks follow each run), and how far back every run recomputes.
 USAGE_AGGREGATION_INTERVAL_SECONDS = env.int("USAGE_AGGREGATION_INTERVAL_SECONDS", default=300)
 USAGE_AGGREGATION_LOOKBACK_MINUTES = env.int("USAGE_AGGREGATION_LOOKBACK_MINUTES", default=120)
+# PostgreSQL work_mem of the aggregation transaction: room to group a month of
+# logs in memory (a backfill of a busy month may want more).
+USAGE_AGGREGATION_WORK_MEM = env.str("USAGE_AGGREGATION_WORK_MEM", default="256MB")
 # Call logs older than this are deleted; DailyUsage is kept. 0 keeps them forever.
 USAGE_CALL_LOG_RETENTION_DAYS = env.int("USAGE_CALL_LOG_RETENTION_DAYS", default=90)
 USAGE_RETENTION_PURGE_INTERVAL_SECONDS = env.int(

@@ -12,7 +12,8 @@ median time of:
 - the periodic run (`daily_usage_recompute_recent`, last two hours + late logs).
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/llm_bench \\
-        .venv/bin/python bench/aggregate.py [--rows 1000000] [--tenants 300] [--days 30]
+        .venv/bin/python bench/aggregate.py [--rows 1000000] [--tenants 300] [--days 30] \\
+        [--customers 20] [--runs 3] [--reload]
 
 The data are kept between runs (pass --reload to rebuild them).
 """
@@ -39,6 +40,9 @@ def _arguments():
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--tenants", type=int, default=300)
     parser.add_argument("--days", type=int, default=30)
+    parser.add_argument(
+        "--customers", type=int, default=20, help="Distinct customers per tenant (0: none)."
+    )
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--reload", action="store_true", help="Rebuild the data.")
     return parser.parse_args()
@@ -75,7 +79,7 @@ def _setup(url: str) -> None:
     call_command("migrate", verbosity=0)
 
 
-def _load(rows: int, tenants: int, days: int) -> None:
+def _load(rows: int, tenants: int, days: int, customers: int) -> None:
     from django.db import connection, transaction
 
     from llm_providers.models import ProviderConfig, Tenant
@@ -97,7 +101,8 @@ def _load(rows: int, tenants: int, days: int) -> None:
         # Skewed, like real traffic: u**3 sends most calls to a few tenants. Per
         # call: the primary provider config 90 % of the time (2 % none at all),
         # one of three models and four services, and half the calls for no
-        # customer, the rest mostly for a tenant's few big customers (of 20).
+        # customer, the rest mostly for a tenant's few big customers (of
+        # --customers).
         # 5 % errors, 6 % cache hits, 1 % unpriced.
         cursor.execute(
             """
@@ -124,8 +129,9 @@ def _load(rows: int, tenants: int, days: int) -> None:
                    'fake',
                    (ARRAY['gpt-4o', 'gpt-4o', 'gpt-4o-mini', 'claude-sonnet'])[1 + (r.h / 7) %% 4],
                    (ARRAY['gpt-4o', 'gpt-4o', 'gpt-4o-mini', 'claude-sonnet'])[1 + (r.h / 7) %% 4],
-                   CASE WHEN r.u2 < 0.5 THEN ''
-                        ELSE 'customer-' || floor(20 * power(2 * r.u2 - 1, 3))::int END,
+                   CASE WHEN r.u2 < 0.5 OR %(customers)s = 0 THEN ''
+                        ELSE 'customer-' || floor(%(customers)s * power(2 * r.u2 - 1, 3))::int
+                   END,
                    (ARRAY['summarizer', 'summarizer', 'chat', 'translator', 'search'])
                        [1 + (r.h / 11) %% 5],
                    'default',
@@ -141,7 +147,7 @@ def _load(rows: int, tenants: int, days: int) -> None:
                    now() - make_interval(secs => (r.h / 13) %% (%(days)s * 86400))
             FROM r, t, p
             """,
-            {"rows": rows, "tenants": tenants, "days": days},
+            {"rows": rows, "tenants": tenants, "days": days, "customers": customers},
         )
     with connection.cursor() as cursor:
         cursor.execute("VACUUM ANALYZE usage_calllog")
@@ -179,7 +185,7 @@ def main() -> None:
 
     if args.reload or CallLog.objects.count() != args.rows:
         started = time.perf_counter()
-        _load(args.rows, args.tenants, args.days)
+        _load(args.rows, args.tenants, args.days, args.customers)
         print(f"loaded {args.rows:,} call logs in {time.perf_counter() - started:.1f} s")
 
     now = timezone.now()

@@ -1,15 +1,16 @@
-"""DailyUsage recomputed from CallLog: one grouped query, an upsert that sets, stale rows removed.
+"""DailyUsage recomputed from CallLog: one grouped query, values set (never added), stale rows gone.
 
-A recompute of local days D1..D2 in a time zone groups the CallLog rows of
-exactly those days, upserts every group (values are *set*, and a row whose
-values did not change is not written at all), and deletes the DailyUsage rows
-of those days that no longer have logs. Running it twice gives the same
-table; a log that arrives late is counted by the next run that covers its day.
+A recompute of local days D1..D2 groups the CallLog rows of exactly those
+days (each tenant in its own time zone), compares the groups with the stored
+rows, and writes only the differences: new groups inserted, changed groups
+updated by setting every value, vanished groups deleted. Running it twice
+gives the same table and writes nothing the second time; a log that arrives
+late is counted by the next run that covers its day.
 
 Recomputes are serialised (a PostgreSQL advisory lock, or a process lock on
 SQLite), so two runs at once simply run one after the other. Days whose
-call logs may already have been purged by retention are never recomputed,
-so DailyUsage keeps them.
+call logs retention may already have purged are never recomputed, so
+DailyUsage keeps them.
 """
 
 from __future__ import annotations

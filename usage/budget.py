@@ -30,7 +30,7 @@ from llm_providers.exceptions import ApplicationError
 
 from .budget_counters import BudgetBackendError, Refusal, counters_backend
 from .models import Budget
-from .money import nano_to_usd, usd_format, usd_to_nano
+from .money import usd_format, usd_to_nano
 from .periods import Period, period_containing, zone
 
 logger = logging.getLogger(__name__)
@@ -248,18 +248,3 @@ def budget_settle(*, reservation: BudgetReservation, cost_usd: Decimal | None) -
 def budget_release(*, reservation: BudgetReservation) -> None:
     """The call failed: give the reservation back."""
     budget_settle(reservation=reservation, cost_usd=None)
-
-
-def budget_spend_live(*, budget: Budget, now: datetime | None = None) -> Decimal | None:
-    """Current spend (settled + reserved) of a budget's period from its counter, if warm."""
-    now = now or timezone.now()
-    definition = budget_definition_of(budget)
-    entry = ReservationEntry(
-        budget=definition,
-        period=period_containing(definition.period, now, definition.timezone_name),
-    )
-    try:
-        nano = counters_backend().peek(entry=entry, now=now)
-    except BudgetBackendError:
-        return None
-    return None if nano is None else nano_to_usd(nano)

@@ -184,8 +184,6 @@ class RedisCounters:
         from redis.exceptions import RedisError
 
         try:
-            if keys is None:
-                return script(*args)
             return script(keys=keys, args=args)
         except RedisError as exc:
             raise BudgetBackendError(f"Redis error: {type(exc).__name__}") from exc
@@ -241,16 +239,6 @@ class RedisCounters:
         self._call(
             settle, keys, [reservation.reservation_id, len(reservation.entries), now_ms, cost_nano]
         )
-
-    def peek(self, *, entry, now: datetime) -> int | None:
-        self._scripts()
-        counts, _ = _redis_keys(entry)
-        settled, trusted_until, reserved = self._call(
-            self._client.hmget, None, [counts, ["s", "d", "t"]]
-        )
-        if settled is None or int(trusted_until) <= now.timestamp() * 1000:
-            return None
-        return int(settled) + int(reserved or 0)
 
 
 # --- database ------------------------------------------------------------------
@@ -341,18 +329,6 @@ class DatabaseCounters:
                 BudgetCounter.objects.filter(pk__in=counter_ids).update(
                     settled_usd=F("settled_usd") + cost
                 )
-
-    def peek(self, *, entry, now: datetime) -> int | None:
-        counter = BudgetCounter.objects.filter(**_counter_key(entry)).first()
-        if counter is None:
-            return None
-        held = (
-            BudgetHold.objects.filter(counter=counter, expires_at__gt=now).aggregate(
-                total=Sum("amount_usd")
-            )["total"]
-            or 0
-        )
-        return usd_to_nano(counter.settled_usd + held)
 
 
 _backends = {"redis": RedisCounters(), "database": DatabaseCounters()}

@@ -22,10 +22,12 @@ def nano_to_usd(nano: int) -> Decimal:
 
 
 def usd_format(amount: Decimal | None) -> str:
-    """$12.34 for amounts from a dollar up; small amounts keep six decimals ($0.000321)."""
+    """$12.34 from a dollar up; below, six decimals at most ($0.70, $0.000321)."""
     if amount is None:
         return "unpriced"
     amount = Decimal(amount)
-    if abs(amount) >= 1 or amount == 0:
+    if abs(amount) >= 1:
         return f"${amount.quantize(Decimal('0.01'), rounding=ROUND_HALF_UP):,}"
-    return f"${amount.quantize(Decimal('0.000001'), rounding=ROUND_HALF_UP)}"
+    text = f"{amount.quantize(Decimal('0.000001'), rounding=ROUND_HALF_UP):f}".rstrip("0")
+    whole, _, decimals = text.partition(".")
+    return f"${whole}.{decimals.ljust(2, '0')}"

@@ -94,8 +94,8 @@ def test_reserve_refuses_with_budget_spend_limit_and_reset_when_blocking_budget_
     assert error.http_status == 429
     local_reset = period.end.astimezone(ZoneInfo("Europe/Paris"))
     assert error.message == (
-        "Budget “Daily cap” (daily, limit $1.00) refuses this call: $0.900000 is already "
-        "spent or reserved this period and the call may cost up to $0.200000. The budget "
+        "Budget “Daily cap” (daily, limit $1.00) refuses this call: $0.90 is already "
+        "spent or reserved this period and the call may cost up to $0.20. The budget "
         f"resets at {local_reset:%Y-%m-%d} 00:00 Europe/Paris ({period.end.isoformat()})."
     )
     assert error.extra["budget_id"] == budget.pk

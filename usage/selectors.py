@@ -142,15 +142,15 @@ def tenant_timezones() -> list[str]:
 # --- budgets -------------------------------------------------------------------
 
 
-def budget_scope_filter(budget: Budget, *, prefix: str = "") -> Q:
+def budget_scope_filter(budget: Budget) -> Q:
     """The rows (CallLog or DailyUsage) a budget counts, apart from tenant and time."""
     condition = Q()
     if budget.provider_config_id:
-        condition &= Q(**{f"{prefix}provider_config_id": budget.provider_config_id})
+        condition &= Q(provider_config_id=budget.provider_config_id)
     if budget.service_name:
-        condition &= Q(**{f"{prefix}service_name": budget.service_name})
+        condition &= Q(service_name=budget.service_name)
     if budget.customer_id:
-        condition &= Q(**{f"{prefix}customer_id": budget.customer_id})
+        condition &= Q(customer_id=budget.customer_id)
     return condition
 
 

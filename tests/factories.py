@@ -7,12 +7,13 @@ from decimal import Decimal
 
 import factory
 from django.contrib.auth import get_user_model
+from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
 from llm_providers.models import ModelPrice, ProviderConfig, ServiceKey, Tenant, TenantMembership
 from llm_providers.provider_types import ProviderType
 from overrides.models import RoutingFallback, RoutingOverride
-from usage.models import CallLog
+from usage.models import Budget, CallLog
 
 
 class UserFactory(factory.django.DjangoModelFactory):
@@ -124,7 +125,7 @@ class RoutingFallbackFactory(factory.django.DjangoModelFactory):
     model = ""
 
 
-# --- API: service keys, tokens, call logs --------------------------------------
+# --- API: tokens ---------------------------------------------------------------
 
 
 class TokenFactory(factory.django.DjangoModelFactory):
@@ -135,21 +136,42 @@ class TokenFactory(factory.django.DjangoModelFactory):
 
 
 class CallLogFactory(factory.django.DjangoModelFactory):
+    """A successful, priced call on the tenant's Fake provider config."""
+
     class Meta:
         model = CallLog
 
     tenant = factory.SubFactory(TenantFactory)
-    request_id = factory.LazyFunction(uuid.uuid4)
-    attempt = 1
     provider_config = factory.SubFactory(
         ProviderConfigFactory, tenant=factory.SelfAttribute("..tenant")
     )
     provider_type = ProviderType.FAKE
+    request_id = factory.LazyFunction(uuid.uuid4)
+    attempt = 1
     model_requested = "fake-small"
-    model_answered = "fake-small"
+    model_answered = factory.SelfAttribute("model_requested")
+    customer_id = "acme"
+    service_name = "summarizer"
+    route_rule = "default"
     status = CallLog.Status.OK
     input_tokens = 100
-    output_tokens = 20
-    cost_usd = Decimal("0.000140000000")
+    output_tokens = 50
+    cost_usd = Decimal("0.000200000000")
     price_source = CallLog.PriceSource.OVERRIDE
-    latency_ms = 12
+    latency_ms = 120
+    created_at = factory.LazyFunction(timezone.now)
+
+
+class BudgetFactory(factory.django.DjangoModelFactory):
+    """A tenant-wide monthly alert budget of $10 alerting at 50/80/100 %."""
+
+    class Meta:
+        model = Budget
+
+    tenant = factory.SubFactory(TenantFactory)
+    name = factory.Sequence(lambda n: f"budget-{n}")
+    period = Budget.Period.MONTHLY
+    limit_usd = Decimal("10.0000")
+    action = Budget.Action.ALERT
+    alert_percentages = factory.LazyFunction(lambda: [50, 80, 100])
+    alert_emails = "finance@example.com"

@@ -152,8 +152,81 @@ EMAIL_CONFIG = env.email_url("EMAIL_URL", default="consolemail://")
 vars().update(EMAIL_CONFIG)
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="llm-layer@localhost")
 
-# --- Celery ------------------------------------------------------------------
-CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL)
+# --- Celery, usage, budgets and alerts (usage app) ------------------------------
+# The broker is CELERY_BROKER_URL, else REDIS_URL. With neither, tasks run eagerly
+# in the calling process (the embedded default: `make run` needs no worker).
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL) or "memory://"
+CELERY_TASK_ALWAYS_EAGER = env.bool(
+    "CELERY_TASK_ALWAYS_EAGER", default=CELERY_BROKER_URL == "memory://"
+)
+CELERY_TASK_EAGER_PROPAGATES = True
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_RESULT_BACKEND = None
+CELERY_TIMEZONE = "UTC"
+# Usage tasks are idempotent: acknowledge after running, so a worker that dies
+# mid-task leaves it to be run again rather than lost.
+CELERY_TASK_ACKS_LATE = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# 10 minutes: no usage task is expected to take longer; a hung one is killed.
+CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=600)
+
+# How often CallLog is rolled up into DailyUsage (threshold, error-rate and
+# unpriced checks follow each run), and how far back every run recomputes.
+USAGE_AGGREGATION_INTERVAL_SECONDS = env.int("USAGE_AGGREGATION_INTERVAL_SECONDS", default=300)
+USAGE_AGGREGATION_LOOKBACK_MINUTES = env.int("USAGE_AGGREGATION_LOOKBACK_MINUTES", default=120)
+# PostgreSQL work_mem of the aggregation transaction: room to group a month of
+# logs in memory (a backfill of a busy month may want more).
+USAGE_AGGREGATION_WORK_MEM = env.str("USAGE_AGGREGATION_WORK_MEM", default="256MB")
+# Call logs older than this are deleted; DailyUsage is kept. 0 keeps them forever.
+USAGE_CALL_LOG_RETENTION_DAYS = env.int("USAGE_CALL_LOG_RETENTION_DAYS", default=90)
+USAGE_RETENTION_PURGE_INTERVAL_SECONDS = env.int(
+    "USAGE_RETENTION_PURGE_INTERVAL_SECONDS", default=24 * 3600
+)
+# Budget counters: "redis" when REDIS_URL is set, else "database" (row locks).
+USAGE_BUDGET_BACKEND = env.str("USAGE_BUDGET_BACKEND", default="redis" if REDIS_URL else "database")
+USAGE_BUDGET_REDIS_URL = env.str("USAGE_BUDGET_REDIS_URL", default=REDIS_URL)
+# A reservation not settled within this time is given back (a crashed worker
+# cannot hold budget for longer). Longer than the slowest stream.
+USAGE_BUDGET_RESERVATION_TTL_SECONDS = env.int("USAGE_BUDGET_RESERVATION_TTL_SECONDS", default=900)
+# Warm Redis counters are rebuilt from CallLog at least this often, which bounds
+# any drift (e.g. a worker that died between logging and settling).
+USAGE_BUDGET_COUNTER_REBUILD_SECONDS = env.int("USAGE_BUDGET_COUNTER_REBUILD_SECONDS", default=3600)
+# Provider error-rate alerts: more than this share of errors among at least
+# MIN_REQUESTS attempts over the last WINDOW_MINUTES.
+USAGE_ERROR_RATE_THRESHOLD = env.float("USAGE_ERROR_RATE_THRESHOLD", default=0.2)
+USAGE_ERROR_RATE_WINDOW_MINUTES = env.int("USAGE_ERROR_RATE_WINDOW_MINUTES", default=15)
+USAGE_ERROR_RATE_MIN_REQUESTS = env.int("USAGE_ERROR_RATE_MIN_REQUESTS", default=20)
+# Alert delivery: failed sends are retried with exponential backoff
+# (base, doubled per attempt, capped), up to MAX_ATTEMPTS; state is kept either way.
+USAGE_ALERT_RETRY_INTERVAL_SECONDS = env.int("USAGE_ALERT_RETRY_INTERVAL_SECONDS", default=60)
+USAGE_ALERT_RETRY_BASE_SECONDS = env.int("USAGE_ALERT_RETRY_BASE_SECONDS", default=60)
+USAGE_ALERT_RETRY_MAX_SECONDS = env.int("USAGE_ALERT_RETRY_MAX_SECONDS", default=3600)
+USAGE_ALERT_MAX_ATTEMPTS = env.int("USAGE_ALERT_MAX_ATTEMPTS", default=24)
+# 5 s: a webhook receiver that takes longer is treated as down and retried.
+USAGE_ALERT_WEBHOOK_TIMEOUT_SECONDS = env.float("USAGE_ALERT_WEBHOOK_TIMEOUT_SECONDS", default=5.0)
+# Admin lists of CallLog and DailyUsage count at most this many rows.
+USAGE_ADMIN_COUNT_CAP = env.int("USAGE_ADMIN_COUNT_CAP", default=10_000)
+
+CELERY_BEAT_SCHEDULE = {
+    "usage-aggregate": {
+        "task": "usage.aggregate_daily_usage",
+        "schedule": USAGE_AGGREGATION_INTERVAL_SECONDS,
+        # A run that waited a whole interval in the queue is superseded by the next.
+        "options": {"expires": USAGE_AGGREGATION_INTERVAL_SECONDS},
+    },
+    "usage-alert-deliveries": {
+        "task": "usage.send_due_alert_deliveries",
+        "schedule": USAGE_ALERT_RETRY_INTERVAL_SECONDS,
+        "options": {"expires": USAGE_ALERT_RETRY_INTERVAL_SECONDS},
+    },
+    "usage-call-log-retention": {
+        "task": "usage.purge_call_logs",
+        "schedule": USAGE_RETENTION_PURGE_INTERVAL_SECONDS,
+        "options": {"expires": USAGE_RETENTION_PURGE_INTERVAL_SECONDS},
+    },
+}
+# --- end of the usage block ---------------------------------------------------
 
 # --- REST framework (the API: docs/API.md) -------------------------------------
 REST_FRAMEWORK = {

@@ -1,7 +1,7 @@
 """Test settings: PostgreSQL and Redis when DATABASE_URL / REDIS_URL are set, else embedded."""
 
 from .base import *  # noqa: F403
-from .base import DATABASES
+from .base import DATABASES, env
 
 DEBUG = False
 SECRET_KEY = "test-secret-key-not-for-production-0123456789abcdefghijklmnopqrstuv"
@@ -28,3 +28,6 @@ CALL_LOG_DATABASE = "default"
 # Retries in tests wait milliseconds, not seconds.
 LLM_RETRY_BACKOFF_SECONDS = 0.001
 LLM_RETRY_BACKOFF_MAX_SECONDS = 0.01
+
+# Tasks run inline unless a test starts a real worker (tests/usage/test_tasks.py).
+CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=True)

@@ -1,0 +1,465 @@
+"""Usage admin: tenant scoping, read-only large tables without full counts, budgets, dashboard."""
+
+import datetime as dt
+import re
+from decimal import Decimal
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+from django.utils import timezone
+
+from llm_providers.models import TenantMembership
+from tests.factories import (
+    BudgetFactory,
+    CallLogFactory,
+    ProviderConfigFactory,
+    TenantFactory,
+    TenantMembershipFactory,
+    UserFactory,
+)
+from usage.aggregation import daily_usage_recompute
+from usage.alerts import alerts_check
+from usage.models import AlertDelivery, Budget, CallLog, CostAlert, DailyUsage
+
+
+def _member(tenant, role=TenantMembership.Role.ADMIN):
+    return TenantMembershipFactory(tenant=tenant, role=role).user
+
+
+def _aggregate_today():
+    today = timezone.now().date()
+    daily_usage_recompute(first_day=today - dt.timedelta(days=31), last_day=today)
+
+
+# --- dashboard -----------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_dashboard_shows_costs_budgets_breakdowns_alerts_and_warnings(client, settings):
+    # given a tenant with spend on two services, a budget, an alert, unpriced and failing calls
+    settings.USAGE_ERROR_RATE_MIN_REQUESTS = 4
+    tenant = TenantFactory(name="Acme")
+    config = ProviderConfigFactory(tenant=tenant, name="openai-main")
+    recent = timezone.now() - dt.timedelta(minutes=1)
+    CallLogFactory(
+        tenant=tenant,
+        provider_config=config,
+        service_name="summarizer",
+        customer_id="globex",
+        model_requested="gpt-4o",
+        cost_usd=Decimal("1.25"),
+        created_at=recent,
+    )
+    CallLogFactory(
+        tenant=tenant,
+        provider_config=config,
+        service_name="translator",
+        cost_usd=Decimal("0.25"),
+        created_at=recent,
+    )
+    CallLogFactory(
+        tenant=tenant,
+        provider_config=config,
+        model_requested="mystery-7b",
+        cost_usd=None,
+        price_source=CallLog.PriceSource.UNKNOWN,
+        created_at=recent,
+    )
+    for _ in range(3):
+        CallLogFactory(
+            tenant=tenant,
+            provider_config=config,
+            status=CallLog.Status.ERROR,
+            cost_usd=None,
+            price_source="none",
+            created_at=recent,
+        )
+    BudgetFactory(
+        tenant=tenant, name="Monthly cap", limit_usd=Decimal("10"), alert_percentages=[10]
+    )
+    _aggregate_today()
+    alerts_check()
+    client.force_login(_member(tenant))
+
+    # when
+    response = client.get(reverse("admin:usage_usagedashboard_tenant", args=[tenant.pk]))
+
+    # then
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "<strong>$1.50</strong> spent" in html
+    assert "<strong>6</strong> requests" in html
+    assert html.count("<svg") >= 6  # daily chart, four breakdowns, one budget gauge
+    assert "cdn" not in html.lower() and '<script src="http' not in html
+    assert "Monthly cap" in html and "<td>$1.50</td>" in html and "<td>$10.00</td>" in html
+    assert "15%" in html
+    assert "openai-main" in html and "summarizer" in html and "translator" in html
+    assert "globex" in html and "gpt-4o" in html
+    assert "mystery-7b on openai-main: 1 request" in html
+    assert "Provider “openai-main” failed 3 of 6 calls" in html
+    alert = CostAlert.objects.get(kind=CostAlert.Kind.BUDGET)
+    assert alert.message in html
+    assert "Email: pending" in html
+
+
+@pytest.mark.django_db
+def test_dashboard_of_another_tenant_is_not_found(client):
+    mine, theirs = TenantFactory(), TenantFactory(name="Secret Corp")
+    client.force_login(_member(mine))
+
+    response = client.get(reverse("admin:usage_usagedashboard_tenant", args=[theirs.pk]))
+
+    assert response.status_code == 404
+    assert "Secret Corp" not in response.content.decode()
+
+
+@pytest.mark.django_db
+def test_dashboard_index_redirects_a_single_tenant_member_to_its_dashboard(client):
+    tenant = TenantFactory()
+    client.force_login(_member(tenant, role=TenantMembership.Role.VIEWER))
+
+    response = client.get(reverse("admin:usage_usagedashboard_changelist"))
+
+    assert response.status_code == 302
+    assert response["Location"] == reverse("admin:usage_usagedashboard_tenant", args=[tenant.pk])
+
+
+@pytest.mark.django_db
+def test_dashboard_index_lists_only_the_users_tenants(client):
+    first, second = TenantFactory(name="Alpha"), TenantFactory(name="Beta")
+    TenantFactory(name="Gamma")
+    user = _member(first)
+    TenantMembershipFactory(user=user, tenant=second)
+    client.force_login(user)
+
+    response = client.get(reverse("admin:usage_usagedashboard_changelist"))
+
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert "Alpha" in html and "Beta" in html and "Gamma" not in html
+
+
+@pytest.mark.django_db
+def test_dashboard_recompute_button_aggregates_for_tenant_admin(client):
+    tenant = TenantFactory()
+    CallLogFactory(tenant=tenant, created_at=timezone.now() - dt.timedelta(minutes=1))
+    client.force_login(_member(tenant))
+
+    response = client.post(reverse("admin:usage_usagedashboard_tenant", args=[tenant.pk]))
+
+    assert response.status_code == 302
+    assert DailyUsage.objects.filter(tenant=tenant).count() == 1
+
+
+@pytest.mark.django_db
+def test_dashboard_recompute_is_refused_to_a_viewer(client):
+    tenant = TenantFactory()
+    CallLogFactory(tenant=tenant)
+    client.force_login(_member(tenant, role=TenantMembership.Role.VIEWER))
+
+    response = client.post(reverse("admin:usage_usagedashboard_tenant", args=[tenant.pk]))
+
+    assert response.status_code == 403
+    assert DailyUsage.objects.count() == 0
+
+
+# --- call logs and daily usage ---------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_call_log_list_shows_only_the_users_tenants(client):
+    mine, theirs = TenantFactory(), TenantFactory()
+    own = CallLogFactory(tenant=mine, service_name="own-service")
+    CallLogFactory(tenant=theirs, service_name="their-service")
+    client.force_login(_member(mine, role=TenantMembership.Role.VIEWER))
+
+    response = client.get(reverse("admin:usage_calllog_changelist"))
+
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert "own-service" in html and "their-service" not in html
+    detail = client.get(reverse("admin:usage_calllog_change", args=[own.pk]))
+    assert detail.status_code == 200
+    other = CallLog.objects.get(tenant=theirs)
+    assert client.get(reverse("admin:usage_calllog_change", args=[other.pk])).status_code == 302
+
+
+@pytest.mark.django_db
+def test_call_log_list_filters_by_status_service_customer_model_provider_and_day(client):
+    tenant = TenantFactory()
+    config = ProviderConfigFactory(tenant=tenant)
+    when = dt.datetime(2026, 6, 15, 10, tzinfo=dt.UTC)
+    wanted = CallLogFactory(
+        tenant=tenant,
+        provider_config=config,
+        status=CallLog.Status.ERROR,
+        service_name="svc-a",
+        customer_id="cust-a",
+        model_requested="model-a",
+        created_at=when,
+    )
+    CallLogFactory(tenant=tenant, provider_config=config, service_name="svc-a", created_at=when)
+    CallLogFactory(tenant=tenant, status=CallLog.Status.ERROR, service_name="svc-b")
+    client.force_login(_member(tenant))
+
+    response = client.get(
+        reverse("admin:usage_calllog_changelist"),
+        {
+            "status__exact": "error",
+            "service": "svc-a",
+            "customer": "cust-a",
+            "model": "model-a",
+            "provider": str(config.pk),
+            "day": "2026-06-15",
+        },
+    )
+
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert re.findall(r"/admin/usage/calllog/(\d+)/change/", html) == [str(wanted.pk)]
+
+
+@pytest.mark.django_db
+def test_call_log_search_finds_a_request_by_id(client):
+    tenant = TenantFactory()
+    wanted = CallLogFactory(tenant=tenant)
+    CallLogFactory(tenant=tenant)
+    client.force_login(_member(tenant))
+
+    response = client.get(reverse("admin:usage_calllog_changelist"), {"q": str(wanted.request_id)})
+
+    assert re.findall(r"/admin/usage/calllog/(\d+)/change/", response.content.decode()) == [
+        str(wanted.pk)
+    ]
+
+
+@pytest.mark.django_db
+def test_call_log_list_counts_at_most_the_cap_and_never_the_whole_table(client, settings):
+    settings.USAGE_ADMIN_COUNT_CAP = 5
+    tenant = TenantFactory()
+    config = ProviderConfigFactory(tenant=tenant)
+    for _ in range(7):
+        CallLogFactory(tenant=tenant, provider_config=config)
+    client.force_login(_member(tenant))
+
+    with CaptureQueriesContext(connection) as queries:
+        response = client.get(reverse("admin:usage_calllog_changelist"))
+
+    html = response.content.decode()
+    assert "More than 5 call logs" in html
+    counts = [q["sql"] for q in queries.captured_queries if "COUNT(" in q["sql"].upper()]
+    assert counts and all("LIMIT 6" in sql for sql in counts)
+
+
+@pytest.mark.django_db
+def test_call_log_change_view_is_read_only_for_tenant_admin(client):
+    tenant = TenantFactory()
+    log = CallLogFactory(tenant=tenant, service_name="before")
+    client.force_login(_member(tenant))
+
+    response = client.post(
+        reverse("admin:usage_calllog_change", args=[log.pk]), {"service_name": "after"}
+    )
+
+    assert response.status_code == 403
+    log.refresh_from_db()
+    assert log.service_name == "before"
+
+
+@pytest.mark.django_db
+def test_provider_filter_offers_only_the_users_provider_configs(client):
+    mine, theirs = TenantFactory(), TenantFactory()
+    ProviderConfigFactory(tenant=mine, name="mine-config")
+    ProviderConfigFactory(tenant=theirs, name="their-config")
+    CallLogFactory(tenant=mine)
+    client.force_login(_member(mine))
+
+    html = client.get(reverse("admin:usage_dailyusage_changelist")).content.decode()
+
+    assert "mine-config" in html and "their-config" not in html
+
+
+@pytest.mark.django_db
+def test_daily_usage_list_shows_only_the_users_tenants(client):
+    mine, theirs = TenantFactory(), TenantFactory()
+    CallLogFactory(tenant=mine, model_requested="my-model")
+    CallLogFactory(tenant=theirs, model_requested="their-model")
+    _aggregate_today()
+    client.force_login(_member(mine, role=TenantMembership.Role.VIEWER))
+
+    response = client.get(reverse("admin:usage_dailyusage_changelist"))
+
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert "my-model" in html and "their-model" not in html
+
+
+# --- budgets and alerts ----------------------------------------------------------
+
+
+def _budget_form(tenant, **overrides):
+    data = {
+        "tenant": str(tenant.pk),
+        "name": "Cap",
+        "is_active": "on",
+        "period": "daily",
+        "limit_usd": "5.00",
+        "action": "block",
+        "provider_config": "",
+        "service_name": "",
+        "customer_id": "",
+        "alert_percentages": "50, 80, 100",
+        "alert_emails": "finance@example.com",
+        "webhook_url": "",
+    }
+    data.update(overrides)
+    return data
+
+
+@pytest.mark.django_db
+def test_budget_admin_creates_a_budget_with_an_encrypted_webhook(client, allow_private_urls):
+    tenant = TenantFactory()
+    client.force_login(_member(tenant))
+
+    response = client.post(
+        reverse("admin:usage_budget_add"),
+        _budget_form(tenant, webhook_url="http://127.0.0.1:8123/hooks/secret-token"),
+    )
+
+    assert response.status_code == 302
+    budget = Budget.objects.get()
+    assert (budget.limit_usd, budget.action, budget.alert_percentages) == (
+        Decimal("5.00"),
+        "block",
+        [50, 80, 100],
+    )
+    assert budget.webhook_url == "http://127.0.0.1:8123/hooks/secret-token"
+    page = client.get(reverse("admin:usage_budget_change", args=[budget.pk])).content.decode()
+    assert "secret-token" not in page
+    assert "Set (http://127.0.0.1:8123/…)" in page
+
+
+@pytest.mark.django_db
+def test_budget_admin_keeps_the_webhook_when_the_field_is_left_empty(client):
+    tenant = TenantFactory()
+    budget = BudgetFactory(tenant=tenant, webhook_url="https://hooks.example.com/T/B/secret")
+    client.force_login(_member(tenant))
+
+    response = client.post(
+        reverse("admin:usage_budget_change", args=[budget.pk]),
+        _budget_form(tenant, name=budget.name, limit_usd="7"),
+    )
+
+    assert response.status_code == 302
+    budget.refresh_from_db()
+    assert budget.limit_usd == Decimal("7")
+    assert budget.webhook_url == "https://hooks.example.com/T/B/secret"
+
+
+@pytest.mark.django_db
+def test_budget_admin_refuses_a_private_webhook_url_with_a_clear_message(client):
+    tenant = TenantFactory()
+    client.force_login(_member(tenant))
+
+    response = client.post(
+        reverse("admin:usage_budget_add"),
+        _budget_form(tenant, webhook_url="http://10.0.0.5/hook"),
+    )
+
+    assert response.status_code == 200
+    assert "The webhook URL points at a private address (10.0.0.5)" in response.content.decode()
+    assert Budget.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_budget_admin_refuses_another_tenants_provider_config(client):
+    mine, theirs = TenantFactory(), TenantFactory()
+    foreign = ProviderConfigFactory(tenant=theirs)
+    client.force_login(_member(mine))
+
+    response = client.post(
+        reverse("admin:usage_budget_add"), _budget_form(mine, provider_config=str(foreign.pk))
+    )
+
+    assert response.status_code == 200
+    assert "Select a valid choice" in response.content.decode()
+    assert Budget.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_budget_admin_hides_other_tenants_budgets(client):
+    mine, theirs = TenantFactory(), TenantFactory()
+    BudgetFactory(tenant=mine, name="my-budget")
+    other = BudgetFactory(tenant=theirs, name="their-budget")
+    client.force_login(_member(mine))
+
+    html = client.get(reverse("admin:usage_budget_changelist")).content.decode()
+
+    assert "my-budget" in html and "their-budget" not in html
+    assert client.get(reverse("admin:usage_budget_change", args=[other.pk])).status_code == 302
+
+
+@pytest.mark.django_db
+def test_budget_admin_is_read_only_for_a_viewer(client):
+    tenant = TenantFactory()
+    budget = BudgetFactory(tenant=tenant, limit_usd=Decimal("3"))
+    client.force_login(_member(tenant, role=TenantMembership.Role.VIEWER))
+
+    response = client.post(
+        reverse("admin:usage_budget_change", args=[budget.pk]),
+        _budget_form(tenant, name=budget.name, limit_usd="999"),
+    )
+
+    assert response.status_code == 403
+    budget.refresh_from_db()
+    assert budget.limit_usd == Decimal("3")
+
+
+@pytest.mark.django_db
+def test_alert_retry_action_makes_failed_deliveries_due_again(client):
+    tenant = TenantFactory()
+    BudgetFactory(tenant=tenant, alert_percentages=[50])
+    CallLogFactory(tenant=tenant, cost_usd=Decimal("6"), created_at=timezone.now())
+    _aggregate_today()
+    (alert,) = alerts_check()
+    AlertDelivery.objects.update(next_attempt_at=None, attempts=24, last_error="SMTP down")
+    client.force_login(_member(tenant))
+
+    response = client.post(
+        reverse("admin:usage_costalert_changelist"),
+        {"action": "retry_deliveries", "_selected_action": [alert.pk]},
+    )
+
+    assert response.status_code == 302
+    delivery = alert.deliveries.get()
+    assert delivery.next_attempt_at is not None
+    assert delivery.state == "retrying"
+
+
+@pytest.mark.django_db
+def test_alert_list_hides_other_tenants_alerts(client):
+    mine, theirs = TenantFactory(), TenantFactory(name="Other Inc")
+    for tenant in (mine, theirs):
+        BudgetFactory(tenant=tenant, alert_percentages=[50])
+        CallLogFactory(tenant=tenant, cost_usd=Decimal("6"), created_at=timezone.now())
+    _aggregate_today()
+    alerts_check()
+    client.force_login(_member(mine, role=TenantMembership.Role.VIEWER))
+
+    html = client.get(reverse("admin:usage_costalert_changelist")).content.decode()
+
+    assert "Other Inc" not in html
+    assert html.count("has reached 50%") == 1
+
+
+@pytest.mark.django_db
+def test_superuser_sees_every_tenants_dashboard(client):
+    tenant = TenantFactory(name="Anyone")
+    client.force_login(UserFactory(is_superuser=True))
+
+    response = client.get(reverse("admin:usage_usagedashboard_tenant", args=[tenant.pk]))
+
+    assert response.status_code == 200
+    assert "Usage — Anyone" in response.content.decode()

@@ -1,0 +1,355 @@
+"""DailyUsage recompute: idempotent, exact, late logs, time zones, NULL configs, retention."""
+
+import datetime as dt
+import threading
+from decimal import Decimal
+from io import StringIO
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.db import connection
+from django.db.models import Sum
+from django.utils import timezone
+
+from tests.factories import CallLogFactory, ProviderConfigFactory, TenantFactory
+from usage.aggregation import (
+    UsageRangeError,
+    daily_usage_recompute,
+    daily_usage_recompute_recent,
+)
+from usage.models import CallLog, DailyUsage
+
+NOW = dt.datetime(2026, 6, 15, 12, 0, tzinfo=dt.UTC)
+DAY = NOW.date()
+
+
+def _rows():
+    return list(
+        DailyUsage.objects.order_by("tenant_id", "day", "model", "customer_id").values(
+            "tenant_id",
+            "day",
+            "provider_config_id",
+            "model",
+            "service_name",
+            "customer_id",
+            *DailyUsage.VALUE_FIELDS,
+        )
+    )
+
+
+def _recompute(first=DAY, last=DAY, **kwargs):
+    return daily_usage_recompute(first_day=first, last_day=last, now=NOW, **kwargs)
+
+
+@pytest.mark.django_db
+def test_recompute_gives_identical_rows_when_run_twice():
+    tenant = TenantFactory()
+    config = ProviderConfigFactory(tenant=tenant)
+    for customer in ("acme", "globex", "acme"):
+        CallLogFactory(tenant=tenant, provider_config=config, customer_id=customer, created_at=NOW)
+    first = _recompute()
+    rows = _rows()
+    ids = sorted(DailyUsage.objects.values_list("pk", flat=True))
+
+    second = _recompute()
+
+    assert (first.written, second.written, second.removed) == (2, 0, 0)
+    assert _rows() == rows
+    assert sorted(DailyUsage.objects.values_list("pk", flat=True)) == ids
+
+
+@pytest.mark.django_db
+def test_recompute_picks_up_a_late_log_by_setting_not_adding():
+    tenant = TenantFactory()
+    config = ProviderConfigFactory(tenant=tenant)
+    CallLogFactory(tenant=tenant, provider_config=config, created_at=NOW, input_tokens=10)
+    _recompute()
+
+    CallLogFactory(
+        tenant=tenant,
+        provider_config=config,
+        created_at=NOW - dt.timedelta(hours=6),
+        input_tokens=5,
+    )
+    result = _recompute()
+
+    row = DailyUsage.objects.get()
+    assert result.written == 1
+    assert (row.request_count, row.input_tokens) == (2, 15)
+    assert row.cost_usd == Decimal("0.0004")
+
+
+@pytest.mark.django_db
+def test_recompute_sums_match_call_logs_to_the_micro_dollar():
+    # given a mix of statuses, prices, tokens and latencies on one day
+    tenant = TenantFactory()
+    config = ProviderConfigFactory(tenant=tenant)
+    costs = ["0.000123456789", "0.031415926535", "1.000000000001", None, "0.000000999999"]
+    for index, cost in enumerate(costs * 4):
+        CallLogFactory(
+            tenant=tenant,
+            provider_config=config,
+            created_at=NOW - dt.timedelta(minutes=index),
+            status=[CallLog.Status.OK, CallLog.Status.ERROR, CallLog.Status.CACHED][index % 3],
+            cost_usd=None if cost is None else Decimal(cost),
+            price_source=CallLog.PriceSource.UNKNOWN if cost is None else "override",
+            input_tokens=1000 + index,
+            output_tokens=7 * index,
+            cache_read_tokens=index % 5,
+            cache_write_tokens=index % 2,
+            reasoning_tokens=3 * index,
+            latency_ms=100 + index,
+            usage_estimated=index % 7 == 0,
+        )
+
+    _recompute()
+
+    # then every figure equals the sum over CallLog
+    row = DailyUsage.objects.get()
+    expected_cost = sum(Decimal(c) for c in costs if c) * 4
+    assert row.cost_usd.quantize(Decimal("0.000001")) == expected_cost.quantize(Decimal("0.000001"))
+    assert row.cost_usd.quantize(Decimal("0.000001")) == Decimal("4.126162")
+    logs = CallLog.objects.filter(tenant=tenant)
+    sums = logs.aggregate(
+        i=Sum("input_tokens"),
+        o=Sum("output_tokens"),
+        cr=Sum("cache_read_tokens"),
+        cw=Sum("cache_write_tokens"),
+        r=Sum("reasoning_tokens"),
+        lat=Sum("latency_ms"),
+    )
+    assert (row.input_tokens, row.output_tokens, row.reasoning_tokens) == (
+        sums["i"],
+        sums["o"],
+        sums["r"],
+    )
+    assert (row.cache_read_tokens, row.cache_write_tokens) == (sums["cr"], sums["cw"])
+    assert row.latency_ms_sum == sums["lat"]
+    assert (row.request_count, row.error_count, row.cached_count) == (20, 7, 6)
+    assert (row.unpriced_count, row.estimated_count) == (4, 3)
+
+
+@pytest.mark.django_db
+def test_recompute_counts_days_in_tenant_timezone():
+    # 03:00 UTC on 15 June is still 14 June in Los Angeles
+    tenant = TenantFactory(timezone="America/Los_Angeles")
+    CallLogFactory(tenant=tenant, created_at=dt.datetime(2026, 6, 15, 3, 0, tzinfo=dt.UTC))
+    CallLogFactory(tenant=tenant, created_at=dt.datetime(2026, 6, 15, 7, 0, tzinfo=dt.UTC))
+
+    _recompute(first=dt.date(2026, 6, 13), last=dt.date(2026, 6, 16))
+
+    assert list(DailyUsage.objects.order_by("day").values_list("day", "request_count")) == [
+        (dt.date(2026, 6, 14), 1),
+        (dt.date(2026, 6, 15), 1),
+    ]
+
+
+@pytest.mark.django_db
+def test_recompute_of_one_local_day_ignores_logs_of_neighbouring_days():
+    tenant = TenantFactory(timezone="Asia/Kolkata")  # UTC+05:30
+    CallLogFactory(tenant=tenant, created_at=dt.datetime(2026, 6, 14, 18, 29, tzinfo=dt.UTC))
+    CallLogFactory(tenant=tenant, created_at=dt.datetime(2026, 6, 14, 18, 30, tzinfo=dt.UTC))
+    CallLogFactory(tenant=tenant, created_at=dt.datetime(2026, 6, 15, 18, 30, tzinfo=dt.UTC))
+
+    _recompute(first=DAY, last=DAY)
+
+    assert list(DailyUsage.objects.values_list("day", "request_count")) == [(DAY, 1)]
+
+
+@pytest.mark.django_db
+def test_recompute_splits_month_rollover_days_in_tenant_timezone():
+    tenant = TenantFactory(timezone="Pacific/Auckland")  # UTC+12 in June
+    CallLogFactory(tenant=tenant, created_at=dt.datetime(2026, 6, 30, 11, 59, tzinfo=dt.UTC))
+    CallLogFactory(tenant=tenant, created_at=dt.datetime(2026, 6, 30, 12, 0, tzinfo=dt.UTC))
+    now = dt.datetime(2026, 7, 2, tzinfo=dt.UTC)
+
+    daily_usage_recompute(first_day=dt.date(2026, 6, 29), last_day=dt.date(2026, 7, 2), now=now)
+
+    assert list(DailyUsage.objects.order_by("day").values_list("day", "request_count")) == [
+        (dt.date(2026, 6, 30), 1),
+        (dt.date(2026, 7, 1), 1),
+    ]
+
+
+@pytest.mark.django_db
+def test_recompute_keeps_one_row_for_calls_without_provider_config():
+    tenant = TenantFactory()
+    for _ in range(3):
+        CallLogFactory(tenant=tenant, provider_config=None, created_at=NOW)
+    _recompute()
+
+    CallLogFactory(tenant=tenant, provider_config=None, created_at=NOW)
+    _recompute()
+
+    assert list(DailyUsage.objects.values_list("provider_config_id", "request_count")) == [
+        (None, 4)
+    ]
+
+
+@pytest.mark.django_db
+def test_recompute_moves_usage_to_null_group_when_provider_config_is_deleted():
+    tenant = TenantFactory()
+    config = ProviderConfigFactory(tenant=tenant)
+    CallLogFactory(tenant=tenant, provider_config=config, created_at=NOW)
+    CallLogFactory(tenant=tenant, provider_config=None, created_at=NOW)
+    _recompute()
+
+    config.delete()
+    result = _recompute()
+
+    assert result.removed == 1
+    assert list(DailyUsage.objects.values_list("provider_config_id", "request_count")) == [
+        (None, 2)
+    ]
+
+
+@pytest.mark.django_db
+def test_recompute_of_one_tenant_leaves_other_tenants_alone():
+    mine, theirs = TenantFactory(), TenantFactory()
+    CallLogFactory(tenant=mine, created_at=NOW)
+    CallLogFactory(tenant=theirs, created_at=NOW)
+    _recompute()
+    CallLog.objects.filter(tenant=theirs).delete()
+
+    _recompute(tenant=mine)
+
+    assert DailyUsage.objects.filter(tenant=theirs).count() == 1
+
+
+@pytest.mark.django_db
+def test_recompute_keeps_days_whose_logs_are_past_retention(settings):
+    settings.USAGE_CALL_LOG_RETENTION_DAYS = 30
+    tenant = TenantFactory()
+    old_day = DAY - dt.timedelta(days=40)
+    CallLogFactory(tenant=tenant, created_at=NOW - dt.timedelta(days=40))
+    daily_usage_recompute(first_day=old_day, last_day=old_day, now=NOW - dt.timedelta(days=39))
+    CallLog.objects.all().delete()  # what the retention purge does
+
+    result = _recompute(first=old_day, last=DAY)
+
+    assert result.kept_before == DAY - dt.timedelta(days=29)
+    assert list(DailyUsage.objects.values_list("day", "request_count")) == [(old_day, 1)]
+
+
+@pytest.mark.django_db
+def test_recompute_refuses_range_when_first_day_is_after_last_day():
+    with pytest.raises(UsageRangeError) as caught:
+        _recompute(first=DAY, last=DAY - dt.timedelta(days=1))
+
+    assert caught.value.message == (
+        "The first day (2026-06-15) is after the last day (2026-06-14); swap them."
+    )
+
+
+@pytest.mark.django_db
+def test_recent_recompute_picks_up_a_log_that_arrived_days_late(settings):
+    settings.USAGE_AGGREGATION_LOOKBACK_MINUTES = 60
+    tenant = TenantFactory()
+    CallLogFactory(tenant=tenant, created_at=NOW - dt.timedelta(minutes=10))
+    daily_usage_recompute_recent(now=NOW)
+
+    # a log written now, dated three days ago (outside the lookback window)
+    CallLogFactory(tenant=tenant, created_at=NOW - dt.timedelta(days=3))
+    daily_usage_recompute_recent(now=NOW + dt.timedelta(minutes=5))
+
+    assert list(DailyUsage.objects.order_by("day").values_list("day", "request_count")) == [
+        (DAY - dt.timedelta(days=3), 1),
+        (DAY, 1),
+    ]
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_recomputes_leave_the_same_table():
+    tenants = [TenantFactory(timezone=tz) for tz in ("UTC", "Europe/Paris", "Asia/Tokyo")]
+    for index in range(60):
+        CallLogFactory(
+            tenant=tenants[index % 3],
+            customer_id=f"c{index % 7}",
+            created_at=NOW - dt.timedelta(hours=index),
+        )
+    _recompute(first=DAY - dt.timedelta(days=3), last=DAY)
+    expected = _rows()
+    DailyUsage.objects.all().delete()
+    errors = []
+    barrier = threading.Barrier(4)
+
+    def run():
+        barrier.wait()
+        try:
+            _recompute(first=DAY - dt.timedelta(days=3), last=DAY)
+        except Exception as exc:  # any error fails the test below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert errors == []
+    assert _rows() == expected
+
+
+@pytest.mark.django_db
+def test_backfill_command_recomputes_range_and_reports():
+    tenant = TenantFactory(slug="acme")
+    today = timezone.now().date()
+    first, last = today - dt.timedelta(days=6), today - dt.timedelta(days=3)
+    noon = dt.time(12, tzinfo=dt.UTC)
+    CallLogFactory(tenant=tenant, created_at=dt.datetime.combine(first, noon))
+    CallLogFactory(tenant=tenant, created_at=dt.datetime.combine(last, noon))
+    out, err = StringIO(), StringIO()
+
+    call_command(
+        "usage_backfill",
+        "--from",
+        first.isoformat(),
+        "--to",
+        last.isoformat(),
+        "--tenant",
+        "acme",
+        stdout=out,
+        stderr=err,
+    )
+
+    assert DailyUsage.objects.filter(tenant=tenant).count() == 2
+    assert out.getvalue().strip() == (
+        f"Recomputed 4 day(s) from {first} to {last} for tenant acme: 2 row(s) written, 0 removed."
+    )
+    assert "4/4" in err.getvalue()
+
+
+@pytest.mark.django_db
+def test_backfill_command_says_which_days_retention_kept(settings):
+    settings.USAGE_CALL_LOG_RETENTION_DAYS = 10
+    TenantFactory()
+    today = timezone.now().date()
+    out = StringIO()
+
+    call_command(
+        "usage_backfill",
+        "--from",
+        (today - dt.timedelta(days=20)).isoformat(),
+        "--no-progress",
+        stdout=out,
+    )
+
+    assert (
+        out.getvalue()
+        .strip()
+        .endswith(
+            f"Days before {today - dt.timedelta(days=9)} were kept as they are: their call logs "
+            "are past the retention period."
+        )
+    )
+
+
+@pytest.mark.django_db
+def test_backfill_command_refuses_reversed_range():
+    with pytest.raises(CommandError) as caught:
+        call_command("usage_backfill", "--from", "2026-06-12", "--to", "2026-06-01")
+
+    assert str(caught.value) == "--from (2026-06-12) is after --to (2026-06-01); swap them."

@@ -1,0 +1,439 @@
+"""Alerts: thresholds once per (budget, period, percent), error rate, unpriced usage, delivery."""
+
+import datetime as dt
+import json
+import threading
+from decimal import Decimal
+
+import pytest
+from django.core import mail
+from django.core.exceptions import ValidationError
+from django.db import connection
+
+from llm_providers.models import TenantMembership
+from tests.factories import (
+    BudgetFactory,
+    CallLogFactory,
+    ProviderConfigFactory,
+    TenantFactory,
+    TenantMembershipFactory,
+    UserFactory,
+)
+from usage.aggregation import daily_usage_recompute
+from usage.alerts import (
+    alert_deliveries_send_due,
+    alert_delivery_attempt,
+    alerts_check,
+    budget_thresholds_check,
+    error_rates_check,
+    unpriced_usage_check,
+)
+from usage.models import AlertDelivery, Budget, CallLog, CostAlert
+
+NOW = dt.datetime(2026, 6, 15, 12, 0, tzinfo=dt.UTC)
+
+
+def _aggregate(now=NOW):
+    daily_usage_recompute(
+        first_day=now.date() - dt.timedelta(days=1),
+        last_day=now.date() + dt.timedelta(days=1),
+        now=now,
+    )
+
+
+def _spend(tenant, amount, **kwargs):
+    return CallLogFactory(
+        tenant=tenant,
+        cost_usd=Decimal(amount),
+        created_at=kwargs.pop("created_at", NOW - dt.timedelta(minutes=5)),
+        **kwargs,
+    )
+
+
+@pytest.mark.django_db
+def test_threshold_check_creates_one_alert_per_crossed_percent():
+    # given a $10 monthly budget with $8.50 spent this month
+    tenant = TenantFactory(name="Acme")
+    budget = BudgetFactory(tenant=tenant, name="Monthly", alert_percentages=[50, 80, 100])
+    _spend(tenant, "8.50")
+    _aggregate()
+
+    # when
+    created = budget_thresholds_check(now=NOW)
+
+    # then 50 % and 80 % fire, 100 % does not
+    assert sorted(a.percent for a in created) == [50, 80]
+    alert = CostAlert.objects.get(budget=budget, percent=80)
+    assert alert.period_key == "2026-06"
+    assert alert.spend_usd == Decimal("8.5")
+    assert alert.message == (
+        "Acme: budget “Monthly” (whole tenant, monthly 2026-06) has reached 80% of its "
+        "$10.00 limit: $8.50 spent."
+    )
+    assert list(alert.deliveries.values_list("channel", "target_label")) == [
+        ("email", "finance@example.com")
+    ]
+
+
+@pytest.mark.django_db
+def test_threshold_check_creates_nothing_when_run_again():
+    tenant = TenantFactory()
+    BudgetFactory(tenant=tenant)
+    _spend(tenant, "9.00")
+    _aggregate()
+    first = alerts_check(now=NOW)
+
+    second = alerts_check(now=NOW + dt.timedelta(minutes=5))
+
+    assert len(first) == 2
+    assert second == []
+    assert CostAlert.objects.count() == 2
+    assert AlertDelivery.objects.count() == 2
+
+
+@pytest.mark.django_db
+def test_threshold_alert_says_calls_are_refused_when_blocking_budget_is_spent():
+    tenant = TenantFactory(name="Acme")
+    BudgetFactory(
+        tenant=tenant,
+        name="Cap",
+        action=Budget.Action.BLOCK,
+        period=Budget.Period.DAILY,
+        alert_percentages=[100],
+        limit_usd=Decimal("1"),
+    )
+    _spend(tenant, "1.20")
+    _aggregate()
+
+    (alert,) = budget_thresholds_check(now=NOW)
+
+    assert alert.message == (
+        "Acme: budget “Cap” (whole tenant, daily 2026-06-15) has reached 100% of its $1.00 "
+        "limit: $1.20 spent. Calls that would go over the limit are refused until the "
+        "period resets."
+    )
+
+
+@pytest.mark.django_db
+def test_threshold_check_alerts_previous_period_when_a_late_log_pushes_it_over():
+    # given yesterday's daily budget just under 50 %, and a late log of 23:50 yesterday
+    now = dt.datetime(2026, 6, 16, 0, 30, tzinfo=dt.UTC)
+    tenant = TenantFactory()
+    BudgetFactory(
+        tenant=tenant, period=Budget.Period.DAILY, limit_usd=Decimal("1"), alert_percentages=[50]
+    )
+    _spend(tenant, "0.40", created_at=now - dt.timedelta(hours=3))
+    _spend(tenant, "0.20", created_at=now - dt.timedelta(minutes=40))
+    _aggregate(now)
+
+    (alert,) = budget_thresholds_check(now=now)
+
+    assert alert.period_key == "2026-06-15"
+    assert alert.spend_usd == Decimal("0.6")
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_threshold_checks_create_each_alert_once():
+    tenant = TenantFactory()
+    BudgetFactory(tenant=tenant, alert_percentages=[50, 80, 100])
+    _spend(tenant, "12.00")
+    _aggregate()
+    barrier = threading.Barrier(6)
+    errors = []
+
+    def check():
+        barrier.wait()
+        try:
+            budget_thresholds_check(now=NOW)
+        except Exception as exc:  # any error fails the test below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=check) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert errors == []
+    assert sorted(CostAlert.objects.values_list("percent", flat=True)) == [50, 80, 100]
+    assert AlertDelivery.objects.count() == 3
+
+
+@pytest.mark.django_db
+def test_new_alert_is_emailed_once_committed(django_capture_on_commit_callbacks):
+    tenant = TenantFactory(name="Acme")
+    BudgetFactory(
+        tenant=tenant, alert_percentages=[50], alert_emails="a@example.com, b@example.com"
+    )
+    _spend(tenant, "6.00")
+    _aggregate()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        (alert,) = budget_thresholds_check(now=NOW)
+
+    assert len(mail.outbox) == 1
+    message = mail.outbox[0]
+    assert message.to == ["a@example.com", "b@example.com"]
+    assert message.subject == "[LLM usage] Acme: budget threshold"
+    assert alert.message in message.body
+    delivery = alert.deliveries.get()
+    assert (delivery.state, delivery.attempts) == ("delivered", 1)
+
+
+class _FlakyReceiver:
+    """A loopback webhook receiver that fails a given number of times, then accepts."""
+
+    def __init__(self, httpserver, failures):
+        self.bodies = []
+        self.failures = failures
+        httpserver.expect_request("/hooks/T000/secret-path", method="POST").respond_with_handler(
+            self.handle
+        )
+        self.url = httpserver.url_for("/hooks/T000/secret-path")
+
+    def handle(self, request):
+        from werkzeug import Response
+
+        self.bodies.append(json.loads(request.data))
+        if len(self.bodies) <= self.failures:
+            return Response("down", status=503)
+        return Response("ok", status=200)
+
+
+@pytest.mark.django_db
+def test_webhook_delivery_is_retried_with_backoff_after_receiver_failed(
+    httpserver, allow_private_urls
+):
+    # given a budget alert to a receiver that fails once
+    receiver = _FlakyReceiver(httpserver, failures=1)
+    tenant = TenantFactory(name="Acme")
+    BudgetFactory(tenant=tenant, alert_percentages=[50], alert_emails="", webhook_url=receiver.url)
+    _spend(tenant, "5.00")
+    _aggregate()
+    (alert,) = budget_thresholds_check(now=NOW)
+    delivery = alert.deliveries.get()
+
+    # when the first attempt fails
+    failed = alert_delivery_attempt(delivery_id=delivery.pk, now=NOW)
+
+    # then the failure is kept and a retry is scheduled a minute later
+    host = f"http://localhost:{httpserver.port}/…"
+    assert failed.state == "retrying"
+    assert failed.attempts == 1
+    assert failed.last_error == f"{host} answered HTTP 503."
+    assert "secret-path" not in failed.last_error
+    assert failed.next_attempt_at == NOW + dt.timedelta(seconds=60)
+    assert failed.target_label == host
+
+    # when the retry run comes before and after the backoff
+    assert alert_deliveries_send_due(now=NOW + dt.timedelta(seconds=30)) == 0
+    assert alert_deliveries_send_due(now=NOW + dt.timedelta(seconds=61)) == 1
+
+    # then the second attempt delivered the Slack-compatible payload
+    delivery.refresh_from_db()
+    assert (delivery.state, delivery.attempts, delivery.last_error) == ("delivered", 2, "")
+    assert len(receiver.bodies) == 2
+    assert receiver.bodies[-1]["text"] == alert.message
+    assert receiver.bodies[-1]["alert"]["percent"] == 50
+    assert receiver.bodies[-1]["alert"]["tenant"] == tenant.slug
+
+
+@pytest.mark.django_db
+def test_webhook_delivery_gives_up_and_keeps_error_after_max_attempts(
+    httpserver, allow_private_urls, settings
+):
+    settings.USAGE_ALERT_MAX_ATTEMPTS = 2
+    receiver = _FlakyReceiver(httpserver, failures=5)
+    tenant = TenantFactory()
+    BudgetFactory(tenant=tenant, alert_percentages=[50], alert_emails="", webhook_url=receiver.url)
+    _spend(tenant, "5.00")
+    _aggregate()
+    (alert,) = budget_thresholds_check(now=NOW)
+    delivery = alert.deliveries.get()
+
+    alert_delivery_attempt(delivery_id=delivery.pk, now=NOW)
+    final = alert_delivery_attempt(delivery_id=delivery.pk, now=NOW + dt.timedelta(hours=1))
+
+    assert (final.state, final.attempts, final.next_attempt_at) == ("failed", 2, None)
+    assert final.last_error.endswith("answered HTTP 503.")
+    assert alert_deliveries_send_due(now=NOW + dt.timedelta(days=1)) == 0
+    assert len(receiver.bodies) == 2
+
+
+@pytest.mark.django_db
+def test_webhook_delivery_refused_when_url_points_at_loopback(httpserver):
+    # the budget was saved while private URLs were allowed; they no longer are
+    tenant = TenantFactory()
+    BudgetFactory(
+        tenant=tenant,
+        alert_percentages=[50],
+        alert_emails="",
+        webhook_url=httpserver.url_for("/hook").replace("localhost", "127.0.0.1"),
+    )
+    _spend(tenant, "5.00")
+    _aggregate()
+    (alert,) = budget_thresholds_check(now=NOW)
+
+    result = alert_delivery_attempt(delivery_id=alert.deliveries.get().pk, now=NOW)
+
+    assert result.state == "retrying"
+    assert result.last_error.startswith(
+        "The webhook URL points at a loopback address (127.0.0.1); webhook URLs must be public"
+    )
+    assert httpserver.log == []
+
+
+@pytest.mark.django_db
+def test_delivery_is_skipped_when_already_delivered():
+    tenant = TenantFactory()
+    BudgetFactory(tenant=tenant, alert_percentages=[50])
+    _spend(tenant, "5.00")
+    _aggregate()
+    (alert,) = budget_thresholds_check(now=NOW)
+    delivery = alert.deliveries.get()
+    alert_delivery_attempt(delivery_id=delivery.pk, now=NOW)
+
+    again = alert_delivery_attempt(delivery_id=delivery.pk, now=NOW + dt.timedelta(hours=1))
+
+    assert again is None
+    assert len(mail.outbox) == 1
+
+
+@pytest.mark.django_db
+def test_error_rate_alert_fires_once_per_window_when_provider_fails_often(settings):
+    settings.USAGE_ERROR_RATE_THRESHOLD = 0.2
+    settings.USAGE_ERROR_RATE_MIN_REQUESTS = 10
+    tenant = TenantFactory(name="Acme")
+    TenantMembershipFactory(tenant=tenant, user=UserFactory(email="ops@example.com"))
+    config = ProviderConfigFactory(tenant=tenant, name="openai-main")
+    for index in range(10):
+        CallLogFactory(
+            tenant=tenant,
+            provider_config=config,
+            status=CallLog.Status.ERROR if index < 3 else CallLog.Status.OK,
+            created_at=NOW - dt.timedelta(minutes=2),
+        )
+
+    first = error_rates_check(now=NOW)
+    second = error_rates_check(now=NOW + dt.timedelta(minutes=1))
+
+    assert len(first) == 1 and second == []
+    alert = first[0]
+    assert alert.kind == CostAlert.Kind.ERROR_RATE
+    assert alert.provider_config == config
+    assert alert.percent == 30
+    assert alert.message == (
+        "Acme: provider “openai-main” failed 3 of 10 calls (30%) in the last 15 minutes, "
+        "above the 20% alert threshold."
+    )
+    # No budget names recipients, so the tenant's admins are told.
+    assert alert.deliveries.get().target_label == "ops@example.com"
+
+
+@pytest.mark.django_db
+def test_error_rate_does_not_alert_below_minimum_requests(settings):
+    settings.USAGE_ERROR_RATE_MIN_REQUESTS = 20
+    tenant = TenantFactory()
+    config = ProviderConfigFactory(tenant=tenant)
+    for _ in range(5):
+        CallLogFactory(
+            tenant=tenant,
+            provider_config=config,
+            status=CallLog.Status.ERROR,
+            created_at=NOW - dt.timedelta(minutes=1),
+        )
+
+    assert error_rates_check(now=NOW) == []
+
+
+@pytest.mark.django_db
+def test_unpriced_usage_alerts_once_per_model_and_month():
+    tenant = TenantFactory(name="Acme")
+    BudgetFactory(tenant=tenant, alert_percentages=[], alert_emails="finance@example.com")
+    config = ProviderConfigFactory(tenant=tenant, name="local-llm")
+    for _ in range(3):
+        CallLogFactory(
+            tenant=tenant,
+            provider_config=config,
+            model_requested="mystery-7b",
+            cost_usd=None,
+            price_source=CallLog.PriceSource.UNKNOWN,
+            created_at=NOW - dt.timedelta(minutes=10),
+        )
+    _aggregate()
+
+    first = unpriced_usage_check(now=NOW)
+    second = unpriced_usage_check(now=NOW + dt.timedelta(hours=1))
+
+    assert second == []
+    (alert,) = first
+    assert alert.kind == CostAlert.Kind.UNPRICED
+    assert alert.period_key == "2026-06"
+    assert alert.message == (
+        "Acme: 3 request(s) to model “mystery-7b” on “local-llm” since 2026-06-15 have no "
+        "known price, so their cost is unknown (shown as unpriced, not $0). Add a model "
+        "price for it."
+    )
+    assert alert.deliveries.get().target_label == "finance@example.com"
+
+
+@pytest.mark.django_db
+def test_budget_clean_refuses_private_webhook_bad_emails_and_percentages():
+    tenant = TenantFactory()
+    budget = Budget(
+        tenant=tenant,
+        name="b",
+        limit_usd=Decimal("5"),
+        alert_percentages=[50, "80"],
+        alert_emails="ok@example.com, not-an-email",
+        webhook_url="http://127.0.0.1:9000/hook",
+    )
+
+    with pytest.raises(ValidationError) as caught:
+        budget.full_clean()
+
+    errors = caught.value.message_dict
+    assert errors["alert_percentages"] == [
+        "Alert percentages must be whole numbers between 1 and 1000, e.g. 50, 80, 100."
+    ]
+    assert errors["alert_emails"] == ["Not valid email addresses: not-an-email."]
+    assert errors["webhook_url"][0].startswith(
+        "The webhook URL points at a loopback address (127.0.0.1)"
+    )
+
+
+@pytest.mark.django_db
+def test_budget_webhook_url_is_stored_encrypted():
+    budget = BudgetFactory(webhook_url="https://hooks.example.com/services/T0/B0/secret")
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT webhook_url FROM usage_budget WHERE id = %s", [budget.pk])
+        (stored,) = cursor.fetchone()
+
+    assert "secret" not in stored
+    assert Budget.objects.get(pk=budget.pk).webhook_url.endswith("/B0/secret")
+
+
+@pytest.mark.django_db
+def test_operational_alert_has_no_delivery_when_tenant_has_only_viewers():
+    tenant = TenantFactory()
+    TenantMembershipFactory(
+        tenant=tenant,
+        user=UserFactory(email="viewer@example.com"),
+        role=TenantMembership.Role.VIEWER,
+    )
+    config = ProviderConfigFactory(tenant=tenant)
+    for _ in range(25):
+        CallLogFactory(
+            tenant=tenant,
+            provider_config=config,
+            status=CallLog.Status.ERROR,
+            created_at=NOW - dt.timedelta(minutes=1),
+        )
+
+    (alert,) = error_rates_check(now=NOW)
+
+    assert alert.deliveries.count() == 0

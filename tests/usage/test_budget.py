@@ -1,0 +1,341 @@
+"""The budget gate: reserve, refuse, settle, release, expiry, cold rebuild, concurrency."""
+
+import datetime as dt
+import threading
+import time
+import uuid
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from llm_providers.config_cache import config_version
+from tests.factories import BudgetFactory, CallLogFactory, ProviderConfigFactory, TenantFactory
+from usage.budget import (
+    BudgetExceeded,
+    BudgetUnavailable,
+    budget_release,
+    budget_reserve,
+    budget_settle,
+)
+from usage.models import Budget, BudgetHold
+from usage.periods import DAILY, MONTHLY, period_containing
+
+
+def _reserve(tenant, amount, *, service="summarizer", customer="acme", provider_config_id=None):
+    return budget_reserve(
+        tenant=tenant,
+        provider_config_id=provider_config_id,
+        service_name=service,
+        customer_id=customer,
+        amount_usd=Decimal(amount),
+        request_id=uuid.uuid4(),
+    )
+
+
+def _blocking_daily(tenant, limit="1.00", **kwargs):
+    return BudgetFactory(
+        tenant=tenant,
+        name="Daily cap",
+        period=Budget.Period.DAILY,
+        limit_usd=Decimal(limit),
+        action=Budget.Action.BLOCK,
+        **kwargs,
+    )
+
+
+@pytest.mark.django_db
+def test_reserve_costs_no_query_when_tenant_has_no_budget(django_assert_num_queries):
+    tenant = TenantFactory()
+    version = config_version(tenant.pk)
+    budget_reserve(
+        tenant=tenant,
+        provider_config_id=None,
+        service_name="s",
+        customer_id="c",
+        amount_usd=Decimal("1"),
+        request_id=uuid.uuid4(),
+        version=version,
+    )
+
+    with django_assert_num_queries(0):
+        reservation = budget_reserve(
+            tenant=tenant,
+            provider_config_id=None,
+            service_name="s",
+            customer_id="c",
+            amount_usd=Decimal("1"),
+            request_id=uuid.uuid4(),
+            version=version,
+        )
+
+    assert not reservation
+
+
+@pytest.mark.django_db
+def test_reserve_refuses_with_budget_spend_limit_and_reset_when_blocking_budget_would_go_over(
+    counters,
+):
+    # given a $1 daily blocking budget with $0.90 already spent today
+    tenant = TenantFactory(timezone="Europe/Paris")
+    budget = _blocking_daily(tenant)
+    CallLogFactory(tenant=tenant, cost_usd=Decimal("0.900000000000"))
+    period = period_containing(DAILY, timezone.now(), "Europe/Paris")
+
+    # when a call that may cost $0.20 asks for room
+    with pytest.raises(BudgetExceeded) as caught:
+        _reserve(tenant, "0.20")
+
+    # then it is refused, naming the budget, spend, limit and reset
+    error = caught.value
+    assert error.code == "budget_exceeded"
+    assert error.http_status == 429
+    local_reset = period.end.astimezone(ZoneInfo("Europe/Paris"))
+    assert error.message == (
+        "Budget “Daily cap” (daily, limit $1.00) refuses this call: $0.90 is already "
+        "spent or reserved this period and the call may cost up to $0.20. The budget "
+        f"resets at {local_reset:%Y-%m-%d} 00:00 Europe/Paris ({period.end.isoformat()})."
+    )
+    assert error.extra["budget_id"] == budget.pk
+    assert error.extra["budget_name"] == "Daily cap"
+    assert Decimal(error.extra["spend_usd"]) == Decimal("0.9")
+    assert error.extra["limit_usd"] == "1.0000"
+    assert error.extra["resets_at"] == period.end.isoformat()
+    assert 0 < error.extra["retry_after_seconds"] <= 25 * 3600
+
+
+@pytest.mark.django_db
+def test_reserve_allows_call_when_only_an_alert_budget_would_go_over(counters):
+    tenant = TenantFactory()
+    BudgetFactory(tenant=tenant, limit_usd=Decimal("1.00"), action=Budget.Action.ALERT)
+    CallLogFactory(tenant=tenant, cost_usd=Decimal("5.00"))
+
+    reservation = _reserve(tenant, "0.50")
+
+    assert reservation
+    assert reservation.amount_usd == Decimal("0.50")
+
+
+@pytest.mark.django_db
+def test_reserve_refuses_when_outstanding_reservations_fill_the_budget(counters):
+    tenant = TenantFactory()
+    _blocking_daily(tenant)
+
+    first = _reserve(tenant, "0.60")
+
+    assert first
+    with pytest.raises(BudgetExceeded) as caught:
+        _reserve(tenant, "0.60")
+    assert Decimal(caught.value.extra["spend_usd"]) == Decimal("0.6")
+
+
+@pytest.mark.django_db
+def test_settle_replaces_reserved_amount_by_real_cost(counters):
+    tenant = TenantFactory()
+    _blocking_daily(tenant)
+    reservation = _reserve(tenant, "0.60")
+
+    CallLogFactory(tenant=tenant, cost_usd=Decimal("0.100000000000"))
+    budget_settle(reservation=reservation, cost_usd=Decimal("0.100000000000"))
+
+    # $0.10 settled + $0.85 asked = $0.95 fits; a further $0.06 does not.
+    assert _reserve(tenant, "0.85")
+    with pytest.raises(BudgetExceeded) as caught:
+        _reserve(tenant, "0.06")
+    assert Decimal(caught.value.extra["spend_usd"]) == Decimal("0.95")
+
+
+@pytest.mark.django_db
+def test_settle_counts_zero_when_call_is_unpriced(counters):
+    tenant = TenantFactory()
+    _blocking_daily(tenant)
+    reservation = _reserve(tenant, "0.60")
+
+    budget_settle(reservation=reservation, cost_usd=None)
+
+    assert _reserve(tenant, "1.00")
+
+
+@pytest.mark.django_db
+def test_release_gives_the_reservation_back(counters):
+    tenant = TenantFactory()
+    _blocking_daily(tenant)
+    reservation = _reserve(tenant, "0.70")
+
+    budget_release(reservation=reservation)
+
+    assert _reserve(tenant, "0.70")
+
+
+@pytest.mark.django_db
+def test_reservation_lapses_when_not_settled_within_its_ttl(counters, settings):
+    # given a crashed worker's reservation that is never settled
+    settings.USAGE_BUDGET_RESERVATION_TTL_SECONDS = 1
+    tenant = TenantFactory()
+    _blocking_daily(tenant)
+    _reserve(tenant, "0.70")
+    with pytest.raises(BudgetExceeded):
+        _reserve(tenant, "0.70")
+
+    # when its TTL has passed
+    time.sleep(1.2)
+
+    # then its amount is free again
+    assert _reserve(tenant, "0.70")
+
+
+@pytest.mark.django_db
+def test_cold_counter_counts_only_this_periods_call_logs_in_tenant_timezone(counters):
+    # given a monthly budget in Tokyo, one log just before the local month began
+    # and one just after
+    tenant = TenantFactory(timezone="Asia/Tokyo")
+    BudgetFactory(
+        tenant=tenant, limit_usd=Decimal("1.00"), action=Budget.Action.BLOCK, name="Monthly"
+    )
+    period = period_containing(MONTHLY, timezone.now(), "Asia/Tokyo")
+    CallLogFactory(
+        tenant=tenant,
+        cost_usd=Decimal("0.500000000000"),
+        created_at=period.start - dt.timedelta(seconds=1),
+    )
+    CallLogFactory(tenant=tenant, cost_usd=Decimal("0.300000000000"), created_at=period.start)
+
+    # when the counter is rebuilt, then only the second counts
+    with pytest.raises(BudgetExceeded) as caught:
+        _reserve(tenant, "0.75")
+    assert Decimal(caught.value.extra["spend_usd"]) == Decimal("0.3")
+
+
+@pytest.mark.django_db
+def test_scoped_budget_ignores_calls_of_other_services(counters):
+    tenant = TenantFactory()
+    _blocking_daily(tenant, service_name="summarizer")
+    CallLogFactory(tenant=tenant, service_name="translator", cost_usd=Decimal("5"))
+
+    assert _reserve(tenant, "0.90", service="summarizer")
+    assert not _reserve(tenant, "50", service="translator")
+
+
+@pytest.mark.django_db
+def test_provider_scoped_budget_applies_only_to_its_provider_config(counters):
+    tenant = TenantFactory()
+    scoped, other = ProviderConfigFactory(tenant=tenant), ProviderConfigFactory(tenant=tenant)
+    _blocking_daily(tenant, provider_config=scoped)
+    CallLogFactory(tenant=tenant, provider_config=scoped, cost_usd=Decimal("0.95"))
+
+    with pytest.raises(BudgetExceeded):
+        _reserve(tenant, "0.10", provider_config_id=scoped.pk)
+    assert not _reserve(tenant, "0.10", provider_config_id=other.pk)
+
+
+@pytest.mark.django_db
+def test_refused_reservation_holds_nothing_on_other_budgets(counters):
+    tenant = TenantFactory()
+    _blocking_daily(tenant, limit="1.00")
+    BudgetFactory(tenant=tenant, name="Watch", limit_usd=Decimal("100"))
+
+    with pytest.raises(BudgetExceeded):
+        _reserve(tenant, "2.00")
+
+    assert BudgetHold.objects.count() == 0
+    assert _reserve(tenant, "0.99")
+
+
+@pytest.mark.django_db
+def test_budget_save_replaces_tenant_config_version():
+    tenant = TenantFactory()
+    before = config_version(tenant.pk)
+
+    budget = _blocking_daily(tenant, limit="0.50")
+
+    after = config_version(tenant.pk)
+    assert after != before
+    with pytest.raises(BudgetExceeded) as caught:
+        _reserve(tenant, "0.60")
+    assert caught.value.extra["budget_id"] == budget.pk
+
+
+@pytest.mark.django_db
+def test_raised_limit_applies_to_the_next_reservation(counters):
+    tenant = TenantFactory()
+    budget = _blocking_daily(tenant, limit="0.50")
+    with pytest.raises(BudgetExceeded):
+        _reserve(tenant, "0.60")
+
+    budget.limit_usd = Decimal("2.00")
+    budget.save()
+
+    assert _reserve(tenant, "0.60")
+
+
+@pytest.mark.django_db
+def test_reserve_refuses_blocking_budget_when_redis_is_unreachable(settings):
+    settings.USAGE_BUDGET_BACKEND = "redis"
+    # Port 9 (discard) on loopback: nothing listens, the connection is refused.
+    settings.USAGE_BUDGET_REDIS_URL = "redis://127.0.0.1:9/0"
+    tenant = TenantFactory()
+    _blocking_daily(tenant)
+
+    with pytest.raises(BudgetUnavailable) as caught:
+        _reserve(tenant, "0.10")
+
+    assert caught.value.http_status == 503
+    assert "“Daily cap”" in caught.value.message
+
+
+def _race(tenant, amount, threads):
+    barrier = threading.Barrier(threads)
+    outcomes = []
+    lock = threading.Lock()
+
+    def attempt():
+        barrier.wait()
+        try:
+            _reserve(tenant, amount)
+            outcome = "reserved"
+        except BudgetExceeded:
+            outcome = "refused"
+        finally:
+            connection.close()
+        with lock:
+            outcomes.append(outcome)
+
+    workers = [threading.Thread(target=attempt) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return outcomes
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_reservations_never_exceed_blocking_budget_with_redis(settings):
+    # given a budget that fits exactly 5 worst-case calls of $0.20
+    settings.USAGE_BUDGET_BACKEND = "redis"
+    tenant = TenantFactory()
+    _blocking_daily(tenant, limit="1.00")
+    CallLogFactory(tenant=tenant, cost_usd=Decimal("0"))
+
+    # when 24 threads reserve at once
+    outcomes = _race(tenant, "0.20", 24)
+
+    # then exactly 5 succeed
+    assert outcomes.count("reserved") == 5
+    assert outcomes.count("refused") == 19
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_reservations_never_exceed_blocking_budget_with_database_counters(settings):
+    settings.USAGE_BUDGET_BACKEND = "database"
+    tenant = TenantFactory()
+    _blocking_daily(tenant, limit="1.00")
+
+    outcomes = _race(tenant, "0.20", 16)
+
+    assert outcomes.count("reserved") == 5
+    assert BudgetHold.objects.count() == 5

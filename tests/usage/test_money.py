@@ -1,0 +1,25 @@
+"""USD amounts: nano-dollar counters and how amounts are written for people."""
+
+from decimal import Decimal
+
+from usage.money import nano_to_usd, usd_format, usd_to_nano
+
+
+def test_usd_to_nano_rounds_reservations_up_and_costs_to_nearest():
+    assert usd_to_nano(Decimal("0.0000000001"), round_up=True) == 1
+    assert usd_to_nano(Decimal("0.0000000004")) == 0
+    assert usd_to_nano(Decimal("12.345678901")) == 12_345_678_901
+    assert usd_to_nano(None) == 0
+
+
+def test_nano_to_usd_is_exact():
+    assert nano_to_usd(12_345_678_901) == Decimal("12.345678901")
+
+
+def test_usd_format_keeps_up_to_six_decimals_below_a_dollar():
+    assert usd_format(Decimal("1234.5")) == "$1,234.50"
+    assert usd_format(Decimal("0.000321456")) == "$0.000321"
+    assert usd_format(Decimal("0.700000000000")) == "$0.70"
+    assert usd_format(Decimal("0.0423")) == "$0.0423"
+    assert usd_format(Decimal("0")) == "$0.00"
+    assert usd_format(None) == "unpriced"

@@ -1,0 +1,544 @@
+"""Admin for usage: budgets and alerts (tenant admins edit), read-only DailyUsage and CallLog
+(fast on millions of rows: no full counts, capped counting paginator, no facets), and the
+per-tenant usage dashboard."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, date, datetime, timedelta
+
+from django import forms
+from django.conf import settings
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
+from django.http import Http404, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.functional import cached_property
+
+from llm_providers.admin_scoping import TenantScopedAdmin
+from llm_providers.encryption import UnreadableSecret
+from llm_providers.models import ProviderConfig, Tenant
+from llm_providers.selectors import tenant_list_for_user
+
+from .alerts import alert_deliveries_retry
+from .charts import budget_gauge, daily_cost_chart, spend_bars
+from .models import AlertDelivery, Budget, CallLog, CostAlert, DailyUsage, UsageDashboard
+from .money import usd_format
+from .selectors import usage_dashboard
+from .tasks import refresh_tenant_usage
+from .webhooks import webhook_label
+
+# --- large tables --------------------------------------------------------------
+
+
+class CappedCountPaginator(Paginator):
+    """Counts at most USAGE_ADMIN_COUNT_CAP rows (a LIMITed subquery), never the whole table.
+
+    Past the cap the admin says "more than 10000" and offers the pages of the
+    first rows; filters narrow the rest down.
+    """
+
+    @cached_property
+    def count(self):
+        cap = settings.USAGE_ADMIN_COUNT_CAP
+        counted = self.object_list[: cap + 1].count()
+        self.count_capped = counted > cap
+        return min(counted, cap)
+
+    count_capped = False
+
+
+class _TextFilter(admin.SimpleListFilter):
+    """A list filter with a text box (exact match): no DISTINCT query over the table."""
+
+    template = "admin/usage/text_filter.html"
+    lookup: str = ""
+
+    def lookups(self, request, model_admin):
+        return ()
+
+    def has_output(self):
+        return True
+
+    def choices(self, changelist):
+        yield {
+            "value": self.value() or "",
+            "parameter_name": self.parameter_name,
+            "other_params": [
+                (name, value)
+                for name, value in changelist.params.items()
+                if name != self.parameter_name
+            ],
+        }
+
+    def queryset(self, request, queryset):
+        value = (self.value() or "").strip()
+        return queryset.filter(**{self.lookup: value}) if value else queryset
+
+
+class ServiceFilter(_TextFilter):
+    title = "service"
+    parameter_name = "service"
+    lookup = "service_name"
+
+
+class CustomerFilter(_TextFilter):
+    title = "customer"
+    parameter_name = "customer"
+    lookup = "customer_id"
+
+
+class DailyModelFilter(_TextFilter):
+    title = "model"
+    parameter_name = "model"
+    lookup = "model"
+
+
+class CallModelFilter(_TextFilter):
+    title = "model"
+    parameter_name = "model"
+
+    def queryset(self, request, queryset):
+        value = (self.value() or "").strip()
+        if not value:
+            return queryset
+        return queryset.filter(model_answered=value) | queryset.filter(
+            model_answered="", model_requested=value
+        )
+
+
+class CallDayFilter(_TextFilter):
+    title = "day (UTC, YYYY-MM-DD)"
+    parameter_name = "day"
+
+    def queryset(self, request, queryset):
+        value = (self.value() or "").strip()
+        if not value:
+            return queryset
+        try:
+            day = date.fromisoformat(value)
+        except ValueError:
+            messages.error(request, f"“{value}” is not a day; write it as YYYY-MM-DD.")
+            return queryset.none()
+        start = datetime.combine(day, datetime.min.time(), tzinfo=UTC)
+        return queryset.filter(created_at__gte=start, created_at__lt=start + timedelta(days=1))
+
+
+class ProviderFilter(admin.SimpleListFilter):
+    """The provider configs of the tenants the user sees (never other tenants')."""
+
+    title = "provider"
+    parameter_name = "provider"
+
+    def lookups(self, request, model_admin):
+        configs = ProviderConfig.objects.select_related("tenant").order_by("tenant__name", "name")
+        if not request.user.is_superuser:
+            configs = configs.filter(tenant_id__in=model_admin._visible_tenant_ids(request))
+        return [("none", "(no provider config)")] + [
+            (str(c.pk), f"{c.name} · {c.tenant.name}") for c in configs
+        ]
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        if not value:
+            return queryset
+        if value == "none":
+            return queryset.filter(provider_config__isnull=True)
+        try:
+            return queryset.filter(provider_config_id=uuid.UUID(value))
+        except ValueError:
+            return queryset.none()
+
+
+class _ReadOnlyLargeTableAdmin(TenantScopedAdmin):
+    paginator = CappedCountPaginator
+    show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER
+    list_per_page = 100
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+def _cost(value) -> str:
+    return usd_format(value)
+
+
+@admin.register(DailyUsage)
+class DailyUsageAdmin(_ReadOnlyLargeTableAdmin):
+    list_display = (
+        "day",
+        "tenant",
+        "provider",
+        "model",
+        "service_name",
+        "customer_id",
+        "request_count",
+        "error_count",
+        "unpriced_count",
+        "input_tokens",
+        "output_tokens",
+        "cost",
+    )
+    list_filter = (
+        ("day", admin.DateFieldListFilter),
+        ProviderFilter,
+        DailyModelFilter,
+        ServiceFilter,
+        CustomerFilter,
+    )
+    list_select_related = ("tenant", "provider_config")
+    ordering = ("-day", "-cost_usd")
+
+    @admin.display(description="provider")
+    def provider(self, obj):
+        if obj.provider_config_id is None:
+            return f"(none) {obj.provider_type}"
+        return obj.provider_config.name if obj.provider_config else f"(deleted) {obj.provider_type}"
+
+    @admin.display(description="cost", ordering="cost_usd")
+    def cost(self, obj):
+        return _cost(obj.cost_usd)
+
+
+@admin.register(CallLog)
+class CallLogAdmin(_ReadOnlyLargeTableAdmin):
+    list_display = (
+        "created_at",
+        "tenant",
+        "provider",
+        "model",
+        "service_name",
+        "customer_id",
+        "status",
+        "input_tokens",
+        "output_tokens",
+        "cost",
+        "latency_ms",
+    )
+    list_filter = (
+        ("created_at", admin.DateFieldListFilter),
+        CallDayFilter,
+        ProviderFilter,
+        CallModelFilter,
+        "status",
+        ServiceFilter,
+        CustomerFilter,
+    )
+    list_select_related = ("tenant", "provider_config")
+    search_fields = ("request_id",)
+    search_help_text = "Search by request id (a UUID)."
+    exclude = ("prompt_preview",)
+
+    def get_search_results(self, request, queryset, search_term):
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        try:
+            request_id = uuid.UUID(term)
+        except ValueError:
+            messages.error(request, f"“{term}” is not a request id (a UUID).")
+            return queryset.none(), False
+        return queryset.filter(request_id=request_id), False
+
+    @admin.display(description="provider")
+    def provider(self, obj):
+        return obj.provider_config.name if obj.provider_config else obj.provider_type or "—"
+
+    @admin.display(description="model")
+    def model(self, obj):
+        return obj.model_answered or obj.model_requested
+
+    @admin.display(description="cost", ordering="cost_usd")
+    def cost(self, obj):
+        return _cost(obj.cost_usd)
+
+
+# --- budgets -------------------------------------------------------------------
+
+
+class BudgetAdminForm(forms.ModelForm):
+    alert_percentages = forms.CharField(
+        required=False,
+        help_text="Alert when spend crosses these percentages of the limit, e.g. 50, 80, 100.",
+    )
+    webhook_url = forms.CharField(
+        required=False,
+        label="Webhook URL",
+        widget=forms.TextInput(attrs={"autocomplete": "off", "size": 80}),
+        help_text="Write-only: receives a JSON POST with a Slack-compatible “text”.",
+    )
+    clear_webhook_url = forms.BooleanField(required=False, label="Remove the webhook URL")
+
+    class Meta:
+        model = Budget
+        fields = (
+            "tenant",
+            "name",
+            "is_active",
+            "period",
+            "limit_usd",
+            "action",
+            "provider_config",
+            "service_name",
+            "customer_id",
+            "alert_percentages",
+            "alert_emails",
+            "webhook_url",
+        )
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # The stored URL is a secret: never render it back.
+        self.initial["webhook_url"] = ""
+        percentages = self.instance.alert_percentages if self.instance.pk else [50, 80, 100]
+        if isinstance(percentages, list):
+            self.initial["alert_percentages"] = ", ".join(str(p) for p in percentages)
+        current = self.instance.webhook_url if self.instance.pk else None
+        field = self.fields["webhook_url"]
+        if isinstance(current, UnreadableSecret):
+            field.help_text = "The stored URL cannot be decrypted: enter it again."
+        elif current:
+            field.help_text = f"Set ({webhook_label(current)}). Leave empty to keep it."
+
+    def clean_alert_percentages(self):
+        raw = self.cleaned_data.get("alert_percentages") or ""
+        parts = [p for p in raw.replace(";", ",").replace(" ", ",").split(",") if p]
+        try:
+            return [int(p.rstrip("%")) for p in parts]
+        except ValueError:
+            raise forms.ValidationError(
+                "Write whole percentages separated by commas, e.g. 50, 80, 100."
+            ) from None
+
+    def clean(self):
+        data = super().clean()
+        new = (data.get("webhook_url") or "").strip()
+        if data.get("clear_webhook_url"):
+            data["webhook_url"] = None
+        elif new:
+            data["webhook_url"] = new
+        else:
+            data["webhook_url"] = self.instance.webhook_url if self.instance.pk else None
+        return data
+
+
+@admin.register(Budget)
+class BudgetAdmin(TenantScopedAdmin):
+    form = BudgetAdminForm
+    list_display = (
+        "name",
+        "tenant",
+        "scope",
+        "period",
+        "limit",
+        "action",
+        "is_active",
+        "webhook",
+    )
+    list_filter = ("period", "action", "is_active")
+    list_select_related = ("tenant", "provider_config")
+    search_fields = ("name", "service_name", "customer_id")
+    fieldsets = (
+        (None, {"fields": ("tenant", "name", "is_active")}),
+        ("Limit", {"fields": ("period", "limit_usd", "action")}),
+        (
+            "Scope (empty fields mean any)",
+            {"fields": ("provider_config", "service_name", "customer_id")},
+        ),
+        (
+            "Alerts",
+            {"fields": ("alert_percentages", "alert_emails", "webhook_url", "clear_webhook_url")},
+        ),
+    )
+
+    @admin.display(description="scope")
+    def scope(self, obj):
+        return obj.scope_label
+
+    @admin.display(description="limit", ordering="limit_usd")
+    def limit(self, obj):
+        return usd_format(obj.limit_usd)
+
+    @admin.display(description="webhook")
+    def webhook(self, obj):
+        if obj.webhook_unreadable:
+            return "unreadable — enter it again"
+        return webhook_label(obj.webhook_url) if obj.webhook_url_readable else "—"
+
+
+# --- alerts --------------------------------------------------------------------
+
+
+class AlertDeliveryInline(admin.TabularInline):
+    model = AlertDelivery
+    extra = 0
+    can_delete = False
+    fields = (
+        "channel",
+        "target_label",
+        "state",
+        "attempts",
+        "last_error",
+        "next_attempt_at",
+        "delivered_at",
+    )
+    readonly_fields = fields
+
+    # The parent admin has already checked the tenant.
+    def has_view_permission(self, request, obj=None):
+        return True
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(CostAlert)
+class CostAlertAdmin(TenantScopedAdmin):
+    list_display = ("created_at", "tenant", "kind", "message", "deliveries_state")
+    list_filter = ("kind", ("created_at", admin.DateFieldListFilter))
+    list_select_related = ("tenant",)
+    inlines = (AlertDeliveryInline,)
+    readonly_fields = (
+        "tenant",
+        "kind",
+        "budget",
+        "provider_config",
+        "period_key",
+        "percent",
+        "spend_usd",
+        "limit_usd",
+        "message",
+        "created_at",
+    )
+    fields = readonly_fields
+    actions = ("retry_deliveries",)
+    show_facets = admin.ShowFacets.NEVER
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).prefetch_related("deliveries")
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def has_retry_permission(self, request):
+        return bool(self._admin_tenant_ids(request))
+
+    @admin.display(description="deliveries")
+    def deliveries_state(self, obj):
+        states = [f"{d.channel}: {d.state}" for d in obj.deliveries.all()]
+        return ", ".join(states) or "no recipients"
+
+    @admin.action(description="Retry undelivered deliveries now", permissions=["retry"])
+    def retry_deliveries(self, request, queryset):
+        if not request.user.is_superuser:
+            queryset = queryset.filter(tenant_id__in=self._admin_tenant_ids(request))
+        count = alert_deliveries_retry(alerts=queryset)
+        self.message_user(request, f"{count} delivery(ies) queued for another attempt.")
+
+
+# --- the dashboard -------------------------------------------------------------
+
+
+@admin.register(UsageDashboard)
+class UsageDashboardAdmin(TenantScopedAdmin):
+    """The usage dashboard: its changelist lists the user's tenants, one page per tenant."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def get_urls(self):
+        return [
+            path(
+                "<uuid:tenant_id>/",
+                self.admin_site.admin_view(self.dashboard_view),
+                name="usage_usagedashboard_tenant",
+            ),
+            *super().get_urls(),
+        ]
+
+    def changelist_view(self, request, extra_context=None):
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        tenants = list(tenant_list_for_user(request.user).order_by("name"))
+        if len(tenants) == 1:
+            return HttpResponseRedirect(
+                reverse("admin:usage_usagedashboard_tenant", args=[tenants[0].pk])
+            )
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Usage dashboard",
+            "opts": self.model._meta,
+            "tenants": tenants,
+        }
+        return TemplateResponse(request, "admin/usage/dashboard_index.html", context)
+
+    def dashboard_view(self, request, tenant_id):
+        # Another tenant's dashboard does not exist, as far as this user knows.
+        if tenant_id not in self._visible_tenant_ids(request):
+            raise Http404("No such tenant.")
+        tenant = get_object_or_404(Tenant, pk=tenant_id)
+        can_refresh = tenant.pk in self._admin_tenant_ids(request)
+        if request.method == "POST":
+            if not can_refresh:
+                raise PermissionDenied
+            data = usage_dashboard(tenant=tenant)
+            refresh_tenant_usage.delay(
+                str(tenant.pk), data.first_day.isoformat(), data.last_day.isoformat()
+            )
+            self.message_user(request, "Usage of the last 30 days is being recomputed.")
+            return HttpResponseRedirect(request.path)
+        data = usage_dashboard(tenant=tenant)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Usage — {tenant.name}",
+            "opts": self.model._meta,
+            "dashboard": data,
+            "tenant": tenant,
+            "can_refresh": can_refresh,
+            "total_cost": usd_format(data.total_cost),
+            "daily_chart": daily_cost_chart(data.daily),
+            "breakdowns": [
+                ("By provider", spend_bars(data.by_provider)),
+                ("By model", spend_bars(data.by_model)),
+                ("By service", spend_bars(data.by_service)),
+                ("By customer", spend_bars(data.by_customer)),
+            ],
+            "budgets": [
+                {
+                    "status": status,
+                    "spend": usd_format(status.spend_usd),
+                    "limit": usd_format(status.budget.limit_usd),
+                    "gauge": budget_gauge(status.percent),
+                }
+                for status in data.budgets
+            ],
+        }
+        return TemplateResponse(request, "admin/usage/dashboard.html", context)

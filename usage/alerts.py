@@ -1,0 +1,438 @@
+"""Cost alerts: budget thresholds, provider error rates and unpriced usage, and their delivery.
+
+Checks run after each aggregation. An alert is one CostAlert row, unique per
+(budget, period, percent) or (subject, period): a rerun, or two checks at
+once, cannot create it twice. Creating it creates one AlertDelivery per
+channel (an email to the recipients, one per webhook), queued once the row is
+committed. A failed delivery is retried with exponential backoff by the
+periodic `alert_deliveries_send_due`; its attempts, last error and next
+attempt are kept.
+
+Budget alerts go to the budget's recipients. Error-rate and unpriced-usage
+alerts go to every recipient of the tenant's active budgets or, when there
+are none, to the tenant's admins.
+"""
+
+from __future__ import annotations
+
+import logging
+import smtplib
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from django.conf import settings
+from django.core.mail import send_mail
+from django.db import IntegrityError, transaction
+from django.db.models import Min, Sum
+from django.template.loader import render_to_string
+from django.utils import timezone
+
+from llm_providers.encryption import UnreadableSecret
+from llm_providers.models import ProviderConfig, Tenant, TenantMembership
+
+from .models import AlertDelivery, Budget, CostAlert, DailyUsage, email_list_parse
+from .money import usd_format
+from .periods import period_containing
+from .selectors import budget_list_active, budget_period_spend, provider_error_rates
+from .webhooks import WebhookFailed, webhook_label, webhook_post
+
+logger = logging.getLogger(__name__)
+
+# A claimed delivery is left alone this long: longer than any send takes.
+_CLAIM_SECONDS = 120
+# Deliveries handled per periodic run; the rest wait for the next run.
+_DUE_BATCH = 200
+
+
+class AlertDeliveryFailed(Exception):
+    pass
+
+
+# --- creating alerts -----------------------------------------------------------
+
+
+def _queue_deliveries(delivery_ids: list[int]) -> None:
+    from .tasks import send_alert_delivery
+
+    for delivery_id in delivery_ids:
+        send_alert_delivery.delay(delivery_id)
+
+
+def _alert_create(
+    *,
+    now: datetime,
+    tenant_id,
+    kind: str,
+    subject_key: str,
+    period_key: str,
+    message: str,
+    emails: list[str],
+    webhooks: list[str],
+    percent: int = 0,
+    budget: Budget | None = None,
+    provider_config_id=None,
+    spend_usd: Decimal | None = None,
+    limit_usd: Decimal | None = None,
+) -> CostAlert | None:
+    """Create the alert and its deliveries, or nothing if it already exists."""
+    try:
+        with transaction.atomic():
+            alert = CostAlert.objects.create(
+                tenant_id=tenant_id,
+                kind=kind,
+                budget=budget,
+                provider_config_id=provider_config_id,
+                subject_key=subject_key,
+                period_key=period_key,
+                percent=percent,
+                spend_usd=spend_usd,
+                limit_usd=limit_usd,
+                message=message,
+                created_at=now,
+            )
+            deliveries = []
+            if emails:
+                joined = ", ".join(emails)
+                deliveries.append(
+                    AlertDelivery(
+                        alert=alert,
+                        channel=AlertDelivery.Channel.EMAIL,
+                        target=joined,
+                        target_label=joined[:300],
+                        next_attempt_at=now,
+                        created_at=now,
+                    )
+                )
+            deliveries += [
+                AlertDelivery(
+                    alert=alert,
+                    channel=AlertDelivery.Channel.WEBHOOK,
+                    target=url,
+                    target_label=webhook_label(url),
+                    next_attempt_at=now,
+                    created_at=now,
+                )
+                for url in webhooks
+            ]
+            AlertDelivery.objects.bulk_create(deliveries)
+    except IntegrityError:
+        return None  # already alerted (perhaps by a concurrent check)
+    ids = [d.pk for d in deliveries]
+    # robust: a broker that is down must not undo the alert; the periodic run sends it.
+    transaction.on_commit(lambda: _queue_deliveries(ids), robust=True)
+    return alert
+
+
+def _tenant_recipients(tenant_id) -> tuple[list[str], list[str]]:
+    """Everyone the tenant's active budgets alert, else the tenant's admins."""
+    emails: dict[str, None] = {}
+    webhooks: dict[str, None] = {}
+    for budget in Budget.objects.filter(tenant_id=tenant_id, is_active=True):
+        for address in budget.email_list:
+            emails.setdefault(address, None)
+        if budget.webhook_url_readable:
+            webhooks.setdefault(budget.webhook_url_readable, None)
+    if not emails and not webhooks:
+        admins = TenantMembership.objects.filter(
+            tenant_id=tenant_id, role=TenantMembership.Role.ADMIN, user__is_active=True
+        ).exclude(user__email="")
+        for address in admins.values_list("user__email", flat=True):
+            emails.setdefault(address, None)
+    return list(emails), list(webhooks)
+
+
+def _budget_message(budget: Budget, period, percent: int, spend: Decimal) -> str:
+    text = (
+        f"{budget.tenant.name}: budget “{budget.name}” ({budget.scope_label}, "
+        f"{budget.get_period_display().lower()} {period.key}) has reached {percent}% of its "
+        f"{usd_format(budget.limit_usd)} limit: {usd_format(spend)} spent."
+    )
+    if budget.is_blocking and percent >= 100:
+        text += " Calls that would go over the limit are refused until the period resets."
+    return text
+
+
+def budget_thresholds_check(*, now: datetime) -> list[CostAlert]:
+    """Alert once for each alert percentage a budget's period spend has crossed.
+
+    The current period is checked, and the previous one while the aggregation
+    lookback still reaches into it (late logs can push it over).
+    """
+    lookback = timedelta(minutes=settings.USAGE_AGGREGATION_LOOKBACK_MINUTES)
+    created = []
+    for budget in budget_list_active():
+        percentages = sorted(set(budget.alert_percentages or []))
+        if not percentages:
+            continue
+        tz_name = budget.tenant.timezone
+        periods = {
+            p.key: p
+            for p in (
+                period_containing(budget.period, now - lookback, tz_name),
+                period_containing(budget.period, now, tz_name),
+            )
+        }
+        for period in periods.values():
+            spend = budget_period_spend(budget=budget, period=period)
+            crossed = [p for p in percentages if spend * 100 >= budget.limit_usd * p]
+            if not crossed:
+                continue
+            existing = set(
+                CostAlert.objects.filter(budget=budget, period_key=period.key).values_list(
+                    "percent", flat=True
+                )
+            )
+            for percent in crossed:
+                if percent in existing:
+                    continue
+                alert = _alert_create(
+                    now=now,
+                    tenant_id=budget.tenant_id,
+                    kind=CostAlert.Kind.BUDGET,
+                    subject_key=str(budget.pk),
+                    period_key=period.key,
+                    percent=percent,
+                    budget=budget,
+                    provider_config_id=budget.provider_config_id,
+                    spend_usd=spend,
+                    limit_usd=budget.limit_usd,
+                    message=_budget_message(budget, period, percent, spend),
+                    emails=budget.email_list,
+                    webhooks=[budget.webhook_url_readable] if budget.webhook_url_readable else [],
+                )
+                if alert is not None:
+                    created.append(alert)
+    return created
+
+
+def error_rates_check(*, now: datetime) -> list[CostAlert]:
+    """Alert once per window when a provider config fails more than the allowed share."""
+    threshold = settings.USAGE_ERROR_RATE_THRESHOLD
+    minimum = settings.USAGE_ERROR_RATE_MIN_REQUESTS
+    minutes = settings.USAGE_ERROR_RATE_WINDOW_MINUTES
+    failing = [
+        row
+        for row in provider_error_rates(now=now)
+        if row[2] >= minimum and row[3] / row[2] > threshold
+    ]
+    if not failing:
+        return []
+    window = minutes * 60
+    bucket = datetime.fromtimestamp(now.timestamp() // window * window, tz=UTC)
+    period_key = bucket.strftime("%Y-%m-%dT%H:%MZ")
+    tenants = Tenant.objects.in_bulk({row[0] for row in failing})
+    configs = ProviderConfig.objects.in_bulk({row[1] for row in failing})
+    created = []
+    for tenant_id, config_id, total, errors in failing:
+        subject_key = str(config_id)
+        if CostAlert.objects.filter(
+            tenant_id=tenant_id,
+            kind=CostAlert.Kind.ERROR_RATE,
+            subject_key=subject_key,
+            period_key=period_key,
+        ).exists():
+            continue
+        config = configs.get(config_id)
+        name = config.name if config else str(config_id)
+        emails, webhooks = _tenant_recipients(tenant_id)
+        alert = _alert_create(
+            now=now,
+            tenant_id=tenant_id,
+            kind=CostAlert.Kind.ERROR_RATE,
+            subject_key=subject_key,
+            period_key=period_key,
+            provider_config_id=config_id if config else None,
+            percent=round(errors * 100 / total),
+            message=(
+                f"{tenants[tenant_id].name}: provider “{name}” failed {errors} of {total} "
+                f"calls ({errors / total:.0%}) in the last {minutes} minutes, above the "
+                f"{threshold:.0%} alert threshold."
+            ),
+            emails=emails,
+            webhooks=webhooks,
+        )
+        if alert is not None:
+            created.append(alert)
+    return created
+
+
+def unpriced_usage_check(*, now: datetime) -> list[CostAlert]:
+    """Alert once per month for each model used without a known price (cost unknown, not $0)."""
+    lookback = timedelta(minutes=settings.USAGE_AGGREGATION_LOOKBACK_MINUTES)
+    # UTC dates one day wide on either side cover every tenant's local day.
+    since = (now - lookback).astimezone(UTC).date() - timedelta(days=1)
+    rows = (
+        DailyUsage.objects.filter(unpriced_count__gt=0, day__gte=since)
+        .order_by()
+        .values("tenant_id", "provider_config_id", "provider_type", "model")
+        .annotate(requests=Sum("unpriced_count"), first_day=Min("day"))
+    )
+    created = []
+    tenants = None
+    configs = None
+    for row in rows:
+        if tenants is None:
+            tenants = Tenant.objects.in_bulk()
+            configs = dict(ProviderConfig.objects.values_list("pk", "name"))
+        tenant = tenants[row["tenant_id"]]
+        month = row["first_day"].strftime("%Y-%m")
+        subject_key = f"{row['provider_config_id'] or '-'}/{row['provider_type']}/{row['model']}"
+        if CostAlert.objects.filter(
+            tenant=tenant, kind=CostAlert.Kind.UNPRICED, subject_key=subject_key, period_key=month
+        ).exists():
+            continue
+        provider = configs.get(row["provider_config_id"]) or row["provider_type"] or "unknown"
+        emails, webhooks = _tenant_recipients(tenant.pk)
+        alert = _alert_create(
+            now=now,
+            tenant_id=tenant.pk,
+            kind=CostAlert.Kind.UNPRICED,
+            subject_key=subject_key[:300],
+            period_key=month,
+            provider_config_id=row["provider_config_id"]
+            if row["provider_config_id"] in configs
+            else None,
+            message=(
+                f"{tenant.name}: {row['requests']} request(s) to model “{row['model']}” on "
+                f"“{provider}” since {row['first_day']} have no known price, so their cost "
+                "is unknown (shown as unpriced, not $0). Add a model price for it."
+            ),
+            emails=emails,
+            webhooks=webhooks,
+        )
+        if alert is not None:
+            created.append(alert)
+    return created
+
+
+def alerts_check(*, now: datetime | None = None) -> list[CostAlert]:
+    """Every check that follows an aggregation; returns the alerts created."""
+    now = now or timezone.now()
+    return [
+        *budget_thresholds_check(now=now),
+        *error_rates_check(now=now),
+        *unpriced_usage_check(now=now),
+    ]
+
+
+# --- delivering alerts ---------------------------------------------------------
+
+
+def _payload(alert: CostAlert) -> dict:
+    return {
+        "text": alert.message,
+        "alert": {
+            "id": alert.pk,
+            "kind": alert.kind,
+            "tenant": alert.tenant.slug,
+            "budget": alert.budget.name if alert.budget else None,
+            "period": alert.period_key,
+            "percent": alert.percent,
+            "spend_usd": None if alert.spend_usd is None else str(alert.spend_usd),
+            "limit_usd": None if alert.limit_usd is None else str(alert.limit_usd),
+            "created_at": alert.created_at.isoformat(),
+        },
+    }
+
+
+def _send(delivery: AlertDelivery) -> None:
+    alert = delivery.alert
+    if isinstance(delivery.target, UnreadableSecret):
+        raise AlertDeliveryFailed(
+            "The delivery target cannot be decrypted with the configured SECRET_KEY/SALT_KEY."
+        )
+    if delivery.channel == AlertDelivery.Channel.EMAIL:
+        subject = f"[LLM usage] {alert.tenant.name}: {alert.get_kind_display().lower()}"
+        body = render_to_string("usage/alert_email.txt", {"alert": alert})
+        try:
+            send_mail(
+                subject,
+                body,
+                settings.DEFAULT_FROM_EMAIL,
+                email_list_parse(delivery.target),
+                fail_silently=False,
+            )
+        except (smtplib.SMTPException, OSError) as exc:
+            raise AlertDeliveryFailed(f"Email not sent: {type(exc).__name__}: {exc}") from None
+    else:
+        try:
+            webhook_post(delivery.target, _payload(alert))
+        except WebhookFailed as exc:
+            raise AlertDeliveryFailed(str(exc)) from None
+
+
+def _backoff_seconds(attempts: int) -> int:
+    base = settings.USAGE_ALERT_RETRY_BASE_SECONDS
+    return min(base * 2 ** max(attempts - 1, 0), settings.USAGE_ALERT_RETRY_MAX_SECONDS)
+
+
+def alert_delivery_attempt(
+    *, delivery_id: int, now: datetime | None = None
+) -> AlertDelivery | None:
+    """Try one delivery if it is due; record the outcome. None when not due or already done.
+
+    The delivery is claimed with a conditional UPDATE first, so two workers
+    never send the same alert twice at once.
+    """
+    now = now or timezone.now()
+    claimed = AlertDelivery.objects.filter(
+        pk=delivery_id,
+        delivered_at__isnull=True,
+        next_attempt_at__isnull=False,
+        next_attempt_at__lte=now,
+    ).update(next_attempt_at=now + timedelta(seconds=_CLAIM_SECONDS))
+    if not claimed:
+        return None
+    delivery = AlertDelivery.objects.select_related("alert__tenant", "alert__budget").get(
+        pk=delivery_id
+    )
+    attempts = delivery.attempts + 1
+    try:
+        _send(delivery)
+    except AlertDeliveryFailed as exc:
+        gave_up = attempts >= settings.USAGE_ALERT_MAX_ATTEMPTS
+        next_attempt_at = None if gave_up else now + timedelta(seconds=_backoff_seconds(attempts))
+        AlertDelivery.objects.filter(pk=delivery_id).update(
+            attempts=attempts, last_error=str(exc)[:500], next_attempt_at=next_attempt_at
+        )
+        logger.warning(
+            "Alert %s %s delivery failed (attempt %s%s): %s",
+            delivery.alert_id,
+            delivery.channel,
+            attempts,
+            ", giving up" if gave_up else "",
+            exc,
+        )
+    else:
+        AlertDelivery.objects.filter(pk=delivery_id).update(
+            attempts=attempts, last_error="", next_attempt_at=None, delivered_at=timezone.now()
+        )
+    delivery.refresh_from_db()
+    return delivery
+
+
+def alert_deliveries_send_due(*, now: datetime | None = None) -> int:
+    """Attempt every delivery that is due (new or waiting for a retry); return how many went out."""
+    now = now or timezone.now()
+    due = list(
+        AlertDelivery.objects.filter(
+            delivered_at__isnull=True, next_attempt_at__isnull=False, next_attempt_at__lte=now
+        )
+        .order_by("next_attempt_at")
+        .values_list("pk", flat=True)[:_DUE_BATCH]
+    )
+    delivered = 0
+    for delivery_id in due:
+        delivery = alert_delivery_attempt(delivery_id=delivery_id, now=now)
+        if delivery is not None and delivery.delivered_at:
+            delivered += 1
+    return delivered
+
+
+def alert_deliveries_retry(*, alerts) -> int:
+    """Make every undelivered delivery of `alerts` due now (also those that gave up)."""
+    pending = AlertDelivery.objects.filter(alert__in=alerts, delivered_at__isnull=True)
+    ids = list(pending.values_list("pk", flat=True))
+    AlertDelivery.objects.filter(pk__in=ids).update(next_attempt_at=timezone.now())
+    transaction.on_commit(lambda: _queue_deliveries(ids), robust=True)
+    return len(ids)

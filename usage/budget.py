@@ -1,0 +1,250 @@
+"""The budget gate: reserve a call's worst-case cost atomically, settle or release it after.
+
+The completion service calls `budget_reserve` before calling a provider,
+`budget_settle` with the real cost afterwards, and `budget_release` when the
+call failed. A period's spend is the settled CallLog cost of the period (in
+the tenant's time zone) plus the outstanding, unexpired reservations. A
+*block* budget refuses a reservation that would take spend over its limit;
+an *alert* budget never refuses.
+
+Budget definitions are cached in the process under the tenant's config
+version, so a tenant without budgets pays a dict lookup. Counters live in
+Redis (one Lua script call per reservation) or, without Redis, in database
+rows locked while reserving (`usage.budget_counters`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from uuid import UUID
+
+from django.utils import timezone
+
+from llm_providers.config_cache import config_local_cache, config_version
+from llm_providers.exceptions import ApplicationError
+
+from .budget_counters import BudgetBackendError, Refusal, counters_backend
+from .models import Budget
+from .money import usd_format, usd_to_nano
+from .periods import Period, period_containing, zone
+
+logger = logging.getLogger(__name__)
+
+
+class BudgetExceeded(ApplicationError):
+    """A blocking budget has no room for this call; nothing was sent to a provider."""
+
+    code = "budget_exceeded"
+    http_status = 429
+
+
+class BudgetUnavailable(ApplicationError):
+    """The budget counters cannot be reached, so a blocking budget cannot be enforced."""
+
+    code = "budget_unavailable"
+    http_status = 503
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetDefinition:
+    """What the gate needs of a Budget, cached per config version."""
+
+    id: int
+    name: str
+    tenant_id: UUID
+    timezone_name: str
+    period: str
+    limit_usd: Decimal
+    limit_nano: int
+    blocking: bool
+    provider_config_id: str
+    service_name: str
+    customer_id: str
+    # Changes whenever the budget is edited: counters of an edited budget start afresh.
+    definition: str
+
+    def applies(self, provider_config_id: str, service_name: str, customer_id: str) -> bool:
+        return (
+            (not self.provider_config_id or self.provider_config_id == provider_config_id)
+            and (not self.service_name or self.service_name == service_name)
+            and (not self.customer_id or self.customer_id == customer_id)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ReservationEntry:
+    budget: BudgetDefinition
+    period: Period
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetReservation:
+    """Opaque to callers; falsy when no budget applied (settle and release then do nothing)."""
+
+    reservation_id: str = ""
+    backend: str = ""
+    entries: tuple[ReservationEntry, ...] = ()
+    amount_usd: Decimal = Decimal(0)
+    amount_nano: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.entries)
+
+
+_EMPTY = BudgetReservation()
+
+
+# --- definitions ---------------------------------------------------------------
+
+
+def budget_definition_of(budget: Budget) -> BudgetDefinition:
+    return BudgetDefinition(
+        id=budget.pk,
+        name=budget.name,
+        tenant_id=budget.tenant_id,
+        timezone_name=budget.tenant.timezone,
+        period=budget.period,
+        limit_usd=budget.limit_usd,
+        limit_nano=usd_to_nano(budget.limit_usd),
+        blocking=budget.is_blocking,
+        provider_config_id=str(budget.provider_config_id) if budget.provider_config_id else "",
+        service_name=budget.service_name,
+        customer_id=budget.customer_id,
+        definition=f"{budget.updated_at.timestamp():.6f}",
+    )
+
+
+def _definitions_load(tenant_id) -> tuple[BudgetDefinition, ...]:
+    budgets = Budget.objects.filter(
+        tenant_id=tenant_id, is_active=True, tenant__is_active=True
+    ).select_related("tenant")
+    return tuple(budget_definition_of(b) for b in budgets.order_by("pk"))
+
+
+def budget_definitions(*, tenant_id, version: str) -> tuple[BudgetDefinition, ...]:
+    """The tenant's active budgets, from the in-process cache under its config version."""
+    return config_local_cache.get_or_compute(
+        ("budgets", str(tenant_id), version), lambda: _definitions_load(tenant_id)
+    )
+
+
+# Current period per (kind, time zone): recomputed only when it has ended.
+_periods: dict[tuple[str, str], Period] = {}
+
+
+def _current_period(kind: str, timezone_name: str, now: datetime) -> Period:
+    period = _periods.get((kind, timezone_name))
+    if period is None or not period.contains(now):
+        period = period_containing(kind, now, timezone_name)
+        _periods[(kind, timezone_name)] = period
+    return period
+
+
+# --- errors --------------------------------------------------------------------
+
+
+def _exceeded(refusal: Refusal, amount_usd: Decimal, now: datetime) -> BudgetExceeded:
+    budget, period = refusal.entry.budget, refusal.entry.period
+    resets_local = period.end.astimezone(zone(budget.timezone_name))
+    retry_after = max(1, math.ceil((period.end - now).total_seconds()))
+    message = (
+        f"Budget “{budget.name}” ({budget.period}, limit {usd_format(budget.limit_usd)}) "
+        f"refuses this call: {usd_format(refusal.spend_usd)} is already spent or reserved "
+        f"this period and the call may cost up to {usd_format(amount_usd)}. The budget resets "
+        f"at {resets_local:%Y-%m-%d %H:%M} {budget.timezone_name} ({period.end.isoformat()})."
+    )
+    return BudgetExceeded(
+        message,
+        extra={
+            "budget_id": budget.id,
+            "budget_name": budget.name,
+            "spend_usd": str(refusal.spend_usd),
+            "limit_usd": str(budget.limit_usd),
+            "resets_at": period.end.isoformat(),
+            "retry_after_seconds": retry_after,
+        },
+    )
+
+
+# --- the seam ------------------------------------------------------------------
+
+
+def budget_reserve(
+    *,
+    tenant,
+    provider_config_id,
+    service_name: str,
+    customer_id: str,
+    amount_usd: Decimal,
+    request_id,
+    version: str | None = None,
+) -> BudgetReservation:
+    """Atomically reserve amount_usd against every active budget that applies.
+
+    Raises BudgetExceeded when a *blocking* budget would go over its limit
+    (alert-only budgets never refuse), and BudgetUnavailable when a blocking
+    budget applies but its counters cannot be reached. `version` is the
+    tenant's config version (llm_providers.config_cache.config_version).
+    """
+    if version is None:
+        version = config_version(tenant.pk)
+    definitions = budget_definitions(tenant_id=tenant.pk, version=version)
+    if not definitions:
+        return _EMPTY
+    config_id = str(provider_config_id) if provider_config_id else ""
+    applicable = [d for d in definitions if d.applies(config_id, service_name, customer_id)]
+    if not applicable:
+        return _EMPTY
+
+    now = timezone.now()
+    backend = counters_backend()
+    amount_usd = Decimal(amount_usd or 0)
+    reservation = BudgetReservation(
+        reservation_id=f"{request_id}.{uuid.uuid4().hex[:8]}",
+        backend=backend.name,
+        entries=tuple(
+            ReservationEntry(budget=d, period=_current_period(d.period, d.timezone_name, now))
+            for d in applicable
+        ),
+        amount_usd=amount_usd,
+        amount_nano=usd_to_nano(amount_usd, round_up=True),
+    )
+    try:
+        refusal = backend.reserve(reservation=reservation, now=now)
+    except BudgetBackendError as exc:
+        blocking = [e.budget.name for e in reservation.entries if e.budget.blocking]
+        if blocking:
+            raise BudgetUnavailable(
+                f"Budget counters are unavailable ({exc}); calls under the blocking budget "
+                f"“{blocking[0]}” are refused until they are back.",
+                extra={"budget_names": blocking},
+            ) from exc
+        logger.warning("Budget counters unavailable, alert-only budgets not counted: %s", exc)
+        return _EMPTY
+    if refusal is not None:
+        raise _exceeded(refusal, amount_usd, now)
+    return reservation
+
+
+def budget_settle(*, reservation: BudgetReservation, cost_usd: Decimal | None) -> None:
+    """Replace the reserved amount by the real cost (None: unpriced, counts 0)."""
+    if not reservation:
+        return
+    try:
+        counters_backend(reservation.backend).settle(
+            reservation=reservation, cost_nano=usd_to_nano(cost_usd), cost_usd=cost_usd
+        )
+    except BudgetBackendError as exc:
+        # The reservation lapses after its TTL; the cost is in CallLog and
+        # returns at the next rebuild of the counter.
+        logger.warning("Budget settle failed for %s: %s", reservation.reservation_id, exc)
+
+
+def budget_release(*, reservation: BudgetReservation) -> None:
+    """The call failed: give the reservation back."""
+    budget_settle(reservation=reservation, cost_usd=None)

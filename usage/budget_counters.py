@@ -1,0 +1,345 @@
+"""Live budget counters: Redis (one Lua call per reservation) or database rows under lock.
+
+Per budget period a counter holds the *settled* spend (rebuilt from CallLog
+when cold) and the outstanding *reservations*, each with an expiry so a
+crashed worker cannot hold budget for ever. Amounts are integer nano-dollars
+in Redis and Decimals in the database.
+
+- Redis: per (budget, definition, period) a settled value, a hash and a sorted
+  set of reservations and their total. The reserve script drops lapsed
+  reservations, checks every blocking budget and reserves on all of them, or on
+  none, atomically. A settled value expires after
+  USAGE_BUDGET_COUNTER_REBUILD_SECONDS and is rebuilt from CallLog, which
+  bounds any drift.
+- Database (no Redis): BudgetCounter rows locked with SELECT ... FOR UPDATE in
+  budget order (atomic across processes on PostgreSQL) and BudgetHold rows for
+  reservations; on SQLite a process lock serialises the gate as well.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import nullcontext
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.db import IntegrityError, connection, transaction
+from django.db.models import F, Q, Sum
+
+from .models import BudgetCounter, BudgetHold, CallLog
+from .money import nano_to_usd, usd_to_nano
+from .selectors import budget_scope_filter
+
+
+class BudgetBackendError(Exception):
+    """The counter store failed (e.g. Redis did not answer)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A blocking budget that has no room: the reservation entry and its current spend."""
+
+    entry: object
+    spend_usd: Decimal
+
+
+def settled_from_call_logs(entry) -> Decimal:
+    """The settled cost of a budget period, from CallLog (the cold-counter rebuild)."""
+    budget, period = entry.budget, entry.period
+    total = (
+        CallLog.objects.filter(
+            tenant_id=budget.tenant_id, created_at__gte=period.start, created_at__lt=period.end
+        )
+        .filter(budget_scope_filter(budget))
+        .aggregate(total=Sum("cost_usd"))["total"]
+    )
+    return total or Decimal(0)
+
+
+# --- Redis ---------------------------------------------------------------------
+
+# Per (budget, definition, period): a hash with the settled spend "s", the time
+# "d" (ms) until which "s" is trusted, the reserved total "t" and one field
+# "r:<id>" per reservation; and a sorted set of reservation ids by expiry (ms).
+#
+# Reserve. KEYS: hash, zset per budget. ARGV: now, expiry, reservation id, n,
+# amount, rebuild deadline; then per budget: limit ('-1': alert-only), rebuilt
+# settled value ('' unless rebuilt), key TTL (s).
+# Replies {1} reserved, {0, i...} counters i are cold, {2, i, spend} budget i refuses.
+# Amounts reach Redis as the strings they arrived as: Lua prints large numbers
+# in exponent form, which HINCRBY refuses.
+_RESERVE_LUA = """
+local now, rid, n = tonumber(ARGV[1]), ARGV[3], tonumber(ARGV[4])
+local settled, cold = {}, {}
+for i = 1, n do
+  local h, a = KEYS[2 * i - 1], 4 + 3 * i
+  local s = redis.call('HMGET', h, 's', 'd')
+  if s[1] and tonumber(s[2]) > now then
+    settled[i] = tonumber(s[1])
+  elseif ARGV[a + 1] ~= '' then
+    redis.call('HSET', h, 's', ARGV[a + 1], 'd', ARGV[6])
+    settled[i] = tonumber(ARGV[a + 1])
+  else
+    cold[#cold + 1] = i
+  end
+end
+if #cold > 0 then
+  table.insert(cold, 1, 0)
+  return cold
+end
+for i = 1, n do
+  local h, z, a = KEYS[2 * i - 1], KEYS[2 * i], 4 + 3 * i
+  local lapsed = redis.call('ZRANGEBYSCORE', z, '-inf', now, 'LIMIT', 0, 500)
+  for _, id in ipairs(lapsed) do
+    local held = redis.call('HGET', h, 'r:' .. id)
+    if held then
+      redis.call('HDEL', h, 'r:' .. id)
+      if held ~= '0' then redis.call('HINCRBY', h, 't', '-' .. held) end
+    end
+  end
+  if #lapsed > 0 then redis.call('ZREM', z, unpack(lapsed)) end
+  if ARGV[a] ~= '-1' then
+    local spend = settled[i] + tonumber(redis.call('HGET', h, 't') or '0')
+    local limit = tonumber(ARGV[a])
+    if spend >= limit or spend + tonumber(ARGV[5]) > limit then
+      return {2, i, spend}
+    end
+  end
+end
+for i = 1, n do
+  local h, z, a = KEYS[2 * i - 1], KEYS[2 * i], 4 + 3 * i
+  redis.call('HSET', h, 'r:' .. rid, ARGV[5])
+  redis.call('HINCRBY', h, 't', ARGV[5])
+  redis.call('ZADD', z, ARGV[2], rid)
+  redis.call('EXPIRE', h, ARGV[a + 2])
+  redis.call('EXPIRE', z, ARGV[a + 2])
+end
+return {1}
+"""
+
+# Settle. KEYS as above; ARGV: reservation id, n, now, cost ('0': none). The
+# cost is added only to a settled value still trusted; otherwise the next
+# rebuild reads it from CallLog.
+_SETTLE_LUA = """
+local rid, n, now, cost = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+for i = 1, n do
+  local h, z = KEYS[2 * i - 1], KEYS[2 * i]
+  local held = redis.call('HGET', h, 'r:' .. rid)
+  if held then
+    redis.call('HDEL', h, 'r:' .. rid)
+    redis.call('ZREM', z, rid)
+    if held ~= '0' then redis.call('HINCRBY', h, 't', '-' .. held) end
+  end
+  if cost ~= '0' then
+    local d = redis.call('HGET', h, 'd')
+    if d and tonumber(d) > now then redis.call('HINCRBY', h, 's', cost) end
+  end
+end
+return 1
+"""
+
+# Keys outlive their period by an hour (late settles) and their last reservation.
+_KEY_GRACE_SECONDS = 3600
+
+
+def _redis_keys(entry) -> tuple[str, str]:
+    budget, period = entry.budget, entry.period
+    base = f"llmpl:budget:{budget.id}:{budget.definition}:{period.key}"
+    return f"{base}:h", f"{base}:z"
+
+
+class RedisCounters:
+    name = "redis"
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._url = None
+        self._client = None
+        self._reserve = None
+        self._settle = None
+
+    def _scripts(self):
+        url = settings.USAGE_BUDGET_REDIS_URL
+        if url != self._url:
+            if not url:
+                raise BudgetBackendError(
+                    "USAGE_BUDGET_BACKEND is 'redis' but USAGE_BUDGET_REDIS_URL/REDIS_URL is empty"
+                )
+            import redis
+
+            with self._lock:
+                # 1 s timeouts, as for the cache: the completion path must not hang on Redis.
+                client = redis.Redis.from_url(
+                    url, socket_timeout=1, socket_connect_timeout=1, health_check_interval=30
+                )
+                self._reserve = client.register_script(_RESERVE_LUA)
+                self._settle = client.register_script(_SETTLE_LUA)
+                self._client, self._url = client, url
+        return self._reserve, self._settle
+
+    def _call(self, script, keys, args):
+        from redis.exceptions import RedisError
+
+        try:
+            return script(keys=keys, args=args)
+        except RedisError as exc:
+            raise BudgetBackendError(f"Redis error: {type(exc).__name__}") from exc
+
+    def reserve(self, *, reservation, now: datetime) -> Refusal | None:
+        reserve, _ = self._scripts()
+        now_ms = int(now.timestamp() * 1000)
+        hold_ttl = settings.USAGE_BUDGET_RESERVATION_TTL_SECONDS
+        entries = reservation.entries
+        keys: list[str] = []
+        for entry in entries:
+            keys.extend(_redis_keys(entry))
+        head = [
+            now_ms,
+            now_ms + hold_ttl * 1000,
+            reservation.reservation_id,
+            len(entries),
+            reservation.amount_nano,
+            now_ms + settings.USAGE_BUDGET_COUNTER_REBUILD_SECONDS * 1000,
+        ]
+        fixed = [
+            (
+                entry.budget.limit_nano if entry.budget.blocking else -1,
+                max(hold_ttl, int((entry.period.end - now).total_seconds())) + _KEY_GRACE_SECONDS,
+            )
+            for entry in entries
+        ]
+        bases: dict[int, str] = {}
+        # A counter found cold is rebuilt from CallLog and installed by the next
+        # call; three rounds cover counters going stale meanwhile.
+        for _ in range(3):
+            args = list(head)
+            for index, (limit, ttl) in enumerate(fixed, start=1):
+                args += [limit, bases.get(index, ""), ttl]
+            reply = self._call(reserve, keys, args)
+            if reply[0] == 1:
+                return None
+            if reply[0] == 2:
+                entry = entries[int(reply[1]) - 1]
+                return Refusal(entry=entry, spend_usd=nano_to_usd(int(reply[2])))
+            for index in reply[1:]:
+                bases[int(index)] = str(
+                    usd_to_nano(settled_from_call_logs(entries[int(index) - 1]))
+                )
+        raise BudgetBackendError("budget counters kept going stale while being rebuilt")
+
+    def settle(self, *, reservation, cost_nano: int, cost_usd) -> None:
+        _, settle = self._scripts()
+        keys: list[str] = []
+        for entry in reservation.entries:
+            keys.extend(_redis_keys(entry))
+        now_ms = int(datetime.now(tz=UTC).timestamp() * 1000)
+        self._call(
+            settle, keys, [reservation.reservation_id, len(reservation.entries), now_ms, cost_nano]
+        )
+
+
+# --- database ------------------------------------------------------------------
+
+_sqlite_gate = threading.Lock()
+
+
+def _serialised():
+    # SQLite has no row locks: one process lock makes the gate atomic in the process.
+    return _sqlite_gate if connection.vendor == "sqlite" else nullcontext()
+
+
+def _counter_key(entry) -> dict:
+    return {
+        "budget_id": entry.budget.id,
+        "period_key": entry.period.key,
+        "definition": entry.budget.definition,
+    }
+
+
+class DatabaseCounters:
+    name = "database"
+
+    def _counter_locked(self, entry) -> BudgetCounter:
+        key = _counter_key(entry)
+        counter = BudgetCounter.objects.select_for_update().filter(**key).first()
+        if counter is not None:
+            return counter
+        settled = settled_from_call_logs(entry)
+        try:
+            with transaction.atomic():
+                BudgetCounter.objects.create(
+                    **key, period_end=entry.period.end, settled_usd=settled
+                )
+        except IntegrityError:
+            pass  # another process created it first; use theirs
+        return BudgetCounter.objects.select_for_update().get(**key)
+
+    def reserve(self, *, reservation, now: datetime) -> Refusal | None:
+        amount = reservation.amount_usd
+        expires_at = now + timedelta(seconds=settings.USAGE_BUDGET_RESERVATION_TTL_SECONDS)
+        ordered = sorted(reservation.entries, key=lambda e: e.budget.id)
+        refusal = None
+        with _serialised(), transaction.atomic():
+            counters = [self._counter_locked(entry) for entry in ordered]
+            BudgetHold.objects.filter(counter__in=counters, expires_at__lte=now).delete()
+            held = dict(
+                BudgetHold.objects.filter(counter__in=counters)
+                .order_by()
+                .values_list("counter_id")
+                .annotate(total=Sum("amount_usd"))
+            )
+            for entry, counter in zip(ordered, counters, strict=True):
+                if not entry.budget.blocking:
+                    continue
+                spend = counter.settled_usd + (held.get(counter.pk) or Decimal(0))
+                if spend >= entry.budget.limit_usd or spend + amount > entry.budget.limit_usd:
+                    refusal = Refusal(entry=entry, spend_usd=spend)
+                    break
+            if refusal is None:
+                BudgetHold.objects.bulk_create(
+                    BudgetHold(
+                        counter=counter,
+                        reservation_id=reservation.reservation_id,
+                        amount_usd=amount,
+                        expires_at=expires_at,
+                    )
+                    for counter in counters
+                )
+        return refusal
+
+    def settle(self, *, reservation, cost_nano: int, cost_usd) -> None:
+        cost = Decimal(cost_usd or 0)
+        match = Q()
+        for entry in reservation.entries:
+            match |= Q(**_counter_key(entry))
+        with _serialised(), transaction.atomic():
+            counter_ids = list(
+                BudgetCounter.objects.select_for_update()
+                .filter(match)
+                .order_by("budget_id")
+                .values_list("pk", flat=True)
+            )
+            BudgetHold.objects.filter(
+                counter_id__in=counter_ids, reservation_id=reservation.reservation_id
+            ).delete()
+            if cost:
+                BudgetCounter.objects.filter(pk__in=counter_ids).update(
+                    settled_usd=F("settled_usd") + cost
+                )
+
+
+_backends = {"redis": RedisCounters(), "database": DatabaseCounters()}
+
+
+def counters_backend(name: str | None = None):
+    """The counter store by name, or the configured one (USAGE_BUDGET_BACKEND)."""
+    name = name or settings.USAGE_BUDGET_BACKEND
+    try:
+        return _backends[name]
+    except KeyError:
+        raise ImproperlyConfigured(
+            f"Unknown USAGE_BUDGET_BACKEND {name!r}; use 'redis' or 'database'."
+        ) from None

@@ -1,0 +1,148 @@
+"""Server-side SVG charts for the usage dashboard: no JavaScript, no CDN, every label escaped."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import date
+from decimal import Decimal
+
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString, mark_safe
+
+from .money import usd_format
+
+_BAR = "#417690"  # the admin's own blue
+_OVER = "#ba2121"  # the admin's error red
+_TRACK = "#e8e8e8"
+
+
+def _n(value: float) -> str:
+    """SVG coordinates with one decimal (format_html escapes arguments to text first)."""
+    return f"{value:.1f}"
+
+
+def daily_cost_chart(
+    days: Sequence[tuple[date, Decimal, int]], *, width: int = 760, height: int = 220
+) -> SafeString:
+    """Columns of cost per day; each column's tooltip gives the day, cost and requests."""
+    left, bottom, top = 64, 24, 12
+    plot_w, plot_h = width - left - 8, height - bottom - top
+    peak = max((cost for _, cost, _ in days), default=Decimal(0)) or Decimal(1)
+    slot = plot_w / max(len(days), 1)
+    columns = []
+    for index, (day, cost, requests) in enumerate(days):
+        bar_h = float(cost / peak) * plot_h
+        x = left + index * slot + slot * 0.15
+        columns.append(
+            format_html(
+                '<rect x="{}" y="{}" width="{}" height="{}" fill="{}">'
+                "<title>{}: {} ({} requests)</title></rect>",
+                _n(x),
+                _n(top + plot_h - bar_h),
+                _n(slot * 0.7),
+                _n(max(bar_h, 0.5 if cost else 0)),
+                _BAR,
+                day.isoformat(),
+                usd_format(cost),
+                requests,
+            )
+        )
+    labels = format_html_join(
+        "",
+        '<text x="{}" y="{}" font-size="10" text-anchor="middle">{}</text>',
+        (
+            (_n(left + index * slot + slot / 2), height - 8, day.strftime("%m-%d"))
+            for index, (day, _, _) in enumerate(days)
+            if index % 5 == 0 or index == len(days) - 1
+        ),
+    )
+    axis = format_html(
+        '<text x="{}" y="{}" font-size="10" text-anchor="end">{}</text>'
+        '<text x="{}" y="{}" font-size="10" text-anchor="end">$0</text>'
+        '<line x1="{}" y1="{}" x2="{}" y2="{}" stroke="#999"/>',
+        left - 6,
+        top + 8,
+        usd_format(peak if any(c for _, c, _ in days) else Decimal(0)),
+        left - 6,
+        top + plot_h,
+        left,
+        top + plot_h,
+        width - 8,
+        top + plot_h,
+    )
+    return format_html(
+        '<svg xmlns="http://www.w3.org/2000/svg" class="usage-chart" role="img" '
+        'viewBox="0 0 {} {}" width="{}" height="{}"><title>Daily cost, {} to {}</title>'
+        "{}{}{}</svg>",
+        width,
+        height,
+        width,
+        height,
+        days[0][0].isoformat() if days else "",
+        days[-1][0].isoformat() if days else "",
+        axis,
+        mark_safe("".join(columns)),  # each column built by format_html
+        labels,
+    )
+
+
+def spend_bars(rows: Sequence[tuple[str, Decimal, int]], *, width: int = 360) -> SafeString:
+    """Horizontal bars of spend per label (provider, model, service or customer)."""
+    if not rows:
+        return format_html('<p class="usage-empty">{}</p>', "No usage in this period.")
+    row_h, label_w, value_w = 22, 130, 80
+    peak = max((cost or Decimal(0) for _, cost, _ in rows), default=Decimal(0)) or Decimal(1)
+    track_w = width - label_w - value_w
+    parts = []
+    for index, (label, cost, requests) in enumerate(rows):
+        y = index * row_h
+        bar_w = float((cost or Decimal(0)) / peak) * track_w
+        short = label if len(label) <= 20 else f"{label[:19]}…"
+        parts.append(
+            format_html(
+                "<g><title>{}: {} ({} requests)</title>"
+                '<text x="0" y="{}" font-size="11">{}</text>'
+                '<rect x="{}" y="{}" width="{}" height="14" fill="{}"/>'
+                '<text x="{}" y="{}" font-size="11" text-anchor="end">{}</text></g>',
+                label,
+                usd_format(cost),
+                requests,
+                y + 15,
+                short,
+                label_w,
+                y + 4,
+                _n(max(bar_w, 1.0)),
+                _BAR,
+                width,
+                y + 15,
+                usd_format(cost),
+            )
+        )
+    height = row_h * len(rows)
+    return format_html(
+        '<svg xmlns="http://www.w3.org/2000/svg" class="usage-chart" viewBox="0 0 {} {}" '
+        'width="{}" height="{}">{}</svg>',
+        width,
+        height,
+        width,
+        height,
+        mark_safe("".join(parts)),  # each row built by format_html
+    )
+
+
+def budget_gauge(percent: float, *, width: int = 200) -> SafeString:
+    """A bar filled to `percent` of a budget's limit; red once at or over 100 %."""
+    filled = min(max(percent, 0.0), 100.0) / 100 * width
+    return format_html(
+        '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {} 14" width="{}" height="14">'
+        "<title>{}% of the limit</title>"
+        '<rect width="{}" height="14" fill="{}"/><rect width="{}" height="14" fill="{}"/>'
+        "</svg>",
+        width,
+        width,
+        f"{percent:.0f}",
+        width,
+        _TRACK,
+        _n(filled),
+        _OVER if percent >= 100 else _BAR,
+    )

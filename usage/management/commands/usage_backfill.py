@@ -1,0 +1,79 @@
+"""`manage.py usage_backfill --from YYYY-MM-DD [--to ...] [--tenant slug]`: recompute days."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+from django.core.management.base import BaseCommand, CommandError
+from django.utils import timezone
+from tqdm import tqdm
+
+from llm_providers.models import Tenant
+from usage.aggregation import RecomputeResult, daily_usage_recompute
+
+
+def _day(value: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise CommandError(f"“{value}” is not a date; write it as YYYY-MM-DD.") from None
+
+
+class Command(BaseCommand):
+    help = (
+        "Recompute DailyUsage from CallLog for a range of days (each tenant's local days). "
+        "Safe to rerun; days older than the call-log retention are kept as they are."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--from", dest="first", required=True, help="First day, YYYY-MM-DD.")
+        parser.add_argument("--to", dest="last", help="Last day, YYYY-MM-DD (default: today, UTC).")
+        parser.add_argument("--tenant", help="Only this tenant (its slug).")
+        parser.add_argument(
+            "--chunk-days",
+            type=int,
+            default=1,
+            help="Days recomputed per transaction (default 1).",
+        )
+        parser.add_argument("--no-progress", action="store_true", help="No progress bar.")
+
+    def handle(self, *args, **options):
+        first = _day(options["first"])
+        last = _day(options["last"]) if options["last"] else timezone.now().date()
+        if first > last:
+            raise CommandError(f"--from ({first}) is after --to ({last}); swap them.")
+        chunk = options["chunk_days"]
+        if chunk < 1:
+            raise CommandError("--chunk-days must be 1 or more.")
+        tenant = None
+        if options["tenant"]:
+            tenant = Tenant.objects.filter(slug=options["tenant"]).first()
+            if tenant is None:
+                raise CommandError(f"No tenant has the slug “{options['tenant']}”.")
+
+        total = RecomputeResult()
+        days = (last - first).days + 1
+        with tqdm(
+            total=days,
+            unit="day",
+            desc="Recomputing daily usage",
+            disable=options["no_progress"],
+            file=self.stderr,
+        ) as progress:
+            start = first
+            while start <= last:
+                end = min(start + timedelta(days=chunk - 1), last)
+                total.add(daily_usage_recompute(first_day=start, last_day=end, tenant=tenant))
+                progress.update((end - start).days + 1)
+                start = end + timedelta(days=1)
+
+        scope = f"tenant {tenant.slug}" if tenant else "all tenants"
+        self.stdout.write(
+            f"Recomputed {days} day(s) from {first} to {last} for {scope}: "
+            f"{total.written} row(s) written, {total.removed} removed."
+        )
+        if total.kept_before:
+            self.stdout.write(
+                f"Days before {total.kept_before} were kept as they are: their call logs "
+                "are past the retention period."
+            )

@@ -1,0 +1,33 @@
+"""USD amounts: integer nano-dollars for counters, and how amounts are written for people."""
+
+from __future__ import annotations
+
+from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
+
+# Counters count nano-dollars (1e-9 USD): exact for any priced call, and a
+# period total stays far below 2**53 (Lua numbers) up to $9 million.
+NANO_PER_USD = 10**9
+_NANO = Decimal(NANO_PER_USD)
+
+
+def usd_to_nano(amount: Decimal | None, *, round_up: bool = False) -> int:
+    if not amount:
+        return 0
+    rounding = ROUND_CEILING if round_up else ROUND_HALF_UP
+    return int((Decimal(amount) * _NANO).to_integral_value(rounding=rounding))
+
+
+def nano_to_usd(nano: int) -> Decimal:
+    return Decimal(nano) / _NANO
+
+
+def usd_format(amount: Decimal | None) -> str:
+    """$12.34 from a dollar up; below, six decimals at most ($0.70, $0.000321)."""
+    if amount is None:
+        return "unpriced"
+    amount = Decimal(amount)
+    if abs(amount) >= 1:
+        return f"${amount.quantize(Decimal('0.01'), rounding=ROUND_HALF_UP):,}"
+    text = f"{amount.quantize(Decimal('0.000001'), rounding=ROUND_HALF_UP):f}".rstrip("0")
+    whole, _, decimals = text.partition(".")
+    return f"${whole}.{decimals.ljust(2, '0')}"

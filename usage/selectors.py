@@ -1,0 +1,358 @@
+"""Reads of usage: CallLog grouped per day, budget spend, the dashboard's figures."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+
+from django.conf import settings
+from django.db.models import (
+    Case,
+    Count,
+    DateField,
+    DecimalField,
+    F,
+    Func,
+    Q,
+    QuerySet,
+    Sum,
+    Value,
+    When,
+)
+from django.db.models.functions import Coalesce, TruncDate
+from django.utils import timezone
+
+from llm_providers.models import ProviderConfig, Tenant
+
+from .models import AggregationState, Budget, CallLog, CostAlert, DailyUsage
+from .periods import Period, local_date, period_containing, utc_window_for_days, zone
+
+ZERO = Decimal(0)
+
+# Where each DailyUsage column comes from in `call_log_daily_groups` (its SELECT aliases).
+DAILY_GROUP_SOURCES = {
+    "tenant_id": "tenant_id",
+    "day": "k_day",
+    "provider_config_id": "provider_config_id",
+    "provider_type": "provider_type",
+    "model": "k_model",
+    "service_name": "service_name",
+    "customer_id": "customer_id",
+    **{name: f"v_{name}" for name in DailyUsage.VALUE_FIELDS},
+}
+
+
+def _sum(field_name: str):
+    return Coalesce(Sum(field_name), Value(0))
+
+
+@dataclass(frozen=True, slots=True)
+class DayWindow:
+    """Local days first_day..last_day of the tenants of one time zone (or of `tenant_ids`)."""
+
+    timezone_name: str
+    first_day: date
+    last_day: date
+    tenant_ids: tuple | None = None
+
+    def utc_range(self) -> tuple[datetime, datetime]:
+        return utc_window_for_days(self.first_day, self.last_day, self.timezone_name)
+
+    def call_log_filter(self) -> Q:
+        start, end = self.utc_range()
+        condition = Q(
+            tenant__timezone=self.timezone_name, created_at__gte=start, created_at__lt=end
+        )
+        if self.tenant_ids is not None:
+            condition &= Q(tenant_id__in=list(self.tenant_ids))
+        return condition
+
+
+class TenantLocalDate(Func):
+    """PostgreSQL: the date of `created_at` in each row's tenant time zone."""
+
+    arg_joiner = " AT TIME ZONE "
+    template = "(%(expressions)s)::date"
+    output_field = DateField()
+
+
+def call_log_daily_groups(*, windows: Sequence[DayWindow]) -> QuerySet:
+    """CallLog grouped like DailyUsage over `windows`; column aliases as DAILY_GROUP_SOURCES.
+
+    With one time zone the day is computed for that zone (any database); with
+    several (PostgreSQL only) each row's day follows its tenant's zone, so one
+    scan covers every zone.
+    """
+    zones = {w.timezone_name for w in windows}
+    condition = Q()
+    for window in windows:
+        condition |= window.call_log_filter()
+    if len(zones) == 1:
+        day = TruncDate("created_at", tzinfo=zone(next(iter(zones))))
+    else:
+        day = TenantLocalDate(F("created_at"), F("tenant__timezone"))
+    # The model that answered; a blocked or failed call only has the one asked for.
+    model = Case(When(model_answered="", then=F("model_requested")), default=F("model_answered"))
+    status = CallLog.Status
+    return (
+        CallLog.objects.filter(condition)
+        .order_by()
+        .annotate(k_day=day, k_model=model)
+        .values(
+            "tenant_id",
+            "k_day",
+            "provider_config_id",
+            "provider_type",
+            "k_model",
+            "service_name",
+            "customer_id",
+        )
+        .annotate(
+            v_request_count=Count("pk"),
+            v_error_count=Count("pk", filter=Q(status=status.ERROR)),
+            v_blocked_count=Count("pk", filter=Q(status=status.BLOCKED)),
+            v_cached_count=Count("pk", filter=Q(status=status.CACHED)),
+            v_unpriced_count=Count(
+                "pk",
+                filter=Q(cost_usd__isnull=True, price_source=CallLog.PriceSource.UNKNOWN),
+            ),
+            v_estimated_count=Count("pk", filter=Q(usage_estimated=True)),
+            v_input_tokens=_sum("input_tokens"),
+            v_output_tokens=_sum("output_tokens"),
+            v_cache_read_tokens=_sum("cache_read_tokens"),
+            v_cache_write_tokens=_sum("cache_write_tokens"),
+            v_reasoning_tokens=_sum("reasoning_tokens"),
+            v_cost_usd=Coalesce(
+                Sum("cost_usd"),
+                Value(ZERO),
+                output_field=DecimalField(max_digits=24, decimal_places=12),
+            ),
+            v_latency_ms_sum=_sum("latency_ms"),
+        )
+    )
+
+
+def tenant_timezones() -> list[str]:
+    """Every time zone some tenant counts its days in."""
+    return sorted(set(Tenant.objects.order_by().values_list("timezone", flat=True)))
+
+
+# --- budgets -------------------------------------------------------------------
+
+
+def budget_scope_filter(budget: Budget) -> Q:
+    """The rows (CallLog or DailyUsage) a budget counts, apart from tenant and time."""
+    condition = Q()
+    if budget.provider_config_id:
+        condition &= Q(provider_config_id=budget.provider_config_id)
+    if budget.service_name:
+        condition &= Q(service_name=budget.service_name)
+    if budget.customer_id:
+        condition &= Q(customer_id=budget.customer_id)
+    return condition
+
+
+def budget_period_spend(*, budget: Budget, period: Period) -> Decimal:
+    """Settled spend of a budget in a period, from DailyUsage (as of the last aggregation)."""
+    spent = (
+        DailyUsage.objects.filter(
+            tenant_id=budget.tenant_id, day__gte=period.first_day, day__lte=period.last_day
+        )
+        .filter(budget_scope_filter(budget))
+        .aggregate(total=Sum("cost_usd"))["total"]
+    )
+    return spent or ZERO
+
+
+def budget_list_active(*, tenant: Tenant | None = None) -> QuerySet[Budget]:
+    budgets = Budget.objects.filter(is_active=True, tenant__is_active=True)
+    if tenant is not None:
+        budgets = budgets.filter(tenant=tenant)
+    return budgets.select_related("tenant", "provider_config")
+
+
+# --- dashboard -----------------------------------------------------------------
+
+
+@dataclass
+class BudgetStatus:
+    budget: Budget
+    period: Period
+    spend_usd: Decimal
+    percent: float
+
+    @property
+    def over(self) -> bool:
+        return self.spend_usd >= self.budget.limit_usd
+
+
+@dataclass
+class ErrorRate:
+    provider_config_id: object
+    provider_label: str
+    total: int
+    errors: int
+
+    @property
+    def rate(self) -> float:
+        return self.errors / self.total if self.total else 0.0
+
+
+@dataclass
+class Dashboard:
+    tenant: Tenant
+    first_day: date
+    last_day: date
+    daily: list[tuple[date, Decimal, int]]
+    total_cost: Decimal
+    total_requests: int
+    total_errors: int
+    by_provider: list[tuple[str, Decimal, int]]
+    by_model: list[tuple[str, Decimal, int]]
+    by_service: list[tuple[str, Decimal, int]]
+    by_customer: list[tuple[str, Decimal, int]]
+    budgets: list[BudgetStatus]
+    alerts: list[CostAlert]
+    unpriced: list[tuple[str, str, int]]
+    error_rates: list[ErrorRate] = field(default_factory=list)
+    error_rate_threshold: float = 0.0
+    error_rate_window_minutes: int = 0
+    last_aggregated_at: datetime | None = None
+
+
+# 10 rows per breakdown: the dashboard shows where the money goes, not a report.
+_TOP = 10
+
+
+def _provider_label(provider_config_id, provider_type: str, names: dict) -> str:
+    if provider_config_id is None:
+        return f"(no provider config) {provider_type}".strip()
+    return names.get(provider_config_id) or f"(deleted) {provider_type}".strip()
+
+
+def provider_error_rates(
+    *, now: datetime, tenant: Tenant | None = None
+) -> list[tuple[object, object, int, int]]:
+    """(tenant_id, provider_config_id, attempts, errors) over the error-rate window."""
+    window = timedelta(minutes=settings.USAGE_ERROR_RATE_WINDOW_MINUTES)
+    logs = CallLog.objects.filter(
+        created_at__gte=now - window,
+        created_at__lt=now,
+        status__in=[CallLog.Status.OK, CallLog.Status.ERROR],
+        provider_config__isnull=False,
+    )
+    if tenant is not None:
+        logs = logs.filter(tenant=tenant)
+    rows = (
+        logs.order_by()
+        .values("tenant_id", "provider_config_id")
+        .annotate(total=Count("pk"), errors=Count("pk", filter=Q(status=CallLog.Status.ERROR)))
+    )
+    return [(r["tenant_id"], r["provider_config_id"], r["total"], r["errors"]) for r in rows]
+
+
+def usage_dashboard(*, tenant: Tenant, now: datetime | None = None, days: int = 30) -> Dashboard:
+    """Everything the tenant's usage dashboard shows, from DailyUsage (+ a short CallLog window)."""
+    now = now or timezone.now()
+    last_day = local_date(now, zone(tenant.timezone))
+    first_day = last_day - timedelta(days=days - 1)
+    usage = DailyUsage.objects.filter(tenant=tenant, day__gte=first_day, day__lte=last_day)
+
+    per_day = {
+        row["day"]: (row["cost"], row["requests"])
+        for row in usage.order_by()
+        .values("day")
+        .annotate(cost=Sum("cost_usd"), requests=Sum("request_count"))
+    }
+    daily = [
+        (first_day + timedelta(days=i), *per_day.get(first_day + timedelta(days=i), (ZERO, 0)))
+        for i in range(days)
+    ]
+    totals = usage.aggregate(
+        cost=Sum("cost_usd"), requests=Sum("request_count"), errors=Sum("error_count")
+    )
+    names = dict(ProviderConfig.objects.filter(tenant=tenant).values_list("pk", "name"))
+
+    def top(*fields: str) -> list[dict]:
+        return list(
+            usage.order_by()
+            .values(*fields)
+            .annotate(cost=Sum("cost_usd"), requests=Sum("request_count"))
+            .order_by("-cost", "-requests")[:_TOP]
+        )
+
+    by_provider = [
+        (
+            _provider_label(r["provider_config_id"], r["provider_type"], names),
+            r["cost"],
+            r["requests"],
+        )
+        for r in top("provider_config_id", "provider_type")
+    ]
+    by_model = [(r["model"] or "(none)", r["cost"], r["requests"]) for r in top("model")]
+    by_service = [
+        (r["service_name"] or "(no service)", r["cost"], r["requests"]) for r in top("service_name")
+    ]
+    by_customer = [
+        (r["customer_id"] or "(no customer)", r["cost"], r["requests"]) for r in top("customer_id")
+    ]
+
+    budgets = []
+    for budget in budget_list_active(tenant=tenant):
+        period = period_containing(budget.period, now, tenant.timezone)
+        spend = budget_period_spend(budget=budget, period=period)
+        percent = float(spend / budget.limit_usd * 100) if budget.limit_usd else 0.0
+        budgets.append(BudgetStatus(budget=budget, period=period, spend_usd=spend, percent=percent))
+
+    alerts = list(
+        CostAlert.objects.filter(tenant=tenant)
+        .select_related("budget")
+        .prefetch_related("deliveries")
+        .order_by("-created_at", "-id")[:_TOP]
+    )
+    unpriced = [
+        (
+            _provider_label(r["provider_config_id"], r["provider_type"], names),
+            r["model"] or "(none)",
+            r["n"],
+        )
+        for r in usage.filter(unpriced_count__gt=0)
+        .order_by()
+        .values("provider_config_id", "provider_type", "model")
+        .annotate(n=Sum("unpriced_count"))
+        .order_by("-n")
+    ]
+    threshold = settings.USAGE_ERROR_RATE_THRESHOLD
+    error_rates = [
+        ErrorRate(
+            provider_config_id=config_id,
+            provider_label=_provider_label(config_id, "", names),
+            total=total,
+            errors=errors,
+        )
+        for _, config_id, total, errors in provider_error_rates(now=now, tenant=tenant)
+        if errors and errors / total > threshold
+    ]
+    state = AggregationState.objects.filter(name="daily_usage").first()
+    return Dashboard(
+        tenant=tenant,
+        first_day=first_day,
+        last_day=last_day,
+        daily=daily,
+        total_cost=totals["cost"] or ZERO,
+        total_requests=totals["requests"] or 0,
+        total_errors=totals["errors"] or 0,
+        by_provider=by_provider,
+        by_model=by_model,
+        by_service=by_service,
+        by_customer=by_customer,
+        budgets=budgets,
+        alerts=alerts,
+        unpriced=unpriced,
+        error_rates=error_rates,
+        error_rate_threshold=threshold,
+        error_rate_window_minutes=settings.USAGE_ERROR_RATE_WINDOW_MINUTES,
+        last_aggregated_at=state.last_run_at if state else None,
+    )

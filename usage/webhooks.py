@@ -1,0 +1,73 @@
+"""Alert webhooks: URL checks (SSRF), a display label that hides the secret path, the POST."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+
+from llm_providers.network import base_url_validate
+
+
+class WebhookFailed(Exception):
+    """The receiver could not be reached or did not answer 2xx; the message names no secret."""
+
+
+def webhook_url_validate(url: str) -> None:
+    """Raise ValidationError unless `url` is http(s) on a public host (or private, if allowed)."""
+    try:
+        base_url_validate(url)
+    except ValidationError as exc:
+        raise ValidationError(
+            [
+                message.replace("The base URL", "The webhook URL").replace(
+                    "provider URLs", "webhook URLs"
+                )
+                for message in exc.messages
+            ]
+        ) from None
+
+
+def webhook_label(url: str) -> str:
+    """scheme://host[:port]/… — the path and query of a webhook URL are often its secret."""
+    parts = urlsplit(url)
+    host = parts.hostname or "?"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}/…"
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    # A redirect could lead to a private address the URL check never saw.
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirects())
+
+
+def webhook_post(url: str, payload: dict) -> int:
+    """POST `payload` as JSON; return the status, or raise WebhookFailed."""
+    label = webhook_label(url)
+    try:
+        webhook_url_validate(url)
+    except ValidationError as exc:
+        raise WebhookFailed(" ".join(exc.messages)) from None
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(payload).encode("utf-8"),
+        headers={"Content-Type": "application/json", "User-Agent": "llm-provider-layer-alerts"},
+        method="POST",
+    )
+    try:
+        with _opener.open(request, timeout=settings.USAGE_ALERT_WEBHOOK_TIMEOUT_SECONDS) as reply:
+            return reply.status
+    except urllib.error.HTTPError as exc:
+        raise WebhookFailed(f"{label} answered HTTP {exc.code}.") from None
+    except urllib.error.URLError as exc:
+        raise WebhookFailed(f"{label} could not be reached: {exc.reason}.") from None
+    except (TimeoutError, OSError) as exc:
+        raise WebhookFailed(f"{label} could not be reached: {type(exc).__name__}.") from None

@@ -3,9 +3,11 @@
 A loopback OpenAI-compatible upstream runs in its own process and answers at
 once. The same sequence of calls goes through the bare openai SDK and through
 `complete()` (route cache, rate limit, pricing and the CallLog insert all on;
-`--response-cache` adds a response-cache lookup and store per call),
-interleaved call by call so both see the same machine noise. Prints p50 /
-p99 of each, the added time per call and the throughput ratio. Use PostgreSQL
+`--response-cache` adds a response-cache lookup and store per call), and
+through `complete()` for a second tenant that also has a blocking budget
+(warm counter: one reservation and one settlement per call), interleaved
+call by call so all three see the same machine noise. Prints p50 / p99 of
+each, the added time per call, what the budget adds, and the throughput ratio. Use PostgreSQL
 and Redis for the figures that count:
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/llm_bench \\
@@ -140,32 +142,43 @@ def main() -> None:
     from llm_providers.completion import complete
     from llm_providers.models import ModelPrice, Tenant
     from llm_providers.services import provider_config_create
+    from usage.models import Budget
 
     base_url = f"http://127.0.0.1:{port}/v1"
-    tenant = Tenant.objects.create(
-        name="bench",
-        slug=f"bench-{uuid.uuid4().hex[:8]}",
-        response_cache_ttl_seconds=60 if args.response_cache else 0,
-    )
-    provider_config_create(
-        tenant=tenant,
-        name="loopback",
-        provider_type="openai_compatible",
-        api_key="sk-bench-key-0123456789abcdef",
-        base_url=base_url,
-        default_model=MODEL,
-        is_default=True,
-        # Limits far above the load, so the check runs but never refuses.
-        rpm_limit=10_000_000,
-        tpm_limit=1_000_000_000,
-    )
-    ModelPrice.objects.create(
-        tenant=tenant,
-        provider_type="openai_compatible",
-        model=MODEL,
-        input_per_mtok="0.15",
-        output_per_mtok="0.60",
-        effective_from="2020-01-01",
+
+    def tenant_create(label: str) -> Tenant:
+        tenant = Tenant.objects.create(
+            name=label,
+            slug=f"{label}-{uuid.uuid4().hex[:8]}",
+            response_cache_ttl_seconds=60 if args.response_cache else 0,
+        )
+        provider_config_create(
+            tenant=tenant,
+            name="loopback",
+            provider_type="openai_compatible",
+            api_key="sk-bench-key-0123456789abcdef",
+            base_url=base_url,
+            default_model=MODEL,
+            is_default=True,
+            # Limits far above the load, so the check runs but never refuses.
+            rpm_limit=10_000_000,
+            tpm_limit=1_000_000_000,
+        )
+        ModelPrice.objects.create(
+            tenant=tenant,
+            provider_type="openai_compatible",
+            model=MODEL,
+            input_per_mtok="0.15",
+            output_per_mtok="0.60",
+            effective_from="2020-01-01",
+        )
+        return tenant
+
+    tenant = tenant_create("bench")
+    budgeted = tenant_create("bench-budget")
+    # A blocking budget far above the load: every call reserves and settles.
+    Budget.objects.create(
+        tenant=budgeted, name="cap", action="block", period="monthly", limit_usd="1000000"
     )
     bare = openai.OpenAI(base_url=base_url, api_key="sk-bench-key-0123456789abcdef", max_retries=0)
 
@@ -175,10 +188,12 @@ def main() -> None:
 
     bare_times: list[float] = []
     layer_times: list[float] = []
+    budget_times: list[float] = []
     try:
         for i in range(args.warmup):
             bare.chat.completions.create(model=MODEL, messages=messages(-i - 1))
             complete(tenant=tenant, messages=messages(-i - 1), service_name="bench")
+            complete(tenant=budgeted, messages=messages(-i - 1), service_name="bench")
         for i in range(args.calls):
             started = time.perf_counter()
             bare.chat.completions.create(model=MODEL, messages=messages(i))
@@ -186,8 +201,12 @@ def main() -> None:
             started = time.perf_counter()
             complete(tenant=tenant, messages=messages(i), service_name="bench")
             layer_times.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            complete(tenant=budgeted, messages=messages(i), service_name="bench")
+            budget_times.append(time.perf_counter() - started)
     finally:
         tenant.delete()
+        budgeted.delete()
         server.terminate()
 
     ms = 1000
@@ -207,6 +226,13 @@ def main() -> None:
     print(
         f"added (per pair)  p50 {statistics.median(added):7.3f} ms   "
         f"p99 {_quantile(added, 0.99):7.3f} ms"
+    )
+    budget_p50, budget_p99 = _quantile(budget_times, 0.5) * ms, _quantile(budget_times, 0.99) * ms
+    budget_added = [(b - a) * ms for b, a in zip(budget_times, layer_times, strict=True)]
+    print(f"complete()+budget p50 {budget_p50:7.3f} ms   p99 {budget_p99:7.3f} ms")
+    print(
+        f"budget adds       p50 {budget_p50 - layer_p50:7.3f} ms   "
+        f"(per pair p50 {statistics.median(budget_added):.3f} ms)"
     )
     print(f"throughput ratio  complete()/bare = {sum(bare_times) / sum(layer_times):.3f}")
 

@@ -25,6 +25,7 @@ import random
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
@@ -33,6 +34,15 @@ from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from overrides.routing import Route, RouteTarget, route_resolve
+from usage.bookkeeping import bookkeeping_submit
+from usage.budget import (
+    BudgetExceeded,
+    BudgetReservation,
+    BudgetUnavailable,
+    budget_release,
+    budget_reserve,
+    budget_settle,
+)
 from usage.call_logs import call_log_record
 from usage.models import CallLog
 
@@ -55,7 +65,7 @@ from .clients import adapter_for_config
 from .config_cache import config_version
 from .exceptions import ApplicationError, SecretUnreadableError
 from .models import Tenant
-from .pricing import ZERO, PriceSource, cost_for_usage, price_lookup
+from .pricing import ZERO, PriceSource, cost_for_usage, cost_worst_case, price_lookup
 from .rate_limiting import RateLimited, rate_limit_admit
 from .response_cache import request_fingerprint, response_cache_get, response_cache_set
 
@@ -139,11 +149,15 @@ class _Call:
         return self.attempts
 
     def log(self, target: RouteTarget, **fields) -> None:
+        """Record one attempt (written right after the call, see usage.bookkeeping)."""
         config = target.provider_config
-        call_log_record(
+        attempt = self.next_attempt()
+        bookkeeping_submit(
+            call_log_record,
+            label=f"call log {self.request_id}#{attempt}",
             tenant_id=self.tenant.pk,
             request_id=self.request_id,
-            attempt=self.next_attempt(),
+            attempt=attempt,
             operation=self.operation,
             provider_config_id=config.pk,
             provider_type=config.provider_type,
@@ -189,8 +203,13 @@ def _falls_back_on(error: ApplicationError) -> bool:
         return error.retryable or isinstance(
             error, ProviderAuthenticationError | ProviderPermissionError
         )
-    return isinstance(error, RateLimited | SecretUnreadableError | ProviderConfigUnusable) or (
-        error.code == "budget_exceeded"
+    return isinstance(
+        error,
+        RateLimited
+        | SecretUnreadableError
+        | ProviderConfigUnusable
+        | BudgetExceeded
+        | BudgetUnavailable,
     )
 
 
@@ -279,12 +298,83 @@ def _priced(call: _Call, target: RouteTarget, usage: Usage, answered_model: str)
     return cost_for_usage(usage=usage, price=price), price.source
 
 
-def _admit(call: _Call, target: RouteTarget, max_tokens: int | None) -> None:
+def _max_output_tokens(max_tokens: int | None, adapter: Adapter) -> int:
+    """The most output a call can produce, for budget reservations and TPM limits."""
+    return max_tokens or adapter.default_max_tokens or settings.LLM_DEFAULT_MAX_TOKENS_ESTIMATE
+
+
+class _BudgetHold:
+    """A budget reservation that is settled once, or released when it was not."""
+
+    def __init__(self, reservation: BudgetReservation):
+        self.reservation = reservation
+        self.closed = False
+
+    def settle(self, cost_usd: Decimal | None) -> None:
+        # After the call log row: see usage.bookkeeping for why the order matters.
+        if not self.closed:
+            self.closed = True
+            if self.reservation:
+                bookkeeping_submit(
+                    budget_settle,
+                    label=f"budget settlement {self.reservation.reservation_id}",
+                    reservation=self.reservation,
+                    cost_usd=cost_usd,
+                )
+
+    def release(self) -> None:
+        if not self.closed:
+            self.closed = True
+            if self.reservation:
+                bookkeeping_submit(
+                    budget_release,
+                    label=f"budget release {self.reservation.reservation_id}",
+                    reservation=self.reservation,
+                )
+
+
+@contextmanager
+def _budget_held(call: _Call, target: RouteTarget, max_output_tokens: int):
+    """Reserve the call's worst-case cost on the target's budgets; a refusal is
+    logged as blocked and moves on. Whatever is not settled is released."""
+    price = _price(call, target, target.model)
+    worst = cost_worst_case(
+        price=price, input_tokens=call.input_tokens, max_output_tokens=max_output_tokens
+    )
+    config = target.provider_config
+    try:
+        reservation = budget_reserve(
+            tenant=call.tenant,
+            provider_config_id=config.pk,
+            service_name=call.service_name,
+            customer_id=call.customer_id,
+            # An unpriced model cannot be reserved against: it costs nothing known.
+            amount_usd=worst if worst is not None else ZERO,
+            request_id=call.request_id,
+            version=call.version,
+        )
+    except (BudgetExceeded, BudgetUnavailable) as exc:
+        call.log(
+            target,
+            status=Status.BLOCKED,
+            created_at=timezone.now(),
+            error_code=exc.code,
+            error_message=exc.message,
+        )
+        raise _MoveOn(exc) from exc
+    hold = _BudgetHold(reservation)
+    try:
+        yield hold
+    finally:
+        hold.release()
+
+
+def _admit(call: _Call, target: RouteTarget, max_output_tokens: int) -> None:
     """Rate limit the target's provider config; a refusal is logged as blocked."""
     config = target.provider_config
     if not config.rpm_limit and not config.tpm_limit:
         return
-    tokens = call.input_tokens + (max_tokens or settings.LLM_DEFAULT_MAX_TOKENS_ESTIMATE)
+    tokens = call.input_tokens + max_output_tokens
     try:
         rate_limit_admit(
             provider_config_id=config.pk,
@@ -481,45 +571,48 @@ def _complete_on_target(call: _Call, target: RouteTarget) -> CompletionResult:
     cached = _cache_lookup(call, target, started)
     if cached is not None:
         return cached
-    _admit(call, target, request.max_tokens)
     adapter = _adapter(call, target)
-    attempt_on_target = 0
-    while True:
-        attempt_on_target += 1
-        started_at, attempt_started = timezone.now(), time.perf_counter()
-        try:
-            chat = adapter.complete(request)
-        except ProviderError as error:
-            _log_failure(call, target, error, started_at, attempt_started)
-            _retry_or_raise(error, attempt_on_target)
-            continue
-        except Exception as error:
-            _log_failure(call, target, error, started_at, attempt_started)
-            raise
-        latency_ms = _ms_since(attempt_started)
-        cost, source = _priced(call, target, chat.usage, chat.model)
-        call.log(
-            target,
-            status=Status.OK,
-            created_at=started_at,
-            model_answered=chat.model,
-            usage=chat.usage,
-            usage_estimated=chat.usage_estimated,
-            cost_usd=cost,
-            price_source=source,
-            latency_ms=latency_ms,
-        )
-        _cache_store(call, target, chat)
-        return _result(
-            call,
-            target,
-            chat,
-            cost=cost,
-            source=source,
-            latency_ms=latency_ms,
-            cached=False,
-            estimated=chat.usage_estimated,
-        )
+    max_output = _max_output_tokens(request.max_tokens, adapter)
+    with _budget_held(call, target, max_output) as budget:
+        _admit(call, target, max_output)
+        attempt_on_target = 0
+        while True:
+            attempt_on_target += 1
+            started_at, attempt_started = timezone.now(), time.perf_counter()
+            try:
+                chat = adapter.complete(request)
+            except ProviderError as error:
+                _log_failure(call, target, error, started_at, attempt_started)
+                _retry_or_raise(error, attempt_on_target)
+                continue
+            except Exception as error:
+                _log_failure(call, target, error, started_at, attempt_started)
+                raise
+            latency_ms = _ms_since(attempt_started)
+            cost, source = _priced(call, target, chat.usage, chat.model)
+            call.log(
+                target,
+                status=Status.OK,
+                created_at=started_at,
+                model_answered=chat.model,
+                usage=chat.usage,
+                usage_estimated=chat.usage_estimated,
+                cost_usd=cost,
+                price_source=source,
+                latency_ms=latency_ms,
+            )
+            budget.settle(cost)
+            _cache_store(call, target, chat)
+            return _result(
+                call,
+                target,
+                chat,
+                cost=cost,
+                source=source,
+                latency_ms=latency_ms,
+                cached=False,
+                estimated=chat.usage_estimated,
+            )
 
 
 def complete(
@@ -620,15 +713,23 @@ class CompletionStream:
                 yield cached.content
             self.result = cached
             return
-        _admit(call, target, request.max_tokens)
         adapter = _adapter(call, target)
-        attempt_on_target = 0
-        while True:
-            attempt_on_target += 1
-            outcome = yield from self._attempt(adapter, target, request)
-            if outcome is None:
-                return
-            _retry_or_raise(outcome, attempt_on_target)
+        max_output = _max_output_tokens(request.max_tokens, adapter)
+        with _budget_held(call, target, max_output) as budget:
+            _admit(call, target, max_output)
+            attempt_on_target = 0
+            try:
+                while True:
+                    attempt_on_target += 1
+                    outcome = yield from self._attempt(adapter, target, request)
+                    if outcome is None:
+                        return
+                    _retry_or_raise(outcome, attempt_on_target)
+            finally:
+                # A finished, broken or abandoned stream has its (possibly
+                # estimated) cost on the result; a failed one has none.
+                if self.result is not None and not self.result.cached:
+                    budget.settle(self.result.cost_usd)
 
     def _attempt(self, adapter: Adapter, target: RouteTarget, request: ChatRequest):
         """Stream one attempt. Returns None when done, or the error to retry on."""
@@ -827,48 +928,50 @@ def stream(
 
 def _embed_on_target(call: _Call, target: RouteTarget) -> EmbeddingResult:
     request = replace(call.embed_request, model=target.model)
-    _admit(call, target, 1)
     adapter = _adapter(call, target)
-    attempt_on_target = 0
-    while True:
-        attempt_on_target += 1
-        started_at, started = timezone.now(), time.perf_counter()
-        try:
-            embedded = adapter.embed(request)
-        except ProviderError as error:
-            _log_failure(call, target, error, started_at, started)
-            _retry_or_raise(error, attempt_on_target)
-            continue
-        except Exception as error:
-            _log_failure(call, target, error, started_at, started)
-            raise
-        latency_ms = _ms_since(started)
-        cost, source = _priced(call, target, embedded.usage, embedded.model)
-        call.log(
-            target,
-            status=Status.OK,
-            created_at=started_at,
-            model_answered=embedded.model,
-            usage=embedded.usage,
-            usage_estimated=embedded.usage_estimated,
-            cost_usd=cost,
-            price_source=source,
-            latency_ms=latency_ms,
-        )
-        config = target.provider_config
-        return EmbeddingResult(
-            request_id=call.request_id,
-            vectors=embedded.vectors,
-            usage=embedded.usage,
-            cost_usd=cost,
-            price_source=source,
-            provider=config.name,
-            provider_config_id=config.pk,
-            provider_type=config.provider_type,
-            model=embedded.model or target.model,
-            latency_ms=latency_ms,
-            attempts=call.attempts,
-        )
+    with _budget_held(call, target, 0) as budget:
+        _admit(call, target, 0)
+        attempt_on_target = 0
+        while True:
+            attempt_on_target += 1
+            started_at, started = timezone.now(), time.perf_counter()
+            try:
+                embedded = adapter.embed(request)
+            except ProviderError as error:
+                _log_failure(call, target, error, started_at, started)
+                _retry_or_raise(error, attempt_on_target)
+                continue
+            except Exception as error:
+                _log_failure(call, target, error, started_at, started)
+                raise
+            latency_ms = _ms_since(started)
+            cost, source = _priced(call, target, embedded.usage, embedded.model)
+            call.log(
+                target,
+                status=Status.OK,
+                created_at=started_at,
+                model_answered=embedded.model,
+                usage=embedded.usage,
+                usage_estimated=embedded.usage_estimated,
+                cost_usd=cost,
+                price_source=source,
+                latency_ms=latency_ms,
+            )
+            budget.settle(cost)
+            config = target.provider_config
+            return EmbeddingResult(
+                request_id=call.request_id,
+                vectors=embedded.vectors,
+                usage=embedded.usage,
+                cost_usd=cost,
+                price_source=source,
+                provider=config.name,
+                provider_config_id=config.pk,
+                provider_type=config.provider_type,
+                model=embedded.model or target.model,
+                latency_ms=latency_ms,
+                attempts=call.attempts,
+            )
 
 
 def embed(

@@ -4,19 +4,25 @@ Everything derived from a tenant's configuration (routes, adapters, price
 overrides, budget definitions) is cached in the process under the tenant's
 current *config version*. A change to a provider config, override, price or
 budget replaces the version (in the shared Django cache, so every process sees
-it), which makes all entries cached under the old version unreachable. A call
-therefore pays one cache round trip to learn the versions, and nothing else
-for configuration.
+it), which makes all entries cached under the old version unreachable.
+
+The versions themselves are remembered in the process for up to
+CONFIG_VERSION_LOCAL_SECONDS (default 1 s): a change made in this process
+applies at once, one made in another process within that time. A call
+therefore pays at most one cache round trip a second per tenant for its
+configuration.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
 
+from django.conf import settings
 from django.core.cache import cache
 
 T = TypeVar("T")
@@ -30,9 +36,12 @@ def _version_key(scope: str) -> str:
     return f"cfgver:{scope}"
 
 
-def config_version(tenant_id) -> str:
-    """The combined (tenant, global) configuration version, creating either if absent."""
-    tenant_key, global_key = _version_key(str(tenant_id)), _version_key(_GLOBAL)
+# scope → (monotonic deadline, version) of versions read from the shared cache.
+_known_versions: dict[str, tuple[float, str]] = {}
+
+
+def _versions_read(tenant_scope: str) -> tuple[str, str]:
+    tenant_key, global_key = _version_key(tenant_scope), _version_key(_GLOBAL)
     found = cache.get_many([tenant_key, global_key])
     tenant_version, global_version = found.get(tenant_key), found.get(global_key)
     if tenant_version is None:
@@ -41,13 +50,40 @@ def config_version(tenant_id) -> str:
     if global_version is None:
         cache.add(global_key, uuid.uuid4().hex, _NO_TIMEOUT)
         global_version = cache.get(global_key)
+    return tenant_version, global_version
+
+
+def config_version(tenant_id) -> str:
+    """The combined (tenant, global) configuration version, creating either if absent."""
+    scope = str(tenant_id)
+    now = time.monotonic()
+    tenant_known, global_known = _known_versions.get(scope), _known_versions.get(_GLOBAL)
+    if (
+        tenant_known is not None
+        and global_known is not None
+        and tenant_known[0] > now
+        and global_known[0] > now
+    ):
+        return f"{tenant_known[1]}:{global_known[1]}"
+    tenant_version, global_version = _versions_read(scope)
+    deadline = now + settings.CONFIG_VERSION_LOCAL_SECONDS
+    _known_versions[scope] = (deadline, tenant_version)
+    _known_versions[_GLOBAL] = (deadline, global_version)
     return f"{tenant_version}:{global_version}"
 
 
 def config_version_bump(tenant_id=None) -> None:
     """Invalidate everything cached for one tenant, or for all tenants when None."""
     scope = _GLOBAL if tenant_id is None else str(tenant_id)
-    cache.set(_version_key(scope), uuid.uuid4().hex, _NO_TIMEOUT)
+    version = uuid.uuid4().hex
+    cache.set(_version_key(scope), version, _NO_TIMEOUT)
+    # This process sees its own change at once.
+    _known_versions[scope] = (time.monotonic() + settings.CONFIG_VERSION_LOCAL_SECONDS, version)
+
+
+def config_versions_forget() -> None:
+    """Drop the versions remembered in this process (tests, after a cache flush)."""
+    _known_versions.clear()
 
 
 class LocalCache:

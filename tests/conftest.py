@@ -38,9 +38,10 @@ def _clean_caches():
     from django.core.cache import cache
 
     from llm_providers.clients import adapters_clear
-    from llm_providers.config_cache import config_local_cache
+    from llm_providers.config_cache import config_local_cache, config_versions_forget
 
     cache.clear()
+    config_versions_forget()
     config_local_cache.clear()
     adapters_clear()
     yield

@@ -1,11 +1,17 @@
-"""Recording call logs: one row per provider attempt, cache hit or refused call."""
+"""Recording call logs: one row per provider attempt, cache hit or refused call.
+
+This runs once per attempt on the completion path, so the row goes in with
+one prepared INSERT rather than through the ORM's per-call SQL compilation.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
+from functools import cache
 
 from django.conf import settings
+from django.db import connections
 
 from llm_providers.adapters.errors import MAX_MESSAGE_LENGTH
 from llm_providers.adapters.types import Usage
@@ -14,6 +20,50 @@ from .models import CallLog
 
 # A prompt preview keeps this many characters (only when the tenant turns previews on).
 PREVIEW_LENGTH = 500
+
+# The columns written, in order; `id` comes from the database.
+_FIELDS = (
+    "tenant",
+    "request_id",
+    "attempt",
+    "operation",
+    "provider_config",
+    "provider_type",
+    "model_requested",
+    "model_answered",
+    "customer_id",
+    "service_name",
+    "route_rule",
+    "status",
+    "error_code",
+    "error_message",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "usage_estimated",
+    "cost_usd",
+    "price_source",
+    "latency_ms",
+    "time_to_first_token_ms",
+    "streamed",
+    "input_hash",
+    "prompt_preview",
+    "created_at",
+)
+
+
+@cache
+def _insert_statement(vendor: str, returning: bool) -> tuple[str, tuple]:
+    meta = CallLog._meta
+    fields = tuple(meta.get_field(name) for name in _FIELDS)
+    columns = ", ".join(f'"{field.column}"' for field in fields)
+    placeholders = ", ".join(["%s"] * len(fields))
+    sql = f'INSERT INTO "{meta.db_table}" ({columns}) VALUES ({placeholders})'
+    if returning:
+        sql += f' RETURNING "{meta.pk.column}"'
+    return sql, fields
 
 
 def call_log_record(
@@ -42,40 +92,54 @@ def call_log_record(
     streamed: bool = False,
     input_hash: str = "",
     prompt_preview: str = "",
-) -> CallLog:
-    """Write one CallLog row. Error messages must already be scrubbed of secrets.
+) -> int:
+    """Write one CallLog row and return its id. Error messages must already be
+    scrubbed of secrets.
 
     The row is committed on its own connection (settings.CALL_LOG_DATABASE),
     independently of any transaction the caller has open.
     """
     usage = usage or Usage()
-    return CallLog.objects.using(settings.CALL_LOG_DATABASE).create(
-        tenant_id=tenant_id,
-        request_id=request_id,
-        attempt=attempt,
-        operation=operation,
-        provider_config_id=provider_config_id,
-        provider_type=provider_type,
-        model_requested=model_requested[:200],
-        model_answered=model_answered[:200],
-        customer_id=customer_id,
-        service_name=service_name,
-        route_rule=route_rule,
-        status=status,
-        error_code=error_code[:64],
-        error_message=error_message[:MAX_MESSAGE_LENGTH],
-        input_tokens=usage.input_tokens,
-        output_tokens=usage.output_tokens,
-        cache_read_tokens=usage.cache_read_tokens,
-        cache_write_tokens=usage.cache_write_tokens,
-        reasoning_tokens=usage.reasoning_tokens,
-        usage_estimated=usage_estimated,
-        cost_usd=cost_usd,
-        price_source=price_source,
-        latency_ms=max(latency_ms, 0),
-        time_to_first_token_ms=time_to_first_token_ms,
-        streamed=streamed,
-        input_hash=input_hash,
-        prompt_preview=prompt_preview[:PREVIEW_LENGTH],
-        created_at=created_at,
+    values = (
+        tenant_id,
+        request_id,
+        attempt,
+        operation,
+        provider_config_id,
+        provider_type,
+        model_requested[:200],
+        model_answered[:200],
+        customer_id,
+        service_name,
+        route_rule,
+        status,
+        error_code[:64],
+        error_message[:MAX_MESSAGE_LENGTH],
+        usage.input_tokens,
+        usage.output_tokens,
+        usage.cache_read_tokens,
+        usage.cache_write_tokens,
+        usage.reasoning_tokens,
+        usage_estimated,
+        cost_usd,
+        price_source,
+        max(latency_ms, 0),
+        time_to_first_token_ms,
+        streamed,
+        input_hash,
+        prompt_preview[:PREVIEW_LENGTH],
+        created_at,
     )
+    connection = connections[settings.CALL_LOG_DATABASE]
+    returning = connection.features.can_return_columns_from_insert
+    sql, fields = _insert_statement(connection.vendor, returning)
+    if connection.vendor != "postgresql":
+        # psycopg adapts UUIDs, Decimals and aware datetimes itself; other
+        # backends get Django's conversions.
+        values = tuple(
+            field.get_db_prep_save(value, connection)
+            for field, value in zip(fields, values, strict=True)
+        )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, values)
+        return cursor.fetchone()[0] if returning else cursor.lastrowid

@@ -83,10 +83,17 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
         "OPTIONS": {
             **DATABASES["default"].get("OPTIONS", {}),
             "options": "-c synchronous_commit=off",
+            # Server-side parameters: psycopg prepares the one INSERT it repeats.
+            "server_side_binding": True,
         },
         "TEST": {"MIRROR": "default"},
     }
 CALL_LOG_DATABASE = "call_logs" if "call_logs" in DATABASES else "default"
+# Write call logs and settle budgets on a background thread after each call
+# (usage/bookkeeping.py); on by default with PostgreSQL, inline with SQLite.
+CALL_LOG_ASYNC = env.bool("CALL_LOG_ASYNC", default="call_logs" in DATABASES)
+# Bookkeeping items a process may hold before callers write their own inline.
+BOOKKEEPING_QUEUE_SIZE = env.int("BOOKKEEPING_QUEUE_SIZE", default=10_000)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -300,6 +307,9 @@ LOGGING = {
 }
 
 # --- Completion service ------------------------------------------------------
+# How long a process trusts the config versions it read (routes, prices and
+# budgets of a tenant): a change made in another process applies within this.
+CONFIG_VERSION_LOCAL_SECONDS = env.float("CONFIG_VERSION_LOCAL_SECONDS", default=1.0)
 # Attempts per route target before moving to the next fallback (1 = no retry).
 LLM_RETRY_ATTEMPTS = env.int("LLM_RETRY_ATTEMPTS", default=2)
 # Exponential backoff between attempts: base, doubled per attempt, capped.

@@ -24,6 +24,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
 # opens the production-style separate connection itself.
 DATABASES.pop("call_logs", None)
 CALL_LOG_DATABASE = "default"
+# Rows are there when complete() returns; tests/usage/test_bookkeeping.py
+# covers the background writer.
+CALL_LOG_ASYNC = False
 
 # Retries in tests wait milliseconds, not seconds.
 LLM_RETRY_BACKOFF_SECONDS = 0.001

@@ -145,7 +145,10 @@ def test_call_logs_share_the_sqlite_connection(embedded):
 
 def test_call_logs_get_own_postgres_connection_without_waiting_for_flush(from_environment):
     assert from_environment["CALL_LOG_DATABASE"] == "call_logs"
-    assert from_environment["CALL_LOG_DB_OPTIONS"] == {"options": "-c synchronous_commit=off"}
+    assert from_environment["CALL_LOG_DB_OPTIONS"] == {
+        "options": "-c synchronous_commit=off",
+        "server_side_binding": True,
+    }
 
 
 def test_development_without_debug_needs_secrets():

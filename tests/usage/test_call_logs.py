@@ -19,7 +19,7 @@ def test_call_log_record_stores_usage_and_cost():
     tenant = TenantFactory()
     request_id = uuid.uuid4()
 
-    log = call_log_record(
+    log_id = call_log_record(
         tenant_id=tenant.pk,
         request_id=request_id,
         attempt=2,
@@ -36,7 +36,7 @@ def test_call_log_record_stores_usage_and_cost():
         price_source="genai_prices",
     )
 
-    log.refresh_from_db()
+    log = CallLog.objects.get(pk=log_id)
     assert (log.request_id, log.attempt) == (request_id, 2)
     assert (
         log.input_tokens,
@@ -51,7 +51,7 @@ def test_call_log_record_stores_usage_and_cost():
 def test_call_log_record_cuts_long_texts():
     tenant = TenantFactory()
 
-    log = call_log_record(
+    log_id = call_log_record(
         tenant_id=tenant.pk,
         request_id=uuid.uuid4(),
         attempt=1,
@@ -61,7 +61,7 @@ def test_call_log_record_cuts_long_texts():
         prompt_preview="y" * 2000,
     )
 
-    log.refresh_from_db()
+    log = CallLog.objects.get(pk=log_id)
     assert len(log.error_message) == 500
     assert len(log.prompt_preview) == 500
 
@@ -79,6 +79,7 @@ def call_log_connection(transactional_db, settings):
             "OPTIONS": {
                 **default.settings_dict.get("OPTIONS", {}),
                 "options": "-c synchronous_commit=off",
+                "server_side_binding": True,
             },
         },
         alias="call_logs",
@@ -97,19 +98,23 @@ def test_call_log_record_survives_callers_rollback(call_log_connection):
     request_id = uuid.uuid4()
 
     # when the caller's transaction rolls back after the provider was called
+    # (six attempts: psycopg prepares the INSERT from the fifth on)
     with pytest.raises(RuntimeError), transaction.atomic():
-        call_log_record(
-            tenant_id=tenant.pk,
-            request_id=request_id,
-            attempt=1,
-            status="ok",
-            created_at=timezone.now(),
-            cost_usd=Decimal("0.01"),
-        )
+        for attempt in range(1, 7):
+            call_log_record(
+                tenant_id=tenant.pk,
+                request_id=request_id,
+                attempt=attempt,
+                status="ok",
+                created_at=timezone.now(),
+                cost_usd=Decimal("0.01"),
+            )
         raise RuntimeError("the caller's own work failed")
 
-    # then the call log stays
-    assert CallLog.objects.get(request_id=request_id).cost_usd == Decimal("0.01")
+    # then the call logs stay
+    logs = CallLog.objects.filter(request_id=request_id)
+    assert sorted(logs.values_list("attempt", flat=True)) == [1, 2, 3, 4, 5, 6]
+    assert {log.cost_usd for log in logs} == {Decimal("0.01")}
     with call_log_connection.cursor() as cursor:
         cursor.execute("SHOW synchronous_commit")
         assert cursor.fetchone() == ("off",)

@@ -1,0 +1,178 @@
+"""The budget gate inside the completion pipeline: reserve, refuse, settle, release."""
+
+import threading
+from decimal import Decimal
+
+import pytest
+
+from llm_providers.adapters.errors import UpstreamUnavailable
+from llm_providers.completion import complete, stream
+from llm_providers.services import provider_config_create
+from tests.factories import (
+    BudgetFactory,
+    CallLogFactory,
+    ModelPriceFactory,
+    ProviderConfigFactory,
+    TenantFactory,
+)
+from usage.budget import BudgetExceeded
+from usage.models import Budget, CallLog
+
+pytestmark = pytest.mark.django_db
+
+HELLO = [{"role": "user", "content": "hi"}]
+# "hi" is 8 input tokens for the Fake provider; with max_tokens=10 the worst
+# case at $1,000 / $2,000 per million is 0.008 + 0.020 = $0.028, and the real
+# answer ("Echo: hi", 3 tokens) costs 0.008 + 0.006 = $0.014. (Budget limits
+# have four decimals, hence the steep test price.)
+WORST = Decimal("0.028")
+REAL = Decimal("0.014")
+
+
+@pytest.fixture
+def tenant():
+    tenant = TenantFactory()
+    ModelPriceFactory(model="fake-small", input_per_mtok="1000", output_per_mtok="2000")
+    return tenant
+
+
+@pytest.fixture
+def primary(tenant):
+    return ProviderConfigFactory(tenant=tenant, name="primary", is_default=True, priority=1)
+
+
+def _block(tenant, limit, **scope):
+    return BudgetFactory(
+        tenant=tenant, name="hard cap", action=Budget.Action.BLOCK, limit_usd=limit, **scope
+    )
+
+
+def test_complete_refuses_call_over_blocking_budget_before_provider(tenant, primary):
+    # given a $0.10 cap: six calls settle $0.084, a seventh worst case does not fit
+    _block(tenant, Decimal("0.1"))
+    for _ in range(6):
+        complete(tenant=tenant, messages=HELLO, max_tokens=10)
+
+    # when
+    with pytest.raises(BudgetExceeded) as raised:
+        complete(tenant=tenant, messages=HELLO, max_tokens=10)
+
+    # then: 0.084 spent; 0.084 + 0.028 > 0.1
+    error = raised.value
+    assert error.extra["budget_name"] == "hard cap"
+    assert Decimal(error.extra["spend_usd"]) == 6 * REAL
+    assert Decimal(error.extra["limit_usd"]) == Decimal("0.1")
+    assert error.extra["retry_after_seconds"] >= 1
+    assert "Budget “hard cap”" in error.message and "resets" in error.message
+    blocked = CallLog.objects.filter(status="blocked").get()
+    assert (blocked.error_code, blocked.input_tokens, blocked.cost_usd) == (
+        "budget_exceeded",
+        0,
+        None,
+    )
+    assert CallLog.objects.filter(status="ok").count() == 6
+
+
+def test_complete_falls_back_when_provider_scoped_budget_blocks(tenant, primary):
+    backup = ProviderConfigFactory(tenant=tenant, name="backup", priority=2)
+    _block(tenant, Decimal("0.1"), provider_config=primary)
+    CallLogFactory(tenant=tenant, provider_config=primary, cost_usd=Decimal("0.1"))
+
+    result = complete(tenant=tenant, messages=HELLO, max_tokens=10)
+
+    assert result.provider == "backup"
+    statuses = list(
+        CallLog.objects.filter(request_id=result.request_id)
+        .order_by("attempt")
+        .values_list("status", "provider_config_id")
+    )
+    assert statuses == [("blocked", primary.pk), ("ok", backup.pk)]
+
+
+def test_complete_is_never_refused_by_alert_only_budget(tenant, primary):
+    BudgetFactory(tenant=tenant, action=Budget.Action.ALERT, limit_usd=Decimal("0.1"))
+    CallLogFactory(tenant=tenant, provider_config=primary, cost_usd=Decimal("1"))
+
+    result = complete(tenant=tenant, messages=HELLO, max_tokens=10)
+
+    assert result.cost_usd == REAL
+
+
+def test_complete_releases_reservation_when_call_fails(tenant, primary):
+    # Room for exactly one worst-case call.
+    _block(tenant, Decimal("0.03"))
+    primary.options = {"fail_first": 2}
+    primary.save()
+    with pytest.raises(UpstreamUnavailable):
+        complete(tenant=tenant, messages=HELLO, max_tokens=10)
+
+    # The failed call's reservation is back: the next one fits.
+    result = complete(tenant=tenant, messages=HELLO, max_tokens=10)
+
+    assert result.cost_usd == REAL
+
+
+def test_stream_settles_real_cost(tenant, primary):
+    _block(tenant, Decimal("0.05"))
+    first = stream(tenant=tenant, messages=HELLO, max_tokens=10)
+    assert "".join(first) == "Echo: hi"
+
+    # 0.014 settled + 0.028 worst case fits in 0.05; at 0.028 settled a third does not.
+    second = stream(tenant=tenant, messages=HELLO, max_tokens=10)
+    assert "".join(second) == "Echo: hi"
+    with pytest.raises(BudgetExceeded):
+        "".join(stream(tenant=tenant, messages=HELLO, max_tokens=10))
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_calls_never_overspend_blocking_budget(allow_private_urls, openai_upstream):
+    # given a budget with room for exactly k worst-case calls and an upstream
+    # slow enough that all calls overlap
+    tenant = TenantFactory()
+    provider_config_create(
+        tenant=tenant,
+        name="loopback",
+        provider_type="openai_compatible",
+        base_url=openai_upstream.base_url,
+        default_model="house-model",
+        is_default=True,
+    )
+    ModelPriceFactory(
+        provider_type="openai_compatible", model="house-model",
+        input_per_mtok="1000", output_per_mtok="1000",
+    )  # fmt: skip
+    openai_upstream.set_default(openai_upstream.chat_reply("ok", model="house-model", delay=1.0))
+    # Worst case per call: (8 input + 100 output) × $1,000 per million = $0.108.
+    k = 4
+    BudgetFactory(
+        tenant=tenant, action=Budget.Action.BLOCK, limit_usd=Decimal("0.108") * k + Decimal("0.05")
+    )
+    outcomes = []
+    start_together = threading.Barrier(12)
+
+    def call():
+        from django.db import connection
+
+        start_together.wait()
+        try:
+            complete(tenant=tenant, messages=HELLO, max_tokens=100)
+            outcomes.append("ok")
+        except BudgetExceeded:
+            outcomes.append("blocked")
+        finally:
+            connection.close()
+
+    # when 12 calls race
+    threads = [threading.Thread(target=call) for _ in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    # then at most k reached the provider; the rest were refused before it
+    assert len(openai_upstream.requests) <= k
+    assert outcomes.count("ok") == len(openai_upstream.requests) == k
+    assert outcomes.count("blocked") == 12 - outcomes.count("ok")
+    assert CallLog.objects.filter(status="blocked").count() == outcomes.count("blocked")

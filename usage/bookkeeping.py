@@ -124,12 +124,11 @@ def bookkeeping_flush(timeout: float = _EXIT_FLUSH_SECONDS) -> bool:
     writer = _writer
     if writer is None or writer.pid != os.getpid():
         return True
-    deadline = time.monotonic() + timeout
-    while writer.queue.unfinished_tasks:
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
+    # The queue is first in, first out: when this marker runs, all before it ran.
+    done = threading.Event()
+    if not writer.submit(_Item(done.set, {}, "flush marker")):
+        return False
+    return done.wait(timeout)
 
 
 atexit.register(bookkeeping_flush)

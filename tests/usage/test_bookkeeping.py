@@ -75,10 +75,15 @@ def test_bookkeeping_waits_for_room_in_a_full_queue_keeping_order(writer):
 
 def test_bookkeeping_runs_inline_when_writer_is_stuck(writer):
     # given a writer stuck on one item and a full queue behind it
-    release = threading.Event()
+    started, release = threading.Event(), threading.Event()
     done = []
-    bookkeeping_submit(release.wait, label="stuck", timeout=5)
-    bookkeeping_flush(timeout=0.05)
+
+    def stuck():
+        started.set()
+        release.wait(5)
+
+    bookkeeping_submit(stuck, label="stuck")
+    assert started.wait(5)
     bookkeeping_submit(_record, label="queued 1", into=done, value=1)
     bookkeeping_submit(_record, label="queued 2", into=done, value=2)
 

@@ -46,7 +46,7 @@ from usage.budget import (
 from usage.call_logs import call_log_record
 from usage.models import CallLog
 
-from .adapters.base import Adapter, estimate_text_tokens
+from .adapters.base import Adapter, estimate_message_tokens, estimate_text_tokens
 from .adapters.errors import (
     ProviderAuthenticationError,
     ProviderError,
@@ -565,6 +565,59 @@ def _chat_request(
     )
 
 
+def _chat_call_prepare(
+    *, operation, tenant, customer_id, service_name, model, request_id, **parameters
+) -> _Call:
+    """Validate a chat request and resolve its route (shared by complete and stream)."""
+    request = _chat_request(**parameters)
+    return _call_prepare(
+        tenant=tenant,
+        customer_id=customer_id,
+        service_name=service_name,
+        model=model,
+        request=request,
+        request_id=request_id,
+        operation=operation,
+        input_tokens=estimate_message_tokens(request.messages, request.tools),
+        fingerprint=request_fingerprint(request),
+        preview=_preview(request.messages),
+    )
+
+
+def _call_with_retries(call: _Call, target: RouteTarget, budget: _BudgetHold, invoke):
+    """Run `invoke()` (one adapter call) until it succeeds, retrying retryable
+    failures on this target; log the successful attempt, priced, and settle
+    the budget with its cost. Returns (answer, cost, price source, latency ms)."""
+    attempt_on_target = 0
+    while True:
+        attempt_on_target += 1
+        started_at, attempt_started = timezone.now(), time.perf_counter()
+        try:
+            answer = invoke()
+        except ProviderError as error:
+            _log_failure(call, target, error, started_at, attempt_started)
+            _retry_or_raise(error, attempt_on_target)
+            continue
+        except Exception as error:
+            _log_failure(call, target, error, started_at, attempt_started)
+            raise
+        latency_ms = _ms_since(attempt_started)
+        cost, source = _priced(call, target, answer.usage, answer.model)
+        call.log(
+            target,
+            status=Status.OK,
+            created_at=started_at,
+            model_answered=answer.model,
+            usage=answer.usage,
+            usage_estimated=answer.usage_estimated,
+            cost_usd=cost,
+            price_source=source,
+            latency_ms=latency_ms,
+        )
+        budget.settle(cost)
+        return answer, cost, source, latency_ms
+
+
 def _complete_on_target(call: _Call, target: RouteTarget) -> CompletionResult:
     started = time.perf_counter()
     request = replace(call.request, model=target.model)
@@ -575,44 +628,20 @@ def _complete_on_target(call: _Call, target: RouteTarget) -> CompletionResult:
     max_output = _max_output_tokens(request.max_tokens, adapter)
     with _budget_held(call, target, max_output) as budget:
         _admit(call, target, max_output)
-        attempt_on_target = 0
-        while True:
-            attempt_on_target += 1
-            started_at, attempt_started = timezone.now(), time.perf_counter()
-            try:
-                chat = adapter.complete(request)
-            except ProviderError as error:
-                _log_failure(call, target, error, started_at, attempt_started)
-                _retry_or_raise(error, attempt_on_target)
-                continue
-            except Exception as error:
-                _log_failure(call, target, error, started_at, attempt_started)
-                raise
-            latency_ms = _ms_since(attempt_started)
-            cost, source = _priced(call, target, chat.usage, chat.model)
-            call.log(
-                target,
-                status=Status.OK,
-                created_at=started_at,
-                model_answered=chat.model,
-                usage=chat.usage,
-                usage_estimated=chat.usage_estimated,
-                cost_usd=cost,
-                price_source=source,
-                latency_ms=latency_ms,
-            )
-            budget.settle(cost)
-            _cache_store(call, target, chat)
-            return _result(
-                call,
-                target,
-                chat,
-                cost=cost,
-                source=source,
-                latency_ms=latency_ms,
-                cached=False,
-                estimated=chat.usage_estimated,
-            )
+        chat, cost, source, latency_ms = _call_with_retries(
+            call, target, budget, lambda: adapter.complete(request)
+        )
+    _cache_store(call, target, chat)
+    return _result(
+        call,
+        target,
+        chat,
+        cost=cost,
+        source=source,
+        latency_ms=latency_ms,
+        cached=False,
+        estimated=chat.usage_estimated,
+    )
 
 
 def complete(
@@ -636,7 +665,13 @@ def complete(
     Raises InvalidRequest (bad input), NoRouteError, RateLimited,
     BudgetExceeded, or the last target's ProviderError when every target failed.
     """
-    request = _chat_request(
+    call = _chat_call_prepare(
+        operation="complete",
+        tenant=tenant,
+        customer_id=customer_id,
+        service_name=service_name,
+        model=model,
+        request_id=request_id,
         messages=messages,
         max_tokens=max_tokens,
         temperature=temperature,
@@ -646,25 +681,7 @@ def complete(
         tools=tools,
         timeout=timeout,
     )
-    call = _call_prepare(
-        tenant=tenant,
-        customer_id=customer_id,
-        service_name=service_name,
-        model=model,
-        request=request,
-        request_id=request_id,
-        operation="complete",
-        input_tokens=_input_estimate(request),
-        fingerprint=request_fingerprint(request),
-        preview=_preview(request.messages),
-    )
     return _run_targets(call, _complete_on_target)
-
-
-def _input_estimate(request: ChatRequest) -> int:
-    from .adapters.base import estimate_message_tokens
-
-    return estimate_message_tokens(request.messages, request.tools)
 
 
 # --- stream ---------------------------------------------------------------------
@@ -897,7 +914,13 @@ def stream(
     """Like `complete()`, streamed. Input and routing errors raise at once;
     provider errors raise while iterating (before the first chunk they are
     retried and fall back like `complete()`)."""
-    request = _chat_request(
+    call = _chat_call_prepare(
+        operation="stream",
+        tenant=tenant,
+        customer_id=customer_id,
+        service_name=service_name,
+        model=model,
+        request_id=request_id,
         messages=messages,
         max_tokens=max_tokens,
         temperature=temperature,
@@ -906,18 +929,6 @@ def stream(
         json_mode=json_mode,
         tools=tools,
         timeout=timeout,
-    )
-    call = _call_prepare(
-        tenant=tenant,
-        customer_id=customer_id,
-        service_name=service_name,
-        model=model,
-        request=request,
-        request_id=request_id,
-        operation="stream",
-        input_tokens=_input_estimate(request),
-        fingerprint=request_fingerprint(request),
-        preview=_preview(request.messages),
     )
     call.streamed = True
     return CompletionStream(call)
@@ -931,47 +942,23 @@ def _embed_on_target(call: _Call, target: RouteTarget) -> EmbeddingResult:
     adapter = _adapter(call, target)
     with _budget_held(call, target, 0) as budget:
         _admit(call, target, 0)
-        attempt_on_target = 0
-        while True:
-            attempt_on_target += 1
-            started_at, started = timezone.now(), time.perf_counter()
-            try:
-                embedded = adapter.embed(request)
-            except ProviderError as error:
-                _log_failure(call, target, error, started_at, started)
-                _retry_or_raise(error, attempt_on_target)
-                continue
-            except Exception as error:
-                _log_failure(call, target, error, started_at, started)
-                raise
-            latency_ms = _ms_since(started)
-            cost, source = _priced(call, target, embedded.usage, embedded.model)
-            call.log(
-                target,
-                status=Status.OK,
-                created_at=started_at,
-                model_answered=embedded.model,
-                usage=embedded.usage,
-                usage_estimated=embedded.usage_estimated,
-                cost_usd=cost,
-                price_source=source,
-                latency_ms=latency_ms,
-            )
-            budget.settle(cost)
-            config = target.provider_config
-            return EmbeddingResult(
-                request_id=call.request_id,
-                vectors=embedded.vectors,
-                usage=embedded.usage,
-                cost_usd=cost,
-                price_source=source,
-                provider=config.name,
-                provider_config_id=config.pk,
-                provider_type=config.provider_type,
-                model=embedded.model or target.model,
-                latency_ms=latency_ms,
-                attempts=call.attempts,
-            )
+        embedded, cost, source, latency_ms = _call_with_retries(
+            call, target, budget, lambda: adapter.embed(request)
+        )
+    config = target.provider_config
+    return EmbeddingResult(
+        request_id=call.request_id,
+        vectors=embedded.vectors,
+        usage=embedded.usage,
+        cost_usd=cost,
+        price_source=source,
+        provider=config.name,
+        provider_config_id=config.pk,
+        provider_type=config.provider_type,
+        model=embedded.model or target.model,
+        latency_ms=latency_ms,
+        attempts=call.attempts,
+    )
 
 
 def embed(

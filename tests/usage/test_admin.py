@@ -154,6 +154,35 @@ def test_dashboard_recompute_button_aggregates_for_tenant_admin(client):
 
 
 @pytest.mark.django_db
+def test_dashboard_rolls_up_recent_call_logs_when_nothing_runs_on_a_schedule(client, settings):
+    # given the embedded default: tasks run eagerly, no beat
+    settings.CELERY_TASK_ALWAYS_EAGER = True
+    tenant = TenantFactory(timezone="Asia/Tokyo")
+    CallLogFactory(tenant=tenant, cost_usd=Decimal("0.123400"))
+    client.force_login(_member(tenant, role=TenantMembership.Role.VIEWER))
+
+    # when a viewer opens the dashboard
+    response = client.get(reverse("admin:usage_usagedashboard_tenant", args=[tenant.pk]))
+
+    # then today's call is in it
+    assert response.status_code == 200
+    assert DailyUsage.objects.get(tenant=tenant).cost_usd == Decimal("0.123400")
+    assert "$0.1234" in response.content.decode()
+
+
+@pytest.mark.django_db
+def test_dashboard_leaves_aggregation_to_beat_when_a_worker_runs(client, settings):
+    settings.CELERY_TASK_ALWAYS_EAGER = False
+    tenant = TenantFactory()
+    CallLogFactory(tenant=tenant)
+    client.force_login(_member(tenant))
+
+    client.get(reverse("admin:usage_usagedashboard_tenant", args=[tenant.pk]))
+
+    assert DailyUsage.objects.count() == 0
+
+
+@pytest.mark.django_db
 def test_dashboard_recompute_is_refused_to_a_viewer(client):
     tenant = TenantFactory()
     CallLogFactory(tenant=tenant)

@@ -12,6 +12,7 @@ from django.utils.html import format_html_join
 
 from .models import ProviderConfig, ServiceKey, TenantMembership
 from .provider_types import PROVIDER_TYPE_SPECS, ProviderType, ProviderTypeSpec
+from .services import provider_config_endpoint_changed, provider_config_new_endpoint_secrets_check
 
 SECRET_FORM_FIELDS = ("api_key", "aws_access_key_id", "aws_secret_access_key")
 
@@ -192,6 +193,14 @@ class ProviderConfigAdminForm(forms.ModelForm):
             self._update_errors(exc)
             return
         secrets = self.secrets()
+        if provider_config_endpoint_changed(provider_config=self.instance):
+            try:
+                provider_config_new_endpoint_secrets_check(
+                    provider_config=self.instance, secrets=secrets
+                )
+            except ValidationError as exc:
+                self._update_errors(exc)
+                return
         if "api_key" in secrets:
             self.instance.set_api_key(secrets["api_key"])
         if "aws_access_key_id" in secrets or "aws_secret_access_key" in secrets:

@@ -108,8 +108,69 @@ def provider_config_update(
     for field, value in data.items():
         if field in PROVIDER_CONFIG_FIELDS:
             setattr(provider_config, field, value)
-    _apply_secrets(provider_config, {k: data.get(k) for k in SECRET_FIELDS})
+    new_secrets = {k: data.get(k) for k in SECRET_FIELDS}
+    if provider_config_endpoint_changed(provider_config=provider_config):
+        provider_config_new_endpoint_secrets_check(
+            provider_config=provider_config, secrets=new_secrets
+        )
+        _other_kind_secrets_clear(provider_config)
+    _apply_secrets(provider_config, new_secrets)
     return _save_validated(provider_config)
+
+
+def provider_config_endpoint_changed(*, provider_config: ProviderConfig) -> bool:
+    """Whether the (unsaved) config now points at another base URL or provider type."""
+    if provider_config._state.adding:
+        return False
+    stored = (
+        ProviderConfig.objects.filter(pk=provider_config.pk)
+        .values("base_url", "provider_type")
+        .first()
+    )
+    return stored is not None and (
+        stored["base_url"] != provider_config.base_url
+        or stored["provider_type"] != provider_config.provider_type
+    )
+
+
+def provider_config_new_endpoint_secrets_check(
+    *, provider_config: ProviderConfig, secrets: dict
+) -> None:
+    """A stored key is only ever sent to the endpoint it was entered for.
+
+    Otherwise anyone allowed to edit the config could point it at a server of
+    their own, test the connection and receive the key. When the base URL or
+    the provider type changes, the stored secrets must be entered again.
+    Raises ValidationError naming the field to fill in.
+    """
+    config = provider_config
+    had_secret = any(
+        getattr(config, name) for name in ("api_key", "aws_access_key_id", "aws_secret_access_key")
+    )
+    if not had_secret:
+        return
+    needed = (
+        ("aws_access_key_id", "aws_secret_access_key")
+        if config.spec.requires_aws_credentials
+        else ("api_key",)
+    )
+    missing = [name for name in needed if not secrets.get(name)]
+    if missing:
+        raise ValidationError(
+            {
+                missing[0]: "The endpoint or provider type changed: enter the key again. A "
+                "stored key is only sent to the endpoint it was entered for."
+            }
+        )
+
+
+def _other_kind_secrets_clear(config: ProviderConfig) -> None:
+    # Secrets of the other kind (an API key left from before a switch to
+    # Bedrock, or the reverse) do not travel to the new endpoint either.
+    if config.spec.requires_aws_credentials:
+        config.set_api_key("")
+    else:
+        config.set_aws_credentials(access_key_id="", secret_access_key="")
 
 
 def provider_config_delete(*, provider_config: ProviderConfig) -> bool:

@@ -177,6 +177,24 @@ def test_change_with_new_key_replaces_key(openai_config, tenant_admin, admin_cli
     assert stored.key_mask == "sk-…ABCD"
 
 
+def test_change_of_endpoint_without_key_is_refused(tenant, tenant_admin, admin_client_for):
+    config = ProviderConfigFactory(
+        tenant=tenant,
+        provider_type="openai_compatible",
+        base_url="https://8.8.8.8/v1",
+        api_key=KEY,
+    )
+
+    response = admin_client_for(tenant_admin).post(
+        _change_url(config), _form_data(config, base_url="https://1.1.1.1/v1")
+    )
+
+    assert response.status_code == 200
+    assert "enter the key again" in response.content.decode()
+    stored = ProviderConfig.objects.get(pk=config.pk)
+    assert (stored.base_url, stored.api_key) == ("https://8.8.8.8/v1", KEY)
+
+
 def test_invalid_form_does_not_echo_key(
     tenant, tenant_admin, admin_client_for, assert_secret_absent
 ):

@@ -91,6 +91,58 @@ def test_update_with_new_key_replaces_key_and_mask():
     assert stored.key_mask == "sk-…WXYZ"
 
 
+def test_update_moving_endpoint_without_key_is_refused():
+    # Pointing a stored key at another server must not be possible without
+    # knowing the key: a connection test would hand it to that server.
+    config = ProviderConfigFactory(
+        provider_type="openai_compatible", base_url="https://8.8.8.8/v1", api_key=KEY
+    )
+    with pytest.raises(ValidationError) as caught:
+        provider_config_update(provider_config=config, data={"base_url": "https://1.1.1.1/v1"})
+    assert "enter the key again" in caught.value.message_dict["api_key"][0]
+    stored = ProviderConfig.objects.get(pk=config.pk)
+    assert (stored.base_url, stored.api_key) == ("https://8.8.8.8/v1", KEY)
+
+
+def test_update_moving_endpoint_with_key_entered_again_is_saved():
+    config = ProviderConfigFactory(
+        provider_type="openai_compatible", base_url="https://8.8.8.8/v1", api_key=KEY
+    )
+    provider_config_update(
+        provider_config=config,
+        data={"base_url": "https://1.1.1.1/v1", "api_key": "sk-for-the-new-host-0000ABCD"},
+    )
+    stored = ProviderConfig.objects.get(pk=config.pk)
+    assert (stored.base_url, stored.api_key) == (
+        "https://1.1.1.1/v1",
+        "sk-for-the-new-host-0000ABCD",
+    )
+
+
+def test_update_changing_provider_type_without_key_is_refused():
+    config = ProviderConfigFactory(provider_type="openai", api_key=KEY)
+    with pytest.raises(ValidationError) as caught:
+        provider_config_update(provider_config=config, data={"provider_type": "groq"})
+    assert "enter the key again" in caught.value.message_dict["api_key"][0]
+    assert ProviderConfig.objects.get(pk=config.pk).provider_type == "openai"
+
+
+def test_update_switching_to_bedrock_drops_the_old_api_key():
+    config = ProviderConfigFactory(provider_type="openai", api_key=KEY)
+    provider_config_update(
+        provider_config=config,
+        data={
+            "provider_type": "bedrock",
+            "aws_region": "eu-west-1",
+            "aws_access_key_id": "AKIAIOSFODNN7EXAMPLE",
+            "aws_secret_access_key": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        },
+    )
+    stored = ProviderConfig.objects.get(pk=config.pk)
+    assert stored.api_key is None
+    assert stored.aws_access_key_id == "AKIAIOSFODNN7EXAMPLE"
+
+
 def test_update_invalid_base_url_leaves_row_unchanged():
     config = ProviderConfigFactory(provider_type="openai_compatible", base_url="https://8.8.8.8/")
     with pytest.raises(ValidationError) as caught:

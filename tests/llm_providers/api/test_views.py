@@ -223,6 +223,22 @@ def test_provider_patch_answers_400_and_keeps_row_when_invalid(admin_api, tenant
     assert config.allowed_models == []
 
 
+def test_provider_patch_moving_endpoint_needs_the_key_again(admin_api, tenant):
+    config = ProviderConfigFactory(
+        tenant=tenant,
+        provider_type="openai_compatible",
+        base_url="https://8.8.8.8/v1",
+        api_key="sk-stored-key-0123456789abcd",
+    )
+
+    response = admin_api.patch(f"{PROVIDERS}{config.pk}/", {"base_url": "https://1.1.1.1/v1"})
+
+    assert response.status_code == 400
+    assert "enter the key again" in response.json()["error"]["fields"]["api_key"][0]
+    config.refresh_from_db()
+    assert config.base_url == "https://8.8.8.8/v1"
+
+
 # --- delete --------------------------------------------------------------------
 
 

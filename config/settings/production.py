@@ -3,7 +3,7 @@
 from django.core.exceptions import ImproperlyConfigured
 
 from .base import *  # noqa: F403
-from .base import ALLOWED_HOSTS, SALT_KEY, SECRET_KEY, env
+from .base import ALLOWED_HOSTS, REDIS_URL, SALT_KEY, SECRET_KEY, env
 
 DEBUG = False
 
@@ -16,6 +16,14 @@ if _missing:
     )
 if not ALLOWED_HOSTS:
     raise ImproperlyConfigured("ALLOWED_HOSTS must be set in production.")
+if not REDIS_URL:
+    # Config versions, rate limits, budget counters and the response cache
+    # are shared between processes through Redis; with a per-process cache
+    # every worker would enforce its own limits and miss others' changes.
+    raise ImproperlyConfigured(
+        "REDIS_URL must be set in production: processes share rate limits, budget counters "
+        "and configuration changes through it (see docs/OPERATIONS.md)."
+    )
 
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)

@@ -39,6 +39,7 @@ PRODUCTION_ENV = {
     "SECRET_KEY": STRONG_SECRET_KEY,
     "SALT_KEY": "salt-2025,salt-2024",
     "ALLOWED_HOSTS": "llm.example.com",
+    "REDIS_URL": "redis://cache.internal:6379/0",
 }
 
 SHOW_SETTINGS = """
@@ -228,6 +229,11 @@ def test_production_passes_check_deploy_without_warnings():
             "SECRET_KEY and SALT_KEY must be set in production (see docs/OPERATIONS.md).",
         ),
         (("ALLOWED_HOSTS",), "ALLOWED_HOSTS must be set in production."),
+        (
+            ("REDIS_URL",),
+            "REDIS_URL must be set in production: processes share rate limits, budget "
+            "counters and configuration changes through it (see docs/OPERATIONS.md).",
+        ),
     ],
 )
 def test_production_refuses_to_start_without(missing, message):

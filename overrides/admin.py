@@ -38,7 +38,7 @@ class RoutingOverrideAdmin(TenantScopedAdmin):
         "is_active",
         "updated_at",
     )
-    list_filter = ("is_active", "tenant")
+    list_filter = ("is_active", ("tenant", admin.RelatedOnlyFieldListFilter))
     search_fields = ("customer_id", "service_name", "model", "note")
     list_select_related = ("tenant", "provider_config")
     fields = (

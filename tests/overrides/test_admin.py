@@ -65,6 +65,16 @@ def test_changelist_shows_only_own_tenants_overrides(tenant, admin_client_for):
     assert list(response.context["cl"].queryset) == [mine]
 
 
+def test_changelist_filter_names_no_other_tenant(tenant, admin_client_for):
+    RoutingOverrideFactory(tenant=tenant)
+    RoutingOverrideFactory(tenant=TenantFactory(name="Globex Secret Project"))
+
+    response = admin_client_for(tenant).get(LIST_URL)
+
+    assert tenant.name in response.text
+    assert "Globex Secret Project" not in response.text
+
+
 def test_change_page_of_other_tenants_override_is_not_found(tenant, admin_client_for):
     theirs = RoutingOverrideFactory()
 

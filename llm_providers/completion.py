@@ -835,7 +835,6 @@ class CompletionStream:
             latency_ms=latency_ms,
             time_to_first_token_ms=first_token_ms,
         )
-        _cache_store(call, target, chat)
         self.result = _result(
             call,
             target,
@@ -846,6 +845,7 @@ class CompletionStream:
             cached=False,
             estimated=estimated,
         )
+        _cache_store(call, target, chat)
         return None
 
     def _estimate(self, request: ChatRequest, text: str) -> Usage:

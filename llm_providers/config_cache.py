@@ -15,6 +15,7 @@ configuration.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -27,9 +28,12 @@ from django.core.cache import cache
 
 T = TypeVar("T")
 
+logger = logging.getLogger(__name__)
+
 _GLOBAL = "global"
-# Versions never expire by time; only a change replaces them.
-_NO_TIMEOUT = None
+# A version lives an hour in the shared cache, then a new one replaces it: a
+# change whose announcement failed (cache unreachable) is seen within the hour.
+_VERSION_TTL_SECONDS = 3600
 
 
 def _version_key(scope: str) -> str:
@@ -45,10 +49,10 @@ def _versions_read(tenant_scope: str) -> tuple[str, str]:
     found = cache.get_many([tenant_key, global_key])
     tenant_version, global_version = found.get(tenant_key), found.get(global_key)
     if tenant_version is None:
-        cache.add(tenant_key, uuid.uuid4().hex, _NO_TIMEOUT)
+        cache.add(tenant_key, uuid.uuid4().hex, _VERSION_TTL_SECONDS)
         tenant_version = cache.get(tenant_key)
     if global_version is None:
-        cache.add(global_key, uuid.uuid4().hex, _NO_TIMEOUT)
+        cache.add(global_key, uuid.uuid4().hex, _VERSION_TTL_SECONDS)
         global_version = cache.get(global_key)
     return tenant_version, global_version
 
@@ -65,20 +69,41 @@ def config_version(tenant_id) -> str:
         and global_known[0] > now
     ):
         return f"{tenant_known[1]}:{global_known[1]}"
-    tenant_version, global_version = _versions_read(scope)
+    try:
+        tenant_version, global_version = _versions_read(scope)
+    except Exception as exc:  # noqa: BLE001 - any cache failure
+        return _version_without_cache(scope, tenant_known, global_known, exc)
     deadline = now + settings.CONFIG_VERSION_LOCAL_SECONDS
     _known_versions[scope] = (deadline, tenant_version)
     _known_versions[_GLOBAL] = (deadline, global_version)
     return f"{tenant_version}:{global_version}"
 
 
+def _version_without_cache(scope, tenant_known, global_known, exc) -> str:
+    """The shared cache is unreachable: keep the versions last read if there
+    are any; otherwise a fresh one, so the call reads its configuration from
+    the database instead of failing."""
+    logger.warning("config versions unreadable (%s); using the last known", type(exc).__name__)
+    if tenant_known is not None and global_known is not None:
+        return f"{tenant_known[1]}:{global_known[1]}"
+    return f"uncached-{uuid.uuid4().hex}"
+
+
 def config_version_bump(tenant_id=None) -> None:
     """Invalidate everything cached for one tenant, or for all tenants when None."""
     scope = _GLOBAL if tenant_id is None else str(tenant_id)
     version = uuid.uuid4().hex
-    cache.set(_version_key(scope), version, _NO_TIMEOUT)
     # This process sees its own change at once.
     _known_versions[scope] = (time.monotonic() + settings.CONFIG_VERSION_LOCAL_SECONDS, version)
+    try:
+        cache.set(_version_key(scope), version, _VERSION_TTL_SECONDS)
+    except Exception as exc:  # noqa: BLE001 - the change itself is saved
+        logger.error(
+            "configuration change of %s saved but not announced to other processes (%s); "
+            "they see it when their current version expires, within an hour",
+            scope,
+            type(exc).__name__,
+        )
 
 
 def config_versions_forget() -> None:

@@ -7,11 +7,14 @@ and is exact at bucket boundaries and close in between.
 
 With Redis (django-redis) the check and the increments are one Lua script:
 atomic across processes, one round trip. With another cache backend they run
-under a process lock, correct within one process.
+under a process lock, correct within one process. When the cache cannot be
+reached the limit is not enforced (with a warning): the provider enforces its
+own limits, and refusing every call for a cache outage would be worse.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -20,6 +23,8 @@ from dataclasses import dataclass
 from django.core.cache import cache, caches
 
 from .exceptions import ApplicationError
+
+logger = logging.getLogger(__name__)
 
 WINDOW_SECONDS = 60
 # Buckets outlive two windows so the previous one is still readable.
@@ -95,19 +100,18 @@ return {2, 0, 0}
 """
 
 _local_lock = threading.Lock()
-_script = None
-_script_lock = threading.Lock()
+# The registered script per Redis client (a settings change brings a new client).
+_scripts: dict[int, object] = {}
 
 
 def _redis_script():
-    global _script
-    if _script is None:
-        with _script_lock:
-            if _script is None:
-                from django_redis import get_redis_connection
+    from django_redis import get_redis_connection
 
-                _script = get_redis_connection("default").register_script(_LUA_ADMIT)
-    return _script
+    client = get_redis_connection("default")
+    script = _scripts.get(id(client))
+    if script is None:
+        script = _scripts[id(client)] = client.register_script(_LUA_ADMIT)
+    return script
 
 
 def _uses_redis() -> bool:
@@ -161,7 +165,15 @@ def rate_limit_admit(
     window = _window(time.time())
     keys = _keys(provider_config_id, window)
     admit = _admit_redis if _uses_redis() else _admit_local
-    outcome, previous, current = admit(keys, window, tokens, rpm_limit or 0, tpm_limit or 0)
+    try:
+        outcome, previous, current = admit(keys, window, tokens, rpm_limit or 0, tpm_limit or 0)
+    except Exception as exc:  # noqa: BLE001 - any cache failure: not enforced
+        logger.warning(
+            "rate limit of provider config %s not enforced: cache unavailable (%s)",
+            provider_config_id,
+            type(exc).__name__,
+        )
+        return
     if outcome == 2:
         return
     if outcome == 0:

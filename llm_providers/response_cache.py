@@ -3,18 +3,24 @@
 The key is a SHA-256 over the tenant, provider config, model, messages and
 every parameter that changes the answer; nothing secret goes into it. Each
 tenant sets its TTL (`Tenant.response_cache_ttl_seconds`; 0 turns it off).
+
+The cache is an optimisation: when it cannot be reached, a lookup misses and
+a store is skipped, with a warning, and the call goes on.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import asdict
 from typing import Any
 
 from django.core.cache import cache
 
 from .adapters.types import ChatRequest, ChatResult, ToolCall, Usage
+
+logger = logging.getLogger(__name__)
 
 
 def request_fingerprint(request: ChatRequest) -> str:
@@ -40,14 +46,17 @@ def _cache_key(*, tenant_id, provider_config_id, model: str, fingerprint: str) -
 def response_cache_get(
     *, tenant_id, provider_config_id, model: str, fingerprint: str
 ) -> ChatResult | None:
-    stored = cache.get(
-        _cache_key(
-            tenant_id=tenant_id,
-            provider_config_id=provider_config_id,
-            model=model,
-            fingerprint=fingerprint,
-        )
+    key = _cache_key(
+        tenant_id=tenant_id,
+        provider_config_id=provider_config_id,
+        model=model,
+        fingerprint=fingerprint,
     )
+    try:
+        stored = cache.get(key)
+    except Exception as exc:  # noqa: BLE001 - any cache failure is a miss
+        logger.warning("response cache lookup failed (%s); treated as a miss", type(exc).__name__)
+        return None
     if not stored:
         return None
     return ChatResult(
@@ -77,13 +86,13 @@ def response_cache_set(
         "finish_reason": result.finish_reason,
         "tool_calls": [asdict(call) for call in result.tool_calls],
     }
-    cache.set(
-        _cache_key(
-            tenant_id=tenant_id,
-            provider_config_id=provider_config_id,
-            model=model,
-            fingerprint=fingerprint,
-        ),
-        stored,
-        ttl_seconds,
+    key = _cache_key(
+        tenant_id=tenant_id,
+        provider_config_id=provider_config_id,
+        model=model,
+        fingerprint=fingerprint,
     )
+    try:
+        cache.set(key, stored, ttl_seconds)
+    except Exception as exc:  # noqa: BLE001 - a store that fails is skipped
+        logger.warning("response cache store failed (%s); skipped", type(exc).__name__)

@@ -393,3 +393,44 @@ def test_embed_requires_a_model(tenant, primary):
         embed(tenant=tenant, inputs=["x"], model="")
 
     assert raised.value.field == "model"
+
+
+@pytest.fixture
+def cache_down(settings):
+    """A Redis cache nobody listens on: every cache operation fails at once."""
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": "redis://127.0.0.1:1/0",
+            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.2, "SOCKET_TIMEOUT": 0.2},
+        }
+    }
+
+
+def test_complete_goes_on_when_cache_is_unreachable(tenant, primary, cache_down, caplog):
+    # given rate limits and the response cache on, and the cache down
+    tenant.response_cache_ttl_seconds = 60
+    tenant.save()
+    primary.rpm_limit = 1
+    primary.save()
+
+    # when
+    first = complete(tenant=tenant, messages=HELLO)
+    second = complete(tenant=tenant, messages=HELLO)
+
+    # then both calls are served by the provider and logged; the outage is reported
+    assert (first.cached, second.cached) == (False, False)
+    assert first.cost_usd == second.cost_usd == HELLO_COST
+    assert CallLog.objects.filter(status="ok").count() == 2
+    assert "response cache lookup failed" in caplog.text
+    assert "not enforced: cache unavailable" in caplog.text
+
+
+def test_stream_goes_on_when_cache_is_unreachable(tenant, primary, cache_down):
+    tenant.response_cache_ttl_seconds = 60
+    tenant.save()
+
+    chunks = stream(tenant=tenant, messages=HELLO)
+
+    assert "".join(chunks) == "Echo: hi"
+    assert chunks.result.cost_usd == HELLO_COST

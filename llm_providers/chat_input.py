@@ -15,6 +15,11 @@ ROLES = frozenset({"system", "user", "assistant", "tool"})
 # Data URLs only: the layer never fetches images from URLs on a caller's behalf.
 _DATA_URL = re.compile(r"^data:image/(png|jpeg|jpg|gif|webp);base64,[A-Za-z0-9+/=\s]+$")
 MAX_STOP_SEQUENCES = 4
+# Larger than any model's output window; beyond it a value is a mistake.
+MAX_TOKENS_LIMIT = 1_000_000
+# The width of CallLog.customer_id / service_name.
+MAX_SCOPE_LENGTH = 200
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 # 2,048 inputs per embedding call: what the largest providers accept at once.
 MAX_EMBED_INPUTS = 2_048
 
@@ -82,7 +87,8 @@ def messages_validate(messages: Any) -> list[dict]:
             for call_index, call in enumerate(tool_calls):
                 function = call.get("function") if isinstance(call, dict) else None
                 if not (
-                    isinstance(call.get("id"), str)
+                    isinstance(function, dict)
+                    and isinstance(call.get("id"), str)
                     and isinstance(function, dict)
                     and isinstance(function.get("name"), str)
                     and isinstance(function.get("arguments"), str)
@@ -109,7 +115,7 @@ def tools_validate(tools: Any) -> list[dict] | None:
     for index, tool in enumerate(tools):
         function = tool.get("function") if isinstance(tool, dict) else None
         name = function.get("name") if isinstance(function, dict) else None
-        if tool.get("type") != "function" or not isinstance(name, str) or not name:
+        if not isinstance(name, str) or not name or tool.get("type") != "function":
             raise InvalidRequest(
                 f"tools[{index}]",
                 f"tools[{index}] must be {{'type': 'function', 'function': {{'name': ..., "
@@ -132,9 +138,13 @@ def parameters_validate(
 ) -> list[str] | None:
     """Check numeric parameters; return stop sequences as a list (or None)."""
     if max_tokens is not None and (
-        isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
+        isinstance(max_tokens, bool)
+        or not isinstance(max_tokens, int)
+        or not 1 <= max_tokens <= MAX_TOKENS_LIMIT
     ):
-        raise InvalidRequest("max_tokens", "max_tokens must be a positive whole number.")
+        raise InvalidRequest(
+            "max_tokens", f"max_tokens must be a whole number from 1 to {MAX_TOKENS_LIMIT:,}."
+        )
     for name, value, upper in (("temperature", temperature, 2), ("top_p", top_p, 1)):
         if value is not None and (
             isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= upper
@@ -156,6 +166,18 @@ def parameters_validate(
             "stop", f"stop must be a string or a list of up to {MAX_STOP_SEQUENCES} strings."
         )
     return stops or None
+
+
+def scope_validate(*, customer_id: Any, service_name: Any) -> tuple[str, str]:
+    """The customer and service a call is for: short, printable strings ('' = none)."""
+    for field, value in (("customer_id", customer_id), ("service_name", service_name)):
+        if not isinstance(value, str):
+            raise InvalidRequest(field, f"{field} must be a string.")
+        if len(value) > MAX_SCOPE_LENGTH:
+            raise InvalidRequest(field, f"{field} is longer than {MAX_SCOPE_LENGTH} characters.")
+        if _CONTROL_CHARACTERS.search(value):
+            raise InvalidRequest(field, f"{field} must not contain control characters.")
+    return customer_id, service_name
 
 
 def embed_inputs_validate(inputs: Any) -> list[str]:

@@ -59,6 +59,7 @@ from .chat_input import (
     embed_inputs_validate,
     messages_validate,
     parameters_validate,
+    scope_validate,
     tools_validate,
 )
 from .clients import adapter_for_config
@@ -249,7 +250,6 @@ def _call_prepare(
     service_name: str,
     model: str | None,
     request: ChatRequest | None,
-    request_id: uuid.UUID | None,
     operation: str,
     input_tokens: int,
     fingerprint: str,
@@ -258,13 +258,14 @@ def _call_prepare(
 ) -> _Call:
     if not tenant.is_active:
         raise InvalidRequest("tenant", f"The tenant “{tenant.slug}” is inactive.")
+    customer_id, service_name = scope_validate(customer_id=customer_id, service_name=service_name)
     version = config_version(tenant.pk)
     route = route_resolve(
         tenant=tenant, customer_id=customer_id, service_name=service_name, version=version
     )
     return _Call(
         tenant=tenant,
-        request_id=request_id or uuid.uuid4(),
+        request_id=uuid.uuid4(),
         customer_id=customer_id,
         service_name=service_name,
         version=version,
@@ -566,7 +567,7 @@ def _chat_request(
 
 
 def _chat_call_prepare(
-    *, operation, tenant, customer_id, service_name, model, request_id, **parameters
+    *, operation, tenant, customer_id, service_name, model, **parameters
 ) -> _Call:
     """Validate a chat request and resolve its route (shared by complete and stream)."""
     request = _chat_request(**parameters)
@@ -576,7 +577,6 @@ def _chat_call_prepare(
         service_name=service_name,
         model=model,
         request=request,
-        request_id=request_id,
         operation=operation,
         input_tokens=estimate_message_tokens(request.messages, request.tools),
         fingerprint=request_fingerprint(request),
@@ -658,7 +658,6 @@ def complete(
     json_mode: bool = False,
     tools: list[dict] | None = None,
     timeout: float | None = None,
-    request_id: uuid.UUID | None = None,
 ) -> CompletionResult:
     """Route, gate, call and record one chat completion for `tenant`.
 
@@ -671,7 +670,6 @@ def complete(
         customer_id=customer_id,
         service_name=service_name,
         model=model,
-        request_id=request_id,
         messages=messages,
         max_tokens=max_tokens,
         temperature=temperature,
@@ -909,7 +907,6 @@ def stream(
     json_mode: bool = False,
     tools: list[dict] | None = None,
     timeout: float | None = None,
-    request_id: uuid.UUID | None = None,
 ) -> CompletionStream:
     """Like `complete()`, streamed. Input and routing errors raise at once;
     provider errors raise while iterating (before the first chunk they are
@@ -920,7 +917,6 @@ def stream(
         customer_id=customer_id,
         service_name=service_name,
         model=model,
-        request_id=request_id,
         messages=messages,
         max_tokens=max_tokens,
         temperature=temperature,
@@ -969,7 +965,6 @@ def embed(
     customer_id: str = "",
     service_name: str = "",
     timeout: float | None = None,
-    request_id: uuid.UUID | None = None,
 ) -> EmbeddingResult:
     """Embed `inputs` with `model` on the routed provider config.
 
@@ -987,7 +982,6 @@ def embed(
         service_name=service_name,
         model=model,
         request=None,
-        request_id=request_id,
         operation="embed",
         input_tokens=sum(estimate_text_tokens(text) for text in inputs),
         fingerprint="",

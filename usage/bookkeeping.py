@@ -12,9 +12,10 @@ a failure raises there. When the queue holds BOOKKEEPING_QUEUE_SIZE items the
 caller waits for room (backpressure instead of unbounded memory, order kept);
 only if the writer makes no room within a second, because it is stuck
 retrying, does the caller run its item itself.
-On the background thread a failed write is retried with backoff on fresh
-connections, so a database restart delays logs instead of failing calls the
-caller has already paid for. The queue is
+On the background thread a write that fails for a transient reason (a lost
+connection, a database restart) is retried with backoff on fresh
+connections, so an outage delays logs instead of failing calls the caller has
+already paid for; a write the database refuses is reported at once. The queue is
 drained at interpreter exit; only a killed process loses what it still held.
 """
 
@@ -29,7 +30,7 @@ import time
 from collections.abc import Callable
 
 from django.conf import settings
-from django.db import connections
+from django.db import InterfaceError, OperationalError, connections
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,18 @@ class _Item:
         self.label = label
 
 
+def _transient(exc: Exception) -> bool:
+    """Failures that a retry on a fresh connection can cure (a restart, a
+    dropped connection), as opposed to a write the database refuses."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    return isinstance(
+        exc,
+        OperationalError | InterfaceError | RedisConnectionError | RedisTimeoutError | OSError,
+    )
+
+
 def _run_with_retries(item: _Item) -> None:
     for attempt, delay in enumerate((0.0, *_RETRY_DELAYS)):
         if delay:
@@ -59,14 +72,14 @@ def _run_with_retries(item: _Item) -> None:
             item.fn(**item.kwargs)
             return
         except Exception as exc:  # noqa: BLE001 - reported below, never raised
-            # Whatever failed, the next try starts on fresh connections (this
-            # thread's own: Django connections are per thread).
+            # The next try starts on fresh connections (this thread's own:
+            # Django connections are per thread).
             for connection in connections.all(initialized_only=True):
                 connection.close()
-            if attempt == len(_RETRY_DELAYS):
+            if not _transient(exc) or attempt == len(_RETRY_DELAYS):
                 logger.error("bookkeeping gave up on %s: %s", item.label, type(exc).__name__)
-            else:
-                logger.warning("bookkeeping retrying %s after %s", item.label, type(exc).__name__)
+                return
+            logger.warning("bookkeeping retrying %s after %s", item.label, type(exc).__name__)
 
 
 class _Writer:

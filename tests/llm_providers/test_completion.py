@@ -271,6 +271,20 @@ def test_complete_refuses_model_not_allowed_on_primary(tenant, primary):
         ({"messages": HELLO, "temperature": 3}, "temperature"),
         ({"messages": HELLO, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
         ({"messages": HELLO, "tools": [{"type": "web"}]}, "tools[0]"),
+        ({"messages": HELLO, "tools": ["lookup"]}, "tools[0]"),
+        ({"messages": HELLO, "max_tokens": 10**9}, "max_tokens"),
+        ({"messages": HELLO, "customer_id": "c" * 201}, "customer_id"),
+        ({"messages": HELLO, "service_name": 7}, "service_name"),
+        ({"messages": HELLO, "customer_id": "acme\n"}, "customer_id"),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "hi"},
+                    {"role": "assistant", "content": None, "tool_calls": ["call_1"]},
+                ]
+            },
+            "messages[1].tool_calls[0]",
+        ),
         (
             {
                 "messages": [

@@ -115,6 +115,22 @@ def test_bookkeeping_retries_failed_item_then_goes_on(writer, caplog):
     assert "bookkeeping retrying flaky after ConnectionError" in caplog.text
 
 
+def test_bookkeeping_does_not_retry_a_refused_write(writer, caplog):
+    from django.db import IntegrityError
+
+    attempts = []
+
+    def refused():
+        attempts.append(1)
+        raise IntegrityError("duplicate key")
+
+    bookkeeping_submit(refused, label="call log 7#1")
+    assert bookkeeping_flush(timeout=5)
+
+    assert len(attempts) == 1
+    assert "bookkeeping gave up on call log 7#1: IntegrityError" in caplog.text
+
+
 def test_bookkeeping_reports_item_it_gives_up_on(writer, caplog):
     caplog.set_level(logging.ERROR)
 

@@ -27,6 +27,10 @@ def _address_is_forbidden(address: ipaddress.IPv4Address | ipaddress.IPv6Address
     for label, forbidden in checks:
         if forbidden:
             return label
+    # Anything else not globally routable: shared address space (100.64.0.0/10,
+    # where some clouds serve instance metadata), benchmarking ranges, …
+    if not address.is_global:
+        return "non-public"
     return None
 
 
@@ -53,6 +57,12 @@ def base_url_validate(url: str, *, allow_private: bool | None = None) -> None:
     """
     if allow_private is None:
         allow_private = settings.PROVIDER_ALLOW_PRIVATE_URLS
+    if any(
+        character.isspace() or ord(character) < 32 or ord(character) == 127 for character in url
+    ):
+        raise ValidationError(
+            "The base URL must not contain spaces or control characters.", code="invalid_characters"
+        )
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
         raise ValidationError(

@@ -354,6 +354,8 @@ def _send(delivery: AlertDelivery) -> None:
             )
         except (smtplib.SMTPException, OSError) as exc:
             raise AlertDeliveryFailed(f"Email not sent: {type(exc).__name__}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - any other failure is a failed attempt
+            raise AlertDeliveryFailed(f"Email not sent: {type(exc).__name__}.") from None
     else:
         try:
             webhook_post(delivery.target, _payload(alert))
@@ -375,12 +377,14 @@ def alert_delivery_attempt(
     never send the same alert twice at once.
     """
     now = now or timezone.now()
+    # The claim runs from the moment it is taken, not from the start of a batch
+    # that may have taken longer than the claim itself.
     claimed = AlertDelivery.objects.filter(
         pk=delivery_id,
         delivered_at__isnull=True,
         next_attempt_at__isnull=False,
         next_attempt_at__lte=now,
-    ).update(next_attempt_at=now + timedelta(seconds=_CLAIM_SECONDS))
+    ).update(next_attempt_at=timezone.now() + timedelta(seconds=_CLAIM_SECONDS))
     if not claimed:
         return None
     delivery = AlertDelivery.objects.select_related("alert__tenant", "alert__budget").get(

@@ -71,3 +71,6 @@ def webhook_post(url: str, payload: dict) -> int:
         raise WebhookFailed(f"{label} could not be reached: {exc.reason}.") from None
     except (TimeoutError, OSError) as exc:
         raise WebhookFailed(f"{label} could not be reached: {type(exc).__name__}.") from None
+    except Exception as exc:  # noqa: BLE001 - e.g. http.client.InvalidURL
+        # Only the type: the message of an unexpected error may quote the URL.
+        raise WebhookFailed(f"{label} could not be called: {type(exc).__name__}.") from None

@@ -158,6 +158,9 @@ PROVIDER_ALLOW_PRIVATE_URLS = env.bool("PROVIDER_ALLOW_PRIVATE_URLS", default=Fa
 EMAIL_CONFIG = env.email_url("EMAIL_URL", default="consolemail://")
 vars().update(EMAIL_CONFIG)
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="llm-layer@localhost")
+# 10 s per SMTP operation: a mail server that takes longer is down; the
+# alert delivery is retried later.
+EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=10)
 
 # --- Celery, usage, budgets and alerts (usage app) ------------------------------
 # The broker is CELERY_BROKER_URL, else REDIS_URL. With neither, tasks run eagerly

@@ -30,6 +30,9 @@ def _message(url: str, **kwargs) -> str:
         # Decimal and octal spellings of 127.0.0.1 resolve locally, without DNS.
         ("http://2130706433/", "loopback", "127.0.0.1"),
         ("http://0177.0.0.1/", "loopback", "127.0.0.1"),
+        # Shared address space: one cloud serves instance metadata at this one.
+        ("http://100.100.100.200/latest/meta-data", "non-public", "100.100.100.200"),
+        ("http://198.18.0.1/", "private", "198.18.0.1"),
     ],
 )
 def test_non_public_address_refused(settings, url, kind, address):
@@ -76,6 +79,15 @@ def test_non_http_scheme_refused(url):
 def test_scheme_checked_even_when_private_allowed(settings):
     settings.PROVIDER_ALLOW_PRIVATE_URLS = True
     assert _message("file:///etc/passwd") == "The base URL must start with http:// or https://."
+
+
+@pytest.mark.parametrize(
+    "url", ["https://example.com/a b", "https://example.com/\x00", "https://exa\tmple.com/"]
+)
+def test_url_with_spaces_or_control_characters_refused(url):
+    with pytest.raises(ValidationError) as caught:
+        base_url_validate(url, allow_private=True)
+    assert caught.value.messages == ["The base URL must not contain spaces or control characters."]
 
 
 def test_url_without_host_refused():

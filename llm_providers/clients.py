@@ -1,13 +1,16 @@
 """Adapters (with their SDK clients) built once per provider config and reused.
 
-An adapter is rebuilt when its config changes (a newer `updated_at`); the
-previous one is closed. Plaintext credentials go from the config straight
-into the adapter settings and stay in this process's memory.
+An adapter is rebuilt when its config changes (a newer `updated_at`). The
+previous one may still serve calls that started before the change, so it is
+closed only once it has been retired longer than any call can last.
+Plaintext credentials go from the config straight into the adapter settings
+and stay in this process's memory.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 
 from .adapters.base import Adapter
 from .adapters.registry import adapter_build
@@ -16,7 +19,11 @@ from .models import ProviderConfig
 from .network import base_url_validate
 
 _adapters: dict[object, tuple[object, Adapter]] = {}
+# (retired at, adapter): replaced adapters waiting to be closed.
+_retired: list[tuple[float, Adapter]] = []
 _lock = threading.Lock()
+# 15 minutes: longer than the longest call timeout (10 minutes) allowed.
+RETIRED_ADAPTER_CLOSE_SECONDS = 900
 
 
 def adapter_settings_for_config(config: ProviderConfig) -> AdapterSettings:
@@ -54,8 +61,15 @@ def adapter_for_config(config: ProviderConfig) -> Adapter:
             return found[1]
         adapter = adapter_build(adapter_settings_for_config(config))
         _adapters[config.pk] = (version, adapter)
-    if found is not None:
-        found[1].close()
+        now = time.monotonic()
+        if found is not None:
+            _retired.append((now, found[1]))
+        expired = [
+            a for retired_at, a in _retired if now - retired_at > RETIRED_ADAPTER_CLOSE_SECONDS
+        ]
+        _retired[:] = [(t, a) for t, a in _retired if now - t <= RETIRED_ADAPTER_CLOSE_SECONDS]
+    for old in expired:
+        old.close()
     return adapter
 
 
@@ -63,6 +77,8 @@ def adapters_clear() -> None:
     """Close and forget every adapter (tests, and after key rotation)."""
     with _lock:
         adapters = [adapter for _, adapter in _adapters.values()]
+        adapters += [adapter for _, adapter in _retired]
         _adapters.clear()
+        _retired.clear()
     for adapter in adapters:
         adapter.close()

@@ -584,13 +584,17 @@ def _chat_call_prepare(
     )
 
 
-def _call_with_retries(call: _Call, target: RouteTarget, budget: _BudgetHold, invoke):
+def _call_with_retries(
+    call: _Call, target: RouteTarget, budget: _BudgetHold, max_output: int, invoke
+):
     """Run `invoke()` (one adapter call) until it succeeds, retrying retryable
-    failures on this target; log the successful attempt, priced, and settle
-    the budget with its cost. Returns (answer, cost, price source, latency ms)."""
+    failures on this target, each attempt admitted by the rate limit; log the
+    successful attempt, priced, and settle the budget with its cost.
+    Returns (answer, cost, price source, latency ms)."""
     attempt_on_target = 0
     while True:
         attempt_on_target += 1
+        _admit(call, target, max_output)
         started_at, attempt_started = timezone.now(), time.perf_counter()
         try:
             answer = invoke()
@@ -627,9 +631,8 @@ def _complete_on_target(call: _Call, target: RouteTarget) -> CompletionResult:
     adapter = _adapter(call, target)
     max_output = _max_output_tokens(request.max_tokens, adapter)
     with _budget_held(call, target, max_output) as budget:
-        _admit(call, target, max_output)
         chat, cost, source, latency_ms = _call_with_retries(
-            call, target, budget, lambda: adapter.complete(request)
+            call, target, budget, max_output, lambda: adapter.complete(request)
         )
     _cache_store(call, target, chat)
     return _result(
@@ -731,11 +734,11 @@ class CompletionStream:
         adapter = _adapter(call, target)
         max_output = _max_output_tokens(request.max_tokens, adapter)
         with _budget_held(call, target, max_output) as budget:
-            _admit(call, target, max_output)
             attempt_on_target = 0
             try:
                 while True:
                     attempt_on_target += 1
+                    _admit(call, target, max_output)
                     outcome = yield from self._attempt(adapter, target, request)
                     if outcome is None:
                         return
@@ -937,9 +940,8 @@ def _embed_on_target(call: _Call, target: RouteTarget) -> EmbeddingResult:
     request = replace(call.embed_request, model=target.model)
     adapter = _adapter(call, target)
     with _budget_held(call, target, 0) as budget:
-        _admit(call, target, 0)
         embedded, cost, source, latency_ms = _call_with_retries(
-            call, target, budget, lambda: adapter.embed(request)
+            call, target, budget, 0, lambda: adapter.embed(request)
         )
     config = target.provider_config
     return EmbeddingResult(

@@ -190,6 +190,21 @@ def test_complete_logs_rate_limited_target_as_blocked_and_falls_back(tenant, pri
     ]
 
 
+def test_complete_counts_every_retry_against_rate_limit(tenant, primary, backup):
+    # given 2 requests a minute, and a first call that needs a retry
+    primary.rpm_limit = 2
+    _fail(primary, fail_first=1)
+    complete(tenant=tenant, messages=HELLO)
+
+    # when the next call comes
+    result = complete(tenant=tenant, messages=HELLO)
+
+    # then the retry was counted: the limit is reached, the backup serves
+    assert result.provider == "backup"
+    first = CallLog.objects.filter(request_id=result.request_id).order_by("attempt").first()
+    assert (first.status, first.error_code) == ("blocked", "rate_limited")
+
+
 def test_complete_raises_rate_limited_when_no_fallback_is_left(tenant, primary):
     primary.rpm_limit = 1
     primary.save()

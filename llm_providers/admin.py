@@ -13,7 +13,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 from rest_framework_api_key.models import APIKey
 
-from .admin_scoping import TenantScopedAdmin
+from .admin_scoping import TenantScopedAdmin, request_tenant_ids
 from .forms import (
     SECRET_FORM_FIELDS,
     ProviderConfigAdminForm,
@@ -22,7 +22,6 @@ from .forms import (
     provider_type_help_html,
 )
 from .models import ModelPrice, ProviderConfig, ServiceKey, Tenant, TenantMembership
-from .selectors import tenant_ids_for_user
 from .services import (
     provider_config_create,
     provider_config_delete,
@@ -63,19 +62,11 @@ class TenantAdmin(admin.ModelAdmin):
         "created_at",
     )
 
-    def _tenant_ids(self, request, *, role: str | None = None) -> set:
-        attribute = f"_tenant_admin_ids_{role}"
-        cached = getattr(request, attribute, None)
-        if cached is None:
-            cached = tenant_ids_for_user(request.user, role=role)
-            setattr(request, attribute, cached)
-        return cached
-
     def get_queryset(self, request):
         queryset = super().get_queryset(request)
         if request.user.is_superuser:
             return queryset
-        return queryset.filter(pk__in=self._tenant_ids(request))
+        return queryset.filter(pk__in=request_tenant_ids(request))
 
     def get_readonly_fields(self, request, obj=None):
         if request.user.is_superuser:
@@ -89,12 +80,12 @@ class TenantAdmin(admin.ModelAdmin):
     def has_module_permission(self, request):
         if not (request.user.is_active and request.user.is_staff):
             return False
-        return request.user.is_superuser or bool(self._tenant_ids(request))
+        return request.user.is_superuser or bool(request_tenant_ids(request))
 
     def has_view_permission(self, request, obj=None):
         if not self.has_module_permission(request):
             return False
-        return obj is None or request.user.is_superuser or obj.pk in self._tenant_ids(request)
+        return obj is None or request.user.is_superuser or obj.pk in request_tenant_ids(request)
 
     def has_add_permission(self, request):
         return request.user.is_active and request.user.is_superuser
@@ -104,7 +95,7 @@ class TenantAdmin(admin.ModelAdmin):
             return False
         if request.user.is_superuser:
             return True
-        admin_ids = self._tenant_ids(request, role=TenantMembership.Role.ADMIN)
+        admin_ids = request_tenant_ids(request, role=TenantMembership.Role.ADMIN)
         return bool(admin_ids) if obj is None else obj.pk in admin_ids
 
     def has_delete_permission(self, request, obj=None):

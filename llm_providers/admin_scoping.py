@@ -17,6 +17,16 @@ from .models import Tenant, TenantMembership
 from .selectors import tenant_ids_for_user
 
 
+def request_tenant_ids(request, *, role: str | None = None) -> set:
+    """The tenants of the request's user (with `role`, only those), once per request."""
+    attribute = f"_tenant_ids_{role or 'any'}"
+    cached = getattr(request, attribute, None)
+    if cached is None:
+        cached = tenant_ids_for_user(request.user, role=role)
+        setattr(request, attribute, cached)
+    return cached
+
+
 class TenantScopedAdmin(admin.ModelAdmin):
     # Lookup path from the model to its tenant, e.g. "override__tenant".
     tenant_path = "tenant"
@@ -24,18 +34,10 @@ class TenantScopedAdmin(admin.ModelAdmin):
     # --- which tenants ---------------------------------------------------------
 
     def _visible_tenant_ids(self, request) -> set:
-        cached = getattr(request, "_visible_tenant_ids", None)
-        if cached is None:
-            cached = tenant_ids_for_user(request.user)
-            request._visible_tenant_ids = cached
-        return cached
+        return request_tenant_ids(request)
 
     def _admin_tenant_ids(self, request) -> set:
-        cached = getattr(request, "_admin_tenant_ids", None)
-        if cached is None:
-            cached = tenant_ids_for_user(request.user, role=TenantMembership.Role.ADMIN)
-            request._admin_tenant_ids = cached
-        return cached
+        return request_tenant_ids(request, role=TenantMembership.Role.ADMIN)
 
     def tenant_id_of(self, obj):
         value = obj

@@ -770,7 +770,6 @@ class CompletionStream:
             upstream.close()
             self._log_partial(
                 target,
-                request,
                 received,
                 started_at,
                 started,
@@ -786,7 +785,6 @@ class CompletionStream:
             # The caller already has part of the answer: no retry, no fallback.
             self._log_partial(
                 target,
-                request,
                 received,
                 started_at,
                 started,
@@ -799,7 +797,6 @@ class CompletionStream:
             if received:
                 self._log_partial(
                     target,
-                    request,
                     received,
                     started_at,
                     started,
@@ -814,7 +811,7 @@ class CompletionStream:
         usage = final.usage if final is not None and final.usage is not None else None
         estimated = usage is None
         if usage is None:
-            usage = self._estimate(request, text)
+            usage = self._estimate(text)
         chat = ChatResult(
             content=text,
             usage=usage,
@@ -849,16 +846,14 @@ class CompletionStream:
         _cache_store(call, target, chat)
         return None
 
-    def _estimate(self, request: ChatRequest, text: str) -> Usage:
+    def _estimate(self, text: str) -> Usage:
         return Usage(input_tokens=self._call.input_tokens, output_tokens=estimate_text_tokens(text))
 
-    def _log_partial(
-        self, target, request, received, started_at, started, first_token_ms, *, status, error
-    ):
+    def _log_partial(self, target, received, started_at, started, first_token_ms, *, status, error):
         """Record a stream that ended early: usage estimated from what was received."""
         call = self._call
         text = "".join(received)
-        usage = self._estimate(request, text)
+        usage = self._estimate(text)
         cost, source = _priced(call, target, usage, target.model)
         if error is None:
             code, message = "client_closed", "The caller stopped reading the stream."

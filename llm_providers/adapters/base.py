@@ -78,10 +78,7 @@ class Adapter(ABC):
     """Base of every protocol adapter. Capabilities are class attributes."""
 
     protocol: ClassVar[str]
-    supports_streaming: ClassVar[bool] = True
     supports_embeddings: ClassVar[bool] = False
-    supports_tools: ClassVar[bool] = True
-    supports_vision: ClassVar[bool] = True
     # The max_tokens sent when a request names none (None: the provider's own
     # default applies). Budget reservations size the worst case with it.
     default_max_tokens: ClassVar[int | None] = None

@@ -176,3 +176,47 @@ def test_concurrent_calls_never_overspend_blocking_budget(allow_private_urls, op
     assert outcomes.count("ok") == len(openai_upstream.requests) == k
     assert outcomes.count("blocked") == 12 - outcomes.count("ok")
     assert CallLog.objects.filter(status="blocked").count() == outcomes.count("blocked")
+
+
+def _spend_when_refused(tenant, **kwargs):
+    with pytest.raises(BudgetExceeded) as raised:
+        complete(tenant=tenant, messages=HELLO, max_tokens=10, **kwargs)
+    return Decimal(raised.value.extra["spend_usd"])
+
+
+def test_stream_closed_early_settles_estimated_cost(tenant, primary):
+    # given room for $0.05
+    _block(tenant, Decimal("0.05"))
+    chunks = stream(tenant=tenant, messages=HELLO, max_tokens=10)
+    next(iter(chunks))
+
+    # when the caller stops after "Echo: " (8 input + 2 estimated output tokens)
+    chunks.close()
+
+    # then $0.012 is spent, not the $0.028 reserved, and not nothing
+    complete(tenant=tenant, messages=HELLO, max_tokens=10)  # + 0.014
+    assert _spend_when_refused(tenant) == Decimal("0.026")
+
+
+def test_stream_broken_upstream_settles_estimated_cost(tenant, allow_private_urls, openai_upstream):
+    provider_config_create(
+        tenant=tenant,
+        name="loopback",
+        provider_type="openai_compatible",
+        base_url=openai_upstream.base_url,
+        default_model="house-model",
+        is_default=True,
+    )
+    ModelPriceFactory(
+        provider_type="openai_compatible", model="house-model",
+        input_per_mtok="1000", output_per_mtok="2000",
+    )  # fmt: skip
+    _block(tenant, Decimal("0.05"))
+    openai_upstream.enqueue_chat_stream(["alpha ", "beta ", "gamma"], break_after=3)
+    with pytest.raises(UpstreamUnavailable):
+        "".join(stream(tenant=tenant, messages=HELLO, max_tokens=10))
+
+    # "alpha beta " was received: 8 input + 4 estimated output tokens = $0.016
+    openai_upstream.enqueue_chat("ok", model="house-model", prompt_tokens=8, completion_tokens=3)
+    complete(tenant=tenant, messages=HELLO, max_tokens=10)  # + 0.014
+    assert _spend_when_refused(tenant) == Decimal("0.030")

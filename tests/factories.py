@@ -208,12 +208,14 @@ class CostAlertFactory(factory.django.DjangoModelFactory):
     tenant = factory.SubFactory(TenantFactory)
     kind = CostAlert.Kind.BUDGET
     budget = factory.SubFactory(BudgetFactory, tenant=factory.SelfAttribute("..tenant"))
-    subject_key = factory.LazyAttribute(lambda o: f"budget:{o.budget.pk}")
+    subject_key = factory.LazyAttribute(lambda o: f"budget:{o.budget.pk if o.budget else ''}")
     period_key = "2026-03"
     percent = 80
     spend_usd = Decimal("8.000000000000")
     limit_usd = Decimal("10.0000")
-    message = factory.LazyAttribute(lambda o: f"Budget {o.budget.name} reached 80 %.")
+    message = factory.LazyAttribute(
+        lambda o: f"Budget {o.budget.name} reached 80 %." if o.budget else "Usage alert."
+    )
 
 
 class AlertDeliveryFactory(factory.django.DjangoModelFactory):

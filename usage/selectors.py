@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -9,6 +10,7 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db.models import (
+    BigIntegerField,
     Case,
     Count,
     DateField,
@@ -394,6 +396,31 @@ def _report_aggregates() -> dict:
     return sums
 
 
+class _SumOverGroups(Func):
+    """SUM(<aggregate>) OVER (): an aggregate's total over every group of a grouped query,
+    on each row, computed before ORDER BY and LIMIT."""
+
+    template = "SUM(%(expressions)s) OVER ()"
+
+
+def _report_totals_over_groups() -> dict:
+    totals = {}
+    for name, aggregate in _report_aggregates().items():
+        output = (
+            DecimalField(max_digits=24, decimal_places=12)
+            if name == f"r_{_REPORT_COST}"
+            else BigIntegerField()
+        )
+        totals[f"t{name}"] = _SumOverGroups(aggregate, output_field=output)
+    return totals
+
+
+def _raw_totals_over_groups(row: dict) -> dict:
+    totals = {key: row[f"tr_{key}"] for key in _REPORT_KEYS}
+    # PostgreSQL sums integers into numerics: back to whole numbers.
+    return {key: (value if key == _REPORT_COST else int(value)) for key, value in totals.items()}
+
+
 def _raw(row: dict) -> dict:
     return {key: row[f"r_{key}"] for key in _REPORT_KEYS}
 
@@ -496,11 +523,12 @@ def usage_by_group(
         totals = _raw_total(raw_rows)
         has_more = False
     else:
-        found = list(grouped[: limit + 1])
+        # The totals of every group come with the first groups: one scan, not two.
+        found = list(grouped.annotate(**_report_totals_over_groups())[: limit + 1])
         has_more = len(found) > limit
         found = found[:limit]
         raw_rows = [_raw(row) for row in found]
-        totals = _raw(rows.aggregate(**_report_aggregates()))
+        totals = _raw_totals_over_groups(found[0]) if found else _raw_zero()
     names = {}
     if group == "provider":
         ids = {row["provider_config_id"] for row in found} - {None}
@@ -523,6 +551,16 @@ def usage_by_group(
     )
 
 
+def _every_day(first_day: date, last_day: date, per_day: dict) -> list[dict]:
+    """One figure set per day first_day..last_day, in order; days missing from `per_day`
+    (raw sums by day) are zeros."""
+    days = []
+    for offset in range((last_day - first_day).days + 1):
+        day = first_day + timedelta(days=offset)
+        days.append({"day": day, **usage_figures(per_day.get(day) or _raw_zero())})
+    return days
+
+
 def usage_daily(
     *, tenant: Tenant, first_day: date, last_day: date, provider_config_id=None
 ) -> UsageReport:
@@ -538,16 +576,66 @@ def usage_daily(
         .values("day")
         .annotate(**_report_aggregates())
     }
-    days = []
-    for offset in range((last_day - first_day).days + 1):
-        day = first_day + timedelta(days=offset)
-        days.append({"day": day, **usage_figures(per_day.get(day) or _raw_zero())})
     return UsageReport(
         first_day=first_day,
         last_day=last_day,
         timezone_name=tenant.timezone,
         totals=usage_figures(_raw_total(list(per_day.values()))),
-        groups=days,
+        groups=_every_day(first_day, last_day, per_day),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderConfigUsageReport:
+    """A provider config's usage over a window: totals, per model and per day."""
+
+    provider_config: ProviderConfig
+    first_day: date
+    last_day: date
+    timezone_name: str
+    totals: dict
+    models: list[dict]
+    days: list[dict]
+
+
+def usage_of_provider_config(
+    *, tenant: Tenant, provider_config: ProviderConfig, first_day: date, last_day: date
+) -> ProviderConfigUsageReport:
+    """Usage of one of the tenant's provider configs over local days first_day..last_day:
+    models most expensive first, every day in order (zeros included).
+
+    One grouped read (per day and model), split here into models and days.
+    """
+    found = (
+        _report_rows(
+            tenant=tenant,
+            first_day=first_day,
+            last_day=last_day,
+            provider_config_id=provider_config.pk,
+        )
+        .values("day", "model")
+        .annotate(**_report_aggregates())
+    )
+    by_model: dict[str, list[dict]] = defaultdict(list)
+    by_day: dict[date, list[dict]] = defaultdict(list)
+    for row in found:
+        raw = _raw(row)
+        by_model[row["model"]].append(raw)
+        by_day[row["day"]].append(raw)
+    model_totals = sorted(
+        ((model, _raw_total(raws)) for model, raws in by_model.items()),
+        key=lambda item: (-item[1][_REPORT_COST], -item[1]["requests"], item[0]),
+    )
+    return ProviderConfigUsageReport(
+        provider_config=provider_config,
+        first_day=first_day,
+        last_day=last_day,
+        timezone_name=tenant.timezone,
+        totals=usage_figures(_raw_total([raw for _, raw in model_totals])),
+        models=[{"model": model, **usage_figures(raw)} for model, raw in model_totals],
+        days=_every_day(
+            first_day, last_day, {day: _raw_total(raws) for day, raws in by_day.items()}
+        ),
     )
 
 

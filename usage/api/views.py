@@ -8,7 +8,6 @@ the tenant's local days.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 
 from django.db import transaction
 from django.utils import timezone
@@ -26,7 +25,6 @@ from llm_providers.api.history import (
 from llm_providers.api.pagination import CreatedAtCursorPagination
 from llm_providers.api.scoping import TenantScopedAPIMixin
 from llm_providers.api.tenancy import ROLE_ADMIN, ROLE_SERVICE, ROLE_VIEWER
-from llm_providers.models import ProviderConfig
 from llm_providers.selectors import provider_config_list
 from usage.models import Budget, CallLog, CostAlert
 from usage.periods import local_date, zone
@@ -35,6 +33,7 @@ from usage.selectors import (
     cost_alert_list,
     usage_by_group,
     usage_daily,
+    usage_of_provider_config,
     usage_summary,
 )
 from usage.services import budget_create, budget_delete, budget_update
@@ -198,17 +197,6 @@ class UsageDailyView(_UsageReportView):
         return Response(UsageDailySerializer(report).data)
 
 
-@dataclass(frozen=True, slots=True)
-class _ProviderUsage:
-    provider_config: ProviderConfig
-    first_day: object
-    last_day: object
-    timezone_name: str
-    totals: dict
-    models: list
-    days: list
-
-
 class ProviderUsageView(_UsageReportView):
     """Usage of one provider config: totals, per model and per day."""
 
@@ -219,21 +207,10 @@ class ProviderUsageView(_UsageReportView):
     )
     def get(self, request, pk):
         config = get_object_or_404(provider_config_list(tenant=self.tenant), pk=pk)
-        window = self.window()
-        models = usage_by_group(
-            tenant=self.tenant, group="model", provider_config_id=config.pk, **window
+        report = usage_of_provider_config(
+            tenant=self.tenant, provider_config=config, **self.window()
         )
-        daily = usage_daily(tenant=self.tenant, provider_config_id=config.pk, **window)
-        usage = _ProviderUsage(
-            provider_config=config,
-            first_day=models.first_day,
-            last_day=models.last_day,
-            timezone_name=models.timezone_name,
-            totals=models.totals,
-            models=models.groups,
-            days=daily.groups,
-        )
-        return Response(ProviderUsageSerializer(usage).data)
+        return Response(ProviderUsageSerializer(report).data)
 
 
 # --- budgets -------------------------------------------------------------------

@@ -830,3 +830,19 @@ def test_alert_list_answers_400_when_kind_unknown(admin_api, tenant):
 
     assert response.status_code == 400
     assert response.json()["error"]["fields"] == {"kind": ['"panic" is not a valid choice.']}
+
+
+def test_usage_by_customer_answers_zeros_when_no_usage(admin_api, tenant):
+    body = admin_api.get(f"{USAGE}by-customer/", {"limit": 1}).json()
+
+    assert (body["groups"], body["has_more"]) == ([], False)
+    assert (body["totals"]["requests"], body["totals"]["cost_usd"]) == (0, "0.000000000000")
+
+
+def test_usage_by_customer_has_no_more_when_exactly_limit_listed(admin_api, tenant, config):
+    for customer in ("acme", "initech"):
+        _usage_row(tenant, _today(tenant), provider_config=config, customer_id=customer)
+
+    body = admin_api.get(f"{USAGE}by-customer/", {"limit": 2}).json()
+
+    assert (len(body["groups"]), body["has_more"], body["totals"]["requests"]) == (2, False, 20)

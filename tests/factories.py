@@ -13,7 +13,7 @@ from rest_framework.authtoken.models import Token
 from llm_providers.models import ModelPrice, ProviderConfig, ServiceKey, Tenant, TenantMembership
 from llm_providers.provider_types import ProviderType
 from overrides.models import RoutingFallback, RoutingOverride
-from usage.models import Budget, CallLog
+from usage.models import AlertDelivery, Budget, CallLog, CostAlert, DailyUsage
 
 
 class UserFactory(factory.django.DjangoModelFactory):
@@ -175,3 +175,54 @@ class BudgetFactory(factory.django.DjangoModelFactory):
     action = Budget.Action.ALERT
     alert_percentages = factory.LazyFunction(lambda: [50, 80, 100])
     alert_emails = "finance@example.com"
+
+
+class DailyUsageFactory(factory.django.DjangoModelFactory):
+    """One day of a tenant's usage on its Fake provider config: 10 requests, $0.002."""
+
+    class Meta:
+        model = DailyUsage
+
+    tenant = factory.SubFactory(TenantFactory)
+    day = factory.LazyFunction(lambda: timezone.now().date())
+    provider_config = factory.SubFactory(
+        ProviderConfigFactory, tenant=factory.SelfAttribute("..tenant")
+    )
+    provider_type = ProviderType.FAKE
+    model = "fake-small"
+    service_name = "summarizer"
+    customer_id = "acme"
+    request_count = 10
+    input_tokens = 1000
+    output_tokens = 500
+    cost_usd = Decimal("0.002000000000")
+    latency_ms_sum = 1200
+
+
+class CostAlertFactory(factory.django.DjangoModelFactory):
+    """A budget alert at 80 % of its budget's limit."""
+
+    class Meta:
+        model = CostAlert
+
+    tenant = factory.SubFactory(TenantFactory)
+    kind = CostAlert.Kind.BUDGET
+    budget = factory.SubFactory(BudgetFactory, tenant=factory.SelfAttribute("..tenant"))
+    subject_key = factory.LazyAttribute(lambda o: f"budget:{o.budget.pk if o.budget else ''}")
+    period_key = "2026-03"
+    percent = 80
+    spend_usd = Decimal("8.000000000000")
+    limit_usd = Decimal("10.0000")
+    message = factory.LazyAttribute(
+        lambda o: f"Budget {o.budget.name} reached 80 %." if o.budget else "Usage alert."
+    )
+
+
+class AlertDeliveryFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = AlertDelivery
+
+    alert = factory.SubFactory(CostAlertFactory)
+    channel = AlertDelivery.Channel.EMAIL
+    target = "finance@example.com"
+    target_label = "finance@example.com"

@@ -1,7 +1,8 @@
-"""Reads of usage: CallLog grouped per day, budget spend, the dashboard's figures."""
+"""Reads of usage: CallLog grouped per day, budget spend, the dashboard's and the API's reports."""
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -9,6 +10,7 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db.models import (
+    BigIntegerField,
     Case,
     Count,
     DateField,
@@ -356,3 +358,301 @@ def usage_dashboard(*, tenant: Tenant, now: datetime | None = None, days: int = 
         error_rate_window_minutes=settings.USAGE_ERROR_RATE_WINDOW_MINUTES,
         last_aggregated_at=state.last_run_at if state else None,
     )
+
+
+# --- usage reports (the API) ---------------------------------------------------
+
+# What a usage report sums, per DailyUsage column (aliases kept apart from the columns).
+_REPORT_SUMS = {
+    "requests": "request_count",
+    "errors": "error_count",
+    "blocked": "blocked_count",
+    "cached": "cached_count",
+    "unpriced_requests": "unpriced_count",
+    "input_tokens": "input_tokens",
+    "output_tokens": "output_tokens",
+    "cache_read_tokens": "cache_read_tokens",
+    "cache_write_tokens": "cache_write_tokens",
+    "reasoning_tokens": "reasoning_tokens",
+    "latency_ms_sum": "latency_ms_sum",
+}
+_REPORT_COST = "priced_cost_usd"
+_REPORT_KEYS = (*_REPORT_SUMS, _REPORT_COST)
+
+# The groups a usage report can break down by, and the DailyUsage columns of each.
+USAGE_GROUPINGS = {
+    "provider": ("provider_config_id", "provider_type"),
+    "model": ("model",),
+    "service": ("service_name",),
+    "customer": ("customer_id",),
+}
+
+
+def _report_aggregates() -> dict:
+    sums = {f"r_{alias}": _sum(column) for alias, column in _REPORT_SUMS.items()}
+    sums[f"r_{_REPORT_COST}"] = Coalesce(
+        Sum("cost_usd"), Value(ZERO), output_field=DecimalField(max_digits=24, decimal_places=12)
+    )
+    return sums
+
+
+class _SumOverGroups(Func):
+    """SUM(<aggregate>) OVER (): an aggregate's total over every group of a grouped query,
+    on each row, computed before ORDER BY and LIMIT."""
+
+    template = "SUM(%(expressions)s) OVER ()"
+
+
+def _report_totals_over_groups() -> dict:
+    totals = {}
+    for name, aggregate in _report_aggregates().items():
+        output = (
+            DecimalField(max_digits=24, decimal_places=12)
+            if name == f"r_{_REPORT_COST}"
+            else BigIntegerField()
+        )
+        totals[f"t{name}"] = _SumOverGroups(aggregate, output_field=output)
+    return totals
+
+
+def _raw_totals_over_groups(row: dict) -> dict:
+    totals = {key: row[f"tr_{key}"] for key in _REPORT_KEYS}
+    # PostgreSQL sums integers into numerics: back to whole numbers.
+    return {key: (value if key == _REPORT_COST else int(value)) for key, value in totals.items()}
+
+
+def _raw(row: dict) -> dict:
+    return {key: row[f"r_{key}"] for key in _REPORT_KEYS}
+
+
+def _raw_zero() -> dict:
+    return {key: (ZERO if key == _REPORT_COST else 0) for key in _REPORT_KEYS}
+
+
+def _raw_total(rows: Sequence[dict]) -> dict:
+    total = _raw_zero()
+    for row in rows:
+        for key in _REPORT_KEYS:
+            total[key] += row[key]
+    return total
+
+
+def usage_figures(raw: dict) -> dict:
+    """What a report shows of summed DailyUsage values.
+
+    `cost_usd` is the cost of the priced requests; `unpriced_requests` says
+    how many requests it leaves out because their model has no known price.
+    It is None when there are unpriced requests and nothing priced: the
+    cost is unknown, not $0.
+    """
+    figures = {key: raw[key] for key in _REPORT_SUMS if key != "latency_ms_sum"}
+    cost = raw[_REPORT_COST]
+    figures["cost_usd"] = None if raw["unpriced_requests"] and not cost else cost
+    requests = raw["requests"]
+    figures["average_latency_ms"] = raw["latency_ms_sum"] // requests if requests else 0
+    return figures
+
+
+def _report_rows(
+    *, tenant: Tenant, first_day: date, last_day: date, provider_config_id=None
+) -> QuerySet[DailyUsage]:
+    """The tenant's DailyUsage of local days first_day..last_day (tenant and day lead the index)."""
+    rows = DailyUsage.objects.filter(tenant=tenant, day__gte=first_day, day__lte=last_day)
+    if provider_config_id is not None:
+        rows = rows.filter(provider_config_id=provider_config_id)
+    return rows.order_by()
+
+
+@dataclass(frozen=True, slots=True)
+class UsageReport:
+    """Totals of a window, and (when asked for) its groups or days, each as `usage_figures`."""
+
+    first_day: date
+    last_day: date
+    timezone_name: str
+    totals: dict
+    groups: list[dict] = field(default_factory=list)
+    has_more: bool = False
+
+
+def usage_summary(
+    *, tenant: Tenant, first_day: date, last_day: date, provider_config_id=None
+) -> UsageReport:
+    """Totals of the tenant's usage over local days first_day..last_day."""
+    row = _report_rows(
+        tenant=tenant,
+        first_day=first_day,
+        last_day=last_day,
+        provider_config_id=provider_config_id,
+    ).aggregate(**_report_aggregates())
+    return UsageReport(
+        first_day=first_day,
+        last_day=last_day,
+        timezone_name=tenant.timezone,
+        totals=usage_figures(_raw(row)),
+    )
+
+
+def usage_by_group(
+    *,
+    tenant: Tenant,
+    first_day: date,
+    last_day: date,
+    group: str,
+    limit: int | None = None,
+    provider_config_id=None,
+) -> UsageReport:
+    """Usage over local days first_day..last_day per provider config, model, service or
+    customer (`group`, a key of USAGE_GROUPINGS), most expensive first, then most requests.
+
+    With `limit`, only the first `limit` groups are listed (`has_more` says
+    whether there were others); totals always cover every group.
+    """
+    columns = USAGE_GROUPINGS[group]
+    rows = _report_rows(
+        tenant=tenant, first_day=first_day, last_day=last_day, provider_config_id=provider_config_id
+    )
+    grouped = (
+        rows.values(*columns)
+        .annotate(**_report_aggregates())
+        .order_by(f"-r_{_REPORT_COST}", "-r_requests", *columns)
+    )
+    if limit is None:
+        found = list(grouped)
+        raw_rows = [_raw(row) for row in found]
+        totals = _raw_total(raw_rows)
+        has_more = False
+    else:
+        # The totals of every group come with the first groups: one scan, not two.
+        found = list(grouped.annotate(**_report_totals_over_groups())[: limit + 1])
+        has_more = len(found) > limit
+        found = found[:limit]
+        raw_rows = [_raw(row) for row in found]
+        totals = _raw_totals_over_groups(found[0]) if found else _raw_zero()
+    names = {}
+    if group == "provider":
+        ids = {row["provider_config_id"] for row in found} - {None}
+        names = dict(
+            ProviderConfig.objects.filter(tenant=tenant, pk__in=ids).values_list("pk", "name")
+        )
+    groups = []
+    for row, raw in zip(found, raw_rows, strict=True):
+        item = {column: row[column] for column in columns}
+        if group == "provider":
+            item["provider_name"] = names.get(row["provider_config_id"])
+        groups.append({**item, **usage_figures(raw)})
+    return UsageReport(
+        first_day=first_day,
+        last_day=last_day,
+        timezone_name=tenant.timezone,
+        totals=usage_figures(totals),
+        groups=groups,
+        has_more=has_more,
+    )
+
+
+def _every_day(first_day: date, last_day: date, per_day: dict) -> list[dict]:
+    """One figure set per day first_day..last_day, in order; days missing from `per_day`
+    (raw sums by day) are zeros."""
+    days = []
+    for offset in range((last_day - first_day).days + 1):
+        day = first_day + timedelta(days=offset)
+        days.append({"day": day, **usage_figures(per_day.get(day) or _raw_zero())})
+    return days
+
+
+def usage_daily(
+    *, tenant: Tenant, first_day: date, last_day: date, provider_config_id=None
+) -> UsageReport:
+    """One group per local day first_day..last_day, in order; days without usage are zeros."""
+    per_day = {
+        row["day"]: _raw(row)
+        for row in _report_rows(
+            tenant=tenant,
+            first_day=first_day,
+            last_day=last_day,
+            provider_config_id=provider_config_id,
+        )
+        .values("day")
+        .annotate(**_report_aggregates())
+    }
+    return UsageReport(
+        first_day=first_day,
+        last_day=last_day,
+        timezone_name=tenant.timezone,
+        totals=usage_figures(_raw_total(list(per_day.values()))),
+        groups=_every_day(first_day, last_day, per_day),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderConfigUsageReport:
+    """A provider config's usage over a window: totals, per model and per day."""
+
+    provider_config: ProviderConfig
+    first_day: date
+    last_day: date
+    timezone_name: str
+    totals: dict
+    models: list[dict]
+    days: list[dict]
+
+
+def usage_of_provider_config(
+    *, tenant: Tenant, provider_config: ProviderConfig, first_day: date, last_day: date
+) -> ProviderConfigUsageReport:
+    """Usage of one of the tenant's provider configs over local days first_day..last_day:
+    models most expensive first, every day in order (zeros included).
+
+    One grouped read (per day and model), split here into models and days.
+    """
+    found = (
+        _report_rows(
+            tenant=tenant,
+            first_day=first_day,
+            last_day=last_day,
+            provider_config_id=provider_config.pk,
+        )
+        .values("day", "model")
+        .annotate(**_report_aggregates())
+    )
+    by_model: dict[str, list[dict]] = defaultdict(list)
+    by_day: dict[date, list[dict]] = defaultdict(list)
+    for row in found:
+        raw = _raw(row)
+        by_model[row["model"]].append(raw)
+        by_day[row["day"]].append(raw)
+    model_totals = sorted(
+        ((model, _raw_total(raws)) for model, raws in by_model.items()),
+        key=lambda item: (-item[1][_REPORT_COST], -item[1]["requests"], item[0]),
+    )
+    return ProviderConfigUsageReport(
+        provider_config=provider_config,
+        first_day=first_day,
+        last_day=last_day,
+        timezone_name=tenant.timezone,
+        totals=usage_figures(_raw_total([raw for _, raw in model_totals])),
+        models=[{"model": model, **usage_figures(raw)} for model, raw in model_totals],
+        days=_every_day(
+            first_day, last_day, {day: _raw_total(raws) for day, raws in by_day.items()}
+        ),
+    )
+
+
+# --- budgets and alerts (the API) ----------------------------------------------
+
+
+def budget_list(*, tenant: Tenant) -> QuerySet[Budget]:
+    return Budget.objects.filter(tenant=tenant).order_by("name", "id")
+
+
+def cost_alert_list(
+    *, tenant: Tenant, kind: str | None = None, budget_id: int | None = None
+) -> QuerySet[CostAlert]:
+    """The tenant's alerts with their deliveries, newest first."""
+    alerts = CostAlert.objects.filter(tenant=tenant)
+    if kind is not None:
+        alerts = alerts.filter(kind=kind)
+    if budget_id is not None:
+        alerts = alerts.filter(budget_id=budget_id)
+    return alerts.prefetch_related("deliveries").order_by("-created_at", "-id")

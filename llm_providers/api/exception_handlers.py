@@ -7,8 +7,10 @@ Every error answers::
 `code` is stable and machine-readable, `message` is for people, `fields`
 maps input fields to their messages (validation errors), `extra` carries
 structured details such as `retry_after_seconds`. Django `ValidationError`s
-raised by services become 400; `ApplicationError`s answer their own
-`http_status` and `code`; 429s carry a `Retry-After` header.
+raised by services become 400, and so do application errors that name the
+one input `field` at fault (the completion service's `InvalidRequest`): all
+three are `validation_error` with `fields`. Other `ApplicationError`s answer
+their own `http_status` and `code`; every 429 carries a `Retry-After` header.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from llm_providers.exceptions import ApplicationError
 logger = logging.getLogger(__name__)
 
 VALIDATION_CODE = "validation_error"
+# A 429 whose cause gives no time to wait (a provider's 429 without Retry-After).
+DEFAULT_RETRY_AFTER_SECONDS = 1
 NON_FIELD_KEY = "non_field_errors"
 # How many field messages the summary `message` of a validation error quotes.
 _SUMMARY_MESSAGES = 3
@@ -109,6 +113,25 @@ def _drf_validation_response(exc: exceptions.ValidationError) -> Response:
     return _validation_response(fields, _field_messages(fields))
 
 
+def _names_one_field(exc: ApplicationError) -> bool:
+    return exc.http_status == status.HTTP_400_BAD_REQUEST and isinstance(
+        getattr(exc, "field", None), str
+    )
+
+
+def _invalid_input_response(exc: ApplicationError) -> Response:
+    """A service's refusal of one input field (e.g. `InvalidRequest`): a validation error."""
+    return Response(
+        error_body(
+            code=VALIDATION_CODE,
+            message=exc.message,
+            fields={exc.field: [exc.message]},
+            extra=dict(exc.extra),
+        ),
+        status=status.HTTP_400_BAD_REQUEST,
+    )
+
+
 def _retry_after_seconds(exc: Exception) -> int | None:
     value = getattr(exc, "extra", {}).get("retry_after_seconds")
     if value is None:
@@ -125,9 +148,10 @@ def _application_error_response(exc: ApplicationError) -> Response:
     headers = {}
     if exc.http_status == status.HTTP_429_TOO_MANY_REQUESTS:
         seconds = _retry_after_seconds(exc)
-        if seconds is not None:
-            extra["retry_after_seconds"] = seconds
-            headers["Retry-After"] = str(seconds)
+        if seconds is None:
+            seconds = DEFAULT_RETRY_AFTER_SECONDS
+        extra["retry_after_seconds"] = seconds
+        headers["Retry-After"] = str(seconds)
     return Response(
         error_body(code=exc.code, message=exc.message, extra=extra),
         status=exc.http_status,
@@ -169,6 +193,8 @@ def api_exception_handler(exc: Exception, context: dict) -> Response:
         response = _django_validation_response(exc)
     elif isinstance(exc, exceptions.ValidationError):
         response = _drf_validation_response(exc)
+    elif isinstance(exc, ApplicationError) and _names_one_field(exc):
+        response = _invalid_input_response(exc)
     elif isinstance(exc, ApplicationError):
         response = _application_error_response(exc)
     elif isinstance(exc, exceptions.APIException):

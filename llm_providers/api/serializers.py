@@ -1,4 +1,4 @@
-"""Serializers of provider configs, connection tests and service keys.
+"""Serializers of provider configs, connection tests, service keys, completions and embeddings.
 
 Secrets are write-only: a response shows `key_mask` (`sk-…abcd`) and
 `has_key`, never a key, its fingerprint or its ciphertext. Serializers only
@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from llm_providers.chat_input import MAX_EMBED_INPUTS, MAX_STOP_SEQUENCES
 from llm_providers.models import ProviderConfig, ServiceKey
 from llm_providers.provider_types import ProviderType
 
@@ -143,3 +145,332 @@ class ComponentHealthSerializer(serializers.Serializer):
 class HealthSerializer(serializers.Serializer):
     status = serializers.ChoiceField(choices=[STATUS_OK, STATUS_ERROR])
     components = serializers.DictField(child=ComponentHealthSerializer())
+
+
+# --- completions and embeddings --------------------------------------------------
+
+
+def _text_is_storable(text: str) -> bool:
+    """No NUL characters and no lone surrogates: text every database and encoder accepts."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _json_texts_storable(value: Any) -> bool:
+    if isinstance(value, str):
+        return _text_is_storable(value)
+    if isinstance(value, dict):
+        return all(_json_texts_storable(k) and _json_texts_storable(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_json_texts_storable(v) for v in value)
+    return True
+
+
+_TEXT_INVALID = "Text must not contain NUL characters or unpaired surrogates."
+
+_TEXT_PART_SCHEMA = {
+    "type": "object",
+    "properties": {"type": {"type": "string", "enum": ["text"]}, "text": {"type": "string"}},
+    "required": ["type", "text"],
+}
+_IMAGE_PART_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "type": {"type": "string", "enum": ["image_url"]},
+        "image_url": {
+            "type": "object",
+            "properties": {
+                "url": {
+                    "type": "string",
+                    "pattern": "^data:image/(png|jpeg|jpg|gif|webp);base64,[A-Za-z0-9+/=]+$",
+                    "description": "A base64 data URL: images are never fetched from links.",
+                }
+            },
+            "required": ["url"],
+        },
+    },
+    "required": ["type", "image_url"],
+}
+
+
+def _message_schema(role: str, content: dict, **extra: dict) -> dict:
+    required = ["role", "content", *(name for name in extra if name == "tool_call_id")]
+    return {
+        "type": "object",
+        "title": f"{role} message",
+        "properties": {
+            "role": {"type": "string", "enum": [role]},
+            "content": content,
+            **extra,
+        },
+        "required": required,
+    }
+
+
+_TOOL_CALL_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string"},
+        "type": {"type": "string", "enum": ["function"]},
+        "function": {
+            "type": "object",
+            "properties": {
+                "name": {"type": "string"},
+                "arguments": {"type": "string", "description": "JSON text."},
+            },
+            "required": ["name", "arguments"],
+        },
+    },
+    "required": ["id", "type", "function"],
+}
+MESSAGES_SCHEMA = {
+    "type": "array",
+    "minItems": 1,
+    "description": "The conversation, oldest first, as in OpenAI's Chat Completions: at least "
+    "one message that is not a system message.",
+    "items": {
+        "oneOf": [
+            _message_schema(
+                "system",
+                {
+                    "oneOf": [
+                        {"type": "string"},
+                        {"type": "array", "items": _TEXT_PART_SCHEMA, "minItems": 1},
+                    ]
+                },
+            ),
+            _message_schema(
+                "user",
+                {
+                    "oneOf": [
+                        {"type": "string"},
+                        {
+                            "type": "array",
+                            "items": {"oneOf": [_TEXT_PART_SCHEMA, _IMAGE_PART_SCHEMA]},
+                            "minItems": 1,
+                        },
+                    ]
+                },
+            ),
+            _message_schema(
+                "assistant",
+                {"type": "string", "nullable": True},
+                tool_calls={"type": "array", "items": _TOOL_CALL_SCHEMA},
+            ),
+            _message_schema(
+                "tool",
+                {"type": "string"},
+                tool_call_id={"type": "string", "description": "The tool call it answers."},
+            ),
+        ]
+    },
+}
+TOOLS_SCHEMA = {
+    "type": "array",
+    "nullable": True,
+    "description": "Function tools the model may call.",
+    "items": {
+        "type": "object",
+        "properties": {
+            "type": {"type": "string", "enum": ["function"]},
+            "function": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string", "minLength": 1, "maxLength": 64},
+                    "description": {"type": "string"},
+                    "parameters": {"type": "object", "description": "A JSON schema."},
+                },
+                "required": ["name"],
+            },
+        },
+        "required": ["type", "function"],
+    },
+}
+
+
+class _JSONObjectListField(serializers.ListField):
+    """A list of JSON objects whose texts are all storable. Their shape is checked by the
+    completion service, which names the exact place at fault (`messages[2].content`)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(child=serializers.DictField(), **kwargs)
+
+    def to_internal_value(self, data):
+        value = super().to_internal_value(data)
+        if not _json_texts_storable(value):
+            raise serializers.ValidationError(_TEXT_INVALID)
+        return value
+
+
+@extend_schema_field(MESSAGES_SCHEMA)
+class ChatMessagesField(_JSONObjectListField):
+    pass
+
+
+@extend_schema_field(TOOLS_SCHEMA)
+class ToolsField(_JSONObjectListField):
+    pass
+
+
+@extend_schema_field(
+    {
+        "oneOf": [
+            {"type": "string", "minLength": 1},
+            {"type": "array", "items": {"type": "string", "minLength": 1}},
+        ]
+    }
+)
+class TextOrTextListField(serializers.Field):
+    """A string, or a list of strings (stop sequences, embedding inputs)."""
+
+    default_error_messages = {
+        "invalid": "Must be a string or a list of strings.",
+        "max_items": "At most {max_items} items.",
+        "text": _TEXT_INVALID,
+    }
+
+    def __init__(self, *, max_items: int, **kwargs):
+        self.max_items = max_items
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data):
+        items = [data] if isinstance(data, str) else data
+        if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
+            self.fail("invalid")
+        if len(items) > self.max_items:
+            self.fail("max_items", max_items=self.max_items)
+        if not all(_text_is_storable(item) for item in items):
+            self.fail("text")
+        return data
+
+    def to_representation(self, value):
+        return value
+
+
+# Bounds of a request: far beyond any model's context, small enough to refuse garbage early.
+MAX_MESSAGES = 10_000
+MAX_TOOLS = 128
+
+
+class _RoutingFieldsSerializer(serializers.Serializer):
+    customer_id = serializers.CharField(
+        max_length=200,
+        allow_blank=True,
+        default="",
+        help_text="Who the call is for: picks the routing override and budgets.",
+    )
+    service_name = serializers.CharField(
+        max_length=200,
+        allow_blank=True,
+        default="",
+        help_text="Which program calls: picks the routing override and budgets.",
+    )
+
+
+class CompletionRequestSerializer(_RoutingFieldsSerializer):
+    messages = ChatMessagesField(allow_empty=False, max_length=MAX_MESSAGES)
+    model = serializers.CharField(
+        max_length=200,
+        allow_blank=True,
+        default="",
+        help_text="Empty: the model of the route. Given: replaces the primary target's model "
+        "(it must be allowed on that provider config).",
+    )
+    max_tokens = serializers.IntegerField(
+        min_value=1, max_value=MAX_INTEGER, required=False, allow_null=True
+    )
+    temperature = serializers.FloatField(min_value=0, max_value=2, required=False, allow_null=True)
+    top_p = serializers.FloatField(min_value=0, max_value=1, required=False, allow_null=True)
+    stop = TextOrTextListField(
+        max_items=MAX_STOP_SEQUENCES,
+        required=False,
+        allow_null=True,
+        help_text=f"A stop sequence, or a list of up to {MAX_STOP_SEQUENCES}.",
+    )
+    json_mode = serializers.BooleanField(default=False, help_text="Answer with one JSON object.")
+    tools = ToolsField(required=False, allow_null=True, max_length=MAX_TOOLS)
+    stream = serializers.BooleanField(
+        default=False,
+        help_text="Answer with server-sent events (text/event-stream) as the text arrives.",
+    )
+
+    def completion_arguments(self) -> dict:
+        """validated_data as `complete()` / `stream()` take them (without `stream`)."""
+        data = dict(self.validated_data)
+        data.pop("stream", None)
+        data["model"] = data.get("model") or None
+        return data
+
+
+class EmbeddingRequestSerializer(_RoutingFieldsSerializer):
+    inputs = TextOrTextListField(
+        max_items=MAX_EMBED_INPUTS, help_text="A text, or a list of texts, to embed."
+    )
+    model = serializers.CharField(
+        max_length=200, help_text="The embedding model; vectors of different models do not mix."
+    )
+
+
+class TokenUsageSerializer(serializers.Serializer):
+    input_tokens = serializers.IntegerField(help_text="The whole prompt, cached parts included.")
+    output_tokens = serializers.IntegerField(help_text="Everything generated, reasoning included.")
+    cache_read_tokens = serializers.IntegerField()
+    cache_write_tokens = serializers.IntegerField()
+    reasoning_tokens = serializers.IntegerField()
+
+
+class ToolCallSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    name = serializers.CharField()
+    arguments = serializers.CharField(help_text="JSON text, as the model produced it.")
+
+
+class _CallResultSerializer(serializers.Serializer):
+    request_id = serializers.UUIDField(help_text="Names the call's rows in /calls/.")
+    usage = TokenUsageSerializer()
+    cost_usd = serializers.DecimalField(
+        max_digits=20,
+        decimal_places=12,
+        allow_null=True,
+        help_text="USD, exact; null when the model has no known price (price_source `unknown`).",
+    )
+    price_source = serializers.CharField()
+    provider = serializers.CharField(help_text="The name of the provider config that answered.")
+    provider_config = serializers.UUIDField(source="provider_config_id")
+    provider_type = serializers.ChoiceField(choices=ProviderType.choices)
+    model = serializers.CharField(help_text="The model that answered.")
+    latency_ms = serializers.IntegerField()
+    attempts = serializers.IntegerField(
+        help_text="Provider attempts, retries and fallbacks included."
+    )
+
+
+class CompletionDoneSerializer(_CallResultSerializer):
+    """Everything about a completion but its text: the final server-sent event."""
+
+    tool_calls = ToolCallSerializer(many=True)
+    finish_reason = serializers.CharField(
+        help_text="stop, length, tool_calls, content_filter; aborted or error for a stream "
+        "that ended early."
+    )
+    usage_estimated = serializers.BooleanField(
+        help_text="The provider reported no usage (or the stream broke): tokens are estimated."
+    )
+    cached = serializers.BooleanField(help_text="Served from the response cache (cost 0).")
+    route_rule = serializers.CharField(help_text="The routing rule that chose the provider.")
+
+
+class CompletionResultSerializer(CompletionDoneSerializer):
+    content = serializers.CharField(allow_blank=True)
+
+
+class EmbeddingResultSerializer(_CallResultSerializer):
+    vectors = serializers.ListField(
+        child=serializers.ListField(child=serializers.FloatField()),
+        help_text="One vector per input, in order.",
+    )

@@ -1,4 +1,4 @@
-"""Provider config and service key endpoints, and the health check.
+"""Provider config and service key endpoints, completions and embeddings, and the health check.
 
 Views validate input with a serializer, call one service or selector, record
 API changes in the admin history, and serialize the result.
@@ -18,6 +18,7 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from llm_providers.completion import complete, embed, stream
 from llm_providers.models import ProviderConfig, ServiceKey
 from llm_providers.selectors import provider_config_list
 from llm_providers.services import (
@@ -31,6 +32,12 @@ from llm_providers.services import (
     service_key_revoke,
 )
 
+from .events import (
+    EVENT_STREAM,
+    REQUEST_ID_HEADER,
+    SSE_EVENT_SCHEMA,
+    completion_event_response,
+)
 from .exception_handlers import error_body
 from .health import health_check
 from .history import (
@@ -38,10 +45,15 @@ from .history import (
     change_history_record_change,
     change_history_record_deletion,
 )
+from .negotiation import JSONFallbackNegotiation
 from .scoping import TenantScopedAPIMixin
 from .selectors import service_key_list
 from .serializers import (
+    CompletionRequestSerializer,
+    CompletionResultSerializer,
     ConnectionCheckSerializer,
+    EmbeddingRequestSerializer,
+    EmbeddingResultSerializer,
     HealthSerializer,
     ProviderConfigSerializer,
     ServiceKeyCreatedSerializer,
@@ -209,6 +221,89 @@ class ServiceKeyViewSet(
                     user=request.user, instance=service_key, fields=["revoked"]
                 )
         return Response(self.get_serializer(service_key).data)
+
+
+# --- completions and embeddings ---------------------------------------------------
+
+# Programs call completions with a service key; a tenant admin may try them out.
+CALLERS = frozenset({ROLE_ADMIN, ROLE_SERVICE})
+
+_CALL_ERRORS = {
+    422: OpenApiResponse(
+        description="No route (`no_route`), or the provider refused the content "
+        "(`content_refused`)."
+    ),
+    429: OpenApiResponse(
+        description="`budget_exceeded` (a blocking budget), `rate_limited` (the provider "
+        "config's rpm/tpm limit), `provider_rate_limited` (the provider), or `throttled` "
+        "(this credential); `Retry-After` says when to retry."
+    ),
+    502: OpenApiResponse(
+        description="The provider failed (`upstream_unavailable`, `provider_authentication`, "
+        "`provider_error`, ...)."
+    ),
+    503: OpenApiResponse(
+        description="Budget counters unreachable while a blocking budget applies "
+        "(`budget_unavailable`)."
+    ),
+    504: OpenApiResponse(description="The provider did not answer in time (`provider_timeout`)."),
+}
+
+
+class CompletionView(TenantScopedAPIMixin, APIView):
+    """A chat completion for the tenant: routed, gated by budgets and limits, priced, logged."""
+
+    read_roles = CALLERS
+    write_roles = CALLERS
+    content_negotiation_class = JSONFallbackNegotiation
+
+    @extend_schema(
+        summary="Complete a chat (JSON, or server-sent events with stream=true)",
+        request=CompletionRequestSerializer,
+        responses={
+            (200, "application/json"): OpenApiResponse(
+                CompletionResultSerializer,
+                description="stream=false: the answer as JSON. stream=true: server-sent "
+                'events, `chunk` (`{"text": ...}`) per piece of text, then one `done` event '
+                "(usage, cost, provider, model, request id); a failure after the first chunk is "
+                "an `error` event in the error shape, before `done`.",
+            ),
+            (200, EVENT_STREAM): OpenApiResponse(SSE_EVENT_SCHEMA),
+            **_CALL_ERRORS,
+        },
+    )
+    def post(self, request):
+        serializer = CompletionRequestSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        arguments = serializer.completion_arguments()
+        if serializer.validated_data["stream"]:
+            return completion_event_response(stream(tenant=self.tenant, **arguments))
+        result = complete(tenant=self.tenant, **arguments)
+        return Response(
+            CompletionResultSerializer(result).data,
+            headers={REQUEST_ID_HEADER: str(result.request_id)},
+        )
+
+
+class EmbeddingView(TenantScopedAPIMixin, APIView):
+    """Embeddings for the tenant, on the primary target of its route (never a fallback)."""
+
+    read_roles = CALLERS
+    write_roles = CALLERS
+
+    @extend_schema(
+        summary="Embed texts with a model",
+        request=EmbeddingRequestSerializer,
+        responses={200: EmbeddingResultSerializer, **_CALL_ERRORS},
+    )
+    def post(self, request):
+        serializer = EmbeddingRequestSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        result = embed(tenant=self.tenant, **serializer.validated_data)
+        return Response(
+            EmbeddingResultSerializer(result).data,
+            headers={REQUEST_ID_HEADER: str(result.request_id)},
+        )
 
 
 class HealthView(APIView):

@@ -12,7 +12,11 @@ from dataclasses import dataclass, field
 
 from llm_providers.api.tenancy import ROLE_ADMIN, ROLE_SERVICE, ROLE_VIEWER
 from tests.factories import (
+    AlertDeliveryFactory,
+    BudgetFactory,
     CallLogFactory,
+    CostAlertFactory,
+    DailyUsageFactory,
     ProviderConfigFactory,
     RoutingFallbackFactory,
     RoutingOverrideFactory,
@@ -22,6 +26,7 @@ from tests.factories import (
 ALL = frozenset({ROLE_ADMIN, ROLE_VIEWER, ROLE_SERVICE})
 MEMBERS = frozenset({ROLE_ADMIN, ROLE_VIEWER})
 ADMINS = frozenset({ROLE_ADMIN})
+CALLERS = frozenset({ROLE_ADMIN, ROLE_SERVICE})
 
 
 @dataclass
@@ -33,6 +38,8 @@ class TenantObjects:
     override: object
     call: object
     service_key: object
+    budget: object
+    alert: object
 
     def ids(self) -> dict[str, str]:
         return {
@@ -41,6 +48,8 @@ class TenantObjects:
             "override": str(self.override.pk),
             "call": str(self.call.pk),
             "service_key": self.service_key.prefix,
+            "budget": str(self.budget.pk),
+            "alert": str(self.alert.pk),
         }
 
 
@@ -51,12 +60,30 @@ def tenant_objects_build(tenant) -> TenantObjects:
         tenant=tenant, provider_config=provider, customer_id=f"{tenant.slug}-customer"
     )
     RoutingFallbackFactory(override=override, provider_config=fallback_provider, position=0)
+    # Usage of today (UTC, the factories' tenants' zone) and a budget that alerted.
+    DailyUsageFactory(
+        tenant=tenant,
+        provider_config=provider,
+        model=f"{tenant.slug}-model",
+        service_name=f"{tenant.slug}-service",
+        customer_id=f"{tenant.slug}-customer",
+    )
+    budget = BudgetFactory(
+        tenant=tenant,
+        name=f"{tenant.slug}-budget",
+        provider_config=provider,
+        webhook_url=f"https://198.51.100.7/hooks/{tenant.slug}-webhook-secret",
+    )
+    alert = CostAlertFactory(tenant=tenant, budget=budget)
+    AlertDeliveryFactory(alert=alert)
     return TenantObjects(
         provider=provider,
         spare_provider=ProviderConfigFactory(tenant=tenant, name=f"{tenant.slug}-spare"),
         override=override,
         call=CallLogFactory(tenant=tenant, provider_config=provider),
         service_key=ServiceKeyFactory(tenant=tenant, name=f"{tenant.slug}-app"),
+        budget=budget,
+        alert=alert,
     )
 
 
@@ -68,6 +95,8 @@ def missing_ids() -> dict[str, str]:
         "override": "987654321",
         "call": "987654321",
         "service_key": "Zz9Zz9Zz",
+        "budget": "987654321",
+        "alert": "987654321",
     }
 
 
@@ -104,6 +133,24 @@ def _override_body(objects: TenantObjects) -> dict:
     }
 
 
+def _budget_body(objects: TenantObjects) -> dict:
+    return {
+        "name": "brand-new-budget",
+        "limit_usd": "25.0000",
+        "action": "block",
+        "provider_config": str(objects.provider.pk),
+        "alert_emails": ["ops@example.com"],
+    }
+
+
+def _completion_body(objects: TenantObjects) -> dict:
+    return {"messages": [{"role": "user", "content": "hello"}], "customer_id": "someone"}
+
+
+def _embedding_body(objects: TenantObjects) -> dict:
+    return {"inputs": ["hello"], "model": "fake-embed", "customer_id": "someone"}
+
+
 ENDPOINTS = [
     Endpoint("get", "/api/v1/providers/", ALL, 200),
     Endpoint("post", "/api/v1/providers/", ADMINS, 201, _provider_body),
@@ -125,6 +172,23 @@ ENDPOINTS = [
     Endpoint("post", "/api/v1/service-keys/", ADMINS, 201, lambda o: {"name": "new-app"}),
     Endpoint("get", "/api/v1/service-keys/{service_key}/", MEMBERS, 200),
     Endpoint("post", "/api/v1/service-keys/{service_key}/revoke/", ADMINS, 200),
+    Endpoint("get", "/api/v1/providers/{provider}/usage/", ALL, 200, query={"days": 7}),
+    Endpoint("get", "/api/v1/usage/summary/", ALL, 200),
+    Endpoint("get", "/api/v1/usage/by-provider/", ALL, 200),
+    Endpoint("get", "/api/v1/usage/by-model/", ALL, 200),
+    Endpoint("get", "/api/v1/usage/by-service/", ALL, 200),
+    Endpoint("get", "/api/v1/usage/by-customer/", ALL, 200, query={"limit": 5}),
+    Endpoint("get", "/api/v1/usage/daily/", ALL, 200, query={"days": 7}),
+    Endpoint("get", "/api/v1/budgets/", ALL, 200),
+    Endpoint("post", "/api/v1/budgets/", ADMINS, 201, _budget_body),
+    Endpoint("get", "/api/v1/budgets/{budget}/", ALL, 200),
+    Endpoint("put", "/api/v1/budgets/{budget}/", ADMINS, 200, _budget_body),
+    Endpoint("patch", "/api/v1/budgets/{budget}/", ADMINS, 200, lambda o: {"limit_usd": "5"}),
+    Endpoint("delete", "/api/v1/budgets/{budget}/", ADMINS, 204),
+    Endpoint("get", "/api/v1/alerts/", ALL, 200),
+    Endpoint("get", "/api/v1/alerts/{alert}/", ALL, 200),
+    Endpoint("post", "/api/v1/completions/", CALLERS, 200, _completion_body),
+    Endpoint("post", "/api/v1/embeddings/", CALLERS, 200, _embedding_body),
 ]
 
 

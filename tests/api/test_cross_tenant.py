@@ -4,7 +4,9 @@ Every endpoint that names an object is called with A's admin token, A's admin
 session, A's viewer token and A's service key against B's objects. The
 answer must be the one for an id that does not exist at all (404 when the
 caller's role may use the endpoint, 403 otherwise: either way it tells
-nothing about B), and B's rows must be exactly as before.
+nothing about B), and B's rows must be exactly as before. Lists and reports
+show nothing of B; writes that name no object (creations, completions,
+embeddings) act in A and leave B's rows as they were.
 """
 
 from __future__ import annotations
@@ -18,15 +20,16 @@ from llm_providers.models import ProviderConfig, ServiceKey
 from overrides.models import RoutingFallback, RoutingOverride
 from tests.api.endpoints import ENDPOINTS, call, missing_ids, tenant_objects_build
 from tests.api.fixtures import session_client
-from usage.models import CallLog
+from usage.models import AlertDelivery, Budget, CallLog, CostAlert, DailyUsage
 
 pytestmark = pytest.mark.django_db
 
 OBJECT_ENDPOINTS = [e for e in ENDPOINTS if e.names_object]
 LIST_ENDPOINTS = [e for e in ENDPOINTS if not e.names_object and e.method == "get"]
+WRITE_ENDPOINTS = [e for e in ENDPOINTS if not e.names_object and e.method != "get"]
 
 
-def _snapshot(tenant) -> dict:
+def _snapshot(tenant, *, history: bool = True) -> dict:
     """Every row tenant B owns, field by field."""
 
     def rows(queryset):
@@ -38,7 +41,11 @@ def _snapshot(tenant) -> dict:
         "fallbacks": rows(RoutingFallback.objects.filter(override__tenant=tenant)),
         "calls": rows(CallLog.objects.filter(tenant=tenant)),
         "service_keys": rows(ServiceKey.objects.filter(tenant=tenant)),
-        "history": LogEntry.objects.count(),
+        "budgets": rows(Budget.objects.filter(tenant=tenant)),
+        "alerts": rows(CostAlert.objects.filter(tenant=tenant)),
+        "deliveries": rows(AlertDelivery.objects.filter(alert__tenant=tenant)),
+        "daily_usage": rows(DailyUsage.objects.filter(tenant=tenant)),
+        **({"history": LogEntry.objects.count()} if history else {}),
     }
 
 
@@ -99,6 +106,26 @@ def test_lists_show_nothing_of_other_tenant(caller, endpoint, callers, objects_a
         str(item.get("id", item.get("prefix"))) for item in response.json().get("results", [])
     }
     assert listed.isdisjoint({ids_b["override"], ids_b["call"]})
+
+
+@pytest.mark.parametrize("endpoint", WRITE_ENDPOINTS, ids=str)
+@pytest.mark.parametrize("caller", ["admin-token", "admin-session", "viewer-token", "service-key"])
+def test_writes_without_object_act_in_own_tenant_only(
+    caller, endpoint, callers, objects_a, objects_b, other_tenant
+):
+    role, client = callers[caller]
+    before = _snapshot(other_tenant, history=False)
+
+    response = call(client, endpoint, {}, objects_a)
+
+    expected = endpoint.success if role in endpoint.allowed else 403
+    assert response.status_code == expected, response.content
+    assert _snapshot(other_tenant, history=False) == before
+    body = response.content.decode()
+    for value in objects_b.ids().values():
+        if len(value) > 8:  # uuids and prefixes, not small integers
+            assert value not in body
+    assert "globex" not in body
 
 
 def test_override_create_refuses_other_tenants_provider(admin_api, objects_a, objects_b, tenant):

@@ -1,4 +1,5 @@
-"""Admins write, viewers read, service keys read providers and calls only: every endpoint."""
+"""Every endpoint, every role: admins write, viewers read, service keys read providers, calls,
+usage, budgets and alerts, and call completions and embeddings (as admins may)."""
 
 from __future__ import annotations
 

@@ -22,6 +22,19 @@ TENANT_SCOPED_PATHS = [
     "/api/v1/service-keys/",
     "/api/v1/service-keys/{prefix}/",
     "/api/v1/service-keys/{prefix}/revoke/",
+    "/api/v1/providers/{id}/usage/",
+    "/api/v1/usage/summary/",
+    "/api/v1/usage/by-provider/",
+    "/api/v1/usage/by-model/",
+    "/api/v1/usage/by-service/",
+    "/api/v1/usage/by-customer/",
+    "/api/v1/usage/daily/",
+    "/api/v1/budgets/",
+    "/api/v1/budgets/{id}/",
+    "/api/v1/alerts/",
+    "/api/v1/alerts/{id}/",
+    "/api/v1/completions/",
+    "/api/v1/embeddings/",
 ]
 
 

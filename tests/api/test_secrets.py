@@ -1,4 +1,5 @@
-"""Provider keys never leave the API: not in JSON, errors, the browsable API, history or schema."""
+"""Provider keys and budget webhook URLs never leave the API: not in JSON, errors, the
+browsable API, history or schema."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from django.contrib.admin.models import LogEntry
 
 from llm_providers.models import ProviderConfig
 from tests.api.fixtures import session_client
+from tests.factories import AlertDeliveryFactory, BudgetFactory, CostAlertFactory
+from usage.webhooks import webhook_label
 
 pytestmark = pytest.mark.django_db
 
@@ -129,3 +132,74 @@ def test_schema_and_docs_hold_no_key(anonymous_api, configs):
     docs = anonymous_api.get("/api/docs/").content.decode()
 
     _assert_no_secret(schema + docs)
+
+
+# --- budget webhook URLs -------------------------------------------------------
+
+BUDGETS = "/api/v1/budgets/"
+WEBHOOK_TOKEN = "Zq8sWebhookToken77xKp"
+WEBHOOK = f"https://93.184.215.14/hooks/T0001/B0001/{WEBHOOK_TOKEN}"
+
+
+@pytest.fixture
+def budget_id(admin_api) -> int:
+    response = admin_api.post(BUDGETS, {"name": "cap", "limit_usd": "10", "webhook_url": WEBHOOK})
+    assert response.status_code == 201
+    assert WEBHOOK_TOKEN not in response.content.decode()
+    return response.json()["id"]
+
+
+def test_budget_responses_say_only_that_a_webhook_is_stored(admin_api, admin_user, budget_id):
+    detail = f"{BUDGETS}{budget_id}/"
+    changed = admin_api.patch(detail, {"webhook_url": WEBHOOK + "x", "limit_usd": "11"})
+    pages = [
+        admin_api.get(BUDGETS),
+        admin_api.get(detail),
+        changed,
+        admin_api.options(detail),
+        session_client(admin_user).get(detail, {"format": "api"}),
+        session_client(admin_user).get(BUDGETS, HTTP_ACCEPT="text/html"),
+    ]
+
+    assert [page.status_code for page in pages] == [200] * 6
+    for page in pages:
+        assert WEBHOOK_TOKEN not in page.content.decode()
+        assert "93.184.215.14" not in page.content.decode()
+    assert changed.json()["has_webhook"] is True
+    history = " ".join(e.change_message + e.object_repr for e in LogEntry.objects.all())
+    assert WEBHOOK_TOKEN not in history
+    assert "Webhook url" in history
+
+
+@pytest.mark.parametrize(
+    "webhook_url",
+    [
+        f"ftp://93.184.215.14/{WEBHOOK_TOKEN}",
+        f"http://10.0.0.5/hooks/{WEBHOOK_TOKEN}",
+        f"https://user:{WEBHOOK_TOKEN}@93.184.215.14/hook",
+    ],
+    ids=["scheme", "private", "credentials"],
+)
+def test_budget_validation_errors_do_not_echo_webhook_url(admin_api, webhook_url):
+    response = admin_api.post(
+        BUDGETS, {"name": "cap", "limit_usd": "10", "webhook_url": webhook_url}
+    )
+
+    assert response.status_code == 400
+    assert list(response.json()["error"]["fields"]) == ["webhook_url"]
+    assert WEBHOOK_TOKEN not in response.content.decode()
+
+
+def test_alerts_show_webhook_deliveries_by_host_only(admin_api, tenant):
+    budget = BudgetFactory(tenant=tenant, webhook_url=WEBHOOK)
+    alert = CostAlertFactory(tenant=tenant, budget=budget)
+    AlertDeliveryFactory(
+        alert=alert, channel="webhook", target=WEBHOOK, target_label=webhook_label(WEBHOOK)
+    )
+
+    response = admin_api.get("/api/v1/alerts/")
+
+    assert response.status_code == 200
+    [delivery] = response.json()["results"][0]["deliveries"]
+    assert delivery["target_label"] == "https://93.184.215.14/…"
+    assert WEBHOOK_TOKEN not in response.content.decode()

@@ -1,1 +1,1 @@
-"""The HTTP API of call logs (and, as it grows, of usage, budgets and alerts)."""
+"""The HTTP API of call logs, usage reports, budgets and cost alerts."""

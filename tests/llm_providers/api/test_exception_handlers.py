@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import uuid
+from decimal import Decimal
+
 import pytest
 from django.core.exceptions import ValidationError
 from django.http import Http404
@@ -14,8 +17,12 @@ from llm_providers.adapters.errors import (
     UpstreamUnavailable,
 )
 from llm_providers.api.exception_handlers import api_exception_handler
+from llm_providers.chat_input import InvalidRequest
 from llm_providers.exceptions import ApplicationError
 from overrides.routing import NoRouteError
+from tests.factories import BudgetFactory, TenantFactory
+from usage.budget import BudgetExceeded as RealBudgetExceeded
+from usage.budget import BudgetUnavailable, budget_reserve
 
 
 class BudgetExceeded(ApplicationError):
@@ -159,3 +166,50 @@ def test_unexpected_error_answers_500_without_details(caplog):
     assert response.data["error"]["code"] == "server_error"
     assert "hunter2" not in str(response.data)
     assert "Unexpected error in the API" in caplog.text
+
+
+def test_invalid_request_answers_validation_error_naming_its_field():
+    response = _handle(InvalidRequest("messages[0].role", "messages[0].role must be one of …"))
+
+    assert response.status_code == 400
+    assert response.data["error"] == {
+        "code": "validation_error",
+        "message": "messages[0].role must be one of …",
+        "fields": {"messages[0].role": ["messages[0].role must be one of …"]},
+        "extra": {"field": "messages[0].role"},
+    }
+
+
+def test_upstream_rate_limit_without_hint_answers_retry_after_one_second():
+    response = _handle(ProviderRateLimited("Upstream 429.", retry_after=None))
+
+    assert (response.status_code, response["Retry-After"]) == (429, "1")
+    assert response.data["error"]["extra"] == {"retry_after_seconds": 1}
+
+
+@pytest.mark.django_db
+def test_real_budget_refusal_answers_429_budget_exceeded_with_retry_after():
+    tenant = TenantFactory()
+    BudgetFactory(tenant=tenant, name="daily-cap", action="block", period="daily",
+                  limit_usd=Decimal("0.0001"))  # fmt: skip
+    with pytest.raises(RealBudgetExceeded) as raised:
+        budget_reserve(
+            tenant=tenant, provider_config_id=None, service_name="", customer_id="",
+            amount_usd=Decimal("0.01"), request_id=uuid.uuid4(),
+        )  # fmt: skip
+
+    response = _handle(raised.value)
+
+    assert response.status_code == 429
+    error = response.data["error"]
+    assert (error["code"], error["extra"]["budget_name"]) == ("budget_exceeded", "daily-cap")
+    seconds = error["extra"]["retry_after_seconds"]
+    assert response["Retry-After"] == str(seconds)
+    assert 1 <= seconds <= 86400
+
+
+def test_budget_counters_unavailable_answers_503():
+    response = _handle(BudgetUnavailable("Budget counters are unavailable (timeout)."))
+
+    assert response.status_code == 503
+    assert response.data["error"]["code"] == "budget_unavailable"

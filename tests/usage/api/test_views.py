@@ -1,14 +1,28 @@
-"""Call log endpoints: filters, cursor pagination newest first, exact costs."""
+"""Usage endpoints: call logs (filters, cursors, exact costs), usage reports (exact sums,
+tenant-local days, ranges, limits, zero-filled days), budgets and alerts."""
 
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from django.contrib.admin.models import ADDITION, DELETION, LogEntry
+from django.utils import timezone
 
-from tests.factories import CallLogFactory, ProviderConfigFactory
+from llm_providers.config_cache import config_version
+from tests.factories import (
+    AlertDeliveryFactory,
+    BudgetFactory,
+    CallLogFactory,
+    CostAlertFactory,
+    DailyUsageFactory,
+    ProviderConfigFactory,
+)
+from usage.aggregation import daily_usage_recompute
+from usage.models import Budget
+from usage.periods import local_date, zone
 
 pytestmark = pytest.mark.django_db
 
@@ -163,3 +177,672 @@ def test_call_retrieve_answers_one_call(service_api, tenant):
         "error",
         "provider_timeout",
     )
+
+
+# --- usage reports -------------------------------------------------------------
+
+USAGE = "/api/v1/usage/"
+
+
+def _today(tenant) -> date:
+    return local_date(timezone.now(), zone(tenant.timezone))
+
+
+def _usage_row(tenant, day, **fields):
+    fields.setdefault("provider_config", None)
+    if fields["provider_config"] is None:
+        fields.setdefault("provider_type", "fake")
+    return DailyUsageFactory(tenant=tenant, day=day, **fields)
+
+
+@pytest.fixture
+def config(tenant):
+    return ProviderConfigFactory(tenant=tenant, name="fake-main")
+
+
+def test_usage_summary_sums_rows_of_the_window_exactly(service_api, tenant, config):
+    today = _today(tenant)
+    _usage_row(
+        tenant, today, provider_config=config, request_count=10, error_count=2,
+        blocked_count=1, cached_count=3, input_tokens=1000, output_tokens=500,
+        cache_read_tokens=200, cache_write_tokens=50, reasoning_tokens=40,
+        cost_usd=Decimal("0.001234567891"), latency_ms_sum=1200,
+    )  # fmt: skip
+    _usage_row(
+        tenant, today - timedelta(days=29), provider_config=config, model="fake-large",
+        request_count=5, input_tokens=10, output_tokens=20, cost_usd=Decimal("0.000000000009"),
+        latency_ms_sum=300,
+    )  # fmt: skip
+    _usage_row(tenant, today - timedelta(days=30), provider_config=config, request_count=99)
+    DailyUsageFactory(day=today, request_count=77)  # another tenant
+
+    response = service_api.get(f"{USAGE}summary/")
+
+    assert response.status_code == 200
+    body = response.json()
+    assert (body["start"], body["end"], body["timezone"]) == (
+        str(today - timedelta(days=29)),
+        str(today),
+        "UTC",
+    )
+    assert body["totals"] == {
+        "requests": 15,
+        "errors": 2,
+        "blocked": 1,
+        "cached": 3,
+        "unpriced_requests": 0,
+        "input_tokens": 1010,
+        "output_tokens": 520,
+        "cache_read_tokens": 200,
+        "cache_write_tokens": 50,
+        "reasoning_tokens": 40,
+        "cost_usd": "0.001234567900",
+        "average_latency_ms": 100,
+    }
+
+
+def test_usage_summary_matches_aggregated_call_logs(admin_api, tenant, config):
+    now = timezone.now()
+    for status, cost, source in (
+        ("ok", Decimal("0.000125000000"), "override"),
+        ("ok", Decimal("0.000375000001"), "override"),
+        ("error", None, ""),
+        ("cached", Decimal("0"), "none"),
+        ("ok", None, "unknown"),
+    ):
+        CallLogFactory(
+            tenant=tenant, provider_config=config, status=status, cost_usd=cost,
+            price_source=source, created_at=now,
+        )  # fmt: skip
+    today = _today(tenant)
+    daily_usage_recompute(first_day=today, last_day=today, tenant=tenant, now=now)
+
+    totals = admin_api.get(f"{USAGE}summary/", {"days": 1}).json()["totals"]
+
+    assert (totals["requests"], totals["errors"], totals["cached"]) == (5, 1, 1)
+    assert totals["unpriced_requests"] == 1
+    assert totals["cost_usd"] == "0.000500000001"
+    assert (totals["input_tokens"], totals["output_tokens"]) == (500, 250)
+
+
+def test_usage_cost_is_null_when_all_usage_is_unpriced(admin_api, tenant, config):
+    today = _today(tenant)
+    _usage_row(tenant, today, provider_config=config, model="mystery", request_count=4,
+               unpriced_count=4, cost_usd=Decimal(0))  # fmt: skip
+    _usage_row(tenant, today, provider_config=config, model="fake-small", request_count=2,
+               cost_usd=Decimal("0.5"))  # fmt: skip
+
+    body = admin_api.get(f"{USAGE}by-model/").json()
+
+    assert [(g["model"], g["cost_usd"], g["unpriced_requests"]) for g in body["groups"]] == [
+        ("fake-small", "0.500000000000", 0),
+        ("mystery", None, 4),
+    ]
+    assert (body["totals"]["cost_usd"], body["totals"]["unpriced_requests"]) == (
+        "0.500000000000",
+        4,
+    )
+
+
+def test_usage_days_are_the_tenants_local_days_ending_today(viewer_api, tenant, config):
+    tenant.timezone = "Pacific/Kiritimati"  # UTC+14: its today is often UTC's tomorrow
+    tenant.save()
+    today = _today(tenant)
+    for offset, requests in ((0, 1), (6, 2), (7, 4)):
+        _usage_row(tenant, today - timedelta(days=offset), provider_config=config,
+                   request_count=requests)  # fmt: skip
+
+    body = viewer_api.get(f"{USAGE}summary/", {"days": 7}).json()
+
+    assert (body["start"], body["end"]) == (str(today - timedelta(days=6)), str(today))
+    assert body["timezone"] == "Pacific/Kiritimati"
+    assert body["totals"]["requests"] == 3
+
+
+def test_usage_counts_a_call_on_its_local_day_of_the_tenants_zone(admin_api, tenant, config):
+    tenant.timezone = "Europe/Paris"
+    tenant.save()
+    # 23:30 UTC on March 1st is 00:30 on March 2nd in Paris.
+    late = datetime(2026, 3, 1, 23, 30, tzinfo=UTC)
+    CallLogFactory(tenant=tenant, provider_config=config, created_at=late)
+    daily_usage_recompute(
+        first_day=date(2026, 3, 1), last_day=date(2026, 3, 2), tenant=tenant, now=late
+    )
+
+    body = admin_api.get(f"{USAGE}daily/", {"start": "2026-03-01", "end": "2026-03-02"}).json()
+
+    assert [(d["day"], d["requests"]) for d in body["days"]] == [
+        ("2026-03-01", 0),
+        ("2026-03-02", 1),
+    ]
+
+
+def test_usage_daily_lists_every_day_with_zeros_where_no_usage(admin_api, tenant, config):
+    first = date(2026, 2, 27)
+    _usage_row(tenant, first, provider_config=config, request_count=3, cost_usd=Decimal("0.3"))
+    _usage_row(tenant, first + timedelta(days=2), provider_config=config, request_count=1,
+               cost_usd=Decimal("0.1"), service_name="chat")  # fmt: skip
+    _usage_row(tenant, first + timedelta(days=2), provider_config=config, request_count=2,
+               cost_usd=Decimal("0.2"))  # fmt: skip
+
+    body = admin_api.get(f"{USAGE}daily/", {"start": "2026-02-27", "end": "2026-03-02"}).json()
+
+    assert [(d["day"], d["requests"], d["cost_usd"]) for d in body["days"]] == [
+        ("2026-02-27", 3, "0.300000000000"),
+        ("2026-02-28", 0, "0.000000000000"),
+        ("2026-03-01", 3, "0.300000000000"),
+        ("2026-03-02", 0, "0.000000000000"),
+    ]
+    assert body["days"][1] == {
+        "day": "2026-02-28",
+        "requests": 0,
+        "errors": 0,
+        "blocked": 0,
+        "cached": 0,
+        "unpriced_requests": 0,
+        "input_tokens": 0,
+        "output_tokens": 0,
+        "cache_read_tokens": 0,
+        "cache_write_tokens": 0,
+        "reasoning_tokens": 0,
+        "cost_usd": "0.000000000000",
+        "average_latency_ms": 0,
+    }
+    assert body["totals"]["cost_usd"] == "0.600000000000"
+
+
+def test_usage_by_provider_names_configs_most_expensive_first(admin_api, tenant, config):
+    today = _today(tenant)
+    cheap = ProviderConfigFactory(tenant=tenant, name="cheap")
+    _usage_row(tenant, today, provider_config=cheap, cost_usd=Decimal("0.01"), request_count=50)
+    _usage_row(tenant, today, provider_config=config, cost_usd=Decimal("0.02"), request_count=1)
+    _usage_row(tenant, today, provider_config=None, provider_type="openai",
+               cost_usd=Decimal("0.005"), request_count=2)  # fmt: skip
+
+    groups = admin_api.get(f"{USAGE}by-provider/").json()["groups"]
+
+    assert [
+        (g["provider_config"], g["provider_name"], g["provider_type"], g["cost_usd"])
+        for g in groups
+    ] == [
+        (str(config.pk), "fake-main", "fake", "0.020000000000"),
+        (str(cheap.pk), "cheap", "fake", "0.010000000000"),
+        (None, None, "openai", "0.005000000000"),
+    ]
+
+
+def test_usage_by_provider_shows_deleted_config_without_name(admin_api, tenant, config):
+    gone = ProviderConfigFactory(tenant=tenant, name="gone")
+    _usage_row(tenant, _today(tenant), provider_config=gone, request_count=3)
+    gone_id = gone.pk
+    gone.delete()
+
+    [group] = admin_api.get(f"{USAGE}by-provider/").json()["groups"]
+
+    assert (group["provider_config"], group["provider_name"], group["requests"]) == (
+        str(gone_id),
+        None,
+        3,
+    )
+
+
+def test_usage_by_service_sums_each_service_over_days_and_models(admin_api, tenant, config):
+    today = _today(tenant)
+    for day, model, service, cost in (
+        (today, "fake-small", "summarizer", "0.1"),
+        (today - timedelta(days=1), "fake-large", "summarizer", "0.2"),
+        (today, "fake-small", "chat", "0.25"),
+        (today, "fake-small", "", "0.01"),
+    ):
+        _usage_row(tenant, day, provider_config=config, model=model, service_name=service,
+                   cost_usd=Decimal(cost), request_count=1)  # fmt: skip
+
+    groups = admin_api.get(f"{USAGE}by-service/").json()["groups"]
+
+    assert [(g["service_name"], g["requests"], g["cost_usd"]) for g in groups] == [
+        ("summarizer", 2, "0.300000000000"),
+        ("chat", 1, "0.250000000000"),
+        ("", 1, "0.010000000000"),
+    ]
+
+
+def test_usage_by_customer_lists_limit_most_expensive_with_all_in_totals(admin_api, tenant, config):
+    today = _today(tenant)
+    for customer, cost in (("initech", "0.3"), ("acme", "0.5"), ("globex", "0.1")):
+        _usage_row(tenant, today, provider_config=config, customer_id=customer,
+                   cost_usd=Decimal(cost), request_count=1)  # fmt: skip
+
+    body = admin_api.get(f"{USAGE}by-customer/", {"limit": 2}).json()
+
+    assert [(g["customer_id"], g["cost_usd"]) for g in body["groups"]] == [
+        ("acme", "0.500000000000"),
+        ("initech", "0.300000000000"),
+    ]
+    assert body["has_more"] is True
+    assert (body["totals"]["requests"], body["totals"]["cost_usd"]) == (3, "0.900000000000")
+
+
+def test_usage_by_customer_has_no_more_when_all_listed(admin_api, tenant, config):
+    _usage_row(tenant, _today(tenant), provider_config=config, customer_id="acme")
+
+    body = admin_api.get(f"{USAGE}by-customer/").json()
+
+    assert ([g["customer_id"] for g in body["groups"]], body["has_more"]) == (["acme"], False)
+
+
+def test_usage_range_of_366_days_is_accepted(admin_api, tenant, config):
+    _usage_row(tenant, date(2024, 12, 31), provider_config=config, request_count=2)
+    _usage_row(tenant, date(2024, 1, 1), provider_config=config, request_count=1)
+
+    body = admin_api.get(f"{USAGE}daily/", {"start": "2024-01-01", "end": "2024-12-31"}).json()
+
+    assert len(body["days"]) == 366
+    assert body["totals"]["requests"] == 3
+
+
+def test_usage_start_without_end_runs_until_today(admin_api, tenant, config):
+    today = _today(tenant)
+
+    body = admin_api.get(f"{USAGE}summary/", {"start": str(today - timedelta(days=3))}).json()
+
+    assert (body["start"], body["end"]) == (str(today - timedelta(days=3)), str(today))
+
+
+@pytest.mark.parametrize(
+    ("query", "fields"),
+    [
+        ({"days": "0"}, {"days": ["Ensure this value is greater than or equal to 1."]}),
+        ({"days": "366"}, {"days": ["Ensure this value is less than or equal to 365."]}),
+        ({"days": "a week"}, {"days": ["A valid integer is required."]}),
+        (
+            {"start": "2026-03-10", "end": "2026-03-01"},
+            {"end": ["The last day (2026-03-01) is before the first day (2026-03-10)."]},
+        ),
+        (
+            {"start": "2025-01-01", "end": "2026-01-02"},
+            {"end": ["The range covers 367 days; at most 366 are allowed."]},
+        ),
+        (
+            {"end": "2026-03-01"},
+            {"start": ["Give the first day of the range too (start=YYYY-MM-DD)."]},
+        ),
+        (
+            {"days": "7", "start": "2026-03-01"},
+            {"days": ["Give either days or a start (and end) date, not both."]},
+        ),
+        (
+            {"start": "2026-02-30"},
+            {"start": ["Date has wrong format. Use one of these formats instead: YYYY-MM-DD."]},
+        ),
+    ],
+    ids=[
+        "zero",
+        "too-many",
+        "not-a-number",
+        "inverted",
+        "too-long",
+        "end-only",
+        "both",
+        "no-such-date",
+    ],  # fmt: skip
+)
+def test_usage_window_answers_400_naming_the_bad_parameter(admin_api, tenant, query, fields):
+    response = admin_api.get(f"{USAGE}summary/", query)
+
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["code"], error["fields"]) == ("validation_error", fields)
+
+
+@pytest.mark.parametrize(
+    ("limit", "message"),
+    [
+        ("0", "Ensure this value is greater than or equal to 1."),
+        ("1001", "Ensure this value is less than or equal to 1000."),
+    ],
+)
+def test_usage_by_customer_answers_400_when_limit_out_of_range(admin_api, tenant, limit, message):
+    response = admin_api.get(f"{USAGE}by-customer/", {"limit": limit})
+
+    assert response.status_code == 400
+    assert response.json()["error"]["fields"] == {"limit": [message]}
+
+
+def test_provider_usage_reports_totals_models_and_days_of_that_config(viewer_api, tenant, config):
+    other = ProviderConfigFactory(tenant=tenant, name="other")
+    today = _today(tenant)
+    _usage_row(tenant, today, provider_config=config, model="fake-large",
+               cost_usd=Decimal("0.4"), request_count=4)  # fmt: skip
+    _usage_row(tenant, today - timedelta(days=2), provider_config=config, model="fake-small",
+               cost_usd=Decimal("0.1"), request_count=1)  # fmt: skip
+    _usage_row(tenant, today, provider_config=other, cost_usd=Decimal("9"), request_count=9)
+
+    response = viewer_api.get(f"/api/v1/providers/{config.pk}/usage/", {"days": 3})
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["provider_config"] == {
+        "id": str(config.pk),
+        "name": "fake-main",
+        "provider_type": "fake",
+    }
+    assert (body["totals"]["requests"], body["totals"]["cost_usd"]) == (5, "0.500000000000")
+    assert [(m["model"], m["requests"]) for m in body["models"]] == [
+        ("fake-large", 4),
+        ("fake-small", 1),
+    ]
+    assert [d["requests"] for d in body["days"]] == [1, 0, 4]
+
+
+def test_provider_usage_answers_400_when_days_out_of_range(admin_api, tenant, config):
+    response = admin_api.get(f"/api/v1/providers/{config.pk}/usage/", {"days": 400})
+
+    assert response.status_code == 400
+    assert list(response.json()["error"]["fields"]) == ["days"]
+
+
+def test_provider_usage_answers_404_when_id_is_not_a_uuid(admin_api, tenant):
+    response = admin_api.get("/api/v1/providers/" + "-" * 36 + "/usage/")
+
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
+
+
+# --- budgets -------------------------------------------------------------------
+
+BUDGETS = "/api/v1/budgets/"
+WEBHOOK = "https://93.184.215.14/hooks/T0001/B0001/s3cr3t-webhook-token"
+
+
+def _history(instance) -> list[LogEntry]:
+    return list(LogEntry.objects.filter(object_id=str(instance.pk)).order_by("id"))
+
+
+def test_budget_create_stores_budget_and_hides_webhook(admin_api, tenant, config):
+    response = admin_api.post(
+        BUDGETS,
+        {
+            "name": "monthly-cap",
+            "limit_usd": "250.50",
+            "action": "block",
+            "provider_config": str(config.pk),
+            "customer_id": "acme-corp",
+            "alert_percentages": [80, 100],
+            "alert_emails": ["finance@example.com", "ops@example.com"],
+            "webhook_url": WEBHOOK,
+        },
+    )
+
+    assert response.status_code == 201, response.content
+    body = response.json()
+    budget = Budget.objects.get(tenant=tenant, name="monthly-cap")
+    assert body == {
+        "id": budget.pk,
+        "name": "monthly-cap",
+        "is_active": True,
+        "period": "monthly",
+        "limit_usd": "250.5000",
+        "action": "block",
+        "provider_config": str(config.pk),
+        "service_name": "",
+        "customer_id": "acme-corp",
+        "alert_percentages": [80, 100],
+        "alert_emails": ["finance@example.com", "ops@example.com"],
+        "has_webhook": True,
+        "created_at": body["created_at"],
+        "updated_at": body["updated_at"],
+    }
+    assert (budget.limit_usd, budget.webhook_url) == (Decimal("250.5"), WEBHOOK)
+    assert budget.alert_emails == "finance@example.com, ops@example.com"
+    assert [e.action_flag for e in _history(budget)] == [ADDITION]
+
+
+def test_budget_create_applies_defaults(admin_api, tenant):
+    response = admin_api.post(BUDGETS, {"name": "cap", "limit_usd": 10})
+
+    assert response.status_code == 201
+    body = response.json()
+    assert (body["period"], body["action"], body["provider_config"]) == ("monthly", "alert", None)
+    assert (body["alert_percentages"], body["alert_emails"], body["has_webhook"]) == (
+        [50, 80, 100],
+        [],
+        False,
+    )
+
+
+def test_budget_create_refuses_private_webhook_url(admin_api, tenant):
+    response = admin_api.post(
+        BUDGETS, {"name": "cap", "limit_usd": "10", "webhook_url": "http://10.0.0.5/hook"}
+    )
+
+    assert response.status_code == 400
+    assert response.json()["error"]["fields"] == {
+        "webhook_url": [
+            "The webhook URL points at a private address (10.0.0.5); webhook URLs must be "
+            "public unless PROVIDER_ALLOW_PRIVATE_URLS is on."
+        ]
+    }
+    assert not Budget.objects.exists()
+
+
+def test_budget_create_refuses_duplicate_name(admin_api, tenant):
+    BudgetFactory(tenant=tenant, name="cap")
+
+    response = admin_api.post(BUDGETS, {"name": "cap", "limit_usd": "10"})
+
+    assert response.status_code == 400
+    assert response.json()["error"]["fields"] == {
+        "name": ["A budget named “cap” already exists in this tenant."]
+    }
+
+
+def test_budget_create_allows_a_name_used_by_another_tenant(admin_api, tenant, other_tenant):
+    BudgetFactory(tenant=other_tenant, name="cap")
+
+    response = admin_api.post(BUDGETS, {"name": "cap", "limit_usd": "10"})
+
+    assert response.status_code == 201
+    assert Budget.objects.filter(name="cap").count() == 2
+
+
+@pytest.mark.parametrize(
+    ("body", "fields"),
+    [
+        (
+            {"limit_usd": "0"},
+            {"limit_usd": ["Ensure this value is greater than or equal to 0.0001."]},
+        ),
+        (
+            {"limit_usd": "1.00001"},
+            {"limit_usd": ["Ensure that there are no more than 4 decimal places."]},
+        ),
+        (
+            {"alert_percentages": [50, 50]},
+            {"alert_percentages": ["Each alert percentage may appear only once."]},
+        ),
+        (
+            {"alert_percentages": [0]},
+            {"alert_percentages": {"0": ["Ensure this value is greater than or equal to 1."]}},
+        ),
+        (
+            {"alert_emails": ["not-an-address"]},
+            {"alert_emails": {"0": ["Enter a valid email address."]}},
+        ),
+        ({"period": "weekly"}, {"period": ['"weekly" is not a valid choice.']}),
+        (
+            {"webhook_url": "ftp://example.com/x"},
+            {"webhook_url": ["The webhook URL must start with http:// or https://."]},
+        ),
+    ],
+    ids=[
+        "zero-limit",
+        "too-precise",
+        "repeated-percent",
+        "zero-percent",
+        "bad-email",
+        "bad-period",
+        "bad-scheme",
+    ],  # fmt: skip
+)
+def test_budget_create_answers_400_naming_the_bad_field(admin_api, tenant, body, fields):
+    response = admin_api.post(BUDGETS, {"name": "cap", "limit_usd": "10", **body})
+
+    assert response.status_code == 400
+    assert response.json()["error"]["fields"] == fields
+    assert not Budget.objects.exists()
+
+
+def test_budget_update_keeps_webhook_when_omitted(admin_api, tenant):
+    budget = BudgetFactory(tenant=tenant, name="cap", webhook_url=WEBHOOK)
+
+    response = admin_api.patch(f"{BUDGETS}{budget.pk}/", {"limit_usd": "12.5"})
+
+    assert response.status_code == 200
+    budget.refresh_from_db()
+    assert (budget.limit_usd, budget.webhook_url) == (Decimal("12.5"), WEBHOOK)
+    assert response.json()["has_webhook"] is True
+    [entry] = _history(budget)
+    assert entry.get_change_message() == "Changed Limit usd."
+
+
+@pytest.mark.parametrize("cleared", [None, ""])
+def test_budget_update_removes_webhook_when_null_or_empty(admin_api, tenant, cleared):
+    budget = BudgetFactory(tenant=tenant, name="cap", webhook_url=WEBHOOK)
+
+    response = admin_api.patch(f"{BUDGETS}{budget.pk}/", {"webhook_url": cleared})
+
+    assert response.status_code == 200
+    budget.refresh_from_db()
+    assert (budget.webhook_url, response.json()["has_webhook"]) == (None, False)
+    [entry] = _history(budget)
+    assert entry.get_change_message() == "Changed Webhook url."
+    assert "s3cr3t" not in entry.change_message
+
+
+def test_budget_replace_resets_omitted_fields_but_keeps_webhook(admin_api, tenant, config):
+    budget = BudgetFactory(
+        tenant=tenant, name="cap", provider_config=config, customer_id="acme",
+        action="block", webhook_url=WEBHOOK,
+    )  # fmt: skip
+
+    response = admin_api.put(f"{BUDGETS}{budget.pk}/", {"name": "cap", "limit_usd": "3"})
+
+    assert response.status_code == 200
+    budget.refresh_from_db()
+    assert (budget.provider_config, budget.customer_id, budget.action) == (None, "", "alert")
+    assert budget.webhook_url == WEBHOOK
+
+
+def test_budget_update_refuses_other_tenants_provider_config(admin_api, tenant, other_tenant):
+    budget = BudgetFactory(tenant=tenant, name="cap")
+    foreign = ProviderConfigFactory(tenant=other_tenant)
+
+    response = admin_api.patch(f"{BUDGETS}{budget.pk}/", {"provider_config": str(foreign.pk)})
+
+    assert response.status_code == 400
+    assert response.json()["error"]["fields"] == {
+        "provider_config": [f'Invalid pk "{foreign.pk}" - object does not exist.']
+    }
+    budget.refresh_from_db()
+    assert budget.provider_config is None
+
+
+def test_budget_delete_keeps_its_alerts(admin_api, tenant):
+    budget = BudgetFactory(tenant=tenant, name="cap")
+    alert = CostAlertFactory(tenant=tenant, budget=budget)
+
+    response = admin_api.delete(f"{BUDGETS}{budget.pk}/")
+
+    assert response.status_code == 204
+    assert not Budget.objects.filter(pk=budget.pk).exists()
+    alert.refresh_from_db()
+    assert alert.budget is None
+    assert LogEntry.objects.get(object_id=str(budget.pk)).action_flag == DELETION
+
+
+def test_budget_list_shows_own_budgets_by_name(service_api, tenant, other_tenant):
+    BudgetFactory(tenant=tenant, name="b-cap")
+    BudgetFactory(tenant=tenant, name="a-cap")
+    BudgetFactory(tenant=other_tenant, name="foreign")
+
+    response = service_api.get(BUDGETS)
+
+    assert response.status_code == 200
+    assert [b["name"] for b in response.json()["results"]] == ["a-cap", "b-cap"]
+
+
+def test_budget_change_refreshes_the_tenants_config_version(admin_api, tenant):
+    budget = BudgetFactory(tenant=tenant, name="cap")
+    before = config_version(tenant.pk)
+
+    admin_api.patch(f"{BUDGETS}{budget.pk}/", {"action": "block"})
+
+    assert config_version(tenant.pk) != before
+
+
+# --- alerts --------------------------------------------------------------------
+
+ALERTS = "/api/v1/alerts/"
+
+
+def test_alert_list_shows_newest_first_with_deliveries(viewer_api, tenant):
+    budget = BudgetFactory(tenant=tenant, name="cap")
+    older = CostAlertFactory(tenant=tenant, budget=budget, percent=50,
+                             created_at=NOON - timedelta(hours=1))  # fmt: skip
+    newer = CostAlertFactory(tenant=tenant, budget=budget, percent=80, created_at=NOON,
+                             spend_usd=Decimal("8.123456789012"))  # fmt: skip
+    AlertDeliveryFactory(alert=newer, attempts=2, last_error="smtp: connection refused")
+    AlertDeliveryFactory(
+        alert=newer, channel="webhook", target=WEBHOOK, target_label="https://93.184.215.14/…",
+        delivered_at=NOON,
+    )  # fmt: skip
+
+    response = viewer_api.get(ALERTS)
+
+    assert response.status_code == 200
+    results = response.json()["results"]
+    assert [a["id"] for a in results] == [newer.pk, older.pk]
+    first = results[0]
+    assert (first["kind"], first["budget"], first["percent"]) == ("budget", budget.pk, 80)
+    assert (first["spend_usd"], first["limit_usd"]) == ("8.123456789012", "10.0000")
+    assert [(d["channel"], d["state"], d["target_label"]) for d in first["deliveries"]] == [
+        ("email", "retrying", "finance@example.com"),
+        ("webhook", "delivered", "https://93.184.215.14/…"),
+    ]
+    assert "s3cr3t" not in response.content.decode()
+
+
+def test_alert_list_filters_by_kind_and_budget(admin_api, tenant):
+    budget = BudgetFactory(tenant=tenant, name="cap")
+    wanted = CostAlertFactory(tenant=tenant, budget=budget)
+    CostAlertFactory(tenant=tenant)
+    CostAlertFactory(tenant=tenant, kind="unpriced", budget=None, subject_key="model:x")
+
+    by_budget = admin_api.get(ALERTS, {"budget": budget.pk})
+    by_kind = admin_api.get(ALERTS, {"kind": "unpriced"})
+
+    assert [a["id"] for a in by_budget.json()["results"]] == [wanted.pk]
+    assert [a["kind"] for a in by_kind.json()["results"]] == ["unpriced"]
+
+
+def test_alert_list_answers_400_when_kind_unknown(admin_api, tenant):
+    response = admin_api.get(ALERTS, {"kind": "panic"})
+
+    assert response.status_code == 400
+    assert response.json()["error"]["fields"] == {"kind": ['"panic" is not a valid choice.']}
+
+
+def test_usage_by_customer_answers_zeros_when_no_usage(admin_api, tenant):
+    body = admin_api.get(f"{USAGE}by-customer/", {"limit": 1}).json()
+
+    assert (body["groups"], body["has_more"]) == ([], False)
+    assert (body["totals"]["requests"], body["totals"]["cost_usd"]) == (0, "0.000000000000")
+
+
+def test_usage_by_customer_has_no_more_when_exactly_limit_listed(admin_api, tenant, config):
+    for customer in ("acme", "initech"):
+        _usage_row(tenant, _today(tenant), provider_config=config, customer_id=customer)
+
+    body = admin_api.get(f"{USAGE}by-customer/", {"limit": 2}).json()
+
+    assert (len(body["groups"]), body["has_more"], body["totals"]["requests"]) == (2, False, 20)

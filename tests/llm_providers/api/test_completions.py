@@ -1,0 +1,540 @@
+"""POST /completions and /embeddings end to end over HTTP: the Fake provider and the loopback
+OpenAI upstream through the official SDK, JSON and server-sent events, the call log row of
+every call (cost to the micro-dollar), and each error code mapped to its HTTP answer."""
+
+from __future__ import annotations
+
+import io
+import json
+from decimal import Decimal
+from wsgiref.util import setup_testing_defaults
+
+import pytest
+from django.core.signals import request_finished, request_started
+from django.core.wsgi import get_wsgi_application
+from django.db import close_old_connections
+
+from llm_providers.services import provider_config_create
+from tests.factories import (
+    BudgetFactory,
+    ModelPriceFactory,
+    ProviderConfigFactory,
+    RoutingOverrideFactory,
+)
+from usage.models import CallLog
+
+pytestmark = pytest.mark.django_db
+
+COMPLETIONS = "/api/v1/completions/"
+EMBEDDINGS = "/api/v1/embeddings/"
+HELLO = [{"role": "user", "content": "hi"}]
+# The Fake provider counts "hi" as 8 input tokens and answers "Echo: hi" (3 tokens);
+# at $1 / $2 per million input / output tokens that is 8 + 6 = 14 micro-dollars.
+HELLO_COST = "0.000014000000"
+TOOL = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}
+OPENAI_KEY = "sk-proj-Hq7Lm2Np9Rs4Tv6Wx8Yz1Ab3Cd5Ef7Gh"
+# OpenAI gpt-4o: $2.50 input, $1.25 cached input, $10 output per million.
+# 1,200 prompt tokens of which 1,000 cached, 300 completion tokens of which 200
+# reasoning: 200 x 2.50 + 1,000 x 1.25 + 300 x 10 = 4,750 per million.
+OPENAI_GOLDEN = Decimal("0.00475")
+OPENAI_USAGE = {
+    "model": "gpt-4o-2024-08-06",
+    "prompt_tokens": 1200,
+    "cached_tokens": 1000,
+    "completion_tokens": 300,
+    "reasoning_tokens": 200,
+}
+
+
+@pytest.fixture
+def fake(tenant):
+    ModelPriceFactory(model="fake-small", input_per_mtok="1", output_per_mtok="2")
+    return ProviderConfigFactory(tenant=tenant, name="fake-main", is_default=True)
+
+
+@pytest.fixture
+def openai(tenant, allow_private_urls, openai_upstream):
+    return provider_config_create(
+        tenant=tenant,
+        name="openai",
+        provider_type="openai",
+        api_key=OPENAI_KEY,
+        base_url=openai_upstream.base_url,
+        default_model="gpt-4o",
+        is_default=True,
+    )
+
+
+def _events(response) -> list[tuple[str, dict]]:
+    """Parse a text/event-stream body: blank-line separated blocks of `event:` and `data:`."""
+    assert response["Content-Type"] == "text/event-stream"
+    text = b"".join(response.streaming_content).decode("ascii")
+    assert text.endswith("\n\n")
+    events = []
+    for block in text.removesuffix("\n\n").split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.split("\n"))
+        assert sorted(fields) == ["data", "event"], block
+        events.append((fields["event"], json.loads(fields["data"])))
+    return events
+
+
+def _log(request_id) -> CallLog:
+    [log] = CallLog.objects.filter(request_id=request_id)
+    return log
+
+
+# --- JSON ------------------------------------------------------------------------
+
+
+def test_completion_answers_json_priced_from_openai_upstream(service_api, openai, openai_upstream):
+    openai_upstream.enqueue_chat("Hi", **OPENAI_USAGE)
+
+    response = service_api.post(
+        COMPLETIONS,
+        {"messages": HELLO, "customer_id": "acme-corp", "service_name": "summarizer",
+         "max_tokens": 400, "temperature": 0.2, "top_p": 0.9, "stop": ["END"]},
+    )  # fmt: skip
+
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert body["content"] == "Hi"
+    assert body["usage"] == {
+        "input_tokens": 1200,
+        "output_tokens": 300,
+        "cache_read_tokens": 1000,
+        "cache_write_tokens": 0,
+        "reasoning_tokens": 200,
+    }
+    assert (body["cost_usd"], body["price_source"]) == ("0.004750000000", "genai_prices")
+    assert (body["provider"], body["provider_config"], body["provider_type"]) == (
+        "openai",
+        str(openai.pk),
+        "openai",
+    )
+    assert (body["model"], body["cached"], body["finish_reason"]) == (
+        "gpt-4o-2024-08-06",
+        False,
+        "stop",
+    )
+    assert response["X-Request-Id"] == body["request_id"]
+    log = _log(body["request_id"])
+    assert (log.cost_usd, log.status, log.streamed) == (OPENAI_GOLDEN, "ok", False)
+    assert (log.customer_id, log.service_name, log.model_answered) == (
+        "acme-corp",
+        "summarizer",
+        "gpt-4o-2024-08-06",
+    )
+    sent = openai_upstream.requests[0].json
+    assert (sent["model"], sent["max_completion_tokens"], sent["stop"]) == ("gpt-4o", 400, ["END"])
+    assert (sent["temperature"], sent["top_p"]) == (0.2, 0.9)
+
+
+def test_completion_answers_json_priced_from_fake_provider(admin_api, fake):
+    response = admin_api.post(COMPLETIONS, {"messages": HELLO})
+
+    assert response.status_code == 200
+    body = response.json()
+    assert (body["content"], body["cost_usd"], body["provider"]) == (
+        "Echo: hi",
+        HELLO_COST,
+        "fake-main",
+    )
+    assert (body["usage"]["input_tokens"], body["usage"]["output_tokens"]) == (8, 3)
+    assert (body["route_rule"], body["attempts"], body["tool_calls"]) == ("default", 1, [])
+    assert _log(body["request_id"]).cost_usd == Decimal(HELLO_COST)
+
+
+def test_completion_returns_tool_calls(service_api, fake):
+    response = service_api.post(COMPLETIONS, {"messages": HELLO, "tools": [TOOL]})
+
+    body = response.json()
+    assert (body["content"], body["finish_reason"]) == ("", "tool_calls")
+    [call] = body["tool_calls"]
+    assert (call["name"], call["arguments"]) == ("lookup", '{"input": "fake"}')
+
+
+def test_completion_answers_one_json_object_in_json_mode(service_api, fake):
+    response = service_api.post(COMPLETIONS, {"messages": HELLO, "json_mode": True})
+
+    assert json.loads(response.json()["content"]) == {"echo": "hi"}
+
+
+def test_completion_uses_the_customers_override(service_api, tenant, fake):
+    special = ProviderConfigFactory(tenant=tenant, name="special", default_model="fake-large")
+    RoutingOverrideFactory(tenant=tenant, customer_id="vip", provider_config=special)
+
+    response = service_api.post(COMPLETIONS, {"messages": HELLO, "customer_id": "vip"})
+
+    body = response.json()
+    assert (body["provider"], body["model"], body["route_rule"]) == (
+        "special",
+        "fake-large",
+        "customer",
+    )
+
+
+def test_completion_accepts_json_when_client_asks_for_event_stream(service_api, fake):
+    response = service_api.post(COMPLETIONS, {"messages": HELLO}, HTTP_ACCEPT="text/event-stream")
+
+    assert (response.status_code, response["Content-Type"]) == (200, "application/json")
+    assert response.json()["content"] == "Echo: hi"
+
+
+# --- server-sent events ----------------------------------------------------------
+
+
+def test_completion_streams_events_priced_from_openai_upstream(
+    service_api, openai, openai_upstream
+):
+    openai_upstream.enqueue_chat_stream(["Hel", "lo", "!"], **OPENAI_USAGE)
+
+    response = service_api.post(COMPLETIONS, {"messages": HELLO, "stream": True})
+
+    assert response.status_code == 200
+    assert response["Cache-Control"] == "no-cache"
+    events = _events(response)
+    assert events[:3] == [("chunk", {"text": "Hel"}), ("chunk", {"text": "lo"}),
+                          ("chunk", {"text": "!"})]  # fmt: skip
+    name, done = events[3]
+    assert (name, len(events)) == ("done", 4)
+    assert (done["cost_usd"], done["model"], done["provider"]) == (
+        "0.004750000000",
+        "gpt-4o-2024-08-06",
+        "openai",
+    )
+    assert done["usage"]["cache_read_tokens"] == 1000
+    assert (done["usage_estimated"], done["finish_reason"]) == (False, "stop")
+    assert "content" not in done
+    assert response["X-Request-Id"] == done["request_id"]
+    log = _log(done["request_id"])
+    assert (log.cost_usd, log.streamed, log.status) == (OPENAI_GOLDEN, True, "ok")
+    assert openai_upstream.requests[0].json["stream_options"] == {"include_usage": True}
+
+
+def test_completion_streams_fake_provider_text_then_done(admin_api, fake):
+    response = admin_api.post(COMPLETIONS, {"messages": HELLO, "stream": True})
+
+    events = _events(response)
+    texts = [data["text"] for name, data in events if name == "chunk"]
+    assert "".join(texts) == "Echo: hi"
+    assert len(texts) == 2
+    name, done = events[-1]
+    assert (name, done["cost_usd"], done["usage"]["output_tokens"]) == ("done", HELLO_COST, 3)
+    assert _log(done["request_id"]).cost_usd == Decimal(HELLO_COST)
+
+
+def test_completion_stream_broken_upstream_sends_error_event_then_done(
+    service_api, openai, openai_upstream
+):
+    openai_upstream.enqueue_chat_stream(["alpha ", "beta ", "gamma"], break_after=3)
+
+    response = service_api.post(COMPLETIONS, {"messages": HELLO, "stream": True})
+
+    assert response.status_code == 200
+    events = _events(response)
+    assert [name for name, _ in events] == ["chunk", "chunk", "error", "done"]
+    error = events[2][1]["error"]
+    assert (error["code"], sorted(error)) == (
+        "upstream_unavailable",
+        ["code", "extra", "fields", "message"],
+    )
+    done = events[3][1]
+    assert (done["usage_estimated"], done["finish_reason"]) == (True, "error")
+    log = _log(done["request_id"])
+    assert (log.status, log.error_code, log.usage_estimated) == (
+        "error",
+        "upstream_unavailable",
+        True,
+    )
+    # "alpha beta " is 11 characters: 4 estimated output tokens.
+    assert (done["usage"]["output_tokens"], log.output_tokens) == (4, 4)
+    assert done["cost_usd"] == f"{log.cost_usd:.12f}"
+
+
+def test_completion_stream_failing_before_first_chunk_answers_json_error(admin_api, tenant):
+    ProviderConfigFactory(tenant=tenant, is_default=True, options={"failure": "timeout"})
+
+    response = admin_api.post(
+        COMPLETIONS, {"messages": HELLO, "stream": True}, HTTP_ACCEPT="text/event-stream"
+    )
+
+    assert (response.status_code, response["Content-Type"]) == (504, "application/json")
+    assert response.json()["error"]["code"] == "provider_timeout"
+
+
+def test_completion_stream_closed_by_client_records_what_was_sent(
+    service_key, openai, openai_upstream
+):
+    openai_upstream.enqueue_chat_stream(["one ", "two ", "three"], chunk_delay=0.05)
+    body = json.dumps({"messages": HELLO, "stream": True}).encode()
+    environ = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": COMPLETIONS,
+        "CONTENT_TYPE": "application/json",
+        "CONTENT_LENGTH": str(len(body)),
+        "HTTP_AUTHORIZATION": f"Api-Key {service_key.secret}",
+        "wsgi.input": io.BytesIO(body),
+    }
+    setup_testing_defaults(environ)
+    statuses = []
+
+    # As a WSGI server does: read the first event, then the client is gone and
+    # the server closes the response. Django closes "old" database connections
+    # when a request starts and ends; the test's own connection must stay.
+    request_started.disconnect(close_old_connections)
+    request_finished.disconnect(close_old_connections)
+    try:
+        events = get_wsgi_application()(environ, lambda status, headers: statuses.append(status))
+        first = next(iter(events))
+        events.close()
+    finally:
+        request_started.connect(close_old_connections)
+        request_finished.connect(close_old_connections)
+
+    assert statuses == ["200 OK"]
+    assert first == b'event: chunk\ndata: {"text":"one "}\n\n'
+    log = CallLog.objects.get()
+    assert (log.status, log.error_code, log.usage_estimated) == ("ok", "client_closed", True)
+    assert log.output_tokens == 2
+
+
+# --- errors ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("failure", "status", "code"),
+    [
+        ("timeout", 504, "provider_timeout"),
+        ("unavailable", 502, "upstream_unavailable"),
+        ("authentication", 502, "provider_authentication"),
+        ("bad_request", 400, "provider_bad_request"),
+        ("context_too_long", 400, "context_too_long"),
+        ("refused", 422, "content_refused"),
+    ],
+)
+def test_completion_maps_provider_failure_to_http(service_api, tenant, failure, status, code):
+    ProviderConfigFactory(tenant=tenant, is_default=True, options={"failure": failure})
+
+    response = service_api.post(COMPLETIONS, {"messages": HELLO})
+
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert error["code"] == code
+    assert error["message"]
+    assert CallLog.objects.filter(tenant=tenant, error_code=code).exists()
+
+
+def test_completion_maps_provider_rate_limit_to_429_with_retry_after(service_api, fake, settings):
+    settings.LLM_RETRY_ATTEMPTS = 1
+
+    response = service_api.post(
+        COMPLETIONS, {"messages": [{"role": "user", "content": "hi [fake:rate_limited]"}]}
+    )
+
+    assert (response.status_code, response["Retry-After"]) == (429, "1")
+    error = response.json()["error"]
+    assert (error["code"], error["extra"]["retry_after_seconds"]) == ("provider_rate_limited", 1)
+
+
+def test_completion_answers_429_rate_limited_beyond_the_configs_rpm(service_api, tenant):
+    ProviderConfigFactory(tenant=tenant, is_default=True, rpm_limit=1)
+
+    first = service_api.post(COMPLETIONS, {"messages": HELLO})
+    second = service_api.post(COMPLETIONS, {"messages": HELLO})
+
+    assert first.status_code == 200
+    assert second.status_code == 429
+    error = second.json()["error"]
+    assert error["code"] == "rate_limited"
+    assert second["Retry-After"] == str(error["extra"]["retry_after_seconds"])
+    assert int(second["Retry-After"]) >= 1
+    assert CallLog.objects.filter(status="blocked", error_code="rate_limited").count() == 1
+
+
+def test_completion_answers_429_budget_exceeded_under_a_blocking_budget(service_api, tenant, fake):
+    # Any call may cost more than $0.0001: the budget gate refuses it before the provider.
+    BudgetFactory(tenant=tenant, action="block", limit_usd=Decimal("0.0001"), period="daily")
+
+    response = service_api.post(COMPLETIONS, {"messages": HELLO, "max_tokens": 1000})
+
+    assert response.status_code == 429
+    error = response.json()["error"]
+    assert error["code"] == "budget_exceeded"
+    assert response["Retry-After"] == str(error["extra"]["retry_after_seconds"])
+    assert CallLog.objects.filter(status="blocked", error_code="budget_exceeded").count() == 1
+
+
+def test_completion_answers_422_when_no_route(service_api, tenant):
+    response = service_api.post(COMPLETIONS, {"messages": HELLO, "customer_id": "nobody"})
+
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert (error["code"], error["extra"]["customer_id"]) == ("no_route", "nobody")
+    assert not CallLog.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("body", "fields"),
+    [
+        ({}, {"messages": ["This field is required."]}),
+        ({"messages": []}, {"messages": ["This list may not be empty."]}),
+        (
+            {"messages": [{"role": "robot", "content": "hi"}]},
+            {
+                "messages[0].role": [
+                    "messages[0].role must be one of assistant, system, tool, user."
+                ]
+            },
+        ),
+        (
+            {"messages": [{"role": "system", "content": "be brief"}]},
+            {"messages": ["messages need at least one non-system message."]},
+        ),
+        (
+            {"messages": HELLO, "temperature": 3},
+            {"temperature": ["Ensure this value is less than or equal to 2."]},
+        ),
+        (
+            {"messages": HELLO, "max_tokens": 0},
+            {"max_tokens": ["Ensure this value is greater than or equal to 1."]},
+        ),
+        ({"messages": HELLO, "stop": ["a", "b", "c", "d", "e"]}, {"stop": ["At most 4 items."]}),
+        (
+            {"messages": HELLO, "tools": [TOOL, TOOL]},
+            {"tools[1]": ["Tool name “lookup” is used twice."]},
+        ),
+        (
+            {"messages": [{"role": "user", "content": "a\x00b"}]},
+            {"messages": ["Text must not contain NUL characters or unpaired surrogates."]},
+        ),
+    ],
+    ids=[
+        "no-messages",
+        "empty",
+        "bad-role",
+        "only-system",
+        "temperature",
+        "max-tokens",
+        "stops",
+        "tool",
+        "nul",
+    ],  # fmt: skip
+)
+def test_completion_answers_400_naming_the_bad_field(service_api, fake, body, fields):
+    response = service_api.post(COMPLETIONS, body)
+
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["code"], error["fields"]) == ("validation_error", fields)
+    assert not CallLog.objects.exists()
+
+
+def test_completion_answers_400_when_model_not_allowed(service_api, tenant):
+    ProviderConfigFactory(
+        tenant=tenant, name="strict", is_default=True, allowed_models=["fake-small"]
+    )
+
+    response = service_api.post(COMPLETIONS, {"messages": HELLO, "model": "fake-huge"})
+
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["fields"] == {
+        "model": [
+            "The model “fake-huge” is not allowed on provider config “strict”; allowed: fake-small."
+        ]
+    }
+    assert error["message"] == error["fields"]["model"][0]
+
+
+def test_completion_error_never_shows_the_provider_key(service_api, openai, openai_upstream):
+    openai_upstream.enqueue_invalid_key(OPENAI_KEY)
+
+    response = service_api.post(COMPLETIONS, {"messages": HELLO})
+
+    assert response.status_code == 502
+    body = response.content.decode()
+    assert response.json()["error"]["code"] == "provider_authentication"
+    secret = OPENAI_KEY.removeprefix("sk-proj-")
+    leaked = {secret[i : i + 6] for i in range(len(secret) - 5)} & {
+        body[i : i + 6] for i in range(len(body) - 5)
+    }
+    assert leaked == set()
+
+
+# --- embeddings ------------------------------------------------------------------
+
+
+def test_embedding_answers_vectors_usage_and_cost_from_fake(service_api, fake):
+    ModelPriceFactory(model="fake-embed", input_per_mtok="0.5", output_per_mtok="0")
+
+    response = service_api.post(
+        EMBEDDINGS,
+        {"inputs": ["alpha", "beta"], "model": "fake-embed", "service_name": "search"},
+    )
+
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert [len(vector) for vector in body["vectors"]] == [8, 8]
+    assert (body["model"], body["provider"], body["usage"]["input_tokens"]) == (
+        "fake-embed",
+        "fake-main",
+        4,
+    )
+    # 4 tokens at $0.50 per million.
+    assert body["cost_usd"] == "0.000002000000"
+    log = _log(body["request_id"])
+    assert (log.operation, log.service_name, log.cost_usd) == (
+        "embed",
+        "search",
+        Decimal("0.000002"),
+    )
+
+
+def test_embedding_answers_vectors_from_openai_upstream(service_api, openai, openai_upstream):
+    openai_upstream.enqueue_embeddings([[0.25, -0.5], [1.0, 0.0]], prompt_tokens=50_000)
+
+    response = service_api.post(
+        EMBEDDINGS, {"inputs": ["alpha", "beta"], "model": "text-embedding-3-small"}
+    )
+
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert body["vectors"] == [[0.25, -0.5], [1.0, 0.0]]
+    assert body["usage"]["input_tokens"] == 50_000
+    # text-embedding-3-small: $0.02 per million tokens.
+    assert body["cost_usd"] == "0.001000000000"
+    assert _log(body["request_id"]).cost_usd == Decimal("0.001")
+    assert openai_upstream.requests[0].json["input"] == ["alpha", "beta"]
+
+
+def test_embedding_accepts_one_text(service_api, fake):
+    response = service_api.post(EMBEDDINGS, {"inputs": "alpha", "model": "fake-embed"})
+
+    assert len(response.json()["vectors"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "fields"),
+    [
+        ({"inputs": ["a"]}, {"model": ["This field is required."]}),
+        ({"inputs": [1, 2], "model": "m"}, {"inputs": ["Must be a string or a list of strings."]}),
+        (
+            {"inputs": [], "model": "m"},
+            {"inputs": ["inputs must be a non-empty string or list of strings."]},
+        ),
+    ],
+    ids=["no-model", "numbers", "empty"],
+)
+def test_embedding_answers_400_naming_the_bad_field(service_api, fake, body, fields):
+    response = service_api.post(EMBEDDINGS, body)
+
+    assert response.status_code == 400
+    assert response.json()["error"]["fields"] == fields
+
+
+def test_embedding_maps_provider_timeout_to_504(service_api, tenant):
+    ProviderConfigFactory(tenant=tenant, is_default=True, options={"failure": "timeout"})
+
+    response = service_api.post(EMBEDDINGS, {"inputs": "alpha", "model": "fake-embed"})
+
+    assert (response.status_code, response.json()["error"]["code"]) == (504, "provider_timeout")

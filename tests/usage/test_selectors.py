@@ -1,0 +1,49 @@
+"""Usage report figures: unpriced usage is unknown cost, never $0."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from usage.selectors import usage_figures
+
+
+def _raw(**values) -> dict:
+    raw = {
+        "requests": 0,
+        "errors": 0,
+        "blocked": 0,
+        "cached": 0,
+        "unpriced_requests": 0,
+        "input_tokens": 0,
+        "output_tokens": 0,
+        "cache_read_tokens": 0,
+        "cache_write_tokens": 0,
+        "reasoning_tokens": 0,
+        "latency_ms_sum": 0,
+        "priced_cost_usd": Decimal(0),
+    }
+    return {**raw, **values}
+
+
+def test_figures_cost_is_none_when_only_unpriced_usage():
+    figures = usage_figures(_raw(requests=3, unpriced_requests=3))
+
+    assert (figures["cost_usd"], figures["unpriced_requests"]) == (None, 3)
+
+
+def test_figures_cost_counts_priced_part_when_some_unpriced():
+    figures = usage_figures(
+        _raw(requests=3, unpriced_requests=1, priced_cost_usd=Decimal("0.000001"))
+    )
+
+    assert (figures["cost_usd"], figures["unpriced_requests"]) == (Decimal("0.000001"), 1)
+
+
+def test_figures_cost_is_zero_when_nothing_happened():
+    assert usage_figures(_raw())["cost_usd"] == Decimal(0)
+
+
+def test_figures_average_latency_is_whole_milliseconds_per_request():
+    figures = usage_figures(_raw(requests=3, latency_ms_sum=1000))
+
+    assert (figures["average_latency_ms"], "latency_ms_sum" in figures) == (333, False)

@@ -118,8 +118,8 @@ def tools_validate(tools: Any) -> list[dict] | None:
         if not isinstance(name, str) or not name or tool.get("type") != "function":
             raise InvalidRequest(
                 f"tools[{index}]",
-                f"tools[{index}] must be {{'type': 'function', 'function': {{'name': ..., "
-                "'parameters': {...}}}}.",
+                f"tools[{index}] must be a function tool: "
+                '{"type": "function", "function": {"name": ..., "parameters": {...}}}.',
             )
         if name in names:
             raise InvalidRequest(f"tools[{index}]", f"Tool name “{name}” is used twice.")

@@ -502,9 +502,13 @@ def _cache_lookup(call: _Call, target: RouteTarget, started: float) -> Completio
 
 
 def _cache_store(call: _Call, target: RouteTarget, chat: ChatResult) -> None:
+    """Keep the answer for identical requests; nobody waits for it, so it is
+    stored after the call like the call log."""
     ttl = call.tenant.response_cache_ttl_seconds
     if ttl:
-        response_cache_set(
+        bookkeeping_submit(
+            response_cache_set,
+            label=f"response cache {call.request_id}",
             tenant_id=call.tenant.pk,
             provider_config_id=target.provider_config.pk,
             model=target.model,

@@ -518,7 +518,8 @@ class UsageDashboardAdmin(TenantScopedAdmin):
             )
             self.message_user(request, "Usage of the last 30 days is being recomputed.")
             return HttpResponseRedirect(request.path)
-        if settings.CELERY_TASK_ALWAYS_EAGER:
+        rolled_up_now = settings.CELERY_TASK_ALWAYS_EAGER
+        if rolled_up_now:
             # No worker and no beat (the embedded default): nothing rolls call
             # logs up on a schedule, so the page does it for this tenant's last
             # two days before showing them.
@@ -534,6 +535,7 @@ class UsageDashboardAdmin(TenantScopedAdmin):
             "dashboard": data,
             "tenant": tenant,
             "can_refresh": can_refresh,
+            "rolled_up_now": rolled_up_now,
             "total_cost": usd_format(data.total_cost),
             "daily_chart": daily_cost_chart(data.daily),
             "breakdowns": [

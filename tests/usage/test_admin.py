@@ -167,7 +167,9 @@ def test_dashboard_rolls_up_recent_call_logs_when_nothing_runs_on_a_schedule(cli
     # then today's call is in it
     assert response.status_code == 200
     assert DailyUsage.objects.get(tenant=tenant).cost_usd == Decimal("0.123400")
-    assert "$0.1234" in response.content.decode()
+    html = response.content.decode()
+    assert "$0.1234" in html
+    assert "Figures include every call until now" in html
 
 
 @pytest.mark.django_db

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from contextlib import suppress
 from urllib.parse import urlsplit
 
 from django.conf import settings
@@ -35,10 +36,8 @@ def _address_is_forbidden(address: ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 def _host_addresses(host: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
-    try:
+    with suppress(ValueError):
         return [ipaddress.ip_address(host)]
-    except ValueError:
-        pass
     try:
         infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
     except (socket.gaierror, UnicodeError) as exc:

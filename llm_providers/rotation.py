@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -90,11 +91,9 @@ def _fernets(column: EncryptedColumn) -> tuple[Fernet, MultiFernet]:
 
 def _token_state(token: str, newest: Fernet, every: MultiFernet) -> tuple[_State, str]:
     data = token.encode("utf-8")
-    try:
+    with suppress(InvalidToken):
         newest.decrypt(data)
         return _State.CURRENT, token
-    except InvalidToken:
-        pass
     try:
         return _State.ROTATED, every.rotate(data).decode("utf-8")
     except InvalidToken:

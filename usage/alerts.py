@@ -45,7 +45,7 @@ _DUE_BATCH = 200
 
 
 class AlertDeliveryFailed(Exception):
-    pass
+    """One delivery attempt failed; the message says why, without secrets."""
 
 
 # --- creating alerts -----------------------------------------------------------

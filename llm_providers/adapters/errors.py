@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterable, Mapping
+from contextlib import suppress
 from email.utils import parsedate_to_datetime
 
 from llm_providers.exceptions import ApplicationError
@@ -138,10 +139,8 @@ def retry_after_from_headers(headers: Mapping[str, str] | None) -> float | None:
     lowered = {str(name).lower(): str(value) for name, value in headers.items()}
     millis = lowered.get("retry-after-ms")
     if millis:
-        try:
+        with suppress(ValueError):
             return max(float(millis) / 1000, 0.0)
-        except ValueError:
-            pass
     value = lowered.get("retry-after")
     if not value:
         return None

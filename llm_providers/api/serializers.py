@@ -309,12 +309,12 @@ class _JSONObjectListField(serializers.ListField):
 
 @extend_schema_field(MESSAGES_SCHEMA)
 class ChatMessagesField(_JSONObjectListField):
-    pass
+    """The chat messages of a completion request."""
 
 
 @extend_schema_field(TOOLS_SCHEMA)
 class ToolsField(_JSONObjectListField):
-    pass
+    """The function tools of a completion request."""
 
 
 @extend_schema_field(

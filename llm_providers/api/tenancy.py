@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from contextlib import suppress
 from dataclasses import dataclass
 
 from django.db.models import F, Q, Value
@@ -67,10 +68,8 @@ def _named_tenant(request) -> str:
 
 def _tenant_lookup(value: str) -> Q | None:
     """A filter for a tenant named by id or slug, or None when the value can be neither."""
-    try:
+    with suppress(ValueError):
         return Q(pk=uuid.UUID(value))
-    except ValueError:
-        pass
     return Q(slug=value) if _SLUG.match(value) else None
 
 

@@ -210,7 +210,7 @@ class _UsageWindowFieldsSerializer(serializers.Serializer):
 
 
 class UsageSummarySerializer(_UsageWindowFieldsSerializer):
-    pass
+    """Totals over the window."""
 
 
 class ProviderUsageGroupSerializer(UsageFiguresSerializer):

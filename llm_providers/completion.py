@@ -395,22 +395,35 @@ def _admit(call: _Call, target: RouteTarget, max_output_tokens: int) -> None:
 
 
 def _adapter(call: _Call, target: RouteTarget) -> Adapter:
-    """The target's adapter; an unreadable key or refused URL is logged and moves on."""
+    """The target's adapter; a config that cannot be used as stored (unreadable
+    key, refused URL, an option its SDK rejects) is logged and moves on."""
+    name = target.provider_config.name
     try:
         return adapter_for_config(target.provider_config)
     except SecretUnreadableError as exc:
         error = exc
     except ValidationError as exc:
         error = ProviderConfigUnusable(
-            f"Provider config “{target.provider_config.name}” cannot be used: "
-            + "; ".join(exc.messages)
+            f"Provider config “{name}” cannot be used: " + "; ".join(exc.messages)
+        )
+    except ApplicationError as exc:
+        error = ProviderConfigUnusable(f"Provider config “{name}” cannot be used: {exc.message}")
+    except Exception as exc:  # noqa: BLE001 - e.g. an SDK refusing its arguments
+        # The type only: an SDK's message could quote what it was given.
+        logger.error(
+            "building the adapter of provider config %s failed: %s",
+            target.provider_config.pk,
+            type(exc).__name__,
+        )
+        error = ProviderConfigUnusable(
+            f"Provider config “{name}” cannot be used ({type(exc).__name__}); check its settings."
         )
     call.log(
         target,
         status=Status.ERROR,
         created_at=timezone.now(),
         error_code=error.code,
-        error_message=error.message,
+        error_message=scrub_secrets(error.message, _secrets(target)),
     )
     raise _MoveOn(error)
 

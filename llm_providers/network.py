@@ -62,7 +62,14 @@ def base_url_validate(url: str, *, allow_private: bool | None = None) -> None:
         raise ValidationError(
             "The base URL must not contain spaces or control characters.", code="invalid_characters"
         )
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        # Reading the port parses it: "host:abc" or ":99999" fail here.
+        parts.port  # noqa: B018
+    except ValueError as exc:
+        raise ValidationError(
+            f"The base URL is not a valid URL ({exc}).", code="invalid_url"
+        ) from None
     if parts.scheme not in ("http", "https"):
         raise ValidationError(
             "The base URL must start with http:// or https://.", code="invalid_scheme"

@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from .adapters.errors import scrub_secrets
 from .adapters.types import ConnectionCheck
-from .exceptions import SecretUnreadableError
+from .exceptions import ApplicationError
 from .models import ProviderConfig, ServiceKey, Tenant
 
 # Fields a caller may set directly; secrets go through their own arguments.
@@ -200,10 +200,17 @@ def provider_config_test_connection(*, provider_config: ProviderConfig) -> Conne
 
     try:
         check = adapter_for_config(provider_config).test_connection()
-    except SecretUnreadableError as exc:
+    except ApplicationError as exc:
         check = ConnectionCheck(ok=False, latency_ms=0, error=f"{exc.code}: {exc.message}")
     except ValidationError as exc:
         check = ConnectionCheck(ok=False, latency_ms=0, error="; ".join(exc.messages))
+    except Exception as exc:  # noqa: BLE001 - e.g. an SDK refusing its arguments
+        # The type only: an SDK's message could quote what it was given.
+        check = ConnectionCheck(
+            ok=False,
+            latency_ms=0,
+            error=f"The client could not be built ({type(exc).__name__}); check the settings.",
+        )
     error = check.error
     if error:
         secrets = [

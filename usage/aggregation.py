@@ -145,6 +145,7 @@ def _recompute_windows(*, windows: list[DayWindow], now: datetime) -> RecomputeR
     then applied (insert, update by setting every value, delete), so an
     unchanged day costs the grouping and the join, and writes nothing. On
     PostgreSQL the statement is a CREATE TABLE AS, which may use parallel workers.
+    When nothing is stored for the windows yet, the groups are inserted directly.
     """
     if not windows:
         return RecomputeResult()
@@ -184,6 +185,23 @@ def _recompute_windows(*, windows: list[DayWindow], now: datetime) -> RecomputeR
 
     with connection.cursor() as cursor:
         source, source_params = _groups_source(cursor, windows)
+        cursor.execute(
+            f"SELECT EXISTS (SELECT 1 FROM {table} u WHERE {' OR '.join(scope_parts)})",
+            scope_params,
+        )
+        if not cursor.fetchone()[0]:
+            # Nothing stored for these days yet (a first backfill): every group
+            # is new, so they go in directly, without a difference to compute.
+            columns = ", ".join(_q(c) for c in [*keys, *values, "updated_at"])
+            selected = ", ".join(f"g.{_q(src[c])}" for c in [*keys, *values])
+            cursor.execute(
+                f"INSERT INTO {table} ({columns}) SELECT {selected}, %s FROM {source} g",
+                [stamp, *source_params],
+            )
+            written = max(cursor.rowcount, 0)
+            if not postgres:
+                cursor.execute(f"DROP TABLE {_temporary(_GROUPS)}")
+            return RecomputeResult(ranges=len(windows), written=written, removed=0)
         cursor.execute(f"DROP TABLE IF EXISTS {delta}")
         cursor.execute(
             f"CREATE TEMPORARY TABLE {_DELTA} AS "

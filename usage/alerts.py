@@ -161,47 +161,59 @@ def budget_thresholds_check(*, now: datetime) -> list[CostAlert]:
     lookback = timedelta(minutes=settings.USAGE_AGGREGATION_LOOKBACK_MINUTES)
     created = []
     for budget in budget_list_active():
-        percentages = sorted(set(budget.alert_percentages or []))
-        if not percentages:
+        # One budget that cannot be checked must not stop the others' alerts.
+        try:
+            created += _budget_thresholds_check(budget=budget, now=now, lookback=lookback)
+        except Exception as exc:  # noqa: BLE001 - reported, the loop goes on
+            logger.error(
+                "budget %s could not be checked for alerts: %s", budget.pk, type(exc).__name__
+            )
+    return created
+
+
+def _budget_thresholds_check(*, budget: Budget, now: datetime, lookback) -> list[CostAlert]:
+    created: list[CostAlert] = []
+    percentages = sorted(set(budget.alert_percentages or []))
+    if not percentages:
+        return created
+    tz_name = budget.tenant.timezone
+    periods = {
+        p.key: p
+        for p in (
+            period_containing(budget.period, now - lookback, tz_name),
+            period_containing(budget.period, now, tz_name),
+        )
+    }
+    for period in periods.values():
+        spend = budget_period_spend(budget=budget, period=period)
+        crossed = [p for p in percentages if spend * 100 >= budget.limit_usd * p]
+        if not crossed:
             continue
-        tz_name = budget.tenant.timezone
-        periods = {
-            p.key: p
-            for p in (
-                period_containing(budget.period, now - lookback, tz_name),
-                period_containing(budget.period, now, tz_name),
+        existing = set(
+            CostAlert.objects.filter(budget=budget, period_key=period.key).values_list(
+                "percent", flat=True
             )
-        }
-        for period in periods.values():
-            spend = budget_period_spend(budget=budget, period=period)
-            crossed = [p for p in percentages if spend * 100 >= budget.limit_usd * p]
-            if not crossed:
+        )
+        for percent in crossed:
+            if percent in existing:
                 continue
-            existing = set(
-                CostAlert.objects.filter(budget=budget, period_key=period.key).values_list(
-                    "percent", flat=True
-                )
+            alert = _alert_create(
+                now=now,
+                tenant_id=budget.tenant_id,
+                kind=CostAlert.Kind.BUDGET,
+                subject_key=str(budget.pk),
+                period_key=period.key,
+                percent=percent,
+                budget=budget,
+                provider_config_id=budget.provider_config_id,
+                spend_usd=spend,
+                limit_usd=budget.limit_usd,
+                message=_budget_message(budget, period, percent, spend),
+                emails=budget.email_list,
+                webhooks=[budget.webhook_url_readable] if budget.webhook_url_readable else [],
             )
-            for percent in crossed:
-                if percent in existing:
-                    continue
-                alert = _alert_create(
-                    now=now,
-                    tenant_id=budget.tenant_id,
-                    kind=CostAlert.Kind.BUDGET,
-                    subject_key=str(budget.pk),
-                    period_key=period.key,
-                    percent=percent,
-                    budget=budget,
-                    provider_config_id=budget.provider_config_id,
-                    spend_usd=spend,
-                    limit_usd=budget.limit_usd,
-                    message=_budget_message(budget, period, percent, spend),
-                    emails=budget.email_list,
-                    webhooks=[budget.webhook_url_readable] if budget.webhook_url_readable else [],
-                )
-                if alert is not None:
-                    created.append(alert)
+            if alert is not None:
+                created.append(alert)
     return created
 
 

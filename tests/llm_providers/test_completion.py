@@ -10,6 +10,7 @@ from llm_providers.adapters.errors import ProviderBadRequest, UpstreamUnavailabl
 from llm_providers.chat_input import InvalidRequest
 from llm_providers.completion import complete, embed, stream
 from llm_providers.encryption import UnreadableSecret
+from llm_providers.models import ProviderConfig
 from llm_providers.rate_limiting import RateLimited
 from overrides.routing import NoRouteError
 from tests.factories import (
@@ -256,6 +257,22 @@ def test_complete_falls_back_when_key_is_unreadable(tenant, primary, backup):
     assert first.error_code == "secret_unreadable"
     assert "“primary”" in first.error_message
     assert "gAAAA" not in first.error_message
+
+
+def test_complete_falls_back_when_stored_config_cannot_build_a_client(tenant, primary, backup):
+    # given a config stored before validation knew better: Azure without api_version
+    ProviderConfig.objects.filter(pk=primary.pk).update(
+        provider_type="azure_openai", base_url="https://example.openai.azure.com", options={}
+    )
+    primary.refresh_from_db()
+    primary.save()  # a new version, so the route sees the stored state
+
+    result = complete(tenant=tenant, messages=HELLO)
+
+    assert result.provider == "backup"
+    first = _logs(request_id=result.request_id)[0]
+    assert first.error_code == "provider_config_unusable"
+    assert "“primary” cannot be used" in first.error_message
 
 
 def test_complete_applies_explicit_model_to_primary_target(tenant, primary):

@@ -90,6 +90,21 @@ def test_url_with_spaces_or_control_characters_refused(url):
     assert caught.value.messages == ["The base URL must not contain spaces or control characters."]
 
 
+@pytest.mark.parametrize(
+    ("url", "detail"),
+    [
+        ("https://93.184.216.34:abc/hook", "Port could not be cast to integer value"),
+        ("https://93.184.216.34:99999/v1", "Port out of range"),
+        ("http://[::1/v1", "Invalid IPv6 URL"),
+    ],
+)
+def test_malformed_url_refused_with_reason(url, detail):
+    with pytest.raises(ValidationError) as caught:
+        base_url_validate(url, allow_private=True)
+    assert caught.value.messages[0].startswith("The base URL is not a valid URL (")
+    assert detail in caught.value.messages[0]
+
+
 def test_url_without_host_refused():
     assert _message("https:///v1") == "The base URL has no host."
 

@@ -14,6 +14,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 
 from django.db.models import F, Q, Value
+from rest_framework.exceptions import APIException
 
 from llm_providers.exceptions import ApplicationError
 from llm_providers.models import ServiceKey, Tenant, TenantMembership
@@ -30,17 +31,26 @@ _SLUG = re.compile(r"^[-a-zA-Z0-9_]{1,100}$")
 _LISTED_TENANTS = 20
 
 
-class TenantAmbiguousError(ApplicationError):
+class _TenantError(ApplicationError, APIException):
+    """Also a DRF APIException: the browsable API checks permissions again while
+    it renders its forms, and treats only APIExceptions as "no form"."""
+
+    def __init__(self, message: str, *, extra: dict | None = None):
+        super().__init__(message, extra=extra)
+        self.status_code = self.http_status
+
+
+class TenantAmbiguousError(_TenantError):
     code = "tenant_ambiguous"
     http_status = 400
 
 
-class TenantSelectionError(ApplicationError):
+class TenantSelectionError(_TenantError):
     code = "tenant_invalid"
     http_status = 400
 
 
-class TenantForbiddenError(ApplicationError):
+class TenantForbiddenError(_TenantError):
     code = "tenant_forbidden"
     http_status = 403
 
@@ -58,12 +68,19 @@ class TenantContext:
 def _named_tenant(request) -> str:
     header = request.META.get("HTTP_X_TENANT", "").strip()
     query = request.query_params.get(TENANT_QUERY_PARAMETER, "").strip()
-    if header and query and header != query:
+    if header and query and _tenant_id_named(header) != _tenant_id_named(query):
         raise TenantSelectionError(
             f"The {TENANT_HEADER} header (“{header}”) and the `{TENANT_QUERY_PARAMETER}` "
             "query parameter name different tenants; name one.",
         )
     return header or query
+
+
+def _tenant_id_named(value: str):
+    """The id of the tenant `value` names (by slug or id), or the value itself when none."""
+    lookup = _tenant_lookup(value)
+    found = Tenant.objects.filter(lookup).values_list("pk", flat=True).first() if lookup else None
+    return found or value
 
 
 def _tenant_lookup(value: str) -> Q | None:
@@ -73,9 +90,15 @@ def _tenant_lookup(value: str) -> Q | None:
     return Q(slug=value) if _SLUG.match(value) else None
 
 
+def _as_uuid(value: str) -> uuid.UUID | None:
+    with suppress(ValueError):
+        return uuid.UUID(value)
+    return None
+
+
 def _service_key_context(service_key: ServiceKey, named: str) -> TenantContext:
     tenant = service_key.tenant
-    if named and named not in (tenant.slug, str(tenant.pk)):
+    if named and named != tenant.slug and _as_uuid(named) != tenant.pk:
         raise TenantForbiddenError(
             f"This service key belongs to tenant “{tenant.slug}” and cannot act for another "
             "tenant.",

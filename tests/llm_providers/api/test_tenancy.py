@@ -98,6 +98,26 @@ def test_header_and_query_naming_different_tenants_answer_400(two_tenant_user):
     assert response.json()["error"]["code"] == "tenant_invalid"
 
 
+def test_header_and_query_naming_same_tenant_by_slug_and_id_agree(two_tenant_user, tenant):
+    client = token_client(two_tenant_user)
+
+    response = client.get(PROVIDERS, {"tenant": str(tenant.pk)}, HTTP_X_TENANT="acme")
+
+    assert _names(response) == ["acme-provider"]
+
+
+def test_browsable_api_answers_tenant_errors_not_500(client, two_tenant_user):
+    # The browsable API checks permissions again while it renders its forms.
+    client.force_login(two_tenant_user)
+
+    ambiguous = client.get(PROVIDERS, HTTP_ACCEPT="text/html")
+    unknown = client.get(PROVIDERS, {"tenant": "nope"}, HTTP_ACCEPT="text/html")
+
+    assert ambiguous.status_code == 400
+    assert "tenant_ambiguous" in ambiguous.content.decode()
+    assert unknown.status_code == 403
+
+
 def test_service_key_answers_403_when_naming_another_tenant(service_key, other_tenant):
     response = service_key_client(service_key).get(PROVIDERS, HTTP_X_TENANT="globex")
 
@@ -109,8 +129,12 @@ def test_service_key_answers_403_when_naming_another_tenant(service_key, other_t
 
 def test_service_key_may_name_its_own_tenant(service_key, tenant):
     response = service_key_client(service_key).get(PROVIDERS, {"tenant": str(tenant.pk)})
+    upper_case = service_key_client(service_key).get(
+        PROVIDERS, {"tenant": str(tenant.pk).upper()}
+    )
 
     assert response.status_code == 200
+    assert upper_case.status_code == 200
 
 
 def test_superuser_acts_as_admin_of_named_tenant(tenant, other_tenant):

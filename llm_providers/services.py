@@ -174,7 +174,7 @@ def _other_kind_secrets_clear(config: ProviderConfig) -> None:
 
 
 def provider_config_delete(*, provider_config: ProviderConfig) -> bool:
-    """Delete the config, or deactivate it when call logs or overrides refer to it.
+    """Delete the config, or deactivate it when call logs, overrides or budgets refer to it.
 
     Call logs keep their history, so a config that served calls is never
     removed. Returns True when the row was deleted, False when deactivated.
@@ -183,6 +183,9 @@ def provider_config_delete(*, provider_config: ProviderConfig) -> bool:
         provider_config.call_logs.exists()
         or provider_config.routing_overrides.exists()
         or provider_config.routing_fallbacks.exists()
+        # A budget scoped to the config would go with it: a spending limit
+        # must not disappear as a side effect.
+        or provider_config.budgets.exists()
     )
     if referenced:
         provider_config.is_active = False

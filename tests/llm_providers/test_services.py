@@ -167,6 +167,19 @@ def test_delete_removes_unreferenced_config():
     assert not ProviderConfig.objects.filter(pk=config.pk).exists()
 
 
+def test_delete_deactivates_config_a_budget_is_scoped_to():
+    from tests.factories import BudgetFactory
+    from usage.models import Budget
+
+    config = ProviderConfigFactory()
+    budget = BudgetFactory(tenant=config.tenant, provider_config=config, action="block")
+
+    assert provider_config_delete(provider_config=config) is False
+
+    assert ProviderConfig.objects.get(pk=config.pk).is_active is False
+    assert Budget.objects.get(pk=budget.pk).provider_config_id == config.pk
+
+
 def test_delete_deactivates_config_used_by_override():
     override = RoutingOverrideFactory(provider_config__is_default=True)
     config = override.provider_config

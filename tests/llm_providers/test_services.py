@@ -16,11 +16,13 @@ from llm_providers.services import (
     service_key_revoke,
 )
 from tests.factories import (
+    BudgetFactory,
     ProviderConfigFactory,
     RoutingOverrideFactory,
     ServiceKeyFactory,
     TenantFactory,
 )
+from usage.models import Budget
 
 pytestmark = pytest.mark.django_db
 
@@ -168,9 +170,6 @@ def test_delete_removes_unreferenced_config():
 
 
 def test_delete_deactivates_config_a_budget_is_scoped_to():
-    from tests.factories import BudgetFactory
-    from usage.models import Budget
-
     config = ProviderConfigFactory()
     budget = BudgetFactory(tenant=config.tenant, provider_config=config, action="block")
 

@@ -18,25 +18,10 @@ from llm_providers.adapters.errors import (
 )
 from llm_providers.api.exception_handlers import api_exception_handler
 from llm_providers.chat_input import InvalidRequest
-from llm_providers.exceptions import ApplicationError
+from llm_providers.rate_limiting import RateLimited
 from overrides.routing import NoRouteError
 from tests.factories import BudgetFactory, TenantFactory
-from usage.budget import BudgetExceeded as RealBudgetExceeded
-from usage.budget import BudgetUnavailable, budget_reserve
-
-
-class BudgetExceeded(ApplicationError):
-    code = "budget_exceeded"
-    http_status = 429
-
-
-class RateLimited(ApplicationError):
-    code = "rate_limited"
-    http_status = 429
-
-    def __init__(self, message, *, retry_after):
-        super().__init__(message)
-        self.retry_after = retry_after
+from usage.budget import BudgetExceeded, BudgetUnavailable, budget_reserve
 
 
 def _handle(exc):
@@ -102,12 +87,13 @@ def test_budget_exceeded_answers_429_with_retry_after_from_extra():
     assert response.data["error"]["extra"] == {"retry_after_seconds": 3601}
 
 
-def test_rate_limited_answers_429_with_retry_after_from_attribute():
+def test_rate_limited_answers_429_with_retry_after_rounded_up():
     response = _handle(RateLimited("Slow down.", retry_after=0.2))
 
     assert response.status_code == 429
     assert response["Retry-After"] == "1"
     assert response.data["error"]["code"] == "rate_limited"
+    assert response.data["error"]["extra"] == {"retry_after_seconds": 1}
 
 
 def test_upstream_rate_limit_answers_429_with_provider_code():
@@ -192,7 +178,7 @@ def test_real_budget_refusal_answers_429_budget_exceeded_with_retry_after():
     tenant = TenantFactory()
     BudgetFactory(tenant=tenant, name="daily-cap", action="block", period="daily",
                   limit_usd=Decimal("0.0001"))  # fmt: skip
-    with pytest.raises(RealBudgetExceeded) as raised:
+    with pytest.raises(BudgetExceeded) as raised:
         budget_reserve(
             tenant=tenant, provider_config_id=None, service_name="", customer_id="",
             amount_usd=Decimal("0.01"), request_id=uuid.uuid4(),

@@ -129,9 +129,7 @@ def test_service_key_answers_403_when_naming_another_tenant(service_key, other_t
 
 def test_service_key_may_name_its_own_tenant(service_key, tenant):
     response = service_key_client(service_key).get(PROVIDERS, {"tenant": str(tenant.pk)})
-    upper_case = service_key_client(service_key).get(
-        PROVIDERS, {"tenant": str(tenant.pk).upper()}
-    )
+    upper_case = service_key_client(service_key).get(PROVIDERS, {"tenant": str(tenant.pk).upper()})
 
     assert response.status_code == 200
     assert upper_case.status_code == 200

@@ -333,6 +333,8 @@ class ProviderConfig(models.Model):
                     "Azure OpenAI needs a “deployment” (or a “deployments” map of model → "
                     "deployment)."
                 )
+        if self.provider_type == ProviderType.FAKE:
+            messages += _fake_options_errors(options)
         for name in ("timeout", "connect_timeout"):
             value = options.get(name)
             if value is not None and (
@@ -345,6 +347,31 @@ class ProviderConfig(models.Model):
 
     def model_is_allowed(self, model: str) -> bool:
         return not self.allowed_models or model in self.allowed_models
+
+
+def _fake_options_errors(options: dict) -> list[str]:
+    from .adapters.fake import FAILURES
+
+    messages = []
+    for name in ("latency_ms", "chunk_latency_ms", "fail_first"):
+        value = options.get(name)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 60_000
+        ):
+            messages.append(f"Option “{name}” must be a whole number from 0 to 60000.")
+    failure = options.get("failure")
+    if failure is not None and failure not in FAILURES:
+        messages.append(f"Option “failure” must be one of: {', '.join(sorted(FAILURES))}.")
+    models_offered = options.get("models")
+    if models_offered is not None and (
+        not isinstance(models_offered, list)
+        or not all(isinstance(m, str) and m for m in models_offered)
+    ):
+        messages.append("Option “models” must be a list of model names.")
+    reply = options.get("reply")
+    if reply is not None and not isinstance(reply, str):
+        messages.append("Option “reply” must be a string.")
+    return messages
 
 
 class ModelPrice(models.Model):

@@ -475,16 +475,11 @@ class UsageReport:
     has_more: bool = False
 
 
-def usage_summary(
-    *, tenant: Tenant, first_day: date, last_day: date, provider_config_id=None
-) -> UsageReport:
+def usage_summary(*, tenant: Tenant, first_day: date, last_day: date) -> UsageReport:
     """Totals of the tenant's usage over local days first_day..last_day."""
-    row = _report_rows(
-        tenant=tenant,
-        first_day=first_day,
-        last_day=last_day,
-        provider_config_id=provider_config_id,
-    ).aggregate(**_report_aggregates())
+    row = _report_rows(tenant=tenant, first_day=first_day, last_day=last_day).aggregate(
+        **_report_aggregates()
+    )
     return UsageReport(
         first_day=first_day,
         last_day=last_day,
@@ -500,7 +495,6 @@ def usage_by_group(
     last_day: date,
     group: str,
     limit: int | None = None,
-    provider_config_id=None,
 ) -> UsageReport:
     """Usage over local days first_day..last_day per provider config, model, service or
     customer (`group`, a key of USAGE_GROUPINGS), most expensive first, then most requests.
@@ -509,9 +503,7 @@ def usage_by_group(
     whether there were others); totals always cover every group.
     """
     columns = USAGE_GROUPINGS[group]
-    rows = _report_rows(
-        tenant=tenant, first_day=first_day, last_day=last_day, provider_config_id=provider_config_id
-    )
+    rows = _report_rows(tenant=tenant, first_day=first_day, last_day=last_day)
     grouped = (
         rows.values(*columns)
         .annotate(**_report_aggregates())
@@ -561,18 +553,11 @@ def _every_day(first_day: date, last_day: date, per_day: dict) -> list[dict]:
     return days
 
 
-def usage_daily(
-    *, tenant: Tenant, first_day: date, last_day: date, provider_config_id=None
-) -> UsageReport:
+def usage_daily(*, tenant: Tenant, first_day: date, last_day: date) -> UsageReport:
     """One group per local day first_day..last_day, in order; days without usage are zeros."""
     per_day = {
         row["day"]: _raw(row)
-        for row in _report_rows(
-            tenant=tenant,
-            first_day=first_day,
-            last_day=last_day,
-            provider_config_id=provider_config_id,
-        )
+        for row in _report_rows(tenant=tenant, first_day=first_day, last_day=last_day)
         .values("day")
         .annotate(**_report_aggregates())
     }

@@ -262,6 +262,10 @@ REST_FRAMEWORK = {
         "user": env.str("API_THROTTLE_USER", default="1200/min"),
         "anon": env.str("API_THROTTLE_ANON", default="60/min"),
     },
+    # Proxies in front of the application: anonymous clients are told apart by
+    # the address that many hops back in X-Forwarded-For, which a client cannot
+    # forge; 0 uses the connecting address. Production assumes one proxy.
+    "NUM_PROXIES": env.int("NUM_PROXIES", default=0),
     "EXCEPTION_HANDLER": "llm_providers.api.exception_handlers.api_exception_handler",
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
 }

@@ -3,7 +3,7 @@
 from django.core.exceptions import ImproperlyConfigured
 
 from .base import *  # noqa: F403
-from .base import ALLOWED_HOSTS, REDIS_URL, SALT_KEY, SECRET_KEY, env
+from .base import ALLOWED_HOSTS, REDIS_URL, REST_FRAMEWORK, SALT_KEY, SECRET_KEY, env
 
 DEBUG = False
 
@@ -26,6 +26,7 @@ if not REDIS_URL:
     )
 
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+REST_FRAMEWORK = {**REST_FRAMEWORK, "NUM_PROXIES": env.int("NUM_PROXIES", default=1)}
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
 SESSION_COOKIE_SECURE = True
 CSRF_COOKIE_SECURE = True

@@ -38,7 +38,7 @@ from .types import ChatRequest, ChatResult, EmbedRequest, EmbedResult, StreamChu
 DEFAULT_MODELS = ["fake-small", "fake-large"]
 EMBEDDING_DIMENSIONS = 8
 
-_FAILURES: dict[str, tuple[type[ProviderError], str]] = {
+FAILURES: dict[str, tuple[type[ProviderError], str]] = {
     "rate_limited": (ProviderRateLimited, "Fake rate limit reached."),
     "timeout": (ProviderTimeout, "Fake provider timed out."),
     "unavailable": (UpstreamUnavailable, "Fake provider is unavailable."),
@@ -80,10 +80,10 @@ class FakeAdapter(Adapter):
         if fail_first is not None:
             failure = (failure or "unavailable") if call_number <= int(fail_first) else None
         trigger = _TRIGGER.search(request_text)
-        if trigger and trigger.group(1) in _FAILURES:
+        if trigger and trigger.group(1) in FAILURES:
             failure = trigger.group(1)
         if failure:
-            error_class, message = _FAILURES.get(failure, _FAILURES["unavailable"])
+            error_class, message = FAILURES.get(failure, FAILURES["unavailable"])
             retry_after = 1.0 if error_class is ProviderRateLimited else None
             raise error_class(message, retry_after=retry_after)
 

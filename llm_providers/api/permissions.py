@@ -21,7 +21,6 @@ DEFAULT_WRITE_ROLES = frozenset({ROLE_ADMIN})
 _REFUSALS = {
     ROLE_VIEWER: "Viewers can read but not change anything in this tenant.",
     ROLE_SERVICE: "Service keys are not allowed to do this; use a tenant admin's credentials.",
-    ROLE_ADMIN: "This operation is not available.",
 }
 
 
@@ -40,5 +39,5 @@ class TenantRolePermission(BasePermission):
             allowed = getattr(view, "write_roles", DEFAULT_WRITE_ROLES)
         if context.role in allowed:
             return True
-        self.message = _REFUSALS[context.role]
+        self.message = _REFUSALS.get(context.role, "Your role may not do this in this tenant.")
         return False

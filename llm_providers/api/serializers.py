@@ -15,6 +15,7 @@ from rest_framework import serializers
 from llm_providers.chat_input import MAX_EMBED_INPUTS, MAX_STOP_SEQUENCES
 from llm_providers.models import ProviderConfig, ServiceKey
 from llm_providers.provider_types import ProviderType
+from llm_providers.selectors import provider_config_list
 
 from .health import STATUS_ERROR, STATUS_NOT_CONFIGURED, STATUS_OK
 
@@ -474,3 +475,14 @@ class EmbeddingResultSerializer(_CallResultSerializer):
         child=serializers.ListField(child=serializers.FloatField()),
         help_text="One vector per input, in order.",
     )
+
+
+class TenantProviderConfigField(serializers.PrimaryKeyRelatedField):
+    """A provider config id, looked up among the serializer context's tenant only:
+    another tenant's id is as unknown as an id that does not exist."""
+
+    def get_queryset(self):
+        tenant = self.context.get("tenant")
+        if tenant is None:
+            return ProviderConfig.objects.none()
+        return provider_config_list(tenant=tenant)

@@ -8,23 +8,11 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
-from llm_providers.api.serializers import ProviderConfigSummarySerializer
-from llm_providers.models import ProviderConfig
-from llm_providers.selectors import provider_config_list
-
-
-class _TenantProviderConfigField(serializers.PrimaryKeyRelatedField):
-    """A provider config id, looked up among the serializer context's tenant only."""
-
-    def get_queryset(self):
-        tenant = self.context.get("tenant")
-        if tenant is None:
-            return ProviderConfig.objects.none()
-        return provider_config_list(tenant=tenant)
+from llm_providers.api.serializers import ProviderConfigSummarySerializer, TenantProviderConfigField
 
 
 class RoutingFallbackSerializer(serializers.Serializer):
-    provider_config = _TenantProviderConfigField(
+    provider_config = TenantProviderConfigField(
         pk_field=serializers.UUIDField(), help_text="Id of a provider config of this tenant."
     )
     model = serializers.CharField(
@@ -46,7 +34,7 @@ class RoutingOverrideSerializer(serializers.Serializer):
     service_name = serializers.CharField(
         max_length=200, allow_blank=True, default="", help_text="Empty matches any service."
     )
-    provider_config = _TenantProviderConfigField(
+    provider_config = TenantProviderConfigField(
         pk_field=serializers.UUIDField(), help_text="Id of a provider config of this tenant."
     )
     model = serializers.CharField(

@@ -300,3 +300,22 @@ def test_fingerprint_is_sha256_prefix_of_key():
     stored = ProviderConfig.objects.get(pk=config.pk)
     assert stored.key_fingerprint == hashlib.sha256(b"sk-abcdefghijklmnop1234").hexdigest()[:16]
     assert len(stored.key_fingerprint) == 16
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"latency_ms": "x"}, "Option “latency_ms” must be a whole number from 0 to 60000."),
+        ({"fail_first": -1}, "Option “fail_first” must be a whole number from 0 to 60000."),
+        ({"failure": "sometimes"}, "Option “failure” must be one of: authentication, "),
+        ({"models": "fake-small"}, "Option “models” must be a list of model names."),
+        ({"reply": 42}, "Option “reply” must be a string."),
+    ],
+)
+def test_fake_options_are_checked(options, message):
+    config = ProviderConfigFactory.build(
+        tenant=TenantFactory(), provider_type="fake", options=options
+    )
+    with pytest.raises(ValidationError) as caught:
+        config.full_clean()
+    assert caught.value.message_dict["options"][0].startswith(message)

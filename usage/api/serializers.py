@@ -11,9 +11,7 @@ from decimal import Decimal
 
 from rest_framework import serializers
 
-from llm_providers.api.serializers import ProviderConfigSummarySerializer
-from llm_providers.models import ProviderConfig
-from llm_providers.selectors import provider_config_list
+from llm_providers.api.serializers import ProviderConfigSummarySerializer, TenantProviderConfigField
 from usage.models import AlertDelivery, Budget, CallLog, CostAlert, email_list_parse
 
 # What the admin proposes for a new budget, too.
@@ -271,16 +269,6 @@ class ProviderUsageSerializer(_UsageWindowFieldsSerializer):
 # --- budgets -------------------------------------------------------------------
 
 
-class _TenantProviderConfigField(serializers.PrimaryKeyRelatedField):
-    """A provider config id, looked up among the serializer context's tenant only."""
-
-    def get_queryset(self):
-        tenant = self.context.get("tenant")
-        if tenant is None:
-            return ProviderConfig.objects.none()
-        return provider_config_list(tenant=tenant)
-
-
 class BudgetSerializer(serializers.Serializer):
     id = serializers.IntegerField(read_only=True)
     name = serializers.CharField(max_length=100)
@@ -301,7 +289,7 @@ class BudgetSerializer(serializers.Serializer):
         default=Budget.Action.ALERT,
         help_text="`block` refuses calls that would go over the limit; `alert` only alerts.",
     )
-    provider_config = _TenantProviderConfigField(
+    provider_config = TenantProviderConfigField(
         pk_field=serializers.UUIDField(),
         allow_null=True,
         default=None,
@@ -420,7 +408,9 @@ class CostAlertSerializer(serializers.ModelSerializer):
 
 class CostAlertFilterSerializer(serializers.Serializer):
     kind = serializers.ChoiceField(choices=CostAlert.Kind.choices, required=False)
-    budget = serializers.IntegerField(min_value=1, required=False, help_text="A budget's id.")
+    budget = serializers.IntegerField(
+        min_value=1, max_value=2**63 - 1, required=False, help_text="A budget's id."
+    )
 
     def selector_filters(self) -> dict:
         data = dict(self.validated_data)

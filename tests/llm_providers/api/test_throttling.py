@@ -53,6 +53,15 @@ def test_unauthenticated_requests_are_throttled_per_address(low_rates, anonymous
     assert statuses == [200, 429]
 
 
+def test_forged_forwarded_for_does_not_escape_the_anonymous_throttle(low_rates, anonymous_api):
+    statuses = [
+        anonymous_api.get("/api/schema/", HTTP_X_FORWARDED_FOR=f"203.0.113.{n}").status_code
+        for n in range(2)
+    ]
+
+    assert statuses == [200, 429]
+
+
 def test_health_is_not_throttled(low_rates, anonymous_api, settings):
     settings.CELERY_BROKER_URL = ""
 

@@ -280,22 +280,22 @@ def _call_prepare(
     )
 
 
-def _price(call: _Call, target: RouteTarget, model: str):
+def _price(call: _Call, target: RouteTarget, model: str, requested_model: str = ""):
     config = target.provider_config
     return price_lookup(
         tenant_id=call.tenant.pk,
         provider_type=config.provider_type,
         model=model,
+        requested_model=requested_model,
         version=call.version,
         base_url=config.base_url,
     )
 
 
 def _priced(call: _Call, target: RouteTarget, usage: Usage, answered_model: str):
-    """Cost of `usage`: priced by the model that answered, else the one asked for."""
-    price = _price(call, target, answered_model or target.model)
-    if not price.known and answered_model and answered_model != target.model:
-        price = _price(call, target, target.model)
+    """Cost of `usage`, priced by the model that answered and the one asked for
+    (a ModelPrice of either beats genai-prices; see pricing.price_lookup)."""
+    price = _price(call, target, answered_model or target.model, target.model)
     return cost_for_usage(usage=usage, price=price), price.source
 
 

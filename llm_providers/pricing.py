@@ -102,13 +102,21 @@ def _genai_price(provider_type: str, model: str, base_url: str) -> Price | None:
     return Price(source=PriceSource.GENAI_PRICES, genai_model=model_info)
 
 
-def _price_compute(tenant_id, provider_type: str, model: str, on: date, base_url: str) -> Price:
-    override = _override_price(tenant_id, provider_type, model, on)
-    if override is not None:
-        return override
+def _price_compute(
+    tenant_id, provider_type: str, model: str, requested_model: str, on: date, base_url: str
+) -> Price:
+    names = [model, requested_model] if requested_model else [model]
+    for name in names:
+        override = _override_price(tenant_id, provider_type, name, on)
+        if override is not None:
+            return override
     if provider_type_spec(provider_type).self_hosted:
         return FREE_PRICE
-    return _genai_price(provider_type, model, base_url) or UNKNOWN_PRICE
+    for name in names:
+        price = _genai_price(provider_type, name, base_url)
+        if price is not None:
+            return price
+    return UNKNOWN_PRICE
 
 
 def price_lookup(
@@ -119,12 +127,21 @@ def price_lookup(
     version: str,
     on: date | None = None,
     base_url: str = "",
+    requested_model: str = "",
 ) -> Price:
-    """The price of `model` at this provider type for this tenant on a day (default today)."""
+    """The price of `model` at this provider type for this tenant on a day (default today).
+
+    `requested_model`, when the provider answered with another name than the
+    one asked for (`gpt-4o` answered as `gpt-4o-2024-08-06`), is priced too:
+    a ModelPrice of either name beats genai-prices, so a negotiated rate set
+    for the name the tenant routes to applies whatever the answer is called.
+    """
     on = on or datetime.now(UTC).date()
+    if requested_model == model:
+        requested_model = ""
     return config_local_cache.get_or_compute(
-        ("price", tenant_id, version, provider_type, model, on, base_url),
-        lambda: _price_compute(tenant_id, provider_type, model, on, base_url),
+        ("price", tenant_id, version, provider_type, model, requested_model, on, base_url),
+        lambda: _price_compute(tenant_id, provider_type, model, requested_model, on, base_url),
     )
 
 

@@ -10,7 +10,7 @@ import pytest
 from llm_providers.adapters.errors import ProviderAuthenticationError, UpstreamUnavailable
 from llm_providers.completion import complete, stream
 from llm_providers.services import provider_config_create
-from tests.factories import TenantFactory
+from tests.factories import ModelPriceFactory, TenantFactory
 from usage.models import CallLog
 
 pytestmark = pytest.mark.django_db
@@ -220,6 +220,27 @@ def test_complete_records_unpriced_model_as_unknown(tenant, openai_upstream):
 
     log = _only_log(result)
     assert (result.cost_usd, log.cost_usd, log.price_source) == (None, None, "unknown")
+
+
+def test_complete_prices_dated_answer_at_the_tenants_price_for_the_requested_name(
+    tenant, openai_upstream
+):
+    # A negotiated rate for gpt-4o applies although OpenAI answers with a
+    # dated name that genai-prices knows on its own.
+    ModelPriceFactory(
+        tenant=tenant, provider_type="openai", model="gpt-4o",
+        input_per_mtok="1", output_per_mtok="2",
+    )  # fmt: skip
+    _openai(tenant, openai_upstream)
+    openai_upstream.enqueue_chat(
+        "Hi", model="gpt-4o-2024-08-06", prompt_tokens=1_000_000, completion_tokens=500_000
+    )
+
+    result = complete(tenant=tenant, messages=HELLO)
+
+    log = _only_log(result)
+    assert (log.model_answered, log.price_source) == ("gpt-4o-2024-08-06", "override")
+    assert result.cost_usd == log.cost_usd == Decimal("2")
 
 
 # --- retries, fallbacks, timeouts -------------------------------------------------

@@ -113,6 +113,35 @@ def test_price_lookup_prefers_tenant_price_to_global(tenant):
     assert (theirs.input_per_mtok, theirs.output_per_mtok) == (Decimal("1"), Decimal("1"))
 
 
+def test_price_lookup_prefers_override_of_requested_name_to_genai_price_of_answer(tenant):
+    ModelPriceFactory(
+        tenant=tenant, provider_type="openai", model="gpt-4o",
+        input_per_mtok="1", output_per_mtok="2",
+    )  # fmt: skip
+
+    price = _price(tenant, "openai", "gpt-4o-2024-08-06", requested_model="gpt-4o")
+
+    assert (price.source, price.input_per_mtok) == (PriceSource.OVERRIDE, Decimal("1"))
+
+
+def test_price_lookup_prefers_override_of_answered_name_to_requested_name(tenant):
+    ModelPriceFactory(tenant=tenant, model="fake-small", input_per_mtok="1")
+    ModelPriceFactory(tenant=tenant, model="fake-small-0601", input_per_mtok="4")
+
+    price = _price(tenant, "fake", "fake-small-0601", requested_model="fake-small")
+
+    assert price.input_per_mtok == Decimal("4")
+
+
+def test_price_lookup_falls_back_to_genai_price_of_requested_name(tenant):
+    # The provider answers with a name genai-prices does not know.
+    price = _price(tenant, "openai", "gpt-4o-house-build", requested_model="gpt-4o")
+
+    assert price.source == PriceSource.GENAI_PRICES
+    usage = Usage(input_tokens=1000, output_tokens=500)
+    assert cost_for_usage(usage=usage, price=price) == Decimal("0.0075")
+
+
 def test_price_lookup_uses_price_in_effect_on_the_day(tenant):
     today = timezone.now().date()
     ModelPriceFactory(model="fake-small", input_per_mtok="1", effective_from=today - timedelta(30))

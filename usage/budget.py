@@ -15,6 +15,7 @@ rows locked while reserving (`usage.budget_counters`).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import uuid
@@ -65,7 +66,9 @@ class BudgetDefinition:
     provider_config_id: str
     service_name: str
     customer_id: str
-    # Changes whenever the budget is edited: counters of an edited budget start afresh.
+    # Identifies what the counters count (scope, period kind, time zone): an
+    # edit of the limit, action, name or recipients keeps the running counters
+    # and their reservations; a new scope starts counters afresh from CallLog.
     definition: str
 
     def applies(self, provider_config_id: str, service_name: str, customer_id: str) -> bool:
@@ -102,6 +105,22 @@ _EMPTY = BudgetReservation()
 # --- definitions ---------------------------------------------------------------
 
 
+def _counted_scope(budget: Budget) -> str:
+    """A short fingerprint of what a budget's counters count (and of the budget
+    itself: a database restored or recreated may give another budget its id)."""
+    counted = "\x1f".join(
+        [
+            f"{budget.created_at.timestamp():.6f}",
+            budget.period,
+            budget.tenant.timezone,
+            str(budget.provider_config_id or ""),
+            budget.service_name,
+            budget.customer_id,
+        ]
+    )
+    return hashlib.sha256(counted.encode()).hexdigest()[:16]
+
+
 def budget_definition_of(budget: Budget) -> BudgetDefinition:
     return BudgetDefinition(
         id=budget.pk,
@@ -115,7 +134,7 @@ def budget_definition_of(budget: Budget) -> BudgetDefinition:
         provider_config_id=str(budget.provider_config_id) if budget.provider_config_id else "",
         service_name=budget.service_name,
         customer_id=budget.customer_id,
-        definition=f"{budget.updated_at.timestamp():.6f}",
+        definition=_counted_scope(budget),
     )
 
 

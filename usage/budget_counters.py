@@ -65,9 +65,18 @@ def settled_from_call_logs(entry) -> Decimal:
 # "d" (ms) until which "s" is trusted, the reserved total "t" and one field
 # "r:<id>" per reservation; and a sorted set of reservation ids by expiry (ms).
 #
+# A cold counter is rebuilt in three steps: the reserve script finds it cold
+# and marks the rebuild ("b": when it began, "p": costs settled since, 0);
+# the caller sums CallLog; the next reserve installs "s" = sum + "p". A call
+# settling in between may or may not be in the sum (its row was written
+# before its settle, but perhaps after the sum began), so it is added to "p"
+# either way: the rebuilt value can count such a call twice until the next
+# rebuild, never miss it. A mark older than _REBUILD_MARK_STALE_MS (a caller
+# died while summing) is started again.
+#
 # Reserve. KEYS: hash, zset per budget. ARGV: now, expiry, reservation id, n,
-# amount, rebuild deadline; then per budget: limit ('-1': alert-only), rebuilt
-# settled value ('' unless rebuilt), key TTL (s).
+# amount, rebuild deadline, stale mark age; then per budget: limit ('-1':
+# alert-only), rebuilt settled value ('' unless rebuilt), key TTL (s).
 # Replies {1} reserved, {0, i...} counters i are cold, {2, i, spend} budget i refuses.
 # Amounts reach Redis as the strings they arrived as: Lua prints large numbers
 # in exponent form, which HINCRBY refuses.
@@ -75,14 +84,20 @@ _RESERVE_LUA = """
 local now, rid, n = tonumber(ARGV[1]), ARGV[3], tonumber(ARGV[4])
 local settled, cold = {}, {}
 for i = 1, n do
-  local h, a = KEYS[2 * i - 1], 4 + 3 * i
-  local s = redis.call('HMGET', h, 's', 'd')
+  local h, a = KEYS[2 * i - 1], 5 + 3 * i
+  local s = redis.call('HMGET', h, 's', 'd', 'b', 'p')
   if s[1] and tonumber(s[2]) > now then
     settled[i] = tonumber(s[1])
-  elseif ARGV[a + 1] ~= '' then
+  elseif ARGV[a + 1] ~= '' and s[3] then
     redis.call('HSET', h, 's', ARGV[a + 1], 'd', ARGV[6])
-    settled[i] = tonumber(ARGV[a + 1])
+    redis.call('HINCRBY', h, 's', s[4] or '0')
+    redis.call('HDEL', h, 'b', 'p')
+    settled[i] = tonumber(redis.call('HGET', h, 's'))
   else
+    if not s[3] or tonumber(s[3]) + tonumber(ARGV[7]) < now then
+      redis.call('HSET', h, 'b', ARGV[1], 'p', '0')
+      redis.call('EXPIRE', h, ARGV[a + 2])
+    end
     cold[#cold + 1] = i
   end
 end
@@ -91,7 +106,7 @@ if #cold > 0 then
   return cold
 end
 for i = 1, n do
-  local h, z, a = KEYS[2 * i - 1], KEYS[2 * i], 4 + 3 * i
+  local h, z, a = KEYS[2 * i - 1], KEYS[2 * i], 5 + 3 * i
   local lapsed = redis.call('ZRANGEBYSCORE', z, '-inf', now, 'LIMIT', 0, 500)
   for _, id in ipairs(lapsed) do
     local held = redis.call('HGET', h, 'r:' .. id)
@@ -110,7 +125,7 @@ for i = 1, n do
   end
 end
 for i = 1, n do
-  local h, z, a = KEYS[2 * i - 1], KEYS[2 * i], 4 + 3 * i
+  local h, z, a = KEYS[2 * i - 1], KEYS[2 * i], 5 + 3 * i
   redis.call('HSET', h, 'r:' .. rid, ARGV[5])
   redis.call('HINCRBY', h, 't', ARGV[5])
   redis.call('ZADD', z, ARGV[2], rid)
@@ -121,8 +136,9 @@ return {1}
 """
 
 # Settle. KEYS as above; ARGV: reservation id, n, now, cost ('0': none). The
-# cost is added only to a settled value still trusted; otherwise the next
-# rebuild reads it from CallLog.
+# cost is added to a settled value still trusted, or to the costs settled
+# during a rebuild; otherwise (cold, no rebuild begun) the next rebuild reads
+# it from CallLog, where the call's row already is.
 _SETTLE_LUA = """
 local rid, n, now, cost = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 for i = 1, n do
@@ -134,8 +150,12 @@ for i = 1, n do
     if held ~= '0' then redis.call('HINCRBY', h, 't', '-' .. held) end
   end
   if cost ~= '0' then
-    local d = redis.call('HGET', h, 'd')
-    if d and tonumber(d) > now then redis.call('HINCRBY', h, 's', cost) end
+    local v = redis.call('HMGET', h, 'd', 'b')
+    if v[1] and tonumber(v[1]) > now then
+      redis.call('HINCRBY', h, 's', cost)
+    elseif v[2] then
+      redis.call('HINCRBY', h, 'p', cost)
+    end
   end
 end
 return 1
@@ -143,6 +163,8 @@ return 1
 
 # Keys outlive their period by an hour (late settles) and their last reservation.
 _KEY_GRACE_SECONDS = 3600
+# A rebuild not installed after this long was abandoned (its caller died).
+_REBUILD_MARK_STALE_MS = 60_000
 
 
 def _redis_keys(entry) -> tuple[str, str]:
@@ -203,6 +225,7 @@ class RedisCounters:
             len(entries),
             reservation.amount_nano,
             now_ms + settings.USAGE_BUDGET_COUNTER_REBUILD_SECONDS * 1000,
+            _REBUILD_MARK_STALE_MS,
         ]
         fixed = [
             (

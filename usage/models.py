@@ -388,8 +388,9 @@ class BudgetCounter(models.Model):
 
     `settled_usd` starts as the period's CallLog cost and grows as calls settle;
     rows are locked (SELECT ... FOR UPDATE) while reserving, so reservations are
-    atomic across processes. `definition` changes whenever the budget is edited,
-    which starts a fresh counter rebuilt from CallLog.
+    atomic across processes. `definition` fingerprints what is counted (scope,
+    period kind, time zone): a budget given a new scope starts a fresh counter
+    rebuilt from CallLog; other edits keep the counter and its holds.
     """
 
     budget = models.ForeignKey(Budget, on_delete=models.CASCADE, related_name="counters")

@@ -8,11 +8,13 @@ from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import pytest
+import redis
 from django.db import connection
 from django.utils import timezone
 
 from llm_providers.config_cache import config_version
 from tests.factories import BudgetFactory, CallLogFactory, ProviderConfigFactory, TenantFactory
+from usage import budget_counters
 from usage.budget import (
     BudgetExceeded,
     BudgetUnavailable,
@@ -22,6 +24,7 @@ from usage.budget import (
 )
 from usage.models import Budget, BudgetHold
 from usage.periods import DAILY, MONTHLY, period_containing
+from usage.services import budget_update
 
 
 def _reserve(tenant, amount, *, service="summarizer", customer="acme", provider_config_id=None):
@@ -339,3 +342,68 @@ def test_concurrent_reservations_never_exceed_blocking_budget_with_database_coun
 
     assert outcomes.count("reserved") == 5
     assert BudgetHold.objects.count() == 5
+
+
+@pytest.mark.django_db
+def test_budget_edit_keeps_reservations_and_spend_of_calls_in_flight(counters):
+    # given a call in flight holding most of a blocking budget
+    tenant = TenantFactory()
+    budget = _blocking_daily(tenant, limit="1.00")
+    in_flight = _reserve(tenant, "0.90")
+
+    # when the budget is edited without changing what it counts
+    budget_update(budget=budget, data={"alert_emails": "ops@example.com", "name": "Cap"})
+
+    # then its hold still counts, and so does its cost once it settles
+    with pytest.raises(BudgetExceeded):
+        _reserve(tenant, "0.90")
+    CallLogFactory(tenant=tenant, service_name="summarizer", cost_usd=Decimal("0.90"))
+    budget_settle(reservation=in_flight, cost_usd=Decimal("0.90"))
+    with pytest.raises(BudgetExceeded) as caught:
+        _reserve(tenant, "0.20")
+    assert Decimal(caught.value.extra["spend_usd"]) == Decimal("0.9")
+
+
+@pytest.mark.django_db
+def test_budget_given_a_new_scope_counts_its_new_scope_from_call_logs(counters):
+    tenant = TenantFactory()
+    budget = _blocking_daily(tenant, limit="1.00", service_name="summarizer")
+    CallLogFactory(tenant=tenant, service_name="translator", cost_usd=Decimal("0.95"))
+    assert _reserve(tenant, "0.50", service="summarizer")
+
+    budget_update(budget=budget, data={"service_name": "translator"})
+
+    with pytest.raises(BudgetExceeded) as caught:
+        _reserve(tenant, "0.10", service="translator")
+    assert Decimal(caught.value.extra["spend_usd"]) == Decimal("0.95")
+
+
+@pytest.mark.redis
+@pytest.mark.django_db
+def test_call_settled_while_its_counter_is_rebuilt_is_not_lost(settings, monkeypatch):
+    # given a Redis counter due for its rebuild while call A holds $0.60
+    settings.USAGE_BUDGET_BACKEND = "redis"
+    tenant = TenantFactory()
+    budget = _blocking_daily(tenant, limit="1.00")
+    call_a = _reserve(tenant, "0.60")
+    client = redis.Redis.from_url(settings.USAGE_BUDGET_REDIS_URL)
+    [counter] = client.keys(f"llmpl:budget:{budget.pk}:*:h")
+    client.hset(counter, "d", 0)
+
+    # when A logs and settles while the next reservation sums CallLog
+    summed = budget_counters.settled_from_call_logs
+
+    def sum_while_a_settles(entry):
+        total = summed(entry)
+        CallLogFactory(tenant=tenant, service_name="summarizer", cost_usd=Decimal("0.60"))
+        budget_settle(reservation=call_a, cost_usd=Decimal("0.60"))
+        return total
+
+    monkeypatch.setattr(budget_counters, "settled_from_call_logs", sum_while_a_settles)
+
+    # then the rebuilt counter holds A's cost, and B does not fit
+    with pytest.raises(BudgetExceeded) as caught:
+        _reserve(tenant, "0.60")
+    assert Decimal(caught.value.extra["spend_usd"]) == Decimal("0.6")
+    assert client.hget(counter, "s") == b"600000000"
+    assert not client.hexists(counter, "b")

@@ -4,7 +4,8 @@ OpenAI-compatible presets (Gemini, Mistral, Together, Groq, Ollama, any base URL
 Usage arrives normalised already: `prompt_tokens` includes the cached tokens
 (`prompt_tokens_details.cached_tokens`) and `completion_tokens` the reasoning
 tokens (`completion_tokens_details.reasoning_tokens`). Streams ask for
-`stream_options={"include_usage": True}` and read the usage chunk at the end.
+`stream_options={"include_usage": True}` (Mistral, which refuses the field,
+sends usage unasked) and read the usage chunk at the end.
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ PLACEHOLDER_API_KEY = "no-key-configured"
 # OpenAI and Azure reasoning models refuse `max_tokens`; the other presets
 # speak the older parameter name.
 _MAX_COMPLETION_TOKENS_TYPES = frozenset({"openai", AZURE})
+# Mistral refuses `stream_options` (422, extra fields forbidden) and sends the
+# stream's usage in its last chunk unasked.
+_USAGE_UNASKED_TYPES = frozenset({"mistral"})
 
 
 class OpenAIChatAdapter(Adapter):
@@ -154,11 +158,10 @@ class OpenAIChatAdapter(Adapter):
 
     @translate_stream_errors
     def stream(self, request: ChatRequest) -> Iterator[StreamChunk]:
-        response = self._client.chat.completions.create(
-            **self._chat_arguments(request),
-            stream=True,
-            stream_options={"include_usage": True},
-        )
+        arguments = self._chat_arguments(request)
+        if self.settings.provider_type not in _USAGE_UNASKED_TYPES:
+            arguments["stream_options"] = {"include_usage": True}
+        response = self._client.chat.completions.create(**arguments, stream=True)
         model = request.model
         finish_reason: str | None = None
         usage: Usage | None = None

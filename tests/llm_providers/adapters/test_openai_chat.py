@@ -256,6 +256,28 @@ def test_stream_reads_groq_usage_when_reported_in_x_groq(openai_upstream):
     assert chunks[-1].usage == Usage(input_tokens=40, output_tokens=2)
 
 
+def test_mistral_stream_reads_usage_of_last_chunk_without_asking_for_it(openai_upstream):
+    # Mistral answers 422 to `stream_options` and reports usage in the last chunk.
+    adapter = _adapter("mistral", openai_upstream.base_url, api_key="mistral-test-key-123456")
+    chunks = [
+        b'data: {"id":"x","object":"chat.completion.chunk","created":1,"model":"mistral-small",'
+        b'"choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":null}]}\n\n',
+        b'data: {"id":"x","object":"chat.completion.chunk","created":1,"model":"mistral-small",'
+        b'"choices":[{"index":0,"delta":{"content":""},"finish_reason":"stop"}],'
+        b'"usage":{"prompt_tokens":12,"completion_tokens":3,"total_tokens":15}}\n\n',
+        b"data: [DONE]\n\n",
+    ]
+    from tests.upstreams.server import Reply
+
+    openai_upstream.enqueue(Reply(headers={"Content-Type": "text/event-stream"}, chunks=chunks))
+
+    received = list(adapter.stream(_request()))
+
+    assert "stream_options" not in openai_upstream.requests[0].json
+    assert "".join(c.text for c in received) == "Hi"
+    assert received[-1].usage == Usage(input_tokens=12, output_tokens=3)
+
+
 def test_stream_raises_upstream_unavailable_after_the_chunks_received_when_connection_breaks(
     adapter, openai_upstream
 ):

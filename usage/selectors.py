@@ -26,6 +26,7 @@ from django.db.models import (
 from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
 
+from llm_providers.adapters.errors import ContentRefused, NotSupported, ProviderBadRequest
 from llm_providers.models import ProviderConfig, Tenant
 
 from .models import AggregationState, Budget, CallLog, CostAlert, DailyUsage
@@ -234,10 +235,25 @@ def _provider_label(provider_config_id, provider_type: str, names: dict) -> str:
     return names.get(provider_config_id) or f"(deleted) {provider_type}".strip()
 
 
+# Errors the provider answered because of the caller's request (bad request,
+# context too long, refused content, unsupported operation): the provider
+# works, so they do not count towards its error rate.
+CALLER_ERROR_CODES = tuple(
+    {
+        cls.code
+        for base in (ProviderBadRequest, ContentRefused, NotSupported)
+        for cls in (base, *base.__subclasses__())
+    }
+)
+
+
 def provider_error_rates(
     *, now: datetime, tenant: Tenant | None = None
 ) -> list[tuple[object, object, int, int]]:
-    """(tenant_id, provider_config_id, attempts, errors) over the error-rate window."""
+    """(tenant_id, provider_config_id, attempts, errors) over the error-rate window.
+
+    Errors caused by the caller's request (CALLER_ERROR_CODES) count as attempts, not errors.
+    """
     window = timedelta(minutes=settings.USAGE_ERROR_RATE_WINDOW_MINUTES)
     logs = CallLog.objects.filter(
         created_at__gte=now - window,
@@ -250,7 +266,13 @@ def provider_error_rates(
     rows = (
         logs.order_by()
         .values("tenant_id", "provider_config_id")
-        .annotate(total=Count("pk"), errors=Count("pk", filter=Q(status=CallLog.Status.ERROR)))
+        .annotate(
+            total=Count("pk"),
+            errors=Count(
+                "pk",
+                filter=Q(status=CallLog.Status.ERROR) & ~Q(error_code__in=CALLER_ERROR_CODES),
+            ),
+        )
     )
     return [(r["tenant_id"], r["provider_config_id"], r["total"], r["errors"]) for r in rows]
 

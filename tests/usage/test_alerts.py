@@ -29,6 +29,7 @@ from usage.alerts import (
     unpriced_usage_check,
 )
 from usage.models import AlertDelivery, Budget, CallLog, CostAlert
+from usage.selectors import provider_error_rates
 
 NOW = dt.datetime(2026, 6, 15, 12, 0, tzinfo=dt.UTC)
 
@@ -367,6 +368,34 @@ def test_error_rate_does_not_alert_below_minimum_requests(settings):
         )
 
     assert error_rates_check(now=NOW) == []
+
+
+@pytest.mark.django_db
+def test_error_rate_does_not_count_errors_caused_by_the_callers_requests(settings):
+    # given a provider that answers every request, 12 of 20 with the caller's fault
+    settings.USAGE_ERROR_RATE_THRESHOLD = 0.2
+    settings.USAGE_ERROR_RATE_MIN_REQUESTS = 10
+    tenant = TenantFactory()
+    config = ProviderConfigFactory(tenant=tenant)
+    codes = ["context_too_long", "provider_bad_request", "content_refused"] * 4
+    for code in codes:
+        CallLogFactory(
+            tenant=tenant, provider_config=config, status=CallLog.Status.ERROR, error_code=code,
+            created_at=NOW - dt.timedelta(minutes=1),
+        )  # fmt: skip
+    for _ in range(8):
+        CallLogFactory(
+            tenant=tenant, provider_config=config, created_at=NOW - dt.timedelta(minutes=1)
+        )
+
+    # then it is not failing; one timeout in 21 attempts (5%) stays under the threshold
+    assert error_rates_check(now=NOW) == []
+    CallLogFactory(
+        tenant=tenant, provider_config=config, status=CallLog.Status.ERROR,
+        error_code="provider_timeout", created_at=NOW - dt.timedelta(minutes=1),
+    )  # fmt: skip
+    assert error_rates_check(now=NOW) == []
+    assert provider_error_rates(now=NOW, tenant=tenant) == [(tenant.pk, config.pk, 21, 1)]
 
 
 @pytest.mark.django_db

@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import copy
+
 from django.contrib import admin, messages
 from django.contrib.admin.utils import quote, unquote
 from django.core.exceptions import PermissionDenied
+from django.db import transaction
 from django.db.models import Q
 from django.http import Http404, HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.defaultfilters import pluralize
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
+from django.utils.text import get_text_list
 from rest_framework_api_key.models import APIKey
 
 from .admin_scoping import TenantScopedAdmin, request_tenant_ids
+from .api.history import (
+    change_history_record_change,
+    change_history_record_deactivation,
+    change_history_record_deletion,
+)
 from .forms import (
     SECRET_FORM_FIELDS,
     ProviderConfigAdminForm,
@@ -22,6 +31,7 @@ from .forms import (
     provider_type_help_html,
 )
 from .models import ModelPrice, ProviderConfig, ServiceKey, Tenant, TenantMembership
+from .selectors import provider_config_references
 from .services import (
     provider_config_create,
     provider_config_delete,
@@ -262,15 +272,59 @@ class ProviderConfigAdmin(TenantScopedAdmin):
         obj._state.adding = False
         obj._state.db = saved._state.db
 
+    # A config that call logs, overrides or budgets refer to is deactivated,
+    # not deleted (provider_config_delete). The confirmation page, the
+    # history and the messages say which of the two happens.
+
+    def get_deleted_objects(self, objs, request):
+        deletable, kept = [], []
+        for config in objs:
+            references = provider_config_references(provider_config=config)
+            if references:
+                kept.append((config, references))
+            else:
+                deletable.append(config)
+        # Only what is really deleted cascades or is protected; a kept config
+        # neither blocks the delete nor lists its budgets as going with it.
+        deleted_objects, model_count, perms_needed, protected = super().get_deleted_objects(
+            deletable, request
+        )
+        for config, references in kept:
+            deleted_objects += [
+                f"Provider config: {config} — deactivated, not deleted: referred to by",
+                references,
+            ]
+        return deleted_objects, model_count, perms_needed, protected
+
+    def render_delete_form(self, request, context):
+        context["deactivated_references"] = provider_config_references(
+            provider_config=context["object"]
+        )
+        return super().render_delete_form(request, context)
+
+    def log_deletions(self, request, queryset):
+        # delete_model records each config's history once the service has
+        # said whether it deleted or only deactivated it.
+        return []
+
     def delete_model(self, request, obj):
         self.tenant_write_check(request, obj)
-        if not provider_config_delete(provider_config=obj):
-            self.message_user(
-                request,
-                f"“{obj.name}” served calls or is used by routing overrides, so it was "
-                "deactivated instead of deleted.",
-                messages.WARNING,
+        # Deleting clears the instance's id; the history entry needs it.
+        before = copy.copy(obj)
+        with transaction.atomic():
+            if provider_config_delete(provider_config=obj):
+                change_history_record_deletion(user=request.user, instance=before)
+                return
+            references = provider_config_references(provider_config=obj)
+            change_history_record_deactivation(
+                user=request.user, instance=obj, references=references
             )
+        self.message_user(
+            request,
+            f"“{obj.name}” was deactivated instead of deleted: referred to by "
+            f"{get_text_list(references, 'and')}.",
+            messages.WARNING,
+        )
 
     def response_delete(self, request, obj_display, obj_id):
         if ProviderConfig.objects.filter(pk=obj_id).exists():
@@ -462,8 +516,13 @@ class ServiceKeyAdmin(TenantScopedAdmin):
         for service_key in queryset:
             if not self.has_change_permission(request, service_key):
                 skipped += 1
-            elif service_key_revoke(service_key=service_key):
-                revoked += 1
+            else:
+                with transaction.atomic():
+                    if service_key_revoke(service_key=service_key):
+                        change_history_record_change(
+                            user=request.user, instance=service_key, fields=["revoked"]
+                        )
+                        revoked += 1
         self.message_user(request, f"Revoked {revoked} service key{pluralize(revoked)}.")
         if skipped:
             self.message_user(

@@ -37,3 +37,27 @@ def provider_config_list(*, tenant: Tenant, active_only: bool = False) -> QueryS
     if active_only:
         configs = configs.filter(is_active=True)
     return configs
+
+
+# What keeps a provider config from being deleted: call logs keep the history
+# of the calls it served, overrides and fallbacks route to it, and a budget
+# scoped to it must not vanish with it. Reverse relations, by related name.
+PROVIDER_CONFIG_REFERENCES = ("call_logs", "routing_overrides", "routing_fallbacks", "budgets")
+
+
+def provider_config_is_referenced(*, provider_config: ProviderConfig) -> bool:
+    """Whether anything refers to the config, so that deleting it only deactivates it."""
+    return any(getattr(provider_config, name).exists() for name in PROVIDER_CONFIG_REFERENCES)
+
+
+def provider_config_references(*, provider_config: ProviderConfig) -> list[str]:
+    """What refers to the config, counted: ["3 call logs", "1 routing override"]; [] if nothing."""
+    references = []
+    for name in PROVIDER_CONFIG_REFERENCES:
+        related = getattr(provider_config, name)
+        count = related.count()
+        if count:
+            meta = related.model._meta
+            label = meta.verbose_name if count == 1 else meta.verbose_name_plural
+            references.append(f"{count} {label}")
+    return references

@@ -13,6 +13,7 @@ from .adapters.errors import scrub_secrets
 from .adapters.types import ConnectionCheck
 from .exceptions import ApplicationError
 from .models import ProviderConfig, ServiceKey, Tenant
+from .selectors import provider_config_is_referenced
 
 # Fields a caller may set directly; secrets go through their own arguments.
 PROVIDER_CONFIG_FIELDS = frozenset(
@@ -179,15 +180,7 @@ def provider_config_delete(*, provider_config: ProviderConfig) -> bool:
     Call logs keep their history, so a config that served calls is never
     removed. Returns True when the row was deleted, False when deactivated.
     """
-    referenced = (
-        provider_config.call_logs.exists()
-        or provider_config.routing_overrides.exists()
-        or provider_config.routing_fallbacks.exists()
-        # A budget scoped to the config would go with it: a spending limit
-        # must not disappear as a side effect.
-        or provider_config.budgets.exists()
-    )
-    if referenced:
+    if provider_config_is_referenced(provider_config=provider_config):
         provider_config.is_active = False
         provider_config.is_default = False
         provider_config.save(update_fields=["is_active", "is_default", "updated_at"])

@@ -20,7 +20,7 @@ from rest_framework.views import APIView
 
 from llm_providers.completion import complete, embed, stream
 from llm_providers.models import ProviderConfig, ServiceKey
-from llm_providers.selectors import provider_config_list
+from llm_providers.selectors import provider_config_list, provider_config_references
 from llm_providers.services import (
     PROVIDER_CONFIG_FIELDS,
     SECRET_FIELDS,
@@ -43,6 +43,7 @@ from .health import health_check
 from .history import (
     change_history_record_addition,
     change_history_record_change,
+    change_history_record_deactivation,
     change_history_record_deletion,
 )
 from .negotiation import JSONFallbackNegotiation
@@ -143,14 +144,10 @@ class ProviderConfigViewSet(
             if deleted:
                 change_history_record_deletion(user=request.user, instance=before)
             else:
-                change_history_record_change(
+                change_history_record_deactivation(
                     user=request.user,
                     instance=config,
-                    fields=[
-                        name
-                        for name in ("is_active", "is_default")
-                        if getattr(before, name) != getattr(config, name)
-                    ],
+                    references=provider_config_references(provider_config=config),
                 )
         if deleted:
             return Response(status=status.HTTP_204_NO_CONTENT)

@@ -67,9 +67,11 @@ print(json.dumps({
 """
 
 
-def _run(args: list[str], *, settings_module: str, env: dict[str, str] | None = None):
+def _run(args: list[str], *, settings_module: str | None, env: dict[str, str] | None = None):
+    """Run Python in a fresh process; `settings_module=None` leaves DJANGO_SETTINGS_MODULE unset."""
     child_env = {k: v for k, v in os.environ.items() if k not in SETTINGS_VARIABLES}
-    child_env["DJANGO_SETTINGS_MODULE"] = settings_module
+    if settings_module is not None:
+        child_env["DJANGO_SETTINGS_MODULE"] = settings_module
     child_env.update(env or {})
     return subprocess.run(
         [sys.executable, *args],
@@ -251,3 +253,33 @@ def test_production_weak_secret_key_fails_check_deploy():
     )
     assert result.returncode != 0
     assert "security.W009" in result.stderr + result.stdout
+
+
+# --- Celery worker and beat -------------------------------------------------------------------
+
+# `celery -A config report` loads the app as `worker` and `beat` do and prints
+# the Django settings it got, then exits.
+CELERY_REPORT = ["-m", "celery", "-A", "config", "report"]
+
+
+def test_celery_without_settings_module_uses_production_settings():
+    result = _run(CELERY_REPORT, settings_module=None, env=PRODUCTION_ENV)
+    assert result.returncode == 0, result.stderr
+    assert "SETTINGS_MODULE: 'config.settings.production'" in result.stdout
+    assert "\nDEBUG: False\n" in result.stdout
+
+
+def test_celery_without_settings_module_refuses_to_start_without_secrets():
+    result = _run(CELERY_REPORT, settings_module=None)
+    assert result.returncode != 0
+    assert (
+        "django.core.exceptions.ImproperlyConfigured: SECRET_KEY and SALT_KEY must be set in "
+        "production (see docs/OPERATIONS.md)." in result.stderr
+    )
+
+
+def test_celery_uses_development_settings_when_told():
+    result = _run(CELERY_REPORT, settings_module="config.settings.development")
+    assert result.returncode == 0, result.stderr
+    assert "SETTINGS_MODULE: 'config.settings.development'" in result.stdout
+    assert "\nDEBUG: True\n" in result.stdout

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import json
-import uuid
 
 import pytest
+from django.contrib.admin.models import CHANGE, DELETION, LogEntry
 from django.contrib.messages import get_messages
 from django.test import override_settings
 from django.urls import reverse
 
 from llm_providers.models import ProviderConfig, ServiceKey
-from tests.factories import ProviderConfigFactory, RoutingOverrideFactory, ServiceKeyFactory
-from usage.models import CallLog
+from overrides.models import RoutingOverride
+from tests.factories import (
+    BudgetFactory,
+    CallLogFactory,
+    ProviderConfigFactory,
+    RoutingOverrideFactory,
+    ServiceKeyFactory,
+)
+from usage.models import Budget, CallLog
 
 pytestmark = pytest.mark.django_db
 
@@ -324,46 +331,138 @@ def test_allowed_models_typed_one_per_line(tenant, tenant_admin, admin_client_fo
     assert config.allowed_models == ["fake-small", "fake-large"]
 
 
-def test_delete_of_config_used_by_override_refused(tenant, tenant_admin, admin_client_for):
-    override = RoutingOverrideFactory(tenant=tenant)
-    config = override.provider_config
-    response = admin_client_for(tenant_admin).post(
-        reverse("admin:llm_providers_providerconfig_delete", args=[config.pk]), {"post": "yes"}
-    )
-    # Overrides protect the config from deletion, and the admin says so.
-    assert response.status_code == 200
-    assert "would require deleting the following protected related objects" in (
-        response.content.decode()
-    )
-    assert ProviderConfig.objects.get(pk=config.pk).is_active is True
+def _delete_url(config) -> str:
+    return reverse("admin:llm_providers_providerconfig_delete", args=[config.pk])
 
 
-def test_delete_of_config_with_call_logs_deactivates_it(tenant, tenant_admin, admin_client_for):
+def _history(instance) -> list[tuple[int, int, str]]:
+    entries = LogEntry.objects.filter(object_id=str(instance.pk)).order_by("id")
+    return [(e.action_flag, e.user_id, e.get_change_message()) for e in entries]
+
+
+def test_delete_of_unused_config_removes_it_and_records_deletion(
+    tenant, tenant_admin, admin_client_for
+):
+    # given
+    config = ProviderConfigFactory(tenant=tenant, name="spare")
+    client = admin_client_for(tenant_admin)
+    # when
+    page = client.get(_delete_url(config)).content.decode()
+    response = client.post(_delete_url(config), {"post": "yes"}, follow=True)
+    # then
+    assert "Are you sure you want to delete the provider config" in page
+    assert "will be deactivated" not in page
+    assert not ProviderConfig.objects.filter(pk=config.pk).exists()
+    assert _messages(response) == [
+        "The provider config “spare (Fake (demo and tests))” was deleted successfully."
+    ]
+    entry = LogEntry.objects.get(object_id=str(config.pk))
+    assert (entry.action_flag, entry.user_id, entry.object_repr) == (
+        DELETION,
+        tenant_admin.pk,
+        "spare (Fake (demo and tests))",
+    )
+
+
+def test_delete_of_config_with_call_logs_deactivates_it_and_records_change(
+    tenant, tenant_admin, admin_client_for
+):
+    # given
     config = ProviderConfigFactory(tenant=tenant, name="served", is_default=True)
-    CallLog.objects.create(
-        tenant=tenant, request_id=uuid.uuid4(), provider_config=config, status="ok"
-    )
-    response = admin_client_for(tenant_admin).post(
-        reverse("admin:llm_providers_providerconfig_delete", args=[config.pk]),
-        {"post": "yes"},
-        follow=True,
-    )
+    CallLogFactory.create_batch(3, tenant=tenant, provider_config=config)
+    client = admin_client_for(tenant_admin)
+    # when
+    page = client.get(_delete_url(config)).content.decode()
+    response = client.post(_delete_url(config), {"post": "yes"}, follow=True)
+    # then
+    assert "will be deactivated instead of deleted" in page
+    assert "<li>3 call logs</li>" in page
     stored = ProviderConfig.objects.get(pk=config.pk)
     assert (stored.is_active, stored.is_default) == (False, False)
     assert _messages(response) == [
-        "“served” served calls or is used by routing overrides, so it was deactivated instead "
-        "of deleted."
+        "“served” was deactivated instead of deleted: referred to by 3 call logs."
     ]
-    assert CallLog.objects.get().provider_config_id == config.pk
+    assert CallLog.objects.filter(provider_config=config).count() == 3
+    assert _history(config) == [
+        (CHANGE, tenant_admin.pk, "Deactivated instead of deleted: referred to by 3 call logs.")
+    ]
 
 
-def test_delete_of_unused_config_removes_it(tenant, tenant_admin, admin_client_for):
-    config = ProviderConfigFactory(tenant=tenant)
-    response = admin_client_for(tenant_admin).post(
-        reverse("admin:llm_providers_providerconfig_delete", args=[config.pk]), {"post": "yes"}
-    )
-    assert response.status_code == 302
-    assert not ProviderConfig.objects.filter(pk=config.pk).exists()
+def test_delete_of_config_used_by_override_deactivates_it(tenant, tenant_admin, admin_client_for):
+    # given
+    override = RoutingOverrideFactory(tenant=tenant)
+    config = override.provider_config
+    client = admin_client_for(tenant_admin)
+    # when
+    page = client.get(_delete_url(config)).content.decode()
+    response = client.post(_delete_url(config), {"post": "yes"}, follow=True)
+    # then: the override does not block the delete; the config stays, inactive.
+    assert "protected" not in page
+    assert "will be deactivated instead of deleted" in page
+    assert "<li>1 routing override</li>" in page
+    assert response.status_code == 200
+    assert ProviderConfig.objects.get(pk=config.pk).is_active is False
+    assert RoutingOverride.objects.get(pk=override.pk).provider_config_id == config.pk
+    assert _history(config) == [
+        (
+            CHANGE,
+            tenant_admin.pk,
+            "Deactivated instead of deleted: referred to by 1 routing override.",
+        )
+    ]
+
+
+def test_delete_of_config_with_budget_deactivates_it_and_keeps_budget(
+    tenant, tenant_admin, admin_client_for
+):
+    # given
+    config = ProviderConfigFactory(tenant=tenant, name="capped")
+    budget = BudgetFactory(tenant=tenant, name="capped-monthly", provider_config=config)
+    client = admin_client_for(tenant_admin)
+    # when
+    page = client.get(_delete_url(config)).content.decode()
+    client.post(_delete_url(config), {"post": "yes"})
+    # then: the page does not list the budget as going with the config.
+    assert "will be deactivated instead of deleted" in page
+    assert "<li>1 budget</li>" in page
+    assert "capped-monthly" not in page
+    assert "Summary" not in page
+    assert ProviderConfig.objects.get(pk=config.pk).is_active is False
+    assert Budget.objects.get(pk=budget.pk).provider_config_id == config.pk
+    assert _history(config) == [
+        (CHANGE, tenant_admin.pk, "Deactivated instead of deleted: referred to by 1 budget.")
+    ]
+
+
+def test_bulk_delete_deletes_unused_and_deactivates_referenced(
+    tenant, tenant_admin, admin_client_for
+):
+    # given
+    spare = ProviderConfigFactory(tenant=tenant, name="spare")
+    served = ProviderConfigFactory(tenant=tenant, name="served")
+    CallLogFactory(tenant=tenant, provider_config=served)
+    RoutingOverrideFactory(tenant=tenant, provider_config=served)
+    client = admin_client_for(tenant_admin)
+    selection = {"action": "delete_selected", "_selected_action": [spare.pk, served.pk]}
+    # when
+    page = client.post(reverse(CHANGELIST), selection).content.decode()
+    client.post(reverse(CHANGELIST), {**selection, "post": "yes"})
+    # then
+    assert "Those that others refer to are deactivated instead" in page
+    assert "served (Fake (demo and tests)) — deactivated, not deleted: referred to by" in page
+    assert "<li>1 call log</li>" in page
+    assert "<li>1 routing override</li>" in page
+    assert "protected" not in page
+    assert not ProviderConfig.objects.filter(pk=spare.pk).exists()
+    assert ProviderConfig.objects.get(pk=served.pk).is_active is False
+    assert _history(spare) == [(DELETION, tenant_admin.pk, "")]
+    assert _history(served) == [
+        (
+            CHANGE,
+            tenant_admin.pk,
+            "Deactivated instead of deleted: referred to by 1 call log and 1 routing override.",
+        )
+    ]
 
 
 # --- connection tests -------------------------------------------------------------------
@@ -474,6 +573,20 @@ def test_service_key_revoke_action(tenant, tenant_admin, admin_client_for):
     assert _messages(response) == ["Revoked 1 service key."]
     assert ServiceKey.objects.get(pk=service_key.pk).revoked is True
     assert ServiceKey.objects.is_valid(service_key.secret) is False
+    assert _history(service_key) == [(CHANGE, tenant_admin.pk, "Changed Revoked.")]
+
+
+def test_service_key_revoke_action_records_nothing_for_revoked_key(
+    tenant, tenant_admin, admin_client_for
+):
+    service_key = ServiceKeyFactory(tenant=tenant, revoked=True)
+    response = admin_client_for(tenant_admin).post(
+        reverse("admin:llm_providers_servicekey_changelist"),
+        {"action": "revoke", "_selected_action": [service_key.pk]},
+        follow=True,
+    )
+    assert _messages(response) == ["Revoked 0 service keys."]
+    assert _history(service_key) == []
 
 
 def test_revoked_service_key_is_read_only(tenant, tenant_admin, admin_client_for):

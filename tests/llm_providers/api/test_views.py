@@ -271,9 +271,10 @@ def test_provider_delete_deactivates_and_answers_200_when_call_logs_use_it(admin
     config.refresh_from_db()
     assert (config.is_active, config.is_default) == (False, False)
     [entry] = _history(config)
-    assert json.loads(entry.change_message) == [
-        {"changed": {"fields": ["Is active", "Is default"]}}
-    ]
+    assert (entry.action_flag, entry.get_change_message()) == (
+        CHANGE,
+        "Deactivated instead of deleted: referred to by 1 call log.",
+    )
 
 
 # --- connection test -----------------------------------------------------------

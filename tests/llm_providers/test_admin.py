@@ -111,6 +111,21 @@ def test_add_stores_key_encrypted_and_shows_only_mask(
     assert_secret_absent(html, KEY)
 
 
+def test_changelist_hides_whole_key_when_little_follows_the_public_prefix(
+    tenant, tenant_admin, admin_client_for
+):
+    ProviderConfigFactory(
+        tenant=tenant, name="openai-short", provider_type="openai", api_key="sk-proj-wxyz"
+    )
+
+    response = admin_client_for(tenant_admin).get(reverse(CHANGELIST))
+
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert "••••" in html
+    assert "wxyz" not in html
+
+
 def test_change_page_never_contains_key(
     openai_config, tenant_admin, admin_client_for, assert_secret_absent
 ):

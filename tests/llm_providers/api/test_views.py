@@ -189,6 +189,18 @@ def test_provider_patch_records_changed_fields_without_values(admin_api, admin_u
     assert new_key not in entry.change_message
 
 
+def test_provider_create_hides_whole_key_when_little_follows_the_public_prefix(admin_api, tenant):
+    response = admin_api.post(
+        PROVIDERS, {"name": "openai-short", "provider_type": "openai", "api_key": "sk-proj-wxyz"}
+    )
+
+    assert response.status_code == 201, response.json()
+    assert response.json()["key_mask"] == "••••"
+    assert "wxyz" not in response.content.decode()
+    config = ProviderConfig.objects.get(tenant=tenant, name="openai-short")
+    assert (config.key_prefix, config.key_last4) == ("sk-proj-", "")
+
+
 def test_provider_patch_records_nothing_when_nothing_changed(admin_api, tenant):
     config = ProviderConfigFactory(tenant=tenant, priority=3)
 

@@ -248,6 +248,30 @@ class ProviderConfig(models.Model):
 
     # --- validation ----------------------------------------------------------
 
+    def endpoint_validate(self) -> None:
+        """Raise ValidationError unless calls may go to the URL this config uses.
+
+        That is the typed base URL or, without one, the type's default. The
+        defaults of vendors are their public endpoints, fixed in code; the
+        default of a self-hosted type (Ollama's localhost) is this server's
+        own machine, so it is checked like a typed URL.
+        """
+        if self.base_url:
+            base_url_validate(self.base_url)
+            return
+        spec = self.spec
+        if not (spec.self_hosted and spec.default_base_url):
+            return
+        try:
+            base_url_validate(spec.default_base_url)
+        except ValidationError:
+            raise ValidationError(
+                f"{self.get_provider_type_display()} needs a base URL on a public address: "
+                f"its default endpoint ({spec.default_base_url}) is not public. Enter one, or "
+                "turn on PROVIDER_ALLOW_PRIVATE_URLS to allow private addresses.",
+                code="private_address",
+            ) from None
+
     def clean(self) -> None:
         super().clean()
         errors: dict[str, list[str]] = {}
@@ -279,11 +303,10 @@ class ProviderConfig(models.Model):
             errors.setdefault("base_url", []).append(
                 f"{label} needs a base URL (the endpoint of your deployment)."
             )
-        if self.base_url:
-            try:
-                base_url_validate(self.base_url)
-            except ValidationError as exc:
-                errors.setdefault("base_url", []).extend(exc.messages)
+        try:
+            self.endpoint_validate()
+        except ValidationError as exc:
+            errors.setdefault("base_url", []).extend(exc.messages)
 
         errors.update(self._options_errors(spec, label))
 

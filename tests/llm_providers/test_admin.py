@@ -126,6 +126,24 @@ def test_changelist_hides_whole_key_when_little_follows_the_public_prefix(
     assert "wxyz" not in html
 
 
+def test_add_ollama_without_base_url_shows_error_when_private_urls_off(
+    tenant, tenant_admin, admin_client_for, settings
+):
+    settings.PROVIDER_ALLOW_PRIVATE_URLS = False
+
+    response = admin_client_for(tenant_admin).post(
+        reverse(ADD), _form_data(tenant=str(tenant.pk), name="local", provider_type="ollama")
+    )
+
+    assert response.status_code == 200
+    assert response.context["adminform"].form.errors["base_url"] == [
+        "Ollama needs a base URL on a public address: its default endpoint "
+        "(http://localhost:11434/v1) is not public. Enter one, or turn on "
+        "PROVIDER_ALLOW_PRIVATE_URLS to allow private addresses."
+    ]
+    assert not ProviderConfig.objects.filter(tenant=tenant).exists()
+
+
 def test_change_page_never_contains_key(
     openai_config, tenant_admin, admin_client_for, assert_secret_absent
 ):

@@ -275,6 +275,28 @@ def test_complete_falls_back_when_stored_config_cannot_build_a_client(tenant, pr
     assert "“primary” cannot be used" in first.error_message
 
 
+def test_complete_never_calls_ollama_default_endpoint_when_private_urls_off(
+    settings, tenant, primary, backup
+):
+    # given a primary stored as an Ollama config without a base URL (its
+    # default endpoint is this server's loopback)
+    settings.PROVIDER_ALLOW_PRIVATE_URLS = False
+    ProviderConfig.objects.filter(pk=primary.pk).update(provider_type="ollama", options={})
+    primary.refresh_from_db()
+    primary.save()  # a new version, so the route sees the stored state
+
+    result = complete(tenant=tenant, messages=HELLO)
+
+    assert result.provider == "backup"
+    first = _logs(request_id=result.request_id)[0]
+    assert first.error_code == "provider_config_unusable"
+    assert first.error_message == (
+        "Provider config “primary” cannot be used: Ollama needs a base URL on a public "
+        "address: its default endpoint (http://localhost:11434/v1) is not public. Enter one, "
+        "or turn on PROVIDER_ALLOW_PRIVATE_URLS to allow private addresses."
+    )
+
+
 def test_complete_applies_explicit_model_to_primary_target(tenant, primary):
     result = complete(tenant=tenant, messages=HELLO, model="fake-large")
 

@@ -185,11 +185,31 @@ def test_azure_deployments_map_must_name_deployments():
 
 
 @pytest.mark.parametrize("provider_type", ["ollama", "fake"])
-def test_keyless_types_valid_without_key(provider_type):
+def test_keyless_types_valid_without_key(allow_private_urls, provider_type):
     config = _config(provider_type=provider_type)
     config.full_clean()
     assert config.credentials() == {"api_key": ""}
     assert config.key_mask == ""
+
+
+OLLAMA_DEFAULT_REFUSED = (
+    "Ollama needs a base URL on a public address: its default endpoint "
+    "(http://localhost:11434/v1) is not public. Enter one, or turn on "
+    "PROVIDER_ALLOW_PRIVATE_URLS to allow private addresses."
+)
+
+
+def test_ollama_without_base_url_refused_when_private_urls_off(settings):
+    settings.PROVIDER_ALLOW_PRIVATE_URLS = False
+    errors = _errors(_config(provider_type="ollama"))
+    assert errors["base_url"] == [OLLAMA_DEFAULT_REFUSED]
+
+
+def test_ollama_with_public_base_url_valid_when_private_urls_off(settings):
+    settings.PROVIDER_ALLOW_PRIVATE_URLS = False
+    config = _config(provider_type="ollama", base_url=PUBLIC_URL)
+    config.full_clean()
+    assert config.base_url == PUBLIC_URL
 
 
 def test_openai_compatible_needs_base_url():

@@ -131,6 +131,35 @@ def test_provider_create_answers_400_when_options_hold_nul(admin_api, tenant):
     }
 
 
+def test_provider_create_answers_400_when_ollama_default_endpoint_is_loopback(
+    admin_api, tenant, settings
+):
+    settings.PROVIDER_ALLOW_PRIVATE_URLS = False
+
+    response = admin_api.post(PROVIDERS, {"name": "local", "provider_type": "ollama"})
+
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "validation_error"
+    assert error["fields"] == {
+        "base_url": [
+            "Ollama needs a base URL on a public address: its default endpoint "
+            "(http://localhost:11434/v1) is not public. Enter one, or turn on "
+            "PROVIDER_ALLOW_PRIVATE_URLS to allow private addresses."
+        ]
+    }
+    assert not ProviderConfig.objects.filter(tenant=tenant).exists()
+
+
+def test_provider_create_accepts_ollama_default_endpoint_when_private_urls_on(
+    admin_api, tenant, allow_private_urls
+):
+    response = admin_api.post(PROVIDERS, {"name": "local", "provider_type": "ollama"})
+
+    assert response.status_code == 201, response.json()
+    assert response.json()["base_url"] == ""
+
+
 def test_provider_create_answers_400_when_provider_type_unknown(admin_api):
     response = admin_api.post(PROVIDERS, {"name": "x", "provider_type": "skynet"})
 

@@ -31,9 +31,11 @@ def adapter_settings_for_config(config: ProviderConfig) -> AdapterSettings:
     Raises SecretUnreadableError when a secret does not decrypt, and
     ValidationError when the URL it would call is not allowed (checked again
     here, not only on save, because DNS answers and PROVIDER_ALLOW_PRIVATE_URLS
-    change), before any connection is made.
+    change) or an option is not one the adapter can use, before any connection
+    is made.
     """
     config.endpoint_validate()
+    config.options_validate()
     base_url = config.base_url or config.spec.default_base_url
     credentials = config.credentials()
     return AdapterSettings(

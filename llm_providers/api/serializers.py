@@ -13,6 +13,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from llm_providers.chat_input import MAX_EMBED_INPUTS, MAX_STOP_SEQUENCES
+from llm_providers.json_values import json_value_error
 from llm_providers.models import ProviderConfig, ServiceKey
 from llm_providers.provider_types import ProviderType
 from llm_providers.selectors import provider_config_list
@@ -33,16 +34,6 @@ def _secret_field(label: str) -> serializers.CharField:
         style={"input_type": "password"},
         help_text=f"Write-only. Omitted or empty keeps the stored {label.lower()}.",
     )
-
-
-def _contains_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_contains_nul(k) or _contains_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_contains_nul(v) for v in value)
-    return False
 
 
 class ProviderConfigSerializer(serializers.Serializer):
@@ -89,8 +80,9 @@ class ProviderConfigSerializer(serializers.Serializer):
     updated_at = serializers.DateTimeField(read_only=True)
 
     def validate_options(self, value: dict) -> dict:
-        if _contains_nul(value):
-            raise serializers.ValidationError("Options must not contain NUL characters.")
+        error = json_value_error(value, subject="Options")
+        if error:
+            raise serializers.ValidationError(error)
         return value
 
 

@@ -297,6 +297,32 @@ def test_complete_never_calls_ollama_default_endpoint_when_private_urls_off(
     )
 
 
+def test_complete_falls_back_when_stored_header_options_are_not_texts(
+    allow_private_urls, tenant, primary, backup, openai_upstream
+):
+    # given an OpenAI config stored before its options were type-checked
+    ProviderConfig.objects.filter(pk=primary.pk).update(
+        provider_type="openai_compatible",
+        base_url=openai_upstream.base_url,
+        options={"organization": {"x": [1, 2]}, "project": 12345},
+    )
+    primary.refresh_from_db()
+    primary.save()  # a new version, so the route sees the stored state
+
+    result = complete(tenant=tenant, messages=HELLO)
+
+    # then it is logged as unusable, nothing is sent upstream, and the backup answers
+    assert result.provider == "backup"
+    first = _logs(request_id=result.request_id)[0]
+    assert first.error_code == "provider_config_unusable"
+    assert first.error_message == (
+        "Provider config “primary” cannot be used: Option “organization” must be a text of at "
+        "most 200 characters without spaces or control characters.; Option “project” must be "
+        "a text of at most 200 characters without spaces or control characters."
+    )
+    assert openai_upstream.requests == []
+
+
 def test_complete_applies_explicit_model_to_primary_target(tenant, primary):
     result = complete(tenant=tenant, messages=HELLO, model="fake-large")
 

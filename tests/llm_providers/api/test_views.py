@@ -160,6 +160,61 @@ def test_provider_create_accepts_ollama_default_endpoint_when_private_urls_on(
     assert response.json()["base_url"] == ""
 
 
+def test_provider_create_answers_400_when_options_hold_unpaired_surrogate(admin_api, tenant):
+    body = '{"name": "f", "provider_type": "fake", "options": {"reply": "\\ud800"}}'
+
+    response = admin_api.post(PROVIDERS, body, content_type="application/json")
+
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "validation_error"
+    assert error["fields"] == {
+        "options": ["Options must not contain unpaired surrogates (such as \\ud800)."]
+    }
+    assert not ProviderConfig.objects.filter(tenant=tenant).exists()
+
+
+def test_provider_create_answers_400_when_options_nested_deep(admin_api, tenant):
+    depth = 350
+    body = (
+        '{"name": "f", "provider_type": "fake", "options": {"models": '
+        + "[" * depth
+        + "]" * depth
+        + "}}"
+    )
+
+    response = admin_api.post(PROVIDERS, body, content_type="application/json")
+
+    assert response.status_code == 400
+    assert response.json()["error"]["fields"] == {
+        "options": ["Options must not be nested more than 64 levels deep."]
+    }
+    assert not ProviderConfig.objects.filter(tenant=tenant).exists()
+
+
+def test_provider_create_answers_400_when_header_options_are_not_texts(admin_api, tenant):
+    response = admin_api.post(
+        PROVIDERS,
+        {
+            "name": "openai-main",
+            "provider_type": "openai",
+            "api_key": OPENAI_KEY,
+            "options": {"organization": {"x": [1, 2]}, "project": 12345},
+        },
+    )
+
+    assert response.status_code == 400
+    assert response.json()["error"]["fields"] == {
+        "options": [
+            "Option “organization” must be a text of at most 200 characters without spaces or "
+            "control characters.",
+            "Option “project” must be a text of at most 200 characters without spaces or "
+            "control characters.",
+        ]
+    }
+    assert not ProviderConfig.objects.filter(tenant=tenant).exists()
+
+
 def test_provider_create_answers_400_when_provider_type_unknown(admin_api):
     response = admin_api.post(PROVIDERS, {"name": "x", "provider_type": "skynet"})
 

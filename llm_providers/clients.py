@@ -16,7 +16,6 @@ from .adapters.base import Adapter
 from .adapters.registry import adapter_build
 from .adapters.types import AdapterSettings
 from .models import ProviderConfig
-from .network import base_url_validate
 
 _adapters: dict[object, tuple[object, Adapter]] = {}
 # (retired at, adapter): replaced adapters waiting to be closed.
@@ -30,13 +29,14 @@ def adapter_settings_for_config(config: ProviderConfig) -> AdapterSettings:
     """Decrypt the config's credentials into adapter settings.
 
     Raises SecretUnreadableError when a secret does not decrypt, and
-    ValidationError when the base URL is not allowed (checked again here, not
-    only on save, because DNS answers change).
+    ValidationError when the URL it would call is not allowed (checked again
+    here, not only on save, because DNS answers and PROVIDER_ALLOW_PRIVATE_URLS
+    change) or an option is not one the adapter can use, before any connection
+    is made.
     """
-    spec = config.spec
-    base_url = config.base_url or spec.default_base_url
-    if config.base_url:
-        base_url_validate(config.base_url)
+    config.endpoint_validate()
+    config.options_validate()
+    base_url = config.base_url or config.spec.default_base_url
     credentials = config.credentials()
     return AdapterSettings(
         provider_type=config.provider_type,

@@ -71,14 +71,20 @@ def secret_fingerprint(secret: str) -> str:
 # Public prefixes that vendors print on their own dashboards; anything else
 # of the key is shown only as its last four characters.
 _PUBLIC_KEY_PREFIXES = ("sk-ant-", "sk-proj-", "sk-", "gsk_", "AIza", "AKIA", "ASIA")
-# Below this length, even four characters are too large a share of the key.
-_MIN_LENGTH_TO_SHOW_LAST4 = 12
+# Below this many characters after the public prefix, even four characters are
+# too large a share of what is secret (and "sk-proj-wxyz" would be shown whole).
+_MIN_SECRET_LENGTH_TO_SHOW_LAST4 = 12
 
 
 def secret_display_parts(secret: str) -> tuple[str, str]:
-    """Return (public prefix, last four characters) safe to store and display."""
+    """Return (public prefix, last four characters) safe to store and display.
+
+    The last four are shown only when at least 12 characters follow the
+    public prefix; otherwise nothing of the key is.
+    """
     prefix = next((p for p in _PUBLIC_KEY_PREFIXES if secret.startswith(p)), "")
-    last4 = secret[-4:] if len(secret) >= _MIN_LENGTH_TO_SHOW_LAST4 else ""
+    secret_part = secret[len(prefix) :]
+    last4 = secret[-4:] if len(secret_part) >= _MIN_SECRET_LENGTH_TO_SHOW_LAST4 else ""
     return prefix, last4
 
 

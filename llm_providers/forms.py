@@ -7,9 +7,11 @@ import re
 from django import forms
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
+from django.forms.fields import InvalidJSONInput
 from django.forms.models import construct_instance
 from django.utils.html import format_html_join
 
+from .json_values import MAX_JSON_DEPTH, json_value_problem
 from .models import ProviderConfig, ServiceKey, TenantMembership
 from .provider_types import PROVIDER_TYPE_SPECS, ProviderType, ProviderTypeSpec
 from .services import provider_config_endpoint_changed, provider_config_new_endpoint_secrets_check
@@ -76,6 +78,30 @@ class ModelNamesField(forms.CharField):
         return unique
 
 
+class OptionsJSONField(forms.JSONField):
+    """Provider options as typed JSON. Nesting too deep for the JSON decoder is a
+    form error, and a value the model refuses (an unpaired surrogate, deep
+    nesting) is shown back as typed rather than re-encoded."""
+
+    def to_python(self, value):
+        try:
+            return super().to_python(value)
+        except RecursionError:
+            raise ValidationError(
+                f"Options must not be nested more than {MAX_JSON_DEPTH} levels deep.",
+                code="too_deep",
+            ) from None
+
+    def bound_data(self, data, initial):
+        try:
+            value = super().bound_data(data, initial)
+        except RecursionError:
+            return InvalidJSONInput(data)
+        if isinstance(data, str) and json_value_problem(value) is not None:
+            return InvalidJSONInput(data)
+        return value
+
+
 def _secret_widget() -> forms.PasswordInput:
     # render_value=False: a stored secret is never sent back to the browser,
     # not even after a validation error.
@@ -129,6 +155,7 @@ class ProviderConfigAdminForm(forms.ModelForm):
             "rpm_limit",
             "tpm_limit",
         ]
+        field_classes = {"options": OptionsJSONField}
         labels = {
             "base_url": "Base URL",
             "aws_region": "AWS region",

@@ -20,6 +20,7 @@ from .encryption import (
     secret_mask,
 )
 from .exceptions import SecretUnreadableError
+from .json_values import json_value_error
 from .network import base_url_validate
 from .provider_types import ProviderType, provider_type_spec
 
@@ -248,6 +249,30 @@ class ProviderConfig(models.Model):
 
     # --- validation ----------------------------------------------------------
 
+    def endpoint_validate(self) -> None:
+        """Raise ValidationError unless calls may go to the URL this config uses.
+
+        That is the typed base URL or, without one, the type's default. The
+        defaults of vendors are their public endpoints, fixed in code; the
+        default of a self-hosted type (Ollama's localhost) is this server's
+        own machine, so it is checked like a typed URL.
+        """
+        if self.base_url:
+            base_url_validate(self.base_url)
+            return
+        spec = self.spec
+        if not (spec.self_hosted and spec.default_base_url):
+            return
+        try:
+            base_url_validate(spec.default_base_url)
+        except ValidationError:
+            raise ValidationError(
+                f"{self.get_provider_type_display()} needs a base URL on a public address: "
+                f"its default endpoint ({spec.default_base_url}) is not public. Enter one, or "
+                "turn on PROVIDER_ALLOW_PRIVATE_URLS to allow private addresses.",
+                code="private_address",
+            ) from None
+
     def clean(self) -> None:
         super().clean()
         errors: dict[str, list[str]] = {}
@@ -279,11 +304,10 @@ class ProviderConfig(models.Model):
             errors.setdefault("base_url", []).append(
                 f"{label} needs a base URL (the endpoint of your deployment)."
             )
-        if self.base_url:
-            try:
-                base_url_validate(self.base_url)
-            except ValidationError as exc:
-                errors.setdefault("base_url", []).extend(exc.messages)
+        try:
+            self.endpoint_validate()
+        except ValidationError as exc:
+            errors.setdefault("base_url", []).extend(exc.messages)
 
         errors.update(self._options_errors(spec, label))
 
@@ -308,10 +332,24 @@ class ProviderConfig(models.Model):
         if errors:
             raise ValidationError(errors)
 
+    def options_validate(self) -> None:
+        """Raise ValidationError unless the options are ones the adapter can use.
+
+        `clean()` checks them on save; adapters check again, so a config
+        stored before a check existed fails with a message, not in an SDK.
+        """
+        errors = self._options_errors(self.spec, self.get_provider_type_display())
+        if errors:
+            raise ValidationError(errors)
+
     def _options_errors(self, spec, label: str) -> dict[str, list[str]]:
         options = self.options
         if not isinstance(options, dict):
             return {"options": ["Options must be a JSON object."]}
+        value_error = json_value_error(options, subject="Options")
+        if value_error:
+            # Nothing else is looked at: the other messages would quote the value.
+            return {"options": [value_error]}
         messages = []
         unknown = sorted(set(options) - spec.allowed_options)
         if unknown:
@@ -322,10 +360,18 @@ class ProviderConfig(models.Model):
         missing = [name for name in spec.required_options if not options.get(name)]
         if missing:
             messages.append(f"{label} needs the option(s): {', '.join(missing)}.")
+        for name in sorted(_NAME_OPTIONS & spec.allowed_options):
+            value = options.get(name)
+            if value is not None and name not in missing and not _option_name_is_valid(value):
+                messages.append(
+                    f"Option “{name}” must be a text of at most {MAX_OPTION_NAME_LENGTH} "
+                    "characters without spaces or control characters."
+                )
         if self.provider_type == ProviderType.AZURE_OPENAI:
             deployments = options.get("deployments", {})
             if not isinstance(deployments, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) and v for k, v in deployments.items()
+                isinstance(k, str) and k and _option_name_is_valid(v) and v
+                for k, v in deployments.items()
             ):
                 messages.append("Azure “deployments” must map model names to deployment names.")
             elif not options.get("deployment") and not deployments:
@@ -347,6 +393,20 @@ class ProviderConfig(models.Model):
 
     def model_is_allowed(self, model: str) -> bool:
         return not self.allowed_models or model in self.allowed_models
+
+
+# Options sent as HTTP headers (organization, project), in the query (api_version)
+# or in the URL path (deployment names).
+_NAME_OPTIONS = frozenset({"organization", "project", "api_version", "deployment"})
+MAX_OPTION_NAME_LENGTH = 200
+
+
+def _option_name_is_valid(value: object) -> bool:
+    return (
+        isinstance(value, str)
+        and len(value) <= MAX_OPTION_NAME_LENGTH
+        and not any(character.isspace() or not character.isprintable() for character in value)
+    )
 
 
 def _fake_options_errors(options: dict) -> list[str]:

@@ -7,12 +7,17 @@ validate types and shapes; the services validate the configuration itself.
 
 from __future__ import annotations
 
-from typing import Any
-
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from llm_providers.chat_input import MAX_EMBED_INPUTS, MAX_STOP_SEQUENCES
+from llm_providers.json_values import (
+    MAX_JSON_DEPTH,
+    TOO_DEEP,
+    json_value_error,
+    json_value_problem,
+    text_problem,
+)
 from llm_providers.models import ProviderConfig, ServiceKey
 from llm_providers.provider_types import ProviderType
 from llm_providers.selectors import provider_config_list
@@ -33,16 +38,6 @@ def _secret_field(label: str) -> serializers.CharField:
         style={"input_type": "password"},
         help_text=f"Write-only. Omitted or empty keeps the stored {label.lower()}.",
     )
-
-
-def _contains_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_contains_nul(k) or _contains_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_contains_nul(v) for v in value)
-    return False
 
 
 class ProviderConfigSerializer(serializers.Serializer):
@@ -89,8 +84,9 @@ class ProviderConfigSerializer(serializers.Serializer):
     updated_at = serializers.DateTimeField(read_only=True)
 
     def validate_options(self, value: dict) -> dict:
-        if _contains_nul(value):
-            raise serializers.ValidationError("Options must not contain NUL characters.")
+        error = json_value_error(value, subject="Options")
+        if error:
+            raise serializers.ValidationError(error)
         return value
 
 
@@ -151,28 +147,8 @@ class HealthSerializer(serializers.Serializer):
 # --- completions and embeddings --------------------------------------------------
 
 
-def _text_is_storable(text: str) -> bool:
-    """No NUL characters and no lone surrogates: text every database and encoder accepts."""
-    if "\x00" in text:
-        return False
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _json_texts_storable(value: Any) -> bool:
-    if isinstance(value, str):
-        return _text_is_storable(value)
-    if isinstance(value, dict):
-        return all(_json_texts_storable(k) and _json_texts_storable(v) for k, v in value.items())
-    if isinstance(value, list):
-        return all(_json_texts_storable(v) for v in value)
-    return True
-
-
 _TEXT_INVALID = "Text must not contain NUL characters or unpaired surrogates."
+_TOO_DEEP = f"Must not be nested more than {MAX_JSON_DEPTH} levels deep."
 
 _TEXT_PART_SCHEMA = {
     "type": "object",
@@ -303,7 +279,10 @@ class _JSONObjectListField(serializers.ListField):
 
     def to_internal_value(self, data):
         value = super().to_internal_value(data)
-        if not _json_texts_storable(value):
+        problem = json_value_problem(value)
+        if problem == TOO_DEEP:
+            raise serializers.ValidationError(_TOO_DEEP)
+        if problem:
             raise serializers.ValidationError(_TEXT_INVALID)
         return value
 
@@ -345,7 +324,7 @@ class TextOrTextListField(serializers.Field):
             self.fail("invalid")
         if len(items) > self.max_items:
             self.fail("max_items", max_items=self.max_items)
-        if not all(_text_is_storable(item) for item in items):
+        if any(text_problem(item) for item in items):
             self.fail("text")
         return data
 

@@ -118,6 +118,84 @@ def test_add_stores_key_encrypted_and_shows_only_mask(
     assert_secret_absent(html, KEY)
 
 
+def test_changelist_hides_whole_key_when_little_follows_the_public_prefix(
+    tenant, tenant_admin, admin_client_for
+):
+    ProviderConfigFactory(
+        tenant=tenant, name="openai-short", provider_type="openai", api_key="sk-proj-wxyz"
+    )
+
+    response = admin_client_for(tenant_admin).get(reverse(CHANGELIST))
+
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert "••••" in html
+    assert "wxyz" not in html
+
+
+def test_add_ollama_without_base_url_shows_error_when_private_urls_off(
+    tenant, tenant_admin, admin_client_for, settings
+):
+    settings.PROVIDER_ALLOW_PRIVATE_URLS = False
+
+    response = admin_client_for(tenant_admin).post(
+        reverse(ADD), _form_data(tenant=str(tenant.pk), name="local", provider_type="ollama")
+    )
+
+    assert response.status_code == 200
+    assert response.context["adminform"].form.errors["base_url"] == [
+        "Ollama needs a base URL on a public address: its default endpoint "
+        "(http://localhost:11434/v1) is not public. Enter one, or turn on "
+        "PROVIDER_ALLOW_PRIVATE_URLS to allow private addresses."
+    ]
+    assert not ProviderConfig.objects.filter(tenant=tenant).exists()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ('{"reply": "\\ud800"}', "Options must not contain unpaired surrogates (such as \\ud800)."),
+        ("[" * 100_000 + "]" * 100_000, "Options must not be nested more than 64 levels deep."),
+        (
+            '{"models": ' + "[" * 350 + "]" * 350 + "}",
+            "Options must not be nested more than 64 levels deep.",
+        ),
+    ],
+)
+def test_add_with_unstorable_options_shows_form_error(
+    tenant, tenant_admin, admin_client_for, options, message
+):
+    response = admin_client_for(tenant_admin).post(
+        reverse(ADD), _form_data(tenant=str(tenant.pk), name="fake", options=options)
+    )
+
+    assert response.status_code == 200
+    assert response.context["adminform"].form.errors["options"] == [message]
+    assert not ProviderConfig.objects.filter(tenant=tenant).exists()
+
+
+def test_add_with_header_option_of_wrong_type_shows_form_error(
+    tenant, tenant_admin, admin_client_for
+):
+    response = admin_client_for(tenant_admin).post(
+        reverse(ADD),
+        _form_data(
+            tenant=str(tenant.pk),
+            name="openai",
+            provider_type="openai",
+            api_key=KEY,
+            options='{"organization": {"a": 1}}',
+        ),
+    )
+
+    assert response.status_code == 200
+    assert response.context["adminform"].form.errors["options"] == [
+        "Option “organization” must be a text of at most 200 characters without spaces or "
+        "control characters."
+    ]
+    assert not ProviderConfig.objects.filter(tenant=tenant).exists()
+
+
 def test_change_page_never_contains_key(
     openai_config, tenant_admin, admin_client_for, assert_secret_absent
 ):

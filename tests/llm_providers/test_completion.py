@@ -275,6 +275,54 @@ def test_complete_falls_back_when_stored_config_cannot_build_a_client(tenant, pr
     assert "“primary” cannot be used" in first.error_message
 
 
+def test_complete_never_calls_ollama_default_endpoint_when_private_urls_off(
+    settings, tenant, primary, backup
+):
+    # given a primary stored as an Ollama config without a base URL (its
+    # default endpoint is this server's loopback)
+    settings.PROVIDER_ALLOW_PRIVATE_URLS = False
+    ProviderConfig.objects.filter(pk=primary.pk).update(provider_type="ollama", options={})
+    primary.refresh_from_db()
+    primary.save()  # a new version, so the route sees the stored state
+
+    result = complete(tenant=tenant, messages=HELLO)
+
+    assert result.provider == "backup"
+    first = _logs(request_id=result.request_id)[0]
+    assert first.error_code == "provider_config_unusable"
+    assert first.error_message == (
+        "Provider config “primary” cannot be used: Ollama needs a base URL on a public "
+        "address: its default endpoint (http://localhost:11434/v1) is not public. Enter one, "
+        "or turn on PROVIDER_ALLOW_PRIVATE_URLS to allow private addresses."
+    )
+
+
+def test_complete_falls_back_when_stored_header_options_are_not_texts(
+    allow_private_urls, tenant, primary, backup, openai_upstream
+):
+    # given an OpenAI config stored before its options were type-checked
+    ProviderConfig.objects.filter(pk=primary.pk).update(
+        provider_type="openai_compatible",
+        base_url=openai_upstream.base_url,
+        options={"organization": {"x": [1, 2]}, "project": 12345},
+    )
+    primary.refresh_from_db()
+    primary.save()  # a new version, so the route sees the stored state
+
+    result = complete(tenant=tenant, messages=HELLO)
+
+    # then it is logged as unusable, nothing is sent upstream, and the backup answers
+    assert result.provider == "backup"
+    first = _logs(request_id=result.request_id)[0]
+    assert first.error_code == "provider_config_unusable"
+    assert first.error_message == (
+        "Provider config “primary” cannot be used: Option “organization” must be a text of at "
+        "most 200 characters without spaces or control characters.; Option “project” must be "
+        "a text of at most 200 characters without spaces or control characters."
+    )
+    assert openai_upstream.requests == []
+
+
 def test_complete_applies_explicit_model_to_primary_target(tenant, primary):
     result = complete(tenant=tenant, messages=HELLO, model="fake-large")
 

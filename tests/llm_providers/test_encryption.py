@@ -150,8 +150,33 @@ def test_unreadable_secret_repr_hides_ciphertext():
         ("gsk_0123456789abcdefQRST", ("gsk_", "QRST"), "gsk_…QRST"),
         ("0123456789ab", ("", "89ab"), "…89ab"),
         ("0123456789a", ("", ""), "••••"),
+        # Only what follows the public prefix counts: four of four would be the whole key.
+        ("sk-proj-wxyz", ("sk-proj-", ""), "••••"),
+        ("sk-proj-0123456789a", ("sk-proj-", ""), "••••"),
+        ("sk-proj-0123456789ab", ("sk-proj-", "89ab"), "sk-proj-…89ab"),
     ],
 )
 def test_display_parts_and_mask(secret, parts, mask):
     assert secret_display_parts(secret) == parts
     assert secret_mask(*parts) == mask
+
+
+def test_migration_hides_last_four_stored_under_the_old_rule():
+    import importlib
+
+    from django.apps import apps
+
+    migration = importlib.import_module(
+        "llm_providers.migrations.0002_key_last4_after_public_prefix"
+    )
+    short = ProviderConfigFactory(provider_type="openai", api_key="sk-proj-wxyz")
+    long = ProviderConfigFactory(provider_type="openai", api_key=KEY)
+    # given the last four a short key was stored with before
+    ProviderConfig.objects.filter(pk=short.pk).update(key_last4="wxyz")
+
+    migration._key_display_recompute(apps, None)
+
+    short.refresh_from_db()
+    long.refresh_from_db()
+    assert (short.key_prefix, short.key_last4, short.key_mask) == ("sk-proj-", "", "••••")
+    assert (long.key_last4, long.key_mask) == ("4Rk3", "sk-proj-…4Rk3")

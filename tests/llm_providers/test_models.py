@@ -185,11 +185,31 @@ def test_azure_deployments_map_must_name_deployments():
 
 
 @pytest.mark.parametrize("provider_type", ["ollama", "fake"])
-def test_keyless_types_valid_without_key(provider_type):
+def test_keyless_types_valid_without_key(allow_private_urls, provider_type):
     config = _config(provider_type=provider_type)
     config.full_clean()
     assert config.credentials() == {"api_key": ""}
     assert config.key_mask == ""
+
+
+OLLAMA_DEFAULT_REFUSED = (
+    "Ollama needs a base URL on a public address: its default endpoint "
+    "(http://localhost:11434/v1) is not public. Enter one, or turn on "
+    "PROVIDER_ALLOW_PRIVATE_URLS to allow private addresses."
+)
+
+
+def test_ollama_without_base_url_refused_when_private_urls_off(settings):
+    settings.PROVIDER_ALLOW_PRIVATE_URLS = False
+    errors = _errors(_config(provider_type="ollama"))
+    assert errors["base_url"] == [OLLAMA_DEFAULT_REFUSED]
+
+
+def test_ollama_with_public_base_url_valid_when_private_urls_off(settings):
+    settings.PROVIDER_ALLOW_PRIVATE_URLS = False
+    config = _config(provider_type="ollama", base_url=PUBLIC_URL)
+    config.full_clean()
+    assert config.base_url == PUBLIC_URL
 
 
 def test_openai_compatible_needs_base_url():
@@ -226,6 +246,63 @@ def test_timeout_out_of_range_refused(value):
     assert _errors(config)["options"] == [
         "Option “timeout” must be a number of seconds between 0 and 600."
     ]
+
+
+@pytest.mark.parametrize(
+    ("options", "name"),
+    [
+        ({"organization": {"x": [1, 2]}}, "organization"),
+        ({"project": 12345}, "project"),
+        ({"organization": "org-1\r\nX-Injected: 1"}, "organization"),
+        ({"project": "p" * 201}, "project"),
+    ],
+)
+def test_openai_header_option_of_wrong_type_refused(options, name):
+    config = _config(provider_type="openai", api_key="sk-abcdefghijklmnop1234", options=options)
+    assert _errors(config)["options"] == [
+        f"Option “{name}” must be a text of at most 200 characters without spaces or control "
+        "characters."
+    ]
+
+
+def test_azure_api_version_and_deployment_of_wrong_type_refused():
+    config = _config(
+        provider_type="azure_openai",
+        api_key="azure-key-0123456789",
+        base_url=PUBLIC_URL,
+        options={"api_version": ["2024-10-21"], "deployment": 4},
+    )
+    assert _errors(config)["options"] == [
+        "Option “api_version” must be a text of at most 200 characters without spaces or "
+        "control characters.",
+        "Option “deployment” must be a text of at most 200 characters without spaces or "
+        "control characters.",
+    ]
+
+
+def test_openai_organization_and_project_accepted_when_texts():
+    config = _config(
+        provider_type="openai",
+        api_key="sk-abcdefghijklmnop1234",
+        options={"organization": "org-Abc123", "project": "proj_Xyz789"},
+    )
+    config.full_clean()
+    assert config.options == {"organization": "org-Abc123", "project": "proj_Xyz789"}
+
+
+def test_options_with_unpaired_surrogate_refused():
+    config = _config(provider_type="fake", options={"reply": "\ud800"})
+    assert _errors(config)["options"] == [
+        "Options must not contain unpaired surrogates (such as \\ud800)."
+    ]
+
+
+def test_options_nested_too_deep_refused():
+    nested: list = []
+    for _ in range(350):
+        nested = [nested]
+    config = _config(provider_type="fake", options={"models": nested})
+    assert _errors(config)["options"] == ["Options must not be nested more than 64 levels deep."]
 
 
 def test_default_model_must_be_allowed():

@@ -222,6 +222,24 @@ def test_connection_test_reports_unreadable_key_without_ciphertext(raw_column):
     assert ProviderConfig.objects.get(pk=config.pk).last_test_status == "error"
 
 
+def test_connection_test_refuses_ollama_default_endpoint_once_private_urls_off(settings):
+    # given an Ollama config saved while private addresses were allowed
+    settings.PROVIDER_ALLOW_PRIVATE_URLS = True
+    config = provider_config_create(tenant=TenantFactory(), name="local", provider_type="ollama")
+    settings.PROVIDER_ALLOW_PRIVATE_URLS = False
+
+    check = provider_config_test_connection(provider_config=config)
+
+    # then no connection is tried: the refusal is the check's whole answer
+    assert (check.ok, check.latency_ms, check.models) == (False, 0, [])
+    assert check.error == (
+        "Ollama needs a base URL on a public address: its default endpoint "
+        "(http://localhost:11434/v1) is not public. Enter one, or turn on "
+        "PROVIDER_ALLOW_PRIVATE_URLS to allow private addresses."
+    )
+    assert ProviderConfig.objects.get(pk=config.pk).last_test_status == "error"
+
+
 def test_service_key_create_returns_secret_once_and_stores_hash():
     tenant = TenantFactory()
     service_key, secret = service_key_create(tenant=tenant, name="billing")

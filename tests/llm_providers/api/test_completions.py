@@ -429,6 +429,28 @@ def test_completion_answers_400_naming_the_bad_field(service_api, fake, body, fi
     assert not CallLog.objects.exists()
 
 
+@pytest.mark.parametrize("field", ["messages", "tools"])
+def test_completion_answers_400_when_json_nested_too_deep(service_api, fake, field):
+    # 850 levels: the decoder accepts them, a recursive walk of them would not
+    depth = 850
+    nested = "[" * depth + '"hi"' + "]" * depth
+    body = {
+        "messages": '{"messages": [{"role": "user", "content": ' + nested + "}]}",
+        "tools": '{"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": '
+        '"function", "function": {"name": "f", "parameters": ' + nested + "}}]}",
+    }[field]
+
+    response = service_api.post(COMPLETIONS, body, content_type="application/json")
+
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["code"], error["fields"]) == (
+        "validation_error",
+        {field: ["Must not be nested more than 64 levels deep."]},
+    )
+    assert not CallLog.objects.exists()
+
+
 def test_completion_answers_400_when_model_not_allowed(service_api, tenant):
     ProviderConfigFactory(
         tenant=tenant, name="strict", is_default=True, allowed_models=["fake-small"]

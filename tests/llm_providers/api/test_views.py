@@ -131,6 +131,90 @@ def test_provider_create_answers_400_when_options_hold_nul(admin_api, tenant):
     }
 
 
+def test_provider_create_answers_400_when_ollama_default_endpoint_is_loopback(
+    admin_api, tenant, settings
+):
+    settings.PROVIDER_ALLOW_PRIVATE_URLS = False
+
+    response = admin_api.post(PROVIDERS, {"name": "local", "provider_type": "ollama"})
+
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "validation_error"
+    assert error["fields"] == {
+        "base_url": [
+            "Ollama needs a base URL on a public address: its default endpoint "
+            "(http://localhost:11434/v1) is not public. Enter one, or turn on "
+            "PROVIDER_ALLOW_PRIVATE_URLS to allow private addresses."
+        ]
+    }
+    assert not ProviderConfig.objects.filter(tenant=tenant).exists()
+
+
+def test_provider_create_accepts_ollama_default_endpoint_when_private_urls_on(
+    admin_api, tenant, allow_private_urls
+):
+    response = admin_api.post(PROVIDERS, {"name": "local", "provider_type": "ollama"})
+
+    assert response.status_code == 201, response.json()
+    assert response.json()["base_url"] == ""
+
+
+def test_provider_create_answers_400_when_options_hold_unpaired_surrogate(admin_api, tenant):
+    body = '{"name": "f", "provider_type": "fake", "options": {"reply": "\\ud800"}}'
+
+    response = admin_api.post(PROVIDERS, body, content_type="application/json")
+
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "validation_error"
+    assert error["fields"] == {
+        "options": ["Options must not contain unpaired surrogates (such as \\ud800)."]
+    }
+    assert not ProviderConfig.objects.filter(tenant=tenant).exists()
+
+
+def test_provider_create_answers_400_when_options_nested_deep(admin_api, tenant):
+    depth = 350
+    body = (
+        '{"name": "f", "provider_type": "fake", "options": {"models": '
+        + "[" * depth
+        + "]" * depth
+        + "}}"
+    )
+
+    response = admin_api.post(PROVIDERS, body, content_type="application/json")
+
+    assert response.status_code == 400
+    assert response.json()["error"]["fields"] == {
+        "options": ["Options must not be nested more than 64 levels deep."]
+    }
+    assert not ProviderConfig.objects.filter(tenant=tenant).exists()
+
+
+def test_provider_create_answers_400_when_header_options_are_not_texts(admin_api, tenant):
+    response = admin_api.post(
+        PROVIDERS,
+        {
+            "name": "openai-main",
+            "provider_type": "openai",
+            "api_key": OPENAI_KEY,
+            "options": {"organization": {"x": [1, 2]}, "project": 12345},
+        },
+    )
+
+    assert response.status_code == 400
+    assert response.json()["error"]["fields"] == {
+        "options": [
+            "Option “organization” must be a text of at most 200 characters without spaces or "
+            "control characters.",
+            "Option “project” must be a text of at most 200 characters without spaces or "
+            "control characters.",
+        ]
+    }
+    assert not ProviderConfig.objects.filter(tenant=tenant).exists()
+
+
 def test_provider_create_answers_400_when_provider_type_unknown(admin_api):
     response = admin_api.post(PROVIDERS, {"name": "x", "provider_type": "skynet"})
 
@@ -187,6 +271,18 @@ def test_provider_patch_records_changed_fields_without_values(admin_api, admin_u
     assert entry.user_id == admin_user.pk
     assert json.loads(entry.change_message) == [{"changed": {"fields": ["Api key", "Priority"]}}]
     assert new_key not in entry.change_message
+
+
+def test_provider_create_hides_whole_key_when_little_follows_the_public_prefix(admin_api, tenant):
+    response = admin_api.post(
+        PROVIDERS, {"name": "openai-short", "provider_type": "openai", "api_key": "sk-proj-wxyz"}
+    )
+
+    assert response.status_code == 201, response.json()
+    assert response.json()["key_mask"] == "••••"
+    assert "wxyz" not in response.content.decode()
+    config = ProviderConfig.objects.get(tenant=tenant, name="openai-short")
+    assert (config.key_prefix, config.key_last4) == ("sk-proj-", "")
 
 
 def test_provider_patch_records_nothing_when_nothing_changed(admin_api, tenant):

@@ -1,0 +1,68 @@
+"""Checks on JSON values from outside (options, chat messages): storable text, bounded nesting.
+
+PostgreSQL refuses NUL characters and unpaired surrogates (`"\\ud800"`) in
+text and jsonb, and deeply nested values exhaust the stack of any recursive
+code that walks or encodes them. These checks walk iteratively, so a value
+nested however deep is refused rather than crashing the check.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# 64 levels: far more than provider options, chat messages or a tool's JSON
+# schema need, and far below Python's recursion limit (json, DRF, psycopg).
+MAX_JSON_DEPTH = 64
+
+TEXT_NUL = "nul"
+TEXT_SURROGATE = "surrogate"
+TOO_DEEP = "too_deep"
+
+
+def text_problem(text: str) -> str | None:
+    """TEXT_NUL or TEXT_SURROGATE when a database would refuse `text`, else None."""
+    if "\x00" in text:
+        return TEXT_NUL
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return TEXT_SURROGATE
+    return None
+
+
+def json_value_problem(value: Any, *, max_depth: int = MAX_JSON_DEPTH) -> str | None:
+    """The first problem found in `value` (TEXT_NUL, TEXT_SURROGATE, TOO_DEEP), or None.
+
+    Keys and string values are checked as text; a list or object counts as
+    one level, so `{"a": [1]}` is two levels deep.
+    """
+    # (value, number of lists and objects around it)
+    pending: list[tuple[Any, int]] = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, str):
+            problem = text_problem(item)
+            if problem:
+                return problem
+        elif isinstance(item, dict | list | tuple):
+            if depth + 1 > max_depth:
+                return TOO_DEEP
+            if isinstance(item, dict):
+                for key, child in item.items():
+                    pending.append((key, depth + 1))
+                    pending.append((child, depth + 1))
+            else:
+                pending.extend((child, depth + 1) for child in item)
+    return None
+
+
+def json_value_error(value: Any, *, subject: str, max_depth: int = MAX_JSON_DEPTH) -> str | None:
+    """A message saying what is wrong with `value` (“Options must not …”), or None."""
+    problem = json_value_problem(value, max_depth=max_depth)
+    if problem == TEXT_NUL:
+        return f"{subject} must not contain NUL characters."
+    if problem == TEXT_SURROGATE:
+        return f"{subject} must not contain unpaired surrogates (such as \\ud800)."
+    if problem == TOO_DEEP:
+        return f"{subject} must not be nested more than {max_depth} levels deep."
+    return None

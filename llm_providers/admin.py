@@ -308,13 +308,17 @@ class ProviderConfigAdmin(TenantScopedAdmin):
         return []
 
     def delete_model(self, request, obj):
+        self._delete_or_deactivate(request, obj)
+
+    def _delete_or_deactivate(self, request, obj) -> bool:
+        """Delete `obj`, or deactivate it when something refers to it; True if deleted."""
         self.tenant_write_check(request, obj)
         # Deleting clears the instance's id; the history entry needs it.
         before = copy.copy(obj)
         with transaction.atomic():
             if provider_config_delete(provider_config=obj):
                 change_history_record_deletion(user=request.user, instance=before)
-                return
+                return True
             references = provider_config_references(provider_config=obj)
             change_history_record_deactivation(
                 user=request.user, instance=obj, references=references
@@ -325,6 +329,7 @@ class ProviderConfigAdmin(TenantScopedAdmin):
             f"{get_text_list(references, 'and')}.",
             messages.WARNING,
         )
+        return False
 
     def response_delete(self, request, obj_display, obj_id):
         if ProviderConfig.objects.filter(pk=obj_id).exists():
@@ -333,8 +338,20 @@ class ProviderConfigAdmin(TenantScopedAdmin):
         return super().response_delete(request, obj_display, obj_id)
 
     def delete_queryset(self, request, queryset):
-        for config in queryset:
-            self.delete_model(request, config)
+        outcomes = [self._delete_or_deactivate(request, config) for config in queryset]
+        # Read by message_user: the bulk action's own "Successfully deleted N"
+        # would count the deactivated configs as deleted.
+        request._provider_config_deletes = (outcomes.count(True), outcomes.count(False))
+
+    def message_user(self, request, message, level=messages.INFO, *args, **kwargs):
+        outcome = getattr(request, "_provider_config_deletes", None)
+        if outcome is not None and level == messages.SUCCESS:
+            del request._provider_config_deletes
+            deleted, deactivated = outcome
+            message = f"Deleted {deleted} provider config{pluralize(deleted)}."
+            if deactivated:
+                message += f" Deactivated {deactivated} instead, which other records refer to."
+        super().message_user(request, message, level, *args, **kwargs)
 
     # --- connection tests ------------------------------------------------------
 

@@ -524,8 +524,13 @@ def test_bulk_delete_deletes_unused_and_deactivates_referenced(
     selection = {"action": "delete_selected", "_selected_action": [spare.pk, served.pk]}
     # when
     page = client.post(reverse(CHANGELIST), selection).content.decode()
-    client.post(reverse(CHANGELIST), {**selection, "post": "yes"})
+    done = client.post(reverse(CHANGELIST), {**selection, "post": "yes"}, follow=True)
     # then
+    assert _messages(done) == [
+        "“served” was deactivated instead of deleted: referred to by 1 call log and "
+        "1 routing override.",
+        "Deleted 1 provider config. Deactivated 1 instead, which other records refer to.",
+    ]
     assert "Those that others refer to are deactivated instead" in page
     assert "served (Fake (demo and tests)) — deactivated, not deleted: referred to by" in page
     assert "<li>1 call log</li>" in page

@@ -459,7 +459,9 @@ class ModelPrice(models.Model):
     cache_write_per_mtok = models.DecimalField(
         max_digits=14, decimal_places=6, null=True, blank=True
     )
-    effective_from = models.DateField()
+    effective_from = models.DateField(
+        help_text="Applies to calls from 00:00 UTC on this day, as providers date their prices."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -554,6 +554,20 @@ def test_embedding_answers_400_naming_the_bad_field(service_api, fake, body, fie
     assert response.json()["error"]["fields"] == fields
 
 
+def test_embedding_answers_413_when_the_body_is_too_large(service_api, fake, settings):
+    # 2,048 inputs of 2 KB each: within the item limit, over the body size limit.
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1_000_000
+    body = {"inputs": ["a" * 2_000] * 2_048, "model": "fake-embed"}
+
+    response = service_api.post(EMBEDDINGS, body)
+
+    assert response.status_code == 413
+    error = response.json()["error"]
+    assert (error["code"], error["extra"]) == ("request_too_large", {"max_bytes": 1_000_000})
+    assert "1,000,000 bytes" in error["message"]
+    assert not CallLog.objects.exists()
+
+
 def test_embedding_maps_provider_timeout_to_504(service_api, tenant):
     ProviderConfigFactory(tenant=tenant, is_default=True, options={"failure": "timeout"})
 

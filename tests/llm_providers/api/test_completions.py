@@ -223,6 +223,36 @@ def test_completion_streams_fake_provider_text_then_done(admin_api, fake):
     assert _log(done["request_id"]).cost_usd == Decimal(HELLO_COST)
 
 
+def test_completion_stream_cache_hit_keeps_the_answers_estimated_usage_flag(
+    service_api, tenant, allow_private_urls, openai_upstream
+):
+    # Mistral streams are not asked for usage: the loopback sends none, so it is estimated.
+    tenant.response_cache_ttl_seconds = 60
+    tenant.save()
+    provider_config_create(
+        tenant=tenant,
+        name="mistral",
+        provider_type="mistral",
+        api_key=OPENAI_KEY,
+        base_url=openai_upstream.base_url,
+        default_model="mistral-small-latest",
+        is_default=True,
+    )
+    openai_upstream.enqueue_chat_stream(["Hel", "lo"])
+    body = {"messages": HELLO, "stream": True}
+
+    first = _events(service_api.post(COMPLETIONS, body))[-1][1]
+    again = _events(service_api.post(COMPLETIONS, body))[-1][1]
+    as_json = service_api.post(COMPLETIONS, {"messages": HELLO}).json()
+
+    assert (first["cached"], first["usage_estimated"]) == (False, True)
+    assert (again["cached"], again["usage"]) == (True, first["usage"])
+    assert (as_json["cached"], as_json["usage"]) == (True, first["usage"])
+    # The tokens of a hit are the original answer's estimate, and say so.
+    assert (again["usage_estimated"], as_json["usage_estimated"]) == (True, True)
+    assert len(openai_upstream.requests) == 1
+
+
 def test_completion_stream_broken_upstream_sends_error_event_then_done(
     service_api, openai, openai_upstream
 ):

@@ -511,6 +511,7 @@ def _cache_lookup(call: _Call, target: RouteTarget, started: float) -> Completio
         source=PriceSource.NONE,
         latency_ms=_ms_since(started),
         cached=True,
+        estimated=hit.usage_estimated,
     )
 
 
@@ -835,6 +836,7 @@ class CompletionStream:
             model=(final.model if final is not None and final.model else target.model),
             finish_reason=(final.finish_reason if final is not None else None) or "stop",
             tool_calls=list((final.tool_calls if final is not None else None) or []),
+            usage_estimated=estimated,
         )
         latency_ms = _ms_since(started)
         cost, source = _priced(call, target, usage, chat.model)

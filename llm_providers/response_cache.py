@@ -65,6 +65,7 @@ def response_cache_get(
         model=stored["model"],
         finish_reason=stored["finish_reason"],
         tool_calls=[ToolCall(**call) for call in stored["tool_calls"]],
+        usage_estimated=stored.get("usage_estimated", False),
     )
 
 
@@ -85,6 +86,7 @@ def response_cache_set(
         "model": result.model,
         "finish_reason": result.finish_reason,
         "tool_calls": [asdict(call) for call in result.tool_calls],
+        "usage_estimated": result.usage_estimated,
     }
     key = _cache_key(
         tenant_id=tenant_id,

@@ -19,7 +19,8 @@ import logging
 import math
 from typing import Any
 
-from django.core.exceptions import NON_FIELD_ERRORS
+from django.conf import settings
+from django.core.exceptions import NON_FIELD_ERRORS, RequestDataTooBig
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404
@@ -181,6 +182,20 @@ def _api_exception_response(exc: exceptions.APIException) -> Response:
     )
 
 
+def _too_large_response() -> Response:
+    """A body over DATA_UPLOAD_MAX_MEMORY_SIZE: Django refuses to read it, the client must
+    send less (e.g. split the embedding inputs over several calls)."""
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    return Response(
+        error_body(
+            code="request_too_large",
+            message=f"The request body is larger than the {limit:,} bytes this API accepts.",
+            extra={"max_bytes": limit},
+        ),
+        status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+    )
+
+
 def api_exception_handler(exc: Exception, context: dict) -> Response:
     """DRF's EXCEPTION_HANDLER: every error, expected or not, in the one shape."""
     if isinstance(exc, Http404):
@@ -199,6 +214,8 @@ def api_exception_handler(exc: Exception, context: dict) -> Response:
         response = _application_error_response(exc)
     elif isinstance(exc, exceptions.APIException):
         response = _api_exception_response(exc)
+    elif isinstance(exc, RequestDataTooBig):
+        response = _too_large_response()
     else:
         view = context.get("view")
         logger.exception("Unexpected error in %s", type(view).__name__ if view else "the API")

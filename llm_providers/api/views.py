@@ -226,6 +226,10 @@ class ServiceKeyViewSet(
 CALLERS = frozenset({ROLE_ADMIN, ROLE_SERVICE})
 
 _CALL_ERRORS = {
+    413: OpenApiResponse(
+        description="The body is larger than the server accepts (`request_too_large`); "
+        "send fewer or shorter texts per call."
+    ),
     422: OpenApiResponse(
         description="No route (`no_route`), or the provider refused the content "
         "(`content_refused`)."

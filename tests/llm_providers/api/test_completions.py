@@ -223,6 +223,36 @@ def test_completion_streams_fake_provider_text_then_done(admin_api, fake):
     assert _log(done["request_id"]).cost_usd == Decimal(HELLO_COST)
 
 
+def test_completion_stream_cache_hit_keeps_the_answers_estimated_usage_flag(
+    service_api, tenant, allow_private_urls, openai_upstream
+):
+    # Mistral streams are not asked for usage: the loopback sends none, so it is estimated.
+    tenant.response_cache_ttl_seconds = 60
+    tenant.save()
+    provider_config_create(
+        tenant=tenant,
+        name="mistral",
+        provider_type="mistral",
+        api_key=OPENAI_KEY,
+        base_url=openai_upstream.base_url,
+        default_model="mistral-small-latest",
+        is_default=True,
+    )
+    openai_upstream.enqueue_chat_stream(["Hel", "lo"])
+    body = {"messages": HELLO, "stream": True}
+
+    first = _events(service_api.post(COMPLETIONS, body))[-1][1]
+    again = _events(service_api.post(COMPLETIONS, body))[-1][1]
+    as_json = service_api.post(COMPLETIONS, {"messages": HELLO}).json()
+
+    assert (first["cached"], first["usage_estimated"]) == (False, True)
+    assert (again["cached"], again["usage"]) == (True, first["usage"])
+    assert (as_json["cached"], as_json["usage"]) == (True, first["usage"])
+    # The tokens of a hit are the original answer's estimate, and say so.
+    assert (again["usage_estimated"], as_json["usage_estimated"]) == (True, True)
+    assert len(openai_upstream.requests) == 1
+
+
 def test_completion_stream_broken_upstream_sends_error_event_then_done(
     service_api, openai, openai_upstream
 ):
@@ -552,6 +582,20 @@ def test_embedding_answers_400_naming_the_bad_field(service_api, fake, body, fie
 
     assert response.status_code == 400
     assert response.json()["error"]["fields"] == fields
+
+
+def test_embedding_answers_413_when_the_body_is_too_large(service_api, fake, settings):
+    # 2,048 inputs of 2 KB each: within the item limit, over the body size limit.
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1_000_000
+    body = {"inputs": ["a" * 2_000] * 2_048, "model": "fake-embed"}
+
+    response = service_api.post(EMBEDDINGS, body)
+
+    assert response.status_code == 413
+    error = response.json()["error"]
+    assert (error["code"], error["extra"]) == ("request_too_large", {"max_bytes": 1_000_000})
+    assert "1,000,000 bytes" in error["message"]
+    assert not CallLog.objects.exists()
 
 
 def test_embedding_maps_provider_timeout_to_504(service_api, tenant):

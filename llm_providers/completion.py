@@ -774,9 +774,11 @@ class CompletionStream:
         received: list[str] = []
         first_token_ms: int | None = None
         final = None
+        answered_model = ""
         upstream = adapter.stream(request)
         try:
             for chunk in upstream:
+                answered_model = chunk.model or answered_model
                 if chunk.text:
                     if first_token_ms is None:
                         first_token_ms = _ms_since(started)
@@ -792,6 +794,7 @@ class CompletionStream:
                 started_at,
                 started,
                 first_token_ms,
+                answered_model=answered_model,
                 status=Status.OK,
                 error=None,
             )
@@ -807,6 +810,7 @@ class CompletionStream:
                 started_at,
                 started,
                 first_token_ms,
+                answered_model=answered_model,
                 status=Status.ERROR,
                 error=error,
             )
@@ -819,6 +823,7 @@ class CompletionStream:
                     started_at,
                     started,
                     first_token_ms,
+                    answered_model=answered_model,
                     status=Status.ERROR,
                     error=error,
                 )
@@ -868,12 +873,23 @@ class CompletionStream:
     def _estimate(self, text: str) -> Usage:
         return Usage(input_tokens=self._call.input_tokens, output_tokens=estimate_text_tokens(text))
 
-    def _log_partial(self, target, received, started_at, started, first_token_ms, *, status, error):
+    def _log_partial(
+        self,
+        target,
+        received,
+        started_at,
+        started,
+        first_token_ms,
+        *,
+        answered_model,
+        status,
+        error,
+    ):
         """Record a stream that ended early: usage estimated from what was received."""
         call = self._call
         text = "".join(received)
         usage = self._estimate(text)
-        cost, source = _priced(call, target, usage, target.model)
+        cost, source = _priced(call, target, usage, answered_model)
         if error is None:
             code, message = "client_closed", "The caller stopped reading the stream."
         elif isinstance(error, ApplicationError):
@@ -886,6 +902,7 @@ class CompletionStream:
             created_at=started_at,
             error_code=code,
             error_message=scrub_secrets(message, _secrets(target)),
+            model_answered=answered_model,
             usage=usage,
             usage_estimated=True,
             cost_usd=cost,
@@ -899,7 +916,7 @@ class CompletionStream:
             ChatResult(
                 content=text,
                 usage=usage,
-                model=target.model,
+                model=answered_model or target.model,
                 finish_reason="aborted" if error is None else "error",
             ),
             cost=cost,

@@ -323,6 +323,29 @@ def test_stream_stopped_by_caller_records_what_was_received(tenant, openai_upstr
     assert log.output_tokens == 2
 
 
+def test_stream_cut_off_records_and_prices_the_model_that_answered(tenant, openai_upstream):
+    # A price set only for the dated name the provider streams back.
+    ModelPriceFactory(
+        tenant=tenant, provider_type="openai", model="gpt-4o-2024-08-06",
+        input_per_mtok="1000000", output_per_mtok="1000000",
+    )  # fmt: skip
+    _openai(tenant, openai_upstream)
+    openai_upstream.enqueue_chat_stream(
+        ["one ", "two ", "three"], model="gpt-4o-2024-08-06", chunk_delay=0.05
+    )
+
+    chunks = stream(tenant=tenant, messages=HELLO)
+    next(iter(chunks))
+    chunks.close()
+
+    log = CallLog.objects.get()
+    assert (log.model_requested, log.model_answered) == ("gpt-4o", "gpt-4o-2024-08-06")
+    assert log.price_source == "override"
+    # $1 per token: the estimated input plus 2 estimated output tokens.
+    assert log.cost_usd == log.input_tokens + 2
+    assert chunks.result.model == "gpt-4o-2024-08-06"
+
+
 # --- secrets ----------------------------------------------------------------------
 
 

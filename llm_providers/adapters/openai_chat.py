@@ -49,6 +49,17 @@ _MAX_COMPLETION_TOKENS_TYPES = frozenset({"openai", AZURE})
 # Mistral refuses `stream_options` (422, extra fields forbidden) and sends the
 # stream's usage in its last chunk unasked.
 _USAGE_UNASKED_TYPES = frozenset({"mistral"})
+# Finish reasons compatible servers give besides OpenAI's own: Together says
+# `eos` for the end of a sequence, older servers `function_call` for a tool
+# call. Anything unknown reads as `stop`.
+_FINISH_REASONS = {
+    "stop": "stop",
+    "eos": "stop",
+    "length": "length",
+    "tool_calls": "tool_calls",
+    "function_call": "tool_calls",
+    "content_filter": "content_filter",
+}
 
 
 class OpenAIChatAdapter(Adapter):
@@ -151,7 +162,7 @@ class OpenAIChatAdapter(Adapter):
             content=content,
             usage=usage,
             model=response.model or request.model,
-            finish_reason=choice.finish_reason or "stop",
+            finish_reason=finish_reason_normalise(choice.finish_reason, bool(tool_calls)),
             tool_calls=tool_calls,
             usage_estimated=estimated,
         )
@@ -189,7 +200,10 @@ class OpenAIChatAdapter(Adapter):
             for _, call in sorted(calls.items())
         ]
         yield StreamChunk(
-            model=model, finish_reason=finish_reason, tool_calls=tool_calls or None, usage=usage
+            model=model,
+            finish_reason=finish_reason_normalise(finish_reason, bool(tool_calls)),
+            tool_calls=tool_calls or None,
+            usage=usage,
         )
 
     @translate_errors
@@ -251,6 +265,16 @@ class OpenAIChatAdapter(Adapter):
                 return ProviderRateLimited(message)
             return error_for_status(None, message, code=code)
         return UpstreamUnavailable(self.scrub(f"{label} failed: {exc}"))
+
+
+def finish_reason_normalise(reported: str | None, has_tool_calls: bool) -> str:
+    """One of stop, length, tool_calls, content_filter. An answer that calls
+    tools finished to call them, whatever the server says (Gemini and some
+    compatible servers say `stop`)."""
+    finish_reason = _FINISH_REASONS.get(reported or "", "stop")
+    if has_tool_calls and finish_reason == "stop":
+        return "tool_calls"
+    return finish_reason
 
 
 def usage_from_openai(usage: Any) -> Usage:

@@ -162,6 +162,36 @@ def test_complete_returns_tool_calls_when_model_calls_a_tool(adapter, openai_ups
     ]
 
 
+@pytest.mark.parametrize(
+    ("reported", "expected"),
+    [("eos", "stop"), ("function_call", "tool_calls"), ("length", "length"), ("other", "stop")],
+)
+def test_complete_normalises_the_finish_reason_when_a_compatible_server_words_it_its_way(
+    openai_upstream, reported, expected
+):
+    # Together ends a sequence with `eos`; older servers call tools with `function_call`.
+    adapter = _adapter("together", openai_upstream.base_url, api_key="tgp_v1_test_key_123456")
+    openai_upstream.enqueue_chat("Hi", finish_reason=reported)
+
+    result = adapter.complete(_request())
+
+    assert result.finish_reason == expected
+
+
+def test_complete_reports_tool_calls_when_server_says_stop_after_calling_a_tool(openai_upstream):
+    # Gemini's OpenAI-compatible endpoint finishes tool-calling answers with `stop`.
+    adapter = _adapter("gemini", openai_upstream.base_url, api_key="AIzaSyTestKey1234567890")
+    openai_upstream.enqueue_chat(
+        None,
+        tool_calls=[{"id": "call_1", "name": "get_weather", "arguments": '{"city":"Paris"}'}],
+        finish_reason="stop",
+    )
+
+    result = adapter.complete(_request(tools=[WEATHER_TOOL]))
+
+    assert result.finish_reason == "tool_calls"
+
+
 def test_complete_estimates_usage_when_server_reports_none(adapter, openai_upstream):
     openai_upstream.enqueue(
         json_reply(
@@ -236,6 +266,15 @@ def test_stream_assembles_tool_calls_on_the_final_chunk(adapter, openai_upstream
         ToolCall(id="call_1", name="get_weather", arguments='{"city": "Paris"}'),
         ToolCall(id="call_2", name="get_weather", arguments='{"city": "Oslo"}'),
     ]
+
+
+def test_stream_normalises_the_finish_reason_on_the_final_chunk(openai_upstream):
+    adapter = _adapter("together", openai_upstream.base_url, api_key="tgp_v1_test_key_123456")
+    openai_upstream.enqueue_chat_stream(["Hi"], finish_reason="eos")
+
+    chunks = list(adapter.stream(_request()))
+
+    assert chunks[-1].finish_reason == "stop"
 
 
 def test_stream_reads_groq_usage_when_reported_in_x_groq(openai_upstream):

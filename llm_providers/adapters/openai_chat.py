@@ -302,8 +302,20 @@ def _groq_usage(chunk: Any) -> Any:
 
 def _tool_call_accumulate(calls: dict[int, dict[str, str]], delta: Any) -> None:
     """Streamed tool calls come in pieces keyed by index: id and name first, then
-    fragments of the JSON arguments."""
-    call = calls.setdefault(delta.index or 0, {"id": "", "name": "", "arguments": ""})
+    fragments of the JSON arguments.
+
+    Gemini's OpenAI-compatible endpoint sends each call whole and without an
+    index: a delta without one continues the latest call unless it brings an
+    id of its own, which starts the next call.
+    """
+    index = getattr(delta, "index", None)
+    if index is None:
+        latest = max(calls, default=None)
+        starts_another = (
+            latest is not None and delta.id and calls[latest]["id"] not in ("", delta.id)
+        )
+        index = 0 if latest is None else latest + 1 if starts_another else latest
+    call = calls.setdefault(index, {"id": "", "name": "", "arguments": ""})
     if delta.id:
         call["id"] = delta.id
     function = delta.function

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -25,7 +26,7 @@ from llm_providers.adapters.types import (
     ToolCall,
     Usage,
 )
-from tests.upstreams.server import json_reply
+from tests.upstreams.server import Reply, json_reply
 
 API_KEY = "sk-proj-Q7mZ2xK9vB4nT8wR1yL6pD3sF0gH5jAa"
 # A 1×1 PNG.
@@ -275,6 +276,46 @@ def test_stream_normalises_the_finish_reason_on_the_final_chunk(openai_upstream)
     chunks = list(adapter.stream(_request()))
 
     assert chunks[-1].finish_reason == "stop"
+
+
+def test_stream_keeps_parallel_tool_calls_apart_when_deltas_carry_no_index(openai_upstream):
+    # Gemini's OpenAI-compatible endpoint streams each call whole, without an index,
+    # and finishes with `stop`.
+    adapter = _adapter("gemini", openai_upstream.base_url, api_key="AIzaSyTestKey1234567890")
+
+    def chunk(delta: dict, finish_reason: str | None = None) -> bytes:
+        payload = {
+            "id": "x",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": "gemini-2.5-flash",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+        }
+        return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+    def call(call_id: str, city: str) -> dict:
+        arguments = json.dumps({"city": city})
+        function = {"name": "get_weather", "arguments": arguments}
+        return {"role": "assistant", "tool_calls": [{"id": call_id, "function": function}]}
+
+    openai_upstream.enqueue(
+        Reply(
+            headers={"Content-Type": "text/event-stream"},
+            chunks=[
+                chunk(call("call_1", "Paris")),
+                chunk(call("call_2", "Oslo"), finish_reason="stop"),
+                b"data: [DONE]\n\n",
+            ],
+        )
+    )
+
+    chunks = list(adapter.stream(_request(tools=[WEATHER_TOOL])))
+
+    assert chunks[-1].finish_reason == "tool_calls"
+    assert chunks[-1].tool_calls == [
+        ToolCall(id="call_1", name="get_weather", arguments='{"city": "Paris"}'),
+        ToolCall(id="call_2", name="get_weather", arguments='{"city": "Oslo"}'),
+    ]
 
 
 def test_stream_reads_groq_usage_when_reported_in_x_groq(openai_upstream):

@@ -328,6 +328,10 @@ def _tool_call_accumulate(calls: dict[int, dict[str, str]], delta: Any) -> None:
 
 def _vendor_message(exc: openai.APIError) -> str:
     body = exc.body
+    # Gemini's OpenAI-compatible endpoint answers errors as a list:
+    # [{"error": {"code": 400, "message": "...", "status": "INVALID_ARGUMENT"}}].
+    if isinstance(body, list) and body and isinstance(body[0], dict):
+        body = body[0].get("error", body[0])
     if isinstance(body, dict) and isinstance(body.get("message"), str):
         return body["message"]
     return exc.message

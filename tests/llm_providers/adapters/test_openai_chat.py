@@ -433,6 +433,25 @@ def test_complete_maps_error_status_onto_the_error_tree(
     assert caught.value.message.startswith(f"openai answered {status}")
 
 
+def test_complete_reads_the_message_of_gemini_error_lists(openai_upstream):
+    # Gemini's OpenAI-compatible endpoint wraps its error object in a list.
+    adapter = _adapter("gemini", openai_upstream.base_url, api_key="AIzaSyTestKey1234567890")
+    message = (
+        "The input token count (1200000) exceeds the maximum number of tokens allowed (1048576)."
+    )
+    openai_upstream.enqueue(
+        json_reply(
+            [{"error": {"code": 400, "message": message, "status": "INVALID_ARGUMENT"}}],
+            status=400,
+        )
+    )
+
+    with pytest.raises(ContextTooLong) as caught:
+        adapter.complete(_request())
+
+    assert caught.value.message == f"gemini answered 400: {message}"
+
+
 def test_complete_raises_rate_limited_with_retry_after_seconds(adapter, openai_upstream):
     openai_upstream.enqueue_error(
         429, message="Rate limit reached.", type="requests", headers={"Retry-After": "7"}

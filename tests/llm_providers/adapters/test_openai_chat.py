@@ -452,6 +452,21 @@ def test_complete_reads_the_message_of_gemini_error_lists(openai_upstream):
     assert caught.value.message == f"gemini answered 400: {message}"
 
 
+def test_complete_raises_context_too_long_when_together_says_inputs_exceed_the_window(
+    openai_upstream,
+):
+    adapter = _adapter("together", openai_upstream.base_url, api_key="tgp_v1_test_key_123456")
+    openai_upstream.enqueue_error(
+        400,
+        message="Input validation error: `inputs` tokens + `max_new_tokens` must be <= 8193. "
+        "Given: 8000 `inputs` tokens and 512 `max_new_tokens`",
+        type="invalid_request_error",
+    )
+
+    with pytest.raises(ContextTooLong):
+        adapter.complete(_request())
+
+
 def test_complete_raises_rate_limited_with_retry_after_seconds(adapter, openai_upstream):
     openai_upstream.enqueue_error(
         429, message="Rate limit reached.", type="requests", headers={"Retry-After": "7"}

@@ -278,15 +278,26 @@ def finish_reason_normalise(reported: str | None, has_tool_calls: bool) -> str:
 
 
 def usage_from_openai(usage: Any) -> Usage:
-    """OpenAI's usage already counts cached tokens in the prompt and reasoning in the output."""
+    """OpenAI's usage already counts cached tokens in the prompt and reasoning in the output.
+
+    Some compatible servers (Gemini's thinking models among them) report the
+    reasoning beside `completion_tokens` instead of inside it; their
+    `total_tokens` then adds it once more, which gives it away.
+    """
     prompt_details = getattr(usage, "prompt_tokens_details", None)
     completion_details = getattr(usage, "completion_tokens_details", None)
+    input_tokens = usage.prompt_tokens or 0
+    output_tokens = usage.completion_tokens or 0
+    reasoning_tokens = getattr(completion_details, "reasoning_tokens", None) or 0
+    total_tokens = getattr(usage, "total_tokens", None)
+    if reasoning_tokens and total_tokens == input_tokens + output_tokens + reasoning_tokens:
+        output_tokens += reasoning_tokens
     return Usage(
-        input_tokens=usage.prompt_tokens or 0,
-        output_tokens=usage.completion_tokens or 0,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
         cache_read_tokens=getattr(prompt_details, "cached_tokens", None) or 0,
         cache_write_tokens=getattr(prompt_details, "cache_write_tokens", None) or 0,
-        reasoning_tokens=getattr(completion_details, "reasoning_tokens", None) or 0,
+        reasoning_tokens=reasoning_tokens,
     )
 
 

@@ -91,6 +91,41 @@ def test_complete_normalises_usage_when_cached_and_reasoning_tokens_reported(
     assert result.finish_reason == "stop"
 
 
+def test_complete_counts_reasoning_in_output_when_server_reports_it_beside_completion(
+    openai_upstream,
+):
+    # Thinking tokens reported outside completion_tokens: total_tokens adds them once more.
+    adapter = _adapter("gemini", openai_upstream.base_url, api_key="AIzaSyTestKey1234567890")
+    usage = {
+        "prompt_tokens": 20,
+        "completion_tokens": 151,
+        "total_tokens": 553,
+        "completion_tokens_details": {"reasoning_tokens": 382},
+    }
+    openai_upstream.enqueue(
+        json_reply(
+            {
+                "id": "x",
+                "object": "chat.completion",
+                "created": 1,
+                "model": "gemini-2.5-flash",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "36"},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": usage,
+            }
+        )
+    )
+
+    result = adapter.complete(_request())
+
+    assert result.usage == Usage(input_tokens=20, output_tokens=533, reasoning_tokens=382)
+
+
 def test_complete_reports_the_model_the_provider_answered_with(adapter, openai_upstream):
     openai_upstream.enqueue_chat(model="gpt-4o-mini-2024-07-18")
 

@@ -21,6 +21,10 @@ JSON_MODE_INSTRUCTION = (
 )
 
 _DATA_URL = re.compile(r"^data:(?P<media_type>[\w.+-]+/[\w.+-]+)(?:;[^,;]*)*;base64,(?P<data>.*)$")
+# Media type names in common use that are not the registered ones vendors
+# take: Anthropic accepts only image/jpeg, and browsers and tools still write
+# image/jpg.
+_MEDIA_TYPE_ALIASES = {"image/jpg": "image/jpeg", "image/pjpeg": "image/jpeg"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +46,10 @@ def image_parse(url: str) -> InlineImage | None:
     match = _DATA_URL.match(url or "")
     if not match:
         return None
-    return InlineImage(media_type=match.group("media_type").lower(), data=match.group("data"))
+    media_type = match.group("media_type").lower()
+    return InlineImage(
+        media_type=_MEDIA_TYPE_ALIASES.get(media_type, media_type), data=match.group("data")
+    )
 
 
 def content_parts(content: Any) -> Iterator[dict[str, Any]]:

@@ -114,11 +114,12 @@ def scrub_secrets(message: str, secrets: Iterable[str] = ()) -> str:
 # OpenAI-compatible servers ("maximum context length", code
 # context_length_exceeded), Anthropic ("prompt is too long", "exceed context
 # limit"), Bedrock ("Input is too long", "too many input tokens"), Gemini
-# ("input token count ... exceeds the maximum number of tokens").
+# ("input token count ... exceeds the maximum number of tokens"), Together and
+# other TGI servers ("`inputs` tokens + `max_new_tokens` must be <= 8193").
 _CONTEXT_TOO_LONG = re.compile(
     r"context[ _-]?(?:length|window|limit)|maximum context|prompt is too long"
     r"|input is too long|too many (?:input )?tokens|exceeds? the maximum (?:number of )?tokens"
-    r"|reduce the length of the messages",
+    r"|reduce the length of the messages|inputs`? tokens \+ `?max_new_tokens`? must be",
     re.IGNORECASE,
 )
 _CONTEXT_TOO_LONG_CODES = frozenset({"context_length_exceeded", "request_too_large"})

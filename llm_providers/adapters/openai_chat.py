@@ -49,6 +49,17 @@ _MAX_COMPLETION_TOKENS_TYPES = frozenset({"openai", AZURE})
 # Mistral refuses `stream_options` (422, extra fields forbidden) and sends the
 # stream's usage in its last chunk unasked.
 _USAGE_UNASKED_TYPES = frozenset({"mistral"})
+# Finish reasons compatible servers give besides OpenAI's own: Together says
+# `eos` for the end of a sequence, older servers `function_call` for a tool
+# call. Anything unknown reads as `stop`.
+_FINISH_REASONS = {
+    "stop": "stop",
+    "eos": "stop",
+    "length": "length",
+    "tool_calls": "tool_calls",
+    "function_call": "tool_calls",
+    "content_filter": "content_filter",
+}
 
 
 class OpenAIChatAdapter(Adapter):
@@ -151,7 +162,7 @@ class OpenAIChatAdapter(Adapter):
             content=content,
             usage=usage,
             model=response.model or request.model,
-            finish_reason=choice.finish_reason or "stop",
+            finish_reason=finish_reason_normalise(choice.finish_reason, bool(tool_calls)),
             tool_calls=tool_calls,
             usage_estimated=estimated,
         )
@@ -189,7 +200,10 @@ class OpenAIChatAdapter(Adapter):
             for _, call in sorted(calls.items())
         ]
         yield StreamChunk(
-            model=model, finish_reason=finish_reason, tool_calls=tool_calls or None, usage=usage
+            model=model,
+            finish_reason=finish_reason_normalise(finish_reason, bool(tool_calls)),
+            tool_calls=tool_calls or None,
+            usage=usage,
         )
 
     @translate_errors
@@ -253,16 +267,37 @@ class OpenAIChatAdapter(Adapter):
         return UpstreamUnavailable(self.scrub(f"{label} failed: {exc}"))
 
 
+def finish_reason_normalise(reported: str | None, has_tool_calls: bool) -> str:
+    """One of stop, length, tool_calls, content_filter. An answer that calls
+    tools finished to call them, whatever the server says (Gemini and some
+    compatible servers say `stop`)."""
+    finish_reason = _FINISH_REASONS.get(reported or "", "stop")
+    if has_tool_calls and finish_reason == "stop":
+        return "tool_calls"
+    return finish_reason
+
+
 def usage_from_openai(usage: Any) -> Usage:
-    """OpenAI's usage already counts cached tokens in the prompt and reasoning in the output."""
+    """OpenAI's usage already counts cached tokens in the prompt and reasoning in the output.
+
+    Some compatible servers (Gemini's thinking models among them) report the
+    reasoning beside `completion_tokens` instead of inside it; their
+    `total_tokens` then adds it once more, which gives it away.
+    """
     prompt_details = getattr(usage, "prompt_tokens_details", None)
     completion_details = getattr(usage, "completion_tokens_details", None)
+    input_tokens = usage.prompt_tokens or 0
+    output_tokens = usage.completion_tokens or 0
+    reasoning_tokens = getattr(completion_details, "reasoning_tokens", None) or 0
+    total_tokens = getattr(usage, "total_tokens", None)
+    if reasoning_tokens and total_tokens == input_tokens + output_tokens + reasoning_tokens:
+        output_tokens += reasoning_tokens
     return Usage(
-        input_tokens=usage.prompt_tokens or 0,
-        output_tokens=usage.completion_tokens or 0,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
         cache_read_tokens=getattr(prompt_details, "cached_tokens", None) or 0,
         cache_write_tokens=getattr(prompt_details, "cache_write_tokens", None) or 0,
-        reasoning_tokens=getattr(completion_details, "reasoning_tokens", None) or 0,
+        reasoning_tokens=reasoning_tokens,
     )
 
 
@@ -278,8 +313,20 @@ def _groq_usage(chunk: Any) -> Any:
 
 def _tool_call_accumulate(calls: dict[int, dict[str, str]], delta: Any) -> None:
     """Streamed tool calls come in pieces keyed by index: id and name first, then
-    fragments of the JSON arguments."""
-    call = calls.setdefault(delta.index or 0, {"id": "", "name": "", "arguments": ""})
+    fragments of the JSON arguments.
+
+    Gemini's OpenAI-compatible endpoint sends each call whole and without an
+    index: a delta without one continues the latest call unless it brings an
+    id of its own, which starts the next call.
+    """
+    index = getattr(delta, "index", None)
+    if index is None:
+        latest = max(calls, default=None)
+        starts_another = (
+            latest is not None and delta.id and calls[latest]["id"] not in ("", delta.id)
+        )
+        index = 0 if latest is None else latest + 1 if starts_another else latest
+    call = calls.setdefault(index, {"id": "", "name": "", "arguments": ""})
     if delta.id:
         call["id"] = delta.id
     function = delta.function
@@ -292,6 +339,10 @@ def _tool_call_accumulate(calls: dict[int, dict[str, str]], delta: Any) -> None:
 
 def _vendor_message(exc: openai.APIError) -> str:
     body = exc.body
+    # Gemini's OpenAI-compatible endpoint answers errors as a list:
+    # [{"error": {"code": 400, "message": "...", "status": "INVALID_ARGUMENT"}}].
+    if isinstance(body, list) and body and isinstance(body[0], dict):
+        body = body[0].get("error", body[0])
     if isinstance(body, dict) and isinstance(body.get("message"), str):
         return body["message"]
     return exc.message

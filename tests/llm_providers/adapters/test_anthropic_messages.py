@@ -160,6 +160,17 @@ def test_complete_sends_image_data_urls_as_base64_image_blocks(adapter, anthropi
     ]
 
 
+def test_complete_sends_image_jpg_data_urls_as_the_jpeg_media_type(adapter, anthropic_upstream):
+    # Anthropic takes image/jpeg only; browsers and tools still write image/jpg.
+    anthropic_upstream.enqueue_message("A dot.")
+    content = [{"type": "image_url", "image_url": {"url": "data:image/jpg;base64,/9j/4AAQ"}}]
+
+    adapter.complete(_request(messages=[{"role": "user", "content": content}]))
+
+    [block] = anthropic_upstream.last_request.json["messages"][0]["content"]
+    assert block["source"] == {"type": "base64", "media_type": "image/jpeg", "data": "/9j/4AAQ"}
+
+
 def test_complete_sends_tool_calls_and_results_as_tool_use_and_tool_result_blocks(
     adapter, anthropic_upstream
 ):

@@ -59,6 +59,8 @@ def test_retry_after_from_headers_reads_an_http_date():
         "Input is too long for requested model.",
         "The input token count (1200000) exceeds the maximum number of tokens allowed (1048576).",
         "Please reduce the length of the messages or completion.",
+        "Input validation error: `inputs` tokens + `max_new_tokens` must be <= 8193. Given: "
+        "8000 `inputs` tokens and 512 `max_new_tokens`",
     ],
 )
 def test_message_says_context_too_long_when_vendors_word_it_their_way(message):
@@ -68,6 +70,10 @@ def test_message_says_context_too_long_when_vendors_word_it_their_way(message):
 def test_message_says_context_too_long_is_false_for_other_bad_requests():
     assert message_says_context_too_long("Invalid value for 'temperature': 3.") is False
     assert message_says_context_too_long("max_tokens is too large: 100000.") is False
+    assert (
+        message_says_context_too_long("Input validation error: `max_new_tokens` must be <= 192")
+        is False
+    )
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -25,7 +26,7 @@ from llm_providers.adapters.types import (
     ToolCall,
     Usage,
 )
-from tests.upstreams.server import json_reply
+from tests.upstreams.server import Reply, json_reply
 
 API_KEY = "sk-proj-Q7mZ2xK9vB4nT8wR1yL6pD3sF0gH5jAa"
 # A 1×1 PNG.
@@ -88,6 +89,41 @@ def test_complete_normalises_usage_when_cached_and_reasoning_tokens_reported(
         reasoning_tokens=200,
     )
     assert result.finish_reason == "stop"
+
+
+def test_complete_counts_reasoning_in_output_when_server_reports_it_beside_completion(
+    openai_upstream,
+):
+    # Thinking tokens reported outside completion_tokens: total_tokens adds them once more.
+    adapter = _adapter("gemini", openai_upstream.base_url, api_key="AIzaSyTestKey1234567890")
+    usage = {
+        "prompt_tokens": 20,
+        "completion_tokens": 151,
+        "total_tokens": 553,
+        "completion_tokens_details": {"reasoning_tokens": 382},
+    }
+    openai_upstream.enqueue(
+        json_reply(
+            {
+                "id": "x",
+                "object": "chat.completion",
+                "created": 1,
+                "model": "gemini-2.5-flash",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "36"},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": usage,
+            }
+        )
+    )
+
+    result = adapter.complete(_request())
+
+    assert result.usage == Usage(input_tokens=20, output_tokens=533, reasoning_tokens=382)
 
 
 def test_complete_reports_the_model_the_provider_answered_with(adapter, openai_upstream):
@@ -162,6 +198,36 @@ def test_complete_returns_tool_calls_when_model_calls_a_tool(adapter, openai_ups
     ]
 
 
+@pytest.mark.parametrize(
+    ("reported", "expected"),
+    [("eos", "stop"), ("function_call", "tool_calls"), ("length", "length"), ("other", "stop")],
+)
+def test_complete_normalises_the_finish_reason_when_a_compatible_server_words_it_its_way(
+    openai_upstream, reported, expected
+):
+    # Together ends a sequence with `eos`; older servers call tools with `function_call`.
+    adapter = _adapter("together", openai_upstream.base_url, api_key="tgp_v1_test_key_123456")
+    openai_upstream.enqueue_chat("Hi", finish_reason=reported)
+
+    result = adapter.complete(_request())
+
+    assert result.finish_reason == expected
+
+
+def test_complete_reports_tool_calls_when_server_says_stop_after_calling_a_tool(openai_upstream):
+    # Gemini's OpenAI-compatible endpoint finishes tool-calling answers with `stop`.
+    adapter = _adapter("gemini", openai_upstream.base_url, api_key="AIzaSyTestKey1234567890")
+    openai_upstream.enqueue_chat(
+        None,
+        tool_calls=[{"id": "call_1", "name": "get_weather", "arguments": '{"city":"Paris"}'}],
+        finish_reason="stop",
+    )
+
+    result = adapter.complete(_request(tools=[WEATHER_TOOL]))
+
+    assert result.finish_reason == "tool_calls"
+
+
 def test_complete_estimates_usage_when_server_reports_none(adapter, openai_upstream):
     openai_upstream.enqueue(
         json_reply(
@@ -233,6 +299,55 @@ def test_stream_assembles_tool_calls_on_the_final_chunk(adapter, openai_upstream
     assert len(chunks) == 1
     assert chunks[0].finish_reason == "tool_calls"
     assert chunks[0].tool_calls == [
+        ToolCall(id="call_1", name="get_weather", arguments='{"city": "Paris"}'),
+        ToolCall(id="call_2", name="get_weather", arguments='{"city": "Oslo"}'),
+    ]
+
+
+def test_stream_normalises_the_finish_reason_on_the_final_chunk(openai_upstream):
+    adapter = _adapter("together", openai_upstream.base_url, api_key="tgp_v1_test_key_123456")
+    openai_upstream.enqueue_chat_stream(["Hi"], finish_reason="eos")
+
+    chunks = list(adapter.stream(_request()))
+
+    assert chunks[-1].finish_reason == "stop"
+
+
+def test_stream_keeps_parallel_tool_calls_apart_when_deltas_carry_no_index(openai_upstream):
+    # Gemini's OpenAI-compatible endpoint streams each call whole, without an index,
+    # and finishes with `stop`.
+    adapter = _adapter("gemini", openai_upstream.base_url, api_key="AIzaSyTestKey1234567890")
+
+    def chunk(delta: dict, finish_reason: str | None = None) -> bytes:
+        payload = {
+            "id": "x",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": "gemini-2.5-flash",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+        }
+        return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+    def call(call_id: str, city: str) -> dict:
+        arguments = json.dumps({"city": city})
+        function = {"name": "get_weather", "arguments": arguments}
+        return {"role": "assistant", "tool_calls": [{"id": call_id, "function": function}]}
+
+    openai_upstream.enqueue(
+        Reply(
+            headers={"Content-Type": "text/event-stream"},
+            chunks=[
+                chunk(call("call_1", "Paris")),
+                chunk(call("call_2", "Oslo"), finish_reason="stop"),
+                b"data: [DONE]\n\n",
+            ],
+        )
+    )
+
+    chunks = list(adapter.stream(_request(tools=[WEATHER_TOOL])))
+
+    assert chunks[-1].finish_reason == "tool_calls"
+    assert chunks[-1].tool_calls == [
         ToolCall(id="call_1", name="get_weather", arguments='{"city": "Paris"}'),
         ToolCall(id="call_2", name="get_weather", arguments='{"city": "Oslo"}'),
     ]
@@ -351,6 +466,40 @@ def test_complete_maps_error_status_onto_the_error_tree(
     assert caught.value.status_code == status
     assert caught.value.retryable is retryable
     assert caught.value.message.startswith(f"openai answered {status}")
+
+
+def test_complete_reads_the_message_of_gemini_error_lists(openai_upstream):
+    # Gemini's OpenAI-compatible endpoint wraps its error object in a list.
+    adapter = _adapter("gemini", openai_upstream.base_url, api_key="AIzaSyTestKey1234567890")
+    message = (
+        "The input token count (1200000) exceeds the maximum number of tokens allowed (1048576)."
+    )
+    openai_upstream.enqueue(
+        json_reply(
+            [{"error": {"code": 400, "message": message, "status": "INVALID_ARGUMENT"}}],
+            status=400,
+        )
+    )
+
+    with pytest.raises(ContextTooLong) as caught:
+        adapter.complete(_request())
+
+    assert caught.value.message == f"gemini answered 400: {message}"
+
+
+def test_complete_raises_context_too_long_when_together_says_inputs_exceed_the_window(
+    openai_upstream,
+):
+    adapter = _adapter("together", openai_upstream.base_url, api_key="tgp_v1_test_key_123456")
+    openai_upstream.enqueue_error(
+        400,
+        message="Input validation error: `inputs` tokens + `max_new_tokens` must be <= 8193. "
+        "Given: 8000 `inputs` tokens and 512 `max_new_tokens`",
+        type="invalid_request_error",
+    )
+
+    with pytest.raises(ContextTooLong):
+        adapter.complete(_request())
 
 
 def test_complete_raises_rate_limited_with_retry_after_seconds(adapter, openai_upstream):

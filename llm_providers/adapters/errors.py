@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Iterable, Mapping
@@ -141,14 +142,19 @@ def retry_after_from_headers(headers: Mapping[str, str] | None) -> float | None:
     millis = lowered.get("retry-after-ms")
     if millis:
         with suppress(ValueError):
-            return max(float(millis) / 1000, 0.0)
+            seconds = float(millis) / 1000
+            if math.isfinite(seconds):
+                return max(seconds, 0.0)
     value = lowered.get("retry-after")
     if not value:
         return None
     try:
-        return max(float(value), 0.0)
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        # "nan" and "inf" parse as floats but say nothing usable.
+        return max(seconds, 0.0) if math.isfinite(seconds) else None
     try:
         moment = parsedate_to_datetime(value)
     except (TypeError, ValueError):

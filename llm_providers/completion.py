@@ -51,6 +51,7 @@ from .adapters.errors import (
     ProviderAuthenticationError,
     ProviderError,
     ProviderPermissionError,
+    ProviderRateLimited,
     scrub_secrets,
 )
 from .adapters.types import ChatRequest, ChatResult, EmbedRequest, ToolCall, Usage
@@ -202,7 +203,7 @@ def _falls_back_on(error: ApplicationError) -> bool:
     """
     if isinstance(error, ProviderError):
         return error.retryable or isinstance(
-            error, ProviderAuthenticationError | ProviderPermissionError
+            error, ProviderAuthenticationError | ProviderPermissionError | ProviderRateLimited
         )
     return isinstance(
         error,

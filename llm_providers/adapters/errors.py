@@ -177,6 +177,12 @@ def error_for_status(
     options = {"status_code": status, "retry_after": retry_after}
     if lowered_code in _CONTENT_REFUSED_CODES:
         return ContentRefused(message, **options)
+    if status == 413 and lowered_code == "rate_limit_exceeded":
+        # Groq: the request alone is over the account's tokens-per-minute
+        # limit. Waiting cannot help; another provider may serve it.
+        error = ProviderRateLimited(message, **options)
+        error.retryable = False
+        return error
     if status in (400, 404, 413, 422) and message_says_context_too_long(message, code):
         return ContextTooLong(message, **options)
     if status == 413:

@@ -276,6 +276,28 @@ def test_complete_skips_to_fallback_when_retry_after_is_too_long(tenant, openai_
     assert len(openai_upstream.requests) == 1
 
 
+def test_complete_falls_back_at_once_when_request_is_over_the_accounts_token_rate(
+    tenant, openai_upstream
+):
+    _openai(tenant, openai_upstream, name="primary", priority=1)
+    provider_config_create(
+        tenant=tenant, name="fake-backup", provider_type="fake", default_model="fake-small"
+    )
+    openai_upstream.enqueue_error(
+        413,
+        message="Request too large for model on tokens per minute (TPM): Limit 6000.",
+        type="tokens",
+        code="rate_limit_exceeded",
+    )
+
+    result = complete(tenant=tenant, messages=HELLO)
+
+    assert result.provider == "fake-backup"
+    assert len(openai_upstream.requests) == 1
+    statuses = list(CallLog.objects.order_by("attempt").values_list("status", "error_code"))
+    assert statuses == [("error", "provider_rate_limited"), ("ok", "")]
+
+
 def test_complete_times_out_and_falls_back(tenant, openai_upstream):
     _openai(tenant, openai_upstream, name="slow", priority=1)
     provider_config_create(

@@ -110,6 +110,20 @@ def test_error_for_status_picks_the_error_of_the_tree(status, code, expected):
     assert error.message == "said the provider"
 
 
+def test_request_over_the_accounts_token_rate_is_rate_limited_without_retry():
+    # Groq answers 413 rate_limit_exceeded to a request larger than the
+    # account's tokens-per-minute limit: the next provider may serve it.
+    error = error_for_status(
+        413,
+        "Request too large for model `llama-3.3-70b` on tokens per minute (TPM): "
+        "Limit 6000, Requested 9000, please reduce your message size and try again.",
+        code="rate_limit_exceeded",
+    )
+
+    assert type(error) is ProviderRateLimited
+    assert error.retryable is False
+
+
 def test_connection_failure_tells_unreachable_from_broken_off():
     refused = ConnectionRefusedError(111, "Connection refused")
     broken = EOFError("peer closed")

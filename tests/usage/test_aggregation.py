@@ -5,6 +5,7 @@ import threading
 from collections import Counter
 from decimal import Decimal
 from io import StringIO
+from unittest import mock
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -355,6 +356,26 @@ def test_concurrent_recomputes_leave_the_same_table():
 
     assert errors == []
     assert _rows() == expected
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("only_tenant", [True, False])
+def test_backfill_command_runs_until_the_tenants_local_today(only_tenant):
+    # 20:00 UTC on 15 June is 05:00 on 16 June in Tokyo
+    now = dt.datetime(2026, 6, 15, 20, 0, tzinfo=dt.UTC)
+    TenantFactory(slug="london", timezone="Europe/London")
+    tenant = TenantFactory(slug="acme", timezone="Asia/Tokyo")
+    CallLogFactory(tenant=tenant, created_at=now - dt.timedelta(hours=2))
+    options = ["--tenant", "acme"] if only_tenant else []
+
+    with mock.patch("django.utils.timezone.now", return_value=now):
+        call_command(
+            "usage_backfill", "--from", "2026-06-15", *options, "--no-progress", stdout=StringIO()
+        )
+
+    assert list(DailyUsage.objects.values_list("day", "request_count")) == [
+        (dt.date(2026, 6, 16), 1)
+    ]
 
 
 @pytest.mark.django_db

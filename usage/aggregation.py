@@ -296,6 +296,41 @@ def daily_usage_recompute(
         return _recompute(windows=windows, now=now)
 
 
+# Days per transaction when a tenant's whole history is recomputed: the
+# periodic aggregation waits for at most one chunk.
+_HISTORY_CHUNK_DAYS = 31
+
+
+def daily_usage_recompute_tenant_history(
+    *, tenant: Tenant, now: datetime | None = None
+) -> RecomputeResult:
+    """Recompute every day of the tenant's usage in its current time zone.
+
+    Stored rows count the days of the zone the tenant had when they were
+    computed. After a change of time zone the periodic run recomputes only
+    the recent days in the new zone, and their hours would overlap (or miss)
+    the hours of the older rows next to them: every day that still has call
+    logs is recomputed, newest first, so the days of one zone follow each
+    other again. Days past the call-log retention keep the old zone's days.
+    """
+    now = now or timezone.now()
+    tz = zone(tenant.timezone)
+    stored = DailyUsage.objects.filter(tenant=tenant).aggregate(first=Min("day"), last=Max("day"))
+    logged = CallLog.objects.filter(tenant=tenant).aggregate(first=Min("created_at"))["first"]
+    firsts = [day for day in (stored["first"], logged and local_date(logged, tz)) if day]
+    if not firsts:
+        return RecomputeResult()
+    first_day = min(firsts)
+    last_day = max(day for day in (stored["last"], local_date(now, tz)) if day)
+    result = RecomputeResult()
+    end = last_day
+    while end >= first_day:
+        start = max(first_day, end - timedelta(days=_HISTORY_CHUNK_DAYS - 1))
+        result.add(daily_usage_recompute(first_day=start, last_day=end, tenant=tenant, now=now))
+        end = start - timedelta(days=1)
+    return result
+
+
 def daily_usage_recompute_recent(*, now: datetime | None = None) -> RecomputeResult:
     """The periodic aggregation: recompute the recent days, and the days of late logs.
 

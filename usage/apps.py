@@ -9,4 +9,4 @@ class UsageConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self):
-        from . import invalidation  # noqa: F401  (connects budget cache invalidation receivers)
+        from . import invalidation  # noqa: F401  (connects the budget and time zone receivers)

@@ -22,16 +22,19 @@ def _n(value: float) -> str:
 
 
 def daily_cost_chart(
-    days: Sequence[tuple[date, Decimal, int]], *, width: int = 760, height: int = 220
+    days: Sequence[tuple[date, Decimal | None, int]], *, width: int = 760, height: int = 220
 ) -> SafeString:
-    """Columns of cost per day; each column's tooltip gives the day, cost and requests."""
+    """Columns of cost per day; each column's tooltip gives the day, cost and requests.
+
+    A cost of None (only unpriced usage) draws no column and says "unpriced".
+    """
     left, bottom, top = 64, 24, 12
     plot_w, plot_h = width - left - 8, height - bottom - top
-    peak = max((cost for _, cost, _ in days), default=Decimal(0)) or Decimal(1)
+    peak = max((cost or Decimal(0) for _, cost, _ in days), default=Decimal(0)) or Decimal(1)
     slot = plot_w / max(len(days), 1)
     columns = []
     for index, (day, cost, requests) in enumerate(days):
-        bar_h = float(cost / peak) * plot_h
+        bar_h = float((cost or Decimal(0)) / peak) * plot_h
         x = left + index * slot + slot * 0.15
         columns.append(
             format_html(
@@ -86,7 +89,7 @@ def daily_cost_chart(
     )
 
 
-def spend_bars(rows: Sequence[tuple[str, Decimal, int]], *, width: int = 360) -> SafeString:
+def spend_bars(rows: Sequence[tuple[str, Decimal | None, int]], *, width: int = 360) -> SafeString:
     """Horizontal bars of spend per label (provider, model, service or customer)."""
     if not rows:
         return format_html('<p class="usage-empty">{}</p>', "No usage in this period.")

@@ -208,14 +208,15 @@ class Dashboard:
     tenant: Tenant
     first_day: date
     last_day: date
-    daily: list[tuple[date, Decimal, int]]
-    total_cost: Decimal
+    # Costs are None where all the usage is unpriced: unknown, not $0.
+    daily: list[tuple[date, Decimal | None, int]]
+    total_cost: Decimal | None
     total_requests: int
     total_errors: int
-    by_provider: list[tuple[str, Decimal, int]]
-    by_model: list[tuple[str, Decimal, int]]
-    by_service: list[tuple[str, Decimal, int]]
-    by_customer: list[tuple[str, Decimal, int]]
+    by_provider: list[tuple[str, Decimal | None, int]]
+    by_model: list[tuple[str, Decimal | None, int]]
+    by_service: list[tuple[str, Decimal | None, int]]
+    by_customer: list[tuple[str, Decimal | None, int]]
     budgets: list[BudgetStatus]
     alerts: list[CostAlert]
     unpriced: list[tuple[str, str, int]]
@@ -277,6 +278,12 @@ def provider_error_rates(
     return [(r["tenant_id"], r["provider_config_id"], r["total"], r["errors"]) for r in rows]
 
 
+def _known_cost(row: dict) -> Decimal | None:
+    """The summed cost of a dashboard row, None when it is only unpriced usage (as in the API)."""
+    cost = row["cost"] or ZERO
+    return None if row["unpriced"] and not cost else cost
+
+
 def usage_dashboard(*, tenant: Tenant, now: datetime | None = None, days: int = 30) -> Dashboard:
     """Everything the tenant's usage dashboard shows, from DailyUsage (+ a short CallLog window)."""
     now = now or timezone.now()
@@ -285,17 +292,22 @@ def usage_dashboard(*, tenant: Tenant, now: datetime | None = None, days: int = 
     usage = DailyUsage.objects.filter(tenant=tenant, day__gte=first_day, day__lte=last_day)
 
     per_day = {
-        row["day"]: (row["cost"], row["requests"])
+        row["day"]: (_known_cost(row), row["requests"])
         for row in usage.order_by()
         .values("day")
-        .annotate(cost=Sum("cost_usd"), requests=Sum("request_count"))
+        .annotate(
+            cost=Sum("cost_usd"), requests=Sum("request_count"), unpriced=Sum("unpriced_count")
+        )
     }
     daily = [
         (first_day + timedelta(days=i), *per_day.get(first_day + timedelta(days=i), (ZERO, 0)))
         for i in range(days)
     ]
     totals = usage.aggregate(
-        cost=Sum("cost_usd"), requests=Sum("request_count"), errors=Sum("error_count")
+        cost=Sum("cost_usd"),
+        requests=Sum("request_count"),
+        errors=Sum("error_count"),
+        unpriced=Sum("unpriced_count"),
     )
     names = dict(ProviderConfig.objects.filter(tenant=tenant).values_list("pk", "name"))
 
@@ -303,24 +315,28 @@ def usage_dashboard(*, tenant: Tenant, now: datetime | None = None, days: int = 
         return list(
             usage.order_by()
             .values(*fields)
-            .annotate(cost=Sum("cost_usd"), requests=Sum("request_count"))
+            .annotate(
+                cost=Sum("cost_usd"), requests=Sum("request_count"), unpriced=Sum("unpriced_count")
+            )
             .order_by("-cost", "-requests")[:_TOP]
         )
 
     by_provider = [
         (
             _provider_label(r["provider_config_id"], r["provider_type"], names),
-            r["cost"],
+            _known_cost(r),
             r["requests"],
         )
         for r in top("provider_config_id", "provider_type")
     ]
-    by_model = [(r["model"] or "(none)", r["cost"], r["requests"]) for r in top("model")]
+    by_model = [(r["model"] or "(none)", _known_cost(r), r["requests"]) for r in top("model")]
     by_service = [
-        (r["service_name"] or "(no service)", r["cost"], r["requests"]) for r in top("service_name")
+        (r["service_name"] or "(no service)", _known_cost(r), r["requests"])
+        for r in top("service_name")
     ]
     by_customer = [
-        (r["customer_id"] or "(no customer)", r["cost"], r["requests"]) for r in top("customer_id")
+        (r["customer_id"] or "(no customer)", _known_cost(r), r["requests"])
+        for r in top("customer_id")
     ]
 
     budgets = []
@@ -365,7 +381,7 @@ def usage_dashboard(*, tenant: Tenant, now: datetime | None = None, days: int = 
         first_day=first_day,
         last_day=last_day,
         daily=daily,
-        total_cost=totals["cost"] or ZERO,
+        total_cost=_known_cost(totals),
         total_requests=totals["requests"] or 0,
         total_errors=totals["errors"] or 0,
         by_provider=by_provider,

@@ -14,7 +14,11 @@ from django.db import OperationalError
 
 from llm_providers.models import Tenant
 
-from .aggregation import daily_usage_recompute, daily_usage_recompute_recent
+from .aggregation import (
+    daily_usage_recompute,
+    daily_usage_recompute_recent,
+    daily_usage_recompute_tenant_history,
+)
 from .alerts import alert_deliveries_send_due, alert_delivery_attempt, alerts_check
 from .retention import call_logs_purge
 
@@ -48,6 +52,16 @@ def refresh_tenant_usage(tenant_id: str, first_day: str, last_day: str) -> None:
         last_day=date.fromisoformat(last_day),
         tenant=tenant,
     )
+    check_alerts.delay()
+
+
+@shared_task(name="usage.recompute_tenant_history", **_RETRY)
+def recompute_tenant_history(tenant_id: str) -> None:
+    """Recompute a tenant's usage in its time zone (queued when the zone changes)."""
+    tenant = Tenant.objects.filter(pk=tenant_id).first()
+    if tenant is None:
+        return
+    daily_usage_recompute_tenant_history(tenant=tenant)
     check_alerts.delay()
 
 

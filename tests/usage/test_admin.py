@@ -196,6 +196,33 @@ def test_dashboard_recompute_is_refused_to_a_viewer(client):
     assert DailyUsage.objects.count() == 0
 
 
+@pytest.mark.django_db
+def test_dashboard_shows_unpriced_usage_as_unknown_cost_not_zero(client):
+    # given a tenant whose only usage is a model without a known price
+    tenant = TenantFactory(name="Acme")
+    config = ProviderConfigFactory(tenant=tenant, name="openai-main")
+    CallLogFactory(
+        tenant=tenant,
+        provider_config=config,
+        model_requested="mystery-7b",
+        cost_usd=None,
+        price_source=CallLog.PriceSource.UNKNOWN,
+        created_at=timezone.now() - dt.timedelta(minutes=1),
+    )
+    _aggregate_today()
+    client.force_login(_member(tenant))
+
+    # when
+    response = client.get(reverse("admin:usage_usagedashboard_tenant", args=[tenant.pk]))
+
+    # then its cost is unknown, as in the API, not $0
+    html = response.content.decode()
+    assert "<strong>cost unknown</strong>" in html
+    assert "$0.00 (1 requests)" not in html
+    assert f"{timezone.now().date()}: unpriced (1 requests)" in html
+    assert "mystery-7b: unpriced (1 requests)" in html
+
+
 # --- call logs and daily usage ---------------------------------------------------
 
 

@@ -2,8 +2,11 @@
 
 import datetime as dt
 import threading
+from collections import Counter
 from decimal import Decimal
 from io import StringIO
+from unittest import mock
+from zoneinfo import ZoneInfo
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -16,6 +19,7 @@ from usage.aggregation import (
     UsageRangeError,
     daily_usage_recompute,
     daily_usage_recompute_recent,
+    daily_usage_recompute_tenant_history,
 )
 from usage.models import CallLog, DailyUsage
 
@@ -258,6 +262,67 @@ def test_recent_recompute_picks_up_a_log_that_arrived_days_late(settings):
     ]
 
 
+def _hourly_logs(tenant, until, hours):
+    config = ProviderConfigFactory(tenant=tenant)
+    for hour in range(hours):
+        CallLogFactory(
+            tenant=tenant, provider_config=config, created_at=until - dt.timedelta(hours=hour)
+        )
+
+
+def _per_local_day(tenant):
+    tz = ZoneInfo(tenant.timezone)
+    return dict(Counter(log.created_at.astimezone(tz).date() for log in CallLog.objects.all()))
+
+
+def _stored_per_day():
+    return dict(DailyUsage.objects.values_list("day").annotate(n=Sum("request_count")))
+
+
+@pytest.mark.django_db
+def test_tenant_history_recompute_moves_every_day_to_the_new_time_zone():
+    tenant = TenantFactory(timezone="UTC")
+    _hourly_logs(tenant, NOW, 60)
+    daily_usage_recompute_recent(now=NOW)
+    tenant.timezone = "Asia/Tokyo"  # UTC+9: 15:00 UTC is already the next day
+    tenant.save()
+
+    daily_usage_recompute_recent(now=NOW + dt.timedelta(minutes=5))
+    daily_usage_recompute_tenant_history(tenant=tenant, now=NOW + dt.timedelta(minutes=5))
+
+    assert _stored_per_day() == _per_local_day(tenant)
+    assert DailyUsage.objects.aggregate(n=Sum("request_count"))["n"] == 60
+
+
+@pytest.mark.django_db
+def test_new_tenant_time_zone_has_its_usage_recomputed_once_committed(
+    settings, django_capture_on_commit_callbacks
+):
+    settings.USAGE_AGGREGATION_LOOKBACK_MINUTES = 60
+    now = timezone.now()
+    tenant = TenantFactory(timezone="America/New_York")
+    _hourly_logs(tenant, now, 60)
+    daily_usage_recompute_recent(now=now)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        tenant.timezone = "Asia/Tokyo"
+        tenant.save()
+    daily_usage_recompute_recent()
+
+    assert _stored_per_day() == _per_local_day(tenant)
+    assert DailyUsage.objects.aggregate(n=Sum("request_count"))["n"] == 60
+
+
+@pytest.mark.django_db
+def test_other_tenant_changes_leave_usage_alone(django_capture_on_commit_callbacks):
+    tenant = TenantFactory(timezone="Europe/Paris")
+    with django_capture_on_commit_callbacks() as callbacks:
+        tenant.name = "Renamed"
+        tenant.save()
+
+    assert not [c for c in callbacks if "_on_tenant_timezone_change" in c.__qualname__]
+
+
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_recomputes_leave_the_same_table():
@@ -291,6 +356,26 @@ def test_concurrent_recomputes_leave_the_same_table():
 
     assert errors == []
     assert _rows() == expected
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("only_tenant", [True, False])
+def test_backfill_command_runs_until_the_tenants_local_today(only_tenant):
+    # 20:00 UTC on 15 June is 05:00 on 16 June in Tokyo
+    now = dt.datetime(2026, 6, 15, 20, 0, tzinfo=dt.UTC)
+    TenantFactory(slug="london", timezone="Europe/London")
+    tenant = TenantFactory(slug="acme", timezone="Asia/Tokyo")
+    CallLogFactory(tenant=tenant, created_at=now - dt.timedelta(hours=2))
+    options = ["--tenant", "acme"] if only_tenant else []
+
+    with mock.patch("django.utils.timezone.now", return_value=now):
+        call_command(
+            "usage_backfill", "--from", "2026-06-15", *options, "--no-progress", stdout=StringIO()
+        )
+
+    assert list(DailyUsage.objects.values_list("day", "request_count")) == [
+        (dt.date(2026, 6, 16), 1)
+    ]
 
 
 @pytest.mark.django_db

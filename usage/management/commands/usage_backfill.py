@@ -10,6 +10,8 @@ from tqdm import tqdm
 
 from llm_providers.models import Tenant
 from usage.aggregation import RecomputeResult, daily_usage_recompute
+from usage.periods import local_date, zone
+from usage.selectors import tenant_timezones
 
 
 def _day(value: str) -> date:
@@ -17,6 +19,13 @@ def _day(value: str) -> date:
         return date.fromisoformat(value)
     except ValueError:
         raise CommandError(f"“{value}” is not a date; write it as YYYY-MM-DD.") from None
+
+
+def _today(tenant: Tenant | None) -> date:
+    """Today in the tenant's time zone; for every tenant, the latest of their todays."""
+    now = timezone.now()
+    names = [tenant.timezone] if tenant else tenant_timezones() or ["UTC"]
+    return max(local_date(now, zone(name)) for name in names)
 
 
 class Command(BaseCommand):
@@ -27,7 +36,11 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--from", dest="first", required=True, help="First day, YYYY-MM-DD.")
-        parser.add_argument("--to", dest="last", help="Last day, YYYY-MM-DD (default: today, UTC).")
+        parser.add_argument(
+            "--to",
+            dest="last",
+            help="Last day, YYYY-MM-DD (default: today in the tenants' time zones).",
+        )
         parser.add_argument("--tenant", help="Only this tenant (its slug).")
         parser.add_argument(
             "--chunk-days",
@@ -39,17 +52,17 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         first = _day(options["first"])
-        last = _day(options["last"]) if options["last"] else timezone.now().date()
-        if first > last:
-            raise CommandError(f"--from ({first}) is after --to ({last}); swap them.")
-        chunk = options["chunk_days"]
-        if chunk < 1:
-            raise CommandError("--chunk-days must be 1 or more.")
         tenant = None
         if options["tenant"]:
             tenant = Tenant.objects.filter(slug=options["tenant"]).first()
             if tenant is None:
                 raise CommandError(f"No tenant has the slug “{options['tenant']}”.")
+        last = _day(options["last"]) if options["last"] else _today(tenant)
+        if first > last:
+            raise CommandError(f"--from ({first}) is after --to ({last}); swap them.")
+        chunk = options["chunk_days"]
+        if chunk < 1:
+            raise CommandError("--chunk-days must be 1 or more.")
 
         total = RecomputeResult()
         days = (last - first).days + 1

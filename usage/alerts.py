@@ -446,9 +446,14 @@ def alert_deliveries_send_due(*, now: datetime | None = None) -> int:
 
 
 def alert_deliveries_retry(*, alerts) -> int:
-    """Make every undelivered delivery of `alerts` due now (also those that gave up)."""
+    """Make every undelivered delivery of `alerts` due now. Those that gave up
+    start a new series of USAGE_ALERT_MAX_ATTEMPTS attempts (their last error is kept)."""
     pending = AlertDelivery.objects.filter(alert__in=alerts, delivered_at__isnull=True)
     ids = list(pending.values_list("pk", flat=True))
-    AlertDelivery.objects.filter(pk__in=ids).update(next_attempt_at=timezone.now())
+    now = timezone.now()
+    AlertDelivery.objects.filter(pk__in=ids, next_attempt_at__isnull=True).update(
+        attempts=0, next_attempt_at=now
+    )
+    AlertDelivery.objects.filter(pk__in=ids).update(next_attempt_at=now)
     transaction.on_commit(lambda: _queue_deliveries(ids), robust=True)
     return len(ids)

@@ -9,6 +9,7 @@ import pytest
 from django.core import mail
 from django.core.exceptions import ValidationError
 from django.db import connection
+from django.utils import timezone
 
 from llm_providers.models import TenantMembership
 from tests.factories import (
@@ -21,6 +22,7 @@ from tests.factories import (
 )
 from usage.aggregation import daily_usage_recompute
 from usage.alerts import (
+    alert_deliveries_retry,
     alert_deliveries_send_due,
     alert_delivery_attempt,
     alerts_check,
@@ -282,6 +284,33 @@ def test_webhook_delivery_gives_up_and_keeps_error_after_max_attempts(
     assert final.last_error.endswith("answered HTTP 503.")
     assert alert_deliveries_send_due(now=NOW + dt.timedelta(days=1)) == 0
     assert len(receiver.bodies) == 2
+
+
+@pytest.mark.django_db
+def test_retry_of_a_delivery_that_gave_up_starts_a_new_series_of_attempts(
+    httpserver, allow_private_urls, settings
+):
+    # given a webhook delivery that gave up after its two attempts
+    settings.USAGE_ALERT_MAX_ATTEMPTS = 2
+    receiver = _FlakyReceiver(httpserver, failures=3)
+    tenant = TenantFactory()
+    BudgetFactory(tenant=tenant, alert_percentages=[50], alert_emails="", webhook_url=receiver.url)
+    _spend(tenant, "5.00")
+    _aggregate()
+    (alert,) = budget_thresholds_check(now=NOW)
+    delivery = alert.deliveries.get()
+    alert_delivery_attempt(delivery_id=delivery.pk, now=NOW)
+    alert_delivery_attempt(delivery_id=delivery.pk, now=NOW + dt.timedelta(hours=1))
+
+    # when an admin retries it and the receiver fails once more
+    assert alert_deliveries_retry(alerts=CostAlert.objects.filter(pk=alert.pk)) == 1
+    third = alert_delivery_attempt(delivery_id=delivery.pk, now=timezone.now())
+
+    # then it is retried later rather than given up, and delivered
+    assert third.state != "failed" and third.next_attempt_at is not None
+    fourth = alert_delivery_attempt(delivery_id=delivery.pk, now=third.next_attempt_at)
+    assert (fourth.state, fourth.attempts) == ("delivered", 2)
+    assert len(receiver.bodies) == 4
 
 
 @pytest.mark.django_db

@@ -67,8 +67,11 @@ class Route:
 
 
 def _target(config: ProviderConfig, model: str) -> RouteTarget | None:
+    """The target, or None when it cannot serve: an inactive config, no model, or a
+    model the config no longer allows (its allowed models narrowed after the
+    override or fallback was saved)."""
     model = model or config.default_model
-    if not config.is_active or not model:
+    if not config.is_active or not model or not config.model_is_allowed(model):
         return None
     return RouteTarget(provider_config=config, model=model)
 

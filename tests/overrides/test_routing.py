@@ -174,7 +174,7 @@ def test_route_resolve_skips_override_whose_model_is_no_longer_allowed(tenant, d
     # then calls are not sent to the disallowed model
     route = route_resolve(tenant=tenant, customer_id="acme")
     assert route.rule == Rule.DEFAULT
-    assert ("fake-large" not in [t.model for t in route.targets if t.provider_config == config])
+    assert "fake-large" not in [t.model for t in route.targets if t.provider_config == config]
 
 
 def test_route_resolve_skips_fallback_whose_model_is_no_longer_allowed(tenant, default_config):
@@ -190,3 +190,14 @@ def test_route_resolve_skips_fallback_whose_model_is_no_longer_allowed(tenant, d
     route = route_resolve(tenant=tenant, customer_id="acme")
     assert route.override_id == override.pk
     assert route.fallbacks == ()
+
+
+def test_route_resolve_never_reaches_another_tenants_config():
+    # given a fallback row naming another tenant's config (written around validation)
+    override = RoutingOverrideFactory(customer_id="acme")
+    foreign = ProviderConfigFactory()
+    RoutingFallbackFactory(override=override, provider_config=foreign)
+
+    route = route_resolve(tenant=override.tenant, customer_id="acme")
+
+    assert [t.provider_config for t in route.targets] == [override.provider_config]

@@ -550,16 +550,29 @@ def _retry_or_raise(error: ApplicationError, attempt_on_target: int) -> None:
     raise error
 
 
+def _error_after_all_targets(errors: list[ApplicationError]) -> ApplicationError:
+    """What to raise when no target served the call: the last target's error.
+
+    When that is a provider config's own rate limit, the refusal of whichever
+    rate-limited target admits again soonest: its retry-after is when the
+    call can next be served, not when the last fallback frees up.
+    """
+    last = errors[-1]
+    if isinstance(last, RateLimited):
+        limited = [error for error in errors if isinstance(error, RateLimited)]
+        return min(limited, key=lambda error: error.retry_after)
+    return last
+
+
 def _run_targets(call: _Call, attempt_target) -> object:
     """Try each target in route order until one serves the call."""
-    last_error: ApplicationError | None = None
+    errors: list[ApplicationError] = []
     for target in call.targets:
         try:
             return attempt_target(call, target)
         except _MoveOn as move_on:
-            last_error = move_on.error
-    assert last_error is not None
-    raise last_error
+            errors.append(move_on.error)
+    raise _error_after_all_targets(errors)
 
 
 # --- complete -------------------------------------------------------------------
@@ -730,15 +743,14 @@ class CompletionStream:
         self._chunks.close()
 
     def _generate(self) -> Iterator[str]:
-        last_error: ApplicationError | None = None
+        errors: list[ApplicationError] = []
         for target in self._call.targets:
             try:
                 yield from self._on_target(target)
                 return
             except _MoveOn as move_on:
-                last_error = move_on.error
-        assert last_error is not None
-        raise last_error
+                errors.append(move_on.error)
+        raise _error_after_all_targets(errors)
 
     def _on_target(self, target: RouteTarget) -> Iterator[str]:
         call = self._call

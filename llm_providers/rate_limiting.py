@@ -181,9 +181,19 @@ def rate_limit_admit(
     else:
         limit, amount, what = tpm_limit, tokens, "tokens per minute"
     retry_after = _retry_after(limit, previous, current, amount, window)
+    if amount > limit:
+        # Waiting does not help: the request alone is over the limit.
+        message = (
+            f"This request counts {amount} tokens (input estimate plus max_tokens), more than "
+            f"the provider config's limit of {limit} {what}: lower max_tokens or raise the limit."
+        )
+    else:
+        message = (
+            f"The provider config's limit of {limit} {what} is reached; retry in "
+            f"{math.ceil(retry_after)} s."
+        )
     raise RateLimited(
-        f"The provider config's limit of {limit} {what} is reached; retry in "
-        f"{math.ceil(retry_after)} s.",
+        message,
         retry_after=retry_after,
         extra={"limit": limit, "limit_kind": "rpm" if outcome == 0 else "tpm"},
     )

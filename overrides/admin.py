@@ -59,6 +59,14 @@ class RoutingOverrideAdmin(TenantScopedAdmin):
     def get_queryset(self, request):
         return super().get_queryset(request).prefetch_related("fallbacks")
 
+    def get_readonly_fields(self, request, obj=None):
+        readonly = list(super().get_readonly_fields(request, obj))
+        if obj is not None:
+            # An override never moves to another tenant: its fallbacks (not all
+            # of them need be on the form) would still name the old tenant's configs.
+            readonly.append("tenant")
+        return readonly
+
     def formfield_for_foreignkey(self, db_field, request, **kwargs):
         formfield = super().formfield_for_foreignkey(db_field, request, **kwargs)
         if db_field.name == "provider_config":

@@ -66,20 +66,26 @@ class Route:
         return f"{primary.provider_config.name} / {primary.model}, chosen by {via}"
 
 
-def _target(config: ProviderConfig, model: str) -> RouteTarget | None:
+def _target(config: ProviderConfig, model: str, tenant_id) -> RouteTarget | None:
+    """The target, or None when it cannot serve: a config of another tenant, an
+    inactive config, no model, or a model the config no longer allows (its
+    allowed models narrowed after the override or fallback was saved)."""
     model = model or config.default_model
-    if not config.is_active or not model:
+    if config.tenant_id != tenant_id:
+        # Never route to another tenant's key, whatever a row says.
+        return None
+    if not config.is_active or not model or not config.model_is_allowed(model):
         return None
     return RouteTarget(provider_config=config, model=model)
 
 
 def _route_from_override(override: RoutingOverride) -> Route | None:
-    primary = _target(override.provider_config, override.model)
+    primary = _target(override.provider_config, override.model, override.tenant_id)
     if primary is None:
         return None
     targets = [primary]
     for fallback in override.fallbacks.all():
-        target = _target(fallback.provider_config, fallback.model)
+        target = _target(fallback.provider_config, fallback.model, override.tenant_id)
         if target is not None and target not in targets:
             targets.append(target)
     return Route(rule=override.rule, targets=tuple(targets), override_id=override.pk)
@@ -93,7 +99,7 @@ def _default_route(tenant: Tenant) -> Route | None:
     )
     if not configs or not configs[0].is_default:
         return None
-    targets = [t for t in (_target(c, "") for c in configs) if t is not None]
+    targets = [t for t in (_target(c, "", tenant.pk) for c in configs) if t is not None]
     if not targets or targets[0].provider_config.pk != configs[0].pk:
         return None
     return Route(rule=Rule.DEFAULT, targets=tuple(targets))

@@ -217,6 +217,48 @@ def test_complete_raises_rate_limited_when_no_fallback_is_left(tenant, primary):
     assert raised.value.extra["retry_after_seconds"] >= 1
 
 
+@pytest.fixture
+def rate_limit_clock(monkeypatch):
+    """Set the time the rate limiter sees (seconds since the epoch)."""
+    from llm_providers import rate_limiting
+
+    real_window = rate_limiting._window
+    now = {"value": 0.0}
+    monkeypatch.setattr(rate_limiting, "_window", lambda _: real_window(now["value"]))
+
+    def set_to(value):
+        now["value"] = value
+
+    return set_to
+
+
+def test_rate_limited_everywhere_says_when_the_soonest_target_admits(
+    tenant, primary, backup, rate_limit_clock
+):
+    # given one request a minute on both configs: the primary used late in the
+    # previous minute, the backup 30 s into this one
+    primary.rpm_limit = backup.rpm_limit = 1
+    primary.save()
+    backup.save()
+    minute = 60 * 29_000_000
+    rate_limit_clock(minute - 10)
+    assert complete(tenant=tenant, messages=HELLO).provider == "primary"
+    rate_limit_clock(minute + 30)
+    assert complete(tenant=tenant, messages=HELLO).provider == "backup"
+
+    # when both refuse
+    with pytest.raises(RateLimited) as completed:
+        complete(tenant=tenant, messages=HELLO)
+    streamed = stream(tenant=tenant, messages=HELLO)
+    with pytest.raises(RateLimited) as from_stream:
+        list(streamed)
+
+    # then the caller learns when the primary admits again (its previous
+    # minute has decayed enough in 30 s), not the backup's 90 s
+    assert completed.value.extra["retry_after_seconds"] == 30
+    assert from_stream.value.extra["retry_after_seconds"] == 30
+
+
 def test_complete_serves_identical_request_from_cache_at_zero_cost(tenant, primary):
     tenant.response_cache_ttl_seconds = 60
     tenant.save()

@@ -102,3 +102,16 @@ def test_rate_limit_admit_admits_exactly_the_limit_under_concurrency():
         outcomes = list(pool.map(attempt, range(200)))
 
     assert outcomes.count(True) == 25
+
+
+def test_rate_limit_admit_says_when_a_request_alone_is_over_tpm():
+    config_id = uuid.uuid4()
+
+    with pytest.raises(RateLimited) as raised:
+        rate_limit_admit(provider_config_id=config_id, rpm_limit=None, tpm_limit=4000, tokens=4200)
+
+    # Retrying would never help: the message does not promise it will.
+    assert "retry in" not in raised.value.message
+    assert "4200 tokens" in raised.value.message
+    assert "lower max_tokens" in raised.value.message
+    assert raised.value.extra["limit_kind"] == "tpm"

@@ -4,8 +4,10 @@ import pytest
 
 from llm_providers.models import TenantMembership
 from overrides.models import RoutingOverride
+from overrides.routing import route_resolve
 from tests.factories import (
     ProviderConfigFactory,
+    RoutingFallbackFactory,
     RoutingOverrideFactory,
     TenantFactory,
     TenantMembershipFactory,
@@ -166,3 +168,26 @@ def test_viewer_sees_but_cannot_change(tenant, admin_client_for):
     assert 'name="_save"' not in view.text
     assert post.status_code == 403
     assert add.status_code == 403
+
+
+def test_override_does_not_move_to_another_tenant(tenant, admin_client_for):
+    # given a user administering two tenants, and an override of the first
+    # with a fallback to one of the first tenant's configs
+    client = admin_client_for(tenant)
+    user = TenantMembership.objects.get(tenant=tenant).user
+    other = TenantFactory()
+    TenantMembershipFactory(user=user, tenant=other)
+    override = RoutingOverrideFactory(tenant=tenant, customer_id="acme")
+    fallback = RoutingFallbackFactory(override=override)
+    their_config = ProviderConfigFactory(tenant=other, is_default=True)
+
+    # when a change form names the other tenant and leaves the fallbacks off
+    response = client.post(f"{LIST_URL}{override.pk}/change/", _form(other, their_config))
+
+    # then the override stays in its tenant, and the other tenant's routes
+    # never reach the first tenant's config
+    assert response.status_code in (200, 302)
+    override.refresh_from_db()
+    assert override.tenant == tenant
+    route = route_resolve(tenant=other, customer_id="acme")
+    assert fallback.provider_config not in [t.provider_config for t in route.targets]

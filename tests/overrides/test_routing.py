@@ -2,6 +2,7 @@
 
 import pytest
 
+from llm_providers.services import provider_config_update
 from overrides.routing import NoRouteError, Rule, route_resolve
 from tests.factories import (
     ProviderConfigFactory,
@@ -159,3 +160,44 @@ def test_route_explain_names_rule_and_target(tenant, default_config):
     route = route_resolve(tenant=tenant)
 
     assert route.explain() == "default / fake-small, chosen by the tenant's default provider config"
+
+
+def test_route_resolve_skips_override_whose_model_is_no_longer_allowed(tenant, default_config):
+    # given an override to a model its config allowed when it was saved
+    config = ProviderConfigFactory(tenant=tenant, allowed_models=["fake-small", "fake-large"])
+    RoutingOverrideFactory(
+        tenant=tenant, provider_config=config, customer_id="acme", model="fake-large"
+    )
+    assert route_resolve(tenant=tenant, customer_id="acme").primary.model == "fake-large"
+    # when the config's allowed models no longer include it
+    provider_config_update(provider_config=config, data={"allowed_models": ["fake-small"]})
+    # then calls are not sent to the disallowed model
+    route = route_resolve(tenant=tenant, customer_id="acme")
+    assert route.rule == Rule.DEFAULT
+    assert "fake-large" not in [t.model for t in route.targets if t.provider_config == config]
+
+
+def test_route_resolve_skips_fallback_whose_model_is_no_longer_allowed(tenant, default_config):
+    override = _override(tenant, customer="acme")
+    backup = ProviderConfigFactory(tenant=tenant, allowed_models=["fake-small", "fake-large"])
+    RoutingFallbackFactory(override=override, provider_config=backup, model="fake-large")
+    assert [t.model for t in route_resolve(tenant=tenant, customer_id="acme").fallbacks] == [
+        "fake-large"
+    ]
+
+    provider_config_update(provider_config=backup, data={"allowed_models": ["fake-small"]})
+
+    route = route_resolve(tenant=tenant, customer_id="acme")
+    assert route.override_id == override.pk
+    assert route.fallbacks == ()
+
+
+def test_route_resolve_never_reaches_another_tenants_config():
+    # given a fallback row naming another tenant's config (written around validation)
+    override = RoutingOverrideFactory(customer_id="acme")
+    foreign = ProviderConfigFactory()
+    RoutingFallbackFactory(override=override, provider_config=foreign)
+
+    route = route_resolve(tenant=override.tenant, customer_id="acme")
+
+    assert [t.provider_config for t in route.targets] == [override.provider_config]

@@ -69,7 +69,12 @@ from .exceptions import ApplicationError, SecretUnreadableError
 from .models import Tenant
 from .pricing import ZERO, PriceSource, cost_for_usage, cost_worst_case, price_lookup
 from .rate_limiting import RateLimited, rate_limit_admit
-from .response_cache import request_fingerprint, response_cache_get, response_cache_set
+from .response_cache import (
+    provider_endpoint,
+    request_fingerprint,
+    response_cache_get,
+    response_cache_set,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -489,6 +494,7 @@ def _cache_lookup(call: _Call, target: RouteTarget, started: float) -> Completio
     hit = response_cache_get(
         tenant_id=call.tenant.pk,
         provider_config_id=target.provider_config.pk,
+        endpoint=provider_endpoint(target.provider_config),
         model=target.model,
         fingerprint=call.fingerprint,
     )
@@ -526,6 +532,7 @@ def _cache_store(call: _Call, target: RouteTarget, chat: ChatResult) -> None:
             label=f"response cache {call.request_id}",
             tenant_id=call.tenant.pk,
             provider_config_id=target.provider_config.pk,
+            endpoint=provider_endpoint(target.provider_config),
             model=target.model,
             fingerprint=call.fingerprint,
             result=chat,

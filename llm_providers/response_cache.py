@@ -1,7 +1,9 @@
 """Cache of completion results, per tenant, for identical requests.
 
-The key is a SHA-256 over the tenant, provider config, model, messages and
-every parameter that changes the answer; nothing secret goes into it. Each
+The key is a SHA-256 over the tenant, provider config (and its endpoint: type,
+base URL and options, so an answer from a config's old endpoint is not served
+after it changed), model, messages and every parameter that changes the
+answer; nothing secret goes into it. Each
 tenant sets its TTL (`Tenant.response_cache_ttl_seconds`; 0 turns it off).
 
 The cache is an optimisation: when it cannot be reached, a lookup misses and
@@ -38,17 +40,26 @@ def request_fingerprint(request: ChatRequest) -> str:
     return hashlib.sha256(encoded.encode("utf-8")).hexdigest()
 
 
-def _cache_key(*, tenant_id, provider_config_id, model: str, fingerprint: str) -> str:
-    scope = f"{tenant_id}|{provider_config_id}|{model}|{fingerprint}"
+def provider_endpoint(provider_config) -> str:
+    """What of a provider config decides where and how its answers come from."""
+    options = json.dumps(provider_config.options, sort_keys=True, default=str)
+    return f"{provider_config.provider_type}|{provider_config.base_url}|{options}"
+
+
+def _cache_key(
+    *, tenant_id, provider_config_id, endpoint: str, model: str, fingerprint: str
+) -> str:
+    scope = f"{tenant_id}|{provider_config_id}|{endpoint}|{model}|{fingerprint}"
     return "resp:" + hashlib.sha256(scope.encode("utf-8")).hexdigest()
 
 
 def response_cache_get(
-    *, tenant_id, provider_config_id, model: str, fingerprint: str
+    *, tenant_id, provider_config_id, endpoint: str, model: str, fingerprint: str
 ) -> ChatResult | None:
     key = _cache_key(
         tenant_id=tenant_id,
         provider_config_id=provider_config_id,
+        endpoint=endpoint,
         model=model,
         fingerprint=fingerprint,
     )
@@ -73,6 +84,7 @@ def response_cache_set(
     *,
     tenant_id,
     provider_config_id,
+    endpoint: str,
     model: str,
     fingerprint: str,
     result: ChatResult,
@@ -91,6 +103,7 @@ def response_cache_set(
     key = _cache_key(
         tenant_id=tenant_id,
         provider_config_id=provider_config_id,
+        endpoint=endpoint,
         model=model,
         fingerprint=fingerprint,
     )

@@ -12,6 +12,7 @@ from llm_providers.completion import complete, embed, stream
 from llm_providers.encryption import UnreadableSecret
 from llm_providers.models import ProviderConfig
 from llm_providers.rate_limiting import RateLimited
+from llm_providers.services import provider_config_update
 from overrides.routing import NoRouteError
 from tests.factories import (
     ModelPriceFactory,
@@ -271,6 +272,17 @@ def test_complete_serves_identical_request_from_cache_at_zero_cost(tenant, prima
     assert second.cost_usd == Decimal(0)
     [log] = _logs(request_id=second.request_id)
     assert (log.status, log.cost_usd, log.input_tokens, log.output_tokens) == ("cached", 0, 0, 0)
+
+
+def test_complete_does_not_serve_answers_of_a_configs_former_endpoint(tenant, primary):
+    tenant.response_cache_ttl_seconds = 60
+    tenant.save()
+    complete(tenant=tenant, messages=HELLO)
+
+    provider_config_update(provider_config=primary, data={"options": {"reply": "new endpoint"}})
+    again = complete(tenant=tenant, messages=HELLO)
+
+    assert (again.cached, again.content) == (False, "new endpoint")
 
 
 def test_complete_does_not_cache_when_ttl_is_zero(tenant, primary):

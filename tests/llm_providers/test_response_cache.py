@@ -35,7 +35,7 @@ def test_request_fingerprint_changes_with_parameters():
 
 def test_response_cache_round_trips_result():
     tenant_id, config_id = uuid.uuid4(), uuid.uuid4()
-    key = {"tenant_id": tenant_id, "provider_config_id": config_id, "model": "m"}
+    key = {"tenant_id": tenant_id, "provider_config_id": config_id, "endpoint": "e", "model": "m"}
     response_cache_set(**key, fingerprint="f", result=RESULT, ttl_seconds=60)
 
     assert response_cache_get(**key, fingerprint="f") == RESULT
@@ -46,6 +46,7 @@ def test_response_cache_is_separate_per_tenant():
     response_cache_set(
         tenant_id=uuid.uuid4(),
         provider_config_id=config_id,
+        endpoint="e",
         model="m",
         fingerprint="f",
         result=RESULT,
@@ -53,14 +54,23 @@ def test_response_cache_is_separate_per_tenant():
     )
 
     found = response_cache_get(
-        tenant_id=uuid.uuid4(), provider_config_id=config_id, model="m", fingerprint="f"
+        tenant_id=uuid.uuid4(),
+        provider_config_id=config_id,
+        endpoint="e",
+        model="m",
+        fingerprint="f",
     )
 
     assert found is None
 
 
 def test_response_cache_set_with_zero_ttl_stores_nothing():
-    key = {"tenant_id": uuid.uuid4(), "provider_config_id": uuid.uuid4(), "model": "m"}
+    key = {
+        "tenant_id": uuid.uuid4(),
+        "provider_config_id": uuid.uuid4(),
+        "endpoint": "e",
+        "model": "m",
+    }
 
     response_cache_set(**key, fingerprint="f", result=RESULT, ttl_seconds=0)
 

@@ -528,7 +528,9 @@ class AlertDelivery(models.Model):
             return "delivered"
         if self.next_attempt_at is None:
             return "failed"
-        return "retrying" if self.attempts else "pending"
+        # A retry asked for in the admin starts a new series at 0 attempts
+        # but keeps the last error: it is retrying, not new.
+        return "retrying" if self.attempts or self.last_error else "pending"
 
 
 class UsageDashboard(DailyUsage):

@@ -265,32 +265,10 @@ def test_webhook_delivery_is_retried_with_backoff_after_receiver_failed(
 
 
 @pytest.mark.django_db
-def test_webhook_delivery_gives_up_and_keeps_error_after_max_attempts(
+def test_webhook_delivery_gives_up_after_max_attempts_until_retried_in_the_admin(
     httpserver, allow_private_urls, settings
 ):
-    settings.USAGE_ALERT_MAX_ATTEMPTS = 2
-    receiver = _FlakyReceiver(httpserver, failures=5)
-    tenant = TenantFactory()
-    BudgetFactory(tenant=tenant, alert_percentages=[50], alert_emails="", webhook_url=receiver.url)
-    _spend(tenant, "5.00")
-    _aggregate()
-    (alert,) = budget_thresholds_check(now=NOW)
-    delivery = alert.deliveries.get()
-
-    alert_delivery_attempt(delivery_id=delivery.pk, now=NOW)
-    final = alert_delivery_attempt(delivery_id=delivery.pk, now=NOW + dt.timedelta(hours=1))
-
-    assert (final.state, final.attempts, final.next_attempt_at) == ("failed", 2, None)
-    assert final.last_error.endswith("answered HTTP 503.")
-    assert alert_deliveries_send_due(now=NOW + dt.timedelta(days=1)) == 0
-    assert len(receiver.bodies) == 2
-
-
-@pytest.mark.django_db
-def test_retry_of_a_delivery_that_gave_up_starts_a_new_series_of_attempts(
-    httpserver, allow_private_urls, settings
-):
-    # given a webhook delivery that gave up after its two attempts
+    # given a webhook receiver that fails three times
     settings.USAGE_ALERT_MAX_ATTEMPTS = 2
     receiver = _FlakyReceiver(httpserver, failures=3)
     tenant = TenantFactory()
@@ -299,15 +277,21 @@ def test_retry_of_a_delivery_that_gave_up_starts_a_new_series_of_attempts(
     _aggregate()
     (alert,) = budget_thresholds_check(now=NOW)
     delivery = alert.deliveries.get()
-    alert_delivery_attempt(delivery_id=delivery.pk, now=NOW)
-    alert_delivery_attempt(delivery_id=delivery.pk, now=NOW + dt.timedelta(hours=1))
 
-    # when an admin retries it and the receiver fails once more
+    # when both attempts fail, the delivery gives up and keeps its error
+    alert_delivery_attempt(delivery_id=delivery.pk, now=NOW)
+    final = alert_delivery_attempt(delivery_id=delivery.pk, now=NOW + dt.timedelta(hours=1))
+
+    assert (final.state, final.attempts, final.next_attempt_at) == ("failed", 2, None)
+    assert final.last_error.endswith("answered HTTP 503.")
+    assert alert_deliveries_send_due(now=NOW + dt.timedelta(days=1)) == 0
+    assert len(receiver.bodies) == 2
+
+    # when an admin retries it and the receiver fails once more, it is retried
+    # later rather than given up, and delivered
     assert alert_deliveries_retry(alerts=CostAlert.objects.filter(pk=alert.pk)) == 1
     third = alert_delivery_attempt(delivery_id=delivery.pk, now=timezone.now())
-
-    # then it is retried later rather than given up, and delivered
-    assert third.state != "failed" and third.next_attempt_at is not None
+    assert (third.state, third.attempts) == ("retrying", 1)
     fourth = alert_delivery_attempt(delivery_id=delivery.pk, now=third.next_attempt_at)
     assert (fourth.state, fourth.attempts) == ("delivered", 2)
     assert len(receiver.bodies) == 4

@@ -219,7 +219,7 @@ class CallLogAdmin(_ReadOnlyLargeTableAdmin):
         "created_at",
         "tenant",
         "provider",
-        "model",
+        "model_display",
         "service_name",
         "customer_id",
         "status",
@@ -257,8 +257,10 @@ class CallLogAdmin(_ReadOnlyLargeTableAdmin):
     def provider(self, obj):
         return obj.provider_config.name if obj.provider_config else obj.provider_type or "—"
 
+    # Not named `model`: ModelAdmin.model is the model class, which shadows a
+    # method of that name, and the column would show a blank CallLog per row.
     @admin.display(description="model")
-    def model(self, obj):
+    def model_display(self, obj):
         return obj.model_answered or obj.model_requested
 
     @admin.display(description="cost", ordering="cost_usd")

@@ -521,3 +521,17 @@ def test_superuser_sees_every_tenants_dashboard(client):
 
     assert response.status_code == 200
     assert "Usage — Anyone" in response.content.decode()
+
+
+@pytest.mark.django_db
+def test_call_log_list_shows_the_model_answered_or_else_requested(client):
+    tenant = TenantFactory()
+    CallLogFactory(tenant=tenant, model_requested="gpt-4o", model_answered="gpt-4o-2024-08-06")
+    CallLogFactory(tenant=tenant, model_requested="claude-sonnet", model_answered="")
+    client.force_login(_member(tenant))
+
+    html = client.get(reverse("admin:usage_calllog_changelist")).content.decode()
+
+    cells = re.findall(r'<td class="field-model_display">([^<]*)</td>', html)
+    assert sorted(cells) == ["claude-sonnet", "gpt-4o-2024-08-06"]
+    assert ">Model<" in html and "None#" not in html

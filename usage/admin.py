@@ -29,7 +29,7 @@ from .aggregation import daily_usage_recompute
 from .alerts import alert_deliveries_retry
 from .charts import budget_gauge, daily_cost_chart, spend_bars
 from .models import AlertDelivery, Budget, CallLog, CostAlert, DailyUsage, UsageDashboard
-from .money import usd_format
+from .money import usd_format, usd_format_brief, usd_format_exact
 from .selectors import usage_dashboard
 from .tasks import refresh_tenant_usage
 from .webhooks import webhook_label
@@ -538,7 +538,8 @@ class UsageDashboardAdmin(TenantScopedAdmin):
             "tenant": tenant,
             "can_refresh": can_refresh,
             "rolled_up_now": rolled_up_now,
-            "total_cost": usd_format(data.total_cost),
+            "total_cost": usd_format_brief(data.total_cost),
+            "total_cost_exact": usd_format_exact(data.total_cost),
             "daily_chart": daily_cost_chart(data.daily),
             "breakdowns": [
                 ("By provider", spend_bars(data.by_provider)),
@@ -549,7 +550,9 @@ class UsageDashboardAdmin(TenantScopedAdmin):
             "budgets": [
                 {
                     "status": status,
-                    "spend": usd_format(status.spend_usd),
+                    "spend": usd_format_brief(status.spend_usd),
+                    "spend_exact": usd_format_exact(status.spend_usd),
+                    # A limit is what its admin typed: shown as typed, not rounded.
                     "limit": usd_format(status.budget.limit_usd),
                     "gauge": budget_gauge(status.percent),
                 }

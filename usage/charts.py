@@ -1,4 +1,9 @@
-"""Server-side SVG charts for the usage dashboard: no JavaScript, no CDN, every label escaped."""
+"""Server-side SVG charts for the usage dashboard: no JavaScript, no CDN, every label escaped.
+
+Labels show amounts in cents and tooltips the exact amounts. Each shape carries a
+class the dashboard's style sheet colours from the admin's theme variables (dark
+mode included); the fill attributes are the light-theme fallback.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from decimal import Decimal
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
 
-from .money import usd_format
+from .money import usd_format_brief, usd_format_exact
 
 _BAR = "#417690"  # the admin's own blue
 _OVER = "#ba2121"  # the admin's error red
@@ -38,7 +43,7 @@ def daily_cost_chart(
         x = left + index * slot + slot * 0.15
         columns.append(
             format_html(
-                '<rect x="{}" y="{}" width="{}" height="{}" fill="{}">'
+                '<rect class="usage-bar" x="{}" y="{}" width="{}" height="{}" fill="{}">'
                 "<title>{}: {} ({} requests)</title></rect>",
                 _n(x),
                 _n(top + plot_h - bar_h),
@@ -46,7 +51,7 @@ def daily_cost_chart(
                 _n(max(bar_h, 0.5 if cost else 0)),
                 _BAR,
                 day.isoformat(),
-                usd_format(cost),
+                usd_format_exact(cost),
                 requests,
             )
         )
@@ -62,10 +67,10 @@ def daily_cost_chart(
     axis = format_html(
         '<text x="{}" y="{}" font-size="10" text-anchor="end">{}</text>'
         '<text x="{}" y="{}" font-size="10" text-anchor="end">$0</text>'
-        '<line x1="{}" y1="{}" x2="{}" y2="{}" stroke="#999"/>',
+        '<line class="usage-axis" x1="{}" y1="{}" x2="{}" y2="{}" stroke="#999"/>',
         left - 6,
         top + 8,
-        usd_format(peak if any(c for _, c, _ in days) else Decimal(0)),
+        usd_format_brief(peak if any(c for _, c, _ in days) else Decimal(0)),
         left - 6,
         top + plot_h,
         left,
@@ -105,10 +110,10 @@ def spend_bars(rows: Sequence[tuple[str, Decimal | None, int]], *, width: int = 
             format_html(
                 "<g><title>{}: {} ({} requests)</title>"
                 '<text x="0" y="{}" font-size="11">{}</text>'
-                '<rect x="{}" y="{}" width="{}" height="14" fill="{}"/>'
+                '<rect class="usage-bar" x="{}" y="{}" width="{}" height="14" fill="{}"/>'
                 '<text x="{}" y="{}" font-size="11" text-anchor="end">{}</text></g>',
                 label,
-                usd_format(cost),
+                usd_format_exact(cost),
                 requests,
                 y + 15,
                 short,
@@ -118,7 +123,7 @@ def spend_bars(rows: Sequence[tuple[str, Decimal | None, int]], *, width: int = 
                 _BAR,
                 width,
                 y + 15,
-                usd_format(cost),
+                usd_format_brief(cost),
             )
         )
     height = row_h * len(rows)
@@ -137,15 +142,17 @@ def budget_gauge(percent: float, *, width: int = 200) -> SafeString:
     """A bar filled to `percent` of a budget's limit; red once at or over 100 %."""
     filled = min(max(percent, 0.0), 100.0) / 100 * width
     return format_html(
-        '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {} 14" width="{}" height="14">'
-        "<title>{}% of the limit</title>"
-        '<rect width="{}" height="14" fill="{}"/><rect width="{}" height="14" fill="{}"/>'
+        '<svg xmlns="http://www.w3.org/2000/svg" class="usage-gauge" viewBox="0 0 {} 14" '
+        'width="{}" height="14"><title>{}% of the limit</title>'
+        '<rect class="usage-track" width="{}" height="14" fill="{}"/>'
+        '<rect class="{}" width="{}" height="14" fill="{}"/>'
         "</svg>",
         width,
         width,
         f"{percent:.0f}",
         width,
         _TRACK,
+        "usage-over" if percent >= 100 else "usage-bar",
         _n(filled),
         _OVER if percent >= 100 else _BAR,
     )

@@ -31,3 +31,28 @@ def usd_format(amount: Decimal | None) -> str:
     text = f"{amount.quantize(Decimal('0.000001'), rounding=ROUND_HALF_UP):f}".rstrip("0")
     whole, _, decimals = text.partition(".")
     return f"${whole}.{decimals.ljust(2, '0')}"
+
+
+def usd_format_brief(amount: Decimal | None) -> str:
+    """Cents, for figures read at a glance (chart labels, dashboard totals): $0.59, $1,234.50.
+
+    A positive amount below half a cent reads "< $0.01" rather than a misleading $0.00;
+    usd_format_exact gives the stored value for a tooltip next to it.
+    """
+    if amount is None:
+        return "unpriced"
+    amount = Decimal(amount)
+    cents = amount.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
+    if amount > 0 and cents == 0:
+        return "< $0.01"
+    return f"${cents:,}"
+
+
+def usd_format_exact(amount: Decimal | None) -> str:
+    """Every stored decimal, at least cents: $0.591368123456, $2.50."""
+    if amount is None:
+        return "unpriced"
+    amount = Decimal(amount)
+    if amount == amount.quantize(Decimal("0.01")):
+        return f"${amount.quantize(Decimal('0.01')):,}"
+    return f"${amount.normalize():,f}"

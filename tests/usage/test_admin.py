@@ -89,11 +89,12 @@ def test_dashboard_shows_costs_budgets_breakdowns_alerts_and_warnings(client, se
     # then
     assert response.status_code == 200
     html = response.content.decode()
-    assert "<strong>$1.50</strong> spent" in html
+    assert '<strong title="$1.50">$1.50</strong> spent' in html
     assert "<strong>6</strong> requests" in html
     assert html.count("<svg") >= 6  # daily chart, four breakdowns, one budget gauge
     assert "cdn" not in html.lower() and '<script src="http' not in html
-    assert "Monthly cap" in html and "<td>$1.50</td>" in html and "<td>$10.00</td>" in html
+    assert "Monthly cap" in html and '<td title="$1.50">$1.50</td>' in html
+    assert "<td>$10.00</td>" in html
     assert "15%" in html
     assert "openai-main" in html and "summarizer" in html and "translator" in html
     assert "globex" in html and "gpt-4o" in html
@@ -535,3 +536,51 @@ def test_call_log_list_shows_the_model_answered_or_else_requested(client):
     cells = re.findall(r'<td class="field-model_display">([^<]*)</td>', html)
     assert sorted(cells) == ["claude-sonnet", "gpt-4o-2024-08-06"]
     assert ">Model<" in html and "None#" not in html
+
+
+@pytest.mark.django_db
+def test_dashboard_rounds_amounts_to_cents_and_keeps_the_exact_ones_in_tooltips(client):
+    # given spend that has more decimals than a person reads at a glance
+    tenant = TenantFactory()
+    config = ProviderConfigFactory(tenant=tenant, name="openai-main")
+    CallLogFactory(
+        tenant=tenant,
+        provider_config=config,
+        service_name="summarizer",
+        cost_usd=Decimal("0.591368123456"),
+        created_at=timezone.now() - dt.timedelta(minutes=1),
+    )
+    BudgetFactory(tenant=tenant, name="Tiny", period=Budget.Period.DAILY, limit_usd=Decimal("50"))
+    _aggregate_today()
+    client.force_login(_member(tenant))
+
+    # when
+    html = client.get(
+        reverse("admin:usage_usagedashboard_tenant", args=[tenant.pk])
+    ).content.decode()
+
+    # then the figures are in cents and the exact amounts are in the titles
+    assert '<strong title="$0.591368123456">$0.59</strong> spent' in html
+    assert '<td title="$0.591368123456">$0.59</td>' in html
+    assert ">$0.59</text>" in html
+    assert "<title>summarizer: $0.591368123456 (1 requests)</title>" in html
+    assert "$0.591368<" not in html
+
+
+@pytest.mark.django_db
+def test_dashboard_charts_and_tables_fit_a_narrow_window_and_follow_the_theme(client):
+    tenant = TenantFactory()
+    CallLogFactory(tenant=tenant, cost_usd=Decimal("1"))
+    BudgetFactory(tenant=tenant)
+    _aggregate_today()
+    client.force_login(_member(tenant))
+
+    html = client.get(
+        reverse("admin:usage_usagedashboard_tenant", args=[tenant.pk])
+    ).content.decode()
+
+    assert ".usage-chart { max-width: 100%; height: auto; }" in html
+    assert html.count('<div class="usage-table">') == 1  # the budgets; no alert yet
+    assert ".usage-track { fill: var(--hairline-color, #e8e8e8); }" in html
+    assert ".usage-bar { fill: var(--link-fg, #417690); }" in html
+    assert 'class="usage-track"' in html

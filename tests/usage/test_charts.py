@@ -27,3 +27,36 @@ def test_spend_bars_escape_labels_that_carry_markup():
 def test_budget_gauge_turns_red_at_the_limit():
     assert "#ba2121" in str(budget_gauge(100.0))
     assert "#ba2121" not in str(budget_gauge(99.0))
+
+
+def test_daily_cost_chart_labels_the_peak_in_cents_and_tooltips_the_exact_cost():
+    days = [(dt.date(2026, 6, 1), Decimal("0.591368123456"), 12), (dt.date(2026, 6, 2), None, 1)]
+
+    svg = str(daily_cost_chart(days))
+
+    assert ">$0.59</text>" in svg
+    assert "$0.591368<" not in svg
+    assert "<title>2026-06-01: $0.591368123456 (12 requests)</title>" in svg
+    assert "<title>2026-06-02: unpriced (1 requests)</title>" in svg
+
+
+def test_spend_bars_label_in_cents_and_tooltip_the_exact_spend():
+    rows = [("support-bot", Decimal("0.361226"), 4), ("batch", Decimal("0.0004"), 1)]
+
+    svg = str(spend_bars(rows))
+
+    assert ">$0.36</text>" in svg and ">&lt; $0.01</text>" in svg
+    assert "<title>support-bot: $0.361226 (4 requests)</title>" in svg
+    assert "<title>batch: $0.0004 (1 requests)</title>" in svg
+
+
+def test_chart_shapes_carry_classes_the_dark_theme_recolours():
+    bars = str(spend_bars([("a", Decimal("1"), 1)]))
+    gauge = str(budget_gauge(40.0))
+    over = str(budget_gauge(120.0))
+    daily = str(daily_cost_chart([(dt.date(2026, 6, 1), Decimal("1"), 1)]))
+
+    assert 'class="usage-bar"' in bars and 'class="usage-bar"' in daily
+    assert 'class="usage-axis"' in daily
+    assert 'class="usage-track"' in gauge and 'class="usage-bar"' in gauge
+    assert 'class="usage-over"' in over

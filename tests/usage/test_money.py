@@ -2,7 +2,13 @@
 
 from decimal import Decimal
 
-from usage.money import nano_to_usd, usd_format, usd_to_nano
+from usage.money import (
+    nano_to_usd,
+    usd_format,
+    usd_format_brief,
+    usd_format_exact,
+    usd_to_nano,
+)
 
 
 def test_usd_to_nano_rounds_reservations_up_and_costs_to_nearest():
@@ -23,3 +29,19 @@ def test_usd_format_keeps_up_to_six_decimals_below_a_dollar():
     assert usd_format(Decimal("0.0423")) == "$0.0423"
     assert usd_format(Decimal("0")) == "$0.00"
     assert usd_format(None) == "unpriced"
+
+
+def test_usd_format_brief_rounds_to_cents_and_never_shows_spend_as_zero():
+    assert usd_format_brief(Decimal("0.591368123456")) == "$0.59"
+    assert usd_format_brief(Decimal("1234.5")) == "$1,234.50"
+    assert usd_format_brief(Decimal("0.001319")) == "< $0.01"
+    assert usd_format_brief(Decimal("0")) == "$0.00"
+    assert usd_format_brief(None) == "unpriced"
+
+
+def test_usd_format_exact_keeps_every_stored_decimal():
+    assert usd_format_exact(Decimal("0.591368123456")) == "$0.591368123456"
+    assert usd_format_exact(Decimal("0.361226000000")) == "$0.361226"
+    assert usd_format_exact(Decimal("12345.678901234567")) == "$12,345.678901234567"
+    assert usd_format_exact(Decimal("2.900000000000")) == "$2.90"
+    assert usd_format_exact(None) == "unpriced"

@@ -29,6 +29,7 @@ from .forms import (
     ServiceKeyAdminForm,
     TenantMembershipAdminForm,
     provider_type_help_html,
+    provider_type_unused_fields,
 )
 from .models import ModelPrice, ProviderConfig, ServiceKey, Tenant, TenantMembership
 from .selectors import provider_config_references
@@ -409,6 +410,13 @@ class ProviderConfigAdmin(TenantScopedAdmin):
             )
         ]
         return urls + super().get_urls()
+
+    def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
+        context["provider_type_fields"] = {
+            "current": obj.provider_type if obj is not None else "",
+            "unused": provider_type_unused_fields(),
+        }
+        return super().render_change_form(request, context, add, change, form_url, obj)
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         config = self.get_object(request, unquote(object_id))

@@ -13,7 +13,7 @@ from django.utils.html import format_html_join
 
 from .json_values import MAX_JSON_DEPTH, json_value_problem
 from .models import ProviderConfig, ServiceKey, TenantMembership
-from .provider_types import PROVIDER_TYPE_SPECS, ProviderType, ProviderTypeSpec
+from .provider_types import PROVIDER_TYPE_SPECS, Protocol, ProviderType, ProviderTypeSpec
 from .services import provider_config_endpoint_changed, provider_config_new_endpoint_secrets_check
 
 SECRET_FORM_FIELDS = ("api_key", "aws_access_key_id", "aws_secret_access_key")
@@ -45,6 +45,26 @@ def provider_type_requirements(spec: ProviderTypeSpec) -> str:
     if options:
         text += f". Optional options: {', '.join(options)}"
     return text + "."
+
+
+def provider_type_unused_fields() -> dict[str, list[str]]:
+    """The provider config form fields each provider type has no use for, by type.
+
+    The admin hides them once a type is chosen: AWS credentials are for
+    Bedrock only, which takes no API key, and the Fake provider needs neither
+    a key nor an endpoint.
+    """
+    unused: dict[str, list[str]] = {}
+    for provider_type, spec in PROVIDER_TYPE_SPECS.items():
+        fields = []
+        if spec.protocol in (Protocol.BEDROCK_CONVERSE, Protocol.FAKE):
+            fields.append("api_key")
+        if not spec.requires_aws_credentials:
+            fields += ["aws_access_key_id", "aws_secret_access_key", "aws_region"]
+        if spec.protocol == Protocol.FAKE:
+            fields.append("base_url")
+        unused[str(provider_type)] = fields
+    return unused
 
 
 def provider_type_help_html() -> str:

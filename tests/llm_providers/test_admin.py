@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from django.contrib.admin.models import CHANGE, DELETION, LogEntry
@@ -366,6 +367,50 @@ def test_provider_type_help_lists_requirements(tenant_admin, admin_client_for):
         "<li><strong>Azure OpenAI</strong>: API key; base URL (your endpoint); option(s) " in html
     )
     assert "<li><strong>Ollama</strong>: no key (local server)." in html
+
+
+def _provider_type_fields(html: str) -> dict:
+    match = re.search(
+        r'<script id="provider-type-fields" type="application/json">(.*?)</script>', html
+    )
+    assert match, "the form carries no provider type field map"
+    return json.loads(match.group(1))
+
+
+def test_add_form_hides_fields_the_chosen_provider_type_has_no_use_for(
+    tenant_admin, admin_client_for
+):
+    html = admin_client_for(tenant_admin).get(reverse(ADD)).content.decode()
+
+    fields = _provider_type_fields(html)
+    aws = ["aws_access_key_id", "aws_secret_access_key", "aws_region"]
+    assert fields["current"] == ""
+    assert fields["unused"]["openai"] == aws
+    assert fields["unused"]["anthropic"] == aws
+    assert fields["unused"]["bedrock"] == ["api_key"]
+    assert fields["unused"]["fake"] == ["api_key", *aws, "base_url"]
+    # every row the script toggles is on the page, each under its own class
+    for name in ["api_key", *aws, "base_url"]:
+        assert f"form-row field-{name}" in html
+    assert 'getElementById("id_provider_type")' in html
+
+
+def test_change_form_of_bedrock_config_starts_from_its_type(
+    tenant, tenant_viewer, admin_client_for
+):
+    config = ProviderConfigFactory(
+        tenant=tenant,
+        name="bedrock-main",
+        provider_type="bedrock",
+        aws_access_key_id=AWS_KEY_ID,
+        aws_secret_access_key=AWS_SECRET,
+        aws_region="eu-west-1",
+    )
+
+    html = admin_client_for(tenant_viewer).get(_change_url(config)).content.decode()
+
+    # a viewer sees the type as text, not as a select: the script starts from it
+    assert _provider_type_fields(html)["current"] == "bedrock"
 
 
 def test_new_default_replaces_previous_default(tenant, tenant_admin, admin_client_for):

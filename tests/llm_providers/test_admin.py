@@ -643,6 +643,20 @@ def test_button_tests_connection_and_returns_to_change_page(tenant, tenant_admin
     assert ProviderConfig.objects.get(pk=config.pk).last_test_status == "ok"
 
 
+def test_button_is_styled_like_the_history_link_beside_it(tenant, tenant_admin, admin_client_for):
+    config = ProviderConfigFactory(tenant=tenant)
+
+    page = admin_client_for(tenant_admin).get(_change_url(config)).content.decode()
+
+    # the admin's own object-tools colours, so it also follows dark mode
+    style = page[page.index(".object-tools #test-connection {") :]
+    style = style[: style.index("}")]
+    assert "border-radius: 15px" in style and "text-transform: uppercase" in style
+    assert "background: var(--object-tools-bg)" in style
+    assert "color: var(--object-tools-fg)" in style
+    assert '<button type="submit" class="button" id="test-connection">' in page
+
+
 def test_button_refuses_get(tenant, tenant_admin, admin_client_for):
     config = ProviderConfigFactory(tenant=tenant)
     response = admin_client_for(tenant_admin).get(_test_url(config))

@@ -95,6 +95,9 @@ class TenantScopedAdmin(admin.ModelAdmin):
         related = db_field.related_model
         if related is Tenant:
             formfield.queryset = formfield.queryset.filter(pk__in=allowed)
+            if len(allowed) == 1:
+                # The only choice: chosen already rather than a "---------" to pick.
+                formfield.initial = next(iter(allowed))
         elif any(f.name == "tenant" for f in related._meta.get_fields()):
             formfield.queryset = formfield.queryset.filter(tenant_id__in=allowed)
         return formfield

@@ -126,7 +126,7 @@ def test_forged_add_post_for_other_tenant_refused(client, tenant_admin, other_te
 def test_tenant_choices_offer_own_tenants_only(client, tenant_admin, tenant, other_tenant):
     client.force_login(tenant_admin)
     html = client.get(_url("providerconfig_add")).content.decode()
-    assert f'<option value="{tenant.pk}">Acme</option>' in html
+    assert f'<option value="{tenant.pk}" selected>Acme</option>' in html
     assert str(other_tenant.pk) not in html
 
 
@@ -414,3 +414,29 @@ def test_service_key_for_other_tenant_refused(client, tenant_admin, other_tenant
     )
     assert response.status_code == 200
     assert not ServiceKey.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "add_url",
+    [
+        "admin:llm_providers_providerconfig_add",
+        "admin:overrides_routingoverride_add",
+        "admin:usage_budget_add",
+    ],
+)
+def test_add_form_chooses_the_tenant_of_an_admin_of_only_one(client, tenant, tenant_admin, add_url):
+    client.force_login(tenant_admin)
+
+    html = client.get(reverse(add_url)).content.decode()
+
+    assert f'<option value="{tenant.pk}" selected>{tenant.name}</option>' in html
+
+
+def test_add_form_leaves_the_tenant_to_choose_for_an_admin_of_two(client, tenant, tenant_admin):
+    second = TenantMembershipFactory(user=tenant_admin, role=TenantMembership.Role.ADMIN).tenant
+    client.force_login(tenant_admin)
+
+    html = client.get(reverse("admin:usage_budget_add")).content.decode()
+
+    assert '<option value="" selected>---------</option>' in html
+    assert f'<option value="{tenant.pk}">' in html and f'<option value="{second.pk}">' in html

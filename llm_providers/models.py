@@ -112,7 +112,12 @@ class ProviderConfig(models.Model):
     aws_secret_access_key = GuardedEncryptedTextField(blank=True, null=True)
     aws_region = models.CharField(max_length=32, blank=True)
     base_url = models.CharField(
-        max_length=500, blank=True, help_text="Leave empty to use the provider's standard endpoint."
+        max_length=500,
+        blank=True,
+        help_text=(
+            "Leave empty to use the provider's standard endpoint; Azure OpenAI (the "
+            "resource endpoint) and OpenAI-compatible servers need one."
+        ),
     )
     options = models.JSONField(default=dict, blank=True)
 

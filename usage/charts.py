@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from datetime import date
 from decimal import Decimal
 
+from django.template.defaultfilters import pluralize
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
 
@@ -44,7 +45,7 @@ def daily_cost_chart(
         columns.append(
             format_html(
                 '<rect class="usage-bar" x="{}" y="{}" width="{}" height="{}" fill="{}">'
-                "<title>{}: {} ({} requests)</title></rect>",
+                "<title>{}: {} ({} request{})</title></rect>",
                 _n(x),
                 _n(top + plot_h - bar_h),
                 _n(slot * 0.7),
@@ -53,6 +54,7 @@ def daily_cost_chart(
                 day.isoformat(),
                 usd_format_exact(cost),
                 requests,
+                pluralize(requests),
             )
         )
     labels = format_html_join(
@@ -108,13 +110,14 @@ def spend_bars(rows: Sequence[tuple[str, Decimal | None, int]], *, width: int = 
         short = label if len(label) <= 20 else f"{label[:19]}…"
         parts.append(
             format_html(
-                "<g><title>{}: {} ({} requests)</title>"
+                "<g><title>{}: {} ({} request{})</title>"
                 '<text x="0" y="{}" font-size="11">{}</text>'
                 '<rect class="usage-bar" x="{}" y="{}" width="{}" height="14" fill="{}"/>'
                 '<text x="{}" y="{}" font-size="11" text-anchor="end">{}</text></g>',
                 label,
                 usd_format_exact(cost),
                 requests,
+                pluralize(requests),
                 y + 15,
                 short,
                 label_w,

@@ -52,7 +52,9 @@ class ProviderConfigSerializer(serializers.Serializer):
         max_length=500,
         allow_blank=True,
         default="",
-        help_text="Empty: the provider's standard endpoint.",
+        help_text=(
+            "Empty: the provider's standard endpoint; azure_openai and openai_compatible need one."
+        ),
     )
     options = serializers.DictField(
         default=dict,

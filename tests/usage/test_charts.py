@@ -37,7 +37,7 @@ def test_daily_cost_chart_labels_the_peak_in_cents_and_tooltips_the_exact_cost()
     assert ">$0.59</text>" in svg
     assert "$0.591368<" not in svg
     assert "<title>2026-06-01: $0.591368123456 (12 requests)</title>" in svg
-    assert "<title>2026-06-02: unpriced (1 requests)</title>" in svg
+    assert "<title>2026-06-02: unpriced (1 request)</title>" in svg
 
 
 def test_spend_bars_label_in_cents_and_tooltip_the_exact_spend():
@@ -47,7 +47,7 @@ def test_spend_bars_label_in_cents_and_tooltip_the_exact_spend():
 
     assert ">$0.36</text>" in svg and ">&lt; $0.01</text>" in svg
     assert "<title>support-bot: $0.361226 (4 requests)</title>" in svg
-    assert "<title>batch: $0.0004 (1 requests)</title>" in svg
+    assert "<title>batch: $0.0004 (1 request)</title>" in svg
 
 
 def test_chart_shapes_carry_classes_the_dark_theme_recolours():

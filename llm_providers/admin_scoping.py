@@ -47,6 +47,24 @@ class TenantScopedAdmin(admin.ModelAdmin):
                 return None
         return value.pk
 
+    # --- what the lists show --------------------------------------------------
+
+    def _sees_one_tenant(self, request) -> bool:
+        return not request.user.is_superuser and len(self._visible_tenant_ids(request)) == 1
+
+    def get_list_display(self, request):
+        columns = super().get_list_display(request)
+        # A user of one tenant needs no tenant column: it would say the same on every row.
+        if self._sees_one_tenant(request):
+            return tuple(c for c in columns if c != self.tenant_path)
+        return columns
+
+    def get_list_filter(self, request):
+        filters = super().get_list_filter(request)
+        if self._sees_one_tenant(request):
+            return tuple(f for f in filters if f != self.tenant_path)
+        return filters
+
     # --- queryset and permissions ---------------------------------------------
 
     def get_queryset(self, request):

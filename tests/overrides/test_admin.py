@@ -68,13 +68,29 @@ def test_changelist_shows_only_own_tenants_overrides(tenant, admin_client_for):
 
 
 def test_changelist_filter_names_no_other_tenant(tenant, admin_client_for):
+    # given a user of two tenants
+    second = TenantFactory(name="Second Own Tenant")
     RoutingOverrideFactory(tenant=tenant)
+    RoutingOverrideFactory(tenant=second)
     RoutingOverrideFactory(tenant=TenantFactory(name="Globex Secret Project"))
+    client = admin_client_for(tenant)
+    user = TenantMembership.objects.get(tenant=tenant).user
+    TenantMembershipFactory(tenant=second, user=user)
+
+    response = client.get(LIST_URL)
+
+    assert tenant.name in response.text and second.name in response.text
+    assert "Globex Secret Project" not in response.text
+    assert "column-tenant" in response.text
+
+
+def test_changelist_of_a_one_tenant_user_has_no_tenant_column(tenant, admin_client_for):
+    RoutingOverrideFactory(tenant=tenant, customer_id="acme")
 
     response = admin_client_for(tenant).get(LIST_URL)
 
-    assert tenant.name in response.text
-    assert "Globex Secret Project" not in response.text
+    assert "acme" in response.text
+    assert "column-tenant" not in response.text
 
 
 def test_change_page_of_other_tenants_override_is_not_found(tenant, admin_client_for):

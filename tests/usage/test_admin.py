@@ -219,9 +219,9 @@ def test_dashboard_shows_unpriced_usage_as_unknown_cost_not_zero(client):
     # then its cost is unknown, as in the API, not $0
     html = response.content.decode()
     assert "<strong>cost unknown</strong>" in html
-    assert "$0.00 (1 requests)" not in html
-    assert f"{timezone.now().date()}: unpriced (1 requests)" in html
-    assert "mystery-7b: unpriced (1 requests)" in html
+    assert "$0.00 (1 request)" not in html
+    assert f"{timezone.now().date()}: unpriced (1 request)" in html
+    assert "mystery-7b: unpriced (1 request)" in html
 
 
 # --- call logs and daily usage ---------------------------------------------------
@@ -563,7 +563,7 @@ def test_dashboard_rounds_amounts_to_cents_and_keeps_the_exact_ones_in_tooltips(
     assert '<strong title="$0.591368123456">$0.59</strong> spent' in html
     assert '<td title="$0.591368123456">$0.59</td>' in html
     assert ">$0.59</text>" in html
-    assert "<title>summarizer: $0.591368123456 (1 requests)</title>" in html
+    assert "<title>summarizer: $0.591368123456 (1 request)</title>" in html
     assert "$0.591368<" not in html
 
 

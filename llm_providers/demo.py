@@ -50,10 +50,16 @@ class DemoSeedResult:
 
 
 def demo_secrets_load(path: Path) -> dict[str, str]:
-    """The passwords and service key of an earlier seed, or {} when there was none."""
+    """The passwords and service key of an earlier seed, or {} when there was none.
+
+    A file that is not a JSON object counts as none; one that cannot be read
+    (a directory, no permission) raises OSError.
+    """
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (FileNotFoundError, ValueError):
+        return {}
+    if not isinstance(data, dict):
         return {}
     return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str)}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 import stat
 from decimal import Decimal
@@ -174,3 +175,49 @@ def test_existing_default_of_demo_tenant_kept(seed):
     assert list(
         ProviderConfig.objects.filter(tenant=tenant, is_default=True).values_list("name", flat=True)
     ) == ["mine"]
+
+
+def test_unreadable_secrets_file_is_a_command_error(settings, tmp_path):
+    # given: a directory where the secrets file should be
+    settings.DEBUG = True
+
+    # when
+    with pytest.raises(CommandError) as caught:
+        call_command("seed_demo", "--secrets-file", str(tmp_path), stdout=io.StringIO())
+
+    # then
+    assert str(caught.value) == (
+        f"Cannot read the demo passwords from {tmp_path}: Is a directory. "
+        "Pass --secrets-file with a file path this user can read and write."
+    )
+    assert not Tenant.objects.exists()
+
+
+def test_secrets_file_not_a_json_object_counts_as_none(seed, secrets_file):
+    secrets_file.parent.mkdir()
+    secrets_file.write_text("[1, 2]")
+
+    output = seed()
+
+    assert set(_logins(output)) == {"admin", "demo-admin"}
+    assert set(json.loads(secrets_file.read_text())) == {"admin", "demo-admin", "service_key"}
+
+
+def test_unwritable_secrets_file_seeds_nothing(settings, tmp_path):
+    # given: a link to a file in a folder that does not exist, so it reads as
+    # absent but cannot be written (even by root)
+    settings.DEBUG = True
+    secrets_file = tmp_path / "demo-credentials.json"
+    secrets_file.symlink_to(tmp_path / "missing" / "demo-credentials.json")
+
+    # when
+    with pytest.raises(CommandError) as caught:
+        call_command("seed_demo", "--secrets-file", str(secrets_file), stdout=io.StringIO())
+
+    # then: no user exists whose password nobody was told
+    assert str(caught.value) == (
+        f"Cannot write the demo passwords to {secrets_file}: No such file or directory. "
+        "Nothing was seeded; pass --secrets-file with a file path this user can write."
+    )
+    assert not get_user_model().objects.exists()
+    assert not Tenant.objects.exists()

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
 
 from llm_providers.demo import DEMO_TENANT_SLUG, demo_secrets_load, demo_secrets_save, demo_seed
 
@@ -47,11 +48,26 @@ class Command(BaseCommand):
                 "on. Pass --force to seed anyway."
             )
         secrets_file: Path = options["secrets_file"]
-        known = demo_secrets_load(secrets_file)
+        try:
+            known = demo_secrets_load(secrets_file)
+        except OSError as exc:
+            raise CommandError(
+                f"Cannot read the demo passwords from {secrets_file}: {exc.strerror}. "
+                "Pass --secrets-file with a file path this user can read and write."
+            ) from None
         before = dict(known)
-        result = demo_seed(known=known, reset_passwords=options["reset_passwords"])
-        if known != before:
-            demo_secrets_save(secrets_file, known)
+        try:
+            # One transaction with the save: users whose passwords could not be
+            # kept are not created, so no run leaves logins nobody knows.
+            with transaction.atomic():
+                result = demo_seed(known=known, reset_passwords=options["reset_passwords"])
+                if known != before:
+                    demo_secrets_save(secrets_file, known)
+        except OSError as exc:
+            raise CommandError(
+                f"Cannot write the demo passwords to {secrets_file}: {exc.strerror}. Nothing "
+                "was seeded; pass --secrets-file with a file path this user can write."
+            ) from None
 
         if result.created:
             self.stdout.write("Created: " + "; ".join(result.created) + ".")

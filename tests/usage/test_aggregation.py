@@ -438,3 +438,57 @@ def test_backfill_command_refuses_reversed_range():
         call_command("usage_backfill", "--from", "2026-06-12", "--to", "2026-06-01")
 
     assert str(caught.value) == "--from (2026-06-12) is after --to (2026-06-01); swap them."
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("value", ["20260601", "2026-W22", "2026-02-30"])
+def test_backfill_command_refuses_dates_not_written_yyyy_mm_dd(value):
+    with pytest.raises(CommandError) as caught:
+        call_command("usage_backfill", "--from", value)
+
+    assert str(caught.value) == f"“{value}” is not a date; write it as YYYY-MM-DD."
+
+
+@pytest.mark.django_db
+def test_backfill_command_stops_at_today_when_to_is_far_ahead():
+    # given: a --to at the last date there is
+    tenant = TenantFactory(slug="acme")
+    CallLogFactory(tenant=tenant, created_at=NOW - dt.timedelta(hours=1))
+    out = StringIO()
+
+    # when
+    with mock.patch("django.utils.timezone.now", return_value=NOW):
+        call_command(
+            "usage_backfill",
+            "--from",
+            "2026-06-14",
+            "--to",
+            "9999-12-31",
+            "--chunk-days",
+            "100000",
+            "--no-progress",
+            stdout=out,
+        )
+
+    # then
+    assert out.getvalue().strip() == (
+        "Recomputed 2 day(s) from 2026-06-14 to 2026-06-15 for all tenants: "
+        "1 row(s) written, 0 removed."
+    )
+    assert list(DailyUsage.objects.values_list("day", "request_count")) == [(DAY, 1)]
+
+
+@pytest.mark.django_db
+def test_backfill_command_refuses_from_after_today():
+    TenantFactory()
+
+    with (
+        mock.patch("django.utils.timezone.now", return_value=NOW),
+        pytest.raises(CommandError) as caught,
+    ):
+        call_command("usage_backfill", "--from", "2026-07-01")
+
+    assert (
+        str(caught.value)
+        == "--from (2026-07-01) is after today (2026-06-15); nothing is logged yet."
+    )

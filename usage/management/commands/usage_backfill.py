@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import date, timedelta
 
 from django.core.management.base import BaseCommand, CommandError
@@ -13,12 +14,17 @@ from usage.aggregation import RecomputeResult, daily_usage_recompute
 from usage.periods import local_date, zone
 from usage.selectors import tenant_timezones
 
+_ISO_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+
 
 def _day(value: str) -> date:
+    # date.fromisoformat alone also takes 20260101 and week dates (2026-W01).
     try:
-        return date.fromisoformat(value)
+        if _ISO_DAY.fullmatch(value):
+            return date.fromisoformat(value)
     except ValueError:
-        raise CommandError(f"“{value}” is not a date; write it as YYYY-MM-DD.") from None
+        pass
+    raise CommandError(f"“{value}” is not a date; write it as YYYY-MM-DD.")
 
 
 def _today(tenant: Tenant | None) -> date:
@@ -39,7 +45,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--to",
             dest="last",
-            help="Last day, YYYY-MM-DD (default: today in the tenants' time zones).",
+            help="Last day, YYYY-MM-DD (default and latest: today in the tenants' time zones).",
         )
         parser.add_argument("--tenant", help="Only this tenant (its slug).")
         parser.add_argument(
@@ -57,9 +63,15 @@ class Command(BaseCommand):
             tenant = Tenant.objects.filter(slug=options["tenant"]).first()
             if tenant is None:
                 raise CommandError(f"No tenant has the slug “{options['tenant']}”.")
-        last = _day(options["last"]) if options["last"] else _today(tenant)
-        if first > last:
+        today = _today(tenant)
+        last = _day(options["last"]) if options["last"] else today
+        if options["last"] and first > last:
             raise CommandError(f"--from ({first}) is after --to ({last}); swap them.")
+        if first > today:
+            raise CommandError(f"--from ({first}) is after today ({today}); nothing is logged yet.")
+        # No call log is dated after today: later days have nothing to recompute
+        # (and a far --to would loop for ages, or past the last date there is).
+        last = min(last, today)
         chunk = options["chunk_days"]
         if chunk < 1:
             raise CommandError("--chunk-days must be 1 or more.")
@@ -75,7 +87,7 @@ class Command(BaseCommand):
         ) as progress:
             start = first
             while start <= last:
-                end = min(start + timedelta(days=chunk - 1), last)
+                end = start + timedelta(days=min(chunk, (last - start).days + 1) - 1)
                 total.add(daily_usage_recompute(first_day=start, last_day=end, tenant=tenant))
                 progress.update((end - start).days + 1)
                 start = end + timedelta(days=1)

@@ -28,6 +28,11 @@ if not REDIS_URL:
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 REST_FRAMEWORK = {**REST_FRAMEWORK, "NUM_PROXIES": env.int("NUM_PROXIES", default=1)}
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
+if not SECURE_SSL_REDIRECT:
+    # Turned off only when the proxy already redirects to HTTPS (docs/OPERATIONS.md),
+    # which is what this warning asks for; the release runs `check --deploy
+    # --fail-level WARNING`, so the warning would stop every release.
+    SILENCED_SYSTEM_CHECKS = ["security.W008"]
 SESSION_COOKIE_SECURE = True
 CSRF_COOKIE_SECURE = True
 SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31_536_000)

@@ -221,6 +221,16 @@ def test_production_passes_check_deploy_without_warnings():
     assert result.stdout.strip() == "System check identified no issues (0 silenced)."
 
 
+def test_production_with_redirect_left_to_the_proxy_passes_check_deploy():
+    result = _run(
+        ["manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        settings_module="config.settings.production",
+        env={**PRODUCTION_ENV, "SECURE_SSL_REDIRECT": "off"},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == "System check identified no issues (1 silenced)."
+
+
 @pytest.mark.parametrize(
     ("missing", "message"),
     [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from contextlib import suppress
 from datetime import date, timedelta
 
 from django.core.management.base import BaseCommand, CommandError
@@ -19,11 +20,9 @@ _ISO_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 def _day(value: str) -> date:
     # date.fromisoformat alone also takes 20260101 and week dates (2026-W01).
-    try:
+    with suppress(ValueError):
         if _ISO_DAY.fullmatch(value):
             return date.fromisoformat(value)
-    except ValueError:
-        pass
     raise CommandError(f"“{value}” is not a date; write it as YYYY-MM-DD.")
 
 

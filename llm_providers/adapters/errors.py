@@ -148,11 +148,8 @@ def retry_after_from_headers(headers: Mapping[str, str] | None) -> float | None:
     value = lowered.get("retry-after")
     if not value:
         return None
-    try:
+    with suppress(ValueError):
         seconds = float(value)
-    except ValueError:
-        pass
-    else:
         # "nan" and "inf" parse as floats but say nothing usable.
         return max(seconds, 0.0) if math.isfinite(seconds) else None
     try:

@@ -125,6 +125,12 @@ _CONTEXT_TOO_LONG = re.compile(
 )
 _CONTEXT_TOO_LONG_CODES = frozenset({"context_length_exceeded", "request_too_large"})
 _CONTENT_REFUSED_CODES = frozenset({"content_filter", "content_policy_violation"})
+# Codes that say the key is wrong whatever the status: Gemini answers a wrong
+# key with 400 INVALID_ARGUMENT and the reason API_KEY_INVALID.
+_AUTHENTICATION_CODES = frozenset({"api_key_invalid", "invalid_api_key"})
+# Codes that say the account has no credit left: OpenAI answers it with 429
+# insufficient_quota, which no wait cures (another provider may serve).
+_BILLING_CODES = frozenset({"insufficient_quota"})
 
 
 def message_says_context_too_long(message: str, code: str | None = None) -> bool:
@@ -174,6 +180,10 @@ def error_for_status(
     options = {"status_code": status, "retry_after": retry_after}
     if lowered_code in _CONTENT_REFUSED_CODES:
         return ContentRefused(message, **options)
+    if lowered_code in _AUTHENTICATION_CODES:
+        return ProviderAuthenticationError(message, **options)
+    if lowered_code in _BILLING_CODES:
+        return ProviderPermissionError(message, **options)
     if status == 413 and lowered_code == "rate_limit_exceeded":
         # Groq: the request alone is over the account's tokens-per-minute
         # limit. Waiting cannot help; another provider may serve it.

@@ -252,7 +252,7 @@ class OpenAIChatAdapter(Adapter):
             return error_for_status(
                 exc.status_code,
                 message,
-                code=exc.code,
+                code=exc.code or _gemini_reason(exc),
                 retry_after=retry_after_from_headers(exc.response.headers),
             )
         if isinstance(exc, openai.APIConnectionError | httpx2.HTTPError):
@@ -337,12 +337,28 @@ def _tool_call_accumulate(calls: dict[int, dict[str, str]], delta: Any) -> None:
             call["arguments"] += function.arguments
 
 
-def _vendor_message(exc: openai.APIError) -> str:
+def _vendor_error_body(exc: openai.APIError) -> object:
     body = exc.body
     # Gemini's OpenAI-compatible endpoint answers errors as a list:
     # [{"error": {"code": 400, "message": "...", "status": "INVALID_ARGUMENT"}}].
     if isinstance(body, list) and body and isinstance(body[0], dict):
         body = body[0].get("error", body[0])
+    return body
+
+
+def _vendor_message(exc: openai.APIError) -> str:
+    body = _vendor_error_body(exc)
     if isinstance(body, dict) and isinstance(body.get("message"), str):
         return body["message"]
     return exc.message
+
+
+def _gemini_reason(exc: openai.APIError) -> str | None:
+    """The `reason` of a Google error's ErrorInfo detail (e.g. API_KEY_INVALID):
+    Google answers several causes with one status, the reason tells them apart."""
+    body = _vendor_error_body(exc)
+    details = body.get("details") if isinstance(body, dict) else None
+    for detail in details if isinstance(details, list) else ():
+        if isinstance(detail, dict) and isinstance(detail.get("reason"), str):
+            return detail["reason"]
+    return None

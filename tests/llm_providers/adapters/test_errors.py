@@ -94,6 +94,8 @@ def test_message_says_context_too_long_is_false_for_other_bad_requests():
         (413, None, ContextTooLong),
         (422, None, ProviderBadRequest),
         (429, None, ProviderRateLimited),
+        (429, "insufficient_quota", ProviderPermissionError),
+        (400, "API_KEY_INVALID", ProviderAuthenticationError),
         (500, None, UpstreamUnavailable),
         (502, None, UpstreamUnavailable),
         (504, None, ProviderTimeout),

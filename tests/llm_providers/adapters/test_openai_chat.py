@@ -487,6 +487,57 @@ def test_complete_reads_the_message_of_gemini_error_lists(openai_upstream):
     assert caught.value.message == f"gemini answered 400: {message}"
 
 
+def test_connection_check_reports_authentication_when_gemini_says_the_key_is_invalid(
+    openai_upstream,
+):
+    # Gemini answers a wrong key with 400 INVALID_ARGUMENT; the reason says what it is.
+    adapter = _adapter("gemini", openai_upstream.base_url, api_key="AIzaSyTestKey1234567890")
+    error = {
+        "code": 400,
+        "message": "API key not valid. Please pass a valid API key.",
+        "status": "INVALID_ARGUMENT",
+        "details": [
+            {
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": "API_KEY_INVALID",
+                "domain": "googleapis.com",
+                "metadata": {"service": "generativelanguage.googleapis.com"},
+            }
+        ],
+    }
+    openai_upstream.enqueue(json_reply([{"error": error}], status=400))
+
+    check = adapter.test_connection()
+
+    assert check.ok is False
+    assert check.error == (
+        "provider_authentication: gemini answered 400: "
+        "API key not valid. Please pass a valid API key."
+    )
+
+
+def test_complete_raises_permission_error_without_retry_when_quota_is_exhausted(
+    adapter, openai_upstream
+):
+    # OpenAI says "out of credit" with a 429: waiting does not help, another provider may.
+    openai_upstream.enqueue_error(
+        429,
+        message="You exceeded your current quota, please check your plan and billing details.",
+        type="insufficient_quota",
+        code="insufficient_quota",
+    )
+
+    with pytest.raises(ProviderPermissionError) as caught:
+        adapter.complete(_request())
+
+    assert caught.value.retryable is False
+    assert caught.value.status_code == 429
+    assert caught.value.message == (
+        "openai answered 429: You exceeded your current quota, please check your plan and "
+        "billing details."
+    )
+
+
 def test_complete_raises_context_too_long_when_together_says_inputs_exceed_the_window(
     openai_upstream,
 ):

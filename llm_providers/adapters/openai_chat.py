@@ -50,16 +50,20 @@ _MAX_COMPLETION_TOKENS_TYPES = frozenset({"openai", AZURE})
 # stream's usage in its last chunk unasked.
 _USAGE_UNASKED_TYPES = frozenset({"mistral"})
 # Finish reasons compatible servers give besides OpenAI's own: Together says
-# `eos` for the end of a sequence, older servers `function_call` for a tool
+# `eos` for the end of a sequence, Mistral `model_length` for an answer cut at
+# the end of the context window, older servers `function_call` for a tool
 # call. Anything unknown reads as `stop`.
 _FINISH_REASONS = {
     "stop": "stop",
     "eos": "stop",
     "length": "length",
+    "model_length": "length",
     "tool_calls": "tool_calls",
     "function_call": "tool_calls",
     "content_filter": "content_filter",
 }
+# Mistral ends an answer whose generation failed part-way with this reason.
+_FINISH_REASON_ERROR = "error"
 
 
 class OpenAIChatAdapter(Adapter):
@@ -142,6 +146,7 @@ class OpenAIChatAdapter(Adapter):
         if not response.choices:
             raise UpstreamUnavailable(f"{self.settings.provider_type} answered without a choice.")
         choice = response.choices[0]
+        self._refuse_failed_answer(choice.finish_reason)
         message = choice.message
         content = message.content or ""
         tool_calls = [
@@ -195,6 +200,7 @@ class OpenAIChatAdapter(Adapter):
             raise UpstreamUnavailable(
                 f"The {self.settings.provider_type} stream ended before the answer finished."
             )
+        self._refuse_failed_answer(finish_reason)
         tool_calls = [
             ToolCall(id=call["id"], name=call["name"], arguments=call["arguments"])
             for _, call in sorted(calls.items())
@@ -242,6 +248,13 @@ class OpenAIChatAdapter(Adapter):
         return self.settings.provider_type == AZURE
 
     # --- errors ------------------------------------------------------------------
+
+    def _refuse_failed_answer(self, finish_reason: str | None) -> None:
+        """A choice that finished with `error` failed part-way: it is not an answer."""
+        if finish_reason == _FINISH_REASON_ERROR:
+            raise UpstreamUnavailable(
+                f"{self.settings.provider_type} stopped the answer with an error."
+            )
 
     def provider_error(self, exc: BaseException) -> ProviderError:
         label = self.settings.provider_type

@@ -228,6 +228,30 @@ def test_complete_reports_tool_calls_when_server_says_stop_after_calling_a_tool(
     assert result.finish_reason == "tool_calls"
 
 
+def test_complete_reports_length_when_mistral_stops_at_the_model_context_window(
+    openai_upstream,
+):
+    # Mistral's `model_length`: the answer was cut where the context window ends.
+    adapter = _adapter("mistral", openai_upstream.base_url, api_key="mistral-test-key-123456")
+    openai_upstream.enqueue_chat("Once upon a", finish_reason="model_length")
+
+    result = adapter.complete(_request())
+
+    assert result.finish_reason == "length"
+
+
+def test_complete_raises_upstream_unavailable_when_mistral_finishes_with_error(openai_upstream):
+    # Mistral's `error`: generation failed part-way; the text is not an answer.
+    adapter = _adapter("mistral", openai_upstream.base_url, api_key="mistral-test-key-123456")
+    openai_upstream.enqueue_chat("Once upon a", finish_reason="error")
+
+    with pytest.raises(UpstreamUnavailable) as caught:
+        adapter.complete(_request())
+
+    assert caught.value.retryable is True
+    assert caught.value.message == "mistral stopped the answer with an error."
+
+
 def test_complete_estimates_usage_when_server_reports_none(adapter, openai_upstream):
     openai_upstream.enqueue(
         json_reply(
@@ -407,6 +431,21 @@ def test_stream_raises_upstream_unavailable_after_the_chunks_received_when_conne
     assert received == ["Hel", "lo"]
     assert caught.value.retryable is True
     assert "broke off" in caught.value.message
+
+
+def test_stream_raises_upstream_unavailable_after_the_chunks_when_mistral_finishes_with_error(
+    openai_upstream,
+):
+    adapter = _adapter("mistral", openai_upstream.base_url, api_key="mistral-test-key-123456")
+    openai_upstream.enqueue_chat_stream(["Once", " upon"], finish_reason="error")
+    received = []
+
+    with pytest.raises(UpstreamUnavailable) as caught:
+        for chunk in adapter.stream(_request()):
+            received.append(chunk.text)
+
+    assert received == ["Once", " upon"]
+    assert caught.value.message == "mistral stopped the answer with an error."
 
 
 def test_stream_raises_timeout_when_upstream_stalls_between_chunks(adapter, openai_upstream):

@@ -81,6 +81,19 @@ _FINISH_REASONS = {
     "guardrail_intervened": "content_filter",
     "content_filtered": "content_filter",
 }
+# Converse refuses a conversation holding toolUse/toolResult blocks unless
+# the request has a toolConfig, and a toolConfig needs at least one tool. A
+# request that offers no tools but carries an earlier tool exchange declares
+# this one, which says not to call it, instead of the tools of the history
+# (which the caller did not offer for this turn).
+NO_TOOL_NAME = "no_tool_available"
+_NO_TOOL = {
+    "toolSpec": {
+        "name": NO_TOOL_NAME,
+        "description": "No tool is available in this turn. Never call this tool.",
+        "inputSchema": {"json": {"type": "object", "properties": {}}},
+    }
+}
 _IMAGE_FORMATS = {
     "image/png": "png",
     "image/jpeg": "jpeg",
@@ -180,10 +193,8 @@ class BedrockConverseAdapter(Adapter):
     # --- request -----------------------------------------------------------------
 
     def _converse_arguments(self, request: ChatRequest) -> dict[str, Any]:
-        arguments: dict[str, Any] = {
-            "modelId": request.model,
-            "messages": bedrock_messages(request.messages),
-        }
+        messages = bedrock_messages(request.messages)
+        arguments: dict[str, Any] = {"modelId": request.model, "messages": messages}
         system = system_prompt(request.messages, json_mode=request.json_mode)
         if system:
             arguments["system"] = [{"text": system}]
@@ -200,6 +211,8 @@ class BedrockConverseAdapter(Adapter):
             arguments["inferenceConfig"] = inference
         if request.tools:
             arguments["toolConfig"] = {"tools": [_bedrock_tool(tool) for tool in request.tools]}
+        elif _has_tool_blocks(messages):
+            arguments["toolConfig"] = {"tools": [_NO_TOOL]}
         return arguments
 
     # --- the protocol ------------------------------------------------------------
@@ -380,6 +393,14 @@ def _content_blocks(content: Any) -> list[dict[str, Any]]:
         else:
             raise ProviderBadRequest(f"Message parts of type “{kind}” are not supported.")
     return blocks
+
+
+def _has_tool_blocks(messages: list[dict[str, Any]]) -> bool:
+    return any(
+        "toolUse" in block or "toolResult" in block
+        for message in messages
+        for block in message["content"]
+    )
 
 
 def _bedrock_tool(tool: dict[str, Any]) -> dict[str, Any]:

@@ -19,6 +19,11 @@ from typing import Any
 from .eventstream import event_encode, exception_encode
 from .server import LoopbackUpstream, RecordedRequest, Reply, Script, json_reply
 
+# What Converse answers to a conversation holding tool blocks without a toolConfig.
+TOOL_CONFIG_MISSING = (
+    "The toolConfig field must be defined when using toolUse and toolResult content blocks."
+)
+
 EVENT_STREAM_TYPE = "application/vnd.amazon.eventstream"
 
 
@@ -52,6 +57,14 @@ class BedrockUpstream(LoopbackUpstream):
         if path == "/foundation-models":
             return "foundation_models"
         return None
+
+    def _reply_for(self, request: RecordedRequest) -> Reply:
+        reply = super()._reply_for(request)
+        if request.route in ("converse", "converse_stream") and _tool_blocks_without_config(
+            request.json or {}
+        ):
+            return self.error_reply(400, "ValidationException", TOOL_CONFIG_MISSING)
+        return reply
 
     def converse_reply(
         self,
@@ -220,3 +233,14 @@ class BedrockUpstream(LoopbackUpstream):
     def enqueue_error(self, *args: Any, times: int = 1, **kwargs: Any) -> None:
         """Answer the next request(s) with `error_reply(...)`."""
         self.enqueue(self.error_reply(*args, **kwargs), times=times)
+
+
+def _tool_blocks_without_config(body: dict[str, Any]) -> bool:
+    """Whether a Converse request holds toolUse/toolResult blocks but no toolConfig."""
+    if body.get("toolConfig"):
+        return False
+    return any(
+        "toolUse" in block or "toolResult" in block
+        for message in body.get("messages") or ()
+        for block in message.get("content") or ()
+    )

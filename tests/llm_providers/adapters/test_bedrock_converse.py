@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from llm_providers.adapters.bedrock_converse import BedrockConverseAdapter
+from llm_providers.adapters.bedrock_converse import NO_TOOL_NAME, BedrockConverseAdapter
 from llm_providers.adapters.content import JSON_MODE_INSTRUCTION
 from llm_providers.adapters.errors import (
     ContextTooLong,
@@ -221,6 +221,72 @@ def test_complete_sends_tool_calls_and_results_as_tool_use_and_tool_result_block
             ],
         },
     ]
+
+
+def test_complete_answers_a_tool_conversation_when_the_request_offers_no_tools(
+    adapter, bedrock_upstream
+):
+    # Converse refuses toolUse/toolResult blocks without a toolConfig (OpenAI takes them).
+    bedrock_upstream.enqueue_converse("It was sunny in Paris.")
+    messages = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "tooluse_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "tooluse_1", "content": "Sunny, 21°C"},
+        {"role": "user", "content": "Summarise that in one sentence."},
+    ]
+
+    result = adapter.complete(_request(messages=messages))
+
+    assert result.content == "It was sunny in Paris."
+    assert bedrock_upstream.unanswered == []
+    tools = bedrock_upstream.last_request.json["toolConfig"]["tools"]
+    assert [tool["toolSpec"]["name"] for tool in tools] == [NO_TOOL_NAME]
+
+
+def test_stream_answers_a_tool_conversation_when_the_request_offers_no_tools(
+    adapter, bedrock_upstream
+):
+    bedrock_upstream.enqueue_converse_stream(["Sunny."])
+    messages = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {
+                    "id": "tooluse_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "tooluse_1", "content": "Sunny, 21°C"},
+    ]
+
+    chunks = list(adapter.stream(_request(messages=messages)))
+
+    assert "".join(chunk.text for chunk in chunks) == "Sunny."
+    assert chunks[-1].finish_reason == "stop"
+
+
+def test_complete_sends_no_tool_config_when_neither_tools_nor_tool_blocks(
+    adapter, bedrock_upstream
+):
+    bedrock_upstream.enqueue_converse("Hi!")
+
+    adapter.complete(_request())
+
+    assert "toolConfig" not in bedrock_upstream.last_request.json
 
 
 def test_complete_returns_tool_calls_when_model_uses_a_tool(adapter, bedrock_upstream):

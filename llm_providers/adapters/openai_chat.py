@@ -181,7 +181,7 @@ class OpenAIChatAdapter(Adapter):
         model = request.model
         finish_reason: str | None = None
         usage: Usage | None = None
-        calls: dict[int, dict[str, str]] = {}
+        calls = _StreamedToolCalls()
         with response:
             for chunk in response:
                 model = chunk.model or model
@@ -191,7 +191,7 @@ class OpenAIChatAdapter(Adapter):
                 for choice in chunk.choices[:1]:
                     delta = choice.delta
                     for call in (delta.tool_calls if delta else None) or ():
-                        _tool_call_accumulate(calls, call)
+                        calls.add(call)
                     if choice.finish_reason:
                         finish_reason = choice.finish_reason
                     if delta is not None and delta.content:
@@ -201,10 +201,7 @@ class OpenAIChatAdapter(Adapter):
                 f"The {self.settings.provider_type} stream ended before the answer finished."
             )
         self._refuse_failed_answer(finish_reason)
-        tool_calls = [
-            ToolCall(id=call["id"], name=call["name"], arguments=call["arguments"])
-            for _, call in sorted(calls.items())
-        ]
+        tool_calls = calls.assembled()
         yield StreamChunk(
             model=model,
             finish_reason=finish_reason_normalise(finish_reason, bool(tool_calls)),
@@ -324,30 +321,48 @@ def _groq_usage(chunk: Any) -> Any:
     return openai.types.CompletionUsage.model_validate(usage)
 
 
-def _tool_call_accumulate(calls: dict[int, dict[str, str]], delta: Any) -> None:
+class _StreamedToolCalls:
     """Streamed tool calls come in pieces keyed by index: id and name first, then
-    fragments of the JSON arguments.
+    fragments of the JSON arguments. Calls are kept in the order they start.
 
-    Gemini's OpenAI-compatible endpoint sends each call whole and without an
-    index: a delta without one continues the latest call unless it brings an
-    id of its own, which starts the next call.
+    Compatible servers bend the keying: Gemini sends each call whole and
+    without an index, Ollama each call whole with index 0 every time. A delta
+    that brings an id other than that of the call its index (or, without an
+    index, the latest call) points at starts the next call; a delta without
+    an index continues the latest call.
     """
-    index = getattr(delta, "index", None)
-    if index is None:
-        latest = max(calls, default=None)
-        starts_another = (
-            latest is not None and delta.id and calls[latest]["id"] not in ("", delta.id)
-        )
-        index = 0 if latest is None else latest + 1 if starts_another else latest
-    call = calls.setdefault(index, {"id": "", "name": "", "arguments": ""})
-    if delta.id:
-        call["id"] = delta.id
-    function = delta.function
-    if function is not None:
-        if function.name:
-            call["name"] = function.name
-        if function.arguments:
-            call["arguments"] += function.arguments
+
+    def __init__(self) -> None:
+        self._calls: list[dict[str, str]] = []
+        # Wire index → position in `_calls` of the call it stands for now.
+        self._positions: dict[int, int] = {}
+
+    def add(self, delta: Any) -> None:
+        index = getattr(delta, "index", None)
+        if index is None:
+            position = len(self._calls) - 1 if self._calls else None
+        else:
+            position = self._positions.get(index)
+        current = self._calls[position] if position is not None else None
+        if current is None or (delta.id and current["id"] not in ("", delta.id)):
+            current = {"id": "", "name": "", "arguments": ""}
+            self._calls.append(current)
+            if index is not None:
+                self._positions[index] = len(self._calls) - 1
+        if delta.id:
+            current["id"] = delta.id
+        function = delta.function
+        if function is not None:
+            if function.name:
+                current["name"] = function.name
+            if function.arguments:
+                current["arguments"] += function.arguments
+
+    def assembled(self) -> list[ToolCall]:
+        return [
+            ToolCall(id=call["id"], name=call["name"], arguments=call["arguments"])
+            for call in self._calls
+        ]
 
 
 def _vendor_error_body(exc: openai.APIError) -> object:

@@ -377,6 +377,48 @@ def test_stream_keeps_parallel_tool_calls_apart_when_deltas_carry_no_index(opena
     ]
 
 
+def test_stream_keeps_parallel_tool_calls_apart_when_every_delta_says_index_0(openai_upstream):
+    # Ollama streams each call whole, each with its own id but all with index 0.
+    adapter = _adapter("ollama", openai_upstream.base_url)
+
+    def chunk(delta: dict, finish_reason: str | None = None) -> bytes:
+        payload = {
+            "id": "chatcmpl-ollama",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": "qwen2.5-coder:7b",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+        }
+        return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+    def call(call_id: str, city: str) -> dict:
+        function = {"name": "get_weather", "arguments": json.dumps({"city": city})}
+        return {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"id": call_id, "index": 0, "type": "function", "function": function}],
+        }
+
+    openai_upstream.enqueue(
+        Reply(
+            headers={"Content-Type": "text/event-stream"},
+            chunks=[
+                chunk(call("call_a1b2c3", "Paris")),
+                chunk(call("call_d4e5f6", "Oslo")),
+                chunk({"role": "assistant", "content": ""}, finish_reason="tool_calls"),
+                b"data: [DONE]\n\n",
+            ],
+        )
+    )
+
+    chunks = list(adapter.stream(_request(tools=[WEATHER_TOOL])))
+
+    assert chunks[-1].tool_calls == [
+        ToolCall(id="call_a1b2c3", name="get_weather", arguments='{"city": "Paris"}'),
+        ToolCall(id="call_d4e5f6", name="get_weather", arguments='{"city": "Oslo"}'),
+    ]
+
+
 def test_stream_reads_groq_usage_when_reported_in_x_groq(openai_upstream):
     adapter = _adapter("groq", openai_upstream.base_url, api_key="gsk_test_key_123456")
     chunk = (

@@ -20,7 +20,12 @@ JSON_MODE_INSTRUCTION = (
     "no prose before or after it, no code fences."
 )
 
-_DATA_URL = re.compile(r"^data:(?P<media_type>[\w.+-]+/[\w.+-]+)(?:;[^,;]*)*;base64,(?P<data>.*)$")
+_DATA_URL = re.compile(
+    r"^data:(?P<media_type>[\w.+-]+/[\w.+-]+)(?:;[^,;]*)*;base64,(?P<data>.*)$", re.DOTALL
+)
+# Line breaks and spaces inside base64 (MIME encoders wrap it every 76
+# characters): callers may send them, vendors take the data without them.
+_WHITESPACE = re.compile(r"\s+")
 # Media type names in common use that are not the registered ones vendors
 # take: Anthropic accepts only image/jpeg, and browsers and tools still write
 # image/jpg.
@@ -32,7 +37,7 @@ class InlineImage:
     """An image given as a base64 data URL."""
 
     media_type: str
-    data: str  # base64 text, as received
+    data: str  # base64 text, whitespace removed
 
     def raw(self) -> bytes:
         try:
@@ -48,7 +53,8 @@ def image_parse(url: str) -> InlineImage | None:
         return None
     media_type = match.group("media_type").lower()
     return InlineImage(
-        media_type=_MEDIA_TYPE_ALIASES.get(media_type, media_type), data=match.group("data")
+        media_type=_MEDIA_TYPE_ALIASES.get(media_type, media_type),
+        data=_WHITESPACE.sub("", match.group("data")),
     )
 
 

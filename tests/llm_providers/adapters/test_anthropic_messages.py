@@ -160,6 +160,21 @@ def test_complete_sends_image_data_urls_as_base64_image_blocks(adapter, anthropi
     ]
 
 
+def test_complete_sends_line_wrapped_base64_as_one_base64_image_block(adapter, anthropic_upstream):
+    # MIME encoders wrap base64 every 76 characters; the layer accepts such data URLs.
+    anthropic_upstream.enqueue_message("A dot.")
+    wrapped = "\n".join(PNG_BASE64[i : i + 76] for i in range(0, len(PNG_BASE64), 76))
+    content = [{"type": "image_url", "image_url": {"url": f"data:image/png;base64,{wrapped}\n"}}]
+
+    adapter.complete(_request(messages=[{"role": "user", "content": content}]))
+
+    [block] = anthropic_upstream.last_request.json["messages"][0]["content"]
+    assert block == {
+        "type": "image",
+        "source": {"type": "base64", "media_type": "image/png", "data": PNG_BASE64},
+    }
+
+
 def test_complete_sends_image_jpg_data_urls_as_the_jpeg_media_type(adapter, anthropic_upstream):
     # Anthropic takes image/jpeg only; browsers and tools still write image/jpg.
     anthropic_upstream.enqueue_message("A dot.")

@@ -154,6 +154,17 @@ def test_complete_sends_image_data_urls_as_image_bytes(adapter, bedrock_upstream
     ]
 
 
+def test_complete_sends_line_wrapped_base64_as_image_bytes(adapter, bedrock_upstream):
+    bedrock_upstream.enqueue_converse("A dot.")
+    wrapped = "\r\n".join(PNG_BASE64[i : i + 76] for i in range(0, len(PNG_BASE64), 76))
+    content = [{"type": "image_url", "image_url": {"url": f"data:image/png;base64,{wrapped}"}}]
+
+    adapter.complete(_request(messages=[{"role": "user", "content": content}]))
+
+    [block] = bedrock_upstream.last_request.json["messages"][0]["content"]
+    assert block == {"image": {"format": "png", "source": {"bytes": PNG_BASE64}}}
+
+
 def test_complete_refuses_image_links_because_bedrock_takes_bytes(adapter, bedrock_upstream):
     content = [{"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]
 

@@ -115,9 +115,27 @@ def test_provider_create_answers_400_when_name_taken(admin_api, tenant):
 
     assert response.status_code == 400
     assert response.json()["error"]["fields"] == {
-        "non_field_errors": ["A provider config with this name already exists in this tenant."]
+        "name": ["A provider config with this name already exists in this tenant."]
     }
     assert ProviderConfig.objects.filter(tenant=tenant).count() == 1
+
+
+def test_provider_rename_answers_400_on_name_when_name_taken(admin_api, tenant):
+    ProviderConfigFactory(tenant=tenant, name="taken")
+    config = ProviderConfigFactory(tenant=tenant, name="mine")
+
+    response = admin_api.patch(f"{PROVIDERS}{config.pk}/", {"name": "taken"})
+
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["fields"] == {
+        "name": ["A provider config with this name already exists in this tenant."]
+    }
+    assert error["message"] == (
+        "Invalid input: name: A provider config with this name already exists in this tenant."
+    )
+    config.refresh_from_db()
+    assert config.name == "mine"
 
 
 def test_provider_create_answers_400_when_options_hold_nul(admin_api, tenant):

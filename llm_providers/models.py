@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 import zoneinfo
 
@@ -23,6 +24,10 @@ from .exceptions import SecretUnreadableError
 from .json_values import json_value_error
 from .network import base_url_validate
 from .provider_types import ProviderType, provider_type_spec
+
+# An AWS region name: us-east-1, eu-central-2, us-gov-west-1. The SDK builds the
+# endpoint's host from it and refuses anything else only when a call is made.
+_AWS_REGION = re.compile(r"^[a-z]{2}(?:-[a-z]+)+-[0-9]{1,2}$")
 
 
 def _timezone_validate(value: str) -> None:
@@ -304,6 +309,10 @@ class ProviderConfig(models.Model):
                 errors.setdefault(field, []).append(
                     f"{label} needs an AWS access key id, an AWS secret access key and a "
                     f"region; missing: {', '.join(missing)}."
+                )
+            if self.aws_region and not _AWS_REGION.match(self.aws_region):
+                errors.setdefault("aws_region", []).append(
+                    f"“{self.aws_region}” is not an AWS region; enter one such as us-east-1."
                 )
         if spec.requires_base_url and not self.base_url:
             errors.setdefault("base_url", []).append(

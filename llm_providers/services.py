@@ -49,24 +49,47 @@ def _apply_secrets(config: ProviderConfig, secrets: dict[str, str | None]) -> No
         )
 
 
+NAME_TAKEN = "A provider config with this name already exists in this tenant."
+
+
+def _name_taken(config: ProviderConfig) -> bool:
+    return (
+        ProviderConfig.objects.filter(tenant_id=config.tenant_id, name=config.name)
+        .exclude(pk=config.pk)
+        .exists()
+    )
+
+
 def _save_validated(config: ProviderConfig) -> ProviderConfig:
-    """Validate and save; a new default replaces the tenant's previous one atomically."""
+    """Validate and save; a new default replaces the tenant's previous one atomically.
+
+    Every invalid field is reported at once; a name already used in the
+    tenant is reported on `name` (the model's constraint would report it on
+    no field, since the tenant is part of it).
+    """
     with transaction.atomic():
-        # Serialise default switching per tenant: two concurrent "make default"
+        # Serialise default switching and naming per tenant: two concurrent
         # writes must not both pass validation.
         Tenant.objects.select_for_update().filter(pk=config.tenant_id).first()
         if config.is_default:
             ProviderConfig.objects.filter(tenant_id=config.tenant_id, is_default=True).exclude(
                 pk=config.pk
             ).update(is_default=False)
-        config.full_clean()
+        errors: dict[str, list[str]] = {}
+        try:
+            # The one-default constraint holds after the switch above; the name is checked below.
+            config.full_clean(validate_constraints=False)
+        except ValidationError as exc:
+            errors = exc.message_dict
+        if config.name and _name_taken(config):
+            errors.setdefault("name", []).append(NAME_TAKEN)
+        if errors:
+            raise ValidationError(errors)
         try:
             with transaction.atomic():
                 config.save()
         except IntegrityError as exc:
-            raise ValidationError(
-                {"name": f"A provider config named “{config.name}” already exists in this tenant."}
-            ) from exc
+            raise ValidationError({"name": NAME_TAKEN}) from exc
     return config
 
 

@@ -108,6 +108,43 @@ def test_provider_create_answers_field_errors_when_key_missing(admin_api, tenant
     assert not ProviderConfig.objects.filter(tenant=tenant).exists()
 
 
+@pytest.mark.parametrize(
+    "region", ["us-east-1.example.com", "eu west 1", "EU-WEST-1", "us-east-1/"]
+)
+def test_provider_create_answers_400_when_bedrock_region_is_not_a_region(admin_api, tenant, region):
+    body = {
+        "name": "bedrock-main",
+        "provider_type": "bedrock",
+        "aws_access_key_id": "AKIAABCDEFGHIJKLMNOP",
+        "aws_secret_access_key": "s3cr3t/abcdefghijklmnopqrstuvwxyz",
+        "aws_region": region,
+    }
+
+    response = admin_api.post(PROVIDERS, body)
+
+    assert response.status_code == 400
+    assert response.json()["error"]["fields"] == {
+        "aws_region": [f"“{region}” is not an AWS region; enter one such as us-east-1."]
+    }
+    assert not ProviderConfig.objects.filter(tenant=tenant).exists()
+
+
+@pytest.mark.parametrize("region", ["us-east-1", "us-gov-west-1", "ap-southeast-2"])
+def test_provider_create_accepts_bedrock_region(admin_api, tenant, region):
+    body = {
+        "name": "bedrock-main",
+        "provider_type": "bedrock",
+        "aws_access_key_id": "AKIAABCDEFGHIJKLMNOP",
+        "aws_secret_access_key": "s3cr3t/abcdefghijklmnopqrstuvwxyz",
+        "aws_region": region,
+    }
+
+    response = admin_api.post(PROVIDERS, body)
+
+    assert response.status_code == 201
+    assert ProviderConfig.objects.get(tenant=tenant).aws_region == region
+
+
 def test_provider_create_answers_400_when_name_taken(admin_api, tenant):
     ProviderConfigFactory(tenant=tenant, name="fake")
 
@@ -115,9 +152,27 @@ def test_provider_create_answers_400_when_name_taken(admin_api, tenant):
 
     assert response.status_code == 400
     assert response.json()["error"]["fields"] == {
-        "non_field_errors": ["A provider config with this name already exists in this tenant."]
+        "name": ["A provider config with this name already exists in this tenant."]
     }
     assert ProviderConfig.objects.filter(tenant=tenant).count() == 1
+
+
+def test_provider_rename_answers_400_on_name_when_name_taken(admin_api, tenant):
+    ProviderConfigFactory(tenant=tenant, name="taken")
+    config = ProviderConfigFactory(tenant=tenant, name="mine")
+
+    response = admin_api.patch(f"{PROVIDERS}{config.pk}/", {"name": "taken"})
+
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["fields"] == {
+        "name": ["A provider config with this name already exists in this tenant."]
+    }
+    assert error["message"] == (
+        "Invalid input: name: A provider config with this name already exists in this tenant."
+    )
+    config.refresh_from_db()
+    assert config.name == "mine"
 
 
 def test_provider_create_answers_400_when_options_hold_nul(admin_api, tenant):

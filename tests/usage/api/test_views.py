@@ -3,9 +3,11 @@ tenant-local days, ranges, limits, zero-filled days), budgets and alerts."""
 
 from __future__ import annotations
 
+import base64
 import uuid
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from urllib.parse import urlencode
 
 import pytest
 from django.contrib.admin.models import ADDITION, DELETION, LogEntry
@@ -74,6 +76,32 @@ def test_call_list_pages_newest_first_by_cursor_when_timestamps_tie(admin_api, t
 def test_call_list_answers_404_when_cursor_invalid(admin_api, tenant):
     response = admin_api.get(CALLS, {"cursor": "garbage"})
 
+    assert response.status_code == 404
+    assert response.json()["error"] == {
+        "code": "not_found",
+        "message": "Invalid cursor",
+        "fields": {},
+        "extra": {},
+    }
+
+
+@pytest.mark.parametrize(
+    "position",
+    [
+        "garbage",  # not a time at all
+        "2026-02-30 12:00:00+00:00",  # shaped like one, but no such day
+        "2026-03-01 12:00:00",  # a time without its zone: no cursor the API gives
+    ],
+)
+def test_call_list_answers_404_when_cursor_position_is_not_a_time(admin_api, tenant, position):
+    # given: a cursor well encoded, as `next` links are, around a position no link carries
+    CallLogFactory(tenant=tenant, created_at=NOON)
+    cursor = base64.b64encode(urlencode({"p": position}).encode()).decode()
+
+    # when
+    response = admin_api.get(CALLS, {"cursor": cursor})
+
+    # then
     assert response.status_code == 404
     assert response.json()["error"] == {
         "code": "not_found",

@@ -571,15 +571,24 @@ def _error_after_all_targets(errors: list[ApplicationError]) -> ApplicationError
     return last
 
 
+def _naming_request(error: ApplicationError, call: _Call) -> None:
+    """Name in the error the request id its CallLog rows carry, for the caller to look up."""
+    error.extra = {**error.extra, "request_id": str(call.request_id)}
+
+
 def _run_targets(call: _Call, attempt_target) -> object:
     """Try each target in route order until one serves the call."""
     errors: list[ApplicationError] = []
-    for target in call.targets:
-        try:
-            return attempt_target(call, target)
-        except _MoveOn as move_on:
-            errors.append(move_on.error)
-    raise _error_after_all_targets(errors)
+    try:
+        for target in call.targets:
+            try:
+                return attempt_target(call, target)
+            except _MoveOn as move_on:
+                errors.append(move_on.error)
+        raise _error_after_all_targets(errors)
+    except ApplicationError as error:
+        _naming_request(error, call)
+        raise
 
 
 # --- complete -------------------------------------------------------------------
@@ -751,13 +760,17 @@ class CompletionStream:
 
     def _generate(self) -> Iterator[str]:
         errors: list[ApplicationError] = []
-        for target in self._call.targets:
-            try:
-                yield from self._on_target(target)
-                return
-            except _MoveOn as move_on:
-                errors.append(move_on.error)
-        raise _error_after_all_targets(errors)
+        try:
+            for target in self._call.targets:
+                try:
+                    yield from self._on_target(target)
+                    return
+                except _MoveOn as move_on:
+                    errors.append(move_on.error)
+            raise _error_after_all_targets(errors)
+        except ApplicationError as error:
+            _naming_request(error, self._call)
+            raise
 
     def _on_target(self, target: RouteTarget) -> Iterator[str]:
         call = self._call

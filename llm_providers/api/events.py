@@ -31,11 +31,10 @@ from rest_framework.utils.encoders import JSONEncoder
 
 from llm_providers.completion import CompletionStream
 
-from .exception_handlers import api_exception_handler
+from .exception_handlers import REQUEST_ID_HEADER, api_exception_handler
 from .serializers import CompletionDoneSerializer
 
 EVENT_STREAM = "text/event-stream"
-REQUEST_ID_HEADER = "X-Request-Id"
 EVENT_CHUNK = "chunk"
 EVENT_ERROR = "error"
 EVENT_DONE = "done"

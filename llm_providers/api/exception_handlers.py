@@ -6,7 +6,9 @@ Every error answers::
 
 `code` is stable and machine-readable, `message` is for people, `fields`
 maps input fields to their messages (validation errors), `extra` carries
-structured details such as `retry_after_seconds`. Django `ValidationError`s
+structured details such as `retry_after_seconds`, and `request_id` (also in
+the `X-Request-Id` header) when the error ends a completion or embedding
+whose attempts are in the call log. Django `ValidationError`s
 raised by services become 400, and so do application errors that name the
 one input `field` at fault (the completion service's `InvalidRequest`): all
 three are `validation_error` with `fields`. Other `ApplicationError`s answer
@@ -33,6 +35,7 @@ from llm_providers.exceptions import ApplicationError
 logger = logging.getLogger(__name__)
 
 VALIDATION_CODE = "validation_error"
+REQUEST_ID_HEADER = "X-Request-Id"
 # A 429 whose cause gives no time to wait (a provider's 429 without Retry-After).
 DEFAULT_RETRY_AFTER_SECONDS = 1
 NON_FIELD_KEY = "non_field_errors"
@@ -153,6 +156,8 @@ def _application_error_response(exc: ApplicationError) -> Response:
             seconds = DEFAULT_RETRY_AFTER_SECONDS
         extra["retry_after_seconds"] = seconds
         headers["Retry-After"] = str(seconds)
+    if "request_id" in extra:
+        headers[REQUEST_ID_HEADER] = extra["request_id"]
     return Response(
         error_body(code=exc.code, message=exc.message, extra=extra),
         status=exc.http_status,

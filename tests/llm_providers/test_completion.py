@@ -168,13 +168,33 @@ def test_complete_raises_last_error_when_every_target_fails(tenant, primary, bac
     _fail(primary, failure="unavailable")
     _fail(backup, failure="unavailable")
 
-    with pytest.raises(UpstreamUnavailable):
+    with pytest.raises(UpstreamUnavailable) as raised:
         complete(tenant=tenant, messages=HELLO)
 
     logs = _logs()
     assert len(logs) == 4
-    assert len({log.request_id for log in logs}) == 1
+    assert {str(log.request_id) for log in logs} == {raised.value.extra["request_id"]}
     assert [log.attempt for log in logs] == [1, 2, 3, 4]
+
+
+def test_stream_error_names_the_request_id_of_its_call_logs(tenant, primary):
+    _fail(primary, failure="unavailable")
+    chunks = stream(tenant=tenant, messages=HELLO)
+
+    with pytest.raises(UpstreamUnavailable) as raised:
+        list(chunks)
+
+    assert raised.value.extra["request_id"] == str(chunks.request_id)
+    assert {log.request_id for log in _logs()} == {chunks.request_id}
+
+
+def test_embed_error_names_the_request_id_of_its_call_logs(tenant, primary):
+    _fail(primary, failure="unavailable")
+
+    with pytest.raises(UpstreamUnavailable) as raised:
+        embed(tenant=tenant, inputs=["alpha"], model="fake-embed")
+
+    assert {str(log.request_id) for log in _logs()} == {raised.value.extra["request_id"]}
 
 
 def test_complete_logs_rate_limited_target_as_blocked_and_falls_back(tenant, primary, backup):

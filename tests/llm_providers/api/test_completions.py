@@ -354,6 +354,46 @@ def test_completion_maps_provider_failure_to_http(service_api, tenant, failure, 
     assert CallLog.objects.filter(tenant=tenant, error_code=code).exists()
 
 
+def test_completion_error_names_the_request_id_of_its_call_logs(service_api, tenant, settings):
+    settings.LLM_RETRY_ATTEMPTS = 2
+    ProviderConfigFactory(tenant=tenant, is_default=True, options={"failure": "unavailable"})
+
+    response = service_api.post(COMPLETIONS, {"messages": HELLO})
+
+    assert response.status_code == 502
+    request_id = response.json()["error"]["extra"]["request_id"]
+    assert response["X-Request-Id"] == request_id
+    logs = CallLog.objects.filter(tenant=tenant)
+    assert [(str(log.request_id), log.attempt) for log in logs.order_by("attempt")] == [
+        (request_id, 1),
+        (request_id, 2),
+    ]
+
+
+def test_streamed_completion_failing_before_text_names_its_request_id(service_api, tenant):
+    ProviderConfigFactory(tenant=tenant, is_default=True, options={"failure": "unavailable"})
+
+    response = service_api.post(COMPLETIONS, {"messages": HELLO, "stream": True})
+
+    assert response.status_code == 502
+    request_id = response.json()["error"]["extra"]["request_id"]
+    assert response["X-Request-Id"] == request_id
+    assert {str(log.request_id) for log in CallLog.objects.filter(tenant=tenant)} == {request_id}
+
+
+def test_completion_blocked_by_budget_names_the_request_id_of_its_blocked_row(
+    service_api, tenant, fake
+):
+    BudgetFactory(tenant=tenant, action="block", limit_usd=Decimal("0.0001"), period="daily")
+
+    response = service_api.post(COMPLETIONS, {"messages": HELLO, "max_tokens": 1000})
+
+    assert response.status_code == 429
+    request_id = response.json()["error"]["extra"]["request_id"]
+    assert str(CallLog.objects.get(status="blocked").request_id) == request_id
+    assert response["X-Request-Id"] == request_id
+
+
 def test_completion_maps_provider_rate_limit_to_429_with_retry_after(service_api, fake, settings):
     settings.LLM_RETRY_ATTEMPTS = 1
 

@@ -20,6 +20,7 @@ early and when the upstream breaks (usage then estimated and flagged).
 
 from __future__ import annotations
 
+import copy
 import logging
 import random
 import time
@@ -588,7 +589,11 @@ def _run_targets(call: _Call, attempt_target) -> object:
 def _chat_request(
     *, messages, max_tokens, temperature, top_p, stop, json_mode, tools, timeout
 ) -> ChatRequest:
-    messages = messages_validate(messages)
+    # Our own copy: a stream sends its request only when first read, and what
+    # it sends must be what was validated, counted and fingerprinted here,
+    # whatever the caller does to its lists meanwhile.
+    messages = copy.deepcopy(messages_validate(messages))
+    tools = copy.deepcopy(tools)
     stops = parameters_validate(
         max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=stop, timeout=timeout
     )

@@ -582,3 +582,19 @@ def test_stream_goes_on_when_cache_is_unreachable(tenant, primary, cache_down):
 
     assert "".join(chunks) == "Echo: hi"
     assert chunks.result.cost_usd == HELLO_COST
+
+
+def test_stream_sends_the_messages_it_was_given_when_the_caller_changes_them_later(tenant, primary):
+    # given a stream of a conversation, and the cache on
+    tenant.response_cache_ttl_seconds = 60
+    tenant.save()
+    history = [{"role": "user", "content": "hi"}]
+    chunks = stream(tenant=tenant, messages=history)
+
+    # when the caller goes on with the conversation before reading the stream
+    history.append({"role": "assistant", "content": "Echo: hi"})
+    history.append({"role": "user", "content": "and more"})
+
+    # then the stream answers what was asked, and that answer is what the cache keeps
+    assert "".join(chunks) == "Echo: hi"
+    assert complete(tenant=tenant, messages=HELLO).content == "Echo: hi"

@@ -770,9 +770,10 @@ class CompletionStream:
         request = replace(call.request, model=target.model)
         cached = _cache_lookup(call, target, started)
         if cached is not None:
+            # Set first: a caller may stop reading once it has the text.
+            self.result = cached
             if cached.content:
                 yield cached.content
-            self.result = cached
             return
         adapter = _adapter(call, target)
         max_output = _max_output_tokens(request.max_tokens, adapter)

@@ -598,3 +598,17 @@ def test_stream_sends_the_messages_it_was_given_when_the_caller_changes_them_lat
     # then the stream answers what was asked, and that answer is what the cache keeps
     assert "".join(chunks) == "Echo: hi"
     assert complete(tenant=tenant, messages=HELLO).content == "Echo: hi"
+
+
+def test_stream_cache_hit_has_its_result_when_the_caller_stops_after_the_text(tenant, primary):
+    tenant.response_cache_ttl_seconds = 60
+    tenant.save()
+    complete(tenant=tenant, messages=HELLO)
+    chunks = stream(tenant=tenant, messages=HELLO)
+
+    assert next(chunks) == "Echo: hi"
+    chunks.close()
+
+    assert chunks.result is not None
+    assert (chunks.result.content, chunks.result.cached) == ("Echo: hi", True)
+    assert chunks.result.cost_usd == Decimal(0)

@@ -441,11 +441,17 @@ def _secrets(target: RouteTarget) -> list[str]:
     return [value for value in values if isinstance(value, str) and value]
 
 
-def _log_failure(call, target, error: Exception, started_at, started: float, **fields) -> None:
+def _error_code_and_message(error: BaseException) -> tuple[str, str]:
     if isinstance(error, ApplicationError):
-        code, message = error.code, error.message
-    else:
-        code, message = "internal_error", f"{type(error).__name__}: {error}"
+        return error.code, error.message
+    if not isinstance(error, Exception):
+        # Ctrl-C, a worker shutting down: the call was cut off, not broken.
+        return "interrupted", f"The call was interrupted ({type(error).__name__})."
+    return "internal_error", f"{type(error).__name__}: {error}"
+
+
+def _log_failure(call, target, error: BaseException, started_at, started: float, **fields) -> None:
+    code, message = _error_code_and_message(error)
     logger.warning(
         "request %s: attempt on provider config %s failed (%s)",
         call.request_id,
@@ -646,7 +652,8 @@ def _call_with_retries(
             _log_failure(call, target, error, started_at, attempt_started)
             _retry_or_raise(error, attempt_on_target)
             continue
-        except Exception as error:
+        except BaseException as error:
+            # Also an interruption: the provider may have been paid already.
             _log_failure(call, target, error, started_at, attempt_started)
             raise
         latency_ms = _ms_since(attempt_started)
@@ -841,7 +848,9 @@ class CompletionStream:
                 error=error,
             )
             raise error from None
-        except Exception as error:
+        except BaseException as error:
+            # Also an interruption (Ctrl-C, a worker shutting down): what was
+            # received is paid for, so it is logged and settled like a break.
             if received:
                 self._log_partial(
                     target,
@@ -918,10 +927,8 @@ class CompletionStream:
         cost, source = _priced(call, target, usage, answered_model)
         if error is None:
             code, message = "client_closed", "The caller stopped reading the stream."
-        elif isinstance(error, ApplicationError):
-            code, message = error.code, error.message
         else:
-            code, message = "internal_error", f"{type(error).__name__}: {error}"
+            code, message = _error_code_and_message(error)
         call.log(
             target,
             status=status,

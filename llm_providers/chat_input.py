@@ -165,7 +165,7 @@ def parameters_validate(
         raise InvalidRequest(
             "stop", f"stop must be a string or a list of up to {MAX_STOP_SEQUENCES} strings."
         )
-    return stops or None
+    return list(stops) or None
 
 
 def scope_validate(*, customer_id: Any, service_name: Any) -> tuple[str, str]:

@@ -20,6 +20,7 @@ early and when the upstream breaks (usage then estimated and flagged).
 
 from __future__ import annotations
 
+import copy
 import logging
 import random
 import time
@@ -440,11 +441,17 @@ def _secrets(target: RouteTarget) -> list[str]:
     return [value for value in values if isinstance(value, str) and value]
 
 
-def _log_failure(call, target, error: Exception, started_at, started: float, **fields) -> None:
+def _error_code_and_message(error: BaseException) -> tuple[str, str]:
     if isinstance(error, ApplicationError):
-        code, message = error.code, error.message
-    else:
-        code, message = "internal_error", f"{type(error).__name__}: {error}"
+        return error.code, error.message
+    if not isinstance(error, Exception):
+        # Ctrl-C, a worker shutting down: the call was cut off, not broken.
+        return "interrupted", f"The call was interrupted ({type(error).__name__})."
+    return "internal_error", f"{type(error).__name__}: {error}"
+
+
+def _log_failure(call, target, error: BaseException, started_at, started: float, **fields) -> None:
+    code, message = _error_code_and_message(error)
     logger.warning(
         "request %s: attempt on provider config %s failed (%s)",
         call.request_id,
@@ -597,7 +604,11 @@ def _run_targets(call: _Call, attempt_target) -> object:
 def _chat_request(
     *, messages, max_tokens, temperature, top_p, stop, json_mode, tools, timeout
 ) -> ChatRequest:
-    messages = messages_validate(messages)
+    # Our own copy: a stream sends its request only when first read, and what
+    # it sends must be what was validated, counted and fingerprinted here,
+    # whatever the caller does to its lists meanwhile.
+    messages = copy.deepcopy(messages_validate(messages))
+    tools = copy.deepcopy(tools)
     stops = parameters_validate(
         max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=stop, timeout=timeout
     )
@@ -650,7 +661,8 @@ def _call_with_retries(
             _log_failure(call, target, error, started_at, attempt_started)
             _retry_or_raise(error, attempt_on_target)
             continue
-        except Exception as error:
+        except BaseException as error:
+            # Also an interruption: the provider may have been paid already.
             _log_failure(call, target, error, started_at, attempt_started)
             raise
         latency_ms = _ms_since(attempt_started)
@@ -778,9 +790,10 @@ class CompletionStream:
         request = replace(call.request, model=target.model)
         cached = _cache_lookup(call, target, started)
         if cached is not None:
+            # Set first: a caller may stop reading once it has the text.
+            self.result = cached
             if cached.content:
                 yield cached.content
-            self.result = cached
             return
         adapter = _adapter(call, target)
         max_output = _max_output_tokens(request.max_tokens, adapter)
@@ -848,7 +861,9 @@ class CompletionStream:
                 error=error,
             )
             raise error from None
-        except Exception as error:
+        except BaseException as error:
+            # Also an interruption (Ctrl-C, a worker shutting down): what was
+            # received is paid for, so it is logged and settled like a break.
             if received:
                 self._log_partial(
                     target,
@@ -925,10 +940,8 @@ class CompletionStream:
         cost, source = _priced(call, target, usage, answered_model)
         if error is None:
             code, message = "client_closed", "The caller stopped reading the stream."
-        elif isinstance(error, ApplicationError):
-            code, message = error.code, error.message
         else:
-            code, message = "internal_error", f"{type(error).__name__}: {error}"
+            code, message = _error_code_and_message(error)
         call.log(
             target,
             status=status,

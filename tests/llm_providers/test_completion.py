@@ -602,3 +602,33 @@ def test_stream_goes_on_when_cache_is_unreachable(tenant, primary, cache_down):
 
     assert "".join(chunks) == "Echo: hi"
     assert chunks.result.cost_usd == HELLO_COST
+
+
+def test_stream_sends_the_messages_it_was_given_when_the_caller_changes_them_later(tenant, primary):
+    # given a stream of a conversation, and the cache on
+    tenant.response_cache_ttl_seconds = 60
+    tenant.save()
+    history = [{"role": "user", "content": "hi"}]
+    chunks = stream(tenant=tenant, messages=history)
+
+    # when the caller goes on with the conversation before reading the stream
+    history.append({"role": "assistant", "content": "Echo: hi"})
+    history.append({"role": "user", "content": "and more"})
+
+    # then the stream answers what was asked, and that answer is what the cache keeps
+    assert "".join(chunks) == "Echo: hi"
+    assert complete(tenant=tenant, messages=HELLO).content == "Echo: hi"
+
+
+def test_stream_cache_hit_has_its_result_when_the_caller_stops_after_the_text(tenant, primary):
+    tenant.response_cache_ttl_seconds = 60
+    tenant.save()
+    complete(tenant=tenant, messages=HELLO)
+    chunks = stream(tenant=tenant, messages=HELLO)
+
+    assert next(chunks) == "Echo: hi"
+    chunks.close()
+
+    assert chunks.result is not None
+    assert (chunks.result.content, chunks.result.cached) == ("Echo: hi", True)
+    assert chunks.result.cost_usd == Decimal(0)

@@ -2,6 +2,8 @@
 and loopback servers speaking each wire format. Costs are checked to the micro-dollar."""
 
 import logging
+import signal
+import threading
 import time
 from decimal import Decimal
 
@@ -395,3 +397,64 @@ def test_rejected_key_leaves_no_fragment_in_error_log_row_or_logs(tenant, openai
         piece for piece in _fragments(OPENAI_KEY.removeprefix("sk-proj-")) if piece in exposed
     }
     assert leaked == set()
+
+
+@pytest.fixture
+def interrupt_once_called(openai_upstream):
+    """Raise KeyboardInterrupt in the test's thread, as Ctrl-C does, soon after
+    the upstream has received a request (so the call is under way)."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    def send():
+        deadline = time.monotonic() + 5
+        while not openai_upstream.requests and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.1)
+        signal.pthread_kill(main, signal.SIGALRM)
+
+    main = threading.get_ident()
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    sender = threading.Thread(target=send)
+    yield sender.start
+    sender.join()
+    signal.signal(signal.SIGALRM, previous)
+
+
+def test_stream_interrupted_while_reading_records_and_prices_what_was_received(
+    tenant, openai_upstream, interrupt_once_called
+):
+    # given a stream whose first piece has arrived
+    _openai(tenant, openai_upstream)
+    openai_upstream.enqueue_chat_stream(["one ", "two ", "three"], model="gpt-4o", chunk_delay=2)
+    chunks = stream(tenant=tenant, messages=HELLO)
+    assert next(iter(chunks)) == "one "
+
+    # when the process is interrupted while waiting for the next piece
+    interrupt_once_called()
+    with pytest.raises(KeyboardInterrupt):
+        next(chunks)
+
+    # then the attempt the provider was paid for is logged, usage estimated:
+    # 9 input tokens ("hello") and 2 output tokens ("one ") at gpt-4o prices
+    log = CallLog.objects.get()
+    assert (log.status, log.error_code, log.usage_estimated) == ("error", "interrupted", True)
+    assert (log.input_tokens, log.output_tokens) == (9, 2)
+    assert log.cost_usd == Decimal("0.0000425")
+    assert chunks.result.cost_usd == Decimal("0.0000425")
+
+
+def test_complete_interrupted_while_waiting_logs_the_attempt(
+    tenant, openai_upstream, interrupt_once_called
+):
+    _openai(tenant, openai_upstream)
+    openai_upstream.enqueue_chat(delay=2)
+
+    interrupt_once_called()
+    with pytest.raises(KeyboardInterrupt):
+        complete(tenant=tenant, messages=HELLO)
+
+    log = CallLog.objects.get()
+    assert (log.status, log.error_code) == ("error", "interrupted")
+    assert log.error_message == "The call was interrupted (KeyboardInterrupt)."

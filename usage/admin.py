@@ -353,18 +353,25 @@ class BudgetAdmin(TenantScopedAdmin):
     list_filter = ("period", "action", "is_active")
     list_select_related = ("tenant", "provider_config")
     search_fields = ("name", "service_name", "customer_id")
-    fieldsets = (
-        (None, {"fields": ("tenant", "name", "is_active")}),
-        ("Limit", {"fields": ("period", "limit_usd", "action")}),
-        (
-            "Scope (empty fields mean any)",
-            {"fields": ("provider_config", "service_name", "customer_id")},
-        ),
-        (
-            "Alerts",
-            {"fields": ("alert_percentages", "alert_emails", "webhook_url", "clear_webhook_url")},
-        ),
-    )
+
+    def get_fieldsets(self, request, obj=None):
+        can_edit = (
+            self.has_change_permission(request, obj)
+            if obj is not None
+            else self.has_add_permission(request)
+        )
+        # The URL is a secret: a page that shows fields as text (a viewer's)
+        # would print it whole, so it gets the masked label instead.
+        webhook_fields = ("webhook_url", "clear_webhook_url") if can_edit else ("webhook",)
+        return (
+            (None, {"fields": ("tenant", "name", "is_active")}),
+            ("Limit", {"fields": ("period", "limit_usd", "action")}),
+            (
+                "Scope (empty fields mean any)",
+                {"fields": ("provider_config", "service_name", "customer_id")},
+            ),
+            ("Alerts", {"fields": ("alert_percentages", "alert_emails", *webhook_fields)}),
+        )
 
     @admin.display(description="scope")
     def scope(self, obj):

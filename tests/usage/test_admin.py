@@ -477,6 +477,25 @@ def test_budget_admin_is_read_only_for_a_viewer(client):
 
 
 @pytest.mark.django_db
+def test_budget_page_of_a_viewer_shows_the_webhook_only_masked(client):
+    # given a budget whose webhook URL carries its secret in the path
+    tenant = TenantFactory()
+    budget = BudgetFactory(
+        tenant=tenant, webhook_url="https://hooks.example.com/T0/B0/s3cr3t-t0ken"
+    )
+    client.force_login(_member(tenant, role=TenantMembership.Role.VIEWER))
+
+    # when a viewer opens the budget's (read-only) page
+    response = client.get(reverse("admin:usage_budget_change", args=[budget.pk]))
+
+    # then the URL is shown as scheme and host only, like in the list
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "s3cr3t-t0ken" not in html and "/T0/B0" not in html
+    assert "https://hooks.example.com/…" in html
+
+
+@pytest.mark.django_db
 def test_alert_retry_action_makes_failed_deliveries_due_again(client):
     tenant = TenantFactory()
     BudgetFactory(tenant=tenant, alert_percentages=[50])

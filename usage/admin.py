@@ -315,6 +315,14 @@ class BudgetAdminForm(forms.ModelForm):
         elif current:
             field.help_text = f"Set ({webhook_label(current)}). Leave empty to keep it."
 
+    def _get_validation_exclusions(self):
+        exclude = super()._get_validation_exclusions()
+        if "tenant" not in self.fields and self.instance.tenant_id:
+            # On change the tenant is read-only, hence not a form field; the
+            # name must still be unique within it.
+            exclude.discard("tenant")
+        return exclude
+
     def clean_alert_percentages(self):
         raw = self.cleaned_data.get("alert_percentages") or ""
         parts = [p for p in raw.replace(";", ",").replace(" ", ",").split(",") if p]
@@ -372,6 +380,14 @@ class BudgetAdmin(TenantScopedAdmin):
             ),
             ("Alerts", {"fields": ("alert_percentages", "alert_emails", *webhook_fields)}),
         )
+
+    def get_readonly_fields(self, request, obj=None):
+        readonly = list(super().get_readonly_fields(request, obj))
+        if obj is not None:
+            # A budget never moves to another tenant: its alerts, counters and
+            # the old tenant's cached budgets would still belong to the old one.
+            readonly.append("tenant")
+        return readonly
 
     @admin.display(description="scope")
     def scope(self, obj):

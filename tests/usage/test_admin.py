@@ -448,6 +448,48 @@ def test_budget_admin_refuses_another_tenants_provider_config(client):
 
 
 @pytest.mark.django_db
+def test_budget_stays_in_its_tenant_when_an_admin_of_two_posts_another(client):
+    # given an admin of two tenants and a budget of the first that has alerted
+    first, second = TenantFactory(), TenantFactory()
+    user = _member(first)
+    TenantMembershipFactory(user=user, tenant=second, role=TenantMembership.Role.ADMIN)
+    budget = BudgetFactory(tenant=first, name="Cap", limit_usd=Decimal("3"), alert_percentages=[50])
+    CallLogFactory(tenant=first, cost_usd=Decimal("2"), created_at=timezone.now())
+    _aggregate_today()
+    (alert,) = alerts_check()
+    client.force_login(user)
+
+    # when the change form is posted naming the second tenant
+    response = client.post(
+        reverse("admin:usage_budget_change", args=[budget.pk]),
+        _budget_form(second, name="Cap", limit_usd="4"),
+    )
+
+    # then the edit applies, but the budget (and its alert history) stays where it was
+    assert response.status_code == 302
+    budget.refresh_from_db()
+    assert (budget.tenant_id, budget.limit_usd) == (first.pk, Decimal("4"))
+    assert alert.budget.tenant_id == alert.tenant_id == first.pk
+
+
+@pytest.mark.django_db
+def test_budget_renamed_to_a_name_its_tenant_uses_is_refused_with_a_message(client):
+    tenant = TenantFactory()
+    BudgetFactory(tenant=tenant, name="Taken")
+    budget = BudgetFactory(tenant=tenant, name="Cap")
+    client.force_login(_member(tenant))
+
+    response = client.post(
+        reverse("admin:usage_budget_change", args=[budget.pk]), _budget_form(tenant, name="Taken")
+    )
+
+    assert response.status_code == 200
+    assert "Budget with this Tenant and Name already exists." in response.content.decode()
+    budget.refresh_from_db()
+    assert budget.name == "Cap"
+
+
+@pytest.mark.django_db
 def test_budget_admin_hides_other_tenants_budgets(client):
     mine, theirs = TenantFactory(), TenantFactory()
     BudgetFactory(tenant=mine, name="my-budget")

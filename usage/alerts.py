@@ -24,6 +24,7 @@ from django.conf import settings
 from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
 from django.db.models import Min, Sum
+from django.db.models.functions import TruncMonth
 from django.template.loader import render_to_string
 from django.utils import timezone
 
@@ -273,11 +274,15 @@ def unpriced_usage_check(*, now: datetime) -> list[CostAlert]:
     lookback = timedelta(minutes=settings.USAGE_AGGREGATION_LOOKBACK_MINUTES)
     # UTC dates one day wide on either side cover every tenant's local day.
     since = (now - lookback).astimezone(UTC).date() - timedelta(days=1)
+    # Per month: on the first days of a month the window also holds the end of
+    # the previous one, whose alert must not stand in for the new month's.
     rows = (
         DailyUsage.objects.filter(unpriced_count__gt=0, day__gte=since)
+        .annotate(month=TruncMonth("day"))
         .order_by()
-        .values("tenant_id", "provider_config_id", "provider_type", "model")
+        .values("tenant_id", "provider_config_id", "provider_type", "model", "month")
         .annotate(requests=Sum("unpriced_count"), first_day=Min("day"))
+        .order_by("month")
     )
     created = []
     tenants = None

@@ -443,6 +443,44 @@ def test_unpriced_usage_alerts_once_per_model_and_month():
 
 
 @pytest.mark.django_db
+def test_unpriced_usage_of_a_new_month_alerts_on_its_first_day():
+    # given unpriced calls on June 30, already alerted for June, and more on July 1
+    tenant = TenantFactory(name="Acme")
+    BudgetFactory(tenant=tenant, alert_percentages=[], alert_emails="finance@example.com")
+    config = ProviderConfigFactory(tenant=tenant, name="local-llm")
+    june_30 = dt.datetime(2026, 6, 30, 20, 0, tzinfo=dt.UTC)
+    july_1 = dt.datetime(2026, 7, 1, 9, 0, tzinfo=dt.UTC)
+
+    def unpriced_call(moment):
+        CallLogFactory(
+            tenant=tenant,
+            provider_config=config,
+            model_requested="mystery-7b",
+            cost_usd=None,
+            price_source=CallLog.PriceSource.UNKNOWN,
+            created_at=moment,
+        )
+
+    unpriced_call(june_30)
+    _aggregate(now=june_30)
+    (june,) = unpriced_usage_check(now=june_30 + dt.timedelta(minutes=5))
+    unpriced_call(july_1)
+    unpriced_call(july_1)
+    _aggregate(now=july_1)
+
+    # when the checks run on July 1
+    created = unpriced_usage_check(now=july_1 + dt.timedelta(minutes=5))
+
+    # then July has its own alert, counting July's requests only
+    assert june.period_key == "2026-06"
+    (july,) = created
+    assert july.period_key == "2026-07"
+    assert july.message.startswith(
+        "Acme: 2 request(s) to model “mystery-7b” on “local-llm” since 2026-07-01 have no"
+    )
+
+
+@pytest.mark.django_db
 def test_budget_clean_refuses_private_webhook_bad_emails_and_percentages():
     tenant = TenantFactory()
     budget = Budget(

@@ -367,6 +367,47 @@ def test_error_rate_alert_fires_once_per_window_when_provider_fails_often(settin
     assert alert.deliveries.get().target_label == "ops@example.com"
 
 
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_error_rate_checks_alert_once_per_window(settings):
+    # given a provider failing about half its calls, spread over the window
+    settings.USAGE_ERROR_RATE_MIN_REQUESTS = 5
+    tenant = TenantFactory()
+    TenantMembershipFactory(tenant=tenant, user=UserFactory(email="ops@example.com"))
+    config = ProviderConfigFactory(tenant=tenant)
+    for minutes in range(1, 15):
+        CallLogFactory(
+            tenant=tenant,
+            provider_config=config,
+            status=CallLog.Status.ERROR if minutes % 2 else CallLog.Status.OK,
+            created_at=NOW - dt.timedelta(minutes=minutes, seconds=30),
+        )
+    barrier = threading.Barrier(6)
+    errors = []
+
+    def check(offset_minutes):
+        barrier.wait()
+        try:
+            # each sees a slightly different share of errors, in the same window
+            error_rates_check(now=NOW + dt.timedelta(minutes=offset_minutes))
+        except Exception as exc:  # any error fails the test below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    # when six checks run at once
+    threads = [threading.Thread(target=check, args=(offset,)) for offset in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    # then the window has one alert, told once
+    assert errors == []
+    assert list(CostAlert.objects.values_list("period_key", flat=True)) == ["2026-06-15T12:00Z"]
+    assert AlertDelivery.objects.count() == 1
+
+
 @pytest.mark.django_db
 def test_error_rate_does_not_alert_below_minimum_requests(settings):
     settings.USAGE_ERROR_RATE_MIN_REQUESTS = 20

@@ -106,6 +106,28 @@ def test_dashboard_shows_costs_budgets_breakdowns_alerts_and_warnings(client, se
 
 
 @pytest.mark.django_db
+def test_dashboard_warns_of_no_failing_provider_below_the_alert_minimum(client, settings):
+    # given one failed call of two, where an alert needs at least 20 attempts
+    settings.USAGE_ERROR_RATE_MIN_REQUESTS = 20
+    tenant = TenantFactory()
+    config = ProviderConfigFactory(tenant=tenant, name="openai-main")
+    recent = timezone.now() - dt.timedelta(minutes=1)
+    CallLogFactory(tenant=tenant, provider_config=config, created_at=recent)
+    CallLogFactory(
+        tenant=tenant, provider_config=config, status=CallLog.Status.ERROR, created_at=recent
+    )
+    client.force_login(_member(tenant))
+
+    # when the dashboard is opened
+    response = client.get(reverse("admin:usage_usagedashboard_tenant", args=[tenant.pk]))
+
+    # then it says nothing of an error rate the alerts would not report either
+    assert response.status_code == 200
+    assert "failed 1 of 2 calls" not in response.content.decode()
+    assert alerts_check() == []
+
+
+@pytest.mark.django_db
 def test_dashboard_of_another_tenant_is_not_found(client):
     mine, theirs = TenantFactory(), TenantFactory(name="Secret Corp")
     client.force_login(_member(mine))

@@ -210,6 +210,10 @@ class DailyUsageAdmin(_ReadOnlyLargeTableAdmin):
 
     @admin.display(description="cost", ordering="cost_usd")
     def cost(self, obj):
+        # The stored sum counts priced calls only: a row of unpriced calls alone
+        # has an unknown cost, not $0 (as in the API and on the dashboard).
+        if obj.unpriced_count and not obj.cost_usd:
+            return _cost(None)
         return _cost(obj.cost_usd)
 
 

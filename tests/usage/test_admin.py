@@ -377,6 +377,32 @@ def test_daily_usage_list_shows_only_the_users_tenants(client):
     assert "my-model" in html and "their-model" not in html
 
 
+@pytest.mark.django_db
+def test_daily_usage_list_shows_unpriced_usage_as_unpriced_not_zero_dollars(client):
+    # given a day of calls to a model with no known price
+    tenant = TenantFactory()
+    config = ProviderConfigFactory(tenant=tenant)
+    for _ in range(2):
+        CallLogFactory(
+            tenant=tenant,
+            provider_config=config,
+            model_requested="mystery-7b",
+            cost_usd=None,
+            price_source=CallLog.PriceSource.UNKNOWN,
+            created_at=timezone.now(),
+        )
+    _aggregate_today()
+    client.force_login(_member(tenant))
+
+    # when the daily usage list is opened
+    html = client.get(reverse("admin:usage_dailyusage_changelist")).content.decode()
+
+    # then its cost reads unpriced, as in the call log list and the dashboard
+    (row,) = re.findall(r"<tr>(?:(?!</?tr>).)*mystery-7b(?:(?!</tr>).)*</tr>", html, re.S)
+    assert '<td class="field-cost">unpriced</td>' in row
+    assert "$0.00" not in row
+
+
 # --- budgets and alerts ----------------------------------------------------------
 
 

@@ -11,6 +11,7 @@ fails validation and nothing is saved.
 from __future__ import annotations
 
 from django.contrib import admin
+from django.contrib.admin.options import IncorrectLookupParameters
 from django.core.exceptions import PermissionDenied
 
 from .models import Tenant, TenantMembership
@@ -64,6 +65,14 @@ class TenantScopedAdmin(admin.ModelAdmin):
         if self._sees_one_tenant(request):
             return tuple(f for f in filters if f != self.tenant_path)
         return filters
+
+    def get_changelist_instance(self, request):
+        # PostgreSQL refuses NUL in text, so such a filter value would fail the
+        # query (a server error); the admin answers it like any bad lookup.
+        params = request.GET.lists()
+        if any("\x00" in key or any("\x00" in v for v in values) for key, values in params):
+            raise IncorrectLookupParameters("A filter value contains a NUL character.")
+        return super().get_changelist_instance(request)
 
     # --- queryset and permissions ---------------------------------------------
 

@@ -239,6 +239,10 @@ class ProviderConfigAdminForm(forms.ModelForm):
         except ValidationError as exc:
             self._update_errors(exc)
             return
+        if "provider_type" in self._errors:
+            # No type (none chosen, or a forged one): what the config needs,
+            # and how its key is shown, are unknown, so there is nothing more to check.
+            return
         secrets = self.secrets()
         if provider_config_endpoint_changed(provider_config=self.instance):
             try:

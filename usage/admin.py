@@ -210,6 +210,10 @@ class DailyUsageAdmin(_ReadOnlyLargeTableAdmin):
 
     @admin.display(description="cost", ordering="cost_usd")
     def cost(self, obj):
+        # The stored sum counts priced calls only: a row of unpriced calls alone
+        # has an unknown cost, not $0 (as in the API and on the dashboard).
+        if obj.unpriced_count and not obj.cost_usd:
+            return _cost(None)
         return _cost(obj.cost_usd)
 
 
@@ -315,6 +319,14 @@ class BudgetAdminForm(forms.ModelForm):
         elif current:
             field.help_text = f"Set ({webhook_label(current)}). Leave empty to keep it."
 
+    def _get_validation_exclusions(self):
+        exclude = super()._get_validation_exclusions()
+        if "tenant" not in self.fields and self.instance.tenant_id:
+            # On change the tenant is read-only, hence not a form field; the
+            # name must still be unique within it.
+            exclude.discard("tenant")
+        return exclude
+
     def clean_alert_percentages(self):
         raw = self.cleaned_data.get("alert_percentages") or ""
         parts = [p for p in raw.replace(";", ",").replace(" ", ",").split(",") if p]
@@ -353,18 +365,33 @@ class BudgetAdmin(TenantScopedAdmin):
     list_filter = ("period", "action", "is_active")
     list_select_related = ("tenant", "provider_config")
     search_fields = ("name", "service_name", "customer_id")
-    fieldsets = (
-        (None, {"fields": ("tenant", "name", "is_active")}),
-        ("Limit", {"fields": ("period", "limit_usd", "action")}),
-        (
-            "Scope (empty fields mean any)",
-            {"fields": ("provider_config", "service_name", "customer_id")},
-        ),
-        (
-            "Alerts",
-            {"fields": ("alert_percentages", "alert_emails", "webhook_url", "clear_webhook_url")},
-        ),
-    )
+
+    def get_fieldsets(self, request, obj=None):
+        can_edit = (
+            self.has_change_permission(request, obj)
+            if obj is not None
+            else self.has_add_permission(request)
+        )
+        # The URL is a secret: a page that shows fields as text (a viewer's)
+        # would print it whole, so it gets the masked label instead.
+        webhook_fields = ("webhook_url", "clear_webhook_url") if can_edit else ("webhook",)
+        return (
+            (None, {"fields": ("tenant", "name", "is_active")}),
+            ("Limit", {"fields": ("period", "limit_usd", "action")}),
+            (
+                "Scope (empty fields mean any)",
+                {"fields": ("provider_config", "service_name", "customer_id")},
+            ),
+            ("Alerts", {"fields": ("alert_percentages", "alert_emails", *webhook_fields)}),
+        )
+
+    def get_readonly_fields(self, request, obj=None):
+        readonly = list(super().get_readonly_fields(request, obj))
+        if obj is not None:
+            # A budget never moves to another tenant: its alerts, counters and
+            # the old tenant's cached budgets would still belong to the old one.
+            readonly.append("tenant")
+        return readonly
 
     @admin.display(description="scope")
     def scope(self, obj):

@@ -240,17 +240,45 @@ def _recompute_windows(*, windows: list[DayWindow], now: datetime) -> RecomputeR
     return RecomputeResult(ranges=len(windows), written=written, removed=removed)
 
 
-def earliest_recomputable_day(*, timezone_name: str, now: datetime) -> date | None:
-    """The first local day whose call logs retention cannot have touched (None: no retention)."""
+def earliest_recomputable_day(
+    *, timezone_name: str, now: datetime, purged_before: datetime | None = None
+) -> date | None:
+    """The first local day whose call logs retention cannot have touched (None: any day).
+
+    Both the retention setting and what the purge has already deleted
+    (`purged_before`) count: a retention raised or turned off later does not
+    bring purged logs back, and recounting their days would empty them.
+    """
+    tz = zone(timezone_name)
     days = settings.USAGE_CALL_LOG_RETENTION_DAYS
-    if not days:
+    cutoffs = [now - timedelta(days=days)] if days else []
+    if purged_before is not None:
+        cutoffs.append(purged_before)
+    if not cutoffs:
         return None
-    return local_date(now - timedelta(days=days), zone(timezone_name)) + timedelta(days=1)
+    return local_date(max(cutoffs), tz) + timedelta(days=1)
 
 
-def _clip(window: DayWindow, now: datetime, result: RecomputeResult) -> DayWindow | None:
+def call_logs_purge_horizon_raise(*, before: datetime) -> None:
+    """Record that call logs older than `before` are about to be deleted.
+
+    Taken under the aggregation's lock, so that a recompute either ends before
+    the purge deletes anything or already knows to leave those days alone.
+    """
+    with _exclusive():
+        state, _ = AggregationState.objects.get_or_create(name=_STATE_NAME)
+        if state.call_logs_purged_before is None or before > state.call_logs_purged_before:
+            state.call_logs_purged_before = before
+            state.save(update_fields=["call_logs_purged_before"])
+
+
+def _clip(
+    window: DayWindow, now: datetime, purged_before: datetime | None, result: RecomputeResult
+) -> DayWindow | None:
     """The window without the days retention may have purged (None: nothing left)."""
-    earliest = earliest_recomputable_day(timezone_name=window.timezone_name, now=now)
+    earliest = earliest_recomputable_day(
+        timezone_name=window.timezone_name, now=now, purged_before=purged_before
+    )
     first_day = window.first_day
     if earliest and first_day < earliest:
         first_day = earliest
@@ -263,7 +291,12 @@ def _clip(window: DayWindow, now: datetime, result: RecomputeResult) -> DayWindo
 
 def _recompute(*, windows: list[DayWindow], now: datetime) -> RecomputeResult:
     result = RecomputeResult()
-    clipped = [w for w in (_clip(w, now, result) for w in windows) if w is not None]
+    purged_before = (
+        AggregationState.objects.filter(name=_STATE_NAME)
+        .values_list("call_logs_purged_before", flat=True)
+        .first()
+    )
+    clipped = [w for w in (_clip(w, now, purged_before, result) for w in windows) if w is not None]
     result.add(_recompute_windows(windows=clipped, now=now))
     return result
 

@@ -17,13 +17,17 @@ from __future__ import annotations
 
 import logging
 import smtplib
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from django.conf import settings
 from django.core.mail import send_mail
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Min, Sum
+from django.db.models.functions import TruncMonth
 from django.template.loader import render_to_string
 from django.utils import timezone
 
@@ -44,8 +48,30 @@ _CLAIM_SECONDS = 120
 _DUE_BATCH = 200
 
 
+# Any constant identifies the lock; this one spells "alerts".
+_ERROR_RATE_LOCK_KEY = 0x616C65727473
+_sqlite_lock = threading.Lock()
+
+
 class AlertDeliveryFailed(Exception):
     """One delivery attempt failed; the message says why, without secrets."""
+
+
+@contextmanager
+def _error_rate_alerts_exclusive() -> Iterator[None]:
+    """One transaction, and no other error-rate check creating alerts at the same time.
+
+    An error-rate alert's percentage differs between two checks of one window,
+    so the unique key (which includes it) does not stop both from creating one.
+    """
+    if connection.vendor == "postgresql":
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_ERROR_RATE_LOCK_KEY])
+            yield
+    else:
+        with _sqlite_lock, transaction.atomic():
+            yield
 
 
 # --- creating alerts -----------------------------------------------------------
@@ -235,37 +261,53 @@ def error_rates_check(*, now: datetime) -> list[CostAlert]:
     tenants = Tenant.objects.in_bulk({row[0] for row in failing})
     configs = ProviderConfig.objects.in_bulk({row[1] for row in failing})
     created = []
-    for tenant_id, config_id, total, errors in failing:
-        subject_key = str(config_id)
-        if CostAlert.objects.filter(
-            tenant_id=tenant_id,
-            kind=CostAlert.Kind.ERROR_RATE,
-            subject_key=subject_key,
-            period_key=period_key,
-        ).exists():
-            continue
-        config = configs.get(config_id)
-        name = config.name if config else str(config_id)
-        emails, webhooks = _tenant_recipients(tenant_id)
-        alert = _alert_create(
-            now=now,
-            tenant_id=tenant_id,
-            kind=CostAlert.Kind.ERROR_RATE,
-            subject_key=subject_key,
-            period_key=period_key,
-            provider_config_id=config_id if config else None,
-            percent=round(errors * 100 / total),
-            message=(
-                f"{tenants[tenant_id].name}: provider “{name}” failed {errors} of {total} "
-                f"calls ({errors / total:.0%}) in the last {minutes} minutes, above the "
-                f"{threshold:.0%} alert threshold."
-            ),
-            emails=emails,
-            webhooks=webhooks,
-        )
-        if alert is not None:
-            created.append(alert)
+    with _error_rate_alerts_exclusive():
+        for tenant_id, config_id, total, errors in failing:
+            alert = _error_rate_alert_create(
+                now=now,
+                tenant=tenants[tenant_id],
+                config_id=config_id,
+                config=configs.get(config_id),
+                total=total,
+                errors=errors,
+                period_key=period_key,
+            )
+            if alert is not None:
+                created.append(alert)
     return created
+
+
+def _error_rate_alert_create(
+    *, now: datetime, tenant: Tenant, config_id, config, total: int, errors: int, period_key: str
+) -> CostAlert | None:
+    threshold = settings.USAGE_ERROR_RATE_THRESHOLD
+    minutes = settings.USAGE_ERROR_RATE_WINDOW_MINUTES
+    subject_key = str(config_id)
+    if CostAlert.objects.filter(
+        tenant_id=tenant.pk,
+        kind=CostAlert.Kind.ERROR_RATE,
+        subject_key=subject_key,
+        period_key=period_key,
+    ).exists():
+        return None
+    name = config.name if config else str(config_id)
+    emails, webhooks = _tenant_recipients(tenant.pk)
+    return _alert_create(
+        now=now,
+        tenant_id=tenant.pk,
+        kind=CostAlert.Kind.ERROR_RATE,
+        subject_key=subject_key,
+        period_key=period_key,
+        provider_config_id=config_id if config else None,
+        percent=round(errors * 100 / total),
+        message=(
+            f"{tenant.name}: provider “{name}” failed {errors} of {total} "
+            f"calls ({errors / total:.0%}) in the last {minutes} minutes, above the "
+            f"{threshold:.0%} alert threshold."
+        ),
+        emails=emails,
+        webhooks=webhooks,
+    )
 
 
 def unpriced_usage_check(*, now: datetime) -> list[CostAlert]:
@@ -273,11 +315,15 @@ def unpriced_usage_check(*, now: datetime) -> list[CostAlert]:
     lookback = timedelta(minutes=settings.USAGE_AGGREGATION_LOOKBACK_MINUTES)
     # UTC dates one day wide on either side cover every tenant's local day.
     since = (now - lookback).astimezone(UTC).date() - timedelta(days=1)
+    # Per month: on the first days of a month the window also holds the end of
+    # the previous one, whose alert must not stand in for the new month's.
     rows = (
         DailyUsage.objects.filter(unpriced_count__gt=0, day__gte=since)
+        .annotate(month=TruncMonth("day"))
         .order_by()
-        .values("tenant_id", "provider_config_id", "provider_type", "model")
+        .values("tenant_id", "provider_config_id", "provider_type", "model", "month")
         .annotate(requests=Sum("unpriced_count"), first_day=Min("day"))
+        .order_by("month")
     )
     created = []
     tenants = None

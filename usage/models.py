@@ -225,6 +225,12 @@ class AggregationState(models.Model):
     name = models.CharField(max_length=32, unique=True)
     last_call_log_id = models.BigIntegerField(default=0)
     last_run_at = models.DateTimeField(null=True, blank=True)
+    call_logs_purged_before = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="The retention purge has deleted call logs older than this: days up to it "
+        "are never recomputed, whatever the retention setting says now.",
+    )
 
     def __str__(self) -> str:
         return f"{self.name} @ {self.last_call_log_id}"

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.utils import timezone
 
+from .aggregation import call_logs_purge_horizon_raise
 from .models import BudgetCounter, BudgetHold, CallLog
 
 # 5,000 rows per DELETE: short transactions that never hold a large table lock.
@@ -34,6 +35,7 @@ def call_logs_purge(*, now: datetime | None = None, batch_size: int = _BATCH) ->
     days = settings.USAGE_CALL_LOG_RETENTION_DAYS
     if days:
         cutoff = now - timedelta(days=days)
+        call_logs_purge_horizon_raise(before=cutoff)
         while True:
             batch = list(
                 CallLog.objects.filter(created_at__lt=cutoff)

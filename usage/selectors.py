@@ -365,6 +365,8 @@ def usage_dashboard(*, tenant: Tenant, now: datetime | None = None, days: int = 
         .order_by("-n")
     ]
     threshold = settings.USAGE_ERROR_RATE_THRESHOLD
+    # The providers the error-rate alert would report: enough attempts, and above the threshold.
+    minimum = settings.USAGE_ERROR_RATE_MIN_REQUESTS
     error_rates = [
         ErrorRate(
             provider_config_id=config_id,
@@ -373,7 +375,7 @@ def usage_dashboard(*, tenant: Tenant, now: datetime | None = None, days: int = 
             errors=errors,
         )
         for _, config_id, total, errors in provider_error_rates(now=now, tenant=tenant)
-        if errors and errors / total > threshold
+        if errors and total >= minimum and errors / total > threshold
     ]
     state = AggregationState.objects.filter(name="daily_usage").first()
     return Dashboard(

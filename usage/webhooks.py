@@ -17,19 +17,30 @@ class WebhookFailed(Exception):
     """The receiver could not be reached or did not answer 2xx; the message names no secret."""
 
 
+# What to fix, where the provider URL check's advice is about provider configs.
+_WEBHOOK_MESSAGES = {
+    "credentials_in_url": "The webhook URL must not carry credentials (user:password@); put a "
+    "token the receiver needs in the URL's path or query.",
+}
+
+
+def _webhook_message(error: ValidationError) -> str:
+    if error.code in _WEBHOOK_MESSAGES:
+        return _WEBHOOK_MESSAGES[error.code]
+    (message,) = error.messages
+    return (
+        message.replace("The base URL", "The webhook URL")
+        .replace("the base URL", "the webhook URL")
+        .replace("provider URLs", "webhook URLs")
+    )
+
+
 def webhook_url_validate(url: str) -> None:
     """Raise ValidationError unless `url` is http(s) on a public host (or private, if allowed)."""
     try:
         base_url_validate(url)
     except ValidationError as exc:
-        raise ValidationError(
-            [
-                message.replace("The base URL", "The webhook URL").replace(
-                    "provider URLs", "webhook URLs"
-                )
-                for message in exc.messages
-            ]
-        ) from None
+        raise ValidationError([_webhook_message(error) for error in exc.error_list]) from None
 
 
 def webhook_label(url: str) -> str:

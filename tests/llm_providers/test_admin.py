@@ -295,6 +295,23 @@ def test_invalid_form_does_not_echo_key(
     assert not ProviderConfig.objects.filter(tenant=tenant).exists()
 
 
+def test_key_typed_before_choosing_a_provider_type_gets_a_form_error(
+    tenant, tenant_admin, admin_client_for, assert_secret_absent
+):
+    # given an add form whose provider type was left at "---------", with a key typed
+    data = _form_data(tenant=str(tenant.pk), name="new", provider_type="", api_key=KEY)
+
+    # when it is saved
+    response = admin_client_for(tenant_admin).post(reverse(ADD), data)
+
+    # then the form asks for the type, and nothing is saved
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert '<ul class="errorlist" id="id_provider_type_error"><li>This field is required.' in html
+    assert_secret_absent(html, KEY)
+    assert not ProviderConfig.objects.filter(tenant=tenant).exists()
+
+
 def test_missing_key_message_names_what_is_missing(tenant, tenant_admin, admin_client_for):
     response = admin_client_for(tenant_admin).post(
         reverse(ADD), _form_data(tenant=str(tenant.pk), name="a", provider_type="anthropic")

@@ -440,3 +440,29 @@ def test_add_form_leaves_the_tenant_to_choose_for_an_admin_of_two(client, tenant
 
     assert '<option value="" selected>---------</option>' in html
     assert f'<option value="{tenant.pk}">' in html and f'<option value="{second.pk}">' in html
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/admin/llm_providers/providerconfig/?provider_type__exact=%00",
+        "/admin/llm_providers/tenantmembership/?role__exact=ad%00min",
+        "/admin/usage/calllog/?status__exact=%00",
+        "/admin/usage/calllog/?customer=acme%00",
+        "/admin/usage/dailyusage/?model=%00",
+        "/admin/usage/budget/?period__exact=%00",
+        "/admin/overrides/routingoverride/?service_name=%00",
+    ],
+)
+def test_list_filter_with_a_nul_character_is_a_bad_lookup_not_a_server_error(
+    client, tenant_admin, url
+):
+    # given a tenant admin, and a filter value PostgreSQL cannot compare with text
+    client.force_login(tenant_admin)
+
+    # when the list is asked for it
+    response = client.get(url)
+
+    # then the admin says the lookup is wrong, as for any other bad filter
+    assert response.status_code == 302
+    assert response["Location"].endswith("?e=1")

@@ -106,6 +106,28 @@ def test_dashboard_shows_costs_budgets_breakdowns_alerts_and_warnings(client, se
 
 
 @pytest.mark.django_db
+def test_dashboard_warns_of_no_failing_provider_below_the_alert_minimum(client, settings):
+    # given one failed call of two, where an alert needs at least 20 attempts
+    settings.USAGE_ERROR_RATE_MIN_REQUESTS = 20
+    tenant = TenantFactory()
+    config = ProviderConfigFactory(tenant=tenant, name="openai-main")
+    recent = timezone.now() - dt.timedelta(minutes=1)
+    CallLogFactory(tenant=tenant, provider_config=config, created_at=recent)
+    CallLogFactory(
+        tenant=tenant, provider_config=config, status=CallLog.Status.ERROR, created_at=recent
+    )
+    client.force_login(_member(tenant))
+
+    # when the dashboard is opened
+    response = client.get(reverse("admin:usage_usagedashboard_tenant", args=[tenant.pk]))
+
+    # then it says nothing of an error rate the alerts would not report either
+    assert response.status_code == 200
+    assert "failed 1 of 2 calls" not in response.content.decode()
+    assert alerts_check() == []
+
+
+@pytest.mark.django_db
 def test_dashboard_of_another_tenant_is_not_found(client):
     mine, theirs = TenantFactory(), TenantFactory(name="Secret Corp")
     client.force_login(_member(mine))
@@ -355,6 +377,32 @@ def test_daily_usage_list_shows_only_the_users_tenants(client):
     assert "my-model" in html and "their-model" not in html
 
 
+@pytest.mark.django_db
+def test_daily_usage_list_shows_unpriced_usage_as_unpriced_not_zero_dollars(client):
+    # given a day of calls to a model with no known price
+    tenant = TenantFactory()
+    config = ProviderConfigFactory(tenant=tenant)
+    for _ in range(2):
+        CallLogFactory(
+            tenant=tenant,
+            provider_config=config,
+            model_requested="mystery-7b",
+            cost_usd=None,
+            price_source=CallLog.PriceSource.UNKNOWN,
+            created_at=timezone.now(),
+        )
+    _aggregate_today()
+    client.force_login(_member(tenant))
+
+    # when the daily usage list is opened
+    html = client.get(reverse("admin:usage_dailyusage_changelist")).content.decode()
+
+    # then its cost reads unpriced, as in the call log list and the dashboard
+    (row,) = re.findall(r"<tr>(?:(?!</?tr>).)*mystery-7b(?:(?!</tr>).)*</tr>", html, re.S)
+    assert '<td class="field-cost">unpriced</td>' in row
+    assert "$0.00" not in row
+
+
 # --- budgets and alerts ----------------------------------------------------------
 
 
@@ -448,6 +496,48 @@ def test_budget_admin_refuses_another_tenants_provider_config(client):
 
 
 @pytest.mark.django_db
+def test_budget_stays_in_its_tenant_when_an_admin_of_two_posts_another(client):
+    # given an admin of two tenants and a budget of the first that has alerted
+    first, second = TenantFactory(), TenantFactory()
+    user = _member(first)
+    TenantMembershipFactory(user=user, tenant=second, role=TenantMembership.Role.ADMIN)
+    budget = BudgetFactory(tenant=first, name="Cap", limit_usd=Decimal("3"), alert_percentages=[50])
+    CallLogFactory(tenant=first, cost_usd=Decimal("2"), created_at=timezone.now())
+    _aggregate_today()
+    (alert,) = alerts_check()
+    client.force_login(user)
+
+    # when the change form is posted naming the second tenant
+    response = client.post(
+        reverse("admin:usage_budget_change", args=[budget.pk]),
+        _budget_form(second, name="Cap", limit_usd="4"),
+    )
+
+    # then the edit applies, but the budget (and its alert history) stays where it was
+    assert response.status_code == 302
+    budget.refresh_from_db()
+    assert (budget.tenant_id, budget.limit_usd) == (first.pk, Decimal("4"))
+    assert alert.budget.tenant_id == alert.tenant_id == first.pk
+
+
+@pytest.mark.django_db
+def test_budget_renamed_to_a_name_its_tenant_uses_is_refused_with_a_message(client):
+    tenant = TenantFactory()
+    BudgetFactory(tenant=tenant, name="Taken")
+    budget = BudgetFactory(tenant=tenant, name="Cap")
+    client.force_login(_member(tenant))
+
+    response = client.post(
+        reverse("admin:usage_budget_change", args=[budget.pk]), _budget_form(tenant, name="Taken")
+    )
+
+    assert response.status_code == 200
+    assert "Budget with this Tenant and Name already exists." in response.content.decode()
+    budget.refresh_from_db()
+    assert budget.name == "Cap"
+
+
+@pytest.mark.django_db
 def test_budget_admin_hides_other_tenants_budgets(client):
     mine, theirs = TenantFactory(), TenantFactory()
     BudgetFactory(tenant=mine, name="my-budget")
@@ -474,6 +564,25 @@ def test_budget_admin_is_read_only_for_a_viewer(client):
     assert response.status_code == 403
     budget.refresh_from_db()
     assert budget.limit_usd == Decimal("3")
+
+
+@pytest.mark.django_db
+def test_budget_page_of_a_viewer_shows_the_webhook_only_masked(client):
+    # given a budget whose webhook URL carries its secret in the path
+    tenant = TenantFactory()
+    budget = BudgetFactory(
+        tenant=tenant, webhook_url="https://hooks.example.com/T0/B0/s3cr3t-t0ken"
+    )
+    client.force_login(_member(tenant, role=TenantMembership.Role.VIEWER))
+
+    # when a viewer opens the budget's (read-only) page
+    response = client.get(reverse("admin:usage_budget_change", args=[budget.pk]))
+
+    # then the URL is shown as scheme and host only, like in the list
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "s3cr3t-t0ken" not in html and "/T0/B0" not in html
+    assert "https://hooks.example.com/…" in html
 
 
 @pytest.mark.django_db

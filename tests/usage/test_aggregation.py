@@ -22,6 +22,7 @@ from usage.aggregation import (
     daily_usage_recompute_tenant_history,
 )
 from usage.models import CallLog, DailyUsage
+from usage.retention import call_logs_purge
 
 NOW = dt.datetime(2026, 6, 15, 12, 0, tzinfo=dt.UTC)
 DAY = NOW.date()
@@ -233,6 +234,29 @@ def test_recompute_keeps_days_whose_logs_are_past_retention(settings):
 
     assert result.kept_before == DAY - dt.timedelta(days=29)
     assert list(DailyUsage.objects.values_list("day", "request_count")) == [(old_day, 1)]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("new_retention_days", [90, 0])
+def test_recompute_keeps_purged_days_after_the_retention_is_raised(settings, new_retention_days):
+    # given a day of usage whose call logs a 30-day retention has purged
+    settings.USAGE_CALL_LOG_RETENTION_DAYS = 30
+    tenant = TenantFactory()
+    old_day = DAY - dt.timedelta(days=40)
+    CallLogFactory(tenant=tenant, created_at=NOW - dt.timedelta(days=40), cost_usd=Decimal("2"))
+    daily_usage_recompute(first_day=old_day, last_day=old_day, now=NOW - dt.timedelta(days=39))
+    purged = call_logs_purge(now=NOW)
+
+    # when the retention is raised (or turned off) and the days are recomputed
+    settings.USAGE_CALL_LOG_RETENTION_DAYS = new_retention_days
+    result = _recompute(first=old_day, last=DAY)
+
+    # then the purged day keeps its totals: there is nothing left to recount it from
+    assert purged.call_logs == 1
+    assert result.kept_before == DAY - dt.timedelta(days=29)
+    assert list(DailyUsage.objects.values_list("day", "request_count", "cost_usd")) == [
+        (old_day, 1, Decimal("2"))
+    ]
 
 
 @pytest.mark.django_db

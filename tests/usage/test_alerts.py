@@ -367,6 +367,47 @@ def test_error_rate_alert_fires_once_per_window_when_provider_fails_often(settin
     assert alert.deliveries.get().target_label == "ops@example.com"
 
 
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_error_rate_checks_alert_once_per_window(settings):
+    # given a provider failing about half its calls, spread over the window
+    settings.USAGE_ERROR_RATE_MIN_REQUESTS = 5
+    tenant = TenantFactory()
+    TenantMembershipFactory(tenant=tenant, user=UserFactory(email="ops@example.com"))
+    config = ProviderConfigFactory(tenant=tenant)
+    for minutes in range(1, 15):
+        CallLogFactory(
+            tenant=tenant,
+            provider_config=config,
+            status=CallLog.Status.ERROR if minutes % 2 else CallLog.Status.OK,
+            created_at=NOW - dt.timedelta(minutes=minutes, seconds=30),
+        )
+    barrier = threading.Barrier(6)
+    errors = []
+
+    def check(offset_minutes):
+        barrier.wait()
+        try:
+            # each sees a slightly different share of errors, in the same window
+            error_rates_check(now=NOW + dt.timedelta(minutes=offset_minutes))
+        except Exception as exc:  # any error fails the test below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    # when six checks run at once
+    threads = [threading.Thread(target=check, args=(offset,)) for offset in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    # then the window has one alert, told once
+    assert errors == []
+    assert list(CostAlert.objects.values_list("period_key", flat=True)) == ["2026-06-15T12:00Z"]
+    assert AlertDelivery.objects.count() == 1
+
+
 @pytest.mark.django_db
 def test_error_rate_does_not_alert_below_minimum_requests(settings):
     settings.USAGE_ERROR_RATE_MIN_REQUESTS = 20
@@ -440,6 +481,44 @@ def test_unpriced_usage_alerts_once_per_model_and_month():
         "price for it."
     )
     assert alert.deliveries.get().target_label == "finance@example.com"
+
+
+@pytest.mark.django_db
+def test_unpriced_usage_of_a_new_month_alerts_on_its_first_day():
+    # given unpriced calls on June 30, already alerted for June, and more on July 1
+    tenant = TenantFactory(name="Acme")
+    BudgetFactory(tenant=tenant, alert_percentages=[], alert_emails="finance@example.com")
+    config = ProviderConfigFactory(tenant=tenant, name="local-llm")
+    june_30 = dt.datetime(2026, 6, 30, 20, 0, tzinfo=dt.UTC)
+    july_1 = dt.datetime(2026, 7, 1, 9, 0, tzinfo=dt.UTC)
+
+    def unpriced_call(moment):
+        CallLogFactory(
+            tenant=tenant,
+            provider_config=config,
+            model_requested="mystery-7b",
+            cost_usd=None,
+            price_source=CallLog.PriceSource.UNKNOWN,
+            created_at=moment,
+        )
+
+    unpriced_call(june_30)
+    _aggregate(now=june_30)
+    (june,) = unpriced_usage_check(now=june_30 + dt.timedelta(minutes=5))
+    unpriced_call(july_1)
+    unpriced_call(july_1)
+    _aggregate(now=july_1)
+
+    # when the checks run on July 1
+    created = unpriced_usage_check(now=july_1 + dt.timedelta(minutes=5))
+
+    # then July has its own alert, counting July's requests only
+    assert june.period_key == "2026-06"
+    (july,) = created
+    assert july.period_key == "2026-07"
+    assert july.message.startswith(
+        "Acme: 2 request(s) to model “mystery-7b” on “local-llm” since 2026-07-01 have no"
+    )
 
 
 @pytest.mark.django_db

@@ -209,6 +209,20 @@ def error_for_status(
     return UpstreamUnavailable(message, **options)
 
 
+def is_redirect(status: int | None) -> bool:
+    return status is not None and 300 <= status < 400
+
+
+def redirect_refused(label: str, status: int) -> ProviderBadRequest:
+    """A provider's redirect, which the SDK clients do not follow: it could
+    lead to a private address that the base URL check never saw (SSRF)."""
+    return ProviderBadRequest(
+        f"{label} answered {status}, a redirect, which is not followed; "
+        "set the base URL to the address the provider documents.",
+        status_code=status,
+    )
+
+
 # Transport errors (httpx, botocore, urllib3, the OS) that mean nothing was
 # reached, as opposed to a connection that broke off mid-answer.
 _UNREACHABLE_ERRORS = frozenset(

@@ -679,6 +679,23 @@ def test_complete_raises_authentication_error_without_any_fragment_of_the_key(
     assert error.__context__ is None
 
 
+def test_complete_scrubs_a_fragment_of_a_short_key_when_the_server_quotes_it(openai_upstream):
+    # given a self-hosted server whose keys are short, and which quotes the
+    # start of a rejected key
+    short_key = "team7-Vq2kLm8x"
+    adapter = _adapter("openai_compatible", openai_upstream.base_url, api_key=short_key)
+    openai_upstream.enqueue_error(
+        401, message=f"No key starts with {short_key[:11]}.", type="invalid_request_error"
+    )
+
+    # when
+    with pytest.raises(ProviderAuthenticationError) as caught:
+        adapter.complete(_request())
+
+    # then no eight characters of the key are left
+    assert caught.value.message == "openai_compatible answered 401: No key starts with [redacted]."
+
+
 def test_connection_check_error_keeps_no_fragment_of_the_key(adapter, openai_upstream):
     openai_upstream.enqueue_invalid_key(API_KEY)
 

@@ -283,7 +283,11 @@ class BudgetAdminForm(forms.ModelForm):
     webhook_url = forms.CharField(
         required=False,
         label="Webhook URL",
-        widget=forms.TextInput(attrs={"autocomplete": "off", "size": 80}),
+        # render_value=False: a form sent back with an error in another field
+        # does not print the typed URL (its path is the secret) into the page.
+        widget=forms.PasswordInput(
+            render_value=False, attrs={"autocomplete": "new-password", "size": 80}
+        ),
         help_text="Write-only: receives a JSON POST with a Slack-compatible “text”.",
     )
     clear_webhook_url = forms.BooleanField(required=False, label="Remove the webhook URL")

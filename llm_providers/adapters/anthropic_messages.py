@@ -41,6 +41,8 @@ from .errors import (
     UpstreamUnavailable,
     connection_failure,
     error_for_status,
+    is_redirect,
+    redirect_refused,
     retry_after_from_headers,
 )
 from .types import AdapterSettings, ChatRequest, ChatResult, Message, StreamChunk, ToolCall, Usage
@@ -89,6 +91,8 @@ class AnthropicMessagesAdapter(Adapter):
             base_url=settings.base_url or None,
             max_retries=0,
             timeout=self._timeout(self.timeout),
+            # The SDK follows redirects by default, to wherever they lead.
+            http_client=anthropic.DefaultHttpxClient(follow_redirects=False),
         )
 
     # --- request -----------------------------------------------------------------
@@ -188,6 +192,8 @@ class AnthropicMessagesAdapter(Adapter):
     def provider_error(self, exc: BaseException) -> ProviderError:
         if isinstance(exc, anthropic.APITimeoutError | httpx2.TimeoutException):
             return ProviderTimeout("anthropic did not answer in time.")
+        if isinstance(exc, anthropic.APIStatusError) and is_redirect(exc.status_code):
+            return redirect_refused("anthropic", exc.status_code)
         if isinstance(exc, anthropic.APIStatusError):
             error_type = getattr(exc, "type", None) or ""
             vendor_message = getattr(exc, "api_message", None) or exc.message

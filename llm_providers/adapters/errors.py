@@ -93,6 +93,27 @@ _MIN_FRAGMENT = 8
 MAX_MESSAGE_LENGTH = 500
 
 
+def _without_fragments(text: str, secret: str) -> str:
+    """Replace every run of the text made of 8+ character windows of `secret`
+    with one marker, so that no quoted piece survives, however short the key."""
+    covered = [False] * len(text)
+    for start in range(len(secret) - _MIN_FRAGMENT + 1):
+        piece = secret[start : start + _MIN_FRAGMENT]
+        found = text.find(piece)
+        while found != -1:
+            covered[found : found + _MIN_FRAGMENT] = [True] * _MIN_FRAGMENT
+            found = text.find(piece, found + 1)
+    if not any(covered):
+        return text
+    kept: list[str] = []
+    for position, character in enumerate(text):
+        if not covered[position]:
+            kept.append(character)
+        elif position == 0 or not covered[position - 1]:
+            kept.append(_REDACTED)
+    return "".join(kept)
+
+
 def scrub_secrets(message: str, secrets: Iterable[str] = ()) -> str:
     """Remove secrets, any 8+ character piece of them, and key-shaped tokens."""
     text = message
@@ -100,13 +121,8 @@ def scrub_secrets(message: str, secrets: Iterable[str] = ()) -> str:
         if not secret:
             continue
         text = text.replace(secret, _REDACTED)
-        if len(secret) >= _MIN_FRAGMENT * 2:
-            # Partial quotes: any window of the secret that survived.
-            for size in (len(secret) // 2, _MIN_FRAGMENT):
-                for start in range(0, len(secret) - size + 1):
-                    piece = secret[start : start + size]
-                    if piece in text:
-                        text = text.replace(piece, _REDACTED)
+        # Partial quotes: any window of the secret that survived.
+        text = _without_fragments(text, secret)
     text = _KEY_PATTERNS.sub(_REDACTED, text)
     return text[:MAX_MESSAGE_LENGTH]
 
@@ -207,6 +223,20 @@ def error_for_status(
     if status is not None and 400 <= status < 500:
         return ProviderBadRequest(message, **options)
     return UpstreamUnavailable(message, **options)
+
+
+def is_redirect(status: int | None) -> bool:
+    return status is not None and 300 <= status < 400
+
+
+def redirect_refused(label: str, status: int) -> ProviderBadRequest:
+    """A provider's redirect, which the SDK clients do not follow: it could
+    lead to a private address that the base URL check never saw (SSRF)."""
+    return ProviderBadRequest(
+        f"{label} answered {status}, a redirect, which is not followed; "
+        "set the base URL to the address the provider documents.",
+        status_code=status,
+    )
 
 
 # Transport errors (httpx, botocore, urllib3, the OS) that mean nothing was

@@ -25,6 +25,8 @@ from .errors import (
     UpstreamUnavailable,
     connection_failure,
     error_for_status,
+    is_redirect,
+    redirect_refused,
     retry_after_from_headers,
 )
 from .types import (
@@ -81,6 +83,8 @@ class OpenAIChatAdapter(Adapter):
             "api_key": self.settings.api_key or PLACEHOLDER_API_KEY,
             "max_retries": 0,
             "timeout": self._timeout(self.timeout),
+            # The SDK follows redirects by default, to wherever they lead.
+            "http_client": openai.DefaultHttpxClient(follow_redirects=False),
         }
         if self.settings.provider_type == AZURE:
             if not options.get("api_version"):
@@ -257,6 +261,8 @@ class OpenAIChatAdapter(Adapter):
         label = self.settings.provider_type
         if isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException):
             return ProviderTimeout(f"{label} did not answer in time.")
+        if isinstance(exc, openai.APIStatusError) and is_redirect(exc.status_code):
+            return redirect_refused(label, exc.status_code)
         if isinstance(exc, openai.APIStatusError):
             message = self.scrub(f"{label} answered {exc.status_code}: {_vendor_message(exc)}")
             return error_for_status(

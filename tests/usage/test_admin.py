@@ -466,6 +466,26 @@ def test_budget_admin_keeps_the_webhook_when_the_field_is_left_empty(client):
 
 
 @pytest.mark.django_db
+def test_budget_admin_does_not_echo_the_webhook_url_when_another_field_is_invalid(client):
+    # given a tenant admin typing a webhook URL whose path is its secret
+    tenant = TenantFactory()
+    client.force_login(_member(tenant))
+
+    # when another field of the form is invalid
+    response = client.post(
+        reverse("admin:usage_budget_add"),
+        _budget_form(tenant, limit_usd="", webhook_url="https://93.184.216.34/T0/B0/s3cr3t-t0ken"),
+    )
+
+    # then the form comes back with the error, without the URL in the page
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert "This field is required." in html
+    assert "s3cr3t-t0ken" not in html
+    assert Budget.objects.count() == 0
+
+
+@pytest.mark.django_db
 def test_budget_admin_refuses_a_private_webhook_url_with_a_clear_message(client):
     tenant = TenantFactory()
     client.force_login(_member(tenant))

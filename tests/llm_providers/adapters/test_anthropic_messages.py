@@ -30,6 +30,8 @@ from llm_providers.adapters.types import (
     ToolCall,
     Usage,
 )
+from tests.upstreams.anthropic import AnthropicUpstream
+from tests.upstreams.server import Reply
 
 API_KEY = "sk-ant-api03-Hq4Lm9Zt2Wx7Rb5Nc8Vd1Kf6Gj3Ps0Ty"
 # A 1×1 PNG.
@@ -443,6 +445,33 @@ def test_complete_raises_upstream_unavailable_when_connection_is_refused(refused
         adapter.complete(_request())
 
     assert caught.value.message == "anthropic could not be reached (ConnectError)."
+
+
+@pytest.mark.parametrize("status", [302, 307])
+def test_complete_refuses_to_follow_a_redirect_when_upstream_answers_one(
+    status, anthropic_upstream
+):
+    # given: an endpoint that sends the call on to another server (which the
+    # SSRF check of the base URL never saw)
+    with AnthropicUpstream() as elsewhere:
+        elsewhere.enqueue_message("followed")
+        anthropic_upstream.enqueue(
+            Reply(status=status, headers={"Location": f"{elsewhere.url}/v1/messages"})
+        )
+        adapter = _adapter(anthropic_upstream.base_url)
+
+        # when
+        with pytest.raises(ProviderBadRequest) as caught:
+            adapter.complete(_request())
+
+        # then
+        assert elsewhere.requests == []
+    assert caught.value.retryable is False
+    assert caught.value.status_code == status
+    assert caught.value.message == (
+        f"anthropic answered {status}, a redirect, which is not followed; "
+        "set the base URL to the address the provider documents."
+    )
 
 
 def test_complete_is_not_retried_by_the_sdk_when_upstream_overloads(adapter, anthropic_upstream):

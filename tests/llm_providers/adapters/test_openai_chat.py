@@ -26,6 +26,7 @@ from llm_providers.adapters.types import (
     ToolCall,
     Usage,
 )
+from tests.upstreams.openai import OpenAIUpstream
 from tests.upstreams.server import Reply, json_reply
 
 API_KEY = "sk-proj-Q7mZ2xK9vB4nT8wR1yL6pD3sF0gH5jAa"
@@ -678,6 +679,23 @@ def test_complete_raises_authentication_error_without_any_fragment_of_the_key(
     assert error.__context__ is None
 
 
+def test_complete_scrubs_a_fragment_of_a_short_key_when_the_server_quotes_it(openai_upstream):
+    # given a self-hosted server whose keys are short, and which quotes the
+    # start of a rejected key
+    short_key = "team7-Vq2kLm8x"
+    adapter = _adapter("openai_compatible", openai_upstream.base_url, api_key=short_key)
+    openai_upstream.enqueue_error(
+        401, message=f"No key starts with {short_key[:11]}.", type="invalid_request_error"
+    )
+
+    # when
+    with pytest.raises(ProviderAuthenticationError) as caught:
+        adapter.complete(_request())
+
+    # then no eight characters of the key are left
+    assert caught.value.message == "openai_compatible answered 401: No key starts with [redacted]."
+
+
 def test_connection_check_error_keeps_no_fragment_of_the_key(adapter, openai_upstream):
     openai_upstream.enqueue_invalid_key(API_KEY)
 
@@ -756,6 +774,48 @@ def test_complete_is_not_retried_by_the_sdk_when_upstream_fails(adapter, openai_
 
     assert len(openai_upstream.requests) == 1
     assert openai_upstream.pending == 1
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+def test_complete_refuses_to_follow_a_redirect_when_upstream_answers_one(status, openai_upstream):
+    # given: an endpoint that sends the call on to another server (which the
+    # SSRF check of the base URL never saw)
+    with OpenAIUpstream() as elsewhere:
+        elsewhere.enqueue_chat("followed")
+        openai_upstream.enqueue(
+            Reply(status=status, headers={"Location": f"{elsewhere.base_url}/chat/completions"})
+        )
+        adapter = _adapter("openai", openai_upstream.base_url, api_key=API_KEY)
+
+        # when
+        with pytest.raises(ProviderBadRequest) as caught:
+            adapter.complete(_request())
+
+        # then
+        assert elsewhere.requests == []
+    assert caught.value.retryable is False
+    assert caught.value.status_code == status
+    assert caught.value.message == (
+        f"openai answered {status}, a redirect, which is not followed; "
+        "set the base URL to the address the provider documents."
+    )
+
+
+def test_azure_refuses_to_follow_a_redirect(openai_upstream):
+    with OpenAIUpstream() as elsewhere:
+        elsewhere.enqueue_chat("followed")
+        openai_upstream.enqueue(Reply(status=307, headers={"Location": elsewhere.url}))
+        adapter = _adapter(
+            "azure_openai",
+            openai_upstream.url,
+            api_key=API_KEY,
+            options={"api_version": "2024-10-21", "deployment": "chat"},
+        )
+
+        with pytest.raises(ProviderBadRequest):
+            adapter.complete(_request())
+
+        assert elsewhere.requests == []
 
 
 # --- embeddings, models, connection ---------------------------------------------------

@@ -49,19 +49,33 @@ class DemoSeedResult:
     service_key: str | None = None
 
 
+class DemoSecretsFileForeign(ValueError):
+    """The secrets file holds something else than the demo's passwords."""
+
+
 def demo_secrets_load(path: Path) -> dict[str, str]:
     """The passwords and service key of an earlier seed, or {} when there was none.
 
-    A file that is not a JSON object counts as none; one that cannot be read
-    (a directory, no permission) raises OSError.
+    A missing or empty file counts as none. A file that holds anything else
+    than a JSON object of strings is not the demo's and raises
+    DemoSecretsFileForeign, so that it is never overwritten; one that cannot
+    be read (a directory, no permission) raises OSError.
     """
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (FileNotFoundError, ValueError):
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
         return {}
-    if not isinstance(data, dict):
+    except UnicodeDecodeError as exc:
+        raise DemoSecretsFileForeign(str(path)) from exc
+    if not text.strip():
         return {}
-    return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str)}
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise DemoSecretsFileForeign(str(path)) from exc
+    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+        raise DemoSecretsFileForeign(str(path))
+    return data
 
 
 def demo_secrets_save(path: Path, values: dict[str, str]) -> None:

@@ -171,16 +171,21 @@ def _configs_seed(*, tenant: Tenant, result: DemoSeedResult) -> None:
         ).values_list("name", flat=True)
     )
     if DEFAULT_CONFIG_NAME not in existing:
-        has_default = ProviderConfig.objects.filter(tenant=tenant, is_default=True).exists()
+        current_default = ProviderConfig.objects.filter(tenant=tenant, is_default=True).first()
         provider_config_create(
             tenant=tenant,
             name=DEFAULT_CONFIG_NAME,
             provider_type=ProviderType.FAKE,
             default_model="fake-small",
-            is_default=not has_default,
+            is_default=current_default is None,
             priority=10,
         )
-        result.created.append(f"provider config “{DEFAULT_CONFIG_NAME}” (Fake, default)")
+        role = (
+            "Fake, default"
+            if current_default is None
+            else f"Fake; “{current_default.name}” stays the default"
+        )
+        result.created.append(f"provider config “{DEFAULT_CONFIG_NAME}” ({role})")
     if BACKUP_CONFIG_NAME not in existing:
         provider_config_create(
             tenant=tenant,

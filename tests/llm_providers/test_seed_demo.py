@@ -242,3 +242,13 @@ def test_unwritable_secrets_file_seeds_nothing(settings, tmp_path):
     )
     assert not get_user_model().objects.exists()
     assert not Tenant.objects.exists()
+
+
+def test_output_does_not_call_fake_default_the_default_when_another_is(seed):
+    tenant = Tenant.objects.create(slug="demo", name="Demo")
+    ProviderConfig.objects.create(tenant=tenant, name="mine", provider_type="fake", is_default=True)
+
+    output = seed()
+
+    assert "provider config “fake-default” (Fake; “mine” stays the default)" in output
+    assert "(Fake, default)" not in output

@@ -49,19 +49,33 @@ class DemoSeedResult:
     service_key: str | None = None
 
 
+class DemoSecretsFileForeign(ValueError):
+    """The secrets file holds something else than the demo's passwords."""
+
+
 def demo_secrets_load(path: Path) -> dict[str, str]:
     """The passwords and service key of an earlier seed, or {} when there was none.
 
-    A file that is not a JSON object counts as none; one that cannot be read
-    (a directory, no permission) raises OSError.
+    A missing or empty file counts as none. A file that holds anything else
+    than a JSON object of strings is not the demo's and raises
+    DemoSecretsFileForeign, so that it is never overwritten; one that cannot
+    be read (a directory, no permission) raises OSError.
     """
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (FileNotFoundError, ValueError):
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
         return {}
-    if not isinstance(data, dict):
+    except UnicodeDecodeError as exc:
+        raise DemoSecretsFileForeign(str(path)) from exc
+    if not text.strip():
         return {}
-    return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str)}
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise DemoSecretsFileForeign(str(path)) from exc
+    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+        raise DemoSecretsFileForeign(str(path))
+    return data
 
 
 def demo_secrets_save(path: Path, values: dict[str, str]) -> None:
@@ -157,16 +171,21 @@ def _configs_seed(*, tenant: Tenant, result: DemoSeedResult) -> None:
         ).values_list("name", flat=True)
     )
     if DEFAULT_CONFIG_NAME not in existing:
-        has_default = ProviderConfig.objects.filter(tenant=tenant, is_default=True).exists()
+        current_default = ProviderConfig.objects.filter(tenant=tenant, is_default=True).first()
         provider_config_create(
             tenant=tenant,
             name=DEFAULT_CONFIG_NAME,
             provider_type=ProviderType.FAKE,
             default_model="fake-small",
-            is_default=not has_default,
+            is_default=current_default is None,
             priority=10,
         )
-        result.created.append(f"provider config “{DEFAULT_CONFIG_NAME}” (Fake, default)")
+        role = (
+            "Fake, default"
+            if current_default is None
+            else f"Fake; “{current_default.name}” stays the default"
+        )
+        result.created.append(f"provider config “{DEFAULT_CONFIG_NAME}” ({role})")
     if BACKUP_CONFIG_NAME not in existing:
         provider_config_create(
             tenant=tenant,

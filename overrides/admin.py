@@ -13,6 +13,16 @@ def _active_configs_only(formfield):
     return formfield
 
 
+def _configs_in_use_offered(form_class, override, config_ids):
+    """Keep offering the configs an override already names, also once retired:
+    otherwise its form could not be saved, not even to switch it off."""
+    field = form_class.base_fields.get("provider_config")
+    if field is not None and config_ids:
+        in_use = field.queryset.model.objects.filter(pk__in=config_ids, tenant=override.tenant_id)
+        field.queryset = (field.queryset | in_use).distinct()
+    return form_class
+
+
 class RoutingFallbackInline(TenantScopedInline):
     model = RoutingFallback
     extra = 0
@@ -24,6 +34,13 @@ class RoutingFallbackInline(TenantScopedInline):
         if db_field.name == "provider_config":
             formfield = _active_configs_only(formfield)
         return formfield
+
+    def get_formset(self, request, obj=None, **kwargs):
+        formset = super().get_formset(request, obj, **kwargs)
+        if obj is not None:
+            in_use = [f.provider_config_id for f in obj.fallbacks.all()]
+            _configs_in_use_offered(formset.form, obj, in_use)
+        return formset
 
 
 @admin.register(RoutingOverride)
@@ -72,3 +89,9 @@ class RoutingOverrideAdmin(TenantScopedAdmin):
         if db_field.name == "provider_config":
             formfield = _active_configs_only(formfield)
         return formfield
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        form = super().get_form(request, obj, change=change, **kwargs)
+        if obj is not None:
+            _configs_in_use_offered(form, obj, [obj.provider_config_id])
+        return form

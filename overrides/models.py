@@ -66,8 +66,15 @@ class RoutingOverride(models.Model):
         if config is not None:
             if self.tenant_id and config.tenant_id != self.tenant_id:
                 errors["provider_config"] = "Choose a provider config of the same tenant."
+            elif not self.is_active:
+                # An inactive override routes nothing: it can be switched off
+                # (or kept off) after its config was retired or narrowed.
+                pass
             elif not config.is_active:
-                errors["provider_config"] = f"The provider config “{config.name}” is inactive."
+                errors["provider_config"] = (
+                    f"The provider config “{config.name}” is inactive: choose an active one, "
+                    "or deactivate this override."
+                )
             elif self.model and not config.model_is_allowed(self.model):
                 errors["model"] = (
                     f"The model “{self.model}” is not among the allowed models of “{config.name}”."
@@ -118,6 +125,9 @@ class RoutingFallback(models.Model):
             raise ValidationError(
                 {"provider_config": "Choose a provider config of the same tenant."}
             )
+        if not override.is_active:
+            # Like the override's own target: nothing is routed here.
+            return
         if self.model and not config.model_is_allowed(self.model):
             raise ValidationError(
                 {"model": f"The model “{self.model}” is not allowed on “{config.name}”."}

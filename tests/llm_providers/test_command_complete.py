@@ -1,9 +1,12 @@
 """The `complete` management command against the Fake provider."""
 
+from datetime import timedelta
+from decimal import Decimal
 from io import StringIO
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.utils import timezone
 
 from tests.factories import ModelPriceFactory, ProviderConfigFactory, TenantFactory
 from usage.models import CallLog
@@ -28,7 +31,7 @@ def test_complete_command_prints_content_tokens_and_cost(demo):
     assert text.startswith("Echo: hi\n")
     assert "provider:   fake (fake)" in text
     assert "tokens:     8 in (0 cached), 3 out (0 reasoning)" in text
-    assert "cost:       $0.00001400  [override]" in text
+    assert "cost:       $0.000014000000  [override]" in text
     log = CallLog.objects.get()
     assert (log.service_name, log.status) == ("chat", "ok")
     assert f"request id: {log.request_id}" in text
@@ -55,3 +58,21 @@ def test_complete_command_reports_provider_error_code(demo):
         call_command("complete", "[fake:bad_request] hi")
 
     assert str(raised.value).startswith("provider_bad_request:")
+
+
+def test_complete_command_prints_cost_to_the_stored_precision(demo):
+    # given a price (newer than the fixture's) at which the call costs less than a micro-dollar
+    ModelPriceFactory(
+        model="fake-small",
+        input_per_mtok="0.123",
+        output_per_mtok="0.001",
+        effective_from=timezone.now().date() - timedelta(days=1),
+    )
+    out = StringIO()
+
+    # when
+    call_command("complete", "hi", stdout=out)
+
+    # then the cost is the exact one logged, not rounded to 8 places ($0.00000099)
+    assert CallLog.objects.get().cost_usd == Decimal("0.000000987")
+    assert "cost:       $0.000000987000  [override]" in out.getvalue()

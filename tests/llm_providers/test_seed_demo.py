@@ -193,9 +193,30 @@ def test_unreadable_secrets_file_is_a_command_error(settings, tmp_path):
     assert not Tenant.objects.exists()
 
 
-def test_secrets_file_not_a_json_object_counts_as_none(seed, secrets_file):
+@pytest.mark.parametrize(
+    "content", ["[1, 2]", '{"name": "app", "scripts": {"test": "x"}}', "not json"]
+)
+def test_secrets_file_of_other_content_is_refused_and_kept(seed, secrets_file, content):
+    # given: --secrets-file names a file that is not the demo's
     secrets_file.parent.mkdir()
-    secrets_file.write_text("[1, 2]")
+    secrets_file.write_text(content)
+
+    # when
+    with pytest.raises(CommandError) as caught:
+        seed()
+
+    # then: it is left as it was, and nothing is seeded
+    assert str(caught.value) == (
+        f"{secrets_file} is not a file of demo passwords (a JSON object of names and "
+        "strings). Nothing was seeded; move it away or pass --secrets-file with another path."
+    )
+    assert secrets_file.read_text() == content
+    assert not get_user_model().objects.exists()
+
+
+def test_empty_secrets_file_counts_as_none(seed, secrets_file):
+    secrets_file.parent.mkdir()
+    secrets_file.write_text("")
 
     output = seed()
 
@@ -221,3 +242,13 @@ def test_unwritable_secrets_file_seeds_nothing(settings, tmp_path):
     )
     assert not get_user_model().objects.exists()
     assert not Tenant.objects.exists()
+
+
+def test_output_does_not_call_fake_default_the_default_when_another_is(seed):
+    tenant = Tenant.objects.create(slug="demo", name="Demo")
+    ProviderConfig.objects.create(tenant=tenant, name="mine", provider_type="fake", is_default=True)
+
+    output = seed()
+
+    assert "provider config “fake-default” (Fake; “mine” stays the default)" in output
+    assert "(Fake, default)" not in output

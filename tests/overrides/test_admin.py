@@ -207,3 +207,41 @@ def test_override_does_not_move_to_another_tenant(tenant, admin_client_for):
     assert override.tenant == tenant
     route = route_resolve(tenant=other, customer_id="acme")
     assert fallback.provider_config not in [t.provider_config for t in route.targets]
+
+
+def test_change_deactivates_override_whose_providers_were_retired(tenant, admin_client_for):
+    # given an override whose provider config and fallback config were deactivated
+    override = RoutingOverrideFactory(tenant=tenant, customer_id="acme")
+    fallback = RoutingFallbackFactory(override=override, position=0)
+    for config in (override.provider_config, fallback.provider_config):
+        config.is_active = False
+        config.save()
+    data = _form(tenant, override.provider_config, fallbacks=[fallback.provider_config])
+    data.pop("is_active")
+    data["fallbacks-INITIAL_FORMS"] = "1"
+    data["fallbacks-0-id"] = str(fallback.pk)
+    data["fallbacks-0-override"] = str(override.pk)
+
+    # when the admin switches it off
+    response = admin_client_for(tenant).post(f"{LIST_URL}{override.pk}/change/", data)
+
+    # then it is saved, its targets kept
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    override.refresh_from_db()
+    assert override.is_active is False
+    assert list(override.fallbacks.values_list("provider_config", flat=True)) == [
+        fallback.provider_config_id
+    ]
+
+
+def test_change_page_offers_current_retired_provider_but_no_other(tenant, admin_client_for):
+    override = RoutingOverrideFactory(tenant=tenant, customer_id="acme")
+    override.provider_config.is_active = False
+    override.provider_config.save()
+    ProviderConfigFactory(tenant=tenant, name="other-retired", is_active=False)
+    live = ProviderConfigFactory(tenant=tenant, name="live")
+
+    response = admin_client_for(tenant).get(f"{LIST_URL}{override.pk}/change/")
+
+    choices = set(response.context["adminform"].form.fields["provider_config"].queryset)
+    assert choices == {override.provider_config, live}

@@ -126,3 +126,46 @@ def test_routing_override_update_refuses_unknown_field(tenant):
         routing_override_update(override=override, data={"tenant": TenantFactory()})
 
     assert raised.value.messages == ["Unknown override field(s): tenant."]
+
+
+def test_routing_override_update_deactivates_override_whose_provider_was_retired(tenant):
+    # given an override whose provider config (and a fallback's) was deactivated
+    # and whose fallback model the config no longer allows
+    primary = ProviderConfigFactory(tenant=tenant, name="retired")
+    backup = ProviderConfigFactory(tenant=tenant, name="narrowed")
+    override = routing_override_create(
+        tenant=tenant, provider_config=primary, customer_id="acme", fallbacks=[(backup, "")]
+    )
+    primary.is_active = False
+    primary.save()
+    backup.allowed_models = ["fake-large"]
+    backup.save()
+
+    # when the override is switched off, its fallbacks given again
+    routing_override_update(
+        override=override, data={"is_active": False, "note": "retired"}, fallbacks=[(backup, "")]
+    )
+
+    # then it is saved
+    override.refresh_from_db()
+    assert (override.is_active, override.note) == (False, "retired")
+    assert list(override.fallbacks.values_list("provider_config_id", flat=True)) == [backup.pk]
+
+
+def test_routing_override_update_refuses_to_keep_active_override_on_retired_provider(tenant):
+    primary = ProviderConfigFactory(tenant=tenant, name="retired")
+    override = routing_override_create(tenant=tenant, provider_config=primary, customer_id="acme")
+    primary.is_active = False
+    primary.save()
+
+    with pytest.raises(ValidationError) as raised:
+        routing_override_update(override=override, data={"note": "still here"})
+
+    assert raised.value.message_dict == {
+        "provider_config": [
+            "The provider config “retired” is inactive: choose an active one, or deactivate "
+            "this override."
+        ]
+    }
+    override.refresh_from_db()
+    assert override.note == ""

@@ -62,7 +62,8 @@ class Command(BaseCommand):
             raise CommandError(f"{exc.code}: {exc.message}") from None
 
         usage = result.usage
-        cost = "unpriced" if result.cost_usd is None else f"${result.cost_usd:.8f}"
+        # 12 places, like the call log: a call can cost well under a micro-dollar.
+        cost = "unpriced" if result.cost_usd is None else f"${result.cost_usd:.12f}"
         self.stdout.write("")
         self.stdout.write(f"provider:   {result.provider} ({result.provider_type})")
         self.stdout.write(f"model:      {result.model}  [route: {result.route_rule}]")

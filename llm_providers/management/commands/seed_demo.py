@@ -8,7 +8,13 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
-from llm_providers.demo import DEMO_TENANT_SLUG, demo_secrets_load, demo_secrets_save, demo_seed
+from llm_providers.demo import (
+    DEMO_TENANT_SLUG,
+    DemoSecretsFileForeign,
+    demo_secrets_load,
+    demo_secrets_save,
+    demo_seed,
+)
 
 
 class Command(BaseCommand):
@@ -54,6 +60,12 @@ class Command(BaseCommand):
             raise CommandError(
                 f"Cannot read the demo passwords from {secrets_file}: {exc.strerror}. "
                 "Pass --secrets-file with a file path this user can read and write."
+            ) from None
+        except DemoSecretsFileForeign:
+            raise CommandError(
+                f"{secrets_file} is not a file of demo passwords (a JSON object of names and "
+                "strings). Nothing was seeded; move it away or pass --secrets-file with another "
+                "path."
             ) from None
         before = dict(known)
         try:

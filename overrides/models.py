@@ -66,25 +66,30 @@ class RoutingOverride(models.Model):
         if config is not None:
             if self.tenant_id and config.tenant_id != self.tenant_id:
                 errors["provider_config"] = "Choose a provider config of the same tenant."
-            elif not self.is_active:
-                # An inactive override routes nothing: it can be switched off
-                # (or kept off) after its config was retired or narrowed.
-                pass
-            elif not config.is_active:
-                errors["provider_config"] = (
-                    f"The provider config “{config.name}” is inactive: choose an active one, "
-                    "or deactivate this override."
-                )
-            elif self.model and not config.model_is_allowed(self.model):
-                errors["model"] = (
-                    f"The model “{self.model}” is not among the allowed models of “{config.name}”."
-                )
-            elif not self.model and not config.default_model:
-                errors["model"] = (
-                    f"Name a model: the provider config “{config.name}” has no default model."
-                )
+            elif self.is_active:
+                # An inactive override routes nothing, so only an active one must
+                # name a usable target: an override can be switched off (or kept
+                # off) after its config was retired or narrowed.
+                errors.update(self._target_errors(config))
         if errors:
             raise ValidationError(errors)
+
+    def _target_errors(self, config) -> dict[str, str]:
+        if not config.is_active:
+            return {
+                "provider_config": f"The provider config “{config.name}” is inactive: choose an "
+                "active one, or deactivate this override."
+            }
+        if self.model and not config.model_is_allowed(self.model):
+            return {
+                "model": f"The model “{self.model}” is not among the allowed models of "
+                f"“{config.name}”."
+            }
+        if not self.model and not config.default_model:
+            return {
+                "model": f"Name a model: the provider config “{config.name}” has no default model."
+            }
+        return {}
 
 
 class RoutingFallback(models.Model):

@@ -602,13 +602,11 @@ def _run_targets(call: _Call, attempt_target) -> object:
 
 
 def _chat_request(
-    *, messages, max_tokens, temperature, top_p, stop, json_mode, tools, timeout
+    *, messages, max_tokens, temperature, top_p, stop, json_mode, tools, timeout, own_copy
 ) -> ChatRequest:
-    # Our own copy: a stream sends its request only when first read, and what
-    # it sends must be what was validated, counted and fingerprinted here,
-    # whatever the caller does to its lists meanwhile.
-    messages = copy.deepcopy(messages_validate(messages))
-    tools = copy.deepcopy(tools)
+    messages = messages_validate(messages)
+    if own_copy:
+        messages, tools = copy.deepcopy(messages), copy.deepcopy(tools)
     stops = parameters_validate(
         max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=stop, timeout=timeout
     )
@@ -629,7 +627,10 @@ def _chat_call_prepare(
     *, operation, tenant, customer_id, service_name, model, **parameters
 ) -> _Call:
     """Validate a chat request and resolve its route (shared by complete and stream)."""
-    request = _chat_request(**parameters)
+    # A stream sends its request only when first read: it keeps its own copy,
+    # so that it sends what was validated, counted and fingerprinted here,
+    # whatever the caller does to its lists meanwhile. complete() sends at once.
+    request = _chat_request(own_copy=operation == "stream", **parameters)
     return _call_prepare(
         tenant=tenant,
         customer_id=customer_id,

@@ -24,13 +24,14 @@ from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import connection
 from django.db.models import Max, Min
 from django.utils import timezone
 
 from llm_providers.exceptions import ApplicationError
 from llm_providers.models import Tenant
 
+from .locking import exclusive_transaction
 from .models import AggregationState, CallLog, DailyUsage
 from .periods import local_date, zone
 from .selectors import DAILY_GROUP_SOURCES, DayWindow, call_log_daily_groups, tenant_timezones
@@ -70,19 +71,11 @@ class RecomputeResult:
 @contextmanager
 def _exclusive() -> Iterator[None]:
     """One transaction, and no other recompute at the same time."""
-    if connection.vendor == "sqlite":
-        with _sqlite_lock, transaction.atomic():
-            yield
-    elif connection.vendor == "postgresql":
-        with transaction.atomic():
+    with exclusive_transaction(_ADVISORY_LOCK_KEY, _sqlite_lock):
+        if connection.vendor == "postgresql":
             with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_ADVISORY_LOCK_KEY])
                 aggregation_session_configure(cursor)
-            yield
-    else:
-        raise ApplicationError(
-            f"Usage aggregation supports PostgreSQL and SQLite, not {connection.vendor}."
-        )
+        yield
 
 
 def aggregation_session_configure(cursor) -> None:

@@ -25,7 +25,7 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.core.mail import send_mail
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Min, Sum
 from django.db.models.functions import TruncMonth
 from django.template.loader import render_to_string
@@ -34,6 +34,7 @@ from django.utils import timezone
 from llm_providers.encryption import UnreadableSecret
 from llm_providers.models import ProviderConfig, Tenant, TenantMembership
 
+from .locking import exclusive_transaction
 from .models import AlertDelivery, Budget, CostAlert, DailyUsage, email_list_parse
 from .money import usd_format
 from .periods import period_containing
@@ -64,14 +65,8 @@ def _error_rate_alerts_exclusive() -> Iterator[None]:
     An error-rate alert's percentage differs between two checks of one window,
     so the unique key (which includes it) does not stop both from creating one.
     """
-    if connection.vendor == "postgresql":
-        with transaction.atomic():
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_ERROR_RATE_LOCK_KEY])
-            yield
-    else:
-        with _sqlite_lock, transaction.atomic():
-            yield
+    with exclusive_transaction(_ERROR_RATE_LOCK_KEY, _sqlite_lock):
+        yield
 
 
 # --- creating alerts -----------------------------------------------------------

@@ -247,7 +247,9 @@ def _targets_with_model(route: Route, model: str | None) -> tuple[RouteTarget, .
             f"The model “{model}” is not allowed on provider config “{config.name}”; allowed: "
             f"{', '.join(config.allowed_models)}.",
         )
-    return (RouteTarget(provider_config=config, model=model), *route.fallbacks)
+    chosen = RouteTarget(provider_config=config, model=model)
+    # A fallback that is now the primary target would only be tried a second time.
+    return (chosen, *(target for target in route.fallbacks if target != chosen))
 
 
 def _call_prepare(

@@ -17,6 +17,7 @@ from overrides.routing import NoRouteError
 from tests.factories import (
     ModelPriceFactory,
     ProviderConfigFactory,
+    RoutingFallbackFactory,
     RoutingOverrideFactory,
     TenantFactory,
 )
@@ -401,6 +402,33 @@ def test_complete_applies_explicit_model_to_primary_target(tenant, primary):
     result = complete(tenant=tenant, messages=HELLO, model="fake-large")
 
     assert result.model == "fake-large"
+
+
+def test_complete_tries_a_fallback_once_when_the_explicit_model_makes_it_the_primary(
+    tenant, primary, backup
+):
+    # given an override whose fallback is the primary config with another model
+    _fail(primary, failure="unavailable")
+    override = RoutingOverrideFactory(
+        tenant=tenant, customer_id="vip", provider_config=primary, model="fake-small"
+    )
+    RoutingFallbackFactory(override=override, provider_config=primary, model="fake-large")
+    RoutingFallbackFactory(override=override, provider_config=backup, model="fake-small")
+
+    # when the caller asks for the fallback's model
+    result = complete(tenant=tenant, messages=HELLO, customer_id="vip", model="fake-large")
+
+    # then primary/fake-large is tried (with its retry) once, not again as a fallback
+    assert result.provider == "backup"
+    tried = [
+        (log.provider_config.name, log.model_requested, log.status)
+        for log in _logs(request_id=result.request_id)
+    ]
+    assert tried == [
+        ("primary", "fake-large", "error"),
+        ("primary", "fake-large", "error"),
+        ("backup", "fake-small", "ok"),
+    ]
 
 
 def test_complete_refuses_model_not_allowed_on_primary(tenant, primary):

@@ -760,9 +760,16 @@ class CompletionStream:
 
     def __init__(self, call: _Call):
         self.request_id = call.request_id
-        self.result: CompletionResult | None = None
-        self._call = call
-        self._chunks = self._generate()
+        # The generator refers to its run, never to this object: dropping the
+        # stream then frees the generator at once, which closes it (stopping
+        # the upstream call and recording it) instead of leaving that to
+        # whenever the cyclic garbage collector runs.
+        self._run = _StreamRun(call)
+        self._chunks = self._run.generate()
+
+    @property
+    def result(self) -> CompletionResult | None:
+        return self._run.result
 
     def __iter__(self) -> Iterator[str]:
         return self._chunks
@@ -773,7 +780,15 @@ class CompletionStream:
     def close(self) -> None:
         self._chunks.close()
 
-    def _generate(self) -> Iterator[str]:
+
+class _StreamRun:
+    """The attempts of one stream, and its result once there is one."""
+
+    def __init__(self, call: _Call):
+        self.result: CompletionResult | None = None
+        self._call = call
+
+    def generate(self) -> Iterator[str]:
         errors: list[ApplicationError] = []
         try:
             for target in self._call.targets:

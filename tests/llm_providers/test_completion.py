@@ -1,6 +1,7 @@
 """The completion pipeline against the Fake adapter: routing, retries, fallbacks,
 rate limits, the response cache, streaming and the call log of every attempt."""
 
+import gc
 from decimal import Decimal
 
 import pytest
@@ -542,6 +543,31 @@ def test_stream_closed_early_records_estimated_usage(tenant, primary):
     # "Echo: " is 6 characters: 2 estimated output tokens.
     assert log.output_tokens == 2
     assert log.cost_usd == Decimal(log.input_tokens * 1 + 2 * 2) / 1_000_000
+
+
+def test_stream_dropped_by_a_failing_caller_is_recorded_at_once(tenant, primary):
+    # given a caller whose own code fails while it reads a stream
+    held = [stream(tenant=tenant, messages=[{"role": "user", "content": "one two three four"}])]
+    request_id = held[0].request_id
+
+    def read_and_fail():
+        for _text in held[0]:
+            raise ValueError("a bug in the caller")
+
+    # when the stream is dropped with the cyclic garbage collector not running
+    gc.disable()
+    try:
+        with pytest.raises(ValueError, match="a bug in the caller"):
+            read_and_fail()
+        held.clear()
+        logs = _logs(request_id=request_id)
+    finally:
+        gc.enable()
+
+    # then the upstream call was stopped and what was received is on record
+    assert [(log.status, log.error_code, log.output_tokens) for log in logs] == [
+        ("ok", "client_closed", 2)
+    ]
 
 
 def test_stream_falls_back_when_first_target_fails_before_any_chunk(tenant, primary, backup):

@@ -60,21 +60,22 @@ FREE_PRICE = Price(
 )
 
 
-def _override_price(tenant_id, provider_type: str, model: str, on: date) -> Price | None:
-    """The newest ModelPrice in effect on `on`; a tenant's own row beats a global one."""
+def _override_price(tenant_id, provider_type: str, names: list[str], on: date) -> Price | None:
+    """The newest ModelPrice in effect on `on` for the first of `names` that has one:
+    the tenant's own rows first (for every name), then global ones."""
     rows = ModelPrice.objects.filter(
         Q(tenant_id=tenant_id) | Q(tenant__isnull=True),
         provider_type=provider_type,
-        model=model,
+        model__in=names,
         effective_from__lte=on,
-    ).order_by("tenant_id", "-effective_from")
-    best = None
+    ).order_by("-effective_from")
+    newest: dict[tuple[bool, str], ModelPrice] = {}
     for row in rows:
-        if row.tenant_id is not None:
-            best = row
-            break
-        if best is None:
-            best = row
+        newest.setdefault((row.tenant_id is not None, row.model), row)
+    best = next(
+        (newest[(own, name)] for own in (True, False) for name in names if (own, name) in newest),
+        None,
+    )
     if best is None:
         return None
     return Price(
@@ -106,10 +107,9 @@ def _price_compute(
     tenant_id, provider_type: str, model: str, requested_model: str, on: date, base_url: str
 ) -> Price:
     names = [model, requested_model] if requested_model else [model]
-    for name in names:
-        override = _override_price(tenant_id, provider_type, name, on)
-        if override is not None:
-            return override
+    override = _override_price(tenant_id, provider_type, names, on)
+    if override is not None:
+        return override
     if provider_type_spec(provider_type).self_hosted:
         return FREE_PRICE
     for name in names:

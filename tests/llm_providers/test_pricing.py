@@ -133,6 +133,27 @@ def test_price_lookup_prefers_override_of_answered_name_to_requested_name(tenant
     assert price.input_per_mtok == Decimal("4")
 
 
+def test_price_lookup_prefers_tenant_price_of_requested_name_to_global_price_of_answer(tenant):
+    # given a tenant's negotiated rate for the name it routes to, and a global
+    # price for the dated name the provider answers with
+    ModelPriceFactory(
+        tenant=None, provider_type="openai", model="gpt-4o-2024-08-06",
+        input_per_mtok="9", output_per_mtok="9",
+    )  # fmt: skip
+    ModelPriceFactory(
+        tenant=tenant, provider_type="openai", model="gpt-4o",
+        input_per_mtok="1", output_per_mtok="2",
+    )  # fmt: skip
+
+    # when the answer is priced
+    price = _price(tenant, "openai", "gpt-4o-2024-08-06", requested_model="gpt-4o")
+
+    # then the tenant's own rate applies, as it did for the budget reservation
+    usage = Usage(input_tokens=1000, output_tokens=500)
+    assert cost_for_usage(usage=usage, price=price) == Decimal("0.002")
+    assert _price(tenant, "openai", "gpt-4o").input_per_mtok == price.input_per_mtok
+
+
 def test_price_lookup_falls_back_to_genai_price_of_requested_name(tenant):
     # The provider answers with a name genai-prices does not know.
     price = _price(tenant, "openai", "gpt-4o-house-build", requested_model="gpt-4o")

@@ -21,6 +21,14 @@ from .models import CallLog
 # A prompt preview keeps this many characters (only when the tenant turns previews on).
 PREVIEW_LENGTH = 500
 
+
+def _text(value: str, length: int) -> str:
+    """`value` cut to its column, without NUL characters, which PostgreSQL text
+    cannot hold: a prompt or a provider's message with one must not cost the
+    row of a call that was paid for."""
+    return value.replace("\x00", "\ufffd")[:length]
+
+
 # The columns written, in order; `id` comes from the database.
 _FIELDS = (
     "tenant",
@@ -107,14 +115,14 @@ def call_log_record(
         operation,
         provider_config_id,
         provider_type,
-        model_requested[:200],
-        model_answered[:200],
+        _text(model_requested, 200),
+        _text(model_answered, 200),
         customer_id,
         service_name,
         route_rule,
         status,
-        error_code[:64],
-        error_message[:MAX_MESSAGE_LENGTH],
+        _text(error_code, 64),
+        _text(error_message, MAX_MESSAGE_LENGTH),
         usage.input_tokens,
         usage.output_tokens,
         usage.cache_read_tokens,
@@ -127,7 +135,7 @@ def call_log_record(
         time_to_first_token_ms,
         streamed,
         input_hash,
-        prompt_preview[:PREVIEW_LENGTH],
+        _text(prompt_preview, PREVIEW_LENGTH),
         created_at,
     )
     connection = connections[settings.CALL_LOG_DATABASE]

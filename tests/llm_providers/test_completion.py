@@ -94,6 +94,20 @@ def test_complete_writes_one_call_log_row(tenant, primary):
     assert log.prompt_preview == ""
 
 
+def test_complete_logs_a_prompt_preview_holding_a_nul_character(tenant, primary):
+    # given previews on, and a prompt with a NUL character (valid JSON: "\u0000")
+    tenant.store_prompt_previews = True
+    tenant.save()
+
+    # when
+    result = complete(tenant=tenant, messages=[{"role": "user", "content": "a\x00b"}])
+
+    # then the paid call has its row; the preview shows where the NUL was
+    [log] = _logs(request_id=result.request_id)
+    assert (log.status, log.cost_usd) == ("ok", result.cost_usd)
+    assert log.prompt_preview == "a\ufffdb"
+
+
 def test_complete_records_unknown_price_as_null_cost(tenant, primary):
     primary.default_model = "fake-large"
     primary.save()

@@ -13,8 +13,17 @@ from django.core.exceptions import ValidationError
 
 def _address_is_forbidden(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
     """Name the kind of non-public address, or None when it is a public one."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        address = address.ipv4_mapped
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped:
+            address = address.ipv4_mapped
+        else:
+            # 6to4 and Teredo addresses carry an IPv4 address inside them; one
+            # that is private would reach that host through a relay.
+            embedded = [address.sixtofour, *(address.teredo or ())]
+            for inner in filter(None, embedded):
+                label = _address_is_forbidden(inner)
+                if label:
+                    return label
     # Most specific first: `is_private` also covers link-local, unspecified
     # and documentation ranges, and the message should name the real kind.
     checks = (

@@ -33,6 +33,14 @@ def _message(url: str, **kwargs) -> str:
         # Shared address space: one cloud serves instance metadata at this one.
         ("http://100.100.100.200/latest/meta-data", "non-public", "100.100.100.200"),
         ("http://198.18.0.1/", "private", "198.18.0.1"),
+        # 6to4 and Teredo addresses with a private IPv4 address inside.
+        ("http://[2002:7f00:1::]/", "loopback", "2002:7f00:1::"),
+        ("http://[2002:a00:1::]/", "private", "2002:a00:1::"),
+        (
+            "http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/",
+            "loopback",
+            "2001:0:4136:e378:8000:63bf:80ff:fffe",
+        ),
     ],
 )
 def test_non_public_address_refused(settings, url, kind, address):
@@ -67,6 +75,8 @@ def test_public_address_accepted(settings):
     settings.PROVIDER_ALLOW_PRIVATE_URLS = False
     assert base_url_validate("https://8.8.8.8/v1") is None
     assert base_url_validate("https://[2001:4860:4860::8888]/v1") is None
+    # 6to4 of a public IPv4 address.
+    assert base_url_validate("https://[2002:808:808::]/v1") is None
 
 
 @pytest.mark.parametrize(

@@ -282,13 +282,18 @@ def _clip(
     return replace(window, first_day=first_day)
 
 
-def _recompute(*, windows: list[DayWindow], now: datetime) -> RecomputeResult:
-    result = RecomputeResult()
-    purged_before = (
+def call_logs_purged_before() -> datetime | None:
+    """How far the retention purge has deleted call logs (None: it has deleted nothing)."""
+    return (
         AggregationState.objects.filter(name=_STATE_NAME)
         .values_list("call_logs_purged_before", flat=True)
         .first()
     )
+
+
+def _recompute(*, windows: list[DayWindow], now: datetime) -> RecomputeResult:
+    result = RecomputeResult()
+    purged_before = call_logs_purged_before()
     clipped = [w for w in (_clip(w, now, purged_before, result) for w in windows) if w is not None]
     result.add(_recompute_windows(windows=clipped, now=now))
     return result

@@ -26,7 +26,7 @@ from decimal import Decimal
 from django.conf import settings
 from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
-from django.db.models import Min, Sum
+from django.db.models import Max, Min, Sum
 from django.db.models.functions import TruncMonth
 from django.template.loader import render_to_string
 from django.utils import timezone
@@ -34,11 +34,17 @@ from django.utils import timezone
 from llm_providers.encryption import UnreadableSecret
 from llm_providers.models import ProviderConfig, Tenant, TenantMembership
 
+from .budget import BudgetExceeded, budget_refusal_prefix
 from .locking import exclusive_transaction
-from .models import AlertDelivery, Budget, CostAlert, DailyUsage, email_list_parse
+from .models import AlertDelivery, Budget, CallLog, CostAlert, DailyUsage, email_list_parse
 from .money import usd_format
-from .periods import period_containing
-from .selectors import budget_list_active, budget_period_spend, provider_error_rates
+from .periods import period_containing, utc_window_for_days
+from .selectors import (
+    budget_list_active,
+    budget_period_spend,
+    budget_scope_filter,
+    provider_error_rates,
+)
 from .webhooks import WebhookFailed, webhook_label, webhook_post
 
 logger = logging.getLogger(__name__)
@@ -173,6 +179,52 @@ def _budget_message(budget: Budget, period, percent: int, spend: Decimal) -> str
     return text
 
 
+def _budget_refusing_message(budget: Budget, period, spend: Decimal) -> str:
+    return (
+        f"{budget.tenant.name}: budget “{budget.name}” ({budget.scope_label}, "
+        f"{budget.get_period_display().lower()} {period.key}) refuses calls: "
+        f"{usd_format(spend)} of its {usd_format(budget.limit_usd)} limit is spent, and calls "
+        f"that could cost more than the {usd_format(budget.limit_usd - spend)} left are "
+        "refused until the period resets."
+    )
+
+
+def _budget_refused_calls(budget: Budget, period) -> bool:
+    """Whether the blocking budget refused a call in the period (blocked call logs name it).
+
+    Only the days whose DailyUsage counts blocked calls in the budget's scope
+    are searched, so a period without any costs one small query.
+    """
+    scope = budget_scope_filter(budget)
+    blocked_days = (
+        DailyUsage.objects.filter(
+            tenant_id=budget.tenant_id,
+            day__gte=period.first_day,
+            day__lte=period.last_day,
+            blocked_count__gt=0,
+        )
+        .filter(scope)
+        .aggregate(first=Min("day"), last=Max("day"))
+    )
+    if blocked_days["first"] is None:
+        return False
+    start, end = utc_window_for_days(
+        blocked_days["first"], blocked_days["last"], period.timezone_name
+    )
+    return (
+        CallLog.objects.filter(
+            tenant_id=budget.tenant_id,
+            created_at__gte=max(start, period.start),
+            created_at__lt=min(end, period.end),
+            status=CallLog.Status.BLOCKED,
+            error_code=BudgetExceeded.code,
+            error_message__startswith=budget_refusal_prefix(budget.name),
+        )
+        .filter(scope)
+        .exists()
+    )
+
+
 def budget_thresholds_check(*, now: datetime) -> list[CostAlert]:
     """Alert once for each alert percentage a budget's period spend has crossed.
 
@@ -208,16 +260,26 @@ def _budget_thresholds_check(*, budget: Budget, now: datetime, lookback) -> list
     for period in periods.values():
         spend = budget_period_spend(budget=budget, period=period)
         crossed = [p for p in percentages if spend * 100 >= budget.limit_usd * p]
-        if not crossed:
+        # A blocking budget refuses a call whose worst case does not fit, so it
+        # can refuse every call from, say, 95 % on: its 100 % alert says so then.
+        may_refuse = budget.is_blocking and 100 in percentages and 100 not in crossed
+        if not crossed and not may_refuse:
             continue
         existing = set(
             CostAlert.objects.filter(budget=budget, period_key=period.key).values_list(
                 "percent", flat=True
             )
         )
+        refusing = may_refuse and 100 not in existing and _budget_refused_calls(budget, period)
+        if refusing:
+            crossed.append(100)
         for percent in crossed:
             if percent in existing:
                 continue
+            if refusing and percent == 100:
+                message = _budget_refusing_message(budget, period, spend)
+            else:
+                message = _budget_message(budget, period, percent, spend)
             alert = _alert_create(
                 now=now,
                 tenant_id=budget.tenant_id,
@@ -229,7 +291,7 @@ def _budget_thresholds_check(*, budget: Budget, now: datetime, lookback) -> list
                 provider_config_id=budget.provider_config_id,
                 spend_usd=spend,
                 limit_usd=budget.limit_usd,
-                message=_budget_message(budget, period, percent, spend),
+                message=message,
                 emails=budget.email_list,
                 webhooks=[budget.webhook_url_readable] if budget.webhook_url_readable else [],
             )

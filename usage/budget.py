@@ -167,12 +167,19 @@ def _current_period(kind: str, timezone_name: str, now: datetime) -> Period:
 # --- errors --------------------------------------------------------------------
 
 
+def budget_refusal_prefix(name: str) -> str:
+    """How the message of a refusal by budget `name` begins: blocked call logs keep
+    that message, and the alert checks find a budget's refusals by it."""
+    return f"Budget “{name}” ("
+
+
 def _exceeded(refusal: Refusal, amount_usd: Decimal, now: datetime) -> BudgetExceeded:
     budget, period = refusal.entry.budget, refusal.entry.period
     resets_local = period.end.astimezone(zone(budget.timezone_name))
     retry_after = max(1, math.ceil((period.end - now).total_seconds()))
     message = (
-        f"Budget “{budget.name}” ({budget.period}, limit {usd_format(budget.limit_usd)}) "
+        f"{budget_refusal_prefix(budget.name)}{budget.period}, "
+        f"limit {usd_format(budget.limit_usd)}) "
         f"refuses this call: {usd_format(refusal.spend_usd)} is already spent or reserved "
         f"this period and the call may cost up to {usd_format(amount_usd)}. The budget resets "
         f"at {resets_local:%Y-%m-%d %H:%M} {budget.timezone_name} ({period.end.isoformat()})."

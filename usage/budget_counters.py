@@ -29,8 +29,10 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q, Sum
 
-from .models import BudgetCounter, BudgetHold, CallLog
+from .aggregation import call_logs_purged_before
+from .models import BudgetCounter, BudgetHold, CallLog, DailyUsage
 from .money import nano_to_usd, usd_to_nano
+from .periods import local_date, local_midnight, zone
 from .selectors import budget_scope_filter
 
 
@@ -47,16 +49,40 @@ class Refusal:
 
 
 def settled_from_call_logs(entry) -> Decimal:
-    """The settled cost of a budget period, from CallLog (the cold-counter rebuild)."""
+    """The settled cost of a budget period, from CallLog (the cold-counter rebuild).
+
+    Days whose call logs the retention purge has reached count their DailyUsage
+    instead: a monthly budget under a retention shorter than a month would
+    otherwise forget the spend of its first days, and let calls through.
+    """
     budget, period = entry.budget, entry.period
-    total = (
-        CallLog.objects.filter(
-            tenant_id=budget.tenant_id, created_at__gte=period.start, created_at__lt=period.end
+    scope = budget_scope_filter(budget)
+    start = period.start
+    total = Decimal(0)
+    purged_before = call_logs_purged_before()
+    if purged_before is not None and purged_before > period.start:
+        # The whole local day the purge stopped in: its DailyUsage was computed
+        # before the purge and is never recomputed after it.
+        tz = zone(period.timezone_name)
+        kept_last = min(local_date(purged_before, tz), period.last_day)
+        total += (
+            DailyUsage.objects.filter(
+                tenant_id=budget.tenant_id, day__gte=period.first_day, day__lte=kept_last
+            )
+            .filter(scope)
+            .aggregate(total=Sum("cost_usd"))["total"]
+            or 0
         )
-        .filter(budget_scope_filter(budget))
+        start = min(local_midnight(kept_last + timedelta(days=1), tz), period.end)
+    total += (
+        CallLog.objects.filter(
+            tenant_id=budget.tenant_id, created_at__gte=start, created_at__lt=period.end
+        )
+        .filter(scope)
         .aggregate(total=Sum("cost_usd"))["total"]
+        or 0
     )
-    return total or Decimal(0)
+    return total
 
 
 # --- Redis ---------------------------------------------------------------------

@@ -3,6 +3,7 @@
 import datetime as dt
 import json
 import threading
+import uuid
 from decimal import Decimal
 
 import pytest
@@ -30,6 +31,7 @@ from usage.alerts import (
     error_rates_check,
     unpriced_usage_check,
 )
+from usage.budget import BudgetExceeded, budget_reserve
 from usage.models import AlertDelivery, Budget, CallLog, CostAlert
 from usage.selectors import provider_error_rates
 
@@ -135,6 +137,56 @@ def test_threshold_alert_says_calls_are_refused_when_blocking_budget_is_spent():
         "limit: $1.20 spent. Calls that would go over the limit are refused until the "
         "period resets."
     )
+
+
+@pytest.mark.django_db
+def test_threshold_check_alerts_100_percent_when_blocking_budget_refused_a_call_below_it(
+    counters,
+):
+    # given a $1 daily blocking budget at 95 %, which refused a call that
+    # could have cost $0.10 (every call from here on is refused)
+    now = timezone.now()
+    tenant = TenantFactory(name="Acme")
+    BudgetFactory(
+        tenant=tenant,
+        name="Cap",
+        action=Budget.Action.BLOCK,
+        period=Budget.Period.DAILY,
+        limit_usd=Decimal("1"),
+    )
+    _spend(tenant, "0.95", created_at=now - dt.timedelta(minutes=1))
+    with pytest.raises(BudgetExceeded) as refused:
+        budget_reserve(
+            tenant=tenant,
+            provider_config_id=None,
+            service_name="summarizer",
+            customer_id="acme",
+            amount_usd=Decimal("0.10"),
+            request_id=uuid.uuid4(),
+        )
+    CallLogFactory(
+        tenant=tenant,
+        status=CallLog.Status.BLOCKED,
+        error_code=refused.value.code,
+        error_message=refused.value.message,
+        cost_usd=Decimal(0),
+        created_at=now,
+    )
+    _aggregate(now)
+
+    # when
+    created = budget_thresholds_check(now=now)
+
+    # then besides 50 % and 80 %, the 100 % alert says calls are being refused
+    assert sorted(a.percent for a in created) == [50, 80, 100]
+    alert = CostAlert.objects.get(percent=100)
+    assert alert.spend_usd == Decimal("0.95")
+    assert alert.message == (
+        f"Acme: budget “Cap” (whole tenant, daily {now.date()}) refuses calls: $0.95 of "
+        "its $1.00 limit is spent, and calls that could cost more than the $0.05 left are "
+        "refused until the period resets."
+    )
+    assert budget_thresholds_check(now=now + dt.timedelta(minutes=5)) == []
 
 
 @pytest.mark.django_db

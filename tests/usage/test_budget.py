@@ -15,6 +15,7 @@ from django.utils import timezone
 from llm_providers.config_cache import config_version
 from tests.factories import BudgetFactory, CallLogFactory, ProviderConfigFactory, TenantFactory
 from usage import budget_counters
+from usage.aggregation import daily_usage_recompute
 from usage.budget import (
     BudgetExceeded,
     BudgetUnavailable,
@@ -24,6 +25,7 @@ from usage.budget import (
 )
 from usage.models import Budget, BudgetHold
 from usage.periods import DAILY, MONTHLY, period_containing
+from usage.retention import call_logs_purge
 from usage.services import budget_update
 
 
@@ -209,6 +211,41 @@ def test_cold_counter_counts_only_this_periods_call_logs_in_tenant_timezone(coun
     with pytest.raises(BudgetExceeded) as caught:
         _reserve(tenant, "0.75")
     assert Decimal(caught.value.extra["spend_usd"]) == Decimal("0.3")
+
+
+@pytest.mark.django_db
+def test_cold_counter_counts_spend_whose_call_logs_retention_purged(counters, settings):
+    # given a $1 monthly blocking budget with $0.90 spent on the month's first
+    # day, aggregated, and its call log since purged by a short retention
+    tenant = TenantFactory(timezone="America/New_York")
+    config = ProviderConfigFactory(tenant=tenant)
+    BudgetFactory(
+        tenant=tenant,
+        name="Monthly cap",
+        limit_usd=Decimal("1.00"),
+        action=Budget.Action.BLOCK,
+        provider_config=config,
+    )
+    now = timezone.now()
+    period = period_containing(MONTHLY, now, "America/New_York")
+    CallLogFactory(
+        tenant=tenant,
+        provider_config=config,
+        cost_usd=Decimal("0.900000000000"),
+        created_at=period.start,
+    )
+    CallLogFactory(tenant=tenant, provider_config=config, cost_usd=Decimal("0.05"), created_at=now)
+    daily_usage_recompute(
+        first_day=period.first_day, last_day=period.first_day, tenant=tenant, now=now
+    )
+    settings.USAGE_CALL_LOG_RETENTION_DAYS = 1
+    purge_cutoff = period.start + (now - period.start) / 2
+    assert call_logs_purge(now=purge_cutoff + dt.timedelta(days=1)).call_logs == 1
+
+    # when the cold counter is rebuilt, then the purged day's spend still counts
+    with pytest.raises(BudgetExceeded) as caught:
+        _reserve(tenant, "0.10", provider_config_id=config.pk)
+    assert Decimal(caught.value.extra["spend_usd"]) == Decimal("0.95")
 
 
 @pytest.mark.django_db

@@ -66,7 +66,7 @@ from .chat_input import (
 )
 from .clients import adapter_for_config
 from .config_cache import config_version
-from .exceptions import ApplicationError, SecretUnreadableError
+from .exceptions import CALL_INTERRUPTED_CODE, ApplicationError, SecretUnreadableError
 from .models import Tenant
 from .pricing import ZERO, PriceSource, cost_for_usage, cost_worst_case, price_lookup
 from .rate_limiting import RateLimited, rate_limit_admit
@@ -448,7 +448,7 @@ def _error_code_and_message(error: BaseException) -> tuple[str, str]:
         return error.code, error.message
     if not isinstance(error, Exception):
         # Ctrl-C, a worker shutting down: the call was cut off, not broken.
-        return "interrupted", f"The call was interrupted ({type(error).__name__})."
+        return CALL_INTERRUPTED_CODE, f"The call was interrupted ({type(error).__name__})."
     return "internal_error", f"{type(error).__name__}: {error}"
 
 

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+# The error code of a call cut off on our side (Ctrl-C, a worker shutting
+# down): recorded as an error, but no fault of the provider.
+CALL_INTERRUPTED_CODE = "interrupted"
+
 
 class ApplicationError(Exception):
     """An error a caller can act on: a message meant for people plus structured extras.

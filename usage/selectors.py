@@ -27,6 +27,7 @@ from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
 
 from llm_providers.adapters.errors import ContentRefused, NotSupported, ProviderBadRequest
+from llm_providers.exceptions import CALL_INTERRUPTED_CODE
 from llm_providers.models import ProviderConfig, Tenant
 
 from .models import AggregationState, Budget, CallLog, CostAlert, DailyUsage
@@ -248,12 +249,16 @@ CALLER_ERROR_CODES = tuple(
 )
 
 
+_NOT_PROVIDER_ERRORS = (*CALLER_ERROR_CODES, CALL_INTERRUPTED_CODE)
+
+
 def provider_error_rates(
     *, now: datetime, tenant: Tenant | None = None
 ) -> list[tuple[object, object, int, int]]:
     """(tenant_id, provider_config_id, attempts, errors) over the error-rate window.
 
-    Errors caused by the caller's request (CALLER_ERROR_CODES) count as attempts, not errors.
+    Errors caused by the caller's request (CALLER_ERROR_CODES) and calls cut off
+    on our side (a worker shutting down) count as attempts, not errors.
     """
     window = timedelta(minutes=settings.USAGE_ERROR_RATE_WINDOW_MINUTES)
     logs = CallLog.objects.filter(
@@ -271,7 +276,7 @@ def provider_error_rates(
             total=Count("pk"),
             errors=Count(
                 "pk",
-                filter=Q(status=CallLog.Status.ERROR) & ~Q(error_code__in=CALLER_ERROR_CODES),
+                filter=Q(status=CallLog.Status.ERROR) & ~Q(error_code__in=_NOT_PROVIDER_ERRORS),
             ),
         )
     )

@@ -505,6 +505,28 @@ def test_error_rate_does_not_count_errors_caused_by_the_callers_requests(setting
 
 
 @pytest.mark.django_db
+def test_error_rate_does_not_count_calls_interrupted_on_our_side(settings):
+    # given a deploy that cut off 15 of 20 calls mid-flight (worker shutdown)
+    settings.USAGE_ERROR_RATE_THRESHOLD = 0.2
+    settings.USAGE_ERROR_RATE_MIN_REQUESTS = 10
+    tenant = TenantFactory()
+    config = ProviderConfigFactory(tenant=tenant)
+    for _ in range(15):
+        CallLogFactory(
+            tenant=tenant, provider_config=config, status=CallLog.Status.ERROR,
+            error_code="interrupted", created_at=NOW - dt.timedelta(minutes=1),
+        )  # fmt: skip
+    for _ in range(5):
+        CallLogFactory(
+            tenant=tenant, provider_config=config, created_at=NOW - dt.timedelta(minutes=1)
+        )
+
+    # then the provider is not reported as failing
+    assert provider_error_rates(now=NOW, tenant=tenant) == [(tenant.pk, config.pk, 20, 0)]
+    assert error_rates_check(now=NOW) == []
+
+
+@pytest.mark.django_db
 def test_unpriced_usage_alerts_once_per_model_and_month():
     tenant = TenantFactory(name="Acme")
     BudgetFactory(tenant=tenant, alert_percentages=[], alert_emails="finance@example.com")

@@ -14,7 +14,12 @@ from django.db import connection
 from django.db.models import Sum
 from django.utils import timezone
 
-from tests.factories import CallLogFactory, ProviderConfigFactory, TenantFactory
+from tests.factories import (
+    CallLogFactory,
+    DailyUsageFactory,
+    ProviderConfigFactory,
+    TenantFactory,
+)
 from usage.aggregation import (
     UsageRangeError,
     daily_usage_recompute,
@@ -434,8 +439,9 @@ def test_backfill_command_recomputes_range_and_reports():
 @pytest.mark.django_db
 def test_backfill_command_says_which_days_retention_kept(settings):
     settings.USAGE_CALL_LOG_RETENTION_DAYS = 10
-    TenantFactory()
+    tenant = TenantFactory()
     today = timezone.now().date()
+    kept = DailyUsageFactory(tenant=tenant, day=today - dt.timedelta(days=15), request_count=3)
     out = StringIO()
 
     call_command(
@@ -454,6 +460,8 @@ def test_backfill_command_says_which_days_retention_kept(settings):
             "are past the retention period."
         )
     )
+    kept.refresh_from_db()
+    assert kept.request_count == 3
 
 
 @pytest.mark.django_db
@@ -500,6 +508,48 @@ def test_backfill_command_stops_at_today_when_to_is_far_ahead():
         "1 row(s) written, 0 removed."
     )
     assert list(DailyUsage.objects.values_list("day", "request_count")) == [(DAY, 1)]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("tenant_slug", [None, "acme"])
+def test_backfill_command_from_far_past_starts_at_the_first_logged_day(tenant_slug):
+    # given: usage only since yesterday, and a --from at the first date there is
+    tenant = TenantFactory(slug="acme", timezone="Pacific/Kiritimati")
+    CallLogFactory(tenant=tenant, created_at=NOW - dt.timedelta(days=1))
+    out = StringIO()
+    options = ["--tenant", tenant_slug] if tenant_slug else []
+
+    # when
+    with mock.patch("django.utils.timezone.now", return_value=NOW):
+        call_command(
+            "usage_backfill", "--from", "0001-01-01", *options, "--no-progress", stdout=out
+        )
+
+    # then: the days before the first log are skipped, the logged day is counted
+    scope = "tenant acme" if tenant_slug else "all tenants"
+    assert out.getvalue().splitlines() == [
+        "Nothing is logged before 2026-06-13: the recompute starts there.",
+        f"Recomputed 4 day(s) from 2026-06-13 to 2026-06-16 for {scope}: "
+        "1 row(s) written, 0 removed.",
+    ]
+    assert list(DailyUsage.objects.values_list("day", "request_count")) == [
+        (dt.date(2026, 6, 15), 1)
+    ]
+
+
+@pytest.mark.django_db
+def test_backfill_command_range_before_any_usage_recomputes_nothing():
+    TenantFactory()
+    CallLogFactory(created_at=NOW - dt.timedelta(days=1))
+    out = StringIO()
+
+    with mock.patch("django.utils.timezone.now", return_value=NOW):
+        call_command("usage_backfill", "--from", "2020-01-01", "--to", "2020-01-31", stdout=out)
+
+    assert out.getvalue().strip() == (
+        "Nothing is logged from 2020-01-01 to 2020-01-31: nothing to recompute."
+    )
+    assert not DailyUsage.objects.exists()
 
 
 @pytest.mark.django_db

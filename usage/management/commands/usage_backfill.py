@@ -7,11 +7,13 @@ from contextlib import suppress
 from datetime import date, timedelta
 
 from django.core.management.base import BaseCommand, CommandError
+from django.db.models import Min
 from django.utils import timezone
 from tqdm import tqdm
 
 from llm_providers.models import Tenant
 from usage.aggregation import RecomputeResult, daily_usage_recompute
+from usage.models import CallLog, DailyUsage
 from usage.periods import local_date, zone
 from usage.selectors import tenant_timezones
 
@@ -31,6 +33,22 @@ def _today(tenant: Tenant | None) -> date:
     now = timezone.now()
     names = [tenant.timezone] if tenant else tenant_timezones() or ["UTC"]
     return max(local_date(now, zone(name)) for name in names)
+
+
+def _first_day_with_usage(tenant: Tenant | None, today: date) -> date:
+    """The earliest day that has call logs or daily usage (today when there is none).
+
+    A day before it has nothing to recompute: starting there spares a --from
+    far in the past a transaction for every empty day.
+    """
+    logs, usage = CallLog.objects.all(), DailyUsage.objects.all()
+    if tenant is not None:
+        logs, usage = logs.filter(tenant=tenant), usage.filter(tenant=tenant)
+    first_log = logs.aggregate(first=Min("created_at"))["first"]
+    first_usage = usage.aggregate(first=Min("day"))["first"]
+    # A day before the UTC date covers every time zone's local day of that instant.
+    candidates = [first_log and first_log.date() - timedelta(days=1), first_usage]
+    return min([day for day in candidates if day] or [today])
 
 
 class Command(BaseCommand):
@@ -74,6 +92,13 @@ class Command(BaseCommand):
         chunk = options["chunk_days"]
         if chunk < 1:
             raise CommandError("--chunk-days must be 1 or more.")
+        asked_first = first
+        first = max(first, _first_day_with_usage(tenant, today))
+        if first > last:
+            self.stdout.write(
+                f"Nothing is logged from {asked_first} to {last}: nothing to recompute."
+            )
+            return
 
         total = RecomputeResult()
         days = (last - first).days + 1
@@ -92,6 +117,8 @@ class Command(BaseCommand):
                 start = end + timedelta(days=1)
 
         scope = f"tenant {tenant.slug}" if tenant else "all tenants"
+        if first > asked_first:
+            self.stdout.write(f"Nothing is logged before {first}: the recompute starts there.")
         self.stdout.write(
             f"Recomputed {days} day(s) from {first} to {last} for {scope}: "
             f"{total.written} row(s) written, {total.removed} removed."

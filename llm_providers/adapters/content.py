@@ -70,6 +70,13 @@ def content_parts(content: Any) -> Iterator[dict[str, Any]]:
                 yield {"type": "text", "text": part}
 
 
+def has_visible_text(text: Any) -> bool:
+    """Whether a text part says anything: Anthropic and Bedrock refuse (400) a
+    text block that is empty or only whitespace, and models often answer
+    "\\n\\n" beside a tool call, which callers send back in the conversation."""
+    return isinstance(text, str) and bool(text.strip())
+
+
 def content_text(content: Any) -> str:
     """The text parts of a message's content, joined."""
     return "".join(p.get("text") or "" for p in content_parts(content) if p.get("type") == "text")
@@ -85,7 +92,7 @@ def system_prompt(messages: list[Message], *, json_mode: bool) -> str:
     pieces = [content_text(m.get("content")) for m in messages if m.get("role") == "system"]
     if json_mode:
         pieces.append(JSON_MODE_INSTRUCTION)
-    return "\n\n".join(p for p in pieces if p)
+    return "\n\n".join(p for p in pieces if has_visible_text(p))
 
 
 def tool_arguments_parse(arguments: str | None, name: str) -> dict[str, Any]:

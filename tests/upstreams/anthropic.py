@@ -17,9 +17,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .server import LoopbackUpstream, Reply, Script, json_reply
+from .server import LoopbackUpstream, RecordedRequest, Reply, Script, json_reply
 
 DEFAULT_MODEL = "claude-sonnet-4-6-20260217"
+# What the Messages API answers (400) to a text block that is empty or only whitespace.
+BLANK_TEXT_BLOCK = "messages: text content blocks must contain non-whitespace text"
 
 
 def sse(event: str, payload: dict[str, Any]) -> bytes:
@@ -56,6 +58,12 @@ class AnthropicUpstream(LoopbackUpstream):
         if path.startswith("/v1/models"):
             return "models"
         return None
+
+    def _reply_for(self, request: RecordedRequest) -> Reply:
+        reply = super()._reply_for(request)
+        if request.route == "messages" and _has_blank_text_block(request.json or {}):
+            return self.error_reply(400, type="invalid_request_error", message=BLANK_TEXT_BLOCK)
+        return reply
 
     def message_reply(
         self,
@@ -273,3 +281,13 @@ class AnthropicUpstream(LoopbackUpstream):
     def enqueue_error(self, *args: Any, times: int = 1, **kwargs: Any) -> None:
         """Answer the next request(s) with `error_reply(...)`."""
         self.enqueue(self.error_reply(*args, **kwargs), times=times)
+
+
+def _has_blank_text_block(body: dict[str, Any]) -> bool:
+    """Whether a Messages request holds a text block without non-whitespace text."""
+    return any(
+        isinstance(block, dict) and block.get("type") == "text" and not block["text"].strip()
+        for message in body.get("messages") or ()
+        if isinstance(message.get("content"), list)
+        for block in message["content"]
+    )

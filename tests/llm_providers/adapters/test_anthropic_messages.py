@@ -246,6 +246,41 @@ def test_complete_sends_tool_calls_and_results_as_tool_use_and_tool_result_block
     ]  # fmt: skip
 
 
+def test_complete_leaves_out_text_blocks_that_are_only_whitespace(adapter, anthropic_upstream):
+    # Models often write "\n\n" before calling a tool; the Messages API refuses
+    # a text block without non-whitespace text (400), so replaying such a
+    # conversation must not send one.
+    anthropic_upstream.enqueue_message("Sunny in Paris.")
+    messages = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {
+            "role": "assistant",
+            "content": "\n\n",
+            "tool_calls": [
+                {
+                    "id": "toolu_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "toolu_1", "content": "Sunny, 21°C"},
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": " "}, {"type": "text", "text": "Thanks"}],
+        },
+    ]
+
+    result = adapter.complete(_request(messages=messages, tools=[WEATHER_TOOL]))
+
+    assert result.content == "Sunny in Paris."
+    sent = anthropic_upstream.last_request.json["messages"]
+    assert sent[1]["content"] == [
+        {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}}
+    ]
+    assert sent[2]["content"][1:] == [{"type": "text", "text": "Thanks"}]
+
+
 def test_complete_refuses_tool_call_arguments_that_are_not_json(adapter, anthropic_upstream):
     messages = [
         {"role": "user", "content": "Hi"},

@@ -17,6 +17,7 @@ import httpx2
 import openai
 
 from .base import Adapter, estimate_text_tokens, translate_errors, translate_stream_errors
+from .content import JSON_MODE_INSTRUCTION, content_text
 from .errors import (
     ProviderBadRequest,
     ProviderError,
@@ -35,6 +36,7 @@ from .types import (
     ChatResult,
     EmbedRequest,
     EmbedResult,
+    Message,
     StreamChunk,
     ToolCall,
     Usage,
@@ -120,7 +122,7 @@ class OpenAIChatAdapter(Adapter):
     def _chat_arguments(self, request: ChatRequest) -> dict[str, Any]:
         arguments: dict[str, Any] = {
             "model": self.wire_model(request.model),
-            "messages": request.messages,
+            "messages": _messages_for(request),
             "timeout": self._timeout(self.call_timeout(request.timeout)),
         }
         if request.max_tokens is not None:
@@ -281,6 +283,18 @@ class OpenAIChatAdapter(Adapter):
                 return ProviderRateLimited(message)
             return error_for_status(None, message, code=code)
         return UpstreamUnavailable(self.scrub(f"{label} failed: {exc}"))
+
+
+def _messages_for(request: ChatRequest) -> list[Message]:
+    """The messages sent: as given, except that JSON mode needs one of them to
+    mention JSON. OpenAI and Azure refuse `response_format` json_object (400)
+    when none does; the instruction is then put first, and the caller's list
+    is left as it was."""
+    if not request.json_mode or any(
+        "json" in content_text(message.get("content")).lower() for message in request.messages
+    ):
+        return request.messages
+    return [{"role": "system", "content": JSON_MODE_INSTRUCTION}, *request.messages]
 
 
 def finish_reason_normalise(reported: str | None, has_tool_calls: bool) -> str:

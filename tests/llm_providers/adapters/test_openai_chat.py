@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from llm_providers.adapters.content import JSON_MODE_INSTRUCTION
 from llm_providers.adapters.errors import (
     ContentRefused,
     ContextTooLong,
@@ -148,6 +149,7 @@ def test_complete_sends_sampling_parameters_and_json_mode_on_the_wire(adapter, o
     assert sent.json == {
         "model": "gpt-4o-mini",
         "messages": [
+            {"role": "system", "content": JSON_MODE_INSTRUCTION},
             {"role": "system", "content": "Be brief."},
             {"role": "user", "content": "Hello?"},
         ],
@@ -157,6 +159,40 @@ def test_complete_sends_sampling_parameters_and_json_mode_on_the_wire(adapter, o
         "stop": ["END"],
         "response_format": {"type": "json_object"},
     }
+
+
+@pytest.mark.parametrize("provider_type", ["openai", "azure_openai"])
+def test_complete_in_json_mode_tells_the_model_to_answer_json_when_no_message_says_it(
+    provider_type, openai_upstream
+):
+    # OpenAI and Azure refuse (400) JSON mode unless a message mentions JSON;
+    # json_mode alone must be enough, as on every other provider.
+    if provider_type == "azure_openai":
+        adapter = _azure(openai_upstream, deployment="gpt-4o-mini-dep")
+    else:
+        adapter = _adapter("openai", openai_upstream.base_url, api_key=API_KEY)
+    openai_upstream.enqueue_chat('{"colours": ["red", "green", "blue"]}')
+    messages = [{"role": "user", "content": "List three colours."}]
+
+    result = adapter.complete(_request(messages=messages, json_mode=True))
+
+    assert result.content == '{"colours": ["red", "green", "blue"]}'
+    assert openai_upstream.last_request.json["messages"] == [
+        {"role": "system", "content": JSON_MODE_INSTRUCTION},
+        {"role": "user", "content": "List three colours."},
+    ]
+    assert messages == [{"role": "user", "content": "List three colours."}]
+
+
+def test_complete_in_json_mode_sends_the_messages_as_given_when_one_mentions_json(
+    adapter, openai_upstream
+):
+    openai_upstream.enqueue_chat('{"ok": true}')
+    messages = [{"role": "user", "content": [{"type": "text", "text": "Reply in JSON: ok?"}]}]
+
+    adapter.complete(_request(messages=messages, json_mode=True))
+
+    assert openai_upstream.last_request.json["messages"] == messages
 
 
 def test_complete_sends_max_tokens_when_preset_is_openai_compatible(openai_upstream):

@@ -188,6 +188,27 @@ def test_complete_sends_image_jpg_data_urls_as_the_jpeg_media_type(adapter, anth
     assert block["source"] == {"type": "base64", "media_type": "image/jpeg", "data": "/9j/4AAQ"}
 
 
+def test_complete_sends_the_media_type_of_the_image_bytes_when_the_data_url_mislabels_them(
+    adapter, anthropic_upstream
+):
+    # OpenAI takes a JPEG labelled image/png; Anthropic answers 400, so a call
+    # falling back from one to the other would fail on the label alone.
+    anthropic_upstream.enqueue_message("A photo.")
+    content = [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,/9j/4AAQSkZJRg=="}}
+    ]
+
+    result = adapter.complete(_request(messages=[{"role": "user", "content": content}]))
+
+    assert result.content == "A photo."
+    [block] = anthropic_upstream.last_request.json["messages"][0]["content"]
+    assert block["source"] == {
+        "type": "base64",
+        "media_type": "image/jpeg",
+        "data": "/9j/4AAQSkZJRg==",
+    }
+
+
 def test_complete_sends_tool_calls_and_results_as_tool_use_and_tool_result_blocks(
     adapter, anthropic_upstream
 ):

@@ -873,6 +873,43 @@ def test_embed_returns_vectors_and_input_usage(adapter, openai_upstream):
     }
 
 
+def test_gemini_embeds_more_than_100_inputs_in_batches_it_accepts(openai_upstream):
+    # Gemini's OpenAI-compatible endpoint refuses more than 100 inputs per
+    # request; the layer accepts up to 2,048 per call.
+    adapter = _adapter("gemini", openai_upstream.base_url, api_key="AIzaSyTestKey1234567890")
+
+    def answer(request):
+        inputs = request.json["input"]
+        if len(inputs) > 100:
+            error = {
+                "code": 400,
+                "message": "* BatchEmbedContentsRequest.requests: at most 100 requests can be "
+                "in one batch\n",
+                "status": "INVALID_ARGUMENT",
+            }
+            return json_reply([{"error": error}], status=400)
+        payload = {
+            "object": "list",
+            "data": [
+                {"object": "embedding", "index": index, "embedding": [float(text.split()[1])]}
+                for index, text in enumerate(inputs)
+            ],
+            "model": "gemini-embedding-001",
+            "usage": {"prompt_tokens": 2 * len(inputs), "total_tokens": 2 * len(inputs)},
+        }
+        return json_reply(payload, route="embeddings")
+
+    openai_upstream.enqueue(answer, times=3)
+    inputs = [f"text {number}" for number in range(250)]
+
+    result = adapter.embed(EmbedRequest(model="gemini-embedding-001", inputs=inputs))
+
+    assert result.vectors == [[float(number)] for number in range(250)]
+    assert result.usage == Usage(input_tokens=500)
+    assert result.usage_estimated is False
+    assert [len(request.json["input"]) for request in openai_upstream.requests] == [100, 100, 50]
+
+
 def test_list_models_returns_the_ids_sorted(adapter, openai_upstream):
     openai_upstream.enqueue_models(["gpt-4o", "gpt-4o-mini", "babbage-002"])
 

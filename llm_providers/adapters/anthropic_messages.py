@@ -27,6 +27,7 @@ from .content import (
     arguments_dump,
     content_parts,
     content_text,
+    has_visible_text,
     image_parse,
     image_url_of,
     merge_same_role,
@@ -260,7 +261,7 @@ def _content_blocks(content: Any) -> list[dict[str, Any]]:
     for part in content_parts(content):
         kind = part.get("type")
         if kind == "text":
-            if part.get("text"):
+            if has_visible_text(part.get("text")):
                 blocks.append({"type": "text", "text": part["text"]})
         elif kind == "image_url":
             url = image_url_of(part)

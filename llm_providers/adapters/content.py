@@ -30,6 +30,17 @@ _WHITESPACE = re.compile(r"\s+")
 # take: Anthropic accepts only image/jpeg, and browsers and tools still write
 # image/jpg.
 _MEDIA_TYPE_ALIASES = {"image/jpg": "image/jpeg", "image/pjpeg": "image/jpeg"}
+# The first bytes of the formats vendors take. Anthropic refuses (400) an
+# image whose bytes are not of the media type its data URL names, where
+# OpenAI looks at the bytes; so the bytes decide when they are recognised.
+_IMAGE_SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"GIF87a", "image/gif"),
+    (b"GIF89a", "image/gif"),
+)
+# 16 base64 characters: the first 12 bytes, enough for every signature.
+_SIGNATURE_CHARACTERS = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,10 +63,22 @@ def image_parse(url: str) -> InlineImage | None:
     if not match:
         return None
     media_type = match.group("media_type").lower()
+    data = _WHITESPACE.sub("", match.group("data"))
     return InlineImage(
-        media_type=_MEDIA_TYPE_ALIASES.get(media_type, media_type),
-        data=_WHITESPACE.sub("", match.group("data")),
+        media_type=_media_type_of_bytes(data) or _MEDIA_TYPE_ALIASES.get(media_type, media_type),
+        data=data,
     )
+
+
+def _media_type_of_bytes(data: str) -> str | None:
+    """The image format the first bytes of base64 `data` show, if a known one."""
+    try:
+        head = base64.b64decode(data[:_SIGNATURE_CHARACTERS], validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "image/webp"
+    return next((kind for signature, kind in _IMAGE_SIGNATURES if head.startswith(signature)), None)
 
 
 def content_parts(content: Any) -> Iterator[dict[str, Any]]:
@@ -68,6 +91,13 @@ def content_parts(content: Any) -> Iterator[dict[str, Any]]:
                 yield part
             elif isinstance(part, str):
                 yield {"type": "text", "text": part}
+
+
+def has_visible_text(text: Any) -> bool:
+    """Whether a text part says anything: Anthropic and Bedrock refuse (400) a
+    text block that is empty or only whitespace, and models often answer
+    "\\n\\n" beside a tool call, which callers send back in the conversation."""
+    return isinstance(text, str) and bool(text.strip())
 
 
 def content_text(content: Any) -> str:
@@ -85,7 +115,7 @@ def system_prompt(messages: list[Message], *, json_mode: bool) -> str:
     pieces = [content_text(m.get("content")) for m in messages if m.get("role") == "system"]
     if json_mode:
         pieces.append(JSON_MODE_INSTRUCTION)
-    return "\n\n".join(p for p in pieces if p)
+    return "\n\n".join(p for p in pieces if has_visible_text(p))
 
 
 def tool_arguments_parse(arguments: str | None, name: str) -> dict[str, Any]:

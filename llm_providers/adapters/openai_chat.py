@@ -17,6 +17,7 @@ import httpx2
 import openai
 
 from .base import Adapter, estimate_text_tokens, translate_errors, translate_stream_errors
+from .content import JSON_MODE_INSTRUCTION, content_text
 from .errors import (
     ProviderBadRequest,
     ProviderError,
@@ -35,6 +36,7 @@ from .types import (
     ChatResult,
     EmbedRequest,
     EmbedResult,
+    Message,
     StreamChunk,
     ToolCall,
     Usage,
@@ -64,6 +66,10 @@ _FINISH_REASONS = {
     "function_call": "tool_calls",
     "content_filter": "content_filter",
 }
+# Inputs per embeddings request where a preset takes fewer than the 2,048 a
+# call may carry: Gemini refuses more than 100 ("at most 100 requests can be
+# in one batch"). Larger calls are sent in batches of this size.
+_EMBED_BATCH_SIZES = {"gemini": 100}
 # Mistral ends an answer whose generation failed part-way with this reason.
 _FINISH_REASON_ERROR = "error"
 
@@ -120,7 +126,7 @@ class OpenAIChatAdapter(Adapter):
     def _chat_arguments(self, request: ChatRequest) -> dict[str, Any]:
         arguments: dict[str, Any] = {
             "model": self.wire_model(request.model),
-            "messages": request.messages,
+            "messages": _messages_for(request),
             "timeout": self._timeout(self.call_timeout(request.timeout)),
         }
         if request.max_tokens is not None:
@@ -215,22 +221,33 @@ class OpenAIChatAdapter(Adapter):
 
     @translate_errors
     def embed(self, request: EmbedRequest) -> EmbedResult:
-        response = self._client.embeddings.create(
-            model=self.wire_model(request.model),
-            input=list(request.inputs),
-            encoding_format="float",
-            timeout=self._timeout(self.call_timeout(request.timeout)),
-        )
-        vectors = [list(item.embedding) for item in sorted(response.data, key=lambda d: d.index)]
-        if response.usage is not None:
-            input_tokens = response.usage.prompt_tokens
-        else:
-            input_tokens = sum(estimate_text_tokens(text) for text in request.inputs)
+        inputs = list(request.inputs)
+        size = _EMBED_BATCH_SIZES.get(self.settings.provider_type) or len(inputs) or 1
+        vectors: list[list[float]] = []
+        input_tokens = 0
+        estimated = False
+        model = ""
+        for start in range(0, len(inputs), size):
+            batch = inputs[start : start + size]
+            response = self._client.embeddings.create(
+                model=self.wire_model(request.model),
+                input=batch,
+                encoding_format="float",
+                timeout=self._timeout(self.call_timeout(request.timeout)),
+            )
+            ordered = sorted(response.data, key=lambda d: d.index)
+            vectors += [list(item.embedding) for item in ordered]
+            if response.usage is not None:
+                input_tokens += response.usage.prompt_tokens
+            else:
+                input_tokens += sum(estimate_text_tokens(text) for text in batch)
+                estimated = True
+            model = model or response.model
         return EmbedResult(
             vectors=vectors,
             usage=Usage(input_tokens=input_tokens),
-            model=response.model or request.model,
-            usage_estimated=response.usage is None,
+            model=model or request.model,
+            usage_estimated=estimated,
         )
 
     @translate_errors
@@ -281,6 +298,18 @@ class OpenAIChatAdapter(Adapter):
                 return ProviderRateLimited(message)
             return error_for_status(None, message, code=code)
         return UpstreamUnavailable(self.scrub(f"{label} failed: {exc}"))
+
+
+def _messages_for(request: ChatRequest) -> list[Message]:
+    """The messages sent: as given, except that JSON mode needs one of them to
+    mention JSON. OpenAI and Azure refuse `response_format` json_object (400)
+    when none does; the instruction is then put first, and the caller's list
+    is left as it was."""
+    if not request.json_mode or any(
+        "json" in content_text(message.get("content")).lower() for message in request.messages
+    ):
+        return request.messages
+    return [{"role": "system", "content": JSON_MODE_INSTRUCTION}, *request.messages]
 
 
 def finish_reason_normalise(reported: str | None, has_tool_calls: bool) -> str:

@@ -14,12 +14,24 @@ cumulative output (the last equals `output_tokens`), as the API does.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from typing import Any
 
-from .server import LoopbackUpstream, Reply, Script, json_reply
+from .server import LoopbackUpstream, RecordedRequest, Reply, Script, json_reply
 
 DEFAULT_MODEL = "claude-sonnet-4-6-20260217"
+# What the Messages API answers (400) to a text block that is empty or only whitespace.
+BLANK_TEXT_BLOCK = "messages: text content blocks must contain non-whitespace text"
+# The first bytes of each image format the API takes: it answers 400 to a
+# base64 image whose bytes are of another format than its media_type says.
+IMAGE_SIGNATURES = {
+    "image/png": b"\x89PNG\r\n\x1a\n",
+    "image/jpeg": b"\xff\xd8\xff",
+    "image/gif": b"GIF8",
+    "image/webp": b"RIFF",
+}
 
 
 def sse(event: str, payload: dict[str, Any]) -> bytes:
@@ -56,6 +68,17 @@ class AnthropicUpstream(LoopbackUpstream):
         if path.startswith("/v1/models"):
             return "models"
         return None
+
+    def _reply_for(self, request: RecordedRequest) -> Reply:
+        reply = super()._reply_for(request)
+        if request.route != "messages":
+            return reply
+        body = request.json or {}
+        refusal = BLANK_TEXT_BLOCK if _has_blank_text_block(body) else None
+        refusal = refusal or _image_media_type_mismatch(body)
+        if refusal:
+            return self.error_reply(400, type="invalid_request_error", message=refusal)
+        return reply
 
     def message_reply(
         self,
@@ -273,3 +296,35 @@ class AnthropicUpstream(LoopbackUpstream):
     def enqueue_error(self, *args: Any, times: int = 1, **kwargs: Any) -> None:
         """Answer the next request(s) with `error_reply(...)`."""
         self.enqueue(self.error_reply(*args, **kwargs), times=times)
+
+
+def _has_blank_text_block(body: dict[str, Any]) -> bool:
+    """Whether a Messages request holds a text block without non-whitespace text."""
+    return any(
+        isinstance(block, dict) and block.get("type") == "text" and not block["text"].strip()
+        for message in body.get("messages") or ()
+        if isinstance(message.get("content"), list)
+        for block in message["content"]
+    )
+
+
+def _image_media_type_mismatch(body: dict[str, Any]) -> str | None:
+    """The API's message for a base64 image whose bytes are not of its media_type."""
+    for message_index, message in enumerate(body.get("messages") or ()):
+        content = message.get("content")
+        for block_index, block in enumerate(content if isinstance(content, list) else ()):
+            source = block.get("source") if block.get("type") == "image" else None
+            if not source or source.get("type") != "base64":
+                continue
+            signature = IMAGE_SIGNATURES.get(source.get("media_type"), b"")
+            try:
+                start = source.get("data", "")[:16]
+                head = base64.b64decode(start[: len(start) // 4 * 4])
+            except binascii.Error:
+                head = b""
+            if not signature or not head.startswith(signature):
+                return (
+                    f"messages.{message_index}.content.{block_index}.image.source.base64.data: "
+                    f"Image does not match the provided media type {source.get('media_type')}"
+                )
+    return None

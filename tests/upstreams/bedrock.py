@@ -24,6 +24,12 @@ TOOL_CONFIG_MISSING = (
     "The toolConfig field must be defined when using toolUse and toolResult content blocks."
 )
 
+# What Converse answers to a text block that is empty or only whitespace.
+BLANK_TEXT_BLOCK = (
+    "The text field in the ContentBlock object at {where} is blank. "
+    "Add text to the text field, and try again."
+)
+
 EVENT_STREAM_TYPE = "application/vnd.amazon.eventstream"
 
 
@@ -60,10 +66,16 @@ class BedrockUpstream(LoopbackUpstream):
 
     def _reply_for(self, request: RecordedRequest) -> Reply:
         reply = super()._reply_for(request)
-        if request.route in ("converse", "converse_stream") and _tool_blocks_without_config(
-            request.json or {}
-        ):
+        if request.route not in ("converse", "converse_stream"):
+            return reply
+        body = request.json or {}
+        if _tool_blocks_without_config(body):
             return self.error_reply(400, "ValidationException", TOOL_CONFIG_MISSING)
+        blank = _blank_text_block(body)
+        if blank:
+            return self.error_reply(
+                400, "ValidationException", BLANK_TEXT_BLOCK.format(where=blank)
+            )
         return reply
 
     def converse_reply(
@@ -244,3 +256,15 @@ def _tool_blocks_without_config(body: dict[str, Any]) -> bool:
         for message in body.get("messages") or ()
         for block in message.get("content") or ()
     )
+
+
+def _blank_text_block(body: dict[str, Any]) -> str | None:
+    """Where a Converse request holds a text block without non-whitespace text, if it does."""
+    for index, block in enumerate(body.get("system") or ()):
+        if "text" in block and not block["text"].strip():
+            return f"system.{index}"
+    for message_index, message in enumerate(body.get("messages") or ()):
+        for block_index, block in enumerate(message.get("content") or ()):
+            if "text" in block and not block["text"].strip():
+                return f"messages.{message_index}.content.{block_index}"
+    return None

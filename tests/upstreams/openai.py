@@ -21,6 +21,11 @@ from typing import Any
 from .server import LoopbackUpstream, RecordedRequest, Reply, Script, json_reply
 
 CREATED = 1_760_000_000
+# What OpenAI (and Azure) answer (400) to JSON mode when no message mentions JSON.
+JSON_WORD_MISSING = (
+    "'messages' must contain the word 'json' in some form, to use 'response_format' of type "
+    "'json_object'."
+)
 DEFAULT_MODEL = "gpt-4o-mini-2024-07-18"
 
 
@@ -65,6 +70,22 @@ class OpenAIUpstream(LoopbackUpstream):
             if path.endswith(suffix):
                 return route
         return None
+
+    def _reply_for(self, request: RecordedRequest) -> Reply:
+        reply = super()._reply_for(request)
+        if request.route == "chat" and _json_mode_without_the_word(request.json or {}):
+            return json_reply(
+                {
+                    "error": {
+                        "message": JSON_WORD_MISSING,
+                        "type": "invalid_request_error",
+                        "param": "messages",
+                        "code": None,
+                    }
+                },
+                status=400,
+            )
+        return reply
 
     # --- replies -----------------------------------------------------------------
 
@@ -275,3 +296,15 @@ class OpenAIUpstream(LoopbackUpstream):
     def enqueue_timeout(self, delay: float) -> None:
         """Answer only after `delay` seconds (longer than the client's timeout)."""
         self.enqueue_chat(delay=delay)
+
+
+def _json_mode_without_the_word(body: dict[str, Any]) -> bool:
+    """Whether a chat request asks for a JSON object but no message says "json"."""
+    if (body.get("response_format") or {}).get("type") != "json_object":
+        return False
+    return (
+        "json"
+        not in json.dumps(
+            [message.get("content") for message in body.get("messages") or ()]
+        ).lower()
+    )

@@ -188,6 +188,27 @@ def test_complete_sends_image_jpg_data_urls_as_the_jpeg_media_type(adapter, anth
     assert block["source"] == {"type": "base64", "media_type": "image/jpeg", "data": "/9j/4AAQ"}
 
 
+def test_complete_sends_the_media_type_of_the_image_bytes_when_the_data_url_mislabels_them(
+    adapter, anthropic_upstream
+):
+    # OpenAI takes a JPEG labelled image/png; Anthropic answers 400, so a call
+    # falling back from one to the other would fail on the label alone.
+    anthropic_upstream.enqueue_message("A photo.")
+    content = [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,/9j/4AAQSkZJRg=="}}
+    ]
+
+    result = adapter.complete(_request(messages=[{"role": "user", "content": content}]))
+
+    assert result.content == "A photo."
+    [block] = anthropic_upstream.last_request.json["messages"][0]["content"]
+    assert block["source"] == {
+        "type": "base64",
+        "media_type": "image/jpeg",
+        "data": "/9j/4AAQSkZJRg==",
+    }
+
+
 def test_complete_sends_tool_calls_and_results_as_tool_use_and_tool_result_blocks(
     adapter, anthropic_upstream
 ):
@@ -244,6 +265,41 @@ def test_complete_sends_tool_calls_and_results_as_tool_use_and_tool_result_block
             ],
         },
     ]  # fmt: skip
+
+
+def test_complete_leaves_out_text_blocks_that_are_only_whitespace(adapter, anthropic_upstream):
+    # Models often write "\n\n" before calling a tool; the Messages API refuses
+    # a text block without non-whitespace text (400), so replaying such a
+    # conversation must not send one.
+    anthropic_upstream.enqueue_message("Sunny in Paris.")
+    messages = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {
+            "role": "assistant",
+            "content": "\n\n",
+            "tool_calls": [
+                {
+                    "id": "toolu_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "toolu_1", "content": "Sunny, 21°C"},
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": " "}, {"type": "text", "text": "Thanks"}],
+        },
+    ]
+
+    result = adapter.complete(_request(messages=messages, tools=[WEATHER_TOOL]))
+
+    assert result.content == "Sunny in Paris."
+    sent = anthropic_upstream.last_request.json["messages"]
+    assert sent[1]["content"] == [
+        {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}}
+    ]
+    assert sent[2]["content"][1:] == [{"type": "text", "text": "Thanks"}]
 
 
 def test_complete_refuses_tool_call_arguments_that_are_not_json(adapter, anthropic_upstream):

@@ -290,6 +290,37 @@ def test_stream_answers_a_tool_conversation_when_the_request_offers_no_tools(
     assert chunks[-1].finish_reason == "stop"
 
 
+def test_complete_leaves_out_text_blocks_that_are_only_whitespace(adapter, bedrock_upstream):
+    # Converse refuses a text block that is blank (400 ValidationException);
+    # models often write "\n\n" before calling a tool.
+    bedrock_upstream.enqueue_converse("Sunny in Paris.")
+    messages = [
+        {"role": "system", "content": " \n"},
+        {"role": "user", "content": "Weather in Paris?"},
+        {
+            "role": "assistant",
+            "content": "\n\n",
+            "tool_calls": [
+                {
+                    "id": "tooluse_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "tooluse_1", "content": "Sunny, 21°C"},
+    ]
+
+    result = adapter.complete(_request(messages=messages, tools=[WEATHER_TOOL]))
+
+    assert result.content == "Sunny in Paris."
+    sent = bedrock_upstream.last_request.json
+    assert "system" not in sent
+    assert sent["messages"][1]["content"] == [
+        {"toolUse": {"toolUseId": "tooluse_1", "name": "get_weather", "input": {"city": "Paris"}}}
+    ]
+
+
 def test_complete_sends_no_tool_config_when_neither_tools_nor_tool_blocks(
     adapter, bedrock_upstream
 ):

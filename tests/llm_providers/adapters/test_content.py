@@ -24,6 +24,23 @@ def test_image_parse_reads_media_type_and_data_when_url_is_a_base64_data_url():
     assert image.raw() == b"\xff\xd8\xff\xe0\x00\x10"
 
 
+@pytest.mark.parametrize(
+    ("declared", "data", "expected"),
+    [
+        ("image/png", "/9j/4AAQSkZJRg==", "image/jpeg"),
+        ("image/jpeg", "iVBORw0KGgoAAAANSUhEUg==", "image/png"),
+        ("image/png", "R0lGODlhAQABAAAAACw=", "image/gif"),
+        ("image/png", "UklGRiQAAABXRUJQVlA4IA==", "image/webp"),
+        # Bytes of no format known here: the label stands.
+        ("image/webp", "AAAAAAAAAAAAAAAA", "image/webp"),
+    ],
+)
+def test_image_parse_takes_the_media_type_of_the_bytes_when_the_label_differs(
+    declared, data, expected
+):
+    assert image_parse(f"data:{declared};base64,{data}").media_type == expected
+
+
 def test_image_parse_returns_none_when_url_is_a_link():
     assert image_parse("https://example.com/cat.png") is None
 

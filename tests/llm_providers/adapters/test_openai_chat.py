@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from llm_providers.adapters.content import JSON_MODE_INSTRUCTION
 from llm_providers.adapters.errors import (
     ContentRefused,
     ContextTooLong,
@@ -148,6 +149,7 @@ def test_complete_sends_sampling_parameters_and_json_mode_on_the_wire(adapter, o
     assert sent.json == {
         "model": "gpt-4o-mini",
         "messages": [
+            {"role": "system", "content": JSON_MODE_INSTRUCTION},
             {"role": "system", "content": "Be brief."},
             {"role": "user", "content": "Hello?"},
         ],
@@ -157,6 +159,40 @@ def test_complete_sends_sampling_parameters_and_json_mode_on_the_wire(adapter, o
         "stop": ["END"],
         "response_format": {"type": "json_object"},
     }
+
+
+@pytest.mark.parametrize("provider_type", ["openai", "azure_openai"])
+def test_complete_in_json_mode_tells_the_model_to_answer_json_when_no_message_says_it(
+    provider_type, openai_upstream
+):
+    # OpenAI and Azure refuse (400) JSON mode unless a message mentions JSON;
+    # json_mode alone must be enough, as on every other provider.
+    if provider_type == "azure_openai":
+        adapter = _azure(openai_upstream, deployment="gpt-4o-mini-dep")
+    else:
+        adapter = _adapter("openai", openai_upstream.base_url, api_key=API_KEY)
+    openai_upstream.enqueue_chat('{"colours": ["red", "green", "blue"]}')
+    messages = [{"role": "user", "content": "List three colours."}]
+
+    result = adapter.complete(_request(messages=messages, json_mode=True))
+
+    assert result.content == '{"colours": ["red", "green", "blue"]}'
+    assert openai_upstream.last_request.json["messages"] == [
+        {"role": "system", "content": JSON_MODE_INSTRUCTION},
+        {"role": "user", "content": "List three colours."},
+    ]
+    assert messages == [{"role": "user", "content": "List three colours."}]
+
+
+def test_complete_in_json_mode_sends_the_messages_as_given_when_one_mentions_json(
+    adapter, openai_upstream
+):
+    openai_upstream.enqueue_chat('{"ok": true}')
+    messages = [{"role": "user", "content": [{"type": "text", "text": "Reply in JSON: ok?"}]}]
+
+    adapter.complete(_request(messages=messages, json_mode=True))
+
+    assert openai_upstream.last_request.json["messages"] == messages
 
 
 def test_complete_sends_max_tokens_when_preset_is_openai_compatible(openai_upstream):
@@ -835,6 +871,43 @@ def test_embed_returns_vectors_and_input_usage(adapter, openai_upstream):
         "input": ["a", "b"],
         "encoding_format": "float",
     }
+
+
+def test_gemini_embeds_more_than_100_inputs_in_batches_it_accepts(openai_upstream):
+    # Gemini's OpenAI-compatible endpoint refuses more than 100 inputs per
+    # request; the layer accepts up to 2,048 per call.
+    adapter = _adapter("gemini", openai_upstream.base_url, api_key="AIzaSyTestKey1234567890")
+
+    def answer(request):
+        inputs = request.json["input"]
+        if len(inputs) > 100:
+            error = {
+                "code": 400,
+                "message": "* BatchEmbedContentsRequest.requests: at most 100 requests can be "
+                "in one batch\n",
+                "status": "INVALID_ARGUMENT",
+            }
+            return json_reply([{"error": error}], status=400)
+        payload = {
+            "object": "list",
+            "data": [
+                {"object": "embedding", "index": index, "embedding": [float(text.split()[1])]}
+                for index, text in enumerate(inputs)
+            ],
+            "model": "gemini-embedding-001",
+            "usage": {"prompt_tokens": 2 * len(inputs), "total_tokens": 2 * len(inputs)},
+        }
+        return json_reply(payload, route="embeddings")
+
+    openai_upstream.enqueue(answer, times=3)
+    inputs = [f"text {number}" for number in range(250)]
+
+    result = adapter.embed(EmbedRequest(model="gemini-embedding-001", inputs=inputs))
+
+    assert result.vectors == [[float(number)] for number in range(250)]
+    assert result.usage == Usage(input_tokens=500)
+    assert result.usage_estimated is False
+    assert [len(request.json["input"]) for request in openai_upstream.requests] == [100, 100, 50]
 
 
 def test_list_models_returns_the_ids_sorted(adapter, openai_upstream):

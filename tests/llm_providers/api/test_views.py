@@ -270,6 +270,22 @@ def test_provider_create_answers_400_when_header_options_are_not_texts(admin_api
     assert not ProviderConfig.objects.filter(tenant=tenant).exists()
 
 
+@pytest.mark.parametrize("failure", [{"kind": "timeout"}, ["timeout"]])
+def test_provider_create_answers_400_when_fake_failure_is_not_a_text(admin_api, tenant, failure):
+    response = admin_api.post(
+        PROVIDERS, {"name": "fake", "provider_type": "fake", "options": {"failure": failure}}
+    )
+
+    assert response.status_code == 400
+    assert response.json()["error"]["fields"] == {
+        "options": [
+            "Option “failure” must be one of: authentication, bad_request, context_too_long, "
+            "rate_limited, refused, timeout, unavailable."
+        ]
+    }
+    assert not ProviderConfig.objects.filter(tenant=tenant).exists()
+
+
 def test_provider_create_answers_400_when_provider_type_unknown(admin_api):
     response = admin_api.post(PROVIDERS, {"name": "x", "provider_type": "skynet"})
 

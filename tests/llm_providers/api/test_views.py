@@ -62,6 +62,24 @@ def test_provider_retrieve_answers_404_when_id_is_not_a_uuid(admin_api):
     }
 
 
+@pytest.mark.parametrize("path", [PROVIDERS, "/api/v1/calls/", "/api/v1/usage/summary/"])
+def test_list_answers_400_when_query_has_more_parameters_than_allowed(admin_api, path, settings):
+    settings.DATA_UPLOAD_MAX_NUMBER_FIELDS = 10
+    query = "&".join(f"x{n}=1" for n in range(11))
+
+    response = admin_api.get(f"{path}?{query}")
+
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": {
+            "code": "bad_request",
+            "message": "The request has more parameters than the 10 this API accepts.",
+            "fields": {},
+            "extra": {"max_parameters": 10},
+        }
+    }
+
+
 def test_unknown_api_path_answers_404_in_error_shape(admin_api):
     response = admin_api.get("/api/v1/no-such-thing/")
 

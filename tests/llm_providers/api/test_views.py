@@ -80,6 +80,20 @@ def test_list_answers_400_when_query_has_more_parameters_than_allowed(admin_api,
     }
 
 
+def test_api_answers_400_in_error_shape_when_host_is_not_allowed(admin_api):
+    response = admin_api.get(PROVIDERS, HTTP_HOST="attacker.example")
+
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": {
+            "code": "bad_request",
+            "message": "The request was refused as malformed.",
+            "fields": {},
+            "extra": {},
+        }
+    }
+
+
 def test_unknown_api_path_answers_404_in_error_shape(admin_api):
     response = admin_api.get("/api/v1/no-such-thing/")
 

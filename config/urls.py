@@ -19,6 +19,8 @@ urlpatterns = [
     path("api/auth/", include("rest_framework.urls")),
 ]
 
-# Errors outside any API view (an unknown URL) answer the API's error shape under /api/.
+# Errors outside any API view (an unknown URL, a refused Host) answer the API's error
+# shape under /api/.
+handler400 = "llm_providers.api.views.bad_request"
 handler404 = "llm_providers.api.views.not_found"
 handler500 = "llm_providers.api.views.server_error"

@@ -434,7 +434,8 @@ def _fake_options_errors(options: dict) -> list[str]:
         ):
             messages.append(f"Option “{name}” must be a whole number from 0 to 60000.")
     failure = options.get("failure")
-    if failure is not None and failure not in FAILURES:
+    # Checked as text first: a list or an object is no key of FAILURES (nor hashable).
+    if failure is not None and (not isinstance(failure, str) or failure not in FAILURES):
         messages.append(f"Option “failure” must be one of: {', '.join(sorted(FAILURES))}.")
     models_offered = options.get("models")
     if models_offered is not None and (

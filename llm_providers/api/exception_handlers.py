@@ -22,7 +22,12 @@ import math
 from typing import Any
 
 from django.conf import settings
-from django.core.exceptions import NON_FIELD_ERRORS, RequestDataTooBig
+from django.core.exceptions import (
+    NON_FIELD_ERRORS,
+    RequestDataTooBig,
+    SuspiciousOperation,
+    TooManyFieldsSent,
+)
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404
@@ -201,6 +206,23 @@ def _too_large_response() -> Response:
     )
 
 
+def _suspicious_request_response(exc: SuspiciousOperation) -> Response:
+    """A request Django refuses to read (e.g. more query parameters than
+    DATA_UPLOAD_MAX_NUMBER_FIELDS): the client's fault, so 400, logged where
+    Django logs these."""
+    logging.getLogger(f"django.security.{type(exc).__name__}").warning("%s", exc)
+    if isinstance(exc, TooManyFieldsSent):
+        limit = settings.DATA_UPLOAD_MAX_NUMBER_FIELDS
+        message = f"The request has more parameters than the {limit:,} this API accepts."
+        extra = {"max_parameters": limit}
+    else:
+        message, extra = "The request was refused as malformed.", {}
+    return Response(
+        error_body(code="bad_request", message=message, extra=extra),
+        status=status.HTTP_400_BAD_REQUEST,
+    )
+
+
 def api_exception_handler(exc: Exception, context: dict) -> Response:
     """DRF's EXCEPTION_HANDLER: every error, expected or not, in the one shape."""
     if isinstance(exc, Http404):
@@ -221,6 +243,8 @@ def api_exception_handler(exc: Exception, context: dict) -> Response:
         response = _api_exception_response(exc)
     elif isinstance(exc, RequestDataTooBig):
         response = _too_large_response()
+    elif isinstance(exc, SuspiciousOperation):
+        response = _suspicious_request_response(exc)
     else:
         view = context.get("view")
         logger.exception("Unexpected error in %s", type(view).__name__ if view else "the API")

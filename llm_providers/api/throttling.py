@@ -46,5 +46,19 @@ class CredentialRateThrottle(SimpleRateThrottle):
         self.num_requests, self.duration = self.parse_rate(self.rate)
         return super().allow_request(request, view)
 
+    def wait(self) -> float:
+        """Seconds until a request passes again; never None, so every 429 has Retry-After.
+
+        DRF gives up (None) when the history already holds more requests than
+        the rate allows, which happens once the rate is lowered (it is read on
+        every request) or when processes race. A request passes again once the
+        history is below the rate, i.e. when its `num_requests`-th newest entry
+        leaves the window.
+        """
+        waited = super().wait()
+        if waited is not None:
+            return waited
+        return max(0.0, self.duration - (self.now - self.history[self.num_requests - 1]))
+
     def get_cache_key(self, request, view) -> str:
         return self.cache_format % {"scope": self.scope, "ident": self._ident}

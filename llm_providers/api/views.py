@@ -343,6 +343,17 @@ def not_found(request, exception):
     return defaults.page_not_found(request, exception)
 
 
+def bad_request(request, exception):
+    """The project's 400 handler for requests refused before any view (a Host header not
+    in ALLOWED_HOSTS): the API's error shape under /api/, Django's page elsewhere."""
+    if request.path.startswith(API_PATH_PREFIX):
+        return JsonResponse(
+            error_body(code="bad_request", message="The request was refused as malformed."),
+            status=400,
+        )
+    return defaults.bad_request(request, exception)
+
+
 def server_error(request):
     """The project's 500 handler: the API's error shape under /api/, Django's page elsewhere."""
     if request.path.startswith(API_PATH_PREFIX):

@@ -26,7 +26,7 @@ from llm_providers.api.pagination import CreatedAtCursorPagination
 from llm_providers.api.scoping import TenantScopedAPIMixin
 from llm_providers.api.tenancy import ROLE_ADMIN, ROLE_SERVICE, ROLE_VIEWER
 from llm_providers.selectors import provider_config_list
-from usage.models import Budget, CallLog, CostAlert
+from usage.models import Budget, CallLog, CostAlert, email_list_parse
 from usage.periods import local_date, zone
 from usage.selectors import (
     budget_list,
@@ -222,6 +222,11 @@ def _budget_changed_fields(budget: Budget, data: dict) -> list[str]:
     for name, value in data.items():
         if name == "webhook_url":
             if value or budget.webhook_url:
+                changed.append(name)
+        elif name == "alert_emails":
+            # Stored as text, separated however it was entered (the admin's form
+            # keeps newlines): the same addresses are no change.
+            if email_list_parse(budget.alert_emails) != email_list_parse(value):
                 changed.append(name)
         elif getattr(budget, name) != value:
             changed.append(name)

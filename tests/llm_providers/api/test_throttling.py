@@ -80,3 +80,25 @@ def test_throttle_history_lives_in_shared_cache_keyed_without_secret(low_rates, 
 
     assert len(history) == 2
     assert service_key.secret not in str(cache.client.get_client().keys("*"))
+
+
+def test_throttled_answer_says_when_to_retry_after_rate_is_lowered(settings, admin_api):
+    # given: three requests counted under a generous rate
+    settings.REST_FRAMEWORK = {
+        **settings.REST_FRAMEWORK,
+        "DEFAULT_THROTTLE_RATES": {"user": "10/min", "service_key": None, "anon": None},
+    }
+    for _ in range(3):
+        admin_api.get(PROVIDERS)
+    # when: the rate drops below what was already counted
+    settings.REST_FRAMEWORK = {
+        **settings.REST_FRAMEWORK,
+        "DEFAULT_THROTTLE_RATES": {"user": "2/min", "service_key": None, "anon": None},
+    }
+    response = admin_api.get(PROVIDERS)
+
+    # then: the 429 still says when a request will pass again
+    assert response.status_code == 429
+    seconds = int(response["Retry-After"])
+    assert 55 <= seconds <= 60
+    assert response.json()["error"]["extra"] == {"retry_after_seconds": seconds}

@@ -62,6 +62,38 @@ def test_provider_retrieve_answers_404_when_id_is_not_a_uuid(admin_api):
     }
 
 
+@pytest.mark.parametrize("path", [PROVIDERS, "/api/v1/calls/", "/api/v1/usage/summary/"])
+def test_list_answers_400_when_query_has_more_parameters_than_allowed(admin_api, path, settings):
+    settings.DATA_UPLOAD_MAX_NUMBER_FIELDS = 10
+    query = "&".join(f"x{n}=1" for n in range(11))
+
+    response = admin_api.get(f"{path}?{query}")
+
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": {
+            "code": "bad_request",
+            "message": "The request has more parameters than the 10 this API accepts.",
+            "fields": {},
+            "extra": {"max_parameters": 10},
+        }
+    }
+
+
+def test_api_answers_400_in_error_shape_when_host_is_not_allowed(admin_api):
+    response = admin_api.get(PROVIDERS, HTTP_HOST="attacker.example")
+
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": {
+            "code": "bad_request",
+            "message": "The request was refused as malformed.",
+            "fields": {},
+            "extra": {},
+        }
+    }
+
+
 def test_unknown_api_path_answers_404_in_error_shape(admin_api):
     response = admin_api.get("/api/v1/no-such-thing/")
 
@@ -265,6 +297,22 @@ def test_provider_create_answers_400_when_header_options_are_not_texts(admin_api
             "control characters.",
             "Option “project” must be a text of at most 200 characters without spaces or "
             "control characters.",
+        ]
+    }
+    assert not ProviderConfig.objects.filter(tenant=tenant).exists()
+
+
+@pytest.mark.parametrize("failure", [{"kind": "timeout"}, ["timeout"]])
+def test_provider_create_answers_400_when_fake_failure_is_not_a_text(admin_api, tenant, failure):
+    response = admin_api.post(
+        PROVIDERS, {"name": "fake", "provider_type": "fake", "options": {"failure": failure}}
+    )
+
+    assert response.status_code == 400
+    assert response.json()["error"]["fields"] == {
+        "options": [
+            "Option “failure” must be one of: authentication, bad_request, context_too_long, "
+            "rate_limited, refused, timeout, unavailable."
         ]
     }
     assert not ProviderConfig.objects.filter(tenant=tenant).exists()

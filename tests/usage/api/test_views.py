@@ -733,6 +733,25 @@ def test_budget_update_keeps_webhook_when_omitted(admin_api, tenant):
     assert entry.get_change_message() == "Changed Limit usd."
 
 
+def test_budget_update_records_only_limit_when_same_addresses_sent_in_a_list(admin_api, tenant):
+    # given: addresses as the admin form stores them, one per line
+    budget = BudgetFactory(
+        tenant=tenant, name="cap", alert_emails="finance@example.com\nops@example.com"
+    )
+
+    # when: a client sends the same addresses back with a new limit
+    response = admin_api.patch(
+        f"{BUDGETS}{budget.pk}/",
+        {"limit_usd": "12.5", "alert_emails": ["finance@example.com", "ops@example.com"]},
+    )
+
+    # then: only the limit is recorded as changed
+    assert response.status_code == 200
+    assert response.json()["alert_emails"] == ["finance@example.com", "ops@example.com"]
+    [entry] = _history(budget)
+    assert entry.get_change_message() == "Changed Limit usd."
+
+
 @pytest.mark.parametrize("cleared", [None, ""])
 def test_budget_update_removes_webhook_when_null_or_empty(admin_api, tenant, cleared):
     budget = BudgetFactory(tenant=tenant, name="cap", webhook_url=WEBHOOK)

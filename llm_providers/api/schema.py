@@ -85,7 +85,12 @@ def _error_response(description: str) -> dict:
 
 def postprocess_add_tenant_and_errors(result, generator, request, public):
     """drf-spectacular POSTPROCESSING_HOOKS entry."""
-    result.setdefault("components", {}).setdefault("schemas", {})[ERROR_COMPONENT] = ERROR_SCHEMA
+    schemas = result.setdefault("components", {}).setdefault("schemas", {})
+    schemas[ERROR_COMPONENT] = ERROR_SCHEMA
+    # Request bodies refuse fields they do not have (serializers.KnownFieldsOnly).
+    for name, schema in schemas.items():
+        if name.endswith("Request") and schema.get("type") == "object":
+            schema["additionalProperties"] = False
     for path, operations in result.get("paths", {}).items():
         if not path.startswith(API_PREFIX) or path in UNSCOPED_PATHS:
             continue

@@ -7,6 +7,8 @@ validate types and shapes; the services validate the configuration itself.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -28,6 +30,28 @@ from .health import STATUS_ERROR, STATUS_NOT_CONFIGURED, STATUS_OK
 MAX_INTEGER = 2_147_483_647
 
 
+class KnownFieldsOnly:
+    """Input with a field the serializer does not have is refused, not ignored.
+
+    A misspelt name (`apikey`, `webhook`) would otherwise create the object
+    without what the caller meant to set. Read-only fields are known: what a
+    GET returned can be sent back. Mixed in before the DRF serializer class.
+    """
+
+    def to_internal_value(self, data):
+        if isinstance(data, Mapping):
+            unknown = sorted(str(name) for name in data if name not in self.fields)
+            if unknown:
+                known = ", ".join(n for n, field in self.fields.items() if not field.read_only)
+                raise serializers.ValidationError(
+                    {
+                        name: [f"Unknown field. The fields that can be set are: {known}."]
+                        for name in unknown
+                    }
+                )
+        return super().to_internal_value(data)
+
+
 def _secret_field(label: str) -> serializers.CharField:
     return serializers.CharField(
         write_only=True,
@@ -40,7 +64,7 @@ def _secret_field(label: str) -> serializers.CharField:
     )
 
 
-class ProviderConfigSerializer(serializers.Serializer):
+class ProviderConfigSerializer(KnownFieldsOnly, serializers.Serializer):
     id = serializers.UUIDField(read_only=True)
     name = serializers.CharField(max_length=100)
     provider_type = serializers.ChoiceField(choices=ProviderType.choices)
@@ -109,7 +133,7 @@ class ConnectionCheckSerializer(serializers.Serializer):
     )
 
 
-class ServiceKeySerializer(serializers.ModelSerializer):
+class ServiceKeySerializer(KnownFieldsOnly, serializers.ModelSerializer):
     has_expired = serializers.BooleanField(read_only=True)
 
     class Meta:
@@ -339,7 +363,7 @@ MAX_MESSAGES = 10_000
 MAX_TOOLS = 128
 
 
-class _RoutingFieldsSerializer(serializers.Serializer):
+class _RoutingFieldsSerializer(KnownFieldsOnly, serializers.Serializer):
     customer_id = serializers.CharField(
         max_length=200,
         allow_blank=True,

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
-from llm_providers.api.serializers import ProviderConfigSummarySerializer, TenantProviderConfigField
+from llm_providers.api.serializers import (
+    KnownFieldsOnly,
+    ProviderConfigSummarySerializer,
+    TenantProviderConfigField,
+)
 
 
-class RoutingFallbackSerializer(serializers.Serializer):
+class RoutingFallbackSerializer(KnownFieldsOnly, serializers.Serializer):
     provider_config = TenantProviderConfigField(
         pk_field=serializers.UUIDField(), help_text="Id of a provider config of this tenant."
     )
@@ -26,7 +30,7 @@ class RoutingFallbackSerializer(serializers.Serializer):
         return attrs
 
 
-class RoutingOverrideSerializer(serializers.Serializer):
+class RoutingOverrideSerializer(KnownFieldsOnly, serializers.Serializer):
     id = serializers.IntegerField(read_only=True)
     customer_id = serializers.CharField(
         max_length=200, allow_blank=True, default="", help_text="Empty matches any customer."

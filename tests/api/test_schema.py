@@ -97,6 +97,18 @@ def test_schema_has_secrets_in_requests_only(schema):
     assert "key_mask" in response
 
 
+def test_request_bodies_document_that_unknown_fields_are_refused(schema):
+    components = schema["components"]["schemas"]
+    requests = {name: c for name, c in components.items() if name.endswith("Request")}
+
+    assert {"ProviderConfigRequest", "RoutingFallbackRequest", "CompletionRequestRequest"} <= set(
+        requests
+    )
+    assert {name: c.get("additionalProperties") for name, c in requests.items()} == dict.fromkeys(
+        requests, False
+    )
+
+
 def test_route_resolve_documents_no_route_as_422(schema):
     responses = schema["paths"]["/api/v1/routes/resolve/"]["get"]["responses"]
 

@@ -11,7 +11,11 @@ from decimal import Decimal
 
 from rest_framework import serializers
 
-from llm_providers.api.serializers import ProviderConfigSummarySerializer, TenantProviderConfigField
+from llm_providers.api.serializers import (
+    KnownFieldsOnly,
+    ProviderConfigSummarySerializer,
+    TenantProviderConfigField,
+)
 from usage.models import AlertDelivery, Budget, CallLog, CostAlert, email_list_parse
 
 # What the admin proposes for a new budget, too.
@@ -269,7 +273,7 @@ class ProviderUsageSerializer(_UsageWindowFieldsSerializer):
 # --- budgets -------------------------------------------------------------------
 
 
-class BudgetSerializer(serializers.Serializer):
+class BudgetSerializer(KnownFieldsOnly, serializers.Serializer):
     id = serializers.IntegerField(read_only=True)
     name = serializers.CharField(max_length=100)
     is_active = serializers.BooleanField(default=True)

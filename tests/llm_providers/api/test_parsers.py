@@ -40,7 +40,7 @@ def test_malformed_body_still_answers_400_parse_error(admin_api, tenant):
 
 @pytest.mark.parametrize("number", ["1e309", "-1e400"])
 def test_number_too_large_for_a_float_answers_400_parse_error(admin_api, tenant, number):
-    body = '{"name": "Monthly", "limit_usd": "10", "alert_percents": [50, ' + number + "]}"
+    body = '{"name": "Monthly", "limit_usd": "10", "alert_percentages": [50, ' + number + "]}"
 
     response = admin_api.post(BUDGETS, body, content_type="application/json")
 
@@ -61,7 +61,7 @@ def test_nan_and_infinity_literals_still_answer_400_parse_error(admin_api, tenan
 
 
 def test_ordinary_floats_still_parse(admin_api, tenant):
-    body = '{"name": "Monthly", "limit_usd": 12.5, "alert_percents": [50, 80]}'
+    body = '{"name": "Monthly", "limit_usd": 12.5, "alert_percentages": [50, 80]}'
 
     response = admin_api.post(BUDGETS, body, content_type="application/json")
 

@@ -20,6 +20,9 @@ MAX_TOKENS_LIMIT = 1_000_000
 # The width of CallLog.customer_id / service_name.
 MAX_SCOPE_LENGTH = 200
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+# What OpenAI, Anthropic and Bedrock all accept as a tool name: checked here, a
+# name one of them refuses would fail every fallback alike.
+TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # 2,048 inputs per embedding call: what the largest providers accept at once.
 MAX_EMBED_INPUTS = 2_048
 
@@ -120,6 +123,11 @@ def tools_validate(tools: Any) -> list[dict] | None:
                 f"tools[{index}]",
                 f"tools[{index}] must be a function tool: "
                 '{"type": "function", "function": {"name": ..., "parameters": {...}}}.',
+            )
+        if not TOOL_NAME.fullmatch(name):
+            raise InvalidRequest(
+                f"tools[{index}].function.name",
+                f"Tool name “{name[:80]}” must be 1 to 64 letters, digits, underscores or dashes.",
             )
         if name in names:
             raise InvalidRequest(f"tools[{index}]", f"Tool name “{name}” is used twice.")

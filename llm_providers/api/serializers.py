@@ -284,7 +284,7 @@ TOOLS_SCHEMA = {
             "function": {
                 "type": "object",
                 "properties": {
-                    "name": {"type": "string", "minLength": 1, "maxLength": 64},
+                    "name": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
                     "description": {"type": "string"},
                     "parameters": {"type": "object", "description": "A JSON schema."},
                 },

@@ -474,6 +474,17 @@ def test_completion_answers_422_when_no_route(service_api, tenant):
             {"tools[1]": ["Tool name “lookup” is used twice."]},
         ),
         (
+            {
+                "messages": HELLO,
+                "tools": [{"type": "function", "function": {"name": "look up", "parameters": {}}}],
+            },
+            {
+                "tools[0].function.name": [
+                    "Tool name “look up” must be 1 to 64 letters, digits, underscores or dashes."
+                ]
+            },
+        ),
+        (
             {"messages": [{"role": "user", "content": "a\x00b"}]},
             {"messages": ["Text must not contain NUL characters or unpaired surrogates."]},
         ),
@@ -487,6 +498,7 @@ def test_completion_answers_422_when_no_route(service_api, tenant):
         "max-tokens",
         "stops",
         "tool",
+        "tool-name",
         "nul",
     ],  # fmt: skip
 )

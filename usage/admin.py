@@ -127,6 +127,9 @@ class CallDayFilter(_TextFilter):
             messages.error(request, f"“{value}” is not a day; write it as YYYY-MM-DD.")
             return queryset.none()
         start = datetime.combine(day, datetime.min.time(), tzinfo=UTC)
+        if day == date.max:
+            # The calendar's last day has no next day to end before.
+            return queryset.filter(created_at__gte=start)
         return queryset.filter(created_at__gte=start, created_at__lt=start + timedelta(days=1))
 
 

@@ -303,6 +303,21 @@ def test_call_log_list_filters_by_status_service_customer_model_provider_and_day
 
 
 @pytest.mark.django_db
+def test_call_log_day_filter_on_the_last_day_of_the_calendar_lists_nothing_not_an_error(client):
+    # given a call log today
+    tenant = TenantFactory()
+    CallLogFactory(tenant=tenant)
+    client.force_login(_member(tenant))
+
+    # when the day filter names 9999-12-31, whose next day does not exist
+    response = client.get(reverse("admin:usage_calllog_changelist"), {"day": "9999-12-31"})
+
+    # then the list is shown, empty, rather than a server error
+    assert response.status_code == 200
+    assert re.findall(r"/admin/usage/calllog/(\d+)/change/", response.content.decode()) == []
+
+
+@pytest.mark.django_db
 def test_call_log_search_finds_a_request_by_id(client):
     tenant = TenantFactory()
     wanted = CallLogFactory(tenant=tenant)

@@ -9,6 +9,7 @@ from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.forms.fields import InvalidJSONInput
 from django.forms.models import construct_instance
+from django.utils import timezone
 from django.utils.html import format_html_join
 
 from .json_values import MAX_JSON_DEPTH, json_value_problem
@@ -304,3 +305,12 @@ class ServiceKeyAdminForm(forms.ModelForm):
     class Meta:
         model = ServiceKey
         fields = ["tenant", "name", "expiry_date", "revoked"]
+
+    def clean_expiry_date(self):
+        expiry_date = self.cleaned_data.get("expiry_date")
+        # A new key is created by service_key_create, which refuses a past expiry;
+        # said here, it is a form error rather than a failed save. An existing key
+        # may be given a past expiry: that is how it is made to expire now.
+        if self.instance._state.adding and expiry_date and expiry_date <= timezone.now():
+            raise ValidationError("The expiry date must be in the future.", code="past")
+        return expiry_date

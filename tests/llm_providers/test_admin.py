@@ -757,3 +757,25 @@ def test_revoked_service_key_is_read_only(tenant, tenant_admin, admin_client_for
     )
     assert 'name="revoked"' not in html
     assert 'name="name"' not in html
+
+
+def test_service_key_with_an_expiry_in_the_past_gets_a_form_error(
+    tenant, tenant_admin, admin_client_for
+):
+    # when a new key is given an expiry date that has already passed
+    response = admin_client_for(tenant_admin).post(
+        reverse("admin:llm_providers_servicekey_add"),
+        {
+            "tenant": str(tenant.pk),
+            "name": "billing-job",
+            "expiry_date_0": "2020-01-01",
+            "expiry_date_1": "10:00:00",
+        },
+    )
+
+    # then the form says what to fix and no key is created
+    assert response.status_code == 200
+    assert response.context["adminform"].form.errors == {
+        "expiry_date": ["The expiry date must be in the future."]
+    }
+    assert not ServiceKey.objects.filter(tenant=tenant).exists()

@@ -291,6 +291,10 @@ class ProviderConfigAdmin(TenantScopedAdmin):
             deletable, request
         )
         for config, references in kept:
+            # Deactivating is a change too: a config of a tenant the user only
+            # views refuses the whole action, before anything is written.
+            if not self.has_delete_permission(request, config):
+                perms_needed.add(self.opts.verbose_name)
             deleted_objects += [
                 f"Provider config: {config} — deactivated, not deleted: referred to by",
                 references,

@@ -9,6 +9,7 @@ from django.urls import reverse
 
 from llm_providers.models import ModelPrice, ProviderConfig, ServiceKey, Tenant, TenantMembership
 from tests.factories import (
+    CallLogFactory,
     ModelPriceFactory,
     ProviderConfigFactory,
     ServiceKeyFactory,
@@ -148,6 +149,33 @@ def test_bulk_delete_refused_for_viewed_tenant(client, tenant, other_tenant, the
     )
     assert response.status_code == 403
     assert ProviderConfig.objects.filter(pk=theirs.pk).exists()
+
+
+def test_bulk_delete_with_a_referenced_config_of_a_viewed_tenant_changes_nothing(
+    client, tenant, other_tenant, mine, theirs
+):
+    # given a user who administers `tenant` but only views `other_tenant`,
+    # whose config served a call (so deleting it would deactivate it)
+    user = UserFactory(username="mixed")
+    TenantMembershipFactory(user=user, tenant=tenant, role="admin")
+    TenantMembershipFactory(user=user, tenant=other_tenant, role="viewer")
+    CallLogFactory(tenant=other_tenant, provider_config=theirs)
+    client.force_login(user)
+
+    # when both configs are deleted in one bulk action
+    response = client.post(
+        _url("providerconfig_changelist"),
+        {
+            "action": "delete_selected",
+            "_selected_action": [str(mine.pk), str(theirs.pk)],
+            "post": "yes",
+        },
+    )
+
+    # then the action is refused as a whole: neither config is touched
+    assert response.status_code == 403
+    assert ProviderConfig.objects.filter(pk=mine.pk, is_active=True).exists()
+    assert ProviderConfig.objects.filter(pk=theirs.pk, is_active=True).exists()
 
 
 def test_connection_action_skips_viewed_tenant(client, tenant, other_tenant, theirs):

@@ -160,6 +160,7 @@ class ProviderFilter(admin.SimpleListFilter):
 
 
 class _ReadOnlyLargeTableAdmin(TenantScopedAdmin):
+    deleted_with_tenant = True
     paginator = CappedCountPaginator
     show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER
@@ -467,6 +468,7 @@ class CostAlertAdmin(TenantScopedAdmin):
     )
     fields = readonly_fields
     actions = ("retry_deliveries",)
+    deleted_with_tenant = True
     show_facets = admin.ShowFacets.NEVER
 
     def get_queryset(self, request):

@@ -8,14 +8,20 @@ import pytest
 from django.urls import reverse
 
 from llm_providers.models import ModelPrice, ProviderConfig, ServiceKey, Tenant, TenantMembership
+from overrides.models import RoutingOverride
 from tests.factories import (
     CallLogFactory,
+    CostAlertFactory,
+    DailyUsageFactory,
     ModelPriceFactory,
     ProviderConfigFactory,
+    RoutingFallbackFactory,
+    RoutingOverrideFactory,
     ServiceKeyFactory,
     TenantMembershipFactory,
     UserFactory,
 )
+from usage.models import CallLog, DailyUsage
 
 pytestmark = pytest.mark.django_db
 
@@ -280,6 +286,38 @@ def test_only_superuser_creates_tenants(client, tenant_admin, superuser):
     )
     assert response.status_code == 302
     assert Tenant.objects.filter(slug="initech").exists()
+
+
+def test_superuser_deletes_a_used_tenant_with_its_records(
+    client, superuser, tenant, other_tenant, mine, theirs
+):
+    # given a tenant that served calls, rolled them up, alerted, and routes by an override
+    for _ in range(3):
+        CallLogFactory(tenant=tenant, provider_config=mine)
+    DailyUsageFactory(tenant=tenant, provider_config=mine)
+    CostAlertFactory(tenant=tenant)
+    override = RoutingOverrideFactory(tenant=tenant, provider_config=mine)
+    RoutingFallbackFactory(override=override, provider_config=mine)
+    kept = CallLogFactory(tenant=other_tenant, provider_config=theirs)
+    client.force_login(superuser)
+
+    # when a superuser opens the tenant's delete page and confirms
+    page = client.get(_url("tenant_delete", tenant.pk))
+    response = client.post(_url("tenant_delete", tenant.pk), {"post": "yes"})
+
+    # then the page counts the usage records rather than listing each, and the
+    # tenant goes with everything it owns; the other tenant keeps its rows
+    html = page.content.decode()
+    assert "Cannot delete" not in html
+    assert "Call logs: 3" in html and "Daily usage: 1" in html and "Cost alerts: 1" in html
+    assert "Call log: " not in html
+    assert response.status_code == 302
+    assert not Tenant.objects.filter(pk=tenant.pk).exists()
+    assert not CallLog.objects.filter(tenant_id=tenant.pk).exists()
+    assert not DailyUsage.objects.filter(tenant_id=tenant.pk).exists()
+    assert not RoutingOverride.objects.filter(pk=override.pk).exists()
+    assert list(CallLog.objects.values_list("pk", flat=True)) == [kept.pk]
+    assert ProviderConfig.objects.filter(pk=theirs.pk).exists()
 
 
 def test_viewer_cannot_edit_tenant(client, tenant_viewer, tenant):

@@ -30,6 +30,7 @@ from .alerts import alert_deliveries_retry
 from .charts import budget_gauge, daily_cost_chart, spend_bars
 from .models import AlertDelivery, Budget, CallLog, CostAlert, DailyUsage, UsageDashboard
 from .money import usd_format, usd_format_brief, usd_format_exact
+from .periods import zone
 from .selectors import usage_dashboard
 from .tasks import refresh_tenant_usage
 from .webhooks import webhook_label
@@ -205,6 +206,17 @@ class DailyUsageAdmin(_ReadOnlyLargeTableAdmin):
     )
     list_select_related = ("tenant", "provider_config")
     ordering = ("-day", "-cost_usd")
+
+    def changelist_view(self, request, extra_context=None):
+        if not self._sees_one_tenant(request):
+            return super().changelist_view(request, extra_context)
+        # Rows are the tenant's local days, so the day filter's "Today" and
+        # "Past 7 days" count in its time zone, not the server's.
+        (zone_name,) = Tenant.objects.filter(pk__in=self._visible_tenant_ids(request)).values_list(
+            "timezone", flat=True
+        )
+        with timezone.override(zone(zone_name)):
+            return super().changelist_view(request, extra_context)
 
     @admin.display(description="provider")
     def provider(self, obj):

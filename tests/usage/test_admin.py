@@ -3,6 +3,7 @@
 import datetime as dt
 import re
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 
 import pytest
 from django.db import connection
@@ -14,6 +15,7 @@ from llm_providers.models import TenantMembership
 from tests.factories import (
     BudgetFactory,
     CallLogFactory,
+    DailyUsageFactory,
     ProviderConfigFactory,
     TenantFactory,
     TenantMembershipFactory,
@@ -416,6 +418,32 @@ def test_daily_usage_list_shows_unpriced_usage_as_unpriced_not_zero_dollars(clie
     (row,) = re.findall(r"<tr>(?:(?!</?tr>).)*mystery-7b(?:(?!</tr>).)*</tr>", html, re.S)
     assert '<td class="field-cost">unpriced</td>' in row
     assert "$0.00" not in row
+
+
+@pytest.mark.django_db
+def test_daily_usage_today_filter_means_today_in_the_tenants_time_zone(client):
+    # given a tenant whose local date differs from the UTC date right now
+    # (UTC+14 from 10:00 UTC on, UTC-12 before noon UTC), with a row for its
+    # local today and one for the UTC date
+    now = timezone.now()
+    zone_name = "Pacific/Kiritimati" if now.hour >= 10 else "Etc/GMT+12"
+    local_today = now.astimezone(ZoneInfo(zone_name)).date()
+    tenant = TenantFactory(timezone=zone_name)
+    config = ProviderConfigFactory(tenant=tenant)
+    DailyUsageFactory(tenant=tenant, provider_config=config, day=local_today, model="local-today")
+    DailyUsageFactory(tenant=tenant, provider_config=config, day=now.date(), model="utc-today")
+    client.force_login(_member(tenant, role=TenantMembership.Role.VIEWER))
+
+    # when the list's day filter offers "Today" and the user follows it
+    listing = client.get(reverse("admin:usage_dailyusage_changelist")).content.decode()
+    (today_link,) = re.findall(r'<a href="(\?day__gte=[^"]+)"[^>]*>Today</a>', listing)
+    html = client.get(
+        reverse("admin:usage_dailyusage_changelist") + today_link.replace("&amp;", "&")
+    ).content.decode()
+
+    # then it shows the tenant's today, the day its rows are counted in
+    assert "local-today" in html
+    assert "utc-today" not in html
 
 
 # --- budgets and alerts ----------------------------------------------------------

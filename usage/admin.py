@@ -22,6 +22,7 @@ from django.utils.functional import cached_property
 
 from llm_providers.admin_scoping import TenantScopedAdmin
 from llm_providers.encryption import UnreadableSecret
+from llm_providers.forms import secret_inputs_ask_again
 from llm_providers.models import ProviderConfig, Tenant
 from llm_providers.selectors import tenant_list_for_user
 
@@ -338,6 +339,16 @@ class BudgetAdminForm(forms.ModelForm):
             field.help_text = "The stored URL cannot be decrypted: enter it again."
         elif current:
             field.help_text = f"Set ({webhook_label(current)}). Leave empty to keep it."
+
+    def full_clean(self):
+        super().full_clean()
+        secret_inputs_ask_again(
+            self,
+            {
+                "webhook_url": "Enter the URL again: a typed webhook URL is never sent "
+                "back to the page."
+            },
+        )
 
     def _get_validation_exclusions(self):
         exclude = super()._get_validation_exclusions()

@@ -526,6 +526,10 @@ def test_budget_admin_does_not_echo_the_webhook_url_when_another_field_is_invali
     assert "This field is required." in html
     assert "s3cr3t-t0ken" not in html
     assert Budget.objects.count() == 0
+    # and the emptied URL field asks for it again rather than silently dropping it
+    assert response.context["adminform"].form.errors["webhook_url"] == [
+        "Enter the URL again: a typed webhook URL is never sent back to the page."
+    ]
 
 
 @pytest.mark.django_db

@@ -402,6 +402,31 @@ def test_tenant_admin_sees_global_prices_read_only(client, tenant_admin):
     assert ModelPrice.objects.get(pk=price.pk).input_per_mtok == 1
 
 
+def test_negative_cache_prices_are_refused_with_a_message(client, tenant_admin, tenant):
+    # when a tenant admin types a negative cache read and cache write price
+    client.force_login(tenant_admin)
+    response = client.post(
+        _url("modelprice_add"),
+        {
+            "tenant": str(tenant.pk),
+            "provider_type": "fake",
+            "model": "fake-small",
+            "input_per_mtok": "0.1",
+            "output_per_mtok": "0.2",
+            "cache_read_per_mtok": "-0.05",
+            "cache_write_per_mtok": "-1",
+            "effective_from": "2025-01-01",
+        },
+    )
+
+    # then no price is stored: it would make cached tokens earn money back
+    assert response.status_code == 200
+    errors = response.context["adminform"].form.errors
+    assert errors["cache_read_per_mtok"] == ["Ensure this value is greater than or equal to 0."]
+    assert errors["cache_write_per_mtok"] == ["Ensure this value is greater than or equal to 0."]
+    assert not ModelPrice.objects.exists()
+
+
 def test_tenant_admin_cannot_create_global_price(client, tenant_admin):
     client.force_login(tenant_admin)
     response = client.post(

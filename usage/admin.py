@@ -179,7 +179,12 @@ class _ReadOnlyLargeTableAdmin(TenantScopedAdmin):
 
 
 def _cost(value) -> str:
-    return usd_format(value)
+    text = usd_format(value)
+    if value and text == "$0.00":
+        # Below half a micro-dollar (a short embedding call): the stored amount,
+        # rather than a priced call reading as free.
+        return usd_format_exact(value)
+    return text
 
 
 @admin.register(DailyUsage)

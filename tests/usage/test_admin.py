@@ -715,6 +715,30 @@ def test_call_log_list_shows_the_model_answered_or_else_requested(client):
 
 
 @pytest.mark.django_db
+def test_call_log_and_daily_usage_lists_show_a_sub_micro_dollar_cost_not_zero(client):
+    # given a priced embedding call of 12 tokens at $0.02 per million: $0.00000024
+    tenant = TenantFactory()
+    config = ProviderConfigFactory(tenant=tenant)
+    CallLogFactory(
+        tenant=tenant,
+        provider_config=config,
+        input_tokens=12,
+        output_tokens=0,
+        cost_usd=Decimal("0.000000240000"),
+    )
+    _aggregate_today()
+    client.force_login(_member(tenant))
+
+    # when the call log and daily usage lists are opened
+    calls = client.get(reverse("admin:usage_calllog_changelist")).content.decode()
+    days = client.get(reverse("admin:usage_dailyusage_changelist")).content.decode()
+
+    # then the cost reads its value, not a rounded $0.00
+    assert re.findall(r'<td class="field-cost">([^<]*)</td>', calls) == ["$0.00000024"]
+    assert re.findall(r'<td class="field-cost">([^<]*)</td>', days) == ["$0.00000024"]
+
+
+@pytest.mark.django_db
 def test_dashboard_rounds_amounts_to_cents_and_keeps_the_exact_ones_in_tooltips(client):
     # given spend that has more decimals than a person reads at a glance
     tenant = TenantFactory()

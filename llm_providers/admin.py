@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import copy
+from collections import Counter
 
 from django.contrib import admin, messages
-from django.contrib.admin.utils import quote, unquote
+from django.contrib.admin.utils import NestedObjects, quote, unquote
 from django.core.exceptions import PermissionDenied
-from django.db import transaction
-from django.db.models import Q
+from django.db import router, transaction
+from django.db.models import CASCADE, Q
 from django.http import Http404, HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.defaultfilters import pluralize
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
-from django.utils.text import get_text_list
+from django.utils.text import capfirst, get_text_list
 from rest_framework_api_key.models import APIKey
 
 from .admin_scoping import TenantScopedAdmin, request_tenant_ids
@@ -53,6 +54,26 @@ if admin.site.is_registered(APIKey):
 
 
 # --- tenants ------------------------------------------------------------------
+
+
+class _TenantDeletionCollector(NestedObjects):
+    """Collects what deleting tenants takes with it; rows of `counted_models`
+    that go by cascade are counted, not loaded."""
+
+    def __init__(self, *args, counted_models, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.counted_models = counted_models
+        self.counts = Counter()
+
+    def related_objects(self, related_model, related_fields, objs):
+        related = super().related_objects(related_model, related_fields, objs)
+        if related_model not in self.counted_models:
+            return related
+        # Rows only set to NULL (a call log of a deleted provider config) are
+        # not deleted, nor counted; either way none is loaded.
+        if all(field.remote_field.on_delete is CASCADE for field in related_fields):
+            self.counts[related_model] += related.count()
+        return related.none()
 
 
 @admin.register(Tenant)
@@ -111,6 +132,45 @@ class TenantAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return request.user.is_active and request.user.is_superuser
+
+    def get_deleted_objects(self, objs, request):
+        """What deleting tenants takes with it, for the confirmation page.
+
+        The records of a tenant's activity (`deleted_with_tenant` admins) go
+        with it although their own admins delete nothing; a used tenant has
+        millions of them, so they are counted, not loaded and listed.
+        """
+        counted = {
+            model._meta.concrete_model
+            for model, model_admin in self.admin_site._registry.items()
+            if getattr(model_admin, "deleted_with_tenant", False)
+        }
+        collector = _TenantDeletionCollector(
+            using=router.db_for_write(Tenant), origin=objs, counted_models=counted
+        )
+        collector.collect(objs)
+        perms_needed = set()
+
+        def describe(obj) -> str:
+            opts = obj._meta
+            model_admin = self.admin_site._registry.get(type(obj))
+            if model_admin is not None and not model_admin.has_delete_permission(request, obj):
+                perms_needed.add(opts.verbose_name)
+            return f"{capfirst(opts.verbose_name)}: {obj}"
+
+        deleted = collector.nested(describe)
+        model_count = {
+            model._meta.verbose_name_plural: len(instances)
+            for model, instances in collector.model_objs.items()
+        }
+        for model, count in collector.counts.items():
+            if not count:
+                continue
+            plural = model._meta.verbose_name_plural
+            model_count[plural] = count
+            deleted.append(f"{capfirst(plural)}: {count}")
+        protected = [describe(obj) for obj in collector.protected]
+        return deleted, model_count, perms_needed, protected
 
     def save_model(self, request, obj, form, change):
         allowed = self.has_change_permission(request, obj) if change else request.user.is_superuser
@@ -291,6 +351,10 @@ class ProviderConfigAdmin(TenantScopedAdmin):
             deletable, request
         )
         for config, references in kept:
+            # Deactivating is a change too: a config of a tenant the user only
+            # views refuses the whole action, before anything is written.
+            if not self.has_delete_permission(request, config):
+                perms_needed.add(self.opts.verbose_name)
             deleted_objects += [
                 f"Provider config: {config} — deactivated, not deleted: referred to by",
                 references,

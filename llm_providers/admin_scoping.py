@@ -32,6 +32,11 @@ class TenantScopedAdmin(admin.ModelAdmin):
     # Lookup path from the model to its tenant, e.g. "override__tenant".
     tenant_path = "tenant"
 
+    # True for the records of a tenant's activity (call logs, daily usage,
+    # alerts): their admins delete nothing, yet the rows go with their tenant,
+    # and the tenant's delete page counts them rather than listing each.
+    deleted_with_tenant = False
+
     # --- which tenants ---------------------------------------------------------
 
     def _visible_tenant_ids(self, request) -> set:

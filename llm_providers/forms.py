@@ -9,6 +9,7 @@ from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.forms.fields import InvalidJSONInput
 from django.forms.models import construct_instance
+from django.utils import timezone
 from django.utils.html import format_html_join
 
 from .json_values import MAX_JSON_DEPTH, json_value_problem
@@ -122,6 +123,21 @@ class OptionsJSONField(forms.JSONField):
         return value
 
 
+def secret_inputs_ask_again(form: forms.BaseForm, messages: dict[str, str]) -> None:
+    """After a failed validation, flag each secret input that was typed into.
+
+    A secret input comes back empty (it is never rendered), and an empty one
+    means "keep the stored value": saving the corrected form as shown would
+    silently keep the old key or URL. `messages` maps field names to what to say.
+    """
+    if not form.is_bound or not form._errors:
+        return
+    for name, message in messages.items():
+        typed = (form.data.get(form.add_prefix(name)) or "").strip()
+        if typed and name in form.fields and name not in form._errors:
+            form.add_error(name, ValidationError(message, code="enter_again"))
+
+
 def _secret_widget() -> forms.PasswordInput:
     # render_value=False: a stored secret is never sent back to the browser,
     # not even after a validation error.
@@ -209,6 +225,16 @@ class ProviderConfigAdminForm(forms.ModelForm):
                 'A JSON object, e.g. {"api_version": "2024-10-21", "deployment": "gpt-4o"} '
                 'for Azure or {"timeout": 30} for any type.'
             )
+
+    def full_clean(self):
+        super().full_clean()
+        secret_inputs_ask_again(
+            self,
+            {
+                name: "Enter the key again: a typed key is never sent back to the page."
+                for name in SECRET_FORM_FIELDS
+            },
+        )
 
     def secrets(self) -> dict[str, str]:
         """The secrets typed into the form; empty ones are left out (kept as stored)."""
@@ -304,3 +330,12 @@ class ServiceKeyAdminForm(forms.ModelForm):
     class Meta:
         model = ServiceKey
         fields = ["tenant", "name", "expiry_date", "revoked"]
+
+    def clean_expiry_date(self):
+        expiry_date = self.cleaned_data.get("expiry_date")
+        # A new key is created by service_key_create, which refuses a past expiry;
+        # said here, it is a form error rather than a failed save. An existing key
+        # may be given a past expiry: that is how it is made to expire now.
+        if self.instance._state.adding and expiry_date and expiry_date <= timezone.now():
+            raise ValidationError("The expiry date must be in the future.", code="past")
+        return expiry_date

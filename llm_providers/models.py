@@ -466,13 +466,18 @@ class ModelPrice(models.Model):
     )
     provider_type = models.CharField(max_length=32, choices=ProviderType.choices)
     model = models.CharField(max_length=200)
-    input_per_mtok = models.DecimalField(max_digits=14, decimal_places=6)
-    output_per_mtok = models.DecimalField(max_digits=14, decimal_places=6)
+    # A negative price, cache ones included, would make calls earn money back.
+    input_per_mtok = models.DecimalField(
+        max_digits=14, decimal_places=6, validators=[MinValueValidator(0)]
+    )
+    output_per_mtok = models.DecimalField(
+        max_digits=14, decimal_places=6, validators=[MinValueValidator(0)]
+    )
     cache_read_per_mtok = models.DecimalField(
-        max_digits=14, decimal_places=6, null=True, blank=True
+        max_digits=14, decimal_places=6, null=True, blank=True, validators=[MinValueValidator(0)]
     )
     cache_write_per_mtok = models.DecimalField(
-        max_digits=14, decimal_places=6, null=True, blank=True
+        max_digits=14, decimal_places=6, null=True, blank=True, validators=[MinValueValidator(0)]
     )
     effective_from = models.DateField(
         help_text="Applies to calls from 00:00 UTC on this day, as providers date their prices."

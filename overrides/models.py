@@ -18,8 +18,10 @@ class RoutingOverride(models.Model):
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="routing_overrides")
     customer_id = models.CharField(max_length=200, blank=True, help_text="Empty matches any.")
     service_name = models.CharField(max_length=200, blank=True, help_text="Empty matches any.")
+    # RESTRICT, not PROTECT: a config in use cannot be deleted on its own, but
+    # deleting the tenant takes its overrides and configs together.
     provider_config = models.ForeignKey(
-        ProviderConfig, on_delete=models.PROTECT, related_name="routing_overrides"
+        ProviderConfig, on_delete=models.RESTRICT, related_name="routing_overrides"
     )
     model = models.CharField(
         max_length=200, blank=True, help_text="Empty: the provider config's default model."
@@ -100,7 +102,7 @@ class RoutingFallback(models.Model):
     )
     position = models.PositiveSmallIntegerField(default=0)
     provider_config = models.ForeignKey(
-        ProviderConfig, on_delete=models.PROTECT, related_name="routing_fallbacks"
+        ProviderConfig, on_delete=models.RESTRICT, related_name="routing_fallbacks"
     )
     model = models.CharField(max_length=200, blank=True)
 

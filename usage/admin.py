@@ -22,6 +22,7 @@ from django.utils.functional import cached_property
 
 from llm_providers.admin_scoping import TenantScopedAdmin
 from llm_providers.encryption import UnreadableSecret
+from llm_providers.forms import secret_inputs_ask_again
 from llm_providers.models import ProviderConfig, Tenant
 from llm_providers.selectors import tenant_list_for_user
 
@@ -30,6 +31,7 @@ from .alerts import alert_deliveries_retry
 from .charts import budget_gauge, daily_cost_chart, spend_bars
 from .models import AlertDelivery, Budget, CallLog, CostAlert, DailyUsage, UsageDashboard
 from .money import usd_format, usd_format_brief, usd_format_exact
+from .periods import zone
 from .selectors import usage_dashboard
 from .tasks import refresh_tenant_usage
 from .webhooks import webhook_label
@@ -127,6 +129,9 @@ class CallDayFilter(_TextFilter):
             messages.error(request, f"“{value}” is not a day; write it as YYYY-MM-DD.")
             return queryset.none()
         start = datetime.combine(day, datetime.min.time(), tzinfo=UTC)
+        if day == date.max:
+            # The calendar's last day has no next day to end before.
+            return queryset.filter(created_at__gte=start)
         return queryset.filter(created_at__gte=start, created_at__lt=start + timedelta(days=1))
 
 
@@ -157,6 +162,7 @@ class ProviderFilter(admin.SimpleListFilter):
 
 
 class _ReadOnlyLargeTableAdmin(TenantScopedAdmin):
+    deleted_with_tenant = True
     paginator = CappedCountPaginator
     show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER
@@ -173,7 +179,12 @@ class _ReadOnlyLargeTableAdmin(TenantScopedAdmin):
 
 
 def _cost(value) -> str:
-    return usd_format(value)
+    text = usd_format(value)
+    if value and text == "$0.00":
+        # Below half a micro-dollar (a short embedding call): the stored amount,
+        # rather than a priced call reading as free.
+        return usd_format_exact(value)
+    return text
 
 
 @admin.register(DailyUsage)
@@ -201,6 +212,17 @@ class DailyUsageAdmin(_ReadOnlyLargeTableAdmin):
     )
     list_select_related = ("tenant", "provider_config")
     ordering = ("-day", "-cost_usd")
+
+    def changelist_view(self, request, extra_context=None):
+        if not self._sees_one_tenant(request):
+            return super().changelist_view(request, extra_context)
+        # Rows are the tenant's local days, so the day filter's "Today" and
+        # "Past 7 days" count in its time zone, not the server's.
+        (zone_name,) = Tenant.objects.filter(pk__in=self._visible_tenant_ids(request)).values_list(
+            "timezone", flat=True
+        )
+        with timezone.override(zone(zone_name)):
+            return super().changelist_view(request, extra_context)
 
     @admin.display(description="provider")
     def provider(self, obj):
@@ -322,6 +344,16 @@ class BudgetAdminForm(forms.ModelForm):
             field.help_text = "The stored URL cannot be decrypted: enter it again."
         elif current:
             field.help_text = f"Set ({webhook_label(current)}). Leave empty to keep it."
+
+    def full_clean(self):
+        super().full_clean()
+        secret_inputs_ask_again(
+            self,
+            {
+                "webhook_url": "Enter the URL again: a typed webhook URL is never sent "
+                "back to the page."
+            },
+        )
 
     def _get_validation_exclusions(self):
         exclude = super()._get_validation_exclusions()
@@ -464,6 +496,7 @@ class CostAlertAdmin(TenantScopedAdmin):
     )
     fields = readonly_fields
     actions = ("retry_deliveries",)
+    deleted_with_tenant = True
     show_facets = admin.ShowFacets.NEVER
 
     def get_queryset(self, request):

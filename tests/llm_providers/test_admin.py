@@ -295,6 +295,27 @@ def test_invalid_form_does_not_echo_key(
     assert not ProviderConfig.objects.filter(tenant=tenant).exists()
 
 
+def test_new_key_dropped_by_an_error_elsewhere_is_asked_for_again(
+    openai_config, tenant_admin, admin_client_for, assert_secret_absent
+):
+    # given an admin replacing the stored key while another field is invalid
+    client = admin_client_for(tenant_admin)
+    response = client.post(
+        _change_url(openai_config),
+        _form_data(openai_config, name="", api_key="sk-replacement-key-0000ABCD"),
+    )
+
+    # then the key field, which comes back empty, says the new key was not
+    # kept: saving the corrected form as shown would keep the old key
+    form = response.context["adminform"].form
+    assert response.status_code == 200
+    assert form.errors["api_key"] == [
+        "Enter the key again: a typed key is never sent back to the page."
+    ]
+    assert_secret_absent(response.content.decode(), "sk-replacement-key-0000ABCD")
+    assert ProviderConfig.objects.get(pk=openai_config.pk).api_key == KEY
+
+
 def test_key_typed_before_choosing_a_provider_type_gets_a_form_error(
     tenant, tenant_admin, admin_client_for, assert_secret_absent
 ):
@@ -757,3 +778,25 @@ def test_revoked_service_key_is_read_only(tenant, tenant_admin, admin_client_for
     )
     assert 'name="revoked"' not in html
     assert 'name="name"' not in html
+
+
+def test_service_key_with_an_expiry_in_the_past_gets_a_form_error(
+    tenant, tenant_admin, admin_client_for
+):
+    # when a new key is given an expiry date that has already passed
+    response = admin_client_for(tenant_admin).post(
+        reverse("admin:llm_providers_servicekey_add"),
+        {
+            "tenant": str(tenant.pk),
+            "name": "billing-job",
+            "expiry_date_0": "2020-01-01",
+            "expiry_date_1": "10:00:00",
+        },
+    )
+
+    # then the form says what to fix and no key is created
+    assert response.status_code == 200
+    assert response.context["adminform"].form.errors == {
+        "expiry_date": ["The expiry date must be in the future."]
+    }
+    assert not ServiceKey.objects.filter(tenant=tenant).exists()

@@ -8,13 +8,20 @@ import pytest
 from django.urls import reverse
 
 from llm_providers.models import ModelPrice, ProviderConfig, ServiceKey, Tenant, TenantMembership
+from overrides.models import RoutingOverride
 from tests.factories import (
+    CallLogFactory,
+    CostAlertFactory,
+    DailyUsageFactory,
     ModelPriceFactory,
     ProviderConfigFactory,
+    RoutingFallbackFactory,
+    RoutingOverrideFactory,
     ServiceKeyFactory,
     TenantMembershipFactory,
     UserFactory,
 )
+from usage.models import CallLog, DailyUsage
 
 pytestmark = pytest.mark.django_db
 
@@ -150,6 +157,33 @@ def test_bulk_delete_refused_for_viewed_tenant(client, tenant, other_tenant, the
     assert ProviderConfig.objects.filter(pk=theirs.pk).exists()
 
 
+def test_bulk_delete_with_a_referenced_config_of_a_viewed_tenant_changes_nothing(
+    client, tenant, other_tenant, mine, theirs
+):
+    # given a user who administers `tenant` but only views `other_tenant`,
+    # whose config served a call (so deleting it would deactivate it)
+    user = UserFactory(username="mixed")
+    TenantMembershipFactory(user=user, tenant=tenant, role="admin")
+    TenantMembershipFactory(user=user, tenant=other_tenant, role="viewer")
+    CallLogFactory(tenant=other_tenant, provider_config=theirs)
+    client.force_login(user)
+
+    # when both configs are deleted in one bulk action
+    response = client.post(
+        _url("providerconfig_changelist"),
+        {
+            "action": "delete_selected",
+            "_selected_action": [str(mine.pk), str(theirs.pk)],
+            "post": "yes",
+        },
+    )
+
+    # then the action is refused as a whole: neither config is touched
+    assert response.status_code == 403
+    assert ProviderConfig.objects.filter(pk=mine.pk, is_active=True).exists()
+    assert ProviderConfig.objects.filter(pk=theirs.pk, is_active=True).exists()
+
+
 def test_connection_action_skips_viewed_tenant(client, tenant, other_tenant, theirs):
     user = UserFactory(username="mixed")
     TenantMembershipFactory(user=user, tenant=tenant, role="admin")
@@ -254,6 +288,38 @@ def test_only_superuser_creates_tenants(client, tenant_admin, superuser):
     assert Tenant.objects.filter(slug="initech").exists()
 
 
+def test_superuser_deletes_a_used_tenant_with_its_records(
+    client, superuser, tenant, other_tenant, mine, theirs
+):
+    # given a tenant that served calls, rolled them up, alerted, and routes by an override
+    for _ in range(3):
+        CallLogFactory(tenant=tenant, provider_config=mine)
+    DailyUsageFactory(tenant=tenant, provider_config=mine)
+    CostAlertFactory(tenant=tenant)
+    override = RoutingOverrideFactory(tenant=tenant, provider_config=mine)
+    RoutingFallbackFactory(override=override, provider_config=mine)
+    kept = CallLogFactory(tenant=other_tenant, provider_config=theirs)
+    client.force_login(superuser)
+
+    # when a superuser opens the tenant's delete page and confirms
+    page = client.get(_url("tenant_delete", tenant.pk))
+    response = client.post(_url("tenant_delete", tenant.pk), {"post": "yes"})
+
+    # then the page counts the usage records rather than listing each, and the
+    # tenant goes with everything it owns; the other tenant keeps its rows
+    html = page.content.decode()
+    assert "Cannot delete" not in html
+    assert "Call logs: 3" in html and "Daily usage: 1" in html and "Cost alerts: 1" in html
+    assert "Call log: " not in html
+    assert response.status_code == 302
+    assert not Tenant.objects.filter(pk=tenant.pk).exists()
+    assert not CallLog.objects.filter(tenant_id=tenant.pk).exists()
+    assert not DailyUsage.objects.filter(tenant_id=tenant.pk).exists()
+    assert not RoutingOverride.objects.filter(pk=override.pk).exists()
+    assert list(CallLog.objects.values_list("pk", flat=True)) == [kept.pk]
+    assert ProviderConfig.objects.filter(pk=theirs.pk).exists()
+
+
 def test_viewer_cannot_edit_tenant(client, tenant_viewer, tenant):
     client.force_login(tenant_viewer)
     response = client.post(
@@ -334,6 +400,31 @@ def test_tenant_admin_sees_global_prices_read_only(client, tenant_admin):
     )
     assert response.status_code == 403
     assert ModelPrice.objects.get(pk=price.pk).input_per_mtok == 1
+
+
+def test_negative_cache_prices_are_refused_with_a_message(client, tenant_admin, tenant):
+    # when a tenant admin types a negative cache read and cache write price
+    client.force_login(tenant_admin)
+    response = client.post(
+        _url("modelprice_add"),
+        {
+            "tenant": str(tenant.pk),
+            "provider_type": "fake",
+            "model": "fake-small",
+            "input_per_mtok": "0.1",
+            "output_per_mtok": "0.2",
+            "cache_read_per_mtok": "-0.05",
+            "cache_write_per_mtok": "-1",
+            "effective_from": "2025-01-01",
+        },
+    )
+
+    # then no price is stored: it would make cached tokens earn money back
+    assert response.status_code == 200
+    errors = response.context["adminform"].form.errors
+    assert errors["cache_read_per_mtok"] == ["Ensure this value is greater than or equal to 0."]
+    assert errors["cache_write_per_mtok"] == ["Ensure this value is greater than or equal to 0."]
+    assert not ModelPrice.objects.exists()
 
 
 def test_tenant_admin_cannot_create_global_price(client, tenant_admin):

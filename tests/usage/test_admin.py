@@ -3,6 +3,7 @@
 import datetime as dt
 import re
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 
 import pytest
 from django.db import connection
@@ -14,6 +15,7 @@ from llm_providers.models import TenantMembership
 from tests.factories import (
     BudgetFactory,
     CallLogFactory,
+    DailyUsageFactory,
     ProviderConfigFactory,
     TenantFactory,
     TenantMembershipFactory,
@@ -303,6 +305,21 @@ def test_call_log_list_filters_by_status_service_customer_model_provider_and_day
 
 
 @pytest.mark.django_db
+def test_call_log_day_filter_on_the_last_day_of_the_calendar_lists_nothing_not_an_error(client):
+    # given a call log today
+    tenant = TenantFactory()
+    CallLogFactory(tenant=tenant)
+    client.force_login(_member(tenant))
+
+    # when the day filter names 9999-12-31, whose next day does not exist
+    response = client.get(reverse("admin:usage_calllog_changelist"), {"day": "9999-12-31"})
+
+    # then the list is shown, empty, rather than a server error
+    assert response.status_code == 200
+    assert re.findall(r"/admin/usage/calllog/(\d+)/change/", response.content.decode()) == []
+
+
+@pytest.mark.django_db
 def test_call_log_search_finds_a_request_by_id(client):
     tenant = TenantFactory()
     wanted = CallLogFactory(tenant=tenant)
@@ -403,6 +420,32 @@ def test_daily_usage_list_shows_unpriced_usage_as_unpriced_not_zero_dollars(clie
     assert "$0.00" not in row
 
 
+@pytest.mark.django_db
+def test_daily_usage_today_filter_means_today_in_the_tenants_time_zone(client):
+    # given a tenant whose local date differs from the UTC date right now
+    # (UTC+14 from 10:00 UTC on, UTC-12 before noon UTC), with a row for its
+    # local today and one for the UTC date
+    now = timezone.now()
+    zone_name = "Pacific/Kiritimati" if now.hour >= 10 else "Etc/GMT+12"
+    local_today = now.astimezone(ZoneInfo(zone_name)).date()
+    tenant = TenantFactory(timezone=zone_name)
+    config = ProviderConfigFactory(tenant=tenant)
+    DailyUsageFactory(tenant=tenant, provider_config=config, day=local_today, model="local-today")
+    DailyUsageFactory(tenant=tenant, provider_config=config, day=now.date(), model="utc-today")
+    client.force_login(_member(tenant, role=TenantMembership.Role.VIEWER))
+
+    # when the list's day filter offers "Today" and the user follows it
+    listing = client.get(reverse("admin:usage_dailyusage_changelist")).content.decode()
+    (today_link,) = re.findall(r'<a href="(\?day__gte=[^"]+)"[^>]*>Today</a>', listing)
+    html = client.get(
+        reverse("admin:usage_dailyusage_changelist") + today_link.replace("&amp;", "&")
+    ).content.decode()
+
+    # then it shows the tenant's today, the day its rows are counted in
+    assert "local-today" in html
+    assert "utc-today" not in html
+
+
 # --- budgets and alerts ----------------------------------------------------------
 
 
@@ -483,6 +526,10 @@ def test_budget_admin_does_not_echo_the_webhook_url_when_another_field_is_invali
     assert "This field is required." in html
     assert "s3cr3t-t0ken" not in html
     assert Budget.objects.count() == 0
+    # and the emptied URL field asks for it again rather than silently dropping it
+    assert response.context["adminform"].form.errors["webhook_url"] == [
+        "Enter the URL again: a typed webhook URL is never sent back to the page."
+    ]
 
 
 @pytest.mark.django_db
@@ -665,6 +712,30 @@ def test_call_log_list_shows_the_model_answered_or_else_requested(client):
     cells = re.findall(r'<td class="field-model_display">([^<]*)</td>', html)
     assert sorted(cells) == ["claude-sonnet", "gpt-4o-2024-08-06"]
     assert ">Model<" in html and "None#" not in html
+
+
+@pytest.mark.django_db
+def test_call_log_and_daily_usage_lists_show_a_sub_micro_dollar_cost_not_zero(client):
+    # given a priced embedding call of 12 tokens at $0.02 per million: $0.00000024
+    tenant = TenantFactory()
+    config = ProviderConfigFactory(tenant=tenant)
+    CallLogFactory(
+        tenant=tenant,
+        provider_config=config,
+        input_tokens=12,
+        output_tokens=0,
+        cost_usd=Decimal("0.000000240000"),
+    )
+    _aggregate_today()
+    client.force_login(_member(tenant))
+
+    # when the call log and daily usage lists are opened
+    calls = client.get(reverse("admin:usage_calllog_changelist")).content.decode()
+    days = client.get(reverse("admin:usage_dailyusage_changelist")).content.decode()
+
+    # then the cost reads its value, not a rounded $0.00
+    assert re.findall(r'<td class="field-cost">([^<]*)</td>', calls) == ["$0.00000024"]
+    assert re.findall(r'<td class="field-cost">([^<]*)</td>', days) == ["$0.00000024"]
 
 
 @pytest.mark.django_db

@@ -458,6 +458,8 @@ def _send(delivery: AlertDelivery) -> None:
         )
     if delivery.channel == AlertDelivery.Channel.EMAIL:
         subject = f"[LLM usage] {alert.tenant.name}: {alert.get_kind_display().lower()}"
+        # A header is one line: a line break in a name would refuse every attempt.
+        subject = " ".join(subject.split())
         body = render_to_string("usage/alert_email.txt", {"alert": alert})
         try:
             send_mail(

@@ -258,6 +258,26 @@ def test_new_alert_is_emailed_once_committed(django_capture_on_commit_callbacks)
     assert (delivery.state, delivery.attempts) == ("delivered", 1)
 
 
+@pytest.mark.django_db
+def test_alert_email_subject_is_one_line_when_the_tenant_name_is_not(
+    django_capture_on_commit_callbacks,
+):
+    # given a tenant whose name holds a line break (a header must not)
+    tenant = TenantFactory(name="Acme\r\nBcc: someone@example.com")
+    BudgetFactory(tenant=tenant, alert_percentages=[50], alert_emails="a@example.com")
+    _spend(tenant, "6.00")
+    _aggregate()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        (alert,) = budget_thresholds_check(now=NOW)
+
+    (message,) = mail.outbox
+    assert message.subject == "[LLM usage] Acme Bcc: someone@example.com: budget threshold"
+    assert message.to == ["a@example.com"]
+    assert message.bcc == []
+    assert alert.deliveries.get().state == "delivered"
+
+
 class _FlakyReceiver:
     """A loopback webhook receiver that fails a given number of times, then accepts."""
 

@@ -4,6 +4,7 @@ per-tenant usage dashboard."""
 
 from __future__ import annotations
 
+import logging
 import uuid
 import zoneinfo
 from datetime import UTC, date, datetime, timedelta
@@ -19,6 +20,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.functional import cached_property
+from kombu.exceptions import OperationalError as KombuOperationalError
 
 from llm_providers.admin_scoping import TenantScopedAdmin
 from llm_providers.encryption import UnreadableSecret
@@ -35,6 +37,8 @@ from .periods import zone
 from .selectors import usage_dashboard
 from .tasks import refresh_tenant_usage
 from .webhooks import webhook_label
+
+logger = logging.getLogger(__name__)
 
 # --- large tables --------------------------------------------------------------
 
@@ -579,10 +583,20 @@ class UsageDashboardAdmin(TenantScopedAdmin):
             if not can_refresh:
                 raise PermissionDenied
             data = usage_dashboard(tenant=tenant)
-            refresh_tenant_usage.delay(
-                str(tenant.pk), data.first_day.isoformat(), data.last_day.isoformat()
-            )
-            self.message_user(request, "Usage of the last 30 days is being recomputed.")
+            try:
+                refresh_tenant_usage.delay(
+                    str(tenant.pk), data.first_day.isoformat(), data.last_day.isoformat()
+                )
+            except KombuOperationalError as exc:
+                logger.warning("Usage recompute for tenant %s not queued: %s", tenant.pk, exc)
+                self.message_user(
+                    request,
+                    "The task queue cannot be reached, so nothing was recomputed; the figures "
+                    "are those of the last aggregation. Try again once the broker is back.",
+                    level=messages.ERROR,
+                )
+            else:
+                self.message_user(request, "Usage of the last 30 days is being recomputed.")
             return HttpResponseRedirect(request.path)
         rolled_up_now = settings.CELERY_TASK_ALWAYS_EAGER
         if rolled_up_now:

@@ -3,6 +3,7 @@
 import datetime as dt
 import re
 from decimal import Decimal
+from unittest import mock
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -10,6 +11,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
+from kombu.exceptions import OperationalError as KombuOperationalError
 
 from llm_providers.models import TenantMembership
 from tests.factories import (
@@ -24,6 +26,7 @@ from tests.factories import (
 from usage.aggregation import daily_usage_recompute
 from usage.alerts import alerts_check
 from usage.models import AlertDelivery, Budget, CallLog, CostAlert, DailyUsage
+from usage.tasks import refresh_tenant_usage
 
 
 def _member(tenant, role=TenantMembership.Role.ADMIN):
@@ -176,6 +179,35 @@ def test_dashboard_recompute_button_aggregates_for_tenant_admin(client):
 
     assert response.status_code == 302
     assert DailyUsage.objects.filter(tenant=tenant).count() == 1
+
+
+@pytest.fixture
+def broker_down():
+    """Queuing a task fails as Celery fails when its Redis broker refuses connections."""
+    refused = KombuOperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+    with mock.patch.object(refresh_tenant_usage, "delay", side_effect=refused):
+        yield
+
+
+@pytest.mark.django_db
+def test_dashboard_recompute_with_the_broker_down_says_so(client, settings, broker_down):
+    # given a tenant admin, and no broker to queue the recompute on
+    settings.CELERY_TASK_ALWAYS_EAGER = False
+    tenant = TenantFactory()
+    CallLogFactory(tenant=tenant, created_at=timezone.now() - dt.timedelta(minutes=1))
+    client.force_login(_member(tenant))
+    url = reverse("admin:usage_usagedashboard_tenant", args=[tenant.pk])
+
+    # when the button is pressed
+    response = client.post(url, follow=True)
+
+    # then the page comes back with the reason, nothing recomputed
+    assert response.status_code == 200
+    assert [str(m) for m in response.context["messages"]] == [
+        "The task queue cannot be reached, so nothing was recomputed; the figures are those "
+        "of the last aggregation. Try again once the broker is back."
+    ]
+    assert DailyUsage.objects.count() == 0
 
 
 @pytest.mark.django_db

@@ -50,6 +50,10 @@ PLACEHOLDER_API_KEY = "no-key-configured"
 # OpenAI and Azure reasoning models refuse `max_tokens`; the other presets
 # speak the older parameter name.
 _MAX_COMPLETION_TOKENS_TYPES = frozenset({"openai", AZURE})
+# Azure API versions before this one refuse `max_completion_tokens`
+# ("Unrecognized request argument supplied"). Versions are dates, so they
+# compare as text: "2024-08-01-preview" < "2024-09-01-preview" < "2024-10-21".
+_AZURE_MAX_COMPLETION_TOKENS_SINCE = "2024-09-01"
 # Mistral refuses `stream_options` (422, extra fields forbidden) and sends the
 # stream's usage in its last chunk unasked.
 _USAGE_UNASKED_TYPES = frozenset({"mistral"})
@@ -123,6 +127,16 @@ class OpenAIChatAdapter(Adapter):
         deployments = options.get("deployments") or {}
         return deployments.get(model) or options.get("deployment") or model
 
+    def _max_tokens_name(self) -> str:
+        provider_type = self.settings.provider_type
+        if provider_type not in _MAX_COMPLETION_TOKENS_TYPES:
+            return "max_tokens"
+        if provider_type == AZURE:
+            api_version = str(self.settings.options.get("api_version") or "")
+            if api_version < _AZURE_MAX_COMPLETION_TOKENS_SINCE:
+                return "max_tokens"
+        return "max_completion_tokens"
+
     def _chat_arguments(self, request: ChatRequest) -> dict[str, Any]:
         arguments: dict[str, Any] = {
             "model": self.wire_model(request.model),
@@ -130,12 +144,7 @@ class OpenAIChatAdapter(Adapter):
             "timeout": self._timeout(self.call_timeout(request.timeout)),
         }
         if request.max_tokens is not None:
-            name = (
-                "max_completion_tokens"
-                if self.settings.provider_type in _MAX_COMPLETION_TOKENS_TYPES
-                else "max_tokens"
-            )
-            arguments[name] = request.max_tokens
+            arguments[self._max_tokens_name()] = request.max_tokens
         if request.temperature is not None:
             arguments["temperature"] = request.temperature
         if request.top_p is not None:

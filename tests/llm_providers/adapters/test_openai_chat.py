@@ -984,6 +984,29 @@ def test_azure_calls_the_deployment_url_with_the_api_version(openai_upstream):
     assert result.model == "gpt-4o-2024-11-20"
 
 
+@pytest.mark.parametrize(
+    ("api_version", "sent_name"),
+    [
+        ("2024-06-01", "max_tokens"),
+        ("2024-08-01-preview", "max_tokens"),
+        ("2024-09-01-preview", "max_completion_tokens"),
+        ("2024-10-21", "max_completion_tokens"),
+        ("2025-04-01-preview", "max_completion_tokens"),
+    ],
+)
+def test_azure_names_the_output_limit_as_its_api_version_knows_it(
+    openai_upstream, api_version, sent_name
+):
+    adapter = _azure(openai_upstream, deployment="chat", api_version=api_version)
+    openai_upstream.enqueue_chat()
+
+    adapter.complete(_request(max_tokens=64))
+
+    sent = openai_upstream.last_request.json
+    assert sent[sent_name] == 64
+    assert {"max_tokens", "max_completion_tokens"} & set(sent) == {sent_name}
+
+
 def test_azure_uses_the_single_deployment_option_for_any_model(openai_upstream):
     adapter = _azure(openai_upstream, deployment="shared")
     openai_upstream.enqueue_chat_stream()

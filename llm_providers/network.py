@@ -76,8 +76,11 @@ def base_url_validate(url: str, *, allow_private: bool | None = None) -> None:
         # Reading the port parses it: "host:abc" or ":99999" fail here.
         parts.port  # noqa: B018
     except ValueError as exc:
+        # The reason without the value it quotes ("... as 'abc'"): a webhook
+        # token pasted where the port goes must not come back in the error.
+        reason = str(exc).partition(" as ")[0]
         raise ValidationError(
-            f"The base URL is not a valid URL ({exc}).", code="invalid_url"
+            f"The base URL is not a valid URL ({reason}).", code="invalid_url"
         ) from None
     if parts.scheme not in ("http", "https"):
         raise ValidationError(

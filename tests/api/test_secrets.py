@@ -177,8 +177,10 @@ def test_budget_responses_say_only_that_a_webhook_is_stored(admin_api, admin_use
         f"ftp://93.184.215.14/{WEBHOOK_TOKEN}",
         f"http://10.0.0.5/hooks/{WEBHOOK_TOKEN}",
         f"https://user:{WEBHOOK_TOKEN}@93.184.215.14/hook",
+        # A token pasted where the port goes: Python's parse error quotes it.
+        f"https://93.184.215.14:{WEBHOOK_TOKEN}/hook",
     ],
-    ids=["scheme", "private", "credentials"],
+    ids=["scheme", "private", "credentials", "port"],
 )
 def test_budget_validation_errors_do_not_echo_webhook_url(admin_api, webhook_url):
     response = admin_api.post(

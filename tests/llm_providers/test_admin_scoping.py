@@ -7,7 +7,9 @@ import json
 import pytest
 from django.urls import reverse
 
+from llm_providers.config_cache import config_version
 from llm_providers.models import ModelPrice, ProviderConfig, ServiceKey, Tenant, TenantMembership
+from llm_providers.pricing import PriceSource, price_lookup
 from overrides.models import RoutingOverride
 from tests.factories import (
     CallLogFactory,
@@ -557,3 +559,78 @@ def test_list_filter_with_a_nul_character_is_a_bad_lookup_not_a_server_error(
     # then the admin says the lookup is wrong, as for any other bad filter
     assert response.status_code == 302
     assert response["Location"].endswith("?e=1")
+
+
+def test_global_price_moved_to_one_tenant_no_longer_prices_the_others(
+    client, superuser, tenant, other_tenant
+):
+    def lookup(of):
+        return price_lookup(
+            tenant_id=of.pk,
+            provider_type="fake",
+            model="fake-small",
+            version=config_version(of.pk),
+        )
+
+    price = ModelPriceFactory(tenant=None, model="fake-small", input_per_mtok="3")
+    # the other tenant's calls have been priced at the global rate (and cached it)
+    assert lookup(other_tenant).input_per_mtok == 3
+
+    # when a superuser makes the price one tenant's own
+    client.force_login(superuser)
+    response = client.post(
+        _url("modelprice_change", price.pk),
+        {
+            "tenant": str(tenant.pk),
+            "provider_type": "fake",
+            "model": "fake-small",
+            "input_per_mtok": "3",
+            "output_per_mtok": "2",
+            "effective_from": str(price.effective_from),
+        },
+    )
+    assert response.status_code == 302
+
+    # then the other tenant is no longer charged at that tenant's rate
+    assert lookup(other_tenant).source == PriceSource.UNKNOWN
+    assert lookup(tenant).input_per_mtok == 3
+
+
+def test_tenant_price_moved_to_another_tenant_no_longer_prices_the_first(
+    client, tenant_admin, tenant, other_tenant
+):
+    TenantMembershipFactory(
+        user=tenant_admin, tenant=other_tenant, role=TenantMembership.Role.ADMIN
+    )
+    price = ModelPriceFactory(tenant=tenant, model="fake-small", input_per_mtok="4")
+    version = config_version(tenant.pk)
+    assert (
+        price_lookup(
+            tenant_id=tenant.pk, provider_type="fake", model="fake-small", version=version
+        ).input_per_mtok
+        == 4
+    )
+
+    # when the admin of both tenants gives the price to the other one
+    client.force_login(tenant_admin)
+    response = client.post(
+        _url("modelprice_change", price.pk),
+        {
+            "tenant": str(other_tenant.pk),
+            "provider_type": "fake",
+            "model": "fake-small",
+            "input_per_mtok": "4",
+            "output_per_mtok": "2",
+            "effective_from": str(price.effective_from),
+        },
+    )
+    assert response.status_code == 302
+
+    # then the first tenant's calls are no longer priced at the other's rate
+    found = price_lookup(
+        tenant_id=tenant.pk,
+        provider_type="fake",
+        model="fake-small",
+        version=config_version(tenant.pk),
+    )
+    assert found.source == PriceSource.UNKNOWN

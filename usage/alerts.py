@@ -433,9 +433,15 @@ def alerts_check(*, now: datetime | None = None) -> list[CostAlert]:
 # --- delivering alerts ---------------------------------------------------------
 
 
+def _slack_text(text: str) -> str:
+    """`text` as Slack reads it literally: "&", "<" and ">" would otherwise start
+    entities, links and mentions (a budget or model named "<!channel>" pings everyone)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def _payload(alert: CostAlert) -> dict:
     return {
-        "text": alert.message,
+        "text": _slack_text(alert.message),
         "alert": {
             "id": alert.pk,
             "kind": alert.kind,

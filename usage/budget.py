@@ -271,6 +271,21 @@ def budget_settle(*, reservation: BudgetReservation, cost_usd: Decimal | None) -
         logger.warning("Budget settle failed for %s: %s", reservation.reservation_id, exc)
 
 
+def budget_counters_forget(*, budget: Budget) -> None:
+    """Drop the live counters of what `budget` counts now; the next call rebuilds them.
+
+    Counters left behind while the budget was switched off, or counted another
+    scope or time zone, were not settled into meanwhile: they miss that spend.
+    """
+    definition = budget_definition_of(budget)
+    period = period_containing(definition.period, timezone.now(), definition.timezone_name)
+    try:
+        counters_backend().forget(definition=definition, period=period)
+    except BudgetBackendError as exc:
+        # The Redis counter is trusted for USAGE_BUDGET_COUNTER_REBUILD_SECONDS at most.
+        logger.warning("Budget counters of budget %s not dropped: %s", budget.pk, exc)
+
+
 def budget_release(*, reservation: BudgetReservation) -> None:
     """The call failed: give the reservation back."""
     budget_settle(reservation=reservation, cost_usd=None)

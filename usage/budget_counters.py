@@ -194,7 +194,10 @@ _REBUILD_MARK_STALE_MS = 60_000
 
 
 def _redis_keys(entry) -> tuple[str, str]:
-    budget, period = entry.budget, entry.period
+    return _redis_keys_of(entry.budget, entry.period)
+
+
+def _redis_keys_of(budget, period) -> tuple[str, str]:
     base = f"llmpl:budget:{budget.id}:{budget.definition}:{period.key}"
     return f"{base}:h", f"{base}:z"
 
@@ -279,6 +282,15 @@ class RedisCounters:
                 )
         raise BudgetBackendError("budget counters kept going stale while being rebuilt")
 
+    def forget(self, *, definition, period) -> None:
+        from redis.exceptions import RedisError
+
+        self._scripts()
+        try:
+            self._client.delete(*_redis_keys_of(definition, period))
+        except RedisError as exc:
+            raise BudgetBackendError(f"Redis error: {type(exc).__name__}") from exc
+
     def settle(self, *, reservation, cost_nano: int, cost_usd) -> None:
         _, settle = self._scripts()
         keys: list[str] = []
@@ -358,6 +370,11 @@ class DatabaseCounters:
                     for counter in counters
                 )
         return refusal
+
+    def forget(self, *, definition, period) -> None:
+        BudgetCounter.objects.filter(
+            budget_id=definition.id, definition=definition.definition
+        ).delete()
 
     def settle(self, *, reservation, cost_nano: int, cost_usd) -> None:
         cost = Decimal(cost_usd or 0)

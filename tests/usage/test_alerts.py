@@ -337,6 +337,34 @@ def test_webhook_delivery_is_retried_with_backoff_after_receiver_failed(
 
 
 @pytest.mark.django_db
+def test_webhook_text_escapes_what_slack_would_read_as_markup(httpserver, allow_private_urls):
+    # given a budget whose tenant and name hold "&", "<" and ">"
+    receiver = _FlakyReceiver(httpserver, failures=0)
+    tenant = TenantFactory(name="R&D")
+    BudgetFactory(
+        tenant=tenant,
+        name="<!channel> <https://example.com|cap>",
+        alert_percentages=[50],
+        alert_emails="",
+        webhook_url=receiver.url,
+    )
+    _spend(tenant, "5.00")
+    _aggregate()
+    (alert,) = budget_thresholds_check(now=NOW)
+
+    # when the alert is delivered
+    delivered = alert_delivery_attempt(delivery_id=alert.deliveries.get().pk, now=NOW)
+
+    # then Slack shows the names as written: no @channel ping, no link
+    assert delivered.state == "delivered"
+    assert receiver.bodies[0]["text"] == (
+        "R&amp;D: budget “&lt;!channel&gt; &lt;https://example.com|cap&gt;” (whole tenant, "
+        "monthly 2026-06) has reached 50% of its $10.00 limit: $5.00 spent."
+    )
+    assert receiver.bodies[0]["alert"]["budget"] == "<!channel> <https://example.com|cap>"
+
+
+@pytest.mark.django_db
 def test_webhook_delivery_gives_up_after_max_attempts_until_retried_in_the_admin(
     httpserver, allow_private_urls, settings
 ):

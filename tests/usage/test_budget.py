@@ -444,3 +444,68 @@ def test_call_settled_while_its_counter_is_rebuilt_is_not_lost(settings, monkeyp
     assert Decimal(caught.value.extra["spend_usd"]) == Decimal("0.6")
     assert client.hget(counter, "s") == b"600000000"
     assert not client.hexists(counter, "b")
+
+
+@pytest.mark.django_db
+def test_budget_reactivated_mid_period_counts_spend_made_while_it_was_off(counters):
+    # given a $1 daily blocking budget whose counter holds $0.50 of settled spend
+    tenant = TenantFactory()
+    budget = _blocking_daily(tenant, limit="1.00")
+    reservation = _reserve(tenant, "0.50")
+    CallLogFactory(tenant=tenant, service_name="summarizer", cost_usd=Decimal("0.50"))
+    budget_settle(reservation=reservation, cost_usd=Decimal("0.50"))
+
+    # when it is switched off, $0.40 is spent meanwhile, and it is switched on again
+    budget_update(budget=budget, data={"is_active": False})
+    assert not _reserve(tenant, "0.40")
+    CallLogFactory(tenant=tenant, service_name="summarizer", cost_usd=Decimal("0.40"))
+    budget_update(budget=budget, data={"is_active": True})
+
+    # then the $0.40 counts: $0.90 spent, a call of up to $0.20 does not fit
+    with pytest.raises(BudgetExceeded) as caught:
+        _reserve(tenant, "0.20")
+    assert Decimal(caught.value.extra["spend_usd"]) == Decimal("0.9")
+
+
+@pytest.mark.django_db
+def test_budget_given_back_its_old_scope_counts_spend_made_under_the_other_one(counters):
+    # given a budget of service "summarizer" whose counter holds $0.50
+    tenant = TenantFactory()
+    budget = _blocking_daily(tenant, limit="1.00", service_name="summarizer")
+    reservation = _reserve(tenant, "0.50", service="summarizer")
+    CallLogFactory(tenant=tenant, service_name="summarizer", cost_usd=Decimal("0.50"))
+    budget_settle(reservation=reservation, cost_usd=Decimal("0.50"))
+
+    # when it counts "translator" for a while, during which "summarizer" spends
+    # $0.40, and then "summarizer" again
+    budget_update(budget=budget, data={"service_name": "translator"})
+    assert _reserve(tenant, "0.10", service="translator")
+    CallLogFactory(tenant=tenant, service_name="summarizer", cost_usd=Decimal("0.40"))
+    budget_update(budget=budget, data={"service_name": "summarizer"})
+
+    # then the $0.40 counts
+    with pytest.raises(BudgetExceeded) as caught:
+        _reserve(tenant, "0.20", service="summarizer")
+    assert Decimal(caught.value.extra["spend_usd"]) == Decimal("0.9")
+
+
+@pytest.mark.django_db
+def test_budget_of_a_tenant_given_back_its_time_zone_counts_spend_made_in_the_other(counters):
+    # given a UTC tenant's daily budget whose counter holds $0.50
+    tenant = TenantFactory(timezone="UTC")
+    _blocking_daily(tenant, limit="1.00")
+    reservation = _reserve(tenant, "0.50")
+    CallLogFactory(tenant=tenant, service_name="summarizer", cost_usd=Decimal("0.50"))
+    budget_settle(reservation=reservation, cost_usd=Decimal("0.50"))
+
+    # when the tenant moves to Tokyo, spends $0.40, and moves back to UTC
+    tenant.timezone = "Asia/Tokyo"
+    tenant.save()
+    CallLogFactory(tenant=tenant, service_name="summarizer", cost_usd=Decimal("0.40"))
+    tenant.timezone = "UTC"
+    tenant.save()
+
+    # then the $0.40 counts
+    with pytest.raises(BudgetExceeded) as caught:
+        _reserve(tenant, "0.20")
+    assert Decimal(caught.value.extra["spend_usd"]) == Decimal("0.9")

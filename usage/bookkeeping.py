@@ -16,7 +16,8 @@ On the background thread a write that fails for a transient reason (a lost
 connection, a database restart) is retried with backoff on fresh
 connections, so an outage delays logs instead of failing calls the caller has
 already paid for; a write the database refuses is reported at once. The queue is
-drained at interpreter exit; only a killed process loses what it still held.
+drained at interpreter exit and when a Celery pool process ends (config.celery);
+only a killed process loses what it still held.
 """
 
 from __future__ import annotations

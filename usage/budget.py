@@ -100,6 +100,9 @@ class BudgetReservation:
 
 
 _EMPTY = BudgetReservation()
+# Amounts in a refusal's details carry the places of stored costs, whichever
+# counter store (nano-dollars or database) computed them.
+_EXTRA_PLACES = Decimal("1e-12")
 
 
 # --- definitions ---------------------------------------------------------------
@@ -189,7 +192,7 @@ def _exceeded(refusal: Refusal, amount_usd: Decimal, now: datetime) -> BudgetExc
         extra={
             "budget_id": budget.id,
             "budget_name": budget.name,
-            "spend_usd": str(refusal.spend_usd),
+            "spend_usd": str(refusal.spend_usd.quantize(_EXTRA_PLACES)),
             "limit_usd": str(budget.limit_usd),
             "resets_at": period.end.isoformat(),
             "retry_after_seconds": retry_after,

@@ -105,7 +105,7 @@ def test_reserve_refuses_with_budget_spend_limit_and_reset_when_blocking_budget_
     )
     assert error.extra["budget_id"] == budget.pk
     assert error.extra["budget_name"] == "Daily cap"
-    assert Decimal(error.extra["spend_usd"]) == Decimal("0.9")
+    assert error.extra["spend_usd"] == "0.900000000000"
     assert error.extra["limit_usd"] == "1.0000"
     assert error.extra["resets_at"] == period.end.isoformat()
     assert 0 < error.extra["retry_after_seconds"] <= 25 * 3600

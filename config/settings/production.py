@@ -28,6 +28,10 @@ if not REDIS_URL:
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 REST_FRAMEWORK = {**REST_FRAMEWORK, "NUM_PROXIES": env.int("NUM_PROXIES", default=1)}
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
+# Load balancers probe the application itself over plain HTTP, without the
+# proxy's X-Forwarded-Proto: a redirect would read as "unhealthy". The health
+# answer holds no secret and takes no credentials.
+SECURE_REDIRECT_EXEMPT = [r"^api/v1/health/?$"]
 if not SECURE_SSL_REDIRECT:
     # Turned off only when the proxy already redirects to HTTPS (docs/OPERATIONS.md),
     # which is what this warning asks for; the release runs `check --deploy

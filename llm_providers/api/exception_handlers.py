@@ -69,6 +69,14 @@ def _plain(detail: Any) -> Any:
     return str(detail)
 
 
+def _owner(label: str, name: str, prefix: str) -> str:
+    """What a message is about: its field; for a non-field error of nested input
+    (e.g. an object where a list was expected), the nested field it belongs to."""
+    if name != NON_FIELD_KEY:
+        return f"{label}: "
+    return f"{prefix.removesuffix('.')}: " if prefix else ""
+
+
 def _field_messages(fields: dict[str, Any], prefix: str = "") -> list[str]:
     messages: list[str] = []
     for name, value in fields.items():
@@ -82,7 +90,7 @@ def _field_messages(fields: dict[str, Any], prefix: str = "") -> list[str]:
                 elif isinstance(item, list):
                     messages.extend(f"{label}[{index}]: {m}" for m in item)
                 elif item:
-                    messages.append(item if name == NON_FIELD_KEY else f"{label}: {item}")
+                    messages.append(f"{_owner(label, name, prefix)}{item}")
         elif value:
             messages.append(f"{label}: {value}")
     return messages

@@ -66,9 +66,15 @@ def _database_probe() -> None:
 
 def _cache_probe() -> None:
     nonce = uuid.uuid4().hex
-    cache.set(_CACHE_PROBE_KEY, nonce, timeout=30)
-    if cache.get(_CACHE_PROBE_KEY) != nonce:
-        raise RuntimeError("the cache did not return what was just stored")
+    # A key per probe: probes running at once (several load balancers, several
+    # instances sharing the cache) would otherwise read each other's value.
+    key = f"{_CACHE_PROBE_KEY}:{nonce}"
+    cache.set(key, nonce, timeout=30)
+    try:
+        if cache.get(key) != nonce:
+            raise RuntimeError("the cache did not return what was just stored")
+    finally:
+        cache.delete(key)
 
 
 def _broker_probe(url: str) -> None:

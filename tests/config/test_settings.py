@@ -293,3 +293,38 @@ def test_celery_uses_development_settings_when_told():
     assert result.returncode == 0, result.stderr
     assert "SETTINGS_MODULE: 'config.settings.development'" in result.stdout
     assert "\nDEBUG: True\n" in result.stdout
+
+
+HTTP_REQUESTS = """
+import json
+import django
+django.setup()
+from django.test import Client
+client = Client(HTTP_HOST="llm.example.com")
+health = client.get("/api/v1/health/")
+providers = client.get("/api/v1/providers/")
+print(json.dumps({
+    "health": [health.status_code, health["Content-Type"]],
+    "providers": [providers.status_code, providers.get("Location")],
+}))
+"""
+
+
+def test_production_answers_health_over_http_and_redirects_the_rest():
+    # Load balancers probe the application directly over plain HTTP, without
+    # the proxy's X-Forwarded-Proto; the cache and broker here are unreachable.
+    result = _run(
+        ["-c", HTTP_REQUESTS],
+        settings_module="config.settings.production",
+        env={
+            **PRODUCTION_ENV,
+            "DATABASE_URL": "sqlite://:memory:",
+            "REDIS_URL": "redis://127.0.0.1:9/0",
+        },
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {
+        "health": [503, "application/json"],
+        "providers": [301, "https://llm.example.com/api/v1/providers/"],
+    }

@@ -261,3 +261,41 @@ def test_override_patch_answers_400_when_fallback_lacks_provider(admin_api, tena
     error = response.json()["error"]
     assert error["fields"] == {"fallbacks": {"0": {"provider_config": ["This field is required."]}}}
     assert error["message"] == "Invalid input: fallbacks.0.provider_config: This field is required."
+
+
+@pytest.mark.parametrize(
+    ("fallbacks", "fields", "message"),
+    [
+        (
+            {"provider_config": "x"},
+            {"fallbacks": {"non_field_errors": ['Expected a list of items but got type "dict".']}},
+            'Invalid input: fallbacks: Expected a list of items but got type "dict".',
+        ),
+        (
+            ["backup"],
+            {
+                "fallbacks": {
+                    "0": {"non_field_errors": ["Invalid data. Expected a dictionary, but got str."]}
+                }
+            },
+            "Invalid input: fallbacks.0: Invalid data. Expected a dictionary, but got str.",
+        ),
+    ],
+    ids=["not-a-list", "not-an-object"],
+)
+def test_override_create_error_message_names_the_malformed_fallbacks(
+    admin_api, tenant, providers, fallbacks, fields, message
+):
+    response = admin_api.post(
+        OVERRIDES,
+        {
+            "customer_id": "acme",
+            "provider_config": str(providers["main"].pk),
+            "fallbacks": fallbacks,
+        },
+    )
+
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["fields"], error["message"]) == (fields, message)
+    assert not RoutingOverride.objects.exists()

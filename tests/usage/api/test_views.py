@@ -73,6 +73,74 @@ def test_call_list_pages_newest_first_by_cursor_when_timestamps_tie(admin_api, t
     assert second.json()["next"] is None
 
 
+def _walk(api, url: str, link: str) -> list[list[int]]:
+    """The pages met following `link` ("next" or "previous") from `url`, first page included."""
+    pages = []
+    while url:
+        body = api.get(url).json()
+        pages.append([item["id"] for item in body["results"]])
+        url = body[link]
+    return pages
+
+
+def test_call_list_previous_links_walk_back_over_tied_timestamps(admin_api, tenant):
+    tied = sorted(
+        (CallLogFactory(tenant=tenant, created_at=NOON).pk for _ in range(5)), reverse=True
+    )
+    last = admin_api.get(CALLS, {"page_size": 2})
+    for _ in range(2):
+        last = admin_api.get(last.json()["next"])
+
+    back = _walk(admin_api, last.json()["previous"], "previous")
+
+    assert _ids(last) == tied[4:]
+    assert back == [tied[2:4], tied[:2]]
+
+
+def test_call_list_next_links_skip_nothing_when_a_call_with_the_same_time_arrives(
+    admin_api, tenant
+):
+    tied = sorted(
+        (CallLogFactory(tenant=tenant, created_at=NOON).pk for _ in range(4)), reverse=True
+    )
+    first = admin_api.get(CALLS, {"page_size": 2})
+    # A call that started at the same instant is written while the caller reads.
+    CallLogFactory(tenant=tenant, created_at=NOON)
+
+    rest = _walk(admin_api, first.json()["next"], "next")
+
+    assert _ids(first) + [pk for page in rest for pk in page] == tied
+
+
+def test_call_list_follows_a_cursor_holding_only_a_time(admin_api, tenant):
+    # Cursors given out before positions carried ids hold the time alone.
+    older = CallLogFactory(tenant=tenant, created_at=NOON - timedelta(hours=1))
+    CallLogFactory(tenant=tenant, created_at=NOON)
+    cursor = base64.b64encode(urlencode({"p": str(NOON)}).encode()).decode()
+
+    response = admin_api.get(CALLS, {"cursor": cursor})
+
+    assert response.status_code == 200
+    assert _ids(response) == [older.pk]
+
+
+def test_alert_list_previous_links_walk_back_over_alerts_of_one_check(admin_api, tenant):
+    # One alerts check stamps every alert it creates with the same time.
+    alerts = sorted(
+        (CostAlertFactory(tenant=tenant, created_at=NOON, percent=p).pk for p in range(1, 6)),
+        reverse=True,
+    )
+    pages = _walk(admin_api, "/api/v1/alerts/?page_size=2", "next")
+    last = admin_api.get("/api/v1/alerts/", {"page_size": 2})
+    for _ in range(2):
+        last = admin_api.get(last.json()["next"])
+
+    back = _walk(admin_api, last.json()["previous"], "previous")
+
+    assert pages == [alerts[:2], alerts[2:4], alerts[4:]]
+    assert back == [alerts[2:4], alerts[:2]]
+
+
 def test_call_list_answers_404_when_cursor_invalid(admin_api, tenant):
     response = admin_api.get(CALLS, {"cursor": "garbage"})
 
@@ -91,6 +159,8 @@ def test_call_list_answers_404_when_cursor_invalid(admin_api, tenant):
         "garbage",  # not a time at all
         "2026-02-30 12:00:00+00:00",  # shaped like one, but no such day
         "2026-03-01 12:00:00",  # a time without its zone: no cursor the API gives
+        "2026-03-01T12:00:00+00:00|x",  # a time and something that is not an id
+        "2026-03-01T12:00:00+00:00|99999999999999999999",  # an id past any row's
     ],
 )
 def test_call_list_answers_404_when_cursor_position_is_not_a_time(admin_api, tenant, position):

@@ -16,7 +16,13 @@ from typing import Any
 import httpx2
 import openai
 
-from .base import Adapter, estimate_text_tokens, translate_errors, translate_stream_errors
+from .base import (
+    Adapter,
+    estimate_output_tokens,
+    estimate_text_tokens,
+    translate_errors,
+    translate_stream_errors,
+)
 from .content import JSON_MODE_INSTRUCTION, content_text
 from .errors import (
     ProviderBadRequest,
@@ -180,7 +186,7 @@ class OpenAIChatAdapter(Adapter):
             # Some compatible servers omit usage; an estimate beats billing nothing.
             usage = Usage(
                 input_tokens=self.count_tokens(request),
-                output_tokens=estimate_text_tokens(content),
+                output_tokens=estimate_output_tokens(content, tool_calls),
             )
         return ChatResult(
             content=content,

@@ -313,6 +313,45 @@ def test_complete_estimates_usage_when_server_reports_none(adapter, openai_upstr
     assert result.usage == Usage(input_tokens=adapter.count_tokens(_request()), output_tokens=2)
 
 
+def test_complete_estimates_the_tool_calls_in_the_output_when_server_reports_no_usage(
+    adapter, openai_upstream
+):
+    arguments = '{"city": "Paris", "unit": "celsius"}'
+    openai_upstream.enqueue(
+        json_reply(
+            {
+                "id": "x",
+                "object": "chat.completion",
+                "created": 1,
+                "model": "local-model",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {
+                            "role": "assistant",
+                            "content": None,
+                            "tool_calls": [
+                                {
+                                    "id": "call_1",
+                                    "type": "function",
+                                    "function": {"name": "get_weather", "arguments": arguments},
+                                }
+                            ],
+                        },
+                        "finish_reason": "tool_calls",
+                    }
+                ],
+            }
+        )
+    )
+
+    result = adapter.complete(_request(tools=[WEATHER_TOOL]))
+
+    # "get_weather" is 11 characters (4 tokens), the 36 characters of arguments 12.
+    assert result.usage.output_tokens == 16
+    assert result.usage_estimated is True
+
+
 # --- stream --------------------------------------------------------------------------
 
 

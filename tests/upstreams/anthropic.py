@@ -24,6 +24,8 @@ from .server import LoopbackUpstream, RecordedRequest, Reply, Script, json_reply
 DEFAULT_MODEL = "claude-sonnet-4-6-20260217"
 # What the Messages API answers (400) to a text block that is empty or only whitespace.
 BLANK_TEXT_BLOCK = "messages: text content blocks must contain non-whitespace text"
+# What it answers (400) to a stop sequence that is only whitespace, such as "\n".
+BLANK_STOP_SEQUENCE = "stop_sequences: each stop sequence must contain non-whitespace"
 # The first bytes of each image format the API takes: it answers 400 to a
 # base64 image whose bytes are of another format than its media_type says.
 IMAGE_SIGNATURES = {
@@ -76,6 +78,8 @@ class AnthropicUpstream(LoopbackUpstream):
         body = request.json or {}
         refusal = BLANK_TEXT_BLOCK if _has_blank_text_block(body) else None
         refusal = refusal or _image_media_type_mismatch(body)
+        if any(not stop.strip() for stop in body.get("stop_sequences") or ()):
+            refusal = refusal or BLANK_STOP_SEQUENCE
         if refusal:
             return self.error_reply(400, type="invalid_request_error", message=refusal)
         return reply

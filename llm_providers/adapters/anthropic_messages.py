@@ -279,18 +279,13 @@ def anthropic_messages(messages: list[Message]) -> list[dict[str, Any]]:
         if role == "system":
             continue
         if role == "tool":
-            converted.append(
-                {
-                    "role": "user",
-                    "content": [
-                        {
-                            "type": "tool_result",
-                            "tool_use_id": message.get("tool_call_id") or "",
-                            "content": content_text(message.get("content")),
-                        }
-                    ],
-                }
-            )
+            result = {"type": "tool_result", "tool_use_id": message.get("tool_call_id") or ""}
+            text = content_text(message.get("content"))
+            # A blank result text is refused like any blank text block; a
+            # result without content is how the API takes a tool's silence.
+            if has_visible_text(text):
+                result["content"] = text
+            converted.append({"role": "user", "content": [result]})
             continue
         if role not in ("user", "assistant"):
             raise ProviderBadRequest(f"Messages cannot have the role “{role}”.")

@@ -350,9 +350,11 @@ def bedrock_messages(messages: list[Message]) -> list[dict[str, Any]]:
         if role == "system":
             continue
         if role == "tool":
+            text = content_text(message.get("content"))
             result = {
                 "toolUseId": message.get("tool_call_id") or "",
-                "content": [{"text": content_text(message.get("content"))}],
+                # A blank text block is refused inside a tool result too.
+                "content": [{"text": text}] if has_visible_text(text) else [],
             }
             converted.append({"role": "user", "content": [{"toolResult": result}]})
             continue

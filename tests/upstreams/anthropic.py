@@ -303,13 +303,21 @@ class AnthropicUpstream(LoopbackUpstream):
 
 
 def _has_blank_text_block(body: dict[str, Any]) -> bool:
-    """Whether a Messages request holds a text block without non-whitespace text."""
-    return any(
-        isinstance(block, dict) and block.get("type") == "text" and not block["text"].strip()
+    """Whether a Messages request holds a text block without non-whitespace text
+    (a tool result's text included: its string content stands for a text block)."""
+    blocks = [
+        block
         for message in body.get("messages") or ()
         if isinstance(message.get("content"), list)
         for block in message["content"]
-    )
+        if isinstance(block, dict)
+    ]
+    for block in blocks:
+        if block.get("type") == "tool_result" and "content" in block:
+            content = block["content"]
+            parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
+            blocks += [part for part in parts if isinstance(part, dict)]
+    return any(block.get("type") == "text" and not block["text"].strip() for block in blocks)
 
 
 def _image_media_type_mismatch(body: dict[str, Any]) -> str | None:

@@ -291,6 +291,35 @@ def test_complete_sends_tool_calls_and_results_as_tool_use_and_tool_result_block
     ]  # fmt: skip
 
 
+def test_complete_sends_a_tool_result_without_output_without_content(adapter, anthropic_upstream):
+    # The API refuses a blank tool result text ("\n" from a command that
+    # printed nothing); a tool_result without content is how it takes none.
+    anthropic_upstream.enqueue_message("Done.")
+    messages = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "toolu_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": "{}"},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "toolu_1", "content": "\n"},
+    ]
+
+    result = adapter.complete(_request(messages=messages, tools=[WEATHER_TOOL]))
+
+    assert result.content == "Done."
+    assert anthropic_upstream.last_request.json["messages"][2] == {
+        "role": "user",
+        "content": [{"type": "tool_result", "tool_use_id": "toolu_1"}],
+    }
+
+
 def test_complete_leaves_out_text_blocks_that_are_only_whitespace(adapter, anthropic_upstream):
     # Models often write "\n\n" before calling a tool; the Messages API refuses
     # a text block without non-whitespace text (400), so replaying such a

@@ -234,6 +234,35 @@ def test_complete_sends_tool_calls_and_results_as_tool_use_and_tool_result_block
     ]
 
 
+def test_complete_sends_a_tool_result_without_output_as_one_without_text(adapter, bedrock_upstream):
+    # Converse refuses a blank text block, inside a tool result too; a tool
+    # that printed nothing is common.
+    bedrock_upstream.enqueue_converse("Done.")
+    messages = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "tooluse_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": "{}"},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "tooluse_1", "content": ""},
+    ]
+
+    result = adapter.complete(_request(messages=messages, tools=[WEATHER_TOOL]))
+
+    assert result.content == "Done."
+    assert bedrock_upstream.last_request.json["messages"][2] == {
+        "role": "user",
+        "content": [{"toolResult": {"toolUseId": "tooluse_1", "content": []}}],
+    }
+
+
 def test_complete_answers_a_tool_conversation_when_the_request_offers_no_tools(
     adapter, bedrock_upstream
 ):

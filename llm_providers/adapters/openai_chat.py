@@ -173,7 +173,7 @@ class OpenAIChatAdapter(Adapter):
         choice = response.choices[0]
         self._refuse_failed_answer(choice.finish_reason)
         message = choice.message
-        content = message.content or ""
+        content = _answer_text(message.content)
         tool_calls = [
             ToolCall(id=call.id, name=call.function.name, arguments=call.function.arguments or "")
             for call in message.tool_calls or ()
@@ -219,8 +219,9 @@ class OpenAIChatAdapter(Adapter):
                         calls.add(call)
                     if choice.finish_reason:
                         finish_reason = choice.finish_reason
-                    if delta is not None and delta.content:
-                        yield StreamChunk(text=delta.content, model=model)
+                    text = _answer_text(delta.content) if delta is not None else ""
+                    if text:
+                        yield StreamChunk(text=text, model=model)
         if finish_reason is None:
             raise UpstreamUnavailable(
                 f"The {self.settings.provider_type} stream ended before the answer finished."
@@ -325,6 +326,23 @@ def _messages_for(request: ChatRequest) -> list[Message]:
     ):
         return request.messages
     return [{"role": "system", "content": JSON_MODE_INSTRUCTION}, *request.messages]
+
+
+def _answer_text(content: Any) -> str:
+    """The text of an answer's content. Mistral's reasoning models send a list
+    of chunks instead of a string: `{"type": "thinking", ...}` (left out, as
+    every adapter leaves out reasoning) and `{"type": "text", "text": ...}`."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            part["text"]
+            for part in content
+            if isinstance(part, dict)
+            and part.get("type") == "text"
+            and isinstance(part.get("text"), str)
+        )
+    return ""
 
 
 def finish_reason_normalise(reported: str | None, has_tool_calls: bool) -> str:

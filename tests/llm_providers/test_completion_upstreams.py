@@ -13,6 +13,8 @@ from llm_providers.adapters.errors import ProviderAuthenticationError, UpstreamU
 from llm_providers.completion import complete, stream
 from llm_providers.services import provider_config_create
 from tests.factories import ModelPriceFactory, TenantFactory
+from tests.llm_providers.adapters.test_openai_chat import MISTRAL_THINKING_STREAM
+from tests.upstreams.server import Reply
 from usage.models import CallLog
 
 pytestmark = pytest.mark.django_db
@@ -362,6 +364,26 @@ def test_stream_without_reported_usage_estimates_and_prices_the_tool_calls(tenan
     # $1 per output token.
     assert (log.usage_estimated, log.output_tokens, log.cost_usd) == (True, 16, Decimal("16"))
     assert chunks.result.cost_usd == Decimal("16")
+
+
+def test_stream_of_a_mistral_reasoning_model_records_only_its_answer(tenant, openai_upstream):
+    _config(
+        tenant,
+        name="mistral",
+        provider_type="mistral",
+        api_key="mistral-key-0123456789abcdef",
+        base_url=openai_upstream.base_url,
+        default_model="magistral-medium-latest",
+    )
+    openai_upstream.enqueue(
+        Reply(headers={"Content-Type": "text/event-stream"}, chunks=MISTRAL_THINKING_STREAM)
+    )
+
+    chunks = stream(tenant=tenant, messages=HELLO)
+
+    assert "".join(chunks) == "42."
+    log = _only_log(chunks.result)
+    assert (log.status, log.output_tokens, log.usage_estimated) == ("ok", 30, False)
 
 
 def test_stream_stopped_by_caller_records_what_was_received(tenant, openai_upstream):

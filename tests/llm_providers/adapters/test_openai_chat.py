@@ -352,6 +352,78 @@ def test_complete_estimates_the_tool_calls_in_the_output_when_server_reports_no_
     assert result.usage_estimated is True
 
 
+# Mistral's reasoning models (Magistral) answer `content` as a list of chunks,
+# their thinking first, in whole answers and stream deltas alike.
+MISTRAL_THINKING = {"type": "thinking", "thinking": [{"type": "text", "text": "Six times 7"}]}
+
+
+def test_complete_returns_only_the_text_when_mistral_answers_content_as_chunks(openai_upstream):
+    adapter = _adapter("mistral", openai_upstream.base_url, api_key="mistral-test-key-123456")
+    openai_upstream.enqueue(
+        json_reply(
+            {
+                "id": "x",
+                "object": "chat.completion",
+                "created": 1,
+                "model": "magistral-medium-2509",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {
+                            "role": "assistant",
+                            "content": [MISTRAL_THINKING, {"type": "text", "text": "42."}],
+                        },
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {"prompt_tokens": 12, "completion_tokens": 30, "total_tokens": 42},
+            }
+        )
+    )
+
+    result = adapter.complete(_request(model="magistral-medium-latest"))
+
+    assert result.content == "42."
+    assert result.usage == Usage(input_tokens=12, output_tokens=30)
+
+
+def _mistral_chunk(delta: dict, finish_reason: str | None = None, **extra) -> bytes:
+    payload = {
+        "id": "x",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "magistral-medium-2509",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+        **extra,
+    }
+    return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+
+MISTRAL_THINKING_STREAM = [
+    _mistral_chunk({"role": "assistant", "content": ""}),
+    _mistral_chunk({"content": [MISTRAL_THINKING]}),
+    _mistral_chunk({"content": [{"type": "text", "text": "4"}]}),
+    _mistral_chunk(
+        {"content": "2."},
+        "stop",
+        usage={"prompt_tokens": 12, "completion_tokens": 30, "total_tokens": 42},
+    ),
+    b"data: [DONE]\n\n",
+]
+
+
+def test_stream_yields_only_the_text_when_mistral_streams_content_as_chunks(openai_upstream):
+    adapter = _adapter("mistral", openai_upstream.base_url, api_key="mistral-test-key-123456")
+    openai_upstream.enqueue(
+        Reply(headers={"Content-Type": "text/event-stream"}, chunks=MISTRAL_THINKING_STREAM)
+    )
+
+    chunks = list(adapter.stream(_request(model="magistral-medium-latest")))
+
+    assert [c.text for c in chunks] == ["4", "2.", ""]
+    assert chunks[-1].usage == Usage(input_tokens=12, output_tokens=30)
+
+
 # --- stream --------------------------------------------------------------------------
 
 

@@ -447,6 +447,33 @@ def test_stream_raises_upstream_unavailable_after_the_chunks_received_when_conne
     assert "broke off" in caught.value.message
 
 
+@pytest.mark.parametrize("stop_reason", ["malformed_tool_use", "malformed_model_output"])
+def test_complete_raises_upstream_unavailable_when_the_model_garbled_its_answer(
+    stop_reason, adapter, bedrock_upstream
+):
+    bedrock_upstream.enqueue_converse("", stop_reason=stop_reason)
+
+    with pytest.raises(UpstreamUnavailable) as caught:
+        adapter.complete(_request(tools=[WEATHER_TOOL]))
+
+    assert caught.value.retryable is True
+    assert caught.value.message == f"bedrock stopped the answer with an error ({stop_reason})."
+
+
+def test_stream_raises_upstream_unavailable_after_the_chunks_when_the_model_garbled_its_answer(
+    adapter, bedrock_upstream
+):
+    bedrock_upstream.enqueue_converse_stream(["Let me"], stop_reason="malformed_tool_use")
+    received = []
+
+    with pytest.raises(UpstreamUnavailable) as caught:
+        for chunk in adapter.stream(_request(tools=[WEATHER_TOOL])):
+            received.append(chunk.text)
+
+    assert received == ["Let me"]
+    assert caught.value.message == "bedrock stopped the answer with an error (malformed_tool_use)."
+
+
 # --- errors --------------------------------------------------------------------------
 
 

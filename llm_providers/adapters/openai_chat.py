@@ -60,6 +60,9 @@ _MAX_COMPLETION_TOKENS_TYPES = frozenset({"openai", AZURE})
 # ("Unrecognized request argument supplied"). Versions are dates, so they
 # compare as text: "2024-08-01-preview" < "2024-09-01-preview" < "2024-10-21".
 _AZURE_MAX_COMPLETION_TOKENS_SINCE = "2024-09-01"
+# The same versions refuse `stream_options` as well; their streams report no
+# usage, which is then estimated.
+_AZURE_STREAM_OPTIONS_SINCE = "2024-09-01"
 # Mistral refuses `stream_options` (422, extra fields forbidden) and sends the
 # stream's usage in its last chunk unasked.
 _USAGE_UNASKED_TYPES = frozenset({"mistral"})
@@ -137,11 +140,19 @@ class OpenAIChatAdapter(Adapter):
         provider_type = self.settings.provider_type
         if provider_type not in _MAX_COMPLETION_TOKENS_TYPES:
             return "max_tokens"
-        if provider_type == AZURE:
-            api_version = str(self.settings.options.get("api_version") or "")
-            if api_version < _AZURE_MAX_COMPLETION_TOKENS_SINCE:
-                return "max_tokens"
+        if provider_type == AZURE and self._azure_api_version_before(
+            _AZURE_MAX_COMPLETION_TOKENS_SINCE
+        ):
+            return "max_tokens"
         return "max_completion_tokens"
+
+    def _azure_api_version_before(self, version: str) -> bool:
+        return str(self.settings.options.get("api_version") or "") < version
+
+    def _asks_stream_usage(self) -> bool:
+        if self.settings.provider_type in _USAGE_UNASKED_TYPES:
+            return False
+        return not (self._is_azure and self._azure_api_version_before(_AZURE_STREAM_OPTIONS_SINCE))
 
     def _chat_arguments(self, request: ChatRequest) -> dict[str, Any]:
         arguments: dict[str, Any] = {
@@ -200,7 +211,7 @@ class OpenAIChatAdapter(Adapter):
     @translate_stream_errors
     def stream(self, request: ChatRequest) -> Iterator[StreamChunk]:
         arguments = self._chat_arguments(request)
-        if self.settings.provider_type not in _USAGE_UNASKED_TYPES:
+        if self._asks_stream_usage():
             arguments["stream_options"] = {"include_usage": True}
         response = self._client.chat.completions.create(**arguments, stream=True)
         model = request.model

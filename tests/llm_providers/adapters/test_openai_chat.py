@@ -1118,6 +1118,29 @@ def test_azure_names_the_output_limit_as_its_api_version_knows_it(
     assert {"max_tokens", "max_completion_tokens"} & set(sent) == {sent_name}
 
 
+@pytest.mark.parametrize(
+    ("api_version", "usage"),
+    [
+        # Older API versions refuse stream_options (400) and report no stream usage.
+        ("2024-06-01", None),
+        ("2024-08-01-preview", None),
+        ("2024-09-01-preview", Usage(input_tokens=10, output_tokens=5)),
+        ("2024-10-21", Usage(input_tokens=10, output_tokens=5)),
+    ],
+)
+def test_azure_streams_under_api_versions_that_do_not_know_stream_options(
+    openai_upstream, api_version, usage
+):
+    adapter = _azure(openai_upstream, deployment="chat", api_version=api_version)
+    openai_upstream.enqueue_chat_stream(["Hel", "lo"])
+
+    chunks = list(adapter.stream(_request()))
+
+    assert "".join(c.text for c in chunks) == "Hello"
+    assert chunks[-1].usage == usage
+    assert ("stream_options" in openai_upstream.last_request.json) is (usage is not None)
+
+
 def test_azure_uses_the_single_deployment_option_for_any_model(openai_upstream):
     adapter = _azure(openai_upstream, deployment="shared")
     openai_upstream.enqueue_chat_stream()

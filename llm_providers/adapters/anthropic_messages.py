@@ -252,7 +252,7 @@ class AnthropicMessagesAdapter(Adapter):
 
 def _local_stops(stops: list[str] | None) -> list[str]:
     """The stop sequences applied here: the API refuses (400) one that is only
-    whitespace ("\n" is common), so those are not sent but cut the answer."""
+    whitespace ("\\n" is common), so those are not sent but cut the answer."""
     return [stop for stop in stops or () if not has_visible_text(stop)]
 
 

@@ -85,6 +85,9 @@ _FINISH_REASONS = {
 _EMBED_BATCH_SIZES = {"gemini": 100}
 # Mistral ends an answer whose generation failed part-way with this reason.
 _FINISH_REASON_ERROR = "error"
+# Gemini's models list names each model "models/<id>"; its chat endpoint
+# documents the bare id, which is also the name prices are known by.
+_GEMINI_MODEL_PREFIX = "models/"
 
 
 class OpenAIChatAdapter(Adapter):
@@ -279,7 +282,10 @@ class OpenAIChatAdapter(Adapter):
 
     @translate_errors
     def list_models(self) -> list[str]:
-        listed = sorted(m.id for m in self._client.models.list(timeout=self._timeout(self.timeout)))
+        listed = [m.id for m in self._client.models.list(timeout=self._timeout(self.timeout))]
+        if self.settings.provider_type == "gemini":
+            listed = [model.removeprefix(_GEMINI_MODEL_PREFIX) for model in listed]
+        listed.sort()
         deployments = self.settings.options.get("deployments") if self._is_azure else None
         # On Azure a config serves the models its deployments map; listing
         # checked the key, the mapping says what can be called.

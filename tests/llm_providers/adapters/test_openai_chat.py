@@ -1028,6 +1028,13 @@ def test_list_models_returns_the_ids_sorted(adapter, openai_upstream):
     assert openai_upstream.last_request.path == "/v1/models"
 
 
+def test_gemini_lists_the_model_names_its_chat_endpoint_documents(openai_upstream):
+    adapter = _adapter("gemini", openai_upstream.base_url, api_key="AIzaSyTestKey0123456789")
+    openai_upstream.enqueue_models(["models/gemini-2.5-pro", "models/gemini-2.5-flash"])
+
+    assert adapter.list_models() == ["gemini-2.5-flash", "gemini-2.5-pro"]
+
+
 def test_connection_check_succeeds_with_the_models_when_key_works(adapter, openai_upstream):
     openai_upstream.enqueue_models(["gpt-4o"])
 

@@ -10,6 +10,9 @@ sends usage unasked) and read the usage chunk at the end.
 
 from __future__ import annotations
 
+import hashlib
+import re
+import string
 from collections.abc import Iterator
 from typing import Any
 
@@ -85,6 +88,10 @@ _FINISH_REASONS = {
 _EMBED_BATCH_SIZES = {"gemini": 100}
 # Mistral ends an answer whose generation failed part-way with this reason.
 _FINISH_REASON_ERROR = "error"
+# Mistral refuses (400) a tool call id that is not 9 letters or digits.
+_MISTRAL_TOOL_CALL_ID_LENGTH = 9
+_MISTRAL_TOOL_CALL_ID = re.compile(rf"[A-Za-z0-9]{{{_MISTRAL_TOOL_CALL_ID_LENGTH}}}")
+_BASE62 = string.digits + string.ascii_letters
 # Gemini's models list names each model "models/<id>"; its chat endpoint
 # documents the bare id, which is also the name prices are known by.
 _GEMINI_MODEL_PREFIX = "models/"
@@ -160,7 +167,7 @@ class OpenAIChatAdapter(Adapter):
     def _chat_arguments(self, request: ChatRequest) -> dict[str, Any]:
         arguments: dict[str, Any] = {
             "model": self.wire_model(request.model),
-            "messages": _messages_for(request),
+            "messages": _messages_for(request, self.settings.provider_type),
             "timeout": self._timeout(self.call_timeout(request.timeout)),
         }
         if request.max_tokens is not None:
@@ -333,16 +340,45 @@ class OpenAIChatAdapter(Adapter):
         return UpstreamUnavailable(self.scrub(f"{label} failed: {exc}"))
 
 
-def _messages_for(request: ChatRequest) -> list[Message]:
+def _messages_for(request: ChatRequest, provider_type: str) -> list[Message]:
     """The messages sent: as given, except that JSON mode needs one of them to
-    mention JSON. OpenAI and Azure refuse `response_format` json_object (400)
-    when none does; the instruction is then put first, and the caller's list
-    is left as it was."""
+    mention JSON (OpenAI and Azure refuse `response_format` json_object (400)
+    when none does; the instruction is then put first) and that Mistral gets
+    tool call ids it accepts. The caller's list is left as it was."""
+    messages = request.messages
+    if provider_type == "mistral":
+        messages = [_with_mistral_tool_call_ids(message) for message in messages]
     if not request.json_mode or any(
-        "json" in content_text(message.get("content")).lower() for message in request.messages
+        "json" in content_text(message.get("content")).lower() for message in messages
     ):
-        return request.messages
-    return [{"role": "system", "content": JSON_MODE_INSTRUCTION}, *request.messages]
+        return messages
+    return [{"role": "system", "content": JSON_MODE_INSTRUCTION}, *messages]
+
+
+def _with_mistral_tool_call_ids(message: Message) -> Message:
+    if message.get("role") == "tool" and isinstance(message.get("tool_call_id"), str):
+        return {**message, "tool_call_id": _mistral_tool_call_id(message["tool_call_id"])}
+    if message.get("tool_calls"):
+        calls = [
+            {**call, "id": _mistral_tool_call_id(call.get("id") or "")}
+            for call in message["tool_calls"]
+        ]
+        return {**message, "tool_calls": calls}
+    return message
+
+
+def _mistral_tool_call_id(call_id: str) -> str:
+    """A tool call id as Mistral takes it: 9 letters or digits. Others (OpenAI's
+    "call_...", Anthropic's "toolu_...") are mapped to one by a hash, so that a
+    call and its result still name the same id."""
+    if _MISTRAL_TOOL_CALL_ID.fullmatch(call_id):
+        return call_id
+    number = int.from_bytes(hashlib.sha256(call_id.encode()).digest()[:8], "big")
+    characters = []
+    for _ in range(_MISTRAL_TOOL_CALL_ID_LENGTH):
+        number, digit = divmod(number, len(_BASE62))
+        characters.append(_BASE62[digit])
+    return "".join(characters)
 
 
 def _answer_text(content: Any) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
@@ -422,6 +423,36 @@ def test_stream_yields_only_the_text_when_mistral_streams_content_as_chunks(open
 
     assert [c.text for c in chunks] == ["4", "2.", ""]
     assert chunks[-1].usage == Usage(input_tokens=12, output_tokens=30)
+
+
+def test_mistral_gets_tool_call_ids_of_the_form_it_accepts(openai_upstream):
+    # Mistral answers 400 ("Tool call id was call_... but must be a-z, A-Z,
+    # 0-9, with a length of 9") to the ids other providers give, which a
+    # conversation carries when it started elsewhere or fell back.
+    adapter = _adapter("mistral", openai_upstream.base_url, api_key="mistral-test-key-123456")
+    openai_upstream.enqueue_chat("Sunny in both.")
+    calls = [
+        {"id": call_id, "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+        for call_id in ("call_Xy12AbCdEfGh34", "toolu_01A2b3C4d5", "D681PevKs")
+    ]
+    messages = [
+        {"role": "user", "content": "Weather in Paris, Oslo and Rome?"},
+        {"role": "assistant", "content": None, "tool_calls": calls},
+        {"role": "tool", "tool_call_id": "call_Xy12AbCdEfGh34", "content": "Sunny"},
+        {"role": "tool", "tool_call_id": "toolu_01A2b3C4d5", "content": "Sunny"},
+        {"role": "tool", "tool_call_id": "D681PevKs", "content": "Sunny"},
+    ]
+
+    adapter.complete(_request(model="mistral-large-latest", messages=messages))
+
+    sent = openai_upstream.last_request.json["messages"]
+    sent_ids = [call["id"] for call in sent[1]["tool_calls"]]
+    assert all(re.fullmatch(r"[A-Za-z0-9]{9}", call_id) for call_id in sent_ids)
+    assert len(set(sent_ids)) == 3
+    assert sent_ids[2] == "D681PevKs"
+    assert [message["tool_call_id"] for message in sent[2:]] == sent_ids
+    # The caller's messages are left as they were.
+    assert messages[1]["tool_calls"][0]["id"] == "call_Xy12AbCdEfGh34"
 
 
 # --- stream --------------------------------------------------------------------------

@@ -5,7 +5,8 @@ Usage arrives normalised already: `prompt_tokens` includes the cached tokens
 (`prompt_tokens_details.cached_tokens`) and `completion_tokens` the reasoning
 tokens (`completion_tokens_details.reasoning_tokens`). Streams ask for
 `stream_options={"include_usage": True}` (Mistral, which refuses the field,
-sends usage unasked) and read the usage chunk at the end.
+sends usage unasked; Azure API versions before 2024-09-01 refuse it and send
+none, so the usage is estimated) and read the usage chunk at the end.
 """
 
 from __future__ import annotations

@@ -47,7 +47,12 @@ from usage.budget import (
 from usage.call_logs import call_log_record
 from usage.models import CallLog
 
-from .adapters.base import Adapter, estimate_message_tokens, estimate_text_tokens
+from .adapters.base import (
+    Adapter,
+    estimate_message_tokens,
+    estimate_output_tokens,
+    estimate_text_tokens,
+)
 from .adapters.errors import (
     ProviderAuthenticationError,
     ProviderError,
@@ -897,16 +902,17 @@ class _StreamRun:
                 _log_failure(call, target, error, started_at, started)
             raise
         text = "".join(received)
+        tool_calls = list((final.tool_calls if final is not None else None) or [])
         usage = final.usage if final is not None and final.usage is not None else None
         estimated = usage is None
         if usage is None:
-            usage = self._estimate(text)
+            usage = self._estimate(text, tool_calls)
         chat = ChatResult(
             content=text,
             usage=usage,
             model=(final.model if final is not None and final.model else target.model),
             finish_reason=(final.finish_reason if final is not None else None) or "stop",
-            tool_calls=list((final.tool_calls if final is not None else None) or []),
+            tool_calls=tool_calls,
             usage_estimated=estimated,
         )
         latency_ms = _ms_since(started)
@@ -936,8 +942,11 @@ class _StreamRun:
         _cache_store(call, target, chat)
         return None
 
-    def _estimate(self, text: str) -> Usage:
-        return Usage(input_tokens=self._call.input_tokens, output_tokens=estimate_text_tokens(text))
+    def _estimate(self, text: str, tool_calls: list[ToolCall] | None = None) -> Usage:
+        return Usage(
+            input_tokens=self._call.input_tokens,
+            output_tokens=estimate_output_tokens(text, tool_calls or ()),
+        )
 
     def _log_partial(
         self,

@@ -22,6 +22,9 @@ from .models import ModelPrice
 from .provider_types import provider_type_spec
 
 _PER_MILLION = Decimal(1_000_000)
+# Google names its models "models/<id>" in its OpenAI-compatible models
+# list, which is where tenants copy names from; genai-prices knows the id.
+_GOOGLE_MODEL_PREFIX = "models/"
 ZERO = Decimal(0)
 
 
@@ -89,6 +92,8 @@ def _override_price(tenant_id, provider_type: str, names: list[str], on: date) -
 
 def _genai_price(provider_type: str, model: str, base_url: str) -> Price | None:
     spec = provider_type_spec(provider_type)
+    if spec.price_provider_id == "google":
+        model = model.removeprefix(_GOOGLE_MODEL_PREFIX)
     snapshot = data_snapshot.get_snapshot()
     try:
         if spec.price_provider_id:

@@ -114,8 +114,9 @@ class AnthropicMessagesAdapter(Adapter):
         # temperature and top_p are left out: API version 2026-10-21 (the one
         # this SDK speaks) answers 400 to any sampling parameter, whatever its
         # value, and the SDK no longer has them.
-        if request.stop:
-            arguments["stop_sequences"] = list(request.stop)
+        sent_stops = [stop for stop in request.stop or () if has_visible_text(stop)]
+        if sent_stops:
+            arguments["stop_sequences"] = sent_stops
         if request.tools:
             arguments["tools"] = [_anthropic_tool(tool) for tool in request.tools]
         return arguments
@@ -125,17 +126,27 @@ class AnthropicMessagesAdapter(Adapter):
     @translate_errors
     def complete(self, request: ChatRequest) -> ChatResult:
         message = self._client.messages.create(**self._create_arguments(request))
-        text = "".join(block.text for block in message.content if block.type == "text")
-        tool_calls = [
-            ToolCall(id=block.id, name=block.name, arguments=arguments_dump(block.input))
-            for block in message.content
-            if block.type == "tool_use"
-        ]
+        local_stops = _local_stops(request.stop)
+        text = ""
+        tool_calls: list[ToolCall] = []
+        finish_reason = _FINISH_REASONS.get(message.stop_reason or "", "stop")
+        for block in message.content:
+            if block.type == "text":
+                text += block.text
+                cut = _stop_position(text, local_stops)
+                if cut is not None:
+                    # What followed the stop sequence would not have been generated.
+                    text, finish_reason = text[:cut], "stop"
+                    break
+            elif block.type == "tool_use":
+                tool_calls.append(
+                    ToolCall(id=block.id, name=block.name, arguments=arguments_dump(block.input))
+                )
         return ChatResult(
             content=text,
             usage=_usage(_usage_fields(message.usage)),
             model=message.model or request.model,
-            finish_reason=_FINISH_REASONS.get(message.stop_reason or "", "stop"),
+            finish_reason=finish_reason,
             tool_calls=tool_calls,
         )
 
@@ -146,8 +157,13 @@ class AnthropicMessagesAdapter(Adapter):
         stop_reason: str | None = None
         fields: dict[str, int] = {}
         tools: dict[int, dict[str, str]] = {}
+        local_stops = _local_stops(request.stop)
+        # Text not yielded yet because it may be the start of a local stop sequence.
+        held = ""
+        stopped = False
         with events:
             for event in events:
+                text = ""
                 if event.type == "message_start":
                     model = event.message.model or model
                     fields.update(_usage_fields(event.message.usage))
@@ -155,19 +171,36 @@ class AnthropicMessagesAdapter(Adapter):
                     block = event.content_block
                     if block.type == "tool_use":
                         tools[event.index] = {"id": block.id, "name": block.name, "arguments": ""}
-                    elif block.type == "text" and block.text:
-                        yield StreamChunk(text=block.text, model=model)
+                    elif block.type == "text":
+                        text = block.text
                 elif event.type == "content_block_delta":
                     delta = event.delta
-                    if delta.type == "text_delta" and delta.text:
-                        yield StreamChunk(text=delta.text, model=model)
+                    if delta.type == "text_delta":
+                        text = delta.text
                     elif delta.type == "input_json_delta" and event.index in tools:
                         tools[event.index]["arguments"] += delta.partial_json
                 elif event.type == "message_delta":
                     stop_reason = event.delta.stop_reason or stop_reason
                     # Cumulative: the latest figures replace the earlier ones.
                     fields.update(_usage_fields(event.usage))
-        if stop_reason is None:
+                if not text:
+                    continue
+                held += text
+                cut = _stop_position(held, local_stops)
+                if cut is not None:
+                    held, stopped = held[:cut], True
+                    break
+                kept = _stop_prefix_length(held, local_stops)
+                ready, held = held[: len(held) - kept], held[len(held) - kept :]
+                if ready:
+                    yield StreamChunk(text=ready, model=model)
+        if held:
+            yield StreamChunk(text=held, model=model)
+        if stopped:
+            # Leaving the stream closed the connection, so the generation
+            # stopped there; its usage is not reported and is left to estimate.
+            stop_reason = "stop_sequence"
+        elif stop_reason is None:
             raise UpstreamUnavailable("The anthropic stream ended before the answer finished.")
         tool_calls = [
             ToolCall(id=call["id"], name=call["name"], arguments=call["arguments"] or "{}")
@@ -177,7 +210,7 @@ class AnthropicMessagesAdapter(Adapter):
             model=model,
             finish_reason=_FINISH_REASONS.get(stop_reason, "stop"),
             tool_calls=tool_calls or None,
-            usage=_usage(fields),
+            usage=None if stopped else _usage(fields),
         )
 
     @translate_errors
@@ -217,6 +250,27 @@ class AnthropicMessagesAdapter(Adapter):
         return UpstreamUnavailable(self.scrub(f"anthropic failed: {exc}"))
 
 
+def _local_stops(stops: list[str] | None) -> list[str]:
+    """The stop sequences applied here: the API refuses (400) one that is only
+    whitespace ("\\n" is common), so those are not sent but cut the answer."""
+    return [stop for stop in stops or () if not has_visible_text(stop)]
+
+
+def _stop_position(text: str, stops: list[str]) -> int | None:
+    """Where the first of `stops` in `text` begins, if one is there."""
+    found = [position for stop in stops if (position := text.find(stop)) != -1]
+    return min(found) if found else None
+
+
+def _stop_prefix_length(text: str, stops: list[str]) -> int:
+    """The length of the longest end of `text` that begins one of `stops`."""
+    longest = max((len(stop) for stop in stops), default=0)
+    for length in range(min(longest - 1, len(text)), 0, -1):
+        if any(stop.startswith(text[-length:]) for stop in stops):
+            return length
+    return 0
+
+
 def anthropic_messages(messages: list[Message]) -> list[dict[str, Any]]:
     """The conversation without system messages, as Anthropic content blocks."""
     converted: list[dict[str, Any]] = []
@@ -225,18 +279,13 @@ def anthropic_messages(messages: list[Message]) -> list[dict[str, Any]]:
         if role == "system":
             continue
         if role == "tool":
-            converted.append(
-                {
-                    "role": "user",
-                    "content": [
-                        {
-                            "type": "tool_result",
-                            "tool_use_id": message.get("tool_call_id") or "",
-                            "content": content_text(message.get("content")),
-                        }
-                    ],
-                }
-            )
+            result = {"type": "tool_result", "tool_use_id": message.get("tool_call_id") or ""}
+            text = content_text(message.get("content"))
+            # A blank result text is refused like any blank text block; a
+            # result without content is how the API takes a tool's silence.
+            if has_visible_text(text):
+                result["content"] = text
+            converted.append({"role": "user", "content": [result]})
             continue
         if role not in ("user", "assistant"):
             raise ProviderBadRequest(f"Messages cannot have the role “{role}”.")

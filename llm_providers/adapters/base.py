@@ -14,7 +14,7 @@ import functools
 import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import ClassVar, TypeVar
 
 from .errors import NotSupported, ProviderError, UpstreamUnavailable, scrub_secrets
@@ -27,6 +27,7 @@ from .types import (
     EmbedResult,
     Message,
     StreamChunk,
+    ToolCall,
 )
 
 # 60 s per call unless the config or the call says otherwise: long generations
@@ -47,6 +48,15 @@ _TOKENS_PER_IMAGE = 1_600
 
 def estimate_text_tokens(text: str) -> int:
     return math.ceil(len(text) / _CHARS_PER_TOKEN) if text else 0
+
+
+def estimate_output_tokens(text: str, tool_calls: Iterable[ToolCall] = ()) -> int:
+    """An offline count of an answer: its text and the tool calls it made
+    (an answer that only calls tools is not free)."""
+    return estimate_text_tokens(text) + sum(
+        estimate_text_tokens(call.name) + estimate_text_tokens(call.arguments)
+        for call in tool_calls
+    )
 
 
 def estimate_message_tokens(messages: list[Message], tools: list | None = None) -> int:

@@ -82,6 +82,10 @@ _FINISH_REASONS = {
     "guardrail_intervened": "content_filter",
     "content_filtered": "content_filter",
 }
+# Converse ends an answer the model garbled (a tool call it could not parse,
+# output it could not read) with these: not an answer, and another attempt
+# may well succeed.
+_FAILED_STOP_REASONS = frozenset({"malformed_model_output", "malformed_tool_use"})
 # Converse refuses a conversation holding toolUse/toolResult blocks unless
 # the request has a toolConfig, and a toolConfig needs at least one tool. A
 # request that offers no tools but carries an earlier tool exchange declares
@@ -221,6 +225,7 @@ class BedrockConverseAdapter(Adapter):
     @translate_errors
     def complete(self, request: ChatRequest) -> ChatResult:
         response = self._runtime(request.timeout).converse(**self._converse_arguments(request))
+        self._refuse_failed_answer(response.get("stopReason"))
         blocks = ((response.get("output") or {}).get("message") or {}).get("content") or []
         text = "".join(block["text"] for block in blocks if "text" in block)
         tool_calls = [
@@ -279,6 +284,7 @@ class BedrockConverseAdapter(Adapter):
             events.close()
         if stop_reason is None:
             raise UpstreamUnavailable("The bedrock stream ended before the answer finished.")
+        self._refuse_failed_answer(stop_reason)
         tool_calls = [
             ToolCall(id=call["id"], name=call["name"], arguments=call["arguments"] or "{}")
             for _, call in sorted(tools.items())
@@ -304,6 +310,10 @@ class BedrockConverseAdapter(Adapter):
             client.close()
 
     # --- errors ------------------------------------------------------------------
+
+    def _refuse_failed_answer(self, stop_reason: str | None) -> None:
+        if stop_reason in _FAILED_STOP_REASONS:
+            raise UpstreamUnavailable(f"bedrock stopped the answer with an error ({stop_reason}).")
 
     def provider_error(self, exc: BaseException) -> ProviderError:
         if isinstance(exc, ClientError):
@@ -350,9 +360,11 @@ def bedrock_messages(messages: list[Message]) -> list[dict[str, Any]]:
         if role == "system":
             continue
         if role == "tool":
+            text = content_text(message.get("content"))
             result = {
                 "toolUseId": message.get("tool_call_id") or "",
-                "content": [{"text": content_text(message.get("content"))}],
+                # A blank text block is refused inside a tool result too.
+                "content": [{"text": text}] if has_visible_text(text) else [],
             }
             converted.append({"role": "user", "content": [{"toolResult": result}]})
             continue

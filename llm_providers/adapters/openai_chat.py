@@ -5,18 +5,28 @@ Usage arrives normalised already: `prompt_tokens` includes the cached tokens
 (`prompt_tokens_details.cached_tokens`) and `completion_tokens` the reasoning
 tokens (`completion_tokens_details.reasoning_tokens`). Streams ask for
 `stream_options={"include_usage": True}` (Mistral, which refuses the field,
-sends usage unasked) and read the usage chunk at the end.
+sends usage unasked; Azure API versions before 2024-09-01 refuse it and send
+none, so the usage is estimated) and read the usage chunk at the end.
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
+import string
 from collections.abc import Iterator
 from typing import Any
 
 import httpx2
 import openai
 
-from .base import Adapter, estimate_text_tokens, translate_errors, translate_stream_errors
+from .base import (
+    Adapter,
+    estimate_output_tokens,
+    estimate_text_tokens,
+    translate_errors,
+    translate_stream_errors,
+)
 from .content import JSON_MODE_INSTRUCTION, content_text
 from .errors import (
     ProviderBadRequest,
@@ -54,6 +64,9 @@ _MAX_COMPLETION_TOKENS_TYPES = frozenset({"openai", AZURE})
 # ("Unrecognized request argument supplied"). Versions are dates, so they
 # compare as text: "2024-08-01-preview" < "2024-09-01-preview" < "2024-10-21".
 _AZURE_MAX_COMPLETION_TOKENS_SINCE = "2024-09-01"
+# The same versions refuse `stream_options` as well; their streams report no
+# usage, which is then estimated.
+_AZURE_STREAM_OPTIONS_SINCE = "2024-09-01"
 # Mistral refuses `stream_options` (422, extra fields forbidden) and sends the
 # stream's usage in its last chunk unasked.
 _USAGE_UNASKED_TYPES = frozenset({"mistral"})
@@ -76,6 +89,13 @@ _FINISH_REASONS = {
 _EMBED_BATCH_SIZES = {"gemini": 100}
 # Mistral ends an answer whose generation failed part-way with this reason.
 _FINISH_REASON_ERROR = "error"
+# Mistral refuses (400) a tool call id that is not 9 letters or digits.
+_MISTRAL_TOOL_CALL_ID_LENGTH = 9
+_MISTRAL_TOOL_CALL_ID = re.compile(rf"[A-Za-z0-9]{{{_MISTRAL_TOOL_CALL_ID_LENGTH}}}")
+_BASE62 = string.digits + string.ascii_letters
+# Gemini's models list names each model "models/<id>"; its chat endpoint
+# documents the bare id, which is also the name prices are known by.
+_GEMINI_MODEL_PREFIX = "models/"
 
 
 class OpenAIChatAdapter(Adapter):
@@ -131,16 +151,24 @@ class OpenAIChatAdapter(Adapter):
         provider_type = self.settings.provider_type
         if provider_type not in _MAX_COMPLETION_TOKENS_TYPES:
             return "max_tokens"
-        if provider_type == AZURE:
-            api_version = str(self.settings.options.get("api_version") or "")
-            if api_version < _AZURE_MAX_COMPLETION_TOKENS_SINCE:
-                return "max_tokens"
+        if provider_type == AZURE and self._azure_api_version_before(
+            _AZURE_MAX_COMPLETION_TOKENS_SINCE
+        ):
+            return "max_tokens"
         return "max_completion_tokens"
+
+    def _azure_api_version_before(self, version: str) -> bool:
+        return str(self.settings.options.get("api_version") or "") < version
+
+    def _asks_stream_usage(self) -> bool:
+        if self.settings.provider_type in _USAGE_UNASKED_TYPES:
+            return False
+        return not (self._is_azure and self._azure_api_version_before(_AZURE_STREAM_OPTIONS_SINCE))
 
     def _chat_arguments(self, request: ChatRequest) -> dict[str, Any]:
         arguments: dict[str, Any] = {
             "model": self.wire_model(request.model),
-            "messages": _messages_for(request),
+            "messages": _messages_for(request, self.settings.provider_type),
             "timeout": self._timeout(self.call_timeout(request.timeout)),
         }
         if request.max_tokens is not None:
@@ -167,7 +195,7 @@ class OpenAIChatAdapter(Adapter):
         choice = response.choices[0]
         self._refuse_failed_answer(choice.finish_reason)
         message = choice.message
-        content = message.content or ""
+        content = _answer_text(message.content)
         tool_calls = [
             ToolCall(id=call.id, name=call.function.name, arguments=call.function.arguments or "")
             for call in message.tool_calls or ()
@@ -180,7 +208,7 @@ class OpenAIChatAdapter(Adapter):
             # Some compatible servers omit usage; an estimate beats billing nothing.
             usage = Usage(
                 input_tokens=self.count_tokens(request),
-                output_tokens=estimate_text_tokens(content),
+                output_tokens=estimate_output_tokens(content, tool_calls),
             )
         return ChatResult(
             content=content,
@@ -194,7 +222,7 @@ class OpenAIChatAdapter(Adapter):
     @translate_stream_errors
     def stream(self, request: ChatRequest) -> Iterator[StreamChunk]:
         arguments = self._chat_arguments(request)
-        if self.settings.provider_type not in _USAGE_UNASKED_TYPES:
+        if self._asks_stream_usage():
             arguments["stream_options"] = {"include_usage": True}
         response = self._client.chat.completions.create(**arguments, stream=True)
         model = request.model
@@ -213,8 +241,9 @@ class OpenAIChatAdapter(Adapter):
                         calls.add(call)
                     if choice.finish_reason:
                         finish_reason = choice.finish_reason
-                    if delta is not None and delta.content:
-                        yield StreamChunk(text=delta.content, model=model)
+                    text = _answer_text(delta.content) if delta is not None else ""
+                    if text:
+                        yield StreamChunk(text=text, model=model)
         if finish_reason is None:
             raise UpstreamUnavailable(
                 f"The {self.settings.provider_type} stream ended before the answer finished."
@@ -261,7 +290,10 @@ class OpenAIChatAdapter(Adapter):
 
     @translate_errors
     def list_models(self) -> list[str]:
-        listed = sorted(m.id for m in self._client.models.list(timeout=self._timeout(self.timeout)))
+        listed = [m.id for m in self._client.models.list(timeout=self._timeout(self.timeout))]
+        if self.settings.provider_type == "gemini":
+            listed = [model.removeprefix(_GEMINI_MODEL_PREFIX) for model in listed]
+        listed.sort()
         deployments = self.settings.options.get("deployments") if self._is_azure else None
         # On Azure a config serves the models its deployments map; listing
         # checked the key, the mapping says what can be called.
@@ -309,16 +341,62 @@ class OpenAIChatAdapter(Adapter):
         return UpstreamUnavailable(self.scrub(f"{label} failed: {exc}"))
 
 
-def _messages_for(request: ChatRequest) -> list[Message]:
+def _messages_for(request: ChatRequest, provider_type: str) -> list[Message]:
     """The messages sent: as given, except that JSON mode needs one of them to
-    mention JSON. OpenAI and Azure refuse `response_format` json_object (400)
-    when none does; the instruction is then put first, and the caller's list
-    is left as it was."""
+    mention JSON (OpenAI and Azure refuse `response_format` json_object (400)
+    when none does; the instruction is then put first) and that Mistral gets
+    tool call ids it accepts. The caller's list is left as it was."""
+    messages = request.messages
+    if provider_type == "mistral":
+        messages = [_with_mistral_tool_call_ids(message) for message in messages]
     if not request.json_mode or any(
-        "json" in content_text(message.get("content")).lower() for message in request.messages
+        "json" in content_text(message.get("content")).lower() for message in messages
     ):
-        return request.messages
-    return [{"role": "system", "content": JSON_MODE_INSTRUCTION}, *request.messages]
+        return messages
+    return [{"role": "system", "content": JSON_MODE_INSTRUCTION}, *messages]
+
+
+def _with_mistral_tool_call_ids(message: Message) -> Message:
+    if message.get("role") == "tool" and isinstance(message.get("tool_call_id"), str):
+        return {**message, "tool_call_id": _mistral_tool_call_id(message["tool_call_id"])}
+    if message.get("tool_calls"):
+        calls = [
+            {**call, "id": _mistral_tool_call_id(call.get("id") or "")}
+            for call in message["tool_calls"]
+        ]
+        return {**message, "tool_calls": calls}
+    return message
+
+
+def _mistral_tool_call_id(call_id: str) -> str:
+    """A tool call id as Mistral takes it: 9 letters or digits. Others (OpenAI's
+    "call_...", Anthropic's "toolu_...") are mapped to one by a hash, so that a
+    call and its result still name the same id."""
+    if _MISTRAL_TOOL_CALL_ID.fullmatch(call_id):
+        return call_id
+    number = int.from_bytes(hashlib.sha256(call_id.encode()).digest()[:8], "big")
+    characters = []
+    for _ in range(_MISTRAL_TOOL_CALL_ID_LENGTH):
+        number, digit = divmod(number, len(_BASE62))
+        characters.append(_BASE62[digit])
+    return "".join(characters)
+
+
+def _answer_text(content: Any) -> str:
+    """The text of an answer's content. Mistral's reasoning models send a list
+    of chunks instead of a string: `{"type": "thinking", ...}` (left out, as
+    every adapter leaves out reasoning) and `{"type": "text", "text": ...}`."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            part["text"]
+            for part in content
+            if isinstance(part, dict)
+            and part.get("type") == "text"
+            and isinstance(part.get("text"), str)
+        )
+    return ""
 
 
 def finish_reason_normalise(reported: str | None, has_tool_calls: bool) -> str:

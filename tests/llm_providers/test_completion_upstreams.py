@@ -13,6 +13,8 @@ from llm_providers.adapters.errors import ProviderAuthenticationError, UpstreamU
 from llm_providers.completion import complete, stream
 from llm_providers.services import provider_config_create
 from tests.factories import ModelPriceFactory, TenantFactory
+from tests.llm_providers.adapters.test_openai_chat import MISTRAL_THINKING_STREAM
+from tests.upstreams.server import Reply
 from usage.models import CallLog
 
 pytestmark = pytest.mark.django_db
@@ -331,6 +333,57 @@ def test_stream_broken_by_upstream_records_estimated_usage_and_raises(tenant, op
     # "alpha beta " is 11 characters: 4 estimated output tokens, priced.
     assert log.output_tokens == 4
     assert log.cost_usd is not None and log.cost_usd > 0
+
+
+def test_stream_without_reported_usage_estimates_and_prices_the_tool_calls(tenant, openai_upstream):
+    # Mistral is not asked for stream usage; this server then reports none.
+    ModelPriceFactory(
+        tenant=tenant, provider_type="mistral", model="mistral-small",
+        input_per_mtok="0", output_per_mtok="1000000",
+    )  # fmt: skip
+    _config(
+        tenant,
+        name="mistral",
+        provider_type="mistral",
+        api_key="mistral-key-0123456789abcdef",
+        base_url=openai_upstream.base_url,
+        default_model="mistral-small",
+    )
+    arguments = '{"city": "Paris", "unit": "celsius"}'
+    openai_upstream.enqueue_chat_stream(
+        [], model="mistral-small",
+        tool_calls=[{"id": "call_1", "name": "get_weather", "arguments": arguments}],
+    )  # fmt: skip
+
+    chunks = stream(tenant=tenant, messages=HELLO)
+    assert list(chunks) == []
+
+    log = _only_log(chunks.result)
+    assert chunks.result.tool_calls[0].arguments == arguments
+    # "get_weather" is 11 characters (4 tokens), the 36 characters of arguments 12:
+    # $1 per output token.
+    assert (log.usage_estimated, log.output_tokens, log.cost_usd) == (True, 16, Decimal("16"))
+    assert chunks.result.cost_usd == Decimal("16")
+
+
+def test_stream_of_a_mistral_reasoning_model_records_only_its_answer(tenant, openai_upstream):
+    _config(
+        tenant,
+        name="mistral",
+        provider_type="mistral",
+        api_key="mistral-key-0123456789abcdef",
+        base_url=openai_upstream.base_url,
+        default_model="magistral-medium-latest",
+    )
+    openai_upstream.enqueue(
+        Reply(headers={"Content-Type": "text/event-stream"}, chunks=MISTRAL_THINKING_STREAM)
+    )
+
+    chunks = stream(tenant=tenant, messages=HELLO)
+
+    assert "".join(chunks) == "42."
+    log = _only_log(chunks.result)
+    assert (log.status, log.output_tokens, log.usage_estimated) == ("ok", 30, False)
 
 
 def test_stream_stopped_by_caller_records_what_was_received(tenant, openai_upstream):

@@ -74,6 +74,17 @@ def test_cost_for_usage_prices_bedrock_model_ids(tenant):
     assert cost_for_usage(usage=usage, price=price) == Decimal("0.0048")
 
 
+def test_price_lookup_prices_gemini_model_names_as_google_lists_them(tenant):
+    # Google's OpenAI-compatible models list names every model "models/<id>".
+    usage = Usage(input_tokens=1_000_000, output_tokens=1_000_000)
+
+    price = _price(tenant, "gemini", "models/gemini-2.5-flash")
+
+    assert price.source == PriceSource.GENAI_PRICES
+    # $0.30 input, $2.50 output per million.
+    assert cost_for_usage(usage=usage, price=price) == Decimal("2.8")
+
+
 def test_price_lookup_returns_unknown_for_unpriced_model(tenant):
     price = _price(tenant, "openai", "no-such-model-anywhere")
 

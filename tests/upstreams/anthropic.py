@@ -24,6 +24,8 @@ from .server import LoopbackUpstream, RecordedRequest, Reply, Script, json_reply
 DEFAULT_MODEL = "claude-sonnet-4-6-20260217"
 # What the Messages API answers (400) to a text block that is empty or only whitespace.
 BLANK_TEXT_BLOCK = "messages: text content blocks must contain non-whitespace text"
+# What it answers (400) to a stop sequence that is only whitespace, such as "\n".
+BLANK_STOP_SEQUENCE = "stop_sequences: each stop sequence must contain non-whitespace"
 # The first bytes of each image format the API takes: it answers 400 to a
 # base64 image whose bytes are of another format than its media_type says.
 IMAGE_SIGNATURES = {
@@ -76,6 +78,8 @@ class AnthropicUpstream(LoopbackUpstream):
         body = request.json or {}
         refusal = BLANK_TEXT_BLOCK if _has_blank_text_block(body) else None
         refusal = refusal or _image_media_type_mismatch(body)
+        if any(not stop.strip() for stop in body.get("stop_sequences") or ()):
+            refusal = refusal or BLANK_STOP_SEQUENCE
         if refusal:
             return self.error_reply(400, type="invalid_request_error", message=refusal)
         return reply
@@ -299,13 +303,21 @@ class AnthropicUpstream(LoopbackUpstream):
 
 
 def _has_blank_text_block(body: dict[str, Any]) -> bool:
-    """Whether a Messages request holds a text block without non-whitespace text."""
-    return any(
-        isinstance(block, dict) and block.get("type") == "text" and not block["text"].strip()
+    """Whether a Messages request holds a text block without non-whitespace text
+    (a tool result's text included: its string content stands for a text block)."""
+    blocks = [
+        block
         for message in body.get("messages") or ()
         if isinstance(message.get("content"), list)
         for block in message["content"]
-    )
+        if isinstance(block, dict)
+    ]
+    for block in blocks:
+        if block.get("type") == "tool_result" and "content" in block:
+            content = block["content"]
+            parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
+            blocks += [part for part in parts if isinstance(part, dict)]
+    return any(block.get("type") == "text" and not block["text"].strip() for block in blocks)
 
 
 def _image_media_type_mismatch(body: dict[str, Any]) -> str | None:

@@ -265,6 +265,11 @@ def _blank_text_block(body: dict[str, Any]) -> str | None:
             return f"system.{index}"
     for message_index, message in enumerate(body.get("messages") or ()):
         for block_index, block in enumerate(message.get("content") or ()):
+            where = f"messages.{message_index}.content.{block_index}"
             if "text" in block and not block["text"].strip():
-                return f"messages.{message_index}.content.{block_index}"
+                return where
+            # The text of a tool result is held to the same rule.
+            for part_index, part in enumerate((block.get("toolResult") or {}).get("content") or ()):
+                if "text" in part and not part["text"].strip():
+                    return f"{where}.toolResult.content.{part_index}"
     return None

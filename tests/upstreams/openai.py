@@ -27,6 +27,10 @@ JSON_WORD_MISSING = (
     "'json_object'."
 )
 DEFAULT_MODEL = "gpt-4o-mini-2024-07-18"
+# What Azure OpenAI answers (400) to `stream_options` under an API version
+# older than the first that knows it (2024-09-01-preview).
+AZURE_STREAM_OPTIONS_UNKNOWN = "Unrecognized request argument supplied: stream_options"
+AZURE_STREAM_OPTIONS_SINCE = "2024-09-01"
 
 
 def sse(payload: Any) -> bytes:
@@ -73,6 +77,23 @@ class OpenAIUpstream(LoopbackUpstream):
 
     def _reply_for(self, request: RecordedRequest) -> Reply:
         reply = super()._reply_for(request)
+        if (
+            request.route == "chat"
+            and request.path.startswith("/openai/deployments/")
+            and "stream_options" in (request.json or {})
+            and request.query.get("api-version", "") < AZURE_STREAM_OPTIONS_SINCE
+        ):
+            return json_reply(
+                {
+                    "error": {
+                        "message": AZURE_STREAM_OPTIONS_UNKNOWN,
+                        "type": "invalid_request_error",
+                        "param": None,
+                        "code": None,
+                    }
+                },
+                status=400,
+            )
         if request.route == "chat" and _json_mode_without_the_word(request.json or {}):
             return json_reply(
                 {

@@ -120,6 +120,30 @@ def test_complete_sends_system_and_stop_sequences_but_no_sampling_parameters(
     }
 
 
+def test_complete_stops_at_a_whitespace_stop_sequence_the_api_refuses(adapter, anthropic_upstream):
+    # The API answers 400 to a stop sequence that is only whitespace ("\n"):
+    # it is applied to the answer here instead, the others are sent.
+    anthropic_upstream.enqueue_message("First line\nSecond line\n", output_tokens=6)
+
+    result = adapter.complete(_request(stop=["\n", "END"]))
+
+    assert anthropic_upstream.last_request.json["stop_sequences"] == ["END"]
+    assert result.content == "First line"
+    assert result.finish_reason == "stop"
+    assert result.usage == Usage(input_tokens=10, output_tokens=6)
+
+
+def test_complete_keeps_an_answer_without_the_whitespace_stop_sequence_whole(
+    adapter, anthropic_upstream
+):
+    anthropic_upstream.enqueue_message("One paragraph.\nNo blank line.", stop_reason="max_tokens")
+
+    result = adapter.complete(_request(stop=["\n\n"]))
+
+    assert "stop_sequences" not in anthropic_upstream.last_request.json
+    assert (result.content, result.finish_reason) == ("One paragraph.\nNo blank line.", "length")
+
+
 def test_complete_sends_the_default_max_tokens_when_request_names_none(adapter, anthropic_upstream):
     anthropic_upstream.enqueue_message()
 
@@ -267,6 +291,35 @@ def test_complete_sends_tool_calls_and_results_as_tool_use_and_tool_result_block
     ]  # fmt: skip
 
 
+def test_complete_sends_a_tool_result_without_output_without_content(adapter, anthropic_upstream):
+    # The API refuses a blank tool result text ("\n" from a command that
+    # printed nothing); a tool_result without content is how it takes none.
+    anthropic_upstream.enqueue_message("Done.")
+    messages = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "toolu_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": "{}"},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "toolu_1", "content": "\n"},
+    ]
+
+    result = adapter.complete(_request(messages=messages, tools=[WEATHER_TOOL]))
+
+    assert result.content == "Done."
+    assert anthropic_upstream.last_request.json["messages"][2] == {
+        "role": "user",
+        "content": [{"type": "tool_result", "tool_use_id": "toolu_1"}],
+    }
+
+
 def test_complete_leaves_out_text_blocks_that_are_only_whitespace(adapter, anthropic_upstream):
     # Models often write "\n\n" before calling a tool; the Messages API refuses
     # a text block without non-whitespace text (400), so replaying such a
@@ -385,6 +438,34 @@ def test_stream_assembles_tool_calls_on_the_final_chunk(adapter, anthropic_upstr
         ToolCall(id="toolu_1", name="get_weather", arguments='{"city": "Paris"}'),
         ToolCall(id="toolu_2", name="get_weather", arguments='{"city": "Oslo"}'),
     ]
+
+
+def test_stream_stops_at_a_whitespace_stop_sequence_split_across_pieces(
+    adapter, anthropic_upstream
+):
+    anthropic_upstream.enqueue_message_stream(
+        ["First", " line\n", "\nSecond", " paragraph"], output_tokens=9
+    )
+
+    chunks = list(adapter.stream(_request(stop=["\n\n"])))
+
+    assert "stop_sequences" not in anthropic_upstream.last_request.json
+    assert "".join(c.text for c in chunks) == "First line"
+    assert chunks[-1].finish_reason == "stop"
+    # Stopped before the provider's closing usage: the caller estimates it.
+    assert chunks[-1].usage is None
+
+
+def test_stream_yields_whitespace_that_does_not_complete_a_stop_sequence(
+    adapter, anthropic_upstream
+):
+    anthropic_upstream.enqueue_message_stream(["a\n", "b\n"], output_tokens=4)
+
+    chunks = list(adapter.stream(_request(stop=["\n\n"])))
+
+    assert "".join(c.text for c in chunks) == "a\nb\n"
+    assert chunks[-1].finish_reason == "stop"
+    assert chunks[-1].usage == Usage(input_tokens=10, output_tokens=4)
 
 
 def test_stream_raises_upstream_unavailable_when_an_overloaded_error_event_arrives(

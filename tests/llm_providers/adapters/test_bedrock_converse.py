@@ -234,6 +234,35 @@ def test_complete_sends_tool_calls_and_results_as_tool_use_and_tool_result_block
     ]
 
 
+def test_complete_sends_a_tool_result_without_output_as_one_without_text(adapter, bedrock_upstream):
+    # Converse refuses a blank text block, inside a tool result too; a tool
+    # that printed nothing is common.
+    bedrock_upstream.enqueue_converse("Done.")
+    messages = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "tooluse_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": "{}"},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "tooluse_1", "content": ""},
+    ]
+
+    result = adapter.complete(_request(messages=messages, tools=[WEATHER_TOOL]))
+
+    assert result.content == "Done."
+    assert bedrock_upstream.last_request.json["messages"][2] == {
+        "role": "user",
+        "content": [{"toolResult": {"toolUseId": "tooluse_1", "content": []}}],
+    }
+
+
 def test_complete_answers_a_tool_conversation_when_the_request_offers_no_tools(
     adapter, bedrock_upstream
 ):
@@ -416,6 +445,33 @@ def test_stream_raises_upstream_unavailable_after_the_chunks_received_when_conne
     assert received == ["Hel", "lo"]
     assert caught.value.retryable is True
     assert "broke off" in caught.value.message
+
+
+@pytest.mark.parametrize("stop_reason", ["malformed_tool_use", "malformed_model_output"])
+def test_complete_raises_upstream_unavailable_when_the_model_garbled_its_answer(
+    stop_reason, adapter, bedrock_upstream
+):
+    bedrock_upstream.enqueue_converse("", stop_reason=stop_reason)
+
+    with pytest.raises(UpstreamUnavailable) as caught:
+        adapter.complete(_request(tools=[WEATHER_TOOL]))
+
+    assert caught.value.retryable is True
+    assert caught.value.message == f"bedrock stopped the answer with an error ({stop_reason})."
+
+
+def test_stream_raises_upstream_unavailable_after_the_chunks_when_the_model_garbled_its_answer(
+    adapter, bedrock_upstream
+):
+    bedrock_upstream.enqueue_converse_stream(["Let me"], stop_reason="malformed_tool_use")
+    received = []
+
+    with pytest.raises(UpstreamUnavailable) as caught:
+        for chunk in adapter.stream(_request(tools=[WEATHER_TOOL])):
+            received.append(chunk.text)
+
+    assert received == ["Let me"]
+    assert caught.value.message == "bedrock stopped the answer with an error (malformed_tool_use)."
 
 
 # --- errors --------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
@@ -311,6 +312,147 @@ def test_complete_estimates_usage_when_server_reports_none(adapter, openai_upstr
     result = adapter.complete(_request())
 
     assert result.usage == Usage(input_tokens=adapter.count_tokens(_request()), output_tokens=2)
+
+
+def test_complete_estimates_the_tool_calls_in_the_output_when_server_reports_no_usage(
+    adapter, openai_upstream
+):
+    arguments = '{"city": "Paris", "unit": "celsius"}'
+    openai_upstream.enqueue(
+        json_reply(
+            {
+                "id": "x",
+                "object": "chat.completion",
+                "created": 1,
+                "model": "local-model",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {
+                            "role": "assistant",
+                            "content": None,
+                            "tool_calls": [
+                                {
+                                    "id": "call_1",
+                                    "type": "function",
+                                    "function": {"name": "get_weather", "arguments": arguments},
+                                }
+                            ],
+                        },
+                        "finish_reason": "tool_calls",
+                    }
+                ],
+            }
+        )
+    )
+
+    result = adapter.complete(_request(tools=[WEATHER_TOOL]))
+
+    # "get_weather" is 11 characters (4 tokens), the 36 characters of arguments 12.
+    assert result.usage.output_tokens == 16
+    assert result.usage_estimated is True
+
+
+# Mistral's reasoning models (Magistral) answer `content` as a list of chunks,
+# their thinking first, in whole answers and stream deltas alike.
+MISTRAL_THINKING = {"type": "thinking", "thinking": [{"type": "text", "text": "Six times 7"}]}
+
+
+def test_complete_returns_only_the_text_when_mistral_answers_content_as_chunks(openai_upstream):
+    adapter = _adapter("mistral", openai_upstream.base_url, api_key="mistral-test-key-123456")
+    openai_upstream.enqueue(
+        json_reply(
+            {
+                "id": "x",
+                "object": "chat.completion",
+                "created": 1,
+                "model": "magistral-medium-2509",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {
+                            "role": "assistant",
+                            "content": [MISTRAL_THINKING, {"type": "text", "text": "42."}],
+                        },
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {"prompt_tokens": 12, "completion_tokens": 30, "total_tokens": 42},
+            }
+        )
+    )
+
+    result = adapter.complete(_request(model="magistral-medium-latest"))
+
+    assert result.content == "42."
+    assert result.usage == Usage(input_tokens=12, output_tokens=30)
+
+
+def _mistral_chunk(delta: dict, finish_reason: str | None = None, **extra) -> bytes:
+    payload = {
+        "id": "x",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "magistral-medium-2509",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+        **extra,
+    }
+    return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+
+MISTRAL_THINKING_STREAM = [
+    _mistral_chunk({"role": "assistant", "content": ""}),
+    _mistral_chunk({"content": [MISTRAL_THINKING]}),
+    _mistral_chunk({"content": [{"type": "text", "text": "4"}]}),
+    _mistral_chunk(
+        {"content": "2."},
+        "stop",
+        usage={"prompt_tokens": 12, "completion_tokens": 30, "total_tokens": 42},
+    ),
+    b"data: [DONE]\n\n",
+]
+
+
+def test_stream_yields_only_the_text_when_mistral_streams_content_as_chunks(openai_upstream):
+    adapter = _adapter("mistral", openai_upstream.base_url, api_key="mistral-test-key-123456")
+    openai_upstream.enqueue(
+        Reply(headers={"Content-Type": "text/event-stream"}, chunks=MISTRAL_THINKING_STREAM)
+    )
+
+    chunks = list(adapter.stream(_request(model="magistral-medium-latest")))
+
+    assert [c.text for c in chunks] == ["4", "2.", ""]
+    assert chunks[-1].usage == Usage(input_tokens=12, output_tokens=30)
+
+
+def test_mistral_gets_tool_call_ids_of_the_form_it_accepts(openai_upstream):
+    # Mistral answers 400 ("Tool call id was call_... but must be a-z, A-Z,
+    # 0-9, with a length of 9") to the ids other providers give, which a
+    # conversation carries when it started elsewhere or fell back.
+    adapter = _adapter("mistral", openai_upstream.base_url, api_key="mistral-test-key-123456")
+    openai_upstream.enqueue_chat("Sunny in both.")
+    calls = [
+        {"id": call_id, "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+        for call_id in ("call_Xy12AbCdEfGh34", "toolu_01A2b3C4d5", "D681PevKs")
+    ]
+    messages = [
+        {"role": "user", "content": "Weather in Paris, Oslo and Rome?"},
+        {"role": "assistant", "content": None, "tool_calls": calls},
+        {"role": "tool", "tool_call_id": "call_Xy12AbCdEfGh34", "content": "Sunny"},
+        {"role": "tool", "tool_call_id": "toolu_01A2b3C4d5", "content": "Sunny"},
+        {"role": "tool", "tool_call_id": "D681PevKs", "content": "Sunny"},
+    ]
+
+    adapter.complete(_request(model="mistral-large-latest", messages=messages))
+
+    sent = openai_upstream.last_request.json["messages"]
+    sent_ids = [call["id"] for call in sent[1]["tool_calls"]]
+    assert all(re.fullmatch(r"[A-Za-z0-9]{9}", call_id) for call_id in sent_ids)
+    assert len(set(sent_ids)) == 3
+    assert sent_ids[2] == "D681PevKs"
+    assert [message["tool_call_id"] for message in sent[2:]] == sent_ids
+    # The caller's messages are left as they were.
+    assert messages[1]["tool_calls"][0]["id"] == "call_Xy12AbCdEfGh34"
 
 
 # --- stream --------------------------------------------------------------------------
@@ -917,6 +1059,13 @@ def test_list_models_returns_the_ids_sorted(adapter, openai_upstream):
     assert openai_upstream.last_request.path == "/v1/models"
 
 
+def test_gemini_lists_the_model_names_its_chat_endpoint_documents(openai_upstream):
+    adapter = _adapter("gemini", openai_upstream.base_url, api_key="AIzaSyTestKey0123456789")
+    openai_upstream.enqueue_models(["models/gemini-2.5-pro", "models/gemini-2.5-flash"])
+
+    assert adapter.list_models() == ["gemini-2.5-flash", "gemini-2.5-pro"]
+
+
 def test_connection_check_succeeds_with_the_models_when_key_works(adapter, openai_upstream):
     openai_upstream.enqueue_models(["gpt-4o"])
 
@@ -1005,6 +1154,29 @@ def test_azure_names_the_output_limit_as_its_api_version_knows_it(
     sent = openai_upstream.last_request.json
     assert sent[sent_name] == 64
     assert {"max_tokens", "max_completion_tokens"} & set(sent) == {sent_name}
+
+
+@pytest.mark.parametrize(
+    ("api_version", "usage"),
+    [
+        # Older API versions refuse stream_options (400) and report no stream usage.
+        ("2024-06-01", None),
+        ("2024-08-01-preview", None),
+        ("2024-09-01-preview", Usage(input_tokens=10, output_tokens=5)),
+        ("2024-10-21", Usage(input_tokens=10, output_tokens=5)),
+    ],
+)
+def test_azure_streams_under_api_versions_that_do_not_know_stream_options(
+    openai_upstream, api_version, usage
+):
+    adapter = _azure(openai_upstream, deployment="chat", api_version=api_version)
+    openai_upstream.enqueue_chat_stream(["Hel", "lo"])
+
+    chunks = list(adapter.stream(_request()))
+
+    assert "".join(c.text for c in chunks) == "Hello"
+    assert chunks[-1].usage == usage
+    assert ("stream_options" in openai_upstream.last_request.json) is (usage is not None)
 
 
 def test_azure_uses_the_single_deployment_option_for_any_model(openai_upstream):

@@ -178,9 +178,12 @@ def cost_for_usage(*, usage: Usage, price: Price, at: datetime | None = None) ->
     at = at or datetime.now(UTC)
     model_price = price.genai_model.get_prices(at)
     # genai-prices counts input and output the way adapters.types.Usage does
-    # (cache parts inside input, reasoning inside output).
+    # (cache parts inside input, reasoning inside output). A server that counts
+    # cached tokens outside its input reports more of them than input tokens,
+    # which genai-prices refuses: every input token is then a cached one, as
+    # in _flat_cost.
     genai_usage = GenaiUsage(
-        input_tokens=usage.input_tokens,
+        input_tokens=max(usage.input_tokens, usage.cache_read_tokens + usage.cache_write_tokens),
         output_tokens=usage.output_tokens,
         cache_read_tokens=usage.cache_read_tokens,
         cache_write_tokens=usage.cache_write_tokens,

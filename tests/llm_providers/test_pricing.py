@@ -44,6 +44,17 @@ def test_cost_for_usage_prices_openai_cached_input_at_cache_rate(tenant):
     assert cost == Decimal("0.00725")
 
 
+def test_cost_for_usage_prices_cached_input_reported_outside_prompt_tokens(tenant):
+    # A compatible server that leaves cached tokens out of prompt_tokens reports
+    # more cached than input tokens: the call still gets a cost, never an error.
+    usage = Usage(input_tokens=100, output_tokens=500, cache_read_tokens=300)
+
+    genai = cost_for_usage(usage=usage, price=_price(tenant, "openai", "gpt-4o"))
+
+    # every input token counted is cached: 300 × 1.25 + 500 × 10 = 5,375 per million
+    assert genai == Decimal("0.005375")
+
+
 def test_cost_for_usage_prices_reasoning_as_output(tenant):
     # o3-mini: $1.10 input, $4.40 output; reasoning tokens are inside output.
     usage = Usage(input_tokens=100, output_tokens=1000, reasoning_tokens=800)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from django.urls import reverse
@@ -371,6 +372,22 @@ def test_unknown_username_says_so(client, tenant_admin, tenant):
         {"tenant": str(tenant.pk), "user": "nobody", "role": "viewer"},
     )
     assert "No active user has this username." in response.content.decode()
+
+
+def test_membership_change_page_names_the_user_and_saves_as_shown(client, tenant_admin, tenant):
+    member = UserFactory(username="bob")
+    # A user whose username is bob's id: the form must not pick them instead.
+    UserFactory(username=str(member.pk))
+    membership = TenantMembershipFactory(user=member, tenant=tenant, role="viewer")
+    client.force_login(tenant_admin)
+    url = _url("tenantmembership_change", membership.pk)
+    html = client.get(url).content.decode()
+    shown = re.search(r'<input type="text" name="user" value="([^"]*)"', html).group(1)
+    assert shown == "bob"
+    response = client.post(url, {"tenant": str(tenant.pk), "user": shown, "role": "admin"})
+    assert response.status_code == 302
+    membership.refresh_from_db()
+    assert (membership.user_id, membership.role) == (member.pk, "admin")
 
 
 def test_memberships_of_other_tenants_hidden(client, tenant_admin, other_tenant):

@@ -1,5 +1,6 @@
 """Admin for routing overrides: tenant-scoped, fallbacks edited inline in order."""
 
+from django import forms
 from django.contrib import admin
 
 from llm_providers.admin_scoping import TenantScopedAdmin, TenantScopedInline
@@ -21,6 +22,16 @@ def _configs_in_use_offered(form_class, override, config_ids):
         in_use = field.queryset.model.objects.filter(pk__in=config_ids, tenant=override.tenant_id)
         field.queryset = (field.queryset | in_use).distinct()
     return form_class
+
+
+class RoutingOverrideAdminForm(forms.ModelForm):
+    def _get_validation_exclusions(self):
+        exclude = super()._get_validation_exclusions()
+        if "tenant" not in self.fields and self.instance.tenant_id:
+            # On change the tenant is read-only, hence not a form field; the
+            # customer and service must still be unique within it.
+            exclude.discard("tenant")
+        return exclude
 
 
 class RoutingFallbackInline(TenantScopedInline):
@@ -45,6 +56,7 @@ class RoutingFallbackInline(TenantScopedInline):
 
 @admin.register(RoutingOverride)
 class RoutingOverrideAdmin(TenantScopedAdmin):
+    form = RoutingOverrideAdminForm
     list_display = (
         "tenant",
         "customer_id",

@@ -2,6 +2,7 @@
 
 from django import forms
 from django.contrib import admin
+from django.core.exceptions import ValidationError
 
 from llm_providers.admin_scoping import TenantScopedAdmin, TenantScopedInline
 
@@ -34,8 +35,24 @@ class RoutingOverrideAdminForm(forms.ModelForm):
         return exclude
 
 
+class RoutingFallbackAdminForm(forms.ModelForm):
+    def validate_unique(self):
+        super().validate_unique()
+        if self.instance.override_id is None:
+            return
+        # Model validation leaves the inline's foreign key out, and with it the
+        # unique constraint: a row repeating a fallback stored since the page
+        # was opened would reach the database.
+        exclude = self._get_validation_exclusions() - {"override"}
+        try:
+            self.instance.validate_constraints(exclude=exclude)
+        except ValidationError as exc:
+            self._update_errors(exc)
+
+
 class RoutingFallbackInline(TenantScopedInline):
     model = RoutingFallback
+    form = RoutingFallbackAdminForm
     extra = 0
     fields = ("position", "provider_config", "model")
     ordering = ("position", "id")

@@ -226,6 +226,26 @@ def test_change_to_a_scope_its_tenant_already_routes_is_a_form_error(tenant, adm
     assert override.customer_id == "globex"
 
 
+def test_fallback_added_twice_from_two_pages_is_a_form_error(tenant, admin_client_for):
+    # given an override whose fallback another admin added after this page was opened
+    config = ProviderConfigFactory(tenant=tenant)
+    backup = ProviderConfigFactory(tenant=tenant)
+    override = RoutingOverrideFactory(tenant=tenant, customer_id="acme", provider_config=config)
+    RoutingFallbackFactory(override=override, provider_config=backup, position=0)
+
+    # when this page adds the same fallback
+    response = admin_client_for(tenant).post(
+        f"{LIST_URL}{override.pk}/change/", _form(tenant, config, fallbacks=[backup])
+    )
+
+    # then it is told so, and the override keeps one fallback
+    assert response.status_code == 200
+    assert "Routing fallback with this Override, Provider config and Model already exists." in (
+        response.text
+    )
+    assert override.fallbacks.count() == 1
+
+
 def test_change_deactivates_override_whose_providers_were_retired(tenant, admin_client_for):
     # given an override whose provider config and fallback config were deactivated
     override = RoutingOverrideFactory(tenant=tenant, customer_id="acme")

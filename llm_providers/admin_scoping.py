@@ -28,7 +28,24 @@ def request_tenant_ids(request, *, role: str | None = None) -> set:
     return cached
 
 
-class TenantScopedAdmin(admin.ModelAdmin):
+class NulSafeAdmin(admin.ModelAdmin):
+    """PostgreSQL refuses NUL in text, so a filter value or search term with
+    one would fail the query (a server error): the admin answers a filter
+    like any bad lookup, and a search (the autocomplete's) finds nothing."""
+
+    def get_changelist_instance(self, request):
+        params = request.GET.lists()
+        if any("\x00" in key or any("\x00" in v for v in values) for key, values in params):
+            raise IncorrectLookupParameters("A filter value contains a NUL character.")
+        return super().get_changelist_instance(request)
+
+    def get_search_results(self, request, queryset, search_term):
+        if "\x00" in search_term:
+            return queryset.none(), False
+        return super().get_search_results(request, queryset, search_term)
+
+
+class TenantScopedAdmin(NulSafeAdmin):
     # Lookup path from the model to its tenant, e.g. "override__tenant".
     tenant_path = "tenant"
 
@@ -70,14 +87,6 @@ class TenantScopedAdmin(admin.ModelAdmin):
         if self._sees_one_tenant(request):
             return tuple(f for f in filters if f != self.tenant_path)
         return filters
-
-    def get_changelist_instance(self, request):
-        # PostgreSQL refuses NUL in text, so such a filter value would fail the
-        # query (a server error); the admin answers it like any bad lookup.
-        params = request.GET.lists()
-        if any("\x00" in key or any("\x00" in v for v in values) for key, values in params):
-            raise IncorrectLookupParameters("A filter value contains a NUL character.")
-        return super().get_changelist_instance(request)
 
     # --- queryset and permissions ---------------------------------------------
 

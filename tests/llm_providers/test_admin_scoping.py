@@ -562,6 +562,7 @@ def test_add_form_leaves_the_tenant_to_choose_for_an_admin_of_two(client, tenant
         "/admin/usage/dailyusage/?model=%00",
         "/admin/usage/budget/?period__exact=%00",
         "/admin/overrides/routingoverride/?service_name=%00",
+        "/admin/llm_providers/tenant/?name=Ac%00me",
     ],
 )
 def test_list_filter_with_a_nul_character_is_a_bad_lookup_not_a_server_error(
@@ -576,6 +577,24 @@ def test_list_filter_with_a_nul_character_is_a_bad_lookup_not_a_server_error(
     # then the admin says the lookup is wrong, as for any other bad filter
     assert response.status_code == 302
     assert response["Location"].endswith("?e=1")
+
+
+@pytest.mark.parametrize(
+    ("model_name", "field_name"),
+    [("budget", "provider_config"), ("budget", "tenant"), ("costalert", "budget")],
+)
+def test_autocomplete_with_a_nul_character_finds_nothing_not_a_server_error(
+    client, tenant_admin, model_name, field_name
+):
+    client.force_login(tenant_admin)
+
+    response = client.get(
+        "/admin/autocomplete/",
+        {"app_label": "usage", "model_name": model_name, "field_name": field_name, "term": "a\x00"},
+    )
+
+    assert response.status_code == 200
+    assert response.json()["results"] == []
 
 
 def test_global_price_moved_to_one_tenant_no_longer_prices_the_others(

@@ -10,9 +10,10 @@ fails validation and nothing is saved.
 
 from __future__ import annotations
 
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.contrib.admin.options import IncorrectLookupParameters
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 
 from .models import Tenant, TenantMembership
 from .selectors import tenant_ids_for_user
@@ -125,6 +126,19 @@ class TenantScopedAdmin(NulSafeAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return self.has_change_permission(request, obj)
+
+    def response_action(self, request, queryset):
+        # A forged or mangled selection that is no id at all would fail the
+        # action's `pk__in` filter with a server error.
+        try:
+            for value in request.POST.getlist(helpers.ACTION_CHECKBOX_NAME):
+                self.opts.pk.to_python(value)
+        except ValidationError:
+            self.message_user(
+                request, "The selection names no such items; nothing was changed.", messages.WARNING
+            )
+            return None
+        return super().response_action(request, queryset)
 
     # --- form choices ----------------------------------------------------------
 

@@ -201,6 +201,29 @@ def test_connection_action_skips_viewed_tenant(client, tenant, other_tenant, the
     assert ProviderConfig.objects.get(pk=theirs.pk).last_test_status == ""
 
 
+@pytest.mark.parametrize(
+    ("changelist", "action", "selected"),
+    [
+        ("llm_providers_providerconfig", "test_connection", "not-a-uuid"),
+        ("llm_providers_providerconfig", "delete_selected", "1"),
+        ("usage_costalert", "retry_deliveries", "not-a-number"),
+    ],
+)
+def test_action_on_a_selection_of_no_such_ids_changes_nothing_not_a_server_error(
+    client, tenant_admin, mine, changelist, action, selected
+):
+    client.force_login(tenant_admin)
+    url = reverse(f"admin:{changelist}_changelist")
+
+    response = client.post(url, {"action": action, "_selected_action": [selected], "post": "yes"})
+
+    assert response.status_code == 302
+    assert response["Location"] == url
+    page = client.get(url).content.decode()
+    assert "The selection names no such items; nothing was changed." in page
+    assert ProviderConfig.objects.get(pk=mine.pk).last_test_status == ""
+
+
 def test_viewer_sees_read_only_page_without_key(client, tenant_viewer, mine, assert_secret_absent):
     client.force_login(tenant_viewer)
     listing = client.get(_url("providerconfig_changelist"))

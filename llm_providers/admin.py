@@ -18,7 +18,7 @@ from django.utils.html import format_html
 from django.utils.text import capfirst, get_text_list
 from rest_framework_api_key.models import APIKey
 
-from .admin_scoping import TenantScopedAdmin, request_tenant_ids
+from .admin_scoping import NulSafeAdmin, TenantScopedAdmin, request_tenant_ids
 from .api.history import (
     change_history_record_change,
     change_history_record_deactivation,
@@ -77,7 +77,7 @@ class _TenantDeletionCollector(NestedObjects):
 
 
 @admin.register(Tenant)
-class TenantAdmin(admin.ModelAdmin):
+class TenantAdmin(NulSafeAdmin):
     """Superusers create and delete tenants; a tenant's admins edit its settings."""
 
     list_display = ("name", "slug", "is_active", "timezone", "response_cache_ttl_seconds")

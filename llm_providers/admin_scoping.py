@@ -10,9 +10,10 @@ fails validation and nothing is saved.
 
 from __future__ import annotations
 
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.contrib.admin.options import IncorrectLookupParameters
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 
 from .models import Tenant, TenantMembership
 from .selectors import tenant_ids_for_user
@@ -28,7 +29,24 @@ def request_tenant_ids(request, *, role: str | None = None) -> set:
     return cached
 
 
-class TenantScopedAdmin(admin.ModelAdmin):
+class NulSafeAdmin(admin.ModelAdmin):
+    """PostgreSQL refuses NUL in text, so a filter value or search term with
+    one would fail the query (a server error): the admin answers a filter
+    like any bad lookup, and a search (the autocomplete's) finds nothing."""
+
+    def get_changelist_instance(self, request):
+        params = request.GET.lists()
+        if any("\x00" in key or any("\x00" in v for v in values) for key, values in params):
+            raise IncorrectLookupParameters("A filter value contains a NUL character.")
+        return super().get_changelist_instance(request)
+
+    def get_search_results(self, request, queryset, search_term):
+        if "\x00" in search_term:
+            return queryset.none(), False
+        return super().get_search_results(request, queryset, search_term)
+
+
+class TenantScopedAdmin(NulSafeAdmin):
     # Lookup path from the model to its tenant, e.g. "override__tenant".
     tenant_path = "tenant"
 
@@ -71,14 +89,6 @@ class TenantScopedAdmin(admin.ModelAdmin):
             return tuple(f for f in filters if f != self.tenant_path)
         return filters
 
-    def get_changelist_instance(self, request):
-        # PostgreSQL refuses NUL in text, so such a filter value would fail the
-        # query (a server error); the admin answers it like any bad lookup.
-        params = request.GET.lists()
-        if any("\x00" in key or any("\x00" in v for v in values) for key, values in params):
-            raise IncorrectLookupParameters("A filter value contains a NUL character.")
-        return super().get_changelist_instance(request)
-
     # --- queryset and permissions ---------------------------------------------
 
     def get_queryset(self, request):
@@ -116,6 +126,19 @@ class TenantScopedAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return self.has_change_permission(request, obj)
+
+    def response_action(self, request, queryset):
+        # A forged or mangled selection that is no id at all would fail the
+        # action's `pk__in` filter with a server error.
+        try:
+            for value in request.POST.getlist(helpers.ACTION_CHECKBOX_NAME):
+                self.opts.pk.to_python(value)
+        except ValidationError:
+            self.message_user(
+                request, "The selection names no such items; nothing was changed.", messages.WARNING
+            )
+            return None
+        return super().response_action(request, queryset)
 
     # --- form choices ----------------------------------------------------------
 

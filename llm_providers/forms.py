@@ -323,6 +323,12 @@ class TenantMembershipAdminForm(forms.ModelForm):
         model = TenantMembership
         fields = ["tenant", "user", "role"]
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # The model's initial value is the user's id; the field takes a username.
+        if self.instance.user_id is not None:
+            self.initial["user"] = self.instance.user.get_username()
+
 
 class ServiceKeyAdminForm(forms.ModelForm):
     """A service key's name, tenant and expiry; the secret is generated on save."""

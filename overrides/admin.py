@@ -1,6 +1,8 @@
 """Admin for routing overrides: tenant-scoped, fallbacks edited inline in order."""
 
+from django import forms
 from django.contrib import admin
+from django.core.exceptions import ValidationError
 
 from llm_providers.admin_scoping import TenantScopedAdmin, TenantScopedInline
 
@@ -23,8 +25,34 @@ def _configs_in_use_offered(form_class, override, config_ids):
     return form_class
 
 
+class RoutingOverrideAdminForm(forms.ModelForm):
+    def _get_validation_exclusions(self):
+        exclude = super()._get_validation_exclusions()
+        if "tenant" not in self.fields and self.instance.tenant_id:
+            # On change the tenant is read-only, hence not a form field; the
+            # customer and service must still be unique within it.
+            exclude.discard("tenant")
+        return exclude
+
+
+class RoutingFallbackAdminForm(forms.ModelForm):
+    def validate_unique(self):
+        super().validate_unique()
+        if self.instance.override_id is None:
+            return
+        # Model validation leaves the inline's foreign key out, and with it the
+        # unique constraint: a row repeating a fallback stored since the page
+        # was opened would reach the database.
+        exclude = self._get_validation_exclusions() - {"override"}
+        try:
+            self.instance.validate_constraints(exclude=exclude)
+        except ValidationError as exc:
+            self._update_errors(exc)
+
+
 class RoutingFallbackInline(TenantScopedInline):
     model = RoutingFallback
+    form = RoutingFallbackAdminForm
     extra = 0
     fields = ("position", "provider_config", "model")
     ordering = ("position", "id")
@@ -45,6 +73,7 @@ class RoutingFallbackInline(TenantScopedInline):
 
 @admin.register(RoutingOverride)
 class RoutingOverrideAdmin(TenantScopedAdmin):
+    form = RoutingOverrideAdminForm
     list_display = (
         "tenant",
         "customer_id",

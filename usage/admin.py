@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import uuid
-import zoneinfo
 from datetime import UTC, date, datetime, timedelta
 
 from django import forms
@@ -28,7 +27,7 @@ from llm_providers.forms import secret_inputs_ask_again
 from llm_providers.models import ProviderConfig, Tenant
 from llm_providers.selectors import tenant_list_for_user
 
-from .aggregation import daily_usage_recompute
+from .aggregation import daily_usage_recompute_recent
 from .alerts import alert_deliveries_retry
 from .charts import budget_gauge, daily_cost_chart, spend_bars
 from .models import AlertDelivery, Budget, CallLog, CostAlert, DailyUsage, UsageDashboard
@@ -601,12 +600,10 @@ class UsageDashboardAdmin(TenantScopedAdmin):
         rolled_up_now = settings.CELERY_TASK_ALWAYS_EAGER
         if rolled_up_now:
             # No worker and no beat (the embedded default): nothing rolls call
-            # logs up on a schedule, so the page does it for this tenant's last
-            # two days before showing them.
-            today = timezone.now().astimezone(zoneinfo.ZoneInfo(tenant.timezone)).date()
-            daily_usage_recompute(
-                first_day=today - timedelta(days=1), last_day=today, tenant=tenant
-            )
+            # logs up on a schedule, so the page runs the scheduled roll-up
+            # itself: the recent days, and the days of every call logged since
+            # the last run, however old (a demo left for a weekend).
+            daily_usage_recompute_recent()
         data = usage_dashboard(tenant=tenant)
         context = {
             **self.admin_site.each_context(request),

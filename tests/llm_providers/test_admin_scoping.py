@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from django.urls import reverse
@@ -200,6 +201,29 @@ def test_connection_action_skips_viewed_tenant(client, tenant, other_tenant, the
     assert ProviderConfig.objects.get(pk=theirs.pk).last_test_status == ""
 
 
+@pytest.mark.parametrize(
+    ("changelist", "action", "selected"),
+    [
+        ("llm_providers_providerconfig", "test_connection", "not-a-uuid"),
+        ("llm_providers_providerconfig", "delete_selected", "1"),
+        ("usage_costalert", "retry_deliveries", "not-a-number"),
+    ],
+)
+def test_action_on_a_selection_of_no_such_ids_changes_nothing_not_a_server_error(
+    client, tenant_admin, mine, changelist, action, selected
+):
+    client.force_login(tenant_admin)
+    url = reverse(f"admin:{changelist}_changelist")
+
+    response = client.post(url, {"action": action, "_selected_action": [selected], "post": "yes"})
+
+    assert response.status_code == 302
+    assert response["Location"] == url
+    page = client.get(url).content.decode()
+    assert "The selection names no such items; nothing was changed." in page
+    assert ProviderConfig.objects.get(pk=mine.pk).last_test_status == ""
+
+
 def test_viewer_sees_read_only_page_without_key(client, tenant_viewer, mine, assert_secret_absent):
     client.force_login(tenant_viewer)
     listing = client.get(_url("providerconfig_changelist"))
@@ -371,6 +395,22 @@ def test_unknown_username_says_so(client, tenant_admin, tenant):
         {"tenant": str(tenant.pk), "user": "nobody", "role": "viewer"},
     )
     assert "No active user has this username." in response.content.decode()
+
+
+def test_membership_change_page_names_the_user_and_saves_as_shown(client, tenant_admin, tenant):
+    member = UserFactory(username="bob")
+    # A user whose username is bob's id: the form must not pick them instead.
+    UserFactory(username=str(member.pk))
+    membership = TenantMembershipFactory(user=member, tenant=tenant, role="viewer")
+    client.force_login(tenant_admin)
+    url = _url("tenantmembership_change", membership.pk)
+    html = client.get(url).content.decode()
+    shown = re.search(r'<input type="text" name="user" value="([^"]*)"', html).group(1)
+    assert shown == "bob"
+    response = client.post(url, {"tenant": str(tenant.pk), "user": shown, "role": "admin"})
+    assert response.status_code == 302
+    membership.refresh_from_db()
+    assert (membership.user_id, membership.role) == (member.pk, "admin")
 
 
 def test_memberships_of_other_tenants_hidden(client, tenant_admin, other_tenant):
@@ -545,6 +585,7 @@ def test_add_form_leaves_the_tenant_to_choose_for_an_admin_of_two(client, tenant
         "/admin/usage/dailyusage/?model=%00",
         "/admin/usage/budget/?period__exact=%00",
         "/admin/overrides/routingoverride/?service_name=%00",
+        "/admin/llm_providers/tenant/?name=Ac%00me",
     ],
 )
 def test_list_filter_with_a_nul_character_is_a_bad_lookup_not_a_server_error(
@@ -559,6 +600,24 @@ def test_list_filter_with_a_nul_character_is_a_bad_lookup_not_a_server_error(
     # then the admin says the lookup is wrong, as for any other bad filter
     assert response.status_code == 302
     assert response["Location"].endswith("?e=1")
+
+
+@pytest.mark.parametrize(
+    ("model_name", "field_name"),
+    [("budget", "provider_config"), ("budget", "tenant"), ("costalert", "budget")],
+)
+def test_autocomplete_with_a_nul_character_finds_nothing_not_a_server_error(
+    client, tenant_admin, model_name, field_name
+):
+    client.force_login(tenant_admin)
+
+    response = client.get(
+        "/admin/autocomplete/",
+        {"app_label": "usage", "model_name": model_name, "field_name": field_name, "term": "a\x00"},
+    )
+
+    assert response.status_code == 200
+    assert response.json()["results"] == []
 
 
 def test_global_price_moved_to_one_tenant_no_longer_prices_the_others(

@@ -209,6 +209,43 @@ def test_override_does_not_move_to_another_tenant(tenant, admin_client_for):
     assert fallback.provider_config not in [t.provider_config for t in route.targets]
 
 
+def test_change_to_a_scope_its_tenant_already_routes_is_a_form_error(tenant, admin_client_for):
+    config = ProviderConfigFactory(tenant=tenant)
+    RoutingOverrideFactory(tenant=tenant, customer_id="acme", provider_config=config)
+    override = RoutingOverrideFactory(tenant=tenant, customer_id="globex", provider_config=config)
+
+    response = admin_client_for(tenant).post(
+        f"{LIST_URL}{override.pk}/change/", _form(tenant, config, customer="acme")
+    )
+
+    assert response.status_code == 200
+    assert "An override for this customer and service already exists in this tenant." in (
+        response.text
+    )
+    override.refresh_from_db()
+    assert override.customer_id == "globex"
+
+
+def test_fallback_added_twice_from_two_pages_is_a_form_error(tenant, admin_client_for):
+    # given an override whose fallback another admin added after this page was opened
+    config = ProviderConfigFactory(tenant=tenant)
+    backup = ProviderConfigFactory(tenant=tenant)
+    override = RoutingOverrideFactory(tenant=tenant, customer_id="acme", provider_config=config)
+    RoutingFallbackFactory(override=override, provider_config=backup, position=0)
+
+    # when this page adds the same fallback
+    response = admin_client_for(tenant).post(
+        f"{LIST_URL}{override.pk}/change/", _form(tenant, config, fallbacks=[backup])
+    )
+
+    # then it is told so, and the override keeps one fallback
+    assert response.status_code == 200
+    assert "Routing fallback with this Override, Provider config and Model already exists." in (
+        response.text
+    )
+    assert override.fallbacks.count() == 1
+
+
 def test_change_deactivates_override_whose_providers_were_retired(tenant, admin_client_for):
     # given an override whose provider config and fallback config were deactivated
     override = RoutingOverrideFactory(tenant=tenant, customer_id="acme")

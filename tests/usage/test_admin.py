@@ -230,6 +230,30 @@ def test_dashboard_rolls_up_recent_call_logs_when_nothing_runs_on_a_schedule(cli
 
 
 @pytest.mark.django_db
+def test_dashboard_rolls_up_calls_of_days_before_yesterday_when_nothing_runs_on_a_schedule(
+    client, settings
+):
+    # given the embedded default, and calls made three days ago that no page
+    # or recompute has rolled up since
+    settings.CELERY_TASK_ALWAYS_EAGER = True
+    tenant = TenantFactory(timezone="Asia/Tokyo")
+    three_days_ago = timezone.now() - dt.timedelta(days=3)
+    CallLogFactory(tenant=tenant, cost_usd=Decimal("0.123400"), created_at=three_days_ago)
+    CallLogFactory(tenant=tenant, cost_usd=Decimal("0.000100"))
+    client.force_login(_member(tenant, role=TenantMembership.Role.VIEWER))
+
+    # when the dashboard opens, saying it includes every call until now
+    response = client.get(reverse("admin:usage_usagedashboard_tenant", args=[tenant.pk]))
+
+    # then those calls are in it too
+    html = response.content.decode()
+    assert "Figures include every call until now" in html
+    day = three_days_ago.astimezone(ZoneInfo("Asia/Tokyo")).date()
+    assert DailyUsage.objects.get(tenant=tenant, day=day).cost_usd == Decimal("0.123400")
+    assert "$0.1235" in html
+
+
+@pytest.mark.django_db
 def test_dashboard_leaves_aggregation_to_beat_when_a_worker_runs(client, settings):
     settings.CELERY_TASK_ALWAYS_EAGER = False
     tenant = TenantFactory()

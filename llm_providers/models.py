@@ -491,11 +491,15 @@ class ModelPrice(models.Model):
                 fields=["provider_type", "model", "effective_from"],
                 condition=Q(tenant__isnull=True),
                 name="model_price_unique_global",
+                violation_error_message="A global price for this model from this day already "
+                "exists: change that one, or choose another day.",
             ),
             models.UniqueConstraint(
                 fields=["tenant", "provider_type", "model", "effective_from"],
                 condition=Q(tenant__isnull=False),
                 name="model_price_unique_tenant",
+                violation_error_message="This tenant already has a price for this model from "
+                "this day: change that one, or choose another day.",
             ),
             models.CheckConstraint(
                 condition=Q(input_per_mtok__gte=0) & Q(output_per_mtok__gte=0),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import date
 
 import pytest
 from django.urls import reverse
@@ -467,6 +468,65 @@ def test_negative_cache_prices_are_refused_with_a_message(client, tenant_admin, 
     assert errors["cache_read_per_mtok"] == ["Ensure this value is greater than or equal to 0."]
     assert errors["cache_write_per_mtok"] == ["Ensure this value is greater than or equal to 0."]
     assert not ModelPrice.objects.exists()
+
+
+def test_second_price_for_the_same_model_and_day_is_refused_with_a_message(
+    client, tenant_admin, tenant
+):
+    # given the tenant already prices fake-small from 2025-01-01
+    ModelPriceFactory(
+        tenant=tenant, provider_type="fake", model="fake-small", effective_from=date(2025, 1, 1)
+    )
+    client.force_login(tenant_admin)
+
+    # when a second price for the same model and day is added
+    response = client.post(
+        _url("modelprice_add"),
+        {
+            "tenant": str(tenant.pk),
+            "provider_type": "fake",
+            "model": "fake-small",
+            "input_per_mtok": "0.1",
+            "output_per_mtok": "0.2",
+            "effective_from": "2025-01-01",
+        },
+    )
+
+    # then the form says what clashes, and the first price stays the only one
+    assert response.status_code == 200
+    assert response.context["adminform"].form.non_field_errors() == [
+        "This tenant already has a price for this model from this day: change that one, "
+        "or choose another day."
+    ]
+    assert ModelPrice.objects.count() == 1
+
+
+def test_superuser_second_global_price_for_the_same_model_and_day_is_refused_with_a_message(
+    client, superuser
+):
+    ModelPriceFactory(
+        tenant=None, provider_type="fake", model="fake-large", effective_from=date(2025, 1, 1)
+    )
+    client.force_login(superuser)
+
+    response = client.post(
+        _url("modelprice_add"),
+        {
+            "tenant": "",
+            "provider_type": "fake",
+            "model": "fake-large",
+            "input_per_mtok": "2.5",
+            "output_per_mtok": "10",
+            "effective_from": "2025-01-01",
+        },
+    )
+
+    assert response.status_code == 200
+    assert response.context["adminform"].form.non_field_errors() == [
+        "A global price for this model from this day already exists: change that one, "
+        "or choose another day."
+    ]
+    assert ModelPrice.objects.count() == 1
 
 
 def test_tenant_admin_cannot_create_global_price(client, tenant_admin):

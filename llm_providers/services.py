@@ -137,7 +137,7 @@ def provider_config_update(
         provider_config_new_endpoint_secrets_check(
             provider_config=provider_config, secrets=new_secrets
         )
-        _other_kind_secrets_clear(provider_config)
+        _stored_secrets_clear(provider_config)
     _apply_secrets(provider_config, new_secrets)
     return _save_validated(provider_config)
 
@@ -173,6 +173,11 @@ def provider_config_new_endpoint_secrets_check(
     )
     if not had_secret:
         return
+    spec = config.spec
+    if not (spec.requires_api_key or spec.requires_aws_credentials) and _type_changed(config):
+        # A type that works without a key (Ollama, a compatible endpoint, Fake):
+        # the stored secrets are dropped, never sent on, and none is needed.
+        return
     needed = (
         ("aws_access_key_id", "aws_secret_access_key")
         if config.spec.requires_aws_credentials
@@ -188,13 +193,16 @@ def provider_config_new_endpoint_secrets_check(
         )
 
 
-def _other_kind_secrets_clear(config: ProviderConfig) -> None:
-    # Secrets of the other kind (an API key left from before a switch to
-    # Bedrock, or the reverse) do not travel to the new endpoint either.
-    if config.spec.requires_aws_credentials:
-        config.set_api_key("")
-    else:
-        config.set_aws_credentials(access_key_id="", secret_access_key="")
+def _type_changed(config: ProviderConfig) -> bool:
+    stored = ProviderConfig.objects.filter(pk=config.pk).values_list("provider_type", flat=True)
+    return stored.first() not in (None, config.provider_type)
+
+
+def _stored_secrets_clear(config: ProviderConfig) -> None:
+    # No stored secret travels to a new endpoint: those it needs were entered
+    # again (provider_config_new_endpoint_secrets_check) and are applied next.
+    config.set_api_key("")
+    config.set_aws_credentials(access_key_id="", secret_access_key="")
 
 
 def provider_config_delete(*, provider_config: ProviderConfig) -> bool:

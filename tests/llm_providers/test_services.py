@@ -129,6 +129,38 @@ def test_update_changing_provider_type_without_key_is_refused():
     assert ProviderConfig.objects.get(pk=config.pk).provider_type == "openai"
 
 
+@pytest.mark.parametrize("keyless_type", ["ollama", "fake"])
+def test_update_switching_to_a_type_that_needs_no_key_drops_the_old_key(keyless_type):
+    # given an OpenAI config with its key
+    config = ProviderConfigFactory(provider_type="openai", api_key=KEY, default_model="gpt-4o")
+
+    # when it becomes a type that works without a key, and no key is entered
+    provider_config_update(
+        provider_config=config,
+        data={"provider_type": keyless_type, "base_url": "https://8.8.8.8/v1"},
+    )
+
+    # then it is saved without the key, which never reaches the new endpoint
+    stored = ProviderConfig.objects.get(pk=config.pk)
+    assert (stored.provider_type, stored.api_key, stored.key_mask) == (keyless_type, None, "")
+
+
+def test_update_switching_to_a_type_that_needs_no_key_keeps_a_key_entered_with_it():
+    config = ProviderConfigFactory(provider_type="openai", api_key=KEY, default_model="gpt-4o")
+
+    provider_config_update(
+        provider_config=config,
+        data={
+            "provider_type": "ollama",
+            "base_url": "https://8.8.8.8/v1",
+            "api_key": "sk-for-the-proxy-0000ABCD",
+        },
+    )
+
+    stored = ProviderConfig.objects.get(pk=config.pk)
+    assert (stored.provider_type, stored.api_key) == ("ollama", "sk-for-the-proxy-0000ABCD")
+
+
 def test_update_switching_to_bedrock_drops_the_old_api_key():
     config = ProviderConfigFactory(provider_type="openai", api_key=KEY)
     provider_config_update(

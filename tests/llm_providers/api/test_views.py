@@ -438,6 +438,21 @@ def test_provider_patch_moving_endpoint_needs_the_key_again(admin_api, tenant):
     assert config.base_url == "https://8.8.8.8/v1"
 
 
+def test_provider_patch_to_the_fake_type_drops_the_stored_key(admin_api, tenant):
+    config = ProviderConfigFactory(
+        tenant=tenant, provider_type="openai", api_key="sk-stored-key-0123456789abcd"
+    )
+
+    response = admin_api.patch(
+        f"{PROVIDERS}{config.pk}/", {"provider_type": "fake", "default_model": "fake-small"}
+    )
+
+    assert response.status_code == 200
+    assert (response.json()["provider_type"], response.json()["key_mask"]) == ("fake", "")
+    config.refresh_from_db()
+    assert config.api_key is None
+
+
 # --- delete --------------------------------------------------------------------
 
 

@@ -55,11 +55,14 @@ def adapter_for_config(config: ProviderConfig) -> Adapter:
     found = _adapters.get(config.pk)
     if found is not None and found[0] == version:
         return found[1]
+    # Outside the lock: the base URL check may wait on DNS, and other configs'
+    # adapters must not wait with it.
+    adapter_settings = adapter_settings_for_config(config)
     with _lock:
         found = _adapters.get(config.pk)
         if found is not None and found[0] == version:
             return found[1]
-        adapter = adapter_build(adapter_settings_for_config(config))
+        adapter = adapter_build(adapter_settings)
         _adapters[config.pk] = (version, adapter)
         now = time.monotonic()
         if found is not None:

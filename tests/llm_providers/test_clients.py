@@ -1,12 +1,15 @@
 """Adapters built once per provider config version; replaced ones closed only later."""
 
+import socket
+import threading
+
 import pytest
 
 from llm_providers import clients
 from llm_providers.adapters.types import ChatRequest
 from llm_providers.clients import adapter_for_config
 from llm_providers.services import provider_config_create, provider_config_update
-from tests.factories import TenantFactory
+from tests.factories import ProviderConfigFactory, TenantFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -54,3 +57,44 @@ def test_retired_adapter_is_closed_once_no_call_can_still_use_it(config, monkeyp
     adapter_for_config(config)
 
     assert old._client.is_closed()
+
+
+def test_slow_dns_answer_for_one_config_does_not_hold_up_another(settings, monkeypatch):
+    # given a config whose host takes long to resolve, and a Fake config
+    settings.PROVIDER_ALLOW_PRIVATE_URLS = False
+    slow = ProviderConfigFactory(provider_type="openai", base_url="https://slow-dns.example/v1")
+    fake = ProviderConfigFactory(provider_type="fake")
+    resolving, answer = threading.Event(), threading.Event()
+    real_getaddrinfo = socket.getaddrinfo
+
+    def getaddrinfo(host, *args, **kwargs):
+        if host == "slow-dns.example":
+            resolving.set()
+            answer.wait(10)
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("8.8.8.8", 0))]
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    built = {}
+
+    def build(name, config):
+        built[name] = adapter_for_config(config)
+
+    waiting = threading.Thread(target=build, args=("slow", slow))
+    waiting.start()
+    assert resolving.wait(5)
+
+    # when the Fake config's adapter is asked for meanwhile
+    other = threading.Thread(target=build, args=("fake", fake))
+    other.start()
+    other.join(3)
+
+    # then it is built without waiting for the other host's DNS answer
+    try:
+        assert not other.is_alive()
+        assert "fake" in built and "slow" not in built
+    finally:
+        answer.set()
+        waiting.join(10)
+        other.join(10)
+    assert "slow" in built

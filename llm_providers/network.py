@@ -7,6 +7,7 @@ import socket
 from contextlib import suppress
 from urllib.parse import urlsplit
 
+import idna
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
@@ -44,17 +45,41 @@ def _address_is_forbidden(address: ipaddress.IPv4Address | ipaddress.IPv6Address
     return None
 
 
+def _host_names(host: str) -> list[str]:
+    """The ASCII names under which a client may look `host` up.
+
+    An internationalised name has two: IDNA 2008, which httpx (so the OpenAI
+    and Anthropic SDKs) and urllib3 use, and IDNA 2003, the standard library's
+    (urllib, so webhooks). They differ ("ß" is kept or becomes "ss"), so both
+    are checked: each may be a host of its own.
+    """
+    if host.isascii():
+        return [host]
+    names = []
+    with suppress(idna.IDNAError, UnicodeError):
+        names.append(idna.encode(host).decode("ascii"))
+    with suppress(UnicodeError):
+        names.append(host.encode("idna").decode("ascii"))
+    return list(dict.fromkeys(names))
+
+
 def _host_addresses(host: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
     with suppress(ValueError):
         return [ipaddress.ip_address(host)]
+    names = _host_names(host)
+    addresses = []
     try:
-        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+        if not names:
+            raise UnicodeError(host)
+        for name in names:
+            infos = socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)
+            addresses += [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
     except (socket.gaierror, UnicodeError) as exc:
         raise ValidationError(
             f"The host “{host}” could not be resolved; check the base URL.",
             code="unresolvable_host",
         ) from exc
-    return [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
+    return addresses
 
 
 def base_url_validate(url: str, *, allow_private: bool | None = None) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+
+import httpx2
 import pytest
 from django.core.exceptions import ValidationError
 
@@ -123,3 +126,40 @@ def test_credentials_in_url_refused():
     assert _message("https://user:sk-secret@8.8.8.8/v1") == (
         "The base URL must not carry credentials; put the key in the key field."
     )
+
+
+@pytest.fixture
+def dns_zone(monkeypatch):
+    """Answers for the names below in place of a DNS server; any other name is unknown."""
+    zone = {
+        # IDNA 2003 (the standard library's codec) maps "ß" to "ss"...
+        "strasse.example": "93.184.216.34",
+        # ...IDNA 2008 (httpx, so the OpenAI and Anthropic SDKs, and urllib3) keeps it.
+        "xn--strae-oqa.example": "10.0.0.7",
+        "xn--bcher-kva.example": "93.184.216.35",
+    }
+
+    def getaddrinfo(host, port, *args, **kwargs):
+        name = host.decode("ascii") if isinstance(host, bytes) else host.encode("idna").decode()
+        if name not in zone:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (zone[name], port or 0))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
+def test_idna_host_checked_under_the_name_the_sdk_connects_to(settings, dns_zone):
+    settings.PROVIDER_ALLOW_PRIVATE_URLS = False
+    url = "https://straße.example/v1"
+    # Where the SDKs' HTTP client sends the call: the IDNA 2008 name, a private host.
+    assert httpx2.URL(url).raw_host == b"xn--strae-oqa.example"
+
+    assert _message(url) == (
+        "The base URL points at a private address (10.0.0.7); provider URLs must be public "
+        "unless PROVIDER_ALLOW_PRIVATE_URLS is on."
+    )
+
+
+def test_idna_host_accepted_when_every_spelling_is_public(settings, dns_zone):
+    settings.PROVIDER_ALLOW_PRIVATE_URLS = False
+    assert base_url_validate("https://bücher.example/v1") is None

@@ -3,7 +3,15 @@
 from django.core.exceptions import ImproperlyConfigured
 
 from .base import *  # noqa: F403
-from .base import ALLOWED_HOSTS, REDIS_URL, REST_FRAMEWORK, SALT_KEY, SECRET_KEY, env
+from .base import (
+    ALLOWED_HOSTS,
+    REDIS_URL,
+    REST_FRAMEWORK,
+    SALT_KEY,
+    SECRET_KEY,
+    _env_strings,
+    env,
+)
 
 DEBUG = False
 
@@ -44,4 +52,4 @@ SECURE_HSTS_INCLUDE_SUBDOMAINS = True
 SECURE_HSTS_PRELOAD = True
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
-CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+CSRF_TRUSTED_ORIGINS = _env_strings("CSRF_TRUSTED_ORIGINS")

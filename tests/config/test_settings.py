@@ -328,3 +328,47 @@ def test_production_answers_health_over_http_and_redirects_the_rest():
         "health": [503, "application/json"],
         "providers": [301, "https://llm.example.com/api/v1/providers/"],
     }
+
+
+CSRF_ORIGIN_CHECKS = """
+import json
+import django
+django.setup()
+from django.http import HttpResponse
+from django.middleware.csrf import CsrfViewMiddleware, _get_new_csrf_string
+from django.test import RequestFactory
+token = _get_new_csrf_string()
+answers = {}
+for origin in ("https://llm.example.com", "https://admin.example.com", "https://evil.example"):
+    request = RequestFactory().post(
+        "/admin/login/", secure=True, HTTP_HOST="llm.example.com", HTTP_ORIGIN=origin,
+        HTTP_X_CSRFTOKEN=token,
+    )
+    request.COOKIES["csrftoken"] = token
+    middleware = CsrfViewMiddleware(lambda request: HttpResponse())
+    middleware.process_request(request)
+    refused = middleware.process_view(request, lambda request: None, (), {})
+    answers[origin] = refused.status_code if refused else 200
+print(json.dumps(answers))
+"""
+
+
+def test_csrf_trusted_origins_listed_with_spaces_are_trusted():
+    # The admin served on a second origin through the proxy, listed as the
+    # other comma-separated settings are: with a space after the comma.
+    result = _run(
+        ["-c", CSRF_ORIGIN_CHECKS],
+        settings_module="config.settings.production",
+        env={
+            **PRODUCTION_ENV,
+            "ALLOWED_HOSTS": "llm.example.com",
+            "CSRF_TRUSTED_ORIGINS": "https://llm.example.com, https://admin.example.com ",
+        },
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {
+        "https://llm.example.com": 200,
+        "https://admin.example.com": 200,
+        "https://evil.example": 403,
+    }

@@ -82,6 +82,21 @@ def _host_addresses(host: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Add
     return addresses
 
 
+def _parse_error_reason(error: ValueError) -> str:
+    """The parser's reason without the part of the URL it quotes.
+
+    It quotes a port ("... as 'abc'") or the whole host part, credentials
+    included ("netloc 'user:pw＠host' contains ..."): a webhook token or a key
+    pasted there must not come back in the error.
+    """
+    message = str(error)
+    head, quoted, rest = message.partition("'")
+    if quoted:
+        _, closing, tail = rest.rpartition("'")
+        message = head + (tail if closing else "")
+    return " ".join(message.partition(" as ")[0].split())
+
+
 def base_url_validate(url: str, *, allow_private: bool | None = None) -> None:
     """Raise ValidationError unless `url` is an http(s) URL of a public host.
 
@@ -101,11 +116,8 @@ def base_url_validate(url: str, *, allow_private: bool | None = None) -> None:
         # Reading the port parses it: "host:abc" or ":99999" fail here.
         parts.port  # noqa: B018
     except ValueError as exc:
-        # The reason without the value it quotes ("... as 'abc'"): a webhook
-        # token pasted where the port goes must not come back in the error.
-        reason = str(exc).partition(" as ")[0]
         raise ValidationError(
-            f"The base URL is not a valid URL ({reason}).", code="invalid_url"
+            f"The base URL is not a valid URL ({_parse_error_reason(exc)}).", code="invalid_url"
         ) from None
     if parts.scheme not in ("http", "https"):
         raise ValidationError(

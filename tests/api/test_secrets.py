@@ -179,8 +179,12 @@ def test_budget_responses_say_only_that_a_webhook_is_stored(admin_api, admin_use
         f"https://user:{WEBHOOK_TOKEN}@93.184.215.14/hook",
         # A token pasted where the port goes: Python's parse error quotes it.
         f"https://93.184.215.14:{WEBHOOK_TOKEN}/hook",
+        # Characters that NFKC turns into "@" or "/": Python's parse error quotes
+        # the whole host part, credentials and all.
+        f"https://user:{WEBHOOK_TOKEN}\uff20hooks.example.com/hook",
+        f"https://hooks.example.com\uff0f{WEBHOOK_TOKEN}/hook",
     ],
-    ids=["scheme", "private", "credentials", "port"],
+    ids=["scheme", "private", "credentials", "port", "nfkc-at", "nfkc-slash"],
 )
 def test_budget_validation_errors_do_not_echo_webhook_url(admin_api, webhook_url):
     response = admin_api.post(

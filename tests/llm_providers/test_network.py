@@ -109,6 +109,10 @@ def test_url_with_spaces_or_control_characters_refused(url):
         ("https://93.184.216.34:abc/hook", "Port could not be cast to integer value"),
         ("https://93.184.216.34:99999/v1", "Port out of range"),
         ("http://[::1/v1", "Invalid IPv6 URL"),
+        (
+            "https://user:sk-secret\uff20example.com/v1",
+            "netloc contains invalid characters under NFKC normalization",
+        ),
     ],
 )
 def test_malformed_url_refused_with_reason(url, detail):
@@ -116,6 +120,9 @@ def test_malformed_url_refused_with_reason(url, detail):
         base_url_validate(url, allow_private=True)
     assert caught.value.messages[0].startswith("The base URL is not a valid URL (")
     assert detail in caught.value.messages[0]
+    # The part of the URL the parser quotes (a token, a key) never comes back.
+    assert "'" not in caught.value.messages[0]
+    assert "secret" not in caught.value.messages[0]
 
 
 def test_url_without_host_refused():

@@ -44,10 +44,18 @@ def webhook_url_validate(url: str) -> None:
 
 
 def webhook_label(url: str) -> str:
-    """scheme://host[:port]/… — the path and query of a webhook URL are often its secret."""
-    parts = urlsplit(url)
+    """scheme://host[:port]/… — the path and query of a webhook URL are often its secret.
+
+    Raises ValueError for a URL that cannot be parsed (stored before such URLs
+    were refused), with a message that quotes none of it.
+    """
+    try:
+        parts = urlsplit(url)
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        # The parser's message quotes the part it could not read: often the token.
+        raise ValueError("The webhook URL is not a valid URL.") from None
     host = parts.hostname or "?"
-    port = f":{parts.port}" if parts.port else ""
     return f"{parts.scheme}://{host}{port}/…"
 
 
@@ -62,11 +70,11 @@ _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedire
 
 def webhook_post(url: str, payload: dict) -> int:
     """POST `payload` as JSON; return the status, or raise WebhookFailed."""
-    label = webhook_label(url)
     try:
         webhook_url_validate(url)
     except ValidationError as exc:
         raise WebhookFailed(" ".join(exc.messages)) from None
+    label = webhook_label(url)
     request = urllib.request.Request(
         url,
         data=json.dumps(payload).encode("utf-8"),

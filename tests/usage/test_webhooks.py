@@ -3,7 +3,7 @@
 import pytest
 from django.core.exceptions import ValidationError
 
-from usage.webhooks import webhook_url_validate
+from usage.webhooks import WebhookFailed, webhook_label, webhook_post, webhook_url_validate
 
 
 @pytest.mark.parametrize(
@@ -26,3 +26,24 @@ def test_webhook_url_refusal_names_the_webhook_url_and_the_fix(url, message):
         webhook_url_validate(url)
 
     assert refused.value.messages == [message]
+
+
+# Stored before URLs with an unreadable port were refused on save.
+LEGACY_TOKEN = "Zq8sLegacyHookToken"
+LEGACY_URL = f"https://93.184.215.14:{LEGACY_TOKEN}/hooks/T0001"
+
+
+def test_label_of_unparsable_url_refuses_without_quoting_it():
+    with pytest.raises(ValueError, match="The webhook URL is not a valid URL.") as refused:
+        webhook_label(LEGACY_URL)
+
+    assert LEGACY_TOKEN not in str(refused.value)
+
+
+def test_post_to_unparsable_url_fails_without_quoting_it():
+    with pytest.raises(WebhookFailed) as failed:
+        webhook_post(LEGACY_URL, {"text": "budget crossed"})
+
+    assert str(failed.value) == (
+        "The webhook URL is not a valid URL (Port could not be cast to integer value)."
+    )

@@ -43,18 +43,19 @@ def webhook_url_validate(url: str) -> None:
         raise ValidationError([_webhook_message(error) for error in exc.error_list]) from None
 
 
-def webhook_label(url: str) -> str:
-    """scheme://host[:port]/… — the path and query of a webhook URL are often its secret.
+# The label of a stored URL that cannot be parsed (stored before such URLs
+# were refused): posting to it fails, and it must be entered again.
+UNPARSABLE_WEBHOOK_LABEL = "invalid URL — enter it again"
 
-    Raises ValueError for a URL that cannot be parsed (stored before such URLs
-    were refused), with a message that quotes none of it.
-    """
+
+def webhook_label(url: str) -> str:
+    """scheme://host[:port]/… — the path and query of a webhook URL are often its secret."""
     try:
         parts = urlsplit(url)
         port = f":{parts.port}" if parts.port else ""
     except ValueError:
         # The parser's message quotes the part it could not read: often the token.
-        raise ValueError("The webhook URL is not a valid URL.") from None
+        return UNPARSABLE_WEBHOOK_LABEL
     host = parts.hostname or "?"
     return f"{parts.scheme}://{host}{port}/…"
 

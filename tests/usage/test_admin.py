@@ -548,6 +548,25 @@ def test_budget_admin_creates_a_budget_with_an_encrypted_webhook(client, allow_p
 
 
 @pytest.mark.django_db
+def test_budget_admin_shows_a_stored_webhook_url_that_cannot_be_parsed_without_quoting_it(client):
+    # given a budget whose webhook URL was stored before unreadable ports were refused
+    tenant = TenantFactory()
+    budget = BudgetFactory(tenant=tenant)
+    Budget.objects.filter(pk=budget.pk).update(webhook_url="https://93.184.216.34:t0ken/hook")
+    client.force_login(_member(tenant))
+
+    # when the admin lists the budgets and opens this one
+    listing = client.get(reverse("admin:usage_budget_changelist"))
+    change = client.get(reverse("admin:usage_budget_change", args=[budget.pk]))
+
+    # then both pages say the URL must be entered again, and never quote it
+    for page in (listing, change):
+        assert page.status_code == 200
+        assert "invalid URL — enter it again" in page.content.decode()
+        assert "t0ken" not in page.content.decode()
+
+
+@pytest.mark.django_db
 def test_budget_admin_keeps_the_webhook_when_the_field_is_left_empty(client):
     tenant = TenantFactory()
     budget = BudgetFactory(tenant=tenant, webhook_url="https://hooks.example.com/T/B/secret")

@@ -81,23 +81,23 @@ def test_threshold_check_creates_one_alert_per_crossed_percent():
 
 
 @pytest.mark.django_db
-def test_threshold_check_goes_on_past_a_budget_it_cannot_check(caplog):
-    # given a budget stored with a webhook URL today's checks refuse (the
-    # label of a malformed URL cannot even be built), and a sound budget
-    broken_tenant, sound_tenant = TenantFactory(), TenantFactory()
-    broken = BudgetFactory(tenant=broken_tenant, name="Broken")
-    Budget.objects.filter(pk=broken.pk).update(webhook_url="https://93.184.216.34:abc/hook")
-    sound = BudgetFactory(tenant=sound_tenant, name="Sound")
-    _spend(broken_tenant, "9")
-    _spend(sound_tenant, "9")
+def test_threshold_check_alerts_a_budget_whose_stored_webhook_url_cannot_be_parsed():
+    # given a budget stored with a webhook URL today's checks refuse, and an email
+    tenant = TenantFactory()
+    budget = BudgetFactory(tenant=tenant, name="Legacy", alert_emails="ops@example.com")
+    Budget.objects.filter(pk=budget.pk).update(webhook_url="https://93.184.216.34:abc/hook")
+    _spend(tenant, "9")
     _aggregate()
 
     # when
     created = budget_thresholds_check(now=NOW)
 
-    # then the sound budget alerts; the broken one is reported, not fatal
-    assert {(a.budget_id, a.percent) for a in created} >= {(sound.pk, 50), (sound.pk, 80)}
-    assert f"budget {broken.pk} could not be checked for alerts: ValueError" in caplog.text
+    # then it alerts like any other: the email goes, the webhook delivery says what is wrong
+    assert {(a.budget_id, a.percent) for a in created} == {(budget.pk, 50), (budget.pk, 80)}
+    labels = set(
+        AlertDelivery.objects.filter(alert__budget=budget).values_list("channel", "target_label")
+    )
+    assert labels == {("email", "ops@example.com"), ("webhook", "invalid URL — enter it again")}
 
 
 @pytest.mark.django_db

@@ -299,3 +299,21 @@ def test_override_create_error_message_names_the_malformed_fallbacks(
     error = response.json()["error"]
     assert (error["fields"], error["message"]) == (fields, message)
     assert not RoutingOverride.objects.exists()
+
+
+def test_override_create_refuses_a_customer_id_no_call_can_carry(admin_api, tenant, providers):
+    # given a customer id with a tab: complete() refuses every call that carries one
+    response = admin_api.post(
+        OVERRIDES,
+        {"customer_id": "acme\tcorp", "provider_config": str(providers["backup"].pk)},
+    )
+
+    # then the override is refused with the reason, rather than saved never to match
+    assert response.status_code == 400, response.json()
+    assert response.json()["error"]["fields"] == {
+        "customer_id": [
+            "customer_id must not contain control characters. Calls that carry one are "
+            "refused, so this override would never match."
+        ]
+    }
+    assert not RoutingOverride.objects.filter(tenant=tenant).exists()

@@ -317,3 +317,22 @@ def test_override_create_refuses_a_customer_id_no_call_can_carry(admin_api, tena
         ]
     }
     assert not RoutingOverride.objects.filter(tenant=tenant).exists()
+
+
+def test_route_resolve_of_inactive_tenant_says_its_calls_are_refused(tenant, providers):
+    # given a superuser, who may still act for a tenant once it is deactivated
+    from tests.api.fixtures import token_client
+    from tests.factories import UserFactory
+
+    tenant.is_active = False
+    tenant.save()
+    api = token_client(UserFactory(is_superuser=True, is_staff=True), tenant=tenant)
+
+    # when it asks which route a call would take
+    response = api.get(RESOLVE, {"customer_id": "acme-corp"})
+
+    # then the answer is the one complete() gives: no call is served
+    assert response.status_code == 422, response.json()
+    error = response.json()["error"]
+    assert error["code"] == "no_route"
+    assert error["message"] == "The tenant “acme” is inactive: its calls are refused."

@@ -310,7 +310,7 @@ class ProviderConfig(models.Model):
                     f"{label} needs an AWS access key id, an AWS secret access key and a "
                     f"region; missing: {', '.join(missing)}."
                 )
-            if self.aws_region and not _AWS_REGION.match(self.aws_region):
+            if self.aws_region and not _AWS_REGION.fullmatch(self.aws_region):
                 errors.setdefault("aws_region", []).append(
                     f"“{self.aws_region}” is not an AWS region; enter one such as us-east-1."
                 )

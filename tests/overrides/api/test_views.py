@@ -336,3 +336,12 @@ def test_route_resolve_of_inactive_tenant_says_its_calls_are_refused(tenant, pro
     error = response.json()["error"]
     assert error["code"] == "no_route"
     assert error["message"] == "The tenant “acme” is inactive: its calls are refused."
+
+
+def test_route_resolve_refuses_a_customer_id_complete_refuses(admin_api, providers):
+    response = admin_api.get(RESOLVE, {"customer_id": "acme\tcorp"})
+
+    assert response.status_code == 400, response.json()
+    assert response.json()["error"]["fields"] == {
+        "customer_id": ["customer_id must not contain control characters."]
+    }

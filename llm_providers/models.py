@@ -296,21 +296,27 @@ class ProviderConfig(models.Model):
             errors.setdefault("api_key", []).append(f"{label} needs an API key.")
         if spec.requires_aws_credentials:
             missing = [
-                name
-                for name, value in (
-                    ("an AWS access key id", self.aws_access_key_id),
-                    ("an AWS secret access key", self.aws_secret_access_key),
-                    ("a region", self.aws_region),
+                (field, name)
+                for field, name, value in (
+                    ("aws_access_key_id", "an AWS access key id", self.aws_access_key_id),
+                    (
+                        "aws_secret_access_key",
+                        "an AWS secret access key",
+                        self.aws_secret_access_key,
+                    ),
+                    ("aws_region", "a region", self.aws_region),
                 )
                 if not value
             ]
             if missing:
-                field = "aws_region" if missing == ["a region"] else "aws_access_key_id"
+                # Shown at the first field left empty, where the admin looks.
+                field = missing[0][0]
+                missing = [name for _, name in missing]
                 errors.setdefault(field, []).append(
                     f"{label} needs an AWS access key id, an AWS secret access key and a "
                     f"region; missing: {', '.join(missing)}."
                 )
-            if self.aws_region and not _AWS_REGION.match(self.aws_region):
+            if self.aws_region and not _AWS_REGION.fullmatch(self.aws_region):
                 errors.setdefault("aws_region", []).append(
                     f"“{self.aws_region}” is not an AWS region; enter one such as us-east-1."
                 )

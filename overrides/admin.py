@@ -7,6 +7,7 @@ from django.core.exceptions import ValidationError
 from llm_providers.admin_scoping import TenantScopedAdmin, TenantScopedInline
 
 from .models import RoutingFallback, RoutingOverride
+from .services import routing_overrides_lock
 
 
 def _active_configs_only(formfield):
@@ -26,6 +27,16 @@ def _configs_in_use_offered(form_class, override, config_ids):
 
 
 class RoutingOverrideAdminForm(forms.ModelForm):
+    def clean(self):
+        cleaned_data = super().clean()
+        tenant = cleaned_data.get("tenant") if "tenant" in self.fields else None
+        tenant_id = tenant.pk if tenant is not None else self.instance.tenant_id
+        if tenant_id:
+            # Held until the admin's transaction commits, so the unique checks
+            # that follow see any write of the same scope that raced this page.
+            routing_overrides_lock(tenant_id=tenant_id)
+        return cleaned_data
+
     def _get_validation_exclusions(self):
         exclude = super()._get_validation_exclusions()
         if "tenant" not in self.fields and self.instance.tenant_id:

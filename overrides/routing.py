@@ -146,6 +146,12 @@ def route_resolve(
     *, tenant: Tenant, customer_id: str = "", service_name: str = "", version: str | None = None
 ) -> Route:
     """The route for this customer and service, cached under the tenant's config version."""
+    if not tenant.is_active:
+        # complete() refuses such calls: no route serves them.
+        raise NoRouteError(
+            f"The tenant “{tenant.slug}” is inactive: its calls are refused.",
+            extra={"customer_id": customer_id, "service_name": service_name},
+        )
     if version is None:
         version = config_version(tenant.pk)
     return config_local_cache.get_or_compute(

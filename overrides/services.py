@@ -40,7 +40,18 @@ def _fallbacks_replace(
         fallback.save()
 
 
+def routing_overrides_lock(*, tenant_id) -> None:
+    """Serialise the override writes of one tenant until the transaction ends.
+
+    Two writes of the same scope would otherwise both find it free; the
+    second would then fail on the unique constraint instead of being told.
+    NO KEY: rows that merely refer to the tenant (call logs) are not held up.
+    """
+    Tenant.objects.select_for_update(no_key=True).filter(pk=tenant_id).first()
+
+
 def _save_validated(override: RoutingOverride) -> RoutingOverride:
+    routing_overrides_lock(tenant_id=override.tenant_id)
     override.full_clean()
     try:
         with transaction.atomic():

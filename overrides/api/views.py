@@ -16,6 +16,7 @@ from llm_providers.api.history import (
     change_history_record_deletion,
 )
 from llm_providers.api.scoping import TenantScopedAPIMixin
+from llm_providers.chat_input import scope_validate
 from overrides.models import RoutingOverride
 from overrides.routing import route_resolve
 from overrides.services import (
@@ -141,9 +142,12 @@ class RouteResolveView(TenantScopedAPIMixin, APIView):
     def get(self, request):
         query = RouteQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
-        route = route_resolve(
-            tenant=self.tenant,
+        # What complete() refuses is refused here too, rather than given a route.
+        customer_id, service_name = scope_validate(
             customer_id=query.validated_data.get("customer_id", ""),
             service_name=query.validated_data.get("service_name", ""),
+        )
+        route = route_resolve(
+            tenant=self.tenant, customer_id=customer_id, service_name=service_name
         )
         return Response(RouteSerializer(route).data)

@@ -138,6 +138,28 @@ def test_bedrock_without_region_points_at_region():
     ]
 
 
+def test_bedrock_without_secret_access_key_points_at_that_key():
+    config = _config(provider_type="bedrock", aws_region="eu-west-1")
+    config.set_aws_credentials(access_key_id="AKIAABCDEFGHIJKLMNOP", secret_access_key="")
+    assert _errors(config) == {
+        "aws_secret_access_key": [
+            "AWS Bedrock needs an AWS access key id, an AWS secret access key and a region; "
+            "missing: an AWS secret access key."
+        ]
+    }
+
+
+def test_bedrock_region_with_a_trailing_newline_is_refused():
+    # botocore refuses such a region when it builds the client: every call would fail.
+    config = _config(provider_type="bedrock", aws_region="us-east-1\n")
+    config.set_aws_credentials(
+        access_key_id="AKIAABCDEFGHIJKLMNOP", secret_access_key="s3cr3t/abcdefghijklmnopqrstuvwxyz"
+    )
+    assert _errors(config)["aws_region"] == [
+        "“us-east-1\n” is not an AWS region; enter one such as us-east-1."
+    ]
+
+
 def test_bedrock_valid_with_key_pair_and_region():
     config = _config(provider_type="bedrock", aws_region="eu-west-1")
     config.set_aws_credentials(

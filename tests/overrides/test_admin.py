@@ -1,5 +1,7 @@
 """The overrides admin: tenant scoping, role permissions, forged choices refused."""
 
+import threading
+
 import pytest
 
 from llm_providers.models import TenantMembership
@@ -282,3 +284,40 @@ def test_change_page_offers_current_retired_provider_but_no_other(tenant, admin_
 
     choices = set(response.context["adminform"].form.fields["provider_config"].queryset)
     assert choices == {override.provider_config, live}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_add_racing_an_open_write_of_the_same_scope_is_a_form_error():
+    # given another write of the same scope, open but not yet committed
+    from django.db import connection, transaction
+    from django.test import Client
+
+    from overrides.services import routing_override_create
+
+    tenant = TenantFactory()
+    config = ProviderConfigFactory(tenant=tenant)
+    membership = TenantMembershipFactory(tenant=tenant, role=TenantMembership.Role.ADMIN)
+    responses = []
+
+    def post_same_scope():
+        client = Client(raise_request_exception=False)
+        client.force_login(membership.user)
+        try:
+            responses.append(client.post(ADD_URL, _form(tenant, config, customer="acme")))
+        finally:
+            connection.close()
+
+    # when the admin's form is posted meanwhile, and the other write then commits
+    with transaction.atomic():
+        routing_override_create(tenant=tenant, provider_config=config, customer_id="acme")
+        page = threading.Thread(target=post_same_scope)
+        page.start()
+        page.join(timeout=1)
+    page.join(timeout=10)
+
+    # then the page says so, rather than failing with a server error
+    assert responses[0].status_code == 200
+    assert "An override for this customer and service already exists in this tenant." in (
+        responses[0].text
+    )
+    assert RoutingOverride.objects.filter(tenant=tenant).count() == 1

@@ -201,3 +201,14 @@ def test_route_resolve_never_reaches_another_tenants_config():
     route = route_resolve(tenant=override.tenant, customer_id="acme")
 
     assert [t.provider_config for t in route.targets] == [override.provider_config]
+
+
+def test_route_resolve_refuses_inactive_tenant(tenant, default_config):
+    tenant.is_active = False
+    tenant.save()
+
+    with pytest.raises(NoRouteError) as raised:
+        route_resolve(tenant=tenant, customer_id="acme")
+
+    assert raised.value.message == f"The tenant “{tenant.slug}” is inactive: its calls are refused."
+    assert raised.value.extra == {"customer_id": "acme", "service_name": ""}

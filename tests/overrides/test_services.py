@@ -169,3 +169,30 @@ def test_routing_override_update_refuses_to_keep_active_override_on_retired_prov
     }
     override.refresh_from_db()
     assert override.note == ""
+
+
+def test_routing_override_create_refuses_a_service_name_no_call_can_carry(tenant):
+    config = ProviderConfigFactory(tenant=tenant)
+
+    with pytest.raises(ValidationError) as raised:
+        routing_override_create(
+            tenant=tenant, provider_config=config, service_name="summarizer\n", model="fake-large"
+        )
+
+    assert raised.value.message_dict == {
+        "service_name": [
+            "service_name must not contain control characters. Calls that carry one are "
+            "refused, so this override would never match."
+        ]
+    }
+
+
+def test_routing_override_create_reports_an_overlong_customer_id_once(tenant):
+    config = ProviderConfigFactory(tenant=tenant)
+
+    with pytest.raises(ValidationError) as raised:
+        routing_override_create(tenant=tenant, provider_config=config, customer_id="a" * 201)
+
+    assert raised.value.message_dict == {
+        "customer_id": ["Ensure this value has at most 200 characters (it has 201)."]
+    }

@@ -299,3 +299,49 @@ def test_override_create_error_message_names_the_malformed_fallbacks(
     error = response.json()["error"]
     assert (error["fields"], error["message"]) == (fields, message)
     assert not RoutingOverride.objects.exists()
+
+
+def test_override_create_refuses_a_customer_id_no_call_can_carry(admin_api, tenant, providers):
+    # given a customer id with a tab: complete() refuses every call that carries one
+    response = admin_api.post(
+        OVERRIDES,
+        {"customer_id": "acme\tcorp", "provider_config": str(providers["backup"].pk)},
+    )
+
+    # then the override is refused with the reason, rather than saved never to match
+    assert response.status_code == 400, response.json()
+    assert response.json()["error"]["fields"] == {
+        "customer_id": [
+            "customer_id must not contain control characters. Calls that carry one are "
+            "refused, so this override would never match."
+        ]
+    }
+    assert not RoutingOverride.objects.filter(tenant=tenant).exists()
+
+
+def test_route_resolve_of_inactive_tenant_says_its_calls_are_refused(tenant, providers):
+    # given a superuser, who may still act for a tenant once it is deactivated
+    from tests.api.fixtures import token_client
+    from tests.factories import UserFactory
+
+    tenant.is_active = False
+    tenant.save()
+    api = token_client(UserFactory(is_superuser=True, is_staff=True), tenant=tenant)
+
+    # when it asks which route a call would take
+    response = api.get(RESOLVE, {"customer_id": "acme-corp"})
+
+    # then the answer is the one complete() gives: no call is served
+    assert response.status_code == 422, response.json()
+    error = response.json()["error"]
+    assert error["code"] == "no_route"
+    assert error["message"] == "The tenant “acme” is inactive: its calls are refused."
+
+
+def test_route_resolve_refuses_a_customer_id_complete_refuses(admin_api, providers):
+    response = admin_api.get(RESOLVE, {"customer_id": "acme\tcorp"})
+
+    assert response.status_code == 400, response.json()
+    assert response.json()["error"]["fields"] == {
+        "customer_id": ["customer_id must not contain control characters."]
+    }

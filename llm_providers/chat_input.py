@@ -177,15 +177,23 @@ def parameters_validate(
 
 
 def scope_validate(*, customer_id: Any, service_name: Any) -> tuple[str, str]:
-    """The customer and service a call is for: short, printable strings ('' = none)."""
+    """The customer and service a call is for: short, printable strings ('' = none).
+
+    Leading and trailing spaces are dropped, as the API and the admin forms
+    drop them, so that an override or a budget saved there matches the calls
+    a program makes for the same customer.
+    """
+    scope = []
     for field, value in (("customer_id", customer_id), ("service_name", service_name)):
         if not isinstance(value, str):
             raise InvalidRequest(field, f"{field} must be a string.")
+        value = value.strip()
         if len(value) > MAX_SCOPE_LENGTH:
             raise InvalidRequest(field, f"{field} is longer than {MAX_SCOPE_LENGTH} characters.")
         if _CONTROL_CHARACTERS.search(value):
             raise InvalidRequest(field, f"{field} must not contain control characters.")
-    return customer_id, service_name
+        scope.append(value)
+    return scope[0], scope[1]
 
 
 def embed_inputs_validate(inputs: Any) -> list[str]:

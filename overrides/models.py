@@ -66,7 +66,9 @@ class RoutingOverride(models.Model):
         super().clean()
         errors = {}
         for field in ("customer_id", "service_name"):
-            value = getattr(self, field)
+            # Calls are matched by their trimmed customer and service.
+            value = getattr(self, field).strip()
+            setattr(self, field, value)
             if len(value) > self._meta.get_field(field).max_length:
                 continue  # reported by the field itself
             try:

@@ -3,10 +3,13 @@
 import threading
 
 import pytest
+from django.db import connection, transaction
+from django.test import Client
 
 from llm_providers.models import TenantMembership
 from overrides.models import RoutingOverride
 from overrides.routing import route_resolve
+from overrides.services import routing_override_create
 from tests.factories import (
     ProviderConfigFactory,
     RoutingFallbackFactory,
@@ -286,13 +289,10 @@ def test_change_page_offers_current_retired_provider_but_no_other(tenant, admin_
     assert choices == {override.provider_config, live}
 
 
+@pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_add_racing_an_open_write_of_the_same_scope_is_a_form_error():
     # given another write of the same scope, open but not yet committed
-    from django.db import connection, transaction
-    from django.test import Client
-
-    from overrides.services import routing_override_create
 
     tenant = TenantFactory()
     config = ProviderConfigFactory(tenant=tenant)

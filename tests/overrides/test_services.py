@@ -171,12 +171,22 @@ def test_routing_override_update_refuses_to_keep_active_override_on_retired_prov
     assert override.note == ""
 
 
+def test_routing_override_create_stores_the_scope_trimmed_as_calls_carry_it(tenant):
+    config = ProviderConfigFactory(tenant=tenant)
+
+    override = routing_override_create(
+        tenant=tenant, provider_config=config, service_name="summarizer\n", model="fake-large"
+    )
+
+    assert RoutingOverride.objects.get(pk=override.pk).service_name == "summarizer"
+
+
 def test_routing_override_create_refuses_a_service_name_no_call_can_carry(tenant):
     config = ProviderConfigFactory(tenant=tenant)
 
     with pytest.raises(ValidationError) as raised:
         routing_override_create(
-            tenant=tenant, provider_config=config, service_name="summarizer\n", model="fake-large"
+            tenant=tenant, provider_config=config, service_name="summa\trizer", model="fake-large"
         )
 
     assert raised.value.message_dict == {

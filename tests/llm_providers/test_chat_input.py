@@ -1,0 +1,36 @@
+"""Checks on what a call carries, shared by complete(), the API and the admin."""
+
+import pytest
+
+from llm_providers.chat_input import InvalidRequest, scope_validate
+from llm_providers.completion import complete
+from tests.factories import ProviderConfigFactory, RoutingOverrideFactory, TenantFactory
+from usage.models import CallLog
+
+
+def test_scope_validate_trims_spaces_as_the_api_and_the_admin_do():
+    assert scope_validate(customer_id=" acme\u00a0", service_name="chat ") == ("acme", "chat")
+
+
+def test_scope_validate_counts_length_after_trimming():
+    assert scope_validate(customer_id=" " * 10 + "a" * 200, service_name="") == ("a" * 200, "")
+    with pytest.raises(InvalidRequest, match="customer_id is longer than 200 characters."):
+        scope_validate(customer_id="a" * 201, service_name="")
+
+
+@pytest.mark.django_db
+def test_complete_for_a_customer_id_with_spaces_takes_its_override_and_logs_it_trimmed():
+    # given an override for customer "acme", saved through a form that trims
+    tenant = TenantFactory()
+    ProviderConfigFactory(tenant=tenant, name="default", is_default=True)
+    override = RoutingOverrideFactory(tenant=tenant, customer_id="acme", model="fake-small")
+
+    # when a program passes the id with a trailing space
+    result = complete(
+        tenant=tenant, messages=[{"role": "user", "content": "hi"}], customer_id="acme "
+    )
+
+    # then the override routes the call, and the row names the customer as stored
+    log = CallLog.objects.get(request_id=result.request_id)
+    assert (log.provider_config_id, log.route_rule) == (override.provider_config_id, "customer")
+    assert log.customer_id == "acme"

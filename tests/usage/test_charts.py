@@ -1,6 +1,7 @@
 """Server-side SVG charts: one column per day, labels escaped."""
 
 import datetime as dt
+import re
 from decimal import Decimal
 
 from usage.charts import budget_gauge, daily_cost_chart, spend_bars
@@ -60,3 +61,16 @@ def test_chart_shapes_carry_classes_the_dark_theme_recolours():
     assert 'class="usage-axis"' in daily
     assert 'class="usage-track"' in gauge and 'class="usage-bar"' in gauge
     assert 'class="usage-over"' in over
+
+
+def test_daily_cost_chart_keeps_a_peak_of_millions_inside_the_picture():
+    days = [(dt.date(2026, 6, 1), Decimal("12345678.9"), 3), (dt.date(2026, 6, 2), Decimal(0), 0)]
+
+    svg = str(daily_cost_chart(days))
+
+    [(x, label)] = re.findall(r'<text x="(\d+)" y="20" [^>]*text-anchor="end">([^<]+)</text>', svg)
+    assert label == "$12,345,678.90"
+    # Right-aligned at x: it starts at x minus its width (5.6 units a character at size 10).
+    assert int(x) - 5.6 * len(label) >= 0
+    first_column_x = float(re.search(r'<rect class="usage-bar" x="([\d.]+)"', svg).group(1))
+    assert first_column_x > int(x)

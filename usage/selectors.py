@@ -12,11 +12,13 @@ from django.conf import settings
 from django.db.models import (
     BigIntegerField,
     Case,
+    CharField,
     Count,
     DateField,
     DecimalField,
     F,
     Func,
+    Max,
     Q,
     QuerySet,
     Sum,
@@ -231,6 +233,17 @@ class Dashboard:
 _TOP = 10
 
 
+def _provider_group_type() -> Case:
+    """The type part of a per-provider-config group key: one group per config whatever
+    types it had (a config can be switched to another type), per type for calls
+    without a config."""
+    return Case(
+        When(provider_config_id__isnull=True, then=F("provider_type")),
+        default=Value(""),
+        output_field=CharField(),
+    )
+
+
 def _provider_label(provider_config_id, provider_type: str, names: dict) -> str:
     if provider_config_id is None:
         return f"(no provider config) {provider_type}".strip()
@@ -316,23 +329,31 @@ def usage_dashboard(*, tenant: Tenant, now: datetime | None = None, days: int = 
     )
     names = dict(ProviderConfig.objects.filter(tenant=tenant).values_list("pk", "name"))
 
-    def top(*fields: str) -> list[dict]:
+    def top(*fields: str, rows: QuerySet = usage, **extra) -> list[dict]:
         return list(
-            usage.order_by()
+            rows.order_by()
             .values(*fields)
             .annotate(
-                cost=Sum("cost_usd"), requests=Sum("request_count"), unpriced=Sum("unpriced_count")
+                cost=Sum("cost_usd"),
+                requests=Sum("request_count"),
+                unpriced=Sum("unpriced_count"),
+                **extra,
             )
             .order_by("-cost", "-requests")[:_TOP]
         )
 
     by_provider = [
         (
-            _provider_label(r["provider_config_id"], r["provider_type"], names),
+            _provider_label(r["provider_config_id"], r["type"], names),
             _known_cost(r),
             r["requests"],
         )
-        for r in top("provider_config_id", "provider_type")
+        for r in top(
+            "provider_config_id",
+            "k_type",
+            rows=usage.annotate(k_type=_provider_group_type()),
+            type=Max("provider_type"),
+        )
     ]
     by_model = [(r["model"] or "(none)", _known_cost(r), r["requests"]) for r in top("model")]
     by_service = [
@@ -424,9 +445,10 @@ _REPORT_SUMS = {
 _REPORT_COST = "priced_cost_usd"
 _REPORT_KEYS = (*_REPORT_SUMS, _REPORT_COST)
 
-# The groups a usage report can break down by, and the DailyUsage columns of each.
+# The groups a usage report can break down by, and the DailyUsage columns of each
+# (k_provider_type: see _provider_group_type).
 USAGE_GROUPINGS = {
-    "provider": ("provider_config_id", "provider_type"),
+    "provider": ("provider_config_id", "k_provider_type"),
     "model": ("model",),
     "service": ("service_name",),
     "customer": ("customer_id",),
@@ -549,9 +571,13 @@ def usage_by_group(
     """
     columns = USAGE_GROUPINGS[group]
     rows = _report_rows(tenant=tenant, first_day=first_day, last_day=last_day)
+    labels = {}
+    if group == "provider":
+        rows = rows.annotate(k_provider_type=_provider_group_type())
+        labels["provider_type"] = Max("provider_type")
     grouped = (
         rows.values(*columns)
-        .annotate(**_report_aggregates())
+        .annotate(**_report_aggregates(), **labels)
         .order_by(f"-r_{_REPORT_COST}", "-r_requests", *columns)
     )
     if limit is None:
@@ -566,17 +592,29 @@ def usage_by_group(
         found = found[:limit]
         raw_rows = [_raw(row) for row in found]
         totals = _raw_totals_over_groups(found[0]) if found else _raw_zero()
-    names = {}
+    configs = {}
     if group == "provider":
         ids = {row["provider_config_id"] for row in found} - {None}
-        names = dict(
-            ProviderConfig.objects.filter(tenant=tenant, pk__in=ids).values_list("pk", "name")
-        )
+        configs = {
+            pk: (name, provider_type)
+            for pk, name, provider_type in ProviderConfig.objects.filter(
+                tenant=tenant, pk__in=ids
+            ).values_list("pk", "name", "provider_type")
+        }
     groups = []
     for row, raw in zip(found, raw_rows, strict=True):
-        item = {column: row[column] for column in columns}
         if group == "provider":
-            item["provider_name"] = names.get(row["provider_config_id"])
+            # A config's current type; a deleted one's from its usage.
+            name, provider_type = configs.get(
+                row["provider_config_id"], (None, row["provider_type"])
+            )
+            item = {
+                "provider_config_id": row["provider_config_id"],
+                "provider_name": name,
+                "provider_type": provider_type,
+            }
+        else:
+            item = {column: row[column] for column in columns}
         groups.append({**item, **usage_figures(raw)})
     return UsageReport(
         first_day=first_day,

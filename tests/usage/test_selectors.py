@@ -1,10 +1,14 @@
-"""Usage report figures: unpriced usage is unknown cost, never $0."""
+"""Usage report figures: unpriced usage is unknown cost, never $0; the dashboard's breakdowns."""
 
 from __future__ import annotations
 
+import datetime as dt
 from decimal import Decimal
 
-from usage.selectors import usage_figures
+import pytest
+
+from tests.factories import DailyUsageFactory, ProviderConfigFactory, TenantFactory
+from usage.selectors import usage_dashboard, usage_figures
 
 
 def _raw(**values) -> dict:
@@ -47,3 +51,23 @@ def test_figures_average_latency_is_whole_milliseconds_per_request():
     figures = usage_figures(_raw(requests=3, latency_ms_sum=1000))
 
     assert (figures["average_latency_ms"], "latency_ms_sum" in figures) == (333, False)
+
+
+@pytest.mark.django_db
+def test_dashboard_shows_a_config_once_after_its_type_changed():
+    now = dt.datetime(2026, 6, 15, 12, 0, tzinfo=dt.UTC)
+    tenant = TenantFactory()
+    config = ProviderConfigFactory(tenant=tenant, name="local", provider_type="ollama")
+    for day, provider_type, cost in ((1, "openai", "0.25"), (0, "ollama", "0")):
+        DailyUsageFactory(
+            tenant=tenant,
+            provider_config=config,
+            provider_type=provider_type,
+            day=now.date() - dt.timedelta(days=day),
+            cost_usd=Decimal(cost),
+            request_count=4,
+        )
+
+    dashboard = usage_dashboard(tenant=tenant, now=now)
+
+    assert dashboard.by_provider == [("local", Decimal("0.25"), 8)]

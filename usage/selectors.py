@@ -245,9 +245,12 @@ def _provider_group_type() -> Case:
 
 
 def _provider_label(provider_config_id, provider_type: str, names: dict) -> str:
-    if provider_config_id is None:
-        return f"(no provider config) {provider_type}".strip()
-    return names.get(provider_config_id) or f"(deleted) {provider_type}".strip()
+    """The config's name; "(deleted) <type>" for a config deleted since, whether its
+    rows still carry its id (not recomputed since) or already none (every call is
+    logged with its config, and a deleted config's logs lose it)."""
+    if provider_config_id is not None and provider_config_id in names:
+        return names[provider_config_id]
+    return f"(deleted) {provider_type}".strip()
 
 
 # Errors the provider answered because of the caller's request (bad request,
@@ -329,31 +332,40 @@ def usage_dashboard(*, tenant: Tenant, now: datetime | None = None, days: int = 
     )
     names = dict(ProviderConfig.objects.filter(tenant=tenant).values_list("pk", "name"))
 
-    def top(*fields: str, rows: QuerySet = usage, **extra) -> list[dict]:
+    def top(*fields: str) -> list[dict]:
         return list(
-            rows.order_by()
+            usage.order_by()
             .values(*fields)
             .annotate(
-                cost=Sum("cost_usd"),
-                requests=Sum("request_count"),
-                unpriced=Sum("unpriced_count"),
-                **extra,
+                cost=Sum("cost_usd"), requests=Sum("request_count"), unpriced=Sum("unpriced_count")
             )
             .order_by("-cost", "-requests")[:_TOP]
         )
 
-    by_provider = [
-        (
-            _provider_label(r["provider_config_id"], r["type"], names),
-            _known_cost(r),
-            r["requests"],
-        )
-        for r in top(
-            "provider_config_id",
-            "k_type",
-            rows=usage.annotate(k_type=_provider_group_type()),
+    # Every group, then merged per label: a deleted config's days recomputed
+    # since (no config any more) and the older ones (its id) are one row.
+    per_provider: dict[str, dict] = {}
+    for r in (
+        usage.annotate(k_type=_provider_group_type())
+        .order_by()
+        .values("provider_config_id", "k_type")
+        .annotate(
+            cost=Sum("cost_usd"),
+            requests=Sum("request_count"),
+            unpriced=Sum("unpriced_count"),
             type=Max("provider_type"),
         )
+    ):
+        label = _provider_label(r["provider_config_id"], r["type"], names)
+        merged = per_provider.setdefault(label, {"cost": ZERO, "requests": 0, "unpriced": 0})
+        for key in merged:
+            merged[key] += r[key] or 0
+    by_provider = [
+        (label, _known_cost(r), r["requests"])
+        for label, r in sorted(
+            per_provider.items(),
+            key=lambda item: (-item[1]["cost"], -item[1]["requests"], item[0]),
+        )[:_TOP]
     ]
     by_model = [(r["model"] or "(none)", _known_cost(r), r["requests"]) for r in top("model")]
     by_service = [

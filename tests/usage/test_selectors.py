@@ -71,3 +71,33 @@ def test_dashboard_shows_a_config_once_after_its_type_changed():
     dashboard = usage_dashboard(tenant=tenant, now=now)
 
     assert dashboard.by_provider == [("local", Decimal("0.25"), 8)]
+
+
+@pytest.mark.django_db
+def test_dashboard_shows_a_deleted_config_as_one_deleted_row():
+    # Days recomputed since the deletion lost the config (NULL); older days keep its id.
+    now = dt.datetime(2026, 6, 15, 12, 0, tzinfo=dt.UTC)
+    tenant = TenantFactory()
+    gone = ProviderConfigFactory(tenant=tenant, name="openai-old", provider_type="openai")
+    kept = ProviderConfigFactory(tenant=tenant, name="main")
+    DailyUsageFactory(
+        tenant=tenant, provider_config=gone, provider_type="openai",
+        day=now.date() - dt.timedelta(days=3), cost_usd=Decimal("0.4"), request_count=3,
+    )  # fmt: skip
+    DailyUsageFactory(
+        tenant=tenant, provider_config=None, provider_type="openai", day=now.date(),
+        cost_usd=Decimal("0.2"), request_count=2, unpriced_count=1,
+    )  # fmt: skip
+    DailyUsageFactory(
+        tenant=tenant, provider_config=kept, day=now.date(), cost_usd=Decimal("0.5"),
+        request_count=9,
+    )  # fmt: skip
+    gone.delete()
+
+    dashboard = usage_dashboard(tenant=tenant, now=now)
+
+    assert dashboard.by_provider == [
+        ("(deleted) openai", Decimal("0.6"), 5),
+        ("main", Decimal("0.5"), 9),
+    ]
+    assert dashboard.unpriced == [("(deleted) openai", "fake-small", 1)]

@@ -22,6 +22,7 @@ _OVER = "#ba2121"  # the admin's error red
 _TRACK = "#e8e8e8"
 # A generous width of one character of a 10-unit label (digits are 5.6 in the usual fonts).
 _LABEL_CHAR_W = 6
+_MIN_BAR_H = 2.0
 
 
 def _n(value: float) -> str:
@@ -47,6 +48,10 @@ def daily_cost_chart(
     columns = []
     for index, (day, cost, requests) in enumerate(days):
         bar_h = float((cost or Decimal(0)) / peak) * plot_h
+        if cost:
+            # A day with any cost stands clear of the axis line (1 unit thick,
+            # centred on the plot's bottom), however small next to the peak.
+            bar_h = max(bar_h, _MIN_BAR_H)
         x = left + index * slot + slot * 0.15
         columns.append(
             format_html(
@@ -55,7 +60,7 @@ def daily_cost_chart(
                 _n(x),
                 _n(top + plot_h - bar_h),
                 _n(slot * 0.7),
-                _n(max(bar_h, 0.5 if cost else 0)),
+                _n(bar_h),
                 _BAR,
                 day.isoformat(),
                 usd_format_exact(cost),

@@ -74,3 +74,17 @@ def test_daily_cost_chart_keeps_a_peak_of_millions_inside_the_picture():
     assert int(x) - 5.6 * len(label) >= 0
     first_column_x = float(re.search(r'<rect class="usage-bar" x="([\d.]+)"', svg).group(1))
     assert first_column_x > int(x)
+
+
+def test_daily_cost_chart_shows_a_tiny_day_above_the_axis_next_to_a_large_one():
+    days = [(dt.date(2026, 6, 1), Decimal("500"), 9), (dt.date(2026, 6, 2), Decimal("0.01"), 1)]
+
+    svg = str(daily_cost_chart(days))
+
+    axis_y = float(re.search(r'<line class="usage-axis" x1="\d+" y1="([\d.]+)"', svg).group(1))
+    tiny = re.search(r'<rect class="usage-bar" [^>]*y="([\d.]+)" width="[\d.]+" height="([\d.]+)"'
+                     r'[^>]*><title>2026-06-02', svg)  # fmt: skip
+    top, height = float(tiny.group(1)), float(tiny.group(2))
+    assert top + height == axis_y
+    # The axis line covers half a unit above axis_y: the column must rise clear of it.
+    assert top < axis_y - 1

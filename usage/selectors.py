@@ -390,17 +390,20 @@ def usage_dashboard(*, tenant: Tenant, now: datetime | None = None, days: int = 
         .prefetch_related("deliveries")
         .order_by("-created_at", "-id")[:_TOP]
     )
-    unpriced = [
-        (
-            _provider_label(r["provider_config_id"], r["provider_type"], names),
-            r["model"] or "(none)",
-            r["n"],
-        )
-        for r in usage.filter(unpriced_count__gt=0)
+    # Per provider as in the breakdown (one line per config, a deleted one's merged).
+    unpriced_per: dict[tuple[str, str], int] = defaultdict(int)
+    for r in (
+        usage.filter(unpriced_count__gt=0)
+        .annotate(k_type=_provider_group_type())
         .order_by()
-        .values("provider_config_id", "provider_type", "model")
-        .annotate(n=Sum("unpriced_count"))
-        .order_by("-n")
+        .values("provider_config_id", "k_type", "model")
+        .annotate(n=Sum("unpriced_count"), type=Max("provider_type"))
+    ):
+        label = _provider_label(r["provider_config_id"], r["type"], names)
+        unpriced_per[label, r["model"] or "(none)"] += r["n"]
+    unpriced = [
+        (label, model, n)
+        for (label, model), n in sorted(unpriced_per.items(), key=lambda item: (-item[1], item[0]))
     ]
     threshold = settings.USAGE_ERROR_RATE_THRESHOLD
     # The providers the error-rate alert would report: enough attempts, and above the threshold.

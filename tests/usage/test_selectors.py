@@ -101,3 +101,25 @@ def test_dashboard_shows_a_deleted_config_as_one_deleted_row():
         ("main", Decimal("0.5"), 9),
     ]
     assert dashboard.unpriced == [("(deleted) openai", "fake-small", 1)]
+
+
+@pytest.mark.django_db
+def test_dashboard_warns_of_a_config_s_unpriced_model_once_after_its_type_changed():
+    now = dt.datetime(2026, 6, 15, 12, 0, tzinfo=dt.UTC)
+    tenant = TenantFactory()
+    config = ProviderConfigFactory(tenant=tenant, name="local", provider_type="ollama")
+    for day, provider_type in ((1, "openai"), (0, "ollama")):
+        DailyUsageFactory(
+            tenant=tenant,
+            provider_config=config,
+            provider_type=provider_type,
+            model="home-brew",
+            day=now.date() - dt.timedelta(days=day),
+            cost_usd=Decimal(0),
+            request_count=3,
+            unpriced_count=3,
+        )
+
+    dashboard = usage_dashboard(tenant=tenant, now=now)
+
+    assert dashboard.unpriced == [("local", "home-brew", 6)]

@@ -20,6 +20,9 @@ from .money import usd_format_brief, usd_format_exact
 _BAR = "#417690"  # the admin's own blue
 _OVER = "#ba2121"  # the admin's error red
 _TRACK = "#e8e8e8"
+# A generous width of one character of a 10-unit label (digits are 5.6 in the usual fonts).
+_LABEL_CHAR_W = 6
+_MIN_BAR_H = 2.0
 
 
 def _n(value: float) -> str:
@@ -34,13 +37,21 @@ def daily_cost_chart(
 
     A cost of None (only unpriced usage) draws no column and says "unpriced".
     """
-    left, bottom, top = 64, 24, 12
-    plot_w, plot_h = width - left - 8, height - bottom - top
     peak = max((cost or Decimal(0) for _, cost, _ in days), default=Decimal(0)) or Decimal(1)
+    peak_label = usd_format_brief(peak if any(c for _, c, _ in days) else Decimal(0))
+    # The axis labels end 6 units left of the plot: room for the widest, whatever
+    # the amount ($12,345,678.90 would otherwise start outside the picture).
+    left = max(64, _LABEL_CHAR_W * len(peak_label) + 12)
+    bottom, top = 24, 12
+    plot_w, plot_h = width - left - 8, height - bottom - top
     slot = plot_w / max(len(days), 1)
     columns = []
     for index, (day, cost, requests) in enumerate(days):
         bar_h = float((cost or Decimal(0)) / peak) * plot_h
+        if cost:
+            # A day with any cost stands clear of the axis line (1 unit thick,
+            # centred on the plot's bottom), however small next to the peak.
+            bar_h = max(bar_h, _MIN_BAR_H)
         x = left + index * slot + slot * 0.15
         columns.append(
             format_html(
@@ -49,7 +60,7 @@ def daily_cost_chart(
                 _n(x),
                 _n(top + plot_h - bar_h),
                 _n(slot * 0.7),
-                _n(max(bar_h, 0.5 if cost else 0)),
+                _n(bar_h),
                 _BAR,
                 day.isoformat(),
                 usd_format_exact(cost),
@@ -72,7 +83,7 @@ def daily_cost_chart(
         '<line class="usage-axis" x1="{}" y1="{}" x2="{}" y2="{}" stroke="#999"/>',
         left - 6,
         top + 8,
-        usd_format_brief(peak if any(c for _, c, _ in days) else Decimal(0)),
+        peak_label,
         left - 6,
         top + plot_h,
         left,

@@ -12,11 +12,13 @@ from django.conf import settings
 from django.db.models import (
     BigIntegerField,
     Case,
+    CharField,
     Count,
     DateField,
     DecimalField,
     F,
     Func,
+    Max,
     Q,
     QuerySet,
     Sum,
@@ -231,10 +233,24 @@ class Dashboard:
 _TOP = 10
 
 
+def _provider_group_type() -> Case:
+    """The type part of a per-provider-config group key: one group per config whatever
+    types it had (a config can be switched to another type), per type for calls
+    without a config."""
+    return Case(
+        When(provider_config_id__isnull=True, then=F("provider_type")),
+        default=Value(""),
+        output_field=CharField(),
+    )
+
+
 def _provider_label(provider_config_id, provider_type: str, names: dict) -> str:
-    if provider_config_id is None:
-        return f"(no provider config) {provider_type}".strip()
-    return names.get(provider_config_id) or f"(deleted) {provider_type}".strip()
+    """The config's name; "(deleted) <type>" for a config deleted since, whether its
+    rows still carry its id (not recomputed since) or already none (every call is
+    logged with its config, and a deleted config's logs lose it)."""
+    if provider_config_id is not None and provider_config_id in names:
+        return names[provider_config_id]
+    return f"(deleted) {provider_type}".strip()
 
 
 # Errors the provider answered because of the caller's request (bad request,
@@ -326,13 +342,30 @@ def usage_dashboard(*, tenant: Tenant, now: datetime | None = None, days: int = 
             .order_by("-cost", "-requests")[:_TOP]
         )
 
-    by_provider = [
-        (
-            _provider_label(r["provider_config_id"], r["provider_type"], names),
-            _known_cost(r),
-            r["requests"],
+    # Every group, then merged per label: a deleted config's days recomputed
+    # since (no config any more) and the older ones (its id) are one row.
+    per_provider: dict[str, dict] = {}
+    for r in (
+        usage.annotate(k_type=_provider_group_type())
+        .order_by()
+        .values("provider_config_id", "k_type")
+        .annotate(
+            cost=Sum("cost_usd"),
+            requests=Sum("request_count"),
+            unpriced=Sum("unpriced_count"),
+            type=Max("provider_type"),
         )
-        for r in top("provider_config_id", "provider_type")
+    ):
+        label = _provider_label(r["provider_config_id"], r["type"], names)
+        merged = per_provider.setdefault(label, {"cost": ZERO, "requests": 0, "unpriced": 0})
+        for key in merged:
+            merged[key] += r[key] or 0
+    by_provider = [
+        (label, _known_cost(r), r["requests"])
+        for label, r in sorted(
+            per_provider.items(),
+            key=lambda item: (-item[1]["cost"], -item[1]["requests"], item[0]),
+        )[:_TOP]
     ]
     by_model = [(r["model"] or "(none)", _known_cost(r), r["requests"]) for r in top("model")]
     by_service = [
@@ -357,17 +390,20 @@ def usage_dashboard(*, tenant: Tenant, now: datetime | None = None, days: int = 
         .prefetch_related("deliveries")
         .order_by("-created_at", "-id")[:_TOP]
     )
-    unpriced = [
-        (
-            _provider_label(r["provider_config_id"], r["provider_type"], names),
-            r["model"] or "(none)",
-            r["n"],
-        )
-        for r in usage.filter(unpriced_count__gt=0)
+    # Per provider as in the breakdown (one line per config, a deleted one's merged).
+    unpriced_per: dict[tuple[str, str], int] = defaultdict(int)
+    for r in (
+        usage.filter(unpriced_count__gt=0)
+        .annotate(k_type=_provider_group_type())
         .order_by()
-        .values("provider_config_id", "provider_type", "model")
-        .annotate(n=Sum("unpriced_count"))
-        .order_by("-n")
+        .values("provider_config_id", "k_type", "model")
+        .annotate(n=Sum("unpriced_count"), type=Max("provider_type"))
+    ):
+        label = _provider_label(r["provider_config_id"], r["type"], names)
+        unpriced_per[label, r["model"] or "(none)"] += r["n"]
+    unpriced = [
+        (label, model, n)
+        for (label, model), n in sorted(unpriced_per.items(), key=lambda item: (-item[1], item[0]))
     ]
     threshold = settings.USAGE_ERROR_RATE_THRESHOLD
     # The providers the error-rate alert would report: enough attempts, and above the threshold.
@@ -424,9 +460,10 @@ _REPORT_SUMS = {
 _REPORT_COST = "priced_cost_usd"
 _REPORT_KEYS = (*_REPORT_SUMS, _REPORT_COST)
 
-# The groups a usage report can break down by, and the DailyUsage columns of each.
+# The groups a usage report can break down by, and the DailyUsage columns of each
+# (k_provider_type: see _provider_group_type).
 USAGE_GROUPINGS = {
-    "provider": ("provider_config_id", "provider_type"),
+    "provider": ("provider_config_id", "k_provider_type"),
     "model": ("model",),
     "service": ("service_name",),
     "customer": ("customer_id",),
@@ -549,9 +586,13 @@ def usage_by_group(
     """
     columns = USAGE_GROUPINGS[group]
     rows = _report_rows(tenant=tenant, first_day=first_day, last_day=last_day)
+    labels = {}
+    if group == "provider":
+        rows = rows.annotate(k_provider_type=_provider_group_type())
+        labels["provider_type"] = Max("provider_type")
     grouped = (
         rows.values(*columns)
-        .annotate(**_report_aggregates())
+        .annotate(**_report_aggregates(), **labels)
         .order_by(f"-r_{_REPORT_COST}", "-r_requests", *columns)
     )
     if limit is None:
@@ -566,17 +607,29 @@ def usage_by_group(
         found = found[:limit]
         raw_rows = [_raw(row) for row in found]
         totals = _raw_totals_over_groups(found[0]) if found else _raw_zero()
-    names = {}
+    configs = {}
     if group == "provider":
         ids = {row["provider_config_id"] for row in found} - {None}
-        names = dict(
-            ProviderConfig.objects.filter(tenant=tenant, pk__in=ids).values_list("pk", "name")
-        )
+        configs = {
+            pk: (name, provider_type)
+            for pk, name, provider_type in ProviderConfig.objects.filter(
+                tenant=tenant, pk__in=ids
+            ).values_list("pk", "name", "provider_type")
+        }
     groups = []
     for row, raw in zip(found, raw_rows, strict=True):
-        item = {column: row[column] for column in columns}
         if group == "provider":
-            item["provider_name"] = names.get(row["provider_config_id"])
+            # A config's current type; a deleted one's from its usage.
+            name, provider_type = configs.get(
+                row["provider_config_id"], (None, row["provider_type"])
+            )
+            item = {
+                "provider_config_id": row["provider_config_id"],
+                "provider_name": name,
+                "provider_type": provider_type,
+            }
+        else:
+            item = {column: row[column] for column in columns}
         groups.append({**item, **usage_figures(raw)})
     return UsageReport(
         first_day=first_day,

@@ -1,6 +1,7 @@
 """Server-side SVG charts: one column per day, labels escaped."""
 
 import datetime as dt
+import re
 from decimal import Decimal
 
 from usage.charts import budget_gauge, daily_cost_chart, spend_bars
@@ -60,3 +61,30 @@ def test_chart_shapes_carry_classes_the_dark_theme_recolours():
     assert 'class="usage-axis"' in daily
     assert 'class="usage-track"' in gauge and 'class="usage-bar"' in gauge
     assert 'class="usage-over"' in over
+
+
+def test_daily_cost_chart_keeps_a_peak_of_millions_inside_the_picture():
+    days = [(dt.date(2026, 6, 1), Decimal("12345678.9"), 3), (dt.date(2026, 6, 2), Decimal(0), 0)]
+
+    svg = str(daily_cost_chart(days))
+
+    [(x, label)] = re.findall(r'<text x="(\d+)" y="20" [^>]*text-anchor="end">([^<]+)</text>', svg)
+    assert label == "$12,345,678.90"
+    # Right-aligned at x: it starts at x minus its width (5.6 units a character at size 10).
+    assert int(x) - 5.6 * len(label) >= 0
+    first_column_x = float(re.search(r'<rect class="usage-bar" x="([\d.]+)"', svg).group(1))
+    assert first_column_x > int(x)
+
+
+def test_daily_cost_chart_shows_a_tiny_day_above_the_axis_next_to_a_large_one():
+    days = [(dt.date(2026, 6, 1), Decimal("500"), 9), (dt.date(2026, 6, 2), Decimal("0.01"), 1)]
+
+    svg = str(daily_cost_chart(days))
+
+    axis_y = float(re.search(r'<line class="usage-axis" x1="\d+" y1="([\d.]+)"', svg).group(1))
+    tiny = re.search(r'<rect class="usage-bar" [^>]*y="([\d.]+)" width="[\d.]+" height="([\d.]+)"'
+                     r'[^>]*><title>2026-06-02', svg)  # fmt: skip
+    top, height = float(tiny.group(1)), float(tiny.group(2))
+    assert top + height == axis_y
+    # The axis line covers half a unit above axis_y: the column must rise clear of it.
+    assert top < axis_y - 1

@@ -1,10 +1,14 @@
-"""Usage report figures: unpriced usage is unknown cost, never $0."""
+"""Usage report figures: unpriced usage is unknown cost, never $0; the dashboard's breakdowns."""
 
 from __future__ import annotations
 
+import datetime as dt
 from decimal import Decimal
 
-from usage.selectors import usage_figures
+import pytest
+
+from tests.factories import DailyUsageFactory, ProviderConfigFactory, TenantFactory
+from usage.selectors import usage_dashboard, usage_figures
 
 
 def _raw(**values) -> dict:
@@ -47,3 +51,75 @@ def test_figures_average_latency_is_whole_milliseconds_per_request():
     figures = usage_figures(_raw(requests=3, latency_ms_sum=1000))
 
     assert (figures["average_latency_ms"], "latency_ms_sum" in figures) == (333, False)
+
+
+@pytest.mark.django_db
+def test_dashboard_shows_a_config_once_after_its_type_changed():
+    now = dt.datetime(2026, 6, 15, 12, 0, tzinfo=dt.UTC)
+    tenant = TenantFactory()
+    config = ProviderConfigFactory(tenant=tenant, name="local", provider_type="ollama")
+    for day, provider_type, cost in ((1, "openai", "0.25"), (0, "ollama", "0")):
+        DailyUsageFactory(
+            tenant=tenant,
+            provider_config=config,
+            provider_type=provider_type,
+            day=now.date() - dt.timedelta(days=day),
+            cost_usd=Decimal(cost),
+            request_count=4,
+        )
+
+    dashboard = usage_dashboard(tenant=tenant, now=now)
+
+    assert dashboard.by_provider == [("local", Decimal("0.25"), 8)]
+
+
+@pytest.mark.django_db
+def test_dashboard_shows_a_deleted_config_as_one_deleted_row():
+    # Days recomputed since the deletion lost the config (NULL); older days keep its id.
+    now = dt.datetime(2026, 6, 15, 12, 0, tzinfo=dt.UTC)
+    tenant = TenantFactory()
+    gone = ProviderConfigFactory(tenant=tenant, name="openai-old", provider_type="openai")
+    kept = ProviderConfigFactory(tenant=tenant, name="main")
+    DailyUsageFactory(
+        tenant=tenant, provider_config=gone, provider_type="openai",
+        day=now.date() - dt.timedelta(days=3), cost_usd=Decimal("0.4"), request_count=3,
+    )  # fmt: skip
+    DailyUsageFactory(
+        tenant=tenant, provider_config=None, provider_type="openai", day=now.date(),
+        cost_usd=Decimal("0.2"), request_count=2, unpriced_count=1,
+    )  # fmt: skip
+    DailyUsageFactory(
+        tenant=tenant, provider_config=kept, day=now.date(), cost_usd=Decimal("0.5"),
+        request_count=9,
+    )  # fmt: skip
+    gone.delete()
+
+    dashboard = usage_dashboard(tenant=tenant, now=now)
+
+    assert dashboard.by_provider == [
+        ("(deleted) openai", Decimal("0.6"), 5),
+        ("main", Decimal("0.5"), 9),
+    ]
+    assert dashboard.unpriced == [("(deleted) openai", "fake-small", 1)]
+
+
+@pytest.mark.django_db
+def test_dashboard_warns_of_a_config_s_unpriced_model_once_after_its_type_changed():
+    now = dt.datetime(2026, 6, 15, 12, 0, tzinfo=dt.UTC)
+    tenant = TenantFactory()
+    config = ProviderConfigFactory(tenant=tenant, name="local", provider_type="ollama")
+    for day, provider_type in ((1, "openai"), (0, "ollama")):
+        DailyUsageFactory(
+            tenant=tenant,
+            provider_config=config,
+            provider_type=provider_type,
+            model="home-brew",
+            day=now.date() - dt.timedelta(days=day),
+            cost_usd=Decimal(0),
+            request_count=3,
+            unpriced_count=3,
+        )
+
+    dashboard = usage_dashboard(tenant=tenant, now=now)
+
+    assert dashboard.unpriced == [("local", "home-brew", 6)]

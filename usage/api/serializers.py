@@ -224,7 +224,10 @@ class ProviderUsageGroupSerializer(UsageFiguresSerializer):
     provider_name = serializers.CharField(
         allow_null=True, help_text="Null when the provider config has been deleted since."
     )
-    provider_type = serializers.CharField()
+    provider_type = serializers.CharField(
+        help_text="The config's current type (one group per config, whatever types it had); "
+        "for calls without a config, theirs."
+    )
 
 
 class ModelUsageGroupSerializer(UsageFiguresSerializer):

@@ -484,6 +484,31 @@ def test_usage_by_provider_shows_deleted_config_without_name(admin_api, tenant, 
     )
 
 
+def test_usage_by_provider_lists_a_config_once_after_its_type_changed(admin_api, tenant, config):
+    # The config answered as OpenAI, then was switched to Ollama; calls without
+    # a config stay apart per type.
+    today = _today(tenant)
+    config.provider_type = "ollama"
+    config.save()
+    _usage_row(tenant, today, provider_config=config, provider_type="openai",
+               cost_usd=Decimal("0.030000000001"), request_count=3)  # fmt: skip
+    _usage_row(tenant, today, provider_config=config, provider_type="ollama",
+               cost_usd=Decimal(0), request_count=5)  # fmt: skip
+    _usage_row(tenant, today, provider_type="openai", cost_usd=Decimal("0.02"), request_count=1)
+    _usage_row(tenant, today, provider_type="bedrock", cost_usd=Decimal("0.01"), request_count=1)
+
+    groups = admin_api.get(f"{USAGE}by-provider/").json()["groups"]
+
+    assert [
+        (g["provider_config"], g["provider_name"], g["provider_type"], g["requests"], g["cost_usd"])
+        for g in groups
+    ] == [
+        (str(config.pk), "fake-main", "ollama", 8, "0.030000000001"),
+        (None, None, "openai", 1, "0.020000000000"),
+        (None, None, "bedrock", 1, "0.010000000000"),
+    ]
+
+
 def test_usage_by_service_sums_each_service_over_days_and_models(admin_api, tenant, config):
     today = _today(tenant)
     for day, model, service, cost in (

@@ -229,9 +229,12 @@ class DailyUsageAdmin(_ReadOnlyLargeTableAdmin):
 
     @admin.display(description="provider")
     def provider(self, obj):
-        if obj.provider_config_id is None:
-            return f"(none) {obj.provider_type}"
-        return obj.provider_config.name if obj.provider_config else f"(deleted) {obj.provider_type}"
+        # Days recomputed since a config's deletion have no config (its call logs
+        # lost the link), older ones a dangling id: both read "(deleted)", as on
+        # the usage dashboard.
+        if obj.provider_config_id is None or obj.provider_config is None:
+            return f"(deleted) {obj.provider_type}"
+        return obj.provider_config.name
 
     @admin.display(description="cost", ordering="cost_usd")
     def cost(self, obj):

@@ -326,6 +326,24 @@ def test_call_log_list_shows_only_the_users_tenants(client):
 
 
 @pytest.mark.django_db
+def test_daily_usage_list_names_a_deleted_provider_config_as_the_dashboard_does(client):
+    # given a day recomputed since its config was deleted, and one counted before
+    tenant = TenantFactory()
+    gone = ProviderConfigFactory(tenant=tenant, provider_type="fake")
+    DailyUsageFactory(tenant=tenant, provider_config=None, provider_type="fake", model="m1")
+    DailyUsageFactory(tenant=tenant, provider_config=gone, provider_type="fake", model="m2")
+    gone.delete()
+    client.force_login(_member(tenant))
+
+    # when
+    html = client.get(reverse("admin:usage_dailyusage_changelist")).content.decode()
+
+    # then both read as the deleted config they came from
+    assert html.count("(deleted) fake") == 2
+    assert "(none)" not in html
+
+
+@pytest.mark.django_db
 def test_call_log_list_filters_by_status_service_customer_model_provider_and_day(client):
     tenant = TenantFactory()
     config = ProviderConfigFactory(tenant=tenant)

@@ -32,12 +32,16 @@ def _fallbacks_replace(
         fallback = RoutingFallback(
             override=override, position=position, provider_config=config, model=model
         )
-        try:
-            fallback.full_clean()
-        except ValidationError as exc:
-            messages = [f"Fallback {position + 1}: {m}" for m in exc.messages]
-            raise ValidationError({"fallbacks": messages}) from exc
+        _fallback_validate(fallback, position)
         fallback.save()
+
+
+def _fallback_validate(fallback: RoutingFallback, position: int) -> None:
+    try:
+        fallback.full_clean()
+    except ValidationError as exc:
+        messages = [f"Fallback {position + 1}: {m}" for m in exc.messages]
+        raise ValidationError({"fallbacks": messages}) from exc
 
 
 def routing_overrides_lock(*, tenant_id) -> None:
@@ -107,6 +111,12 @@ def routing_override_update(
     _save_validated(override)
     if fallbacks is not None:
         _fallbacks_replace(override, fallbacks)
+    elif override.is_active:
+        # The stored fallbacks must suit an active override as new ones would:
+        # one saved while it was off may name a model its config no longer allows.
+        stored = override.fallbacks.select_related("provider_config").order_by("position", "id")
+        for position, fallback in enumerate(stored):
+            _fallback_validate(fallback, position)
     return override
 
 

@@ -152,6 +152,32 @@ def test_routing_override_update_deactivates_override_whose_provider_was_retired
     assert list(override.fallbacks.values_list("provider_config_id", flat=True)) == [backup.pk]
 
 
+def test_routing_override_update_switched_on_again_checks_its_stored_fallbacks(tenant):
+    # given an override switched off, whose fallback's config was narrowed meanwhile
+    primary = ProviderConfigFactory(tenant=tenant, name="primary")
+    backup = ProviderConfigFactory(tenant=tenant, name="narrowed")
+    override = routing_override_create(
+        tenant=tenant,
+        provider_config=primary,
+        customer_id="acme",
+        fallbacks=[(backup, "fake-small")],
+        is_active=False,
+    )
+    backup.allowed_models = ["fake-large"]
+    backup.save()
+
+    # when it is switched on again, its fallbacks not given
+    with pytest.raises(ValidationError) as raised:
+        routing_override_update(override=override, data={"is_active": True})
+
+    # then it is refused as new fallbacks would be, and stays off
+    assert raised.value.message_dict == {
+        "fallbacks": ["Fallback 1: The model “fake-small” is not allowed on “narrowed”."]
+    }
+    override.refresh_from_db()
+    assert override.is_active is False
+
+
 def test_routing_override_update_refuses_to_keep_active_override_on_retired_provider(tenant):
     primary = ProviderConfigFactory(tenant=tenant, name="retired")
     override = routing_override_create(tenant=tenant, provider_config=primary, customer_id="acme")

@@ -325,6 +325,23 @@ def test_complete_serves_identical_request_from_cache_at_zero_cost(tenant, prima
     assert (log.status, log.cost_usd, log.input_tokens, log.output_tokens) == ("cached", 0, 0, 0)
 
 
+def test_cache_hits_report_the_latency_their_call_log_rows_record(tenant, primary):
+    tenant.response_cache_ttl_seconds = 60
+    tenant.save()
+    complete(tenant=tenant, messages=HELLO)
+
+    # when identical requests are served from the cache, completed and streamed
+    hits = [complete(tenant=tenant, messages=HELLO) for _ in range(20)]
+    for _ in range(20):
+        chunks = stream(tenant=tenant, messages=HELLO)
+        list(chunks)
+        hits.append(chunks.result)
+
+    # then each caller is told the latency its row records
+    logged = dict(CallLog.objects.filter(status="cached").values_list("request_id", "latency_ms"))
+    assert [hit.latency_ms for hit in hits] == [logged[hit.request_id] for hit in hits]
+
+
 def test_complete_does_not_serve_answers_of_a_configs_former_endpoint(tenant, primary):
     tenant.response_cache_ttl_seconds = 60
     tenant.save()
@@ -572,6 +589,20 @@ def test_stream_closed_early_records_estimated_usage(tenant, primary):
     # "Echo: " is 6 characters: 2 estimated output tokens.
     assert log.output_tokens == 2
     assert log.cost_usd == Decimal(log.input_tokens * 1 + 2 * 2) / 1_000_000
+
+
+def test_streams_closed_early_report_the_latency_their_call_log_rows_record(tenant, primary):
+    results = []
+    for _ in range(20):
+        chunks = stream(tenant=tenant, messages=[{"role": "user", "content": "one two three"}])
+        next(chunks)
+        chunks.close()
+        results.append(chunks.result)
+
+    logged = dict(CallLog.objects.values_list("request_id", "latency_ms"))
+    assert [result.latency_ms for result in results] == [
+        logged[result.request_id] for result in results
+    ]
 
 
 def test_stream_dropped_by_a_failing_caller_is_recorded_at_once(tenant, primary):

@@ -577,11 +577,13 @@ def _error_after_all_targets(errors: list[ApplicationError]) -> ApplicationError
 
     When that is a provider config's own rate limit, the refusal of whichever
     rate-limited target admits again soonest: its retry-after is when the
-    call can next be served, not when the last fallback frees up.
+    call can next be served, not when the last fallback frees up. A config
+    whose limit the request alone exceeds admits it at no time.
     """
     last = errors[-1]
     if isinstance(last, RateLimited):
         limited = [error for error in errors if isinstance(error, RateLimited)]
+        limited = [error for error in limited if error.waiting_helps] or limited
         return min(limited, key=lambda error: error.retry_after)
     return last
 

@@ -37,11 +37,20 @@ class RateLimited(ApplicationError):
     code = "rate_limited"
     http_status = 429
 
-    def __init__(self, message: str, *, retry_after: float, extra: dict | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float,
+        extra: dict | None = None,
+        waiting_helps: bool = True,
+    ):
         super().__init__(
             message, extra={"retry_after_seconds": math.ceil(retry_after), **(extra or {})}
         )
         self.retry_after = retry_after
+        # False when the request alone is over the limit: no wait admits it.
+        self.waiting_helps = waiting_helps
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,4 +205,5 @@ def rate_limit_admit(
         message,
         retry_after=retry_after,
         extra={"limit": limit, "limit_kind": "rpm" if outcome == 0 else "tpm"},
+        waiting_helps=amount <= limit,
     )

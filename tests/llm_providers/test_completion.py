@@ -311,6 +311,34 @@ def test_rate_limited_everywhere_says_when_the_soonest_target_admits(
     assert from_stream.value.extra["retry_after_seconds"] == 30
 
 
+def test_rate_limited_everywhere_does_not_promise_a_config_the_request_can_never_fit(
+    tenant, primary, backup, rate_limit_clock
+):
+    # given a primary whose token limit is below this request's own count, and
+    # a backup allowing one request a minute, used 30 s into this minute
+    primary.tpm_limit = 100
+    primary.save()
+    backup.rpm_limit = 1
+    backup.save()
+    minute = 60 * 29_000_000
+    rate_limit_clock(minute + 30)
+    assert complete(tenant=tenant, messages=HELLO).provider == "backup"
+
+    # when both refuse the next call
+    with pytest.raises(RateLimited) as raised:
+        complete(tenant=tenant, messages=HELLO)
+
+    # then the caller is told when the backup admits again (90 s), not to come
+    # back in a minute to a primary that will refuse the request again
+    error = raised.value
+    assert error.extra["retry_after_seconds"] == 90
+    assert (error.extra["limit_kind"], error.extra["limit"]) == ("rpm", 1)
+    assert (
+        error.message
+        == "The provider config's limit of 1 requests per minute is reached; retry in 90 s."
+    )
+
+
 def test_complete_serves_identical_request_from_cache_at_zero_cost(tenant, primary):
     tenant.response_cache_ttl_seconds = 60
     tenant.save()

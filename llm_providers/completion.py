@@ -514,6 +514,7 @@ def _cache_lookup(call: _Call, target: RouteTarget, started: float) -> Completio
     )
     if hit is None:
         return None
+    latency_ms = _ms_since(started)
     # A hit consumed nothing at the provider: no tokens, no cost.
     call.log(
         target,
@@ -522,7 +523,7 @@ def _cache_lookup(call: _Call, target: RouteTarget, started: float) -> Completio
         model_answered=hit.model,
         cost_usd=ZERO,
         price_source=PriceSource.NONE,
-        latency_ms=_ms_since(started),
+        latency_ms=latency_ms,
     )
     return _result(
         call,
@@ -530,7 +531,7 @@ def _cache_lookup(call: _Call, target: RouteTarget, started: float) -> Completio
         hit,
         cost=ZERO,
         source=PriceSource.NONE,
-        latency_ms=_ms_since(started),
+        latency_ms=latency_ms,
         cached=True,
         estimated=hit.usage_estimated,
     )
@@ -576,11 +577,13 @@ def _error_after_all_targets(errors: list[ApplicationError]) -> ApplicationError
 
     When that is a provider config's own rate limit, the refusal of whichever
     rate-limited target admits again soonest: its retry-after is when the
-    call can next be served, not when the last fallback frees up.
+    call can next be served, not when the last fallback frees up. A config
+    whose limit the request alone exceeds admits it at no time.
     """
     last = errors[-1]
     if isinstance(last, RateLimited):
         limited = [error for error in errors if isinstance(error, RateLimited)]
+        limited = [error for error in limited if error.waiting_helps] or limited
         return min(limited, key=lambda error: error.retry_after)
     return last
 
@@ -964,6 +967,7 @@ class _StreamRun:
         call = self._call
         text = "".join(received)
         usage = self._estimate(text)
+        latency_ms = _ms_since(started)
         cost, source = _priced(call, target, usage, answered_model)
         if error is None:
             code, message = "client_closed", "The caller stopped reading the stream."
@@ -980,7 +984,7 @@ class _StreamRun:
             usage_estimated=True,
             cost_usd=cost,
             price_source=source,
-            latency_ms=_ms_since(started),
+            latency_ms=latency_ms,
             time_to_first_token_ms=first_token_ms,
         )
         self.result = _result(
@@ -994,7 +998,7 @@ class _StreamRun:
             ),
             cost=cost,
             source=source,
-            latency_ms=_ms_since(started),
+            latency_ms=latency_ms,
             cached=False,
             estimated=True,
         )

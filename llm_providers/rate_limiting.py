@@ -37,11 +37,20 @@ class RateLimited(ApplicationError):
     code = "rate_limited"
     http_status = 429
 
-    def __init__(self, message: str, *, retry_after: float, extra: dict | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float,
+        extra: dict | None = None,
+        waiting_helps: bool = True,
+    ):
         super().__init__(
             message, extra={"retry_after_seconds": math.ceil(retry_after), **(extra or {})}
         )
         self.retry_after = retry_after
+        # False when the request alone is over the limit: no wait admits it.
+        self.waiting_helps = waiting_helps
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,11 +91,10 @@ local rp = tonumber(redis.call('GET', KEYS[1]) or '0')
 local rc = tonumber(redis.call('GET', KEYS[2]) or '0')
 local tp = tonumber(redis.call('GET', KEYS[3]) or '0')
 local tc = tonumber(redis.call('GET', KEYS[4]) or '0')
-if rpm_limit > 0 and rp * w + rc + 1 > rpm_limit then
-  return {0, rp, rc}
-end
-if tpm_limit > 0 and tp * w + tc + tokens > tpm_limit then
-  return {1, tp, tc}
+local rpm_over = rpm_limit > 0 and rp * w + rc + 1 > rpm_limit
+local tpm_over = tpm_limit > 0 and tp * w + tc + tokens > tpm_limit
+if rpm_over or tpm_over then
+  return {rpm_over and 1 or 0, tpm_over and 1 or 0, rp, rc, tp, tc}
 end
 if rpm_limit > 0 then
   redis.call('INCR', KEYS[2])
@@ -96,7 +104,7 @@ if tpm_limit > 0 then
   redis.call('INCRBY', KEYS[4], tokens)
   redis.call('EXPIRE', KEYS[4], ttl)
 end
-return {2, 0, 0}
+return {0, 0, 0, 0, 0, 0}
 """
 
 _local_lock = threading.Lock()
@@ -130,30 +138,32 @@ def _keys(config_id, window: _Window) -> list[str]:
     return list(names)
 
 
+# Both admissions answer (rpm over, tpm over, rpm previous, rpm current,
+# tpm previous, tpm current); the counts are those seen when refused.
 def _admit_redis(keys, window, tokens, rpm_limit, tpm_limit):
     real_keys = [cache.make_key(k) for k in keys]
-    outcome, previous, current = _redis_script()(
+    outcome = _redis_script()(
         keys=real_keys,
         args=[repr(window.previous_weight), tokens, _BUCKET_TTL_SECONDS, rpm_limit, tpm_limit],
     )
-    return int(outcome), int(previous), int(current)
+    return tuple(int(value) for value in outcome)
 
 
 def _admit_local(keys, window, tokens, rpm_limit, tpm_limit):
     with _local_lock:
         found = cache.get_many(keys)
         rp, rc, tp, tc = (int(found.get(k) or 0) for k in keys)
-        if rpm_limit and rp * window.previous_weight + rc + 1 > rpm_limit:
-            return 0, rp, rc
-        if tpm_limit and tp * window.previous_weight + tc + tokens > tpm_limit:
-            return 1, tp, tc
+        rpm_over = bool(rpm_limit) and rp * window.previous_weight + rc + 1 > rpm_limit
+        tpm_over = bool(tpm_limit) and tp * window.previous_weight + tc + tokens > tpm_limit
+        if rpm_over or tpm_over:
+            return int(rpm_over), int(tpm_over), rp, rc, tp, tc
         updates = {}
         if rpm_limit:
             updates[keys[1]] = rc + 1
         if tpm_limit:
             updates[keys[3]] = tc + tokens
         cache.set_many(updates, _BUCKET_TTL_SECONDS)
-        return 2, 0, 0
+        return 0, 0, 0, 0, 0, 0
 
 
 def rate_limit_admit(
@@ -166,7 +176,9 @@ def rate_limit_admit(
     keys = _keys(provider_config_id, window)
     admit = _admit_redis if _uses_redis() else _admit_local
     try:
-        outcome, previous, current = admit(keys, window, tokens, rpm_limit or 0, tpm_limit or 0)
+        rpm_over, tpm_over, rp, rc, tp, tc = admit(
+            keys, window, tokens, rpm_limit or 0, tpm_limit or 0
+        )
     except Exception as exc:  # noqa: BLE001 - any cache failure: not enforced
         logger.warning(
             "rate limit of provider config %s not enforced: cache unavailable (%s)",
@@ -174,13 +186,20 @@ def rate_limit_admit(
             type(exc).__name__,
         )
         return
-    if outcome == 2:
+    refusals = []
+    if rpm_over:
+        retry_after = _retry_after(rpm_limit, rp, rc, 1, window)
+        refusals.append((rpm_limit, 1, "requests per minute", "rpm", retry_after))
+    if tpm_over:
+        retry_after = _retry_after(tpm_limit, tp, tc, tokens, window)
+        refusals.append((tpm_limit, tokens, "tokens per minute", "tpm", retry_after))
+    if not refusals:
         return
-    if outcome == 0:
-        limit, amount, what = rpm_limit, 1, "requests per minute"
-    else:
-        limit, amount, what = tpm_limit, tokens, "tokens per minute"
-    retry_after = _retry_after(limit, previous, current, amount, window)
+    # Over both limits, the request fits once both admit it: name the later one
+    # (or the one it can never fit).
+    limit, amount, what, kind, retry_after = max(
+        refusals, key=lambda refusal: (refusal[1] > refusal[0], refusal[4])
+    )
     if amount > limit:
         # Waiting does not help: the request alone is over the limit.
         message = (
@@ -195,5 +214,6 @@ def rate_limit_admit(
     raise RateLimited(
         message,
         retry_after=retry_after,
-        extra={"limit": limit, "limit_kind": "rpm" if outcome == 0 else "tpm"},
+        extra={"limit": limit, "limit_kind": kind},
+        waiting_helps=amount <= limit,
     )

@@ -6,6 +6,7 @@ one prepared INSERT rather than through the ORM's per-call SQL compilation.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from decimal import Decimal
 from functools import cache
@@ -22,11 +23,15 @@ from .models import CallLog
 PREVIEW_LENGTH = 500
 
 
+# NUL and unpaired surrogates (half of an emoji cut from UTF-16 text).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
 def _text(value: str, length: int) -> str:
-    """`value` cut to its column, without NUL characters, which PostgreSQL text
-    cannot hold: a prompt or a provider's message with one must not cost the
-    row of a call that was paid for."""
-    return value.replace("\x00", "\ufffd")[:length]
+    """`value` cut to its column, without the characters PostgreSQL text cannot
+    hold: a prompt or a provider's message with one must not cost the row of a
+    call that was paid for."""
+    return _UNSTORABLE.sub("\ufffd", value)[:length]
 
 
 # The columns written, in order; `id` comes from the database.

@@ -108,6 +108,21 @@ def test_complete_logs_a_prompt_preview_holding_a_nul_character(tenant, primary)
     assert log.prompt_preview == "a\ufffdb"
 
 
+def test_complete_logs_a_prompt_preview_holding_half_an_emoji(tenant, primary):
+    # given previews on, and a prompt cut in the middle of an emoji's UTF-16
+    # pair (an unpaired surrogate, which a Python caller can pass as is)
+    tenant.store_prompt_previews = True
+    tenant.save()
+
+    # when
+    result = complete(tenant=tenant, messages=[{"role": "user", "content": "a\ud83db"}])
+
+    # then the paid call has its row; the preview shows where the half was
+    [log] = _logs(request_id=result.request_id)
+    assert (log.status, log.cost_usd) == ("ok", result.cost_usd)
+    assert log.prompt_preview == "a\ufffdb"
+
+
 def test_complete_records_unknown_price_as_null_cost(tenant, primary):
     primary.default_model = "fake-large"
     primary.save()
@@ -296,6 +311,34 @@ def test_rate_limited_everywhere_says_when_the_soonest_target_admits(
     assert from_stream.value.extra["retry_after_seconds"] == 30
 
 
+def test_rate_limited_everywhere_does_not_promise_a_config_the_request_can_never_fit(
+    tenant, primary, backup, rate_limit_clock
+):
+    # given a primary whose token limit is below this request's own count, and
+    # a backup allowing one request a minute, used 30 s into this minute
+    primary.tpm_limit = 100
+    primary.save()
+    backup.rpm_limit = 1
+    backup.save()
+    minute = 60 * 29_000_000
+    rate_limit_clock(minute + 30)
+    assert complete(tenant=tenant, messages=HELLO).provider == "backup"
+
+    # when both refuse the next call
+    with pytest.raises(RateLimited) as raised:
+        complete(tenant=tenant, messages=HELLO)
+
+    # then the caller is told when the backup admits again (90 s), not to come
+    # back in a minute to a primary that will refuse the request again
+    error = raised.value
+    assert error.extra["retry_after_seconds"] == 90
+    assert (error.extra["limit_kind"], error.extra["limit"]) == ("rpm", 1)
+    assert (
+        error.message
+        == "The provider config's limit of 1 requests per minute is reached; retry in 90 s."
+    )
+
+
 def test_complete_serves_identical_request_from_cache_at_zero_cost(tenant, primary):
     tenant.response_cache_ttl_seconds = 60
     tenant.save()
@@ -308,6 +351,23 @@ def test_complete_serves_identical_request_from_cache_at_zero_cost(tenant, prima
     assert second.cost_usd == Decimal(0)
     [log] = _logs(request_id=second.request_id)
     assert (log.status, log.cost_usd, log.input_tokens, log.output_tokens) == ("cached", 0, 0, 0)
+
+
+def test_cache_hits_report_the_latency_their_call_log_rows_record(tenant, primary):
+    tenant.response_cache_ttl_seconds = 60
+    tenant.save()
+    complete(tenant=tenant, messages=HELLO)
+
+    # when identical requests are served from the cache, completed and streamed
+    hits = [complete(tenant=tenant, messages=HELLO) for _ in range(20)]
+    for _ in range(20):
+        chunks = stream(tenant=tenant, messages=HELLO)
+        list(chunks)
+        hits.append(chunks.result)
+
+    # then each caller is told the latency its row records
+    logged = dict(CallLog.objects.filter(status="cached").values_list("request_id", "latency_ms"))
+    assert [hit.latency_ms for hit in hits] == [logged[hit.request_id] for hit in hits]
 
 
 def test_complete_does_not_serve_answers_of_a_configs_former_endpoint(tenant, primary):
@@ -557,6 +617,20 @@ def test_stream_closed_early_records_estimated_usage(tenant, primary):
     # "Echo: " is 6 characters: 2 estimated output tokens.
     assert log.output_tokens == 2
     assert log.cost_usd == Decimal(log.input_tokens * 1 + 2 * 2) / 1_000_000
+
+
+def test_streams_closed_early_report_the_latency_their_call_log_rows_record(tenant, primary):
+    results = []
+    for _ in range(20):
+        chunks = stream(tenant=tenant, messages=[{"role": "user", "content": "one two three"}])
+        next(chunks)
+        chunks.close()
+        results.append(chunks.result)
+
+    logged = dict(CallLog.objects.values_list("request_id", "latency_ms"))
+    assert [result.latency_ms for result in results] == [
+        logged[result.request_id] for result in results
+    ]
 
 
 def test_stream_dropped_by_a_failing_caller_is_recorded_at_once(tenant, primary):

@@ -115,3 +115,49 @@ def test_rate_limit_admit_says_when_a_request_alone_is_over_tpm():
     assert "4200 tokens" in raised.value.message
     assert "lower max_tokens" in raised.value.message
     assert raised.value.extra["limit_kind"] == "tpm"
+
+
+@pytest.fixture(params=[pytest.param("redis", marks=pytest.mark.redis), "local"])
+def limiter_at(request, settings, monkeypatch):
+    """Set the time the rate limiter sees, on Redis (one Lua script) or on a
+    process-local cache (the locked path)."""
+    from llm_providers import rate_limiting
+
+    if request.param == "local":
+        settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    real_window = rate_limiting._window
+    now = {"value": 0.0}
+    monkeypatch.setattr(rate_limiting, "_window", lambda _: real_window(now["value"]))
+
+    def set_to(value):
+        now["value"] = value
+
+    return set_to
+
+
+def test_refusal_over_both_limits_waits_for_the_later_one(limiter_at):
+    # given 2 requests and 1,000 tokens a minute: 2 small requests late in the
+    # previous minute, then 900 tokens 30 s into this one
+    config_id = uuid.uuid4()
+    limits = {"provider_config_id": config_id, "rpm_limit": 2, "tpm_limit": 1000}
+    minute = 60 * 29_000_000
+    limiter_at(minute - 10)
+    rate_limit_admit(**limits, tokens=10)
+    rate_limit_admit(**limits, tokens=10)
+    limiter_at(minute + 30)
+    rate_limit_admit(**limits, tokens=900)
+
+    # when a request of 500 tokens comes, over both limits
+    with pytest.raises(RateLimited) as raised:
+        rate_limit_admit(**limits, tokens=500)
+
+    # then the caller is told when both admit it: the requests free up in 30 s,
+    # the tokens only once 500 fit (900 × w ≤ 500, 26.7 s into the next minute)
+    error = raised.value
+    assert error.extra["retry_after_seconds"] == 57
+    assert (error.extra["limit_kind"], error.extra["limit"]) == ("tpm", 1000)
+    assert error.message == (
+        "The provider config's limit of 1000 tokens per minute is reached; retry in 57 s."
+    )
+    limiter_at(minute + 30 + 57)
+    rate_limit_admit(**limits, tokens=500)

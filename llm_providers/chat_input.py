@@ -10,6 +10,7 @@ import re
 from typing import Any
 
 from .exceptions import ApplicationError
+from .json_values import text_problem
 
 ROLES = frozenset({"system", "user", "assistant", "tool"})
 # Data URLs only: the layer never fetches images from URLs on a caller's behalf.
@@ -192,6 +193,10 @@ def scope_validate(*, customer_id: Any, service_name: Any) -> tuple[str, str]:
             raise InvalidRequest(field, f"{field} is longer than {MAX_SCOPE_LENGTH} characters.")
         if _CONTROL_CHARACTERS.search(value):
             raise InvalidRequest(field, f"{field} must not contain control characters.")
+        if text_problem(value):
+            raise InvalidRequest(
+                field, f"{field} must be valid Unicode text: it holds half of a surrogate pair."
+            )
         scope.append(value)
     return scope[0], scope[1]
 

@@ -18,6 +18,27 @@ def test_scope_validate_counts_length_after_trimming():
         scope_validate(customer_id="a" * 201, service_name="")
 
 
+def test_scope_validate_refuses_half_of_a_surrogate_pair():
+    with pytest.raises(InvalidRequest) as refused:
+        scope_validate(customer_id="acme", service_name="chat\ud83d")
+
+    assert (refused.value.field, refused.value.message) == (
+        "service_name",
+        "service_name must be valid Unicode text: it holds half of a surrogate pair.",
+    )
+
+
+@pytest.mark.django_db
+def test_complete_for_a_customer_id_holding_half_an_emoji_is_refused_before_routing():
+    tenant = TenantFactory()
+    ProviderConfigFactory(tenant=tenant, name="default", is_default=True)
+
+    with pytest.raises(InvalidRequest, match="customer_id must be valid Unicode text"):
+        complete(tenant=tenant, messages=[{"role": "user", "content": "hi"}], customer_id="\ud83d")
+
+    assert not CallLog.objects.exists()
+
+
 @pytest.mark.django_db
 def test_complete_for_a_customer_id_with_spaces_takes_its_override_and_logs_it_trimmed():
     # given an override for customer "acme", saved through a form that trims

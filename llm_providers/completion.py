@@ -127,6 +127,7 @@ class EmbeddingResult:
     model: str
     latency_ms: int
     attempts: int
+    usage_estimated: bool = False
 
 
 class _MoveOn(Exception):
@@ -1064,6 +1065,7 @@ def _embed_on_target(call: _Call, target: RouteTarget) -> EmbeddingResult:
         model=embedded.model or target.model,
         latency_ms=latency_ms,
         attempts=call.attempts,
+        usage_estimated=embedded.usage_estimated,
     )
 
 

@@ -480,6 +480,9 @@ class EmbeddingResultSerializer(_CallResultSerializer):
         child=serializers.ListField(child=serializers.FloatField()),
         help_text="One vector per input, in order.",
     )
+    usage_estimated = serializers.BooleanField(
+        help_text="The provider reported no usage: tokens are estimated."
+    )
 
 
 class TenantProviderConfigField(serializers.PrimaryKeyRelatedField):

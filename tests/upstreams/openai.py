@@ -253,17 +253,19 @@ class OpenAIUpstream(LoopbackUpstream):
         vectors: list[list[float]],
         *,
         model: str = "text-embedding-3-small",
-        prompt_tokens: int = 8,
+        prompt_tokens: int | None = 8,
     ) -> Script:
-        payload = {
+        """`prompt_tokens=None`: no usage, as some compatible servers answer."""
+        payload: dict[str, Any] = {
             "object": "list",
             "data": [
                 {"object": "embedding", "index": index, "embedding": vector}
                 for index, vector in enumerate(vectors)
             ],
             "model": model,
-            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
         }
+        if prompt_tokens is not None:
+            payload["usage"] = {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}
         return json_reply(payload, route="embeddings")
 
     def enqueue_embeddings(self, *args: Any, times: int = 1, **kwargs: Any) -> None:

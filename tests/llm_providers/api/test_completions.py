@@ -604,11 +604,28 @@ def test_embedding_answers_vectors_from_openai_upstream(service_api, openai, ope
     assert response.status_code == 200, response.content
     body = response.json()
     assert body["vectors"] == [[0.25, -0.5], [1.0, 0.0]]
-    assert body["usage"]["input_tokens"] == 50_000
+    assert (body["usage"]["input_tokens"], body["usage_estimated"]) == (50_000, False)
     # text-embedding-3-small: $0.02 per million tokens.
     assert body["cost_usd"] == "0.001000000000"
     assert _log(body["request_id"]).cost_usd == Decimal("0.001")
     assert openai_upstream.requests[0].json["input"] == ["alpha", "beta"]
+
+
+def test_embedding_says_when_its_usage_is_estimated(service_api, openai, openai_upstream):
+    # given a compatible server that answers embeddings without usage
+    openai_upstream.enqueue_embeddings([[0.25, -0.5]], prompt_tokens=None)
+
+    # when
+    response = service_api.post(
+        EMBEDDINGS, {"inputs": ["alpha beta gamma"], "model": "text-embedding-3-small"}
+    )
+
+    # then the answer says its tokens are estimated, as its call log row does
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert body["usage_estimated"] is True
+    assert body["usage"]["input_tokens"] > 0
+    assert _log(body["request_id"]).usage_estimated is True
 
 
 def test_embedding_accepts_one_text(service_api, fake):

@@ -641,6 +641,23 @@ def test_budget_admin_refuses_a_private_webhook_url_with_a_clear_message(client)
 
 
 @pytest.mark.django_db
+def test_budget_admin_refuses_a_customer_no_call_can_carry(client):
+    tenant = TenantFactory()
+    client.force_login(_member(tenant))
+
+    response = client.post(
+        reverse("admin:usage_budget_add"), _budget_form(tenant, customer_id="acme\x07corp")
+    )
+
+    assert response.status_code == 200
+    assert response.context["adminform"].form.errors["customer_id"] == [
+        "customer_id must not contain control characters. Calls that carry one are refused, "
+        "so this budget would never apply."
+    ]
+    assert Budget.objects.count() == 0
+
+
+@pytest.mark.django_db
 def test_budget_admin_refuses_another_tenants_provider_config(client):
     mine, theirs = TenantFactory(), TenantFactory()
     foreign = ProviderConfigFactory(tenant=theirs)

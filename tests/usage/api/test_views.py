@@ -815,6 +815,25 @@ def test_budget_create_answers_400_naming_the_bad_field(admin_api, tenant, body,
     assert not Budget.objects.exists()
 
 
+@pytest.mark.parametrize("field", ["customer_id", "service_name"])
+def test_budget_create_refuses_a_scope_no_call_can_carry(admin_api, tenant, field):
+    # given a scope with a tab inside: completions refuse such a customer or service
+    body = {"name": "cap", "limit_usd": "10", "action": "block", field: "acme\tcorp"}
+
+    # when a tenant admin saves a blocking budget for it
+    response = admin_api.post(BUDGETS, body)
+
+    # then it is refused, saying why, rather than stored as a budget that never applies
+    assert response.status_code == 400
+    assert response.json()["error"]["fields"] == {
+        field: [
+            f"{field} must not contain control characters. Calls that carry one are refused, "
+            "so this budget would never apply."
+        ]
+    }
+    assert not Budget.objects.exists()
+
+
 def test_budget_update_keeps_webhook_when_omitted(admin_api, tenant):
     budget = BudgetFactory(tenant=tenant, name="cap", webhook_url=WEBHOOK)
 

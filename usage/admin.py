@@ -306,6 +306,8 @@ class CallLogAdmin(_ReadOnlyLargeTableAdmin):
 class BudgetAdminForm(forms.ModelForm):
     alert_percentages = forms.CharField(
         required=False,
+        # Named in the change history as the API names it, not by its attribute.
+        label="Alert percentages",
         help_text="Alert when spend crosses these percentages of the limit, e.g. 50, 80, 100.",
     )
     webhook_url = forms.CharField(

@@ -7,6 +7,7 @@ from unittest import mock
 from zoneinfo import ZoneInfo
 
 import pytest
+from django.contrib.admin.models import LogEntry
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
@@ -655,6 +656,25 @@ def test_budget_admin_refuses_a_customer_no_call_can_carry(client):
         "so this budget would never apply."
     ]
     assert Budget.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_budget_admin_history_names_changed_percentages_as_the_api_does(client):
+    tenant = TenantFactory()
+    budget = BudgetFactory(
+        tenant=tenant, name="Cap", period="daily", limit_usd=Decimal("5"), action="block",
+        alert_percentages=[50, 80, 100],
+    )  # fmt: skip
+    client.force_login(_member(tenant))
+
+    response = client.post(
+        reverse("admin:usage_budget_change", args=[budget.pk]),
+        _budget_form(tenant, name="Cap", alert_percentages="50, 90"),
+    )
+
+    assert response.status_code == 302
+    (entry,) = LogEntry.objects.filter(object_id=str(budget.pk))
+    assert entry.get_change_message() == "Changed Alert percentages."
 
 
 @pytest.mark.django_db

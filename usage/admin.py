@@ -373,9 +373,12 @@ class BudgetAdminForm(forms.ModelForm):
 
     def clean_alert_percentages(self):
         raw = self.cleaned_data.get("alert_percentages") or ""
-        parts = [p for p in raw.replace(";", ",").replace(" ", ",").split(",") if p]
+        # "50, 80%", "50;80" and "50 % 80 %" alike.
+        parts = [
+            p for p in raw.replace("%", " ").replace(";", ",").replace(" ", ",").split(",") if p
+        ]
         try:
-            return [int(p.rstrip("%")) for p in parts]
+            return [int(p) for p in parts]
         except ValueError:
             raise forms.ValidationError(
                 "Write whole percentages separated by commas, e.g. 50, 80, 100."
@@ -532,6 +535,14 @@ class CostAlertAdmin(TenantScopedAdmin):
         if not request.user.is_superuser:
             queryset = queryset.filter(tenant_id__in=self._admin_tenant_ids(request))
         count = alert_deliveries_retry(alerts=queryset)
+        if not count:
+            self.message_user(
+                request,
+                "Nothing to retry: every delivery of the selected alerts has gone out or is "
+                "under way.",
+                level=messages.WARNING,
+            )
+            return
         self.message_user(request, f"{count} delivery(ies) queued for another attempt.")
 
 

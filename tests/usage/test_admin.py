@@ -804,6 +804,45 @@ def test_alert_retry_action_makes_failed_deliveries_due_again(client):
 
 
 @pytest.mark.django_db
+def test_alert_retry_action_on_delivered_alerts_says_there_is_nothing_to_retry(client):
+    # given an alert whose every delivery has gone out
+    tenant = TenantFactory()
+    BudgetFactory(tenant=tenant, alert_percentages=[50])
+    CallLogFactory(tenant=tenant, cost_usd=Decimal("6"), created_at=timezone.now())
+    _aggregate_today()
+    (alert,) = alerts_check()
+    AlertDelivery.objects.update(next_attempt_at=None, delivered_at=timezone.now())
+    client.force_login(_member(tenant))
+
+    # when
+    response = client.post(
+        reverse("admin:usage_costalert_changelist"),
+        {"action": "retry_deliveries", "_selected_action": [alert.pk]},
+        follow=True,
+    )
+
+    # then the page says nothing was queued, as a warning rather than a success
+    [message] = list(response.context["messages"])
+    assert message.level_tag == "warning"
+    assert str(message) == (
+        "Nothing to retry: every delivery of the selected alerts has gone out or is under way."
+    )
+
+
+@pytest.mark.django_db
+def test_budget_admin_reads_percentages_written_with_a_space_before_the_sign(client):
+    tenant = TenantFactory()
+    client.force_login(_member(tenant))
+
+    response = client.post(
+        reverse("admin:usage_budget_add"), _budget_form(tenant, alert_percentages="50 %, 80 %")
+    )
+
+    assert response.status_code == 302
+    assert Budget.objects.get(tenant=tenant).alert_percentages == [50, 80]
+
+
+@pytest.mark.django_db
 def test_alert_list_hides_other_tenants_alerts(client):
     mine, theirs = TenantFactory(), TenantFactory(name="Other Inc")
     for tenant in (mine, theirs):

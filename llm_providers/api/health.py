@@ -96,7 +96,9 @@ def health_cache() -> ComponentHealth:
 
 def health_broker() -> ComponentHealth:
     url = getattr(settings, "CELERY_BROKER_URL", "") or ""
-    if not url:
+    if not url or url.startswith("memory://"):
+        # No broker: the in-process transport the settings fall back to, with
+        # tasks run eagerly. Nothing is there to probe.
         return ComponentHealth(status=STATUS_NOT_CONFIGURED)
     return _timed(lambda: _broker_probe(url))
 

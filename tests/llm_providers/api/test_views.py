@@ -586,8 +586,12 @@ def test_service_key_revoke_is_idempotent_when_already_revoked(admin_api, tenant
 # --- health ----------------------------------------------------------------------
 
 
-def test_health_answers_200_without_credentials_when_components_up(anonymous_api, settings):
-    settings.CELERY_BROKER_URL = ""
+@pytest.mark.parametrize("broker_url", ["", "memory://"])
+def test_health_answers_200_without_credentials_when_components_up(
+    anonymous_api, settings, broker_url
+):
+    # no broker: the settings make that the in-process transport, tasks run eagerly
+    settings.CELERY_BROKER_URL = broker_url
 
     response = anonymous_api.get("/api/v1/health")
 

@@ -330,9 +330,12 @@ def test_stream_broken_by_upstream_records_estimated_usage_and_raises(tenant, op
     log = CallLog.objects.get()
     assert (log.status, log.streamed, log.usage_estimated) == ("error", True, True)
     assert log.error_code == "upstream_unavailable"
-    # "alpha beta " is 11 characters: 4 estimated output tokens, priced.
-    assert log.output_tokens == 4
-    assert log.cost_usd is not None and log.cost_usd > 0
+    # "alpha beta " is 11 characters: 4 estimated output tokens; the prompt is
+    # estimated at 9. gpt-4o-mini at $0.15 input and $0.60 output per million:
+    # 9 × 0.15 + 4 × 0.60 = 3.75 per million.
+    assert (log.input_tokens, log.output_tokens) == (9, 4)
+    assert (log.model_answered, log.price_source) == ("gpt-4o-mini-2024-07-18", "genai_prices")
+    assert log.cost_usd == Decimal("0.00000375")
 
 
 def test_stream_without_reported_usage_estimates_and_prices_the_tool_calls(tenant, openai_upstream):

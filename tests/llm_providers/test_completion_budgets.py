@@ -1,6 +1,7 @@
 """The budget gate inside the completion pipeline: reserve, refuse, settle, release."""
 
 import threading
+import time
 from decimal import Decimal
 
 import pytest
@@ -129,7 +130,7 @@ def test_stream_settles_real_cost(tenant, primary):
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_calls_never_overspend_blocking_budget(allow_private_urls, openai_upstream):
     # given a budget with room for exactly k worst-case calls and an upstream
-    # slow enough that all calls overlap
+    # that holds every answer until all calls have been admitted or refused
     tenant = TenantFactory()
     provider_config_create(
         tenant=tenant,
@@ -143,7 +144,14 @@ def test_concurrent_calls_never_overspend_blocking_budget(allow_private_urls, op
         provider_type="openai_compatible", model="house-model",
         input_per_mtok="1000", output_per_mtok="1000",
     )  # fmt: skip
-    openai_upstream.set_default(openai_upstream.chat_reply("ok", model="house-model", delay=1.0))
+    answer = openai_upstream.chat_reply("ok", model="house-model")
+    release = threading.Event()
+
+    def held_answer(request):
+        release.wait(timeout=60)
+        return answer
+
+    openai_upstream.set_default(held_answer)
     # Worst case per call: (8 input + 100 output) × $1,000 per million = $0.108.
     k = 4
     BudgetFactory(
@@ -168,6 +176,14 @@ def test_concurrent_calls_never_overspend_blocking_budget(allow_private_urls, op
     threads = [threading.Thread(target=call) for _ in range(12)]
     for thread in threads:
         thread.start()
+    # No call settles (and frees room) before every call is at the upstream or refused.
+    deadline = time.monotonic() + 60
+    try:
+        while outcomes.count("blocked") + len(openai_upstream.requests) < 12:
+            assert time.monotonic() < deadline, (outcomes, len(openai_upstream.requests))
+            time.sleep(0.01)
+    finally:
+        release.set()
     for thread in threads:
         thread.join()
 

@@ -2,9 +2,9 @@
 
 import datetime as dt
 import threading
-import time
 import uuid
 from decimal import Decimal
+from unittest import mock
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -177,18 +177,25 @@ def test_release_gives_the_reservation_back(counters):
 @pytest.mark.django_db
 def test_reservation_lapses_when_not_settled_within_its_ttl(counters, settings):
     # given a crashed worker's reservation that is never settled
-    settings.USAGE_BUDGET_RESERVATION_TTL_SECONDS = 1
+    settings.USAGE_BUDGET_RESERVATION_TTL_SECONDS = 60
     tenant = TenantFactory()
     _blocking_daily(tenant)
-    _reserve(tenant, "0.70")
-    with pytest.raises(BudgetExceeded):
+    start = timezone.now().replace(hour=12, minute=0, second=0, microsecond=0)
+    with mock.patch("django.utils.timezone.now", return_value=start):
+        _reserve(tenant, "0.70")
+    # still held one second before its TTL ends
+    held = start + dt.timedelta(seconds=59)
+    with (
+        mock.patch("django.utils.timezone.now", return_value=held),
+        pytest.raises(BudgetExceeded),
+    ):
         _reserve(tenant, "0.70")
 
     # when its TTL has passed
-    time.sleep(1.2)
-
-    # then its amount is free again
-    assert _reserve(tenant, "0.70")
+    later = start + dt.timedelta(seconds=61)
+    with mock.patch("django.utils.timezone.now", return_value=later):
+        # then its amount is free again
+        assert _reserve(tenant, "0.70")
 
 
 @pytest.mark.django_db

@@ -345,11 +345,20 @@ def test_new_tenant_time_zone_has_its_usage_recomputed_once_committed(
 @pytest.mark.django_db
 def test_other_tenant_changes_leave_usage_alone(django_capture_on_commit_callbacks):
     tenant = TenantFactory(timezone="Europe/Paris")
+
+    def recomputes(callbacks):
+        return [c for c in callbacks if "_on_tenant_timezone_change" in c.__qualname__]
+
     with django_capture_on_commit_callbacks() as callbacks:
         tenant.name = "Renamed"
         tenant.save()
+    with django_capture_on_commit_callbacks() as moved:
+        tenant.timezone = "Asia/Tokyo"
+        tenant.save()
 
-    assert not [c for c in callbacks if "_on_tenant_timezone_change" in c.__qualname__]
+    assert recomputes(callbacks) == []
+    # The filter above does recognise the recompute: a change of zone registers one.
+    assert len(recomputes(moved)) == 1
 
 
 @pytest.mark.postgres

@@ -389,6 +389,19 @@ def test_stream_of_a_mistral_reasoning_model_records_only_its_answer(tenant, ope
     assert (log.status, log.output_tokens, log.usage_estimated) == ("ok", 30, False)
 
 
+def test_stream_records_time_to_first_token_before_the_whole_answer(tenant, openai_upstream):
+    _openai(tenant, openai_upstream)
+    # Each event waits 0.2 s: the text's first word comes well before its last.
+    openai_upstream.enqueue_chat_stream(["one ", "two ", "three"], chunk_delay=0.2)
+
+    chunks = stream(tenant=tenant, messages=HELLO)
+
+    assert "".join(chunks) == "one two three"
+    log = _only_log(chunks.result)
+    # Lower bounds only: waits can grow on a loaded machine, never shrink.
+    assert log.latency_ms - log.time_to_first_token_ms >= 400
+
+
 def test_stream_stopped_by_caller_records_what_was_received(tenant, openai_upstream):
     _openai(tenant, openai_upstream)
     openai_upstream.enqueue_chat_stream(["one ", "two ", "three"], chunk_delay=0.05)

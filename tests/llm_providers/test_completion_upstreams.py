@@ -3,6 +3,7 @@ and loopback servers speaking each wire format. Costs are checked to the micro-d
 
 import logging
 import signal
+import sys
 import threading
 import time
 from decimal import Decimal
@@ -470,17 +471,25 @@ def test_rejected_key_leaves_no_fragment_in_error_log_row_or_logs(tenant, openai
 
 @pytest.fixture
 def interrupt_once_called(openai_upstream):
-    """Raise KeyboardInterrupt in the test's thread, as Ctrl-C does, soon after
-    the upstream has received a request (so the call is under way)."""
+    """Raise KeyboardInterrupt in the test's thread, as Ctrl-C does, once the
+    upstream has received a request and the thread waits on the socket for the
+    answer (so the call is under way, whatever the machine's load)."""
 
     def interrupt(signum, frame):
         raise KeyboardInterrupt
+
+    def waiting_on_socket():
+        frame = sys._current_frames().get(main)
+        return frame is not None and frame.f_code.co_name in {"read", "recv", "readinto"}
 
     def send():
         deadline = time.monotonic() + 5
         while not openai_upstream.requests and time.monotonic() < deadline:
             time.sleep(0.01)
-        time.sleep(0.1)
+        # Past a second the upstream's 2 s delay is still far; send all the same.
+        deadline = time.monotonic() + 1
+        while not waiting_on_socket() and time.monotonic() < deadline:
+            time.sleep(0.01)
         signal.pthread_kill(main, signal.SIGALRM)
 
     main = threading.get_ident()

@@ -262,15 +262,19 @@ def test_complete_counts_every_retry_against_rate_limit(tenant, primary, backup)
     assert (first.status, first.error_code) == ("blocked", "rate_limited")
 
 
-def test_complete_raises_rate_limited_when_no_fallback_is_left(tenant, primary):
+def test_complete_raises_rate_limited_when_no_fallback_is_left(tenant, primary, rate_limit_clock):
     primary.rpm_limit = 1
     primary.save()
+    # 30 s into a minute: the one request frees up once this minute is over and
+    # its count has decayed to nothing, 30 + 60 s later.
+    rate_limit_clock(60 * 29_000_000 + 30)
     complete(tenant=tenant, messages=HELLO)
 
     with pytest.raises(RateLimited) as raised:
         complete(tenant=tenant, messages=HELLO)
 
-    assert raised.value.extra["retry_after_seconds"] >= 1
+    assert raised.value.extra["retry_after_seconds"] == 90
+    assert raised.value.message.endswith("is reached; retry in 90 s.")
 
 
 @pytest.fixture

@@ -1,10 +1,12 @@
 """The budget gate inside the completion pipeline: reserve, refuse, settle, release."""
 
+import math
 import threading
 import time
 from decimal import Decimal
 
 import pytest
+from django.utils import timezone
 
 from llm_providers.adapters.errors import UpstreamUnavailable
 from llm_providers.completion import complete, stream
@@ -18,6 +20,7 @@ from tests.factories import (
 )
 from usage.budget import BudgetExceeded
 from usage.models import Budget, CallLog
+from usage.periods import MONTHLY, period_containing
 
 pytestmark = pytest.mark.django_db
 
@@ -55,15 +58,24 @@ def test_complete_refuses_call_over_blocking_budget_before_provider(tenant, prim
         complete(tenant=tenant, messages=HELLO, max_tokens=10)
 
     # when
+    before = timezone.now()
     with pytest.raises(BudgetExceeded) as raised:
         complete(tenant=tenant, messages=HELLO, max_tokens=10)
+    after = timezone.now()
 
     # then: 0.084 spent; 0.084 + 0.028 > 0.1
     error = raised.value
     assert error.extra["budget_name"] == "hard cap"
     assert Decimal(error.extra["spend_usd"]) == 6 * REAL
     assert Decimal(error.extra["limit_usd"]) == Decimal("0.1")
-    assert error.extra["retry_after_seconds"] >= 1
+    # Retry when the month resets: its whole seconds away, as seen during the call.
+    reset = period_containing(MONTHLY, before, tenant.timezone).end
+    assert error.extra["resets_at"] == reset.isoformat()
+    assert (
+        max(1, math.ceil((reset - after).total_seconds()))
+        <= error.extra["retry_after_seconds"]
+        <= math.ceil((reset - before).total_seconds())
+    )
     assert "Budget “hard cap”" in error.message and "resets" in error.message
     blocked = CallLog.objects.filter(status="blocked").get()
     assert (blocked.error_code, blocked.input_tokens, blocked.cost_usd) == (

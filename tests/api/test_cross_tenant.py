@@ -102,10 +102,16 @@ def test_lists_show_nothing_of_other_tenant(caller, endpoint, callers, objects_a
     for name in ("provider", "spare_provider", "service_key"):
         assert ids_b[name] not in body
     assert "globex" not in body
-    listed = {
-        str(item.get("id", item.get("prefix"))) for item in response.json().get("results", [])
-    }
-    assert listed.isdisjoint({ids_b["override"], ids_b["call"]})
+    payload = response.json()
+    if "totals" in payload:
+        # Exactly the caller's one day of usage (10 requests, $0.002): B's would double it.
+        totals = payload["totals"]
+        assert (totals["requests"], totals["cost_usd"]) == (10, "0.002000000000")
+    if "results" in payload:
+        listed = {str(item.get("id", item.get("prefix"))) for item in payload["results"]}
+        # The caller's own objects are listed: an empty list would hide nothing.
+        assert listed
+        assert listed.isdisjoint({ids_b["override"], ids_b["call"]})
 
 
 @pytest.mark.parametrize("endpoint", WRITE_ENDPOINTS, ids=str)
@@ -149,14 +155,19 @@ def test_override_update_refuses_other_tenants_fallback(admin_api, objects_a, ob
 
     assert response.status_code == 400
     assert list(response.json()["error"]["fields"]) == ["fallbacks"]
-    assert [f.provider_config for f in objects_a.override.fallbacks.all()] != [objects_b.provider]
+    # The override keeps exactly the fallback it had.
+    fallbacks = objects_a.override.fallbacks.order_by("position")
+    assert [f.provider_config.name for f in fallbacks] == ["acme-fallback"]
 
 
 def test_call_filter_by_other_tenants_provider_finds_nothing(admin_api, objects_a, objects_b):
     response = admin_api.get("/api/v1/calls/", {"provider_config": str(objects_b.provider.pk)})
+    own = admin_api.get("/api/v1/calls/", {"provider_config": str(objects_a.provider.pk)})
 
     assert response.status_code == 200
     assert response.json()["results"] == []
+    # The filter does select by provider: the caller's own provider finds its call.
+    assert [item["id"] for item in own.json()["results"]] == [objects_a.call.pk]
 
 
 def test_route_resolve_ignores_other_tenants_override(admin_api, objects_a, objects_b):

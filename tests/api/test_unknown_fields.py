@@ -7,8 +7,8 @@ from dataclasses import replace
 
 import pytest
 
-from llm_providers.models import ProviderConfig
-from overrides.models import RoutingOverride
+from llm_providers.models import ProviderConfig, ServiceKey
+from overrides.models import RoutingFallback, RoutingOverride
 from tests.api.endpoints import ENDPOINTS, call, tenant_objects_build
 from usage.models import Budget, CallLog
 
@@ -23,6 +23,12 @@ def _state(tenant) -> list:
         sorted(RoutingOverride.objects.filter(tenant=tenant).values_list("customer_id", "note")),
         sorted(Budget.objects.filter(tenant=tenant).values_list("name", "limit_usd")),
         CallLog.objects.filter(tenant=tenant).count(),
+        sorted(ServiceKey.objects.filter(tenant=tenant).values_list("name", "revoked")),
+        sorted(
+            RoutingFallback.objects.filter(override__tenant=tenant).values_list(
+                "override__customer_id", "provider_config__name", "position"
+            )
+        ),
     ]
 
 

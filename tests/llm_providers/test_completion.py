@@ -105,6 +105,8 @@ def test_complete_logs_a_prompt_preview_holding_a_nul_character(tenant, primary)
     # then the paid call has its row; the preview shows where the NUL was
     [log] = _logs(request_id=result.request_id)
     assert (log.status, log.cost_usd) == ("ok", result.cost_usd)
+    # 8 input and 3 output tokens, as for "hi": 8 + 6 micro-dollars.
+    assert log.cost_usd == HELLO_COST
     assert log.prompt_preview == "a\ufffdb"
 
 
@@ -120,6 +122,8 @@ def test_complete_logs_a_prompt_preview_holding_half_an_emoji(tenant, primary):
     # then the paid call has its row; the preview shows where the half was
     [log] = _logs(request_id=result.request_id)
     assert (log.status, log.cost_usd) == ("ok", result.cost_usd)
+    # 8 input and 3 output tokens, as for "hi": 8 + 6 micro-dollars.
+    assert log.cost_usd == HELLO_COST
     assert log.prompt_preview == "a\ufffdb"
 
 
@@ -258,15 +262,19 @@ def test_complete_counts_every_retry_against_rate_limit(tenant, primary, backup)
     assert (first.status, first.error_code) == ("blocked", "rate_limited")
 
 
-def test_complete_raises_rate_limited_when_no_fallback_is_left(tenant, primary):
+def test_complete_raises_rate_limited_when_no_fallback_is_left(tenant, primary, rate_limit_clock):
     primary.rpm_limit = 1
     primary.save()
+    # 30 s into a minute: the one request frees up once this minute is over and
+    # its count has decayed to nothing, 30 + 60 s later.
+    rate_limit_clock(60 * 29_000_000 + 30)
     complete(tenant=tenant, messages=HELLO)
 
     with pytest.raises(RateLimited) as raised:
         complete(tenant=tenant, messages=HELLO)
 
-    assert raised.value.extra["retry_after_seconds"] >= 1
+    assert raised.value.extra["retry_after_seconds"] == 90
+    assert raised.value.message.endswith("is reached; retry in 90 s.")
 
 
 @pytest.fixture
@@ -600,9 +608,11 @@ def test_stream_yields_text_and_records_call_at_the_end(tenant, primary):
     assert chunks.result.content == text
     [log] = _logs(request_id=chunks.request_id)
     assert (log.status, log.streamed, log.usage_estimated) == ("ok", True, False)
-    assert log.time_to_first_token_ms is not None
+    assert 0 <= log.time_to_first_token_ms <= log.latency_ms
     assert log.output_tokens == chunks.result.usage.output_tokens == 7
-    assert log.cost_usd == chunks.result.cost_usd
+    # 12 input and 7 output tokens: 12 + 14 micro-dollars.
+    assert log.input_tokens == chunks.result.usage.input_tokens == 12
+    assert log.cost_usd == chunks.result.cost_usd == Decimal("0.000026")
 
 
 def test_stream_closed_early_records_estimated_usage(tenant, primary):
@@ -616,7 +626,9 @@ def test_stream_closed_early_records_estimated_usage(tenant, primary):
     assert (log.status, log.error_code, log.usage_estimated) == ("ok", "client_closed", True)
     # "Echo: " is 6 characters: 2 estimated output tokens.
     assert log.output_tokens == 2
-    assert log.cost_usd == Decimal(log.input_tokens * 1 + 2 * 2) / 1_000_000
+    # 13 input tokens at $1 and 2 output tokens at $2 per million.
+    assert log.input_tokens == 13
+    assert log.cost_usd == Decimal("0.000017")
 
 
 def test_streams_closed_early_report_the_latency_their_call_log_rows_record(tenant, primary):

@@ -1,9 +1,12 @@
 """The budget gate inside the completion pipeline: reserve, refuse, settle, release."""
 
+import math
 import threading
+import time
 from decimal import Decimal
 
 import pytest
+from django.utils import timezone
 
 from llm_providers.adapters.errors import UpstreamUnavailable
 from llm_providers.completion import complete, stream
@@ -17,6 +20,7 @@ from tests.factories import (
 )
 from usage.budget import BudgetExceeded
 from usage.models import Budget, CallLog
+from usage.periods import MONTHLY, period_containing
 
 pytestmark = pytest.mark.django_db
 
@@ -54,15 +58,24 @@ def test_complete_refuses_call_over_blocking_budget_before_provider(tenant, prim
         complete(tenant=tenant, messages=HELLO, max_tokens=10)
 
     # when
+    before = timezone.now()
     with pytest.raises(BudgetExceeded) as raised:
         complete(tenant=tenant, messages=HELLO, max_tokens=10)
+    after = timezone.now()
 
     # then: 0.084 spent; 0.084 + 0.028 > 0.1
     error = raised.value
     assert error.extra["budget_name"] == "hard cap"
     assert Decimal(error.extra["spend_usd"]) == 6 * REAL
     assert Decimal(error.extra["limit_usd"]) == Decimal("0.1")
-    assert error.extra["retry_after_seconds"] >= 1
+    # Retry when the month resets: its whole seconds away, as seen during the call.
+    reset = period_containing(MONTHLY, before, tenant.timezone).end
+    assert error.extra["resets_at"] == reset.isoformat()
+    assert (
+        max(1, math.ceil((reset - after).total_seconds()))
+        <= error.extra["retry_after_seconds"]
+        <= math.ceil((reset - before).total_seconds())
+    )
     assert "Budget “hard cap”" in error.message and "resets" in error.message
     blocked = CallLog.objects.filter(status="blocked").get()
     assert (blocked.error_code, blocked.input_tokens, blocked.cost_usd) == (
@@ -129,7 +142,7 @@ def test_stream_settles_real_cost(tenant, primary):
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_calls_never_overspend_blocking_budget(allow_private_urls, openai_upstream):
     # given a budget with room for exactly k worst-case calls and an upstream
-    # slow enough that all calls overlap
+    # that holds every answer until all calls have been admitted or refused
     tenant = TenantFactory()
     provider_config_create(
         tenant=tenant,
@@ -143,7 +156,14 @@ def test_concurrent_calls_never_overspend_blocking_budget(allow_private_urls, op
         provider_type="openai_compatible", model="house-model",
         input_per_mtok="1000", output_per_mtok="1000",
     )  # fmt: skip
-    openai_upstream.set_default(openai_upstream.chat_reply("ok", model="house-model", delay=1.0))
+    answer = openai_upstream.chat_reply("ok", model="house-model")
+    release = threading.Event()
+
+    def held_answer(request):
+        release.wait(timeout=60)
+        return answer
+
+    openai_upstream.set_default(held_answer)
     # Worst case per call: (8 input + 100 output) × $1,000 per million = $0.108.
     k = 4
     BudgetFactory(
@@ -168,6 +188,14 @@ def test_concurrent_calls_never_overspend_blocking_budget(allow_private_urls, op
     threads = [threading.Thread(target=call) for _ in range(12)]
     for thread in threads:
         thread.start()
+    # No call settles (and frees room) before every call is at the upstream or refused.
+    deadline = time.monotonic() + 60
+    try:
+        while outcomes.count("blocked") + len(openai_upstream.requests) < 12:
+            assert time.monotonic() < deadline, (outcomes, len(openai_upstream.requests))
+            time.sleep(0.01)
+    finally:
+        release.set()
     for thread in threads:
         thread.join()
 

@@ -3,6 +3,7 @@ and loopback servers speaking each wire format. Costs are checked to the micro-d
 
 import logging
 import signal
+import sys
 import threading
 import time
 from decimal import Decimal
@@ -330,9 +331,12 @@ def test_stream_broken_by_upstream_records_estimated_usage_and_raises(tenant, op
     log = CallLog.objects.get()
     assert (log.status, log.streamed, log.usage_estimated) == ("error", True, True)
     assert log.error_code == "upstream_unavailable"
-    # "alpha beta " is 11 characters: 4 estimated output tokens, priced.
-    assert log.output_tokens == 4
-    assert log.cost_usd is not None and log.cost_usd > 0
+    # "alpha beta " is 11 characters: 4 estimated output tokens; the prompt is
+    # estimated at 9. gpt-4o-mini at $0.15 input and $0.60 output per million:
+    # 9 × 0.15 + 4 × 0.60 = 3.75 per million.
+    assert (log.input_tokens, log.output_tokens) == (9, 4)
+    assert (log.model_answered, log.price_source) == ("gpt-4o-mini-2024-07-18", "genai_prices")
+    assert log.cost_usd == Decimal("0.00000375")
 
 
 def test_stream_without_reported_usage_estimates_and_prices_the_tool_calls(tenant, openai_upstream):
@@ -384,6 +388,19 @@ def test_stream_of_a_mistral_reasoning_model_records_only_its_answer(tenant, ope
     assert "".join(chunks) == "42."
     log = _only_log(chunks.result)
     assert (log.status, log.output_tokens, log.usage_estimated) == ("ok", 30, False)
+
+
+def test_stream_records_time_to_first_token_before_the_whole_answer(tenant, openai_upstream):
+    _openai(tenant, openai_upstream)
+    # Each event waits 0.2 s: the text's first word comes well before its last.
+    openai_upstream.enqueue_chat_stream(["one ", "two ", "three"], chunk_delay=0.2)
+
+    chunks = stream(tenant=tenant, messages=HELLO)
+
+    assert "".join(chunks) == "one two three"
+    log = _only_log(chunks.result)
+    # Lower bounds only: waits can grow on a loaded machine, never shrink.
+    assert log.latency_ms - log.time_to_first_token_ms >= 400
 
 
 def test_stream_stopped_by_caller_records_what_was_received(tenant, openai_upstream):
@@ -454,17 +471,25 @@ def test_rejected_key_leaves_no_fragment_in_error_log_row_or_logs(tenant, openai
 
 @pytest.fixture
 def interrupt_once_called(openai_upstream):
-    """Raise KeyboardInterrupt in the test's thread, as Ctrl-C does, soon after
-    the upstream has received a request (so the call is under way)."""
+    """Raise KeyboardInterrupt in the test's thread, as Ctrl-C does, once the
+    upstream has received a request and the thread waits on the socket for the
+    answer (so the call is under way, whatever the machine's load)."""
 
     def interrupt(signum, frame):
         raise KeyboardInterrupt
+
+    def waiting_on_socket():
+        frame = sys._current_frames().get(main)
+        return frame is not None and frame.f_code.co_name in {"read", "recv", "readinto"}
 
     def send():
         deadline = time.monotonic() + 5
         while not openai_upstream.requests and time.monotonic() < deadline:
             time.sleep(0.01)
-        time.sleep(0.1)
+        # Past a second the upstream's 2 s delay is still far; send all the same.
+        deadline = time.monotonic() + 1
+        while not waiting_on_socket() and time.monotonic() < deadline:
+            time.sleep(0.01)
         signal.pthread_kill(main, signal.SIGALRM)
 
     main = threading.get_ident()

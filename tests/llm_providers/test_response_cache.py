@@ -43,8 +43,9 @@ def test_response_cache_round_trips_result():
 
 def test_response_cache_is_separate_per_tenant():
     config_id = uuid.uuid4()
+    writer = uuid.uuid4()
     response_cache_set(
-        tenant_id=uuid.uuid4(),
+        tenant_id=writer,
         provider_config_id=config_id,
         endpoint="e",
         model="m",
@@ -52,16 +53,13 @@ def test_response_cache_is_separate_per_tenant():
         result=RESULT,
         ttl_seconds=60,
     )
+    same = {"provider_config_id": config_id, "endpoint": "e", "model": "m", "fingerprint": "f"}
 
-    found = response_cache_get(
-        tenant_id=uuid.uuid4(),
-        provider_config_id=config_id,
-        endpoint="e",
-        model="m",
-        fingerprint="f",
-    )
+    found = response_cache_get(tenant_id=uuid.uuid4(), **same)
 
     assert found is None
+    # The entry is there for the tenant that wrote it: the miss above is the tenant's.
+    assert response_cache_get(tenant_id=writer, **same) == RESULT
 
 
 def test_response_cache_set_with_zero_ttl_stores_nothing():

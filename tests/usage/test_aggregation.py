@@ -117,8 +117,8 @@ def test_recompute_sums_match_call_logs_to_the_micro_dollar():
     # then every figure equals the sum over CallLog
     row = DailyUsage.objects.get()
     expected_cost = sum(Decimal(c) for c in costs if c) * 4
-    assert row.cost_usd.quantize(Decimal("0.000001")) == expected_cost.quantize(Decimal("0.000001"))
-    assert row.cost_usd.quantize(Decimal("0.000001")) == Decimal("4.126162")
+    # Exact to the stored 12 places: no per-row or per-sum rounding is allowed.
+    assert row.cost_usd == expected_cost == Decimal("4.126161533296")
     logs = CallLog.objects.filter(tenant=tenant)
     sums = logs.aggregate(
         i=Sum("input_tokens"),
@@ -345,11 +345,20 @@ def test_new_tenant_time_zone_has_its_usage_recomputed_once_committed(
 @pytest.mark.django_db
 def test_other_tenant_changes_leave_usage_alone(django_capture_on_commit_callbacks):
     tenant = TenantFactory(timezone="Europe/Paris")
+
+    def recomputes(callbacks):
+        return [c for c in callbacks if "_on_tenant_timezone_change" in c.__qualname__]
+
     with django_capture_on_commit_callbacks() as callbacks:
         tenant.name = "Renamed"
         tenant.save()
+    with django_capture_on_commit_callbacks() as moved:
+        tenant.timezone = "Asia/Tokyo"
+        tenant.save()
 
-    assert not [c for c in callbacks if "_on_tenant_timezone_change" in c.__qualname__]
+    assert recomputes(callbacks) == []
+    # The filter above does recognise the recompute: a change of zone registers one.
+    assert len(recomputes(moved)) == 1
 
 
 @pytest.mark.postgres

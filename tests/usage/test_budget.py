@@ -1,10 +1,11 @@
 """The budget gate: reserve, refuse, settle, release, expiry, cold rebuild, concurrency."""
 
 import datetime as dt
+import math
 import threading
-import time
 import uuid
 from decimal import Decimal
+from unittest import mock
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -90,8 +91,10 @@ def test_reserve_refuses_with_budget_spend_limit_and_reset_when_blocking_budget_
     period = period_containing(DAILY, timezone.now(), "Europe/Paris")
 
     # when a call that may cost $0.20 asks for room
+    before = timezone.now()
     with pytest.raises(BudgetExceeded) as caught:
         _reserve(tenant, "0.20")
+    after = timezone.now()
 
     # then it is refused, naming the budget, spend, limit and reset
     error = caught.value
@@ -108,7 +111,12 @@ def test_reserve_refuses_with_budget_spend_limit_and_reset_when_blocking_budget_
     assert error.extra["spend_usd"] == "0.900000000000"
     assert error.extra["limit_usd"] == "1.0000"
     assert error.extra["resets_at"] == period.end.isoformat()
-    assert 0 < error.extra["retry_after_seconds"] <= 25 * 3600
+    # The whole seconds until the reset, as seen at some moment during the call.
+    assert (
+        max(1, math.ceil((period.end - after).total_seconds()))
+        <= error.extra["retry_after_seconds"]
+        <= math.ceil((period.end - before).total_seconds())
+    )
 
 
 @pytest.mark.django_db
@@ -177,18 +185,25 @@ def test_release_gives_the_reservation_back(counters):
 @pytest.mark.django_db
 def test_reservation_lapses_when_not_settled_within_its_ttl(counters, settings):
     # given a crashed worker's reservation that is never settled
-    settings.USAGE_BUDGET_RESERVATION_TTL_SECONDS = 1
+    settings.USAGE_BUDGET_RESERVATION_TTL_SECONDS = 60
     tenant = TenantFactory()
     _blocking_daily(tenant)
-    _reserve(tenant, "0.70")
-    with pytest.raises(BudgetExceeded):
+    start = timezone.now().replace(hour=12, minute=0, second=0, microsecond=0)
+    with mock.patch("django.utils.timezone.now", return_value=start):
+        _reserve(tenant, "0.70")
+    # still held one second before its TTL ends
+    held = start + dt.timedelta(seconds=59)
+    with (
+        mock.patch("django.utils.timezone.now", return_value=held),
+        pytest.raises(BudgetExceeded),
+    ):
         _reserve(tenant, "0.70")
 
     # when its TTL has passed
-    time.sleep(1.2)
-
-    # then its amount is free again
-    assert _reserve(tenant, "0.70")
+    later = start + dt.timedelta(seconds=61)
+    with mock.patch("django.utils.timezone.now", return_value=later):
+        # then its amount is free again
+        assert _reserve(tenant, "0.70")
 
 
 @pytest.mark.django_db

@@ -189,10 +189,12 @@ def rate_limit_admit(
     refusals = []
     if rpm_over:
         retry_after = _retry_after(rpm_limit, rp, rc, 1, window)
-        refusals.append((rpm_limit, 1, "requests per minute", "rpm", retry_after))
+        unit = "request" if rpm_limit == 1 else "requests"
+        refusals.append((rpm_limit, 1, f"{unit} per minute", "rpm", retry_after))
     if tpm_over:
         retry_after = _retry_after(tpm_limit, tp, tc, tokens, window)
-        refusals.append((tpm_limit, tokens, "tokens per minute", "tpm", retry_after))
+        unit = "token" if tpm_limit == 1 else "tokens"
+        refusals.append((tpm_limit, tokens, f"{unit} per minute", "tpm", retry_after))
     if not refusals:
         return
     # Over both limits, the request fits once both admit it: name the later one

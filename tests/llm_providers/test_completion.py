@@ -343,7 +343,7 @@ def test_rate_limited_everywhere_does_not_promise_a_config_the_request_can_never
     assert (error.extra["limit_kind"], error.extra["limit"]) == ("rpm", 1)
     assert (
         error.message
-        == "The provider config's limit of 1 requests per minute is reached; retry in 90 s."
+        == "The provider config's limit of 1 request per minute is reached; retry in 90 s."
     )
 
 

@@ -201,6 +201,26 @@ def scope_validate(*, customer_id: Any, service_name: Any) -> tuple[str, str]:
     return scope[0], scope[1]
 
 
+def scope_fields_clean(instance: Any, *, consequence: str) -> dict[str, str]:
+    """Trim the `customer_id` and `service_name` of a stored scope (an override,
+    a budget) as calls are trimmed, and name those no call can carry.
+
+    Returns {field: message}, each message followed by `consequence`; a value
+    over the field's length is left to the field's own message.
+    """
+    errors = {}
+    for field in ("customer_id", "service_name"):
+        value = getattr(instance, field).strip()
+        setattr(instance, field, value)
+        if len(value) > instance._meta.get_field(field).max_length:
+            continue
+        try:
+            scope_validate(**{"customer_id": "", "service_name": "", field: value})
+        except InvalidRequest as exc:
+            errors[field] = f"{exc.message} Calls that carry one are refused, so {consequence}"
+    return errors
+
+
 def embed_inputs_validate(inputs: Any) -> list[str]:
     if isinstance(inputs, str):
         inputs = [inputs]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.core.exceptions import ValidationError
 from django.db import models
 
-from llm_providers.chat_input import InvalidRequest, scope_validate
+from llm_providers.chat_input import scope_fields_clean
 from llm_providers.models import ProviderConfig, Tenant
 
 
@@ -64,21 +64,7 @@ class RoutingOverride(models.Model):
 
     def clean(self) -> None:
         super().clean()
-        errors = {}
-        for field in ("customer_id", "service_name"):
-            # Calls are matched by their trimmed customer and service.
-            value = getattr(self, field).strip()
-            setattr(self, field, value)
-            if len(value) > self._meta.get_field(field).max_length:
-                continue  # reported by the field itself
-            try:
-                # The scope must be one a call can carry, or the override never matches.
-                scope_validate(**{"customer_id": "", "service_name": "", field: value})
-            except InvalidRequest as exc:
-                errors[field] = (
-                    f"{exc.message} Calls that carry one are refused, so this override would "
-                    "never match."
-                )
+        errors = scope_fields_clean(self, consequence="this override would never match.")
         config = self.provider_config if self.provider_config_id else None
         if config is not None:
             if self.tenant_id and config.tenant_id != self.tenant_id:

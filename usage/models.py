@@ -12,7 +12,7 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
-from llm_providers.chat_input import InvalidRequest, scope_validate
+from llm_providers.chat_input import scope_fields_clean
 from llm_providers.encryption import GuardedEncryptedTextField, UnreadableSecret
 from llm_providers.models import ProviderConfig, Tenant
 from llm_providers.provider_types import ProviderType
@@ -366,20 +366,7 @@ class Budget(models.Model):
             ]
         elif len(set(percentages)) != len(percentages):
             errors["alert_percentages"] = ["Each alert percentage may appear only once."]
-        for field in ("customer_id", "service_name"):
-            # Calls are counted by their trimmed customer and service.
-            value = getattr(self, field).strip()
-            setattr(self, field, value)
-            if len(value) > self._meta.get_field(field).max_length:
-                continue  # reported by the field itself
-            try:
-                # A scope a call cannot carry: the budget would never count anything.
-                scope_validate(**{"customer_id": "", "service_name": "", field: value})
-            except InvalidRequest as exc:
-                errors[field] = [
-                    f"{exc.message} Calls that carry one are refused, so this budget would "
-                    "never apply."
-                ]
+        errors.update(scope_fields_clean(self, consequence="this budget would never apply."))
         bad_emails = []
         for address in self.email_list:
             try:

@@ -26,6 +26,7 @@ from django.db.models import (
     When,
 )
 from django.db.models.functions import Coalesce, TruncDate
+from django.template.defaultfilters import pluralize
 from django.utils import timezone
 
 from llm_providers.adapters.errors import ContentRefused, NotSupported, ProviderBadRequest
@@ -229,7 +230,8 @@ class Dashboard:
     last_aggregated_at: datetime | None = None
 
 
-# 10 rows per breakdown: the dashboard shows where the money goes, not a report.
+# 10 rows per breakdown, then one for the rest: the dashboard shows where the money goes,
+# not a report.
 _TOP = 10
 
 
@@ -305,6 +307,21 @@ def _known_cost(row: dict) -> Decimal | None:
     return None if row["unpriced"] and not cost else cost
 
 
+def _breakdown(
+    rows: list[tuple[str, dict]], totals: dict, others: int
+) -> list[tuple[str, Decimal | None, int]]:
+    """A breakdown's listed rows, then one row for the `others` groups not listed,
+    so that the rows add up to the totals."""
+    listed = [(label, _known_cost(r), r["requests"]) for label, r in rows]
+    if others:
+        rest = {
+            key: (totals[key] or 0) - sum(r[key] or 0 for _, r in rows)
+            for key in ("cost", "requests", "unpriced")
+        }
+        listed.append((f"({others} other{pluralize(others)})", _known_cost(rest), rest["requests"]))
+    return listed
+
+
 def usage_dashboard(*, tenant: Tenant, now: datetime | None = None, days: int = 30) -> Dashboard:
     """Everything the tenant's usage dashboard shows, from DailyUsage (+ a short CallLog window)."""
     now = now or timezone.now()
@@ -332,15 +349,16 @@ def usage_dashboard(*, tenant: Tenant, now: datetime | None = None, days: int = 
     )
     names = dict(ProviderConfig.objects.filter(tenant=tenant).values_list("pk", "name"))
 
-    def top(*fields: str) -> list[dict]:
-        return list(
-            usage.order_by()
-            .values(*fields)
-            .annotate(
+    def top(label, *fields: str) -> list[tuple[str, Decimal | None, int]]:
+        groups = usage.order_by().values(*fields)
+        found = list(
+            groups.annotate(
                 cost=Sum("cost_usd"), requests=Sum("request_count"), unpriced=Sum("unpriced_count")
-            )
-            .order_by("-cost", "-requests")[:_TOP]
+            ).order_by("-cost", "-requests")[: _TOP + 1]
         )
+        rows = [(label(r), r) for r in found[:_TOP]]
+        others = groups.distinct().count() - _TOP if len(found) > _TOP else 0
+        return _breakdown(rows, totals, others)
 
     # Every group, then merged per label: a deleted config's days recomputed
     # since (no config any more) and the older ones (its id) are one row.
@@ -360,22 +378,13 @@ def usage_dashboard(*, tenant: Tenant, now: datetime | None = None, days: int = 
         merged = per_provider.setdefault(label, {"cost": ZERO, "requests": 0, "unpriced": 0})
         for key in merged:
             merged[key] += r[key] or 0
-    by_provider = [
-        (label, _known_cost(r), r["requests"])
-        for label, r in sorted(
-            per_provider.items(),
-            key=lambda item: (-item[1]["cost"], -item[1]["requests"], item[0]),
-        )[:_TOP]
-    ]
-    by_model = [(r["model"] or "(none)", _known_cost(r), r["requests"]) for r in top("model")]
-    by_service = [
-        (r["service_name"] or "(no service)", _known_cost(r), r["requests"])
-        for r in top("service_name")
-    ]
-    by_customer = [
-        (r["customer_id"] or "(no customer)", _known_cost(r), r["requests"])
-        for r in top("customer_id")
-    ]
+    providers = sorted(
+        per_provider.items(), key=lambda item: (-item[1]["cost"], -item[1]["requests"], item[0])
+    )
+    by_provider = _breakdown(providers[:_TOP], totals, max(len(providers) - _TOP, 0))
+    by_model = top(lambda r: r["model"] or "(none)", "model")
+    by_service = top(lambda r: r["service_name"] or "(no service)", "service_name")
+    by_customer = top(lambda r: r["customer_id"] or "(no customer)", "customer_id")
 
     budgets = []
     for budget in budget_list_active(tenant=tenant):

@@ -123,3 +123,53 @@ def test_dashboard_warns_of_a_config_s_unpriced_model_once_after_its_type_change
     dashboard = usage_dashboard(tenant=tenant, now=now)
 
     assert dashboard.unpriced == [("local", "home-brew", 6)]
+
+
+@pytest.mark.django_db
+def test_dashboard_breakdowns_add_up_to_the_total_past_ten_rows():
+    # given 12 customers and 12 models: the ten largest are listed, the rest in one row
+    now = dt.datetime(2026, 6, 15, 12, 0, tzinfo=dt.UTC)
+    tenant = TenantFactory()
+    config = ProviderConfigFactory(tenant=tenant, name="main")
+    for index in range(12):
+        DailyUsageFactory(
+            tenant=tenant,
+            provider_config=config,
+            day=now.date(),
+            customer_id=f"customer-{index:02}",
+            model=f"model-{index:02}",
+            cost_usd=Decimal("1.000001") * (index + 1),
+            request_count=index + 1,
+        )
+    DailyUsageFactory(
+        tenant=tenant, provider_config=config, day=now.date(), customer_id="customer-99",
+        model="mystery", cost_usd=Decimal(0), request_count=5, unpriced_count=5,
+    )  # fmt: skip
+
+    dashboard = usage_dashboard(tenant=tenant, now=now)
+
+    # then the last row holds the other three (two priced, one unpriced), and the rows
+    # add up to the totals to the micro-dollar
+    for rows in (dashboard.by_customer, dashboard.by_model):
+        assert len(rows) == 11
+        assert rows[-1] == ("(3 others)", Decimal("3.000003"), 8)
+        assert sum(cost for _, cost, _ in rows) == dashboard.total_cost == Decimal("78.000078")
+        assert sum(requests for _, _, requests in rows) == dashboard.total_requests == 83
+    assert dashboard.by_service == [("summarizer", Decimal("78.000078"), 83)]
+
+
+@pytest.mark.django_db
+def test_dashboard_breakdown_rest_of_unpriced_usage_only_reads_unpriced():
+    now = dt.datetime(2026, 6, 15, 12, 0, tzinfo=dt.UTC)
+    tenant = TenantFactory()
+    config = ProviderConfigFactory(tenant=tenant, name="main")
+    for index in range(12):
+        DailyUsageFactory(
+            tenant=tenant, provider_config=config, day=now.date(), customer_id=f"c-{index:02}",
+            cost_usd=Decimal(index + 1) if index >= 2 else Decimal(0), request_count=1,
+            unpriced_count=0 if index >= 2 else 1,
+        )  # fmt: skip
+
+    dashboard = usage_dashboard(tenant=tenant, now=now)
+
+    assert dashboard.by_customer[-1] == ("(2 others)", None, 2)

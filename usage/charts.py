@@ -7,6 +7,7 @@ mode included); the fill attributes are the light-theme fallback.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from datetime import date
 from decimal import Decimal
@@ -153,7 +154,11 @@ def spend_bars(rows: Sequence[tuple[str, Decimal | None, int]], *, width: int = 
 
 
 def budget_gauge(percent: float, *, width: int = 200) -> SafeString:
-    """A bar filled to `percent` of a budget's limit; red once at or over 100 %."""
+    """A bar filled to `percent` of a budget's limit; red once at or over 100 %.
+
+    Its title gives the whole percent reached (rounded down, as budget alerts
+    count): a budget at 99.6 % does not read 100 % while under its limit.
+    """
     filled = min(max(percent, 0.0), 100.0) / 100 * width
     return format_html(
         '<svg xmlns="http://www.w3.org/2000/svg" class="usage-gauge" viewBox="0 0 {} 14" '
@@ -163,7 +168,7 @@ def budget_gauge(percent: float, *, width: int = 200) -> SafeString:
         "</svg>",
         width,
         width,
-        f"{percent:.0f}",
+        math.floor(percent),
         width,
         _TRACK,
         "usage-over" if percent >= 100 else "usage-bar",

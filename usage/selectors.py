@@ -194,6 +194,11 @@ class BudgetStatus:
     def over(self) -> bool:
         return self.spend_usd >= self.budget.limit_usd
 
+    @property
+    def percent_reached(self) -> int:
+        """Whole percent of the limit reached, as budget alerts count it: 99.96 % is 99."""
+        return int(self.spend_usd * 100 // self.budget.limit_usd)
+
 
 @dataclass
 class ErrorRate:

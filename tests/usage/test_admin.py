@@ -305,6 +305,30 @@ def test_dashboard_shows_unpriced_usage_as_unknown_cost_not_zero(client):
     assert "mystery-7b: unpriced (1 request)" in html
 
 
+@pytest.mark.django_db
+def test_dashboard_budget_percentage_is_the_share_reached_as_alerts_count_it(client):
+    # given a budget at 99.96 % of its limit: under it, its 100 % alert not due
+    tenant = TenantFactory(name="Acme")
+    CallLogFactory(
+        tenant=tenant,
+        cost_usd=Decimal("9.996"),
+        created_at=timezone.now() - dt.timedelta(minutes=1),
+    )
+    BudgetFactory(tenant=tenant, name="Cap", limit_usd=Decimal("10"), alert_percentages=[100])
+    _aggregate_today()
+    alerts_check()
+    client.force_login(_member(tenant))
+
+    # when
+    response = client.get(reverse("admin:usage_usagedashboard_tenant", args=[tenant.pk]))
+
+    # then it reads 99 %, not a rounded 100 % next to a bar that is not full
+    html = response.content.decode()
+    assert not CostAlert.objects.exists()
+    assert "<title>99% of the limit</title>" in html and " 99%</td>" in html
+    assert "100% of the limit" not in html and " 100%</td>" not in html
+
+
 # --- call logs and daily usage ---------------------------------------------------
 
 

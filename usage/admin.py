@@ -181,15 +181,6 @@ class _ReadOnlyLargeTableAdmin(TenantScopedAdmin):
         return False
 
 
-def _cost(value) -> str:
-    text = usd_format(value)
-    if value and text == "$0.00":
-        # Below half a micro-dollar (a short embedding call): the stored amount,
-        # rather than a priced call reading as free.
-        return usd_format_exact(value)
-    return text
-
-
 @admin.register(DailyUsage)
 class DailyUsageAdmin(_ReadOnlyLargeTableAdmin):
     list_display = (
@@ -241,8 +232,8 @@ class DailyUsageAdmin(_ReadOnlyLargeTableAdmin):
         # The stored sum counts priced calls only: a row of unpriced calls alone
         # has an unknown cost, not $0 (as in the API and on the dashboard).
         if obj.unpriced_count and not obj.cost_usd:
-            return _cost(None)
-        return _cost(obj.cost_usd)
+            return usd_format(None)
+        return usd_format(obj.cost_usd)
 
 
 @admin.register(CallLog)
@@ -297,7 +288,7 @@ class CallLogAdmin(_ReadOnlyLargeTableAdmin):
 
     @admin.display(description="cost", ordering="cost_usd")
     def cost(self, obj):
-        return _cost(obj.cost_usd)
+        return usd_format(obj.cost_usd)
 
 
 # --- budgets -------------------------------------------------------------------

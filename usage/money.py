@@ -22,13 +22,20 @@ def nano_to_usd(nano: int) -> Decimal:
 
 
 def usd_format(amount: Decimal | None) -> str:
-    """$12.34 from a dollar up; below, six decimals at most ($0.70, $0.000321)."""
+    """$12.34 from a dollar up; below, six decimals at most ($0.70, $0.000321).
+
+    An amount that six decimals would show as $0.00 (a short embedding call)
+    is written exactly, never as free.
+    """
     if amount is None:
         return "unpriced"
     amount = Decimal(amount)
     if abs(amount) >= 1:
         return f"${amount.quantize(Decimal('0.01'), rounding=ROUND_HALF_UP):,}"
-    text = f"{amount.quantize(Decimal('0.000001'), rounding=ROUND_HALF_UP):f}".rstrip("0")
+    micros = amount.quantize(Decimal("0.000001"), rounding=ROUND_HALF_UP)
+    if amount and not micros:
+        return usd_format_exact(amount)
+    text = f"{micros:f}".rstrip("0")
     whole, _, decimals = text.partition(".")
     return f"${whole}.{decimals.ljust(2, '0')}"
 

@@ -31,6 +31,13 @@ def test_usd_format_keeps_up_to_six_decimals_below_a_dollar():
     assert usd_format(None) == "unpriced"
 
 
+def test_usd_format_never_shows_a_non_zero_amount_as_zero():
+    # A short embedding's cost, in a budget refusal ("the call may cost up to ...")
+    assert usd_format(Decimal("0.000000200000")) == "$0.0000002"
+    assert usd_format(Decimal("0.000000000001")) == "$0.000000000001"
+    assert usd_format(Decimal("0.0000005")) == "$0.000001"
+
+
 def test_usd_format_brief_rounds_to_cents_and_never_shows_spend_as_zero():
     assert usd_format_brief(Decimal("0.591368123456")) == "$0.59"
     assert usd_format_brief(Decimal("1234.5")) == "$1,234.50"

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import http.client
+import ipaddress
 import json
+import socket
 import urllib.error
 import urllib.request
 from urllib.parse import urlsplit
@@ -10,7 +13,7 @@ from urllib.parse import urlsplit
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
-from llm_providers.network import base_url_validate
+from llm_providers.network import address_forbidden_kind, base_url_validate
 
 
 class WebhookFailed(Exception):
@@ -66,7 +69,71 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
         return None
 
 
-_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirects())
+class _PrivateAddress(OSError):
+    """The host resolved to a private address when the POST connected to it."""
+
+
+def _public_connection(address, timeout=socket._GLOBAL_DEFAULT_TIMEOUT, source_address=None):
+    """socket.create_connection, refusing the host if it now resolves to a private address.
+
+    The URL check before the POST resolved the name once; a name whose answer
+    changed since (DNS rebinding) would otherwise reach the private host.
+    Unless PROVIDER_ALLOW_PRIVATE_URLS, only the addresses checked here are connected to.
+    """
+    if settings.PROVIDER_ALLOW_PRIVATE_URLS:
+        return socket.create_connection(address, timeout, source_address)
+    host, port = address
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    for *_, sockaddr in infos:
+        ip = ipaddress.ip_address(sockaddr[0].split("%", 1)[0])
+        kind = address_forbidden_kind(ip)
+        if kind:
+            raise _PrivateAddress(
+                f"The webhook URL points at a {kind} address ({ip}); webhook URLs must be "
+                "public unless PROVIDER_ALLOW_PRIVATE_URLS is on."
+            )
+    error: OSError | None = None
+    for family, kind, proto, _, sockaddr in infos:
+        sock = socket.socket(family, kind, proto)
+        try:
+            if timeout is not socket._GLOBAL_DEFAULT_TIMEOUT:
+                sock.settimeout(timeout)
+            if source_address:
+                sock.bind(source_address)
+            sock.connect(sockaddr)
+        except OSError as exc:
+            sock.close()
+            error = exc
+        else:
+            return sock
+    raise error or OSError(f"no address for {host}")
+
+
+class _HTTPConnection(http.client.HTTPConnection):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._create_connection = _public_connection
+
+
+class _HTTPSConnection(http.client.HTTPSConnection):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._create_connection = _public_connection
+
+
+class _HTTPHandler(urllib.request.HTTPHandler):
+    def http_open(self, req):
+        return self.do_open(_HTTPConnection, req)
+
+
+class _HTTPSHandler(urllib.request.HTTPSHandler):
+    def https_open(self, req):
+        return self.do_open(_HTTPSConnection, req, context=self._context)
+
+
+_opener = urllib.request.build_opener(
+    urllib.request.ProxyHandler({}), _NoRedirects(), _HTTPHandler(), _HTTPSHandler()
+)
 
 
 def webhook_post(url: str, payload: dict) -> int:
@@ -88,6 +155,8 @@ def webhook_post(url: str, payload: dict) -> int:
     except urllib.error.HTTPError as exc:
         raise WebhookFailed(f"{label} answered HTTP {exc.code}.") from None
     except urllib.error.URLError as exc:
+        if isinstance(exc.reason, _PrivateAddress):
+            raise WebhookFailed(str(exc.reason)) from None
         raise WebhookFailed(f"{label} could not be reached: {exc.reason}.") from None
     except (TimeoutError, OSError) as exc:
         raise WebhookFailed(f"{label} could not be reached: {type(exc).__name__}.") from None

@@ -12,7 +12,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 
 
-def _address_is_forbidden(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+def address_forbidden_kind(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
     """Name the kind of non-public address, or None when it is a public one."""
     if isinstance(address, ipaddress.IPv6Address):
         if address.ipv4_mapped:
@@ -22,7 +22,7 @@ def _address_is_forbidden(address: ipaddress.IPv4Address | ipaddress.IPv6Address
             # that is private would reach that host through a relay.
             embedded = [address.sixtofour, *(address.teredo or ())]
             for inner in filter(None, embedded):
-                label = _address_is_forbidden(inner)
+                label = address_forbidden_kind(inner)
                 if label:
                     return label
     # Most specific first: `is_private` also covers link-local, unspecified
@@ -133,7 +133,7 @@ def base_url_validate(url: str, *, allow_private: bool | None = None) -> None:
     if allow_private:
         return
     for address in _host_addresses(parts.hostname):
-        kind = _address_is_forbidden(address)
+        kind = address_forbidden_kind(address)
         if kind:
             raise ValidationError(
                 f"The base URL points at a {kind} address ({address}); provider URLs must be "

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import http.client
+import ipaddress
 import json
+import socket
+import threading
 import urllib.error
 import urllib.request
+from contextlib import suppress
 from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
-from llm_providers.network import base_url_validate
+from llm_providers.network import address_forbidden_kind, base_url_validate
 
 
 class WebhookFailed(Exception):
@@ -66,7 +71,125 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
         return None
 
 
-_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirects())
+class _PrivateAddress(OSError):
+    """The host resolved to a private address when the POST connected to it."""
+
+
+def _public_connection(address, timeout=socket._GLOBAL_DEFAULT_TIMEOUT, source_address=None):
+    """socket.create_connection, refusing the host if it now resolves to a private address.
+
+    The URL check before the POST resolved the name once; a name whose answer
+    changed since (DNS rebinding) would otherwise reach the private host.
+    Unless PROVIDER_ALLOW_PRIVATE_URLS, only the addresses checked here are connected to.
+    """
+    if settings.PROVIDER_ALLOW_PRIVATE_URLS:
+        return socket.create_connection(address, timeout, source_address)
+    host, port = address
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    for *_, sockaddr in infos:
+        ip = ipaddress.ip_address(sockaddr[0].split("%", 1)[0])
+        kind = address_forbidden_kind(ip)
+        if kind:
+            raise _PrivateAddress(
+                f"The webhook URL points at a {kind} address ({ip}); webhook URLs must be "
+                "public unless PROVIDER_ALLOW_PRIVATE_URLS is on."
+            )
+    error: OSError | None = None
+    for family, kind, proto, _, sockaddr in infos:
+        sock = socket.socket(family, kind, proto)
+        try:
+            if timeout is not socket._GLOBAL_DEFAULT_TIMEOUT:
+                sock.settimeout(timeout)
+            if source_address:
+                sock.bind(source_address)
+            sock.connect(sockaddr)
+        except OSError as exc:
+            sock.close()
+            error = exc
+        else:
+            return sock
+    raise error or OSError(f"no address for {host}")
+
+
+class _HTTPConnection(http.client.HTTPConnection):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._create_connection = _public_connection
+
+
+class _HTTPSConnection(http.client.HTTPSConnection):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._create_connection = _public_connection
+
+
+class _Deadline:
+    """Shuts down the POST's connections once it has taken `seconds` in all.
+
+    The socket timeout bounds each read, not the answer: a receiver sending a
+    byte at a time would hold the worker past the delivery's claim, and a
+    second worker would send the alert again.
+    """
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.expired = False
+        self.connections: list[http.client.HTTPConnection] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._timer.cancel()
+
+    def connection(self, connection_class):
+        def create(*args, **kwargs):
+            connection = connection_class(*args, **kwargs)
+            with self._lock:
+                self.connections.append(connection)
+            return connection
+
+        return create
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for connection in self.connections:
+                if connection.sock is not None:
+                    # The plain socket's shutdown, also under TLS: a blocked read returns.
+                    with suppress(OSError):
+                        socket.socket.shutdown(connection.sock, socket.SHUT_RDWR)
+
+
+class _HTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, deadline: _Deadline):
+        super().__init__()
+        self.deadline = deadline
+
+    def http_open(self, req):
+        return self.do_open(self.deadline.connection(_HTTPConnection), req)
+
+
+class _HTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, deadline: _Deadline):
+        super().__init__()
+        self.deadline = deadline
+
+    def https_open(self, req):
+        return self.do_open(self.deadline.connection(_HTTPSConnection), req, context=self._context)
+
+
+def _opener(deadline: _Deadline) -> urllib.request.OpenerDirector:
+    return urllib.request.build_opener(
+        urllib.request.ProxyHandler({}),
+        _NoRedirects(),
+        _HTTPHandler(deadline),
+        _HTTPSHandler(deadline),
+    )
 
 
 def webhook_post(url: str, payload: dict) -> int:
@@ -82,15 +205,26 @@ def webhook_post(url: str, payload: dict) -> int:
         headers={"Content-Type": "application/json", "User-Agent": "llm-provider-layer-alerts"},
         method="POST",
     )
+    timeout = settings.USAGE_ALERT_WEBHOOK_TIMEOUT_SECONDS
+    deadline = _Deadline(timeout)
     try:
-        with _opener.open(request, timeout=settings.USAGE_ALERT_WEBHOOK_TIMEOUT_SECONDS) as reply:
+        with deadline, _opener(deadline).open(request, timeout=timeout) as reply:
             return reply.status
     except urllib.error.HTTPError as exc:
         raise WebhookFailed(f"{label} answered HTTP {exc.code}.") from None
-    except urllib.error.URLError as exc:
-        raise WebhookFailed(f"{label} could not be reached: {exc.reason}.") from None
-    except (TimeoutError, OSError) as exc:
-        raise WebhookFailed(f"{label} could not be reached: {type(exc).__name__}.") from None
-    except Exception as exc:  # noqa: BLE001 - e.g. http.client.InvalidURL
-        # Only the type: the message of an unexpected error may quote the URL.
-        raise WebhookFailed(f"{label} could not be called: {type(exc).__name__}.") from None
+    except Exception as exc:  # noqa: BLE001 - every failure is a failed attempt
+        raise WebhookFailed(_failure_message(label, exc, deadline)) from None
+
+
+def _failure_message(label: str, exc: Exception, deadline: _Deadline) -> str:
+    if deadline.expired:
+        return f"{label} did not answer within {deadline.seconds:g} s."
+    if isinstance(exc, urllib.error.URLError):
+        if isinstance(exc.reason, _PrivateAddress):
+            return str(exc.reason)
+        return f"{label} could not be reached: {exc.reason}."
+    if isinstance(exc, OSError):
+        return f"{label} could not be reached: {type(exc).__name__}."
+    # Only the type: the message of an unexpected error (http.client.InvalidURL…)
+    # may quote the URL.
+    return f"{label} could not be called: {type(exc).__name__}."

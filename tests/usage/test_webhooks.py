@@ -1,5 +1,10 @@
 """Alert webhook URL checks: messages that speak of the webhook URL and say what to fix."""
 
+import json
+import socket
+import threading
+import time
+
 import pytest
 from django.core.exceptions import ValidationError
 
@@ -44,3 +49,113 @@ def test_post_to_unparsable_url_fails_without_quoting_it():
     assert str(failed.value) == (
         "The webhook URL is not a valid URL (Port could not be cast to integer value)."
     )
+
+
+class _RebindingDns:
+    """A name that resolves to a public address the first time, then to loopback."""
+
+    name = "hooks.rebind.example"
+
+    def __init__(self, monkeypatch):
+        self.answers = ["93.184.216.34", "127.0.0.1"]
+        self.real = socket.getaddrinfo
+        monkeypatch.setattr(socket, "getaddrinfo", self.getaddrinfo)
+
+    def getaddrinfo(self, host, port, *args, **kwargs):
+        if host != self.name:
+            return self.real(host, port, *args, **kwargs)
+        address = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port or 0))]
+
+
+def test_post_refuses_a_host_whose_name_turned_private_after_the_url_check(
+    httpserver, settings, monkeypatch
+):
+    # given a receiver on loopback and a name that answers public, then loopback
+    settings.PROVIDER_ALLOW_PRIVATE_URLS = False
+    httpserver.expect_request("/hooks/T0", method="POST").respond_with_data("ok")
+    dns = _RebindingDns(monkeypatch)
+    url = f"http://{dns.name}:{httpserver.port}/hooks/T0"
+
+    # when the alert is posted
+    with pytest.raises(WebhookFailed) as failed:
+        webhook_post(url, {"text": "budget crossed"})
+
+    # then nothing reached the loopback receiver, and the refusal says why
+    assert httpserver.log == []
+    assert str(failed.value) == (
+        "The webhook URL points at a loopback address (127.0.0.1); webhook URLs must be "
+        "public unless PROVIDER_ALLOW_PRIVATE_URLS is on."
+    )
+
+
+def test_post_reaches_a_private_receiver_when_private_urls_are_allowed(
+    httpserver, settings, monkeypatch
+):
+    # given a name that resolves to the loopback receiver, and private URLs allowed
+    settings.PROVIDER_ALLOW_PRIVATE_URLS = True
+    httpserver.expect_request("/hooks/T0", method="POST").respond_with_data("ok")
+    dns = _RebindingDns(monkeypatch)
+    dns.answers = ["127.0.0.1"]
+
+    status = webhook_post(f"http://{dns.name}:{httpserver.port}/hooks/T0", {"text": "x"})
+
+    assert status == 200
+    assert [json.loads(request.data) for request, _ in httpserver.log] == [{"text": "x"}]
+
+
+class _DrippingReceiver:
+    """A loopback receiver that answers one byte at a time, each well within the timeout."""
+
+    answer = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok"
+
+    def __init__(self, pause):
+        self.pause = pause
+        self.sent = 0
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}/hooks/T0"
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self):
+        connection, _ = self.server.accept()
+        with connection:
+            connection.recv(65536)
+            try:
+                for byte in self.answer:
+                    connection.sendall(bytes([byte]))
+                    self.sent += 1
+                    time.sleep(self.pause)
+            except OSError:
+                pass
+
+    def close(self):
+        self.server.close()
+        self.thread.join(timeout=5)
+
+
+@pytest.fixture
+def dripping_receiver():
+    receiver = _DrippingReceiver(pause=0.1)
+    yield receiver
+    receiver.close()
+
+
+def test_post_gives_up_when_the_receiver_answers_slower_than_the_timeout_in_all(
+    dripping_receiver, settings
+):
+    # given a receiver whose whole answer takes about 7 s, each byte within 0.1 s
+    settings.PROVIDER_ALLOW_PRIVATE_URLS = True
+    settings.USAGE_ALERT_WEBHOOK_TIMEOUT_SECONDS = 0.5
+
+    # when the alert is posted
+    started = time.monotonic()
+    with pytest.raises(WebhookFailed) as failed:
+        webhook_post(dripping_receiver.url, {"text": "budget crossed"})
+    elapsed = time.monotonic() - started
+
+    # then the POST ends at the timeout, not when the receiver is done
+    assert 0.5 <= elapsed < 1.5
+    assert dripping_receiver.sent < len(_DrippingReceiver.answer)
+    port = dripping_receiver.server.getsockname()[1]
+    assert str(failed.value) == f"http://127.0.0.1:{port}/… did not answer within 0.5 s."

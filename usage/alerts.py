@@ -463,6 +463,11 @@ def _send(delivery: AlertDelivery) -> None:
             "The delivery target cannot be decrypted with the configured SECRET_KEY/SALT_KEY."
         )
     if delivery.channel == AlertDelivery.Channel.EMAIL:
+        if not settings.ALERT_EMAIL_CONFIGURED:
+            raise AlertDeliveryFailed(
+                "Email not sent: EMAIL_URL is not set, so there is no mail server to send "
+                "through (see docs/OPERATIONS.md)."
+            )
         subject = f"[LLM usage] {alert.tenant.name}: {alert.get_kind_display().lower()}"
         # A header is one line: a line break in a name would refuse every attempt.
         subject = " ".join(subject.split())

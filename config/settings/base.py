@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
@@ -155,7 +156,25 @@ SECRET_KEY_FALLBACKS = _env_strings("SECRET_KEY_FALLBACKS")
 PROVIDER_ALLOW_PRIVATE_URLS = env.bool("PROVIDER_ALLOW_PRIVATE_URLS", default=False)
 
 # --- Email -------------------------------------------------------------------
-EMAIL_CONFIG = env.email_url("EMAIL_URL", default="consolemail://")
+# Unset or empty: mail goes to the console (development). Production keeps
+# that default but fails alert emails instead of calling them delivered
+# (ALERT_EMAIL_CONFIGURED, see production.py). The URL holds a password:
+# errors about it never quote it.
+EMAIL_URL = env.str("EMAIL_URL", default="").strip()
+ALERT_EMAIL_CONFIGURED = True
+try:
+    EMAIL_CONFIG = environ.Env.email_url_config(EMAIL_URL or "consolemail://")
+except Exception:  # noqa: BLE001 - django-environ raises several kinds for a bad URL
+    raise ImproperlyConfigured(
+        "EMAIL_URL is not a mail URL: expected e.g. smtp+tls://user:password@host:587 "
+        "or consolemail:// (see docs/OPERATIONS.md)."
+    ) from None
+if EMAIL_CONFIG["EMAIL_BACKEND"].endswith(".smtp.EmailBackend") and not EMAIL_CONFIG.get(
+    "EMAIL_HOST"
+):
+    raise ImproperlyConfigured(
+        "EMAIL_URL names no mail host: expected e.g. smtp+tls://user:password@host:587."
+    )
 vars().update(EMAIL_CONFIG)
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="llm-layer@localhost")
 # 10 s per SMTP operation: a mail server that takes longer is down; the

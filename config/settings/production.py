@@ -5,6 +5,7 @@ from django.core.exceptions import ImproperlyConfigured
 from .base import *  # noqa: F403
 from .base import (
     ALLOWED_HOSTS,
+    EMAIL_URL,
     REDIS_URL,
     REST_FRAMEWORK,
     SALT_KEY,
@@ -32,6 +33,11 @@ if not REDIS_URL:
         "REDIS_URL must be set in production: processes share rate limits, budget counters "
         "and configuration changes through it (see docs/OPERATIONS.md)."
     )
+
+# Without EMAIL_URL, alert emails would go to a worker's console and read as
+# delivered: they fail instead, with a message naming EMAIL_URL, and are
+# retried, so setting it later still delivers them.
+ALERT_EMAIL_CONFIGURED = bool(EMAIL_URL)
 
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 REST_FRAMEWORK = {**REST_FRAMEWORK, "NUM_PROXIES": env.int("NUM_PROXIES", default=1)}

@@ -62,6 +62,7 @@ print(json.dumps({
     "ALLOWED_HOSTS": s.ALLOWED_HOSTS,
     "EMAIL_BACKEND": s.EMAIL_BACKEND, "EMAIL_HOST": getattr(s, "EMAIL_HOST", ""),
     "EMAIL_PORT": getattr(s, "EMAIL_PORT", None),
+    "ALERT_EMAIL_CONFIGURED": s.ALERT_EMAIL_CONFIGURED,
     "PROVIDER_ALLOW_PRIVATE_URLS": s.PROVIDER_ALLOW_PRIVATE_URLS,
 }))
 """
@@ -198,6 +199,50 @@ def test_email_url_read(from_environment):
         "smtp.example.com",
         587,
     )
+
+
+def test_production_with_email_url_sends_alert_emails(from_environment):
+    assert from_environment["ALERT_EMAIL_CONFIGURED"] is True
+
+
+def test_production_without_email_url_fails_alert_emails_rather_than_printing_them():
+    shown = _settings("config.settings.production", PRODUCTION_ENV)
+    assert shown["EMAIL_BACKEND"] == "django.core.mail.backends.console.EmailBackend"
+    assert shown["ALERT_EMAIL_CONFIGURED"] is False
+
+
+def test_development_sends_alert_emails_to_the_console(embedded):
+    assert embedded["ALERT_EMAIL_CONFIGURED"] is True
+
+
+def test_empty_email_url_means_the_console():
+    shown = _settings("config.settings.development", {"EMAIL_URL": "  "})
+    assert shown["EMAIL_BACKEND"] == "django.core.mail.backends.console.EmailBackend"
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        (
+            "smtp://mailer:hunter2-secret@:25",
+            "EMAIL_URL names no mail host: expected e.g. smtp+tls://user:password@host:587.",
+        ),
+        (
+            "mailer:hunter2-secret@smtp.example.com",
+            "EMAIL_URL is not a mail URL: expected e.g. smtp+tls://user:password@host:587 "
+            "or consolemail:// (see docs/OPERATIONS.md).",
+        ),
+    ],
+)
+def test_unusable_email_url_refuses_to_start_without_quoting_it(url, message):
+    result = _run(
+        ["manage.py", "check"],
+        settings_module="config.settings.development",
+        env={"EMAIL_URL": url},
+    )
+    assert result.returncode != 0
+    assert f"django.core.exceptions.ImproperlyConfigured: {message}" in result.stderr
+    assert "hunter2" not in result.stderr + result.stdout
 
 
 def test_private_provider_urls_allowed_by_setting(from_environment):

@@ -259,6 +259,37 @@ def test_new_alert_is_emailed_once_committed(django_capture_on_commit_callbacks)
 
 
 @pytest.mark.django_db
+def test_alert_email_fails_and_is_retried_while_no_mail_server_is_configured(settings):
+    # given production settings without EMAIL_URL
+    settings.ALERT_EMAIL_CONFIGURED = False
+    tenant = TenantFactory(name="Acme")
+    BudgetFactory(tenant=tenant, alert_percentages=[50], alert_emails="ops@example.com")
+    _spend(tenant, "6.00")
+    _aggregate()
+    (alert,) = budget_thresholds_check(now=NOW)
+    delivery = alert.deliveries.get()
+
+    # when the delivery is attempted
+    failed = alert_delivery_attempt(delivery_id=delivery.pk, now=NOW)
+
+    # then nothing was sent and the attempt is a failure naming the setting, not "delivered"
+    assert mail.outbox == []
+    assert (failed.state, failed.attempts) == ("retrying", 1)
+    assert failed.last_error == (
+        "Email not sent: EMAIL_URL is not set, so there is no mail server to send "
+        "through (see docs/OPERATIONS.md)."
+    )
+
+    # when EMAIL_URL is set and the retry comes due
+    settings.ALERT_EMAIL_CONFIGURED = True
+    retried = alert_delivery_attempt(delivery_id=delivery.pk, now=failed.next_attempt_at)
+
+    # then the alert is emailed
+    assert (retried.state, retried.attempts) == ("delivered", 2)
+    assert [m.to for m in mail.outbox] == [["ops@example.com"]]
+
+
+@pytest.mark.django_db
 def test_alert_email_subject_is_one_line_when_the_tenant_name_is_not(
     django_capture_on_commit_callbacks,
 ):

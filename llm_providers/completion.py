@@ -848,10 +848,12 @@ class _StreamRun:
         first_token_ms: int | None = None
         final = None
         answered_model = ""
+        reported: Usage | None = None
         upstream = adapter.stream(request)
         try:
             for chunk in upstream:
                 answered_model = chunk.model or answered_model
+                reported = chunk.usage_so_far or reported
                 if chunk.text:
                     if first_token_ms is None:
                         first_token_ms = _ms_since(started)
@@ -868,6 +870,7 @@ class _StreamRun:
                 started,
                 first_token_ms,
                 answered_model=answered_model,
+                reported=reported,
                 status=Status.OK,
                 error=None,
             )
@@ -884,6 +887,7 @@ class _StreamRun:
                 started,
                 first_token_ms,
                 answered_model=answered_model,
+                reported=reported,
                 status=Status.ERROR,
                 error=error,
             )
@@ -899,6 +903,7 @@ class _StreamRun:
                     started,
                     first_token_ms,
                     answered_model=answered_model,
+                    reported=reported,
                     status=Status.ERROR,
                     error=error,
                 )
@@ -910,7 +915,7 @@ class _StreamRun:
         usage = final.usage if final is not None and final.usage is not None else None
         estimated = usage is None
         if usage is None:
-            usage = self._estimate(text, tool_calls)
+            usage = self._estimate(text, tool_calls, reported)
         chat = ChatResult(
             content=text,
             usage=usage,
@@ -946,11 +951,16 @@ class _StreamRun:
         _cache_store(call, target, chat)
         return None
 
-    def _estimate(self, text: str, tool_calls: list[ToolCall] | None = None) -> Usage:
-        return Usage(
-            input_tokens=self._call.input_tokens,
-            output_tokens=estimate_output_tokens(text, tool_calls or ()),
-        )
+    def _estimate(
+        self, text: str, tool_calls: list[ToolCall] | None = None, reported: Usage | None = None
+    ) -> Usage:
+        """The usage of an answer the provider gave no final figures for: what
+        it reported so far (the prompt's tokens), else the prompt estimated; the
+        output estimated from what was received, unless more was reported."""
+        output_tokens = estimate_output_tokens(text, tool_calls or ())
+        if reported is None:
+            return Usage(input_tokens=self._call.input_tokens, output_tokens=output_tokens)
+        return replace(reported, output_tokens=max(reported.output_tokens, output_tokens))
 
     def _log_partial(
         self,
@@ -961,13 +971,14 @@ class _StreamRun:
         first_token_ms,
         *,
         answered_model,
+        reported,
         status,
         error,
     ):
         """Record a stream that ended early: usage estimated from what was received."""
         call = self._call
         text = "".join(received)
-        usage = self._estimate(text)
+        usage = self._estimate(text, reported=reported)
         latency_ms = _ms_since(started)
         cost, source = _priced(call, target, usage, answered_model)
         if error is None:

@@ -11,7 +11,8 @@ every sampling parameter.
 
 Usage: `input_tokens` excludes cache reads and writes, so they are added back;
 in a stream, usage starts in `message_start` and each `message_delta` carries
-cumulative figures that replace the earlier ones.
+cumulative figures that replace the earlier ones. Text chunks carry the usage
+known so far, so that a stream ending early keeps the prompt's real tokens.
 """
 
 from __future__ import annotations
@@ -193,9 +194,9 @@ class AnthropicMessagesAdapter(Adapter):
                 kept = _stop_prefix_length(held, local_stops)
                 ready, held = held[: len(held) - kept], held[len(held) - kept :]
                 if ready:
-                    yield StreamChunk(text=ready, model=model)
+                    yield StreamChunk(text=ready, model=model, usage_so_far=_usage_so_far(fields))
         if held:
-            yield StreamChunk(text=held, model=model)
+            yield StreamChunk(text=held, model=model, usage_so_far=_usage_so_far(fields))
         if stopped:
             # Leaving the stream closed the connection, so the generation
             # stopped there; its usage is not reported and is left to estimate.
@@ -349,6 +350,11 @@ def _usage_fields(usage: Any) -> dict[str, int]:
     if thinking is not None:
         fields["thinking_tokens"] = thinking
     return fields
+
+
+def _usage_so_far(fields: dict[str, int]) -> Usage | None:
+    """The usage reported before the stream's end, once it names the prompt's tokens."""
+    return _usage(fields) if "input_tokens" in fields else None
 
 
 def _usage(fields: dict[str, int]) -> Usage:

@@ -75,13 +75,19 @@ class ChatResult:
 @dataclass(frozen=True, slots=True)
 class StreamChunk:
     """A piece of a streamed answer. The last chunk carries finish_reason,
-    the complete tool calls and the usage (when the provider reported it)."""
+    the complete tool calls and the usage (when the provider reported it).
+
+    `usage_so_far` is what the provider reported before the end (Anthropic's
+    `message_start` gives the prompt's tokens, cache reads and writes): a
+    stream that ends early is recorded with it rather than with an estimate.
+    """
 
     text: str = ""
     model: str = ""
     finish_reason: str | None = None
     tool_calls: list[ToolCall] | None = None
     usage: Usage | None = None
+    usage_so_far: Usage | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -166,6 +166,51 @@ def test_stream_prices_anthropic_from_the_last_cumulative_delta(tenant, anthropi
     assert _only_log(chunks.result).cost_usd == ANTHROPIC_GOLDEN
 
 
+def test_stream_broken_after_text_records_the_prompt_usage_anthropic_reported(
+    tenant, anthropic_upstream
+):
+    _anthropic(tenant, anthropic_upstream)
+    # message_start (its usage: the prompt's tokens), ping, block start,
+    # "alpha ", "beta ", then the connection drops.
+    anthropic_upstream.enqueue_message_stream(
+        ["alpha ", "beta ", "gamma"], model=ANTHROPIC_MODEL, input_tokens=200,
+        cache_read_tokens=1000, cache_write_tokens=500, break_after=5,
+    )  # fmt: skip
+
+    chunks = stream(tenant=tenant, messages=HELLO)
+    with pytest.raises(UpstreamUnavailable):
+        list(chunks)
+
+    log = _only_log(chunks.result)
+    assert (log.status, log.usage_estimated) == ("error", True)
+    # The prompt as reported; the output estimated from "alpha beta " (11
+    # characters, 4 tokens): 1,000 + 500 + 3,125 + 4 x 25 = 4,725 per million.
+    assert (log.input_tokens, log.cache_read_tokens, log.cache_write_tokens) == (1700, 1000, 500)
+    assert log.output_tokens == 4
+    assert log.cost_usd == Decimal("0.004725")
+    assert chunks.result.cost_usd == Decimal("0.004725")
+
+
+def test_stream_closed_by_caller_records_the_prompt_usage_anthropic_reported(
+    tenant, anthropic_upstream
+):
+    _anthropic(tenant, anthropic_upstream)
+    anthropic_upstream.enqueue_message_stream(
+        ["alpha ", "beta ", "gamma"], model=ANTHROPIC_MODEL, input_tokens=200,
+        cache_read_tokens=1000, cache_write_tokens=500, chunk_delay=0.05,
+    )  # fmt: skip
+
+    chunks = stream(tenant=tenant, messages=HELLO)
+    assert next(iter(chunks)) == "alpha "
+    chunks.close()
+
+    log = CallLog.objects.get()
+    assert (log.status, log.error_code, log.usage_estimated) == ("ok", "client_closed", True)
+    # "alpha " is 2 estimated tokens: 1,000 + 500 + 3,125 + 2 x 25 = 4,675 per million.
+    assert (log.input_tokens, log.cache_read_tokens, log.output_tokens) == (1700, 1000, 2)
+    assert log.cost_usd == Decimal("0.004675")
+
+
 # Bedrock anthropic.claude-3-5-haiku: $0.80 input, $0.08 cache read, $1 cache
 # write, $4 output: 160 + 80 + 500 + 1,200 = 1,940 per million.
 BEDROCK_MODEL = "anthropic.claude-3-5-haiku-20241022-v1:0"

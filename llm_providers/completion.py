@@ -28,6 +28,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from django.conf import settings
@@ -295,7 +296,13 @@ def _call_prepare(
     )
 
 
-def _price(call: _Call, target: RouteTarget, model: str, requested_model: str = ""):
+def _price(
+    call: _Call,
+    target: RouteTarget,
+    model: str,
+    requested_model: str = "",
+    started_at: datetime | None = None,
+):
     config = target.provider_config
     return price_lookup(
         tenant_id=call.tenant.pk,
@@ -303,14 +310,18 @@ def _price(call: _Call, target: RouteTarget, model: str, requested_model: str = 
         model=model,
         requested_model=requested_model,
         version=call.version,
+        on=started_at.astimezone(UTC).date() if started_at is not None else None,
         base_url=config.base_url,
     )
 
 
-def _priced(call: _Call, target: RouteTarget, usage: Usage, answered_model: str):
+def _priced(
+    call: _Call, target: RouteTarget, usage: Usage, answered_model: str, started_at: datetime
+):
     """Cost of `usage`, priced by the model that answered and the one asked for
-    (a ModelPrice of either beats genai-prices; see pricing.price_lookup)."""
-    price = _price(call, target, answered_model or target.model, target.model)
+    (a ModelPrice of either beats genai-prices; see pricing.price_lookup), at
+    the prices of the UTC day the call started: the day its log is dated by."""
+    price = _price(call, target, answered_model or target.model, target.model, started_at)
     return cost_for_usage(usage=usage, price=price), price.source
 
 
@@ -678,7 +689,7 @@ def _call_with_retries(
             _log_failure(call, target, error, started_at, attempt_started)
             raise
         latency_ms = _ms_since(attempt_started)
-        cost, source = _priced(call, target, answer.usage, answer.model)
+        cost, source = _priced(call, target, answer.usage, answer.model, started_at)
         call.log(
             target,
             status=Status.OK,
@@ -925,7 +936,7 @@ class _StreamRun:
             usage_estimated=estimated,
         )
         latency_ms = _ms_since(started)
-        cost, source = _priced(call, target, usage, chat.model)
+        cost, source = _priced(call, target, usage, chat.model, started_at)
         call.log(
             target,
             status=Status.OK,
@@ -980,7 +991,7 @@ class _StreamRun:
         text = "".join(received)
         usage = self._estimate(text, reported=reported)
         latency_ms = _ms_since(started)
-        cost, source = _priced(call, target, usage, answered_model)
+        cost, source = _priced(call, target, usage, answered_model, started_at)
         if error is None:
             code, message = "client_closed", "The caller stopped reading the stream."
         else:

@@ -1,7 +1,9 @@
 """The completion pipeline against the Fake adapter: routing, retries, fallbacks,
 rate limits, the response cache, streaming and the call log of every attempt."""
 
+import datetime as dt
 import gc
+import types
 from decimal import Decimal
 
 import pytest
@@ -786,3 +788,29 @@ def test_stream_cache_hit_has_its_result_when_the_caller_stops_after_the_text(te
     assert chunks.result is not None
     assert (chunks.result.content, chunks.result.cached) == ("Echo: hi", True)
     assert chunks.result.cost_usd == Decimal(0)
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["complete", "stream"])
+def test_call_is_priced_at_the_prices_of_the_day_it_started(tenant, primary, streamed, monkeypatch):
+    # given a new price from today (00:00 UTC) and a call that started a second before
+    today = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    ModelPriceFactory(
+        model="fake-small", input_per_mtok="100", output_per_mtok="200", effective_from=today.date()
+    )
+    started_at = today - dt.timedelta(seconds=1)
+    monkeypatch.setattr(
+        "llm_providers.completion.timezone", types.SimpleNamespace(now=lambda: started_at)
+    )
+
+    # when it ends (now, today)
+    if streamed:
+        chunks = stream(tenant=tenant, messages=HELLO)
+        list(chunks)
+        cost = chunks.result.cost_usd
+    else:
+        cost = complete(tenant=tenant, messages=HELLO).cost_usd
+
+    # then it is logged on yesterday, at yesterday's price ($1 / $2), not today's
+    [log] = _logs()
+    assert log.created_at == started_at
+    assert cost == log.cost_usd == HELLO_COST

@@ -288,6 +288,9 @@ class CallLogAdmin(_ReadOnlyLargeTableAdmin):
 
     @admin.display(description="cost", ordering="cost_usd")
     def cost(self, obj):
+        # A refused or failed call had nothing to price: no cost, not an unknown one.
+        if obj.cost_usd is None and obj.price_source != CallLog.PriceSource.UNKNOWN:
+            return "—"
         return usd_format(obj.cost_usd)
 
 

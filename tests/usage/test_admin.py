@@ -908,6 +908,46 @@ def test_call_log_list_shows_the_model_answered_or_else_requested(client):
 
 
 @pytest.mark.django_db
+def test_call_log_list_tells_an_unknown_cost_from_a_call_with_nothing_to_price(client):
+    # given a call to an unpriced model, a call refused by a budget and a failed one
+    tenant = TenantFactory()
+    CallLogFactory(
+        tenant=tenant,
+        model_requested="mystery-7b",
+        cost_usd=None,
+        price_source=CallLog.PriceSource.UNKNOWN,
+    )
+    for status, model in (
+        (CallLog.Status.BLOCKED, "blocked-model"),
+        (CallLog.Status.ERROR, "down"),
+    ):
+        CallLogFactory(
+            tenant=tenant,
+            status=status,
+            model_requested=model,
+            input_tokens=0,
+            output_tokens=0,
+            cost_usd=None,
+            price_source="",
+        )
+    client.force_login(_member(tenant))
+
+    # when the call log list is opened
+    html = client.get(reverse("admin:usage_calllog_changelist")).content.decode()
+
+    # then only the unpriced model's call reads "unpriced"
+    costs = {
+        model: cost
+        for model, cost in re.findall(
+            r'<td class="field-model_display">([^<]*)</td>.*?<td class="field-cost">([^<]*)</td>',
+            html,
+            re.S,
+        )
+    }
+    assert costs == {"mystery-7b": "unpriced", "blocked-model": "—", "down": "—"}
+
+
+@pytest.mark.django_db
 def test_call_log_and_daily_usage_lists_show_a_sub_micro_dollar_cost_not_zero(client):
     # given a priced embedding call of 12 tokens at $0.02 per million: $0.00000024
     tenant = TenantFactory()

@@ -34,7 +34,11 @@ class CallLogSerializer(serializers.ModelSerializer):
         decimal_places=12,
         read_only=True,
         allow_null=True,
-        help_text="USD, exact; null when the model has no known price (price_source `unknown`).",
+        help_text=(
+            "USD, exact; null when the model has no known price (price_source `unknown`) "
+            "or when nothing was priced: a call refused or failed before any answer "
+            "(price_source empty)."
+        ),
     )
 
     class Meta:

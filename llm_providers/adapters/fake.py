@@ -3,6 +3,7 @@
 Options (on the provider config):
 - ``latency_ms``: wait this long before answering (default 0);
 - ``chunk_latency_ms``: wait between streamed chunks (default 0);
+  a wait longer than the call's timeout fails it with a timeout;
 - ``failure``: one of ``rate_limited``, ``timeout``, ``unavailable``,
   ``authentication``, ``bad_request``, ``context_too_long``, ``refused``:
   every call fails this way;
@@ -87,10 +88,17 @@ class FakeAdapter(Adapter):
             retry_after = 1.0 if error_class is ProviderRateLimited else None
             raise error_class(message, retry_after=retry_after)
 
-    def _sleep(self, option: str) -> None:
-        delay = self.settings.options.get(option) or 0
-        if delay:
-            time.sleep(float(delay) / 1000)
+    def _sleep(self, option: str, request: ChatRequest) -> None:
+        """Wait as the option says; a wait longer than the call's timeout is a
+        timeout, as a real provider's stalled read is."""
+        delay = float(self.settings.options.get(option) or 0) / 1000
+        if not delay:
+            return
+        limit = self.call_timeout(request.timeout)
+        if delay > limit:
+            time.sleep(limit)
+            raise ProviderTimeout(f"Fake provider did not answer within {limit:g} s.")
+        time.sleep(delay)
 
     def _answer(self, request: ChatRequest) -> tuple[str, list[ToolCall]]:
         last_user = next(
@@ -123,7 +131,7 @@ class FakeAdapter(Adapter):
 
     def complete(self, request: ChatRequest) -> ChatResult:
         self._maybe_fail(self._request_text(request))
-        self._sleep("latency_ms")
+        self._sleep("latency_ms", request)
         text, tool_calls = self._answer(request)
         return ChatResult(
             content=text,
@@ -135,13 +143,13 @@ class FakeAdapter(Adapter):
 
     def stream(self, request: ChatRequest) -> Iterator[StreamChunk]:
         self._maybe_fail(self._request_text(request))
-        self._sleep("latency_ms")
+        self._sleep("latency_ms", request)
         text, tool_calls = self._answer(request)
         words = re.findall(r"\S+\s*", text) or [text]
         for word in words:
             if word:
                 yield StreamChunk(text=word, model=request.model)
-                self._sleep("chunk_latency_ms")
+                self._sleep("chunk_latency_ms", request)
         yield StreamChunk(
             model=request.model,
             finish_reason="tool_calls" if tool_calls else "stop",

@@ -14,8 +14,10 @@ from django.http import Http404, HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.defaultfilters import pluralize
 from django.urls import path, reverse
 from django.utils import timezone
+from django.utils.decorators import method_decorator
 from django.utils.html import format_html
 from django.utils.text import capfirst, get_text_list
+from django.views.decorators.debug import sensitive_post_parameters
 from rest_framework_api_key.models import APIKey
 
 from .admin_scoping import NulSafeAdmin, TenantScopedAdmin, request_tenant_ids
@@ -35,6 +37,7 @@ from .forms import (
 from .models import ModelPrice, ProviderConfig, ServiceKey, Tenant, TenantMembership
 from .selectors import provider_config_references
 from .services import (
+    SECRET_FIELDS,
     provider_config_create,
     provider_config_delete,
     provider_config_test_connection,
@@ -194,6 +197,9 @@ class TenantMembershipAdmin(TenantScopedAdmin):
 
 
 @admin.register(ProviderConfig)
+# Error reports (DEBUG pages, mail to ADMINS, error trackers) show the posted
+# form with the secrets replaced by stars.
+@method_decorator(sensitive_post_parameters(*SECRET_FIELDS), name="changeform_view")
 class ProviderConfigAdmin(TenantScopedAdmin):
     """Provider configs; keys are write-only and shown only as a mask.
 

@@ -18,7 +18,9 @@ from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
+from django.utils.decorators import method_decorator
 from django.utils.functional import cached_property
+from django.views.decorators.debug import sensitive_post_parameters
 from kombu.exceptions import OperationalError as KombuOperationalError
 
 from llm_providers.admin_scoping import TenantScopedAdmin
@@ -391,6 +393,7 @@ class BudgetAdminForm(forms.ModelForm):
 
 
 @admin.register(Budget)
+@method_decorator(sensitive_post_parameters("webhook_url"), name="changeform_view")
 class BudgetAdmin(TenantScopedAdmin):
     form = BudgetAdminForm
     list_display = (

@@ -10,7 +10,9 @@ The versions themselves are remembered in the process for up to
 CONFIG_VERSION_LOCAL_SECONDS (default 1 s): a change made in this process
 applies at once, one made in another process within that time. A call
 therefore pays at most one cache round trip a second per tenant for its
-configuration.
+configuration. A change made while the shared cache cannot be reached is
+written there by its process at the next contact, before that process reads
+any version again.
 """
 
 from __future__ import annotations
@@ -42,6 +44,17 @@ def _version_key(scope: str) -> str:
 
 # scope → (monotonic deadline, version) of versions read from the shared cache.
 _known_versions: dict[str, tuple[float, str]] = {}
+# scope → version of changes made here while the shared cache was unreachable:
+# written at the next contact, before any version is read from it. Otherwise
+# the versions still there would bring back what was cached before the change.
+_unannounced: dict[str, str] = {}
+
+
+def _announce_pending() -> None:
+    for scope, version in list(_unannounced.items()):
+        cache.set(_version_key(scope), version, _VERSION_TTL_SECONDS)
+        if _unannounced.get(scope) == version:
+            del _unannounced[scope]
 
 
 def _versions_read(tenant_scope: str) -> tuple[str, str]:
@@ -70,6 +83,8 @@ def config_version(tenant_id) -> str:
     ):
         return f"{tenant_known[1]}:{global_known[1]}"
     try:
+        if _unannounced:
+            _announce_pending()
         tenant_version, global_version = _versions_read(scope)
     except Exception as exc:  # noqa: BLE001 - any cache failure
         return _version_without_cache(scope, tenant_known, global_known, exc)
@@ -98,17 +113,21 @@ def config_version_bump(tenant_id=None) -> None:
     try:
         cache.set(_version_key(scope), version, _VERSION_TTL_SECONDS)
     except Exception as exc:  # noqa: BLE001 - the change itself is saved
+        _unannounced[scope] = version
         logger.error(
             "configuration change of %s saved but not announced to other processes (%s); "
-            "they see it when their current version expires, within an hour",
+            "announced when the cache answers again, else seen within an hour",
             scope,
             type(exc).__name__,
         )
+    else:
+        _unannounced.pop(scope, None)
 
 
 def config_versions_forget() -> None:
     """Drop the versions remembered in this process (tests, after a cache flush)."""
     _known_versions.clear()
+    _unannounced.clear()
 
 
 class LocalCache:

@@ -137,3 +137,16 @@ def assert_secret_absent():
         assert leaked == [], f"pieces of the secret in the page: {leaked}"
 
     return check
+
+
+@pytest.fixture
+def silent_server():
+    """A loopback address that accepts connections and never answers (a hung Redis)."""
+    import socket
+
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    host, port = listener.getsockname()
+    yield f"{host}:{port}"
+    listener.close()

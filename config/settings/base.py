@@ -197,6 +197,10 @@ CELERY_TIMEZONE = "UTC"
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Socket timeouts on the broker connection: without them a broker that hangs
+# (paused, failed over, a dropped connection) holds whatever queues a task, an
+# admin request or an alert, for ever. Longer than the worker's 1 s BRPOP.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_timeout": 5, "socket_connect_timeout": 5}
 # 10 minutes: no usage task is expected to take longer; a hung one is killed.
 CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=600)
 

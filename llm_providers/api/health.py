@@ -18,7 +18,7 @@ STATUS_OK = "ok"
 STATUS_ERROR = "error"
 STATUS_NOT_CONFIGURED = "not configured"
 
-# 2 s: a broker that takes longer to accept a connection is down for our purposes.
+# 2 s: a broker that takes longer to connect or answer is down for our purposes.
 BROKER_TIMEOUT_SECONDS = 2.0
 _CACHE_PROBE_KEY = "health:probe"
 
@@ -80,7 +80,15 @@ def _cache_probe() -> None:
 def _broker_probe(url: str) -> None:
     from kombu import Connection
 
-    with Connection(url, connect_timeout=BROKER_TIMEOUT_SECONDS) as broker:
+    # Socket timeouts too: a broker that accepts connections and never answers
+    # (hung, paused) would otherwise hold the probe, and its worker, for ever.
+    timeouts = {
+        "socket_timeout": BROKER_TIMEOUT_SECONDS,
+        "socket_connect_timeout": BROKER_TIMEOUT_SECONDS,
+    }
+    with Connection(
+        url, connect_timeout=BROKER_TIMEOUT_SECONDS, transport_options=timeouts
+    ) as broker:
         broker.ensure_connection(
             max_retries=1, interval_start=0, interval_step=0, timeout=BROKER_TIMEOUT_SECONDS
         )

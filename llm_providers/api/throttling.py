@@ -4,14 +4,22 @@ One rate budget per service key (scope `service_key`), per user (`user`)
 and, for unauthenticated requests, per client address (`anon`). Rates are
 `REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]`, read on every request so that a
 settings change applies at once.
+
+When the cache cannot be reached a request is let through unthrottled, with a
+warning, as the completion service's own rate limits are: refusing every
+request for a cache outage would be worse.
 """
 
 from __future__ import annotations
+
+import logging
 
 from rest_framework.settings import api_settings
 from rest_framework.throttling import SimpleRateThrottle
 
 from llm_providers.models import ServiceKey
+
+logger = logging.getLogger(__name__)
 
 SCOPE_SERVICE_KEY = "service_key"
 SCOPE_USER = "user"
@@ -44,7 +52,11 @@ class CredentialRateThrottle(SimpleRateThrottle):
         if self.rate is None:
             return True
         self.num_requests, self.duration = self.parse_rate(self.rate)
-        return super().allow_request(request, view)
+        try:
+            return super().allow_request(request, view)
+        except Exception as exc:  # noqa: BLE001 - any cache failure: not enforced
+            logger.warning("API throttle not enforced: cache unavailable (%s)", type(exc).__name__)
+            return True
 
     def wait(self) -> float:
         """Seconds until a request passes again; never None, so every 429 has Retry-After.

@@ -1,10 +1,15 @@
 """The Celery app: worker processes drain the after-call queue before they end."""
 
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
+import pytest
 from billiard.pool import Pool
 from celery.concurrency.prefork import process_destructor
+from django.conf import settings
 
 from usage.bookkeeping import bookkeeping_submit
 
@@ -32,3 +37,48 @@ def test_worker_process_writes_queued_bookkeeping_before_it_exits(settings, tmp_
 
     # then: the work was done before the process went
     assert target.read_text() == "written"
+
+
+_QUEUE_ONE_TASK = """
+import time
+
+import django
+
+django.setup()
+from kombu.exceptions import OperationalError
+
+from usage.tasks import send_alert_delivery
+
+started = time.monotonic()
+try:
+    send_alert_delivery.delay(1)
+except OperationalError:
+    print("refused after", round(time.monotonic() - started, 1))
+"""
+
+
+def test_queueing_a_task_gives_up_when_the_broker_hangs(silent_server):
+    # given a broker that accepts connections and never answers
+    environment = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "config.settings.test",
+        "CELERY_BROKER_URL": f"redis://{silent_server}/0",
+        "CELERY_TASK_ALWAYS_EAGER": "false",
+    }
+
+    # when a task is queued on it (as an admin action or an alert does)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _QUEUE_ONE_TASK],
+            env=environment,
+            cwd=settings.BASE_DIR,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("queueing a task on a hung broker hung")
+
+    # then queueing fails, as it does when the broker refuses connections
+    assert done.stdout.startswith("refused after"), done.stderr[-2000:]
+    assert float(done.stdout.split()[-1]) < 30

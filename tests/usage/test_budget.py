@@ -13,7 +13,11 @@ import redis
 from django.db import connection
 from django.utils import timezone
 
-from llm_providers.config_cache import config_version
+from llm_providers.config_cache import (
+    config_local_cache,
+    config_version,
+    config_versions_forget,
+)
 from tests.factories import BudgetFactory, CallLogFactory, ProviderConfigFactory, TenantFactory
 from usage import budget_counters
 from usage.aggregation import daily_usage_recompute
@@ -338,6 +342,37 @@ def test_reserve_refuses_blocking_budget_when_redis_is_unreachable(settings):
 
     assert caught.value.http_status == 503
     assert "“Daily cap”" in caught.value.message
+
+
+@pytest.mark.django_db
+def test_blocking_budget_created_while_the_cache_is_down_applies_once_it_is_back(settings):
+    # given a tenant whose budgets (none yet) were read under its config version
+    settings.CONFIG_VERSION_LOCAL_SECONDS = 0
+    tenant = TenantFactory()
+    assert not _reserve(tenant, "5.00")
+    working = settings.CACHES
+
+    # when a blocking budget is created while the shared cache cannot be reached
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": "redis://127.0.0.1:1/0",
+            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.2, "SOCKET_TIMEOUT": 0.2},
+        }
+    }
+    _blocking_daily(tenant, limit="1.00")
+    settings.CACHES = working
+
+    # then, with the cache back, the budget refuses a call over its limit, in
+    # this process and in others, which read the version from the shared cache
+    with pytest.raises(BudgetExceeded):
+        _reserve(tenant, "5.00")
+    config_versions_forget()
+    config_local_cache.clear()
+    other_process_version = config_version(tenant.pk)
+    with pytest.raises(BudgetExceeded):
+        _reserve(tenant, "5.00")
+    assert config_version(tenant.pk) == other_process_version
 
 
 def _race(tenant, amount, threads):

@@ -6,7 +6,13 @@ import pytest
 from django.core.cache import cache
 
 from tests.api.fixtures import service_key_client, token_client
-from tests.factories import ServiceKeyFactory, TenantMembershipFactory
+from tests.factories import (
+    ModelPriceFactory,
+    ProviderConfigFactory,
+    ServiceKeyFactory,
+    TenantMembershipFactory,
+)
+from usage.models import CallLog
 
 pytestmark = pytest.mark.django_db
 
@@ -102,3 +108,36 @@ def test_throttled_answer_says_when_to_retry_after_rate_is_lowered(settings, adm
     seconds = int(response["Retry-After"])
     assert 55 <= seconds <= 60
     assert response.json()["error"]["extra"] == {"retry_after_seconds": seconds}
+
+
+@pytest.fixture
+def cache_down(settings):
+    """A Redis cache nobody listens on: every cache operation fails at once."""
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": "redis://127.0.0.1:1/0",
+            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.2, "SOCKET_TIMEOUT": 0.2},
+        }
+    }
+
+
+def test_requests_pass_unthrottled_when_the_cache_is_unreachable(
+    low_rates, cache_down, service_key, caplog
+):
+    # given a provider to complete with, and the cache down
+    ModelPriceFactory(model="fake-small", input_per_mtok="1", output_per_mtok="2")
+    ProviderConfigFactory(tenant=service_key.tenant, name="fake-main", is_default=True)
+    client = service_key_client(service_key)
+
+    # when more requests than the rate allows are made
+    responses = [
+        client.post("/api/v1/completions/", {"messages": [{"role": "user", "content": "hi"}]})
+        for _ in range(3)
+    ]
+
+    # then each is answered as without a cache, and the outage is logged
+    assert [r.status_code for r in responses] == [200, 200, 200]
+    assert {r.json()["content"] for r in responses} == {"Echo: hi"}
+    assert CallLog.objects.filter(tenant=service_key.tenant, status="ok").count() == 3
+    assert "API throttle not enforced: cache unavailable (ConnectionError)" in caplog.text

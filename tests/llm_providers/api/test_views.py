@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import pytest
 from django.contrib.admin.models import ADDITION, CHANGE, DELETION, LogEntry
 
+from llm_providers.api.health import BROKER_TIMEOUT_SECONDS, health_broker
 from llm_providers.models import ProviderConfig, ServiceKey
 from tests.api.fixtures import service_key_client
 from tests.factories import CallLogFactory, ProviderConfigFactory, ServiceKeyFactory
@@ -618,6 +621,24 @@ def test_health_answers_503_naming_broker_when_broker_down(anonymous_api, settin
     assert body["components"]["broker"]["status"] == "error"
     assert body["components"]["broker"]["error"] == "OperationalError"
     assert "127.0.0.1" not in response.content.decode()
+
+
+def test_health_answers_within_seconds_when_broker_hangs(settings, silent_server):
+    # given a broker that accepts connections and never answers
+    settings.CELERY_BROKER_URL = f"redis://{silent_server}/0"
+    outcome = []
+    probe = threading.Thread(target=lambda: outcome.append(health_broker()), daemon=True)
+
+    # when the broker is probed
+    started = time.monotonic()
+    probe.start()
+    probe.join(timeout=10)
+
+    # then the probe gives up within its timeout and reports the broker down
+    assert outcome, "the broker probe hung"
+    assert time.monotonic() - started < 2 * BROKER_TIMEOUT_SECONDS + 1
+    assert outcome[0].status == "error"
+    assert outcome[0].error == "OperationalError"
 
 
 @pytest.mark.redis

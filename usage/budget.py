@@ -192,7 +192,7 @@ def _exceeded(refusal: Refusal, amount_usd: Decimal, now: datetime) -> BudgetExc
         extra={
             "budget_id": budget.id,
             "budget_name": budget.name,
-            "spend_usd": str(refusal.spend_usd.quantize(_EXTRA_PLACES)),
+            "spend_usd": f"{refusal.spend_usd.quantize(_EXTRA_PLACES):f}",
             "limit_usd": str(budget.limit_usd),
             "resets_at": period.end.isoformat(),
             "retry_after_seconds": retry_after,

@@ -559,3 +559,17 @@ def test_budget_of_a_tenant_given_back_its_time_zone_counts_spend_made_in_the_ot
     with pytest.raises(BudgetExceeded) as caught:
         _reserve(tenant, "0.20")
     assert Decimal(caught.value.extra["spend_usd"]) == Decimal("0.9")
+
+
+@pytest.mark.django_db
+def test_refusal_before_any_spend_names_spend_as_plain_decimal(counters):
+    # given a $0.10 daily blocking budget with nothing spent yet
+    tenant = TenantFactory()
+    _blocking_daily(tenant, limit="0.10")
+
+    # when a call that may cost $0.20 asks for room
+    with pytest.raises(BudgetExceeded) as caught:
+        _reserve(tenant, "0.20")
+
+    # then the spend is the money string of every other amount, not "0E-12"
+    assert caught.value.extra["spend_usd"] == "0.000000000000"

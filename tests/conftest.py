@@ -150,3 +150,62 @@ def silent_server():
     host, port = listener.getsockname()
     yield f"{host}:{port}"
     listener.close()
+
+
+class _OwnRedis:
+    """A redis-server of one test's own, which it may pause (a hung Redis) and resume."""
+
+    def __init__(self, process, url: str):
+        self.process = process
+        self.url = url
+
+    def pause(self) -> None:
+        import signal
+
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        import signal
+
+        self.process.send_signal(signal.SIGCONT)
+
+
+@pytest.fixture
+def own_redis():
+    """A fresh redis-server on a free loopback port, stopped at the end of the test."""
+    import shutil
+    import socket
+    import subprocess
+    import time
+
+    import redis
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        _skip_or_fail("needs redis-server on PATH")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    server = _OwnRedis(process, f"redis://127.0.0.1:{port}/0")
+    try:
+        client = redis.Redis.from_url(server.url, socket_timeout=1)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        client.close()
+        yield server
+    finally:
+        server.resume()
+        process.terminate()
+        process.wait(10)

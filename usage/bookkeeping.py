@@ -13,9 +13,11 @@ caller waits for room (backpressure instead of unbounded memory, order kept);
 only if the writer makes no room within a second, because it is stuck
 retrying, does the caller run its item itself.
 On the background thread a write that fails for a transient reason (a lost
-connection, a database restart) is retried with backoff on fresh
-connections, so an outage delays logs instead of failing calls the caller has
-already paid for; a write the database refuses is reported at once. The queue is
+connection, a database restart, budget counters out of reach) is retried
+with backoff on fresh connections, so an outage delays logs instead of
+failing calls the caller has already paid for; a write the database refuses
+is reported at once. A budget settlement may be sent twice this way (a reply
+lost after it landed): its cost still counts once (usage.budget_counters). The queue is
 drained at interpreter exit and when a Celery pool process ends (config.celery);
 only a killed process loses what it still held.
 """
@@ -59,9 +61,16 @@ def _transient(exc: Exception) -> bool:
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
+    from .budget_counters import BudgetBackendError
+
     return isinstance(
         exc,
-        OperationalError | InterfaceError | RedisConnectionError | RedisTimeoutError | OSError,
+        OperationalError
+        | InterfaceError
+        | RedisConnectionError
+        | RedisTimeoutError
+        | OSError
+        | BudgetBackendError,
     )
 
 

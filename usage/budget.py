@@ -261,17 +261,18 @@ def budget_reserve(
 
 
 def budget_settle(*, reservation: BudgetReservation, cost_usd: Decimal | None) -> None:
-    """Replace the reserved amount by the real cost (None: unpriced, counts 0)."""
+    """Replace the reserved amount by the real cost (None: unpriced, counts 0).
+
+    Raises BudgetBackendError when the counters cannot be reached. A settlement
+    may be sent again, as the after-call writer does (usage.bookkeeping): its
+    cost counts once, even if the first one landed and only its reply was lost,
+    or the reservation lapsed meanwhile.
+    """
     if not reservation:
         return
-    try:
-        counters_backend(reservation.backend).settle(
-            reservation=reservation, cost_nano=usd_to_nano(cost_usd), cost_usd=cost_usd
-        )
-    except BudgetBackendError as exc:
-        # The reservation lapses after its TTL; the cost is in CallLog and
-        # returns at the next rebuild of the counter.
-        logger.warning("Budget settle failed for %s: %s", reservation.reservation_id, exc)
+    counters_backend(reservation.backend).settle(
+        reservation=reservation, cost_nano=usd_to_nano(cost_usd), cost_usd=cost_usd
+    )
 
 
 def budget_counters_forget(*, budget: Budget) -> None:

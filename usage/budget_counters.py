@@ -14,6 +14,10 @@ in Redis and Decimals in the database.
 - Database (no Redis): BudgetCounter rows locked with SELECT ... FOR UPDATE in
   budget order (atomic across processes on PostgreSQL) and BudgetHold rows for
   reservations; on SQLite a process lock serialises the gate as well.
+
+Both remember the reservations settled lately (_SETTLED_KEEP_SECONDS): a
+settlement sent again, because the reply to the first was lost, counts its
+cost once.
 """
 
 from __future__ import annotations
@@ -161,14 +165,18 @@ end
 return {1}
 """
 
-# Settle. KEYS as above; ARGV: reservation id, n, now, cost ('0': none). The
-# cost is added to a settled value still trusted, or to the costs settled
-# during a rebuild; otherwise (cold, no rebuild begun) the next rebuild reads
-# it from CallLog, where the call's row already is.
+# Settle. KEYS per budget: hash, zset, and a sorted set of the reservation ids
+# settled lately, by when they are forgotten (ms); ARGV: reservation id, n,
+# now, cost ('0': none), forget at (ms), its key TTL (s). The cost is added to
+# a settled value still trusted, or to the costs settled during a rebuild;
+# otherwise (cold, no rebuild begun) the next rebuild reads it from CallLog,
+# where the call's row already is. A settlement whose reply was lost is sent
+# again by the after-call writer: an id settled already adds nothing, whether
+# its reservation is still held, has lapsed, or its counter was rebuilt since.
 _SETTLE_LUA = """
 local rid, n, now, cost = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 for i = 1, n do
-  local h, z = KEYS[2 * i - 1], KEYS[2 * i]
+  local h, z, x = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
   local held = redis.call('HGET', h, 'r:' .. rid)
   if held then
     redis.call('HDEL', h, 'r:' .. rid)
@@ -176,8 +184,13 @@ for i = 1, n do
     if held ~= '0' then redis.call('HINCRBY', h, 't', '-' .. held) end
   end
   if cost ~= '0' then
+    redis.call('ZREMRANGEBYSCORE', x, '-inf', ARGV[3])
+    local first = redis.call('ZADD', x, 'NX', ARGV[5], rid) == 1
+    redis.call('EXPIRE', x, ARGV[6])
     local v = redis.call('HMGET', h, 'd', 'b')
-    if v[1] and tonumber(v[1]) > now then
+    if not first then
+      -- settled before: its cost is counted already
+    elseif v[1] and tonumber(v[1]) > now then
       redis.call('HINCRBY', h, 's', cost)
     elseif v[2] then
       redis.call('HINCRBY', h, 'p', cost)
@@ -191,6 +204,9 @@ return 1
 _KEY_GRACE_SECONDS = 3600
 # A rebuild not installed after this long was abandoned (its caller died).
 _REBUILD_MARK_STALE_MS = 60_000
+# How long a settled reservation id is remembered: far longer than the
+# after-call writer goes on retrying one settlement (usage.bookkeeping).
+_SETTLED_KEEP_SECONDS = 600
 
 
 def _redis_keys(entry) -> tuple[str, str]:
@@ -200,6 +216,11 @@ def _redis_keys(entry) -> tuple[str, str]:
 def _redis_keys_of(budget, period) -> tuple[str, str]:
     base = f"llmpl:budget:{budget.id}:{budget.definition}:{period.key}"
     return f"{base}:h", f"{base}:z"
+
+
+def _redis_settled_key(entry) -> str:
+    budget, period = entry.budget, entry.period
+    return f"llmpl:budget:{budget.id}:{budget.definition}:{period.key}:x"
 
 
 class RedisCounters:
@@ -295,10 +316,19 @@ class RedisCounters:
         _, settle = self._scripts()
         keys: list[str] = []
         for entry in reservation.entries:
-            keys.extend(_redis_keys(entry))
+            keys.extend((*_redis_keys(entry), _redis_settled_key(entry)))
         now_ms = int(datetime.now(tz=UTC).timestamp() * 1000)
         self._call(
-            settle, keys, [reservation.reservation_id, len(reservation.entries), now_ms, cost_nano]
+            settle,
+            keys,
+            [
+                reservation.reservation_id,
+                len(reservation.entries),
+                now_ms,
+                cost_nano,
+                now_ms + _SETTLED_KEEP_SECONDS * 1000,
+                _SETTLED_KEEP_SECONDS,
+            ],
         )
 
 
@@ -391,10 +421,23 @@ class DatabaseCounters:
             BudgetHold.objects.filter(
                 counter_id__in=counter_ids, reservation_id=reservation.reservation_id
             ).delete()
-            if cost:
-                BudgetCounter.objects.filter(pk__in=counter_ids).update(
-                    settled_usd=F("settled_usd") + cost
-                )
+            if not cost:
+                return
+            # A settlement retried after its commit's reply was lost finds its
+            # mark: a hold of nothing, forgotten like a lapsed reservation.
+            mark = f"settled:{reservation.reservation_id}"
+            counted = set(
+                BudgetHold.objects.filter(
+                    counter_id__in=counter_ids, reservation_id=mark
+                ).values_list("counter_id", flat=True)
+            )
+            fresh = [pk for pk in counter_ids if pk not in counted]
+            forget_at = datetime.now(tz=UTC) + timedelta(seconds=_SETTLED_KEEP_SECONDS)
+            BudgetHold.objects.bulk_create(
+                BudgetHold(counter_id=pk, reservation_id=mark, amount_usd=0, expires_at=forget_at)
+                for pk in fresh
+            )
+            BudgetCounter.objects.filter(pk__in=fresh).update(settled_usd=F("settled_usd") + cost)
 
 
 _backends = {"redis": RedisCounters(), "database": DatabaseCounters()}

@@ -19,6 +19,7 @@ from tests.factories import (
     TenantFactory,
 )
 from usage.budget import BudgetExceeded
+from usage.budget_counters import counters_backend
 from usage.models import Budget, CallLog
 from usage.periods import MONTHLY, period_containing
 
@@ -123,6 +124,35 @@ def test_complete_releases_reservation_when_call_fails(tenant, primary):
     result = complete(tenant=tenant, messages=HELLO, max_tokens=10)
 
     assert result.cost_usd == REAL
+
+
+@pytest.mark.redis
+def test_complete_answers_when_its_inline_settlement_finds_redis_hung(
+    tenant, primary, own_redis, settings, monkeypatch, caplog
+):
+    # given Redis counters, settled inline, on a Redis that hangs as the call settles
+    settings.USAGE_BUDGET_BACKEND = "redis"
+    settings.USAGE_BUDGET_REDIS_URL = own_redis.url
+    settings.CALL_LOG_ASYNC = False
+    _block(tenant, Decimal("1"))
+    counters = counters_backend("redis")
+    settle = counters.settle
+
+    def settle_into_a_hung_redis(**kwargs):
+        own_redis.pause()
+        settle(**kwargs)
+
+    monkeypatch.setattr(counters, "settle", settle_into_a_hung_redis)
+
+    # when a call is answered
+    result = complete(tenant=tenant, messages=HELLO, max_tokens=10)
+
+    # then the caller gets its answer, logged; the settlement's failure is reported
+    assert result.content == "Echo: hi"
+    assert result.cost_usd == REAL
+    assert CallLog.objects.get().status == CallLog.Status.OK
+    assert "budget settlement" in caplog.text
+    assert "failed: Redis error: TimeoutError" in caplog.text
 
 
 def test_stream_settles_real_cost(tenant, primary):

@@ -19,8 +19,9 @@ from llm_providers.config_cache import (
     config_versions_forget,
 )
 from tests.factories import BudgetFactory, CallLogFactory, ProviderConfigFactory, TenantFactory
-from usage import budget_counters
+from usage import bookkeeping, budget_counters
 from usage.aggregation import daily_usage_recompute
+from usage.bookkeeping import bookkeeping_flush, bookkeeping_submit
 from usage.budget import (
     BudgetExceeded,
     BudgetUnavailable,
@@ -208,6 +209,129 @@ def test_reservation_lapses_when_not_settled_within_its_ttl(counters, settings):
     with mock.patch("django.utils.timezone.now", return_value=later):
         # then its amount is free again
         assert _reserve(tenant, "0.70")
+
+
+@pytest.mark.django_db
+def test_settlement_sent_twice_counts_its_cost_once(counters):
+    # given a call that holds $0.60 of a $1 budget and cost $0.30
+    tenant = TenantFactory()
+    _blocking_daily(tenant)
+    reservation = _reserve(tenant, "0.60")
+    CallLogFactory(tenant=tenant, service_name="summarizer", cost_usd=Decimal("0.30"))
+
+    # when its settlement is sent again (the first landed, its reply was lost)
+    budget_settle(reservation=reservation, cost_usd=Decimal("0.30"))
+    budget_settle(reservation=reservation, cost_usd=Decimal("0.30"))
+
+    # then $0.30 is spent, not $0.60
+    with pytest.raises(BudgetExceeded) as caught:
+        _reserve(tenant, "0.80")
+    assert Decimal(caught.value.extra["spend_usd"]) == Decimal("0.3")
+
+
+@pytest.mark.django_db
+def test_settlement_after_its_reservation_lapsed_counts_its_cost_once(counters, settings):
+    # given a call whose $0.60 reservation lapsed before it settled
+    settings.USAGE_BUDGET_RESERVATION_TTL_SECONDS = 1
+    tenant = TenantFactory()
+    _blocking_daily(tenant)
+    start = timezone.now()
+    with mock.patch("django.utils.timezone.now", return_value=start):
+        late = _reserve(tenant, "0.60")
+    later = start + dt.timedelta(seconds=2)
+    with mock.patch("django.utils.timezone.now", return_value=later):
+        assert _reserve(tenant, "0.10")
+    CallLogFactory(tenant=tenant, service_name="summarizer", cost_usd=Decimal("0.30"))
+
+    # when it settles $0.30, and the settlement is sent again
+    budget_settle(reservation=late, cost_usd=Decimal("0.30"))
+    budget_settle(reservation=late, cost_usd=Decimal("0.30"))
+
+    # then its cost counts once, next to the $0.10 still held
+    with (
+        mock.patch("django.utils.timezone.now", return_value=later),
+        pytest.raises(BudgetExceeded) as caught,
+    ):
+        _reserve(tenant, "0.80")
+    assert Decimal(caught.value.extra["spend_usd"]) == Decimal("0.4")
+
+
+@pytest.fixture
+def blipping_redis(own_redis, settings, monkeypatch):
+    """Redis counters on a Redis of the test's own, settled by the background writer."""
+    settings.USAGE_BUDGET_BACKEND = "redis"
+    settings.USAGE_BUDGET_REDIS_URL = own_redis.url
+    settings.CALL_LOG_ASYNC = True
+    monkeypatch.setattr(bookkeeping, "_writer", None)
+    monkeypatch.setattr(bookkeeping, "_RETRY_DELAYS", (0.5,) * 8)
+    yield own_redis
+    own_redis.resume()
+    assert bookkeeping_flush(timeout=30)
+
+
+def _settle_through_a_blip(server, reservation, cost_usd):
+    """Send the settlement to the writer while Redis is stopped; resume it 1.5 s later."""
+    server.pause()
+    resume = threading.Timer(1.5, server.resume)
+    resume.start()
+    try:
+        bookkeeping_submit(
+            budget_settle,
+            label=f"budget settlement {reservation.reservation_id}",
+            reservation=reservation,
+            cost_usd=cost_usd,
+        )
+        assert bookkeeping_flush(timeout=30)
+    finally:
+        resume.join()
+
+
+@pytest.mark.redis
+@pytest.mark.django_db
+def test_settlement_lost_in_a_redis_blip_is_retried_and_counted_once(blipping_redis, caplog):
+    # given a call that holds $0.60 of a $1 budget
+    tenant = TenantFactory()
+    budget = _blocking_daily(tenant)
+    reservation = _reserve(tenant, "0.60")
+    client = redis.Redis.from_url(blipping_redis.url)
+    [counter] = client.keys(f"llmpl:budget:{budget.pk}:*:h")
+    # A settlement sent into the blip then fails on resuming (unknown script):
+    # it is lost outright.
+    client.script_flush()
+
+    # when Redis stops answering as the $0.30 settlement is sent
+    _settle_through_a_blip(blipping_redis, reservation, Decimal("0.30"))
+
+    # then the writer retried it: its reservation is gone and its cost counted once
+    assert f"bookkeeping retrying budget settlement {reservation.reservation_id}" in caplog.text
+    assert client.hget(counter, "s") == b"300000000"
+    assert client.hget(counter, "t") == b"0"
+    with pytest.raises(BudgetExceeded) as caught:
+        _reserve(tenant, "0.80")
+    assert Decimal(caught.value.extra["spend_usd"]) == Decimal("0.3")
+
+
+@pytest.mark.redis
+@pytest.mark.django_db
+def test_settlement_whose_reply_a_redis_blip_lost_is_retried_and_counted_once(
+    blipping_redis, caplog
+):
+    # given a call that holds $0.60 of a $1 budget, the settle script loaded
+    tenant = TenantFactory()
+    budget = _blocking_daily(tenant)
+    reservation = _reserve(tenant, "0.60")
+    client = redis.Redis.from_url(blipping_redis.url)
+    [counter] = client.keys(f"llmpl:budget:{budget.pk}:*:h")
+    client.script_load(budget_counters._SETTLE_LUA)
+
+    # when Redis stops answering as the $0.30 settlement is sent: it runs when
+    # Redis resumes, but its reply is lost and the writer sends it again
+    _settle_through_a_blip(blipping_redis, reservation, Decimal("0.30"))
+
+    # then its cost counts once
+    assert f"bookkeeping retrying budget settlement {reservation.reservation_id}" in caplog.text
+    assert client.hget(counter, "s") == b"300000000"
+    assert client.hget(counter, "t") == b"0"
 
 
 @pytest.mark.django_db
@@ -494,6 +618,35 @@ def test_call_settled_while_its_counter_is_rebuilt_is_not_lost(settings, monkeyp
     assert Decimal(caught.value.extra["spend_usd"]) == Decimal("0.6")
     assert client.hget(counter, "s") == b"600000000"
     assert not client.hexists(counter, "b")
+
+
+@pytest.mark.redis
+@pytest.mark.django_db
+def test_call_settled_twice_while_its_counter_is_rebuilt_counts_once(settings, monkeypatch):
+    # given a Redis counter due for its rebuild while call A holds $0.60
+    settings.USAGE_BUDGET_BACKEND = "redis"
+    tenant = TenantFactory()
+    budget = _blocking_daily(tenant, limit="1.00")
+    call_a = _reserve(tenant, "0.60")
+    client = redis.Redis.from_url(settings.USAGE_BUDGET_REDIS_URL)
+    [counter] = client.keys(f"llmpl:budget:{budget.pk}:*:h")
+    client.hset(counter, "d", 0)
+
+    # when A's settlement is sent twice while the next reservation sums CallLog
+    summed = budget_counters.settled_from_call_logs
+
+    def sum_while_a_settles_twice(entry):
+        total = summed(entry)
+        CallLogFactory(tenant=tenant, service_name="summarizer", cost_usd=Decimal("0.60"))
+        budget_settle(reservation=call_a, cost_usd=Decimal("0.60"))
+        budget_settle(reservation=call_a, cost_usd=Decimal("0.60"))
+        return total
+
+    monkeypatch.setattr(budget_counters, "settled_from_call_logs", sum_while_a_settles_twice)
+
+    # then the rebuilt counter holds A's cost once
+    assert _reserve(tenant, "0.30")
+    assert client.hget(counter, "s") == b"600000000"
 
 
 @pytest.mark.django_db

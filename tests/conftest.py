@@ -39,7 +39,9 @@ def _clean_caches():
 
     from llm_providers.clients import adapters_clear
     from llm_providers.config_cache import config_local_cache, config_versions_forget
+    from llm_providers.redis_outage import redis_outages_forget
 
+    redis_outages_forget()
     cache.clear()
     config_versions_forget()
     config_local_cache.clear()

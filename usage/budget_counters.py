@@ -242,10 +242,15 @@ class RedisCounters:
                 )
             import redis
 
+            from llm_providers.redis_outage import fail_fast_client
+
             with self._lock:
-                # 1 s timeouts, as for the cache: the completion path must not hang on Redis.
-                client = redis.Redis.from_url(
-                    url, socket_timeout=1, socket_connect_timeout=1, health_check_interval=30
+                # 1 s timeouts, as for the cache: the completion path must not hang on Redis;
+                # after a failure, uses fail at once for CACHE_OUTAGE_RETRY_SECONDS.
+                client = fail_fast_client(
+                    redis.Redis.from_url(
+                        url, socket_timeout=1, socket_connect_timeout=1, health_check_interval=30
+                    )
                 )
                 self._reserve = client.register_script(_RESERVE_LUA)
                 self._settle = client.register_script(_SETTLE_LUA)

@@ -123,6 +123,13 @@ else:
         }
     }
 
+# After a Redis command fails (connection error or timeout), the process sends
+# that Redis nothing for this many seconds: each use fails at once, as if
+# refused, instead of waiting for its socket timeout; then one command tries it
+# again (llm_providers.redis_outage). 0 turns this off.
+CACHE_OUTAGE_RETRY_SECONDS = env.float("CACHE_OUTAGE_RETRY_SECONDS", default=5.0)
+DJANGO_REDIS_CONNECTION_FACTORY = "llm_providers.redis_outage.ConnectionFactory"
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},

@@ -140,4 +140,4 @@ def test_requests_pass_unthrottled_when_the_cache_is_unreachable(
     assert [r.status_code for r in responses] == [200, 200, 200]
     assert {r.json()["content"] for r in responses} == {"Echo: hi"}
     assert CallLog.objects.filter(tenant=service_key.tenant, status="ok").count() == 3
-    assert "API throttle not enforced: cache unavailable (ConnectionError)" in caplog.text
+    assert "API throttle not enforced: cache unavailable" in caplog.text

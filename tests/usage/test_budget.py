@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import redis
+from django.conf import settings as django_settings
 from django.db import connection
 from django.utils import timezone
 
@@ -264,9 +265,18 @@ def blipping_redis(own_redis, settings, monkeypatch):
     settings.CALL_LOG_ASYNC = True
     monkeypatch.setattr(bookkeeping, "_writer", None)
     monkeypatch.setattr(bookkeeping, "_RETRY_DELAYS", (0.5,) * 8)
+    # Retries this quick would all fall in the default fail-fast window after
+    # a Redis failure (llm_providers.redis_outage); scaled down with them.
+    settings.CACHE_OUTAGE_RETRY_SECONDS = 0.4
     yield own_redis
     own_redis.resume()
     assert bookkeeping_flush(timeout=30)
+
+
+def test_writer_retries_a_settlement_past_the_fail_fast_window_after_a_redis_failure():
+    # A retry sent while the window is open fails at once without reaching
+    # Redis: the writer's retries must go on well past one window to reach it.
+    assert sum(bookkeeping._RETRY_DELAYS) > 2 * django_settings.CACHE_OUTAGE_RETRY_SECONDS
 
 
 def _settle_through_a_blip(server, reservation, cost_usd):

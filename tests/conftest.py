@@ -123,6 +123,26 @@ def raw_column():
 
 
 @pytest.fixture
+def error_reports(client):
+    """The text of Django's error report (the DEBUG page, mail to ADMINS, error
+    trackers) of each request that raised; the client answers 500 instead of raising."""
+    import sys
+
+    from django.core.signals import got_request_exception
+    from django.views.debug import ExceptionReporter
+
+    reports: list[str] = []
+
+    def report(sender, request, **kwargs):
+        reports.append(ExceptionReporter(request, *sys.exc_info()).get_traceback_text())
+
+    client.raise_request_exception = False
+    got_request_exception.connect(report)
+    yield reports
+    got_request_exception.disconnect(report)
+
+
+@pytest.fixture
 def assert_secret_absent():
     """Fail when a secret, or any 8-character piece of it, appears in a page.
 

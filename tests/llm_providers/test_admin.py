@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 
 import pytest
 from django.contrib.admin.models import CHANGE, DELETION, LogEntry
 from django.contrib.messages import get_messages
-from django.core.signals import got_request_exception
 from django.test import override_settings
 from django.urls import reverse
-from django.views.debug import ExceptionReporter
 
 from llm_providers.models import ProviderConfig, ServiceKey
 from overrides.models import RoutingOverride
@@ -123,40 +120,30 @@ def test_add_stores_key_encrypted_and_shows_only_mask(
 
 
 def test_error_report_of_a_failed_save_shows_the_posted_keys_as_stars(
-    tenant, tenant_admin, admin_client_for, monkeypatch, assert_secret_absent
+    tenant, tenant_admin, admin_client_for, monkeypatch, assert_secret_absent, error_reports
 ):
     # given a save that fails with an unexpected error after the keys were posted
     def broken(*args, **kwargs):
         raise RuntimeError("database went away")
 
     monkeypatch.setattr("llm_providers.admin.provider_config_create", broken)
-    reports = []
 
-    def report(sender, request, **kwargs):
-        reports.append(ExceptionReporter(request, *sys.exc_info()).get_traceback_text())
-
-    got_request_exception.connect(report)
-    client = admin_client_for(tenant_admin)
-    client.raise_request_exception = False
-    try:
-        # when the form is posted
-        response = client.post(
-            reverse(ADD),
-            _form_data(
-                tenant=str(tenant.pk),
-                name="bedrock-prod",
-                provider_type="bedrock",
-                aws_region="us-east-1",
-                aws_access_key_id=AWS_KEY_ID,
-                aws_secret_access_key=AWS_SECRET,
-            ),
-        )
-    finally:
-        got_request_exception.disconnect(report)
+    # when the form is posted
+    response = admin_client_for(tenant_admin).post(
+        reverse(ADD),
+        _form_data(
+            tenant=str(tenant.pk),
+            name="bedrock-prod",
+            provider_type="bedrock",
+            aws_region="us-east-1",
+            aws_access_key_id=AWS_KEY_ID,
+            aws_secret_access_key=AWS_SECRET,
+        ),
+    )
 
     # then the error report (DEBUG page, mail to ADMINS, error trackers) stars the keys
     assert response.status_code == 500
-    (text,) = reports
+    (text,) = error_reports
     assert "database went away" in text
     assert "aws_secret_access_key = '********************'" in text
     assert "aws_access_key_id = '********************'" in text

@@ -326,6 +326,12 @@ def _priced(
     return cost_for_usage(usage=usage, price=price), price.source
 
 
+def _cost_sum(costs: list[Decimal | None]) -> Decimal | None:
+    """The total of attempts' costs; None when none of them was priced."""
+    priced = [cost for cost in costs if cost is not None]
+    return sum(priced, ZERO) if priced else None
+
+
 def _max_output_tokens(max_tokens: int | None, adapter: Adapter) -> int:
     """The most output a call can produce, for budget reservations and TPM limits."""
     return max_tokens or adapter.default_max_tokens or settings.LLM_DEFAULT_MAX_TOKENS_ESTIMATE
@@ -809,6 +815,9 @@ class _StreamRun:
     def __init__(self, call: _Call):
         self.result: CompletionResult | None = None
         self._call = call
+        # Costs of attempts on the current target that broke after producing
+        # output the caller never saw (tool call pieces), and were retried.
+        self._paid: list[Decimal | None] = []
 
     def generate(self) -> Iterator[str]:
         errors: list[ApplicationError] = []
@@ -837,6 +846,7 @@ class _StreamRun:
             return
         adapter = _adapter(call, target)
         max_output = _max_output_tokens(request.max_tokens, adapter)
+        self._paid = []
         with _budget_held(call, target, max_output) as budget:
             attempt_on_target = 0
             try:
@@ -849,15 +859,21 @@ class _StreamRun:
                     _retry_or_raise(outcome, attempt_on_target)
             finally:
                 # A finished, broken or abandoned stream has its (possibly
-                # estimated) cost on the result; a failed one has none.
+                # estimated) cost on the result; a failed one has none, unless
+                # it broke after output the provider charges for.
+                paid = list(self._paid)
                 if self.result is not None and not self.result.cached:
-                    budget.settle(self.result.cost_usd)
+                    paid.append(self.result.cost_usd)
+                if paid:
+                    budget.settle(_cost_sum(paid))
 
     def _attempt(self, adapter: Adapter, target: RouteTarget, request: ChatRequest):
         """Stream one attempt. Returns None when done, or the error to retry on."""
         call = self._call
         started_at, started = timezone.now(), time.perf_counter()
         received: list[str] = []
+        # Tool call pieces: output too, though the caller gets them only at the end.
+        tool_received: list[str] = []
         first_token_ms: int | None = None
         final = None
         answered_model = ""
@@ -867,9 +883,11 @@ class _StreamRun:
             for chunk in upstream:
                 answered_model = chunk.model or answered_model
                 reported = chunk.usage_so_far or reported
+                if (chunk.text or chunk.tool_text) and first_token_ms is None:
+                    first_token_ms = _ms_since(started)
+                if chunk.tool_text:
+                    tool_received.append(chunk.tool_text)
                 if chunk.text:
-                    if first_token_ms is None:
-                        first_token_ms = _ms_since(started)
                     received.append(chunk.text)
                     yield chunk.text
                 if chunk.finish_reason is not None or chunk.usage is not None:
@@ -879,6 +897,7 @@ class _StreamRun:
             self._log_partial(
                 target,
                 received,
+                tool_received,
                 started_at,
                 started,
                 first_token_ms,
@@ -890,12 +909,17 @@ class _StreamRun:
             raise
         except ProviderError as error:
             if not received:
-                _log_failure(call, target, error, started_at, started)
+                # The caller has nothing yet: retry, or fall back. Tool call
+                # pieces that came before the break were generated, and paid.
+                self._log_unseen_output(
+                    target, error, tool_received, reported, answered_model, started_at, started
+                )
                 return error
             # The caller already has part of the answer: no retry, no fallback.
             self._log_partial(
                 target,
                 received,
+                tool_received,
                 started_at,
                 started,
                 first_token_ms,
@@ -908,10 +932,11 @@ class _StreamRun:
         except BaseException as error:
             # Also an interruption (Ctrl-C, a worker shutting down): what was
             # received is paid for, so it is logged and settled like a break.
-            if received:
+            if received or tool_received:
                 self._log_partial(
                     target,
                     received,
+                    tool_received,
                     started_at,
                     started,
                     first_token_ms,
@@ -965,20 +990,53 @@ class _StreamRun:
         return None
 
     def _estimate(
-        self, text: str, tool_calls: list[ToolCall] | None = None, reported: Usage | None = None
+        self,
+        text: str,
+        tool_calls: list[ToolCall] | None = None,
+        reported: Usage | None = None,
+        tool_text: str = "",
     ) -> Usage:
         """The usage of an answer the provider gave no final figures for: what
         it reported so far (the prompt's tokens), else the prompt estimated; the
-        output estimated from what was received, unless more was reported."""
-        output_tokens = estimate_output_tokens(text, tool_calls or ())
+        output estimated from what was received (text, and tool calls whole or
+        the pieces of them that came), unless more was reported."""
+        output_tokens = estimate_output_tokens(text, tool_calls or ()) + estimate_text_tokens(
+            tool_text
+        )
         if reported is None:
             return Usage(input_tokens=self._call.input_tokens, output_tokens=output_tokens)
         return replace(reported, output_tokens=max(reported.output_tokens, output_tokens))
+
+    def _log_unseen_output(
+        self, target, error, tool_received, reported, answered_model, started_at, started
+    ) -> None:
+        """Record an attempt that broke before any text reached the caller;
+        tool call pieces it produced are estimated and priced, and their cost
+        settled with the budget whatever the later attempts do."""
+        if not tool_received:
+            _log_failure(self._call, target, error, started_at, started)
+            return
+        usage = self._estimate("", reported=reported, tool_text="".join(tool_received))
+        cost, source = _priced(self._call, target, usage, answered_model, started_at)
+        _log_failure(
+            self._call,
+            target,
+            error,
+            started_at,
+            started,
+            model_answered=answered_model,
+            usage=usage,
+            usage_estimated=True,
+            cost_usd=cost,
+            price_source=source,
+        )
+        self._paid.append(cost)
 
     def _log_partial(
         self,
         target,
         received,
+        tool_received,
         started_at,
         started,
         first_token_ms,
@@ -991,7 +1049,7 @@ class _StreamRun:
         """Record a stream that ended early: usage estimated from what was received."""
         call = self._call
         text = "".join(received)
-        usage = self._estimate(text, reported=reported)
+        usage = self._estimate(text, reported=reported, tool_text="".join(tool_received))
         latency_ms = _ms_since(started)
         cost, source = _priced(call, target, usage, answered_model, started_at)
         if error is None:

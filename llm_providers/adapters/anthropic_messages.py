@@ -172,6 +172,9 @@ class AnthropicMessagesAdapter(Adapter):
                     block = event.content_block
                     if block.type == "tool_use":
                         tools[event.index] = {"id": block.id, "name": block.name, "arguments": ""}
+                        yield StreamChunk(
+                            tool_text=block.name, model=model, usage_so_far=_usage_so_far(fields)
+                        )
                     elif block.type == "text":
                         text = block.text
                 elif event.type == "content_block_delta":
@@ -180,6 +183,12 @@ class AnthropicMessagesAdapter(Adapter):
                         text = delta.text
                     elif delta.type == "input_json_delta" and event.index in tools:
                         tools[event.index]["arguments"] += delta.partial_json
+                        if delta.partial_json:
+                            yield StreamChunk(
+                                tool_text=delta.partial_json,
+                                model=model,
+                                usage_so_far=_usage_so_far(fields),
+                            )
                 elif event.type == "message_delta":
                     stop_reason = event.delta.stop_reason or stop_reason
                     # Cumulative: the latest figures replace the earlier ones.

@@ -265,6 +265,8 @@ class BedrockConverseAdapter(Adapter):
                             "name": tool_use.get("name", ""),
                             "arguments": "",
                         }
+                        if tool_use.get("name"):
+                            yield StreamChunk(tool_text=tool_use["name"], model=request.model)
                 elif "contentBlockDelta" in event:
                     block = event["contentBlockDelta"]
                     delta = block.get("delta") or {}
@@ -275,7 +277,10 @@ class BedrockConverseAdapter(Adapter):
                             block.get("contentBlockIndex", 0),
                             {"id": "", "name": "", "arguments": ""},
                         )
-                        call["arguments"] += delta["toolUse"].get("input") or ""
+                        piece = delta["toolUse"].get("input") or ""
+                        call["arguments"] += piece
+                        if piece:
+                            yield StreamChunk(tool_text=piece, model=request.model)
                 elif "messageStop" in event:
                     stop_reason = event["messageStop"].get("stopReason") or "end_turn"
                 elif "metadata" in event:

@@ -239,6 +239,8 @@ class OpenAIChatAdapter(Adapter):
                     delta = choice.delta
                     for call in (delta.tool_calls if delta else None) or ():
                         calls.add(call)
+                        if piece := _tool_call_text(call):
+                            yield StreamChunk(tool_text=piece, model=model)
                     if choice.finish_reason:
                         finish_reason = choice.finish_reason
                     text = _answer_text(delta.content) if delta is not None else ""
@@ -441,6 +443,14 @@ def _groq_usage(chunk: Any) -> Any:
     if not isinstance(usage, dict) or "prompt_tokens" not in usage:
         return None
     return openai.types.CompletionUsage.model_validate(usage)
+
+
+def _tool_call_text(delta: Any) -> str:
+    """The name and argument fragment a streamed tool call delta brings."""
+    function = delta.function
+    if function is None:
+        return ""
+    return (function.name or "") + (function.arguments or "")
 
 
 class _StreamedToolCalls:

@@ -80,9 +80,14 @@ class StreamChunk:
     `usage_so_far` is what the provider reported before the end (Anthropic's
     `message_start` gives the prompt's tokens, cache reads and writes): a
     stream that ends early is recorded with it rather than with an estimate.
+
+    `tool_text` is a piece of a tool call as it streams in (its name, or a
+    fragment of its JSON arguments): nothing for the caller to read, but
+    output the provider charges for, so a stream that ends early counts it.
     """
 
     text: str = ""
+    tool_text: str = ""
     model: str = ""
     finish_reason: str | None = None
     tool_calls: list[ToolCall] | None = None

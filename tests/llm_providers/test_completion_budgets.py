@@ -278,3 +278,37 @@ def test_stream_broken_upstream_settles_estimated_cost(tenant, allow_private_url
     openai_upstream.enqueue_chat("ok", model="house-model", prompt_tokens=8, completion_tokens=3)
     complete(tenant=tenant, messages=HELLO, max_tokens=10)  # + 0.014
     assert _spend_when_refused(tenant) == Decimal("0.030")
+
+
+def test_stream_retried_after_a_tool_call_cut_off_settles_both_attempts(
+    tenant, allow_private_urls, openai_upstream
+):
+    provider_config_create(
+        tenant=tenant,
+        name="loopback",
+        provider_type="openai_compatible",
+        base_url=openai_upstream.base_url,
+        default_model="house-model",
+        is_default=True,
+    )
+    ModelPriceFactory(
+        provider_type="openai_compatible", model="house-model",
+        input_per_mtok="1000", output_per_mtok="2000",
+    )  # fmt: skip
+    _block(tenant, Decimal("0.06"))
+    call = {"id": "call_1", "name": "get_weather", "arguments": '{"city": "Paris", "unit": "c"}'}
+    # Cut after the call's name and the first half of its arguments, then answered whole.
+    openai_upstream.enqueue_chat_stream([], model="house-model", tool_calls=[call], break_after=3)
+    openai_upstream.enqueue_chat_stream(
+        [], model="house-model", tool_calls=[call], prompt_tokens=8, completion_tokens=3
+    )
+    chunks = stream(tenant=tenant, messages=HELLO, max_tokens=10)
+    assert list(chunks) == []
+
+    # The cut attempt: 8 input + 9 estimated output tokens ("get_weather" and
+    # '{"city": "Paris', 26 characters) = $0.026; the answer $0.014.
+    assert list(CallLog.objects.order_by("attempt").values_list("cost_usd", flat=True)) == [
+        Decimal("0.026"),
+        Decimal("0.014"),
+    ]
+    assert _spend_when_refused(tenant) == Decimal("0.040")

@@ -415,6 +415,97 @@ def test_stream_without_reported_usage_estimates_and_prices_the_tool_calls(tenan
     assert chunks.result.cost_usd == Decimal("16")
 
 
+def _mistral_at_a_dollar_per_output_token(tenant, upstream):
+    ModelPriceFactory(
+        tenant=tenant, provider_type="mistral", model="mistral-small",
+        input_per_mtok="0", output_per_mtok="1000000",
+    )  # fmt: skip
+    _config(
+        tenant,
+        name="mistral",
+        provider_type="mistral",
+        api_key="mistral-key-0123456789abcdef",
+        base_url=upstream.base_url,
+        default_model="mistral-small",
+    )
+
+
+WEATHER_CALL = {
+    "id": "call_1",
+    "name": "get_weather",
+    "arguments": '{"city": "Paris", "unit": "celsius"}',
+}
+
+
+def test_stream_of_tool_calls_cut_off_before_any_text_is_priced_then_retried(
+    tenant, openai_upstream
+):
+    _mistral_at_a_dollar_per_output_token(tenant, openai_upstream)
+    # The role chunk, the call's id and name, the first half of its arguments; then the drop.
+    openai_upstream.enqueue_chat_stream(
+        [], model="mistral-small", tool_calls=[WEATHER_CALL], break_after=3
+    )
+    openai_upstream.enqueue_chat_stream([], model="mistral-small", tool_calls=[WEATHER_CALL])
+
+    chunks = stream(tenant=tenant, messages=HELLO)
+    assert list(chunks) == []
+
+    assert chunks.result.tool_calls[0].arguments == WEATHER_CALL["arguments"]
+    cut, answered = CallLog.objects.order_by("attempt")
+    # The caller had nothing yet, so the call was retried; what the provider
+    # generated before the drop is paid all the same: "get_weather" and
+    # '{"city": "Paris", ' are 29 characters, 10 tokens at $1.
+    assert (cut.status, cut.error_code) == ("error", "upstream_unavailable")
+    assert (cut.usage_estimated, cut.output_tokens, cut.cost_usd) == (True, 10, Decimal("10"))
+    assert (answered.status, answered.output_tokens, answered.cost_usd) == ("ok", 16, Decimal(16))
+    # A tool call is output: its first piece is the first token.
+    assert 0 <= answered.time_to_first_token_ms <= answered.latency_ms
+    assert chunks.result.cost_usd == Decimal("16")
+
+
+def test_stream_broken_in_a_tool_call_after_text_counts_the_pieces_received(
+    tenant, openai_upstream
+):
+    _mistral_at_a_dollar_per_output_token(tenant, openai_upstream)
+    # Role chunk, "Checking. ", the call's name, the first half of its arguments.
+    openai_upstream.enqueue_chat_stream(
+        ["Checking. "], model="mistral-small", tool_calls=[WEATHER_CALL], break_after=4
+    )
+
+    chunks = stream(tenant=tenant, messages=HELLO)
+    with pytest.raises(UpstreamUnavailable):
+        list(chunks)
+
+    log = _only_log(chunks.result)
+    # "Checking. " 10 characters (4 tokens), the tool pieces 29 (10 tokens).
+    assert (log.status, log.usage_estimated, log.output_tokens) == ("error", True, 14)
+    assert log.cost_usd == chunks.result.cost_usd == Decimal("14")
+
+
+def test_stream_broken_in_an_anthropic_tool_call_keeps_the_prompt_usage_reported(
+    tenant, anthropic_upstream
+):
+    _anthropic(tenant, anthropic_upstream)
+    # message_start, ping, text block start, "Checking. ", text block stop,
+    # tool_use block start, the first half of its input; then the drop.
+    anthropic_upstream.enqueue_message_stream(
+        ["Checking. "], model=ANTHROPIC_MODEL, input_tokens=200, cache_read_tokens=1000,
+        cache_write_tokens=500,
+        tool_uses=[{"id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}}],
+        break_after=7,
+    )  # fmt: skip
+
+    chunks = stream(tenant=tenant, messages=HELLO)
+    with pytest.raises(UpstreamUnavailable):
+        list(chunks)
+
+    log = _only_log(chunks.result)
+    # "Checking. " 4 tokens, "get_weather" 4 and '{"city":' 3: 11 output tokens.
+    # 1,000 + 500 + 3,125 + 11 x 25 = 4,900 per million.
+    assert (log.input_tokens, log.cache_read_tokens, log.cache_write_tokens) == (1700, 1000, 500)
+    assert (log.output_tokens, log.cost_usd) == (11, Decimal("0.0049"))
+
+
 def test_stream_of_a_mistral_reasoning_model_records_only_its_answer(tenant, openai_upstream):
     _config(
         tenant,

@@ -406,6 +406,10 @@ def test_stream_assembles_tool_calls_on_the_final_chunk(adapter, bedrock_upstrea
 
     chunks = list(adapter.stream(_request(tools=[WEATHER_TOOL])))
 
+    assert [c.text for c in chunks] == ["Checking."] + [""] * 7
+    assert [c.tool_text for c in chunks[1:-1]] == [
+        "get_weather", '{"city":', ' "Paris"}', "get_weather", '{"city":', ' "Oslo"}',
+    ]  # fmt: skip
     assert chunks[-1].finish_reason == "tool_calls"
     assert chunks[-1].tool_calls == [
         ToolCall(id="tooluse_1", name="get_weather", arguments='{"city": "Paris"}'),

@@ -499,9 +499,14 @@ def test_stream_assembles_tool_calls_on_the_final_chunk(adapter, openai_upstream
 
     chunks = list(adapter.stream(_request(tools=[WEATHER_TOOL])))
 
-    assert len(chunks) == 1
-    assert chunks[0].finish_reason == "tool_calls"
-    assert chunks[0].tool_calls == [
+    # The pieces as they came (name, then the arguments in two halves), for a
+    # stream that ends early to count; the calls whole on the final chunk.
+    assert [c.tool_text for c in chunks[:-1]] == [
+        "get_weather", '{"city":', ' "Paris"}', "get_weather", '{"city":', ' "Oslo"}',
+    ]  # fmt: skip
+    assert [c.text for c in chunks] == [""] * 7
+    assert chunks[-1].finish_reason == "tool_calls"
+    assert chunks[-1].tool_calls == [
         ToolCall(id="call_1", name="get_weather", arguments='{"city": "Paris"}'),
         ToolCall(id="call_2", name="get_weather", arguments='{"city": "Oslo"}'),
     ]

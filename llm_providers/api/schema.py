@@ -2,8 +2,8 @@
 
 A drf-spectacular post-processing hook adds, to each tenant-scoped operation,
 the optional `X-Tenant` header and `tenant` query parameter, and the error
-responses every such operation can give (400, 401, 403, 404, 429), all in
-the one `Error` shape.
+responses every such operation can give (400, 401, 403, 404, 429; and 413,
+415 where it takes a body), all in the one `Error` shape.
 """
 
 from __future__ import annotations
@@ -47,12 +47,19 @@ ERROR_SCHEMA = {
 }
 
 ERROR_DESCRIPTIONS = {
-    "400": "Invalid input (`validation_error`, with `fields`), or the tenant to act for is "
-    "ambiguous (`tenant_ambiguous`).",
+    "400": "Invalid input (`validation_error`, with `fields`), a body that is not JSON "
+    "(`parse_error`), or the tenant to act for is ambiguous (`tenant_ambiguous`) or named "
+    "twice differently (`tenant_invalid`).",
     "401": "No credentials, or invalid ones.",
     "403": "The caller's role may not do this, or it may not act for the named tenant.",
     "404": "No such object in this tenant.",
     "429": "Too many requests for this credential (`throttled`); see `Retry-After`.",
+}
+
+# What every operation that reads a body can answer before its view runs.
+BODY_ERROR_DESCRIPTIONS = {
+    "413": "The body is larger than the server accepts (`request_too_large`, `extra.max_bytes`).",
+    "415": "The body is not `application/json` (`unsupported_media_type`).",
 }
 
 TENANT_PARAMETERS = [
@@ -105,6 +112,9 @@ def postprocess_add_tenant_and_errors(result, generator, request, public):
             responses = operation.setdefault("responses", {})
             for code, description in ERROR_DESCRIPTIONS.items():
                 responses.setdefault(code, _error_response(description))
+            if "requestBody" in operation:
+                for code, description in BODY_ERROR_DESCRIPTIONS.items():
+                    responses.setdefault(code, _error_response(description))
             for code, response in responses.items():
                 if code.startswith(("4", "5")) and not response.get("content"):
                     response["content"] = _error_response("")["content"]

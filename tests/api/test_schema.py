@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
 from django.contrib.staticfiles import finders
 from django.core.management import call_command
+
+from tests.api.endpoints import tenant_objects_build
 
 pytestmark = pytest.mark.django_db
 
@@ -129,3 +132,69 @@ def test_docs_page_references_only_local_static_files(anonymous_api):
         assert url.startswith("/static/drf_spectacular_sidecar/"), url
         assert finders.find(url.removeprefix("/static/")) is not None, url
     assert 'url: "/api/schema/"' in html
+
+
+@pytest.fixture
+def body_operations(schema, tenant):
+    """Every operation that takes a request body, as (method, path with real ids, operation)."""
+    objects = tenant_objects_build(tenant)
+    ids = {"id": "", "prefix": objects.service_key.prefix}
+    collection_ids = {
+        "providers": objects.provider.pk,
+        "overrides": objects.override.pk,
+        "budgets": objects.budget.pk,
+    }
+    found = []
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            if "requestBody" not in operation:
+                continue
+            ids["id"] = collection_ids.get(path.split("/")[3], "")
+            found.append((method, path.format(**ids), operation))
+    return found
+
+
+def test_body_operations_document_the_wrong_content_type_they_answer(admin_api, body_operations):
+    assert len(body_operations) == 12
+    for method, path, operation in body_operations:
+        # when
+        response = admin_api.generic(method.upper(), path, "name=x", content_type="text/plain")
+
+        # then
+        assert (path, response.status_code) == (path, 415)
+        assert response.json()["error"]["code"] == "unsupported_media_type"
+        documented = operation["responses"].get("415", {}).get("content", {})
+        assert (method, path, documented.get("application/json")) == (
+            method,
+            path,
+            {"schema": {"$ref": "#/components/schemas/Error"}},
+        )
+
+
+def test_body_operations_document_the_too_large_body_they_answer(
+    admin_api, body_operations, settings
+):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1_000
+    body = {"name": "x" * 2_000}
+    for method, path, operation in body_operations:
+        # when
+        response = admin_api.generic(
+            method.upper(), path, json.dumps(body), content_type="application/json"
+        )
+
+        # then
+        assert (path, response.status_code) == (path, 413)
+        assert response.json()["error"]["extra"] == {"max_bytes": 1_000}
+        documented = operation["responses"].get("413", {}).get("content", {})
+        assert (method, path, documented.get("application/json")) == (
+            method,
+            path,
+            {"schema": {"$ref": "#/components/schemas/Error"}},
+        )
+
+
+def test_bad_request_description_names_every_400_code(schema):
+    description = schema["paths"]["/api/v1/budgets/"]["post"]["responses"]["400"]["description"]
+
+    for code in ("validation_error", "parse_error", "tenant_ambiguous", "tenant_invalid"):
+        assert f"`{code}`" in description

@@ -381,6 +381,20 @@ def test_streamed_completion_failing_before_text_names_its_request_id(service_ap
     assert {str(log.request_id) for log in CallLog.objects.filter(tenant=tenant)} == {request_id}
 
 
+def test_streamed_completion_breaking_after_text_names_its_request_id_in_the_error_event(
+    service_api, openai, openai_upstream
+):
+    openai_upstream.enqueue_chat_stream(["alpha ", "beta ", "gamma"], break_after=3)
+
+    response = service_api.post(COMPLETIONS, {"messages": HELLO, "stream": True})
+
+    events = dict(_events(response))
+    request_id = response["X-Request-Id"]
+    assert events["error"]["error"]["extra"] == {"request_id": request_id}
+    assert events["done"]["request_id"] == request_id
+    assert str(_log(request_id).request_id) == request_id
+
+
 def test_completion_blocked_by_budget_names_the_request_id_of_its_blocked_row(
     service_api, tenant, fake
 ):

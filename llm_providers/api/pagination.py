@@ -8,7 +8,7 @@ from datetime import datetime
 from django.db.models import Q
 from django.utils.dateparse import parse_datetime
 from rest_framework import pagination
-from rest_framework.exceptions import NotFound
+from rest_framework.exceptions import NotFound, ValidationError
 
 # 200 per page: enough for a dashboard, small enough to answer fast.
 MAX_PAGE_SIZE = 200
@@ -19,11 +19,35 @@ _ID = re.compile(r"[0-9]{1,19}")
 _MAX_ID = 2**63 - 1
 
 
+def _page_size(paginator, request) -> int:
+    """The page size asked for, at most MAX_PAGE_SIZE; one that is not a whole
+    number of at least 1 is refused rather than replaced by the default."""
+    asked = request.query_params.get(paginator.page_size_query_param)
+    if asked is None:
+        return paginator.page_size
+    try:
+        size = int(asked)
+    except ValueError:
+        size = 0
+    if size < 1:
+        raise ValidationError(
+            {
+                paginator.page_size_query_param: [
+                    f"A whole number from 1 to {paginator.max_page_size} is required."
+                ]
+            }
+        )
+    return min(size, paginator.max_page_size)
+
+
 class PageNumberPagination(pagination.PageNumberPagination):
     """`?page=2&page_size=100` over a stable ordering; answers count/next/previous/results."""
 
     page_size_query_param = "page_size"
     max_page_size = MAX_PAGE_SIZE
+
+    def get_page_size(self, request):
+        return _page_size(self, request)
 
 
 def _position_parse(position: str) -> tuple[datetime, int | None] | None:
@@ -68,6 +92,9 @@ class CreatedAtCursorPagination(pagination.CursorPagination):
     ordering = ("-created_at", "-id")
     page_size_query_param = "page_size"
     max_page_size = MAX_PAGE_SIZE
+
+    def get_page_size(self, request):
+        return _page_size(self, request)
 
     def decode_cursor(self, request):
         """The cursor, or 404 when it is not one this pagination gives out."""

@@ -3,21 +3,65 @@
 Views list and look up objects only through `get_queryset()`, which starts
 from `self.tenant`; an object of another tenant is therefore "not found"
 (404), never "forbidden", so ids of other tenants reveal nothing.
+
+A query parameter the endpoint does not take is refused (400), as a body
+field it does not have is: a misspelt filter (`?stauts=error`) would
+otherwise answer every row as though they matched it.
 """
 
 from __future__ import annotations
 
 from functools import cached_property
 
+from rest_framework.exceptions import ValidationError
+from rest_framework.settings import api_settings
+
 from llm_providers.models import Tenant
 
 from .permissions import DEFAULT_READ_ROLES, DEFAULT_WRITE_ROLES
-from .tenancy import TenantContext, request_tenant_context
+from .tenancy import TENANT_QUERY_PARAMETER, TenantContext, request_tenant_context
 
 
 class TenantScopedAPIMixin:
     read_roles = DEFAULT_READ_ROLES
     write_roles = DEFAULT_WRITE_ROLES
+    # The serializer of the query parameters a view takes: `query_serializer_class`
+    # on a plain view, per action (e.g. "list") on a viewset.
+    query_serializer_class = None
+    query_serializer_classes: dict = {}
+
+    def initial(self, request, *args, **kwargs):
+        super().initial(request, *args, **kwargs)
+        if request.method.lower() != "options":
+            self.query_parameters_check(request)
+
+    def query_parameters_known(self) -> set[str]:
+        """The tenant, the format, the action's own and (lists) the paginator's parameters."""
+        known = {TENANT_QUERY_PARAMETER, api_settings.URL_FORMAT_OVERRIDE}
+        action = getattr(self, "action", None)
+        serializer_class = (
+            self.query_serializer_class
+            if action is None
+            else self.query_serializer_classes.get(action)
+        )
+        if serializer_class is not None:
+            known.update(serializer_class().fields)
+        paginator = getattr(self, "paginator", None) if action == "list" else None
+        if paginator is not None:
+            for attribute in ("page_query_param", "page_size_query_param", "cursor_query_param"):
+                known.add(getattr(paginator, attribute, None))
+        known.discard(None)
+        return known
+
+    def query_parameters_check(self, request) -> None:
+        known = self.query_parameters_known()
+        unknown = sorted(name for name in request.query_params if name not in known)
+        if unknown:
+            message = (
+                "Unknown query parameter. The parameters this endpoint takes are: "
+                f"{', '.join(sorted(known))}."
+            )
+            raise ValidationError({name: [message] for name in unknown})
 
     @property
     def schema_generation(self) -> bool:

@@ -57,6 +57,7 @@ class RoutingOverrideViewSet(
     """Routing overrides of the tenant, each with its ordered fallbacks."""
 
     serializer_class = RoutingOverrideSerializer
+    query_serializer_classes = {"list": RoutingOverrideFilterSerializer}
 
     def get_queryset(self):
         if self.schema_generation:
@@ -124,6 +125,8 @@ class RoutingOverrideViewSet(
 
 class RouteResolveView(TenantScopedAPIMixin, APIView):
     """Which override or default would serve a customer's and a service's calls, and why."""
+
+    query_serializer_class = RouteQuerySerializer
 
     @extend_schema(
         summary="Resolve the route for a customer and a service",

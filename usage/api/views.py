@@ -76,6 +76,7 @@ class CallLogViewSet(
 
     serializer_class = CallLogSerializer
     pagination_class = CreatedAtCursorPagination
+    query_serializer_classes = {"list": CallLogFilterSerializer}
     read_roles = READERS
     lookup_value_regex = "[0-9]+"
 
@@ -312,6 +313,7 @@ class CostAlertViewSet(
 
     serializer_class = CostAlertSerializer
     pagination_class = CreatedAtCursorPagination
+    query_serializer_classes = {"list": CostAlertFilterSerializer}
     read_roles = READERS
     lookup_value_regex = "[0-9]+"
 

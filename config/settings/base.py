@@ -1,5 +1,6 @@
 """Settings shared by every environment, read from the environment with django-environ."""
 
+import os
 from pathlib import Path
 
 import environ
@@ -17,6 +18,19 @@ DEBUG = env.bool("DEBUG", default=False)
 def _env_strings(name: str) -> list[str]:
     """A comma-separated setting as a list, blanks around entries removed."""
     return [item.strip() for item in env.list(name, default=[]) if item.strip()]
+
+
+def _env_secret(name: str) -> str:
+    """A secret exactly as written: django-environ would read a leading "$" as a reference.
+
+    (Django's get_random_secret_key() starts a key with "$" about once in fifty.)
+    """
+    return os.environ.get(name, "")
+
+
+def _env_secrets(name: str) -> list[str]:
+    """A comma-separated list of secrets, each exactly as written, blanks around entries removed."""
+    return [item.strip() for item in _env_secret(name).split(",") if item.strip()]
 
 
 ALLOWED_HOSTS = _env_strings("ALLOWED_HOSTS")
@@ -151,11 +165,11 @@ LOGIN_URL = "admin:login"
 # SALT_KEY is a list: the first entry encrypts, every entry decrypts. Rotating
 # means prepending a new salt, running `manage.py rotate_keys`, then dropping
 # the old one (docs/OPERATIONS.md).
-SECRET_KEY = env.str("SECRET_KEY", default="")
-SALT_KEY = _env_strings("SALT_KEY")
+SECRET_KEY = _env_secret("SECRET_KEY")
+SALT_KEY = _env_secrets("SALT_KEY")
 # Previous SECRET_KEYs: sessions, signatures and encrypted fields still read
 # with them; encrypted fields are rewritten under SECRET_KEY by `rotate_keys`.
-SECRET_KEY_FALLBACKS = _env_strings("SECRET_KEY_FALLBACKS")
+SECRET_KEY_FALLBACKS = _env_secrets("SECRET_KEY_FALLBACKS")
 
 # --- Provider safety ---------------------------------------------------------
 # Refuse provider base URLs that resolve to private, loopback, link-local or

@@ -417,3 +417,22 @@ def test_csrf_trusted_origins_listed_with_spaces_are_trusted():
         "https://admin.example.com": 200,
         "https://evil.example": 403,
     }
+
+
+def test_secrets_starting_with_a_dollar_sign_are_taken_as_written():
+    # Django's get_random_secret_key() starts a key with "$" about once in
+    # fifty; the value is the secret, not the name of another variable.
+    shown = _settings(
+        "config.settings.production",
+        {
+            **PRODUCTION_ENV,
+            "SECRET_KEY": "$" + STRONG_SECRET_KEY,
+            "SALT_KEY": "$salt-2025",
+            "SECRET_KEY_FALLBACKS": "$$previous-secret-key",
+            # What "$salt-2025" would name if it were a reference.
+            "salt-2025": "not-the-salt",
+        },
+    )
+    assert shown["SECRET_KEY"] == "$" + STRONG_SECRET_KEY
+    assert shown["SALT_KEY"] == ["$salt-2025"]
+    assert shown["SECRET_KEY_FALLBACKS"] == ["$$previous-secret-key"]

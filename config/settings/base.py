@@ -112,7 +112,7 @@ BOOKKEEPING_QUEUE_SIZE = env.int("BOOKKEEPING_QUEUE_SIZE", default=10_000)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-REDIS_URL = env.str("REDIS_URL", default="")
+REDIS_URL = env.str("REDIS_URL", default="").strip()
 if REDIS_URL:
     CACHES = {
         "default": {
@@ -205,7 +205,8 @@ EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=10)
 # --- Celery, usage, budgets and alerts (usage app) ------------------------------
 # The broker is CELERY_BROKER_URL, else REDIS_URL. With neither, tasks run eagerly
 # in the calling process (the embedded default: `make run` needs no worker).
-CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL) or "memory://"
+# Empty counts as unset, as a compose file writes a variable that is not set.
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="").strip() or REDIS_URL or "memory://"
 CELERY_TASK_ALWAYS_EAGER = env.bool(
     "CELERY_TASK_ALWAYS_EAGER", default=CELERY_BROKER_URL == "memory://"
 )
@@ -239,7 +240,7 @@ USAGE_RETENTION_PURGE_INTERVAL_SECONDS = env.int(
 )
 # Budget counters: "redis" when REDIS_URL is set, else "database" (row locks).
 USAGE_BUDGET_BACKEND = env.str("USAGE_BUDGET_BACKEND", default="redis" if REDIS_URL else "database")
-USAGE_BUDGET_REDIS_URL = env.str("USAGE_BUDGET_REDIS_URL", default=REDIS_URL)
+USAGE_BUDGET_REDIS_URL = env.str("USAGE_BUDGET_REDIS_URL", default="").strip() or REDIS_URL
 # A reservation not settled within this time is given back (a crashed worker
 # cannot hold budget for longer). Longer than the slowest stream.
 USAGE_BUDGET_RESERVATION_TTL_SECONDS = env.int("USAGE_BUDGET_RESERVATION_TTL_SECONDS", default=900)

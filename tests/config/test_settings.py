@@ -436,3 +436,31 @@ def test_secrets_starting_with_a_dollar_sign_are_taken_as_written():
     assert shown["SECRET_KEY"] == "$" + STRONG_SECRET_KEY
     assert shown["SALT_KEY"] == ["$salt-2025"]
     assert shown["SECRET_KEY_FALLBACKS"] == ["$$previous-secret-key"]
+
+
+SHOW_BROKER = """
+import json
+import django
+django.setup()
+from django.conf import settings as s
+print(json.dumps({
+    "broker": s.CELERY_BROKER_URL, "eager": s.CELERY_TASK_ALWAYS_EAGER,
+    "budget_redis": s.USAGE_BUDGET_REDIS_URL,
+}))
+"""
+
+
+def test_empty_broker_and_budget_redis_urls_mean_redis_url():
+    # As a compose file writes `CELERY_BROKER_URL: ${CELERY_BROKER_URL}` when
+    # the variable is unset: empty, like EMAIL_URL, means "not set".
+    result = _run(
+        ["-c", SHOW_BROKER],
+        settings_module="config.settings.production",
+        env={**PRODUCTION_ENV, "CELERY_BROKER_URL": "", "USAGE_BUDGET_REDIS_URL": " "},
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {
+        "broker": "redis://cache.internal:6379/0",
+        "eager": False,
+        "budget_redis": "redis://cache.internal:6379/0",
+    }

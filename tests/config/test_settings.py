@@ -464,3 +464,55 @@ def test_empty_broker_and_budget_redis_urls_mean_redis_url():
         "eager": False,
         "budget_redis": "redis://cache.internal:6379/0",
     }
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        # -1 read as "keep for ever" would delete every call log, today's too.
+        (
+            "USAGE_CALL_LOG_RETENTION_DAYS",
+            "-1",
+            "USAGE_CALL_LOG_RETENTION_DAYS must be a whole number of at least 0 "
+            "(0 keeps call logs for ever), not '-1' (see docs/OPERATIONS.md).",
+        ),
+        (
+            "USAGE_AGGREGATION_INTERVAL_SECONDS",
+            "0",
+            "USAGE_AGGREGATION_INTERVAL_SECONDS must be a whole number of at least 1, "
+            "not '0' (see docs/OPERATIONS.md).",
+        ),
+        (
+            "USAGE_RETENTION_PURGE_INTERVAL_SECONDS",
+            "1d",
+            "USAGE_RETENTION_PURGE_INTERVAL_SECONDS must be a whole number of at least 1, "
+            "not '1d' (see docs/OPERATIONS.md).",
+        ),
+    ],
+)
+def test_numbers_out_of_range_refuse_to_start_naming_the_variable(variable, value, message):
+    result = _run(
+        ["manage.py", "check"],
+        settings_module="config.settings.production",
+        env={**PRODUCTION_ENV, variable: value},
+    )
+    assert result.returncode != 0
+    assert f"django.core.exceptions.ImproperlyConfigured: {message}" in result.stderr
+
+
+def test_retention_zero_keeps_call_logs():
+    shown = _run(
+        [
+            "-c",
+            "import django; django.setup(); from django.conf import settings as s; "
+            "print(s.USAGE_CALL_LOG_RETENTION_DAYS, s.USAGE_AGGREGATION_INTERVAL_SECONDS)",
+        ],
+        settings_module="config.settings.production",
+        env={
+            **PRODUCTION_ENV,
+            "USAGE_CALL_LOG_RETENTION_DAYS": "0",
+            "USAGE_AGGREGATION_INTERVAL_SECONDS": " 60 ",
+        },
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.split() == ["0", "60"]

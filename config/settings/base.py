@@ -1,5 +1,6 @@
 """Settings shared by every environment, read from the environment with django-environ."""
 
+import os
 from pathlib import Path
 
 import environ
@@ -17,6 +18,40 @@ DEBUG = env.bool("DEBUG", default=False)
 def _env_strings(name: str) -> list[str]:
     """A comma-separated setting as a list, blanks around entries removed."""
     return [item.strip() for item in env.list(name, default=[]) if item.strip()]
+
+
+def _env_int(name: str, *, default: int, minimum: int = 1, zero: str = "") -> int:
+    """A whole-number setting; anything else, or below `minimum`, stops the process at start.
+
+    `zero` says what 0 means where 0 is allowed, for the message.
+    """
+    raw = env.str(name, default="").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = None
+    if value is None or value < minimum:
+        meaning = f" ({zero})" if zero else ""
+        raise ImproperlyConfigured(
+            f"{name} must be a whole number of at least {minimum}{meaning}, not {raw!r} "
+            "(see docs/OPERATIONS.md)."
+        )
+    return value
+
+
+def _env_secret(name: str) -> str:
+    """A secret exactly as written: django-environ would read a leading "$" as a reference.
+
+    (Django's get_random_secret_key() starts a key with "$" about once in fifty.)
+    """
+    return os.environ.get(name, "")
+
+
+def _env_secrets(name: str) -> list[str]:
+    """A comma-separated list of secrets, each exactly as written, blanks around entries removed."""
+    return [item.strip() for item in _env_secret(name).split(",") if item.strip()]
 
 
 ALLOWED_HOSTS = _env_strings("ALLOWED_HOSTS")
@@ -73,7 +108,7 @@ DATABASES = {
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # Persistent connections: a completion must not pay for a new connection.
-    DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
+    DATABASES["default"]["CONN_MAX_AGE"] = _env_int("CONN_MAX_AGE", default=60, minimum=0)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
     # Call logs are written on a connection of their own: a log must outlive a
     # caller's transaction that rolls back (the provider was paid anyway), and
@@ -94,11 +129,11 @@ CALL_LOG_DATABASE = "call_logs" if "call_logs" in DATABASES else "default"
 # (usage/bookkeeping.py); on by default with PostgreSQL, inline with SQLite.
 CALL_LOG_ASYNC = env.bool("CALL_LOG_ASYNC", default="call_logs" in DATABASES)
 # Bookkeeping items a process may hold before callers write their own inline.
-BOOKKEEPING_QUEUE_SIZE = env.int("BOOKKEEPING_QUEUE_SIZE", default=10_000)
+BOOKKEEPING_QUEUE_SIZE = _env_int("BOOKKEEPING_QUEUE_SIZE", default=10_000)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-REDIS_URL = env.str("REDIS_URL", default="")
+REDIS_URL = env.str("REDIS_URL", default="").strip()
 if REDIS_URL:
     CACHES = {
         "default": {
@@ -151,11 +186,11 @@ LOGIN_URL = "admin:login"
 # SALT_KEY is a list: the first entry encrypts, every entry decrypts. Rotating
 # means prepending a new salt, running `manage.py rotate_keys`, then dropping
 # the old one (docs/OPERATIONS.md).
-SECRET_KEY = env.str("SECRET_KEY", default="")
-SALT_KEY = _env_strings("SALT_KEY")
+SECRET_KEY = _env_secret("SECRET_KEY")
+SALT_KEY = _env_secrets("SALT_KEY")
 # Previous SECRET_KEYs: sessions, signatures and encrypted fields still read
 # with them; encrypted fields are rewritten under SECRET_KEY by `rotate_keys`.
-SECRET_KEY_FALLBACKS = _env_strings("SECRET_KEY_FALLBACKS")
+SECRET_KEY_FALLBACKS = _env_secrets("SECRET_KEY_FALLBACKS")
 
 # --- Provider safety ---------------------------------------------------------
 # Refuse provider base URLs that resolve to private, loopback, link-local or
@@ -186,12 +221,13 @@ vars().update(EMAIL_CONFIG)
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="llm-layer@localhost")
 # 10 s per SMTP operation: a mail server that takes longer is down; the
 # alert delivery is retried later.
-EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=10)
+EMAIL_TIMEOUT = _env_int("EMAIL_TIMEOUT", default=10)
 
 # --- Celery, usage, budgets and alerts (usage app) ------------------------------
 # The broker is CELERY_BROKER_URL, else REDIS_URL. With neither, tasks run eagerly
 # in the calling process (the embedded default: `make run` needs no worker).
-CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL) or "memory://"
+# Empty counts as unset, as a compose file writes a variable that is not set.
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="").strip() or REDIS_URL or "memory://"
 CELERY_TASK_ALWAYS_EAGER = env.bool(
     "CELERY_TASK_ALWAYS_EAGER", default=CELERY_BROKER_URL == "memory://"
 )
@@ -209,44 +245,50 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # admin request or an alert, for ever. Longer than the worker's 1 s BRPOP.
 CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_timeout": 5, "socket_connect_timeout": 5}
 # 10 minutes: no usage task is expected to take longer; a hung one is killed.
-CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=600)
+CELERY_TASK_TIME_LIMIT = _env_int("CELERY_TASK_TIME_LIMIT", default=600)
 
 # How often CallLog is rolled up into DailyUsage (threshold, error-rate and
 # unpriced checks follow each run), and how far back every run recomputes.
-USAGE_AGGREGATION_INTERVAL_SECONDS = env.int("USAGE_AGGREGATION_INTERVAL_SECONDS", default=300)
-USAGE_AGGREGATION_LOOKBACK_MINUTES = env.int("USAGE_AGGREGATION_LOOKBACK_MINUTES", default=120)
+USAGE_AGGREGATION_INTERVAL_SECONDS = _env_int("USAGE_AGGREGATION_INTERVAL_SECONDS", default=300)
+USAGE_AGGREGATION_LOOKBACK_MINUTES = _env_int(
+    "USAGE_AGGREGATION_LOOKBACK_MINUTES", default=120, minimum=0
+)
 # PostgreSQL work_mem of the aggregation transaction: room to group a month of
 # logs in memory (a backfill of a busy month may want more).
 USAGE_AGGREGATION_WORK_MEM = env.str("USAGE_AGGREGATION_WORK_MEM", default="256MB")
 # Call logs older than this are deleted; DailyUsage is kept. 0 keeps them forever.
-USAGE_CALL_LOG_RETENTION_DAYS = env.int("USAGE_CALL_LOG_RETENTION_DAYS", default=90)
-USAGE_RETENTION_PURGE_INTERVAL_SECONDS = env.int(
+USAGE_CALL_LOG_RETENTION_DAYS = _env_int(
+    "USAGE_CALL_LOG_RETENTION_DAYS", default=90, minimum=0, zero="0 keeps call logs for ever"
+)
+USAGE_RETENTION_PURGE_INTERVAL_SECONDS = _env_int(
     "USAGE_RETENTION_PURGE_INTERVAL_SECONDS", default=24 * 3600
 )
 # Budget counters: "redis" when REDIS_URL is set, else "database" (row locks).
 USAGE_BUDGET_BACKEND = env.str("USAGE_BUDGET_BACKEND", default="redis" if REDIS_URL else "database")
-USAGE_BUDGET_REDIS_URL = env.str("USAGE_BUDGET_REDIS_URL", default=REDIS_URL)
+USAGE_BUDGET_REDIS_URL = env.str("USAGE_BUDGET_REDIS_URL", default="").strip() or REDIS_URL
 # A reservation not settled within this time is given back (a crashed worker
 # cannot hold budget for longer). Longer than the slowest stream.
-USAGE_BUDGET_RESERVATION_TTL_SECONDS = env.int("USAGE_BUDGET_RESERVATION_TTL_SECONDS", default=900)
+USAGE_BUDGET_RESERVATION_TTL_SECONDS = _env_int("USAGE_BUDGET_RESERVATION_TTL_SECONDS", default=900)
 # Warm Redis counters are rebuilt from CallLog at least this often, which bounds
 # any drift (e.g. a worker that died between logging and settling).
-USAGE_BUDGET_COUNTER_REBUILD_SECONDS = env.int("USAGE_BUDGET_COUNTER_REBUILD_SECONDS", default=3600)
+USAGE_BUDGET_COUNTER_REBUILD_SECONDS = _env_int(
+    "USAGE_BUDGET_COUNTER_REBUILD_SECONDS", default=3600
+)
 # Provider error-rate alerts: more than this share of errors among at least
 # MIN_REQUESTS attempts over the last WINDOW_MINUTES.
 USAGE_ERROR_RATE_THRESHOLD = env.float("USAGE_ERROR_RATE_THRESHOLD", default=0.2)
-USAGE_ERROR_RATE_WINDOW_MINUTES = env.int("USAGE_ERROR_RATE_WINDOW_MINUTES", default=15)
-USAGE_ERROR_RATE_MIN_REQUESTS = env.int("USAGE_ERROR_RATE_MIN_REQUESTS", default=20)
+USAGE_ERROR_RATE_WINDOW_MINUTES = _env_int("USAGE_ERROR_RATE_WINDOW_MINUTES", default=15)
+USAGE_ERROR_RATE_MIN_REQUESTS = _env_int("USAGE_ERROR_RATE_MIN_REQUESTS", default=20)
 # Alert delivery: failed sends are retried with exponential backoff
 # (base, doubled per attempt, capped), up to MAX_ATTEMPTS; state is kept either way.
-USAGE_ALERT_RETRY_INTERVAL_SECONDS = env.int("USAGE_ALERT_RETRY_INTERVAL_SECONDS", default=60)
-USAGE_ALERT_RETRY_BASE_SECONDS = env.int("USAGE_ALERT_RETRY_BASE_SECONDS", default=60)
-USAGE_ALERT_RETRY_MAX_SECONDS = env.int("USAGE_ALERT_RETRY_MAX_SECONDS", default=3600)
-USAGE_ALERT_MAX_ATTEMPTS = env.int("USAGE_ALERT_MAX_ATTEMPTS", default=24)
+USAGE_ALERT_RETRY_INTERVAL_SECONDS = _env_int("USAGE_ALERT_RETRY_INTERVAL_SECONDS", default=60)
+USAGE_ALERT_RETRY_BASE_SECONDS = _env_int("USAGE_ALERT_RETRY_BASE_SECONDS", default=60, minimum=0)
+USAGE_ALERT_RETRY_MAX_SECONDS = _env_int("USAGE_ALERT_RETRY_MAX_SECONDS", default=3600)
+USAGE_ALERT_MAX_ATTEMPTS = _env_int("USAGE_ALERT_MAX_ATTEMPTS", default=24)
 # 5 s: a webhook receiver that takes longer is treated as down and retried.
 USAGE_ALERT_WEBHOOK_TIMEOUT_SECONDS = env.float("USAGE_ALERT_WEBHOOK_TIMEOUT_SECONDS", default=5.0)
 # Admin lists of CallLog and DailyUsage count at most this many rows.
-USAGE_ADMIN_COUNT_CAP = env.int("USAGE_ADMIN_COUNT_CAP", default=10_000)
+USAGE_ADMIN_COUNT_CAP = _env_int("USAGE_ADMIN_COUNT_CAP", default=10_000)
 
 CELERY_BEAT_SCHEDULE = {
     "usage-aggregate": {
@@ -295,7 +337,7 @@ REST_FRAMEWORK = {
     # Proxies in front of the application: anonymous clients are told apart by
     # the address that many hops back in X-Forwarded-For, which a client cannot
     # forge; 0 uses the connecting address. Production assumes one proxy.
-    "NUM_PROXIES": env.int("NUM_PROXIES", default=0),
+    "NUM_PROXIES": _env_int("NUM_PROXIES", default=0, minimum=0),
     "EXCEPTION_HANDLER": "llm_providers.api.exception_handlers.api_exception_handler",
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
 }
@@ -348,7 +390,7 @@ LOGGING = {
 # budgets of a tenant): a change made in another process applies within this.
 CONFIG_VERSION_LOCAL_SECONDS = env.float("CONFIG_VERSION_LOCAL_SECONDS", default=1.0)
 # Attempts per route target before moving to the next fallback (1 = no retry).
-LLM_RETRY_ATTEMPTS = env.int("LLM_RETRY_ATTEMPTS", default=2)
+LLM_RETRY_ATTEMPTS = _env_int("LLM_RETRY_ATTEMPTS", default=2)
 # Exponential backoff between attempts: base, doubled per attempt, capped.
 LLM_RETRY_BACKOFF_SECONDS = env.float("LLM_RETRY_BACKOFF_SECONDS", default=0.5)
 LLM_RETRY_BACKOFF_MAX_SECONDS = env.float("LLM_RETRY_BACKOFF_MAX_SECONDS", default=8.0)
@@ -356,4 +398,4 @@ LLM_RETRY_BACKOFF_MAX_SECONDS = env.float("LLM_RETRY_BACKOFF_MAX_SECONDS", defau
 LLM_RETRY_AFTER_MAX_SECONDS = env.float("LLM_RETRY_AFTER_MAX_SECONDS", default=20.0)
 # Output tokens assumed for TPM limits and budget reservations when a call sets
 # no max_tokens.
-LLM_DEFAULT_MAX_TOKENS_ESTIMATE = env.int("LLM_DEFAULT_MAX_TOKENS_ESTIMATE", default=4096)
+LLM_DEFAULT_MAX_TOKENS_ESTIMATE = _env_int("LLM_DEFAULT_MAX_TOKENS_ESTIMATE", default=4096)

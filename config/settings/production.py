@@ -10,6 +10,7 @@ from .base import (
     REST_FRAMEWORK,
     SALT_KEY,
     SECRET_KEY,
+    _env_int,
     _env_strings,
     env,
 )
@@ -40,7 +41,7 @@ if not REDIS_URL:
 ALERT_EMAIL_CONFIGURED = bool(EMAIL_URL)
 
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
-REST_FRAMEWORK = {**REST_FRAMEWORK, "NUM_PROXIES": env.int("NUM_PROXIES", default=1)}
+REST_FRAMEWORK = {**REST_FRAMEWORK, "NUM_PROXIES": _env_int("NUM_PROXIES", default=1, minimum=0)}
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
 # Load balancers probe the application itself over plain HTTP, without the
 # proxy's X-Forwarded-Proto: a redirect would read as "unhealthy". The health
@@ -53,7 +54,7 @@ if not SECURE_SSL_REDIRECT:
     SILENCED_SYSTEM_CHECKS = ["security.W008"]
 SESSION_COOKIE_SECURE = True
 CSRF_COOKIE_SECURE = True
-SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31_536_000)
+SECURE_HSTS_SECONDS = _env_int("SECURE_HSTS_SECONDS", default=31_536_000, minimum=0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = True
 SECURE_HSTS_PRELOAD = True
 SECURE_CONTENT_TYPE_NOSNIFF = True

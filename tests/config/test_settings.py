@@ -417,3 +417,102 @@ def test_csrf_trusted_origins_listed_with_spaces_are_trusted():
         "https://admin.example.com": 200,
         "https://evil.example": 403,
     }
+
+
+def test_secrets_starting_with_a_dollar_sign_are_taken_as_written():
+    # Django's get_random_secret_key() starts a key with "$" about once in
+    # fifty; the value is the secret, not the name of another variable.
+    shown = _settings(
+        "config.settings.production",
+        {
+            **PRODUCTION_ENV,
+            "SECRET_KEY": "$" + STRONG_SECRET_KEY,
+            "SALT_KEY": "$salt-2025",
+            "SECRET_KEY_FALLBACKS": "$$previous-secret-key",
+            # What "$salt-2025" would name if it were a reference.
+            "salt-2025": "not-the-salt",
+        },
+    )
+    assert shown["SECRET_KEY"] == "$" + STRONG_SECRET_KEY
+    assert shown["SALT_KEY"] == ["$salt-2025"]
+    assert shown["SECRET_KEY_FALLBACKS"] == ["$$previous-secret-key"]
+
+
+SHOW_BROKER = """
+import json
+import django
+django.setup()
+from django.conf import settings as s
+print(json.dumps({
+    "broker": s.CELERY_BROKER_URL, "eager": s.CELERY_TASK_ALWAYS_EAGER,
+    "budget_redis": s.USAGE_BUDGET_REDIS_URL,
+}))
+"""
+
+
+def test_empty_broker_and_budget_redis_urls_mean_redis_url():
+    # As a compose file writes `CELERY_BROKER_URL: ${CELERY_BROKER_URL}` when
+    # the variable is unset: empty, like EMAIL_URL, means "not set".
+    result = _run(
+        ["-c", SHOW_BROKER],
+        settings_module="config.settings.production",
+        env={**PRODUCTION_ENV, "CELERY_BROKER_URL": "", "USAGE_BUDGET_REDIS_URL": " "},
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {
+        "broker": "redis://cache.internal:6379/0",
+        "eager": False,
+        "budget_redis": "redis://cache.internal:6379/0",
+    }
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        # -1 read as "keep for ever" would delete every call log, today's too.
+        (
+            "USAGE_CALL_LOG_RETENTION_DAYS",
+            "-1",
+            "USAGE_CALL_LOG_RETENTION_DAYS must be a whole number of at least 0 "
+            "(0 keeps call logs for ever), not '-1' (see docs/OPERATIONS.md).",
+        ),
+        (
+            "USAGE_AGGREGATION_INTERVAL_SECONDS",
+            "0",
+            "USAGE_AGGREGATION_INTERVAL_SECONDS must be a whole number of at least 1, "
+            "not '0' (see docs/OPERATIONS.md).",
+        ),
+        (
+            "USAGE_RETENTION_PURGE_INTERVAL_SECONDS",
+            "1d",
+            "USAGE_RETENTION_PURGE_INTERVAL_SECONDS must be a whole number of at least 1, "
+            "not '1d' (see docs/OPERATIONS.md).",
+        ),
+    ],
+)
+def test_numbers_out_of_range_refuse_to_start_naming_the_variable(variable, value, message):
+    result = _run(
+        ["manage.py", "check"],
+        settings_module="config.settings.production",
+        env={**PRODUCTION_ENV, variable: value},
+    )
+    assert result.returncode != 0
+    assert f"django.core.exceptions.ImproperlyConfigured: {message}" in result.stderr
+
+
+def test_retention_zero_keeps_call_logs():
+    shown = _run(
+        [
+            "-c",
+            "import django; django.setup(); from django.conf import settings as s; "
+            "print(s.USAGE_CALL_LOG_RETENTION_DAYS, s.USAGE_AGGREGATION_INTERVAL_SECONDS)",
+        ],
+        settings_module="config.settings.production",
+        env={
+            **PRODUCTION_ENV,
+            "USAGE_CALL_LOG_RETENTION_DAYS": "0",
+            "USAGE_AGGREGATION_INTERVAL_SECONDS": " 60 ",
+        },
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.split() == ["0", "60"]

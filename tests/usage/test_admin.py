@@ -256,6 +256,31 @@ def test_dashboard_rolls_up_calls_of_days_before_yesterday_when_nothing_runs_on_
 
 
 @pytest.mark.django_db
+def test_dashboard_checks_alerts_after_its_roll_up_when_nothing_runs_on_a_schedule(
+    client, settings
+):
+    # given the embedded default, and an alert-only $10 budget that today's
+    # calls have taken past 50 % and 80 %
+    settings.CELERY_TASK_ALWAYS_EAGER = True
+    tenant = TenantFactory(name="Acme")
+    BudgetFactory(tenant=tenant, name="monthly", alert_emails="")
+    CallLogFactory(tenant=tenant, cost_usd=Decimal("8.5000"))
+    client.force_login(_member(tenant, role=TenantMembership.Role.VIEWER))
+
+    # when the dashboard opens, rolling the calls up as the scheduled aggregation would
+    response = client.get(reverse("admin:usage_usagedashboard_tenant", args=[tenant.pk]))
+
+    # then the alerts that follow an aggregation are there too, on the page and in the list
+    assert sorted(CostAlert.objects.filter(tenant=tenant).values_list("percent", flat=True)) == [
+        50,
+        80,
+    ]
+    html = response.content.decode()
+    assert "No alert yet." not in html
+    assert "has reached 80% of its $10" in html
+
+
+@pytest.mark.django_db
 def test_dashboard_leaves_aggregation_to_beat_when_a_worker_runs(client, settings):
     settings.CELERY_TASK_ALWAYS_EAGER = False
     tenant = TenantFactory()

@@ -1068,3 +1068,28 @@ def test_dashboard_charts_and_tables_fit_a_narrow_window_and_follow_the_theme(cl
     assert ".usage-track { fill: var(--hairline-color, #e8e8e8); }" in html
     assert ".usage-bar { fill: var(--link-fg, #417690); }" in html
     assert 'class="usage-track"' in html
+
+
+@pytest.mark.django_db
+def test_alert_page_title_shortens_a_long_message_at_a_word_not_mid_amount(client):
+    # given an alert whose message is longer than a title, with an amount at the cut
+    tenant = TenantFactory(name="Demo")
+    alert = CostAlert.objects.create(
+        tenant=tenant,
+        kind=CostAlert.Kind.BUDGET,
+        subject_key="budget-1",
+        period_key="2026-11",
+        percent=100,
+        message="Demo: budget “monthly” (whole tenant, monthly 2026-11) has reached 100% of "
+        "its $0.0002 limit: $0.000218 spent.",
+    )
+    client.force_login(_member(tenant, role=TenantMembership.Role.VIEWER))
+
+    # when its page opens
+    html = client.get(reverse("admin:usage_costalert_change", args=[alert.pk])).content.decode()
+
+    # then the title and breadcrumb end at a whole word, marked as shortened,
+    # rather than with a "$" whose amount was cut off
+    title = "Demo: budget “monthly” (whole tenant, monthly 2026-11) has reached 100% of its …"
+    assert html.count(title) >= 2
+    assert "of its $<" not in html and "of its $\n" not in html

@@ -490,7 +490,13 @@ class CostAlert(models.Model):
         indexes = [models.Index(fields=["tenant", "-created_at"], name="cost_alert_tenant_created")]
 
     def __str__(self) -> str:
-        return self.message[:80]
+        # A title and breadcrumb: a long message is cut at a word, never in the
+        # middle of an amount, and says it was cut.
+        if len(self.message) <= 80:
+            return self.message
+        head = self.message[:79]
+        cut = head.rfind(" ")
+        return (head[:cut] if cut > 0 else head).rstrip() + " …"
 
 
 class AlertDelivery(models.Model):

@@ -256,6 +256,31 @@ def test_dashboard_rolls_up_calls_of_days_before_yesterday_when_nothing_runs_on_
 
 
 @pytest.mark.django_db
+def test_dashboard_checks_alerts_after_its_roll_up_when_nothing_runs_on_a_schedule(
+    client, settings
+):
+    # given the embedded default, and an alert-only $10 budget that today's
+    # calls have taken past 50 % and 80 %
+    settings.CELERY_TASK_ALWAYS_EAGER = True
+    tenant = TenantFactory(name="Acme")
+    BudgetFactory(tenant=tenant, name="monthly", alert_emails="")
+    CallLogFactory(tenant=tenant, cost_usd=Decimal("8.5000"))
+    client.force_login(_member(tenant, role=TenantMembership.Role.VIEWER))
+
+    # when the dashboard opens, rolling the calls up as the scheduled aggregation would
+    response = client.get(reverse("admin:usage_usagedashboard_tenant", args=[tenant.pk]))
+
+    # then the alerts that follow an aggregation are there too, on the page and in the list
+    assert sorted(CostAlert.objects.filter(tenant=tenant).values_list("percent", flat=True)) == [
+        50,
+        80,
+    ]
+    html = response.content.decode()
+    assert "No alert yet." not in html
+    assert "has reached 80% of its $10" in html
+
+
+@pytest.mark.django_db
 def test_dashboard_leaves_aggregation_to_beat_when_a_worker_runs(client, settings):
     settings.CELERY_TASK_ALWAYS_EAGER = False
     tenant = TenantFactory()
@@ -1043,3 +1068,28 @@ def test_dashboard_charts_and_tables_fit_a_narrow_window_and_follow_the_theme(cl
     assert ".usage-track { fill: var(--hairline-color, #e8e8e8); }" in html
     assert ".usage-bar { fill: var(--link-fg, #417690); }" in html
     assert 'class="usage-track"' in html
+
+
+@pytest.mark.django_db
+def test_alert_page_title_shortens_a_long_message_at_a_word_not_mid_amount(client):
+    # given an alert whose message is longer than a title, with an amount at the cut
+    tenant = TenantFactory(name="Demo")
+    alert = CostAlert.objects.create(
+        tenant=tenant,
+        kind=CostAlert.Kind.BUDGET,
+        subject_key="budget-1",
+        period_key="2026-11",
+        percent=100,
+        message="Demo: budget “monthly” (whole tenant, monthly 2026-11) has reached 100% of "
+        "its $0.0002 limit: $0.000218 spent.",
+    )
+    client.force_login(_member(tenant, role=TenantMembership.Role.VIEWER))
+
+    # when its page opens
+    html = client.get(reverse("admin:usage_costalert_change", args=[alert.pk])).content.decode()
+
+    # then the title and breadcrumb end at a whole word, marked as shortened,
+    # rather than with a "$" whose amount was cut off
+    title = "Demo: budget “monthly” (whole tenant, monthly 2026-11) has reached 100% of its …"
+    assert html.count(title) >= 2
+    assert "of its $<" not in html and "of its $\n" not in html

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections import Counter
+from datetime import UTC
 
 from django.contrib import admin, messages
 from django.contrib.admin.utils import NestedObjects, quote, unquote
@@ -522,6 +523,12 @@ class ModelPriceAdmin(TenantScopedAdmin):
     @admin.display(description="Applies to", ordering="tenant__name")
     def scope(self, obj):
         return obj.tenant.name if obj.tenant_id else "all tenants"
+
+    def get_changeform_initial_data(self, request):
+        # A new price usually applies from today: the UTC day, as prices are dated.
+        initial = super().get_changeform_initial_data(request)
+        initial.setdefault("effective_from", timezone.now().astimezone(UTC).date())
+        return initial
 
     def get_queryset(self, request):
         queryset = admin.ModelAdmin.get_queryset(self, request)

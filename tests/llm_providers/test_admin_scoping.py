@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import date
+from datetime import date, datetime
+from unittest import mock
+from zoneinfo import ZoneInfo
 
 import pytest
 from django.urls import reverse
@@ -563,6 +565,19 @@ def test_tenant_admin_creates_own_tenant_price(client, tenant_admin, tenant):
     assert response.status_code == 302
     price = ModelPrice.objects.get()
     assert (price.tenant_id, str(price.input_per_mtok)) == (tenant.pk, "0.100000")
+
+
+def test_new_price_form_starts_from_today_in_utc(client, tenant_admin, settings):
+    # 23:30 in New York is already the next day in UTC, the day prices are dated by.
+    settings.TIME_ZONE = "America/New_York"
+    evening = datetime(2026, 3, 9, 23, 30, tzinfo=ZoneInfo("America/New_York"))
+    client.force_login(tenant_admin)
+
+    with mock.patch("django.utils.timezone.now", return_value=evening):
+        response = client.get(_url("modelprice_add"))
+
+    assert response.context["adminform"].form.initial["effective_from"] == date(2026, 3, 10)
+    assert 'name="effective_from" value="2026-03-10"' in response.content.decode()
 
 
 def test_other_tenants_prices_hidden(client, tenant_admin, other_tenant):

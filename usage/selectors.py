@@ -220,8 +220,12 @@ class Dashboard:
     # Costs are None where all the usage is unpriced: unknown, not $0.
     daily: list[tuple[date, Decimal | None, int]]
     total_cost: Decimal | None
+    # Every attempt; of them, the failed ones, those refused before a provider
+    # (budget or rate limit) and the response-cache hits.
     total_requests: int
     total_errors: int
+    total_blocked: int
+    total_cached: int
     by_provider: list[tuple[str, Decimal | None, int]]
     by_model: list[tuple[str, Decimal | None, int]]
     by_service: list[tuple[str, Decimal | None, int]]
@@ -350,6 +354,8 @@ def usage_dashboard(*, tenant: Tenant, now: datetime | None = None, days: int = 
         cost=Sum("cost_usd"),
         requests=Sum("request_count"),
         errors=Sum("error_count"),
+        blocked=Sum("blocked_count"),
+        cached=Sum("cached_count"),
         unpriced=Sum("unpriced_count"),
     )
     names = dict(ProviderConfig.objects.filter(tenant=tenant).values_list("pk", "name"))
@@ -441,6 +447,8 @@ def usage_dashboard(*, tenant: Tenant, now: datetime | None = None, days: int = 
         total_cost=_known_cost(totals),
         total_requests=totals["requests"] or 0,
         total_errors=totals["errors"] or 0,
+        total_blocked=totals["blocked"] or 0,
+        total_cached=totals["cached"] or 0,
         by_provider=by_provider,
         by_model=by_model,
         by_service=by_service,

@@ -83,6 +83,15 @@ def test_dashboard_shows_costs_budgets_breakdowns_alerts_and_warnings(client, se
             price_source="none",
             created_at=recent,
         )
+    for status in (CallLog.Status.BLOCKED, CallLog.Status.BLOCKED, CallLog.Status.CACHED):
+        CallLogFactory(
+            tenant=tenant,
+            provider_config=config,
+            status=status,
+            cost_usd=Decimal(0) if status == CallLog.Status.CACHED else None,
+            price_source="none",
+            created_at=recent,
+        )
     BudgetFactory(
         tenant=tenant, name="Monthly cap", limit_usd=Decimal("10"), alert_percentages=[10]
     )
@@ -97,7 +106,11 @@ def test_dashboard_shows_costs_budgets_breakdowns_alerts_and_warnings(client, se
     assert response.status_code == 200
     html = response.content.decode()
     assert '<strong title="$1.50">$1.50</strong> spent' in html
-    assert "<strong>6</strong> requests" in html
+    # Every attempt, and what became of those that got no answer from a provider.
+    assert "<strong>9</strong> requests" in html
+    assert "<strong>3</strong> errors" in html
+    assert "<strong>2</strong> refused (budget or rate limit)" in html
+    assert "<strong>1</strong> from the response cache" in html
     assert html.count("<svg") >= 6  # daily chart, four breakdowns, one budget gauge
     assert "cdn" not in html.lower() and '<script src="http' not in html
     assert "Monthly cap" in html and '<td title="$1.50">$1.50</td>' in html

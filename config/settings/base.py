@@ -1,5 +1,6 @@
 """Settings shared by every environment, read from the environment with django-environ."""
 
+import math
 import os
 from pathlib import Path
 
@@ -37,6 +38,34 @@ def _env_int(name: str, *, default: int, minimum: int = 1, zero: str = "") -> in
         raise ImproperlyConfigured(
             f"{name} must be a whole number of at least {minimum}{meaning}, not {raw!r} "
             "(see docs/OPERATIONS.md)."
+        )
+    return value
+
+
+def _env_number(
+    name: str,
+    *,
+    default: float,
+    minimum: float = 0.0,
+    maximum: float | None = None,
+    above_minimum: bool = False,
+) -> float:
+    """A decimal-number setting; anything else, not finite, or out of range stops
+    the process at start, naming the variable."""
+    raw = env.str(name, default="").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    too_low = value <= minimum if above_minimum else value < minimum
+    if not math.isfinite(value) or too_low or (maximum is not None and value > maximum):
+        bound = f"above {minimum:g}" if above_minimum else f"of at least {minimum:g}"
+        if maximum is not None:
+            bound += f" and at most {maximum:g}"
+        raise ImproperlyConfigured(
+            f"{name} must be a number {bound}, not {raw!r} (see docs/OPERATIONS.md)."
         )
     return value
 
@@ -162,7 +191,7 @@ else:
 # that Redis nothing for this many seconds: each use fails at once, as if
 # refused, instead of waiting for its socket timeout; then one command tries it
 # again (llm_providers.redis_outage). 0 turns this off.
-CACHE_OUTAGE_RETRY_SECONDS = env.float("CACHE_OUTAGE_RETRY_SECONDS", default=5.0)
+CACHE_OUTAGE_RETRY_SECONDS = _env_number("CACHE_OUTAGE_RETRY_SECONDS", default=5.0)
 DJANGO_REDIS_CONNECTION_FACTORY = "llm_providers.redis_outage.ConnectionFactory"
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -276,7 +305,7 @@ USAGE_BUDGET_COUNTER_REBUILD_SECONDS = _env_int(
 )
 # Provider error-rate alerts: more than this share of errors among at least
 # MIN_REQUESTS attempts over the last WINDOW_MINUTES.
-USAGE_ERROR_RATE_THRESHOLD = env.float("USAGE_ERROR_RATE_THRESHOLD", default=0.2)
+USAGE_ERROR_RATE_THRESHOLD = _env_number("USAGE_ERROR_RATE_THRESHOLD", default=0.2, maximum=1.0)
 USAGE_ERROR_RATE_WINDOW_MINUTES = _env_int("USAGE_ERROR_RATE_WINDOW_MINUTES", default=15)
 USAGE_ERROR_RATE_MIN_REQUESTS = _env_int("USAGE_ERROR_RATE_MIN_REQUESTS", default=20)
 # Alert delivery: failed sends are retried with exponential backoff
@@ -286,7 +315,9 @@ USAGE_ALERT_RETRY_BASE_SECONDS = _env_int("USAGE_ALERT_RETRY_BASE_SECONDS", defa
 USAGE_ALERT_RETRY_MAX_SECONDS = _env_int("USAGE_ALERT_RETRY_MAX_SECONDS", default=3600)
 USAGE_ALERT_MAX_ATTEMPTS = _env_int("USAGE_ALERT_MAX_ATTEMPTS", default=24)
 # 5 s: a webhook receiver that takes longer is treated as down and retried.
-USAGE_ALERT_WEBHOOK_TIMEOUT_SECONDS = env.float("USAGE_ALERT_WEBHOOK_TIMEOUT_SECONDS", default=5.0)
+USAGE_ALERT_WEBHOOK_TIMEOUT_SECONDS = _env_number(
+    "USAGE_ALERT_WEBHOOK_TIMEOUT_SECONDS", default=5.0, above_minimum=True
+)
 # Admin lists of CallLog and DailyUsage count at most this many rows.
 USAGE_ADMIN_COUNT_CAP = _env_int("USAGE_ADMIN_COUNT_CAP", default=10_000)
 
@@ -388,14 +419,14 @@ LOGGING = {
 # --- Completion service ------------------------------------------------------
 # How long a process trusts the config versions it read (routes, prices and
 # budgets of a tenant): a change made in another process applies within this.
-CONFIG_VERSION_LOCAL_SECONDS = env.float("CONFIG_VERSION_LOCAL_SECONDS", default=1.0)
+CONFIG_VERSION_LOCAL_SECONDS = _env_number("CONFIG_VERSION_LOCAL_SECONDS", default=1.0)
 # Attempts per route target before moving to the next fallback (1 = no retry).
 LLM_RETRY_ATTEMPTS = _env_int("LLM_RETRY_ATTEMPTS", default=2)
 # Exponential backoff between attempts: base, doubled per attempt, capped.
-LLM_RETRY_BACKOFF_SECONDS = env.float("LLM_RETRY_BACKOFF_SECONDS", default=0.5)
-LLM_RETRY_BACKOFF_MAX_SECONDS = env.float("LLM_RETRY_BACKOFF_MAX_SECONDS", default=8.0)
+LLM_RETRY_BACKOFF_SECONDS = _env_number("LLM_RETRY_BACKOFF_SECONDS", default=0.5)
+LLM_RETRY_BACKOFF_MAX_SECONDS = _env_number("LLM_RETRY_BACKOFF_MAX_SECONDS", default=8.0)
 # A provider asking us to wait longer than this is skipped for the next fallback.
-LLM_RETRY_AFTER_MAX_SECONDS = env.float("LLM_RETRY_AFTER_MAX_SECONDS", default=20.0)
+LLM_RETRY_AFTER_MAX_SECONDS = _env_number("LLM_RETRY_AFTER_MAX_SECONDS", default=20.0)
 # Output tokens assumed for TPM limits and budget reservations when a call sets
 # no max_tokens.
 LLM_DEFAULT_MAX_TOKENS_ESTIMATE = _env_int("LLM_DEFAULT_MAX_TOKENS_ESTIMATE", default=4096)

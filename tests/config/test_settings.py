@@ -488,6 +488,39 @@ def test_empty_broker_and_budget_redis_urls_mean_redis_url():
             "USAGE_RETENTION_PURGE_INTERVAL_SECONDS must be a whole number of at least 1, "
             "not '1d' (see docs/OPERATIONS.md).",
         ),
+        # A share: 20 (meant as per cent) would never alert.
+        (
+            "USAGE_ERROR_RATE_THRESHOLD",
+            "20",
+            "USAGE_ERROR_RATE_THRESHOLD must be a number of at least 0 and at most 1, "
+            "not '20' (see docs/OPERATIONS.md).",
+        ),
+        # A negative backoff would make every retry's sleep raise.
+        (
+            "LLM_RETRY_BACKOFF_SECONDS",
+            "-0.5",
+            "LLM_RETRY_BACKOFF_SECONDS must be a number of at least 0, not '-0.5' "
+            "(see docs/OPERATIONS.md).",
+        ),
+        (
+            "CACHE_OUTAGE_RETRY_SECONDS",
+            "5s",
+            "CACHE_OUTAGE_RETRY_SECONDS must be a number of at least 0, not '5s' "
+            "(see docs/OPERATIONS.md).",
+        ),
+        (
+            "CONFIG_VERSION_LOCAL_SECONDS",
+            "nan",
+            "CONFIG_VERSION_LOCAL_SECONDS must be a number of at least 0, not 'nan' "
+            "(see docs/OPERATIONS.md).",
+        ),
+        # No time at all to answer: every webhook would fail.
+        (
+            "USAGE_ALERT_WEBHOOK_TIMEOUT_SECONDS",
+            "0",
+            "USAGE_ALERT_WEBHOOK_TIMEOUT_SECONDS must be a number above 0, not '0' "
+            "(see docs/OPERATIONS.md).",
+        ),
     ],
 )
 def test_numbers_out_of_range_refuse_to_start_naming_the_variable(variable, value, message):
@@ -516,3 +549,23 @@ def test_retention_zero_keeps_call_logs():
     )
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.split() == ["0", "60"]
+
+
+def test_decimal_settings_in_range_are_read_and_empty_ones_take_the_default():
+    shown = _run(
+        [
+            "-c",
+            "import django; django.setup(); from django.conf import settings as s; "
+            "print(s.USAGE_ERROR_RATE_THRESHOLD, s.CACHE_OUTAGE_RETRY_SECONDS, "
+            "s.LLM_RETRY_BACKOFF_SECONDS)",
+        ],
+        settings_module="config.settings.production",
+        env={
+            **PRODUCTION_ENV,
+            "USAGE_ERROR_RATE_THRESHOLD": " 0.35 ",
+            "CACHE_OUTAGE_RETRY_SECONDS": "0",
+            "LLM_RETRY_BACKOFF_SECONDS": "",
+        },
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.split() == ["0.35", "0.0", "0.5"]

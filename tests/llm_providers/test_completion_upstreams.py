@@ -6,10 +6,13 @@ import signal
 import sys
 import threading
 import time
+from datetime import UTC, datetime
 from decimal import Decimal
+from types import SimpleNamespace
 
 import pytest
 
+from llm_providers import completion
 from llm_providers.adapters.errors import ProviderAuthenticationError, UpstreamUnavailable
 from llm_providers.completion import complete, stream
 from llm_providers.services import provider_config_create
@@ -270,6 +273,34 @@ def test_complete_records_unpriced_model_as_unknown(tenant, openai_upstream):
 
     log = _only_log(result)
     assert (result.cost_usd, log.cost_usd, log.price_source) == (None, None, "unknown")
+
+
+# Mistral mistral-large-4 in genai-prices: $0.68 input, $2.09 output per million
+# until 2026-10-19, $1.36 / $4.18 from 2026-10-20, $0.70 / $2.10 from 2026-10-29.
+# 1,000 in and 1,000 out on 2026-10-19: 680 + 2,090 = 2,770 per million.
+def test_complete_prices_at_genai_prices_of_the_day_the_call_started(
+    tenant, openai_upstream, monkeypatch
+):
+    started = datetime(2026, 10, 19, 23, 59, 59, tzinfo=UTC)
+    monkeypatch.setattr(completion, "timezone", SimpleNamespace(now=lambda: started))
+    _config(
+        tenant,
+        name="mistral",
+        provider_type="mistral",
+        api_key="mistral-key-0123456789abcdef",
+        base_url=openai_upstream.base_url,
+        default_model="mistral-large-4",
+    )
+    openai_upstream.enqueue_chat(
+        "Hi", model="mistral-large-4", prompt_tokens=1000, completion_tokens=1000
+    )
+
+    result = complete(tenant=tenant, messages=HELLO)
+
+    log = _only_log(result)
+    assert log.created_at == started
+    assert (log.cost_usd, log.price_source) == (Decimal("0.00277"), "genai_prices")
+    assert result.cost_usd == Decimal("0.00277")
 
 
 def test_complete_prices_dated_answer_at_the_tenants_price_for_the_requested_name(

@@ -323,7 +323,7 @@ def _priced(
     (a ModelPrice of either beats genai-prices; see pricing.price_lookup), at
     the prices of the UTC day the call started: the day its log is dated by."""
     price = _price(call, target, answered_model or target.model, target.model, started_at)
-    return cost_for_usage(usage=usage, price=price), price.source
+    return cost_for_usage(usage=usage, price=price, at=started_at), price.source
 
 
 def _cost_sum(costs: list[Decimal | None]) -> Decimal | None:

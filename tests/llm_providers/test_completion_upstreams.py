@@ -6,10 +6,13 @@ import signal
 import sys
 import threading
 import time
+from datetime import UTC, datetime
 from decimal import Decimal
+from types import SimpleNamespace
 
 import pytest
 
+from llm_providers import completion
 from llm_providers.adapters.errors import ProviderAuthenticationError, UpstreamUnavailable
 from llm_providers.completion import complete, stream
 from llm_providers.services import provider_config_create
@@ -150,6 +153,51 @@ def test_complete_prices_anthropic_cache_reads_and_writes(tenant, anthropic_upst
     assert _only_log(result).cost_usd == ANTHROPIC_GOLDEN
 
 
+# Anthropic claude-sonnet-4-5 above 200,000 input tokens (cache reads and writes
+# count towards them): $6 input, $0.60 cache read, $22.50 output per million
+# (below: $3, $0.30, $15). 150,000 uncached + 60,000 read = 210,000 in, 1,000 out:
+# 150,000 × 6 + 60,000 × 0.60 + 1,000 × 22.50 = 958,500 per million.
+def test_complete_prices_anthropic_long_context_counting_cache_reads_in_the_prompt(
+    tenant, anthropic_upstream
+):
+    _anthropic(tenant, anthropic_upstream)
+    anthropic_upstream.enqueue_message(
+        "Hi", model="claude-sonnet-4-5-20250929", input_tokens=150_000,
+        cache_read_tokens=60_000, output_tokens=1000,
+    )  # fmt: skip
+
+    result = complete(tenant=tenant, messages=HELLO)
+
+    assert result.usage.input_tokens == 210_000
+    assert result.cost_usd == Decimal("0.9585")
+    assert _only_log(result).cost_usd == Decimal("0.9585")
+
+
+# Gemini gemini-2.5-pro above 200,000 prompt tokens (cached ones count, as
+# prompt_tokens includes them): $2.50 input, $0.25 cached, $15 output per million
+# (below: $1.25, $0.125, $10). 250,000 prompt of which 50,000 cached, 1,000 out:
+# 200,000 × 2.50 + 50,000 × 0.25 + 1,000 × 15 = 527,500 per million.
+def test_complete_prices_gemini_long_context_above_200k_prompt_tokens(tenant, openai_upstream):
+    _config(
+        tenant,
+        name="gemini",
+        provider_type="gemini",
+        api_key="AIzaSyTestKey1234567890",
+        base_url=openai_upstream.base_url,
+        default_model="gemini-2.5-pro",
+    )
+    openai_upstream.enqueue_chat(
+        "Hi", model="models/gemini-2.5-pro", prompt_tokens=250_000, cached_tokens=50_000,
+        completion_tokens=1000,
+    )  # fmt: skip
+
+    result = complete(tenant=tenant, messages=HELLO)
+
+    log = _only_log(result)
+    assert (log.cost_usd, log.price_source) == (Decimal("0.5275"), "genai_prices")
+    assert result.cost_usd == Decimal("0.5275")
+
+
 def test_stream_prices_anthropic_from_the_last_cumulative_delta(tenant, anthropic_upstream):
     _anthropic(tenant, anthropic_upstream)
     anthropic_upstream.enqueue_message_stream(
@@ -270,6 +318,34 @@ def test_complete_records_unpriced_model_as_unknown(tenant, openai_upstream):
 
     log = _only_log(result)
     assert (result.cost_usd, log.cost_usd, log.price_source) == (None, None, "unknown")
+
+
+# Mistral mistral-large-4 in genai-prices: $0.68 input, $2.09 output per million
+# until 2026-10-19, $1.36 / $4.18 from 2026-10-20, $0.70 / $2.10 from 2026-10-29.
+# 1,000 in and 1,000 out on 2026-10-19: 680 + 2,090 = 2,770 per million.
+def test_complete_prices_at_genai_prices_of_the_day_the_call_started(
+    tenant, openai_upstream, monkeypatch
+):
+    started = datetime(2026, 10, 19, 23, 59, 59, tzinfo=UTC)
+    monkeypatch.setattr(completion, "timezone", SimpleNamespace(now=lambda: started))
+    _config(
+        tenant,
+        name="mistral",
+        provider_type="mistral",
+        api_key="mistral-key-0123456789abcdef",
+        base_url=openai_upstream.base_url,
+        default_model="mistral-large-4",
+    )
+    openai_upstream.enqueue_chat(
+        "Hi", model="mistral-large-4", prompt_tokens=1000, completion_tokens=1000
+    )
+
+    result = complete(tenant=tenant, messages=HELLO)
+
+    log = _only_log(result)
+    assert log.created_at == started
+    assert (log.cost_usd, log.price_source) == (Decimal("0.00277"), "genai_prices")
+    assert result.cost_usd == Decimal("0.00277")
 
 
 def test_complete_prices_dated_answer_at_the_tenants_price_for_the_requested_name(

@@ -210,3 +210,78 @@ def test_cost_worst_case_prices_max_tokens_as_output(tenant):
     cost = cost_worst_case(price=price, input_tokens=1000, max_output_tokens=500)
 
     assert cost == Decimal("0.0075")
+
+
+# Model names as each provider's API answers them, priced for 1M input and 1M
+# output tokens: the cost is the sum of genai-prices' input and output price.
+@pytest.mark.parametrize(
+    ("provider_type", "model", "expected"),
+    [
+        # gpt-4o-mini: $0.15 + $0.60
+        ("openai", "gpt-4o-mini-2024-07-18", "0.75"),
+        # Azure answers with the model, not the deployment: gpt-4o $2.50 + $10
+        ("azure_openai", "gpt-4o-2024-08-06", "12.5"),
+        # Azure's own spelling of gpt-3.5-turbo: $0.50 + $1.50
+        ("azure_openai", "gpt-35-turbo", "2"),
+        # claude-3-5-sonnet: $3 + $15
+        ("anthropic", "claude-3-5-sonnet-20241022", "18"),
+        # Bedrock cross-region profiles: regional ones cost 10 % more than
+        # global ones for Claude Sonnet 4.5 ($3.30 + $16.50 against $3 + $15).
+        ("bedrock", "us.anthropic.claude-sonnet-4-5-20250929-v1:0", "19.8"),
+        ("bedrock", "global.anthropic.claude-sonnet-4-5-20250929-v1:0", "18"),
+        ("bedrock", "eu.anthropic.claude-3-7-sonnet-20250219-v1:0", "18"),
+        ("bedrock", "apac.anthropic.claude-sonnet-4-20250514-v1:0", "18"),
+        # Nova Pro through a profile: $0.80 + $3.20
+        ("bedrock", "us.amazon.nova-pro-v1:0", "4"),
+        # gemini-2.0-flash: $0.10 + $0.40
+        ("gemini", "gemini-2.0-flash-001", "0.5"),
+        # mistral-small-latest: $0.15 + $0.60
+        ("mistral", "mistral-small-latest", "0.75"),
+        # $0.88 + $0.88
+        ("together", "meta-llama/Llama-3.3-70B-Instruct-Turbo", "1.76"),
+        # $0.59 + $0.79
+        ("groq", "llama-3.3-70b-versatile", "1.38"),
+    ],
+)
+def test_price_lookup_prices_model_names_each_provider_answers_with(
+    tenant, provider_type, model, expected
+):
+    price = _price(tenant, provider_type, model)
+
+    usage = Usage(input_tokens=1_000_000, output_tokens=1_000_000)
+    assert price.source == PriceSource.GENAI_PRICES
+    assert cost_for_usage(usage=usage, price=price) == Decimal(expected)
+
+
+@pytest.mark.parametrize(
+    ("provider_type", "model", "base_url"),
+    [
+        # An Azure deployment name is not a model.
+        ("azure_openai", "prod-chat-deployment", "https://myres.openai.azure.com/"),
+        # A self-hosted compatible server is not OpenAI, whatever its model is called.
+        ("openai_compatible", "gpt-4o", "http://127.0.0.1:8000/v1"),
+        ("bedrock", "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/x1", ""),
+        ("fake", "fake-small", ""),
+    ],
+)
+def test_price_lookup_leaves_unpriced_models_unknown_never_free(
+    tenant, provider_type, model, base_url
+):
+    price = _price(tenant, provider_type, model, base_url=base_url)
+
+    assert price.source == PriceSource.UNKNOWN
+    assert cost_for_usage(usage=Usage(input_tokens=10, output_tokens=10), price=price) is None
+
+
+def test_cost_for_usage_applies_gemini_long_context_rate_only_above_200k_prompt_tokens(tenant):
+    # gemini-2.5-pro: $1.25 input, $10 output up to 200,000 prompt tokens;
+    # $2.50 and $15 for every token of a longer prompt.
+    price = _price(tenant, "gemini", "gemini-2.5-pro")
+
+    at_limit = cost_for_usage(usage=Usage(input_tokens=200_000, output_tokens=1000), price=price)
+    above = cost_for_usage(usage=Usage(input_tokens=200_001, output_tokens=1000), price=price)
+
+    # 200,000 × 1.25 + 1,000 × 10 = 260,000 per million
+    assert at_limit == Decimal("0.26")
+    # 200,001 × 2.50 + 1,000 × 15 = 515,002.5 per million
+    assert above == Decimal("0.5150025")

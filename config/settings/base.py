@@ -371,11 +371,22 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    # Key-shaped text and credential headers are redacted from every record a
+    # handler writes (llm_providers/log_redaction.py): list this filter on any
+    # handler added here.
+    "filters": {"redact_secrets": {"()": "llm_providers.log_redaction.SecretRedactingFilter"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "plain",
+            "filters": ["redact_secrets"],
+        }
+    },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {
-        # The SDKs log request details at DEBUG; keep them quiet so nothing
-        # upstream-related reaches the logs unscrubbed.
+        # The SDKs log request details at DEBUG (botocore: every request's
+        # headers, the SigV4 Authorization header naming the access key id);
+        # keep them quiet. Turned up to debug, the filter above still redacts.
         "openai": {"level": "WARNING"},
         "anthropic": {"level": "WARNING"},
         "httpx": {"level": "WARNING"},

@@ -192,6 +192,10 @@ SALT_KEY = _env_secrets("SALT_KEY")
 # with them; encrypted fields are rewritten under SECRET_KEY by `rotate_keys`.
 SECRET_KEY_FALLBACKS = _env_secrets("SECRET_KEY_FALLBACKS")
 
+# Error reports star out passwords inside connection URLs (EMAIL_URL,
+# REDIS_URL...) as well as the settings whose names look secret.
+DEFAULT_EXCEPTION_REPORTER_FILTER = "config.error_reports.ExceptionReporterFilter"
+
 # --- Provider safety ---------------------------------------------------------
 # Refuse provider base URLs that resolve to private, loopback, link-local or
 # multicast addresses (SSRF) unless explicitly allowed, e.g. for a local Ollama.

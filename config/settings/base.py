@@ -221,6 +221,10 @@ SALT_KEY = _env_secrets("SALT_KEY")
 # with them; encrypted fields are rewritten under SECRET_KEY by `rotate_keys`.
 SECRET_KEY_FALLBACKS = _env_secrets("SECRET_KEY_FALLBACKS")
 
+# Error reports star out passwords inside connection URLs (EMAIL_URL,
+# REDIS_URL...) as well as the settings whose names look secret.
+DEFAULT_EXCEPTION_REPORTER_FILTER = "config.error_reports.ExceptionReporterFilter"
+
 # --- Provider safety ---------------------------------------------------------
 # Refuse provider base URLs that resolve to private, loopback, link-local or
 # multicast addresses (SSRF) unless explicitly allowed, e.g. for a local Ollama.
@@ -402,11 +406,22 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    # Key-shaped text and credential headers are redacted from every record a
+    # handler writes (llm_providers/log_redaction.py): list this filter on any
+    # handler added here.
+    "filters": {"redact_secrets": {"()": "llm_providers.log_redaction.SecretRedactingFilter"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "plain",
+            "filters": ["redact_secrets"],
+        }
+    },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {
-        # The SDKs log request details at DEBUG; keep them quiet so nothing
-        # upstream-related reaches the logs unscrubbed.
+        # The SDKs log request details at DEBUG (botocore: every request's
+        # headers, the SigV4 Authorization header naming the access key id);
+        # keep them quiet. Turned up to debug, the filter above still redacts.
         "openai": {"level": "WARNING"},
         "anthropic": {"level": "WARNING"},
         "httpx": {"level": "WARNING"},

@@ -85,7 +85,7 @@ _REDACTED = "[redacted]"
 _KEY_PATTERNS = re.compile(
     r"(?:sk-[A-Za-z0-9_\-*]{4,}|gsk_[A-Za-z0-9*]{4,}|AIza[0-9A-Za-z_\-*]{8,}"
     r"|A[KS]IA[0-9A-Z*]{8,}|[A-Za-z0-9_\-]*\*{4,}[A-Za-z0-9_\-]*"
-    r"|(?i:bearer)\s+[A-Za-z0-9._\-~+/=*]{8,}|api[-_]?key[\"']?\s*[:=]\s*[\"']?[^\s\"',}]{4,})"
+    r"|(?i:bearer)\s+[A-Za-z0-9._\-~+/=*]{8,}|api[-_]?key[\"']?\s*[:=]\s*[\"']?(?!\[redacted\])[^\s\"',}]{4,})"
 )
 # Fragments shorter than this are too common to scrub without mangling text.
 _MIN_FRAGMENT = 8
@@ -114,6 +114,11 @@ def _without_fragments(text: str, secret: str) -> str:
     return "".join(kept)
 
 
+def redact_key_shapes(text: str) -> str:
+    """`text` with every key-shaped token replaced (no stored secret needed)."""
+    return _KEY_PATTERNS.sub(_REDACTED, text)
+
+
 def scrub_secrets(message: str, secrets: Iterable[str] = ()) -> str:
     """Remove secrets, any 8+ character piece of them, and key-shaped tokens."""
     text = message
@@ -123,8 +128,7 @@ def scrub_secrets(message: str, secrets: Iterable[str] = ()) -> str:
         text = text.replace(secret, _REDACTED)
         # Partial quotes: any window of the secret that survived.
         text = _without_fragments(text, secret)
-    text = _KEY_PATTERNS.sub(_REDACTED, text)
-    return text[:MAX_MESSAGE_LENGTH]
+    return redact_key_shapes(text)[:MAX_MESSAGE_LENGTH]
 
 
 # What vendors say when a prompt does not fit the model's window: OpenAI and

@@ -95,6 +95,22 @@ class ServiceKey(AbstractAPIKey):
         verbose_name_plural = "service keys"
 
 
+# Credentials travel in HTTP headers (or a SigV4 signature): visible ASCII only.
+_HEADER_SAFE = re.compile(r"[\x21-\x7e]+")
+_SECRET_FIELDS = (
+    ("api_key", "API key"),
+    ("aws_access_key_id", "AWS access key id"),
+    ("aws_secret_access_key", "AWS secret access key"),
+)
+
+
+def _secret_given(value):
+    """A secret as given, without blanks around it; a stored unreadable one is kept."""
+    if isinstance(value, str):
+        return value.strip() or None
+    return value or None
+
+
 class ProviderConfig(models.Model):
     """One tenant's account at one provider: credentials, endpoint, models and limits.
 
@@ -195,13 +211,15 @@ class ProviderConfig(models.Model):
         return self.api_key
 
     def set_api_key(self, value: str) -> None:
-        """Store a new API key and the parts of it that are safe to show."""
-        self.api_key = value or None
+        """Store a new API key and the parts of it that are safe to show.
+
+        Blanks around it (a key pasted with its line break) are not part of it."""
+        self.api_key = _secret_given(value)
         self._refresh_key_display()
 
     def set_aws_credentials(self, *, access_key_id: str, secret_access_key: str) -> None:
-        self.aws_access_key_id = access_key_id or None
-        self.aws_secret_access_key = secret_access_key or None
+        self.aws_access_key_id = _secret_given(access_key_id)
+        self.aws_secret_access_key = _secret_given(secret_access_key)
         self._refresh_key_display()
 
     def _refresh_key_display(self) -> None:
@@ -294,6 +312,15 @@ class ProviderConfig(models.Model):
 
         if spec.requires_api_key and not self.api_key:
             errors.setdefault("api_key", []).append(f"{label} needs an API key.")
+        for field, name in _SECRET_FIELDS:
+            value = getattr(self, field)
+            if isinstance(value, str) and value and not _HEADER_SAFE.fullmatch(value):
+                # The key itself is never quoted back.
+                errors.setdefault(field, []).append(
+                    f"The {name} holds a character that cannot be sent to the provider (a "
+                    "space, a line break, an accented letter or a symbol outside ASCII): "
+                    "copy the key again, whole and alone."
+                )
         if spec.requires_aws_credentials:
             missing = [
                 (field, name)

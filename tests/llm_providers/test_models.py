@@ -10,6 +10,7 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
+from llm_providers.encryption import UnreadableSecret
 from llm_providers.models import ModelPrice, ProviderConfig
 from llm_providers.provider_types import PROVIDER_TYPE_SPECS, ProviderType
 from tests.factories import ModelPriceFactory, ProviderConfigFactory, TenantFactory
@@ -418,3 +419,52 @@ def test_fake_options_are_checked(options, message):
     with pytest.raises(ValidationError) as caught:
         config.full_clean()
     assert caught.value.message_dict["options"][0].startswith(message)
+
+
+# --- keys that cannot be sent ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "sk-tést-abcdefghijklmnop",
+        "sk-abc defghijklmnop",
+        "sk-abcdefgh\nijklmnop",
+        "sk-abc\u200bdef",
+    ],
+)
+def test_key_with_a_character_no_http_header_carries_is_refused_without_quoting_it(key):
+    errors = _errors(_config(provider_type="openai", api_key=key))
+
+    assert errors["api_key"] == [
+        "The API key holds a character that cannot be sent to the provider (a space, a line "
+        "break, an accented letter or a symbol outside ASCII): copy the key again, whole and "
+        "alone."
+    ]
+    assert key not in str(errors) and "ijklmnop" not in str(errors)
+
+
+def test_aws_secret_with_a_character_outside_ascii_is_refused():
+    config = _config(provider_type="bedrock", aws_region="us-east-1")
+    config.set_aws_credentials(access_key_id="AKIAEXAMPLE123", secret_access_key="wJalr«XUtn»")
+
+    assert list(_errors(config)) == ["aws_secret_access_key"]
+
+
+def test_blanks_around_a_pasted_key_are_not_part_of_it():
+    config = _config(provider_type="openai", api_key="  sk-abcdefghijklmnop1234\n")
+    config.full_clean()
+
+    assert config.credentials() == {"api_key": "sk-abcdefghijklmnop1234"}
+    assert config.key_last4 == "1234"
+
+
+def test_new_access_key_id_keeps_a_stored_secret_that_is_unreadable():
+    config = _config(provider_type="bedrock", aws_region="us-east-1")
+    unreadable = UnreadableSecret("gAAAA-ciphertext")
+    config.aws_secret_access_key = unreadable
+
+    config.set_aws_credentials(access_key_id=" AKIAEXAMPLE123 ", secret_access_key=unreadable)
+
+    assert config.aws_access_key_id == "AKIAEXAMPLE123"
+    assert config.aws_secret_access_key is unreadable

@@ -143,6 +143,19 @@ def test_provider_create_answers_field_errors_when_key_missing(admin_api, tenant
     assert not ProviderConfig.objects.filter(tenant=tenant).exists()
 
 
+def test_provider_create_answers_400_when_key_holds_a_character_it_cannot_send(admin_api, tenant):
+    key = "sk-proj-abcdéfghijklmnop9876"
+    response = admin_api.post(
+        PROVIDERS, {"name": "openai-main", "provider_type": "openai", "api_key": key}
+    )
+
+    assert response.status_code == 400
+    (message,) = response.json()["error"]["fields"]["api_key"]
+    assert message.startswith("The API key holds a character that cannot be sent")
+    assert "9876" not in response.content.decode()
+    assert not ProviderConfig.objects.filter(tenant=tenant).exists()
+
+
 @pytest.mark.parametrize(
     "region", ["us-east-1.example.com", "eu west 1", "EU-WEST-1", "us-east-1/"]
 )

@@ -32,7 +32,7 @@ from llm_providers.exceptions import ApplicationError
 from llm_providers.models import Tenant
 
 from .locking import exclusive_transaction
-from .models import AggregationState, CallLog, DailyUsage
+from .models import AggregationState, CallLog, DailyUsage, DailyUsageRecount
 from .periods import local_date, zone
 from .selectors import DAILY_GROUP_SOURCES, DayWindow, call_log_daily_groups, tenant_timezones
 
@@ -332,6 +332,23 @@ def daily_usage_recompute(
 _HISTORY_CHUNK_DAYS = 31
 
 
+def daily_usage_recount_request(*, tenant: Tenant, now: datetime | None = None) -> None:
+    """Record that the tenant's days must be recounted in its (new) time zone.
+
+    Call it in the transaction that changes the zone: the request is then
+    stored exactly when the change is, and `daily_usage_recount_pending`
+    carries it out even if the recount queued on commit never runs.
+    """
+    DailyUsageRecount.objects.update_or_create(
+        tenant=tenant,
+        defaults={
+            "token": uuid.uuid4(),
+            "requested_at": now or timezone.now(),
+            "recounted_from": None,
+        },
+    )
+
+
 def daily_usage_recompute_tenant_history(
     *, tenant: Tenant, now: datetime | None = None
 ) -> RecomputeResult:
@@ -343,22 +360,47 @@ def daily_usage_recompute_tenant_history(
     the hours of the older rows next to them: every day that still has call
     logs is recomputed, newest first, so the days of one zone follow each
     other again. Days past the call-log retention keep the old zone's days.
+
+    A pending recount request (`daily_usage_recount_request`) records how far
+    the recount got, so one that stopped part way resumes where it stopped,
+    and is removed at the end unless the zone changed again meanwhile.
     """
     now = now or timezone.now()
+    request = DailyUsageRecount.objects.filter(tenant=tenant).first()
+    # The zone as stored with the request (a caller's tenant may predate it).
+    tenant.refresh_from_db(fields=["timezone"])
     tz = zone(tenant.timezone)
     stored = DailyUsage.objects.filter(tenant=tenant).aggregate(first=Min("day"), last=Max("day"))
     logged = CallLog.objects.filter(tenant=tenant).aggregate(first=Min("created_at"))["first"]
     firsts = [day for day in (stored["first"], logged and local_date(logged, tz)) if day]
-    if not firsts:
-        return RecomputeResult()
-    first_day = min(firsts)
-    last_day = max(day for day in (stored["last"], local_date(now, tz)) if day)
     result = RecomputeResult()
-    end = last_day
-    while end >= first_day:
-        start = max(first_day, end - timedelta(days=_HISTORY_CHUNK_DAYS - 1))
-        result.add(daily_usage_recompute(first_day=start, last_day=end, tenant=tenant, now=now))
-        end = start - timedelta(days=1)
+    if firsts:
+        first_day = min(firsts)
+        end = max(day for day in (stored["last"], local_date(now, tz)) if day)
+        if request is not None and request.recounted_from is not None:
+            end = min(end, request.recounted_from - timedelta(days=1))
+        while end >= first_day:
+            start = max(first_day, end - timedelta(days=_HISTORY_CHUNK_DAYS - 1))
+            result.add(daily_usage_recompute(first_day=start, last_day=end, tenant=tenant, now=now))
+            if request is not None:
+                DailyUsageRecount.objects.filter(tenant=tenant, token=request.token).update(
+                    recounted_from=start
+                )
+            end = start - timedelta(days=1)
+    if request is not None:
+        DailyUsageRecount.objects.filter(tenant=tenant, token=request.token).delete()
+    return result
+
+
+def daily_usage_recount_pending(*, now: datetime | None = None) -> RecomputeResult:
+    """Finish every recount of a tenant's days that a change of time zone requested.
+
+    The recount queued when the zone changed normally leaves nothing to do;
+    this one catches a recount that was never queued or stopped part way.
+    """
+    result = RecomputeResult()
+    for request in DailyUsageRecount.objects.select_related("tenant").order_by("requested_at"):
+        result.add(daily_usage_recompute_tenant_history(tenant=request.tenant, now=now))
     return result
 
 

@@ -55,8 +55,12 @@ def _on_tenant_timezone_change(sender, instance, created=False, raw=False, **kwa
     stored = getattr(instance, "_usage_stored_timezone", None)
     if raw or created or stored is None or stored == instance.timezone:
         return
+    from .aggregation import daily_usage_recount_request
     from .tasks import recompute_tenant_history
 
+    # Stored with the change: the periodic aggregation recounts the days if
+    # the task queued below never runs (a broker that is down) or stops.
+    daily_usage_recount_request(tenant=instance)
     # Counters of a zone the tenant had before may be left from then.
     for budget in Budget.objects.filter(tenant=instance, is_active=True).select_related("tenant"):
         budget_counters_forget(budget=budget)

@@ -237,6 +237,31 @@ class AggregationState(models.Model):
         return f"{self.name} @ {self.last_call_log_id}"
 
 
+class DailyUsageRecount(models.Model):
+    """A tenant whose stored days must be recounted in the time zone it was given.
+
+    Written with the change of time zone, in its transaction, and removed once
+    every day of the tenant has been recomputed in the new zone: a recount that
+    was never queued (the broker was down) or stopped part way is finished by
+    the periodic aggregation.
+    """
+
+    tenant = models.OneToOneField(
+        Tenant, on_delete=models.CASCADE, primary_key=True, related_name="+"
+    )
+    # Replaced by every change of zone: a recount removes only the request it served.
+    token = models.UUIDField()
+    requested_at = models.DateTimeField()
+    recounted_from = models.DateField(
+        null=True,
+        blank=True,
+        help_text="Days from this one on are already recounted in the new zone.",
+    )
+
+    def __str__(self) -> str:
+        return f"recount {self.tenant_id} since {self.requested_at:%Y-%m-%d %H:%M}"
+
+
 # --- budgets -------------------------------------------------------------------
 
 _EMAIL_SPLIT = re.compile(r"[\s,;]+")

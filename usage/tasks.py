@@ -1,8 +1,10 @@
 """Celery tasks of the usage app: thin (ids or nothing in, one service call), idempotent.
 
-Beat runs `aggregate_daily_usage` every USAGE_AGGREGATION_INTERVAL_SECONDS,
-which queues `check_alerts` when it is done; `send_due_alert_deliveries`
-retries failed deliveries; `purge_call_logs` applies retention daily.
+Beat runs `aggregate_daily_usage` every USAGE_AGGREGATION_INTERVAL_SECONDS
+(it also finishes a recount of a tenant's days in a new time zone that did
+not run to its end), which queues `check_alerts` when it is done;
+`send_due_alert_deliveries` retries failed deliveries; `purge_call_logs`
+applies retention daily.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from .aggregation import (
     daily_usage_recompute,
     daily_usage_recompute_recent,
     daily_usage_recompute_tenant_history,
+    daily_usage_recount_pending,
 )
 from .alerts import alert_deliveries_send_due, alert_delivery_attempt, alerts_check
 from .retention import call_logs_purge
@@ -33,6 +36,8 @@ _RETRY = {
 @shared_task(name="usage.aggregate_daily_usage", **_RETRY)
 def aggregate_daily_usage() -> None:
     daily_usage_recompute_recent()
+    # Only after a change of time zone whose own recount did not finish.
+    daily_usage_recount_pending()
     check_alerts.delay()
 
 

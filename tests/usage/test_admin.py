@@ -269,6 +269,33 @@ def test_dashboard_rolls_up_calls_of_days_before_yesterday_when_nothing_runs_on_
 
 
 @pytest.mark.django_db
+def test_dashboard_finishes_a_recount_in_a_new_time_zone_when_nothing_runs_on_a_schedule(
+    client, settings, django_capture_on_commit_callbacks
+):
+    # given the embedded default, and a call three days ago at 23:00 in London
+    # counted in London days
+    settings.CELERY_TASK_ALWAYS_EAGER = True
+    tenant = TenantFactory(timezone="Europe/London")
+    day = timezone.now().astimezone(ZoneInfo("Europe/London")).date() - dt.timedelta(days=3)
+    late_evening = dt.datetime.combine(day, dt.time(23), tzinfo=ZoneInfo("Europe/London"))
+    CallLogFactory(tenant=tenant, cost_usd=Decimal("0.5"), created_at=late_evening)
+    daily_usage_recompute(first_day=day, last_day=day, tenant=tenant)
+    # and a move to Tokyo whose recount, queued on commit, did not run
+    with django_capture_on_commit_callbacks(execute=False):
+        tenant.timezone = "Asia/Tokyo"
+        tenant.save()
+    client.force_login(_member(tenant, role=TenantMembership.Role.VIEWER))
+
+    # when the dashboard opens
+    client.get(reverse("admin:usage_usagedashboard_tenant", args=[tenant.pk]))
+
+    # then the call is on its Tokyo day only (the next morning there)
+    assert list(DailyUsage.objects.filter(tenant=tenant).values_list("day", "cost_usd")) == [
+        (day + dt.timedelta(days=1), Decimal("0.5"))
+    ]
+
+
+@pytest.mark.django_db
 def test_dashboard_checks_alerts_after_its_roll_up_when_nothing_runs_on_a_schedule(
     client, settings
 ):

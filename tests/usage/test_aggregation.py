@@ -25,8 +25,9 @@ from usage.aggregation import (
     daily_usage_recompute,
     daily_usage_recompute_recent,
     daily_usage_recompute_tenant_history,
+    daily_usage_recount_pending,
 )
-from usage.models import CallLog, DailyUsage
+from usage.models import CallLog, DailyUsage, DailyUsageRecount
 from usage.retention import call_logs_purge
 
 NOW = dt.datetime(2026, 6, 15, 12, 0, tzinfo=dt.UTC)
@@ -340,6 +341,51 @@ def test_new_tenant_time_zone_has_its_usage_recomputed_once_committed(
 
     assert _stored_per_day() == _per_local_day(tenant)
     assert DailyUsage.objects.aggregate(n=Sum("request_count"))["n"] == 60
+
+
+@pytest.mark.django_db
+def test_recount_of_a_new_time_zone_leaves_nothing_pending_once_it_ran(
+    django_capture_on_commit_callbacks,
+):
+    tenant = TenantFactory(timezone="Europe/London")
+    _hourly_logs(tenant, NOW, 30)
+    daily_usage_recompute_recent(now=NOW)
+    with django_capture_on_commit_callbacks(execute=False):
+        tenant.timezone = "Australia/Lord_Howe"
+        tenant.save()
+
+    daily_usage_recompute_tenant_history(tenant=tenant, now=NOW)
+
+    assert not DailyUsageRecount.objects.exists()
+    assert daily_usage_recount_pending(now=NOW).ranges == 0
+    assert _stored_per_day() == _per_local_day(tenant)
+
+
+@pytest.mark.django_db
+def test_recount_of_a_new_time_zone_resumes_where_it_stopped(django_capture_on_commit_callbacks):
+    # given 40 days of calls at 20:00 UTC, counted in UTC days
+    tenant = TenantFactory(timezone="UTC")
+    for back in range(40):
+        CallLogFactory(tenant=tenant, created_at=NOW + dt.timedelta(hours=8, days=-back))
+    daily_usage_recompute(first_day=DAY - dt.timedelta(days=40), last_day=DAY, now=NOW)
+    # and a move to Tokyo (20:00 UTC is 05:00 the next day) whose recount
+    # stopped after recounting the days from 10 days ago on
+    with django_capture_on_commit_callbacks(execute=False):
+        tenant.timezone = "Asia/Tokyo"
+        tenant.save()
+    resumed_from = DAY - dt.timedelta(days=10)
+    DailyUsageRecount.objects.filter(tenant=tenant).update(recounted_from=resumed_from)
+
+    # when the periodic aggregation finishes it
+    result = daily_usage_recount_pending(now=NOW)
+
+    # then only the days before were recounted (30 days: one range), and no request is left
+    assert result.ranges == 1
+    stored = _stored_per_day()
+    assert dt.date(2026, 5, 7) not in stored  # 7 May 20:00 UTC is 8 May in Tokyo: recounted
+    assert stored[resumed_from - dt.timedelta(days=1)] == 1
+    assert stored[DAY] == 1  # left as the stopped recount had it
+    assert not DailyUsageRecount.objects.exists()
 
 
 @pytest.mark.django_db

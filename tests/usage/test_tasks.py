@@ -5,13 +5,16 @@ import os
 import subprocess
 import sys
 import time
+from collections import Counter
 from decimal import Decimal
 from pathlib import Path
 from urllib.parse import quote
+from zoneinfo import ZoneInfo
 
 import pytest
 from django.conf import settings as django_settings
 from django.db import connection
+from django.db.models import Sum
 from django.utils import timezone
 
 from config.celery import app as celery_app
@@ -37,6 +40,44 @@ def test_aggregate_task_writes_daily_usage_then_checks_alerts():
 
     assert DailyUsage.objects.get(tenant=tenant).cost_usd == Decimal("6")
     assert CostAlert.objects.get(tenant=tenant).percent == 50
+
+
+def _per_local_day(zone_name):
+    zone = ZoneInfo(zone_name)
+    per_day = Counter(log.created_at.astimezone(zone).date() for log in CallLog.objects.all())
+    return dict(per_day)
+
+
+def _stored_per_day():
+    return dict(DailyUsage.objects.values_list("day").annotate(n=Sum("request_count")))
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db
+def test_aggregate_task_recounts_a_new_time_zone_whose_queued_recompute_never_ran(
+    settings, django_capture_on_commit_callbacks
+):
+    # given 60 hourly calls aggregated in New York days
+    settings.USAGE_AGGREGATION_LOOKBACK_MINUTES = 60
+    tenant = TenantFactory(timezone="America/New_York")
+    config = ProviderConfigFactory(tenant=tenant)
+    now = timezone.now()
+    for hour in range(60):
+        CallLogFactory(
+            tenant=tenant, provider_config=config, created_at=now - dt.timedelta(hours=hour)
+        )
+    aggregate_daily_usage.delay()
+
+    # when the zone changes while the broker is down: the recompute queued
+    # on commit is never sent
+    with django_capture_on_commit_callbacks(execute=False):
+        tenant.timezone = "Asia/Tokyo"
+        tenant.save()
+    aggregate_daily_usage.delay()
+
+    # then the next aggregation counts every day in Tokyo days, each hour once
+    assert _stored_per_day() == _per_local_day("Asia/Tokyo")
+    assert DailyUsage.objects.aggregate(n=Sum("request_count"))["n"] == 60
 
 
 @pytest.mark.django_db

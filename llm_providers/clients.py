@@ -1,8 +1,10 @@
 """Adapters (with their SDK clients) built once per provider config and reused.
 
-An adapter is rebuilt when its config changes (a newer `updated_at`). The
-previous one may still serve calls that started before the change, so it is
-closed only once it has been retired longer than any call can last.
+An adapter is built for each version of a config (its `updated_at`). A call
+that read the config before a change keeps getting the adapter of the version
+it read, without displacing the new one; an adapter of a version that is no
+longer the config's latest in use is closed once unused for longer than any
+call can last.
 Plaintext credentials go from the config straight into the adapter settings
 and stay in this process's memory.
 """
@@ -17,9 +19,8 @@ from .adapters.registry import adapter_build
 from .adapters.types import AdapterSettings
 from .models import ProviderConfig
 
-_adapters: dict[object, tuple[object, Adapter]] = {}
-# (retired at, adapter): replaced adapters waiting to be closed.
-_retired: list[tuple[float, Adapter]] = []
+# config pk → {version: [last used (monotonic), adapter]}.
+_adapters: dict[object, dict[object, list]] = {}
 _lock = threading.Lock()
 # 15 minutes: longer than the longest call timeout (10 minutes) allowed.
 RETIRED_ADAPTER_CLOSE_SECONDS = 900
@@ -52,36 +53,45 @@ def adapter_settings_for_config(config: ProviderConfig) -> AdapterSettings:
 def adapter_for_config(config: ProviderConfig) -> Adapter:
     """The adapter for this version of the config, building it on first use."""
     version = config.updated_at
-    found = _adapters.get(config.pk)
-    if found is not None and found[0] == version:
+    found = _adapters.get(config.pk, {}).get(version)
+    if found is not None:
+        found[0] = time.monotonic()
         return found[1]
     # Outside the lock: the base URL check may wait on DNS, and other configs'
     # adapters must not wait with it.
     adapter_settings = adapter_settings_for_config(config)
     with _lock:
-        found = _adapters.get(config.pk)
-        if found is not None and found[0] == version:
+        versions = _adapters.setdefault(config.pk, {})
+        found = versions.get(version)
+        if found is not None:
+            found[0] = time.monotonic()
             return found[1]
         adapter = adapter_build(adapter_settings)
-        _adapters[config.pk] = (version, adapter)
         now = time.monotonic()
-        if found is not None:
-            _retired.append((now, found[1]))
-        expired = [
-            a for retired_at, a in _retired if now - retired_at > RETIRED_ADAPTER_CLOSE_SECONDS
-        ]
-        _retired[:] = [(t, a) for t, a in _retired if now - t <= RETIRED_ADAPTER_CLOSE_SECONDS]
+        versions[version] = [now, adapter]
+        expired = _unused_versions_take(now)
     for old in expired:
         old.close()
     return adapter
 
 
+def _unused_versions_take(now: float) -> list[Adapter]:
+    """Remove and return the adapters of versions unused for longer than any
+    call lasts, except each config's most recently used one. Under _lock."""
+    expired = []
+    for versions in _adapters.values():
+        latest = max(versions.values(), key=lambda entry: entry[0])
+        for version, entry in list(versions.items()):
+            if entry is not latest and now - entry[0] > RETIRED_ADAPTER_CLOSE_SECONDS:
+                del versions[version]
+                expired.append(entry[1])
+    return expired
+
+
 def adapters_clear() -> None:
     """Close and forget every adapter (tests, and after key rotation)."""
     with _lock:
-        adapters = [adapter for _, adapter in _adapters.values()]
-        adapters += [adapter for _, adapter in _retired]
+        adapters = [entry[1] for versions in _adapters.values() for entry in versions.values()]
         _adapters.clear()
-        _retired.clear()
     for adapter in adapters:
         adapter.close()

@@ -13,6 +13,11 @@ therefore pays at most one cache round trip a second per tenant for its
 configuration. A change made while the shared cache cannot be reached is
 written there by its process at the next contact, before that process reads
 any version again.
+
+A change made inside a transaction is announced when the transaction commits.
+Until then only the thread making it, which alone sees the uncommitted rows,
+reads its tenant's configuration under a version of its own; if the
+transaction rolls back, nothing cached from the uncommitted rows is reachable.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from typing import Any, TypeVar
 
 from django.conf import settings
 from django.core.cache import cache
+from django.db import transaction
 
 T = TypeVar("T")
 
@@ -70,9 +76,47 @@ def _versions_read(tenant_scope: str) -> tuple[str, str]:
     return tenant_version, global_version
 
 
+# Per thread: scope → [(version, announce callback, connection)] of changes made
+# in a transaction that has not ended yet (see config_version_bump_on_commit).
+_uncommitted = threading.local()
+
+
+def _uncommitted_version(scope: str) -> str | None:
+    """This thread's own version of `scope` while its open transaction holds a
+    change of it; None otherwise (committed, rolled back, or no change)."""
+    pending = getattr(_uncommitted, "changes", None)
+    if not pending:
+        return None
+    for key, changes in list(pending.items()):
+        # A change is uncommitted while its announcement waits on its connection:
+        # Django drops it on rollback and runs it on commit.
+        live = [
+            change
+            for change in changes
+            if change[2].in_atomic_block
+            and any(hook[1] is change[1] for hook in change[2].run_on_commit)
+        ]
+        if live:
+            pending[key] = live
+        else:
+            del pending[key]
+    changes = pending.get(scope)
+    return changes[-1][0] if changes else None
+
+
 def config_version(tenant_id) -> str:
     """The combined (tenant, global) configuration version, creating either if absent."""
-    scope = str(tenant_id)
+    version = _config_version_shared(str(tenant_id))
+    # An "uncached-" version already reads everything afresh.
+    if getattr(_uncommitted, "changes", None) and ":" in version:
+        tenant_version, global_version = version.split(":", 1)
+        tenant_version = _uncommitted_version(str(tenant_id)) or tenant_version
+        global_version = _uncommitted_version(_GLOBAL) or global_version
+        version = f"{tenant_version}:{global_version}"
+    return version
+
+
+def _config_version_shared(scope: str) -> str:
     now = time.monotonic()
     tenant_known, global_known = _known_versions.get(scope), _known_versions.get(_GLOBAL)
     if (
@@ -124,10 +168,35 @@ def config_version_bump(tenant_id=None) -> None:
         _unannounced.pop(scope, None)
 
 
+def config_version_bump_on_commit(tenant_id=None) -> None:
+    """Invalidate as config_version_bump() does, once the current transaction
+    commits (at once outside a transaction).
+
+    Until then the thread making the change reads under a version of its own,
+    so what it caches from the uncommitted rows is never served to others, nor
+    after a rollback.
+    """
+    connection = transaction.get_connection()
+    if not connection.in_atomic_block:
+        config_version_bump(tenant_id)
+        return
+
+    def announce() -> None:
+        config_version_bump(tenant_id)
+
+    transaction.on_commit(announce)
+    scope = _GLOBAL if tenant_id is None else str(tenant_id)
+    if not hasattr(_uncommitted, "changes"):
+        _uncommitted.changes = {}
+    changes = _uncommitted.changes.setdefault(scope, [])
+    changes.append((f"uncommitted-{uuid.uuid4().hex}", announce, connection))
+
+
 def config_versions_forget() -> None:
     """Drop the versions remembered in this process (tests, after a cache flush)."""
     _known_versions.clear()
     _unannounced.clear()
+    _uncommitted.__dict__.clear()
 
 
 class LocalCache:

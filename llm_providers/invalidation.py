@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-from django.db import transaction
 from django.db.models.signals import post_delete, post_save, pre_save
 
-from .config_cache import config_version_bump
+from .config_cache import config_version_bump_on_commit
 from .models import ModelPrice, ProviderConfig, Tenant
 
 
-def config_version_bump_now_and_on_commit(tenant_id) -> None:
-    """Bump at once (this connection sees the change) and again after commit.
-
-    The second bump discards anything another process cached from the
-    pre-commit state while the transaction was open.
-    """
-    config_version_bump(tenant_id)
-    transaction.on_commit(lambda: config_version_bump(tenant_id))
-
-
 def _on_tenant_owned_change(sender, instance, **kwargs):
-    config_version_bump_now_and_on_commit(instance.tenant_id)
+    config_version_bump_on_commit(instance.tenant_id)
 
 
 def _remember_price_tenant(sender, instance, raw=False, **kwargs):
@@ -35,16 +24,16 @@ def _remember_price_tenant(sender, instance, raw=False, **kwargs):
 
 
 def _on_price_save(sender, instance, created=False, **kwargs):
-    config_version_bump_now_and_on_commit(instance.tenant_id)
+    config_version_bump_on_commit(instance.tenant_id)
     # A price moved to another tenant (or from or to every tenant) must stop
     # pricing the calls of those it applied to before; None bumps them all.
     for stored in getattr(instance, "_stored_tenant_ids", []):
         if not created and stored != instance.tenant_id:
-            config_version_bump_now_and_on_commit(stored)
+            config_version_bump_on_commit(stored)
 
 
 def _on_tenant_change(sender, instance, **kwargs):
-    config_version_bump_now_and_on_commit(instance.pk)
+    config_version_bump_on_commit(instance.pk)
 
 
 for _model in (ProviderConfig, ModelPrice):

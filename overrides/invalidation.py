@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from django.db.models.signals import post_delete, post_save
 
-from llm_providers.invalidation import config_version_bump_now_and_on_commit
+from llm_providers.config_cache import config_version_bump_on_commit
 
 from .models import RoutingFallback, RoutingOverride
 
 
 def _on_override_change(sender, instance, **kwargs):
-    config_version_bump_now_and_on_commit(instance.tenant_id)
+    config_version_bump_on_commit(instance.tenant_id)
 
 
 def _on_fallback_change(sender, instance, **kwargs):
@@ -20,7 +20,7 @@ def _on_fallback_change(sender, instance, **kwargs):
         .first()
     )
     if tenant_id is not None:
-        config_version_bump_now_and_on_commit(tenant_id)
+        config_version_bump_on_commit(tenant_id)
 
 
 post_save.connect(_on_override_change, sender=RoutingOverride, dispatch_uid="cfgver-override")

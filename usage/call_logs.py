@@ -12,10 +12,11 @@ from decimal import Decimal
 from functools import cache
 
 from django.conf import settings
-from django.db import connections
+from django.db import IntegrityError, connections
 
 from llm_providers.adapters.errors import MAX_MESSAGE_LENGTH
 from llm_providers.adapters.types import Usage
+from llm_providers.models import ProviderConfig
 
 from .models import CallLog
 
@@ -110,7 +111,9 @@ def call_log_record(
     scrubbed of secrets.
 
     The row is committed on its own connection (settings.CALL_LOG_DATABASE),
-    independently of any transaction the caller has open.
+    independently of any transaction the caller has open. A provider config
+    deleted while the call ran is recorded as NULL, as deleting it does to the
+    rows it already had, rather than losing the row of a call that was paid for.
     """
     usage = usage or Usage()
     values = (
@@ -143,7 +146,20 @@ def call_log_record(
         _text(prompt_preview, PREVIEW_LENGTH),
         created_at,
     )
-    connection = connections[settings.CALL_LOG_DATABASE]
+    alias = settings.CALL_LOG_DATABASE
+    try:
+        return _insert(alias, values)
+    except IntegrityError:
+        if provider_config_id is None or (
+            ProviderConfig.objects.using(alias).filter(pk=provider_config_id).exists()
+        ):
+            raise
+    at = _FIELDS.index("provider_config")
+    return _insert(alias, (*values[:at], None, *values[at + 1 :]))
+
+
+def _insert(alias: str, values: tuple) -> int:
+    connection = connections[alias]
     returning = connection.features.can_return_columns_from_insert
     sql, fields = _insert_statement(connection.vendor, returning)
     if connection.vendor != "postgresql":

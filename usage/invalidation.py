@@ -11,7 +11,7 @@ from __future__ import annotations
 from django.db import transaction
 from django.db.models.signals import post_delete, post_save, pre_save
 
-from llm_providers.invalidation import config_version_bump_now_and_on_commit
+from llm_providers.config_cache import config_version_bump_on_commit
 from llm_providers.models import Tenant
 
 from .budget import budget_counters_forget, budget_definition_of
@@ -19,7 +19,7 @@ from .models import Budget
 
 
 def _on_budget_change(sender, instance, **kwargs):
-    config_version_bump_now_and_on_commit(instance.tenant_id)
+    config_version_bump_on_commit(instance.tenant_id)
 
 
 def _remember_budget_counted(sender, instance, raw=False, **kwargs):
@@ -33,7 +33,7 @@ def _remember_budget_counted(sender, instance, raw=False, **kwargs):
 
 
 def _on_budget_save(sender, instance, created=False, raw=False, **kwargs):
-    config_version_bump_now_and_on_commit(instance.tenant_id)
+    config_version_bump_on_commit(instance.tenant_id)
     if raw or created or not instance.is_active:
         return
     # Switched on again, or back to a scope it counted before: counters of that

@@ -8,6 +8,7 @@ import pytest
 from llm_providers import clients
 from llm_providers.adapters.types import ChatRequest
 from llm_providers.clients import adapter_for_config
+from llm_providers.models import ProviderConfig
 from llm_providers.services import provider_config_create, provider_config_update
 from tests.factories import ProviderConfigFactory, TenantFactory
 
@@ -98,3 +99,19 @@ def test_slow_dns_answer_for_one_config_does_not_hold_up_another(settings, monke
         waiting.join(10)
         other.join(10)
     assert "slow" in built
+
+
+def test_call_still_holding_the_old_config_does_not_displace_the_new_adapter(config):
+    # given the adapter of a config, and a call that read the config before a change
+    stale = ProviderConfig.objects.get(pk=config.pk)
+    old = adapter_for_config(stale)
+    provider_config_update(provider_config=config, data={"options": {"timeout": 30}})
+    new = adapter_for_config(config)
+
+    # when that call (a retry, a fallback) asks for its adapter again
+    again = adapter_for_config(stale)
+
+    # then it gets the adapter it had, and new calls keep the new one: nothing is rebuilt
+    assert again is old
+    assert adapter_for_config(config) is new
+    assert new.timeout == 30

@@ -15,7 +15,6 @@ from django.db import connection
 from django.utils import timezone
 
 from llm_providers.config_cache import (
-    config_local_cache,
     config_version,
     config_versions_forget,
 )
@@ -478,15 +477,17 @@ def test_reserve_refuses_blocking_budget_when_redis_is_unreachable(settings):
     assert "“Daily cap”" in caught.value.message
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_blocking_budget_created_while_the_cache_is_down_applies_once_it_is_back(settings):
     # given a tenant whose budgets (none yet) were read under its config version
+    # (the in-process cache stands for every process's: they read the same)
     settings.CONFIG_VERSION_LOCAL_SECONDS = 0
     tenant = TenantFactory()
     assert not _reserve(tenant, "5.00")
     working = settings.CACHES
 
-    # when a blocking budget is created while the shared cache cannot be reached
+    # when a blocking budget is created, and committed, while the shared cache
+    # cannot be reached
     settings.CACHES = {
         "default": {
             "BACKEND": "django_redis.cache.RedisCache",
@@ -502,7 +503,6 @@ def test_blocking_budget_created_while_the_cache_is_down_applies_once_it_is_back
     with pytest.raises(BudgetExceeded):
         _reserve(tenant, "5.00")
     config_versions_forget()
-    config_local_cache.clear()
     other_process_version = config_version(tenant.pk)
     with pytest.raises(BudgetExceeded):
         _reserve(tenant, "5.00")

@@ -1,7 +1,7 @@
 """Cache of completion results, per tenant, for identical requests.
 
 The key is a SHA-256 over the tenant, provider config (and its endpoint: type,
-base URL and options, so an answer from a config's old endpoint is not served
+base URL, AWS region and options, so an answer from a config's old endpoint is not served
 after it changed), model, messages and every parameter that changes the
 answer; nothing secret goes into it. Each
 tenant sets its TTL (`Tenant.response_cache_ttl_seconds`; 0 turns it off).
@@ -43,7 +43,8 @@ def request_fingerprint(request: ChatRequest) -> str:
 def provider_endpoint(provider_config) -> str:
     """What of a provider config decides where and how its answers come from."""
     options = json.dumps(provider_config.options, sort_keys=True, default=str)
-    return f"{provider_config.provider_type}|{provider_config.base_url}|{options}"
+    config = provider_config
+    return f"{config.provider_type}|{config.base_url}|{config.aws_region}|{options}"
 
 
 def _cache_key(

@@ -3,7 +3,9 @@
 import uuid
 
 from llm_providers.adapters.types import ChatRequest, ChatResult, ToolCall, Usage
+from llm_providers.models import ProviderConfig
 from llm_providers.response_cache import (
+    provider_endpoint,
     request_fingerprint,
     response_cache_get,
     response_cache_set,
@@ -73,3 +75,12 @@ def test_response_cache_set_with_zero_ttl_stores_nothing():
     response_cache_set(**key, fingerprint="f", result=RESULT, ttl_seconds=0)
 
     assert response_cache_get(**key, fingerprint="f") is None
+
+
+def test_endpoint_of_a_bedrock_config_names_its_region():
+    # Another region is another endpoint: its answers are not the old region's.
+    east = ProviderConfig(provider_type="bedrock", aws_region="us-east-1", options={})
+    west = ProviderConfig(provider_type="bedrock", aws_region="us-west-2", options={})
+
+    assert provider_endpoint(east) != provider_endpoint(west)
+    assert "us-west-2" in provider_endpoint(west)

@@ -489,6 +489,18 @@ class TenantProviderConfigField(serializers.PrimaryKeyRelatedField):
     """A provider config id, looked up among the serializer context's tenant only:
     another tenant's id is as unknown as an id that does not exist."""
 
+    default_error_messages = {
+        **serializers.PrimaryKeyRelatedField.default_error_messages,
+        "does_not_exist": "No provider config with id “{pk_value}” in this tenant.",
+        "incorrect_type": "A provider config id is a UUID string, not {data_type}.",
+    }
+
+    def to_internal_value(self, data):
+        # A number would be taken as the integer value of a UUID ("…0005").
+        if not isinstance(data, str):
+            self.fail("incorrect_type", data_type=type(data).__name__)
+        return super().to_internal_value(data)
+
     def get_queryset(self):
         tenant = self.context.get("tenant")
         if tenant is None:

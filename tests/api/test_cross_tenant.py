@@ -142,7 +142,7 @@ def test_override_create_refuses_other_tenants_provider(admin_api, objects_a, ob
 
     assert response.status_code == 400
     assert response.json()["error"]["fields"] == {
-        "provider_config": [f'Invalid pk "{objects_b.provider.pk}" - object does not exist.']
+        "provider_config": [f"No provider config with id “{objects_b.provider.pk}” in this tenant."]
     }
     assert not RoutingOverride.objects.filter(customer_id="sneaky").exists()
 

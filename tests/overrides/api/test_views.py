@@ -345,3 +345,15 @@ def test_route_resolve_refuses_a_customer_id_complete_refuses(admin_api, provide
     assert response.json()["error"]["fields"] == {
         "customer_id": ["customer_id must not contain control characters."]
     }
+
+
+def test_override_create_answers_400_naming_the_type_when_the_config_id_is_a_number(admin_api):
+    # A number would otherwise be read as the integer value of a UUID ("…0005").
+    response = admin_api.post(
+        "/api/v1/overrides/", {"customer_id": "acme", "provider_config": 5}, format="json"
+    )
+
+    assert response.status_code == 400
+    assert response.json()["error"]["fields"] == {
+        "provider_config": ["A provider config id is a UUID string, not int."]
+    }

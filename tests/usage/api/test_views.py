@@ -902,7 +902,7 @@ def test_budget_update_refuses_other_tenants_provider_config(admin_api, tenant, 
 
     assert response.status_code == 400
     assert response.json()["error"]["fields"] == {
-        "provider_config": [f'Invalid pk "{foreign.pk}" - object does not exist.']
+        "provider_config": [f"No provider config with id “{foreign.pk}” in this tenant."]
     }
     budget.refresh_from_db()
     assert budget.provider_config is None

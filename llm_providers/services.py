@@ -212,9 +212,10 @@ def provider_config_delete(*, provider_config: ProviderConfig) -> bool:
     removed. Returns True when the row was deleted, False when deactivated.
     """
     if provider_config_is_referenced(provider_config=provider_config):
-        provider_config.is_active = False
-        provider_config.is_default = False
-        provider_config.save(update_fields=["is_active", "is_default", "updated_at"])
+        if provider_config.is_active or provider_config.is_default:
+            provider_config.is_active = False
+            provider_config.is_default = False
+            provider_config.save(update_fields=["is_active", "is_default", "updated_at"])
         return False
     provider_config.delete()
     return True

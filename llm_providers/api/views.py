@@ -139,11 +139,13 @@ class ProviderConfigViewSet(
         config = self.get_object()
         # Deleting clears the instance's id; the history entry needs it.
         before = copy.copy(config)
+        # Deleting a config deactivated already changes nothing, and records nothing.
+        already_off = not (config.is_active or config.is_default)
         with transaction.atomic():
             deleted = provider_config_delete(provider_config=config)
             if deleted:
                 change_history_record_deletion(user=request.user, instance=before)
-            else:
+            elif not already_off:
                 change_history_record_deactivation(
                     user=request.user,
                     instance=config,

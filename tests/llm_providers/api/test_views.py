@@ -507,6 +507,25 @@ def test_provider_delete_deactivates_and_answers_200_when_call_logs_use_it(admin
     )
 
 
+def test_provider_delete_again_of_a_deactivated_config_changes_and_records_nothing(
+    admin_api, tenant
+):
+    config = ProviderConfigFactory(tenant=tenant)
+    CallLogFactory(tenant=tenant, provider_config=config)
+    admin_api.delete(f"{PROVIDERS}{config.pk}/")
+    config.refresh_from_db()
+    deactivated_at = config.updated_at
+
+    response = admin_api.delete(f"{PROVIDERS}{config.pk}/")
+
+    assert response.status_code == 200
+    assert response.json()["is_active"] is False
+    config.refresh_from_db()
+    # Unchanged: no new config version (caches, adapters) and one history entry only.
+    assert config.updated_at == deactivated_at
+    assert len(_history(config)) == 1
+
+
 # --- connection test -----------------------------------------------------------
 
 

@@ -136,6 +136,14 @@ class RoutingFallback(models.Model):
         if not override.is_active:
             # Like the override's own target: nothing is routed here.
             return
+        if (self.provider_config_id, self.model) == (override.provider_config_id, override.model):
+            # The route would only try its own target again: it is never used.
+            raise ValidationError(
+                {
+                    "provider_config": f"“{config.name}” / “{self.model or 'default model'}” is "
+                    "the override's own target, not a fallback."
+                }
+            )
         if self.model and not config.model_is_allowed(self.model):
             raise ValidationError(
                 {"model": f"The model “{self.model}” is not allowed on “{config.name}”."}

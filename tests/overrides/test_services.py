@@ -103,6 +103,43 @@ def test_routing_override_create_refuses_same_fallback_twice(tenant):
     assert "is listed twice" in raised.value.messages[0]
 
 
+def test_routing_override_create_refuses_its_own_target_as_a_fallback(tenant):
+    primary = ProviderConfigFactory(tenant=tenant, name="main", default_model="m-1")
+
+    with pytest.raises(ValidationError) as raised:
+        routing_override_create(
+            tenant=tenant, provider_config=primary, customer_id="acme", fallbacks=[(primary, "")]
+        )
+
+    assert raised.value.messages == [
+        "Fallback 1: “main” / “default model” is the override's own target, not a fallback."
+    ]
+    assert not RoutingOverride.objects.exists()
+
+
+def test_routing_override_fallback_of_the_same_config_with_another_model_is_kept(tenant):
+    primary = ProviderConfigFactory(tenant=tenant, default_model="m-1")
+
+    override = routing_override_create(
+        tenant=tenant, provider_config=primary, customer_id="acme", fallbacks=[(primary, "m-2")]
+    )
+
+    assert list(override.fallbacks.values_list("model", flat=True)) == ["m-2"]
+
+
+def test_routing_override_update_refuses_a_new_target_that_is_its_fallback(tenant):
+    primary = ProviderConfigFactory(tenant=tenant)
+    backup = ProviderConfigFactory(tenant=tenant, name="backup")
+    override = routing_override_create(
+        tenant=tenant, provider_config=primary, customer_id="acme", fallbacks=[(backup, "")]
+    )
+
+    with pytest.raises(ValidationError) as raised:
+        routing_override_update(override=override, data={"provider_config": backup})
+
+    assert "is the override's own target" in raised.value.messages[0]
+
+
 def test_routing_override_update_replaces_fallbacks(tenant):
     primary = ProviderConfigFactory(tenant=tenant)
     old = ProviderConfigFactory(tenant=tenant)

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from llm_providers.chat_input import MAX_EMBED_INPUTS, MAX_STOP_SEQUENCES
+from llm_providers.chat_input import MAX_EMBED_INPUTS, MAX_STOP_SEQUENCES, MAX_TOKENS_LIMIT
 from llm_providers.json_values import (
     MAX_JSON_DEPTH,
     TOO_DEEP,
@@ -388,7 +388,7 @@ class CompletionRequestSerializer(_RoutingFieldsSerializer):
         "(it must be allowed on that provider config).",
     )
     max_tokens = serializers.IntegerField(
-        min_value=1, max_value=MAX_INTEGER, required=False, allow_null=True
+        min_value=1, max_value=MAX_TOKENS_LIMIT, required=False, allow_null=True
     )
     temperature = serializers.FloatField(min_value=0, max_value=2, required=False, allow_null=True)
     top_p = serializers.FloatField(min_value=0, max_value=1, required=False, allow_null=True)

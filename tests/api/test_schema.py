@@ -112,6 +112,14 @@ def test_request_bodies_document_that_unknown_fields_are_refused(schema):
     )
 
 
+def test_schema_documents_the_max_tokens_range_the_api_accepts(schema):
+    max_tokens = schema["components"]["schemas"]["CompletionRequestRequest"]["properties"][
+        "max_tokens"
+    ]
+
+    assert (max_tokens["minimum"], max_tokens["maximum"]) == (1, 1_000_000)
+
+
 def test_route_resolve_documents_no_route_as_422(schema):
     responses = schema["paths"]["/api/v1/routes/resolve/"]["get"]["responses"]
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from llm_providers.chat_input import MAX_EMBED_INPUTS, MAX_STOP_SEQUENCES
+from llm_providers.chat_input import MAX_EMBED_INPUTS, MAX_STOP_SEQUENCES, MAX_TOKENS_LIMIT
 from llm_providers.json_values import (
     MAX_JSON_DEPTH,
     TOO_DEEP,
@@ -30,14 +30,13 @@ from .health import STATUS_ERROR, STATUS_NOT_CONFIGURED, STATUS_OK
 MAX_INTEGER = 2_147_483_647
 
 
+# Input with a field the serializer does not have is refused, not ignored: a
+# misspelt name (`apikey`, `webhook`) would otherwise create the object without
+# what the caller meant to set. Read-only fields are known: what a GET returned
+# can be sent back. Mixed in before the DRF serializer class. A comment, not a
+# docstring: the schema describes a serializer without a docstring of its own
+# by the first one in its bases, and this one is about the code, not the API.
 class KnownFieldsOnly:
-    """Input with a field the serializer does not have is refused, not ignored.
-
-    A misspelt name (`apikey`, `webhook`) would otherwise create the object
-    without what the caller meant to set. Read-only fields are known: what a
-    GET returned can be sent back. Mixed in before the DRF serializer class.
-    """
-
     def to_internal_value(self, data):
         if isinstance(data, Mapping):
             unknown = sorted(str(name) for name in data if name not in self.fields)
@@ -65,6 +64,8 @@ def _secret_field(label: str) -> serializers.CharField:
 
 
 class ProviderConfigSerializer(KnownFieldsOnly, serializers.Serializer):
+    """One tenant's account at one provider."""
+
     id = serializers.UUIDField(read_only=True)
     name = serializers.CharField(max_length=100)
     provider_type = serializers.ChoiceField(choices=ProviderType.choices)
@@ -134,6 +135,8 @@ class ConnectionCheckSerializer(serializers.Serializer):
 
 
 class ServiceKeySerializer(KnownFieldsOnly, serializers.ModelSerializer):
+    """A key with which a program acts for the tenant; only its prefix is ever shown."""
+
     has_expired = serializers.BooleanField(read_only=True)
 
     class Meta:
@@ -150,6 +153,8 @@ class ServiceKeySerializer(KnownFieldsOnly, serializers.ModelSerializer):
 
 
 class ServiceKeyCreatedSerializer(ServiceKeySerializer):
+    """A service key just created: `key` is the full key, shown this once."""
+
     key = serializers.CharField(
         read_only=True,
         help_text="The full key, shown this once: send it as `Authorization: Api-Key <key>`.",
@@ -379,6 +384,8 @@ class _RoutingFieldsSerializer(KnownFieldsOnly, serializers.Serializer):
 
 
 class CompletionRequestSerializer(_RoutingFieldsSerializer):
+    """One chat completion: the messages and how to answer them."""
+
     messages = ChatMessagesField(allow_empty=False, max_length=MAX_MESSAGES)
     model = serializers.CharField(
         max_length=200,
@@ -388,7 +395,7 @@ class CompletionRequestSerializer(_RoutingFieldsSerializer):
         "(it must be allowed on that provider config).",
     )
     max_tokens = serializers.IntegerField(
-        min_value=1, max_value=MAX_INTEGER, required=False, allow_null=True
+        min_value=1, max_value=MAX_TOKENS_LIMIT, required=False, allow_null=True
     )
     temperature = serializers.FloatField(min_value=0, max_value=2, required=False, allow_null=True)
     top_p = serializers.FloatField(min_value=0, max_value=1, required=False, allow_null=True)
@@ -414,6 +421,8 @@ class CompletionRequestSerializer(_RoutingFieldsSerializer):
 
 
 class EmbeddingRequestSerializer(_RoutingFieldsSerializer):
+    """Texts to embed with one model."""
+
     inputs = TextOrTextListField(
         max_items=MAX_EMBED_INPUTS, help_text="A text, or a list of texts, to embed."
     )

@@ -120,16 +120,26 @@ def _user_context(user, named: str) -> TenantContext:
         found = list(tenants.filter(lookup)[:1]) if lookup is not None else []
         if not found:
             raise TenantForbiddenError(
-                f"You are not a member of a tenant “{named}” (or it does not exist)."
+                f"No tenant “{named}” exists."
+                if user.is_superuser
+                else f"You are not a member of a tenant “{named}” (or it does not exist)."
             )
     else:
         found = list(tenants.order_by("slug")[: _LISTED_TENANTS + 1])
         if not found:
-            raise TenantForbiddenError("You are not a member of any active tenant.")
+            raise TenantForbiddenError(
+                "No tenant exists yet."
+                if user.is_superuser
+                else "You are not a member of any active tenant."
+            )
         if len(found) > 1:
             slugs = [t.slug for t in found[:_LISTED_TENANTS]]
+            # A superuser belongs to no tenant: every tenant is theirs to name.
+            several = (
+                "Several tenants exist" if user.is_superuser else "You belong to several tenants"
+            )
             raise TenantAmbiguousError(
-                "You belong to several tenants: name one with the "
+                f"{several}: name one with the "
                 f"{TENANT_HEADER} header or the `{TENANT_QUERY_PARAMETER}` query parameter "
                 f"(its slug or id), e.g. {TENANT_HEADER}: {slugs[0]}.",
                 extra={"tenants": slugs},

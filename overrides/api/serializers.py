@@ -16,6 +16,8 @@ from llm_providers.api.serializers import (
 
 
 class RoutingFallbackSerializer(KnownFieldsOnly, serializers.Serializer):
+    """A provider config and model tried when the ones before it fail."""
+
     provider_config = TenantProviderConfigField(
         pk_field=serializers.UUIDField(), help_text="Id of a provider config of this tenant."
     )
@@ -31,6 +33,8 @@ class RoutingFallbackSerializer(KnownFieldsOnly, serializers.Serializer):
 
 
 class RoutingOverrideSerializer(KnownFieldsOnly, serializers.Serializer):
+    """Routes a customer's and/or a service's calls to a provider config and model."""
+
     id = serializers.IntegerField(read_only=True)
     customer_id = serializers.CharField(
         max_length=200, allow_blank=True, default="", help_text="Empty matches any customer."

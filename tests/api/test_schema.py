@@ -112,6 +112,28 @@ def test_request_bodies_document_that_unknown_fields_are_refused(schema):
     )
 
 
+def test_schema_documents_the_max_tokens_range_the_api_accepts(schema):
+    max_tokens = schema["components"]["schemas"]["CompletionRequestRequest"]["properties"][
+        "max_tokens"
+    ]
+
+    assert (max_tokens["minimum"], max_tokens["maximum"]) == (1, 1_000_000)
+
+
+def test_schema_component_descriptions_speak_of_the_resource_not_the_code(schema):
+    # A serializer without a docstring of its own takes its mixin's, which tells
+    # developers how the class is built ("Mixed in before the DRF serializer class").
+    descriptions = {
+        name: component.get("description", "")
+        for name, component in schema["components"]["schemas"].items()
+    }
+
+    leaking = {name: d for name, d in descriptions.items() if "serializer" in d.lower()}
+    assert leaking == {}
+    assert descriptions["ProviderConfig"] == "One tenant's account at one provider."
+    assert descriptions["BudgetRequest"].startswith("A spending limit")
+
+
 def test_route_resolve_documents_no_route_as_422(schema):
     responses = schema["paths"]["/api/v1/routes/resolve/"]["get"]["responses"]
 

@@ -281,6 +281,8 @@ class ProviderUsageSerializer(_UsageWindowFieldsSerializer):
 
 
 class BudgetSerializer(KnownFieldsOnly, serializers.Serializer):
+    """A spending limit for the tenant, or for one provider config, service and/or customer."""
+
     id = serializers.IntegerField(read_only=True)
     name = serializers.CharField(max_length=100)
     is_active = serializers.BooleanField(default=True)

@@ -482,6 +482,10 @@ def test_completion_answers_422_when_no_route(service_api, tenant):
             {"messages": HELLO, "max_tokens": 0},
             {"max_tokens": ["Ensure this value is greater than or equal to 1."]},
         ),
+        (
+            {"messages": HELLO, "max_tokens": 1_000_001},
+            {"max_tokens": ["Ensure this value is less than or equal to 1000000."]},
+        ),
         ({"messages": HELLO, "stop": ["a", "b", "c", "d", "e"]}, {"stop": ["At most 4 items."]}),
         (
             {"messages": HELLO, "tools": [TOOL, TOOL]},
@@ -510,6 +514,7 @@ def test_completion_answers_422_when_no_route(service_api, tenant):
         "only-system",
         "temperature",
         "max-tokens",
+        "max-tokens-over-limit",
         "stops",
         "tool",
         "tool-name",

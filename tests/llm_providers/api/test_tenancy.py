@@ -146,6 +146,29 @@ def test_superuser_acts_as_admin_of_named_tenant(tenant, other_tenant):
     assert other_tenant.provider_configs.get().name == "by-root"
 
 
+def test_superuser_naming_no_tenant_among_several_is_told_to_name_one(
+    superuser, tenant, other_tenant
+):
+    response = token_client(superuser).get(PROVIDERS)
+
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "tenant_ambiguous"
+    assert error["extra"] == {"tenants": ["acme", "globex"]}
+    assert error["message"] == (
+        "Several tenants exist: name one with the X-Tenant header or the `tenant` query "
+        "parameter (its slug or id), e.g. X-Tenant: acme."
+    )
+
+
+def test_superuser_naming_a_tenant_that_does_not_exist_is_told_so(superuser, tenant):
+    response = token_client(superuser).get(PROVIDERS, HTTP_X_TENANT="nope")
+
+    assert response.status_code == 403
+    error = response.json()["error"]
+    assert (error["code"], error["message"]) == ("tenant_forbidden", "No tenant “nope” exists.")
+
+
 def test_membership_of_inactive_tenant_does_not_count(two_tenant_user, other_tenant):
     other_tenant.is_active = False
     other_tenant.save()

@@ -537,6 +537,29 @@ def test_complete_maps_error_status_onto_the_error_tree(
     assert caught.value.message == f"anthropic answered {status} {error_type}: {message}"
 
 
+@pytest.mark.parametrize(
+    "message",
+    [
+        "Your credit balance is too low to access the Anthropic API. Please go to Plans & "
+        "Billing to upgrade or purchase credits.",
+        "This organization has been disabled.",
+    ],
+)
+def test_complete_raises_permission_error_when_a_400_says_the_account_cannot_be_used(
+    adapter, anthropic_upstream, message
+):
+    # The API answers these with 400 invalid_request_error: the request is
+    # fine, the config's account is not, so another provider may serve it.
+    anthropic_upstream.enqueue_error(400, type="invalid_request_error", message=message)
+
+    with pytest.raises(ProviderPermissionError) as caught:
+        adapter.complete(_request())
+
+    assert type(caught.value) is ProviderPermissionError
+    assert caught.value.status_code == 400
+    assert caught.value.message == f"anthropic answered 400 invalid_request_error: {message}"
+
+
 def test_complete_raises_rate_limited_with_retry_after_seconds(adapter, anthropic_upstream):
     anthropic_upstream.enqueue_error(
         429,

@@ -189,6 +189,14 @@ class AnthropicMessagesAdapter(Adapter):
                     delta = event.delta
                     if delta.type == "text_delta":
                         text = delta.text
+                    elif delta.type == "thinking_delta" and delta.thinking:
+                        # Billed output the caller does not read: counted if
+                        # the stream ends before its usage arrives.
+                        yield StreamChunk(
+                            tool_text=delta.thinking,
+                            model=model,
+                            usage_so_far=_usage_so_far(fields),
+                        )
                     elif delta.type == "input_json_delta" and event.index in tools:
                         tools[event.index]["arguments"] += delta.partial_json
                         if delta.partial_json:

@@ -274,8 +274,13 @@ class BedrockConverseAdapter(Adapter):
                 elif "contentBlockDelta" in event:
                     block = event["contentBlockDelta"]
                     delta = block.get("delta") or {}
+                    reasoning = (delta.get("reasoningContent") or {}).get("text")
                     if delta.get("text"):
                         yield StreamChunk(text=delta["text"], model=request.model)
+                    elif reasoning:
+                        # Billed output the caller does not read: counted if
+                        # the stream ends before its usage arrives.
+                        yield StreamChunk(tool_text=reasoning, model=request.model)
                     elif "toolUse" in delta:
                         call = tools.setdefault(
                             block.get("contentBlockIndex", 0),

@@ -26,7 +26,9 @@ from llm_providers.adapters.types import (
     ToolCall,
     Usage,
 )
-from tests.upstreams.bedrock import model_id_of
+from tests.upstreams.bedrock import EVENT_STREAM_TYPE, model_id_of
+from tests.upstreams.eventstream import event_encode
+from tests.upstreams.server import Reply
 
 ACCESS_KEY_ID = "AKIAQ3EGXYZ7LMN4PRST"
 SECRET_ACCESS_KEY = "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"
@@ -512,6 +514,32 @@ def test_stream_raises_upstream_unavailable_after_the_chunks_when_the_model_garb
 
     assert received == ["Let me"]
     assert caught.value.message == "bedrock stopped the answer with an error (malformed_tool_use)."
+
+
+def test_stream_counts_reasoning_as_output_when_the_connection_breaks_before_the_answer(
+    adapter, bedrock_upstream
+):
+    # Reasoning is billed output: a stream that breaks after it, before any
+    # text, must leave its pieces to estimate instead of nothing.
+    events = [
+        event_encode("messageStart", {"role": "assistant"}),
+        event_encode("contentBlockDelta", {"contentBlockIndex": 0,
+                     "delta": {"reasoningContent": {"text": "The user greets me."}}}),
+        event_encode("contentBlockDelta", {"contentBlockIndex": 0,
+                     "delta": {"reasoningContent": {"signature": "EqQBCkYIBxgCKkA"}}}),
+        event_encode("contentBlockStop", {"contentBlockIndex": 0}),
+        event_encode("contentBlockDelta", {"contentBlockIndex": 1, "delta": {"text": "Hi"}}),
+    ]  # fmt: skip
+    bedrock_upstream.enqueue(
+        Reply(headers={"Content-Type": EVENT_STREAM_TYPE}, chunks=events, break_after=4)
+    )
+    received = []
+
+    with pytest.raises(UpstreamUnavailable):
+        for chunk in adapter.stream(_request()):
+            received.append(chunk)
+
+    assert [(c.text, c.tool_text) for c in received] == [("", "The user greets me.")]
 
 
 # --- errors --------------------------------------------------------------------------

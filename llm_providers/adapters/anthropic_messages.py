@@ -17,6 +17,7 @@ known so far, so that a stream ending early keeps the prompt's real tokens.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -39,6 +40,7 @@ from .content import (
 from .errors import (
     ProviderBadRequest,
     ProviderError,
+    ProviderPermissionError,
     ProviderTimeout,
     UpstreamUnavailable,
     connection_failure,
@@ -79,6 +81,12 @@ _ERROR_TYPE_STATUS = {
     "timeout_error": 504,
     "overloaded_error": 529,
 }
+# What the API says, as a 400 invalid_request_error, when the account behind
+# the key cannot be used (no credit left, organization disabled): the request
+# is fine, so it is a permission failure, which another provider may serve.
+_ACCOUNT_REFUSALS = re.compile(
+    r"credit balance is too low|organization has been disabled", re.IGNORECASE
+)
 
 
 class AnthropicMessagesAdapter(Adapter):
@@ -181,6 +189,14 @@ class AnthropicMessagesAdapter(Adapter):
                     delta = event.delta
                     if delta.type == "text_delta":
                         text = delta.text
+                    elif delta.type == "thinking_delta" and delta.thinking:
+                        # Billed output the caller does not read: counted if
+                        # the stream ends before its usage arrives.
+                        yield StreamChunk(
+                            tool_text=delta.thinking,
+                            model=model,
+                            usage_so_far=_usage_so_far(fields),
+                        )
                     elif delta.type == "input_json_delta" and event.index in tools:
                         tools[event.index]["arguments"] += delta.partial_json
                         if delta.partial_json:
@@ -249,6 +265,8 @@ class AnthropicMessagesAdapter(Adapter):
             else:
                 prefix = f"anthropic answered {status}"
             message = self.scrub(f"{prefix} {error_type}: {vendor_message}")
+            if _ACCOUNT_REFUSALS.search(vendor_message or ""):
+                return ProviderPermissionError(message, status_code=status)
             return error_for_status(
                 status,
                 message,

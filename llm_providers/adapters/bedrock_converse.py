@@ -10,8 +10,10 @@ Translation from the OpenAI chat shape: system messages become `system`
 blocks, images (data URLs only: Bedrock takes bytes) `image` blocks, tool
 calls `toolUse` blocks and tool messages `toolResult` blocks in a user turn.
 `json_mode` appends an instruction to the system prompt (Converse has no
-JSON switch common to its models). Embeddings are a different Bedrock API
-(InvokeModel with per-model bodies) and are not offered here.
+JSON switch common to its models). Claude models get `temperature` without
+`top_p` when a request gives both (newer ones refuse the pair). Embeddings
+are a different Bedrock API (InvokeModel with per-model bodies) and are not
+offered here.
 
 Usage: `inputTokens` excludes `cacheReadInputTokens` and
 `cacheWriteInputTokens`, so they are added back; ConverseStream reports
@@ -208,7 +210,9 @@ class BedrockConverseAdapter(Adapter):
             inference["maxTokens"] = request.max_tokens
         if request.temperature is not None:
             inference["temperature"] = request.temperature
-        if request.top_p is not None:
+        if request.top_p is not None and not (
+            request.temperature is not None and _is_claude(request.model)
+        ):
             inference["topP"] = request.top_p
         if request.stop:
             inference["stopSequences"] = list(request.stop)
@@ -270,8 +274,13 @@ class BedrockConverseAdapter(Adapter):
                 elif "contentBlockDelta" in event:
                     block = event["contentBlockDelta"]
                     delta = block.get("delta") or {}
+                    reasoning = (delta.get("reasoningContent") or {}).get("text")
                     if delta.get("text"):
                         yield StreamChunk(text=delta["text"], model=request.model)
+                    elif reasoning:
+                        # Billed output the caller does not read: counted if
+                        # the stream ends before its usage arrives.
+                        yield StreamChunk(tool_text=reasoning, model=request.model)
                     elif "toolUse" in delta:
                         call = tools.setdefault(
                             block.get("contentBlockIndex", 0),
@@ -411,6 +420,13 @@ def _content_blocks(content: Any) -> list[dict[str, Any]]:
         else:
             raise ProviderBadRequest(f"Message parts of type “{kind}” are not supported.")
     return blocks
+
+
+def _is_claude(model: str) -> bool:
+    """Whether a model id (or inference profile ARN) names a Claude model: from
+    Sonnet 4.5 on, they refuse (400) temperature and top_p together, so a
+    request giving both sends them the temperature only, as Anthropic advises."""
+    return "claude" in model.lower()
 
 
 def _has_tool_blocks(messages: list[dict[str, Any]]) -> bool:

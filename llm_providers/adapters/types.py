@@ -82,8 +82,9 @@ class StreamChunk:
     stream that ends early is recorded with it rather than with an estimate.
 
     `tool_text` is a piece of a tool call as it streams in (its name, or a
-    fragment of its JSON arguments): nothing for the caller to read, but
-    output the provider charges for, so a stream that ends early counts it.
+    fragment of its JSON arguments), or of the model's reasoning (thinking):
+    nothing for the caller to read, but output the provider charges for, so
+    a stream that ends early counts it.
     """
 
     text: str = ""

@@ -30,6 +30,13 @@ BLANK_TEXT_BLOCK = (
     "Add text to the text field, and try again."
 )
 
+# What Converse answers when a request gives a Claude model (Sonnet 4.5 and
+# later) both temperature and topP.
+SAMPLING_PARAMETERS_CONFLICT = (
+    "The model returned the following errors: `temperature` and `top_p` cannot both be "
+    "specified for this model. Please use only one."
+)
+
 EVENT_STREAM_TYPE = "application/vnd.amazon.eventstream"
 
 
@@ -71,6 +78,9 @@ class BedrockUpstream(LoopbackUpstream):
         body = request.json or {}
         if _tool_blocks_without_config(body):
             return self.error_reply(400, "ValidationException", TOOL_CONFIG_MISSING)
+        inference = body.get("inferenceConfig") or {}
+        if "claude" in model_id_of(request) and {"temperature", "topP"} <= inference.keys():
+            return self.error_reply(400, "ValidationException", SAMPLING_PARAMETERS_CONFLICT)
         blank = _blank_text_block(body)
         if blank:
             return self.error_reply(

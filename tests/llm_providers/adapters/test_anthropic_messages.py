@@ -30,7 +30,7 @@ from llm_providers.adapters.types import (
     ToolCall,
     Usage,
 )
-from tests.upstreams.anthropic import AnthropicUpstream
+from tests.upstreams.anthropic import AnthropicUpstream, sse
 from tests.upstreams.server import Reply
 
 API_KEY = "sk-ant-api03-Hq4Lm9Zt2Wx7Rb5Nc8Vd1Kf6Gj3Ps0Ty"
@@ -505,6 +505,42 @@ def test_stream_raises_upstream_unavailable_after_the_chunks_received_when_conne
     assert "broke off" in caught.value.message
 
 
+def test_stream_counts_thinking_as_output_when_the_connection_breaks_before_the_answer(
+    adapter, anthropic_upstream
+):
+    # Thinking is billed output: a stream that breaks after it, before any
+    # text, must leave its pieces to estimate instead of nothing.
+    start = {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x",
+             "content": [], "stop_reason": None, "stop_sequence": None,
+             "usage": {"input_tokens": 12, "output_tokens": 1}}  # fmt: skip
+    events = [
+        sse("message_start", {"type": "message_start", "message": start}),
+        sse("content_block_start", {"type": "content_block_start", "index": 0,
+            "content_block": {"type": "thinking", "thinking": "", "signature": ""}}),
+        sse("content_block_delta", {"type": "content_block_delta", "index": 0,
+            "delta": {"type": "thinking_delta", "thinking": "The user greets me."}}),
+        sse("content_block_delta", {"type": "content_block_delta", "index": 0,
+            "delta": {"type": "signature_delta", "signature": "EqQBCkYIBxgCKkA"}}),
+        sse("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        sse("content_block_start", {"type": "content_block_start", "index": 1,
+            "content_block": {"type": "redacted_thinking", "data": "EmwKAhgBEgy3va"}}),
+        sse("content_block_stop", {"type": "content_block_stop", "index": 1}),
+        sse("content_block_start", {"type": "content_block_start", "index": 2,
+            "content_block": {"type": "text", "text": ""}}),
+    ]  # fmt: skip
+    anthropic_upstream.enqueue(
+        Reply(headers={"Content-Type": "text/event-stream"}, chunks=events, break_after=8)
+    )
+    received = []
+
+    with pytest.raises(UpstreamUnavailable):
+        for chunk in adapter.stream(_request()):
+            received.append(chunk)
+
+    assert [(c.text, c.tool_text) for c in received] == [("", "The user greets me.")]
+    assert received[0].usage_so_far == Usage(input_tokens=12, output_tokens=1)
+
+
 # --- errors --------------------------------------------------------------------------
 
 
@@ -535,6 +571,29 @@ def test_complete_maps_error_status_onto_the_error_tree(
     assert caught.value.status_code == status
     assert caught.value.retryable is retryable
     assert caught.value.message == f"anthropic answered {status} {error_type}: {message}"
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "Your credit balance is too low to access the Anthropic API. Please go to Plans & "
+        "Billing to upgrade or purchase credits.",
+        "This organization has been disabled.",
+    ],
+)
+def test_complete_raises_permission_error_when_a_400_says_the_account_cannot_be_used(
+    adapter, anthropic_upstream, message
+):
+    # The API answers these with 400 invalid_request_error: the request is
+    # fine, the config's account is not, so another provider may serve it.
+    anthropic_upstream.enqueue_error(400, type="invalid_request_error", message=message)
+
+    with pytest.raises(ProviderPermissionError) as caught:
+        adapter.complete(_request())
+
+    assert type(caught.value) is ProviderPermissionError
+    assert caught.value.status_code == 400
+    assert caught.value.message == f"anthropic answered 400 invalid_request_error: {message}"
 
 
 def test_complete_raises_rate_limited_with_retry_after_seconds(adapter, anthropic_upstream):

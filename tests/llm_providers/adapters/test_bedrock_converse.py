@@ -26,11 +26,14 @@ from llm_providers.adapters.types import (
     ToolCall,
     Usage,
 )
-from tests.upstreams.bedrock import model_id_of
+from tests.upstreams.bedrock import EVENT_STREAM_TYPE, model_id_of
+from tests.upstreams.eventstream import event_encode
+from tests.upstreams.server import Reply
 
 ACCESS_KEY_ID = "AKIAQ3EGXYZ7LMN4PRST"
 SECRET_ACCESS_KEY = "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"
 MODEL = "anthropic.claude-sonnet-4-6-v1:0"
+NOVA_MODEL = "amazon.nova-pro-v1:0"
 # A 1×1 PNG.
 PNG_BASE64 = (
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQ"
@@ -93,11 +96,13 @@ def test_complete_adds_cache_reads_and_writes_to_input_tokens(adapter, bedrock_u
 def test_complete_sends_system_and_inference_config_on_the_wire(adapter, bedrock_upstream):
     bedrock_upstream.enqueue_converse()
 
-    adapter.complete(_request(max_tokens=64, temperature=0.2, top_p=0.9, stop=["END"]))
+    adapter.complete(
+        _request(model=NOVA_MODEL, max_tokens=64, temperature=0.2, top_p=0.9, stop=["END"])
+    )
 
     sent = bedrock_upstream.last_request
-    assert sent.path == f"/model/{MODEL}/converse"
-    assert model_id_of(sent) == MODEL
+    assert sent.path == f"/model/{NOVA_MODEL}/converse"
+    assert model_id_of(sent) == NOVA_MODEL
     assert sent.json == {
         "messages": [{"role": "user", "content": [{"text": "Hello?"}]}],
         "system": [{"text": "Be brief."}],
@@ -108,6 +113,39 @@ def test_complete_sends_system_and_inference_config_on_the_wire(adapter, bedrock
             "stopSequences": ["END"],
         },
     }
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        MODEL,
+        "us.anthropic.claude-haiku-4-5-20251001-v1:0",
+        "arn:aws:bedrock:eu-west-1:123456789012:inference-profile/eu.anthropic.claude-opus-4-6-v1:0",
+    ],
+)
+def test_complete_sends_a_claude_model_the_temperature_without_top_p_when_both_are_given(
+    adapter, bedrock_upstream, model
+):
+    # Claude models from Sonnet 4.5 on refuse both at once (400
+    # ValidationException); OpenAI takes both, so a call falling back here
+    # from OpenAI would fail as a bad request.
+    bedrock_upstream.enqueue_converse("Hi!")
+
+    result = adapter.complete(_request(model=model, temperature=0.2, top_p=0.9))
+
+    assert result.content == "Hi!"
+    assert bedrock_upstream.last_request.json["inferenceConfig"] == {"temperature": 0.2}
+
+
+def test_stream_sends_a_claude_model_top_p_when_it_is_the_only_sampling_parameter(
+    adapter, bedrock_upstream
+):
+    bedrock_upstream.enqueue_converse_stream(["Hi!"])
+
+    chunks = list(adapter.stream(_request(top_p=0.9)))
+
+    assert "".join(chunk.text for chunk in chunks) == "Hi!"
+    assert bedrock_upstream.last_request.json["inferenceConfig"] == {"topP": 0.9}
 
 
 def test_complete_signs_with_the_config_key_pair_and_region_in_one_attempt(
@@ -476,6 +514,32 @@ def test_stream_raises_upstream_unavailable_after_the_chunks_when_the_model_garb
 
     assert received == ["Let me"]
     assert caught.value.message == "bedrock stopped the answer with an error (malformed_tool_use)."
+
+
+def test_stream_counts_reasoning_as_output_when_the_connection_breaks_before_the_answer(
+    adapter, bedrock_upstream
+):
+    # Reasoning is billed output: a stream that breaks after it, before any
+    # text, must leave its pieces to estimate instead of nothing.
+    events = [
+        event_encode("messageStart", {"role": "assistant"}),
+        event_encode("contentBlockDelta", {"contentBlockIndex": 0,
+                     "delta": {"reasoningContent": {"text": "The user greets me."}}}),
+        event_encode("contentBlockDelta", {"contentBlockIndex": 0,
+                     "delta": {"reasoningContent": {"signature": "EqQBCkYIBxgCKkA"}}}),
+        event_encode("contentBlockStop", {"contentBlockIndex": 0}),
+        event_encode("contentBlockDelta", {"contentBlockIndex": 1, "delta": {"text": "Hi"}}),
+    ]  # fmt: skip
+    bedrock_upstream.enqueue(
+        Reply(headers={"Content-Type": EVENT_STREAM_TYPE}, chunks=events, break_after=4)
+    )
+    received = []
+
+    with pytest.raises(UpstreamUnavailable):
+        for chunk in adapter.stream(_request()):
+            received.append(chunk)
+
+    assert [(c.text, c.tool_text) for c in received] == [("", "The user greets me.")]
 
 
 # --- errors --------------------------------------------------------------------------

@@ -277,8 +277,9 @@ class OpenAIChatAdapter(Adapter):
             )
             ordered = sorted(response.data, key=lambda d: d.index)
             vectors += [list(item.embedding) for item in ordered]
-            if response.usage is not None:
-                input_tokens += response.usage.prompt_tokens
+            reported = _embed_prompt_tokens(response)
+            if reported:
+                input_tokens += reported
             else:
                 input_tokens += sum(estimate_text_tokens(text) for text in batch)
                 estimated = True
@@ -433,6 +434,22 @@ def usage_from_openai(usage: Any) -> Usage:
         cache_write_tokens=getattr(prompt_details, "cache_write_tokens", None) or 0,
         reasoning_tokens=reasoning_tokens,
     )
+
+
+def _embed_prompt_tokens(response: Any) -> int:
+    """The input tokens an embeddings answer reports; 0 when it reports none.
+
+    An embedding produces no tokens, so a `total_tokens` without
+    `prompt_tokens` (some compatible servers) counts the input. Servers also
+    leave `usage` out, or send nulls or zeros (Ollama versions that do not
+    count the prompt): text is never free to embed, so none of these is a count.
+    """
+    usage = getattr(response, "usage", None)
+    for name in ("prompt_tokens", "total_tokens"):
+        tokens = getattr(usage, name, None)
+        if isinstance(tokens, int) and tokens > 0:
+            return tokens
+    return 0
 
 
 def _groq_usage(chunk: Any) -> Any:

@@ -1020,6 +1020,41 @@ def test_embed_returns_vectors_and_input_usage(adapter, openai_upstream):
     }
 
 
+def _embeddings_answer(data: list[dict], **fields) -> Reply:
+    payload = {"object": "list", "data": data, "model": "nomic-embed-text", **fields}
+    return json_reply(payload, route="embeddings")
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [{"prompt_tokens": None, "total_tokens": None}, {"prompt_tokens": 0, "total_tokens": 0}],
+    ids=["nulls", "zeros"],
+)
+def test_embed_estimates_usage_a_compatible_server_leaves_out(adapter, openai_upstream, usage):
+    # given a server whose usage says nothing of the input (older Ollama
+    # versions report zeros, other servers nulls)
+    data = [{"object": "embedding", "index": 0, "embedding": [0.5, 0.25]}]
+    openai_upstream.enqueue(_embeddings_answer(data, usage=usage))
+
+    # when
+    result = adapter.embed(EmbedRequest(model="nomic-embed-text", inputs=["abcdefghi"]))
+
+    # then the vectors come back, with the input estimated (9 characters: 3 tokens) and flagged
+    assert result.vectors == [[0.5, 0.25]]
+    assert (result.usage, result.usage_estimated) == (Usage(input_tokens=3), True)
+
+
+def test_embed_counts_the_total_tokens_of_a_server_that_sends_no_prompt_tokens(
+    adapter, openai_upstream
+):
+    data = [{"object": "embedding", "index": 0, "embedding": [0.5]}]
+    openai_upstream.enqueue(_embeddings_answer(data, usage={"total_tokens": 5}))
+
+    result = adapter.embed(EmbedRequest(model="nomic-embed-text", inputs=["abcdefghi"]))
+
+    assert (result.usage, result.usage_estimated) == (Usage(input_tokens=5), False)
+
+
 def test_gemini_embeds_more_than_100_inputs_in_batches_it_accepts(openai_upstream):
     # Gemini's OpenAI-compatible endpoint refuses more than 100 inputs per
     # request; the layer accepts up to 2,048 per call.

@@ -11,9 +11,12 @@ none, so the usage is estimated) and read the usage chunk at the end.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import re
 import string
+import struct
 from collections.abc import Iterator
 from typing import Any
 
@@ -275,8 +278,7 @@ class OpenAIChatAdapter(Adapter):
                 encoding_format="float",
                 timeout=self._timeout(self.call_timeout(request.timeout)),
             )
-            ordered = sorted(response.data, key=lambda d: d.index)
-            vectors += [list(item.embedding) for item in ordered]
+            vectors += self._embedded_vectors(response.data, len(batch))
             reported = _embed_prompt_tokens(response)
             if reported:
                 input_tokens += reported
@@ -290,6 +292,30 @@ class OpenAIChatAdapter(Adapter):
             model=model or request.model,
             usage_estimated=estimated,
         )
+
+    def _embedded_vectors(self, data: Any, expected: int) -> list[list[float]]:
+        """One vector per input, in input order, from an embeddings answer.
+
+        Items are placed by their `index`; a server that numbers none of them
+        answers in input order. An answer that is not one vector per input
+        (too few, an index twice or missing) is refused: it would pair texts
+        with the vectors of other texts.
+        """
+        label = self.settings.provider_type
+        items = list(data or ())
+        indexes = [getattr(item, "index", None) for item in items]
+        if all(isinstance(index, int) for index in indexes):
+            if sorted(indexes) != list(range(expected)):
+                raise UpstreamUnavailable(
+                    f"{label} answered embeddings that do not match the {expected} inputs "
+                    f"(indexes {sorted(indexes)[:10]})."
+                )
+            items = [item for _, item in sorted(zip(indexes, items, strict=True))]
+        elif len(items) != expected:
+            raise UpstreamUnavailable(
+                f"{label} answered {len(items)} embeddings for {expected} inputs."
+            )
+        return [_embedding_vector(getattr(item, "embedding", None), label) for item in items]
 
     @translate_errors
     def list_models(self) -> list[str]:
@@ -450,6 +476,23 @@ def _embed_prompt_tokens(response: Any) -> int:
         if isinstance(tokens, int) and tokens > 0:
             return tokens
     return 0
+
+
+def _embedding_vector(embedding: Any, label: str) -> list[float]:
+    """A vector as floats. Servers that ignore `encoding_format` answer
+    base64 of little-endian float32 values, as OpenAI does when asked for it."""
+    if isinstance(embedding, str):
+        try:
+            packed = base64.b64decode(embedding, validate=True)
+        except binascii.Error:
+            packed = b"?"
+        if len(packed) % 4 == 0:
+            return list(struct.unpack(f"<{len(packed) // 4}f", packed))
+    elif isinstance(embedding, list) and all(
+        isinstance(value, int | float) and not isinstance(value, bool) for value in embedding
+    ):
+        return [float(value) for value in embedding]
+    raise UpstreamUnavailable(f"{label} answered embeddings that are not lists of numbers.")
 
 
 def _groq_usage(chunk: Any) -> Any:

@@ -1112,6 +1112,19 @@ def test_embed_refuses_an_answer_whose_vectors_do_not_match_the_inputs(
     assert "embeddings" in raised.value.message
 
 
+def test_embed_raises_context_too_long_for_an_input_over_the_models_limit(adapter, openai_upstream):
+    openai_upstream.enqueue_error(
+        400,
+        message="Invalid 'input[1]': maximum input length is 8192 tokens.",
+        type="invalid_request_error",
+    )
+
+    with pytest.raises(ContextTooLong) as raised:
+        adapter.embed(EmbedRequest(model="text-embedding-3-small", inputs=["a", "b" * 40_000]))
+
+    assert raised.value.code == "context_too_long"
+
+
 def test_gemini_embeds_more_than_100_inputs_in_batches_it_accepts(openai_upstream):
     # Gemini's OpenAI-compatible endpoint refuses more than 100 inputs per
     # request; the layer accepts up to 2,048 per call.

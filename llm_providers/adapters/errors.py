@@ -11,14 +11,24 @@ from email.utils import parsedate_to_datetime
 
 from llm_providers.exceptions import ApplicationError
 
+from .types import Usage
+
 
 class ProviderError(ApplicationError):
     """A provider call failed. `retryable` says whether trying again (or the
-    next fallback) can help; `retry_after` is the provider's hint in seconds."""
+    next fallback) can help; `retry_after` is the provider's hint in seconds.
+
+    `paid_usage` is what the provider answered, and charged for, before the
+    call failed (the batches of an embedding call sent before the one that
+    failed), with the model that answered and whether it was estimated.
+    """
 
     code = "provider_error"
     http_status = 502
     retryable = False
+    paid_usage: Usage | None = None
+    paid_usage_estimated: bool = False
+    paid_model: str = ""
 
     def __init__(
         self,

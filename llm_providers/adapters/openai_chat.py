@@ -272,13 +272,28 @@ class OpenAIChatAdapter(Adapter):
         model = ""
         for start in range(0, len(inputs), size):
             batch = inputs[start : start + size]
-            response = self._client.embeddings.create(
-                model=self.wire_model(request.model),
-                input=batch,
-                encoding_format="float",
-                timeout=self._timeout(self.call_timeout(request.timeout)),
-            )
-            vectors += self._embedded_vectors(response.data, len(batch))
+            failure: ProviderError | None = None
+            try:
+                response = self._client.embeddings.create(
+                    model=self.wire_model(request.model),
+                    input=batch,
+                    encoding_format="float",
+                    timeout=self._timeout(self.call_timeout(request.timeout)),
+                )
+                batch_vectors = self._embedded_vectors(response.data, len(batch))
+            except self.vendor_errors as exc:
+                failure = self.provider_error(exc)
+            except ProviderError as exc:
+                failure = exc
+            if failure is not None:
+                # Raised outside the except block: no SDK exception as context.
+                if vectors:
+                    # The batches answered before this one are paid for.
+                    failure.paid_usage = Usage(input_tokens=input_tokens)
+                    failure.paid_usage_estimated = estimated
+                    failure.paid_model = model or request.model
+                raise failure
+            vectors += batch_vectors
             reported = _embed_prompt_tokens(response)
             if reported:
                 input_tokens += reported

@@ -1159,6 +1159,11 @@ def stream(
 def _embed_on_target(call: _Call, target: RouteTarget) -> EmbeddingResult:
     request = replace(call.embed_request, model=target.model)
     adapter = _adapter(call, target)
+    if not adapter.supports_embeddings:
+        # Refused before the budget and rate limit: nothing would be sent.
+        error = adapter.embeddings_unsupported()
+        _log_failure(call, target, error, timezone.now(), time.perf_counter())
+        raise error
     with _budget_held(call, target, 0) as budget:
         embedded, cost, source, latency_ms = _call_with_retries(
             call, target, budget, 0, lambda: adapter.embed(request)

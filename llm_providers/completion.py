@@ -682,35 +682,64 @@ def _call_with_retries(
     successful attempt, priced, and settle the budget with its cost.
     Returns (answer, cost, price source, latency ms)."""
     attempt_on_target = 0
-    while True:
-        attempt_on_target += 1
-        _admit(call, target, max_output)
-        started_at, attempt_started = timezone.now(), time.perf_counter()
-        try:
-            answer = invoke()
-        except ProviderError as error:
-            _log_failure(call, target, error, started_at, attempt_started)
-            _retry_or_raise(error, attempt_on_target)
-            continue
-        except BaseException as error:
-            # Also an interruption: the provider may have been paid already.
-            _log_failure(call, target, error, started_at, attempt_started)
-            raise
-        latency_ms = _ms_since(attempt_started)
-        cost, source = _priced(call, target, answer.usage, answer.model, started_at)
-        call.log(
-            target,
-            status=Status.OK,
-            created_at=started_at,
-            model_answered=answer.model,
-            usage=answer.usage,
-            usage_estimated=answer.usage_estimated,
-            cost_usd=cost,
-            price_source=source,
-            latency_ms=latency_ms,
-        )
-        budget.settle(cost)
-        return answer, cost, source, latency_ms
+    # Costs of failed attempts that were partly answered (and charged for).
+    paid: list[Decimal | None] = []
+    try:
+        while True:
+            attempt_on_target += 1
+            _admit(call, target, max_output)
+            started_at, attempt_started = timezone.now(), time.perf_counter()
+            try:
+                answer = invoke()
+            except ProviderError as error:
+                _log_provider_failure(call, target, error, started_at, attempt_started, paid)
+                _retry_or_raise(error, attempt_on_target)
+                continue
+            except BaseException as error:
+                # Also an interruption: the provider may have been paid already.
+                _log_failure(call, target, error, started_at, attempt_started)
+                raise
+            latency_ms = _ms_since(attempt_started)
+            cost, source = _priced(call, target, answer.usage, answer.model, started_at)
+            call.log(
+                target,
+                status=Status.OK,
+                created_at=started_at,
+                model_answered=answer.model,
+                usage=answer.usage,
+                usage_estimated=answer.usage_estimated,
+                cost_usd=cost,
+                price_source=source,
+                latency_ms=latency_ms,
+            )
+            budget.settle(_cost_sum([*paid, cost]))
+            return answer, cost, source, latency_ms
+    finally:
+        if paid:
+            # Settled once: a no-op after the successful attempt's settlement.
+            budget.settle(_cost_sum(paid))
+
+
+def _log_provider_failure(call, target, error: ProviderError, started_at, started, paid) -> None:
+    """Record a failed attempt; what the provider answered before it failed
+    (`paid_usage`) is priced on its row and added to `paid`."""
+    if error.paid_usage is None:
+        _log_failure(call, target, error, started_at, started)
+        return
+    cost, source = _priced(call, target, error.paid_usage, error.paid_model, started_at)
+    _log_failure(
+        call,
+        target,
+        error,
+        started_at,
+        started,
+        model_answered=error.paid_model,
+        usage=error.paid_usage,
+        usage_estimated=error.paid_usage_estimated,
+        cost_usd=cost,
+        price_source=source,
+    )
+    paid.append(cost)
 
 
 def _complete_on_target(call: _Call, target: RouteTarget) -> CompletionResult:
@@ -1130,6 +1159,11 @@ def stream(
 def _embed_on_target(call: _Call, target: RouteTarget) -> EmbeddingResult:
     request = replace(call.embed_request, model=target.model)
     adapter = _adapter(call, target)
+    if not adapter.supports_embeddings:
+        # Refused before the budget and rate limit: nothing would be sent.
+        error = adapter.embeddings_unsupported()
+        _log_failure(call, target, error, timezone.now(), time.perf_counter())
+        raise error
     with _budget_held(call, target, 0) as budget:
         embedded, cost, source, latency_ms = _call_with_retries(
             call, target, budget, 0, lambda: adapter.embed(request)

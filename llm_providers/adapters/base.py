@@ -114,7 +114,11 @@ class Adapter(ABC):
         """Model ids the provider offers to this account."""
 
     def embed(self, request: EmbedRequest) -> EmbedResult:
-        raise NotSupported(f"{self.settings.provider_type} does not offer embeddings here.")
+        raise self.embeddings_unsupported()
+
+    def embeddings_unsupported(self) -> NotSupported:
+        """The error of an embedding call where the protocol has none."""
+        return NotSupported(f"{self.settings.provider_type} does not offer embeddings here.")
 
     def count_tokens(self, request: ChatRequest) -> int:
         """Prompt tokens, estimated offline (nothing is downloaded)."""

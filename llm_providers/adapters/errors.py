@@ -11,14 +11,24 @@ from email.utils import parsedate_to_datetime
 
 from llm_providers.exceptions import ApplicationError
 
+from .types import Usage
+
 
 class ProviderError(ApplicationError):
     """A provider call failed. `retryable` says whether trying again (or the
-    next fallback) can help; `retry_after` is the provider's hint in seconds."""
+    next fallback) can help; `retry_after` is the provider's hint in seconds.
+
+    `paid_usage` is what the provider answered, and charged for, before the
+    call failed (the batches of an embedding call sent before the one that
+    failed), with the model that answered and whether it was estimated.
+    """
 
     code = "provider_error"
     http_status = 502
     retryable = False
+    paid_usage: Usage | None = None
+    paid_usage_estimated: bool = False
+    paid_model: str = ""
 
     def __init__(
         self,
@@ -137,10 +147,14 @@ def scrub_secrets(message: str, secrets: Iterable[str] = ()) -> str:
 # limit"), Bedrock ("Input is too long", "too many input tokens"), Gemini
 # ("input token count ... exceeds the maximum number of tokens"), Together and
 # other TGI servers ("`inputs` tokens + `max_new_tokens` must be <= 8193").
+# Embeddings: OpenAI ("maximum input length is 8192 tokens" per input, "max
+# 300000 tokens per request" per call), TEI servers ("`inputs` must have less
+# than 512 tokens").
 _CONTEXT_TOO_LONG = re.compile(
     r"context[ _-]?(?:length|window|limit)|maximum context|prompt is too long"
     r"|input is too long|too many (?:input )?tokens|exceeds? the maximum (?:number of )?tokens"
-    r"|reduce the length of the messages|inputs`? tokens \+ `?max_new_tokens`? must be",
+    r"|reduce the length of the messages|inputs`? tokens \+ `?max_new_tokens`? must be"
+    r"|maximum input length|tokens per request|inputs`? must have less than \d+ tokens",
     re.IGNORECASE,
 )
 _CONTEXT_TOO_LONG_CODES = frozenset({"context_length_exceeded", "request_too_large"})

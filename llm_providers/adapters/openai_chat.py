@@ -11,9 +11,12 @@ none, so the usage is estimated) and read the usage chunk at the end.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import re
 import string
+import struct
 from collections.abc import Iterator
 from typing import Any
 
@@ -269,16 +272,31 @@ class OpenAIChatAdapter(Adapter):
         model = ""
         for start in range(0, len(inputs), size):
             batch = inputs[start : start + size]
-            response = self._client.embeddings.create(
-                model=self.wire_model(request.model),
-                input=batch,
-                encoding_format="float",
-                timeout=self._timeout(self.call_timeout(request.timeout)),
-            )
-            ordered = sorted(response.data, key=lambda d: d.index)
-            vectors += [list(item.embedding) for item in ordered]
-            if response.usage is not None:
-                input_tokens += response.usage.prompt_tokens
+            failure: ProviderError | None = None
+            try:
+                response = self._client.embeddings.create(
+                    model=self.wire_model(request.model),
+                    input=batch,
+                    encoding_format="float",
+                    timeout=self._timeout(self.call_timeout(request.timeout)),
+                )
+                batch_vectors = self._embedded_vectors(response.data, len(batch))
+            except self.vendor_errors as exc:
+                failure = self.provider_error(exc)
+            except ProviderError as exc:
+                failure = exc
+            if failure is not None:
+                # Raised outside the except block: no SDK exception as context.
+                if vectors:
+                    # The batches answered before this one are paid for.
+                    failure.paid_usage = Usage(input_tokens=input_tokens)
+                    failure.paid_usage_estimated = estimated
+                    failure.paid_model = model or request.model
+                raise failure
+            vectors += batch_vectors
+            reported = _embed_prompt_tokens(response)
+            if reported:
+                input_tokens += reported
             else:
                 input_tokens += sum(estimate_text_tokens(text) for text in batch)
                 estimated = True
@@ -289,6 +307,30 @@ class OpenAIChatAdapter(Adapter):
             model=model or request.model,
             usage_estimated=estimated,
         )
+
+    def _embedded_vectors(self, data: Any, expected: int) -> list[list[float]]:
+        """One vector per input, in input order, from an embeddings answer.
+
+        Items are placed by their `index`; a server that numbers none of them
+        answers in input order. An answer that is not one vector per input
+        (too few, an index twice or missing) is refused: it would pair texts
+        with the vectors of other texts.
+        """
+        label = self.settings.provider_type
+        items = list(data or ())
+        indexes = [getattr(item, "index", None) for item in items]
+        if all(isinstance(index, int) for index in indexes):
+            if sorted(indexes) != list(range(expected)):
+                raise UpstreamUnavailable(
+                    f"{label} answered embeddings that do not match the {expected} inputs "
+                    f"(indexes {sorted(indexes)[:10]})."
+                )
+            items = [item for _, item in sorted(zip(indexes, items, strict=True))]
+        elif len(items) != expected:
+            raise UpstreamUnavailable(
+                f"{label} answered {len(items)} embeddings for {expected} inputs."
+            )
+        return [_embedding_vector(getattr(item, "embedding", None), label) for item in items]
 
     @translate_errors
     def list_models(self) -> list[str]:
@@ -433,6 +475,39 @@ def usage_from_openai(usage: Any) -> Usage:
         cache_write_tokens=getattr(prompt_details, "cache_write_tokens", None) or 0,
         reasoning_tokens=reasoning_tokens,
     )
+
+
+def _embed_prompt_tokens(response: Any) -> int:
+    """The input tokens an embeddings answer reports; 0 when it reports none.
+
+    An embedding produces no tokens, so a `total_tokens` without
+    `prompt_tokens` (some compatible servers) counts the input. Servers also
+    leave `usage` out, or send nulls or zeros (Ollama versions that do not
+    count the prompt): text is never free to embed, so none of these is a count.
+    """
+    usage = getattr(response, "usage", None)
+    for name in ("prompt_tokens", "total_tokens"):
+        tokens = getattr(usage, name, None)
+        if isinstance(tokens, int) and tokens > 0:
+            return tokens
+    return 0
+
+
+def _embedding_vector(embedding: Any, label: str) -> list[float]:
+    """A vector as floats. Servers that ignore `encoding_format` answer
+    base64 of little-endian float32 values, as OpenAI does when asked for it."""
+    if isinstance(embedding, str):
+        try:
+            packed = base64.b64decode(embedding, validate=True)
+        except binascii.Error:
+            packed = b"?"
+        if len(packed) % 4 == 0:
+            return list(struct.unpack(f"<{len(packed) // 4}f", packed))
+    elif isinstance(embedding, list) and all(
+        isinstance(value, int | float) and not isinstance(value, bool) for value in embedding
+    ):
+        return [float(value) for value in embedding]
+    raise UpstreamUnavailable(f"{label} answered embeddings that are not lists of numbers.")
 
 
 def _groq_usage(chunk: Any) -> Any:

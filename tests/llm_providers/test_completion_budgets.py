@@ -8,8 +8,8 @@ from decimal import Decimal
 import pytest
 from django.utils import timezone
 
-from llm_providers.adapters.errors import UpstreamUnavailable
-from llm_providers.completion import complete, stream
+from llm_providers.adapters.errors import ProviderBadRequest, UpstreamUnavailable
+from llm_providers.completion import complete, embed, stream
 from llm_providers.services import provider_config_create
 from tests.factories import (
     BudgetFactory,
@@ -18,6 +18,7 @@ from tests.factories import (
     ProviderConfigFactory,
     TenantFactory,
 )
+from tests.upstreams.server import json_reply
 from usage.budget import BudgetExceeded
 from usage.budget_counters import counters_backend
 from usage.models import Budget, CallLog
@@ -312,3 +313,46 @@ def test_stream_retried_after_a_tool_call_cut_off_settles_both_attempts(
         Decimal("0.014"),
     ]
     assert _spend_when_refused(tenant) == Decimal("0.040")
+
+
+def test_embed_failing_in_a_later_batch_logs_and_settles_the_batches_paid_for(
+    tenant, allow_private_urls, openai_upstream
+):
+    # given Gemini (100 inputs per request) at $1,000 per million input tokens, and $1 of room
+    provider_config_create(
+        tenant=tenant,
+        name="gemini",
+        provider_type="gemini",
+        api_key="AIzaSyTestKey1234567890",
+        base_url=openai_upstream.base_url,
+        default_model="gemini-embedding-001",
+        is_default=True,
+    )
+    ModelPriceFactory(
+        provider_type="gemini", model="gemini-embedding-001",
+        input_per_mtok="1000", output_per_mtok="0",
+    )  # fmt: skip
+    _block(tenant, Decimal("1"))
+    openai_upstream.enqueue_embeddings(
+        [[0.5]] * 100, model="gemini-embedding-001", prompt_tokens=200
+    )
+    error = {"code": 400, "message": "Request contains an invalid argument.", "status": "X"}
+    openai_upstream.enqueue(json_reply([{"error": error}], status=400))
+
+    # when the second batch is refused after the first was answered
+    with pytest.raises(ProviderBadRequest):
+        embed(tenant=tenant, inputs=[f"text {n}" for n in range(150)], model="gemini-embedding-001")
+
+    # then the 200 tokens of the first batch are logged and priced ($0.20) ...
+    [log] = CallLog.objects.all()
+    assert (log.status, log.operation, log.input_tokens, log.usage_estimated) == (
+        "error",
+        "embed",
+        200,
+        False,
+    )
+    assert (log.cost_usd, log.price_source) == (Decimal("0.2"), "override")
+    # ... and spent: a call that may cost $0.90 no longer fits
+    with pytest.raises(BudgetExceeded) as raised:
+        embed(tenant=tenant, inputs=["x" * 2_700], model="gemini-embedding-001")
+    assert Decimal(raised.value.extra["spend_usd"]) == Decimal("0.2")

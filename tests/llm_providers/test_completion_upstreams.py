@@ -13,8 +13,12 @@ from types import SimpleNamespace
 import pytest
 
 from llm_providers import completion
-from llm_providers.adapters.errors import ProviderAuthenticationError, UpstreamUnavailable
-from llm_providers.completion import complete, stream
+from llm_providers.adapters.errors import (
+    NotSupported,
+    ProviderAuthenticationError,
+    UpstreamUnavailable,
+)
+from llm_providers.completion import complete, embed, stream
 from llm_providers.services import provider_config_create
 from tests.factories import ModelPriceFactory, TenantFactory
 from tests.llm_providers.adapters.test_openai_chat import MISTRAL_THINKING_STREAM
@@ -126,7 +130,7 @@ ANTHROPIC_MODEL = "claude-opus-4-7"
 ANTHROPIC_GOLDEN = Decimal("0.012125")
 
 
-def _anthropic(tenant, upstream):
+def _anthropic(tenant, upstream, **fields):
     return _config(
         tenant,
         name="anthropic",
@@ -134,6 +138,7 @@ def _anthropic(tenant, upstream):
         api_key=ANTHROPIC_KEY,
         base_url=upstream.url,
         default_model=ANTHROPIC_MODEL,
+        **fields,
     )
 
 
@@ -748,3 +753,25 @@ def test_complete_interrupted_while_waiting_logs_the_attempt(
     log = CallLog.objects.get()
     assert (log.status, log.error_code) == ("error", "interrupted")
     assert log.error_message == "The call was interrupted (KeyboardInterrupt)."
+
+
+def test_embed_on_a_protocol_without_embeddings_takes_none_of_the_configs_rate(
+    tenant, anthropic_upstream
+):
+    # given an Anthropic config that admits one request a minute
+    _anthropic(tenant, anthropic_upstream, rpm_limit=1)
+
+    # when embeddings are asked of it, twice
+    for _ in range(2):
+        with pytest.raises(NotSupported) as raised:
+            embed(tenant=tenant, inputs=["alpha"], model=ANTHROPIC_MODEL)
+        assert raised.value.message == "anthropic does not offer embeddings here."
+
+    # then nothing was sent, and the minute's request is still there for a completion
+    anthropic_upstream.enqueue_message("Hi", model=ANTHROPIC_MODEL)
+    assert complete(tenant=tenant, messages=HELLO).content == "Hi"
+    assert list(CallLog.objects.order_by("created_at").values_list("status", "error_code")) == [
+        ("error", "not_supported"),
+        ("error", "not_supported"),
+        ("ok", ""),
+    ]

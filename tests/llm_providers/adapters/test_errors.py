@@ -69,6 +69,10 @@ def test_retry_after_from_headers_reads_an_http_date():
         "Please reduce the length of the messages or completion.",
         "Input validation error: `inputs` tokens + `max_new_tokens` must be <= 8193. Given: "
         "8000 `inputs` tokens and 512 `max_new_tokens`",
+        # Embeddings: OpenAI per input and per request, Together and other TEI servers.
+        "Invalid 'input[3]': maximum input length is 8192 tokens.",
+        "Requested 312345 tokens, max 300000 tokens per request",
+        "Input validation error: `inputs` must have less than 512 tokens. Given: 600",
     ],
 )
 def test_message_says_context_too_long_when_vendors_word_it_their_way(message):

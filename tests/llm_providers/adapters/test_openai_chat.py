@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
+import struct
 import time
 
 import pytest
@@ -1018,6 +1020,109 @@ def test_embed_returns_vectors_and_input_usage(adapter, openai_upstream):
         "input": ["a", "b"],
         "encoding_format": "float",
     }
+
+
+def _embeddings_answer(data: list[dict], **fields) -> Reply:
+    payload = {"object": "list", "data": data, "model": "nomic-embed-text", **fields}
+    return json_reply(payload, route="embeddings")
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [{"prompt_tokens": None, "total_tokens": None}, {"prompt_tokens": 0, "total_tokens": 0}],
+    ids=["nulls", "zeros"],
+)
+def test_embed_estimates_usage_a_compatible_server_leaves_out(adapter, openai_upstream, usage):
+    # given a server whose usage says nothing of the input (older Ollama
+    # versions report zeros, other servers nulls)
+    data = [{"object": "embedding", "index": 0, "embedding": [0.5, 0.25]}]
+    openai_upstream.enqueue(_embeddings_answer(data, usage=usage))
+
+    # when
+    result = adapter.embed(EmbedRequest(model="nomic-embed-text", inputs=["abcdefghi"]))
+
+    # then the vectors come back, with the input estimated (9 characters: 3 tokens) and flagged
+    assert result.vectors == [[0.5, 0.25]]
+    assert (result.usage, result.usage_estimated) == (Usage(input_tokens=3), True)
+
+
+def test_embed_counts_the_total_tokens_of_a_server_that_sends_no_prompt_tokens(
+    adapter, openai_upstream
+):
+    data = [{"object": "embedding", "index": 0, "embedding": [0.5]}]
+    openai_upstream.enqueue(_embeddings_answer(data, usage={"total_tokens": 5}))
+
+    result = adapter.embed(EmbedRequest(model="nomic-embed-text", inputs=["abcdefghi"]))
+
+    assert (result.usage, result.usage_estimated) == (Usage(input_tokens=5), False)
+
+
+def test_embed_decodes_base64_vectors_of_a_server_that_ignores_encoding_format(
+    adapter, openai_upstream
+):
+    # given a server that answers base64 (little-endian float32) although floats were asked
+    packed = base64.b64encode(struct.pack("<3f", 0.5, -0.25, 1.0)).decode()
+    data = [{"object": "embedding", "index": 0, "embedding": packed}]
+    openai_upstream.enqueue(_embeddings_answer(data, usage={"prompt_tokens": 2}))
+
+    result = adapter.embed(EmbedRequest(model="nomic-embed-text", inputs=["a"]))
+
+    assert result.vectors == [[0.5, -0.25, 1.0]]
+
+
+def test_embed_keeps_the_answer_order_of_vectors_without_an_index(adapter, openai_upstream):
+    data = [{"object": "embedding", "embedding": [float(n)]} for n in range(3)]
+    openai_upstream.enqueue(_embeddings_answer(data, usage={"prompt_tokens": 3}))
+
+    result = adapter.embed(EmbedRequest(model="nomic-embed-text", inputs=["a", "b", "c"]))
+
+    assert result.vectors == [[0.0], [1.0], [2.0]]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        [{"object": "embedding", "index": 0, "embedding": [0.5]}],
+        [{"object": "embedding", "index": 0, "embedding": [0.5]}] * 2,
+        [
+            {"object": "embedding", "index": 0, "embedding": [0.5]},
+            {"object": "embedding", "index": 2, "embedding": [0.5]},
+        ],
+        [
+            {"object": "embedding", "index": 0, "embedding": [0.5]},
+            {"object": "embedding", "index": 1, "embedding": "not base64!"},
+        ],
+        [
+            {"object": "embedding", "index": 0, "embedding": [0.5]},
+            {"object": "embedding", "index": 1, "embedding": ["x"]},
+        ],
+    ],
+    ids=["too-few", "index-twice", "index-gap", "bad-base64", "not-numbers"],
+)
+def test_embed_refuses_an_answer_whose_vectors_do_not_match_the_inputs(
+    adapter, openai_upstream, data
+):
+    # A vector missing or out of place would pair the caller's texts with
+    # vectors of other texts.
+    openai_upstream.enqueue(_embeddings_answer(data, usage={"prompt_tokens": 2}))
+
+    with pytest.raises(UpstreamUnavailable) as raised:
+        adapter.embed(EmbedRequest(model="nomic-embed-text", inputs=["a", "b"]))
+
+    assert "embeddings" in raised.value.message
+
+
+def test_embed_raises_context_too_long_for_an_input_over_the_models_limit(adapter, openai_upstream):
+    openai_upstream.enqueue_error(
+        400,
+        message="Invalid 'input[1]': maximum input length is 8192 tokens.",
+        type="invalid_request_error",
+    )
+
+    with pytest.raises(ContextTooLong) as raised:
+        adapter.embed(EmbedRequest(model="text-embedding-3-small", inputs=["a", "b" * 40_000]))
+
+    assert raised.value.code == "context_too_long"
 
 
 def test_gemini_embeds_more_than_100_inputs_in_batches_it_accepts(openai_upstream):

@@ -99,6 +99,8 @@ _BASE62 = string.digits + string.ascii_letters
 # Gemini's models list names each model "models/<id>"; its chat endpoint
 # documents the bare id, which is also the name prices are known by.
 _GEMINI_MODEL_PREFIX = "models/"
+# A google.protobuf.Duration in JSON: seconds with up to nine decimals, "s".
+_GOOGLE_DURATION = re.compile(r"(\d+(?:\.\d{1,9})?)s")
 
 
 class OpenAIChatAdapter(Adapter):
@@ -371,7 +373,7 @@ class OpenAIChatAdapter(Adapter):
                 exc.status_code,
                 message,
                 code=exc.code or _gemini_reason(exc),
-                retry_after=retry_after_from_headers(exc.response.headers),
+                retry_after=_retry_after(exc),
             )
         if isinstance(exc, openai.APIConnectionError | httpx2.HTTPError):
             return UpstreamUnavailable(self.scrub(connection_failure(label, exc)))
@@ -586,6 +588,22 @@ def _vendor_message(exc: openai.APIError) -> str:
     if isinstance(body, dict) and isinstance(body.get("message"), str):
         return body["message"]
     return exc.message
+
+
+def _retry_after(exc: openai.APIStatusError) -> float | None:
+    """The wait the provider asks for: its `retry-after(-ms)` header, else the
+    `retryDelay` of a Google error's RetryInfo detail (Gemini answers 429
+    without the header, with "retryDelay": "19s" in the body)."""
+    from_headers = retry_after_from_headers(exc.response.headers)
+    if from_headers is not None:
+        return from_headers
+    body = _vendor_error_body(exc)
+    details = body.get("details") if isinstance(body, dict) else None
+    for detail in details if isinstance(details, list) else ():
+        delay = detail.get("retryDelay") if isinstance(detail, dict) else None
+        if isinstance(delay, str) and (seconds := _GOOGLE_DURATION.fullmatch(delay.strip())):
+            return float(seconds.group(1))
+    return None
 
 
 def _gemini_reason(exc: openai.APIError) -> str | None:

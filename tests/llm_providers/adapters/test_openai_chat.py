@@ -783,6 +783,60 @@ def test_connection_check_reports_authentication_when_gemini_says_the_key_is_inv
     )
 
 
+def _gemini_quota_error(retry_delay: str) -> Reply:
+    # Gemini's 429: no Retry-After header, the wait in a RetryInfo detail.
+    error = {
+        "code": 429,
+        "message": "You exceeded your current quota, please check your plan and billing "
+        "details. Please retry in 19.424395716s.",
+        "status": "RESOURCE_EXHAUSTED",
+        "details": [
+            {
+                "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+                "violations": [
+                    {
+                        "quotaMetric": "generativelanguage.googleapis.com/"
+                        "generate_content_free_tier_requests",
+                        "quotaId": "GenerateRequestsPerMinutePerProjectPerModel-FreeTier",
+                        "quotaValue": "10",
+                    }
+                ],
+            },
+            {"@type": "type.googleapis.com/google.rpc.Help", "links": []},
+            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": retry_delay},
+        ],
+    }
+    return json_reply([{"error": error}], status=429)
+
+
+@pytest.mark.parametrize(
+    ("retry_delay", "expected"), [("19s", 19.0), ("3.700s", 3.7), ("52758s", 52758.0)]
+)
+def test_complete_raises_rate_limited_with_the_retry_delay_gemini_names_in_its_error(
+    openai_upstream, retry_delay, expected
+):
+    adapter = _adapter("gemini", openai_upstream.base_url, api_key="AIzaSyTestKey1234567890")
+    openai_upstream.enqueue(_gemini_quota_error(retry_delay))
+
+    with pytest.raises(ProviderRateLimited) as caught:
+        adapter.complete(_request(model="gemini-2.5-flash"))
+
+    assert caught.value.retry_after == expected
+    assert caught.value.status_code == 429
+
+
+def test_complete_prefers_the_retry_after_header_to_gemini_retry_info(openai_upstream):
+    adapter = _adapter("gemini", openai_upstream.base_url, api_key="AIzaSyTestKey1234567890")
+    reply = _gemini_quota_error("19s")
+    reply.headers["Retry-After"] = "4"
+    openai_upstream.enqueue(reply)
+
+    with pytest.raises(ProviderRateLimited) as caught:
+        adapter.complete(_request(model="gemini-2.5-flash"))
+
+    assert caught.value.retry_after == 4.0
+
+
 def test_complete_raises_permission_error_without_retry_when_quota_is_exhausted(
     adapter, openai_upstream
 ):

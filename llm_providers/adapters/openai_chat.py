@@ -96,6 +96,14 @@ _FINISH_REASON_ERROR = "error"
 _MISTRAL_TOOL_CALL_ID_LENGTH = 9
 _MISTRAL_TOOL_CALL_ID = re.compile(rf"[A-Za-z0-9]{{{_MISTRAL_TOOL_CALL_ID_LENGTH}}}")
 _BASE62 = string.digits + string.ascii_letters
+# Sampling parameters that OpenAI's reasoning models (o-series, GPT-5) refuse
+# other than at their defaults (400 `unsupported_value` or
+# `unsupported_parameter`, naming the parameter). They are hints, as on
+# Anthropic, which takes none: such a request is sent again without them, and
+# later requests for that model leave them out. Stop sequences, which change
+# the answer, are never left out.
+_OPTIONAL_PARAMETERS = frozenset({"temperature", "top_p"})
+_UNSUPPORTED_CODES = frozenset({"unsupported_value", "unsupported_parameter"})
 # Gemini's models list names each model "models/<id>"; its chat endpoint
 # documents the bare id, which is also the name prices are known by.
 _GEMINI_MODEL_PREFIX = "models/"
@@ -111,6 +119,9 @@ class OpenAIChatAdapter(Adapter):
     def __init__(self, settings: AdapterSettings):
         super().__init__(settings)
         self._client = self._client_build()
+        # Model → the optional parameters it refused; replaced, never mutated
+        # (the adapter serves concurrent calls).
+        self._refused_parameters: dict[str, frozenset[str]] = {}
 
     def _client_build(self) -> openai.OpenAI:
         options = self.settings.options
@@ -190,11 +201,29 @@ class OpenAIChatAdapter(Adapter):
             arguments["tools"] = request.tools
         return arguments
 
+    def _create(self, request: ChatRequest, arguments: dict[str, Any], **options: Any) -> Any:
+        """`chat.completions.create`, leaving out the optional parameters the
+        model refuses: those it refused before, and any it refuses now."""
+        for _ in range(len(_OPTIONAL_PARAMETERS) + 1):
+            refused = self._refused_parameters.get(request.model, frozenset())
+            sent = {name: value for name, value in arguments.items() if name not in refused}
+            try:
+                return self._client.chat.completions.create(**sent, **options)
+            except openai.BadRequestError as exc:
+                parameter = exc.param if exc.code in _UNSUPPORTED_CODES else None
+                if parameter not in _OPTIONAL_PARAMETERS or parameter not in sent:
+                    raise
+            self._refused_parameters = {
+                **self._refused_parameters,
+                request.model: refused | {parameter},
+            }
+        raise AssertionError("unreachable: each pass leaves out one more parameter")
+
     # --- the protocol ------------------------------------------------------------
 
     @translate_errors
     def complete(self, request: ChatRequest) -> ChatResult:
-        response = self._client.chat.completions.create(**self._chat_arguments(request))
+        response = self._create(request, self._chat_arguments(request))
         if not response.choices:
             raise UpstreamUnavailable(f"{self.settings.provider_type} answered without a choice.")
         choice = response.choices[0]
@@ -229,7 +258,7 @@ class OpenAIChatAdapter(Adapter):
         arguments = self._chat_arguments(request)
         if self._asks_stream_usage():
             arguments["stream_options"] = {"include_usage": True}
-        response = self._client.chat.completions.create(**arguments, stream=True)
+        response = self._create(request, arguments, stream=True)
         model = request.model
         finish_reason: str | None = None
         usage: Usage | None = None

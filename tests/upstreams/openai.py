@@ -293,11 +293,12 @@ class OpenAIUpstream(LoopbackUpstream):
         message: str = "The server had an error while processing your request.",
         type: str = "server_error",
         code: str | None = None,
+        param: str | None = None,
         headers: dict[str, str] | None = None,
         delay: float = 0.0,
     ) -> Script:
         """An error answer in OpenAI's body shape, to any endpoint."""
-        payload = {"error": {"message": message, "type": type, "param": None, "code": code}}
+        payload = {"error": {"message": message, "type": type, "param": param, "code": code}}
         return json_reply(payload, status=status, headers=headers, delay=delay)
 
     def enqueue_error(self, *args: Any, times: int = 1, **kwargs: Any) -> None:

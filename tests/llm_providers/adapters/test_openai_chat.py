@@ -355,6 +355,91 @@ def test_complete_estimates_the_tool_calls_in_the_output_when_server_reports_no_
     assert result.usage_estimated is True
 
 
+# What OpenAI (and Azure) answer to sampling parameters a reasoning model
+# (o-series, GPT-5) does not take.
+TEMPERATURE_REFUSED = {
+    "message": "Unsupported value: 'temperature' does not support 0.2 with this model. "
+    "Only the default (1) value is supported.",
+    "type": "invalid_request_error",
+    "param": "temperature",
+    "code": "unsupported_value",
+}
+TOP_P_REFUSED = {
+    "message": "Unsupported parameter: 'top_p' is not supported with this model.",
+    "type": "invalid_request_error",
+    "param": "top_p",
+    "code": "unsupported_parameter",
+}
+
+
+@pytest.mark.parametrize("provider_type", ["openai", "azure_openai"])
+def test_complete_leaves_out_sampling_parameters_a_reasoning_model_refuses(
+    provider_type, openai_upstream
+):
+    # given a model that refuses temperature and top_p other than its defaults
+    if provider_type == "azure_openai":
+        adapter = _azure(openai_upstream, deployment="o4-mini-dep")
+    else:
+        adapter = _adapter("openai", openai_upstream.base_url, api_key=API_KEY)
+    openai_upstream.enqueue_error(400, **TEMPERATURE_REFUSED)
+    openai_upstream.enqueue_error(400, **TOP_P_REFUSED)
+    openai_upstream.enqueue_chat("Paris.", model="o4-mini-2025-04-16", times=2)
+    request = _request(model="o4-mini", temperature=0.2, top_p=0.9, max_tokens=500)
+
+    # when it is called twice
+    first = adapter.complete(request)
+    second = adapter.complete(request)
+
+    # then it answers, without the refused parameters, and the second call
+    # sends none of them from the start
+    assert (first.content, second.content) == ("Paris.", "Paris.")
+    sent = [r.json for r in openai_upstream.requests]
+    assert [("temperature" in s, "top_p" in s) for s in sent] == [
+        (True, True), (False, True), (False, False), (False, False),
+    ]  # fmt: skip
+    assert all(s["max_completion_tokens"] == 500 for s in sent)
+
+
+def test_stream_leaves_out_a_temperature_the_model_refuses(adapter, openai_upstream):
+    openai_upstream.enqueue_error(400, **TEMPERATURE_REFUSED)
+    openai_upstream.enqueue_chat_stream(["Par", "is."])
+
+    chunks = list(adapter.stream(_request(model="gpt-5-mini", temperature=0.2)))
+
+    assert "".join(c.text for c in chunks) == "Paris."
+    assert "temperature" not in openai_upstream.last_request.json
+    assert openai_upstream.last_request.json["stream"] is True
+
+
+def test_refused_sampling_parameters_are_left_out_for_that_model_only(adapter, openai_upstream):
+    openai_upstream.enqueue_error(400, **TEMPERATURE_REFUSED)
+    openai_upstream.enqueue_chat(times=2)
+
+    adapter.complete(_request(model="o3", temperature=0.2))
+    adapter.complete(_request(model="gpt-4o-mini", temperature=0.2))
+
+    assert openai_upstream.last_request.json["temperature"] == 0.2
+
+
+def test_complete_raises_bad_request_when_a_model_refuses_stop_sequences(adapter, openai_upstream):
+    # Stop sequences change the answer: they are not dropped quietly.
+    openai_upstream.enqueue_error(
+        400,
+        message="Unsupported parameter: 'stop' is not supported with this model.",
+        type="invalid_request_error",
+        param="stop",
+        code="unsupported_parameter",
+    )
+
+    with pytest.raises(ProviderBadRequest) as caught:
+        adapter.complete(_request(model="gpt-5", stop=["END"]))
+
+    assert caught.value.message == (
+        "openai answered 400: Unsupported parameter: 'stop' is not supported with this model."
+    )
+    assert len(openai_upstream.requests) == 1
+
+
 # Mistral's reasoning models (Magistral) answer `content` as a list of chunks,
 # their thinking first, in whole answers and stream deltas alike.
 MISTRAL_THINKING = {"type": "thinking", "thinking": [{"type": "text", "text": "Six times 7"}]}

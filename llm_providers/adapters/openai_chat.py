@@ -229,7 +229,8 @@ class OpenAIChatAdapter(Adapter):
         choice = response.choices[0]
         self._refuse_failed_answer(choice.finish_reason)
         message = choice.message
-        content = _answer_text(message.content)
+        refusal = _refusal_text(message)
+        content = _answer_text(message.content) or refusal
         tool_calls = [
             ToolCall(id=call.id, name=call.function.name, arguments=call.function.arguments or "")
             for call in message.tool_calls or ()
@@ -248,7 +249,11 @@ class OpenAIChatAdapter(Adapter):
             content=content,
             usage=usage,
             model=response.model or request.model,
-            finish_reason=finish_reason_normalise(choice.finish_reason, bool(tool_calls)),
+            finish_reason=(
+                "content_filter"
+                if refusal
+                else finish_reason_normalise(choice.finish_reason, bool(tool_calls))
+            ),
             tool_calls=tool_calls,
             usage_estimated=estimated,
         )
@@ -262,6 +267,7 @@ class OpenAIChatAdapter(Adapter):
         model = request.model
         finish_reason: str | None = None
         usage: Usage | None = None
+        refused = False
         calls = _StreamedToolCalls()
         with response:
             for chunk in response:
@@ -278,6 +284,9 @@ class OpenAIChatAdapter(Adapter):
                     if choice.finish_reason:
                         finish_reason = choice.finish_reason
                     text = _answer_text(delta.content) if delta is not None else ""
+                    if refusal := _refusal_text(delta):
+                        refused = True
+                        text += refusal
                     if text:
                         yield StreamChunk(text=text, model=model)
         if finish_reason is None:
@@ -288,7 +297,11 @@ class OpenAIChatAdapter(Adapter):
         tool_calls = calls.assembled()
         yield StreamChunk(
             model=model,
-            finish_reason=finish_reason_normalise(finish_reason, bool(tool_calls)),
+            finish_reason=(
+                "content_filter"
+                if refused
+                else finish_reason_normalise(finish_reason, bool(tool_calls))
+            ),
             tool_calls=tool_calls or None,
             usage=usage,
         )
@@ -472,6 +485,13 @@ def _answer_text(content: Any) -> str:
             and isinstance(part.get("text"), str)
         )
     return ""
+
+
+def _refusal_text(message: Any) -> str:
+    """The refusal a model gave instead of an answer (`refusal` of an OpenAI
+    message or stream delta), or ""."""
+    refusal = getattr(message, "refusal", None)
+    return refusal if isinstance(refusal, str) else ""
 
 
 def finish_reason_normalise(reported: str | None, has_tool_calls: bool) -> str:

@@ -355,6 +355,75 @@ def test_complete_estimates_the_tool_calls_in_the_output_when_server_reports_no_
     assert result.usage_estimated is True
 
 
+REFUSAL = "I'm sorry, I can't help with that."
+
+
+def test_complete_reports_content_filter_with_the_refusal_when_the_model_refuses(
+    adapter, openai_upstream
+):
+    # OpenAI puts a model's refusal in `refusal`, leaves `content` null and
+    # finishes with `stop`.
+    openai_upstream.enqueue(
+        json_reply(
+            {
+                "id": "x",
+                "object": "chat.completion",
+                "created": 1,
+                "model": "gpt-4o-2024-08-06",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": None, "refusal": REFUSAL},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {"prompt_tokens": 30, "completion_tokens": 10, "total_tokens": 40},
+            }
+        )
+    )
+
+    result = adapter.complete(_request(json_mode=True))
+
+    assert (result.content, result.finish_reason) == (REFUSAL, "content_filter")
+
+
+def test_stream_reports_content_filter_with_the_refusal_when_the_model_refuses(
+    adapter, openai_upstream
+):
+    def chunk(delta: dict | None, finish_reason: str | None = None, **extra) -> bytes:
+        choices = [{"index": 0, "delta": delta, "finish_reason": finish_reason}]
+        payload = {
+            "id": "x",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": "gpt-4o-2024-08-06",
+            "choices": choices if delta is not None else [],
+            **extra,
+        }
+        return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+    usage = {"prompt_tokens": 30, "completion_tokens": 10, "total_tokens": 40}
+    openai_upstream.enqueue(
+        Reply(
+            headers={"Content-Type": "text/event-stream"},
+            chunks=[
+                chunk({"role": "assistant", "content": None, "refusal": ""}),
+                chunk({"refusal": "I'm sorry, "}),
+                chunk({"refusal": "I can't help with that."}),
+                chunk({}, "stop"),
+                chunk(None, usage=usage),
+                b"data: [DONE]\n\n",
+            ],
+        )
+    )
+
+    chunks = list(adapter.stream(_request()))
+
+    assert [c.text for c in chunks] == ["I'm sorry, ", "I can't help with that.", ""]
+    assert chunks[-1].finish_reason == "content_filter"
+    assert chunks[-1].usage == Usage(input_tokens=30, output_tokens=10)
+
+
 # What OpenAI (and Azure) answer to sampling parameters a reasoning model
 # (o-series, GPT-5) does not take.
 TEMPERATURE_REFUSED = {

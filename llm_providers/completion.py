@@ -592,20 +592,40 @@ def _retry_or_raise(error: ApplicationError, attempt_on_target: int) -> None:
     raise error
 
 
-def _error_after_all_targets(errors: list[ApplicationError]) -> ApplicationError:
-    """What to raise when no target served the call: the last target's error.
+def _failure(target: RouteTarget, error: ApplicationError) -> dict:
+    """How one target failed, as the caller is told when no target served the call."""
+    config = target.provider_config
+    return {
+        "provider": config.name,
+        "provider_config": str(config.pk),
+        "model": target.model,
+        "code": error.code,
+        "message": scrub_secrets(error.message, _secrets(target)),
+    }
+
+
+def _error_after_all_targets(
+    failed: list[tuple[RouteTarget, ApplicationError]],
+) -> ApplicationError:
+    """What to raise when no target served the call: the last target's error,
+    naming in `extra.failures` every target tried and how it failed.
 
     When that is a provider config's own rate limit, the refusal of whichever
     rate-limited target admits again soonest: its retry-after is when the
     call can next be served, not when the last fallback frees up. A config
     whose limit the request alone exceeds admits it at no time.
     """
-    last = errors[-1]
-    if isinstance(last, RateLimited):
+    errors = [error for _, error in failed]
+    chosen = errors[-1]
+    if isinstance(chosen, RateLimited):
         limited = [error for error in errors if isinstance(error, RateLimited)]
         limited = [error for error in limited if error.waiting_helps] or limited
-        return min(limited, key=lambda error: error.retry_after)
-    return last
+        chosen = min(limited, key=lambda error: error.retry_after)
+    chosen.extra = {
+        **chosen.extra,
+        "failures": [_failure(target, error) for target, error in failed],
+    }
+    return chosen
 
 
 def _naming_request(error: ApplicationError, call: _Call) -> None:
@@ -615,14 +635,14 @@ def _naming_request(error: ApplicationError, call: _Call) -> None:
 
 def _run_targets(call: _Call, attempt_target) -> object:
     """Try each target in route order until one serves the call."""
-    errors: list[ApplicationError] = []
+    failed: list[tuple[RouteTarget, ApplicationError]] = []
     try:
         for target in call.targets:
             try:
                 return attempt_target(call, target)
             except _MoveOn as move_on:
-                errors.append(move_on.error)
-        raise _error_after_all_targets(errors)
+                failed.append((target, move_on.error))
+        raise _error_after_all_targets(failed)
     except ApplicationError as error:
         _naming_request(error, call)
         raise
@@ -849,15 +869,15 @@ class _StreamRun:
         self._paid: list[Decimal | None] = []
 
     def generate(self) -> Iterator[str]:
-        errors: list[ApplicationError] = []
+        failed: list[tuple[RouteTarget, ApplicationError]] = []
         try:
             for target in self._call.targets:
                 try:
                     yield from self._on_target(target)
                     return
                 except _MoveOn as move_on:
-                    errors.append(move_on.error)
-            raise _error_after_all_targets(errors)
+                    failed.append((target, move_on.error))
+            raise _error_after_all_targets(failed)
         except ApplicationError as error:
             _naming_request(error, self._call)
             raise

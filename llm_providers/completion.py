@@ -76,7 +76,7 @@ from .config_cache import config_version
 from .exceptions import CALL_INTERRUPTED_CODE, ApplicationError, SecretUnreadableError
 from .models import Tenant
 from .pricing import ZERO, PriceSource, cost_for_usage, cost_worst_case, price_lookup
-from .rate_limiting import RateLimited, rate_limit_admit
+from .rate_limiting import RateLimited, TokensCounted, rate_limit_admit, rate_limit_settle
 from .response_cache import (
     provider_endpoint,
     request_fingerprint,
@@ -404,14 +404,17 @@ def _budget_held(call: _Call, target: RouteTarget, max_output_tokens: int):
         hold.release()
 
 
-def _admit(call: _Call, target: RouteTarget, max_output_tokens: int) -> None:
-    """Rate limit the target's provider config; a refusal is logged as blocked."""
+def _admit(call: _Call, target: RouteTarget, max_output_tokens: int) -> TokensCounted | None:
+    """Rate limit the target's provider config; a refusal is logged as blocked.
+
+    Returns where a tpm limit counted the attempt's worst case, for
+    `_tokens_used` to replace with what the attempt used."""
     config = target.provider_config
     if not config.rpm_limit and not config.tpm_limit:
-        return
+        return None
     tokens = call.input_tokens + max_output_tokens
     try:
-        rate_limit_admit(
+        return rate_limit_admit(
             provider_config_id=config.pk,
             rpm_limit=config.rpm_limit,
             tpm_limit=config.tpm_limit,
@@ -426,6 +429,11 @@ def _admit(call: _Call, target: RouteTarget, max_output_tokens: int) -> None:
             error_message=exc.message,
         )
         raise _MoveOn(exc) from exc
+
+
+def _tokens_used(counted: TokensCounted | None, usage: Usage) -> None:
+    """Count in the tpm window the tokens an attempt used instead of its worst case."""
+    rate_limit_settle(counted, usage.total_tokens)
 
 
 def _adapter(call: _Call, target: RouteTarget) -> Adapter:
@@ -707,7 +715,7 @@ def _call_with_retries(
     try:
         while True:
             attempt_on_target += 1
-            _admit(call, target, max_output)
+            counted = _admit(call, target, max_output)
             started_at, attempt_started = timezone.now(), time.perf_counter()
             try:
                 answer = invoke()
@@ -720,6 +728,7 @@ def _call_with_retries(
                 _log_failure(call, target, error, started_at, attempt_started)
                 raise
             latency_ms = _ms_since(attempt_started)
+            _tokens_used(counted, answer.usage)
             cost, source = _priced(call, target, answer.usage, answer.model, started_at)
             call.log(
                 target,
@@ -867,6 +876,8 @@ class _StreamRun:
         # Costs of attempts on the current target that broke after producing
         # output the caller never saw (tool call pieces), and were retried.
         self._paid: list[Decimal | None] = []
+        # Where the rate limit counted the current attempt's worst case.
+        self._counted: TokensCounted | None = None
 
     def generate(self) -> Iterator[str]:
         failed: list[tuple[RouteTarget, ApplicationError]] = []
@@ -901,7 +912,7 @@ class _StreamRun:
             try:
                 while True:
                     attempt_on_target += 1
-                    _admit(call, target, max_output)
+                    self._counted = _admit(call, target, max_output)
                     outcome = yield from self._attempt(adapter, target, request)
                     if outcome is None:
                         return
@@ -1012,6 +1023,7 @@ class _StreamRun:
             usage_estimated=estimated,
         )
         latency_ms = _ms_since(started)
+        _tokens_used(self._counted, usage)
         cost, source = _priced(call, target, usage, chat.model, started_at)
         call.log(
             target,
@@ -1100,6 +1112,7 @@ class _StreamRun:
         text = "".join(received)
         usage = self._estimate(text, reported=reported, tool_text="".join(tool_received))
         latency_ms = _ms_since(started)
+        _tokens_used(self._counted, usage)
         cost, source = _priced(call, target, usage, answered_model, started_at)
         if error is None:
             code, message = "client_closed", "The caller stopped reading the stream."

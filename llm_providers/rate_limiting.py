@@ -50,11 +50,14 @@ class RateLimited(ApplicationError):
         extra: dict | None = None,
         waiting_helps: bool = True,
     ):
-        super().__init__(
-            message, extra={"retry_after_seconds": math.ceil(retry_after), **(extra or {})}
-        )
+        if waiting_helps:
+            extra = {"retry_after_seconds": math.ceil(retry_after), **(extra or {})}
+        else:
+            # The request alone is over the limit: no wait admits it, so the
+            # caller is not told to retry (400, no Retry-After) but what to change.
+            self.http_status = 400
+        super().__init__(message, extra=extra)
         self.retry_after = retry_after
-        # False when the request alone is over the limit: no wait admits it.
         self.waiting_helps = waiting_helps
 
 

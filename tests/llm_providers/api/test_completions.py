@@ -474,6 +474,23 @@ def test_completion_failing_everywhere_says_how_each_target_failed(
     assert OPENAI_KEY[-8:] not in json.dumps(error)
 
 
+def test_completion_over_every_targets_tpm_limit_alone_is_not_told_to_retry(service_api, tenant):
+    # given a config allowing 1,000 tokens a minute, and a request counting more
+    ProviderConfigFactory(tenant=tenant, is_default=True, tpm_limit=1000)
+
+    response = service_api.post(COMPLETIONS, {"messages": HELLO, "max_tokens": 2000})
+
+    # then no wait would admit it: no 429, no Retry-After, but what to change
+    assert response.status_code == 400
+    assert "Retry-After" not in response
+    error = response.json()["error"]
+    assert error["code"] == "rate_limited"
+    assert "retry_after_seconds" not in error["extra"]
+    assert (error["extra"]["limit_kind"], error["extra"]["limit"]) == ("tpm", 1000)
+    assert "lower max_tokens or raise the limit" in error["message"]
+    assert CallLog.objects.get().status == "blocked"
+
+
 def test_completion_answers_429_budget_exceeded_under_a_blocking_budget(service_api, tenant, fake):
     # Any call may cost more than $0.0001: the budget gate refuses it before the provider.
     BudgetFactory(tenant=tenant, action="block", limit_usd=Decimal("0.0001"), period="daily")

@@ -76,7 +76,7 @@ from .config_cache import config_version
 from .exceptions import CALL_INTERRUPTED_CODE, ApplicationError, SecretUnreadableError
 from .models import Tenant
 from .pricing import ZERO, PriceSource, cost_for_usage, cost_worst_case, price_lookup
-from .rate_limiting import RateLimited, rate_limit_admit
+from .rate_limiting import RateLimited, TokensCounted, rate_limit_admit, rate_limit_settle
 from .response_cache import (
     provider_endpoint,
     request_fingerprint,
@@ -404,14 +404,17 @@ def _budget_held(call: _Call, target: RouteTarget, max_output_tokens: int):
         hold.release()
 
 
-def _admit(call: _Call, target: RouteTarget, max_output_tokens: int) -> None:
-    """Rate limit the target's provider config; a refusal is logged as blocked."""
+def _admit(call: _Call, target: RouteTarget, max_output_tokens: int) -> TokensCounted | None:
+    """Rate limit the target's provider config; a refusal is logged as blocked.
+
+    Returns where a tpm limit counted the attempt's worst case, for
+    `_tokens_used` to replace with what the attempt used."""
     config = target.provider_config
     if not config.rpm_limit and not config.tpm_limit:
-        return
+        return None
     tokens = call.input_tokens + max_output_tokens
     try:
-        rate_limit_admit(
+        return rate_limit_admit(
             provider_config_id=config.pk,
             rpm_limit=config.rpm_limit,
             tpm_limit=config.tpm_limit,
@@ -426,6 +429,11 @@ def _admit(call: _Call, target: RouteTarget, max_output_tokens: int) -> None:
             error_message=exc.message,
         )
         raise _MoveOn(exc) from exc
+
+
+def _tokens_used(counted: TokensCounted | None, usage: Usage) -> None:
+    """Count in the tpm window the tokens an attempt used instead of its worst case."""
+    rate_limit_settle(counted, usage.total_tokens)
 
 
 def _adapter(call: _Call, target: RouteTarget) -> Adapter:
@@ -592,20 +600,40 @@ def _retry_or_raise(error: ApplicationError, attempt_on_target: int) -> None:
     raise error
 
 
-def _error_after_all_targets(errors: list[ApplicationError]) -> ApplicationError:
-    """What to raise when no target served the call: the last target's error.
+def _failure(target: RouteTarget, error: ApplicationError) -> dict:
+    """How one target failed, as the caller is told when no target served the call."""
+    config = target.provider_config
+    return {
+        "provider": config.name,
+        "provider_config": str(config.pk),
+        "model": target.model,
+        "code": error.code,
+        "message": scrub_secrets(error.message, _secrets(target)),
+    }
+
+
+def _error_after_all_targets(
+    failed: list[tuple[RouteTarget, ApplicationError]],
+) -> ApplicationError:
+    """What to raise when no target served the call: the last target's error,
+    naming in `extra.failures` every target tried and how it failed.
 
     When that is a provider config's own rate limit, the refusal of whichever
     rate-limited target admits again soonest: its retry-after is when the
     call can next be served, not when the last fallback frees up. A config
     whose limit the request alone exceeds admits it at no time.
     """
-    last = errors[-1]
-    if isinstance(last, RateLimited):
+    errors = [error for _, error in failed]
+    chosen = errors[-1]
+    if isinstance(chosen, RateLimited):
         limited = [error for error in errors if isinstance(error, RateLimited)]
         limited = [error for error in limited if error.waiting_helps] or limited
-        return min(limited, key=lambda error: error.retry_after)
-    return last
+        chosen = min(limited, key=lambda error: error.retry_after)
+    chosen.extra = {
+        **chosen.extra,
+        "failures": [_failure(target, error) for target, error in failed],
+    }
+    return chosen
 
 
 def _naming_request(error: ApplicationError, call: _Call) -> None:
@@ -615,14 +643,14 @@ def _naming_request(error: ApplicationError, call: _Call) -> None:
 
 def _run_targets(call: _Call, attempt_target) -> object:
     """Try each target in route order until one serves the call."""
-    errors: list[ApplicationError] = []
+    failed: list[tuple[RouteTarget, ApplicationError]] = []
     try:
         for target in call.targets:
             try:
                 return attempt_target(call, target)
             except _MoveOn as move_on:
-                errors.append(move_on.error)
-        raise _error_after_all_targets(errors)
+                failed.append((target, move_on.error))
+        raise _error_after_all_targets(failed)
     except ApplicationError as error:
         _naming_request(error, call)
         raise
@@ -687,7 +715,7 @@ def _call_with_retries(
     try:
         while True:
             attempt_on_target += 1
-            _admit(call, target, max_output)
+            counted = _admit(call, target, max_output)
             started_at, attempt_started = timezone.now(), time.perf_counter()
             try:
                 answer = invoke()
@@ -700,6 +728,7 @@ def _call_with_retries(
                 _log_failure(call, target, error, started_at, attempt_started)
                 raise
             latency_ms = _ms_since(attempt_started)
+            _tokens_used(counted, answer.usage)
             cost, source = _priced(call, target, answer.usage, answer.model, started_at)
             call.log(
                 target,
@@ -847,17 +876,19 @@ class _StreamRun:
         # Costs of attempts on the current target that broke after producing
         # output the caller never saw (tool call pieces), and were retried.
         self._paid: list[Decimal | None] = []
+        # Where the rate limit counted the current attempt's worst case.
+        self._counted: TokensCounted | None = None
 
     def generate(self) -> Iterator[str]:
-        errors: list[ApplicationError] = []
+        failed: list[tuple[RouteTarget, ApplicationError]] = []
         try:
             for target in self._call.targets:
                 try:
                     yield from self._on_target(target)
                     return
                 except _MoveOn as move_on:
-                    errors.append(move_on.error)
-            raise _error_after_all_targets(errors)
+                    failed.append((target, move_on.error))
+            raise _error_after_all_targets(failed)
         except ApplicationError as error:
             _naming_request(error, self._call)
             raise
@@ -881,7 +912,7 @@ class _StreamRun:
             try:
                 while True:
                     attempt_on_target += 1
-                    _admit(call, target, max_output)
+                    self._counted = _admit(call, target, max_output)
                     outcome = yield from self._attempt(adapter, target, request)
                     if outcome is None:
                         return
@@ -992,6 +1023,7 @@ class _StreamRun:
             usage_estimated=estimated,
         )
         latency_ms = _ms_since(started)
+        _tokens_used(self._counted, usage)
         cost, source = _priced(call, target, usage, chat.model, started_at)
         call.log(
             target,
@@ -1080,6 +1112,7 @@ class _StreamRun:
         text = "".join(received)
         usage = self._estimate(text, reported=reported, tool_text="".join(tool_received))
         latency_ms = _ms_since(started)
+        _tokens_used(self._counted, usage)
         cost, source = _priced(call, target, usage, answered_model, started_at)
         if error is None:
             code, message = "client_closed", "The caller stopped reading the stream."

@@ -10,6 +10,11 @@ atomic across processes, one round trip. With another cache backend they run
 under a process lock, correct within one process. When the cache cannot be
 reached the limit is not enforced (with a warning): the provider enforces its
 own limits, and refusing every call for a cache outage would be worse.
+
+A request's tokens are counted at admission as its worst case (input
+estimate plus max_tokens); once the provider has said what the call used,
+`rate_limit_settle` replaces that count with the real one in the bucket it
+went into, so the tpm window reflects the tokens actually used.
 """
 
 from __future__ import annotations
@@ -45,11 +50,14 @@ class RateLimited(ApplicationError):
         extra: dict | None = None,
         waiting_helps: bool = True,
     ):
-        super().__init__(
-            message, extra={"retry_after_seconds": math.ceil(retry_after), **(extra or {})}
-        )
+        if waiting_helps:
+            extra = {"retry_after_seconds": math.ceil(retry_after), **(extra or {})}
+        else:
+            # The request alone is over the limit: no wait admits it, so the
+            # caller is not told to retry (400, no Retry-After) but what to change.
+            self.http_status = 400
+        super().__init__(message, extra=extra)
         self.retry_after = retry_after
-        # False when the request alone is over the limit: no wait admits it.
         self.waiting_helps = waiting_helps
 
 
@@ -107,18 +115,31 @@ end
 return {0, 0, 0, 0, 0, 0}
 """
 
+# Add a signed correction to a tpm bucket that still exists (an expired one
+# no longer counts), never taking it below zero; INCRBY keeps its expiry.
+_LUA_SETTLE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return 0
+end
+local value = redis.call('INCRBY', KEYS[1], tonumber(ARGV[1]))
+if value < 0 then
+  redis.call('INCRBY', KEYS[1], -value)
+end
+return 1
+"""
+
 _local_lock = threading.Lock()
 # The registered script per Redis client (a settings change brings a new client).
-_scripts: dict[int, object] = {}
+_scripts: dict[tuple[int, str], object] = {}
 
 
-def _redis_script():
+def _redis_script(source: str = _LUA_ADMIT):
     from django_redis import get_redis_connection
 
     client = get_redis_connection("default")
-    script = _scripts.get(id(client))
+    script = _scripts.get((id(client), source))
     if script is None:
-        script = _scripts[id(client)] = client.register_script(_LUA_ADMIT)
+        script = _scripts[(id(client), source)] = client.register_script(source)
     return script
 
 
@@ -166,12 +187,24 @@ def _admit_local(keys, window, tokens, rpm_limit, tpm_limit):
         return 0, 0, 0, 0, 0, 0
 
 
+@dataclass(frozen=True, slots=True)
+class TokensCounted:
+    """Where an admitted request's tokens were counted, to settle them later."""
+
+    provider_config_id: object
+    key: str
+    tokens: int
+
+
 def rate_limit_admit(
     *, provider_config_id, rpm_limit: int | None, tpm_limit: int | None, tokens: int
-) -> None:
-    """Count one request of `tokens` tokens, or raise RateLimited without counting it."""
+) -> TokensCounted | None:
+    """Count one request of `tokens` tokens, or raise RateLimited without counting it.
+
+    Returns where the tokens were counted when a tpm limit counted them.
+    """
     if not rpm_limit and not tpm_limit:
-        return
+        return None
     window = _window(time.time())
     keys = _keys(provider_config_id, window)
     admit = _admit_redis if _uses_redis() else _admit_local
@@ -185,7 +218,7 @@ def rate_limit_admit(
             provider_config_id,
             type(exc).__name__,
         )
-        return
+        return None
     refusals = []
     if rpm_over:
         retry_after = _retry_after(rpm_limit, rp, rc, 1, window)
@@ -196,7 +229,9 @@ def rate_limit_admit(
         unit = "token" if tpm_limit == 1 else "tokens"
         refusals.append((tpm_limit, tokens, f"{unit} per minute", "tpm", retry_after))
     if not refusals:
-        return
+        if not tpm_limit:
+            return None
+        return TokensCounted(provider_config_id, keys[3], tokens)
     # Over both limits, the request fits once both admit it: name the later one
     # (or the one it can never fit).
     limit, amount, what, kind, retry_after = max(
@@ -219,3 +254,28 @@ def rate_limit_admit(
         extra={"limit": limit, "limit_kind": kind},
         waiting_helps=amount <= limit,
     )
+
+
+def rate_limit_settle(counted: TokensCounted | None, tokens: int) -> None:
+    """Replace the tokens counted at admission by the `tokens` the call used.
+
+    A bucket that has expired meanwhile no longer counts and is left alone;
+    a cache failure leaves the admission's count (with a warning).
+    """
+    if counted is None or tokens == counted.tokens:
+        return
+    delta = tokens - counted.tokens
+    try:
+        if _uses_redis():
+            _redis_script(_LUA_SETTLE)(keys=[cache.make_key(counted.key)], args=[delta])
+        else:
+            with _local_lock:
+                value = cache.get(counted.key)
+                if value is not None:
+                    cache.set(counted.key, max(int(value) + delta, 0), _BUCKET_TTL_SECONDS)
+    except Exception as exc:  # noqa: BLE001 - any cache failure: the estimate stays
+        logger.warning(
+            "tokens of provider config %s not settled in its rate limit: cache unavailable (%s)",
+            counted.provider_config_id,
+            type(exc).__name__,
+        )

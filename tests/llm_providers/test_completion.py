@@ -14,7 +14,7 @@ from llm_providers.chat_input import InvalidRequest
 from llm_providers.completion import complete, embed, stream
 from llm_providers.encryption import UnreadableSecret
 from llm_providers.models import ProviderConfig
-from llm_providers.rate_limiting import RateLimited
+from llm_providers.rate_limiting import RateLimited, rate_limit_admit
 from llm_providers.services import provider_config_update
 from overrides.routing import NoRouteError
 from tests.factories import (
@@ -814,3 +814,27 @@ def test_call_is_priced_at_the_prices_of_the_day_it_started(tenant, primary, str
     [log] = _logs()
     assert log.created_at == started_at
     assert cost == log.cost_usd == HELLO_COST
+
+
+def test_every_target_failing_tells_how_each_one_failed(tenant, primary, backup):
+    # given a primary that times out and a backup whose one request a minute is used
+    _fail(primary, failure="timeout")
+    backup.rpm_limit = 1
+    backup.save()
+    rate_limit_admit(provider_config_id=backup.pk, rpm_limit=1, tpm_limit=None, tokens=1)
+
+    # when a call finds no target to serve it, complete and streamed alike
+    with pytest.raises(RateLimited) as completed:
+        complete(tenant=tenant, messages=HELLO)
+    with pytest.raises(RateLimited) as streamed:
+        list(stream(tenant=tenant, messages=HELLO))
+
+    # then the error names each target tried, in route order, and how it failed
+    for raised in (completed, streamed):
+        failures = raised.value.extra["failures"]
+        assert [(f["provider"], f["provider_config"], f["model"], f["code"]) for f in failures] == [
+            ("primary", str(primary.pk), "fake-small", "provider_timeout"),
+            ("backup", str(backup.pk), "fake-small", "rate_limited"),
+        ]
+        assert failures[1]["message"] == raised.value.message
+        assert failures[0]["message"]

@@ -775,3 +775,58 @@ def test_embed_on_a_protocol_without_embeddings_takes_none_of_the_configs_rate(
         ("error", "not_supported"),
         ("ok", ""),
     ]
+
+
+# --- tokens-per-minute limits ------------------------------------------------------
+
+
+def _tpm_counted(config) -> int:
+    """The tokens counted in the config's tpm buckets (current and previous minute)."""
+    from django.core.cache import cache
+    from django_redis import get_redis_connection
+
+    redis = get_redis_connection("default")
+    keys = redis.keys(cache.make_key(f"rl:{config.pk}:tpm:*"))
+    return sum(int(redis.get(key)) for key in keys)
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("streamed", [False, True], ids=["complete", "stream"])
+def test_tpm_limit_counts_the_tokens_a_call_used_not_its_worst_case(
+    tenant, openai_upstream, streamed
+):
+    # given 5,000 tokens a minute, and calls that may produce 4,000 tokens
+    # but use 10 prompt and 5 completion tokens
+    config = _openai(tenant, openai_upstream, tpm_limit=5000)
+    for _ in range(3):
+        if streamed:
+            openai_upstream.enqueue_chat_stream(["Hel", "lo"])
+        else:
+            openai_upstream.enqueue_chat("Hello")
+
+    # when three such calls are made in a row
+    for _ in range(3):
+        if streamed:
+            chunks = stream(tenant=tenant, messages=HELLO, max_tokens=4000)
+            assert "".join(chunks) == "Hello"
+        else:
+            assert complete(tenant=tenant, messages=HELLO, max_tokens=4000).content == "Hello"
+
+    # then each counted the 15 tokens it used, once it had answered
+    assert _tpm_counted(config) == 45
+    assert not CallLog.objects.filter(status="blocked").exists()
+
+
+@pytest.mark.redis
+def test_tpm_limit_keeps_counting_the_worst_case_of_an_attempt_that_failed(
+    tenant, openai_upstream, settings
+):
+    settings.LLM_RETRY_ATTEMPTS = 1
+    config = _openai(tenant, openai_upstream, tpm_limit=5000)
+    openai_upstream.enqueue_error(503, message="overloaded")
+
+    with pytest.raises(UpstreamUnavailable):
+        complete(tenant=tenant, messages=HELLO, max_tokens=4000)
+
+    # What the provider spent on it is unknown: the admission's estimate stays.
+    assert _tpm_counted(config) == 4000 + completion.estimate_message_tokens(HELLO)

@@ -11,6 +11,7 @@ from llm_providers.rate_limiting import (
     _retry_after,
     _Window,
     rate_limit_admit,
+    rate_limit_settle,
 )
 
 
@@ -163,3 +164,73 @@ def test_refusal_over_both_limits_waits_for_the_later_one(limiter_at):
     )
     limiter_at(minute + 30 + 57)
     rate_limit_admit(**limits, tokens=500)
+
+
+def test_settled_tokens_replace_the_worst_case_counted_at_admission(limiter_at):
+    # given 1,000 tokens a minute and a request admitted at 800 that used 100
+    config_id = uuid.uuid4()
+    limits = {"provider_config_id": config_id, "rpm_limit": None, "tpm_limit": 1000}
+    limiter_at(60 * 29_000_000 + 30)
+    counted = rate_limit_admit(**limits, tokens=800)
+
+    rate_limit_settle(counted, 100)
+
+    # then 900 more fit, and not one token beyond
+    rate_limit_admit(**limits, tokens=900)
+    with pytest.raises(RateLimited):
+        rate_limit_admit(**limits, tokens=1)
+
+
+def test_settling_more_tokens_than_counted_adds_them(limiter_at):
+    config_id = uuid.uuid4()
+    limits = {"provider_config_id": config_id, "rpm_limit": None, "tpm_limit": 1000}
+    limiter_at(60 * 29_000_000 + 30)
+    counted = rate_limit_admit(**limits, tokens=100)
+
+    rate_limit_settle(counted, 700)
+
+    with pytest.raises(RateLimited):
+        rate_limit_admit(**limits, tokens=301)
+    rate_limit_admit(**limits, tokens=300)
+
+
+def test_tokens_settled_in_the_next_minute_go_to_the_bucket_they_were_counted_in(limiter_at):
+    # given a request counted at 900 late in a minute, settled at 100 in the next
+    config_id = uuid.uuid4()
+    limits = {"provider_config_id": config_id, "rpm_limit": None, "tpm_limit": 1000}
+    minute = 60 * 29_000_000
+    limiter_at(minute - 1)
+    counted = rate_limit_admit(**limits, tokens=900)
+    limiter_at(minute + 1)
+
+    rate_limit_settle(counted, 100)
+
+    # then the previous minute weighs 100 × 59/60: 900 fit, 902 do not
+    with pytest.raises(RateLimited):
+        rate_limit_admit(**limits, tokens=902)
+    rate_limit_admit(**limits, tokens=900)
+
+
+@pytest.mark.redis
+def test_settling_a_bucket_that_expired_leaves_no_count_behind():
+    from django_redis import get_redis_connection
+
+    config_id = uuid.uuid4()
+    counted = rate_limit_admit(
+        provider_config_id=config_id, rpm_limit=None, tpm_limit=1000, tokens=800
+    )
+    redis = get_redis_connection("default")
+    redis.delete(cache.make_key(counted.key))
+
+    rate_limit_settle(counted, 100)
+
+    assert redis.keys(cache.make_key(f"rl:{config_id}:*")) == []
+
+
+def test_a_request_without_a_tpm_limit_has_no_tokens_to_settle():
+    counted = rate_limit_admit(
+        provider_config_id=uuid.uuid4(), rpm_limit=5, tpm_limit=None, tokens=8
+    )
+
+    assert counted is None
+    rate_limit_settle(counted, 3)

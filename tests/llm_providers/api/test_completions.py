@@ -14,6 +14,7 @@ from django.core.signals import request_finished, request_started
 from django.core.wsgi import get_wsgi_application
 from django.db import close_old_connections
 
+from llm_providers.rate_limiting import rate_limit_admit
 from llm_providers.services import provider_config_create
 from tests.factories import (
     BudgetFactory,
@@ -433,6 +434,61 @@ def test_completion_answers_429_rate_limited_beyond_the_configs_rpm(service_api,
     assert second["Retry-After"] == str(error["extra"]["retry_after_seconds"])
     assert int(second["Retry-After"]) >= 1
     assert CallLog.objects.filter(status="blocked", error_code="rate_limited").count() == 1
+
+
+def test_completion_failing_everywhere_says_how_each_target_failed(
+    service_api, tenant, allow_private_urls, openai_upstream
+):
+    # given a primary OpenAI upstream that answers too late, and a backup whose
+    # one request a minute is already used
+    primary = provider_config_create(
+        tenant=tenant,
+        name="openai",
+        provider_type="openai",
+        api_key=OPENAI_KEY,
+        base_url=openai_upstream.base_url,
+        default_model="gpt-4o",
+        is_default=True,
+        priority=1,
+        options={"timeout": 0.3},
+    )
+    backup = ProviderConfigFactory(tenant=tenant, name="backup", priority=2, rpm_limit=1)
+    rate_limit_admit(provider_config_id=backup.pk, rpm_limit=1, tpm_limit=None, tokens=1)
+    openai_upstream.enqueue_chat(delay=3, times=2)
+
+    # when a completion is asked for
+    response = service_api.post(COMPLETIONS, {"messages": HELLO})
+
+    # then it is refused by the backup's limit, with when to retry, and the
+    # caller also learns that the primary timed out
+    assert response.status_code == 429
+    error = response.json()["error"]
+    assert error["code"] == "rate_limited"
+    assert response["Retry-After"] == str(error["extra"]["retry_after_seconds"])
+    failures = error["extra"]["failures"]
+    assert [(f["provider"], f["provider_config"], f["model"], f["code"]) for f in failures] == [
+        ("openai", str(primary.pk), "gpt-4o", "provider_timeout"),
+        ("backup", str(backup.pk), "fake-small", "rate_limited"),
+    ]
+    assert failures[1]["message"] == error["message"]
+    assert OPENAI_KEY[-8:] not in json.dumps(error)
+
+
+def test_completion_over_every_targets_tpm_limit_alone_is_not_told_to_retry(service_api, tenant):
+    # given a config allowing 1,000 tokens a minute, and a request counting more
+    ProviderConfigFactory(tenant=tenant, is_default=True, tpm_limit=1000)
+
+    response = service_api.post(COMPLETIONS, {"messages": HELLO, "max_tokens": 2000})
+
+    # then no wait would admit it: no 429, no Retry-After, but what to change
+    assert response.status_code == 400
+    assert "Retry-After" not in response
+    error = response.json()["error"]
+    assert error["code"] == "rate_limited"
+    assert "retry_after_seconds" not in error["extra"]
+    assert (error["extra"]["limit_kind"], error["extra"]["limit"]) == ("tpm", 1000)
+    assert "lower max_tokens or raise the limit" in error["message"]
+    assert CallLog.objects.get().status == "blocked"
 
 
 def test_completion_answers_429_budget_exceeded_under_a_blocking_budget(service_api, tenant, fake):

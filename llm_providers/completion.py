@@ -432,8 +432,16 @@ def _admit(call: _Call, target: RouteTarget, max_output_tokens: int) -> TokensCo
 
 
 def _tokens_used(counted: TokensCounted | None, usage: Usage) -> None:
-    """Count in the tpm window the tokens an attempt used instead of its worst case."""
-    rate_limit_settle(counted, usage.total_tokens)
+    """Count in the tpm window the tokens an attempt used instead of its worst case:
+    after the call, with its log row (usage.bookkeeping), off the caller's path."""
+    if counted is None or usage.total_tokens == counted.tokens:
+        return
+    bookkeeping_submit(
+        rate_limit_settle,
+        label=f"rate limit settlement of provider config {counted.provider_config_id}",
+        counted=counted,
+        tokens=usage.total_tokens,
+    )
 
 
 def _adapter(call: _Call, target: RouteTarget) -> Adapter:

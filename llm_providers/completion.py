@@ -882,7 +882,7 @@ class _StreamRun:
         self.result: CompletionResult | None = None
         self._call = call
         # Costs of attempts on the current target that broke after producing
-        # output the caller never saw (tool call pieces), and were retried.
+        # output the caller never saw (tool call pieces, reasoning), and were retried.
         self._paid: list[Decimal | None] = []
         # Where the rate limit counted the current attempt's worst case.
         self._counted: TokensCounted | None = None
@@ -940,8 +940,8 @@ class _StreamRun:
         call = self._call
         started_at, started = timezone.now(), time.perf_counter()
         received: list[str] = []
-        # Tool call pieces: output too, though the caller gets them only at the end.
-        tool_received: list[str] = []
+        # Tool call pieces and reasoning: output too, though the caller reads none of it here.
+        unseen_received: list[str] = []
         first_token_ms: int | None = None
         final = None
         answered_model = ""
@@ -951,10 +951,10 @@ class _StreamRun:
             for chunk in upstream:
                 answered_model = chunk.model or answered_model
                 reported = chunk.usage_so_far or reported
-                if (chunk.text or chunk.tool_text) and first_token_ms is None:
+                if (chunk.text or chunk.unseen_text) and first_token_ms is None:
                     first_token_ms = _ms_since(started)
-                if chunk.tool_text:
-                    tool_received.append(chunk.tool_text)
+                if chunk.unseen_text:
+                    unseen_received.append(chunk.unseen_text)
                 if chunk.text:
                     received.append(chunk.text)
                     yield chunk.text
@@ -965,7 +965,7 @@ class _StreamRun:
             self._log_partial(
                 target,
                 received,
-                tool_received,
+                unseen_received,
                 started_at,
                 started,
                 first_token_ms,
@@ -980,14 +980,14 @@ class _StreamRun:
                 # The caller has nothing yet: retry, or fall back. Tool call
                 # pieces that came before the break were generated, and paid.
                 self._log_unseen_output(
-                    target, error, tool_received, reported, answered_model, started_at, started
+                    target, error, unseen_received, reported, answered_model, started_at, started
                 )
                 return error
             # The caller already has part of the answer: no retry, no fallback.
             self._log_partial(
                 target,
                 received,
-                tool_received,
+                unseen_received,
                 started_at,
                 started,
                 first_token_ms,
@@ -1000,11 +1000,11 @@ class _StreamRun:
         except BaseException as error:
             # Also an interruption (Ctrl-C, a worker shutting down): what was
             # received is paid for, so it is logged and settled like a break.
-            if received or tool_received:
+            if received or unseen_received:
                 self._log_partial(
                     target,
                     received,
-                    tool_received,
+                    unseen_received,
                     started_at,
                     started,
                     first_token_ms,
@@ -1063,29 +1063,29 @@ class _StreamRun:
         text: str,
         tool_calls: list[ToolCall] | None = None,
         reported: Usage | None = None,
-        tool_text: str = "",
+        unseen_text: str = "",
     ) -> Usage:
         """The usage of an answer the provider gave no final figures for: what
         it reported so far (the prompt's tokens), else the prompt estimated; the
         output estimated from what was received (text, and tool calls whole or
         the pieces of them that came), unless more was reported."""
         output_tokens = estimate_output_tokens(text, tool_calls or ()) + estimate_text_tokens(
-            tool_text
+            unseen_text
         )
         if reported is None:
             return Usage(input_tokens=self._call.input_tokens, output_tokens=output_tokens)
         return replace(reported, output_tokens=max(reported.output_tokens, output_tokens))
 
     def _log_unseen_output(
-        self, target, error, tool_received, reported, answered_model, started_at, started
+        self, target, error, unseen_received, reported, answered_model, started_at, started
     ) -> None:
         """Record an attempt that broke before any text reached the caller;
-        tool call pieces it produced are estimated and priced, and their cost
+        tool call pieces or reasoning it produced are estimated and priced, and their cost
         settled with the budget whatever the later attempts do."""
-        if not tool_received:
+        if not unseen_received:
             _log_failure(self._call, target, error, started_at, started)
             return
-        usage = self._estimate("", reported=reported, tool_text="".join(tool_received))
+        usage = self._estimate("", reported=reported, unseen_text="".join(unseen_received))
         cost, source = _priced(self._call, target, usage, answered_model, started_at)
         _log_failure(
             self._call,
@@ -1105,7 +1105,7 @@ class _StreamRun:
         self,
         target,
         received,
-        tool_received,
+        unseen_received,
         started_at,
         started,
         first_token_ms,
@@ -1118,7 +1118,7 @@ class _StreamRun:
         """Record a stream that ended early: usage estimated from what was received."""
         call = self._call
         text = "".join(received)
-        usage = self._estimate(text, reported=reported, tool_text="".join(tool_received))
+        usage = self._estimate(text, reported=reported, unseen_text="".join(unseen_received))
         latency_ms = _ms_since(started)
         _tokens_used(self._counted, usage)
         cost, source = _priced(call, target, usage, answered_model, started_at)

@@ -181,7 +181,7 @@ class AnthropicMessagesAdapter(Adapter):
                     if block.type == "tool_use":
                         tools[event.index] = {"id": block.id, "name": block.name, "arguments": ""}
                         yield StreamChunk(
-                            tool_text=block.name, model=model, usage_so_far=_usage_so_far(fields)
+                            unseen_text=block.name, model=model, usage_so_far=_usage_so_far(fields)
                         )
                     elif block.type == "text":
                         text = block.text
@@ -193,7 +193,7 @@ class AnthropicMessagesAdapter(Adapter):
                         # Billed output the caller does not read: counted if
                         # the stream ends before its usage arrives.
                         yield StreamChunk(
-                            tool_text=delta.thinking,
+                            unseen_text=delta.thinking,
                             model=model,
                             usage_so_far=_usage_so_far(fields),
                         )
@@ -201,7 +201,7 @@ class AnthropicMessagesAdapter(Adapter):
                         tools[event.index]["arguments"] += delta.partial_json
                         if delta.partial_json:
                             yield StreamChunk(
-                                tool_text=delta.partial_json,
+                                unseen_text=delta.partial_json,
                                 model=model,
                                 usage_so_far=_usage_so_far(fields),
                             )

@@ -270,7 +270,7 @@ class BedrockConverseAdapter(Adapter):
                             "arguments": "",
                         }
                         if tool_use.get("name"):
-                            yield StreamChunk(tool_text=tool_use["name"], model=request.model)
+                            yield StreamChunk(unseen_text=tool_use["name"], model=request.model)
                 elif "contentBlockDelta" in event:
                     block = event["contentBlockDelta"]
                     delta = block.get("delta") or {}
@@ -280,7 +280,7 @@ class BedrockConverseAdapter(Adapter):
                     elif reasoning:
                         # Billed output the caller does not read: counted if
                         # the stream ends before its usage arrives.
-                        yield StreamChunk(tool_text=reasoning, model=request.model)
+                        yield StreamChunk(unseen_text=reasoning, model=request.model)
                     elif "toolUse" in delta:
                         call = tools.setdefault(
                             block.get("contentBlockIndex", 0),
@@ -289,7 +289,7 @@ class BedrockConverseAdapter(Adapter):
                         piece = delta["toolUse"].get("input") or ""
                         call["arguments"] += piece
                         if piece:
-                            yield StreamChunk(tool_text=piece, model=request.model)
+                            yield StreamChunk(unseen_text=piece, model=request.model)
                 elif "messageStop" in event:
                     stop_reason = event["messageStop"].get("stopReason") or "end_turn"
                 elif "metadata" in event:

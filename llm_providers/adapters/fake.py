@@ -151,7 +151,7 @@ class FakeAdapter(Adapter):
                 yield StreamChunk(text=word, model=request.model)
                 self._sleep("chunk_latency_ms", request)
         for call in tool_calls:
-            yield StreamChunk(tool_text=call.name + call.arguments, model=request.model)
+            yield StreamChunk(unseen_text=call.name + call.arguments, model=request.model)
         yield StreamChunk(
             model=request.model,
             finish_reason="tool_calls" if tool_calls else "stop",

@@ -280,7 +280,7 @@ class OpenAIChatAdapter(Adapter):
                     for call in (delta.tool_calls if delta else None) or ():
                         calls.add(call)
                         if piece := _tool_call_text(call):
-                            yield StreamChunk(tool_text=piece, model=model)
+                            yield StreamChunk(unseen_text=piece, model=model)
                     if choice.finish_reason:
                         finish_reason = choice.finish_reason
                     text = _answer_text(delta.content) if delta is not None else ""

@@ -81,14 +81,14 @@ class StreamChunk:
     `message_start` gives the prompt's tokens, cache reads and writes): a
     stream that ends early is recorded with it rather than with an estimate.
 
-    `tool_text` is a piece of a tool call as it streams in (its name, or a
-    fragment of its JSON arguments), or of the model's reasoning (thinking):
-    nothing for the caller to read, but output the provider charges for, so
-    a stream that ends early counts it.
+    `unseen_text` is output the caller does not read as it streams: a piece
+    of a tool call (its name, or a fragment of its JSON arguments, which reach
+    the caller whole at the end) or of the model's reasoning (thinking). The
+    provider charges for it, so a stream that ends early counts it.
     """
 
     text: str = ""
-    tool_text: str = ""
+    unseen_text: str = ""
     model: str = ""
     finish_reason: str | None = None
     tool_calls: list[ToolCall] | None = None

@@ -433,7 +433,7 @@ def test_stream_assembles_tool_calls_on_the_final_chunk(adapter, anthropic_upstr
     chunks = list(adapter.stream(_request(tools=[WEATHER_TOOL])))
 
     assert [c.text for c in chunks] == ["Let me check."] + [""] * 7
-    assert [c.tool_text for c in chunks[1:-1]] == [
+    assert [c.unseen_text for c in chunks[1:-1]] == [
         "get_weather", '{"city":', ' "Paris"}', "get_weather", '{"city":', ' "Oslo"}',
     ]  # fmt: skip
     assert chunks[-1].finish_reason == "tool_calls"
@@ -537,7 +537,7 @@ def test_stream_counts_thinking_as_output_when_the_connection_breaks_before_the_
         for chunk in adapter.stream(_request()):
             received.append(chunk)
 
-    assert [(c.text, c.tool_text) for c in received] == [("", "The user greets me.")]
+    assert [(c.text, c.unseen_text) for c in received] == [("", "The user greets me.")]
     assert received[0].usage_so_far == Usage(input_tokens=12, output_tokens=1)
 
 

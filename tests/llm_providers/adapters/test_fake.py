@@ -35,7 +35,7 @@ def test_stream_of_a_tool_call_yields_its_text_before_the_final_chunk():
     tools = [{"type": "function", "function": {"name": "lookup", "parameters": {}}}]
     chunks = list(_adapter().stream(ChatRequest(model="fake-small", messages=HELLO, tools=tools)))
 
-    assert [(c.text, c.tool_text) for c in chunks[:-1]] == [("", 'lookup{"input": "fake"}')]
+    assert [(c.text, c.unseen_text) for c in chunks[:-1]] == [("", 'lookup{"input": "fake"}')]
     assert chunks[-1].tool_calls[0].name == "lookup"
     # "lookup" 2 tokens, '{"input": "fake"}' 6.
     assert chunks[-1].usage.output_tokens == 8

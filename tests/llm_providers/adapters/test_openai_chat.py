@@ -657,7 +657,7 @@ def test_stream_assembles_tool_calls_on_the_final_chunk(adapter, openai_upstream
 
     # The pieces as they came (name, then the arguments in two halves), for a
     # stream that ends early to count; the calls whole on the final chunk.
-    assert [c.tool_text for c in chunks[:-1]] == [
+    assert [c.unseen_text for c in chunks[:-1]] == [
         "get_weather", '{"city":', ' "Paris"}', "get_weather", '{"city":', ' "Oslo"}',
     ]  # fmt: skip
     assert [c.text for c in chunks] == [""] * 7

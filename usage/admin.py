@@ -11,8 +11,10 @@ from datetime import UTC, date, datetime, timedelta
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
+from django.contrib.admin.views.main import ORDER_VAR, ChangeList
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
+from django.db.models import Prefetch
 from django.http import Http404, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
@@ -54,7 +56,9 @@ class CappedCountPaginator(Paginator):
     @cached_property
     def count(self):
         cap = settings.USAGE_ADMIN_COUNT_CAP
-        counted = self.object_list[: cap + 1].count()
+        # Any cap+1 matching rows will do: in the list's order PostgreSQL would
+        # walk the time index, or sort the whole table, to find the first ones.
+        counted = self.object_list.order_by()[: cap + 1].count()
         self.count_capped = counted > cap
         return min(counted, cap)
 
@@ -166,12 +170,59 @@ class ProviderFilter(admin.SimpleListFilter):
             return queryset.none()
 
 
+class _LargeTableChangeList(ChangeList):
+    """Sorts by the sortable columns only, also when a typed URL asks for another."""
+
+    def get_ordering_field(self, field_name):
+        if self.sortable_by is not None and field_name not in self.sortable_by:
+            return None
+        return super().get_ordering_field(field_name)
+
+    def get_ordering(self, request, queryset):
+        asked = self.params.get(ORDER_VAR)
+        if asked and not any(
+            self.get_ordering_field(self.list_display[int(index)]) is not None
+            for index in (part.rpartition("-")[2] for part in asked.split("."))
+            if index.isdigit() and int(index) < len(self.list_display)
+        ):
+            # Nothing asked for can be sorted by: the list's own order, not the id's.
+            params, self.params = (
+                self.params,
+                {k: v for k, v in self.params.items() if k != ORDER_VAR},
+            )
+            try:
+                return super().get_ordering(request, queryset)
+            finally:
+                self.params = params
+        return super().get_ordering(request, queryset)
+
+
 class _ReadOnlyLargeTableAdmin(TenantScopedAdmin):
     deleted_with_tenant = True
     paginator = CappedCountPaginator
     show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER
     list_per_page = 100
+    # Tenants and provider configs are read for the rows of the page, one query
+    # each, never joined: a join widens every row of the table before the sort
+    # that picks the page.
+    list_select_related = ()
+
+    def get_changelist(self, request, **kwargs):
+        return _LargeTableChangeList
+
+    def get_queryset(self, request):
+        return (
+            super()
+            .get_queryset(request)
+            .prefetch_related(
+                Prefetch("tenant", queryset=Tenant.objects.only("id", "name")),
+                Prefetch(
+                    "provider_config",
+                    queryset=ProviderConfig.objects.only("id", "tenant_id", "name"),
+                ),
+            )
+        )
 
     def has_add_permission(self, request):
         return False
@@ -206,8 +257,20 @@ class DailyUsageAdmin(_ReadOnlyLargeTableAdmin):
         ServiceFilter,
         CustomerFilter,
     )
-    list_select_related = ("tenant", "provider_config")
     ordering = ("-day", "-cost_usd")
+    # Not by tenant: that joins every row to its tenant to sort by name.
+    sortable_by = (
+        "day",
+        "model",
+        "service_name",
+        "customer_id",
+        "request_count",
+        "error_count",
+        "unpriced_count",
+        "input_tokens",
+        "output_tokens",
+        "cost",
+    )
 
     def changelist_view(self, request, extra_context=None):
         if not self._sees_one_tenant(request):
@@ -262,7 +325,8 @@ class CallLogAdmin(_ReadOnlyLargeTableAdmin):
         ServiceFilter,
         CustomerFilter,
     )
-    list_select_related = ("tenant", "provider_config")
+    # Only by time, which has an index: any other order reads and sorts every row.
+    sortable_by = ("created_at",)
     search_fields = ("request_id",)
     search_help_text = "Search by request id (a UUID)."
     exclude = ("prompt_preview",)

@@ -302,6 +302,19 @@ def _recompute(*, windows: list[DayWindow], now: datetime) -> RecomputeResult:
 # --- services ------------------------------------------------------------------
 
 
+def daily_usage_recompute_wait() -> None:
+    """Wait for a running recompute, and keep new ones off until this transaction ends.
+
+    A tenant's delete takes this first: a recompute that read the tenant's call
+    logs before the delete would otherwise write its DailyUsage rows after it,
+    rows the delete never saw and that no foreign key refuses. SQLite lets one
+    transaction write at a time.
+    """
+    if connection.vendor == "postgresql" and connection.in_atomic_block:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_ADVISORY_LOCK_KEY])
+
+
 def daily_usage_recompute(
     *,
     first_day: date,

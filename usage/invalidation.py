@@ -3,13 +3,14 @@
 A budget change replaces the tenant's config version, so cached definitions
 are dropped; a budget switched on again, or given back a scope or time zone it
 counted before, has its stale live counters dropped. A tenant's new time zone
-has its usage days recomputed in that zone once the change is committed.
+has its usage days recomputed in that zone once the change is committed. A
+tenant's delete waits for a running recompute, so none writes its days after it.
 """
 
 from __future__ import annotations
 
 from django.db import transaction
-from django.db.models.signals import post_delete, post_save, pre_save
+from django.db.models.signals import post_delete, post_save, pre_delete, pre_save
 
 from llm_providers.config_cache import config_version_bump_on_commit
 from llm_providers.models import Tenant
@@ -69,8 +70,16 @@ def _on_tenant_timezone_change(sender, instance, created=False, raw=False, **kwa
     transaction.on_commit(lambda: recompute_tenant_history.delay(tenant_id), robust=True)
 
 
+def _on_tenant_delete(sender, instance, **kwargs):
+    from .aggregation import daily_usage_recompute_wait
+
+    # Sent inside the delete's transaction, before any row goes.
+    daily_usage_recompute_wait()
+
+
 pre_save.connect(_remember_budget_counted, sender=Budget, dispatch_uid="usage-budget-remember")
 post_save.connect(_on_budget_save, sender=Budget, dispatch_uid="cfgver-budget")
 post_delete.connect(_on_budget_change, sender=Budget, dispatch_uid="cfgver-d-budget")
 pre_save.connect(_remember_tenant_timezone, sender=Tenant, dispatch_uid="usage-tz-remember")
 post_save.connect(_on_tenant_timezone_change, sender=Tenant, dispatch_uid="usage-tz-recompute")
+pre_delete.connect(_on_tenant_delete, sender=Tenant, dispatch_uid="usage-tenant-delete")

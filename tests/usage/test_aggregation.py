@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from django.core.management import CommandError, call_command
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import Sum
 from django.utils import timezone
 
@@ -440,6 +440,38 @@ def test_concurrent_recomputes_leave_the_same_table():
 
     assert errors == []
     assert _rows() == expected
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_tenant_deleted_during_a_recompute_leaves_no_daily_usage():
+    # given a tenant with calls whose days a recompute is writing, not yet committed
+    tenant = TenantFactory(timezone="UTC")
+    CallLogFactory(tenant=tenant, created_at=NOW - dt.timedelta(hours=1))
+    deleted = threading.Event()
+
+    def delete_tenant():
+        try:
+            type(tenant).objects.get(pk=tenant.pk).delete()
+            deleted.set()
+        finally:
+            connection.close()
+
+    deleter = threading.Thread(target=delete_tenant)
+    with transaction.atomic():
+        _recompute(first=DAY, last=DAY)
+
+        # when a superuser deletes the tenant meanwhile
+        deleter.start()
+        deleter.join(1)
+
+        # then the delete waits for the recompute (whose rows it could not see) ...
+        assert not deleted.is_set()
+    deleter.join(10)
+
+    # ... and takes the rows with it once the recompute has committed them
+    assert deleted.is_set()
+    assert not DailyUsage.objects.filter(tenant_id=tenant.pk).exists()
 
 
 @pytest.mark.django_db

@@ -106,6 +106,18 @@ def _service_key_context(service_key: ServiceKey, named: str) -> TenantContext:
     return TenantContext(tenant=tenant, role=ROLE_SERVICE, service_key=service_key)
 
 
+def _named_tenant_refusal(user, named: str, lookup: Q | None) -> str:
+    if user.is_superuser:
+        return f"No tenant “{named}” exists."
+    # A member of a deactivated tenant is told why, not that it is no member.
+    if (
+        lookup is not None
+        and Tenant.objects.filter(lookup, memberships__user=user, is_active=False).exists()
+    ):
+        return f"The tenant “{named}” is inactive: its members cannot act for it."
+    return f"You are not a member of a tenant “{named}” (or it does not exist)."
+
+
 def _user_context(user, named: str) -> TenantContext:
     if user.is_superuser:
         # A superuser administers every tenant, active or not.
@@ -119,11 +131,7 @@ def _user_context(user, named: str) -> TenantContext:
         lookup = _tenant_lookup(named)
         found = list(tenants.filter(lookup)[:1]) if lookup is not None else []
         if not found:
-            raise TenantForbiddenError(
-                f"No tenant “{named}” exists."
-                if user.is_superuser
-                else f"You are not a member of a tenant “{named}” (or it does not exist)."
-            )
+            raise TenantForbiddenError(_named_tenant_refusal(user, named, lookup))
     else:
         found = list(tenants.order_by("slug")[: _LISTED_TENANTS + 1])
         if not found:

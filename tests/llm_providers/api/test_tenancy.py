@@ -178,6 +178,32 @@ def test_membership_of_inactive_tenant_does_not_count(two_tenant_user, other_ten
     assert _names(response) == ["acme-provider"]
 
 
+def test_member_naming_its_inactive_tenant_is_told_it_is_inactive(two_tenant_user, other_tenant):
+    other_tenant.is_active = False
+    other_tenant.save()
+
+    response = token_client(two_tenant_user).get(PROVIDERS, HTTP_X_TENANT="globex")
+
+    assert response.status_code == 403
+    error = response.json()["error"]
+    assert (error["code"], error["message"]) == (
+        "tenant_forbidden",
+        "The tenant “globex” is inactive: its members cannot act for it.",
+    )
+
+
+def test_non_member_naming_an_inactive_tenant_learns_nothing_of_it(admin_api, other_tenant):
+    other_tenant.is_active = False
+    other_tenant.save()
+
+    response = admin_api.get(PROVIDERS, HTTP_X_TENANT="globex")
+
+    assert response.status_code == 403
+    assert response.json()["error"]["message"] == (
+        "You are not a member of a tenant “globex” (or it does not exist)."
+    )
+
+
 def test_tenant_and_role_resolve_in_one_query(two_tenant_user, django_assert_num_queries):
     request = Request(APIRequestFactory().get(PROVIDERS, HTTP_X_TENANT="globex"))
     request.user, request.auth = two_tenant_user, None

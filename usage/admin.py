@@ -17,6 +17,7 @@ from django.core.paginator import Paginator
 from django.db.models import Prefetch
 from django.http import Http404, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
+from django.template.defaultfilters import pluralize
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
@@ -593,8 +594,20 @@ class CostAlertAdmin(TenantScopedAdmin):
 
     @admin.action(description="Retry undelivered deliveries now", permissions=["retry"])
     def retry_deliveries(self, request, queryset):
+        skipped = 0
         if not request.user.is_superuser:
-            queryset = queryset.filter(tenant_id__in=self._admin_tenant_ids(request))
+            administered = queryset.filter(tenant_id__in=self._admin_tenant_ids(request))
+            skipped = queryset.count() - administered.count()
+            queryset = administered
+        if skipped:
+            self.message_user(
+                request,
+                f"{skipped} alert{pluralize(skipped)} of tenants you only view "
+                f"{pluralize(skipped, 'was,were')} not retried.",
+                level=messages.WARNING,
+            )
+            if not queryset.exists():
+                return
         count = alert_deliveries_retry(alerts=queryset)
         if not count:
             self.message_user(

@@ -945,6 +945,34 @@ def test_alert_retry_action_on_delivered_alerts_says_there_is_nothing_to_retry(c
 
 
 @pytest.mark.django_db
+def test_alert_retry_action_says_alerts_of_viewed_tenants_were_not_retried(client):
+    # given a user who administers one tenant and only views another, whose
+    # alert failed to go out
+    administered, viewed = TenantFactory(slug="mine"), TenantFactory(slug="theirs")
+    BudgetFactory(tenant=viewed, alert_percentages=[50])
+    CallLogFactory(tenant=viewed, cost_usd=Decimal("6"), created_at=timezone.now())
+    _aggregate_today()
+    (alert,) = alerts_check()
+    AlertDelivery.objects.update(next_attempt_at=None, attempts=24, last_error="SMTP down")
+    user = _member(administered)
+    TenantMembershipFactory(user=user, tenant=viewed, role=TenantMembership.Role.VIEWER)
+    client.force_login(user)
+
+    # when the user selects that alert and retries
+    response = client.post(
+        reverse("admin:usage_costalert_changelist"),
+        {"action": "retry_deliveries", "_selected_action": [alert.pk]},
+        follow=True,
+    )
+
+    # then nothing is queued, and the page says why rather than that all went out
+    assert alert.deliveries.get().next_attempt_at is None
+    assert [str(m) for m in response.context["messages"]] == [
+        "1 alert of tenants you only view was not retried."
+    ]
+
+
+@pytest.mark.django_db
 def test_budget_admin_reads_percentages_written_with_a_space_before_the_sign(client):
     tenant = TenantFactory()
     client.force_login(_member(tenant))

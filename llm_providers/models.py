@@ -35,10 +35,22 @@ def _timezone_validate(value: str) -> None:
         raise ValidationError(f"“{value}” is not a known time zone, e.g. UTC or Europe/Paris.")
 
 
+def _slug_validate(value: str) -> None:
+    # The API names a tenant by slug or id in the same place and tries the id first.
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return
+    raise ValidationError(
+        f"“{value}” reads as a tenant id (a UUID) where the API takes a slug or an id: "
+        "choose a slug that is not one."
+    )
+
+
 class Tenant(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     name = models.CharField(max_length=200)
-    slug = models.SlugField(max_length=100, unique=True)
+    slug = models.SlugField(max_length=100, unique=True, validators=[_slug_validate])
     is_active = models.BooleanField(default=True)
     timezone = models.CharField(
         max_length=64,

@@ -363,6 +363,20 @@ def test_unknown_timezone_refused():
     ]
 
 
+@pytest.mark.parametrize(
+    "slug", ["deadbeefdeadbeefdeadbeefdeadbeef", "0b5f6a2e-1c3d-4e5f-8a9b-0c1d2e3f4a5b"]
+)
+def test_slug_that_reads_as_an_id_refused(slug):
+    # The API takes a tenant's slug or id in one place and reads such a value as an id.
+    tenant = TenantFactory.build(slug=slug)
+    with pytest.raises(ValidationError) as caught:
+        tenant.full_clean()
+    assert caught.value.message_dict["slug"] == [
+        f"“{slug}” reads as a tenant id (a UUID) where the API takes a slug or an id: "
+        "choose a slug that is not one."
+    ]
+
+
 # --- key display ---------------------------------------------------------------------------
 
 

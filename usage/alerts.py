@@ -21,7 +21,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_DOWN, Decimal
 
 from django.conf import settings
 from django.core.mail import send_mail
@@ -334,6 +334,20 @@ def error_rates_check(*, now: datetime) -> list[CostAlert]:
     return created
 
 
+def _percent_text(ratio, *, above=None) -> str:
+    """`ratio` as a percentage of up to four decimals, written with as few as
+    read true: 2.5%, and 20.5% (not 20%) when it must read above 20%."""
+    exact = Decimal(str(ratio)) * 100
+    for places in range(5):
+        shown = exact.quantize(Decimal(1).scaleb(-places), rounding=ROUND_DOWN)
+        if shown == exact or (above is not None and shown > Decimal(str(above)) * 100):
+            break
+    text = f"{shown:f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return f"{text}%"
+
+
 def _error_rate_alert_create(
     *, now: datetime, tenant: Tenant, config_id, config, total: int, errors: int, period_key: str
 ) -> CostAlert | None:
@@ -359,8 +373,8 @@ def _error_rate_alert_create(
         percent=round(errors * 100 / total),
         message=(
             f"{tenant.name}: provider “{name}” failed {errors} of {total} "
-            f"calls ({errors / total:.0%}) in the last {minutes} minutes, above the "
-            f"{threshold:.0%} alert threshold."
+            f"calls ({_percent_text(Decimal(errors) / total, above=threshold)}) in the last "
+            f"{minutes} minutes, above the {_percent_text(threshold)} alert threshold."
         ),
         emails=emails,
         webhooks=webhooks,

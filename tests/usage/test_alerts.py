@@ -498,6 +498,46 @@ def test_error_rate_alert_fires_once_per_window_when_provider_fails_often(settin
     assert alert.deliveries.get().target_label == "ops@example.com"
 
 
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("threshold", "errors", "total", "shown"),
+    [
+        # a threshold with a fraction of a percent is written as set, not rounded away
+        (0.025, 3, 100, "failed 3 of 100 calls (3%) in the last 15 minutes, above the 2.5%"),
+        # a rate just above the threshold is not written as the threshold itself
+        (0.2, 41, 200, "failed 41 of 200 calls (20.5%) in the last 15 minutes, above the 20%"),
+        (0.2, 2001, 10000, "calls (20.01%) in the last 15 minutes, above the 20%"),
+    ],
+)
+def test_error_rate_alert_writes_rate_and_threshold_so_the_rate_reads_above_it(
+    settings, threshold, errors, total, shown
+):
+    settings.USAGE_ERROR_RATE_THRESHOLD = threshold
+    settings.USAGE_ERROR_RATE_MIN_REQUESTS = 10
+    tenant = TenantFactory(name="Acme")
+    TenantMembershipFactory(tenant=tenant, user=UserFactory(email="ops@example.com"))
+    config = ProviderConfigFactory(tenant=tenant, name="openai-main")
+    CallLogFactory.create_batch(
+        errors,
+        tenant=tenant,
+        provider_config=config,
+        status=CallLog.Status.ERROR,
+        created_at=NOW - dt.timedelta(minutes=2),
+    )
+    CallLogFactory.create_batch(
+        total - errors,
+        tenant=tenant,
+        provider_config=config,
+        status=CallLog.Status.OK,
+        created_at=NOW - dt.timedelta(minutes=2),
+    )
+
+    (alert,) = error_rates_check(now=NOW)
+
+    assert shown in alert.message
+    assert alert.message.endswith(" alert threshold.")
+
+
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_error_rate_checks_alert_once_per_window(settings):

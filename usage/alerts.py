@@ -37,7 +37,7 @@ from llm_providers.models import ProviderConfig, Tenant, TenantMembership
 from .budget import BudgetExceeded, budget_refusal_prefix
 from .locking import exclusive_transaction
 from .models import AlertDelivery, Budget, CallLog, CostAlert, DailyUsage, email_list_parse
-from .money import usd_format
+from .money import usd_format, usd_format_exact
 from .periods import period_containing, utc_window_for_days
 from .selectors import (
     budget_list_active,
@@ -168,11 +168,21 @@ def _tenant_recipients(tenant_id) -> tuple[list[str], list[str]]:
     return list(emails), list(webhooks)
 
 
+def _spend_text(spend: Decimal, limit: Decimal) -> str:
+    """The spend as people read it, never rounded up to (or past) a limit it is below."""
+    text = usd_format(spend)
+    if spend < limit <= Decimal(text.lstrip("$").replace(",", "")):
+        return usd_format_exact(spend)
+    return text
+
+
 def _budget_message(budget: Budget, period, percent: int, spend: Decimal) -> str:
+    # The limit is written as set: $10.005 must not read $10.01.
     text = (
         f"{budget.tenant.name}: budget “{budget.name}” ({budget.scope_label}, "
         f"{budget.get_period_display().lower()} {period.key}) has reached {percent}% of its "
-        f"{usd_format(budget.limit_usd)} limit: {usd_format(spend)} spent."
+        f"{usd_format_exact(budget.limit_usd)} limit: "
+        f"{_spend_text(spend, budget.limit_usd)} spent."
     )
     if budget.is_blocking and percent >= 100:
         text += " Calls that would go over the limit are refused until the period resets."
@@ -183,7 +193,8 @@ def _budget_refusing_message(budget: Budget, period, spend: Decimal) -> str:
     return (
         f"{budget.tenant.name}: budget “{budget.name}” ({budget.scope_label}, "
         f"{budget.get_period_display().lower()} {period.key}) refuses calls: "
-        f"{usd_format(spend)} of its {usd_format(budget.limit_usd)} limit is spent, and calls "
+        f"{_spend_text(spend, budget.limit_usd)} of its {usd_format_exact(budget.limit_usd)} "
+        "limit is spent, and calls "
         f"that could cost more than the {usd_format(budget.limit_usd - spend)} left are "
         "refused until the period resets."
     )

@@ -81,6 +81,31 @@ def test_threshold_check_creates_one_alert_per_crossed_percent():
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("limit", "spent", "percent", "shown"),
+    [
+        # $9.996 of $10 is below the limit: it does not read "$10.00 spent"
+        ("10", "9.996", 80, "has reached 80% of its $10.00 limit: $9.996 spent."),
+        # a limit set to the tenth of a cent is written as set
+        ("10.005", "9", 80, "has reached 80% of its $10.005 limit: $9.00 spent."),
+    ],
+)
+def test_threshold_alert_writes_limit_as_set_and_spend_never_rounded_up_to_it(
+    limit, spent, percent, shown
+):
+    tenant = TenantFactory(name="Acme")
+    BudgetFactory(
+        tenant=tenant, name="Monthly", limit_usd=Decimal(limit), alert_percentages=[percent, 100]
+    )
+    _spend(tenant, spent)
+    _aggregate()
+
+    (alert,) = budget_thresholds_check(now=NOW)
+
+    assert alert.message == (f"Acme: budget “Monthly” (whole tenant, monthly 2026-06) {shown}")
+
+
+@pytest.mark.django_db
 def test_threshold_check_alerts_a_budget_whose_stored_webhook_url_cannot_be_parsed():
     # given a budget stored with a webhook URL today's checks refuse, and an email
     tenant = TenantFactory()

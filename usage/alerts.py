@@ -38,7 +38,7 @@ from .budget import BudgetExceeded, budget_refusal_prefix
 from .locking import exclusive_transaction
 from .models import AlertDelivery, Budget, CallLog, CostAlert, DailyUsage, email_list_parse
 from .money import usd_format, usd_format_exact
-from .periods import period_containing, utc_window_for_days
+from .periods import period_containing, utc_window_for_days, zone
 from .selectors import (
     budget_list_active,
     budget_period_spend,
@@ -185,8 +185,17 @@ def _budget_message(budget: Budget, period, percent: int, spend: Decimal) -> str
         f"{_spend_text(spend, budget.limit_usd)} spent."
     )
     if budget.is_blocking and percent >= 100:
-        text += " Calls that would go over the limit are refused until the period resets."
+        text += (
+            " Calls that would go over the limit are refused until the period resets "
+            f"{_reset_text(period)}."
+        )
     return text
+
+
+def _reset_text(period) -> str:
+    """When the period ends, in the tenant's time zone the period is counted in."""
+    end = period.end.astimezone(zone(period.timezone_name))
+    return f"at {end:%Y-%m-%d %H:%M} ({period.timezone_name or 'UTC'})"
 
 
 def _budget_refusing_message(budget: Budget, period, spend: Decimal) -> str:
@@ -196,7 +205,7 @@ def _budget_refusing_message(budget: Budget, period, spend: Decimal) -> str:
         f"{_spend_text(spend, budget.limit_usd)} of its {usd_format_exact(budget.limit_usd)} "
         "limit is spent, and calls "
         f"that could cost more than the {usd_format(budget.limit_usd - spend)} left are "
-        "refused until the period resets."
+        f"refused until the period resets {_reset_text(period)}."
     )
 
 
@@ -481,6 +490,22 @@ def _payload(alert: CostAlert) -> dict:
     }
 
 
+def _email_context(alert: CostAlert) -> dict:
+    """The email's period and time in the tenant's time zone, the one budgets count in."""
+    tz_name = alert.tenant.timezone or "UTC"
+    period = alert.period_key
+    if alert.kind == CostAlert.Kind.BUDGET:
+        # A budget's period key is a tenant-local day (2026-06-15) or month (2026-06).
+        kind = "daily" if len(period) == len("2026-06-15") else "monthly"
+        period = f"{period} ({kind}, {tz_name})"
+    raised_at = alert.created_at.astimezone(zone(tz_name))
+    return {
+        "alert": alert,
+        "period": period,
+        "raised_at": f"{raised_at:%Y-%m-%d %H:%M} ({tz_name})",
+    }
+
+
 def _send(delivery: AlertDelivery) -> None:
     alert = delivery.alert
     if isinstance(delivery.target, UnreadableSecret):
@@ -496,7 +521,7 @@ def _send(delivery: AlertDelivery) -> None:
         subject = f"[LLM usage] {alert.tenant.name}: {alert.get_kind_display().lower()}"
         # A header is one line: a line break in a name would refuse every attempt.
         subject = " ".join(subject.split())
-        body = render_to_string("usage/alert_email.txt", {"alert": alert})
+        body = render_to_string("usage/alert_email.txt", _email_context(alert))
         try:
             send_mail(
                 subject,

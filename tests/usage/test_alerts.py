@@ -160,8 +160,40 @@ def test_threshold_alert_says_calls_are_refused_when_blocking_budget_is_spent():
     assert alert.message == (
         "Acme: budget “Cap” (whole tenant, daily 2026-06-15) has reached 100% of its $1.00 "
         "limit: $1.20 spent. Calls that would go over the limit are refused until the "
-        "period resets."
+        "period resets at 2026-06-16 00:00 (UTC)."
     )
+
+
+@pytest.mark.django_db
+def test_blocking_alert_and_its_email_name_the_tenant_time_zone_and_when_the_period_resets(
+    django_capture_on_commit_callbacks,
+):
+    # given a daily blocking budget of a tenant in Berlin (UTC+2 in June), spent past its limit
+    tenant = TenantFactory(name="Acme", timezone="Europe/Berlin")
+    BudgetFactory(
+        tenant=tenant,
+        name="Cap",
+        action=Budget.Action.BLOCK,
+        period=Budget.Period.DAILY,
+        alert_percentages=[100],
+        limit_usd=Decimal("1"),
+        alert_emails="ops@example.com",
+    )
+    _spend(tenant, "1.20")
+    _aggregate()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        (alert,) = budget_thresholds_check(now=NOW)
+
+    # then the message says when calls go through again, in the tenant's zone
+    assert alert.message.endswith(
+        "Calls that would go over the limit are refused until the period resets "
+        "at 2026-06-16 00:00 (Europe/Berlin)."
+    )
+    # and the email dates the period and the alert in that zone, not as UTC
+    (message,) = mail.outbox
+    assert "Period: 2026-06-15 (daily, Europe/Berlin)\n" in message.body
+    assert "Raised at: 2026-06-15 14:00 (Europe/Berlin)\n" in message.body
 
 
 @pytest.mark.django_db
@@ -209,7 +241,7 @@ def test_threshold_check_alerts_100_percent_when_blocking_budget_refused_a_call_
     assert alert.message == (
         f"Acme: budget “Cap” (whole tenant, daily {now.date()}) refuses calls: $0.95 of "
         "its $1.00 limit is spent, and calls that could cost more than the $0.05 left are "
-        "refused until the period resets."
+        f"refused until the period resets at {now.date() + dt.timedelta(days=1)} 00:00 (UTC)."
     )
     assert budget_thresholds_check(now=now + dt.timedelta(minutes=5)) == []
 

@@ -474,11 +474,13 @@ def _slack_text(text: str) -> str:
 
 
 def _payload(alert: CostAlert) -> dict:
+    # `text` is for Slack; other receivers read `alert`, whose message is as written.
     return {
         "text": _slack_text(alert.message),
         "alert": {
             "id": alert.pk,
             "kind": alert.kind,
+            "message": alert.message,
             "tenant": alert.tenant.slug,
             "budget": alert.budget.name if alert.budget else None,
             "period": alert.period_key,

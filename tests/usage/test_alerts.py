@@ -453,6 +453,38 @@ def test_webhook_text_escapes_what_slack_would_read_as_markup(httpserver, allow_
 
 
 @pytest.mark.django_db
+def test_webhook_payload_gives_json_receivers_the_message_as_written(
+    httpserver, allow_private_urls
+):
+    # given an unpriced-usage alert about a model whose name holds Slack markup
+    receiver = _FlakyReceiver(httpserver, failures=0)
+    tenant = TenantFactory(name="R&D")
+    BudgetFactory(tenant=tenant, alert_percentages=[], alert_emails="", webhook_url=receiver.url)
+    config = ProviderConfigFactory(tenant=tenant, name="local")
+    CallLogFactory(
+        tenant=tenant,
+        provider_config=config,
+        model_requested="<!here> & co",
+        cost_usd=None,
+        price_source=CallLog.PriceSource.UNKNOWN,
+        created_at=NOW - dt.timedelta(minutes=10),
+    )
+    _aggregate()
+    (alert,) = unpriced_usage_check(now=NOW)
+
+    # when it is delivered
+    delivered = alert_delivery_attempt(delivery_id=alert.deliveries.get().pk, now=NOW)
+
+    # then Slack's `text` is escaped, and the alert's message is there as written
+    assert delivered.state == "delivered"
+    (body,) = receiver.bodies
+    assert body["text"].startswith("R&amp;D: 1 request(s) to model “&lt;!here&gt; &amp; co”")
+    assert body["alert"]["message"] == alert.message
+    assert body["alert"]["message"].startswith("R&D: 1 request(s) to model “<!here> & co”")
+    assert (body["alert"]["kind"], body["alert"]["budget"]) == ("unpriced", None)
+
+
+@pytest.mark.django_db
 def test_webhook_delivery_gives_up_after_max_attempts_until_retried_in_the_admin(
     httpserver, allow_private_urls, settings
 ):

@@ -508,6 +508,25 @@ def _email_context(alert: CostAlert) -> dict:
     }
 
 
+def _email_subject(alert: CostAlert) -> str:
+    """What the alert is about, so that alerts fired together read apart in a mailbox."""
+    if alert.kind == CostAlert.Kind.BUDGET and alert.budget is not None:
+        name = f"budget “{alert.budget.name}”"
+        below = (
+            alert.spend_usd is not None and alert.limit_usd and alert.spend_usd < alert.limit_usd
+        )
+        if alert.percent >= 100 and below:
+            return f"{name} refuses calls"
+        return f"{name} reached {alert.percent}%"
+    if alert.kind == CostAlert.Kind.ERROR_RATE and alert.provider_config is not None:
+        return f"provider “{alert.provider_config.name}” failed {alert.percent}% of calls"
+    if alert.kind == CostAlert.Kind.UNPRICED:
+        # The subject key is "<provider config>/<provider type>/<model>".
+        model = alert.subject_key.split("/", 2)[-1]
+        return f"unpriced usage of model “{model}”"
+    return alert.get_kind_display().lower()
+
+
 def _send(delivery: AlertDelivery) -> None:
     alert = delivery.alert
     if isinstance(delivery.target, UnreadableSecret):
@@ -520,7 +539,7 @@ def _send(delivery: AlertDelivery) -> None:
                 "Email not sent: EMAIL_URL is not set, so there is no mail server to send "
                 "through (see docs/OPERATIONS.md)."
             )
-        subject = f"[LLM usage] {alert.tenant.name}: {alert.get_kind_display().lower()}"
+        subject = f"[LLM usage] {alert.tenant.name}: {_email_subject(alert)}"
         # A header is one line: a line break in a name would refuse every attempt.
         subject = " ".join(subject.split())
         body = render_to_string("usage/alert_email.txt", _email_context(alert))
@@ -567,9 +586,9 @@ def alert_delivery_attempt(
     ).update(next_attempt_at=timezone.now() + timedelta(seconds=_CLAIM_SECONDS))
     if not claimed:
         return None
-    delivery = AlertDelivery.objects.select_related("alert__tenant", "alert__budget").get(
-        pk=delivery_id
-    )
+    delivery = AlertDelivery.objects.select_related(
+        "alert__tenant", "alert__budget", "alert__provider_config"
+    ).get(pk=delivery_id)
     attempts = delivery.attempts + 1
     try:
         _send(delivery)

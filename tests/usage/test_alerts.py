@@ -298,7 +298,10 @@ def test_concurrent_threshold_checks_create_each_alert_once():
 def test_new_alert_is_emailed_once_committed(django_capture_on_commit_callbacks):
     tenant = TenantFactory(name="Acme")
     BudgetFactory(
-        tenant=tenant, alert_percentages=[50], alert_emails="a@example.com, b@example.com"
+        tenant=tenant,
+        name="Monthly",
+        alert_percentages=[50],
+        alert_emails="a@example.com, b@example.com",
     )
     _spend(tenant, "6.00")
     _aggregate()
@@ -309,7 +312,7 @@ def test_new_alert_is_emailed_once_committed(django_capture_on_commit_callbacks)
     assert len(mail.outbox) == 1
     message = mail.outbox[0]
     assert message.to == ["a@example.com", "b@example.com"]
-    assert message.subject == "[LLM usage] Acme: budget threshold"
+    assert message.subject == "[LLM usage] Acme: budget “Monthly” reached 50%"
     assert alert.message in message.body
     delivery = alert.deliveries.get()
     assert (delivery.state, delivery.attempts) == ("delivered", 1)
@@ -350,9 +353,14 @@ def test_alert_email_fails_and_is_retried_while_no_mail_server_is_configured(set
 def test_alert_email_subject_is_one_line_when_the_tenant_name_is_not(
     django_capture_on_commit_callbacks,
 ):
-    # given a tenant whose name holds a line break (a header must not)
+    # given a tenant and a budget whose names hold line breaks (a header must not)
     tenant = TenantFactory(name="Acme\r\nBcc: someone@example.com")
-    BudgetFactory(tenant=tenant, alert_percentages=[50], alert_emails="a@example.com")
+    BudgetFactory(
+        tenant=tenant,
+        name="Cap\nCc: x@example.com",
+        alert_percentages=[50],
+        alert_emails="a@example.com",
+    )
     _spend(tenant, "6.00")
     _aggregate()
 
@@ -360,10 +368,46 @@ def test_alert_email_subject_is_one_line_when_the_tenant_name_is_not(
         (alert,) = budget_thresholds_check(now=NOW)
 
     (message,) = mail.outbox
-    assert message.subject == "[LLM usage] Acme Bcc: someone@example.com: budget threshold"
+    assert message.subject == (
+        "[LLM usage] Acme Bcc: someone@example.com: budget “Cap Cc: x@example.com” reached 50%"
+    )
     assert message.to == ["a@example.com"]
+    assert message.cc == []
     assert message.bcc == []
     assert alert.deliveries.get().state == "delivered"
+
+
+@pytest.mark.django_db
+def test_alert_email_subjects_say_which_budget_and_percentage_or_provider(
+    django_capture_on_commit_callbacks, settings
+):
+    # given a budget whose spend crossed 50 % and 80 % at once, and a failing provider
+    settings.USAGE_ERROR_RATE_MIN_REQUESTS = 10
+    tenant = TenantFactory(name="Acme")
+    BudgetFactory(
+        tenant=tenant, name="Monthly", alert_percentages=[50, 80], alert_emails="a@example.com"
+    )
+    _spend(tenant, "9.00")
+    config = ProviderConfigFactory(tenant=tenant, name="openai-main")
+    CallLogFactory.create_batch(
+        10,
+        tenant=tenant,
+        provider_config=config,
+        status=CallLog.Status.ERROR,
+        cost_usd=Decimal(0),
+        created_at=NOW - dt.timedelta(minutes=2),
+    )
+    _aggregate()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        alerts_check(now=NOW)
+
+    # then each email's subject tells them apart
+    assert sorted(m.subject for m in mail.outbox) == [
+        "[LLM usage] Acme: budget “Monthly” reached 50%",
+        "[LLM usage] Acme: budget “Monthly” reached 80%",
+        "[LLM usage] Acme: provider “openai-main” failed 100% of calls",
+    ]
 
 
 class _FlakyReceiver:

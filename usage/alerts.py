@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import ROUND_DOWN, Decimal
 
 from django.conf import settings
-from django.core.mail import send_mail
+from django.core.mail import EmailMessage
 from django.db import IntegrityError, transaction
 from django.db.models import Max, Min, Sum
 from django.db.models.functions import TruncMonth
@@ -543,14 +543,20 @@ def _send(delivery: AlertDelivery) -> None:
         # A header is one line: a line break in a name would refuse every attempt.
         subject = " ".join(subject.split())
         body = render_to_string("usage/alert_email.txt", _email_context(alert))
+        recipients = email_list_parse(delivery.target)
+        # A budget's recipients were listed together on the budget; the other
+        # alerts go to every budget's recipients (say, each customer's contact),
+        # who must not learn one another's addresses.
+        shared = alert.kind == CostAlert.Kind.BUDGET
+        message = EmailMessage(
+            subject,
+            body,
+            settings.DEFAULT_FROM_EMAIL,
+            to=recipients if shared else [],
+            bcc=[] if shared else recipients,
+        )
         try:
-            send_mail(
-                subject,
-                body,
-                settings.DEFAULT_FROM_EMAIL,
-                email_list_parse(delivery.target),
-                fail_silently=False,
-            )
+            message.send(fail_silently=False)
         except (smtplib.SMTPException, OSError) as exc:
             raise AlertDeliveryFailed(f"Email not sent: {type(exc).__name__}: {exc}") from None
         except Exception as exc:  # noqa: BLE001 - any other failure is a failed attempt

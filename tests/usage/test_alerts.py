@@ -410,6 +410,36 @@ def test_alert_email_subjects_say_which_budget_and_percentage_or_provider(
     ]
 
 
+@pytest.mark.django_db
+def test_tenant_wide_alert_email_does_not_show_one_budgets_recipients_to_another(
+    django_capture_on_commit_callbacks, settings
+):
+    # given two budgets, each alerting a different customer's contact
+    settings.USAGE_ERROR_RATE_MIN_REQUESTS = 10
+    tenant = TenantFactory(name="Acme")
+    BudgetFactory(tenant=tenant, customer_id="a", alert_percentages=[], alert_emails="x@a.test")
+    BudgetFactory(tenant=tenant, customer_id="b", alert_percentages=[], alert_emails="y@b.test")
+    config = ProviderConfigFactory(tenant=tenant, name="openai-main")
+    CallLogFactory.create_batch(
+        10,
+        tenant=tenant,
+        provider_config=config,
+        status=CallLog.Status.ERROR,
+        created_at=NOW - dt.timedelta(minutes=2),
+    )
+
+    # when the provider's error-rate alert, sent to every budget's recipients, goes out
+    with django_capture_on_commit_callbacks(execute=True):
+        (alert,) = error_rates_check(now=NOW)
+
+    # then both get it, and neither sees the other's address
+    (message,) = mail.outbox
+    assert sorted(message.recipients()) == ["x@a.test", "y@b.test"]
+    headers = message.message().as_string().split("\n\n", 1)[0]
+    assert "x@a.test" not in headers and "y@b.test" not in headers
+    assert alert.deliveries.get().state == "delivered"
+
+
 class _FlakyReceiver:
     """A loopback webhook receiver that fails a given number of times, then accepts."""
 

@@ -614,6 +614,60 @@ def test_webhook_delivery_refused_when_url_points_at_loopback(httpserver):
     assert httpserver.log == []
 
 
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_two_workers_delivering_one_alert_at_once_send_it_once(httpserver, allow_private_urls):
+    # given a webhook delivery and a receiver that takes a moment to answer
+    posts = []
+
+    def slow(request):
+        import time
+
+        from werkzeug import Response
+
+        posts.append(request.data)
+        time.sleep(0.3)
+        return Response("ok", status=200)
+
+    httpserver.expect_request("/hook", method="POST").respond_with_handler(slow)
+    tenant = TenantFactory()
+    BudgetFactory(
+        tenant=tenant,
+        alert_percentages=[50],
+        alert_emails="",
+        webhook_url=httpserver.url_for("/hook"),
+    )
+    _spend(tenant, "5.00")
+    _aggregate()
+    (alert,) = budget_thresholds_check(now=NOW)
+    # (committed at once here, so the alert went out on commit: make it due again)
+    alert.deliveries.update(delivered_at=None, attempts=0, next_attempt_at=NOW)
+    posts.clear()
+    delivery = alert.deliveries.get()
+    barrier = threading.Barrier(4)
+    outcomes = []
+
+    def deliver():
+        barrier.wait()
+        try:
+            outcomes.append(alert_delivery_attempt(delivery_id=delivery.pk, now=NOW))
+        finally:
+            connection.close()
+
+    # when four workers attempt it at the same moment
+    threads = [threading.Thread(target=deliver) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    # then one sent it, the others found it claimed
+    assert len(posts) == 1
+    assert sorted(o.state for o in outcomes if o is not None) == ["delivered"]
+    delivery.refresh_from_db()
+    assert (delivery.state, delivery.attempts) == ("delivered", 1)
+
+
 @pytest.mark.django_db
 def test_delivery_is_skipped_when_already_delivered():
     tenant = TenantFactory()

@@ -21,10 +21,10 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_DOWN, Decimal
 
 from django.conf import settings
-from django.core.mail import send_mail
+from django.core.mail import EmailMessage
 from django.db import IntegrityError, transaction
 from django.db.models import Max, Min, Sum
 from django.db.models.functions import TruncMonth
@@ -37,8 +37,8 @@ from llm_providers.models import ProviderConfig, Tenant, TenantMembership
 from .budget import BudgetExceeded, budget_refusal_prefix
 from .locking import exclusive_transaction
 from .models import AlertDelivery, Budget, CallLog, CostAlert, DailyUsage, email_list_parse
-from .money import usd_format
-from .periods import period_containing, utc_window_for_days
+from .money import usd_format, usd_format_exact
+from .periods import period_containing, utc_window_for_days, zone
 from .selectors import (
     budget_list_active,
     budget_period_spend,
@@ -168,24 +168,44 @@ def _tenant_recipients(tenant_id) -> tuple[list[str], list[str]]:
     return list(emails), list(webhooks)
 
 
+def _spend_text(spend: Decimal, limit: Decimal) -> str:
+    """The spend as people read it, never rounded up to (or past) a limit it is below."""
+    text = usd_format(spend)
+    if spend < limit <= Decimal(text.lstrip("$").replace(",", "")):
+        return usd_format_exact(spend)
+    return text
+
+
 def _budget_message(budget: Budget, period, percent: int, spend: Decimal) -> str:
+    # The limit is written as set: $10.005 must not read $10.01.
     text = (
         f"{budget.tenant.name}: budget “{budget.name}” ({budget.scope_label}, "
         f"{budget.get_period_display().lower()} {period.key}) has reached {percent}% of its "
-        f"{usd_format(budget.limit_usd)} limit: {usd_format(spend)} spent."
+        f"{usd_format_exact(budget.limit_usd)} limit: "
+        f"{_spend_text(spend, budget.limit_usd)} spent."
     )
     if budget.is_blocking and percent >= 100:
-        text += " Calls that would go over the limit are refused until the period resets."
+        text += (
+            " Calls that would go over the limit are refused until the period resets "
+            f"{_reset_text(period)}."
+        )
     return text
+
+
+def _reset_text(period) -> str:
+    """When the period ends, in the tenant's time zone the period is counted in."""
+    end = period.end.astimezone(zone(period.timezone_name))
+    return f"at {end:%Y-%m-%d %H:%M} ({period.timezone_name or 'UTC'})"
 
 
 def _budget_refusing_message(budget: Budget, period, spend: Decimal) -> str:
     return (
         f"{budget.tenant.name}: budget “{budget.name}” ({budget.scope_label}, "
         f"{budget.get_period_display().lower()} {period.key}) refuses calls: "
-        f"{usd_format(spend)} of its {usd_format(budget.limit_usd)} limit is spent, and calls "
+        f"{_spend_text(spend, budget.limit_usd)} of its {usd_format_exact(budget.limit_usd)} "
+        "limit is spent, and calls "
         f"that could cost more than the {usd_format(budget.limit_usd - spend)} left are "
-        "refused until the period resets."
+        f"refused until the period resets {_reset_text(period)}."
     )
 
 
@@ -334,6 +354,20 @@ def error_rates_check(*, now: datetime) -> list[CostAlert]:
     return created
 
 
+def _percent_text(ratio, *, above=None) -> str:
+    """`ratio` as a percentage of up to four decimals, written with as few as
+    read true: 2.5%, and 20.5% (not 20%) when it must read above 20%."""
+    exact = Decimal(str(ratio)) * 100
+    for places in range(5):
+        shown = exact.quantize(Decimal(1).scaleb(-places), rounding=ROUND_DOWN)
+        if shown == exact or (above is not None and shown > Decimal(str(above)) * 100):
+            break
+    text = f"{shown:f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return f"{text}%"
+
+
 def _error_rate_alert_create(
     *, now: datetime, tenant: Tenant, config_id, config, total: int, errors: int, period_key: str
 ) -> CostAlert | None:
@@ -359,8 +393,8 @@ def _error_rate_alert_create(
         percent=round(errors * 100 / total),
         message=(
             f"{tenant.name}: provider “{name}” failed {errors} of {total} "
-            f"calls ({errors / total:.0%}) in the last {minutes} minutes, above the "
-            f"{threshold:.0%} alert threshold."
+            f"calls ({_percent_text(Decimal(errors) / total, above=threshold)}) in the last "
+            f"{minutes} minutes, above the {_percent_text(threshold)} alert threshold."
         ),
         emails=emails,
         webhooks=webhooks,
@@ -440,11 +474,13 @@ def _slack_text(text: str) -> str:
 
 
 def _payload(alert: CostAlert) -> dict:
+    # `text` is for Slack; other receivers read `alert`, whose message is as written.
     return {
         "text": _slack_text(alert.message),
         "alert": {
             "id": alert.pk,
             "kind": alert.kind,
+            "message": alert.message,
             "tenant": alert.tenant.slug,
             "budget": alert.budget.name if alert.budget else None,
             "period": alert.period_key,
@@ -454,6 +490,41 @@ def _payload(alert: CostAlert) -> dict:
             "created_at": alert.created_at.isoformat(),
         },
     }
+
+
+def _email_context(alert: CostAlert) -> dict:
+    """The email's period and time in the tenant's time zone, the one budgets count in."""
+    tz_name = alert.tenant.timezone or "UTC"
+    period = alert.period_key
+    if alert.kind == CostAlert.Kind.BUDGET:
+        # A budget's period key is a tenant-local day (2026-06-15) or month (2026-06).
+        kind = "daily" if len(period) == len("2026-06-15") else "monthly"
+        period = f"{period} ({kind}, {tz_name})"
+    raised_at = alert.created_at.astimezone(zone(tz_name))
+    return {
+        "alert": alert,
+        "period": period,
+        "raised_at": f"{raised_at:%Y-%m-%d %H:%M} ({tz_name})",
+    }
+
+
+def _email_subject(alert: CostAlert) -> str:
+    """What the alert is about, so that alerts fired together read apart in a mailbox."""
+    if alert.kind == CostAlert.Kind.BUDGET and alert.budget is not None:
+        name = f"budget “{alert.budget.name}”"
+        below = (
+            alert.spend_usd is not None and alert.limit_usd and alert.spend_usd < alert.limit_usd
+        )
+        if alert.percent >= 100 and below:
+            return f"{name} refuses calls"
+        return f"{name} reached {alert.percent}%"
+    if alert.kind == CostAlert.Kind.ERROR_RATE and alert.provider_config is not None:
+        return f"provider “{alert.provider_config.name}” failed {alert.percent}% of calls"
+    if alert.kind == CostAlert.Kind.UNPRICED:
+        # The subject key is "<provider config>/<provider type>/<model>".
+        model = alert.subject_key.split("/", 2)[-1]
+        return f"unpriced usage of model “{model}”"
+    return alert.get_kind_display().lower()
 
 
 def _send(delivery: AlertDelivery) -> None:
@@ -468,18 +539,24 @@ def _send(delivery: AlertDelivery) -> None:
                 "Email not sent: EMAIL_URL is not set, so there is no mail server to send "
                 "through (see docs/OPERATIONS.md)."
             )
-        subject = f"[LLM usage] {alert.tenant.name}: {alert.get_kind_display().lower()}"
+        subject = f"[LLM usage] {alert.tenant.name}: {_email_subject(alert)}"
         # A header is one line: a line break in a name would refuse every attempt.
         subject = " ".join(subject.split())
-        body = render_to_string("usage/alert_email.txt", {"alert": alert})
+        body = render_to_string("usage/alert_email.txt", _email_context(alert))
+        recipients = email_list_parse(delivery.target)
+        # A budget's recipients were listed together on the budget; the other
+        # alerts go to every budget's recipients (say, each customer's contact),
+        # who must not learn one another's addresses.
+        shared = alert.kind == CostAlert.Kind.BUDGET
+        message = EmailMessage(
+            subject,
+            body,
+            settings.DEFAULT_FROM_EMAIL,
+            to=recipients if shared else [],
+            bcc=[] if shared else recipients,
+        )
         try:
-            send_mail(
-                subject,
-                body,
-                settings.DEFAULT_FROM_EMAIL,
-                email_list_parse(delivery.target),
-                fail_silently=False,
-            )
+            message.send(fail_silently=False)
         except (smtplib.SMTPException, OSError) as exc:
             raise AlertDeliveryFailed(f"Email not sent: {type(exc).__name__}: {exc}") from None
         except Exception as exc:  # noqa: BLE001 - any other failure is a failed attempt
@@ -515,9 +592,9 @@ def alert_delivery_attempt(
     ).update(next_attempt_at=timezone.now() + timedelta(seconds=_CLAIM_SECONDS))
     if not claimed:
         return None
-    delivery = AlertDelivery.objects.select_related("alert__tenant", "alert__budget").get(
-        pk=delivery_id
-    )
+    delivery = AlertDelivery.objects.select_related(
+        "alert__tenant", "alert__budget", "alert__provider_config"
+    ).get(pk=delivery_id)
     attempts = delivery.attempts + 1
     try:
         _send(delivery)

@@ -211,6 +211,12 @@ def webhook_post(url: str, payload: dict) -> int:
         with deadline, _opener(deadline).open(request, timeout=timeout) as reply:
             return reply.status
     except urllib.error.HTTPError as exc:
+        if 300 <= exc.code < 400:
+            # The Location is not quoted: it may carry the new secret path.
+            raise WebhookFailed(
+                f"{label} answered HTTP {exc.code}, a redirect: alerts do not follow "
+                "redirects, so enter the URL it redirects to."
+            ) from None
         raise WebhookFailed(f"{label} answered HTTP {exc.code}.") from None
     except Exception as exc:  # noqa: BLE001 - every failure is a failed attempt
         raise WebhookFailed(_failure_message(label, exc, deadline)) from None

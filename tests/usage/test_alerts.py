@@ -81,6 +81,31 @@ def test_threshold_check_creates_one_alert_per_crossed_percent():
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("limit", "spent", "percent", "shown"),
+    [
+        # $9.996 of $10 is below the limit: it does not read "$10.00 spent"
+        ("10", "9.996", 80, "has reached 80% of its $10.00 limit: $9.996 spent."),
+        # a limit set to the tenth of a cent is written as set
+        ("10.005", "9", 80, "has reached 80% of its $10.005 limit: $9.00 spent."),
+    ],
+)
+def test_threshold_alert_writes_limit_as_set_and_spend_never_rounded_up_to_it(
+    limit, spent, percent, shown
+):
+    tenant = TenantFactory(name="Acme")
+    BudgetFactory(
+        tenant=tenant, name="Monthly", limit_usd=Decimal(limit), alert_percentages=[percent, 100]
+    )
+    _spend(tenant, spent)
+    _aggregate()
+
+    (alert,) = budget_thresholds_check(now=NOW)
+
+    assert alert.message == (f"Acme: budget “Monthly” (whole tenant, monthly 2026-06) {shown}")
+
+
+@pytest.mark.django_db
 def test_threshold_check_alerts_a_budget_whose_stored_webhook_url_cannot_be_parsed():
     # given a budget stored with a webhook URL today's checks refuse, and an email
     tenant = TenantFactory()
@@ -135,8 +160,40 @@ def test_threshold_alert_says_calls_are_refused_when_blocking_budget_is_spent():
     assert alert.message == (
         "Acme: budget “Cap” (whole tenant, daily 2026-06-15) has reached 100% of its $1.00 "
         "limit: $1.20 spent. Calls that would go over the limit are refused until the "
-        "period resets."
+        "period resets at 2026-06-16 00:00 (UTC)."
     )
+
+
+@pytest.mark.django_db
+def test_blocking_alert_and_its_email_name_the_tenant_time_zone_and_when_the_period_resets(
+    django_capture_on_commit_callbacks,
+):
+    # given a daily blocking budget of a tenant in Berlin (UTC+2 in June), spent past its limit
+    tenant = TenantFactory(name="Acme", timezone="Europe/Berlin")
+    BudgetFactory(
+        tenant=tenant,
+        name="Cap",
+        action=Budget.Action.BLOCK,
+        period=Budget.Period.DAILY,
+        alert_percentages=[100],
+        limit_usd=Decimal("1"),
+        alert_emails="ops@example.com",
+    )
+    _spend(tenant, "1.20")
+    _aggregate()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        (alert,) = budget_thresholds_check(now=NOW)
+
+    # then the message says when calls go through again, in the tenant's zone
+    assert alert.message.endswith(
+        "Calls that would go over the limit are refused until the period resets "
+        "at 2026-06-16 00:00 (Europe/Berlin)."
+    )
+    # and the email dates the period and the alert in that zone, not as UTC
+    (message,) = mail.outbox
+    assert "Period: 2026-06-15 (daily, Europe/Berlin)\n" in message.body
+    assert "Raised at: 2026-06-15 14:00 (Europe/Berlin)\n" in message.body
 
 
 @pytest.mark.django_db
@@ -184,7 +241,7 @@ def test_threshold_check_alerts_100_percent_when_blocking_budget_refused_a_call_
     assert alert.message == (
         f"Acme: budget “Cap” (whole tenant, daily {now.date()}) refuses calls: $0.95 of "
         "its $1.00 limit is spent, and calls that could cost more than the $0.05 left are "
-        "refused until the period resets."
+        f"refused until the period resets at {now.date() + dt.timedelta(days=1)} 00:00 (UTC)."
     )
     assert budget_thresholds_check(now=now + dt.timedelta(minutes=5)) == []
 
@@ -241,7 +298,10 @@ def test_concurrent_threshold_checks_create_each_alert_once():
 def test_new_alert_is_emailed_once_committed(django_capture_on_commit_callbacks):
     tenant = TenantFactory(name="Acme")
     BudgetFactory(
-        tenant=tenant, alert_percentages=[50], alert_emails="a@example.com, b@example.com"
+        tenant=tenant,
+        name="Monthly",
+        alert_percentages=[50],
+        alert_emails="a@example.com, b@example.com",
     )
     _spend(tenant, "6.00")
     _aggregate()
@@ -252,7 +312,7 @@ def test_new_alert_is_emailed_once_committed(django_capture_on_commit_callbacks)
     assert len(mail.outbox) == 1
     message = mail.outbox[0]
     assert message.to == ["a@example.com", "b@example.com"]
-    assert message.subject == "[LLM usage] Acme: budget threshold"
+    assert message.subject == "[LLM usage] Acme: budget “Monthly” reached 50%"
     assert alert.message in message.body
     delivery = alert.deliveries.get()
     assert (delivery.state, delivery.attempts) == ("delivered", 1)
@@ -293,9 +353,14 @@ def test_alert_email_fails_and_is_retried_while_no_mail_server_is_configured(set
 def test_alert_email_subject_is_one_line_when_the_tenant_name_is_not(
     django_capture_on_commit_callbacks,
 ):
-    # given a tenant whose name holds a line break (a header must not)
+    # given a tenant and a budget whose names hold line breaks (a header must not)
     tenant = TenantFactory(name="Acme\r\nBcc: someone@example.com")
-    BudgetFactory(tenant=tenant, alert_percentages=[50], alert_emails="a@example.com")
+    BudgetFactory(
+        tenant=tenant,
+        name="Cap\nCc: x@example.com",
+        alert_percentages=[50],
+        alert_emails="a@example.com",
+    )
     _spend(tenant, "6.00")
     _aggregate()
 
@@ -303,9 +368,75 @@ def test_alert_email_subject_is_one_line_when_the_tenant_name_is_not(
         (alert,) = budget_thresholds_check(now=NOW)
 
     (message,) = mail.outbox
-    assert message.subject == "[LLM usage] Acme Bcc: someone@example.com: budget threshold"
+    assert message.subject == (
+        "[LLM usage] Acme Bcc: someone@example.com: budget “Cap Cc: x@example.com” reached 50%"
+    )
     assert message.to == ["a@example.com"]
+    assert message.cc == []
     assert message.bcc == []
+    assert alert.deliveries.get().state == "delivered"
+
+
+@pytest.mark.django_db
+def test_alert_email_subjects_say_which_budget_and_percentage_or_provider(
+    django_capture_on_commit_callbacks, settings
+):
+    # given a budget whose spend crossed 50 % and 80 % at once, and a failing provider
+    settings.USAGE_ERROR_RATE_MIN_REQUESTS = 10
+    tenant = TenantFactory(name="Acme")
+    BudgetFactory(
+        tenant=tenant, name="Monthly", alert_percentages=[50, 80], alert_emails="a@example.com"
+    )
+    _spend(tenant, "9.00")
+    config = ProviderConfigFactory(tenant=tenant, name="openai-main")
+    CallLogFactory.create_batch(
+        10,
+        tenant=tenant,
+        provider_config=config,
+        status=CallLog.Status.ERROR,
+        cost_usd=Decimal(0),
+        created_at=NOW - dt.timedelta(minutes=2),
+    )
+    _aggregate()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        alerts_check(now=NOW)
+
+    # then each email's subject tells them apart
+    assert sorted(m.subject for m in mail.outbox) == [
+        "[LLM usage] Acme: budget “Monthly” reached 50%",
+        "[LLM usage] Acme: budget “Monthly” reached 80%",
+        "[LLM usage] Acme: provider “openai-main” failed 100% of calls",
+    ]
+
+
+@pytest.mark.django_db
+def test_tenant_wide_alert_email_does_not_show_one_budgets_recipients_to_another(
+    django_capture_on_commit_callbacks, settings
+):
+    # given two budgets, each alerting a different customer's contact
+    settings.USAGE_ERROR_RATE_MIN_REQUESTS = 10
+    tenant = TenantFactory(name="Acme")
+    BudgetFactory(tenant=tenant, customer_id="a", alert_percentages=[], alert_emails="x@a.test")
+    BudgetFactory(tenant=tenant, customer_id="b", alert_percentages=[], alert_emails="y@b.test")
+    config = ProviderConfigFactory(tenant=tenant, name="openai-main")
+    CallLogFactory.create_batch(
+        10,
+        tenant=tenant,
+        provider_config=config,
+        status=CallLog.Status.ERROR,
+        created_at=NOW - dt.timedelta(minutes=2),
+    )
+
+    # when the provider's error-rate alert, sent to every budget's recipients, goes out
+    with django_capture_on_commit_callbacks(execute=True):
+        (alert,) = error_rates_check(now=NOW)
+
+    # then both get it, and neither sees the other's address
+    (message,) = mail.outbox
+    assert sorted(message.recipients()) == ["x@a.test", "y@b.test"]
+    headers = message.message().as_string().split("\n\n", 1)[0]
+    assert "x@a.test" not in headers and "y@b.test" not in headers
     assert alert.deliveries.get().state == "delivered"
 
 
@@ -396,6 +527,38 @@ def test_webhook_text_escapes_what_slack_would_read_as_markup(httpserver, allow_
 
 
 @pytest.mark.django_db
+def test_webhook_payload_gives_json_receivers_the_message_as_written(
+    httpserver, allow_private_urls
+):
+    # given an unpriced-usage alert about a model whose name holds Slack markup
+    receiver = _FlakyReceiver(httpserver, failures=0)
+    tenant = TenantFactory(name="R&D")
+    BudgetFactory(tenant=tenant, alert_percentages=[], alert_emails="", webhook_url=receiver.url)
+    config = ProviderConfigFactory(tenant=tenant, name="local")
+    CallLogFactory(
+        tenant=tenant,
+        provider_config=config,
+        model_requested="<!here> & co",
+        cost_usd=None,
+        price_source=CallLog.PriceSource.UNKNOWN,
+        created_at=NOW - dt.timedelta(minutes=10),
+    )
+    _aggregate()
+    (alert,) = unpriced_usage_check(now=NOW)
+
+    # when it is delivered
+    delivered = alert_delivery_attempt(delivery_id=alert.deliveries.get().pk, now=NOW)
+
+    # then Slack's `text` is escaped, and the alert's message is there as written
+    assert delivered.state == "delivered"
+    (body,) = receiver.bodies
+    assert body["text"].startswith("R&amp;D: 1 request(s) to model “&lt;!here&gt; &amp; co”")
+    assert body["alert"]["message"] == alert.message
+    assert body["alert"]["message"].startswith("R&D: 1 request(s) to model “<!here> & co”")
+    assert (body["alert"]["kind"], body["alert"]["budget"]) == ("unpriced", None)
+
+
+@pytest.mark.django_db
 def test_webhook_delivery_gives_up_after_max_attempts_until_retried_in_the_admin(
     httpserver, allow_private_urls, settings
 ):
@@ -451,6 +614,60 @@ def test_webhook_delivery_refused_when_url_points_at_loopback(httpserver):
     assert httpserver.log == []
 
 
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_two_workers_delivering_one_alert_at_once_send_it_once(httpserver, allow_private_urls):
+    # given a webhook delivery and a receiver that takes a moment to answer
+    posts = []
+
+    def slow(request):
+        import time
+
+        from werkzeug import Response
+
+        posts.append(request.data)
+        time.sleep(0.3)
+        return Response("ok", status=200)
+
+    httpserver.expect_request("/hook", method="POST").respond_with_handler(slow)
+    tenant = TenantFactory()
+    BudgetFactory(
+        tenant=tenant,
+        alert_percentages=[50],
+        alert_emails="",
+        webhook_url=httpserver.url_for("/hook"),
+    )
+    _spend(tenant, "5.00")
+    _aggregate()
+    (alert,) = budget_thresholds_check(now=NOW)
+    # (committed at once here, so the alert went out on commit: make it due again)
+    alert.deliveries.update(delivered_at=None, attempts=0, next_attempt_at=NOW)
+    posts.clear()
+    delivery = alert.deliveries.get()
+    barrier = threading.Barrier(4)
+    outcomes = []
+
+    def deliver():
+        barrier.wait()
+        try:
+            outcomes.append(alert_delivery_attempt(delivery_id=delivery.pk, now=NOW))
+        finally:
+            connection.close()
+
+    # when four workers attempt it at the same moment
+    threads = [threading.Thread(target=deliver) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    # then one sent it, the others found it claimed
+    assert len(posts) == 1
+    assert sorted(o.state for o in outcomes if o is not None) == ["delivered"]
+    delivery.refresh_from_db()
+    assert (delivery.state, delivery.attempts) == ("delivered", 1)
+
+
 @pytest.mark.django_db
 def test_delivery_is_skipped_when_already_delivered():
     tenant = TenantFactory()
@@ -496,6 +713,46 @@ def test_error_rate_alert_fires_once_per_window_when_provider_fails_often(settin
     )
     # No budget names recipients, so the tenant's admins are told.
     assert alert.deliveries.get().target_label == "ops@example.com"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("threshold", "errors", "total", "shown"),
+    [
+        # a threshold with a fraction of a percent is written as set, not rounded away
+        (0.025, 3, 100, "failed 3 of 100 calls (3%) in the last 15 minutes, above the 2.5%"),
+        # a rate just above the threshold is not written as the threshold itself
+        (0.2, 41, 200, "failed 41 of 200 calls (20.5%) in the last 15 minutes, above the 20%"),
+        (0.2, 2001, 10000, "calls (20.01%) in the last 15 minutes, above the 20%"),
+    ],
+)
+def test_error_rate_alert_writes_rate_and_threshold_so_the_rate_reads_above_it(
+    settings, threshold, errors, total, shown
+):
+    settings.USAGE_ERROR_RATE_THRESHOLD = threshold
+    settings.USAGE_ERROR_RATE_MIN_REQUESTS = 10
+    tenant = TenantFactory(name="Acme")
+    TenantMembershipFactory(tenant=tenant, user=UserFactory(email="ops@example.com"))
+    config = ProviderConfigFactory(tenant=tenant, name="openai-main")
+    CallLogFactory.create_batch(
+        errors,
+        tenant=tenant,
+        provider_config=config,
+        status=CallLog.Status.ERROR,
+        created_at=NOW - dt.timedelta(minutes=2),
+    )
+    CallLogFactory.create_batch(
+        total - errors,
+        tenant=tenant,
+        provider_config=config,
+        status=CallLog.Status.OK,
+        created_at=NOW - dt.timedelta(minutes=2),
+    )
+
+    (alert,) = error_rates_check(now=NOW)
+
+    assert shown in alert.message
+    assert alert.message.endswith(" alert threshold.")
 
 
 @pytest.mark.postgres

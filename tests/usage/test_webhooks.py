@@ -159,3 +159,21 @@ def test_post_gives_up_when_the_receiver_answers_slower_than_the_timeout_in_all(
     assert dripping_receiver.sent < len(_DrippingReceiver.answer)
     port = dripping_receiver.server.getsockname()[1]
     assert str(failed.value) == f"http://127.0.0.1:{port}/… did not answer within 0.5 s."
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+def test_post_does_not_follow_a_redirect_and_says_so(httpserver, allow_private_urls, status):
+    # given a receiver that redirects elsewhere on the same host
+    httpserver.expect_request("/hooks/T0/secret", method="POST").respond_with_data(
+        "", status=status, headers={"Location": httpserver.url_for("/elsewhere")}
+    )
+
+    with pytest.raises(WebhookFailed) as failed:
+        webhook_post(httpserver.url_for("/hooks/T0/secret"), {"text": "x"})
+
+    # then the failure says why the alert did not go, and nothing followed the redirect
+    assert str(failed.value) == (
+        f"http://localhost:{httpserver.port}/… answered HTTP {status}, a redirect: alerts do "
+        "not follow redirects, so enter the URL it redirects to."
+    )
+    assert [request.path for request, _ in httpserver.log] == ["/hooks/T0/secret"]

@@ -340,6 +340,8 @@ def error_rates_check(*, now: datetime) -> list[CostAlert]:
     created = []
     with _error_rate_alerts_exclusive():
         for tenant_id, config_id, total, errors in failing:
+            if tenant_id not in tenants:
+                continue  # deleted since its calls were counted
             alert = _error_rate_alert_create(
                 now=now,
                 tenant=tenants[tenant_id],
@@ -423,7 +425,9 @@ def unpriced_usage_check(*, now: datetime) -> list[CostAlert]:
         if tenants is None:
             tenants = Tenant.objects.in_bulk()
             configs = dict(ProviderConfig.objects.values_list("pk", "name"))
-        tenant = tenants[row["tenant_id"]]
+        tenant = tenants.get(row["tenant_id"])
+        if tenant is None:
+            continue  # deleted since its usage was read
         month = row["first_day"].strftime("%Y-%m")
         subject_key = f"{row['provider_config_id'] or '-'}/{row['provider_type']}/{row['model']}"
         if CostAlert.objects.filter(

@@ -12,7 +12,7 @@ from django.core.exceptions import ValidationError
 from django.db import connection
 from django.utils import timezone
 
-from llm_providers.models import TenantMembership
+from llm_providers.models import Tenant, TenantMembership
 from tests.factories import (
     BudgetFactory,
     CallLogFactory,
@@ -32,7 +32,7 @@ from usage.alerts import (
     unpriced_usage_check,
 )
 from usage.budget import BudgetExceeded, budget_reserve
-from usage.models import AlertDelivery, Budget, CallLog, CostAlert
+from usage.models import AlertDelivery, Budget, CallLog, CostAlert, DailyUsage
 from usage.selectors import provider_error_rates
 
 NOW = dt.datetime(2026, 6, 15, 12, 0, tzinfo=dt.UTC)
@@ -988,3 +988,50 @@ def test_operational_alert_has_no_delivery_when_tenant_has_only_viewers():
     (alert,) = error_rates_check(now=NOW)
 
     assert alert.deliveries.count() == 0
+
+
+@pytest.mark.django_db
+def test_unpriced_usage_check_skips_usage_of_a_tenant_deleted_since_it_was_read():
+    # given unpriced usage of a tenant and rows of one deleted meanwhile (DailyUsage
+    # keeps no database foreign key, so a delete racing the read leaves them for a moment)
+    tenant = TenantFactory(name="Acme")
+    BudgetFactory(tenant=tenant, alert_percentages=[], alert_emails="finance@example.com")
+    CallLogFactory(
+        tenant=tenant,
+        model_requested="mystery-7b",
+        cost_usd=None,
+        price_source=CallLog.PriceSource.UNKNOWN,
+        created_at=NOW - dt.timedelta(minutes=10),
+    )
+    _aggregate()
+    gone = DailyUsage.objects.get()
+    gone.pk, gone.tenant_id = None, uuid.uuid4()
+    gone.save()
+
+    # when / then: the living tenant is alerted, the vanished one skipped
+    (alert,) = unpriced_usage_check(now=NOW)
+    assert alert.tenant == tenant
+
+
+@pytest.mark.django_db
+def test_error_rate_check_skips_a_tenant_deleted_between_its_two_reads(settings, monkeypatch):
+    settings.USAGE_ERROR_RATE_MIN_REQUESTS = 2
+    kept, gone = TenantFactory(name="Kept"), TenantFactory(name="Gone")
+    for tenant in (kept, gone):
+        config = ProviderConfigFactory(tenant=tenant)
+        for _ in range(2):
+            CallLogFactory(
+                tenant=tenant,
+                provider_config=config,
+                status=CallLog.Status.ERROR,
+                created_at=NOW - dt.timedelta(minutes=2),
+            )
+    in_bulk = type(Tenant.objects).in_bulk
+
+    def in_bulk_after_the_delete(manager, ids=None, **kwargs):
+        return {k: v for k, v in in_bulk(manager, ids, **kwargs).items() if k != gone.pk}
+
+    monkeypatch.setattr(type(Tenant.objects), "in_bulk", in_bulk_after_the_delete)
+
+    (alert,) = error_rates_check(now=NOW)
+    assert alert.tenant == kept

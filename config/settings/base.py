@@ -350,7 +350,7 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     # Token first: an unauthenticated request gets 401 with `WWW-Authenticate: Token`.
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "llm_providers.api.authentication.TokenAuthentication",
         "llm_providers.api.authentication.ServiceKeyAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],

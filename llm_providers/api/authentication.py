@@ -1,6 +1,12 @@
-"""Service key authentication: `Authorization: Api-Key <key>` acts for the key's tenant."""
+"""Service key authentication: `Authorization: Api-Key <key>` acts for the key's tenant.
+
+Credentials that cannot exist are refused before any query: PostgreSQL refuses
+a NUL in a query's text, which would otherwise be a server error.
+"""
 
 from __future__ import annotations
+
+import re
 
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
@@ -9,6 +15,17 @@ from rest_framework_api_key.permissions import KeyParser
 from llm_providers.models import ServiceKey
 
 KEYWORD = "Api-Key"
+# Prefixes are generated as 8 letters and digits.
+_PREFIX = re.compile(r"[A-Za-z0-9]{1,8}")
+
+
+class TokenAuthentication(authentication.TokenAuthentication):
+    """DRF's user tokens (`Authorization: Token <key>`)."""
+
+    def authenticate_credentials(self, key):
+        if "\x00" in key:
+            raise exceptions.AuthenticationFailed("Invalid token.")
+        return super().authenticate_credentials(key)
 
 
 class ServiceKeyPrincipal:
@@ -54,7 +71,7 @@ class ServiceKeyAuthentication(authentication.BaseAuthentication):
         prefix, dot, _ = key.partition(".")
         service_key = (
             ServiceKey.objects.select_related("tenant").filter(prefix=prefix).first()
-            if dot and prefix
+            if dot and _PREFIX.fullmatch(prefix)
             else None
         )
         if service_key is None or not service_key.is_valid(key):

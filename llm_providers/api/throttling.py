@@ -5,6 +5,12 @@ and, for unauthenticated requests, per client address (`anon`). Rates are
 `REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]`, read on every request so that a
 settings change applies at once.
 
+With Redis (django-redis) a credential's history is a sorted set of request
+times, and the check and the count are one Lua script: atomic across
+processes, so concurrent requests never pass beyond the rate. With another
+cache backend DRF's history list is read and written under a process lock,
+correct within one process.
+
 When the cache cannot be reached a request is let through unthrottled, with a
 warning, as the completion service's own rate limits are: refusing every
 request for a cache outage would be worse.
@@ -13,7 +19,10 @@ request for a cache outage would be worse.
 from __future__ import annotations
 
 import logging
+import secrets
+import threading
 
+from django.core.cache import cache, caches
 from rest_framework.settings import api_settings
 from rest_framework.throttling import SimpleRateThrottle
 
@@ -24,6 +33,44 @@ logger = logging.getLogger(__name__)
 SCOPE_SERVICE_KEY = "service_key"
 SCOPE_USER = "user"
 SCOPE_ANON = "anon"
+
+# Drop the times that left the window; count one more only while the rest are
+# below the rate. Answers (1, "0") when counted, else (0, seconds until the
+# entry whose leaving lets a request pass leaves).
+_LUA_ALLOW = """
+local now = tonumber(ARGV[1])
+local duration = tonumber(ARGV[2])
+local limit = tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - duration)
+local count = redis.call('ZCARD', KEYS[1])
+if count < limit then
+  redis.call('ZADD', KEYS[1], now, ARGV[4])
+  redis.call('EXPIRE', KEYS[1], math.ceil(duration))
+  return {1, '0'}
+end
+local passing = redis.call('ZRANGE', KEYS[1], count - limit, count - limit, 'WITHSCORES')
+return {0, tostring(tonumber(passing[2]) + duration - now)}
+"""
+
+_local_lock = threading.Lock()
+# The registered script per Redis client (a settings change brings a new client).
+_scripts: dict[int, object] = {}
+
+
+def _uses_redis() -> bool:
+    from django_redis.cache import RedisCache
+
+    return isinstance(caches["default"], RedisCache)
+
+
+def _allow_script():
+    from django_redis import get_redis_connection
+
+    client = get_redis_connection("default")
+    script = _scripts.get(id(client))
+    if script is None:
+        script = _scripts[id(client)] = client.register_script(_LUA_ALLOW)
+    return script
 
 
 class CredentialRateThrottle(SimpleRateThrottle):
@@ -53,10 +100,25 @@ class CredentialRateThrottle(SimpleRateThrottle):
             return True
         self.num_requests, self.duration = self.parse_rate(self.rate)
         try:
-            return super().allow_request(request, view)
+            if _uses_redis():
+                return self._allow_request_redis(request, view)
+            with _local_lock:
+                return super().allow_request(request, view)
         except Exception as exc:  # noqa: BLE001 - any cache failure: not enforced
             logger.warning("API throttle not enforced: cache unavailable (%s)", type(exc).__name__)
             return True
+
+    def _allow_request_redis(self, request, view) -> bool:
+        self.key = self.get_cache_key(request, view)
+        self.now = self.timer()
+        # A member unique to this request: two requests in the same instant both count.
+        member = f"{self.now!r}:{secrets.token_hex(8)}"
+        allowed, wait = _allow_script()(
+            keys=[cache.make_key(self.key)],
+            args=[repr(self.now), self.duration, self.num_requests, member],
+        )
+        self._redis_wait = max(0.0, float(wait))
+        return bool(int(allowed))
 
     def wait(self) -> float:
         """Seconds until a request passes again; never None, so every 429 has Retry-After.
@@ -67,6 +129,9 @@ class CredentialRateThrottle(SimpleRateThrottle):
         history is below the rate, i.e. when its `num_requests`-th newest entry
         leaves the window.
         """
+        redis_wait = getattr(self, "_redis_wait", None)
+        if redis_wait is not None:
+            return redis_wait
         waited = super().wait()
         if waited is not None:
             return waited

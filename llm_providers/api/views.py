@@ -202,8 +202,11 @@ class ServiceKeyViewSet(
             )
             change_history_record_addition(user=request.user, instance=service_key)
         service_key.key = secret
+        # The secret is in this response only: no browser or proxy cache may keep it.
         return Response(
-            ServiceKeyCreatedSerializer(service_key).data, status=status.HTTP_201_CREATED
+            ServiceKeyCreatedSerializer(service_key).data,
+            status=status.HTTP_201_CREATED,
+            headers={"Cache-Control": "no-store"},
         )
 
     @extend_schema(

@@ -115,3 +115,30 @@ def test_user_without_membership_answers_403(db):
         "fields": {},
         "extra": {},
     }
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    ["Api-Key ab\x00cd.secret", "Api-Key abc-def.secret", "Api-Key abcdefghi.secret"],
+    ids=["nul", "not-alphanumeric", "too-long"],
+)
+def test_service_key_of_impossible_prefix_answers_401_without_a_query(
+    anonymous_api, authorization, django_assert_num_queries
+):
+    # Django's own server passes a NUL in a header on; PostgreSQL refuses it in a query.
+    anonymous_api.credentials(HTTP_AUTHORIZATION=authorization)
+
+    with django_assert_num_queries(0):
+        response = anonymous_api.get(PROVIDERS)
+
+    assert response.status_code == 401
+    assert response.json()["error"]["message"] == "Invalid service key."
+
+
+def test_token_with_nul_answers_401(anonymous_api):
+    anonymous_api.credentials(HTTP_AUTHORIZATION="Token abc\x00def")
+
+    response = anonymous_api.get(PROVIDERS)
+
+    assert response.status_code == 401
+    assert response.json()["error"]["message"] == "Invalid token."

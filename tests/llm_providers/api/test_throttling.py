@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 from django.core.cache import cache
+from django.test import RequestFactory
+from rest_framework.request import Request
 
+from llm_providers.api.throttling import CredentialRateThrottle
+from llm_providers.models import ServiceKey
 from tests.api.fixtures import service_key_client, token_client
 from tests.factories import (
     ModelPriceFactory,
@@ -82,9 +88,10 @@ def test_throttle_history_lives_in_shared_cache_keyed_without_secret(low_rates, 
     client.get(PROVIDERS)
     client.get(PROVIDERS)
 
-    history = cache.get(f"throttle_service_key_{service_key.prefix}")
+    redis = cache.client.get_client()
+    history = redis.zcard(cache.make_key(f"throttle_service_key_{service_key.prefix}"))
 
-    assert len(history) == 2
+    assert history == 2
     assert service_key.secret not in str(cache.client.get_client().keys("*"))
 
 
@@ -141,3 +148,35 @@ def test_requests_pass_unthrottled_when_the_cache_is_unreachable(
     assert {r.json()["content"] for r in responses} == {"Echo: hi"}
     assert CallLog.objects.filter(tenant=service_key.tenant, status="ok").count() == 3
     assert "API throttle not enforced: cache unavailable" in caplog.text
+
+
+def _service_key_request(prefix: str) -> Request:
+    request = Request(RequestFactory().get(PROVIDERS))
+    request._auth = ServiceKey(prefix=prefix)
+    return request
+
+
+@pytest.mark.redis
+def test_concurrent_requests_of_one_credential_never_pass_beyond_the_rate(low_rates):
+    # given: twenty requests of one service key (rate 2/min), each on its own
+    # connection to Redis, as requests in separate processes are
+    start = threading.Barrier(20)
+    allowed = []
+
+    def request_once():
+        request = _service_key_request("Conc0001")
+        start.wait()
+        allowed.append(CredentialRateThrottle().allow_request(request, None))
+
+    # when: they are checked at the same moment
+    threads = [threading.Thread(target=request_once) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    # then: exactly the rate passes, and the refused are told when to retry
+    assert allowed.count(True) == 2
+    refused = CredentialRateThrottle()
+    assert refused.allow_request(_service_key_request("Conc0001"), None) is False
+    assert 55 <= refused.wait() <= 60

@@ -576,6 +576,15 @@ def test_service_key_create_shows_secret_once_and_stores_only_hash(admin_api, ad
     assert LogEntry.objects.get(object_id=service_key.pk).user_id == admin_user.pk
 
 
+@pytest.mark.parametrize("accept", ["application/json", "text/html"])
+def test_service_key_create_response_may_not_be_stored_by_any_cache(admin_api, tenant, accept):
+    # The response holds the secret: no browser or proxy cache may keep a copy.
+    response = admin_api.post(SERVICE_KEYS, {"name": "billing"}, HTTP_ACCEPT=accept)
+
+    assert response.status_code == 201
+    assert "no-store" in response["Cache-Control"]
+
+
 def test_service_key_created_through_api_authenticates(admin_api, tenant):
     secret = admin_api.post(SERVICE_KEYS, {"name": "billing"}).json()["key"]
     client = service_key_client(type("Key", (), {"secret": secret}))

@@ -134,6 +134,8 @@ def test_change_in_a_transaction_is_announced_to_other_processes_when_committed(
     assert route_resolve(tenant=tenant).primary.provider_config.pk == other.pk
 
 
+# Another thread reads while a write transaction is open: SQLite locks the table.
+@pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_uncommitted_change_routes_no_call_of_another_thread():
     # given a tenant whose default config is "primary"

@@ -62,7 +62,14 @@ from .adapters.errors import (
     ProviderRateLimited,
     scrub_secrets,
 )
-from .adapters.types import ChatRequest, ChatResult, EmbedRequest, ToolCall, Usage
+from .adapters.types import (
+    ChatRequest,
+    ChatResult,
+    EmbedRequest,
+    EmbedResult,
+    ToolCall,
+    Usage,
+)
 from .chat_input import (
     InvalidRequest,
     embed_inputs_validate,
@@ -711,15 +718,20 @@ def _chat_call_prepare(
 
 
 def _call_with_retries(
-    call: _Call, target: RouteTarget, budget: _BudgetHold, max_output: int, invoke
+    call: _Call,
+    target: RouteTarget,
+    budget: _BudgetHold,
+    max_output: int,
+    invoke,
+    paid: list[Decimal | None] | None = None,
 ):
     """Run `invoke()` (one adapter call) until it succeeds, retrying retryable
     failures on this target, each attempt admitted by the rate limit; log the
     successful attempt, priced, and settle the budget with its cost.
-    Returns (answer, cost, price source, latency ms)."""
+    Returns (answer, cost, price source, latency ms); the costs of failed
+    attempts that were partly answered (and charged for) are added to `paid`."""
     attempt_on_target = 0
-    # Costs of failed attempts that were partly answered (and charged for).
-    paid: list[Decimal | None] = []
+    paid = [] if paid is None else paid
     try:
         while True:
             attempt_on_target += 1
@@ -1205,16 +1217,35 @@ def _embed_on_target(call: _Call, target: RouteTarget) -> EmbeddingResult:
         error = adapter.embeddings_unsupported()
         _log_failure(call, target, error, timezone.now(), time.perf_counter())
         raise error
+    # The batches answered by failed attempts on this target: a retry sends
+    # only the inputs after them. Another target would start over, as its
+    # vectors do not mix with these.
+    answered: list[list[float]] = []
+    answered_tokens = 0
+    answered_estimated = False
+
+    def attempt() -> EmbedResult:
+        nonlocal answered_tokens, answered_estimated
+        try:
+            return adapter.embed(replace(request, inputs=request.inputs[len(answered) :]))
+        except ProviderError as error:
+            if error.paid_vectors and error.paid_usage is not None:
+                answered.extend(error.paid_vectors)
+                answered_tokens += error.paid_usage.input_tokens
+                answered_estimated = answered_estimated or error.paid_usage_estimated
+            raise
+
+    paid: list[Decimal | None] = []
     with _budget_held(call, target, 0) as budget:
         embedded, cost, source, latency_ms = _call_with_retries(
-            call, target, budget, 0, lambda: adapter.embed(request)
+            call, target, budget, 0, attempt, paid
         )
     config = target.provider_config
     return EmbeddingResult(
         request_id=call.request_id,
-        vectors=embedded.vectors,
-        usage=embedded.usage,
-        cost_usd=cost,
+        vectors=[*answered, *embedded.vectors],
+        usage=Usage(input_tokens=answered_tokens + embedded.usage.input_tokens),
+        cost_usd=_cost_sum([*paid, cost]),
         price_source=source,
         provider=config.name,
         provider_config_id=config.pk,
@@ -1222,7 +1253,7 @@ def _embed_on_target(call: _Call, target: RouteTarget) -> EmbeddingResult:
         model=embedded.model or target.model,
         latency_ms=latency_ms,
         attempts=call.attempts,
-        usage_estimated=embedded.usage_estimated,
+        usage_estimated=answered_estimated or embedded.usage_estimated,
     )
 
 

@@ -20,7 +20,9 @@ class ProviderError(ApplicationError):
 
     `paid_usage` is what the provider answered, and charged for, before the
     call failed (the batches of an embedding call sent before the one that
-    failed), with the model that answered and whether it was estimated.
+    failed), with the model that answered and whether it was estimated;
+    `paid_vectors` are those batches' vectors, in input order, so that a
+    retry on the same target sends only the inputs that follow them.
     """
 
     code = "provider_error"
@@ -29,6 +31,7 @@ class ProviderError(ApplicationError):
     paid_usage: Usage | None = None
     paid_usage_estimated: bool = False
     paid_model: str = ""
+    paid_vectors: list[list[float]] | None = None
 
     def __init__(
         self,

@@ -336,6 +336,7 @@ class OpenAIChatAdapter(Adapter):
                     failure.paid_usage = Usage(input_tokens=input_tokens)
                     failure.paid_usage_estimated = estimated
                     failure.paid_model = model or request.model
+                    failure.paid_vectors = vectors
                 raise failure
             vectors += batch_vectors
             reported = _embed_prompt_tokens(response)

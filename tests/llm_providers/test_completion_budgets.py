@@ -356,3 +356,69 @@ def test_embed_failing_in_a_later_batch_logs_and_settles_the_batches_paid_for(
     with pytest.raises(BudgetExceeded) as raised:
         embed(tenant=tenant, inputs=["x" * 2_700], model="gemini-embedding-001")
     assert Decimal(raised.value.extra["spend_usd"]) == Decimal("0.2")
+
+
+def test_embed_retried_after_a_later_batch_failed_sends_only_the_inputs_not_yet_embedded(
+    tenant, allow_private_urls, openai_upstream
+):
+    # given Gemini (100 inputs per request) at $1,000 per million input tokens, and $1 of room
+    provider_config_create(
+        tenant=tenant,
+        name="gemini",
+        provider_type="gemini",
+        api_key="AIzaSyTestKey1234567890",
+        base_url=openai_upstream.base_url,
+        default_model="gemini-embedding-001",
+        is_default=True,
+    )
+    ModelPriceFactory(
+        provider_type="gemini", model="gemini-embedding-001",
+        input_per_mtok="1000", output_per_mtok="0",
+    )  # fmt: skip
+    _block(tenant, Decimal("1"))
+    texts = [f"text {n}" for n in range(250)]
+    model = "gemini-embedding-001"
+    openai_upstream.enqueue_embeddings([[n] for n in range(100)], model=model, prompt_tokens=200)
+    overloaded = {"code": 503, "message": "The model is overloaded.", "status": "UNAVAILABLE"}
+    openai_upstream.enqueue(
+        json_reply([{"error": overloaded}], status=503, headers={"Retry-After": "0"})
+    )
+    openai_upstream.enqueue_embeddings(
+        [[n] for n in range(100, 200)], model=model, prompt_tokens=200
+    )
+    openai_upstream.enqueue_embeddings(
+        [[n] for n in range(200, 250)], model=model, prompt_tokens=100
+    )
+
+    # when the second batch is unavailable once, after the first was answered
+    result = embed(tenant=tenant, inputs=texts, model=model)
+
+    # then the retry sends only the 150 inputs not yet embedded ...
+    assert [request.json["input"] for request in openai_upstream.requests] == [
+        texts[:100],
+        texts[100:200],
+        texts[100:200],
+        texts[200:],
+    ]
+    # ... and the call answers every vector, in input order, with the usage
+    # and cost of every batch answered: 500 tokens, $0.50
+    assert result.vectors == [[float(n)] for n in range(250)]
+    assert (result.usage.input_tokens, result.usage_estimated) == (500, False)
+    assert (result.cost_usd, result.price_source, result.attempts) == (
+        Decimal("0.5"),
+        "override",
+        2,
+    )
+    # Each row has the batches its attempt was answered: $0.20 + $0.30.
+    rows = CallLog.objects.order_by("attempt").values_list(
+        "attempt", "status", "input_tokens", "cost_usd"
+    )
+    assert list(rows) == [
+        (1, "error", 200, Decimal("0.2")),
+        (2, "ok", 300, Decimal("0.3")),
+    ]
+    # The budget is settled with what the provider charged: a call that may
+    # cost $0.90 no longer fits in the $0.50 left
+    with pytest.raises(BudgetExceeded) as raised:
+        embed(tenant=tenant, inputs=["x" * 2_700], model=model)
+    assert Decimal(raised.value.extra["spend_usd"]) == Decimal("0.5")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import smtplib
 import threading
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -26,7 +27,7 @@ from decimal import ROUND_DOWN, Decimal
 from django.conf import settings
 from django.core.mail import EmailMessage
 from django.db import IntegrityError, transaction
-from django.db.models import Max, Min, Sum
+from django.db.models import F, Max, Min, Q, Sum
 from django.db.models.functions import TruncMonth
 from django.template.loader import render_to_string
 from django.utils import timezone
@@ -51,6 +52,12 @@ logger = logging.getLogger(__name__)
 
 # A claimed delivery is left alone this long: longer than any send takes.
 _CLAIM_SECONDS = 120
+# What an attempt reads until it records its outcome: if its worker is killed
+# mid-send, the attempt stays counted with this error once its claim expires.
+_NO_OUTCOME = (
+    "No outcome recorded: the attempt is still running or the worker stopped "
+    "during it (see the worker's log)."
+)
 # Deliveries handled per periodic run; the rest wait for the next run.
 _DUE_BATCH = 200
 
@@ -583,25 +590,52 @@ def alert_delivery_attempt(
     """Try one delivery if it is due; record the outcome. None when not due or already done.
 
     The delivery is claimed with a conditional UPDATE first, so two workers
-    never send the same alert twice at once.
+    never send the same alert twice at once. The claim counts the attempt and
+    records that it has no outcome yet: an attempt whose worker was killed
+    stays counted once its claim expires, and the last one allowed gives the
+    delivery up rather than sending it again.
     """
     now = now or timezone.now()
-    # The claim runs from the moment it is taken, not from the start of a batch
-    # that may have taken longer than the claim itself.
-    claimed = AlertDelivery.objects.filter(
+    max_attempts = settings.USAGE_ALERT_MAX_ATTEMPTS
+    due = AlertDelivery.objects.filter(
         pk=delivery_id,
         delivered_at__isnull=True,
         next_attempt_at__isnull=False,
         next_attempt_at__lte=now,
-    ).update(next_attempt_at=timezone.now() + timedelta(seconds=_CLAIM_SECONDS))
+    )
+    # The claim runs from the moment it is taken, not from the start of a batch
+    # that may have taken longer than the claim itself.
+    claimed = due.filter(attempts__lt=max_attempts).update(
+        next_attempt_at=timezone.now() + timedelta(seconds=_CLAIM_SECONDS),
+        attempts=F("attempts") + 1,
+        last_error=_NO_OUTCOME,
+    )
     if not claimed:
+        # Due with no attempt left: the last one never recorded its outcome.
+        if due.filter(attempts__gte=max_attempts).update(next_attempt_at=None):
+            logger.warning("Alert delivery %s gave up: %s", delivery_id, _NO_OUTCOME)
         return None
     delivery = AlertDelivery.objects.select_related(
         "alert__tenant", "alert__budget", "alert__provider_config"
     ).get(pk=delivery_id)
-    attempts = delivery.attempts + 1
+    attempts = delivery.attempts
     try:
-        _send(delivery)
+        try:
+            _send(delivery)
+        except AlertDeliveryFailed:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bug or a bad template fails the attempt
+            # Only the type and where: the message may quote the target (a secret).
+            logger.error(
+                "Alert %s %s delivery failed unexpectedly: %s\n%s",
+                delivery.alert_id,
+                delivery.channel,
+                type(exc).__name__,
+                "".join(traceback.format_tb(exc.__traceback__)),
+            )
+            raise AlertDeliveryFailed(
+                f"Not sent: the delivery failed unexpectedly ({type(exc).__name__})."
+            ) from None
     except AlertDeliveryFailed as exc:
         gave_up = attempts >= settings.USAGE_ALERT_MAX_ATTEMPTS
         next_attempt_at = None if gave_up else now + timedelta(seconds=_backoff_seconds(attempts))
@@ -648,9 +682,11 @@ def alert_deliveries_retry(*, alerts) -> int:
     pending = AlertDelivery.objects.filter(alert__in=alerts, delivered_at__isnull=True)
     ids = list(pending.values_list("pk", flat=True))
     now = timezone.now()
-    AlertDelivery.objects.filter(pk__in=ids, next_attempt_at__isnull=True).update(
-        attempts=0, next_attempt_at=now
-    )
+    # Given up: out of attempts, including a last one whose worker stopped.
+    AlertDelivery.objects.filter(
+        Q(next_attempt_at__isnull=True) | Q(attempts__gte=settings.USAGE_ALERT_MAX_ATTEMPTS),
+        pk__in=ids,
+    ).update(attempts=0, next_attempt_at=now)
     AlertDelivery.objects.filter(pk__in=ids).update(next_attempt_at=now)
     transaction.on_commit(lambda: _queue_deliveries(ids), robust=True)
     return len(ids)

@@ -37,6 +37,7 @@ from llm_providers.models import ProviderConfig, Tenant, TenantMembership
 
 from .budget import BudgetExceeded, budget_refusal_prefix
 from .locking import exclusive_transaction
+from .mail import EmailTimedOut, email_send
 from .models import AlertDelivery, Budget, CallLog, CostAlert, DailyUsage, email_list_parse
 from .money import usd_format, usd_format_exact
 from .periods import period_containing, utc_window_for_days, zone
@@ -50,8 +51,12 @@ from .webhooks import WebhookFailed, webhook_label, webhook_post
 
 logger = logging.getLogger(__name__)
 
-# A claimed delivery is left alone this long: longer than any send takes.
+# A claimed delivery is left alone at least this long, and always longer
+# than its send may take (see _claim_seconds).
 _CLAIM_SECONDS = 120
+# Beyond the send's own time limit: rendering, recording the outcome, and
+# resolving a webhook's host.
+_CLAIM_MARGIN_SECONDS = 60
 # What an attempt reads until it records its outcome: if its worker is killed
 # mid-send, the attempt stays counted with this error once its claim expires.
 _NO_OUTCOME = (
@@ -566,8 +571,13 @@ def _send(delivery: AlertDelivery) -> None:
             to=recipients if shared else [],
             bcc=[] if shared else recipients,
         )
+        seconds = settings.USAGE_ALERT_EMAIL_TIMEOUT_SECONDS
         try:
-            message.send(fail_silently=False)
+            email_send(message, seconds=seconds)
+        except EmailTimedOut:
+            raise AlertDeliveryFailed(
+                f"Email not sent: the mail server did not finish within {seconds:g} s."
+            ) from None
         except (smtplib.SMTPException, OSError) as exc:
             raise AlertDeliveryFailed(f"Email not sent: {type(exc).__name__}: {exc}") from None
         except Exception as exc:  # noqa: BLE001 - any other failure is a failed attempt
@@ -577,6 +587,15 @@ def _send(delivery: AlertDelivery) -> None:
             webhook_post(delivery.target, _payload(alert))
         except WebhookFailed as exc:
             raise AlertDeliveryFailed(str(exc)) from None
+
+
+def _claim_seconds() -> float:
+    """How long a claim lasts: past the longest a send may take, so no second worker
+    sends while the first one still may."""
+    longest = max(
+        settings.USAGE_ALERT_EMAIL_TIMEOUT_SECONDS, settings.USAGE_ALERT_WEBHOOK_TIMEOUT_SECONDS
+    )
+    return max(_CLAIM_SECONDS, longest + _CLAIM_MARGIN_SECONDS)
 
 
 def _backoff_seconds(attempts: int) -> int:
@@ -606,7 +625,7 @@ def alert_delivery_attempt(
     # The claim runs from the moment it is taken, not from the start of a batch
     # that may have taken longer than the claim itself.
     claimed = due.filter(attempts__lt=max_attempts).update(
-        next_attempt_at=timezone.now() + timedelta(seconds=_CLAIM_SECONDS),
+        next_attempt_at=timezone.now() + timedelta(seconds=_claim_seconds()),
         attempts=F("attempts") + 1,
         last_error=_NO_OUTCOME,
     )

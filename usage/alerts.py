@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import smtplib
 import threading
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -26,7 +27,7 @@ from decimal import ROUND_DOWN, Decimal
 from django.conf import settings
 from django.core.mail import EmailMessage
 from django.db import IntegrityError, transaction
-from django.db.models import Max, Min, Sum
+from django.db.models import F, Max, Min, Q, Sum
 from django.db.models.functions import TruncMonth
 from django.template.loader import render_to_string
 from django.utils import timezone
@@ -36,6 +37,7 @@ from llm_providers.models import ProviderConfig, Tenant, TenantMembership
 
 from .budget import BudgetExceeded, budget_refusal_prefix
 from .locking import exclusive_transaction
+from .mail import EmailTimedOut, email_send
 from .models import AlertDelivery, Budget, CallLog, CostAlert, DailyUsage, email_list_parse
 from .money import usd_format, usd_format_exact
 from .periods import period_containing, utc_window_for_days, zone
@@ -49,8 +51,18 @@ from .webhooks import WebhookFailed, webhook_label, webhook_post
 
 logger = logging.getLogger(__name__)
 
-# A claimed delivery is left alone this long: longer than any send takes.
+# A claimed delivery is left alone at least this long, and always longer
+# than its send may take (see _claim_seconds).
 _CLAIM_SECONDS = 120
+# Beyond the send's own time limit: rendering, recording the outcome, and
+# resolving a webhook's host.
+_CLAIM_MARGIN_SECONDS = 60
+# What an attempt reads until it records its outcome: if its worker is killed
+# mid-send, the attempt stays counted with this error once its claim expires.
+_NO_OUTCOME = (
+    "No outcome recorded: the attempt is still running or the worker stopped "
+    "during it (see the worker's log)."
+)
 # Deliveries handled per periodic run; the rest wait for the next run.
 _DUE_BATCH = 200
 
@@ -559,8 +571,13 @@ def _send(delivery: AlertDelivery) -> None:
             to=recipients if shared else [],
             bcc=[] if shared else recipients,
         )
+        seconds = settings.USAGE_ALERT_EMAIL_TIMEOUT_SECONDS
         try:
-            message.send(fail_silently=False)
+            email_send(message, seconds=seconds)
+        except EmailTimedOut:
+            raise AlertDeliveryFailed(
+                f"Email not sent: the mail server did not finish within {seconds:g} s."
+            ) from None
         except (smtplib.SMTPException, OSError) as exc:
             raise AlertDeliveryFailed(f"Email not sent: {type(exc).__name__}: {exc}") from None
         except Exception as exc:  # noqa: BLE001 - any other failure is a failed attempt
@@ -570,6 +587,15 @@ def _send(delivery: AlertDelivery) -> None:
             webhook_post(delivery.target, _payload(alert))
         except WebhookFailed as exc:
             raise AlertDeliveryFailed(str(exc)) from None
+
+
+def _claim_seconds() -> float:
+    """How long a claim lasts: past the longest a send may take, so no second worker
+    sends while the first one still may."""
+    longest = max(
+        settings.USAGE_ALERT_EMAIL_TIMEOUT_SECONDS, settings.USAGE_ALERT_WEBHOOK_TIMEOUT_SECONDS
+    )
+    return max(_CLAIM_SECONDS, longest + _CLAIM_MARGIN_SECONDS)
 
 
 def _backoff_seconds(attempts: int) -> int:
@@ -583,25 +609,52 @@ def alert_delivery_attempt(
     """Try one delivery if it is due; record the outcome. None when not due or already done.
 
     The delivery is claimed with a conditional UPDATE first, so two workers
-    never send the same alert twice at once.
+    never send the same alert twice at once. The claim counts the attempt and
+    records that it has no outcome yet: an attempt whose worker was killed
+    stays counted once its claim expires, and the last one allowed gives the
+    delivery up rather than sending it again.
     """
     now = now or timezone.now()
-    # The claim runs from the moment it is taken, not from the start of a batch
-    # that may have taken longer than the claim itself.
-    claimed = AlertDelivery.objects.filter(
+    max_attempts = settings.USAGE_ALERT_MAX_ATTEMPTS
+    due = AlertDelivery.objects.filter(
         pk=delivery_id,
         delivered_at__isnull=True,
         next_attempt_at__isnull=False,
         next_attempt_at__lte=now,
-    ).update(next_attempt_at=timezone.now() + timedelta(seconds=_CLAIM_SECONDS))
+    )
+    # The claim runs from the moment it is taken, not from the start of a batch
+    # that may have taken longer than the claim itself.
+    claimed = due.filter(attempts__lt=max_attempts).update(
+        next_attempt_at=timezone.now() + timedelta(seconds=_claim_seconds()),
+        attempts=F("attempts") + 1,
+        last_error=_NO_OUTCOME,
+    )
     if not claimed:
+        # Due with no attempt left: the last one never recorded its outcome.
+        if due.filter(attempts__gte=max_attempts).update(next_attempt_at=None):
+            logger.warning("Alert delivery %s gave up: %s", delivery_id, _NO_OUTCOME)
         return None
     delivery = AlertDelivery.objects.select_related(
         "alert__tenant", "alert__budget", "alert__provider_config"
     ).get(pk=delivery_id)
-    attempts = delivery.attempts + 1
+    attempts = delivery.attempts
     try:
-        _send(delivery)
+        try:
+            _send(delivery)
+        except AlertDeliveryFailed:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bug or a bad template fails the attempt
+            # Only the type and where: the message may quote the target (a secret).
+            logger.error(
+                "Alert %s %s delivery failed unexpectedly: %s\n%s",
+                delivery.alert_id,
+                delivery.channel,
+                type(exc).__name__,
+                "".join(traceback.format_tb(exc.__traceback__)),
+            )
+            raise AlertDeliveryFailed(
+                f"Not sent: the delivery failed unexpectedly ({type(exc).__name__})."
+            ) from None
     except AlertDeliveryFailed as exc:
         gave_up = attempts >= settings.USAGE_ALERT_MAX_ATTEMPTS
         next_attempt_at = None if gave_up else now + timedelta(seconds=_backoff_seconds(attempts))
@@ -648,9 +701,11 @@ def alert_deliveries_retry(*, alerts) -> int:
     pending = AlertDelivery.objects.filter(alert__in=alerts, delivered_at__isnull=True)
     ids = list(pending.values_list("pk", flat=True))
     now = timezone.now()
-    AlertDelivery.objects.filter(pk__in=ids, next_attempt_at__isnull=True).update(
-        attempts=0, next_attempt_at=now
-    )
+    # Given up: out of attempts, including a last one whose worker stopped.
+    AlertDelivery.objects.filter(
+        Q(next_attempt_at__isnull=True) | Q(attempts__gte=settings.USAGE_ALERT_MAX_ATTEMPTS),
+        pk__in=ids,
+    ).update(attempts=0, next_attempt_at=now)
     AlertDelivery.objects.filter(pk__in=ids).update(next_attempt_at=now)
     transaction.on_commit(lambda: _queue_deliveries(ids), robust=True)
     return len(ids)

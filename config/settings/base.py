@@ -322,6 +322,11 @@ USAGE_ALERT_MAX_ATTEMPTS = _env_int("USAGE_ALERT_MAX_ATTEMPTS", default=24)
 USAGE_ALERT_WEBHOOK_TIMEOUT_SECONDS = _env_number(
     "USAGE_ALERT_WEBHOOK_TIMEOUT_SECONDS", default=5.0, above_minimum=True
 )
+# 60 s: an alert email whose SMTP session takes longer in all is cut off and
+# retried (EMAIL_TIMEOUT bounds each read or write, not the session).
+USAGE_ALERT_EMAIL_TIMEOUT_SECONDS = _env_number(
+    "USAGE_ALERT_EMAIL_TIMEOUT_SECONDS", default=60.0, above_minimum=True
+)
 # Admin lists of CallLog and DailyUsage count at most this many rows.
 USAGE_ADMIN_COUNT_CAP = _env_int("USAGE_ADMIN_COUNT_CAP", default=10_000)
 

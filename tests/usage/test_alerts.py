@@ -1035,3 +1035,174 @@ def test_error_rate_check_skips_a_tenant_deleted_between_its_two_reads(settings,
 
     (alert,) = error_rates_check(now=NOW)
     assert alert.tenant == kept
+
+
+def _email_delivery(**budget):
+    tenant = TenantFactory(name="Acme")
+    BudgetFactory(tenant=tenant, alert_percentages=[50], alert_emails="ops@example.com", **budget)
+    _spend(tenant, "6.00")
+    _aggregate()
+    (alert,) = budget_thresholds_check(now=NOW)
+    return alert.deliveries.get()
+
+
+@pytest.mark.django_db
+def test_delivery_that_fails_outside_the_send_is_counted_retried_and_given_up(settings, tmp_path):
+    # given an email template that no longer renders (a bad override)
+    settings.USAGE_ALERT_MAX_ATTEMPTS = 2
+    (tmp_path / "usage").mkdir()
+    (tmp_path / "usage" / "alert_email.txt").write_text("{{ alert.message|no_such_filter }}")
+    settings.TEMPLATES = [{**settings.TEMPLATES[0], "DIRS": [tmp_path]}]
+    delivery = _email_delivery()
+
+    # when the delivery is attempted
+    failed = alert_delivery_attempt(delivery_id=delivery.pk, now=NOW)
+
+    # then the attempt is counted, says why, and is retried after the backoff
+    assert mail.outbox == []
+    assert (failed.state, failed.attempts) == ("retrying", 1)
+    assert failed.last_error == "Not sent: the delivery failed unexpectedly (TemplateSyntaxError)."
+    assert failed.next_attempt_at == NOW + dt.timedelta(seconds=60)
+
+    # when the retry fails the same way, the delivery gives up
+    final = alert_delivery_attempt(delivery_id=delivery.pk, now=failed.next_attempt_at)
+    assert (final.state, final.attempts, final.next_attempt_at) == ("failed", 2, None)
+    assert alert_deliveries_send_due(now=NOW + dt.timedelta(days=1)) == 0
+
+
+class DyingEmailBackend:
+    """An email backend whose worker is stopped mid-send (nothing after it runs)."""
+
+    def __init__(self, **kwargs):
+        pass
+
+    def send_messages(self, messages):
+        raise SystemExit(1)
+
+
+@pytest.mark.django_db
+def test_attempt_of_a_worker_stopped_mid_send_counts_once_its_claim_expires(settings):
+    # given one attempt allowed and a worker that stops while sending
+    settings.USAGE_ALERT_MAX_ATTEMPTS = 2
+    settings.EMAIL_BACKEND = "tests.usage.test_alerts.DyingEmailBackend"
+    delivery = _email_delivery()
+    with pytest.raises(SystemExit):
+        alert_delivery_attempt(delivery_id=delivery.pk, now=NOW)
+
+    # then the attempt is counted and says it recorded no outcome
+    delivery.refresh_from_db()
+    assert delivery.attempts == 1
+    assert delivery.last_error == (
+        "No outcome recorded: the attempt is still running or the worker stopped "
+        "during it (see the worker's log)."
+    )
+    # and it is left alone while claimed, then attempted again
+    assert alert_delivery_attempt(delivery_id=delivery.pk, now=NOW) is None
+    later = delivery.next_attempt_at
+    with pytest.raises(SystemExit):
+        alert_delivery_attempt(delivery_id=delivery.pk, now=later)
+    delivery.refresh_from_db()
+    assert delivery.attempts == 2
+
+    # when the last attempt's claim expires, the delivery is given up, not sent again
+    assert alert_deliveries_send_due(now=delivery.next_attempt_at) == 0
+    delivery.refresh_from_db()
+    assert (delivery.state, delivery.attempts) == ("failed", 2)
+    assert delivery.last_error.startswith("No outcome recorded")
+
+    # and an admin's retry starts a new series that can deliver it
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    alert_deliveries_retry(alerts=CostAlert.objects.filter(pk=delivery.alert_id))
+    retried = alert_delivery_attempt(delivery_id=delivery.pk, now=timezone.now())
+    assert (retried.state, retried.attempts) == ("delivered", 1)
+
+
+class _StallingSmtpServer:
+    """A loopback SMTP server that greets, then answers EHLO one line at a time for ever."""
+
+    def __init__(self):
+        import socket
+
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self):
+        try:
+            client, _ = self.listener.accept()
+        except OSError:
+            return
+        with client:
+            try:
+                client.sendall(b"220 stalling ESMTP\r\n")
+                client.recv(1024)
+                while not self.stop.wait(0.1):
+                    client.sendall(b"250-still thinking\r\n")
+            except OSError:
+                return
+
+    def close(self):
+        self.stop.set()
+        self.listener.close()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def stalling_smtp():
+    server = _StallingSmtpServer()
+    yield server
+    server.close()
+
+
+@pytest.mark.django_db
+def test_email_send_is_stopped_at_its_deadline_when_the_mail_server_stalls(settings, stalling_smtp):
+    # given a mail server that answers every few moments, never finishing
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST = "127.0.0.1"
+    settings.EMAIL_PORT = stalling_smtp.port
+    settings.EMAIL_USE_TLS = False
+    settings.EMAIL_USE_SSL = False
+    settings.EMAIL_HOST_USER = ""
+    settings.EMAIL_TIMEOUT = 5
+    settings.USAGE_ALERT_EMAIL_TIMEOUT_SECONDS = 1
+    delivery = _email_delivery()
+
+    # when the delivery is attempted
+    started = dt.datetime.now(dt.UTC)
+    failed = alert_delivery_attempt(delivery_id=delivery.pk, now=NOW)
+    took = (dt.datetime.now(dt.UTC) - started).total_seconds()
+
+    # then the send is given up at its deadline (each read came within EMAIL_TIMEOUT)
+    assert took < 3
+    assert (failed.state, failed.attempts) == ("retrying", 1)
+    assert failed.last_error == "Email not sent: the mail server did not finish within 1 s."
+
+
+class ClaimRecordingBackend:
+    """An email backend that records how long the delivery being sent is claimed."""
+
+    claims = []
+
+    def __init__(self, **kwargs):
+        pass
+
+    def send_messages(self, messages):
+        delivery = AlertDelivery.objects.get()
+        type(self).claims.append(delivery.next_attempt_at - timezone.now())
+        return len(messages)
+
+
+@pytest.mark.django_db
+def test_delivery_is_claimed_for_longer_than_its_send_may_take(settings):
+    settings.EMAIL_BACKEND = "tests.usage.test_alerts.ClaimRecordingBackend"
+    settings.USAGE_ALERT_EMAIL_TIMEOUT_SECONDS = 300
+    ClaimRecordingBackend.claims.clear()
+    delivery = _email_delivery()
+
+    delivered = alert_delivery_attempt(delivery_id=delivery.pk, now=NOW)
+
+    assert delivered.state == "delivered"
+    (claim,) = ClaimRecordingBackend.claims
+    assert claim > dt.timedelta(seconds=300)

@@ -259,19 +259,8 @@ class DailyUsageAdmin(_ReadOnlyLargeTableAdmin):
         CustomerFilter,
     )
     ordering = ("-day", "-cost_usd")
-    # Not by tenant: that joins every row to its tenant to sort by name.
-    sortable_by = (
-        "day",
-        "model",
-        "service_name",
-        "customer_id",
-        "request_count",
-        "error_count",
-        "unpriced_count",
-        "input_tokens",
-        "output_tokens",
-        "cost",
-    )
+    # Not by tenant or provider: that joins every row to sort by a name.
+    sortable_by = tuple(f for f in list_display if f not in ("tenant", "provider"))
 
     def changelist_view(self, request, extra_context=None):
         if not self._sees_one_tenant(request):

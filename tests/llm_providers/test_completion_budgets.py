@@ -47,6 +47,39 @@ def primary(tenant):
     return ProviderConfigFactory(tenant=tenant, name="primary", is_default=True, priority=1)
 
 
+def _house_model(tenant, upstream):
+    """The tenant's default: a loopback OpenAI-compatible server at $1,000 / $2,000 per million."""
+    provider_config_create(
+        tenant=tenant,
+        name="loopback",
+        provider_type="openai_compatible",
+        base_url=upstream.base_url,
+        default_model="house-model",
+        is_default=True,
+    )
+    ModelPriceFactory(
+        provider_type="openai_compatible", model="house-model",
+        input_per_mtok="1000", output_per_mtok="2000",
+    )  # fmt: skip
+
+
+def _gemini_embeddings(tenant, upstream):
+    """The tenant's default: Gemini (100 inputs per request) at $1,000 per million input tokens."""
+    provider_config_create(
+        tenant=tenant,
+        name="gemini",
+        provider_type="gemini",
+        api_key="AIzaSyTestKey1234567890",
+        base_url=upstream.base_url,
+        default_model="gemini-embedding-001",
+        is_default=True,
+    )
+    ModelPriceFactory(
+        provider_type="gemini", model="gemini-embedding-001",
+        input_per_mtok="1000", output_per_mtok="0",
+    )  # fmt: skip
+
+
 def _block(tenant, limit, **scope):
     return BudgetFactory(
         tenant=tenant, name="hard cap", action=Budget.Action.BLOCK, limit_usd=limit, **scope
@@ -258,18 +291,7 @@ def test_stream_closed_early_settles_estimated_cost(tenant, primary):
 
 
 def test_stream_broken_upstream_settles_estimated_cost(tenant, allow_private_urls, openai_upstream):
-    provider_config_create(
-        tenant=tenant,
-        name="loopback",
-        provider_type="openai_compatible",
-        base_url=openai_upstream.base_url,
-        default_model="house-model",
-        is_default=True,
-    )
-    ModelPriceFactory(
-        provider_type="openai_compatible", model="house-model",
-        input_per_mtok="1000", output_per_mtok="2000",
-    )  # fmt: skip
+    _house_model(tenant, openai_upstream)
     _block(tenant, Decimal("0.05"))
     openai_upstream.enqueue_chat_stream(["alpha ", "beta ", "gamma"], break_after=3)
     with pytest.raises(UpstreamUnavailable):
@@ -284,18 +306,7 @@ def test_stream_broken_upstream_settles_estimated_cost(tenant, allow_private_url
 def test_stream_retried_after_a_tool_call_cut_off_settles_both_attempts(
     tenant, allow_private_urls, openai_upstream
 ):
-    provider_config_create(
-        tenant=tenant,
-        name="loopback",
-        provider_type="openai_compatible",
-        base_url=openai_upstream.base_url,
-        default_model="house-model",
-        is_default=True,
-    )
-    ModelPriceFactory(
-        provider_type="openai_compatible", model="house-model",
-        input_per_mtok="1000", output_per_mtok="2000",
-    )  # fmt: skip
+    _house_model(tenant, openai_upstream)
     _block(tenant, Decimal("0.06"))
     call = {"id": "call_1", "name": "get_weather", "arguments": '{"city": "Paris", "unit": "c"}'}
     # Cut after the call's name and the first half of its arguments, then answered whole.
@@ -319,19 +330,7 @@ def test_embed_failing_in_a_later_batch_logs_and_settles_the_batches_paid_for(
     tenant, allow_private_urls, openai_upstream
 ):
     # given Gemini (100 inputs per request) at $1,000 per million input tokens, and $1 of room
-    provider_config_create(
-        tenant=tenant,
-        name="gemini",
-        provider_type="gemini",
-        api_key="AIzaSyTestKey1234567890",
-        base_url=openai_upstream.base_url,
-        default_model="gemini-embedding-001",
-        is_default=True,
-    )
-    ModelPriceFactory(
-        provider_type="gemini", model="gemini-embedding-001",
-        input_per_mtok="1000", output_per_mtok="0",
-    )  # fmt: skip
+    _gemini_embeddings(tenant, openai_upstream)
     _block(tenant, Decimal("1"))
     openai_upstream.enqueue_embeddings(
         [[0.5]] * 100, model="gemini-embedding-001", prompt_tokens=200
@@ -362,19 +361,7 @@ def test_embed_retried_after_a_later_batch_failed_sends_only_the_inputs_not_yet_
     tenant, allow_private_urls, openai_upstream
 ):
     # given Gemini (100 inputs per request) at $1,000 per million input tokens, and $1 of room
-    provider_config_create(
-        tenant=tenant,
-        name="gemini",
-        provider_type="gemini",
-        api_key="AIzaSyTestKey1234567890",
-        base_url=openai_upstream.base_url,
-        default_model="gemini-embedding-001",
-        is_default=True,
-    )
-    ModelPriceFactory(
-        provider_type="gemini", model="gemini-embedding-001",
-        input_per_mtok="1000", output_per_mtok="0",
-    )  # fmt: skip
+    _gemini_embeddings(tenant, openai_upstream)
     _block(tenant, Decimal("1"))
     texts = [f"text {n}" for n in range(250)]
     model = "gemini-embedding-001"

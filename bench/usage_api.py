@@ -93,6 +93,8 @@ def _setup(url: str) -> None:
     os.environ["ALLOWED_HOSTS"] = "testserver"
     # Throttling stays on (its cache round trip is part of every request), high enough.
     os.environ["API_THROTTLE_USER"] = "10000000/min"
+    # As in production, a beat keeps DailyUsage current: reports only read it.
+    os.environ["USAGE_ROLL_UP_ON_READ"] = "0"
     import django
 
     django.setup()

@@ -32,7 +32,7 @@ from llm_providers.forms import secret_inputs_ask_again
 from llm_providers.models import ProviderConfig, Tenant
 from llm_providers.selectors import tenant_list_for_user
 
-from .aggregation import daily_usage_recompute_recent, daily_usage_recount_pending
+from .aggregation import daily_usage_roll_up_unscheduled
 from .alerts import alert_deliveries_retry, alerts_check
 from .charts import budget_gauge, daily_cost_chart, spend_bars
 from .models import AlertDelivery, Budget, CallLog, CostAlert, DailyUsage, UsageDashboard
@@ -676,16 +676,13 @@ class UsageDashboardAdmin(TenantScopedAdmin):
             else:
                 self.message_user(request, "Usage of the last 30 days is being recomputed.")
             return HttpResponseRedirect(request.path)
-        rolled_up_now = settings.CELERY_TASK_ALWAYS_EAGER
+        # No worker and no beat (the embedded default): nothing rolls call
+        # logs up on a schedule, so the page runs the scheduled roll-up itself
+        # (the recent days, and the days of every call logged since the last
+        # run, however old: a demo left for a weekend), then the alert checks
+        # that follow every aggregation.
+        rolled_up_now = daily_usage_roll_up_unscheduled()
         if rolled_up_now:
-            # No worker and no beat (the embedded default): nothing rolls call
-            # logs up on a schedule, so the page runs the scheduled roll-up
-            # itself: the recent days, and the days of every call logged since
-            # the last run, however old (a demo left for a weekend), a recount
-            # in a new time zone left unfinished, then the alert checks that
-            # follow every aggregation.
-            daily_usage_recompute_recent()
-            daily_usage_recount_pending()
             alerts_check()
         data = usage_dashboard(tenant=tenant)
         context = {

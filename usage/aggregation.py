@@ -467,3 +467,22 @@ def daily_usage_recompute_recent(*, now: datetime | None = None) -> RecomputeRes
         state.last_run_at = now
         state.save(update_fields=["last_call_log_id", "last_run_at"])
     return result
+
+
+def daily_usage_roll_up_unscheduled() -> bool:
+    """Without a beat, roll up now what the beat would have; False when a beat runs.
+
+    With no broker (the embedded defaults, USAGE_ROLL_UP_ON_READ) nothing runs
+    on a schedule, so readers of DailyUsage call this first: the call logs this
+    process still holds are written, then the periodic aggregation and any
+    unfinished time-zone recount run. Otherwise it does nothing: the beat keeps
+    DailyUsage at most one aggregation interval behind.
+    """
+    if not settings.USAGE_ROLL_UP_ON_READ:
+        return False
+    from .bookkeeping import bookkeeping_flush
+
+    bookkeeping_flush()
+    daily_usage_recompute_recent()
+    daily_usage_recount_pending()
+    return True

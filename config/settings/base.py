@@ -265,6 +265,9 @@ CELERY_TASK_ALWAYS_EAGER = env.bool(
     "CELERY_TASK_ALWAYS_EAGER", default=CELERY_BROKER_URL == "memory://"
 )
 CELERY_TASK_EAGER_PROPAGATES = True
+# Without a broker no beat runs: the usage dashboard and the usage API roll the
+# call logs up themselves before they read DailyUsage.
+USAGE_ROLL_UP_ON_READ = env.bool("USAGE_ROLL_UP_ON_READ", default=CELERY_TASK_ALWAYS_EAGER)
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_RESULT_BACKEND = None
 CELERY_TIMEZONE = "UTC"

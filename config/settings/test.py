@@ -34,3 +34,6 @@ LLM_RETRY_BACKOFF_MAX_SECONDS = 0.01
 
 # Tasks run inline unless a test starts a real worker (tests/usage/test_tasks.py).
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=True)
+# Tests stand for a deployment with a beat: readers of DailyUsage read what is
+# stored; tests of the embedded defaults turn this on.
+USAGE_ROLL_UP_ON_READ = env.bool("USAGE_ROLL_UP_ON_READ", default=False)

@@ -57,6 +57,8 @@ print(json.dumps({
     "CACHE_BACKEND": s.CACHES["default"]["BACKEND"],
     "CACHE_LOCATION": s.CACHES["default"].get("LOCATION"),
     "CELERY_BROKER_URL": s.CELERY_BROKER_URL,
+    "CELERY_TASK_ALWAYS_EAGER": s.CELERY_TASK_ALWAYS_EAGER,
+    "USAGE_ROLL_UP_ON_READ": s.USAGE_ROLL_UP_ON_READ,
     "SECRET_KEY": s.SECRET_KEY, "SALT_KEY": s.SALT_KEY,
     "SECRET_KEY_FALLBACKS": s.SECRET_KEY_FALLBACKS,
     "ALLOWED_HOSTS": s.ALLOWED_HOSTS,
@@ -133,6 +135,18 @@ def test_development_secrets_only_while_debug(embedded):
     assert embedded["SECRET_KEY"].startswith("dev-insecure-")
     assert embedded["SALT_KEY"] == ["dev-insecure-salt"]
     assert embedded["ALLOWED_HOSTS"] == ["127.0.0.1", "localhost"]
+
+
+def test_without_a_broker_tasks_run_inline_and_readers_roll_usage_up(embedded):
+    # No beat can run: the usage dashboard and the usage API roll up themselves.
+    assert embedded["CELERY_BROKER_URL"] == "memory://"
+    assert embedded["CELERY_TASK_ALWAYS_EAGER"] is True
+    assert embedded["USAGE_ROLL_UP_ON_READ"] is True
+
+
+def test_with_a_broker_the_beat_rolls_usage_up(from_environment):
+    assert from_environment["CELERY_TASK_ALWAYS_EAGER"] is False
+    assert from_environment["USAGE_ROLL_UP_ON_READ"] is False
 
 
 def test_default_email_goes_to_console(embedded):

@@ -228,7 +228,7 @@ def test_dashboard_recompute_with_the_broker_down_says_so(client, settings, brok
 @pytest.mark.django_db
 def test_dashboard_rolls_up_recent_call_logs_when_nothing_runs_on_a_schedule(client, settings):
     # given the embedded default: tasks run eagerly, no beat
-    settings.CELERY_TASK_ALWAYS_EAGER = True
+    settings.USAGE_ROLL_UP_ON_READ = True
     tenant = TenantFactory(timezone="Asia/Tokyo")
     CallLogFactory(tenant=tenant, cost_usd=Decimal("0.123400"))
     client.force_login(_member(tenant, role=TenantMembership.Role.VIEWER))
@@ -250,7 +250,7 @@ def test_dashboard_rolls_up_calls_of_days_before_yesterday_when_nothing_runs_on_
 ):
     # given the embedded default, and calls made three days ago that no page
     # or recompute has rolled up since
-    settings.CELERY_TASK_ALWAYS_EAGER = True
+    settings.USAGE_ROLL_UP_ON_READ = True
     tenant = TenantFactory(timezone="Asia/Tokyo")
     three_days_ago = timezone.now() - dt.timedelta(days=3)
     CallLogFactory(tenant=tenant, cost_usd=Decimal("0.123400"), created_at=three_days_ago)
@@ -274,7 +274,7 @@ def test_dashboard_finishes_a_recount_in_a_new_time_zone_when_nothing_runs_on_a_
 ):
     # given the embedded default, and a call three days ago at 23:00 in London
     # counted in London days
-    settings.CELERY_TASK_ALWAYS_EAGER = True
+    settings.USAGE_ROLL_UP_ON_READ = True
     tenant = TenantFactory(timezone="Europe/London")
     day = timezone.now().astimezone(ZoneInfo("Europe/London")).date() - dt.timedelta(days=3)
     late_evening = dt.datetime.combine(day, dt.time(23), tzinfo=ZoneInfo("Europe/London"))
@@ -301,7 +301,7 @@ def test_dashboard_checks_alerts_after_its_roll_up_when_nothing_runs_on_a_schedu
 ):
     # given the embedded default, and an alert-only $10 budget that today's
     # calls have taken past 50 % and 80 %
-    settings.CELERY_TASK_ALWAYS_EAGER = True
+    settings.USAGE_ROLL_UP_ON_READ = True
     tenant = TenantFactory(name="Acme")
     BudgetFactory(tenant=tenant, name="monthly", alert_emails="")
     CallLogFactory(tenant=tenant, cost_usd=Decimal("8.5000"))
@@ -322,7 +322,7 @@ def test_dashboard_checks_alerts_after_its_roll_up_when_nothing_runs_on_a_schedu
 
 @pytest.mark.django_db
 def test_dashboard_leaves_aggregation_to_beat_when_a_worker_runs(client, settings):
-    settings.CELERY_TASK_ALWAYS_EAGER = False
+    settings.USAGE_ROLL_UP_ON_READ = False
     tenant = TenantFactory()
     CallLogFactory(tenant=tenant)
     client.force_login(_member(tenant))

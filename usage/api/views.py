@@ -26,6 +26,7 @@ from llm_providers.api.pagination import CreatedAtCursorPagination
 from llm_providers.api.scoping import TenantScopedAPIMixin
 from llm_providers.api.tenancy import ROLE_ADMIN, ROLE_SERVICE, ROLE_VIEWER
 from llm_providers.selectors import provider_config_list
+from usage.aggregation import daily_usage_roll_up_unscheduled
 from usage.models import Budget, CallLog, CostAlert, email_list_parse
 from usage.periods import local_date, zone
 from usage.selectors import (
@@ -101,12 +102,17 @@ class _UsageReportView(TenantScopedAPIMixin, APIView):
     query_serializer_class = UsageWindowSerializer
 
     def window(self) -> dict:
-        """The validated query: `first_day`, `last_day` (and `limit` where there is one)."""
+        """The validated query: `first_day`, `last_day` (and `limit` where there is one).
+
+        Without a broker nothing aggregates on a schedule: the report rolls the
+        call logs up first, as the admin's usage dashboard does.
+        """
         today = local_date(timezone.now(), zone(self.tenant.timezone))
         query = self.query_serializer_class(
             data=self.request.query_params, context={"today": today}
         )
         query.is_valid(raise_exception=True)
+        daily_usage_roll_up_unscheduled()
         return query.validated_data
 
 

@@ -23,7 +23,7 @@ from tests.factories import (
     ProviderConfigFactory,
 )
 from usage.aggregation import daily_usage_recompute
-from usage.models import Budget
+from usage.models import Budget, DailyUsage
 from usage.periods import local_date, zone
 
 pytestmark = pytest.mark.django_db
@@ -380,6 +380,40 @@ def test_usage_cost_is_null_when_all_usage_is_unpriced(admin_api, tenant, config
         "0.500000000000",
         4,
     )
+
+
+def test_usage_reports_roll_call_logs_up_first_when_nothing_runs_on_a_schedule(
+    service_api, tenant, config, settings
+):
+    # given the embedded defaults (no broker, so no beat), a call today and
+    # one three days ago that nothing has rolled up
+    settings.USAGE_ROLL_UP_ON_READ = True
+    now = timezone.now()
+    CallLogFactory(tenant=tenant, provider_config=config, cost_usd=Decimal("0.000125000000"),
+                   created_at=now)  # fmt: skip
+    CallLogFactory(tenant=tenant, provider_config=config, cost_usd=Decimal("0.000375000001"),
+                   created_at=now - timedelta(days=3))  # fmt: skip
+
+    # when a program reads its usage
+    summary = service_api.get(f"{USAGE}summary/", {"days": 7}).json()["totals"]
+    daily = service_api.get(f"{USAGE}daily/", {"days": 7}).json()["days"]
+    provider = service_api.get(f"/api/v1/providers/{config.pk}/usage/", {"days": 7}).json()
+
+    # then both calls are in every report, exactly
+    assert (summary["requests"], summary["cost_usd"]) == (2, "0.000500000001")
+    assert [d["requests"] for d in daily] == [0, 0, 0, 1, 0, 0, 1]
+    assert provider["totals"]["cost_usd"] == "0.000500000001"
+
+
+def test_usage_reports_read_what_the_beat_stored_when_one_runs(service_api, tenant, config):
+    # given a deployment with a beat, and a call it has not rolled up yet
+    CallLogFactory(tenant=tenant, provider_config=config, created_at=timezone.now())
+
+    totals = service_api.get(f"{USAGE}summary/", {"days": 7}).json()["totals"]
+
+    # then the report shows what DailyUsage holds, and the request adds nothing to it
+    assert totals["requests"] == 0
+    assert not DailyUsage.objects.filter(tenant=tenant).exists()
 
 
 def test_usage_days_are_the_tenants_local_days_ending_today(viewer_api, tenant, config):

@@ -10,7 +10,11 @@ Translation from the OpenAI chat shape: system messages become `system`
 blocks, images (data URLs only: Bedrock takes bytes) `image` blocks, tool
 calls `toolUse` blocks and tool messages `toolResult` blocks in a user turn.
 `json_mode` appends an instruction to the system prompt (Converse has no
-JSON switch common to its models). Claude models get `temperature` without
+JSON switch common to its models). A request without `max_tokens` sends
+`DEFAULT_MAX_TOKENS` (4096, as on Anthropic), so the model's own, larger
+default never outruns the budget reservation; a model whose limit is lower
+refuses it naming the limit, and gets that limit instead, remembered per
+model. Claude models get `temperature` without
 `top_p` when a request gives both (newer ones refuse the pair). Embeddings
 are a different Bedrock API (InvokeModel with per-model bodies) and are not
 offered here.
@@ -23,6 +27,7 @@ usage in its closing `metadata` event.
 from __future__ import annotations
 
 import functools
+import re
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -68,6 +73,12 @@ from .errors import (
 )
 from .types import AdapterSettings, ChatRequest, ChatResult, Message, StreamChunk, ToolCall, Usage
 
+# Sent as maxTokens when a request names none, as on Anthropic: without it
+# the model's own default applies (up to its whole output window), past what
+# budget reservations and TPM limits assume (`default_max_tokens`). A model
+# whose limit is lower refuses it, naming the limit, which is sent instead.
+DEFAULT_MAX_TOKENS = 4096
+_MODEL_LIMIT = re.compile(r"exceeds the model limit of (\d+)", re.IGNORECASE)
 # The region Bedrock's console starts in, for settings built without one
 # (provider configs require a region).
 DEFAULT_REGION = "us-east-1"
@@ -151,12 +162,16 @@ def _shared_session() -> boto3.session.Session:
 
 class BedrockConverseAdapter(Adapter):
     protocol = "bedrock_converse"
+    default_max_tokens = DEFAULT_MAX_TOKENS
     vendor_errors = (BotoCoreError, ClientError, urllib3.exceptions.HTTPError)
 
     def __init__(self, settings: AdapterSettings):
         super().__init__(settings)
         self._has_credentials = bool(settings.aws_access_key_id and settings.aws_secret_access_key)
         self._lock = threading.Lock()
+        # Model → the largest maxTokens it takes, when below the default;
+        # replaced, never mutated (the adapter serves concurrent calls).
+        self._max_tokens_limits: dict[str, int] = {}
         self._runtime_clients = {self.timeout: self._client_build("bedrock-runtime", self.timeout)}
         self._control_client = self._client_build("bedrock", self.timeout)
 
@@ -205,9 +220,7 @@ class BedrockConverseAdapter(Adapter):
         system = system_prompt(request.messages, json_mode=request.json_mode)
         if system:
             arguments["system"] = [{"text": system}]
-        inference: dict[str, Any] = {}
-        if request.max_tokens is not None:
-            inference["maxTokens"] = request.max_tokens
+        inference: dict[str, Any] = {"maxTokens": self._max_tokens(request)}
         if request.temperature is not None:
             inference["temperature"] = request.temperature
         if request.top_p is not None and not (
@@ -216,19 +229,38 @@ class BedrockConverseAdapter(Adapter):
             inference["topP"] = request.top_p
         if request.stop:
             inference["stopSequences"] = list(request.stop)
-        if inference:
-            arguments["inferenceConfig"] = inference
+        arguments["inferenceConfig"] = inference
         if request.tools:
             arguments["toolConfig"] = {"tools": [_bedrock_tool(tool) for tool in request.tools]}
         elif _has_tool_blocks(messages):
             arguments["toolConfig"] = {"tools": [_NO_TOOL]}
         return arguments
 
+    def _max_tokens(self, request: ChatRequest) -> int:
+        if request.max_tokens is not None:
+            return request.max_tokens
+        return self._max_tokens_limits.get(request.model, DEFAULT_MAX_TOKENS)
+
+    def _send(self, operation: str, request: ChatRequest) -> Any:
+        """Converse or ConverseStream; a default maxTokens above the model's
+        limit is sent again at that limit, which later calls then send."""
+        arguments = self._converse_arguments(request)
+        call = getattr(self._runtime(request.timeout), operation)
+        try:
+            return call(**arguments)
+        except ClientError as exc:
+            limit = _model_limit(exc) if request.max_tokens is None else None
+            if limit is None or not 0 < limit < arguments["inferenceConfig"]["maxTokens"]:
+                raise
+        self._max_tokens_limits = {**self._max_tokens_limits, request.model: limit}
+        arguments["inferenceConfig"]["maxTokens"] = limit
+        return call(**arguments)
+
     # --- the protocol ------------------------------------------------------------
 
     @translate_errors
     def complete(self, request: ChatRequest) -> ChatResult:
-        response = self._runtime(request.timeout).converse(**self._converse_arguments(request))
+        response = self._send("converse", request)
         self._refuse_failed_answer(response.get("stopReason"))
         blocks = ((response.get("output") or {}).get("message") or {}).get("content") or []
         text = "".join(block["text"] for block in blocks if "text" in block)
@@ -251,9 +283,7 @@ class BedrockConverseAdapter(Adapter):
 
     @translate_stream_errors
     def stream(self, request: ChatRequest) -> Iterator[StreamChunk]:
-        response = self._runtime(request.timeout).converse_stream(
-            **self._converse_arguments(request)
-        )
+        response = self._send("converse_stream", request)
         events = response["stream"]
         stop_reason: str | None = None
         usage: Usage | None = None
@@ -427,6 +457,15 @@ def _is_claude(model: str) -> bool:
     Sonnet 4.5 on, they refuse (400) temperature and top_p together, so a
     request giving both sends them the temperature only, as Anthropic advises."""
     return "claude" in model.lower()
+
+
+def _model_limit(exc: ClientError) -> int | None:
+    """The output limit a refusal of maxTokens names, if it is one."""
+    error = exc.response.get("Error") or {}
+    if str(error.get("Code") or "").lower() != "validationexception":
+        return None
+    match = _MODEL_LIMIT.search(str(error.get("Message") or ""))
+    return int(match.group(1)) if match else None
 
 
 def _has_tool_blocks(messages: list[dict[str, Any]]) -> bool:

@@ -6,7 +6,11 @@ import time
 
 import pytest
 
-from llm_providers.adapters.bedrock_converse import NO_TOOL_NAME, BedrockConverseAdapter
+from llm_providers.adapters.bedrock_converse import (
+    DEFAULT_MAX_TOKENS,
+    NO_TOOL_NAME,
+    BedrockConverseAdapter,
+)
 from llm_providers.adapters.content import JSON_MODE_INSTRUCTION
 from llm_providers.adapters.errors import (
     ContextTooLong,
@@ -115,6 +119,69 @@ def test_complete_sends_system_and_inference_config_on_the_wire(adapter, bedrock
     }
 
 
+def test_complete_sends_the_default_max_tokens_when_request_names_none(adapter, bedrock_upstream):
+    # Without maxTokens the model's own default applies, which can be far
+    # above what the budget reservation assumed.
+    bedrock_upstream.enqueue_converse("Hi!")
+
+    result = adapter.complete(_request())
+
+    assert result.content == "Hi!"
+    assert bedrock_upstream.last_request.json["inferenceConfig"] == {"maxTokens": 4096}
+    assert adapter.default_max_tokens == DEFAULT_MAX_TOKENS == 4096
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_complete_sends_the_model_limit_when_the_default_max_tokens_exceeds_it(
+    adapter, bedrock_upstream, streamed
+):
+    # Some Bedrock models (Meta Llama, Titan Text Premier) answer at most
+    # fewer than 4096 tokens and refuse a larger maxTokens.
+    model = "meta.llama3-70b-instruct-v1:0"
+    bedrock_upstream.enqueue_error(400, "ValidationException", _max_tokens_refusal(2048))
+    if streamed:
+        bedrock_upstream.enqueue_converse_stream(["Hi!"], times=2)
+    else:
+        bedrock_upstream.enqueue_converse("Hi!", times=2)
+
+    assert _answer(adapter, _request(model=model), streamed=streamed) == "Hi!"
+    # The model's limit is kept: the next call sends it at once.
+    assert _answer(adapter, _request(model=model), streamed=streamed) == "Hi!"
+
+    sent = [request.json["inferenceConfig"]["maxTokens"] for request in bedrock_upstream.requests]
+    assert sent == [4096, 2048, 2048]
+    # Another model still gets the default.
+    bedrock_upstream.enqueue_converse("Hi!")
+    adapter.complete(_request())
+    assert bedrock_upstream.last_request.json["inferenceConfig"] == {"maxTokens": 4096}
+
+
+def test_complete_raises_bad_request_when_the_max_tokens_asked_for_exceeds_the_model_limit(
+    adapter, bedrock_upstream
+):
+    # The caller's own max_tokens is not lowered behind its back.
+    bedrock_upstream.enqueue_error(400, "ValidationException", _max_tokens_refusal(2048))
+
+    with pytest.raises(ProviderBadRequest, match="model limit of 2048"):
+        adapter.complete(_request(model="meta.llama3-70b-instruct-v1:0", max_tokens=3000))
+
+    assert len(bedrock_upstream.requests) == 1
+    assert bedrock_upstream.last_request.json["inferenceConfig"] == {"maxTokens": 3000}
+
+
+def _answer(adapter: BedrockConverseAdapter, request: ChatRequest, *, streamed: bool) -> str:
+    if streamed:
+        return "".join(chunk.text for chunk in adapter.stream(request))
+    return adapter.complete(request).content
+
+
+def _max_tokens_refusal(limit: int) -> str:
+    return (
+        f"The maximum tokens you requested exceeds the model limit of {limit}. "
+        f"Try again with a maximum tokens value that is lower than {limit}."
+    )
+
+
 @pytest.mark.parametrize(
     "model",
     [
@@ -134,7 +201,10 @@ def test_complete_sends_a_claude_model_the_temperature_without_top_p_when_both_a
     result = adapter.complete(_request(model=model, temperature=0.2, top_p=0.9))
 
     assert result.content == "Hi!"
-    assert bedrock_upstream.last_request.json["inferenceConfig"] == {"temperature": 0.2}
+    assert bedrock_upstream.last_request.json["inferenceConfig"] == {
+        "maxTokens": 4096,
+        "temperature": 0.2,
+    }
 
 
 def test_stream_sends_a_claude_model_top_p_when_it_is_the_only_sampling_parameter(
@@ -145,7 +215,7 @@ def test_stream_sends_a_claude_model_top_p_when_it_is_the_only_sampling_paramete
     chunks = list(adapter.stream(_request(top_p=0.9)))
 
     assert "".join(chunk.text for chunk in chunks) == "Hi!"
-    assert bedrock_upstream.last_request.json["inferenceConfig"] == {"topP": 0.9}
+    assert bedrock_upstream.last_request.json["inferenceConfig"] == {"maxTokens": 4096, "topP": 0.9}
 
 
 def test_complete_signs_with_the_config_key_pair_and_region_in_one_attempt(

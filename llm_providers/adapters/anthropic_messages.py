@@ -2,7 +2,8 @@
 
 Translation from the OpenAI chat shape: system messages become `system`,
 assistant tool calls `tool_use` blocks, tool messages `tool_result` blocks in
-a user turn, image data URLs base64 image blocks. `json_mode` appends an
+a user turn, image data URLs base64 image blocks; turns alternate, tool
+results first in theirs, beginning with the user's (`conversation_turns`). `json_mode` appends an
 instruction to the system prompt (every Claude model follows it; the
 structured-output switch exists only on some). `max_tokens` is required by
 the API: requests without one get `DEFAULT_MAX_TOKENS`. `temperature` and
@@ -29,10 +30,10 @@ from .content import (
     arguments_dump,
     content_parts,
     content_text,
+    conversation_turns,
     has_visible_text,
     image_parse,
     image_url_of,
-    merge_same_role,
     system_prompt,
     tool_arguments_parse,
     tool_function,
@@ -330,7 +331,11 @@ def anthropic_messages(messages: list[Message]) -> list[dict[str, Any]]:
                 }
             )
         converted.append({"role": role, "content": blocks})
-    return merge_same_role(converted)
+    return conversation_turns(
+        converted,
+        text_block=lambda text: {"type": "text", "text": text},
+        is_tool_result=lambda block: block.get("type") == "tool_result",
+    )
 
 
 def _content_blocks(content: Any) -> list[dict[str, Any]]:

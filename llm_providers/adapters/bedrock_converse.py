@@ -9,6 +9,8 @@ read timeout in use (the configured one is built with the adapter).
 Translation from the OpenAI chat shape: system messages become `system`
 blocks, images (data URLs only: Bedrock takes bytes) `image` blocks, tool
 calls `toolUse` blocks and tool messages `toolResult` blocks in a user turn.
+Turns are shaped as for Anthropic (`conversation_turns`): Converse refuses a
+conversation whose turns do not alternate or that begins with the assistant.
 `json_mode` appends an instruction to the system prompt (Converse has no
 JSON switch common to its models). A request without `max_tokens` sends
 `DEFAULT_MAX_TOKENS` (4096, as on Anthropic), so the model's own, larger
@@ -49,10 +51,10 @@ from .content import (
     arguments_dump,
     content_parts,
     content_text,
+    conversation_turns,
     has_visible_text,
     image_parse,
     image_url_of,
-    merge_same_role,
     system_prompt,
     tool_arguments_parse,
     tool_function,
@@ -425,7 +427,11 @@ def bedrock_messages(messages: list[Message]) -> list[dict[str, Any]]:
             }
             blocks.append({"toolUse": tool_use})
         converted.append({"role": role, "content": blocks})
-    return merge_same_role(converted)
+    return conversation_turns(
+        converted,
+        text_block=lambda text: {"text": text},
+        is_tool_result=lambda block: "toolResult" in block,
+    )
 
 
 def _content_blocks(content: Any) -> list[dict[str, Any]]:

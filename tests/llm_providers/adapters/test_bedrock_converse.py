@@ -11,7 +11,7 @@ from llm_providers.adapters.bedrock_converse import (
     NO_TOOL_NAME,
     BedrockConverseAdapter,
 )
-from llm_providers.adapters.content import JSON_MODE_INSTRUCTION
+from llm_providers.adapters.content import JSON_MODE_INSTRUCTION, LEADING_USER_TEXT
 from llm_providers.adapters.errors import (
     ContextTooLong,
     NotSupported,
@@ -455,6 +455,99 @@ def test_complete_leaves_out_text_blocks_that_are_only_whitespace(adapter, bedro
     assert "system" not in sent
     assert sent["messages"][1]["content"] == [
         {"toolUse": {"toolUseId": "tooluse_1", "name": "get_weather", "input": {"city": "Paris"}}}
+    ]
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_complete_begins_a_conversation_that_begins_with_the_assistant_with_a_user_turn(
+    adapter, bedrock_upstream, streamed
+):
+    # Converse refuses a conversation whose first turn is not the user's
+    # (400 ValidationException); a greeting shown before the user spoke is common.
+    if streamed:
+        bedrock_upstream.enqueue_converse_stream(["Sunny."])
+    else:
+        bedrock_upstream.enqueue_converse("Sunny.")
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "assistant", "content": "Hello! Ask me about the weather."},
+        {"role": "user", "content": "Weather in Paris?"},
+    ]
+
+    assert _answer(adapter, _request(messages=messages), streamed=streamed) == "Sunny."
+
+    sent = bedrock_upstream.last_request.json
+    assert sent["system"] == [{"text": "Be brief."}]
+    assert sent["messages"] == [
+        {"role": "user", "content": [{"text": LEADING_USER_TEXT}]},
+        {"role": "assistant", "content": [{"text": "Hello! Ask me about the weather."}]},
+        {"role": "user", "content": [{"text": "Weather in Paris?"}]},
+    ]
+
+
+def test_complete_merges_consecutive_turns_of_one_role_around_system_messages(
+    adapter, bedrock_upstream
+):
+    # Converse wants user and assistant turns to alternate; system messages
+    # in the middle go to `system` and leave their neighbours adjacent.
+    bedrock_upstream.enqueue_converse("Sunny.")
+    messages = [
+        {"role": "user", "content": "Hi."},
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": "Let me see."},
+        {"role": "assistant", "content": "Mostly sunny."},
+        {"role": "system", "content": "Answer in English."},
+        {"role": "user", "content": "And tomorrow?"},
+    ]
+
+    assert adapter.complete(_request(messages=messages)).content == "Sunny."
+
+    sent = bedrock_upstream.last_request.json
+    assert sent["system"] == [{"text": "Be brief.\n\nAnswer in English."}]
+    assert sent["messages"] == [
+        {"role": "user", "content": [{"text": "Hi."}, {"text": "Weather in Paris?"}]},
+        {"role": "assistant", "content": [{"text": "Let me see."}, {"text": "Mostly sunny."}]},
+        {"role": "user", "content": [{"text": "And tomorrow?"}]},
+    ]
+
+
+def test_complete_puts_tool_results_first_in_the_user_turn_they_are_merged_into(
+    adapter, bedrock_upstream
+):
+    # Each toolUse wants its toolResult at the start of the next user turn
+    # (Claude refuses text before it); a user message between or after the
+    # results joins that turn after them.
+    bedrock_upstream.enqueue_converse("Sunny in both.")
+    messages = [
+        {"role": "user", "content": "Weather in Paris and Oslo?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": f"tooluse_{index}",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": f'{{"city": "{city}"}}'},
+                }
+                for index, city in ((1, "Paris"), (2, "Oslo"))
+            ],
+        },
+        {"role": "tool", "tool_call_id": "tooluse_1", "content": "Sunny, 21°C"},
+        {"role": "user", "content": "In Fahrenheit, please."},
+        {"role": "tool", "tool_call_id": "tooluse_2", "content": "Sunny, 12°C"},
+    ]
+
+    assert adapter.complete(_request(messages=messages, tools=[WEATHER_TOOL])).content == (
+        "Sunny in both."
+    )
+
+    sent = bedrock_upstream.last_request.json["messages"]
+    assert [message["role"] for message in sent] == ["user", "assistant", "user"]
+    assert sent[2]["content"] == [
+        {"toolResult": {"toolUseId": "tooluse_1", "content": [{"text": "Sunny, 21°C"}]}},
+        {"toolResult": {"toolUseId": "tooluse_2", "content": [{"text": "Sunny, 12°C"}]}},
+        {"text": "In Fahrenheit, please."},
     ]
 
 

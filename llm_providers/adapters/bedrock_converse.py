@@ -16,7 +16,8 @@ JSON switch common to its models). A request without `max_tokens` sends
 `DEFAULT_MAX_TOKENS` (4096, as on Anthropic), so the model's own, larger
 default never outruns the budget reservation; a model whose limit is lower
 refuses it naming the limit, and gets that limit instead, remembered per
-model. Claude models get `temperature` without
+model. Stop sequences that are only whitespace are applied here, not sent,
+as on Anthropic. Claude models get `temperature` without
 `top_p` when a request gives both (newer ones refuse the pair). Embeddings
 are a different Bedrock API (InvokeModel with per-model bodies) and are not
 offered here.
@@ -55,6 +56,10 @@ from .content import (
     has_visible_text,
     image_parse,
     image_url_of,
+    local_stops,
+    sent_stop_sequences,
+    stop_position,
+    stop_prefix_length,
     system_prompt,
     tool_arguments_parse,
     tool_function,
@@ -229,8 +234,9 @@ class BedrockConverseAdapter(Adapter):
             request.temperature is not None and _is_claude(request.model)
         ):
             inference["topP"] = request.top_p
-        if request.stop:
-            inference["stopSequences"] = list(request.stop)
+        sent_stops = sent_stop_sequences(request.stop)
+        if sent_stops:
+            inference["stopSequences"] = sent_stops
         arguments["inferenceConfig"] = inference
         if request.tools:
             arguments["toolConfig"] = {"tools": [_bedrock_tool(tool) for tool in request.tools]}
@@ -265,21 +271,32 @@ class BedrockConverseAdapter(Adapter):
         response = self._send("converse", request)
         self._refuse_failed_answer(response.get("stopReason"))
         blocks = ((response.get("output") or {}).get("message") or {}).get("content") or []
-        text = "".join(block["text"] for block in blocks if "text" in block)
-        tool_calls = [
-            ToolCall(
-                id=block["toolUse"]["toolUseId"],
-                name=block["toolUse"]["name"],
-                arguments=arguments_dump(block["toolUse"].get("input")),
-            )
-            for block in blocks
-            if "toolUse" in block
-        ]
+        own_stops = local_stops(request.stop)
+        finish_reason = _FINISH_REASONS.get(response.get("stopReason") or "", "stop")
+        text = ""
+        tool_calls: list[ToolCall] = []
+        for block in blocks:
+            if "text" in block:
+                text += block["text"]
+                cut = stop_position(text, own_stops)
+                if cut is not None:
+                    # What followed the stop sequence would not have been generated.
+                    text, finish_reason = text[:cut], "stop"
+                    break
+            elif "toolUse" in block:
+                tool_use = block["toolUse"]
+                tool_calls.append(
+                    ToolCall(
+                        id=tool_use["toolUseId"],
+                        name=tool_use["name"],
+                        arguments=arguments_dump(tool_use.get("input")),
+                    )
+                )
         return ChatResult(
             content=text,
             usage=_usage(response.get("usage") or {}),
             model=request.model,
-            finish_reason=_FINISH_REASONS.get(response.get("stopReason") or "", "stop"),
+            finish_reason=finish_reason,
             tool_calls=tool_calls,
         )
 
@@ -290,6 +307,10 @@ class BedrockConverseAdapter(Adapter):
         stop_reason: str | None = None
         usage: Usage | None = None
         tools: dict[int, dict[str, str]] = {}
+        own_stops = local_stops(request.stop)
+        # Text not yielded yet because it may be the start of a local stop sequence.
+        held = ""
+        stopped = False
         try:
             for event in events:
                 if "contentBlockStart" in event:
@@ -308,7 +329,15 @@ class BedrockConverseAdapter(Adapter):
                     delta = block.get("delta") or {}
                     reasoning = (delta.get("reasoningContent") or {}).get("text")
                     if delta.get("text"):
-                        yield StreamChunk(text=delta["text"], model=request.model)
+                        held += delta["text"]
+                        cut = stop_position(held, own_stops)
+                        if cut is not None:
+                            held, stopped = held[:cut], True
+                            break
+                        kept = stop_prefix_length(held, own_stops)
+                        ready, held = held[: len(held) - kept], held[len(held) - kept :]
+                        if ready:
+                            yield StreamChunk(text=ready, model=request.model)
                     elif reasoning:
                         # Billed output the caller does not read: counted if
                         # the stream ends before its usage arrives.
@@ -328,7 +357,13 @@ class BedrockConverseAdapter(Adapter):
                     usage = _usage(event["metadata"].get("usage") or {})
         finally:
             events.close()
-        if stop_reason is None:
+        if held:
+            yield StreamChunk(text=held, model=request.model)
+        if stopped:
+            # Closing the stream ended the generation there; its usage, which
+            # the closing metadata would have brought, is left to estimate.
+            stop_reason, usage = "stop_sequence", None
+        elif stop_reason is None:
             raise UpstreamUnavailable("The bedrock stream ended before the answer finished.")
         self._refuse_failed_answer(stop_reason)
         tool_calls = [

@@ -105,6 +105,34 @@ def has_visible_text(text: Any) -> bool:
     return isinstance(text, str) and bool(text.strip())
 
 
+def sent_stop_sequences(stops: list[str] | None) -> list[str]:
+    """The stop sequences sent to the vendor: those `local_stops` leaves out."""
+    return [stop for stop in stops or () if has_visible_text(stop)]
+
+
+def local_stops(stops: list[str] | None) -> list[str]:
+    """The stop sequences Anthropic and Bedrock adapters apply themselves:
+    Anthropic's API refuses (400) one that is only whitespace ("\\n" is
+    common), so those are not sent but cut the answer (on Bedrock too, where
+    Claude is the same model behind another API)."""
+    return [stop for stop in stops or () if not has_visible_text(stop)]
+
+
+def stop_position(text: str, stops: list[str]) -> int | None:
+    """Where the first of `stops` in `text` begins, if one is there."""
+    found = [position for stop in stops if (position := text.find(stop)) != -1]
+    return min(found) if found else None
+
+
+def stop_prefix_length(text: str, stops: list[str]) -> int:
+    """The length of the longest end of `text` that begins one of `stops`."""
+    longest = max((len(stop) for stop in stops), default=0)
+    for length in range(min(longest - 1, len(text)), 0, -1):
+        if any(stop.startswith(text[-length:]) for stop in stops):
+            return length
+    return 0
+
+
 def content_text(content: Any) -> str:
     """The text parts of a message's content, joined."""
     return "".join(p.get("text") or "" for p in content_parts(content) if p.get("type") == "text")

@@ -182,6 +182,60 @@ def _max_tokens_refusal(limit: int) -> str:
     )
 
 
+def test_complete_stops_at_a_whitespace_stop_sequence_instead_of_sending_it(
+    adapter, bedrock_upstream
+):
+    # As on Anthropic, whose API refuses a stop sequence that is only
+    # whitespace ("\n"), as Claude on Bedrock does: it is applied to the
+    # answer here instead, the others are sent.
+    bedrock_upstream.enqueue_converse("First line\nSecond line\n", output_tokens=6)
+
+    result = adapter.complete(_request(stop=["\n", "END"]))
+
+    assert bedrock_upstream.last_request.json["inferenceConfig"] == {
+        "maxTokens": 4096,
+        "stopSequences": ["END"],
+    }
+    assert result.content == "First line"
+    assert result.finish_reason == "stop"
+    assert result.usage == Usage(input_tokens=10, output_tokens=6)
+
+
+def test_complete_keeps_an_answer_without_the_whitespace_stop_sequence_whole(
+    adapter, bedrock_upstream
+):
+    bedrock_upstream.enqueue_converse("One paragraph.\nNo blank line.", stop_reason="max_tokens")
+
+    result = adapter.complete(_request(stop=["\n\n"]))
+
+    assert bedrock_upstream.last_request.json["inferenceConfig"] == {"maxTokens": 4096}
+    assert (result.content, result.finish_reason) == ("One paragraph.\nNo blank line.", "length")
+
+
+def test_stream_stops_at_a_whitespace_stop_sequence_split_across_pieces(adapter, bedrock_upstream):
+    bedrock_upstream.enqueue_converse_stream(
+        ["First", " line\n", "\nSecond", " paragraph"], output_tokens=9
+    )
+
+    chunks = list(adapter.stream(_request(stop=["\n\n"])))
+
+    assert bedrock_upstream.last_request.json["inferenceConfig"] == {"maxTokens": 4096}
+    assert "".join(chunk.text for chunk in chunks) == "First line"
+    assert chunks[-1].finish_reason == "stop"
+    # Stopped before the closing metadata: the caller estimates the usage.
+    assert chunks[-1].usage is None
+
+
+def test_stream_yields_whitespace_that_does_not_complete_a_stop_sequence(adapter, bedrock_upstream):
+    bedrock_upstream.enqueue_converse_stream(["a\n", "b\n"], input_tokens=10, output_tokens=4)
+
+    chunks = list(adapter.stream(_request(stop=["\n\n"])))
+
+    assert "".join(chunk.text for chunk in chunks) == "a\nb\n"
+    assert chunks[-1].finish_reason == "stop"
+    assert chunks[-1].usage == Usage(input_tokens=10, output_tokens=4)
+
+
 @pytest.mark.parametrize(
     "model",
     [

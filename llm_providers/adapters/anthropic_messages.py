@@ -2,7 +2,8 @@
 
 Translation from the OpenAI chat shape: system messages become `system`,
 assistant tool calls `tool_use` blocks, tool messages `tool_result` blocks in
-a user turn, image data URLs base64 image blocks. `json_mode` appends an
+a user turn, image data URLs base64 image blocks; turns alternate, tool
+results first in theirs, beginning with the user's (`conversation_turns`). `json_mode` appends an
 instruction to the system prompt (every Claude model follows it; the
 structured-output switch exists only on some). `max_tokens` is required by
 the API: requests without one get `DEFAULT_MAX_TOKENS`. `temperature` and
@@ -29,10 +30,14 @@ from .content import (
     arguments_dump,
     content_parts,
     content_text,
+    conversation_turns,
     has_visible_text,
     image_parse,
     image_url_of,
-    merge_same_role,
+    local_stops,
+    sent_stop_sequences,
+    stop_position,
+    stop_prefix_length,
     system_prompt,
     tool_arguments_parse,
     tool_function,
@@ -123,7 +128,7 @@ class AnthropicMessagesAdapter(Adapter):
         # temperature and top_p are left out: API version 2026-10-21 (the one
         # this SDK speaks) answers 400 to any sampling parameter, whatever its
         # value, and the SDK no longer has them.
-        sent_stops = [stop for stop in request.stop or () if has_visible_text(stop)]
+        sent_stops = sent_stop_sequences(request.stop)
         if sent_stops:
             arguments["stop_sequences"] = sent_stops
         if request.tools:
@@ -135,14 +140,14 @@ class AnthropicMessagesAdapter(Adapter):
     @translate_errors
     def complete(self, request: ChatRequest) -> ChatResult:
         message = self._client.messages.create(**self._create_arguments(request))
-        local_stops = _local_stops(request.stop)
+        own_stops = local_stops(request.stop)
         text = ""
         tool_calls: list[ToolCall] = []
         finish_reason = _FINISH_REASONS.get(message.stop_reason or "", "stop")
         for block in message.content:
             if block.type == "text":
                 text += block.text
-                cut = _stop_position(text, local_stops)
+                cut = stop_position(text, own_stops)
                 if cut is not None:
                     # What followed the stop sequence would not have been generated.
                     text, finish_reason = text[:cut], "stop"
@@ -166,7 +171,7 @@ class AnthropicMessagesAdapter(Adapter):
         stop_reason: str | None = None
         fields: dict[str, int] = {}
         tools: dict[int, dict[str, str]] = {}
-        local_stops = _local_stops(request.stop)
+        own_stops = local_stops(request.stop)
         # Text not yielded yet because it may be the start of a local stop sequence.
         held = ""
         stopped = False
@@ -212,11 +217,11 @@ class AnthropicMessagesAdapter(Adapter):
                 if not text:
                     continue
                 held += text
-                cut = _stop_position(held, local_stops)
+                cut = stop_position(held, own_stops)
                 if cut is not None:
                     held, stopped = held[:cut], True
                     break
-                kept = _stop_prefix_length(held, local_stops)
+                kept = stop_prefix_length(held, own_stops)
                 ready, held = held[: len(held) - kept], held[len(held) - kept :]
                 if ready:
                     yield StreamChunk(text=ready, model=model, usage_so_far=_usage_so_far(fields))
@@ -278,27 +283,6 @@ class AnthropicMessagesAdapter(Adapter):
         return UpstreamUnavailable(self.scrub(f"anthropic failed: {exc}"))
 
 
-def _local_stops(stops: list[str] | None) -> list[str]:
-    """The stop sequences applied here: the API refuses (400) one that is only
-    whitespace ("\\n" is common), so those are not sent but cut the answer."""
-    return [stop for stop in stops or () if not has_visible_text(stop)]
-
-
-def _stop_position(text: str, stops: list[str]) -> int | None:
-    """Where the first of `stops` in `text` begins, if one is there."""
-    found = [position for stop in stops if (position := text.find(stop)) != -1]
-    return min(found) if found else None
-
-
-def _stop_prefix_length(text: str, stops: list[str]) -> int:
-    """The length of the longest end of `text` that begins one of `stops`."""
-    longest = max((len(stop) for stop in stops), default=0)
-    for length in range(min(longest - 1, len(text)), 0, -1):
-        if any(stop.startswith(text[-length:]) for stop in stops):
-            return length
-    return 0
-
-
 def anthropic_messages(messages: list[Message]) -> list[dict[str, Any]]:
     """The conversation without system messages, as Anthropic content blocks."""
     converted: list[dict[str, Any]] = []
@@ -330,7 +314,11 @@ def anthropic_messages(messages: list[Message]) -> list[dict[str, Any]]:
                 }
             )
         converted.append({"role": role, "content": blocks})
-    return merge_same_role(converted)
+    return conversation_turns(
+        converted,
+        text_block=lambda text: {"type": "text", "text": text},
+        is_tool_result=lambda block: block.get("type") == "tool_result",
+    )
 
 
 def _content_blocks(content: Any) -> list[dict[str, Any]]:

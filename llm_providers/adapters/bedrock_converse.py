@@ -9,8 +9,15 @@ read timeout in use (the configured one is built with the adapter).
 Translation from the OpenAI chat shape: system messages become `system`
 blocks, images (data URLs only: Bedrock takes bytes) `image` blocks, tool
 calls `toolUse` blocks and tool messages `toolResult` blocks in a user turn.
+Turns are shaped as for Anthropic (`conversation_turns`): Converse refuses a
+conversation whose turns do not alternate or that begins with the assistant.
 `json_mode` appends an instruction to the system prompt (Converse has no
-JSON switch common to its models). Claude models get `temperature` without
+JSON switch common to its models). A request without `max_tokens` sends
+`DEFAULT_MAX_TOKENS` (4096, as on Anthropic), so the model's own, larger
+default never outruns the budget reservation; a model whose limit is lower
+refuses it naming the limit, and gets that limit instead, remembered per
+model. Stop sequences that are only whitespace are applied here, not sent,
+as on Anthropic. Claude models get `temperature` without
 `top_p` when a request gives both (newer ones refuse the pair). Embeddings
 are a different Bedrock API (InvokeModel with per-model bodies) and are not
 offered here.
@@ -23,6 +30,7 @@ usage in its closing `metadata` event.
 from __future__ import annotations
 
 import functools
+import re
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -44,10 +52,14 @@ from .content import (
     arguments_dump,
     content_parts,
     content_text,
+    conversation_turns,
     has_visible_text,
     image_parse,
     image_url_of,
-    merge_same_role,
+    local_stops,
+    sent_stop_sequences,
+    stop_position,
+    stop_prefix_length,
     system_prompt,
     tool_arguments_parse,
     tool_function,
@@ -68,6 +80,12 @@ from .errors import (
 )
 from .types import AdapterSettings, ChatRequest, ChatResult, Message, StreamChunk, ToolCall, Usage
 
+# Sent as maxTokens when a request names none, as on Anthropic: without it
+# the model's own default applies (up to its whole output window), past what
+# budget reservations and TPM limits assume (`default_max_tokens`). A model
+# whose limit is lower refuses it, naming the limit, which is sent instead.
+DEFAULT_MAX_TOKENS = 4096
+_MODEL_LIMIT = re.compile(r"exceeds the model limit of (\d+)", re.IGNORECASE)
 # The region Bedrock's console starts in, for settings built without one
 # (provider configs require a region).
 DEFAULT_REGION = "us-east-1"
@@ -151,12 +169,16 @@ def _shared_session() -> boto3.session.Session:
 
 class BedrockConverseAdapter(Adapter):
     protocol = "bedrock_converse"
+    default_max_tokens = DEFAULT_MAX_TOKENS
     vendor_errors = (BotoCoreError, ClientError, urllib3.exceptions.HTTPError)
 
     def __init__(self, settings: AdapterSettings):
         super().__init__(settings)
         self._has_credentials = bool(settings.aws_access_key_id and settings.aws_secret_access_key)
         self._lock = threading.Lock()
+        # Model → the largest maxTokens it takes, when below the default;
+        # replaced, never mutated (the adapter serves concurrent calls).
+        self._max_tokens_limits: dict[str, int] = {}
         self._runtime_clients = {self.timeout: self._client_build("bedrock-runtime", self.timeout)}
         self._control_client = self._client_build("bedrock", self.timeout)
 
@@ -205,59 +227,90 @@ class BedrockConverseAdapter(Adapter):
         system = system_prompt(request.messages, json_mode=request.json_mode)
         if system:
             arguments["system"] = [{"text": system}]
-        inference: dict[str, Any] = {}
-        if request.max_tokens is not None:
-            inference["maxTokens"] = request.max_tokens
+        inference: dict[str, Any] = {"maxTokens": self._max_tokens(request)}
         if request.temperature is not None:
             inference["temperature"] = request.temperature
         if request.top_p is not None and not (
             request.temperature is not None and _is_claude(request.model)
         ):
             inference["topP"] = request.top_p
-        if request.stop:
-            inference["stopSequences"] = list(request.stop)
-        if inference:
-            arguments["inferenceConfig"] = inference
+        sent_stops = sent_stop_sequences(request.stop)
+        if sent_stops:
+            inference["stopSequences"] = sent_stops
+        arguments["inferenceConfig"] = inference
         if request.tools:
             arguments["toolConfig"] = {"tools": [_bedrock_tool(tool) for tool in request.tools]}
         elif _has_tool_blocks(messages):
             arguments["toolConfig"] = {"tools": [_NO_TOOL]}
         return arguments
 
+    def _max_tokens(self, request: ChatRequest) -> int:
+        if request.max_tokens is not None:
+            return request.max_tokens
+        return self._max_tokens_limits.get(request.model, DEFAULT_MAX_TOKENS)
+
+    def _send(self, operation: str, request: ChatRequest) -> Any:
+        """Converse or ConverseStream; a default maxTokens above the model's
+        limit is sent again at that limit, which later calls then send."""
+        arguments = self._converse_arguments(request)
+        call = getattr(self._runtime(request.timeout), operation)
+        try:
+            return call(**arguments)
+        except ClientError as exc:
+            limit = _model_limit(exc) if request.max_tokens is None else None
+            if limit is None or not 0 < limit < arguments["inferenceConfig"]["maxTokens"]:
+                raise
+        self._max_tokens_limits = {**self._max_tokens_limits, request.model: limit}
+        arguments["inferenceConfig"]["maxTokens"] = limit
+        return call(**arguments)
+
     # --- the protocol ------------------------------------------------------------
 
     @translate_errors
     def complete(self, request: ChatRequest) -> ChatResult:
-        response = self._runtime(request.timeout).converse(**self._converse_arguments(request))
+        response = self._send("converse", request)
         self._refuse_failed_answer(response.get("stopReason"))
         blocks = ((response.get("output") or {}).get("message") or {}).get("content") or []
-        text = "".join(block["text"] for block in blocks if "text" in block)
-        tool_calls = [
-            ToolCall(
-                id=block["toolUse"]["toolUseId"],
-                name=block["toolUse"]["name"],
-                arguments=arguments_dump(block["toolUse"].get("input")),
-            )
-            for block in blocks
-            if "toolUse" in block
-        ]
+        own_stops = local_stops(request.stop)
+        finish_reason = _FINISH_REASONS.get(response.get("stopReason") or "", "stop")
+        text = ""
+        tool_calls: list[ToolCall] = []
+        for block in blocks:
+            if "text" in block:
+                text += block["text"]
+                cut = stop_position(text, own_stops)
+                if cut is not None:
+                    # What followed the stop sequence would not have been generated.
+                    text, finish_reason = text[:cut], "stop"
+                    break
+            elif "toolUse" in block:
+                tool_use = block["toolUse"]
+                tool_calls.append(
+                    ToolCall(
+                        id=tool_use["toolUseId"],
+                        name=tool_use["name"],
+                        arguments=arguments_dump(tool_use.get("input")),
+                    )
+                )
         return ChatResult(
             content=text,
             usage=_usage(response.get("usage") or {}),
             model=request.model,
-            finish_reason=_FINISH_REASONS.get(response.get("stopReason") or "", "stop"),
+            finish_reason=finish_reason,
             tool_calls=tool_calls,
         )
 
     @translate_stream_errors
     def stream(self, request: ChatRequest) -> Iterator[StreamChunk]:
-        response = self._runtime(request.timeout).converse_stream(
-            **self._converse_arguments(request)
-        )
+        response = self._send("converse_stream", request)
         events = response["stream"]
         stop_reason: str | None = None
         usage: Usage | None = None
         tools: dict[int, dict[str, str]] = {}
+        own_stops = local_stops(request.stop)
+        # Text not yielded yet because it may be the start of a local stop sequence.
+        held = ""
+        stopped = False
         try:
             for event in events:
                 if "contentBlockStart" in event:
@@ -276,7 +329,15 @@ class BedrockConverseAdapter(Adapter):
                     delta = block.get("delta") or {}
                     reasoning = (delta.get("reasoningContent") or {}).get("text")
                     if delta.get("text"):
-                        yield StreamChunk(text=delta["text"], model=request.model)
+                        held += delta["text"]
+                        cut = stop_position(held, own_stops)
+                        if cut is not None:
+                            held, stopped = held[:cut], True
+                            break
+                        kept = stop_prefix_length(held, own_stops)
+                        ready, held = held[: len(held) - kept], held[len(held) - kept :]
+                        if ready:
+                            yield StreamChunk(text=ready, model=request.model)
                     elif reasoning:
                         # Billed output the caller does not read: counted if
                         # the stream ends before its usage arrives.
@@ -296,7 +357,13 @@ class BedrockConverseAdapter(Adapter):
                     usage = _usage(event["metadata"].get("usage") or {})
         finally:
             events.close()
-        if stop_reason is None:
+        if held:
+            yield StreamChunk(text=held, model=request.model)
+        if stopped:
+            # Closing the stream ended the generation there; its usage, which
+            # the closing metadata would have brought, is left to estimate.
+            stop_reason, usage = "stop_sequence", None
+        elif stop_reason is None:
             raise UpstreamUnavailable("The bedrock stream ended before the answer finished.")
         self._refuse_failed_answer(stop_reason)
         tool_calls = [
@@ -395,7 +462,11 @@ def bedrock_messages(messages: list[Message]) -> list[dict[str, Any]]:
             }
             blocks.append({"toolUse": tool_use})
         converted.append({"role": role, "content": blocks})
-    return merge_same_role(converted)
+    return conversation_turns(
+        converted,
+        text_block=lambda text: {"text": text},
+        is_tool_result=lambda block: "toolResult" in block,
+    )
 
 
 def _content_blocks(content: Any) -> list[dict[str, Any]]:
@@ -427,6 +498,15 @@ def _is_claude(model: str) -> bool:
     Sonnet 4.5 on, they refuse (400) temperature and top_p together, so a
     request giving both sends them the temperature only, as Anthropic advises."""
     return "claude" in model.lower()
+
+
+def _model_limit(exc: ClientError) -> int | None:
+    """The output limit a refusal of maxTokens names, if it is one."""
+    error = exc.response.get("Error") or {}
+    if str(error.get("Code") or "").lower() != "validationexception":
+        return None
+    match = _MODEL_LIMIT.search(str(error.get("Message") or ""))
+    return int(match.group(1)) if match else None
 
 
 def _has_tool_blocks(messages: list[dict[str, Any]]) -> bool:

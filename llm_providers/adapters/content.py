@@ -6,7 +6,7 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +19,11 @@ JSON_MODE_INSTRUCTION = (
     "Answer with a single valid JSON object and nothing else: "
     "no prose before or after it, no code fences."
 )
+
+# The user turn put before a conversation that begins with the assistant's:
+# Bedrock Converse refuses one whose first turn is not the user's. A bare
+# mark: it asks nothing of the model and costs one token.
+LEADING_USER_TEXT = "."
 
 _DATA_URL = re.compile(
     r"^data:(?P<media_type>[\w.+-]+/[\w.+-]+)(?:;[^,;]*)*;base64,(?P<data>.*)$", re.DOTALL
@@ -100,6 +105,34 @@ def has_visible_text(text: Any) -> bool:
     return isinstance(text, str) and bool(text.strip())
 
 
+def sent_stop_sequences(stops: list[str] | None) -> list[str]:
+    """The stop sequences sent to the vendor: those `local_stops` leaves out."""
+    return [stop for stop in stops or () if has_visible_text(stop)]
+
+
+def local_stops(stops: list[str] | None) -> list[str]:
+    """The stop sequences Anthropic and Bedrock adapters apply themselves:
+    Anthropic's API refuses (400) one that is only whitespace ("\\n" is
+    common), so those are not sent but cut the answer (on Bedrock too, where
+    Claude is the same model behind another API)."""
+    return [stop for stop in stops or () if not has_visible_text(stop)]
+
+
+def stop_position(text: str, stops: list[str]) -> int | None:
+    """Where the first of `stops` in `text` begins, if one is there."""
+    found = [position for stop in stops if (position := text.find(stop)) != -1]
+    return min(found) if found else None
+
+
+def stop_prefix_length(text: str, stops: list[str]) -> int:
+    """The length of the longest end of `text` that begins one of `stops`."""
+    longest = max((len(stop) for stop in stops), default=0)
+    for length in range(min(longest - 1, len(text)), 0, -1):
+        if any(stop.startswith(text[-length:]) for stop in stops):
+            return length
+    return 0
+
+
 def content_text(content: Any) -> str:
     """The text parts of a message's content, joined."""
     return "".join(p.get("text") or "" for p in content_parts(content) if p.get("type") == "text")
@@ -148,6 +181,28 @@ def tool_function(tool: Tool) -> dict[str, Any]:
 def arguments_dump(arguments: Any) -> str:
     """A vendor's tool input (an object) as the JSON text `ToolCall` carries."""
     return json.dumps(arguments if arguments is not None else {}, separators=(",", ":"))
+
+
+def conversation_turns(
+    messages: list[dict[str, Any]],
+    *,
+    text_block: Callable[[str], dict[str, Any]],
+    is_tool_result: Callable[[dict[str, Any]], bool],
+) -> list[dict[str, Any]]:
+    """Converted messages as turns Anthropic and Bedrock take: roles alternate
+    (consecutive messages of one role are joined, empty ones dropped), a user
+    turn's tool results come before its other content (each tool call wants
+    its result at the start of the next user turn), and the first turn is the
+    user's (`LEADING_USER_TEXT` before one that begins with the assistant)."""
+    turns = merge_same_role(messages)
+    for turn in turns:
+        if turn["role"] == "user":
+            results = [block for block in turn["content"] if is_tool_result(block)]
+            others = [block for block in turn["content"] if not is_tool_result(block)]
+            turn["content"] = results + others
+    if turns and turns[0]["role"] != "user":
+        turns.insert(0, {"role": "user", "content": [text_block(LEADING_USER_TEXT)]})
+    return turns
 
 
 def merge_same_role(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:

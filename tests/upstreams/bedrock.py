@@ -37,6 +37,18 @@ SAMPLING_PARAMETERS_CONFLICT = (
     "specified for this model. Please use only one."
 )
 
+# What Converse answers to a conversation that does not begin with a user turn.
+CONVERSATION_START = (
+    "A conversation must start with a user message. "
+    "Try again with a conversation that starts with a user message."
+)
+
+# What Converse answers to two consecutive turns of one role.
+CONVERSATION_ALTERNATION = (
+    "A conversation must alternate between user and assistant roles. "
+    "Make sure the conversation alternates between user and assistant roles and try again."
+)
+
 EVENT_STREAM_TYPE = "application/vnd.amazon.eventstream"
 
 
@@ -76,6 +88,11 @@ class BedrockUpstream(LoopbackUpstream):
         if request.route not in ("converse", "converse_stream"):
             return reply
         body = request.json or {}
+        roles = [message.get("role") for message in body.get("messages") or ()]
+        if roles and roles[0] != "user":
+            return self.error_reply(400, "ValidationException", CONVERSATION_START)
+        if any(first == second for first, second in zip(roles, roles[1:], strict=False)):
+            return self.error_reply(400, "ValidationException", CONVERSATION_ALTERNATION)
         if _tool_blocks_without_config(body):
             return self.error_reply(400, "ValidationException", TOOL_CONFIG_MISSING)
         inference = body.get("inferenceConfig") or {}

@@ -11,7 +11,7 @@ from llm_providers.adapters.anthropic_messages import (
     PLACEHOLDER_API_KEY,
     AnthropicMessagesAdapter,
 )
-from llm_providers.adapters.content import JSON_MODE_INSTRUCTION
+from llm_providers.adapters.content import JSON_MODE_INSTRUCTION, LEADING_USER_TEXT
 from llm_providers.adapters.errors import (
     ContextTooLong,
     NotSupported,
@@ -289,6 +289,62 @@ def test_complete_sends_tool_calls_and_results_as_tool_use_and_tool_result_block
             ],
         },
     ]  # fmt: skip
+
+
+def test_complete_begins_a_conversation_that_begins_with_the_assistant_with_a_user_turn(
+    adapter, anthropic_upstream
+):
+    # As on Bedrock, which refuses such a conversation: one request, one shape.
+    anthropic_upstream.enqueue_message("Sunny.")
+    messages = [
+        {"role": "assistant", "content": "Hello! Ask me about the weather."},
+        {"role": "user", "content": "Weather in Paris?"},
+    ]
+
+    assert adapter.complete(_request(messages=messages)).content == "Sunny."
+
+    assert anthropic_upstream.last_request.json["messages"] == [
+        {"role": "user", "content": [{"type": "text", "text": LEADING_USER_TEXT}]},
+        {
+            "role": "assistant",
+            "content": [{"type": "text", "text": "Hello! Ask me about the weather."}],
+        },
+        {"role": "user", "content": [{"type": "text", "text": "Weather in Paris?"}]},
+    ]
+
+
+def test_complete_puts_tool_results_first_in_the_user_turn_they_are_merged_into(
+    adapter, anthropic_upstream
+):
+    # The API refuses a user turn answering tool calls whose tool_result
+    # blocks do not come first.
+    anthropic_upstream.enqueue_message("Sunny.")
+    messages = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "toolu_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                }
+            ],
+        },
+        {"role": "user", "content": "In Fahrenheit, please."},
+        {"role": "tool", "tool_call_id": "toolu_1", "content": "Sunny, 21°C"},
+    ]
+
+    assert adapter.complete(_request(messages=messages, tools=[WEATHER_TOOL])).content == "Sunny."
+
+    assert anthropic_upstream.last_request.json["messages"][2] == {
+        "role": "user",
+        "content": [
+            {"type": "tool_result", "tool_use_id": "toolu_1", "content": "Sunny, 21°C"},
+            {"type": "text", "text": "In Fahrenheit, please."},
+        ],
+    }
 
 
 def test_complete_sends_a_tool_result_without_output_without_content(adapter, anthropic_upstream):

@@ -6,8 +6,12 @@ import time
 
 import pytest
 
-from llm_providers.adapters.bedrock_converse import NO_TOOL_NAME, BedrockConverseAdapter
-from llm_providers.adapters.content import JSON_MODE_INSTRUCTION
+from llm_providers.adapters.bedrock_converse import (
+    DEFAULT_MAX_TOKENS,
+    NO_TOOL_NAME,
+    BedrockConverseAdapter,
+)
+from llm_providers.adapters.content import JSON_MODE_INSTRUCTION, LEADING_USER_TEXT
 from llm_providers.adapters.errors import (
     ContextTooLong,
     NotSupported,
@@ -115,6 +119,123 @@ def test_complete_sends_system_and_inference_config_on_the_wire(adapter, bedrock
     }
 
 
+def test_complete_sends_the_default_max_tokens_when_request_names_none(adapter, bedrock_upstream):
+    # Without maxTokens the model's own default applies, which can be far
+    # above what the budget reservation assumed.
+    bedrock_upstream.enqueue_converse("Hi!")
+
+    result = adapter.complete(_request())
+
+    assert result.content == "Hi!"
+    assert bedrock_upstream.last_request.json["inferenceConfig"] == {"maxTokens": 4096}
+    assert adapter.default_max_tokens == DEFAULT_MAX_TOKENS == 4096
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_complete_sends_the_model_limit_when_the_default_max_tokens_exceeds_it(
+    adapter, bedrock_upstream, streamed
+):
+    # Some Bedrock models (Meta Llama, Titan Text Premier) answer at most
+    # fewer than 4096 tokens and refuse a larger maxTokens.
+    model = "meta.llama3-70b-instruct-v1:0"
+    bedrock_upstream.enqueue_error(400, "ValidationException", _max_tokens_refusal(2048))
+    if streamed:
+        bedrock_upstream.enqueue_converse_stream(["Hi!"], times=2)
+    else:
+        bedrock_upstream.enqueue_converse("Hi!", times=2)
+
+    assert _answer(adapter, _request(model=model), streamed=streamed) == "Hi!"
+    # The model's limit is kept: the next call sends it at once.
+    assert _answer(adapter, _request(model=model), streamed=streamed) == "Hi!"
+
+    sent = [request.json["inferenceConfig"]["maxTokens"] for request in bedrock_upstream.requests]
+    assert sent == [4096, 2048, 2048]
+    # Another model still gets the default.
+    bedrock_upstream.enqueue_converse("Hi!")
+    adapter.complete(_request())
+    assert bedrock_upstream.last_request.json["inferenceConfig"] == {"maxTokens": 4096}
+
+
+def test_complete_raises_bad_request_when_the_max_tokens_asked_for_exceeds_the_model_limit(
+    adapter, bedrock_upstream
+):
+    # The caller's own max_tokens is not lowered behind its back.
+    bedrock_upstream.enqueue_error(400, "ValidationException", _max_tokens_refusal(2048))
+
+    with pytest.raises(ProviderBadRequest, match="model limit of 2048"):
+        adapter.complete(_request(model="meta.llama3-70b-instruct-v1:0", max_tokens=3000))
+
+    assert len(bedrock_upstream.requests) == 1
+    assert bedrock_upstream.last_request.json["inferenceConfig"] == {"maxTokens": 3000}
+
+
+def _answer(adapter: BedrockConverseAdapter, request: ChatRequest, *, streamed: bool) -> str:
+    if streamed:
+        return "".join(chunk.text for chunk in adapter.stream(request))
+    return adapter.complete(request).content
+
+
+def _max_tokens_refusal(limit: int) -> str:
+    return (
+        f"The maximum tokens you requested exceeds the model limit of {limit}. "
+        f"Try again with a maximum tokens value that is lower than {limit}."
+    )
+
+
+def test_complete_stops_at_a_whitespace_stop_sequence_instead_of_sending_it(
+    adapter, bedrock_upstream
+):
+    # As on Anthropic, whose API refuses a stop sequence that is only
+    # whitespace ("\n"), as Claude on Bedrock does: it is applied to the
+    # answer here instead, the others are sent.
+    bedrock_upstream.enqueue_converse("First line\nSecond line\n", output_tokens=6)
+
+    result = adapter.complete(_request(stop=["\n", "END"]))
+
+    assert bedrock_upstream.last_request.json["inferenceConfig"] == {
+        "maxTokens": 4096,
+        "stopSequences": ["END"],
+    }
+    assert result.content == "First line"
+    assert result.finish_reason == "stop"
+    assert result.usage == Usage(input_tokens=10, output_tokens=6)
+
+
+def test_complete_keeps_an_answer_without_the_whitespace_stop_sequence_whole(
+    adapter, bedrock_upstream
+):
+    bedrock_upstream.enqueue_converse("One paragraph.\nNo blank line.", stop_reason="max_tokens")
+
+    result = adapter.complete(_request(stop=["\n\n"]))
+
+    assert bedrock_upstream.last_request.json["inferenceConfig"] == {"maxTokens": 4096}
+    assert (result.content, result.finish_reason) == ("One paragraph.\nNo blank line.", "length")
+
+
+def test_stream_stops_at_a_whitespace_stop_sequence_split_across_pieces(adapter, bedrock_upstream):
+    bedrock_upstream.enqueue_converse_stream(
+        ["First", " line\n", "\nSecond", " paragraph"], output_tokens=9
+    )
+
+    chunks = list(adapter.stream(_request(stop=["\n\n"])))
+
+    assert bedrock_upstream.last_request.json["inferenceConfig"] == {"maxTokens": 4096}
+    assert "".join(chunk.text for chunk in chunks) == "First line"
+    assert chunks[-1].finish_reason == "stop"
+    # Stopped before the closing metadata: the caller estimates the usage.
+    assert chunks[-1].usage is None
+
+
+def test_stream_yields_whitespace_that_does_not_complete_a_stop_sequence(adapter, bedrock_upstream):
+    bedrock_upstream.enqueue_converse_stream(["a\n", "b\n"], input_tokens=10, output_tokens=4)
+
+    chunks = list(adapter.stream(_request(stop=["\n\n"])))
+
+    assert "".join(chunk.text for chunk in chunks) == "a\nb\n"
+    assert chunks[-1].finish_reason == "stop"
+    assert chunks[-1].usage == Usage(input_tokens=10, output_tokens=4)
+
+
 @pytest.mark.parametrize(
     "model",
     [
@@ -134,7 +255,10 @@ def test_complete_sends_a_claude_model_the_temperature_without_top_p_when_both_a
     result = adapter.complete(_request(model=model, temperature=0.2, top_p=0.9))
 
     assert result.content == "Hi!"
-    assert bedrock_upstream.last_request.json["inferenceConfig"] == {"temperature": 0.2}
+    assert bedrock_upstream.last_request.json["inferenceConfig"] == {
+        "maxTokens": 4096,
+        "temperature": 0.2,
+    }
 
 
 def test_stream_sends_a_claude_model_top_p_when_it_is_the_only_sampling_parameter(
@@ -145,7 +269,7 @@ def test_stream_sends_a_claude_model_top_p_when_it_is_the_only_sampling_paramete
     chunks = list(adapter.stream(_request(top_p=0.9)))
 
     assert "".join(chunk.text for chunk in chunks) == "Hi!"
-    assert bedrock_upstream.last_request.json["inferenceConfig"] == {"topP": 0.9}
+    assert bedrock_upstream.last_request.json["inferenceConfig"] == {"maxTokens": 4096, "topP": 0.9}
 
 
 def test_complete_signs_with_the_config_key_pair_and_region_in_one_attempt(
@@ -385,6 +509,99 @@ def test_complete_leaves_out_text_blocks_that_are_only_whitespace(adapter, bedro
     assert "system" not in sent
     assert sent["messages"][1]["content"] == [
         {"toolUse": {"toolUseId": "tooluse_1", "name": "get_weather", "input": {"city": "Paris"}}}
+    ]
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_complete_begins_a_conversation_that_begins_with_the_assistant_with_a_user_turn(
+    adapter, bedrock_upstream, streamed
+):
+    # Converse refuses a conversation whose first turn is not the user's
+    # (400 ValidationException); a greeting shown before the user spoke is common.
+    if streamed:
+        bedrock_upstream.enqueue_converse_stream(["Sunny."])
+    else:
+        bedrock_upstream.enqueue_converse("Sunny.")
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "assistant", "content": "Hello! Ask me about the weather."},
+        {"role": "user", "content": "Weather in Paris?"},
+    ]
+
+    assert _answer(adapter, _request(messages=messages), streamed=streamed) == "Sunny."
+
+    sent = bedrock_upstream.last_request.json
+    assert sent["system"] == [{"text": "Be brief."}]
+    assert sent["messages"] == [
+        {"role": "user", "content": [{"text": LEADING_USER_TEXT}]},
+        {"role": "assistant", "content": [{"text": "Hello! Ask me about the weather."}]},
+        {"role": "user", "content": [{"text": "Weather in Paris?"}]},
+    ]
+
+
+def test_complete_merges_consecutive_turns_of_one_role_around_system_messages(
+    adapter, bedrock_upstream
+):
+    # Converse wants user and assistant turns to alternate; system messages
+    # in the middle go to `system` and leave their neighbours adjacent.
+    bedrock_upstream.enqueue_converse("Sunny.")
+    messages = [
+        {"role": "user", "content": "Hi."},
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": "Let me see."},
+        {"role": "assistant", "content": "Mostly sunny."},
+        {"role": "system", "content": "Answer in English."},
+        {"role": "user", "content": "And tomorrow?"},
+    ]
+
+    assert adapter.complete(_request(messages=messages)).content == "Sunny."
+
+    sent = bedrock_upstream.last_request.json
+    assert sent["system"] == [{"text": "Be brief.\n\nAnswer in English."}]
+    assert sent["messages"] == [
+        {"role": "user", "content": [{"text": "Hi."}, {"text": "Weather in Paris?"}]},
+        {"role": "assistant", "content": [{"text": "Let me see."}, {"text": "Mostly sunny."}]},
+        {"role": "user", "content": [{"text": "And tomorrow?"}]},
+    ]
+
+
+def test_complete_puts_tool_results_first_in_the_user_turn_they_are_merged_into(
+    adapter, bedrock_upstream
+):
+    # Each toolUse wants its toolResult at the start of the next user turn
+    # (Claude refuses text before it); a user message between or after the
+    # results joins that turn after them.
+    bedrock_upstream.enqueue_converse("Sunny in both.")
+    messages = [
+        {"role": "user", "content": "Weather in Paris and Oslo?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": f"tooluse_{index}",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": f'{{"city": "{city}"}}'},
+                }
+                for index, city in ((1, "Paris"), (2, "Oslo"))
+            ],
+        },
+        {"role": "tool", "tool_call_id": "tooluse_1", "content": "Sunny, 21°C"},
+        {"role": "user", "content": "In Fahrenheit, please."},
+        {"role": "tool", "tool_call_id": "tooluse_2", "content": "Sunny, 12°C"},
+    ]
+
+    assert adapter.complete(_request(messages=messages, tools=[WEATHER_TOOL])).content == (
+        "Sunny in both."
+    )
+
+    sent = bedrock_upstream.last_request.json["messages"]
+    assert [message["role"] for message in sent] == ["user", "assistant", "user"]
+    assert sent[2]["content"] == [
+        {"toolResult": {"toolUseId": "tooluse_1", "content": [{"text": "Sunny, 21°C"}]}},
+        {"toolResult": {"toolUseId": "tooluse_2", "content": [{"text": "Sunny, 12°C"}]}},
+        {"text": "In Fahrenheit, please."},
     ]
 
 

@@ -23,11 +23,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_DOWN, Decimal
+from typing import NamedTuple
 
 from django.conf import settings
 from django.core.mail import EmailMessage
 from django.db import IntegrityError, transaction
-from django.db.models import F, Max, Min, Q, Sum
+from django.db.models import Case, F, Max, Min, Q, Sum, Value, When
 from django.db.models.functions import TruncMonth
 from django.template.loader import render_to_string
 from django.utils import timezone
@@ -695,17 +696,61 @@ def alert_deliveries_send_due(*, now: datetime | None = None) -> int:
     return delivered
 
 
-def alert_deliveries_retry(*, alerts) -> int:
-    """Make every undelivered delivery of `alerts` due now. Those that gave up
-    start a new series of USAGE_ALERT_MAX_ATTEMPTS attempts (their last error is kept)."""
-    pending = AlertDelivery.objects.filter(alert__in=alerts, delivered_at__isnull=True)
-    ids = list(pending.values_list("pk", flat=True))
+class DeliveriesRetried(NamedTuple):
+    """What a retry did: deliveries made due now, and those left alone because a
+    worker is sending them at this moment."""
+
+    queued: int
+    sending: int
+
+
+def _being_sent(now: datetime) -> Q:
+    """Deliveries a worker is sending: claimed, no outcome recorded, claim not expired.
+
+    A claim whose time has passed is a worker that stopped mid-send.
+    """
+    return Q(last_error=_NO_OUTCOME, next_attempt_at__gt=now)
+
+
+def alert_deliveries_retry(*, alerts) -> DeliveriesRetried:
+    """Make every undelivered delivery of `alerts` due now, except those a worker is
+    sending at this moment (left to finish, their claim untouched). Those that gave up
+    start a new series of USAGE_ALERT_MAX_ATTEMPTS attempts (their last error is kept).
+    """
+    ids = list(
+        AlertDelivery.objects.filter(alert__in=alerts, delivered_at__isnull=True)
+        .order_by()
+        .values_list("pk", flat=True)
+    )
+    if not ids:
+        return DeliveriesRetried(queued=0, sending=0)
     now = timezone.now()
-    # Given up: out of attempts, including a last one whose worker stopped.
-    AlertDelivery.objects.filter(
-        Q(next_attempt_at__isnull=True) | Q(attempts__gte=settings.USAGE_ALERT_MAX_ATTEMPTS),
-        pk__in=ids,
-    ).update(attempts=0, next_attempt_at=now)
-    AlertDelivery.objects.filter(pk__in=ids).update(next_attempt_at=now)
-    transaction.on_commit(lambda: _queue_deliveries(ids), robust=True)
-    return len(ids)
+    # One conditional UPDATE on the delivery table alone, so that PostgreSQL checks
+    # its conditions again on a row a worker's claim (or another retry) has just
+    # changed: a claim taken meanwhile is left alone, never overwritten and sent twice.
+    # (A condition on the alert would turn it into "pk IN (subquery)", checked
+    # against the rows as they were when the statement began.)
+    queued = (
+        AlertDelivery.objects.filter(pk__in=ids, delivered_at__isnull=True)
+        .exclude(_being_sent(now))
+        .update(
+            # Given up: out of attempts, including a last one whose worker stopped.
+            attempts=Case(
+                When(
+                    Q(next_attempt_at__isnull=True)
+                    | Q(attempts__gte=settings.USAGE_ALERT_MAX_ATTEMPTS),
+                    then=Value(0),
+                ),
+                default=F("attempts"),
+                output_field=AlertDelivery._meta.get_field("attempts"),
+            ),
+            next_attempt_at=now,
+        )
+    )
+    sending = AlertDelivery.objects.filter(
+        _being_sent(now), pk__in=ids, delivered_at__isnull=True
+    ).count()
+    if queued:
+        # A delivery claimed since the UPDATE is not sent again: the claim is conditional.
+        transaction.on_commit(lambda: _queue_deliveries(ids), robust=True)
+    return DeliveriesRetried(queued=queued, sending=sending)

@@ -607,7 +607,8 @@ def _backoff_seconds(attempts: int) -> int:
 def alert_delivery_attempt(
     *, delivery_id: int, now: datetime | None = None
 ) -> AlertDelivery | None:
-    """Try one delivery if it is due; record the outcome. None when not due or already done.
+    """Try one delivery if it is due; record the outcome. None when not due, already
+    done, or deleted (with its tenant) before its outcome was recorded.
 
     The delivery is claimed with a conditional UPDATE first, so two workers
     never send the same alert twice at once. The claim counts the attempt and
@@ -635,9 +636,15 @@ def alert_delivery_attempt(
         if due.filter(attempts__gte=max_attempts).update(next_attempt_at=None):
             logger.warning("Alert delivery %s gave up: %s", delivery_id, _NO_OUTCOME)
         return None
-    delivery = AlertDelivery.objects.select_related(
-        "alert__tenant", "alert__budget", "alert__provider_config"
-    ).get(pk=delivery_id)
+    delivery = (
+        AlertDelivery.objects.select_related(
+            "alert__tenant", "alert__budget", "alert__provider_config"
+        )
+        .filter(pk=delivery_id)
+        .first()
+    )
+    if delivery is None:
+        return None  # its tenant (and so its alert) was deleted since it was claimed
     attempts = delivery.attempts
     try:
         try:
@@ -674,8 +681,8 @@ def alert_delivery_attempt(
         AlertDelivery.objects.filter(pk=delivery_id).update(
             attempts=attempts, last_error="", next_attempt_at=None, delivered_at=timezone.now()
         )
-    delivery.refresh_from_db()
-    return delivery
+    # None if its tenant was deleted during the send.
+    return AlertDelivery.objects.filter(pk=delivery_id).first()
 
 
 def alert_deliveries_send_due(*, now: datetime | None = None) -> int:

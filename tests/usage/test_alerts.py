@@ -1381,3 +1381,46 @@ def test_retry_leaves_a_delivery_being_sent_alone_and_retries_it_once_its_claim_
     delivery.refresh_from_db()
     assert (delivery.state, delivery.attempts) == ("delivered", 2)
     assert len(mail.outbox) == 1
+
+
+class TenantDeletingBackend:
+    """An email backend during whose send the tenant named "Doomed" is deleted."""
+
+    sent = []
+
+    def __init__(self, **kwargs):
+        pass
+
+    def send_messages(self, messages):
+        Tenant.objects.filter(name="Doomed").delete()
+        type(self).sent.extend(messages)
+        return len(messages)
+
+
+@pytest.mark.django_db
+def test_periodic_run_goes_on_when_a_tenant_is_deleted_while_its_alert_is_sent(settings):
+    # given two tenants' alert emails due, the first of whose tenant is deleted mid-send
+    settings.EMAIL_BACKEND = "tests.usage.test_alerts.TenantDeletingBackend"
+    TenantDeletingBackend.sent.clear()
+    doomed = TenantFactory(name="Doomed")
+    other = TenantFactory(name="Other")
+    for tenant in (doomed, other):
+        BudgetFactory(tenant=tenant, alert_percentages=[50], alert_emails="ops@example.com")
+        _spend(tenant, "6.00")
+    _aggregate()
+    budget_thresholds_check(now=NOW)
+    AlertDelivery.objects.filter(alert__tenant=doomed).update(
+        next_attempt_at=NOW - dt.timedelta(minutes=1)
+    )
+
+    # when the periodic run sends them
+    delivered = alert_deliveries_send_due(now=NOW)
+
+    # then the other tenant's alert went out and is recorded, in the same run
+    assert [m.subject.split(":")[0] for m in TenantDeletingBackend.sent] == [
+        "[LLM usage] Doomed",
+        "[LLM usage] Other",
+    ]
+    assert delivered == 1
+    assert not AlertDelivery.objects.filter(alert__tenant_id=doomed.pk).exists()
+    assert AlertDelivery.objects.get(alert__tenant=other).state == "delivered"

@@ -544,50 +544,80 @@ def _email_subject(alert: CostAlert) -> str:
     return alert.get_kind_display().lower()
 
 
+def _webhook_target(delivery: AlertDelivery) -> str:
+    """Where a webhook delivery posts: a budget alert's to the budget's webhook URL as
+    it is now, so that one corrected (or revoked and replaced) after the alert fired
+    takes the alerts not yet delivered; the others (tenant-wide, or whose budget was
+    deleted) to the URL they were created with."""
+    budget = delivery.alert.budget
+    if delivery.alert.kind != CostAlert.Kind.BUDGET or budget is None:
+        return delivery.target
+    if budget.webhook_unreadable:
+        raise AlertDeliveryFailed(
+            "The budget's webhook URL cannot be decrypted with the configured "
+            "SECRET_KEY/SALT_KEY: enter it again."
+        )
+    url = budget.webhook_url_readable
+    if not url:
+        raise AlertDeliveryFailed(
+            "Not sent: the budget no longer has a webhook URL. Set one on the budget to send it."
+        )
+    if url != delivery.target:
+        AlertDelivery.objects.filter(pk=delivery.pk).update(
+            target=url, target_label=webhook_label(url)
+        )
+    return url
+
+
 def _send(delivery: AlertDelivery) -> None:
     alert = delivery.alert
+    if delivery.channel == AlertDelivery.Channel.WEBHOOK:
+        url = _webhook_target(delivery)
+        if isinstance(url, UnreadableSecret):
+            raise AlertDeliveryFailed(
+                "The delivery target cannot be decrypted with the configured SECRET_KEY/SALT_KEY."
+            )
+        try:
+            webhook_post(url, _payload(alert))
+        except WebhookFailed as exc:
+            raise AlertDeliveryFailed(str(exc)) from None
+        return
     if isinstance(delivery.target, UnreadableSecret):
         raise AlertDeliveryFailed(
             "The delivery target cannot be decrypted with the configured SECRET_KEY/SALT_KEY."
         )
-    if delivery.channel == AlertDelivery.Channel.EMAIL:
-        if not settings.ALERT_EMAIL_CONFIGURED:
-            raise AlertDeliveryFailed(
-                "Email not sent: EMAIL_URL is not set, so there is no mail server to send "
-                "through (see docs/OPERATIONS.md)."
-            )
-        subject = f"[LLM usage] {alert.tenant.name}: {_email_subject(alert)}"
-        # A header is one line: a line break in a name would refuse every attempt.
-        subject = " ".join(subject.split())
-        body = render_to_string("usage/alert_email.txt", _email_context(alert))
-        recipients = email_list_parse(delivery.target)
-        # A budget's recipients were listed together on the budget; the other
-        # alerts go to every budget's recipients (say, each customer's contact),
-        # who must not learn one another's addresses.
-        shared = alert.kind == CostAlert.Kind.BUDGET
-        message = EmailMessage(
-            subject,
-            body,
-            settings.DEFAULT_FROM_EMAIL,
-            to=recipients if shared else [],
-            bcc=[] if shared else recipients,
+    if not settings.ALERT_EMAIL_CONFIGURED:
+        raise AlertDeliveryFailed(
+            "Email not sent: EMAIL_URL is not set, so there is no mail server to send "
+            "through (see docs/OPERATIONS.md)."
         )
-        seconds = settings.USAGE_ALERT_EMAIL_TIMEOUT_SECONDS
-        try:
-            email_send(message, seconds=seconds)
-        except EmailTimedOut:
-            raise AlertDeliveryFailed(
-                f"Email not sent: the mail server did not finish within {seconds:g} s."
-            ) from None
-        except (smtplib.SMTPException, OSError) as exc:
-            raise AlertDeliveryFailed(f"Email not sent: {type(exc).__name__}: {exc}") from None
-        except Exception as exc:  # noqa: BLE001 - any other failure is a failed attempt
-            raise AlertDeliveryFailed(f"Email not sent: {type(exc).__name__}.") from None
-    else:
-        try:
-            webhook_post(delivery.target, _payload(alert))
-        except WebhookFailed as exc:
-            raise AlertDeliveryFailed(str(exc)) from None
+    subject = f"[LLM usage] {alert.tenant.name}: {_email_subject(alert)}"
+    # A header is one line: a line break in a name would refuse every attempt.
+    subject = " ".join(subject.split())
+    body = render_to_string("usage/alert_email.txt", _email_context(alert))
+    recipients = email_list_parse(delivery.target)
+    # A budget's recipients were listed together on the budget; the other
+    # alerts go to every budget's recipients (say, each customer's contact),
+    # who must not learn one another's addresses.
+    shared = alert.kind == CostAlert.Kind.BUDGET
+    message = EmailMessage(
+        subject,
+        body,
+        settings.DEFAULT_FROM_EMAIL,
+        to=recipients if shared else [],
+        bcc=[] if shared else recipients,
+    )
+    seconds = settings.USAGE_ALERT_EMAIL_TIMEOUT_SECONDS
+    try:
+        email_send(message, seconds=seconds)
+    except EmailTimedOut:
+        raise AlertDeliveryFailed(
+            f"Email not sent: the mail server did not finish within {seconds:g} s."
+        ) from None
+    except (smtplib.SMTPException, OSError) as exc:
+        raise AlertDeliveryFailed(f"Email not sent: {type(exc).__name__}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - any other failure is a failed attempt
+        raise AlertDeliveryFailed(f"Email not sent: {type(exc).__name__}.") from None
 
 
 def _claim_seconds() -> float:

@@ -1424,3 +1424,66 @@ def test_periodic_run_goes_on_when_a_tenant_is_deleted_while_its_alert_is_sent(s
     assert delivered == 1
     assert not AlertDelivery.objects.filter(alert__tenant_id=doomed.pk).exists()
     assert AlertDelivery.objects.get(alert__tenant=other).state == "delivered"
+
+
+@pytest.mark.django_db
+def test_budget_alert_webhook_goes_to_the_url_the_budget_has_when_it_is_sent(
+    httpserver, allow_private_urls, raw_column
+):
+    # given a budget alert whose webhook failed because the URL was wrong
+    httpserver.expect_request("/hooks/old", method="POST").respond_with_data("gone", status=404)
+    httpserver.expect_request("/hooks/new", method="POST").respond_with_data("ok", status=200)
+    tenant = TenantFactory()
+    budget = BudgetFactory(
+        tenant=tenant,
+        alert_percentages=[50],
+        alert_emails="",
+        webhook_url=httpserver.url_for("/hooks/old"),
+    )
+    _spend(tenant, "5.00")
+    _aggregate()
+    (alert,) = budget_thresholds_check(now=NOW)
+    delivery = alert.deliveries.get()
+    failed = alert_delivery_attempt(delivery_id=delivery.pk, now=NOW)
+    assert failed.last_error.endswith("answered HTTP 404.")
+
+    # when the budget's URL is corrected before the retry
+    budget.webhook_url = httpserver.url_for("/hooks/new")
+    budget.save()
+    retried = alert_delivery_attempt(delivery_id=delivery.pk, now=failed.next_attempt_at)
+
+    # then the retry posts to the corrected URL, and the delivery records it
+    assert retried.state == "delivered"
+    assert [r.path for r, _ in httpserver.log] == ["/hooks/old", "/hooks/new"]
+    assert retried.target == httpserver.url_for("/hooks/new")
+    assert "/hooks/" not in raw_column(retried, "target")
+
+
+@pytest.mark.django_db
+def test_budget_alert_webhook_is_not_sent_once_the_budget_has_no_webhook(
+    httpserver, allow_private_urls
+):
+    # given a budget alert not yet sent, whose budget's webhook was then removed
+    httpserver.expect_request("/hooks/old", method="POST").respond_with_data("ok", status=200)
+    tenant = TenantFactory()
+    budget = BudgetFactory(
+        tenant=tenant,
+        alert_percentages=[50],
+        alert_emails="",
+        webhook_url=httpserver.url_for("/hooks/old"),
+    )
+    _spend(tenant, "5.00")
+    _aggregate()
+    (alert,) = budget_thresholds_check(now=NOW)
+    budget.webhook_url = ""
+    budget.save()
+
+    # when it is attempted
+    result = alert_delivery_attempt(delivery_id=alert.deliveries.get().pk, now=NOW)
+
+    # then nothing is posted, and the delivery says why
+    assert httpserver.log == []
+    assert result.state == "retrying"
+    assert result.last_error == (
+        "Not sent: the budget no longer has a webhook URL. Set one on the budget to send it."
+    )

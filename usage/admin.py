@@ -597,16 +597,26 @@ class CostAlertAdmin(TenantScopedAdmin):
             )
             if not queryset.exists():
                 return
-        count = alert_deliveries_retry(alerts=queryset)
-        if not count:
+        retried = alert_deliveries_retry(alerts=queryset)
+        if retried.sending:
             self.message_user(
                 request,
-                "Nothing to retry: every delivery of the selected alerts has gone out or is "
-                "under way.",
+                f"{retried.sending} deliver{pluralize(retried.sending, 'y is,ies are')} being "
+                "sent right now, so "
+                f"{pluralize(retried.sending, 'it was,they were')} not retried: the outcome "
+                "shows under the alert once the attempt ends.",
                 level=messages.WARNING,
             )
-            return
-        self.message_user(request, f"{count} delivery(ies) queued for another attempt.")
+        if retried.queued:
+            self.message_user(
+                request, f"{retried.queued} delivery(ies) queued for another attempt."
+            )
+        elif not retried.sending:
+            self.message_user(
+                request,
+                "Nothing to retry: every delivery of the selected alerts has gone out.",
+                level=messages.WARNING,
+            )
 
 
 # --- the dashboard -------------------------------------------------------------

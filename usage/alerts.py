@@ -23,11 +23,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_DOWN, Decimal
+from typing import NamedTuple
 
 from django.conf import settings
 from django.core.mail import EmailMessage
 from django.db import IntegrityError, transaction
-from django.db.models import F, Max, Min, Q, Sum
+from django.db.models import Case, F, Max, Min, Q, Sum, Value, When
 from django.db.models.functions import TruncMonth
 from django.template.loader import render_to_string
 from django.utils import timezone
@@ -543,50 +544,80 @@ def _email_subject(alert: CostAlert) -> str:
     return alert.get_kind_display().lower()
 
 
+def _webhook_target(delivery: AlertDelivery) -> str:
+    """Where a webhook delivery posts: a budget alert's to the budget's webhook URL as
+    it is now, so that one corrected (or revoked and replaced) after the alert fired
+    takes the alerts not yet delivered; the others (tenant-wide, or whose budget was
+    deleted) to the URL they were created with."""
+    budget = delivery.alert.budget
+    if delivery.alert.kind != CostAlert.Kind.BUDGET or budget is None:
+        return delivery.target
+    if budget.webhook_unreadable:
+        raise AlertDeliveryFailed(
+            "The budget's webhook URL cannot be decrypted with the configured "
+            "SECRET_KEY/SALT_KEY: enter it again."
+        )
+    url = budget.webhook_url_readable
+    if not url:
+        raise AlertDeliveryFailed(
+            "Not sent: the budget no longer has a webhook URL. Set one on the budget to send it."
+        )
+    if url != delivery.target:
+        AlertDelivery.objects.filter(pk=delivery.pk).update(
+            target=url, target_label=webhook_label(url)
+        )
+    return url
+
+
 def _send(delivery: AlertDelivery) -> None:
     alert = delivery.alert
+    if delivery.channel == AlertDelivery.Channel.WEBHOOK:
+        url = _webhook_target(delivery)
+        if isinstance(url, UnreadableSecret):
+            raise AlertDeliveryFailed(
+                "The delivery target cannot be decrypted with the configured SECRET_KEY/SALT_KEY."
+            )
+        try:
+            webhook_post(url, _payload(alert))
+        except WebhookFailed as exc:
+            raise AlertDeliveryFailed(str(exc)) from None
+        return
     if isinstance(delivery.target, UnreadableSecret):
         raise AlertDeliveryFailed(
             "The delivery target cannot be decrypted with the configured SECRET_KEY/SALT_KEY."
         )
-    if delivery.channel == AlertDelivery.Channel.EMAIL:
-        if not settings.ALERT_EMAIL_CONFIGURED:
-            raise AlertDeliveryFailed(
-                "Email not sent: EMAIL_URL is not set, so there is no mail server to send "
-                "through (see docs/OPERATIONS.md)."
-            )
-        subject = f"[LLM usage] {alert.tenant.name}: {_email_subject(alert)}"
-        # A header is one line: a line break in a name would refuse every attempt.
-        subject = " ".join(subject.split())
-        body = render_to_string("usage/alert_email.txt", _email_context(alert))
-        recipients = email_list_parse(delivery.target)
-        # A budget's recipients were listed together on the budget; the other
-        # alerts go to every budget's recipients (say, each customer's contact),
-        # who must not learn one another's addresses.
-        shared = alert.kind == CostAlert.Kind.BUDGET
-        message = EmailMessage(
-            subject,
-            body,
-            settings.DEFAULT_FROM_EMAIL,
-            to=recipients if shared else [],
-            bcc=[] if shared else recipients,
+    if not settings.ALERT_EMAIL_CONFIGURED:
+        raise AlertDeliveryFailed(
+            "Email not sent: EMAIL_URL is not set, so there is no mail server to send "
+            "through (see docs/OPERATIONS.md)."
         )
-        seconds = settings.USAGE_ALERT_EMAIL_TIMEOUT_SECONDS
-        try:
-            email_send(message, seconds=seconds)
-        except EmailTimedOut:
-            raise AlertDeliveryFailed(
-                f"Email not sent: the mail server did not finish within {seconds:g} s."
-            ) from None
-        except (smtplib.SMTPException, OSError) as exc:
-            raise AlertDeliveryFailed(f"Email not sent: {type(exc).__name__}: {exc}") from None
-        except Exception as exc:  # noqa: BLE001 - any other failure is a failed attempt
-            raise AlertDeliveryFailed(f"Email not sent: {type(exc).__name__}.") from None
-    else:
-        try:
-            webhook_post(delivery.target, _payload(alert))
-        except WebhookFailed as exc:
-            raise AlertDeliveryFailed(str(exc)) from None
+    subject = f"[LLM usage] {alert.tenant.name}: {_email_subject(alert)}"
+    # A header is one line: a line break in a name would refuse every attempt.
+    subject = " ".join(subject.split())
+    body = render_to_string("usage/alert_email.txt", _email_context(alert))
+    recipients = email_list_parse(delivery.target)
+    # A budget's recipients were listed together on the budget; the other
+    # alerts go to every budget's recipients (say, each customer's contact),
+    # who must not learn one another's addresses.
+    shared = alert.kind == CostAlert.Kind.BUDGET
+    message = EmailMessage(
+        subject,
+        body,
+        settings.DEFAULT_FROM_EMAIL,
+        to=recipients if shared else [],
+        bcc=[] if shared else recipients,
+    )
+    seconds = settings.USAGE_ALERT_EMAIL_TIMEOUT_SECONDS
+    try:
+        email_send(message, seconds=seconds)
+    except EmailTimedOut:
+        raise AlertDeliveryFailed(
+            f"Email not sent: the mail server did not finish within {seconds:g} s."
+        ) from None
+    except (smtplib.SMTPException, OSError) as exc:
+        raise AlertDeliveryFailed(f"Email not sent: {type(exc).__name__}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - any other failure is a failed attempt
+        raise AlertDeliveryFailed(f"Email not sent: {type(exc).__name__}.") from None
 
 
 def _claim_seconds() -> float:
@@ -606,7 +637,8 @@ def _backoff_seconds(attempts: int) -> int:
 def alert_delivery_attempt(
     *, delivery_id: int, now: datetime | None = None
 ) -> AlertDelivery | None:
-    """Try one delivery if it is due; record the outcome. None when not due or already done.
+    """Try one delivery if it is due; record the outcome. None when not due, already
+    done, or deleted (with its tenant) before its outcome was recorded.
 
     The delivery is claimed with a conditional UPDATE first, so two workers
     never send the same alert twice at once. The claim counts the attempt and
@@ -634,9 +666,15 @@ def alert_delivery_attempt(
         if due.filter(attempts__gte=max_attempts).update(next_attempt_at=None):
             logger.warning("Alert delivery %s gave up: %s", delivery_id, _NO_OUTCOME)
         return None
-    delivery = AlertDelivery.objects.select_related(
-        "alert__tenant", "alert__budget", "alert__provider_config"
-    ).get(pk=delivery_id)
+    delivery = (
+        AlertDelivery.objects.select_related(
+            "alert__tenant", "alert__budget", "alert__provider_config"
+        )
+        .filter(pk=delivery_id)
+        .first()
+    )
+    if delivery is None:
+        return None  # its tenant (and so its alert) was deleted since it was claimed
     attempts = delivery.attempts
     try:
         try:
@@ -673,8 +711,8 @@ def alert_delivery_attempt(
         AlertDelivery.objects.filter(pk=delivery_id).update(
             attempts=attempts, last_error="", next_attempt_at=None, delivered_at=timezone.now()
         )
-    delivery.refresh_from_db()
-    return delivery
+    # None if its tenant was deleted during the send.
+    return AlertDelivery.objects.filter(pk=delivery_id).first()
 
 
 def alert_deliveries_send_due(*, now: datetime | None = None) -> int:
@@ -695,17 +733,61 @@ def alert_deliveries_send_due(*, now: datetime | None = None) -> int:
     return delivered
 
 
-def alert_deliveries_retry(*, alerts) -> int:
-    """Make every undelivered delivery of `alerts` due now. Those that gave up
-    start a new series of USAGE_ALERT_MAX_ATTEMPTS attempts (their last error is kept)."""
-    pending = AlertDelivery.objects.filter(alert__in=alerts, delivered_at__isnull=True)
-    ids = list(pending.values_list("pk", flat=True))
+class DeliveriesRetried(NamedTuple):
+    """What a retry did: deliveries made due now, and those left alone because a
+    worker is sending them at this moment."""
+
+    queued: int
+    sending: int
+
+
+def _being_sent(now: datetime) -> Q:
+    """Deliveries a worker is sending: claimed, no outcome recorded, claim not expired.
+
+    A claim whose time has passed is a worker that stopped mid-send.
+    """
+    return Q(last_error=_NO_OUTCOME, next_attempt_at__gt=now)
+
+
+def alert_deliveries_retry(*, alerts) -> DeliveriesRetried:
+    """Make every undelivered delivery of `alerts` due now, except those a worker is
+    sending at this moment (left to finish, their claim untouched). Those that gave up
+    start a new series of USAGE_ALERT_MAX_ATTEMPTS attempts (their last error is kept).
+    """
+    ids = list(
+        AlertDelivery.objects.filter(alert__in=alerts, delivered_at__isnull=True)
+        .order_by()
+        .values_list("pk", flat=True)
+    )
+    if not ids:
+        return DeliveriesRetried(queued=0, sending=0)
     now = timezone.now()
-    # Given up: out of attempts, including a last one whose worker stopped.
-    AlertDelivery.objects.filter(
-        Q(next_attempt_at__isnull=True) | Q(attempts__gte=settings.USAGE_ALERT_MAX_ATTEMPTS),
-        pk__in=ids,
-    ).update(attempts=0, next_attempt_at=now)
-    AlertDelivery.objects.filter(pk__in=ids).update(next_attempt_at=now)
-    transaction.on_commit(lambda: _queue_deliveries(ids), robust=True)
-    return len(ids)
+    # One conditional UPDATE on the delivery table alone, so that PostgreSQL checks
+    # its conditions again on a row a worker's claim (or another retry) has just
+    # changed: a claim taken meanwhile is left alone, never overwritten and sent twice.
+    # (A condition on the alert would turn it into "pk IN (subquery)", checked
+    # against the rows as they were when the statement began.)
+    queued = (
+        AlertDelivery.objects.filter(pk__in=ids, delivered_at__isnull=True)
+        .exclude(_being_sent(now))
+        .update(
+            # Given up: out of attempts, including a last one whose worker stopped.
+            attempts=Case(
+                When(
+                    Q(next_attempt_at__isnull=True)
+                    | Q(attempts__gte=settings.USAGE_ALERT_MAX_ATTEMPTS),
+                    then=Value(0),
+                ),
+                default=F("attempts"),
+                output_field=AlertDelivery._meta.get_field("attempts"),
+            ),
+            next_attempt_at=now,
+        )
+    )
+    sending = AlertDelivery.objects.filter(
+        _being_sent(now), pk__in=ids, delivered_at__isnull=True
+    ).count()
+    if queued:
+        # A delivery claimed since the UPDATE is not sent again: the claim is conditional.
+        transaction.on_commit(lambda: _queue_deliveries(ids), robust=True)
+    return DeliveriesRetried(queued=queued, sending=sending)

@@ -529,8 +529,8 @@ class AlertDelivery(models.Model):
 
     A failed send is retried with backoff until delivered or out of attempts;
     attempts, the last error and the next attempt are kept, so nothing is lost.
-    The target is a snapshot taken when the alert fired, stored encrypted
-    (webhook URLs are secrets).
+    The target is taken when the alert fired, stored encrypted (webhook URLs
+    are secrets); a budget alert's webhook follows the budget's current URL.
     """
 
     class Channel(models.TextChoices):

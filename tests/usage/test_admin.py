@@ -26,7 +26,7 @@ from tests.factories import (
 )
 from usage.admin import BudgetAdmin
 from usage.aggregation import daily_usage_recompute
-from usage.alerts import alerts_check
+from usage.alerts import alert_delivery_attempt, alerts_check
 from usage.models import AlertDelivery, Budget, CallLog, CostAlert, DailyUsage
 from usage.tasks import refresh_tenant_usage
 
@@ -939,8 +939,49 @@ def test_alert_retry_action_on_delivered_alerts_says_there_is_nothing_to_retry(c
     # then the page says nothing was queued, as a warning rather than a success
     [message] = list(response.context["messages"])
     assert message.level_tag == "warning"
+    assert str(message) == ("Nothing to retry: every delivery of the selected alerts has gone out.")
+
+
+@pytest.mark.django_db
+def test_alert_retry_action_on_a_delivery_being_sent_says_so_and_leaves_it_alone(
+    client, settings, mailoutbox, django_capture_on_commit_callbacks
+):
+    # given an alert email a worker has claimed and is sending (it stops mid-send)
+    tenant = TenantFactory()
+    BudgetFactory(tenant=tenant, alert_percentages=[50])
+    CallLogFactory(tenant=tenant, cost_usd=Decimal("6"), created_at=timezone.now())
+    _aggregate_today()
+    (alert,) = alerts_check()
+    delivery = alert.deliveries.get()
+    settings.EMAIL_BACKEND = "tests.usage.test_alerts.DyingEmailBackend"
+    with pytest.raises(SystemExit):
+        alert_delivery_attempt(delivery_id=delivery.pk)
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    claimed = AlertDelivery.objects.get(pk=delivery.pk)
+    client.force_login(_member(tenant))
+
+    # when an admin retries it
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(
+            reverse("admin:usage_costalert_changelist"),
+            {"action": "retry_deliveries", "_selected_action": [alert.pk]},
+            follow=True,
+        )
+
+    # then the page says it is being sent, and nothing is sent again nor the claim changed
+    assert response.status_code == 200
+    [message] = list(response.context["messages"])
+    assert message.level_tag == "warning"
     assert str(message) == (
-        "Nothing to retry: every delivery of the selected alerts has gone out or is under way."
+        "1 delivery is being sent right now, so it was not retried: the outcome shows under "
+        "the alert once the attempt ends."
+    )
+    assert mailoutbox == []
+    delivery.refresh_from_db()
+    assert (delivery.attempts, delivery.next_attempt_at, delivery.last_error) == (
+        claimed.attempts,
+        claimed.next_attempt_at,
+        claimed.last_error,
     )
 
 

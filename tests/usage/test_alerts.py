@@ -21,8 +21,10 @@ from tests.factories import (
     TenantMembershipFactory,
     UserFactory,
 )
+from tests.upstreams.server import LoopbackUpstream, Reply
 from usage.aggregation import daily_usage_recompute
 from usage.alerts import (
+    DeliveriesRetried,
     alert_deliveries_retry,
     alert_deliveries_send_due,
     alert_delivery_attempt,
@@ -583,7 +585,9 @@ def test_webhook_delivery_gives_up_after_max_attempts_until_retried_in_the_admin
 
     # when an admin retries it and the receiver fails once more, it is retried
     # later rather than given up, and delivered
-    assert alert_deliveries_retry(alerts=CostAlert.objects.filter(pk=alert.pk)) == 1
+    assert alert_deliveries_retry(
+        alerts=CostAlert.objects.filter(pk=alert.pk)
+    ) == DeliveriesRetried(queued=1, sending=0)
     third = alert_delivery_attempt(delivery_id=delivery.pk, now=timezone.now())
     assert (third.state, third.attempts) == ("retrying", 1)
     fourth = alert_delivery_attempt(delivery_id=delivery.pk, now=third.next_attempt_at)
@@ -1206,3 +1210,280 @@ def test_delivery_is_claimed_for_longer_than_its_send_may_take(settings):
     assert delivered.state == "delivered"
     (claim,) = ClaimRecordingBackend.claims
     assert claim > dt.timedelta(seconds=300)
+
+
+class _HoldingReceiver:
+    """A threaded loopback webhook receiver that holds every answer until released."""
+
+    def __init__(self, upstream):
+        self.upstream = upstream
+        self.arrived = threading.Event()
+        self.release = threading.Event()
+        upstream.set_default(self._answer)
+        self.url = f"{upstream.url}/hooks/T000/secret-path"
+
+    def _answer(self, request):
+        self.arrived.set()
+        self.release.wait(10)
+        return Reply(status=200, body=b"ok")
+
+    @property
+    def posts(self):
+        return [r for r in self.upstream.requests if r.method == "POST"]
+
+
+@pytest.fixture
+def holding_receiver():
+    with LoopbackUpstream() as upstream:
+        receiver = _HoldingReceiver(upstream)
+        yield receiver
+        receiver.release.set()
+
+
+def _webhook_delivery_due(receiver):
+    """A budget alert's webhook delivery, not yet attempted, due now."""
+    receiver.release.set()
+    tenant = TenantFactory()
+    BudgetFactory(tenant=tenant, alert_percentages=[50], alert_emails="", webhook_url=receiver.url)
+    _spend(tenant, "5.00", created_at=timezone.now())
+    _aggregate(now=timezone.now())
+    (alert,) = budget_thresholds_check(now=timezone.now())
+    # (committed at once here, so the alert went out on commit: make it due again)
+    alert.deliveries.update(delivered_at=None, attempts=0, last_error="", next_attempt_at=NOW)
+    receiver.upstream.requests.clear()
+    receiver.arrived.clear()
+    receiver.release.clear()
+    return alert.deliveries.get()
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_retries_of_a_delivery_being_sent_do_not_send_it_again(
+    holding_receiver, allow_private_urls
+):
+    # given a webhook delivery a worker is sending, its receiver not yet answering
+    delivery = _webhook_delivery_due(holding_receiver)
+    alerts = CostAlert.objects.filter(pk=delivery.alert_id)
+    outcomes = {}
+
+    def run(name, work):
+        try:
+            outcomes[name] = work()
+        finally:
+            connection.close()
+
+    worker = threading.Thread(
+        target=run, args=("worker", lambda: alert_delivery_attempt(delivery_id=delivery.pk))
+    )
+    worker.start()
+    assert holding_receiver.arrived.wait(5)
+
+    # when two admins retry it and the periodic run comes, all at the same moment
+    barrier = threading.Barrier(3)
+
+    def at_once(work):
+        def go():
+            barrier.wait()
+            return work()
+
+        return go
+
+    others = [
+        threading.Thread(
+            target=run, args=(f"retry{i}", at_once(lambda: alert_deliveries_retry(alerts=alerts)))
+        )
+        for i in range(2)
+    ] + [threading.Thread(target=run, args=("beat", at_once(lambda: alert_deliveries_send_due())))]
+    for thread in others:
+        thread.start()
+    for thread in others:
+        thread.join(3)
+    holding_receiver.release.set()
+    for thread in [worker, *others]:
+        thread.join(10)
+
+    # then the receiver got one POST, and each retry said the delivery is being sent
+    assert len(holding_receiver.posts) == 1
+    assert outcomes["retry0"] == outcomes["retry1"] == DeliveriesRetried(queued=0, sending=1)
+    assert outcomes["beat"] == 0
+    delivery.refresh_from_db()
+    assert (delivery.state, delivery.attempts, delivery.last_error) == ("delivered", 1, "")
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_retries_of_a_failed_delivery_send_it_once(holding_receiver, allow_private_urls):
+    # given a webhook delivery that gave up
+    delivery = _webhook_delivery_due(holding_receiver)
+    AlertDelivery.objects.filter(pk=delivery.pk).update(
+        next_attempt_at=None, attempts=24, last_error="down"
+    )
+    holding_receiver.release.set()
+    alerts = CostAlert.objects.filter(pk=delivery.alert_id)
+    barrier = threading.Barrier(4)
+    outcomes = []
+
+    def retry():
+        barrier.wait()
+        try:
+            outcomes.append(alert_deliveries_retry(alerts=alerts))
+        finally:
+            connection.close()
+
+    def beat():
+        barrier.wait()
+        try:
+            alert_deliveries_send_due()
+        finally:
+            connection.close()
+
+    # when three admins retry it while the periodic run comes
+    threads = [threading.Thread(target=retry) for _ in range(3)] + [threading.Thread(target=beat)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(15)
+
+    # then it is sent once
+    assert len(holding_receiver.posts) == 1
+    delivery.refresh_from_db()
+    assert (delivery.state, delivery.attempts) == ("delivered", 1)
+    assert sum(o.queued for o in outcomes) >= 1
+
+
+@pytest.mark.django_db
+def test_retry_leaves_a_delivery_being_sent_alone_and_retries_it_once_its_claim_expired(
+    settings, django_capture_on_commit_callbacks
+):
+    # given an email delivery whose worker stopped mid-send, its claim still running
+    settings.EMAIL_BACKEND = "tests.usage.test_alerts.DyingEmailBackend"
+    delivery = _email_delivery()
+    with pytest.raises(SystemExit):
+        alert_delivery_attempt(delivery_id=delivery.pk)
+    delivery.refresh_from_db()
+    claimed_until = delivery.next_attempt_at
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    alerts = CostAlert.objects.filter(pk=delivery.alert_id)
+
+    # when an admin retries it, the claim is left as it is and nothing is sent
+    with django_capture_on_commit_callbacks(execute=True):
+        assert alert_deliveries_retry(alerts=alerts) == DeliveriesRetried(queued=0, sending=1)
+    delivery.refresh_from_db()
+    assert (delivery.attempts, delivery.next_attempt_at) == (1, claimed_until)
+    assert mail.outbox == []
+
+    # when the claim has expired (the worker is gone), a retry sends it
+    AlertDelivery.objects.filter(pk=delivery.pk).update(
+        next_attempt_at=timezone.now() - dt.timedelta(seconds=1)
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        assert alert_deliveries_retry(alerts=alerts) == DeliveriesRetried(queued=1, sending=0)
+    delivery.refresh_from_db()
+    assert (delivery.state, delivery.attempts) == ("delivered", 2)
+    assert len(mail.outbox) == 1
+
+
+class TenantDeletingBackend:
+    """An email backend during whose send the tenant named "Doomed" is deleted."""
+
+    sent = []
+
+    def __init__(self, **kwargs):
+        pass
+
+    def send_messages(self, messages):
+        Tenant.objects.filter(name="Doomed").delete()
+        type(self).sent.extend(messages)
+        return len(messages)
+
+
+@pytest.mark.django_db
+def test_periodic_run_goes_on_when_a_tenant_is_deleted_while_its_alert_is_sent(settings):
+    # given two tenants' alert emails due, the first of whose tenant is deleted mid-send
+    settings.EMAIL_BACKEND = "tests.usage.test_alerts.TenantDeletingBackend"
+    TenantDeletingBackend.sent.clear()
+    doomed = TenantFactory(name="Doomed")
+    other = TenantFactory(name="Other")
+    for tenant in (doomed, other):
+        BudgetFactory(tenant=tenant, alert_percentages=[50], alert_emails="ops@example.com")
+        _spend(tenant, "6.00")
+    _aggregate()
+    budget_thresholds_check(now=NOW)
+    AlertDelivery.objects.filter(alert__tenant=doomed).update(
+        next_attempt_at=NOW - dt.timedelta(minutes=1)
+    )
+
+    # when the periodic run sends them
+    delivered = alert_deliveries_send_due(now=NOW)
+
+    # then the other tenant's alert went out and is recorded, in the same run
+    assert [m.subject.split(":")[0] for m in TenantDeletingBackend.sent] == [
+        "[LLM usage] Doomed",
+        "[LLM usage] Other",
+    ]
+    assert delivered == 1
+    assert not AlertDelivery.objects.filter(alert__tenant_id=doomed.pk).exists()
+    assert AlertDelivery.objects.get(alert__tenant=other).state == "delivered"
+
+
+@pytest.mark.django_db
+def test_budget_alert_webhook_goes_to_the_url_the_budget_has_when_it_is_sent(
+    httpserver, allow_private_urls, raw_column
+):
+    # given a budget alert whose webhook failed because the URL was wrong
+    httpserver.expect_request("/hooks/old", method="POST").respond_with_data("gone", status=404)
+    httpserver.expect_request("/hooks/new", method="POST").respond_with_data("ok", status=200)
+    tenant = TenantFactory()
+    budget = BudgetFactory(
+        tenant=tenant,
+        alert_percentages=[50],
+        alert_emails="",
+        webhook_url=httpserver.url_for("/hooks/old"),
+    )
+    _spend(tenant, "5.00")
+    _aggregate()
+    (alert,) = budget_thresholds_check(now=NOW)
+    delivery = alert.deliveries.get()
+    failed = alert_delivery_attempt(delivery_id=delivery.pk, now=NOW)
+    assert failed.last_error.endswith("answered HTTP 404.")
+
+    # when the budget's URL is corrected before the retry
+    budget.webhook_url = httpserver.url_for("/hooks/new")
+    budget.save()
+    retried = alert_delivery_attempt(delivery_id=delivery.pk, now=failed.next_attempt_at)
+
+    # then the retry posts to the corrected URL, and the delivery records it
+    assert retried.state == "delivered"
+    assert [r.path for r, _ in httpserver.log] == ["/hooks/old", "/hooks/new"]
+    assert retried.target == httpserver.url_for("/hooks/new")
+    assert "/hooks/" not in raw_column(retried, "target")
+
+
+@pytest.mark.django_db
+def test_budget_alert_webhook_is_not_sent_once_the_budget_has_no_webhook(
+    httpserver, allow_private_urls
+):
+    # given a budget alert not yet sent, whose budget's webhook was then removed
+    httpserver.expect_request("/hooks/old", method="POST").respond_with_data("ok", status=200)
+    tenant = TenantFactory()
+    budget = BudgetFactory(
+        tenant=tenant,
+        alert_percentages=[50],
+        alert_emails="",
+        webhook_url=httpserver.url_for("/hooks/old"),
+    )
+    _spend(tenant, "5.00")
+    _aggregate()
+    (alert,) = budget_thresholds_check(now=NOW)
+    budget.webhook_url = ""
+    budget.save()
+
+    # when it is attempted
+    result = alert_delivery_attempt(delivery_id=alert.deliveries.get().pk, now=NOW)
+
+    # then nothing is posted, and the delivery says why
+    assert httpserver.log == []
+    assert result.state == "retrying"
+    assert result.last_error == (
+        "Not sent: the budget no longer has a webhook URL. Set one on the budget to send it."
+    )

@@ -60,10 +60,7 @@ _CLAIM_SECONDS = 120
 _CLAIM_MARGIN_SECONDS = 60
 # What an attempt reads until it records its outcome: if its worker is killed
 # mid-send, the attempt stays counted with this error once its claim expires.
-_NO_OUTCOME = (
-    "No outcome recorded: the attempt is still running or the worker stopped "
-    "during it (see the worker's log)."
-)
+_NO_OUTCOME = AlertDelivery.NO_OUTCOME
 # Deliveries handled per periodic run; the rest wait for the next run.
 _DUE_BATCH = 200
 

@@ -558,6 +558,12 @@ class AlertDelivery(models.Model):
             )
         ]
 
+    # The error a claimed attempt holds until it records its outcome.
+    NO_OUTCOME = (
+        "No outcome recorded: the attempt is still running or the worker stopped "
+        "during it (see the worker's log)."
+    )
+
     def __str__(self) -> str:
         return f"{self.get_channel_display()} to {self.target_label}"
 
@@ -567,6 +573,9 @@ class AlertDelivery(models.Model):
             return "delivered"
         if self.next_attempt_at is None:
             return "failed"
+        if self.last_error == self.NO_OUTCOME and self.next_attempt_at > timezone.now():
+            # Claimed by a worker whose claim has not expired: being sent now.
+            return "sending"
         # A retry asked for in the admin starts a new series at 0 attempts
         # but keeps the last error: it is retrying, not new.
         return "retrying" if self.attempts or self.last_error else "pending"

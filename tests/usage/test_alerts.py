@@ -1370,12 +1370,15 @@ def test_retry_leaves_a_delivery_being_sent_alone_and_retries_it_once_its_claim_
         assert alert_deliveries_retry(alerts=alerts) == DeliveriesRetried(queued=0, sending=1)
     delivery.refresh_from_db()
     assert (delivery.attempts, delivery.next_attempt_at) == (1, claimed_until)
+    assert delivery.state == "sending"
     assert mail.outbox == []
 
-    # when the claim has expired (the worker is gone), a retry sends it
+    # when the claim has expired (the worker is gone), it is retrying, and a retry sends it
     AlertDelivery.objects.filter(pk=delivery.pk).update(
         next_attempt_at=timezone.now() - dt.timedelta(seconds=1)
     )
+    delivery.refresh_from_db()
+    assert delivery.state == "retrying"
     with django_capture_on_commit_callbacks(execute=True):
         assert alert_deliveries_retry(alerts=alerts) == DeliveriesRetried(queued=1, sending=0)
     delivery.refresh_from_db()

@@ -364,7 +364,7 @@ class BudgetSerializer(KnownFieldsOnly, serializers.Serializer):
 
 class AlertDeliverySerializer(serializers.ModelSerializer):
     state = serializers.ChoiceField(
-        choices=["pending", "retrying", "delivered", "failed"], read_only=True
+        choices=["pending", "sending", "retrying", "delivered", "failed"], read_only=True
     )
     target_label = serializers.CharField(
         read_only=True,

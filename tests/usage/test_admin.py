@@ -560,6 +560,56 @@ def test_daily_usage_list_shows_only_the_users_tenants(client):
 
 
 @pytest.mark.django_db
+def test_daily_usage_list_rolls_up_todays_calls_when_nothing_runs_on_a_schedule(client, settings):
+    # given the embedded default (no beat) and a call no page has rolled up yet
+    settings.USAGE_ROLL_UP_ON_READ = True
+    tenant = TenantFactory()
+    CallLogFactory(tenant=tenant, model_requested="fresh-model", cost_usd=Decimal("0.123400"))
+    client.force_login(_member(tenant, role=TenantMembership.Role.VIEWER))
+
+    # when the daily usage list is opened before the dashboard ever was
+    html = client.get(reverse("admin:usage_dailyusage_changelist")).content.decode()
+
+    # then today's row is listed, not "0 daily usage"
+    (row,) = re.findall(r"<tr>(?:(?!</?tr>).)*fresh-model(?:(?!</tr>).)*</tr>", html, re.S)
+    assert '<td class="field-cost">$0.1234</td>' in row
+    assert "0 daily usage" not in html
+
+
+@pytest.mark.django_db
+def test_cost_alert_list_checks_alerts_after_its_roll_up_when_nothing_runs_on_a_schedule(
+    client, settings
+):
+    # given the embedded default and an alert-only $10 budget that today's
+    # calls have taken past 50 %, with no page opened since
+    settings.USAGE_ROLL_UP_ON_READ = True
+    tenant = TenantFactory(name="Acme")
+    BudgetFactory(tenant=tenant, name="monthly", alert_emails="")
+    CallLogFactory(tenant=tenant, cost_usd=Decimal("6.0000"))
+    client.force_login(_member(tenant, role=TenantMembership.Role.VIEWER))
+
+    # when the cost alert list is opened
+    html = client.get(reverse("admin:usage_costalert_changelist")).content.decode()
+
+    # then the 50 % alert is listed
+    assert "has reached 50% of its $10" in html
+    assert "0 cost alerts" not in html
+
+
+@pytest.mark.django_db
+def test_daily_usage_list_leaves_aggregation_to_beat_when_a_worker_runs(client, settings):
+    settings.USAGE_ROLL_UP_ON_READ = False
+    tenant = TenantFactory()
+    CallLogFactory(tenant=tenant)
+    client.force_login(_member(tenant))
+
+    client.get(reverse("admin:usage_dailyusage_changelist"))
+    client.get(reverse("admin:usage_costalert_changelist"))
+
+    assert DailyUsage.objects.count() == 0
+
+
+@pytest.mark.django_db
 def test_daily_usage_list_shows_unpriced_usage_as_unpriced_not_zero_dollars(client):
     # given a day of calls to a model with no known price
     tenant = TenantFactory()

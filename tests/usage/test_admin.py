@@ -16,8 +16,10 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 
 from llm_providers.models import TenantMembership
 from tests.factories import (
+    AlertDeliveryFactory,
     BudgetFactory,
     CallLogFactory,
+    CostAlertFactory,
     DailyUsageFactory,
     ProviderConfigFactory,
     TenantFactory,
@@ -1049,6 +1051,27 @@ def test_alert_list_hides_other_tenants_alerts(client):
 
     assert "Other Inc" not in html
     assert html.count("has reached 50%") == 1
+
+
+@pytest.mark.django_db
+def test_alert_list_names_delivery_channels_as_the_dashboard_does(client):
+    # given an alert whose email went out and whose webhook is still pending
+    alert = CostAlertFactory()
+    AlertDeliveryFactory(alert=alert, delivered_at=timezone.now())
+    AlertDeliveryFactory(
+        alert=alert,
+        channel=AlertDelivery.Channel.WEBHOOK,
+        target="https://hooks.example.com/x",
+        target_label="hooks.example.com",
+        next_attempt_at=timezone.now(),
+    )
+    client.force_login(_member(alert.tenant, role=TenantMembership.Role.VIEWER))
+
+    # when the alert list is opened
+    html = client.get(reverse("admin:usage_costalert_changelist")).content.decode()
+
+    # then the deliveries column reads as the dashboard's, not the stored codes
+    assert '<td class="field-deliveries_state">Email: delivered, Webhook: pending</td>' in html
 
 
 @pytest.mark.django_db

@@ -476,7 +476,13 @@ class BudgetAdmin(TenantScopedAdmin):
         )
         # The URL is a secret: a page that shows fields as text (a viewer's)
         # would print it whole, so it gets the masked label instead.
-        webhook_fields = ("webhook_url", "clear_webhook_url") if can_edit else ("webhook",)
+        if not can_edit:
+            webhook_fields = ("webhook",)
+        elif obj is not None and (obj.webhook_url_readable or obj.webhook_unreadable):
+            webhook_fields = ("webhook_url", "clear_webhook_url")
+        else:
+            # Nothing stored, nothing to remove.
+            webhook_fields = ("webhook_url",)
         return (
             (None, {"fields": ("tenant", "name", "is_active")}),
             ("Limit", {"fields": ("period", "limit_usd", "action")}),

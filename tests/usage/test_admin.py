@@ -753,6 +753,28 @@ def test_budget_admin_shows_a_stored_webhook_url_that_cannot_be_parsed_without_q
 
 
 @pytest.mark.django_db
+def test_budget_admin_offers_to_remove_the_webhook_only_when_one_is_stored(client):
+    # given a budget without a webhook and one with
+    tenant = TenantFactory()
+    bare = BudgetFactory(tenant=tenant, name="bare")
+    hooked = BudgetFactory(tenant=tenant, name="hooked")
+    Budget.objects.filter(pk=hooked.pk).update(webhook_url="https://hooks.example.com/T0/B0/x")
+    client.force_login(_member(tenant))
+
+    # when the add page and both change pages are opened
+    pages = {
+        "add": client.get(reverse("admin:usage_budget_add")),
+        "bare": client.get(reverse("admin:usage_budget_change", args=[bare.pk])),
+        "hooked": client.get(reverse("admin:usage_budget_change", args=[hooked.pk])),
+    }
+
+    # then only the budget with a webhook offers to remove it
+    offers = {name: "Remove the webhook URL" in r.content.decode() for name, r in pages.items()}
+    assert offers == {"add": False, "bare": False, "hooked": True}
+    assert all('name="webhook_url"' in r.content.decode() for r in pages.values())
+
+
+@pytest.mark.django_db
 def test_budget_admin_keeps_the_webhook_when_the_field_is_left_empty(client):
     tenant = TenantFactory()
     budget = BudgetFactory(tenant=tenant, webhook_url="https://hooks.example.com/T/B/secret")

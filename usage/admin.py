@@ -392,6 +392,7 @@ class BudgetAdminForm(forms.ModelForm):
             "alert_emails",
             "webhook_url",
         )
+        labels = {"limit_usd": "Limit (USD)"}
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -483,14 +484,18 @@ class BudgetAdmin(TenantScopedAdmin):
         else:
             # Nothing stored, nothing to remove.
             webhook_fields = ("webhook_url",)
+        # A read-only page shows the limit and percentages as the form takes
+        # them, not as stored (0.5000, [50, 80, 100]).
+        limit = "limit_usd" if can_edit else "limit_display"
+        percentages = "alert_percentages" if can_edit else "alert_percentages_display"
         return (
             (None, {"fields": ("tenant", "name", "is_active")}),
-            ("Limit", {"fields": ("period", "limit_usd", "action")}),
+            ("Limit", {"fields": ("period", limit, "action")}),
             (
                 "Scope (empty fields mean any)",
                 {"fields": ("provider_config", "service_name", "customer_id")},
             ),
-            ("Alerts", {"fields": ("alert_percentages", "alert_emails", *webhook_fields)}),
+            ("Alerts", {"fields": (percentages, "alert_emails", *webhook_fields)}),
         )
 
     def get_readonly_fields(self, request, obj=None):
@@ -508,6 +513,14 @@ class BudgetAdmin(TenantScopedAdmin):
     @admin.display(description="limit", ordering="limit_usd")
     def limit(self, obj):
         return usd_format(obj.limit_usd)
+
+    @admin.display(description="Limit (USD)")
+    def limit_display(self, obj):
+        return usd_format(obj.limit_usd)
+
+    @admin.display(description="Alert percentages")
+    def alert_percentages_display(self, obj):
+        return ", ".join(str(p) for p in obj.alert_percentages or []) or "—"
 
     @admin.display(description="webhook")
     def webhook(self, obj):

@@ -775,6 +775,27 @@ def test_budget_admin_offers_to_remove_the_webhook_only_when_one_is_stored(clien
 
 
 @pytest.mark.django_db
+def test_budget_page_of_a_viewer_shows_limit_and_percentages_as_typed_not_stored(client):
+    # given a budget of $0.50 alerting at 50, 80 and 100 %
+    tenant = TenantFactory()
+    budget = BudgetFactory(
+        tenant=tenant, limit_usd=Decimal("0.50"), alert_percentages=[50, 80, 100]
+    )
+    client.force_login(_member(tenant, role=TenantMembership.Role.VIEWER))
+
+    # when a viewer opens it
+    html = client.get(reverse("admin:usage_budget_change", args=[budget.pk])).content.decode()
+
+    # then the limit reads in dollars and the percentages as the form takes them
+    readonly = dict(
+        re.findall(r"<label>([^<]+):</label>\s*<div class=\"readonly\">([^<]*)</div>", html)
+    )
+    assert readonly["Limit (USD)"] == "$0.50"
+    assert readonly["Alert percentages"] == "50, 80, 100"
+    assert "[50, 80, 100]" not in html
+
+
+@pytest.mark.django_db
 def test_budget_admin_keeps_the_webhook_when_the_field_is_left_empty(client):
     tenant = TenantFactory()
     budget = BudgetFactory(tenant=tenant, webhook_url="https://hooks.example.com/T/B/secret")

@@ -263,6 +263,10 @@ class DailyUsageAdmin(_ReadOnlyLargeTableAdmin):
     sortable_by = tuple(f for f in list_display if f not in ("tenant", "provider"))
 
     def changelist_view(self, request, extra_context=None):
+        # Without a beat, the list would read empty until the dashboard had
+        # rolled the call logs up: it rolls them up itself, as the dashboard does.
+        if daily_usage_roll_up_unscheduled():
+            alerts_check()
         if not self._sees_one_tenant(request):
             return super().changelist_view(request, extra_context)
         # Rows are the tenant's local days, so the day filter's "Today" and
@@ -388,6 +392,7 @@ class BudgetAdminForm(forms.ModelForm):
             "alert_emails",
             "webhook_url",
         )
+        labels = {"limit_usd": "Limit (USD)"}
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -472,15 +477,25 @@ class BudgetAdmin(TenantScopedAdmin):
         )
         # The URL is a secret: a page that shows fields as text (a viewer's)
         # would print it whole, so it gets the masked label instead.
-        webhook_fields = ("webhook_url", "clear_webhook_url") if can_edit else ("webhook",)
+        if not can_edit:
+            webhook_fields = ("webhook",)
+        elif obj is not None and (obj.webhook_url_readable or obj.webhook_unreadable):
+            webhook_fields = ("webhook_url", "clear_webhook_url")
+        else:
+            # Nothing stored, nothing to remove.
+            webhook_fields = ("webhook_url",)
+        # A read-only page shows the limit and percentages as the form takes
+        # them, not as stored (0.5000, [50, 80, 100]).
+        limit = "limit_usd" if can_edit else "limit_display"
+        percentages = "alert_percentages" if can_edit else "alert_percentages_display"
         return (
             (None, {"fields": ("tenant", "name", "is_active")}),
-            ("Limit", {"fields": ("period", "limit_usd", "action")}),
+            ("Limit", {"fields": ("period", limit, "action")}),
             (
                 "Scope (empty fields mean any)",
                 {"fields": ("provider_config", "service_name", "customer_id")},
             ),
-            ("Alerts", {"fields": ("alert_percentages", "alert_emails", *webhook_fields)}),
+            ("Alerts", {"fields": (percentages, "alert_emails", *webhook_fields)}),
         )
 
     def get_readonly_fields(self, request, obj=None):
@@ -498,6 +513,14 @@ class BudgetAdmin(TenantScopedAdmin):
     @admin.display(description="limit", ordering="limit_usd")
     def limit(self, obj):
         return usd_format(obj.limit_usd)
+
+    @admin.display(description="Limit (USD)")
+    def limit_display(self, obj):
+        return usd_format(obj.limit_usd)
+
+    @admin.display(description="Alert percentages")
+    def alert_percentages_display(self, obj):
+        return ", ".join(str(p) for p in obj.alert_percentages or []) or "—"
 
     @admin.display(description="webhook")
     def webhook(self, obj):
@@ -564,6 +587,13 @@ class CostAlertAdmin(TenantScopedAdmin):
     def get_queryset(self, request):
         return super().get_queryset(request).prefetch_related("deliveries")
 
+    def changelist_view(self, request, extra_context=None):
+        # Alerts follow an aggregation: without a beat the list runs the
+        # roll-up and the alert checks first, as the dashboard does.
+        if daily_usage_roll_up_unscheduled():
+            alerts_check()
+        return super().changelist_view(request, extra_context)
+
     def has_add_permission(self, request):
         return False
 
@@ -578,7 +608,7 @@ class CostAlertAdmin(TenantScopedAdmin):
 
     @admin.display(description="deliveries")
     def deliveries_state(self, obj):
-        states = [f"{d.channel}: {d.state}" for d in obj.deliveries.all()]
+        states = [f"{d.get_channel_display()}: {d.state}" for d in obj.deliveries.all()]
         return ", ".join(states) or "no recipients"
 
     @admin.action(description="Retry undelivered deliveries now", permissions=["retry"])

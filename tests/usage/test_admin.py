@@ -16,8 +16,10 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 
 from llm_providers.models import TenantMembership
 from tests.factories import (
+    AlertDeliveryFactory,
     BudgetFactory,
     CallLogFactory,
+    CostAlertFactory,
     DailyUsageFactory,
     ProviderConfigFactory,
     TenantFactory,
@@ -560,6 +562,56 @@ def test_daily_usage_list_shows_only_the_users_tenants(client):
 
 
 @pytest.mark.django_db
+def test_daily_usage_list_rolls_up_todays_calls_when_nothing_runs_on_a_schedule(client, settings):
+    # given the embedded default (no beat) and a call no page has rolled up yet
+    settings.USAGE_ROLL_UP_ON_READ = True
+    tenant = TenantFactory()
+    CallLogFactory(tenant=tenant, model_requested="fresh-model", cost_usd=Decimal("0.123400"))
+    client.force_login(_member(tenant, role=TenantMembership.Role.VIEWER))
+
+    # when the daily usage list is opened before the dashboard ever was
+    html = client.get(reverse("admin:usage_dailyusage_changelist")).content.decode()
+
+    # then today's row is listed, not "0 daily usage"
+    (row,) = re.findall(r"<tr>(?:(?!</?tr>).)*fresh-model(?:(?!</tr>).)*</tr>", html, re.S)
+    assert '<td class="field-cost">$0.1234</td>' in row
+    assert "0 daily usage" not in html
+
+
+@pytest.mark.django_db
+def test_cost_alert_list_checks_alerts_after_its_roll_up_when_nothing_runs_on_a_schedule(
+    client, settings
+):
+    # given the embedded default and an alert-only $10 budget that today's
+    # calls have taken past 50 %, with no page opened since
+    settings.USAGE_ROLL_UP_ON_READ = True
+    tenant = TenantFactory(name="Acme")
+    BudgetFactory(tenant=tenant, name="monthly", alert_emails="")
+    CallLogFactory(tenant=tenant, cost_usd=Decimal("6.0000"))
+    client.force_login(_member(tenant, role=TenantMembership.Role.VIEWER))
+
+    # when the cost alert list is opened
+    html = client.get(reverse("admin:usage_costalert_changelist")).content.decode()
+
+    # then the 50 % alert is listed
+    assert "has reached 50% of its $10" in html
+    assert "0 cost alerts" not in html
+
+
+@pytest.mark.django_db
+def test_daily_usage_list_leaves_aggregation_to_beat_when_a_worker_runs(client, settings):
+    settings.USAGE_ROLL_UP_ON_READ = False
+    tenant = TenantFactory()
+    CallLogFactory(tenant=tenant)
+    client.force_login(_member(tenant))
+
+    client.get(reverse("admin:usage_dailyusage_changelist"))
+    client.get(reverse("admin:usage_costalert_changelist"))
+
+    assert DailyUsage.objects.count() == 0
+
+
+@pytest.mark.django_db
 def test_daily_usage_list_shows_unpriced_usage_as_unpriced_not_zero_dollars(client):
     # given a day of calls to a model with no known price
     tenant = TenantFactory()
@@ -698,6 +750,49 @@ def test_budget_admin_shows_a_stored_webhook_url_that_cannot_be_parsed_without_q
         assert page.status_code == 200
         assert "invalid URL — enter it again" in page.content.decode()
         assert "t0ken" not in page.content.decode()
+
+
+@pytest.mark.django_db
+def test_budget_admin_offers_to_remove_the_webhook_only_when_one_is_stored(client):
+    # given a budget without a webhook and one with
+    tenant = TenantFactory()
+    bare = BudgetFactory(tenant=tenant, name="bare")
+    hooked = BudgetFactory(tenant=tenant, name="hooked")
+    Budget.objects.filter(pk=hooked.pk).update(webhook_url="https://hooks.example.com/T0/B0/x")
+    client.force_login(_member(tenant))
+
+    # when the add page and both change pages are opened
+    pages = {
+        "add": client.get(reverse("admin:usage_budget_add")),
+        "bare": client.get(reverse("admin:usage_budget_change", args=[bare.pk])),
+        "hooked": client.get(reverse("admin:usage_budget_change", args=[hooked.pk])),
+    }
+
+    # then only the budget with a webhook offers to remove it
+    offers = {name: "Remove the webhook URL" in r.content.decode() for name, r in pages.items()}
+    assert offers == {"add": False, "bare": False, "hooked": True}
+    assert all('name="webhook_url"' in r.content.decode() for r in pages.values())
+
+
+@pytest.mark.django_db
+def test_budget_page_of_a_viewer_shows_limit_and_percentages_as_typed_not_stored(client):
+    # given a budget of $0.50 alerting at 50, 80 and 100 %
+    tenant = TenantFactory()
+    budget = BudgetFactory(
+        tenant=tenant, limit_usd=Decimal("0.50"), alert_percentages=[50, 80, 100]
+    )
+    client.force_login(_member(tenant, role=TenantMembership.Role.VIEWER))
+
+    # when a viewer opens it
+    html = client.get(reverse("admin:usage_budget_change", args=[budget.pk])).content.decode()
+
+    # then the limit reads in dollars and the percentages as the form takes them
+    readonly = dict(
+        re.findall(r"<label>([^<]+):</label>\s*<div class=\"readonly\">([^<]*)</div>", html)
+    )
+    assert readonly["Limit (USD)"] == "$0.50"
+    assert readonly["Alert percentages"] == "50, 80, 100"
+    assert "[50, 80, 100]" not in html
 
 
 @pytest.mark.django_db
@@ -1041,6 +1136,27 @@ def test_alert_list_hides_other_tenants_alerts(client):
 
     assert "Other Inc" not in html
     assert html.count("has reached 50%") == 1
+
+
+@pytest.mark.django_db
+def test_alert_list_names_delivery_channels_as_the_dashboard_does(client):
+    # given an alert whose email went out and whose webhook is still pending
+    alert = CostAlertFactory()
+    AlertDeliveryFactory(alert=alert, delivered_at=timezone.now())
+    AlertDeliveryFactory(
+        alert=alert,
+        channel=AlertDelivery.Channel.WEBHOOK,
+        target="https://hooks.example.com/x",
+        target_label="hooks.example.com",
+        next_attempt_at=timezone.now(),
+    )
+    client.force_login(_member(alert.tenant, role=TenantMembership.Role.VIEWER))
+
+    # when the alert list is opened
+    html = client.get(reverse("admin:usage_costalert_changelist")).content.decode()
+
+    # then the deliveries column reads as the dashboard's, not the stored codes
+    assert '<td class="field-deliveries_state">Email: delivered, Webhook: pending</td>' in html
 
 
 @pytest.mark.django_db

@@ -67,9 +67,9 @@ def _setup(url: str) -> None:
 
 def _users():
     from django.contrib.auth import get_user_model
-    from rest_framework.authtoken.models import Token
 
     from llm_providers.models import Tenant, TenantMembership
+    from llm_providers.services import user_token_create
 
     users = get_user_model().objects
     superuser = users.filter(username="bench-superuser").first() or users.create_superuser(
@@ -78,8 +78,8 @@ def _users():
     tenant = Tenant.objects.get(slug="bench-0")
     admin, _ = users.get_or_create(username="bench-tenant-admin", defaults={"is_staff": True})
     TenantMembership.objects.get_or_create(user=admin, tenant=tenant, defaults={"role": "admin"})
-    token, _ = Token.objects.get_or_create(user=admin)
-    return superuser, admin, tenant, token.key
+    _, token = user_token_create(user=admin, name="bench")
+    return superuser, admin, tenant, token
 
 
 def _pages(tenant) -> dict[str, list[str]]:

@@ -211,16 +211,16 @@ def _aggregate() -> float:
 def _caller():
     """The measured tenant, its first provider config and an admin's token."""
     from django.contrib.auth import get_user_model
-    from rest_framework.authtoken.models import Token
 
     from llm_providers.models import ProviderConfig, Tenant, TenantMembership
+    from llm_providers.services import user_token_create
 
     tenant = Tenant.objects.get(slug="bench-000")
     user, _ = get_user_model().objects.get_or_create(username="bench-admin")
     TenantMembership.objects.get_or_create(user=user, tenant=tenant, defaults={"role": "admin"})
-    token, _ = Token.objects.get_or_create(user=user)
+    _, token = user_token_create(user=user, name="bench")
     config = ProviderConfig.objects.get(tenant=tenant, name="primary")
-    return tenant, config, token.key
+    return tenant, config, token
 
 
 def _plan(tenant) -> str:

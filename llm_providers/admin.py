@@ -1,4 +1,5 @@
-"""Admin for tenants, memberships, provider configs, prices and service keys, scoped by tenant."""
+"""Admin for tenants, memberships, provider configs, prices and service keys, scoped by
+tenant, and for user tokens, scoped by user."""
 
 from __future__ import annotations
 
@@ -32,10 +33,11 @@ from .forms import (
     ProviderConfigAdminForm,
     ServiceKeyAdminForm,
     TenantMembershipAdminForm,
+    UserTokenAdminForm,
     provider_type_help_html,
     provider_type_unused_fields,
 )
-from .models import ModelPrice, ProviderConfig, ServiceKey, Tenant, TenantMembership
+from .models import ModelPrice, ProviderConfig, ServiceKey, Tenant, TenantMembership, UserToken
 from .selectors import provider_config_references
 from .services import (
     SECRET_FIELDS,
@@ -45,6 +47,8 @@ from .services import (
     provider_config_update,
     service_key_create,
     service_key_revoke,
+    user_token_create,
+    user_token_revoke,
 )
 
 admin.site.site_header = "LLM Provider Layer"
@@ -633,3 +637,99 @@ class ServiceKeyAdmin(TenantScopedAdmin):
                 f"{pluralize(skipped, 'was,were')} not revoked.",
                 messages.WARNING,
             )
+
+
+# --- user tokens -------------------------------------------------------------------
+
+
+@admin.register(UserToken)
+class UserTokenAdmin(NulSafeAdmin):
+    """API tokens with which people's scripts act as them.
+
+    Each staff user sees and manages their own tokens; a superuser everyone's.
+    The token is shown once, in a message after creation; afterwards only
+    its prefix is known.
+    """
+
+    form = UserTokenAdminForm
+    list_display = ("name", "user", "prefix", "created", "expiry_date", "expired", "revoked")
+    list_filter = ("revoked",)
+    search_fields = ("name", "prefix")
+    list_select_related = ("user",)
+    raw_id_fields = ("user",)
+    actions = ["revoke"]
+
+    @admin.display(description="Expired", boolean=True)
+    def expired(self, obj):
+        return obj.has_expired
+
+    def get_queryset(self, request):
+        queryset = super().get_queryset(request)
+        return queryset if request.user.is_superuser else queryset.filter(user=request.user)
+
+    def get_list_display(self, request):
+        columns = super().get_list_display(request)
+        # A user who sees their own tokens only needs no owner column.
+        return columns if request.user.is_superuser else tuple(c for c in columns if c != "user")
+
+    def get_fields(self, request, obj=None):
+        if obj is None:
+            owner = ("user",) if request.user.is_superuser else ()
+            return (*owner, "name", "expiry_date")
+        return ("user", "name", "prefix", "created", "expiry_date", "revoked")
+
+    def get_readonly_fields(self, request, obj=None):
+        if obj is None:
+            return ()
+        if obj.revoked:
+            return ("user", "name", "prefix", "created", "expiry_date", "revoked")
+        return ("user", "prefix", "created")
+
+    def _owns(self, request, obj) -> bool:
+        return obj is None or request.user.is_superuser or obj.user_id == request.user.pk
+
+    def has_module_permission(self, request):
+        return request.user.is_active and request.user.is_staff
+
+    def has_view_permission(self, request, obj=None):
+        return self.has_module_permission(request) and self._owns(request, obj)
+
+    def has_add_permission(self, request):
+        return self.has_module_permission(request)
+
+    def has_change_permission(self, request, obj=None):
+        return self.has_view_permission(request, obj)
+
+    def has_delete_permission(self, request, obj=None):
+        return self.has_view_permission(request, obj)
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            # Name, expiry and the revoked flag: plain fields, saved as edited.
+            super().save_model(request, obj, form, change)
+            return
+        owner = obj.user if request.user.is_superuser else request.user
+        created, token = user_token_create(user=owner, name=obj.name, expiry_date=obj.expiry_date)
+        for field in UserToken._meta.concrete_fields:
+            setattr(obj, field.attname, getattr(created, field.attname))
+        obj._state.adding = False
+        obj._state.db = created._state.db
+        self.message_user(
+            request,
+            f"The token “{obj.name}” of {owner.get_username()} is: {token} — store it now: it "
+            "is shown only once.",
+            messages.WARNING,
+        )
+
+    @admin.action(description="Revoke selected user tokens", permissions=["change"])
+    def revoke(self, request, queryset):
+        revoked = 0
+        # The queryset is the user's own tokens (all of them for a superuser).
+        for user_token in queryset:
+            with transaction.atomic():
+                if user_token_revoke(user_token=user_token):
+                    change_history_record_change(
+                        user=request.user, instance=user_token, fields=["revoked"]
+                    )
+                    revoked += 1
+        self.message_user(request, f"Revoked {revoked} user token{pluralize(revoked)}.")

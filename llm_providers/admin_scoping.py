@@ -30,9 +30,15 @@ def request_tenant_ids(request, *, role: str | None = None) -> set:
 
 
 class NulSafeAdmin(admin.ModelAdmin):
-    """PostgreSQL refuses NUL in text, so a filter value or search term with
-    one would fail the query (a server error): the admin answers a filter
-    like any bad lookup, and a search (the autocomplete's) finds nothing."""
+    """PostgreSQL refuses NUL in text, so a filter value, search term or text
+    primary key with one would fail the query (a server error): the admin
+    answers a filter like any bad lookup, a search (the autocomplete's)
+    finds nothing and an object URL is a missing object."""
+
+    def get_object(self, request, object_id, from_field=None):
+        if "\x00" in object_id:
+            return None
+        return super().get_object(request, object_id, from_field)
 
     def get_changelist_instance(self, request):
         params = request.GET.lists()

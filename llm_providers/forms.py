@@ -13,7 +13,7 @@ from django.utils import timezone
 from django.utils.html import format_html_join
 
 from .json_values import MAX_JSON_DEPTH, json_value_problem
-from .models import ProviderConfig, ServiceKey, TenantMembership
+from .models import ProviderConfig, ServiceKey, TenantMembership, UserToken
 from .provider_types import PROVIDER_TYPE_SPECS, Protocol, ProviderType, ProviderTypeSpec
 from .services import provider_config_endpoint_changed, provider_config_new_endpoint_secrets_check
 
@@ -330,18 +330,28 @@ class TenantMembershipAdminForm(forms.ModelForm):
             self.initial["user"] = self.instance.user.get_username()
 
 
-class ServiceKeyAdminForm(forms.ModelForm):
+class _HashedKeyAdminForm(forms.ModelForm):
+    def clean_expiry_date(self):
+        expiry_date = self.cleaned_data.get("expiry_date")
+        # A new key is created by a service that refuses a past expiry; said
+        # here, it is a form error rather than a failed save. An existing key
+        # may be given a past expiry: that is how it is made to expire now.
+        if self.instance._state.adding and expiry_date and expiry_date <= timezone.now():
+            raise ValidationError("The expiry date must be in the future.", code="past")
+        return expiry_date
+
+
+class ServiceKeyAdminForm(_HashedKeyAdminForm):
     """A service key's name, tenant and expiry; the secret is generated on save."""
 
     class Meta:
         model = ServiceKey
         fields = ["tenant", "name", "expiry_date", "revoked"]
 
-    def clean_expiry_date(self):
-        expiry_date = self.cleaned_data.get("expiry_date")
-        # A new key is created by service_key_create, which refuses a past expiry;
-        # said here, it is a form error rather than a failed save. An existing key
-        # may be given a past expiry: that is how it is made to expire now.
-        if self.instance._state.adding and expiry_date and expiry_date <= timezone.now():
-            raise ValidationError("The expiry date must be in the future.", code="past")
-        return expiry_date
+
+class UserTokenAdminForm(_HashedKeyAdminForm):
+    """A user token's owner, name and expiry; the token is generated on save."""
+
+    class Meta:
+        model = UserToken
+        fields = ["user", "name", "expiry_date", "revoked"]

@@ -1,4 +1,5 @@
-"""Tenants, memberships, service keys, provider configs (encrypted credentials) and prices."""
+"""Tenants, memberships, service keys, user tokens, provider configs (encrypted credentials)
+and prices."""
 
 from __future__ import annotations
 
@@ -105,6 +106,32 @@ class ServiceKey(AbstractAPIKey):
     class Meta(AbstractAPIKey.Meta):
         verbose_name = "service key"
         verbose_name_plural = "service keys"
+
+
+# The first characters of a user token, kept in clear to find its row: a new
+# token's generated prefix, or the start of a token carried over from DRF's
+# authtoken (40 hex characters, no separator).
+USER_TOKEN_PREFIX_LENGTH = 8
+
+
+class UserToken(AbstractAPIKey):
+    """A hashed API token with which a person's scripts act as that person.
+
+    A new token is `<prefix>.<secret>`; a token carried over from DRF's
+    authtoken is 40 hex characters. Either way its first 8 characters are
+    its prefix and only the SHA-512 hash of the whole token is stored.
+    """
+
+    # Not unique, unlike a service key's: a carried-over token's prefix is a
+    # slice of it, which two tokens may share. The hash tells them apart.
+    prefix = models.CharField(max_length=USER_TOKEN_PREFIX_LENGTH, db_index=True, editable=False)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
+    )
+
+    class Meta(AbstractAPIKey.Meta):
+        verbose_name = "user token"
+        verbose_name_plural = "user tokens"
 
 
 # Credentials travel in HTTP headers (or a SigV4 signature): visible ASCII only.

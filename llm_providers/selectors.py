@@ -1,10 +1,16 @@
-"""Reads that every app shares: which tenants a user may see and manage."""
+"""Reads that every app shares: which tenants a user may see and manage, whose token is whose."""
 
 from __future__ import annotations
 
 from django.db.models import QuerySet
 
-from .models import ProviderConfig, Tenant, TenantMembership
+from .models import (
+    USER_TOKEN_PREFIX_LENGTH,
+    ProviderConfig,
+    Tenant,
+    TenantMembership,
+    UserToken,
+)
 
 
 def tenant_ids_for_user(user, *, role: str | None = None) -> set:
@@ -61,3 +67,22 @@ def provider_config_references(*, provider_config: ProviderConfig) -> list[str]:
             label = meta.verbose_name if count == 1 else meta.verbose_name_plural
             references.append(f"{count} {label}")
     return references
+
+
+def user_token_for_key(*, key: str) -> UserToken | None:
+    """The token whose hash `key` matches, with its user, or None.
+
+    Its rows are found by prefix (indexed), then each hash is compared in
+    constant time. Revoked and expired tokens are returned too: the caller
+    refuses them.
+    """
+    candidates = UserToken.objects.select_related("user").filter(
+        prefix=key[:USER_TOKEN_PREFIX_LENGTH]
+    )
+    return next((token for token in candidates if token.is_valid(key)), None)
+
+
+def user_token_list(*, user) -> QuerySet[UserToken]:
+    """The tokens `user` may see: its own, or every one for a superuser."""
+    tokens = UserToken.objects.select_related("user")
+    return tokens if user.is_superuser else tokens.filter(user=user)

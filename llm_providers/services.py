@@ -12,7 +12,7 @@ from django.utils import timezone
 from .adapters.errors import scrub_secrets
 from .adapters.types import ConnectionCheck
 from .exceptions import ApplicationError
-from .models import ProviderConfig, ServiceKey, Tenant
+from .models import ProviderConfig, ServiceKey, Tenant, UserToken
 from .selectors import provider_config_is_referenced
 
 # Fields a caller may set directly; secrets go through their own arguments.
@@ -271,16 +271,21 @@ def provider_config_test_connection(*, provider_config: ProviderConfig) -> Conne
     return check
 
 
+def _key_name_and_expiry_check(*, what: str, name: str, expiry_date: datetime | None) -> str:
+    name = name.strip()
+    if not name:
+        raise ValidationError({"name": f"Name the {what}, e.g. after the program using it."})
+    if expiry_date is not None and expiry_date <= timezone.now():
+        raise ValidationError({"expiry_date": "The expiry date must be in the future."})
+    return name
+
+
 def service_key_create(
     *, tenant: Tenant, name: str, expiry_date: datetime | None = None
 ) -> tuple[ServiceKey, str]:
     """Create a key for `tenant`; returns the key row and the full secret, which is
     stored only as a hash and cannot be shown again."""
-    name = name.strip()
-    if not name:
-        raise ValidationError({"name": "Name the service key, e.g. after the program using it."})
-    if expiry_date is not None and expiry_date <= timezone.now():
-        raise ValidationError({"expiry_date": "The expiry date must be in the future."})
+    name = _key_name_and_expiry_check(what="service key", name=name, expiry_date=expiry_date)
     service_key = ServiceKey(tenant=tenant, name=name, expiry_date=expiry_date)
     secret = ServiceKey.objects.assign_key(service_key)
     service_key.full_clean(exclude=["id", "prefix", "hashed_key"])
@@ -294,4 +299,26 @@ def service_key_revoke(*, service_key: ServiceKey) -> bool:
         return False
     service_key.revoked = True
     service_key.save(update_fields=["revoked"])
+    return True
+
+
+def user_token_create(
+    *, user, name: str, expiry_date: datetime | None = None
+) -> tuple[UserToken, str]:
+    """Create an API token for `user`; returns the row and the full token
+    (`<prefix>.<secret>`), which is stored only as a hash and cannot be shown again."""
+    name = _key_name_and_expiry_check(what="token", name=name, expiry_date=expiry_date)
+    user_token = UserToken(user=user, name=name, expiry_date=expiry_date)
+    token = UserToken.objects.assign_key(user_token)
+    user_token.full_clean(exclude=["id", "prefix", "hashed_key", "user"])
+    user_token.save()
+    return user_token, token
+
+
+def user_token_revoke(*, user_token: UserToken) -> bool:
+    """Revoke the token for good; returns False when it was revoked already."""
+    if user_token.revoked:
+        return False
+    user_token.revoked = True
+    user_token.save(update_fields=["revoked"])
     return True

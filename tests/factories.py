@@ -8,9 +8,15 @@ from decimal import Decimal
 import factory
 from django.contrib.auth import get_user_model
 from django.utils import timezone
-from rest_framework.authtoken.models import Token
 
-from llm_providers.models import ModelPrice, ProviderConfig, ServiceKey, Tenant, TenantMembership
+from llm_providers.models import (
+    ModelPrice,
+    ProviderConfig,
+    ServiceKey,
+    Tenant,
+    TenantMembership,
+    UserToken,
+)
 from llm_providers.provider_types import ProviderType
 from overrides.models import RoutingFallback, RoutingOverride
 from usage.models import AlertDelivery, Budget, CallLog, CostAlert, DailyUsage
@@ -128,11 +134,21 @@ class RoutingFallbackFactory(factory.django.DjangoModelFactory):
 # --- API: tokens ---------------------------------------------------------------
 
 
-class TokenFactory(factory.django.DjangoModelFactory):
+class UserTokenFactory(factory.django.DjangoModelFactory):
+    """A person's API token; the token itself is on the instance as `secret` (tests only)."""
+
     class Meta:
-        model = Token
+        model = UserToken
+        skip_postgeneration_save = True
 
     user = factory.SubFactory(UserFactory)
+    name = factory.Sequence(lambda n: f"script-{n}")
+
+    @classmethod
+    def _create(cls, model_class, *args, **kwargs):
+        user_token, secret = model_class.objects.create_key(**kwargs)
+        user_token.secret = secret
+        return user_token
 
 
 class CallLogFactory(factory.django.DjangoModelFactory):

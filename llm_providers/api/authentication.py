@@ -1,7 +1,9 @@
-"""Service key authentication: `Authorization: Api-Key <key>` acts for the key's tenant.
+"""API authentication: a person's token (`Authorization: Token <token>`) acts as that
+person, a service key (`Authorization: Api-Key <key>`) for the key's tenant.
 
-Credentials that cannot exist are refused before any query: PostgreSQL refuses
-a NUL in a query's text, which would otherwise be a server error.
+Both are stored as SHA-512 hashes under a prefix kept in clear. Credentials that
+cannot exist are refused before any query: PostgreSQL refuses a NUL in a
+query's text, which would otherwise be a server error.
 """
 
 from __future__ import annotations
@@ -13,19 +15,32 @@ from rest_framework import authentication, exceptions
 from rest_framework_api_key.permissions import KeyParser
 
 from llm_providers.models import ServiceKey
+from llm_providers.selectors import user_token_for_key
 
 KEYWORD = "Api-Key"
 # Prefixes are generated as 8 letters and digits.
 _PREFIX = re.compile(r"[A-Za-z0-9]{1,8}")
+# A user token is `<prefix>.<secret>` (41 characters) or, carried over from
+# DRF's authtoken, 40 hex characters: visible ASCII either way.
+_USER_TOKEN = re.compile(r"[\x21-\x7e]{1,150}")
+INVALID_TOKEN = "Invalid token."
 
 
 class TokenAuthentication(authentication.TokenAuthentication):
-    """DRF's user tokens (`Authorization: Token <key>`)."""
+    """A person's API token (`Authorization: Token <token>`), a UserToken.
+
+    An unknown, revoked or expired token is refused alike, with 401
+    "Invalid token."; a token of an inactive user with "User inactive or
+    deleted.".
+    """
 
     def authenticate_credentials(self, key):
-        if "\x00" in key:
-            raise exceptions.AuthenticationFailed("Invalid token.")
-        return super().authenticate_credentials(key)
+        user_token = user_token_for_key(key=key) if _USER_TOKEN.fullmatch(key) else None
+        if user_token is None or user_token.revoked or user_token.has_expired:
+            raise exceptions.AuthenticationFailed(INVALID_TOKEN)
+        if not user_token.user.is_active:
+            raise exceptions.AuthenticationFailed("User inactive or deleted.")
+        return user_token.user, user_token
 
 
 class ServiceKeyPrincipal:
@@ -100,4 +115,22 @@ class ServiceKeyAuthenticationScheme(OpenApiAuthenticationExtension):
             "in": "header",
             "name": "Authorization",
             "description": "A tenant's service key: `Authorization: Api-Key <prefix>.<secret>`.",
+        }
+
+
+class TokenAuthenticationScheme(OpenApiAuthenticationExtension):
+    """Describes user tokens in the OpenAPI schema."""
+
+    target_class = TokenAuthentication
+    name = "tokenAuth"
+    # Before drf-spectacular's own description of DRF's TokenAuthentication.
+    priority = 1
+
+    def get_security_definition(self, auto_schema):
+        return {
+            "type": "apiKey",
+            "in": "header",
+            "name": "Authorization",
+            "description": "A person's API token: `Authorization: Token <prefix>.<secret>` "
+            "(tokens from before hashing: 40 hex characters).",
         }

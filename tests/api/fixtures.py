@@ -10,18 +10,18 @@ from tests.factories import (
     ServiceKeyFactory,
     TenantFactory,
     TenantMembershipFactory,
-    TokenFactory,
     UserFactory,
+    UserTokenFactory,
 )
 
 
 def token_client(user, *, tenant=None) -> APIClient:
     """An API client authenticated by the user's token (`Authorization: Token ...`)."""
     client = APIClient()
-    token = TokenFactory(user=user)
-    client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+    token = UserTokenFactory(user=user)
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token.secret}")
     if tenant is not None:
-        client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}", HTTP_X_TENANT=tenant.slug)
+        client.credentials(HTTP_AUTHORIZATION=f"Token {token.secret}", HTTP_X_TENANT=tenant.slug)
     return client
 
 

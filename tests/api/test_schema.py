@@ -87,6 +87,13 @@ def test_schema_names_three_authentication_methods(schema):
         "name": "Authorization",
         "description": "A tenant's service key: `Authorization: Api-Key <prefix>.<secret>`.",
     }
+    assert schemes["tokenAuth"] == {
+        "type": "apiKey",
+        "in": "header",
+        "name": "Authorization",
+        "description": "A person's API token: `Authorization: Token <prefix>.<secret>` "
+        "(tokens from before hashing: 40 hex characters).",
+    }
 
 
 def test_schema_has_secrets_in_requests_only(schema):

@@ -31,7 +31,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from tests.api.endpoints import tenant_objects_build
-from tests.factories import ProviderConfigFactory, TokenFactory
+from tests.factories import ProviderConfigFactory, UserTokenFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -73,7 +73,7 @@ def wsgi_app(settings):
 
 @pytest.fixture
 def admin_headers(admin_user):
-    return {"Authorization": f"Token {TokenFactory(user=admin_user).key}"}
+    return {"Authorization": f"Token {UserTokenFactory(user=admin_user).secret}"}
 
 
 @pytest.fixture

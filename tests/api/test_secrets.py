@@ -215,3 +215,45 @@ def test_alerts_show_webhook_deliveries_by_host_only(admin_api, tenant):
     [delivery] = response.json()["results"][0]["deliveries"]
     assert delivery["target_label"] == "https://93.184.215.14/…"
     assert WEBHOOK_TOKEN not in response.content.decode()
+
+
+def test_user_token_appears_in_no_response_page_or_log_line_after_creation(admin_user, caplog):
+    import logging
+    from io import StringIO
+
+    from django.core.management import call_command
+    from django.db import connection
+    from rest_framework.test import APIClient
+
+    from llm_providers.models import UserToken
+
+    caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="django.db.backends")
+    connection.force_debug_cursor = True
+    try:
+        # given a token created with the command, then used, then revoked and used again
+        out = StringIO()
+        call_command("user_token_create", "alice", "--name", "ci", stdout=out, stderr=StringIO())
+        token = out.getvalue().strip()
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Token {token}")
+        answers = [
+            client.get(PROVIDERS),
+            client.get("/api/v1/service-keys/"),
+            client.get(PROVIDERS, {"format": "api"}),
+            client.post(PROVIDERS, {"name": "x", "provider_type": "nope"}),
+        ]
+        UserToken.objects.filter(user=admin_user).update(revoked=True)
+        answers.append(client.get(PROVIDERS))
+    finally:
+        connection.force_debug_cursor = False
+
+    # then its secret part is nowhere but in the command's output
+    secret = token.partition(".")[2]
+    assert [answer.status_code for answer in answers] == [200, 200, 200, 400, 401]
+    for answer in answers:
+        assert secret not in answer.content.decode()
+        assert secret not in str(answer.headers)
+    assert "llm_providers_usertoken" in caplog.text  # the SQL was logged
+    assert secret not in caplog.text
+    assert not [r for r in caplog.records if secret in r.getMessage()]

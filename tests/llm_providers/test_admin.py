@@ -11,7 +11,8 @@ from django.contrib.messages import get_messages
 from django.test import override_settings
 from django.urls import reverse
 
-from llm_providers.models import ProviderConfig, ServiceKey
+from llm_providers.models import ProviderConfig, ServiceKey, UserToken
+from llm_providers.selectors import user_token_for_key
 from overrides.models import RoutingOverride
 from tests.factories import (
     BudgetFactory,
@@ -19,6 +20,7 @@ from tests.factories import (
     ProviderConfigFactory,
     RoutingOverrideFactory,
     ServiceKeyFactory,
+    UserTokenFactory,
 )
 from usage.models import Budget, CallLog
 
@@ -833,3 +835,99 @@ def test_service_key_with_an_expiry_in_the_past_gets_a_form_error(
         "expiry_date": ["The expiry date must be in the future."]
     }
     assert not ServiceKey.objects.filter(tenant=tenant).exists()
+
+
+# --- user tokens -------------------------------------------------------------------------
+
+USER_TOKEN_ADD = "admin:llm_providers_usertoken_add"
+USER_TOKEN_CHANGELIST = "admin:llm_providers_usertoken_changelist"
+
+
+def _user_token_change_url(user_token) -> str:
+    return reverse("admin:llm_providers_usertoken_change", args=[user_token.pk])
+
+
+def test_user_token_shown_once_then_prefix_only(tenant_admin, admin_client_for):
+    client = admin_client_for(tenant_admin)
+
+    response = client.post(reverse(USER_TOKEN_ADD), {"name": "nightly"}, follow=True)
+
+    user_token = UserToken.objects.get(name="nightly")
+    assert user_token.user == tenant_admin
+    message, added = _messages(response)
+    assert added.endswith("nightly</a>” was added successfully.")
+    assert message.startswith(f"The token “nightly” of {tenant_admin.username} is: ")
+    assert message.endswith(" — store it now: it is shown only once.")
+    token = message.split(" is: ", 1)[1].split(" — ", 1)[0]
+    assert user_token_for_key(key=token) == user_token
+    secret = token.partition(".")[2]
+    for page in (
+        client.get(reverse(USER_TOKEN_CHANGELIST)),
+        client.get(_user_token_change_url(user_token)),
+        client.get(reverse("admin:index")),
+    ):
+        html = page.content.decode()
+        assert page.status_code == 200
+        assert secret not in html
+    assert user_token.prefix in client.get(reverse(USER_TOKEN_CHANGELIST)).content.decode()
+    assert [e.object_repr for e in LogEntry.objects.all()] == ["nightly"]
+
+
+def test_user_token_of_staff_user_is_their_own_whatever_the_post_names(
+    tenant_admin, tenant_viewer, admin_client_for
+):
+    admin_client_for(tenant_viewer).post(
+        reverse(USER_TOKEN_ADD), {"name": "forged", "user": str(tenant_admin.pk)}
+    )
+
+    assert UserToken.objects.get(name="forged").user == tenant_viewer
+
+
+def test_user_tokens_of_other_users_are_out_of_a_staff_users_sight(
+    tenant_admin, tenant_viewer, admin_client_for
+):
+    own = UserTokenFactory(user=tenant_viewer, name="mine")
+    other = UserTokenFactory(user=tenant_admin, name="theirs")
+    client = admin_client_for(tenant_viewer)
+
+    listing = client.get(reverse(USER_TOKEN_CHANGELIST))
+    change = client.get(_user_token_change_url(other))
+    revoke = client.post(
+        reverse(USER_TOKEN_CHANGELIST),
+        {"action": "revoke", "_selected_action": [own.pk, other.pk]},
+        follow=True,
+    )
+
+    assert [t.name for t in listing.context["cl"].result_list] == ["mine"]
+    assert change.status_code == 302
+    assert _messages(revoke)[-1] == "Revoked 1 user token."
+    assert UserToken.objects.get(pk=own.pk).revoked is True
+    assert UserToken.objects.get(pk=other.pk).revoked is False
+    assert _history(own) == [(CHANGE, tenant_viewer.pk, "Changed Revoked.")]
+
+
+def test_superuser_sees_every_user_token_and_creates_one_for_another_user(
+    superuser, tenant_admin, admin_client_for
+):
+    UserTokenFactory(user=tenant_admin, name="theirs")
+    client = admin_client_for(superuser)
+
+    response = client.post(
+        reverse(USER_TOKEN_ADD), {"name": "for-alice", "user": str(tenant_admin.pk)}, follow=True
+    )
+    listing = client.get(reverse(USER_TOKEN_CHANGELIST))
+
+    assert UserToken.objects.get(name="for-alice").user == tenant_admin
+    assert _messages(response)[0].startswith(
+        f"The token “for-alice” of {tenant_admin.username} is: "
+    )
+    assert sorted(t.name for t in listing.context["cl"].result_list) == ["for-alice", "theirs"]
+
+
+def test_revoked_user_token_is_read_only(tenant_admin, admin_client_for):
+    user_token = UserTokenFactory(user=tenant_admin, revoked=True)
+
+    html = admin_client_for(tenant_admin).get(_user_token_change_url(user_token)).content.decode()
+
+    assert 'name="revoked"' not in html
+    assert 'name="name"' not in html

@@ -695,6 +695,20 @@ def test_autocomplete_with_a_nul_character_finds_nothing_not_a_server_error(
     assert response.json()["results"] == []
 
 
+@pytest.mark.parametrize("model_name", ["servicekey", "usertoken"])
+@pytest.mark.parametrize("view", ["change", "history", "delete"])
+def test_object_url_with_a_nul_character_answers_like_a_missing_object(
+    client, tenant_admin, model_name, view
+):
+    # Their primary keys are text: PostgreSQL refuses a NUL in the lookup.
+    client.force_login(tenant_admin)
+
+    response = client.get(f"/admin/llm_providers/{model_name}/ab%00cd/{view}/")
+
+    assert response.status_code == 302
+    assert response["Location"] == "/admin/"
+
+
 def test_global_price_moved_to_one_tenant_no_longer_prices_the_others(
     client, superuser, tenant, other_tenant
 ):

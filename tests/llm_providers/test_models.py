@@ -1,4 +1,4 @@
-"""Model constraints, provider type validation messages and key display."""
+"""Model constraints, provider type validation messages, key display and stored tokens."""
 
 from __future__ import annotations
 
@@ -8,12 +8,17 @@ from decimal import Decimal
 
 import pytest
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 
 from llm_providers.encryption import UnreadableSecret
 from llm_providers.models import ModelPrice, ProviderConfig
 from llm_providers.provider_types import PROVIDER_TYPE_SPECS, ProviderType
-from tests.factories import ModelPriceFactory, ProviderConfigFactory, TenantFactory
+from tests.factories import (
+    ModelPriceFactory,
+    ProviderConfigFactory,
+    TenantFactory,
+    UserTokenFactory,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -482,3 +487,21 @@ def test_new_access_key_id_keeps_a_stored_secret_that_is_unreadable():
 
     assert config.aws_access_key_id == "AKIAEXAMPLE123"
     assert config.aws_secret_access_key is unreadable
+
+
+@pytest.mark.postgres
+def test_user_token_row_holds_no_part_of_the_token():
+    user_token = UserTokenFactory(name="nightly")
+    prefix, _, secret = user_token.secret.partition(".")
+
+    # every column of the row, as PostgreSQL prints it
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT t::text FROM llm_providers_usertoken t")
+        (row,) = cursor.fetchone()
+
+    assert prefix in row
+    assert "nightly" in row
+    assert user_token.secret not in row
+    pieces = {secret[i : i + 8] for i in range(len(secret) - 7)}
+    assert [piece for piece in pieces if piece in row] == []
+    assert hashlib.sha512(user_token.secret.encode()).hexdigest() in row

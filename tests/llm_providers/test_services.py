@@ -1,12 +1,17 @@
-"""Provider config and service key writes: validated, encrypted, default switched atomically."""
+"""Provider config, service key and user token writes: validated, encrypted, default
+switched atomically."""
 
 from __future__ import annotations
+
+from datetime import timedelta
 
 import pytest
 from django.core.exceptions import ValidationError
 from django.test import override_settings
+from django.utils import timezone
 
-from llm_providers.models import ProviderConfig, ServiceKey
+from llm_providers.models import ProviderConfig, ServiceKey, UserToken
+from llm_providers.selectors import user_token_for_key
 from llm_providers.services import (
     provider_config_create,
     provider_config_delete,
@@ -14,6 +19,8 @@ from llm_providers.services import (
     provider_config_update,
     service_key_create,
     service_key_revoke,
+    user_token_create,
+    user_token_revoke,
 )
 from tests.factories import (
     BudgetFactory,
@@ -21,6 +28,8 @@ from tests.factories import (
     RoutingOverrideFactory,
     ServiceKeyFactory,
     TenantFactory,
+    UserFactory,
+    UserTokenFactory,
 )
 from usage.models import Budget
 
@@ -296,3 +305,46 @@ def test_service_key_revoke_makes_key_unusable():
     assert service_key_revoke(service_key=service_key) is True
     assert ServiceKey.objects.is_valid(service_key.secret) is False
     assert service_key_revoke(service_key=service_key) is False
+
+
+def test_user_token_create_returns_token_once_and_stores_hash():
+    user = UserFactory(username="alice")
+
+    user_token, token = user_token_create(user=user, name="  nightly report  ")
+
+    stored = UserToken.objects.get(pk=user_token.pk)
+    assert (stored.user, stored.name, stored.revoked, stored.expiry_date) == (
+        user,
+        "nightly report",
+        False,
+        None,
+    )
+    assert token.startswith(stored.prefix + ".")
+    assert stored.hashed_key == UserToken.objects.key_generator.hash(token)
+    assert user_token_for_key(key=token) == stored
+
+
+@pytest.mark.parametrize(
+    ("name", "expiry", "errors"),
+    [
+        ("", None, {"name": ["Name the token, e.g. after the program using it."]}),
+        ("ci", timedelta(minutes=-1), {"expiry_date": ["The expiry date must be in the future."]}),
+    ],
+    ids=["no-name", "past-expiry"],
+)
+def test_user_token_create_refused_without_name_or_with_past_expiry(name, expiry, errors):
+    expiry_date = timezone.now() + expiry if expiry else None
+
+    with pytest.raises(ValidationError) as caught:
+        user_token_create(user=UserFactory(), name=name, expiry_date=expiry_date)
+
+    assert caught.value.message_dict == errors
+    assert UserToken.objects.count() == 0
+
+
+def test_user_token_revoke_makes_token_unusable_once():
+    user_token = UserTokenFactory()
+
+    assert user_token_revoke(user_token=user_token) is True
+    assert user_token_revoke(user_token=user_token) is False
+    assert UserToken.objects.get(pk=user_token.pk).revoked is True

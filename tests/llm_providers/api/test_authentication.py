@@ -1,4 +1,4 @@
-"""Service key authentication, and the 401s of missing or bad credentials."""
+"""User token and service key authentication, and the 401s of missing or bad credentials."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from llm_providers.models import UserToken
 from tests.api.fixtures import service_key_client, token_client
-from tests.factories import ServiceKeyFactory, UserFactory
+from tests.factories import ServiceKeyFactory, UserFactory, UserTokenFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -135,10 +136,100 @@ def test_service_key_of_impossible_prefix_answers_401_without_a_query(
     assert response.json()["error"]["message"] == "Invalid service key."
 
 
-def test_token_with_nul_answers_401(anonymous_api):
-    anonymous_api.credentials(HTTP_AUTHORIZATION="Token abc\x00def")
+@pytest.mark.parametrize(
+    "authorization",
+    ["Token abc\x00def", "Token abcdefgh.\x7fsecret", f"Token {'a' * 151}"],
+    ids=["nul", "control-character", "too-long"],
+)
+def test_token_that_cannot_exist_answers_401_without_a_query(
+    anonymous_api, authorization, django_assert_num_queries
+):
+    anonymous_api.credentials(HTTP_AUTHORIZATION=authorization)
 
-    response = anonymous_api.get(PROVIDERS)
+    with django_assert_num_queries(0):
+        response = anonymous_api.get(PROVIDERS)
 
     assert response.status_code == 401
     assert response.json()["error"]["message"] == "Invalid token."
+
+
+# --- user tokens -------------------------------------------------------------------
+
+
+def _token_client(secret: str, client):
+    client.credentials(HTTP_AUTHORIZATION=f"Token {secret}")
+    return client
+
+
+def test_user_token_authenticates_as_its_user(admin_user, anonymous_api):
+    user_token = UserTokenFactory(user=admin_user)
+
+    response = _token_client(user_token.secret, anonymous_api).get(PROVIDERS)
+
+    assert response.status_code == 200
+    assert response.wsgi_request.user == admin_user
+    assert response.wsgi_request.auth == user_token
+
+
+def test_user_token_is_prefix_dot_secret(admin_user):
+    user_token = UserTokenFactory(user=admin_user)
+
+    prefix, dot, secret = user_token.secret.partition(".")
+
+    assert (prefix, dot, len(secret)) == (user_token.prefix, ".", 32)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"revoked": True},
+        {"expiry_date": timezone.now() - timedelta(minutes=1)},
+        {"hashed_key": "sha512$$" + "0" * 128},
+    ],
+    ids=["revoked", "expired", "unknown"],
+)
+def test_user_token_refused_alike_when_revoked_expired_or_unknown(
+    admin_user, anonymous_api, change
+):
+    user_token = UserTokenFactory(user=admin_user)
+    UserToken.objects.filter(pk=user_token.pk).update(**change)
+
+    response = _token_client(user_token.secret, anonymous_api).get(PROVIDERS)
+
+    assert response.status_code == 401
+    assert response["WWW-Authenticate"] == "Token"
+    assert response.json()["error"] == {
+        "code": "authentication_failed",
+        "message": "Invalid token.",
+        "fields": {},
+        "extra": {},
+    }
+
+
+def test_user_token_with_known_prefix_and_wrong_secret_answers_401(admin_user, anonymous_api):
+    user_token = UserTokenFactory(user=admin_user)
+
+    response = _token_client(f"{user_token.prefix}.{'x' * 32}", anonymous_api).get(PROVIDERS)
+
+    assert response.status_code == 401
+    assert response.json()["error"]["message"] == "Invalid token."
+
+
+def test_user_tokens_sharing_a_prefix_each_authenticate_their_own_user(
+    admin_user, viewer_user, anonymous_api
+):
+    # given two tokens carried over from DRF's authtoken whose first 8 characters agree
+    first = UserTokenFactory(user=admin_user)
+    second = UserTokenFactory(user=viewer_user)
+    keys = {first: "0badc0de" + "1" * 32, second: "0badc0de" + "2" * 32}
+    hasher = UserToken.objects.key_generator
+    for user_token, key in keys.items():
+        UserToken.objects.filter(pk=user_token.pk).update(
+            prefix=key[:8], hashed_key=hasher.hash(key)
+        )
+
+    # then each key finds its own token
+    for user_token, key in keys.items():
+        response = _token_client(key, anonymous_api).get(PROVIDERS)
+        assert response.status_code == 200
+        assert response.wsgi_request.user == user_token.user

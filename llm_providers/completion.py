@@ -140,11 +140,28 @@ class EmbeddingResult:
 
 
 class _MoveOn(Exception):
-    """This target cannot serve the call; try the next one."""
+    """This target cannot serve the call; try the next one.
 
-    def __init__(self, error: ApplicationError):
+    `retry_refusal` is the config's own rate limit refusing a retry after
+    `error`, the provider's: the caller is told the provider's error."""
+
+    def __init__(self, error: ApplicationError, *, retry_refusal: ApplicationError | None = None):
         super().__init__(str(error))
         self.error = error
+        self.retry_refusal = retry_refusal
+
+
+@dataclass(frozen=True, slots=True)
+class _Failed:
+    """How one target failed to serve the call."""
+
+    target: RouteTarget
+    error: ApplicationError
+    retry_refusal: ApplicationError | None = None
+
+    @classmethod
+    def of(cls, target: RouteTarget, move_on: _MoveOn) -> _Failed:
+        return cls(target, move_on.error, move_on.retry_refusal)
 
 
 @dataclass
@@ -438,6 +455,19 @@ def _admit(call: _Call, target: RouteTarget, max_output_tokens: int) -> TokensCo
         raise _MoveOn(exc) from exc
 
 
+def _admit_retry(
+    call: _Call, target: RouteTarget, max_output_tokens: int, previous: ProviderError | None
+) -> TokensCounted | None:
+    """`_admit` an attempt; when the limit refuses a retry, the target failed
+    with the provider's error of the attempt before, not with the refusal."""
+    try:
+        return _admit(call, target, max_output_tokens)
+    except _MoveOn as move_on:
+        if previous is None:
+            raise
+        raise _MoveOn(previous, retry_refusal=move_on.error) from None
+
+
 def _tokens_used(counted: TokensCounted | None, usage: Usage) -> None:
     """Count in the tpm window the tokens an attempt used instead of its worst case:
     after the call, with its log row (usage.bookkeeping), off the caller's path."""
@@ -615,30 +645,39 @@ def _retry_or_raise(error: ApplicationError, attempt_on_target: int) -> None:
     raise error
 
 
-def _failure(target: RouteTarget, error: ApplicationError) -> dict:
+def _failure(failed: _Failed) -> dict:
     """How one target failed, as the caller is told when no target served the call."""
+    target, error = failed.target, failed.error
     config = target.provider_config
-    return {
+    failure = {
         "provider": config.name,
         "provider_config": str(config.pk),
         "model": target.model,
         "code": error.code,
         "message": scrub_secrets(error.message, _secrets(target)),
     }
+    if failed.retry_refusal is not None:
+        failure["retry_refused"] = {
+            "code": failed.retry_refusal.code,
+            "message": failed.retry_refusal.message,
+        }
+    return failure
 
 
-def _error_after_all_targets(
-    failed: list[tuple[RouteTarget, ApplicationError]],
-) -> ApplicationError:
+def _error_after_all_targets(failed: list[_Failed]) -> ApplicationError:
     """What to raise when no target served the call: the last target's error,
     naming in `extra.failures` every target tried and how it failed.
 
-    When that is a provider config's own rate limit, the refusal of whichever
-    rate-limited target admits again soonest: its retry-after is when the
-    call can next be served, not when the last fallback frees up. A config
-    whose limit the request alone exceeds admits it at no time.
+    A target whose retry the config's own rate limit refused failed with the
+    provider's error of the attempt before: that says what went wrong, the
+    refusal only why it was not retried (`retry_refused` of its failure).
+
+    When the last error is a provider config's own rate limit, the refusal
+    of whichever rate-limited target admits again soonest: its retry-after
+    is when the call can next be served, not when the last fallback frees
+    up. A config whose limit the request alone exceeds admits it at no time.
     """
-    errors = [error for _, error in failed]
+    errors = [entry.error for entry in failed]
     chosen = errors[-1]
     if isinstance(chosen, RateLimited):
         limited = [error for error in errors if isinstance(error, RateLimited)]
@@ -646,7 +685,7 @@ def _error_after_all_targets(
         chosen = min(limited, key=lambda error: error.retry_after)
     chosen.extra = {
         **chosen.extra,
-        "failures": [_failure(target, error) for target, error in failed],
+        "failures": [_failure(entry) for entry in failed],
     }
     return chosen
 
@@ -658,13 +697,13 @@ def _naming_request(error: ApplicationError, call: _Call) -> None:
 
 def _run_targets(call: _Call, attempt_target) -> object:
     """Try each target in route order until one serves the call."""
-    failed: list[tuple[RouteTarget, ApplicationError]] = []
+    failed: list[_Failed] = []
     try:
         for target in call.targets:
             try:
                 return attempt_target(call, target)
             except _MoveOn as move_on:
-                failed.append((target, move_on.error))
+                failed.append(_Failed.of(target, move_on))
         raise _error_after_all_targets(failed)
     except ApplicationError as error:
         _naming_request(error, call)
@@ -732,16 +771,18 @@ def _call_with_retries(
     attempts that were partly answered (and charged for) are added to `paid`."""
     attempt_on_target = 0
     paid = [] if paid is None else paid
+    previous: ProviderError | None = None
     try:
         while True:
             attempt_on_target += 1
-            counted = _admit(call, target, max_output)
+            counted = _admit_retry(call, target, max_output, previous)
             started_at, attempt_started = timezone.now(), time.perf_counter()
             try:
                 answer = invoke()
             except ProviderError as error:
                 _log_provider_failure(call, target, error, started_at, attempt_started, paid)
                 _retry_or_raise(error, attempt_on_target)
+                previous = error
                 continue
             except BaseException as error:
                 # Also an interruption: the provider may have been paid already.
@@ -900,14 +941,14 @@ class _StreamRun:
         self._counted: TokensCounted | None = None
 
     def generate(self) -> Iterator[str]:
-        failed: list[tuple[RouteTarget, ApplicationError]] = []
+        failed: list[_Failed] = []
         try:
             for target in self._call.targets:
                 try:
                     yield from self._on_target(target)
                     return
                 except _MoveOn as move_on:
-                    failed.append((target, move_on.error))
+                    failed.append(_Failed.of(target, move_on))
             raise _error_after_all_targets(failed)
         except ApplicationError as error:
             _naming_request(error, self._call)
@@ -929,14 +970,16 @@ class _StreamRun:
         self._paid = []
         with _budget_held(call, target, max_output) as budget:
             attempt_on_target = 0
+            previous: ProviderError | None = None
             try:
                 while True:
                     attempt_on_target += 1
-                    self._counted = _admit(call, target, max_output)
+                    self._counted = _admit_retry(call, target, max_output, previous)
                     outcome = yield from self._attempt(adapter, target, request)
                     if outcome is None:
                         return
                     _retry_or_raise(outcome, attempt_on_target)
+                    previous = outcome
             finally:
                 # A finished, broken or abandoned stream has its (possibly
                 # estimated) cost on the result; a failed one has none, unless

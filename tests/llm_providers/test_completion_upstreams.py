@@ -830,3 +830,35 @@ def test_tpm_limit_keeps_counting_the_worst_case_of_an_attempt_that_failed(
 
     # What the provider spent on it is unknown: the admission's estimate stays.
     assert _tpm_counted(config) == 4000 + completion.estimate_message_tokens(HELLO)
+
+
+# --- the error a caller is given ---------------------------------------------------
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["complete", "stream"])
+def test_retry_refused_by_the_configs_rate_limit_keeps_the_providers_error(
+    tenant, openai_upstream, streamed
+):
+    # given a config admitting one request a minute, whose provider is overloaded
+    _openai(tenant, openai_upstream, rpm_limit=1)
+    openai_upstream.enqueue_error(503, message="The engine is currently overloaded.")
+
+    # when the call's retry is refused by the config's own limit
+    with pytest.raises(UpstreamUnavailable) as raised:
+        if streamed:
+            list(stream(tenant=tenant, messages=HELLO))
+        else:
+            complete(tenant=tenant, messages=HELLO)
+
+    # then the caller learns what the provider said, and that the retry was refused
+    error = raised.value
+    assert "The engine is currently overloaded." in error.message
+    assert error.code == "upstream_unavailable"
+    [failure] = error.extra["failures"]
+    assert (failure["provider"], failure["code"]) == ("openai", "upstream_unavailable")
+    assert failure["message"] == error.message
+    assert failure["retry_refused"]["code"] == "rate_limited"
+    assert "limit of 1 request per minute is reached" in failure["retry_refused"]["message"]
+    assert len(openai_upstream.requests) == 1
+    rows = list(CallLog.objects.order_by("attempt").values_list("status", "error_code"))
+    assert rows == [("error", "upstream_unavailable"), ("blocked", "rate_limited")]

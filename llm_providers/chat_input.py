@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from django.conf import settings
+
 from .exceptions import ApplicationError
 from .json_values import text_problem
 
@@ -140,6 +142,30 @@ def tools_validate(tools: Any) -> list[dict] | None:
                 "Tool parameters must be a JSON schema object.",
             )
     return tools
+
+
+# The bounds of a call's deadline (also of LLM_CALL_DEADLINE_SECONDS): less
+# than a second leaves no provider time to answer, so such a call could only
+# time out; more than ten minutes outlasts any proxy in front of the API.
+MIN_DEADLINE_SECONDS = 1
+MAX_DEADLINE_SECONDS = 600
+DEADLINE_INVALID = (
+    f"deadline must be a number of seconds from {MIN_DEADLINE_SECONDS} to {MAX_DEADLINE_SECONDS}."
+)
+
+
+def deadline_validate(deadline: Any) -> float:
+    """A call's deadline in seconds; None: the LLM_CALL_DEADLINE_SECONDS setting."""
+    if deadline is None:
+        return float(settings.LLM_CALL_DEADLINE_SECONDS)
+    if (
+        isinstance(deadline, bool)
+        or not isinstance(deadline, int | float)
+        or not MIN_DEADLINE_SECONDS <= deadline <= MAX_DEADLINE_SECONDS
+    ):
+        # NaN fails the range check too: no comparison with it holds.
+        raise InvalidRequest("deadline", DEADLINE_INVALID)
+    return float(deadline)
 
 
 def parameters_validate(

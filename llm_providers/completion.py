@@ -9,7 +9,9 @@ One pipeline for every call:
 4. response cache (per-tenant TTL; 0 = off);
 5. call the adapter — this module is the one owner of retries: retryable
    failures are retried with backoff honouring Retry-After, then the next
-   fallback target is tried;
+   fallback target is tried, all within the call's deadline (each attempt's
+   timeout capped at the time left; no attempt, fallback or wait starts that
+   the deadline leaves no time for);
 6. price the usage and write one CallLog row per attempt.
 
 Refusals that happen before a provider is called (budget, rate limit) are
@@ -60,6 +62,7 @@ from .adapters.errors import (
     ProviderError,
     ProviderPermissionError,
     ProviderRateLimited,
+    ProviderTimeout,
     scrub_secrets,
 )
 from .adapters.types import (
@@ -72,6 +75,7 @@ from .adapters.types import (
 )
 from .chat_input import (
     InvalidRequest,
+    deadline_validate,
     embed_inputs_validate,
     messages_validate,
     parameters_validate,
@@ -140,11 +144,80 @@ class EmbeddingResult:
 
 
 class _MoveOn(Exception):
-    """This target cannot serve the call; try the next one."""
+    """This target cannot serve the call; try the next one.
 
-    def __init__(self, error: ApplicationError):
+    `retry_refusal` is the config's own rate limit refusing a retry after
+    `error`, the provider's: the caller is told the provider's error.
+    `deadline_cut`: the target was left because the call's deadline had no
+    time for the wait before its next attempt."""
+
+    def __init__(
+        self,
+        error: ApplicationError,
+        *,
+        retry_refusal: ApplicationError | None = None,
+        deadline_cut: bool = False,
+    ):
         super().__init__(str(error))
         self.error = error
+        self.retry_refusal = retry_refusal
+        self.deadline_cut = deadline_cut
+
+
+class _DeadlineReached(Exception):
+    """The call's deadline leaves no time for another attempt on this target;
+    `error` is how its last attempt failed (None: it had none)."""
+
+    def __init__(self, error: ApplicationError | None):
+        super().__init__(str(error))
+        self.error = error
+
+
+# Less time than this left, an attempt would only time out (no provider
+# answers sooner), so none starts, and no wait is taken that leaves less.
+_DEADLINE_MIN_ATTEMPT_SECONDS = 0.1
+
+
+class _Deadline:
+    """The whole call's time: its attempts, the waits between them, its fallbacks."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.start()
+
+    def start(self) -> None:
+        self._ends = time.monotonic() + self.seconds
+
+    def left(self) -> float:
+        return self._ends - time.monotonic()
+
+    def allows_attempt(self) -> bool:
+        return self.left() >= _DEADLINE_MIN_ATTEMPT_SECONDS
+
+    def allows_wait(self, seconds: float) -> bool:
+        return self.left() - seconds >= _DEADLINE_MIN_ATTEMPT_SECONDS
+
+    def attempt_timeout(self, adapter: Adapter, requested: float | None) -> float | None:
+        """The next attempt's timeout: its own (the call's, else the config's),
+        or the time left when that is less."""
+        left = self.left()
+        if left < adapter.call_timeout(requested):
+            return max(left, 0.001)
+        return requested
+
+
+@dataclass(frozen=True, slots=True)
+class _Failed:
+    """How one target failed to serve the call."""
+
+    target: RouteTarget
+    error: ApplicationError
+    retry_refusal: ApplicationError | None = None
+    deadline_cut: bool = False
+
+    @classmethod
+    def of(cls, target: RouteTarget, move_on: _MoveOn) -> _Failed:
+        return cls(target, move_on.error, move_on.retry_refusal, move_on.deadline_cut)
 
 
 @dataclass
@@ -161,6 +234,7 @@ class _Call:
     request: ChatRequest | None
     fingerprint: str
     input_tokens: int
+    deadline: _Deadline
     operation: str = "complete"
     prompt_preview: str = ""
     attempts: int = 0
@@ -278,11 +352,13 @@ def _call_prepare(
     input_tokens: int,
     fingerprint: str,
     preview: str,
+    deadline: float | None,
     embed_request: EmbedRequest | None = None,
 ) -> _Call:
     if not tenant.is_active:
         raise InvalidRequest("tenant", f"The tenant “{tenant.slug}” is inactive.")
     customer_id, service_name = scope_validate(customer_id=customer_id, service_name=service_name)
+    deadline_seconds = deadline_validate(deadline)
     version = config_version(tenant.pk)
     route = route_resolve(
         tenant=tenant, customer_id=customer_id, service_name=service_name, version=version
@@ -298,6 +374,7 @@ def _call_prepare(
         request=request,
         fingerprint=fingerprint,
         input_tokens=input_tokens,
+        deadline=_Deadline(deadline_seconds),
         operation=operation,
         prompt_preview=preview if tenant.store_prompt_previews else "",
         embed_request=embed_request,
@@ -436,6 +513,19 @@ def _admit(call: _Call, target: RouteTarget, max_output_tokens: int) -> TokensCo
             error_message=exc.message,
         )
         raise _MoveOn(exc) from exc
+
+
+def _admit_retry(
+    call: _Call, target: RouteTarget, max_output_tokens: int, previous: ProviderError | None
+) -> TokensCounted | None:
+    """`_admit` an attempt; when the limit refuses a retry, the target failed
+    with the provider's error of the attempt before, not with the refusal."""
+    try:
+        return _admit(call, target, max_output_tokens)
+    except _MoveOn as move_on:
+        if previous is None:
+            raise
+        raise _MoveOn(previous, retry_refusal=move_on.error) from None
 
 
 def _tokens_used(counted: TokensCounted | None, usage: Usage) -> None:
@@ -598,8 +688,11 @@ def _cache_store(call: _Call, target: RouteTarget, chat: ChatResult) -> None:
         )
 
 
-def _retry_or_raise(error: ApplicationError, attempt_on_target: int) -> None:
-    """Sleep before the next attempt on this target, or raise to move on / give up."""
+def _retry_or_raise(error: ApplicationError, attempt_on_target: int, deadline: _Deadline) -> None:
+    """Sleep before the next attempt on this target, or raise to move on / give up.
+
+    A wait the deadline has no time for (with an attempt after it) is not
+    taken: the call moves on to the next target, if there is time for one."""
     retry_here = (
         isinstance(error, ProviderError)
         and error.retryable
@@ -608,6 +701,9 @@ def _retry_or_raise(error: ApplicationError, attempt_on_target: int) -> None:
     if retry_here:
         delay = _retry_delay(error, attempt_on_target)
         if delay is not None:
+            if not deadline.allows_wait(delay):
+                # Retryable provider errors always fall back.
+                raise _MoveOn(error, deadline_cut=True)
             time.sleep(delay)
             return
     if _falls_back_on(error):
@@ -615,30 +711,39 @@ def _retry_or_raise(error: ApplicationError, attempt_on_target: int) -> None:
     raise error
 
 
-def _failure(target: RouteTarget, error: ApplicationError) -> dict:
+def _failure(failed: _Failed) -> dict:
     """How one target failed, as the caller is told when no target served the call."""
+    target, error = failed.target, failed.error
     config = target.provider_config
-    return {
+    failure = {
         "provider": config.name,
         "provider_config": str(config.pk),
         "model": target.model,
         "code": error.code,
         "message": scrub_secrets(error.message, _secrets(target)),
     }
+    if failed.retry_refusal is not None:
+        failure["retry_refused"] = {
+            "code": failed.retry_refusal.code,
+            "message": failed.retry_refusal.message,
+        }
+    return failure
 
 
-def _error_after_all_targets(
-    failed: list[tuple[RouteTarget, ApplicationError]],
-) -> ApplicationError:
+def _error_after_all_targets(failed: list[_Failed]) -> ApplicationError:
     """What to raise when no target served the call: the last target's error,
     naming in `extra.failures` every target tried and how it failed.
 
-    When that is a provider config's own rate limit, the refusal of whichever
-    rate-limited target admits again soonest: its retry-after is when the
-    call can next be served, not when the last fallback frees up. A config
-    whose limit the request alone exceeds admits it at no time.
+    A target whose retry the config's own rate limit refused failed with the
+    provider's error of the attempt before: that says what went wrong, the
+    refusal only why it was not retried (`retry_refused` of its failure).
+
+    When the last error is a provider config's own rate limit, the refusal
+    of whichever rate-limited target admits again soonest: its retry-after
+    is when the call can next be served, not when the last fallback frees
+    up. A config whose limit the request alone exceeds admits it at no time.
     """
-    errors = [error for _, error in failed]
+    errors = [entry.error for entry in failed]
     chosen = errors[-1]
     if isinstance(chosen, RateLimited):
         limited = [error for error in errors if isinstance(error, RateLimited)]
@@ -646,9 +751,62 @@ def _error_after_all_targets(
         chosen = min(limited, key=lambda error: error.retry_after)
     chosen.extra = {
         **chosen.extra,
-        "failures": [_failure(target, error) for target, error in failed],
+        "failures": [_failure(entry) for entry in failed],
     }
     return chosen
+
+
+def _deadline_error(call: _Call, failed: list[_Failed], untried: int) -> ProviderTimeout:
+    """The timeout a caller gets when the call's deadline ended it: what was
+    attempted, and how each target tried failed (`extra.failures`)."""
+    seconds = call.deadline.seconds
+    attempts = call.attempts
+    message = f"The call's deadline of {seconds:g} s was reached " + (
+        f"after {attempts} attempt{'' if attempts == 1 else 's'}"
+        if attempts
+        else "before any attempt"
+    )
+    if failed:
+        message += (
+            " ("
+            + "; ".join(
+                f"“{entry.target.provider_config.name}” ({entry.target.model}): {entry.error.code}"
+                for entry in failed
+            )
+            + ")"
+        )
+    if untried == len(call.targets):
+        message += f"; none of the route's {untried} target{'' if untried == 1 else 's'} tried"
+    elif untried:
+        message += f"; {untried} fallback target{'' if untried == 1 else 's'} not tried"
+    return ProviderTimeout(
+        message + ".",
+        extra={"deadline_seconds": seconds, "failures": [_failure(entry) for entry in failed]},
+    )
+
+
+def _deadline_reached(
+    call: _Call, failed: list[_Failed], target: RouteTarget, index: int, error
+) -> ProviderTimeout:
+    """The error of a call whose deadline came during its `index`th target,
+    which failed with `error` (None: it was not attempted)."""
+    if error is not None:
+        failed.append(_Failed(target, error))
+        index += 1
+    return _deadline_error(call, failed, untried=len(call.targets) - index)
+
+
+def _deadline_check(call: _Call, failed: list[_Failed], index: int) -> None:
+    """Start the `index`th target only when the deadline leaves time for an attempt."""
+    if not call.deadline.allows_attempt():
+        raise _deadline_error(call, failed, untried=len(call.targets) - index)
+
+
+def _error_when_none_served(call: _Call, failed: list[_Failed]) -> ApplicationError:
+    """The deadline's timeout when it left the last target, else `_error_after_all_targets`."""
+    if failed and failed[-1].deadline_cut:
+        return _deadline_error(call, failed, untried=0)
+    return _error_after_all_targets(failed)
 
 
 def _naming_request(error: ApplicationError, call: _Call) -> None:
@@ -658,14 +816,17 @@ def _naming_request(error: ApplicationError, call: _Call) -> None:
 
 def _run_targets(call: _Call, attempt_target) -> object:
     """Try each target in route order until one serves the call."""
-    failed: list[tuple[RouteTarget, ApplicationError]] = []
+    failed: list[_Failed] = []
     try:
-        for target in call.targets:
+        for index, target in enumerate(call.targets):
+            _deadline_check(call, failed, index)
             try:
                 return attempt_target(call, target)
             except _MoveOn as move_on:
-                failed.append((target, move_on.error))
-        raise _error_after_all_targets(failed)
+                failed.append(_Failed.of(target, move_on))
+            except _DeadlineReached as reached:
+                raise _deadline_reached(call, failed, target, index, reached.error) from None
+        raise _error_when_none_served(call, failed)
     except ApplicationError as error:
         _naming_request(error, call)
         raise
@@ -697,7 +858,7 @@ def _chat_request(
 
 
 def _chat_call_prepare(
-    *, operation, tenant, customer_id, service_name, model, **parameters
+    *, operation, tenant, customer_id, service_name, model, deadline, **parameters
 ) -> _Call:
     """Validate a chat request and resolve its route (shared by complete and stream)."""
     # A stream sends its request only when first read: it keeps its own copy,
@@ -714,6 +875,7 @@ def _chat_call_prepare(
         input_tokens=estimate_message_tokens(request.messages, request.tools),
         fingerprint=request_fingerprint(request),
         preview=_preview(request.messages),
+        deadline=deadline,
     )
 
 
@@ -732,16 +894,20 @@ def _call_with_retries(
     attempts that were partly answered (and charged for) are added to `paid`."""
     attempt_on_target = 0
     paid = [] if paid is None else paid
+    previous: ProviderError | None = None
     try:
         while True:
             attempt_on_target += 1
-            counted = _admit(call, target, max_output)
+            if not call.deadline.allows_attempt():
+                raise _DeadlineReached(previous)
+            counted = _admit_retry(call, target, max_output, previous)
             started_at, attempt_started = timezone.now(), time.perf_counter()
             try:
                 answer = invoke()
             except ProviderError as error:
                 _log_provider_failure(call, target, error, started_at, attempt_started, paid)
-                _retry_or_raise(error, attempt_on_target)
+                _retry_or_raise(error, attempt_on_target, call.deadline)
+                previous = error
                 continue
             except BaseException as error:
                 # Also an interruption: the provider may have been paid already.
@@ -801,7 +967,13 @@ def _complete_on_target(call: _Call, target: RouteTarget) -> CompletionResult:
     max_output = _max_output_tokens(request.max_tokens, adapter)
     with _budget_held(call, target, max_output) as budget:
         chat, cost, source, latency_ms = _call_with_retries(
-            call, target, budget, max_output, lambda: adapter.complete(request)
+            call,
+            target,
+            budget,
+            max_output,
+            lambda: adapter.complete(
+                replace(request, timeout=call.deadline.attempt_timeout(adapter, request.timeout))
+            ),
         )
     _cache_store(call, target, chat)
     return _result(
@@ -830,11 +1002,17 @@ def complete(
     json_mode: bool = False,
     tools: list[dict] | None = None,
     timeout: float | None = None,
+    deadline: float | None = None,
 ) -> CompletionResult:
     """Route, gate, call and record one chat completion for `tenant`.
 
+    `timeout` bounds each attempt (else the provider config's); `deadline`
+    the whole call, retries, waits and fallbacks included, in seconds (else
+    LLM_CALL_DEADLINE_SECONDS).
+
     Raises InvalidRequest (bad input), NoRouteError, RateLimited,
-    BudgetExceeded, or the last target's ProviderError when every target failed.
+    BudgetExceeded, the last target's ProviderError when every target failed,
+    or ProviderTimeout when the deadline ended the call.
     """
     call = _chat_call_prepare(
         operation="complete",
@@ -850,6 +1028,7 @@ def complete(
         json_mode=json_mode,
         tools=tools,
         timeout=timeout,
+        deadline=deadline,
     )
     return _run_targets(call, _complete_on_target)
 
@@ -900,15 +1079,21 @@ class _StreamRun:
         self._counted: TokensCounted | None = None
 
     def generate(self) -> Iterator[str]:
-        failed: list[tuple[RouteTarget, ApplicationError]] = []
+        call = self._call
+        # The deadline runs from the first read, when the request is sent.
+        call.deadline.start()
+        failed: list[_Failed] = []
         try:
-            for target in self._call.targets:
+            for index, target in enumerate(call.targets):
+                _deadline_check(call, failed, index)
                 try:
                     yield from self._on_target(target)
                     return
                 except _MoveOn as move_on:
-                    failed.append((target, move_on.error))
-            raise _error_after_all_targets(failed)
+                    failed.append(_Failed.of(target, move_on))
+                except _DeadlineReached as reached:
+                    raise _deadline_reached(call, failed, target, index, reached.error) from None
+            raise _error_when_none_served(call, failed)
         except ApplicationError as error:
             _naming_request(error, self._call)
             raise
@@ -929,14 +1114,18 @@ class _StreamRun:
         self._paid = []
         with _budget_held(call, target, max_output) as budget:
             attempt_on_target = 0
+            previous: ProviderError | None = None
             try:
                 while True:
                     attempt_on_target += 1
-                    self._counted = _admit(call, target, max_output)
+                    if not call.deadline.allows_attempt():
+                        raise _DeadlineReached(previous)
+                    self._counted = _admit_retry(call, target, max_output, previous)
                     outcome = yield from self._attempt(adapter, target, request)
                     if outcome is None:
                         return
-                    _retry_or_raise(outcome, attempt_on_target)
+                    _retry_or_raise(outcome, attempt_on_target, call.deadline)
+                    previous = outcome
             finally:
                 # A finished, broken or abandoned stream has its (possibly
                 # estimated) cost on the result; a failed one has none, unless
@@ -958,7 +1147,9 @@ class _StreamRun:
         final = None
         answered_model = ""
         reported: Usage | None = None
-        upstream = adapter.stream(request)
+        upstream = adapter.stream(
+            replace(request, timeout=call.deadline.attempt_timeout(adapter, request.timeout))
+        )
         try:
             for chunk in upstream:
                 answered_model = chunk.model or answered_model
@@ -1183,10 +1374,14 @@ def stream(
     json_mode: bool = False,
     tools: list[dict] | None = None,
     timeout: float | None = None,
+    deadline: float | None = None,
 ) -> CompletionStream:
     """Like `complete()`, streamed. Input and routing errors raise at once;
     provider errors raise while iterating (before the first chunk they are
-    retried and fall back like `complete()`)."""
+    retried and fall back like `complete()`).
+
+    The deadline runs from the first read and bounds the attempts until the
+    first chunk; a stream that has started is not cut by it."""
     call = _chat_call_prepare(
         operation="stream",
         tenant=tenant,
@@ -1201,6 +1396,7 @@ def stream(
         json_mode=json_mode,
         tools=tools,
         timeout=timeout,
+        deadline=deadline,
     )
     call.streamed = True
     return CompletionStream(call)
@@ -1227,7 +1423,13 @@ def _embed_on_target(call: _Call, target: RouteTarget) -> EmbeddingResult:
     def attempt() -> EmbedResult:
         nonlocal answered_tokens, answered_estimated
         try:
-            return adapter.embed(replace(request, inputs=request.inputs[len(answered) :]))
+            return adapter.embed(
+                replace(
+                    request,
+                    inputs=request.inputs[len(answered) :],
+                    timeout=call.deadline.attempt_timeout(adapter, request.timeout),
+                )
+            )
         except ProviderError as error:
             if error.paid_vectors and error.paid_usage is not None:
                 answered.extend(error.paid_vectors)
@@ -1265,6 +1467,7 @@ def embed(
     customer_id: str = "",
     service_name: str = "",
     timeout: float | None = None,
+    deadline: float | None = None,
 ) -> EmbeddingResult:
     """Embed `inputs` with `model` on the routed provider config.
 
@@ -1286,6 +1489,7 @@ def embed(
         input_tokens=sum(estimate_text_tokens(text) for text in inputs),
         fingerprint="",
         preview="",
+        deadline=deadline,
         embed_request=embed_request,
     )
     call.targets = call.targets[:1]

@@ -449,6 +449,14 @@ LLM_RETRY_BACKOFF_SECONDS = _env_number("LLM_RETRY_BACKOFF_SECONDS", default=0.5
 LLM_RETRY_BACKOFF_MAX_SECONDS = _env_number("LLM_RETRY_BACKOFF_MAX_SECONDS", default=8.0)
 # A provider asking us to wait longer than this is skipped for the next fallback.
 LLM_RETRY_AFTER_MAX_SECONDS = _env_number("LLM_RETRY_AFTER_MAX_SECONDS", default=20.0)
+# The whole call's deadline (attempts, retries, waits and fallbacks), unless a
+# call sets its own. 90 s: one attempt at the default 60 s provider timeout
+# keeps all of it, with 30 s left for a retry or fallback; and it ends before
+# the 100 s that common proxies and CDNs give a request. Set it below the
+# timeout of whatever is in front of the API (docs/OPERATIONS.md).
+LLM_CALL_DEADLINE_SECONDS = _env_number(
+    "LLM_CALL_DEADLINE_SECONDS", default=90.0, minimum=1.0, maximum=600.0
+)
 # Output tokens assumed for TPM limits and budget reservations when a call sets
 # no max_tokens.
 LLM_DEFAULT_MAX_TOKENS_ESTIMATE = _env_int("LLM_DEFAULT_MAX_TOKENS_ESTIMATE", default=4096)

@@ -12,7 +12,16 @@ from collections.abc import Mapping
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from llm_providers.chat_input import MAX_EMBED_INPUTS, MAX_STOP_SEQUENCES, MAX_TOKENS_LIMIT
+from llm_providers.chat_input import (
+    DEADLINE_INVALID,
+    MAX_DEADLINE_SECONDS,
+    MAX_EMBED_INPUTS,
+    MAX_STOP_SEQUENCES,
+    MAX_TOKENS_LIMIT,
+    MIN_DEADLINE_SECONDS,
+    InvalidRequest,
+    deadline_validate,
+)
 from llm_providers.json_values import (
     MAX_JSON_DEPTH,
     TOO_DEEP,
@@ -363,6 +372,40 @@ class TextOrTextListField(serializers.Field):
         return value
 
 
+@extend_schema_field(
+    {
+        "type": "number",
+        "minimum": MIN_DEADLINE_SECONDS,
+        "maximum": MAX_DEADLINE_SECONDS,
+        "nullable": True,
+    }
+)
+class DeadlineField(serializers.Field):
+    """Seconds the whole call may take: a JSON number within the bounds."""
+
+    default_error_messages = {"invalid": DEADLINE_INVALID}
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("required", False)
+        kwargs.setdefault("allow_null", True)
+        kwargs.setdefault(
+            "help_text",
+            "Seconds the whole call may take, retries, waits and fallbacks included; "
+            "each attempt's timeout is capped at the time left. A streamed call is bounded "
+            "until its first chunk. Unset: the server's LLM_CALL_DEADLINE_SECONDS.",
+        )
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data):
+        try:
+            return deadline_validate(data)
+        except InvalidRequest:
+            self.fail("invalid")
+
+    def to_representation(self, value):
+        return value
+
+
 # Bounds of a request: far beyond any model's context, small enough to refuse garbage early.
 MAX_MESSAGES = 10_000
 MAX_TOOLS = 128
@@ -411,6 +454,7 @@ class CompletionRequestSerializer(_RoutingFieldsSerializer):
         default=False,
         help_text="Answer with server-sent events (text/event-stream) as the text arrives.",
     )
+    deadline = DeadlineField()
 
     def completion_arguments(self) -> dict:
         """validated_data as `complete()` / `stream()` take them (without `stream`)."""
@@ -429,6 +473,7 @@ class EmbeddingRequestSerializer(_RoutingFieldsSerializer):
     model = serializers.CharField(
         max_length=200, help_text="The embedding model; vectors of different models do not mix."
     )
+    deadline = DeadlineField()
 
 
 class TokenUsageSerializer(serializers.Serializer):

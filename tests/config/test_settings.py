@@ -528,6 +528,19 @@ def test_empty_broker_and_budget_redis_urls_mean_redis_url():
             "CONFIG_VERSION_LOCAL_SECONDS must be a number of at least 0, not 'nan' "
             "(see docs/OPERATIONS.md).",
         ),
+        # A call deadline too short for any answer, or over the bound a call may ask for.
+        (
+            "LLM_CALL_DEADLINE_SECONDS",
+            "0.5",
+            "LLM_CALL_DEADLINE_SECONDS must be a number of at least 1 and at most 600, not '0.5' "
+            "(see docs/OPERATIONS.md).",
+        ),
+        (
+            "LLM_CALL_DEADLINE_SECONDS",
+            "900",
+            "LLM_CALL_DEADLINE_SECONDS must be a number of at least 1 and at most 600, not '900' "
+            "(see docs/OPERATIONS.md).",
+        ),
         # No time at all to answer: every webhook would fail.
         (
             "USAGE_ALERT_WEBHOOK_TIMEOUT_SECONDS",

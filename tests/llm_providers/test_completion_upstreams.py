@@ -16,8 +16,10 @@ from llm_providers import completion
 from llm_providers.adapters.errors import (
     NotSupported,
     ProviderAuthenticationError,
+    ProviderTimeout,
     UpstreamUnavailable,
 )
+from llm_providers.chat_input import InvalidRequest
 from llm_providers.completion import complete, embed, stream
 from llm_providers.services import provider_config_create
 from tests.factories import ModelPriceFactory, TenantFactory
@@ -830,3 +832,196 @@ def test_tpm_limit_keeps_counting_the_worst_case_of_an_attempt_that_failed(
 
     # What the provider spent on it is unknown: the admission's estimate stays.
     assert _tpm_counted(config) == 4000 + completion.estimate_message_tokens(HELLO)
+
+
+# --- the error a caller is given ---------------------------------------------------
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["complete", "stream"])
+def test_retry_refused_by_the_configs_rate_limit_keeps_the_providers_error(
+    tenant, openai_upstream, streamed
+):
+    # given a config admitting one request a minute, whose provider is overloaded
+    _openai(tenant, openai_upstream, rpm_limit=1)
+    openai_upstream.enqueue_error(503, message="The engine is currently overloaded.")
+
+    # when the call's retry is refused by the config's own limit
+    with pytest.raises(UpstreamUnavailable) as raised:
+        if streamed:
+            list(stream(tenant=tenant, messages=HELLO))
+        else:
+            complete(tenant=tenant, messages=HELLO)
+
+    # then the caller learns what the provider said, and that the retry was refused
+    error = raised.value
+    assert "The engine is currently overloaded." in error.message
+    assert error.code == "upstream_unavailable"
+    [failure] = error.extra["failures"]
+    assert (failure["provider"], failure["code"]) == ("openai", "upstream_unavailable")
+    assert failure["message"] == error.message
+    assert failure["retry_refused"]["code"] == "rate_limited"
+    assert "limit of 1 request per minute is reached" in failure["retry_refused"]["message"]
+    assert len(openai_upstream.requests) == 1
+    rows = list(CallLog.objects.order_by("attempt").values_list("status", "error_code"))
+    assert rows == [("error", "upstream_unavailable"), ("blocked", "rate_limited")]
+
+
+# --- the whole call's deadline -------------------------------------------------------
+
+
+def _timed(call):
+    """Run `call`; return what it raised and the seconds it took."""
+    started = time.perf_counter()
+    with pytest.raises(ProviderTimeout) as raised:
+        call()
+    return raised.value, time.perf_counter() - started
+
+
+def _rows():
+    return list(CallLog.objects.order_by("attempt").values_list("status", "error_code"))
+
+
+@pytest.mark.usefixtures("openai_sdk_warm")
+def test_deadline_ends_a_call_whose_provider_does_not_answer(tenant, openai_upstream):
+    # given a provider that answers after 5 s, and an attempt timeout of 60 s
+    _openai(tenant, openai_upstream)
+    openai_upstream.enqueue_chat("late", delay=5, times=3)
+
+    # when the call's deadline is 1 s
+    error, elapsed = _timed(lambda: complete(tenant=tenant, messages=HELLO, deadline=1))
+
+    # then the caller has a timeout that says so, within the deadline's reach
+    assert elapsed < 3
+    assert error.code == "provider_timeout"
+    assert error.http_status == 504
+    assert error.message.startswith("The call's deadline of 1 s was reached after 1 attempt")
+    assert "“openai” (gpt-4o): provider_timeout" in error.message
+    assert error.extra["deadline_seconds"] == 1
+    assert [f["code"] for f in error.extra["failures"]] == ["provider_timeout"]
+    assert _rows() == [("error", "provider_timeout")]
+    assert len(openai_upstream.requests) == 1
+
+
+@pytest.mark.usefixtures("openai_sdk_warm")
+def test_deadline_caps_the_last_attempt_and_leaves_no_time_for_the_fallback(
+    tenant, openai_upstream
+):
+    # given a slow primary with 0.6 s attempts, and a fallback
+    _openai(tenant, openai_upstream, name="slow", priority=1)
+    provider_config_create(
+        tenant=tenant, name="fake-backup", provider_type="fake", default_model="fake-small"
+    )
+    openai_upstream.enqueue_chat("late", delay=5, times=3)
+
+    # when the call's deadline (1 s) ends during the retry
+    error, elapsed = _timed(
+        lambda: complete(tenant=tenant, messages=HELLO, timeout=0.6, deadline=1)
+    )
+
+    # then the retry had the time left, not 0.6 s, and the fallback none
+    assert elapsed < 3
+    assert error.message.startswith("The call's deadline of 1 s was reached after 2 attempts")
+    assert error.message.endswith("1 fallback target not tried.")
+    assert _rows() == [("error", "provider_timeout"), ("error", "provider_timeout")]
+    second = CallLog.objects.get(attempt=2)
+    assert second.latency_ms < 600
+
+
+@pytest.mark.usefixtures("openai_sdk_warm")
+def test_deadline_leaves_time_for_a_fallback_after_quick_failures(tenant, openai_upstream):
+    _openai(tenant, openai_upstream, name="slow", priority=1)
+    provider_config_create(
+        tenant=tenant, name="fake-backup", provider_type="fake", default_model="fake-small"
+    )
+    openai_upstream.enqueue_chat("late", delay=5, times=2)
+
+    result = complete(tenant=tenant, messages=HELLO, timeout=0.3, deadline=5)
+
+    assert result.provider == "fake-backup"
+    assert _rows() == [("error", "provider_timeout"), ("error", "provider_timeout"), ("ok", "")]
+
+
+@pytest.mark.usefixtures("openai_sdk_warm")
+def test_deadline_takes_no_retry_after_wait_that_would_outlast_it(tenant, openai_upstream):
+    # given a provider asking to wait 3 s (within LLM_RETRY_AFTER_MAX_SECONDS)
+    _openai(tenant, openai_upstream)
+    openai_upstream.enqueue_error(429, headers={"Retry-After": "3"}, type="rate_limit")
+    openai_upstream.enqueue_chat("Hi")
+
+    # when the call has 1 s
+    error, elapsed = _timed(lambda: complete(tenant=tenant, messages=HELLO, deadline=1))
+
+    # then it does not wait: it ends at once, naming the provider's refusal
+    assert elapsed < 0.9
+    assert error.message.startswith("The call's deadline of 1 s was reached after 1 attempt")
+    assert "provider_rate_limited" in error.message
+    assert [f["code"] for f in error.extra["failures"]] == ["provider_rate_limited"]
+    assert _rows() == [("error", "provider_rate_limited")]
+    assert len(openai_upstream.requests) == 1
+
+
+@pytest.mark.usefixtures("openai_sdk_warm")
+def test_deadline_defaults_to_the_setting(tenant, openai_upstream, settings):
+    settings.LLM_CALL_DEADLINE_SECONDS = 1.0
+    _openai(tenant, openai_upstream)
+    openai_upstream.enqueue_chat("late", delay=5, times=3)
+
+    error, elapsed = _timed(lambda: complete(tenant=tenant, messages=HELLO))
+
+    assert elapsed < 3
+    assert error.message.startswith("The call's deadline of 1 s was reached")
+
+
+@pytest.mark.usefixtures("openai_sdk_warm")
+def test_deadline_bounds_a_stream_until_its_first_chunk(tenant, openai_upstream):
+    _openai(tenant, openai_upstream)
+    openai_upstream.enqueue_chat_stream(["late"], delay=5, times=3)
+
+    chunks = stream(tenant=tenant, messages=HELLO, deadline=1)
+    error, elapsed = _timed(lambda: list(chunks))
+
+    assert elapsed < 3
+    assert error.message.startswith("The call's deadline of 1 s was reached after 1 attempt")
+    assert error.extra["request_id"] == str(chunks.request_id)
+    assert list(CallLog.objects.values_list("status", "error_code", "streamed")) == [
+        ("error", "provider_timeout", True)
+    ]
+
+
+@pytest.mark.usefixtures("openai_sdk_warm")
+def test_deadline_does_not_cut_a_stream_that_has_started(tenant, openai_upstream):
+    # given a stream whose four chunks come 0.5 s apart: 1.5 s or more in all
+    _openai(tenant, openai_upstream)
+    openai_upstream.enqueue_chat_stream(["a", "b", "c", "d"], chunk_delay=0.5)
+
+    # when the call's deadline is 1 s
+    started = time.perf_counter()
+    received = list(stream(tenant=tenant, messages=HELLO, deadline=1))
+
+    # then the whole answer arrives after the deadline
+    assert time.perf_counter() - started > 1
+    assert "".join(received) == "abcd"
+    assert _rows() == [("ok", "")]
+
+
+@pytest.mark.usefixtures("openai_sdk_warm")
+def test_deadline_ends_an_embedding_call(tenant, openai_upstream):
+    _openai(tenant, openai_upstream)
+    openai_upstream.enqueue_embeddings([[0.1, 0.2]], delay=5, times=3)
+
+    error, elapsed = _timed(
+        lambda: embed(tenant=tenant, inputs=["alpha"], model="text-embedding-3-small", deadline=1)
+    )
+
+    assert elapsed < 3
+    assert error.message.startswith("The call's deadline of 1 s was reached after 1 attempt")
+    assert _rows() == [("error", "provider_timeout")]
+
+
+@pytest.mark.parametrize("deadline", [0, 0.5, -1, 601, "soon", True, float("nan")])
+def test_deadline_out_of_range_is_refused(tenant, deadline):
+    with pytest.raises(InvalidRequest) as raised:
+        complete(tenant=tenant, messages=HELLO, deadline=deadline)
+
+    assert raised.value.extra["field"] == "deadline"
+    assert raised.value.message == "deadline must be a number of seconds from 1 to 600."

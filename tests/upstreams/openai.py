@@ -254,6 +254,7 @@ class OpenAIUpstream(LoopbackUpstream):
         *,
         model: str = "text-embedding-3-small",
         prompt_tokens: int | None = 8,
+        delay: float = 0.0,
     ) -> Script:
         """`prompt_tokens=None`: no usage, as some compatible servers answer."""
         payload: dict[str, Any] = {
@@ -266,7 +267,7 @@ class OpenAIUpstream(LoopbackUpstream):
         }
         if prompt_tokens is not None:
             payload["usage"] = {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}
-        return json_reply(payload, route="embeddings")
+        return json_reply(payload, delay=delay, route="embeddings")
 
     def enqueue_embeddings(self, *args: Any, times: int = 1, **kwargs: Any) -> None:
         """Answer the next request(s) with `embeddings_reply(...)`."""

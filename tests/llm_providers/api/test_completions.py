@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from decimal import Decimal
 from wsgiref.util import setup_testing_defaults
 
@@ -32,6 +33,7 @@ HELLO = [{"role": "user", "content": "hi"}]
 # The Fake provider counts "hi" as 8 input tokens and answers "Echo: hi" (3 tokens);
 # at $1 / $2 per million input / output tokens that is 8 + 6 = 14 micro-dollars.
 HELLO_COST = "0.000014000000"
+DEADLINE_RANGE = "deadline must be a number of seconds from 1 to 600."
 TOOL = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}
 OPENAI_KEY = "sk-proj-Hq7Lm2Np9Rs4Tv6Wx8Yz1Ab3Cd5Ef7Gh"
 # OpenAI gpt-4o: $2.50 input, $1.25 cached input, $10 output per million.
@@ -543,6 +545,10 @@ def test_completion_answers_422_when_no_route(service_api, tenant):
             {"max_tokens": ["Ensure this value is less than or equal to 1000000."]},
         ),
         ({"messages": HELLO, "stop": ["a", "b", "c", "d", "e"]}, {"stop": ["At most 4 items."]}),
+        ({"messages": HELLO, "deadline": 0.5}, {"deadline": [DEADLINE_RANGE]}),
+        ({"messages": HELLO, "deadline": 601}, {"deadline": [DEADLINE_RANGE]}),
+        ({"messages": HELLO, "deadline": "soon"}, {"deadline": [DEADLINE_RANGE]}),
+        ({"messages": HELLO, "deadline": True}, {"deadline": [DEADLINE_RANGE]}),
         (
             {"messages": HELLO, "tools": [TOOL, TOOL]},
             {"tools[1]": ["Tool name “lookup” is used twice."]},
@@ -572,6 +578,10 @@ def test_completion_answers_422_when_no_route(service_api, tenant):
         "max-tokens",
         "max-tokens-over-limit",
         "stops",
+        "deadline-zero",
+        "deadline-over-limit",
+        "deadline-text",
+        "deadline-boolean",
         "tool",
         "tool-name",
         "nul",
@@ -718,8 +728,9 @@ def test_embedding_accepts_one_text(service_api, fake):
             {"inputs": [], "model": "m"},
             {"inputs": ["inputs must be a non-empty string or list of strings."]},
         ),
+        ({"inputs": ["a"], "model": "m", "deadline": -1}, {"deadline": [DEADLINE_RANGE]}),
     ],
-    ids=["no-model", "numbers", "empty"],
+    ids=["no-model", "numbers", "empty", "deadline"],
 )
 def test_embedding_answers_400_naming_the_bad_field(service_api, fake, body, fields):
     response = service_api.post(EMBEDDINGS, body)
@@ -748,3 +759,56 @@ def test_embedding_maps_provider_timeout_to_504(service_api, tenant):
     response = service_api.post(EMBEDDINGS, {"inputs": "alpha", "model": "fake-embed"})
 
     assert (response.status_code, response.json()["error"]["code"]) == (504, "provider_timeout")
+
+
+@pytest.mark.usefixtures("openai_sdk_warm")
+def test_completion_deadline_answers_504_when_the_provider_is_too_slow(
+    service_api, openai, openai_upstream
+):
+    # given a provider that answers after 5 s
+    openai_upstream.enqueue_chat("late", delay=5, times=3)
+
+    # when the call may take 1 s
+    started = time.perf_counter()
+    response = service_api.post(COMPLETIONS, {"messages": HELLO, "deadline": 1})
+
+    # then it answers 504 within reach of that, saying why
+    assert time.perf_counter() - started < 3
+    assert response.status_code == 504
+    error = response.json()["error"]
+    assert error["code"] == "provider_timeout"
+    assert error["message"].startswith("The call's deadline of 1 s was reached after 1 attempt")
+    assert error["extra"]["deadline_seconds"] == 1
+    assert [f["code"] for f in error["extra"]["failures"]] == ["provider_timeout"]
+    assert _log(error["extra"]["request_id"]).error_code == "provider_timeout"
+
+
+@pytest.mark.usefixtures("openai_sdk_warm")
+def test_streamed_completion_deadline_answers_504_before_the_first_chunk(
+    service_api, openai, openai_upstream
+):
+    openai_upstream.enqueue_chat_stream(["late"], delay=5, times=3)
+
+    started = time.perf_counter()
+    response = service_api.post(COMPLETIONS, {"messages": HELLO, "stream": True, "deadline": 1.5})
+
+    assert time.perf_counter() - started < 3.5
+    assert response.status_code == 504
+    error = response.json()["error"]
+    assert error["message"].startswith("The call's deadline of 1.5 s was reached")
+
+
+@pytest.mark.usefixtures("openai_sdk_warm")
+def test_embedding_deadline_answers_504_when_the_provider_is_too_slow(
+    service_api, openai, openai_upstream
+):
+    openai_upstream.enqueue_embeddings([[0.1, 0.2]], delay=5, times=3)
+
+    started = time.perf_counter()
+    response = service_api.post(
+        EMBEDDINGS, {"inputs": "alpha", "model": "text-embedding-3-small", "deadline": 1}
+    )
+
+    assert time.perf_counter() - started < 3
+    assert response.status_code == 504
+    assert response.json()["error"]["message"].startswith("The call's deadline of 1 s")

@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 from django.utils import timezone
 
-from llm_providers.adapters.errors import ProviderBadRequest, UpstreamUnavailable
+from llm_providers.adapters.errors import ProviderBadRequest, ProviderTimeout, UpstreamUnavailable
 from llm_providers.completion import complete, embed, stream
 from llm_providers.services import provider_config_create
 from tests.factories import (
@@ -409,3 +409,85 @@ def test_embed_retried_after_a_later_batch_failed_sends_only_the_inputs_not_yet_
     with pytest.raises(BudgetExceeded) as raised:
         embed(tenant=tenant, inputs=["x" * 2_700], model=model)
     assert Decimal(raised.value.extra["spend_usd"]) == Decimal("0.5")
+
+
+# --- the call's deadline ------------------------------------------------------------
+
+
+def _answer_fits(tenant, upstream):
+    """The next call, worst case $0.028, is admitted and answered: nothing else is held."""
+    upstream.enqueue_chat("ok", model="house-model", prompt_tokens=8, completion_tokens=3)
+    assert complete(tenant=tenant, messages=HELLO, max_tokens=10).cost_usd == REAL
+
+
+@pytest.mark.usefixtures("openai_sdk_warm")
+def test_complete_ended_by_its_deadline_releases_its_reservation(
+    tenant, allow_private_urls, openai_upstream
+):
+    # given room for exactly one worst-case call, and a provider that does not answer in time
+    _house_model(tenant, openai_upstream)
+    _block(tenant, Decimal("0.03"))
+    openai_upstream.enqueue_chat("late", model="house-model", delay=3)
+
+    # when the call's deadline ends it during its attempt
+    with pytest.raises(ProviderTimeout) as raised:
+        complete(tenant=tenant, messages=HELLO, max_tokens=10, deadline=1)
+    assert raised.value.message.startswith("The call's deadline of 1 s was reached")
+
+    # then its $0.028 is no longer reserved
+    _answer_fits(tenant, openai_upstream)
+
+
+@pytest.mark.usefixtures("openai_sdk_warm")
+def test_complete_whose_deadline_refuses_a_wait_releases_its_reservation(
+    tenant, allow_private_urls, openai_upstream
+):
+    _house_model(tenant, openai_upstream)
+    _block(tenant, Decimal("0.03"))
+    openai_upstream.enqueue_error(429, headers={"Retry-After": "3"}, type="rate_limit")
+
+    with pytest.raises(ProviderTimeout) as raised:
+        complete(tenant=tenant, messages=HELLO, max_tokens=10, deadline=1)
+    assert "provider_rate_limited" in raised.value.message
+
+    _answer_fits(tenant, openai_upstream)
+
+
+@pytest.mark.usefixtures("openai_sdk_warm")
+def test_stream_ended_by_its_deadline_releases_its_reservation(
+    tenant, allow_private_urls, openai_upstream
+):
+    _house_model(tenant, openai_upstream)
+    _block(tenant, Decimal("0.03"))
+    openai_upstream.enqueue_chat_stream(["late"], model="house-model", delay=3)
+
+    with pytest.raises(ProviderTimeout):
+        list(stream(tenant=tenant, messages=HELLO, max_tokens=10, deadline=1))
+
+    _answer_fits(tenant, openai_upstream)
+
+
+@pytest.mark.usefixtures("openai_sdk_warm")
+def test_stream_ended_by_its_deadline_after_paid_output_settles_that_output(
+    tenant, allow_private_urls, openai_upstream
+):
+    # given room for $0.05, and a first attempt cut after half a tool call
+    _house_model(tenant, openai_upstream)
+    _block(tenant, Decimal("0.05"))
+    call = {"id": "call_1", "name": "get_weather", "arguments": '{"city": "Paris", "unit": "c"}'}
+    openai_upstream.enqueue_chat_stream([], model="house-model", tool_calls=[call], break_after=3)
+    openai_upstream.enqueue_chat_stream(["late"], model="house-model", delay=3)
+
+    # when the retry finds no answer before the deadline
+    with pytest.raises(ProviderTimeout):
+        list(stream(tenant=tenant, messages=HELLO, max_tokens=10, deadline=1))
+
+    # then the cut attempt's $0.026 is spent, and the reservation's rest released
+    assert list(CallLog.objects.order_by("attempt").values_list("cost_usd", flat=True)) == [
+        Decimal("0.026"),
+        None,
+    ]
+    openai_upstream.enqueue_chat("ok", model="house-model", prompt_tokens=8, completion_tokens=3)
+    with pytest.raises(BudgetExceeded) as refused:
+        complete(tenant=tenant, messages=HELLO, max_tokens=10)
+    assert Decimal(refused.value.extra["spend_usd"]) == Decimal("0.026")

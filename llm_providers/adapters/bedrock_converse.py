@@ -4,7 +4,9 @@ Credentials are the config's AWS key pair and region, never this process's
 own AWS identity: without a key pair every call fails with an
 authentication error. botocore retries are off (one attempt) and timeouts
 explicit. botocore has no per-call timeout, so one runtime client is kept per
-read timeout in use (the configured one is built with the adapter).
+read timeout in use (the configured one is built with the adapter); a shorter
+one, such as what a call's deadline leaves, is rounded down to whole seconds
+(tenths below a second) so that calls share their clients.
 
 Translation from the OpenAI chat shape: system messages become `system`
 blocks, images (data URLs only: Bedrock takes bytes) `image` blocks, tool
@@ -30,6 +32,7 @@ usage in its closing `metadata` event.
 from __future__ import annotations
 
 import functools
+import math
 import re
 import threading
 from collections.abc import Iterator
@@ -89,8 +92,8 @@ _MODEL_LIMIT = re.compile(r"exceeds the model limit of (\d+)", re.IGNORECASE)
 # The region Bedrock's console starts in, for settings built without one
 # (provider configs require a region).
 DEFAULT_REGION = "us-east-1"
-# Distinct per-call read timeouts kept as clients; past this many, a call
-# with yet another timeout gets a client of its own that is not kept.
+# Distinct per-call read timeouts kept as clients; past this many, the
+# oldest one other than the configured timeout is dropped for the new one.
 _MAX_TIMEOUT_CLIENTS = 8
 
 _FINISH_REASONS = {
@@ -201,7 +204,7 @@ class BedrockConverseAdapter(Adapter):
     def _runtime(self, requested_timeout: float | None) -> Any:
         """The runtime client for this call's read timeout."""
         self._require_credentials()
-        timeout = self.call_timeout(requested_timeout)
+        timeout = self._read_timeout(requested_timeout)
         client = self._runtime_clients.get(timeout)
         if client is not None:
             return client
@@ -209,9 +212,29 @@ class BedrockConverseAdapter(Adapter):
             client = self._runtime_clients.get(timeout)
             if client is None:
                 client = self._client_build("bedrock-runtime", timeout)
-                if len(self._runtime_clients) < _MAX_TIMEOUT_CLIENTS:
-                    self._runtime_clients[timeout] = client
+                clients = dict(self._runtime_clients)
+                if len(clients) >= _MAX_TIMEOUT_CLIENTS:
+                    # The oldest other timeout makes room; a call still using
+                    # its client keeps it until that call ends.
+                    del clients[next(t for t in clients if t != self.timeout)]
+                clients[timeout] = client
+                # Replaced, never mutated: other calls read it without the lock.
+                self._runtime_clients = clients
         return client
+
+    def _read_timeout(self, requested: float | None) -> float:
+        """The call's timeout; one shorter than the config's is rounded down to
+        whole seconds (tenths below a second). A deadline caps an attempt at
+        the time left, a different fraction of a second each call: rounded,
+        those calls share a client instead of building one each."""
+        timeout = self.call_timeout(requested)
+        if timeout >= self.timeout:
+            return timeout
+        if timeout >= 1:
+            return float(math.floor(timeout))
+        if timeout >= 0.1:
+            return math.floor(timeout * 10) / 10
+        return timeout
 
     def _require_credentials(self) -> None:
         if not self._has_credentials:

@@ -20,6 +20,7 @@ from llm_providers.adapters.errors import (
     UpstreamUnavailable,
 )
 from llm_providers.chat_input import InvalidRequest
+from llm_providers.clients import adapter_for_config
 from llm_providers.completion import complete, embed, stream
 from llm_providers.services import provider_config_create
 from tests.factories import ModelPriceFactory, TenantFactory
@@ -1016,6 +1017,32 @@ def test_deadline_ends_an_embedding_call(tenant, openai_upstream):
     assert elapsed < 3
     assert error.message.startswith("The call's deadline of 1 s was reached after 1 attempt")
     assert _rows() == [("error", "provider_timeout")]
+
+
+def test_deadline_below_the_bedrock_timeout_reuses_one_runtime_client(
+    tenant, bedrock_upstream, monkeypatch
+):
+    # given a Bedrock config (60 s timeout), whose calls each have a 10 s deadline:
+    # every attempt's timeout is capped at the time left, a little under 10 s
+    config = _bedrock(tenant, bedrock_upstream)
+    adapter = adapter_for_config(config)
+    built = []
+    build = adapter._client_build
+
+    def counted_build(service, read_timeout):
+        built.append(read_timeout)
+        return build(service, read_timeout)
+
+    monkeypatch.setattr(adapter, "_client_build", counted_build)
+    bedrock_upstream.enqueue_converse("Hi", times=12)
+
+    # when twelve calls are made
+    for _ in range(12):
+        assert complete(tenant=tenant, messages=HELLO, deadline=10).content == "Hi"
+
+    # then one client with a shorter read timeout serves them all, not one client each
+    assert len(built) == 1
+    assert 9 <= built[0] < 10
 
 
 @pytest.mark.parametrize("deadline", [0, 0.5, -1, 601, "soon", True, float("nan")])

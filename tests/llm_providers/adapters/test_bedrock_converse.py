@@ -848,6 +848,22 @@ def test_complete_keeps_one_runtime_client_per_timeout(adapter, bedrock_upstream
     assert adapter._runtime(None).meta.config.read_timeout == 60
 
 
+def test_runtime_clients_round_shorter_timeouts_down_and_keep_the_newest(adapter):
+    # Shorter timeouts share a client per whole second (tenth below one second).
+    assert adapter._runtime(9.97) is adapter._runtime(9.02)
+    assert adapter._runtime(9.5).meta.config.read_timeout == 9
+    assert adapter._runtime(0.35).meta.config.read_timeout == 0.3
+    assert adapter._runtime(75.5).meta.config.read_timeout == 75.5
+
+    # Past the clients kept, the oldest other one makes room; the configured one stays.
+    configured = adapter._runtime(None)
+    for seconds in range(1, 9):
+        adapter._runtime(seconds)
+    assert adapter._runtime(8) is adapter._runtime(8.4)
+    assert set(adapter._runtime_clients) == {60, *range(2, 9)}
+    assert adapter._runtime(None) is configured
+
+
 def test_complete_raises_upstream_unavailable_when_connection_is_refused(refused_url):
     adapter = _adapter(refused_url)
 

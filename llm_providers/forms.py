@@ -355,3 +355,13 @@ class UserTokenAdminForm(_HashedKeyAdminForm):
     class Meta:
         model = UserToken
         fields = ["user", "name", "expiry_date", "revoked"]
+
+    def clean_user(self):
+        user = self.cleaned_data.get("user")
+        # Only a new token names its owner (a superuser's choice), as the command does.
+        if user is not None and self.instance._state.adding and not user.is_active:
+            raise ValidationError(
+                f"The user “{user.get_username()}” is inactive: its tokens are refused.",
+                code="inactive",
+            )
+        return user

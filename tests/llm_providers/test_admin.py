@@ -924,6 +924,23 @@ def test_superuser_sees_every_user_token_and_creates_one_for_another_user(
     assert sorted(t.name for t in listing.context["cl"].result_list) == ["for-alice", "theirs"]
 
 
+def test_superuser_cannot_create_a_token_for_an_inactive_user(
+    superuser, tenant_admin, admin_client_for
+):
+    tenant_admin.is_active = False
+    tenant_admin.save()
+
+    response = admin_client_for(superuser).post(
+        reverse(USER_TOKEN_ADD), {"name": "for-gone", "user": str(tenant_admin.pk)}
+    )
+
+    assert response.status_code == 200
+    assert response.context["adminform"].form.errors["user"] == [
+        f"The user “{tenant_admin.username}” is inactive: its tokens are refused."
+    ]
+    assert not UserToken.objects.filter(name="for-gone").exists()
+
+
 def test_revoked_user_token_is_read_only(tenant_admin, admin_client_for):
     user_token = UserTokenFactory(user=tenant_admin, revoked=True)
 

@@ -1289,7 +1289,17 @@ def test_dashboard_charts_and_tables_fit_a_narrow_window_and_follow_the_theme(cl
         reverse("admin:usage_usagedashboard_tenant", args=[tenant.pk])
     ).content.decode()
 
-    assert ".usage-chart { max-width: 100%; height: auto; }" in html
+    assert ".usage-bars { max-width: 100%; height: auto; }" in html
+    # The daily chart and the gauges take the card's width without scaling their labels.
+    assert re.search(
+        r'<svg [^>]*class="usage-chart usage-daily"[^>]*width="100%" height="220"', html
+    )
+    assert (
+        ".usage-gauge { display: block; width: 200px; max-width: 100%; min-width: 60px; }" in html
+    )
+    assert (
+        'class="usage-gauge" viewBox="0 0 100 14" preserveAspectRatio="none" width="100%"' in html
+    )
     assert html.count('<div class="usage-table">') == 1  # the budgets; no alert yet
     assert ".usage-track { fill: var(--hairline-color, #e8e8e8); }" in html
     assert ".usage-bar { fill: var(--link-fg, #417690); }" in html

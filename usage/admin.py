@@ -36,7 +36,7 @@ from .aggregation import daily_usage_roll_up_unscheduled
 from .alerts import alert_deliveries_retry, alerts_check
 from .charts import budget_gauge, daily_cost_chart, spend_bars
 from .models import AlertDelivery, Budget, CallLog, CostAlert, DailyUsage, UsageDashboard
-from .money import usd_format, usd_format_brief, usd_format_exact
+from .money import usd_format, usd_format_beside, usd_format_brief, usd_format_exact
 from .periods import zone
 from .selectors import usage_dashboard
 from .tasks import refresh_tenant_usage
@@ -510,13 +510,14 @@ class BudgetAdmin(TenantScopedAdmin):
     def scope(self, obj):
         return obj.scope_label
 
+    # A limit is written as set: $10.005 must not read $10.01.
     @admin.display(description="limit", ordering="limit_usd")
     def limit(self, obj):
-        return usd_format(obj.limit_usd)
+        return usd_format_exact(obj.limit_usd)
 
     @admin.display(description="Limit (USD)")
     def limit_display(self, obj):
-        return usd_format(obj.limit_usd)
+        return usd_format_exact(obj.limit_usd)
 
     @admin.display(description="Alert percentages")
     def alert_percentages_display(self, obj):
@@ -745,10 +746,11 @@ class UsageDashboardAdmin(TenantScopedAdmin):
             "budgets": [
                 {
                     "status": status,
-                    "spend": usd_format_brief(status.spend_usd),
+                    # Precise enough to compare with the limit next to it.
+                    "spend": usd_format_beside(status.spend_usd, status.budget.limit_usd),
                     "spend_exact": usd_format_exact(status.spend_usd),
                     # A limit is what its admin typed: shown as typed, not rounded.
-                    "limit": usd_format(status.budget.limit_usd),
+                    "limit": usd_format_exact(status.budget.limit_usd),
                     "gauge": budget_gauge(status.percent),
                 }
                 for status in data.budgets

@@ -40,7 +40,7 @@ from .budget import BudgetExceeded, budget_refusal_prefix
 from .locking import exclusive_transaction
 from .mail import EmailTimedOut, email_send
 from .models import AlertDelivery, Budget, CallLog, CostAlert, DailyUsage, email_list_parse
-from .money import usd_format, usd_format_exact
+from .money import usd_format_beside, usd_format_exact
 from .periods import period_containing, utc_window_for_days, zone
 from .selectors import (
     budget_list_active,
@@ -178,21 +178,13 @@ def _tenant_recipients(tenant_id) -> tuple[list[str], list[str]]:
     return list(emails), list(webhooks)
 
 
-def _spend_text(spend: Decimal, limit: Decimal) -> str:
-    """The spend as people read it, never rounded up to (or past) a limit it is below."""
-    text = usd_format(spend)
-    if spend < limit <= Decimal(text.lstrip("$").replace(",", "")):
-        return usd_format_exact(spend)
-    return text
-
-
 def _budget_message(budget: Budget, period, percent: int, spend: Decimal) -> str:
     # The limit is written as set: $10.005 must not read $10.01.
     text = (
         f"{budget.tenant.name}: budget “{budget.name}” ({budget.scope_label}, "
         f"{budget.get_period_display().lower()} {period.key}) has reached {percent}% of its "
         f"{usd_format_exact(budget.limit_usd)} limit: "
-        f"{_spend_text(spend, budget.limit_usd)} spent."
+        f"{usd_format_beside(spend, budget.limit_usd)} spent."
     )
     if budget.is_blocking and percent >= 100:
         text += (
@@ -209,13 +201,13 @@ def _reset_text(period) -> str:
 
 
 def _budget_refusing_message(budget: Budget, period, spend: Decimal) -> str:
+    limit = budget.limit_usd
     return (
         f"{budget.tenant.name}: budget “{budget.name}” ({budget.scope_label}, "
         f"{budget.get_period_display().lower()} {period.key}) refuses calls: "
-        f"{_spend_text(spend, budget.limit_usd)} of its {usd_format_exact(budget.limit_usd)} "
-        "limit is spent, and calls "
-        f"that could cost more than the {usd_format(budget.limit_usd - spend)} left are "
-        f"refused until the period resets {_reset_text(period)}."
+        f"{usd_format_beside(spend, limit)} of its {usd_format_exact(limit)} limit is spent, "
+        f"and calls that could cost more than the {usd_format_beside(limit - spend, limit)} "
+        f"left are refused until the period resets {_reset_text(period)}."
     )
 
 

@@ -397,6 +397,42 @@ def test_dashboard_budget_percentage_is_the_share_reached_as_alerts_count_it(cli
     assert "100% of the limit" not in html and " 100%</td>" not in html
 
 
+@pytest.mark.django_db
+def test_dashboard_writes_a_budgets_spend_precisely_enough_to_compare_with_its_limit(client):
+    # given $0.000034 spent of a $0.0001 budget, and $9.9961 of one of $10.005
+    tenant = TenantFactory()
+    CallLogFactory(tenant=tenant, cost_usd=Decimal("0.000034"))
+    BudgetFactory(tenant=tenant, name="Tiny", limit_usd=Decimal("0.0001"), alert_percentages=[])
+    other = TenantFactory()
+    CallLogFactory(tenant=other, cost_usd=Decimal("9.9961"))
+    BudgetFactory(tenant=other, name="Odd", limit_usd=Decimal("10.005"), alert_percentages=[])
+    _aggregate_today()
+    client.force_login(_member(tenant))
+    client_other = type(client)()
+    client_other.force_login(_member(other))
+
+    # when
+    tiny = client.get(reverse("admin:usage_usagedashboard_tenant", args=[tenant.pk]))
+    odd = client_other.get(reverse("admin:usage_usagedashboard_tenant", args=[other.pk]))
+
+    # then the spend reads in the limit's terms, and the limit as set
+    assert '<td title="$0.000034">$0.000034</td>\n          <td>$0.0001</td>' in (
+        tiny.content.decode()
+    )
+    assert '<td title="$9.9961">$9.996</td>\n          <td>$10.005</td>' in odd.content.decode()
+
+
+@pytest.mark.django_db
+def test_budget_list_shows_a_limit_as_set(client):
+    tenant = TenantFactory()
+    BudgetFactory(tenant=tenant, limit_usd=Decimal("10.005"))
+    client.force_login(_member(tenant))
+
+    html = client.get(reverse("admin:usage_budget_changelist")).content.decode()
+
+    assert '<td class="field-limit">$10.005</td>' in html
+
+
 # --- call logs and daily usage ---------------------------------------------------
 
 

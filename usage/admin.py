@@ -640,7 +640,9 @@ class CostAlertAdmin(TenantScopedAdmin):
             )
         if retried.queued:
             self.message_user(
-                request, f"{retried.queued} delivery(ies) queued for another attempt."
+                request,
+                f"{retried.queued} deliver{pluralize(retried.queued, 'y,ies')} queued for "
+                "another attempt.",
             )
         elif not retried.sending:
             self.message_user(

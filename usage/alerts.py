@@ -30,6 +30,7 @@ from django.core.mail import EmailMessage
 from django.db import IntegrityError, transaction
 from django.db.models import Case, F, Max, Min, Q, Sum, Value, When
 from django.db.models.functions import TruncMonth
+from django.template.defaultfilters import pluralize
 from django.template.loader import render_to_string
 from django.utils import timezone
 
@@ -448,9 +449,11 @@ def unpriced_usage_check(*, now: datetime) -> list[CostAlert]:
             if row["provider_config_id"] in configs
             else None,
             message=(
-                f"{tenant.name}: {row['requests']} request(s) to model “{row['model']}” on "
-                f"“{provider}” since {row['first_day']} have no known price, so their cost "
-                "is unknown (shown as unpriced, not $0). Add a model price for it."
+                f"{tenant.name}: {row['requests']} request{pluralize(row['requests'])} to "
+                f"model “{row['model']}” on “{provider}” since {row['first_day']} "
+                f"{pluralize(row['requests'], 'has,have')} no known price, so "
+                f"{pluralize(row['requests'], 'its,their')} cost is unknown (shown as unpriced, "
+                "not $0). Add a model price for it."
             ),
             emails=emails,
             webhooks=webhooks,

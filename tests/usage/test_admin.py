@@ -1041,9 +1041,13 @@ def test_alert_retry_action_makes_failed_deliveries_due_again(client):
     response = client.post(
         reverse("admin:usage_costalert_changelist"),
         {"action": "retry_deliveries", "_selected_action": [alert.pk]},
+        follow=True,
     )
 
-    assert response.status_code == 302
+    assert response.status_code == 200
+    assert [str(m) for m in response.context["messages"]] == [
+        "1 delivery queued for another attempt."
+    ]
     delivery = alert.deliveries.get()
     assert delivery.next_attempt_at is not None
     assert delivery.state == "retrying"

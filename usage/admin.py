@@ -125,6 +125,21 @@ class CallModelFilter(_TextFilter):
         )
 
 
+def _utc(moment: datetime | None) -> str:
+    """A time as the call log's day filter counts it, zone named: 2026-11-22 17:51:03 UTC."""
+    if moment is None:
+        return "—"
+    return f"{moment.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
+
+
+class UtcTimeFilter(admin.DateFieldListFilter):
+    """Today, past 7 days, ... counted in UTC (the server's zone), and titled so."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.title = "time (UTC)"
+
+
 class CallDayFilter(_TextFilter):
     title = "day (UTC, YYYY-MM-DD)"
     parameter_name = "day"
@@ -298,7 +313,7 @@ class DailyUsageAdmin(_ReadOnlyLargeTableAdmin):
 @admin.register(CallLog)
 class CallLogAdmin(_ReadOnlyLargeTableAdmin):
     list_display = (
-        "created_at",
+        "created_at_utc",
         "tenant",
         "provider",
         "model_display",
@@ -311,7 +326,7 @@ class CallLogAdmin(_ReadOnlyLargeTableAdmin):
         "latency_ms",
     )
     list_filter = (
-        ("created_at", admin.DateFieldListFilter),
+        ("created_at", UtcTimeFilter),
         CallDayFilter,
         ProviderFilter,
         CallModelFilter,
@@ -320,10 +335,21 @@ class CallLogAdmin(_ReadOnlyLargeTableAdmin):
         CustomerFilter,
     )
     # Only by time, which has an index: any other order reads and sorts every row.
-    sortable_by = ("created_at",)
+    sortable_by = ("created_at_utc",)
     search_fields = ("request_id",)
     search_help_text = "Search by request id (a UUID)."
-    exclude = ("prompt_preview",)
+    exclude = ("prompt_preview", "created_at")
+    readonly_fields = ("created_at_utc",)
+
+    def get_fields(self, request, obj=None):
+        fields = super().get_fields(request, obj)
+        return ["created_at_utc", *(f for f in fields if f != "created_at_utc")]
+
+    # In UTC, named, like the day filter: the admin's own format reads
+    # "Nov. 22, 2026, 5:51 p.m." in no stated zone.
+    @admin.display(description="time (UTC)", ordering="created_at")
+    def created_at_utc(self, obj):
+        return _utc(obj.created_at)
 
     def get_search_results(self, request, queryset, search_term):
         term = search_term.strip()
@@ -543,10 +569,18 @@ class AlertDeliveryInline(admin.TabularInline):
         "state",
         "attempts",
         "last_error",
-        "next_attempt_at",
-        "delivered_at",
+        "next_attempt_at_utc",
+        "delivered_at_utc",
     )
     readonly_fields = fields
+
+    @admin.display(description="next attempt (UTC)")
+    def next_attempt_at_utc(self, obj):
+        return _utc(obj.next_attempt_at)
+
+    @admin.display(description="delivered (UTC)")
+    def delivered_at_utc(self, obj):
+        return _utc(obj.delivered_at)
 
     # The parent admin has already checked the tenant.
     def has_view_permission(self, request, obj=None):
@@ -564,8 +598,8 @@ class AlertDeliveryInline(admin.TabularInline):
 
 @admin.register(CostAlert)
 class CostAlertAdmin(TenantScopedAdmin):
-    list_display = ("created_at", "tenant", "kind", "message", "deliveries_state")
-    list_filter = ("kind", ("created_at", admin.DateFieldListFilter))
+    list_display = ("created_at_utc", "tenant", "kind", "message", "deliveries_state")
+    list_filter = ("kind", ("created_at", UtcTimeFilter))
     list_select_related = ("tenant",)
     inlines = (AlertDeliveryInline,)
     readonly_fields = (
@@ -578,7 +612,7 @@ class CostAlertAdmin(TenantScopedAdmin):
         "spend_usd",
         "limit_usd",
         "message",
-        "created_at",
+        "created_at_utc",
     )
     fields = readonly_fields
     actions = ("retry_deliveries",)
@@ -606,6 +640,10 @@ class CostAlertAdmin(TenantScopedAdmin):
 
     def has_retry_permission(self, request):
         return bool(self._admin_tenant_ids(request))
+
+    @admin.display(description="time (UTC)", ordering="created_at")
+    def created_at_utc(self, obj):
+        return _utc(obj.created_at)
 
     @admin.display(description="deliveries")
     def deliveries_state(self, obj):

@@ -437,6 +437,62 @@ def test_budget_list_shows_a_limit_as_set(client):
 
 
 @pytest.mark.django_db
+def test_call_log_list_and_page_show_times_in_utc_as_the_day_filter_counts(client):
+    # given a call at 17:51:03 UTC, seen by a member of a tenant in Paris
+    tenant = TenantFactory(timezone="Europe/Paris")
+    log = CallLogFactory(
+        tenant=tenant, created_at=dt.datetime(2026, 11, 22, 17, 51, 3, tzinfo=dt.UTC)
+    )
+    client.force_login(_member(tenant))
+
+    # when
+    listed = client.get(reverse("admin:usage_calllog_changelist")).content.decode()
+    page = client.get(reverse("admin:usage_calllog_change", args=[log.pk])).content.decode()
+
+    # then both say the zone, the one the "day (UTC)" filter counts in
+    assert '">Time (UTC)</a></div>' in listed
+    assert ">2026-11-22 17:51:03 UTC</a>" in listed
+    assert "By time (UTC)" in listed and "By day (UTC, YYYY-MM-DD)" in listed
+    assert "<label>Time (UTC):</label>" in page
+    assert '<div class="readonly">2026-11-22 17:51:03 UTC</div>' in page
+    assert "p.m." not in listed and "p.m." not in page
+
+
+@pytest.mark.django_db
+def test_cost_alert_list_and_page_show_times_in_utc(client):
+    # given an alert of 09:05 UTC whose email went out at 09:06:30 UTC
+    tenant = TenantFactory(timezone="America/New_York")
+    alert = CostAlertFactory(
+        tenant=tenant, created_at=dt.datetime(2026, 11, 22, 9, 5, tzinfo=dt.UTC)
+    )
+    AlertDeliveryFactory(
+        alert=alert,
+        delivered_at=dt.datetime(2026, 11, 22, 9, 6, 30, tzinfo=dt.UTC),
+        next_attempt_at=None,
+    )
+    AlertDeliveryFactory(
+        alert=alert,
+        target="ops@example.com",
+        target_label="ops@example.com",
+        next_attempt_at=dt.datetime(2026, 11, 22, 9, 15, tzinfo=dt.UTC),
+    )
+    client.force_login(_member(tenant))
+
+    # when
+    listed = client.get(reverse("admin:usage_costalert_changelist")).content.decode()
+    page = client.get(reverse("admin:usage_costalert_change", args=[alert.pk])).content.decode()
+
+    # then
+    assert "Time (UTC)</a>" in listed and ">2026-11-22 09:05:00 UTC</a>" in listed
+    assert "By time (UTC)" in listed
+    assert '<div class="readonly">2026-11-22 09:05:00 UTC</div>' in page
+    assert "Next attempt (UTC)" in page and "Delivered (UTC)" in page
+    assert "<p>2026-11-22 09:06:30 UTC</p>" in page
+    assert "<p>2026-11-22 09:15:00 UTC</p>" in page
+    assert "a.m." not in listed and "a.m." not in page
+
+
+@pytest.mark.django_db
 def test_call_log_list_shows_only_the_users_tenants(client):
     mine, theirs = TenantFactory(), TenantFactory()
     own = CallLogFactory(tenant=mine, service_name="own-service")
@@ -1454,7 +1510,7 @@ def test_call_log_list_sorts_only_by_time(client):
     assert "cost_usd" not in " ".join(pages).split("ORDER BY")[-1]
     assert re.findall(
         r'<th scope="col" class="sortable column-(\w+)', response.content.decode()
-    ) == ["created_at"]
+    ) == ["created_at_utc"]
 
 
 @pytest.mark.django_db

@@ -1167,7 +1167,7 @@ def test_alert_retry_action_on_a_delivery_being_sent_says_so_and_leaves_it_alone
         "1 delivery is being sent right now, so it was not retried: the outcome shows under "
         "the alert once the attempt ends."
     )
-    assert "email: sending" in response.content.decode()
+    assert "Email: sending" in response.content.decode()
     assert mailoutbox == []
     delivery.refresh_from_db()
     assert (delivery.attempts, delivery.next_attempt_at, delivery.last_error) == (

@@ -115,7 +115,7 @@ def test_dashboard_shows_costs_budgets_breakdowns_alerts_and_warnings(client, se
     assert "<strong>1</strong> from the response cache" in html
     assert html.count("<svg") >= 6  # daily chart, four breakdowns, one budget gauge
     assert "cdn" not in html.lower() and '<script src="http' not in html
-    assert "Monthly cap" in html and '<td title="$1.50">$1.50</td>' in html
+    assert "Monthly cap" in html and '<span title="$1.50">$1.50</span>' in html
     assert "<td>$10.00</td>" in html
     assert "15%" in html
     assert "openai-main" in html and "summarizer" in html and "translator" in html
@@ -416,10 +416,11 @@ def test_dashboard_writes_a_budgets_spend_precisely_enough_to_compare_with_its_l
     odd = client_other.get(reverse("admin:usage_usagedashboard_tenant", args=[other.pk]))
 
     # then the spend reads in the limit's terms, and the limit as set
-    assert '<td title="$0.000034">$0.000034</td>\n          <td>$0.0001</td>' in (
-        tiny.content.decode()
-    )
-    assert '<td title="$9.9961">$9.996</td>\n          <td>$10.005</td>' in odd.content.decode()
+    tiny_html, odd_html = tiny.content.decode(), odd.content.decode()
+    assert '<td><span title="$0.000034">$0.000034</span>' in tiny_html
+    assert " 34%</td>\n          <td>$0.0001</td>" in tiny_html
+    assert '<td><span title="$9.9961">$9.996</span>' in odd_html
+    assert " 99%</td>\n          <td>$10.005</td>" in odd_html
 
 
 @pytest.mark.django_db
@@ -1367,7 +1368,7 @@ def test_dashboard_rounds_amounts_to_cents_and_keeps_the_exact_ones_in_tooltips(
 
     # then the figures are in cents and the exact amounts are in the titles
     assert '<strong title="$0.591368123456">$0.59</strong> spent' in html
-    assert '<td title="$0.591368123456">$0.59</td>' in html
+    assert '<span title="$0.591368123456">$0.59</span>' in html
     assert ">$0.59</text>" in html
     assert "<title>summarizer: $0.591368123456 (1 request)</title>" in html
     assert "$0.591368<" not in html
@@ -1396,6 +1397,8 @@ def test_dashboard_charts_and_tables_fit_a_narrow_window_and_follow_the_theme(cl
     assert (
         'class="usage-gauge" viewBox="0 0 100 14" preserveAspectRatio="none" width="100%"' in html
     )
+    # under the spend: no column of its own to widen the table past the card
+    assert re.search(r'<td><span title="\$1\.00">\$1\.00</span><svg [^>]*class="usage-gauge"', html)
     assert html.count('<div class="usage-table">') == 1  # the budgets; no alert yet
     assert ".usage-track { fill: var(--hairline-color, #e8e8e8); }" in html
     assert ".usage-bar { fill: var(--link-fg, #417690); }" in html

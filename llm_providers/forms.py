@@ -9,6 +9,7 @@ from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.forms.fields import InvalidJSONInput
 from django.forms.models import construct_instance
+from django.template.defaultfilters import pluralize
 from django.utils import timezone
 from django.utils.html import format_html_join
 
@@ -30,7 +31,8 @@ def provider_type_requirements(spec: ProviderTypeSpec) -> str:
     if spec.requires_base_url:
         needs.append("base URL (your endpoint)")
     if spec.required_options:
-        needs.append("option(s) " + ", ".join(spec.required_options))
+        options = spec.required_options
+        needs.append(f"option{pluralize(options)} " + ", ".join(options))
     if spec.provider_type == ProviderType.AZURE_OPENAI:
         needs.append('option "deployment" or a "deployments" map of model → deployment')
     if not needs:

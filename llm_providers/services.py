@@ -7,6 +7,7 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
+from django.template.defaultfilters import pluralize
 from django.utils import timezone
 
 from .adapters.errors import scrub_secrets
@@ -106,7 +107,9 @@ def provider_config_create(
     """Create a provider config for `tenant`; raises ValidationError saying what is wrong."""
     unknown = set(fields) - PROVIDER_CONFIG_FIELDS
     if unknown:
-        raise ValidationError(f"Unknown provider config field(s): {', '.join(sorted(unknown))}.")
+        raise ValidationError(
+            f"Unknown provider config field{pluralize(unknown)}: {', '.join(sorted(unknown))}."
+        )
     config = ProviderConfig(tenant=tenant, name=name, provider_type=provider_type, **fields)
     _apply_secrets(
         config,
@@ -128,7 +131,9 @@ def provider_config_update(
     """
     unknown = set(data) - PROVIDER_CONFIG_FIELDS - SECRET_FIELDS
     if unknown:
-        raise ValidationError(f"Unknown provider config field(s): {', '.join(sorted(unknown))}.")
+        raise ValidationError(
+            f"Unknown provider config field{pluralize(unknown)}: {', '.join(sorted(unknown))}."
+        )
     for field, value in data.items():
         if field in PROVIDER_CONFIG_FIELDS:
             setattr(provider_config, field, value)

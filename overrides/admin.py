@@ -98,14 +98,33 @@ class RoutingOverrideAdmin(TenantScopedAdmin):
     list_filter = ("is_active", ("tenant", admin.RelatedOnlyFieldListFilter))
     search_fields = ("customer_id", "service_name", "model", "note")
     list_select_related = ("tenant", "provider_config")
-    fields = (
-        "tenant",
-        "customer_id",
-        "service_name",
-        "provider_config",
-        "model",
-        "is_active",
-        "note",
+    fieldsets = (
+        (
+            None,
+            {
+                "description": (
+                    "An override sends the calls of a customer, of a service, or of a customer "
+                    "in one service to a provider config and model other than the tenant’s "
+                    "default provider config. When several overrides match a call, the most "
+                    "specific wins: customer and service, then customer, then service; with "
+                    "none, the tenant’s default provider config serves it."
+                ),
+                "fields": ("tenant", "customer_id", "service_name"),
+            },
+        ),
+        (
+            "Target",
+            {
+                "description": (
+                    "Fallbacks (below) are tried in order of position, lowest first, when the "
+                    "target fails after its retries (provider down, timeout, rate limit, key "
+                    "refused, or a budget of its provider config used up). A request the "
+                    "provider rejects as invalid would fail everywhere, so it is not sent on; "
+                    "embeddings use the target only."
+                ),
+                "fields": ("provider_config", "model", "is_active", "note"),
+            },
+        ),
     )
     inlines = (RoutingFallbackInline,)
 

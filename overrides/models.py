@@ -17,18 +17,33 @@ class RoutingOverride(models.Model):
     """
 
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="routing_overrides")
-    customer_id = models.CharField(max_length=200, blank=True, help_text="Empty matches any.")
-    service_name = models.CharField(max_length=200, blank=True, help_text="Empty matches any.")
+    customer_id = models.CharField(
+        max_length=200,
+        blank=True,
+        help_text="The customer id sent with a call. Empty matches any customer.",
+    )
+    service_name = models.CharField(
+        max_length=200,
+        blank=True,
+        help_text="The service name sent with a call. Empty matches any service.",
+    )
     # RESTRICT, not PROTECT: a config in use cannot be deleted on its own, but
     # deleting the tenant takes its overrides and configs together.
     provider_config = models.ForeignKey(
-        ProviderConfig, on_delete=models.RESTRICT, related_name="routing_overrides"
+        ProviderConfig,
+        on_delete=models.RESTRICT,
+        related_name="routing_overrides",
+        help_text="Where the matching calls go first.",
     )
     model = models.CharField(
         max_length=200, blank=True, help_text="Empty: the provider config's default model."
     )
-    is_active = models.BooleanField(default=True)
-    note = models.CharField(max_length=300, blank=True)
+    is_active = models.BooleanField(
+        default=True,
+        help_text="An inactive override routes nothing: its calls follow the next rule that "
+        "matches.",
+    )
+    note = models.CharField(max_length=300, blank=True, help_text="For people; routing ignores it.")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -101,11 +116,16 @@ class RoutingFallback(models.Model):
     override = models.ForeignKey(
         RoutingOverride, on_delete=models.CASCADE, related_name="fallbacks"
     )
-    position = models.PositiveSmallIntegerField(default=0)
+    position = models.PositiveSmallIntegerField(
+        default=0,
+        help_text="Fallbacks are tried from the lowest position up; ties in the order added.",
+    )
     provider_config = models.ForeignKey(
         ProviderConfig, on_delete=models.RESTRICT, related_name="routing_fallbacks"
     )
-    model = models.CharField(max_length=200, blank=True)
+    model = models.CharField(
+        max_length=200, blank=True, help_text="Empty: the provider config's default model."
+    )
 
     class Meta:
         ordering = ["override", "position", "id"]

@@ -7,6 +7,7 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
+from django.template.defaultfilters import pluralize
 
 from llm_providers.models import ProviderConfig, Tenant
 
@@ -105,7 +106,9 @@ def routing_override_update(
     """Update fields; `fallbacks`, when given, replaces the whole ordered list."""
     unknown = set(data) - OVERRIDE_FIELDS
     if unknown:
-        raise ValidationError(f"Unknown override field(s): {', '.join(sorted(unknown))}.")
+        raise ValidationError(
+            f"Unknown override field{pluralize(unknown)}: {', '.join(sorted(unknown))}."
+        )
     for field, value in data.items():
         setattr(override, field, value)
     _save_validated(override)

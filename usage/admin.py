@@ -36,7 +36,7 @@ from .aggregation import daily_usage_roll_up_unscheduled
 from .alerts import alert_deliveries_retry, alerts_check
 from .charts import budget_gauge, daily_cost_chart, spend_bars
 from .models import AlertDelivery, Budget, CallLog, CostAlert, DailyUsage, UsageDashboard
-from .money import usd_format, usd_format_brief, usd_format_exact
+from .money import usd_format, usd_format_beside, usd_format_brief, usd_format_exact
 from .periods import zone
 from .selectors import usage_dashboard
 from .tasks import refresh_tenant_usage
@@ -123,6 +123,21 @@ class CallModelFilter(_TextFilter):
         return queryset.filter(model_answered=value) | queryset.filter(
             model_answered="", model_requested=value
         )
+
+
+def _utc(moment: datetime | None) -> str:
+    """A time as the call log's day filter counts it, zone named: 2026-11-22 17:51:03 UTC."""
+    if moment is None:
+        return "—"
+    return f"{moment.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
+
+
+class UtcTimeFilter(admin.DateFieldListFilter):
+    """Today, past 7 days, ... counted in UTC (the server's zone), and titled so."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.title = "time (UTC)"
 
 
 class CallDayFilter(_TextFilter):
@@ -298,7 +313,7 @@ class DailyUsageAdmin(_ReadOnlyLargeTableAdmin):
 @admin.register(CallLog)
 class CallLogAdmin(_ReadOnlyLargeTableAdmin):
     list_display = (
-        "created_at",
+        "created_at_utc",
         "tenant",
         "provider",
         "model_display",
@@ -311,7 +326,7 @@ class CallLogAdmin(_ReadOnlyLargeTableAdmin):
         "latency_ms",
     )
     list_filter = (
-        ("created_at", admin.DateFieldListFilter),
+        ("created_at", UtcTimeFilter),
         CallDayFilter,
         ProviderFilter,
         CallModelFilter,
@@ -320,10 +335,21 @@ class CallLogAdmin(_ReadOnlyLargeTableAdmin):
         CustomerFilter,
     )
     # Only by time, which has an index: any other order reads and sorts every row.
-    sortable_by = ("created_at",)
+    sortable_by = ("created_at_utc",)
     search_fields = ("request_id",)
     search_help_text = "Search by request id (a UUID)."
-    exclude = ("prompt_preview",)
+    exclude = ("prompt_preview", "created_at")
+    readonly_fields = ("created_at_utc",)
+
+    def get_fields(self, request, obj=None):
+        fields = super().get_fields(request, obj)
+        return ["created_at_utc", *(f for f in fields if f != "created_at_utc")]
+
+    # In UTC, named, like the day filter: the admin's own format reads
+    # "Nov. 22, 2026, 5:51 p.m." in no stated zone.
+    @admin.display(description="time (UTC)", ordering="created_at")
+    def created_at_utc(self, obj):
+        return _utc(obj.created_at)
 
     def get_search_results(self, request, queryset, search_term):
         term = search_term.strip()
@@ -510,13 +536,14 @@ class BudgetAdmin(TenantScopedAdmin):
     def scope(self, obj):
         return obj.scope_label
 
+    # A limit is written as set: $10.005 must not read $10.01.
     @admin.display(description="limit", ordering="limit_usd")
     def limit(self, obj):
-        return usd_format(obj.limit_usd)
+        return usd_format_exact(obj.limit_usd)
 
     @admin.display(description="Limit (USD)")
     def limit_display(self, obj):
-        return usd_format(obj.limit_usd)
+        return usd_format_exact(obj.limit_usd)
 
     @admin.display(description="Alert percentages")
     def alert_percentages_display(self, obj):
@@ -542,10 +569,18 @@ class AlertDeliveryInline(admin.TabularInline):
         "state",
         "attempts",
         "last_error",
-        "next_attempt_at",
-        "delivered_at",
+        "next_attempt_at_utc",
+        "delivered_at_utc",
     )
     readonly_fields = fields
+
+    @admin.display(description="next attempt (UTC)")
+    def next_attempt_at_utc(self, obj):
+        return _utc(obj.next_attempt_at)
+
+    @admin.display(description="delivered (UTC)")
+    def delivered_at_utc(self, obj):
+        return _utc(obj.delivered_at)
 
     # The parent admin has already checked the tenant.
     def has_view_permission(self, request, obj=None):
@@ -563,8 +598,8 @@ class AlertDeliveryInline(admin.TabularInline):
 
 @admin.register(CostAlert)
 class CostAlertAdmin(TenantScopedAdmin):
-    list_display = ("created_at", "tenant", "kind", "message", "deliveries_state")
-    list_filter = ("kind", ("created_at", admin.DateFieldListFilter))
+    list_display = ("created_at_utc", "tenant", "kind", "message", "deliveries_state")
+    list_filter = ("kind", ("created_at", UtcTimeFilter))
     list_select_related = ("tenant",)
     inlines = (AlertDeliveryInline,)
     readonly_fields = (
@@ -577,7 +612,7 @@ class CostAlertAdmin(TenantScopedAdmin):
         "spend_usd",
         "limit_usd",
         "message",
-        "created_at",
+        "created_at_utc",
     )
     fields = readonly_fields
     actions = ("retry_deliveries",)
@@ -605,6 +640,10 @@ class CostAlertAdmin(TenantScopedAdmin):
 
     def has_retry_permission(self, request):
         return bool(self._admin_tenant_ids(request))
+
+    @admin.display(description="time (UTC)", ordering="created_at")
+    def created_at_utc(self, obj):
+        return _utc(obj.created_at)
 
     @admin.display(description="deliveries")
     def deliveries_state(self, obj):
@@ -639,7 +678,9 @@ class CostAlertAdmin(TenantScopedAdmin):
             )
         if retried.queued:
             self.message_user(
-                request, f"{retried.queued} delivery(ies) queued for another attempt."
+                request,
+                f"{retried.queued} deliver{pluralize(retried.queued, 'y,ies')} queued for "
+                "another attempt.",
             )
         elif not retried.sending:
             self.message_user(
@@ -745,10 +786,11 @@ class UsageDashboardAdmin(TenantScopedAdmin):
             "budgets": [
                 {
                     "status": status,
-                    "spend": usd_format_brief(status.spend_usd),
+                    # Precise enough to compare with the limit next to it.
+                    "spend": usd_format_beside(status.spend_usd, status.budget.limit_usd),
                     "spend_exact": usd_format_exact(status.spend_usd),
                     # A limit is what its admin typed: shown as typed, not rounded.
-                    "limit": usd_format(status.budget.limit_usd),
+                    "limit": usd_format_exact(status.budget.limit_usd),
                     "gauge": budget_gauge(status.percent),
                 }
                 for status in data.budgets

@@ -30,6 +30,7 @@ from django.core.mail import EmailMessage
 from django.db import IntegrityError, transaction
 from django.db.models import Case, F, Max, Min, Q, Sum, Value, When
 from django.db.models.functions import TruncMonth
+from django.template.defaultfilters import pluralize
 from django.template.loader import render_to_string
 from django.utils import timezone
 
@@ -40,7 +41,7 @@ from .budget import BudgetExceeded, budget_refusal_prefix
 from .locking import exclusive_transaction
 from .mail import EmailTimedOut, email_send
 from .models import AlertDelivery, Budget, CallLog, CostAlert, DailyUsage, email_list_parse
-from .money import usd_format, usd_format_exact
+from .money import usd_format_beside, usd_format_exact
 from .periods import period_containing, utc_window_for_days, zone
 from .selectors import (
     budget_list_active,
@@ -178,21 +179,13 @@ def _tenant_recipients(tenant_id) -> tuple[list[str], list[str]]:
     return list(emails), list(webhooks)
 
 
-def _spend_text(spend: Decimal, limit: Decimal) -> str:
-    """The spend as people read it, never rounded up to (or past) a limit it is below."""
-    text = usd_format(spend)
-    if spend < limit <= Decimal(text.lstrip("$").replace(",", "")):
-        return usd_format_exact(spend)
-    return text
-
-
 def _budget_message(budget: Budget, period, percent: int, spend: Decimal) -> str:
     # The limit is written as set: $10.005 must not read $10.01.
     text = (
         f"{budget.tenant.name}: budget “{budget.name}” ({budget.scope_label}, "
         f"{budget.get_period_display().lower()} {period.key}) has reached {percent}% of its "
         f"{usd_format_exact(budget.limit_usd)} limit: "
-        f"{_spend_text(spend, budget.limit_usd)} spent."
+        f"{usd_format_beside(spend, budget.limit_usd)} spent."
     )
     if budget.is_blocking and percent >= 100:
         text += (
@@ -209,13 +202,13 @@ def _reset_text(period) -> str:
 
 
 def _budget_refusing_message(budget: Budget, period, spend: Decimal) -> str:
+    limit = budget.limit_usd
     return (
         f"{budget.tenant.name}: budget “{budget.name}” ({budget.scope_label}, "
         f"{budget.get_period_display().lower()} {period.key}) refuses calls: "
-        f"{_spend_text(spend, budget.limit_usd)} of its {usd_format_exact(budget.limit_usd)} "
-        "limit is spent, and calls "
-        f"that could cost more than the {usd_format(budget.limit_usd - spend)} left are "
-        f"refused until the period resets {_reset_text(period)}."
+        f"{usd_format_beside(spend, limit)} of its {usd_format_exact(limit)} limit is spent, "
+        f"and calls that could cost more than the {usd_format_beside(limit - spend, limit)} "
+        f"left are refused until the period resets {_reset_text(period)}."
     )
 
 
@@ -456,9 +449,11 @@ def unpriced_usage_check(*, now: datetime) -> list[CostAlert]:
             if row["provider_config_id"] in configs
             else None,
             message=(
-                f"{tenant.name}: {row['requests']} request(s) to model “{row['model']}” on "
-                f"“{provider}” since {row['first_day']} have no known price, so their cost "
-                "is unknown (shown as unpriced, not $0). Add a model price for it."
+                f"{tenant.name}: {row['requests']} request{pluralize(row['requests'])} to "
+                f"model “{row['model']}” on “{provider}” since {row['first_day']} "
+                f"{pluralize(row['requests'], 'has,have')} no known price, so "
+                f"{pluralize(row['requests'], 'its,their')} cost is unknown (shown as unpriced, "
+                "not $0). Add a model price for it."
             ),
             emails=emails,
             webhooks=webhooks,

@@ -31,7 +31,7 @@ from llm_providers.exceptions import ApplicationError
 
 from .budget_counters import BudgetBackendError, Refusal, counters_backend
 from .models import Budget
-from .money import usd_format, usd_to_nano
+from .money import usd_format, usd_format_beside, usd_format_exact, usd_to_nano
 from .periods import Period, period_containing, zone
 
 logger = logging.getLogger(__name__)
@@ -182,8 +182,9 @@ def _exceeded(refusal: Refusal, amount_usd: Decimal, now: datetime) -> BudgetExc
     retry_after = max(1, math.ceil((period.end - now).total_seconds()))
     message = (
         f"{budget_refusal_prefix(budget.name)}{budget.period}, "
-        f"limit {usd_format(budget.limit_usd)}) "
-        f"refuses this call: {usd_format(refusal.spend_usd)} is already spent or reserved "
+        f"limit {usd_format_exact(budget.limit_usd)}) "
+        f"refuses this call: {usd_format_beside(refusal.spend_usd, budget.limit_usd)} is "
+        "already spent or reserved "
         f"this period and the call may cost up to {usd_format(amount_usd)}. The budget resets "
         f"at {resets_local:%Y-%m-%d %H:%M} {budget.timezone_name} ({period.end.isoformat()})."
     )

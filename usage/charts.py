@@ -32,33 +32,37 @@ def _n(value: float) -> str:
 
 
 def daily_cost_chart(
-    days: Sequence[tuple[date, Decimal | None, int]], *, width: int = 760, height: int = 220
+    days: Sequence[tuple[date, Decimal | None, int]], *, height: int = 220
 ) -> SafeString:
     """Columns of cost per day; each column's tooltip gives the day, cost and requests.
 
     A cost of None (only unpriced usage) draws no column and says "unpriced".
+
+    The chart takes the width the page gives it: columns and day labels sit at
+    percentages of the plot, lengths in pixels, and with no viewBox nothing is
+    scaled, so labels keep their size on a narrow window. The axis labels are
+    drawn in the padding left of the plot.
     """
     peak = max((cost or Decimal(0) for _, cost, _ in days), default=Decimal(0)) or Decimal(1)
     peak_label = usd_format_brief(peak if any(c for _, c, _ in days) else Decimal(0))
-    # The axis labels end 6 units left of the plot: room for the widest, whatever
+    # The axis labels end 6 px left of the plot: room for the widest, whatever
     # the amount ($12,345,678.90 would otherwise start outside the picture).
     left = max(64, _LABEL_CHAR_W * len(peak_label) + 12)
     bottom, top = 24, 12
-    plot_w, plot_h = width - left - 8, height - bottom - top
-    slot = plot_w / max(len(days), 1)
+    plot_h = height - bottom - top
+    slot = 100 / max(len(days), 1)
     columns = []
     for index, (day, cost, requests) in enumerate(days):
         bar_h = float((cost or Decimal(0)) / peak) * plot_h
         if cost:
-            # A day with any cost stands clear of the axis line (1 unit thick,
+            # A day with any cost stands clear of the axis line (1 px thick,
             # centred on the plot's bottom), however small next to the peak.
             bar_h = max(bar_h, _MIN_BAR_H)
-        x = left + index * slot + slot * 0.15
         columns.append(
             format_html(
-                '<rect class="usage-bar" x="{}" y="{}" width="{}" height="{}" fill="{}">'
+                '<rect class="usage-bar" x="{}%" y="{}" width="{}%" height="{}" fill="{}">'
                 "<title>{}: {} ({} request{})</title></rect>",
-                _n(x),
+                _n(index * slot + slot * 0.15),
                 _n(top + plot_h - bar_h),
                 _n(slot * 0.7),
                 _n(bar_h),
@@ -71,35 +75,29 @@ def daily_cost_chart(
         )
     labels = format_html_join(
         "",
-        '<text x="{}" y="{}" font-size="10" text-anchor="middle">{}</text>',
+        '<text x="{}%" y="{}" font-size="10" text-anchor="middle">{}</text>',
         (
-            (_n(left + index * slot + slot / 2), height - 8, day.strftime("%m-%d"))
+            (_n(index * slot + slot / 2), height - 8, day.strftime("%m-%d"))
             for index, (day, _, _) in enumerate(days)
             if index % 5 == 0 or index == len(days) - 1
         ),
     )
     axis = format_html(
-        '<text x="{}" y="{}" font-size="10" text-anchor="end">{}</text>'
-        '<text x="{}" y="{}" font-size="10" text-anchor="end">$0</text>'
-        '<line class="usage-axis" x1="{}" y1="{}" x2="{}" y2="{}" stroke="#999"/>',
-        left - 6,
+        '<text x="-6" y="{}" font-size="10" text-anchor="end">{}</text>'
+        '<text x="-6" y="{}" font-size="10" text-anchor="end">$0</text>'
+        '<line class="usage-axis" x1="0" y1="{}" x2="100%" y2="{}" stroke="#999"/>',
         top + 8,
         peak_label,
-        left - 6,
         top + plot_h,
-        left,
         top + plot_h,
-        width - 8,
         top + plot_h,
     )
     return format_html(
-        '<svg xmlns="http://www.w3.org/2000/svg" class="usage-chart" role="img" '
-        'viewBox="0 0 {} {}" width="{}" height="{}"><title>Daily cost, {} to {}</title>'
-        "{}{}{}</svg>",
-        width,
+        '<svg xmlns="http://www.w3.org/2000/svg" class="usage-chart usage-daily" role="img" '
+        'width="100%" height="{}" style="box-sizing: border-box; overflow: visible; '
+        'padding-left: {}px; padding-right: 8px"><title>Daily cost, {} to {}</title>{}{}{}</svg>',
         height,
-        width,
-        height,
+        left,
         days[0][0].isoformat() if days else "",
         days[-1][0].isoformat() if days else "",
         axis,
@@ -143,8 +141,8 @@ def spend_bars(rows: Sequence[tuple[str, Decimal | None, int]], *, width: int = 
         )
     height = row_h * len(rows)
     return format_html(
-        '<svg xmlns="http://www.w3.org/2000/svg" class="usage-chart" viewBox="0 0 {} {}" '
-        'width="{}" height="{}">{}</svg>',
+        '<svg xmlns="http://www.w3.org/2000/svg" class="usage-chart usage-bars" '
+        'viewBox="0 0 {} {}" width="{}" height="{}">{}</svg>',
         width,
         height,
         width,
@@ -153,23 +151,22 @@ def spend_bars(rows: Sequence[tuple[str, Decimal | None, int]], *, width: int = 
     )
 
 
-def budget_gauge(percent: float, *, width: int = 200) -> SafeString:
+def budget_gauge(percent: float) -> SafeString:
     """A bar filled to `percent` of a budget's limit; red once at or over 100 %.
 
-    Its title gives the whole percent reached (rounded down, as budget alerts
-    count): a budget at 99.6 % does not read 100 % while under its limit.
+    Its units are percent of the limit, stretched to the width of its table
+    cell (the dashboard's style sheet bounds it), so it never runs out of a
+    narrow card. Its title gives the whole percent reached (rounded down, as
+    budget alerts count): a budget at 99.6 % does not read 100 % while under its limit.
     """
-    filled = min(max(percent, 0.0), 100.0) / 100 * width
+    filled = min(max(percent, 0.0), 100.0)
     return format_html(
-        '<svg xmlns="http://www.w3.org/2000/svg" class="usage-gauge" viewBox="0 0 {} 14" '
-        'width="{}" height="14"><title>{}% of the limit</title>'
-        '<rect class="usage-track" width="{}" height="14" fill="{}"/>'
+        '<svg xmlns="http://www.w3.org/2000/svg" class="usage-gauge" viewBox="0 0 100 14" '
+        'preserveAspectRatio="none" width="100%" height="14"><title>{}% of the limit</title>'
+        '<rect class="usage-track" width="100" height="14" fill="{}"/>'
         '<rect class="{}" width="{}" height="14" fill="{}"/>'
         "</svg>",
-        width,
-        width,
         math.floor(percent),
-        width,
         _TRACK,
         "usage-over" if percent >= 100 else "usage-bar",
         _n(filled),

@@ -63,3 +63,25 @@ def usd_format_exact(amount: Decimal | None) -> str:
     if amount == amount.quantize(Decimal("0.01")):
         return f"${amount.quantize(Decimal('0.01')):,}"
     return f"${amount.normalize():,f}"
+
+
+def usd_format_beside(amount: Decimal, limit: Decimal) -> str:
+    """An amount written next to a limit (a budget's spend, what is left), to compare with it.
+
+    It takes the limit's decimals ($3.457 beside $10.005, $9.00 beside $10), and is
+    exact beside a limit under a cent, when those decimals would read $0.00 for a
+    positive amount, or when they would round it to or across the limit ($9.996 of $10).
+    """
+    amount, limit = Decimal(amount), Decimal(limit)
+    places = Decimal(1).scaleb(min(-2, limit.normalize().as_tuple().exponent))
+    shown = amount.quantize(places, rounding=ROUND_HALF_UP)
+    if (
+        limit < Decimal("0.01")
+        or (amount and not shown)
+        or (amount < limit) != (shown < limit)
+        or (amount > limit) != (shown > limit)
+    ):
+        return usd_format_exact(amount)
+    text = f"{shown:,f}"
+    whole, _, decimals = text.partition(".")
+    return f"${whole}.{decimals.rstrip('0').ljust(2, '0')}"

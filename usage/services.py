@@ -7,6 +7,7 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
+from django.template.defaultfilters import pluralize
 
 from llm_providers.models import ProviderConfig, Tenant
 
@@ -115,7 +116,7 @@ def budget_update(*, budget: Budget, data: dict[str, Any]) -> Budget:
     """
     unknown = sorted(set(data) - BUDGET_FIELDS)
     if unknown:
-        raise ValidationError(f"Unknown budget field(s): {', '.join(unknown)}.")
+        raise ValidationError(f"Unknown budget field{pluralize(unknown)}: {', '.join(unknown)}.")
     for name, value in data.items():
         if name == "webhook_url":
             value = value or None

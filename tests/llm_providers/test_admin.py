@@ -437,7 +437,8 @@ def test_provider_type_help_lists_requirements(tenant_admin, admin_client_for):
         "region." in html
     )
     assert (
-        "<li><strong>Azure OpenAI</strong>: API key; base URL (your endpoint); option(s) " in html
+        "<li><strong>Azure OpenAI</strong>: API key; base URL (your endpoint); option api_version"
+        in html
     )
     assert "<li><strong>Ollama</strong>: no key (local server)." in html
 

@@ -109,7 +109,8 @@ def test_unreadable_value_reported_and_left_untouched(old_rows, raw_column):
         in out.getvalue()
     )
     assert str(caught.value).startswith(
-        "1 value(s) decrypt with none of the configured keys and were left untouched."
+        "1 value decrypts with none of the configured keys and was left untouched. Keep the "
+        "old SECRET_KEY/SALT_KEY until it is entered again or its key is restored."
     )
     assert raw_column(lost, "api_key") == lost_raw
     with override_settings(SALT_KEY=["lost-salt"]):

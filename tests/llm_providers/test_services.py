@@ -60,7 +60,7 @@ def test_create_without_required_key_saves_nothing():
 def test_create_with_unknown_field_refused():
     with pytest.raises(ValidationError) as caught:
         provider_config_create(tenant=TenantFactory(), name="x", provider_type="fake", colour="red")
-    assert caught.value.messages == ["Unknown provider config field(s): colour."]
+    assert caught.value.messages == ["Unknown provider config field: colour."]
 
 
 def test_create_duplicate_name_says_so():

@@ -60,6 +60,32 @@ def _form(tenant, config, customer="acme", fallbacks=()):
     return data
 
 
+def test_add_page_explains_overrides_their_precedence_and_fallbacks(tenant, admin_client_for):
+    html = admin_client_for(tenant).get(ADD_URL).content.decode()
+
+    # what an override is, which one wins, and what its fallbacks do
+    assert (
+        "An override sends the calls of a customer, of a service, or of a customer in one "
+        "service to a provider config and model other than the tenant’s default provider "
+        "config." in html
+    )
+    assert (
+        "When several overrides match a call, the most specific wins: customer and service, "
+        "then customer, then service; with none, the tenant’s default provider config "
+        "serves it." in html
+    )
+    assert (
+        "Fallbacks (below) are tried in order of position, lowest first, when the target "
+        "fails after its retries" in html
+    )
+    assert "Empty matches any customer." in html
+    assert "Empty matches any service." in html
+    # the fallbacks' column heading carries what a position is
+    assert 'title="Fallbacks are tried from the lowest position up; ties in the order added."' in (
+        html
+    )
+
+
 def test_changelist_shows_only_own_tenants_overrides(tenant, admin_client_for):
     mine = RoutingOverrideFactory(tenant=tenant, customer_id="mine-customer")
     RoutingOverrideFactory(customer_id="their-customer")

@@ -162,7 +162,7 @@ def test_routing_override_update_refuses_unknown_field(tenant):
     with pytest.raises(ValidationError) as raised:
         routing_override_update(override=override, data={"tenant": TenantFactory()})
 
-    assert raised.value.messages == ["Unknown override field(s): tenant."]
+    assert raised.value.messages == ["Unknown override field: tenant."]
 
 
 def test_routing_override_update_deactivates_override_whose_provider_was_retired(tenant):

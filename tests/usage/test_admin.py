@@ -115,7 +115,7 @@ def test_dashboard_shows_costs_budgets_breakdowns_alerts_and_warnings(client, se
     assert "<strong>1</strong> from the response cache" in html
     assert html.count("<svg") >= 6  # daily chart, four breakdowns, one budget gauge
     assert "cdn" not in html.lower() and '<script src="http' not in html
-    assert "Monthly cap" in html and '<td title="$1.50">$1.50</td>' in html
+    assert "Monthly cap" in html and '<span title="$1.50">$1.50</span>' in html
     assert "<td>$10.00</td>" in html
     assert "15%" in html
     assert "openai-main" in html and "summarizer" in html and "translator" in html
@@ -397,7 +397,100 @@ def test_dashboard_budget_percentage_is_the_share_reached_as_alerts_count_it(cli
     assert "100% of the limit" not in html and " 100%</td>" not in html
 
 
+@pytest.mark.django_db
+def test_dashboard_writes_a_budgets_spend_precisely_enough_to_compare_with_its_limit(client):
+    # given $0.000034 spent of a $0.0001 budget, and $9.9961 of one of $10.005
+    tenant = TenantFactory()
+    CallLogFactory(tenant=tenant, cost_usd=Decimal("0.000034"))
+    BudgetFactory(tenant=tenant, name="Tiny", limit_usd=Decimal("0.0001"), alert_percentages=[])
+    other = TenantFactory()
+    CallLogFactory(tenant=other, cost_usd=Decimal("9.9961"))
+    BudgetFactory(tenant=other, name="Odd", limit_usd=Decimal("10.005"), alert_percentages=[])
+    _aggregate_today()
+    client.force_login(_member(tenant))
+    client_other = type(client)()
+    client_other.force_login(_member(other))
+
+    # when
+    tiny = client.get(reverse("admin:usage_usagedashboard_tenant", args=[tenant.pk]))
+    odd = client_other.get(reverse("admin:usage_usagedashboard_tenant", args=[other.pk]))
+
+    # then the spend reads in the limit's terms, and the limit as set
+    tiny_html, odd_html = tiny.content.decode(), odd.content.decode()
+    assert '<td><span title="$0.000034">$0.000034</span>' in tiny_html
+    assert " 34%</td>\n          <td>$0.0001</td>" in tiny_html
+    assert '<td><span title="$9.9961">$9.996</span>' in odd_html
+    assert " 99%</td>\n          <td>$10.005</td>" in odd_html
+
+
+@pytest.mark.django_db
+def test_budget_list_shows_a_limit_as_set(client):
+    tenant = TenantFactory()
+    BudgetFactory(tenant=tenant, limit_usd=Decimal("10.005"))
+    client.force_login(_member(tenant))
+
+    html = client.get(reverse("admin:usage_budget_changelist")).content.decode()
+
+    assert '<td class="field-limit">$10.005</td>' in html
+
+
 # --- call logs and daily usage ---------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_call_log_list_and_page_show_times_in_utc_as_the_day_filter_counts(client):
+    # given a call at 17:51:03 UTC, seen by a member of a tenant in Paris
+    tenant = TenantFactory(timezone="Europe/Paris")
+    log = CallLogFactory(
+        tenant=tenant, created_at=dt.datetime(2026, 11, 22, 17, 51, 3, tzinfo=dt.UTC)
+    )
+    client.force_login(_member(tenant))
+
+    # when
+    listed = client.get(reverse("admin:usage_calllog_changelist")).content.decode()
+    page = client.get(reverse("admin:usage_calllog_change", args=[log.pk])).content.decode()
+
+    # then both say the zone, the one the "day (UTC)" filter counts in
+    assert '">Time (UTC)</a></div>' in listed
+    assert ">2026-11-22 17:51:03 UTC</a>" in listed
+    assert "By time (UTC)" in listed and "By day (UTC, YYYY-MM-DD)" in listed
+    assert "<label>Time (UTC):</label>" in page
+    assert '<div class="readonly">2026-11-22 17:51:03 UTC</div>' in page
+    assert "p.m." not in listed and "p.m." not in page
+
+
+@pytest.mark.django_db
+def test_cost_alert_list_and_page_show_times_in_utc(client):
+    # given an alert of 09:05 UTC whose email went out at 09:06:30 UTC
+    tenant = TenantFactory(timezone="America/New_York")
+    alert = CostAlertFactory(
+        tenant=tenant, created_at=dt.datetime(2026, 11, 22, 9, 5, tzinfo=dt.UTC)
+    )
+    AlertDeliveryFactory(
+        alert=alert,
+        delivered_at=dt.datetime(2026, 11, 22, 9, 6, 30, tzinfo=dt.UTC),
+        next_attempt_at=None,
+    )
+    AlertDeliveryFactory(
+        alert=alert,
+        target="ops@example.com",
+        target_label="ops@example.com",
+        next_attempt_at=dt.datetime(2026, 11, 22, 9, 15, tzinfo=dt.UTC),
+    )
+    client.force_login(_member(tenant))
+
+    # when
+    listed = client.get(reverse("admin:usage_costalert_changelist")).content.decode()
+    page = client.get(reverse("admin:usage_costalert_change", args=[alert.pk])).content.decode()
+
+    # then
+    assert "Time (UTC)</a>" in listed and ">2026-11-22 09:05:00 UTC</a>" in listed
+    assert "By time (UTC)" in listed
+    assert '<div class="readonly">2026-11-22 09:05:00 UTC</div>' in page
+    assert "Next attempt (UTC)" in page and "Delivered (UTC)" in page
+    assert "<p>2026-11-22 09:06:30 UTC</p>" in page
+    assert "<p>2026-11-22 09:15:00 UTC</p>" in page
+    assert "a.m." not in listed and "a.m." not in page
 
 
 @pytest.mark.django_db
@@ -1005,9 +1098,13 @@ def test_alert_retry_action_makes_failed_deliveries_due_again(client):
     response = client.post(
         reverse("admin:usage_costalert_changelist"),
         {"action": "retry_deliveries", "_selected_action": [alert.pk]},
+        follow=True,
     )
 
-    assert response.status_code == 302
+    assert response.status_code == 200
+    assert [str(m) for m in response.context["messages"]] == [
+        "1 delivery queued for another attempt."
+    ]
     delivery = alert.deliveries.get()
     assert delivery.next_attempt_at is not None
     assert delivery.state == "retrying"
@@ -1271,7 +1368,7 @@ def test_dashboard_rounds_amounts_to_cents_and_keeps_the_exact_ones_in_tooltips(
 
     # then the figures are in cents and the exact amounts are in the titles
     assert '<strong title="$0.591368123456">$0.59</strong> spent' in html
-    assert '<td title="$0.591368123456">$0.59</td>' in html
+    assert '<span title="$0.591368123456">$0.59</span>' in html
     assert ">$0.59</text>" in html
     assert "<title>summarizer: $0.591368123456 (1 request)</title>" in html
     assert "$0.591368<" not in html
@@ -1289,7 +1386,19 @@ def test_dashboard_charts_and_tables_fit_a_narrow_window_and_follow_the_theme(cl
         reverse("admin:usage_usagedashboard_tenant", args=[tenant.pk])
     ).content.decode()
 
-    assert ".usage-chart { max-width: 100%; height: auto; }" in html
+    assert ".usage-bars { max-width: 100%; height: auto; }" in html
+    # The daily chart and the gauges take the card's width without scaling their labels.
+    assert re.search(
+        r'<svg [^>]*class="usage-chart usage-daily"[^>]*width="100%" height="220"', html
+    )
+    assert (
+        ".usage-gauge { display: block; width: 200px; max-width: 100%; min-width: 60px; }" in html
+    )
+    assert (
+        'class="usage-gauge" viewBox="0 0 100 14" preserveAspectRatio="none" width="100%"' in html
+    )
+    # under the spend: no column of its own to widen the table past the card
+    assert re.search(r'<td><span title="\$1\.00">\$1\.00</span><svg [^>]*class="usage-gauge"', html)
     assert html.count('<div class="usage-table">') == 1  # the budgets; no alert yet
     assert ".usage-track { fill: var(--hairline-color, #e8e8e8); }" in html
     assert ".usage-bar { fill: var(--link-fg, #417690); }" in html
@@ -1404,7 +1513,7 @@ def test_call_log_list_sorts_only_by_time(client):
     assert "cost_usd" not in " ".join(pages).split("ORDER BY")[-1]
     assert re.findall(
         r'<th scope="col" class="sortable column-(\w+)', response.content.decode()
-    ) == ["created_at"]
+    ) == ["created_at_utc"]
 
 
 @pytest.mark.django_db

@@ -518,7 +518,7 @@ def test_backfill_command_recomputes_range_and_reports():
 
     assert DailyUsage.objects.filter(tenant=tenant).count() == 2
     assert out.getvalue().strip() == (
-        f"Recomputed 4 day(s) from {first} to {last} for tenant acme: 2 row(s) written, 0 removed."
+        f"Recomputed 4 days from {first} to {last} for tenant acme: 2 rows written, 0 removed."
     )
     assert "4/4" in err.getvalue()
 
@@ -591,8 +591,7 @@ def test_backfill_command_stops_at_today_when_to_is_far_ahead():
 
     # then
     assert out.getvalue().strip() == (
-        "Recomputed 2 day(s) from 2026-06-14 to 2026-06-15 for all tenants: "
-        "1 row(s) written, 0 removed."
+        "Recomputed 2 days from 2026-06-14 to 2026-06-15 for all tenants: 1 row written, 0 removed."
     )
     assert list(DailyUsage.objects.values_list("day", "request_count")) == [(DAY, 1)]
 
@@ -616,8 +615,7 @@ def test_backfill_command_from_far_past_starts_at_the_first_logged_day(tenant_sl
     scope = "tenant acme" if tenant_slug else "all tenants"
     assert out.getvalue().splitlines() == [
         "Nothing is logged before 2026-06-13: the recompute starts there.",
-        f"Recomputed 4 day(s) from 2026-06-13 to 2026-06-16 for {scope}: "
-        "1 row(s) written, 0 removed.",
+        f"Recomputed 4 days from 2026-06-13 to 2026-06-16 for {scope}: 1 row written, 0 removed.",
     ]
     assert list(DailyUsage.objects.values_list("day", "request_count")) == [
         (dt.date(2026, 6, 15), 1)

@@ -554,9 +554,9 @@ def test_webhook_payload_gives_json_receivers_the_message_as_written(
     # then Slack's `text` is escaped, and the alert's message is there as written
     assert delivered.state == "delivered"
     (body,) = receiver.bodies
-    assert body["text"].startswith("R&amp;D: 1 request(s) to model “&lt;!here&gt; &amp; co”")
+    assert body["text"].startswith("R&amp;D: 1 request to model “&lt;!here&gt; &amp; co”")
     assert body["alert"]["message"] == alert.message
-    assert body["alert"]["message"].startswith("R&D: 1 request(s) to model “<!here> & co”")
+    assert body["alert"]["message"].startswith("R&D: 1 request to model “<!here> & co”")
     assert (body["alert"]["kind"], body["alert"]["budget"]) == ("unpriced", None)
 
 
@@ -890,7 +890,7 @@ def test_unpriced_usage_alerts_once_per_model_and_month():
     assert alert.kind == CostAlert.Kind.UNPRICED
     assert alert.period_key == "2026-06"
     assert alert.message == (
-        "Acme: 3 request(s) to model “mystery-7b” on “local-llm” since 2026-06-15 have no "
+        "Acme: 3 requests to model “mystery-7b” on “local-llm” since 2026-06-15 have no "
         "known price, so their cost is unknown (shown as unpriced, not $0). Add a model "
         "price for it."
     )
@@ -931,7 +931,11 @@ def test_unpriced_usage_of_a_new_month_alerts_on_its_first_day():
     (july,) = created
     assert july.period_key == "2026-07"
     assert july.message.startswith(
-        "Acme: 2 request(s) to model “mystery-7b” on “local-llm” since 2026-07-01 have no"
+        "Acme: 2 requests to model “mystery-7b” on “local-llm” since 2026-07-01 have no"
+    )
+    assert june.message.startswith(
+        "Acme: 1 request to model “mystery-7b” on “local-llm” since 2026-06-30 has no known "
+        "price, so its cost is unknown"
     )
 
 

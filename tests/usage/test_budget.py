@@ -86,6 +86,39 @@ def test_reserve_costs_no_query_when_tenant_has_no_budget(django_assert_num_quer
 
 
 @pytest.mark.django_db
+def test_refusal_writes_a_sub_cent_limit_as_set_and_the_spend_to_compare_with_it(counters):
+    # given a blocking budget of $0.0001 a day with $0.000034 spent
+    tenant = TenantFactory()
+    _blocking_daily(tenant, limit="0.0001")
+    CallLogFactory(tenant=tenant, cost_usd=Decimal("0.000034"))
+
+    # when a call that may cost $0.0002 asks for room
+    with pytest.raises(BudgetExceeded) as caught:
+        _reserve(tenant, "0.0002")
+
+    # then
+    assert caught.value.message.startswith(
+        "Budget “Daily cap” (daily, limit $0.0001) refuses this call: $0.000034 is already "
+        "spent or reserved this period and the call may cost up to $0.0002."
+    )
+
+
+@pytest.mark.django_db
+def test_refusal_writes_a_limit_as_set_not_rounded_to_cents(counters):
+    tenant = TenantFactory()
+    _blocking_daily(tenant, limit="10.005")
+    CallLogFactory(tenant=tenant, cost_usd=Decimal("10.0049"))
+
+    with pytest.raises(BudgetExceeded) as caught:
+        _reserve(tenant, "0.01")
+
+    assert caught.value.message.startswith(
+        "Budget “Daily cap” (daily, limit $10.005) refuses this call: $10.0049 is already "
+        "spent or reserved this period and the call may cost up to $0.01."
+    )
+
+
+@pytest.mark.django_db
 def test_reserve_refuses_with_budget_spend_limit_and_reset_when_blocking_budget_would_go_over(
     counters,
 ):

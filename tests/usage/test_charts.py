@@ -25,6 +25,15 @@ def test_spend_bars_escape_labels_that_carry_markup():
     assert "$2.50" in svg
 
 
+def test_budget_gauge_fills_the_width_its_cell_gives_it():
+    gauge = str(budget_gauge(34.0))
+
+    # Its own units are percent of the limit, stretched to the cell's width
+    # (at most 200 px by the dashboard's style sheet), never wider than it.
+    assert 'viewBox="0 0 100 14" preserveAspectRatio="none" width="100%" height="14"' in gauge
+    assert '<rect class="usage-bar" width="34.0" height="14"' in gauge
+
+
 def test_budget_gauge_turns_red_at_the_limit():
     assert "#ba2121" in str(budget_gauge(100.0))
     assert "#ba2121" not in str(budget_gauge(99.0))
@@ -68,12 +77,27 @@ def test_daily_cost_chart_keeps_a_peak_of_millions_inside_the_picture():
 
     svg = str(daily_cost_chart(days))
 
-    [(x, label)] = re.findall(r'<text x="(\d+)" y="20" [^>]*text-anchor="end">([^<]+)</text>', svg)
+    [label] = re.findall(r'<text x="-6" y="20" [^>]*text-anchor="end">([^<]+)</text>', svg)
     assert label == "$12,345,678.90"
-    # Right-aligned at x: it starts at x minus its width (5.6 units a character at size 10).
-    assert int(x) - 5.6 * len(label) >= 0
-    first_column_x = float(re.search(r'<rect class="usage-bar" x="([\d.]+)"', svg).group(1))
-    assert first_column_x > int(x)
+    # Right-aligned 6 px left of the plot, in the padding left of it (5.6 px a
+    # character at size 10): it starts inside the picture.
+    padding = int(re.search(r"padding-left: (\d+)px", svg).group(1))
+    assert padding - 6 - 5.6 * len(label) >= 0
+
+
+def test_daily_cost_chart_stretches_its_columns_but_never_its_labels():
+    days = [(dt.date(2026, 6, 1) + dt.timedelta(days=i), Decimal(i), i) for i in range(30)]
+
+    svg = str(daily_cost_chart(days))
+
+    # Columns and day labels are placed in percent of the width the page gives
+    # the chart; with no viewBox nothing is scaled, so labels keep 10 px on a
+    # narrow window.
+    assert "viewBox" not in svg
+    assert re.match(r'<svg [^>]*class="usage-chart usage-daily"[^>]*width="100%" height="220"', svg)
+    assert '<rect class="usage-bar" x="97.2%" y="12.0" width="2.3%" height="184.0"' in svg
+    assert '<text x="1.7%" y="212" font-size="10" text-anchor="middle">06-01</text>' in svg
+    assert '<line class="usage-axis" x1="0" y1="196" x2="100%" y2="196"' in svg
 
 
 def test_daily_cost_chart_shows_a_tiny_day_above_the_axis_next_to_a_large_one():
@@ -82,7 +106,7 @@ def test_daily_cost_chart_shows_a_tiny_day_above_the_axis_next_to_a_large_one():
     svg = str(daily_cost_chart(days))
 
     axis_y = float(re.search(r'<line class="usage-axis" x1="\d+" y1="([\d.]+)"', svg).group(1))
-    tiny = re.search(r'<rect class="usage-bar" [^>]*y="([\d.]+)" width="[\d.]+" height="([\d.]+)"'
+    tiny = re.search(r'<rect class="usage-bar" [^>]*y="([\d.]+)" width="[\d.]+%" height="([\d.]+)"'
                      r'[^>]*><title>2026-06-02', svg)  # fmt: skip
     top, height = float(tiny.group(1)), float(tiny.group(2))
     assert top + height == axis_y

@@ -5,6 +5,7 @@ from decimal import Decimal
 from usage.money import (
     nano_to_usd,
     usd_format,
+    usd_format_beside,
     usd_format_brief,
     usd_format_exact,
     usd_to_nano,
@@ -52,3 +53,24 @@ def test_usd_format_exact_keeps_every_stored_decimal():
     assert usd_format_exact(Decimal("12345.678901234567")) == "$12,345.678901234567"
     assert usd_format_exact(Decimal("2.900000000000")) == "$2.90"
     assert usd_format_exact(None) == "unpriced"
+
+
+def test_usd_format_beside_writes_an_amount_to_compare_with_a_sub_cent_limit_exactly():
+    # 34 % of a $0.0001 limit is not "< $0.01"
+    assert usd_format_beside(Decimal("0.000034"), Decimal("0.0001")) == "$0.000034"
+    assert usd_format_beside(Decimal("0.0012345"), Decimal("0.005")) == "$0.0012345"
+    assert usd_format_beside(Decimal("0"), Decimal("0.0001")) == "$0.00"
+
+
+def test_usd_format_beside_writes_an_amount_to_the_limits_decimals():
+    assert usd_format_beside(Decimal("3.456"), Decimal("10")) == "$3.46"
+    assert usd_format_beside(Decimal("1234.5"), Decimal("5000")) == "$1,234.50"
+    assert usd_format_beside(Decimal("3.4567"), Decimal("10.005")) == "$3.457"
+    assert usd_format_beside(Decimal("9"), Decimal("10.005")) == "$9.00"
+
+
+def test_usd_format_beside_never_rounds_an_amount_to_free_or_across_the_limit():
+    assert usd_format_beside(Decimal("0.003"), Decimal("1")) == "$0.003"
+    assert usd_format_beside(Decimal("9.996"), Decimal("10")) == "$9.996"
+    assert usd_format_beside(Decimal("10.004"), Decimal("10")) == "$10.004"
+    assert usd_format_beside(Decimal("10"), Decimal("10")) == "$10.00"

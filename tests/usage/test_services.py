@@ -73,7 +73,7 @@ def test_budget_update_refuses_unknown_fields(tenant):
     with pytest.raises(ValidationError) as raised:
         budget_update(budget=budget, data={"colour": "red", "tenant": TenantFactory()})
 
-    assert raised.value.messages == ["Unknown budget field(s): colour, tenant."]
+    assert raised.value.messages == ["Unknown budget fields: colour, tenant."]
 
 
 def test_budget_delete_removes_the_budget(tenant):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from django.core.management.base import BaseCommand, CommandError
+from django.template.defaultfilters import pluralize
 from tqdm import tqdm
 
 from llm_providers.clients import adapters_clear
@@ -74,10 +75,12 @@ class Command(BaseCommand):
         for value in report.unreadable:
             self.stdout.write(f"  unreadable, left untouched: {value}")
         if report.unreadable:
+            count = len(report.unreadable)
             raise CommandError(
-                f"{len(report.unreadable)} value(s) decrypt with none of the configured keys "
-                "and were left untouched. Keep the old SECRET_KEY/SALT_KEY until they are "
-                "entered again or their key is restored."
+                f"{count} value{pluralize(count, ' decrypts,s decrypt')} with none of the "
+                f"configured keys and {pluralize(count, 'was,were')} left untouched. Keep the "
+                f"old SECRET_KEY/SALT_KEY until {pluralize(count, 'it is,they are')} entered "
+                f"again or {pluralize(count, 'its,their')} key is restored."
             )
         if not options["dry_run"]:
             self.stdout.write(self.style.SUCCESS("Every encrypted value is under the newest key."))

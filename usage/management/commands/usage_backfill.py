@@ -8,6 +8,7 @@ from datetime import date, timedelta
 
 from django.core.management.base import BaseCommand, CommandError
 from django.db.models import Min
+from django.template.defaultfilters import pluralize
 from django.utils import timezone
 from tqdm import tqdm
 
@@ -120,8 +121,8 @@ class Command(BaseCommand):
         if first > asked_first:
             self.stdout.write(f"Nothing is logged before {first}: the recompute starts there.")
         self.stdout.write(
-            f"Recomputed {days} day(s) from {first} to {last} for {scope}: "
-            f"{total.written} row(s) written, {total.removed} removed."
+            f"Recomputed {days} day{pluralize(days)} from {first} to {last} for {scope}: "
+            f"{total.written} row{pluralize(total.written)} written, {total.removed} removed."
         )
         if total.kept_before:
             self.stdout.write(

@@ -12,6 +12,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
+from django.template.defaultfilters import pluralize
 from rest_framework_api_key.models import AbstractAPIKey
 
 from .encryption import (
@@ -440,12 +441,14 @@ class ProviderConfig(models.Model):
         unknown = sorted(set(options) - spec.allowed_options)
         if unknown:
             messages.append(
-                f"Unknown option(s) for {label}: {', '.join(unknown)}. "
+                f"Unknown option{pluralize(len(unknown))} for {label}: {', '.join(unknown)}. "
                 f"Allowed: {', '.join(sorted(spec.allowed_options)) or 'none'}."
             )
         missing = [name for name in spec.required_options if not options.get(name)]
         if missing:
-            messages.append(f"{label} needs the option(s): {', '.join(missing)}.")
+            messages.append(
+                f"{label} needs the option{pluralize(len(missing))}: {', '.join(missing)}."
+            )
         for name in sorted(_NAME_OPTIONS & spec.allowed_options):
             value = options.get(name)
             if value is not None and name not in missing and not _option_name_is_valid(value):

@@ -184,7 +184,7 @@ def test_azure_without_endpoint_version_and_deployment_says_so():
         "Azure OpenAI needs a base URL (the endpoint of your deployment)."
     ]
     assert errors["options"] == [
-        "Azure OpenAI needs the option(s): api_version.",
+        "Azure OpenAI needs the option: api_version.",
         "Azure OpenAI needs a “deployment” (or a “deployments” map of model → deployment).",
     ]
 
@@ -262,7 +262,7 @@ def test_unknown_provider_type_asks_for_a_type():
 def test_unknown_option_lists_allowed_ones():
     errors = _errors(_config(provider_type="fake", options={"colour": "red"}))
     assert errors["options"] == [
-        "Unknown option(s) for Fake (demo and tests): colour. Allowed: chunk_latency_ms, "
+        "Unknown option for Fake (demo and tests): colour. Allowed: chunk_latency_ms, "
         "fail_first, failure, latency_ms, models, reply."
     ]
 

@@ -52,12 +52,14 @@ from usage.call_logs import call_log_record
 from usage.models import CallLog
 
 from .adapters.base import (
+    DEADLINE_MIN_REQUEST_SECONDS,
     Adapter,
     estimate_message_tokens,
     estimate_output_tokens,
     estimate_text_tokens,
 )
 from .adapters.errors import (
+    CallDeadlineReached,
     ProviderAuthenticationError,
     ProviderError,
     ProviderPermissionError,
@@ -175,7 +177,7 @@ class _DeadlineReached(Exception):
 
 # Less time than this left, an attempt would only time out (no provider
 # answers sooner), so none starts, and no wait is taken that leaves less.
-_DEADLINE_MIN_ATTEMPT_SECONDS = 0.1
+_DEADLINE_MIN_ATTEMPT_SECONDS = DEADLINE_MIN_REQUEST_SECONDS
 
 
 class _Deadline:
@@ -187,6 +189,11 @@ class _Deadline:
 
     def start(self) -> None:
         self._ends = time.monotonic() + self.seconds
+
+    @property
+    def ends(self) -> float:
+        """The `time.monotonic()` at which the call's time is up."""
+        return self._ends
 
     def left(self) -> float:
         return self._ends - time.monotonic()
@@ -692,7 +699,11 @@ def _retry_or_raise(error: ApplicationError, attempt_on_target: int, deadline: _
     """Sleep before the next attempt on this target, or raise to move on / give up.
 
     A wait the deadline has no time for (with an attempt after it) is not
-    taken: the call moves on to the next target, if there is time for one."""
+    taken: the call moves on to the next target, if there is time for one.
+    An attempt that the deadline stopped part-way (an embedding batch it left
+    no time for) moves on the same way, its retries left or not."""
+    if isinstance(error, CallDeadlineReached):
+        raise _MoveOn(error, deadline_cut=True)
     retry_here = (
         isinstance(error, ProviderError)
         and error.retryable
@@ -1428,6 +1439,7 @@ def _embed_on_target(call: _Call, target: RouteTarget) -> EmbeddingResult:
                     request,
                     inputs=request.inputs[len(answered) :],
                     timeout=call.deadline.attempt_timeout(adapter, request.timeout),
+                    deadline=call.deadline.ends,
                 )
             )
         except ProviderError as error:

@@ -647,8 +647,7 @@ class CostAlertAdmin(TenantScopedAdmin):
 
     @admin.display(description="deliveries")
     def deliveries_state(self, obj):
-        states = [f"{d.get_channel_display()}: {d.state}" for d in obj.deliveries.all()]
-        return ", ".join(states) or "no recipients"
+        return ", ".join(d.summary for d in obj.deliveries.all()) or "no recipients"
 
     @admin.action(description="Retry undelivered deliveries now", permissions=["retry"])
     def retry_deliveries(self, request, queryset):

@@ -39,7 +39,7 @@ from llm_providers.models import ProviderConfig, Tenant, TenantMembership
 
 from .budget import BudgetExceeded, budget_refusal_prefix
 from .locking import exclusive_transaction
-from .mail import EmailTimedOut, email_send
+from .mail import EmailTimedOut, Refused, email_send
 from .models import AlertDelivery, Budget, CallLog, CostAlert, DailyUsage, email_list_parse
 from .money import usd_format_beside, usd_format_exact
 from .periods import period_containing, utc_window_for_days, zone
@@ -64,6 +64,8 @@ _CLAIM_MARGIN_SECONDS = 60
 _NO_OUTCOME = AlertDelivery.NO_OUTCOME
 # Deliveries handled per periodic run; the rest wait for the next run.
 _DUE_BATCH = 200
+# What a delivery's note (its last_error) holds at most.
+_NOTE_LENGTH = AlertDelivery._meta.get_field("last_error").max_length
 
 
 # Any constant identifies the lock; this one spells "alerts".
@@ -561,7 +563,24 @@ def _webhook_target(delivery: AlertDelivery) -> str:
     return url
 
 
-def _send(delivery: AlertDelivery) -> None:
+def _refused_note(refused: Refused, recipients: int) -> str:
+    """What a delivery records when the mail server refused some of its recipients."""
+    listed = "; ".join(
+        f"{address} ({' '.join([str(code), *reply.split()])})"
+        for address, (code, reply) in sorted(refused.items())
+    )
+    note = (
+        f"Delivered, but the mail server refused {len(refused)} of {recipients} "
+        f"recipient{'' if recipients == 1 else 's'}: {listed}."
+    )
+    if len(note) > _NOTE_LENGTH:
+        note = note[: _NOTE_LENGTH - 1] + "…"
+    return note
+
+
+def _send(delivery: AlertDelivery) -> str:
+    """Send one delivery; return a note for a send that went out with a
+    reservation (recipients refused), else ""."""
     alert = delivery.alert
     if delivery.channel == AlertDelivery.Channel.WEBHOOK:
         url = _webhook_target(delivery)
@@ -573,7 +592,7 @@ def _send(delivery: AlertDelivery) -> None:
             webhook_post(url, _payload(alert))
         except WebhookFailed as exc:
             raise AlertDeliveryFailed(str(exc)) from None
-        return
+        return ""
     if isinstance(delivery.target, UnreadableSecret):
         raise AlertDeliveryFailed(
             "The delivery target cannot be decrypted with the configured SECRET_KEY/SALT_KEY."
@@ -601,7 +620,7 @@ def _send(delivery: AlertDelivery) -> None:
     )
     seconds = settings.USAGE_ALERT_EMAIL_TIMEOUT_SECONDS
     try:
-        email_send(message, seconds=seconds)
+        refused = email_send(message, seconds=seconds)
     except EmailTimedOut:
         raise AlertDeliveryFailed(
             f"Email not sent: the mail server did not finish within {seconds:g} s."
@@ -610,6 +629,12 @@ def _send(delivery: AlertDelivery) -> None:
         raise AlertDeliveryFailed(f"Email not sent: {type(exc).__name__}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - any other failure is a failed attempt
         raise AlertDeliveryFailed(f"Email not sent: {type(exc).__name__}.") from None
+    if not refused:
+        return ""
+    # The others have it: sending again would send it to them twice.
+    note = _refused_note(refused, len(recipients))
+    logger.warning("Alert %s email: %s", alert.pk, note)
+    return note
 
 
 def _claim_seconds() -> float:
@@ -670,7 +695,7 @@ def alert_delivery_attempt(
     attempts = delivery.attempts
     try:
         try:
-            _send(delivery)
+            note = _send(delivery)
         except AlertDeliveryFailed:
             raise
         except Exception as exc:  # noqa: BLE001 - a bug or a bad template fails the attempt
@@ -701,7 +726,7 @@ def alert_delivery_attempt(
         )
     else:
         AlertDelivery.objects.filter(pk=delivery_id).update(
-            attempts=attempts, last_error="", next_attempt_at=None, delivered_at=timezone.now()
+            attempts=attempts, last_error=note, next_attempt_at=None, delivered_at=timezone.now()
         )
     # None if its tenant was deleted during the send.
     return AlertDelivery.objects.filter(pk=delivery_id).first()

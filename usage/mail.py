@@ -1,10 +1,16 @@
-"""Alert emails: sending one within an overall time limit.
+"""Alert emails: sending one within an overall time limit, and telling which
+recipients the mail server refused.
 
 EMAIL_TIMEOUT bounds each SMTP read or write, not the session: a mail server
 answering a line at a time, or slowly taking many recipients, would hold the
 worker past the delivery's claim, and a second worker would send the email
 again. Over SMTP, the session's sockets are shut down once the limit has
 passed; the other backends (console, file, memory) do not go over a network.
+
+A mail server that accepts some recipients and refuses others takes the
+message for those it accepted: smtplib returns the refused ones, which
+Django's backend drops. The send keeps them, so the caller can say who did
+not get the email.
 """
 
 from __future__ import annotations
@@ -68,19 +74,36 @@ class _Deadline:
                 return
 
 
+# Recipient address → (SMTP reply code, reply text), as smtplib reports them.
+Refused = dict[str, tuple[int, str]]
+
+
 class _DeadlineSmtpBackend(smtp.EmailBackend):
-    """Django's SMTP backend, whose sessions a _Deadline cuts off."""
+    """Django's SMTP backend, whose sessions a _Deadline cuts off, keeping the
+    recipients the server refused while taking the message for the others."""
 
     deadline: _Deadline
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.refused: Refused = {}
 
     @property
     def connection_class(self):
         deadline = self.deadline
+        refused = self.refused
 
         class Session(super().connection_class):
             def __init__(self, *args, **kwargs):
                 deadline.track(self)
                 super().__init__(*args, **kwargs)
+
+            def sendmail(self, *args, **kwargs):
+                answer = super().sendmail(*args, **kwargs)
+                for address, (code, text) in (answer or {}).items():
+                    reply = text.decode(errors="replace") if isinstance(text, bytes) else text
+                    refused[address] = (code, reply)
+                return answer
 
             def _get_socket(self, host, port, timeout):
                 # Connecting, too, ends by the deadline.
@@ -94,11 +117,15 @@ class _DeadlineSmtpBackend(smtp.EmailBackend):
         return Session
 
 
-def email_send(message: EmailMessage, *, seconds: float) -> None:
-    """Send `message`; raise EmailTimedOut if it has not finished within `seconds` in all."""
+def email_send(message: EmailMessage, *, seconds: float) -> Refused:
+    """Send `message`; raise EmailTimedOut if it has not finished within `seconds` in all.
+
+    Returns the recipients the mail server refused while it took the message
+    for the others (empty: all took it). A server that refuses every
+    recipient raises smtplib.SMTPRecipientsRefused."""
     if settings.EMAIL_BACKEND != SMTP_BACKEND:
         message.send(fail_silently=False)
-        return
+        return {}
     deadline = _Deadline(seconds)
     connection = _DeadlineSmtpBackend(fail_silently=False)
     connection.deadline = deadline
@@ -110,3 +137,4 @@ def email_send(message: EmailMessage, *, seconds: float) -> None:
         if deadline.expired:
             raise EmailTimedOut from None
         raise
+    return dict(connection.refused)

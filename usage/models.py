@@ -580,6 +580,15 @@ class AlertDelivery(models.Model):
         # but keeps the last error: it is retrying, not new.
         return "retrying" if self.attempts or self.last_error else "pending"
 
+    @property
+    def summary(self) -> str:
+        """Channel and state as the admin lists them; a delivered email whose
+        mail server refused some recipients keeps them in `last_error`."""
+        text = f"{self.get_channel_display()}: {self.state}"
+        if self.delivered_at and self.last_error:
+            text += ", not to every recipient"
+        return text
+
 
 class UsageDashboard(DailyUsage):
     """The usage dashboard's entry in the admin (a proxy: no table of its own)."""

@@ -17,7 +17,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from typing import ClassVar, TypeVar
 
-from .errors import NotSupported, ProviderError, UpstreamUnavailable, scrub_secrets
+from .errors import (
+    CallDeadlineReached,
+    NotSupported,
+    ProviderError,
+    UpstreamUnavailable,
+    scrub_secrets,
+)
 from .types import (
     AdapterSettings,
     ChatRequest,
@@ -35,6 +41,9 @@ from .types import (
 DEFAULT_TIMEOUT_SECONDS = 60.0
 # 5 s to connect: a provider that takes longer is down.
 DEFAULT_CONNECT_TIMEOUT_SECONDS = 5.0
+# With less than this left before a call's deadline, no request is sent (no
+# provider answers sooner: it would only time out).
+DEADLINE_MIN_REQUEST_SECONDS = 0.1
 
 # Offline token estimate. BPE tokenizers average about 4 characters of English
 # per token; we count 3 so the estimate errs high (it sizes budget
@@ -152,6 +161,23 @@ class Adapter(ABC):
     def call_timeout(self, requested: float | None) -> float:
         """Seconds for one call: the request's, else the config's, else the default."""
         return float(requested) if requested else self.timeout
+
+    def batch_timeout(self, request: EmbedRequest, sent: int) -> float:
+        """Seconds for the next request of an embedding call that has sent
+        `sent` of its inputs: the call's timeout, or the time its deadline
+        leaves when that is less. Raises `CallDeadlineReached` when the
+        deadline leaves no time for it."""
+        seconds = self.call_timeout(request.timeout)
+        if request.deadline is None:
+            return seconds
+        left = request.deadline - time.monotonic()
+        if left < DEADLINE_MIN_REQUEST_SECONDS:
+            unsent = len(request.inputs) - sent
+            raise CallDeadlineReached(
+                "The call's deadline left no time for the next batch: "
+                f"{unsent} input{'' if unsent == 1 else 's'} not sent."
+            )
+        return min(seconds, left)
 
     def provider_error(self, exc: BaseException) -> ProviderError:
         """Translate one of `vendor_errors` into the error tree, message scrubbed."""

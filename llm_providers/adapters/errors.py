@@ -66,6 +66,11 @@ class ProviderTimeout(ProviderError):
     retryable = True
 
 
+class CallDeadlineReached(ProviderTimeout):
+    """The call's deadline left no time for the next request of a call sent
+    in parts (an embedding batch): nothing more was sent."""
+
+
 class ProviderBadRequest(ProviderError):
     code = "provider_bad_request"
     http_status = 400

@@ -318,11 +318,12 @@ class OpenAIChatAdapter(Adapter):
             batch = inputs[start : start + size]
             failure: ProviderError | None = None
             try:
+                timeout = self.batch_timeout(request, start)
                 response = self._client.embeddings.create(
                     model=self.wire_model(request.model),
                     input=batch,
                     encoding_format="float",
-                    timeout=self._timeout(self.call_timeout(request.timeout)),
+                    timeout=self._timeout(timeout),
                 )
                 batch_vectors = self._embedded_vectors(response.data, len(batch))
             except self.vendor_errors as exc:

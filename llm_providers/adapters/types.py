@@ -98,9 +98,14 @@ class StreamChunk:
 
 @dataclass(frozen=True, slots=True)
 class EmbedRequest:
+    """`deadline`: the `time.monotonic()` by which the whole call must end
+    (None: no deadline); each request of a call sent in batches is bounded by
+    the time it leaves."""
+
     model: str
     inputs: list[str]
     timeout: float | None = None
+    deadline: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,5 +1,6 @@
 """The `complete` management command against the Fake provider."""
 
+import time
 from datetime import timedelta
 from decimal import Decimal
 from io import StringIO
@@ -8,6 +9,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
+from llm_providers.models import ProviderConfig
 from tests.factories import ModelPriceFactory, ProviderConfigFactory, TenantFactory
 from usage.models import CallLog
 
@@ -76,3 +78,42 @@ def test_complete_command_prints_cost_to_the_stored_precision(demo):
     # then the cost is the exact one logged, not rounded to 8 places ($0.00000099)
     assert CallLog.objects.get().cost_usd == Decimal("0.000000987")
     assert "cost:       $0.000000987000  [override]" in out.getvalue()
+
+
+def test_complete_command_deadline_bounds_the_call(demo):
+    # given a provider that answers after 5 s, well within its 60 s timeout
+    config = ProviderConfig.objects.get(tenant=demo)
+    config.options = {"latency_ms": 5000}
+    config.save()
+    started = time.monotonic()
+
+    # when the command gives the call 1.5 s
+    with pytest.raises(CommandError) as raised:
+        call_command("complete", "hi", "--deadline", "1.5")
+
+    # then the deadline ends it, not the provider's answer or its timeout
+    elapsed = time.monotonic() - started
+    assert 1.4 < elapsed < 4
+    assert str(raised.value).startswith(
+        "provider_timeout: The call's deadline of 1.5 s was reached after 1 attempt"
+    )
+    log = CallLog.objects.get()
+    assert (log.status, log.error_code) == ("error", "provider_timeout")
+
+
+def test_complete_command_deadline_lets_a_quick_call_through(demo):
+    out = StringIO()
+
+    call_command("complete", "hi", "--deadline", "600", "--stream", stdout=out)
+
+    assert out.getvalue().startswith("Echo: hi\n")
+    assert CallLog.objects.get().status == "ok"
+
+
+@pytest.mark.parametrize("value", ["0.5", "0", "600.5", "-3", "abc", "nan", "inf", ""])
+def test_complete_command_refuses_a_deadline_out_of_range(demo, value):
+    with pytest.raises(CommandError) as raised:
+        call_command("complete", "hi", "--deadline", value)
+
+    assert str(raised.value) == ("--deadline: deadline must be a number of seconds from 1 to 600.")
+    assert not CallLog.objects.exists()

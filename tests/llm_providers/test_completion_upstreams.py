@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import pytest
 
 from llm_providers import completion
+from llm_providers.adapters import base as adapters_base
 from llm_providers.adapters.errors import (
     NotSupported,
     ProviderAuthenticationError,
@@ -54,6 +55,21 @@ def _openai(tenant, upstream, **fields):
         base_url=upstream.base_url,
         default_model="gpt-4o",
         **fields,
+    )
+
+
+def _gemini(tenant, upstream, model):
+    """Gemini (100 inputs per embeddings request) at $1,000 per million input tokens."""
+    ModelPriceFactory(
+        provider_type="gemini", model=model, input_per_mtok="1000", output_per_mtok="0"
+    )
+    return _config(
+        tenant,
+        name="gemini",
+        provider_type="gemini",
+        api_key="AIzaSyTestKey1234567890",
+        base_url=upstream.base_url,
+        default_model=model,
     )
 
 
@@ -1017,6 +1033,71 @@ def test_deadline_ends_an_embedding_call(tenant, openai_upstream):
     assert elapsed < 3
     assert error.message.startswith("The call's deadline of 1 s was reached after 1 attempt")
     assert _rows() == [("error", "provider_timeout")]
+
+
+@pytest.mark.usefixtures("openai_sdk_warm")
+def test_deadline_bounds_every_batch_of_an_embedding_call(tenant, openai_upstream):
+    # given Gemini (100 inputs per request) at $1,000 per million input tokens,
+    # answering each batch after 1.5 s
+    model = "gemini-embedding-001"
+    _gemini(tenant, openai_upstream, model)
+    openai_upstream.enqueue_embeddings([[0.5]] * 100, model=model, prompt_tokens=200, delay=1.5)
+    openai_upstream.enqueue_embeddings([[0.5]] * 100, model=model, prompt_tokens=200, delay=1.5)
+    openai_upstream.enqueue_embeddings([[0.5]] * 50, model=model, prompt_tokens=100, delay=1.5)
+
+    # when 250 inputs (three batches) have a deadline of 2 s
+    error, elapsed = _timed(
+        lambda: embed(
+            tenant=tenant, inputs=[f"text {n}" for n in range(250)], model=model, deadline=2
+        )
+    )
+
+    # then the second batch had the 0.5 s left, not 2 s, and the third was not sent
+    assert 1.9 < elapsed < 3.5
+    assert error.message.startswith(
+        "The call's deadline of 2 s was reached after 1 attempt "
+        "(“gemini” (gemini-embedding-001): provider_timeout)"
+    )
+    assert [len(request.json["input"]) for request in openai_upstream.requests] == [100, 100]
+    # The first batch, answered and charged, is logged and priced on the attempt's row.
+    rows = CallLog.objects.values_list("status", "error_code", "input_tokens", "cost_usd")
+    assert list(rows) == [("error", "provider_timeout", 200, Decimal("0.2"))]
+
+
+@pytest.mark.usefixtures("openai_sdk_warm")
+def test_embedding_batch_the_deadline_leaves_no_time_for_ends_the_call(
+    tenant, openai_upstream, monkeypatch
+):
+    # given Gemini answering its first batch after 1.2 s, and no batch sent
+    # with less than 1 s left (0.1 s in service: widened, so that the test
+    # does not hang on a batch ending within 0.1 s of the deadline)
+    monkeypatch.setattr(adapters_base, "DEADLINE_MIN_REQUEST_SECONDS", 1.0)
+    model = "gemini-embedding-001"
+    _gemini(tenant, openai_upstream, model)
+    openai_upstream.enqueue_embeddings([[0.5]] * 100, model=model, prompt_tokens=200, delay=1.2)
+    openai_upstream.enqueue_embeddings([[0.5]] * 50, model=model, prompt_tokens=100, times=2)
+
+    # when 150 inputs (two batches) have a deadline of 2 s
+    error, elapsed = _timed(
+        lambda: embed(
+            tenant=tenant, inputs=[f"text {n}" for n in range(150)], model=model, deadline=2
+        )
+    )
+
+    # then the second batch is not sent, nor retried in the 0.8 s left: the
+    # call ends with the deadline's timeout at once
+    assert elapsed < 1.8
+    assert error.message.startswith(
+        "The call's deadline of 2 s was reached after 1 attempt "
+        "(“gemini” (gemini-embedding-001): provider_timeout)"
+    )
+    assert error.extra["failures"][0]["message"] == (
+        "The call's deadline left no time for the next batch: 50 inputs not sent."
+    )
+    assert len(openai_upstream.requests) == 1
+    # The first batch, answered and charged, is logged and priced on the attempt's row.
+    rows = CallLog.objects.values_list("status", "error_code", "input_tokens", "cost_usd")
+    assert list(rows) == [("error", "provider_timeout", 200, Decimal("0.2"))]
 
 
 def test_deadline_below_the_bedrock_timeout_reuses_one_runtime_client(

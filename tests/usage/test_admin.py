@@ -1257,6 +1257,36 @@ def test_alert_list_names_delivery_channels_as_the_dashboard_does(client):
 
 
 @pytest.mark.django_db
+def test_alert_list_says_when_an_email_went_out_but_not_to_every_recipient(
+    client, settings, smtp_refusing_gone
+):
+    # given a budget alert emailed through a mail server that refused one of its recipients
+    tenant = TenantFactory()
+    BudgetFactory(
+        tenant=tenant, alert_percentages=[50], alert_emails="ops@example.com, gone@example.com"
+    )
+    CallLogFactory(tenant=tenant, cost_usd=Decimal("6"), created_at=timezone.now())
+    _aggregate_today()
+    (alert,) = alerts_check()
+    alert_delivery_attempt(delivery_id=alert.deliveries.get().pk)
+    client.force_login(_member(tenant, role=TenantMembership.Role.VIEWER))
+
+    # when the alert list, the dashboard and the alert are opened
+    listed = client.get(reverse("admin:usage_costalert_changelist")).content.decode()
+    dashboard = client.get(
+        reverse("admin:usage_usagedashboard_tenant", args=[tenant.pk])
+    ).content.decode()
+    shown = client.get(reverse("admin:usage_costalert_change", args=[alert.pk])).content.decode()
+
+    # then the list and the dashboard say not everyone got it, and the alert names who did not
+    assert (
+        '<td class="field-deliveries_state">Email: delivered, not to every recipient</td>' in listed
+    )
+    assert "<td>Email: delivered, not to every recipient</td>" in dashboard
+    assert "the mail server refused 1 of 2 recipients: gone@example.com (550 5.1.1" in shown
+
+
+@pytest.mark.django_db
 def test_superuser_sees_every_tenants_dashboard(client):
     tenant = TenantFactory(name="Anyone")
     client.force_login(UserFactory(is_superuser=True))

@@ -1045,9 +1045,9 @@ def test_error_rate_check_skips_a_tenant_deleted_between_its_two_reads(settings,
     assert alert.tenant == kept
 
 
-def _email_delivery(**budget):
+def _email_delivery(emails="ops@example.com", **budget):
     tenant = TenantFactory(name="Acme")
-    BudgetFactory(tenant=tenant, alert_percentages=[50], alert_emails="ops@example.com", **budget)
+    BudgetFactory(tenant=tenant, alert_percentages=[50], alert_emails=emails, **budget)
     _spend(tenant, "6.00")
     _aggregate()
     (alert,) = budget_thresholds_check(now=NOW)
@@ -1186,6 +1186,57 @@ def test_email_send_is_stopped_at_its_deadline_when_the_mail_server_stalls(setti
     assert took < 3
     assert (failed.state, failed.attempts) == ("retrying", 1)
     assert failed.last_error == "Email not sent: the mail server did not finish within 1 s."
+
+
+@pytest.mark.django_db
+def test_alert_email_refused_for_one_recipient_is_delivered_and_names_who_did_not_get_it(
+    smtp_refusing_gone,
+):
+    # given a budget alert for three addresses, one of which the mail server refuses
+    delivery = _email_delivery(emails="ops@example.com, gone@example.com, cfo@example.com")
+
+    # when the delivery is attempted
+    delivered = alert_delivery_attempt(delivery_id=delivery.pk, now=NOW)
+
+    # then the other two got the alert ...
+    [(recipients, text)] = smtp_refusing_gone.messages
+    assert recipients == ["ops@example.com", "cfo@example.com"]
+    assert "has reached 50%" in text
+    # ... the delivery is done, saying who did not get it and why
+    assert (delivered.state, delivered.attempts, delivered.next_attempt_at) == (
+        "delivered",
+        1,
+        None,
+    )
+    assert delivered.last_error == (
+        "Delivered, but the mail server refused 1 of 3 recipients: gone@example.com "
+        "(550 5.1.1 <gone@example.com>: Recipient address rejected: User unknown)."
+    )
+    # ... and it is not sent again to those who got it
+    assert alert_deliveries_send_due(now=NOW + dt.timedelta(days=1)) == 0
+    assert smtp_refusing_gone.sessions == 1
+
+
+@pytest.mark.django_db
+def test_alert_email_to_recipients_all_accepted_is_delivered_with_no_note(smtp_refusing_gone):
+    delivery = _email_delivery(emails="ops@example.com, cfo@example.com")
+
+    delivered = alert_delivery_attempt(delivery_id=delivery.pk, now=NOW)
+
+    [(recipients, _)] = smtp_refusing_gone.messages
+    assert recipients == ["ops@example.com", "cfo@example.com"]
+    assert (delivered.state, delivered.last_error) == ("delivered", "")
+
+
+@pytest.mark.django_db
+def test_alert_email_refused_for_every_recipient_is_retried(smtp_refusing_gone):
+    delivery = _email_delivery(emails="gone@example.com")
+
+    failed = alert_delivery_attempt(delivery_id=delivery.pk, now=NOW)
+
+    assert smtp_refusing_gone.messages == []
+    assert (failed.state, failed.attempts) == ("retrying", 1)
+    assert failed.last_error.startswith("Email not sent: SMTPRecipientsRefused:")
 
 
 class ClaimRecordingBackend:

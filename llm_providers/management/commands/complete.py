@@ -2,6 +2,7 @@
 
 from django.core.management.base import BaseCommand, CommandError
 
+from llm_providers.chat_input import DEADLINE_INVALID, deadline_validate
 from llm_providers.completion import complete, stream
 from llm_providers.exceptions import ApplicationError
 from llm_providers.models import Tenant
@@ -24,8 +25,18 @@ class Command(BaseCommand):
         parser.add_argument("--temperature", type=float, default=None)
         parser.add_argument("--json", action="store_true", help="Ask for a JSON answer.")
         parser.add_argument("--stream", action="store_true", help="Stream the answer.")
+        parser.add_argument(
+            "--deadline",
+            default=None,
+            metavar="SECONDS",
+            help=(
+                "How long the whole call may take, retries and fallbacks included (1 to 600; "
+                "default: LLM_CALL_DEADLINE_SECONDS)."
+            ),
+        )
 
     def handle(self, *args, **options):
+        deadline = _deadline(options["deadline"])
         try:
             tenant = Tenant.objects.get(slug=options["tenant"])
         except Tenant.DoesNotExist:
@@ -46,6 +57,7 @@ class Command(BaseCommand):
             "max_tokens": options["max_tokens"],
             "temperature": options["temperature"],
             "json_mode": options["json"],
+            "deadline": deadline,
         }
         try:
             if options["stream"]:
@@ -78,3 +90,13 @@ class Command(BaseCommand):
             f"attempts: {result.attempts}"
         )
         self.stdout.write(f"request id: {result.request_id}")
+
+
+def _deadline(value: str | None) -> float | None:
+    """The --deadline value, checked as the API checks `deadline`."""
+    if value is None:
+        return None
+    try:
+        return deadline_validate(float(value))
+    except (ValueError, ApplicationError):
+        raise CommandError(f"--deadline: {DEADLINE_INVALID}") from None

@@ -1370,6 +1370,53 @@ def test_gemini_embeds_more_than_100_inputs_in_batches_it_accepts(openai_upstrea
     assert [len(request.json["input"]) for request in openai_upstream.requests] == [100, 100, 50]
 
 
+@pytest.mark.usefixtures("openai_sdk_warm")
+def test_gemini_sends_no_batch_the_calls_deadline_leaves_no_time_for(openai_upstream):
+    # given a first batch answered after 0.5 s, and a deadline that leaves
+    # less than 0.1 s once it is answered
+    adapter = _adapter("gemini", openai_upstream.base_url, api_key="AIzaSyTestKey1234567890")
+    model = "gemini-embedding-001"
+    openai_upstream.enqueue_embeddings(
+        [[float(n)] for n in range(100)], model=model, prompt_tokens=200, delay=0.5
+    )
+    openai_upstream.enqueue_embeddings([[0.5]] * 50, model=model, prompt_tokens=100)
+    request = EmbedRequest(
+        model=model,
+        inputs=[f"text {n}" for n in range(150)],
+        deadline=time.monotonic() + 0.595,
+    )
+
+    # when
+    with pytest.raises(ProviderTimeout) as raised:
+        adapter.embed(request)
+
+    # then the second batch is not sent, and the first is reported as paid for
+    assert len(openai_upstream.requests) == 1
+    assert raised.value.message == (
+        "The call's deadline left no time for the next batch: 50 inputs not sent."
+    )
+    assert raised.value.paid_usage == Usage(input_tokens=200)
+    assert raised.value.paid_vectors == [[float(n)] for n in range(100)]
+    adapter.close()
+
+
+def test_embed_sends_nothing_once_the_calls_deadline_has_passed(adapter, openai_upstream):
+    openai_upstream.enqueue_embeddings([[0.5]])
+
+    with pytest.raises(ProviderTimeout) as raised:
+        adapter.embed(
+            EmbedRequest(
+                model="text-embedding-3-small", inputs=["alpha"], deadline=time.monotonic() - 1
+            )
+        )
+
+    assert openai_upstream.requests == []
+    assert raised.value.message == (
+        "The call's deadline left no time for the next batch: 1 input not sent."
+    )
+    assert raised.value.paid_usage is None
+
+
 def test_list_models_returns_the_ids_sorted(adapter, openai_upstream):
     openai_upstream.enqueue_models(["gpt-4o", "gpt-4o-mini", "babbage-002"])
 

@@ -23,6 +23,7 @@ from tests.factories import (
     ProviderConfigFactory,
 )
 from usage.aggregation import daily_usage_recompute
+from usage.alerts import alert_delivery_attempt, alerts_check
 from usage.models import Budget, DailyUsage
 from usage.periods import local_date, zone
 
@@ -1005,6 +1006,31 @@ def test_alert_list_shows_newest_first_with_deliveries(viewer_api, tenant):
         ("webhook", "delivered", "https://93.184.215.14/…"),
     ]
     assert "s3cr3t" not in response.content.decode()
+
+
+def test_alert_list_names_the_recipients_a_mail_server_refused(
+    viewer_api, tenant, smtp_refusing_gone
+):
+    # given a budget alert emailed through a mail server that refused one of its recipients
+    BudgetFactory(
+        tenant=tenant, alert_percentages=[50], alert_emails="ops@example.com, gone@example.com"
+    )
+    CallLogFactory(tenant=tenant, cost_usd=Decimal("6"), created_at=timezone.now())
+    today = timezone.now().date()
+    daily_usage_recompute(first_day=today - timedelta(days=1), last_day=today)
+    (alert,) = alerts_check()
+    alert_delivery_attempt(delivery_id=alert.deliveries.get().pk)
+
+    # when
+    [listed] = viewer_api.get(ALERTS).json()["results"]
+
+    # then the delivery is delivered, saying who did not get it
+    [delivery] = listed["deliveries"]
+    assert delivery["state"] == "delivered"
+    assert delivery["last_error"] == (
+        "Delivered, but the mail server refused 1 of 2 recipients: gone@example.com "
+        "(550 5.1.1 <gone@example.com>: Recipient address rejected: User unknown)."
+    )
 
 
 def test_alert_list_filters_by_kind_and_budget(admin_api, tenant):

@@ -120,7 +120,9 @@ class RoutingOverrideAdmin(TenantScopedAdmin):
                     "target fails after its retries (provider down, timeout, rate limit, key "
                     "refused, or a budget of its provider config used up). A request the "
                     "provider rejects as invalid would fail everywhere, so it is not sent on; "
-                    "embeddings use the target only."
+                    "embeddings use the target only. No fallback is tried once the call’s "
+                    "deadline has no time left for it, nor for a stream that has already sent "
+                    "part of its answer: the caller gets the error."
                 ),
                 "fields": ("provider_config", "model", "is_active", "note"),
             },

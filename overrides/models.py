@@ -35,8 +35,13 @@ class RoutingOverride(models.Model):
         related_name="routing_overrides",
         help_text="Where the matching calls go first.",
     )
+    # A call that names a model replaces the primary target's model
+    # (llm_providers.completion): this one serves only the calls that name none.
     model = models.CharField(
-        max_length=200, blank=True, help_text="Empty: the provider config's default model."
+        max_length=200,
+        blank=True,
+        help_text="For the calls that name no model; empty: the provider config's default "
+        "model. A call that names a model keeps it (it must be allowed on the provider config).",
     )
     is_active = models.BooleanField(
         default=True,

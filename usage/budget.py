@@ -176,16 +176,33 @@ def budget_refusal_prefix(name: str) -> str:
     return f"Budget “{name}” ("
 
 
+def _refusal_amounts(spend: Decimal, amount: Decimal, limit: Decimal) -> tuple[str, str]:
+    """The spend (beside the limit) and the call's worst case, as a refusal writes them.
+
+    Rounded, they could add up to no more than the limit ($5.004 and $4.997 of
+    $10 read "$5.00" and "$5.00"), making the refusal look wrong: then both
+    are written exactly.
+    """
+    spend_text, amount_text = usd_format_beside(spend, limit), usd_format(amount)
+    if (
+        spend + amount
+        > limit
+        >= sum(Decimal(text.lstrip("$").replace(",", "")) for text in (spend_text, amount_text))
+    ):
+        return usd_format_exact(spend), usd_format_exact(amount)
+    return spend_text, amount_text
+
+
 def _exceeded(refusal: Refusal, amount_usd: Decimal, now: datetime) -> BudgetExceeded:
     budget, period = refusal.entry.budget, refusal.entry.period
+    spend_text, amount_text = _refusal_amounts(refusal.spend_usd, amount_usd, budget.limit_usd)
     resets_local = period.end.astimezone(zone(budget.timezone_name))
     retry_after = max(1, math.ceil((period.end - now).total_seconds()))
     message = (
         f"{budget_refusal_prefix(budget.name)}{budget.period}, "
         f"limit {usd_format_exact(budget.limit_usd)}) "
-        f"refuses this call: {usd_format_beside(refusal.spend_usd, budget.limit_usd)} is "
-        "already spent or reserved "
-        f"this period and the call may cost up to {usd_format(amount_usd)}. The budget resets "
+        f"refuses this call: {spend_text} is already spent or reserved "
+        f"this period and the call may cost up to {amount_text}. The budget resets "
         f"at {resets_local:%Y-%m-%d %H:%M} {budget.timezone_name} ({period.end.isoformat()})."
     )
     return BudgetExceeded(

@@ -31,6 +31,16 @@ def _n(value: float) -> str:
     return f"{value:.1f}"
 
 
+def _labelled_days(count: int) -> set[int]:
+    """The indexes of the days whose date is written under the chart: every 5th
+    (more apart beyond 30 days, so at most 7 labels) and the last, a label too
+    close before the last left out. Labels keep their size on any width, so
+    they must stay apart in percent of it."""
+    step = max(5, math.ceil(count / 6))
+    last = count - 1
+    return {i for i in range(0, count, step) if i == 0 or last - i >= step / 2} | {last}
+
+
 def daily_cost_chart(
     days: Sequence[tuple[date, Decimal | None, int]], *, height: int = 220
 ) -> SafeString:
@@ -73,13 +83,14 @@ def daily_cost_chart(
                 pluralize(requests),
             )
         )
+    labelled = _labelled_days(len(days))
     labels = format_html_join(
         "",
         '<text x="{}%" y="{}" font-size="10" text-anchor="middle">{}</text>',
         (
             (_n(index * slot + slot / 2), height - 8, day.strftime("%m-%d"))
             for index, (day, _, _) in enumerate(days)
-            if index % 5 == 0 or index == len(days) - 1
+            if index in labelled
         ),
     )
     axis = format_html(

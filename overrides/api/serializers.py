@@ -49,7 +49,8 @@ class RoutingOverrideSerializer(KnownFieldsOnly, serializers.Serializer):
         max_length=200,
         allow_blank=True,
         default="",
-        help_text="Empty: the provider config's default model.",
+        help_text="For the calls that name no model (a call's model replaces it); empty: "
+        "the provider config's default model.",
     )
     fallbacks = RoutingFallbackSerializer(
         many=True,

@@ -86,6 +86,27 @@ def test_add_page_explains_overrides_their_precedence_and_fallbacks(tenant, admi
     )
 
 
+def test_add_page_says_a_call_that_names_a_model_keeps_it(tenant, admin_client_for):
+    # the override's model serves only the calls that name none: an explicit
+    # model replaces the primary target's (docs/ARCHITECTURE.md, Route)
+    html = admin_client_for(tenant).get(ADD_URL).content.decode()
+    assert (
+        "For the calls that name no model; empty: the provider config's default model. "
+        "A call that names a model keeps it (it must be allowed on the provider config)." in html
+    )
+
+
+def test_add_page_says_when_fallbacks_are_not_tried(tenant, admin_client_for):
+    # a stream that has sent text is neither retried nor sent on, and no
+    # fallback starts once the call's deadline has no time left (completion.py)
+    html = admin_client_for(tenant).get(ADD_URL).content.decode()
+
+    assert (
+        "No fallback is tried once the call’s deadline has no time left for it, nor for a "
+        "stream that has already sent part of its answer: the caller gets the error." in html
+    )
+
+
 def test_changelist_shows_only_own_tenants_overrides(tenant, admin_client_for):
     mine = RoutingOverrideFactory(tenant=tenant, customer_id="mine-customer")
     RoutingOverrideFactory(customer_id="their-customer")

@@ -119,6 +119,40 @@ def test_refusal_writes_a_limit_as_set_not_rounded_to_cents(counters):
 
 
 @pytest.mark.django_db
+def test_refusal_amounts_never_read_as_fitting_under_the_limit(counters):
+    # given a blocking budget of $10 a day with $5.004 spent
+    tenant = TenantFactory()
+    _blocking_daily(tenant, limit="10")
+    CallLogFactory(tenant=tenant, cost_usd=Decimal("5.004"))
+
+    # when a call that may cost $4.997 asks for room: $10.001 in all, over the limit
+    with pytest.raises(BudgetExceeded) as caught:
+        _reserve(tenant, "4.997")
+
+    # then the amounts add up past the limit as written ($5.00 and $5.00 would
+    # read as fitting exactly), exact since cents would hide why
+    assert caught.value.message.startswith(
+        "Budget “Daily cap” (daily, limit $10.00) refuses this call: $5.004 is already "
+        "spent or reserved this period and the call may cost up to $4.997."
+    )
+
+
+@pytest.mark.django_db
+def test_refusal_amounts_keep_the_limits_decimals_when_they_show_the_overrun(counters):
+    tenant = TenantFactory()
+    _blocking_daily(tenant, limit="10")
+    CallLogFactory(tenant=tenant, cost_usd=Decimal("6.004"))
+
+    with pytest.raises(BudgetExceeded) as caught:
+        _reserve(tenant, "4.997")
+
+    assert caught.value.message.startswith(
+        "Budget “Daily cap” (daily, limit $10.00) refuses this call: $6.00 is already "
+        "spent or reserved this period and the call may cost up to $5.00."
+    )
+
+
+@pytest.mark.django_db
 def test_reserve_refuses_with_budget_spend_limit_and_reset_when_blocking_budget_would_go_over(
     counters,
 ):

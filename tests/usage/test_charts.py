@@ -2,7 +2,10 @@
 
 import datetime as dt
 import re
+import xml.etree.ElementTree as ET
 from decimal import Decimal
+
+import pytest
 
 from usage.charts import budget_gauge, daily_cost_chart, spend_bars
 
@@ -112,3 +115,21 @@ def test_daily_cost_chart_shows_a_tiny_day_above_the_axis_next_to_a_large_one():
     assert top + height == axis_y
     # The axis line covers half a unit above axis_y: the column must rise clear of it.
     assert top < axis_y - 1
+
+
+@pytest.mark.parametrize("count", [1, 2, 7, 27, 30, 31, 90, 365])
+def test_daily_cost_chart_day_labels_stay_apart_however_many_days(count):
+    first = dt.date(2026, 1, 1)
+    days = [(first + dt.timedelta(days=i), Decimal(i % 7), i) for i in range(count)]
+
+    svg = ET.fromstring(str(daily_cost_chart(days)))
+
+    # the day labels: the first day, the last, and none crowding another (a
+    # 5-character label needs about 30 px: 8 % of a 400 px plot)
+    ns = "{http://www.w3.org/2000/svg}"
+    labels = [t for t in svg.iter(f"{ns}text") if t.get("text-anchor") == "middle"]
+    assert labels[0].text == first.strftime("%m-%d")
+    assert labels[-1].text == days[-1][0].strftime("%m-%d")
+    xs = [float(t.get("x").rstrip("%")) for t in labels]
+    assert all(b - a >= 8 for a, b in zip(xs, xs[1:], strict=False)), xs
+    assert len(svg.findall(f"{ns}rect")) == count

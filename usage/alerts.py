@@ -397,11 +397,13 @@ def _error_rate_alert_create(
         subject_key=subject_key,
         period_key=period_key,
         provider_config_id=config_id if config else None,
-        percent=round(errors * 100 / total),
+        # Rounded down: 249 failures of 250 are not "100%".
+        percent=errors * 100 // total,
         message=(
             f"{tenant.name}: provider “{name}” failed {errors} of {total} "
-            f"calls ({_percent_text(Decimal(errors) / total, above=threshold)}) in the last "
-            f"{minutes} minutes, above the {_percent_text(threshold)} alert threshold."
+            f"calls ({_percent_text(Decimal(errors) / total, above=threshold)}) in "
+            f"{'the last minute' if minutes == 1 else f'the last {minutes} minutes'}, "
+            f"above the {_percent_text(threshold)} alert threshold."
         ),
         emails=emails,
         webhooks=webhooks,
@@ -530,7 +532,11 @@ def _email_subject(alert: CostAlert) -> str:
             return f"{name} refuses calls"
         return f"{name} reached {alert.percent}%"
     if alert.kind == CostAlert.Kind.ERROR_RATE and alert.provider_config is not None:
-        return f"provider “{alert.provider_config.name}” failed {alert.percent}% of calls"
+        name = f"provider “{alert.provider_config.name}”"
+        if alert.percent >= 100:
+            return f"{name} failed every call"
+        # The percentage is rounded down: the rate is at least that.
+        return f"{name} failed at least {alert.percent}% of calls"
     if alert.kind == CostAlert.Kind.UNPRICED:
         # The subject key is "<provider config>/<provider type>/<model>".
         model = alert.subject_key.split("/", 2)[-1]

@@ -408,7 +408,7 @@ def test_alert_email_subjects_say_which_budget_and_percentage_or_provider(
     assert sorted(m.subject for m in mail.outbox) == [
         "[LLM usage] Acme: budget “Monthly” reached 50%",
         "[LLM usage] Acme: budget “Monthly” reached 80%",
-        "[LLM usage] Acme: provider “openai-main” failed 100% of calls",
+        "[LLM usage] Acme: provider “openai-main” failed every call",
     ]
 
 
@@ -728,6 +728,7 @@ def test_error_rate_alert_fires_once_per_window_when_provider_fails_often(settin
         # a rate just above the threshold is not written as the threshold itself
         (0.2, 41, 200, "failed 41 of 200 calls (20.5%) in the last 15 minutes, above the 20%"),
         (0.2, 2001, 10000, "calls (20.01%) in the last 15 minutes, above the 20%"),
+        (0.5, 249, 250, "failed 249 of 250 calls (99%) in the last 15 minutes, above the 50%"),
     ],
 )
 def test_error_rate_alert_writes_rate_and_threshold_so_the_rate_reads_above_it(
@@ -757,6 +758,32 @@ def test_error_rate_alert_writes_rate_and_threshold_so_the_rate_reads_above_it(
 
     assert shown in alert.message
     assert alert.message.endswith(" alert threshold.")
+
+
+@pytest.mark.django_db
+def test_error_rate_alert_of_a_rate_just_under_all_says_at_least_not_every(
+    settings, django_capture_on_commit_callbacks
+):
+    # given a one-minute window in which 249 of 250 calls failed
+    settings.USAGE_ERROR_RATE_WINDOW_MINUTES = 1
+    tenant = TenantFactory(name="Acme")
+    TenantMembershipFactory(tenant=tenant, user=UserFactory(email="ops@example.com"))
+    config = ProviderConfigFactory(tenant=tenant, name="openai-main")
+    for status, count in ((CallLog.Status.ERROR, 249), (CallLog.Status.OK, 1)):
+        CallLogFactory.create_batch(
+            count, tenant=tenant, provider_config=config, status=status,
+            created_at=NOW - dt.timedelta(seconds=30),
+        )  # fmt: skip
+
+    with django_capture_on_commit_callbacks(execute=True):
+        (alert,) = error_rates_check(now=NOW)
+
+    # then nothing reads 100%: the percentage is rounded down, the subject says "at least"
+    assert alert.percent == 99
+    assert "failed 249 of 250 calls (99%) in the last minute, above" in alert.message
+    assert [m.subject for m in mail.outbox] == [
+        "[LLM usage] Acme: provider “openai-main” failed at least 99% of calls"
+    ]
 
 
 @pytest.mark.postgres

@@ -22,6 +22,7 @@ from django.utils.text import capfirst, get_text_list
 from django.views.decorators.debug import sensitive_post_parameters
 from rest_framework_api_key.models import APIKey
 
+from .admin_display import utc_display
 from .admin_scoping import NulSafeAdmin, TenantScopedAdmin, request_tenant_ids
 from .api.history import (
     change_history_record_change,
@@ -565,8 +566,22 @@ class ModelPriceAdmin(TenantScopedAdmin):
 # --- service keys ---------------------------------------------------------------
 
 
+class _KeyTimesInUtc:
+    """A key's creation and expiry written in UTC, zone named, as on the usage
+    pages; a live key's expiry is edited in UTC too (the server's zone, see
+    the form's label)."""
+
+    @admin.display(description="created (UTC)", ordering="created")
+    def created_utc(self, obj):
+        return utc_display(obj.created)
+
+    @admin.display(description="expires (UTC)", ordering="expiry_date")
+    def expires_utc(self, obj):
+        return utc_display(obj.expiry_date)
+
+
 @admin.register(ServiceKey)
-class ServiceKeyAdmin(TenantScopedAdmin):
+class ServiceKeyAdmin(_KeyTimesInUtc, TenantScopedAdmin):
     """Keys with which internal programs call the API for one tenant.
 
     The secret is shown once, in a message after creation; afterwards only
@@ -574,7 +589,7 @@ class ServiceKeyAdmin(TenantScopedAdmin):
     """
 
     form = ServiceKeyAdminForm
-    list_display = ("name", "tenant", "prefix", "created", "expiry_date", "expired", "revoked")
+    list_display = ("name", "tenant", "prefix", "created_utc", "expires_utc", "expired", "revoked")
     list_filter = ("revoked", ("tenant", admin.RelatedOnlyFieldListFilter))
     search_fields = ("name", "prefix")
     list_select_related = ("tenant",)
@@ -587,14 +602,15 @@ class ServiceKeyAdmin(TenantScopedAdmin):
     def get_fields(self, request, obj=None):
         if obj is None:
             return ("tenant", "name", "expiry_date")
-        return ("tenant", "name", "prefix", "created", "expiry_date", "revoked")
+        expiry = "expires_utc" if obj.revoked else "expiry_date"
+        return ("tenant", "name", "prefix", "created_utc", expiry, "revoked")
 
     def get_readonly_fields(self, request, obj=None):
         if obj is None:
             return ()
         if obj.revoked:
-            return ("tenant", "name", "prefix", "created", "expiry_date", "revoked")
-        return ("tenant", "prefix", "created")
+            return ("tenant", "name", "prefix", "created_utc", "expires_utc", "revoked")
+        return ("tenant", "prefix", "created_utc")
 
     def save_model(self, request, obj, form, change):
         self.tenant_write_check(request, obj)
@@ -643,7 +659,7 @@ class ServiceKeyAdmin(TenantScopedAdmin):
 
 
 @admin.register(UserToken)
-class UserTokenAdmin(NulSafeAdmin):
+class UserTokenAdmin(_KeyTimesInUtc, NulSafeAdmin):
     """API tokens with which people's scripts act as them.
 
     Each staff user sees and manages their own tokens; a superuser everyone's.
@@ -652,7 +668,7 @@ class UserTokenAdmin(NulSafeAdmin):
     """
 
     form = UserTokenAdminForm
-    list_display = ("name", "user", "prefix", "created", "expiry_date", "expired", "revoked")
+    list_display = ("name", "user", "prefix", "created_utc", "expires_utc", "expired", "revoked")
     list_filter = ("revoked",)
     search_fields = ("name", "prefix")
     list_select_related = ("user",)
@@ -676,14 +692,15 @@ class UserTokenAdmin(NulSafeAdmin):
         if obj is None:
             owner = ("user",) if request.user.is_superuser else ()
             return (*owner, "name", "expiry_date")
-        return ("user", "name", "prefix", "created", "expiry_date", "revoked")
+        expiry = "expires_utc" if obj.revoked else "expiry_date"
+        return ("user", "name", "prefix", "created_utc", expiry, "revoked")
 
     def get_readonly_fields(self, request, obj=None):
         if obj is None:
             return ()
         if obj.revoked:
-            return ("user", "name", "prefix", "created", "expiry_date", "revoked")
-        return ("user", "prefix", "created")
+            return ("user", "name", "prefix", "created_utc", "expires_utc", "revoked")
+        return ("user", "prefix", "created_utc")
 
     def _owns(self, request, obj) -> bool:
         return obj is None or request.user.is_superuser or obj.user_id == request.user.pk

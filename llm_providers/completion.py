@@ -185,6 +185,8 @@ class _Deadline:
 
     def __init__(self, seconds: float):
         self.seconds = seconds
+        # Whether the latest attempt's timeout was the time left, not its own.
+        self.capped_attempt = False
         self.start()
 
     def start(self) -> None:
@@ -208,9 +210,17 @@ class _Deadline:
         """The next attempt's timeout: its own (the call's, else the config's),
         or the time left when that is less."""
         left = self.left()
-        if left < adapter.call_timeout(requested):
+        self.capped_attempt = left < adapter.call_timeout(requested)
+        if self.capped_attempt:
             return max(left, 0.001)
         return requested
+
+    def ended_attempt(self, error: ApplicationError) -> bool:
+        """Whether the deadline is what ended an attempt that failed with
+        `error`: a timeout of an attempt it capped, or after which no time is left."""
+        return isinstance(error, ProviderTimeout) and (
+            self.capped_attempt or not self.allows_attempt()
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -701,7 +711,10 @@ def _retry_or_raise(error: ApplicationError, attempt_on_target: int, deadline: _
     A wait the deadline has no time for (with an attempt after it) is not
     taken: the call moves on to the next target, if there is time for one.
     An attempt that the deadline stopped part-way (an embedding batch it left
-    no time for) moves on the same way, its retries left or not."""
+    no time for) moves on the same way, its retries left or not, and so does
+    the last attempt on the target when it timed out at a timeout the
+    deadline capped, or left no time: the deadline ended the call, not the
+    provider's own timeout."""
     if isinstance(error, CallDeadlineReached):
         raise _MoveOn(error, deadline_cut=True)
     retry_here = (
@@ -717,6 +730,8 @@ def _retry_or_raise(error: ApplicationError, attempt_on_target: int, deadline: _
                 raise _MoveOn(error, deadline_cut=True)
             time.sleep(delay)
             return
+    if deadline.ended_attempt(error):
+        raise _MoveOn(error, deadline_cut=True)
     if _falls_back_on(error):
         raise _MoveOn(error)
     raise error

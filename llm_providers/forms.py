@@ -333,6 +333,12 @@ class TenantMembershipAdminForm(forms.ModelForm):
 
 
 class _HashedKeyAdminForm(forms.ModelForm):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if "expiry_date" in self.fields:
+            # Entered and shown in the server's zone, named like the admin's other times.
+            self.fields["expiry_date"].label = "Expires (UTC)"
+
     def clean_expiry_date(self):
         expiry_date = self.cleaned_data.get("expiry_date")
         # A new key is created by a service that refuses a past expiry; said

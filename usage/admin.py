@@ -26,6 +26,7 @@ from django.utils.functional import cached_property
 from django.views.decorators.debug import sensitive_post_parameters
 from kombu.exceptions import OperationalError as KombuOperationalError
 
+from llm_providers.admin_display import utc_display
 from llm_providers.admin_scoping import TenantScopedAdmin
 from llm_providers.encryption import UnreadableSecret
 from llm_providers.forms import secret_inputs_ask_again
@@ -123,13 +124,6 @@ class CallModelFilter(_TextFilter):
         return queryset.filter(model_answered=value) | queryset.filter(
             model_answered="", model_requested=value
         )
-
-
-def _utc(moment: datetime | None) -> str:
-    """A time as the call log's day filter counts it, zone named: 2026-11-22 17:51:03 UTC."""
-    if moment is None:
-        return "—"
-    return f"{moment.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
 
 
 class UtcTimeFilter(admin.DateFieldListFilter):
@@ -349,7 +343,7 @@ class CallLogAdmin(_ReadOnlyLargeTableAdmin):
     # "Nov. 22, 2026, 5:51 p.m." in no stated zone.
     @admin.display(description="time (UTC)", ordering="created_at")
     def created_at_utc(self, obj):
-        return _utc(obj.created_at)
+        return utc_display(obj.created_at)
 
     def get_search_results(self, request, queryset, search_term):
         term = search_term.strip()
@@ -576,11 +570,11 @@ class AlertDeliveryInline(admin.TabularInline):
 
     @admin.display(description="next attempt (UTC)")
     def next_attempt_at_utc(self, obj):
-        return _utc(obj.next_attempt_at)
+        return utc_display(obj.next_attempt_at)
 
     @admin.display(description="delivered (UTC)")
     def delivered_at_utc(self, obj):
-        return _utc(obj.delivered_at)
+        return utc_display(obj.delivered_at)
 
     # The parent admin has already checked the tenant.
     def has_view_permission(self, request, obj=None):
@@ -643,7 +637,7 @@ class CostAlertAdmin(TenantScopedAdmin):
 
     @admin.display(description="time (UTC)", ordering="created_at")
     def created_at_utc(self, obj):
-        return _utc(obj.created_at)
+        return utc_display(obj.created_at)
 
     @admin.display(description="deliveries")
     def deliveries_state(self, obj):

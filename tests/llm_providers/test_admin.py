@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 
@@ -949,3 +950,61 @@ def test_revoked_user_token_is_read_only(tenant_admin, admin_client_for):
 
     assert 'name="revoked"' not in html
     assert 'name="name"' not in html
+
+
+# --- times of service keys and user tokens ---------------------------------------------
+
+CREATED = dt.datetime(2026, 11, 22, 17, 51, 3, tzinfo=dt.UTC)
+EXPIRES = dt.datetime(2027, 1, 5, 8, 0, 30, tzinfo=dt.UTC)
+
+
+def _dated(key):
+    """`key` created at 17:51:03 UTC on 2026-11-22, expiring at 08:00:30 UTC on 2027-01-05."""
+    type(key).objects.filter(pk=key.pk).update(created=CREATED, expiry_date=EXPIRES)
+    return key
+
+
+def _assert_times_in_utc(listed: str, page: str, revoked_page: str) -> None:
+    """The list (its time columns sortable) and both change pages (editable,
+    revoked) name the zone, as the usage pages do."""
+    assert '">Created (UTC)</a></div>' in listed
+    assert '">Expires (UTC)</a></div>' in listed
+    assert '<td class="field-created_utc">2026-11-22 17:51:03 UTC</td>' in listed
+    assert '<td class="field-expires_utc">2027-01-05 08:00:30 UTC</td>' in listed
+    # The expiry of a live key is edited, in UTC, the server's zone.
+    assert "<label>Created (UTC):</label>" in page
+    assert '<div class="readonly">2026-11-22 17:51:03 UTC</div>' in page
+    assert "<label>Expires (UTC):</label>" in page and 'name="expiry_date_0"' in page
+    assert 'value="2027-01-05"' in page and 'value="08:00:30"' in page
+    assert "<label>Created (UTC):</label>" in revoked_page
+    assert "<label>Expires (UTC):</label>" in revoked_page and "expiry_date_0" not in revoked_page
+    assert '<div class="readonly">2027-01-05 08:00:30 UTC</div>' in revoked_page
+    for html in (listed, page, revoked_page):
+        assert "p.m." not in html and "a.m." not in html
+
+
+def test_service_key_list_and_pages_show_times_in_utc(tenant, tenant_admin, admin_client_for):
+    live = _dated(ServiceKeyFactory(tenant=tenant))
+    revoked = _dated(ServiceKeyFactory(tenant=tenant, revoked=True))
+    client = admin_client_for(tenant_admin)
+
+    listed = client.get(reverse("admin:llm_providers_servicekey_changelist")).content.decode()
+    page, revoked_page = (
+        client.get(reverse("admin:llm_providers_servicekey_change", args=[key.pk])).content.decode()
+        for key in (live, revoked)
+    )
+
+    _assert_times_in_utc(listed, page, revoked_page)
+
+
+def test_user_token_list_and_pages_show_times_in_utc(tenant_admin, admin_client_for):
+    live = _dated(UserTokenFactory(user=tenant_admin))
+    revoked = _dated(UserTokenFactory(user=tenant_admin, revoked=True))
+    client = admin_client_for(tenant_admin)
+
+    listed = client.get(reverse(USER_TOKEN_CHANGELIST)).content.decode()
+    page, revoked_page = (
+        client.get(_user_token_change_url(key)).content.decode() for key in (live, revoked)
+    )
+
+    _assert_times_in_utc(listed, page, revoked_page)

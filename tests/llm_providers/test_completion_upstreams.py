@@ -944,6 +944,100 @@ def test_deadline_caps_the_last_attempt_and_leaves_no_time_for_the_fallback(
     assert second.latency_ms < 600
 
 
+def _assert_deadline_capped_the_last_attempt(error, elapsed):
+    """A lone target's retry, capped at the 0.4 s the 1 s deadline left after
+    a first 0.6 s attempt, timed out: the deadline ended the call."""
+    assert elapsed < 3
+    assert error.code == "provider_timeout"
+    assert error.message == (
+        "The call's deadline of 1 s was reached after 2 attempts "
+        "(“openai” (gpt-4o): provider_timeout)."
+    )
+    assert error.extra["deadline_seconds"] == 1
+    [failure] = error.extra["failures"]
+    assert failure["provider"] == "openai"
+    assert failure["model"] == "gpt-4o"
+    assert failure["code"] == "provider_timeout"
+    assert failure["message"] == CallLog.objects.get(attempt=2).error_message
+    assert _rows() == [("error", "provider_timeout"), ("error", "provider_timeout")]
+    assert CallLog.objects.get(attempt=2).latency_ms < 600
+
+
+@pytest.mark.usefixtures("openai_sdk_warm")
+def test_deadline_that_capped_a_lone_targets_last_attempt_ends_the_call(tenant, openai_upstream):
+    # given one target, slow, with 0.6 s attempts (two per target)
+    _openai(tenant, openai_upstream)
+    openai_upstream.enqueue_chat("late", delay=5, times=3)
+
+    # when the call's deadline (1 s) caps the retry, which times out
+    error, elapsed = _timed(
+        lambda: complete(tenant=tenant, messages=HELLO, timeout=0.6, deadline=1)
+    )
+
+    # then the caller is told the deadline ended the call, not the bare timeout
+    _assert_deadline_capped_the_last_attempt(error, elapsed)
+    assert error.extra["request_id"]
+
+
+@pytest.mark.usefixtures("openai_sdk_warm")
+def test_deadline_that_capped_a_lone_targets_last_attempt_ends_a_stream(tenant, openai_upstream):
+    _openai(tenant, openai_upstream)
+    openai_upstream.enqueue_chat_stream(["late"], delay=5, times=3)
+
+    chunks = stream(tenant=tenant, messages=HELLO, timeout=0.6, deadline=1)
+    error, elapsed = _timed(lambda: list(chunks))
+
+    _assert_deadline_capped_the_last_attempt(error, elapsed)
+    assert error.extra["request_id"] == str(chunks.request_id)
+
+
+@pytest.mark.usefixtures("openai_sdk_warm")
+def test_deadline_that_capped_the_last_attempt_ends_an_embedding_call(tenant, openai_upstream):
+    _openai(tenant, openai_upstream)
+    openai_upstream.enqueue_embeddings([[0.1, 0.2]], delay=5, times=3)
+
+    error, elapsed = _timed(
+        lambda: embed(
+            tenant=tenant,
+            inputs=["alpha"],
+            model="text-embedding-3-small",
+            timeout=0.6,
+            deadline=1,
+        )
+    )
+
+    assert elapsed < 3
+    assert error.message == (
+        "The call's deadline of 1 s was reached after 2 attempts "
+        "(“openai” (text-embedding-3-small): provider_timeout)."
+    )
+    assert error.extra["deadline_seconds"] == 1
+    assert [(f["provider"], f["code"]) for f in error.extra["failures"]] == [
+        ("openai", "provider_timeout")
+    ]
+    assert _rows() == [("error", "provider_timeout"), ("error", "provider_timeout")]
+    assert CallLog.objects.get(attempt=2).latency_ms < 600
+
+
+@pytest.mark.usefixtures("openai_sdk_warm")
+def test_deadline_that_capped_the_only_attempt_ends_the_call(tenant, openai_upstream, settings):
+    # given no retries: the one attempt is the last, capped at the deadline's 1 s
+    settings.LLM_RETRY_ATTEMPTS = 1
+    _openai(tenant, openai_upstream)
+    openai_upstream.enqueue_chat("late", delay=5, times=3)
+
+    error, elapsed = _timed(lambda: complete(tenant=tenant, messages=HELLO, deadline=1))
+
+    assert elapsed < 3
+    assert error.message == (
+        "The call's deadline of 1 s was reached after 1 attempt "
+        "(“openai” (gpt-4o): provider_timeout)."
+    )
+    assert error.extra["deadline_seconds"] == 1
+    assert [f["code"] for f in error.extra["failures"]] == ["provider_timeout"]
+    assert _rows() == [("error", "provider_timeout")]
+
+
 @pytest.mark.usefixtures("openai_sdk_warm")
 def test_deadline_leaves_time_for_a_fallback_after_quick_failures(tenant, openai_upstream):
     _openai(tenant, openai_upstream, name="slow", priority=1)

@@ -203,13 +203,28 @@ def _reset_text(period) -> str:
     return f"at {end:%Y-%m-%d %H:%M} ({period.timezone_name or 'UTC'})"
 
 
+def _spent_and_left(spend: Decimal, limit: Decimal) -> tuple[str, str]:
+    """The spend and what is left of the limit, each written beside the limit.
+
+    Rounded, they could add up to a cent off the limit ($3.455 and $6.545 of
+    $10 read "$3.46" and "$6.55"): then both are written exactly.
+    """
+    left = limit - spend
+    spent_text, left_text = usd_format_beside(spend, limit), usd_format_beside(left, limit)
+    shown = sum(Decimal(text.lstrip("$").replace(",", "")) for text in (spent_text, left_text))
+    if shown != limit:
+        return usd_format_exact(spend), usd_format_exact(left)
+    return spent_text, left_text
+
+
 def _budget_refusing_message(budget: Budget, period, spend: Decimal) -> str:
     limit = budget.limit_usd
+    spent_text, left_text = _spent_and_left(spend, limit)
     return (
         f"{budget.tenant.name}: budget “{budget.name}” ({budget.scope_label}, "
         f"{budget.get_period_display().lower()} {period.key}) refuses calls: "
-        f"{usd_format_beside(spend, limit)} of its {usd_format_exact(limit)} limit is spent, "
-        f"and calls that could cost more than the {usd_format_beside(limit - spend, limit)} "
+        f"{spent_text} of its {usd_format_exact(limit)} limit is spent, "
+        f"and calls that could cost more than the {left_text} "
         f"left are refused until the period resets {_reset_text(period)}."
     )
 

@@ -249,6 +249,51 @@ def test_threshold_check_alerts_100_percent_when_blocking_budget_refused_a_call_
 
 
 @pytest.mark.django_db
+def test_refusing_alert_writes_spend_and_what_is_left_so_they_add_up_to_the_limit():
+    # given a $10 daily blocking budget with $3.455 spent, which refused a $7 call:
+    # rounded to cents, $3.455 spent and $6.545 left would read $3.46 and $6.55
+    now = timezone.now()
+    tenant = TenantFactory(name="Acme")
+    BudgetFactory(
+        tenant=tenant,
+        name="Cap",
+        action=Budget.Action.BLOCK,
+        period=Budget.Period.DAILY,
+        limit_usd=Decimal("10"),
+    )
+    _spend(tenant, "3.455", created_at=now - dt.timedelta(minutes=1))
+    with pytest.raises(BudgetExceeded) as refused:
+        budget_reserve(
+            tenant=tenant,
+            provider_config_id=None,
+            service_name="summarizer",
+            customer_id="acme",
+            amount_usd=Decimal("7"),
+            request_id=uuid.uuid4(),
+        )
+    CallLogFactory(
+        tenant=tenant,
+        status=CallLog.Status.BLOCKED,
+        error_code=refused.value.code,
+        error_message=refused.value.message,
+        cost_usd=Decimal(0),
+        created_at=now,
+    )
+    _aggregate(now)
+
+    # when
+    budget_thresholds_check(now=now)
+
+    # then both amounts are written exactly, and add up to the limit
+    alert = CostAlert.objects.get(percent=100)
+    assert alert.message == (
+        f"Acme: budget “Cap” (whole tenant, daily {now.date()}) refuses calls: $3.455 of "
+        "its $10.00 limit is spent, and calls that could cost more than the $6.545 left are "
+        f"refused until the period resets at {now.date() + dt.timedelta(days=1)} 00:00 (UTC)."
+    )
+
+
+@pytest.mark.django_db
 def test_threshold_check_alerts_previous_period_when_a_late_log_pushes_it_over():
     # given yesterday's daily budget just under 50 %, and a late log of 23:50 yesterday
     now = dt.datetime(2026, 6, 16, 0, 30, tzinfo=dt.UTC)

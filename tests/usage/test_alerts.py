@@ -1290,6 +1290,65 @@ def test_alert_email_refused_for_one_recipient_is_delivered_and_names_who_did_no
 
 
 @pytest.mark.django_db
+def test_alert_email_refused_for_now_for_one_recipient_is_sent_to_them_again_later(
+    settings, smtp_refusing_gone
+):
+    # given a budget alert for four addresses: the mail server refuses
+    # busy@example.com for now (450) and gone@example.com for good (550)
+    settings.USAGE_ALERT_RETRY_BASE_SECONDS = 60
+    delivery = _email_delivery(
+        emails="ops@example.com, busy@example.com, gone@example.com, cfo@example.com"
+    )
+
+    # when the delivery is attempted
+    delivered = alert_delivery_attempt(delivery_id=delivery.pk, now=NOW)
+
+    # then the two others got the alert, and the delivery is done, saying who did not
+    [(recipients, _)] = smtp_refusing_gone.messages
+    assert recipients == ["ops@example.com", "cfo@example.com"]
+    assert (delivered.state, delivered.attempts) == ("delivered", 1)
+    assert delivered.last_error == (
+        "Delivered, but the mail server refused 2 of 4 recipients: busy@example.com "
+        "(450 4.2.0 <busy@example.com>: Recipient address rejected: Greylisted, try again "
+        "later); gone@example.com (550 5.1.1 <gone@example.com>: Recipient address "
+        "rejected: User unknown). Those refused for now (4xx) get it in a new delivery."
+    )
+    # ... and a new delivery of the alert, to busy@example.com alone, waits for its backoff
+    retry = AlertDelivery.objects.exclude(pk=delivery.pk).get()
+    assert (retry.alert_id, retry.channel, retry.target, retry.target_label) == (
+        delivery.alert_id,
+        "email",
+        "busy@example.com",
+        "busy@example.com",
+    )
+    assert (retry.state, retry.attempts, retry.next_attempt_at) == (
+        "retrying",
+        0,
+        NOW + dt.timedelta(seconds=60),
+    )
+    assert retry.last_error == (
+        "Waiting to send again: the mail server refused these recipients for now "
+        "(4xx) when the alert was first sent."
+    )
+    assert alert_deliveries_send_due(now=NOW + dt.timedelta(seconds=59)) == 0
+    assert len(smtp_refusing_gone.messages) == 1
+
+    # when its retry comes due
+    assert alert_deliveries_send_due(now=NOW + dt.timedelta(seconds=60)) == 1
+
+    # then busy@example.com got it once, and no one else got it again
+    assert [r for r, _ in smtp_refusing_gone.messages] == [
+        ["ops@example.com", "cfo@example.com"],
+        ["busy@example.com"],
+    ]
+    retry.refresh_from_db()
+    assert (retry.state, retry.attempts, retry.last_error) == ("delivered", 1, "")
+    assert alert_deliveries_send_due(now=NOW + dt.timedelta(days=1)) == 0
+    assert AlertDelivery.objects.count() == 2
+    assert smtp_refusing_gone.sessions == 2
+
+
+@pytest.mark.django_db
 def test_alert_email_to_recipients_all_accepted_is_delivered_with_no_note(smtp_refusing_gone):
     delivery = _email_delivery(emails="ops@example.com, cfo@example.com")
 

@@ -6,7 +6,8 @@ once, cannot create it twice. Creating it creates one AlertDelivery per
 channel (an email to the recipients, one per webhook), queued once the row is
 committed. A failed delivery is retried with exponential backoff by the
 periodic `alert_deliveries_send_due`; its attempts, last error and next
-attempt are kept.
+attempt are kept. An email that went out while the mail server refused some
+recipients for now (4xx) is sent to them alone by a new delivery.
 
 Budget alerts go to the budget's recipients. Error-rate and unpriced-usage
 alerts go to every recipient of the tenant's active budgets or, when there
@@ -203,13 +204,28 @@ def _reset_text(period) -> str:
     return f"at {end:%Y-%m-%d %H:%M} ({period.timezone_name or 'UTC'})"
 
 
+def _spent_and_left(spend: Decimal, limit: Decimal) -> tuple[str, str]:
+    """The spend and what is left of the limit, each written beside the limit.
+
+    Rounded, they could add up to a cent off the limit ($3.455 and $6.545 of
+    $10 read "$3.46" and "$6.55"): then both are written exactly.
+    """
+    left = limit - spend
+    spent_text, left_text = usd_format_beside(spend, limit), usd_format_beside(left, limit)
+    shown = sum(Decimal(text.lstrip("$").replace(",", "")) for text in (spent_text, left_text))
+    if shown != limit:
+        return usd_format_exact(spend), usd_format_exact(left)
+    return spent_text, left_text
+
+
 def _budget_refusing_message(budget: Budget, period, spend: Decimal) -> str:
     limit = budget.limit_usd
+    spent_text, left_text = _spent_and_left(spend, limit)
     return (
         f"{budget.tenant.name}: budget “{budget.name}” ({budget.scope_label}, "
         f"{budget.get_period_display().lower()} {period.key}) refuses calls: "
-        f"{usd_format_beside(spend, limit)} of its {usd_format_exact(limit)} limit is spent, "
-        f"and calls that could cost more than the {usd_format_beside(limit - spend, limit)} "
+        f"{spent_text} of its {usd_format_exact(limit)} limit is spent, "
+        f"and calls that could cost more than the {left_text} "
         f"left are refused until the period resets {_reset_text(period)}."
     )
 
@@ -569,6 +585,26 @@ def _webhook_target(delivery: AlertDelivery) -> str:
     return url
 
 
+# What a delivery sent again to recipients refused for now records until it is attempted.
+_SEND_AGAIN_NOTE = (
+    "Waiting to send again: the mail server refused these recipients for now "
+    "(4xx) when the alert was first sent."
+)
+
+
+class _Sent(NamedTuple):
+    """A send that went out: a note when it went out with a reservation (recipients
+    refused), and the recipients refused for now (4xx), to send it to again."""
+
+    note: str = ""
+    send_again: tuple[str, ...] = ()
+
+
+def _refused_for_now(code: int) -> bool:
+    """A 4xx reply ("try again later": greylisting, a full queue); 5xx refuses for good."""
+    return 400 <= code < 500
+
+
 def _refused_note(refused: Refused, recipients: int) -> str:
     """What a delivery records when the mail server refused some of its recipients."""
     listed = "; ".join(
@@ -579,14 +615,16 @@ def _refused_note(refused: Refused, recipients: int) -> str:
         f"Delivered, but the mail server refused {len(refused)} of {recipients} "
         f"recipient{'' if recipients == 1 else 's'}: {listed}."
     )
-    if len(note) > _NOTE_LENGTH:
-        note = note[: _NOTE_LENGTH - 1] + "…"
-    return note
+    again = ""
+    if any(_refused_for_now(code) for code, _ in refused.values()):
+        again = " Those refused for now (4xx) get it in a new delivery."
+    if len(note) + len(again) > _NOTE_LENGTH:
+        note = note[: _NOTE_LENGTH - len(again) - 1] + "…"
+    return note + again
 
 
-def _send(delivery: AlertDelivery) -> str:
-    """Send one delivery; return a note for a send that went out with a
-    reservation (recipients refused), else ""."""
+def _send(delivery: AlertDelivery) -> _Sent:
+    """Send one delivery; say whether it went out with a reservation (recipients refused)."""
     alert = delivery.alert
     if delivery.channel == AlertDelivery.Channel.WEBHOOK:
         url = _webhook_target(delivery)
@@ -598,7 +636,7 @@ def _send(delivery: AlertDelivery) -> str:
             webhook_post(url, _payload(alert))
         except WebhookFailed as exc:
             raise AlertDeliveryFailed(str(exc)) from None
-        return ""
+        return _Sent()
     if isinstance(delivery.target, UnreadableSecret):
         raise AlertDeliveryFailed(
             "The delivery target cannot be decrypted with the configured SECRET_KEY/SALT_KEY."
@@ -636,11 +674,17 @@ def _send(delivery: AlertDelivery) -> str:
     except Exception as exc:  # noqa: BLE001 - any other failure is a failed attempt
         raise AlertDeliveryFailed(f"Email not sent: {type(exc).__name__}.") from None
     if not refused:
-        return ""
-    # The others have it: sending again would send it to them twice.
+        return _Sent()
+    # The others have it: sending again would send it to them twice. Only
+    # those refused for now are sent it again, by a delivery of their own.
     note = _refused_note(refused, len(recipients))
     logger.warning("Alert %s email: %s", alert.pk, note)
-    return note
+    send_again = tuple(
+        address
+        for address in recipients
+        if address in refused and _refused_for_now(refused[address][0])
+    )
+    return _Sent(note=note, send_again=send_again)
 
 
 def _claim_seconds() -> float:
@@ -701,7 +745,7 @@ def alert_delivery_attempt(
     attempts = delivery.attempts
     try:
         try:
-            note = _send(delivery)
+            sent = _send(delivery)
         except AlertDeliveryFailed:
             raise
         except Exception as exc:  # noqa: BLE001 - a bug or a bad template fails the attempt
@@ -731,11 +775,43 @@ def alert_delivery_attempt(
             exc,
         )
     else:
-        AlertDelivery.objects.filter(pk=delivery_id).update(
-            attempts=attempts, last_error=note, next_attempt_at=None, delivered_at=timezone.now()
-        )
+        _delivered_record(delivery, attempts=attempts, sent=sent, now=now)
     # None if its tenant was deleted during the send.
     return AlertDelivery.objects.filter(pk=delivery_id).first()
+
+
+def _delivered_record(delivery: AlertDelivery, *, attempts: int, sent: _Sent, now) -> None:
+    """Mark the delivery delivered and, in the same transaction, create the one that
+    sends the alert again to the recipients refused for now, due after the backoff.
+
+    That one goes only to them, so no one who got the alert gets it twice; each
+    such delivery has fewer recipients than the one it came from.
+    """
+    with transaction.atomic():
+        recorded = AlertDelivery.objects.filter(pk=delivery.pk).update(
+            attempts=attempts,
+            last_error=sent.note,
+            next_attempt_at=None,
+            delivered_at=timezone.now(),
+        )
+        if not recorded or not sent.send_again:
+            return  # nothing to send again, or its tenant was deleted during the send
+        joined = ", ".join(sent.send_again)
+        again = AlertDelivery.objects.create(
+            alert_id=delivery.alert_id,
+            channel=AlertDelivery.Channel.EMAIL,
+            target=joined,
+            target_label=joined[:300],
+            last_error=_SEND_AGAIN_NOTE,
+            next_attempt_at=now + timedelta(seconds=_backoff_seconds(1)),
+            created_at=now,
+        )
+    logger.warning(
+        "Alert %s email: sent again to %s recipient(s) refused for now by delivery %s",
+        delivery.alert_id,
+        len(sent.send_again),
+        again.pk,
+    )
 
 
 def alert_deliveries_send_due(*, now: datetime | None = None) -> int:

@@ -18,10 +18,12 @@ def counters(request, settings):
 
 class _RefusingSmtpServer:
     """A loopback SMTP server that takes each message, refusing the RCPT of the
-    addresses in `refused` (550, as for an unknown mailbox)."""
+    addresses in `refused` (550, as for an unknown mailbox) and, the first time
+    only, of those in `deferred` (450, "try again later", as a greylisting server)."""
 
-    def __init__(self, refused):
+    def __init__(self, refused, deferred=()):
         self.refused = set(refused)
+        self.deferred = set(deferred)
         self.sessions = 0
         self.messages = []  # (accepted recipients, message text)
         self.listener = socket.create_server(("127.0.0.1", 0))
@@ -57,6 +59,12 @@ class _RefusingSmtpServer:
                         f"550 5.1.1 <{address}>: Recipient address rejected: "
                         "User unknown\r\n".encode()
                     )
+                elif address in self.deferred:
+                    self.deferred.discard(address)
+                    client.sendall(
+                        f"450 4.2.0 <{address}>: Recipient address rejected: "
+                        "Greylisted, try again later\r\n".encode()
+                    )
                 else:
                     recipients.append(address)
                     client.sendall(b"250 2.1.5 Ok\r\n")
@@ -85,8 +93,9 @@ class _RefusingSmtpServer:
 
 @pytest.fixture
 def smtp_refusing_gone(settings):
-    """Alert email through a loopback SMTP server that refuses gone@example.com."""
-    server = _RefusingSmtpServer(refused={"gone@example.com"})
+    """Alert email through a loopback SMTP server that refuses gone@example.com
+    for good (550) and busy@example.com for now (450, the first time)."""
+    server = _RefusingSmtpServer(refused={"gone@example.com"}, deferred={"busy@example.com"})
     settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
     settings.EMAIL_HOST = "127.0.0.1"
     settings.EMAIL_PORT = server.port

@@ -249,6 +249,51 @@ def test_threshold_check_alerts_100_percent_when_blocking_budget_refused_a_call_
 
 
 @pytest.mark.django_db
+def test_refusing_alert_writes_spend_and_what_is_left_so_they_add_up_to_the_limit():
+    # given a $10 daily blocking budget with $3.455 spent, which refused a $7 call:
+    # rounded to cents, $3.455 spent and $6.545 left would read $3.46 and $6.55
+    now = timezone.now()
+    tenant = TenantFactory(name="Acme")
+    BudgetFactory(
+        tenant=tenant,
+        name="Cap",
+        action=Budget.Action.BLOCK,
+        period=Budget.Period.DAILY,
+        limit_usd=Decimal("10"),
+    )
+    _spend(tenant, "3.455", created_at=now - dt.timedelta(minutes=1))
+    with pytest.raises(BudgetExceeded) as refused:
+        budget_reserve(
+            tenant=tenant,
+            provider_config_id=None,
+            service_name="summarizer",
+            customer_id="acme",
+            amount_usd=Decimal("7"),
+            request_id=uuid.uuid4(),
+        )
+    CallLogFactory(
+        tenant=tenant,
+        status=CallLog.Status.BLOCKED,
+        error_code=refused.value.code,
+        error_message=refused.value.message,
+        cost_usd=Decimal(0),
+        created_at=now,
+    )
+    _aggregate(now)
+
+    # when
+    budget_thresholds_check(now=now)
+
+    # then both amounts are written exactly, and add up to the limit
+    alert = CostAlert.objects.get(percent=100)
+    assert alert.message == (
+        f"Acme: budget “Cap” (whole tenant, daily {now.date()}) refuses calls: $3.455 of "
+        "its $10.00 limit is spent, and calls that could cost more than the $6.545 left are "
+        f"refused until the period resets at {now.date() + dt.timedelta(days=1)} 00:00 (UTC)."
+    )
+
+
+@pytest.mark.django_db
 def test_threshold_check_alerts_previous_period_when_a_late_log_pushes_it_over():
     # given yesterday's daily budget just under 50 %, and a late log of 23:50 yesterday
     now = dt.datetime(2026, 6, 16, 0, 30, tzinfo=dt.UTC)
@@ -1242,6 +1287,65 @@ def test_alert_email_refused_for_one_recipient_is_delivered_and_names_who_did_no
     # ... and it is not sent again to those who got it
     assert alert_deliveries_send_due(now=NOW + dt.timedelta(days=1)) == 0
     assert smtp_refusing_gone.sessions == 1
+
+
+@pytest.mark.django_db
+def test_alert_email_refused_for_now_for_one_recipient_is_sent_to_them_again_later(
+    settings, smtp_refusing_gone
+):
+    # given a budget alert for four addresses: the mail server refuses
+    # busy@example.com for now (450) and gone@example.com for good (550)
+    settings.USAGE_ALERT_RETRY_BASE_SECONDS = 60
+    delivery = _email_delivery(
+        emails="ops@example.com, busy@example.com, gone@example.com, cfo@example.com"
+    )
+
+    # when the delivery is attempted
+    delivered = alert_delivery_attempt(delivery_id=delivery.pk, now=NOW)
+
+    # then the two others got the alert, and the delivery is done, saying who did not
+    [(recipients, _)] = smtp_refusing_gone.messages
+    assert recipients == ["ops@example.com", "cfo@example.com"]
+    assert (delivered.state, delivered.attempts) == ("delivered", 1)
+    assert delivered.last_error == (
+        "Delivered, but the mail server refused 2 of 4 recipients: busy@example.com "
+        "(450 4.2.0 <busy@example.com>: Recipient address rejected: Greylisted, try again "
+        "later); gone@example.com (550 5.1.1 <gone@example.com>: Recipient address "
+        "rejected: User unknown). Those refused for now (4xx) get it in a new delivery."
+    )
+    # ... and a new delivery of the alert, to busy@example.com alone, waits for its backoff
+    retry = AlertDelivery.objects.exclude(pk=delivery.pk).get()
+    assert (retry.alert_id, retry.channel, retry.target, retry.target_label) == (
+        delivery.alert_id,
+        "email",
+        "busy@example.com",
+        "busy@example.com",
+    )
+    assert (retry.state, retry.attempts, retry.next_attempt_at) == (
+        "retrying",
+        0,
+        NOW + dt.timedelta(seconds=60),
+    )
+    assert retry.last_error == (
+        "Waiting to send again: the mail server refused these recipients for now "
+        "(4xx) when the alert was first sent."
+    )
+    assert alert_deliveries_send_due(now=NOW + dt.timedelta(seconds=59)) == 0
+    assert len(smtp_refusing_gone.messages) == 1
+
+    # when its retry comes due
+    assert alert_deliveries_send_due(now=NOW + dt.timedelta(seconds=60)) == 1
+
+    # then busy@example.com got it once, and no one else got it again
+    assert [r for r, _ in smtp_refusing_gone.messages] == [
+        ["ops@example.com", "cfo@example.com"],
+        ["busy@example.com"],
+    ]
+    retry.refresh_from_db()
+    assert (retry.state, retry.attempts, retry.last_error) == ("delivered", 1, "")
+    assert alert_deliveries_send_due(now=NOW + dt.timedelta(days=1)) == 0
+    assert AlertDelivery.objects.count() == 2
+    assert smtp_refusing_gone.sessions == 2
 
 
 @pytest.mark.django_db

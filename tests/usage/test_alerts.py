@@ -1154,7 +1154,7 @@ class DyingEmailBackend:
     """An email backend whose worker is stopped mid-send (nothing after it runs)."""
 
     def __init__(self, **kwargs):
-        pass
+        """Takes the backend options Django passes, and needs none."""
 
     def send_messages(self, messages):
         raise SystemExit(1)
@@ -1376,7 +1376,7 @@ class ClaimRecordingBackend:
     claims = []
 
     def __init__(self, **kwargs):
-        pass
+        """Takes the backend options Django passes, and needs none."""
 
     def send_messages(self, messages):
         delivery = AlertDelivery.objects.get()
@@ -1578,7 +1578,7 @@ class TenantDeletingBackend:
     sent = []
 
     def __init__(self, **kwargs):
-        pass
+        """Takes the backend options Django passes, and needs none."""
 
     def send_messages(self, messages):
         Tenant.objects.filter(name="Doomed").delete()

@@ -14,8 +14,10 @@ from django.db import router, transaction
 from django.db.models import CASCADE, Q
 from django.http import Http404, HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.defaultfilters import pluralize
+from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
+from django.utils.cache import add_never_cache_headers
 from django.utils.decorators import method_decorator
 from django.utils.html import format_html
 from django.utils.text import capfirst, get_text_list
@@ -566,6 +568,51 @@ class ModelPriceAdmin(TenantScopedAdmin):
 # --- service keys ---------------------------------------------------------------
 
 
+class _SecretShownOnce:
+    """A new key's secret shown in the answer to the POST that creates it.
+
+    Not through Django's messages: they wait for the next page in a cookie
+    (signed, not encrypted) or in the session, where proxies, browser tools
+    and session backups would keep the secret. The page is not cached and
+    offers the links the save buttons would have followed.
+    """
+
+    def keep_secret_for_page(self, obj, secret: str, label: str) -> None:
+        obj._secret_shown_once = (secret, label)
+
+    def response_add(self, request, obj, post_url_continue=None):
+        shown = obj.__dict__.pop("_secret_shown_once", None)
+        if shown is None:
+            return super().response_add(request, obj, post_url_continue)
+        secret, label = shown
+        opts = self.opts
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": opts,
+            "title": f"{capfirst(opts.verbose_name)} created",
+            "object": obj,
+            "secret": secret,
+            "secret_label": label,
+            "secret_size": len(secret) + 2,
+            "change_url": reverse(
+                f"admin:{opts.app_label}_{opts.model_name}_change",
+                args=[quote(obj.pk)],
+                current_app=self.admin_site.name,
+            ),
+            "changelist_url": reverse(
+                f"admin:{opts.app_label}_{opts.model_name}_changelist",
+                current_app=self.admin_site.name,
+            ),
+            "add_url": reverse(
+                f"admin:{opts.app_label}_{opts.model_name}_add", current_app=self.admin_site.name
+            ),
+        }
+        request.current_app = self.admin_site.name
+        response = TemplateResponse(request, "admin/llm_providers/secret_created.html", context)
+        add_never_cache_headers(response)
+        return response
+
+
 class _KeyTimesInUtc:
     """A key's creation and expiry written in UTC, zone named, as on the usage
     pages; a live key's expiry is edited in UTC too (the server's zone, see
@@ -581,11 +628,11 @@ class _KeyTimesInUtc:
 
 
 @admin.register(ServiceKey)
-class ServiceKeyAdmin(_KeyTimesInUtc, TenantScopedAdmin):
+class ServiceKeyAdmin(_SecretShownOnce, _KeyTimesInUtc, TenantScopedAdmin):
     """Keys with which internal programs call the API for one tenant.
 
-    The secret is shown once, in a message after creation; afterwards only
-    the prefix is known.
+    The secret is shown once, on the page that answers the creation;
+    afterwards only the prefix is known.
     """
 
     form = ServiceKeyAdminForm
@@ -625,12 +672,7 @@ class ServiceKeyAdmin(_KeyTimesInUtc, TenantScopedAdmin):
             setattr(obj, field.attname, getattr(created, field.attname))
         obj._state.adding = False
         obj._state.db = created._state.db
-        self.message_user(
-            request,
-            f"The secret of service key “{obj.name}” is: {secret} — store it now: it is "
-            "shown only once.",
-            messages.WARNING,
-        )
+        self.keep_secret_for_page(obj, secret, f"The secret of service key “{obj.name}” is:")
 
     @admin.action(description="Revoke selected service keys", permissions=["change"])
     def revoke(self, request, queryset):
@@ -659,12 +701,12 @@ class ServiceKeyAdmin(_KeyTimesInUtc, TenantScopedAdmin):
 
 
 @admin.register(UserToken)
-class UserTokenAdmin(_KeyTimesInUtc, NulSafeAdmin):
+class UserTokenAdmin(_SecretShownOnce, _KeyTimesInUtc, NulSafeAdmin):
     """API tokens with which people's scripts act as them.
 
     Each staff user sees and manages their own tokens; a superuser everyone's.
-    The token is shown once, in a message after creation; afterwards only
-    its prefix is known.
+    The token is shown once, on the page that answers the creation;
+    afterwards only its prefix is known.
     """
 
     form = UserTokenAdminForm
@@ -731,11 +773,8 @@ class UserTokenAdmin(_KeyTimesInUtc, NulSafeAdmin):
             setattr(obj, field.attname, getattr(created, field.attname))
         obj._state.adding = False
         obj._state.db = created._state.db
-        self.message_user(
-            request,
-            f"The token “{obj.name}” of {owner.get_username()} is: {token} — store it now: it "
-            "is shown only once.",
-            messages.WARNING,
+        self.keep_secret_for_page(
+            obj, token, f"The token “{obj.name}” of {owner.get_username()} is:"
         )
 
     @admin.action(description="Revoke selected user tokens", permissions=["change"])

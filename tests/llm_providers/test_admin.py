@@ -7,10 +7,17 @@ import json
 import re
 
 import pytest
-from django.contrib.admin.models import CHANGE, DELETION, LogEntry
+from django.conf import settings
+from django.contrib.admin.models import ADDITION, CHANGE, DELETION, LogEntry
+from django.contrib.admin.utils import quote
 from django.contrib.messages import get_messages
+from django.contrib.messages.storage.cookie import CookieStorage
+from django.contrib.sessions.backends.db import SessionStore
+from django.contrib.sessions.models import Session
 from django.test import override_settings
 from django.urls import reverse
+from django.utils.html import strip_tags
+from rest_framework.test import APIClient
 
 from llm_providers.models import ProviderConfig, ServiceKey, UserToken
 from llm_providers.selectors import user_token_for_key
@@ -758,19 +765,50 @@ def test_button_not_found_for_other_tenant(other_tenant, tenant_admin, admin_cli
 # --- service keys ----------------------------------------------------------------------
 
 
+def _secret_on_page(response) -> str:
+    """The secret the page after an add shows, checked to appear there once."""
+    html = response.content.decode()
+    secret = re.search(r'id="created-secret"[^>]*value="([^"]+)"', html)[1]
+    assert html.count(secret) == 1
+    return secret
+
+
+def _assert_secret_kept_nowhere(client, response, secret) -> None:
+    """The page is not cached, and no cookie nor the session holds the secret."""
+    assert response.status_code == 200
+    assert "no-store" in response["Cache-Control"]
+    for morsel in (*response.cookies.values(), *client.cookies.values()):
+        assert secret not in morsel.value
+        assert secret not in morsel.OutputString()
+    messages_cookie = client.cookies.get(CookieStorage.cookie_name)
+    if messages_cookie is not None and messages_cookie.value:
+        decoded = CookieStorage(response.wsgi_request)._decode(messages_cookie.value) or []
+        assert all(secret not in str(message) for message in decoded)
+    assert all(secret not in str(m) for m in get_messages(response.wsgi_request))
+    session = SessionStore(session_key=client.cookies[settings.SESSION_COOKIE_NAME].value)
+    assert secret not in repr(session.load())
+    assert secret not in str(Session.objects.get(session_key=session.session_key).session_data)
+
+
 def test_service_key_secret_shown_once_then_prefix_only(tenant, tenant_admin, admin_client_for):
     client = admin_client_for(tenant_admin)
     response = client.post(
         reverse("admin:llm_providers_servicekey_add"),
         {"tenant": str(tenant.pk), "name": "billing-job"},
-        follow=True,
     )
     service_key = ServiceKey.objects.get(tenant=tenant, name="billing-job")
-    message, added = _messages(response)
-    assert added.endswith("billing-job</a>” was added successfully.")
-    secret = message.split(" is: ", 1)[1].split(" — ", 1)[0]
+    html = response.content.decode()
+    assert "Service key “billing-job” was added successfully." in strip_tags(html)
+    assert "store it now: it is shown only once." in html
+    secret = _secret_on_page(response)
+    _assert_secret_kept_nowhere(client, response, secret)
     assert ServiceKey.objects.get_from_key(secret) == service_key
-    assert message.endswith("store it now: it is shown only once.")
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Api-Key {secret}")
+    authenticated = api.get("/api/v1/providers/")
+    assert authenticated.status_code == 200
+    assert authenticated.wsgi_request.auth == service_key
+    assert _history(service_key) == [(ADDITION, tenant_admin.pk, "Added.")]
     listing = client.get(reverse("admin:llm_providers_servicekey_changelist")).content.decode()
     assert service_key.prefix in listing
     assert secret not in listing
@@ -778,6 +816,25 @@ def test_service_key_secret_shown_once_then_prefix_only(tenant, tenant_admin, ad
         reverse("admin:llm_providers_servicekey_change", args=[service_key.pk])
     ).content.decode()
     assert secret not in change
+
+
+def test_service_key_page_links_to_the_key_the_list_and_another(
+    tenant, tenant_admin, admin_client_for
+):
+    response = admin_client_for(tenant_admin).post(
+        reverse("admin:llm_providers_servicekey_add"),
+        {"tenant": str(tenant.pk), "name": "billing-job", "_addanother": "Save and add another"},
+    )
+
+    service_key = ServiceKey.objects.get(tenant=tenant, name="billing-job")
+    html = response.content.decode()
+    assert response.status_code == 200
+    for url in (
+        reverse("admin:llm_providers_servicekey_change", args=[quote(service_key.pk)]),
+        reverse("admin:llm_providers_servicekey_changelist"),
+        reverse("admin:llm_providers_servicekey_add"),
+    ):
+        assert f'href="{url}"' in html
 
 
 def test_service_key_revoke_action(tenant, tenant_admin, admin_client_for):
@@ -852,16 +909,22 @@ def _user_token_change_url(user_token) -> str:
 def test_user_token_shown_once_then_prefix_only(tenant_admin, admin_client_for):
     client = admin_client_for(tenant_admin)
 
-    response = client.post(reverse(USER_TOKEN_ADD), {"name": "nightly"}, follow=True)
+    response = client.post(reverse(USER_TOKEN_ADD), {"name": "nightly"})
 
     user_token = UserToken.objects.get(name="nightly")
     assert user_token.user == tenant_admin
-    message, added = _messages(response)
-    assert added.endswith("nightly</a>” was added successfully.")
-    assert message.startswith(f"The token “nightly” of {tenant_admin.username} is: ")
-    assert message.endswith(" — store it now: it is shown only once.")
-    token = message.split(" is: ", 1)[1].split(" — ", 1)[0]
+    html = response.content.decode()
+    assert "User token “nightly” was added successfully." in strip_tags(html)
+    assert f"The token “nightly” of {tenant_admin.username}" in html
+    assert "store it now: it is shown only once." in html
+    token = _secret_on_page(response)
+    _assert_secret_kept_nowhere(client, response, token)
     assert user_token_for_key(key=token) == user_token
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Token {token}")
+    authenticated = api.get("/api/v1/providers/")
+    assert authenticated.status_code == 200
+    assert authenticated.wsgi_request.auth == user_token
     secret = token.partition(".")[2]
     for page in (
         client.get(reverse(USER_TOKEN_CHANGELIST)),
@@ -915,14 +978,13 @@ def test_superuser_sees_every_user_token_and_creates_one_for_another_user(
     client = admin_client_for(superuser)
 
     response = client.post(
-        reverse(USER_TOKEN_ADD), {"name": "for-alice", "user": str(tenant_admin.pk)}, follow=True
+        reverse(USER_TOKEN_ADD), {"name": "for-alice", "user": str(tenant_admin.pk)}
     )
     listing = client.get(reverse(USER_TOKEN_CHANGELIST))
 
     assert UserToken.objects.get(name="for-alice").user == tenant_admin
-    assert _messages(response)[0].startswith(
-        f"The token “for-alice” of {tenant_admin.username} is: "
-    )
+    assert f"The token “for-alice” of {tenant_admin.username}" in response.content.decode()
+    assert user_token_for_key(key=_secret_on_page(response)).user == tenant_admin
     assert sorted(t.name for t in listing.context["cl"].result_list) == ["for-alice", "theirs"]
 
 

@@ -63,7 +63,7 @@ def test_call_whose_config_is_deleted_mid_call_is_still_logged(
 
 
 class _Undo(Exception):
-    pass
+    """Raised inside a transaction to roll its change back."""
 
 
 @pytest.mark.django_db

@@ -175,11 +175,6 @@ class _DeadlineReached(Exception):
         self.error = error
 
 
-# Less time than this left, an attempt would only time out (no provider
-# answers sooner), so none starts, and no wait is taken that leaves less.
-_DEADLINE_MIN_ATTEMPT_SECONDS = DEADLINE_MIN_REQUEST_SECONDS
-
-
 class _Deadline:
     """The whole call's time: its attempts, the waits between them, its fallbacks."""
 
@@ -190,21 +185,20 @@ class _Deadline:
         self.start()
 
     def start(self) -> None:
-        self._ends = time.monotonic() + self.seconds
-
-    @property
-    def ends(self) -> float:
-        """The `time.monotonic()` at which the call's time is up."""
-        return self._ends
+        # The `time.monotonic()` at which the call's time is up.
+        self.ends = time.monotonic() + self.seconds
 
     def left(self) -> float:
-        return self._ends - time.monotonic()
+        return self.ends - time.monotonic()
 
+    # With less than DEADLINE_MIN_REQUEST_SECONDS left an attempt would only
+    # time out (no provider answers sooner): none starts, and no wait is taken
+    # that leaves less.
     def allows_attempt(self) -> bool:
-        return self.left() >= _DEADLINE_MIN_ATTEMPT_SECONDS
+        return self.left() >= DEADLINE_MIN_REQUEST_SECONDS
 
     def allows_wait(self, seconds: float) -> bool:
-        return self.left() - seconds >= _DEADLINE_MIN_ATTEMPT_SECONDS
+        return self.left() - seconds >= DEADLINE_MIN_REQUEST_SECONDS
 
     def attempt_timeout(self, adapter: Adapter, requested: float | None) -> float | None:
         """The next attempt's timeout: its own (the call's, else the config's),

@@ -33,6 +33,7 @@ from .api.history import (
 )
 from .forms import (
     SECRET_FORM_FIELDS,
+    AdminLoginForm,
     ProviderConfigAdminForm,
     ServiceKeyAdminForm,
     TenantMembershipAdminForm,
@@ -57,6 +58,7 @@ from .services import (
 admin.site.site_header = "LLM Provider Layer"
 admin.site.site_title = "LLM Provider Layer"
 admin.site.index_title = "Administration"
+admin.site.login_form = AdminLoginForm
 
 # The project's service keys are ServiceKey rows (one tenant each); the
 # library's own tenant-less APIKey model is not used.

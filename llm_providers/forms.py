@@ -1,11 +1,15 @@
-"""Admin forms: write-only secrets, provider type help, tenant-limited choices."""
+"""Admin forms: write-only secrets, provider type help, tenant-limited choices; login forms
+that throttle failed logins per client address."""
 
 from __future__ import annotations
 
+import math
 import re
 
 from django import forms
+from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.auth import get_user_model
+from django.contrib.auth.forms import AuthenticationForm
 from django.core.exceptions import ValidationError
 from django.forms.fields import InvalidJSONInput
 from django.forms.models import construct_instance
@@ -13,6 +17,7 @@ from django.template.defaultfilters import pluralize
 from django.utils import timezone
 from django.utils.html import format_html_join
 
+from .api.throttling import authentication_attempt
 from .json_values import MAX_JSON_DEPTH, json_value_problem
 from .models import ProviderConfig, ServiceKey, TenantMembership, UserToken
 from .provider_types import PROVIDER_TYPE_SPECS, Protocol, ProviderType, ProviderTypeSpec
@@ -373,3 +378,35 @@ class UserTokenAdminForm(_HashedKeyAdminForm):
                 code="inactive",
             )
         return user
+
+
+# --- login --------------------------------------------------------------------
+
+
+def _login_throttled(wait: float) -> ValidationError:
+    return ValidationError(
+        "Too many failed login attempts from this address. Try again in %(seconds)s seconds.",
+        code="throttled",
+        params={"seconds": max(1, math.ceil(wait))},
+    )
+
+
+class _AddressThrottledLogin:
+    """A failed login counts against the client address's `auth_failure` rate, as a
+    failed API authentication does; beyond it the password is not checked."""
+
+    def clean(self):
+        if self.request is None:
+            return super().clean()
+        with authentication_attempt(
+            self.request, failure=ValidationError, refusal=_login_throttled
+        ):
+            return super().clean()
+
+
+class LoginForm(_AddressThrottledLogin, AuthenticationForm):
+    """The browsable API's login (`/api/auth/login/`)."""
+
+
+class AdminLoginForm(_AddressThrottledLogin, AdminAuthenticationForm):
+    """The admin's login."""

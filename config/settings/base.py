@@ -370,15 +370,17 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "llm_providers.api.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_THROTTLE_CLASSES": ["llm_providers.api.throttling.CredentialRateThrottle"],
-    # Requests per credential: a service key, a user, or (unauthenticated) a client address.
+    # Requests per credential: a service key, a user, or (unauthenticated) a client address;
+    # failed authentications (API credentials and login forms) per client address.
     "DEFAULT_THROTTLE_RATES": {
         "service_key": env.str("API_THROTTLE_SERVICE_KEY", default="6000/min"),
         "user": env.str("API_THROTTLE_USER", default="1200/min"),
         "anon": env.str("API_THROTTLE_ANON", default="60/min"),
+        "auth_failure": env.str("API_THROTTLE_AUTH_FAILURE", default="30/min"),
     },
-    # Proxies in front of the application: anonymous clients are told apart by
-    # the address that many hops back in X-Forwarded-For, which a client cannot
-    # forge; 0 uses the connecting address. Production assumes one proxy.
+    # Proxies in front of the application: anonymous clients and failed authentications
+    # are told apart by the address that many hops back in X-Forwarded-For, which a
+    # client cannot forge; 0 uses the connecting address. Production assumes one proxy.
     "NUM_PROXIES": _env_int("NUM_PROXIES", default=0, minimum=0),
     "EXCEPTION_HANDLER": "llm_providers.api.exception_handlers.api_exception_handler",
     "TEST_REQUEST_DEFAULT_FORMAT": "json",

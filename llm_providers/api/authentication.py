@@ -4,6 +4,11 @@ person, a service key (`Authorization: Api-Key <key>`) for the key's tenant.
 Both are stored as SHA-512 hashes under a prefix kept in clear. Credentials that
 cannot exist are refused before any query: PostgreSQL refuses a NUL in a
 query's text, which would otherwise be a server error.
+
+Every presented token or key is an authentication attempt of the client
+address (`throttling.authentication_attempt`): one that fails counts against
+the address's `auth_failure` rate, and beyond that rate the address's
+credentials are refused with 429 `auth_throttled` before they are looked up.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 from rest_framework_api_key.permissions import KeyParser
 
+from llm_providers.api.throttling import authentication_attempt
 from llm_providers.models import ServiceKey
 from llm_providers.selectors import user_token_for_key
 
@@ -26,6 +32,22 @@ _USER_TOKEN = re.compile(r"[\x21-\x7e]{1,150}")
 INVALID_TOKEN = "Invalid token."
 
 
+class AuthenticationThrottled(exceptions.Throttled):
+    """429: the client address has failed to authenticate too often of late."""
+
+    default_code = "auth_throttled"
+    summary = "Too many failed authentication attempts from this address; retry later."
+
+
+def _attempt(request):
+    """The checking of the request's credential, counted per client address."""
+    return authentication_attempt(
+        request,
+        failure=exceptions.AuthenticationFailed,
+        refusal=lambda wait: AuthenticationThrottled(wait=wait),
+    )
+
+
 class TokenAuthentication(authentication.TokenAuthentication):
     """A person's API token (`Authorization: Token <token>`), a UserToken.
 
@@ -33,6 +55,13 @@ class TokenAuthentication(authentication.TokenAuthentication):
     "Invalid token."; a token of an inactive user with "User inactive or
     deleted.".
     """
+
+    def authenticate(self, request):
+        words = authentication.get_authorization_header(request).split()
+        if not words or words[0].lower() != self.keyword.lower().encode():
+            return None
+        with _attempt(request):
+            return super().authenticate(request)
 
     def authenticate_credentials(self, key):
         user_token = user_token_for_key(key=key) if _USER_TOKEN.fullmatch(key) else None
@@ -82,7 +111,10 @@ class ServiceKeyAuthentication(authentication.BaseAuthentication):
         key = self.key_parser.get_from_authorization(request)
         if key is None:
             return None
-        key = key.strip()
+        with _attempt(request):
+            return self._authenticate_key(key.strip())
+
+    def _authenticate_key(self, key: str):
         prefix, dot, _ = key.partition(".")
         service_key = (
             ServiceKey.objects.select_related("tenant").filter(prefix=prefix).first()

@@ -43,6 +43,7 @@ VALIDATION_CODE = "validation_error"
 REQUEST_ID_HEADER = "X-Request-Id"
 # A 429 whose cause gives no time to wait (a provider's 429 without Retry-After).
 DEFAULT_RETRY_AFTER_SECONDS = 1
+THROTTLED_MESSAGE = "Too many requests for this credential; retry later."
 NON_FIELD_KEY = "non_field_errors"
 # How many field messages the summary `message` of a validation error quotes.
 _SUMMARY_MESSAGES = 3
@@ -189,7 +190,7 @@ def _api_exception_response(exc: exceptions.APIException) -> Response:
         if seconds is not None:
             headers["Retry-After"] = str(seconds)
             extra["retry_after_seconds"] = seconds
-        message = "Too many requests for this credential; retry later."
+        message = getattr(exc, "summary", THROTTLED_MESSAGE)
     else:
         message = str(exc.detail) if not isinstance(exc.detail, list | dict) else str(exc)
     code = exc.default_code

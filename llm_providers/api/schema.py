@@ -25,7 +25,7 @@ ERROR_SCHEMA = {
                 "code": {
                     "type": "string",
                     "description": "Stable and machine-readable, e.g. `validation_error`, "
-                    "`not_found`, `tenant_ambiguous`, `no_route`, `throttled`.",
+                    "`not_found`, `tenant_ambiguous`, `no_route`, `throttled`, `auth_throttled`.",
                 },
                 "message": {"type": "string", "description": "What went wrong, for people."},
                 "fields": {
@@ -53,7 +53,8 @@ ERROR_DESCRIPTIONS = {
     "401": "No credentials, or invalid ones.",
     "403": "The caller's role may not do this, or it may not act for the named tenant.",
     "404": "No such object in this tenant.",
-    "429": "Too many requests for this credential (`throttled`); see `Retry-After`.",
+    "429": "Too many requests for this credential (`throttled`), or too many failed "
+    "authentications from this client address (`auth_throttled`); see `Retry-After`.",
 }
 
 # What every operation that reads a body can answer before its view runs.

@@ -1,9 +1,11 @@
 """Throttling of the API per credential, on the shared Django cache (Redis when configured).
 
 One rate budget per service key (scope `service_key`), per user (`user`)
-and, for unauthenticated requests, per client address (`anon`). Rates are
-`REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]`, read on every request so that a
-settings change applies at once.
+and, for unauthenticated requests, per client address (`anon`). Failed
+authentication has its own budget per client address (`auth_failure`),
+spent before a credential is checked: see `authentication_attempt`. Rates
+are `REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]`, read on every request so
+that a settings change applies at once.
 
 With Redis (django-redis) a credential's history is a sorted set of request
 times, and the check and the count are one Lua script: atomic across
@@ -21,6 +23,8 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from django.core.cache import cache, caches
 from rest_framework.settings import api_settings
@@ -33,6 +37,7 @@ logger = logging.getLogger(__name__)
 SCOPE_SERVICE_KEY = "service_key"
 SCOPE_USER = "user"
 SCOPE_ANON = "anon"
+SCOPE_AUTH_FAILURE = "auth_failure"
 
 # Drop the times that left the window; count one more only while the rest are
 # below the rate. Answers (1, "0") when counted, else (0, seconds until the
@@ -73,22 +78,19 @@ def _allow_script():
     return script
 
 
-class CredentialRateThrottle(SimpleRateThrottle):
-    """A sliding window of requests per credential; 429 with Retry-After beyond it."""
+class _SlidingWindowThrottle(SimpleRateThrottle):
+    """A sliding window of requests per scope and identity; 429 with Retry-After beyond it."""
+
+    outage_warning = "API throttle not enforced: cache unavailable (%s)"
 
     def __init__(self):
         # The scope, hence the rate, is known per request only.
         self.scope = None
         self.rate = None
+        self._counted = False
 
     def _scope_and_ident(self, request) -> tuple[str, str]:
-        if isinstance(request.auth, ServiceKey):
-            # The prefix identifies a key without any part of its secret or hash.
-            return SCOPE_SERVICE_KEY, request.auth.prefix
-        user = request.user
-        if user is not None and user.is_authenticated and user.pk is not None:
-            return SCOPE_USER, str(user.pk)
-        return SCOPE_ANON, self.get_ident(request)
+        raise NotImplementedError
 
     def get_rate(self) -> str | None:
         return api_settings.DEFAULT_THROTTLE_RATES.get(self.scope)
@@ -101,21 +103,42 @@ class CredentialRateThrottle(SimpleRateThrottle):
         self.num_requests, self.duration = self.parse_rate(self.rate)
         try:
             if _uses_redis():
-                return self._allow_request_redis(request, view)
-            with _local_lock:
-                return super().allow_request(request, view)
+                self._counted = self._allow_request_redis(request, view)
+            else:
+                with _local_lock:
+                    self._counted = super().allow_request(request, view)
         except Exception as exc:  # noqa: BLE001 - any cache failure: not enforced
-            logger.warning("API throttle not enforced: cache unavailable (%s)", type(exc).__name__)
+            logger.warning(self.outage_warning, type(exc).__name__)
             return True
+        return self._counted
+
+    def uncount(self) -> None:
+        """Take the request this throttle let through out of its history again."""
+        if not self._counted:
+            return
+        self._counted = False
+        try:
+            if _uses_redis():
+                from django_redis import get_redis_connection
+
+                get_redis_connection("default").zrem(cache.make_key(self.key), self._member)
+            else:
+                with _local_lock:
+                    history = self.cache.get(self.key, [])
+                    if self.now in history:
+                        history.remove(self.now)
+                        self.cache.set(self.key, history, self.duration)
+        except Exception as exc:  # noqa: BLE001 - any cache failure: the entry lapses
+            logger.warning(self.outage_warning, type(exc).__name__)
 
     def _allow_request_redis(self, request, view) -> bool:
         self.key = self.get_cache_key(request, view)
         self.now = self.timer()
         # A member unique to this request: two requests in the same instant both count.
-        member = f"{self.now!r}:{secrets.token_hex(8)}"
+        self._member = f"{self.now!r}:{secrets.token_hex(8)}"
         allowed, wait = _allow_script()(
             keys=[cache.make_key(self.key)],
-            args=[repr(self.now), self.duration, self.num_requests, member],
+            args=[repr(self.now), self.duration, self.num_requests, self._member],
         )
         self._redis_wait = max(0.0, float(wait))
         return bool(int(allowed))
@@ -139,3 +162,57 @@ class CredentialRateThrottle(SimpleRateThrottle):
 
     def get_cache_key(self, request, view) -> str:
         return self.cache_format % {"scope": self.scope, "ident": self._ident}
+
+
+class CredentialRateThrottle(_SlidingWindowThrottle):
+    """Requests per service key, per user, or (unauthenticated) per client address."""
+
+    def _scope_and_ident(self, request) -> tuple[str, str]:
+        if isinstance(request.auth, ServiceKey):
+            # The prefix identifies a key without any part of its secret or hash.
+            return SCOPE_SERVICE_KEY, request.auth.prefix
+        user = request.user
+        if user is not None and user.is_authenticated and user.pk is not None:
+            return SCOPE_USER, str(user.pk)
+        return SCOPE_ANON, self.get_ident(request)
+
+
+class AuthFailureThrottle(_SlidingWindowThrottle):
+    """Failed authentications per client address (the anonymous throttle's address)."""
+
+    outage_warning = "Authentication failure throttle not enforced: cache unavailable (%s)"
+
+    def _scope_and_ident(self, request) -> tuple[str, str]:
+        return SCOPE_AUTH_FAILURE, self.get_ident(request)
+
+
+@contextmanager
+def authentication_attempt(
+    request,
+    *,
+    failure: type[BaseException] | tuple[type[BaseException], ...],
+    refusal: Callable[[float], BaseException],
+) -> Iterator[None]:
+    """Check a presented credential in the block, counting it as failed unless it succeeds.
+
+    The attempt is counted in the client address's `auth_failure` window
+    before the credential is checked, in the same atomic step as the check
+    against the rate: once the window is full, `refusal(seconds to wait)` is
+    raised and the credential is not looked at, so a right one guessed then
+    gains nothing, and concurrent attempts never pass beyond the rate. The
+    block ending in `failure` leaves the attempt counted; ending otherwise (the
+    credential was good, or checking it broke for another reason) takes it
+    out again. Nothing of the credential is in the count: it is kept under
+    the address.
+    """
+    throttle = AuthFailureThrottle()
+    if not throttle.allow_request(request, None):
+        raise refusal(throttle.wait())
+    try:
+        yield
+    except failure:
+        raise
+    except BaseException:
+        throttle.uncount()
+        raise
+    throttle.uncount()

@@ -71,6 +71,14 @@ def test_tenant_scoped_operations_document_tenant_selection_and_errors(schema, p
             assert content["schema"] == {"$ref": "#/components/schemas/Error"}
 
 
+def test_schema_names_both_throttles_in_its_429(schema):
+    operation = schema["paths"]["/api/v1/providers/"]["get"]
+
+    description = operation["responses"]["429"]["description"]
+    assert "`throttled`" in description
+    assert "`auth_throttled`" in description
+
+
 def test_schema_describes_the_error_shape(schema):
     error = schema["components"]["schemas"]["Error"]["properties"]["error"]
 

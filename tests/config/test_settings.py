@@ -31,6 +31,7 @@ SETTINGS_VARIABLES = {
     "CSRF_TRUSTED_ORIGINS",
     "SECURE_SSL_REDIRECT",
     "SECURE_HSTS_SECONDS",
+    "API_THROTTLE_AUTH_FAILURE",
 }
 # A key as `secrets.token_urlsafe(50)` makes one: long and varied, as
 # `check --deploy` wants.
@@ -66,6 +67,7 @@ print(json.dumps({
     "EMAIL_PORT": getattr(s, "EMAIL_PORT", None),
     "ALERT_EMAIL_CONFIGURED": s.ALERT_EMAIL_CONFIGURED,
     "PROVIDER_ALLOW_PRIVATE_URLS": s.PROVIDER_ALLOW_PRIVATE_URLS,
+    "THROTTLE_RATES": s.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"],
 }))
 """
 
@@ -113,6 +115,7 @@ def from_environment():
             "CELERY_BROKER_URL": "redis://cache.internal:6379/4",
             "EMAIL_URL": "smtp+tls://mailer:pw@smtp.example.com:587",
             "PROVIDER_ALLOW_PRIVATE_URLS": "true",
+            "API_THROTTLE_AUTH_FAILURE": "10/min",
             "DEBUG": "true",
         },
     )
@@ -192,6 +195,14 @@ def test_database_url_read(from_environment):
 def test_redis_url_selects_django_redis(from_environment):
     assert from_environment["CACHE_BACKEND"] == "django_redis.cache.RedisCache"
     assert from_environment["CACHE_LOCATION"] == "redis://cache.internal:6379/3"
+
+
+def test_failed_authentications_throttled_at_30_a_minute_by_default(embedded):
+    assert embedded["THROTTLE_RATES"]["auth_failure"] == "30/min"
+
+
+def test_failed_authentication_rate_read(from_environment):
+    assert from_environment["THROTTLE_RATES"]["auth_failure"] == "10/min"
 
 
 def test_celery_broker_url_read(from_environment):

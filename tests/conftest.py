@@ -30,6 +30,11 @@ def pytest_runtest_setup(item):
         _skip_or_fail("needs PostgreSQL: set DATABASE_URL=postgres://... (CI does)")
     if item.get_closest_marker("redis") and not _uses_redis():
         _skip_or_fail("needs Redis: set REDIS_URL=redis://... (CI does)")
+    if item.get_closest_marker("browser"):
+        from tests.browser.conftest import CHROMIUM, chromium_available
+
+        if not chromium_available():
+            _skip_or_fail(f"needs Chromium at {CHROMIUM}: apt-get install chromium (CI does)")
 
 
 @pytest.fixture(autouse=True)

@@ -167,6 +167,18 @@ def assert_secret_absent():
 
 
 @pytest.fixture
+def cache_down(settings):
+    """A Redis cache nobody listens on: every cache operation fails at once."""
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": "redis://127.0.0.1:1/0",
+            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.2, "SOCKET_TIMEOUT": 0.2},
+        }
+    }
+
+
+@pytest.fixture
 def silent_server():
     """A loopback address that accepts connections and never answers (a hung Redis)."""
     import socket

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from django.contrib.admin.utils import quote
 from django.urls import reverse
 
 from llm_providers.completion import complete
 from llm_providers.demo import TENANT_ADMIN_USERNAME, demo_seed
-from llm_providers.models import ProviderConfig, Tenant
+from llm_providers.models import ProviderConfig, ServiceKey, Tenant
 from llm_providers.provider_types import ProviderType
 from tests.factories import (
     BudgetFactory,
@@ -151,3 +152,25 @@ def test_test_connection_button_reports_on_the_config_page(browser_page, acme_ad
     assert "“fake-main”: connection OK in" in message and "offered" in message
     config.refresh_from_db()
     assert config.last_test_status == ProviderConfig.TestStatus.OK
+
+
+def test_reloading_a_new_service_keys_page_adds_no_second_key(browser_page, acme_admin):
+    # given a service key added in the browser, its secret on the page
+    user, tenant = acme_admin
+    browser_page.log_in(user.username, "pw-test-123")
+    page = browser_page.page
+    browser_page.open(reverse("admin:llm_providers_servicekey_add"))
+    page.fill("#id_name", "billing-job")
+    with page.expect_navigation():
+        page.click("input[name=_save]")
+    secret = page.input_value("#created-secret")
+
+    # when the page showing the secret is reloaded (Chromium sends the form again)
+    page.reload()
+
+    # then the browser lands on the key the form added, its secret not shown again
+    service_key = ServiceKey.objects.get(tenant=tenant)
+    assert page.url.endswith(f"/servicekey/{quote(service_key.pk)}/change/")
+    assert "This form was sent already" in page.inner_text(".messagelist")
+    assert secret not in page.content()
+    assert service_key.prefix in secret

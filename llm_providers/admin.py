@@ -279,7 +279,8 @@ class ProviderConfigAdmin(TenantScopedAdmin):
                         "priority",
                     ),
                     "description": format_html(
-                        "What each provider type needs:<ul>{}</ul>", provider_type_help_html()
+                        'What each provider type needs:<ul class="provider-types">{}</ul>',
+                        provider_type_help_html(),
                     ),
                 },
             ),

@@ -79,6 +79,38 @@ def test_dashboard_fits_a_phone_screen(browser_page, settings):
         assert box["x"] >= 0 and box["x"] + box["width"] <= 375, box
 
 
+def test_every_admin_page_of_a_tenant_admin_fits_a_phone_screen(browser_page, settings):
+    # given the demo with usage and a budget, seen on a 375-pixel screen
+    settings.USAGE_ROLL_UP_ON_READ = True
+    tenant, password = _demo_with_completions(2)
+    BudgetFactory(tenant=tenant, name="Monthly cap")
+    page = browser_page.page
+    page.set_viewport_size({"width": 375, "height": 800})
+    browser_page.log_in(TENANT_ADMIN_USERNAME, password)
+
+    # when every page linked from the admin's index, and the first object of each list, opens
+    browser_page.open("/admin/")
+    pages = set(page.eval_on_selector_all("#content-main a", "as => as.map(a => a.pathname)"))
+    for listing in sorted(p for p in pages if not p.endswith("/add/")):
+        browser_page.open(listing)
+        first = page.eval_on_selector_all(
+            "#result_list tbody th a", "as => as.slice(0, 1).map(a => a.pathname)"
+        )
+        pages.update(first)
+
+    # then none is wider than the screen (tables scroll inside their own box)
+    too_wide = {}
+    for path in sorted(pages):
+        browser_page.open(path)
+        width = page.evaluate("document.documentElement.scrollWidth")
+        if width > 375:
+            too_wide[path] = width
+    assert len(pages) >= 25
+    assert too_wide == {}
+    assert browser_page.foreign_requests == []
+    assert browser_page.errors == []
+
+
 @pytest.fixture
 def acme_admin(db):
     user = UserFactory(username="acme-admin")

@@ -4,11 +4,15 @@ tenant, and for user tokens, scoped by user."""
 from __future__ import annotations
 
 import copy
+import logging
+import re
+import secrets
 from collections import Counter
 from datetime import UTC
 
 from django.contrib import admin, messages
 from django.contrib.admin.utils import NestedObjects, quote, unquote
+from django.core.cache import cache
 from django.core.exceptions import PermissionDenied
 from django.db import router, transaction
 from django.db.models import CASCADE, Q
@@ -54,6 +58,8 @@ from .services import (
     user_token_create,
     user_token_revoke,
 )
+
+logger = logging.getLogger(__name__)
 
 admin.site.site_header = "LLM Provider Layer"
 admin.site.site_title = "LLM Provider Layer"
@@ -275,7 +281,8 @@ class ProviderConfigAdmin(TenantScopedAdmin):
                         "priority",
                     ),
                     "description": format_html(
-                        "What each provider type needs:<ul>{}</ul>", provider_type_help_html()
+                        'What each provider type needs:<ul class="provider-types">{}</ul>',
+                        provider_type_help_html(),
                     ),
                 },
             ),
@@ -570,6 +577,15 @@ class ModelPriceAdmin(TenantScopedAdmin):
 # --- service keys ---------------------------------------------------------------
 
 
+# The add form of a key carries a token of its own; the key it created is
+# remembered under it for a day, so that the same form sent again (a reload
+# of the page showing the secret, Back and Save) adds no second key.
+SUBMISSION_FIELD = "_submission"
+SUBMISSION_TTL_SECONDS = 24 * 3600
+_SUBMISSION_PENDING = "pending"
+_SUBMISSION_TOKEN = re.compile(r"[A-Za-z0-9_-]{16,64}")
+
+
 class _SecretShownOnce:
     """A new key's secret shown in the answer to the POST that creates it.
 
@@ -577,12 +593,107 @@ class _SecretShownOnce:
     (signed, not encrypted) or in the session, where proxies, browser tools
     and session backups would keep the secret. The page is not cached and
     offers the links the save buttons would have followed.
+
+    Each add form is sent at most once: its token is claimed in the cache
+    before the key is created, and a form sent again leads to the key it
+    created (its secret is not shown again). Without a cache that answers,
+    a form sent again adds a second key, as a plain admin form would.
     """
+
+    add_form_template = "admin/llm_providers/secret_add_form.html"
 
     def keep_secret_for_page(self, obj, secret: str, label: str) -> None:
         obj._secret_shown_once = (secret, label)
 
+    def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
+        if add:
+            context["submission_field"] = SUBMISSION_FIELD
+            context["submission_token"] = secrets.token_urlsafe(24)
+        return super().render_change_form(request, context, add, change, form_url, obj)
+
+    def _submission_cache_key(self, request) -> str | None:
+        token = request.POST.get(SUBMISSION_FIELD, "")
+        if not _SUBMISSION_TOKEN.fullmatch(token):
+            return None
+        return f"admin-add:{self.opts.label_lower}:{request.user.pk}:{token}"
+
+    def add_view(self, request, form_url="", extra_context=None):
+        cache_key = self._submission_cache_key(request) if request.method == "POST" else None
+        if cache_key is not None:
+            try:
+                claimed = cache.add(cache_key, _SUBMISSION_PENDING, SUBMISSION_TTL_SECONDS)
+                earlier = None if claimed else cache.get(cache_key)
+            except Exception as exc:
+                logger.warning(
+                    "Admin add form not checked for a second submission: cache unavailable (%s)",
+                    type(exc).__name__,
+                )
+                cache_key = None
+            else:
+                if not claimed:
+                    return self._response_sent_again(request, earlier)
+        request._secret_created_pk = None
+        try:
+            response = super().add_view(request, form_url, extra_context)
+        finally:
+            if cache_key is not None:
+                self._submission_settle(cache_key, request._secret_created_pk)
+        return response
+
+    def _submission_settle(self, cache_key: str, created_pk) -> None:
+        try:
+            if created_pk is None:
+                # Nothing created (a validation error): the form may be sent again.
+                cache.delete(cache_key)
+            else:
+                cache.set(cache_key, str(created_pk), SUBMISSION_TTL_SECONDS)
+        except Exception as exc:
+            logger.warning(
+                "Admin add form's submission not recorded: cache unavailable (%s)",
+                type(exc).__name__,
+            )
+
+    def _response_sent_again(self, request, earlier):
+        opts = self.opts
+        changelist_url = reverse(
+            f"admin:{opts.app_label}_{opts.model_name}_changelist",
+            current_app=self.admin_site.name,
+        )
+        if earlier in (None, _SUBMISSION_PENDING):
+            self.message_user(
+                request,
+                f"This form is being sent already: the {opts.verbose_name} it adds and its "
+                "secret are shown on the page that answers it. No second one was added.",
+                messages.WARNING,
+            )
+            return HttpResponseRedirect(changelist_url)
+        created = self.get_queryset(request).filter(pk=earlier).first()
+        if created is None:
+            self.message_user(
+                request,
+                f"This form was sent already, and the {opts.verbose_name} it added is gone. "
+                f"No second one was added: add a new {opts.verbose_name} with a new form.",
+                messages.WARNING,
+            )
+            return HttpResponseRedirect(changelist_url)
+        self.message_user(
+            request,
+            f"This form was sent already: it added {opts.verbose_name} “{created}”, whose "
+            "secret was shown once, on the page that answered it, and is not shown again. "
+            f"No second one was added. If the secret was not stored, revoke this "
+            f"{opts.verbose_name} and add a new one.",
+            messages.WARNING,
+        )
+        return HttpResponseRedirect(
+            reverse(
+                f"admin:{opts.app_label}_{opts.model_name}_change",
+                args=[quote(created.pk)],
+                current_app=self.admin_site.name,
+            )
+        )
+
     def response_add(self, request, obj, post_url_continue=None):
+        request._secret_created_pk = obj.pk
         shown = obj.__dict__.pop("_secret_shown_once", None)
         if shown is None:
             return super().response_add(request, obj, post_url_continue)

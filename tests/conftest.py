@@ -30,6 +30,11 @@ def pytest_runtest_setup(item):
         _skip_or_fail("needs PostgreSQL: set DATABASE_URL=postgres://... (CI does)")
     if item.get_closest_marker("redis") and not _uses_redis():
         _skip_or_fail("needs Redis: set REDIS_URL=redis://... (CI does)")
+    if item.get_closest_marker("browser"):
+        from tests.browser.conftest import CHROMIUM, chromium_available
+
+        if not chromium_available():
+            _skip_or_fail(f"needs Chromium at {CHROMIUM}: apt-get install chromium (CI does)")
 
 
 @pytest.fixture(autouse=True)
@@ -159,6 +164,18 @@ def assert_secret_absent():
         assert leaked == [], f"pieces of the secret in the page: {leaked}"
 
     return check
+
+
+@pytest.fixture
+def cache_down(settings):
+    """A Redis cache nobody listens on: every cache operation fails at once."""
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": "redis://127.0.0.1:1/0",
+            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.2, "SOCKET_TIMEOUT": 0.2},
+        }
+    }
 
 
 @pytest.fixture

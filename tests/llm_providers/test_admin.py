@@ -28,6 +28,8 @@ from tests.factories import (
     ProviderConfigFactory,
     RoutingOverrideFactory,
     ServiceKeyFactory,
+    TenantMembershipFactory,
+    UserFactory,
     UserTokenFactory,
 )
 from usage.models import Budget, CallLog
@@ -837,6 +839,110 @@ def test_service_key_page_links_to_the_key_the_list_and_another(
         assert f'href="{url}"' in html
 
 
+def _add_form_token(client, add_url: str) -> str:
+    """The token of a freshly rendered add form."""
+    html = client.get(add_url).content.decode()
+    return re.search(r'name="_submission" value="([A-Za-z0-9_-]+)"', html)[1]
+
+
+def test_service_key_form_sent_again_adds_no_second_key(tenant, tenant_admin, admin_client_for):
+    # given a service key added with its form
+    client = admin_client_for(tenant_admin)
+    add_url = reverse("admin:llm_providers_servicekey_add")
+    form = {"tenant": str(tenant.pk), "name": "billing-job", "_submission": ""}
+    form["_submission"] = _add_form_token(client, add_url)
+    secret = _secret_on_page(client.post(add_url, form))
+
+    # when the same form is sent again (the secret's page reloaded)
+    again = client.post(add_url, form, follow=True)
+
+    # then it leads to the key it added, without its secret, and adds none
+    service_key = ServiceKey.objects.get(tenant=tenant)
+    assert again.redirect_chain == [
+        (reverse("admin:llm_providers_servicekey_change", args=[quote(service_key.pk)]), 302)
+    ]
+    html = again.content.decode()
+    assert "This form was sent already: it added service key “billing-job”" in html
+    assert "revoke this service key and add a new one" in html
+    assert secret not in html
+    assert ServiceKey.objects.filter(tenant=tenant).count() == 1
+    # A new form adds a second key.
+    form["_submission"] = _add_form_token(client, add_url)
+    _secret_on_page(client.post(add_url, form))
+    assert ServiceKey.objects.filter(tenant=tenant, name="billing-job").count() == 2
+
+
+def test_service_key_form_with_an_error_may_be_sent_again_corrected(
+    tenant, tenant_admin, admin_client_for
+):
+    client = admin_client_for(tenant_admin)
+    add_url = reverse("admin:llm_providers_servicekey_add")
+    form = {"tenant": str(tenant.pk), "name": "", "_submission": _add_form_token(client, add_url)}
+
+    refused = client.post(add_url, form)
+    form["name"] = "billing-job"
+    accepted = client.post(add_url, form)
+
+    assert refused.status_code == 200 and "This field is required." in refused.content.decode()
+    assert ServiceKey.objects.get(tenant=tenant).name == "billing-job"
+    _secret_on_page(accepted)
+
+
+def test_service_key_form_sent_again_after_the_key_was_deleted_adds_none(
+    tenant, tenant_admin, admin_client_for
+):
+    client = admin_client_for(tenant_admin)
+    add_url = reverse("admin:llm_providers_servicekey_add")
+    form = {"tenant": str(tenant.pk), "name": "billing-job"}
+    form["_submission"] = _add_form_token(client, add_url)
+    client.post(add_url, form)
+    ServiceKey.objects.filter(tenant=tenant).delete()
+
+    again = client.post(add_url, form, follow=True)
+
+    assert again.redirect_chain == [(reverse("admin:llm_providers_servicekey_changelist"), 302)]
+    assert "the service key it added is gone. No second one was added" in again.content.decode()
+    assert not ServiceKey.objects.filter(tenant=tenant).exists()
+
+
+def test_service_key_form_of_another_user_is_not_theirs_to_replay(
+    tenant, tenant_admin, admin_client_for
+):
+    # given a form token used by one admin
+    add_url = reverse("admin:llm_providers_servicekey_add")
+    first = admin_client_for(tenant_admin)
+    form = {"tenant": str(tenant.pk), "name": "billing-job"}
+    form["_submission"] = _add_form_token(first, add_url)
+    first.post(add_url, form)
+    colleague = UserFactory(username="acme-colleague")
+    TenantMembershipFactory(user=colleague, tenant=tenant, role="admin")
+
+    # when another admin of the tenant sends the same token
+    response = admin_client_for(colleague).post(add_url, {**form, "name": "their-job"})
+
+    # then theirs is a form of its own: its key is added and shown
+    _secret_on_page(response)
+    assert sorted(ServiceKey.objects.values_list("name", flat=True)) == [
+        "billing-job",
+        "their-job",
+    ]
+
+
+def test_service_key_form_with_the_cache_down_still_adds_the_key(
+    tenant, tenant_admin, admin_client_for, cache_down, caplog
+):
+    client = admin_client_for(tenant_admin)
+    add_url = reverse("admin:llm_providers_servicekey_add")
+    form = {"tenant": str(tenant.pk), "name": "billing-job"}
+    form["_submission"] = _add_form_token(client, add_url)
+
+    response = client.post(add_url, form)
+
+    _secret_on_page(response)
+    assert ServiceKey.objects.get(tenant=tenant).name == "billing-job"
+    assert "not checked for a second submission: cache unavailable" in caplog.text
+
+
 def test_service_key_revoke_action(tenant, tenant_admin, admin_client_for):
     service_key = ServiceKeyFactory(tenant=tenant)
     response = admin_client_for(tenant_admin).post(
@@ -936,6 +1042,21 @@ def test_user_token_shown_once_then_prefix_only(tenant_admin, admin_client_for):
         assert secret not in html
     assert user_token.prefix in client.get(reverse(USER_TOKEN_CHANGELIST)).content.decode()
     assert [e.object_repr for e in LogEntry.objects.all()] == ["nightly"]
+
+
+def test_user_token_form_sent_again_adds_no_second_token(tenant_admin, admin_client_for):
+    client = admin_client_for(tenant_admin)
+    form = {"name": "nightly", "_submission": _add_form_token(client, reverse(USER_TOKEN_ADD))}
+    token = _secret_on_page(client.post(reverse(USER_TOKEN_ADD), form))
+
+    again = client.post(reverse(USER_TOKEN_ADD), form, follow=True)
+
+    user_token = UserToken.objects.get(user=tenant_admin)
+    change_url = reverse("admin:llm_providers_usertoken_change", args=[quote(user_token.pk)])
+    assert again.redirect_chain == [(change_url, 302)]
+    html = again.content.decode()
+    assert "This form was sent already: it added user token “nightly”" in html
+    assert token.partition(".")[2] not in html
 
 
 def test_user_token_of_staff_user_is_their_own_whatever_the_post_names(

@@ -719,18 +719,6 @@ def test_embed_requires_a_model(tenant, primary):
     assert raised.value.field == "model"
 
 
-@pytest.fixture
-def cache_down(settings):
-    """A Redis cache nobody listens on: every cache operation fails at once."""
-    settings.CACHES = {
-        "default": {
-            "BACKEND": "django_redis.cache.RedisCache",
-            "LOCATION": "redis://127.0.0.1:1/0",
-            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.2, "SOCKET_TIMEOUT": 0.2},
-        }
-    }
-
-
 def test_complete_goes_on_when_cache_is_unreachable(tenant, primary, cache_down, caplog):
     # given rate limits and the response cache on, and the cache down
     tenant.response_cache_ttl_seconds = 60

@@ -41,11 +41,14 @@ SCOPE_AUTH_FAILURE = "auth_failure"
 
 # Drop the times that left the window; count one more only while the rest are
 # below the rate. Answers (1, "0") when counted, else (0, seconds until the
-# entry whose leaving lets a request pass leaves).
+# entry whose leaving lets a request pass leaves); a rate of 0 lets none pass.
 _LUA_ALLOW = """
 local now = tonumber(ARGV[1])
 local duration = tonumber(ARGV[2])
 local limit = tonumber(ARGV[3])
+if limit <= 0 then
+  return {0, tostring(duration)}
+end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - duration)
 local count = redis.call('ZCARD', KEYS[1])
 if count < limit then
@@ -155,6 +158,8 @@ class _SlidingWindowThrottle(SimpleRateThrottle):
         redis_wait = getattr(self, "_redis_wait", None)
         if redis_wait is not None:
             return redis_wait
+        if self.num_requests <= 0:
+            return float(self.duration)
         waited = super().wait()
         if waited is not None:
             return waited

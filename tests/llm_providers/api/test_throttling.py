@@ -180,3 +180,21 @@ def test_concurrent_requests_of_one_credential_never_pass_beyond_the_rate(low_ra
     refused = CredentialRateThrottle()
     assert refused.allow_request(_service_key_request("Conc0001"), None) is False
     assert 55 <= refused.wait() <= 60
+
+
+def test_a_rate_of_zero_refuses_every_request_with_the_whole_window_to_wait(
+    settings, anonymous_api, caplog
+):
+    settings.REST_FRAMEWORK = {
+        **settings.REST_FRAMEWORK,
+        "DEFAULT_THROTTLE_RATES": {
+            **settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"],
+            "anon": "0/min",
+        },
+    }
+
+    responses = [anonymous_api.get("/api/schema/") for _ in range(2)]
+
+    assert [r.status_code for r in responses] == [429, 429]
+    assert [r["Retry-After"] for r in responses] == ["60", "60"]
+    assert "not enforced" not in caplog.text

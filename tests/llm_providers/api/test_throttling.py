@@ -117,18 +117,6 @@ def test_throttled_answer_says_when_to_retry_after_rate_is_lowered(settings, adm
     assert response.json()["error"]["extra"] == {"retry_after_seconds": seconds}
 
 
-@pytest.fixture
-def cache_down(settings):
-    """A Redis cache nobody listens on: every cache operation fails at once."""
-    settings.CACHES = {
-        "default": {
-            "BACKEND": "django_redis.cache.RedisCache",
-            "LOCATION": "redis://127.0.0.1:1/0",
-            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.2, "SOCKET_TIMEOUT": 0.2},
-        }
-    }
-
-
 def test_requests_pass_unthrottled_when_the_cache_is_unreachable(
     low_rates, cache_down, service_key, caplog
 ):

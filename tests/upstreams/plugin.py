@@ -33,9 +33,10 @@ def openai_upstream() -> Iterator[OpenAIUpstream]:
 
 @pytest.fixture
 def openai_sdk_warm(openai_upstream: OpenAIUpstream) -> OpenAIUpstream:
-    """`openai_upstream`, after one chat and one embedding call through the OpenAI
-    SDK (outside the completion service: no call log): the SDK's modules,
-    imported on first use, then take none of a timed call's time."""
+    """`openai_upstream`, after one chat, one streamed chat and one embedding
+    call through the OpenAI SDK (outside the completion service: no call log):
+    the SDK's modules, imported on first use, then take none of a timed call's
+    time."""
     from llm_providers.adapters.registry import adapter_build
     from llm_providers.adapters.types import AdapterSettings, ChatRequest, EmbedRequest
 
@@ -43,8 +44,10 @@ def openai_sdk_warm(openai_upstream: OpenAIUpstream) -> OpenAIUpstream:
         AdapterSettings("openai", base_url=openai_upstream.base_url, api_key="sk-test")
     )
     openai_upstream.enqueue_chat("warm")
+    openai_upstream.enqueue_chat_stream(["warm"])
     openai_upstream.enqueue_embeddings([[0.0]])
     adapter.complete(ChatRequest("gpt-4o", [{"role": "user", "content": "hi"}]))
+    list(adapter.stream(ChatRequest("gpt-4o", [{"role": "user", "content": "hi"}])))
     adapter.embed(EmbedRequest("text-embedding-3-small", ["hi"]))
     adapter.close()
     openai_upstream.requests.clear()

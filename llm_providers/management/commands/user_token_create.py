@@ -7,6 +7,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
+from llm_providers.management.arguments import text
 from llm_providers.services import user_token_create
 
 MAX_EXPIRY_DAYS = 36_500
@@ -19,9 +20,12 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("username", help="The user the token acts as.")
+        parser.add_argument("username", type=text, help="The user the token acts as.")
         parser.add_argument(
-            "--name", required=True, help="What the token is for, e.g. the script using it."
+            "--name",
+            type=text,
+            required=True,
+            help="What the token is for, e.g. the script using it.",
         )
         parser.add_argument(
             "--expires-in-days",

@@ -161,6 +161,14 @@ class RoutingFallback(models.Model):
         if not override.is_active:
             # Like the override's own target: nothing is routed here.
             return
+        if not config.is_active:
+            # Routing skips it: the override would seem to have a fallback it never tries.
+            raise ValidationError(
+                {
+                    "provider_config": f"The provider config “{config.name}” is inactive: choose "
+                    "an active one, or deactivate this override."
+                }
+            )
         if (self.provider_config_id, self.model) == (override.provider_config_id, override.model):
             # The route would only try its own target again: it is never used.
             raise ValidationError(

@@ -6,7 +6,8 @@ from `self.tenant`; an object of another tenant is therefore "not found"
 
 A query parameter the endpoint does not take is refused (400), as a body
 field it does not have is: a misspelt filter (`?stauts=error`) would
-otherwise answer every row as though they matched it.
+otherwise answer every row as though they matched it. So is one given more
+than once: each takes a single value.
 """
 
 from __future__ import annotations
@@ -62,6 +63,16 @@ class TenantScopedAPIMixin:
                 f"{', '.join(sorted(known))}."
             )
             raise ValidationError({name: [message] for name in unknown})
+        # Every parameter takes one value: a filter given twice would otherwise
+        # be narrowed silently to its last value (`?status=ok&status=error`
+        # would list the failed calls alone).
+        repeated = {
+            name: [f"Given {len(values)} times: this parameter takes one value. Give it once."]
+            for name, values in request.query_params.lists()
+            if len(values) > 1
+        }
+        if repeated:
+            raise ValidationError(repeated)
 
     @property
     def schema_generation(self) -> bool:

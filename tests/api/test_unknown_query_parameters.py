@@ -39,6 +39,41 @@ def test_misspelt_query_parameter_is_refused_naming_it(endpoint, admin_api, tena
     assert CallLog.objects.count() == calls_before
 
 
+@pytest.mark.parametrize("endpoint", ENDPOINTS, ids=str)
+def test_query_parameter_given_twice_is_refused_naming_it(endpoint, admin_api, tenant):
+    objects = tenant_objects_build(tenant)
+    calls_before = CallLog.objects.count()
+    if endpoint.method == "get":
+        twice = replace(endpoint, query={**endpoint.query, "tenant": [tenant.slug, tenant.slug]})
+    else:
+        twice = replace(endpoint, path=f"{endpoint.path}?tenant={tenant.slug}&tenant={tenant.slug}")
+
+    response = call(admin_api, twice, objects.ids(), objects)
+
+    assert response.status_code == 400, response.content
+    error = response.json()["error"]
+    assert (error["code"], error["fields"]) == (
+        "validation_error",
+        {"tenant": ["Given 2 times: this parameter takes one value. Give it once."]},
+    )
+    assert CallLog.objects.count() == calls_before
+
+
+def test_call_log_filter_given_twice_is_refused_not_narrowed_to_its_last_value(admin_api, tenant):
+    # given a tenant with an ok call and a failed one
+    tenant_objects_build(tenant)
+    assert CallLog.objects.filter(tenant=tenant, status="ok").exists()
+
+    # when the list is asked for ok calls and failed calls alike
+    response = admin_api.get("/api/v1/calls/?status=ok&status=error")
+
+    # then it says a filter takes one value, rather than listing the failed calls alone
+    assert response.status_code == 400
+    assert response.json()["error"]["fields"] == {
+        "status": ["Given 2 times: this parameter takes one value. Give it once."]
+    }
+
+
 def test_call_log_filters_and_cursor_parameters_are_taken(admin_api, tenant):
     tenant_objects_build(tenant)
 

@@ -42,6 +42,16 @@ def test_command_prints_the_token_alone_once_and_stores_its_hash():
     assert token not in user_token.hashed_key
 
 
+def test_command_takes_an_expiry_of_a_hundred_years():
+    UserFactory(username="alice")
+    before = timezone.now()
+
+    _run("alice", "--name", "archive", "--expires-in-days", "36500")
+
+    expiry_date = UserToken.objects.get().expiry_date
+    assert before + timedelta(days=36500) <= expiry_date <= timezone.now() + timedelta(days=36500)
+
+
 def test_command_sets_expiry_in_days():
     UserFactory(username="alice")
     before = timezone.now()
@@ -60,10 +70,17 @@ def test_command_sets_expiry_in_days():
         (("alice", "--name", "  "), "Name the token, e.g. after the program using it."),
         (
             ("alice", "--name", "ci", "--expires-in-days", "0"),
-            "--expires-in-days must be at least 1.",
+            "--expires-in-days must be from 1 to 36,500 (100 years); leave it out for a token "
+            "that never expires.",
+        ),
+        (
+            # Past the last date there is: no traceback, a message.
+            ("alice", "--name", "ci", "--expires-in-days", "3000000"),
+            "--expires-in-days must be from 1 to 36,500 (100 years); leave it out for a token "
+            "that never expires.",
         ),
     ],
-    ids=["unknown-user", "inactive-user", "blank-name", "no-days"],
+    ids=["unknown-user", "inactive-user", "blank-name", "no-days", "past-the-calendar"],
 )
 def test_command_refuses_what_cannot_make_a_usable_token(args, message):
     UserFactory(username="alice")

@@ -5,6 +5,7 @@ from django.core.management.base import BaseCommand, CommandError
 from llm_providers.chat_input import DEADLINE_INVALID, deadline_validate
 from llm_providers.completion import complete, stream
 from llm_providers.exceptions import ApplicationError
+from llm_providers.management.arguments import text
 from llm_providers.models import Tenant
 
 
@@ -15,12 +16,16 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("prompt", help="The user message.")
-        parser.add_argument("--tenant", default="demo", help="Tenant slug (default: demo).")
-        parser.add_argument("--service", default="", help="Service name, for routing.")
-        parser.add_argument("--customer", default="", help="Customer id, for routing.")
-        parser.add_argument("--model", default=None, help="Model for the primary target.")
-        parser.add_argument("--system", default="", help="An optional system message.")
+        parser.add_argument("prompt", type=text, help="The user message.")
+        parser.add_argument(
+            "--tenant", type=text, default="demo", help="Tenant slug (default: demo)."
+        )
+        parser.add_argument("--service", type=text, default="", help="Service name, for routing.")
+        parser.add_argument("--customer", type=text, default="", help="Customer id, for routing.")
+        parser.add_argument(
+            "--model", type=text, default=None, help="Model for the primary target."
+        )
+        parser.add_argument("--system", type=text, default="", help="An optional system message.")
         parser.add_argument("--max-tokens", type=int, default=None)
         parser.add_argument("--temperature", type=float, default=None)
         parser.add_argument("--json", action="store_true", help="Ask for a JSON answer.")

@@ -7,7 +7,10 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
+from llm_providers.management.arguments import text
 from llm_providers.services import user_token_create
+
+MAX_EXPIRY_DAYS = 36_500
 
 
 class Command(BaseCommand):
@@ -17,15 +20,19 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("username", help="The user the token acts as.")
+        parser.add_argument("username", type=text, help="The user the token acts as.")
         parser.add_argument(
-            "--name", required=True, help="What the token is for, e.g. the script using it."
+            "--name",
+            type=text,
+            required=True,
+            help="What the token is for, e.g. the script using it.",
         )
         parser.add_argument(
             "--expires-in-days",
             type=int,
             default=None,
-            help="Refuse the token after this many days (default: never).",
+            help=f"Refuse the token after this many days, 1 to {MAX_EXPIRY_DAYS:,} "
+            "(default: never).",
         )
 
     def handle(self, *args, **options):
@@ -39,8 +46,12 @@ class Command(BaseCommand):
                 f"The user “{user.get_username()}” is inactive: its tokens are refused."
             )
         days = options["expires_in_days"]
-        if days is not None and days < 1:
-            raise CommandError("--expires-in-days must be at least 1.")
+        if days is not None and not 1 <= days <= MAX_EXPIRY_DAYS:
+            # A bound, too: a few million days lie past the last date there is.
+            raise CommandError(
+                f"--expires-in-days must be from 1 to {MAX_EXPIRY_DAYS:,} (100 years); leave it "
+                "out for a token that never expires."
+            )
         expiry_date = timezone.now() + timedelta(days=days) if days is not None else None
         try:
             user_token, token = user_token_create(

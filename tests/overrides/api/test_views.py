@@ -82,6 +82,33 @@ def test_override_create_answers_400_and_writes_nothing_when_fallback_invalid(
     assert not RoutingOverride.objects.exists()
 
 
+def test_override_create_answers_400_and_writes_nothing_when_a_fallback_is_inactive(
+    admin_api, tenant, providers
+):
+    # given a retired provider config (routing skips it)
+    retired = ProviderConfigFactory(tenant=tenant, name="retired", is_active=False)
+
+    # when an active override names it as a fallback
+    response = admin_api.post(
+        OVERRIDES,
+        {
+            "customer_id": "acme-corp",
+            "provider_config": str(providers["main"].pk),
+            "fallbacks": [{"provider_config": str(retired.pk)}],
+        },
+    )
+
+    # then it is refused, as the admin refuses it, rather than kept and never tried
+    assert response.status_code == 400
+    assert response.json()["error"]["fields"] == {
+        "fallbacks": [
+            "Fallback 1: The provider config “retired” is inactive: choose an active one, or "
+            "deactivate this override."
+        ]
+    }
+    assert not RoutingOverride.objects.exists()
+
+
 def test_override_create_answers_400_when_scope_empty(admin_api, providers):
     response = admin_api.post(OVERRIDES, {"provider_config": str(providers["main"].pk)})
 

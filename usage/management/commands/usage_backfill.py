@@ -12,6 +12,7 @@ from django.template.defaultfilters import pluralize
 from django.utils import timezone
 from tqdm import tqdm
 
+from llm_providers.management.arguments import text
 from llm_providers.models import Tenant
 from usage.aggregation import RecomputeResult, daily_usage_recompute
 from usage.models import CallLog, DailyUsage
@@ -65,7 +66,7 @@ class Command(BaseCommand):
             dest="last",
             help="Last day, YYYY-MM-DD (default and latest: today in the tenants' time zones).",
         )
-        parser.add_argument("--tenant", help="Only this tenant (its slug).")
+        parser.add_argument("--tenant", type=text, help="Only this tenant (its slug).")
         parser.add_argument(
             "--chunk-days",
             type=int,

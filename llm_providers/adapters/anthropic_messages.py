@@ -92,6 +92,13 @@ _ERROR_TYPE_STATUS = {
 _ACCOUNT_REFUSALS = re.compile(
     r"credit balance is too low|organization has been disabled", re.IGNORECASE
 )
+# Codes of an error's `details.error_code` that say the same whatever the
+# status: a spend limit reached (429 rate_limit_error, lasting until the month
+# or the contract ends, so no wait within a call cures it) and an organization
+# on hold (400).
+_ACCOUNT_ERROR_CODES = frozenset(
+    {"enforced_spend_limit_reached", "contract_spend_limit_reached", "organization_on_hold"}
+)
 
 
 class AnthropicMessagesAdapter(Adapter):
@@ -270,7 +277,8 @@ class AnthropicMessagesAdapter(Adapter):
             else:
                 prefix = f"anthropic answered {status}"
             message = self.scrub(f"{prefix} {error_type}: {vendor_message}")
-            if _ACCOUNT_REFUSALS.search(vendor_message or ""):
+            error_code = getattr(exc, "error_code", None)
+            if error_code in _ACCOUNT_ERROR_CODES or _ACCOUNT_REFUSALS.search(vendor_message or ""):
                 return ProviderPermissionError(message, status_code=status)
             return error_for_status(
                 status,

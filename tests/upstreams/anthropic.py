@@ -135,7 +135,7 @@ class AnthropicUpstream(LoopbackUpstream):
         thinking_tokens: int | None = None,
         tool_uses: list[dict[str, Any]] | None = None,
         stop_reason: str | None = None,
-        error: dict[str, str] | None = None,
+        error: dict[str, Any] | None = None,
         delay: float = 0.0,
         chunk_delay: float = 0.0,
         break_after: int | None = None,
@@ -286,15 +286,16 @@ class AnthropicUpstream(LoopbackUpstream):
         *,
         type: str = "api_error",
         message: str = "Internal server error",
+        error_code: str | None = None,
         headers: dict[str, str] | None = None,
         delay: float = 0.0,
     ) -> Script:
-        """An error answer in Anthropic's body shape, to any endpoint."""
-        payload = {
-            "type": "error",
-            "error": {"type": type, "message": message},
-            "request_id": "req_loopback",
-        }
+        """An error answer in Anthropic's body shape, to any endpoint;
+        `error_code` goes in `error.details`, where the API names the cause."""
+        error: dict[str, Any] = {"type": type, "message": message}
+        if error_code is not None:
+            error["details"] = {"error_code": error_code}
+        payload = {"type": "error", "error": error, "request_id": "req_loopback"}
         return json_reply(payload, status=status, headers=headers, delay=delay)
 
     def enqueue_error(self, *args: Any, times: int = 1, **kwargs: Any) -> None:

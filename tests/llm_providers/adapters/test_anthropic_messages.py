@@ -652,6 +652,74 @@ def test_complete_raises_permission_error_when_a_400_says_the_account_cannot_be_
     assert caught.value.message == f"anthropic answered 400 invalid_request_error: {message}"
 
 
+@pytest.mark.parametrize(
+    ("status", "error_type", "error_code", "message"),
+    [
+        (
+            429,
+            "rate_limit_error",
+            "enforced_spend_limit_reached",
+            "You have reached your specified API usage limits.",
+        ),
+        (
+            429,
+            "rate_limit_error",
+            "contract_spend_limit_reached",
+            "Your organization has reached the spend limit of its contract.",
+        ),
+        (
+            400,
+            "invalid_request_error",
+            "organization_on_hold",
+            "Your organization is on hold.",
+        ),
+    ],
+)
+def test_complete_raises_permission_error_when_the_error_code_says_the_account_cannot_be_used(
+    adapter, anthropic_upstream, status, error_type, error_code, message
+):
+    # A spend limit lasts until the month or the contract ends: no wait within
+    # a call cures it, so it is not retried, and another provider may serve it.
+    anthropic_upstream.enqueue_error(
+        status,
+        type=error_type,
+        message=message,
+        error_code=error_code,
+        headers={"retry-after": "3"},
+    )
+
+    with pytest.raises(ProviderPermissionError) as caught:
+        adapter.complete(_request())
+
+    assert type(caught.value) is ProviderPermissionError
+    assert caught.value.retryable is False
+    assert caught.value.status_code == status
+    assert caught.value.message == f"anthropic answered {status} {error_type}: {message}"
+
+
+def test_stream_raises_permission_error_when_an_error_event_says_the_spend_limit_is_reached(
+    adapter, anthropic_upstream
+):
+    anthropic_upstream.enqueue_message_stream(
+        ["Hel"],
+        error={
+            "type": "rate_limit_error",
+            "message": "You have reached your specified API usage limits.",
+            "details": {"error_code": "enforced_spend_limit_reached"},
+        },
+    )
+
+    with pytest.raises(ProviderPermissionError) as caught:
+        list(adapter.stream(_request()))
+
+    assert type(caught.value) is ProviderPermissionError
+    assert caught.value.status_code == 429
+    assert caught.value.message == (
+        "anthropic failed mid-answer rate_limit_error: "
+        "You have reached your specified API usage limits."
+    )
+
+
 def test_complete_raises_rate_limited_with_retry_after_seconds(adapter, anthropic_upstream):
     anthropic_upstream.enqueue_error(
         429,

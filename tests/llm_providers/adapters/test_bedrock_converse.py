@@ -771,6 +771,8 @@ def test_stream_counts_reasoning_as_output_when_the_connection_breaks_before_the
          "model ID.", ProviderPermissionError, False),
         (400, "ValidationException", "Input is too long for requested model.", ContextTooLong,
          False),
+        (400, "ValidationException", "Input Tokens Exceeded: Number of input tokens exceeds "
+         "maximum length. Please update the request and try again.", ContextTooLong, False),
         (400, "ValidationException", "The provided model identifier is invalid.",
          ProviderBadRequest, False),
         (408, "ModelTimeoutException", "Model has timed out in processing the request.",

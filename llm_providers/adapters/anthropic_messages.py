@@ -18,6 +18,7 @@ known so far, so that a stream ending early keeps the prompt's real tokens.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -96,6 +97,11 @@ _ACCOUNT_REFUSALS = re.compile(
 # status: a spend limit reached (429 rate_limit_error, lasting until the month
 # or the contract ends, so no wait within a call cures it) and an organization
 # on hold (400).
+# The API takes tool_use ids (and tool_result tool_use_ids) of letters,
+# digits, "_" and "-" only, and answers 400 to others, which other providers
+# give (Kimi models: "functions.get_weather:0").
+_TOOL_USE_ID = re.compile(r"[A-Za-z0-9_-]+")
+_TOOL_USE_ID_OTHER_CHARACTER = re.compile(r"[^A-Za-z0-9_-]")
 _ACCOUNT_ERROR_CODES = frozenset(
     {"enforced_spend_limit_reached", "contract_spend_limit_reached", "organization_on_hold"}
 )
@@ -299,7 +305,10 @@ def anthropic_messages(messages: list[Message]) -> list[dict[str, Any]]:
         if role == "system":
             continue
         if role == "tool":
-            result = {"type": "tool_result", "tool_use_id": message.get("tool_call_id") or ""}
+            result = {
+                "type": "tool_result",
+                "tool_use_id": _tool_use_id(message.get("tool_call_id") or ""),
+            }
             text = content_text(message.get("content"))
             # A blank result text is refused like any blank text block; a
             # result without content is how the API takes a tool's silence.
@@ -316,7 +325,7 @@ def anthropic_messages(messages: list[Message]) -> list[dict[str, Any]]:
             blocks.append(
                 {
                     "type": "tool_use",
-                    "id": call.get("id") or "",
+                    "id": _tool_use_id(call.get("id") or ""),
                     "name": name,
                     "input": tool_arguments_parse(function.get("arguments"), name),
                 }
@@ -327,6 +336,17 @@ def anthropic_messages(messages: list[Message]) -> list[dict[str, Any]]:
         text_block=lambda text: {"type": "text", "text": text},
         is_tool_result=lambda block: block.get("type") == "tool_result",
     )
+
+
+def _tool_use_id(call_id: str) -> str:
+    """A tool call id as the API takes it. Others have their other characters
+    replaced by "_" and a hash of the whole id appended (ids that differ only
+    in those characters stay apart); a call and its result, mapped alike,
+    still name the same id."""
+    if _TOOL_USE_ID.fullmatch(call_id):
+        return call_id
+    digest = hashlib.sha256(call_id.encode()).hexdigest()[:8]
+    return f"{_TOOL_USE_ID_OTHER_CHARACTER.sub('_', call_id)}_{digest}"
 
 
 def _content_blocks(content: Any) -> list[dict[str, Any]]:

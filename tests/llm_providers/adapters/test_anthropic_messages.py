@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -289,6 +290,48 @@ def test_complete_sends_tool_calls_and_results_as_tool_use_and_tool_result_block
             ],
         },
     ]  # fmt: skip
+
+
+def test_complete_sends_tool_call_ids_of_other_providers_in_the_form_anthropic_accepts(
+    adapter, anthropic_upstream
+):
+    # Kimi models name their calls "functions.<name>:<n>"; the API refuses
+    # ids with other characters than letters, digits, "_" and "-".
+    anthropic_upstream.enqueue_message("Sunny in both.")
+    messages = [
+        {"role": "user", "content": "Weather in Paris and Oslo?"},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {
+                    "id": f"functions.get_weather:{n}",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": f'{{"city": "{city}"}}'},
+                }
+                for n, city in enumerate(("Paris", "Oslo"))
+            ],
+        },
+        {"role": "tool", "tool_call_id": "functions.get_weather:0", "content": "Sunny, 21°C"},
+        {"role": "tool", "tool_call_id": "functions.get_weather:1", "content": "Sunny, 12°C"},
+        {"role": "user", "content": "Thanks."},
+    ]
+
+    result = adapter.complete(_request(messages=messages, tools=[WEATHER_TOOL]))
+
+    assert result.content == "Sunny in both."
+    sent = anthropic_upstream.last_request.json["messages"]
+    used = [block["id"] for block in sent[1]["content"]]
+    answered = [block["tool_use_id"] for block in sent[2]["content"][:2]]
+    assert used == answered
+    assert len(set(used)) == 2
+    assert all(re.fullmatch(r"[a-zA-Z0-9_-]+", call_id) for call_id in used)
+    # The mapping is the same on every call, so a conversation keeps its ids.
+    anthropic_upstream.enqueue_message("Again.")
+    adapter.complete(_request(messages=messages, tools=[WEATHER_TOOL]))
+    assert [
+        block["id"] for block in anthropic_upstream.last_request.json["messages"][1]["content"]
+    ] == used
 
 
 def test_complete_begins_a_conversation_that_begins_with_the_assistant_with_a_user_turn(

@@ -281,7 +281,8 @@ class OpenAIChatAdapter(Adapter):
                 reported = chunk.usage or _groq_usage(chunk)
                 if reported is not None:
                     usage = usage_from_openai(reported)
-                for choice in chunk.choices[:1]:
+                # Some compatible servers send "choices": null beside their usage.
+                for choice in (chunk.choices or ())[:1]:
                     delta = choice.delta
                     for call in (delta.tool_calls if delta else None) or ():
                         calls.add(call)

@@ -862,6 +862,29 @@ def test_mistral_stream_reads_usage_of_last_chunk_without_asking_for_it(openai_u
     assert received[-1].usage == Usage(input_tokens=12, output_tokens=3)
 
 
+def test_stream_reads_the_usage_of_a_chunk_whose_choices_are_null(openai_upstream):
+    # Some compatible servers and proxies send their usage-only chunk with
+    # "choices": null instead of an empty list.
+    adapter = _adapter(
+        "openai_compatible", openai_upstream.base_url, api_key="compat-test-key-123456"
+    )
+    chunks = [
+        b'data: {"id":"x","object":"chat.completion.chunk","created":1,"model":"qwen3-32b",'
+        b'"choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":"stop"}]}\n\n',
+        b'data: {"id":"x","object":"chat.completion.chunk","created":1,"model":"qwen3-32b",'
+        b'"choices":null,'
+        b'"usage":{"prompt_tokens":12,"completion_tokens":3,"total_tokens":15}}\n\n',
+        b"data: [DONE]\n\n",
+    ]
+    openai_upstream.enqueue(Reply(headers={"Content-Type": "text/event-stream"}, chunks=chunks))
+
+    received = list(adapter.stream(_request(model="qwen3-32b")))
+
+    assert "".join(c.text for c in received) == "Hi"
+    assert received[-1].finish_reason == "stop"
+    assert received[-1].usage == Usage(input_tokens=12, output_tokens=3)
+
+
 def test_stream_raises_upstream_unavailable_after_the_chunks_received_when_connection_breaks(
     adapter, openai_upstream
 ):

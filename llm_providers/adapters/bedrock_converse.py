@@ -160,9 +160,9 @@ _CODE_ERRORS: dict[str, type[ProviderError]] = {
 # What Bedrock says, as a ResourceNotFoundException (or another refusal of the
 # request), when the account may not use the model: a legacy model it has not
 # used lately ("Access denied. This Model is marked by provider as Legacy"),
-# an Anthropic model before its use case form is filed. The request is fine;
-# another account or provider may serve it.
-_ACCOUNT_REFUSALS = re.compile(r"access denied|use case (?:details|form)", re.IGNORECASE)
+# an Anthropic model before its use case form ("use-case form") is filed.
+# The request is fine; another account or provider may serve it.
+_ACCOUNT_REFUSALS = re.compile(r"access denied|use[- ]case (?:details|form)", re.IGNORECASE)
 
 
 # One boto3 session for every adapter: it caches the service models, so a

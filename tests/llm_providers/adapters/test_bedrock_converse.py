@@ -782,6 +782,9 @@ def test_stream_counts_reasoning_as_output_when_the_connection_breaks_before_the
          "this account. Fill out the Anthropic use case details form before using the model. If "
          "you have already filled out the form, try again in 15 minutes.",
          ProviderPermissionError, False),
+        (400, "ValidationException", "The model returned the following errors: You have not "
+         "filled out the required use-case form for this model. Complete the form before "
+         "requesting access.", ProviderPermissionError, False),
         (408, "ModelTimeoutException", "Model has timed out in processing the request.",
          ProviderTimeout, True),
         (500, "InternalServerException", "Internal server error", UpstreamUnavailable, True),

@@ -18,6 +18,7 @@ known so far, so that a stream ending early keeps the prompt's real tokens.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -91,6 +92,18 @@ _ERROR_TYPE_STATUS = {
 # is fine, so it is a permission failure, which another provider may serve.
 _ACCOUNT_REFUSALS = re.compile(
     r"credit balance is too low|organization has been disabled", re.IGNORECASE
+)
+# Codes of an error's `details.error_code` that say the same whatever the
+# status: a spend limit reached (429 rate_limit_error, lasting until the month
+# or the contract ends, so no wait within a call cures it) and an organization
+# on hold (400).
+# The API takes tool_use ids (and tool_result tool_use_ids) of letters,
+# digits, "_" and "-" only, and answers 400 to others, which other providers
+# give (Kimi models: "functions.get_weather:0").
+_TOOL_USE_ID = re.compile(r"[A-Za-z0-9_-]+")
+_TOOL_USE_ID_OTHER_CHARACTER = re.compile(r"[^A-Za-z0-9_-]")
+_ACCOUNT_ERROR_CODES = frozenset(
+    {"enforced_spend_limit_reached", "contract_spend_limit_reached", "organization_on_hold"}
 )
 
 
@@ -270,7 +283,8 @@ class AnthropicMessagesAdapter(Adapter):
             else:
                 prefix = f"anthropic answered {status}"
             message = self.scrub(f"{prefix} {error_type}: {vendor_message}")
-            if _ACCOUNT_REFUSALS.search(vendor_message or ""):
+            error_code = getattr(exc, "error_code", None)
+            if error_code in _ACCOUNT_ERROR_CODES or _ACCOUNT_REFUSALS.search(vendor_message or ""):
                 return ProviderPermissionError(message, status_code=status)
             return error_for_status(
                 status,
@@ -291,7 +305,10 @@ def anthropic_messages(messages: list[Message]) -> list[dict[str, Any]]:
         if role == "system":
             continue
         if role == "tool":
-            result = {"type": "tool_result", "tool_use_id": message.get("tool_call_id") or ""}
+            result = {
+                "type": "tool_result",
+                "tool_use_id": _tool_use_id(message.get("tool_call_id") or ""),
+            }
             text = content_text(message.get("content"))
             # A blank result text is refused like any blank text block; a
             # result without content is how the API takes a tool's silence.
@@ -308,7 +325,7 @@ def anthropic_messages(messages: list[Message]) -> list[dict[str, Any]]:
             blocks.append(
                 {
                     "type": "tool_use",
-                    "id": call.get("id") or "",
+                    "id": _tool_use_id(call.get("id") or ""),
                     "name": name,
                     "input": tool_arguments_parse(function.get("arguments"), name),
                 }
@@ -319,6 +336,17 @@ def anthropic_messages(messages: list[Message]) -> list[dict[str, Any]]:
         text_block=lambda text: {"type": "text", "text": text},
         is_tool_result=lambda block: block.get("type") == "tool_result",
     )
+
+
+def _tool_use_id(call_id: str) -> str:
+    """A tool call id as the API takes it. Others have their other characters
+    replaced by "_" and a hash of the whole id appended (ids that differ only
+    in those characters stay apart); a call and its result, mapped alike,
+    still name the same id."""
+    if _TOOL_USE_ID.fullmatch(call_id):
+        return call_id
+    digest = hashlib.sha256(call_id.encode()).hexdigest()[:8]
+    return f"{_TOOL_USE_ID_OTHER_CHARACTER.sub('_', call_id)}_{digest}"
 
 
 def _content_blocks(content: Any) -> list[dict[str, Any]]:

@@ -157,6 +157,13 @@ _CODE_ERRORS: dict[str, type[ProviderError]] = {
     "resourcenotfoundexception": ProviderBadRequest,
 }
 
+# What Bedrock says, as a ResourceNotFoundException (or another refusal of the
+# request), when the account may not use the model: a legacy model it has not
+# used lately ("Access denied. This Model is marked by provider as Legacy"),
+# an Anthropic model before its use case form ("use-case form") is filed.
+# The request is fine; another account or provider may serve it.
+_ACCOUNT_REFUSALS = re.compile(r"access denied|use[- ]case (?:details|form)", re.IGNORECASE)
+
 
 # One boto3 session for every adapter: it caches the service models, so a
 # client costs milliseconds instead of a quarter second. Credentials and
@@ -449,6 +456,8 @@ class BedrockConverseAdapter(Adapter):
         if lowered in _AUTH_CODES:
             return ProviderAuthenticationError(message, **options)
         error_class = _CODE_ERRORS.get(lowered)
+        if error_class is ProviderBadRequest and _ACCOUNT_REFUSALS.search(message):
+            return ProviderPermissionError(message, **options)
         if error_class is ProviderBadRequest and message_says_context_too_long(message):
             return ContextTooLong(message, **options)
         if error_class is not None:

@@ -152,7 +152,8 @@ def scrub_secrets(message: str, secrets: Iterable[str] = ()) -> str:
 # What vendors say when a prompt does not fit the model's window: OpenAI and
 # OpenAI-compatible servers ("maximum context length", code
 # context_length_exceeded), Anthropic ("prompt is too long", "exceed context
-# limit"), Bedrock ("Input is too long", "too many input tokens"), Gemini
+# limit"), Bedrock ("Input is too long", "too many input tokens", Nova's
+# "Number of input tokens exceeds maximum length"), Gemini
 # ("input token count ... exceeds the maximum number of tokens"), Together and
 # other TGI servers ("`inputs` tokens + `max_new_tokens` must be <= 8193").
 # Embeddings: OpenAI ("maximum input length is 8192 tokens" per input, "max
@@ -161,6 +162,7 @@ def scrub_secrets(message: str, secrets: Iterable[str] = ()) -> str:
 _CONTEXT_TOO_LONG = re.compile(
     r"context[ _-]?(?:length|window|limit)|maximum context|prompt is too long"
     r"|input is too long|too many (?:input )?tokens|exceeds? the maximum (?:number of )?tokens"
+    r"|input tokens exceeds? (?:the )?maximum"
     r"|reduce the length of the messages|inputs`? tokens \+ `?max_new_tokens`? must be"
     r"|maximum input length|tokens per request|inputs`? must have less than \d+ tokens",
     re.IGNORECASE,

@@ -104,6 +104,12 @@ _BASE62 = string.digits + string.ascii_letters
 # the answer, are never left out.
 _OPTIONAL_PARAMETERS = frozenset({"temperature", "top_p"})
 _UNSUPPORTED_CODES = frozenset({"unsupported_value", "unsupported_parameter"})
+# Gemini 3 answers 400 to a tool call step (an assistant message's tool
+# calls) whose first call does not bring back the thought signature the model
+# gave with it (`extra_content.google.thought_signature`). A step without one
+# (begun on another provider, or whose caller kept none) gets the value
+# Google documents for histories without signatures, which skips the check.
+GEMINI_SKIP_THOUGHT_SIGNATURE = "skip_thought_signature_validator"
 # Gemini's models list names each model "models/<id>"; its chat endpoint
 # documents the bare id, which is also the name prices are known by.
 _GEMINI_MODEL_PREFIX = "models/"
@@ -275,7 +281,8 @@ class OpenAIChatAdapter(Adapter):
                 reported = chunk.usage or _groq_usage(chunk)
                 if reported is not None:
                     usage = usage_from_openai(reported)
-                for choice in chunk.choices[:1]:
+                # Some compatible servers send "choices": null beside their usage.
+                for choice in (chunk.choices or ())[:1]:
                     delta = choice.delta
                     for call in (delta.tool_calls if delta else None) or ():
                         calls.add(call)
@@ -435,10 +442,13 @@ def _messages_for(request: ChatRequest, provider_type: str) -> list[Message]:
     """The messages sent: as given, except that JSON mode needs one of them to
     mention JSON (OpenAI and Azure refuse `response_format` json_object (400)
     when none does; the instruction is then put first) and that Mistral gets
-    tool call ids it accepts. The caller's list is left as it was."""
+    tool call ids it accepts and Gemini a thought signature on each tool call
+    step. The caller's list is left as it was."""
     messages = request.messages
     if provider_type == "mistral":
         messages = [_with_mistral_tool_call_ids(message) for message in messages]
+    if provider_type == "gemini":
+        messages = [_with_thought_signature(message) for message in messages]
     if not request.json_mode or any(
         "json" in content_text(message.get("content")).lower() for message in messages
     ):
@@ -456,6 +466,33 @@ def _with_mistral_tool_call_ids(message: Message) -> Message:
         ]
         return {**message, "tool_calls": calls}
     return message
+
+
+def _with_thought_signature(message: Message) -> Message:
+    """An assistant message whose tool calls carry no thought signature, with
+    `GEMINI_SKIP_THOUGHT_SIGNATURE` on the first (Gemini checks the first call
+    of each step)."""
+    calls = message.get("tool_calls") if message.get("role") == "assistant" else None
+    if not calls or any(_thought_signature(call) for call in calls):
+        return message
+    first = calls[0]
+    extra = first.get("extra_content") if isinstance(first.get("extra_content"), dict) else {}
+    google = extra.get("google") if isinstance(extra.get("google"), dict) else {}
+    signed = {
+        **first,
+        "extra_content": {
+            **extra,
+            "google": {**google, "thought_signature": GEMINI_SKIP_THOUGHT_SIGNATURE},
+        },
+    }
+    return {**message, "tool_calls": [signed, *calls[1:]]}
+
+
+def _thought_signature(call: Any) -> str | None:
+    extra = call.get("extra_content") if isinstance(call, dict) else None
+    google = extra.get("google") if isinstance(extra, dict) else None
+    signature = google.get("thought_signature") if isinstance(google, dict) else None
+    return signature if isinstance(signature, str) and signature else None
 
 
 def _mistral_tool_call_id(call_id: str) -> str:

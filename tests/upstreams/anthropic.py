@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from typing import Any
 
 from .server import LoopbackUpstream, RecordedRequest, Reply, Script, json_reply
@@ -26,6 +27,8 @@ DEFAULT_MODEL = "claude-sonnet-4-6-20260217"
 BLANK_TEXT_BLOCK = "messages: text content blocks must contain non-whitespace text"
 # What it answers (400) to a stop sequence that is only whitespace, such as "\n".
 BLANK_STOP_SEQUENCE = "stop_sequences: each stop sequence must contain non-whitespace"
+# What a tool_use id (and a tool_result's tool_use_id) must be, or the API answers 400.
+TOOL_ID = re.compile(r"^[a-zA-Z0-9_-]+$")
 # The first bytes of each image format the API takes: it answers 400 to a
 # base64 image whose bytes are of another format than its media_type says.
 IMAGE_SIGNATURES = {
@@ -78,6 +81,7 @@ class AnthropicUpstream(LoopbackUpstream):
         body = request.json or {}
         refusal = BLANK_TEXT_BLOCK if _has_blank_text_block(body) else None
         refusal = refusal or _image_media_type_mismatch(body)
+        refusal = refusal or _tool_id_mismatch(body)
         if any(not stop.strip() for stop in body.get("stop_sequences") or ()):
             refusal = refusal or BLANK_STOP_SEQUENCE
         if refusal:
@@ -135,7 +139,7 @@ class AnthropicUpstream(LoopbackUpstream):
         thinking_tokens: int | None = None,
         tool_uses: list[dict[str, Any]] | None = None,
         stop_reason: str | None = None,
-        error: dict[str, str] | None = None,
+        error: dict[str, Any] | None = None,
         delay: float = 0.0,
         chunk_delay: float = 0.0,
         break_after: int | None = None,
@@ -286,15 +290,16 @@ class AnthropicUpstream(LoopbackUpstream):
         *,
         type: str = "api_error",
         message: str = "Internal server error",
+        error_code: str | None = None,
         headers: dict[str, str] | None = None,
         delay: float = 0.0,
     ) -> Script:
-        """An error answer in Anthropic's body shape, to any endpoint."""
-        payload = {
-            "type": "error",
-            "error": {"type": type, "message": message},
-            "request_id": "req_loopback",
-        }
+        """An error answer in Anthropic's body shape, to any endpoint;
+        `error_code` goes in `error.details`, where the API names the cause."""
+        error: dict[str, Any] = {"type": type, "message": message}
+        if error_code is not None:
+            error["details"] = {"error_code": error_code}
+        payload = {"type": "error", "error": error, "request_id": "req_loopback"}
         return json_reply(payload, status=status, headers=headers, delay=delay)
 
     def enqueue_error(self, *args: Any, times: int = 1, **kwargs: Any) -> None:
@@ -318,6 +323,21 @@ def _has_blank_text_block(body: dict[str, Any]) -> bool:
             parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
             blocks += [part for part in parts if isinstance(part, dict)]
     return any(block.get("type") == "text" and not block["text"].strip() for block in blocks)
+
+
+def _tool_id_mismatch(body: dict[str, Any]) -> str | None:
+    """The API's message for a tool_use id or tool_result tool_use_id that is
+    not made of letters, digits, `_` and `-` only."""
+    for message_index, message in enumerate(body.get("messages") or ()):
+        content = message.get("content")
+        for block_index, block in enumerate(content if isinstance(content, list) else ()):
+            field = {"tool_use": "id", "tool_result": "tool_use_id"}.get(block.get("type"))
+            if field and not TOOL_ID.fullmatch(str(block.get(field))):
+                return (
+                    f"messages.{message_index}.content.{block_index}.{block['type']}.{field}: "
+                    f"String should match pattern '{TOOL_ID.pattern}'"
+                )
+    return None
 
 
 def _image_media_type_mismatch(body: dict[str, Any]) -> str | None:

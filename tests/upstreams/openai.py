@@ -59,7 +59,20 @@ def masked_key(api_key: str) -> str:
     return f"{api_key[:8]}{'*' * max(len(api_key) - 12, 4)}{api_key[-4:]}"
 
 
+# What Gemini 3 answers (400) to an assistant tool call step whose first call
+# carries no thought signature (`extra_content.google.thought_signature`).
+THOUGHT_SIGNATURE_MISSING = (
+    "Function call is missing a thought_signature in functionCall parts. This is required for "
+    "tools to work correctly, and missing thought_signature may lead to degraded model "
+    "performance."
+)
+
+
 class OpenAIUpstream(LoopbackUpstream):
+    # Set by a test to answer as Gemini 3 models do: a tool call step without
+    # a thought signature is refused.
+    requires_thought_signatures = False
+
     @property
     def base_url(self) -> str:
         """The base URL of an OpenAI-style config (`/v1` included)."""
@@ -92,6 +105,23 @@ class OpenAIUpstream(LoopbackUpstream):
                         "code": None,
                     }
                 },
+                status=400,
+            )
+        if (
+            request.route == "chat"
+            and self.requires_thought_signatures
+            and _tool_call_step_without_thought_signature(request.json or {})
+        ):
+            return json_reply(
+                [
+                    {
+                        "error": {
+                            "code": 400,
+                            "message": THOUGHT_SIGNATURE_MISSING,
+                            "status": "INVALID_ARGUMENT",
+                        }
+                    }
+                ],
                 status=400,
             )
         if request.route == "chat" and _json_mode_without_the_word(request.json or {}):
@@ -333,3 +363,14 @@ def _json_mode_without_the_word(body: dict[str, Any]) -> bool:
             [message.get("content") for message in body.get("messages") or ()]
         ).lower()
     )
+
+
+def _tool_call_step_without_thought_signature(body: dict[str, Any]) -> bool:
+    """Whether an assistant message's first tool call lacks a thought signature."""
+    for message in body.get("messages") or ():
+        calls = message.get("tool_calls") if message.get("role") == "assistant" else None
+        if calls:
+            google = (calls[0].get("extra_content") or {}).get("google") or {}
+            if not google.get("thought_signature"):
+                return True
+    return False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -289,6 +290,48 @@ def test_complete_sends_tool_calls_and_results_as_tool_use_and_tool_result_block
             ],
         },
     ]  # fmt: skip
+
+
+def test_complete_sends_tool_call_ids_of_other_providers_in_the_form_anthropic_accepts(
+    adapter, anthropic_upstream
+):
+    # Kimi models name their calls "functions.<name>:<n>"; the API refuses
+    # ids with other characters than letters, digits, "_" and "-".
+    anthropic_upstream.enqueue_message("Sunny in both.")
+    messages = [
+        {"role": "user", "content": "Weather in Paris and Oslo?"},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {
+                    "id": f"functions.get_weather:{n}",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": f'{{"city": "{city}"}}'},
+                }
+                for n, city in enumerate(("Paris", "Oslo"))
+            ],
+        },
+        {"role": "tool", "tool_call_id": "functions.get_weather:0", "content": "Sunny, 21°C"},
+        {"role": "tool", "tool_call_id": "functions.get_weather:1", "content": "Sunny, 12°C"},
+        {"role": "user", "content": "Thanks."},
+    ]
+
+    result = adapter.complete(_request(messages=messages, tools=[WEATHER_TOOL]))
+
+    assert result.content == "Sunny in both."
+    sent = anthropic_upstream.last_request.json["messages"]
+    used = [block["id"] for block in sent[1]["content"]]
+    answered = [block["tool_use_id"] for block in sent[2]["content"][:2]]
+    assert used == answered
+    assert len(set(used)) == 2
+    assert all(re.fullmatch(r"[a-zA-Z0-9_-]+", call_id) for call_id in used)
+    # The mapping is the same on every call, so a conversation keeps its ids.
+    anthropic_upstream.enqueue_message("Again.")
+    adapter.complete(_request(messages=messages, tools=[WEATHER_TOOL]))
+    assert [
+        block["id"] for block in anthropic_upstream.last_request.json["messages"][1]["content"]
+    ] == used
 
 
 def test_complete_begins_a_conversation_that_begins_with_the_assistant_with_a_user_turn(
@@ -650,6 +693,74 @@ def test_complete_raises_permission_error_when_a_400_says_the_account_cannot_be_
     assert type(caught.value) is ProviderPermissionError
     assert caught.value.status_code == 400
     assert caught.value.message == f"anthropic answered 400 invalid_request_error: {message}"
+
+
+@pytest.mark.parametrize(
+    ("status", "error_type", "error_code", "message"),
+    [
+        (
+            429,
+            "rate_limit_error",
+            "enforced_spend_limit_reached",
+            "You have reached your specified API usage limits.",
+        ),
+        (
+            429,
+            "rate_limit_error",
+            "contract_spend_limit_reached",
+            "Your organization has reached the spend limit of its contract.",
+        ),
+        (
+            400,
+            "invalid_request_error",
+            "organization_on_hold",
+            "Your organization is on hold.",
+        ),
+    ],
+)
+def test_complete_raises_permission_error_when_the_error_code_says_the_account_cannot_be_used(
+    adapter, anthropic_upstream, status, error_type, error_code, message
+):
+    # A spend limit lasts until the month or the contract ends: no wait within
+    # a call cures it, so it is not retried, and another provider may serve it.
+    anthropic_upstream.enqueue_error(
+        status,
+        type=error_type,
+        message=message,
+        error_code=error_code,
+        headers={"retry-after": "3"},
+    )
+
+    with pytest.raises(ProviderPermissionError) as caught:
+        adapter.complete(_request())
+
+    assert type(caught.value) is ProviderPermissionError
+    assert caught.value.retryable is False
+    assert caught.value.status_code == status
+    assert caught.value.message == f"anthropic answered {status} {error_type}: {message}"
+
+
+def test_stream_raises_permission_error_when_an_error_event_says_the_spend_limit_is_reached(
+    adapter, anthropic_upstream
+):
+    anthropic_upstream.enqueue_message_stream(
+        ["Hel"],
+        error={
+            "type": "rate_limit_error",
+            "message": "You have reached your specified API usage limits.",
+            "details": {"error_code": "enforced_spend_limit_reached"},
+        },
+    )
+
+    with pytest.raises(ProviderPermissionError) as caught:
+        list(adapter.stream(_request()))
+
+    assert type(caught.value) is ProviderPermissionError
+    assert caught.value.status_code == 429
+    assert caught.value.message == (
+        "anthropic failed mid-answer rate_limit_error: "
+        "You have reached your specified API usage limits."
+    )
 
 
 def test_complete_raises_rate_limited_with_retry_after_seconds(adapter, anthropic_upstream):

@@ -771,8 +771,20 @@ def test_stream_counts_reasoning_as_output_when_the_connection_breaks_before_the
          "model ID.", ProviderPermissionError, False),
         (400, "ValidationException", "Input is too long for requested model.", ContextTooLong,
          False),
+        (400, "ValidationException", "Input Tokens Exceeded: Number of input tokens exceeds "
+         "maximum length. Please update the request and try again.", ContextTooLong, False),
         (400, "ValidationException", "The provided model identifier is invalid.",
          ProviderBadRequest, False),
+        (404, "ResourceNotFoundException", "Access denied. This Model is marked by provider as "
+         "Legacy and you have not been actively using the model in the last 15 days. Please "
+         "upgrade to an active model on Amazon Bedrock", ProviderPermissionError, False),
+        (404, "ResourceNotFoundException", "Model use case details have not been submitted for "
+         "this account. Fill out the Anthropic use case details form before using the model. If "
+         "you have already filled out the form, try again in 15 minutes.",
+         ProviderPermissionError, False),
+        (400, "ValidationException", "The model returned the following errors: You have not "
+         "filled out the required use-case form for this model. Complete the form before "
+         "requesting access.", ProviderPermissionError, False),
         (408, "ModelTimeoutException", "Model has timed out in processing the request.",
          ProviderTimeout, True),
         (500, "InternalServerException", "Internal server error", UpstreamUnavailable, True),

@@ -611,6 +611,69 @@ def test_mistral_gets_tool_call_ids_of_the_form_it_accepts(openai_upstream):
     assert messages[1]["tool_calls"][0]["id"] == "call_Xy12AbCdEfGh34"
 
 
+def _weather_call(call_id: str, city: str, **extra) -> dict:
+    arguments = json.dumps({"city": city})
+    return {
+        "id": call_id,
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": arguments},
+        **extra,
+    }
+
+
+def test_gemini_gets_tool_call_steps_with_a_thought_signature(openai_upstream):
+    # Gemini 3 answers 400 to a tool call step without the thought signature
+    # it gave (extra_content.google.thought_signature); a conversation begun
+    # elsewhere, or whose caller kept no signature, has none to send back.
+    openai_upstream.requires_thought_signatures = True
+    adapter = _adapter("gemini", openai_upstream.base_url, api_key="AIzaSyTestKey1234567890")
+    openai_upstream.enqueue_chat("Sunny in both; warmer in Rome.")
+    signed = {"google": {"thought_signature": "CrICAdHtim827fQ"}}
+    messages = [
+        {"role": "user", "content": "Weather in Paris and Oslo, then Rome?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [_weather_call("call_1", "Paris"), _weather_call("call_2", "Oslo")],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "Sunny"},
+        {"role": "tool", "tool_call_id": "call_2", "content": "Sunny"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [_weather_call("call_3", "Rome", extra_content=signed)],
+        },
+        {"role": "tool", "tool_call_id": "call_3", "content": "Sunnier"},
+    ]
+
+    result = adapter.complete(_request(model="gemini-3-flash-preview", messages=messages))
+
+    assert result.content == "Sunny in both; warmer in Rome."
+    sent = openai_upstream.last_request.json["messages"]
+    assert [call.get("extra_content") for call in sent[1]["tool_calls"]] == [
+        {"google": {"thought_signature": "skip_thought_signature_validator"}},
+        None,
+    ]
+    # A signature the caller sent back is sent as it was.
+    assert sent[4]["tool_calls"][0]["extra_content"] == signed
+    # The caller's messages are left as they were.
+    assert "extra_content" not in messages[1]["tool_calls"][0]
+
+
+def test_other_presets_get_tool_calls_without_a_thought_signature(adapter, openai_upstream):
+    openai_upstream.enqueue_chat("Sunny.")
+    messages = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [_weather_call("call_1", "Paris")]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "Sunny"},
+    ]
+
+    adapter.complete(_request(messages=messages))
+
+    sent = openai_upstream.last_request.json["messages"]
+    assert sent[1]["tool_calls"] == [_weather_call("call_1", "Paris")]
+
+
 # --- stream --------------------------------------------------------------------------
 
 
@@ -796,6 +859,29 @@ def test_mistral_stream_reads_usage_of_last_chunk_without_asking_for_it(openai_u
 
     assert "stream_options" not in openai_upstream.requests[0].json
     assert "".join(c.text for c in received) == "Hi"
+    assert received[-1].usage == Usage(input_tokens=12, output_tokens=3)
+
+
+def test_stream_reads_the_usage_of_a_chunk_whose_choices_are_null(openai_upstream):
+    # Some compatible servers and proxies send their usage-only chunk with
+    # "choices": null instead of an empty list.
+    adapter = _adapter(
+        "openai_compatible", openai_upstream.base_url, api_key="compat-test-key-123456"
+    )
+    chunks = [
+        b'data: {"id":"x","object":"chat.completion.chunk","created":1,"model":"qwen3-32b",'
+        b'"choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":"stop"}]}\n\n',
+        b'data: {"id":"x","object":"chat.completion.chunk","created":1,"model":"qwen3-32b",'
+        b'"choices":null,'
+        b'"usage":{"prompt_tokens":12,"completion_tokens":3,"total_tokens":15}}\n\n',
+        b"data: [DONE]\n\n",
+    ]
+    openai_upstream.enqueue(Reply(headers={"Content-Type": "text/event-stream"}, chunks=chunks))
+
+    received = list(adapter.stream(_request(model="qwen3-32b")))
+
+    assert "".join(c.text for c in received) == "Hi"
+    assert received[-1].finish_reason == "stop"
     assert received[-1].usage == Usage(input_tokens=12, output_tokens=3)
 
 

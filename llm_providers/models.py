@@ -477,7 +477,9 @@ class ProviderConfig(models.Model):
                 or not isinstance(value, int | float)
                 or not 0 < value <= 600
             ):
-                messages.append(f"Option “{name}” must be a number of seconds between 0 and 600.")
+                messages.append(
+                    f"Option “{name}” must be a number of seconds greater than 0 and at most 600."
+                )
         return {"options": messages} if messages else {}
 
     def model_is_allowed(self, model: str) -> bool:

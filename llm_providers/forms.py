@@ -55,6 +55,22 @@ def provider_type_requirements(spec: ProviderTypeSpec) -> str:
     return text + "."
 
 
+def options_help_text() -> str:
+    """The options field's help, naming the types whose specs take no timeout."""
+    without_timeout = [
+        str(ProviderType(provider_type).label)
+        for provider_type, spec in PROVIDER_TYPE_SPECS.items()
+        if "timeout" not in spec.allowed_options
+    ]
+    types = "any type"
+    if without_timeout:
+        types += f" but {' or '.join(without_timeout)}"
+    return (
+        'A JSON object, e.g. {"api_version": "2024-10-21", "deployment": "gpt-4o"} '
+        f'for Azure or {{"timeout": 30}} for {types}.'
+    )
+
+
 def provider_type_unused_fields() -> dict[str, list[str]]:
     """The provider config form fields each provider type has no use for, by type.
 
@@ -228,10 +244,7 @@ class ProviderConfigAdminForm(forms.ModelForm):
                 "provider_type"
             ].help_text = "What each type needs is listed above the form."
         if "options" in self.fields:
-            self.fields["options"].help_text = (
-                'A JSON object, e.g. {"api_version": "2024-10-21", "deployment": "gpt-4o"} '
-                'for Azure or {"timeout": 30} for any type.'
-            )
+            self.fields["options"].help_text = options_help_text()
 
     def full_clean(self):
         super().full_clean()

@@ -14,12 +14,15 @@ from django.contrib.messages import get_messages
 from django.contrib.messages.storage.cookie import CookieStorage
 from django.contrib.sessions.backends.db import SessionStore
 from django.contrib.sessions.models import Session
+from django.core.exceptions import ValidationError
 from django.test import override_settings
 from django.urls import reverse
 from django.utils.html import strip_tags
 from rest_framework.test import APIClient
 
+from llm_providers.forms import options_help_text
 from llm_providers.models import ProviderConfig, ServiceKey, UserToken
+from llm_providers.provider_types import ProviderType
 from llm_providers.selectors import user_token_for_key
 from overrides.models import RoutingOverride
 from tests.factories import (
@@ -451,6 +454,32 @@ def test_provider_type_help_lists_requirements(tenant_admin, admin_client_for):
         in html
     )
     assert "<li><strong>Ollama</strong>: no key (local server)." in html
+
+
+def test_options_help_names_the_types_that_take_a_timeout(tenant_admin, admin_client_for):
+    html = admin_client_for(tenant_admin).get(reverse(ADD)).content.decode()
+
+    help_text = re.search(r'<div class="help" id="id_options_helptext">\s*<div>(.*?)</div>', html)
+    assert help_text, "the options field carries no help text"
+    assert help_text.group(1) == (
+        'A JSON object, e.g. {"api_version": "2024-10-21", "deployment": "gpt-4o"} '
+        'for Azure or {"timeout": 30} for any type but Fake (demo and tests).'
+    )
+
+
+@pytest.mark.parametrize("provider_type", ProviderType.values)
+def test_options_help_tells_truly_which_types_take_a_timeout(provider_type):
+    config = ProviderConfig(provider_type=provider_type, options={"timeout": 30})
+    excluded = options_help_text().partition('{"timeout": 30} for any type')[2]
+
+    try:
+        config.options_validate()
+        refusals = []
+    except ValidationError as error:
+        refusals = [m for m in error.message_dict["options"] if "timeout" in m]
+
+    # (an Azure config's missing api_version is no matter here)
+    assert (not refusals) == (ProviderType(provider_type).label not in excluded)
 
 
 def _provider_type_fields(html: str) -> dict:

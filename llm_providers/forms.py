@@ -274,6 +274,18 @@ class ProviderConfigAdminForm(forms.ModelForm):
             if name in self.cleaned_data and name != "tenant"
         }
 
+    def _config_errors_add(self, exc: ValidationError) -> None:
+        # A secret its own field refused (too long) was typed, yet it is left
+        # out of what the config checks see: they would call it missing, or
+        # ask for it again, beside the field's own error. Only that error shows.
+        refused = {name for name in SECRET_FORM_FIELDS if name in self._errors}
+        if refused and hasattr(exc, "error_dict"):
+            kept = {name: errors for name, errors in exc.error_dict.items() if name not in refused}
+            if not kept:
+                return
+            exc = ValidationError(kept)
+        self._update_errors(exc)
+
     def _post_clean(self):
         # Validate the config as the services will store it: with the typed
         # secrets applied, and letting a new default replace the tenant's old
@@ -296,7 +308,7 @@ class ProviderConfigAdminForm(forms.ModelForm):
                     provider_config=self.instance, secrets=secrets
                 )
             except ValidationError as exc:
-                self._update_errors(exc)
+                self._config_errors_add(exc)
                 return
         if "api_key" in secrets:
             self.instance.set_api_key(secrets["api_key"])
@@ -315,7 +327,7 @@ class ProviderConfigAdminForm(forms.ModelForm):
                 exclude=exclude, validate_unique=False, validate_constraints=False
             )
         except ValidationError as exc:
-            self._update_errors(exc)
+            self._config_errors_add(exc)
         constraint_exclude = exclude | {"is_default"}
         if "tenant" not in self._errors:
             # On change the tenant is read-only, hence not a form field; the name

@@ -390,6 +390,78 @@ def test_missing_key_message_names_what_is_missing(tenant, tenant_admin, admin_c
     assert not ProviderConfig.objects.filter(tenant=tenant).exists()
 
 
+def _field_errors(html: str, field: str) -> list[str]:
+    found = re.search(rf'<ul class="errorlist" id="id_{field}_error">(.*?)</ul>', html)
+    return re.findall(r"<li>(.*?)</li>", found.group(1)) if found else []
+
+
+def test_key_over_the_maximum_length_gets_only_the_length_error(
+    tenant, tenant_admin, admin_client_for, assert_secret_absent
+):
+    key = "sk-" + "a" * 1998 + "WXYZ"
+
+    response = admin_client_for(tenant_admin).post(
+        reverse(ADD),
+        _form_data(tenant=str(tenant.pk), name="long", provider_type="openai", api_key=key),
+    )
+
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert _field_errors(html, "api_key") == [
+        "Ensure this value has at most 2000 characters (it has 2005)."
+    ]
+    assert "needs an API key" not in html
+    assert_secret_absent(html, key)
+    assert not ProviderConfig.objects.filter(tenant=tenant).exists()
+
+
+def test_key_over_the_maximum_length_on_a_new_endpoint_gets_only_the_length_error(
+    tenant, tenant_admin, admin_client_for
+):
+    config = ProviderConfigFactory(
+        tenant=tenant,
+        provider_type="openai_compatible",
+        base_url="https://8.8.8.8/v1",
+        api_key=KEY,
+    )
+
+    response = admin_client_for(tenant_admin).post(
+        _change_url(config),
+        _form_data(config, base_url="https://1.1.1.1/v1", api_key="k" * 2001),
+    )
+
+    assert response.status_code == 200
+    assert _field_errors(response.content.decode(), "api_key") == [
+        "Ensure this value has at most 2000 characters (it has 2001)."
+    ]
+    stored = ProviderConfig.objects.get(pk=config.pk)
+    assert (stored.base_url, stored.api_key) == ("https://8.8.8.8/v1", KEY)
+
+
+def test_aws_secret_over_the_maximum_length_gets_only_the_length_error(
+    tenant, tenant_admin, admin_client_for
+):
+    response = admin_client_for(tenant_admin).post(
+        reverse(ADD),
+        _form_data(
+            tenant=str(tenant.pk),
+            name="bedrock",
+            provider_type="bedrock",
+            aws_region="eu-central-1",
+            aws_access_key_id=AWS_KEY_ID,
+            aws_secret_access_key="s" * 201,
+        ),
+    )
+
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert _field_errors(html, "aws_secret_access_key") == [
+        "Ensure this value has at most 200 characters (it has 201)."
+    ]
+    assert "missing:" not in html
+    assert not ProviderConfig.objects.filter(tenant=tenant).exists()
+
+
 def test_bedrock_credentials_write_only(
     tenant, tenant_admin, admin_client_for, raw_column, assert_secret_absent
 ):

@@ -794,6 +794,15 @@ def test_budget_create_refuses_duplicate_name(admin_api, tenant):
     }
 
 
+def test_budget_create_reads_percentages_written_as_plain_digits(admin_api, tenant):
+    response = admin_api.post(
+        BUDGETS, {"name": "cap", "limit_usd": "10", "alert_percentages": ["50", 80]}
+    )
+
+    assert response.status_code == 201
+    assert Budget.objects.get(tenant=tenant).alert_percentages == [50, 80]
+
+
 def test_budget_create_allows_a_name_used_by_another_tenant(admin_api, tenant, other_tenant):
     BudgetFactory(tenant=other_tenant, name="cap")
 
@@ -823,6 +832,18 @@ def test_budget_create_allows_a_name_used_by_another_tenant(admin_api, tenant, o
             {"alert_percentages": {"0": ["Ensure this value is greater than or equal to 1."]}},
         ),
         (
+            {"alert_percentages": [50, "1_000"]},
+            {"alert_percentages": {"1": ["A valid integer is required."]}},
+        ),
+        (
+            {"alert_percentages": ["+50"]},
+            {"alert_percentages": {"0": ["A valid integer is required."]}},
+        ),
+        (
+            {"alert_percentages": ["٥٠"]},
+            {"alert_percentages": {"0": ["A valid integer is required."]}},
+        ),
+        (
             {"alert_emails": ["not-an-address"]},
             {"alert_emails": {"0": ["Enter a valid email address."]}},
         ),
@@ -837,6 +858,9 @@ def test_budget_create_allows_a_name_used_by_another_tenant(admin_api, tenant, o
         "too-precise",
         "repeated-percent",
         "zero-percent",
+        "underscored-percent",
+        "signed-percent",
+        "arabic-indic-percent",
         "bad-email",
         "bad-period",
         "bad-scheme",

@@ -19,7 +19,13 @@ from django.utils.html import format_html_join
 
 from .api.throttling import authentication_attempt
 from .json_values import MAX_JSON_DEPTH, json_value_problem
-from .models import ProviderConfig, ServiceKey, TenantMembership, UserToken
+from .models import (
+    ProviderConfig,
+    ServiceKey,
+    TenantMembership,
+    UserToken,
+    model_names_unique,
+)
 from .provider_types import PROVIDER_TYPE_SPECS, Protocol, ProviderType, ProviderTypeSpec
 from .services import provider_config_endpoint_changed, provider_config_new_endpoint_secrets_check
 
@@ -114,12 +120,7 @@ class ModelNamesField(forms.CharField):
         text = super().to_python(value)
         if isinstance(text, list):
             return text
-        names = [name.strip() for name in re.split(r"[,\n]", text or "")]
-        unique: list[str] = []
-        for name in names:
-            if name and name not in unique:
-                unique.append(name)
-        return unique
+        return model_names_unique(re.split(r"[,\n]", text or ""))
 
 
 class OptionsJSONField(forms.JSONField):

@@ -188,7 +188,9 @@ def parameters_validate(
     if timeout is not None and (
         isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= 600
     ):
-        raise InvalidRequest("timeout", "timeout must be a number of seconds between 0 and 600.")
+        raise InvalidRequest(
+            "timeout", "timeout must be a number of seconds greater than 0 and at most 600."
+        )
     if stop is None:
         return None
     stops = [stop] if isinstance(stop, str) else stop

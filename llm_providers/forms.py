@@ -19,7 +19,13 @@ from django.utils.html import format_html_join
 
 from .api.throttling import authentication_attempt
 from .json_values import MAX_JSON_DEPTH, json_value_problem
-from .models import ProviderConfig, ServiceKey, TenantMembership, UserToken
+from .models import (
+    ProviderConfig,
+    ServiceKey,
+    TenantMembership,
+    UserToken,
+    model_names_unique,
+)
 from .provider_types import PROVIDER_TYPE_SPECS, Protocol, ProviderType, ProviderTypeSpec
 from .services import provider_config_endpoint_changed, provider_config_new_endpoint_secrets_check
 
@@ -53,6 +59,22 @@ def provider_type_requirements(spec: ProviderTypeSpec) -> str:
     if options:
         text += f". Optional options: {', '.join(options)}"
     return text + "."
+
+
+def options_help_text() -> str:
+    """The options field's help, naming the types whose specs take no timeout."""
+    without_timeout = [
+        str(ProviderType(provider_type).label)
+        for provider_type, spec in PROVIDER_TYPE_SPECS.items()
+        if "timeout" not in spec.allowed_options
+    ]
+    types = "any type"
+    if without_timeout:
+        types += f" but {' or '.join(without_timeout)}"
+    return (
+        'A JSON object, e.g. {"api_version": "2024-10-21", "deployment": "gpt-4o"} '
+        f'for Azure or {{"timeout": 30}} for {types}.'
+    )
 
 
 def provider_type_unused_fields() -> dict[str, list[str]]:
@@ -98,12 +120,7 @@ class ModelNamesField(forms.CharField):
         text = super().to_python(value)
         if isinstance(text, list):
             return text
-        names = [name.strip() for name in re.split(r"[,\n]", text or "")]
-        unique: list[str] = []
-        for name in names:
-            if name and name not in unique:
-                unique.append(name)
-        return unique
+        return model_names_unique(re.split(r"[,\n]", text or ""))
 
 
 class OptionsJSONField(forms.JSONField):
@@ -228,10 +245,7 @@ class ProviderConfigAdminForm(forms.ModelForm):
                 "provider_type"
             ].help_text = "What each type needs is listed above the form."
         if "options" in self.fields:
-            self.fields["options"].help_text = (
-                'A JSON object, e.g. {"api_version": "2024-10-21", "deployment": "gpt-4o"} '
-                'for Azure or {"timeout": 30} for any type.'
-            )
+            self.fields["options"].help_text = options_help_text()
 
     def full_clean(self):
         super().full_clean()
@@ -261,6 +275,18 @@ class ProviderConfigAdminForm(forms.ModelForm):
             if name in self.cleaned_data and name != "tenant"
         }
 
+    def _config_errors_add(self, exc: ValidationError) -> None:
+        # A secret its own field refused (too long) was typed, yet it is left
+        # out of what the config checks see: they would call it missing, or
+        # ask for it again, beside the field's own error. Only that error shows.
+        refused = {name for name in SECRET_FORM_FIELDS if name in self._errors}
+        if refused and hasattr(exc, "error_dict"):
+            kept = {name: errors for name, errors in exc.error_dict.items() if name not in refused}
+            if not kept:
+                return
+            exc = ValidationError(kept)
+        self._update_errors(exc)
+
     def _post_clean(self):
         # Validate the config as the services will store it: with the typed
         # secrets applied, and letting a new default replace the tenant's old
@@ -283,7 +309,7 @@ class ProviderConfigAdminForm(forms.ModelForm):
                     provider_config=self.instance, secrets=secrets
                 )
             except ValidationError as exc:
-                self._update_errors(exc)
+                self._config_errors_add(exc)
                 return
         if "api_key" in secrets:
             self.instance.set_api_key(secrets["api_key"])
@@ -302,7 +328,7 @@ class ProviderConfigAdminForm(forms.ModelForm):
                 exclude=exclude, validate_unique=False, validate_constraints=False
             )
         except ValidationError as exc:
-            self._update_errors(exc)
+            self._config_errors_add(exc)
         constraint_exclude = exclude | {"is_default"}
         if "tenant" not in self._errors:
             # On change the tenant is read-only, hence not a form field; the name

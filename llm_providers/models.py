@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import uuid
 import zoneinfo
+from collections.abc import Iterable
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -477,11 +478,24 @@ class ProviderConfig(models.Model):
                 or not isinstance(value, int | float)
                 or not 0 < value <= 600
             ):
-                messages.append(f"Option “{name}” must be a number of seconds between 0 and 600.")
+                messages.append(
+                    f"Option “{name}” must be a number of seconds greater than 0 and at most 600."
+                )
         return {"options": messages} if messages else {}
 
     def model_is_allowed(self, model: str) -> bool:
         return not self.allowed_models or model in self.allowed_models
+
+
+def model_names_unique(names: Iterable[str]) -> list[str]:
+    """Model names as a config stores them: trimmed, empty ones dropped, each
+    once, in the order first given (the admin form and the API alike)."""
+    unique: list[str] = []
+    for name in names:
+        name = name.strip()
+        if name and name not in unique:
+            unique.append(name)
+    return unique
 
 
 # Options sent as HTTP headers (organization, project), in the query (api_version)

@@ -452,12 +452,12 @@ class BudgetAdminForm(forms.ModelForm):
         parts = [
             p for p in raw.replace("%", " ").replace(";", ",").replace(" ", ",").split(",") if p
         ]
-        try:
-            return [int(p) for p in parts]
-        except ValueError:
+        # Plain digits: int() alone also takes "1_000", "+50" and other scripts' digits.
+        if not all(p.isascii() and p.isdigit() for p in parts):
             raise forms.ValidationError(
                 "Write whole percentages separated by commas, e.g. 50, 80, 100."
-            ) from None
+            )
+        return [int(p) for p in parts]
 
     def clean(self):
         data = super().clean()

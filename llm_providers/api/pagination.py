@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import binascii
 import re
+from base64 import b64decode
 from datetime import datetime
 
 from django.db.models import Q
@@ -98,7 +100,19 @@ class CreatedAtCursorPagination(pagination.CursorPagination):
 
     def decode_cursor(self, request):
         """The cursor, or 404 when it is not one this pagination gives out."""
+        encoded = request.query_params.get(self.cursor_query_param)
+        if encoded is not None:
+            # DRF's decoding skips characters outside base64: a cursor of none
+            # (a NUL, "!!", nothing) would read as no cursor, the first page.
+            try:
+                b64decode(encoded.encode("ascii"), validate=True)
+            except (UnicodeEncodeError, binascii.Error):
+                raise NotFound(self.invalid_cursor_message) from None
         cursor = super().decode_cursor(request)
+        if cursor is not None and cursor.position is None and cursor.offset == 0:
+            # Every cursor given out holds a position, or (from before ids were
+            # added to positions) an offset; one with neither is made up.
+            raise NotFound(self.invalid_cursor_message)
         self._position = None
         if cursor is not None and cursor.position is not None:
             self._position = _position_parse(cursor.position)

@@ -29,7 +29,7 @@ from llm_providers.json_values import (
     json_value_problem,
     text_problem,
 )
-from llm_providers.models import ProviderConfig, ServiceKey
+from llm_providers.models import ProviderConfig, ServiceKey, model_names_unique
 from llm_providers.provider_types import ProviderType
 from llm_providers.selectors import provider_config_list
 
@@ -118,6 +118,9 @@ class ProviderConfigSerializer(KnownFieldsOnly, serializers.Serializer):
     last_test_error = serializers.CharField(read_only=True)
     created_at = serializers.DateTimeField(read_only=True)
     updated_at = serializers.DateTimeField(read_only=True)
+
+    def validate_allowed_models(self, value: list[str]) -> list[str]:
+        return model_names_unique(value)
 
     def validate_options(self, value: dict) -> dict:
         error = json_value_error(value, subject="Options")

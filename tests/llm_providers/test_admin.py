@@ -14,12 +14,15 @@ from django.contrib.messages import get_messages
 from django.contrib.messages.storage.cookie import CookieStorage
 from django.contrib.sessions.backends.db import SessionStore
 from django.contrib.sessions.models import Session
+from django.core.exceptions import ValidationError
 from django.test import override_settings
 from django.urls import reverse
 from django.utils.html import strip_tags
 from rest_framework.test import APIClient
 
+from llm_providers.forms import options_help_text
 from llm_providers.models import ProviderConfig, ServiceKey, UserToken
+from llm_providers.provider_types import ProviderType
 from llm_providers.selectors import user_token_for_key
 from overrides.models import RoutingOverride
 from tests.factories import (
@@ -387,6 +390,78 @@ def test_missing_key_message_names_what_is_missing(tenant, tenant_admin, admin_c
     assert not ProviderConfig.objects.filter(tenant=tenant).exists()
 
 
+def _field_errors(html: str, field: str) -> list[str]:
+    found = re.search(rf'<ul class="errorlist" id="id_{field}_error">(.*?)</ul>', html)
+    return re.findall(r"<li>(.*?)</li>", found.group(1)) if found else []
+
+
+def test_key_over_the_maximum_length_gets_only_the_length_error(
+    tenant, tenant_admin, admin_client_for, assert_secret_absent
+):
+    key = "sk-" + "a" * 1998 + "WXYZ"
+
+    response = admin_client_for(tenant_admin).post(
+        reverse(ADD),
+        _form_data(tenant=str(tenant.pk), name="long", provider_type="openai", api_key=key),
+    )
+
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert _field_errors(html, "api_key") == [
+        "Ensure this value has at most 2000 characters (it has 2005)."
+    ]
+    assert "needs an API key" not in html
+    assert_secret_absent(html, key)
+    assert not ProviderConfig.objects.filter(tenant=tenant).exists()
+
+
+def test_key_over_the_maximum_length_on_a_new_endpoint_gets_only_the_length_error(
+    tenant, tenant_admin, admin_client_for
+):
+    config = ProviderConfigFactory(
+        tenant=tenant,
+        provider_type="openai_compatible",
+        base_url="https://8.8.8.8/v1",
+        api_key=KEY,
+    )
+
+    response = admin_client_for(tenant_admin).post(
+        _change_url(config),
+        _form_data(config, base_url="https://1.1.1.1/v1", api_key="k" * 2001),
+    )
+
+    assert response.status_code == 200
+    assert _field_errors(response.content.decode(), "api_key") == [
+        "Ensure this value has at most 2000 characters (it has 2001)."
+    ]
+    stored = ProviderConfig.objects.get(pk=config.pk)
+    assert (stored.base_url, stored.api_key) == ("https://8.8.8.8/v1", KEY)
+
+
+def test_aws_secret_over_the_maximum_length_gets_only_the_length_error(
+    tenant, tenant_admin, admin_client_for
+):
+    response = admin_client_for(tenant_admin).post(
+        reverse(ADD),
+        _form_data(
+            tenant=str(tenant.pk),
+            name="bedrock",
+            provider_type="bedrock",
+            aws_region="eu-central-1",
+            aws_access_key_id=AWS_KEY_ID,
+            aws_secret_access_key="s" * 201,
+        ),
+    )
+
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert _field_errors(html, "aws_secret_access_key") == [
+        "Ensure this value has at most 200 characters (it has 201)."
+    ]
+    assert "missing:" not in html
+    assert not ProviderConfig.objects.filter(tenant=tenant).exists()
+
+
 def test_bedrock_credentials_write_only(
     tenant, tenant_admin, admin_client_for, raw_column, assert_secret_absent
 ):
@@ -451,6 +526,32 @@ def test_provider_type_help_lists_requirements(tenant_admin, admin_client_for):
         in html
     )
     assert "<li><strong>Ollama</strong>: no key (local server)." in html
+
+
+def test_options_help_names_the_types_that_take_a_timeout(tenant_admin, admin_client_for):
+    html = admin_client_for(tenant_admin).get(reverse(ADD)).content.decode()
+
+    help_text = re.search(r'<div class="help" id="id_options_helptext">\s*<div>(.*?)</div>', html)
+    assert help_text, "the options field carries no help text"
+    assert help_text.group(1) == (
+        'A JSON object, e.g. {"api_version": "2024-10-21", "deployment": "gpt-4o"} '
+        'for Azure or {"timeout": 30} for any type but Fake (demo and tests).'
+    )
+
+
+@pytest.mark.parametrize("provider_type", ProviderType.values)
+def test_options_help_tells_truly_which_types_take_a_timeout(provider_type):
+    config = ProviderConfig(provider_type=provider_type, options={"timeout": 30})
+    excluded = options_help_text().partition('{"timeout": 30} for any type')[2]
+
+    try:
+        config.options_validate()
+        refusals = []
+    except ValidationError as error:
+        refusals = [m for m in error.message_dict["options"] if "timeout" in m]
+
+    # (an Azure config's missing api_version is no matter here)
+    assert (not refusals) == (ProviderType(provider_type).label not in excluded)
 
 
 def _provider_type_fields(html: str) -> dict:

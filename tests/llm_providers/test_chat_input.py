@@ -2,7 +2,7 @@
 
 import pytest
 
-from llm_providers.chat_input import InvalidRequest, scope_validate
+from llm_providers.chat_input import InvalidRequest, parameters_validate, scope_validate
 from llm_providers.completion import complete
 from tests.factories import ProviderConfigFactory, RoutingOverrideFactory, TenantFactory
 from usage.models import CallLog
@@ -25,6 +25,29 @@ def test_scope_validate_refuses_half_of_a_surrogate_pair():
     assert (refused.value.field, refused.value.message) == (
         "service_name",
         "service_name must be valid Unicode text: it holds half of a surrogate pair.",
+    )
+
+
+@pytest.mark.parametrize("timeout", [0, -1, 600.5, True])
+def test_parameters_validate_refuses_a_timeout_outside_its_range_saying_which(timeout):
+    with pytest.raises(InvalidRequest) as refused:
+        parameters_validate(
+            max_tokens=None, temperature=None, top_p=None, stop=None, timeout=timeout
+        )
+
+    assert (refused.value.field, refused.value.message) == (
+        "timeout",
+        "timeout must be a number of seconds greater than 0 and at most 600.",
+    )
+
+
+@pytest.mark.parametrize("timeout", [0.001, 600])
+def test_parameters_validate_accepts_a_timeout_at_the_edges_of_its_range(timeout):
+    assert (
+        parameters_validate(
+            max_tokens=None, temperature=None, top_p=None, stop=None, timeout=timeout
+        )
+        is None
     )
 
 

@@ -272,8 +272,16 @@ def test_timeout_out_of_range_refused(value):
     config = _config(provider_type="openai", api_key="sk-abcdefghijklmnop1234")
     config.options = {"timeout": value}
     assert _errors(config)["options"] == [
-        "Option “timeout” must be a number of seconds between 0 and 600."
+        "Option “timeout” must be a number of seconds greater than 0 and at most 600."
     ]
+
+
+@pytest.mark.parametrize("value", [0.001, 600])
+def test_timeout_at_the_edges_of_its_range_accepted(value):
+    config = _config(provider_type="openai", api_key="sk-abcdefghijklmnop1234")
+    config.options = {"timeout": value, "connect_timeout": value}
+    config.full_clean()
+    assert config.options == {"timeout": value, "connect_timeout": value}
 
 
 @pytest.mark.parametrize(

@@ -1220,6 +1220,23 @@ def test_budget_admin_reads_percentages_written_with_a_space_before_the_sign(cli
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize("written", ["1_000", "50, +80", "٥٠", "50, 8²"])
+def test_budget_admin_takes_percentages_in_plain_digits_only(client, written):
+    tenant = TenantFactory()
+    client.force_login(_member(tenant))
+
+    response = client.post(
+        reverse("admin:usage_budget_add"), _budget_form(tenant, alert_percentages=written)
+    )
+
+    assert response.status_code == 200
+    assert response.context["adminform"].form.errors["alert_percentages"] == [
+        "Write whole percentages separated by commas, e.g. 50, 80, 100."
+    ]
+    assert not Budget.objects.filter(tenant=tenant).exists()
+
+
+@pytest.mark.django_db
 def test_alert_list_hides_other_tenants_alerts(client):
     mine, theirs = TenantFactory(), TenantFactory(name="Other Inc")
     for tenant in (mine, theirs):

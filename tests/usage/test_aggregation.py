@@ -1,6 +1,7 @@
 """DailyUsage recompute: idempotent, exact, late logs, time zones, NULL configs, retention."""
 
 import datetime as dt
+import itertools
 import threading
 from collections import Counter
 from decimal import Decimal
@@ -566,6 +567,19 @@ def test_backfill_command_refuses_dates_not_written_yyyy_mm_dd(value):
         call_command("usage_backfill", "--from", value)
 
     assert str(caught.value) == f"“{value}” is not a date; write it as YYYY-MM-DD."
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("option", ["--from", "--to"])
+def test_backfill_command_refuses_an_empty_date(option):
+    DailyUsageFactory(day=dt.date(2026, 6, 10), request_count=7)
+    dates = {"--from": "2026-06-01", "--to": "2026-06-12"} | {option: ""}
+
+    with pytest.raises(CommandError) as caught:
+        call_command("usage_backfill", *itertools.chain(*dates.items()), "--no-progress")
+
+    assert str(caught.value) == f"{option} is empty; write a day as YYYY-MM-DD."
+    assert list(DailyUsage.objects.values_list("request_count", flat=True)) == [7]
 
 
 @pytest.mark.django_db

@@ -22,6 +22,19 @@ from usage.models import AlertDelivery, Budget, CallLog, CostAlert, email_list_p
 DEFAULT_ALERT_PERCENTAGES = (50, 80, 100)
 
 
+class PlainIntegerField(serializers.IntegerField):
+    """An integer; one sent as a string is plain digits, as the admin takes it.
+
+    DRF reads a string with int(), which also takes "1_000", "+50", " 50" and
+    digits of other scripts.
+    """
+
+    def to_internal_value(self, data):
+        if isinstance(data, str) and not (data.isascii() and data.isdigit()):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
 class CallLogSerializer(serializers.ModelSerializer):
     provider_config = serializers.UUIDField(
         source="provider_config_id",
@@ -315,7 +328,7 @@ class BudgetSerializer(KnownFieldsOnly, serializers.Serializer):
         max_length=200, allow_blank=True, default="", help_text="Empty: every customer."
     )
     alert_percentages = serializers.ListField(
-        child=serializers.IntegerField(min_value=1, max_value=1000),
+        child=PlainIntegerField(min_value=1, max_value=1000),
         default=lambda: list(DEFAULT_ALERT_PERCENTAGES),
         max_length=20,
         help_text="Alert when spend crosses these percentages of the limit.",

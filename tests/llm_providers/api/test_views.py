@@ -425,6 +425,34 @@ def test_provider_patch_making_default_replaces_previous_default(admin_api, tena
     assert (old.is_default, new.is_default) == (False, True)
 
 
+def test_provider_create_stores_allowed_models_once_each_in_order_as_the_admin_does(
+    admin_api, tenant
+):
+    response = admin_api.post(
+        PROVIDERS,
+        {
+            "name": "fake-main",
+            "provider_type": "fake",
+            "allowed_models": ["fake-large", "fake-small", "fake-large", " fake-small "],
+        },
+    )
+
+    assert response.status_code == 201, response.content
+    assert response.json()["allowed_models"] == ["fake-large", "fake-small"]
+    config = ProviderConfig.objects.get(tenant=tenant, name="fake-main")
+    assert config.allowed_models == ["fake-large", "fake-small"]
+
+
+def test_provider_patch_stores_allowed_models_once_each(admin_api, tenant):
+    config = ProviderConfigFactory(tenant=tenant, default_model="")
+
+    response = admin_api.patch(f"{PROVIDERS}{config.pk}/", {"allowed_models": ["a", "a", " b "]})
+
+    assert response.status_code == 200, response.content
+    config.refresh_from_db()
+    assert config.allowed_models == ["a", "b"]
+
+
 def test_provider_patch_answers_400_and_keeps_row_when_invalid(admin_api, tenant):
     config = ProviderConfigFactory(tenant=tenant, default_model="fake-small")
 

@@ -155,6 +155,38 @@ def test_call_list_answers_404_when_cursor_invalid(admin_api, tenant):
 
 
 @pytest.mark.parametrize(
+    "cursor",
+    [
+        "\x00",  # no base64 character at all: DRF's lax decoding reads nothing
+        "cD0y\x00",  # base64 with a NUL in it
+        "!!",  # characters outside base64
+        "",  # nothing
+        base64.b64encode(b"a=1").decode(),  # base64, but of no position
+    ],
+    ids=["nul", "base64-and-nul", "not-base64", "empty", "no-position"],
+)
+def test_call_list_answers_404_when_cursor_is_not_base64_of_a_position(admin_api, tenant, cursor):
+    CallLogFactory(tenant=tenant, created_at=NOON)
+
+    response = admin_api.get(CALLS, {"cursor": cursor})
+
+    assert response.status_code == 404
+    assert response.json()["error"]["message"] == "Invalid cursor"
+
+
+def test_call_list_still_follows_an_offset_cursor_without_a_position(admin_api, tenant):
+    # given: calls of one time, and a cursor of an offset alone, as given out
+    # for such a first page before positions held ids
+    calls = sorted(CallLogFactory(tenant=tenant, created_at=NOON).pk for _ in range(5))
+    cursor = base64.b64encode(b"o=2").decode()
+
+    response = admin_api.get(CALLS, {"cursor": cursor, "page_size": 2})
+
+    assert response.status_code == 200
+    assert _ids(response) == calls[::-1][2:4]
+
+
+@pytest.mark.parametrize(
     "position",
     [
         "garbage",  # not a time at all
@@ -794,6 +826,15 @@ def test_budget_create_refuses_duplicate_name(admin_api, tenant):
     }
 
 
+def test_budget_create_reads_percentages_written_as_plain_digits(admin_api, tenant):
+    response = admin_api.post(
+        BUDGETS, {"name": "cap", "limit_usd": "10", "alert_percentages": ["50", 80]}
+    )
+
+    assert response.status_code == 201
+    assert Budget.objects.get(tenant=tenant).alert_percentages == [50, 80]
+
+
 def test_budget_create_allows_a_name_used_by_another_tenant(admin_api, tenant, other_tenant):
     BudgetFactory(tenant=other_tenant, name="cap")
 
@@ -823,6 +864,18 @@ def test_budget_create_allows_a_name_used_by_another_tenant(admin_api, tenant, o
             {"alert_percentages": {"0": ["Ensure this value is greater than or equal to 1."]}},
         ),
         (
+            {"alert_percentages": [50, "1_000"]},
+            {"alert_percentages": {"1": ["A valid integer is required."]}},
+        ),
+        (
+            {"alert_percentages": ["+50"]},
+            {"alert_percentages": {"0": ["A valid integer is required."]}},
+        ),
+        (
+            {"alert_percentages": ["٥٠"]},
+            {"alert_percentages": {"0": ["A valid integer is required."]}},
+        ),
+        (
             {"alert_emails": ["not-an-address"]},
             {"alert_emails": {"0": ["Enter a valid email address."]}},
         ),
@@ -837,6 +890,9 @@ def test_budget_create_allows_a_name_used_by_another_tenant(admin_api, tenant, o
         "too-precise",
         "repeated-percent",
         "zero-percent",
+        "underscored-percent",
+        "signed-percent",
+        "arabic-indic-percent",
         "bad-email",
         "bad-period",
         "bad-scheme",

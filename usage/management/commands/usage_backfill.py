@@ -22,7 +22,10 @@ from usage.selectors import tenant_timezones
 _ISO_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
-def _day(value: str) -> date:
+def _day(value: str, option: str) -> date:
+    if not value:
+        # An empty --to would otherwise read as "not given", i.e. today.
+        raise CommandError(f"{option} is empty; write a day as YYYY-MM-DD.")
     # date.fromisoformat alone also takes 20260101 and week dates (2026-W01).
     with suppress(ValueError):
         if _ISO_DAY.fullmatch(value):
@@ -76,15 +79,15 @@ class Command(BaseCommand):
         parser.add_argument("--no-progress", action="store_true", help="No progress bar.")
 
     def handle(self, *args, **options):
-        first = _day(options["first"])
+        first = _day(options["first"], "--from")
         tenant = None
         if options["tenant"]:
             tenant = Tenant.objects.filter(slug=options["tenant"]).first()
             if tenant is None:
                 raise CommandError(f"No tenant has the slug “{options['tenant']}”.")
         today = _today(tenant)
-        last = _day(options["last"]) if options["last"] else today
-        if options["last"] and first > last:
+        last = _day(options["last"], "--to") if options["last"] is not None else today
+        if options["last"] is not None and first > last:
             raise CommandError(f"--from ({first}) is after --to ({last}); swap them.")
         if first > today:
             raise CommandError(f"--from ({first}) is after today ({today}); nothing is logged yet.")

@@ -453,6 +453,7 @@ def test_reserve_does_not_read_a_reply_left_on_its_connection(own_redis_counters
     assert _reserve(tenant, "0.30")
     conn = budget_counters.counters_backend("redis")._own.connection
     conn.send_command("PING")
+    assert conn.can_read(timeout=5)  # the reply has arrived
 
     # when the next call reserves on it
     reservation = _reserve(tenant, "0.20")

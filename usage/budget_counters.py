@@ -22,6 +22,7 @@ cost once.
 
 from __future__ import annotations
 
+import os
 import threading
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -32,6 +33,9 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q, Sum
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .aggregation import call_logs_purged_before
 from .models import BudgetCounter, BudgetHold, CallLog, DailyUsage
@@ -112,17 +116,19 @@ def settled_from_call_logs(entry) -> Decimal:
 # in exponent form, which HINCRBY refuses.
 _RESERVE_LUA = """
 local now, rid, n = tonumber(ARGV[1]), ARGV[3], tonumber(ARGV[4])
-local settled, cold = {}, {}
+local settled, reserved, cold = {}, {}, {}
 for i = 1, n do
   local h, a = KEYS[2 * i - 1], 5 + 3 * i
-  local s = redis.call('HMGET', h, 's', 'd', 'b', 'p')
+  local s = redis.call('HMGET', h, 's', 'd', 'b', 'p', 't')
   if s[1] and tonumber(s[2]) > now then
     settled[i] = tonumber(s[1])
+    reserved[i] = tonumber(s[5] or '0')
   elseif ARGV[a + 1] ~= '' and s[3] then
     redis.call('HSET', h, 's', ARGV[a + 1], 'd', ARGV[6])
     redis.call('HINCRBY', h, 's', s[4] or '0')
     redis.call('HDEL', h, 'b', 'p')
     settled[i] = tonumber(redis.call('HGET', h, 's'))
+    reserved[i] = tonumber(s[5] or '0')
   else
     if not s[3] or tonumber(s[3]) + tonumber(ARGV[7]) < now then
       redis.call('HSET', h, 'b', ARGV[1], 'p', '0')
@@ -142,12 +148,15 @@ for i = 1, n do
     local held = redis.call('HGET', h, 'r:' .. id)
     if held then
       redis.call('HDEL', h, 'r:' .. id)
-      if held ~= '0' then redis.call('HINCRBY', h, 't', '-' .. held) end
+      if held ~= '0' then
+        redis.call('HINCRBY', h, 't', '-' .. held)
+        reserved[i] = reserved[i] - tonumber(held)
+      end
     end
   end
   if #lapsed > 0 then redis.call('ZREM', z, unpack(lapsed)) end
   if ARGV[a] ~= '-1' then
-    local spend = settled[i] + tonumber(redis.call('HGET', h, 't') or '0')
+    local spend = settled[i] + reserved[i]
     local limit = tonumber(ARGV[a])
     if spend >= limit or spend + tonumber(ARGV[5]) > limit then
       return {2, i, spend}
@@ -223,6 +232,14 @@ def _redis_settled_key(entry) -> str:
     return f"llmpl:budget:{budget.id}:{budget.definition}:{period.key}:x"
 
 
+class _ThreadConnection(threading.local):
+    """The connection one thread sends the budget scripts on, and whose it is."""
+
+    client = None
+    pid = 0
+    connection = None
+
+
 class RedisCounters:
     name = "redis"
 
@@ -232,6 +249,7 @@ class RedisCounters:
         self._client = None
         self._reserve = None
         self._settle = None
+        self._own = _ThreadConnection()
 
     def _scripts(self):
         url = settings.USAGE_BUDGET_REDIS_URL
@@ -257,12 +275,51 @@ class RedisCounters:
                 self._client, self._url = client, url
         return self._reserve, self._settle
 
-    def _call(self, script, keys, args):
-        from redis.exceptions import RedisError
+    def _connection(self):
+        """This thread's connection of the current client, ready to send.
 
+        The scripts run on a connection of the thread's own, made like the
+        client pool's (same class, so the fail-fast window applies; same
+        timeouts and health check), and checked like a pooled one before each
+        use: one the server closed, or with data left unread, is connected
+        afresh. Taking one from the pool and giving it back, with redis-py's
+        per-command bookkeeping, cost more than the round trip itself.
+        """
+        own, client, pid = self._own, self._client, os.getpid()
+        conn = own.connection
+        if conn is None or own.client is not client or own.pid != pid:
+            pool = client.connection_pool
+            conn = pool.connection_class(**pool.connection_kwargs)
+            own.client, own.pid, own.connection = client, pid, conn
+        conn.connect()
         try:
-            return script(keys=keys, args=args)
+            if conn.can_read():
+                raise RedisConnectionError("Redis connection has data")
+        except (RedisConnectionError, RedisTimeoutError, OSError):
+            conn.disconnect()
+            conn.connect()
+            if conn.can_read():
+                conn.disconnect()
+                raise RedisConnectionError("Redis connection not ready") from None
+        return conn
+
+    def _call(self, script, keys, args):
+        conn = None
+        try:
+            conn = self._connection()
+            command = conn.pack_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            conn.send_packed_command(command)
+            try:
+                return conn.read_response()
+            except NoScriptError:
+                # The server lost its scripts (a restart): load it and run it again.
+                conn.send_packed_command(conn.pack_command("SCRIPT", "LOAD", script.script))
+                conn.read_response()
+                conn.send_packed_command(command)
+                return conn.read_response()
         except RedisError as exc:
+            if conn is not None and isinstance(exc, (RedisConnectionError, RedisTimeoutError)):
+                conn.disconnect()
             raise BudgetBackendError(f"Redis error: {type(exc).__name__}") from exc
 
     def reserve(self, *, reservation, now: datetime) -> Refusal | None:
@@ -309,8 +366,6 @@ class RedisCounters:
         raise BudgetBackendError("budget counters kept going stale while being rebuilt")
 
     def forget(self, *, definition, period) -> None:
-        from redis.exceptions import RedisError
-
         self._scripts()
         try:
             self._client.delete(*_redis_keys_of(definition, period))

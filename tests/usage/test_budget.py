@@ -2,6 +2,7 @@
 
 import datetime as dt
 import math
+import os
 import threading
 import uuid
 from decimal import Decimal
@@ -408,6 +409,107 @@ def test_settlement_whose_reply_a_redis_blip_lost_is_retried_and_counted_once(
     assert f"bookkeeping retrying budget settlement {reservation.reservation_id}" in caplog.text
     assert client.hget(counter, "s") == b"300000000"
     assert client.hget(counter, "t") == b"0"
+
+
+@pytest.fixture
+def own_redis_counters(own_redis, settings):
+    """Redis counters on a Redis of the test's own."""
+    settings.USAGE_BUDGET_BACKEND = "redis"
+    settings.USAGE_BUDGET_REDIS_URL = own_redis.url
+    return redis.Redis.from_url(own_redis.url)
+
+
+def _held_total(client, budget) -> int:
+    [counter] = client.keys(f"llmpl:budget:{budget.pk}:*:h")
+    return int(client.hget(counter, "t"))
+
+
+@pytest.mark.redis
+@pytest.mark.django_db
+def test_reserve_goes_on_after_redis_dropped_its_connections_and_scripts(own_redis_counters):
+    # given a $1 budget holding $0.30, its scripts loaded and a connection open
+    tenant = TenantFactory()
+    budget = _blocking_daily(tenant)
+    assert _reserve(tenant, "0.30")
+
+    # when Redis closes every client connection and forgets its scripts (a restart)
+    own_redis_counters.script_flush()
+    own_redis_counters.client_kill_filter(_type="normal", skipme=True)
+
+    # then the next reservation reconnects, loads the script again and counts
+    assert _reserve(tenant, "0.30")
+    assert _held_total(own_redis_counters, budget) == 600_000_000
+    with pytest.raises(BudgetExceeded) as caught:
+        _reserve(tenant, "0.50")
+    assert Decimal(caught.value.extra["spend_usd"]) == Decimal("0.6")
+
+
+@pytest.mark.redis
+@pytest.mark.django_db
+def test_reserve_does_not_read_a_reply_left_on_its_connection(own_redis_counters):
+    # given a connection with a reply nobody read (a command cut off after sending)
+    tenant = TenantFactory()
+    budget = _blocking_daily(tenant)
+    assert _reserve(tenant, "0.30")
+    conn = budget_counters.counters_backend("redis")._own.connection
+    conn.send_command("PING")
+    assert conn.can_read(timeout=5)  # the reply has arrived
+
+    # when the next call reserves on it
+    reservation = _reserve(tenant, "0.20")
+
+    # then it got its own reply, and counted
+    assert reservation
+    assert _held_total(own_redis_counters, budget) == 500_000_000
+
+
+@pytest.mark.redis
+@pytest.mark.django_db
+def test_threads_and_a_forked_process_reserve_on_connections_of_their_own(own_redis_counters):
+    # given a $10 budget, its counter warm and this thread's connection open
+    tenant = TenantFactory()
+    budget = _blocking_daily(tenant, limit="10.00")
+    assert _reserve(tenant, "0.01")
+    version = config_version(tenant.pk)
+
+    def reserve_many(count):
+        for _ in range(count):
+            budget_reserve(
+                tenant=tenant,
+                provider_config_id=None,
+                service_name="summarizer",
+                customer_id="acme",
+                amount_usd=Decimal("0.01"),
+                request_id=uuid.uuid4(),
+                version=version,
+            )
+
+    # when a forked process, two threads and this thread reserve at once
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the forked process
+        os.close(read_end)
+        try:
+            reserve_many(100)
+            os.write(write_end, b"ok")
+        except BaseException as exc:
+            os.write(write_end, type(exc).__name__.encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    workers = [threading.Thread(target=reserve_many, args=(100,)) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    reserve_many(100)
+    for worker in workers:
+        worker.join()
+    os.waitpid(child, 0)
+    with os.fdopen(read_end, "rb") as pipe:
+        child_outcome = pipe.read()
+
+    # then every reservation got its own reply and counted
+    assert child_outcome == b"ok"
+    assert _held_total(own_redis_counters, budget) == 401 * 10_000_000
 
 
 @pytest.mark.django_db

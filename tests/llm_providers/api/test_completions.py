@@ -618,6 +618,55 @@ def test_completion_answers_400_when_json_nested_too_deep(service_api, fake, fie
     assert not CallLog.objects.exists()
 
 
+def _tool_call_step(extra_content) -> list[dict]:
+    """A conversation whose assistant step calls `lookup` with this extra_content."""
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "lookup", "arguments": "{}"},
+        "extra_content": extra_content,
+    }
+    return [
+        {"role": "user", "content": "Look it up."},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "Found."},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("extra_content", "message"),
+    [
+        (
+            "CiQBjz1rX",
+            "messages[1].tool_calls[0].extra_content must be a JSON object, as the tool call "
+            "was answered with, or null.",
+        ),
+        (
+            {"google": {"thought_signature": ["CiQBjz1rX"]}},
+            "messages[1].tool_calls[0].extra_content.google.thought_signature must be a "
+            "non-empty string.",
+        ),
+        (
+            {"google": {"thought_signature": "C" * 70_000}},
+            "messages[1].tool_calls[0].extra_content is larger than 65,536 bytes as JSON.",
+        ),
+    ],
+    ids=["text", "signature-list", "too-large"],
+)
+def test_completion_answers_400_when_a_tool_calls_extra_content_is_of_a_bad_shape(
+    service_api, fake, extra_content, message
+):
+    response = service_api.post(COMPLETIONS, {"messages": _tool_call_step(extra_content)})
+
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["code"], error["fields"]) == (
+        "validation_error",
+        {"messages[1].tool_calls[0].extra_content": [message]},
+    )
+    assert not CallLog.objects.exists()
+
+
 def test_completion_answers_400_when_model_not_allowed(service_api, tenant):
     ProviderConfigFactory(
         tenant=tenant, name="strict", is_default=True, allowed_models=["fake-small"]

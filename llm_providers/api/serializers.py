@@ -511,6 +511,7 @@ class ToolCallSerializer(serializers.Serializer):
     id = serializers.CharField()
     name = serializers.CharField()
     arguments = serializers.CharField(help_text="JSON text, as the model produced it.")
+    extra_content = serializers.DictField(allow_null=True, help_text=EXTRA_CONTENT_DESCRIPTION)
 
 
 class _CallResultSerializer(serializers.Serializer):

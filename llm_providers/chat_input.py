@@ -6,13 +6,14 @@ routed, reserved or sent.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
 from django.conf import settings
 
 from .exceptions import ApplicationError
-from .json_values import text_problem
+from .json_values import json_value_error, text_problem
 
 ROLES = frozenset({"system", "user", "assistant", "tool"})
 # Data URLs only: the layer never fetches images from URLs on a caller's behalf.
@@ -28,6 +29,10 @@ _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # 2,048 inputs per embedding call: what the largest providers accept at once.
 MAX_EMBED_INPUTS = 2_048
+# The size of a tool call's `extra_content` as JSON (UTF-8). Gemini's thought
+# signatures, the data it carries, run to a few thousand characters; 64 KiB
+# leaves them ten times that and keeps one field from filling a request.
+MAX_TOOL_CALL_EXTRA_CONTENT_BYTES = 65_536
 
 
 class InvalidRequest(ApplicationError):
@@ -68,6 +73,37 @@ def _content_validate(index: int, role: str, content: Any) -> None:
             raise InvalidRequest(part_where, f"{part_where}.type must be “text” or “image_url”.")
 
 
+def _extra_content_validate(where: str, extra_content: Any) -> None:
+    """A tool call's `extra_content` as an answer gave it: a JSON object of
+    bounded size, or null. It is passed on verbatim, so only the shape of the
+    data known here (Gemini's thought signature) is checked."""
+    if extra_content is None:
+        return
+    if not isinstance(extra_content, dict):
+        raise InvalidRequest(
+            where, f"{where} must be a JSON object, as the tool call was answered with, or null."
+        )
+    problem = json_value_error(extra_content, subject=where)
+    if problem:
+        raise InvalidRequest(where, problem)
+    try:
+        text = json.dumps(extra_content, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError):
+        raise InvalidRequest(where, f"{where} must hold JSON values only.") from None
+    if len(text.encode()) > MAX_TOOL_CALL_EXTRA_CONTENT_BYTES:
+        raise InvalidRequest(
+            where, f"{where} is larger than {MAX_TOOL_CALL_EXTRA_CONTENT_BYTES:,} bytes as JSON."
+        )
+    if "google" not in extra_content:
+        return
+    google = extra_content["google"]
+    if not isinstance(google, dict):
+        raise InvalidRequest(where, f"{where}.google must be a JSON object.")
+    signature = google.get("thought_signature", "-")
+    if not isinstance(signature, str) or not signature:
+        raise InvalidRequest(where, f"{where}.google.thought_signature must be a non-empty string.")
+
+
 def messages_validate(messages: Any) -> list[dict]:
     if not isinstance(messages, list) or not messages:
         raise InvalidRequest("messages", "messages must be a non-empty list.")
@@ -104,6 +140,9 @@ def messages_validate(messages: Any) -> list[dict]:
                         f"{where}.tool_calls[{call_index}] needs an id and a function with a "
                         "name and JSON arguments text.",
                     )
+                _extra_content_validate(
+                    f"{where}.tool_calls[{call_index}].extra_content", call.get("extra_content")
+                )
         if "content" not in message and not tool_calls:
             raise InvalidRequest(f"{where}.content", f"{where} has no content.")
         _content_validate(index, role, message.get("content"))

@@ -5,6 +5,9 @@ base URL, AWS region and options, so an answer from a config's old endpoint is n
 after it changed), model, messages and every parameter that changes the
 answer; nothing secret goes into it. Each
 tenant sets its TTL (`Tenant.response_cache_ttl_seconds`; 0 turns it off).
+An entry keeps the whole answer, its tool calls' `extra_content` (the
+provider's data to be sent back with them, such as a Gemini thought
+signature) included.
 
 The cache is an optimisation: when it cannot be reached, a lookup misses and
 a store is skipped, with a warning, and the call goes on.

@@ -108,8 +108,13 @@ _UNSUPPORTED_CODES = frozenset({"unsupported_value", "unsupported_parameter"})
 # calls) whose first call does not bring back the thought signature the model
 # gave with it (`extra_content.google.thought_signature`). A step without one
 # (begun on another provider, or whose caller kept none) gets the value
-# Google documents for histories without signatures, which skips the check.
+# Google documents for histories without signatures, which skips the check
+# (and, Google warns, may lower the quality of the answer).
 GEMINI_SKIP_THOUGHT_SIGNATURE = "skip_thought_signature_validator"
+# The presets sent a tool call's `extra_content` back. Others do not get it:
+# it is data their servers did not give, OpenAI refuses tool call fields it
+# does not know and Mistral any field it does not know (422).
+_EXTRA_CONTENT_TYPES = frozenset({"gemini"})
 # Gemini's models list names each model "models/<id>"; its chat endpoint
 # documents the bare id, which is also the name prices are known by.
 _GEMINI_MODEL_PREFIX = "models/"
@@ -238,7 +243,12 @@ class OpenAIChatAdapter(Adapter):
         refusal = _refusal_text(message)
         content = _answer_text(message.content) or refusal
         tool_calls = [
-            ToolCall(id=call.id, name=call.function.name, arguments=call.function.arguments or "")
+            ToolCall(
+                id=call.id,
+                name=call.function.name,
+                arguments=call.function.arguments or "",
+                extra_content=_extra_content(call),
+            )
             for call in message.tool_calls or ()
             if getattr(call, "function", None) is not None
         ]
@@ -441,10 +451,14 @@ class OpenAIChatAdapter(Adapter):
 def _messages_for(request: ChatRequest, provider_type: str) -> list[Message]:
     """The messages sent: as given, except that JSON mode needs one of them to
     mention JSON (OpenAI and Azure refuse `response_format` json_object (400)
-    when none does; the instruction is then put first) and that Mistral gets
-    tool call ids it accepts and Gemini a thought signature on each tool call
-    step. The caller's list is left as it was."""
-    messages = request.messages
+    when none does; the instruction is then put first), that tool calls carry
+    their `extra_content` only to the presets that take it back, and that
+    Mistral gets tool call ids it accepts and Gemini a thought signature on
+    each tool call step. The caller's list is left as it was."""
+    keep_extra_content = provider_type in _EXTRA_CONTENT_TYPES
+    messages = [
+        _with_extra_content(message, keep=keep_extra_content) for message in request.messages
+    ]
     if provider_type == "mistral":
         messages = [_with_mistral_tool_call_ids(message) for message in messages]
     if provider_type == "gemini":
@@ -454,6 +468,44 @@ def _messages_for(request: ChatRequest, provider_type: str) -> list[Message]:
     ):
         return messages
     return [{"role": "system", "content": JSON_MODE_INSTRUCTION}, *messages]
+
+
+def _with_extra_content(message: Message, *, keep: bool) -> Message:
+    """An assistant message whose tool calls carry `extra_content` only when
+    `keep` and when it is data: a null (a call answered without any, sent
+    back as the API returned it) is left out everywhere."""
+    calls = message.get("tool_calls")
+    if not isinstance(calls, list) or not any(
+        isinstance(call, dict) and "extra_content" in call for call in calls
+    ):
+        return message
+    sent = []
+    for call in calls:
+        if (
+            isinstance(call, dict)
+            and "extra_content" in call
+            and (not keep or call["extra_content"] is None)
+        ):
+            call = {name: value for name, value in call.items() if name != "extra_content"}
+        sent.append(call)
+    return {**message, "tool_calls": sent}
+
+
+def _extra_content(call: Any) -> dict[str, Any] | None:
+    """The `extra_content` object of a tool call answered (the SDK keeps
+    fields it does not know as attributes), or None."""
+    extra = getattr(call, "extra_content", None)
+    return extra if isinstance(extra, dict) and extra else None
+
+
+def _merged(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+    """`new` over `old`, objects within merged key by key."""
+    merged = dict(old or {})
+    for name, value in new.items():
+        if isinstance(value, dict) and isinstance(merged.get(name), dict):
+            value = _merged(merged[name], value)
+        merged[name] = value
+    return merged
 
 
 def _with_mistral_tool_call_ids(message: Message) -> Message:
@@ -623,14 +675,15 @@ class _StreamedToolCalls:
     fragments of the JSON arguments. Calls are kept in the order they start.
 
     Compatible servers bend the keying: Gemini sends each call whole and
-    without an index, Ollama each call whole with index 0 every time. A delta
+    without an index (the first of a step with its thought signature in
+    `extra_content`), Ollama each call whole with index 0 every time. A delta
     that brings an id other than that of the call its index (or, without an
     index, the latest call) points at starts the next call; a delta without
     an index continues the latest call.
     """
 
     def __init__(self) -> None:
-        self._calls: list[dict[str, str]] = []
+        self._calls: list[dict[str, Any]] = []
         # Wire index → position in `_calls` of the call it stands for now.
         self._positions: dict[int, int] = {}
 
@@ -642,7 +695,7 @@ class _StreamedToolCalls:
             position = self._positions.get(index)
         current = self._calls[position] if position is not None else None
         if current is None or (delta.id and current["id"] not in ("", delta.id)):
-            current = {"id": "", "name": "", "arguments": ""}
+            current = {"id": "", "name": "", "arguments": "", "extra_content": None}
             self._calls.append(current)
             if index is not None:
                 self._positions[index] = len(self._calls) - 1
@@ -654,10 +707,17 @@ class _StreamedToolCalls:
                 current["name"] = function.name
             if function.arguments:
                 current["arguments"] += function.arguments
+        if extra := _extra_content(delta):
+            current["extra_content"] = _merged(current["extra_content"], extra)
 
     def assembled(self) -> list[ToolCall]:
         return [
-            ToolCall(id=call["id"], name=call["name"], arguments=call["arguments"])
+            ToolCall(
+                id=call["id"],
+                name=call["name"],
+                arguments=call["arguments"],
+                extra_content=call["extra_content"],
+            )
             for call in self._calls
         ]
 

@@ -9,7 +9,8 @@ from typing import Any
 #   {"role": "system" | "user" | "assistant" | "tool",
 #    "content": str | [{"type": "text", "text": ...},
 #                      {"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}}],
-#    "tool_calls": [{"id", "type": "function", "function": {"name", "arguments"}}],  # assistant
+#    "tool_calls": [{"id", "type": "function", "function": {"name", "arguments"},   # assistant
+#                    "extra_content": {...} | None}],  # as ToolCall.extra_content gave it
 #    "tool_call_id": "..."}                                                          # tool
 Message = dict[str, Any]
 # Tools use the OpenAI function-tool shape:
@@ -42,9 +43,22 @@ class Usage:
 
 @dataclass(frozen=True, slots=True)
 class ToolCall:
+    """One call of a tool the model made.
+
+    `extra_content` is the provider's opaque data about the call, which the
+    provider wants back with the call in later requests, as a JSON object
+    kept verbatim (None: the provider gave none). Gemini 3 gives its thought
+    signature so: `{"google": {"thought_signature": "..."}}`, in the field of
+    that name of its OpenAI-compatible tool calls. The object is namespaced
+    by provider and taken whole, so that what a provider adds beside the
+    signature, or another provider's data, reaches the caller and comes back
+    without a change here.
+    """
+
     id: str
     name: str
     arguments: str  # JSON text, as the model produced it
+    extra_content: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)

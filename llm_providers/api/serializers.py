@@ -18,6 +18,7 @@ from llm_providers.chat_input import (
     MAX_EMBED_INPUTS,
     MAX_STOP_SEQUENCES,
     MAX_TOKENS_LIMIT,
+    MAX_TOOL_CALL_EXTRA_CONTENT_BYTES,
     MIN_DEADLINE_SECONDS,
     InvalidRequest,
     deadline_validate,
@@ -232,6 +233,27 @@ def _message_schema(role: str, content: dict, **extra: dict) -> dict:
     }
 
 
+EXTRA_CONTENT_DESCRIPTION = (
+    "The provider's opaque data about the tool call, which it wants back with the call in "
+    "the assistant message of later requests: send it back unchanged. Gemini 3 gives its "
+    'thought signature here ({"google": {"thought_signature": "..."}}); null when the '
+    "provider gave none."
+)
+_EXTRA_CONTENT_SCHEMA = {
+    "type": "object",
+    "nullable": True,
+    "additionalProperties": True,
+    "properties": {
+        "google": {
+            "type": "object",
+            "additionalProperties": True,
+            "properties": {"thought_signature": {"type": "string", "minLength": 1}},
+        }
+    },
+    "description": EXTRA_CONTENT_DESCRIPTION
+    + f" At most {MAX_TOOL_CALL_EXTRA_CONTENT_BYTES:,} bytes as JSON; passed on to the gemini "
+    "preset only.",
+}
 _TOOL_CALL_SCHEMA = {
     "type": "object",
     "properties": {
@@ -245,6 +267,7 @@ _TOOL_CALL_SCHEMA = {
             },
             "required": ["name", "arguments"],
         },
+        "extra_content": _EXTRA_CONTENT_SCHEMA,
     },
     "required": ["id", "type", "function"],
 }
@@ -491,6 +514,7 @@ class ToolCallSerializer(serializers.Serializer):
     id = serializers.CharField()
     name = serializers.CharField()
     arguments = serializers.CharField(help_text="JSON text, as the model produced it.")
+    extra_content = serializers.DictField(allow_null=True, help_text=EXTRA_CONTENT_DESCRIPTION)
 
 
 class _CallResultSerializer(serializers.Serializer):

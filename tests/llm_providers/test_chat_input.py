@@ -2,7 +2,13 @@
 
 import pytest
 
-from llm_providers.chat_input import InvalidRequest, parameters_validate, scope_validate
+from llm_providers.chat_input import (
+    MAX_TOOL_CALL_EXTRA_CONTENT_BYTES,
+    InvalidRequest,
+    messages_validate,
+    parameters_validate,
+    scope_validate,
+)
 from llm_providers.completion import complete
 from tests.factories import ProviderConfigFactory, RoutingOverrideFactory, TenantFactory
 from usage.models import CallLog
@@ -78,3 +84,126 @@ def test_complete_for_a_customer_id_with_spaces_takes_its_override_and_logs_it_t
     log = CallLog.objects.get(request_id=result.request_id)
     assert (log.provider_config_id, log.route_rule) == (override.provider_config_id, "customer")
     assert log.customer_id == "acme"
+
+
+def _tool_call_step(extra_content) -> list[dict]:
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+        "extra_content": extra_content,
+    }
+    return [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "Sunny"},
+    ]
+
+
+@pytest.mark.parametrize(
+    "extra_content",
+    [None, {"google": {"thought_signature": "CiQBjz1rX" * 100}}, {"other": [1, "two"]}],
+    ids=["null", "thought-signature", "other-provider"],
+)
+def test_messages_validate_takes_the_extra_content_a_tool_call_was_answered_with(extra_content):
+    messages = _tool_call_step(extra_content)
+
+    assert messages_validate(messages) is messages
+
+
+@pytest.mark.parametrize(
+    ("extra_content", "message"),
+    [
+        (
+            "CiQBjz1rX",
+            "messages[1].tool_calls[0].extra_content must be a JSON object, as the tool call "
+            "was answered with, or null.",
+        ),
+        (
+            ["CiQBjz1rX"],
+            "messages[1].tool_calls[0].extra_content must be a JSON object, as the tool call "
+            "was answered with, or null.",
+        ),
+        (
+            {"google": "CiQBjz1rX"},
+            "messages[1].tool_calls[0].extra_content.google must be a JSON object.",
+        ),
+        (
+            {"google": {"thought_signature": 12}},
+            "messages[1].tool_calls[0].extra_content.google.thought_signature must be a "
+            "non-empty string.",
+        ),
+        (
+            {"google": {"thought_signature": ""}},
+            "messages[1].tool_calls[0].extra_content.google.thought_signature must be a "
+            "non-empty string.",
+        ),
+        (
+            {"google": {"thought_signature": "x" * MAX_TOOL_CALL_EXTRA_CONTENT_BYTES}},
+            "messages[1].tool_calls[0].extra_content is larger than 65,536 bytes as JSON.",
+        ),
+    ],
+    ids=["text", "list", "google-text", "signature-number", "signature-empty", "too-large"],
+)
+def test_messages_validate_refuses_extra_content_of_a_bad_shape(extra_content, message):
+    with pytest.raises(InvalidRequest) as refused:
+        messages_validate(_tool_call_step(extra_content))
+
+    assert (refused.value.field, refused.value.message) == (
+        "messages[1].tool_calls[0].extra_content",
+        message,
+    )
+
+
+def test_extra_content_limit_counts_the_bytes_of_its_json():
+    # 4 bytes of UTF-8 per emoji: the limit is of what is stored and sent.
+    emoji = "\U0001f600"
+    fits = {"s": emoji * ((MAX_TOOL_CALL_EXTRA_CONTENT_BYTES - 10) // 4)}
+    over = {"s": emoji * (MAX_TOOL_CALL_EXTRA_CONTENT_BYTES // 4)}
+
+    assert messages_validate(_tool_call_step(fits))
+    with pytest.raises(InvalidRequest, match="larger than 65,536 bytes"):
+        messages_validate(_tool_call_step(over))
+
+
+@pytest.mark.django_db
+def test_complete_with_extra_content_of_a_bad_shape_is_refused_before_routing():
+    tenant = TenantFactory()
+    ProviderConfigFactory(tenant=tenant, name="default", is_default=True)
+
+    with pytest.raises(InvalidRequest, match=r"extra_content must be a JSON object"):
+        complete(tenant=tenant, messages=_tool_call_step(True))
+
+    assert not CallLog.objects.exists()
+
+
+def _nested(depth: int) -> list:
+    value: list = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    ("extra_content", "message"),
+    [
+        (
+            {"google": {"thought_signature": "Ci\ud800"}},
+            "must not contain unpaired surrogates (such as \\ud800).",
+        ),
+        ({"deep": _nested(70)}, "must not be nested more than 64 levels deep."),
+        ({"at": float("nan")}, "must hold JSON values only."),
+        ({"at": {1, 2}}, "must hold JSON values only."),
+    ],
+    ids=["surrogate", "too-deep", "nan", "set"],
+)
+def test_messages_validate_refuses_extra_content_a_complete_caller_cannot_send(
+    extra_content, message
+):
+    # complete() is called from Python too: what JSON cannot carry is refused
+    # rather than failing later in the cache or the SDK.
+    with pytest.raises(InvalidRequest) as refused:
+        messages_validate(_tool_call_step(extra_content))
+
+    assert refused.value.field == "messages[1].tool_calls[0].extra_content"
+    assert message in refused.value.message

@@ -2,9 +2,12 @@
 
 import uuid
 
+from django.core.cache import cache
+
 from llm_providers.adapters.types import ChatRequest, ChatResult, ToolCall, Usage
 from llm_providers.models import ProviderConfig
 from llm_providers.response_cache import (
+    _cache_key,
     provider_endpoint,
     request_fingerprint,
     response_cache_get,
@@ -16,7 +19,15 @@ RESULT = ChatResult(
     usage=Usage(input_tokens=10, output_tokens=2, cache_read_tokens=4),
     model="fake-small",
     finish_reason="tool_calls",
-    tool_calls=[ToolCall(id="c1", name="lookup", arguments='{"q": 1}')],
+    tool_calls=[
+        ToolCall(
+            id="c1",
+            name="lookup",
+            arguments='{"q": 1}',
+            extra_content={"google": {"thought_signature": "CiQBjz1rX+9w=="}},
+        ),
+        ToolCall(id="c2", name="lookup", arguments='{"q": 2}'),
+    ],
 )
 
 
@@ -84,3 +95,21 @@ def test_endpoint_of_a_bedrock_config_names_its_region():
 
     assert provider_endpoint(east) != provider_endpoint(west)
     assert "us-west-2" in provider_endpoint(west)
+
+
+def test_response_cache_reads_an_entry_stored_before_tool_calls_kept_extra_content():
+    key = {"tenant_id": uuid.uuid4(), "provider_config_id": uuid.uuid4(), "endpoint": "e"}
+    stored = {
+        "content": "",
+        "usage": {"input_tokens": 10, "output_tokens": 2},
+        "model": "m",
+        "finish_reason": "tool_calls",
+        "tool_calls": [{"id": "c1", "name": "lookup", "arguments": "{}"}],
+        "usage_estimated": False,
+    }
+    cache.set(_cache_key(**key, model="m", fingerprint="f"), stored, 60)
+
+    found = response_cache_get(**key, model="m", fingerprint="f")
+
+    assert found.tool_calls == [ToolCall(id="c1", name="lookup", arguments="{}")]
+    assert found.tool_calls[0].extra_content is None

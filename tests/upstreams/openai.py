@@ -15,6 +15,8 @@ at `upstream.url`.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 from typing import Any
 
@@ -66,11 +68,27 @@ THOUGHT_SIGNATURE_MISSING = (
     "tools to work correctly, and missing thought_signature may lead to degraded model "
     "performance."
 )
+# What it answers (400) to a signature it did not give with that call.
+THOUGHT_SIGNATURE_INVALID = "Unable to submit request because Thought signature is not valid."
+# The value Google documents for histories without signatures: accepted for any call.
+SKIP_THOUGHT_SIGNATURE = "skip_thought_signature_validator"
+
+
+def thought_signature(call_id: str, name: str, arguments: str) -> str:
+    """The signature the Gemini 3 mode gives with a tool call: opaque base64, as
+    Google's are, and bound to the call, so that one sent back with another
+    call (or altered) is refused."""
+    digest = hashlib.sha256(f"loopback|{call_id}|{name}|{arguments}".encode()).digest()
+    return base64.b64encode(b"\x12\x20" + digest).decode("ascii")
 
 
 class OpenAIUpstream(LoopbackUpstream):
-    # Set by a test to answer as Gemini 3 models do: a tool call step without
-    # a thought signature is refused.
+    # Set by a test to answer as Gemini 3 models do: the first tool call of
+    # each answer scripted afterwards carries a thought signature
+    # (`extra_content.google.thought_signature`; streamed, each call comes
+    # whole, without an index, as Gemini sends it), and a request whose tool
+    # call step does not bring back the signature its first call was given
+    # (or Google's placeholder) is refused.
     requires_thought_signatures = False
 
     @property
@@ -107,17 +125,18 @@ class OpenAIUpstream(LoopbackUpstream):
                 },
                 status=400,
             )
-        if (
-            request.route == "chat"
-            and self.requires_thought_signatures
-            and _tool_call_step_without_thought_signature(request.json or {})
-        ):
+        signature_problem = (
+            _thought_signature_problem(request.json or {})
+            if request.route == "chat" and self.requires_thought_signatures
+            else None
+        )
+        if signature_problem:
             return json_reply(
                 [
                     {
                         "error": {
                             "code": 400,
-                            "message": THOUGHT_SIGNATURE_MISSING,
+                            "message": signature_problem,
                             "status": "INVALID_ARGUMENT",
                         }
                     }
@@ -162,8 +181,9 @@ class OpenAIUpstream(LoopbackUpstream):
                     "id": call["id"],
                     "type": "function",
                     "function": {"name": call["name"], "arguments": call["arguments"]},
+                    **self._signed(position, call),
                 }
-                for call in tool_calls
+                for position, call in enumerate(tool_calls)
             ]
         payload = {
             "id": "chatcmpl-loopback",
@@ -208,8 +228,9 @@ class OpenAIUpstream(LoopbackUpstream):
         finish chunk, then (only when the request asked with stream_options
         include_usage, as OpenAI does) a usage chunk, then `[DONE]`.
 
-        Each tool call streams as id+name first, then its arguments in two halves.
-        `break_after=n` drops the connection after n events.
+        Each tool call streams as id+name first, then its arguments in two halves
+        (in the Gemini 3 mode: whole, without an index, the first with its
+        thought signature). `break_after=n` drops the connection after n events.
         """
 
         def build(request: RecordedRequest) -> Reply:
@@ -234,6 +255,11 @@ class OpenAIUpstream(LoopbackUpstream):
             events = [chunk({"role": "assistant", "content": "", "refusal": None})]
             events += [chunk({"content": piece}) for piece in pieces]
             for index, call in enumerate(tool_calls or ()):
+                if self.requires_thought_signatures:
+                    function = {"name": call["name"], "arguments": call["arguments"]}
+                    whole = {"id": call["id"], "type": "function", "function": function}
+                    events.append(chunk({"tool_calls": [{**whole, **self._signed(index, call)}]}))
+                    continue
                 half = len(call["arguments"]) // 2
                 events.append(
                     chunk(
@@ -273,6 +299,14 @@ class OpenAIUpstream(LoopbackUpstream):
             )
 
         return build
+
+    def _signed(self, position: int, call: dict[str, str]) -> dict[str, Any]:
+        """The `extra_content` of a tool call answered: in the Gemini 3 mode,
+        the first call of an answer carries the thought signature of its step."""
+        if not self.requires_thought_signatures or position:
+            return {}
+        signature = thought_signature(call["id"], call["name"], call["arguments"])
+        return {"extra_content": {"google": {"thought_signature": signature}}}
 
     def enqueue_chat_stream(self, *args: Any, times: int = 1, **kwargs: Any) -> None:
         """Answer the next request(s) with `chat_stream_reply(...)`."""
@@ -365,12 +399,20 @@ def _json_mode_without_the_word(body: dict[str, Any]) -> bool:
     )
 
 
-def _tool_call_step_without_thought_signature(body: dict[str, Any]) -> bool:
-    """Whether an assistant message's first tool call lacks a thought signature."""
+def _thought_signature_problem(body: dict[str, Any]) -> str | None:
+    """What Gemini 3 says of the first tool call of an assistant message that
+    lacks a thought signature, or brings one not given with that call."""
     for message in body.get("messages") or ():
         calls = message.get("tool_calls") if message.get("role") == "assistant" else None
-        if calls:
-            google = (calls[0].get("extra_content") or {}).get("google") or {}
-            if not google.get("thought_signature"):
-                return True
-    return False
+        if not calls:
+            continue
+        first = calls[0]
+        google = (first.get("extra_content") or {}).get("google") or {}
+        signature = google.get("thought_signature")
+        if not signature:
+            return THOUGHT_SIGNATURE_MISSING
+        function = first.get("function") or {}
+        given = thought_signature(first.get("id"), function.get("name"), function.get("arguments"))
+        if signature not in (given, SKIP_THOUGHT_SIGNATURE):
+            return THOUGHT_SIGNATURE_INVALID
+    return None

@@ -30,7 +30,11 @@ from llm_providers.adapters.types import (
     ToolCall,
     Usage,
 )
-from tests.upstreams.openai import OpenAIUpstream
+from tests.upstreams.openai import (
+    THOUGHT_SIGNATURE_INVALID,
+    OpenAIUpstream,
+    thought_signature,
+)
 from tests.upstreams.server import Reply, json_reply
 
 API_KEY = "sk-proj-Q7mZ2xK9vB4nT8wR1yL6pD3sF0gH5jAa"
@@ -628,7 +632,8 @@ def test_gemini_gets_tool_call_steps_with_a_thought_signature(openai_upstream):
     openai_upstream.requires_thought_signatures = True
     adapter = _adapter("gemini", openai_upstream.base_url, api_key="AIzaSyTestKey1234567890")
     openai_upstream.enqueue_chat("Sunny in both; warmer in Rome.")
-    signed = {"google": {"thought_signature": "CrICAdHtim827fQ"}}
+    rome = thought_signature("call_3", "get_weather", json.dumps({"city": "Rome"}))
+    signed = {"google": {"thought_signature": rome}}
     messages = [
         {"role": "user", "content": "Weather in Paris and Oslo, then Rome?"},
         {
@@ -672,6 +677,112 @@ def test_other_presets_get_tool_calls_without_a_thought_signature(adapter, opena
 
     sent = openai_upstream.last_request.json["messages"]
     assert sent[1]["tool_calls"] == [_weather_call("call_1", "Paris")]
+
+
+GEMINI_KEY = "AIzaSyTestKey1234567890"
+PARIS = {"id": "call_1", "name": "get_weather", "arguments": '{"city": "Paris"}'}
+OSLO = {"id": "call_2", "name": "get_weather", "arguments": '{"city": "Oslo"}'}
+
+
+def _signature_of(call: dict) -> dict:
+    signature = thought_signature(call["id"], call["name"], call["arguments"])
+    return {"google": {"thought_signature": signature}}
+
+
+def _assistant_step(tool_calls: list[ToolCall]) -> dict:
+    """An assistant message as a caller builds it from the tool calls answered."""
+    return {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments},
+                "extra_content": call.extra_content,
+            }
+            for call in tool_calls
+        ],
+    }
+
+
+def test_complete_keeps_the_thought_signature_gemini_gives_with_a_tool_call(openai_upstream):
+    openai_upstream.requires_thought_signatures = True
+    adapter = _adapter("gemini", openai_upstream.base_url, api_key=GEMINI_KEY)
+    openai_upstream.enqueue_chat(None, tool_calls=[PARIS, OSLO], finish_reason="stop")
+
+    result = adapter.complete(_request(model="gemini-3-flash-preview", tools=[WEATHER_TOOL]))
+
+    # Gemini signs the first call of a step; the others carry nothing.
+    assert result.tool_calls == [
+        ToolCall(**PARIS, extra_content=_signature_of(PARIS)),
+        ToolCall(**OSLO),
+    ]
+    assert result.tool_calls[1].extra_content is None
+
+
+def test_gemini_gets_back_the_thought_signature_it_gave_instead_of_the_placeholder(
+    openai_upstream,
+):
+    openai_upstream.requires_thought_signatures = True
+    adapter = _adapter("gemini", openai_upstream.base_url, api_key=GEMINI_KEY)
+    openai_upstream.enqueue_chat(None, tool_calls=[PARIS, OSLO])
+    openai_upstream.enqueue_chat("Sunny in both.")
+    question = [{"role": "user", "content": "Weather in Paris and Oslo?"}]
+    first = adapter.complete(_request(model="gemini-3-pro-preview", messages=question))
+    messages = [
+        *question,
+        _assistant_step(first.tool_calls),
+        {"role": "tool", "tool_call_id": "call_1", "content": "Sunny"},
+        {"role": "tool", "tool_call_id": "call_2", "content": "Sunny"},
+    ]
+
+    second = adapter.complete(_request(model="gemini-3-pro-preview", messages=messages))
+
+    assert second.content == "Sunny in both."
+    sent = openai_upstream.last_request.json["messages"][1]["tool_calls"]
+    assert sent[0]["extra_content"] == _signature_of(PARIS)
+    # A call without data is sent without the key, not with null.
+    assert "extra_content" not in sent[1]
+
+
+def test_gemini_gets_a_signature_sent_back_unchanged_and_refuses_a_forged_one(openai_upstream):
+    openai_upstream.requires_thought_signatures = True
+    adapter = _adapter("gemini", openai_upstream.base_url, api_key=GEMINI_KEY)
+    forged = {"google": {"thought_signature": "EhQKEgEMOdbHforged"}}
+    messages = [
+        {"role": "user", "content": "Weather in Paris?"},
+        _assistant_step([ToolCall(**PARIS, extra_content=forged)]),
+        {"role": "tool", "tool_call_id": "call_1", "content": "Sunny"},
+    ]
+
+    with pytest.raises(ProviderBadRequest) as caught:
+        adapter.complete(_request(model="gemini-3-pro-preview", messages=messages))
+
+    assert caught.value.message == f"gemini answered 400: {THOUGHT_SIGNATURE_INVALID}"
+    assert (
+        openai_upstream.last_request.json["messages"][1]["tool_calls"][0]["extra_content"] == forged
+    )
+
+
+def test_other_presets_get_tool_calls_without_the_extra_content_gemini_gave(
+    adapter, openai_upstream
+):
+    # A conversation begun on Gemini and carried on elsewhere (a fallback):
+    # OpenAI and Mistral refuse tool call fields they do not know.
+    openai_upstream.enqueue_chat("Sunny.")
+    messages = [
+        {"role": "user", "content": "Weather in Paris?"},
+        _assistant_step([ToolCall(**PARIS, extra_content=_signature_of(PARIS))]),
+        {"role": "tool", "tool_call_id": "call_1", "content": "Sunny"},
+    ]
+
+    adapter.complete(_request(messages=messages))
+
+    sent = openai_upstream.last_request.json["messages"]
+    assert sent[1]["tool_calls"] == [_weather_call("call_1", "Paris")]
+    # The caller's messages are left as they were.
+    assert messages[1]["tool_calls"][0]["extra_content"] == _signature_of(PARIS)
 
 
 # --- stream --------------------------------------------------------------------------
@@ -777,6 +888,67 @@ def test_stream_keeps_parallel_tool_calls_apart_when_deltas_carry_no_index(opena
     assert chunks[-1].tool_calls == [
         ToolCall(id="call_1", name="get_weather", arguments='{"city": "Paris"}'),
         ToolCall(id="call_2", name="get_weather", arguments='{"city": "Oslo"}'),
+    ]
+
+
+def test_stream_keeps_the_thought_signature_gemini_streams_with_a_tool_call(openai_upstream):
+    # Gemini streams each call whole, the first with its step's signature.
+    openai_upstream.requires_thought_signatures = True
+    adapter = _adapter("gemini", openai_upstream.base_url, api_key=GEMINI_KEY)
+    openai_upstream.enqueue_chat_stream([], tool_calls=[PARIS, OSLO], finish_reason="stop")
+
+    chunks = list(adapter.stream(_request(model="gemini-3-flash-preview", tools=[WEATHER_TOOL])))
+
+    assert chunks[-1].finish_reason == "tool_calls"
+    assert chunks[-1].tool_calls == [
+        ToolCall(**PARIS, extra_content=_signature_of(PARIS)),
+        ToolCall(**OSLO),
+    ]
+
+
+def test_stream_joins_the_extra_content_of_a_tool_call_sent_over_several_deltas(
+    openai_upstream,
+):
+    adapter = _adapter("gemini", openai_upstream.base_url, api_key=GEMINI_KEY)
+
+    def chunk(delta: dict, finish_reason: str | None = None) -> bytes:
+        payload = {
+            "id": "x",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": "gemini-3-flash-preview",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+        }
+        return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+    first = {"id": "call_1", "function": {"name": "get_weather", "arguments": ""}}
+    rest = {
+        "function": {"arguments": '{"city": "Paris"}'},
+        "extra_content": {"google": {"thought_signature": "CiQBjz1rX"}},
+    }
+    later = {"extra_content": {"google": {"cached": True}, "other": 1}}
+    openai_upstream.enqueue(
+        Reply(
+            headers={"Content-Type": "text/event-stream"},
+            chunks=[
+                chunk({"role": "assistant", "tool_calls": [first]}),
+                chunk({"tool_calls": [rest]}),
+                chunk({"tool_calls": [later]}, finish_reason="stop"),
+                b"data: [DONE]\n\n",
+            ],
+        )
+    )
+
+    chunks = list(adapter.stream(_request(tools=[WEATHER_TOOL])))
+
+    assert chunks[-1].tool_calls == [
+        ToolCall(
+            **PARIS,
+            extra_content={
+                "google": {"thought_signature": "CiQBjz1rX", "cached": True},
+                "other": 1,
+            },
+        )
     ]
 
 

@@ -23,6 +23,7 @@ from tests.factories import (
     ProviderConfigFactory,
     RoutingOverrideFactory,
 )
+from tests.upstreams.openai import thought_signature
 from usage.models import CallLog
 
 pytestmark = pytest.mark.django_db
@@ -616,6 +617,177 @@ def test_completion_answers_400_when_json_nested_too_deep(service_api, fake, fie
         {field: ["Must not be nested more than 64 levels deep."]},
     )
     assert not CallLog.objects.exists()
+
+
+def _tool_call_step(extra_content) -> list[dict]:
+    """A conversation whose assistant step calls `lookup` with this extra_content."""
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "lookup", "arguments": "{}"},
+        "extra_content": extra_content,
+    }
+    return [
+        {"role": "user", "content": "Look it up."},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "Found."},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("extra_content", "message"),
+    [
+        (
+            "CiQBjz1rX",
+            "messages[1].tool_calls[0].extra_content must be a JSON object, as the tool call "
+            "was answered with, or null.",
+        ),
+        (
+            {"google": {"thought_signature": ["CiQBjz1rX"]}},
+            "messages[1].tool_calls[0].extra_content.google.thought_signature must be a "
+            "non-empty string.",
+        ),
+        (
+            {"google": {"thought_signature": "C" * 70_000}},
+            "messages[1].tool_calls[0].extra_content is larger than 65,536 bytes as JSON.",
+        ),
+    ],
+    ids=["text", "signature-list", "too-large"],
+)
+def test_completion_answers_400_when_a_tool_calls_extra_content_is_of_a_bad_shape(
+    service_api, fake, extra_content, message
+):
+    response = service_api.post(COMPLETIONS, {"messages": _tool_call_step(extra_content)})
+
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["code"], error["fields"]) == (
+        "validation_error",
+        {"messages[1].tool_calls[0].extra_content": [message]},
+    )
+    assert not CallLog.objects.exists()
+
+
+GEMINI_KEY = "AIzaSyTestKey1234567890"
+PARIS = {"id": "call_1", "name": "get_weather", "arguments": '{"city": "Paris"}'}
+OSLO = {"id": "call_2", "name": "get_weather", "arguments": '{"city": "Oslo"}'}
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {}}}
+QUESTION = [{"role": "user", "content": "Weather in Paris and Oslo?"}]
+
+
+@pytest.fixture
+def gemini3(tenant, allow_private_urls, openai_upstream):
+    """A gemini config on the loopback upstream answering as Gemini 3 does."""
+    openai_upstream.requires_thought_signatures = True
+    return provider_config_create(
+        tenant=tenant,
+        name="gemini",
+        provider_type="gemini",
+        api_key=GEMINI_KEY,
+        base_url=openai_upstream.base_url,
+        default_model="gemini-3-flash-preview",
+        is_default=True,
+    )
+
+
+def _signature_of(call: dict) -> dict:
+    signature = thought_signature(call["id"], call["name"], call["arguments"])
+    return {"google": {"thought_signature": signature}}
+
+
+def _next_step(tool_calls: list[dict]) -> list[dict]:
+    """The conversation a caller sends next: the answer's tool calls, as the
+    API returned them, then their results."""
+    calls = [
+        {
+            "id": call["id"],
+            "type": "function",
+            "function": {"name": call["name"], "arguments": call["arguments"]},
+            "extra_content": call["extra_content"],
+        }
+        for call in tool_calls
+    ]
+    results = [{"role": "tool", "tool_call_id": call["id"], "content": "Sunny"} for call in calls]
+    return [*QUESTION, {"role": "assistant", "content": None, "tool_calls": calls}, *results]
+
+
+def test_completion_returns_the_thought_signature_gemini_gave_and_sends_it_back(
+    service_api, gemini3, openai_upstream
+):
+    openai_upstream.enqueue_chat(
+        None, model="gemini-3-flash-preview", tool_calls=[PARIS, OSLO], finish_reason="stop"
+    )
+    openai_upstream.enqueue_chat("Sunny in both.", model="gemini-3-flash-preview")
+
+    first = service_api.post(COMPLETIONS, {"messages": QUESTION, "tools": [WEATHER]})
+
+    assert first.status_code == 200, first.content
+    body = first.json()
+    assert body["finish_reason"] == "tool_calls"
+    assert body["tool_calls"] == [
+        {**PARIS, "extra_content": _signature_of(PARIS)},
+        {**OSLO, "extra_content": None},
+    ]
+
+    second = service_api.post(
+        COMPLETIONS, {"messages": _next_step(body["tool_calls"]), "tools": [WEATHER]}
+    )
+
+    assert second.status_code == 200, second.content
+    assert second.json()["content"] == "Sunny in both."
+    # The signature Gemini gave goes back, not the placeholder.
+    sent = openai_upstream.last_request.json["messages"][1]["tool_calls"]
+    assert sent[0]["extra_content"] == _signature_of(PARIS)
+    assert "extra_content" not in sent[1]
+
+
+def test_completion_stream_returns_the_thought_signature_in_its_done_event(
+    service_api, gemini3, openai_upstream
+):
+    openai_upstream.enqueue_chat_stream(
+        ["Checking."], model="gemini-3-flash-preview", tool_calls=[PARIS, OSLO]
+    )
+    openai_upstream.enqueue_chat_stream(["Sunny", " in both."], model="gemini-3-flash-preview")
+
+    events = _events(
+        service_api.post(COMPLETIONS, {"messages": QUESTION, "tools": [WEATHER], "stream": True})
+    )
+
+    name, done = events[-1]
+    assert (name, done["finish_reason"]) == ("done", "tool_calls")
+    assert done["tool_calls"] == [
+        {**PARIS, "extra_content": _signature_of(PARIS)},
+        {**OSLO, "extra_content": None},
+    ]
+
+    again = _events(
+        service_api.post(
+            COMPLETIONS,
+            {"messages": _next_step(done["tool_calls"]), "tools": [WEATHER], "stream": True},
+        )
+    )
+
+    assert [data["text"] for name, data in again if name == "chunk"] == ["Sunny", " in both."]
+    sent = openai_upstream.last_request.json["messages"][1]["tool_calls"]
+    assert sent[0]["extra_content"] == _signature_of(PARIS)
+
+
+def test_completion_cache_hit_returns_the_thought_signature_of_the_answer(
+    service_api, tenant, gemini3, openai_upstream
+):
+    tenant.response_cache_ttl_seconds = 60
+    tenant.save()
+    openai_upstream.enqueue_chat(None, model="gemini-3-flash-preview", tool_calls=[PARIS])
+    request = {"messages": QUESTION, "tools": [WEATHER]}
+
+    first = service_api.post(COMPLETIONS, request).json()
+    again = service_api.post(COMPLETIONS, request).json()
+    streamed = _events(service_api.post(COMPLETIONS, {**request, "stream": True}))[-1][1]
+
+    assert (first["cached"], again["cached"], streamed["cached"]) == (False, True, True)
+    expected = [{**PARIS, "extra_content": _signature_of(PARIS)}]
+    assert first["tool_calls"] == again["tool_calls"] == streamed["tool_calls"] == expected
+    assert len(openai_upstream.requests) == 1
 
 
 def test_completion_answers_400_when_model_not_allowed(service_api, tenant):

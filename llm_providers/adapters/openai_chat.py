@@ -111,9 +111,9 @@ _UNSUPPORTED_CODES = frozenset({"unsupported_value", "unsupported_parameter"})
 # Google documents for histories without signatures, which skips the check
 # (and, Google warns, may lower the quality of the answer).
 GEMINI_SKIP_THOUGHT_SIGNATURE = "skip_thought_signature_validator"
-# The presets sent a tool call's `extra_content` back. Others do not get it:
-# it is data their servers did not give, OpenAI refuses tool call fields it
-# does not know and Mistral any field it does not know (422).
+# The presets to which a tool call's `extra_content` is sent back. Others do
+# not get it: it is data their servers did not give, OpenAI refuses tool call
+# fields it does not know and Mistral any field it does not know (422).
 _EXTRA_CONTENT_TYPES = frozenset({"gemini"})
 # Gemini's models list names each model "models/<id>"; its chat endpoint
 # documents the bare id, which is also the name prices are known by.

@@ -150,6 +150,20 @@ def test_dashboard_warns_of_no_failing_provider_below_the_alert_minimum(client, 
 
 
 @pytest.mark.django_db
+def test_dashboard_counts_one_request_and_one_error_in_the_singular(client):
+    tenant = TenantFactory()
+    CallLogFactory(tenant=tenant, status=CallLog.Status.ERROR, cost_usd=None, price_source="none")
+    _aggregate_today()
+    client.force_login(_member(tenant))
+
+    html = client.get(reverse("admin:usage_usagedashboard_tenant", args=[tenant.pk])).content
+
+    text = html.decode()
+    assert "<strong>1</strong> request</span>" in text
+    assert "<strong>1</strong> error</span>" in text
+
+
+@pytest.mark.django_db
 def test_dashboard_of_another_tenant_is_not_found(client):
     mine, theirs = TenantFactory(), TenantFactory(name="Secret Corp")
     client.force_login(_member(mine))

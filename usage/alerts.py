@@ -23,7 +23,7 @@ import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from decimal import ROUND_DOWN, Decimal
+from decimal import Decimal
 from typing import NamedTuple
 
 from django.conf import settings
@@ -48,6 +48,7 @@ from .selectors import (
     budget_list_active,
     budget_period_spend,
     budget_scope_filter,
+    percent_text,
     provider_error_rates,
 )
 from .webhooks import WebhookFailed, webhook_label, webhook_post
@@ -377,20 +378,6 @@ def error_rates_check(*, now: datetime) -> list[CostAlert]:
     return created
 
 
-def _percent_text(ratio, *, above=None) -> str:
-    """`ratio` as a percentage of up to four decimals, written with as few as
-    read true: 2.5%, and 20.5% (not 20%) when it must read above 20%."""
-    exact = Decimal(str(ratio)) * 100
-    for places in range(5):
-        shown = exact.quantize(Decimal(1).scaleb(-places), rounding=ROUND_DOWN)
-        if shown == exact or (above is not None and shown > Decimal(str(above)) * 100):
-            break
-    text = f"{shown:f}"
-    if "." in text:
-        text = text.rstrip("0").rstrip(".")
-    return f"{text}%"
-
-
 def _error_rate_alert_create(
     *, now: datetime, tenant: Tenant, config_id, config, total: int, errors: int, period_key: str
 ) -> CostAlert | None:
@@ -417,9 +404,9 @@ def _error_rate_alert_create(
         percent=errors * 100 // total,
         message=(
             f"{tenant.name}: provider “{name}” failed {errors} of {total} "
-            f"calls ({_percent_text(Decimal(errors) / total, above=threshold)}) in "
+            f"calls ({percent_text(Decimal(errors) / total, above=threshold)}) in "
             f"{'the last minute' if minutes == 1 else f'the last {minutes} minutes'}, "
-            f"above the {_percent_text(threshold)} alert threshold."
+            f"above the {percent_text(threshold)} alert threshold."
         ),
         emails=emails,
         webhooks=webhooks,

@@ -6,7 +6,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_DOWN, Decimal
 
 from django.conf import settings
 from django.db.models import (
@@ -200,6 +200,20 @@ class BudgetStatus:
         return int(self.spend_usd * 100 // self.budget.limit_usd)
 
 
+def percent_text(ratio, *, above=None) -> str:
+    """`ratio` as a percentage of up to four decimals, written with as few as
+    read true: 2.5%, and 20.5% (not 20%) when it must read above 20%."""
+    exact = Decimal(str(ratio)) * 100
+    for places in range(5):
+        shown = exact.quantize(Decimal(1).scaleb(-places), rounding=ROUND_DOWN)
+        if shown == exact or (above is not None and shown > Decimal(str(above)) * 100):
+            break
+    text = f"{shown:f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return f"{text}%"
+
+
 @dataclass
 class ErrorRate:
     provider_config_id: object
@@ -210,6 +224,11 @@ class ErrorRate:
     @property
     def rate(self) -> float:
         return self.errors / self.total if self.total else 0.0
+
+    @property
+    def percent(self) -> str:
+        """The rate as the error-rate alert writes it: never rounded up to the threshold."""
+        return percent_text(self.rate, above=settings.USAGE_ERROR_RATE_THRESHOLD)
 
 
 @dataclass

@@ -164,6 +164,33 @@ def test_dashboard_counts_one_request_and_one_error_in_the_singular(client):
 
 
 @pytest.mark.django_db
+def test_dashboard_writes_an_error_rate_as_the_alert_does_never_rounded_up(client, settings):
+    # given 199 failed calls of 200 in a one-minute window
+    settings.USAGE_ERROR_RATE_MIN_REQUESTS = 20
+    settings.USAGE_ERROR_RATE_WINDOW_MINUTES = 1
+    tenant = TenantFactory()
+    config = ProviderConfigFactory(tenant=tenant, name="openai-main")
+    recent = timezone.now() - dt.timedelta(seconds=10)
+    CallLogFactory(tenant=tenant, provider_config=config, created_at=recent)
+    CallLogFactory.create_batch(
+        199,
+        tenant=tenant,
+        provider_config=config,
+        status=CallLog.Status.ERROR,
+        cost_usd=None,
+        price_source="none",
+        created_at=recent,
+    )
+    client.force_login(_member(tenant))
+
+    response = client.get(reverse("admin:usage_usagedashboard_tenant", args=[tenant.pk]))
+
+    # then rounded down as the alert writes it, not a rounded 100% that would
+    # read as every call failing
+    assert "failed 199 of 200 calls in the last minute (99%)" in response.content.decode()
+
+
+@pytest.mark.django_db
 def test_dashboard_of_another_tenant_is_not_found(client):
     mine, theirs = TenantFactory(), TenantFactory(name="Secret Corp")
     client.force_login(_member(mine))

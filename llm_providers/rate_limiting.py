@@ -6,7 +6,8 @@ last sixty seconds. It needs two numbers per limit, whatever the traffic,
 and is exact at bucket boundaries and close in between.
 
 With Redis (django-redis) the check and the increments are one Lua script:
-atomic across processes, one round trip. With another cache backend they run
+atomic across processes, one round trip, sent on a connection the thread
+keeps for it (`redis_scripts`). With another cache backend they run
 under a process lock, correct within one process. When the cache cannot be
 reached the limit is not enforced (with a warning): the provider enforces its
 own limits, and refusing every call for a cache outage would be worse.
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from django.core.cache import cache, caches
 
 from .exceptions import ApplicationError
+from .redis_scripts import ThreadConnection
 
 logger = logging.getLogger(__name__)
 
@@ -131,16 +133,18 @@ return 1
 _local_lock = threading.Lock()
 # The registered script per Redis client (a settings change brings a new client).
 _scripts: dict[tuple[int, str], object] = {}
+# The scripts run on a connection of each thread's own, not through the pool.
+_own = ThreadConnection()
 
 
-def _redis_script(source: str = _LUA_ADMIT):
+def _redis_run(keys: list[str], args: list, source: str = _LUA_ADMIT):
     from django_redis import get_redis_connection
 
     client = get_redis_connection("default")
     script = _scripts.get((id(client), source))
     if script is None:
         script = _scripts[(id(client), source)] = client.register_script(source)
-    return script
+    return _own.run(client, script, keys, args)
 
 
 def _uses_redis() -> bool:
@@ -163,9 +167,9 @@ def _keys(config_id, window: _Window) -> list[str]:
 # tpm previous, tpm current); the counts are those seen when refused.
 def _admit_redis(keys, window, tokens, rpm_limit, tpm_limit):
     real_keys = [cache.make_key(k) for k in keys]
-    outcome = _redis_script()(
-        keys=real_keys,
-        args=[repr(window.previous_weight), tokens, _BUCKET_TTL_SECONDS, rpm_limit, tpm_limit],
+    outcome = _redis_run(
+        real_keys,
+        [repr(window.previous_weight), tokens, _BUCKET_TTL_SECONDS, rpm_limit, tpm_limit],
     )
     return tuple(int(value) for value in outcome)
 
@@ -267,7 +271,7 @@ def rate_limit_settle(counted: TokensCounted | None, tokens: int) -> None:
     delta = tokens - counted.tokens
     try:
         if _uses_redis():
-            _redis_script(_LUA_SETTLE)(keys=[cache.make_key(counted.key)], args=[delta])
+            _redis_run([cache.make_key(counted.key)], [delta], _LUA_SETTLE)
         else:
             with _local_lock:
                 value = cache.get(counted.key)

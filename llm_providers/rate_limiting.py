@@ -6,7 +6,8 @@ last sixty seconds. It needs two numbers per limit, whatever the traffic,
 and is exact at bucket boundaries and close in between.
 
 With Redis (django-redis) the check and the increments are one Lua script:
-atomic across processes, one round trip. With another cache backend they run
+atomic across processes, one round trip, sent on a connection the thread
+keeps for it (`redis_scripts`). With another cache backend they run
 under a process lock, correct within one process. When the cache cannot be
 reached the limit is not enforced (with a warning): the provider enforces its
 own limits, and refusing every call for a cache outage would be worse.
@@ -25,9 +26,10 @@ import threading
 import time
 from dataclasses import dataclass
 
-from django.core.cache import cache, caches
+from django.core.cache import caches
 
 from .exceptions import ApplicationError
+from .redis_scripts import ThreadConnection
 
 logger = logging.getLogger(__name__)
 
@@ -131,22 +133,23 @@ return 1
 _local_lock = threading.Lock()
 # The registered script per Redis client (a settings change brings a new client).
 _scripts: dict[tuple[int, str], object] = {}
+# The scripts run on a connection of each thread's own, not through the pool.
+_own = ThreadConnection()
 
 
-def _redis_script(source: str = _LUA_ADMIT):
-    from django_redis import get_redis_connection
-
-    client = get_redis_connection("default")
+def _redis_run(backend, keys: list[str], args: list, source: str = _LUA_ADMIT):
+    # The client get_redis_connection("default") gives, from the cache at hand.
+    client = backend.client.get_client(write=True)
     script = _scripts.get((id(client), source))
     if script is None:
         script = _scripts[(id(client), source)] = client.register_script(source)
-    return script
+    return _own.run(client, script, keys, args)
 
 
-def _uses_redis() -> bool:
+def _uses_redis(backend) -> bool:
     from django_redis.cache import RedisCache
 
-    return isinstance(caches["default"], RedisCache)
+    return isinstance(backend, RedisCache)
 
 
 def _keys(config_id, window: _Window) -> list[str]:
@@ -161,18 +164,19 @@ def _keys(config_id, window: _Window) -> list[str]:
 
 # Both admissions answer (rpm over, tpm over, rpm previous, rpm current,
 # tpm previous, tpm current); the counts are those seen when refused.
-def _admit_redis(keys, window, tokens, rpm_limit, tpm_limit):
-    real_keys = [cache.make_key(k) for k in keys]
-    outcome = _redis_script()(
-        keys=real_keys,
-        args=[repr(window.previous_weight), tokens, _BUCKET_TTL_SECONDS, rpm_limit, tpm_limit],
+def _admit_redis(backend, keys, window, tokens, rpm_limit, tpm_limit):
+    real_keys = [backend.make_key(k) for k in keys]
+    outcome = _redis_run(
+        backend,
+        real_keys,
+        [repr(window.previous_weight), tokens, _BUCKET_TTL_SECONDS, rpm_limit, tpm_limit],
     )
     return tuple(int(value) for value in outcome)
 
 
-def _admit_local(keys, window, tokens, rpm_limit, tpm_limit):
+def _admit_local(backend, keys, window, tokens, rpm_limit, tpm_limit):
     with _local_lock:
-        found = cache.get_many(keys)
+        found = backend.get_many(keys)
         rp, rc, tp, tc = (int(found.get(k) or 0) for k in keys)
         rpm_over = bool(rpm_limit) and rp * window.previous_weight + rc + 1 > rpm_limit
         tpm_over = bool(tpm_limit) and tp * window.previous_weight + tc + tokens > tpm_limit
@@ -183,7 +187,7 @@ def _admit_local(keys, window, tokens, rpm_limit, tpm_limit):
             updates[keys[1]] = rc + 1
         if tpm_limit:
             updates[keys[3]] = tc + tokens
-        cache.set_many(updates, _BUCKET_TTL_SECONDS)
+        backend.set_many(updates, _BUCKET_TTL_SECONDS)
         return 0, 0, 0, 0, 0, 0
 
 
@@ -207,10 +211,13 @@ def rate_limit_admit(
         return None
     window = _window(time.time())
     keys = _keys(provider_config_id, window)
-    admit = _admit_redis if _uses_redis() else _admit_local
+    # The cache of this thread, looked up once: each lookup through the
+    # `cache` proxy costs about as much as the key it makes.
+    backend = caches["default"]
+    admit = _admit_redis if _uses_redis(backend) else _admit_local
     try:
         rpm_over, tpm_over, rp, rc, tp, tc = admit(
-            keys, window, tokens, rpm_limit or 0, tpm_limit or 0
+            backend, keys, window, tokens, rpm_limit or 0, tpm_limit or 0
         )
     except Exception as exc:  # noqa: BLE001 - any cache failure: not enforced
         logger.warning(
@@ -266,13 +273,14 @@ def rate_limit_settle(counted: TokensCounted | None, tokens: int) -> None:
         return
     delta = tokens - counted.tokens
     try:
-        if _uses_redis():
-            _redis_script(_LUA_SETTLE)(keys=[cache.make_key(counted.key)], args=[delta])
+        backend = caches["default"]
+        if _uses_redis(backend):
+            _redis_run(backend, [backend.make_key(counted.key)], [delta], _LUA_SETTLE)
         else:
             with _local_lock:
-                value = cache.get(counted.key)
+                value = backend.get(counted.key)
                 if value is not None:
-                    cache.set(counted.key, max(int(value) + delta, 0), _BUCKET_TTL_SECONDS)
+                    backend.set(counted.key, max(int(value) + delta, 0), _BUCKET_TTL_SECONDS)
     except Exception as exc:  # noqa: BLE001 - any cache failure: the estimate stays
         logger.warning(
             "tokens of provider config %s not settled in its rate limit: cache unavailable (%s)",

@@ -14,8 +14,9 @@ reply, closes the window; another failure opens it again.
 
 The window is per server (host and port, or socket path), shared by every
 client of this process: the django-redis cache (through `ConnectionFactory`,
-set as DJANGO_REDIS_CONNECTION_FACTORY) and the budget counters' own client
-(`fail_fast_client`).
+set as DJANGO_REDIS_CONNECTION_FACTORY), the budget counters' own client
+(`fail_fast_client`), and the connections `redis_scripts` makes from their
+pools' connection classes.
 """
 
 from __future__ import annotations

@@ -22,7 +22,6 @@ cost once.
 
 from __future__ import annotations
 
-import os
 import threading
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -33,9 +32,9 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q, Sum
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
+
+from llm_providers.redis_scripts import ThreadConnection
 
 from .aggregation import call_logs_purged_before
 from .models import BudgetCounter, BudgetHold, CallLog, DailyUsage
@@ -232,14 +231,6 @@ def _redis_settled_key(entry) -> str:
     return f"llmpl:budget:{budget.id}:{budget.definition}:{period.key}:x"
 
 
-class _ThreadConnection(threading.local):
-    """The connection one thread sends the budget scripts on, and whose it is."""
-
-    client = None
-    pid = 0
-    connection = None
-
-
 class RedisCounters:
     name = "redis"
 
@@ -249,7 +240,8 @@ class RedisCounters:
         self._client = None
         self._reserve = None
         self._settle = None
-        self._own = _ThreadConnection()
+        # The scripts run on a connection of each thread's own (redis_scripts).
+        self._own = ThreadConnection()
 
     def _scripts(self):
         url = settings.USAGE_BUDGET_REDIS_URL
@@ -275,51 +267,10 @@ class RedisCounters:
                 self._client, self._url = client, url
         return self._reserve, self._settle
 
-    def _connection(self):
-        """This thread's connection of the current client, ready to send.
-
-        The scripts run on a connection of the thread's own, made like the
-        client pool's (same class, so the fail-fast window applies; same
-        timeouts and health check), and checked like a pooled one before each
-        use: one the server closed, or with data left unread, is connected
-        afresh. Taking one from the pool and giving it back, with redis-py's
-        per-command bookkeeping, cost more than the round trip itself.
-        """
-        own, client, pid = self._own, self._client, os.getpid()
-        conn = own.connection
-        if conn is None or own.client is not client or own.pid != pid:
-            pool = client.connection_pool
-            conn = pool.connection_class(**pool.connection_kwargs)
-            own.client, own.pid, own.connection = client, pid, conn
-        conn.connect()
-        try:
-            if conn.can_read():
-                raise RedisConnectionError("Redis connection has data")
-        except (RedisConnectionError, RedisTimeoutError, OSError):
-            conn.disconnect()
-            conn.connect()
-            if conn.can_read():
-                conn.disconnect()
-                raise RedisConnectionError("Redis connection not ready") from None
-        return conn
-
     def _call(self, script, keys, args):
-        conn = None
         try:
-            conn = self._connection()
-            command = conn.pack_command("EVALSHA", script.sha, len(keys), *keys, *args)
-            conn.send_packed_command(command)
-            try:
-                return conn.read_response()
-            except NoScriptError:
-                # The server lost its scripts (a restart): load it and run it again.
-                conn.send_packed_command(conn.pack_command("SCRIPT", "LOAD", script.script))
-                conn.read_response()
-                conn.send_packed_command(command)
-                return conn.read_response()
+            return self._own.run(self._client, script, keys, args)
         except RedisError as exc:
-            if conn is not None and isinstance(exc, (RedisConnectionError, RedisTimeoutError)):
-                conn.disconnect()
             raise BudgetBackendError(f"Redis error: {type(exc).__name__}") from exc
 
     def reserve(self, *, reservation, now: datetime) -> Refusal | None:

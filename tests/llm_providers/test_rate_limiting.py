@@ -1,5 +1,6 @@
 """Per-config rpm/tpm limits on the shared cache (Redis when configured)."""
 
+import threading
 import uuid
 
 import pytest
@@ -234,3 +235,67 @@ def test_a_request_without_a_tpm_limit_has_no_tokens_to_settle():
 
     assert counted is None
     rate_limit_settle(counted, 3)
+
+
+@pytest.fixture
+def own_redis_cache(own_redis, settings):
+    """The cache on a Redis of the test's own."""
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": own_redis.url,
+            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 1, "SOCKET_TIMEOUT": 1},
+        }
+    }
+    import redis
+
+    return redis.Redis.from_url(own_redis.url)
+
+
+def _rpm_count(client, config_id) -> int:
+    [key] = client.keys(cache.make_key(f"rl:{config_id}:rpm:*"))
+    return int(client.get(key))
+
+
+@pytest.mark.redis
+def test_admissions_run_on_a_connection_of_the_threads_own_not_the_cache_pool(
+    own_redis_cache,
+):
+    from django_redis import get_redis_connection
+
+    # given a cache whose pool has made no connection yet
+    pool = get_redis_connection("default").connection_pool
+    config_id = uuid.uuid4()
+
+    # when this thread and another admit requests
+    for _ in range(3):
+        rate_limit_admit(provider_config_id=config_id, rpm_limit=100, tpm_limit=None, tokens=1)
+    worker = threading.Thread(
+        target=rate_limit_admit,
+        kwargs={"provider_config_id": config_id, "rpm_limit": 100, "tpm_limit": None, "tokens": 1},
+    )
+    worker.start()
+    worker.join()
+
+    # then all were counted, and none took a connection from the cache's pool
+    assert _rpm_count(own_redis_cache, config_id) == 4
+    assert pool._created_connections == 0
+
+
+@pytest.mark.redis
+def test_admission_goes_on_after_redis_dropped_its_connections_and_scripts(own_redis_cache):
+    # given a config admitted once, its script loaded and a connection open
+    config_id = uuid.uuid4()
+    limits = {"provider_config_id": config_id, "rpm_limit": 3, "tpm_limit": None, "tokens": 1}
+    rate_limit_admit(**limits)
+
+    # when Redis closes every client connection and forgets its scripts (a restart)
+    own_redis_cache.script_flush()
+    own_redis_cache.client_kill_filter(_type="normal", skipme=True)
+
+    # then the next admissions reconnect, load the script again and count
+    rate_limit_admit(**limits)
+    rate_limit_admit(**limits)
+    assert _rpm_count(own_redis_cache, config_id) == 3
+    with pytest.raises(RateLimited):
+        rate_limit_admit(**limits)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -81,7 +82,7 @@ def _allow_script():
     return script
 
 
-class _SlidingWindowThrottle(SimpleRateThrottle):
+class _SlidingWindowThrottle(SimpleRateThrottle, ABC):
     """A sliding window of requests per scope and identity; 429 with Retry-After beyond it."""
 
     outage_warning = "API throttle not enforced: cache unavailable (%s)"
@@ -92,8 +93,9 @@ class _SlidingWindowThrottle(SimpleRateThrottle):
         self.rate = None
         self._counted = False
 
+    @abstractmethod
     def _scope_and_ident(self, request) -> tuple[str, str]:
-        raise NotImplementedError
+        """The scope whose rate applies to the request, and whom it counts for."""
 
     def get_rate(self) -> str | None:
         return api_settings.DEFAULT_THROTTLE_RATES.get(self.scope)

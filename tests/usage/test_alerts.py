@@ -198,29 +198,24 @@ def test_blocking_alert_and_its_email_name_the_tenant_time_zone_and_when_the_per
     assert "Raised at: 2026-06-15 14:00 (Europe/Berlin)\n" in message.body
 
 
-@pytest.mark.django_db
-def test_threshold_check_alerts_100_percent_when_blocking_budget_refused_a_call_below_it(
-    counters,
-):
-    # given a $1 daily blocking budget at 95 %, which refused a call that
-    # could have cost $0.10 (every call from here on is refused)
-    now = timezone.now()
-    tenant = TenantFactory(name="Acme")
+def _daily_cap_refused_a_call(tenant, *, now, limit: str, spent: str, amount: str) -> None:
+    """A daily blocking budget "Cap" with `spent` of `limit` spent, which refused
+    a call that could have cost `amount`, logged as blocked; then rolled up."""
     BudgetFactory(
         tenant=tenant,
         name="Cap",
         action=Budget.Action.BLOCK,
         period=Budget.Period.DAILY,
-        limit_usd=Decimal("1"),
+        limit_usd=Decimal(limit),
     )
-    _spend(tenant, "0.95", created_at=now - dt.timedelta(minutes=1))
+    _spend(tenant, spent, created_at=now - dt.timedelta(minutes=1))
     with pytest.raises(BudgetExceeded) as refused:
         budget_reserve(
             tenant=tenant,
             provider_config_id=None,
             service_name="summarizer",
             customer_id="acme",
-            amount_usd=Decimal("0.10"),
+            amount_usd=Decimal(amount),
             request_id=uuid.uuid4(),
         )
     CallLogFactory(
@@ -232,6 +227,17 @@ def test_threshold_check_alerts_100_percent_when_blocking_budget_refused_a_call_
         created_at=now,
     )
     _aggregate(now)
+
+
+@pytest.mark.django_db
+def test_threshold_check_alerts_100_percent_when_blocking_budget_refused_a_call_below_it(
+    counters,
+):
+    # given a $1 daily blocking budget at 95 %, which refused a call that
+    # could have cost $0.10 (every call from here on is refused)
+    now = timezone.now()
+    tenant = TenantFactory(name="Acme")
+    _daily_cap_refused_a_call(tenant, now=now, limit="1", spent="0.95", amount="0.10")
 
     # when
     created = budget_thresholds_check(now=now)
@@ -254,32 +260,7 @@ def test_refusing_alert_writes_spend_and_what_is_left_so_they_add_up_to_the_limi
     # rounded to cents, $3.455 spent and $6.545 left would read $3.46 and $6.55
     now = timezone.now()
     tenant = TenantFactory(name="Acme")
-    BudgetFactory(
-        tenant=tenant,
-        name="Cap",
-        action=Budget.Action.BLOCK,
-        period=Budget.Period.DAILY,
-        limit_usd=Decimal("10"),
-    )
-    _spend(tenant, "3.455", created_at=now - dt.timedelta(minutes=1))
-    with pytest.raises(BudgetExceeded) as refused:
-        budget_reserve(
-            tenant=tenant,
-            provider_config_id=None,
-            service_name="summarizer",
-            customer_id="acme",
-            amount_usd=Decimal("7"),
-            request_id=uuid.uuid4(),
-        )
-    CallLogFactory(
-        tenant=tenant,
-        status=CallLog.Status.BLOCKED,
-        error_code=refused.value.code,
-        error_message=refused.value.message,
-        cost_usd=Decimal(0),
-        created_at=now,
-    )
-    _aggregate(now)
+    _daily_cap_refused_a_call(tenant, now=now, limit="10", spent="3.455", amount="7")
 
     # when
     budget_thresholds_check(now=now)

@@ -1,7 +1,8 @@
 """Throttling of the API per credential, on the shared Django cache (Redis when configured).
 
 One rate budget per service key (scope `service_key`), per user (`user`)
-and, for unauthenticated requests, per client address (`anon`). Failed
+and, for unauthenticated requests, per client address (`anon`; an IPv6
+address counts as its /64 network). Failed
 authentication has its own budget per client address (`auth_failure`),
 spent before a credential is checked: see `authentication_attempt`. Rates
 are `REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]`, read on every request so
@@ -20,6 +21,7 @@ request for a cache outage would be worse.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import secrets
 import threading
@@ -100,6 +102,15 @@ class _SlidingWindowThrottle(SimpleRateThrottle, ABC):
     def get_rate(self) -> str | None:
         return api_settings.DEFAULT_THROTTLE_RATES.get(self.scope)
 
+    def get_ident(self, request) -> str:
+        """The client address, an IPv6 one as its /64 network.
+
+        One IPv6 host is commonly given a whole /64, so counting its addresses
+        one by one would give it 2**64 budgets. An IPv4 address seen through
+        an IPv6 socket (`::ffff:a.b.c.d`) counts as that IPv4 address.
+        """
+        return _client_network(super().get_ident(request))
+
     def allow_request(self, request, view) -> bool:
         self.scope, self._ident = self._scope_and_ident(request)
         self.rate = self.get_rate()
@@ -169,6 +180,18 @@ class _SlidingWindowThrottle(SimpleRateThrottle, ABC):
 
     def get_cache_key(self, request, view) -> str:
         return self.cache_format % {"scope": self.scope, "ident": self._ident}
+
+
+def _client_network(address: str) -> str:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if ip.version == 6:
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
 
 
 class CredentialRateThrottle(_SlidingWindowThrottle):

@@ -312,3 +312,25 @@ def test_successful_logins_do_not_count(auth_failure_rate, superuser):
 
     assert "correct username and password" in failed
     assert "Too many failed login attempts from this address" in refused
+
+
+def test_addresses_of_one_ipv6_network_share_one_failure_budget(auth_failure_rate, service_key):
+    # given: failures spread over addresses of one /64, as one host can hold
+    auth_failure_rate("2/min")
+    for host in ("2001:db8:1:2::1", "2001:db8:1:2:ffff::9"):
+        assert _get(f"Api-Key {_bad_key(service_key)}", address=host).status_code == 401
+
+    # then: a third address of that network is refused, one of the next network is not
+    assert _get(f"Api-Key {service_key.secret}", address="2001:db8:1:2::abcd").status_code == 429
+    assert _get(f"Api-Key {service_key.secret}", address="2001:db8:1:3::1").status_code == 200
+
+
+def test_an_ipv4_client_seen_through_an_ipv6_socket_is_counted_as_its_ipv4_address(
+    auth_failure_rate, service_key
+):
+    auth_failure_rate("2/min")
+    for _ in range(2):
+        _get(f"Api-Key {_bad_key(service_key)}", address=f"::ffff:{ATTACKER}")
+
+    assert _get(f"Api-Key {service_key.secret}").status_code == 429
+    assert _get(f"Api-Key {service_key.secret}", address=NEIGHBOUR).status_code == 200

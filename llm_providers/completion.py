@@ -624,7 +624,7 @@ def _ms_since(started: float) -> int:
     return int((time.perf_counter() - started) * 1000)
 
 
-def _result(call, target, chat: ChatResult, *, cost, source, latency_ms, cached, estimated=False):
+def _result(call, target, chat: ChatResult, *, cost, source, latency_ms, cached=False):
     config = target.provider_config
     return CompletionResult(
         request_id=call.request_id,
@@ -642,7 +642,7 @@ def _result(call, target, chat: ChatResult, *, cost, source, latency_ms, cached,
         latency_ms=latency_ms,
         route_rule=call.route.rule,
         attempts=call.attempts,
-        usage_estimated=estimated,
+        usage_estimated=chat.usage_estimated,
     )
 
 
@@ -670,14 +670,7 @@ def _cache_lookup(call: _Call, target: RouteTarget, started: float) -> Completio
         latency_ms=latency_ms,
     )
     return _result(
-        call,
-        target,
-        hit,
-        cost=ZERO,
-        source=PriceSource.NONE,
-        latency_ms=latency_ms,
-        cached=True,
-        estimated=hit.usage_estimated,
+        call, target, hit, cost=ZERO, source=PriceSource.NONE, latency_ms=latency_ms, cached=True
     )
 
 
@@ -933,19 +926,8 @@ def _call_with_retries(
                 # Also an interruption: the provider may have been paid already.
                 _log_failure(call, target, error, started_at, attempt_started)
                 raise
-            latency_ms = _ms_since(attempt_started)
-            _tokens_used(counted, answer.usage)
-            cost, source = _priced(call, target, answer.usage, answer.model, started_at)
-            call.log(
-                target,
-                status=Status.OK,
-                created_at=started_at,
-                model_answered=answer.model,
-                usage=answer.usage,
-                usage_estimated=answer.usage_estimated,
-                cost_usd=cost,
-                price_source=source,
-                latency_ms=latency_ms,
+            cost, source, latency_ms = _log_success(
+                call, target, answer, counted, started_at, attempt_started
             )
             budget.settle(_cost_sum([*paid, cost]))
             return answer, cost, source, latency_ms
@@ -953,6 +935,35 @@ def _call_with_retries(
         if paid:
             # Settled once: a no-op after the successful attempt's settlement.
             budget.settle(_cost_sum(paid))
+
+
+def _log_success(
+    call: _Call,
+    target: RouteTarget,
+    answer: ChatResult | EmbedResult,
+    counted: TokensCounted | None,
+    started_at: datetime,
+    started: float,
+    **fields,
+) -> tuple[Decimal | None, str, int]:
+    """Record a successful attempt, priced, and count in the tpm window the
+    tokens it used. Returns (cost, price source, latency ms)."""
+    latency_ms = _ms_since(started)
+    _tokens_used(counted, answer.usage)
+    cost, source = _priced(call, target, answer.usage, answer.model, started_at)
+    call.log(
+        target,
+        status=Status.OK,
+        created_at=started_at,
+        model_answered=answer.model,
+        usage=answer.usage,
+        usage_estimated=answer.usage_estimated,
+        cost_usd=cost,
+        price_source=source,
+        latency_ms=latency_ms,
+        **fields,
+    )
+    return cost, source, latency_ms
 
 
 def _log_provider_failure(call, target, error: ProviderError, started_at, started, paid) -> None:
@@ -996,16 +1007,7 @@ def _complete_on_target(call: _Call, target: RouteTarget) -> CompletionResult:
             ),
         )
     _cache_store(call, target, chat)
-    return _result(
-        call,
-        target,
-        chat,
-        cost=cost,
-        source=source,
-        latency_ms=latency_ms,
-        cached=False,
-        estimated=chat.usage_estimated,
-    )
+    return _result(call, target, chat, cost=cost, source=source, latency_ms=latency_ms)
 
 
 def complete(
@@ -1253,31 +1255,16 @@ class _StreamRun:
             tool_calls=tool_calls,
             usage_estimated=estimated,
         )
-        latency_ms = _ms_since(started)
-        _tokens_used(self._counted, usage)
-        cost, source = _priced(call, target, usage, chat.model, started_at)
-        call.log(
-            target,
-            status=Status.OK,
-            created_at=started_at,
-            model_answered=chat.model,
-            usage=usage,
-            usage_estimated=estimated,
-            cost_usd=cost,
-            price_source=source,
-            latency_ms=latency_ms,
-            time_to_first_token_ms=first_token_ms,
-        )
-        self.result = _result(
+        cost, source, latency_ms = _log_success(
             call,
             target,
             chat,
-            cost=cost,
-            source=source,
-            latency_ms=latency_ms,
-            cached=False,
-            estimated=estimated,
+            self._counted,
+            started_at,
+            started,
+            time_to_first_token_ms=first_token_ms,
         )
+        self.result = _result(call, target, chat, cost=cost, source=source, latency_ms=latency_ms)
         _cache_store(call, target, chat)
         return None
 
@@ -1371,12 +1358,11 @@ class _StreamRun:
                 usage=usage,
                 model=answered_model or target.model,
                 finish_reason="aborted" if error is None else "error",
+                usage_estimated=True,
             ),
             cost=cost,
             source=source,
             latency_ms=latency_ms,
-            cached=False,
-            estimated=True,
         )
 
 

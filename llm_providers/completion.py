@@ -972,20 +972,39 @@ def _log_provider_failure(call, target, error: ProviderError, started_at, starte
     if error.paid_usage is None:
         _log_failure(call, target, error, started_at, started)
         return
-    cost, source = _priced(call, target, error.paid_usage, error.paid_model, started_at)
+    paid.append(
+        _log_paid_failure(
+            call,
+            target,
+            error,
+            started_at,
+            started,
+            usage=error.paid_usage,
+            answered_model=error.paid_model,
+            estimated=error.paid_usage_estimated,
+        )
+    )
+
+
+def _log_paid_failure(
+    call, target, error, started_at, started, *, usage: Usage, answered_model: str, estimated: bool
+) -> Decimal | None:
+    """Record a failed attempt with the `usage` the provider answered (and
+    charges for) before it failed, priced on its row. Returns its cost."""
+    cost, source = _priced(call, target, usage, answered_model, started_at)
     _log_failure(
         call,
         target,
         error,
         started_at,
         started,
-        model_answered=error.paid_model,
-        usage=error.paid_usage,
-        usage_estimated=error.paid_usage_estimated,
+        model_answered=answered_model,
+        usage=usage,
+        usage_estimated=estimated,
         cost_usd=cost,
         price_source=source,
     )
-    paid.append(cost)
+    return cost
 
 
 def _complete_on_target(call: _Call, target: RouteTarget) -> CompletionResult:
@@ -1296,20 +1315,18 @@ class _StreamRun:
             _log_failure(self._call, target, error, started_at, started)
             return
         usage = self._estimate("", reported=reported, unseen_text="".join(unseen_received))
-        cost, source = _priced(self._call, target, usage, answered_model, started_at)
-        _log_failure(
-            self._call,
-            target,
-            error,
-            started_at,
-            started,
-            model_answered=answered_model,
-            usage=usage,
-            usage_estimated=True,
-            cost_usd=cost,
-            price_source=source,
+        self._paid.append(
+            _log_paid_failure(
+                self._call,
+                target,
+                error,
+                started_at,
+                started,
+                usage=usage,
+                answered_model=answered_model,
+                estimated=True,
+            )
         )
-        self._paid.append(cost)
 
     def _log_partial(
         self,

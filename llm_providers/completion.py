@@ -526,11 +526,14 @@ def _admit(call: _Call, target: RouteTarget, max_output_tokens: int) -> TokensCo
         raise _MoveOn(exc) from exc
 
 
-def _admit_retry(
+def _admit_attempt(
     call: _Call, target: RouteTarget, max_output_tokens: int, previous: ProviderError | None
 ) -> TokensCounted | None:
-    """`_admit` an attempt; when the limit refuses a retry, the target failed
-    with the provider's error of the attempt before, not with the refusal."""
+    """`_admit` the next attempt on `target`, when the deadline leaves time for
+    one; when the limit refuses a retry, the target failed with the provider's
+    error of the attempt before (`previous`), not with the refusal."""
+    if not call.deadline.allows_attempt():
+        raise _DeadlineReached(previous)
     try:
         return _admit(call, target, max_output_tokens)
     except _MoveOn as move_on:
@@ -911,9 +914,7 @@ def _call_with_retries(
     try:
         while True:
             attempt_on_target += 1
-            if not call.deadline.allows_attempt():
-                raise _DeadlineReached(previous)
-            counted = _admit_retry(call, target, max_output, previous)
+            counted = _admit_attempt(call, target, max_output, previous)
             started_at, attempt_started = timezone.now(), time.perf_counter()
             try:
                 answer = invoke()
@@ -1159,9 +1160,7 @@ class _StreamRun:
             try:
                 while True:
                     attempt_on_target += 1
-                    if not call.deadline.allows_attempt():
-                        raise _DeadlineReached(previous)
-                    self._counted = _admit_retry(call, target, max_output, previous)
+                    self._counted = _admit_attempt(call, target, max_output, previous)
                     outcome = yield from self._attempt(adapter, target, request)
                     if outcome is None:
                         return

@@ -1203,32 +1203,26 @@ class _StreamRun:
                     yield chunk.text
                 if chunk.finish_reason is not None or chunk.usage is not None:
                     final = chunk
-        except GeneratorExit:
-            upstream.close()
-            self._log_partial(
-                target,
-                received,
-                unseen_received,
-                started_at,
-                started,
-                first_token_ms,
-                answered_model=answered_model,
-                reported=reported,
-                status=Status.OK,
-                error=None,
-            )
-            raise
-        except ProviderError as error:
-            if not received:
+        except BaseException as error:
+            if isinstance(error, ProviderError) and not received:
                 # The caller has nothing yet: retry, or fall back. Tool call
                 # pieces that came before the break were generated, and paid.
                 self._log_unseen_output(
                     target, error, unseen_received, reported, answered_model, started_at, started
                 )
                 return error
-            # The caller already has part of the answer: no retry, no fallback.
+            if isinstance(error, GeneratorExit):
+                # The caller stopped reading: the upstream call stops too.
+                upstream.close()
+            elif not (received or unseen_received):
+                _log_failure(call, target, error, started_at, started)
+                raise
+            # What was received is paid for, so it is logged and settled, also
+            # after an interruption (Ctrl-C, a worker shutting down). A caller
+            # that has part of the answer gets no retry, no fallback.
             self._log_partial(
                 target,
+                error,
                 received,
                 unseen_received,
                 started_at,
@@ -1236,28 +1230,9 @@ class _StreamRun:
                 first_token_ms,
                 answered_model=answered_model,
                 reported=reported,
-                status=Status.ERROR,
-                error=error,
             )
-            raise error from None
-        except BaseException as error:
-            # Also an interruption (Ctrl-C, a worker shutting down): what was
-            # received is paid for, so it is logged and settled like a break.
-            if received or unseen_received:
-                self._log_partial(
-                    target,
-                    received,
-                    unseen_received,
-                    started_at,
-                    started,
-                    first_token_ms,
-                    answered_model=answered_model,
-                    reported=reported,
-                    status=Status.ERROR,
-                    error=error,
-                )
-            else:
-                _log_failure(call, target, error, started_at, started)
+            if isinstance(error, ProviderError):
+                raise error from None
             raise
         text = "".join(received)
         tool_calls = list((final.tool_calls if final is not None else None) or [])
@@ -1330,6 +1305,7 @@ class _StreamRun:
     def _log_partial(
         self,
         target,
+        error: BaseException,
         received,
         unseen_received,
         started_at,
@@ -1338,23 +1314,23 @@ class _StreamRun:
         *,
         answered_model,
         reported,
-        status,
-        error,
     ):
-        """Record a stream that ended early: usage estimated from what was received."""
+        """Record a stream that ended early, with `error` or because the caller
+        stopped reading (GeneratorExit): usage estimated from what was received."""
+        closed = isinstance(error, GeneratorExit)
         call = self._call
         text = "".join(received)
         usage = self._estimate(text, reported=reported, unseen_text="".join(unseen_received))
         latency_ms = _ms_since(started)
         _tokens_used(self._counted, usage)
         cost, source = _priced(call, target, usage, answered_model, started_at)
-        if error is None:
+        if closed:
             code, message = "client_closed", "The caller stopped reading the stream."
         else:
             code, message = _error_code_and_message(error)
         call.log(
             target,
-            status=status,
+            status=Status.OK if closed else Status.ERROR,
             created_at=started_at,
             error_code=code,
             error_message=scrub_secrets(message, _secrets(target)),
@@ -1373,7 +1349,7 @@ class _StreamRun:
                 content=text,
                 usage=usage,
                 model=answered_model or target.model,
-                finish_reason="aborted" if error is None else "error",
+                finish_reason="aborted" if closed else "error",
                 usage_estimated=True,
             ),
             cost=cost,

@@ -526,11 +526,14 @@ def _admit(call: _Call, target: RouteTarget, max_output_tokens: int) -> TokensCo
         raise _MoveOn(exc) from exc
 
 
-def _admit_retry(
+def _admit_attempt(
     call: _Call, target: RouteTarget, max_output_tokens: int, previous: ProviderError | None
 ) -> TokensCounted | None:
-    """`_admit` an attempt; when the limit refuses a retry, the target failed
-    with the provider's error of the attempt before, not with the refusal."""
+    """`_admit` the next attempt on `target`, when the deadline leaves time for
+    one; when the limit refuses a retry, the target failed with the provider's
+    error of the attempt before (`previous`), not with the refusal."""
+    if not call.deadline.allows_attempt():
+        raise _DeadlineReached(previous)
     try:
         return _admit(call, target, max_output_tokens)
     except _MoveOn as move_on:
@@ -624,7 +627,7 @@ def _ms_since(started: float) -> int:
     return int((time.perf_counter() - started) * 1000)
 
 
-def _result(call, target, chat: ChatResult, *, cost, source, latency_ms, cached, estimated=False):
+def _result(call, target, chat: ChatResult, *, cost, source, latency_ms, cached=False):
     config = target.provider_config
     return CompletionResult(
         request_id=call.request_id,
@@ -642,7 +645,7 @@ def _result(call, target, chat: ChatResult, *, cost, source, latency_ms, cached,
         latency_ms=latency_ms,
         route_rule=call.route.rule,
         attempts=call.attempts,
-        usage_estimated=estimated,
+        usage_estimated=chat.usage_estimated,
     )
 
 
@@ -670,14 +673,7 @@ def _cache_lookup(call: _Call, target: RouteTarget, started: float) -> Completio
         latency_ms=latency_ms,
     )
     return _result(
-        call,
-        target,
-        hit,
-        cost=ZERO,
-        source=PriceSource.NONE,
-        latency_ms=latency_ms,
-        cached=True,
-        estimated=hit.usage_estimated,
+        call, target, hit, cost=ZERO, source=PriceSource.NONE, latency_ms=latency_ms, cached=True
     )
 
 
@@ -918,9 +914,7 @@ def _call_with_retries(
     try:
         while True:
             attempt_on_target += 1
-            if not call.deadline.allows_attempt():
-                raise _DeadlineReached(previous)
-            counted = _admit_retry(call, target, max_output, previous)
+            counted = _admit_attempt(call, target, max_output, previous)
             started_at, attempt_started = timezone.now(), time.perf_counter()
             try:
                 answer = invoke()
@@ -933,19 +927,8 @@ def _call_with_retries(
                 # Also an interruption: the provider may have been paid already.
                 _log_failure(call, target, error, started_at, attempt_started)
                 raise
-            latency_ms = _ms_since(attempt_started)
-            _tokens_used(counted, answer.usage)
-            cost, source = _priced(call, target, answer.usage, answer.model, started_at)
-            call.log(
-                target,
-                status=Status.OK,
-                created_at=started_at,
-                model_answered=answer.model,
-                usage=answer.usage,
-                usage_estimated=answer.usage_estimated,
-                cost_usd=cost,
-                price_source=source,
-                latency_ms=latency_ms,
+            cost, source, latency_ms = _log_success(
+                call, target, answer, counted, started_at, attempt_started
             )
             budget.settle(_cost_sum([*paid, cost]))
             return answer, cost, source, latency_ms
@@ -955,26 +938,74 @@ def _call_with_retries(
             budget.settle(_cost_sum(paid))
 
 
+def _log_success(
+    call: _Call,
+    target: RouteTarget,
+    answer: ChatResult | EmbedResult,
+    counted: TokensCounted | None,
+    started_at: datetime,
+    started: float,
+    **fields,
+) -> tuple[Decimal | None, str, int]:
+    """Record a successful attempt, priced, and count in the tpm window the
+    tokens it used. Returns (cost, price source, latency ms)."""
+    latency_ms = _ms_since(started)
+    _tokens_used(counted, answer.usage)
+    cost, source = _priced(call, target, answer.usage, answer.model, started_at)
+    call.log(
+        target,
+        status=Status.OK,
+        created_at=started_at,
+        model_answered=answer.model,
+        usage=answer.usage,
+        usage_estimated=answer.usage_estimated,
+        cost_usd=cost,
+        price_source=source,
+        latency_ms=latency_ms,
+        **fields,
+    )
+    return cost, source, latency_ms
+
+
 def _log_provider_failure(call, target, error: ProviderError, started_at, started, paid) -> None:
     """Record a failed attempt; what the provider answered before it failed
     (`paid_usage`) is priced on its row and added to `paid`."""
     if error.paid_usage is None:
         _log_failure(call, target, error, started_at, started)
         return
-    cost, source = _priced(call, target, error.paid_usage, error.paid_model, started_at)
+    paid.append(
+        _log_paid_failure(
+            call,
+            target,
+            error,
+            started_at,
+            started,
+            usage=error.paid_usage,
+            answered_model=error.paid_model,
+            estimated=error.paid_usage_estimated,
+        )
+    )
+
+
+def _log_paid_failure(
+    call, target, error, started_at, started, *, usage: Usage, answered_model: str, estimated: bool
+) -> Decimal | None:
+    """Record a failed attempt with the `usage` the provider answered (and
+    charges for) before it failed, priced on its row. Returns its cost."""
+    cost, source = _priced(call, target, usage, answered_model, started_at)
     _log_failure(
         call,
         target,
         error,
         started_at,
         started,
-        model_answered=error.paid_model,
-        usage=error.paid_usage,
-        usage_estimated=error.paid_usage_estimated,
+        model_answered=answered_model,
+        usage=usage,
+        usage_estimated=estimated,
         cost_usd=cost,
         price_source=source,
     )
-    paid.append(cost)
+    return cost
 
 
 def _complete_on_target(call: _Call, target: RouteTarget) -> CompletionResult:
@@ -996,16 +1027,7 @@ def _complete_on_target(call: _Call, target: RouteTarget) -> CompletionResult:
             ),
         )
     _cache_store(call, target, chat)
-    return _result(
-        call,
-        target,
-        chat,
-        cost=cost,
-        source=source,
-        latency_ms=latency_ms,
-        cached=False,
-        estimated=chat.usage_estimated,
-    )
+    return _result(call, target, chat, cost=cost, source=source, latency_ms=latency_ms)
 
 
 def complete(
@@ -1138,9 +1160,7 @@ class _StreamRun:
             try:
                 while True:
                     attempt_on_target += 1
-                    if not call.deadline.allows_attempt():
-                        raise _DeadlineReached(previous)
-                    self._counted = _admit_retry(call, target, max_output, previous)
+                    self._counted = _admit_attempt(call, target, max_output, previous)
                     outcome = yield from self._attempt(adapter, target, request)
                     if outcome is None:
                         return
@@ -1183,32 +1203,26 @@ class _StreamRun:
                     yield chunk.text
                 if chunk.finish_reason is not None or chunk.usage is not None:
                     final = chunk
-        except GeneratorExit:
-            upstream.close()
-            self._log_partial(
-                target,
-                received,
-                unseen_received,
-                started_at,
-                started,
-                first_token_ms,
-                answered_model=answered_model,
-                reported=reported,
-                status=Status.OK,
-                error=None,
-            )
-            raise
-        except ProviderError as error:
-            if not received:
+        except BaseException as error:
+            if isinstance(error, ProviderError) and not received:
                 # The caller has nothing yet: retry, or fall back. Tool call
                 # pieces that came before the break were generated, and paid.
                 self._log_unseen_output(
                     target, error, unseen_received, reported, answered_model, started_at, started
                 )
                 return error
-            # The caller already has part of the answer: no retry, no fallback.
+            if isinstance(error, GeneratorExit):
+                # The caller stopped reading: the upstream call stops too.
+                upstream.close()
+            elif not (received or unseen_received):
+                _log_failure(call, target, error, started_at, started)
+                raise
+            # What was received is paid for, so it is logged and settled, also
+            # after an interruption (Ctrl-C, a worker shutting down). A caller
+            # that has part of the answer gets no retry, no fallback.
             self._log_partial(
                 target,
+                error,
                 received,
                 unseen_received,
                 started_at,
@@ -1216,28 +1230,9 @@ class _StreamRun:
                 first_token_ms,
                 answered_model=answered_model,
                 reported=reported,
-                status=Status.ERROR,
-                error=error,
             )
-            raise error from None
-        except BaseException as error:
-            # Also an interruption (Ctrl-C, a worker shutting down): what was
-            # received is paid for, so it is logged and settled like a break.
-            if received or unseen_received:
-                self._log_partial(
-                    target,
-                    received,
-                    unseen_received,
-                    started_at,
-                    started,
-                    first_token_ms,
-                    answered_model=answered_model,
-                    reported=reported,
-                    status=Status.ERROR,
-                    error=error,
-                )
-            else:
-                _log_failure(call, target, error, started_at, started)
+            if isinstance(error, ProviderError):
+                raise error from None
             raise
         text = "".join(received)
         tool_calls = list((final.tool_calls if final is not None else None) or [])
@@ -1253,31 +1248,16 @@ class _StreamRun:
             tool_calls=tool_calls,
             usage_estimated=estimated,
         )
-        latency_ms = _ms_since(started)
-        _tokens_used(self._counted, usage)
-        cost, source = _priced(call, target, usage, chat.model, started_at)
-        call.log(
-            target,
-            status=Status.OK,
-            created_at=started_at,
-            model_answered=chat.model,
-            usage=usage,
-            usage_estimated=estimated,
-            cost_usd=cost,
-            price_source=source,
-            latency_ms=latency_ms,
-            time_to_first_token_ms=first_token_ms,
-        )
-        self.result = _result(
+        cost, source, latency_ms = _log_success(
             call,
             target,
             chat,
-            cost=cost,
-            source=source,
-            latency_ms=latency_ms,
-            cached=False,
-            estimated=estimated,
+            self._counted,
+            started_at,
+            started,
+            time_to_first_token_ms=first_token_ms,
         )
+        self.result = _result(call, target, chat, cost=cost, source=source, latency_ms=latency_ms)
         _cache_store(call, target, chat)
         return None
 
@@ -1309,24 +1289,23 @@ class _StreamRun:
             _log_failure(self._call, target, error, started_at, started)
             return
         usage = self._estimate("", reported=reported, unseen_text="".join(unseen_received))
-        cost, source = _priced(self._call, target, usage, answered_model, started_at)
-        _log_failure(
-            self._call,
-            target,
-            error,
-            started_at,
-            started,
-            model_answered=answered_model,
-            usage=usage,
-            usage_estimated=True,
-            cost_usd=cost,
-            price_source=source,
+        self._paid.append(
+            _log_paid_failure(
+                self._call,
+                target,
+                error,
+                started_at,
+                started,
+                usage=usage,
+                answered_model=answered_model,
+                estimated=True,
+            )
         )
-        self._paid.append(cost)
 
     def _log_partial(
         self,
         target,
+        error: BaseException,
         received,
         unseen_received,
         started_at,
@@ -1335,23 +1314,23 @@ class _StreamRun:
         *,
         answered_model,
         reported,
-        status,
-        error,
     ):
-        """Record a stream that ended early: usage estimated from what was received."""
+        """Record a stream that ended early, with `error` or because the caller
+        stopped reading (GeneratorExit): usage estimated from what was received."""
+        closed = isinstance(error, GeneratorExit)
         call = self._call
         text = "".join(received)
         usage = self._estimate(text, reported=reported, unseen_text="".join(unseen_received))
         latency_ms = _ms_since(started)
         _tokens_used(self._counted, usage)
         cost, source = _priced(call, target, usage, answered_model, started_at)
-        if error is None:
+        if closed:
             code, message = "client_closed", "The caller stopped reading the stream."
         else:
             code, message = _error_code_and_message(error)
         call.log(
             target,
-            status=status,
+            status=Status.OK if closed else Status.ERROR,
             created_at=started_at,
             error_code=code,
             error_message=scrub_secrets(message, _secrets(target)),
@@ -1370,13 +1349,12 @@ class _StreamRun:
                 content=text,
                 usage=usage,
                 model=answered_model or target.model,
-                finish_reason="aborted" if error is None else "error",
+                finish_reason="aborted" if closed else "error",
+                usage_estimated=True,
             ),
             cost=cost,
             source=source,
             latency_ms=latency_ms,
-            cached=False,
-            estimated=True,
         )
 
 

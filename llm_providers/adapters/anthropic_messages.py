@@ -33,12 +33,12 @@ from .content import (
     content_text,
     conversation_turns,
     has_visible_text,
+    held_text_split,
     image_parse,
     image_url_of,
     local_stops,
     sent_stop_sequences,
     stop_position,
-    stop_prefix_length,
     system_prompt,
     tool_arguments_parse,
     tool_function,
@@ -229,13 +229,9 @@ class AnthropicMessagesAdapter(Adapter):
                     fields.update(_usage_fields(event.usage))
                 if not text:
                     continue
-                held += text
-                cut = stop_position(held, own_stops)
-                if cut is not None:
-                    held, stopped = held[:cut], True
+                ready, held, stopped = held_text_split(held + text, own_stops)
+                if stopped:
                     break
-                kept = stop_prefix_length(held, own_stops)
-                ready, held = held[: len(held) - kept], held[len(held) - kept :]
                 if ready:
                     yield StreamChunk(text=ready, model=model, usage_so_far=_usage_so_far(fields))
         if held:

@@ -57,12 +57,12 @@ from .content import (
     content_text,
     conversation_turns,
     has_visible_text,
+    held_text_split,
     image_parse,
     image_url_of,
     local_stops,
     sent_stop_sequences,
     stop_position,
-    stop_prefix_length,
     system_prompt,
     tool_arguments_parse,
     tool_function,
@@ -359,13 +359,9 @@ class BedrockConverseAdapter(Adapter):
                     delta = block.get("delta") or {}
                     reasoning = (delta.get("reasoningContent") or {}).get("text")
                     if delta.get("text"):
-                        held += delta["text"]
-                        cut = stop_position(held, own_stops)
-                        if cut is not None:
-                            held, stopped = held[:cut], True
+                        ready, held, stopped = held_text_split(held + delta["text"], own_stops)
+                        if stopped:
                             break
-                        kept = stop_prefix_length(held, own_stops)
-                        ready, held = held[: len(held) - kept], held[len(held) - kept :]
                         if ready:
                             yield StreamChunk(text=ready, model=request.model)
                     elif reasoning:

@@ -133,6 +133,17 @@ def stop_prefix_length(text: str, stops: list[str]) -> int:
     return 0
 
 
+def held_text_split(held: str, stops: list[str]) -> tuple[str, str, bool]:
+    """Apply `stops` to the text a stream holds back: (what is ready to send,
+    what stays held as it may begin a stop sequence, whether one was found,
+    in which case what stays held is all that is left of the answer)."""
+    cut = stop_position(held, stops)
+    if cut is not None:
+        return "", held[:cut], True
+    kept = stop_prefix_length(held, stops)
+    return held[: len(held) - kept], held[len(held) - kept :], False
+
+
 def content_text(content: Any) -> str:
     """The text parts of a message's content, joined."""
     return "".join(p.get("text") or "" for p in content_parts(content) if p.get("type") == "text")

@@ -13,7 +13,8 @@ in Redis and Decimals in the database.
   bounds any drift.
 - Database (no Redis): BudgetCounter rows locked with SELECT ... FOR UPDATE in
   budget order (atomic across processes on PostgreSQL) and BudgetHold rows for
-  reservations; on SQLite a process lock serialises the gate as well.
+  reservations; on SQLite, whose transactions hold the write lock from their
+  start (config/settings/base.py), a process lock serialises the gate as well.
 
 Both remember the reservations settled lately (_SETTLED_KEEP_SECONDS): a
 settlement sent again, because the reply to the first was lost, counts its

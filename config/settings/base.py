@@ -152,6 +152,18 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
         },
         "TEST": {"MIRROR": "default"},
     }
+elif DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # The embedded database serves every thread of the server. A transaction
+    # takes the write lock when it begins, so that one which read first (the
+    # budget gate, settlements, the roll-up) waits its turn instead of failing
+    # at once with "database is locked" when it comes to write; WAL lets
+    # readers go on while one writes; 20 s is the longest a write waits.
+    DATABASES["default"]["OPTIONS"] = {
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 20,
+        "init_command": "PRAGMA journal_mode=WAL",
+        **DATABASES["default"].get("OPTIONS", {}),
+    }
 CALL_LOG_DATABASE = "call_logs" if "call_logs" in DATABASES else "default"
 # Write call logs and settle budgets on a background thread after each call
 # (usage/bookkeeping.py); on by default with PostgreSQL, inline with SQLite.

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -181,6 +182,140 @@ def test_development_without_debug_needs_secrets():
         "SECRET_KEY and SALT_KEY must be set when DEBUG is off (see docs/OPERATIONS.md)."
         in result.stderr
     )
+
+
+EMBEDDED_CONCURRENT_CALLS = """
+import json
+import threading
+import time
+from decimal import Decimal
+
+import django
+django.setup()
+from django.core.management import call_command
+from django.db import connections
+from django.db.models import Sum
+
+call_command("migrate", verbosity=0)
+
+from llm_providers.completion import complete, stream
+from llm_providers.demo import demo_seed
+from llm_providers.models import Tenant
+from usage.aggregation import daily_usage_roll_up_unscheduled
+from usage.budget import BudgetExceeded
+from usage.models import BudgetCounter, CallLog, DailyUsage
+from usage.services import budget_create
+
+demo_seed(known={})
+tenant = Tenant.objects.get(slug="demo")
+budget = budget_create(
+    tenant=tenant, name="acme-cap", limit_usd=Decimal("0.0050"), period="daily",
+    action="block", customer_id="acme",
+)
+lock = threading.Lock()
+outcomes = {"ok": 0, "refused": 0, "failed": []}
+calling = threading.Event()
+
+
+def client(number):
+    try:
+        for i in range(20):
+            arguments = {
+                "tenant": tenant,
+                "messages": [{"role": "user", "content": "word " * 200}],
+                "customer_id": "acme" if i % 2 else "globex",
+                "service_name": f"client-{number}",
+                "max_tokens": 100,
+            }
+            try:
+                if i % 3:
+                    complete(**arguments)
+                else:
+                    for _ in stream(**arguments):
+                        pass
+                outcome = "ok"
+            except BudgetExceeded:
+                outcome = "refused"
+            except Exception as exc:
+                outcome = repr(exc)
+            with lock:
+                if outcome in outcomes:
+                    outcomes[outcome] += 1
+                else:
+                    outcomes["failed"].append(outcome)
+    finally:
+        connections.close_all()
+
+
+def reader():
+    # The usage API and dashboard roll the call logs up while calls are made.
+    try:
+        while calling.is_set():
+            try:
+                daily_usage_roll_up_unscheduled()
+            except Exception as exc:
+                with lock:
+                    outcomes["failed"].append("roll-up: " + repr(exc))
+            time.sleep(0.05)
+    finally:
+        connections.close_all()
+
+
+calling.set()
+rolling = threading.Thread(target=reader)
+rolling.start()
+clients = [threading.Thread(target=client, args=(n,)) for n in range(8)]
+for thread in clients:
+    thread.start()
+for thread in clients:
+    thread.join()
+calling.clear()
+rolling.join()
+daily_usage_roll_up_unscheduled()
+
+acme_ok = CallLog.objects.filter(tenant=tenant, customer_id="acme", status="ok")
+counter = BudgetCounter.objects.get(budget=budget)
+logged = CallLog.objects.aggregate(total=Sum("cost_usd"))["total"]
+print(json.dumps({
+    **outcomes,
+    "ok_rows": CallLog.objects.filter(status="ok").count(),
+    "blocked_rows": CallLog.objects.filter(status="blocked").count(),
+    "acme_cost": str(acme_ok.aggregate(total=Sum("cost_usd"))["total"]),
+    "acme_settled": str(counter.settled_usd),
+    "held": counter.holds.filter(amount_usd__gt=0).count(),
+    "logged_cost": str(logged),
+    "daily_cost": str(DailyUsage.objects.aggregate(total=Sum("cost_usd"))["total"]),
+    "daily_requests": DailyUsage.objects.aggregate(total=Sum("request_count"))["total"],
+    "rows": CallLog.objects.count(),
+}))
+"""
+
+
+def test_embedded_database_serves_concurrent_calls_and_roll_ups(tmp_path):
+    # `make run`: SQLite in a file, calls on many threads (runserver's), the
+    # usage readers rolling call logs up meanwhile, and a blocking budget.
+    result = _run(
+        ["-c", EMBEDDED_CONCURRENT_CALLS],
+        settings_module="config.settings.development",
+        env={"DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}", "LOG_LEVEL": "CRITICAL"},
+    )
+
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout.strip().splitlines()[-1])
+    # every call answered or was refused by the budget: none failed on the database
+    assert shown["failed"] == []
+    assert shown["ok"] + shown["refused"] == 160
+    assert shown["refused"] > 0
+    # every answered call has its row, every refusal its blocked row
+    assert shown["ok_rows"] == shown["ok"]
+    assert shown["blocked_rows"] >= shown["refused"]
+    # the budget's counter holds exactly what its answered calls cost, within its limit
+    assert shown["held"] == 0
+    assert Decimal(shown["acme_settled"]) == Decimal(shown["acme_cost"])
+    assert Decimal(shown["acme_settled"]) <= Decimal("0.0050")
+    # and DailyUsage is the call logs' sum
+    assert shown["daily_requests"] == shown["rows"]
+    assert Decimal(shown["daily_cost"]) == Decimal(shown["logged_cost"])
 
 
 # --- read from the environment ---------------------------------------------------------------

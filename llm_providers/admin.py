@@ -536,6 +536,21 @@ class ModelPriceAdmin(TenantScopedAdmin):
     search_fields = ("model",)
     list_select_related = ("tenant",)
 
+    def undeletable_selection_message(self, request, undeletable) -> str:
+        # The base selection leaves global prices out: only superusers delete them.
+        global_count = undeletable.filter(tenant__isnull=True).count()
+        parts = []
+        if global_count:
+            parts.append(
+                f"{global_count} global price{pluralize(global_count)} (all tenants) "
+                f"{pluralize(global_count, 'was,were')} not selected for deletion: only a "
+                "superuser deletes global prices."
+            )
+        viewed = undeletable.filter(tenant__isnull=False)
+        if viewed.exists():
+            parts.append(super().undeletable_selection_message(request, viewed))
+        return " ".join(parts)
+
     @admin.display(description="Applies to", ordering="tenant__name")
     def scope(self, obj):
         return obj.tenant.name if obj.tenant_id else "all tenants"

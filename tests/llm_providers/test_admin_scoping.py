@@ -604,6 +604,31 @@ def test_new_price_form_starts_from_today_in_utc(client, tenant_admin, settings)
     assert 'name="effective_from" value="2026-03-10"' in response.content.decode()
 
 
+def test_price_form_list_and_filter_name_the_unit_and_the_global_prices(
+    client, tenant_admin, tenant
+):
+    # given a global price and one of the tenant's
+    shared = ModelPriceFactory(model="shared-model")
+    ModelPriceFactory(tenant=tenant, model="own-model")
+    client.force_login(tenant_admin)
+
+    # when the add form, the list and the global price's read-only page are opened
+    form = client.get(_url("modelprice_add")).content.decode()
+    listed = client.get(_url("modelprice_changelist")).content.decode()
+    shown = client.get(_url("modelprice_change", shared.pk)).content.decode()
+
+    # then prices are per million tokens in dollars, and "no tenant" reads as what it means
+    for label in ("Input", "Output", "Cache read", "Cache write"):
+        assert f">{label} (USD per 1M tokens):</label>" in form
+        assert f'">{label} (USD per 1M tokens)</a></div>' in listed
+        assert f"<label>{label} (USD per 1M tokens):</label>" in shown
+    assert '<div class="readonly">1.000000</div>' in shown
+    assert all("per mtok" not in html.lower() for html in (form, listed, shown))
+    tenant_filter = re.search(r"By tenant.*?</details>", listed, re.S).group(0)
+    choices = re.findall(r'<a href="[^"]*">([^<]*)</a>', tenant_filter)
+    assert choices == ["All", "Acme", "all tenants (global prices)"]
+
+
 def test_deleting_selected_prices_with_global_ones_deletes_the_tenants_and_says_so(
     client, tenant_admin, tenant
 ):

@@ -518,6 +518,38 @@ class ProviderConfigAdmin(TenantScopedAdmin):
 # --- prices ---------------------------------------------------------------------
 
 
+# A price's fields, named on the admin's pages by their unit rather than by
+# the field's name ("Input per mtok"), and the list's columns showing them.
+_PRICE_LABELS = {
+    "input_per_mtok": "Input (USD per 1M tokens)",
+    "output_per_mtok": "Output (USD per 1M tokens)",
+    "cache_read_per_mtok": "Cache read (USD per 1M tokens)",
+    "cache_write_per_mtok": "Cache write (USD per 1M tokens)",
+}
+_PRICE_COLUMNS = {
+    "input_per_mtok": "input_price",
+    "output_per_mtok": "output_price",
+    "cache_read_per_mtok": "cache_read_price",
+    "cache_write_per_mtok": "cache_write_price",
+}
+
+
+def _price_column(field_name: str):
+    @admin.display(description=_PRICE_LABELS[field_name], ordering=field_name)
+    def column(self, obj):
+        return getattr(obj, field_name)
+
+    return column
+
+
+class _PriceTenantFilter(admin.RelatedOnlyFieldListFilter):
+    """The tenants' prices, and the global ones, named as the list's "Applies to" names them."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.empty_value_display = "all tenants (global prices)"
+
+
 @admin.register(ModelPrice)
 class ModelPriceAdmin(TenantScopedAdmin):
     """Price overrides. Global rows (no tenant) are read-only except to superusers."""
@@ -526,15 +558,46 @@ class ModelPriceAdmin(TenantScopedAdmin):
         "provider_type",
         "model",
         "scope",
-        "input_per_mtok",
-        "output_per_mtok",
-        "cache_read_per_mtok",
-        "cache_write_per_mtok",
+        *_PRICE_COLUMNS.values(),
         "effective_from",
     )
-    list_filter = ("provider_type", ("tenant", admin.RelatedOnlyFieldListFilter))
+    list_filter = ("provider_type", ("tenant", _PriceTenantFilter))
     search_fields = ("model",)
     list_select_related = ("tenant",)
+
+    input_price = _price_column("input_per_mtok")
+    output_price = _price_column("output_per_mtok")
+    cache_read_price = _price_column("cache_read_per_mtok")
+    cache_write_price = _price_column("cache_write_per_mtok")
+
+    def formfield_for_dbfield(self, db_field, request, **kwargs):
+        formfield = super().formfield_for_dbfield(db_field, request, **kwargs)
+        if formfield is not None and db_field.name in _PRICE_LABELS:
+            formfield.label = _PRICE_LABELS[db_field.name]
+        return formfield
+
+    def get_fields(self, request, obj=None):
+        fields = super().get_fields(request, obj)
+        if obj is None or self.has_change_permission(request, obj):
+            return fields
+        # A page that only shows the price (a global one, to a tenant admin)
+        # labels it as the form does.
+        return [_PRICE_COLUMNS.get(f, f) for f in fields]
+
+    def undeletable_selection_message(self, request, undeletable) -> str:
+        # The base selection leaves global prices out: only superusers delete them.
+        global_count = undeletable.filter(tenant__isnull=True).count()
+        parts = []
+        if global_count:
+            parts.append(
+                f"{global_count} global price{pluralize(global_count)} (all tenants) "
+                f"{pluralize(global_count, 'was,were')} not selected for deletion: only a "
+                "superuser deletes global prices."
+            )
+        viewed = undeletable.filter(tenant__isnull=False)
+        if viewed.exists():
+            parts.append(super().undeletable_selection_message(request, viewed))
+        return " ".join(parts)
 
     @admin.display(description="Applies to", ordering="tenant__name")
     def scope(self, obj):

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
+from django.contrib.admin.actions import delete_selected
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.template.defaultfilters import pluralize
 
 from .models import Tenant, TenantMembership
 from .selectors import tenant_ids_for_user
@@ -146,6 +148,29 @@ class TenantScopedAdmin(NulSafeAdmin):
             return None
         return super().response_action(request, queryset)
 
+    # --- deleting a selection ------------------------------------------------
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        if "delete_selected" in actions:
+            _, name, description = actions["delete_selected"]
+            actions["delete_selected"] = (_delete_selected_administered, name, description)
+        return actions
+
+    def deletable_selection(self, request, queryset):
+        """The selected objects the user may delete: those of tenants they administer."""
+        if request.user.is_superuser:
+            return queryset
+        return queryset.filter(**{f"{self.tenant_path}__in": self._admin_tenant_ids(request)})
+
+    def undeletable_selection_message(self, request, undeletable) -> str:
+        count = undeletable.count()
+        name = self.opts.verbose_name if count == 1 else self.opts.verbose_name_plural
+        return (
+            f"{count} {name} of tenants you only view {pluralize(count, 'was,were')} not "
+            "selected for deletion."
+        )
+
     # --- form choices ----------------------------------------------------------
 
     def formfield_for_foreignkey(self, db_field, request, **kwargs):
@@ -175,6 +200,30 @@ class TenantScopedAdmin(NulSafeAdmin):
         tenant_id = self.tenant_id_of(obj)
         if tenant_id is None or tenant_id not in self._admin_tenant_ids(request):
             raise PermissionDenied("You do not administer this tenant.")
+
+
+def _delete_selected_administered(modeladmin, request, queryset):
+    """Django's "Delete selected" on the selected objects the user may delete.
+
+    Django's own action refuses the whole selection when one object may not
+    be deleted, saying the selection "would result in deleting related
+    objects": the confirmation page offers the others instead and says which
+    were left out and why. A confirmed deletion (a POST naming objects the
+    page never offered) is still refused as a whole.
+    """
+    if request.POST.get("post"):
+        return delete_selected(modeladmin, request, queryset)
+    deletable = modeladmin.deletable_selection(request, queryset)
+    undeletable = queryset.exclude(pk__in=deletable.values("pk"))
+    if undeletable.exists():
+        modeladmin.message_user(
+            request,
+            modeladmin.undeletable_selection_message(request, undeletable),
+            messages.WARNING,
+        )
+        if not deletable.exists():
+            return None
+    return delete_selected(modeladmin, request, deletable)
 
 
 class TenantScopedInline(admin.TabularInline):

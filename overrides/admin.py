@@ -3,6 +3,7 @@
 from django import forms
 from django.contrib import admin
 from django.core.exceptions import ValidationError
+from django.forms.models import BaseInlineFormSet
 
 from llm_providers.admin_scoping import TenantScopedAdmin, TenantScopedInline
 
@@ -61,9 +62,21 @@ class RoutingFallbackAdminForm(forms.ModelForm):
             self._update_errors(exc)
 
 
+class RoutingFallbackFormSet(BaseInlineFormSet):
+    def get_unique_error_message(self, unique_check):
+        # Django's own names the fields ("provider_config and model").
+        if set(unique_check) - {self.fk.name} == {"provider_config", "model"}:
+            return (
+                "A provider config and model may be a fallback of this override once only: "
+                "remove or change the repeated row."
+            )
+        return super().get_unique_error_message(unique_check)
+
+
 class RoutingFallbackInline(TenantScopedInline):
     model = RoutingFallback
     form = RoutingFallbackAdminForm
+    formset = RoutingFallbackFormSet
     extra = 0
     fields = ("position", "provider_config", "model")
     ordering = ("position", "id")

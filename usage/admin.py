@@ -218,8 +218,18 @@ class _ReadOnlyLargeTableAdmin(TenantScopedAdmin):
     # that picks the page.
     list_select_related = ()
 
+    # A page shows these in place of the stored fields: money in dollars,
+    # every stored decimal kept, as on the budget page ($0.0001875, not
+    # 0.000187500000 under "Cost usd").
+    shown_instead = {"cost_usd": "cost_exact"}
+
     def get_changelist(self, request, **kwargs):
         return _LargeTableChangeList
+
+    def get_fields(self, request, obj=None):
+        fields = super().get_fields(request, obj)
+        replacements = set(self.shown_instead.values())
+        return [self.shown_instead.get(f, f) for f in fields if f not in replacements]
 
     def get_queryset(self, request):
         return (
@@ -268,6 +278,7 @@ class DailyUsageAdmin(_ReadOnlyLargeTableAdmin):
         CustomerFilter,
     )
     ordering = ("-day", "-cost_usd")
+    readonly_fields = ("cost_exact",)
     # Not by tenant or provider: that joins every row to sort by a name.
     sortable_by = tuple(f for f in list_display if f not in ("tenant", "provider"))
 
@@ -303,6 +314,12 @@ class DailyUsageAdmin(_ReadOnlyLargeTableAdmin):
             return usd_format(None)
         return usd_format(obj.cost_usd)
 
+    @admin.display(description="Cost (USD)")
+    def cost_exact(self, obj):
+        if obj.unpriced_count and not obj.cost_usd:
+            return usd_format_exact(None)
+        return usd_format_exact(obj.cost_usd)
+
 
 @admin.register(CallLog)
 class CallLogAdmin(_ReadOnlyLargeTableAdmin):
@@ -333,7 +350,7 @@ class CallLogAdmin(_ReadOnlyLargeTableAdmin):
     search_fields = ("request_id",)
     search_help_text = "Search by request id (a UUID)."
     exclude = ("prompt_preview", "created_at")
-    readonly_fields = ("created_at_utc",)
+    readonly_fields = ("created_at_utc", "cost_exact")
 
     def get_fields(self, request, obj=None):
         fields = super().get_fields(request, obj)
@@ -372,6 +389,12 @@ class CallLogAdmin(_ReadOnlyLargeTableAdmin):
         if obj.cost_usd is None and obj.price_source != CallLog.PriceSource.UNKNOWN:
             return "—"
         return usd_format(obj.cost_usd)
+
+    @admin.display(description="Cost (USD)")
+    def cost_exact(self, obj):
+        if obj.cost_usd is None and obj.price_source != CallLog.PriceSource.UNKNOWN:
+            return "—"
+        return usd_format_exact(obj.cost_usd)
 
 
 # --- budgets -------------------------------------------------------------------
@@ -602,9 +625,9 @@ class CostAlertAdmin(TenantScopedAdmin):
         "budget",
         "provider_config",
         "period_key",
-        "percent",
-        "spend_usd",
-        "limit_usd",
+        "percent_display",
+        "spend_display",
+        "limit_display",
         "message",
         "created_at_utc",
     )
@@ -638,6 +661,19 @@ class CostAlertAdmin(TenantScopedAdmin):
     @admin.display(description="time (UTC)", ordering="created_at")
     def created_at_utc(self, obj):
         return utc_display(obj.created_at)
+
+    # As the budget page writes them, not as stored (0.002261500000, 0.0001).
+    @admin.display(description="Percent")
+    def percent_display(self, obj):
+        return "—" if obj.kind == CostAlert.Kind.UNPRICED else f"{obj.percent}%"
+
+    @admin.display(description="Spend (USD)")
+    def spend_display(self, obj):
+        return "—" if obj.spend_usd is None else usd_format_exact(obj.spend_usd)
+
+    @admin.display(description="Limit (USD)")
+    def limit_display(self, obj):
+        return "—" if obj.limit_usd is None else usd_format_exact(obj.limit_usd)
 
     @admin.display(description="deliveries")
     def deliveries_state(self, obj):

@@ -17,6 +17,7 @@ from llm_providers.encryption import GuardedEncryptedTextField, UnreadableSecret
 from llm_providers.models import ProviderConfig, Tenant
 from llm_providers.provider_types import ProviderType
 
+from .money import usd_format_exact
 from .webhooks import webhook_url_validate
 
 
@@ -213,7 +214,8 @@ class DailyUsage(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.day} {self.model or '-'} {self.service_name or '-'}: ${self.cost_usd}"
+        cost = usd_format_exact(self.cost_usd)
+        return f"{self.day} {self.model or '-'} {self.service_name or '-'}: {cost}"
 
     @property
     def average_latency_ms(self) -> int:

@@ -190,6 +190,30 @@ def test_bulk_delete_with_a_referenced_config_of_a_viewed_tenant_changes_nothing
     assert ProviderConfig.objects.filter(pk=theirs.pk, is_active=True).exists()
 
 
+def test_bulk_delete_confirmation_offers_only_the_administered_tenants_objects(
+    client, tenant, other_tenant, mine, theirs
+):
+    # given a user who administers `tenant` but only views `other_tenant`
+    user = UserFactory(username="mixed")
+    TenantMembershipFactory(user=user, tenant=tenant, role="admin")
+    TenantMembershipFactory(user=user, tenant=other_tenant, role="viewer")
+    client.force_login(user)
+
+    # when a config of each is selected for deletion
+    response = client.post(
+        _url("providerconfig_changelist"),
+        {"action": "delete_selected", "_selected_action": [str(mine.pk), str(theirs.pk)]},
+    )
+
+    # then the confirmation page offers the administered one and says why the other is left
+    page = response.content.decode()
+    assert response.status_code == 200
+    assert "permission to delete the following types" not in page
+    assert "1 provider config of tenants you only view was not selected for deletion." in page
+    assert re.findall(r'name="_selected_action" value="([^"]+)"', page) == [str(mine.pk)]
+    assert ProviderConfig.objects.filter(pk__in=[mine.pk, theirs.pk]).count() == 2
+
+
 def test_connection_action_skips_viewed_tenant(client, tenant, other_tenant, theirs):
     user = UserFactory(username="mixed")
     TenantMembershipFactory(user=user, tenant=tenant, role="admin")
@@ -578,6 +602,76 @@ def test_new_price_form_starts_from_today_in_utc(client, tenant_admin, settings)
 
     assert response.context["adminform"].form.initial["effective_from"] == date(2026, 3, 10)
     assert 'name="effective_from" value="2026-03-10"' in response.content.decode()
+
+
+def test_price_form_list_and_filter_name_the_unit_and_the_global_prices(
+    client, tenant_admin, tenant
+):
+    # given a global price and one of the tenant's
+    shared = ModelPriceFactory(model="shared-model")
+    ModelPriceFactory(tenant=tenant, model="own-model")
+    client.force_login(tenant_admin)
+
+    # when the add form, the list and the global price's read-only page are opened
+    form = client.get(_url("modelprice_add")).content.decode()
+    listed = client.get(_url("modelprice_changelist")).content.decode()
+    shown = client.get(_url("modelprice_change", shared.pk)).content.decode()
+
+    # then prices are per million tokens in dollars, and "no tenant" reads as what it means
+    for label in ("Input", "Output", "Cache read", "Cache write"):
+        assert f">{label} (USD per 1M tokens):</label>" in form
+        assert f'">{label} (USD per 1M tokens)</a></div>' in listed
+        assert f"<label>{label} (USD per 1M tokens):</label>" in shown
+    assert '<div class="readonly">1.000000</div>' in shown
+    assert all("per mtok" not in html.lower() for html in (form, listed, shown))
+    tenant_filter = re.search(r"By tenant.*?</details>", listed, re.S).group(0)
+    choices = re.findall(r'<a href="[^"]*">([^<]*)</a>', tenant_filter)
+    assert choices == ["All", "Acme", "all tenants (global prices)"]
+
+
+def test_deleting_selected_prices_with_global_ones_deletes_the_tenants_and_says_so(
+    client, tenant_admin, tenant
+):
+    # given a global price and one of the tenant's, both selected in the list
+    shared = ModelPriceFactory(model="shared-model")
+    own = ModelPriceFactory(tenant=tenant, model="own-model")
+    client.force_login(tenant_admin)
+    selected = {"action": "delete_selected", "_selected_action": [shared.pk, own.pk]}
+
+    # when "Delete selected model prices" is chosen, then confirmed
+    asked = client.post(_url("modelprice_changelist"), selected)
+    confirmed = client.post(
+        _url("modelprice_changelist"),
+        {"action": "delete_selected", "_selected_action": [own.pk], "post": "yes"},
+    )
+
+    # then the confirmation offers the tenant's price and says why the global one stays
+    page = asked.content.decode()
+    assert asked.status_code == 200
+    assert "permission to delete the following types" not in page
+    assert "1 global price (all tenants) was not selected for deletion: only a superuser " in (page)
+    assert re.findall(r'name="_selected_action" value="(\d+)"', page) == [str(own.pk)]
+    assert confirmed.status_code == 302
+    assert list(ModelPrice.objects.values_list("pk", flat=True)) == [shared.pk]
+
+
+def test_deleting_only_global_prices_deletes_nothing_and_says_why(client, tenant_admin):
+    shared = ModelPriceFactory(model="shared-model")
+    client.force_login(tenant_admin)
+
+    response = client.post(
+        _url("modelprice_changelist"),
+        {"action": "delete_selected", "_selected_action": [shared.pk]},
+        follow=True,
+    )
+
+    assert response.status_code == 200
+    messages = [str(m) for m in response.context["messages"]]
+    assert messages == [
+        "1 global price (all tenants) was not selected for deletion: only a superuser "
+        "deletes global prices."
+    ]
+    assert ModelPrice.objects.filter(pk=shared.pk).exists()
 
 
 def test_other_tenants_prices_hidden(client, tenant_admin, other_tenant):

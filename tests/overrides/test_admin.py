@@ -368,3 +368,22 @@ def test_add_racing_an_open_write_of_the_same_scope_is_a_form_error():
         responses[0].text
     )
     assert RoutingOverride.objects.filter(tenant=tenant).count() == 1
+
+
+def test_the_same_fallback_twice_on_one_page_is_named_in_words(tenant, admin_client_for):
+    # given an override whose two fallback rows name the same provider config and model
+    target = ProviderConfigFactory(tenant=tenant, name="primary")
+    backup = ProviderConfigFactory(tenant=tenant, name="backup")
+    client = admin_client_for(tenant)
+
+    # when it is saved
+    response = client.post(ADD_URL, _form(tenant, target, fallbacks=[backup, backup]))
+
+    # then the error says what repeats in the page's words, not in field names
+    assert response.status_code == 200
+    errors = response.context["inline_admin_formsets"][0].formset.non_form_errors()
+    assert errors == [
+        "A provider config and model may be a fallback of this override once only: "
+        "remove or change the repeated row."
+    ]
+    assert not RoutingOverride.objects.exists()

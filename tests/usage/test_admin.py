@@ -1615,3 +1615,84 @@ def test_daily_usage_list_does_not_sort_by_tenant(client):
 
     pages = [q for q in sql if q.startswith('SELECT "usage_dailyusage"."id", ')]
     assert pages and not [q for q in pages if "llm_providers_tenant" in q]
+
+
+def _readonly_values(html: str) -> dict[str, str]:
+    """A read-only page's fields: label → the text shown beside it."""
+    return {
+        label: re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", value)).strip()
+        for label, value in re.findall(
+            r"<label>([^<]*):</label>\s*<div class=\"readonly\">(.*?)</div>", html, re.S
+        )
+    }
+
+
+@pytest.mark.django_db
+def test_call_log_and_daily_usage_pages_write_costs_in_dollars_not_as_stored(client):
+    # given a priced call, an unpriced one and the day that sums them
+    tenant = TenantFactory()
+    priced = CallLogFactory(tenant=tenant, cost_usd=Decimal("0.000187500000"))
+    unpriced = CallLogFactory(
+        tenant=tenant,
+        model_requested="mystery-7b",
+        cost_usd=None,
+        price_source=CallLog.PriceSource.UNKNOWN,
+    )
+    day = DailyUsageFactory(tenant=tenant, cost_usd=Decimal("0.002250000000"))
+    client.force_login(_member(tenant, role=TenantMembership.Role.VIEWER))
+
+    # when their pages are opened
+    def page(name, pk):
+        return client.get(reverse(f"admin:usage_{name}_change", args=[pk])).content.decode()
+
+    priced_page = page("calllog", priced.pk)
+    unpriced_page = page("calllog", unpriced.pk)
+    day_page = page("dailyusage", day.pk)
+
+    # then each cost reads in dollars, every stored decimal kept, under a named unit
+    assert _readonly_values(priced_page)["Cost (USD)"] == "$0.0001875"
+    assert _readonly_values(unpriced_page)["Cost (USD)"] == "unpriced"
+    assert _readonly_values(day_page)["Cost (USD)"] == "$0.00225"
+    for html in (priced_page, unpriced_page, day_page):
+        assert "Cost usd" not in html
+    assert "0.000187500000" not in priced_page
+    assert "0.002250000000" not in day_page  # the title too
+
+
+@pytest.mark.django_db
+def test_cost_alert_page_writes_spend_limit_and_percent_as_the_budget_page_does(client):
+    # given a budget alert at 100 % of a $0.0001 limit, and an unpriced-usage alert
+    tenant = TenantFactory()
+    alert = CostAlertFactory(
+        tenant=tenant,
+        percent=100,
+        spend_usd=Decimal("0.002261500000"),
+        limit_usd=Decimal("0.0001"),
+    )
+    unpriced = CostAlertFactory(
+        tenant=tenant,
+        kind=CostAlert.Kind.UNPRICED,
+        budget=None,
+        subject_key="-/fake/mystery-7b",
+        percent=0,
+        spend_usd=None,
+        limit_usd=None,
+    )
+    client.force_login(_member(tenant))
+
+    # when
+    shown = _readonly_values(
+        client.get(reverse("admin:usage_costalert_change", args=[alert.pk])).content.decode()
+    )
+    unpriced_shown = _readonly_values(
+        client.get(reverse("admin:usage_costalert_change", args=[unpriced.pk])).content.decode()
+    )
+
+    # then
+    assert shown["Spend (USD)"] == "$0.0022615"
+    assert shown["Limit (USD)"] == "$0.0001"
+    assert shown["Percent"] == "100%"
+    assert "Spend usd" not in shown and "Limit usd" not in shown
+    assert unpriced_shown["Spend (USD)"] == "—"
+    assert unpriced_shown["Limit (USD)"] == "—"
+    assert unpriced_shown["Percent"] == "—"

@@ -32,6 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import NoReturn
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -463,6 +464,18 @@ class _BudgetHold:
             logger.warning("%s failed: %s", label, exc)
 
 
+def _blocked(call: _Call, target: RouteTarget, refusal: ApplicationError) -> NoReturn:
+    """Log a refusal before any provider call (budget, rate limit) as blocked; move on."""
+    call.log(
+        target,
+        status=Status.BLOCKED,
+        created_at=timezone.now(),
+        error_code=refusal.code,
+        error_message=refusal.message,
+    )
+    raise _MoveOn(refusal) from refusal
+
+
 @contextmanager
 def _budget_held(call: _Call, target: RouteTarget, max_output_tokens: int):
     """Reserve the call's worst-case cost on the target's budgets; a refusal is
@@ -484,14 +497,7 @@ def _budget_held(call: _Call, target: RouteTarget, max_output_tokens: int):
             version=call.version,
         )
     except (BudgetExceeded, BudgetUnavailable) as exc:
-        call.log(
-            target,
-            status=Status.BLOCKED,
-            created_at=timezone.now(),
-            error_code=exc.code,
-            error_message=exc.message,
-        )
-        raise _MoveOn(exc) from exc
+        _blocked(call, target, exc)
     hold = _BudgetHold(reservation)
     try:
         yield hold
@@ -516,14 +522,7 @@ def _admit(call: _Call, target: RouteTarget, max_output_tokens: int) -> TokensCo
             tokens=tokens,
         )
     except RateLimited as exc:
-        call.log(
-            target,
-            status=Status.BLOCKED,
-            created_at=timezone.now(),
-            error_code=exc.code,
-            error_message=exc.message,
-        )
-        raise _MoveOn(exc) from exc
+        _blocked(call, target, exc)
 
 
 def _admit_attempt(

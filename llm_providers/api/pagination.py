@@ -12,6 +12,8 @@ from django.utils.dateparse import parse_datetime
 from rest_framework import pagination
 from rest_framework.exceptions import NotFound, ValidationError
 
+from .serializers import integer_text_is_plain
+
 # 200 per page: enough for a dashboard, small enough to answer fast.
 MAX_PAGE_SIZE = 200
 # A cursor position is "<created_at>|<id>"; cursors given out before ids were
@@ -27,10 +29,7 @@ def _page_size(paginator, request) -> int:
     asked = request.query_params.get(paginator.page_size_query_param)
     if asked is None:
         return paginator.page_size
-    try:
-        size = int(asked)
-    except ValueError:
-        size = 0
+    size = int(asked) if integer_text_is_plain(asked) else 0
     if size < 1:
         raise ValidationError(
             {
@@ -50,6 +49,14 @@ class PageNumberPagination(pagination.PageNumberPagination):
 
     def get_page_size(self, request):
         return _page_size(self, request)
+
+    def get_page_number(self, request, paginator):
+        """The page asked for: digits or "last"; other text int() would read is no page."""
+        number = super().get_page_number(request, paginator)
+        if isinstance(number, str) and not integer_text_is_plain(number):
+            message = paginator.error_messages["invalid_page"]
+            raise NotFound(self.invalid_page_message.format(page_number=number, message=message))
+        return number
 
 
 def _position_parse(position: str) -> tuple[datetime, int | None] | None:

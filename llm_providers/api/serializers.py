@@ -7,6 +7,7 @@ validate types and shapes; the services validate the configuration itself.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 from drf_spectacular.utils import extend_schema_field
@@ -38,6 +39,47 @@ from .health import STATUS_ERROR, STATUS_NOT_CONFIGURED, STATUS_OK
 
 # PostgreSQL's integer column.
 MAX_INTEGER = 2_147_483_647
+
+_PLAIN_INTEGER = re.compile(r"-?[0-9]+")
+
+
+def integer_text_is_plain(text: str) -> bool:
+    """Whether text is an integer as the API takes one: ASCII digits, a minus sign
+    before them at most. int() also takes "1_000", "+50", " 50" and digits of other
+    scripts."""
+    return _PLAIN_INTEGER.fullmatch(text) is not None
+
+
+class PlainIntegerField(serializers.IntegerField):
+    """An integer; one sent as a string is plain digits (see integer_text_is_plain).
+
+    A negative one is an integer: the field's min_value refuses it, naming the bound.
+    """
+
+    def to_internal_value(self, data):
+        if isinstance(data, str) and not integer_text_is_plain(data):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class PlainBigIntegerField(PlainIntegerField, serializers.BigIntegerField):
+    """A big integer; one sent as a string is plain digits."""
+
+
+_PLAIN_INTEGER_FIELDS = {
+    serializers.IntegerField: PlainIntegerField,
+    serializers.BigIntegerField: PlainBigIntegerField,
+}
+
+
+# The base of the API's model serializers: model integer fields become plain
+# integer fields, as declared ones are. A comment, not a docstring, for the
+# reason given at KnownFieldsOnly.
+class ModelSerializer(serializers.ModelSerializer):
+    serializer_field_mapping = {
+        model_field: _PLAIN_INTEGER_FIELDS.get(field, field)
+        for model_field, field in serializers.ModelSerializer.serializer_field_mapping.items()
+    }
 
 
 # Input with a field the serializer does not have is refused, not ignored: a
@@ -101,13 +143,9 @@ class ProviderConfigSerializer(KnownFieldsOnly, serializers.Serializer):
     default_model = serializers.CharField(max_length=200, allow_blank=True, default="")
     is_active = serializers.BooleanField(default=True)
     is_default = serializers.BooleanField(default=False)
-    priority = serializers.IntegerField(min_value=0, max_value=MAX_INTEGER, default=100)
-    rpm_limit = serializers.IntegerField(
-        min_value=1, max_value=MAX_INTEGER, allow_null=True, default=None
-    )
-    tpm_limit = serializers.IntegerField(
-        min_value=1, max_value=MAX_INTEGER, allow_null=True, default=None
-    )
+    priority = PlainIntegerField(min_value=0, max_value=MAX_INTEGER, default=100)
+    rpm_limit = PlainIntegerField(min_value=1, max_value=MAX_INTEGER, allow_null=True, default=None)
+    tpm_limit = PlainIntegerField(min_value=1, max_value=MAX_INTEGER, allow_null=True, default=None)
 
     key_mask = serializers.CharField(read_only=True, help_text="The key as shown: `sk-…abcd`.")
     has_key = serializers.BooleanField(read_only=True)
@@ -115,7 +153,7 @@ class ProviderConfigSerializer(KnownFieldsOnly, serializers.Serializer):
         choices=ProviderConfig.TestStatus.choices, read_only=True
     )
     last_tested_at = serializers.DateTimeField(read_only=True, allow_null=True)
-    last_test_latency_ms = serializers.IntegerField(read_only=True, allow_null=True)
+    last_test_latency_ms = PlainIntegerField(read_only=True, allow_null=True)
     last_test_error = serializers.CharField(read_only=True)
     created_at = serializers.DateTimeField(read_only=True)
     updated_at = serializers.DateTimeField(read_only=True)
@@ -140,14 +178,14 @@ class ProviderConfigSummarySerializer(serializers.Serializer):
 
 class ConnectionCheckSerializer(serializers.Serializer):
     ok = serializers.BooleanField()
-    latency_ms = serializers.IntegerField()
+    latency_ms = PlainIntegerField()
     models = serializers.ListField(child=serializers.CharField())
     error = serializers.CharField(
         allow_blank=True, help_text="Empty when ok; the provider's answer, secrets removed."
     )
 
 
-class ServiceKeySerializer(KnownFieldsOnly, serializers.ModelSerializer):
+class ServiceKeySerializer(KnownFieldsOnly, ModelSerializer):
     """A key with which a program acts for the tenant; only its prefix is ever shown."""
 
     has_expired = serializers.BooleanField(read_only=True)
@@ -179,7 +217,7 @@ class ServiceKeyCreatedSerializer(ServiceKeySerializer):
 
 class ComponentHealthSerializer(serializers.Serializer):
     status = serializers.ChoiceField(choices=[STATUS_OK, STATUS_ERROR, STATUS_NOT_CONFIGURED])
-    latency_ms = serializers.IntegerField(allow_null=True)
+    latency_ms = PlainIntegerField(allow_null=True)
     error = serializers.CharField(allow_blank=True, help_text="The failure's kind, when down.")
 
 
@@ -463,7 +501,7 @@ class CompletionRequestSerializer(_RoutingFieldsSerializer):
         help_text="Empty: the model of the route. Given: replaces the primary target's model "
         "(it must be allowed on that provider config).",
     )
-    max_tokens = serializers.IntegerField(
+    max_tokens = PlainIntegerField(
         min_value=1, max_value=MAX_TOKENS_LIMIT, required=False, allow_null=True
     )
     temperature = serializers.FloatField(min_value=0, max_value=2, required=False, allow_null=True)
@@ -503,11 +541,11 @@ class EmbeddingRequestSerializer(_RoutingFieldsSerializer):
 
 
 class TokenUsageSerializer(serializers.Serializer):
-    input_tokens = serializers.IntegerField(help_text="The whole prompt, cached parts included.")
-    output_tokens = serializers.IntegerField(help_text="Everything generated, reasoning included.")
-    cache_read_tokens = serializers.IntegerField()
-    cache_write_tokens = serializers.IntegerField()
-    reasoning_tokens = serializers.IntegerField()
+    input_tokens = PlainIntegerField(help_text="The whole prompt, cached parts included.")
+    output_tokens = PlainIntegerField(help_text="Everything generated, reasoning included.")
+    cache_read_tokens = PlainIntegerField()
+    cache_write_tokens = PlainIntegerField()
+    reasoning_tokens = PlainIntegerField()
 
 
 class ToolCallSerializer(serializers.Serializer):
@@ -531,10 +569,8 @@ class _CallResultSerializer(serializers.Serializer):
     provider_config = serializers.UUIDField(source="provider_config_id")
     provider_type = serializers.ChoiceField(choices=ProviderType.choices)
     model = serializers.CharField(help_text="The model that answered.")
-    latency_ms = serializers.IntegerField()
-    attempts = serializers.IntegerField(
-        help_text="Provider attempts, retries and fallbacks included."
-    )
+    latency_ms = PlainIntegerField()
+    attempts = PlainIntegerField(help_text="Provider attempts, retries and fallbacks included.")
 
 
 class CompletionDoneSerializer(_CallResultSerializer):

@@ -10,6 +10,7 @@ from rest_framework import serializers
 
 from llm_providers.api.serializers import (
     KnownFieldsOnly,
+    PlainIntegerField,
     ProviderConfigSummarySerializer,
     TenantProviderConfigField,
 )
@@ -35,7 +36,7 @@ class RoutingFallbackSerializer(KnownFieldsOnly, serializers.Serializer):
 class RoutingOverrideSerializer(KnownFieldsOnly, serializers.Serializer):
     """Routes a customer's and/or a service's calls to a provider config and model."""
 
-    id = serializers.IntegerField(read_only=True)
+    id = PlainIntegerField(read_only=True)
     customer_id = serializers.CharField(
         max_length=200, allow_blank=True, default="", help_text="Empty matches any customer."
     )
@@ -91,7 +92,7 @@ class RouteSerializer(serializers.Serializer):
         choices=["customer_service", "customer", "service", "default"],
         help_text="The rule that matched: an override's scope, or the tenant default.",
     )
-    override_id = serializers.IntegerField(allow_null=True)
+    override_id = PlainIntegerField(allow_null=True)
     provider_config = ProviderConfigSummarySerializer(source="primary.provider_config")
     model = serializers.CharField(source="primary.model")
     fallbacks = RouteTargetSerializer(many=True)

@@ -13,6 +13,8 @@ from rest_framework import serializers
 
 from llm_providers.api.serializers import (
     KnownFieldsOnly,
+    ModelSerializer,
+    PlainIntegerField,
     ProviderConfigSummarySerializer,
     TenantProviderConfigField,
 )
@@ -22,20 +24,7 @@ from usage.models import AlertDelivery, Budget, CallLog, CostAlert, email_list_p
 DEFAULT_ALERT_PERCENTAGES = (50, 80, 100)
 
 
-class PlainIntegerField(serializers.IntegerField):
-    """An integer; one sent as a string is plain digits, as the admin takes it.
-
-    DRF reads a string with int(), which also takes "1_000", "+50", " 50" and
-    digits of other scripts.
-    """
-
-    def to_internal_value(self, data):
-        if isinstance(data, str) and not (data.isascii() and data.isdigit()):
-            self.fail("invalid")
-        return super().to_internal_value(data)
-
-
-class CallLogSerializer(serializers.ModelSerializer):
+class CallLogSerializer(ModelSerializer):
     provider_config = serializers.UUIDField(
         source="provider_config_id",
         read_only=True,
@@ -139,7 +128,7 @@ class UsageWindowSerializer(serializers.Serializer):
     tenant's time zone.
     """
 
-    days = serializers.IntegerField(
+    days = PlainIntegerField(
         min_value=1,
         max_value=MAX_DAYS,
         required=False,
@@ -181,7 +170,7 @@ class UsageWindowSerializer(serializers.Serializer):
 
 
 class UsageGroupLimitSerializer(UsageWindowSerializer):
-    limit = serializers.IntegerField(
+    limit = PlainIntegerField(
         min_value=1,
         max_value=MAX_GROUP_LIMIT,
         default=DEFAULT_GROUP_LIMIT,
@@ -194,8 +183,8 @@ class UsageGroupLimitSerializer(UsageWindowSerializer):
         return {**super().validate(attrs), "limit": limit}
 
 
-def _count(help_text: str) -> serializers.IntegerField:
-    return serializers.IntegerField(help_text=help_text)
+def _count(help_text: str) -> PlainIntegerField:
+    return PlainIntegerField(help_text=help_text)
 
 
 class UsageFiguresSerializer(serializers.Serializer):
@@ -296,7 +285,7 @@ class ProviderUsageSerializer(_UsageWindowFieldsSerializer):
 class BudgetSerializer(KnownFieldsOnly, serializers.Serializer):
     """A spending limit for the tenant, or for one provider config, service and/or customer."""
 
-    id = serializers.IntegerField(read_only=True)
+    id = PlainIntegerField(read_only=True)
     name = serializers.CharField(max_length=100)
     is_active = serializers.BooleanField(default=True)
     period = serializers.ChoiceField(
@@ -375,7 +364,7 @@ class BudgetSerializer(KnownFieldsOnly, serializers.Serializer):
 # --- alerts --------------------------------------------------------------------
 
 
-class AlertDeliverySerializer(serializers.ModelSerializer):
+class AlertDeliverySerializer(ModelSerializer):
     state = serializers.ChoiceField(
         choices=["pending", "sending", "retrying", "delivered", "failed"], read_only=True
     )
@@ -399,8 +388,8 @@ class AlertDeliverySerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class CostAlertSerializer(serializers.ModelSerializer):
-    budget = serializers.IntegerField(
+class CostAlertSerializer(ModelSerializer):
+    budget = PlainIntegerField(
         source="budget_id", read_only=True, allow_null=True, help_text="Null once deleted."
     )
     provider_config = serializers.UUIDField(
@@ -434,7 +423,7 @@ class CostAlertSerializer(serializers.ModelSerializer):
 
 class CostAlertFilterSerializer(serializers.Serializer):
     kind = serializers.ChoiceField(choices=CostAlert.Kind.choices, required=False)
-    budget = serializers.IntegerField(
+    budget = PlainIntegerField(
         min_value=1, max_value=2**63 - 1, required=False, help_text="A budget's id."
     )
 

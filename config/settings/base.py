@@ -276,9 +276,13 @@ CELERY_TASK_ALWAYS_EAGER = env.bool(
     "CELERY_TASK_ALWAYS_EAGER", default=CELERY_BROKER_URL == "memory://"
 )
 CELERY_TASK_EAGER_PROPAGATES = True
-# Without a broker no beat runs: the usage dashboard and the usage API roll the
-# call logs up themselves before they read DailyUsage.
+# Without a broker the usage dashboard and the usage API roll the call logs up
+# themselves before they read DailyUsage, fresher than the last scheduled run.
 USAGE_ROLL_UP_ON_READ = env.bool("USAGE_ROLL_UP_ON_READ", default=CELERY_TASK_ALWAYS_EAGER)
+# Without a broker there is no `celery beat` either: the serving process runs
+# CELERY_BEAT_SCHEDULE itself on a thread (config/embedded_beat.py). Off, nothing
+# runs on a schedule then. Never used with a broker.
+EMBEDDED_BEAT = env.bool("EMBEDDED_BEAT", default=True)
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_RESULT_BACKEND = None
 CELERY_TIMEZONE = "UTC"

@@ -594,7 +594,7 @@ def test_backfill_command_stops_at_today_when_to_is_far_ahead():
         call_command(
             "usage_backfill",
             "--from",
-            "2026-06-14",
+            "2026-06-15",
             "--to",
             "9999-12-31",
             "--chunk-days",
@@ -605,7 +605,7 @@ def test_backfill_command_stops_at_today_when_to_is_far_ahead():
 
     # then
     assert out.getvalue().strip() == (
-        "Recomputed 2 days from 2026-06-14 to 2026-06-15 for all tenants: 1 row written, 0 removed."
+        "Recomputed 1 day from 2026-06-15 to 2026-06-15 for all tenants: 1 row written, 0 removed."
     )
     assert list(DailyUsage.objects.values_list("day", "request_count")) == [(DAY, 1)]
 
@@ -628,12 +628,45 @@ def test_backfill_command_from_far_past_starts_at_the_first_logged_day(tenant_sl
     # then: the days before the first log are skipped, the logged day is counted
     scope = "tenant acme" if tenant_slug else "all tenants"
     assert out.getvalue().splitlines() == [
-        "Nothing is logged before 2026-06-13: the recompute starts there.",
-        f"Recomputed 4 days from 2026-06-13 to 2026-06-16 for {scope}: 1 row written, 0 removed.",
+        "Nothing is logged before 2026-06-15: the recompute starts there.",
+        f"Recomputed 2 days from 2026-06-15 to 2026-06-16 for {scope}: 1 row written, 0 removed.",
     ]
     assert list(DailyUsage.objects.values_list("day", "request_count")) == [
         (dt.date(2026, 6, 15), 1)
     ]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("zone_name", "logged_at", "first_day"),
+    [
+        ("UTC", NOW - dt.timedelta(hours=1), DAY),
+        # 02:00 UTC is still the evening before in New York
+        ("America/New_York", NOW.replace(hour=2), DAY - dt.timedelta(days=1)),
+    ],
+    ids=["utc", "west-of-utc"],
+)
+def test_backfill_command_starts_at_the_first_local_day_with_a_log(zone_name, logged_at, first_day):
+    # given: every call log is from one moment, in a tenant of this zone
+    tenant = TenantFactory(slug="acme", timezone=zone_name)
+    CallLogFactory(tenant=tenant, created_at=logged_at)
+    local_day = logged_at.astimezone(ZoneInfo(zone_name)).date()
+    out = StringIO()
+
+    # when: backfilled from long before
+    with mock.patch("django.utils.timezone.now", return_value=NOW):
+        call_command("usage_backfill", "--from", "2026-01-01", "--no-progress", stdout=out)
+
+    # then: the recompute starts on the tenant's local day of that log, and says so
+    today = NOW.astimezone(ZoneInfo(zone_name)).date()
+    days = (today - first_day).days + 1
+    assert local_day == first_day
+    assert out.getvalue().splitlines() == [
+        f"Nothing is logged before {first_day}: the recompute starts there.",
+        f"Recomputed {days} day{'s' if days > 1 else ''} from {first_day} to {today} "
+        "for all tenants: 1 row written, 0 removed.",
+    ]
+    assert list(DailyUsage.objects.values_list("day", "request_count")) == [(local_day, 1)]
 
 
 @pytest.mark.django_db

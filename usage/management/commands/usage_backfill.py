@@ -51,8 +51,12 @@ def _first_day_with_usage(tenant: Tenant | None, today: date) -> date:
         logs, usage = logs.filter(tenant=tenant), usage.filter(tenant=tenant)
     first_log = logs.aggregate(first=Min("created_at"))["first"]
     first_usage = usage.aggregate(first=Min("day"))["first"]
-    # A day before the UTC date covers every time zone's local day of that instant.
-    candidates = [first_log and first_log.date() - timedelta(days=1), first_usage]
+    candidates = [first_usage]
+    if first_log is not None:
+        # Every log is counted on a local day of its tenant's zone: the
+        # earliest of the first log's local days in those zones comes first.
+        names = [tenant.timezone] if tenant else tenant_timezones() or ["UTC"]
+        candidates += [local_date(first_log, zone(name)) for name in names]
     return min([day for day in candidates if day] or [today])
 
 

@@ -5,6 +5,7 @@ from django.contrib import admin
 from django.core.exceptions import ValidationError
 from django.forms.models import BaseInlineFormSet
 
+from llm_providers.admin_display import utc_display
 from llm_providers.admin_scoping import TenantScopedAdmin, TenantScopedInline
 
 from .models import RoutingFallback, RoutingOverride
@@ -106,7 +107,7 @@ class RoutingOverrideAdmin(TenantScopedAdmin):
         "model",
         "fallback_count",
         "is_active",
-        "updated_at",
+        "updated_at_utc",
     )
     list_filter = ("is_active", ("tenant", admin.RelatedOnlyFieldListFilter))
     search_fields = ("customer_id", "service_name", "model", "note")
@@ -142,6 +143,11 @@ class RoutingOverrideAdmin(TenantScopedAdmin):
         ),
     )
     inlines = (RoutingFallbackInline,)
+
+    # In UTC, named, as on the other admin pages.
+    @admin.display(description="updated (UTC)", ordering="updated_at")
+    def updated_at_utc(self, obj):
+        return utc_display(obj.updated_at)
 
     @admin.display(description="fallbacks")
     def fallback_count(self, obj):

@@ -1,5 +1,6 @@
 """The overrides admin: tenant scoping, role permissions, forged choices refused."""
 
+import datetime as dt
 import threading
 
 import pytest
@@ -387,3 +388,21 @@ def test_the_same_fallback_twice_on_one_page_is_named_in_words(tenant, admin_cli
         "remove or change the repeated row."
     ]
     assert not RoutingOverride.objects.exists()
+
+
+def test_override_list_shows_the_update_time_in_utc(tenant, admin_client_for):
+    # given an override last updated at 22:55:07 UTC, in a tenant in New York
+    tenant.timezone = "America/New_York"
+    tenant.save()
+    override = RoutingOverrideFactory(tenant=tenant, customer_id="acme")
+    RoutingOverride.objects.filter(pk=override.pk).update(
+        updated_at=dt.datetime(2026, 11, 22, 22, 55, 7, tzinfo=dt.UTC)
+    )
+
+    # when
+    listed = admin_client_for(tenant).get(LIST_URL).content.decode()
+
+    # then the time names its zone, as on the other admin pages
+    assert "Updated (UTC)</a>" in listed
+    assert '<td class="field-updated_at_utc">2026-11-22 22:55:07 UTC</td>' in listed
+    assert "p.m." not in listed

@@ -535,6 +535,24 @@ def test_cost_alert_list_and_page_show_times_in_utc(client):
 
 
 @pytest.mark.django_db
+def test_daily_usage_page_shows_its_update_time_in_utc(client):
+    # given a day of usage last updated at 22:55:07 UTC, seen by a member of a tenant in Tokyo
+    tenant = TenantFactory(timezone="Asia/Tokyo")
+    row = DailyUsageFactory(
+        tenant=tenant, updated_at=dt.datetime(2026, 11, 22, 22, 55, 7, tzinfo=dt.UTC)
+    )
+    client.force_login(_member(tenant))
+
+    # when
+    page = client.get(reverse("admin:usage_dailyusage_change", args=[row.pk])).content.decode()
+
+    # then the time names its zone, as on the call log and alert pages
+    assert "<label>Updated (UTC):</label>" in page
+    assert '<div class="readonly">2026-11-22 22:55:07 UTC</div>' in page
+    assert "p.m." not in page
+
+
+@pytest.mark.django_db
 def test_call_log_list_shows_only_the_users_tenants(client):
     mine, theirs = TenantFactory(), TenantFactory()
     own = CallLogFactory(tenant=mine, service_name="own-service")

@@ -48,6 +48,26 @@ class RoutingOverrideAdminForm(forms.ModelForm):
         return exclude
 
 
+# Said of a fallback repeated on the page and of one stored already alike.
+FALLBACK_ONCE = "A provider config and model may be a fallback of this override once only"
+_FALLBACK_UNIQUE_CHECK = {"override", "provider_config", "model"}
+
+
+def _stored_fallback_named(exc: ValidationError) -> ValidationError:
+    # Django's own names the model and its fields ("Routing fallback with this
+    # Override, Provider config and Model already exists.").
+    errors = exc.update_error_dict({})
+    for field, field_errors in errors.items():
+        errors[field] = [
+            ValidationError(f"{FALLBACK_ONCE}: this one is a fallback of it already.", "unique")
+            if set((getattr(error, "params", None) or {}).get("unique_check", ()))
+            == _FALLBACK_UNIQUE_CHECK
+            else error
+            for error in field_errors
+        ]
+    return ValidationError(errors)
+
+
 class RoutingFallbackAdminForm(forms.ModelForm):
     def validate_unique(self):
         super().validate_unique()
@@ -60,17 +80,14 @@ class RoutingFallbackAdminForm(forms.ModelForm):
         try:
             self.instance.validate_constraints(exclude=exclude)
         except ValidationError as exc:
-            self._update_errors(exc)
+            self._update_errors(_stored_fallback_named(exc))
 
 
 class RoutingFallbackFormSet(BaseInlineFormSet):
     def get_unique_error_message(self, unique_check):
         # Django's own names the fields ("provider_config and model").
         if set(unique_check) - {self.fk.name} == {"provider_config", "model"}:
-            return (
-                "A provider config and model may be a fallback of this override once only: "
-                "remove or change the repeated row."
-            )
+            return f"{FALLBACK_ONCE}: remove or change the repeated row."
         return super().get_unique_error_message(unique_check)
 
 

@@ -291,11 +291,15 @@ def test_fallback_added_twice_from_two_pages_is_a_form_error(tenant, admin_clien
         f"{LIST_URL}{override.pk}/change/", _form(tenant, config, fallbacks=[backup])
     )
 
-    # then it is told so, and the override keeps one fallback
+    # then it is told so in the words of a fallback repeated on the page, and the
+    # override keeps one fallback
     assert response.status_code == 200
-    assert "Routing fallback with this Override, Provider config and Model already exists." in (
-        response.text
-    )
+    errors = response.context["inline_admin_formsets"][0].formset.forms[0].non_field_errors()
+    assert errors == [
+        "A provider config and model may be a fallback of this override once only: "
+        "this one is a fallback of it already."
+    ]
+    assert "Routing fallback with this" not in response.text
     assert override.fallbacks.count() == 1
 
 

@@ -1,6 +1,7 @@
 """The overrides admin: tenant scoping, role permissions, forged choices refused."""
 
 import datetime as dt
+import re
 import threading
 
 import pytest
@@ -339,6 +340,37 @@ def test_change_page_offers_current_retired_provider_but_no_other(tenant, admin_
 
     choices = set(response.context["adminform"].form.fields["provider_config"].queryset)
     assert choices == {override.provider_config, live}
+
+
+def test_change_page_labels_the_retired_configs_it_still_offers(tenant, admin_client_for):
+    # given a switched-off override whose target and fallback configs were retired
+    override = RoutingOverrideFactory(tenant=tenant, customer_id="acme", is_active=False)
+    override.provider_config.name = "old-target"
+    fallback = RoutingFallbackFactory(override=override, position=0)
+    fallback.provider_config.name = "old-backup"
+    for config in (override.provider_config, fallback.provider_config):
+        config.is_active = False
+        config.save()
+    ProviderConfigFactory(tenant=tenant, name="live")
+
+    # when its page is opened
+    html = admin_client_for(tenant).get(f"{LIST_URL}{override.pk}/change/").content.decode()
+
+    # then the target's and the fallback's choices say which configs are inactive
+    def options(field):
+        select = re.search(rf'<select name="{field}".*?</select>', html, re.S).group(0)
+        return re.findall(r"<option [^>]*>(.*?)</option>", select)
+
+    assert options("provider_config") == [
+        "---------",
+        "live (Fake (demo and tests))",
+        "old-target (Fake (demo and tests), inactive)",
+    ]
+    assert options("fallbacks-0-provider_config") == [
+        "---------",
+        "live (Fake (demo and tests))",
+        "old-backup (Fake (demo and tests), inactive)",
+    ]
 
 
 @pytest.mark.postgres

@@ -1039,6 +1039,39 @@ def test_budget_admin_history_names_changed_percentages_as_the_api_does(client):
     assert entry.get_change_message() == "Changed Alert percentages."
 
 
+def _options(html: str, field: str) -> list[str]:
+    select = re.search(rf'<select name="{field}".*?</select>', html, re.S).group(0)
+    return re.findall(r"<option [^>]*>(.*?)</option>", select)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("as_superuser", [False, True])
+def test_budget_form_offers_inactive_provider_configs_labelled_so(client, as_superuser):
+    # given a tenant with a live and a retired provider config, and a budget on the retired one
+    tenant = TenantFactory()
+    ProviderConfigFactory(tenant=tenant, name="live")
+    retired = ProviderConfigFactory(tenant=tenant, name="retired", is_active=False)
+    budget = BudgetFactory(tenant=tenant, name="Cap", provider_config=retired)
+    user = UserFactory(is_superuser=True) if as_superuser else _member(tenant)
+    client.force_login(user)
+
+    # when the add and change pages are opened
+    added = client.get(reverse("admin:usage_budget_add")).content.decode()
+    changed = client.get(reverse("admin:usage_budget_change", args=[budget.pk])).content.decode()
+
+    # then the retired config is still offered, and said to be inactive
+    for page in (added, changed):
+        assert _options(page, "provider_config") == [
+            "---------",
+            "live (Fake (demo and tests))",
+            "retired (Fake (demo and tests), inactive)",
+        ]
+    assert (
+        f'<option value="{retired.pk}" selected>retired (Fake (demo and tests), inactive)</option>'
+        in changed
+    )
+
+
 @pytest.mark.django_db
 def test_budget_admin_refuses_another_tenants_provider_config(client):
     mine, theirs = TenantFactory(), TenantFactory()

@@ -1,4 +1,4 @@
-"""How the admin pages write times."""
+"""How the admin pages write times, and the provider configs their forms offer."""
 
 from __future__ import annotations
 
@@ -12,3 +12,19 @@ def utc_display(moment: datetime | None) -> str:
     if moment is None:
         return "—"
     return f"{moment.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
+
+
+def provider_config_choice(config) -> str:
+    """A provider config as a form offers it: an inactive one stays choosable
+    where a form allows it (a budget on a retired config, an override's
+    current target), and says what it is: "old (OpenAI, inactive)"."""
+    if config.is_active:
+        return str(config)
+    return f"{config.name} ({config.get_provider_type_display()}, inactive)"
+
+
+def provider_config_choices_labelled(formfield):
+    """Label a provider config field's choices with provider_config_choice."""
+    if formfield is not None and hasattr(formfield, "label_from_instance"):
+        formfield.label_from_instance = provider_config_choice
+    return formfield

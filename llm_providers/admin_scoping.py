@@ -17,7 +17,8 @@ from django.contrib.admin.options import IncorrectLookupParameters
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.template.defaultfilters import pluralize
 
-from .models import Tenant, TenantMembership
+from .admin_display import provider_config_choices_labelled
+from .models import ProviderConfig, Tenant, TenantMembership
 from .selectors import tenant_ids_for_user
 
 
@@ -175,6 +176,8 @@ class TenantScopedAdmin(NulSafeAdmin):
 
     def formfield_for_foreignkey(self, db_field, request, **kwargs):
         formfield = super().formfield_for_foreignkey(db_field, request, **kwargs)
+        if db_field.related_model is ProviderConfig:
+            formfield = provider_config_choices_labelled(formfield)
         if formfield is None or request.user.is_superuser:
             return formfield
         allowed = self._admin_tenant_ids(request)
@@ -249,6 +252,8 @@ class TenantScopedInline(admin.TabularInline):
 
     def formfield_for_foreignkey(self, db_field, request, **kwargs):
         formfield = super().formfield_for_foreignkey(db_field, request, **kwargs)
+        if db_field.related_model is ProviderConfig:
+            formfield = provider_config_choices_labelled(formfield)
         if formfield is None or request.user.is_superuser:
             return formfield
         if any(f.name == "tenant" for f in db_field.related_model._meta.get_fields()):

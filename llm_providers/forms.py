@@ -363,6 +363,18 @@ class TenantMembershipAdminForm(forms.ModelForm):
             self.initial["user"] = self.instance.user.get_username()
 
 
+def _hashed_key_help_texts(kind: str) -> dict[str, str]:
+    """The fields explained in terms of the key's kind: the API key library's
+    model, which both kinds extend, speaks of "the API key"."""
+    return {
+        "name": f"What this {kind} is for, e.g. the script or program that uses it; it need "
+        "not be unique. 50 characters at most.",
+        "expiry_date": f"From then on, calls with this {kind} are refused. Empty: it never "
+        "expires.",
+        "revoked": f"A revoked {kind} is refused on every call. Revoking cannot be undone.",
+    }
+
+
 class _HashedKeyAdminForm(forms.ModelForm):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -386,6 +398,7 @@ class ServiceKeyAdminForm(_HashedKeyAdminForm):
     class Meta:
         model = ServiceKey
         fields = ["tenant", "name", "expiry_date", "revoked"]
+        help_texts = _hashed_key_help_texts("service key")
 
 
 class UserTokenAdminForm(_HashedKeyAdminForm):
@@ -394,6 +407,7 @@ class UserTokenAdminForm(_HashedKeyAdminForm):
     class Meta:
         model = UserToken
         fields = ["user", "name", "expiry_date", "revoked"]
+        help_texts = _hashed_key_help_texts("user token")
 
     def clean_user(self):
         user = self.cleaned_data.get("user")

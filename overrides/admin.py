@@ -5,6 +5,7 @@ from django.contrib import admin
 from django.core.exceptions import ValidationError
 from django.forms.models import BaseInlineFormSet
 
+from llm_providers.admin_display import utc_display
 from llm_providers.admin_scoping import TenantScopedAdmin, TenantScopedInline
 
 from .models import RoutingFallback, RoutingOverride
@@ -47,6 +48,26 @@ class RoutingOverrideAdminForm(forms.ModelForm):
         return exclude
 
 
+# Said of a fallback repeated on the page and of one stored already alike.
+FALLBACK_ONCE = "A provider config and model may be a fallback of this override once only"
+_FALLBACK_UNIQUE_CHECK = {"override", "provider_config", "model"}
+
+
+def _stored_fallback_named(exc: ValidationError) -> ValidationError:
+    # Django's own names the model and its fields ("Routing fallback with this
+    # Override, Provider config and Model already exists.").
+    errors = exc.update_error_dict({})
+    for field, field_errors in errors.items():
+        errors[field] = [
+            ValidationError(f"{FALLBACK_ONCE}: this one is a fallback of it already.", "unique")
+            if set((getattr(error, "params", None) or {}).get("unique_check", ()))
+            == _FALLBACK_UNIQUE_CHECK
+            else error
+            for error in field_errors
+        ]
+    return ValidationError(errors)
+
+
 class RoutingFallbackAdminForm(forms.ModelForm):
     def validate_unique(self):
         super().validate_unique()
@@ -59,17 +80,14 @@ class RoutingFallbackAdminForm(forms.ModelForm):
         try:
             self.instance.validate_constraints(exclude=exclude)
         except ValidationError as exc:
-            self._update_errors(exc)
+            self._update_errors(_stored_fallback_named(exc))
 
 
 class RoutingFallbackFormSet(BaseInlineFormSet):
     def get_unique_error_message(self, unique_check):
         # Django's own names the fields ("provider_config and model").
         if set(unique_check) - {self.fk.name} == {"provider_config", "model"}:
-            return (
-                "A provider config and model may be a fallback of this override once only: "
-                "remove or change the repeated row."
-            )
+            return f"{FALLBACK_ONCE}: remove or change the repeated row."
         return super().get_unique_error_message(unique_check)
 
 
@@ -106,7 +124,7 @@ class RoutingOverrideAdmin(TenantScopedAdmin):
         "model",
         "fallback_count",
         "is_active",
-        "updated_at",
+        "updated_at_utc",
     )
     list_filter = ("is_active", ("tenant", admin.RelatedOnlyFieldListFilter))
     search_fields = ("customer_id", "service_name", "model", "note")
@@ -142,6 +160,11 @@ class RoutingOverrideAdmin(TenantScopedAdmin):
         ),
     )
     inlines = (RoutingFallbackInline,)
+
+    # In UTC, named, as on the other admin pages.
+    @admin.display(description="updated (UTC)", ordering="updated_at")
+    def updated_at_utc(self, obj):
+        return utc_display(obj.updated_at)
 
     @admin.display(description="fallbacks")
     def fallback_count(self, obj):

@@ -278,7 +278,11 @@ class DailyUsageAdmin(_ReadOnlyLargeTableAdmin):
         CustomerFilter,
     )
     ordering = ("-day", "-cost_usd")
-    readonly_fields = ("cost_exact",)
+    readonly_fields = ("cost_exact", "updated_at_utc")
+    shown_instead = {
+        **_ReadOnlyLargeTableAdmin.shown_instead,
+        "updated_at": "updated_at_utc",
+    }
     # Not by tenant or provider: that joins every row to sort by a name.
     sortable_by = tuple(f for f in list_display if f not in ("tenant", "provider"))
 
@@ -313,6 +317,11 @@ class DailyUsageAdmin(_ReadOnlyLargeTableAdmin):
         if obj.unpriced_count and not obj.cost_usd:
             return usd_format(None)
         return usd_format(obj.cost_usd)
+
+    # In UTC, named, as on the call log page.
+    @admin.display(description="updated (UTC)")
+    def updated_at_utc(self, obj):
+        return utc_display(obj.updated_at)
 
     @admin.display(description="Cost (USD)")
     def cost_exact(self, obj):

@@ -162,7 +162,8 @@ def test_override_with_ordered_fallbacks_added_and_edited_in_the_browser(browser
     page.select_option("#id_fallbacks-2-provider_config", str(backup_a.pk))
     _save(page, "_continue")
     assert _errors(page) == [
-        "Routing fallback with this Override, Provider config and Model already exists."
+        "A provider config and model may be a fallback of this override once only: "
+        "this one is a fallback of it already."
     ]
     assert page.input_value("#id_fallbacks-2-provider_config") == str(backup_a.pk)
     assert override.fallbacks.count() == 2

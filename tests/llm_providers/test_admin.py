@@ -1103,6 +1103,60 @@ def test_service_key_with_an_expiry_in_the_past_gets_a_form_error(
     assert not ServiceKey.objects.filter(tenant=tenant).exists()
 
 
+_API_KEY_LIBRARY_HELP = (
+    "A free-form name for the API key.",
+    "Once API key expires, clients cannot use it anymore.",
+    "If the API key is revoked, clients cannot use it anymore.",
+)
+
+
+def _help_texts(html: str) -> list[str]:
+    return [
+        " ".join(strip_tags(text).split())
+        for text in re.findall(r'<div class="help"[^>]*>(.*?)</div>\s*</div>', html, re.S)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("kind", "factory", "owner"),
+    [("service key", ServiceKeyFactory, "tenant"), ("user token", UserTokenFactory, "user")],
+)
+def test_key_pages_explain_their_fields_as_service_keys_and_user_tokens(
+    kind, factory, owner, tenant, tenant_admin, admin_client_for
+):
+    # given a live and a revoked key of the kind
+    client = admin_client_for(tenant_admin)
+    owned_by = {"tenant": tenant} if owner == "tenant" else {"user": tenant_admin}
+    live = factory(**owned_by)
+    revoked = factory(**owned_by, revoked=True)
+    model_name = kind.replace(" ", "")
+
+    # when its add page, a live one's and a revoked one's pages are opened
+    pages = [
+        client.get(reverse(f"admin:llm_providers_{model_name}_add")).content.decode(),
+        *(
+            client.get(
+                reverse(f"admin:llm_providers_{model_name}_change", args=[quote(key.pk)])
+            ).content.decode()
+            for key in (live, revoked)
+        ),
+    ]
+
+    # then each field is explained in terms of the kind, none in the API key library's
+    name_help = (
+        f"What this {kind} is for, e.g. the script or program that uses it; it need not be "
+        "unique. 50 characters at most."
+    )
+    expiry_help = f"From then on, calls with this {kind} are refused. Empty: it never expires."
+    revoked_help = f"A revoked {kind} is refused on every call. Revoking cannot be undone."
+    added, live_page, revoked_page = (_help_texts(page) for page in pages)
+    assert name_help in added and expiry_help in added
+    assert {name_help, expiry_help, revoked_help} <= set(live_page)
+    assert {name_help, revoked_help} <= set(revoked_page)
+    for page in pages:
+        assert not any(text in page for text in _API_KEY_LIBRARY_HELP)
+
+
 # --- user tokens -------------------------------------------------------------------------
 
 USER_TOKEN_ADD = "admin:llm_providers_usertoken_add"

@@ -1,5 +1,7 @@
 """The overrides admin: tenant scoping, role permissions, forged choices refused."""
 
+import datetime as dt
+import re
 import threading
 
 import pytest
@@ -290,11 +292,15 @@ def test_fallback_added_twice_from_two_pages_is_a_form_error(tenant, admin_clien
         f"{LIST_URL}{override.pk}/change/", _form(tenant, config, fallbacks=[backup])
     )
 
-    # then it is told so, and the override keeps one fallback
+    # then it is told so in the words of a fallback repeated on the page, and the
+    # override keeps one fallback
     assert response.status_code == 200
-    assert "Routing fallback with this Override, Provider config and Model already exists." in (
-        response.text
-    )
+    errors = response.context["inline_admin_formsets"][0].formset.forms[0].non_field_errors()
+    assert errors == [
+        "A provider config and model may be a fallback of this override once only: "
+        "this one is a fallback of it already."
+    ]
+    assert "Routing fallback with this" not in response.text
     assert override.fallbacks.count() == 1
 
 
@@ -334,6 +340,37 @@ def test_change_page_offers_current_retired_provider_but_no_other(tenant, admin_
 
     choices = set(response.context["adminform"].form.fields["provider_config"].queryset)
     assert choices == {override.provider_config, live}
+
+
+def test_change_page_labels_the_retired_configs_it_still_offers(tenant, admin_client_for):
+    # given a switched-off override whose target and fallback configs were retired
+    override = RoutingOverrideFactory(tenant=tenant, customer_id="acme", is_active=False)
+    override.provider_config.name = "old-target"
+    fallback = RoutingFallbackFactory(override=override, position=0)
+    fallback.provider_config.name = "old-backup"
+    for config in (override.provider_config, fallback.provider_config):
+        config.is_active = False
+        config.save()
+    ProviderConfigFactory(tenant=tenant, name="live")
+
+    # when its page is opened
+    html = admin_client_for(tenant).get(f"{LIST_URL}{override.pk}/change/").content.decode()
+
+    # then the target's and the fallback's choices say which configs are inactive
+    def options(field):
+        select = re.search(rf'<select name="{field}".*?</select>', html, re.S).group(0)
+        return re.findall(r"<option [^>]*>(.*?)</option>", select)
+
+    assert options("provider_config") == [
+        "---------",
+        "live (Fake (demo and tests))",
+        "old-target (Fake (demo and tests), inactive)",
+    ]
+    assert options("fallbacks-0-provider_config") == [
+        "---------",
+        "live (Fake (demo and tests))",
+        "old-backup (Fake (demo and tests), inactive)",
+    ]
 
 
 @pytest.mark.postgres
@@ -387,3 +424,21 @@ def test_the_same_fallback_twice_on_one_page_is_named_in_words(tenant, admin_cli
         "remove or change the repeated row."
     ]
     assert not RoutingOverride.objects.exists()
+
+
+def test_override_list_shows_the_update_time_in_utc(tenant, admin_client_for):
+    # given an override last updated at 22:55:07 UTC, in a tenant in New York
+    tenant.timezone = "America/New_York"
+    tenant.save()
+    override = RoutingOverrideFactory(tenant=tenant, customer_id="acme")
+    RoutingOverride.objects.filter(pk=override.pk).update(
+        updated_at=dt.datetime(2026, 11, 22, 22, 55, 7, tzinfo=dt.UTC)
+    )
+
+    # when
+    listed = admin_client_for(tenant).get(LIST_URL).content.decode()
+
+    # then the time names its zone, as on the other admin pages
+    assert "Updated (UTC)</a>" in listed
+    assert '<td class="field-updated_at_utc">2026-11-22 22:55:07 UTC</td>' in listed
+    assert "p.m." not in listed

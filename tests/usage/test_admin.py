@@ -535,6 +535,24 @@ def test_cost_alert_list_and_page_show_times_in_utc(client):
 
 
 @pytest.mark.django_db
+def test_daily_usage_page_shows_its_update_time_in_utc(client):
+    # given a day of usage last updated at 22:55:07 UTC, seen by a member of a tenant in Tokyo
+    tenant = TenantFactory(timezone="Asia/Tokyo")
+    row = DailyUsageFactory(
+        tenant=tenant, updated_at=dt.datetime(2026, 11, 22, 22, 55, 7, tzinfo=dt.UTC)
+    )
+    client.force_login(_member(tenant))
+
+    # when
+    page = client.get(reverse("admin:usage_dailyusage_change", args=[row.pk])).content.decode()
+
+    # then the time names its zone, as on the call log and alert pages
+    assert "<label>Updated (UTC):</label>" in page
+    assert '<div class="readonly">2026-11-22 22:55:07 UTC</div>' in page
+    assert "p.m." not in page
+
+
+@pytest.mark.django_db
 def test_call_log_list_shows_only_the_users_tenants(client):
     mine, theirs = TenantFactory(), TenantFactory()
     own = CallLogFactory(tenant=mine, service_name="own-service")
@@ -1019,6 +1037,39 @@ def test_budget_admin_history_names_changed_percentages_as_the_api_does(client):
     assert response.status_code == 302
     (entry,) = LogEntry.objects.filter(object_id=str(budget.pk))
     assert entry.get_change_message() == "Changed Alert percentages."
+
+
+def _options(html: str, field: str) -> list[str]:
+    select = re.search(rf'<select name="{field}".*?</select>', html, re.S).group(0)
+    return re.findall(r"<option [^>]*>(.*?)</option>", select)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("as_superuser", [False, True])
+def test_budget_form_offers_inactive_provider_configs_labelled_so(client, as_superuser):
+    # given a tenant with a live and a retired provider config, and a budget on the retired one
+    tenant = TenantFactory()
+    ProviderConfigFactory(tenant=tenant, name="live")
+    retired = ProviderConfigFactory(tenant=tenant, name="retired", is_active=False)
+    budget = BudgetFactory(tenant=tenant, name="Cap", provider_config=retired)
+    user = UserFactory(is_superuser=True) if as_superuser else _member(tenant)
+    client.force_login(user)
+
+    # when the add and change pages are opened
+    added = client.get(reverse("admin:usage_budget_add")).content.decode()
+    changed = client.get(reverse("admin:usage_budget_change", args=[budget.pk])).content.decode()
+
+    # then the retired config is still offered, and said to be inactive
+    for page in (added, changed):
+        assert _options(page, "provider_config") == [
+            "---------",
+            "live (Fake (demo and tests))",
+            "retired (Fake (demo and tests), inactive)",
+        ]
+    assert (
+        f'<option value="{retired.pk}" selected>retired (Fake (demo and tests), inactive)</option>'
+        in changed
+    )
 
 
 @pytest.mark.django_db

@@ -28,7 +28,7 @@ from django.utils.text import capfirst, get_text_list
 from django.views.decorators.debug import sensitive_post_parameters
 from rest_framework_api_key.models import APIKey
 
-from .admin_display import utc_display
+from .admin_display import utc_display, utc_field_display
 from .admin_scoping import NulSafeAdmin, TenantScopedAdmin, request_tenant_ids
 from .api.history import (
     change_history_record_change,
@@ -110,8 +110,9 @@ class TenantAdmin(NulSafeAdmin):
         "timezone",
         "response_cache_ttl_seconds",
         "store_prompt_previews",
-        "created_at",
+        "created_at_utc",
     )
+    created_at_utc = utc_field_display("created_at", "created")
 
     def get_queryset(self, request):
         queryset = super().get_queryset(request)
@@ -121,9 +122,9 @@ class TenantAdmin(NulSafeAdmin):
 
     def get_readonly_fields(self, request, obj=None):
         if request.user.is_superuser:
-            return ("created_at",)
+            return ("created_at_utc",)
         # Renaming the slug or deactivating the tenant is a superuser's call.
-        return ("slug", "is_active", "created_at")
+        return ("slug", "is_active", "created_at_utc")
 
     def get_prepopulated_fields(self, request, obj=None):
         return self.prepopulated_fields if request.user.is_superuser else {}
@@ -203,10 +204,12 @@ class TenantMembershipAdmin(TenantScopedAdmin):
     """A tenant's admins decide who else may see (viewer) or manage (admin) it."""
 
     form = TenantMembershipAdminForm
-    list_display = ("user", "tenant", "role", "created_at")
+    list_display = ("user", "tenant", "role", "created_at_utc")
     list_filter = ("role", ("tenant", admin.RelatedOnlyFieldListFilter))
     search_fields = ("user__username", "user__email", "tenant__name")
     list_select_related = ("user", "tenant")
+
+    created_at_utc = utc_field_display("created_at", "created")
 
 
 # --- provider configs -----------------------------------------------------------
@@ -252,12 +255,15 @@ class ProviderConfigAdmin(TenantScopedAdmin):
         "key_display",
         "key_fingerprint",
         "last_test_status",
-        "last_tested_at",
+        "last_tested_at_utc",
         "last_test_latency_ms",
         "last_test_error",
-        "created_at",
-        "updated_at",
+        "created_at_utc",
+        "updated_at_utc",
     )
+    last_tested_at_utc = utc_field_display("last_tested_at", "last tested")
+    created_at_utc = utc_field_display("created_at", "created")
+    updated_at_utc = utc_field_display("updated_at", "updated")
 
     # --- layout ----------------------------------------------------------------
 
@@ -307,12 +313,12 @@ class ProviderConfigAdmin(TenantScopedAdmin):
                     {
                         "fields": (
                             "last_test_status",
-                            "last_tested_at",
+                            "last_tested_at_utc",
                             "last_test_latency_ms",
                             "last_test_error",
                             "key_fingerprint",
-                            "created_at",
-                            "updated_at",
+                            "created_at_utc",
+                            "updated_at_utc",
                         )
                     },
                 )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from django.contrib import admin
+
 
 def utc_display(moment: datetime | None) -> str:
     """A time in UTC, the server's zone and the one the admin's date filters
@@ -12,6 +14,17 @@ def utc_display(moment: datetime | None) -> str:
     if moment is None:
         return "—"
     return f"{moment.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
+
+
+def utc_field_display(field_name: str, description: str):
+    """An admin column or read-only field writing the time field `field_name`
+    with utc_display, labelled "description (UTC)" and sorted by the field."""
+
+    @admin.display(description=f"{description} (UTC)", ordering=field_name)
+    def shown(model_admin, obj):
+        return utc_display(getattr(obj, field_name))
+
+    return shown
 
 
 def provider_config_choice(config) -> str:

@@ -21,7 +21,13 @@ from django.utils.html import strip_tags
 from rest_framework.test import APIClient
 
 from llm_providers.forms import options_help_text
-from llm_providers.models import ProviderConfig, ServiceKey, UserToken
+from llm_providers.models import (
+    ProviderConfig,
+    ServiceKey,
+    Tenant,
+    TenantMembership,
+    UserToken,
+)
 from llm_providers.provider_types import ProviderType
 from llm_providers.selectors import user_token_for_key
 from overrides.models import RoutingOverride
@@ -1346,3 +1352,46 @@ def test_user_token_list_and_pages_show_times_in_utc(tenant_admin, admin_client_
     )
 
     _assert_times_in_utc(listed, page, revoked_page)
+
+
+# --- times of tenants, memberships and provider configs -------------------------------
+
+
+def test_tenant_membership_and_provider_config_pages_show_times_in_utc(
+    tenant, tenant_admin, admin_client_for
+):
+    # given a tenant in New York, its membership and a provider config, each dated in UTC
+    tenant.timezone = "America/New_York"
+    tenant.save()
+    Tenant.objects.filter(pk=tenant.pk).update(created_at=CREATED)
+    TenantMembership.objects.filter(tenant=tenant).update(created_at=CREATED)
+    config = ProviderConfigFactory(tenant=tenant, last_test_status="ok")
+    ProviderConfig.objects.filter(pk=config.pk).update(
+        created_at=CREATED,
+        updated_at=dt.datetime(2026, 11, 22, 22, 55, 7, tzinfo=dt.UTC),
+        last_tested_at=dt.datetime(2026, 11, 23, 0, 4, 9, tzinfo=dt.UTC),
+    )
+    client = admin_client_for(tenant_admin)
+
+    # when
+    tenant_page = client.get(
+        reverse("admin:llm_providers_tenant_change", args=[tenant.pk])
+    ).content.decode()
+    memberships = client.get(
+        reverse("admin:llm_providers_tenantmembership_changelist")
+    ).content.decode()
+    config_page = client.get(_change_url(config)).content.decode()
+
+    # then every time names its zone, as the key and usage pages do
+    assert "<label>Created (UTC):</label>" in tenant_page
+    assert '<div class="readonly">2026-11-22 17:51:03 UTC</div>' in tenant_page
+    assert '">Created (UTC)</a></div>' in memberships
+    assert '<td class="field-created_at_utc">2026-11-22 17:51:03 UTC</td>' in memberships
+    assert "<label>Last tested (UTC):</label>" in config_page
+    assert '<div class="readonly">2026-11-23 00:04:09 UTC</div>' in config_page
+    assert "<label>Created (UTC):</label>" in config_page
+    assert '<div class="readonly">2026-11-22 17:51:03 UTC</div>' in config_page
+    assert "<label>Updated (UTC):</label>" in config_page
+    assert '<div class="readonly">2026-11-22 22:55:07 UTC</div>' in config_page
+    for html in (tenant_page, memberships, config_page):
+        assert "p.m." not in html and "a.m." not in html and "midnight" not in html

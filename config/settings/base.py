@@ -70,24 +70,6 @@ def _env_number(
     return value
 
 
-_RATE_UNITS = {"s", "sec", "second", "m", "min", "minute", "h", "hour", "d", "day"}
-
-
-def _env_rate(name: str, *, default: str) -> str:
-    """A throttle rate, `<count>/<sec|min|hour|day>`; anything else stops the process at start."""
-    raw = env.str(name, default="").strip()
-    if not raw:
-        return default
-    count, _, unit = raw.partition("/")
-    unit = unit.removesuffix("s") or unit  # "mins", "hours"
-    if not (count.isascii() and count.isdigit() and unit in _RATE_UNITS):
-        raise ImproperlyConfigured(
-            f"{name} must be a rate written <count>/<sec|min|hour|day> (e.g. 1200/min), "
-            f"not {raw!r} (see docs/OPERATIONS.md)."
-        )
-    return raw
-
-
 def _env_secret(name: str) -> str:
     """A secret exactly as written: django-environ would read a leading "$" as a reference.
 
@@ -391,10 +373,10 @@ REST_FRAMEWORK = {
     # Requests per credential: a service key, a user, or (unauthenticated) a client address;
     # failed authentications (API credentials and login forms) per client address.
     "DEFAULT_THROTTLE_RATES": {
-        "service_key": _env_rate("API_THROTTLE_SERVICE_KEY", default="6000/min"),
-        "user": _env_rate("API_THROTTLE_USER", default="1200/min"),
-        "anon": _env_rate("API_THROTTLE_ANON", default="60/min"),
-        "auth_failure": _env_rate("API_THROTTLE_AUTH_FAILURE", default="30/min"),
+        "service_key": env.str("API_THROTTLE_SERVICE_KEY", default="6000/min"),
+        "user": env.str("API_THROTTLE_USER", default="1200/min"),
+        "anon": env.str("API_THROTTLE_ANON", default="60/min"),
+        "auth_failure": env.str("API_THROTTLE_AUTH_FAILURE", default="30/min"),
     },
     # Proxies in front of the application: anonymous clients and failed authentications
     # are told apart by the address that many hops back in X-Forwarded-For, which a

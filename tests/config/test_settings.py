@@ -32,9 +32,6 @@ SETTINGS_VARIABLES = {
     "SECURE_SSL_REDIRECT",
     "SECURE_HSTS_SECONDS",
     "API_THROTTLE_AUTH_FAILURE",
-    "API_THROTTLE_SERVICE_KEY",
-    "API_THROTTLE_USER",
-    "API_THROTTLE_ANON",
 }
 # A key as `secrets.token_urlsafe(50)` makes one: long and varied, as
 # `check --deploy` wants.
@@ -610,47 +607,3 @@ def test_decimal_settings_in_range_are_read_and_empty_ones_take_the_default():
     )
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.split() == ["0.35", "0.0", "0.5"]
-
-
-# A rate the throttle cannot read would answer every API request 500.
-@pytest.mark.parametrize(
-    ("variable", "value"),
-    [
-        ("API_THROTTLE_USER", "abc"),
-        ("API_THROTTLE_SERVICE_KEY", "6000/fortnight"),
-        ("API_THROTTLE_ANON", "-5/min"),
-        ("API_THROTTLE_AUTH_FAILURE", "30 per minute"),
-        ("API_THROTTLE_USER", "1200/"),
-    ],
-)
-def test_unreadable_throttle_rates_refuse_to_start_naming_the_variable(variable, value):
-    result = _run(
-        ["manage.py", "check"],
-        settings_module="config.settings.production",
-        env={**PRODUCTION_ENV, variable: value},
-    )
-    assert result.returncode != 0
-    message = (
-        f"{variable} must be a rate written <count>/<sec|min|hour|day> (e.g. 1200/min), "
-        f"not {value!r} (see docs/OPERATIONS.md)."
-    )
-    assert f"django.core.exceptions.ImproperlyConfigured: {message}" in result.stderr
-
-
-def test_throttle_rates_are_read_trimmed_and_empty_ones_take_the_default():
-    shown = _settings(
-        "config.settings.production",
-        {
-            **PRODUCTION_ENV,
-            "API_THROTTLE_USER": " 100/hour ",
-            "API_THROTTLE_SERVICE_KEY": "",
-            "API_THROTTLE_ANON": "0/day",
-            "API_THROTTLE_AUTH_FAILURE": "5/second",
-        },
-    )
-    assert shown["THROTTLE_RATES"] == {
-        "service_key": "6000/min",
-        "user": "100/hour",
-        "anon": "0/day",
-        "auth_failure": "5/second",
-    }

@@ -156,7 +156,28 @@ class UsageWindowSerializer(serializers.Serializer):
         if start is None:
             count = days or DEFAULT_DAYS
             return {"first_day": today - timedelta(days=count - 1), "last_day": today}
-        end = end if end is not None else today
+        if end is None:
+            # The range ends today: a refusal names `start`, the parameter given.
+            if start > today:
+                raise serializers.ValidationError(
+                    {
+                        "start": [
+                            f"The first day ({start}) is after today ({today}), "
+                            "where a range without end ends."
+                        ]
+                    }
+                )
+            length = (today - start).days + 1
+            if length > MAX_RANGE_DAYS:
+                raise serializers.ValidationError(
+                    {
+                        "start": [
+                            f"The range from {start} to today ({today}) covers {length} days; "
+                            f"at most {MAX_RANGE_DAYS} are allowed."
+                        ]
+                    }
+                )
+            return {"first_day": start, "last_day": today}
         if end < start:
             raise serializers.ValidationError(
                 {"end": [f"The last day ({end}) is before the first day ({start})."]}

@@ -1123,3 +1123,31 @@ def test_usage_by_customer_has_no_more_when_exactly_limit_listed(admin_api, tena
     body = admin_api.get(f"{USAGE}by-customer/", {"limit": 2}).json()
 
     assert (len(body["groups"]), body["has_more"], body["totals"]["requests"]) == (2, False, 20)
+
+
+# Without `end` the range ends today: a refusal names `start`, the parameter given.
+@pytest.mark.parametrize(
+    ("days_from_today", "message"),
+    [
+        (2, "The first day ({start}) is after today ({today}), where a range without end ends."),
+        (
+            -366,
+            "The range from {start} to today ({today}) covers 367 days; at most 366 are allowed.",
+        ),
+    ],
+    ids=["after-today", "too-long"],
+)
+def test_usage_window_without_end_names_start_when_refused(
+    admin_api, tenant, days_from_today, message
+):
+    today = _today(tenant)
+    start = today + timedelta(days=days_from_today)
+
+    response = admin_api.get(f"{USAGE}summary/", {"start": str(start)})
+
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["code"], error["fields"]) == (
+        "validation_error",
+        {"start": [message.format(start=start, today=today)]},
+    )

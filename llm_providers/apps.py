@@ -9,4 +9,7 @@ class LlmProvidersConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self):
-        from . import invalidation  # noqa: F401  (connects cache invalidation receivers)
+        from . import (
+            checks,  # noqa: F401  (registers the system checks)
+            invalidation,  # noqa: F401  (connects cache invalidation receivers)
+        )

@@ -1,7 +1,9 @@
 """Development settings: the embedded defaults (SQLite, local memory cache, eager Celery)."""
 
+import sys
+
 from .base import *  # noqa: F403
-from .base import ALLOWED_HOSTS, SALT_KEY, SECRET_KEY, env
+from .base import ALLOWED_HOSTS, DATABASES, SALT_KEY, SECRET_KEY, env
 
 DEBUG = env.bool("DEBUG", default=True)
 
@@ -17,3 +19,10 @@ if not SECRET_KEY or not SALT_KEY:
     raise ImproperlyConfigured(
         "SECRET_KEY and SALT_KEY must be set when DEBUG is off (see docs/OPERATIONS.md)."
     )
+
+if sys.argv[1:2] == ["runserver"]:
+    # The development server serves each request on a thread of its own, so a
+    # connection kept past its request would stay open with the finished thread
+    # until PostgreSQL runs out of connections.
+    for alias in DATABASES:
+        DATABASES[alias]["CONN_MAX_AGE"] = 0

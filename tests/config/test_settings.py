@@ -742,3 +742,25 @@ def test_decimal_settings_in_range_are_read_and_empty_ones_take_the_default():
     )
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.split() == ["0.35", "0.0", "0.5"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [(["manage.py", "runserver"], 0), (["manage.py", "migrate"], 60), (["gunicorn"], 60)],
+)
+def test_runserver_keeps_no_postgresql_connection_past_its_request(argv, expected):
+    # runserver serves each request on a thread of its own: a connection kept
+    # for CONN_MAX_AGE would stay open with the finished thread.
+    show = (
+        f"import sys; sys.argv = {argv!r}; "
+        "from django.conf import settings; "
+        "print(settings.DATABASES['default']['CONN_MAX_AGE'])"
+    )
+    result = _run(
+        ["-c", show],
+        settings_module="config.settings.development",
+        env={"DATABASE_URL": "postgres://app:pw@db.internal:5432/llm"},
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout) == expected

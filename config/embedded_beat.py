@@ -69,7 +69,7 @@ def embedded_beat_wanted() -> bool:
     return bool(
         settings.EMBEDDED_BEAT
         and settings.CELERY_TASK_ALWAYS_EAGER
-        and settings.CELERY_BROKER_URL == "memory://"
+        and settings.CELERY_BROKER_URL.startswith("memory://")
     )
 
 

@@ -271,9 +271,13 @@ EMAIL_TIMEOUT = _env_int("EMAIL_TIMEOUT", default=10)
 # The broker is CELERY_BROKER_URL, else REDIS_URL. With neither, tasks run eagerly
 # in the calling process (the embedded default: `make run` needs no worker).
 # Empty counts as unset, as a compose file writes a variable that is not set.
-CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="").strip() or REDIS_URL or "memory://"
+# The in-process transport names a host, as kombu otherwise warns on every first task.
+EMBEDDED_BROKER_URL = "memory://localhost/"
+CELERY_BROKER_URL = (
+    env.str("CELERY_BROKER_URL", default="").strip() or REDIS_URL or EMBEDDED_BROKER_URL
+)
 CELERY_TASK_ALWAYS_EAGER = env.bool(
-    "CELERY_TASK_ALWAYS_EAGER", default=CELERY_BROKER_URL == "memory://"
+    "CELERY_TASK_ALWAYS_EAGER", default=CELERY_BROKER_URL.startswith("memory://")
 )
 CELERY_TASK_EAGER_PROPAGATES = True
 # Without a broker the usage dashboard and the usage API roll the call logs up

@@ -82,3 +82,38 @@ def test_queueing_a_task_gives_up_when_the_broker_hangs(silent_server):
     # then queueing fails, as it does when the broker refuses connections
     assert done.stdout.startswith("refused after"), done.stderr[-2000:]
     assert float(done.stdout.split()[-1]) < 30
+
+
+def test_embedded_defaults_run_a_task_without_a_broker_warning(tmp_path):
+    # given: the development settings with nothing set (no broker: tasks run eagerly)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "CELERY_TASK_ALWAYS_EAGER"}
+    }
+    env.update(
+        DJANGO_SETTINGS_MODULE="config.settings.development",
+        DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}",
+    )
+    script = (
+        "import django, logging; django.setup(); logging.basicConfig(); "
+        "from django.core.management import call_command; call_command('migrate', verbosity=0); "
+        "from usage.tasks import purge_call_logs; "
+        "print(purge_call_logs.delay().successful())"
+    )
+
+    # when: a task is queued
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=settings.BASE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    # then: it ran in the process, and the console shows no warning about a broker host
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "True"
+    assert "WARNING" not in result.stderr

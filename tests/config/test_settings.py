@@ -143,7 +143,7 @@ def test_development_secrets_only_while_debug(embedded):
 
 def test_without_a_broker_tasks_run_inline_and_readers_roll_usage_up(embedded):
     # No beat can run: the usage dashboard and the usage API roll up themselves.
-    assert embedded["CELERY_BROKER_URL"] == "memory://"
+    assert embedded["CELERY_BROKER_URL"] == "memory://localhost/"
     assert embedded["CELERY_TASK_ALWAYS_EAGER"] is True
     assert embedded["USAGE_ROLL_UP_ON_READ"] is True
 

@@ -658,7 +658,7 @@ def test_service_key_revoke_is_idempotent_when_already_revoked(admin_api, tenant
 # --- health ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("broker_url", ["", "memory://"])
+@pytest.mark.parametrize("broker_url", ["", "memory://", "memory://localhost/"])
 def test_health_answers_200_without_credentials_when_components_up(
     anonymous_api, settings, broker_url
 ):

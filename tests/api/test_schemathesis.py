@@ -9,6 +9,8 @@ content type, headers and body shape.
 
 from __future__ import annotations
 
+import importlib
+import sys
 from collections import Counter
 
 import pytest
@@ -16,10 +18,12 @@ import schemathesis
 from django.core.signals import request_finished, request_started
 from django.core.wsgi import get_wsgi_application
 from django.db import close_old_connections
-from hypothesis import HealthCheck, given
+from hypothesis import HealthCheck, Phase, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
+from hypothesis.internal.conjecture import providers as hypothesis_providers
+from hypothesis.internal.constants_ast import Constants
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.core.failures import FailureGroup
@@ -69,6 +73,27 @@ def wsgi_app(settings):
     yield get_wsgi_application()
     request_started.connect(close_old_connections)
     request_finished.connect(close_old_connections)
+
+
+@pytest.fixture
+def source_constants_ignored(monkeypatch):
+    """Generation that depends on the schema and the seed only.
+
+    Hypothesis draws a share of its strings and numbers from a pool of the
+    constants written in every project module (outside tests/) imported so
+    far, and the pool grows as modules are imported. Which modules those are
+    depends on the test modules collected (through their imports) and on
+    what earlier tests imported; their text is any part of the code base.
+    The requests generated here would then change with the collection or
+    with an edit anywhere, and with them whether an operation is reached
+    with valid input at all: `derandomize` fixes the seed, not the pool.
+    The pool is empty here, so only Hypothesis's own constants are drawn.
+    """
+    monkeypatch.setattr(hypothesis_providers, "_get_local_constants", Constants)
+    # Choices already filtered from the pool are cached per kind of draw.
+    hypothesis_providers.CONSTANTS_CACHE.cache.clear()
+    yield
+    hypothesis_providers.CONSTANTS_CACHE.cache.clear()
 
 
 @pytest.fixture
@@ -128,7 +153,7 @@ def _run_operation(
     run()
 
 
-def test_api_conforms_to_its_schema(wsgi_app, admin_headers, real_ids):
+def test_api_conforms_to_its_schema(wsgi_app, admin_headers, real_ids, source_constants_ignored):
     schema = schemathesis.openapi.from_wsgi("/api/schema/?format=json", wsgi_app)
     operations = [result.ok() for result in schema.get_all_operations()]
     operations.sort(key=lambda operation: operation.path not in CALL_PATHS)
@@ -166,3 +191,45 @@ def test_api_conforms_to_its_schema(wsgi_app, admin_headers, real_ids):
         "GET /api/v1/providers/{id}/usage/",
     ):
         assert statuses[(label, 200)] > 0, label
+
+
+def _generated_requests(operation) -> list[str]:
+    """The requests Hypothesis generates for `operation` (invalid input), in order."""
+    requests = []
+
+    @hypothesis_settings(
+        max_examples=50,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case=operation.as_strategy(generation_mode=GenerationMode.NEGATIVE))
+    def draw(case):
+        requests.append(repr((case.path_parameters, case.query, case.headers)))
+
+    draw()
+    return requests
+
+
+def test_generated_requests_do_not_depend_on_the_modules_imported(
+    wsgi_app, source_constants_ignored, tmp_path, monkeypatch
+):
+    schema = schemathesis.openapi.from_wsgi("/api/schema/?format=json", wsgi_app)
+    operation = schema["/api/v1/providers/{id}/usage/"]["GET"]
+    before = _generated_requests(operation)
+    # A module of the project's imported in between, as collecting one more
+    # test module imports the code it tests.
+    words = ", ".join(f'"window-{n}"' for n in range(200))
+    numbers = ", ".join(str(7919 * n) for n in range(200))
+    (tmp_path / "imported_in_between.py").write_text(f"WORDS = ({words})\nNUMBERS = ({numbers})\n")
+    monkeypatch.syspath_prepend(tmp_path)
+    importlib.import_module("imported_in_between")
+    try:
+        after = _generated_requests(operation)
+    finally:
+        del sys.modules["imported_in_between"]
+
+    assert len(before) == 50
+    assert after == before

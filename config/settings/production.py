@@ -35,6 +35,11 @@ if not REDIS_URL:
         "and configuration changes through it (see docs/OPERATIONS.md)."
     )
 
+# A WSGI/ASGI server runs several worker processes, and each would run its own
+# beat schedule on a thread (config/embedded_beat.py) if CELERY_BROKER_URL were
+# memory://: the schedule is `celery -A config beat`'s alone, whatever is set.
+EMBEDDED_BEAT = False
+
 # Without EMAIL_URL, alert emails would go to a worker's console and read as
 # delivered: they fail instead, with a message naming EMAIL_URL, and are
 # retried, so setting it later still delivers them.

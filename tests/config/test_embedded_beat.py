@@ -236,3 +236,38 @@ def test_management_commands_do_not_run_the_schedule(tmp_path):
     assert shown.returncode == 0, shown.stderr[-2000:]
     assert shown.stdout.splitlines()[-1] == "['MainThread']"
     assert _STARTED not in shown.stderr
+
+
+@pytest.mark.parametrize("server_module", ["config.wsgi", "config.asgi"])
+def test_production_server_never_runs_the_schedule(tmp_path, server_module):
+    # given production settings whose broker is set to memory:// (tasks eager),
+    # as gunicorn loads them in each of its worker processes
+    environment = _embedded_environment(tmp_path)
+    environment.update(
+        DJANGO_SETTINGS_MODULE="config.settings.production",
+        SECRET_KEY="q3Zt8vK1mW9xR2pL6nB4cY7hJ0sD5fG8aE1uI3oT6yV9wQ2zX4kM7rN0bH5jC8lP",
+        SALT_KEY="salt-2025",
+        ALLOWED_HOSTS="llm.example.com",
+        REDIS_URL="redis://127.0.0.1:6379/14",
+        CELERY_BROKER_URL="memory://",
+    )
+
+    # when the server's application is loaded
+    shown = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"import threading, time, {server_module}; time.sleep(0.5); "
+            "print(sorted(t.name for t in threading.enumerate()))",
+        ],
+        cwd=django_settings.BASE_DIR,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    # then no process of it runs a schedule of its own: production's is `celery beat`'s
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert shown.stdout.splitlines()[-1] == "['MainThread']"
+    assert _STARTED not in shown.stderr

@@ -851,6 +851,78 @@ def test_tpm_limit_keeps_counting_the_worst_case_of_an_attempt_that_failed(
     assert _tpm_counted(config) == 4000 + completion.estimate_message_tokens(HELLO)
 
 
+@pytest.mark.redis
+@pytest.mark.parametrize("ending", ["closed", "broken"])
+def test_stream_ended_early_counts_in_the_tpm_window_the_tokens_it_logged(
+    tenant, openai_upstream, ending
+):
+    # given 5,000 tokens a minute, and a stream that may produce 4,000 tokens
+    # but ends after its first two pieces: closed by the caller, or cut off
+    config = _openai(tenant, openai_upstream, tpm_limit=5000)
+    openai_upstream.enqueue_chat_stream(
+        ["alpha ", "beta ", "gamma"], model="gpt-4o", break_after=3 if ending == "broken" else None
+    )
+    chunks = stream(tenant=tenant, messages=HELLO, max_tokens=4000)
+
+    # when it ends early
+    received = [next(chunks), next(chunks)]
+    if ending == "closed":
+        chunks.close()
+    else:
+        with pytest.raises(UpstreamUnavailable):
+            next(chunks)
+
+    # then the window counts the tokens the log row estimated, not the worst case,
+    # and the result says what the row says
+    log = CallLog.objects.get()
+    result = chunks.result
+    assert received == ["alpha ", "beta "]
+    assert (log.input_tokens, log.output_tokens) == (9, 4)
+    assert _tpm_counted(config) == log.input_tokens + log.output_tokens
+    expected_status = (
+        ("ok", "client_closed") if ending == "closed" else ("error", "upstream_unavailable")
+    )
+    assert (log.status, log.error_code) == expected_status
+    assert (log.usage_estimated, log.attempt, log.streamed) == (True, 1, True)
+    # gpt-4o at $2.50 input and $10 output per million: 9 × 2.5 + 4 × 10 = 62.5 per million
+    assert log.cost_usd == result.cost_usd == Decimal("0.0000625")
+    assert (result.usage_estimated, result.attempts, result.cached) == (True, 1, False)
+    assert result.finish_reason == ("aborted" if ending == "closed" else "error")
+    assert (result.usage.input_tokens, result.usage.output_tokens) == (9, 4)
+    assert result.content == "alpha beta "
+
+
+@pytest.mark.redis
+def test_stream_retried_after_an_upstream_break_before_any_text_answers_from_the_retry(
+    tenant, openai_upstream
+):
+    # given a provider whose first stream breaks before any text, then answers
+    config = _openai(tenant, openai_upstream, tpm_limit=50000)
+    openai_upstream.enqueue_chat_stream(["never "], model="gpt-4o", break_after=0)
+    openai_upstream.enqueue_chat_stream(["Hel", "lo"], model="gpt-4o")
+
+    # when a stream is read to its end
+    chunks = stream(tenant=tenant, messages=HELLO, max_tokens=4000)
+    assert "".join(chunks) == "Hello"
+
+    # then the broken attempt is an error row with no cost, the retry the answer
+    rows = list(
+        CallLog.objects.order_by("attempt").values_list(
+            "attempt", "status", "error_code", "usage_estimated", "cost_usd"
+        )
+    )
+    assert rows[0][:4] == (1, "error", "upstream_unavailable", False)
+    assert rows[0][4] is None
+    assert rows[1][:4] == (2, "ok", "", False)
+    assert chunks.result.attempts == 2
+    assert chunks.result.cost_usd == rows[1][4]
+    assert chunks.result.usage_estimated is False
+    # The broken attempt's worst case stays counted; the answer counts what it used.
+    answered = CallLog.objects.get(attempt=2)
+    worst = 4000 + completion.estimate_message_tokens(HELLO)
+    assert _tpm_counted(config) == worst + answered.input_tokens + answered.output_tokens
+
+
 # --- the error a caller is given ---------------------------------------------------
 
 

@@ -40,8 +40,7 @@ class EmbeddedScheduler(Scheduler):
     producer = None
 
     def install_default_entries(self, data):
-        # Only CELERY_BEAT_SCHEDULE: no result backend to clean up.
-        pass
+        """Only CELERY_BEAT_SCHEDULE: no result backend to clean up."""
 
     def setup_schedule(self):
         super().setup_schedule()

@@ -231,8 +231,7 @@ def client(number):
                 if i % 3:
                     complete(**arguments)
                 else:
-                    for _ in stream(**arguments):
-                        pass
+                    list(stream(**arguments))
                 outcome = "ok"
             except BudgetExceeded:
                 outcome = "refused"

@@ -74,6 +74,11 @@ def test_no_beat_runs_in_the_test_process():
     assert _beat_threads() == []
 
 
+# The schedule's thread writes while the test's does: SQLite's in-memory test
+# database (shared cache) refuses a second connection's write at once instead
+# of waiting, as the embedded default's file database does (WAL, immediate
+# transactions: test_settings.test_embedded_database_serves_concurrent_calls_and_roll_ups).
+@pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_embedded_beat_rolls_up_a_completion_and_delivers_budget_alerts_without_a_read(
     embedded_settings, priced_tenant
@@ -113,6 +118,7 @@ def test_embedded_beat_rolls_up_a_completion_and_delivers_budget_alerts_without_
     assert sorted(message.to for message in mail.outbox) == [["finance@example.com"]] * 2
 
 
+@pytest.mark.postgres  # two connections writing at once, as above
 @pytest.mark.django_db(transaction=True)
 def test_embedded_beat_goes_on_after_a_task_raises(embedded_settings, priced_tenant, caplog):
     # given a schedule with an entry whose task raises every time

@@ -90,7 +90,7 @@ from .config_cache import config_version
 from .exceptions import CALL_INTERRUPTED_CODE, ApplicationError, SecretUnreadableError
 from .models import Tenant
 from .pricing import ZERO, PriceSource, cost_for_usage, cost_worst_case, price_lookup
-from .rate_limiting import RateLimited, TokensCounted, rate_limit_admit, rate_limit_settle
+from .rate_limiting import Admission, RateLimited, TokensCounted, rate_limit_send, rate_limit_settle
 from .response_cache import (
     provider_endpoint,
     request_fingerprint,
@@ -476,15 +476,84 @@ def _blocked(call: _Call, target: RouteTarget, refusal: ApplicationError) -> NoR
     raise _MoveOn(refusal) from refusal
 
 
+class _Gate:
+    """A target's budget hold and its rate limit admissions: the first one
+    made with the budget reservation, each later one when its attempt starts."""
+
+    def __init__(self, hold: _BudgetHold, first: Admission | None):
+        self.hold = hold
+        self.first = first
+        self.attempts = 0
+
+    def admit(
+        self,
+        call: _Call,
+        target: RouteTarget,
+        max_output_tokens: int,
+        previous: ProviderError | None,
+    ) -> TokensCounted | None:
+        """Admit the next attempt by the rate limit; a refusal is logged as
+        blocked and moves on. When the limit refuses a retry, the target failed
+        with the provider's error of the attempt before (`previous`), not with
+        the refusal. Returns where a tpm limit counted the attempt's worst case,
+        for `_tokens_used` to replace with what the attempt used."""
+        self.attempts += 1
+        if self.attempts == 1:
+            return _admitted(call, target, self.first)
+        if not call.deadline.allows_attempt():
+            raise _DeadlineReached(previous)
+        try:
+            return _admitted(call, target, _admission_sent(call, target, max_output_tokens))
+        except _MoveOn as move_on:
+            raise _MoveOn(previous, retry_refusal=move_on.error) from None
+
+    def close(self) -> None:
+        """Release what was not settled; give back a first admission no attempt used."""
+        if self.attempts == 0 and self.first is not None:
+            self.first.undo()
+        self.hold.release()
+
+
+def _admission_sent(call: _Call, target: RouteTarget, max_output_tokens: int) -> Admission | None:
+    """The target's rate limit admission of an attempt, sent; None without limits."""
+    config = target.provider_config
+    if not config.rpm_limit and not config.tpm_limit:
+        return None
+    return rate_limit_send(
+        provider_config_id=config.pk,
+        rpm_limit=config.rpm_limit,
+        tpm_limit=config.tpm_limit,
+        tokens=call.input_tokens + max_output_tokens,
+    )
+
+
+def _admitted(call: _Call, target: RouteTarget, admission: Admission | None):
+    """The admission's answer; a refusal is logged as blocked and moves on."""
+    if admission is None:
+        return None
+    try:
+        return admission.result()
+    except RateLimited as exc:
+        _blocked(call, target, exc)
+
+
 @contextmanager
-def _budget_held(call: _Call, target: RouteTarget, max_output_tokens: int):
-    """Reserve the call's worst-case cost on the target's budgets; a refusal is
-    logged as blocked and moves on. Whatever is not settled is released."""
+def _gated(call: _Call, target: RouteTarget, max_output_tokens: int):
+    """Reserve the call's worst-case cost on the target's budgets and admit its
+    first attempt by the rate limit, yielding the `_Gate` of its attempts.
+
+    The admission is sent first and its answer read after the reservation's,
+    so the two round trips to Redis overlap. A refusal by either is logged
+    as blocked and moves on; the budget's is checked first, and gives back
+    what the admission counted. Whatever is not settled is released."""
+    if not call.deadline.allows_attempt():
+        raise _DeadlineReached(None)
     price = _price(call, target, target.model)
     worst = cost_worst_case(
         price=price, input_tokens=call.input_tokens, max_output_tokens=max_output_tokens
     )
     config = target.provider_config
+    admission = _admission_sent(call, target, max_output_tokens)
     try:
         reservation = budget_reserve(
             tenant=call.tenant,
@@ -496,49 +565,17 @@ def _budget_held(call: _Call, target: RouteTarget, max_output_tokens: int):
             request_id=call.request_id,
             version=call.version,
         )
-    except (BudgetExceeded, BudgetUnavailable) as exc:
-        _blocked(call, target, exc)
-    hold = _BudgetHold(reservation)
+    except BaseException as exc:
+        if admission is not None:
+            admission.undo()
+        if isinstance(exc, (BudgetExceeded, BudgetUnavailable)):
+            _blocked(call, target, exc)
+        raise
+    gate = _Gate(_BudgetHold(reservation), admission)
     try:
-        yield hold
+        yield gate
     finally:
-        hold.release()
-
-
-def _admit(call: _Call, target: RouteTarget, max_output_tokens: int) -> TokensCounted | None:
-    """Rate limit the target's provider config; a refusal is logged as blocked.
-
-    Returns where a tpm limit counted the attempt's worst case, for
-    `_tokens_used` to replace with what the attempt used."""
-    config = target.provider_config
-    if not config.rpm_limit and not config.tpm_limit:
-        return None
-    tokens = call.input_tokens + max_output_tokens
-    try:
-        return rate_limit_admit(
-            provider_config_id=config.pk,
-            rpm_limit=config.rpm_limit,
-            tpm_limit=config.tpm_limit,
-            tokens=tokens,
-        )
-    except RateLimited as exc:
-        _blocked(call, target, exc)
-
-
-def _admit_attempt(
-    call: _Call, target: RouteTarget, max_output_tokens: int, previous: ProviderError | None
-) -> TokensCounted | None:
-    """`_admit` the next attempt on `target`, when the deadline leaves time for
-    one; when the limit refuses a retry, the target failed with the provider's
-    error of the attempt before (`previous`), not with the refusal."""
-    if not call.deadline.allows_attempt():
-        raise _DeadlineReached(previous)
-    try:
-        return _admit(call, target, max_output_tokens)
-    except _MoveOn as move_on:
-        if previous is None:
-            raise
-        raise _MoveOn(previous, retry_refusal=move_on.error) from None
+        gate.close()
 
 
 def _tokens_used(counted: TokensCounted | None, usage: Usage) -> None:
@@ -897,7 +934,7 @@ def _chat_call_prepare(
 def _call_with_retries(
     call: _Call,
     target: RouteTarget,
-    budget: _BudgetHold,
+    gate: _Gate,
     max_output: int,
     invoke,
     paid: list[Decimal | None] | None = None,
@@ -913,7 +950,7 @@ def _call_with_retries(
     try:
         while True:
             attempt_on_target += 1
-            counted = _admit_attempt(call, target, max_output, previous)
+            counted = gate.admit(call, target, max_output, previous)
             started_at, attempt_started = timezone.now(), time.perf_counter()
             try:
                 answer = invoke()
@@ -929,12 +966,12 @@ def _call_with_retries(
             cost, source, latency_ms = _log_success(
                 call, target, answer, counted, started_at, attempt_started
             )
-            budget.settle(_cost_sum([*paid, cost]))
+            gate.hold.settle(_cost_sum([*paid, cost]))
             return answer, cost, source, latency_ms
     finally:
         if paid:
             # Settled once: a no-op after the successful attempt's settlement.
-            budget.settle(_cost_sum(paid))
+            gate.hold.settle(_cost_sum(paid))
 
 
 def _log_success(
@@ -1015,11 +1052,11 @@ def _complete_on_target(call: _Call, target: RouteTarget) -> CompletionResult:
         return cached
     adapter = _adapter(call, target)
     max_output = _max_output_tokens(request.max_tokens, adapter)
-    with _budget_held(call, target, max_output) as budget:
+    with _gated(call, target, max_output) as gate:
         chat, cost, source, latency_ms = _call_with_retries(
             call,
             target,
-            budget,
+            gate,
             max_output,
             lambda: adapter.complete(
                 replace(request, timeout=call.deadline.attempt_timeout(adapter, request.timeout))
@@ -1153,13 +1190,13 @@ class _StreamRun:
         adapter = _adapter(call, target)
         max_output = _max_output_tokens(request.max_tokens, adapter)
         self._paid = []
-        with _budget_held(call, target, max_output) as budget:
+        with _gated(call, target, max_output) as gate:
             attempt_on_target = 0
             previous: ProviderError | None = None
             try:
                 while True:
                     attempt_on_target += 1
-                    self._counted = _admit_attempt(call, target, max_output, previous)
+                    self._counted = gate.admit(call, target, max_output, previous)
                     outcome = yield from self._attempt(adapter, target, request)
                     if outcome is None:
                         return
@@ -1173,7 +1210,7 @@ class _StreamRun:
                 if self.result is not None and not self.result.cached:
                     paid.append(self.result.cost_usd)
                 if paid:
-                    budget.settle(_cost_sum(paid))
+                    gate.hold.settle(_cost_sum(paid))
 
     def _attempt(self, adapter: Adapter, target: RouteTarget, request: ChatRequest):
         """Stream one attempt. Returns None when done, or the error to retry on."""
@@ -1436,9 +1473,9 @@ def _embed_on_target(call: _Call, target: RouteTarget) -> EmbeddingResult:
             raise
 
     paid: list[Decimal | None] = []
-    with _budget_held(call, target, 0) as budget:
+    with _gated(call, target, 0) as gate:
         embedded, cost, source, latency_ms = _call_with_retries(
-            call, target, budget, 0, attempt, paid
+            call, target, gate, 0, attempt, paid
         )
     config = target.provider_config
     return EmbeddingResult(

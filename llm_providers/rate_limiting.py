@@ -7,7 +7,11 @@ and is exact at bucket boundaries and close in between.
 
 With Redis (django-redis) the check and the increments are one Lua script:
 atomic across processes, one round trip, sent on a connection the thread
-keeps for it (`redis_scripts`). With another cache backend they run
+keeps for it (`redis_scripts`). `rate_limit_send` sends it and returns an
+`Admission` whose answer is read later, so the completion service overlaps
+it with the budget reservation's round trip; `Admission.undo` gives back
+what an admitted request counted when it is not sent after all (its budget
+refused it). With another cache backend they run
 under a process lock, correct within one process. When the cache cannot be
 reached the limit is not enforced (with a warning): the provider enforces its
 own limits, and refusing every call for a cache outage would be worse.
@@ -117,15 +121,16 @@ end
 return {0, 0, 0, 0, 0, 0}
 """
 
-# Add a signed correction to a tpm bucket that still exists (an expired one
+# Add a signed correction to each bucket that still exists (an expired one
 # no longer counts), never taking it below zero; INCRBY keeps its expiry.
 _LUA_SETTLE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  return 0
-end
-local value = redis.call('INCRBY', KEYS[1], tonumber(ARGV[1]))
-if value < 0 then
-  redis.call('INCRBY', KEYS[1], -value)
+for i, key in ipairs(KEYS) do
+  if redis.call('EXISTS', key) == 1 then
+    local value = redis.call('INCRBY', key, tonumber(ARGV[i]))
+    if value < 0 then
+      redis.call('INCRBY', key, -value)
+    end
+  end
 end
 return 1
 """
@@ -137,13 +142,17 @@ _scripts: dict[tuple[int, str], object] = {}
 _own = ThreadConnection()
 
 
-def _redis_run(backend, keys: list[str], args: list, source: str = _LUA_ADMIT):
-    # The client get_redis_connection("default") gives, from the cache at hand.
-    client = backend.client.get_client(write=True)
+def _script(client, source: str):
     script = _scripts.get((id(client), source))
     if script is None:
         script = _scripts[(id(client), source)] = client.register_script(source)
-    return _own.run(client, script, keys, args)
+    return script
+
+
+def _redis_run(backend, keys: list[str], args: list, source: str = _LUA_ADMIT):
+    # The client get_redis_connection("default") gives, from the cache at hand.
+    client = backend.client.get_client(write=True)
+    return _own.run(client, _script(client, source), keys, args)
 
 
 def _uses_redis(backend) -> bool:
@@ -163,15 +172,17 @@ def _keys(config_id, window: _Window) -> list[str]:
 
 
 # Both admissions answer (rpm over, tpm over, rpm previous, rpm current,
-# tpm previous, tpm current); the counts are those seen when refused.
+# tpm previous, tpm current); the counts are those seen when refused. The
+# Redis one is sent at once and read later: it returns what reads the answer.
 def _admit_redis(backend, keys, window, tokens, rpm_limit, tpm_limit):
-    real_keys = [backend.make_key(k) for k in keys]
-    outcome = _redis_run(
-        backend,
-        real_keys,
+    client = backend.client.get_client(write=True)
+    sent = _own.send(
+        client,
+        _script(client, _LUA_ADMIT),
+        [backend.make_key(k) for k in keys],
         [repr(window.previous_weight), tokens, _BUCKET_TTL_SECONDS, rpm_limit, tpm_limit],
     )
-    return tuple(int(value) for value in outcome)
+    return lambda: tuple(int(value) for value in sent.reply())
 
 
 def _admit_local(backend, keys, window, tokens, rpm_limit, tpm_limit):
@@ -181,14 +192,43 @@ def _admit_local(backend, keys, window, tokens, rpm_limit, tpm_limit):
         rpm_over = bool(rpm_limit) and rp * window.previous_weight + rc + 1 > rpm_limit
         tpm_over = bool(tpm_limit) and tp * window.previous_weight + tc + tokens > tpm_limit
         if rpm_over or tpm_over:
-            return int(rpm_over), int(tpm_over), rp, rc, tp, tc
-        updates = {}
-        if rpm_limit:
-            updates[keys[1]] = rc + 1
-        if tpm_limit:
-            updates[keys[3]] = tc + tokens
-        backend.set_many(updates, _BUCKET_TTL_SECONDS)
-        return 0, 0, 0, 0, 0, 0
+            outcome = (int(rpm_over), int(tpm_over), rp, rc, tp, tc)
+        else:
+            updates = {}
+            if rpm_limit:
+                updates[keys[1]] = rc + 1
+            if tpm_limit:
+                updates[keys[3]] = tc + tokens
+            backend.set_many(updates, _BUCKET_TTL_SECONDS)
+            outcome = (0, 0, 0, 0, 0, 0)
+    return lambda: outcome
+
+
+def _corrected(provider_config_id, corrections: dict[str, int], what: str) -> None:
+    """Add each signed correction to its bucket while the bucket still counts;
+    a cache failure leaves the counts as they are (with a warning)."""
+    try:
+        backend = caches["default"]
+        if _uses_redis(backend):
+            _redis_run(
+                backend,
+                [backend.make_key(key) for key in corrections],
+                list(corrections.values()),
+                _LUA_SETTLE,
+            )
+        else:
+            with _local_lock:
+                for key, delta in corrections.items():
+                    value = backend.get(key)
+                    if value is not None:
+                        backend.set(key, max(int(value) + delta, 0), _BUCKET_TTL_SECONDS)
+    except Exception as exc:  # noqa: BLE001 - any cache failure: the counts stay
+        logger.warning(
+            "%s of provider config %s not corrected in its rate limit: cache unavailable (%s)",
+            what,
+            provider_config_id,
+            type(exc).__name__,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,32 +240,69 @@ class TokensCounted:
     tokens: int
 
 
-def rate_limit_admit(
-    *, provider_config_id, rpm_limit: int | None, tpm_limit: int | None, tokens: int
-) -> TokensCounted | None:
-    """Count one request of `tokens` tokens, or raise RateLimited without counting it.
+class Admission:
+    """A request's admission by a provider config's rate limit, sent and not yet read.
 
-    Returns where the tokens were counted when a tpm limit counted them.
+    `rate_limit_send` sends it; `result` reads whether it was admitted, so
+    another round trip (the budget reservation) can run in between; `undo`
+    gives back what it counted when the request is not sent after all.
     """
-    if not rpm_limit and not tpm_limit:
-        return None
-    window = _window(time.time())
-    keys = _keys(provider_config_id, window)
-    # The cache of this thread, looked up once: each lookup through the
-    # `cache` proxy costs about as much as the key it makes.
-    backend = caches["default"]
-    admit = _admit_redis if _uses_redis(backend) else _admit_local
-    try:
-        rpm_over, tpm_over, rp, rc, tp, tc = admit(
-            backend, keys, window, tokens, rpm_limit or 0, tpm_limit or 0
-        )
-    except Exception as exc:  # noqa: BLE001 - any cache failure: not enforced
-        logger.warning(
-            "rate limit of provider config %s not enforced: cache unavailable (%s)",
-            provider_config_id,
-            type(exc).__name__,
-        )
-        return None
+
+    def __init__(self, provider_config_id, rpm_limit, tpm_limit, tokens, window, keys, read):
+        self.provider_config_id = provider_config_id
+        self.rpm_limit, self.tpm_limit, self.tokens = rpm_limit, tpm_limit, tokens
+        self.window, self.keys = window, keys
+        self._read = read
+        self._answer: tuple | None = None
+        self._undone = False
+
+    def _outcome(self) -> tuple | None:
+        """The admission's answer, read once; None when the limit is not enforced."""
+        if self._read is not None:
+            read, self._read = self._read, None
+            try:
+                self._answer = read()
+            except Exception as exc:  # noqa: BLE001 - any cache failure: not enforced
+                _not_enforced(self.provider_config_id, exc)
+        return self._answer
+
+    def result(self) -> TokensCounted | None:
+        """Where the tokens were counted when a tpm limit counted them; raises
+        RateLimited when the request was refused (and counted nothing)."""
+        outcome = self._outcome()
+        if outcome is None:
+            return None
+        if outcome[0] or outcome[1]:
+            raise _refusal(self, *outcome)
+        if not self.tpm_limit:
+            return None
+        return TokensCounted(self.provider_config_id, self.keys[3], self.tokens)
+
+    def undo(self) -> None:
+        """Give back what the request counted, if it was admitted."""
+        outcome = self._outcome()
+        if outcome is None or outcome[0] or outcome[1] or self._undone:
+            return
+        self._undone = True
+        corrections = {}
+        if self.rpm_limit:
+            corrections[self.keys[1]] = -1
+        if self.tpm_limit:
+            corrections[self.keys[3]] = -self.tokens
+        _corrected(self.provider_config_id, corrections, "an unsent request")
+
+
+def _not_enforced(provider_config_id, exc: Exception) -> None:
+    logger.warning(
+        "rate limit of provider config %s not enforced: cache unavailable (%s)",
+        provider_config_id,
+        type(exc).__name__,
+    )
+
+
+def _refusal(admission: Admission, rpm_over, tpm_over, rp, rc, tp, tc) -> RateLimited:
+    window, tokens = admission.window, admission.tokens
+    rpm_limit, tpm_limit = admission.rpm_limit, admission.tpm_limit
     refusals = []
     if rpm_over:
         retry_after = _retry_after(rpm_limit, rp, rc, 1, window)
@@ -235,10 +312,6 @@ def rate_limit_admit(
         retry_after = _retry_after(tpm_limit, tp, tc, tokens, window)
         unit = "token" if tpm_limit == 1 else "tokens"
         refusals.append((tpm_limit, tokens, f"{unit} per minute", "tpm", retry_after))
-    if not refusals:
-        if not tpm_limit:
-            return None
-        return TokensCounted(provider_config_id, keys[3], tokens)
     # Over both limits, the request fits once both admit it: name the later one
     # (or the one it can never fit).
     limit, amount, what, kind, retry_after = max(
@@ -255,12 +328,50 @@ def rate_limit_admit(
             f"The provider config's limit of {limit} {what} is reached; retry in "
             f"{math.ceil(retry_after)} s."
         )
-    raise RateLimited(
+    return RateLimited(
         message,
         retry_after=retry_after,
         extra={"limit": limit, "limit_kind": kind},
         waiting_helps=amount <= limit,
     )
+
+
+def rate_limit_send(
+    *, provider_config_id, rpm_limit: int | None, tpm_limit: int | None, tokens: int
+) -> Admission | None:
+    """Count one request of `tokens` tokens unless a limit refuses it; the
+    answer is read by the returned admission's `result`. None without limits."""
+    if not rpm_limit and not tpm_limit:
+        return None
+    window = _window(time.time())
+    keys = _keys(provider_config_id, window)
+    # The cache of this thread, looked up once: each lookup through the
+    # `cache` proxy costs about as much as the key it makes.
+    backend = caches["default"]
+    admit = _admit_redis if _uses_redis(backend) else _admit_local
+    rpm_limit, tpm_limit = rpm_limit or 0, tpm_limit or 0
+    try:
+        read = admit(backend, keys, window, tokens, rpm_limit, tpm_limit)
+    except Exception as exc:  # noqa: BLE001 - any cache failure: not enforced
+        _not_enforced(provider_config_id, exc)
+        read = None
+    return Admission(provider_config_id, rpm_limit, tpm_limit, tokens, window, keys, read)
+
+
+def rate_limit_admit(
+    *, provider_config_id, rpm_limit: int | None, tpm_limit: int | None, tokens: int
+) -> TokensCounted | None:
+    """Count one request of `tokens` tokens, or raise RateLimited without counting it.
+
+    Returns where the tokens were counted when a tpm limit counted them.
+    """
+    admission = rate_limit_send(
+        provider_config_id=provider_config_id,
+        rpm_limit=rpm_limit,
+        tpm_limit=tpm_limit,
+        tokens=tokens,
+    )
+    return admission.result() if admission is not None else None
 
 
 def rate_limit_settle(counted: TokensCounted | None, tokens: int) -> None:
@@ -271,19 +382,4 @@ def rate_limit_settle(counted: TokensCounted | None, tokens: int) -> None:
     """
     if counted is None or tokens == counted.tokens:
         return
-    delta = tokens - counted.tokens
-    try:
-        backend = caches["default"]
-        if _uses_redis(backend):
-            _redis_run(backend, [backend.make_key(counted.key)], [delta], _LUA_SETTLE)
-        else:
-            with _local_lock:
-                value = backend.get(counted.key)
-                if value is not None:
-                    backend.set(counted.key, max(int(value) + delta, 0), _BUCKET_TTL_SECONDS)
-    except Exception as exc:  # noqa: BLE001 - any cache failure: the estimate stays
-        logger.warning(
-            "tokens of provider config %s not settled in its rate limit: cache unavailable (%s)",
-            counted.provider_config_id,
-            type(exc).__name__,
-        )
+    _corrected(counted.provider_config_id, {counted.key: tokens - counted.tokens}, "tokens")

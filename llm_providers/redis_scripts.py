@@ -26,11 +26,16 @@ class ThreadConnection(threading.local):
     client = None
     pid = 0
     connection = None
+    # The script sent last; its reply, when left unread, goes with the connection.
+    sent = None
 
     def ready(self, client):
         """This thread's connection of `client`, ready to send."""
         pid = os.getpid()
         conn = self.connection
+        if self.sent is not None and not self.sent.read and conn is not None:
+            conn.disconnect()
+        self.sent = None
         if conn is None or self.client is not client or self.pid != pid:
             if conn is not None and self.pid == pid:
                 conn.disconnect()
@@ -52,23 +57,55 @@ class ThreadConnection(threading.local):
     def run(self, client, script, keys, args):
         """Run `script` (a registered redis-py Script) with `keys` and `args`; its reply.
 
-        A server that lost its scripts (a restart) is sent it again. Raises
-        RedisError; after a connection error or timeout the connection is closed,
-        so no late reply is read as the next one's.
+        Raises RedisError; after a connection error or timeout the connection is
+        closed, so no late reply is read as the next one's.
+        """
+        return self.send(client, script, keys, args).reply()
+
+    def send(self, client, script, keys, args) -> SentScript:
+        """Send `script` with `keys` and `args`; what reads its reply.
+
+        Another round trip on another connection can run before the reply is
+        read, so the two overlap. One script at a time per thread: sending the
+        next one before this reply is read closes the connection, and the
+        reply is lost.
         """
         conn = None
         try:
             conn = self.ready(client)
             command = conn.pack_command("EVALSHA", script.sha, len(keys), *keys, *args)
             conn.send_packed_command(command)
-            try:
-                return conn.read_response()
-            except NoScriptError:
-                conn.send_packed_command(conn.pack_command("SCRIPT", "LOAD", script.script))
-                conn.read_response()
-                conn.send_packed_command(command)
-                return conn.read_response()
         except (RedisConnectionError, RedisTimeoutError):
             if conn is not None:
                 conn.disconnect()
+            raise
+        self.sent = SentScript(conn, script, command)
+        return self.sent
+
+
+class SentScript:
+    """A script sent on a thread's connection, its reply not read yet."""
+
+    __slots__ = ("connection", "script", "command", "read")
+
+    def __init__(self, connection, script, command):
+        self.connection, self.script, self.command = connection, script, command
+        self.read = False
+
+    def reply(self):
+        """The script's reply. A server that lost its scripts (a restart) is sent
+        it again. Raises RedisError, closing the connection after a connection
+        error or timeout."""
+        conn = self.connection
+        self.read = True
+        try:
+            try:
+                return conn.read_response()
+            except NoScriptError:
+                conn.send_packed_command(conn.pack_command("SCRIPT", "LOAD", self.script.script))
+                conn.read_response()
+                conn.send_packed_command(self.command)
+                return conn.read_response()
+        except (RedisConnectionError, RedisTimeoutError):
+            conn.disconnect()
             raise

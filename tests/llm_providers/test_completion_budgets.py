@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from llm_providers.adapters.errors import ProviderBadRequest, ProviderTimeout, UpstreamUnavailable
 from llm_providers.completion import complete, embed, stream
+from llm_providers.rate_limiting import RateLimited
 from llm_providers.services import provider_config_create
 from tests.factories import (
     BudgetFactory,
@@ -158,6 +159,47 @@ def test_complete_releases_reservation_when_call_fails(tenant, primary):
     result = complete(tenant=tenant, messages=HELLO, max_tokens=10)
 
     assert result.cost_usd == REAL
+
+
+def test_call_refused_by_a_budget_leaves_the_rate_limit_to_the_calls_sent(tenant, primary):
+    # given one request a minute on the config, and a customer over a blocking budget
+    primary.rpm_limit = 1
+    primary.tpm_limit = 1000
+    primary.save()
+    _block(tenant, Decimal("0.01"), customer_id="over")
+
+    # when that customer's call is refused by the budget
+    with pytest.raises(BudgetExceeded):
+        complete(tenant=tenant, messages=HELLO, max_tokens=10, customer_id="over")
+
+    # then it counted nothing: another customer's call is admitted and served,
+    # and the limit then refuses the next one
+    result = complete(tenant=tenant, messages=HELLO, max_tokens=10, customer_id="other")
+    assert result.cost_usd == REAL
+    with pytest.raises(RateLimited):
+        complete(tenant=tenant, messages=HELLO, max_tokens=10, customer_id="other")
+
+
+def test_call_refused_by_the_rate_limit_gives_its_reservation_back(tenant, primary):
+    # given a budget of $0.05 and a rate limit that admits one request a
+    # minute, used up by a call that cost $0.014
+    _block(tenant, Decimal("0.05"))
+    primary.rpm_limit = 1
+    primary.save()
+    complete(tenant=tenant, messages=HELLO, max_tokens=10)
+    second = ProviderConfigFactory(tenant=tenant, name="second", priority=2)
+
+    # when the next call is refused by the primary's rate limit and falls back
+    result = complete(tenant=tenant, messages=HELLO, max_tokens=10)
+
+    # then its reservation on the primary ($0.028) was given back before the
+    # fallback reserved its own: the two would not have fit together
+    assert result.provider == second.name
+    logs = CallLog.objects.filter(request_id=result.request_id).order_by("attempt")
+    assert [(log.status, log.error_code) for log in logs] == [
+        ("blocked", "rate_limited"),
+        ("ok", ""),
+    ]
 
 
 @pytest.mark.redis

@@ -12,6 +12,7 @@ from llm_providers.rate_limiting import (
     _retry_after,
     _Window,
     rate_limit_admit,
+    rate_limit_send,
     rate_limit_settle,
 )
 
@@ -299,3 +300,78 @@ def test_admission_goes_on_after_redis_dropped_its_connections_and_scripts(own_r
     assert _rpm_count(own_redis_cache, config_id) == 3
     with pytest.raises(RateLimited):
         rate_limit_admit(**limits)
+
+
+def test_an_admission_sent_is_answered_when_read():
+    config_id = uuid.uuid4()
+    limits = {"provider_config_id": config_id, "rpm_limit": 2, "tpm_limit": 1000}
+    rate_limit_admit(**limits, tokens=300)
+
+    admitted = rate_limit_send(**limits, tokens=300)
+    counted = admitted.result()
+    refused = rate_limit_send(**limits, tokens=300)
+
+    assert (counted.tokens, admitted.result()) == (300, counted)
+    with pytest.raises(RateLimited) as raised:
+        refused.result()
+    assert raised.value.extra["limit_kind"] == "rpm"
+
+
+def test_undoing_an_admitted_request_gives_back_its_request_and_tokens():
+    config_id = uuid.uuid4()
+    limits = {"provider_config_id": config_id, "rpm_limit": 2, "tpm_limit": 1000}
+    rate_limit_admit(**limits, tokens=100)
+    admission = rate_limit_send(**limits, tokens=900)
+
+    admission.undo()
+
+    # then one request and 900 tokens fit again (the second request would not, nor 901)
+    with pytest.raises(RateLimited) as raised:
+        rate_limit_admit(**limits, tokens=901)
+    assert raised.value.extra["limit_kind"] == "tpm"
+    rate_limit_admit(**limits, tokens=900)
+    with pytest.raises(RateLimited) as raised:
+        rate_limit_admit(**limits, tokens=1)
+    assert raised.value.extra["limit_kind"] == "rpm"
+
+
+def test_undoing_a_refused_request_takes_nothing_from_the_admitted_ones():
+    config_id = uuid.uuid4()
+    limits = {"provider_config_id": config_id, "rpm_limit": 1, "tpm_limit": None, "tokens": 1}
+    rate_limit_admit(**limits)
+    refused = rate_limit_send(**limits)
+
+    refused.undo()
+
+    with pytest.raises(RateLimited):
+        rate_limit_admit(**limits)
+
+
+@pytest.mark.redis
+def test_undo_leaves_the_buckets_at_what_the_other_requests_counted():
+    from django_redis import get_redis_connection
+
+    config_id = uuid.uuid4()
+    limits = {"provider_config_id": config_id, "rpm_limit": 5, "tpm_limit": 1000}
+    rate_limit_admit(**limits, tokens=42)
+    rate_limit_send(**limits, tokens=500).undo()
+
+    keys = get_redis_connection("default").keys(cache.make_key(f"rl:{config_id}:*"))
+    values = sorted(int(get_redis_connection("default").get(k)) for k in keys)
+    assert values == [1, 42]
+
+
+@pytest.mark.redis
+def test_an_admission_left_unread_does_not_answer_the_next_one(own_redis_cache):
+    # given a config at its limit, and an admission of another config sent
+    # (it would be admitted) whose answer is never read
+    full, other = uuid.uuid4(), uuid.uuid4()
+    limits = {"rpm_limit": 1, "tpm_limit": None, "tokens": 1}
+    rate_limit_admit(provider_config_id=full, **limits)
+    rate_limit_send(provider_config_id=other, **limits)
+
+    # when the full config's next admission is sent and read on the same thread,
+    # then it gets its own answer, not the one left unread
+    with pytest.raises(RateLimited):
+        rate_limit_admit(provider_config_id=full, **limits)
+    assert _rpm_count(own_redis_cache, full) == 1

@@ -1,5 +1,5 @@
 """Admin for tenants, memberships, provider configs, prices and service keys, scoped by
-tenant, and for user tokens, scoped by user."""
+tenant, for user tokens, scoped by user, and for users."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from datetime import UTC
 
 from django.contrib import admin, messages
 from django.contrib.admin.utils import NestedObjects, quote, unquote
+from django.contrib.auth import admin as auth_admin
+from django.contrib.auth import get_user_model
 from django.core.cache import cache
 from django.core.exceptions import PermissionDenied
 from django.db import router, transaction
@@ -70,6 +72,38 @@ admin.site.login_form = AdminLoginForm
 # library's own tenant-less APIKey model is not used.
 if admin.site.is_registered(APIKey):
     admin.site.unregister(APIKey)
+
+
+# --- users ------------------------------------------------------------------------
+
+_USER_TIMES_IN_UTC = {"last_login": "last_login_utc", "date_joined": "date_joined_utc"}
+
+
+def _user_times_in_utc(fieldsets):
+    """Django's user fieldsets with each time replaced by its UTC display."""
+    return tuple(
+        (name, {**options, "fields": [_USER_TIMES_IN_UTC.get(f, f) for f in options["fields"]]})
+        for name, options in fieldsets
+    )
+
+
+User = get_user_model()
+if admin.site.is_registered(User):
+    admin.site.unregister(User)
+
+
+@admin.register(User)
+class UserAdmin(auth_admin.UserAdmin):
+    """Django's user admin with the last login and the joining date written in
+    UTC, zone named, as the app's pages write times. They are shown, not
+    edited: Django sets them, and a hand-edited one would only mislead."""
+
+    list_display = (*auth_admin.UserAdmin.list_display, "last_login_utc", "date_joined_utc")
+    fieldsets = _user_times_in_utc(auth_admin.UserAdmin.fieldsets)
+    readonly_fields = tuple(_USER_TIMES_IN_UTC.values())
+
+    last_login_utc = utc_field_display("last_login", "last login")
+    date_joined_utc = utc_field_display("date_joined", "date joined")
 
 
 # --- tenants ------------------------------------------------------------------

@@ -1395,3 +1395,96 @@ def test_tenant_membership_and_provider_config_pages_show_times_in_utc(
     assert '<div class="readonly">2026-11-22 22:55:07 UTC</div>' in config_page
     for html in (tenant_page, memberships, config_page):
         assert "p.m." not in html and "a.m." not in html and "midnight" not in html
+
+
+# --- times of the history page and of users ---------------------------------------------
+
+
+def test_history_page_shows_the_time_of_an_edit_in_utc(
+    openai_config, tenant_admin, admin_client_for
+):
+    # given a provider config edited in the admin
+    client = admin_client_for(tenant_admin)
+    client.post(_change_url(openai_config), _form_data(openai_config, priority="7"))
+    entry = LogEntry.objects.get(object_id=str(openai_config.pk), action_flag=CHANGE)
+
+    # when
+    html = client.get(
+        reverse("admin:llm_providers_providerconfig_history", args=[openai_config.pk])
+    ).content.decode()
+
+    # then the edit's time names its zone, as the app's own pages do
+    shown = f"{entry.action_time.astimezone(dt.UTC):%Y-%m-%d %H:%M:%S} UTC"
+    assert f'<th scope="row">{shown}</th>' in html
+    assert '<th scope="col">Date/time (UTC)</th>' in html
+    assert f"<td>{entry.get_change_message()}</td>" in html
+    # Django's page otherwise: its breadcrumbs and paginator stay.
+    assert "&rsaquo; History" in html and "1 entry" in html
+    for word in ("a.m.", "p.m.", "midnight", "noon"):
+        assert word not in html
+
+
+USER_CHANGELIST = "admin:auth_user_changelist"
+
+
+def _dated_user():
+    """A user who joined at 17:51:03 UTC on 2026-11-22 and last logged in at
+    08:00:30 UTC on 2027-01-05."""
+    user = UserFactory(username="carol", first_name="Carol", is_staff=False)
+    type(user).objects.filter(pk=user.pk).update(date_joined=CREATED, last_login=EXPIRES)
+    return user
+
+
+def test_user_list_and_page_show_last_login_and_date_joined_in_utc(superuser, admin_client_for):
+    user = _dated_user()
+    client = admin_client_for(superuser)
+
+    listed = client.get(reverse(USER_CHANGELIST)).content.decode()
+    page = client.get(reverse("admin:auth_user_change", args=[user.pk])).content.decode()
+
+    assert '">Last login (UTC)</a></div>' in listed
+    assert '">Date joined (UTC)</a></div>' in listed
+    assert '<td class="field-last_login_utc">2027-01-05 08:00:30 UTC</td>' in listed
+    assert '<td class="field-date_joined_utc">2026-11-22 17:51:03 UTC</td>' in listed
+    assert "<label>Last login (UTC):</label>" in page
+    assert '<div class="readonly">2027-01-05 08:00:30 UTC</div>' in page
+    assert "<label>Date joined (UTC):</label>" in page
+    assert '<div class="readonly">2026-11-22 17:51:03 UTC</div>' in page
+    assert 'name="date_joined_0"' not in page and 'name="last_login_0"' not in page
+    for html in (listed, page):
+        assert "p.m." not in html and "a.m." not in html
+
+
+def test_user_who_never_logged_in_shows_a_dash(superuser, admin_client_for):
+    user = UserFactory(username="dave")
+    client = admin_client_for(superuser)
+
+    listed = client.get(reverse(USER_CHANGELIST) + "?q=dave").content.decode()
+
+    assert user.last_login is None
+    assert '<td class="field-last_login_utc">—</td>' in listed
+
+
+def test_superuser_still_edits_a_user(superuser, admin_client_for):
+    user = _dated_user()
+    client = admin_client_for(superuser)
+
+    response = client.post(
+        reverse("admin:auth_user_change", args=[user.pk]),
+        {
+            "username": "carol",
+            "first_name": "Caroline",
+            "last_name": "Doe",
+            "email": "carol@example.com",
+            "is_active": "on",
+            "is_staff": "on",
+        },
+    )
+
+    assert response.status_code == 302, response.content.decode()
+    stored = type(user).objects.get(pk=user.pk)
+    assert (stored.first_name, stored.last_name, stored.is_staff) == ("Caroline", "Doe", True)
+    assert (stored.date_joined, stored.last_login) == (CREATED, EXPIRES)
+    assert _history(user) == [
+        (CHANGE, superuser.pk, "Changed First name, Last name and Staff status.")
+    ]

@@ -14,6 +14,7 @@ from django.contrib import admin, messages
 from django.contrib.admin.utils import NestedObjects, quote, unquote
 from django.contrib.auth import admin as auth_admin
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
 from django.core.cache import cache
 from django.core.exceptions import PermissionDenied
 from django.db import router, transaction
@@ -88,12 +89,13 @@ def _user_times_in_utc(fieldsets):
 
 
 User = get_user_model()
-if admin.site.is_registered(User):
-    admin.site.unregister(User)
+for _model in (User, Group):
+    if admin.site.is_registered(_model):
+        admin.site.unregister(_model)
 
 
 @admin.register(User)
-class UserAdmin(auth_admin.UserAdmin):
+class UserAdmin(NulSafeAdmin, auth_admin.UserAdmin):
     """Django's user admin with the last login and the joining date written in
     UTC, zone named, as the app's pages write times. They are shown, not
     edited: Django sets them, and a hand-edited one would only mislead."""
@@ -104,6 +106,11 @@ class UserAdmin(auth_admin.UserAdmin):
 
     last_login_utc = utc_field_display("last_login", "last login")
     date_joined_utc = utc_field_display("date_joined", "date joined")
+
+
+@admin.register(Group)
+class GroupAdmin(NulSafeAdmin, auth_admin.GroupAdmin):
+    """Django's group admin, its search safe from a NUL character."""
 
 
 # --- tenants ------------------------------------------------------------------

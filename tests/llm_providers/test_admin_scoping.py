@@ -803,6 +803,36 @@ def test_object_url_with_a_nul_character_answers_like_a_missing_object(
     assert response["Location"] == "/admin/"
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/admin/auth/user/?q=ad%00min",
+        "/admin/auth/group/?q=ops%00",
+        "/admin/auth/user/ab%00cd/change/",
+        "/admin/auth/group/ab%00cd/change/",
+    ],
+)
+def test_user_and_group_pages_with_a_nul_character_answer_without_a_server_error(
+    client, superuser, url
+):
+    # given users and groups to search, and a term PostgreSQL cannot compare with text
+    from django.contrib.auth.models import Group
+
+    Group.objects.create(name="ops")
+    client.force_login(superuser)
+
+    # when a superuser asks for it
+    response = client.get(url)
+
+    # then a search is a bad lookup, as for the app's lists, and an object URL
+    # answers like a missing object
+    assert response.status_code == 302
+    if "?q=" in url:
+        assert response["Location"] == url.split("?")[0] + "?e=1"
+    else:
+        assert response["Location"] == "/admin/"
+
+
 def test_global_price_moved_to_one_tenant_no_longer_prices_the_others(
     client, superuser, tenant, other_tenant
 ):

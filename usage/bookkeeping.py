@@ -3,9 +3,10 @@
 A completion is answered as soon as the provider has answered; writing its
 CallLog row and settling its budget reservation happen right after, in
 submission order, on one background thread per process. Order matters: a
-row is written before the settlement that follows it, so a budget counter
-rebuilt from CallLog meanwhile over-counts (the reservation is still held)
-and never under-counts.
+row is written before the settlement that follows it, so a Redis budget
+counter rebuilt from CallLog meanwhile over-counts (the reservation is still
+held) and never under-counts; a database counter leaves the calls still
+holding a reservation out of its rebuild, and counts each once.
 
 With CALL_LOG_ASYNC off (SQLite, tests), work runs inline in the caller, and
 a failure raises there. When the queue holds BOOKKEEPING_QUEUE_SIZE items the

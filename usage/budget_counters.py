@@ -15,6 +15,9 @@ in Redis and Decimals in the database.
   budget order (atomic across processes on PostgreSQL) and BudgetHold rows for
   reservations; on SQLite, whose transactions hold the write lock from their
   start (config/settings/base.py), a process lock serialises the gate as well.
+  A reservation finding a settled value read from CallLog
+  USAGE_BUDGET_COUNTER_REBUILD_SECONDS ago or more reads it again, under the
+  lock, leaving out the calls whose reservations are still held.
 
 Both remember the reservations settled lately (_SETTLED_KEEP_SECONDS): a
 settlement sent again, because the reply to the first was lost, counts its
@@ -24,6 +27,7 @@ cost once.
 from __future__ import annotations
 
 import threading
+import uuid
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -362,10 +366,54 @@ def _counter_key(entry) -> dict:
     }
 
 
+# A settled reservation leaves a hold of nothing under this prefix (settle).
+_SETTLED_MARK = "settled:"
+
+
+def _cost_in_flight(entry, counter: BudgetCounter) -> Decimal:
+    """The CallLog cost of the calls that still hold a reservation on `counter`.
+
+    Their settlements are still to come (a row is written before its
+    settlement, usage.bookkeeping) and will add this cost. A reservation id
+    starts with its request's id; a request's rows count from when it reserved
+    (expiry less the TTL), so an earlier fallback target's rows, settled with
+    their own reservation, are not taken for this one's.
+    """
+    ttl = timedelta(seconds=settings.USAGE_BUDGET_RESERVATION_TTL_SECONDS)
+    reserved_at: dict[uuid.UUID, datetime] = {}
+    held = (
+        BudgetHold.objects.filter(counter=counter)
+        .exclude(reservation_id__startswith=_SETTLED_MARK)
+        .values_list("reservation_id", "expires_at")
+    )
+    for reservation_id, expires_at in held:
+        try:
+            request_id = uuid.UUID(reservation_id.rsplit(".", 1)[0])
+        except ValueError:
+            continue
+        at = expires_at - ttl
+        reserved_at[request_id] = min(at, reserved_at.get(request_id, at))
+    if not reserved_at:
+        return Decimal(0)
+    budget, period = entry.budget, entry.period
+    rows = (
+        CallLog.objects.filter(
+            tenant_id=budget.tenant_id,
+            created_at__gte=period.start,
+            created_at__lt=period.end,
+            request_id__in=list(reserved_at),
+            cost_usd__isnull=False,
+        )
+        .filter(budget_scope_filter(budget))
+        .values_list("request_id", "created_at", "cost_usd")
+    )
+    return sum((cost for request_id, at, cost in rows if at >= reserved_at[request_id]), Decimal(0))
+
+
 class DatabaseCounters:
     name = "database"
 
-    def _counter_locked(self, entry) -> BudgetCounter:
+    def _counter_locked(self, entry, now: datetime) -> BudgetCounter:
         key = _counter_key(entry)
         counter = BudgetCounter.objects.select_for_update().filter(**key).first()
         if counter is not None:
@@ -374,11 +422,24 @@ class DatabaseCounters:
         try:
             with transaction.atomic():
                 BudgetCounter.objects.create(
-                    **key, period_end=entry.period.end, settled_usd=settled
+                    **key, period_end=entry.period.end, settled_usd=settled, settled_read_at=now
                 )
         except IntegrityError:
             pass  # another process created it first; use theirs
         return BudgetCounter.objects.select_for_update().get(**key)
+
+    def _rebuild(self, entry, counter: BudgetCounter, now: datetime) -> None:
+        """Read the settled value from CallLog again: a process killed between a
+        call's log row and its settlement left that cost out of the counter.
+
+        The row lock keeps settlements out meanwhile: one that landed is in
+        CallLog, one still to come is left out here and adds its cost then.
+        Holds are rows of their own, untouched; so are the marks of settled
+        reservations, and a settlement sent again still counts once.
+        """
+        settled = settled_from_call_logs(entry) - _cost_in_flight(entry, counter)
+        BudgetCounter.objects.filter(pk=counter.pk).update(settled_usd=settled, settled_read_at=now)
+        counter.settled_usd, counter.settled_read_at = settled, now
 
     def reserve(self, *, reservation, now: datetime) -> Refusal | None:
         amount = reservation.amount_usd
@@ -386,8 +447,12 @@ class DatabaseCounters:
         ordered = sorted(reservation.entries, key=lambda e: e.budget.id)
         refusal = None
         with _serialised(), transaction.atomic():
-            counters = [self._counter_locked(entry) for entry in ordered]
+            counters = [self._counter_locked(entry, now) for entry in ordered]
             BudgetHold.objects.filter(counter__in=counters, expires_at__lte=now).delete()
+            read_before = now - timedelta(seconds=settings.USAGE_BUDGET_COUNTER_REBUILD_SECONDS)
+            for entry, counter in zip(ordered, counters, strict=True):
+                if counter.settled_read_at <= read_before:
+                    self._rebuild(entry, counter, now)
             held = dict(
                 BudgetHold.objects.filter(counter__in=counters)
                 .order_by()
@@ -437,7 +502,7 @@ class DatabaseCounters:
                 return
             # A settlement retried after its commit's reply was lost finds its
             # mark: a hold of nothing, forgotten like a lapsed reservation.
-            mark = f"settled:{reservation.reservation_id}"
+            mark = f"{_SETTLED_MARK}{reservation.reservation_id}"
             counted = set(
                 BudgetHold.objects.filter(
                     counter_id__in=counter_ids, reservation_id=mark

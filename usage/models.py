@@ -422,8 +422,10 @@ class BudgetCounter(models.Model):
     """The live spend of one budget period when counters live in the database (no Redis).
 
     `settled_usd` starts as the period's CallLog cost and grows as calls settle;
-    rows are locked (SELECT ... FOR UPDATE) while reserving, so reservations are
-    atomic across processes. `definition` fingerprints what is counted (scope,
+    a reservation finding it read from CallLog (`settled_read_at`) at least
+    USAGE_BUDGET_COUNTER_REBUILD_SECONDS ago reads it again. Rows are locked
+    (SELECT ... FOR UPDATE) while reserving, so reservations are atomic across
+    processes. `definition` fingerprints what is counted (scope,
     period kind, time zone): a budget given a new scope starts a fresh counter
     rebuilt from CallLog; other edits keep the counter and its holds.
     """
@@ -433,6 +435,7 @@ class BudgetCounter(models.Model):
     definition = models.CharField(max_length=40)
     period_end = models.DateTimeField()
     settled_usd = models.DecimalField(max_digits=24, decimal_places=12, default=Decimal(0))
+    settled_read_at = models.DateTimeField(default=timezone.now)
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:

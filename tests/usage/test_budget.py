@@ -30,20 +30,28 @@ from usage.budget import (
     budget_reserve,
     budget_settle,
 )
-from usage.models import Budget, BudgetHold
+from usage.models import Budget, BudgetCounter, BudgetHold
 from usage.periods import DAILY, MONTHLY, period_containing
 from usage.retention import call_logs_purge
 from usage.services import budget_update
 
 
-def _reserve(tenant, amount, *, service="summarizer", customer="acme", provider_config_id=None):
+def _reserve(
+    tenant,
+    amount,
+    *,
+    service="summarizer",
+    customer="acme",
+    provider_config_id=None,
+    request_id=None,
+):
     return budget_reserve(
         tenant=tenant,
         provider_config_id=provider_config_id,
         service_name=service,
         customer_id=customer,
         amount_usd=Decimal(amount),
-        request_id=uuid.uuid4(),
+        request_id=request_id or uuid.uuid4(),
     )
 
 
@@ -801,6 +809,148 @@ def test_call_settled_while_its_counter_is_rebuilt_counts_once(settings, monkeyp
     assert client.hget(counter, "s") == b"600000000"
     assert not client.hexists(counter, "b")
     assert _reserve(tenant, "0.30")
+
+
+def _at(moment):
+    return mock.patch("django.utils.timezone.now", return_value=moment)
+
+
+@pytest.mark.django_db
+def test_database_counter_counts_a_call_whose_process_died_once_its_rebuild_is_due(settings):
+    # given a $1 daily blocking budget counted in the database, and a call that
+    # logged $0.30 and whose process died before settling it
+    settings.USAGE_BUDGET_BACKEND = "database"
+    settings.USAGE_BUDGET_RESERVATION_TTL_SECONDS = 60
+    settings.USAGE_BUDGET_COUNTER_REBUILD_SECONDS = 3600
+    tenant = TenantFactory()
+    budget = _blocking_daily(tenant, limit="1.00")
+    start = timezone.now().replace(hour=12, minute=0, second=0, microsecond=0)
+    request_id = uuid.uuid4()
+    with _at(start):
+        _reserve(tenant, "0.60", request_id=request_id)
+    CallLogFactory(
+        tenant=tenant,
+        request_id=request_id,
+        service_name="summarizer",
+        cost_usd=Decimal("0.300000000000"),
+        created_at=start + dt.timedelta(seconds=1),
+    )
+
+    # when its reservation has lapsed but the counter's rebuild is not yet due,
+    # then the counter still misses the $0.30
+    with _at(start + dt.timedelta(seconds=3599)), pytest.raises(BudgetExceeded) as caught:
+        _reserve(tenant, "1.01")
+    assert Decimal(caught.value.extra["spend_usd"]) == Decimal("0")
+    [counter] = BudgetCounter.objects.filter(budget=budget)
+    assert counter.settled_usd == Decimal("0")
+
+    # when the first reservation past the deadline comes, then it counts the $0.30
+    with _at(start + dt.timedelta(seconds=3600)), pytest.raises(BudgetExceeded) as caught:
+        _reserve(tenant, "0.71")
+    assert Decimal(caught.value.extra["spend_usd"]) == Decimal("0.3")
+    counter.refresh_from_db()
+    assert counter.settled_usd == Decimal("0.300000000000")
+    assert counter.settled_read_at == start + dt.timedelta(seconds=3600)
+    with _at(start + dt.timedelta(seconds=3601)):
+        assert _reserve(tenant, "0.70")
+
+
+@pytest.mark.django_db
+def test_database_counter_rebuild_keeps_outstanding_reservations_and_counts_calls_in_flight_once(
+    settings,
+):
+    # given a $1 daily blocking budget counted in the database: B logged and
+    # settled $0.05; A holds $0.40 and logged $0.20 but has not settled yet;
+    # C holds $0.30 and has not logged
+    settings.USAGE_BUDGET_BACKEND = "database"
+    settings.USAGE_BUDGET_COUNTER_REBUILD_SECONDS = 60
+    tenant = TenantFactory()
+    budget = _blocking_daily(tenant, limit="1.00")
+    # In the past, within today: settlements remember themselves from the real now.
+    now = timezone.now()
+    start = max(now - dt.timedelta(seconds=120), now.replace(hour=0, minute=0, second=0))
+    call_a, call_b = uuid.uuid4(), uuid.uuid4()
+    with _at(start):
+        held_a = _reserve(tenant, "0.40", request_id=call_a)
+        held_b = _reserve(tenant, "0.10", request_id=call_b)
+        held_c = _reserve(tenant, "0.30")
+    moment = start + dt.timedelta(seconds=1)
+    for request_id, cost in ((call_b, "0.05"), (call_a, "0.20")):
+        CallLogFactory(
+            tenant=tenant,
+            request_id=request_id,
+            service_name="summarizer",
+            cost_usd=Decimal(cost),
+            created_at=moment,
+        )
+    budget_settle(reservation=held_b, cost_usd=Decimal("0.05"))
+
+    # when a reservation past the rebuild deadline rebuilds the counter
+    with _at(start + dt.timedelta(seconds=61)), pytest.raises(BudgetExceeded) as caught:
+        _reserve(tenant, "0.30")
+
+    # then the settled value is B's cost alone, next to A's and C's holds
+    assert Decimal(caught.value.extra["spend_usd"]) == Decimal("0.75")
+    [counter] = BudgetCounter.objects.filter(budget=budget)
+    assert counter.settled_usd == Decimal("0.050000000000")
+    held = BudgetHold.objects.filter(counter=counter, amount_usd__gt=0)
+    assert sorted(held.values_list("reservation_id", flat=True)) == sorted(
+        [held_a.reservation_id, held_c.reservation_id]
+    )
+
+    # when A settles (and its settlement is sent again), B's settlement too,
+    # and C is released, then each cost counts once: $0.25
+    budget_settle(reservation=held_a, cost_usd=Decimal("0.20"))
+    budget_settle(reservation=held_a, cost_usd=Decimal("0.20"))
+    budget_settle(reservation=held_b, cost_usd=Decimal("0.05"))
+    budget_release(reservation=held_c)
+    with _at(start + dt.timedelta(seconds=62)), pytest.raises(BudgetExceeded) as caught:
+        _reserve(tenant, "0.76")
+    assert Decimal(caught.value.extra["spend_usd"]) == Decimal("0.25")
+    counter.refresh_from_db()
+    assert counter.settled_usd == Decimal("0.250000000000")
+
+
+@pytest.mark.django_db
+def test_database_counter_rebuild_counts_a_fallen_back_calls_settled_first_target(settings):
+    # given a call whose first target was paid $0.10 for a broken answer and
+    # settled it, and whose fallback target holds $0.50 and logged $0.20,
+    # unsettled yet
+    settings.USAGE_BUDGET_BACKEND = "database"
+    settings.USAGE_BUDGET_COUNTER_REBUILD_SECONDS = 60
+    tenant = TenantFactory()
+    budget = _blocking_daily(tenant, limit="1.00")
+    now = timezone.now()
+    start = max(now - dt.timedelta(seconds=120), now.replace(hour=0, minute=0, second=0))
+    request_id = uuid.uuid4()
+    with _at(start):
+        first = _reserve(tenant, "0.50", request_id=request_id)
+    CallLogFactory(
+        tenant=tenant,
+        request_id=request_id,
+        cost_usd=Decimal("0.10"),
+        created_at=start + dt.timedelta(seconds=1),
+    )
+    budget_settle(reservation=first, cost_usd=Decimal("0.10"))
+    with _at(start + dt.timedelta(seconds=5)):
+        _reserve(tenant, "0.50", request_id=request_id)
+    CallLogFactory(
+        tenant=tenant,
+        request_id=request_id,
+        attempt=2,
+        cost_usd=Decimal("0.20"),
+        created_at=start + dt.timedelta(seconds=6),
+    )
+
+    # when a reservation rebuilds the counter
+    with _at(start + dt.timedelta(seconds=61)), pytest.raises(BudgetExceeded) as caught:
+        _reserve(tenant, "0.41")
+
+    # then the first target's $0.10 stays counted; the fallback's $0.20 waits
+    # for its settlement, its $0.50 held
+    assert Decimal(caught.value.extra["spend_usd"]) == Decimal("0.6")
+    [counter] = BudgetCounter.objects.filter(budget=budget)
+    assert counter.settled_usd == Decimal("0.100000000000")
 
 
 @pytest.mark.django_db

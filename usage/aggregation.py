@@ -139,7 +139,7 @@ def _recompute_windows(*, windows: list[DayWindow], now: datetime) -> RecomputeR
     groups whose values changed, rows whose group vanished. The differences are
     then applied (insert, update by setting every value, delete), so an
     unchanged day costs the grouping and the join, and writes nothing. On
-    PostgreSQL the statement is a CREATE TABLE AS, which may use parallel workers.
+    PostgreSQL the statement is a CREATE TABLE AS.
     When nothing is stored for the windows yet, the groups are inserted directly.
     """
     if not windows:

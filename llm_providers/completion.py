@@ -496,12 +496,16 @@ class _Gate:
         blocked and moves on. When the limit refuses a retry, the target failed
         with the provider's error of the attempt before (`previous`), not with
         the refusal. Returns where a tpm limit counted the attempt's worst case,
-        for `_tokens_used` to replace with what the attempt used."""
+        for `_tokens_used` to replace with what the attempt used.
+
+        The deadline is checked first, the first attempt's too: the budget
+        reservation before it may have used up the time left. A first
+        admission no attempt uses is given back by `close`."""
+        if not call.deadline.allows_attempt():
+            raise _DeadlineReached(previous)
         self.attempts += 1
         if self.attempts == 1:
             return _admitted(call, target, self.first)
-        if not call.deadline.allows_attempt():
-            raise _DeadlineReached(previous)
         try:
             return _admitted(call, target, _admission_sent(call, target, max_output_tokens))
         except _MoveOn as move_on:

@@ -79,23 +79,30 @@ class ThreadConnection(threading.local):
             if conn is not None:
                 conn.disconnect()
             raise
-        self.sent = SentScript(conn, script, command)
+        self.sent = SentScript(self, conn, script, command)
         return self.sent
 
 
 class SentScript:
     """A script sent on a thread's connection, its reply not read yet."""
 
-    __slots__ = ("connection", "script", "command", "read")
+    __slots__ = ("owner", "connection", "script", "command", "read")
 
-    def __init__(self, connection, script, command):
+    def __init__(self, owner: ThreadConnection, connection, script, command):
+        self.owner = owner
         self.connection, self.script, self.command = connection, script, command
         self.read = False
 
     def reply(self):
         """The script's reply. A server that lost its scripts (a restart) is sent
         it again. Raises RedisError, closing the connection after a connection
-        error or timeout."""
+        error or timeout.
+
+        Read once, on the thread that sent it, before the next script is sent:
+        else its reply is gone with the connection, and what the connection
+        holds now is another script's (RedisConnectionError, nothing read)."""
+        if self.read or self.owner.sent is not self:
+            raise RedisConnectionError("the script's reply went with its connection")
         conn = self.connection
         self.read = True
         try:

@@ -533,3 +533,55 @@ def test_stream_ended_by_its_deadline_after_paid_output_settles_that_output(
     with pytest.raises(BudgetExceeded) as refused:
         complete(tenant=tenant, messages=HELLO, max_tokens=10)
     assert Decimal(refused.value.extra["spend_usd"]) == Decimal("0.026")
+
+
+def _rpm_counted(config) -> int:
+    """The requests the rate limit counts for `config` in this minute's bucket."""
+    from django.core.cache import cache
+    from django_redis import get_redis_connection
+
+    client = get_redis_connection("default")
+    return sum(int(client.get(key)) for key in client.keys(cache.make_key(f"rl:{config.pk}:rpm:*")))
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("operation", ["complete", "stream"])
+def test_call_whose_reservation_leaves_no_time_for_an_attempt_makes_none(
+    tenant, primary, monkeypatch, operation
+):
+    # given room for exactly one worst-case call, one request a minute, and a
+    # reservation slow enough (cold counters, a slow Redis) to use up the
+    # call's 1 s deadline
+    from llm_providers import completion
+
+    _block(tenant, Decimal("0.03"))
+    primary.rpm_limit = 1
+    primary.tpm_limit = 1000
+    primary.save()
+    reserve = completion.budget_reserve
+
+    def slow_reserve(**kwargs):
+        reservation = reserve(**kwargs)
+        time.sleep(0.95)
+        return reservation
+
+    monkeypatch.setattr(completion, "budget_reserve", slow_reserve)
+
+    # when the call goes on after its reservation
+    with pytest.raises(ProviderTimeout) as raised:
+        if operation == "complete":
+            complete(tenant=tenant, messages=HELLO, max_tokens=10, deadline=1)
+        else:
+            list(stream(tenant=tenant, messages=HELLO, max_tokens=10, deadline=1))
+
+    # then no attempt was started with the time left, and what its first
+    # attempt's admission counted was given back with its reservation
+    assert raised.value.message == (
+        "The call's deadline of 1 s was reached before any attempt; "
+        "none of the route's 1 target tried."
+    )
+    assert not CallLog.objects.exists()
+    assert _rpm_counted(primary) == 0
+    monkeypatch.undo()
+    assert complete(tenant=tenant, messages=HELLO, max_tokens=10).cost_usd == REAL
+    assert _rpm_counted(primary) == 1

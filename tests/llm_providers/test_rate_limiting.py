@@ -375,3 +375,42 @@ def test_an_admission_left_unread_does_not_answer_the_next_one(own_redis_cache):
     with pytest.raises(RateLimited):
         rate_limit_admit(provider_config_id=full, **limits)
     assert _rpm_count(own_redis_cache, full) == 1
+
+
+@pytest.mark.redis
+def test_an_admission_read_after_the_next_one_was_sent_does_not_take_its_answer(own_redis_cache):
+    # given a config at its limit, an admission of another config sent and
+    # left unread, then the full config's next admission sent
+    full, other = uuid.uuid4(), uuid.uuid4()
+    limits = {"rpm_limit": 1, "tpm_limit": None, "tokens": 1}
+    rate_limit_admit(provider_config_id=full, **limits)
+    left = rate_limit_send(provider_config_id=other, **limits)
+    refused = rate_limit_send(provider_config_id=full, **limits)
+
+    # when the one left unread is read first, then its reply went with its
+    # connection (not enforced), and the next one still gets its own answer
+    assert left.result() is None
+    with pytest.raises(RateLimited):
+        refused.result()
+    assert _rpm_count(own_redis_cache, full) == 1
+
+
+@pytest.mark.redis
+def test_an_admission_is_not_read_on_another_threads_behalf(own_redis_cache):
+    # given an admission sent on this thread, at a config's limit
+    full = uuid.uuid4()
+    limits = {"provider_config_id": full, "rpm_limit": 1, "tpm_limit": None, "tokens": 1}
+    rate_limit_admit(**limits)
+    refused = rate_limit_send(**limits)
+
+    # when another thread reads it, then it reads nothing off this thread's
+    # connection (not enforced there), and this thread's next admission gets
+    # its own answer
+    read_elsewhere = []
+    reader = threading.Thread(target=lambda: read_elsewhere.append(refused.result()))
+    reader.start()
+    reader.join()
+    assert read_elsewhere == [None]
+    with pytest.raises(RateLimited):
+        rate_limit_admit(**limits)
+    assert _rpm_count(own_redis_cache, full) == 1

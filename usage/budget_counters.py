@@ -60,12 +60,13 @@ class Refusal:
     spend_usd: Decimal
 
 
-def settled_from_call_logs(entry) -> Decimal:
+def settled_from_call_logs(entry, *, leave_out: Q | None = None) -> Decimal:
     """The settled cost of a budget period, from CallLog (the cold-counter rebuild).
 
     Days whose call logs the retention purge has reached count their DailyUsage
     instead: a monthly budget under a retention shorter than a month would
     otherwise forget the spend of its first days, and let calls through.
+    The CallLog rows matching `leave_out` are not counted.
     """
     budget, period = entry.budget, entry.period
     scope = budget_scope_filter(budget)
@@ -86,15 +87,14 @@ def settled_from_call_logs(entry) -> Decimal:
             or 0
         )
         start = min(local_midnight(kept_last + timedelta(days=1), tz), period.end)
-    total += (
-        CallLog.objects.filter(
-            tenant_id=budget.tenant_id, created_at__gte=start, created_at__lt=period.end
-        )
-        .filter(scope)
-        .aggregate(total=Sum("cost_usd"))["total"]
-        or 0
-    )
-    return total
+    rows = CallLog.objects.filter(
+        tenant_id=budget.tenant_id, created_at__gte=start, created_at__lt=period.end
+    ).filter(scope)
+    if leave_out is None:
+        return total + (rows.aggregate(total=Sum("cost_usd"))["total"] or 0)
+    # One statement, so one snapshot: a row committed meanwhile is in both sums or in neither.
+    sums = rows.aggregate(total=Sum("cost_usd"), left_out=Sum("cost_usd", filter=leave_out))
+    return total + (sums["total"] or 0) - (sums["left_out"] or 0)
 
 
 # --- Redis ---------------------------------------------------------------------
@@ -370,14 +370,15 @@ def _counter_key(entry) -> dict:
 _SETTLED_MARK = "settled:"
 
 
-def _cost_in_flight(entry, counter: BudgetCounter) -> Decimal:
-    """The CallLog cost of the calls that still hold a reservation on `counter`.
+def _calls_in_flight(counter: BudgetCounter) -> Q | None:
+    """The CallLog rows of the calls that still hold a reservation on `counter`.
 
     Their settlements are still to come (a row is written before its
-    settlement, usage.bookkeeping) and will add this cost. A reservation id
+    settlement, usage.bookkeeping) and will add their cost. A reservation id
     starts with its request's id; a request's rows count from when it reserved
     (expiry less the TTL), so an earlier fallback target's rows, settled with
-    their own reservation, are not taken for this one's.
+    their own reservation, are not taken for this one's. Holds change only
+    under the counter's lock, which the caller holds.
     """
     ttl = timedelta(seconds=settings.USAGE_BUDGET_RESERVATION_TTL_SECONDS)
     reserved_at: dict[uuid.UUID, datetime] = {}
@@ -394,20 +395,12 @@ def _cost_in_flight(entry, counter: BudgetCounter) -> Decimal:
         at = expires_at - ttl
         reserved_at[request_id] = min(at, reserved_at.get(request_id, at))
     if not reserved_at:
-        return Decimal(0)
-    budget, period = entry.budget, entry.period
-    rows = (
-        CallLog.objects.filter(
-            tenant_id=budget.tenant_id,
-            created_at__gte=period.start,
-            created_at__lt=period.end,
-            request_id__in=list(reserved_at),
-            cost_usd__isnull=False,
-        )
-        .filter(budget_scope_filter(budget))
-        .values_list("request_id", "created_at", "cost_usd")
-    )
-    return sum((cost for request_id, at, cost in rows if at >= reserved_at[request_id]), Decimal(0))
+        return None
+    # The IN list first: most rows of the period fail it at once.
+    since = Q()
+    for request_id, at in reserved_at.items():
+        since |= Q(request_id=request_id, created_at__gte=at)
+    return Q(request_id__in=list(reserved_at)) & since
 
 
 class DatabaseCounters:
@@ -437,7 +430,7 @@ class DatabaseCounters:
         Holds are rows of their own, untouched; so are the marks of settled
         reservations, and a settlement sent again still counts once.
         """
-        settled = settled_from_call_logs(entry) - _cost_in_flight(entry, counter)
+        settled = settled_from_call_logs(entry, leave_out=_calls_in_flight(counter))
         BudgetCounter.objects.filter(pk=counter.pk).update(settled_usd=settled, settled_read_at=now)
         counter.settled_usd, counter.settled_read_at = settled, now
 

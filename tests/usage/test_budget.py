@@ -1030,3 +1030,62 @@ def test_refusal_before_any_spend_names_spend_as_plain_decimal(counters):
 
     # then the spend is the money string of every other amount, not "0E-12"
     assert caught.value.extra["spend_usd"] == "0.000000000000"
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_database_counter_rebuild_counts_once_a_call_that_logs_while_it_reads_call_logs(
+    settings, monkeypatch
+):
+    # given a $1 daily blocking budget counted in the database: B logged and
+    # settled $0.10; A holds $0.40 and has not logged yet
+    settings.USAGE_BUDGET_BACKEND = "database"
+    settings.USAGE_BUDGET_COUNTER_REBUILD_SECONDS = 60
+    tenant = TenantFactory()
+    budget = _blocking_daily(tenant, limit="1.00")
+    now = timezone.now()
+    start = max(now - dt.timedelta(seconds=120), now.replace(hour=0, minute=0, second=0))
+    call_a, call_b = uuid.uuid4(), uuid.uuid4()
+    with _at(start):
+        held_a = _reserve(tenant, "0.40", request_id=call_a)
+        held_b = _reserve(tenant, "0.10", request_id=call_b)
+    CallLogFactory(
+        tenant=tenant,
+        request_id=call_b,
+        cost_usd=Decimal("0.10"),
+        created_at=start + dt.timedelta(seconds=1),
+    )
+    budget_settle(reservation=held_b, cost_usd=Decimal("0.10"))
+
+    # when A's process commits A's $0.20 log row while a rebuild reads CallLog
+    # (no lock keeps a log row out)
+    read = budget_counters.settled_from_call_logs
+
+    def read_then_a_logs(entry, **kwargs):
+        settled = read(entry, **kwargs)
+
+        def log_a():
+            CallLogFactory(
+                tenant=tenant,
+                request_id=call_a,
+                cost_usd=Decimal("0.20"),
+                created_at=start + dt.timedelta(seconds=2),
+            )
+            connection.close()
+
+        writer = threading.Thread(target=log_a)
+        writer.start()
+        writer.join()
+        return settled
+
+    monkeypatch.setattr(budget_counters, "settled_from_call_logs", read_then_a_logs)
+    with _at(start + dt.timedelta(seconds=61)):
+        assert _reserve(tenant, "0.10")
+    monkeypatch.setattr(budget_counters, "settled_from_call_logs", read)
+
+    # then the rebuilt value is B's $0.10, and A's settlement adds its $0.20
+    [counter] = BudgetCounter.objects.filter(budget=budget)
+    assert counter.settled_usd == Decimal("0.100000000000")
+    budget_settle(reservation=held_a, cost_usd=Decimal("0.20"))
+    counter.refresh_from_db()
+    assert counter.settled_usd == Decimal("0.300000000000")

@@ -36,6 +36,7 @@ from typing import NoReturn
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.db import DatabaseError
 from django.utils import timezone
 
 from overrides.routing import Route, RouteTarget, route_resolve
@@ -447,9 +448,19 @@ class _BudgetHold:
             self._submit(budget_settle, "budget settlement", cost_usd=cost_usd)
 
     def release(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self._submit(budget_release, "budget release")
+        # Inline, not after the call: a call moving on to a fallback target
+        # reserves there next, and its own hold, still queued for release,
+        # would take the room it gave up. No row needs to precede a release.
+        if self.closed:
+            return
+        self.closed = True
+        if not self.reservation:
+            return
+        try:
+            budget_release(reservation=self.reservation)
+        except (BudgetBackendError, DatabaseError) as exc:
+            # The reservation lapses after its TTL.
+            logger.warning("budget release %s failed: %s", self.reservation.reservation_id, exc)
 
     def _submit(self, fn, what: str, **kwargs) -> None:
         if not self.reservation:

@@ -288,9 +288,7 @@ def budget_settle(*, reservation: BudgetReservation, cost_usd: Decimal | None) -
     """
     if not reservation:
         return
-    counters_backend(reservation.backend).settle(
-        reservation=reservation, cost_nano=usd_to_nano(cost_usd), cost_usd=cost_usd
-    )
+    counters_backend(reservation.backend).settle(reservation=reservation, cost_usd=cost_usd)
 
 
 def budget_counters_forget(*, budget: Budget) -> None:

@@ -43,7 +43,7 @@ from llm_providers.redis_scripts import ThreadConnection
 
 from .aggregation import call_logs_purged_before
 from .models import BudgetCounter, BudgetHold, CallLog, DailyUsage
-from .money import nano_to_usd, usd_to_nano
+from .money import nano_to_usd, usd_to_nano_and_pico
 from .periods import local_date, local_midnight, zone
 from .selectors import budget_scope_filter
 
@@ -99,13 +99,17 @@ def settled_from_call_logs(entry, *, leave_out: Q | None = None) -> Decimal:
 
 # --- Redis ---------------------------------------------------------------------
 
-# Per (budget, definition, period): a hash with the settled spend "s", the time
-# "d" (ms) until which "s" is trusted, the reserved total "t" and one field
-# "r:<id>" per reservation; and a sorted set of reservation ids by expiry (ms).
+# Per (budget, definition, period): a hash with the settled spend "s" in whole
+# nano-dollars and "f", the pico-dollars beyond them (0-999: costs finer than
+# a nano-dollar add up exactly), the time "d" (ms) until which "s" is trusted,
+# the reserved total "t" and one field "r:<id>" per reservation; and a sorted
+# set of reservation ids by expiry (ms). A refusal counts a remainder "f" as
+# one more nano-dollar, so the spend it compares is never below the real one.
 #
 # A cold counter is rebuilt in three steps: the reserve script finds it cold
-# and marks the rebuild ("b": when it began, "p": costs settled since, 0);
-# the caller sums CallLog; the next reserve installs "s" = sum + "p". A call
+# and marks the rebuild ("b": when it began, "p" and "q": nano- and
+# pico-dollars settled since, 0); the caller sums CallLog; the next reserve
+# installs "s" and "f" = sum + "p" and "q". A call
 # settling in between may or may not be in the sum (its row was written
 # before its settle, but perhaps after the sum began), so it is added to "p"
 # either way: the rebuilt value can count such a call twice until the next
@@ -114,7 +118,8 @@ def settled_from_call_logs(entry, *, leave_out: Q | None = None) -> Decimal:
 #
 # Reserve. KEYS: hash, zset per budget. ARGV: now, expiry, reservation id, n,
 # amount, rebuild deadline, stale mark age; then per budget: limit ('-1':
-# alert-only), rebuilt settled value ('' unless rebuilt), key TTL (s).
+# alert-only), rebuilt settled value ('' unless rebuilt) and its pico-dollars,
+# key TTL (s).
 # Replies {1} reserved, {0, i...} counters i are cold, {2, i, spend} budget i refuses.
 # Amounts reach Redis as the strings they arrived as: Lua prints large numbers
 # in exponent form, which HINCRBY refuses.
@@ -122,21 +127,23 @@ _RESERVE_LUA = """
 local now, rid, n = tonumber(ARGV[1]), ARGV[3], tonumber(ARGV[4])
 local settled, reserved, cold = {}, {}, {}
 for i = 1, n do
-  local h, a = KEYS[2 * i - 1], 5 + 3 * i
-  local s = redis.call('HMGET', h, 's', 'd', 'b', 'p', 't')
+  local h, a = KEYS[2 * i - 1], 4 + 4 * i
+  local s = redis.call('HMGET', h, 's', 'd', 'b', 'p', 't', 'f', 'q')
   if s[1] and tonumber(s[2]) > now then
-    settled[i] = tonumber(s[1])
+    settled[i] = tonumber(s[1]) + (tonumber(s[6] or '0') > 0 and 1 or 0)
     reserved[i] = tonumber(s[5] or '0')
   elseif ARGV[a + 1] ~= '' and s[3] then
-    redis.call('HSET', h, 's', ARGV[a + 1], 'd', ARGV[6])
+    local f = tonumber(ARGV[a + 2]) + tonumber(s[7] or '0')
+    redis.call('HSET', h, 's', ARGV[a + 1], 'd', ARGV[6], 'f', f % 1000)
     redis.call('HINCRBY', h, 's', s[4] or '0')
-    redis.call('HDEL', h, 'b', 'p')
-    settled[i] = tonumber(redis.call('HGET', h, 's'))
+    redis.call('HINCRBY', h, 's', math.floor(f / 1000))
+    redis.call('HDEL', h, 'b', 'p', 'q')
+    settled[i] = tonumber(redis.call('HGET', h, 's')) + (f % 1000 > 0 and 1 or 0)
     reserved[i] = tonumber(s[5] or '0')
   else
     if not s[3] or tonumber(s[3]) + tonumber(ARGV[7]) < now then
-      redis.call('HSET', h, 'b', ARGV[1], 'p', '0')
-      redis.call('EXPIRE', h, ARGV[a + 2])
+      redis.call('HSET', h, 'b', ARGV[1], 'p', '0', 'q', '0')
+      redis.call('EXPIRE', h, ARGV[a + 3])
     end
     cold[#cold + 1] = i
   end
@@ -146,7 +153,7 @@ if #cold > 0 then
   return cold
 end
 for i = 1, n do
-  local h, z, a = KEYS[2 * i - 1], KEYS[2 * i], 5 + 3 * i
+  local h, z, a = KEYS[2 * i - 1], KEYS[2 * i], 4 + 4 * i
   local lapsed = redis.call('ZRANGEBYSCORE', z, '-inf', now, 'LIMIT', 0, 500)
   for _, id in ipairs(lapsed) do
     local held = redis.call('HGET', h, 'r:' .. id)
@@ -168,19 +175,20 @@ for i = 1, n do
   end
 end
 for i = 1, n do
-  local h, z, a = KEYS[2 * i - 1], KEYS[2 * i], 5 + 3 * i
+  local h, z, a = KEYS[2 * i - 1], KEYS[2 * i], 4 + 4 * i
   redis.call('HSET', h, 'r:' .. rid, ARGV[5])
   redis.call('HINCRBY', h, 't', ARGV[5])
   redis.call('ZADD', z, ARGV[2], rid)
-  redis.call('EXPIRE', h, ARGV[a + 2])
-  redis.call('EXPIRE', z, ARGV[a + 2])
+  redis.call('EXPIRE', h, ARGV[a + 3])
+  redis.call('EXPIRE', z, ARGV[a + 3])
 end
 return {1}
 """
 
 # Settle. KEYS per budget: hash, zset, and a sorted set of the reservation ids
 # settled lately, by when they are forgotten (ms); ARGV: reservation id, n,
-# now, cost ('0': none), forget at (ms), its key TTL (s). The cost is added to
+# now, cost in whole nano-dollars, forget at (ms), its key TTL (s), the cost's
+# pico-dollars beyond them (both '0': no cost). The cost is added to
 # a settled value still trusted, or to the costs settled during a rebuild;
 # otherwise (cold, no rebuild begun) the next rebuild reads it from CallLog,
 # where the call's row already is. A settlement whose reply was lost is sent
@@ -188,6 +196,7 @@ return {1}
 # its reservation is still held, has lapsed, or its counter was rebuilt since.
 _SETTLE_LUA = """
 local rid, n, now, cost = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local pico = tonumber(ARGV[7])
 for i = 1, n do
   local h, z, x = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
   local held = redis.call('HGET', h, 'r:' .. rid)
@@ -196,7 +205,7 @@ for i = 1, n do
     redis.call('ZREM', z, rid)
     if held ~= '0' then redis.call('HINCRBY', h, 't', '-' .. held) end
   end
-  if cost ~= '0' then
+  if cost ~= '0' or pico > 0 then
     redis.call('ZREMRANGEBYSCORE', x, '-inf', ARGV[3])
     local first = redis.call('ZADD', x, 'NX', ARGV[5], rid) == 1
     redis.call('EXPIRE', x, ARGV[6])
@@ -205,8 +214,13 @@ for i = 1, n do
       -- settled before: its cost is counted already
     elseif v[1] and tonumber(v[1]) > now then
       redis.call('HINCRBY', h, 's', cost)
+      if pico > 0 and redis.call('HINCRBY', h, 'f', pico) >= 1000 then
+        redis.call('HINCRBY', h, 'f', -1000)
+        redis.call('HINCRBY', h, 's', 1)
+      end
     elseif v[2] then
       redis.call('HINCRBY', h, 'p', cost)
+      redis.call('HINCRBY', h, 'q', pico)
     end
   end
 end
@@ -302,13 +316,14 @@ class RedisCounters:
             )
             for entry in entries
         ]
-        bases: dict[int, str] = {}
+        bases: dict[int, tuple[int, int]] = {}
         # A counter found cold is rebuilt from CallLog and installed by the next
         # call; three rounds cover counters going stale meanwhile.
         for _ in range(3):
             args = list(head)
             for index, (limit, ttl) in enumerate(fixed, start=1):
-                args += [limit, bases.get(index, ""), ttl]
+                nano, pico = bases.get(index, ("", 0))
+                args += [limit, nano, pico, ttl]
             reply = self._call(reserve, keys, args)
             if reply[0] == 1:
                 return None
@@ -316,8 +331,8 @@ class RedisCounters:
                 entry = entries[int(reply[1]) - 1]
                 return Refusal(entry=entry, spend_usd=nano_to_usd(int(reply[2])))
             for index in reply[1:]:
-                bases[int(index)] = str(
-                    usd_to_nano(settled_from_call_logs(entries[int(index) - 1]))
+                bases[int(index)] = usd_to_nano_and_pico(
+                    settled_from_call_logs(entries[int(index) - 1])
                 )
         raise BudgetBackendError("budget counters kept going stale while being rebuilt")
 
@@ -328,8 +343,9 @@ class RedisCounters:
         except RedisError as exc:
             raise BudgetBackendError(f"Redis error: {type(exc).__name__}") from exc
 
-    def settle(self, *, reservation, cost_nano: int, cost_usd) -> None:
+    def settle(self, *, reservation, cost_usd) -> None:
         _, settle = self._scripts()
+        nano, pico = usd_to_nano_and_pico(cost_usd)
         keys: list[str] = []
         for entry in reservation.entries:
             keys.extend((*_redis_keys(entry), _redis_settled_key(entry)))
@@ -341,9 +357,10 @@ class RedisCounters:
                 reservation.reservation_id,
                 len(reservation.entries),
                 now_ms,
-                cost_nano,
+                nano,
                 now_ms + _SETTLED_KEEP_SECONDS * 1000,
                 _SETTLED_KEEP_SECONDS,
+                pico,
             ],
         )
 
@@ -476,7 +493,7 @@ class DatabaseCounters:
             budget_id=definition.id, definition=definition.definition
         ).delete()
 
-    def settle(self, *, reservation, cost_nano: int, cost_usd) -> None:
+    def settle(self, *, reservation, cost_usd) -> None:
         cost = Decimal(cost_usd or 0)
         match = Q()
         for entry in reservation.entries:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
+from decimal import ROUND_CEILING, ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal
 
-# Counters count nano-dollars (1e-9 USD): exact for any priced call, and a
-# period total stays far below 2**53 (Lua numbers) up to $9 million.
+# Counters count nano-dollars (1e-9 USD), and a period total stays far below
+# 2**53 (Lua numbers) up to $9 million; the pico-dollars of costs finer than
+# that are kept beside (usd_to_nano_and_pico).
 NANO_PER_USD = 10**9
 _NANO = Decimal(NANO_PER_USD)
+_PICO = Decimal(10**12)
 
 
 def usd_to_nano(amount: Decimal | None, *, round_up: bool = False) -> int:
@@ -15,6 +17,20 @@ def usd_to_nano(amount: Decimal | None, *, round_up: bool = False) -> int:
         return 0
     rounding = ROUND_CEILING if round_up else ROUND_HALF_UP
     return int((Decimal(amount) * _NANO).to_integral_value(rounding=rounding))
+
+
+def usd_to_nano_and_pico(amount: Decimal | None) -> tuple[int, int]:
+    """A cost as whole nano-dollars and the pico-dollars left over (0-999).
+
+    Stored costs have 12 decimals (pico-dollars): a price with more than three
+    decimals per million tokens ($0.0375) gives costs finer than a nano-dollar,
+    which counters keep apart so that their sum stays exact. Rounded to 12
+    decimals as the database stores the cost.
+    """
+    if not amount:
+        return 0, 0
+    pico = int((Decimal(amount) * _PICO).to_integral_value(rounding=ROUND_HALF_EVEN))
+    return divmod(pico, 1000)
 
 
 def nano_to_usd(nano: int) -> Decimal:

@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from llm_providers.adapters.errors import ProviderBadRequest, ProviderTimeout, UpstreamUnavailable
 from llm_providers.completion import complete, embed, stream
-from llm_providers.rate_limiting import RateLimited
+from llm_providers.rate_limiting import RateLimited, rate_limit_admit
 from llm_providers.services import provider_config_create
 from tests.factories import (
     BudgetFactory,
@@ -20,6 +20,7 @@ from tests.factories import (
     TenantFactory,
 )
 from tests.upstreams.server import json_reply
+from usage.bookkeeping import bookkeeping_flush
 from usage.budget import BudgetExceeded
 from usage.budget_counters import counters_backend
 from usage.models import Budget, CallLog
@@ -200,6 +201,59 @@ def test_call_refused_by_the_rate_limit_gives_its_reservation_back(tenant, prima
         ("blocked", "rate_limited"),
         ("ok", ""),
     ]
+
+
+@pytest.fixture
+def busy_writer(settings, monkeypatch):
+    """A background writer of the test's own (CALL_LOG_ASYNC), busy until
+    `busy_writer.set()`: what is submitted to it waits."""
+    from django.db import connections
+
+    from usage import bookkeeping
+
+    settings.CALL_LOG_ASYNC = True
+    monkeypatch.setattr(bookkeeping, "_writer", None)
+    busy = threading.Event()
+    bookkeeping.bookkeeping_submit(busy.wait, label="busy", timeout=30)
+    yield busy
+    busy.set()
+    # The writer thread's own connections close, so the test database can be dropped.
+    bookkeeping.bookkeeping_submit(connections.close_all, label="close connections")
+    assert bookkeeping.bookkeeping_flush(timeout=10)
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("refused_by", ["rate_limit", "provider"])
+def test_call_falling_back_is_not_refused_by_its_own_released_reservation(
+    tenant, primary, busy_writer, refused_by
+):
+    # given room for one worst-case call ($0.028 of $0.05), and a primary that
+    # cannot serve: its rate limit used up, or its provider failing
+    _block(tenant, Decimal("0.05"))
+    if refused_by == "rate_limit":
+        primary.rpm_limit = 1
+        primary.save()
+        rate_limit_admit(provider_config_id=primary.pk, rpm_limit=1, tpm_limit=0, tokens=1)
+    else:
+        primary.options = {"fail_first": 5}
+        primary.save()
+    second = ProviderConfigFactory(tenant=tenant, name="second", priority=2)
+
+    # when a call falls back while the background writer is busy
+    result = complete(tenant=tenant, messages=HELLO, max_tokens=10)
+
+    # then the reservation it gave up on the primary did not refuse it on the fallback
+    assert (result.provider, result.cost_usd) == (second.name, REAL)
+    busy_writer.set()
+    assert bookkeeping_flush(timeout=10)
+    statuses = list(
+        CallLog.objects.filter(request_id=result.request_id)
+        .order_by("attempt")
+        .values_list("provider_config_id", "status")
+    )
+    assert statuses[-1] == (second.pk, "ok")
+    assert {config for config, _ in statuses[:-1]} == {primary.pk}
 
 
 @pytest.mark.redis

@@ -287,6 +287,65 @@ def test_reservation_lapses_when_not_settled_within_its_ttl(counters, settings):
         assert _reserve(tenant, "0.70")
 
 
+# One input token of a model priced $0.0375 per million: half a nano-dollar over 37.
+HALF_NANO_COST = Decimal("0.0000000375")
+
+
+@pytest.mark.django_db
+def test_settled_costs_finer_than_a_nano_dollar_add_up_exactly(counters):
+    # given four calls of 37.5 nano-dollars each, logged and settled
+    tenant = TenantFactory()
+    _blocking_daily(tenant)
+    for _ in range(4):
+        reservation = _reserve(tenant, "0.01")
+        CallLogFactory(tenant=tenant, service_name="summarizer", cost_usd=HALF_NANO_COST)
+        budget_settle(reservation=reservation, cost_usd=HALF_NANO_COST)
+
+    # then the counter holds their sum, 150 nano-dollars, not four rounded costs
+    with pytest.raises(BudgetExceeded) as caught:
+        _reserve(tenant, "1.00")
+    assert Decimal(caught.value.extra["spend_usd"]) == 4 * HALF_NANO_COST
+
+
+@pytest.mark.redis
+@pytest.mark.django_db
+def test_redis_counter_rebuilt_keeps_costs_finer_than_a_nano_dollar(settings, monkeypatch):
+    # given a Redis counter due for its rebuild, three logged calls of 37.5
+    # nano-dollars, and a fourth that settles while CallLog is summed
+    settings.USAGE_BUDGET_BACKEND = "redis"
+    tenant = TenantFactory()
+    budget = _blocking_daily(tenant)
+    fourth = _reserve(tenant, "0.01")
+    for _ in range(3):
+        CallLogFactory(tenant=tenant, service_name="summarizer", cost_usd=HALF_NANO_COST)
+    client = redis.Redis.from_url(settings.USAGE_BUDGET_REDIS_URL)
+    [counter] = client.keys(f"llmpl:budget:{budget.pk}:*:h")
+    client.hset(counter, "d", 0)
+    summed = budget_counters.settled_from_call_logs
+
+    def sum_while_the_fourth_settles(entry):
+        total = summed(entry)
+        CallLogFactory(tenant=tenant, service_name="summarizer", cost_usd=HALF_NANO_COST)
+        budget_settle(reservation=fourth, cost_usd=HALF_NANO_COST)
+        return total
+
+    monkeypatch.setattr(budget_counters, "settled_from_call_logs", sum_while_the_fourth_settles)
+
+    # then the rebuilt counter holds the four costs exactly
+    with pytest.raises(BudgetExceeded) as caught:
+        _reserve(tenant, "1.00")
+    assert Decimal(caught.value.extra["spend_usd"]) == 4 * HALF_NANO_COST
+    assert summed(_entry_of(budget)) == 4 * HALF_NANO_COST
+
+
+def _entry_of(budget):
+    from usage.budget import ReservationEntry, budget_definition_of
+
+    definition = budget_definition_of(budget)
+    period = period_containing(definition.period, timezone.now(), definition.timezone_name)
+    return ReservationEntry(budget=definition, period=period)
+
+
 @pytest.mark.django_db
 def test_settlement_sent_twice_counts_its_cost_once(counters):
     # given a call that holds $0.60 of a $1 budget and cost $0.30

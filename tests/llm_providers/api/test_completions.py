@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 import time
 from decimal import Decimal
 from wsgiref.util import setup_testing_defaults
@@ -984,3 +985,330 @@ def test_embedding_deadline_answers_504_when_the_provider_is_too_slow(
     assert time.perf_counter() - started < 3
     assert response.status_code == 504
     assert response.json()["error"]["message"].startswith("The call's deadline of 1 s")
+
+
+# --- a busy customer, end to end ---------------------------------------------------
+
+LIMITED_KEY = "sk-Qw3Er5Ty7Ui9Op1As3Df5Gh7Jk9Lz"
+FALLBACK_KEY = "sk-Zx2Cv4Bn6Mm8Lk0Jh2Gf4Ds6Aq8Wp"
+GLOBEX_KEY = "sk-Po9Iu7Yt5Re3Wq1Lk9Jh7Gf5Xc3Vb"
+RPM_LIMIT = 6
+CAPPED = "capped-corp"
+# Every answer: 8 prompt tokens (fewer than the offline estimate of any
+# question below, as a real tokenizer counts) and 20 completion tokens
+# (max_tokens), streamed or not; an embedding: 7 tokens per text. Prices have
+# six decimals per million tokens, so costs are finer than a nano-dollar: a
+# chat answer costs 8 x 1.234567 + 20 x 3.456789 = 79.012316 micro-dollars.
+CHAT_PROMPT, CHAT_COMPLETION, EMBED_TOKENS = 8, 20, 7
+
+
+def _busy_upstream(openai_upstream):
+    """Answers every chat (streamed or not) and embedding call with fixed usage,
+    except the first attempt of every fifth question, which fails with a 503
+    (retried, and answered the second time)."""
+    failed: set[str] = set()
+    lock = threading.Lock()
+
+    def answer(request):
+        body = request.json or {}
+        if request.route == "embeddings":
+            texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
+            return openai_upstream.embeddings_reply(
+                [[0.5, 0.25]] * len(texts),
+                model=body["model"],
+                prompt_tokens=EMBED_TOKENS * len(texts),
+            )
+        question = body["messages"][-1]["content"]
+        with lock:
+            first = question not in failed
+            failed.add(question)
+        if first and question.startswith("question") and int(question.split()[1]) % 5 == 0:
+            return openai_upstream.error_reply(503, message="Overloaded; try again.")
+        usage = {
+            "model": body["model"],
+            "prompt_tokens": CHAT_PROMPT,
+            "completion_tokens": CHAT_COMPLETION,
+        }
+        if body.get("stream"):
+            return openai_upstream.chat_stream_reply(["Busy ", "day"], **usage)(request)
+        return openai_upstream.chat_reply("Busy day", **usage)
+
+    openai_upstream.set_default(answer)
+
+
+def _post_all(base_url, key_secret, jobs, responses):
+    """One client of one internal app: its requests in order, on its own session."""
+    import requests
+
+    with requests.Session() as session:
+        session.headers["Authorization"] = f"Api-Key {key_secret}"
+        for path, payload in jobs:
+            reply = session.post(base_url + path, json=payload, timeout=30)
+            text = reply.text
+            responses.append(
+                (key_secret, path, payload, reply.status_code, dict(reply.headers), text)
+            )
+
+
+def _request_id(headers, text):
+    if headers.get("Content-Type") == "text/event-stream":
+        done = [
+            json.loads(block.split("data: ", 1)[1])
+            for block in text.split("\n\n")
+            if block.startswith("event: done")
+        ]
+        return done[0]["request_id"] if done else None
+    body = json.loads(text)
+    return body.get("request_id") or body.get("error", {}).get("extra", {}).get("request_id")
+
+
+@pytest.fixture
+def background_writer(settings, monkeypatch):
+    """Call logs and settlements written after the call by a fresh background
+    writer, as in production."""
+    from django.db import connections
+
+    from usage import bookkeeping
+
+    settings.CALL_LOG_ASYNC = True
+    monkeypatch.setattr(bookkeeping, "_writer", None)
+    yield
+    # The writer thread's own connections close, so the test database can be dropped.
+    bookkeeping.bookkeeping_submit(connections.close_all, label="close connections")
+    assert bookkeeping.bookkeeping_flush(timeout=5)
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("background_writer", "allow_private_urls")
+def test_busy_tenants_over_http_keep_every_count_exact(
+    live_server, openai_upstream, assert_secret_absent
+):
+    from datetime import timedelta
+
+    import redis
+    from django.conf import settings as django_settings
+    from django.db.models import Count, Q, Sum
+    from django.utils import timezone
+
+    from llm_providers.models import ProviderConfig
+    from tests.factories import ServiceKeyFactory, TenantFactory
+    from usage.aggregation import daily_usage_recompute
+    from usage.bookkeeping import bookkeeping_flush
+    from usage.budget import ReservationEntry, budget_definition_of
+    from usage.budget_counters import settled_from_call_logs
+    from usage.models import Budget, DailyUsage
+    from usage.money import usd_to_nano_and_pico
+    from usage.periods import period_containing
+
+    # given two tenants, each with a service key, behind one loopback upstream
+    _busy_upstream(openai_upstream)
+    acme = TenantFactory(slug="acme-busy", name="Acme busy")
+    globex = TenantFactory(slug="globex-busy", name="Globex busy", response_cache_ttl_seconds=300)
+    acme_key = ServiceKeyFactory(tenant=acme, name="acme-app")
+    globex_key = ServiceKeyFactory(tenant=globex, name="globex-app")
+    common = {"provider_type": "openai_compatible", "base_url": openai_upstream.base_url}
+    limited = provider_config_create(
+        tenant=acme, name="limited", api_key=LIMITED_KEY, default_model="house-chat",
+        is_default=True, priority=0, rpm_limit=RPM_LIMIT, tpm_limit=100_000,
+        allowed_models=["house-chat", "house-embed"], **common,
+    )  # fmt: skip
+    fallback = provider_config_create(
+        tenant=acme, name="fallback", api_key=FALLBACK_KEY, default_model="house-chat",
+        priority=1, allowed_models=["house-chat", "house-embed"], **common,
+    )  # fmt: skip
+    globex_main = provider_config_create(
+        tenant=globex, name="main", api_key=GLOBEX_KEY, default_model="house-chat",
+        is_default=True, allowed_models=["house-chat", "house-embed"], **common,
+    )  # fmt: skip
+    for model in ("house-chat", "house-embed"):
+        ModelPriceFactory(
+            provider_type="openai_compatible", model=model,
+            input_per_mtok="1.234567", output_per_mtok="3.456789",
+        )  # fmt: skip
+    # The worst case of a capped call (input estimate + 20 output) fits about
+    # four times; the $5 budgets never refuse.
+    capped = BudgetFactory(
+        tenant=acme, name="capped", customer_id=CAPPED, action=Budget.Action.BLOCK,
+        period=Budget.Period.DAILY, limit_usd=Decimal("0.0004"),
+    )  # fmt: skip
+    acme_wide = BudgetFactory(tenant=acme, name="acme-wide", limit_usd=Decimal("5"))
+    globex_wide = BudgetFactory(tenant=globex, name="globex-wide", limit_usd=Decimal("5"))
+
+    def chat(n, customer, service, *, stream=False, repeat=False):
+        text = "hello again" if repeat else f"question {n} from {customer}"
+        return (
+            COMPLETIONS,
+            {"messages": [{"role": "user", "content": text}], "customer_id": customer,
+             "service_name": service, "max_tokens": CHAT_COMPLETION, "stream": stream},
+        )  # fmt: skip
+
+    def embedding(n, customer, service):
+        return (
+            EMBEDDINGS,
+            {"inputs": [f"doc {n} a", f"doc {n} b"], "model": "house-embed",
+             "customer_id": customer, "service_name": service},
+        )  # fmt: skip
+
+    plans = []
+    for worker in range(24):
+        tenant_key = acme_key if worker % 3 else globex_key
+        customer = (
+            (CAPPED, "beta-inc", "gamma-llc")[(worker // 3) % 3]
+            if tenant_key is acme_key
+            else ("beta-inc", "delta-co")[worker % 2]
+        )
+        service = ("summarizer", "search")[worker % 2]
+        jobs = []
+        for step in range(4):
+            n = worker * 10 + step
+            if step == 3 and worker % 4 == 0:
+                jobs.append(embedding(n, customer, service))
+            else:
+                jobs.append(
+                    chat(n, customer, service, stream=step % 2 == 1,
+                         repeat=tenant_key is globex_key and step == 0)
+                )  # fmt: skip
+        plans.append((tenant_key.secret, jobs))
+
+    # (one answer of Globex's already in its response cache)
+    responses: list = []
+    _post_all(live_server.url, globex_key.secret, [chat(0, "beta-inc", "search", repeat=True)],
+              responses)  # fmt: skip
+    assert responses[0][3] == 200, responses
+    assert bookkeeping_flush(timeout=30)
+
+    # when 24 clients send 96 requests at once
+    threads = [
+        threading.Thread(target=_post_all, args=(live_server.url, secret, jobs, responses))
+        for secret, jobs in plans
+    ]
+    started = timezone.now()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(responses) == 97
+    assert bookkeeping_flush(timeout=30)
+    today = timezone.localdate(started)
+    daily_usage_recompute(first_day=today - timedelta(days=1), last_day=today + timedelta(days=1))
+
+    # then nothing failed as a bug and every answer names its call's rows
+    assert [r for r in responses if r[3] >= 500] == []
+    tenant_of = {acme_key.secret: acme, globex_key.secret: globex}
+    request_ids = []
+    for secret, path, payload, status, headers, text in responses:
+        request_id = _request_id(headers, text)
+        assert request_id and headers.get("X-Request-Id") == request_id, (status, text)
+        rows = CallLog.objects.filter(request_id=request_id)
+        assert {row.tenant_id for row in rows} == {tenant_of[secret].pk}, (status, text)
+        request_ids.append(request_id)
+        if status != 200:
+            # Refused: the capped customer by its budget, an embedding (which
+            # never falls back) by the limited config's rpm limit.
+            code = json.loads(text)["error"]["code"]
+            assert status == 429, text
+            if code == "rate_limited":
+                assert path == EMBEDDINGS, text
+            else:
+                assert (code, payload["customer_id"]) == ("budget_exceeded", CAPPED), text
+    assert len(set(request_ids)) == 97
+    logs = CallLog.objects.filter(tenant__in=[acme, globex])
+    assert logs.count() >= 97
+
+    # the upstream saw exactly the attempts logged as reaching it, per key
+    reached = Q(status__in=["ok", "error"]) & ~Q(error_code__in=["budget_exceeded", "rate_limited"])
+    keys = {LIMITED_KEY: limited, FALLBACK_KEY: fallback, GLOBEX_KEY: globex_main}
+    seen = {secret: 0 for secret in keys}
+    for request in openai_upstream.requests:
+        seen[request.headers["authorization"].removeprefix("Bearer ")] += 1
+    assert seen == {
+        secret: logs.filter(reached, provider_config=config).count()
+        for secret, config in keys.items()
+    }, list(logs.filter(reached, status="error").values_list("error_code", "error_message"))
+    assert sum(seen.values()) == logs.filter(reached).count()
+
+    # the rpm limit admitted no more than its limit in any minute
+    cache_client = redis.Redis.from_url(django_settings.REDIS_URL)
+    buckets = {
+        key: int(cache_client.get(key)) for key in cache_client.scan_iter(f"*rl:{limited.pk}:rpm:*")
+    }
+    assert buckets and max(buckets.values()) <= RPM_LIMIT, buckets
+    assert sum(buckets.values()) == logs.filter(reached, provider_config=limited).count()
+    assert logs.filter(provider_config=limited, status="blocked", error_code="rate_limited")
+
+    # the capped customer spent no more than its limit, and its refusals are logged
+    capped_logs = logs.filter(tenant=acme, customer_id=CAPPED)
+    capped_spend = capped_logs.aggregate(total=Sum("cost_usd"))["total"]
+    assert Decimal(0) < capped_spend <= capped.limit_usd
+    refused = capped_logs.filter(status="blocked")
+    # A call its budget admitted may still find the limited config at its rpm limit.
+    assert set(refused.values_list("error_code", flat=True)) == {"budget_exceeded", "rate_limited"}
+    assert not refused.filter(cost_usd__gt=0).exists()
+    for *_, status, headers, text in responses:
+        if status == 429 and json.loads(text)["error"]["code"] == "budget_exceeded":
+            rows = logs.filter(request_id=headers["X-Request-Id"])
+            assert rows.filter(status="blocked", error_code="budget_exceeded").exists()
+            assert not rows.filter(cost_usd__gt=0).exists()
+
+    # DailyUsage adds up to CallLog exactly, per tenant
+    for tenant in (acme, globex):
+        of_tenant = logs.filter(tenant=tenant)
+        expected = of_tenant.aggregate(
+            requests=Count("pk"),
+            errors=Count("pk", filter=Q(status="error")),
+            blocked=Count("pk", filter=Q(status="blocked")),
+            cached=Count("pk", filter=Q(status="cached")),
+            input=Sum("input_tokens"),
+            output=Sum("output_tokens"),
+            cost=Sum("cost_usd"),
+        )
+        assert (
+            DailyUsage.objects.filter(tenant=tenant).aggregate(
+                requests=Sum("request_count"),
+                errors=Sum("error_count"),
+                blocked=Sum("blocked_count"),
+                cached=Sum("cached_count"),
+                input=Sum("input_tokens"),
+                output=Sum("output_tokens"),
+                cost=Sum("cost_usd"),
+            )
+            == expected
+        )
+    assert logs.filter(tenant=globex, status="cached").exists()
+    assert logs.filter(status="error").exists()
+
+    # no tenant's rows name another tenant's config
+    assert set(logs.filter(tenant=acme).values_list("provider_config", flat=True)) <= {
+        limited.pk,
+        fallback.pk,
+    }
+    assert set(logs.filter(tenant=globex).values_list("provider_config", flat=True)) <= {
+        globex_main.pk
+    }
+    for secret, _, _, status, headers, text in responses:
+        if status == 200 and headers["Content-Type"] == "application/json":
+            answered_by = ProviderConfig.objects.get(pk=json.loads(text)["provider_config"])
+            assert answered_by.tenant == tenant_of[secret]
+
+    # the live budget counters hold exactly the settled CallLog cost, nothing reserved
+    counters = redis.Redis.from_url(django_settings.USAGE_BUDGET_REDIS_URL)
+    for budget in (capped, acme_wide, globex_wide):
+        budget.refresh_from_db()
+        definition = budget_definition_of(budget)
+        period = period_containing(budget.period, timezone.now(), budget.tenant.timezone)
+        entry = ReservationEntry(budget=definition, period=period)
+        [counter] = counters.keys(f"llmpl:budget:{budget.pk}:*:h")
+        assert int(counters.hget(counter, "t")) == 0, budget.name
+        nano, pico = counters.hmget(counter, "s", "f")
+        assert (int(nano), int(pico or 0)) == usd_to_nano_and_pico(settled_from_call_logs(entry)), (
+            budget.name
+        )
+
+    # no provider key anywhere in the rows or the answers
+    everything = "".join(text + json.dumps(headers) for *_, headers, text in responses)
+    for row in logs.values():
+        everything += json.dumps(row, default=str)
+    for secret in keys:
+        assert_secret_absent(everything, secret)

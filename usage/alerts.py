@@ -41,7 +41,15 @@ from llm_providers.models import ProviderConfig, Tenant, TenantMembership
 from .budget import BudgetExceeded, budget_refusal_prefix
 from .locking import exclusive_transaction
 from .mail import EmailTimedOut, Refused, email_send
-from .models import AlertDelivery, Budget, CallLog, CostAlert, DailyUsage, email_list_parse
+from .models import (
+    AlertDelivery,
+    Budget,
+    CallLog,
+    CostAlert,
+    DailyUsage,
+    DailyUsageRecount,
+    email_list_parse,
+)
 from .money import usd_format_beside, usd_format_exact
 from .periods import period_containing, utc_window_for_days, zone
 from .selectors import (
@@ -299,8 +307,16 @@ def _budget_thresholds_check(*, budget: Budget, now: datetime, lookback) -> list
             period_containing(budget.period, now, tz_name),
         )
     }
-    for period in periods.values():
-        spend = budget_period_spend(budget=budget, period=period)
+    spends = [
+        (period, budget_period_spend(budget=budget, period=period)) for period in periods.values()
+    ]
+    # Read after the spend: a change of zone that the spend may already count
+    # in part is stored with its request, removed once every day is recounted.
+    if DailyUsageRecount.objects.filter(tenant_id=budget.tenant_id).exists():
+        # Until the recount is done the tenant's days are counted in two zones,
+        # some hours twice; the recount's own check follows it.
+        return created
+    for period, spend in spends:
         crossed = [p for p in percentages if spend * 100 >= budget.limit_usd * p]
         # A blocking budget refuses a call whose worst case does not fit, so it
         # can refuse every call from, say, 95 % on: its 100 % alert says so then.

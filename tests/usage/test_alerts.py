@@ -10,6 +10,7 @@ import pytest
 from django.core import mail
 from django.core.exceptions import ValidationError
 from django.db import connection
+from django.db.models import Sum
 from django.utils import timezone
 
 from llm_providers.models import Tenant, TenantMembership
@@ -22,7 +23,11 @@ from tests.factories import (
     UserFactory,
 )
 from tests.upstreams.server import LoopbackUpstream, Reply
-from usage.aggregation import daily_usage_recompute
+from usage.aggregation import (
+    daily_usage_recompute,
+    daily_usage_recompute_recent,
+    daily_usage_recount_pending,
+)
 from usage.alerts import (
     DeliveriesRetried,
     alert_deliveries_retry,
@@ -290,6 +295,35 @@ def test_threshold_check_alerts_previous_period_when_a_late_log_pushes_it_over()
 
     assert alert.period_key == "2026-06-15"
     assert alert.spend_usd == Decimal("0.6")
+
+
+@pytest.mark.django_db
+def test_threshold_check_waits_for_the_recount_of_a_tenant_that_changed_time_zone():
+    # given a UTC tenant with $6 of a $10 monthly budget spent at 02:00 UTC on
+    # June 15 (22:00 on June 14 in New York), aggregated and alerted at 50 %
+    now = dt.datetime(2026, 6, 15, 3, 0, tzinfo=dt.UTC)
+    tenant = TenantFactory(timezone="UTC")
+    BudgetFactory(tenant=tenant, alert_percentages=[50, 80, 100])
+    _spend(tenant, "6.00", created_at=now - dt.timedelta(hours=1))
+    daily_usage_recompute_recent(now=now)
+    assert [a.percent for a in budget_thresholds_check(now=now)] == [50]
+
+    # when the tenant moves to New York and an aggregation of the recent days
+    # runs before the recount of its days: June 14 is counted in the new zone
+    # beside June 15 of the old one, $12 in all
+    tenant.timezone = "America/New_York"
+    tenant.save()
+    daily_usage_recompute_recent(now=now)
+    assert DailyUsage.objects.filter(tenant=tenant).aggregate(total=Sum("cost_usd")) == {
+        "total": Decimal("12")
+    }
+    during = budget_thresholds_check(now=now)
+    daily_usage_recount_pending(now=now)
+    after = budget_thresholds_check(now=now)
+
+    # then no alert counts the $6 twice, before the recount or after it
+    assert (during, after) == ([], [])
+    assert list(CostAlert.objects.values_list("percent", "spend_usd")) == [(50, Decimal("6"))]
 
 
 @pytest.mark.postgres

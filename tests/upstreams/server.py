@@ -7,6 +7,10 @@ an SSE event reaches the client when written). A reply may wait before
 answering (`delay`, to exceed a client's timeout), between chunks
 (`chunk_delay`), or cut the connection after some chunks (`break_after`):
 the body then never ends, as when a provider drops a stream.
+`open_connections` counts the client connections open now,
+`replies_in_progress` the replies still being sent and `streams_cut` the
+chunked replies whose client went away before their end, so a test can
+check that a client closed what it gave up.
 
 Replies are served first in, first out, whatever the path; each reply built
 for one endpoint names its `route` and is refused (HTTP 418 with an
@@ -91,6 +95,9 @@ class LoopbackUpstream:
         self._stopping = threading.Event()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._open_connections = 0
+        self._replies_in_progress = 0
+        self._streams_cut = 0
 
     # --- scripting ---------------------------------------------------------------
 
@@ -113,6 +120,28 @@ class LoopbackUpstream:
         """Replies enqueued and not yet served."""
         with self._lock:
             return len(self._scripts)
+
+    @property
+    def open_connections(self) -> int:
+        """Client connections open now (kept-alive idle ones included)."""
+        with self._lock:
+            return self._open_connections
+
+    @property
+    def replies_in_progress(self) -> int:
+        """Replies started and not yet finished or given up."""
+        with self._lock:
+            return self._replies_in_progress
+
+    @property
+    def streams_cut(self) -> int:
+        """Chunked replies the client stopped reading (closed) before their end."""
+        with self._lock:
+            return self._streams_cut
+
+    def _count(self, name: str, change: int) -> None:
+        with self._lock:
+            setattr(self, name, getattr(self, name) + change)
 
     @property
     def last_request(self) -> RecordedRequest:
@@ -199,6 +228,16 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         return None
 
+    def setup(self) -> None:
+        super().setup()
+        self.owner._count("_open_connections", 1)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.owner._count("_open_connections", -1)
+
     def _handle(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
@@ -215,14 +254,19 @@ class _Handler(BaseHTTPRequestHandler):
             route=self.owner.route_of(self.command, path),
         )
         reply = self.owner._reply_for(request)
-        if not self.owner._wait(reply.delay):
-            self.close_connection = True
-            return
+        self.owner._count("_replies_in_progress", 1)
         try:
+            if not self.owner._wait(reply.delay):
+                self.close_connection = True
+                return
             self._send(reply)
         except (BrokenPipeError, ConnectionResetError):
             # The client gave up (its timeout passed): nothing left to answer.
             self.close_connection = True
+            if reply.chunks is not None:
+                self.owner._count("_streams_cut", 1)
+        finally:
+            self.owner._count("_replies_in_progress", -1)
 
     def _send(self, reply: Reply) -> None:
         self.send_response(reply.status)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 import threading
 import time
 from decimal import Decimal
@@ -1311,4 +1312,307 @@ def test_busy_tenants_over_http_keep_every_count_exact(
     for row in logs.values():
         everything += json.dumps(row, default=str)
     for secret in keys:
+        assert_secret_absent(everything, secret)
+
+
+# --- streams given up by their clients, under load -----------------------------------
+
+STEADY_KEY = "sk-Mn4Bv6Cx8Za0Sd2Fg4Hj6Kl8Qw0Er2"
+FLAKY_KEY = "sk-ant-api03-Ty5Ui7Op9As1Df3Gh5Jk7Lz9Xc1Vb3"
+STREAM_PIECES = [f"piece {n} " for n in range(20)]
+STREAM_PRICE = {"input_per_mtok": "1.234567", "output_per_mtok": "3.456789"}
+
+
+def _slow_upstreams(openai_upstream, anthropic_upstream):
+    """Both stream twenty pieces 40 ms apart (8 prompt, 20 completion tokens).
+    Anthropic breaks the first attempt of questions 4 and 13 before any text
+    (retried), and the streams of 5 and 12 after two pieces of text."""
+    tried: set[int] = set()
+    lock = threading.Lock()
+
+    def openai_answer(request):
+        return openai_upstream.chat_stream_reply(
+            STREAM_PIECES, model=request.json["model"], prompt_tokens=CHAT_PROMPT,
+            completion_tokens=CHAT_COMPLETION, chunk_delay=0.04,
+        )(request)  # fmt: skip
+
+    def anthropic_answer(request):
+        body = request.json
+        content = body["messages"][-1]["content"]
+        number = int((content if isinstance(content, str) else content[0]["text"]).split()[1])
+        with lock:
+            first = number not in tried
+            tried.add(number)
+        break_after = None
+        if number in (4, 13) and first:
+            break_after = 2  # message_start and ping
+        elif number in (5, 12):
+            break_after = 5  # and the text block's start and two pieces
+        return anthropic_upstream.message_stream_reply(
+            STREAM_PIECES, model=body["model"], input_tokens=CHAT_PROMPT,
+            output_tokens=CHAT_COMPLETION, chunk_delay=0.04, break_after=break_after,
+        )  # fmt: skip
+
+    openai_upstream.set_default(openai_answer)
+    anthropic_upstream.set_default(anthropic_answer)
+
+
+def _raw_post(base_url, secret, payload) -> tuple[socket.socket, bytes]:
+    """Send a POST on a plain socket, so that a client can drop it whenever it likes."""
+    host, port = base_url.removeprefix("http://").split(":")
+    body = json.dumps(payload).encode()
+    head = (
+        f"POST {COMPLETIONS} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        f"Authorization: Api-Key {secret}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    client = socket.create_connection((host, int(port)), timeout=15)
+    client.sendall(head + body)
+    return client, b""
+
+
+def _stream_client(base_url, secret, payload, mode, outcomes):
+    """`read`: the whole answer; `early`: drop the connection after the first
+    chunk event or two; `gone`: drop it before reading anything."""
+    client, received = _raw_post(base_url, secret, payload)
+    try:
+        wanted = 1 + payload["messages"][0]["content"].count("x") % 2
+        while mode != "gone":
+            data = client.recv(65536)
+            if not data:
+                break
+            received += data
+            if mode == "early" and received.count(b"event: chunk") >= wanted:
+                break
+    finally:
+        client.close()
+    outcomes.append((mode, payload, received.decode("utf-8", "replace")))
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("background_writer", "allow_private_urls")
+def test_streams_dropped_by_their_clients_under_load_settle_every_count(
+    live_server, openai_upstream, anthropic_upstream, assert_secret_absent, caplog
+):
+    import logging
+
+    import redis
+    from django.conf import settings as django_settings
+    from django.db.models import Q
+    from django.utils import timezone
+
+    from llm_providers.adapters.base import estimate_message_tokens
+    from llm_providers.clients import adapters_clear
+    from tests.factories import ServiceKeyFactory, TenantFactory
+    from usage.bookkeeping import bookkeeping_flush
+    from usage.budget import ReservationEntry, budget_definition_of
+    from usage.budget_counters import settled_from_call_logs
+    from usage.models import Budget
+    from usage.money import usd_to_nano_and_pico
+    from usage.periods import period_containing
+
+    caplog.set_level(logging.WARNING)
+    # given a tenant whose customers stream through a rate limited config, a
+    # flaky Anthropic one (by override, and the fallback) and a blocking
+    # budget, behind slow upstreams
+    upstreams = (openai_upstream, anthropic_upstream)
+    _slow_upstreams(*upstreams)
+    acme = TenantFactory(slug="acme-streams", name="Acme streams", store_prompt_previews=True)
+    key = ServiceKeyFactory(tenant=acme, name="acme-app")
+    steady = provider_config_create(
+        tenant=acme, name="steady", provider_type="openai_compatible", api_key=STEADY_KEY,
+        base_url=openai_upstream.base_url, default_model="house-chat",
+        allowed_models=["house-chat"], is_default=True, rpm_limit=5, tpm_limit=1_000_000,
+    )  # fmt: skip
+    flaky = provider_config_create(
+        tenant=acme, name="flaky", provider_type="anthropic", api_key=FLAKY_KEY,
+        base_url=anthropic_upstream.base_url, default_model="house-claude",
+        allowed_models=["house-claude"], priority=1, rpm_limit=1000, tpm_limit=1_000_000,
+    )  # fmt: skip
+    RoutingOverrideFactory(tenant=acme, provider_config=flaky, customer_id="flaky-co")
+    ModelPriceFactory(provider_type="openai_compatible", model="house-chat", **STREAM_PRICE)
+    ModelPriceFactory(provider_type="anthropic", model="house-claude", **STREAM_PRICE)
+    # About two worst cases fit in the capped customer's day.
+    capped = BudgetFactory(
+        tenant=acme, name="capped", customer_id=CAPPED, action=Budget.Action.BLOCK,
+        period=Budget.Period.DAILY, limit_usd=Decimal("0.0002"),
+    )  # fmt: skip
+    beta = BudgetFactory(tenant=acme, name="beta", customer_id="beta-inc", limit_usd=Decimal("5"))
+    wide = BudgetFactory(tenant=acme, name="acme-wide", limit_usd=Decimal("5"))
+    customers = (CAPPED, "beta-inc", "flaky-co", "gamma-llc")
+    plans = [
+        (
+            ("read", "early", "gone")[n % 3],
+            {
+                "messages": [{"role": "user", "content": f"question {n} " + "x" * (n % 4)}],
+                "customer_id": customers[n // 2 % 4],
+                "service_name": "chat",
+                "max_tokens": CHAT_COMPLETION,
+                "stream": True,
+            },
+        )
+        for n in range(16)
+    ]
+    # when 16 clients stream at once, a third of them dropping the connection
+    outcomes: list = []
+    clients = [
+        threading.Thread(
+            target=_stream_client, args=(live_server.url, key.secret, payload, mode, outcomes)
+        )
+        for mode, payload in plans
+    ]
+    for client in clients:
+        client.start()
+    for client in clients:
+        client.join(timeout=30)
+    assert len(outcomes) == 16
+    # (the server finishes each request once it finds its client gone)
+    httpd = live_server.thread.httpd
+
+    def serving():
+        return [
+            thread for thread in threading.enumerate()
+            if getattr(getattr(thread, "_target", None), "__self__", None) is httpd
+        ]  # fmt: skip
+
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and serving():
+        time.sleep(0.05)
+    assert serving() == []
+    assert bookkeeping_flush(timeout=10)
+    logs = CallLog.objects.filter(tenant=acme)
+
+    # then every request has its rows, one per attempt, the abandoned ones as the docs say
+    price_in, price_out = (
+        Decimal(STREAM_PRICE[side]) for side in ("input_per_mtok", "output_per_mtok")
+    )
+    for mode, payload, text in outcomes:
+        rows = list(logs.filter(prompt_preview__contains=payload["messages"][0]["content"]))
+        assert rows, (mode, payload, text)
+        assert len({row.request_id for row in rows}) == 1, rows
+        assert sorted(row.attempt for row in rows) == list(range(1, len(rows) + 1))
+        last = max(rows, key=lambda row: row.attempt)
+        for row in rows:
+            if row is not last and row.status == "blocked":
+                assert row.error_code in ("budget_exceeded", "rate_limited"), row.error_code
+            elif row is not last:
+                assert (row.status, row.error_code, row.output_tokens, row.cost_usd or 0) == (
+                    "error",
+                    "upstream_unavailable",
+                    0,
+                    0,
+                ), row.error_message
+        if last.status == "blocked":
+            assert (last.error_code, last.cost_usd or 0) == ("budget_exceeded", 0), text
+            assert mode == "gone" or " 429 " in text.split("\r\n", 1)[0], text
+            continue
+        assert (
+            last.cost_usd
+            == (last.input_tokens * price_in + last.output_tokens * price_out) / 1_000_000
+        ), (mode, last.error_code)
+        if last.error_code == "client_closed":
+            assert mode != "read", text
+            assert (last.status, last.usage_estimated) == ("ok", True)
+            if last.provider_config_id == flaky.pk:
+                # Anthropic reported the prompt's usage before the end: kept.
+                assert last.input_tokens == CHAT_PROMPT
+        elif last.status == "error":
+            assert payload["customer_id"] == "flaky-co", last.error_message
+            assert (last.error_code, last.usage_estimated) == ("upstream_unavailable", True)
+        else:
+            assert (last.status, last.error_code, last.usage_estimated) == ("ok", "", False)
+            assert (last.input_tokens, last.output_tokens) == (CHAT_PROMPT, CHAT_COMPLETION)
+        if mode == "read":
+            head, _, body = text.partition("\r\n\r\n")
+            assert f"X-Request-Id: {last.request_id}" in head, head
+            events = [
+                (block.split("\n")[0].removeprefix("event: "), block.split("data: ", 1)[1])
+                for block in body.removesuffix("\n\n").split("\n\n")
+            ]
+            kinds = [kind for kind, _ in events]
+            done = json.loads(events[-1][1])
+            pieces = "".join(json.loads(data)["text"] for kind, data in events if kind == "chunk")
+            assert (done["request_id"], done["attempts"]) == (str(last.request_id), len(rows))
+            assert Decimal(done["cost_usd"]) == last.cost_usd
+            assert (done["usage"]["input_tokens"], done["usage"]["output_tokens"]) == (
+                last.input_tokens, last.output_tokens
+            )  # fmt: skip
+            if last.status == "error":
+                assert kinds[-2:] == ["error", "done"], kinds
+                assert (done["finish_reason"], done["usage_estimated"]) == ("error", True)
+                assert pieces == "".join(STREAM_PIECES[:2])
+            else:
+                assert kinds == ["chunk"] * len(STREAM_PIECES) + ["done"], kinds
+                assert (done["finish_reason"], pieces) == ("stop", "".join(STREAM_PIECES))
+        elif mode == "early" and " 200 " in text.split("\r\n", 1)[0]:
+            assert f"X-Request-Id: {last.request_id}" in text, text
+    assert logs.filter(error_code="client_closed").exists()
+    assert logs.filter(status="error", error_code="upstream_unavailable").exists()
+
+    # the upstream saw the attempts logged as reaching it, and the rate limits counted them
+    reached = Q(status__in=["ok", "error"])
+    cache_client = redis.Redis.from_url(django_settings.REDIS_URL)
+    for config, upstream in zip((steady, flaky), upstreams, strict=True):
+        of_config = logs.filter(reached, provider_config=config)
+        assert len(upstream.requests) == of_config.count(), config.name
+
+        def counted(kind, config=config):
+            return sum(
+                int(cache_client.get(name))
+                for name in cache_client.scan_iter(f"*rl:{config.pk}:{kind}:*")
+            )
+
+        assert counted("rpm") == of_config.count(), config.name
+        # An attempt that failed before any output keeps its worst case (the docs).
+        tokens = sum(
+            row.input_tokens + row.output_tokens
+            if row.input_tokens
+            else estimate_message_tokens([{"role": "user", "content": row.prompt_preview}])
+            + CHAT_COMPLETION
+            for row in of_config
+        )
+        assert counted("tpm") == tokens, config.name
+
+    # no reservation outstanding; each counter holds its scope's CallLog cost exactly
+    counters = redis.Redis.from_url(django_settings.USAGE_BUDGET_REDIS_URL)
+    for budget in (capped, beta, wide):
+        budget.refresh_from_db()
+        period = period_containing(budget.period, timezone.now(), budget.tenant.timezone)
+        entry = ReservationEntry(budget=budget_definition_of(budget), period=period)
+        [counter] = counters.keys(f"llmpl:budget:{budget.pk}:*:h")
+        fields = {name.decode(): value for name, value in counters.hgetall(counter).items()}
+        assert int(fields["t"]) == 0, (budget.name, fields)
+        assert [name for name in fields if name.startswith("r:")] == [], budget.name
+        assert counters.zcard(counter.removesuffix(b":h") + b":z") == 0, budget.name
+        assert (int(fields["s"]), int(fields.get("f", 0))) == usd_to_nano_and_pico(
+            settled_from_call_logs(entry)
+        ), budget.name
+
+    # nothing is left running: replies, connections to the upstream
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and any(u.replies_in_progress for u in upstreams):
+        time.sleep(0.05)
+    assert [upstream.replies_in_progress for upstream in upstreams] == [0, 0]
+    # Every stream given up stopped its upstream reply before the end (but
+    # those the upstream broke off itself first).
+    given_up = logs.filter(error_code="client_closed").values_list("prompt_preview", flat=True)
+    assert sum(upstream.streams_cut for upstream in upstreams) == len(
+        [text for text in given_up if int(text.split()[1]) not in (5, 12)]
+    )
+    # Idle kept-alive connections close with their clients; none was left in use.
+    adapters_clear()
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and any(u.open_connections for u in upstreams):
+        time.sleep(0.05)
+    assert [upstream.open_connections for upstream in upstreams] == [0, 0]
+
+    # no server error logged, no provider key anywhere
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    everything = "".join(text for *_, text in outcomes)
+    everything += "".join(record.getMessage() for record in caplog.records)
+    for row in logs.values():
+        everything += json.dumps(row, default=str)
+    for secret in (STEADY_KEY, FLAKY_KEY):
         assert_secret_absent(everything, secret)

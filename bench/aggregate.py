@@ -9,6 +9,9 @@ median time of:
 - a full recompute into an empty DailyUsage (every row inserted);
 - a full recompute over an unchanged DailyUsage (the steady state: nothing
   written);
+
+both in one connection and with the days shared among --workers connections
+(default USAGE_AGGREGATION_WORKERS), and
 - the periodic run (`daily_usage_recompute_recent`, last two hours + late logs).
 
 Each recompute is paired with a bare SELECT run just before it; the ratios
@@ -16,7 +19,7 @@ printed are the medians of those per-pair ratios.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/llm_bench \\
         .venv/bin/python bench/aggregate.py [--rows 1000000] [--tenants 300] [--days 30] \\
-        [--customers 20] [--runs 3] [--reload]
+        [--customers 20] [--runs 3] [--workers N] [--reload]
 
 The data are kept between runs (pass --reload to rebuild them).
 """
@@ -47,6 +50,11 @@ def _arguments():
         "--customers", type=int, default=20, help="Distinct customers per tenant (0: none)."
     )
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="Connections of the split recompute (default: USAGE_AGGREGATION_WORKERS).",
+    )
     parser.add_argument("--reload", action="store_true", help="Rebuild the data.")
     return parser.parse_args()
 
@@ -207,8 +215,15 @@ def main() -> None:
 
         return run
 
-    def recompute() -> None:
-        daily_usage_recompute(first_day=first_day, last_day=last_day, now=now)
+    from django.conf import settings
+
+    workers = args.workers or settings.USAGE_AGGREGATION_WORKERS
+
+    def recompute(count: int):
+        def run() -> None:
+            daily_usage_recompute(first_day=first_day, last_day=last_day, now=now, workers=count)
+
+        return run
 
     def empty_daily_usage() -> None:
         with connection.cursor() as cursor:
@@ -231,9 +246,12 @@ def main() -> None:
             ratios.append(measured_time / bare_time)
         return statistics.median(bares), statistics.median(times), statistics.median(ratios)
 
-    cold_bare, cold, cold_ratio = paired(recompute, before=empty_daily_usage)
-    recompute()  # the first read of freshly written rows sets their hint bits
-    steady_bare, steady, steady_ratio = paired(recompute)
+    measured = {}
+    for count in sorted({1, workers}):
+        measured["empty", count] = paired(recompute(count), before=empty_daily_usage)
+    recompute(1)()  # the first read of freshly written rows sets their hint bits
+    for count in sorted({1, workers}):
+        measured["unchanged", count] = paired(recompute(count))
     groups = DailyUsage.objects.count()
     recent = _median(lambda: daily_usage_recompute_recent(now=timezone.now()), runs)
 
@@ -242,12 +260,14 @@ def main() -> None:
         f"{len(windows)} time zones, {args.days} days -> {groups:,} DailyUsage rows"
     )
     print(f"median of {runs} runs each:")
-    server = statistics.median([cold_bare, steady_bare])
-    print(f"  bare grouped SELECT, server only     {server:8.3f} s")
-    print(f"  bare grouped SELECT, rows fetched    {fetched:8.3f} s")
-    print(f"  recompute into empty DailyUsage      {cold:8.3f} s  ({cold_ratio:.2f}x bare)")
-    print(f"  recompute, DailyUsage unchanged      {steady:8.3f} s  ({steady_ratio:.2f}x bare)")
-    print(f"  periodic run (recent + late logs)    {recent:8.3f} s")
+    server = statistics.median(bare_time for bare_time, _, _ in measured.values())
+    print(f"  bare grouped SELECT, server only          {server:8.3f} s")
+    print(f"  bare grouped SELECT, rows fetched         {fetched:8.3f} s")
+    for (state, count), (_, seconds, ratio) in measured.items():
+        label = "into empty DailyUsage" if state == "empty" else "DailyUsage unchanged"
+        connections = f"{count} connection{'s' if count > 1 else ''}"
+        print(f"  recompute {label}, {connections:13} {seconds:8.3f} s  ({ratio:.2f}x bare)")
+    print(f"  periodic run (recent + late logs)         {recent:8.3f} s")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,10 @@ Recomputes are serialised (a PostgreSQL advisory lock, or a process lock on
 SQLite), so two runs at once simply run one after the other. Days whose
 call logs retention may already have purged are never recomputed, so
 DailyUsage keeps them.
+
+On PostgreSQL a recompute of several days may split its days over
+USAGE_AGGREGATION_WORKERS connections, each a transaction of its own, all
+under the lock of the one that split them (`_recompute`).
 """
 
 from __future__ import annotations
@@ -19,12 +23,13 @@ import threading
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 
 from django.conf import settings
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import Max, Min
 from django.utils import timezone
 
@@ -291,11 +296,76 @@ def call_logs_purged_before() -> datetime | None:
     )
 
 
-def _recompute(*, windows: list[DayWindow], now: datetime) -> RecomputeResult:
+def _day_parts(window: DayWindow, parts: int) -> list[DayWindow]:
+    """The window's days cut into at most `parts` consecutive runs of (nearly) equal length."""
+    days = (window.last_day - window.first_day).days + 1
+    parts = max(1, min(parts, days))
+    runs, first_day = [], window.first_day
+    for index in range(parts):
+        length = days // parts + (1 if index < days % parts else 0)
+        last_day = first_day + timedelta(days=length - 1)
+        runs.append(replace(window, first_day=first_day, last_day=last_day))
+        first_day = last_day + timedelta(days=1)
+    return runs
+
+
+def _partitions(windows: list[DayWindow], workers: int) -> list[list[DayWindow]]:
+    """The windows' days shared among `workers` recomputes: each takes one run of every window.
+
+    Any split is correct (a day of a tenant's zone is recomputed by exactly
+    one of them, and days do not depend on each other); consecutive days keep
+    each recompute's scan of CallLog to its own stretch of time.
+    """
+    partitions: list[list[DayWindow]] = [[] for _ in range(workers)]
+    for window in windows:
+        for index, part in enumerate(_day_parts(window, workers)):
+            partitions[index].append(part)
+    return [part for part in partitions if part]
+
+
+def _recompute_partition(windows: list[DayWindow], now: datetime) -> RecomputeResult:
+    """One share of a split recompute, in a transaction (and a connection) of its own."""
+    try:
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                aggregation_session_configure(cursor)
+            return _recompute_windows(windows=windows, now=now)
+    finally:
+        connection.close()
+
+
+def _recompute(*, windows: list[DayWindow], now: datetime, workers: int = 1) -> RecomputeResult:
+    """Recompute the windows; must run inside `_exclusive()`.
+
+    With more than one worker on PostgreSQL, and when `_exclusive()` opened
+    the outermost transaction, the days are split (`_partitions`) and each
+    share is recomputed at the same time on a connection of its own, in its
+    own transaction, while this connection holds the lock until all have
+    ended. A share that fails leaves the others' days committed (each is a
+    complete recompute of its own days, and a rerun recomputes the rest);
+    its error is raised. Inside a caller's transaction the other connections
+    could not see what it wrote, so the recompute stays in this one.
+    """
     result = RecomputeResult()
     purged_before = call_logs_purged_before()
     clipped = [w for w in (_clip(w, now, purged_before, result) for w in windows) if w is not None]
-    result.add(_recompute_windows(windows=clipped, now=now))
+    split = (
+        workers > 1
+        and connection.vendor == "postgresql"
+        # `_exclusive()`'s own transaction is the only one open.
+        and len(connection.atomic_blocks) == 1
+    )
+    partitions = _partitions(clipped, workers) if split else [clipped]
+    if len(partitions) == 1:
+        result.add(_recompute_windows(windows=clipped, now=now))
+        return result
+    with ThreadPoolExecutor(max_workers=len(partitions)) as pool:
+        shares = [pool.submit(_recompute_partition, part, now) for part in partitions]
+        outcomes = [share.exception() or share.result() for share in shares]
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+        result.add(outcome)
     return result
 
 
@@ -321,11 +391,14 @@ def daily_usage_recompute(
     last_day: date,
     tenant: Tenant | None = None,
     now: datetime | None = None,
+    workers: int | None = None,
 ) -> RecomputeResult:
     """Recompute DailyUsage for local days first_day..last_day (inclusive).
 
     For one tenant, or for every tenant (each in its own time zone). Days older
-    than the call-log retention are left as they are.
+    than the call-log retention are left as they are. On PostgreSQL the days
+    are shared among `workers` connections (default USAGE_AGGREGATION_WORKERS;
+    see `_recompute`).
     """
     if first_day > last_day:
         raise UsageRangeError(
@@ -337,7 +410,9 @@ def daily_usage_recompute(
             windows = [DayWindow(tenant.timezone, first_day, last_day, (tenant.pk,))]
         else:
             windows = [DayWindow(name, first_day, last_day) for name in tenant_timezones()]
-        return _recompute(windows=windows, now=now)
+        if workers is None:
+            workers = settings.USAGE_AGGREGATION_WORKERS
+        return _recompute(windows=windows, now=now, workers=workers)
 
 
 # Days per transaction when a tenant's whole history is recomputed: the

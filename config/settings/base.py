@@ -311,6 +311,10 @@ USAGE_AGGREGATION_LOOKBACK_MINUTES = _env_int(
 # PostgreSQL work_mem of the aggregation transaction: room to group a month of
 # logs in memory (a backfill of a busy month may want more).
 USAGE_AGGREGATION_WORK_MEM = env.str("USAGE_AGGREGATION_WORK_MEM", default="256MB")
+# Connections a recompute of several days (a backfill, a recount, the
+# dashboard's "Recompute") shares its days among on PostgreSQL, each with its
+# own work_mem; the periodic run uses one.
+USAGE_AGGREGATION_WORKERS = _env_int("USAGE_AGGREGATION_WORKERS", default=2)
 # Call logs older than this are deleted; DailyUsage is kept. 0 keeps them forever.
 USAGE_CALL_LOG_RETENTION_DAYS = _env_int(
     "USAGE_CALL_LOG_RETENTION_DAYS", default=90, minimum=0, zero="0 keeps call logs for ever"

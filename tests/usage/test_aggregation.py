@@ -1,6 +1,7 @@
 """DailyUsage recompute: idempotent, exact, late logs, time zones, NULL configs, retention."""
 
 import datetime as dt
+import itertools
 import threading
 from collections import Counter
 from decimal import Decimal
@@ -32,7 +33,9 @@ DAY = NOW.date()
 
 def _rows():
     return list(
-        DailyUsage.objects.order_by("tenant_id", "day", "model", "customer_id").values(
+        DailyUsage.objects.order_by(
+            "tenant_id", "day", "model", "customer_id", "service_name", "provider_config_id"
+        ).values(
             "tenant_id",
             "day",
             "provider_config_id",
@@ -468,3 +471,152 @@ def test_tenant_deleted_during_a_recompute_leaves_no_daily_usage():
     # ... and takes the rows with it once the recompute has committed them
     assert deleted.is_set()
     assert not DailyUsage.objects.filter(tenant_id=tenant.pk).exists()
+
+
+def _days_of_logs(days, zones=("UTC", "Europe/Paris", "Asia/Tokyo")):
+    """Call logs over `days` days before NOW, for tenants in several zones, with customers."""
+    tenants = [TenantFactory(timezone=tz) for tz in zones]
+    for index in range(days * 12):
+        CallLogFactory(
+            tenant=tenants[index % len(tenants)],
+            customer_id=f"c{index % 5}",
+            input_tokens=100 + index,
+            cost_usd=Decimal("0.000001") * (index + 1),
+            created_at=NOW - dt.timedelta(hours=2 * index),
+        )
+    return tenants
+
+
+def _shares(monkeypatch):
+    """Record the windows each connection of a split recompute was given."""
+    from usage import aggregation
+
+    shares = []
+    original = aggregation._recompute_windows
+
+    def recording(*, windows, now):
+        shares.append((_backend_pid(connection), windows))
+        return original(windows=windows, now=now)
+
+    monkeypatch.setattr(aggregation, "_recompute_windows", recording)
+    return shares
+
+
+def _backend_pid(conn):
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        return cursor.fetchone()[0]
+
+
+def _local_days(shares):
+    """Every (zone, local day) the shares covered, with how many shares covered it."""
+    return Counter(
+        (window.timezone_name, window.first_day + dt.timedelta(days=offset))
+        for _, windows in shares
+        for window in windows
+        for offset in range((window.last_day - window.first_day).days + 1)
+    )
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("stored", ["nothing", "stale rows"])
+def test_recompute_split_among_connections_gives_the_table_of_one(monkeypatch, stored):
+    # given ten days of calls in three zones, recomputed in one connection
+    _days_of_logs(10)
+    first, last = DAY - dt.timedelta(days=11), DAY
+    _recompute(first=first, last=last, workers=1)
+    expected = _rows()
+    if stored == "nothing":
+        DailyUsage.objects.all().delete()
+    else:
+        # rows to correct, a row whose group vanished, a missing row
+        DailyUsage.objects.filter(day=DAY - dt.timedelta(days=2)).update(input_tokens=1)
+        stale = DailyUsage.objects.filter(day=DAY - dt.timedelta(days=8)).first()
+        DailyUsage.objects.filter(pk=stale.pk).update(customer_id="vanished")
+        DailyUsage.objects.filter(day=DAY - dt.timedelta(days=5)).first().delete()
+    shares = _shares(monkeypatch)
+
+    # when the same days are recomputed by three connections
+    result = _recompute(first=first, last=last, workers=3)
+
+    # then the table is the one a single connection computed ...
+    assert _rows() == expected
+    assert result.ranges == 9  # three zones, each cut in three
+    # ... every local day of every zone went to exactly one of three connections
+    assert len({pid for pid, _ in shares}) == 3
+    covered = _local_days(shares)
+    assert set(covered.values()) == {1}
+    assert len(covered) == 3 * 12
+    # ... and a rerun finds nothing to change
+    again = _recompute(first=first, last=last, workers=3)
+    assert (again.written, again.removed) == (0, 0)
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_recompute_share_that_fails_leaves_the_other_shares_and_raises(monkeypatch):
+    # given two connections, the one given the later days failing
+    _days_of_logs(6, zones=("UTC",))
+    first, last = DAY - dt.timedelta(days=5), DAY
+    _recompute(first=first, last=last, workers=1)
+    expected = _rows()
+    DailyUsage.objects.all().delete()
+    from usage import aggregation
+
+    original = aggregation._recompute_windows
+
+    def failing(*, windows, now):
+        if windows[0].last_day == last:
+            raise RuntimeError("disk full")
+        return original(windows=windows, now=now)
+
+    monkeypatch.setattr(aggregation, "_recompute_windows", failing)
+
+    # when the recompute runs
+    with pytest.raises(RuntimeError, match="disk full"):
+        _recompute(first=first, last=last, workers=2)
+
+    # then the first three days are stored (their share committed), the others not
+    assert {row["day"] for row in _rows()} == {first + dt.timedelta(days=n) for n in range(3)}
+    assert _rows() == [row for row in expected if row["day"] < first + dt.timedelta(days=3)]
+    # and the lock is free again: a rerun completes the table
+    monkeypatch.setattr(aggregation, "_recompute_windows", original)
+    _recompute(first=first, last=last, workers=2)
+    assert _rows() == expected
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_recompute_inside_a_callers_transaction_stays_in_its_connection(monkeypatch):
+    # given call logs written by a transaction that is still open
+    shares = _shares(monkeypatch)
+    with transaction.atomic():
+        _days_of_logs(4, zones=("UTC",))
+
+        # when it recomputes their days, two workers allowed
+        _recompute(first=DAY - dt.timedelta(days=4), last=DAY, workers=2)
+
+        # then one connection (the caller's, which sees those logs) did all of it
+        assert {pid for pid, _ in shares} == {_backend_pid(connection)}
+        stored = DailyUsage.objects.aggregate(requests=Sum("request_count"))["requests"]
+    assert stored == 48 == CallLog.objects.count()
+
+
+@pytest.mark.parametrize(
+    ("days", "parts", "lengths"),
+    [(10, 3, [4, 3, 3]), (2, 4, [1, 1]), (1, 2, [1]), (6, 1, [6])],
+)
+def test_day_parts_cut_a_window_into_consecutive_runs(days, parts, lengths):
+    from usage.aggregation import _day_parts
+    from usage.selectors import DayWindow
+
+    window = DayWindow("UTC", DAY, DAY + dt.timedelta(days=days - 1), (7,))
+    runs = _day_parts(window, parts)
+
+    assert [(run.last_day - run.first_day).days + 1 for run in runs] == lengths
+    assert runs[0].first_day == window.first_day and runs[-1].last_day == window.last_day
+    assert all(
+        b.first_day == a.last_day + dt.timedelta(days=1) for a, b in itertools.pairwise(runs)
+    )
+    assert {run.tenant_ids for run in runs} == {(7,)}

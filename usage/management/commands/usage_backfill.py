@@ -6,6 +6,7 @@ import re
 from contextlib import suppress
 from datetime import date, timedelta
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db.models import Min
 from django.template.defaultfilters import pluralize
@@ -80,6 +81,15 @@ class Command(BaseCommand):
             default=1,
             help="Days recomputed per transaction (default 1).",
         )
+        parser.add_argument(
+            "--workers",
+            type=int,
+            default=None,
+            help=(
+                "PostgreSQL connections recomputing at once, each its own transaction of "
+                "--chunk-days days (default: USAGE_AGGREGATION_WORKERS)."
+            ),
+        )
         parser.add_argument("--no-progress", action="store_true", help="No progress bar.")
 
     def handle(self, *args, **options):
@@ -101,6 +111,11 @@ class Command(BaseCommand):
         chunk = options["chunk_days"]
         if chunk < 1:
             raise CommandError("--chunk-days must be 1 or more.")
+        workers = options["workers"]
+        if workers is None:
+            workers = settings.USAGE_AGGREGATION_WORKERS
+        if workers < 1:
+            raise CommandError("--workers must be 1 or more.")
         asked_first = first
         first = max(first, _first_day_with_usage(tenant, today))
         if first > last:
@@ -120,8 +135,17 @@ class Command(BaseCommand):
         ) as progress:
             start = first
             while start <= last:
-                end = start + timedelta(days=min(chunk, (last - start).days + 1) - 1)
-                total.add(daily_usage_recompute(first_day=start, last_day=end, tenant=tenant))
+                # One chunk of days per worker, recomputed side by side.
+                span = min(chunk * workers, (last - start).days + 1)
+                end = start + timedelta(days=span - 1)
+                total.add(
+                    daily_usage_recompute(
+                        first_day=start,
+                        last_day=end,
+                        tenant=tenant,
+                        workers=min(workers, -(-span // chunk)),
+                    )
+                )
                 progress.update((end - start).days + 1)
                 start = end + timedelta(days=1)
 

@@ -10,7 +10,12 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from tests.factories import CallLogFactory, DailyUsageFactory, TenantFactory
+from tests.factories import (
+    CallLogFactory,
+    DailyUsageFactory,
+    ProviderConfigFactory,
+    TenantFactory,
+)
 from usage.models import DailyUsage
 
 NOW = dt.datetime(2026, 6, 15, 12, 0, tzinfo=dt.UTC)
@@ -240,3 +245,67 @@ def test_backfill_command_refuses_from_after_today():
         str(caught.value)
         == "--from (2026-07-01) is after today (2026-06-15); nothing is logged yet."
     )
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_backfill_command_gives_each_worker_a_chunk_of_days():
+    # given calls on each of five days
+    tenant = TenantFactory(slug="acme", timezone="UTC")
+    config = ProviderConfigFactory(tenant=tenant)
+    first = DAY - dt.timedelta(days=4)
+    for offset in range(5):
+        for _ in range(offset + 1):
+            CallLogFactory(
+                tenant=tenant,
+                provider_config=config,
+                created_at=dt.datetime.combine(first, dt.time(9, tzinfo=dt.UTC))
+                + dt.timedelta(days=offset),
+            )
+    from usage.management.commands import usage_backfill
+
+    out = StringIO()
+    with (
+        mock.patch("django.utils.timezone.now", return_value=NOW),
+        mock.patch.object(
+            usage_backfill,
+            "daily_usage_recompute",
+            wraps=usage_backfill.daily_usage_recompute,
+        ) as recompute,
+    ):
+        # when they are backfilled by two workers of two days each
+        call_command(
+            "usage_backfill",
+            "--from",
+            first.isoformat(),
+            "--workers",
+            "2",
+            "--chunk-days",
+            "2",
+            "--no-progress",
+            stdout=out,
+        )
+
+    # then four days went to two workers at once, the last day to one
+    assert [
+        (call.kwargs["first_day"], call.kwargs["last_day"], call.kwargs["workers"])
+        for call in recompute.call_args_list
+    ] == [(first, first + dt.timedelta(days=3), 2), (DAY, DAY, 1)]
+    # and every day holds its own calls
+    assert list(DailyUsage.objects.order_by("day").values_list("day", "request_count")) == [
+        (first + dt.timedelta(days=offset), offset + 1) for offset in range(5)
+    ]
+    assert out.getvalue().strip() == (
+        f"Recomputed 5 days from {first} to {DAY} for all tenants: 5 rows written, 0 removed."
+    )
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("value", ["0", "-2"])
+def test_backfill_command_refuses_fewer_than_one_worker(value):
+    TenantFactory()
+
+    with pytest.raises(CommandError) as caught:
+        call_command("usage_backfill", "--from", "2026-06-01", "--workers", value)
+
+    assert str(caught.value) == "--workers must be 1 or more."

@@ -50,6 +50,9 @@ def _version_key(scope: str) -> str:
 
 # scope → (monotonic deadline, version) of versions read from the shared cache.
 _known_versions: dict[str, tuple[float, str]] = {}
+# Held while an entry of _known_versions is replaced: a version read from the
+# shared cache before a change made here must not replace the change's.
+_known_lock = threading.Lock()
 # scope → version of changes made here while the shared cache was unreachable:
 # written at the next contact, before any version is read from it. Otherwise
 # the versions still there would bring back what was cached before the change.
@@ -133,9 +136,20 @@ def _config_version_shared(scope: str) -> str:
     except Exception as exc:  # noqa: BLE001 - any cache failure
         return _version_without_cache(scope, tenant_known, global_known, exc)
     deadline = now + settings.CONFIG_VERSION_LOCAL_SECONDS
-    _known_versions[scope] = (deadline, tenant_version)
-    _known_versions[_GLOBAL] = (deadline, global_version)
+    tenant_version = _known_version_keep(scope, tenant_known, (deadline, tenant_version))
+    global_version = _known_version_keep(_GLOBAL, global_known, (deadline, global_version))
     return f"{tenant_version}:{global_version}"
+
+
+def _known_version_keep(scope: str, before: tuple | None, read: tuple[float, str]) -> str:
+    """Remember the version read, unless the entry changed since the read began: a
+    change made here meanwhile (config_version_bump) is newer than what was read."""
+    with _known_lock:
+        current = _known_versions.get(scope)
+        if current is not before and current is not None:
+            return current[1]
+        _known_versions[scope] = read
+        return read[1]
 
 
 def _version_without_cache(scope, tenant_known, global_known, exc) -> str:
@@ -153,7 +167,11 @@ def config_version_bump(tenant_id=None) -> None:
     scope = _GLOBAL if tenant_id is None else str(tenant_id)
     version = uuid.uuid4().hex
     # This process sees its own change at once.
-    _known_versions[scope] = (time.monotonic() + settings.CONFIG_VERSION_LOCAL_SECONDS, version)
+    with _known_lock:
+        _known_versions[scope] = (
+            time.monotonic() + settings.CONFIG_VERSION_LOCAL_SECONDS,
+            version,
+        )
     try:
         cache.set(_version_key(scope), version, _VERSION_TTL_SECONDS)
     except Exception as exc:  # noqa: BLE001 - the change itself is saved

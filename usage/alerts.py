@@ -1,7 +1,7 @@
 """Cost alerts: budget thresholds, provider error rates and unpriced usage, and their delivery.
 
 Checks run after each aggregation. An alert is one CostAlert row, unique per
-(budget, period, percent) or (subject, period): a rerun, or two checks at
+(budget, period, percent, limit) or (subject, period): a rerun, or two checks at
 once, cannot create it twice. Creating it creates one AlertDelivery per
 channel (an email to the recipients, one per webhook), queued once the row is
 committed. A failed delivery is retried with exponential backoff by the
@@ -240,7 +240,9 @@ def _budget_refusing_message(budget: Budget, period, spend: Decimal) -> str:
 
 
 def _budget_refused_calls(budget: Budget, period) -> bool:
-    """Whether the blocking budget refused a call in the period (blocked call logs name it).
+    """Whether the blocking budget refused a call in the period at its current limit
+    (blocked call logs name it and the limit): calls refused under a lower limit do
+    not make a raised one refuse calls.
 
     Only the days whose DailyUsage counts blocked calls in the budget's scope
     are searched, so a period without any costs one small query.
@@ -268,7 +270,9 @@ def _budget_refused_calls(budget: Budget, period) -> bool:
             created_at__lt=min(end, period.end),
             status=CallLog.Status.BLOCKED,
             error_code=BudgetExceeded.code,
-            error_message__startswith=budget_refusal_prefix(budget.name),
+            error_message__startswith=budget_refusal_prefix(
+                budget.name, budget.period, budget.limit_usd
+            ),
         )
         .filter(scope)
         .exists()
@@ -276,7 +280,8 @@ def _budget_refused_calls(budget: Budget, period) -> bool:
 
 
 def budget_thresholds_check(*, now: datetime) -> list[CostAlert]:
-    """Alert once for each alert percentage a budget's period spend has crossed.
+    """Alert once for each alert percentage of its limit a budget's period spend has
+    crossed; a limit changed mid-period alerts again for its own percentages.
 
     The current period is checked, and the previous one while the aggregation
     lookback still reaches into it (late logs can push it over).
@@ -323,10 +328,12 @@ def _budget_thresholds_check(*, budget: Budget, now: datetime, lookback) -> list
         may_refuse = budget.is_blocking and 100 in percentages and 100 not in crossed
         if not crossed and not may_refuse:
             continue
+        # A percentage is of the limit: after the limit changes, those crossed at
+        # the new one alert (once), as for a fresh budget.
         existing = set(
-            CostAlert.objects.filter(budget=budget, period_key=period.key).values_list(
-                "percent", flat=True
-            )
+            CostAlert.objects.filter(
+                budget=budget, period_key=period.key, limit_usd=budget.limit_usd
+            ).values_list("percent", flat=True)
         )
         refusing = may_refuse and 100 not in existing and _budget_refused_calls(budget, period)
         if refusing:

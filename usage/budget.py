@@ -170,10 +170,11 @@ def _current_period(kind: str, timezone_name: str, now: datetime) -> Period:
 # --- errors --------------------------------------------------------------------
 
 
-def budget_refusal_prefix(name: str) -> str:
-    """How the message of a refusal by budget `name` begins: blocked call logs keep
-    that message, and the alert checks find a budget's refusals by it."""
-    return f"Budget “{name}” ("
+def budget_refusal_prefix(name: str, period: str, limit_usd: Decimal) -> str:
+    """How the message of a refusal by budget `name` at `limit_usd` begins: blocked
+    call logs keep that message, and the alert checks find a budget's refusals at
+    its current limit by it."""
+    return f"Budget “{name}” ({period}, limit {usd_format_exact(limit_usd)}) "
 
 
 def _refusal_amounts(spend: Decimal, amount: Decimal, limit: Decimal) -> tuple[str, str]:
@@ -199,8 +200,7 @@ def _exceeded(refusal: Refusal, amount_usd: Decimal, now: datetime) -> BudgetExc
     resets_local = period.end.astimezone(zone(budget.timezone_name))
     retry_after = max(1, math.ceil((period.end - now).total_seconds()))
     message = (
-        f"{budget_refusal_prefix(budget.name)}{budget.period}, "
-        f"limit {usd_format_exact(budget.limit_usd)}) "
+        f"{budget_refusal_prefix(budget.name, budget.period, budget.limit_usd)}"
         f"refuses this call: {spend_text} is already spent or reserved "
         f"this period and the call may cost up to {amount_text}. The budget resets "
         f"at {resets_local:%Y-%m-%d %H:%M} {budget.timezone_name} ({period.end.isoformat()})."

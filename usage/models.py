@@ -479,7 +479,8 @@ class BudgetHold(models.Model):
 class CostAlert(models.Model):
     """Something a tenant should know about: a budget threshold crossed, a provider
     failing, or usage that could not be priced. Unique per subject, period and
-    percent, so reruns and concurrent checks never alert twice."""
+    percent (and, for a budget, the limit the percent is of), so reruns and
+    concurrent checks never alert twice."""
 
     class Kind(models.TextChoices):
         BUDGET = "budget", "Budget threshold"
@@ -507,13 +508,21 @@ class CostAlert(models.Model):
     class Meta:
         ordering = ["-created_at", "-id"]
         constraints = [
+            # A budget's percentage is of the limit it had: one raised (or lowered)
+            # mid-period alerts again at the new limit, once.
             models.UniqueConstraint(
-                fields=["budget", "period_key", "percent"],
+                fields=["budget", "period_key", "percent", "limit_usd"],
                 condition=Q(budget__isnull=False),
-                name="cost_alert_once_per_budget_period_percent",
+                name="cost_alert_once_per_budget_period_percent_limit",
+            ),
+            models.UniqueConstraint(
+                fields=["tenant", "kind", "subject_key", "period_key", "percent", "limit_usd"],
+                condition=Q(kind="budget"),
+                name="cost_alert_once_per_budget_subject_period_percent_limit",
             ),
             models.UniqueConstraint(
                 fields=["tenant", "kind", "subject_key", "period_key", "percent"],
+                condition=~Q(kind="budget"),
                 name="cost_alert_once_per_subject_period_percent",
             ),
         ]

@@ -1,4 +1,4 @@
-"""Alerts: thresholds once per (budget, period, percent), error rate, unpriced usage, delivery."""
+"""Alerts: thresholds once per budget, period, percent and limit; error rate; unpriced; delivery."""
 
 import datetime as dt
 import json
@@ -41,6 +41,7 @@ from usage.alerts import (
 from usage.budget import BudgetExceeded, budget_reserve
 from usage.models import AlertDelivery, Budget, CallLog, CostAlert, DailyUsage
 from usage.selectors import provider_error_rates
+from usage.services import budget_update
 
 NOW = dt.datetime(2026, 6, 15, 12, 0, tzinfo=dt.UTC)
 
@@ -354,6 +355,221 @@ def test_concurrent_threshold_checks_create_each_alert_once():
     assert errors == []
     assert sorted(CostAlert.objects.values_list("percent", flat=True)) == [50, 80, 100]
     assert AlertDelivery.objects.count() == 3
+
+
+def _limit_set(budget, limit: str) -> None:
+    budget_update(budget=budget, data={"limit_usd": Decimal(limit)})
+
+
+def _budget_alerts(budget) -> list[tuple[int, Decimal]]:
+    return sorted(
+        CostAlert.objects.filter(budget=budget).values_list("percent", "limit_usd"),
+        key=lambda row: (row[1], row[0]),
+    )
+
+
+@pytest.mark.django_db
+def test_threshold_check_alerts_a_percentage_again_at_a_raised_limit():
+    # given a $10 monthly budget that alerted at 50 % and 80 % with $8.50 spent
+    tenant = TenantFactory(name="Acme")
+    budget = BudgetFactory(tenant=tenant, name="Monthly", alert_percentages=[50, 80, 100])
+    _spend(tenant, "8.50")
+    _aggregate()
+    assert sorted(a.percent for a in budget_thresholds_check(now=NOW)) == [50, 80]
+
+    # when the limit is raised to $20 ($8.50 is 42.5 % of it), then $8 more is spent
+    _limit_set(budget, "20")
+    raised = budget_thresholds_check(now=NOW + dt.timedelta(minutes=1))
+    _spend(tenant, "8.00", created_at=NOW)
+    _aggregate(NOW + dt.timedelta(minutes=5))
+    later = NOW + dt.timedelta(minutes=10)
+    created = budget_thresholds_check(now=later)
+
+    # then nothing alerts at the raised limit until its own 50 % and 80 % are crossed
+    assert raised == []
+    assert sorted(a.percent for a in created) == [50, 80]
+    alert = CostAlert.objects.get(budget=budget, percent=80, limit_usd=Decimal("20"))
+    assert alert.period_key == "2026-06"
+    assert alert.spend_usd == Decimal("16.5")
+    assert alert.message == (
+        "Acme: budget “Monthly” (whole tenant, monthly 2026-06) has reached 80% of its "
+        "$20.00 limit: $16.50 spent."
+    )
+    assert list(alert.deliveries.values_list("channel", "target_label")) == [
+        ("email", "finance@example.com")
+    ]
+    # and each percentage alerted once per limit, with one delivery each
+    assert _budget_alerts(budget) == [
+        (50, Decimal("10")),
+        (80, Decimal("10")),
+        (50, Decimal("20")),
+        (80, Decimal("20")),
+    ]
+    assert AlertDelivery.objects.filter(alert__budget=budget).count() == 4
+    assert budget_thresholds_check(now=later + dt.timedelta(minutes=5)) == []
+
+
+@pytest.mark.django_db
+def test_threshold_check_alerts_every_percentage_crossed_at_a_lowered_limit_once():
+    # given a $20 monthly budget that alerted at 50 % with $12 spent
+    tenant = TenantFactory(name="Acme")
+    budget = BudgetFactory(
+        tenant=tenant, name="Monthly", limit_usd=Decimal("20"), alert_percentages=[50, 80, 100]
+    )
+    _spend(tenant, "12.00")
+    _aggregate()
+    assert [a.percent for a in budget_thresholds_check(now=NOW)] == [50]
+
+    # when the limit is lowered to $10: $12 is 120 % of it
+    _limit_set(budget, "10")
+    created = budget_thresholds_check(now=NOW + dt.timedelta(minutes=1))
+    again = budget_thresholds_check(now=NOW + dt.timedelta(minutes=2))
+
+    # then 50 %, 80 % and 100 % of the new limit alert, as for a fresh budget, once
+    assert sorted(a.percent for a in created) == [50, 80, 100]
+    assert again == []
+    assert CostAlert.objects.get(budget=budget, percent=100).message == (
+        "Acme: budget “Monthly” (whole tenant, monthly 2026-06) has reached 100% of its "
+        "$10.00 limit: $12.00 spent."
+    )
+    assert _budget_alerts(budget) == [
+        (50, Decimal("10")),
+        (80, Decimal("10")),
+        (100, Decimal("10")),
+        (50, Decimal("20")),
+    ]
+
+
+@pytest.mark.django_db
+def test_threshold_check_does_not_alert_again_when_a_limit_is_set_back_to_one_that_alerted():
+    # given a $10 budget that alerted at 50 % and 80 %, then raised to $20
+    tenant = TenantFactory()
+    budget = BudgetFactory(tenant=tenant, alert_percentages=[50, 80, 100])
+    _spend(tenant, "8.50")
+    _aggregate()
+    budget_thresholds_check(now=NOW)
+    _limit_set(budget, "20")
+    assert budget_thresholds_check(now=NOW + dt.timedelta(minutes=1)) == []
+
+    # when it is set back to $10 (written with more places than before)
+    _limit_set(budget, "10.0000")
+    created = budget_thresholds_check(now=NOW + dt.timedelta(minutes=2))
+
+    # then its percentages at $10 have alerted already
+    assert created == []
+    assert _budget_alerts(budget) == [(50, Decimal("10")), (80, Decimal("10"))]
+    assert AlertDelivery.objects.filter(alert__budget=budget).count() == 2
+
+
+@pytest.mark.django_db
+def test_refusing_alert_is_not_raised_at_a_raised_limit_for_calls_refused_under_the_old_one(
+    counters,
+):
+    # given a $1 daily blocking budget at 95 % that refused a call and alerted
+    # at 100 % that calls are refused
+    now = timezone.now()
+    tenant = TenantFactory(name="Acme")
+    _daily_cap_refused_a_call(tenant, now=now, limit="1", spent="0.95", amount="0.10")
+    assert sorted(a.percent for a in budget_thresholds_check(now=now)) == [50, 80, 100]
+
+    # when its limit is raised to $2: $0.95 is 47.5 % of it, and nothing is refused
+    _limit_set(Budget.objects.get(tenant=tenant), "2")
+    created = budget_thresholds_check(now=now + dt.timedelta(minutes=1))
+
+    # then no alert says calls are refused at $2
+    assert created == []
+    assert list(CostAlert.objects.filter(percent=100).values_list("limit_usd", flat=True)) == [
+        Decimal("1")
+    ]
+
+
+@pytest.mark.django_db
+def test_refusing_alert_is_raised_again_when_a_raised_limit_refuses_a_call(
+    counters, django_capture_on_commit_callbacks
+):
+    # given a $1 daily blocking budget that refused a call at 95 % and alerted
+    now = timezone.now()
+    tenant = TenantFactory(name="Acme")
+    _daily_cap_refused_a_call(tenant, now=now, limit="1", spent="0.95", amount="0.10")
+    budget_thresholds_check(now=now)
+    budget = Budget.objects.get(tenant=tenant)
+
+    # when the limit is raised to $1.50 and the budget refuses a $0.60 call
+    with django_capture_on_commit_callbacks(execute=True):
+        _limit_set(budget, "1.50")
+    with pytest.raises(BudgetExceeded) as refused:
+        budget_reserve(
+            tenant=tenant,
+            provider_config_id=None,
+            service_name="summarizer",
+            customer_id="acme",
+            amount_usd=Decimal("0.60"),
+            request_id=uuid.uuid4(),
+        )
+    later = now + dt.timedelta(seconds=1)
+    CallLogFactory(
+        tenant=tenant,
+        status=CallLog.Status.BLOCKED,
+        error_code=refused.value.code,
+        error_message=refused.value.message,
+        cost_usd=Decimal(0),
+        created_at=later,
+    )
+    _aggregate(later)
+    created = budget_thresholds_check(now=later)
+
+    # then $0.95 crossed 50 % of $1.50, and the 100 % alert at $1.50 says calls
+    # are refused, with what is left of $1.50
+    assert [(a.percent, a.limit_usd) for a in created] == [
+        (50, Decimal("1.5")),
+        (100, Decimal("1.5")),
+    ]
+    assert created[1].message == (
+        f"Acme: budget “Cap” (whole tenant, daily {now.date()}) refuses calls: $0.95 of "
+        "its $1.50 limit is spent, and calls that could cost more than the $0.55 left are "
+        f"refused until the period resets at {now.date() + dt.timedelta(days=1)} 00:00 (UTC)."
+    )
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_threshold_checks_after_a_limit_change_create_each_alert_once():
+    # given a $10 budget that alerted at 50 %, 80 % and 100 % with $12 spent
+    tenant = TenantFactory()
+    budget = BudgetFactory(tenant=tenant, alert_percentages=[50, 80, 100])
+    _spend(tenant, "12.00")
+    _aggregate()
+    budget_thresholds_check(now=NOW)
+    # when its limit is raised to $15 ($12 is 80 % of it) and six checks run at once
+    _limit_set(budget, "15")
+    barrier = threading.Barrier(6)
+    errors = []
+
+    def check():
+        barrier.wait()
+        try:
+            budget_thresholds_check(now=NOW + dt.timedelta(minutes=1))
+        except Exception as exc:  # any error fails the test below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=check) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    # then 50 % and 80 % of $15 alerted once each, beside those of $10
+    assert errors == []
+    assert _budget_alerts(budget) == [
+        (50, Decimal("10")),
+        (80, Decimal("10")),
+        (100, Decimal("10")),
+        (50, Decimal("15")),
+        (80, Decimal("15")),
+    ]
+    assert AlertDelivery.objects.count() == 5
 
 
 @pytest.mark.django_db

@@ -1089,6 +1089,31 @@ def test_alert_list_names_the_recipients_a_mail_server_refused(
     )
 
 
+def test_alert_list_shows_a_percentage_alerted_again_at_a_raised_limit(admin_api, tenant):
+    # given a $10 budget that alerted at 80 % with $8.50 spent
+    budget = BudgetFactory(tenant=tenant, name="cap", alert_percentages=[80])
+    today = timezone.now().date()
+    CallLogFactory(tenant=tenant, cost_usd=Decimal("8.50"), created_at=timezone.now())
+    daily_usage_recompute(first_day=today - timedelta(days=1), last_day=today)
+    alerts_check()
+
+    # when its limit is raised to $20 and spend reaches $16.50, 82.5 % of it
+    raised = admin_api.patch(f"{BUDGETS}{budget.pk}/", {"limit_usd": "20"})
+    CallLogFactory(tenant=tenant, cost_usd=Decimal("8.00"), created_at=timezone.now())
+    daily_usage_recompute(first_day=today - timedelta(days=1), last_day=today)
+    alerts_check()
+    results = admin_api.get(ALERTS, {"budget": budget.pk}).json()["results"]
+
+    # then both 80 % alerts are listed, newest first, each with the limit it is of
+    assert raised.status_code == 200
+    assert [(a["percent"], a["limit_usd"], a["spend_usd"]) for a in results] == [
+        (80, "20.0000", "16.500000000000"),
+        (80, "10.0000", "8.500000000000"),
+    ]
+    assert results[0]["message"].endswith("has reached 80% of its $20.00 limit: $16.50 spent.")
+    assert [len(a["deliveries"]) for a in results] == [1, 1]
+
+
 def test_alert_list_filters_by_kind_and_budget(admin_api, tenant):
     budget = BudgetFactory(tenant=tenant, name="cap")
     wanted = CostAlertFactory(tenant=tenant, budget=budget)

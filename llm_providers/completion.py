@@ -701,7 +701,8 @@ def _result(call, target, chat: ChatResult, *, cost, source, latency_ms, cached=
 
 
 def _cache_lookup(call: _Call, target: RouteTarget, started: float) -> CompletionResult | None:
-    if not call.tenant.response_cache_ttl_seconds:
+    ttl = call.tenant.response_cache_ttl_seconds
+    if not ttl:
         return None
     hit = response_cache_get(
         tenant_id=call.tenant.pk,
@@ -709,6 +710,7 @@ def _cache_lookup(call: _Call, target: RouteTarget, started: float) -> Completio
         endpoint=provider_endpoint(target.provider_config),
         model=target.model,
         fingerprint=call.fingerprint,
+        max_age_seconds=ttl,
     )
     if hit is None:
         return None

@@ -5,6 +5,9 @@ base URL, AWS region and options, so an answer from a config's old endpoint is n
 after it changed), model, messages and every parameter that changes the
 answer; nothing secret goes into it. Each
 tenant sets its TTL (`Tenant.response_cache_ttl_seconds`; 0 turns it off).
+An entry keeps the time it was stored, and a lookup serves it only while it
+is younger than the tenant's TTL of that moment: entries stored under a
+longer TTL stop being served as soon as the tenant lowers it.
 An entry keeps the whole answer, its tool calls' `extra_content` (the
 provider's data to be sent back with them, such as a Gemini thought
 signature) included.
@@ -18,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from dataclasses import asdict
 from typing import Any
 
@@ -58,8 +62,15 @@ def _cache_key(
 
 
 def response_cache_get(
-    *, tenant_id, provider_config_id, endpoint: str, model: str, fingerprint: str
+    *,
+    tenant_id,
+    provider_config_id,
+    endpoint: str,
+    model: str,
+    fingerprint: str,
+    max_age_seconds: float | None = None,
 ) -> ChatResult | None:
+    """The stored answer, or None; with `max_age_seconds`, None for an answer stored longer ago."""
     key = _cache_key(
         tenant_id=tenant_id,
         provider_config_id=provider_config_id,
@@ -73,6 +84,13 @@ def response_cache_get(
         logger.warning("response cache lookup failed (%s); treated as a miss", type(exc).__name__)
         return None
     if not stored:
+        return None
+    stored_at = stored.get("stored_at")
+    if (
+        max_age_seconds is not None
+        and stored_at is not None
+        and time.time() - stored_at > max_age_seconds
+    ):
         return None
     return ChatResult(
         content=stored["content"],
@@ -103,6 +121,8 @@ def response_cache_set(
         "finish_reason": result.finish_reason,
         "tool_calls": [asdict(call) for call in result.tool_calls],
         "usage_estimated": result.usage_estimated,
+        # Wall-clock time, as every process reads the entry.
+        "stored_at": time.time(),
     }
     key = _cache_key(
         tenant_id=tenant_id,

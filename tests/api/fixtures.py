@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import http.client
+import json
+import threading
+
 import pytest
 from rest_framework.test import APIClient
 
@@ -36,6 +40,48 @@ def service_key_client(service_key) -> APIClient:
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Api-Key {service_key.secret}")
     return client
+
+
+def http_at_once(base_url: str, requests: list[tuple[str, str, dict | None]]) -> list[tuple]:
+    """Send every (Authorization header, path, JSON body or None for a GET) to a live
+    server at the same moment, each on a connection of its own opened beforehand.
+
+    Answers (the request, status, headers, JSON body) in the order the answers came.
+    """
+    host, port = base_url.removeprefix("http://").split(":")
+    connections = []
+    for _ in requests:
+        connection = http.client.HTTPConnection(host, int(port), timeout=30)
+        connection.connect()
+        connections.append(connection)
+    start = threading.Barrier(len(requests))
+    answers = []
+
+    def send(connection, request):
+        authorization, path, body = request
+        headers = {"Authorization": authorization}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        start.wait()
+        connection.request(
+            "GET" if body is None else "POST",
+            path,
+            body=None if body is None else json.dumps(body),
+            headers=headers,
+        )
+        reply = connection.getresponse()
+        answers.append((request, reply.status, dict(reply.getheaders()), json.loads(reply.read())))
+        connection.close()
+
+    threads = [
+        threading.Thread(target=send, args=pair) for pair in zip(connections, requests, strict=True)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(answers) == len(requests)
+    return answers
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ rate limits, the response cache, streaming and the call log of every attempt."""
 
 import datetime as dt
 import gc
+import time
 import types
 from decimal import Decimal
 
@@ -389,6 +390,22 @@ def test_complete_does_not_serve_answers_of_a_configs_former_endpoint(tenant, pr
     again = complete(tenant=tenant, messages=HELLO)
 
     assert (again.cached, again.content) == (False, "new endpoint")
+
+
+def test_complete_does_not_serve_an_answer_older_than_a_lowered_ttl(tenant, primary):
+    # given an answer cached for an hour
+    tenant.response_cache_ttl_seconds = 3600
+    tenant.save()
+    complete(tenant=tenant, messages=HELLO)
+    # when the tenant lowers its TTL to a second, and more than that has passed
+    tenant.response_cache_ttl_seconds = 1
+    tenant.save()
+    time.sleep(1.5)
+    again = complete(tenant=tenant, messages=HELLO)
+
+    # then the provider answers again
+    assert again.cached is False
+    assert [log.status for log in _logs(request_id=again.request_id)] == ["ok"]
 
 
 def test_complete_does_not_cache_when_ttl_is_zero(tenant, primary):

@@ -113,3 +113,32 @@ def test_response_cache_reads_an_entry_stored_before_tool_calls_kept_extra_conte
 
     assert found.tool_calls == [ToolCall(id="c1", name="lookup", arguments="{}")]
     assert found.tool_calls[0].extra_content is None
+
+
+def test_response_cache_misses_an_entry_older_than_the_age_asked_for():
+    key = {"tenant_id": uuid.uuid4(), "provider_config_id": uuid.uuid4(), "endpoint": "e"}
+    response_cache_set(**key, model="m", fingerprint="f", result=RESULT, ttl_seconds=3600)
+    stored = cache.get(_cache_key(**key, model="m", fingerprint="f"))
+    # (as if stored ten minutes ago)
+    stored["stored_at"] -= 600
+    cache.set(_cache_key(**key, model="m", fingerprint="f"), stored, 3600)
+
+    assert response_cache_get(**key, model="m", fingerprint="f", max_age_seconds=300) is None
+    assert response_cache_get(**key, model="m", fingerprint="f", max_age_seconds=900) == RESULT
+
+
+def test_response_cache_serves_an_entry_stored_before_entries_kept_their_time():
+    key = {"tenant_id": uuid.uuid4(), "provider_config_id": uuid.uuid4(), "endpoint": "e"}
+    stored = {
+        "content": "hello",
+        "usage": {"input_tokens": 10, "output_tokens": 2},
+        "model": "m",
+        "finish_reason": "stop",
+        "tool_calls": [],
+        "usage_estimated": False,
+    }
+    cache.set(_cache_key(**key, model="m", fingerprint="f"), stored, 60)
+
+    found = response_cache_get(**key, model="m", fingerprint="f", max_age_seconds=1)
+
+    assert (found.content, found.usage.input_tokens) == ("hello", 10)

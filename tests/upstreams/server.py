@@ -213,6 +213,9 @@ class LoopbackUpstream:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver's backlog of 5 resets connections when a burst of calls
+    # connects at once, as a provider's server does not.
+    request_queue_size = 128
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client dropping a kept-alive connection is normal; anything else is a bug here.

@@ -19,6 +19,7 @@ from django.db import close_old_connections
 
 from llm_providers.rate_limiting import rate_limit_admit
 from llm_providers.services import provider_config_create
+from tests.api.fixtures import http_at_once
 from tests.factories import (
     BudgetFactory,
     ModelPriceFactory,
@@ -1616,3 +1617,352 @@ def test_streams_dropped_by_their_clients_under_load_settle_every_count(
         everything += json.dumps(row, default=str)
     for secret in (STEADY_KEY, FLAKY_KEY):
         assert_secret_absent(everything, secret)
+
+
+# --- one question asked many times at once -----------------------------------------
+
+ACME_MAIN_KEY = "sk-Ac1Me2Ma3In4Ke5Yx6Wv7Ut8Sr9Qp0"
+ACME_SIDE_KEY = "sk-Ac9Me8Si7De6Ke5Yz4Xw3Vu2Ts1Rq0"
+GLOBEX_CHAT_KEY = "sk-Gl1Ob2Ex3Ch4At5Ke6Yn7Mo8Pq9Rs0"
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("background_writer", "allow_private_urls")
+def test_one_question_asked_at_once_is_cached_per_tenant_and_provider_only(
+    live_server, openai_upstream, assert_secret_absent
+):
+    import redis
+    from django.conf import settings as django_settings
+
+    from tests.factories import ServiceKeyFactory, TenantFactory
+    from usage.bookkeeping import bookkeeping_flush
+
+    # given: two tenants caching answers for five minutes, Acme with a second
+    # config for one customer, all three configs on one upstream with one model;
+    # each answer names the key it was asked with and is numbered
+    label = {ACME_MAIN_KEY: "acme-main", ACME_SIDE_KEY: "acme-side", GLOBEX_CHAT_KEY: "globex"}
+    numbered = iter(range(1, 1000))
+    lock = threading.Lock()
+
+    def answer(request):
+        with lock:
+            n = next(numbered)
+        key = request.headers["authorization"].removeprefix("Bearer ")
+        if request.route == "embeddings":
+            return openai_upstream.embeddings_reply([[0.5, 0.25]], model="house-embed")
+        return openai_upstream.chat_reply(
+            f"{label[key]} answer {n}", model="house-chat", prompt_tokens=9,
+            completion_tokens=4, delay=0.2,
+        )  # fmt: skip
+
+    openai_upstream.set_default(answer)
+    acme = TenantFactory(slug="acme-cache", name="Acme cache", response_cache_ttl_seconds=300)
+    globex = TenantFactory(slug="globex-cache", name="Globex cache", response_cache_ttl_seconds=300)
+    common = {
+        "provider_type": "openai_compatible",
+        "base_url": openai_upstream.base_url,
+        "default_model": "house-chat",
+        "allowed_models": ["house-chat", "house-embed"],
+    }
+    configs = {
+        "acme-main": provider_config_create(
+            tenant=acme, name="main", api_key=ACME_MAIN_KEY, is_default=True, **common
+        ),
+        "acme-side": provider_config_create(
+            tenant=acme, name="side", api_key=ACME_SIDE_KEY, **common
+        ),
+        "globex": provider_config_create(
+            tenant=globex, name="main", api_key=GLOBEX_CHAT_KEY, is_default=True, **common
+        ),
+    }
+    RoutingOverrideFactory(tenant=acme, customer_id="side-co", provider_config=configs["acme-side"])
+    ModelPriceFactory(
+        provider_type="openai_compatible", model="house-chat",
+        input_per_mtok="1.234567", output_per_mtok="3.456789",
+    )  # fmt: skip
+    acme_key = ServiceKeyFactory(tenant=acme)
+    globex_key = ServiceKeyFactory(tenant=globex)
+    question = {"messages": [{"role": "user", "content": "What is the answer?"}], "max_tokens": 8}
+    groups = {
+        "acme-main": (acme_key.secret, question),
+        "acme-side": (acme_key.secret, {**question, "customer_id": "side-co"}),
+        "globex": (globex_key.secret, question),
+    }
+    jobs = [
+        (f"Api-Key {secret}", COMPLETIONS, payload)
+        for secret, payload in groups.values()
+        for _ in range(6)
+    ]
+    # (embeddings are never served from the cache)
+    document = {"inputs": ["What is the answer?"], "model": "house-embed"}
+    jobs += [(f"Api-Key {acme_key.secret}", EMBEDDINGS, document)] * 4
+
+    # when: each group asks the same question six times at once, then again
+    first = http_at_once(live_server.url, jobs)
+    assert bookkeeping_flush(timeout=30)
+    upstream_after_first = len(openai_upstream.requests)
+    second = http_at_once(live_server.url, jobs)
+    assert bookkeeping_flush(timeout=30)
+
+    # then: every answer came from its own tenant's and config's provider or cache
+    group_of = {(secret, json.dumps(payload)): name for name, (secret, payload) in groups.items()}
+    answered = {name: [] for name in groups}
+    for (authorization, path, payload), status, _, body in first + second:
+        assert status == 200, body
+        secret = authorization.removeprefix("Api-Key ")
+        if path == EMBEDDINGS:
+            [row] = CallLog.objects.filter(request_id=body["request_id"])
+            assert (row.tenant_id, row.status, row.operation) == (acme.pk, "ok", "embed")
+            continue
+        name = group_of[(secret, json.dumps(payload))]
+        assert body["provider_config"] == str(configs[name].pk)
+        assert body["content"].startswith(f"{name} answer "), (name, body["content"])
+        rows = list(CallLog.objects.filter(request_id=body["request_id"]))
+        assert [(row.tenant_id, row.provider_config_id) for row in rows] == [
+            (configs[name].tenant_id, configs[name].pk)
+        ], [(row.attempt, row.status, row.error_code, row.error_message) for row in rows]
+        [row] = rows
+        assert row.status == ("cached" if body["cached"] else "ok")
+        if body["cached"]:
+            # a hit: nothing consumed, nothing charged, the stored answer's usage
+            assert (row.input_tokens, row.output_tokens, row.cost_usd) == (0, 0, Decimal(0))
+            assert (body["cost_usd"], body["price_source"]) == ("0.000000000000", "none")
+        else:
+            assert (row.input_tokens, row.output_tokens) == (9, 4)
+            assert (
+                row.cost_usd
+                == Decimal("9") * Decimal("1.234567") / 10**6
+                + Decimal("4") * Decimal("3.456789") / 10**6
+            )
+            assert Decimal(body["cost_usd"]) == row.cost_usd
+        assert body["usage"]["input_tokens"] == 9 and body["usage"]["output_tokens"] == 4
+        answered[name].append((body["cached"], body["content"]))
+
+    # the upstream was asked exactly by the calls logged as asking it, with each config's key
+    asked = {}
+    for request in openai_upstream.requests:
+        if request.route == "chat":
+            key = request.headers["authorization"].removeprefix("Bearer ")
+            asked[label[key]] = asked.get(label[key], 0) + 1
+    logged = {
+        name: CallLog.objects.filter(
+            provider_config=config, status="ok", operation="complete"
+        ).count()
+        for name, config in configs.items()
+    }
+    assert asked == logged
+    chats_after_first = openai_upstream.requests[:upstream_after_first]
+    assert sum(r.route == "chat" for r in openai_upstream.requests) == sum(
+        r.route == "chat" for r in chats_after_first
+    )
+    assert sum(r.route == "embeddings" for r in openai_upstream.requests) == 8
+    for name, answers in answered.items():
+        # the second round was served from the cache, one stored answer of its own group
+        again = answers[6:]
+        assert [cached for cached, _ in again] == [True] * 6, name
+        assert len({content for _, content in again}) == 1
+        assert again[0][1] in {content for cached, content in answers[:6] if not cached}
+        assert sum(1 for cached, _ in answers if not cached) == logged[name]
+    assert CallLog.objects.filter(status="cached").count() == 36 - sum(logged.values())
+
+    # no cache key or entry holds a provider key
+    client = redis.Redis.from_url(django_settings.REDIS_URL)
+    entries = [key for key in client.scan_iter("*resp:*")]
+    assert len(entries) == 3
+    stored = b"".join(entries + [client.get(key) or b"" for key in entries])
+    for secret in label:
+        assert_secret_absent(stored.decode("latin-1"), secret)
+
+
+# --- each caller's own tokens and prices, many at once ------------------------------
+
+ACME_PRICED_KEY = "sk-Pr1Ac2Me3Ke4Yx5Ab6Cd7Ef8Gh9Ij0"
+GLOBEX_PRICED_KEY = "sk-Pr9Gl8Ob7Ex6Ke5Yk4Lm3No2Pq1Rs0"
+# Each tenant has prices of its own, six decimals per million tokens, so a
+# cost is exact only in Decimal and another tenant's price shows at once.
+TENANT_PRICES = {
+    "acme-priced": (Decimal("1.111113"), Decimal("2.222229")),
+    "globex-priced": (Decimal("3.333337"), Decimal("4.444441")),
+}
+
+
+def _numbered_upstream(openai_upstream):
+    """Usage that only its own request has: question n is answered with 20 + n
+    prompt and 1 + n % 7 completion tokens; the embedding of inputs numbered n
+    with 3 + n tokens per input. The first attempt of every fourth request
+    fails with a 503 (retried)."""
+    failed: set[int] = set()
+    lock = threading.Lock()
+
+    def answer(request):
+        body = request.json
+        if request.route == "embeddings":
+            number = int(body["input"][0].split()[1])
+        else:
+            number = int(body["messages"][-1]["content"].split()[1])
+        with lock:
+            first = number not in failed
+            failed.add(number)
+        if first and number % 4 == 0:
+            return openai_upstream.error_reply(503, message="Overloaded; try again.")
+        if request.route == "embeddings":
+            return openai_upstream.embeddings_reply(
+                [[0.5, 0.25]] * len(body["input"]), model=body["model"],
+                prompt_tokens=(3 + number) * len(body["input"]),
+            )  # fmt: skip
+        return openai_upstream.chat_reply(
+            f"answer {number}", model=body["model"], prompt_tokens=20 + number,
+            completion_tokens=1 + number % 7,
+        )  # fmt: skip
+
+    openai_upstream.set_default(answer)
+
+
+def _expected_usage(path, number, inputs):
+    if path == EMBEDDINGS:
+        return (3 + number) * inputs, 0
+    return 20 + number, 1 + number % 7
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("background_writer", "allow_private_urls")
+def test_calls_at_once_are_each_charged_their_own_tokens_at_their_tenants_prices(
+    live_server, openai_upstream
+):
+    from datetime import timedelta
+
+    from django.db.models import Count, Q, Sum
+    from django.utils import timezone
+
+    from tests.factories import ServiceKeyFactory, TenantFactory
+    from usage.aggregation import daily_usage_recompute
+    from usage.bookkeeping import bookkeeping_flush
+    from usage.models import DailyUsage
+
+    # given: two tenants on one upstream, one model name each for chat and
+    # embeddings, priced differently for each tenant
+    _numbered_upstream(openai_upstream)
+    tenants, keys = {}, {}
+    for slug, provider_key in (
+        ("acme-priced", ACME_PRICED_KEY),
+        ("globex-priced", GLOBEX_PRICED_KEY),
+    ):
+        tenant = tenants[slug] = TenantFactory(slug=slug, name=slug)
+        provider_config_create(
+            tenant=tenant, name="main", provider_type="openai_compatible", api_key=provider_key,
+            base_url=openai_upstream.base_url, default_model="house-chat", is_default=True,
+            allowed_models=["house-chat", "house-embed"],
+        )  # fmt: skip
+        for model in ("house-chat", "house-embed"):
+            ModelPriceFactory(
+                tenant=tenant, provider_type="openai_compatible", model=model,
+                input_per_mtok=TENANT_PRICES[slug][0], output_per_mtok=TENANT_PRICES[slug][1],
+            )  # fmt: skip
+        keys[slug] = ServiceKeyFactory(tenant=tenant)
+    jobs = {slug: [] for slug in tenants}
+    for number in range(1, 41):
+        slug = ("acme-priced", "globex-priced")[number % 2]
+        if number % 3 == 0:
+            inputs = 1 + number % 3
+            payload = {
+                "inputs": [f"doc {number} part {k}" for k in range(inputs)],
+                "model": "house-embed", "service_name": f"svc-{number % 5}",
+            }  # fmt: skip
+            jobs[slug].append((EMBEDDINGS, payload, number, inputs))
+        else:
+            payload = {
+                "messages": [{"role": "user", "content": f"question {number}"}],
+                "max_tokens": 10, "customer_id": f"cust-{number % 3}",
+            }  # fmt: skip
+            jobs[slug].append((COMPLETIONS, payload, number, 1))
+
+    # when: eight clients per tenant send their requests at the same time
+    import requests
+
+    start = threading.Barrier(16)
+    answers = []
+
+    def client(slug, share):
+        with requests.Session() as session:
+            session.headers["Authorization"] = f"Api-Key {keys[slug].secret}"
+            start.wait()
+            for path, payload, number, inputs in share:
+                reply = session.post(live_server.url + path, json=payload, timeout=30)
+                answers.append((slug, path, number, inputs, reply.status_code, reply.json()))
+
+    threads = [
+        threading.Thread(target=client, args=(slug, jobs[slug][worker::8]))
+        for slug in tenants
+        for worker in range(8)
+    ]
+    started = timezone.now()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(answers) == 40
+    assert bookkeeping_flush(timeout=30)
+
+    # then: every answer and its rows carry its own tokens at its tenant's prices
+    for slug, path, number, inputs, status, body in answers:
+        assert status == 200, body
+        tenant = tenants[slug]
+        input_tokens, output_tokens = _expected_usage(path, number, inputs)
+        input_price, output_price = TENANT_PRICES[slug]
+        cost = (input_tokens * input_price + output_tokens * output_price) / 10**6
+        assert (body["usage"]["input_tokens"], body["usage"]["output_tokens"]) == (
+            input_tokens,
+            output_tokens,
+        ), (slug, path, number)
+        assert Decimal(body["cost_usd"]) == cost, (slug, path, number)
+        if path == COMPLETIONS:
+            assert body["content"] == f"answer {number}"
+        else:
+            assert len(body["vectors"]) == inputs
+        rows = CallLog.objects.filter(request_id=body["request_id"]).order_by("attempt")
+        # (a failed attempt the provider charged nothing for is not priced)
+        expected_rows = [("error", 0, 0, None)] * (number % 4 == 0) + [
+            ("ok", input_tokens, output_tokens, cost)
+        ]
+        assert [
+            (row.status, row.input_tokens, row.output_tokens, row.cost_usd) for row in rows
+        ] == expected_rows, (slug, path, number)
+        assert {row.tenant_id for row in rows} == {tenant.pk}
+        assert [row.attempt for row in rows] == list(range(1, len(expected_rows) + 1))
+    assert CallLog.objects.count() == 40 + 10
+
+    # and after an aggregation, DailyUsage equals CallLog in every group of every tenant
+    today = timezone.localdate(started)
+    daily_usage_recompute(first_day=today - timedelta(days=1), last_day=today + timedelta(days=1))
+    sums = {
+        "requests": ("pk", "request_count"),
+        "input": ("input_tokens", "input_tokens"),
+        "output": ("output_tokens", "output_tokens"),
+        "cost": ("cost_usd", "cost_usd"),
+    }
+    for tenant in tenants.values():
+        for model in ("house-chat", "house-embed"):
+            logs = CallLog.objects.filter(tenant=tenant, model_requested=model)
+            expected = logs.aggregate(
+                errors=Count("pk", filter=Q(status="error")),
+                requests=Count("pk"),
+                **{name: Sum(column) for name, (column, _) in sums.items() if name != "requests"},
+            )
+            stored = DailyUsage.objects.filter(tenant=tenant, model=model).aggregate(
+                errors=Sum("error_count"),
+                requests=Sum("request_count"),
+                **{name: Sum(field) for name, (_, field) in sums.items() if name != "requests"},
+            )
+            assert stored == expected, (tenant.slug, model)
+            assert expected["requests"] > 0
+        answered = sum(
+            (Decimal(body["cost_usd"]) for slug, *_, body in answers if slug == tenant.slug),
+            Decimal(0),
+        )
+        assert DailyUsage.objects.filter(tenant=tenant).aggregate(total=Sum("cost_usd")) == {
+            "total": answered
+        }

@@ -11,12 +11,13 @@ from rest_framework.request import Request
 
 from llm_providers.api.throttling import CredentialRateThrottle
 from llm_providers.models import ServiceKey
-from tests.api.fixtures import service_key_client, token_client
+from tests.api.fixtures import http_at_once, service_key_client, token_client
 from tests.factories import (
     ModelPriceFactory,
     ProviderConfigFactory,
     ServiceKeyFactory,
     TenantMembershipFactory,
+    UserTokenFactory,
 )
 from usage.models import CallLog
 
@@ -186,3 +187,78 @@ def test_a_rate_of_zero_refuses_every_request_with_the_whole_window_to_wait(
     assert [r.status_code for r in responses] == [429, 429]
     assert [r["Retry-After"] for r in responses] == ["60", "60"]
     assert "not enforced" not in caplog.text
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_http_requests_pass_exactly_the_rate_of_each_credential(
+    settings, live_server, tenant
+):
+    # given: two service keys of one tenant at 4 a minute, one of another tenant,
+    # and a user at 3 a minute; failed authentications limited far above the load
+    from tests.factories import TenantFactory, UserFactory
+
+    settings.REST_FRAMEWORK = {
+        **settings.REST_FRAMEWORK,
+        "DEFAULT_THROTTLE_RATES": {
+            "user": "3/min",
+            "service_key": "4/min",
+            "anon": "1/min",
+            "auth_failure": "1000/min",
+        },
+    }
+    ModelPriceFactory(model="fake-small", input_per_mtok="1", output_per_mtok="2")
+    ProviderConfigFactory(tenant=tenant, name="fake-main", is_default=True)
+    globex = TenantFactory(slug="globex-throttled", name="Globex throttled")
+    ProviderConfigFactory(tenant=globex, name="fake-globex", is_default=True)
+    first, second = ServiceKeyFactory(tenant=tenant), ServiceKeyFactory(tenant=tenant)
+    elsewhere = ServiceKeyFactory(tenant=globex)
+    person = TenantMembershipFactory(tenant=tenant, user=UserFactory(username="bob")).user
+    token = UserTokenFactory(user=person)
+    hello = {"messages": [{"role": "user", "content": "hi"}]}
+    load = (
+        [(f"Api-Key {first.secret}", "/api/v1/completions/", hello)] * 12
+        + [(f"Api-Key {second.secret}", "/api/v1/completions/", hello)] * 8
+        + [(f"Api-Key {elsewhere.secret}", "/api/v1/completions/", hello)] * 4
+        + [(f"Token {token.secret}", PROVIDERS, None)] * 8
+    )
+
+    # when: all of them arrive at once
+    answers = http_at_once(live_server.url, load)
+
+    # then: each credential had exactly its rate admitted, whatever the others did
+    admitted = {}
+    for (authorization, _, _), status, headers, body in answers:
+        assert status in (200, 429), body
+        admitted[authorization] = admitted.get(authorization, 0) + (status == 200)
+        if status == 429:
+            # the documented shape, with the wait in the header and in extra: until
+            # the oldest admitted request of the burst leaves the minute's window
+            seconds = int(headers["Retry-After"])
+            assert 40 <= seconds <= 60
+            assert body == {
+                "error": {
+                    "code": "throttled",
+                    "message": body["error"]["message"],
+                    "fields": {},
+                    "extra": {"retry_after_seconds": seconds},
+                }
+            }
+            assert body["error"]["message"]
+    assert admitted == {
+        f"Api-Key {first.secret}": 4,
+        f"Api-Key {second.secret}": 4,
+        f"Api-Key {elsewhere.secret}": 4,
+        f"Token {token.secret}": 3,
+    }
+    # and only the admitted completions were called and logged, each for its tenant
+    assert CallLog.objects.filter(tenant=tenant, status="ok").count() == 8
+    assert CallLog.objects.filter(tenant=globex, status="ok").count() == 4
+    assert CallLog.objects.count() == 12
+    # the windows hold exactly what was admitted
+    redis = cache.client.get_client()
+    for key, count in ((first, 4), (second, 4), (elsewhere, 4)):
+        assert redis.zcard(cache.make_key(f"throttle_service_key_{key.prefix}")) == count
+    assert redis.zcard(cache.make_key(f"throttle_user_{person.pk}")) == 3
+    assert redis.zcard(cache.make_key("throttle_auth_failure_127.0.0.1")) == 0

@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import logging
 import random
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -56,6 +57,7 @@ from usage.models import CallLog
 from .adapters.base import (
     DEADLINE_MIN_REQUEST_SECONDS,
     Adapter,
+    StreamCut,
     estimate_message_tokens,
     estimate_output_tokens,
     estimate_text_tokens,
@@ -1131,6 +1133,10 @@ def complete(
 # --- stream ---------------------------------------------------------------------
 
 
+class _StreamStopped(Exception):
+    """A stream stopped from another thread (CompletionStream.stop)."""
+
+
 class CompletionStream:
     """Iterate for text as it arrives; `result` holds the CompletionResult at the end.
 
@@ -1160,6 +1166,13 @@ class CompletionStream:
     def close(self) -> None:
         self._chunks.close()
 
+    def stop(self) -> None:
+        """Stop the stream from another thread than the one iterating it: the
+        upstream connection is cut, and the iterating thread's next read ends
+        the stream as closing it would (no retry, no fallback, what was
+        received logged and settled as stopped by the caller)."""
+        self._run.stop()
+
 
 class _StreamRun:
     """The attempts of one stream, and its result once there is one."""
@@ -1172,6 +1185,15 @@ class _StreamRun:
         self._paid: list[Decimal | None] = []
         # Where the rate limit counted the current attempt's worst case.
         self._counted: TokensCounted | None = None
+        # Set by stop(), from another thread; the current attempt's connection cut.
+        self._stopping = threading.Event()
+        self._cut: StreamCut | None = None
+
+    def stop(self) -> None:
+        self._stopping.set()
+        cut = self._cut
+        if cut is not None:
+            cut.request()
 
     def generate(self) -> Iterator[str]:
         call = self._call
@@ -1240,11 +1262,20 @@ class _StreamRun:
         final = None
         answered_model = ""
         reported: Usage | None = None
+        cut = self._cut = StreamCut()
+        if self._stopping.is_set():
+            # Stopped before this attempt was sent: it is sent (so that what
+            # reached the provider is logged, as for any caller that stops)
+            # and cut as soon as it is answered.
+            cut.request()
         upstream = adapter.stream(
-            replace(request, timeout=call.deadline.attempt_timeout(adapter, request.timeout))
+            replace(request, timeout=call.deadline.attempt_timeout(adapter, request.timeout)),
+            cut=cut,
         )
         try:
             for chunk in upstream:
+                if cut.requested.is_set():
+                    raise _StreamStopped
                 answered_model = chunk.model or answered_model
                 reported = chunk.usage_so_far or reported
                 if (chunk.text or chunk.unseen_text) and first_token_ms is None:
@@ -1257,6 +1288,22 @@ class _StreamRun:
                 if chunk.finish_reason is not None or chunk.usage is not None:
                     final = chunk
         except BaseException as error:
+            if cut.requested.is_set() and not isinstance(error, GeneratorExit):
+                # Stopped from another thread: the read failed on the cut
+                # connection (or came after it), as closing the stream would.
+                upstream.close()
+                self._log_partial(
+                    target,
+                    _StreamStopped(),
+                    received,
+                    unseen_received,
+                    started_at,
+                    started,
+                    first_token_ms,
+                    answered_model=answered_model,
+                    reported=reported,
+                )
+                return None
             if isinstance(error, ProviderError) and not received:
                 # The caller has nothing yet: retry, or fall back. Tool call
                 # pieces that came before the break were generated, and paid.
@@ -1369,8 +1416,8 @@ class _StreamRun:
         reported,
     ):
         """Record a stream that ended early, with `error` or because the caller
-        stopped reading (GeneratorExit): usage estimated from what was received."""
-        closed = isinstance(error, GeneratorExit)
+        stopped reading (GeneratorExit, or stop()): usage estimated from what was received."""
+        closed = isinstance(error, GeneratorExit | _StreamStopped)
         call = self._call
         text = "".join(received)
         usage = self._estimate(text, reported=reported, unseen_text="".join(unseen_received))

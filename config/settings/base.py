@@ -483,6 +483,10 @@ LLM_RETRY_AFTER_MAX_SECONDS = _env_number("LLM_RETRY_AFTER_MAX_SECONDS", default
 LLM_CALL_DEADLINE_SECONDS = _env_number(
     "LLM_CALL_DEADLINE_SECONDS", default=90.0, minimum=1.0, maximum=600.0
 )
+# A streamed answer over HTTP writes a keep-alive comment after this many
+# seconds without an event, so that a client gone away is noticed and its
+# upstream request stopped while the provider sends nothing. 0 turns them off.
+STREAM_KEEPALIVE_SECONDS = _env_number("STREAM_KEEPALIVE_SECONDS", default=10.0)
 # Output tokens assumed for TPM limits and budget reservations when a call sets
 # no max_tokens.
 LLM_DEFAULT_MAX_TOKENS_ESTIMATE = _env_int("LLM_DEFAULT_MAX_TOKENS_ESTIMATE", default=4096)

@@ -28,6 +28,11 @@ CALL_LOG_DATABASE = "default"
 # covers the background writer.
 CALL_LOG_ASYNC = False
 
+# Streams are read on the request's thread, inside each test's transaction;
+# tests that need keep-alives (a thread reading the stream) turn them on with a
+# committed database (tests/llm_providers/api/test_events.py).
+STREAM_KEEPALIVE_SECONDS = 0.0
+
 # Retries in tests wait milliseconds, not seconds.
 LLM_RETRY_BACKOFF_SECONDS = 0.001
 LLM_RETRY_BACKOFF_MAX_SECONDS = 0.01

@@ -26,7 +26,13 @@ from typing import Any
 import anthropic
 import httpx2
 
-from .base import Adapter, translate_errors, translate_stream_errors
+from .base import (
+    Adapter,
+    StreamCut,
+    httpx_response_socket,
+    translate_errors,
+    translate_stream_errors,
+)
 from .content import (
     arguments_dump,
     content_parts,
@@ -178,8 +184,11 @@ class AnthropicMessagesAdapter(Adapter):
         )
 
     @translate_stream_errors
-    def stream(self, request: ChatRequest) -> Iterator[StreamChunk]:
+    def stream(
+        self, request: ChatRequest, *, cut: StreamCut | None = None
+    ) -> Iterator[StreamChunk]:
         events = self._client.messages.create(**self._create_arguments(request), stream=True)
+        cut = cut or StreamCut()
         model = request.model
         stop_reason: str | None = None
         fields: dict[str, int] = {}
@@ -188,7 +197,7 @@ class AnthropicMessagesAdapter(Adapter):
         # Text not yielded yet because it may be the start of a local stop sequence.
         held = ""
         stopped = False
-        with events:
+        with events, cut.holding(httpx_response_socket(events.response)):
             for event in events:
                 text = ""
                 if event.type == "message_start":

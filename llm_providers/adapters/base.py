@@ -10,8 +10,11 @@ retries are switched off.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+import socket
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
@@ -115,8 +118,13 @@ class Adapter(ABC):
         """One non-streamed chat completion."""
 
     @abstractmethod
-    def stream(self, request: ChatRequest) -> Iterator[StreamChunk]:
-        """Yield chunks as they arrive; the last one carries usage if reported."""
+    def stream(
+        self, request: ChatRequest, *, cut: StreamCut | None = None
+    ) -> Iterator[StreamChunk]:
+        """Yield chunks as they arrive; the last one carries usage if reported.
+
+        The adapter hands `cut` the connection the answer streams on, once it
+        has it, so that another thread can stop a read waiting on it."""
 
     @abstractmethod
     def list_models(self) -> list[str]:
@@ -192,6 +200,56 @@ class Adapter(ABC):
         Adapters without pooled connections have nothing to release.
         """
         return None
+
+
+class StreamCut:
+    """Stops a stream's upstream read from another thread.
+
+    A thread reading a stream blocks in its SDK until the provider sends
+    something; `request()` shuts the connection's socket down, so that read
+    fails at once. The adapter holds the socket here (`holding`) from when
+    it has it (once the provider's response headers came) until the
+    response is closed, not after: the connection may then serve another
+    call. A cut requested before the socket is held happens as it is.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._socket: socket.socket | None = None
+        self.requested = threading.Event()
+
+    @contextlib.contextmanager
+    def holding(self, sock: socket.socket | None) -> Iterator[None]:
+        self._attach(sock)
+        try:
+            yield
+        finally:
+            self._attach(None)
+
+    def _attach(self, sock: socket.socket | None) -> None:
+        with self._lock:
+            self._socket = sock
+            if self.requested.is_set():
+                self._shut()
+
+    def request(self) -> None:
+        with self._lock:
+            self.requested.set()
+            self._shut()
+
+    def _shut(self) -> None:
+        if self._socket is None:
+            return
+        # Already closed or shut by the peer: nothing is waiting on it.
+        with contextlib.suppress(OSError):
+            self._socket.shutdown(socket.SHUT_RDWR)
+
+
+def httpx_response_socket(response: object) -> socket.socket | None:
+    """The socket an httpx response streams on (its `network_stream` extension)."""
+    extensions = getattr(response, "extensions", None) or {}
+    stream = extensions.get("network_stream")
+    return stream.get_extra_info("socket") if stream is not None else None
 
 
 _Method = TypeVar("_Method", bound=Callable)

@@ -34,6 +34,7 @@ from __future__ import annotations
 import functools
 import math
 import re
+import socket
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -50,7 +51,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from .base import Adapter, translate_errors, translate_stream_errors
+from .base import Adapter, StreamCut, translate_errors, translate_stream_errors
 from .content import (
     arguments_dump,
     content_parts,
@@ -163,6 +164,13 @@ _CODE_ERRORS: dict[str, type[ProviderError]] = {
 # an Anthropic model before its use case form ("use-case form") is filed.
 # The request is fine; another account or provider may serve it.
 _ACCOUNT_REFUSALS = re.compile(r"access denied|use[- ]case (?:details|form)", re.IGNORECASE)
+
+
+def _event_stream_socket(events: Any) -> socket.socket | None:
+    """The socket a botocore event stream reads from (its urllib3 response's)."""
+    raw = getattr(events, "_raw_stream", None)
+    connection = getattr(raw, "_connection", None) or getattr(raw, "connection", None)
+    return getattr(connection, "sock", None)
 
 
 # One boto3 session for every adapter: it caches the service models, so a
@@ -331,9 +339,12 @@ class BedrockConverseAdapter(Adapter):
         )
 
     @translate_stream_errors
-    def stream(self, request: ChatRequest) -> Iterator[StreamChunk]:
+    def stream(
+        self, request: ChatRequest, *, cut: StreamCut | None = None
+    ) -> Iterator[StreamChunk]:
         response = self._send("converse_stream", request)
         events = response["stream"]
+        cut = cut or StreamCut()
         stop_reason: str | None = None
         usage: Usage | None = None
         tools: dict[int, dict[str, str]] = {}
@@ -342,45 +353,46 @@ class BedrockConverseAdapter(Adapter):
         held = ""
         stopped = False
         try:
-            for event in events:
-                if "contentBlockStart" in event:
-                    start = event["contentBlockStart"]
-                    tool_use = (start.get("start") or {}).get("toolUse")
-                    if tool_use:
-                        tools[start.get("contentBlockIndex", 0)] = {
-                            "id": tool_use.get("toolUseId", ""),
-                            "name": tool_use.get("name", ""),
-                            "arguments": "",
-                        }
-                        if tool_use.get("name"):
-                            yield StreamChunk(unseen_text=tool_use["name"], model=request.model)
-                elif "contentBlockDelta" in event:
-                    block = event["contentBlockDelta"]
-                    delta = block.get("delta") or {}
-                    reasoning = (delta.get("reasoningContent") or {}).get("text")
-                    if delta.get("text"):
-                        ready, held, stopped = held_text_split(held + delta["text"], own_stops)
-                        if stopped:
-                            break
-                        if ready:
-                            yield StreamChunk(text=ready, model=request.model)
-                    elif reasoning:
-                        # Billed output the caller does not read: counted if
-                        # the stream ends before its usage arrives.
-                        yield StreamChunk(unseen_text=reasoning, model=request.model)
-                    elif "toolUse" in delta:
-                        call = tools.setdefault(
-                            block.get("contentBlockIndex", 0),
-                            {"id": "", "name": "", "arguments": ""},
-                        )
-                        piece = delta["toolUse"].get("input") or ""
-                        call["arguments"] += piece
-                        if piece:
-                            yield StreamChunk(unseen_text=piece, model=request.model)
-                elif "messageStop" in event:
-                    stop_reason = event["messageStop"].get("stopReason") or "end_turn"
-                elif "metadata" in event:
-                    usage = _usage(event["metadata"].get("usage") or {})
+            with cut.holding(_event_stream_socket(events)):
+                for event in events:
+                    if "contentBlockStart" in event:
+                        start = event["contentBlockStart"]
+                        tool_use = (start.get("start") or {}).get("toolUse")
+                        if tool_use:
+                            tools[start.get("contentBlockIndex", 0)] = {
+                                "id": tool_use.get("toolUseId", ""),
+                                "name": tool_use.get("name", ""),
+                                "arguments": "",
+                            }
+                            if tool_use.get("name"):
+                                yield StreamChunk(unseen_text=tool_use["name"], model=request.model)
+                    elif "contentBlockDelta" in event:
+                        block = event["contentBlockDelta"]
+                        delta = block.get("delta") or {}
+                        reasoning = (delta.get("reasoningContent") or {}).get("text")
+                        if delta.get("text"):
+                            ready, held, stopped = held_text_split(held + delta["text"], own_stops)
+                            if stopped:
+                                break
+                            if ready:
+                                yield StreamChunk(text=ready, model=request.model)
+                        elif reasoning:
+                            # Billed output the caller does not read: counted if
+                            # the stream ends before its usage arrives.
+                            yield StreamChunk(unseen_text=reasoning, model=request.model)
+                        elif "toolUse" in delta:
+                            call = tools.setdefault(
+                                block.get("contentBlockIndex", 0),
+                                {"id": "", "name": "", "arguments": ""},
+                            )
+                            piece = delta["toolUse"].get("input") or ""
+                            call["arguments"] += piece
+                            if piece:
+                                yield StreamChunk(unseen_text=piece, model=request.model)
+                    elif "messageStop" in event:
+                        stop_reason = event["messageStop"].get("stopReason") or "end_turn"
+                    elif "metadata" in event:
+                        usage = _usage(event["metadata"].get("usage") or {})
         finally:
             events.close()
         if held:

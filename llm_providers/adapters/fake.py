@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Iterator
 
-from .base import Adapter, estimate_text_tokens
+from .base import Adapter, StreamCut, estimate_text_tokens
 from .errors import (
     ContentRefused,
     ContextTooLong,
@@ -141,7 +141,9 @@ class FakeAdapter(Adapter):
             tool_calls=tool_calls,
         )
 
-    def stream(self, request: ChatRequest) -> Iterator[StreamChunk]:
+    def stream(
+        self, request: ChatRequest, *, cut: StreamCut | None = None
+    ) -> Iterator[StreamChunk]:
         self._maybe_fail(self._request_text(request))
         self._sleep("latency_ms", request)
         text, tool_calls = self._answer(request)

@@ -25,8 +25,10 @@ import openai
 
 from .base import (
     Adapter,
+    StreamCut,
     estimate_output_tokens,
     estimate_text_tokens,
+    httpx_response_socket,
     translate_errors,
     translate_stream_errors,
 )
@@ -275,17 +277,20 @@ class OpenAIChatAdapter(Adapter):
         )
 
     @translate_stream_errors
-    def stream(self, request: ChatRequest) -> Iterator[StreamChunk]:
+    def stream(
+        self, request: ChatRequest, *, cut: StreamCut | None = None
+    ) -> Iterator[StreamChunk]:
         arguments = self._chat_arguments(request)
         if self._asks_stream_usage():
             arguments["stream_options"] = {"include_usage": True}
         response = self._create(request, arguments, stream=True)
+        cut = cut or StreamCut()
         model = request.model
         finish_reason: str | None = None
         usage: Usage | None = None
         refused = False
         calls = _StreamedToolCalls()
-        with response:
+        with response, cut.holding(httpx_response_socket(response.response)):
             for chunk in response:
                 model = chunk.model or model
                 reported = chunk.usage or _groq_usage(chunk)

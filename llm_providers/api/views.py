@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 
+from django.conf import settings
 from django.db import transaction
 from django.http import JsonResponse
 from django.views import defaults
@@ -272,7 +273,10 @@ class CompletionView(TenantScopedAPIMixin, APIView):
                 description="stream=false: the answer as JSON. stream=true: server-sent "
                 'events, `chunk` (`{"text": ...}`) per piece of text, then one `done` event '
                 "(usage, cost, provider, model, request id); a failure after the first chunk is "
-                "an `error` event in the error shape, before `done`.",
+                "an `error` event in the error shape, before `done`. While no event has been "
+                "written for STREAM_KEEPALIVE_SECONDS (10 s by default) the stream carries an "
+                "SSE comment line, `: keep-alive`, which SSE clients ignore; a failure before "
+                "any text that comes after the first of them is an `error` event.",
             ),
             (200, EVENT_STREAM): OpenApiResponse(SSE_EVENT_SCHEMA),
             **_CALL_ERRORS,
@@ -283,7 +287,10 @@ class CompletionView(TenantScopedAPIMixin, APIView):
         serializer.is_valid(raise_exception=True)
         arguments = serializer.completion_arguments()
         if serializer.validated_data["stream"]:
-            return completion_event_response(stream(tenant=self.tenant, **arguments))
+            return completion_event_response(
+                stream(tenant=self.tenant, **arguments),
+                keepalive_seconds=settings.STREAM_KEEPALIVE_SECONDS,
+            )
         result = complete(tenant=self.tenant, **arguments)
         return Response(
             CompletionResultSerializer(result).data,

@@ -1239,6 +1239,9 @@ class _StreamRun:
                     outcome = yield from self._attempt(adapter, target, request)
                     if outcome is None:
                         return
+                    if self._stopping.is_set():
+                        # Its caller stopped the stream: no retry, no fallback.
+                        raise outcome
                     _retry_or_raise(outcome, attempt_on_target, call.deadline)
                     previous = outcome
             finally:
@@ -1288,7 +1291,9 @@ class _StreamRun:
                 if chunk.finish_reason is not None or chunk.usage is not None:
                     final = chunk
         except BaseException as error:
-            if cut.requested.is_set() and not isinstance(error, GeneratorExit):
+            if (cut.made or isinstance(error, _StreamStopped)) and not isinstance(
+                error, GeneratorExit
+            ):
                 # Stopped from another thread: the read failed on the cut
                 # connection (or came after it), as closing the stream would.
                 upstream.close()

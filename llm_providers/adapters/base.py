@@ -211,12 +211,15 @@ class StreamCut:
     it has it (once the provider's response headers came) until the
     response is closed, not after: the connection may then serve another
     call. A cut requested before the socket is held happens as it is.
+    `made` tells whether a connection was cut: a request that failed before
+    its answer streamed (an error status, no connection) failed on its own.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._socket: socket.socket | None = None
         self.requested = threading.Event()
+        self.made = False
 
     @contextlib.contextmanager
     def holding(self, sock: socket.socket | None) -> Iterator[None]:
@@ -240,6 +243,7 @@ class StreamCut:
     def _shut(self) -> None:
         if self._socket is None:
             return
+        self.made = True
         # Already closed or shut by the peer: nothing is waiting on it.
         with contextlib.suppress(OSError):
             self._socket.shutdown(socket.SHUT_RDWR)

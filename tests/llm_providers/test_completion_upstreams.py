@@ -1304,3 +1304,27 @@ def test_deadline_out_of_range_is_refused(tenant, deadline):
 
     assert raised.value.extra["field"] == "deadline"
     assert raised.value.message == "deadline must be a number of seconds from 1 to 600."
+
+
+def test_stream_stopped_before_a_failed_answer_records_the_failure(tenant, openai_upstream):
+    # given a stream stopped before its request was answered, and a provider
+    # that refuses the request
+    ModelPriceFactory(provider_type="openai", model="gpt-4o", input_per_mtok="2")
+    _openai(tenant, openai_upstream)
+    openai_upstream.enqueue_error(500, message="The server had an error.")
+
+    chunks = stream(tenant=tenant, messages=HELLO)
+    chunks.stop()
+
+    # when it is read
+    with pytest.raises(UpstreamUnavailable) as raised:
+        next(iter(chunks))
+
+    # then the attempt is the provider's failure, unpaid and not retried: no
+    # answer reached the provider's client, so there is nothing it bills
+    [log] = CallLog.objects.all()
+    assert (log.status, log.error_code) == ("error", "upstream_unavailable")
+    assert (log.input_tokens, log.output_tokens, log.cost_usd) == (0, 0, None)
+    assert raised.value.extra["request_id"] == str(log.request_id)
+    assert len(openai_upstream.requests) == 1
+    assert chunks.result is None

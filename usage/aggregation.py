@@ -356,7 +356,8 @@ def _recompute(*, windows: list[DayWindow], now: datetime, workers: int = 1) -> 
         and len(connection.atomic_blocks) == 1
     )
     partitions = _partitions(clipped, workers) if split else [clipped]
-    if len(partitions) == 1:
+    # None at all when retention left no day (or there is no tenant).
+    if len(partitions) <= 1:
         result.add(_recompute_windows(windows=clipped, now=now))
         return result
     with ThreadPoolExecutor(max_workers=len(partitions)) as pool:

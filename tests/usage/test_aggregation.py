@@ -5,6 +5,7 @@ import itertools
 import threading
 from collections import Counter
 from decimal import Decimal
+from unittest import mock
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -620,3 +621,55 @@ def test_day_parts_cut_a_window_into_consecutive_runs(days, parts, lengths):
         b.first_day == a.last_day + dt.timedelta(days=1) for a, b in itertools.pairwise(runs)
     )
     assert {run.tenant_ids for run in runs} == {(7,)}
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_recount_of_a_history_past_the_retention_splits_only_the_days_left(settings):
+    # given 100 days of calls at 20:00 UTC until yesterday, counted in UTC
+    # days, then all but the last 30 days of call logs purged by the retention
+    tenant = TenantFactory(timezone="UTC")
+    for back in range(1, 101):
+        CallLogFactory(tenant=tenant, created_at=NOW + dt.timedelta(hours=8, days=-back))
+    settings.USAGE_CALL_LOG_RETENTION_DAYS = 0
+    _recompute(first=DAY - dt.timedelta(days=100), last=DAY, workers=1)
+    settings.USAGE_CALL_LOG_RETENTION_DAYS = 30
+    call_logs_purge(now=NOW)
+    kept_before = DAY - dt.timedelta(days=29)
+    old = {day: n for day, n in _stored_per_day().items() if day < kept_before}
+    assert len(old) == 71
+
+    # when the tenant moves to Tokyo (20:00 UTC is 05:00 the next day) and its
+    # recount runs on commit, with two connections: the older 31-day chunks
+    # lie wholly before the retention, nothing in them to share out
+    with mock.patch("django.utils.timezone.now", return_value=NOW):
+        tenant.timezone = "Asia/Tokyo"
+        tenant.save()
+
+    # then the recount finished: the days with call logs are Tokyo days ...
+    assert not DailyUsageRecount.objects.exists()
+    stored = _stored_per_day()
+    assert {day: n for day, n in stored.items() if day >= kept_before} == {
+        day: n for day, n in _per_local_day(tenant).items() if day >= kept_before
+    }
+    assert stored[DAY] == 1  # 14 June 20:00 UTC is 15 June in Tokyo
+    # ... and the days past the retention are kept as they were counted
+    assert {day: n for day, n in stored.items() if day < kept_before} == old
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("tenants", [0, 1])
+def test_split_recompute_of_days_with_nothing_to_recompute_does_nothing(settings, tenants):
+    # given no tenant, or one whose asked days are all past the retention
+    settings.USAGE_CALL_LOG_RETENTION_DAYS = 30
+    for _ in range(tenants):
+        TenantFactory()
+
+    # when those days are recomputed with two connections
+    result = _recompute(first=DAY - dt.timedelta(days=60), last=DAY - dt.timedelta(days=40))
+
+    # then nothing was recomputed, and it says why
+    assert (result.ranges, result.written, result.removed) == (0, 0, 0)
+    assert result.kept_before == (DAY - dt.timedelta(days=29) if tenants else None)
+    assert not DailyUsage.objects.exists()

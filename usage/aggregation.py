@@ -341,9 +341,10 @@ def _recompute(*, windows: list[DayWindow], now: datetime, workers: int = 1) -> 
     the outermost transaction, the days are split (`_partitions`) and each
     share is recomputed at the same time on a connection of its own, in its
     own transaction, while this connection holds the lock until all have
-    ended. A share that fails leaves the others' days committed (each is a
-    complete recompute of its own days, and a rerun recomputes the rest);
-    its error is raised. Inside a caller's transaction the other connections
+    ended (however long that takes: `idle_in_transaction_session_timeout`
+    is off for its transaction). A share that fails leaves the others' days
+    committed (each is a complete recompute of its own days, and a rerun
+    recomputes the rest); its error is raised. Inside a caller's transaction the other connections
     could not see what it wrote, so the recompute stays in this one.
     """
     result = RecomputeResult()
@@ -360,6 +361,11 @@ def _recompute(*, windows: list[DayWindow], now: datetime, workers: int = 1) -> 
     if len(partitions) <= 1:
         result.add(_recompute_windows(windows=clipped, now=now))
         return result
+    with connection.cursor() as cursor:
+        # This connection runs no statement while its shares do: a server that
+        # ends sessions idle in a transaction would end it, and free the lock
+        # while they still write.
+        cursor.execute("SELECT set_config('idle_in_transaction_session_timeout', '0', true)")
     with ThreadPoolExecutor(max_workers=len(partitions)) as pool:
         shares = [pool.submit(_recompute_partition, part, now) for part in partitions]
         outcomes = [share.exception() or share.result() for share in shares]

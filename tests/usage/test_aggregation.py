@@ -1019,3 +1019,40 @@ def test_split_recompute_stopped_by_a_soft_time_limit_frees_the_lock(split_with_
     # and a rerun completes the table
     _recompute(first=first, last=last, workers=2)
     assert _rows() == expected
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_split_recompute_keeps_its_lock_past_an_idle_in_transaction_timeout(
+    split_with_a_stuck_share,
+):
+    # given a server that ends sessions idle in a transaction for 200 ms
+    expected, stale, first, last, blocker, raw = split_with_a_stuck_share
+    with connection.cursor() as cursor:
+        cursor.execute("SET idle_in_transaction_session_timeout = '200ms'")
+    coordinator = _backend_pid(connection)
+
+    def release_later():
+        # the share waits; its coordinator meanwhile runs no statement
+        _blocked_by(raw, blocker.info.backend_pid)
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            if not raw.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE pid = %s", [coordinator]
+            ).fetchone():
+                break
+            time.sleep(0.05)
+        blocker.execute("ROLLBACK")
+
+    releaser = threading.Thread(target=release_later, daemon=True)
+    releaser.start()
+    try:
+        # when a split recompute waits on a share for longer
+        result = _recompute(first=first, last=last, workers=2)
+    finally:
+        releaser.join(timeout=60)
+        connection.close()
+
+    # then it held the lock to the end and committed every share
+    assert result.ranges == 2
+    assert _rows() == expected

@@ -392,6 +392,16 @@ def daily_usage_recompute_wait() -> None:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_ADVISORY_LOCK_KEY])
 
 
+def daily_usage_recompute_connections(workers: int) -> int:
+    """How many connections a recompute started here shares its days among (1: this one).
+
+    Only on PostgreSQL, and outside a caller's transaction (`_recompute`).
+    """
+    if connection.vendor != "postgresql" or connection.in_atomic_block:
+        return 1
+    return workers
+
+
 def daily_usage_recompute(
     *,
     first_day: date,

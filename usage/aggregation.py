@@ -344,8 +344,9 @@ def _recompute(*, windows: list[DayWindow], now: datetime, workers: int = 1) -> 
     ended (however long that takes: `idle_in_transaction_session_timeout`
     is off for its transaction). A share that fails leaves the others' days
     committed (each is a complete recompute of its own days, and a rerun
-    recomputes the rest); its error is raised. Inside a caller's transaction the other connections
-    could not see what it wrote, so the recompute stays in this one.
+    recomputes the rest); its error is raised. Inside a caller's transaction
+    (an atomic block, or autocommit turned off) the other connections could
+    not see what it wrote, so the recompute stays in this one.
     """
     result = RecomputeResult()
     purged_before = call_logs_purged_before()
@@ -353,8 +354,11 @@ def _recompute(*, windows: list[DayWindow], now: datetime, workers: int = 1) -> 
     split = (
         workers > 1
         and connection.vendor == "postgresql"
-        # `_exclusive()`'s own transaction is the only one open.
+        # `_exclusive()` opened the transaction (and commits it): the only
+        # block open, begun in autocommit rather than in a transaction the
+        # caller opened with autocommit off.
         and len(connection.atomic_blocks) == 1
+        and connection.commit_on_exit
     )
     partitions = _partitions(clipped, workers) if split else [clipped]
     # None at all when retention left no day (or there is no tenant).
@@ -397,7 +401,7 @@ def daily_usage_recompute_connections(workers: int) -> int:
 
     Only on PostgreSQL, and outside a caller's transaction (`_recompute`).
     """
-    if connection.vendor != "postgresql" or connection.in_atomic_block:
+    if connection.vendor != "postgresql" or not connection.get_autocommit():
         return 1
     return workers
 

@@ -606,6 +606,30 @@ def test_recompute_inside_a_callers_transaction_stays_in_its_connection(monkeypa
     assert stored == 48 == CallLog.objects.count()
 
 
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_recompute_with_autocommit_off_stays_in_its_connection(monkeypatch):
+    # given call logs written in a transaction the caller manages itself
+    shares = _shares(monkeypatch)
+    transaction.set_autocommit(False)
+    try:
+        _days_of_logs(4, zones=("UTC",))
+
+        # when it recomputes their days, two workers allowed
+        _recompute(first=DAY - dt.timedelta(days=4), last=DAY, workers=2)
+
+        # then one connection (the caller's, which sees those logs) did all of it
+        assert {pid for pid, _ in shares} == {_backend_pid(connection)}
+        stored = DailyUsage.objects.aggregate(requests=Sum("request_count"))["requests"]
+        transaction.commit()
+    except BaseException:
+        transaction.rollback()
+        raise
+    finally:
+        transaction.set_autocommit(True)
+    assert stored == 48 == CallLog.objects.count()
+
+
 @pytest.mark.parametrize(
     ("days", "parts", "lengths"),
     [(10, 3, [4, 3, 3]), (2, 4, [1, 1]), (1, 2, [1]), (6, 1, [6])],

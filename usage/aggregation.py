@@ -341,10 +341,12 @@ def _recompute(*, windows: list[DayWindow], now: datetime, workers: int = 1) -> 
     the outermost transaction, the days are split (`_partitions`) and each
     share is recomputed at the same time on a connection of its own, in its
     own transaction, while this connection holds the lock until all have
-    ended. A share that fails leaves the others' days committed (each is a
-    complete recompute of its own days, and a rerun recomputes the rest);
-    its error is raised. Inside a caller's transaction the other connections
-    could not see what it wrote, so the recompute stays in this one.
+    ended (however long that takes: `idle_in_transaction_session_timeout`
+    is off for its transaction). A share that fails leaves the others' days
+    committed (each is a complete recompute of its own days, and a rerun
+    recomputes the rest); its error is raised. Inside a caller's transaction
+    (an atomic block, or autocommit turned off) the other connections could
+    not see what it wrote, so the recompute stays in this one.
     """
     result = RecomputeResult()
     purged_before = call_logs_purged_before()
@@ -352,13 +354,22 @@ def _recompute(*, windows: list[DayWindow], now: datetime, workers: int = 1) -> 
     split = (
         workers > 1
         and connection.vendor == "postgresql"
-        # `_exclusive()`'s own transaction is the only one open.
+        # `_exclusive()` opened the transaction (and commits it): the only
+        # block open, begun in autocommit rather than in a transaction the
+        # caller opened with autocommit off.
         and len(connection.atomic_blocks) == 1
+        and connection.commit_on_exit
     )
     partitions = _partitions(clipped, workers) if split else [clipped]
-    if len(partitions) == 1:
+    # None at all when retention left no day (or there is no tenant).
+    if len(partitions) <= 1:
         result.add(_recompute_windows(windows=clipped, now=now))
         return result
+    with connection.cursor() as cursor:
+        # This connection runs no statement while its shares do: a server that
+        # ends sessions idle in a transaction would end it, and free the lock
+        # while they still write.
+        cursor.execute("SELECT set_config('idle_in_transaction_session_timeout', '0', true)")
     with ThreadPoolExecutor(max_workers=len(partitions)) as pool:
         shares = [pool.submit(_recompute_partition, part, now) for part in partitions]
         outcomes = [share.exception() or share.result() for share in shares]
@@ -383,6 +394,16 @@ def daily_usage_recompute_wait() -> None:
     if connection.vendor == "postgresql" and connection.in_atomic_block:
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_ADVISORY_LOCK_KEY])
+
+
+def daily_usage_recompute_connections(workers: int) -> int:
+    """How many connections a recompute started here shares its days among (1: this one).
+
+    Only on PostgreSQL, and outside a caller's transaction (`_recompute`).
+    """
+    if connection.vendor != "postgresql" or not connection.get_autocommit():
+        return 1
+    return workers
 
 
 def daily_usage_recompute(

@@ -3,8 +3,10 @@
 import datetime as dt
 import itertools
 import threading
+import time
 from collections import Counter
 from decimal import Decimal
+from unittest import mock
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -12,6 +14,7 @@ from django.db import connection, transaction
 from django.db.models import Sum
 from django.utils import timezone
 
+from llm_providers.models import Tenant
 from tests.factories import (
     CallLogFactory,
     ProviderConfigFactory,
@@ -603,6 +606,30 @@ def test_recompute_inside_a_callers_transaction_stays_in_its_connection(monkeypa
     assert stored == 48 == CallLog.objects.count()
 
 
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_recompute_with_autocommit_off_stays_in_its_connection(monkeypatch):
+    # given call logs written in a transaction the caller manages itself
+    shares = _shares(monkeypatch)
+    transaction.set_autocommit(False)
+    try:
+        _days_of_logs(4, zones=("UTC",))
+
+        # when it recomputes their days, two workers allowed
+        _recompute(first=DAY - dt.timedelta(days=4), last=DAY, workers=2)
+
+        # then one connection (the caller's, which sees those logs) did all of it
+        assert {pid for pid, _ in shares} == {_backend_pid(connection)}
+        stored = DailyUsage.objects.aggregate(requests=Sum("request_count"))["requests"]
+        transaction.commit()
+    except BaseException:
+        transaction.rollback()
+        raise
+    finally:
+        transaction.set_autocommit(True)
+    assert stored == 48 == CallLog.objects.count()
+
+
 @pytest.mark.parametrize(
     ("days", "parts", "lengths"),
     [(10, 3, [4, 3, 3]), (2, 4, [1, 1]), (1, 2, [1]), (6, 1, [6])],
@@ -620,3 +647,440 @@ def test_day_parts_cut_a_window_into_consecutive_runs(days, parts, lengths):
         b.first_day == a.last_day + dt.timedelta(days=1) for a, b in itertools.pairwise(runs)
     )
     assert {run.tenant_ids for run in runs} == {(7,)}
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_recount_of_a_history_past_the_retention_splits_only_the_days_left(settings):
+    # given 100 days of calls at 20:00 UTC until yesterday, counted in UTC
+    # days, then all but the last 30 days of call logs purged by the retention
+    tenant = TenantFactory(timezone="UTC")
+    for back in range(1, 101):
+        CallLogFactory(tenant=tenant, created_at=NOW + dt.timedelta(hours=8, days=-back))
+    settings.USAGE_CALL_LOG_RETENTION_DAYS = 0
+    _recompute(first=DAY - dt.timedelta(days=100), last=DAY, workers=1)
+    settings.USAGE_CALL_LOG_RETENTION_DAYS = 30
+    call_logs_purge(now=NOW)
+    kept_before = DAY - dt.timedelta(days=29)
+    old = {day: n for day, n in _stored_per_day().items() if day < kept_before}
+    assert len(old) == 71
+
+    # when the tenant moves to Tokyo (20:00 UTC is 05:00 the next day) and its
+    # recount runs on commit, with two connections: the older 31-day chunks
+    # lie wholly before the retention, nothing in them to share out
+    with mock.patch("django.utils.timezone.now", return_value=NOW):
+        tenant.timezone = "Asia/Tokyo"
+        tenant.save()
+
+    # then the recount finished: the days with call logs are Tokyo days ...
+    assert not DailyUsageRecount.objects.exists()
+    stored = _stored_per_day()
+    assert {day: n for day, n in stored.items() if day >= kept_before} == {
+        day: n for day, n in _per_local_day(tenant).items() if day >= kept_before
+    }
+    assert stored[DAY] == 1  # 14 June 20:00 UTC is 15 June in Tokyo
+    # ... and the days past the retention are kept as they were counted
+    assert {day: n for day, n in stored.items() if day < kept_before} == old
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("tenants", [0, 1])
+def test_split_recompute_of_days_with_nothing_to_recompute_does_nothing(settings, tenants):
+    # given no tenant, or one whose asked days are all past the retention
+    settings.USAGE_CALL_LOG_RETENTION_DAYS = 30
+    for _ in range(tenants):
+        TenantFactory()
+
+    # when those days are recomputed with two connections
+    result = _recompute(first=DAY - dt.timedelta(days=60), last=DAY - dt.timedelta(days=40))
+
+    # then nothing was recomputed, and it says why
+    assert (result.ranges, result.written, result.removed) == (0, 0, 0)
+    assert result.kept_before == (DAY - dt.timedelta(days=29) if tenants else None)
+    assert not DailyUsage.objects.exists()
+
+
+def _call_log_sums(logs, zones):
+    """DailyUsage computed in Python from call logs: key -> values, each day in `zones[tenant]`."""
+    status = CallLog.Status
+    sums = {}
+    for log in logs:
+        day = log.created_at.astimezone(ZoneInfo(zones[log.tenant_id])).date()
+        key = (
+            log.tenant_id,
+            day,
+            log.provider_config_id,
+            log.provider_type,
+            log.model_answered or log.model_requested,
+            log.service_name,
+            log.customer_id,
+        )
+        values = sums.setdefault(key, dict.fromkeys(DailyUsage.VALUE_FIELDS, 0))
+        values["request_count"] += 1
+        values["error_count"] += log.status == status.ERROR
+        values["blocked_count"] += log.status == status.BLOCKED
+        values["cached_count"] += log.status == status.CACHED
+        values["unpriced_count"] += (
+            log.cost_usd is None and log.price_source == CallLog.PriceSource.UNKNOWN
+        )
+        values["estimated_count"] += log.usage_estimated
+        for name in ("input", "output", "cache_read", "cache_write", "reasoning"):
+            values[f"{name}_tokens"] += getattr(log, f"{name}_tokens")
+        values["cost_usd"] += log.cost_usd or Decimal(0)
+        values["latency_ms_sum"] += log.latency_ms
+    return sums
+
+
+def _stored_sums():
+    return {
+        tuple(row[k] for k in DailyUsage.KEY_FIELDS): {v: row[v] for v in DailyUsage.VALUE_FIELDS}
+        for row in DailyUsage.objects.values(*DailyUsage.KEY_FIELDS, *DailyUsage.VALUE_FIELDS)
+    }
+
+
+def _backends():
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()")
+        return cursor.fetchone()[0]
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_split_recomputes_beside_every_other_writer_leave_daily_usage_exact(settings):
+    # given 31 days of calls of tenants in six zones, all counted, and a
+    # retention of 25 days whose purge has not run yet
+    settings.USAGE_AGGREGATION_WORKERS = 2
+    settings.USAGE_CALL_LOG_RETENTION_DAYS = 0
+    zones = ["UTC", "Europe/Paris", "Asia/Tokyo", "America/New_York", "Pacific/Chatham"]
+    tenants = [TenantFactory(timezone=tz) for tz in [*zones, "Asia/Kolkata"]]
+    # one to delete, one that moves to another zone (calls of the last days only)
+    doomed, moving = tenants[1], tenants[5]
+    configs = {t.pk: [ProviderConfigFactory(tenant=t) for _ in range(2)] for t in tenants}
+    statuses = [CallLog.Status.OK, CallLog.Status.ERROR, CallLog.Status.CACHED]
+
+    def log(tenant, created_at, index):
+        # The deleted tenant's calls raise no alert: an alert the checks after
+        # each recompute create for it while its delete waits is not this test's.
+        clean = tenant == doomed
+        unpriced = index % 11 == 0 and not clean
+        return CallLogFactory(
+            tenant=tenant,
+            provider_config=configs[tenant.pk][index % 2] if index % 5 else None,
+            customer_id=f"c{index % 3}",
+            model_answered="" if index % 7 == 0 else "fake-large",
+            status=CallLog.Status.OK if clean else statuses[index % 3],
+            input_tokens=index,
+            cost_usd=None if unpriced else Decimal("0.000001") * index,
+            price_source=CallLog.PriceSource.UNKNOWN if unpriced else "override",
+            created_at=created_at,
+        )
+
+    for index in range(31 * 4):
+        for tenant in tenants[:5]:
+            log(tenant, NOW - dt.timedelta(hours=6 * index + 1), index)
+    for index in range(20):
+        log(moving, NOW - dt.timedelta(hours=5 * index + 1), index)
+    first = DAY - dt.timedelta(days=32)
+    _recompute(first=first, last=DAY, workers=1)
+    settings.USAGE_CALL_LOG_RETENTION_DAYS = 25
+    zone_of = {t.pk: t.timezone for t in tenants}
+    before_purge = _call_log_sums(CallLog.objects.all(), zone_of)
+    backends = _backends()
+
+    # when, all at once: two split recomputes, the periodic run, the dashboard's
+    # Recompute, the retention purge, a tenant's delete, another's move to a
+    # new zone (its recount queued on commit, run here and now), and new calls
+    from usage.tasks import refresh_tenant_usage
+
+    actions = {
+        "split in three": lambda: [_recompute(first=first, last=DAY, workers=3) for _ in range(3)],
+        "split in two": lambda: [_recompute(first=first, last=DAY, workers=2) for _ in range(3)],
+        "periodic": lambda: [daily_usage_recompute_recent(now=NOW) for _ in range(3)],
+        "dashboard": lambda: [
+            refresh_tenant_usage(str(t.pk), str(DAY - dt.timedelta(days=30)), str(DAY))
+            for t in (tenants[0], doomed, moving)
+        ],
+        "purge": lambda: call_logs_purge(now=NOW),
+        "delete": lambda: type(doomed).objects.get(pk=doomed.pk).delete(),
+        "move": lambda: _move(moving.pk, "America/Los_Angeles"),
+        "calls": lambda: [
+            log(tenant, NOW - dt.timedelta(hours=index * 9 % 200), index)
+            for index in range(40)
+            for tenant in (tenants[0], tenants[3], moving)
+        ],
+    }
+    errors, done = {}, set()
+    barrier = threading.Barrier(len(actions))
+
+    def run(name, action):
+        try:
+            barrier.wait(timeout=30)
+            action()
+            done.add(name)
+        except Exception as exc:  # any error fails the test below
+            errors[name] = exc
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run, args=item, daemon=True) for item in actions.items()]
+    with mock.patch("django.utils.timezone.now", return_value=NOW):
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        hung = [thread for thread in threads if thread.is_alive()]
+        if hung:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+        # then nothing hung or failed ...
+        assert (hung, errors, done) == ([], {}, set(actions))
+        # ... and after one more recompute (and any recount left pending) ...
+        _recompute(first=first, last=DAY)
+        assert daily_usage_recount_pending(now=NOW).ranges == 0
+
+    # ... DailyUsage holds the call logs' sums, each tenant in its zone now, the
+    # days past the retention as they were before the purge, none of the
+    # deleted tenant, ...
+    from usage.aggregation import call_logs_purged_before, earliest_recomputable_day
+
+    assert not CallLog.objects.filter(created_at__lt=NOW - dt.timedelta(days=25)).exists()
+    zone_of = dict(Tenant.objects.values_list("pk", "timezone"))
+    assert zone_of[moving.pk] == "America/Los_Angeles" and doomed.pk not in zone_of
+    purged_before = call_logs_purged_before()
+    earliest = {
+        tz: earliest_recomputable_day(timezone_name=tz, now=NOW, purged_before=purged_before)
+        for tz in set(zone_of.values())
+    }
+    expected = {
+        key: values
+        for key, values in before_purge.items()
+        if key[0] in zone_of and key[1] < earliest[zone_of[key[0]]]
+    }
+    assert len(expected) > 0
+    expected.update(_call_log_sums(CallLog.objects.all(), zone_of))
+    assert _stored_sums() == expected
+    # ... and every connection the recomputes opened is closed again
+    deadline = time.monotonic() + 30
+    while _backends() != backends and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _backends() == backends
+
+
+def _move(tenant_pk, timezone_name):
+    tenant = Tenant.objects.get(pk=tenant_pk)
+    tenant.timezone = timezone_name
+    tenant.save()
+
+
+def _raw_connection():
+    """A psycopg connection of its own to the test database, outside Django."""
+    import psycopg
+
+    params = connection.settings_dict
+    return psycopg.connect(
+        dbname=params["NAME"],
+        user=params["USER"],
+        host=params["HOST"],
+        port=params["PORT"] or 5432,
+        autocommit=True,
+    )
+
+
+def _lock_is_free(raw):
+    from usage.aggregation import _ADVISORY_LOCK_KEY
+
+    # Taken and given back at once (autocommit) when nobody holds it.
+    return raw.execute("SELECT pg_try_advisory_xact_lock(%s)", [_ADVISORY_LOCK_KEY]).fetchone()[0]
+
+
+def _blocked_by(raw, blocker_pid):
+    """The pid of the backend waiting for a lock `blocker_pid` holds (waits up to 60 s)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        row = raw.execute(
+            "SELECT pid FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))",
+            [blocker_pid],
+        ).fetchone()
+        if row:
+            return row[0]
+        time.sleep(0.05)
+    raise AssertionError("no share came to wait for the locked row")
+
+
+def _share_threads():
+    return [t for t in threading.enumerate() if t.name.startswith("ThreadPoolExecutor")]
+
+
+@pytest.fixture
+def split_with_a_stuck_share():
+    """Six UTC days counted, then made stale, the later share's first row locked by a blocker.
+
+    Yields (expected rows, stale rows, first, last, blocker connection, raw connection).
+    """
+    _days_of_logs(6, zones=("UTC",))
+    first, last = DAY - dt.timedelta(days=5), DAY
+    _recompute(first=first, last=last, workers=1)
+    expected = _rows()
+    # the first share's days (the first three) and the second's all need writes
+    DailyUsage.objects.filter(day=first).delete()
+    DailyUsage.objects.update(input_tokens=1)
+    stale = _rows()
+    locked = DailyUsage.objects.filter(day=first + dt.timedelta(days=3)).first()
+    raw, blocker = _raw_connection(), _raw_connection()
+    blocker.execute("BEGIN")
+    blocker.execute(
+        f"SELECT 1 FROM {DailyUsage._meta.db_table} WHERE id = %s FOR UPDATE", [locked.pk]
+    )
+    backends = _backends()
+    yield expected, stale, first, last, blocker, raw
+    blocker.close()
+    raw.close()
+    assert _share_threads() == []
+    deadline = time.monotonic() + 30
+    while _backends() != backends - 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _backends() == backends - 2
+
+
+def _committed_by_shares(expected, stale, first):
+    """The first share's days as expected; the second's all recomputed or all as they were."""
+    split = first + dt.timedelta(days=3)
+    rows = _rows()
+    assert [r for r in rows if r["day"] < split] == [r for r in expected if r["day"] < split]
+    later = [r for r in rows if r["day"] >= split]
+    if later == [r for r in expected if r["day"] >= split]:
+        return "recomputed"
+    assert later == [r for r in stale if r["day"] >= split]
+    return "as they were"
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("failure", ["statement timeout", "connection killed"])
+def test_split_recompute_whose_share_fails_frees_the_lock_for_a_rerun(
+    monkeypatch, split_with_a_stuck_share, failure
+):
+    from django.db import OperationalError
+
+    from usage import aggregation
+
+    expected, stale, first, last, blocker, raw = split_with_a_stuck_share
+    configure = aggregation.aggregation_session_configure
+
+    def with_statement_timeout(cursor):
+        configure(cursor)
+        if threading.current_thread() is not threading.main_thread():
+            cursor.execute("SET LOCAL statement_timeout = '500ms'")
+
+    if failure == "statement timeout":
+        monkeypatch.setattr(aggregation, "aggregation_session_configure", with_statement_timeout)
+    else:
+        blocker_pid = blocker.info.backend_pid
+
+        def kill_the_share():
+            raw.execute("SELECT pg_terminate_backend(%s)", [_blocked_by(raw, blocker_pid)])
+
+        threading.Thread(target=kill_the_share, daemon=True).start()
+
+    # when the share of the later days fails while the other commits
+    with pytest.raises(OperationalError):
+        _recompute(first=first, last=last, workers=2)
+
+    # then the lock is free, the first share's days are right, the later ones untouched
+    assert _lock_is_free(raw)
+    assert _committed_by_shares(expected, stale, first) == "as they were"
+    # and a rerun completes the table
+    blocker.execute("ROLLBACK")
+    _recompute(first=first, last=last, workers=2)
+    assert _rows() == expected
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_split_recompute_stopped_by_a_soft_time_limit_frees_the_lock(split_with_a_stuck_share):
+    import signal
+    import sys
+
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    expected, stale, first, last, blocker, raw = split_with_a_stuck_share
+    main = threading.main_thread()
+
+    def soft_time_limit(signum, frame):
+        raise SoftTimeLimitExceeded()
+
+    def coordinator_stopping():
+        frame = sys._current_frames().get(main.ident)
+        while frame is not None:
+            if frame.f_code.co_name == "shutdown":
+                return True
+            frame = frame.f_back
+        return False
+
+    def interrupt():
+        # Celery's soft limit: a signal whose handler raises in the task's thread
+        _blocked_by(raw, blocker.info.backend_pid)
+        signal.pthread_kill(main.ident, signal.SIGUSR1)
+        deadline = time.monotonic() + 60
+        while not coordinator_stopping() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        blocker.execute("ROLLBACK")
+
+    previous = signal.signal(signal.SIGUSR1, soft_time_limit)
+    try:
+        threading.Thread(target=interrupt, daemon=True).start()
+        # when the task's time is up while a share waits
+        with pytest.raises(SoftTimeLimitExceeded):
+            _recompute(first=first, last=last, workers=2)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+    # then the lock is free once it raised, with no share left running, and
+    # each share's days are either recomputed or as they were
+    assert _lock_is_free(raw)
+    assert _share_threads() == []
+    assert _committed_by_shares(expected, stale, first) in {"recomputed", "as they were"}
+    # and a rerun completes the table
+    _recompute(first=first, last=last, workers=2)
+    assert _rows() == expected
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_split_recompute_keeps_its_lock_past_an_idle_in_transaction_timeout(
+    split_with_a_stuck_share,
+):
+    # given a server that ends sessions idle in a transaction for 200 ms
+    expected, stale, first, last, blocker, raw = split_with_a_stuck_share
+    with connection.cursor() as cursor:
+        cursor.execute("SET idle_in_transaction_session_timeout = '200ms'")
+    coordinator = _backend_pid(connection)
+
+    def release_later():
+        # the share waits; its coordinator meanwhile runs no statement
+        _blocked_by(raw, blocker.info.backend_pid)
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            if not raw.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE pid = %s", [coordinator]
+            ).fetchone():
+                break
+            time.sleep(0.05)
+        blocker.execute("ROLLBACK")
+
+    releaser = threading.Thread(target=release_later, daemon=True)
+    releaser.start()
+    try:
+        # when a split recompute waits on a share for longer
+        result = _recompute(first=first, last=last, workers=2)
+    finally:
+        releaser.join(timeout=60)
+        connection.close()
+
+    # then it held the lock to the end and committed every share
+    assert result.ranges == 2
+    assert _rows() == expected

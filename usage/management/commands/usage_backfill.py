@@ -15,7 +15,11 @@ from tqdm import tqdm
 
 from llm_providers.management.arguments import text
 from llm_providers.models import Tenant
-from usage.aggregation import RecomputeResult, daily_usage_recompute
+from usage.aggregation import (
+    RecomputeResult,
+    daily_usage_recompute,
+    daily_usage_recompute_connections,
+)
 from usage.models import CallLog, DailyUsage
 from usage.periods import local_date, zone
 from usage.selectors import tenant_timezones
@@ -116,6 +120,8 @@ class Command(BaseCommand):
             workers = settings.USAGE_AGGREGATION_WORKERS
         if workers < 1:
             raise CommandError("--workers must be 1 or more.")
+        # Where the days cannot be shared out, each chunk is a transaction of its own.
+        workers = daily_usage_recompute_connections(workers)
         asked_first = first
         first = max(first, _first_day_with_usage(tenant, today))
         if first > last:

@@ -309,3 +309,51 @@ def test_backfill_command_refuses_fewer_than_one_worker(value):
         call_command("usage_backfill", "--from", "2026-06-01", "--workers", value)
 
     assert str(caught.value) == "--workers must be 1 or more."
+
+
+@pytest.mark.django_db
+def test_backfill_command_keeps_chunks_apart_where_days_cannot_be_shared():
+    # given calls on each of five days, and a recompute that can use only this
+    # connection: inside a transaction (this test's), or on SQLite
+    tenant = TenantFactory(slug="acme", timezone="UTC")
+    first = DAY - dt.timedelta(days=4)
+    for offset in range(5):
+        CallLogFactory(
+            tenant=tenant,
+            created_at=dt.datetime.combine(first, dt.time(9, tzinfo=dt.UTC))
+            + dt.timedelta(days=offset),
+        )
+    from usage.management.commands import usage_backfill
+
+    with (
+        mock.patch("django.utils.timezone.now", return_value=NOW),
+        mock.patch.object(
+            usage_backfill,
+            "daily_usage_recompute",
+            wraps=usage_backfill.daily_usage_recompute,
+        ) as recompute,
+    ):
+        # when two workers of two days each are asked for
+        call_command(
+            "usage_backfill",
+            "--from",
+            first.isoformat(),
+            "--workers",
+            "2",
+            "--chunk-days",
+            "2",
+            "--no-progress",
+            stdout=StringIO(),
+        )
+
+    # then each transaction still recomputes two days at most, one after the other
+    assert [
+        (call.kwargs["first_day"], call.kwargs["last_day"]) for call in recompute.call_args_list
+    ] == [
+        (first, first + dt.timedelta(days=1)),
+        (first + dt.timedelta(days=2), first + dt.timedelta(days=3)),
+        (DAY, DAY),
+    ]
+    assert list(DailyUsage.objects.order_by("day").values_list("day", "request_count")) == [
+        (first + dt.timedelta(days=offset), 1) for offset in range(5)
+    ]

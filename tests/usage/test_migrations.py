@@ -8,7 +8,6 @@ from decimal import Decimal
 
 import pytest
 from django.apps import apps
-from django.db import connection
 
 from tests.factories import BudgetFactory, CallLogFactory, TenantFactory
 from usage.aggregation import daily_usage_recompute
@@ -22,8 +21,9 @@ NOW = dt.datetime(2026, 6, 15, 12, 0, tzinfo=dt.UTC)
 
 def _migrate():
     migration = importlib.import_module("usage.migrations.0007_cost_alert_once_per_limit")
-    with connection.schema_editor() as schema_editor:
-        migration.budget_alert_limits_fill(apps, schema_editor)
+    # A data step: it changes rows through the models and no schema, so it
+    # needs no schema editor (SQLite opens none inside a test's transaction).
+    migration.budget_alert_limits_fill(apps, None)
 
 
 def test_budget_alert_stored_without_its_limit_takes_its_budgets_and_does_not_alert_again():

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
-from django.db import models
+from django.db import models, router, transaction
 from django.db.models import Q
 from django.template.defaultfilters import pluralize
 from rest_framework_api_key.models import AbstractAPIKey
@@ -50,6 +50,19 @@ def _slug_validate(value: str) -> None:
     )
 
 
+class TenantQuerySet(models.QuerySet):
+    def delete(self):
+        with transaction.atomic(using=self.db, savepoint=False):
+            # Before the rows referring to the tenants are collected: see Tenant.delete.
+            if not self.query.is_sliced:  # refused by delete() below
+                locked = Tenant._base_manager.using(self.db).filter(pk__in=self.values("pk"))
+                list(locked.order_by("pk").select_for_update().values_list("pk", flat=True))
+            return super().delete()
+
+    delete.alters_data = True
+    delete.queryset_only = True
+
+
 class Tenant(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     name = models.CharField(max_length=200)
@@ -72,11 +85,24 @@ class Tenant(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True)
 
+    objects = TenantQuerySet.as_manager()
+
     class Meta:
         ordering = ["name"]
 
     def __str__(self) -> str:
         return self.name
+
+    def delete(self, using=None, keep_parents=False):
+        using = using or router.db_for_write(type(self), instance=self)
+        with transaction.atomic(using=using, savepoint=False):
+            # Locked before the rows referring to the tenant are collected: a row
+            # that background work (an alert check, a call's log) added for it
+            # meanwhile would be left out and fail the delete at its commit. That
+            # work locks the tenant's row first (FOR KEY SHARE), so it waits for
+            # this delete and finds the tenant gone, or this waits for it.
+            Tenant.objects.using(using).select_for_update().filter(pk=self.pk).first()
+            return super().delete(using=using, keep_parents=keep_parents)
 
 
 class TenantMembership(models.Model):

@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 from django.conf import settings
 from django.core.mail import EmailMessage
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Case, F, Max, Min, Q, Sum, Value, When
 from django.db.models.functions import TruncMonth
 from django.template.defaultfilters import pluralize
@@ -108,6 +108,25 @@ def _queue_deliveries(delivery_ids: list[int]) -> None:
         send_alert_delivery.delay(delivery_id)
 
 
+def _tenant_key_share(tenant_id) -> bool:
+    """Whether the tenant still exists, kept from being deleted until this transaction ends.
+
+    Taken before the alert's rows are written: a tenant's delete locks its
+    row before it collects the rows referring to it, so either the delete
+    waits and takes the alert with it, or this waits and finds the tenant
+    gone. The foreign keys' own checks come at commit, in no set order, and
+    would deadlock with the delete or fail it.
+    """
+    meta = Tenant._meta
+    suffix = " FOR KEY SHARE" if connection.vendor == "postgresql" else ""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f'SELECT 1 FROM "{meta.db_table}" WHERE "{meta.pk.column}" = %s{suffix}',
+            [meta.pk.get_db_prep_value(tenant_id, connection)],
+        )
+        return cursor.fetchone() is not None
+
+
 def _alert_create(
     *,
     now: datetime,
@@ -124,9 +143,12 @@ def _alert_create(
     spend_usd: Decimal | None = None,
     limit_usd: Decimal | None = None,
 ) -> CostAlert | None:
-    """Create the alert and its deliveries, or nothing if it already exists."""
+    """Create the alert and its deliveries, or nothing if it already exists or
+    its tenant is gone."""
     try:
         with transaction.atomic():
+            if not _tenant_key_share(tenant_id):
+                return None  # deleted since it was read
             alert = CostAlert.objects.create(
                 tenant_id=tenant_id,
                 kind=kind,

@@ -73,7 +73,19 @@ def _insert_statement(vendor: str, returning: bool) -> tuple[str, tuple]:
     meta = CallLog._meta
     fields = tuple(meta.get_field(name) for name in _FIELDS)
     columns = ", ".join(f'"{field.column}"' for field in fields)
-    placeholders = ", ".join(["%s"] * len(fields))
+    placeholders = ["%s"] * len(fields)
+    if vendor == "postgresql":
+        # The tenant's row is locked before the foreign keys are checked: a
+        # tenant's delete locks it before collecting the rows referring to it,
+        # so either the delete waits and takes this row with it, or this waits
+        # and, the tenant gone, inserts a NULL tenant (refused) rather than
+        # locking the call's provider config first and deadlocking the delete.
+        tenant = meta.get_field("tenant").related_model._meta
+        placeholders[_FIELDS.index("tenant")] = (
+            f'(SELECT "{tenant.pk.column}" FROM "{tenant.db_table}" '
+            f'WHERE "{tenant.pk.column}" = %s FOR KEY SHARE)'
+        )
+    placeholders = ", ".join(placeholders)
     sql = f'INSERT INTO "{meta.db_table}" ({columns}) VALUES ({placeholders})'
     if returning:
         sql += f' RETURNING "{meta.pk.column}"'

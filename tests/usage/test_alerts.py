@@ -23,6 +23,7 @@ from tests.factories import (
     UserFactory,
 )
 from tests.upstreams.server import LoopbackUpstream, Reply
+from tests.usage.tenant_delete_race import tenant_deleted_while
 from usage.aggregation import (
     daily_usage_recompute,
     daily_usage_recompute_recent,
@@ -1907,3 +1908,56 @@ def test_budget_alert_webhook_is_not_sent_once_the_budget_has_no_webhook(
     assert result.last_error == (
         "Not sent: the budget no longer has a webhook URL. Set one on the budget to send it."
     )
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("bulk", [False, True], ids=["one", "bulk"])
+def test_budget_alert_racing_its_tenants_delete_leaves_the_delete_whole(bulk):
+    # given a tenant over half its budget, and another tenant over half its own
+    gone, kept = TenantFactory(name="Gone"), TenantFactory(name="Kept")
+    BudgetFactory(tenant=gone, alert_percentages=[50])
+    kept_budget = BudgetFactory(tenant=kept, alert_percentages=[50])
+    _spend(gone, "6.00")
+    _spend(kept, "6.00")
+    _aggregate()
+
+    # when the alert check runs while a superuser deletes the first tenant
+    outcome = tenant_deleted_while(gone, lambda: budget_thresholds_check(now=NOW), bulk=bulk)
+
+    # then the delete succeeds and takes everything of the tenant ...
+    assert "delete_error" not in outcome, outcome.get("delete_error")
+    assert outcome["deleted"]
+    assert not Tenant.objects.filter(pk=gone.pk).exists()
+    assert not CostAlert.objects.filter(tenant_id=gone.pk).exists()
+    # ... and the other tenant is alerted
+    assert "work_error" not in outcome, outcome.get("work_error")
+    assert [(a.budget_id, a.percent) for a in CostAlert.objects.all()] == [(kept_budget.pk, 50)]
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_error_rate_alert_racing_its_tenants_delete_leaves_the_delete_whole(settings):
+    # given two tenants whose providers fail often
+    settings.USAGE_ERROR_RATE_THRESHOLD = 0.2
+    settings.USAGE_ERROR_RATE_MIN_REQUESTS = 2
+    gone, kept = TenantFactory(name="Gone"), TenantFactory(name="Kept")
+    for tenant in (gone, kept):
+        TenantMembershipFactory(tenant=tenant, user=UserFactory())
+        CallLogFactory.create_batch(
+            3,
+            tenant=tenant,
+            provider_config=ProviderConfigFactory(tenant=tenant),
+            status=CallLog.Status.ERROR,
+            created_at=NOW - dt.timedelta(minutes=1),
+        )
+
+    # when the error-rate check runs while a superuser deletes the first tenant
+    outcome = tenant_deleted_while(gone, lambda: error_rates_check(now=NOW), bulk=False)
+
+    # then the delete succeeds, and the other tenant's alert is not lost with it
+    assert "delete_error" not in outcome, outcome.get("delete_error")
+    assert not Tenant.objects.filter(pk=gone.pk).exists()
+    assert "work_error" not in outcome, outcome.get("work_error")
+    assert [a.tenant_id for a in outcome["result"]] == [kept.pk]
+    assert [a.tenant_id for a in CostAlert.objects.all()] == [kept.pk]

@@ -4,11 +4,14 @@ import uuid
 from decimal import Decimal
 
 import pytest
-from django.db import transaction
+from django.db import IntegrityError, transaction
+from django.db.models.signals import post_delete
 from django.utils import timezone
 
 from llm_providers.adapters.types import Usage
-from tests.factories import TenantFactory
+from llm_providers.models import ProviderConfig, Tenant
+from tests.factories import ProviderConfigFactory, TenantFactory
+from tests.usage.tenant_delete_race import tenant_deleted_while
 from usage.call_logs import call_log_record
 from usage.models import CallLog
 
@@ -118,3 +121,34 @@ def test_call_log_record_survives_callers_rollback(call_log_connection):
     with call_log_connection.cursor() as cursor:
         cursor.execute("SHOW synchronous_commit")
         assert cursor.fetchone() == ("off",)
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("bulk", [False, True], ids=["one", "bulk"])
+def test_call_log_written_while_its_tenant_is_deleted_leaves_the_delete_whole(bulk):
+    # given a tenant whose call ends while a superuser deletes it
+    tenant = TenantFactory()
+    ProviderConfigFactory(tenant=tenant)
+
+    def log_the_call():
+        return call_log_record(
+            tenant_id=tenant.pk,
+            request_id=uuid.uuid4(),
+            attempt=1,
+            status="ok",
+            created_at=timezone.now(),
+        )
+
+    # when its log row is written once the delete has gone past the call logs
+    # (to the tenant's provider configs), before it deletes the tenant's row
+    outcome = tenant_deleted_while(
+        tenant, log_the_call, bulk=bulk, hold_on=(post_delete, ProviderConfig)
+    )
+
+    # then the delete succeeds, and the row of a tenant that no longer exists is refused
+    assert "delete_error" not in outcome, outcome.get("delete_error")
+    assert outcome["deleted"]
+    assert not Tenant.objects.filter(pk=tenant.pk).exists()
+    assert isinstance(outcome.get("work_error"), IntegrityError)
+    assert not CallLog.objects.filter(tenant_id=tenant.pk).exists()

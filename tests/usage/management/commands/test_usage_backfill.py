@@ -247,24 +247,26 @@ def test_backfill_command_refuses_from_after_today():
     )
 
 
-@pytest.mark.postgres
-@pytest.mark.django_db(transaction=True)
-def test_backfill_command_gives_each_worker_a_chunk_of_days():
-    # given calls on each of five days
+def _calls_on_five_days(calls_on_day):
+    """A UTC tenant with `calls_on_day(offset)` calls at 09:00 on each of the five days to DAY."""
     tenant = TenantFactory(slug="acme", timezone="UTC")
     config = ProviderConfigFactory(tenant=tenant)
     first = DAY - dt.timedelta(days=4)
     for offset in range(5):
-        for _ in range(offset + 1):
+        for _ in range(calls_on_day(offset)):
             CallLogFactory(
                 tenant=tenant,
                 provider_config=config,
                 created_at=dt.datetime.combine(first, dt.time(9, tzinfo=dt.UTC))
                 + dt.timedelta(days=offset),
             )
+    return first
+
+
+def _backfill_two_workers_of_two_days(first, out):
+    """Backfill from `first` with --workers 2 --chunk-days 2; the recomputes it asked for."""
     from usage.management.commands import usage_backfill
 
-    out = StringIO()
     with (
         mock.patch("django.utils.timezone.now", return_value=NOW),
         mock.patch.object(
@@ -273,7 +275,6 @@ def test_backfill_command_gives_each_worker_a_chunk_of_days():
             wraps=usage_backfill.daily_usage_recompute,
         ) as recompute,
     ):
-        # when they are backfilled by two workers of two days each
         call_command(
             "usage_backfill",
             "--from",
@@ -285,11 +286,23 @@ def test_backfill_command_gives_each_worker_a_chunk_of_days():
             "--no-progress",
             stdout=out,
         )
+    return recompute.call_args_list
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_backfill_command_gives_each_worker_a_chunk_of_days():
+    # given calls on each of five days
+    first = _calls_on_five_days(lambda offset: offset + 1)
+    out = StringIO()
+
+    # when they are backfilled by two workers of two days each
+    calls = _backfill_two_workers_of_two_days(first, out)
 
     # then four days went to two workers at once, the last day to one
     assert [
         (call.kwargs["first_day"], call.kwargs["last_day"], call.kwargs["workers"])
-        for call in recompute.call_args_list
+        for call in calls
     ] == [(first, first + dt.timedelta(days=3), 2), (DAY, DAY, 1)]
     # and every day holds its own calls
     assert list(DailyUsage.objects.order_by("day").values_list("day", "request_count")) == [
@@ -315,41 +328,13 @@ def test_backfill_command_refuses_fewer_than_one_worker(value):
 def test_backfill_command_keeps_chunks_apart_where_days_cannot_be_shared():
     # given calls on each of five days, and a recompute that can use only this
     # connection: inside a transaction (this test's), or on SQLite
-    tenant = TenantFactory(slug="acme", timezone="UTC")
-    first = DAY - dt.timedelta(days=4)
-    for offset in range(5):
-        CallLogFactory(
-            tenant=tenant,
-            created_at=dt.datetime.combine(first, dt.time(9, tzinfo=dt.UTC))
-            + dt.timedelta(days=offset),
-        )
-    from usage.management.commands import usage_backfill
+    first = _calls_on_five_days(lambda offset: 1)
 
-    with (
-        mock.patch("django.utils.timezone.now", return_value=NOW),
-        mock.patch.object(
-            usage_backfill,
-            "daily_usage_recompute",
-            wraps=usage_backfill.daily_usage_recompute,
-        ) as recompute,
-    ):
-        # when two workers of two days each are asked for
-        call_command(
-            "usage_backfill",
-            "--from",
-            first.isoformat(),
-            "--workers",
-            "2",
-            "--chunk-days",
-            "2",
-            "--no-progress",
-            stdout=StringIO(),
-        )
+    # when two workers of two days each are asked for
+    calls = _backfill_two_workers_of_two_days(first, StringIO())
 
     # then each transaction still recomputes two days at most, one after the other
-    assert [
-        (call.kwargs["first_day"], call.kwargs["last_day"]) for call in recompute.call_args_list
-    ] == [
+    assert [(call.kwargs["first_day"], call.kwargs["last_day"]) for call in calls] == [
         (first, first + dt.timedelta(days=1)),
         (first + dt.timedelta(days=2), first + dt.timedelta(days=3)),
         (DAY, DAY),

@@ -50,20 +50,59 @@ def _slug_validate(value: str) -> None:
     )
 
 
-class TenantQuerySet(models.QuerySet):
+def _rows_locked(queryset) -> None:
+    """Lock `queryset`'s rows FOR UPDATE, in the order of their keys."""
+    list(queryset.order_by("pk").select_for_update().values_list("pk", flat=True))
+
+
+class LockedDeleteQuerySet(models.QuerySet):
+    """A queryset whose delete() first locks what it deletes: see LockedDeleteModel."""
+
     def delete(self):
         with transaction.atomic(using=self.db, savepoint=False):
-            # Before the rows referring to the tenants are collected: see Tenant.delete.
             if not self.query.is_sliced:  # refused by delete() below
-                locked = Tenant._base_manager.using(self.db).filter(pk__in=self.values("pk"))
-                list(locked.order_by("pk").select_for_update().values_list("pk", flat=True))
+                self.model.rows_lock_for_delete(self.db, self.values("pk"))
             return super().delete()
 
     delete.alters_data = True
     delete.queryset_only = True
 
 
-class Tenant(models.Model):
+class LockedDeleteModel(models.Model):
+    """A model for whose rows background work writes rows of other models.
+
+    Its deletes (one instance, or a queryset's) lock its rows
+    (`rows_lock_for_delete`) before Django collects the rows that refer to
+    them: a row that the work added meanwhile would be left out and fail the
+    delete at its commit. The work locks the rows it refers to first
+    (FOR KEY SHARE), so it waits for the delete and finds them gone, or the
+    delete waits for it and takes its rows with it. Rows are locked in one
+    order, tenants, then budgets, then provider configs, by deletes and work
+    alike, so that neither waits for the other in a cycle.
+    """
+
+    class Meta:
+        abstract = True
+
+    @classmethod
+    def rows_lock_for_delete(cls, using: str, pks) -> None:
+        _rows_locked(cls._base_manager.using(using).filter(pk__in=pks))
+
+    @classmethod
+    def _budgets_lock_for_delete(cls, using: str, field: str, pks) -> None:
+        # The budgets going with these rows: a database budget counter's rows
+        # are written for a budget, which that writer locks alone.
+        budget = cls._meta.get_field("budgets").related_model
+        _rows_locked(budget._base_manager.using(using).filter(**{f"{field}__in": pks}))
+
+    def delete(self, using=None, keep_parents=False):
+        using = using or router.db_for_write(type(self), instance=self)
+        with transaction.atomic(using=using, savepoint=False):
+            type(self).rows_lock_for_delete(using, [self.pk])
+            return super().delete(using=using, keep_parents=keep_parents)
+
+
+class Tenant(LockedDeleteModel):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     name = models.CharField(max_length=200)
     slug = models.SlugField(max_length=100, unique=True, validators=[_slug_validate])
@@ -85,7 +124,7 @@ class Tenant(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True)
 
-    objects = TenantQuerySet.as_manager()
+    objects = LockedDeleteQuerySet.as_manager()
 
     class Meta:
         ordering = ["name"]
@@ -93,16 +132,11 @@ class Tenant(models.Model):
     def __str__(self) -> str:
         return self.name
 
-    def delete(self, using=None, keep_parents=False):
-        using = using or router.db_for_write(type(self), instance=self)
-        with transaction.atomic(using=using, savepoint=False):
-            # Locked before the rows referring to the tenant are collected: a row
-            # that background work (an alert check, a call's log) added for it
-            # meanwhile would be left out and fail the delete at its commit. That
-            # work locks the tenant's row first (FOR KEY SHARE), so it waits for
-            # this delete and finds the tenant gone, or this waits for it.
-            Tenant.objects.using(using).select_for_update().filter(pk=self.pk).first()
-            return super().delete(using=using, keep_parents=keep_parents)
+    @classmethod
+    def rows_lock_for_delete(cls, using: str, pks) -> None:
+        # Call logs and alerts lock their tenant; budget counters only their budget.
+        super().rows_lock_for_delete(using, pks)
+        cls._budgets_lock_for_delete(using, "tenant", pks)
 
 
 class TenantMembership(models.Model):
@@ -178,7 +212,7 @@ def _secret_given(value):
     return value or None
 
 
-class ProviderConfig(models.Model):
+class ProviderConfig(LockedDeleteModel):
     """One tenant's account at one provider: credentials, endpoint, models and limits.
 
     Credentials are Fernet-encrypted at rest; plaintext leaves this model only
@@ -240,6 +274,8 @@ class ProviderConfig(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
+    objects = LockedDeleteQuerySet.as_manager()
+
     class Meta:
         ordering = ["tenant", "priority", "name"]
         constraints = [
@@ -260,6 +296,12 @@ class ProviderConfig(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.get_provider_type_display()})"
+
+    @classmethod
+    def rows_lock_for_delete(cls, using: str, pks) -> None:
+        # Budgets come before provider configs (LockedDeleteModel).
+        cls._budgets_lock_for_delete(using, "provider_config", pks)
+        super().rows_lock_for_delete(using, pks)
 
     # --- secrets -------------------------------------------------------------
 

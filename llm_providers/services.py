@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, router, transaction
 from django.template.defaultfilters import pluralize
 from django.utils import timezone
 
@@ -215,14 +215,22 @@ def provider_config_delete(*, provider_config: ProviderConfig) -> bool:
 
     Call logs keep their history, so a config that served calls is never
     removed. Returns True when the row was deleted, False when deactivated.
+
+    The config is locked as its delete locks it before looking for what
+    refers to it: a call log written meanwhile either lands first, and the
+    config is deactivated, or waits and, the config deleted, is kept without it.
     """
-    if provider_config_is_referenced(provider_config=provider_config):
-        if provider_config.is_active or provider_config.is_default:
-            provider_config.is_active = False
-            provider_config.is_default = False
-            provider_config.save(update_fields=["is_active", "is_default", "updated_at"])
-        return False
-    provider_config.delete()
+    with transaction.atomic():
+        ProviderConfig.rows_lock_for_delete(
+            router.db_for_write(ProviderConfig, instance=provider_config), [provider_config.pk]
+        )
+        if provider_config_is_referenced(provider_config=provider_config):
+            if provider_config.is_active or provider_config.is_default:
+                provider_config.is_active = False
+                provider_config.is_default = False
+                provider_config.save(update_fields=["is_active", "is_default", "updated_at"])
+            return False
+        provider_config.delete()
     return True
 
 

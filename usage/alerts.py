@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 from django.conf import settings
 from django.core.mail import EmailMessage
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Case, F, Max, Min, Q, Sum, Value, When
 from django.db.models.functions import TruncMonth
 from django.template.defaultfilters import pluralize
@@ -39,7 +39,7 @@ from llm_providers.encryption import UnreadableSecret
 from llm_providers.models import ProviderConfig, Tenant, TenantMembership
 
 from .budget import BudgetExceeded, budget_refusal_prefix
-from .locking import exclusive_transaction
+from .locking import exclusive_transaction, rows_key_share
 from .mail import EmailTimedOut, Refused, email_send
 from .models import (
     AlertDelivery,
@@ -108,25 +108,6 @@ def _queue_deliveries(delivery_ids: list[int]) -> None:
         send_alert_delivery.delay(delivery_id)
 
 
-def _tenant_key_share(tenant_id) -> bool:
-    """Whether the tenant still exists, kept from being deleted until this transaction ends.
-
-    Taken before the alert's rows are written: a tenant's delete locks its
-    row before it collects the rows referring to it, so either the delete
-    waits and takes the alert with it, or this waits and finds the tenant
-    gone. The foreign keys' own checks come at commit, in no set order, and
-    would deadlock with the delete or fail it.
-    """
-    meta = Tenant._meta
-    suffix = " FOR KEY SHARE" if connection.vendor == "postgresql" else ""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f'SELECT 1 FROM "{meta.db_table}" WHERE "{meta.pk.column}" = %s{suffix}',
-            [meta.pk.get_db_prep_value(tenant_id, connection)],
-        )
-        return cursor.fetchone() is not None
-
-
 def _alert_create(
     *,
     now: datetime,
@@ -144,11 +125,23 @@ def _alert_create(
     limit_usd: Decimal | None = None,
 ) -> CostAlert | None:
     """Create the alert and its deliveries, or nothing if it already exists or
-    its tenant is gone."""
+    its tenant is gone.
+
+    What it refers to is locked first (rows_key_share), in the deletes' order:
+    a delete of its tenant waits for it and takes it along, or leaves nothing
+    to alert; a budget or provider config deleted first leaves the alert
+    without it, as deleting one does to the alerts it had.
+    """
     try:
         with transaction.atomic():
-            if not _tenant_key_share(tenant_id):
+            if not rows_key_share(Tenant, [tenant_id]):
                 return None  # deleted since it was read
+            if budget is not None and not rows_key_share(Budget, [budget.pk]):
+                budget = None
+            if provider_config_id is not None and not rows_key_share(
+                ProviderConfig, [provider_config_id]
+            ):
+                provider_config_id = None
             alert = CostAlert.objects.create(
                 tenant_id=tenant_id,
                 kind=kind,

@@ -42,7 +42,8 @@ from redis.exceptions import RedisError
 from llm_providers.redis_scripts import ThreadConnection
 
 from .aggregation import call_logs_purged_before
-from .models import BudgetCounter, BudgetHold, CallLog, DailyUsage
+from .locking import rows_key_share
+from .models import Budget, BudgetCounter, BudgetHold, CallLog, DailyUsage
 from .money import nano_to_usd, usd_to_nano_and_pico
 from .periods import local_date, local_midnight, zone
 from .selectors import budget_scope_filter
@@ -420,6 +421,20 @@ def _calls_in_flight(counter: BudgetCounter) -> Q | None:
     return Q(request_id__in=list(reserved_at)) & since
 
 
+def _budgets_kept(entries) -> list:
+    """The entries whose budget still exists, kept from being deleted until
+    this transaction ends.
+
+    A budget's delete (its own, its provider config's or its tenant's) locks
+    it before collecting its counters and their holds: without this lock, a
+    counter or hold written between that collection and the delete's commit
+    would fail the delete. With it, the delete waits for this transaction and
+    takes its rows along, or this waits and leaves the gone budget out.
+    """
+    kept = rows_key_share(Budget, [entry.budget.id for entry in entries])
+    return [entry for entry in entries if entry.budget.id in kept]
+
+
 class DatabaseCounters:
     name = "database"
 
@@ -457,6 +472,9 @@ class DatabaseCounters:
         ordered = sorted(reservation.entries, key=lambda e: e.budget.id)
         refusal = None
         with _serialised(), transaction.atomic():
+            # A budget deleted since the gate read it gates nothing; one still
+            # there is kept until the counter's rows are in (_budgets_kept).
+            ordered = _budgets_kept(ordered)
             counters = [self._counter_locked(entry, now) for entry in ordered]
             BudgetHold.objects.filter(counter__in=counters, expires_at__lte=now).delete()
             read_before = now - timedelta(seconds=settings.USAGE_BUDGET_COUNTER_REBUILD_SECONDS)
@@ -495,10 +513,13 @@ class DatabaseCounters:
 
     def settle(self, *, reservation, cost_usd) -> None:
         cost = Decimal(cost_usd or 0)
-        match = Q()
-        for entry in reservation.entries:
-            match |= Q(**_counter_key(entry))
         with _serialised(), transaction.atomic():
+            entries = _budgets_kept(reservation.entries)
+            if not entries:
+                return  # its budgets were deleted, and their counters with them
+            match = Q()
+            for entry in entries:
+                match |= Q(**_counter_key(entry))
             counter_ids = list(
                 BudgetCounter.objects.select_for_update()
                 .filter(match)

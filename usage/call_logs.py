@@ -69,27 +69,45 @@ _FIELDS = (
 
 
 @cache
-def _insert_statement(vendor: str, returning: bool) -> tuple[str, tuple]:
+def _insert_statement(vendor: str, returning: bool) -> tuple[str, tuple, tuple]:
+    """The INSERT, the fields written and, for each of its parameters, the
+    index of its value among them."""
     meta = CallLog._meta
     fields = tuple(meta.get_field(name) for name in _FIELDS)
     columns = ", ".join(f'"{field.column}"' for field in fields)
     placeholders = ["%s"] * len(fields)
+    order = tuple(range(len(fields)))
     if vendor == "postgresql":
-        # The tenant's row is locked before the foreign keys are checked: a
-        # tenant's delete locks it before collecting the rows referring to it,
-        # so either the delete waits and takes this row with it, or this waits
-        # and, the tenant gone, inserts a NULL tenant (refused) rather than
-        # locking the call's provider config first and deadlocking the delete.
+        # The rows referred to are locked (FOR KEY SHARE) before the foreign
+        # keys are checked, as their deletes lock them (LockedDeleteModel):
+        # a delete locks them before collecting the rows referring to them, so
+        # either the delete waits and takes this row with it (or sets its
+        # config to NULL), or this waits and finds them gone. A tenant gone
+        # leaves a NULL tenant (refused); a config gone leaves a NULL config,
+        # as deleting it does to the rows it already had. The tenant comes
+        # first, as a tenant's delete locks it before it deletes the configs:
+        # the config's lookup locks the tenant itself, since PostgreSQL sets
+        # no order among the subqueries of a VALUES list.
         tenant = meta.get_field("tenant").related_model._meta
-        placeholders[_FIELDS.index("tenant")] = (
+        config = meta.get_field("provider_config").related_model._meta
+        tenant_locked = (
             f'(SELECT "{tenant.pk.column}" FROM "{tenant.db_table}" '
             f'WHERE "{tenant.pk.column}" = %s FOR KEY SHARE)'
         )
+        tenant_column = config.get_field("tenant").column
+        at_tenant, at_config = _FIELDS.index("tenant"), _FIELDS.index("provider_config")
+        placeholders[at_tenant] = tenant_locked
+        placeholders[at_config] = (
+            f'(SELECT "{config.pk.column}" FROM "{config.db_table}" '
+            f'WHERE "{tenant_column}" = {tenant_locked} AND "{config.pk.column}" = %s '
+            "FOR KEY SHARE)"
+        )
+        order = (*order[:at_config], at_tenant, *order[at_config:])
     placeholders = ", ".join(placeholders)
     sql = f'INSERT INTO "{meta.db_table}" ({columns}) VALUES ({placeholders})'
     if returning:
         sql += f' RETURNING "{meta.pk.column}"'
-    return sql, fields
+    return sql, fields, order
 
 
 def call_log_record(
@@ -125,7 +143,8 @@ def call_log_record(
     The row is committed on its own connection (settings.CALL_LOG_DATABASE),
     independently of any transaction the caller has open. A provider config
     deleted while the call ran is recorded as NULL, as deleting it does to the
-    rows it already had, rather than losing the row of a call that was paid for.
+    rows it already had, rather than losing the row of a call that was paid for
+    (on PostgreSQL within the INSERT itself, see _insert_statement).
     """
     usage = usage or Usage()
     values = (
@@ -173,7 +192,7 @@ def call_log_record(
 def _insert(alias: str, values: tuple) -> int:
     connection = connections[alias]
     returning = connection.features.can_return_columns_from_insert
-    sql, fields = _insert_statement(connection.vendor, returning)
+    sql, fields, order = _insert_statement(connection.vendor, returning)
     if connection.vendor != "postgresql":
         # psycopg adapts UUIDs, Decimals and aware datetimes itself; other
         # backends get Django's conversions.
@@ -182,5 +201,5 @@ def _insert(alias: str, values: tuple) -> int:
             for field, value in zip(fields, values, strict=True)
         )
     with connection.cursor() as cursor:
-        cursor.execute(sql, values)
+        cursor.execute(sql, [values[at] for at in order])
         return cursor.fetchone()[0] if returning else cursor.lastrowid

@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from llm_providers.chat_input import scope_fields_clean
 from llm_providers.encryption import GuardedEncryptedTextField, UnreadableSecret
-from llm_providers.models import ProviderConfig, Tenant
+from llm_providers.models import LockedDeleteModel, LockedDeleteQuerySet, ProviderConfig, Tenant
 from llm_providers.provider_types import ProviderType
 
 from .money import usd_format_exact
@@ -278,7 +278,7 @@ def email_list_parse(text: str) -> list[str]:
     return list(seen)
 
 
-class Budget(models.Model):
+class Budget(LockedDeleteModel):
     """A spending limit for a tenant, optionally scoped, per tenant-local day or month.
 
     Empty scope fields mean "any". A *block* budget refuses calls that would go
@@ -334,6 +334,9 @@ class Budget(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+
+    # Deleting one locks it first: a database budget counter's rows are written for it.
+    objects = LockedDeleteQuerySet.as_manager()
 
     class Meta:
         ordering = ["tenant", "name"]

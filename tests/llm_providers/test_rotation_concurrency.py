@@ -172,7 +172,7 @@ def test_rotation_waiting_on_an_uncommitted_key_change_keeps_the_change(
 
     def release_once_rotation_waits():
         # The rotation's UPDATE of the row waits on the writer's row lock.
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
             with connection.cursor() as cursor:
                 cursor.execute(
@@ -302,3 +302,64 @@ def test_rotation_interrupted_mid_batch_then_run_again_loses_nothing(monkeypatch
     assert "Re-encrypted: 2; already current: 2; unreadable: 0." in out
     assert [raw_column(c, "api_key") for c in configs][:2] == after[:2]
     assert [_stored_with_new_salt_only(c)["api_key"] for c in configs] == keys
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_new_default_saved_while_a_rotation_batch_holds_the_old_default(monkeypatch, raw_column):
+    # given two configs under the old salt, the first in primary key order the default
+    with override_settings(SALT_KEY=[OLD_SALT]):
+        tenant = TenantFactory()
+        first, second = sorted(
+            (
+                ProviderConfigFactory(
+                    tenant=tenant, name=f"openai-{n}", provider_type="openai", api_key=KEYS[n]
+                )
+                for n in range(2)
+            ),
+            key=lambda c: c.pk,
+        )
+        ProviderConfig.objects.filter(pk=first.pk).update(is_default=True)
+    threads, writer_pid = [], []
+
+    def make_second_default():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            writer_pid.append(cursor.fetchone()[0])
+        stored = ProviderConfig.objects.get(pk=second.pk)
+        provider_config_update(provider_config=stored, data={"is_default": True})
+
+    def writer_waiting_on_the_batch():
+        # The rotation has rewritten the first row in its open transaction; the
+        # update making the second the default waits for that row, holding nothing
+        # the rotation needs next.
+        threads.append(_in_own_thread(make_second_default))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with connection.cursor() as cursor:
+                # In the batch's transaction: statistics are read afresh only when asked.
+                cursor.execute("SELECT pg_stat_clear_snapshot()")
+                cursor.execute(
+                    "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s",
+                    [writer_pid[0] if writer_pid else 0],
+                )
+                if (cursor.fetchone() or [None])[0] == "Lock":
+                    break
+            time.sleep(0.01)
+        else:
+            pytest.fail("the update never waited for the rotation's batch")
+
+    # when the update starts as the rotation, in one batch, goes to write the second row
+    _before_write_of(raw_column(second, "api_key"), monkeypatch, writer_waiting_on_the_batch)
+    out = _rotate()
+    for thread in threads:
+        thread.join(30)
+        assert not thread.is_alive() and thread.failures == []
+
+    # then both finished: every value rotated, the second is the only default
+    assert "Re-encrypted: 2; already current: 0; unreadable: 0." in out
+    with override_settings(SALT_KEY=[NEW_SALT]):
+        stored = {
+            c.name: (c.api_key, c.is_default) for c in ProviderConfig.objects.filter(tenant=tenant)
+        }
+    assert stored == {first.name: (first.api_key, False), second.name: (second.api_key, True)}

@@ -7,6 +7,7 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, router, transaction
+from django.db.models import Q
 from django.template.defaultfilters import pluralize
 from django.utils import timezone
 
@@ -134,17 +135,42 @@ def provider_config_update(
         raise ValidationError(
             f"Unknown provider config field{pluralize(unknown)}: {', '.join(sorted(unknown))}."
         )
-    for field, value in data.items():
-        if field in PROVIDER_CONFIG_FIELDS:
-            setattr(provider_config, field, value)
-    new_secrets = {k: data.get(k) for k in SECRET_FIELDS}
-    if provider_config_endpoint_changed(provider_config=provider_config):
-        provider_config_new_endpoint_secrets_check(
-            provider_config=provider_config, secrets=new_secrets
-        )
-        _stored_secrets_clear(provider_config)
-    _apply_secrets(provider_config, new_secrets)
-    return _save_validated(provider_config)
+    with transaction.atomic():
+        _stored_state_take(provider_config, given={f for f in data if f in PROVIDER_CONFIG_FIELDS})
+        for field, value in data.items():
+            if field in PROVIDER_CONFIG_FIELDS:
+                setattr(provider_config, field, value)
+        new_secrets = {k: data.get(k) for k in SECRET_FIELDS}
+        if provider_config_endpoint_changed(provider_config=provider_config):
+            provider_config_new_endpoint_secrets_check(
+                provider_config=provider_config, secrets=new_secrets
+            )
+            _stored_secrets_clear(provider_config)
+        _apply_secrets(provider_config, new_secrets)
+        return _save_validated(provider_config)
+
+
+def _stored_state_take(config: ProviderConfig, *, given: set[str]) -> None:
+    """Lock the config's row and give `config` its stored value of every field the
+    update does not set.
+
+    The instance was read before the update began; saving it as read would put
+    back what others saved since (a key entered in the admin or the API, a
+    connection test's outcome). Locked are the tenant, as by every write
+    (`_save_validated`), then the row and the tenant's default that a new default
+    replaces, in primary key order: `rotate_keys` locks rows in that order too,
+    so neither waits for the other in a cycle.
+    """
+    Tenant.objects.select_for_update().filter(pk=config.tenant_id).first()
+    locked = ProviderConfig.objects.select_for_update().filter(
+        Q(pk=config.pk) | Q(tenant_id=config.tenant_id, is_default=True)
+    )
+    stored = next((row for row in locked.order_by("pk") if row.pk == config.pk), None)
+    if stored is None:
+        raise ValidationError("This provider config was deleted meanwhile.")
+    for field in ProviderConfig._meta.concrete_fields:
+        if not field.primary_key and field.name not in given:
+            setattr(config, field.attname, getattr(stored, field.attname))
 
 
 def provider_config_endpoint_changed(*, provider_config: ProviderConfig) -> bool:

@@ -500,6 +500,10 @@ class BudgetAdminForm(forms.ModelForm):
             data["webhook_url"] = new
         else:
             data["webhook_url"] = self.instance.webhook_url if self.instance.pk else None
+        # Left empty on a stored budget: the save keeps the URL stored then.
+        self.webhook_url_kept = (
+            bool(self.instance.pk) and not data.get("clear_webhook_url") and not new
+        )
         return data
 
 
@@ -520,6 +524,16 @@ class BudgetAdmin(TenantScopedAdmin):
     list_filter = ("period", "action", "is_active")
     list_select_related = ("tenant", "provider_config")
     search_fields = ("name", "service_name", "customer_id")
+
+    def save_model(self, request, obj, form, change):
+        if change and getattr(form, "webhook_url_kept", False):
+            # The URL kept is the one stored now, read under the row's lock: one
+            # saved elsewhere since this form's budget was read is not put back.
+            stored = Budget.objects.select_for_update().filter(pk=obj.pk).first()
+            if stored is not None:
+                obj.webhook_url = stored.webhook_url
+                obj._stored_webhook_url = stored._stored_webhook_url
+        super().save_model(request, obj, form, change)
 
     def get_fieldsets(self, request, obj=None):
         can_edit = (

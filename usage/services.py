@@ -117,11 +117,27 @@ def budget_update(*, budget: Budget, data: dict[str, Any]) -> Budget:
     unknown = sorted(set(data) - BUDGET_FIELDS)
     if unknown:
         raise ValidationError(f"Unknown budget field{pluralize(unknown)}: {', '.join(unknown)}.")
-    for name, value in data.items():
-        if name == "webhook_url":
-            value = value or None
-        setattr(budget, name, value)
-    return _save_validated(budget)
+    with transaction.atomic():
+        _stored_state_take(budget, given=set(data))
+        for name, value in data.items():
+            if name == "webhook_url":
+                value = value or None
+            setattr(budget, name, value)
+        return _save_validated(budget)
+
+
+def _stored_state_take(budget: Budget, *, given: set[str]) -> None:
+    """Lock the budget's row and give `budget` its stored value of every field the
+    update does not set: saving it as it was read before the update began would
+    put back what others saved since (a webhook URL entered elsewhere)."""
+    stored = Budget.objects.select_for_update().filter(pk=budget.pk).first()
+    if stored is None:
+        raise ValidationError("This budget was deleted meanwhile.")
+    for field in Budget._meta.concrete_fields:
+        if not field.primary_key and field.name not in given:
+            setattr(budget, field.attname, getattr(stored, field.attname))
+    # Only a URL other than the stored one is checked (and resolved) again.
+    budget._stored_webhook_url = stored._stored_webhook_url
 
 
 def budget_delete(*, budget: Budget) -> None:

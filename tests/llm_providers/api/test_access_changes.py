@@ -11,10 +11,12 @@ among them, in the API's error shape.
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 import pytest
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.test import Client
+from django.utils import timezone
 from django_redis import get_redis_connection
 from rest_framework.test import APIClient
 
@@ -25,6 +27,7 @@ from tests.factories import (
     ModelPriceFactory,
     ProviderConfigFactory,
     RoutingOverrideFactory,
+    ServiceKeyFactory,
     TenantMembershipFactory,
     UserFactory,
     UserTokenFactory,
@@ -419,6 +422,49 @@ def _providers(secret: str, *, scheme: str = "Api-Key"):
     return APIClient().get(
         PROVIDERS, HTTP_AUTHORIZATION=f"{scheme} {secret}", REMOTE_ADDR=DEPLOYMENT
     )
+
+
+def test_revoked_key_still_retried_neither_turns_into_429_nor_locks_out_its_successor(
+    rates, tenant, service_key, admin_api
+):
+    # A program keeps calling with its key after the key was revoked, from the
+    # address its replacement is deployed to.
+    assert admin_api.post(f"/api/v1/service-keys/{service_key.prefix}/revoke/").status_code == 200
+
+    retried = [_providers(service_key.secret) for _ in range(5)]
+    successor = ServiceKeyFactory(tenant=tenant, name="billing-app-2")
+
+    assert [r.status_code for r in retried] == [401] * 5
+    _refused(retried[-1], 401, "authentication_failed", "This service key has been revoked.")
+    assert _providers(successor.secret).status_code == 200
+
+
+@pytest.mark.parametrize("refusal", ["revoked", "expired", "inactive user"])
+def test_a_genuine_but_refused_token_is_not_counted_as_a_guess(rates, admin_user, refusal):
+    token = UserTokenFactory(user=admin_user)
+    if refusal == "revoked":
+        UserToken.objects.filter(pk=token.pk).update(revoked=True)
+    elif refusal == "expired":
+        UserToken.objects.filter(pk=token.pk).update(
+            expiry_date=timezone.now() - timedelta(seconds=1)
+        )
+    else:
+        admin_user.is_active = False
+        admin_user.save(update_fields=["is_active"])
+    colleague = TenantMembershipFactory(tenant=admin_user.tenant_memberships.get().tenant).user
+
+    statuses = [_providers(token.secret, scheme="Token").status_code for _ in range(5)]
+
+    assert statuses == [401] * 5
+    fresh = UserTokenFactory(user=colleague)
+    assert _providers(fresh.secret, scheme="Token").status_code == 200
+
+
+def test_wrong_secrets_still_count_against_the_address(rates, service_key):
+    guesses = [_providers(f"{service_key.prefix}.{'x' * 32}") for _ in range(4)]
+
+    assert [r.status_code for r in guesses] == [401, 401, 401, 429]
+    assert _providers(service_key.secret).status_code == 429
 
 
 def test_re_created_key_starts_its_own_throttle_window(rates, tenant, service_key, admin_api):

@@ -850,6 +850,21 @@ class _KeyTimesInUtc:
         return utc_display(obj.expiry_date)
 
 
+def _key_edits_save(obj, form) -> None:
+    """Save what the change page edited of a key (its name, expiry, revocation).
+
+    Only the edited fields are written, and `revoked` only to revoke: the
+    key was read at the start of the request, and writing its whole row
+    back would undo a revocation made meanwhile (through the API or the
+    admin's action), letting a revoked key authenticate again.
+    """
+    fields = [name for name in form.changed_data if name != "revoked"]
+    if obj.revoked:
+        fields.append("revoked")
+    if fields:
+        obj.save(update_fields=fields)
+
+
 @admin.register(ServiceKey)
 class ServiceKeyAdmin(_SecretShownOnce, _KeyTimesInUtc, TenantScopedAdmin):
     """Keys with which internal programs call the API for one tenant.
@@ -885,8 +900,7 @@ class ServiceKeyAdmin(_SecretShownOnce, _KeyTimesInUtc, TenantScopedAdmin):
     def save_model(self, request, obj, form, change):
         self.tenant_write_check(request, obj)
         if change:
-            # Name, expiry and the revoked flag: plain fields, saved as edited.
-            super().save_model(request, obj, form, change)
+            _key_edits_save(obj, form)
             return
         created, secret = service_key_create(
             tenant=obj.tenant, name=obj.name, expiry_date=obj.expiry_date
@@ -987,8 +1001,7 @@ class UserTokenAdmin(_SecretShownOnce, _KeyTimesInUtc, NulSafeAdmin):
 
     def save_model(self, request, obj, form, change):
         if change:
-            # Name, expiry and the revoked flag: plain fields, saved as edited.
-            super().save_model(request, obj, form, change)
+            _key_edits_save(obj, form)
             return
         owner = obj.user if request.user.is_superuser else request.user
         created, token = user_token_create(user=owner, name=obj.name, expiry_date=obj.expiry_date)

@@ -498,3 +498,44 @@ def test_throttle_keys_in_redis_name_credentials_without_any_secret(
     for secret in (service_key.secret, token.secret):
         assert secret.partition(".")[2] not in stored
     assert token.prefix not in stored
+
+
+# --- revocations concurrent with an edit in the admin -------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["service key", "user token"])
+def test_key_revoked_while_its_admin_change_page_is_saved_stays_revoked(
+    monkeypatch, fake, service_key, admin_user, kind
+):
+    from llm_providers.admin import ServiceKeyAdmin, UserTokenAdmin
+    from llm_providers.services import service_key_revoke, user_token_revoke
+
+    if kind == "service key":
+        key, model_admin, revoke = service_key, ServiceKeyAdmin, service_key_revoke
+        client, url = service_key_client(service_key), "servicekey"
+        refusal = "This service key has been revoked."
+    else:
+        key = UserTokenFactory(user=admin_user, name="script")
+        model_admin, revoke, url = UserTokenAdmin, user_token_revoke, "usertoken"
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Token {key.secret}")
+        refusal = "Invalid token."
+    _warm(client)
+    save_form = model_admin.save_form
+
+    def revoked_meanwhile(self, request, form, change):
+        # Another request revokes the key after this one read it, before it writes.
+        assert revoke(**{kind.replace(" ", "_"): type(key).objects.get(pk=key.pk)}) is True
+        return save_form(self, request, form, change)
+
+    monkeypatch.setattr(model_admin, "save_form", revoked_meanwhile)
+
+    response = _admin(admin_user).post(
+        f"/admin/llm_providers/{url}/{key.pk}/change/",
+        {"name": "renamed", "expiry_date_0": "", "expiry_date_1": ""},
+    )
+
+    assert response.status_code == 302, response.content
+    stored = type(key).objects.get(pk=key.pk)
+    assert (stored.name, stored.revoked) == ("renamed", True)
+    _calls_refused(client, 401, "authentication_failed", refusal)

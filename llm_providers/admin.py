@@ -136,6 +136,9 @@ class _TenantDeletionCollector(NestedObjects):
         return related.none()
 
 
+_TENANT_FIELDS = frozenset(field.name for field in Tenant._meta.concrete_fields)
+
+
 @admin.register(Tenant)
 class TenantAdmin(NulSafeAdmin):
     """Superusers create and delete tenants; a tenant's admins edit its settings."""
@@ -237,7 +240,15 @@ class TenantAdmin(NulSafeAdmin):
         allowed = self.has_change_permission(request, obj) if change else request.user.is_superuser
         if not allowed:
             raise PermissionDenied("You do not administer this tenant.")
-        super().save_model(request, obj, form, change)
+        if not change:
+            super().save_model(request, obj, form, change)
+            return
+        # Only what the page edited: the tenant was read at the start of the
+        # request, and writing its whole row back would undo a deactivation
+        # made meanwhile (e.g. by a superuser) and let its service keys work again.
+        fields = [name for name in form.changed_data if name in _TENANT_FIELDS]
+        if fields:
+            obj.save(update_fields=fields)
 
 
 @admin.register(TenantMembership)

@@ -539,3 +539,32 @@ def test_key_revoked_while_its_admin_change_page_is_saved_stays_revoked(
     stored = type(key).objects.get(pk=key.pk)
     assert (stored.name, stored.revoked) == ("renamed", True)
     _calls_refused(client, 401, "authentication_failed", refusal)
+
+
+def test_tenant_deactivated_while_its_admin_saves_its_settings_stays_inactive(
+    monkeypatch, fake, tenant, service_key, admin_user
+):
+    from llm_providers.admin import TenantAdmin
+
+    client = service_key_client(service_key)
+    _warm(client)
+    save_form = TenantAdmin.save_form
+
+    def deactivated_meanwhile(self, request, form, change):
+        # A superuser deactivates the tenant after this request read it, before it writes.
+        Tenant.objects.filter(pk=tenant.pk).update(is_active=False)
+        return save_form(self, request, form, change)
+
+    monkeypatch.setattr(TenantAdmin, "save_form", deactivated_meanwhile)
+
+    response = _admin(admin_user).post(
+        f"/admin/llm_providers/tenant/{tenant.pk}/change/",
+        {"name": "Acme Inc", "timezone": "Europe/Paris", "response_cache_ttl_seconds": "600"},
+    )
+
+    assert response.status_code == 302, response.content
+    stored = Tenant.objects.get(pk=tenant.pk)
+    assert (stored.name, stored.timezone, stored.is_active) == ("Acme Inc", "Europe/Paris", False)
+    _calls_refused(
+        client, 401, "authentication_failed", "The tenant of this service key is inactive."
+    )

@@ -32,7 +32,12 @@ from django.views.decorators.debug import sensitive_post_parameters
 from rest_framework_api_key.models import APIKey
 
 from .admin_display import utc_display, utc_field_display
-from .admin_scoping import NulSafeAdmin, TenantScopedAdmin, request_tenant_ids
+from .admin_scoping import (
+    NulSafeAdmin,
+    TenantScopedAdmin,
+    edited_fields_save,
+    request_tenant_ids,
+)
 from .api.history import (
     change_history_record_change,
     change_history_record_deactivation,
@@ -243,12 +248,10 @@ class TenantAdmin(NulSafeAdmin):
         if not change:
             super().save_model(request, obj, form, change)
             return
-        # Only what the page edited: the tenant was read at the start of the
-        # request, and writing its whole row back would undo a deactivation
-        # made meanwhile (e.g. by a superuser) and let its service keys work again.
-        fields = [name for name in form.changed_data if name in _TENANT_FIELDS]
-        if fields:
-            obj.save(update_fields=fields)
+        # Only what the page edited: writing the whole row read at the start of
+        # the request back would undo a deactivation made meanwhile (e.g. by a
+        # superuser) and let the tenant's service keys work again.
+        edited_fields_save(obj, [name for name in form.changed_data if name in _TENANT_FIELDS])
 
 
 @admin.register(TenantMembership)
@@ -262,6 +265,18 @@ class TenantMembershipAdmin(TenantScopedAdmin):
     list_select_related = ("user", "tenant")
 
     created_at_utc = utc_field_display("created_at", "created")
+
+    def save_model(self, request, obj, form, change):
+        self.tenant_write_check(request, obj)
+        if not change:
+            super().save_model(request, obj, form, change)
+            return
+        # A membership removed meanwhile stays removed: the whole row written
+        # back would insert it again, and with it the user's access.
+        edited_fields_save(obj, [name for name in form.changed_data if name in _MEMBERSHIP_FIELDS])
+
+
+_MEMBERSHIP_FIELDS = frozenset(("user", "tenant", "role"))
 
 
 # --- provider configs -----------------------------------------------------------
@@ -872,8 +887,7 @@ def _key_edits_save(obj, form) -> None:
     fields = [name for name in form.changed_data if name != "revoked"]
     if obj.revoked:
         fields.append("revoked")
-    if fields:
-        obj.save(update_fields=fields)
+    edited_fields_save(obj, fields)
 
 
 @admin.register(ServiceKey)

@@ -11,10 +11,12 @@ among them, in the API's error shape.
 from __future__ import annotations
 
 import json
+import threading
 from datetime import timedelta
 
 import pytest
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.db import connection
 from django.test import Client
 from django.utils import timezone
 from django_redis import get_redis_connection
@@ -56,6 +58,25 @@ def _admin(user) -> Client:
     client = Client()
     client.force_login(user)
     return client
+
+
+def _committed_elsewhere(change) -> None:
+    """Run `change` on a connection of its own, committed before this returns: what
+    another request does while this one is between reading and writing a row."""
+    failures = []
+
+    def run():
+        try:
+            change()
+        except Exception as exc:  # noqa: BLE001 - reported to the test below
+            failures.append(exc)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(timeout=30)
+    assert not thread.is_alive() and failures == []
 
 
 def _streamed_text(response) -> str:
@@ -568,3 +589,77 @@ def test_tenant_deactivated_while_its_admin_saves_its_settings_stays_inactive(
     _calls_refused(
         client, 401, "authentication_failed", "The tenant of this service key is inactive."
     )
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_membership_removed_while_its_admin_change_page_is_saved_stays_removed(
+    monkeypatch, fake, tenant
+):
+    from llm_providers.admin import TenantMembershipAdmin
+
+    member = TenantMembershipFactory(
+        tenant=tenant, user=UserFactory(username="mona"), role="viewer"
+    ).user
+    boss = TenantMembershipFactory(tenant=tenant, user=UserFactory(username="bob")).user
+    client = token_client(member)
+    assert client.get(PROVIDERS).status_code == 200
+    membership = TenantMembership.objects.get(user=member, tenant=tenant)
+    save_form = TenantMembershipAdmin.save_form
+
+    def removed_meanwhile(self, request, form, change):
+        # Another admin removes the membership after this request read it, before it writes.
+        _committed_elsewhere(TenantMembership.objects.filter(pk=membership.pk).delete)
+        return save_form(self, request, form, change)
+
+    monkeypatch.setattr(TenantMembershipAdmin, "save_form", removed_meanwhile)
+
+    response = _admin(boss).post(
+        f"/admin/llm_providers/tenantmembership/{membership.pk}/change/",
+        {"user": member.username, "tenant": tenant.pk, "role": "admin"},
+    )
+
+    assert response.status_code == 404
+    assert not TenantMembership.objects.filter(user=member).exists()
+    _refused(
+        client.post(PROVIDERS, {"name": "x"}, format="json"),
+        403,
+        "tenant_forbidden",
+        "You are not a member of any active tenant.",
+    )
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("kind", ["service key", "user token", "tenant"])
+def test_key_or_tenant_deleted_while_its_admin_change_page_is_saved_stays_deleted(
+    monkeypatch, fake, tenant, service_key, admin_user, kind
+):
+    from llm_providers.admin import ServiceKeyAdmin, TenantAdmin, UserTokenAdmin
+
+    token = UserTokenFactory(user=admin_user, name="script")
+    row, model_admin, url, data = {
+        "service key": (service_key, ServiceKeyAdmin, "servicekey", {}),
+        "user token": (token, UserTokenAdmin, "usertoken", {}),
+        "tenant": (
+            tenant,
+            TenantAdmin,
+            "tenant",
+            {"timezone": "UTC", "response_cache_ttl_seconds": "600"},
+        ),
+    }[kind]
+    save_form = model_admin.save_form
+
+    def deleted_meanwhile(self, request, form, change):
+        _committed_elsewhere(type(row).objects.filter(pk=row.pk).delete)
+        return save_form(self, request, form, change)
+
+    monkeypatch.setattr(model_admin, "save_form", deleted_meanwhile)
+
+    response = _admin(admin_user).post(
+        f"/admin/llm_providers/{url}/{row.pk}/change/",
+        {"name": "renamed", "expiry_date_0": "", "expiry_date_1": "", **data},
+    )
+
+    assert response.status_code == 404
+    assert not type(row).objects.filter(pk=row.pk).exists()

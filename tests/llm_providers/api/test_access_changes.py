@@ -663,3 +663,23 @@ def test_key_or_tenant_deleted_while_its_admin_change_page_is_saved_stays_delete
 
     assert response.status_code == 404
     assert not type(row).objects.filter(pk=row.pk).exists()
+
+
+def test_stream_in_flight_when_its_key_is_revoked_finishes_and_no_new_one_starts(
+    fake, tenant, service_key, admin_api
+):
+    tenant.response_cache_ttl_seconds = 0
+    tenant.save()
+    client = service_key_client(service_key)
+    streaming = client.post(COMPLETIONS, STREAMED_HELLO, format="json")
+    events = iter(streaming.streaming_content)
+    first = next(events).decode()
+    assert first.startswith("event: chunk")
+
+    revoked = admin_api.post(f"/api/v1/service-keys/{service_key.prefix}/revoke/")
+    rest = b"".join(events).decode()
+
+    assert revoked.json()["revoked"] is True
+    assert "event: done" in rest and "event: error" not in rest
+    assert CallLog.objects.filter(status=CallLog.Status.OK).count() == 1
+    _calls_refused(client, 401, "authentication_failed", "This service key has been revoked.")

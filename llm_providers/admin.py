@@ -32,7 +32,12 @@ from django.views.decorators.debug import sensitive_post_parameters
 from rest_framework_api_key.models import APIKey
 
 from .admin_display import utc_display, utc_field_display
-from .admin_scoping import NulSafeAdmin, TenantScopedAdmin, request_tenant_ids
+from .admin_scoping import (
+    NulSafeAdmin,
+    TenantScopedAdmin,
+    edited_fields_save,
+    request_tenant_ids,
+)
 from .api.history import (
     change_history_record_change,
     change_history_record_deactivation,
@@ -136,6 +141,9 @@ class _TenantDeletionCollector(NestedObjects):
         return related.none()
 
 
+_TENANT_FIELDS = frozenset(field.name for field in Tenant._meta.concrete_fields)
+
+
 @admin.register(Tenant)
 class TenantAdmin(NulSafeAdmin):
     """Superusers create and delete tenants; a tenant's admins edit its settings."""
@@ -237,7 +245,13 @@ class TenantAdmin(NulSafeAdmin):
         allowed = self.has_change_permission(request, obj) if change else request.user.is_superuser
         if not allowed:
             raise PermissionDenied("You do not administer this tenant.")
-        super().save_model(request, obj, form, change)
+        if not change:
+            super().save_model(request, obj, form, change)
+            return
+        # Only what the page edited: writing the whole row read at the start of
+        # the request back would undo a deactivation made meanwhile (e.g. by a
+        # superuser) and let the tenant's service keys work again.
+        edited_fields_save(obj, [name for name in form.changed_data if name in _TENANT_FIELDS])
 
 
 @admin.register(TenantMembership)
@@ -251,6 +265,18 @@ class TenantMembershipAdmin(TenantScopedAdmin):
     list_select_related = ("user", "tenant")
 
     created_at_utc = utc_field_display("created_at", "created")
+
+    def save_model(self, request, obj, form, change):
+        self.tenant_write_check(request, obj)
+        if not change:
+            super().save_model(request, obj, form, change)
+            return
+        # A membership removed meanwhile stays removed: the whole row written
+        # back would insert it again, and with it the user's access.
+        edited_fields_save(obj, [name for name in form.changed_data if name in _MEMBERSHIP_FIELDS])
+
+
+_MEMBERSHIP_FIELDS = frozenset(("user", "tenant", "role"))
 
 
 # --- provider configs -----------------------------------------------------------
@@ -850,6 +876,20 @@ class _KeyTimesInUtc:
         return utc_display(obj.expiry_date)
 
 
+def _key_edits_save(obj, form) -> None:
+    """Save what the change page edited of a key (its name, expiry, revocation).
+
+    Only the edited fields are written, and `revoked` only to revoke: the
+    key was read at the start of the request, and writing its whole row
+    back would undo a revocation made meanwhile (through the API or the
+    admin's action), letting a revoked key authenticate again.
+    """
+    fields = [name for name in form.changed_data if name != "revoked"]
+    if obj.revoked:
+        fields.append("revoked")
+    edited_fields_save(obj, fields)
+
+
 @admin.register(ServiceKey)
 class ServiceKeyAdmin(_SecretShownOnce, _KeyTimesInUtc, TenantScopedAdmin):
     """Keys with which internal programs call the API for one tenant.
@@ -885,8 +925,7 @@ class ServiceKeyAdmin(_SecretShownOnce, _KeyTimesInUtc, TenantScopedAdmin):
     def save_model(self, request, obj, form, change):
         self.tenant_write_check(request, obj)
         if change:
-            # Name, expiry and the revoked flag: plain fields, saved as edited.
-            super().save_model(request, obj, form, change)
+            _key_edits_save(obj, form)
             return
         created, secret = service_key_create(
             tenant=obj.tenant, name=obj.name, expiry_date=obj.expiry_date
@@ -987,8 +1026,7 @@ class UserTokenAdmin(_SecretShownOnce, _KeyTimesInUtc, NulSafeAdmin):
 
     def save_model(self, request, obj, form, change):
         if change:
-            # Name, expiry and the revoked flag: plain fields, saved as edited.
-            super().save_model(request, obj, form, change)
+            _key_edits_save(obj, form)
             return
         owner = obj.user if request.user.is_superuser else request.user
         created, token = user_token_create(user=owner, name=obj.name, expiry_date=obj.expiry_date)

@@ -15,6 +15,7 @@ from django.contrib.admin import helpers
 from django.contrib.admin.actions import delete_selected
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import Http404
 from django.template.defaultfilters import pluralize
 
 from .admin_display import provider_config_choices_labelled
@@ -30,6 +31,23 @@ def request_tenant_ids(request, *, role: str | None = None) -> set:
         cached = tenant_ids_for_user(request.user, role=role)
         setattr(request, attribute, cached)
     return cached
+
+
+def edited_fields_save(obj, fields) -> None:
+    """Write the `fields` a change page edited of `obj`, read at the start of its request.
+
+    Only those fields are written, so a change made meanwhile to any other
+    (a key revoked, a tenant deactivated) is not undone. The row is locked
+    first (the admin's change view runs in a transaction; FOR NO KEY UPDATE,
+    as the update itself takes): one deleted meanwhile answers 404 rather than
+    being inserted again by the save, a removed membership or key with it.
+    """
+    model = type(obj)
+    rows = model._base_manager.using(obj._state.db).filter(pk=obj.pk)
+    if rows.select_for_update(no_key=True).values_list("pk", flat=True).first() is None:
+        raise Http404(f"This {model._meta.verbose_name} was deleted meanwhile; nothing was saved.")
+    if fields:
+        obj.save(update_fields=fields)
 
 
 class NulSafeAdmin(admin.ModelAdmin):

@@ -9,6 +9,10 @@ Every presented token or key is an authentication attempt of the client
 address (`throttling.authentication_attempt`): one that fails counts against
 the address's `auth_failure` rate, and beyond that rate the address's
 credentials are refused with 429 `auth_throttled` before they are looked up.
+A genuine credential that is no longer accepted (revoked, expired, of an
+inactive user or tenant) is refused with 401 too, but is no guess and does
+not count: a program still calling with its revoked key must not lock its
+successor, or every other credential of its address, out.
 """
 
 from __future__ import annotations
@@ -39,12 +43,20 @@ class AuthenticationThrottled(exceptions.Throttled):
     summary = "Too many failed authentication attempts from this address; retry later."
 
 
+class CredentialRefused(exceptions.AuthenticationFailed):
+    """401 for a credential whose secret is right but which is no longer accepted.
+
+    Only its holder can present it, so it is not counted as a failed guess.
+    """
+
+
 def _attempt(request):
     """The checking of the request's credential, counted per client address."""
     return authentication_attempt(
         request,
         failure=exceptions.AuthenticationFailed,
         refusal=lambda wait: AuthenticationThrottled(wait=wait),
+        not_a_guess=CredentialRefused,
     )
 
 
@@ -65,10 +77,12 @@ class TokenAuthentication(authentication.TokenAuthentication):
 
     def authenticate_credentials(self, key):
         user_token = user_token_for_key(key=key) if _USER_TOKEN.fullmatch(key) else None
-        if user_token is None or user_token.revoked or user_token.has_expired:
+        if user_token is None:
             raise exceptions.AuthenticationFailed(INVALID_TOKEN)
+        if user_token.revoked or user_token.has_expired:
+            raise CredentialRefused(INVALID_TOKEN)
         if not user_token.user.is_active:
-            raise exceptions.AuthenticationFailed("User inactive or deleted.")
+            raise CredentialRefused("User inactive or deleted.")
         return user_token.user, user_token
 
 
@@ -124,11 +138,11 @@ class ServiceKeyAuthentication(authentication.BaseAuthentication):
         if service_key is None or not service_key.is_valid(key):
             raise exceptions.AuthenticationFailed("Invalid service key.")
         if service_key.revoked:
-            raise exceptions.AuthenticationFailed("This service key has been revoked.")
+            raise CredentialRefused("This service key has been revoked.")
         if service_key.has_expired:
-            raise exceptions.AuthenticationFailed("This service key has expired.")
+            raise CredentialRefused("This service key has expired.")
         if not service_key.tenant.is_active:
-            raise exceptions.AuthenticationFailed("The tenant of this service key is inactive.")
+            raise CredentialRefused("The tenant of this service key is inactive.")
         return ServiceKeyPrincipal(service_key), service_key
 
     def authenticate_header(self, request) -> str:

@@ -222,6 +222,7 @@ def authentication_attempt(
     *,
     failure: type[BaseException] | tuple[type[BaseException], ...],
     refusal: Callable[[float], BaseException],
+    not_a_guess: type[BaseException] | tuple[type[BaseException], ...] = (),
 ) -> Iterator[None]:
     """Check a presented credential in the block, counting it as failed unless it succeeds.
 
@@ -232,14 +233,19 @@ def authentication_attempt(
     gains nothing, and concurrent attempts never pass beyond the rate. The
     block ending in `failure` leaves the attempt counted; ending otherwise (the
     credential was good, or checking it broke for another reason) takes it
-    out again. Nothing of the credential is in the count: it is kept under
-    the address.
+    out again, and so does ending in `not_a_guess`: a refusal of a credential
+    that is right but no longer accepted (revoked, expired), which only its
+    holder can present. Nothing of the credential is in the count: it is kept
+    under the address.
     """
     throttle = AuthFailureThrottle()
     if not throttle.allow_request(request, None):
         raise refusal(throttle.wait())
     try:
         yield
+    except not_a_guess:
+        throttle.uncount()
+        raise
     except failure:
         raise
     except BaseException:

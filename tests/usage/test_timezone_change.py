@@ -5,14 +5,18 @@ import threading
 import uuid
 from decimal import Decimal
 from unittest import mock
+from zoneinfo import ZoneInfo
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import Sum
+from django.urls import reverse
+from django.utils import timezone
 
-from tests.factories import BudgetFactory, CallLogFactory, TenantFactory
+from llm_providers.models import Tenant, TenantMembership
+from tests.factories import BudgetFactory, CallLogFactory, ProviderConfigFactory, TenantFactory
 from usage.budget import BudgetExceeded, budget_reserve, budget_settle
-from usage.models import Budget, CallLog, CostAlert, DailyUsage
+from usage.models import Budget, CallLog, CostAlert, DailyUsage, DailyUsageRecount
 from usage.periods import DAILY, MONTHLY, period_containing
 
 # New Year's Day, 05:00 UTC: in UTC-12 it is still 31 December, 17:00, so the
@@ -153,3 +157,199 @@ def test_zone_change_saved_outside_a_transaction_is_never_seen_without_its_recou
     assert DailyUsage.objects.filter(tenant=tenant).aggregate(total=Sum("cost_usd")) == {
         "total": Decimal("6")
     }
+
+
+def _tenant_form(tenant, **changes):
+    return {
+        "name": tenant.name,
+        "slug": tenant.slug,
+        "is_active": "on",
+        "timezone": tenant.timezone,
+        "response_cache_ttl_seconds": str(tenant.response_cache_ttl_seconds),
+        **changes,
+    }
+
+
+def _calls_over_four_days(tenant, now):
+    """A call every five hours over four days, each of its own cost; one provider config."""
+    config = ProviderConfigFactory(tenant=tenant)
+    for index in range(20):
+        CallLogFactory(
+            tenant=tenant,
+            provider_config=config,
+            cost_usd=Decimal(index + 1) / 1000,
+            created_at=now - dt.timedelta(hours=5 * index),
+        )
+
+
+def _logged_by_day(tenant, zone_name):
+    """(requests, cost) per local day of `zone_name`, straight from CallLog."""
+    days = {}
+    for moment, cost in CallLog.objects.filter(tenant=tenant).values_list("created_at", "cost_usd"):
+        day = moment.astimezone(ZoneInfo(zone_name)).date()
+        requests, total = days.get(day, (0, Decimal(0)))
+        days[day] = (requests + 1, total + cost)
+    return days
+
+
+@pytest.mark.django_db
+def test_reports_after_a_zone_change_in_the_admin_count_the_new_zones_days(
+    admin_client, django_capture_on_commit_callbacks
+):
+    from tests.api.fixtures import token_client
+    from tests.factories import TenantMembershipFactory, UserFactory
+    from usage.aggregation import daily_usage_recompute
+    from usage.selectors import usage_dashboard
+
+    # given a UTC tenant's calls over four days, aggregated in UTC
+    now = timezone.now()
+    tenant = TenantFactory(slug="acme", timezone="UTC")
+    _calls_over_four_days(tenant, now)
+    daily_usage_recompute(
+        first_day=now.date() - dt.timedelta(days=5), last_day=now.date(), tenant=tenant
+    )
+
+    # when an admin moves the tenant to Tokyo
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_client.post(
+            reverse("admin:llm_providers_tenant_change", args=[tenant.pk]),
+            _tenant_form(tenant, timezone="Asia/Tokyo"),
+        )
+    assert response.status_code == 302
+
+    # then every report counts the call logs by Tokyo's days
+    logged = _logged_by_day(tenant, "Asia/Tokyo")
+    today = now.astimezone(ZoneInfo("Asia/Tokyo")).date()
+    window = [today - dt.timedelta(days=offset) for offset in range(6, -1, -1)]
+    expected = [(str(day), *logged.get(day, (0, Decimal(0)))) for day in window]
+    assert sum(requests for _, requests, _ in expected) == 20
+    api = token_client(
+        TenantMembershipFactory(
+            tenant=tenant, user=UserFactory(), role=TenantMembership.Role.VIEWER
+        ).user
+    )
+    by_days = api.get("/api/v1/usage/daily/", {"days": 7}).json()
+    by_range = api.get(
+        "/api/v1/usage/daily/", {"start": str(window[0]), "end": str(window[-1])}
+    ).json()
+    for body in (by_days, by_range):
+        assert body["timezone"] == "Asia/Tokyo"
+        assert [(d["day"], d["requests"], Decimal(d["cost_usd"])) for d in body["days"]] == (
+            expected
+        )
+    summary = api.get("/api/v1/usage/summary/", {"days": 2}).json()
+    assert (summary["totals"]["requests"], Decimal(summary["totals"]["cost_usd"])) == (
+        sum(r for _, r, _ in expected[-2:]),
+        sum(c for _, _, c in expected[-2:]),
+    )
+    dashboard = usage_dashboard(tenant=Tenant.objects.get(pk=tenant.pk), days=7)
+    assert [(str(day), requests, cost) for day, cost, requests in dashboard.daily] == expected
+    # and DailyUsage holds exactly those days, nothing of the UTC ones
+    stored = {
+        row["day"]: (row["requests"], row["cost"])
+        for row in DailyUsage.objects.filter(tenant=tenant)
+        .values("day")
+        .annotate(requests=Sum("request_count"), cost=Sum("cost_usd"))
+    }
+    assert stored == logged
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "name",
+    ["Mars/Olympus", "asia/tokyo", "posix/Asia/Tokyo", "Asia/../Asia/Tokyo", "", "x" * 65],
+)
+def test_unknown_time_zone_in_the_admin_is_refused_and_nothing_changes(admin_client, name):
+    # given a UTC tenant with a day of usage counted
+    now = timezone.now()
+    tenant = TenantFactory(timezone="UTC")
+    CallLogFactory(tenant=tenant, created_at=now)
+    BudgetFactory(tenant=tenant)
+    from usage.aggregation import daily_usage_recompute
+
+    daily_usage_recompute(first_day=now.date(), last_day=now.date(), tenant=tenant)
+    before = list(DailyUsage.objects.values_list("day", "request_count", "cost_usd"))
+
+    # when an admin enters a zone name that is not one
+    response = admin_client.post(
+        reverse("admin:llm_providers_tenant_change", args=[tenant.pk]),
+        _tenant_form(tenant, timezone=name),
+    )
+
+    # then the form says so, and the tenant and its usage are as they were
+    assert response.status_code == 200
+    errors = response.context["adminform"].form.errors["timezone"]
+    if not name:
+        assert errors == ["This field is required."]
+    elif len(name) > 64:
+        assert errors == ["Ensure this value has at most 64 characters (it has 65)."]
+    else:
+        assert errors == [f"“{name}” is not a known time zone, e.g. UTC or Europe/Paris."]
+    assert Tenant.objects.get(pk=tenant.pk).timezone == "UTC"
+    assert not DailyUsageRecount.objects.exists()
+    assert list(DailyUsage.objects.values_list("day", "request_count", "cost_usd")) == before
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_zone_change_during_a_periodic_aggregation_ends_with_the_new_zones_days(settings, workers):
+    from usage import aggregation
+    from usage.aggregation import daily_usage_recompute, daily_usage_recompute_recent
+
+    # given two UTC tenants' calls over four days, aggregated in UTC
+    settings.USAGE_AGGREGATION_WORKERS = workers
+    now = timezone.now()
+    moved, stays = TenantFactory(timezone="UTC"), TenantFactory(timezone="UTC")
+    for tenant in (moved, stays):
+        _calls_over_four_days(tenant, now)
+    daily_usage_recompute(first_day=now.date() - dt.timedelta(days=5), last_day=now.date())
+    windows_read, zone_changed = threading.Event(), threading.Event()
+    errors = []
+    recompute = aggregation._recompute
+
+    def recompute_once_the_zone_changed(**kwargs):
+        # The aggregation has read the tenants' zones under its lock.
+        windows_read.set()
+        assert zone_changed.wait(timeout=30)
+        return recompute(**kwargs)
+
+    def periodic_aggregation():
+        try:
+            with mock.patch.object(aggregation, "_recompute", recompute_once_the_zone_changed):
+                daily_usage_recompute_recent(now=now)
+        except Exception as exc:  # any error fails the test below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    # when one tenant moves to UTC-12 while a periodic aggregation runs: the
+    # change commits after the aggregation read the zones, and its recount
+    # (queued on commit, run at once) waits for the aggregation's lock
+    worker = threading.Thread(target=periodic_aggregation)
+    worker.start()
+    assert windows_read.wait(timeout=30)
+    with transaction.atomic():
+        transaction.on_commit(zone_changed.set)
+        tenant = Tenant.objects.get(pk=moved.pk)
+        tenant.timezone = _WEST
+        tenant.save()
+    worker.join(timeout=60)
+    assert errors == []
+
+    # then each tenant's DailyUsage is its call logs by the days of its zone
+    # now, and another aggregation finds nothing to change
+    def stored(tenant):
+        return {
+            row["day"]: (row["requests"], row["cost"])
+            for row in DailyUsage.objects.filter(tenant=tenant)
+            .values("day")
+            .annotate(requests=Sum("request_count"), cost=Sum("cost_usd"))
+        }
+
+    assert stored(moved) == _logged_by_day(moved, _WEST)
+    assert stored(stays) == _logged_by_day(stays, "UTC")
+    assert not DailyUsageRecount.objects.exists()
+    again = daily_usage_recompute_recent(now=now + dt.timedelta(seconds=1))
+    assert (again.written, again.removed) == (0, 0)
+    assert stored(moved) == _logged_by_day(moved, _WEST)

@@ -353,3 +353,48 @@ def test_zone_change_during_a_periodic_aggregation_ends_with_the_new_zones_days(
     again = daily_usage_recompute_recent(now=now + dt.timedelta(seconds=1))
     assert (again.written, again.removed) == (0, 0)
     assert stored(moved) == _logged_by_day(moved, _WEST)
+
+
+@pytest.mark.django_db
+def test_budget_alert_is_once_per_calendar_period_across_zone_changes(settings):
+    from usage.aggregation import daily_usage_recompute_recent, daily_usage_recount_pending
+    from usage.alerts import budget_thresholds_check
+
+    def check(now):
+        daily_usage_recompute_recent(now=now)
+        daily_usage_recount_pending(now=now)
+        return [(a.period_key, a.percent) for a in budget_thresholds_check(now=now)]
+
+    # given a UTC tenant's $10 daily budget alerting at 50 % and 100 %, which
+    # alerted at 50 % for June 15 with $6 spent at 09:00 UTC
+    settings.USAGE_AGGREGATION_LOOKBACK_MINUTES = 120
+    tenant = TenantFactory(timezone="UTC")
+    BudgetFactory(
+        tenant=tenant,
+        period=Budget.Period.DAILY,
+        limit_usd=Decimal("10"),
+        alert_percentages=[50, 100],
+    )
+    ten = dt.datetime(2026, 6, 15, 10, 0, tzinfo=dt.UTC)
+    CallLogFactory(tenant=tenant, cost_usd=Decimal("6"), created_at=ten - dt.timedelta(hours=1))
+    assert check(ten) == [("2026-06-15", 50)]
+
+    # when it moves to Paris, where it is June 15 too, with the same $6 in the day
+    tenant.timezone = "Europe/Paris"
+    tenant.save()
+    # then June 15 has alerted at 50 % already
+    assert check(ten) == []
+
+    # when it moves on to Kiritimati (UTC+14), where June 16 began at 10:00 UTC,
+    # and $5 more is spent at 10:30 UTC
+    tenant.timezone = "Pacific/Kiritimati"
+    tenant.save()
+    eleven = ten + dt.timedelta(hours=1)
+    CallLogFactory(tenant=tenant, cost_usd=Decimal("5"), created_at=ten + dt.timedelta(minutes=30))
+
+    # then June 16 is a period of its own and alerts at 50 %; June 15, still
+    # within the lookback and holding the first $6 there, does not alert again
+    assert check(eleven) == [("2026-06-16", 50)]
+    assert list(
+        CostAlert.objects.order_by("pk").values_list("period_key", "percent", "spend_usd")
+    ) == [("2026-06-15", 50, Decimal("6")), ("2026-06-16", 50, Decimal("5"))]

@@ -132,6 +132,15 @@ class Tenant(LockedDeleteModel):
     def __str__(self) -> str:
         return self.name
 
+    def save(self, *args, **kwargs):
+        # What a save's signals write for it commits with it, even outside an
+        # atomic block: a new time zone's recount request (usage.invalidation)
+        # must never be missing while the zone is seen, or an aggregation and
+        # alert check in between would count some hours in both zones.
+        using = kwargs.get("using") or router.db_for_write(type(self), instance=self)
+        with transaction.atomic(using=using, savepoint=False):
+            super().save(*args, **kwargs)
+
     @classmethod
     def rows_lock_for_delete(cls, using: str, pks) -> None:
         # Call logs and alerts lock their tenant; budget counters only their budget.

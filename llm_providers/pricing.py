@@ -181,12 +181,14 @@ def cost_for_usage(*, usage: Usage, price: Price, at: datetime | None = None) ->
     # (cache parts inside input, reasoning inside output). A server that counts
     # cached tokens outside its input reports more of them than input tokens,
     # which genai-prices refuses: every input token is then a cached one, as
-    # in _flat_cost.
+    # in _flat_cost. The 1-hour part of the cache writes is priced at its own
+    # rate where genai-prices has one (the cache write rate otherwise).
     genai_usage = GenaiUsage(
         input_tokens=max(usage.input_tokens, usage.cache_read_tokens + usage.cache_write_tokens),
         output_tokens=usage.output_tokens,
         cache_read_tokens=usage.cache_read_tokens,
         cache_write_tokens=usage.cache_write_tokens,
+        cache_write_1h_tokens=usage.cache_write_1h_tokens,
     )
     return model_price.calc_price(genai_usage)["total_price"]
 

@@ -238,6 +238,45 @@ def test_stream_prices_anthropic_from_the_last_cumulative_delta(tenant, anthropi
     assert _only_log(chunks.result).cost_usd == ANTHROPIC_GOLDEN
 
 
+# The 500 tokens written of the golden above, 200 of them to the 1-hour cache
+# ($10 per million for claude-opus-4-7, against $6.25 for 5 minutes):
+# 1,000 + 500 + 300 × 6.25 + 200 × 10 + 7,500 = 12,875 per million.
+ANTHROPIC_1H_GOLDEN = Decimal("0.012875")
+
+
+def test_complete_prices_anthropic_one_hour_cache_writes_at_their_rate(tenant, anthropic_upstream):
+    _anthropic(tenant, anthropic_upstream)
+    anthropic_upstream.enqueue_message(
+        "Hi", model=ANTHROPIC_MODEL, input_tokens=200, cache_read_tokens=1000,
+        cache_write_tokens=500, cache_write_1h_tokens=200, output_tokens=300,
+    )  # fmt: skip
+
+    result = complete(tenant=tenant, messages=HELLO)
+
+    assert result.cost_usd == ANTHROPIC_1H_GOLDEN
+    assert _only_log(result).cost_usd == ANTHROPIC_1H_GOLDEN
+    assert result.usage.cache_write_tokens == 500
+    assert result.usage.cache_write_1h_tokens == 200
+
+
+def test_stream_prices_anthropic_one_hour_cache_writes_reported_at_the_start(
+    tenant, anthropic_upstream
+):
+    _anthropic(tenant, anthropic_upstream)
+    anthropic_upstream.enqueue_message_stream(
+        ["H", "i"], model=ANTHROPIC_MODEL, input_tokens=200, cache_read_tokens=1000,
+        cache_write_tokens=500, cache_write_1h_tokens=200, output_tokens=300,
+        output_token_steps=[100, 300],
+    )  # fmt: skip
+
+    chunks = stream(tenant=tenant, messages=HELLO)
+
+    assert "".join(chunks) == "Hi"
+    assert chunks.result.cost_usd == ANTHROPIC_1H_GOLDEN
+    assert _only_log(chunks.result).cost_usd == ANTHROPIC_1H_GOLDEN
+    assert chunks.result.usage.cache_write_1h_tokens == 200
+
+
 def test_stream_broken_after_text_records_the_prompt_usage_anthropic_reported(
     tenant, anthropic_upstream
 ):

@@ -367,6 +367,42 @@ def test_stream_prices_bedrock_usage_from_metadata_event(tenant, bedrock_upstrea
     assert chunks.result.cost_usd == BEDROCK_GOLDEN
 
 
+# Bedrock us.anthropic.claude-sonnet-4-5 (a regional profile): $3.30 input,
+# $0.33 cache read, $4.125 cache write for 5 minutes, $6.60 for an hour,
+# $16.50 output. 200 uncached + 1,000 read + 300 written for 5 minutes + 200
+# for an hour, 300 out: 660 + 330 + 1,237.5 + 1,320 + 4,950 = 8,497.5 per million.
+BEDROCK_1H_MODEL = "us.anthropic.claude-sonnet-4-5-20250929-v1:0"
+BEDROCK_1H_GOLDEN = Decimal("0.0084975")
+
+
+def test_complete_prices_bedrock_one_hour_cache_writes_at_their_rate(tenant, bedrock_upstream):
+    _bedrock(tenant, bedrock_upstream)
+    bedrock_upstream.enqueue_converse(
+        "Hi", input_tokens=200, cache_read_tokens=1000, cache_write_tokens=500,
+        cache_write_1h_tokens=200, output_tokens=300,
+    )  # fmt: skip
+
+    result = complete(tenant=tenant, messages=HELLO, model=BEDROCK_1H_MODEL)
+
+    assert result.cost_usd == BEDROCK_1H_GOLDEN
+    assert _only_log(result).cost_usd == BEDROCK_1H_GOLDEN
+    assert (result.usage.cache_write_tokens, result.usage.cache_write_1h_tokens) == (500, 200)
+
+
+def test_stream_prices_bedrock_one_hour_cache_writes_from_metadata_event(tenant, bedrock_upstream):
+    _bedrock(tenant, bedrock_upstream)
+    bedrock_upstream.enqueue_converse_stream(
+        ["H", "i"], input_tokens=200, cache_read_tokens=1000, cache_write_tokens=500,
+        cache_write_1h_tokens=200, output_tokens=300,
+    )  # fmt: skip
+
+    chunks = stream(tenant=tenant, messages=HELLO, model=BEDROCK_1H_MODEL)
+
+    assert "".join(chunks) == "Hi"
+    assert chunks.result.cost_usd == BEDROCK_1H_GOLDEN
+    assert _only_log(chunks.result).cost_usd == BEDROCK_1H_GOLDEN
+
+
 def test_complete_records_unpriced_model_as_unknown(tenant, openai_upstream):
     _config(
         tenant,

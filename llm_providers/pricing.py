@@ -176,7 +176,10 @@ def cost_for_usage(*, usage: Usage, price: Price, at: datetime | None = None) ->
     if price.genai_model is None:
         return _flat_cost(usage, price)
     at = at or datetime.now(UTC)
-    model_price = price.genai_model.get_prices(at)
+    # The tier the provider served the call at selects its rates (OpenAI's
+    # priority tier costs more than the default one, flex less).
+    context = {"service_tier": usage.service_tier} if usage.service_tier else None
+    model_price = price.genai_model.get_prices(at, context)
     # genai-prices counts input and output the way adapters.types.Usage does
     # (cache parts inside input, reasoning inside output). A server that counts
     # cached tokens outside its input reports more of them than input tokens,

@@ -29,7 +29,9 @@ class Usage:
     and Bedrock charge more for it). `output_tokens` counts everything
     generated, reasoning included; `reasoning_tokens` is that part. (OpenAI
     reports this way already; Anthropic and Bedrock report input without the
-    cache parts, and their adapters add them back.)
+    cache parts, and their adapters add them back.) `service_tier` is the
+    processing tier the provider says served the call (OpenAI's `priority`,
+    `flex`, `default`), which prices its tokens; empty when none is named.
     """
 
     input_tokens: int = 0
@@ -38,6 +40,7 @@ class Usage:
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
     cache_write_1h_tokens: int = 0
+    service_tier: str = ""
 
     @property
     def total_tokens(self) -> int:

@@ -142,6 +142,54 @@ def test_complete_prices_azure_deployment_by_model(tenant, openai_upstream):
     assert result.cost_usd == OPENAI_GOLDEN
 
 
+# OpenAI gpt-4.1 served at the priority tier, which the project's settings at
+# OpenAI can make its default: $3.50 input, $0.875 cached input, $14 output
+# per million (default tier: $2, $0.50, $8). 1,200 prompt tokens of which
+# 1,000 cached, 300 completion tokens:
+# 200 × 3.50 + 1,000 × 0.875 + 300 × 14 = 5,775 per million.
+OPENAI_PRIORITY_GOLDEN = Decimal("0.005775")
+
+
+def test_complete_prices_openai_at_the_service_tier_that_served_the_call(tenant, openai_upstream):
+    _openai(tenant, openai_upstream)
+    openai_upstream.enqueue_chat(
+        "Hi", model="gpt-4.1-2025-04-14", prompt_tokens=1200, cached_tokens=1000,
+        completion_tokens=300, service_tier="priority",
+    )  # fmt: skip
+
+    result = complete(tenant=tenant, messages=HELLO, model="gpt-4.1")
+
+    assert result.cost_usd == OPENAI_PRIORITY_GOLDEN
+    assert _only_log(result).cost_usd == OPENAI_PRIORITY_GOLDEN
+
+
+def test_stream_prices_openai_at_the_service_tier_its_chunks_name(tenant, openai_upstream):
+    _openai(tenant, openai_upstream)
+    openai_upstream.enqueue_chat_stream(
+        ["H", "i"], model="gpt-4.1-2025-04-14", prompt_tokens=1200, cached_tokens=1000,
+        completion_tokens=300, service_tier="priority",
+    )  # fmt: skip
+
+    chunks = stream(tenant=tenant, messages=HELLO, model="gpt-4.1")
+
+    assert "".join(chunks) == "Hi"
+    assert chunks.result.cost_usd == OPENAI_PRIORITY_GOLDEN
+    assert _only_log(chunks.result).cost_usd == OPENAI_PRIORITY_GOLDEN
+
+
+def test_complete_prices_openai_default_service_tier_at_the_standard_rates(tenant, openai_upstream):
+    _openai(tenant, openai_upstream)
+    openai_upstream.enqueue_chat(
+        "Hi", model="gpt-4.1-2025-04-14", prompt_tokens=1200, cached_tokens=1000,
+        completion_tokens=300, service_tier="default",
+    )  # fmt: skip
+
+    result = complete(tenant=tenant, messages=HELLO, model="gpt-4.1")
+
+    # 200 × 2 + 1,000 × 0.50 + 300 × 8 = 3,300 per million.
+    assert result.cost_usd == _only_log(result).cost_usd == Decimal("0.0033")
+
+
 # Anthropic claude-opus-4-7: $5 input, $0.50 cache read, $6.25 cache write,
 # $25 output. 200 uncached + 1,000 read + 500 written, 300 out:
 # 1,000 + 500 + 3,125 + 7,500 = 12,125 per million.

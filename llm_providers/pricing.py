@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from decimal import Decimal
+from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
 
 from django.db.models import Q
 from genai_prices import Usage as GenaiUsage
@@ -22,6 +22,11 @@ from .models import ModelPrice
 from .provider_types import provider_type_spec
 
 _PER_MILLION = Decimal(1_000_000)
+# Costs are kept to the pico-dollar, as CallLog stores them: genai-prices has
+# rates finer than a micro-dollar per million tokens, whose costs would
+# otherwise differ between a call's result and its log row. A half rounds
+# away from zero, as PostgreSQL rounds it.
+_PICO_DOLLAR = Decimal("1e-12")
 # Google names its models "models/<id>" in its OpenAI-compatible models
 # list, which is where tenants copy names from; genai-prices knows the id.
 _GOOGLE_MODEL_PREFIX = "models/"
@@ -170,9 +175,13 @@ def _flat_cost(usage: Usage, price: Price) -> Decimal:
 
 
 def cost_for_usage(*, usage: Usage, price: Price, at: datetime | None = None) -> Decimal | None:
-    """Exact USD cost of `usage` at `price`; None when the price is unknown."""
+    """USD cost of `usage` at `price`, exact to the pico-dollar; None when the price is unknown."""
     if not price.known:
         return None
+    return _cost(usage, price, at).quantize(_PICO_DOLLAR, rounding=ROUND_HALF_UP)
+
+
+def _cost(usage: Usage, price: Price, at: datetime | None) -> Decimal:
     if price.genai_model is None:
         return _flat_cost(usage, price)
     at = at or datetime.now(UTC)
@@ -197,7 +206,9 @@ def cost_for_usage(*, usage: Usage, price: Price, at: datetime | None = None) ->
 
 
 def cost_worst_case(*, price: Price, input_tokens: int, max_output_tokens: int) -> Decimal | None:
-    """What a call can cost at most: its counted input plus max_tokens of output."""
-    return cost_for_usage(
-        usage=Usage(input_tokens=input_tokens, output_tokens=max_output_tokens), price=price
-    )
+    """What a call can cost at most: its counted input plus max_tokens of output
+    (rounded up to the pico-dollar, being a bound)."""
+    if not price.known:
+        return None
+    usage = Usage(input_tokens=input_tokens, output_tokens=max_output_tokens)
+    return _cost(usage, price, None).quantize(_PICO_DOLLAR, rounding=ROUND_CEILING)

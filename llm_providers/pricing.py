@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from decimal import Decimal
+from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
 
 from django.db.models import Q
 from genai_prices import Usage as GenaiUsage
@@ -22,6 +22,11 @@ from .models import ModelPrice
 from .provider_types import provider_type_spec
 
 _PER_MILLION = Decimal(1_000_000)
+# Costs are kept to the pico-dollar, as CallLog stores them: genai-prices has
+# rates finer than a micro-dollar per million tokens, whose costs would
+# otherwise differ between a call's result and its log row. A half rounds
+# away from zero, as PostgreSQL rounds it.
+_PICO_DOLLAR = Decimal("1e-12")
 # Google names its models "models/<id>" in its OpenAI-compatible models
 # list, which is where tenants copy names from; genai-prices knows the id.
 _GOOGLE_MODEL_PREFIX = "models/"
@@ -170,29 +175,40 @@ def _flat_cost(usage: Usage, price: Price) -> Decimal:
 
 
 def cost_for_usage(*, usage: Usage, price: Price, at: datetime | None = None) -> Decimal | None:
-    """Exact USD cost of `usage` at `price`; None when the price is unknown."""
+    """USD cost of `usage` at `price`, exact to the pico-dollar; None when the price is unknown."""
     if not price.known:
         return None
+    return _cost(usage, price, at).quantize(_PICO_DOLLAR, rounding=ROUND_HALF_UP)
+
+
+def _cost(usage: Usage, price: Price, at: datetime | None) -> Decimal:
     if price.genai_model is None:
         return _flat_cost(usage, price)
     at = at or datetime.now(UTC)
-    model_price = price.genai_model.get_prices(at)
+    # The tier the provider served the call at selects its rates (OpenAI's
+    # priority tier costs more than the default one, flex less).
+    context = {"service_tier": usage.service_tier} if usage.service_tier else None
+    model_price = price.genai_model.get_prices(at, context)
     # genai-prices counts input and output the way adapters.types.Usage does
     # (cache parts inside input, reasoning inside output). A server that counts
     # cached tokens outside its input reports more of them than input tokens,
     # which genai-prices refuses: every input token is then a cached one, as
-    # in _flat_cost.
+    # in _flat_cost. The 1-hour part of the cache writes is priced at its own
+    # rate where genai-prices has one (the cache write rate otherwise).
     genai_usage = GenaiUsage(
         input_tokens=max(usage.input_tokens, usage.cache_read_tokens + usage.cache_write_tokens),
         output_tokens=usage.output_tokens,
         cache_read_tokens=usage.cache_read_tokens,
         cache_write_tokens=usage.cache_write_tokens,
+        cache_write_1h_tokens=usage.cache_write_1h_tokens,
     )
     return model_price.calc_price(genai_usage)["total_price"]
 
 
 def cost_worst_case(*, price: Price, input_tokens: int, max_output_tokens: int) -> Decimal | None:
-    """What a call can cost at most: its counted input plus max_tokens of output."""
-    return cost_for_usage(
-        usage=Usage(input_tokens=input_tokens, output_tokens=max_output_tokens), price=price
-    )
+    """What a call can cost at most: its counted input plus max_tokens of output
+    (rounded up to the pico-dollar, being a bound)."""
+    if not price.known:
+        return None
+    usage = Usage(input_tokens=input_tokens, output_tokens=max_output_tokens)
+    return _cost(usage, price, None).quantize(_PICO_DOLLAR, rounding=ROUND_CEILING)

@@ -61,6 +61,20 @@ def _cache_key(
     return "resp:" + hashlib.sha256(scope.encode("utf-8")).hexdigest()
 
 
+# The token counts an entry keeps: what a hit reports (it costs nothing, so
+# the figures that only price a call, such as the 1-hour part of the cache
+# writes or the service tier, are left out). Entries are read by every
+# process sharing the cache, those of the previous release too, which build
+# their Usage from these names; fields a reader does not know are skipped.
+_STORED_USAGE = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+)
+
+
 def response_cache_get(
     *,
     tenant_id,
@@ -94,7 +108,9 @@ def response_cache_get(
         return None
     return ChatResult(
         content=stored["content"],
-        usage=Usage(**stored["usage"]),
+        usage=Usage(
+            **{name: stored["usage"][name] for name in _STORED_USAGE if name in stored["usage"]}
+        ),
         model=stored["model"],
         finish_reason=stored["finish_reason"],
         tool_calls=[ToolCall(**call) for call in stored["tool_calls"]],
@@ -116,7 +132,7 @@ def response_cache_set(
         return
     stored: dict[str, Any] = {
         "content": result.content,
-        "usage": asdict(result.usage),
+        "usage": {name: getattr(result.usage, name) for name in _STORED_USAGE},
         "model": result.model,
         "finish_reason": result.finish_reason,
         "tool_calls": [asdict(call) for call in result.tool_calls],

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from decimal import ROUND_CEILING, ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal
+from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
 
 # Counters count nano-dollars (1e-9 USD), and a period total stays far below
 # 2**53 (Lua numbers) up to $9 million; the pico-dollars of costs finer than
@@ -25,11 +25,12 @@ def usd_to_nano_and_pico(amount: Decimal | None) -> tuple[int, int]:
     Stored costs have 12 decimals (pico-dollars): a price with more than three
     decimals per million tokens ($0.0375) gives costs finer than a nano-dollar,
     which counters keep apart so that their sum stays exact. Rounded to 12
-    decimals as the database stores the cost.
+    decimals as the database stores the cost (PostgreSQL rounds a half away
+    from zero), so that a counter rebuilt from CallLog finds the same sum.
     """
     if not amount:
         return 0, 0
-    pico = int((Decimal(amount) * _PICO).to_integral_value(rounding=ROUND_HALF_EVEN))
+    pico = int((Decimal(amount) * _PICO).to_integral_value(rounding=ROUND_HALF_UP))
     return divmod(pico, 1000)
 
 

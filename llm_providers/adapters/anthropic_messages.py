@@ -11,9 +11,11 @@ the API: requests without one get `DEFAULT_MAX_TOKENS`. `temperature` and
 every sampling parameter.
 
 Usage: `input_tokens` excludes cache reads and writes, so they are added back;
-in a stream, usage starts in `message_start` and each `message_delta` carries
-cumulative figures that replace the earlier ones. Text chunks carry the usage
-known so far, so that a stream ending early keeps the prompt's real tokens.
+`cache_creation.ephemeral_1h_input_tokens` is the part of the writes kept for
+an hour, which costs more than the 5-minute ones. In a stream, usage starts
+in `message_start` and each `message_delta` carries cumulative figures that
+replace the earlier ones. Text chunks carry the usage known so far, so that a
+stream ending early keeps the prompt's real tokens.
 """
 
 from __future__ import annotations
@@ -393,6 +395,12 @@ def _usage_fields(usage: Any) -> dict[str, int]:
         value = getattr(usage, name, None)
         if value is not None:
             fields[name] = value
+    # Cache writes by lifetime, in message_start and non-streamed messages:
+    # `cache_creation_input_tokens` adds the 5-minute and 1-hour ones up.
+    creation = getattr(usage, "cache_creation", None)
+    one_hour = getattr(creation, "ephemeral_1h_input_tokens", None)
+    if one_hour is not None:
+        fields["cache_write_1h_tokens"] = one_hour
     details = getattr(usage, "output_tokens_details", None)
     thinking = getattr(details, "thinking_tokens", None)
     if thinking is not None:
@@ -413,5 +421,6 @@ def _usage(fields: dict[str, int]) -> Usage:
         output_tokens=fields.get("output_tokens", 0),
         cache_read_tokens=cache_read,
         cache_write_tokens=cache_write,
+        cache_write_1h_tokens=min(fields.get("cache_write_1h_tokens", 0), cache_write),
         reasoning_tokens=fields.get("thinking_tokens", 0),
     )

@@ -25,8 +25,9 @@ are a different Bedrock API (InvokeModel with per-model bodies) and are not
 offered here.
 
 Usage: `inputTokens` excludes `cacheReadInputTokens` and
-`cacheWriteInputTokens`, so they are added back; ConverseStream reports
-usage in its closing `metadata` event.
+`cacheWriteInputTokens`, so they are added back; `cacheDetails` splits the
+writes by lifetime, and those kept for an hour ("1h") cost more than the
+5-minute ones. ConverseStream reports usage in its closing `metadata` event.
 """
 
 from __future__ import annotations
@@ -571,9 +572,15 @@ def _bedrock_tool(tool: dict[str, Any]) -> dict[str, Any]:
 def _usage(usage: dict[str, Any]) -> Usage:
     cache_read = usage.get("cacheReadInputTokens") or 0
     cache_write = usage.get("cacheWriteInputTokens") or 0
+    one_hour = sum(
+        detail.get("inputTokens") or 0
+        for detail in usage.get("cacheDetails") or ()
+        if isinstance(detail, dict) and detail.get("ttl") == "1h"
+    )
     return Usage(
         input_tokens=(usage.get("inputTokens") or 0) + cache_read + cache_write,
         output_tokens=usage.get("outputTokens") or 0,
         cache_read_tokens=cache_read,
         cache_write_tokens=cache_write,
+        cache_write_1h_tokens=min(one_hour, cache_write),
     )

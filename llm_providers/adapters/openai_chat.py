@@ -6,7 +6,9 @@ Usage arrives normalised already: `prompt_tokens` includes the cached tokens
 tokens (`completion_tokens_details.reasoning_tokens`). Streams ask for
 `stream_options={"include_usage": True}` (Mistral, which refuses the field,
 sends usage unasked; Azure API versions before 2024-09-01 refuse it and send
-none, so the usage is estimated) and read the usage chunk at the end.
+none, so the usage is estimated) and read the usage chunk at the end. The
+answer's `service_tier` (every chunk of a stream names it) goes with the
+usage, as the tier sets the price.
 """
 
 from __future__ import annotations
@@ -256,7 +258,7 @@ class OpenAIChatAdapter(Adapter):
         ]
         estimated = response.usage is None
         if not estimated:
-            usage = usage_from_openai(response.usage)
+            usage = usage_from_openai(response.usage, getattr(response, "service_tier", None))
         else:
             # Some compatible servers omit usage; an estimate beats billing nothing.
             usage = Usage(
@@ -288,14 +290,16 @@ class OpenAIChatAdapter(Adapter):
         model = request.model
         finish_reason: str | None = None
         usage: Usage | None = None
+        service_tier: str | None = None
         refused = False
         calls = _StreamedToolCalls()
         with response, cut.holding(httpx_response_socket(response.response)):
             for chunk in response:
                 model = chunk.model or model
+                service_tier = getattr(chunk, "service_tier", None) or service_tier
                 reported = chunk.usage or _groq_usage(chunk)
                 if reported is not None:
-                    usage = usage_from_openai(reported)
+                    usage = usage_from_openai(reported, service_tier)
                 # Some compatible servers send "choices": null beside their usage.
                 for choice in (chunk.choices or ())[:1]:
                     delta = choice.delta
@@ -600,8 +604,12 @@ def finish_reason_normalise(reported: str | None, has_tool_calls: bool) -> str:
     return finish_reason
 
 
-def usage_from_openai(usage: Any) -> Usage:
+def usage_from_openai(usage: Any, service_tier: str | None = None) -> Usage:
     """OpenAI's usage already counts cached tokens in the prompt and reasoning in the output.
+
+    `service_tier` is the tier the answer says served the call (`default`,
+    `flex`, `priority`): a project's settings at OpenAI can make priority its
+    default, which costs more, and genai-prices prices each tier apart.
 
     Some compatible servers (Gemini's thinking models among them) report the
     reasoning beside `completion_tokens` instead of inside it; their
@@ -621,6 +629,7 @@ def usage_from_openai(usage: Any) -> Usage:
         cache_read_tokens=getattr(prompt_details, "cached_tokens", None) or 0,
         cache_write_tokens=getattr(prompt_details, "cache_write_tokens", None) or 0,
         reasoning_tokens=reasoning_tokens,
+        service_tier=service_tier if isinstance(service_tier, str) else "",
     )
 
 

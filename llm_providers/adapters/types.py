@@ -24,10 +24,14 @@ class Usage:
 
     `input_tokens` counts the whole prompt, cached parts included;
     `cache_read_tokens` and `cache_write_tokens` are the parts of it read
-    from / written to the provider's prompt cache. `output_tokens` counts
-    everything generated, reasoning included; `reasoning_tokens` is that part.
-    (OpenAI reports this way already; Anthropic and Bedrock report input
-    without the cache parts, and their adapters add them back.)
+    from / written to the provider's prompt cache, and `cache_write_1h_tokens`
+    the part of the writes kept for an hour rather than five minutes (Anthropic
+    and Bedrock charge more for it). `output_tokens` counts everything
+    generated, reasoning included; `reasoning_tokens` is that part. (OpenAI
+    reports this way already; Anthropic and Bedrock report input without the
+    cache parts, and their adapters add them back.) `service_tier` is the
+    processing tier the provider says served the call (OpenAI's `priority`,
+    `flex`, `default`), which prices its tokens; empty when none is named.
     """
 
     input_tokens: int = 0
@@ -35,6 +39,8 @@ class Usage:
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    service_tier: str = ""
 
     @property
     def total_tokens(self) -> int:

@@ -142,6 +142,54 @@ def test_complete_prices_azure_deployment_by_model(tenant, openai_upstream):
     assert result.cost_usd == OPENAI_GOLDEN
 
 
+# OpenAI gpt-4.1 served at the priority tier, which the project's settings at
+# OpenAI can make its default: $3.50 input, $0.875 cached input, $14 output
+# per million (default tier: $2, $0.50, $8). 1,200 prompt tokens of which
+# 1,000 cached, 300 completion tokens:
+# 200 × 3.50 + 1,000 × 0.875 + 300 × 14 = 5,775 per million.
+OPENAI_PRIORITY_GOLDEN = Decimal("0.005775")
+
+
+def test_complete_prices_openai_at_the_service_tier_that_served_the_call(tenant, openai_upstream):
+    _openai(tenant, openai_upstream)
+    openai_upstream.enqueue_chat(
+        "Hi", model="gpt-4.1-2025-04-14", prompt_tokens=1200, cached_tokens=1000,
+        completion_tokens=300, service_tier="priority",
+    )  # fmt: skip
+
+    result = complete(tenant=tenant, messages=HELLO, model="gpt-4.1")
+
+    assert result.cost_usd == OPENAI_PRIORITY_GOLDEN
+    assert _only_log(result).cost_usd == OPENAI_PRIORITY_GOLDEN
+
+
+def test_stream_prices_openai_at_the_service_tier_its_chunks_name(tenant, openai_upstream):
+    _openai(tenant, openai_upstream)
+    openai_upstream.enqueue_chat_stream(
+        ["H", "i"], model="gpt-4.1-2025-04-14", prompt_tokens=1200, cached_tokens=1000,
+        completion_tokens=300, service_tier="priority",
+    )  # fmt: skip
+
+    chunks = stream(tenant=tenant, messages=HELLO, model="gpt-4.1")
+
+    assert "".join(chunks) == "Hi"
+    assert chunks.result.cost_usd == OPENAI_PRIORITY_GOLDEN
+    assert _only_log(chunks.result).cost_usd == OPENAI_PRIORITY_GOLDEN
+
+
+def test_complete_prices_openai_default_service_tier_at_the_standard_rates(tenant, openai_upstream):
+    _openai(tenant, openai_upstream)
+    openai_upstream.enqueue_chat(
+        "Hi", model="gpt-4.1-2025-04-14", prompt_tokens=1200, cached_tokens=1000,
+        completion_tokens=300, service_tier="default",
+    )  # fmt: skip
+
+    result = complete(tenant=tenant, messages=HELLO, model="gpt-4.1")
+
+    # 200 × 2 + 1,000 × 0.50 + 300 × 8 = 3,300 per million.
+    assert result.cost_usd == _only_log(result).cost_usd == Decimal("0.0033")
+
+
 # Anthropic claude-opus-4-7: $5 input, $0.50 cache read, $6.25 cache write,
 # $25 output. 200 uncached + 1,000 read + 500 written, 300 out:
 # 1,000 + 500 + 3,125 + 7,500 = 12,125 per million.
@@ -238,6 +286,45 @@ def test_stream_prices_anthropic_from_the_last_cumulative_delta(tenant, anthropi
     assert _only_log(chunks.result).cost_usd == ANTHROPIC_GOLDEN
 
 
+# The 500 tokens written of the golden above, 200 of them to the 1-hour cache
+# ($10 per million for claude-opus-4-7, against $6.25 for 5 minutes):
+# 1,000 + 500 + 300 × 6.25 + 200 × 10 + 7,500 = 12,875 per million.
+ANTHROPIC_1H_GOLDEN = Decimal("0.012875")
+
+
+def test_complete_prices_anthropic_one_hour_cache_writes_at_their_rate(tenant, anthropic_upstream):
+    _anthropic(tenant, anthropic_upstream)
+    anthropic_upstream.enqueue_message(
+        "Hi", model=ANTHROPIC_MODEL, input_tokens=200, cache_read_tokens=1000,
+        cache_write_tokens=500, cache_write_1h_tokens=200, output_tokens=300,
+    )  # fmt: skip
+
+    result = complete(tenant=tenant, messages=HELLO)
+
+    assert result.cost_usd == ANTHROPIC_1H_GOLDEN
+    assert _only_log(result).cost_usd == ANTHROPIC_1H_GOLDEN
+    assert result.usage.cache_write_tokens == 500
+    assert result.usage.cache_write_1h_tokens == 200
+
+
+def test_stream_prices_anthropic_one_hour_cache_writes_reported_at_the_start(
+    tenant, anthropic_upstream
+):
+    _anthropic(tenant, anthropic_upstream)
+    anthropic_upstream.enqueue_message_stream(
+        ["H", "i"], model=ANTHROPIC_MODEL, input_tokens=200, cache_read_tokens=1000,
+        cache_write_tokens=500, cache_write_1h_tokens=200, output_tokens=300,
+        output_token_steps=[100, 300],
+    )  # fmt: skip
+
+    chunks = stream(tenant=tenant, messages=HELLO)
+
+    assert "".join(chunks) == "Hi"
+    assert chunks.result.cost_usd == ANTHROPIC_1H_GOLDEN
+    assert _only_log(chunks.result).cost_usd == ANTHROPIC_1H_GOLDEN
+    assert chunks.result.usage.cache_write_1h_tokens == 200
+
+
 def test_stream_broken_after_text_records_the_prompt_usage_anthropic_reported(
     tenant, anthropic_upstream
 ):
@@ -326,6 +413,42 @@ def test_stream_prices_bedrock_usage_from_metadata_event(tenant, bedrock_upstrea
 
     assert "".join(chunks) == "Hi"
     assert chunks.result.cost_usd == BEDROCK_GOLDEN
+
+
+# Bedrock us.anthropic.claude-sonnet-4-5 (a regional profile): $3.30 input,
+# $0.33 cache read, $4.125 cache write for 5 minutes, $6.60 for an hour,
+# $16.50 output. 200 uncached + 1,000 read + 300 written for 5 minutes + 200
+# for an hour, 300 out: 660 + 330 + 1,237.5 + 1,320 + 4,950 = 8,497.5 per million.
+BEDROCK_1H_MODEL = "us.anthropic.claude-sonnet-4-5-20250929-v1:0"
+BEDROCK_1H_GOLDEN = Decimal("0.0084975")
+
+
+def test_complete_prices_bedrock_one_hour_cache_writes_at_their_rate(tenant, bedrock_upstream):
+    _bedrock(tenant, bedrock_upstream)
+    bedrock_upstream.enqueue_converse(
+        "Hi", input_tokens=200, cache_read_tokens=1000, cache_write_tokens=500,
+        cache_write_1h_tokens=200, output_tokens=300,
+    )  # fmt: skip
+
+    result = complete(tenant=tenant, messages=HELLO, model=BEDROCK_1H_MODEL)
+
+    assert result.cost_usd == BEDROCK_1H_GOLDEN
+    assert _only_log(result).cost_usd == BEDROCK_1H_GOLDEN
+    assert (result.usage.cache_write_tokens, result.usage.cache_write_1h_tokens) == (500, 200)
+
+
+def test_stream_prices_bedrock_one_hour_cache_writes_from_metadata_event(tenant, bedrock_upstream):
+    _bedrock(tenant, bedrock_upstream)
+    bedrock_upstream.enqueue_converse_stream(
+        ["H", "i"], input_tokens=200, cache_read_tokens=1000, cache_write_tokens=500,
+        cache_write_1h_tokens=200, output_tokens=300,
+    )  # fmt: skip
+
+    chunks = stream(tenant=tenant, messages=HELLO, model=BEDROCK_1H_MODEL)
+
+    assert "".join(chunks) == "Hi"
+    assert chunks.result.cost_usd == BEDROCK_1H_GOLDEN
+    assert _only_log(chunks.result).cost_usd == BEDROCK_1H_GOLDEN
 
 
 def test_complete_records_unpriced_model_as_unknown(tenant, openai_upstream):

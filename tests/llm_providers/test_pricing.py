@@ -285,3 +285,24 @@ def test_cost_for_usage_applies_gemini_long_context_rate_only_above_200k_prompt_
     assert at_limit == Decimal("0.26")
     # 200,001 × 2.50 + 1,000 × 15 = 515,002.5 per million
     assert above == Decimal("0.5150025")
+
+
+def test_cost_for_usage_rounds_to_the_pico_dollar_as_call_logs_keep_it(tenant):
+    # OpenRouter's google/gemini-2.5-flash in genai-prices: $0.30 input and
+    # $0.0833333333333333 per million cache writes (a rate finer than a
+    # micro-dollar per million). 993 uncached + 7 written:
+    # 993 × 0.30 + 7 × 0.0833333333333333 = 298.4833333333333331 per million,
+    # USD 0.0002984833333333333331, kept as the 12 decimals a CallLog stores.
+    price = _price(
+        tenant,
+        "openai_compatible",
+        "google/gemini-2.5-flash",
+        base_url="https://openrouter.ai/api/v1",
+    )
+    usage = Usage(input_tokens=1000, cache_write_tokens=7)
+
+    cost = cost_for_usage(usage=usage, price=price)
+
+    assert price.source == PriceSource.GENAI_PRICES
+    assert cost == Decimal("0.000298483333")
+    assert cost.as_tuple().exponent == -12

@@ -142,3 +142,63 @@ def test_response_cache_serves_an_entry_stored_before_entries_kept_their_time():
     found = response_cache_get(**key, model="m", fingerprint="f", max_age_seconds=1)
 
     assert (found.content, found.usage.input_tokens) == ("hello", 10)
+
+
+# The usage figures every process version reads from a cached answer.
+STORED_USAGE_FIELDS = {
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+}
+
+
+def test_response_cache_stores_only_the_token_counts_every_process_reads():
+    # given an answer whose usage names its 1-hour cache writes and its tier,
+    # which a cache hit does not pay for
+    key = {"tenant_id": uuid.uuid4(), "provider_config_id": uuid.uuid4(), "endpoint": "e"}
+    usage = Usage(
+        input_tokens=1700,
+        output_tokens=300,
+        cache_read_tokens=1000,
+        cache_write_tokens=500,
+        cache_write_1h_tokens=200,
+        service_tier="priority",
+    )
+    result = ChatResult(content="hi", usage=usage, model="m")
+
+    response_cache_set(**key, model="m", fingerprint="f", result=result, ttl_seconds=60)
+
+    # then the entry keeps the token counts a process of the previous release
+    # can read back, and a hit reports them
+    stored = cache.get(_cache_key(**key, model="m", fingerprint="f"))
+    assert stored["usage"] == {
+        "input_tokens": 1700,
+        "output_tokens": 300,
+        "cache_read_tokens": 1000,
+        "cache_write_tokens": 500,
+        "reasoning_tokens": 0,
+    }
+    assert set(stored["usage"]) == STORED_USAGE_FIELDS
+    found = response_cache_get(**key, model="m", fingerprint="f")
+    assert found.usage == Usage(
+        input_tokens=1700, output_tokens=300, cache_read_tokens=1000, cache_write_tokens=500
+    )
+
+
+def test_response_cache_reads_an_entry_whose_usage_names_figures_it_does_not_know():
+    key = {"tenant_id": uuid.uuid4(), "provider_config_id": uuid.uuid4(), "endpoint": "e"}
+    stored = {
+        "content": "hi",
+        "usage": {"input_tokens": 10, "output_tokens": 2, "audio_tokens": 7},
+        "model": "m",
+        "finish_reason": "stop",
+        "tool_calls": [],
+        "usage_estimated": False,
+    }
+    cache.set(_cache_key(**key, model="m", fingerprint="f"), stored, 60)
+
+    found = response_cache_get(**key, model="m", fingerprint="f")
+
+    assert (found.content, found.usage) == ("hi", Usage(input_tokens=10, output_tokens=2))

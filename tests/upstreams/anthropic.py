@@ -49,7 +49,10 @@ def anthropic_usage(
     cache_read_tokens: int = 0,
     cache_write_tokens: int = 0,
     thinking_tokens: int | None = None,
+    cache_write_1h_tokens: int | None = None,
 ) -> dict[str, Any]:
+    """`cache_write_1h_tokens`: the part of the cache writes kept for an hour,
+    reported with the rest (5 minutes) in `cache_creation`; None leaves it out."""
     usage: dict[str, Any] = {
         "input_tokens": input_tokens,
         "output_tokens": output_tokens,
@@ -57,6 +60,11 @@ def anthropic_usage(
         "cache_read_input_tokens": cache_read_tokens,
         "service_tier": "standard",
     }
+    if cache_write_1h_tokens is not None:
+        usage["cache_creation"] = {
+            "ephemeral_5m_input_tokens": cache_write_tokens - cache_write_1h_tokens,
+            "ephemeral_1h_input_tokens": cache_write_1h_tokens,
+        }
     if thinking_tokens is not None:
         usage["output_tokens_details"] = {"thinking_tokens": thinking_tokens}
     return usage
@@ -97,6 +105,7 @@ class AnthropicUpstream(LoopbackUpstream):
         output_tokens: int = 5,
         cache_read_tokens: int = 0,
         cache_write_tokens: int = 0,
+        cache_write_1h_tokens: int | None = None,
         thinking_tokens: int | None = None,
         tool_uses: list[dict[str, Any]] | None = None,
         stop_reason: str | None = None,
@@ -117,7 +126,12 @@ class AnthropicUpstream(LoopbackUpstream):
             "stop_reason": stop_reason or ("tool_use" if tool_uses else "end_turn"),
             "stop_sequence": None,
             "usage": anthropic_usage(
-                input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, thinking_tokens
+                input_tokens,
+                output_tokens,
+                cache_read_tokens,
+                cache_write_tokens,
+                thinking_tokens,
+                cache_write_1h_tokens,
             ),
         }
         return json_reply(payload, delay=delay, route="messages")
@@ -136,6 +150,7 @@ class AnthropicUpstream(LoopbackUpstream):
         output_token_steps: list[int] | None = None,
         cache_read_tokens: int = 0,
         cache_write_tokens: int = 0,
+        cache_write_1h_tokens: int | None = None,
         thinking_tokens: int | None = None,
         tool_uses: list[dict[str, Any]] | None = None,
         stop_reason: str | None = None,
@@ -152,7 +167,13 @@ class AnthropicUpstream(LoopbackUpstream):
         message_stop events by an `error` event (as when the API overloads
         mid-answer). `break_after=n` drops the connection after n events.
         """
-        start_usage = anthropic_usage(input_tokens, 1, cache_read_tokens, cache_write_tokens)
+        start_usage = anthropic_usage(
+            input_tokens,
+            1,
+            cache_read_tokens,
+            cache_write_tokens,
+            cache_write_1h_tokens=cache_write_1h_tokens,
+        )
         events = [
             sse(
                 "message_start",

@@ -53,15 +53,27 @@ EVENT_STREAM_TYPE = "application/vnd.amazon.eventstream"
 
 
 def bedrock_usage(
-    input_tokens: int, output_tokens: int, cache_read_tokens: int = 0, cache_write_tokens: int = 0
-) -> dict[str, int]:
-    return {
+    input_tokens: int,
+    output_tokens: int,
+    cache_read_tokens: int = 0,
+    cache_write_tokens: int = 0,
+    cache_write_1h_tokens: int | None = None,
+) -> dict[str, Any]:
+    """`cache_write_1h_tokens`: the part of the cache writes kept for an hour,
+    reported with the rest (5 minutes) in `cacheDetails`; None leaves it out."""
+    usage: dict[str, Any] = {
         "inputTokens": input_tokens,
         "outputTokens": output_tokens,
         "totalTokens": input_tokens + output_tokens + cache_read_tokens + cache_write_tokens,
         "cacheReadInputTokens": cache_read_tokens,
         "cacheWriteInputTokens": cache_write_tokens,
     }
+    if cache_write_1h_tokens is not None:
+        usage["cacheDetails"] = [
+            {"ttl": "1h", "inputTokens": cache_write_1h_tokens},
+            {"ttl": "5m", "inputTokens": cache_write_tokens - cache_write_1h_tokens},
+        ]
+    return usage
 
 
 def model_id_of(request: RecordedRequest) -> str:
@@ -113,6 +125,7 @@ class BedrockUpstream(LoopbackUpstream):
         output_tokens: int = 5,
         cache_read_tokens: int = 0,
         cache_write_tokens: int = 0,
+        cache_write_1h_tokens: int | None = None,
         tool_uses: list[dict[str, Any]] | None = None,
         stop_reason: str | None = None,
         delay: float = 0.0,
@@ -127,7 +140,11 @@ class BedrockUpstream(LoopbackUpstream):
             "output": {"message": {"role": "assistant", "content": blocks}},
             "stopReason": stop_reason or ("tool_use" if tool_uses else "end_turn"),
             "usage": bedrock_usage(
-                input_tokens, output_tokens, cache_read_tokens, cache_write_tokens
+                input_tokens,
+                output_tokens,
+                cache_read_tokens,
+                cache_write_tokens,
+                cache_write_1h_tokens,
             ),
             "metrics": {"latencyMs": 120},
         }
@@ -145,6 +162,7 @@ class BedrockUpstream(LoopbackUpstream):
         output_tokens: int = 5,
         cache_read_tokens: int = 0,
         cache_write_tokens: int = 0,
+        cache_write_1h_tokens: int | None = None,
         tool_uses: list[dict[str, Any]] | None = None,
         stop_reason: str | None = None,
         exception: tuple[str, str] | None = None,
@@ -207,7 +225,11 @@ class BedrockUpstream(LoopbackUpstream):
                     "metadata",
                     {
                         "usage": bedrock_usage(
-                            input_tokens, output_tokens, cache_read_tokens, cache_write_tokens
+                            input_tokens,
+                            output_tokens,
+                            cache_read_tokens,
+                            cache_write_tokens,
+                            cache_write_1h_tokens,
                         ),
                         "metrics": {"latencyMs": 120},
                     },

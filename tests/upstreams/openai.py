@@ -170,10 +170,12 @@ class OpenAIUpstream(LoopbackUpstream):
         reasoning_tokens: int = 0,
         tool_calls: list[dict[str, str]] | None = None,
         finish_reason: str | None = None,
+        service_tier: str | None = None,
         delay: float = 0.0,
         headers: dict[str, str] | None = None,
     ) -> Script:
-        """A non-streamed completion. `tool_calls`: [{"id", "name", "arguments"}]."""
+        """A non-streamed completion. `tool_calls`: [{"id", "name", "arguments"}];
+        `service_tier`: the tier OpenAI says served the call (None: not named)."""
         message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
         if tool_calls:
             message["tool_calls"] = [
@@ -203,6 +205,8 @@ class OpenAIUpstream(LoopbackUpstream):
             ),
             "system_fingerprint": "fp_loopback",
         }
+        if service_tier is not None:
+            payload["service_tier"] = service_tier
         return json_reply(payload, headers=headers, delay=delay, route="chat")
 
     def enqueue_chat(self, *args: Any, times: int = 1, **kwargs: Any) -> None:
@@ -220,6 +224,7 @@ class OpenAIUpstream(LoopbackUpstream):
         reasoning_tokens: int = 0,
         tool_calls: list[dict[str, str]] | None = None,
         finish_reason: str | None = None,
+        service_tier: str | None = None,
         delay: float = 0.0,
         chunk_delay: float = 0.0,
         break_after: int | None = None,
@@ -231,6 +236,7 @@ class OpenAIUpstream(LoopbackUpstream):
         Each tool call streams as id+name first, then its arguments in two halves
         (in the Gemini 3 mode: whole, without an index, the first with its
         thought signature). `break_after=n` drops the connection after n events.
+        `service_tier` is named in every chunk, as OpenAI does.
         """
 
         def build(request: RecordedRequest) -> Reply:
@@ -248,6 +254,7 @@ class OpenAIUpstream(LoopbackUpstream):
                         "model": model,
                         "system_fingerprint": "fp_loopback",
                         "choices": choices,
+                        **({"service_tier": service_tier} if service_tier is not None else {}),
                         **extra,
                     }
                 )

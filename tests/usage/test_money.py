@@ -2,6 +2,9 @@
 
 from decimal import Decimal
 
+import pytest
+
+from tests.factories import CallLogFactory
 from usage.money import (
     nano_to_usd,
     usd_format,
@@ -9,6 +12,7 @@ from usage.money import (
     usd_format_brief,
     usd_format_exact,
     usd_to_nano,
+    usd_to_nano_and_pico,
 )
 
 
@@ -74,3 +78,17 @@ def test_usd_format_beside_never_rounds_an_amount_to_free_or_across_the_limit():
     assert usd_format_beside(Decimal("9.996"), Decimal("10")) == "$9.996"
     assert usd_format_beside(Decimal("10.004"), Decimal("10")) == "$10.004"
     assert usd_format_beside(Decimal("10"), Decimal("10")) == "$10.00"
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db
+def test_usd_to_nano_and_pico_rounds_a_half_pico_as_call_logs_store_it():
+    # given a cost half-way between two pico-dollars, stored in a call log
+    half = Decimal("0.0000000000025")
+    log = CallLogFactory(cost_usd=half)
+    log.refresh_from_db()
+
+    # then the counter's share of it is what the row keeps (PostgreSQL rounds
+    # a half away from zero): 3 pico-dollars, not the even 2
+    assert log.cost_usd == Decimal("0.000000000003")
+    assert usd_to_nano_and_pico(half) == usd_to_nano_and_pico(log.cost_usd) == (0, 3)

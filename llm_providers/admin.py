@@ -14,6 +14,7 @@ from django.contrib import admin, messages
 from django.contrib.admin.utils import NestedObjects, quote, unquote
 from django.contrib.auth import admin as auth_admin
 from django.contrib.auth import get_user_model
+from django.contrib.auth.forms import AdminPasswordChangeForm
 from django.contrib.auth.models import Group
 from django.core.cache import cache
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -36,6 +37,7 @@ from .admin_scoping import (
     EditedFieldsAdmin,
     NulSafeAdmin,
     TenantScopedAdmin,
+    edited_fields_save,
     form_edited_fields,
     request_tenant_ids,
 )
@@ -100,6 +102,22 @@ for _model in (User, Group):
         admin.site.unregister(_model)
 
 
+class _PasswordOnlyChangeForm(AdminPasswordChangeForm):
+    """Django's form of the user's password page, writing the password only.
+
+    Its own save writes the whole user read at the start of the request:
+    it would reactivate a user deactivated meanwhile, and insert again one
+    deleted meanwhile (the page answers 404 instead).
+    """
+
+    def save(self, commit=True):
+        user = super().save(commit=False)
+        if commit:
+            with transaction.atomic(using=user._state.db):
+                edited_fields_save(user, ["password"])
+        return user
+
+
 @admin.register(User)
 class UserAdmin(EditedFieldsAdmin, NulSafeAdmin, auth_admin.UserAdmin):
     """Django's user admin with the last login and the joining date written in
@@ -107,7 +125,10 @@ class UserAdmin(EditedFieldsAdmin, NulSafeAdmin, auth_admin.UserAdmin):
     edited: Django sets them, and a hand-edited one would only mislead.
 
     Its change page writes what it edited only: a user deactivated, or given a
-    new password, while someone saves their name stays so."""
+    new password, while someone saves their name stays so; its password page
+    writes the password only."""
+
+    change_password_form = _PasswordOnlyChangeForm
 
     list_display = (*auth_admin.UserAdmin.list_display, "last_login_utc", "date_joined_utc")
     fieldsets = _user_times_in_utc(auth_admin.UserAdmin.fieldsets)

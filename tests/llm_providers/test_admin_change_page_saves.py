@@ -272,3 +272,36 @@ def test_the_users_page_leaves_a_password_changed_meanwhile(monkeypatch, tenant)
     assert response.status_code == 302
     assert users.get().check_password("changed-meanwhile-456")
     assert users.get().first_name == "Mona"
+
+
+@pytest.mark.parametrize(
+    ("meanwhile", "status", "is_active"), [("delete", 404, None), ("deactivate", 302, False)]
+)
+def test_the_users_password_page_neither_recreates_nor_reactivates_the_user(
+    monkeypatch, tenant, meanwhile, status, is_active
+):
+    from llm_providers.admin import UserAdmin
+
+    user = UserFactory(username="mona")
+    users = get_user_model().objects.filter(pk=user.pk)
+    form_class = UserAdmin.change_password_form
+    save = form_class.save
+
+    def hooked(self, *args, **kwargs):
+        change = users.delete if meanwhile == "delete" else lambda: users.update(is_active=False)
+        _committed_elsewhere(change)
+        return save(self, *args, **kwargs)
+
+    monkeypatch.setattr(form_class, "save", hooked)
+    client = Client()
+    client.force_login(UserFactory(username="root", is_superuser=True))
+
+    response = client.post(
+        f"/admin/auth/user/{user.pk}/password/",
+        {"usable_password": "true", "password1": "Fresh-pass-789", "password2": "Fresh-pass-789"},
+    )
+
+    assert response.status_code == status
+    assert list(users.values_list("is_active", flat=True)) == ([] if is_active is None else [False])
+    if is_active is not None:
+        assert users.get().check_password("Fresh-pass-789")

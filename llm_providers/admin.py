@@ -14,9 +14,10 @@ from django.contrib import admin, messages
 from django.contrib.admin.utils import NestedObjects, quote, unquote
 from django.contrib.auth import admin as auth_admin
 from django.contrib.auth import get_user_model
+from django.contrib.auth.forms import AdminPasswordChangeForm
 from django.contrib.auth.models import Group
 from django.core.cache import cache
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import router, transaction
 from django.db.models import CASCADE, Q
 from django.http import Http404, HttpResponseNotAllowed, HttpResponseRedirect
@@ -33,9 +34,11 @@ from rest_framework_api_key.models import APIKey
 
 from .admin_display import utc_display, utc_field_display
 from .admin_scoping import (
+    EditedFieldsAdmin,
     NulSafeAdmin,
     TenantScopedAdmin,
     edited_fields_save,
+    form_edited_fields,
     request_tenant_ids,
 )
 from .api.history import (
@@ -99,11 +102,33 @@ for _model in (User, Group):
         admin.site.unregister(_model)
 
 
+class _PasswordOnlyChangeForm(AdminPasswordChangeForm):
+    """Django's form of the user's password page, writing the password only.
+
+    Its own save writes the whole user read at the start of the request:
+    it would reactivate a user deactivated meanwhile, and insert again one
+    deleted meanwhile (the page answers 404 instead).
+    """
+
+    def save(self, commit=True):
+        user = super().save(commit=False)
+        if commit:
+            with transaction.atomic(using=user._state.db):
+                edited_fields_save(user, ["password"])
+        return user
+
+
 @admin.register(User)
-class UserAdmin(NulSafeAdmin, auth_admin.UserAdmin):
+class UserAdmin(EditedFieldsAdmin, NulSafeAdmin, auth_admin.UserAdmin):
     """Django's user admin with the last login and the joining date written in
     UTC, zone named, as the app's pages write times. They are shown, not
-    edited: Django sets them, and a hand-edited one would only mislead."""
+    edited: Django sets them, and a hand-edited one would only mislead.
+
+    Its change page writes what it edited only: a user deactivated, or given a
+    new password, while someone saves their name stays so; its password page
+    writes the password only."""
+
+    change_password_form = _PasswordOnlyChangeForm
 
     list_display = (*auth_admin.UserAdmin.list_display, "last_login_utc", "date_joined_utc")
     fieldsets = _user_times_in_utc(auth_admin.UserAdmin.fieldsets)
@@ -114,7 +139,7 @@ class UserAdmin(NulSafeAdmin, auth_admin.UserAdmin):
 
 
 @admin.register(Group)
-class GroupAdmin(NulSafeAdmin, auth_admin.GroupAdmin):
+class GroupAdmin(EditedFieldsAdmin, NulSafeAdmin, auth_admin.GroupAdmin):
     """Django's group admin, its search safe from a NUL character."""
 
 
@@ -141,11 +166,8 @@ class _TenantDeletionCollector(NestedObjects):
         return related.none()
 
 
-_TENANT_FIELDS = frozenset(field.name for field in Tenant._meta.concrete_fields)
-
-
 @admin.register(Tenant)
-class TenantAdmin(NulSafeAdmin):
+class TenantAdmin(EditedFieldsAdmin, NulSafeAdmin):
     """Superusers create and delete tenants; a tenant's admins edit its settings."""
 
     list_display = ("name", "slug", "is_active", "timezone", "response_cache_ttl_seconds")
@@ -245,13 +267,11 @@ class TenantAdmin(NulSafeAdmin):
         allowed = self.has_change_permission(request, obj) if change else request.user.is_superuser
         if not allowed:
             raise PermissionDenied("You do not administer this tenant.")
-        if not change:
-            super().save_model(request, obj, form, change)
-            return
-        # Only what the page edited: writing the whole row read at the start of
-        # the request back would undo a deactivation made meanwhile (e.g. by a
-        # superuser) and let the tenant's service keys work again.
-        edited_fields_save(obj, [name for name in form.changed_data if name in _TENANT_FIELDS])
+        # On change, only what the page edited (EditedFieldsAdmin): writing the
+        # whole row read at the start of the request back would undo a
+        # deactivation made meanwhile (e.g. by a superuser) and let the
+        # tenant's service keys work again.
+        super().save_model(request, obj, form, change)
 
 
 @admin.register(TenantMembership)
@@ -264,19 +284,9 @@ class TenantMembershipAdmin(TenantScopedAdmin):
     search_fields = ("user__username", "user__email", "tenant__name")
     list_select_related = ("user", "tenant")
 
+    # A membership removed while its page is saved stays removed (EditedFieldsAdmin):
+    # the whole row written back would insert it again, and with it the user's access.
     created_at_utc = utc_field_display("created_at", "created")
-
-    def save_model(self, request, obj, form, change):
-        self.tenant_write_check(request, obj)
-        if not change:
-            super().save_model(request, obj, form, change)
-            return
-        # A membership removed meanwhile stays removed: the whole row written
-        # back would insert it again, and with it the user's access.
-        edited_fields_save(obj, [name for name in form.changed_data if name in _MEMBERSHIP_FIELDS])
-
-
-_MEMBERSHIP_FIELDS = frozenset(("user", "tenant", "role"))
 
 
 # --- provider configs -----------------------------------------------------------
@@ -414,13 +424,29 @@ class ProviderConfigAdmin(TenantScopedAdmin):
 
     # --- writes ----------------------------------------------------------------
 
+    def stored_row_check(self, request, obj) -> None:
+        # Not locked here: provider_config_update locks the tenant, then the row,
+        # in the order every writer of configs does. Gone is gone, though.
+        if not ProviderConfig.objects.filter(pk=obj.pk).exists():
+            raise Http404("This provider config was deleted meanwhile; nothing was saved.")
+
     def save_model(self, request, obj, form, change):
         self.tenant_write_check(request, obj)
         fields = form.config_fields()
         secrets = form.secrets()
         if change:
-            stored = self.get_queryset(request).get(pk=obj.pk)
-            saved = provider_config_update(provider_config=stored, data={**fields, **secrets})
+            # Only the fields the page edited: the others keep what is stored
+            # now, also when changed since the page's request read the config.
+            edited = {name: value for name, value in fields.items() if name in form.changed_data}
+            stored = self.get_queryset(request).filter(pk=obj.pk).first()
+            if stored is None:
+                self.stored_row_check(request, obj)
+                raise PermissionDenied("You do not administer this tenant.")
+            try:
+                saved = provider_config_update(provider_config=stored, data={**edited, **secrets})
+            except ValidationError:
+                self.stored_row_check(request, obj)
+                raise
         else:
             saved = provider_config_create(tenant=obj.tenant, **fields, **secrets)
         # The admin goes on with `obj` (redirect, log entry): give it the stored state.
@@ -876,18 +902,18 @@ class _KeyTimesInUtc:
         return utc_display(obj.expiry_date)
 
 
-def _key_edits_save(obj, form) -> None:
-    """Save what the change page edited of a key (its name, expiry, revocation).
+def _key_edited_fields(obj, form) -> list[str]:
+    """What the change page edited of a key (its name, expiry, revocation).
 
-    Only the edited fields are written, and `revoked` only to revoke: the
-    key was read at the start of the request, and writing its whole row
-    back would undo a revocation made meanwhile (through the API or the
-    admin's action), letting a revoked key authenticate again.
+    `revoked` is written only to revoke: the key was read at the start of
+    the request, and writing its whole row back would undo a revocation made
+    meanwhile (through the API or the admin's action), letting a revoked key
+    authenticate again.
     """
-    fields = [name for name in form.changed_data if name != "revoked"]
+    fields = [name for name in form_edited_fields(obj, form.changed_data) if name != "revoked"]
     if obj.revoked:
         fields.append("revoked")
-    edited_fields_save(obj, fields)
+    return fields
 
 
 @admin.register(ServiceKey)
@@ -922,10 +948,13 @@ class ServiceKeyAdmin(_SecretShownOnce, _KeyTimesInUtc, TenantScopedAdmin):
             return ("tenant", "name", "prefix", "created_utc", "expires_utc", "revoked")
         return ("tenant", "prefix", "created_utc")
 
+    def edited_fields(self, request, obj, form) -> list[str]:
+        return _key_edited_fields(obj, form)
+
     def save_model(self, request, obj, form, change):
         self.tenant_write_check(request, obj)
         if change:
-            _key_edits_save(obj, form)
+            super().save_model(request, obj, form, change)
             return
         created, secret = service_key_create(
             tenant=obj.tenant, name=obj.name, expiry_date=obj.expiry_date
@@ -963,7 +992,7 @@ class ServiceKeyAdmin(_SecretShownOnce, _KeyTimesInUtc, TenantScopedAdmin):
 
 
 @admin.register(UserToken)
-class UserTokenAdmin(_SecretShownOnce, _KeyTimesInUtc, NulSafeAdmin):
+class UserTokenAdmin(_SecretShownOnce, _KeyTimesInUtc, EditedFieldsAdmin, NulSafeAdmin):
     """API tokens with which people's scripts act as them.
 
     Each staff user sees and manages their own tokens; a superuser everyone's.
@@ -1024,9 +1053,12 @@ class UserTokenAdmin(_SecretShownOnce, _KeyTimesInUtc, NulSafeAdmin):
     def has_delete_permission(self, request, obj=None):
         return self.has_view_permission(request, obj)
 
+    def edited_fields(self, request, obj, form) -> list[str]:
+        return _key_edited_fields(obj, form)
+
     def save_model(self, request, obj, form, change):
         if change:
-            _key_edits_save(obj, form)
+            super().save_model(request, obj, form, change)
             return
         owner = obj.user if request.user.is_superuser else request.user
         created, token = user_token_create(user=owner, name=obj.name, expiry_date=obj.expiry_date)

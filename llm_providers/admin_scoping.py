@@ -33,21 +33,96 @@ def request_tenant_ids(request, *, role: str | None = None) -> set:
     return cached
 
 
-def edited_fields_save(obj, fields) -> None:
-    """Write the `fields` a change page edited of `obj`, read at the start of its request.
+def edited_row_lock(obj):
+    """Lock the row of `obj`, read at the start of its change page's request; 404 if gone.
 
-    Only those fields are written, so a change made meanwhile to any other
-    (a key revoked, a tenant deactivated) is not undone. The row is locked
-    first (the admin's change view runs in a transaction; FOR NO KEY UPDATE,
-    as the update itself takes): one deleted meanwhile answers 404 rather than
-    being inserted again by the save, a removed membership or key with it.
+    The admin's change view runs in a transaction; the lock (FOR NO KEY
+    UPDATE, as the update itself takes; completions' FOR KEY SHARE on a
+    tenant does not wait for it) holds until the page is saved. Returns the
+    stored row.
     """
     model = type(obj)
     rows = model._base_manager.using(obj._state.db).filter(pk=obj.pk)
-    if rows.select_for_update(no_key=True).values_list("pk", flat=True).first() is None:
+    stored = rows.select_for_update(no_key=True).first()
+    if stored is None:
         raise Http404(f"This {model._meta.verbose_name} was deleted meanwhile; nothing was saved.")
+    return stored
+
+
+def edited_fields_save(obj, fields) -> None:
+    """Write the `fields` a change page edited of `obj`, read at the start of its request.
+
+    Only those fields (and the times stamped on every save) are written, so a
+    change made meanwhile to any other (a key revoked, a tenant deactivated) is
+    not undone; `obj` takes the stored value of every other field, so what
+    follows the save (signals, the history entry, the messages) sees the row
+    as it now is. The row is locked first: one deleted meanwhile answers 404
+    rather than being inserted again by the save, a removed membership or key
+    with it.
+    """
+    stored = edited_row_lock(obj)
+    fields = set(fields)
+    for field in type(obj)._meta.concrete_fields:
+        if not field.primary_key and field.name not in fields:
+            setattr(obj, field.attname, getattr(stored, field.attname))
     if fields:
-        obj.save(update_fields=fields)
+        stamped = {f.name for f in type(obj)._meta.concrete_fields if getattr(f, "auto_now", False)}
+        obj.save(update_fields=sorted(fields | stamped))
+
+
+def form_edited_fields(obj, changed_data) -> list[str]:
+    """The stored fields of `obj` among the names a form says it changed."""
+    names = {f.name for f in type(obj)._meta.concrete_fields if not f.primary_key}
+    return [name for name in changed_data if name in names]
+
+
+class EditedFieldsAdmin(admin.ModelAdmin):
+    """Change pages that write only what they edited, and never re-create a deleted row.
+
+    Django's change page saves the whole row it read at the start of the
+    request, with Model.save(), which inserts the row again when its UPDATE
+    finds none: a change committed meanwhile to a field the page did not edit
+    was undone, and an object deleted meanwhile came back. Here the row is
+    locked once the form is valid (404 when it is gone), and the save writes
+    the fields the form changed (`edited_fields`); inline rows alike.
+
+    An admin whose save_model sets a field the form does not change names it
+    in `edited_fields`.
+    """
+
+    def edited_fields(self, request, obj, form) -> list[str]:
+        return form_edited_fields(obj, form.changed_data)
+
+    def stored_row_check(self, request, obj) -> None:
+        """Lock the row of the object being changed; 404 when it was deleted meanwhile."""
+        edited_row_lock(obj)
+
+    def save_form(self, request, form, change):
+        obj = super().save_form(request, form, change)
+        if change:
+            self.stored_row_check(request, obj)
+        return obj
+
+    def save_model(self, request, obj, form, change):
+        if not change:
+            super().save_model(request, obj, form, change)
+            return
+        edited_fields_save(obj, self.edited_fields(request, obj, form))
+
+    def save_formset(self, request, form, formset, change):
+        if not change:
+            super().save_formset(request, form, formset, change)
+            return
+        # Rows of the inline, as the object's own: a row deleted meanwhile is
+        # not inserted again, and only its edited fields are written.
+        formset.save(commit=False)
+        for row in formset.deleted_objects:
+            row.delete()
+        for row, changed_data in formset.changed_objects:
+            edited_fields_save(row, form_edited_fields(row, changed_data))
+        for row in formset.new_objects:
+            row.save()
+        formset.save_m2m()
 
 
 class NulSafeAdmin(admin.ModelAdmin):
@@ -73,7 +148,7 @@ class NulSafeAdmin(admin.ModelAdmin):
         return super().get_search_results(request, queryset, search_term)
 
 
-class TenantScopedAdmin(NulSafeAdmin):
+class TenantScopedAdmin(EditedFieldsAdmin, NulSafeAdmin):
     # Lookup path from the model to its tenant, e.g. "override__tenant".
     tenant_path = "tenant"
 

@@ -525,15 +525,14 @@ class BudgetAdmin(TenantScopedAdmin):
     list_select_related = ("tenant", "provider_config")
     search_fields = ("name", "service_name", "customer_id")
 
-    def save_model(self, request, obj, form, change):
-        if change and getattr(form, "webhook_url_kept", False):
-            # The URL kept is the one stored now, read under the row's lock: one
-            # saved elsewhere since this form's budget was read is not put back.
-            stored = Budget.objects.select_for_update().filter(pk=obj.pk).first()
-            if stored is not None:
-                obj.webhook_url = stored.webhook_url
-                obj._stored_webhook_url = stored._stored_webhook_url
-        super().save_model(request, obj, form, change)
+    def edited_fields(self, request, obj, form) -> list[str]:
+        # The URL is written when typed or removed. Left empty, it is not: the
+        # save keeps the one stored then, not one read before another was
+        # saved elsewhere.
+        fields = super().edited_fields(request, obj, form)
+        if "clear_webhook_url" in form.changed_data and "webhook_url" not in fields:
+            fields.append("webhook_url")
+        return fields
 
     def get_fieldsets(self, request, obj=None):
         can_edit = (

@@ -23,6 +23,8 @@ MAX_STOP_SEQUENCES = 4
 MAX_TOKENS_LIMIT = 1_000_000
 # The width of CallLog.customer_id / service_name.
 MAX_SCOPE_LENGTH = 200
+# The width of CallLog.model_requested (and of every model column).
+MAX_MODEL_LENGTH = 200
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 # What OpenAI, Anthropic and Bedrock all accept as a tool name: checked here, a
 # name one of them refuses would fail every fallback alike.
@@ -266,6 +268,30 @@ def scope_validate(*, customer_id: Any, service_name: Any) -> tuple[str, str]:
             )
         scope.append(value)
     return scope[0], scope[1]
+
+
+def model_validate(model: Any) -> str | None:
+    """The model a call names, trimmed as the API trims it; None (also for a
+    blank name): the route's model.
+
+    Refused unless its call log can record it as named: a model the row had to
+    cut or could not hold would be paid for and logged as another, or not at
+    all.
+    """
+    if model is None:
+        return None
+    if not isinstance(model, str):
+        raise InvalidRequest("model", "model must be a string.")
+    model = model.strip()
+    if len(model) > MAX_MODEL_LENGTH:
+        raise InvalidRequest("model", f"model is longer than {MAX_MODEL_LENGTH} characters.")
+    if _CONTROL_CHARACTERS.search(model):
+        raise InvalidRequest("model", "model must not contain control characters.")
+    if text_problem(model):
+        raise InvalidRequest(
+            "model", "model must be valid Unicode text: it holds half of a surrogate pair."
+        )
+    return model or None
 
 
 def scope_fields_clean(instance: Any, *, consequence: str) -> dict[str, str]:

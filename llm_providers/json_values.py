@@ -19,9 +19,12 @@ TEXT_SURROGATE = "surrogate"
 TOO_DEEP = "too_deep"
 
 
-def text_problem(text: str) -> str | None:
-    """TEXT_NUL or TEXT_SURROGATE when a database would refuse `text`, else None."""
-    if "\x00" in text:
+def text_problem(text: str, *, allow_nul: bool = False) -> str | None:
+    """TEXT_NUL or TEXT_SURROGATE when a database would refuse `text`, else None.
+
+    `allow_nul`: only what cannot be encoded at all (an unpaired surrogate) is
+    a problem; a NUL is valid JSON text (``"\\u0000"``) and may be sent on."""
+    if not allow_nul and "\x00" in text:
         return TEXT_NUL
     try:
         text.encode("utf-8")
@@ -30,7 +33,9 @@ def text_problem(text: str) -> str | None:
     return None
 
 
-def json_value_problem(value: Any, *, max_depth: int = MAX_JSON_DEPTH) -> str | None:
+def json_value_problem(
+    value: Any, *, max_depth: int = MAX_JSON_DEPTH, allow_nul: bool = False
+) -> str | None:
     """The first problem found in `value` (TEXT_NUL, TEXT_SURROGATE, TOO_DEEP), or None.
 
     Keys and string values are checked as text; a list or object counts as
@@ -41,7 +46,7 @@ def json_value_problem(value: Any, *, max_depth: int = MAX_JSON_DEPTH) -> str | 
     while pending:
         item, depth = pending.pop()
         if isinstance(item, str):
-            problem = text_problem(item)
+            problem = text_problem(item, allow_nul=allow_nul)
             if problem:
                 return problem
         elif isinstance(item, dict | list | tuple):
@@ -56,9 +61,11 @@ def json_value_problem(value: Any, *, max_depth: int = MAX_JSON_DEPTH) -> str | 
     return None
 
 
-def json_value_error(value: Any, *, subject: str, max_depth: int = MAX_JSON_DEPTH) -> str | None:
+def json_value_error(
+    value: Any, *, subject: str, max_depth: int = MAX_JSON_DEPTH, allow_nul: bool = False
+) -> str | None:
     """A message saying what is wrong with `value` (“Options must not …”), or None."""
-    problem = json_value_problem(value, max_depth=max_depth)
+    problem = json_value_problem(value, max_depth=max_depth, allow_nul=allow_nul)
     if problem == TEXT_NUL:
         return f"{subject} must not contain NUL characters."
     if problem == TEXT_SURROGATE:

@@ -10,6 +10,7 @@ from llm_providers.chat_input import (
     scope_validate,
 )
 from llm_providers.completion import complete, embed, stream
+from llm_providers.services import provider_config_create
 from tests.factories import ProviderConfigFactory, RoutingOverrideFactory, TenantFactory
 from usage.models import CallLog
 
@@ -261,3 +262,92 @@ def test_a_model_is_trimmed_as_the_api_trims_it_and_logged_whole_up_to_200_chara
     assert trimmed.model == "fake-small"
     assert CallLog.objects.get(request_id=trimmed.request_id).model_requested == "fake-small"
     assert CallLog.objects.get(request_id=whole.request_id).model_requested == longest
+
+
+def _openai_default(tenant, upstream):
+    return provider_config_create(
+        tenant=tenant,
+        name="openai",
+        provider_type="openai",
+        api_key="sk-proj-A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6",
+        base_url=upstream.base_url,
+        default_model="gpt-4o",
+        is_default=True,
+    )
+
+
+_TOOL = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("operation", ["complete", "stream"])
+@pytest.mark.parametrize(
+    ("arguments", "field", "message"),
+    [
+        (
+            {"messages": [{"role": "user", "content": "half an emoji \ud83d"}]},
+            "messages[0]",
+            "messages[0] must not contain unpaired surrogates (such as \\ud800).",
+        ),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": "\x00\ud800"}]}]},
+            "messages[0]",
+            "messages[0] must not contain unpaired surrogates (such as \\ud800).",
+        ),
+        (
+            {
+                "messages": [{"role": "user", "content": "hi"}],
+                "tools": [
+                    _TOOL,
+                    {"type": "function", "function": {"name": "f", "description": "\udc00"}},
+                ],
+            },
+            "tools[1]",
+            "tools[1] must not contain unpaired surrogates (such as \\ud800).",
+        ),
+        (
+            {"messages": [{"role": "user", "content": "hi"}], "stop": ["\ud800"]},
+            "stop",
+            "stop must not contain unpaired surrogates (such as \\ud800).",
+        ),
+    ],
+    ids=["content-surrogate", "text-part-surrogate-after-nul", "tool-surrogate", "stop-surrogate"],
+)
+def test_text_no_request_can_carry_is_refused_before_the_provider(
+    allow_private_urls, openai_upstream, operation, arguments, field, message
+):
+    # given a tenant whose calls go to OpenAI, whose SDK cannot encode half an emoji
+    tenant = TenantFactory()
+    _openai_default(tenant, openai_upstream)
+    call = complete if operation == "complete" else stream
+
+    # when a program sends text holding one
+    with pytest.raises(InvalidRequest) as refused:
+        "".join(call(tenant=tenant, **arguments)) if operation == "stream" else call(
+            tenant=tenant, **arguments
+        )
+
+    # then the call is refused naming the place, as the API refuses it, before
+    # any provider attempt or log row
+    assert (refused.value.field, refused.value.message) == (field, message)
+    assert openai_upstream.requests == []
+    assert not CallLog.objects.exists()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("text", ["\ud800", "a\x00\udfff"], ids=["surrogate", "after-nul"])
+def test_embedding_input_no_request_can_carry_is_refused_before_the_provider(
+    allow_private_urls, openai_upstream, text
+):
+    tenant = TenantFactory()
+    _openai_default(tenant, openai_upstream)
+
+    with pytest.raises(InvalidRequest) as refused:
+        embed(tenant=tenant, inputs=["fine", text], model="text-embedding-3-small")
+
+    assert (refused.value.field, refused.value.message) == (
+        "inputs",
+        "inputs[1] must not contain unpaired surrogates (such as \\ud800).",
+    )
+    assert openai_upstream.requests == []
+    assert not CallLog.objects.exists()

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.db import models
+
 # 64 levels: far more than provider options, chat messages or a tool's JSON
 # schema need, and far below Python's recursion limit (json, DRF, psycopg).
 MAX_JSON_DEPTH = 64
@@ -73,3 +75,31 @@ def json_value_error(
     if problem == TOO_DEEP:
         return f"{subject} must not be nested more than {max_depth} levels deep."
     return None
+
+
+def text_fields_errors(instance: models.Model) -> dict[str, list[str]]:
+    """{field: [message]} for the text fields of `instance` that its table
+    cannot store: None in a column without NULL, a NUL character or an
+    unpaired surrogate.
+
+    full_clean() lets them through (a field that may be blank skips its checks
+    for None, and no check looks for the other two), so a Python caller's
+    value would fail the INSERT instead: a DataError, or an IntegrityError
+    that a save reports as some other conflict. Values that are not text are
+    left to full_clean(), which converts them.
+    """
+    errors = {}
+    for field in instance._meta.concrete_fields:
+        if not isinstance(field, models.CharField | models.TextField):
+            continue
+        value = getattr(instance, field.attname)
+        if value is None:
+            if not field.null:
+                errors[field.name] = ["This field cannot be null."]
+            continue
+        problem = text_problem(value) if isinstance(value, str) else None
+        if problem == TEXT_NUL:
+            errors[field.name] = ["Must not contain NUL characters."]
+        elif problem == TEXT_SURROGATE:
+            errors[field.name] = ["Must not contain unpaired surrogates (such as \\ud800)."]
+    return errors

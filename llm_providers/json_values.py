@@ -77,6 +77,16 @@ def json_value_error(
     return None
 
 
+def text_error(text: str) -> str | None:
+    """What a database column would refuse in `text`, as a field's message; or None."""
+    problem = text_problem(text)
+    if problem == TEXT_NUL:
+        return "Must not contain NUL characters."
+    if problem == TEXT_SURROGATE:
+        return "Must not contain unpaired surrogates (such as \\ud800)."
+    return None
+
+
 def text_fields_errors(instance: models.Model) -> dict[str, list[str]]:
     """{field: [message]} for the text fields of `instance` that its table
     cannot store: None in a column without NULL, a NUL character or an
@@ -97,9 +107,7 @@ def text_fields_errors(instance: models.Model) -> dict[str, list[str]]:
             if not field.null:
                 errors[field.name] = ["This field cannot be null."]
             continue
-        problem = text_problem(value) if isinstance(value, str) else None
-        if problem == TEXT_NUL:
-            errors[field.name] = ["Must not contain NUL characters."]
-        elif problem == TEXT_SURROGATE:
-            errors[field.name] = ["Must not contain unpaired surrogates (such as \\ud800)."]
+        problem = text_error(value) if isinstance(value, str) else None
+        if problem:
+            errors[field.name] = [problem]
     return errors

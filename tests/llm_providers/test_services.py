@@ -373,3 +373,24 @@ def test_provider_config_create_refuses_text_postgresql_cannot_store(field, valu
 
     assert raised.value.message_dict == {field: [message]}
     assert not ProviderConfig.objects.exists()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("create", ["service_key", "user_token"])
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("ci\x00", "Must not contain NUL characters."),
+        ("ci\ud83d", "Must not contain unpaired surrogates (such as \\ud800)."),
+    ],
+    ids=["nul", "surrogate"],
+)
+def test_key_create_refuses_a_name_postgresql_cannot_store(create, name, message):
+    with pytest.raises(ValidationError) as raised:
+        if create == "service_key":
+            service_key_create(tenant=TenantFactory(), name=name)
+        else:
+            user_token_create(user=UserFactory(), name=name)
+
+    assert raised.value.message_dict == {"name": [message]}
+    assert (ServiceKey.objects.count(), UserToken.objects.count()) == (0, 0)

@@ -23,7 +23,10 @@ MAX_STOP_SEQUENCES = 4
 MAX_TOKENS_LIMIT = 1_000_000
 # The width of CallLog.customer_id / service_name.
 MAX_SCOPE_LENGTH = 200
+# The width of CallLog.model_requested (and of every model column).
+MAX_MODEL_LENGTH = 200
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+_TEXT_UNSENDABLE = "must not contain unpaired surrogates (such as \\ud800)."
 # What OpenAI, Anthropic and Bedrock all accept as a tool name: checked here, a
 # name one of them refuses would fail every fallback alike.
 TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -104,6 +107,16 @@ def _extra_content_validate(where: str, extra_content: Any) -> None:
         raise InvalidRequest(where, f"{where}.google.thought_signature must be a non-empty string.")
 
 
+def _json_text_validate(where: str, value: Any) -> None:
+    """Refuse what no request can carry: half of a surrogate pair, which the
+    SDKs fail to encode once the call is routed and reserved, and nesting beyond
+    MAX_JSON_DEPTH, which their recursive encoders fail on. A NUL is valid
+    JSON text and goes on (the API refuses it, as it stores what it takes)."""
+    problem = json_value_error(value, subject=where, allow_nul=True)
+    if problem:
+        raise InvalidRequest(where, problem)
+
+
 def messages_validate(messages: Any) -> list[dict]:
     if not isinstance(messages, list) or not messages:
         raise InvalidRequest("messages", "messages must be a non-empty list.")
@@ -146,6 +159,7 @@ def messages_validate(messages: Any) -> list[dict]:
         if "content" not in message and not tool_calls:
             raise InvalidRequest(f"{where}.content", f"{where} has no content.")
         _content_validate(index, role, message.get("content"))
+        _json_text_validate(where, message)
     if all(m["role"] == "system" for m in messages):
         raise InvalidRequest("messages", "messages need at least one non-system message.")
     return messages
@@ -180,6 +194,7 @@ def tools_validate(tools: Any) -> list[dict] | None:
                 f"tools[{index}].function.parameters",
                 "Tool parameters must be a JSON schema object.",
             )
+        _json_text_validate(f"tools[{index}]", tool)
     return tools
 
 
@@ -241,6 +256,8 @@ def parameters_validate(
         raise InvalidRequest(
             "stop", f"stop must be a string or a list of up to {MAX_STOP_SEQUENCES} strings."
         )
+    if any(text_problem(s, allow_nul=True) for s in stops):
+        raise InvalidRequest("stop", f"stop {_TEXT_UNSENDABLE}")
     return list(stops) or None
 
 
@@ -266,6 +283,30 @@ def scope_validate(*, customer_id: Any, service_name: Any) -> tuple[str, str]:
             )
         scope.append(value)
     return scope[0], scope[1]
+
+
+def model_validate(model: Any) -> str | None:
+    """The model a call names, trimmed as the API trims it; None (also for a
+    blank name): the route's model.
+
+    Refused unless its call log can record it as named: a model the row had to
+    cut or could not hold would be paid for and logged as another, or not at
+    all.
+    """
+    if model is None:
+        return None
+    if not isinstance(model, str):
+        raise InvalidRequest("model", "model must be a string.")
+    model = model.strip()
+    if len(model) > MAX_MODEL_LENGTH:
+        raise InvalidRequest("model", f"model is longer than {MAX_MODEL_LENGTH} characters.")
+    if _CONTROL_CHARACTERS.search(model):
+        raise InvalidRequest("model", "model must not contain control characters.")
+    if text_problem(model):
+        raise InvalidRequest(
+            "model", "model must be valid Unicode text: it holds half of a surrogate pair."
+        )
+    return model or None
 
 
 def scope_fields_clean(instance: Any, *, consequence: str) -> dict[str, str]:
@@ -299,4 +340,7 @@ def embed_inputs_validate(inputs: Any) -> list[str]:
         raise InvalidRequest("inputs", "inputs must be a non-empty string or list of strings.")
     if len(inputs) > MAX_EMBED_INPUTS:
         raise InvalidRequest("inputs", f"At most {MAX_EMBED_INPUTS} inputs per call.")
+    for index, text in enumerate(inputs):
+        if text_problem(text, allow_nul=True):
+            raise InvalidRequest("inputs", f"inputs[{index}] {_TEXT_UNSENDABLE}")
     return inputs

@@ -84,6 +84,7 @@ from .chat_input import (
     deadline_validate,
     embed_inputs_validate,
     messages_validate,
+    model_validate,
     parameters_validate,
     scope_validate,
     tools_validate,
@@ -373,6 +374,7 @@ def _call_prepare(
     if not tenant.is_active:
         raise InvalidRequest("tenant", f"The tenant “{tenant.slug}” is inactive.")
     customer_id, service_name = scope_validate(customer_id=customer_id, service_name=service_name)
+    model = model_validate(model)
     deadline_seconds = deadline_validate(deadline)
     version = config_version(tenant.pk)
     route = route_resolve(
@@ -1579,7 +1581,8 @@ def embed(
     another target: only the primary target is tried (with retries).
     """
     inputs = embed_inputs_validate(inputs)
-    if not isinstance(model, str) or not model:
+    model = model_validate(model)
+    if model is None:
         raise InvalidRequest("model", "Name the embedding model to use.")
     parameters_validate(max_tokens=None, temperature=None, top_p=None, stop=None, timeout=timeout)
     embed_request = EmbedRequest(model=model, inputs=inputs, timeout=timeout)

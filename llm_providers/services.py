@@ -14,6 +14,7 @@ from django.utils import timezone
 from .adapters.errors import scrub_secrets
 from .adapters.types import ConnectionCheck
 from .exceptions import ApplicationError
+from .json_values import text_error, text_fields_errors
 from .models import ProviderConfig, ServiceKey, Tenant, UserToken
 from .selectors import provider_config_is_referenced
 
@@ -69,6 +70,10 @@ def _save_validated(config: ProviderConfig) -> ProviderConfig:
     tenant is reported on `name` (the model's constraint would report it on
     no field, since the tenant is part of it).
     """
+    unstorable = text_fields_errors(config)
+    if unstorable:
+        # Before the name's lookup, which the database would fail on too.
+        raise ValidationError(unstorable)
     with transaction.atomic():
         # Serialise default switching and naming per tenant: two concurrent
         # writes must not both pass validation.
@@ -314,6 +319,9 @@ def _key_name_and_expiry_check(*, what: str, name: str, expiry_date: datetime | 
     name = name.strip()
     if not name:
         raise ValidationError({"name": f"Name the {what}, e.g. after the program using it."})
+    unstorable = text_error(name)
+    if unstorable:
+        raise ValidationError({"name": unstorable})
     if expiry_date is not None and expiry_date <= timezone.now():
         raise ValidationError({"expiry_date": "The expiry date must be in the future."})
     return name

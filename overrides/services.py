@@ -9,6 +9,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.template.defaultfilters import pluralize
 
+from llm_providers.json_values import text_fields_errors
 from llm_providers.models import ProviderConfig, Tenant
 
 from .models import RoutingFallback, RoutingOverride
@@ -39,6 +40,9 @@ def _fallbacks_replace(
 
 def _fallback_validate(fallback: RoutingFallback, position: int) -> None:
     try:
+        unstorable = text_fields_errors(fallback)
+        if unstorable:
+            raise ValidationError(unstorable)
         fallback.full_clean()
     except ValidationError as exc:
         messages = [f"Fallback {position + 1}: {m}" for m in exc.messages]
@@ -56,6 +60,9 @@ def routing_overrides_lock(*, tenant_id) -> None:
 
 
 def _save_validated(override: RoutingOverride) -> RoutingOverride:
+    unstorable = text_fields_errors(override)
+    if unstorable:
+        raise ValidationError(unstorable)
     routing_overrides_lock(tenant_id=override.tenant_id)
     override.full_clean()
     try:

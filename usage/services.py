@@ -9,6 +9,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.template.defaultfilters import pluralize
 
+from llm_providers.json_values import text_fields_errors
 from llm_providers.models import ProviderConfig, Tenant
 
 from .models import Budget
@@ -45,6 +46,10 @@ def _save_validated(budget: Budget) -> Budget:
     Every invalid field is reported at once; a name already used in the
     tenant is reported on `name`.
     """
+    unstorable = text_fields_errors(budget)
+    if unstorable:
+        # Before clean(), which trims the scope, and the name's lookup.
+        raise ValidationError(unstorable)
     errors: dict[str, list[str]] = {}
     try:
         # The model's own fields, validators and clean(); the name is checked below.

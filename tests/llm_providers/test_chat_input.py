@@ -9,7 +9,8 @@ from llm_providers.chat_input import (
     parameters_validate,
     scope_validate,
 )
-from llm_providers.completion import complete
+from llm_providers.completion import complete, embed, stream
+from llm_providers.services import provider_config_create
 from tests.factories import ProviderConfigFactory, RoutingOverrideFactory, TenantFactory
 from usage.models import CallLog
 
@@ -207,3 +208,146 @@ def test_messages_validate_refuses_extra_content_a_complete_caller_cannot_send(
 
     assert refused.value.field == "messages[1].tool_calls[0].extra_content"
     assert message in refused.value.message
+
+
+def _call(operation: str, tenant, **arguments):
+    """Run one call of `operation` to its end (a stream read through)."""
+    if operation == "embed":
+        return embed(tenant=tenant, inputs=["hi"], **arguments)
+    if operation == "stream":
+        chunks = stream(tenant=tenant, messages=[{"role": "user", "content": "hi"}], **arguments)
+        "".join(chunks)
+        return chunks.result
+    return complete(tenant=tenant, messages=[{"role": "user", "content": "hi"}], **arguments)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("operation", ["complete", "stream", "embed"])
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        (5, "model must be a string."),
+        ("m" * 201, "model is longer than 200 characters."),
+        ("\u00e9" * 201, "model is longer than 200 characters."),
+        ("fake\x00small", "model must not contain control characters."),
+        ("fake\nsmall", "model must not contain control characters."),
+        ("fake\ud83d", "model must be valid Unicode text: it holds half of a surrogate pair."),
+    ],
+    ids=["number", "too-long", "too-long-multibyte", "nul", "line-break", "surrogate"],
+)
+def test_a_model_no_call_log_can_hold_is_refused_before_routing(operation, model, message):
+    # given a route to a provider that would answer any model name
+    tenant = TenantFactory()
+    ProviderConfigFactory(tenant=tenant, name="default", is_default=True)
+
+    # when a program names a model that the call log's column cannot record
+    with pytest.raises(InvalidRequest) as refused:
+        _call(operation, tenant, model=model)
+
+    # then it is refused naming the field, before any provider was paid
+    assert (refused.value.field, refused.value.message) == ("model", message)
+    assert not CallLog.objects.exists()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("operation", ["complete", "stream", "embed"])
+def test_a_model_is_trimmed_as_the_api_trims_it_and_logged_whole_up_to_200_characters(operation):
+    tenant = TenantFactory()
+    ProviderConfigFactory(tenant=tenant, name="default", is_default=True)
+    longest = "\u00e9" * 200
+
+    trimmed = _call(operation, tenant, model=" fake-small\u00a0")
+    whole = _call(operation, tenant, model=longest)
+
+    assert trimmed.model == "fake-small"
+    assert CallLog.objects.get(request_id=trimmed.request_id).model_requested == "fake-small"
+    assert CallLog.objects.get(request_id=whole.request_id).model_requested == longest
+
+
+def _openai_default(tenant, upstream):
+    return provider_config_create(
+        tenant=tenant,
+        name="openai",
+        provider_type="openai",
+        api_key="sk-proj-A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6",
+        base_url=upstream.base_url,
+        default_model="gpt-4o",
+        is_default=True,
+    )
+
+
+_TOOL = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("operation", ["complete", "stream"])
+@pytest.mark.parametrize(
+    ("arguments", "field", "message"),
+    [
+        (
+            {"messages": [{"role": "user", "content": "half an emoji \ud83d"}]},
+            "messages[0]",
+            "messages[0] must not contain unpaired surrogates (such as \\ud800).",
+        ),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": "\x00\ud800"}]}]},
+            "messages[0]",
+            "messages[0] must not contain unpaired surrogates (such as \\ud800).",
+        ),
+        (
+            {
+                "messages": [{"role": "user", "content": "hi"}],
+                "tools": [
+                    _TOOL,
+                    {"type": "function", "function": {"name": "f", "description": "\udc00"}},
+                ],
+            },
+            "tools[1]",
+            "tools[1] must not contain unpaired surrogates (such as \\ud800).",
+        ),
+        (
+            {"messages": [{"role": "user", "content": "hi"}], "stop": ["\ud800"]},
+            "stop",
+            "stop must not contain unpaired surrogates (such as \\ud800).",
+        ),
+    ],
+    ids=["content-surrogate", "text-part-surrogate-after-nul", "tool-surrogate", "stop-surrogate"],
+)
+def test_text_no_request_can_carry_is_refused_before_the_provider(
+    allow_private_urls, openai_upstream, operation, arguments, field, message
+):
+    # given a tenant whose calls go to OpenAI, whose SDK cannot encode half an emoji
+    tenant = TenantFactory()
+    _openai_default(tenant, openai_upstream)
+    call = complete if operation == "complete" else stream
+
+    # when a program sends text holding one
+    with pytest.raises(InvalidRequest) as refused:
+        "".join(call(tenant=tenant, **arguments)) if operation == "stream" else call(
+            tenant=tenant, **arguments
+        )
+
+    # then the call is refused naming the place, as the API refuses it, before
+    # any provider attempt or log row
+    assert (refused.value.field, refused.value.message) == (field, message)
+    assert openai_upstream.requests == []
+    assert not CallLog.objects.exists()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("text", ["\ud800", "a\x00\udfff"], ids=["surrogate", "after-nul"])
+def test_embedding_input_no_request_can_carry_is_refused_before_the_provider(
+    allow_private_urls, openai_upstream, text
+):
+    tenant = TenantFactory()
+    _openai_default(tenant, openai_upstream)
+
+    with pytest.raises(InvalidRequest) as refused:
+        embed(tenant=tenant, inputs=["fine", text], model="text-embedding-3-small")
+
+    assert (refused.value.field, refused.value.message) == (
+        "inputs",
+        "inputs[1] must not contain unpaired surrogates (such as \\ud800).",
+    )
+    assert openai_upstream.requests == []
+    assert not CallLog.objects.exists()

@@ -348,3 +348,49 @@ def test_user_token_revoke_makes_token_unusable_once():
     assert user_token_revoke(user_token=user_token) is True
     assert user_token_revoke(user_token=user_token) is False
     assert UserToken.objects.get(pk=user_token.pk).revoked is True
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("field", ["name", "default_model", "aws_region"])
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("a\x00b", "Must not contain NUL characters."),
+        ("a\ud83d", "Must not contain unpaired surrogates (such as \\ud800)."),
+        (None, "This field cannot be null."),
+    ],
+    ids=["nul", "surrogate", "none"],
+)
+def test_provider_config_create_refuses_text_postgresql_cannot_store(field, value, message):
+    # A Python caller's value the database would refuse is a ValidationError
+    # on its field, not a DataError, and a NULL is not reported as the name
+    # being taken.
+    tenant = TenantFactory()
+    arguments = {"name": "main", "provider_type": "fake", field: value}
+
+    with pytest.raises(ValidationError) as raised:
+        provider_config_create(tenant=tenant, **arguments)
+
+    assert raised.value.message_dict == {field: [message]}
+    assert not ProviderConfig.objects.exists()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("create", ["service_key", "user_token"])
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("ci\x00", "Must not contain NUL characters."),
+        ("ci\ud83d", "Must not contain unpaired surrogates (such as \\ud800)."),
+    ],
+    ids=["nul", "surrogate"],
+)
+def test_key_create_refuses_a_name_postgresql_cannot_store(create, name, message):
+    with pytest.raises(ValidationError) as raised:
+        if create == "service_key":
+            service_key_create(tenant=TenantFactory(), name=name)
+        else:
+            user_token_create(user=UserFactory(), name=name)
+
+    assert raised.value.message_dict == {"name": [message]}
+    assert (ServiceKey.objects.count(), UserToken.objects.count()) == (0, 0)

@@ -269,3 +269,43 @@ def test_routing_override_create_reports_an_overlong_customer_id_once(tenant):
     assert raised.value.message_dict == {
         "customer_id": ["Ensure this value has at most 200 characters (it has 201)."]
     }
+
+
+_UNSTORABLE = [
+    ("a\x00b", "Must not contain NUL characters."),
+    ("a\ud83d", "Must not contain unpaired surrogates (such as \\ud800)."),
+    (None, "This field cannot be null."),
+]
+
+
+@pytest.mark.parametrize("field", ["customer_id", "service_name", "model", "note"])
+@pytest.mark.parametrize(("value", "message"), _UNSTORABLE, ids=["nul", "surrogate", "none"])
+def test_routing_override_create_refuses_text_postgresql_cannot_store(
+    tenant, field, value, message
+):
+    # A Python caller's value the database would refuse (or, for NULL, report
+    # as another conflict) is a ValidationError on its field, as the API's is.
+    config = ProviderConfigFactory(tenant=tenant)
+    arguments = {"customer_id": "acme", "service_name": "chat", field: value}
+
+    with pytest.raises(ValidationError) as raised:
+        routing_override_create(tenant=tenant, provider_config=config, **arguments)
+
+    assert raised.value.message_dict == {field: [message]}
+    assert not RoutingOverride.objects.exists()
+
+
+def test_routing_override_create_refuses_a_fallback_model_postgresql_cannot_store(tenant):
+    primary = ProviderConfigFactory(tenant=tenant)
+    fallback = ProviderConfigFactory(tenant=tenant)
+
+    with pytest.raises(ValidationError) as raised:
+        routing_override_create(
+            tenant=tenant,
+            provider_config=primary,
+            customer_id="acme",
+            fallbacks=[(fallback, "fake\x00large")],
+        )
+
+    assert raised.value.messages == ["Fallback 1: Must not contain NUL characters."]
+    assert not RoutingOverride.objects.exists()

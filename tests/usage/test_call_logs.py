@@ -51,6 +51,31 @@ def test_call_log_record_stores_usage_and_cost():
     assert log.cost_usd == Decimal("0.000123456789")
 
 
+def test_call_log_record_keeps_the_row_of_texts_holding_half_an_emoji_or_a_nul():
+    # A provider's message or answered model cut inside an emoji's UTF-16 pair,
+    # and a prompt holding a NUL: PostgreSQL text takes neither, the paid call
+    # keeps its row with U+FFFD where each was.
+    tenant = TenantFactory()
+
+    log_id = call_log_record(
+        tenant_id=tenant.pk,
+        request_id=uuid.uuid4(),
+        attempt=1,
+        status="error",
+        created_at=timezone.now(),
+        model_answered="gpt\ud83d",
+        error_message="refused: a\udc00b",
+        prompt_preview="a\x00b",
+    )
+
+    log = CallLog.objects.get(pk=log_id)
+    assert (log.model_answered, log.error_message, log.prompt_preview) == (
+        "gpt\ufffd",
+        "refused: a\ufffdb",
+        "a\ufffdb",
+    )
+
+
 def test_call_log_record_cuts_long_texts():
     tenant = TenantFactory()
 

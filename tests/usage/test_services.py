@@ -82,3 +82,27 @@ def test_budget_delete_removes_the_budget(tenant):
     budget_delete(budget=budget)
 
     assert not Budget.objects.filter(tenant=tenant).exists()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("field", ["name", "customer_id", "service_name", "alert_emails"])
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("a\x00b", "Must not contain NUL characters."),
+        ("a\ud83d", "Must not contain unpaired surrogates (such as \\ud800)."),
+        (None, "This field cannot be null."),
+    ],
+    ids=["nul", "surrogate", "none"],
+)
+def test_budget_create_refuses_text_postgresql_cannot_store(field, value, message):
+    # A Python caller's value the database would refuse is a ValidationError
+    # on its field, not a DataError (or, for NULL, a misleading name conflict).
+    tenant = TenantFactory()
+    arguments = {"name": "monthly", field: value}
+
+    with pytest.raises(ValidationError) as raised:
+        budget_create(tenant=tenant, limit_usd=Decimal("10"), **arguments)
+
+    assert raised.value.message_dict == {field: [message]}
+    assert not Budget.objects.exists()

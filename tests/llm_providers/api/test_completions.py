@@ -572,6 +572,10 @@ def test_completion_answers_422_when_no_route(service_api, tenant):
             {"messages": [{"role": "user", "content": "a\x00b"}]},
             {"messages": ["Text must not contain NUL characters or unpaired surrogates."]},
         ),
+        (
+            {"messages": HELLO, "model": "fake\nsmall"},
+            {"model": ["model must not contain control characters."]},
+        ),
     ],
     ids=[
         "no-messages",
@@ -589,6 +593,7 @@ def test_completion_answers_422_when_no_route(service_api, tenant):
         "tool",
         "tool-name",
         "nul",
+        "model-line-break",
     ],  # fmt: skip
 )
 def test_completion_answers_400_naming_the_bad_field(service_api, fake, body, fields):

@@ -13,7 +13,7 @@ from typing import Any
 from django.conf import settings
 
 from .exceptions import ApplicationError
-from .json_values import json_value_error, text_problem
+from .json_values import CONTROL_CHARACTERS, json_value_error, text_problem
 
 ROLES = frozenset({"system", "user", "assistant", "tool"})
 # Data URLs only: the layer never fetches images from URLs on a caller's behalf.
@@ -25,7 +25,6 @@ MAX_TOKENS_LIMIT = 1_000_000
 MAX_SCOPE_LENGTH = 200
 # The width of CallLog.model_requested (and of every model column).
 MAX_MODEL_LENGTH = 200
-_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 _TEXT_UNSENDABLE = "must not contain unpaired surrogates (such as \\ud800)."
 # What OpenAI, Anthropic and Bedrock all accept as a tool name: checked here, a
 # name one of them refuses would fail every fallback alike.
@@ -275,7 +274,7 @@ def scope_validate(*, customer_id: Any, service_name: Any) -> tuple[str, str]:
         value = value.strip()
         if len(value) > MAX_SCOPE_LENGTH:
             raise InvalidRequest(field, f"{field} is longer than {MAX_SCOPE_LENGTH} characters.")
-        if _CONTROL_CHARACTERS.search(value):
+        if CONTROL_CHARACTERS.search(value):
             raise InvalidRequest(field, f"{field} must not contain control characters.")
         if text_problem(value):
             raise InvalidRequest(
@@ -300,7 +299,7 @@ def model_validate(model: Any) -> str | None:
     model = model.strip()
     if len(model) > MAX_MODEL_LENGTH:
         raise InvalidRequest("model", f"model is longer than {MAX_MODEL_LENGTH} characters.")
-    if _CONTROL_CHARACTERS.search(model):
+    if CONTROL_CHARACTERS.search(model):
         raise InvalidRequest("model", "model must not contain control characters.")
     if text_problem(model):
         raise InvalidRequest(

@@ -8,13 +8,19 @@ nested however deep is refused rather than crashing the check.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.db import models
 
 # 64 levels: far more than provider options, chat messages or a tool's JSON
 # schema need, and far below Python's recursion limit (json, DRF, psycopg).
 MAX_JSON_DEPTH = 64
+
+# What no name sent to a provider (a model's, a customer's) may hold.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+MODEL_NAME_CONTROL = "A model name must not contain control characters (such as a line break)."
 
 TEXT_NUL = "nul"
 TEXT_SURROGATE = "surrogate"
@@ -111,3 +117,11 @@ def text_fields_errors(instance: models.Model) -> dict[str, list[str]]:
         if problem:
             errors[field.name] = [problem]
     return errors
+
+
+def model_name_validate(value: str) -> None:
+    """A model name stored for calls to send (a default, an override's): one
+    with a control character would be sent as it is, where a call naming it
+    is refused (chat_input.model_validate)."""
+    if isinstance(value, str) and CONTROL_CHARACTERS.search(value):
+        raise ValidationError(MODEL_NAME_CONTROL, code="control_characters")

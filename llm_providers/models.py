@@ -24,7 +24,12 @@ from .encryption import (
     secret_mask,
 )
 from .exceptions import SecretUnreadableError
-from .json_values import json_value_error
+from .json_values import (
+    CONTROL_CHARACTERS,
+    MODEL_NAME_CONTROL,
+    json_value_error,
+    model_name_validate,
+)
 from .network import base_url_validate
 from .provider_types import ProviderType, provider_type_spec
 
@@ -255,7 +260,7 @@ class ProviderConfig(LockedDeleteModel):
     allowed_models = models.JSONField(
         default=list, blank=True, help_text="Models this config may serve; empty means any."
     )
-    default_model = models.CharField(max_length=200, blank=True)
+    default_model = models.CharField(max_length=200, blank=True, validators=[model_name_validate])
 
     is_active = models.BooleanField(default=True)
     is_default = models.BooleanField(default=False)
@@ -482,6 +487,8 @@ class ProviderConfig(LockedDeleteModel):
             errors.setdefault("allowed_models", []).append(
                 "Allowed models must be a list of model names."
             )
+        elif any(CONTROL_CHARACTERS.search(m) for m in self.allowed_models):
+            errors.setdefault("allowed_models", []).append(MODEL_NAME_CONTROL)
         elif (
             self.default_model
             and self.allowed_models

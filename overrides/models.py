@@ -6,6 +6,7 @@ from django.core.exceptions import ValidationError
 from django.db import models
 
 from llm_providers.chat_input import scope_fields_clean
+from llm_providers.json_values import model_name_validate
 from llm_providers.models import ProviderConfig, Tenant
 
 
@@ -40,6 +41,7 @@ class RoutingOverride(models.Model):
     model = models.CharField(
         max_length=200,
         blank=True,
+        validators=[model_name_validate],
         help_text="For the calls that name no model; empty: the provider config's default "
         "model. A call that names a model keeps it (it must be allowed on the provider config).",
     )
@@ -129,7 +131,10 @@ class RoutingFallback(models.Model):
         ProviderConfig, on_delete=models.RESTRICT, related_name="routing_fallbacks"
     )
     model = models.CharField(
-        max_length=200, blank=True, help_text="Empty: the provider config's default model."
+        max_length=200,
+        blank=True,
+        validators=[model_name_validate],
+        help_text="Empty: the provider config's default model.",
     )
 
     class Meta:

@@ -157,6 +157,30 @@ def test_provider_create_answers_400_when_key_holds_a_character_it_cannot_send(a
 
 
 @pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("default_model", "fake\nsmall"),
+        ("default_model", "fake-small\x7f"),
+        ("allowed_models", ["fake-small", "fake\tlarge"]),
+    ],
+)
+def test_provider_create_answers_400_when_a_model_name_holds_a_control_character(
+    admin_api, tenant, field, value
+):
+    # given a model name no call could name: complete() refuses control characters
+    body = {"name": "fake-main", "provider_type": "fake", field: value}
+
+    response = admin_api.post(PROVIDERS, body, format="json")
+
+    # then the config is refused on that field, rather than sending the name on
+    assert response.status_code == 400, response.json()
+    assert response.json()["error"]["fields"] == {
+        field: ["A model name must not contain control characters (such as a line break)."]
+    }
+    assert not ProviderConfig.objects.filter(tenant=tenant).exists()
+
+
+@pytest.mark.parametrize(
     "region", ["us-east-1.example.com", "eu west 1", "EU-WEST-1", "us-east-1/"]
 )
 def test_provider_create_answers_400_when_bedrock_region_is_not_a_region(admin_api, tenant, region):

@@ -346,6 +346,29 @@ def test_override_create_refuses_a_customer_id_no_call_can_carry(admin_api, tena
     assert not RoutingOverride.objects.filter(tenant=tenant).exists()
 
 
+@pytest.mark.parametrize("where", ["override", "fallback"])
+def test_override_create_refuses_a_model_name_with_a_control_character(
+    admin_api, tenant, providers, where
+):
+    body = {"customer_id": "acme-corp", "provider_config": str(providers["backup"].pk)}
+    fallback = {"provider_config": str(providers["main"].pk)}
+    if where == "override":
+        body["model"] = "fake\nlarge"
+    else:
+        fallback["model"] = "fake\rsmall"
+    body["fallbacks"] = [fallback]
+
+    response = admin_api.post(OVERRIDES, body, format="json")
+
+    assert response.status_code == 400, response.json()
+    message = "A model name must not contain control characters (such as a line break)."
+    expected = (
+        {"model": [message]} if where == "override" else {"fallbacks": [f"Fallback 1: {message}"]}
+    )
+    assert response.json()["error"]["fields"] == expected
+    assert not RoutingOverride.objects.filter(tenant=tenant).exists()
+
+
 def test_route_resolve_of_inactive_tenant_says_its_calls_are_refused(tenant, providers):
     # given a superuser, who may still act for a tenant once it is deactivated
     from tests.api.fixtures import token_client

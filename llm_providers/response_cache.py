@@ -1,9 +1,10 @@
 """Cache of completion results, per tenant, for identical requests.
 
 The key is a SHA-256 over the tenant, provider config (and its endpoint: type,
-base URL, AWS region and options, so an answer from a config's old endpoint is not served
-after it changed), model, messages and every parameter that changes the
-answer; nothing secret goes into it. Each
+base URL, AWS region, options and the key's fingerprint, so an answer from a
+config's old endpoint or account is not served after it changed), model,
+messages and every parameter that changes the answer; nothing secret goes
+into it. Each
 tenant sets its TTL (`Tenant.response_cache_ttl_seconds`; 0 turns it off).
 An entry keeps the time it was stored, and a lookup serves it only while it
 is younger than the tenant's TTL of that moment: entries stored under a
@@ -48,10 +49,16 @@ def request_fingerprint(request: ChatRequest) -> str:
 
 
 def provider_endpoint(provider_config) -> str:
-    """What of a provider config decides where and how its answers come from."""
+    """What of a provider config decides where and how its answers come from.
+
+    The credentials are named by what the config shows of them (the key's
+    fingerprint, prefix and last four characters; AWS: the access key ID's),
+    never the key: another key is another account, whose models, fine-tunes
+    or gateway routing may answer otherwise."""
     options = json.dumps(provider_config.options, sort_keys=True, default=str)
     config = provider_config
-    return f"{config.provider_type}|{config.base_url}|{config.aws_region}|{options}"
+    credentials = f"{config.key_fingerprint}|{config.key_prefix}|{config.key_last4}"
+    return f"{config.provider_type}|{config.base_url}|{config.aws_region}|{options}|{credentials}"
 
 
 def _cache_key(

@@ -97,6 +97,23 @@ def test_endpoint_of_a_bedrock_config_names_its_region():
     assert "us-west-2" in provider_endpoint(west)
 
 
+def test_endpoint_of_a_bedrock_config_names_its_credentials_not_them():
+    # Another access key is another account: its answers are not the old one's.
+    configs = []
+    for access_key_id in ("AKIAOLDACCOUNT000001", "AKIANEWACCOUNT000002"):
+        config = ProviderConfig(provider_type="bedrock", aws_region="us-east-1", options={})
+        config.set_aws_credentials(
+            access_key_id=access_key_id, secret_access_key=f"Sec{access_key_id}Ret/0123456789"
+        )
+        configs.append(config)
+
+    old, new = (provider_endpoint(config) for config in configs)
+
+    assert old != new
+    assert "0001" in old
+    assert "OLDACCOUNT" not in old and "Ret/0123456789" not in old
+
+
 def test_response_cache_reads_an_entry_stored_before_tool_calls_kept_extra_content():
     key = {"tenant_id": uuid.uuid4(), "provider_config_id": uuid.uuid4(), "endpoint": "e"}
     stored = {

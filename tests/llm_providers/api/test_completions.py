@@ -254,6 +254,7 @@ def test_completion_stream_cache_hit_keeps_the_answers_estimated_usage_flag(
 
     assert (first["cached"], first["usage_estimated"]) == (False, True)
     assert (again["cached"], again["usage"]) == (True, first["usage"])
+    assert (again["cost_usd"], again["price_source"]) == ("0.000000000000", "none")
     assert (as_json["cached"], as_json["usage"]) == (True, first["usage"])
     # The tokens of a hit are the original answer's estimate, and say so.
     assert (again["usage_estimated"], as_json["usage_estimated"]) == (True, True)

@@ -167,7 +167,15 @@ class _SlidingWindowThrottle(SimpleRateThrottle, ABC):
         every request) or when processes race. A request passes again once the
         history is below the rate, i.e. when its `num_requests`-th newest entry
         leaves the window.
+
+        Never more than the window: a concurrent request that read the time
+        after this one and was admitted before it holds an entry newer than
+        this request's time, but that entry leaves the window at most its
+        duration after this check, which came after its admission.
         """
+        return min(float(self.duration), self._wait_unbounded())
+
+    def _wait_unbounded(self) -> float:
         redis_wait = getattr(self, "_redis_wait", None)
         if redis_wait is not None:
             return redis_wait

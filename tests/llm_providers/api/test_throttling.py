@@ -171,6 +171,28 @@ def test_concurrent_requests_of_one_credential_never_pass_beyond_the_rate(low_ra
     assert 55 <= refused.wait() <= 60
 
 
+@pytest.mark.redis
+def test_a_request_stamped_before_the_admitted_ones_waits_at_most_the_window(low_rates):
+    # given: the rate (2/min) admitted at 1000.5 s, and a concurrent request whose
+    # time was read at 1000.0 s, before theirs, checked only after them
+    admitted = []
+    for _ in range(2):
+        throttle = CredentialRateThrottle()
+        throttle.timer = lambda: 1000.5
+        admitted.append(throttle.allow_request(_service_key_request("Late0001"), None))
+    late = CredentialRateThrottle()
+    late.timer = lambda: 1000.0
+
+    # when: it is refused
+    refused = not late.allow_request(_service_key_request("Late0001"), None)
+
+    # then: it waits the window at most (the admitted ones leave it a minute
+    # after their arrival, which is no later than this check), so Retry-After
+    # never says more than the window's 60 s
+    assert (admitted, refused) == ([True, True], True)
+    assert late.wait() == 60.0
+
+
 def test_a_rate_of_zero_refuses_every_request_with_the_whole_window_to_wait(
     settings, anonymous_api, caplog
 ):

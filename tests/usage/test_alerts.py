@@ -838,6 +838,34 @@ def test_webhook_payload_gives_json_receivers_the_message_as_written(
 
 
 @pytest.mark.django_db
+def test_webhook_payload_writes_a_zero_spend_as_a_plain_decimal(httpserver, allow_private_urls):
+    # given a $1 daily blocking budget with nothing spent, which refused a call that
+    # could have cost $2: its 100 % alert says it refuses calls, at a spend of $0
+    receiver = _FlakyReceiver(httpserver, failures=0)
+    now = timezone.now()
+    tenant = TenantFactory(name="Acme")
+    _daily_cap_refused_a_call(tenant, now=now, limit="1", spent="0", amount="2")
+    budget = Budget.objects.get(tenant=tenant)
+    budget.alert_emails = ""
+    budget.webhook_url = receiver.url
+    budget.save()
+    (alert,) = budget_thresholds_check(now=now)
+    assert (alert.percent, alert.spend_usd) == (100, Decimal(0))
+
+    # when it is delivered
+    delivered = alert_delivery_attempt(delivery_id=alert.deliveries.get().pk, now=now)
+
+    # then the amounts are decimal strings a receiver can read, never "0E-12"
+    assert delivered.state == "delivered"
+    (body,) = receiver.bodies
+    assert (body["alert"]["spend_usd"], body["alert"]["limit_usd"]) == (
+        "0.000000000000",
+        "1.0000",
+    )
+    assert Decimal(body["alert"]["spend_usd"]) == 0
+
+
+@pytest.mark.django_db
 def test_webhook_delivery_gives_up_after_max_attempts_until_retried_in_the_admin(
     httpserver, allow_private_urls, settings
 ):

@@ -866,6 +866,70 @@ def test_webhook_payload_writes_a_zero_spend_as_a_plain_decimal(httpserver, allo
 
 
 @pytest.mark.django_db
+def test_email_and_webhook_of_one_alert_are_retried_apart_and_never_resend_each_other(
+    httpserver, allow_private_urls, settings, monkeypatch
+):
+    # given a budget alerting by email and by a webhook whose receiver is down once
+    receiver = _FlakyReceiver(httpserver, failures=1)
+    tenant = TenantFactory()
+    BudgetFactory(
+        tenant=tenant,
+        alert_percentages=[50],
+        alert_emails="ops@example.com",
+        webhook_url=receiver.url,
+    )
+    _spend(tenant, "5.00")
+    _aggregate()
+    (alert,) = budget_thresholds_check(now=NOW)
+    email = alert.deliveries.get(channel=AlertDelivery.Channel.EMAIL)
+    webhook = alert.deliveries.get(channel=AlertDelivery.Channel.WEBHOOK)
+
+    # when the first run sends both: the email goes, the webhook fails
+    assert alert_deliveries_send_due(now=NOW) == 1
+    assert len(mail.outbox) == 1
+    webhook.refresh_from_db()
+    assert (webhook.state, webhook.attempts) == ("retrying", 1)
+
+    # and the worker sending the webhook again stops right after the receiver took it
+    import usage.alerts
+
+    recorded = usage.alerts._delivered_record
+
+    def stopped(delivery, **kwargs):
+        raise SystemExit(1)
+
+    monkeypatch.setattr(usage.alerts, "_delivered_record", stopped)
+    retry_at = webhook.next_attempt_at
+    with pytest.raises(SystemExit):
+        alert_deliveries_send_due(now=retry_at)
+    monkeypatch.setattr(usage.alerts, "_delivered_record", recorded)
+
+    # then the attempt stays counted and claimed, and the email is not sent again
+    webhook.refresh_from_db()
+    assert webhook.attempts == 2
+    assert webhook.last_error == AlertDelivery.NO_OUTCOME
+    assert alert_deliveries_send_due(now=retry_at) == 0
+    assert len(receiver.bodies) == 2
+    assert len(mail.outbox) == 1
+
+    # and once the claim expires the webhook alone is sent again (at least once:
+    # the receiver can tell the repeat by the alert's id)
+    assert alert_deliveries_send_due(now=webhook.next_attempt_at) == 1
+    assert [body["alert"]["id"] for body in receiver.bodies] == [alert.pk] * 3
+    webhook.refresh_from_db()
+    email.refresh_from_db()
+    assert (webhook.state, webhook.attempts, webhook.last_error) == ("delivered", 3, "")
+    assert (email.state, email.attempts, email.last_error) == ("delivered", 1, "")
+    assert len(mail.outbox) == 1
+
+    # and an admin's retry of the alert sends neither again
+    retried = alert_deliveries_retry(alerts=CostAlert.objects.filter(pk=alert.pk))
+    assert retried == DeliveriesRetried(queued=0, sending=0)
+    assert alert_deliveries_send_due(now=timezone.now()) == 0
+    assert (len(receiver.bodies), len(mail.outbox)) == (3, 1)
+
+
+@pytest.mark.django_db
 def test_webhook_delivery_gives_up_after_max_attempts_until_retried_in_the_admin(
     httpserver, allow_private_urls, settings
 ):

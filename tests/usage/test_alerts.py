@@ -1822,6 +1822,63 @@ def test_retries_of_a_delivery_being_sent_do_not_send_it_again(
 
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
+def test_queued_send_its_broker_redelivery_and_the_periodic_run_at_once_send_each_channel_once(
+    holding_receiver, allow_private_urls
+):
+    # given an alert by email and webhook, whose queued sends a worker runs while the
+    # broker hands one of them out again and the periodic run comes, all at once
+    from usage.tasks import send_alert_delivery, send_due_alert_deliveries
+
+    webhook = _webhook_delivery_due(holding_receiver)
+    Budget.objects.filter(pk=webhook.alert.budget_id).update(alert_emails="ops@example.com")
+    email = AlertDelivery.objects.create(
+        alert=webhook.alert,
+        channel=AlertDelivery.Channel.EMAIL,
+        target="ops@example.com",
+        target_label="ops@example.com",
+        next_attempt_at=NOW,
+        created_at=NOW,
+    )
+    mail.outbox.clear()
+    barrier = threading.Barrier(4)
+
+    def run(task, *args):
+        def go():
+            try:
+                barrier.wait()
+                task.apply(args=args).get()
+            finally:
+                connection.close()
+
+        return threading.Thread(target=go)
+
+    threads = [
+        run(send_alert_delivery, webhook.pk),
+        run(send_alert_delivery, webhook.pk),
+        run(send_alert_delivery, email.pk),
+        run(send_due_alert_deliveries),
+    ]
+    for thread in threads:
+        thread.start()
+    # (the receiver holds the POST that went out while the others run)
+    assert holding_receiver.arrived.wait(5)
+    for thread in threads:
+        thread.join(3)
+    holding_receiver.release.set()
+    for thread in threads:
+        thread.join(10)
+
+    # then the receiver got one POST and the recipients one email, both recorded once
+    assert len(holding_receiver.posts) == 1
+    assert [m.to for m in mail.outbox] == [["ops@example.com"]]
+    webhook.refresh_from_db()
+    email.refresh_from_db()
+    assert (webhook.state, webhook.attempts, webhook.last_error) == ("delivered", 1, "")
+    assert (email.state, email.attempts, email.last_error) == ("delivered", 1, "")
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
 def test_concurrent_retries_of_a_failed_delivery_send_it_once(holding_receiver, allow_private_urls):
     # given a webhook delivery that gave up
     delivery = _webhook_delivery_due(holding_receiver)

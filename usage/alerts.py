@@ -527,6 +527,12 @@ def _slack_text(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def _decimal_text(amount: Decimal | None) -> str | None:
+    """A stored amount as a plain decimal string: str() writes a zero, or an amount
+    under a millionth, in exponent form ("0E-12"), which receivers do not read as money."""
+    return None if amount is None else f"{amount:f}"
+
+
 def _payload(alert: CostAlert) -> dict:
     # `text` is for Slack; other receivers read `alert`, whose message is as written.
     return {
@@ -539,8 +545,8 @@ def _payload(alert: CostAlert) -> dict:
             "budget": alert.budget.name if alert.budget else None,
             "period": alert.period_key,
             "percent": alert.percent,
-            "spend_usd": None if alert.spend_usd is None else str(alert.spend_usd),
-            "limit_usd": None if alert.limit_usd is None else str(alert.limit_usd),
+            "spend_usd": _decimal_text(alert.spend_usd),
+            "limit_usd": _decimal_text(alert.limit_usd),
             "created_at": alert.created_at.isoformat(),
         },
     }

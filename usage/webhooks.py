@@ -129,12 +129,18 @@ class _Deadline:
     The socket timeout bounds each read, not the answer: a receiver sending a
     byte at a time would hold the worker past the delivery's claim, and a
     second worker would send the alert again.
+
+    A connection made once the time is up (resolving the host took it all) is
+    closed before anything is sent: the POST would start after the deadline
+    had already fired, and nothing would end it in time.
     """
 
     def __init__(self, seconds: float):
         self.seconds = seconds
         self.expired = False
         self.connections: list[http.client.HTTPConnection] = []
+        # Sockets connected and not yet handed to their connection.
+        self.sockets: list[socket.socket] = []
         self._lock = threading.Lock()
         self._timer = threading.Timer(seconds, self._expire)
         self._timer.daemon = True
@@ -149,20 +155,35 @@ class _Deadline:
     def connection(self, connection_class):
         def create(*args, **kwargs):
             connection = connection_class(*args, **kwargs)
+            connection._create_connection = self._connect_in_time(connection._create_connection)
             with self._lock:
                 self.connections.append(connection)
             return connection
 
         return create
 
+    def _connect_in_time(self, connect):
+        def create_connection(*args, **kwargs):
+            sock = connect(*args, **kwargs)
+            with self._lock:
+                if self.expired:
+                    sock.close()
+                    raise TimeoutError("the POST's time limit passed before it was sent")
+                # Until the connection holds it: the deadline may fire in between.
+                self.sockets.append(sock)
+            return sock
+
+        return create_connection
+
     def _expire(self) -> None:
         with self._lock:
             self.expired = True
-            for connection in self.connections:
-                if connection.sock is not None:
-                    # The plain socket's shutdown, also under TLS: a blocked read returns.
-                    with suppress(OSError):
-                        socket.socket.shutdown(connection.sock, socket.SHUT_RDWR)
+            held = [c.sock for c in self.connections if c.sock is not None]
+            for sock in [*held, *self.sockets]:
+                # The plain socket's shutdown, also under TLS: a blocked read returns.
+                # (A socket TLS has since wrapped is closed here: its wrapper is held.)
+                with suppress(OSError):
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 class _HTTPHandler(urllib.request.HTTPHandler):

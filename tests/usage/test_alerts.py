@@ -838,6 +838,98 @@ def test_webhook_payload_gives_json_receivers_the_message_as_written(
 
 
 @pytest.mark.django_db
+def test_webhook_payload_writes_a_zero_spend_as_a_plain_decimal(httpserver, allow_private_urls):
+    # given a $1 daily blocking budget with nothing spent, which refused a call that
+    # could have cost $2: its 100 % alert says it refuses calls, at a spend of $0
+    receiver = _FlakyReceiver(httpserver, failures=0)
+    now = timezone.now()
+    tenant = TenantFactory(name="Acme")
+    _daily_cap_refused_a_call(tenant, now=now, limit="1", spent="0", amount="2")
+    budget = Budget.objects.get(tenant=tenant)
+    budget.alert_emails = ""
+    budget.webhook_url = receiver.url
+    budget.save()
+    (alert,) = budget_thresholds_check(now=now)
+    assert (alert.percent, alert.spend_usd) == (100, Decimal(0))
+
+    # when it is delivered
+    delivered = alert_delivery_attempt(delivery_id=alert.deliveries.get().pk, now=now)
+
+    # then the amounts are decimal strings a receiver can read, never "0E-12"
+    assert delivered.state == "delivered"
+    (body,) = receiver.bodies
+    assert (body["alert"]["spend_usd"], body["alert"]["limit_usd"]) == (
+        "0.000000000000",
+        "1.0000",
+    )
+    assert Decimal(body["alert"]["spend_usd"]) == 0
+
+
+@pytest.mark.django_db
+def test_email_and_webhook_of_one_alert_are_retried_apart_and_never_resend_each_other(
+    httpserver, allow_private_urls, settings, monkeypatch
+):
+    # given a budget alerting by email and by a webhook whose receiver is down once
+    receiver = _FlakyReceiver(httpserver, failures=1)
+    tenant = TenantFactory()
+    BudgetFactory(
+        tenant=tenant,
+        alert_percentages=[50],
+        alert_emails="ops@example.com",
+        webhook_url=receiver.url,
+    )
+    _spend(tenant, "5.00")
+    _aggregate()
+    (alert,) = budget_thresholds_check(now=NOW)
+    email = alert.deliveries.get(channel=AlertDelivery.Channel.EMAIL)
+    webhook = alert.deliveries.get(channel=AlertDelivery.Channel.WEBHOOK)
+
+    # when the first run sends both: the email goes, the webhook fails
+    assert alert_deliveries_send_due(now=NOW) == 1
+    assert len(mail.outbox) == 1
+    webhook.refresh_from_db()
+    assert (webhook.state, webhook.attempts) == ("retrying", 1)
+
+    # and the worker sending the webhook again stops right after the receiver took it
+    import usage.alerts
+
+    recorded = usage.alerts._delivered_record
+
+    def stopped(delivery, **kwargs):
+        raise SystemExit(1)
+
+    monkeypatch.setattr(usage.alerts, "_delivered_record", stopped)
+    retry_at = webhook.next_attempt_at
+    with pytest.raises(SystemExit):
+        alert_deliveries_send_due(now=retry_at)
+    monkeypatch.setattr(usage.alerts, "_delivered_record", recorded)
+
+    # then the attempt stays counted and claimed, and the email is not sent again
+    webhook.refresh_from_db()
+    assert webhook.attempts == 2
+    assert webhook.last_error == AlertDelivery.NO_OUTCOME
+    assert alert_deliveries_send_due(now=retry_at) == 0
+    assert len(receiver.bodies) == 2
+    assert len(mail.outbox) == 1
+
+    # and once the claim expires the webhook alone is sent again (at least once:
+    # the receiver can tell the repeat by the alert's id)
+    assert alert_deliveries_send_due(now=webhook.next_attempt_at) == 1
+    assert [body["alert"]["id"] for body in receiver.bodies] == [alert.pk] * 3
+    webhook.refresh_from_db()
+    email.refresh_from_db()
+    assert (webhook.state, webhook.attempts, webhook.last_error) == ("delivered", 3, "")
+    assert (email.state, email.attempts, email.last_error) == ("delivered", 1, "")
+    assert len(mail.outbox) == 1
+
+    # and an admin's retry of the alert sends neither again
+    retried = alert_deliveries_retry(alerts=CostAlert.objects.filter(pk=alert.pk))
+    assert retried == DeliveriesRetried(queued=0, sending=0)
+    assert alert_deliveries_send_due(now=timezone.now()) == 0
+    assert (len(receiver.bodies), len(mail.outbox)) == (3, 1)
+
+
+@pytest.mark.django_db
 def test_webhook_delivery_gives_up_after_max_attempts_until_retried_in_the_admin(
     httpserver, allow_private_urls, settings
 ):
@@ -1726,6 +1818,66 @@ def test_retries_of_a_delivery_being_sent_do_not_send_it_again(
     assert outcomes["beat"] == 0
     delivery.refresh_from_db()
     assert (delivery.state, delivery.attempts, delivery.last_error) == ("delivered", 1, "")
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_queued_send_its_broker_redelivery_and_the_periodic_run_at_once_send_each_channel_once(
+    holding_receiver, allow_private_urls
+):
+    # given an alert by email and webhook, whose queued sends a worker runs while the
+    # broker hands one of them out again and the periodic run comes, all at once
+    from usage.tasks import send_alert_delivery, send_due_alert_deliveries
+
+    webhook = _webhook_delivery_due(holding_receiver)
+    Budget.objects.filter(pk=webhook.alert.budget_id).update(alert_emails="ops@example.com")
+    email = AlertDelivery.objects.create(
+        alert=webhook.alert,
+        channel=AlertDelivery.Channel.EMAIL,
+        target="ops@example.com",
+        target_label="ops@example.com",
+        next_attempt_at=NOW,
+        created_at=NOW,
+    )
+    mail.outbox.clear()
+    barrier = threading.Barrier(4)
+    states = []
+
+    def run(task, *args):
+        def go():
+            try:
+                barrier.wait()
+                states.append(task.apply(args=args).state)
+            finally:
+                connection.close()
+
+        return threading.Thread(target=go)
+
+    threads = [
+        run(send_alert_delivery, webhook.pk),
+        run(send_alert_delivery, webhook.pk),
+        run(send_alert_delivery, email.pk),
+        run(send_due_alert_deliveries),
+    ]
+    for thread in threads:
+        thread.start()
+    # (the receiver holds the POST that went out while the others run)
+    assert holding_receiver.arrived.wait(5)
+    for thread in threads:
+        thread.join(3)
+    holding_receiver.release.set()
+    for thread in threads:
+        thread.join(10)
+
+    # then every task ran to its end, the receiver got one POST and the recipients
+    # one email, both recorded once
+    assert states == ["SUCCESS"] * 4
+    assert len(holding_receiver.posts) == 1
+    assert [m.to for m in mail.outbox] == [["ops@example.com"]]
+    webhook.refresh_from_db()
+    email.refresh_from_db()
+    assert (webhook.state, webhook.attempts, webhook.last_error) == ("delivered", 1, "")
+    assert (email.state, email.attempts, email.last_error) == ("delivered", 1, "")
 
 
 @pytest.mark.postgres

@@ -177,3 +177,49 @@ def test_post_does_not_follow_a_redirect_and_says_so(httpserver, allow_private_u
         "not follow redirects, so enter the URL it redirects to."
     )
     assert [request.path for request, _ in httpserver.log] == ["/hooks/T0/secret"]
+
+
+class _SlowDns:
+    """A resolver that takes `seconds` to answer a test-only name with 127.0.0.1."""
+
+    name = "slow-resolver.alerts.test"
+
+    def __init__(self, monkeypatch, seconds):
+        self.seconds = seconds
+        self.real = socket.getaddrinfo
+        monkeypatch.setattr(socket, "getaddrinfo", self.getaddrinfo)
+
+    def getaddrinfo(self, host, port, *args, **kwargs):
+        if host != self.name:
+            return self.real(host, port, *args, **kwargs)
+        # A resolver that is slow to answer, not a wait for another thread.
+        threading.Event().wait(self.seconds)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port or 0))]
+
+
+@pytest.mark.parametrize("private_allowed", [True, False])
+def test_post_is_not_sent_once_its_time_limit_passed_while_resolving_the_host(
+    httpserver, settings, monkeypatch, private_allowed
+):
+    # given a receiver whose host takes longer to resolve than the POST may take in all
+    settings.PROVIDER_ALLOW_PRIVATE_URLS = True
+    settings.USAGE_ALERT_WEBHOOK_TIMEOUT_SECONDS = 0.3
+    httpserver.expect_request("/hooks/T0", method="POST").respond_with_data("ok")
+    dns = _SlowDns(monkeypatch, seconds=1.0)
+    url = f"http://{dns.name}:{httpserver.port}/hooks/T0"
+    if not private_allowed:
+        # (the URL check passes; the connection's own resolution then finds loopback)
+        monkeypatch.setattr("usage.webhooks.webhook_url_validate", lambda url: None)
+        monkeypatch.setattr("usage.webhooks.address_forbidden_kind", lambda ip: "")
+        settings.PROVIDER_ALLOW_PRIVATE_URLS = False
+
+    # when the alert is posted
+    with pytest.raises(WebhookFailed) as failed:
+        webhook_post(url, {"text": "budget crossed"})
+
+    # then nothing was sent after the time limit (a send then could outlast the
+    # delivery's claim and go out twice), and the failure says why
+    assert httpserver.log == []
+    assert str(failed.value) == (
+        f"http://{dns.name}:{httpserver.port}/… did not answer within 0.3 s."
+    )

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 from django.core.exceptions import ValidationError
-from django.db import connections, transaction
+from django.db import transaction
 from django.test import Client
 from django.urls import reverse
 
@@ -21,29 +19,10 @@ from tests.factories import (
     TenantMembershipFactory,
     UserFactory,
 )
+from tests.threads import thread_run
 
 OLD_KEY = "sk-proj-StoredBefore0123456789abcdefWXYZ"
 NEW_KEY = "sk-proj-EnteredMeanwhile9876543210zyxQRST"
-
-
-def _in_own_thread(work) -> None:
-    """Run `work` to its end in a thread of its own, on a database connection of its own."""
-    failures = []
-
-    def run():
-        try:
-            work()
-        except BaseException as exc:  # noqa: BLE001 - re-raised below
-            failures.append(exc)
-        finally:
-            connections.close_all()
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join(30)
-    assert not thread.is_alive()
-    if failures:
-        raise failures[0]
 
 
 def _before_update(monkeypatch, caller, action) -> None:
@@ -65,7 +44,7 @@ def _new_key_saved_elsewhere(config) -> None:
             stored = ProviderConfig.objects.get(pk=config.pk)
             provider_config_update(provider_config=stored, data={"api_key": NEW_KEY})
 
-    _in_own_thread(save)
+    thread_run(save)
 
 
 @pytest.fixture
@@ -151,7 +130,7 @@ def test_update_does_not_revert_a_connection_test_recorded_meanwhile(
 
     # when its connection is tested after an update of its priority read it
     stale = ProviderConfig.objects.get(pk=config.pk)
-    _in_own_thread(
+    thread_run(
         lambda: provider_config_test_connection(
             provider_config=ProviderConfig.objects.get(pk=config.pk)
         )

@@ -9,13 +9,14 @@ from decimal import Decimal
 
 import pytest
 from django.core.management import call_command
-from django.db import connection, connections, transaction
+from django.db import connection, transaction
 from django.test import override_settings
 
 from llm_providers import rotation
 from llm_providers.models import ProviderConfig
 from llm_providers.services import provider_config_update
 from tests.factories import BudgetFactory, ProviderConfigFactory, TenantFactory
+from tests.threads import thread_start
 from usage.models import Budget
 from usage.services import budget_update
 
@@ -36,24 +37,6 @@ def _configs_under_old_salt() -> list[ProviderConfig]:
             )
             for n, key in enumerate(KEYS)
         ]
-
-
-def _in_own_thread(work) -> threading.Thread:
-    """Run `work` in a thread of its own, on a database connection of its own."""
-    failures = []
-
-    def run():
-        try:
-            work()
-        except BaseException as exc:  # noqa: BLE001 - re-raised by the test
-            failures.append(exc)
-        finally:
-            connections.close_all()
-
-    thread = threading.Thread(target=run)
-    thread.failures = failures
-    thread.start()
-    return thread
 
 
 def _before_write_of(raw_value: str, monkeypatch, action) -> list[str]:
@@ -127,7 +110,7 @@ def test_key_saved_between_rotation_read_and_write_is_kept(
     # when, after the rotation has read the second config and before it writes
     # it, the API saves a new key, name, base URL and default flag on it
     def save_meanwhile():
-        writer = _in_own_thread(lambda: _update_key_name_url_and_default(target))
+        writer = thread_start(lambda: _update_key_name_url_and_default(target))
         writer.join(30)
         assert not writer.is_alive() and writer.failures == []
 
@@ -187,9 +170,9 @@ def test_rotation_waiting_on_an_uncommitted_key_change_keeps_the_change(
     threads = []
 
     def hold_the_row_uncommitted():
-        threads.append(_in_own_thread(update_held_open))
+        threads.append(thread_start(update_held_open))
         assert written.wait(30)
-        threads.append(_in_own_thread(release_once_rotation_waits))
+        threads.append(thread_start(release_once_rotation_waits))
 
     # when the API's change of the row is uncommitted, and holds the row, as the
     # rotation goes to write it, and commits once the rotation waits for it
@@ -241,7 +224,7 @@ def test_webhook_url_saved_between_rotation_read_and_write_is_kept(
                     budget=stored, data={"webhook_url": new_url, "limit_usd": Decimal("77")}
                 )
 
-        writer = _in_own_thread(change)
+        writer = thread_start(change)
         writer.join(30)
         assert not writer.is_alive() and writer.failures == []
 
@@ -333,7 +316,7 @@ def test_new_default_saved_while_a_rotation_batch_holds_the_old_default(monkeypa
         # The rotation has rewritten the first row in its open transaction; the
         # update making the second the default waits for that row, holding nothing
         # the rotation needs next.
-        threads.append(_in_own_thread(make_second_default))
+        threads.append(thread_start(make_second_default))
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             with connection.cursor() as cursor:

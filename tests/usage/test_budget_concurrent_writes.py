@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import threading
 from decimal import Decimal
 
 import pytest
 from django.core.exceptions import ValidationError
-from django.db import connections, transaction
+from django.db import transaction
 from django.test import Client
 from django.urls import reverse
 
 from tests.api.fixtures import token_client
 from tests.factories import BudgetFactory, TenantFactory, TenantMembershipFactory, UserFactory
+from tests.threads import thread_run
 from usage.admin import BudgetAdminForm
 from usage.api import views as usage_api_views
 from usage.models import Budget
@@ -20,26 +20,6 @@ from usage.services import budget_update
 
 OLD_URL = "http://127.0.0.1:8123/hooks/stored-before-token"
 NEW_URL = "http://127.0.0.1:8123/hooks/entered-meanwhile-token"
-
-
-def _in_own_thread(work) -> None:
-    """Run `work` to its end in a thread of its own, on a database connection of its own."""
-    failures = []
-
-    def run():
-        try:
-            work()
-        except BaseException as exc:  # noqa: BLE001 - re-raised below
-            failures.append(exc)
-        finally:
-            connections.close_all()
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join(30)
-    assert not thread.is_alive()
-    if failures:
-        raise failures[0]
 
 
 @pytest.mark.postgres
@@ -61,7 +41,7 @@ def test_api_limit_change_does_not_revert_a_webhook_url_saved_meanwhile(
                     budget=Budget.objects.get(pk=budget.pk), data={"webhook_url": NEW_URL}
                 )
 
-        _in_own_thread(save)
+        thread_run(save)
 
     # when a new webhook URL is saved after the request read the budget
     pending = [url_saved_meanwhile]
@@ -125,7 +105,7 @@ def test_admin_save_with_empty_webhook_does_not_revert_a_url_saved_meanwhile(
 
     # when a new URL is saved through the API after the admin read and checked the form
     real_clean = BudgetAdminForm.clean
-    pending = [lambda: _in_own_thread(lambda: _url_saved(budget))]
+    pending = [lambda: thread_run(lambda: _url_saved(budget))]
 
     def cleaning(self):
         data = real_clean(self)

@@ -31,6 +31,7 @@ from tests.factories import (
     UserFactory,
     UserTokenFactory,
 )
+from tests.unstorable_text import UNSTORABLE_TEXT
 from usage.models import Budget
 
 pytestmark = pytest.mark.django_db
@@ -352,15 +353,7 @@ def test_user_token_revoke_makes_token_unusable_once():
 
 @pytest.mark.django_db
 @pytest.mark.parametrize("field", ["name", "default_model", "aws_region"])
-@pytest.mark.parametrize(
-    ("value", "message"),
-    [
-        ("a\x00b", "Must not contain NUL characters."),
-        ("a\ud83d", "Must not contain unpaired surrogates (such as \\ud800)."),
-        (None, "This field cannot be null."),
-    ],
-    ids=["nul", "surrogate", "none"],
-)
+@UNSTORABLE_TEXT
 def test_provider_config_create_refuses_text_postgresql_cannot_store(field, value, message):
     # A Python caller's value the database would refuse is a ValidationError
     # on its field, not a DataError, and a NULL is not reported as the name

@@ -6,6 +6,7 @@ from django.core.exceptions import ValidationError
 from overrides.models import RoutingOverride
 from overrides.services import routing_override_create, routing_override_update
 from tests.factories import ProviderConfigFactory, TenantFactory
+from tests.unstorable_text import UNSTORABLE_TEXT
 
 pytestmark = pytest.mark.django_db
 
@@ -271,15 +272,8 @@ def test_routing_override_create_reports_an_overlong_customer_id_once(tenant):
     }
 
 
-_UNSTORABLE = [
-    ("a\x00b", "Must not contain NUL characters."),
-    ("a\ud83d", "Must not contain unpaired surrogates (such as \\ud800)."),
-    (None, "This field cannot be null."),
-]
-
-
 @pytest.mark.parametrize("field", ["customer_id", "service_name", "model", "note"])
-@pytest.mark.parametrize(("value", "message"), _UNSTORABLE, ids=["nul", "surrogate", "none"])
+@UNSTORABLE_TEXT
 def test_routing_override_create_refuses_text_postgresql_cannot_store(
     tenant, field, value, message
 ):

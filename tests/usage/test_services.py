@@ -8,6 +8,7 @@ import pytest
 from django.core.exceptions import ValidationError
 
 from tests.factories import BudgetFactory, ProviderConfigFactory, TenantFactory
+from tests.unstorable_text import UNSTORABLE_TEXT
 from usage.models import Budget
 from usage.services import budget_create, budget_delete, budget_update
 
@@ -86,15 +87,7 @@ def test_budget_delete_removes_the_budget(tenant):
 
 @pytest.mark.django_db
 @pytest.mark.parametrize("field", ["name", "customer_id", "service_name", "alert_emails"])
-@pytest.mark.parametrize(
-    ("value", "message"),
-    [
-        ("a\x00b", "Must not contain NUL characters."),
-        ("a\ud83d", "Must not contain unpaired surrogates (such as \\ud800)."),
-        (None, "This field cannot be null."),
-    ],
-    ids=["nul", "surrogate", "none"],
-)
+@UNSTORABLE_TEXT
 def test_budget_create_refuses_text_postgresql_cannot_store(field, value, message):
     # A Python caller's value the database would refuse is a ValidationError
     # on its field, not a DataError (or, for NULL, a misleading name conflict).

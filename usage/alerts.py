@@ -20,6 +20,7 @@ import logging
 import smtplib
 import threading
 import traceback
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -743,6 +744,11 @@ def alert_delivery_attempt(
     records that it has no outcome yet: an attempt whose worker was killed
     stays counted once its claim expires, and the last one allowed gives the
     delivery up rather than sending it again.
+
+    A worker that stalls past its claim may find the delivery taken over by a
+    later attempt (or a retry) when it records its outcome: its failure is then
+    not recorded, the newer state stands; its send went out all the same, so it
+    is recorded unless the delivery was recorded delivered already.
     """
     now = now or timezone.now()
     max_attempts = settings.USAGE_ALERT_MAX_ATTEMPTS
@@ -754,10 +760,12 @@ def alert_delivery_attempt(
     )
     # The claim runs from the moment it is taken, not from the start of a batch
     # that may have taken longer than the claim itself.
+    claim = uuid.uuid4()
     claimed = due.filter(attempts__lt=max_attempts).update(
         next_attempt_at=timezone.now() + timedelta(seconds=_claim_seconds()),
         attempts=F("attempts") + 1,
         last_error=_NO_OUTCOME,
+        claim=claim,
     )
     if not claimed:
         # Due with no attempt left: the last one never recorded its outcome.
@@ -794,39 +802,57 @@ def alert_delivery_attempt(
     except AlertDeliveryFailed as exc:
         gave_up = attempts >= settings.USAGE_ALERT_MAX_ATTEMPTS
         next_attempt_at = None if gave_up else now + timedelta(seconds=_backoff_seconds(attempts))
-        AlertDelivery.objects.filter(pk=delivery_id).update(
-            attempts=attempts, last_error=str(exc)[:500], next_attempt_at=next_attempt_at
-        )
+        recorded = AlertDelivery.objects.filter(
+            pk=delivery_id, claim=claim, delivered_at__isnull=True
+        ).update(last_error=str(exc)[:500], next_attempt_at=next_attempt_at, claim=None)
+        if not recorded:
+            # Stalled past its claim: the newer state stands (or its tenant is gone).
+            outcome = ", not recorded: a later attempt or a retry took the delivery over"
+        else:
+            outcome = ", giving up" if gave_up else ""
         logger.warning(
             "Alert %s %s delivery failed (attempt %s%s): %s",
             delivery.alert_id,
             delivery.channel,
             attempts,
-            ", giving up" if gave_up else "",
+            outcome,
             exc,
         )
     else:
-        _delivered_record(delivery, attempts=attempts, sent=sent, now=now)
+        _delivered_record(delivery, sent=sent, now=now)
     # None if its tenant was deleted during the send.
     return AlertDelivery.objects.filter(pk=delivery_id).first()
 
 
-def _delivered_record(delivery: AlertDelivery, *, attempts: int, sent: _Sent, now) -> None:
+def _delivered_record(delivery: AlertDelivery, *, sent: _Sent, now) -> None:
     """Mark the delivery delivered and, in the same transaction, create the one that
     sends the alert again to the recipients refused for now, due after the backoff.
 
     That one goes only to them, so no one who got the alert gets it twice; each
     such delivery has fewer recipients than the one it came from.
+
+    The send went out, so it is recorded also when a later attempt has claimed
+    the delivery since (this one stalled past its claim): that attempt's
+    outcome is then not recorded. A delivery recorded delivered already keeps
+    its record; its attempts, all counted by their claims, are left as they are.
     """
     with transaction.atomic():
-        recorded = AlertDelivery.objects.filter(pk=delivery.pk).update(
-            attempts=attempts,
+        recorded = AlertDelivery.objects.filter(pk=delivery.pk, delivered_at__isnull=True).update(
             last_error=sent.note,
             next_attempt_at=None,
             delivered_at=timezone.now(),
+            claim=None,
         )
-        if not recorded or not sent.send_again:
-            return  # nothing to send again, or its tenant was deleted during the send
+        if not recorded:
+            if AlertDelivery.objects.filter(pk=delivery.pk).exists():
+                logger.warning(
+                    "Alert %s %s delivery sent again by an attempt whose claim had expired",
+                    delivery.alert_id,
+                    delivery.channel,
+                )
+            return  # delivered already, or its tenant was deleted during the send
+        if not sent.send_again:
+            return
         joined = ", ".join(sent.send_again)
         again = AlertDelivery.objects.create(
             alert_id=delivery.alert_id,
@@ -912,6 +938,8 @@ def alert_deliveries_retry(*, alerts) -> DeliveriesRetried:
                 output_field=AlertDelivery._meta.get_field("attempts"),
             ),
             next_attempt_at=now,
+            # A worker stalled past an expired claim records no failure over the retry.
+            claim=None,
         )
     )
     sending = AlertDelivery.objects.filter(

@@ -563,6 +563,9 @@ class AlertDelivery(models.Model):
     next_attempt_at = models.DateTimeField(null=True, blank=True, default=timezone.now)
     delivered_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
+    # Set anew by each claim: an attempt records a failure only while the claim is
+    # still its own, not once a later attempt or a retry has taken the delivery over.
+    claim = models.UUIDField(null=True, blank=True, editable=False)
 
     class Meta:
         verbose_name_plural = "alert deliveries"

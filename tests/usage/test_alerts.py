@@ -2,6 +2,7 @@
 
 import datetime as dt
 import json
+import smtplib
 import threading
 import uuid
 from decimal import Decimal
@@ -22,6 +23,7 @@ from tests.factories import (
     TenantMembershipFactory,
     UserFactory,
 )
+from tests.threads import thread_run, thread_start
 from tests.upstreams.server import LoopbackUpstream, Reply
 from tests.usage.tenant_delete_race import tenant_deleted_while
 from usage.aggregation import (
@@ -2113,3 +2115,139 @@ def test_error_rate_alert_racing_its_tenants_delete_leaves_the_delete_whole(sett
     assert "work_error" not in outcome, outcome.get("work_error")
     assert [a.tenant_id for a in outcome["result"]] == [kept.pk]
     assert [a.tenant_id for a in CostAlert.objects.all()] == [kept.pk]
+
+
+class ScriptedEmailBackend:
+    """An email backend whose sends do, in turn, what `script` says: each step runs
+    while its send is under way, then the email goes out, or the step raises and
+    the send fails."""
+
+    script = []
+    sent = []
+
+    def __init__(self, **kwargs):
+        """Takes the backend options Django passes, and needs none."""
+
+    def send_messages(self, messages):
+        step = type(self).script.pop(0)
+        step()
+        type(self).sent.extend(messages)
+        return len(messages)
+
+
+def _send_fails(reason):
+    def step():
+        raise smtplib.SMTPServerDisconnected(reason)
+
+    return step
+
+
+def _send_goes_out():
+    return None
+
+
+def _scripted_email_delivery(settings, script):
+    """An email delivery due at NOW, whose sends follow `script`."""
+    delivery = _email_delivery()
+    # (committed at once here, so the alert went out on commit: make it due again)
+    AlertDelivery.objects.filter(pk=delivery.pk).update(
+        delivered_at=None, attempts=0, last_error="", next_attempt_at=NOW
+    )
+    settings.EMAIL_BACKEND = "tests.usage.test_alerts.ScriptedEmailBackend"
+    ScriptedEmailBackend.sent.clear()
+    ScriptedEmailBackend.script[:] = script
+    return delivery
+
+
+# The second worker comes an hour later: the first one's claim has long expired.
+_LATER = dt.timedelta(hours=1)
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("first", ["sent", "failed"])
+@pytest.mark.parametrize("second", ["sent", "failed"])
+def test_worker_stalled_past_its_claim_never_overwrites_the_outcome_of_the_attempt_after_it(
+    settings, first, second
+):
+    # given an email delivery whose first worker stalls mid-send past its claim,
+    # while a second worker attempts it, on its own connection, and records its outcome
+    later = timezone.now() + _LATER
+    second_recorded = {}
+
+    def second_worker():
+        thread_run(lambda: alert_delivery_attempt(delivery_id=delivery.pk, now=later))
+        second_recorded.update(AlertDelivery.objects.filter(pk=delivery.pk).values().get())
+        if first == "failed":
+            _send_fails("first worker: connection lost")()
+
+    delivery = _scripted_email_delivery(
+        settings,
+        [
+            second_worker,
+            _send_fails("second worker: connection lost") if second == "failed" else _send_goes_out,
+        ],
+    )
+
+    # when the first worker wakes up and records its outcome, after the second's
+    alert_delivery_attempt(delivery_id=delivery.pk, now=NOW)
+
+    # then the second attempt's outcome stands; a send of the first that went out is
+    # recorded only on a delivery not recorded delivered yet, and no attempt is uncounted
+    delivery.refresh_from_db()
+    assert len(ScriptedEmailBackend.sent) == [first, second].count("sent")
+    final = (
+        delivery.attempts,
+        delivery.last_error,
+        delivery.next_attempt_at,
+        delivery.delivered_at is not None,
+    )
+    if second == "sent":
+        assert final == (2, "", None, True)
+        assert delivery.delivered_at == second_recorded["delivered_at"]
+    elif first == "sent":
+        assert final == (2, "", None, True)
+    else:
+        assert final == (
+            2,
+            "Email not sent: SMTPServerDisconnected: second worker: connection lost",
+            later + dt.timedelta(seconds=120),
+            False,
+        )
+        assert delivery.state == "retrying"
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_stalled_workers_send_recorded_meanwhile_is_not_undone_by_the_attempt_after_it(settings):
+    # given an email delivery whose first worker stalls mid-send past its claim,
+    # and a second worker that claims it meanwhile
+    first_sending, first_goes_on = threading.Event(), threading.Event()
+
+    def first_send():
+        first_sending.set()
+        assert first_goes_on.wait(10)
+
+    def second_send():
+        # when the first worker's send goes out and is recorded while the second sends ...
+        first_goes_on.set()
+        first.join(10)
+        assert not first.is_alive()
+        # ... and the second worker's send then fails
+        raise smtplib.SMTPServerDisconnected("second worker: connection lost")
+
+    delivery = _scripted_email_delivery(settings, [first_send, second_send])
+    first = thread_start(lambda: alert_delivery_attempt(delivery_id=delivery.pk, now=NOW))
+    assert first_sending.wait(10)
+    alert_delivery_attempt(delivery_id=delivery.pk, now=timezone.now() + _LATER)
+
+    # then the delivery stays delivered, by the first worker's send, both attempts counted
+    assert first.failures == []
+    delivery.refresh_from_db()
+    assert len(ScriptedEmailBackend.sent) == 1
+    assert (delivery.state, delivery.attempts, delivery.last_error, delivery.next_attempt_at) == (
+        "delivered",
+        2,
+        "",
+        None,
+    )

@@ -41,12 +41,18 @@ def edited_row_lock(obj):
     tenant does not wait for it) holds until the page is saved. Returns the
     stored row.
     """
-    model = type(obj)
-    rows = model._base_manager.using(obj._state.db).filter(pk=obj.pk)
-    stored = rows.select_for_update(no_key=True).first()
+    stored = _stored_rows(obj).select_for_update(no_key=True).first()
     if stored is None:
-        raise Http404(f"This {model._meta.verbose_name} was deleted meanwhile; nothing was saved.")
+        raise _deleted_meanwhile(obj)
     return stored
+
+
+def _stored_rows(obj):
+    return type(obj)._base_manager.using(obj._state.db).filter(pk=obj.pk)
+
+
+def _deleted_meanwhile(obj) -> Http404:
+    return Http404(f"This {obj._meta.verbose_name} was deleted meanwhile; nothing was saved.")
 
 
 def edited_fields_save(obj, fields) -> None:
@@ -86,9 +92,19 @@ class EditedFieldsAdmin(admin.ModelAdmin):
     locked once the form is valid (404 when it is gone), and the save writes
     the fields the form changed (`edited_fields`); inline rows alike.
 
+    A page posted with errors while its object was deleted answers 404 as
+    well, rather than asking to correct errors on a row that is gone (an
+    inline's stored rows, deleted with it, read "Select a valid choice").
+
     An admin whose save_model sets a field the form does not change names it
     in `edited_fields`.
     """
+
+    def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
+        posted = change and request.method == "POST" and obj is not None
+        if posted and not _stored_rows(obj).exists():
+            raise _deleted_meanwhile(obj)
+        return super().render_change_form(request, context, add, change, form_url, obj)
 
     def edited_fields(self, request, obj, form) -> list[str]:
         return form_edited_fields(obj, form.changed_data)

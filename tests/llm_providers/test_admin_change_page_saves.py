@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 
 import pytest
@@ -305,3 +305,30 @@ def test_the_users_password_page_neither_recreates_nor_reactivates_the_user(
     assert list(users.values_list("is_active", flat=True)) == ([] if is_active is None else [False])
     if is_active is not None:
         assert users.get().check_password("Fresh-pass-789")
+
+
+# A field each page refuses as posted, so the page is shown again with its errors.
+INVALID = {
+    "routing override": {"provider_config": ""},
+    "model price": {"input_per_mtok": "cheap"},
+    "budget": {"limit_usd": ""},
+    "provider config": {"name": ""},
+    "user": {"username": ""},
+    "group": {"name": ""},
+}
+
+
+@pytest.mark.parametrize("name", INVALID)
+def test_an_object_deleted_while_its_change_page_is_posted_with_an_error_is_not_found(
+    monkeypatch, tenant, name
+):
+    # given a change page posted with an error while the object is deleted elsewhere
+    page = PAGES[name](tenant)
+    page = replace(page, data={**page.data, **INVALID[name]}, hook="get_form")
+    rows = type(page.row).objects.filter(pk=page.row.pk)
+
+    response = _post_with(monkeypatch, page, rows.delete)
+
+    # then the page says the object is gone rather than asking to correct its errors
+    assert response.status_code == 404
+    assert not rows.exists()

@@ -9,9 +9,9 @@ from django.db import connection, transaction
 from django.test import Client
 
 from llm_providers.models import TenantMembership
-from overrides.models import RoutingOverride
+from overrides.models import RoutingFallback, RoutingOverride
 from overrides.routing import route_resolve
-from overrides.services import routing_override_create
+from overrides.services import routing_override_create, routing_override_delete
 from tests.factories import (
     ProviderConfigFactory,
     RoutingFallbackFactory,
@@ -19,6 +19,7 @@ from tests.factories import (
     TenantFactory,
     TenantMembershipFactory,
 )
+from tests.llm_providers.api.test_access_changes import _committed_elsewhere
 
 pytestmark = pytest.mark.django_db
 
@@ -442,3 +443,76 @@ def test_override_list_shows_the_update_time_in_utc(tenant, admin_client_for):
     assert "Updated (UTC)</a>" in listed
     assert '<td class="field-updated_at_utc">2026-11-22 22:55:07 UTC</td>' in listed
     assert "p.m." not in listed
+
+
+def _change_form(override, fallbacks, **changes):
+    """The override's change page as posted: its fields, its stored fallbacks and a new one."""
+    new_fallback = ProviderConfigFactory(tenant=override.tenant)
+    data = _form(
+        override.tenant,
+        override.provider_config,
+        customer=override.customer_id,
+        fallbacks=[f.provider_config for f in fallbacks] + [new_fallback],
+    )
+    data["fallbacks-INITIAL_FORMS"] = str(len(fallbacks))
+    for index, fallback in enumerate(fallbacks):
+        data[f"fallbacks-{index}-id"] = str(fallback.pk)
+        data[f"fallbacks-{index}-override"] = str(override.pk)
+    return {**data, **changes}
+
+
+def test_override_deleted_while_its_change_page_is_open_is_not_saved_again(
+    tenant, admin_client_for
+):
+    # given a tenant admin with the change page of an override with fallbacks open
+    override = RoutingOverrideFactory(tenant=tenant, customer_id="acme")
+    fallback = RoutingFallbackFactory(override=override, position=0)
+    client = admin_client_for(tenant)
+    url = f"{LIST_URL}{override.pk}/change/"
+    assert client.get(url).status_code == 200
+    data = _change_form(override, [fallback], note="moved to the backup")
+
+    # when someone else deletes it, then the page is saved
+    override_id = override.pk
+    routing_override_delete(override=override)
+    response = client.post(url, data, follow=True)
+
+    # then the admin is told it is gone, as on every change page, and nothing is re-created
+    assert response.redirect_chain == [("/admin/", 302)]
+    assert (
+        f'<li class="warning">Routing override with ID “{override_id}” doesn’t exist. '
+        "Perhaps it was deleted?</li>" in response.text
+    )
+    assert not RoutingOverride.objects.filter(tenant=tenant).exists()
+    assert not RoutingFallback.objects.filter(override_id=override_id).exists()
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_override_deleted_while_its_change_page_is_posted_with_an_error_is_not_found(
+    monkeypatch, tenant, admin_client_for
+):
+    # given a tenant admin posting the change page of an override with fallbacks,
+    # its provider config left out, while someone else deletes the override
+    from overrides.admin import RoutingOverrideAdmin
+
+    override = RoutingOverrideFactory(tenant=tenant, customer_id="acme")
+    fallback = RoutingFallbackFactory(override=override, position=0)
+    client = admin_client_for(tenant)
+    get_form = RoutingOverrideAdmin.get_form
+
+    def deleted_meanwhile(self, *args, **kwargs):
+        _committed_elsewhere(lambda: RoutingOverride.objects.filter(pk=override.pk).delete())
+        return get_form(self, *args, **kwargs)
+
+    monkeypatch.setattr(RoutingOverrideAdmin, "get_form", deleted_meanwhile)
+
+    # when the page is saved
+    response = client.post(
+        f"{LIST_URL}{override.pk}/change/", _change_form(override, [fallback], provider_config="")
+    )
+
+    # then it answers that the override is gone, not errors on rows that went with it
+    assert response.status_code == 404
+    assert not RoutingOverride.objects.filter(tenant=tenant).exists()
+    assert not RoutingFallback.objects.filter(override_id=override.pk).exists()

@@ -926,3 +926,20 @@ def test_prices_read_in_cents_and_a_missing_cache_price_reads_as_empty(client, t
     readonly = re.findall(r'<div class="readonly">([^<]*)</div>', shown)
     assert readonly[3:7] == ["0.075", "10.00", "-", "-"]
     assert "None" not in shown
+
+
+def test_provider_config_and_tenant_pages_put_units_in_parentheses_and_show_a_zone_name(
+    client, tenant_admin, tenant
+):
+    # given a config tested once
+    config = ProviderConfigFactory(tenant=tenant, last_test_latency_ms=212)
+    client.force_login(tenant_admin)
+
+    # when the tenant admin opens it and the tenant's page
+    config_page = client.get(_url("providerconfig_change", config.pk)).content.decode()
+    tenant_page = client.get(_url("tenant_change", tenant.pk)).content.decode()
+
+    # then durations name their unit, and the time zone field says what to type
+    assert "<label>Last test latency (ms):</label>" in config_page
+    assert ">Response cache TTL (seconds):</label>" in tenant_page
+    assert "An IANA time zone name such as Europe/Berlin" in tenant_page

@@ -1747,3 +1747,21 @@ def test_cost_alert_page_writes_spend_limit_and_percent_as_the_budget_page_does(
     assert unpriced_shown["Spend (USD)"] == "—"
     assert unpriced_shown["Limit (USD)"] == "—"
     assert unpriced_shown["Percent"] == "—"
+
+
+def test_call_log_and_daily_usage_pages_put_units_in_parentheses(client, tenant, tenant_viewer):
+    # given a streamed call and its day's row
+    log = CallLogFactory(tenant=tenant, latency_ms=812, time_to_first_token_ms=140, streamed=True)
+    day = DailyUsageFactory(tenant=tenant, latency_ms_sum=1624, request_count=2)
+    client.force_login(tenant_viewer)
+
+    # when the viewer opens both
+    call_page = client.get(reverse("admin:usage_calllog_change", args=[log.pk])).content.decode()
+    day_page = client.get(reverse("admin:usage_dailyusage_change", args=[day.pk])).content.decode()
+
+    # then each duration names its unit as a unit, not as a word of the name
+    assert "<label>Latency (ms):</label>" in call_page
+    assert "<label>Time to first token (ms):</label>" in call_page
+    assert "<label>Latency sum (ms):</label>" in day_page
+    labels = re.findall(r"<label>([^<]*):</label>", call_page + day_page)
+    assert [label for label in labels if label.endswith((" ms", " sum"))] == []

@@ -216,8 +216,11 @@ class DailyUsage(models.Model):
         ]
 
     def __str__(self) -> str:
-        cost = usd_format_exact(self.cost_usd)
-        return f"{self.day} {self.model or '-'} {self.service_name or '-'}: {cost}"
+        # The admin's title and breadcrumb: every part of the row's key, named.
+        service = f"service {self.service_name}" if self.service_name else "no service"
+        customer = f"customer {self.customer_id}" if self.customer_id else "no customer"
+        model = self.model or "no model"
+        return f"{self.day} {model}, {service}, {customer}: {usd_format_exact(self.cost_usd)}"
 
     @property
     def average_latency_ms(self) -> int:

@@ -1765,3 +1765,39 @@ def test_call_log_and_daily_usage_pages_put_units_in_parentheses(client, tenant,
     assert "<label>Latency sum (ms):</label>" in day_page
     labels = re.findall(r"<label>([^<]*):</label>", call_page + day_page)
     assert [label for label in labels if label.endswith((" ms", " sum"))] == []
+
+
+def test_daily_usage_page_title_names_service_and_customer_or_says_there_is_none(
+    client, tenant, tenant_viewer
+):
+    # given one day's rows with and without a service and customer
+    scoped = DailyUsageFactory(
+        tenant=tenant,
+        model="fake-small",
+        service_name="summarizer",
+        customer_id="acme",
+        cost_usd=Decimal("0.000018"),
+    )
+    bare = DailyUsageFactory(
+        tenant=tenant,
+        model="fake-large",
+        service_name="",
+        customer_id="",
+        cost_usd=Decimal("0.00005"),
+    )
+    client.force_login(tenant_viewer)
+
+    # when the viewer opens both
+    titles = [
+        re.search(
+            r"<h2>([^<]*)</h2>",
+            client.get(reverse("admin:usage_dailyusage_change", args=[row.pk])).content.decode(),
+        ).group(1)
+        for row in (scoped, bare)
+    ]
+
+    # then each title says what the row counts, with no bare "-" standing for "any"
+    assert titles == [
+        f"{scoped.day} fake-small, service summarizer, customer acme: $0.000018",
+        f"{bare.day} fake-large, no service, no customer: $0.00005",
+    ]

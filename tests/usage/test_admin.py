@@ -1801,3 +1801,19 @@ def test_daily_usage_page_title_names_service_and_customer_or_says_there_is_none
         f"{scoped.day} fake-small, service summarizer, customer acme: $0.000018",
         f"{bare.day} fake-large, no service, no customer: $0.00005",
     ]
+
+
+@pytest.mark.django_db
+def test_dashboard_of_a_tenant_without_calls_says_there_is_no_usage_under_daily_cost(client):
+    # given a tenant that has made no call
+    tenant = TenantFactory()
+    client.force_login(_member(tenant))
+
+    # when its admin opens the dashboard
+    html = client.get(
+        reverse("admin:usage_usagedashboard_tenant", args=[tenant.pk])
+    ).content.decode()
+
+    # then the daily cost card says so, as the breakdowns do, rather than an empty plot
+    card = re.search(r"<h2>Daily cost</h2>(.*?)</div>", html, re.S).group(1)
+    assert card.strip() == '<p class="usage-empty">No usage in this period.</p>'

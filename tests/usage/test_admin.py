@@ -1817,3 +1817,27 @@ def test_dashboard_of_a_tenant_without_calls_says_there_is_no_usage_under_daily_
     # then the daily cost card says so, as the breakdowns do, rather than an empty plot
     card = re.search(r"<h2>Daily cost</h2>(.*?)</div>", html, re.S).group(1)
     assert card.strip() == '<p class="usage-empty">No usage in this period.</p>'
+
+
+def test_daily_usage_and_price_dates_read_as_the_titles_and_filters_write_them(
+    client, tenant, tenant_viewer
+):
+    # given a day's row and a price dated from a day
+    from tests.factories import ModelPriceFactory
+
+    row = DailyUsageFactory(tenant=tenant, day=dt.date(2026, 11, 3), model="fake-large")
+    ModelPriceFactory(tenant=tenant, model="own-model", effective_from=dt.date(2024, 1, 5))
+    client.force_login(tenant_viewer)
+
+    # when the viewer opens the daily usage list, the row and the price list
+    listed = client.get(reverse("admin:usage_dailyusage_changelist")).content.decode()
+    shown = client.get(reverse("admin:usage_dailyusage_change", args=[row.pk])).content.decode()
+    prices = client.get(reverse("admin:llm_providers_modelprice_changelist")).content.decode()
+
+    # then each day is written YYYY-MM-DD, as the page's title and the day filter write it
+    assert re.search(
+        r"<th class=\"field-day[^\"]*\"><a href=\"[^\"]*\">2026-11-03</a></th>", listed
+    )
+    assert '<div class="readonly">2026-11-03</div>' in shown
+    assert '<td class="field-effective_from nowrap">2024-01-05</td>' in prices
+    assert "Nov. 3, 2026" not in listed + shown and "Jan. 5, 2024" not in prices

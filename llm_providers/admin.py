@@ -32,7 +32,7 @@ from django.utils.text import capfirst, get_text_list
 from django.views.decorators.debug import sensitive_post_parameters
 from rest_framework_api_key.models import APIKey
 
-from .admin_display import utc_display, utc_field_display
+from .admin_display import price_rate_display, utc_display, utc_field_display
 from .admin_scoping import (
     EditedFieldsAdmin,
     NulSafeAdmin,
@@ -636,7 +636,9 @@ _PRICE_COLUMNS = {
 def _price_column(field_name: str):
     @admin.display(description=_PRICE_LABELS[field_name], ordering=field_name)
     def column(self, obj):
-        return getattr(obj, field_name)
+        rate = getattr(obj, field_name)
+        # The read-only page writes a callable's None as "None"; the list as "-".
+        return self.get_empty_value_display() if rate is None else price_rate_display(rate)
 
     return column
 

@@ -1,8 +1,9 @@
-"""How the admin pages write times, and the provider configs their forms offer."""
+"""How the admin pages write times and prices, and the provider configs their forms offer."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from decimal import Decimal
 
 from django.contrib import admin
 
@@ -25,6 +26,14 @@ def utc_field_display(field_name: str, description: str):
         return utc_display(getattr(obj, field_name))
 
     return shown
+
+
+def price_rate_display(rate: Decimal) -> str:
+    """A price per million tokens with the decimals it has, at least cents:
+    0.075, 2.50, 10.00 (the column stores six places: 0.075000, 10.000000)."""
+    if rate == rate.quantize(Decimal("0.01")):
+        return f"{rate.quantize(Decimal('0.01')):f}"
+    return f"{rate.normalize():f}"
 
 
 def provider_config_choice(config) -> str:

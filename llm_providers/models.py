@@ -116,9 +116,13 @@ class Tenant(LockedDeleteModel):
         max_length=64,
         default="UTC",
         validators=[_timezone_validate],
-        help_text="Usage days and daily budgets follow this time zone.",
+        help_text=(
+            "An IANA time zone name such as Europe/Berlin or America/New_York; usage days "
+            "and daily budgets follow it."
+        ),
     )
     response_cache_ttl_seconds = models.PositiveIntegerField(
+        "response cache TTL (seconds)",
         default=0,
         validators=[MaxValueValidator(30 * 24 * 3600)],
         help_text="How long identical completions are served from cache; 0 turns caching off.",
@@ -282,7 +286,9 @@ class ProviderConfig(LockedDeleteModel):
         max_length=8, choices=TestStatus.choices, blank=True, default=TestStatus.UNTESTED
     )
     last_tested_at = models.DateTimeField(null=True, blank=True)
-    last_test_latency_ms = models.PositiveIntegerField(null=True, blank=True)
+    last_test_latency_ms = models.PositiveIntegerField(
+        "last test latency (ms)", null=True, blank=True
+    )
     last_test_error = models.CharField(max_length=500, blank=True)
 
     created_at = models.DateTimeField(auto_now_add=True)

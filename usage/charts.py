@@ -47,14 +47,18 @@ def daily_cost_chart(
     """Columns of cost per day; each column's tooltip gives the day, cost and requests.
 
     A cost of None (only unpriced usage) draws no column and says "unpriced".
+    A period without a call is a sentence, as in spend_bars, not an empty plot;
+    one whose calls cost nothing labels its axis "$0" once.
 
     The chart takes the width the page gives it: columns and day labels sit at
     percentages of the plot, lengths in pixels, and with no viewBox nothing is
     scaled, so labels keep their size on a narrow window. The axis labels are
     drawn in the padding left of the plot.
     """
+    if not any(requests for _, _, requests in days):
+        return format_html('<p class="usage-empty">{}</p>', "No usage in this period.")
     peak = max((cost or Decimal(0) for _, cost, _ in days), default=Decimal(0)) or Decimal(1)
-    peak_label = usd_format_brief(peak if any(c for _, c, _ in days) else Decimal(0))
+    peak_label = usd_format_brief(peak) if any(cost for _, cost, _ in days) else ""
     # The axis labels end 6 px left of the plot: room for the widest, whatever
     # the amount ($12,345,678.90 would otherwise start outside the picture).
     left = max(64, _LABEL_CHAR_W * len(peak_label) + 12)
@@ -93,12 +97,17 @@ def daily_cost_chart(
             if index in labelled
         ),
     )
+    peak_text = (
+        format_html(
+            '<text x="-6" y="{}" font-size="10" text-anchor="end">{}</text>', top + 8, peak_label
+        )
+        if peak_label
+        else ""
+    )
     axis = format_html(
-        '<text x="-6" y="{}" font-size="10" text-anchor="end">{}</text>'
-        '<text x="-6" y="{}" font-size="10" text-anchor="end">$0</text>'
+        '{}<text x="-6" y="{}" font-size="10" text-anchor="end">$0</text>'
         '<line class="usage-axis" x1="0" y1="{}" x2="100%" y2="{}" stroke="#999"/>',
-        top + 8,
-        peak_label,
+        peak_text,
         top + plot_h,
         top + plot_h,
         top + plot_h,

@@ -72,8 +72,10 @@ class CallLog(models.Model):
     cost_usd = models.DecimalField(max_digits=20, decimal_places=12, null=True, blank=True)
     price_source = models.CharField(max_length=16, choices=PriceSource.choices, blank=True)
 
-    latency_ms = models.PositiveIntegerField(default=0)
-    time_to_first_token_ms = models.PositiveIntegerField(null=True, blank=True)
+    latency_ms = models.PositiveIntegerField("latency (ms)", default=0)
+    time_to_first_token_ms = models.PositiveIntegerField(
+        "time to first token (ms)", null=True, blank=True
+    )
     streamed = models.BooleanField(default=False)
     input_hash = models.CharField(max_length=64, blank=True)
     prompt_preview = models.CharField(max_length=500, blank=True)
@@ -155,7 +157,7 @@ class DailyUsage(models.Model):
     cache_write_tokens = models.PositiveBigIntegerField(default=0)
     reasoning_tokens = models.PositiveBigIntegerField(default=0)
     cost_usd = models.DecimalField(max_digits=24, decimal_places=12, default=Decimal(0))
-    latency_ms_sum = models.PositiveBigIntegerField(default=0)
+    latency_ms_sum = models.PositiveBigIntegerField("latency sum (ms)", default=0)
     updated_at = models.DateTimeField(default=timezone.now, help_text="Last time a value changed.")
 
     KEY_FIELDS = (
@@ -214,8 +216,11 @@ class DailyUsage(models.Model):
         ]
 
     def __str__(self) -> str:
-        cost = usd_format_exact(self.cost_usd)
-        return f"{self.day} {self.model or '-'} {self.service_name or '-'}: {cost}"
+        # The admin's title and breadcrumb: every part of the row's key, named.
+        service = f"service {self.service_name}" if self.service_name else "no service"
+        customer = f"customer {self.customer_id}" if self.customer_id else "no customer"
+        model = self.model or "no model"
+        return f"{self.day} {model}, {service}, {customer}: {usd_format_exact(self.cost_usd)}"
 
     @property
     def average_latency_ms(self) -> int:

@@ -622,7 +622,7 @@ def test_price_form_list_and_filter_name_the_unit_and_the_global_prices(
         assert f">{label} (USD per 1M tokens):</label>" in form
         assert f'">{label} (USD per 1M tokens)</a></div>' in listed
         assert f"<label>{label} (USD per 1M tokens):</label>" in shown
-    assert '<div class="readonly">1.000000</div>' in shown
+    assert '<div class="readonly">1.00</div>' in shown
     assert all("per mtok" not in html.lower() for html in (form, listed, shown))
     tenant_filter = re.search(r"By tenant.*?</details>", listed, re.S).group(0)
     choices = re.findall(r'<a href="[^"]*">([^<]*)</a>', tenant_filter)
@@ -906,3 +906,40 @@ def test_tenant_price_moved_to_another_tenant_no_longer_prices_the_first(
         version=config_version(tenant.pk),
     )
     assert found.source == PriceSource.UNKNOWN
+
+
+def test_prices_read_in_cents_and_a_missing_cache_price_reads_as_empty(client, tenant_admin):
+    # given a global price with sub-cent and whole-dollar rates and no cache prices
+    price = ModelPriceFactory(
+        model="shared-model", input_per_mtok="0.075000", output_per_mtok="10.000000"
+    )
+    client.force_login(tenant_admin)
+
+    # when the list and the price's read-only page are opened
+    listed = client.get(_url("modelprice_changelist")).content.decode()
+    shown = client.get(_url("modelprice_change", price.pk)).content.decode()
+
+    # then the rates carry the decimals they have (at least cents), and no "None"
+    row = re.search(r"<tr>.*?shared-model.*?</tr>", listed, re.S).group(0)
+    cells = re.findall(r'<td class="field-[a-z_]+_price[^"]*">([^<]*)</td>', row)
+    assert cells == ["0.075", "10.00", "-", "-"]
+    readonly = re.findall(r'<div class="readonly">([^<]*)</div>', shown)
+    assert readonly[3:7] == ["0.075", "10.00", "-", "-"]
+    assert "None" not in shown
+
+
+def test_provider_config_and_tenant_pages_put_units_in_parentheses_and_show_a_zone_name(
+    client, tenant_admin, tenant
+):
+    # given a config tested once
+    config = ProviderConfigFactory(tenant=tenant, last_test_latency_ms=212)
+    client.force_login(tenant_admin)
+
+    # when the tenant admin opens it and the tenant's page
+    config_page = client.get(_url("providerconfig_change", config.pk)).content.decode()
+    tenant_page = client.get(_url("tenant_change", tenant.pk)).content.decode()
+
+    # then durations name their unit, and the time zone field says what to type
+    assert "<label>Last test latency (ms):</label>" in config_page
+    assert ">Response cache TTL (seconds):</label>" in tenant_page
+    assert "An IANA time zone name such as Europe/Berlin" in tenant_page

@@ -1747,3 +1747,97 @@ def test_cost_alert_page_writes_spend_limit_and_percent_as_the_budget_page_does(
     assert unpriced_shown["Spend (USD)"] == "—"
     assert unpriced_shown["Limit (USD)"] == "—"
     assert unpriced_shown["Percent"] == "—"
+
+
+def test_call_log_and_daily_usage_pages_put_units_in_parentheses(client, tenant, tenant_viewer):
+    # given a streamed call and its day's row
+    log = CallLogFactory(tenant=tenant, latency_ms=812, time_to_first_token_ms=140, streamed=True)
+    day = DailyUsageFactory(tenant=tenant, latency_ms_sum=1624, request_count=2)
+    client.force_login(tenant_viewer)
+
+    # when the viewer opens both
+    call_page = client.get(reverse("admin:usage_calllog_change", args=[log.pk])).content.decode()
+    day_page = client.get(reverse("admin:usage_dailyusage_change", args=[day.pk])).content.decode()
+
+    # then each duration names its unit as a unit, not as a word of the name
+    assert "<label>Latency (ms):</label>" in call_page
+    assert "<label>Time to first token (ms):</label>" in call_page
+    assert "<label>Latency sum (ms):</label>" in day_page
+    labels = re.findall(r"<label>([^<]*):</label>", call_page + day_page)
+    assert [label for label in labels if label.endswith((" ms", " sum"))] == []
+
+
+def test_daily_usage_page_title_names_service_and_customer_or_says_there_is_none(
+    client, tenant, tenant_viewer
+):
+    # given one day's rows with and without a service and customer
+    scoped = DailyUsageFactory(
+        tenant=tenant,
+        model="fake-small",
+        service_name="summarizer",
+        customer_id="acme",
+        cost_usd=Decimal("0.000018"),
+    )
+    bare = DailyUsageFactory(
+        tenant=tenant,
+        model="fake-large",
+        service_name="",
+        customer_id="",
+        cost_usd=Decimal("0.00005"),
+    )
+    client.force_login(tenant_viewer)
+
+    # when the viewer opens both
+    titles = [
+        re.search(
+            r"<h2>([^<]*)</h2>",
+            client.get(reverse("admin:usage_dailyusage_change", args=[row.pk])).content.decode(),
+        ).group(1)
+        for row in (scoped, bare)
+    ]
+
+    # then each title says what the row counts, with no bare "-" standing for "any"
+    assert titles == [
+        f"{scoped.day} fake-small, service summarizer, customer acme: $0.000018",
+        f"{bare.day} fake-large, no service, no customer: $0.00005",
+    ]
+
+
+@pytest.mark.django_db
+def test_dashboard_of_a_tenant_without_calls_says_there_is_no_usage_under_daily_cost(client):
+    # given a tenant that has made no call
+    tenant = TenantFactory()
+    client.force_login(_member(tenant))
+
+    # when its admin opens the dashboard
+    html = client.get(
+        reverse("admin:usage_usagedashboard_tenant", args=[tenant.pk])
+    ).content.decode()
+
+    # then the daily cost card says so, as the breakdowns do, rather than an empty plot
+    card = re.search(r"<h2>Daily cost</h2>(.*?)</div>", html, re.S).group(1)
+    assert card.strip() == '<p class="usage-empty">No usage in this period.</p>'
+
+
+def test_daily_usage_and_price_dates_read_as_the_titles_and_filters_write_them(
+    client, tenant, tenant_viewer
+):
+    # given a day's row and a price dated from a day
+    from tests.factories import ModelPriceFactory
+
+    row = DailyUsageFactory(tenant=tenant, day=dt.date(2026, 11, 3), model="fake-large")
+    ModelPriceFactory(tenant=tenant, model="own-model", effective_from=dt.date(2024, 1, 5))
+    client.force_login(tenant_viewer)
+
+    # when the viewer opens the daily usage list, the row and the price list
+    listed = client.get(reverse("admin:usage_dailyusage_changelist")).content.decode()
+    shown = client.get(reverse("admin:usage_dailyusage_change", args=[row.pk])).content.decode()
+    prices = client.get(reverse("admin:llm_providers_modelprice_changelist")).content.decode()
+
+    # then each day is written YYYY-MM-DD, as the page's title and the day filter write it
+    assert re.search(
+        r"<th class=\"field-day[^\"]*\"><a href=\"[^\"]*\">2026-11-03</a></th>", listed
+    )
+    assert '<div class="readonly">2026-11-03</div>' in shown
+    assert '<td class="field-effective_from nowrap">2024-01-05</td>' in prices
+    assert "Nov. 3, 2026" not in listed + shown and "Jan. 5, 2024" not in prices

@@ -120,7 +120,7 @@ def test_daily_cost_chart_shows_a_tiny_day_above_the_axis_next_to_a_large_one():
 @pytest.mark.parametrize("count", [1, 2, 7, 27, 30, 31, 90, 365])
 def test_daily_cost_chart_day_labels_stay_apart_however_many_days(count):
     first = dt.date(2026, 1, 1)
-    days = [(first + dt.timedelta(days=i), Decimal(i % 7), i) for i in range(count)]
+    days = [(first + dt.timedelta(days=i), Decimal(i % 7), i + 1) for i in range(count)]
 
     svg = ET.fromstring(str(daily_cost_chart(days)))
 
@@ -133,3 +133,23 @@ def test_daily_cost_chart_day_labels_stay_apart_however_many_days(count):
     xs = [float(t.get("x").rstrip("%")) for t in labels]
     assert all(b - a >= 8 for a, b in zip(xs, xs[1:], strict=False)), xs
     assert len(svg.findall(f"{ns}rect")) == count
+
+
+def test_daily_cost_chart_of_a_period_without_calls_says_so_instead_of_an_empty_plot():
+    days = [(dt.date(2026, 6, 1) + dt.timedelta(days=i), Decimal(0), 0) for i in range(30)]
+
+    html = str(daily_cost_chart(days))
+
+    assert html == '<p class="usage-empty">No usage in this period.</p>'
+
+
+def test_daily_cost_chart_of_free_calls_labels_its_axis_zero_once():
+    # given calls that cost nothing (a free model) on one day
+    days = [(dt.date(2026, 6, 1), Decimal(0), 0), (dt.date(2026, 6, 2), Decimal(0), 3)]
+
+    svg = str(daily_cost_chart(days))
+
+    # then the day keeps its tooltip, and the axis reads $0 alone, not "$0.00" above "$0"
+    assert "<title>2026-06-02: $0.00 (3 requests)</title>" in svg
+    axis_labels = re.findall(r'text-anchor="end">([^<]*)</text>', svg)
+    assert axis_labels == ["$0"]

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('usage', '0007_cost_alert_once_per_limit'),
+        ('usage', '0008_alert_delivery_claim'),
     ]
 
     operations = [

@@ -1390,12 +1390,18 @@ class _StreamRun:
         self, target, error, unseen_received, reported, answered_model, started_at, started
     ) -> None:
         """Record an attempt that broke before any text reached the caller;
-        tool call pieces or reasoning it produced are estimated and priced, and their cost
-        settled with the budget whatever the later attempts do."""
-        if not unseen_received:
+        tool call pieces or reasoning it produced are priced (at the usage the
+        provider reported for them, else estimated), and their cost settled
+        with the budget whatever the later attempts do."""
+        if error.paid_usage is not None:
+            usage, estimated = error.paid_usage, error.paid_usage_estimated
+            answered_model = error.paid_model or answered_model
+        elif unseen_received:
+            usage = self._estimate("", reported=reported, unseen_text="".join(unseen_received))
+            estimated = True
+        else:
             _log_failure(self._call, target, error, started_at, started)
             return
-        usage = self._estimate("", reported=reported, unseen_text="".join(unseen_received))
         self._paid.append(
             _log_paid_failure(
                 self._call,
@@ -1405,7 +1411,7 @@ class _StreamRun:
                 started,
                 usage=usage,
                 answered_model=answered_model,
-                estimated=True,
+                estimated=estimated,
             )
         )
 
@@ -1423,11 +1429,17 @@ class _StreamRun:
         reported,
     ):
         """Record a stream that ended early, with `error` or because the caller
-        stopped reading (GeneratorExit, or stop()): usage estimated from what was received."""
+        stopped reading (GeneratorExit, or stop()): usage estimated from what was
+        received, unless the provider reported it for the answer it ended as failed."""
         closed = isinstance(error, GeneratorExit | _StreamStopped)
         call = self._call
         text = "".join(received)
-        usage = self._estimate(text, reported=reported, unseen_text="".join(unseen_received))
+        if isinstance(error, ProviderError) and error.paid_usage is not None:
+            usage, estimated = error.paid_usage, error.paid_usage_estimated
+            answered_model = error.paid_model or answered_model
+        else:
+            usage = self._estimate(text, reported=reported, unseen_text="".join(unseen_received))
+            estimated = True
         latency_ms = _ms_since(started)
         _tokens_used(self._counted, usage)
         cost, source = _priced(call, target, usage, answered_model, started_at)
@@ -1443,7 +1455,7 @@ class _StreamRun:
             error_message=scrub_secrets(message, _secrets(target)),
             model_answered=answered_model,
             usage=usage,
-            usage_estimated=True,
+            usage_estimated=estimated,
             cost_usd=cost,
             price_source=source,
             latency_ms=latency_ms,
@@ -1457,7 +1469,7 @@ class _StreamRun:
                 usage=usage,
                 model=answered_model or target.model,
                 finish_reason="aborted" if closed else "error",
-                usage_estimated=True,
+                usage_estimated=estimated,
             ),
             cost=cost,
             source=source,

@@ -264,6 +264,25 @@ def test_stream_assembles_anthropic_input_json_deltas(tenant, anthropic_second, 
     assert result.cost_usd == Decimal("0.080")
 
 
+def test_stream_finished_with_an_error_after_text_records_the_usage_openai_reported(
+    tenant, openai_first, openai_upstream
+):
+    _block(tenant, "1")
+    openai_upstream.enqueue_chat_stream(
+        ["Once", " upon"], finish_reason="error", prompt_tokens=30, completion_tokens=40
+    )
+
+    chunks = stream(tenant=tenant, messages=HELLO, max_tokens=50)
+    with pytest.raises(UpstreamUnavailable):
+        list(chunks)
+
+    [log] = CallLog.objects.filter(request_id=chunks.request_id)
+    assert (log.status, log.error_code) == ("error", "upstream_unavailable")
+    assert (log.input_tokens, log.output_tokens, log.usage_estimated) == (30, 40, False)
+    assert log.cost_usd == Decimal("0.110")
+    assert _spend(tenant) == Decimal("0.110")
+
+
 @pytest.fixture
 def bedrock_first(tenant, bedrock_upstream):
     model = "anthropic.claude-3-5-haiku-20241022-v1:0"
@@ -359,3 +378,43 @@ def test_stream_whose_primary_is_at_its_rpm_limit_falls_back(
         ("openai", "blocked", "rate_limited"),
         ("anthropic", "ok", ""),
     ]
+
+
+def test_bedrock_stream_ended_as_malformed_after_text_records_the_usage_it_reported(
+    tenant, openai_first, bedrock_first, bedrock_upstream, openai_upstream
+):
+    _block(tenant, "1")
+    bedrock_upstream.enqueue_converse_stream(
+        ["Once", " upon"], stop_reason="malformed_model_output", input_tokens=30, output_tokens=40
+    )
+
+    chunks = stream(tenant=tenant, messages=HELLO, max_tokens=50)
+    with pytest.raises(UpstreamUnavailable):
+        list(chunks)
+
+    assert openai_upstream.requests == []
+    [log] = CallLog.objects.filter(request_id=chunks.request_id)
+    assert (log.status, log.error_code) == ("error", "upstream_unavailable")
+    assert (log.input_tokens, log.output_tokens, log.usage_estimated) == (30, 40, False)
+    assert log.cost_usd == Decimal("0.110")
+    assert (chunks.result.cost_usd, chunks.result.usage_estimated) == (Decimal("0.110"), False)
+    assert _spend(tenant) == Decimal("0.110")
+
+
+def test_stream_ended_as_failed_before_any_text_pays_the_usage_reported_then_retries(
+    tenant, openai_first, openai_upstream
+):
+    _block(tenant, "1")
+    openai_upstream.enqueue_chat_stream(
+        [], finish_reason="error", prompt_tokens=30, completion_tokens=5
+    )
+    openai_upstream.enqueue_chat_stream(["Hi"], prompt_tokens=30, completion_tokens=1)
+
+    chunks = stream(tenant=tenant, messages=HELLO, max_tokens=50)
+    assert "".join(chunks) == "Hi"
+
+    assert _rows(chunks.request_id) == [
+        (1, "openai", "error", "upstream_unavailable", Decimal("0.040")),
+        (2, "openai", "ok", "", Decimal("0.032")),
+    ]
+    assert _spend(tenant) == Decimal("0.072")

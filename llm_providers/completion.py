@@ -752,8 +752,14 @@ def _cache_store(call: _Call, target: RouteTarget, chat: ChatResult) -> None:
         )
 
 
-def _retry_or_raise(error: ApplicationError, attempt_on_target: int, deadline: _Deadline) -> None:
+def _retry_or_raise(
+    error: ApplicationError,
+    attempt_on_target: int,
+    deadline: _Deadline,
+    stopping: threading.Event | None = None,
+) -> None:
     """Sleep before the next attempt on this target, or raise to move on / give up.
+    A wait ends early when `stopping` (a stream's stop()) is set meanwhile.
 
     A wait the deadline has no time for (with an attempt after it) is not
     taken: the call moves on to the next target, if there is time for one.
@@ -775,7 +781,10 @@ def _retry_or_raise(error: ApplicationError, attempt_on_target: int, deadline: _
             if not deadline.allows_wait(delay):
                 # Retryable provider errors always fall back.
                 raise _MoveOn(error, deadline_cut=True)
-            time.sleep(delay)
+            if stopping is None:
+                time.sleep(delay)
+            else:
+                stopping.wait(delay)
             return
     if deadline.ended_attempt(error):
         raise _MoveOn(error, deadline_cut=True)
@@ -1244,7 +1253,10 @@ class _StreamRun:
                     if self._stopping.is_set():
                         # Its caller stopped the stream: no retry, no fallback.
                         raise outcome
-                    _retry_or_raise(outcome, attempt_on_target, call.deadline)
+                    _retry_or_raise(outcome, attempt_on_target, call.deadline, self._stopping)
+                    if self._stopping.is_set():
+                        # Stopped while waiting to retry: nothing more is sent.
+                        raise outcome
                     previous = outcome
             finally:
                 # A finished, broken or abandoned stream has its (possibly

@@ -2,10 +2,13 @@
 failures before and after the first chunk, fallbacks across wire formats,
 callers that stop early, the response cache, and the budget each leaves."""
 
+import threading
+import time
 from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from llm_providers.adapters.errors import UpstreamUnavailable
@@ -418,3 +421,53 @@ def test_stream_ended_as_failed_before_any_text_pays_the_usage_reported_then_ret
         (2, "openai", "ok", "", Decimal("0.032")),
     ]
     assert _spend(tenant) == Decimal("0.072")
+
+
+def _read_in_a_thread(chunks):
+    """Read `chunks` to its end on a thread of its own; returns the thread and
+    what it read or raised."""
+    outcome = {}
+
+    def read():
+        try:
+            outcome["text"] = "".join(chunks)
+        except Exception as exc:  # noqa: BLE001 - the test looks at it
+            outcome["error"] = exc
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    return thread, outcome
+
+
+@pytest.mark.django_db(transaction=True)
+def test_stream_stopped_while_waiting_to_retry_sends_no_further_request(
+    tenant, openai_first, anthropic_second, openai_upstream, anthropic_upstream
+):
+    # given a primary that asks to be retried in 2 s, and a fallback
+    _block(tenant, "1")
+    openai_upstream.enqueue_error(
+        429, type="requests", code="rate_limit_exceeded", headers={"Retry-After": "2"}
+    )
+    openai_upstream.enqueue_chat_stream(["late"])
+    anthropic_upstream.enqueue_message_stream(["late"])
+    chunks = stream(tenant=tenant, messages=HELLO, max_tokens=50)
+    thread, outcome = _read_in_a_thread(chunks)
+    while not openai_upstream.requests:
+        time.sleep(0.01)
+
+    # when the stream is stopped during that wait
+    time.sleep(0.2)
+    started = time.monotonic()
+    chunks.stop()
+    thread.join(timeout=10)
+
+    # then it ends at once with the provider's refusal: no retry, no fallback
+    waited = time.monotonic() - started
+    assert outcome["error"].code == "provider_rate_limited"
+    assert (len(openai_upstream.requests), len(anthropic_upstream.requests)) == (1, 0)
+    assert _rows(chunks.request_id) == [(1, "openai", "error", "provider_rate_limited", None)]
+    assert chunks.result is None
+    assert _spend(tenant) == Decimal("0")
+    assert waited < 1.0

@@ -15,6 +15,8 @@ from llm_providers.adapters.errors import UpstreamUnavailable
 from llm_providers.completion import complete, stream
 from llm_providers.services import provider_config_create
 from tests.factories import BudgetFactory, ModelPriceFactory, TenantFactory
+from tests.upstreams.openai import sse
+from tests.upstreams.server import Reply
 from usage.aggregation import daily_usage_recompute
 from usage.budget import BudgetExceeded
 from usage.models import Budget, CallLog, DailyUsage
@@ -86,7 +88,7 @@ def _rows(request_id):
 
 @pytest.mark.parametrize(
     "failure",
-    ["server_error", "rate_limited", "reset_before_text", "timeout"],
+    ["server_error", "rate_limited", "reset_before_text", "timeout", "stalled_before_text"],
 )
 def test_stream_failing_before_any_text_retries_then_falls_back_to_another_protocol(
     tenant, openai_first, anthropic_second, openai_upstream, anthropic_upstream, failure
@@ -103,8 +105,11 @@ def test_stream_failing_before_any_text_retries_then_falls_back_to_another_proto
         elif failure == "reset_before_text":
             # The role chunk, then the connection drops.
             openai_upstream.enqueue_chat_stream(["never"], break_after=1)
-        else:
+        elif failure == "timeout":
             openai_upstream.enqueue_chat_stream(["late"], delay=1.0)
+        else:
+            # The role chunk, then a silence longer than the read timeout.
+            openai_upstream.enqueue_chat_stream(["late"], chunk_delay=1.0)
     # and a fallback whose usage comes in message_start and cumulative message_deltas
     anthropic_upstream.enqueue_message_stream(
         ["Hel", "lo"], input_tokens=12, output_tokens=7, output_token_steps=[3, 7]
@@ -127,6 +132,7 @@ def test_stream_failing_before_any_text_retries_then_falls_back_to_another_proto
         "rate_limited": "provider_rate_limited",
         "reset_before_text": "upstream_unavailable",
         "timeout": "provider_timeout",
+        "stalled_before_text": "provider_timeout",
     }[failure]
     assert _rows(chunks.request_id) == [
         (1, "openai", "error", code, None),
@@ -471,3 +477,60 @@ def test_stream_stopped_while_waiting_to_retry_sends_no_further_request(
     assert chunks.result is None
     assert _spend(tenant) == Decimal("0")
     assert waited < 1.0
+
+
+def test_openai_stream_that_ignores_include_usage_is_estimated_and_flagged(
+    tenant, openai_first, openai_upstream
+):
+    # given a compatible server that never sends the usage chunk it was asked for
+    def chunk(delta, finish=None):
+        return sse(
+            {
+                "id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 0,
+                "model": "gpt-4o", "choices": [
+                    {"index": 0, "delta": delta, "finish_reason": finish}
+                ],
+            }
+        )  # fmt: skip
+
+    _block(tenant, "1")
+    events = [chunk({"role": "assistant", "content": ""}), chunk({"content": "Hello there"})]
+    events += [chunk({}, "stop"), b"data: [DONE]\n\n"]
+    openai_upstream.enqueue(
+        Reply(headers={"Content-Type": "text/event-stream"}, chunks=events, route="chat")
+    )
+
+    chunks = stream(tenant=tenant, messages=HELLO, max_tokens=50)
+    assert "".join(chunks) == "Hello there"
+
+    # then the prompt (9 tokens) and "Hello there" (11 characters, 4 tokens)
+    # are estimated: 9 × $0.001 + 4 × $0.002
+    assert openai_upstream.requests[0].json["stream_options"] == {"include_usage": True}
+    [log] = CallLog.objects.filter(request_id=chunks.request_id)
+    assert (log.status, log.usage_estimated, log.input_tokens, log.output_tokens) == (
+        "ok", True, 9, 4,
+    )  # fmt: skip
+    assert log.cost_usd == chunks.result.cost_usd == Decimal("0.017")
+    assert chunks.result.usage_estimated is True
+    assert _spend(tenant) == Decimal("0.017")
+
+
+def test_bedrock_stream_assembles_tool_use_input_deltas(
+    tenant, openai_first, bedrock_first, bedrock_upstream
+):
+    bedrock_upstream.enqueue_converse_stream(
+        ["Checking."],
+        tool_uses=[{"id": "tooluse_1", "name": "get_weather", "input": {"city": "Paris"}}],
+        input_tokens=20,
+        output_tokens=30,
+    )
+
+    chunks = stream(tenant=tenant, messages=HELLO)
+    assert "".join(chunks) == "Checking."
+
+    result = chunks.result
+    assert [(c.id, c.name, c.arguments) for c in result.tool_calls] == [
+        ("tooluse_1", "get_weather", '{"city": "Paris"}')
+    ]
+    assert (result.finish_reason, result.usage_estimated) == ("tool_calls", False)
+    assert result.cost_usd == Decimal("0.080")

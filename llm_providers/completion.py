@@ -752,8 +752,14 @@ def _cache_store(call: _Call, target: RouteTarget, chat: ChatResult) -> None:
         )
 
 
-def _retry_or_raise(error: ApplicationError, attempt_on_target: int, deadline: _Deadline) -> None:
+def _retry_or_raise(
+    error: ApplicationError,
+    attempt_on_target: int,
+    deadline: _Deadline,
+    stopping: threading.Event | None = None,
+) -> None:
     """Sleep before the next attempt on this target, or raise to move on / give up.
+    A wait ends early when `stopping` (a stream's stop()) is set meanwhile.
 
     A wait the deadline has no time for (with an attempt after it) is not
     taken: the call moves on to the next target, if there is time for one.
@@ -775,7 +781,10 @@ def _retry_or_raise(error: ApplicationError, attempt_on_target: int, deadline: _
             if not deadline.allows_wait(delay):
                 # Retryable provider errors always fall back.
                 raise _MoveOn(error, deadline_cut=True)
-            time.sleep(delay)
+            if stopping is None:
+                time.sleep(delay)
+            else:
+                stopping.wait(delay)
             return
     if deadline.ended_attempt(error):
         raise _MoveOn(error, deadline_cut=True)
@@ -1244,7 +1253,10 @@ class _StreamRun:
                     if self._stopping.is_set():
                         # Its caller stopped the stream: no retry, no fallback.
                         raise outcome
-                    _retry_or_raise(outcome, attempt_on_target, call.deadline)
+                    _retry_or_raise(outcome, attempt_on_target, call.deadline, self._stopping)
+                    if self._stopping.is_set():
+                        # Stopped while waiting to retry: nothing more is sent.
+                        raise outcome
                     previous = outcome
             finally:
                 # A finished, broken or abandoned stream has its (possibly
@@ -1390,12 +1402,18 @@ class _StreamRun:
         self, target, error, unseen_received, reported, answered_model, started_at, started
     ) -> None:
         """Record an attempt that broke before any text reached the caller;
-        tool call pieces or reasoning it produced are estimated and priced, and their cost
-        settled with the budget whatever the later attempts do."""
-        if not unseen_received:
+        tool call pieces or reasoning it produced are priced (at the usage the
+        provider reported for them, else estimated), and their cost settled
+        with the budget whatever the later attempts do."""
+        if error.paid_usage is not None:
+            usage, estimated = error.paid_usage, error.paid_usage_estimated
+            answered_model = error.paid_model or answered_model
+        elif unseen_received:
+            usage = self._estimate("", reported=reported, unseen_text="".join(unseen_received))
+            estimated = True
+        else:
             _log_failure(self._call, target, error, started_at, started)
             return
-        usage = self._estimate("", reported=reported, unseen_text="".join(unseen_received))
         self._paid.append(
             _log_paid_failure(
                 self._call,
@@ -1405,7 +1423,7 @@ class _StreamRun:
                 started,
                 usage=usage,
                 answered_model=answered_model,
-                estimated=True,
+                estimated=estimated,
             )
         )
 
@@ -1423,11 +1441,17 @@ class _StreamRun:
         reported,
     ):
         """Record a stream that ended early, with `error` or because the caller
-        stopped reading (GeneratorExit, or stop()): usage estimated from what was received."""
+        stopped reading (GeneratorExit, or stop()): usage estimated from what was
+        received, unless the provider reported it for the answer it ended as failed."""
         closed = isinstance(error, GeneratorExit | _StreamStopped)
         call = self._call
         text = "".join(received)
-        usage = self._estimate(text, reported=reported, unseen_text="".join(unseen_received))
+        if isinstance(error, ProviderError) and error.paid_usage is not None:
+            usage, estimated = error.paid_usage, error.paid_usage_estimated
+            answered_model = error.paid_model or answered_model
+        else:
+            usage = self._estimate(text, reported=reported, unseen_text="".join(unseen_received))
+            estimated = True
         latency_ms = _ms_since(started)
         _tokens_used(self._counted, usage)
         cost, source = _priced(call, target, usage, answered_model, started_at)
@@ -1443,7 +1467,7 @@ class _StreamRun:
             error_message=scrub_secrets(message, _secrets(target)),
             model_answered=answered_model,
             usage=usage,
-            usage_estimated=True,
+            usage_estimated=estimated,
             cost_usd=cost,
             price_source=source,
             latency_ms=latency_ms,
@@ -1457,7 +1481,7 @@ class _StreamRun:
                 usage=usage,
                 model=answered_model or target.model,
                 finish_reason="aborted" if closed else "error",
-                usage_estimated=True,
+                usage_estimated=estimated,
             ),
             cost=cost,
             source=source,

@@ -80,6 +80,7 @@ from .errors import (
     UpstreamUnavailable,
     connection_failure,
     error_for_status,
+    failed_answer_error,
     message_says_context_too_long,
     retry_after_from_headers,
 )
@@ -404,7 +405,7 @@ class BedrockConverseAdapter(Adapter):
             stop_reason, usage = "stop_sequence", None
         elif stop_reason is None:
             raise UpstreamUnavailable("The bedrock stream ended before the answer finished.")
-        self._refuse_failed_answer(stop_reason)
+        self._refuse_failed_answer(stop_reason, usage=usage, model=request.model)
         tool_calls = [
             ToolCall(id=call["id"], name=call["name"], arguments=call["arguments"] or "{}")
             for _, call in sorted(tools.items())
@@ -431,9 +432,14 @@ class BedrockConverseAdapter(Adapter):
 
     # --- errors ------------------------------------------------------------------
 
-    def _refuse_failed_answer(self, stop_reason: str | None) -> None:
+    def _refuse_failed_answer(
+        self, stop_reason: str | None, *, usage: Usage | None = None, model: str = ""
+    ) -> None:
+        """The `usage` a stream reported for a failed answer is what the provider charges for."""
         if stop_reason in _FAILED_STOP_REASONS:
-            raise UpstreamUnavailable(f"bedrock stopped the answer with an error ({stop_reason}).")
+            raise failed_answer_error(
+                f"bedrock stopped the answer with an error ({stop_reason}).", usage, model
+            )
 
     def provider_error(self, exc: BaseException) -> ProviderError:
         if isinstance(exc, ClientError):

@@ -90,6 +90,16 @@ class UpstreamUnavailable(ProviderError):
     retryable = True
 
 
+def failed_answer_error(message: str, usage: Usage | None, model: str) -> UpstreamUnavailable:
+    """The error of an answer the provider ended as failed; the `usage` it
+    reported for it (a stream's closing figures), when it did, is paid."""
+    error = UpstreamUnavailable(message)
+    if usage is not None:
+        error.paid_usage = usage
+        error.paid_model = model
+    return error
+
+
 class NotSupported(ProviderError):
     """The protocol has no such operation (e.g. embeddings on Anthropic)."""
 

@@ -43,6 +43,7 @@ from .errors import (
     UpstreamUnavailable,
     connection_failure,
     error_for_status,
+    failed_answer_error,
     is_redirect,
     redirect_refused,
     retry_after_from_headers,
@@ -319,7 +320,7 @@ class OpenAIChatAdapter(Adapter):
             raise UpstreamUnavailable(
                 f"The {self.settings.provider_type} stream ended before the answer finished."
             )
-        self._refuse_failed_answer(finish_reason)
+        self._refuse_failed_answer(finish_reason, usage=usage, model=model)
         tool_calls = calls.assembled()
         yield StreamChunk(
             model=model,
@@ -424,11 +425,14 @@ class OpenAIChatAdapter(Adapter):
 
     # --- errors ------------------------------------------------------------------
 
-    def _refuse_failed_answer(self, finish_reason: str | None) -> None:
-        """A choice that finished with `error` failed part-way: it is not an answer."""
+    def _refuse_failed_answer(
+        self, finish_reason: str | None, *, usage: Usage | None = None, model: str = ""
+    ) -> None:
+        """A choice that finished with `error` failed part-way: it is not an answer.
+        The `usage` a stream reported for it is what the provider charges for."""
         if finish_reason == _FINISH_REASON_ERROR:
-            raise UpstreamUnavailable(
-                f"{self.settings.provider_type} stopped the answer with an error."
+            raise failed_answer_error(
+                f"{self.settings.provider_type} stopped the answer with an error.", usage, model
             )
 
     def provider_error(self, exc: BaseException) -> ProviderError:

@@ -311,6 +311,48 @@ def test_client_leaving_during_a_silence_stops_the_upstream_request(
     assert settled_from_call_logs(entry) == log.cost_usd
 
 
+def test_client_leaving_while_the_call_waits_to_retry_stops_it_there(
+    keepalive, acme, live_server, openai_upstream
+):
+    # given a provider that refuses at once, asking to be retried in 5 s, and
+    # a budget the stream reserves from
+    tenant, key = acme
+    _openai(tenant, openai_upstream)
+    openai_upstream.enqueue_error(
+        429, type="requests", code="rate_limit_exceeded", headers={"Retry-After": "5"}
+    )
+    openai_upstream.enqueue_chat_stream(["Hel", "lo"])
+    budget = BudgetFactory(tenant=tenant, name="acme-wide", limit_usd=Decimal("5"))
+
+    # when the client leaves during that wait
+    client = _post(
+        live_server.url,
+        key.secret,
+        {"messages": [{"role": "user", "content": "hi"}], "stream": True, "max_tokens": 100},
+    )
+    received = b""
+    while KEEPALIVE not in received:
+        data = client.recv(65536)
+        assert data, received
+        received += data
+    assert _wait_until(lambda: CallLog.objects.filter(tenant=tenant).exists())
+    client.close()
+    left = time.monotonic()
+
+    # then the stream ends well before the wait would have: the retry is never
+    # sent, the refusal is the one attempt logged, and nothing stays reserved
+    assert _wait_until(lambda: _stream_threads() == [])
+    assert time.monotonic() - left < 3.0
+    assert len(openai_upstream.requests) == 1
+    [log] = CallLog.objects.filter(tenant=tenant)
+    assert (log.status, log.error_code, log.cost_usd) == ("error", "provider_rate_limited", None)
+    counters = redis.Redis.from_url(django_settings.USAGE_BUDGET_REDIS_URL)
+    [counter] = counters.keys(f"llmpl:budget:{budget.pk}:*:h")
+    fields = {name.decode(): value for name, value in counters.hgetall(counter).items()}
+    assert int(fields["t"]) == 0, fields
+    assert [name for name in fields if name.startswith("r:")] == []
+
+
 # --- many clients at once -----------------------------------------------------------
 
 # What each upstream reply does: (seconds before its headers, seconds between

@@ -276,6 +276,29 @@ def test_call_list_filters_by_half_open_time_range(admin_api, tenant):
     assert _ids(response) == [inside.pk, at_start.pk]
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("created_after", "2026-03-01T12:00:00"), ("created_before", "2026-03-01")],
+)
+def test_call_list_answers_400_when_a_time_has_no_utc_offset(admin_api, tenant, field, value):
+    # given a tenant 14 hours ahead of UTC, whose noon is UTC's 22:00 the day before
+    tenant.timezone = "Pacific/Kiritimati"
+    tenant.save()
+    CallLogFactory(tenant=tenant, created_at=NOON)
+
+    # when a time is given without its offset (UTC's noon or the tenant's?)
+    response = admin_api.get(CALLS, {field: value})
+
+    # then it is refused, saying how to write it, rather than read in the server's zone
+    assert response.status_code == 400
+    assert response.json()["error"]["fields"] == {
+        field: [
+            "Give the time with its UTC offset (Z or ±HH:MM), e.g. 2026-03-01T00:00:00Z: "
+            "without one it could be UTC's time or the tenant's."
+        ]
+    }
+
+
 def test_call_list_answers_400_when_range_inverted(admin_api, tenant):
     response = admin_api.get(
         CALLS,

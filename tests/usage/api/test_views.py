@@ -311,6 +311,52 @@ def test_call_list_answers_400_when_range_inverted(admin_api, tenant):
     }
 
 
+def test_call_list_answers_400_when_a_filter_is_empty(admin_api, tenant):
+    # given a call that went through and one that failed
+    CallLogFactory(tenant=tenant, status="ok")
+    CallLogFactory(tenant=tenant, status="error", cost_usd=None, price_source="")
+
+    # when the status filter is sent without a value (a URL built from an empty variable)
+    response = admin_api.get(CALLS, {"status": ""})
+
+    # then it is refused rather than answering both calls as though they matched it
+    assert response.status_code == 400
+    assert response.json()["error"]["fields"] == {
+        "status": ["Empty: give a value, or leave the parameter out."]
+    }
+
+
+@pytest.mark.parametrize(
+    ("path", "parameter"),
+    [
+        ("/api/v1/calls/", "model"),
+        ("/api/v1/calls/", "created_after"),
+        ("/api/v1/usage/summary/", "days"),
+        ("/api/v1/usage/daily/", "start"),
+        ("/api/v1/usage/by-customer/", "limit"),
+        ("/api/v1/alerts/", "kind"),
+        ("/api/v1/alerts/", "budget"),
+    ],
+)
+def test_usage_endpoints_answer_400_naming_an_empty_parameter(admin_api, tenant, path, parameter):
+    response = admin_api.get(path, {parameter: ""})
+
+    assert response.status_code == 400
+    assert response.json()["error"]["fields"] == {
+        parameter: ["Empty: give a value, or leave the parameter out."]
+    }
+
+
+def test_call_list_filters_by_an_empty_service_name(admin_api, tenant):
+    # An empty service name is a value: calls that named no service.
+    unnamed = CallLogFactory(tenant=tenant, service_name="")
+    CallLogFactory(tenant=tenant, service_name="summarizer")
+
+    response = admin_api.get(CALLS, {"service_name": ""})
+
+    assert _ids(response) == [unnamed.pk]
+
+
 def test_call_list_answers_400_naming_each_bad_filter(admin_api, tenant):
     response = admin_api.get(CALLS, {"status": "exploded", "request_id": "nope"})
 

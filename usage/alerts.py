@@ -478,6 +478,8 @@ def unpriced_usage_check(*, now: datetime) -> list[CostAlert]:
         if tenant is None:
             continue  # deleted since its usage was read
         month = row["first_day"].strftime("%Y-%m")
+        # Fits the column whole (a config id, a provider type and a model as long as
+        # DailyUsage keeps them), so the lookup below and the row agree.
         subject_key = f"{row['provider_config_id'] or '-'}/{row['provider_type']}/{row['model']}"
         if CostAlert.objects.filter(
             tenant=tenant, kind=CostAlert.Kind.UNPRICED, subject_key=subject_key, period_key=month
@@ -489,7 +491,7 @@ def unpriced_usage_check(*, now: datetime) -> list[CostAlert]:
             now=now,
             tenant_id=tenant.pk,
             kind=CostAlert.Kind.UNPRICED,
-            subject_key=subject_key[:300],
+            subject_key=subject_key,
             period_key=month,
             provider_config_id=row["provider_config_id"]
             if row["provider_config_id"] in configs

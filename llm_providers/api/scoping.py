@@ -7,7 +7,8 @@ from `self.tenant`; an object of another tenant is therefore "not found"
 A query parameter the endpoint does not take is refused (400), as a body
 field it does not have is: a misspelt filter (`?stauts=error`) would
 otherwise answer every row as though they matched it. So is one given more
-than once: each takes a single value.
+than once: each takes a single value, and so is one sent empty where an
+empty text is not one of its values (`?status=`).
 """
 
 from __future__ import annotations
@@ -36,17 +37,21 @@ class TenantScopedAPIMixin:
         if request.method.lower() != "options":
             self.query_parameters_check(request)
 
-    def query_parameters_known(self) -> set[str]:
-        """The tenant, the format, the action's own and (lists) the paginator's parameters."""
-        known = {TENANT_QUERY_PARAMETER, api_settings.URL_FORMAT_OVERRIDE}
+    def query_fields(self) -> dict:
+        """The fields of the query parameters the action takes (none: an empty dict)."""
         action = getattr(self, "action", None)
         serializer_class = (
             self.query_serializer_class
             if action is None
             else self.query_serializer_classes.get(action)
         )
-        if serializer_class is not None:
-            known.update(serializer_class().fields)
+        return dict(serializer_class().fields) if serializer_class is not None else {}
+
+    def query_parameters_known(self) -> set[str]:
+        """The tenant, the format, the action's own and (lists) the paginator's parameters."""
+        known = {TENANT_QUERY_PARAMETER, api_settings.URL_FORMAT_OVERRIDE}
+        action = getattr(self, "action", None)
+        known.update(self.query_fields())
         paginator = getattr(self, "paginator", None) if action == "list" else None
         if paginator is not None:
             for attribute in ("page_query_param", "page_size_query_param", "cursor_query_param"):
@@ -73,6 +78,17 @@ class TenantScopedAPIMixin:
         }
         if repeated:
             raise ValidationError(repeated)
+        # A parameter sent without a value, where an empty text is none of its values,
+        # would otherwise count as not sent: `?status=` would list every call as
+        # though each matched it.
+        fields = self.query_fields()
+        empty = {
+            name: ["Empty: give a value, or leave the parameter out."]
+            for name, value in request.query_params.items()
+            if value == "" and name in fields and not getattr(fields[name], "allow_blank", False)
+        }
+        if empty:
+            raise ValidationError(empty)
 
     @property
     def schema_generation(self) -> bool:

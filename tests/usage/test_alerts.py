@@ -1296,6 +1296,56 @@ def test_unpriced_usage_alerts_once_per_model_and_month():
 
 
 @pytest.mark.django_db
+def test_unpriced_usage_of_the_longest_model_names_alerts_once_per_model():
+    # given unpriced calls to two models whose names are as long as a call log keeps
+    # (200 characters) and differ only in their last one, on the longest provider type
+    tenant = TenantFactory(name="Acme")
+    BudgetFactory(tenant=tenant, alert_percentages=[], alert_emails="finance@example.com")
+    config = ProviderConfigFactory(
+        tenant=tenant, name="gateway", provider_type="openai_compatible", api_key="sk-test-1234"
+    )
+    models = ["m" * 199 + "a", "m" * 199 + "b"]
+    for model in models:
+        CallLogFactory(
+            tenant=tenant,
+            provider_config=config,
+            provider_type="openai_compatible",
+            model_requested=model,
+            cost_usd=None,
+            price_source=CallLog.PriceSource.UNKNOWN,
+            created_at=NOW - dt.timedelta(minutes=10),
+        )
+    _aggregate()
+
+    # when the check runs, and again
+    first = unpriced_usage_check(now=NOW)
+    second = unpriced_usage_check(now=NOW + dt.timedelta(hours=1))
+
+    # then each model has its alert, under its whole name, found again by the rerun
+    assert second == []
+    assert sorted(alert.subject_key for alert in first) == [
+        f"{config.pk}/openai_compatible/{model}" for model in models
+    ]
+    assert CostAlert.objects.filter(tenant=tenant, kind=CostAlert.Kind.UNPRICED).count() == 2
+
+
+def test_unpriced_usage_subject_key_column_holds_the_longest_key():
+    # "<config id>/<provider type>/<model>" as long as DailyUsage can hold them: a key
+    # cut to the column would not be found again, and two models sharing its start
+    # would share one alert.
+    longest = (
+        len(str(uuid.UUID(int=0)))
+        + 1
+        + DailyUsage._meta.get_field("provider_type").max_length
+        + 1
+        + DailyUsage._meta.get_field("model").max_length
+    )
+
+    assert longest == 270
+    assert CostAlert._meta.get_field("subject_key").max_length >= longest
+
+
+@pytest.mark.django_db
 def test_unpriced_usage_of_a_new_month_alerts_on_its_first_day():
     # given unpriced calls on June 30, already alerted for June, and more on July 1
     tenant = TenantFactory(name="Acme")

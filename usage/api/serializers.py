@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import timedelta
 from decimal import Decimal
 
+from django.utils.dateparse import parse_datetime
 from rest_framework import serializers
 
 from llm_providers.api.serializers import (
@@ -77,6 +78,30 @@ class CallLogSerializer(ModelSerializer):
         read_only_fields = fields
 
 
+class AwareDateTimeField(serializers.DateTimeField):
+    """An ISO 8601 time that names its UTC offset.
+
+    One without (or a date alone) is refused: it could be meant in UTC or in
+    the tenant's time zone, up to a day apart, and reading it in either would
+    silently answer other rows than asked for.
+    """
+
+    default_error_messages = {
+        "no_offset": "Give the time with its UTC offset (Z or ±HH:MM), e.g. "
+        "2026-03-01T00:00:00Z: without one it could be UTC's time or the tenant's."
+    }
+
+    def to_internal_value(self, value):
+        if isinstance(value, str):
+            try:
+                parsed = parse_datetime(value.strip())
+            except ValueError:
+                parsed = None  # not a time: the parent says so
+            if parsed is not None and parsed.tzinfo is None:
+                self.fail("no_offset")
+        return super().to_internal_value(value)
+
+
 class CallLogFilterSerializer(serializers.Serializer):
     """Query parameters of the call log list; each narrows the list."""
 
@@ -86,11 +111,11 @@ class CallLogFilterSerializer(serializers.Serializer):
     service_name = serializers.CharField(max_length=200, required=False, allow_blank=True)
     customer_id = serializers.CharField(max_length=200, required=False, allow_blank=True)
     request_id = serializers.UUIDField(required=False)
-    created_after = serializers.DateTimeField(
-        required=False, help_text="ISO 8601; calls at or after this instant."
+    created_after = AwareDateTimeField(
+        required=False, help_text="ISO 8601 with its UTC offset; calls at or after this instant."
     )
-    created_before = serializers.DateTimeField(
-        required=False, help_text="ISO 8601; calls before this instant."
+    created_before = AwareDateTimeField(
+        required=False, help_text="ISO 8601 with its UTC offset; calls before this instant."
     )
 
     def validate(self, attrs):

@@ -276,6 +276,29 @@ def test_call_list_filters_by_half_open_time_range(admin_api, tenant):
     assert _ids(response) == [inside.pk, at_start.pk]
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("created_after", "2026-03-01T12:00:00"), ("created_before", "2026-03-01")],
+)
+def test_call_list_answers_400_when_a_time_has_no_utc_offset(admin_api, tenant, field, value):
+    # given a tenant 14 hours ahead of UTC, whose noon is UTC's 22:00 the day before
+    tenant.timezone = "Pacific/Kiritimati"
+    tenant.save()
+    CallLogFactory(tenant=tenant, created_at=NOON)
+
+    # when a time is given without its offset (UTC's noon or the tenant's?)
+    response = admin_api.get(CALLS, {field: value})
+
+    # then it is refused, saying how to write it, rather than read in the server's zone
+    assert response.status_code == 400
+    assert response.json()["error"]["fields"] == {
+        field: [
+            "Give the time with its UTC offset (Z or ±HH:MM), e.g. 2026-03-01T00:00:00Z: "
+            "without one it could be UTC's time or the tenant's."
+        ]
+    }
+
+
 def test_call_list_answers_400_when_range_inverted(admin_api, tenant):
     response = admin_api.get(
         CALLS,
@@ -286,6 +309,52 @@ def test_call_list_answers_400_when_range_inverted(admin_api, tenant):
     assert response.json()["error"]["fields"] == {
         "created_before": ["Must be later than created_after."]
     }
+
+
+def test_call_list_answers_400_when_a_filter_is_empty(admin_api, tenant):
+    # given a call that went through and one that failed
+    CallLogFactory(tenant=tenant, status="ok")
+    CallLogFactory(tenant=tenant, status="error", cost_usd=None, price_source="")
+
+    # when the status filter is sent without a value (a URL built from an empty variable)
+    response = admin_api.get(CALLS, {"status": ""})
+
+    # then it is refused rather than answering both calls as though they matched it
+    assert response.status_code == 400
+    assert response.json()["error"]["fields"] == {
+        "status": ["Empty: give a value, or leave the parameter out."]
+    }
+
+
+@pytest.mark.parametrize(
+    ("path", "parameter"),
+    [
+        ("/api/v1/calls/", "model"),
+        ("/api/v1/calls/", "created_after"),
+        ("/api/v1/usage/summary/", "days"),
+        ("/api/v1/usage/daily/", "start"),
+        ("/api/v1/usage/by-customer/", "limit"),
+        ("/api/v1/alerts/", "kind"),
+        ("/api/v1/alerts/", "budget"),
+    ],
+)
+def test_usage_endpoints_answer_400_naming_an_empty_parameter(admin_api, tenant, path, parameter):
+    response = admin_api.get(path, {parameter: ""})
+
+    assert response.status_code == 400
+    assert response.json()["error"]["fields"] == {
+        parameter: ["Empty: give a value, or leave the parameter out."]
+    }
+
+
+def test_call_list_filters_by_an_empty_service_name(admin_api, tenant):
+    # An empty service name is a value: calls that named no service.
+    unnamed = CallLogFactory(tenant=tenant, service_name="")
+    CallLogFactory(tenant=tenant, service_name="summarizer")
+
+    response = admin_api.get(CALLS, {"service_name": ""})
+
+    assert _ids(response) == [unnamed.pk]
 
 
 def test_call_list_answers_400_naming_each_bad_filter(admin_api, tenant):

@@ -12,7 +12,9 @@ SDK's frames hold the request with its headers, ours hold a decrypted key.
 Whether DEBUG is on or off, a string variable whose name looks secret is
 starred out, and any other variable is shown as its representation with
 credential headers, key-shaped tokens and pieces of the keys in use redacted
-(llm_providers/log_redaction.py).
+(llm_providers/log_redaction.py). The message of the exception, and of
+each exception it was raised from or during, is redacted the same way in the
+text and HTML reports.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import pprint
 import re
 
+from django.views import debug
 from django.views.debug import SafeExceptionReporterFilter
 
 from llm_providers.log_redaction import redact_log_text
@@ -64,3 +67,14 @@ class _Shown:
 
     def __repr__(self) -> str:
         return self.text
+
+
+class ExceptionReporter(debug.ExceptionReporter):
+    def get_traceback_data(self):
+        data = super().get_traceback_data()
+        if "exception_value" in data:
+            data["exception_value"] = redact_log_text(data["exception_value"])
+        for frame in data.get("frames", ()):
+            if frame.get("exc_cause") is not None:
+                frame["exc_cause"] = redact_log_text(str(frame["exc_cause"]))
+        return data

@@ -7,15 +7,17 @@ their password inside the value, under names that do not look secret.
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import pytest
 from django.test import RequestFactory
-from django.views.debug import ExceptionReporter
+from django.views.debug import ExceptionReporter, get_exception_reporter_class
 
 from llm_providers.adapters.registry import adapter_build
 from llm_providers.adapters.types import AdapterSettings
 from llm_providers.completion import complete
+from llm_providers.log_redaction import SecretRedactingFilter
 from llm_providers.services import provider_config_create
 from tests.factories import TenantFactory
 from tests.upstreams.server import json_reply
@@ -144,3 +146,61 @@ def test_report_frame_variables_hide_a_key_no_pattern_recognises(settings, allow
     for piece in _pieces(OPENAI_COMPATIBLE_KEY):
         assert piece not in html
     adapter.close()
+
+
+def _failure_quoting_keys() -> tuple:
+    """An exception whose message, and its cause's, quote credentials."""
+    try:
+        try:
+            raise ValueError(f"header value refused: Bearer {OPENAI_COMPATIBLE_KEY}")
+        except ValueError as exc:
+            raise RuntimeError(f"signing with {AWS_KEY_ID} failed") from exc
+    except RuntimeError:
+        return sys.exc_info()
+
+
+def test_report_quotes_no_credential_from_exception_messages(settings):
+    settings.DEBUG = True
+    request = RequestFactory().get("/")
+    reporter = get_exception_reporter_class(request)(request, *_failure_quoting_keys())
+
+    for report in (reporter.get_traceback_text(), reporter.get_traceback_html()):
+        assert "signing with [redacted] failed" in report
+        assert "(header value refused: [redacted]) was the direct cause" in report
+        for piece in _pieces(AWS_KEY_ID) + _pieces(OPENAI_COMPATIBLE_KEY):
+            assert piece not in report
+
+
+@pytest.mark.parametrize("include_html", [False, True])
+def test_error_mail_to_admins_quotes_no_credential(production_like, mailoutbox, include_html):
+    production_like.ADMINS = [("Ops", "ops@example.com")]
+    [handler] = [h for h in logging.getLogger("django").handlers if h.name == "mail_admins"]
+    handler.include_html = include_html
+    request = RequestFactory().get("/admin/")
+
+    try:
+        logging.getLogger("django.request").error(
+            "Internal Server Error: %s", request.path,
+            exc_info=_failure_quoting_keys(), extra={"status_code": 500, "request": request},
+        )  # fmt: skip
+    finally:
+        handler.include_html = False
+
+    [mail] = mailoutbox
+    sent = mail.subject + mail.body + "".join(str(part[0]) for part in mail.alternatives)
+    assert "signing with [redacted] failed" in mail.body
+    for piece in _pieces(AWS_KEY_ID) + _pieces(OPENAI_COMPATIBLE_KEY):
+        assert piece not in sent
+
+
+def test_django_loggers_write_through_the_redacting_filter():
+    handlers = [
+        handler
+        for name in ("django", "django.request", "django.server", "django.security")
+        for handler in logging.getLogger(name).handlers
+        if not type(handler).__module__.startswith("_pytest")
+    ]
+
+    assert {handler.name for handler in handlers} == {"mail_admins", "django.server"}
+    for handler in handlers:
+        assert any(isinstance(f, SecretRedactingFilter) for f in handler.filters)

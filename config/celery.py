@@ -3,7 +3,7 @@
 import os
 
 from celery import Celery
-from celery.signals import worker_process_shutdown
+from celery.signals import after_setup_logger, after_setup_task_logger, worker_process_shutdown
 
 # Workers and beat are started in production (`celery -A config worker`), so
 # like config.wsgi they default to the production settings; a development
@@ -13,6 +13,22 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.production")
 app = Celery("config")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _log_handlers_redact(logger, **kwargs) -> None:
+    """Give the handlers a worker installs the filter the project's own carry.
+
+    `celery worker` replaces the root logger's handlers with its own (and
+    gives task loggers theirs): without this, what a worker logs would not
+    pass through the credential redaction of llm_providers/log_redaction.py.
+    """
+    from llm_providers.log_redaction import SecretRedactingFilter
+
+    for handler in logger.handlers:
+        if not any(isinstance(f, SecretRedactingFilter) for f in handler.filters):
+            handler.addFilter(SecretRedactingFilter())
 
 
 @worker_process_shutdown.connect

@@ -7,11 +7,13 @@ settings.LOGGING keeps those loggers at WARNING, but an operator chasing a
 problem may turn them up; this filter, attached to the project's handlers,
 keeps the output free of keys even then.
 
-It knows no stored key: it removes what looks like one (vendor key formats,
-AWS access key ids, bearer tokens, `api-key`/`x-api-key`/`Authorization`
-values), in the message, its arguments, a logged traceback and stack. The
-record is changed in place, so handlers that run after this one see the
-redacted text too.
+It removes what looks like a key (vendor key formats, AWS access key ids,
+bearer tokens, `api-key`/`x-api-key`/`Authorization` values) and any 8+
+character piece of a secret held by an adapter built in this process (a
+response body botocore logs may quote a secret access key, which has no
+recognisable shape), in the message, its arguments, a logged traceback and
+stack. The record is changed in place, so handlers that run after this one
+see the redacted text too.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from __future__ import annotations
 import logging
 import re
 
-from .adapters.errors import redact_key_shapes
+from .adapters.errors import redact_key_shapes, redact_secrets_in_use
 
 _REDACTED = "[redacted]"
 # A credential header's value as dict reprs and HTTP dumps show it:
@@ -34,7 +36,9 @@ _CREDENTIAL_HEADERS = re.compile(
 
 
 def redact_log_text(text: str) -> str:
-    """`text` without credential header values or key-shaped tokens."""
+    """`text` without credential header values, key-shaped tokens, or pieces
+    of a secret an adapter of this process holds."""
+    text = redact_secrets_in_use(text)
     text = _CREDENTIAL_HEADERS.sub(
         lambda match: f"{match['name']}{match['quote'] or ''}{_REDACTED}{match['quote'] or ''}",
         text,

@@ -236,6 +236,7 @@ SECRET_KEY_FALLBACKS = _env_secrets("SECRET_KEY_FALLBACKS")
 
 # Error reports star out passwords inside connection URLs (EMAIL_URL,
 # REDIS_URL...) as well as the settings whose names look secret.
+DEFAULT_EXCEPTION_REPORTER = "config.error_reports.ExceptionReporter"
 DEFAULT_EXCEPTION_REPORTER_FILTER = "config.error_reports.ExceptionReporterFilter"
 
 # --- Provider safety ---------------------------------------------------------
@@ -440,20 +441,45 @@ SPECTACULAR_SETTINGS = {
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "django.server": {
+            "()": "django.utils.log.ServerFormatter",
+            "format": "[{server_time}] {message}",
+            "style": "{",
+        },
+    },
     # Key-shaped text and credential headers are redacted from every record a
     # handler writes (llm_providers/log_redaction.py): list this filter on any
     # handler added here.
-    "filters": {"redact_secrets": {"()": "llm_providers.log_redaction.SecretRedactingFilter"}},
+    "filters": {
+        "redact_secrets": {"()": "llm_providers.log_redaction.SecretRedactingFilter"},
+        "require_debug_false": {"()": "django.utils.log.RequireDebugFalse"},
+    },
     "handlers": {
         "console": {
             "class": "logging.StreamHandler",
             "formatter": "plain",
             "filters": ["redact_secrets"],
-        }
+        },
+        # Django's own handlers, replaced by these so that they carry the filter
+        # (Django's console handler goes: the root's writes the same records).
+        "mail_admins": {
+            "level": "ERROR",
+            "class": "django.utils.log.AdminEmailHandler",
+            "filters": ["require_debug_false", "redact_secrets"],
+        },
+        "django.server": {
+            "level": "INFO",
+            "class": "logging.StreamHandler",
+            "formatter": "django.server",
+            "filters": ["redact_secrets"],
+        },
     },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {
+        "django": {"handlers": ["mail_admins"], "level": "INFO"},
+        "django.server": {"handlers": ["django.server"], "level": "INFO", "propagate": False},
         # The SDKs log request details at DEBUG (botocore: every request's
         # headers, the SigV4 Authorization header naming the access key id);
         # keep them quiet. Turned up to debug, the filter above still redacts.

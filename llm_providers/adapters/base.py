@@ -26,6 +26,7 @@ from .errors import (
     ProviderError,
     UpstreamUnavailable,
     scrub_secrets,
+    secrets_in_use,
 )
 from .types import (
     AdapterSettings,
@@ -110,6 +111,7 @@ class Adapter(ABC):
 
     def __init__(self, settings: AdapterSettings):
         self.settings = settings
+        secrets_in_use.hold(self, settings.secrets())
 
     # --- the protocol ----------------------------------------------------------
 

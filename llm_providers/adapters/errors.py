@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 import time
+import weakref
 from collections.abc import Iterable, Mapping
 from contextlib import suppress
 from email.utils import parsedate_to_datetime
@@ -131,6 +133,10 @@ def _without_fragments(text: str, secret: str) -> str:
         while found != -1:
             covered[found : found + _MIN_FRAGMENT] = [True] * _MIN_FRAGMENT
             found = text.find(piece, found + 1)
+    return _covered_replaced(text, covered)
+
+
+def _covered_replaced(text: str, covered: list[bool]) -> str:
     if not any(covered):
         return text
     kept: list[str] = []
@@ -140,6 +146,59 @@ def _without_fragments(text: str, secret: str) -> str:
         elif position == 0 or not covered[position - 1]:
             kept.append(_REDACTED)
     return "".join(kept)
+
+
+class _SecretsInUse:
+    """The secrets of the adapters alive in this process, as the set of their
+    8-character windows, for redacting text that knows no key (log records,
+    error reports). An adapter adds its secrets when built; they leave when
+    the last adapter holding them is garbage-collected."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[str, int] = {}
+        self.windows: frozenset[str] = frozenset()
+
+    def hold(self, owner: object, secrets: Iterable[str]) -> None:
+        held = [secret for secret in secrets if len(secret) >= _MIN_FRAGMENT]
+        if not held:
+            return
+        with self._lock:
+            for secret in held:
+                self._counts[secret] = self._counts.get(secret, 0) + 1
+            self._windows_rebuild()
+        weakref.finalize(owner, self._release, held)
+
+    def _release(self, secrets: list[str]) -> None:
+        with self._lock:
+            for secret in secrets:
+                self._counts[secret] -= 1
+                if not self._counts[secret]:
+                    del self._counts[secret]
+            self._windows_rebuild()
+
+    def _windows_rebuild(self) -> None:
+        self.windows = frozenset(
+            secret[start : start + _MIN_FRAGMENT]
+            for secret in self._counts
+            for start in range(len(secret) - _MIN_FRAGMENT + 1)
+        )
+
+
+secrets_in_use = _SecretsInUse()
+
+
+def redact_secrets_in_use(text: str) -> str:
+    """`text` with every run made of 8+ character pieces of a live adapter's
+    secret replaced by one marker."""
+    windows = secrets_in_use.windows
+    if not windows or len(text) < _MIN_FRAGMENT:
+        return text
+    covered = [False] * len(text)
+    for start in range(len(text) - _MIN_FRAGMENT + 1):
+        if text[start : start + _MIN_FRAGMENT] in windows:
+            covered[start : start + _MIN_FRAGMENT] = [True] * _MIN_FRAGMENT
+    return _covered_replaced(text, covered)
 
 
 def redact_key_shapes(text: str) -> str:

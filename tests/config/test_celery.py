@@ -1,5 +1,8 @@
-"""The Celery app: worker processes drain the after-call queue before they end."""
+"""The Celery app: worker processes drain the after-call queue before they end,
+and the worker's log handlers redact credentials."""
 
+import io
+import logging
 import os
 import subprocess
 import sys
@@ -9,6 +12,7 @@ from pathlib import Path
 import pytest
 from billiard.pool import Pool
 from celery.concurrency.prefork import process_destructor
+from celery.utils.log import get_task_logger
 from django.conf import settings
 
 from usage.bookkeeping import bookkeeping_submit
@@ -117,3 +121,49 @@ def test_embedded_defaults_run_a_task_without_a_broker_warning(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "True"
     assert "WARNING" not in result.stderr
+
+
+AWS_KEY_ID = "AKIAZ4QH7LMN2VXC9RBY"
+OPENAI_KEY = "sk-proj-Vb7QmX2tLp9RwK4sHc6NjE1uYd3FgA8zTo5iMk0"
+
+
+@pytest.fixture
+def worker_logging():
+    """Celery's worker log set-up, as `celery worker` runs it (it replaces the
+    root logger's handlers), writing to a buffer; the test's logging comes back after."""
+    from celery.app.log import Logging
+
+    from config.celery import app
+
+    names = ["", "celery", "celery.task", "celery.redirected"]
+    saved = {
+        name: (logging.getLogger(name).handlers[:], logging.getLogger(name).level,
+               logging.getLogger(name).propagate)
+        for name in names
+    }  # fmt: skip
+    setup_before = Logging._setup
+    Logging._setup = False
+    written = io.StringIO()
+    app.log.setup_logging_subsystem(loglevel="DEBUG", logfile=written, colorize=False)
+    yield written
+    Logging._setup = setup_before
+    for name, (handlers, level, propagate) in saved.items():
+        logger = logging.getLogger(name)
+        logger.handlers, logger.level, logger.propagate = handlers, level, propagate
+
+
+def test_worker_log_handlers_redact_credentials(worker_logging):
+    # when: a library and a task log a credential in a worker
+    logging.getLogger("botocore.endpoint").warning(
+        "Sending http request: {'Authorization': b'AWS4-HMAC-SHA256 Credential=%s/20260101/"
+        "us-east-1/bedrock/aws4_request'}",
+        AWS_KEY_ID,
+    )
+    get_task_logger("usage.tasks").warning("retrying with %s", OPENAI_KEY)
+
+    # then: the worker's handlers wrote both records, redacted
+    written = worker_logging.getvalue()
+    assert "Sending http request: {'Authorization': b'[redacted]'}" in written
+    assert "retrying with [redacted]" in written
+    assert AWS_KEY_ID[4:-4] not in written
+    assert OPENAI_KEY[8:-4] not in written

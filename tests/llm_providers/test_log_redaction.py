@@ -193,6 +193,32 @@ def test_bedrock_at_debug_logs_no_access_key_id(debug_logs, bedrock_upstream):
     assert "'Authorization': b'[redacted]'" in debug_logs(handler_only=True)
 
 
+def test_response_body_quoting_a_key_at_debug_is_redacted(debug_logs, bedrock_upstream):
+    """botocore logs every response body at DEBUG. A body that quotes the
+    secret access key (which has no recognisable shape) is redacted too: the
+    filter knows the secrets of the adapters built in this process."""
+    tenant = TenantFactory()
+    provider_config_create(
+        tenant=tenant, name="bedrock", provider_type="bedrock",
+        aws_access_key_id=AWS_KEY_ID, aws_secret_access_key=AWS_SECRET, aws_region="us-east-1",
+        base_url=bedrock_upstream.base_url,
+        default_model="anthropic.claude-3-haiku-20240307-v1:0", is_default=True,
+    )  # fmt: skip
+    bedrock_upstream.enqueue_error(
+        403, "InvalidSignatureException", f"Signature of {AWS_SECRET[5:30]} does not match.",
+        times=3,
+    )  # fmt: skip
+
+    _try(lambda: complete(tenant=tenant, messages=HELLO))
+
+    logged = debug_logs()
+    assert "Response body" in logged
+    assert "Signature of [redacted] does not match." in debug_logs(handler_only=True)
+    _assert_no_secret(logged)
+    for start in range(len(AWS_SECRET) - 7):
+        assert AWS_SECRET[start : start + 8] not in logged
+
+
 # --- the filter itself -------------------------------------------------------------
 
 

@@ -243,7 +243,15 @@ class OpenAIChatAdapter(Adapter):
         if not response.choices:
             raise UpstreamUnavailable(f"{self.settings.provider_type} answered without a choice.")
         choice = response.choices[0]
-        self._refuse_failed_answer(choice.finish_reason)
+        self._refuse_failed_answer(
+            choice.finish_reason,
+            usage=(
+                usage_from_openai(response.usage, getattr(response, "service_tier", None))
+                if response.usage is not None
+                else None
+            ),
+            model=response.model or request.model,
+        )
         message = choice.message
         refusal = _refusal_text(message)
         content = _answer_text(message.content) or refusal
@@ -429,7 +437,8 @@ class OpenAIChatAdapter(Adapter):
         self, finish_reason: str | None, *, usage: Usage | None = None, model: str = ""
     ) -> None:
         """A choice that finished with `error` failed part-way: it is not an answer.
-        The `usage` a stream reported for it is what the provider charges for."""
+        The `usage` reported for it (the answer's, a stream's closing figures)
+        is what the provider charges for."""
         if finish_reason == _FINISH_REASON_ERROR:
             raise failed_answer_error(
                 f"{self.settings.provider_type} stopped the answer with an error.", usage, model

@@ -325,8 +325,12 @@ class OpenAIChatAdapter(Adapter):
                     if text:
                         yield StreamChunk(text=text, model=model)
         if finish_reason is None:
-            raise UpstreamUnavailable(
-                f"The {self.settings.provider_type} stream ended before the answer finished."
+            # Unfinished, so not an answer; the usage the server reported for
+            # it (its usage chunk came) is what it charges.
+            raise failed_answer_error(
+                f"The {self.settings.provider_type} stream ended before the answer finished.",
+                usage,
+                model,
             )
         self._refuse_failed_answer(finish_reason, usage=usage, model=model)
         tool_calls = calls.assembled()

@@ -534,3 +534,46 @@ def test_bedrock_stream_assembles_tool_use_input_deltas(
     ]
     assert (result.finish_reason, result.usage_estimated) == ("tool_calls", False)
     assert result.cost_usd == Decimal("0.080")
+
+
+def test_stream_ended_without_a_finish_reason_after_text_records_the_usage_reported(
+    tenant, openai_first, openai_upstream
+):
+    # given a server that sends text and its usage chunk, then [DONE], but
+    # never says how the answer finished
+    _block(tenant, "1")
+    openai_upstream.enqueue_chat_stream(
+        ["Once", " upon"], finished=False, prompt_tokens=30, completion_tokens=40
+    )
+
+    # when
+    chunks = stream(tenant=tenant, messages=HELLO, max_tokens=50)
+    with pytest.raises(UpstreamUnavailable) as raised:
+        list(chunks)
+
+    # then the failed row carries the reported figures, not an estimate:
+    # 30 × $0.001 + 40 × $0.002
+    assert "ended before the answer finished" in raised.value.message
+    [log] = CallLog.objects.filter(request_id=chunks.request_id)
+    assert (log.status, log.error_code) == ("error", "upstream_unavailable")
+    assert (log.input_tokens, log.output_tokens, log.usage_estimated) == (30, 40, False)
+    assert log.cost_usd == chunks.result.cost_usd == Decimal("0.110")
+    assert chunks.result.usage_estimated is False
+    assert _spend(tenant) == Decimal("0.110")
+
+
+def test_stream_ended_without_a_finish_reason_before_text_pays_its_usage_then_retries(
+    tenant, openai_first, openai_upstream
+):
+    _block(tenant, "1")
+    openai_upstream.enqueue_chat_stream([], finished=False, prompt_tokens=30, completion_tokens=5)
+    openai_upstream.enqueue_chat_stream(["Hi"], prompt_tokens=30, completion_tokens=1)
+
+    chunks = stream(tenant=tenant, messages=HELLO, max_tokens=50)
+    assert "".join(chunks) == "Hi"
+
+    assert _rows(chunks.request_id) == [
+        (1, "openai", "error", "upstream_unavailable", Decimal("0.040")),
+        (2, "openai", "ok", "", Decimal("0.032")),
+    ]
+    assert _spend(tenant) == Decimal("0.072")

@@ -28,6 +28,7 @@ import openai
 from .base import (
     Adapter,
     StreamCut,
+    StreamEnd,
     estimate_output_tokens,
     estimate_text_tokens,
     httpx_response_socket,
@@ -302,8 +303,9 @@ class OpenAIChatAdapter(Adapter):
         service_tier: str | None = None
         refused = False
         calls = _StreamedToolCalls()
+        end = StreamEnd()
         with response, cut.holding(httpx_response_socket(response.response)):
-            for chunk in response:
+            for chunk in self.events_read(response, cut=cut, end=end):
                 model = chunk.model or model
                 service_tier = getattr(chunk, "service_tier", None) or service_tier
                 reported = chunk.usage or _groq_usage(chunk)
@@ -324,6 +326,8 @@ class OpenAIChatAdapter(Adapter):
                         text += refusal
                     if text:
                         yield StreamChunk(text=text, model=model)
+                # Once finished with its usage reported, only `[DONE]` follows.
+                end.whole = finish_reason is not None and usage is not None
         if finish_reason is None:
             # Unfinished, so not an answer; the usage the server reported for
             # it (its usage chunk came) is what it charges.

@@ -985,7 +985,9 @@ def _call_with_retries(
             try:
                 answer = invoke()
             except ProviderError as error:
-                _log_provider_failure(call, target, error, started_at, attempt_started, paid)
+                _log_provider_failure(
+                    call, target, error, started_at, attempt_started, paid, counted
+                )
                 _retry_or_raise(error, attempt_on_target, call.deadline)
                 previous = error
                 continue
@@ -1033,7 +1035,9 @@ def _log_success(
     return cost, source, latency_ms
 
 
-def _log_provider_failure(call, target, error: ProviderError, started_at, started, paid) -> None:
+def _log_provider_failure(
+    call, target, error: ProviderError, started_at, started, paid, counted: TokensCounted | None
+) -> None:
     """Record a failed attempt; what the provider answered before it failed
     (`paid_usage`) is priced on its row and added to `paid`."""
     if error.paid_usage is None:
@@ -1049,15 +1053,32 @@ def _log_provider_failure(call, target, error: ProviderError, started_at, starte
             usage=error.paid_usage,
             answered_model=error.paid_model,
             estimated=error.paid_usage_estimated,
+            counted=counted,
         )
     )
 
 
 def _log_paid_failure(
-    call, target, error, started_at, started, *, usage: Usage, answered_model: str, estimated: bool
+    call,
+    target,
+    error,
+    started_at,
+    started,
+    *,
+    usage: Usage,
+    answered_model: str,
+    estimated: bool,
+    counted: TokensCounted | None,
 ) -> Decimal | None:
     """Record a failed attempt with the `usage` the provider answered (and
-    charges for) before it failed, priced on its row. Returns its cost."""
+    charges for) before it failed, priced on its row. Returns its cost.
+
+    When that usage is the provider's figure for the whole attempt (an answer
+    it ended as failed), it replaces the attempt's worst case in the tpm
+    window (`counted`); otherwise what the attempt used is not known, and the
+    worst case stays."""
+    if error.paid_usage_final:
+        _tokens_used(counted, usage)
     cost, source = _priced(call, target, usage, answered_model, started_at)
     _log_failure(
         call,
@@ -1424,6 +1445,7 @@ class _StreamRun:
                 usage=usage,
                 answered_model=answered_model,
                 estimated=estimated,
+                counted=self._counted,
             )
         )
 

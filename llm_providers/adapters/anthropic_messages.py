@@ -31,6 +31,7 @@ import httpx2
 from .base import (
     Adapter,
     StreamCut,
+    StreamEnd,
     httpx_response_socket,
     translate_errors,
     translate_stream_errors,
@@ -199,8 +200,9 @@ class AnthropicMessagesAdapter(Adapter):
         # Text not yielded yet because it may be the start of a local stop sequence.
         held = ""
         stopped = False
+        end = StreamEnd()
         with events, cut.holding(httpx_response_socket(events.response)):
-            for event in events:
+            for event in self.events_read(events, cut=cut, end=end):
                 text = ""
                 if event.type == "message_start":
                     model = event.message.model or model
@@ -238,6 +240,9 @@ class AnthropicMessagesAdapter(Adapter):
                     stop_reason = event.delta.stop_reason or stop_reason
                     # Cumulative: the latest figures replace the earlier ones.
                     fields.update(_usage_fields(event.usage))
+                    # The stop reason comes with the final usage: only
+                    # message_stop follows.
+                    end.whole = stop_reason is not None
                 if not text:
                     continue
                 ready, held, stopped = held_text_split(held + text, own_stops)

@@ -97,6 +97,9 @@ def estimate_message_tokens(messages: list[Message], tools: list | None = None) 
     return total
 
 
+_Event = TypeVar("_Event")
+
+
 class Adapter(ABC):
     """Base of every protocol adapter. Capabilities are class attributes."""
 
@@ -189,6 +192,25 @@ class Adapter(ABC):
             )
         return min(seconds, left)
 
+    def events_read(
+        self, events: Iterable[_Event], *, cut: StreamCut, end: StreamEnd
+    ) -> Iterator[_Event]:
+        """A stream's `events`, read to their end. A connection that breaks
+        (or stalls) once the adapter marked the answer whole (`end`) ends them
+        as if the stream had ended. A stream its caller stopped (`cut`) fails
+        as the read did."""
+        iterator = iter(events)
+        while True:
+            try:
+                event = next(iterator)
+            except StopIteration:
+                return
+            except self.vendor_errors:
+                if not end.whole or cut.requested.is_set():
+                    raise
+                return
+            yield event
+
     def provider_error(self, exc: BaseException) -> ProviderError:
         """Translate one of `vendor_errors` into the error tree, message scrubbed."""
         return UpstreamUnavailable(self.scrub(f"{type(exc).__name__}: {exc}"))
@@ -249,6 +271,17 @@ class StreamCut:
         # Already closed or shut by the peer: nothing is waiting on it.
         with contextlib.suppress(OSError):
             self._socket.shutdown(socket.SHUT_RDWR)
+
+
+class StreamEnd:
+    """Whether a stream's answer is whole: it finished and its final usage
+    came (set by the adapter as it reads). All a connection that breaks after
+    that loses is the protocol's closing event (OpenAI's `[DONE]`,
+    Anthropic's `message_stop`), which carries nothing: the answer is
+    complete, and its usage known."""
+
+    def __init__(self) -> None:
+        self.whole = False
 
 
 def httpx_response_socket(response: object) -> socket.socket | None:

@@ -309,7 +309,11 @@ class BedrockConverseAdapter(Adapter):
     @translate_errors
     def complete(self, request: ChatRequest) -> ChatResult:
         response = self._send("converse", request)
-        self._refuse_failed_answer(response.get("stopReason"))
+        self._refuse_failed_answer(
+            response.get("stopReason"),
+            usage=_usage(response["usage"]) if response.get("usage") else None,
+            model=request.model,
+        )
         blocks = ((response.get("output") or {}).get("message") or {}).get("content") or []
         own_stops = local_stops(request.stop)
         finish_reason = _FINISH_REASONS.get(response.get("stopReason") or "", "stop")
@@ -435,7 +439,8 @@ class BedrockConverseAdapter(Adapter):
     def _refuse_failed_answer(
         self, stop_reason: str | None, *, usage: Usage | None = None, model: str = ""
     ) -> None:
-        """The `usage` a stream reported for a failed answer is what the provider charges for."""
+        """The `usage` reported for a failed answer (Converse's, ConverseStream's
+        metadata) is what the provider charges for."""
         if stop_reason in _FAILED_STOP_REASONS:
             raise failed_answer_error(
                 f"bedrock stopped the answer with an error ({stop_reason}).", usage, model

@@ -22,9 +22,12 @@ class ProviderError(ApplicationError):
 
     `paid_usage` is what the provider answered, and charged for, before the
     call failed (the batches of an embedding call sent before the one that
-    failed), with the model that answered and whether it was estimated;
+    failed; an answer the provider ended as failed, with the usage it
+    reported), with the model that answered and whether it was estimated;
     `paid_vectors` are those batches' vectors, in input order, so that a
     retry on the same target sends only the inputs that follow them.
+    `paid_usage_final`: `paid_usage` is the provider's own figure for the
+    whole attempt (an answer it ended as failed), not only a part of it.
     """
 
     code = "provider_error"
@@ -33,6 +36,7 @@ class ProviderError(ApplicationError):
     paid_usage: Usage | None = None
     paid_usage_estimated: bool = False
     paid_model: str = ""
+    paid_usage_final: bool = False
     paid_vectors: list[list[float]] | None = None
 
     def __init__(
@@ -94,11 +98,13 @@ class UpstreamUnavailable(ProviderError):
 
 def failed_answer_error(message: str, usage: Usage | None, model: str) -> UpstreamUnavailable:
     """The error of an answer the provider ended as failed; the `usage` it
-    reported for it (a stream's closing figures), when it did, is paid."""
+    reported for it (the answer's usage object, a stream's closing figures),
+    when it did, is what the attempt used, and is paid."""
     error = UpstreamUnavailable(message)
     if usage is not None:
         error.paid_usage = usage
         error.paid_model = model
+        error.paid_usage_final = True
     return error
 
 

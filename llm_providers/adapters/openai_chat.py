@@ -28,6 +28,7 @@ import openai
 from .base import (
     Adapter,
     StreamCut,
+    StreamEnd,
     estimate_output_tokens,
     estimate_text_tokens,
     httpx_response_socket,
@@ -243,7 +244,15 @@ class OpenAIChatAdapter(Adapter):
         if not response.choices:
             raise UpstreamUnavailable(f"{self.settings.provider_type} answered without a choice.")
         choice = response.choices[0]
-        self._refuse_failed_answer(choice.finish_reason)
+        self._refuse_failed_answer(
+            choice.finish_reason,
+            usage=(
+                usage_from_openai(response.usage, getattr(response, "service_tier", None))
+                if response.usage is not None
+                else None
+            ),
+            model=response.model or request.model,
+        )
         message = choice.message
         refusal = _refusal_text(message)
         content = _answer_text(message.content) or refusal
@@ -294,8 +303,9 @@ class OpenAIChatAdapter(Adapter):
         service_tier: str | None = None
         refused = False
         calls = _StreamedToolCalls()
+        end = StreamEnd()
         with response, cut.holding(httpx_response_socket(response.response)):
-            for chunk in response:
+            for chunk in self.events_read(response, cut=cut, end=end):
                 model = chunk.model or model
                 service_tier = getattr(chunk, "service_tier", None) or service_tier
                 reported = chunk.usage or _groq_usage(chunk)
@@ -316,9 +326,15 @@ class OpenAIChatAdapter(Adapter):
                         text += refusal
                     if text:
                         yield StreamChunk(text=text, model=model)
+                # Once finished with its usage reported, only `[DONE]` follows.
+                end.whole = finish_reason is not None and usage is not None
         if finish_reason is None:
-            raise UpstreamUnavailable(
-                f"The {self.settings.provider_type} stream ended before the answer finished."
+            # Unfinished, so not an answer; the usage the server reported for
+            # it (its usage chunk came) is what it charges.
+            raise failed_answer_error(
+                f"The {self.settings.provider_type} stream ended before the answer finished.",
+                usage,
+                model,
             )
         self._refuse_failed_answer(finish_reason, usage=usage, model=model)
         tool_calls = calls.assembled()
@@ -429,7 +445,8 @@ class OpenAIChatAdapter(Adapter):
         self, finish_reason: str | None, *, usage: Usage | None = None, model: str = ""
     ) -> None:
         """A choice that finished with `error` failed part-way: it is not an answer.
-        The `usage` a stream reported for it is what the provider charges for."""
+        The `usage` reported for it (the answer's, a stream's closing figures)
+        is what the provider charges for."""
         if finish_reason == _FINISH_REASON_ERROR:
             raise failed_answer_error(
                 f"{self.settings.provider_type} stopped the answer with an error.", usage, model

@@ -534,3 +534,110 @@ def test_bedrock_stream_assembles_tool_use_input_deltas(
     ]
     assert (result.finish_reason, result.usage_estimated) == ("tool_calls", False)
     assert result.cost_usd == Decimal("0.080")
+
+
+def test_stream_ended_without_a_finish_reason_after_text_records_the_usage_reported(
+    tenant, openai_first, openai_upstream
+):
+    # given a server that sends text and its usage chunk, then [DONE], but
+    # never says how the answer finished
+    _block(tenant, "1")
+    openai_upstream.enqueue_chat_stream(
+        ["Once", " upon"], finished=False, prompt_tokens=30, completion_tokens=40
+    )
+
+    # when
+    chunks = stream(tenant=tenant, messages=HELLO, max_tokens=50)
+    with pytest.raises(UpstreamUnavailable) as raised:
+        list(chunks)
+
+    # then the failed row carries the reported figures, not an estimate:
+    # 30 × $0.001 + 40 × $0.002
+    assert "ended before the answer finished" in raised.value.message
+    [log] = CallLog.objects.filter(request_id=chunks.request_id)
+    assert (log.status, log.error_code) == ("error", "upstream_unavailable")
+    assert (log.input_tokens, log.output_tokens, log.usage_estimated) == (30, 40, False)
+    assert log.cost_usd == chunks.result.cost_usd == Decimal("0.110")
+    assert chunks.result.usage_estimated is False
+    assert _spend(tenant) == Decimal("0.110")
+
+
+def test_stream_ended_without_a_finish_reason_before_text_pays_its_usage_then_retries(
+    tenant, openai_first, openai_upstream
+):
+    _block(tenant, "1")
+    openai_upstream.enqueue_chat_stream([], finished=False, prompt_tokens=30, completion_tokens=5)
+    openai_upstream.enqueue_chat_stream(["Hi"], prompt_tokens=30, completion_tokens=1)
+
+    chunks = stream(tenant=tenant, messages=HELLO, max_tokens=50)
+    assert "".join(chunks) == "Hi"
+
+    assert _rows(chunks.request_id) == [
+        (1, "openai", "error", "upstream_unavailable", Decimal("0.040")),
+        (2, "openai", "ok", "", Decimal("0.032")),
+    ]
+    assert _spend(tenant) == Decimal("0.072")
+
+
+@pytest.fixture
+def anthropic_only(tenant, anthropic_upstream):
+    ModelPriceFactory(provider_type="anthropic", model="claude-opus-4-7", **PRICES)
+    return provider_config_create(
+        tenant=tenant,
+        name="anthropic",
+        provider_type="anthropic",
+        api_key="sk-ant-api03-Z9y8X7w6V5u4T3s2R1q0P9o8",
+        base_url=anthropic_upstream.url,
+        default_model="claude-opus-4-7",
+        is_default=True,
+    )
+
+
+def test_openai_stream_dropped_after_its_usage_chunk_is_a_complete_answer(
+    tenant, openai_first, openai_upstream
+):
+    # given a stream whose role chunk, two pieces, finish chunk and usage
+    # chunk arrive, and whose connection then drops before `data: [DONE]`
+    _block(tenant, "1")
+    openai_upstream.enqueue_chat_stream(
+        ["Hel", "lo"], prompt_tokens=30, completion_tokens=40, break_after=5
+    )
+
+    # when
+    chunks = stream(tenant=tenant, messages=HELLO, max_tokens=50)
+    text = "".join(chunks)
+
+    # then the caller has the whole answer, logged as such at the usage reported:
+    # 30 × $0.001 + 40 × $0.002
+    assert text == "Hello"
+    result = chunks.result
+    assert (result.finish_reason, result.usage_estimated, result.attempts) == ("stop", False, 1)
+    assert result.cost_usd == Decimal("0.110")
+    [log] = CallLog.objects.filter(request_id=chunks.request_id)
+    assert (log.status, log.error_code, log.usage_estimated) == ("ok", "", False)
+    assert (log.input_tokens, log.output_tokens, log.cost_usd) == (30, 40, Decimal("0.110"))
+    assert _spend(tenant) == Decimal("0.110")
+
+
+def test_anthropic_stream_dropped_after_its_final_message_delta_is_a_complete_answer(
+    tenant, anthropic_only, anthropic_upstream
+):
+    # given message_start, ping, a text block of two pieces and the
+    # message_delta with the stop reason and final usage, then a drop before
+    # message_stop
+    _block(tenant, "1")
+    anthropic_upstream.enqueue_message_stream(
+        ["Hel", "lo"], input_tokens=30, output_tokens=40, break_after=7
+    )
+
+    chunks = stream(tenant=tenant, messages=HELLO, max_tokens=50)
+    text = "".join(chunks)
+
+    assert text == "Hello"
+    result = chunks.result
+    assert (result.finish_reason, result.usage_estimated, result.attempts) == ("stop", False, 1)
+    assert result.cost_usd == Decimal("0.110")
+    [log] = CallLog.objects.filter(request_id=chunks.request_id)
+    assert (log.status, log.error_code, log.usage_estimated) == ("ok", "", False)
+    assert (log.input_tokens, log.output_tokens, log.cost_usd) == (30, 40, Decimal("0.110"))
+    assert _spend(tenant) == Decimal("0.110")

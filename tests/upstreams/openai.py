@@ -224,6 +224,7 @@ class OpenAIUpstream(LoopbackUpstream):
         reasoning_tokens: int = 0,
         tool_calls: list[dict[str, str]] | None = None,
         finish_reason: str | None = None,
+        finished: bool = True,
         service_tier: str | None = None,
         delay: float = 0.0,
         chunk_delay: float = 0.0,
@@ -236,7 +237,8 @@ class OpenAIUpstream(LoopbackUpstream):
         Each tool call streams as id+name first, then its arguments in two halves
         (in the Gemini 3 mode: whole, without an index, the first with its
         thought signature). `break_after=n` drops the connection after n events.
-        `service_tier` is named in every chunk, as OpenAI does.
+        `finished=False` leaves the finish chunk out (a generation that stopped
+        without saying why). `service_tier` is named in every chunk, as OpenAI does.
         """
 
         def build(request: RecordedRequest) -> Reply:
@@ -288,7 +290,8 @@ class OpenAIUpstream(LoopbackUpstream):
                             {"tool_calls": [{"index": index, "function": {"arguments": fragment}}]}
                         )
                     )
-            events.append(chunk({}, finish_reason or ("tool_calls" if tool_calls else "stop")))
+            if finished:
+                events.append(chunk({}, finish_reason or ("tool_calls" if tool_calls else "stop")))
             options = (request.json or {}).get("stream_options") or {}
             if options.get("include_usage"):
                 usage = openai_usage(

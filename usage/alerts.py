@@ -488,41 +488,51 @@ def unpriced_usage_check(*, now: datetime) -> list[CostAlert]:
     rows = (
         rows.annotate(month=TruncMonth("day"))
         .order_by()
-        .values("tenant_id", "provider_config_id", "provider_type", "model", "month")
+        # The names come with the rows: only tenants and configs with unpriced
+        # usage are read, and a tenant deleted since its usage was written is
+        # left out by the join.
+        .values(
+            "tenant_id",
+            "tenant__name",
+            "provider_config_id",
+            "provider_config__name",
+            "provider_type",
+            "model",
+            "month",
+        )
         .annotate(requests=Sum("unpriced_count"), first_day=Min("day"))
         .order_by("month")
     )
     created = []
-    tenants = None
-    configs = None
     for row in rows:
-        if tenants is None:
-            tenants = Tenant.objects.in_bulk()
-            configs = dict(ProviderConfig.objects.values_list("pk", "name"))
-        tenant = tenants.get(row["tenant_id"])
-        if tenant is None:
-            continue  # deleted since its usage was read
+        tenant_id, config_id, config_name = (
+            row["tenant_id"],
+            row["provider_config_id"],
+            row["provider_config__name"],
+        )
         month = row["first_day"].strftime("%Y-%m")
         # Fits the column whole (a config id, a provider type and a model as long as
         # DailyUsage keeps them), so the lookup below and the row agree.
-        subject_key = f"{row['provider_config_id'] or '-'}/{row['provider_type']}/{row['model']}"
+        subject_key = f"{config_id or '-'}/{row['provider_type']}/{row['model']}"
         if CostAlert.objects.filter(
-            tenant=tenant, kind=CostAlert.Kind.UNPRICED, subject_key=subject_key, period_key=month
-        ).exists():
-            continue
-        provider = configs.get(row["provider_config_id"]) or row["provider_type"] or "unknown"
-        emails, webhooks = _tenant_recipients(tenant.pk)
-        alert = _alert_create(
-            now=now,
-            tenant_id=tenant.pk,
+            tenant_id=tenant_id,
             kind=CostAlert.Kind.UNPRICED,
             subject_key=subject_key,
             period_key=month,
-            provider_config_id=row["provider_config_id"]
-            if row["provider_config_id"] in configs
-            else None,
+        ).exists():
+            continue
+        provider = config_name or row["provider_type"] or "unknown"
+        emails, webhooks = _tenant_recipients(tenant_id)
+        alert = _alert_create(
+            now=now,
+            tenant_id=tenant_id,
+            kind=CostAlert.Kind.UNPRICED,
+            subject_key=subject_key,
+            period_key=month,
+            # None when the config was deleted since (DailyUsage keeps its id).
+            provider_config_id=config_id if config_name is not None else None,
             message=(
-                f"{tenant.name}: {row['requests']} request{pluralize(row['requests'])} to "
+                f"{row['tenant__name']}: {row['requests']} request{pluralize(row['requests'])} to "
                 f"model “{row['model']}” on “{provider}” since {row['first_day']} "
                 f"{pluralize(row['requests'], 'has,have')} no known price, so "
                 f"{pluralize(row['requests'], 'its,their')} cost is unknown (shown as unpriced, "

@@ -33,6 +33,7 @@ from django.views.decorators.debug import sensitive_post_parameters
 from rest_framework_api_key.models import APIKey
 
 from .admin_display import price_rate_display, utc_display, utc_field_display
+from .admin_filters import ChoicesListFilter
 from .admin_scoping import (
     EditedFieldsAdmin,
     NulSafeAdmin,
@@ -280,7 +281,7 @@ class TenantMembershipAdmin(TenantScopedAdmin):
 
     form = TenantMembershipAdminForm
     list_display = ("user", "tenant", "role", "created_at_utc")
-    list_filter = ("role", ("tenant", admin.RelatedOnlyFieldListFilter))
+    list_filter = (("role", ChoicesListFilter), ("tenant", admin.RelatedOnlyFieldListFilter))
     search_fields = ("user__username", "user__email", "tenant__name")
     list_select_related = ("user", "tenant")
 
@@ -319,10 +320,10 @@ class ProviderConfigAdmin(TenantScopedAdmin):
     )
     list_display_links = ("name",)
     list_filter = (
-        "provider_type",
+        ("provider_type", ChoicesListFilter),
         "is_active",
         "is_default",
-        "last_test_status",
+        ("last_test_status", ChoicesListFilter),
         ("tenant", admin.RelatedOnlyFieldListFilter),
     )
     list_select_related = ("tenant",)
@@ -662,7 +663,7 @@ class ModelPriceAdmin(TenantScopedAdmin):
         *_PRICE_COLUMNS.values(),
         "effective_from",
     )
-    list_filter = ("provider_type", ("tenant", _PriceTenantFilter))
+    list_filter = (("provider_type", ChoicesListFilter), ("tenant", _PriceTenantFilter))
     search_fields = ("model",)
     list_select_related = ("tenant",)
 

@@ -32,7 +32,7 @@ from django.utils.text import capfirst, get_text_list
 from django.views.decorators.debug import sensitive_post_parameters
 from rest_framework_api_key.models import APIKey
 
-from .admin_display import price_rate_display, utc_display, utc_field_display
+from .admin_display import EMPTY_VALUE, price_rate_display, utc_display, utc_field_display
 from .admin_filters import ChoicesListFilter
 from .admin_scoping import (
     EditedFieldsAdmin,
@@ -76,6 +76,8 @@ logger = logging.getLogger(__name__)
 admin.site.site_header = "LLM Provider Layer"
 admin.site.site_title = "LLM Provider Layer"
 admin.site.index_title = "Administration"
+# Django writes "-" by default; the columns this project writes use "—".
+admin.site.empty_value_display = EMPTY_VALUE
 admin.site.login_form = AdminLoginForm
 
 # The project's service keys are ServiceKey rows (one tenant each); the
@@ -413,8 +415,8 @@ class ProviderConfigAdmin(TenantScopedAdmin):
     @admin.display(description="Key")
     def key_display(self, obj):
         if obj is None or obj._state.adding:
-            return "—"
-        return obj.key_mask or "—"
+            return self.get_empty_value_display()
+        return obj.key_mask or self.get_empty_value_display()
 
     @admin.display(description="Last test", ordering="last_tested_at")
     def last_test_display(self, obj):

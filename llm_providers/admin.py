@@ -19,7 +19,7 @@ from django.contrib.auth.models import Group
 from django.core.cache import cache
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import router, transaction
-from django.db.models import CASCADE, Q
+from django.db.models import CASCADE, BooleanField, Case, Q, Value, When
 from django.http import Http404, HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.defaultfilters import pluralize
 from django.template.response import TemplateResponse
@@ -32,7 +32,8 @@ from django.utils.text import capfirst, get_text_list
 from django.views.decorators.debug import sensitive_post_parameters
 from rest_framework_api_key.models import APIKey
 
-from .admin_display import price_rate_display, utc_display, utc_field_display
+from .admin_display import EMPTY_VALUE, price_rate_display, utc_display, utc_field_display
+from .admin_filters import ChoicesListFilter
 from .admin_scoping import (
     EditedFieldsAdmin,
     NulSafeAdmin,
@@ -75,6 +76,8 @@ logger = logging.getLogger(__name__)
 admin.site.site_header = "LLM Provider Layer"
 admin.site.site_title = "LLM Provider Layer"
 admin.site.index_title = "Administration"
+# Django writes "-" by default; the columns this project writes use "—".
+admin.site.empty_value_display = EMPTY_VALUE
 admin.site.login_form = AdminLoginForm
 
 # The project's service keys are ServiceKey rows (one tenant each); the
@@ -280,7 +283,7 @@ class TenantMembershipAdmin(TenantScopedAdmin):
 
     form = TenantMembershipAdminForm
     list_display = ("user", "tenant", "role", "created_at_utc")
-    list_filter = ("role", ("tenant", admin.RelatedOnlyFieldListFilter))
+    list_filter = (("role", ChoicesListFilter), ("tenant", admin.RelatedOnlyFieldListFilter))
     search_fields = ("user__username", "user__email", "tenant__name")
     list_select_related = ("user", "tenant")
 
@@ -319,10 +322,10 @@ class ProviderConfigAdmin(TenantScopedAdmin):
     )
     list_display_links = ("name",)
     list_filter = (
-        "provider_type",
+        ("provider_type", ChoicesListFilter),
         "is_active",
         "is_default",
-        "last_test_status",
+        ("last_test_status", ChoicesListFilter),
         ("tenant", admin.RelatedOnlyFieldListFilter),
     )
     list_select_related = ("tenant",)
@@ -412,8 +415,8 @@ class ProviderConfigAdmin(TenantScopedAdmin):
     @admin.display(description="Key")
     def key_display(self, obj):
         if obj is None or obj._state.adding:
-            return "—"
-        return obj.key_mask or "—"
+            return self.get_empty_value_display()
+        return obj.key_mask or self.get_empty_value_display()
 
     @admin.display(description="Last test", ordering="last_tested_at")
     def last_test_display(self, obj):
@@ -662,7 +665,7 @@ class ModelPriceAdmin(TenantScopedAdmin):
         *_PRICE_COLUMNS.values(),
         "effective_from",
     )
-    list_filter = ("provider_type", ("tenant", _PriceTenantFilter))
+    list_filter = (("provider_type", ChoicesListFilter), ("tenant", _PriceTenantFilter))
     search_fields = ("model",)
     list_select_related = ("tenant",)
 
@@ -714,9 +717,24 @@ class ModelPriceAdmin(TenantScopedAdmin):
         queryset = admin.ModelAdmin.get_queryset(self, request)
         if request.user.is_superuser:
             return queryset
+        administered = self._admin_tenant_ids(request)
         return queryset.filter(
             Q(tenant__in=self._visible_tenant_ids(request)) | Q(tenant__isnull=True)
+        ).annotate(
+            # What the list lets the user select: the prices they may delete.
+            deletable_here=Case(
+                When(tenant__in=administered, then=Value(True)),
+                default=Value(False),
+                output_field=BooleanField(),
+            )
         )
+
+    def action_checkbox(self, obj):
+        # A global price (or a viewed tenant's) is listed without a checkbox: the
+        # only action deletes, and a tenant admin cannot delete it.
+        if not getattr(obj, "deletable_here", True):
+            return ""
+        return super().action_checkbox(obj)
 
     def has_view_permission(self, request, obj=None):
         if obj is not None and obj.tenant_id is None:

@@ -7,13 +7,17 @@ from decimal import Decimal
 
 from django.contrib import admin
 
+# How every admin page writes an empty value: Django's columns and read-only
+# fields (the site's empty_value_display) and the columns written here alike.
+EMPTY_VALUE = "—"
+
 
 def utc_display(moment: datetime | None) -> str:
     """A time in UTC, the server's zone and the one the admin's date filters
     count in, zone named: 2026-11-22 17:51:03 UTC. The admin's own format
     reads "Nov. 22, 2026, 5:51 p.m." in no stated zone."""
     if moment is None:
-        return "—"
+        return EMPTY_VALUE
     return f"{moment.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
 
 

@@ -27,6 +27,7 @@ from django.views.decorators.debug import sensitive_post_parameters
 from kombu.exceptions import OperationalError as KombuOperationalError
 
 from llm_providers.admin_display import utc_display
+from llm_providers.admin_filters import ChoicesListFilter
 from llm_providers.admin_scoping import TenantScopedAdmin
 from llm_providers.encryption import UnreadableSecret
 from llm_providers.forms import secret_inputs_ask_again
@@ -172,12 +173,15 @@ class ProviderFilter(admin.SimpleListFilter):
         value = self.value()
         if not value:
             return queryset
+        if value not in {choice for choice, _ in self.lookup_choices}:
+            # Not a config the user sees (mistyped, deleted, another tenant's).
+            messages.error(
+                request, f"“{value}” is not one of the provider configs listed under “By provider”."
+            )
+            return queryset.none()
         if value == "none":
             return queryset.filter(provider_config__isnull=True)
-        try:
-            return queryset.filter(provider_config_id=uuid.UUID(value))
-        except ValueError:
-            return queryset.none()
+        return queryset.filter(provider_config_id=uuid.UUID(value))
 
 
 class _LargeTableChangeList(ChangeList):
@@ -350,7 +354,7 @@ class CallLogAdmin(_ReadOnlyLargeTableAdmin):
         CallDayFilter,
         ProviderFilter,
         CallModelFilter,
-        "status",
+        ("status", ChoicesListFilter),
         ServiceFilter,
         CustomerFilter,
     )
@@ -521,7 +525,11 @@ class BudgetAdmin(TenantScopedAdmin):
         "is_active",
         "webhook",
     )
-    list_filter = ("period", "action", "is_active")
+    list_filter = (
+        ("period", ChoicesListFilter),
+        ("action", ChoicesListFilter),
+        "is_active",
+    )
     list_select_related = ("tenant", "provider_config")
     search_fields = ("name", "service_name", "customer_id")
 
@@ -638,7 +646,7 @@ class AlertDeliveryInline(admin.TabularInline):
 @admin.register(CostAlert)
 class CostAlertAdmin(TenantScopedAdmin):
     list_display = ("created_at_utc", "tenant", "kind", "message", "deliveries_state")
-    list_filter = ("kind", ("created_at", UtcTimeFilter))
+    list_filter = (("kind", ChoicesListFilter), ("created_at", UtcTimeFilter))
     list_select_related = ("tenant",)
     inlines = (AlertDeliveryInline,)
     readonly_fields = (

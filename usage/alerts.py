@@ -39,10 +39,12 @@ from django.utils import timezone
 from llm_providers.encryption import UnreadableSecret
 from llm_providers.models import ProviderConfig, Tenant, TenantMembership
 
+from .aggregation import call_logs_purged_before, earliest_recomputable_day
 from .budget import BudgetExceeded, budget_refusal_prefix
 from .locking import exclusive_transaction, rows_key_share
 from .mail import EmailTimedOut, Refused, email_send
 from .models import (
+    AggregationState,
     AlertDelivery,
     Budget,
     CallLog,
@@ -82,6 +84,14 @@ _NOTE_LENGTH = AlertDelivery._meta.get_field("last_error").max_length
 # Any constant identifies the lock; this one spells "alerts".
 _ERROR_RATE_LOCK_KEY = 0x616C65727473
 _sqlite_lock = threading.Lock()
+
+# Where the unpriced-usage check keeps the time of its previous run.
+_UNPRICED_CHECK_STATE = "unpriced_usage_check"
+# A recompute stamps the rows it changes with the time it began, and may wait
+# for another recompute's lock before its rows become visible: rows stamped up
+# to this long before the previous check are read again (an alert that exists
+# is not created twice).
+_UNPRICED_CHECK_OVERLAP = timedelta(hours=1)
 
 
 class AlertDeliveryFailed(Exception):
@@ -453,51 +463,76 @@ def _error_rate_alert_create(
 
 
 def unpriced_usage_check(*, now: datetime) -> list[CostAlert]:
-    """Alert once per month for each model used without a known price (cost unknown, not $0)."""
+    """Alert once per month for each model used without a known price (cost unknown, not $0).
+
+    It reads the unpriced usage of the recent days, and of any older day whose
+    DailyUsage changed since the previous check (a call log that arrived late,
+    a recompute): an unpriced request of any day still recomputable alerts for
+    its month, unless that month's alert for the model exists already.
+    """
     lookback = timedelta(minutes=settings.USAGE_AGGREGATION_LOOKBACK_MINUTES)
     # UTC dates one day wide on either side cover every tenant's local day.
     since = (now - lookback).astimezone(UTC).date() - timedelta(days=1)
+    state = AggregationState.objects.filter(name=_UNPRICED_CHECK_STATE).first()
+    previous = state.last_run_at if state and state.last_run_at else now
+    changed = Q(day__gte=since) | Q(updated_at__gte=min(previous, now) - _UNPRICED_CHECK_OVERLAP)
+    rows = DailyUsage.objects.filter(changed, unpriced_count__gt=0)
+    earliest = earliest_recomputable_day(
+        timezone_name="UTC", now=now, purged_before=call_logs_purged_before()
+    )
+    if earliest is not None:
+        # Older days are never recomputed, so they gain nothing (and the index is on the day).
+        rows = rows.filter(day__gte=earliest - timedelta(days=1))
     # Per month: on the first days of a month the window also holds the end of
     # the previous one, whose alert must not stand in for the new month's.
     rows = (
-        DailyUsage.objects.filter(unpriced_count__gt=0, day__gte=since)
-        .annotate(month=TruncMonth("day"))
+        rows.annotate(month=TruncMonth("day"))
         .order_by()
-        .values("tenant_id", "provider_config_id", "provider_type", "model", "month")
+        # The names come with the rows: only tenants and configs with unpriced
+        # usage are read, and a tenant deleted since its usage was written is
+        # left out by the join.
+        .values(
+            "tenant_id",
+            "tenant__name",
+            "provider_config_id",
+            "provider_config__name",
+            "provider_type",
+            "model",
+            "month",
+        )
         .annotate(requests=Sum("unpriced_count"), first_day=Min("day"))
         .order_by("month")
     )
     created = []
-    tenants = None
-    configs = None
     for row in rows:
-        if tenants is None:
-            tenants = Tenant.objects.in_bulk()
-            configs = dict(ProviderConfig.objects.values_list("pk", "name"))
-        tenant = tenants.get(row["tenant_id"])
-        if tenant is None:
-            continue  # deleted since its usage was read
+        tenant_id, config_id, config_name = (
+            row["tenant_id"],
+            row["provider_config_id"],
+            row["provider_config__name"],
+        )
         month = row["first_day"].strftime("%Y-%m")
         # Fits the column whole (a config id, a provider type and a model as long as
         # DailyUsage keeps them), so the lookup below and the row agree.
-        subject_key = f"{row['provider_config_id'] or '-'}/{row['provider_type']}/{row['model']}"
+        subject_key = f"{config_id or '-'}/{row['provider_type']}/{row['model']}"
         if CostAlert.objects.filter(
-            tenant=tenant, kind=CostAlert.Kind.UNPRICED, subject_key=subject_key, period_key=month
-        ).exists():
-            continue
-        provider = configs.get(row["provider_config_id"]) or row["provider_type"] or "unknown"
-        emails, webhooks = _tenant_recipients(tenant.pk)
-        alert = _alert_create(
-            now=now,
-            tenant_id=tenant.pk,
+            tenant_id=tenant_id,
             kind=CostAlert.Kind.UNPRICED,
             subject_key=subject_key,
             period_key=month,
-            provider_config_id=row["provider_config_id"]
-            if row["provider_config_id"] in configs
-            else None,
+        ).exists():
+            continue
+        provider = config_name or row["provider_type"] or "unknown"
+        emails, webhooks = _tenant_recipients(tenant_id)
+        alert = _alert_create(
+            now=now,
+            tenant_id=tenant_id,
+            kind=CostAlert.Kind.UNPRICED,
+            subject_key=subject_key,
+            period_key=month,
+            # None when the config was deleted since (DailyUsage keeps its id).
+            provider_config_id=config_id if config_name is not None else None,
             message=(
-                f"{tenant.name}: {row['requests']} request{pluralize(row['requests'])} to "
+                f"{row['tenant__name']}: {row['requests']} request{pluralize(row['requests'])} to "
                 f"model “{row['model']}” on “{provider}” since {row['first_day']} "
                 f"{pluralize(row['requests'], 'has,have')} no known price, so "
                 f"{pluralize(row['requests'], 'its,their')} cost is unknown (shown as unpriced, "
@@ -508,6 +543,14 @@ def unpriced_usage_check(*, now: datetime) -> list[CostAlert]:
         )
         if alert is not None:
             created.append(alert)
+    if state is None:
+        AggregationState.objects.get_or_create(
+            name=_UNPRICED_CHECK_STATE, defaults={"last_run_at": now}
+        )
+    else:
+        AggregationState.objects.filter(
+            Q(last_run_at__isnull=True) | Q(last_run_at__lt=now), name=_UNPRICED_CHECK_STATE
+        ).update(last_run_at=now)
     return created
 
 

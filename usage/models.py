@@ -228,7 +228,12 @@ class DailyUsage(models.Model):
 
 
 class AggregationState(models.Model):
-    """Where the last aggregation stopped: logs with a higher id are new or late."""
+    """Where a periodic job stopped, one row per job.
+
+    The aggregation's ("daily_usage"): call logs with a higher id are new or
+    late. The unpriced-usage check's ("unpriced_usage_check"): `last_run_at`,
+    from which on changed DailyUsage rows are read again.
+    """
 
     name = models.CharField(max_length=32, unique=True)
     last_call_log_id = models.BigIntegerField(default=0)

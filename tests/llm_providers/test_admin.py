@@ -277,6 +277,63 @@ def test_changelist_shows_mask_type_default_and_last_test(
     assert_secret_absent(html, KEY)
 
 
+def test_changelist_provider_type_filter_that_is_no_type_says_so(
+    openai_config, tenant_admin, admin_client_for
+):
+    # when the list is filtered by a provider type that does not exist
+    response = admin_client_for(tenant_admin).get(
+        reverse(CHANGELIST), {"provider_type__exact": "openia"}
+    )
+
+    # then it says so and lists nothing, rather than an empty list that reads "no configs"
+    (message,) = _messages(response)
+    assert message.startswith("“openia” is not a provider type; choose one of: OpenAI, ")
+    assert str(openai_config.pk) not in response.content.decode()
+
+
+def test_changelist_last_test_filter_not_tested_lists_configs_never_tested(
+    openai_config, tenant_admin, admin_client_for
+):
+    response = admin_client_for(tenant_admin).get(
+        reverse(CHANGELIST), {"last_test_status__exact": ""}
+    )
+
+    assert _messages(response) == []
+    assert str(openai_config.pk) in response.content.decode()
+
+
+def test_provider_config_pages_write_every_empty_value_the_same_way(
+    tenant, tenant_admin, admin_client_for
+):
+    # given a Fake config without a key, never tested
+    config = ProviderConfigFactory(tenant=tenant, name="local-fake")
+    client = admin_client_for(tenant_admin)
+
+    # when its list and its page are opened
+    listed = client.get(reverse(CHANGELIST)).content.decode()
+    shown = client.get(_change_url(config)).content.decode()
+
+    # then the key, the latency and the test time read "—" alike, never "-"
+    row = re.search(r"<tr>.*?local-fake.*?</tr>", listed, re.S).group(0)
+    cells = dict(re.findall(r'<td class="field-([a-z_]+)[^"]*">([^<]*)</td>', row))
+    assert (cells["key_display"], cells["last_test_latency_ms"]) == ("—", "—")
+
+    def readonly(field):
+        within_its_row = r"(?:(?!form-row).)*?"
+        pattern = rf'field-{field}">{within_its_row}<div class="readonly">([^<]*)</div>'
+        return re.search(pattern, shown, re.S).group(1)
+
+    assert [
+        readonly(field)
+        for field in (
+            "key_display",
+            "last_tested_at_utc",
+            "last_test_latency_ms",
+            "key_fingerprint",
+        )
+    ] == ["—", "—", "—", "—"]
+
+
 def test_no_admin_page_contains_key(
     openai_config, superuser, admin_client_for, assert_secret_absent
 ):

@@ -179,3 +179,32 @@ def test_memberships_of_a_viewed_tenant_stay_out_of_the_selection(
     assert _selected(asked.content.decode()) == [str(own.pk)]
     assert confirmed.status_code == 403
     assert TenantMembership.objects.filter(pk__in=ids).count() == 2
+
+
+def test_price_list_offers_a_tenant_admin_checkboxes_on_their_own_prices_only(
+    client, tenant, other_tenant, mixed_user
+):
+    # given a global price, one of the tenant the user administers, one of a viewed tenant
+    shared = ModelPriceFactory(model="shared-model")
+    own = ModelPriceFactory(tenant=tenant, model="own-model")
+    viewed = ModelPriceFactory(tenant=other_tenant, model="viewed-model")
+    client.force_login(mixed_user)
+
+    # when the user opens the price list
+    page = client.get(reverse("admin:llm_providers_modelprice_changelist")).content.decode()
+
+    # then all three are listed, and only their own one can be selected (for deletion)
+    for price in (shared, own, viewed):
+        assert f"/admin/llm_providers/modelprice/{price.pk}/change/" in page
+    assert _selected(page) == [str(own.pk)]
+    assert 'value="delete_selected"' in page
+
+
+def test_price_list_offers_a_superuser_checkboxes_on_every_price(client, tenant, superuser):
+    shared = ModelPriceFactory(model="shared-model")
+    own = ModelPriceFactory(tenant=tenant, model="own-model")
+    client.force_login(superuser)
+
+    page = client.get(reverse("admin:llm_providers_modelprice_changelist")).content.decode()
+
+    assert sorted(_selected(page)) == sorted([str(shared.pk), str(own.pk)])

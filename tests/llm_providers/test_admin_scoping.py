@@ -922,9 +922,9 @@ def test_prices_read_in_cents_and_a_missing_cache_price_reads_as_empty(client, t
     # then the rates carry the decimals they have (at least cents), and no "None"
     row = re.search(r"<tr>.*?shared-model.*?</tr>", listed, re.S).group(0)
     cells = re.findall(r'<td class="field-[a-z_]+_price[^"]*">([^<]*)</td>', row)
-    assert cells == ["0.075", "10.00", "-", "-"]
+    assert cells == ["0.075", "10.00", "—", "—"]
     readonly = re.findall(r'<div class="readonly">([^<]*)</div>', shown)
-    assert readonly[3:7] == ["0.075", "10.00", "-", "-"]
+    assert readonly[3:7] == ["0.075", "10.00", "—", "—"]
     assert "None" not in shown
 
 

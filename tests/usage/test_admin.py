@@ -638,6 +638,78 @@ def test_call_log_day_filter_on_the_last_day_of_the_calendar_lists_nothing_not_a
     assert re.findall(r"/admin/usage/calllog/(\d+)/change/", response.content.decode()) == []
 
 
+def _messages(response):
+    return [str(m) for m in response.context["messages"]]
+
+
+@pytest.mark.django_db
+def test_call_log_day_filter_that_is_not_a_day_says_how_to_write_it(client):
+    tenant = TenantFactory()
+    CallLogFactory(tenant=tenant)
+    client.force_login(_member(tenant))
+
+    response = client.get(reverse("admin:usage_calllog_changelist"), {"day": "15/06/2026"})
+
+    assert response.status_code == 200
+    assert _messages(response) == ["“15/06/2026” is not a day; write it as YYYY-MM-DD."]
+    assert re.findall(r"/admin/usage/calllog/(\d+)/change/", response.content.decode()) == []
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("parameter", ["status", "status__exact"])
+def test_call_log_status_filter_that_is_no_status_says_which_there_are(client, parameter):
+    # given a tenant's call log
+    tenant = TenantFactory()
+    CallLogFactory(tenant=tenant)
+    client.force_login(_member(tenant))
+
+    # when the status filter names a status that does not exist
+    response = client.get(reverse("admin:usage_calllog_changelist"), {parameter: "bogus"})
+
+    # then the list says so, as it does for a day that is not a day, and lists nothing
+    assert response.status_code == 200
+    assert _messages(response) == [
+        "“bogus” is not a status; choose one of: OK, Error, Blocked, Cached."
+    ]
+    assert re.findall(r"/admin/usage/calllog/(\d+)/change/", response.content.decode()) == []
+
+
+@pytest.mark.django_db
+def test_call_log_status_filter_with_a_status_lists_its_calls_without_a_message(client):
+    tenant = TenantFactory()
+    CallLogFactory(tenant=tenant)
+    failed = CallLogFactory(tenant=tenant, status=CallLog.Status.ERROR)
+    client.force_login(_member(tenant))
+
+    response = client.get(reverse("admin:usage_calllog_changelist"), {"status": "error"})
+
+    assert _messages(response) == []
+    assert re.findall(r"/admin/usage/calllog/(\d+)/change/", response.content.decode()) == [
+        str(failed.pk)
+    ]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("value", ["not-a-uuid", "other-tenant"])
+def test_call_log_provider_filter_that_is_none_of_the_users_configs_says_so(client, value):
+    # given a tenant's call log, and another tenant's provider config
+    tenant = TenantFactory()
+    CallLogFactory(tenant=tenant, provider_config=ProviderConfigFactory(tenant=tenant))
+    other = ProviderConfigFactory(tenant=TenantFactory())
+    value = str(other.pk) if value == "other-tenant" else value
+    client.force_login(_member(tenant))
+
+    # when the provider filter names no provider config the user sees
+    response = client.get(reverse("admin:usage_calllog_changelist"), {"provider": value})
+
+    # then the list says so and lists nothing (nor the other tenant's calls)
+    assert response.status_code == 200
+    assert _messages(response) == [
+        f"“{value}” is not one of the provider configs listed under “By provider”."
+    ]
+    assert re.findall(r"/admin/usage/calllog/(\d+)/change/", response.content.decode()) == []
+
+
 @pytest.mark.django_db
 def test_call_log_search_finds_a_request_by_id(client):
     tenant = TenantFactory()

@@ -12,6 +12,7 @@ from django.core import mail
 from django.core.exceptions import ValidationError
 from django.db import connection
 from django.db.models import Sum
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from llm_providers.models import Tenant, TenantMembership
@@ -2301,3 +2302,106 @@ def test_stalled_workers_send_recorded_meanwhile_is_not_undone_by_the_attempt_af
         "",
         None,
     )
+
+
+def _unpriced_call(tenant, config, created_at, model="mystery-7b"):
+    return CallLogFactory(
+        tenant=tenant,
+        provider_config=config,
+        model_requested=model,
+        cost_usd=None,
+        price_source=CallLog.PriceSource.UNKNOWN,
+        created_at=created_at,
+    )
+
+
+@pytest.mark.django_db
+def test_unpriced_usage_of_a_late_log_for_an_older_day_alerts_once():
+    # given a checked aggregation, then a call log arriving late for a day five days back
+    tenant = TenantFactory(name="Acme")
+    BudgetFactory(tenant=tenant, alert_percentages=[], alert_emails="finance@example.com")
+    config = ProviderConfigFactory(tenant=tenant, name="local-llm")
+    CallLogFactory(tenant=tenant, provider_config=config, created_at=NOW - dt.timedelta(minutes=5))
+    daily_usage_recompute_recent(now=NOW)
+    assert unpriced_usage_check(now=NOW) == []
+    _unpriced_call(tenant, config, dt.datetime(2026, 6, 10, 9, 0, tzinfo=dt.UTC))
+    later = NOW + dt.timedelta(minutes=5)
+    daily_usage_recompute_recent(now=later)
+
+    # when the check follows the aggregation, and runs again
+    created = unpriced_usage_check(now=later + dt.timedelta(seconds=30))
+    rerun = unpriced_usage_check(now=later + dt.timedelta(minutes=5))
+
+    # then the older day's unpriced request is alerted once, for its month
+    (alert,) = created
+    assert rerun == []
+    assert (alert.period_key, alert.subject_key) == ("2026-06", f"{config.pk}/fake/mystery-7b")
+    assert alert.message.startswith(
+        "Acme: 1 request to model “mystery-7b” on “local-llm” since 2026-06-10 has no known "
+        "price, so its cost is unknown"
+    )
+    assert CostAlert.objects.filter(tenant=tenant, kind=CostAlert.Kind.UNPRICED).count() == 1
+
+
+@pytest.mark.django_db
+def test_unpriced_usage_of_a_late_log_for_an_alerted_model_and_month_does_not_alert_again():
+    # given unpriced usage alerted this month, then a late log of the same model days back
+    tenant = TenantFactory(name="Acme")
+    BudgetFactory(tenant=tenant, alert_percentages=[], alert_emails="finance@example.com")
+    config = ProviderConfigFactory(tenant=tenant, name="local-llm")
+    _unpriced_call(tenant, config, NOW - dt.timedelta(minutes=5))
+    daily_usage_recompute_recent(now=NOW)
+    (first,) = unpriced_usage_check(now=NOW)
+    _unpriced_call(tenant, config, dt.datetime(2026, 6, 3, 9, 0, tzinfo=dt.UTC))
+    later = NOW + dt.timedelta(minutes=5)
+    daily_usage_recompute_recent(now=later)
+
+    # when / then: the month's alert for the model stands for it
+    assert unpriced_usage_check(now=later) == []
+    assert list(CostAlert.objects.filter(kind=CostAlert.Kind.UNPRICED)) == [first]
+
+
+def _unpriced_check_queries(idle_tenants):
+    """The queries of one check that alerts one tenant, beside `idle_tenants` without
+    unpriced usage (each with a provider config and priced usage)."""
+    for index in range(idle_tenants):
+        idle = TenantFactory(name=f"Idle {index}")
+        CallLogFactory(
+            tenant=idle,
+            provider_config=ProviderConfigFactory(tenant=idle),
+            created_at=NOW - dt.timedelta(minutes=10),
+        )
+    tenant = TenantFactory(name="Acme")
+    BudgetFactory(tenant=tenant, alert_percentages=[], alert_emails="finance@example.com")
+    _unpriced_call(
+        tenant,
+        ProviderConfigFactory(tenant=tenant, name="local-llm"),
+        NOW - dt.timedelta(minutes=10),
+    )
+    _aggregate()
+    with CaptureQueriesContext(connection) as queries:
+        (alert,) = unpriced_usage_check(now=NOW)
+    assert alert.tenant == tenant
+    return [query["sql"] for query in queries]
+
+
+@pytest.mark.django_db
+def test_unpriced_usage_check_reads_only_tenants_and_configs_with_unpriced_usage():
+    # given 40 tenants with provider configs and priced usage, and one with unpriced usage
+    sql = _unpriced_check_queries(idle_tenants=40)
+
+    # then no query reads every tenant or every provider config
+    tables = ('"llm_providers_tenant"', '"llm_providers_providerconfig"')
+    unfiltered = [s for s in sql if any(f"FROM {t}" in s for t in tables) and "WHERE" not in s]
+    assert unfiltered == []
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("idle_tenants", [1, 40])
+def test_unpriced_usage_check_queries_do_not_grow_with_tenants_without_unpriced_usage(
+    idle_tenants,
+):
+    # the check's state and the retention horizon, the usage read (names joined), its
+    # existing alert, the recipients, the alert and its delivery (with their locks
+    # and savepoint), and the check's state written: as many for 1 idle tenant as for 40
+    assert len(_unpriced_check_queries(idle_tenants=idle_tenants)) == 15

@@ -63,7 +63,19 @@ class PageNumberPagination(pagination.PageNumberPagination):
         return _page_size(self, request)
 
     def get_schema_operation_parameters(self, view):
-        return _page_size_documented(self, super().get_schema_operation_parameters(view))
+        parameters = _page_size_documented(self, super().get_schema_operation_parameters(view))
+        for parameter in parameters:
+            if parameter["name"] == self.page_query_param:
+                parameter["schema"] = {
+                    "oneOf": [
+                        {"type": "integer", "minimum": 1},
+                        {"type": "string", "enum": list(self.last_page_strings)},
+                    ]
+                }
+                parameter["description"] = (
+                    "A page number from 1, or `last`; a page past the end answers 404."
+                )
+        return parameters
 
     def get_page_number(self, request, paginator):
         """The page asked for: digits or "last"; other text int() would read is no page."""

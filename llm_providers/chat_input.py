@@ -124,7 +124,8 @@ def messages_validate(messages: Any) -> list[dict]:
         if not isinstance(message, dict):
             raise InvalidRequest(where, f"{where} must be an object with a role and content.")
         role = message.get("role")
-        if role not in ROLES:
+        # A list or an object is no role, and cannot be looked up in a set.
+        if not isinstance(role, str) or role not in ROLES:
             raise InvalidRequest(
                 f"{where}.role", f"{where}.role must be one of {', '.join(sorted(ROLES))}."
             )

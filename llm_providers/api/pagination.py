@@ -41,6 +41,18 @@ def _page_size(paginator, request) -> int:
     return min(size, paginator.max_page_size)
 
 
+def _page_size_documented(paginator, parameters: list[dict]) -> list[dict]:
+    """The page_size parameter as it is read: at least 1, a larger one gives the maximum."""
+    for parameter in parameters:
+        if parameter["name"] == paginator.page_size_query_param:
+            parameter["schema"] = {"type": "integer", "minimum": 1}
+            parameter["description"] = (
+                f"Results per page (default {paginator.page_size}); "
+                f"a larger size than {paginator.max_page_size} gives {paginator.max_page_size}."
+            )
+    return parameters
+
+
 class PageNumberPagination(pagination.PageNumberPagination):
     """`?page=2&page_size=100` over a stable ordering; answers count/next/previous/results."""
 
@@ -49,6 +61,21 @@ class PageNumberPagination(pagination.PageNumberPagination):
 
     def get_page_size(self, request):
         return _page_size(self, request)
+
+    def get_schema_operation_parameters(self, view):
+        parameters = _page_size_documented(self, super().get_schema_operation_parameters(view))
+        for parameter in parameters:
+            if parameter["name"] == self.page_query_param:
+                parameter["schema"] = {
+                    "oneOf": [
+                        {"type": "integer", "minimum": 1},
+                        {"type": "string", "enum": list(self.last_page_strings)},
+                    ]
+                }
+                parameter["description"] = (
+                    "A page number from 1, or `last`; a page past the end answers 404."
+                )
+        return parameters
 
     def get_page_number(self, request, paginator):
         """The page asked for: digits or "last"; other text int() would read is no page."""
@@ -104,6 +131,9 @@ class CreatedAtCursorPagination(pagination.CursorPagination):
 
     def get_page_size(self, request):
         return _page_size(self, request)
+
+    def get_schema_operation_parameters(self, view):
+        return _page_size_documented(self, super().get_schema_operation_parameters(view))
 
     def decode_cursor(self, request):
         """The cursor, or 404 when it is not one this pagination gives out."""

@@ -235,3 +235,43 @@ def test_bad_request_description_names_every_400_code(schema):
 
     for code in ("validation_error", "parse_error", "tenant_ambiguous", "tenant_invalid"):
         assert f"`{code}`" in description
+
+
+def test_list_operations_document_the_page_sizes_they_accept(schema, admin_api, tenant):
+    tenant_objects_build(tenant)
+    lists = [
+        path
+        for path, operations in schema["paths"].items()
+        if any(p["name"] == "page_size" for p in operations.get("get", {}).get("parameters", []))
+    ]
+    assert len(lists) == 6
+    for path in lists:
+        parameter = next(
+            p for p in schema["paths"][path]["get"]["parameters"] if p["name"] == "page_size"
+        )
+
+        assert parameter["schema"]["minimum"] == 1, path
+        assert "maximum" not in parameter["schema"], path
+        assert admin_api.get(path, {"page_size": 0}).status_code == 400
+        assert admin_api.get(path, {"page_size": 1}).status_code == 200
+        assert admin_api.get(path, {"page_size": 5000}).status_code == 200
+
+
+def test_numbered_lists_document_the_pages_they_accept(schema, admin_api, tenant):
+    tenant_objects_build(tenant)
+    lists = [
+        path
+        for path, operations in schema["paths"].items()
+        if any(p["name"] == "page" for p in operations.get("get", {}).get("parameters", []))
+    ]
+    assert len(lists) == 4
+    for path in lists:
+        parameters = schema["paths"][path]["get"]["parameters"]
+        parameter = next(p for p in parameters if p["name"] == "page")
+
+        assert parameter["schema"] == {
+            "oneOf": [{"type": "integer", "minimum": 1}, {"type": "string", "enum": ["last"]}]
+        }, path
+        assert admin_api.get(path, {"page": "last"}).status_code == 200
+        assert admin_api.get(path, {"page": 1}).status_code == 200
+        assert admin_api.get(path, {"page": 0}).status_code == 404

@@ -156,6 +156,17 @@ def test_messages_validate_refuses_extra_content_of_a_bad_shape(extra_content, m
     )
 
 
+@pytest.mark.parametrize("role", [["user"], {"name": "user"}, 1, None], ids=str)
+def test_messages_validate_refuses_a_role_that_is_not_text(role):
+    with pytest.raises(InvalidRequest) as refused:
+        messages_validate([{"role": role, "content": "hi"}])
+
+    assert (refused.value.field, refused.value.message) == (
+        "messages[0].role",
+        "messages[0].role must be one of assistant, system, tool, user.",
+    )
+
+
 def test_extra_content_limit_counts_the_bytes_of_its_json():
     # 4 bytes of UTF-8 per emoji: the limit is of what is stored and sent.
     emoji = "\U0001f600"

@@ -534,6 +534,22 @@ def test_completion_answers_422_when_no_route(service_api, tenant):
             },
         ),
         (
+            {"messages": [{"role": ["user"], "content": "hi"}]},
+            {
+                "messages[0].role": [
+                    "messages[0].role must be one of assistant, system, tool, user."
+                ]
+            },
+        ),
+        (
+            {"messages": [{"role": {"name": "user"}, "content": "hi"}]},
+            {
+                "messages[0].role": [
+                    "messages[0].role must be one of assistant, system, tool, user."
+                ]
+            },
+        ),
+        (
             {"messages": [{"role": "system", "content": "be brief"}]},
             {"messages": ["messages need at least one non-system message."]},
         ),
@@ -582,6 +598,8 @@ def test_completion_answers_422_when_no_route(service_api, tenant):
         "no-messages",
         "empty",
         "bad-role",
+        "role-list",
+        "role-object",
         "only-system",
         "temperature",
         "max-tokens",

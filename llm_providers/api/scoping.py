@@ -9,23 +9,24 @@ field it does not have is: a misspelt filter (`?stauts=error`) would
 otherwise answer every row as though they matched it. So is one given more
 than once: each takes a single value, and so is one sent empty where an
 empty text is not one of its values (`?status=`). A method the path does not
-have answers 405 before any of this, to anyone.
+have answers 405 before any of this, to anyone (`base.MethodCheckedFirstMixin`).
 """
 
 from __future__ import annotations
 
 from functools import cached_property
 
-from rest_framework.exceptions import MethodNotAllowed, ValidationError
+from rest_framework.exceptions import ValidationError
 from rest_framework.settings import api_settings
 
 from llm_providers.models import Tenant
 
+from .base import APIViewMixin
 from .permissions import DEFAULT_READ_ROLES, DEFAULT_WRITE_ROLES
 from .tenancy import TENANT_QUERY_PARAMETER, TenantContext, request_tenant_context
 
 
-class TenantScopedAPIMixin:
+class TenantScopedAPIMixin(APIViewMixin):
     read_roles = DEFAULT_READ_ROLES
     write_roles = DEFAULT_WRITE_ROLES
     # The serializer of the query parameters a view takes: `query_serializer_class`
@@ -34,11 +35,6 @@ class TenantScopedAPIMixin:
     query_serializer_classes: dict = {}
 
     def initial(self, request, *args, **kwargs):
-        # A method the path does not have is 405 whatever the request names:
-        # its tenant and query parameters are those of no action.
-        method = request.method.lower()
-        if method not in self.http_method_names or not hasattr(self, method):
-            raise MethodNotAllowed(request.method)
         super().initial(request, *args, **kwargs)
         if request.method.lower() != "options":
             self.query_parameters_check(request)

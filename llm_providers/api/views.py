@@ -13,6 +13,7 @@ from django.db import transaction
 from django.http import JsonResponse
 from django.views import defaults
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
+from drf_spectacular.views import SpectacularAPIView
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.permissions import AllowAny
@@ -33,6 +34,7 @@ from llm_providers.services import (
     service_key_revoke,
 )
 
+from .base import APIViewMixin, MethodCheckedFirstMixin
 from .events import (
     EVENT_STREAM,
     REQUEST_ID_HEADER,
@@ -319,7 +321,7 @@ class EmbeddingView(TenantScopedAPIMixin, APIView):
         )
 
 
-class HealthView(APIView):
+class HealthView(APIViewMixin, APIView):
     """Whether the database, the cache and the Celery broker answer.
 
     Public and not throttled, for load balancers and monitors; it names
@@ -343,6 +345,11 @@ class HealthView(APIView):
             HealthSerializer(report).data,
             status=status.HTTP_200_OK if report.ok else status.HTTP_503_SERVICE_UNAVAILABLE,
         )
+
+
+class SchemaView(MethodCheckedFirstMixin, SpectacularAPIView):
+    """The OpenAPI schema (/api/schema/): 405 as the API's views answer it (in the
+    schema's first format, YAML)."""
 
 
 API_PATH_PREFIX = "/api/"

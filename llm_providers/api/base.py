@@ -6,13 +6,16 @@ would authenticate first, and answer 401 to a bad one and 403 to a session
 without a CSRF token), the role, the tenant, the `Accept` header and the
 query. Whoever asks learns the same, and nothing more.
 
-Views of the API mix in `APIViewMixin`; a view from a library (the OpenAPI
-schema's) mixes in `MethodCheckedFirstMixin`.
+Views of the API mix in `APIViewMixin`, which also brings the API's content
+negotiation (`negotiation.ContentNegotiation`); a view from a library (the
+OpenAPI schema's) mixes in `MethodCheckedFirstMixin`.
 """
 
 from __future__ import annotations
 
 from rest_framework.exceptions import MethodNotAllowed
+
+from .negotiation import ContentNegotiation
 
 
 class MethodCheckedFirstMixin:
@@ -32,3 +35,5 @@ class MethodCheckedFirstMixin:
 
 class APIViewMixin(MethodCheckedFirstMixin):
     """The base of every view under /api/v1/."""
+
+    content_negotiation_class = ContentNegotiation

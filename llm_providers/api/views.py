@@ -49,7 +49,7 @@ from .history import (
     change_history_record_deactivation,
     change_history_record_deletion,
 )
-from .negotiation import JSONFallbackNegotiation
+from .negotiation import ContentNegotiation, JSONFallbackNegotiation
 from .scoping import TenantScopedAPIMixin
 from .selectors import service_key_list
 from .serializers import (
@@ -348,8 +348,10 @@ class HealthView(APIViewMixin, APIView):
 
 
 class SchemaView(MethodCheckedFirstMixin, SpectacularAPIView):
-    """The OpenAPI schema (/api/schema/): 405 as the API's views answer it (in the
-    schema's first format, YAML)."""
+    """The OpenAPI schema (/api/schema/): 405 and 406 as the API's views answer them
+    (a 405 in the schema's first format, YAML)."""
+
+    content_negotiation_class = ContentNegotiation
 
 
 API_PATH_PREFIX = "/api/"

@@ -7,8 +7,9 @@ without a CSRF token), the role, the tenant, the `Accept` header and the
 query. Whoever asks learns the same, and nothing more.
 
 Views of the API mix in `APIViewMixin`, which also brings the API's content
-negotiation (`negotiation.ContentNegotiation`); a view from a library (the
-OpenAPI schema's) mixes in `MethodCheckedFirstMixin`.
+negotiation (`negotiation.ContentNegotiation`) and its schema inspector
+(`schema.ViewSchema`); a view from a library (the OpenAPI schema's) mixes in
+`MethodCheckedFirstMixin` alone.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 from rest_framework.exceptions import MethodNotAllowed
 
 from .negotiation import ContentNegotiation
+from .schema import ViewSchema
 
 
 class MethodCheckedFirstMixin:
@@ -37,3 +39,7 @@ class APIViewMixin(MethodCheckedFirstMixin):
     """The base of every view under /api/v1/."""
 
     content_negotiation_class = ContentNegotiation
+    schema = ViewSchema()
+    # Whether the view acts for a tenant (`scoping.TenantScopedAPIMixin`), as the
+    # schema says in its error answers.
+    acts_for_tenant = False

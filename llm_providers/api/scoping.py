@@ -27,6 +27,7 @@ from .tenancy import TENANT_QUERY_PARAMETER, TenantContext, request_tenant_conte
 
 
 class TenantScopedAPIMixin(APIViewMixin):
+    acts_for_tenant = True
     read_roles = DEFAULT_READ_ROLES
     write_roles = DEFAULT_WRITE_ROLES
     # The serializer of the query parameters a view takes: `query_serializer_class`

@@ -256,6 +256,11 @@ _CALL_ERRORS = {
         "(`budget_unavailable`)."
     ),
     504: OpenApiResponse(description="The provider did not answer in time (`provider_timeout`)."),
+    500: OpenApiResponse(
+        description="An unexpected error (`server_error`: logged, with no details given), or "
+        "a stored provider key that does not decrypt with the configured keys "
+        "(`secret_unreadable`)."
+    ),
 }
 
 

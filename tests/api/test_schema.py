@@ -62,13 +62,224 @@ def test_schema_lists_every_endpoint(schema):
 
 
 @pytest.mark.parametrize("path", TENANT_SCOPED_PATHS)
-def test_tenant_scoped_operations_document_tenant_selection_and_errors(schema, path):
+def test_tenant_scoped_operations_document_tenant_selection(schema, path):
     for operation in schema["paths"][path].values():
         parameters = {(p["in"], p["name"]) for p in operation["parameters"]}
         assert {("header", "X-Tenant"), ("query", "tenant")} <= parameters
-        for status in ("400", "401", "403", "404", "429"):
-            content = operation["responses"][status]["content"]["application/json"]
-            assert content["schema"] == {"$ref": "#/components/schemas/Error"}
+
+
+ERROR_CONTENT = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+# What every operation acting for a tenant can answer: bad input or tenant, no or bad
+# credentials, a role or tenant refused, an Accept it cannot satisfy, throttled, a bug.
+SCOPED = {"400", "401", "403", "406", "429", "500"}
+BODY = {"413", "415"}
+PROVIDER_CALL = {"422", "429", "500", "502", "503", "504"}
+# 404 on an object's path, and on a paginated list (a page that is not one).
+OPERATION_ERRORS = {
+    "GET /api/v1/providers/": SCOPED | {"404"},
+    "POST /api/v1/providers/": SCOPED | BODY,
+    "GET /api/v1/providers/{id}/": SCOPED | {"404"},
+    "PUT /api/v1/providers/{id}/": SCOPED | BODY | {"404"},
+    "PATCH /api/v1/providers/{id}/": SCOPED | BODY | {"404"},
+    "DELETE /api/v1/providers/{id}/": SCOPED | {"404"},
+    "POST /api/v1/providers/{id}/test/": SCOPED | {"404"},
+    "GET /api/v1/providers/{id}/usage/": SCOPED | {"404"},
+    "GET /api/v1/overrides/": SCOPED | {"404"},
+    "POST /api/v1/overrides/": SCOPED | BODY,
+    "GET /api/v1/overrides/{id}/": SCOPED | {"404"},
+    "PUT /api/v1/overrides/{id}/": SCOPED | BODY | {"404"},
+    "PATCH /api/v1/overrides/{id}/": SCOPED | BODY | {"404"},
+    "DELETE /api/v1/overrides/{id}/": SCOPED | {"404"},
+    "GET /api/v1/routes/resolve/": SCOPED | {"422"},
+    "GET /api/v1/calls/": SCOPED | {"404"},
+    "GET /api/v1/calls/{id}/": SCOPED | {"404"},
+    "GET /api/v1/service-keys/": SCOPED | {"404"},
+    "POST /api/v1/service-keys/": SCOPED | BODY,
+    "GET /api/v1/service-keys/{prefix}/": SCOPED | {"404"},
+    "POST /api/v1/service-keys/{prefix}/revoke/": SCOPED | {"404"},
+    "GET /api/v1/usage/summary/": SCOPED,
+    "GET /api/v1/usage/by-provider/": SCOPED,
+    "GET /api/v1/usage/by-model/": SCOPED,
+    "GET /api/v1/usage/by-service/": SCOPED,
+    "GET /api/v1/usage/by-customer/": SCOPED,
+    "GET /api/v1/usage/daily/": SCOPED,
+    "GET /api/v1/budgets/": SCOPED | {"404"},
+    "POST /api/v1/budgets/": SCOPED | BODY,
+    "GET /api/v1/budgets/{id}/": SCOPED | {"404"},
+    "PUT /api/v1/budgets/{id}/": SCOPED | BODY | {"404"},
+    "PATCH /api/v1/budgets/{id}/": SCOPED | BODY | {"404"},
+    "DELETE /api/v1/budgets/{id}/": SCOPED | {"404"},
+    "GET /api/v1/alerts/": SCOPED | {"404"},
+    "GET /api/v1/alerts/{id}/": SCOPED | {"404"},
+    # Completions answer JSON whatever the Accept header asks: never 406.
+    "POST /api/v1/completions/": (SCOPED - {"406"}) | BODY | PROVIDER_CALL,
+    "POST /api/v1/embeddings/": SCOPED | BODY | PROVIDER_CALL,
+    # Public and unthrottled: no credentials to refuse, no rate to exceed.
+    "GET /api/v1/health/": {"400", "406", "500"},
+}
+
+
+def _operations(schema):
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            yield f"{method.upper()} {path}", operation
+
+
+def test_every_operation_documents_the_errors_it_can_answer_in_the_error_shape(schema):
+    health = schema["paths"]["/api/v1/health/"]["get"]["responses"]
+    # The health check's 503 is its own report, not an error.
+    assert health.pop("503")["content"] == {
+        "application/json": {"schema": {"$ref": "#/components/schemas/Health"}}
+    }
+    documented = {
+        label: {code for code in operation["responses"] if code >= "400"}
+        for label, operation in _operations(schema)
+    }
+
+    assert documented == OPERATION_ERRORS
+    for label, operation in _operations(schema):
+        for code in OPERATION_ERRORS[label]:
+            response = operation["responses"][code]
+            assert (label, code, response["content"]) == (label, code, ERROR_CONTENT)
+            assert response["description"], (label, code)
+
+
+def test_not_found_says_what_is_missing_object_or_page(schema):
+    paths = schema["paths"]
+
+    assert paths["/api/v1/budgets/{id}/"]["get"]["responses"]["404"]["description"] == (
+        "No such object in this tenant (`not_found`)."
+    )
+    assert paths["/api/v1/calls/"]["get"]["responses"]["404"]["description"] == (
+        "No such page (`not_found`): a page number that is none or past the end, or a "
+        "cursor this list did not give out."
+    )
+
+
+def test_authentication_and_throttling_errors_document_their_headers(schema):
+    for label, operation in _operations(schema):
+        responses = operation["responses"]
+        if "401" in responses:
+            header = responses["401"]["headers"]["WWW-Authenticate"]
+            assert (label, header["required"]) == (label, True)
+        if "429" in responses:
+            header = responses["429"]["headers"]["Retry-After"]
+            assert (label, header["required"], header["schema"]) == (
+                label,
+                True,
+                {"type": "string", "pattern": "^[1-9][0-9]*$"},
+            )
+
+
+def test_schema_description_names_the_answers_no_operation_lists(schema):
+    description = schema["info"]["description"]
+
+    assert description.startswith("Provider keys, routing, completions and usage")
+    assert "405 `method_not_allowed`, with an `Allow` header" in description
+    assert "404 `not_found`" in description
+
+
+@pytest.fixture
+def operation_urls(schema, tenant):
+    """Every documented operation as (label, method, URL with ids of the tenant's objects)."""
+    objects = tenant_objects_build(tenant)
+    ids = {
+        "providers": objects.provider.pk,
+        "overrides": objects.override.pk,
+        "calls": objects.call.pk,
+        "budgets": objects.budget.pk,
+        "alerts": objects.alert.pk,
+    }
+    found = []
+    for label, _operation in _operations(schema):
+        method, path = label.split(" ")
+        url = path.format(id=ids.get(path.split("/")[3], ""), prefix=objects.service_key.prefix)
+        found.append((label, method, url))
+    return found
+
+
+def test_operations_answer_401_without_credentials_as_documented(
+    schema, anonymous_api, operation_urls
+):
+    answers = {
+        label: anonymous_api.generic(method, url, "{}", content_type="application/json")
+        for label, method, url in operation_urls
+    }
+
+    refused = {label for label, response in answers.items() if response.status_code == 401}
+    assert refused == {label for label, errors in OPERATION_ERRORS.items() if "401" in errors}
+    for label in refused:
+        assert answers[label]["WWW-Authenticate"] == "Token", label
+        assert answers[label].json()["error"]["code"] == "not_authenticated", label
+
+
+def test_operations_answer_406_to_an_accept_they_cannot_satisfy_as_documented(
+    admin_api, operation_urls
+):
+    answers = {
+        label: admin_api.generic(
+            method, url, "{}", content_type="application/json", HTTP_ACCEPT="application/xml"
+        )
+        for label, method, url in operation_urls
+    }
+
+    refused = {label for label, response in answers.items() if response.status_code == 406}
+    assert refused == {label for label, errors in OPERATION_ERRORS.items() if "406" in errors}
+    for label in refused:
+        assert answers[label]["Content-Type"] == "application/json", label
+        assert answers[label].json()["error"]["code"] == "not_acceptable", label
+    # Completions answer in JSON instead: here, what the empty body lacks.
+    completion = answers["POST /api/v1/completions/"]
+    assert (completion.status_code, completion["Content-Type"]) == (400, "application/json")
+    assert completion.json()["error"]["fields"] == {"messages": ["This field is required."]}
+
+
+def test_operations_answer_429_with_retry_after_as_documented(admin_api, operation_urls, settings):
+    settings.REST_FRAMEWORK = {
+        **settings.REST_FRAMEWORK,
+        "DEFAULT_THROTTLE_RATES": {
+            **settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"],
+            "user": "0/min",
+        },
+    }
+    answers = {
+        label: admin_api.generic(method, url, "{}", content_type="application/json")
+        for label, method, url in operation_urls
+    }
+
+    refused = {label for label, response in answers.items() if response.status_code == 429}
+    assert refused == {label for label, errors in OPERATION_ERRORS.items() if "429" in errors}
+    for label in refused:
+        assert answers[label]["Retry-After"] == "60", label
+        assert answers[label].json()["error"]["code"] == "throttled", label
+
+
+def test_lists_answer_404_to_a_page_that_is_none_as_documented(schema, admin_api, operation_urls):
+    lists = [
+        (label, url)
+        for label, method, url in operation_urls
+        if method == "GET" and "404" in OPERATION_ERRORS[label] and "{" not in label
+    ]
+
+    assert len(lists) == 6
+    for label, url in lists:
+        parameters = {p["name"] for p in schema["paths"][url]["get"]["parameters"]}
+        page = {"page": 99} if "page" in parameters else {"cursor": "no-cursor"}
+
+        response = admin_api.get(url, page)
+
+        assert (label, response.status_code) == (label, 404)
+        assert response.json()["error"]["code"] == "not_found"
+
+
+def test_health_answers_400_to_too_many_query_parameters_as_documented(anonymous_api, settings):
+    settings.DATA_UPLOAD_MAX_NUMBER_FIELDS = 3
+    query = "&".join(f"x{n}=1" for n in range(4))
+
+    response = anonymous_api.get(f"/api/v1/health/?{query}")
+
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "bad_request"
 
 
 def test_schema_names_both_throttles_in_its_429(schema):

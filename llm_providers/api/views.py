@@ -362,9 +362,13 @@ class SchemaView(MethodCheckedFirstMixin, SpectacularAPIView):
 API_PATH_PREFIX = "/api/"
 
 
+def _under_api(request) -> bool:
+    return request.path.startswith(API_PATH_PREFIX) or request.path == API_PATH_PREFIX.rstrip("/")
+
+
 def not_found(request, exception):
     """The project's 404 handler: the API's error shape under /api/, Django's page elsewhere."""
-    if request.path.startswith(API_PATH_PREFIX):
+    if _under_api(request):
         return JsonResponse(error_body(code="not_found", message="Not found."), status=404)
     return defaults.page_not_found(request, exception)
 
@@ -372,7 +376,7 @@ def not_found(request, exception):
 def bad_request(request, exception):
     """The project's 400 handler for requests refused before any view (a Host header not
     in ALLOWED_HOSTS): the API's error shape under /api/, Django's page elsewhere."""
-    if request.path.startswith(API_PATH_PREFIX):
+    if _under_api(request):
         return JsonResponse(
             error_body(code="bad_request", message="The request was refused as malformed."),
             status=400,
@@ -382,7 +386,7 @@ def bad_request(request, exception):
 
 def server_error(request):
     """The project's 500 handler: the API's error shape under /api/, Django's page elsewhere."""
-    if request.path.startswith(API_PATH_PREFIX):
+    if _under_api(request):
         return JsonResponse(
             error_body(code="server_error", message="An unexpected error occurred."), status=500
         )

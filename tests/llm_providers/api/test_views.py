@@ -97,11 +97,24 @@ def test_api_answers_400_in_error_shape_when_host_is_not_allowed(admin_api):
     }
 
 
-def test_unknown_api_path_answers_404_in_error_shape(admin_api):
-    response = admin_api.get("/api/v1/no-such-thing/")
+@pytest.mark.parametrize(
+    "path", ["/api/v1/no-such-thing/", "/api/v1/", "/api/", "/api", "/api/v2/providers/"]
+)
+def test_unknown_api_path_answers_404_in_error_shape(admin_api, path):
+    response = admin_api.get(path)
 
     assert response.status_code == 404
-    assert response.json()["error"]["code"] == "not_found"
+    assert response["Content-Type"] == "application/json"
+    assert response.json() == {
+        "error": {"code": "not_found", "message": "Not found.", "fields": {}, "extra": {}}
+    }
+
+
+def test_unknown_path_outside_the_api_answers_django_page(admin_api):
+    response = admin_api.get("/apis/")
+
+    assert response.status_code == 404
+    assert response["Content-Type"] == "text/html; charset=utf-8"
 
 
 # --- create --------------------------------------------------------------------

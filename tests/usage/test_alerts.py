@@ -93,6 +93,32 @@ def test_threshold_check_creates_one_alert_per_crossed_percent():
 
 
 @pytest.mark.django_db
+def test_threshold_alert_says_how_many_requests_in_its_scope_are_unpriced_and_not_counted():
+    # given a $10 budget of the "chat" service with $5 spent, beside two calls of
+    # the service to a model with no known price, and one of another service
+    tenant = TenantFactory(name="Acme")
+    BudgetFactory(tenant=tenant, name="Chat", service_name="chat", alert_percentages=[50])
+    _spend(tenant, "5.00", service_name="chat")
+    for service in ("chat", "chat", "search"):
+        _spend(tenant, "0", service_name=service, model_requested="mystery-7b")
+    CallLog.objects.filter(model_requested="mystery-7b").update(
+        cost_usd=None, price_source=CallLog.PriceSource.UNKNOWN
+    )
+    _aggregate()
+
+    # when
+    (alert,) = budget_thresholds_check(now=NOW)
+
+    # then the spend is the priced calls', and the alert says it leaves two out
+    assert alert.spend_usd == Decimal("5")
+    assert alert.message == (
+        "Acme: budget “Chat” (service chat, monthly 2026-06) has reached 50% of its $10.00 "
+        "limit: $5.00 spent. 2 requests in its scope have no known price and are not "
+        "counted in the spend."
+    )
+
+
+@pytest.mark.django_db
 @pytest.mark.parametrize(
     ("limit", "spent", "percent", "shown"),
     [
@@ -1290,8 +1316,8 @@ def test_unpriced_usage_alerts_once_per_model_and_month():
     assert alert.period_key == "2026-06"
     assert alert.message == (
         "Acme: 3 requests to model “mystery-7b” on “local-llm” since 2026-06-15 have no "
-        "known price, so their cost is unknown (shown as unpriced, not $0). Add a model "
-        "price for it."
+        "known price, so their cost is unknown: costs shown leave them out (counted as "
+        "unpriced, not as $0), and so do budgets. Add a model price for it."
     )
     assert alert.deliveries.get().target_label == "finance@example.com"
 

@@ -807,6 +807,60 @@ def test_webhook_delivery_is_retried_with_backoff_after_receiver_failed(
 
 
 @pytest.mark.django_db
+def test_failed_attempt_clears_its_claim_and_the_retry_delivers_the_alert_once(
+    httpserver, allow_private_urls, monkeypatch
+):
+    # given a budget alert to a webhook receiver that fails once, then accepts
+    receiver = _FlakyReceiver(httpserver, failures=1)
+    tenant = TenantFactory(name="Acme")
+    BudgetFactory(tenant=tenant, alert_percentages=[50], alert_emails="", webhook_url=receiver.url)
+    _spend(tenant, "5.00")
+    _aggregate()
+    (alert,) = budget_thresholds_check(now=NOW)
+    delivery = alert.deliveries.get()
+    # and the claim token each attempt holds in the database while it sends
+    import usage.alerts
+
+    send, claims = usage.alerts._send, []
+
+    def send_recording_the_claim(sending):
+        claims.append(AlertDelivery.objects.values_list("claim", flat=True).get(pk=sending.pk))
+        return send(sending)
+
+    monkeypatch.setattr(usage.alerts, "_send", send_recording_the_claim)
+
+    # when the first attempt fails
+    failed = alert_delivery_attempt(delivery_id=delivery.pk, now=NOW)
+
+    # then it recorded its failure under its own claim, then cleared the token:
+    # the delivery waits for its retry held by no attempt
+    (first_claim,) = claims
+    assert isinstance(first_claim, uuid.UUID)
+    assert (failed.state, failed.attempts, failed.claim) == ("retrying", 1, None)
+    assert failed.last_error.endswith("answered HTTP 503.")
+    assert failed.next_attempt_at == NOW + dt.timedelta(seconds=60)
+    assert not AlertDelivery.objects.filter(claim=first_claim).exists()
+
+    # when the periodic run comes before the backoff, after it, and later again
+    assert alert_deliveries_send_due(now=NOW + dt.timedelta(seconds=30)) == 0
+    assert alert_deliveries_send_due(now=NOW + dt.timedelta(seconds=61)) == 1
+    assert alert_deliveries_send_due(now=NOW + dt.timedelta(hours=1)) == 0
+
+    # then the retry sent it under a claim of its own, once, and cleared that one too
+    assert len(claims) == 2 and claims[1] not in (None, first_claim)
+    delivery.refresh_from_db()
+    assert (delivery.state, delivery.attempts, delivery.last_error) == ("delivered", 2, "")
+    assert delivery.claim is None
+    assert [body["alert"]["id"] for body in receiver.bodies] == [alert.pk, alert.pk]
+    # and an admin's retry finds nothing left to send
+    assert alert_deliveries_retry(alerts=CostAlert.objects.filter(pk=alert.pk)) == (
+        DeliveriesRetried(queued=0, sending=0)
+    )
+    assert alert_deliveries_send_due(now=timezone.now()) == 0
+    assert len(receiver.bodies) == 2
+
+
+@pytest.mark.django_db
 def test_webhook_text_escapes_what_slack_would_read_as_markup(httpserver, allow_private_urls):
     # given a budget whose tenant and name hold "&", "<" and ">"
     receiver = _FlakyReceiver(httpserver, failures=0)

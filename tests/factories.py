@@ -209,6 +209,13 @@ class DailyUsageFactory(factory.django.DjangoModelFactory):
     service_name = "summarizer"
     customer_id = "acme"
     request_count = 10
+    error_count = 0
+    blocked_count = 0
+    unpriced_count = 0
+    # Every request that did not fail, was not refused and was not unpriced has a cost.
+    priced_count = factory.LazyAttribute(
+        lambda row: row.request_count - row.error_count - row.blocked_count - row.unpriced_count
+    )
     input_tokens = 1000
     output_tokens = 500
     cost_usd = Decimal("0.002000000000")

@@ -316,11 +316,11 @@ class DailyUsageAdmin(_ReadOnlyLargeTableAdmin):
 
     @admin.display(description="cost", ordering="cost_usd")
     def cost(self, obj):
-        # The stored sum counts priced calls only: a row of unpriced calls alone
-        # has an unknown cost, not $0 (as in the API and on the dashboard).
-        if obj.unpriced_count and not obj.cost_usd:
-            return usd_format(None)
-        return usd_format(obj.cost_usd)
+        # The stored sum counts priced calls only ($0 ones included): a row with
+        # unpriced calls and none priced has an unknown cost, not $0, and the
+        # unpriced calls of a priced row are not in its cost (as in the API and
+        # on the dashboard; its "unpriced count" column says how many).
+        return usd_format(obj.cost_known)
 
     # In UTC, named, as on the call log page.
     @admin.display(description="updated (UTC)")
@@ -329,9 +329,7 @@ class DailyUsageAdmin(_ReadOnlyLargeTableAdmin):
 
     @admin.display(description="Cost (USD)")
     def cost_exact(self, obj):
-        if obj.unpriced_count and not obj.cost_usd:
-            return usd_format_exact(None)
-        return usd_format_exact(obj.cost_usd)
+        return obj.cost_text
 
 
 @admin.register(CallLog)

@@ -57,7 +57,7 @@ from .money import usd_format_beside, usd_format_exact
 from .periods import period_containing, utc_window_for_days, zone
 from .selectors import (
     budget_list_active,
-    budget_period_spend,
+    budget_period_usage,
     budget_scope_filter,
     percent_text,
     provider_error_rates,
@@ -233,6 +233,18 @@ def _budget_message(budget: Budget, period, percent: int, spend: Decimal) -> str
     return text
 
 
+def _unpriced_note(unpriced: int) -> str:
+    """What a budget alert adds when requests in its scope and period have no known
+    price: their cost is not in the spend, which is then less than what was spent."""
+    if not unpriced:
+        return ""
+    return (
+        f" {unpriced} request{pluralize(unpriced)} in its scope "
+        f"{pluralize(unpriced, 'has,have')} no known price and "
+        f"{pluralize(unpriced, 'is,are')} not counted in the spend."
+    )
+
+
 def _reset_text(period) -> str:
     """When the period ends, in the tenant's time zone the period is counted in."""
     end = period.end.astimezone(zone(period.timezone_name))
@@ -339,7 +351,7 @@ def _budget_thresholds_check(*, budget: Budget, now: datetime, lookback) -> list
         )
     }
     spends = [
-        (period, budget_period_spend(budget=budget, period=period)) for period in periods.values()
+        (period, *budget_period_usage(budget=budget, period=period)) for period in periods.values()
     ]
     # Read after the spend: a change of zone that the spend may already count
     # in part is stored with its request, removed once every day is recounted.
@@ -347,7 +359,7 @@ def _budget_thresholds_check(*, budget: Budget, now: datetime, lookback) -> list
         # Until the recount is done the tenant's days are counted in two zones,
         # some hours twice; the recount's own check follows it.
         return created
-    for period, spend in spends:
+    for period, spend, unpriced in spends:
         crossed = [p for p in percentages if spend * 100 >= budget.limit_usd * p]
         # A blocking budget refuses a call whose worst case does not fit, so it
         # can refuse every call from, say, 95 % on: its 100 % alert says so then.
@@ -371,6 +383,7 @@ def _budget_thresholds_check(*, budget: Budget, now: datetime, lookback) -> list
                 message = _budget_refusing_message(budget, period, spend)
             else:
                 message = _budget_message(budget, period, percent, spend)
+            message += _unpriced_note(unpriced)
             alert = _alert_create(
                 now=now,
                 tenant_id=budget.tenant_id,
@@ -535,8 +548,9 @@ def unpriced_usage_check(*, now: datetime) -> list[CostAlert]:
                 f"{row['tenant__name']}: {row['requests']} request{pluralize(row['requests'])} to "
                 f"model “{row['model']}” on “{provider}” since {row['first_day']} "
                 f"{pluralize(row['requests'], 'has,have')} no known price, so "
-                f"{pluralize(row['requests'], 'its,their')} cost is unknown (shown as unpriced, "
-                "not $0). Add a model price for it."
+                f"{pluralize(row['requests'], 'its,their')} cost is unknown: costs shown leave "
+                f"{pluralize(row['requests'], 'it,them')} out (counted as unpriced, not as $0), "
+                "and so do budgets. Add a model price for it."
             ),
             emails=emails,
             webhooks=webhooks,

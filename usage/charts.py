@@ -41,12 +41,22 @@ def _labelled_days(count: int) -> set[int]:
     return {i for i in range(0, count, step) if i == 0 or last - i >= step / 2} | {last}
 
 
-def daily_cost_chart(
-    days: Sequence[tuple[date, Decimal | None, int]], *, height: int = 220
-) -> SafeString:
-    """Columns of cost per day; each column's tooltip gives the day, cost and requests.
+def _figures(cost: Decimal | None, requests: int, unpriced: int) -> str:
+    """A tooltip's exact cost and requests, naming the unpriced ones a cost leaves out:
+    "$0.50 (10 requests, 2 unpriced: not in the cost)"."""
+    text = f"{usd_format_exact(cost)} ({requests} request{pluralize(requests)}"
+    if unpriced and cost is not None:
+        text += f", {unpriced} unpriced: not in the cost"
+    return text + ")"
 
-    A cost of None (only unpriced usage) draws no column and says "unpriced".
+
+def daily_cost_chart(
+    days: Sequence[tuple[date, Decimal | None, int, int]], *, height: int = 220
+) -> SafeString:
+    """Columns of cost per day (day, cost, requests, unpriced requests); each column's
+    tooltip gives the day, cost and requests, and the unpriced ones the cost leaves out.
+
+    A cost of None (unpriced usage, nothing priced) draws no column and says "unpriced".
     A period without a call is a sentence, as in spend_bars, not an empty plot;
     one whose calls cost nothing labels its axis "$0" once.
 
@@ -55,10 +65,10 @@ def daily_cost_chart(
     scaled, so labels keep their size on a narrow window. The axis labels are
     drawn in the padding left of the plot.
     """
-    if not any(requests for _, _, requests in days):
+    if not any(requests for _, _, requests, _ in days):
         return format_html('<p class="usage-empty">{}</p>', "No usage in this period.")
-    peak = max((cost or Decimal(0) for _, cost, _ in days), default=Decimal(0)) or Decimal(1)
-    peak_label = usd_format_brief(peak) if any(cost for _, cost, _ in days) else ""
+    peak = max((cost or Decimal(0) for _, cost, _, _ in days), default=Decimal(0)) or Decimal(1)
+    peak_label = usd_format_brief(peak) if any(cost for _, cost, _, _ in days) else ""
     # The axis labels end 6 px left of the plot: room for the widest, whatever
     # the amount ($12,345,678.90 would otherwise start outside the picture).
     left = max(64, _LABEL_CHAR_W * len(peak_label) + 12)
@@ -66,7 +76,7 @@ def daily_cost_chart(
     plot_h = height - bottom - top
     slot = 100 / max(len(days), 1)
     columns = []
-    for index, (day, cost, requests) in enumerate(days):
+    for index, (day, cost, requests, unpriced) in enumerate(days):
         bar_h = float((cost or Decimal(0)) / peak) * plot_h
         if cost:
             # A day with any cost stands clear of the axis line (1 px thick,
@@ -75,16 +85,14 @@ def daily_cost_chart(
         columns.append(
             format_html(
                 '<rect class="usage-bar" x="{}%" y="{}" width="{}%" height="{}" fill="{}">'
-                "<title>{}: {} ({} request{})</title></rect>",
+                "<title>{}: {}</title></rect>",
                 _n(index * slot + slot * 0.15),
                 _n(top + plot_h - bar_h),
                 _n(slot * 0.7),
                 _n(bar_h),
                 _BAR,
                 day.isoformat(),
-                usd_format_exact(cost),
-                requests,
-                pluralize(requests),
+                _figures(cost, requests, unpriced),
             )
         )
     labelled = _labelled_days(len(days))
@@ -93,7 +101,7 @@ def daily_cost_chart(
         '<text x="{}%" y="{}" font-size="10" text-anchor="middle">{}</text>',
         (
             (_n(index * slot + slot / 2), height - 8, day.strftime("%m-%d"))
-            for index, (day, _, _) in enumerate(days)
+            for index, (day, _, _, _) in enumerate(days)
             if index in labelled
         ),
     )
@@ -126,28 +134,29 @@ def daily_cost_chart(
     )
 
 
-def spend_bars(rows: Sequence[tuple[str, Decimal | None, int]], *, width: int = 360) -> SafeString:
-    """Horizontal bars of spend per label (provider, model, service or customer)."""
+def spend_bars(
+    rows: Sequence[tuple[str, Decimal | None, int, int]], *, width: int = 360
+) -> SafeString:
+    """Horizontal bars of spend per label (provider, model, service or customer): rows of
+    (label, cost, requests, unpriced requests), tooltips as the daily chart's."""
     if not rows:
         return format_html('<p class="usage-empty">{}</p>', "No usage in this period.")
     row_h, label_w, value_w = 22, 130, 80
-    peak = max((cost or Decimal(0) for _, cost, _ in rows), default=Decimal(0)) or Decimal(1)
+    peak = max((cost or Decimal(0) for _, cost, _, _ in rows), default=Decimal(0)) or Decimal(1)
     track_w = width - label_w - value_w
     parts = []
-    for index, (label, cost, requests) in enumerate(rows):
+    for index, (label, cost, requests, unpriced) in enumerate(rows):
         y = index * row_h
         bar_w = float((cost or Decimal(0)) / peak) * track_w
         short = label if len(label) <= 20 else f"{label[:19]}…"
         parts.append(
             format_html(
-                "<g><title>{}: {} ({} request{})</title>"
+                "<g><title>{}: {}</title>"
                 '<text x="0" y="{}" font-size="11">{}</text>'
                 '<rect class="usage-bar" x="{}" y="{}" width="{}" height="14" fill="{}"/>'
                 '<text x="{}" y="{}" font-size="11" text-anchor="end">{}</text></g>',
                 label,
-                usd_format_exact(cost),
-                requests,
-                pluralize(requests),
+                _figures(cost, requests, unpriced),
                 y + 15,
                 short,
                 label_w,

@@ -17,7 +17,7 @@ from llm_providers.encryption import GuardedEncryptedTextField, UnreadableSecret
 from llm_providers.models import LockedDeleteModel, LockedDeleteQuerySet, ProviderConfig, Tenant
 from llm_providers.provider_types import ProviderType
 
-from .money import usd_format_exact
+from .money import priced_cost, usd_format_exact
 from .webhooks import webhook_url_validate
 
 
@@ -117,6 +117,11 @@ class DailyUsage(models.Model):
     one trigger per written row, and every row comes from a CallLog row that
     has the real constraints. A deleted provider config keeps its history here
     until its days are recomputed.
+
+    `cost_usd` sums the costs of the `priced_count` requests whose cost is
+    known ($0 included: cache hits, free models); the `unpriced_count`
+    requests whose model has no known price are not in it. A group with
+    unpriced requests and none priced has an unknown cost (`cost_known`), not $0.
     """
 
     tenant = models.ForeignKey(
@@ -148,6 +153,11 @@ class DailyUsage(models.Model):
     unpriced_count = models.PositiveIntegerField(
         default=0, help_text="Requests whose model has no known price (cost unknown, not $0)."
     )
+    priced_count = models.PositiveIntegerField(
+        default=0,
+        help_text="Requests with a known cost, $0 included (cache hits, free models): "
+        "the ones cost_usd sums.",
+    )
     estimated_count = models.PositiveIntegerField(
         default=0, help_text="Requests whose usage was estimated (e.g. a broken stream)."
     )
@@ -175,6 +185,7 @@ class DailyUsage(models.Model):
         "blocked_count",
         "cached_count",
         "unpriced_count",
+        "priced_count",
         "estimated_count",
         "input_tokens",
         "output_tokens",
@@ -220,7 +231,23 @@ class DailyUsage(models.Model):
         service = f"service {self.service_name}" if self.service_name else "no service"
         customer = f"customer {self.customer_id}" if self.customer_id else "no customer"
         model = self.model or "no model"
-        return f"{self.day} {model}, {service}, {customer}: {usd_format_exact(self.cost_usd)}"
+        return f"{self.day} {model}, {service}, {customer}: {self.cost_text}"
+
+    @property
+    def cost_known(self) -> Decimal | None:
+        """The cost of the priced requests; None (unknown, not $0) when there are
+        unpriced requests and none priced."""
+        return priced_cost(self.cost_usd, priced=self.priced_count, unpriced=self.unpriced_count)
+
+    @property
+    def cost_text(self) -> str:
+        """The cost exactly, saying how many unpriced requests it leaves out:
+        "$0.42", "$0.42 (2 unpriced requests not included)", "unpriced"."""
+        text = usd_format_exact(self.cost_known)
+        unpriced = self.unpriced_count
+        if unpriced and self.cost_known is not None:
+            text += f" ({unpriced} unpriced request{'' if unpriced == 1 else 's'} not included)"
+        return text
 
     @property
     def average_latency_ms(self) -> int:

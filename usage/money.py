@@ -1,4 +1,5 @@
-"""USD amounts: integer nano-dollars for counters, and how amounts are written for people."""
+"""USD amounts: integer nano-dollars for counters, what a sum of costs says when some
+requests were unpriced, and how amounts are written for people."""
 
 from __future__ import annotations
 
@@ -36,6 +37,21 @@ def usd_to_nano_and_pico(amount: Decimal | None) -> tuple[int, int]:
 
 def nano_to_usd(nano: int) -> Decimal:
     return Decimal(nano) / _NANO
+
+
+def priced_cost(
+    cost: Decimal | None, *, priced: int | None, unpriced: int | None
+) -> Decimal | None:
+    """What a sum of requests' costs says: the cost of the priced ones, exact ($0
+    when they cost nothing), or None when none was priced and some were not (the
+    cost is unknown, not $0).
+
+    `priced` counts the requests with a known cost, $0 included; `unpriced`
+    those whose model has no known price, which `cost` leaves out.
+    """
+    if unpriced and not priced:
+        return None
+    return Decimal(cost) if cost is not None else Decimal(0)
 
 
 def usd_format(amount: Decimal | None) -> str:

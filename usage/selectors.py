@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import ROUND_DOWN, Decimal
+from typing import NamedTuple
 
 from django.conf import settings
 from django.db.models import (
@@ -34,6 +35,7 @@ from llm_providers.exceptions import CALL_INTERRUPTED_CODE
 from llm_providers.models import ProviderConfig, Tenant
 
 from .models import AggregationState, Budget, CallLog, CostAlert, DailyUsage
+from .money import priced_cost
 from .periods import Period, local_date, period_containing, utc_window_for_days, zone
 
 ZERO = Decimal(0)
@@ -125,6 +127,8 @@ def call_log_daily_groups(*, windows: Sequence[DayWindow]) -> QuerySet:
                 "pk",
                 filter=Q(cost_usd__isnull=True, price_source=CallLog.PriceSource.UNKNOWN),
             ),
+            # COUNT(cost_usd): the rows with a cost, $0 included (cache hits, free models).
+            v_priced_count=Count("cost_usd"),
             v_estimated_count=Count("pk", filter=Q(usage_estimated=True)),
             v_input_tokens=_sum("input_tokens"),
             v_output_tokens=_sum("output_tokens"),
@@ -161,16 +165,26 @@ def budget_scope_filter(budget: Budget) -> Q:
     return condition
 
 
-def budget_period_spend(*, budget: Budget, period: Period) -> Decimal:
+class BudgetPeriodUsage(NamedTuple):
+    """A budget's settled spend in a period, and the requests in its scope left out of
+    it because their model has no known price."""
+
+    spend_usd: Decimal
+    unpriced_requests: int
+
+
+def budget_period_usage(*, budget: Budget, period: Period) -> BudgetPeriodUsage:
     """Settled spend of a budget in a period, from DailyUsage (as of the last aggregation)."""
-    spent = (
+    sums = (
         DailyUsage.objects.filter(
             tenant_id=budget.tenant_id, day__gte=period.first_day, day__lte=period.last_day
         )
         .filter(budget_scope_filter(budget))
-        .aggregate(total=Sum("cost_usd"))["total"]
+        .aggregate(spend=Sum("cost_usd"), unpriced=Sum("unpriced_count"))
     )
-    return spent or ZERO
+    return BudgetPeriodUsage(
+        spend_usd=sums["spend"] or ZERO, unpriced_requests=sums["unpriced"] or 0
+    )
 
 
 def budget_list_active(*, tenant: Tenant | None = None) -> QuerySet[Budget]:
@@ -189,6 +203,8 @@ class BudgetStatus:
     period: Period
     spend_usd: Decimal
     percent: float
+    # Requests in the budget's scope and period whose model has no known price: not in the spend.
+    unpriced_requests: int = 0
 
     @property
     def over(self) -> bool:
@@ -236,19 +252,22 @@ class Dashboard:
     tenant: Tenant
     first_day: date
     last_day: date
-    # Costs are None where all the usage is unpriced: unknown, not $0.
-    daily: list[tuple[date, Decimal | None, int]]
+    # (day or label, cost, requests, unpriced requests): the cost is that of the
+    # priced requests ($0 included), None when there are unpriced requests and
+    # none priced (unknown, not $0); the unpriced ones are never in it.
+    daily: list[tuple[date, Decimal | None, int, int]]
     total_cost: Decimal | None
+    total_unpriced: int
     # Every attempt; of them, the failed ones, those refused before a provider
     # (budget or rate limit) and the response-cache hits.
     total_requests: int
     total_errors: int
     total_blocked: int
     total_cached: int
-    by_provider: list[tuple[str, Decimal | None, int]]
-    by_model: list[tuple[str, Decimal | None, int]]
-    by_service: list[tuple[str, Decimal | None, int]]
-    by_customer: list[tuple[str, Decimal | None, int]]
+    by_provider: list[tuple[str, Decimal | None, int, int]]
+    by_model: list[tuple[str, Decimal | None, int, int]]
+    by_service: list[tuple[str, Decimal | None, int, int]]
+    by_customer: list[tuple[str, Decimal | None, int, int]]
     budgets: list[BudgetStatus]
     alerts: list[CostAlert]
     unpriced: list[tuple[str, str, int]]
@@ -329,24 +348,32 @@ def provider_error_rates(
     return [(r["tenant_id"], r["provider_config_id"], r["total"], r["errors"]) for r in rows]
 
 
-def _known_cost(row: dict) -> Decimal | None:
-    """The summed cost of a dashboard row, None when it is only unpriced usage (as in the API)."""
-    cost = row["cost"] or ZERO
-    return None if row["unpriced"] and not cost else cost
+# What the dashboard sums of DailyUsage per day and per group.
+_DASHBOARD_SUMS = {
+    "cost": Sum("cost_usd"),
+    "requests": Sum("request_count"),
+    "priced": Sum("priced_count"),
+    "unpriced": Sum("unpriced_count"),
+}
+
+
+def _spend_row(label, row: dict) -> tuple:
+    """(label, cost, requests, unpriced requests) of summed DailyUsage, the cost as in the API."""
+    cost = priced_cost(row["cost"], priced=row["priced"], unpriced=row["unpriced"])
+    return (label, cost, row["requests"] or 0, row["unpriced"] or 0)
 
 
 def _breakdown(
     rows: list[tuple[str, dict]], totals: dict, others: int
-) -> list[tuple[str, Decimal | None, int]]:
+) -> list[tuple[str, Decimal | None, int, int]]:
     """A breakdown's listed rows, then one row for the `others` groups not listed,
     so that the rows add up to the totals."""
-    listed = [(label, _known_cost(r), r["requests"]) for label, r in rows]
+    listed = [_spend_row(label, r) for label, r in rows]
     if others:
         rest = {
-            key: (totals[key] or 0) - sum(r[key] or 0 for _, r in rows)
-            for key in ("cost", "requests", "unpriced")
+            key: (totals[key] or 0) - sum(r[key] or 0 for _, r in rows) for key in _DASHBOARD_SUMS
         }
-        listed.append((f"({others} other{pluralize(others)})", _known_cost(rest), rest["requests"]))
+        listed.append(_spend_row(f"({others} other{pluralize(others)})", rest))
     return listed
 
 
@@ -358,34 +385,24 @@ def usage_dashboard(*, tenant: Tenant, now: datetime | None = None, days: int = 
     usage = DailyUsage.objects.filter(tenant=tenant, day__gte=first_day, day__lte=last_day)
 
     per_day = {
-        row["day"]: (_known_cost(row), row["requests"])
-        for row in usage.order_by()
-        .values("day")
-        .annotate(
-            cost=Sum("cost_usd"), requests=Sum("request_count"), unpriced=Sum("unpriced_count")
-        )
+        row["day"]: _spend_row(row["day"], row)
+        for row in usage.order_by().values("day").annotate(**_DASHBOARD_SUMS)
     }
     daily = [
-        (first_day + timedelta(days=i), *per_day.get(first_day + timedelta(days=i), (ZERO, 0)))
-        for i in range(days)
+        per_day.get(day, (day, ZERO, 0, 0))
+        for day in (first_day + timedelta(days=i) for i in range(days))
     ]
     totals = usage.aggregate(
-        cost=Sum("cost_usd"),
-        requests=Sum("request_count"),
+        **_DASHBOARD_SUMS,
         errors=Sum("error_count"),
         blocked=Sum("blocked_count"),
         cached=Sum("cached_count"),
-        unpriced=Sum("unpriced_count"),
     )
     names = dict(ProviderConfig.objects.filter(tenant=tenant).values_list("pk", "name"))
 
-    def top(label, *fields: str) -> list[tuple[str, Decimal | None, int]]:
+    def top(label, *fields: str) -> list[tuple[str, Decimal | None, int, int]]:
         groups = usage.order_by().values(*fields)
-        found = list(
-            groups.annotate(
-                cost=Sum("cost_usd"), requests=Sum("request_count"), unpriced=Sum("unpriced_count")
-            ).order_by("-cost", "-requests")[: _TOP + 1]
-        )
+        found = list(groups.annotate(**_DASHBOARD_SUMS).order_by("-cost", "-requests")[: _TOP + 1])
         rows = [(label(r), r) for r in found[:_TOP]]
         others = groups.distinct().count() - _TOP if len(found) > _TOP else 0
         return _breakdown(rows, totals, others)
@@ -397,15 +414,10 @@ def usage_dashboard(*, tenant: Tenant, now: datetime | None = None, days: int = 
         usage.annotate(k_type=_provider_group_type())
         .order_by()
         .values("provider_config_id", "k_type")
-        .annotate(
-            cost=Sum("cost_usd"),
-            requests=Sum("request_count"),
-            unpriced=Sum("unpriced_count"),
-            type=Max("provider_type"),
-        )
+        .annotate(**_DASHBOARD_SUMS, type=Max("provider_type"))
     ):
         label = _provider_label(r["provider_config_id"], r["type"], names)
-        merged = per_provider.setdefault(label, {"cost": ZERO, "requests": 0, "unpriced": 0})
+        merged = per_provider.setdefault(label, dict.fromkeys(_DASHBOARD_SUMS, 0))
         for key in merged:
             merged[key] += r[key] or 0
     providers = sorted(
@@ -419,9 +431,17 @@ def usage_dashboard(*, tenant: Tenant, now: datetime | None = None, days: int = 
     budgets = []
     for budget in budget_list_active(tenant=tenant):
         period = period_containing(budget.period, now, tenant.timezone)
-        spend = budget_period_spend(budget=budget, period=period)
+        spend, unpriced = budget_period_usage(budget=budget, period=period)
         percent = float(spend / budget.limit_usd * 100) if budget.limit_usd else 0.0
-        budgets.append(BudgetStatus(budget=budget, period=period, spend_usd=spend, percent=percent))
+        budgets.append(
+            BudgetStatus(
+                budget=budget,
+                period=period,
+                spend_usd=spend,
+                percent=percent,
+                unpriced_requests=unpriced,
+            )
+        )
 
     alerts = list(
         CostAlert.objects.filter(tenant=tenant)
@@ -463,7 +483,10 @@ def usage_dashboard(*, tenant: Tenant, now: datetime | None = None, days: int = 
         first_day=first_day,
         last_day=last_day,
         daily=daily,
-        total_cost=_known_cost(totals),
+        total_cost=priced_cost(
+            totals["cost"], priced=totals["priced"], unpriced=totals["unpriced"]
+        ),
+        total_unpriced=totals["unpriced"] or 0,
         total_requests=totals["requests"] or 0,
         total_errors=totals["errors"] or 0,
         total_blocked=totals["blocked"] or 0,
@@ -491,6 +514,7 @@ _REPORT_SUMS = {
     "blocked": "blocked_count",
     "cached": "cached_count",
     "unpriced_requests": "unpriced_count",
+    "priced_requests": "priced_count",
     "input_tokens": "input_tokens",
     "output_tokens": "output_tokens",
     "cache_read_tokens": "cache_read_tokens",
@@ -560,17 +584,22 @@ def _raw_total(rows: Sequence[dict]) -> dict:
     return total
 
 
+# Summed to compute figures, not shown themselves.
+_REPORT_HIDDEN = ("priced_requests", "latency_ms_sum")
+
+
 def usage_figures(raw: dict) -> dict:
     """What a report shows of summed DailyUsage values.
 
-    `cost_usd` is the cost of the priced requests; `unpriced_requests` says
-    how many requests it leaves out because their model has no known price.
-    It is None when there are unpriced requests and nothing priced: the
-    cost is unknown, not $0.
+    `cost_usd` is the exact cost of the priced requests, $0 included (cache
+    hits, free models); `unpriced_requests` says how many requests it leaves
+    out because their model has no known price. It is None when there are
+    unpriced requests and none priced: the cost is unknown, not $0.
     """
-    figures = {key: raw[key] for key in _REPORT_SUMS if key != "latency_ms_sum"}
-    cost = raw[_REPORT_COST]
-    figures["cost_usd"] = None if raw["unpriced_requests"] and not cost else cost
+    figures = {key: raw[key] for key in _REPORT_SUMS if key not in _REPORT_HIDDEN}
+    figures["cost_usd"] = priced_cost(
+        raw[_REPORT_COST], priced=raw["priced_requests"], unpriced=raw["unpriced_requests"]
+    )
     requests = raw["requests"]
     figures["average_latency_ms"] = raw["latency_ms_sum"] // requests if requests else 0
     return figures

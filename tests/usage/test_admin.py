@@ -26,6 +26,7 @@ from tests.factories import (
     TenantMembershipFactory,
     UserFactory,
 )
+from tests.usage.priced_groups import priced_groups_log
 from usage.admin import BudgetAdmin
 from usage.aggregation import daily_usage_recompute
 from usage.alerts import alert_delivery_attempt, alerts_check
@@ -859,6 +860,92 @@ def test_daily_usage_list_shows_unpriced_usage_as_unpriced_not_zero_dollars(clie
     (row,) = re.findall(r"<tr>(?:(?!</?tr>).)*mystery-7b(?:(?!</tr>).)*</tr>", html, re.S)
     assert '<td class="field-cost">unpriced</td>' in row
     assert "$0.00" not in row
+
+
+@pytest.mark.django_db
+def test_daily_usage_list_and_pages_cost_the_priced_requests_and_count_the_unpriced_apart(client):
+    # given four models' days: all priced at $0, $0 beside unpriced, priced
+    # beside unpriced, and unpriced only
+    tenant = TenantFactory()
+    config = ProviderConfigFactory(tenant=tenant)
+    priced_groups_log(tenant, config, timezone.now() - dt.timedelta(minutes=1))
+    _aggregate_today()
+    client.force_login(_member(tenant))
+
+    # when the daily usage list and each row's page are opened
+    html = client.get(reverse("admin:usage_dailyusage_changelist")).content.decode()
+    rows = {}
+    for row in re.findall(r"<tr>(?:(?!</?tr>).)*</tr>", html, re.S):
+        model = re.search(r'<td class="field-model">([^<]*)</td>', row)
+        if model:
+            rows[model.group(1)] = (
+                re.search(r'<td class="field-cost">([^<]*)</td>', row).group(1),
+                re.search(r'<td class="field-unpriced_count">([^<]*)</td>', row).group(1),
+            )
+    pages = {
+        usage.model: client.get(
+            reverse("admin:usage_dailyusage_change", args=[usage.pk])
+        ).content.decode()
+        for usage in DailyUsage.objects.filter(tenant=tenant)
+    }
+
+    # then the cost is the priced requests' ($0 is known, not unknown), unknown
+    # only where none was priced, and the unpriced ones are counted beside it
+    assert rows == {
+        "free": ("$0.00", "0"),
+        "zero-and-unpriced": ("$0.00", "2"),
+        "paid-and-unpriced": ("$0.000123", "1"),
+        "unpriced": ("unpriced", "2"),
+    }
+    shown = {model: _readonly_values(page) for model, page in pages.items()}
+    assert {model: (v["Cost (USD)"], v["Priced count"]) for model, v in shown.items()} == {
+        "free": ("$0.00", "3"),
+        "zero-and-unpriced": ("$0.00 (2 unpriced requests not included)", "1"),
+        "paid-and-unpriced": ("$0.00012345679 (1 unpriced request not included)", "2"),
+        "unpriced": ("unpriced", "0"),
+    }
+    # and so does each page's title
+    assert ": $0.00 (2 unpriced requests not included)</h2>" in pages["zero-and-unpriced"]
+    assert "service unpriced, customer acme: unpriced</h2>" in pages["unpriced"]
+
+
+@pytest.mark.django_db
+def test_dashboard_costs_the_priced_requests_and_names_the_unpriced_ones_left_out(client):
+    # given four models' days: all priced at $0, $0 beside unpriced, priced
+    # beside unpriced, and unpriced only (yesterday), and a daily budget
+    tenant = TenantFactory(name="Acme")
+    config = ProviderConfigFactory(tenant=tenant, name="openai-main")
+    now = timezone.now() - dt.timedelta(minutes=1)
+    priced_groups_log(tenant, config, now)
+    BudgetFactory(tenant=tenant, name="Daily", period=Budget.Period.DAILY)
+    _aggregate_today()
+    client.force_login(_member(tenant))
+
+    # when the dashboard is opened
+    response = client.get(reverse("admin:usage_usagedashboard_tenant", args=[tenant.pk]))
+
+    # then the total, the days, the breakdowns and the budget's spend are those of
+    # the priced requests, each saying how many unpriced ones it leaves out
+    html = response.content.decode()
+    assert (
+        '<strong title="$0.00012345679">&lt; $0.01</strong> spent on priced requests, '
+        "<strong>5</strong> unpriced requests not included"
+    ) in html
+    today = now.date()
+    yesterday = today - dt.timedelta(days=1)
+    assert f"<title>{yesterday}: unpriced (3 requests)</title>" in html
+    assert (
+        f"<title>{today}: $0.00012345679 (10 requests, 3 unpriced: not in the cost)</title>"
+    ) in html
+    assert "<title>free: $0.00 (3 requests)</title>" in html
+    assert "<title>zero-and-unpriced: $0.00 (4 requests, 2 unpriced: not in the cost)</title>" in (
+        html
+    )
+    assert (
+        "<title>paid-and-unpriced: $0.00012345679 (3 requests, 1 unpriced: not in the cost)</title>"
+    ) in html
+    assert "<title>unpriced: unpriced (3 requests)</title>" in html
+    assert "(3 unpriced requests not counted)" in html
 
 
 @pytest.mark.django_db

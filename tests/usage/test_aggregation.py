@@ -20,6 +20,7 @@ from tests.factories import (
     ProviderConfigFactory,
     TenantFactory,
 )
+from tests.usage.priced_groups import EARLIER, EXPECTED, priced_groups_log
 from usage.aggregation import (
     UsageRangeError,
     daily_usage_recompute,
@@ -139,7 +140,33 @@ def test_recompute_sums_match_call_logs_to_the_micro_dollar():
     assert (row.cache_read_tokens, row.cache_write_tokens) == (sums["cr"], sums["cw"])
     assert row.latency_ms_sum == sums["lat"]
     assert (row.request_count, row.error_count, row.cached_count) == (20, 7, 6)
-    assert (row.unpriced_count, row.estimated_count) == (4, 3)
+    assert (row.unpriced_count, row.priced_count, row.estimated_count) == (4, 16, 3)
+
+
+@pytest.mark.django_db
+def test_recompute_counts_priced_requests_apart_from_unpriced_ones():
+    # given four models' calls: all priced at $0, $0 beside unpriced, priced
+    # beside unpriced, and unpriced only (a day earlier)
+    tenant = TenantFactory()
+    config = ProviderConfigFactory(tenant=tenant)
+    priced_groups_log(tenant, config, NOW)
+
+    # when their days are recomputed (twice: the second run finds nothing to change)
+    first = _recompute(first=DAY - dt.timedelta(days=1))
+    second = _recompute(first=DAY - dt.timedelta(days=1))
+
+    # then each group counts its priced and unpriced requests apart, and sums
+    # the costs of the priced ones exactly
+    rows = {
+        row.model: (
+            row.request_count, row.error_count, row.blocked_count, row.cached_count,
+            row.priced_count, row.unpriced_count, row.cost_usd, row.cost_known,
+        )
+        for row in DailyUsage.objects.filter(tenant=tenant)
+    }  # fmt: skip
+    assert rows == EXPECTED
+    assert DailyUsage.objects.get(model=EARLIER).day == DAY - dt.timedelta(days=1)
+    assert (first.written, second.written, second.removed) == (4, 0, 0)
 
 
 @pytest.mark.django_db
@@ -724,6 +751,7 @@ def _call_log_sums(logs, zones):
         values["unpriced_count"] += (
             log.cost_usd is None and log.price_source == CallLog.PriceSource.UNKNOWN
         )
+        values["priced_count"] += log.cost_usd is not None
         values["estimated_count"] += log.usage_estimated
         for name in ("input", "output", "cache_read", "cache_write", "reasoning"):
             values[f"{name}_tokens"] += getattr(log, f"{name}_tokens")

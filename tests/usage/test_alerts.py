@@ -93,6 +93,32 @@ def test_threshold_check_creates_one_alert_per_crossed_percent():
 
 
 @pytest.mark.django_db
+def test_threshold_alert_says_how_many_requests_in_its_scope_are_unpriced_and_not_counted():
+    # given a $10 budget of the "chat" service with $5 spent, beside two calls of
+    # the service to a model with no known price, and one of another service
+    tenant = TenantFactory(name="Acme")
+    BudgetFactory(tenant=tenant, name="Chat", service_name="chat", alert_percentages=[50])
+    _spend(tenant, "5.00", service_name="chat")
+    for service in ("chat", "chat", "search"):
+        _spend(tenant, "0", service_name=service, model_requested="mystery-7b")
+    CallLog.objects.filter(model_requested="mystery-7b").update(
+        cost_usd=None, price_source=CallLog.PriceSource.UNKNOWN
+    )
+    _aggregate()
+
+    # when
+    (alert,) = budget_thresholds_check(now=NOW)
+
+    # then the spend is the priced calls', and the alert says it leaves two out
+    assert alert.spend_usd == Decimal("5")
+    assert alert.message == (
+        "Acme: budget “Chat” (service chat, monthly 2026-06) has reached 50% of its $10.00 "
+        "limit: $5.00 spent. 2 requests in its scope have no known price and are not "
+        "counted in the spend."
+    )
+
+
+@pytest.mark.django_db
 @pytest.mark.parametrize(
     ("limit", "spent", "percent", "shown"),
     [
@@ -781,6 +807,60 @@ def test_webhook_delivery_is_retried_with_backoff_after_receiver_failed(
 
 
 @pytest.mark.django_db
+def test_failed_attempt_clears_its_claim_and_the_retry_delivers_the_alert_once(
+    httpserver, allow_private_urls, monkeypatch
+):
+    # given a budget alert to a webhook receiver that fails once, then accepts
+    receiver = _FlakyReceiver(httpserver, failures=1)
+    tenant = TenantFactory(name="Acme")
+    BudgetFactory(tenant=tenant, alert_percentages=[50], alert_emails="", webhook_url=receiver.url)
+    _spend(tenant, "5.00")
+    _aggregate()
+    (alert,) = budget_thresholds_check(now=NOW)
+    delivery = alert.deliveries.get()
+    # and the claim token each attempt holds in the database while it sends
+    import usage.alerts
+
+    send, claims = usage.alerts._send, []
+
+    def send_recording_the_claim(sending):
+        claims.append(AlertDelivery.objects.values_list("claim", flat=True).get(pk=sending.pk))
+        return send(sending)
+
+    monkeypatch.setattr(usage.alerts, "_send", send_recording_the_claim)
+
+    # when the first attempt fails
+    failed = alert_delivery_attempt(delivery_id=delivery.pk, now=NOW)
+
+    # then it recorded its failure under its own claim, then cleared the token:
+    # the delivery waits for its retry held by no attempt
+    (first_claim,) = claims
+    assert isinstance(first_claim, uuid.UUID)
+    assert (failed.state, failed.attempts, failed.claim) == ("retrying", 1, None)
+    assert failed.last_error.endswith("answered HTTP 503.")
+    assert failed.next_attempt_at == NOW + dt.timedelta(seconds=60)
+    assert not AlertDelivery.objects.filter(claim=first_claim).exists()
+
+    # when the periodic run comes before the backoff, after it, and later again
+    assert alert_deliveries_send_due(now=NOW + dt.timedelta(seconds=30)) == 0
+    assert alert_deliveries_send_due(now=NOW + dt.timedelta(seconds=61)) == 1
+    assert alert_deliveries_send_due(now=NOW + dt.timedelta(hours=1)) == 0
+
+    # then the retry sent it under a claim of its own, once, and cleared that one too
+    assert len(claims) == 2 and claims[1] not in (None, first_claim)
+    delivery.refresh_from_db()
+    assert (delivery.state, delivery.attempts, delivery.last_error) == ("delivered", 2, "")
+    assert delivery.claim is None
+    assert [body["alert"]["id"] for body in receiver.bodies] == [alert.pk, alert.pk]
+    # and an admin's retry finds nothing left to send
+    assert alert_deliveries_retry(alerts=CostAlert.objects.filter(pk=alert.pk)) == (
+        DeliveriesRetried(queued=0, sending=0)
+    )
+    assert alert_deliveries_send_due(now=timezone.now()) == 0
+    assert len(receiver.bodies) == 2
+
+
+@pytest.mark.django_db
 def test_webhook_text_escapes_what_slack_would_read_as_markup(httpserver, allow_private_urls):
     # given a budget whose tenant and name hold "&", "<" and ">"
     receiver = _FlakyReceiver(httpserver, failures=0)
@@ -1290,8 +1370,8 @@ def test_unpriced_usage_alerts_once_per_model_and_month():
     assert alert.period_key == "2026-06"
     assert alert.message == (
         "Acme: 3 requests to model “mystery-7b” on “local-llm” since 2026-06-15 have no "
-        "known price, so their cost is unknown (shown as unpriced, not $0). Add a model "
-        "price for it."
+        "known price, so their cost is unknown: costs shown leave them out (counted as "
+        "unpriced, not as $0), and so do budgets. Add a model price for it."
     )
     assert alert.deliveries.get().target_label == "finance@example.com"
 

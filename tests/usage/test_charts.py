@@ -11,7 +11,7 @@ from usage.charts import budget_gauge, daily_cost_chart, spend_bars
 
 
 def test_daily_cost_chart_draws_one_column_per_day_with_its_cost():
-    days = [(dt.date(2026, 6, 1) + dt.timedelta(days=i), Decimal(i) / 10, i) for i in range(30)]
+    days = [(dt.date(2026, 6, 1) + dt.timedelta(days=i), Decimal(i) / 10, i, 0) for i in range(30)]
 
     svg = str(daily_cost_chart(days))
 
@@ -21,7 +21,7 @@ def test_daily_cost_chart_draws_one_column_per_day_with_its_cost():
 
 
 def test_spend_bars_escape_labels_that_carry_markup():
-    svg = str(spend_bars([("<script>alert(1)</script>", Decimal("2.5"), 3)]))
+    svg = str(spend_bars([("<script>alert(1)</script>", Decimal("2.5"), 3, 0)]))
 
     assert "<script>" not in svg
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in svg
@@ -43,7 +43,10 @@ def test_budget_gauge_turns_red_at_the_limit():
 
 
 def test_daily_cost_chart_labels_the_peak_in_cents_and_tooltips_the_exact_cost():
-    days = [(dt.date(2026, 6, 1), Decimal("0.591368123456"), 12), (dt.date(2026, 6, 2), None, 1)]
+    days = [
+        (dt.date(2026, 6, 1), Decimal("0.591368123456"), 12, 0),
+        (dt.date(2026, 6, 2), None, 1, 1),
+    ]
 
     svg = str(daily_cost_chart(days))
 
@@ -54,7 +57,7 @@ def test_daily_cost_chart_labels_the_peak_in_cents_and_tooltips_the_exact_cost()
 
 
 def test_spend_bars_label_in_cents_and_tooltip_the_exact_spend():
-    rows = [("support-bot", Decimal("0.361226"), 4), ("batch", Decimal("0.0004"), 1)]
+    rows = [("support-bot", Decimal("0.361226"), 4, 0), ("batch", Decimal("0.0004"), 1, 0)]
 
     svg = str(spend_bars(rows))
 
@@ -64,10 +67,10 @@ def test_spend_bars_label_in_cents_and_tooltip_the_exact_spend():
 
 
 def test_chart_shapes_carry_classes_the_dark_theme_recolours():
-    bars = str(spend_bars([("a", Decimal("1"), 1)]))
+    bars = str(spend_bars([("a", Decimal("1"), 1, 0)]))
     gauge = str(budget_gauge(40.0))
     over = str(budget_gauge(120.0))
-    daily = str(daily_cost_chart([(dt.date(2026, 6, 1), Decimal("1"), 1)]))
+    daily = str(daily_cost_chart([(dt.date(2026, 6, 1), Decimal("1"), 1, 0)]))
 
     assert 'class="usage-bar"' in bars and 'class="usage-bar"' in daily
     assert 'class="usage-axis"' in daily
@@ -76,7 +79,10 @@ def test_chart_shapes_carry_classes_the_dark_theme_recolours():
 
 
 def test_daily_cost_chart_keeps_a_peak_of_millions_inside_the_picture():
-    days = [(dt.date(2026, 6, 1), Decimal("12345678.9"), 3), (dt.date(2026, 6, 2), Decimal(0), 0)]
+    days = [
+        (dt.date(2026, 6, 1), Decimal("12345678.9"), 3, 0),
+        (dt.date(2026, 6, 2), Decimal(0), 0, 0),
+    ]
 
     svg = str(daily_cost_chart(days))
 
@@ -89,7 +95,7 @@ def test_daily_cost_chart_keeps_a_peak_of_millions_inside_the_picture():
 
 
 def test_daily_cost_chart_stretches_its_columns_but_never_its_labels():
-    days = [(dt.date(2026, 6, 1) + dt.timedelta(days=i), Decimal(i), i) for i in range(30)]
+    days = [(dt.date(2026, 6, 1) + dt.timedelta(days=i), Decimal(i), i, 0) for i in range(30)]
 
     svg = str(daily_cost_chart(days))
 
@@ -104,7 +110,10 @@ def test_daily_cost_chart_stretches_its_columns_but_never_its_labels():
 
 
 def test_daily_cost_chart_shows_a_tiny_day_above_the_axis_next_to_a_large_one():
-    days = [(dt.date(2026, 6, 1), Decimal("500"), 9), (dt.date(2026, 6, 2), Decimal("0.01"), 1)]
+    days = [
+        (dt.date(2026, 6, 1), Decimal("500"), 9, 0),
+        (dt.date(2026, 6, 2), Decimal("0.01"), 1, 0),
+    ]
 
     svg = str(daily_cost_chart(days))
 
@@ -120,7 +129,7 @@ def test_daily_cost_chart_shows_a_tiny_day_above_the_axis_next_to_a_large_one():
 @pytest.mark.parametrize("count", [1, 2, 7, 27, 30, 31, 90, 365])
 def test_daily_cost_chart_day_labels_stay_apart_however_many_days(count):
     first = dt.date(2026, 1, 1)
-    days = [(first + dt.timedelta(days=i), Decimal(i % 7), i + 1) for i in range(count)]
+    days = [(first + dt.timedelta(days=i), Decimal(i % 7), i + 1, 0) for i in range(count)]
 
     svg = ET.fromstring(str(daily_cost_chart(days)))
 
@@ -136,7 +145,7 @@ def test_daily_cost_chart_day_labels_stay_apart_however_many_days(count):
 
 
 def test_daily_cost_chart_of_a_period_without_calls_says_so_instead_of_an_empty_plot():
-    days = [(dt.date(2026, 6, 1) + dt.timedelta(days=i), Decimal(0), 0) for i in range(30)]
+    days = [(dt.date(2026, 6, 1) + dt.timedelta(days=i), Decimal(0), 0, 0) for i in range(30)]
 
     html = str(daily_cost_chart(days))
 
@@ -145,7 +154,7 @@ def test_daily_cost_chart_of_a_period_without_calls_says_so_instead_of_an_empty_
 
 def test_daily_cost_chart_of_free_calls_labels_its_axis_zero_once():
     # given calls that cost nothing (a free model) on one day
-    days = [(dt.date(2026, 6, 1), Decimal(0), 0), (dt.date(2026, 6, 2), Decimal(0), 3)]
+    days = [(dt.date(2026, 6, 1), Decimal(0), 0, 0), (dt.date(2026, 6, 2), Decimal(0), 3, 0)]
 
     svg = str(daily_cost_chart(days))
 
@@ -153,3 +162,18 @@ def test_daily_cost_chart_of_free_calls_labels_its_axis_zero_once():
     assert "<title>2026-06-02: $0.00 (3 requests)</title>" in svg
     axis_labels = re.findall(r'text-anchor="end">([^<]*)</text>', svg)
     assert axis_labels == ["$0"]
+
+
+def test_tooltips_name_the_unpriced_requests_a_known_cost_leaves_out():
+    # given a day and a model whose priced requests cost $0 beside unpriced ones,
+    # and a day and a model of unpriced requests alone
+    days = [(dt.date(2026, 6, 1), Decimal(0), 4, 2), (dt.date(2026, 6, 2), None, 3, 2)]
+    rows = [("local-7b", Decimal("0.25"), 3, 1), ("mystery-7b", None, 2, 2)]
+
+    daily, bars = str(daily_cost_chart(days)), str(spend_bars(rows))
+
+    # then the known cost is written, with the unpriced requests it leaves out
+    assert "<title>2026-06-01: $0.00 (4 requests, 2 unpriced: not in the cost)</title>" in daily
+    assert "<title>2026-06-02: unpriced (3 requests)</title>" in daily
+    assert "<title>local-7b: $0.25 (3 requests, 1 unpriced: not in the cost)</title>" in bars
+    assert "<title>mystery-7b: unpriced (2 requests)</title>" in bars

@@ -9,10 +9,17 @@ from decimal import Decimal
 import pytest
 from django.apps import apps
 
-from tests.factories import BudgetFactory, CallLogFactory, TenantFactory
+from tests.factories import (
+    BudgetFactory,
+    CallLogFactory,
+    DailyUsageFactory,
+    ProviderConfigFactory,
+    TenantFactory,
+)
+from tests.usage.priced_groups import EXPECTED, priced_groups_log
 from usage.aggregation import daily_usage_recompute
 from usage.alerts import budget_thresholds_check
-from usage.models import CostAlert
+from usage.models import CostAlert, DailyUsage
 
 pytestmark = pytest.mark.django_db
 
@@ -55,3 +62,42 @@ def test_budget_alert_stored_without_its_limit_takes_its_budgets_and_does_not_al
     assert list(CostAlert.objects.filter(budget=budget).values_list("percent", "limit_usd")) == [
         (50, Decimal("10"))
     ]
+
+
+def _priced_counts_fill():
+    migration = importlib.import_module("usage.migrations.0010_daily_usage_priced_count")
+    migration.priced_counts_fill(apps, None)
+
+
+def test_priced_counts_of_stored_days_come_from_their_figures_and_the_call_logs_kept():
+    # given four models' days aggregated (all priced at $0, $0 beside unpriced,
+    # priced beside unpriced with a charged failed attempt, unpriced only with
+    # one), and two days whose call logs are gone: $0.40 of 3 requests (1 failed,
+    # 1 unpriced), and $0.40 of 2 (1 failed, 1 unpriced: the $0.40 is the failure's)
+    tenant = TenantFactory()
+    config = ProviderConfigFactory(tenant=tenant)
+    priced_groups_log(tenant, config, NOW)
+    daily_usage_recompute(first_day=NOW.date() - dt.timedelta(days=1), last_day=NOW.date(), now=NOW)
+    for model, requests in (("gone", 3), ("gone-charged", 2)):
+        DailyUsageFactory(
+            tenant=tenant, provider_config=config, day=dt.date(2025, 1, 10), model=model,
+            request_count=requests, error_count=1, unpriced_count=1, cost_usd=Decimal("0.4"),
+        )  # fmt: skip
+    # stored before the column: no priced count
+    DailyUsage.objects.update(priced_count=0)
+
+    # when
+    _priced_counts_fill()
+
+    # then each day with its call logs counts its priced requests exactly (a
+    # recompute changes nothing), and those without count every request that
+    # neither failed nor was unpriced, at least one where the cost is not $0
+    assert dict(DailyUsage.objects.values_list("model", "priced_count")) == {
+        **{model: expected[4] for model, expected in EXPECTED.items()},
+        "gone": 1,
+        "gone-charged": 1,
+    }
+    recomputed = daily_usage_recompute(
+        first_day=NOW.date() - dt.timedelta(days=1), last_day=NOW.date(), now=NOW
+    )
+    assert (recomputed.written, recomputed.removed) == (0, 0)

@@ -18,6 +18,7 @@ def _raw(**values) -> dict:
         "blocked": 0,
         "cached": 0,
         "unpriced_requests": 0,
+        "priced_requests": 0,
         "input_tokens": 0,
         "output_tokens": 0,
         "cache_read_tokens": 0,
@@ -37,10 +38,31 @@ def test_figures_cost_is_none_when_only_unpriced_usage():
 
 def test_figures_cost_counts_priced_part_when_some_unpriced():
     figures = usage_figures(
-        _raw(requests=3, unpriced_requests=1, priced_cost_usd=Decimal("0.000001"))
+        _raw(
+            requests=3,
+            unpriced_requests=1,
+            priced_requests=2,
+            priced_cost_usd=Decimal("0.000001"),
+        )
     )
 
     assert (figures["cost_usd"], figures["unpriced_requests"]) == (Decimal("0.000001"), 1)
+
+
+def test_figures_cost_of_requests_priced_at_zero_beside_unpriced_ones_is_zero_not_unknown():
+    # given two requests priced at $0 (cache hits, a free model) and one unpriced
+    figures = usage_figures(_raw(requests=3, unpriced_requests=1, priced_requests=2))
+
+    # then the cost of the priced ones is known, $0, and the unpriced one is counted apart
+    assert (figures["cost_usd"], figures["unpriced_requests"]) == (Decimal(0), 1)
+    assert "priced_requests" not in figures
+
+
+def test_figures_cost_is_none_when_only_failed_calls_beside_unpriced_ones():
+    # given an unpriced answer and two failed attempts, which had nothing to price
+    figures = usage_figures(_raw(requests=3, errors=2, unpriced_requests=1))
+
+    assert (figures["cost_usd"], figures["unpriced_requests"]) == (None, 1)
 
 
 def test_figures_cost_is_zero_when_nothing_happened():
@@ -70,7 +92,7 @@ def test_dashboard_shows_a_config_once_after_its_type_changed():
 
     dashboard = usage_dashboard(tenant=tenant, now=now)
 
-    assert dashboard.by_provider == [("local", Decimal("0.25"), 8)]
+    assert dashboard.by_provider == [("local", Decimal("0.25"), 8, 0)]
 
 
 @pytest.mark.django_db
@@ -97,8 +119,8 @@ def test_dashboard_shows_a_deleted_config_as_one_deleted_row():
     dashboard = usage_dashboard(tenant=tenant, now=now)
 
     assert dashboard.by_provider == [
-        ("(deleted) openai", Decimal("0.6"), 5),
-        ("main", Decimal("0.5"), 9),
+        ("(deleted) openai", Decimal("0.6"), 5, 1),
+        ("main", Decimal("0.5"), 9, 0),
     ]
     assert dashboard.unpriced == [("(deleted) openai", "fake-small", 1)]
 
@@ -152,10 +174,11 @@ def test_dashboard_breakdowns_add_up_to_the_total_past_ten_rows():
     # add up to the totals to the micro-dollar
     for rows in (dashboard.by_customer, dashboard.by_model):
         assert len(rows) == 11
-        assert rows[-1] == ("(3 others)", Decimal("3.000003"), 8)
-        assert sum(cost for _, cost, _ in rows) == dashboard.total_cost == Decimal("78.000078")
-        assert sum(requests for _, _, requests in rows) == dashboard.total_requests == 83
-    assert dashboard.by_service == [("summarizer", Decimal("78.000078"), 83)]
+        assert rows[-1] == ("(3 others)", Decimal("3.000003"), 8, 5)
+        assert sum(cost for _, cost, _, _ in rows) == dashboard.total_cost == Decimal("78.000078")
+        assert sum(requests for _, _, requests, _ in rows) == dashboard.total_requests == 83
+    assert dashboard.by_service == [("summarizer", Decimal("78.000078"), 83, 5)]
+    assert dashboard.total_unpriced == 5
 
 
 @pytest.mark.django_db
@@ -172,4 +195,4 @@ def test_dashboard_breakdown_rest_of_unpriced_usage_only_reads_unpriced():
 
     dashboard = usage_dashboard(tenant=tenant, now=now)
 
-    assert dashboard.by_customer[-1] == ("(2 others)", None, 2)
+    assert dashboard.by_customer[-1] == ("(2 others)", None, 2, 2)

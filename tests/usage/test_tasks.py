@@ -277,7 +277,8 @@ def _expected_daily_usage(tenant):
             1, log.status == status.ERROR, log.status == status.BLOCKED,
             log.status == status.CACHED,
             log.cost_usd is None and log.price_source == CallLog.PriceSource.UNKNOWN,
-            log.usage_estimated, log.input_tokens, log.output_tokens, log.cache_read_tokens,
+            log.cost_usd is not None, log.usage_estimated, log.input_tokens, log.output_tokens,
+            log.cache_read_tokens,
             log.cache_write_tokens, log.reasoning_tokens, log.cost_usd or Decimal(0),
             log.latency_ms,
         )  # fmt: skip

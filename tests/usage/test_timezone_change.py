@@ -243,7 +243,7 @@ def test_reports_after_a_zone_change_in_the_admin_count_the_new_zones_days(
         sum(c for _, _, c in expected[-2:]),
     )
     dashboard = usage_dashboard(tenant=Tenant.objects.get(pk=tenant.pk), days=7)
-    assert [(str(day), requests, cost) for day, cost, requests in dashboard.daily] == expected
+    assert [(str(day), requests, cost) for day, cost, requests, _ in dashboard.daily] == expected
     # and DailyUsage holds exactly those days, nothing of the UTC ones
     stored = {
         row["day"]: (row["requests"], row["cost"])

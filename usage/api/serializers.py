@@ -248,8 +248,9 @@ class UsageFiguresSerializer(serializers.Serializer):
         max_digits=24,
         decimal_places=12,
         allow_null=True,
-        help_text="USD, exact, of the priced requests; null when there is unpriced usage and "
-        "nothing priced (the cost is unknown, not $0).",
+        help_text="USD, exact, of the priced requests ($0 included: cache hits, free models); "
+        "null only when there are unpriced requests and none priced (the cost is unknown, "
+        "not $0).",
     )
     average_latency_ms = _count("Mean latency per request, in milliseconds.")
 

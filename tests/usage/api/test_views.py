@@ -13,6 +13,7 @@ import pytest
 from django.contrib.admin.models import ADDITION, DELETION, LogEntry
 from django.utils import timezone
 
+from llm_providers.completion import complete
 from llm_providers.config_cache import config_version
 from tests.factories import (
     AlertDeliveryFactory,
@@ -22,6 +23,7 @@ from tests.factories import (
     DailyUsageFactory,
     ProviderConfigFactory,
 )
+from tests.usage.priced_groups import EXPECTED, priced_groups_log
 from usage.aggregation import daily_usage_recompute
 from usage.alerts import alert_delivery_attempt, alerts_check
 from usage.models import Budget, DailyUsage
@@ -482,6 +484,108 @@ def test_usage_cost_is_null_when_all_usage_is_unpriced(admin_api, tenant, config
         "0.500000000000",
         4,
     )
+
+
+def _cost_text(cost):
+    return None if cost is None else f"{cost:.12f}"
+
+
+def test_usage_reports_cost_priced_requests_exactly_and_unknown_only_when_none_was_priced(
+    viewer_api, tenant, config
+):
+    # given four models' calls, aggregated: all priced at $0, $0 beside unpriced,
+    # priced beside unpriced, and unpriced only (yesterday)
+    now = timezone.now()
+    priced_groups_log(tenant, config, now)
+    today = _today(tenant)
+    yesterday = today - timedelta(days=1)
+    daily_usage_recompute(first_day=yesterday, last_day=today, tenant=tenant, now=now)
+
+    def figures(item):
+        return (
+            item["requests"], item["errors"], item["blocked"], item["cached"],
+            item["unpriced_requests"], item["cost_usd"],
+        )  # fmt: skip
+
+    def expected(model):
+        requests, errors, blocked, cached, _, unpriced, _, cost = EXPECTED[model]
+        return (requests, errors, blocked, cached, unpriced, _cost_text(cost))
+
+    window = {"start": str(yesterday), "end": str(today)}
+
+    # when each report is read
+    by_model = viewer_api.get(f"{USAGE}by-model/", window).json()
+    by_service = viewer_api.get(f"{USAGE}by-service/", window).json()
+    by_provider = viewer_api.get(f"{USAGE}by-provider/", window).json()
+    by_customer = viewer_api.get(f"{USAGE}by-customer/", {**window, "limit": 1}).json()
+    daily = viewer_api.get(f"{USAGE}daily/", window).json()
+    summary = viewer_api.get(f"{USAGE}summary/", window).json()
+    earlier = viewer_api.get(f"{USAGE}summary/", {"start": str(yesterday), "end": str(yesterday)})
+    provider = viewer_api.get(f"/api/v1/providers/{config.pk}/usage/", window).json()
+
+    # then a group's cost is its priced requests' exact sum ($0 when they cost
+    # nothing, beside unpriced requests or not), null only when none was priced,
+    # and its unpriced requests are counted apart
+    order = ["paid-and-unpriced", "zero-and-unpriced", "free", "unpriced"]
+    assert [(g["model"], *figures(g)) for g in by_model["groups"]] == [
+        (model, *expected(model)) for model in order
+    ]
+    assert [(g["service_name"], *figures(g)) for g in by_service["groups"]] == [
+        (model, *expected(model)) for model in order
+    ]
+    assert [(m["model"], *figures(m)) for m in provider["models"]] == [
+        (model, *expected(model)) for model in order
+    ]
+    # every group together: the priced sum, and the 5 unpriced requests apart
+    everything = (13, 3, 1, 2, 5, "0.000123456790")
+    for body in (by_model, by_service, by_provider, by_customer, daily, summary, provider):
+        assert figures(body["totals"]) == everything
+    assert [(g["provider_name"], *figures(g)) for g in by_provider["groups"]] == [
+        ("fake-main", *everything)
+    ]
+    assert [(g["customer_id"], *figures(g)) for g in by_customer["groups"]] == [
+        ("acme", *everything)
+    ]
+    # a day of unpriced usage alone has an unknown cost; today's is the priced sum
+    assert [(d["day"], *figures(d)) for d in daily["days"]] == [
+        (str(yesterday), *expected("unpriced")),
+        (str(today), 10, 2, 0, 2, 3, "0.000123456790"),
+    ]
+    assert [(d["day"], d["cost_usd"]) for d in provider["days"]] == [
+        (str(yesterday), None),
+        (str(today), "0.000123456790"),
+    ]
+    assert figures(earlier.json()["totals"]) == expected("unpriced")
+
+
+def test_usage_cost_of_cache_hits_of_an_unpriced_model_is_zero_beside_its_unpriced_calls(
+    viewer_api, tenant
+):
+    # given a model with no known price, asked once and then served twice from
+    # the response cache (which costs nothing)
+    tenant.response_cache_ttl_seconds = 60
+    tenant.save()
+    ProviderConfigFactory(
+        tenant=tenant, name="fake-main", default_model="fake-large", is_default=True
+    )
+    hello = [{"role": "user", "content": "hi"}]
+    results = [complete(tenant=tenant, messages=hello) for _ in range(3)]
+    assert [(r.cached, r.cost_usd) for r in results] == [
+        (False, None),
+        (True, Decimal(0)),
+        (True, Decimal(0)),
+    ]
+    today = _today(tenant)
+    daily_usage_recompute(first_day=today, last_day=today, tenant=tenant)
+
+    # when its usage is read
+    body = viewer_api.get(f"{USAGE}by-model/", {"days": 1}).json()
+
+    # then the cache hits' cost is known, $0, and the unpriced call is counted apart
+    [group] = body["groups"]
+    assert (group["model"], group["requests"], group["cached"]) == ("fake-large", 3, 2)
+    assert (group["cost_usd"], group["unpriced_requests"]) == ("0.000000000000", 1)
+    assert body["totals"]["cost_usd"] == "0.000000000000"
 
 
 def test_usage_reports_roll_call_logs_up_first_when_nothing_runs_on_a_schedule(

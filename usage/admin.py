@@ -713,7 +713,7 @@ class CostAlertAdmin(TenantScopedAdmin):
     def retry_deliveries(self, request, queryset):
         skipped = 0
         if not request.user.is_superuser:
-            administered = queryset.filter(tenant_id__in=self._admin_tenant_ids(request))
+            administered = self.actionable_selection(request, queryset)
             skipped = queryset.count() - administered.count()
             queryset = administered
         if skipped:

@@ -19,7 +19,7 @@ from django.contrib.auth.models import Group
 from django.core.cache import cache
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import router, transaction
-from django.db.models import CASCADE, BooleanField, Case, Q, Value, When
+from django.db.models import CASCADE, Q
 from django.http import Http404, HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.defaultfilters import pluralize
 from django.template.response import TemplateResponse
@@ -717,24 +717,15 @@ class ModelPriceAdmin(TenantScopedAdmin):
         queryset = admin.ModelAdmin.get_queryset(self, request)
         if request.user.is_superuser:
             return queryset
-        administered = self._admin_tenant_ids(request)
-        return queryset.filter(
-            Q(tenant__in=self._visible_tenant_ids(request)) | Q(tenant__isnull=True)
-        ).annotate(
-            # What the list lets the user select: the prices they may delete.
-            deletable_here=Case(
-                When(tenant__in=administered, then=Value(True)),
-                default=Value(False),
-                output_field=BooleanField(),
-            )
+        # Global prices are listed too, without a checkbox: they are not of a
+        # tenant the user administers (`actionable_rows`), and only a superuser
+        # deletes them.
+        return self.actionable_annotate(
+            request,
+            queryset.filter(
+                Q(tenant__in=self._visible_tenant_ids(request)) | Q(tenant__isnull=True)
+            ),
         )
-
-    def action_checkbox(self, obj):
-        # A global price (or a viewed tenant's) is listed without a checkbox: the
-        # only action deletes, and a tenant admin cannot delete it.
-        if not getattr(obj, "deletable_here", True):
-            return ""
-        return super().action_checkbox(obj)
 
     def has_view_permission(self, request, obj=None):
         if obj is not None and obj.tenant_id is None:

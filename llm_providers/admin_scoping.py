@@ -5,7 +5,9 @@ a staff user with an *admin* membership may add, change and delete the
 tenant's objects; a *viewer* may only look; a superuser may do everything.
 Choices of tenants and of tenant-owned objects in forms are limited to the
 tenants the user administers, so a forged POST naming another tenant's id
-fails validation and nothing is saved.
+fails validation and nothing is saved. A list offers its actions on the rows
+the user may act on only (`actionable_rows`): the others are listed without
+a checkbox, and each action leaves them out of a forged selection too.
 """
 
 from __future__ import annotations
@@ -15,12 +17,16 @@ from django.contrib.admin import helpers
 from django.contrib.admin.actions import delete_selected
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.db.models import BooleanField, Case, Q, Value, When
 from django.http import Http404
 from django.template.defaultfilters import pluralize
 
 from .admin_display import provider_config_choices_labelled
 from .models import ProviderConfig, Tenant, TenantMembership
 from .selectors import tenant_ids_for_user
+
+# The annotation that marks, on a list's rows, those the user may act on.
+_ACTIONABLE = "actionable_here"
 
 
 def request_tenant_ids(request, *, role: str | None = None) -> set:
@@ -213,7 +219,8 @@ class TenantScopedAdmin(EditedFieldsAdmin, NulSafeAdmin):
         queryset = super().get_queryset(request)
         if request.user.is_superuser:
             return queryset
-        return queryset.filter(**{f"{self.tenant_path}__in": self._visible_tenant_ids(request)})
+        queryset = queryset.filter(**{f"{self.tenant_path}__in": self._visible_tenant_ids(request)})
+        return self.actionable_annotate(request, queryset)
 
     def has_module_permission(self, request):
         if not (request.user.is_active and request.user.is_staff):
@@ -258,6 +265,45 @@ class TenantScopedAdmin(EditedFieldsAdmin, NulSafeAdmin):
             return None
         return super().response_action(request, queryset)
 
+    # --- what the list's actions act on ----------------------------------------
+
+    def actionable_rows(self, request) -> Q:
+        """The rows a non-superuser may act on with the list's actions (delete
+        them, test, revoke, retry): those of the tenants they administer."""
+        return Q(**{f"{self.tenant_path}__in": self._admin_tenant_ids(request)})
+
+    def actionable_selection(self, request, queryset):
+        """The selected objects the user may act on; a superuser, all of them."""
+        if request.user.is_superuser:
+            return queryset
+        return queryset.filter(self.actionable_rows(request))
+
+    def actionable_annotate(self, request, queryset):
+        """Mark the rows the user may act on, for `action_checkbox`.
+
+        Only where the list offers a non-superuser actions: a viewer's list,
+        and one of records that have none (call logs), get no checkboxes at all.
+        """
+        if request.user.is_superuser or not self.get_actions(request):
+            return queryset
+        return queryset.annotate(
+            **{
+                _ACTIONABLE: Case(
+                    When(self.actionable_rows(request), then=Value(True)),
+                    default=Value(False),
+                    output_field=BooleanField(),
+                )
+            }
+        )
+
+    def action_checkbox(self, obj):
+        # A row the user may not act on (a viewed tenant's, a global price to a
+        # tenant admin) is listed without a checkbox: whatever action they
+        # picked would leave it out.
+        if not getattr(obj, _ACTIONABLE, True):
+            return ""
+        return super().action_checkbox(obj)
+
     # --- deleting a selection ------------------------------------------------
 
     def get_actions(self, request):
@@ -266,12 +312,6 @@ class TenantScopedAdmin(EditedFieldsAdmin, NulSafeAdmin):
             _, name, description = actions["delete_selected"]
             actions["delete_selected"] = (_delete_selected_administered, name, description)
         return actions
-
-    def deletable_selection(self, request, queryset):
-        """The selected objects the user may delete: those of tenants they administer."""
-        if request.user.is_superuser:
-            return queryset
-        return queryset.filter(**{f"{self.tenant_path}__in": self._admin_tenant_ids(request)})
 
     def undeletable_selection_message(self, request, undeletable) -> str:
         count = undeletable.count()
@@ -325,7 +365,7 @@ def _delete_selected_administered(modeladmin, request, queryset):
     """
     if request.POST.get("post"):
         return delete_selected(modeladmin, request, queryset)
-    deletable = modeladmin.deletable_selection(request, queryset)
+    deletable = modeladmin.actionable_selection(request, queryset)
     undeletable = queryset.exclude(pk__in=deletable.values("pk"))
     if undeletable.exists():
         modeladmin.message_user(

@@ -10,7 +10,7 @@ from django import forms
 from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.auth import get_user_model
 from django.contrib.auth.forms import AuthenticationForm
-from django.core.exceptions import ValidationError
+from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.forms.fields import InvalidJSONInput
 from django.forms.models import construct_instance
 from django.template.defaultfilters import pluralize
@@ -29,7 +29,17 @@ from .models import (
 from .provider_types import PROVIDER_TYPE_SPECS, Protocol, ProviderType, ProviderTypeSpec
 from .services import provider_config_endpoint_changed, provider_config_new_endpoint_secrets_check
 
+# A provider config's credentials: stored encrypted, never read back into the
+# form (the page shows their mask), and left empty to keep the stored value.
 SECRET_FORM_FIELDS = ("api_key", "aws_access_key_id", "aws_secret_access_key")
+# Of those, the secrets proper: not sent back to the page even as typed into
+# the form that is shown again with errors. The AWS access key id is an
+# identifier (AWS shows it in consoles and logs, SigV4 names it in every
+# request's header), kept as typed like the other fields, so a form shown
+# again for a missing region keeps it.
+WRITE_ONLY_FORM_FIELDS = ("api_key", "aws_secret_access_key")
+# What a provider config stores of its credentials, the parts shown included.
+_STORED_KEY_FIELDS = (*SECRET_FORM_FIELDS, "key_prefix", "key_last4", "key_fingerprint")
 
 
 def provider_type_requirements(spec: ProviderTypeSpec) -> str:
@@ -183,7 +193,11 @@ class ProviderConfigAdminForm(forms.ModelForm):
         label="AWS access key id",
         required=False,
         strip=True,
-        widget=_secret_widget(),
+        # Shows what was typed into the form being answered; a stored id is
+        # never an initial value (see __init__), so it shows as the mask only.
+        widget=forms.TextInput(
+            attrs={"autocomplete": "off", "spellcheck": "false", "class": "vTextField"}
+        ),
         max_length=200,
     )
     aws_secret_access_key = forms.CharField(
@@ -225,8 +239,8 @@ class ProviderConfigAdminForm(forms.ModelForm):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        # Secrets never become initial values: nothing of them reaches a page,
-        # and an empty field does not count as a change.
+        # Stored credentials never become initial values: nothing of them
+        # reaches a page, and an empty field does not count as a change.
         for name in SECRET_FORM_FIELDS:
             self.initial.pop(name, None)
         instance = self.instance
@@ -253,7 +267,7 @@ class ProviderConfigAdminForm(forms.ModelForm):
             self,
             {
                 name: "Enter the key again: a typed key is never sent back to the page."
-                for name in SECRET_FORM_FIELDS
+                for name in WRITE_ONLY_FORM_FIELDS
             },
         )
 
@@ -276,10 +290,11 @@ class ProviderConfigAdminForm(forms.ModelForm):
         }
 
     def _config_errors_add(self, exc: ValidationError) -> None:
-        # A secret its own field refused (too long) was typed, yet it is left
-        # out of what the config checks see: they would call it missing, or
+        # A value its own field refused (a key too long, options that are not
+        # JSON) was typed, yet it is left out of what the config checks see:
+        # they would call it missing (a key, Azure's api_version option), or
         # ask for it again, beside the field's own error. Only that error shows.
-        refused = {name for name in SECRET_FORM_FIELDS if name in self._errors}
+        refused = {name for name in self._errors if name != NON_FIELD_ERRORS}
         if refused and hasattr(exc, "error_dict"):
             kept = {name: errors for name, errors in exc.error_dict.items() if name not in refused}
             if not kept:
@@ -302,6 +317,16 @@ class ProviderConfigAdminForm(forms.ModelForm):
             # No type (none chosen, or a forged one): what the config needs,
             # and how its key is shown, are unknown, so there is nothing more to check.
             return
+        stored = {name: getattr(self.instance, name) for name in _STORED_KEY_FIELDS}
+        self._config_check()
+        if self._errors:
+            # The page shown again says what is stored (the key's mask and
+            # fingerprint), as the key fields' help does, not what the typed
+            # keys would have made of it: nothing was saved.
+            for name, value in stored.items():
+                setattr(self.instance, name, value)
+
+    def _config_check(self) -> None:
         secrets = self.secrets()
         if provider_config_endpoint_changed(provider_config=self.instance):
             try:

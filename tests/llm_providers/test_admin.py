@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+from html import unescape
 
 import pytest
 from django.conf import settings
@@ -423,8 +424,178 @@ def test_new_key_dropped_by_an_error_elsewhere_is_asked_for_again(
     assert form.errors["api_key"] == [
         "Enter the key again: a typed key is never sent back to the page."
     ]
-    assert_secret_absent(response.content.decode(), "sk-replacement-key-0000ABCD")
+    html = response.content.decode()
+    assert_secret_absent(html, "sk-replacement-key-0000ABCD")
     assert ProviderConfig.objects.get(pk=openai_config.pk).api_key == KEY
+    # and the key shown is the stored one's mask, not the unsaved new key's
+    key_row = re.search(r'field-key_display">.*?<div class="readonly">(.*?)</div>', html, re.S)
+    assert key_row.group(1) == openai_config.key_mask == f"sk-proj-…{KEY[-4:]}"
+    assert "ABCD" not in html
+
+
+def _shown_value(html: str, name: str) -> str:
+    """What the re-rendered form holds in field `name` (an input's value, a textarea's text)."""
+    field = re.search(rf'<input [^>]*name="{name}"[^>]*>', html)
+    if field is not None:
+        value = re.search(r'value="([^"]*)"', field.group(0))
+        return unescape(value.group(1)) if value else ""
+    area = re.search(rf'<textarea [^>]*name="{name}"[^>]*>\n?(.*?)</textarea>', html, re.S)
+    assert area, f"the form has no field {name}"
+    return unescape(area.group(1))
+
+
+def test_bedrock_form_shown_again_for_a_missing_region_keeps_the_typed_access_key_id(
+    tenant, tenant_admin, admin_client_for, assert_secret_absent
+):
+    # given a Bedrock config typed whole but for its region
+    data = _form_data(
+        tenant=str(tenant.pk),
+        name="bedrock",
+        provider_type="bedrock",
+        aws_access_key_id=AWS_KEY_ID,
+        aws_secret_access_key=AWS_SECRET,
+        default_model="anthropic.claude-3-haiku",
+        options='{"timeout": 30}',
+    )
+
+    # when it is saved
+    response = admin_client_for(tenant_admin).post(reverse(ADD), data)
+
+    # then the page asks for the region, holds the typed access key id (as text,
+    # not a password field), and asks for the secret key again without showing it
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert _field_errors(html, "aws_region") == [
+        "AWS Bedrock needs an AWS access key id, an AWS secret access key and a region; "
+        "missing: a region."
+    ]
+    assert _shown_value(html, "aws_access_key_id") == AWS_KEY_ID
+    assert 'type="text" name="aws_access_key_id"' in html
+    assert _field_errors(html, "aws_access_key_id") == []
+    assert _field_errors(html, "aws_secret_access_key") == [
+        "Enter the key again: a typed key is never sent back to the page."
+    ]
+    assert _shown_value(html, "aws_secret_access_key") == ""
+    assert_secret_absent(html, AWS_SECRET)
+    assert _shown_value(html, "default_model") == "anthropic.claude-3-haiku"
+    assert json.loads(_shown_value(html, "options")) == {"timeout": 30}
+    assert not ProviderConfig.objects.filter(tenant=tenant).exists()
+
+    # and the form sent again with the region and the secret key saves the typed id
+    data.update(aws_region="eu-central-1")
+    saved = admin_client_for(tenant_admin).post(reverse(ADD), data)
+    assert saved.status_code == 302
+    assert ProviderConfig.objects.get(tenant=tenant, name="bedrock").credentials() == {
+        "aws_access_key_id": AWS_KEY_ID,
+        "aws_secret_access_key": AWS_SECRET,
+    }
+
+
+def test_bedrock_change_form_shown_again_shows_the_typed_access_key_id_never_the_stored_one(
+    tenant, tenant_admin, admin_client_for, assert_secret_absent
+):
+    # given a stored Bedrock config
+    config = ProviderConfigFactory(
+        tenant=tenant, name="bedrock-main", provider_type="bedrock", aws_region="eu-west-1"
+    )
+    config.set_aws_credentials(access_key_id=AWS_KEY_ID, secret_access_key=AWS_SECRET)
+    config.save()
+    client = admin_client_for(tenant_admin)
+    new_key_id = "AKIAZ9YX8WV7UT6SR5QP"
+
+    # when its page is saved with an error, once with no key typed, once with a new key id
+    kept = client.post(_change_url(config), _form_data(config, aws_region="nowhere"))
+    typed = client.post(
+        _change_url(config),
+        _form_data(config, aws_region="nowhere", aws_access_key_id=new_key_id),
+    )
+
+    # then the stored id is shown as its mask only (the Key row and the fields'
+    # help), and a typed one as typed, in its field only: it is not stored
+    for response in (kept, typed):
+        html = response.content.decode()
+        assert response.status_code == 200
+        assert _field_errors(html, "aws_region") == [
+            "“nowhere” is not an AWS region; enter one such as us-east-1."
+        ]
+        key_row = re.search(r'field-key_display">.*?<div class="readonly">(.*?)</div>', html, re.S)
+        assert key_row.group(1) == f"AKIA…{AWS_KEY_ID[-4:]}"
+        assert f"Stored: AKIA…{AWS_KEY_ID[-4:]}. Leave empty to keep it." in html
+        assert f"…{new_key_id[-4:]}" not in html
+        assert_secret_absent(html, AWS_KEY_ID)
+        assert_secret_absent(html, AWS_SECRET)
+    assert _shown_value(kept.content.decode(), "aws_access_key_id") == ""
+    assert _shown_value(typed.content.decode(), "aws_access_key_id") == new_key_id
+    config.refresh_from_db()
+    assert (config.aws_access_key_id, config.aws_region) == (AWS_KEY_ID, "eu-west-1")
+
+
+@pytest.mark.parametrize("provider_type", ProviderType.values)
+def test_form_shown_again_with_an_error_keeps_every_typed_field_but_the_secrets(
+    tenant, tenant_admin, admin_client_for, assert_secret_absent, provider_type
+):
+    # given every field typed, and one of them wrong whatever the type (an RPM limit of 0)
+    typed = {
+        "name": f"{provider_type}-main",
+        "default_model": "model-a",
+        "allowed_models": "model-a\nmodel-b",
+        "base_url": "https://8.8.8.8/openai",
+        "aws_region": "eu-west-1",
+        "aws_access_key_id": AWS_KEY_ID,
+        "options": '{"api_version": "2024-10-21", "deployment": "gpt-4o"}',
+        "priority": "7",
+        "rpm_limit": "0",
+        "tpm_limit": "5000",
+    }
+    data = _form_data(
+        tenant=str(tenant.pk),
+        provider_type=provider_type,
+        api_key=KEY,
+        aws_secret_access_key=AWS_SECRET,
+        **typed,
+    )
+
+    # when it is saved
+    response = admin_client_for(tenant_admin).post(reverse(ADD), data)
+
+    # then the page shows each field as typed, and neither secret
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert _field_errors(html, "rpm_limit") == ["Ensure this value is greater than or equal to 1."]
+    for name, value in typed.items():
+        shown = _shown_value(html, name)
+        if name == "options":
+            assert json.loads(shown) == json.loads(value)
+        else:
+            assert shown == value, name
+    assert f'<option value="{provider_type}" selected>' in html
+    assert (_shown_value(html, "api_key"), _shown_value(html, "aws_secret_access_key")) == ("", "")
+    assert_secret_absent(html, KEY)
+    assert_secret_absent(html, AWS_SECRET)
+    assert not ProviderConfig.objects.filter(tenant=tenant).exists()
+
+
+def test_options_that_are_not_json_are_shown_again_as_typed(tenant, tenant_admin, admin_client_for):
+    typed = '{"api_version": "2024-10-21", deployment: gpt-4o}'
+
+    response = admin_client_for(tenant_admin).post(
+        reverse(ADD),
+        _form_data(
+            tenant=str(tenant.pk),
+            name="azure",
+            provider_type="azure_openai",
+            base_url="https://8.8.8.8/azure",
+            options=typed,
+            api_key=KEY,
+        ),
+    )
+
+    # then the page says the JSON is wrong (not that the options it could not
+    # read lack an api_version) and shows the options as typed
+    html = response.content.decode()
+    assert _field_errors(html, "options") == ["Enter a valid JSON."]
+    assert _shown_value(html, "options") == typed
+    assert _shown_value(html, "base_url") == "https://8.8.8.8/azure"
 
 
 def test_key_typed_before_choosing_a_provider_type_gets_a_form_error(

@@ -2,6 +2,7 @@
 
 import datetime as dt
 import re
+import uuid
 from decimal import Decimal
 from unittest import mock
 from zoneinfo import ZoneInfo
@@ -723,6 +724,181 @@ def test_call_log_search_finds_a_request_by_id(client):
     assert re.findall(r"/admin/usage/calllog/(\d+)/change/", response.content.decode()) == [
         str(wanted.pk)
     ]
+
+
+_WANTED_REQUEST = uuid.UUID("1f0c3a7e-4b2d-4e6f-8a1b-2c3d4e5f6a7b")
+
+
+def _call_log_ids(response) -> list[str]:
+    return re.findall(r"/admin/usage/calllog/(\d+)/change/", response.content.decode())
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("term", "expected"),
+    [
+        ("1f0c", {"wanted", "below", "above"}),
+        ("1F0C3A7E", {"wanted", "below", "above"}),
+        ("1f0c3a7e-", {"wanted", "below", "above"}),
+        ("1f0c3a7e-4b", {"wanted", "below", "above"}),
+        ("1f0c3a7e4b2d", {"wanted", "below", "above"}),
+        (" 1f0c3a7e-4b2d-4e6f-8a1b-2c3d4e5f6a7 ", {"wanted", "below", "above"}),
+        ("1f0c3a7e-4b2d-4e6f-8a1b-2c3d4e5f6a7b", {"wanted"}),
+        ("1f0c3a7e4b2d4e6f8a1b2c3d4e5f6a7b", {"wanted"}),
+    ],
+)
+def test_call_log_search_finds_the_requests_whose_id_starts_with_the_term(client, term, expected):
+    # given the two attempts of a request, requests whose ids sort right beside
+    # its, and requests right outside the shortest prefix searched ("1f0c")
+    tenant = TenantFactory()
+    ids = {
+        "wanted": _WANTED_REQUEST,
+        "below": uuid.UUID("1f0c3a7e-4b2d-4e6f-8a1b-2c3d4e5f6a7a"),
+        "above": uuid.UUID("1f0c3a7e-4b2d-4e6f-8a1b-2c3d4e5f6a7c"),
+        "outside below": uuid.UUID("1f0b" + "f" * 28),
+        "outside above": uuid.UUID("1f0d" + "0" * 28),
+    }
+    rows = {
+        label: [CallLogFactory(tenant=tenant, request_id=value)] for label, value in ids.items()
+    }
+    rows["wanted"].append(CallLogFactory(tenant=tenant, request_id=_WANTED_REQUEST, attempt=2))
+    client.force_login(_member(tenant))
+
+    # when the list is searched
+    response = client.get(reverse("admin:usage_calllog_changelist"), {"q": term})
+
+    # then it lists every attempt of the requests whose id starts so, and no other
+    assert _messages(response) == []
+    assert sorted(_call_log_ids(response)) == sorted(
+        str(log.pk) for label in expected for log in rows[label]
+    )
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "term",
+    ["1f0", "1f0c3a7-e", "1f0c3a7e-4b2d-4e6f-8a1b-2c3d4e5f6a7b0", "1f0c3a7g", "summarizer"],
+)
+def test_call_log_search_for_what_cannot_start_a_request_id_says_what_it_takes(client, term):
+    tenant = TenantFactory()
+    CallLogFactory(tenant=tenant, request_id=_WANTED_REQUEST)
+    client.force_login(_member(tenant))
+
+    response = client.get(reverse("admin:usage_calllog_changelist"), {"q": term})
+
+    assert _messages(response) == [
+        f"“{term}” is not a request id, nor how one starts: a request id is a UUID (32 "
+        "hexadecimal digits, with or without dashes), searched by at least its first 4."
+    ]
+    assert _call_log_ids(response) == []
+
+
+@pytest.mark.django_db
+def test_call_log_search_by_how_an_id_starts_stays_within_the_users_tenants(client):
+    tenant, other = TenantFactory(), TenantFactory()
+    own = CallLogFactory(tenant=tenant, request_id=_WANTED_REQUEST)
+    CallLogFactory(tenant=other, request_id=uuid.UUID("1f0c3a7e" + "0" * 24))
+    client.force_login(_member(tenant))
+
+    response = client.get(reverse("admin:usage_calllog_changelist"), {"q": "1f0c3a7e"})
+
+    assert _call_log_ids(response) == [str(own.pk)]
+
+
+@pytest.mark.django_db
+def test_call_log_list_says_how_its_search_and_text_filters_match(client):
+    tenant = TenantFactory()
+    CallLogFactory(tenant=tenant)
+    client.force_login(_member(tenant))
+
+    html = client.get(reverse("admin:usage_calllog_changelist")).content.decode()
+
+    assert (
+        "Search by request id: the whole id, or how it starts (at least its first 4 "
+        "characters, e.g. 1f0c3a7e). Service, customer and model filters match the exact "
+        "value." in html
+    )
+    for name, placeholder in (
+        ("service", "exact service name"),
+        ("customer", "exact customer id"),
+        ("model", "exact model name"),
+        ("day", "YYYY-MM-DD"),
+    ):
+        box = re.search(rf'<input type="text" name="{name}"[^>]*>', html).group(0)
+        assert f'placeholder="{placeholder}"' in box
+
+
+@pytest.mark.django_db
+def test_daily_usage_text_filters_say_they_match_the_exact_value(client):
+    tenant = TenantFactory()
+    DailyUsageFactory(tenant=tenant)
+    client.force_login(_member(tenant))
+
+    html = client.get(reverse("admin:usage_dailyusage_changelist")).content.decode()
+
+    for name, placeholder in (
+        ("service", "exact service name"),
+        ("customer", "exact customer id"),
+        ("model", "exact model name"),
+    ):
+        box = re.search(rf'<input type="text" name="{name}"[^>]*>', html).group(0)
+        assert f'placeholder="{placeholder}"' in box
+
+
+@pytest.mark.django_db
+def test_call_log_service_filter_matches_the_exact_name_only(client):
+    tenant = TenantFactory()
+    exact = CallLogFactory(tenant=tenant, service_name="summarizer")
+    CallLogFactory(tenant=tenant, service_name="summarizer-v2")
+    client.force_login(_member(tenant))
+
+    response = client.get(reverse("admin:usage_calllog_changelist"), {"service": "summarizer"})
+
+    assert _call_log_ids(response) == [str(exact.pk)]
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db
+@pytest.mark.parametrize("who", ["superuser", "tenant admin"])
+def test_call_log_search_by_how_an_id_starts_reads_the_request_id_index(client, who):
+    # given a table of call logs large enough for PostgreSQL to weigh its plans
+    tenant = TenantFactory()
+    config = ProviderConfigFactory(tenant=tenant)
+    now = timezone.now()
+    CallLog.objects.bulk_create(
+        (
+            CallLog(
+                tenant=tenant,
+                provider_config=config,
+                request_id=uuid.uuid4(),
+                status=CallLog.Status.OK,
+                created_at=now - dt.timedelta(seconds=n),
+            )
+            for n in range(20_000)
+        ),
+        batch_size=5_000,
+    )
+    wanted = CallLogFactory(tenant=tenant, provider_config=config, request_id=_WANTED_REQUEST)
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE usage_calllog")
+    user = UserFactory(is_superuser=True) if who == "superuser" else _member(tenant)
+    client.force_login(user)
+
+    # when the list is searched by how the id starts
+    with CaptureQueriesContext(connection) as queries:
+        response = client.get(reverse("admin:usage_calllog_changelist"), {"q": "1f0c3a7e"})
+
+    # then it finds the request, and its queries (the page and the capped
+    # count) read the range of the request id index, not the whole table
+    assert _call_log_ids(response) == [str(wanted.pk)]
+    searches = [q["sql"] for q in queries.captured_queries if '"request_id" >=' in q["sql"]]
+    assert len(searches) == 2
+    for sql in searches:
+        with connection.cursor() as cursor:
+            cursor.execute(f"EXPLAIN {sql}")
+            plan = "\n".join(row[0] for row in cursor.fetchall())
+        assert "call_log_unique_request_attempt" in plan, plan
+        assert "Seq Scan on usage_calllog" not in plan, plan
 
 
 @pytest.mark.django_db

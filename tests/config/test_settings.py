@@ -18,6 +18,7 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 from rest_framework.throttling import SimpleRateThrottle
 
+from config.settings import environment
 from config.settings.environment import (
     env_bool,
     env_choice,
@@ -31,6 +32,7 @@ from config.settings.environment import (
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 SETTINGS_DIR = BASE_DIR / "config" / "settings"
+OPERATIONS = BASE_DIR / "docs" / "OPERATIONS.md"
 
 # Calls that read a variable named by their first argument: the readers of
 # config/settings/environment.py and anything else that reads the environment.
@@ -794,6 +796,305 @@ def test_runserver_keeps_no_postgresql_connection_past_its_request(argv, expecte
 
     assert result.returncode == 0, result.stderr
     assert int(result.stdout) == expected
+
+
+# --- the documentation of the settings and the settings agree --------------------------------
+
+
+def _documented() -> dict[str, str]:
+    """docs/OPERATIONS.md's settings tables: variable -> its default as written."""
+    rows: dict[str, list[str]] = {}
+    in_table = False
+    for line in OPERATIONS.read_text().splitlines():
+        if line.startswith("| variable | default | meaning |"):
+            in_table = True
+        elif not line.startswith("|"):
+            in_table = False
+        elif in_table and not line.startswith("|---"):
+            variable, default = (cell.strip() for cell in line.strip("|").split(" | ")[:2])
+            rows.setdefault(variable, []).append(default)
+    # Each row documents one variable, written `NAME`, once.
+    assert all(re.fullmatch(r"`[A-Z][A-Z0-9_]*`", variable) for variable in rows), list(rows)
+    assert [variable for variable, defaults in rows.items() if len(defaults) > 1] == []
+    return {variable.strip("`"): defaults[0] for variable, defaults in rows.items()}
+
+
+DOCUMENTED = _documented()
+
+
+def test_every_variable_the_settings_read_is_documented():
+    assert sorted(READ_VARIABLES - set(DOCUMENTED)) == []
+
+
+def test_every_documented_variable_is_read_by_the_settings():
+    assert sorted(set(DOCUMENTED) - READ_VARIABLES) == []
+
+
+def test_settings_read_every_variable_through_the_readers_of_their_kind():
+    # One reader per kind of value (config/settings/environment.py): so every
+    # variable takes its default when empty and refuses a value it cannot take.
+    readers = {
+        node.name
+        for node in ast.parse(Path(environment.__file__).read_text()).body
+        if isinstance(node, ast.FunctionDef) and not node.name.startswith("_")
+    }
+    read_otherwise = {
+        f"{module}: {name} by {reader}"
+        for module, reads in READS.items()
+        for name, reader in reads.items()
+        if reader not in readers
+    }
+    assert read_otherwise == set()
+
+
+# How a variable shows in the settings, where it is not the setting of its name.
+SETTING_OF = {
+    "DATABASE_URL": [("DATABASES", "default", "NAME")],
+    "CONN_MAX_AGE": [("DATABASES", "default", "CONN_MAX_AGE")],
+    "EMAIL_URL": [("EMAIL_BACKEND",), ("ALERT_EMAIL_CONFIGURED",)],
+    "LOG_LEVEL": [("LOGGING", "root", "level")],
+    "NUM_PROXIES": [("REST_FRAMEWORK", "NUM_PROXIES")],
+    "API_THROTTLE_SERVICE_KEY": [("REST_FRAMEWORK", "DEFAULT_THROTTLE_RATES", "service_key")],
+    "API_THROTTLE_USER": [("REST_FRAMEWORK", "DEFAULT_THROTTLE_RATES", "user")],
+    "API_THROTTLE_ANON": [("REST_FRAMEWORK", "DEFAULT_THROTTLE_RATES", "anon")],
+    "API_THROTTLE_AUTH_FAILURE": [("REST_FRAMEWORK", "DEFAULT_THROTTLE_RATES", "auth_failure")],
+}
+NOT_SET = "<not set>"
+
+# Loads a settings module as a server does, and prints the value of each
+# variable's setting and the variables the settings modules looked up (not
+# those the libraries they import look up).
+SHOW_VARIABLES = """
+import importlib.util, json, os, sys
+from pathlib import Path
+
+settings_dir = str(Path("config/settings").resolve())
+environ_dir = str(Path(importlib.util.find_spec("environ").origin).parent)
+looked_up = set()
+
+
+def note(name):
+    frame = sys._getframe(2)
+    while frame and frame.f_code.co_filename.startswith(environ_dir):
+        frame = frame.f_back
+    if frame and frame.f_code.co_filename.startswith(settings_dir):
+        looked_up.add(name)
+
+
+class Recording(dict):
+    def __getitem__(self, name):
+        note(name)
+        return super().__getitem__(name)
+
+    def get(self, name, default=None):
+        note(name)
+        return super().get(name, default)
+
+    def __contains__(self, name):
+        note(name)
+        return super().__contains__(name)
+
+
+os.environ = Recording(os.environ)
+from django.conf import settings
+
+values = {}
+for variable, paths in json.loads(sys.argv[1]).items():
+    shown = []
+    for path in paths:
+        try:
+            value = getattr(settings, path[0])
+            for key in path[1:]:
+                value = value[key]
+        except (AttributeError, KeyError):
+            value = "<not set>"
+        shown.append(value)
+    values[variable] = shown[0] if len(shown) == 1 else shown
+print(json.dumps({"values": values, "looked_up": sorted(looked_up)}, default=str))
+"""
+
+REFUSED = "refuses to start"
+POSTGRES_URL = "postgres://app:pw@db.internal:5432/llm"
+DEVELOPMENT = ("config.settings.development", ())
+PRODUCTION = (
+    "config.settings.production",
+    tuple(sorted({**PRODUCTION_ENV, "DATABASE_URL": POSTGRES_URL}.items())),
+)
+CONSOLE_MAIL = "django.core.mail.backends.console.EmailBackend"
+
+
+def _with(setup, **changes):
+    """A setup with variables set, or removed where given None."""
+    module, env = setup
+    env = {**dict(env), **changes}
+    return module, tuple(sorted((k, v) for k, v in env.items() if v is not None))
+
+
+class StartsWith(str):
+    """An expected text known by its start (the development secret key)."""
+
+
+# Defaults that depend on the settings module or on other variables: each is
+# checked where it applies, and the doc's default must say what the check expects.
+# variable -> [(setup, expected value or REFUSED, words of the documented default)]
+CONDITIONAL_DEFAULTS = {
+    "SECRET_KEY": [
+        (DEVELOPMENT, StartsWith("dev-insecure-"), "a development key while `DEBUG` is on"),
+        (_with(PRODUCTION, SECRET_KEY=None), REFUSED, "required in production"),
+    ],
+    "SALT_KEY": [
+        (DEVELOPMENT, ["dev-insecure-salt"], "a development salt while `DEBUG` is on"),
+        (_with(PRODUCTION, SALT_KEY=None), REFUSED, "required in production"),
+    ],
+    "ALLOWED_HOSTS": [
+        (DEVELOPMENT, ["127.0.0.1", "localhost"], "`127.0.0.1,localhost` while `DEBUG` is on"),
+        (_with(PRODUCTION, ALLOWED_HOSTS=None), REFUSED, "required in production"),
+    ],
+    "DEBUG": [
+        (DEVELOPMENT, True, "on in development"),
+        (_with(PRODUCTION, DEBUG="on"), False, "off in production, whatever is set"),
+    ],
+    "DATABASE_URL": [
+        (DEVELOPMENT, str(BASE_DIR / "db.sqlite3"), "`sqlite:///<project>/db.sqlite3`"),
+    ],
+    "CONN_MAX_AGE": [(PRODUCTION, 60, "60 with PostgreSQL")],
+    "CALL_LOG_ASYNC": [
+        (PRODUCTION, True, "on with PostgreSQL"),
+        (DEVELOPMENT, False, "off with SQLite"),
+    ],
+    "REDIS_URL": [
+        (DEVELOPMENT, "", "unset"),
+        (_with(PRODUCTION, REDIS_URL=None), REFUSED, "production refuses to start without it"),
+    ],
+    "CELERY_BROKER_URL": [
+        (PRODUCTION, PRODUCTION_ENV["REDIS_URL"], "`REDIS_URL`"),
+        (DEVELOPMENT, "memory://localhost/", "else in-process (`memory://localhost/`)"),
+    ],
+    "EMAIL_URL": [
+        (DEVELOPMENT, [CONSOLE_MAIL, True], "unset: the console"),
+        (PRODUCTION, [CONSOLE_MAIL, False], "in production alert emails fail instead"),
+    ],
+    "NUM_PROXIES": [(DEVELOPMENT, 0, "0"), (PRODUCTION, 1, "1 in production")],
+    "CELERY_TASK_ALWAYS_EAGER": [
+        (DEVELOPMENT, True, "on without a broker"),
+        (PRODUCTION, False, "off with one"),
+    ],
+    "USAGE_ROLL_UP_ON_READ": [
+        (DEVELOPMENT, True, "on when tasks run in the caller"),
+        (PRODUCTION, False, "else off"),
+    ],
+    "EMBEDDED_BEAT": [
+        (DEVELOPMENT, True, "on"),
+        (_with(PRODUCTION, EMBEDDED_BEAT="on"), False, "off in production, whatever is set"),
+    ],
+    "USAGE_BUDGET_BACKEND": [
+        (PRODUCTION, "redis", "`redis` with `REDIS_URL`"),
+        (DEVELOPMENT, "database", "else `database`"),
+    ],
+    "USAGE_BUDGET_REDIS_URL": [
+        (PRODUCTION, PRODUCTION_ENV["REDIS_URL"], "`REDIS_URL`"),
+        (DEVELOPMENT, "", "`REDIS_URL`"),
+    ],
+}
+
+# A default the same wherever the variable is read: a number, on/off, empty or
+# a `literal`, with at most a remark in brackets.
+PLAIN_DEFAULT = re.compile(r"(on|off|empty|[0-9]+(?:\.[0-9]+)?|`[^`]*`)(?: \([^()]*\))?")
+
+_loaded: dict = {}
+
+
+def _load(setup) -> dict | subprocess.CompletedProcess:
+    """Every documented variable's setting under a setup; the failed run if it refused."""
+    if setup not in _loaded:
+        module, env = setup
+        paths = {name: SETTING_OF.get(name, [(name,)]) for name in DOCUMENTED}
+        result = _run(
+            ["-c", SHOW_VARIABLES, json.dumps(paths)], settings_module=module, env=dict(env)
+        )
+        _loaded[setup] = json.loads(result.stdout) if result.returncode == 0 else result
+    return _loaded[setup]
+
+
+def _values(setup) -> dict:
+    loaded = _load(setup)
+    assert isinstance(loaded, dict), loaded.stderr
+    return loaded["values"]
+
+
+def _same(expected, actual) -> bool:
+    if isinstance(expected, StartsWith):
+        return isinstance(actual, str) and actual.startswith(expected)
+    return type(expected) is type(actual) and expected == actual
+
+
+def _plain_value(written: str, actual) -> bool:
+    if written in ("on", "off"):
+        return actual is (written == "on")
+    if written == "empty":
+        return actual in ([], "")
+    if written.startswith("`"):
+        return actual == written.strip("`")
+    return not isinstance(actual, bool | str) and float(actual) == float(written)
+
+
+def _setups_reading(variable: str) -> list:
+    """The baselines whose settings modules read the variable."""
+    modules = {module for module, reads in READS.items() if variable in reads}
+    setups = []
+    if modules & {"base", "development"}:
+        setups.append(DEVELOPMENT)
+    if modules & {"base", "production"}:
+        setups.append(PRODUCTION)
+    return setups
+
+
+@pytest.mark.parametrize("variable", sorted(DOCUMENTED))
+def test_documented_default_is_the_default(variable):
+    written = DOCUMENTED[variable]
+    if variable in CONDITIONAL_DEFAULTS:
+        for setup, expected, words in CONDITIONAL_DEFAULTS[variable]:
+            assert words in written, f"{variable}: the documented default does not say {words!r}"
+            if expected == REFUSED:
+                refused = _load(setup)
+                assert isinstance(refused, subprocess.CompletedProcess), setup
+                assert f"ImproperlyConfigured: {variable} " in refused.stderr
+            else:
+                actual = _values(setup)[variable]
+                assert _same(expected, actual), (variable, setup[0], actual)
+        return
+    plain = PLAIN_DEFAULT.fullmatch(written)
+    assert plain, (
+        f"{variable}: {written!r} is no plain default; a default that depends on "
+        "something needs its cases in CONDITIONAL_DEFAULTS"
+    )
+    setups = _setups_reading(variable)
+    assert setups
+    for setup in setups:
+        actual = _values(setup)[variable]
+        assert _plain_value(plain[1], actual), (variable, setup[0], written, actual)
+
+
+def test_variables_looked_up_at_start_are_those_found_in_the_settings_source():
+    # The source scan above misses nothing the settings read another way.
+    looked_up = set()
+    for setup in (DEVELOPMENT, PRODUCTION, _with(DEVELOPMENT, DATABASE_URL=POSTGRES_URL)):
+        loaded = _load(setup)
+        assert isinstance(loaded, dict), loaded.stderr
+        looked_up |= set(loaded["looked_up"])
+    assert looked_up <= READ_VARIABLES
+    # and CONN_MAX_AGE, read only with PostgreSQL, was among them
+    assert {"CONN_MAX_AGE", "SECURE_SSL_REDIRECT", "DEBUG"} <= looked_up
+
+
+@pytest.mark.parametrize("blank", ["", "  "])
+@pytest.mark.parametrize("setup", [DEVELOPMENT, PRODUCTION], ids=["development", "production"])
+def test_every_variable_set_but_empty_takes_its_default(setup, blank):
+    # As compose files and env files write a variable they have no value for.
+    given = dict(setup[1])
+    empty = _with(setup, **{name: blank for name in READ_VARIABLES if name not in given})
+
+    assert _values(empty) == _values(setup)
 
 
 # --- how each kind of value is read ----------------------------------------------------------

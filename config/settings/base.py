@@ -1,89 +1,33 @@
-"""Settings shared by every environment, read from the environment with django-environ."""
+"""Settings shared by every environment, read through config/settings/environment.py."""
 
-import math
-import os
 from pathlib import Path
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from .environment import (
+    env_bool,
+    env_choice,
+    env_int,
+    env_number,
+    env_secret,
+    env_secrets,
+    env_str,
+    env_strings,
+    env_text,
+    env_throttle_rate,
+    env_url,
+    env_work_mem,
+)
+
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
-env = environ.Env()
 # A .env file is optional; the environment always wins over it.
 environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
-DEBUG = env.bool("DEBUG", default=False)
+DEBUG = env_bool("DEBUG", default=False)
 
-
-def _env_strings(name: str) -> list[str]:
-    """A comma-separated setting as a list, blanks around entries removed."""
-    return [item.strip() for item in env.list(name, default=[]) if item.strip()]
-
-
-def _env_int(name: str, *, default: int, minimum: int = 1, zero: str = "") -> int:
-    """A whole-number setting; anything else, or below `minimum`, stops the process at start.
-
-    `zero` says what 0 means where 0 is allowed, for the message.
-    """
-    raw = env.str(name, default="").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = None
-    if value is None or value < minimum:
-        meaning = f" ({zero})" if zero else ""
-        raise ImproperlyConfigured(
-            f"{name} must be a whole number of at least {minimum}{meaning}, not {raw!r} "
-            "(see docs/OPERATIONS.md)."
-        )
-    return value
-
-
-def _env_number(
-    name: str,
-    *,
-    default: float,
-    minimum: float = 0.0,
-    maximum: float | None = None,
-    above_minimum: bool = False,
-) -> float:
-    """A decimal-number setting; anything else, not finite, or out of range stops
-    the process at start, naming the variable."""
-    raw = env.str(name, default="").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    too_low = value <= minimum if above_minimum else value < minimum
-    if not math.isfinite(value) or too_low or (maximum is not None and value > maximum):
-        bound = f"above {minimum:g}" if above_minimum else f"of at least {minimum:g}"
-        if maximum is not None:
-            bound += f" and at most {maximum:g}"
-        raise ImproperlyConfigured(
-            f"{name} must be a number {bound}, not {raw!r} (see docs/OPERATIONS.md)."
-        )
-    return value
-
-
-def _env_secret(name: str) -> str:
-    """A secret exactly as written: django-environ would read a leading "$" as a reference.
-
-    (Django's get_random_secret_key() starts a key with "$" about once in fifty.)
-    """
-    return os.environ.get(name, "")
-
-
-def _env_secrets(name: str) -> list[str]:
-    """A comma-separated list of secrets, each exactly as written, blanks around entries removed."""
-    return [item.strip() for item in _env_secret(name).split(",") if item.strip()]
-
-
-ALLOWED_HOSTS = _env_strings("ALLOWED_HOSTS")
+ALLOWED_HOSTS = env_strings("ALLOWED_HOSTS")
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -130,13 +74,28 @@ TEMPLATES = [
     },
 ]
 
-DATABASES = {
-    "default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}"),
-}
+# PostgreSQL (psycopg 3), or SQLite. Errors about the URL never quote it: it holds a password.
+_DATABASE_URL_EXAMPLE = "postgres://user:password@host:5432/llm"
+try:
+    DATABASES = {
+        "default": environ.Env.db_url_config(
+            env_url(
+                "DATABASE_URL",
+                schemes=("postgres", "postgresql", "sqlite"),
+                example=_DATABASE_URL_EXAMPLE,
+            )
+            or f"sqlite:///{BASE_DIR / 'db.sqlite3'}"
+        ),
+    }
+except ValueError:  # a port that is not a number
+    raise ImproperlyConfigured(
+        f"DATABASE_URL is not a database URL: expected e.g. {_DATABASE_URL_EXAMPLE} "
+        "(see docs/OPERATIONS.md)."
+    ) from None
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # Persistent connections: a completion must not pay for a new connection.
-    DATABASES["default"]["CONN_MAX_AGE"] = _env_int("CONN_MAX_AGE", default=60, minimum=0)
+    DATABASES["default"]["CONN_MAX_AGE"] = env_int("CONN_MAX_AGE", default=60, minimum=0)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
     # Call logs are written on a connection of their own: a log must outlive a
     # caller's transaction that rolls back (the provider was paid anyway), and
@@ -167,13 +126,14 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 CALL_LOG_DATABASE = "call_logs" if "call_logs" in DATABASES else "default"
 # Write call logs and settle budgets on a background thread after each call
 # (usage/bookkeeping.py); on by default with PostgreSQL, inline with SQLite.
-CALL_LOG_ASYNC = env.bool("CALL_LOG_ASYNC", default="call_logs" in DATABASES)
+CALL_LOG_ASYNC = env_bool("CALL_LOG_ASYNC", default="call_logs" in DATABASES)
 # Bookkeeping items a process may hold before callers write their own inline.
-BOOKKEEPING_QUEUE_SIZE = _env_int("BOOKKEEPING_QUEUE_SIZE", default=10_000)
+BOOKKEEPING_QUEUE_SIZE = env_int("BOOKKEEPING_QUEUE_SIZE", default=10_000)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-REDIS_URL = env.str("REDIS_URL", default="").strip()
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+REDIS_URL = env_url("REDIS_URL", schemes=_REDIS_SCHEMES, example="redis://host:6379/0")
 if REDIS_URL:
     CACHES = {
         "default": {
@@ -202,7 +162,7 @@ else:
 # that Redis nothing for this many seconds: each use fails at once, as if
 # refused, instead of waiting for its socket timeout; then one command tries it
 # again (llm_providers.redis_outage). 0 turns this off.
-CACHE_OUTAGE_RETRY_SECONDS = _env_number("CACHE_OUTAGE_RETRY_SECONDS", default=5.0)
+CACHE_OUTAGE_RETRY_SECONDS = env_number("CACHE_OUTAGE_RETRY_SECONDS", default=5.0)
 DJANGO_REDIS_CONNECTION_FACTORY = "llm_providers.redis_outage.ConnectionFactory"
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -228,11 +188,11 @@ LOGIN_URL = "admin:login"
 # SALT_KEY is a list: the first entry encrypts, every entry decrypts. Rotating
 # means prepending a new salt, running `manage.py rotate_keys`, then dropping
 # the old one (docs/OPERATIONS.md).
-SECRET_KEY = _env_secret("SECRET_KEY")
-SALT_KEY = _env_secrets("SALT_KEY")
+SECRET_KEY = env_secret("SECRET_KEY")
+SALT_KEY = env_secrets("SALT_KEY")
 # Previous SECRET_KEYs: sessions, signatures and encrypted fields still read
 # with them; encrypted fields are rewritten under SECRET_KEY by `rotate_keys`.
-SECRET_KEY_FALLBACKS = _env_secrets("SECRET_KEY_FALLBACKS")
+SECRET_KEY_FALLBACKS = env_secrets("SECRET_KEY_FALLBACKS")
 
 # Error reports star out passwords inside connection URLs (EMAIL_URL,
 # REDIS_URL...) as well as the settings whose names look secret.
@@ -242,14 +202,14 @@ DEFAULT_EXCEPTION_REPORTER_FILTER = "config.error_reports.ExceptionReporterFilte
 # --- Provider safety ---------------------------------------------------------
 # Refuse provider base URLs that resolve to private, loopback, link-local or
 # multicast addresses (SSRF) unless explicitly allowed, e.g. for a local Ollama.
-PROVIDER_ALLOW_PRIVATE_URLS = env.bool("PROVIDER_ALLOW_PRIVATE_URLS", default=False)
+PROVIDER_ALLOW_PRIVATE_URLS = env_bool("PROVIDER_ALLOW_PRIVATE_URLS", default=False)
 
 # --- Email -------------------------------------------------------------------
 # Unset or empty: mail goes to the console (development). Production keeps
 # that default but fails alert emails instead of calling them delivered
 # (ALERT_EMAIL_CONFIGURED, see production.py). The URL holds a password:
 # errors about it never quote it.
-EMAIL_URL = env.str("EMAIL_URL", default="").strip()
+EMAIL_URL = env_text("EMAIL_URL")
 ALERT_EMAIL_CONFIGURED = True
 try:
     EMAIL_CONFIG = environ.Env.email_url_config(EMAIL_URL or "consolemail://")
@@ -265,10 +225,10 @@ if EMAIL_CONFIG["EMAIL_BACKEND"].endswith(".smtp.EmailBackend") and not EMAIL_CO
         "EMAIL_URL names no mail host: expected e.g. smtp+tls://user:password@host:587."
     )
 vars().update(EMAIL_CONFIG)
-DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="llm-layer@localhost")
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", default="llm-layer@localhost")
 # 10 s per SMTP operation: a mail server that takes longer is down; the
 # alert delivery is retried later.
-EMAIL_TIMEOUT = _env_int("EMAIL_TIMEOUT", default=10)
+EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", default=10)
 
 # --- Celery, usage, budgets and alerts (usage app) ------------------------------
 # The broker is CELERY_BROKER_URL, else REDIS_URL. With neither, tasks run eagerly
@@ -276,20 +236,18 @@ EMAIL_TIMEOUT = _env_int("EMAIL_TIMEOUT", default=10)
 # Empty counts as unset, as a compose file writes a variable that is not set.
 # The in-process transport names a host, as kombu otherwise warns on every first task.
 EMBEDDED_BROKER_URL = "memory://localhost/"
-CELERY_BROKER_URL = (
-    env.str("CELERY_BROKER_URL", default="").strip() or REDIS_URL or EMBEDDED_BROKER_URL
-)
-CELERY_TASK_ALWAYS_EAGER = env.bool(
+CELERY_BROKER_URL = env_text("CELERY_BROKER_URL") or REDIS_URL or EMBEDDED_BROKER_URL
+CELERY_TASK_ALWAYS_EAGER = env_bool(
     "CELERY_TASK_ALWAYS_EAGER", default=CELERY_BROKER_URL.startswith("memory://")
 )
 CELERY_TASK_EAGER_PROPAGATES = True
 # Without a broker the usage dashboard and the usage API roll the call logs up
 # themselves before they read DailyUsage, fresher than the last scheduled run.
-USAGE_ROLL_UP_ON_READ = env.bool("USAGE_ROLL_UP_ON_READ", default=CELERY_TASK_ALWAYS_EAGER)
+USAGE_ROLL_UP_ON_READ = env_bool("USAGE_ROLL_UP_ON_READ", default=CELERY_TASK_ALWAYS_EAGER)
 # Without a broker there is no `celery beat` either: the serving process runs
 # CELERY_BEAT_SCHEDULE itself on a thread (config/embedded_beat.py). Off, nothing
 # runs on a schedule then. Never used with a broker.
-EMBEDDED_BEAT = env.bool("EMBEDDED_BEAT", default=True)
+EMBEDDED_BEAT = env_bool("EMBEDDED_BEAT", default=True)
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_RESULT_BACKEND = None
 CELERY_TIMEZONE = "UTC"
@@ -303,61 +261,77 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # admin request or an alert, for ever. Longer than the worker's 1 s BRPOP.
 CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_timeout": 5, "socket_connect_timeout": 5}
 # 10 minutes: no usage task is expected to take longer; a hung one is killed.
-CELERY_TASK_TIME_LIMIT = _env_int("CELERY_TASK_TIME_LIMIT", default=600)
+CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", default=600)
 
 # How often CallLog is rolled up into DailyUsage (threshold, error-rate and
 # unpriced checks follow each run), and how far back every run recomputes.
-USAGE_AGGREGATION_INTERVAL_SECONDS = _env_int("USAGE_AGGREGATION_INTERVAL_SECONDS", default=300)
-USAGE_AGGREGATION_LOOKBACK_MINUTES = _env_int(
+USAGE_AGGREGATION_INTERVAL_SECONDS = env_int("USAGE_AGGREGATION_INTERVAL_SECONDS", default=300)
+USAGE_AGGREGATION_LOOKBACK_MINUTES = env_int(
     "USAGE_AGGREGATION_LOOKBACK_MINUTES", default=120, minimum=0
 )
 # PostgreSQL work_mem of the aggregation transaction: room to group a month of
 # logs in memory (a backfill of a busy month may want more).
-USAGE_AGGREGATION_WORK_MEM = env.str("USAGE_AGGREGATION_WORK_MEM", default="256MB")
+USAGE_AGGREGATION_WORK_MEM = env_work_mem("USAGE_AGGREGATION_WORK_MEM", default="256MB")
 # Connections a recompute of several days (a backfill, a recount, the
 # dashboard's "Recompute") shares its days among on PostgreSQL, each with its
 # own work_mem; the periodic run uses one.
-USAGE_AGGREGATION_WORKERS = _env_int("USAGE_AGGREGATION_WORKERS", default=2)
+USAGE_AGGREGATION_WORKERS = env_int("USAGE_AGGREGATION_WORKERS", default=2)
 # Call logs older than this are deleted; DailyUsage is kept. 0 keeps them forever.
-USAGE_CALL_LOG_RETENTION_DAYS = _env_int(
-    "USAGE_CALL_LOG_RETENTION_DAYS", default=90, minimum=0, zero="0 keeps call logs for ever"
+# At most 100 years: a "for ever" written as 9999999 days reaches back before
+# year 1, which no date can, and every aggregation and purge would fail.
+USAGE_CALL_LOG_RETENTION_DAYS = env_int(
+    "USAGE_CALL_LOG_RETENTION_DAYS",
+    default=90,
+    minimum=0,
+    maximum=36_500,
+    zero="0 keeps call logs for ever",
 )
-USAGE_RETENTION_PURGE_INTERVAL_SECONDS = _env_int(
+USAGE_RETENTION_PURGE_INTERVAL_SECONDS = env_int(
     "USAGE_RETENTION_PURGE_INTERVAL_SECONDS", default=24 * 3600
 )
 # Budget counters: "redis" when REDIS_URL is set, else "database" (row locks).
-USAGE_BUDGET_BACKEND = env.str("USAGE_BUDGET_BACKEND", default="redis" if REDIS_URL else "database")
-USAGE_BUDGET_REDIS_URL = env.str("USAGE_BUDGET_REDIS_URL", default="").strip() or REDIS_URL
+USAGE_BUDGET_BACKEND = env_choice(
+    "USAGE_BUDGET_BACKEND",
+    choices=("redis", "database"),
+    default="redis" if REDIS_URL else "database",
+)
+USAGE_BUDGET_REDIS_URL = (
+    env_url("USAGE_BUDGET_REDIS_URL", schemes=_REDIS_SCHEMES, example="redis://host:6379/0")
+    or REDIS_URL
+)
+if USAGE_BUDGET_BACKEND == "redis" and not USAGE_BUDGET_REDIS_URL:
+    raise ImproperlyConfigured(
+        "USAGE_BUDGET_BACKEND is redis, which needs USAGE_BUDGET_REDIS_URL or REDIS_URL "
+        "(see docs/OPERATIONS.md)."
+    )
 # A reservation not settled within this time is given back (a crashed worker
 # cannot hold budget for longer). Longer than the slowest stream.
-USAGE_BUDGET_RESERVATION_TTL_SECONDS = _env_int("USAGE_BUDGET_RESERVATION_TTL_SECONDS", default=900)
+USAGE_BUDGET_RESERVATION_TTL_SECONDS = env_int("USAGE_BUDGET_RESERVATION_TTL_SECONDS", default=900)
 # Warm Redis counters are rebuilt from CallLog at least this often, which bounds
 # any drift (e.g. a worker that died between logging and settling).
-USAGE_BUDGET_COUNTER_REBUILD_SECONDS = _env_int(
-    "USAGE_BUDGET_COUNTER_REBUILD_SECONDS", default=3600
-)
+USAGE_BUDGET_COUNTER_REBUILD_SECONDS = env_int("USAGE_BUDGET_COUNTER_REBUILD_SECONDS", default=3600)
 # Provider error-rate alerts: more than this share of errors among at least
 # MIN_REQUESTS attempts over the last WINDOW_MINUTES.
-USAGE_ERROR_RATE_THRESHOLD = _env_number("USAGE_ERROR_RATE_THRESHOLD", default=0.2, maximum=1.0)
-USAGE_ERROR_RATE_WINDOW_MINUTES = _env_int("USAGE_ERROR_RATE_WINDOW_MINUTES", default=15)
-USAGE_ERROR_RATE_MIN_REQUESTS = _env_int("USAGE_ERROR_RATE_MIN_REQUESTS", default=20)
+USAGE_ERROR_RATE_THRESHOLD = env_number("USAGE_ERROR_RATE_THRESHOLD", default=0.2, maximum=1.0)
+USAGE_ERROR_RATE_WINDOW_MINUTES = env_int("USAGE_ERROR_RATE_WINDOW_MINUTES", default=15)
+USAGE_ERROR_RATE_MIN_REQUESTS = env_int("USAGE_ERROR_RATE_MIN_REQUESTS", default=20)
 # Alert delivery: failed sends are retried with exponential backoff
 # (base, doubled per attempt, capped), up to MAX_ATTEMPTS; state is kept either way.
-USAGE_ALERT_RETRY_INTERVAL_SECONDS = _env_int("USAGE_ALERT_RETRY_INTERVAL_SECONDS", default=60)
-USAGE_ALERT_RETRY_BASE_SECONDS = _env_int("USAGE_ALERT_RETRY_BASE_SECONDS", default=60, minimum=0)
-USAGE_ALERT_RETRY_MAX_SECONDS = _env_int("USAGE_ALERT_RETRY_MAX_SECONDS", default=3600)
-USAGE_ALERT_MAX_ATTEMPTS = _env_int("USAGE_ALERT_MAX_ATTEMPTS", default=24)
+USAGE_ALERT_RETRY_INTERVAL_SECONDS = env_int("USAGE_ALERT_RETRY_INTERVAL_SECONDS", default=60)
+USAGE_ALERT_RETRY_BASE_SECONDS = env_int("USAGE_ALERT_RETRY_BASE_SECONDS", default=60, minimum=0)
+USAGE_ALERT_RETRY_MAX_SECONDS = env_int("USAGE_ALERT_RETRY_MAX_SECONDS", default=3600)
+USAGE_ALERT_MAX_ATTEMPTS = env_int("USAGE_ALERT_MAX_ATTEMPTS", default=24)
 # 5 s: a webhook receiver that takes longer is treated as down and retried.
-USAGE_ALERT_WEBHOOK_TIMEOUT_SECONDS = _env_number(
+USAGE_ALERT_WEBHOOK_TIMEOUT_SECONDS = env_number(
     "USAGE_ALERT_WEBHOOK_TIMEOUT_SECONDS", default=5.0, above_minimum=True
 )
 # 60 s: an alert email whose SMTP session takes longer in all is cut off and
 # retried (EMAIL_TIMEOUT bounds each read or write, not the session).
-USAGE_ALERT_EMAIL_TIMEOUT_SECONDS = _env_number(
+USAGE_ALERT_EMAIL_TIMEOUT_SECONDS = env_number(
     "USAGE_ALERT_EMAIL_TIMEOUT_SECONDS", default=60.0, above_minimum=True
 )
 # Admin lists of CallLog and DailyUsage count at most this many rows.
-USAGE_ADMIN_COUNT_CAP = _env_int("USAGE_ADMIN_COUNT_CAP", default=10_000)
+USAGE_ADMIN_COUNT_CAP = env_int("USAGE_ADMIN_COUNT_CAP", default=10_000)
 
 CELERY_BEAT_SCHEDULE = {
     "usage-aggregate": {
@@ -400,15 +374,15 @@ REST_FRAMEWORK = {
     # Requests per credential: a service key, a user, or (unauthenticated) a client address;
     # failed authentications (API credentials and login forms) per client address.
     "DEFAULT_THROTTLE_RATES": {
-        "service_key": env.str("API_THROTTLE_SERVICE_KEY", default="6000/min"),
-        "user": env.str("API_THROTTLE_USER", default="1200/min"),
-        "anon": env.str("API_THROTTLE_ANON", default="60/min"),
-        "auth_failure": env.str("API_THROTTLE_AUTH_FAILURE", default="30/min"),
+        "service_key": env_throttle_rate("API_THROTTLE_SERVICE_KEY", default="6000/min"),
+        "user": env_throttle_rate("API_THROTTLE_USER", default="1200/min"),
+        "anon": env_throttle_rate("API_THROTTLE_ANON", default="60/min"),
+        "auth_failure": env_throttle_rate("API_THROTTLE_AUTH_FAILURE", default="30/min"),
     },
     # Proxies in front of the application: anonymous clients and failed authentications
     # are told apart by the address that many hops back in X-Forwarded-For, which a
     # client cannot forge; 0 uses the connecting address. Production assumes one proxy.
-    "NUM_PROXIES": _env_int("NUM_PROXIES", default=0, minimum=0),
+    "NUM_PROXIES": env_int("NUM_PROXIES", default=0, minimum=0),
     "EXCEPTION_HANDLER": "llm_providers.api.exception_handlers.api_exception_handler",
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
 }
@@ -476,7 +450,12 @@ LOGGING = {
             "filters": ["redact_secrets"],
         },
     },
-    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "root": {
+        "handlers": ["console"],
+        "level": env_choice(
+            "LOG_LEVEL", choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"), default="INFO"
+        ),
+    },
     "loggers": {
         "django": {"handlers": ["mail_admins"], "level": "INFO"},
         "django.server": {"handlers": ["django.server"], "level": "INFO", "propagate": False},
@@ -495,26 +474,26 @@ LOGGING = {
 # --- Completion service ------------------------------------------------------
 # How long a process trusts the config versions it read (routes, prices and
 # budgets of a tenant): a change made in another process applies within this.
-CONFIG_VERSION_LOCAL_SECONDS = _env_number("CONFIG_VERSION_LOCAL_SECONDS", default=1.0)
+CONFIG_VERSION_LOCAL_SECONDS = env_number("CONFIG_VERSION_LOCAL_SECONDS", default=1.0)
 # Attempts per route target before moving to the next fallback (1 = no retry).
-LLM_RETRY_ATTEMPTS = _env_int("LLM_RETRY_ATTEMPTS", default=2)
+LLM_RETRY_ATTEMPTS = env_int("LLM_RETRY_ATTEMPTS", default=2)
 # Exponential backoff between attempts: base, doubled per attempt, capped.
-LLM_RETRY_BACKOFF_SECONDS = _env_number("LLM_RETRY_BACKOFF_SECONDS", default=0.5)
-LLM_RETRY_BACKOFF_MAX_SECONDS = _env_number("LLM_RETRY_BACKOFF_MAX_SECONDS", default=8.0)
+LLM_RETRY_BACKOFF_SECONDS = env_number("LLM_RETRY_BACKOFF_SECONDS", default=0.5)
+LLM_RETRY_BACKOFF_MAX_SECONDS = env_number("LLM_RETRY_BACKOFF_MAX_SECONDS", default=8.0)
 # A provider asking us to wait longer than this is skipped for the next fallback.
-LLM_RETRY_AFTER_MAX_SECONDS = _env_number("LLM_RETRY_AFTER_MAX_SECONDS", default=20.0)
+LLM_RETRY_AFTER_MAX_SECONDS = env_number("LLM_RETRY_AFTER_MAX_SECONDS", default=20.0)
 # The whole call's deadline (attempts, retries, waits and fallbacks), unless a
 # call sets its own. 90 s: one attempt at the default 60 s provider timeout
 # keeps all of it, with 30 s left for a retry or fallback; and it ends before
 # the 100 s that common proxies and CDNs give a request. Set it below the
 # timeout of whatever is in front of the API (docs/OPERATIONS.md).
-LLM_CALL_DEADLINE_SECONDS = _env_number(
+LLM_CALL_DEADLINE_SECONDS = env_number(
     "LLM_CALL_DEADLINE_SECONDS", default=90.0, minimum=1.0, maximum=600.0
 )
 # A streamed answer over HTTP writes a keep-alive comment after this many
 # seconds without an event, so that a client gone away is noticed and its
 # upstream request stopped while the provider sends nothing. 0 turns them off.
-STREAM_KEEPALIVE_SECONDS = _env_number("STREAM_KEEPALIVE_SECONDS", default=10.0)
+STREAM_KEEPALIVE_SECONDS = env_number("STREAM_KEEPALIVE_SECONDS", default=10.0)
 # Output tokens assumed for TPM limits and budget reservations when a call sets
 # no max_tokens.
-LLM_DEFAULT_MAX_TOKENS_ESTIMATE = _env_int("LLM_DEFAULT_MAX_TOKENS_ESTIMATE", default=4096)
+LLM_DEFAULT_MAX_TOKENS_ESTIMATE = env_int("LLM_DEFAULT_MAX_TOKENS_ESTIMATE", default=4096)

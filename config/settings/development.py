@@ -3,9 +3,10 @@
 import sys
 
 from .base import *  # noqa: F403
-from .base import ALLOWED_HOSTS, DATABASES, SALT_KEY, SECRET_KEY, env
+from .base import ALLOWED_HOSTS, DATABASES, SALT_KEY, SECRET_KEY
+from .environment import env_bool
 
-DEBUG = env.bool("DEBUG", default=True)
+DEBUG = env_bool("DEBUG", default=True)
 
 if DEBUG:
     # Development-only secrets, used solely while DEBUG is on and nothing is set.

@@ -10,10 +10,8 @@ from .base import (
     REST_FRAMEWORK,
     SALT_KEY,
     SECRET_KEY,
-    _env_int,
-    _env_strings,
-    env,
 )
+from .environment import env_bool, env_int, env_strings
 
 DEBUG = False
 
@@ -46,8 +44,8 @@ EMBEDDED_BEAT = False
 ALERT_EMAIL_CONFIGURED = bool(EMAIL_URL)
 
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
-REST_FRAMEWORK = {**REST_FRAMEWORK, "NUM_PROXIES": _env_int("NUM_PROXIES", default=1, minimum=0)}
-SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
+REST_FRAMEWORK = {**REST_FRAMEWORK, "NUM_PROXIES": env_int("NUM_PROXIES", default=1, minimum=0)}
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", default=True)
 # Load balancers probe the application itself over plain HTTP, without the
 # proxy's X-Forwarded-Proto: a redirect would read as "unhealthy". The health
 # answer holds no secret and takes no credentials.
@@ -59,9 +57,9 @@ if not SECURE_SSL_REDIRECT:
     SILENCED_SYSTEM_CHECKS = ["security.W008"]
 SESSION_COOKIE_SECURE = True
 CSRF_COOKIE_SECURE = True
-SECURE_HSTS_SECONDS = _env_int("SECURE_HSTS_SECONDS", default=31_536_000, minimum=0)
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", default=31_536_000, minimum=0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = True
 SECURE_HSTS_PRELOAD = True
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
-CSRF_TRUSTED_ORIGINS = _env_strings("CSRF_TRUSTED_ORIGINS")
+CSRF_TRUSTED_ORIGINS = env_strings("CSRF_TRUSTED_ORIGINS")

@@ -1,7 +1,8 @@
 """Test settings: PostgreSQL and Redis when DATABASE_URL / REDIS_URL are set, else embedded."""
 
 from .base import *  # noqa: F403
-from .base import DATABASES, env
+from .base import DATABASES
+from .environment import env_bool
 
 DEBUG = False
 SECRET_KEY = "test-secret-key-not-for-production-0123456789abcdefghijklmnopqrstuv"
@@ -38,7 +39,7 @@ LLM_RETRY_BACKOFF_SECONDS = 0.001
 LLM_RETRY_BACKOFF_MAX_SECONDS = 0.01
 
 # Tasks run inline unless a test starts a real worker (tests/usage/test_tasks.py).
-CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=True)
+CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", default=True)
 # Tests stand for a deployment with a beat: readers of DailyUsage read what is
 # stored; tests of the embedded defaults turn this on.
-USAGE_ROLL_UP_ON_READ = env.bool("USAGE_ROLL_UP_ON_READ", default=False)
+USAGE_ROLL_UP_ON_READ = env_bool("USAGE_ROLL_UP_ON_READ", default=False)

@@ -5,35 +5,68 @@ Each case starts a fresh Python process, because settings are read once per proc
 
 from __future__ import annotations
 
+import ast
 import json
 import os
+import re
 import subprocess
 import sys
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from django.core.exceptions import ImproperlyConfigured
+from rest_framework.throttling import SimpleRateThrottle
+
+from config.settings import environment
+from config.settings.environment import (
+    env_bool,
+    env_choice,
+    env_int,
+    env_str,
+    env_strings,
+    env_throttle_rate,
+    env_url,
+    env_work_mem,
+)
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
-# Variables the settings read: removed from the child's environment so that the
-# machine running the tests does not leak into the cases.
-SETTINGS_VARIABLES = {
-    "DJANGO_SETTINGS_MODULE",
-    "DEBUG",
-    "DATABASE_URL",
-    "REDIS_URL",
-    "CELERY_BROKER_URL",
-    "SECRET_KEY",
-    "SECRET_KEY_FALLBACKS",
-    "SALT_KEY",
-    "ALLOWED_HOSTS",
-    "EMAIL_URL",
-    "PROVIDER_ALLOW_PRIVATE_URLS",
-    "CSRF_TRUSTED_ORIGINS",
-    "SECURE_SSL_REDIRECT",
-    "SECURE_HSTS_SECONDS",
-    "API_THROTTLE_AUTH_FAILURE",
-}
+SETTINGS_DIR = BASE_DIR / "config" / "settings"
+OPERATIONS = BASE_DIR / "docs" / "OPERATIONS.md"
+
+# Calls that read a variable named by their first argument: the readers of
+# config/settings/environment.py and anything else that reads the environment.
+_READER_CALL = re.compile(r"(^|\.)(_?env\w*|getenv)$|^os\.environ\.\w+$|^env\.\w+$")
+
+
+def _dotted(node: ast.AST) -> str:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        return f"{_dotted(node.value)}.{node.attr}"
+    return ""
+
+
+def _reads(path: Path) -> dict[str, str]:
+    """The variables a settings module reads, each with the function that reads it."""
+    found = {}
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        name = reader = None
+        if isinstance(node, ast.Call) and node.args and _READER_CALL.search(_dotted(node.func)):
+            name, reader = node.args[0], _dotted(node.func)
+        elif isinstance(node, ast.Subscript) and _dotted(node.value) == "os.environ":
+            name, reader = node.slice, "os.environ[]"
+        if isinstance(name, ast.Constant) and isinstance(name.value, str):
+            found[name.value] = reader
+    return found
+
+
+# Module name ("base", "production"...) -> {variable: reader}.
+READS = {path.stem: _reads(path) for path in sorted(SETTINGS_DIR.glob("*.py"))}
+READ_VARIABLES = {name for reads in READS.values() for name in reads}
+# Removed from the child's environment so that the machine running the tests
+# does not leak into the cases.
+SETTINGS_VARIABLES = READ_VARIABLES | {"DJANGO_SETTINGS_MODULE"}
 # A key as `secrets.token_urlsafe(50)` makes one: long and varied, as
 # `check --deploy` wants.
 STRONG_SECRET_KEY = "q3Zt8vK1mW9xR2pL6nB4cY7hJ0sD5fG8aE1uI3oT6yV9wQ2zX4kM7rN0bH5jC8lP"
@@ -632,8 +665,8 @@ def test_empty_broker_and_budget_redis_urls_mean_redis_url():
         (
             "USAGE_CALL_LOG_RETENTION_DAYS",
             "-1",
-            "USAGE_CALL_LOG_RETENTION_DAYS must be a whole number of at least 0 "
-            "(0 keeps call logs for ever), not '-1' (see docs/OPERATIONS.md).",
+            "USAGE_CALL_LOG_RETENTION_DAYS must be a whole number of at least 0 and at most "
+            "36500 (0 keeps call logs for ever), not '-1' (see docs/OPERATIONS.md).",
         ),
         (
             "USAGE_AGGREGATION_INTERVAL_SECONDS",
@@ -763,3 +796,671 @@ def test_runserver_keeps_no_postgresql_connection_past_its_request(argv, expecte
 
     assert result.returncode == 0, result.stderr
     assert int(result.stdout) == expected
+
+
+# --- the documentation of the settings and the settings agree --------------------------------
+
+
+def _documented() -> dict[str, str]:
+    """docs/OPERATIONS.md's settings tables: variable -> its default as written."""
+    rows: dict[str, list[str]] = {}
+    in_table = False
+    for line in OPERATIONS.read_text().splitlines():
+        if line.startswith("| variable | default | meaning |"):
+            in_table = True
+        elif not line.startswith("|"):
+            in_table = False
+        elif in_table and not line.startswith("|---"):
+            variable, default = (cell.strip() for cell in line.strip("|").split(" | ")[:2])
+            rows.setdefault(variable, []).append(default)
+    # Each row documents one variable, written `NAME`, once.
+    assert all(re.fullmatch(r"`[A-Z][A-Z0-9_]*`", variable) for variable in rows), list(rows)
+    assert [variable for variable, defaults in rows.items() if len(defaults) > 1] == []
+    return {variable.strip("`"): defaults[0] for variable, defaults in rows.items()}
+
+
+DOCUMENTED = _documented()
+
+
+def test_every_variable_the_settings_read_is_documented():
+    assert sorted(READ_VARIABLES - set(DOCUMENTED)) == []
+
+
+def test_every_documented_variable_is_read_by_the_settings():
+    assert sorted(set(DOCUMENTED) - READ_VARIABLES) == []
+
+
+def test_settings_read_every_variable_through_the_readers_of_their_kind():
+    # One reader per kind of value (config/settings/environment.py): so every
+    # variable takes its default when empty and refuses a value it cannot take.
+    readers = {
+        node.name
+        for node in ast.parse(Path(environment.__file__).read_text()).body
+        if isinstance(node, ast.FunctionDef) and not node.name.startswith("_")
+    }
+    read_otherwise = {
+        f"{module}: {name} by {reader}"
+        for module, reads in READS.items()
+        for name, reader in reads.items()
+        if reader not in readers
+    }
+    assert read_otherwise == set()
+
+
+# How a variable shows in the settings, where it is not the setting of its name.
+SETTING_OF = {
+    "DATABASE_URL": [("DATABASES", "default", "NAME")],
+    "CONN_MAX_AGE": [("DATABASES", "default", "CONN_MAX_AGE")],
+    "EMAIL_URL": [("EMAIL_BACKEND",), ("ALERT_EMAIL_CONFIGURED",)],
+    "LOG_LEVEL": [("LOGGING", "root", "level")],
+    "NUM_PROXIES": [("REST_FRAMEWORK", "NUM_PROXIES")],
+    "API_THROTTLE_SERVICE_KEY": [("REST_FRAMEWORK", "DEFAULT_THROTTLE_RATES", "service_key")],
+    "API_THROTTLE_USER": [("REST_FRAMEWORK", "DEFAULT_THROTTLE_RATES", "user")],
+    "API_THROTTLE_ANON": [("REST_FRAMEWORK", "DEFAULT_THROTTLE_RATES", "anon")],
+    "API_THROTTLE_AUTH_FAILURE": [("REST_FRAMEWORK", "DEFAULT_THROTTLE_RATES", "auth_failure")],
+}
+NOT_SET = "<not set>"
+
+# Loads a settings module as a server does, and prints the value of each
+# variable's setting and the variables the settings modules looked up (not
+# those the libraries they import look up).
+SHOW_VARIABLES = """
+import importlib.util, json, os, sys
+from pathlib import Path
+
+settings_dir = str(Path("config/settings").resolve())
+environ_dir = str(Path(importlib.util.find_spec("environ").origin).parent)
+looked_up = set()
+
+
+def note(name):
+    frame = sys._getframe(2)
+    while frame and frame.f_code.co_filename.startswith(environ_dir):
+        frame = frame.f_back
+    if frame and frame.f_code.co_filename.startswith(settings_dir):
+        looked_up.add(name)
+
+
+class Recording(dict):
+    def __getitem__(self, name):
+        note(name)
+        return super().__getitem__(name)
+
+    def get(self, name, default=None):
+        note(name)
+        return super().get(name, default)
+
+    def __contains__(self, name):
+        note(name)
+        return super().__contains__(name)
+
+
+os.environ = Recording(os.environ)
+from django.conf import settings
+
+values = {}
+for variable, paths in json.loads(sys.argv[1]).items():
+    shown = []
+    for path in paths:
+        try:
+            value = getattr(settings, path[0])
+            for key in path[1:]:
+                value = value[key]
+        except (AttributeError, KeyError):
+            value = "<not set>"
+        shown.append(value)
+    values[variable] = shown[0] if len(shown) == 1 else shown
+print(json.dumps({"values": values, "looked_up": sorted(looked_up)}, default=str))
+"""
+
+REFUSED = "refuses to start"
+POSTGRES_URL = "postgres://app:pw@db.internal:5432/llm"
+DEVELOPMENT = ("config.settings.development", ())
+PRODUCTION = (
+    "config.settings.production",
+    tuple(sorted({**PRODUCTION_ENV, "DATABASE_URL": POSTGRES_URL}.items())),
+)
+CONSOLE_MAIL = "django.core.mail.backends.console.EmailBackend"
+
+
+def _with(setup, **changes):
+    """A setup with variables set, or removed where given None."""
+    module, env = setup
+    env = {**dict(env), **changes}
+    return module, tuple(sorted((k, v) for k, v in env.items() if v is not None))
+
+
+class StartsWith(str):
+    """An expected text known by its start (the development secret key)."""
+
+
+# Defaults that depend on the settings module or on other variables: each is
+# checked where it applies, and the doc's default must say what the check expects.
+# variable -> [(setup, expected value or REFUSED, words of the documented default)]
+CONDITIONAL_DEFAULTS = {
+    "SECRET_KEY": [
+        (DEVELOPMENT, StartsWith("dev-insecure-"), "a development key while `DEBUG` is on"),
+        (_with(PRODUCTION, SECRET_KEY=None), REFUSED, "required in production"),
+    ],
+    "SALT_KEY": [
+        (DEVELOPMENT, ["dev-insecure-salt"], "a development salt while `DEBUG` is on"),
+        (_with(PRODUCTION, SALT_KEY=None), REFUSED, "required in production"),
+    ],
+    "ALLOWED_HOSTS": [
+        (DEVELOPMENT, ["127.0.0.1", "localhost"], "`127.0.0.1,localhost` while `DEBUG` is on"),
+        (_with(PRODUCTION, ALLOWED_HOSTS=None), REFUSED, "required in production"),
+    ],
+    "DEBUG": [
+        (DEVELOPMENT, True, "on in development"),
+        (_with(PRODUCTION, DEBUG="on"), False, "off in production, whatever is set"),
+    ],
+    "DATABASE_URL": [
+        (DEVELOPMENT, str(BASE_DIR / "db.sqlite3"), "`sqlite:///<project>/db.sqlite3`"),
+    ],
+    "CONN_MAX_AGE": [(PRODUCTION, 60, "60 with PostgreSQL")],
+    "CALL_LOG_ASYNC": [
+        (PRODUCTION, True, "on with PostgreSQL"),
+        (DEVELOPMENT, False, "off with SQLite"),
+    ],
+    "REDIS_URL": [
+        (DEVELOPMENT, "", "unset"),
+        (_with(PRODUCTION, REDIS_URL=None), REFUSED, "production refuses to start without it"),
+    ],
+    "CELERY_BROKER_URL": [
+        (PRODUCTION, PRODUCTION_ENV["REDIS_URL"], "`REDIS_URL`"),
+        (DEVELOPMENT, "memory://localhost/", "else in-process (`memory://localhost/`)"),
+    ],
+    "EMAIL_URL": [
+        (DEVELOPMENT, [CONSOLE_MAIL, True], "unset: the console"),
+        (PRODUCTION, [CONSOLE_MAIL, False], "in production alert emails fail instead"),
+    ],
+    "NUM_PROXIES": [(DEVELOPMENT, 0, "0"), (PRODUCTION, 1, "1 in production")],
+    "CELERY_TASK_ALWAYS_EAGER": [
+        (DEVELOPMENT, True, "on without a broker"),
+        (PRODUCTION, False, "off with one"),
+    ],
+    "USAGE_ROLL_UP_ON_READ": [
+        (DEVELOPMENT, True, "on when tasks run in the caller"),
+        (PRODUCTION, False, "else off"),
+    ],
+    "EMBEDDED_BEAT": [
+        (DEVELOPMENT, True, "on"),
+        (_with(PRODUCTION, EMBEDDED_BEAT="on"), False, "off in production, whatever is set"),
+    ],
+    "USAGE_BUDGET_BACKEND": [
+        (PRODUCTION, "redis", "`redis` with `REDIS_URL`"),
+        (DEVELOPMENT, "database", "else `database`"),
+    ],
+    "USAGE_BUDGET_REDIS_URL": [
+        (PRODUCTION, PRODUCTION_ENV["REDIS_URL"], "`REDIS_URL`"),
+        (DEVELOPMENT, "", "`REDIS_URL`"),
+    ],
+}
+
+# A default the same wherever the variable is read: a number, on/off, empty or
+# a `literal`, with at most a remark in brackets.
+PLAIN_DEFAULT = re.compile(r"(on|off|empty|[0-9]+(?:\.[0-9]+)?|`[^`]*`)(?: \([^()]*\))?")
+
+_loaded: dict = {}
+
+
+def _load(setup) -> dict | subprocess.CompletedProcess:
+    """Every documented variable's setting under a setup; the failed run if it refused."""
+    if setup not in _loaded:
+        module, env = setup
+        paths = {name: SETTING_OF.get(name, [(name,)]) for name in DOCUMENTED}
+        result = _run(
+            ["-c", SHOW_VARIABLES, json.dumps(paths)], settings_module=module, env=dict(env)
+        )
+        _loaded[setup] = json.loads(result.stdout) if result.returncode == 0 else result
+    return _loaded[setup]
+
+
+def _values(setup) -> dict:
+    loaded = _load(setup)
+    assert isinstance(loaded, dict), loaded.stderr
+    return loaded["values"]
+
+
+def _same(expected, actual) -> bool:
+    if isinstance(expected, StartsWith):
+        return isinstance(actual, str) and actual.startswith(expected)
+    return type(expected) is type(actual) and expected == actual
+
+
+def _plain_value(written: str, actual) -> bool:
+    if written in ("on", "off"):
+        return actual is (written == "on")
+    if written == "empty":
+        return actual in ([], "")
+    if written.startswith("`"):
+        return actual == written.strip("`")
+    return not isinstance(actual, bool | str) and float(actual) == float(written)
+
+
+def _setups_reading(variable: str) -> list:
+    """The baselines whose settings modules read the variable."""
+    modules = {module for module, reads in READS.items() if variable in reads}
+    setups = []
+    if modules & {"base", "development"}:
+        setups.append(DEVELOPMENT)
+    if modules & {"base", "production"}:
+        setups.append(PRODUCTION)
+    return setups
+
+
+@pytest.mark.parametrize("variable", sorted(DOCUMENTED))
+def test_documented_default_is_the_default(variable):
+    written = DOCUMENTED[variable]
+    if variable in CONDITIONAL_DEFAULTS:
+        for setup, expected, words in CONDITIONAL_DEFAULTS[variable]:
+            assert words in written, f"{variable}: the documented default does not say {words!r}"
+            if expected == REFUSED:
+                refused = _load(setup)
+                assert isinstance(refused, subprocess.CompletedProcess), setup
+                assert f"ImproperlyConfigured: {variable} " in refused.stderr
+            else:
+                actual = _values(setup)[variable]
+                assert _same(expected, actual), (variable, setup[0], actual)
+        return
+    plain = PLAIN_DEFAULT.fullmatch(written)
+    assert plain, (
+        f"{variable}: {written!r} is no plain default; a default that depends on "
+        "something needs its cases in CONDITIONAL_DEFAULTS"
+    )
+    setups = _setups_reading(variable)
+    assert setups
+    for setup in setups:
+        actual = _values(setup)[variable]
+        assert _plain_value(plain[1], actual), (variable, setup[0], written, actual)
+
+
+def test_variables_looked_up_at_start_are_those_found_in_the_settings_source():
+    # The source scan above misses nothing the settings read another way.
+    looked_up = set()
+    for setup in (DEVELOPMENT, PRODUCTION, _with(DEVELOPMENT, DATABASE_URL=POSTGRES_URL)):
+        loaded = _load(setup)
+        assert isinstance(loaded, dict), loaded.stderr
+        looked_up |= set(loaded["looked_up"])
+    assert looked_up <= READ_VARIABLES
+    # and CONN_MAX_AGE, read only with PostgreSQL, was among them
+    assert {"CONN_MAX_AGE", "SECURE_SSL_REDIRECT", "DEBUG"} <= looked_up
+
+
+@pytest.mark.parametrize("blank", ["", "  "])
+@pytest.mark.parametrize("setup", [DEVELOPMENT, PRODUCTION], ids=["development", "production"])
+def test_every_variable_set_but_empty_takes_its_default(setup, blank):
+    # As compose files and env files write a variable they have no value for.
+    given = dict(setup[1])
+    empty = _with(setup, **{name: blank for name in READ_VARIABLES if name not in given})
+
+    assert _values(empty) == _values(setup)
+
+
+# --- how each kind of value is read ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("written", "value"),
+    [
+        *[(word, True) for word in ("true", "True", "TRUE", "1", "yes", "Yes", "on", "ON")],
+        *[(word, False) for word in ("false", "False", "0", "no", "NO", "off", "Off", " off ")],
+        ("", True),
+        ("   ", True),
+    ],
+)
+def test_on_off_settings_read_the_usual_words_in_any_case(monkeypatch, written, value):
+    monkeypatch.setenv("CALL_LOG_ASYNC", written)
+
+    assert env_bool("CALL_LOG_ASYNC", default=True) is value
+
+
+@pytest.mark.parametrize("written", ["ture", "flase", "2", "y", "enabled", "of"])
+def test_on_off_setting_refuses_any_other_word_naming_the_variable(monkeypatch, written):
+    # django-environ would have read every one of these as off.
+    monkeypatch.setenv("CALL_LOG_ASYNC", written)
+
+    with pytest.raises(ImproperlyConfigured) as refused:
+        env_bool("CALL_LOG_ASYNC", default=True)
+    assert str(refused.value) == (
+        f"CALL_LOG_ASYNC must be true or false (or 1/0, yes/no, on/off, in any case), "
+        f"not {written!r} (see docs/OPERATIONS.md)."
+    )
+
+
+@pytest.mark.parametrize(("written", "value"), [("42", 42), (" 7 ", 7), ("+3", 3), ("", 10)])
+def test_whole_number_settings_read_digits(monkeypatch, written, value):
+    monkeypatch.setenv("EMAIL_TIMEOUT", written)
+
+    assert env_int("EMAIL_TIMEOUT", default=10) == value
+
+
+@pytest.mark.parametrize("written", ["ten", "1.5", "1e3", "1_000", "0x10", "٣", "0", "-5"])
+def test_whole_number_setting_refuses_anything_else_naming_the_variable(monkeypatch, written):
+    monkeypatch.setenv("EMAIL_TIMEOUT", written)
+
+    with pytest.raises(ImproperlyConfigured) as refused:
+        env_int("EMAIL_TIMEOUT", default=10)
+    assert str(refused.value) == (
+        f"EMAIL_TIMEOUT must be a whole number of at least 1, not {written!r} "
+        "(see docs/OPERATIONS.md)."
+    )
+
+
+def test_whole_number_setting_refuses_a_value_above_its_maximum(monkeypatch):
+    monkeypatch.setenv("USAGE_CALL_LOG_RETENTION_DAYS", "9999999")
+
+    with pytest.raises(ImproperlyConfigured) as refused:
+        env_int("USAGE_CALL_LOG_RETENTION_DAYS", default=90, minimum=0, maximum=36_500)
+    assert str(refused.value) == (
+        "USAGE_CALL_LOG_RETENTION_DAYS must be a whole number of at least 0 and at most 36500, "
+        "not '9999999' (see docs/OPERATIONS.md)."
+    )
+
+
+@pytest.mark.parametrize(
+    ("written", "value"),
+    [("debug", "DEBUG"), ("Warning", "WARNING"), (" ERROR ", "ERROR"), ("", "INFO")],
+)
+def test_choice_settings_read_their_words_in_any_case(monkeypatch, written, value):
+    monkeypatch.setenv("LOG_LEVEL", written)
+
+    assert (
+        env_choice("LOG_LEVEL", choices=("DEBUG", "INFO", "WARNING", "ERROR"), default="INFO")
+        == value
+    )
+
+
+@pytest.mark.parametrize(
+    ("written", "rate"),
+    [
+        ("1200/min", "1200/min"),
+        ("10/MIN", "10/min"),
+        (" 5 / s ", "5/s"),
+        ("30/minute", "30/minute"),
+        ("2/hours", "2/hours"),
+        ("100/Day", "100/day"),
+        ("0/hour", "0/hour"),
+        ("", "60/min"),
+    ],
+)
+def test_throttle_rates_are_written_as_the_throttle_reads_them(monkeypatch, written, rate):
+    monkeypatch.setenv("API_THROTTLE_ANON", written)
+
+    read = env_throttle_rate("API_THROTTLE_ANON", default="60/min")
+
+    assert read == rate
+
+    throttle = type("Throttle", (SimpleRateThrottle,), {"rate": read})()
+    count, seconds = read.split("/")
+    assert throttle.num_requests == int(count)
+    assert throttle.duration == {"s": 1, "m": 60, "h": 3600, "d": 86400}[seconds[0]]
+
+
+@pytest.mark.parametrize(
+    "written", ["10/month", "10/mins", "10", "/min", "ten/min", "-5/min", "1_000/min", "10/m/s"]
+)
+def test_throttle_rate_written_otherwise_is_refused_naming_the_variable(monkeypatch, written):
+    # DRF would read "10/month" as ten a minute: it reads a unit by its first letter.
+    monkeypatch.setenv("API_THROTTLE_ANON", written)
+
+    with pytest.raises(ImproperlyConfigured) as refused:
+        env_throttle_rate("API_THROTTLE_ANON", default="60/min")
+    assert str(refused.value) == (
+        f"API_THROTTLE_ANON must be a rate written <count>/<sec|min|hour|day> (e.g. 1200/min), "
+        f"not {written!r} (see docs/OPERATIONS.md)."
+    )
+
+
+@pytest.mark.parametrize(
+    ("written", "size"),
+    [
+        ("256MB", "256MB"),
+        ("256mb", "256MB"),
+        ("1 gb", "1GB"),
+        ("65536", "65536kB"),
+        ("64KB", "64kB"),
+        ("1TB", "1TB"),
+        ("", "256MB"),
+    ],
+)
+def test_work_mem_is_written_as_postgresql_spells_it(monkeypatch, written, size):
+    monkeypatch.setenv("USAGE_AGGREGATION_WORK_MEM", written)
+
+    assert env_work_mem("USAGE_AGGREGATION_WORK_MEM", default="256MB") == size
+
+
+@pytest.mark.parametrize("written", ["32kB", "2TB", "256 megs", "1.5GB", "MB", "-1MB"])
+def test_work_mem_postgresql_cannot_take_is_refused_naming_the_variable(monkeypatch, written):
+    monkeypatch.setenv("USAGE_AGGREGATION_WORK_MEM", written)
+
+    with pytest.raises(ImproperlyConfigured) as refused:
+        env_work_mem("USAGE_AGGREGATION_WORK_MEM", default="256MB")
+    assert str(refused.value) == (
+        "USAGE_AGGREGATION_WORK_MEM must be a size written <number><B|kB|MB|GB|TB> (kB if no "
+        f"unit) from 64kB to 2147483647kB, e.g. 256MB, not {written!r} (see docs/OPERATIONS.md)."
+    )
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db
+def test_postgresql_takes_every_work_mem_the_setting_reads(monkeypatch):
+    from django.db import connection
+
+    sizes = []
+    for written in ("256mb", "1 gb", "65536", "64KB", "2147483647kB", "65536b"):
+        monkeypatch.setenv("USAGE_AGGREGATION_WORK_MEM", written)
+        sizes.append(env_work_mem("USAGE_AGGREGATION_WORK_MEM", default="256MB"))
+
+    with connection.cursor() as cursor:
+        taken = []
+        for size in sizes:
+            cursor.execute("SELECT set_config('work_mem', %s, true)", [size])
+            cursor.execute("SHOW work_mem")
+            taken.append(cursor.fetchone()[0])
+
+    assert taken == ["256MB", "1GB", "64MB", "64kB", "2147483647kB", "64kB"]
+
+
+def test_url_settings_refuse_another_scheme_without_quoting_the_url(monkeypatch):
+    monkeypatch.setenv("REDIS_URL", "cache.internal:6379")
+
+    with pytest.raises(ImproperlyConfigured) as refused:
+        env_url("REDIS_URL", schemes=("redis", "rediss"), example="redis://host:6379/0")
+    assert str(refused.value) == (
+        "REDIS_URL must be a URL starting redis:// or rediss://, e.g. redis://host:6379/0 "
+        "(see docs/OPERATIONS.md)."
+    )
+
+
+def test_text_and_list_settings_take_their_default_when_blank(monkeypatch):
+    monkeypatch.setenv("DEFAULT_FROM_EMAIL", "  ")
+    monkeypatch.setenv("ALLOWED_HOSTS", " , ")
+
+    assert env_str("DEFAULT_FROM_EMAIL", default="llm-layer@localhost") == "llm-layer@localhost"
+    assert env_strings("ALLOWED_HOSTS") == []
+
+
+# --- start errors -----------------------------------------------------------------------------
+
+
+def _check(settings_module: str, **env: str):
+    return _run(["manage.py", "check"], settings_module=settings_module, env=env)
+
+
+@pytest.mark.parametrize(
+    ("settings_module", "variable", "value", "message"),
+    [
+        # Read as off, a typo turned DEBUG off and asked for production secrets.
+        (
+            "config.settings.development",
+            "DEBUG",
+            "ture",
+            "DEBUG must be true or false (or 1/0, yes/no, on/off, in any case), not 'ture'",
+        ),
+        # Read as off, a typo turned the HTTPS redirect off and silenced its warning.
+        (
+            "config.settings.production",
+            "SECURE_SSL_REDIRECT",
+            "yes please",
+            "SECURE_SSL_REDIRECT must be true or false (or 1/0, yes/no, on/off, in any case), "
+            "not 'yes please'",
+        ),
+        (
+            "config.settings.production",
+            "LOG_LEVEL",
+            "verbose",
+            "LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL (in any case), "
+            "not 'verbose'",
+        ),
+        (
+            "config.settings.production",
+            "USAGE_BUDGET_BACKEND",
+            "memcached",
+            "USAGE_BUDGET_BACKEND must be one of redis, database (in any case), not 'memcached'",
+        ),
+        (
+            "config.settings.development",
+            "USAGE_BUDGET_BACKEND",
+            "redis",
+            "USAGE_BUDGET_BACKEND is redis, which needs USAGE_BUDGET_REDIS_URL or REDIS_URL",
+        ),
+        (
+            "config.settings.production",
+            "API_THROTTLE_ANON",
+            "10/fortnight",
+            "API_THROTTLE_ANON must be a rate written <count>/<sec|min|hour|day> "
+            "(e.g. 1200/min), not '10/fortnight'",
+        ),
+        (
+            "config.settings.production",
+            "BOOKKEEPING_QUEUE_SIZE",
+            "10k",
+            "BOOKKEEPING_QUEUE_SIZE must be a whole number of at least 1, not '10k'",
+        ),
+        (
+            "config.settings.production",
+            "USAGE_CALL_LOG_RETENTION_DAYS",
+            "9999999",
+            "USAGE_CALL_LOG_RETENTION_DAYS must be a whole number of at least 0 and at most "
+            "36500 (0 keeps call logs for ever), not '9999999'",
+        ),
+        (
+            "config.settings.production",
+            "USAGE_AGGREGATION_WORK_MEM",
+            "lots",
+            "USAGE_AGGREGATION_WORK_MEM must be a size written <number><B|kB|MB|GB|TB> (kB if "
+            "no unit) from 64kB to 2147483647kB, e.g. 256MB, not 'lots'",
+        ),
+    ],
+)
+def test_a_value_the_settings_cannot_take_stops_the_start_naming_it(
+    settings_module, variable, value, message
+):
+    env = PRODUCTION_ENV if settings_module.endswith("production") else {}
+
+    result = _check(settings_module, **{**env, variable: value})
+
+    assert result.returncode != 0
+    assert (
+        f"django.core.exceptions.ImproperlyConfigured: {message} (see docs/OPERATIONS.md)."
+        in result.stderr
+    )
+
+
+@pytest.mark.parametrize(
+    ("variable", "url", "message"),
+    [
+        (
+            "DATABASE_URL",
+            "mysql://app:hunter2-secret@db.internal/llm",
+            "DATABASE_URL must be a URL starting postgres:// or postgresql:// or sqlite://, "
+            "e.g. postgres://user:password@host:5432/llm",
+        ),
+        (
+            "DATABASE_URL",
+            "postgres://app:hunter2-secret@db.internal:54x2/llm",
+            "DATABASE_URL is not a database URL: expected e.g. "
+            "postgres://user:password@host:5432/llm",
+        ),
+        (
+            "REDIS_URL",
+            "cache.internal:6379?password=hunter2-secret",
+            "REDIS_URL must be a URL starting redis:// or rediss:// or unix://, "
+            "e.g. redis://host:6379/0",
+        ),
+        (
+            "USAGE_BUDGET_REDIS_URL",
+            "http://:hunter2-secret@cache.internal:6379/0",
+            "USAGE_BUDGET_REDIS_URL must be a URL starting redis:// or rediss:// or unix://, "
+            "e.g. redis://host:6379/0",
+        ),
+    ],
+)
+def test_an_unusable_url_stops_the_start_without_quoting_it(variable, url, message):
+    result = _check("config.settings.production", **{**PRODUCTION_ENV, variable: url})
+
+    assert result.returncode != 0
+    assert (
+        f"django.core.exceptions.ImproperlyConfigured: {message} (see docs/OPERATIONS.md)."
+        in result.stderr
+    )
+    assert "hunter2" not in result.stderr + result.stdout
+
+
+SHOW_LOGGING = """
+import json, logging
+import django
+django.setup()
+from django.conf import settings as s
+print(json.dumps({
+    "root": logging.getLogger().level,
+    "rates": s.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"],
+    "budget": s.USAGE_BUDGET_BACKEND,
+    "work_mem": s.USAGE_AGGREGATION_WORK_MEM,
+    "eager": s.CELERY_TASK_ALWAYS_EAGER,
+    "private": s.PROVIDER_ALLOW_PRIVATE_URLS,
+}))
+"""
+
+
+def test_words_in_another_case_are_read_as_meant():
+    result = _run(
+        ["-c", SHOW_LOGGING],
+        settings_module="config.settings.production",
+        env={
+            **PRODUCTION_ENV,
+            "LOG_LEVEL": "debug",
+            "API_THROTTLE_USER": "100/MIN",
+            "USAGE_BUDGET_BACKEND": "Database",
+            "USAGE_AGGREGATION_WORK_MEM": "512mb",
+            "CELERY_TASK_ALWAYS_EAGER": "YES",
+            "PROVIDER_ALLOW_PRIVATE_URLS": "Off",
+        },
+    )
+
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout.strip().splitlines()[-1])
+    assert shown["root"] == 10  # logging.DEBUG
+    assert shown["rates"]["user"] == "100/min"
+    assert (shown["budget"], shown["work_mem"]) == ("database", "512MB")
+    assert (shown["eager"], shown["private"]) == (True, False)
+
+
+def test_production_with_empty_optional_variables_passes_check_deploy():
+    # An empty SECURE_SSL_REDIRECT was read as off: no redirect, its warning silenced.
+    result = _run(
+        ["manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        settings_module="config.settings.production",
+        env={
+            **PRODUCTION_ENV,
+            "SECURE_SSL_REDIRECT": "",
+            "SECURE_HSTS_SECONDS": "",
+            "DEBUG": "",
+            "LOG_LEVEL": "",
+            "API_THROTTLE_AUTH_FAILURE": "",
+        },
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == "System check identified no issues (0 silenced)."

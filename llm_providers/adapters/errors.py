@@ -97,6 +97,19 @@ class UpstreamUnavailable(ProviderError):
     retryable = True
 
 
+class MalformedAnswer(UpstreamUnavailable):
+    """The provider answered (HTTP 200) with a body that is not what its wire
+    format promises: not JSON, or JSON not shaped like an answer (a stream's
+    chunk included). Another attempt, or another provider, may answer
+    properly, so it is retried and fallen back from as any outage is."""
+
+
+def malformed_answer(label: str, problem: str) -> MalformedAnswer:
+    """The error of an answer of `label` (a provider type) that is not one;
+    `problem` says what is wrong with it ("it is not JSON")."""
+    return MalformedAnswer(f"The {label} answer is malformed: {problem}.")
+
+
 def failed_answer_error(message: str, usage: Usage | None, model: str) -> UpstreamUnavailable:
     """The error of an answer the provider ended as failed; the `usage` it
     reported for it (the answer's usage object, a stream's closing figures),

@@ -21,6 +21,7 @@ from llm_providers.adapters.errors import (
     _SecretsInUse,
     connection_failure,
     error_for_status,
+    malformed_answer,
     message_says_context_too_long,
     retry_after_from_headers,
 )
@@ -145,6 +146,14 @@ def test_connection_failure_tells_unreachable_from_broken_off():
         connection_failure("groq", refused) == "groq could not be reached (ConnectionRefusedError)."
     )
     assert connection_failure("groq", broken) == "The connection to groq broke off (EOFError)."
+
+
+def test_malformed_answer_is_a_retryable_upstream_unavailable_saying_what_is_wrong():
+    error = malformed_answer("openai", "it is not JSON")
+
+    assert isinstance(error, UpstreamUnavailable)
+    assert (error.code, error.http_status, error.retryable) == ("upstream_unavailable", 502, True)
+    assert error.message == "The openai answer is malformed: it is not JSON."
 
 
 class _Owner:

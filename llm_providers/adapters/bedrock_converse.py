@@ -202,10 +202,11 @@ _USAGE_FIGURES = (
     "cacheReadInputTokens",
     "cacheWriteInputTokens",
 )
-# The modules in which botocore reads an answer: an exception raised there
-# (its parsers take values as they come, a `str` where an object belongs
-# fails with AttributeError) is an answer it could not read.
-_ANSWER_READING_MODULES = frozenset({"botocore.parsers", "botocore.eventstream"})
+# The module in which botocore reads an answer (an event-stream event's
+# payload too): an exception raised there is an answer it could not read (its
+# parsers take values as they come: a `str` where an object belongs fails
+# with AttributeError).
+_ANSWER_READING_MODULE = "botocore.parsers"
 
 
 def _converse_answer_check(response_dict: dict[str, Any], **_: Any) -> None:
@@ -239,7 +240,7 @@ def _raised_reading_answer(exc: BaseException) -> bool:
     """Whether `exc` was raised while botocore read an answer."""
     trace: TracebackType | None = exc.__traceback__
     while trace is not None:
-        if trace.tb_frame.f_globals.get("__name__") in _ANSWER_READING_MODULES:
+        if trace.tb_frame.f_globals.get("__name__") == _ANSWER_READING_MODULE:
             return True
         trace = trace.tb_next
     return False
@@ -583,7 +584,7 @@ class BedrockConverseAdapter(Adapter):
             )
 
     def unreadable_answer(self, exc: Exception, *, streamed: bool) -> ProviderError | None:
-        if not (
+        if isinstance(exc, self.vendor_errors) or not (
             isinstance(exc, ResponseParserError | EventStreamParserError)
             or _raised_reading_answer(exc)
         ):

@@ -435,7 +435,7 @@ class OpenAIChatAdapter(Adapter):
         (too few, an index twice or missing) is refused: it would pair texts
         with the vectors of other texts. So is one whose vectors are not all
         of `dimensions` (None: of the first one's), not numbers, or empty:
-        no index can hold them together.
+        no vector index can hold them together.
         """
         label = self.settings.provider_type
         items = [

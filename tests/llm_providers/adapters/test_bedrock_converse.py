@@ -1012,6 +1012,28 @@ def test_stream_reports_no_usage_when_its_metadata_figures_are_no_counts(
     assert received[-1].usage_so_far is None
 
 
+def test_stream_connection_broken_after_message_stop_is_no_unreadable_metadata(
+    adapter, bedrock_upstream
+):
+    # given a stream whose connection drops after messageStop, before its metadata
+    chunks = _stream_events()
+    bedrock_upstream.enqueue(
+        Reply(
+            headers={"Content-Type": EVENT_STREAM_TYPE},
+            chunks=chunks,
+            break_after=len(chunks) - 1,
+            route="converse_stream",
+        )
+    )
+
+    # then it fails as a broken connection, not as an answer without usage
+    with pytest.raises(UpstreamUnavailable) as raised:
+        list(adapter.stream(_request()))
+
+    assert not isinstance(raised.value, MalformedAnswer)
+    assert raised.value.message.startswith("The connection to bedrock broke off")
+
+
 def test_stream_reports_the_prompts_usage_alone_when_the_output_figure_is_null(
     adapter, bedrock_upstream
 ):

@@ -61,6 +61,7 @@ from .adapters.base import (
     estimate_message_tokens,
     estimate_output_tokens,
     estimate_text_tokens,
+    usage_estimate,
 )
 from .adapters.errors import (
     CallDeadlineReached,
@@ -1415,9 +1416,9 @@ class _StreamRun:
         output_tokens = estimate_output_tokens(text, tool_calls or ()) + estimate_text_tokens(
             unseen_text
         )
-        if reported is None:
-            return Usage(input_tokens=self._call.input_tokens, output_tokens=output_tokens)
-        return replace(reported, output_tokens=max(reported.output_tokens, output_tokens))
+        return usage_estimate(
+            input_tokens=self._call.input_tokens, output_tokens=output_tokens, reported=reported
+        )
 
     def _log_unseen_output(
         self, target, error, unseen_received, reported, answered_model, started_at, started
@@ -1565,8 +1566,8 @@ def _embed_on_target(call: _Call, target: RouteTarget) -> EmbeddingResult:
         _log_failure(call, target, error, timezone.now(), time.perf_counter())
         raise error
     # The batches answered by failed attempts on this target: a retry sends
-    # only the inputs after them. Another target would start over, as its
-    # vectors do not mix with these.
+    # only the inputs after them, and its vectors must have their dimensions.
+    # Another target would start over, as its vectors do not mix with these.
     answered: list[list[float]] = []
     answered_tokens = 0
     answered_estimated = False
@@ -1580,6 +1581,7 @@ def _embed_on_target(call: _Call, target: RouteTarget) -> EmbeddingResult:
                     inputs=request.inputs[len(answered) :],
                     timeout=call.deadline.attempt_timeout(adapter, request.timeout),
                     deadline=call.deadline.ends,
+                    expected_dimensions=len(answered[0]) if answered else None,
                 )
             )
         except ProviderError as error:

@@ -21,6 +21,7 @@ stream ending early keeps the prompt's real tokens.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -28,6 +29,18 @@ from typing import Any
 import anthropic
 import httpx2
 
+from .answers import (
+    UnusableUsage,
+    answer_object,
+    answered_model,
+    json_kind,
+    member,
+    optional_index,
+    optional_list,
+    optional_text,
+    required_object,
+    token_figures,
+)
 from .base import (
     Adapter,
     StreamCut,
@@ -61,11 +74,13 @@ from .errors import (
     connection_failure,
     error_for_status,
     is_redirect,
+    malformed_answer,
     redirect_refused,
     retry_after_from_headers,
 )
 from .types import AdapterSettings, ChatRequest, ChatResult, Message, StreamChunk, ToolCall, Usage
 
+LABEL = "anthropic"
 # 4096: the largest answer every Claude model can give (older Haiku models
 # stop there); callers wanting longer answers say so with max_tokens.
 DEFAULT_MAX_TOKENS = 4096
@@ -162,28 +177,52 @@ class AnthropicMessagesAdapter(Adapter):
     @translate_errors
     def complete(self, request: ChatRequest) -> ChatResult:
         message = self._client.messages.create(**self._create_arguments(request))
+        message = answer_object(message, LABEL)
         own_stops = local_stops(request.stop)
         text = ""
         tool_calls: list[ToolCall] = []
-        finish_reason = _FINISH_REASONS.get(message.stop_reason or "", "stop")
-        for block in message.content:
-            if block.type == "text":
-                text += block.text
+        stop_reason = optional_text(member(message, "stop_reason"), LABEL, "its stop_reason")
+        finish_reason = _FINISH_REASONS.get(stop_reason or "", "stop")
+        blocks = member(message, "content")
+        if blocks is None:
+            raise malformed_answer(LABEL, "it has no content")
+        for block in optional_list(blocks, LABEL, "its content field"):
+            kind = _block_type(block, "a content block")
+            if kind == "text":
+                text += _required_text(member(block, "text"), "a text block's text")
                 cut = stop_position(text, own_stops)
                 if cut is not None:
                     # What followed the stop sequence would not have been generated.
                     text, finish_reason = text[:cut], "stop"
                     break
-            elif block.type == "tool_use":
+            elif kind == "tool_use":
+                call_id, name = _tool_use_identity(block)
+                arguments = member(block, "input")
+                if arguments is not None and not isinstance(arguments, dict):
+                    raise malformed_answer(
+                        LABEL, f"a tool_use block's input is {json_kind(arguments)}, not an object"
+                    )
                 tool_calls.append(
-                    ToolCall(id=block.id, name=block.name, arguments=arguments_dump(block.input))
+                    ToolCall(id=call_id, name=name, arguments=arguments_dump(arguments))
                 )
+        try:
+            fields = _usage_fields(member(message, "usage"))
+        except UnusableUsage:
+            fields = {}
+        estimated = not {"input_tokens", "output_tokens"} <= fields.keys()
+        if estimated:
+            # No usage, a figure that is no count (then none is trusted), or
+            # no output figure: estimated rather than billed as nothing.
+            usage = self.answer_usage_estimate(request, text, tool_calls, _usage_so_far(fields))
+        else:
+            usage = _usage(fields)
         return ChatResult(
             content=text,
-            usage=_usage(_usage_fields(message.usage)),
-            model=message.model or request.model,
+            usage=usage,
+            model=answered_model(member(message, "model"), request.model),
             finish_reason=finish_reason,
             tool_calls=tool_calls,
+            usage_estimated=estimated,
         )
 
     @translate_stream_errors
@@ -195,6 +234,11 @@ class AnthropicMessagesAdapter(Adapter):
         model = request.model
         stop_reason: str | None = None
         fields: dict[str, int] = {}
+        # Whether a usage object of the stream held a figure that is no count
+        # (it is left out, and the stream's usage estimated), and whether a
+        # message_delta brought the output's final figure.
+        usage_unusable = False
+        output_reported = False
         tools: dict[int, dict[str, str]] = {}
         own_stops = local_stops(request.stop)
         # Text not yielded yet because it may be the start of a local stop sequence.
@@ -203,43 +247,76 @@ class AnthropicMessagesAdapter(Adapter):
         end = StreamEnd()
         with events, cut.holding(httpx_response_socket(events.response)):
             for event in self.events_read(events, cut=cut, end=end):
+                event = required_object(event, LABEL, "an event of it")
+                kind = _block_type(event, "an event of it")
                 text = ""
-                if event.type == "message_start":
-                    model = event.message.model or model
-                    fields.update(_usage_fields(event.message.usage))
-                elif event.type == "content_block_start":
-                    block = event.content_block
-                    if block.type == "tool_use":
-                        tools[event.index] = {"id": block.id, "name": block.name, "arguments": ""}
+                if kind == "message_start":
+                    started = required_object(
+                        member(event, "message"), LABEL, "its message_start's message"
+                    )
+                    model = answered_model(member(started, "model"), model)
+                    try:
+                        fields.update(_usage_fields(member(started, "usage")))
+                    except UnusableUsage:
+                        usage_unusable = True
+                elif kind == "content_block_start":
+                    block = required_object(
+                        member(event, "content_block"), LABEL, "a content_block_start's block"
+                    )
+                    block_kind = _block_type(block, "a content block")
+                    if block_kind == "tool_use":
+                        call_id, name = _tool_use_identity(block)
+                        index = _event_index(event)
+                        tools[index] = {"id": call_id, "name": name, "arguments": ""}
                         yield StreamChunk(
-                            unseen_text=block.name, model=model, usage_so_far=_usage_so_far(fields)
+                            unseen_text=name, model=model, usage_so_far=_usage_so_far(fields)
                         )
-                    elif block.type == "text":
-                        text = block.text
-                elif event.type == "content_block_delta":
-                    delta = event.delta
-                    if delta.type == "text_delta":
-                        text = delta.text
-                    elif delta.type == "thinking_delta" and delta.thinking:
-                        # Billed output the caller does not read: counted if
-                        # the stream ends before its usage arrives.
-                        yield StreamChunk(
-                            unseen_text=delta.thinking,
-                            model=model,
-                            usage_so_far=_usage_so_far(fields),
+                    elif block_kind == "text":
+                        text = optional_text(member(block, "text"), LABEL, "a text block's text")
+                        text = text or ""
+                elif kind == "content_block_delta":
+                    delta = required_object(member(event, "delta"), LABEL, "a content block delta")
+                    delta_kind = _block_type(delta, "a content block delta")
+                    if delta_kind == "text_delta":
+                        text = _required_text(member(delta, "text"), "a text delta's text")
+                    elif delta_kind == "thinking_delta":
+                        thinking = optional_text(
+                            member(delta, "thinking"), LABEL, "a thinking delta's thinking"
                         )
-                    elif delta.type == "input_json_delta" and event.index in tools:
-                        tools[event.index]["arguments"] += delta.partial_json
-                        if delta.partial_json:
+                        if thinking:
+                            # Billed output the caller does not read: counted if
+                            # the stream ends before its usage arrives.
                             yield StreamChunk(
-                                unseen_text=delta.partial_json,
+                                unseen_text=thinking,
                                 model=model,
                                 usage_so_far=_usage_so_far(fields),
                             )
-                elif event.type == "message_delta":
-                    stop_reason = event.delta.stop_reason or stop_reason
+                    elif delta_kind == "input_json_delta":
+                        index = _event_index(event)
+                        piece = optional_text(
+                            member(delta, "partial_json"), LABEL, "a tool input delta's JSON"
+                        )
+                        if index in tools and piece:
+                            tools[index]["arguments"] += piece
+                            yield StreamChunk(
+                                unseen_text=piece,
+                                model=model,
+                                usage_so_far=_usage_so_far(fields),
+                            )
+                elif kind == "message_delta":
+                    delta = required_object(member(event, "delta"), LABEL, "a message delta")
+                    reason = optional_text(
+                        member(delta, "stop_reason"), LABEL, "a message delta's stop_reason"
+                    )
+                    stop_reason = reason or stop_reason
                     # Cumulative: the latest figures replace the earlier ones.
-                    fields.update(_usage_fields(event.usage))
+                    try:
+                        reported = _usage_fields(member(event, "usage"))
+                    except UnusableUsage:
+                        usage_unusable = True
+                    else:
+                        fields.update(reported)
+                        output_reported = output_reported or "output_tokens" in reported
                     # The stop reason comes with the final usage: only
                     # message_stop follows.
                     end.whole = stop_reason is not None
@@ -262,11 +339,15 @@ class AnthropicMessagesAdapter(Adapter):
             ToolCall(id=call["id"], name=call["name"], arguments=call["arguments"] or "{}")
             for _, call in sorted(tools.items())
         ]
+        # Usage with a figure that is no count, or without the output's final
+        # figure, is left to estimate from what was reported of the prompt.
+        final = not (stopped or usage_unusable) and output_reported and "input_tokens" in fields
         yield StreamChunk(
             model=model,
             finish_reason=_FINISH_REASONS.get(stop_reason, "stop"),
             tool_calls=tool_calls or None,
-            usage=None if stopped else _usage(fields),
+            usage=_usage(fields) if final else None,
+            usage_so_far=_usage_so_far(fields),
         )
 
     @translate_errors
@@ -278,6 +359,14 @@ class AnthropicMessagesAdapter(Adapter):
         self._client.close()
 
     # --- errors ------------------------------------------------------------------
+
+    def unreadable_answer(self, exc: Exception, *, streamed: bool) -> ProviderError | None:
+        # The SDK decodes a body (a stream's event) with json.loads.
+        if not isinstance(exc, json.JSONDecodeError):
+            return None
+        return malformed_answer(
+            LABEL, "an event of it is not JSON" if streamed else "it is not JSON"
+        )
 
     def provider_error(self, exc: BaseException) -> ProviderError:
         if isinstance(exc, anthropic.APITimeoutError | httpx2.TimeoutException):
@@ -388,29 +477,58 @@ def _anthropic_tool(tool: dict[str, Any]) -> dict[str, Any]:
 
 
 def _usage_fields(usage: Any) -> dict[str, int]:
-    """The figures a usage object reports (absent ones are left out, so a
-    later event's figures replace only what it carries)."""
-    fields = {}
-    for name in (
-        "input_tokens",
-        "output_tokens",
-        "cache_read_input_tokens",
-        "cache_creation_input_tokens",
-    ):
-        value = getattr(usage, name, None)
-        if value is not None:
-            fields[name] = value
+    """The figures a usage object reports (absent and null ones are left out,
+    so a later event's figures replace only what it carries). Raises
+    `UnusableUsage` when one of them is no count of tokens."""
+    fields = token_figures(
+        usage,
+        (
+            "input_tokens",
+            "output_tokens",
+            "cache_read_input_tokens",
+            "cache_creation_input_tokens",
+        ),
+    )
     # Cache writes by lifetime, in message_start and non-streamed messages:
     # `cache_creation_input_tokens` adds the 5-minute and 1-hour ones up.
-    creation = getattr(usage, "cache_creation", None)
-    one_hour = getattr(creation, "ephemeral_1h_input_tokens", None)
-    if one_hour is not None:
-        fields["cache_write_1h_tokens"] = one_hour
-    details = getattr(usage, "output_tokens_details", None)
-    thinking = getattr(details, "thinking_tokens", None)
-    if thinking is not None:
-        fields["thinking_tokens"] = thinking
+    creation = token_figures(member(usage, "cache_creation"), ("ephemeral_1h_input_tokens",))
+    if "ephemeral_1h_input_tokens" in creation:
+        fields["cache_write_1h_tokens"] = creation["ephemeral_1h_input_tokens"]
+    details = token_figures(member(usage, "output_tokens_details"), ("thinking_tokens",))
+    if "thinking_tokens" in details:
+        fields["thinking_tokens"] = details["thinking_tokens"]
     return fields
+
+
+def _block_type(value: Any, what: str) -> str:
+    """The `type` of an event, content block or delta, which must be an object that names one."""
+    kind = member(required_object(value, LABEL, what), "type")
+    if not isinstance(kind, str):
+        raise malformed_answer(LABEL, f"{what} has no type")
+    return kind
+
+
+def _required_text(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise malformed_answer(LABEL, f"{what} is {json_kind(value)}, not text")
+    return value
+
+
+def _tool_use_identity(block: Any) -> tuple[str, str]:
+    """The id and name of a tool_use block; a call without a name is no call."""
+    call_id = optional_text(member(block, "id"), LABEL, "a tool_use block's id") or ""
+    name = optional_text(member(block, "name"), LABEL, "a tool_use block's name")
+    if not name:
+        raise malformed_answer(LABEL, "a tool_use block has no name")
+    return call_id, name
+
+
+def _event_index(event: Any) -> int:
+    """The index of the content block a stream event is about."""
+    index = optional_index(member(event, "index"), LABEL, "an event's index")
+    if index is None:
+        raise malformed_answer(LABEL, "an event of a content block has no index")
+    return index
 
 
 def _usage_so_far(fields: dict[str, int]) -> Usage | None:

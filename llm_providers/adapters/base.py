@@ -18,6 +18,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
 from typing import ClassVar, TypeVar
 
 from .errors import (
@@ -38,6 +39,7 @@ from .types import (
     Message,
     StreamChunk,
     ToolCall,
+    Usage,
 )
 
 # 60 s per call unless the config or the call says otherwise: long generations
@@ -70,6 +72,16 @@ def estimate_output_tokens(text: str, tool_calls: Iterable[ToolCall] = ()) -> in
         estimate_text_tokens(call.name) + estimate_text_tokens(call.arguments)
         for call in tool_calls
     )
+
+
+def usage_estimate(*, input_tokens: int, output_tokens: int, reported: Usage | None) -> Usage:
+    """The usage of an answer the provider gave no usable final figures for:
+    what it reported of the prompt (`reported`: its tokens, cache reads and
+    writes), else `input_tokens` estimated; the output estimated
+    (`output_tokens`), unless `reported` says more."""
+    if reported is None:
+        return Usage(input_tokens=input_tokens, output_tokens=output_tokens)
+    return replace(reported, output_tokens=max(reported.output_tokens, output_tokens))
 
 
 def estimate_message_tokens(messages: list[Message], tools: list | None = None) -> int:
@@ -146,6 +158,20 @@ class Adapter(ABC):
         """Prompt tokens, estimated offline (nothing is downloaded)."""
         return estimate_message_tokens(request.messages, request.tools)
 
+    def answer_usage_estimate(
+        self,
+        request: ChatRequest,
+        text: str,
+        tool_calls: Iterable[ToolCall] = (),
+        reported: Usage | None = None,
+    ) -> Usage:
+        """The usage of an answer that came without usable figures: see `usage_estimate`."""
+        return usage_estimate(
+            input_tokens=self.count_tokens(request),
+            output_tokens=estimate_output_tokens(text, tool_calls),
+            reported=reported,
+        )
+
     def test_connection(self) -> ConnectionCheck:
         """Authenticate and list models; never raises for provider failures."""
         started = time.perf_counter()
@@ -214,6 +240,13 @@ class Adapter(ABC):
     def provider_error(self, exc: BaseException) -> ProviderError:
         """Translate one of `vendor_errors` into the error tree, message scrubbed."""
         return UpstreamUnavailable(self.scrub(f"{type(exc).__name__}: {exc}"))
+
+    def unreadable_answer(self, exc: Exception, *, streamed: bool) -> ProviderError | None:
+        """The error of `exc` when it is the SDK failing to read an answer (a
+        body that is not JSON, a broken event-stream frame): a
+        `MalformedAnswer`. None for any other exception (a bug: it propagates
+        untouched). `streamed`: raised while reading a stream."""
+        return None
 
     def scrub(self, message: str) -> str:
         return scrub_secrets(message, self.settings.secrets())
@@ -295,7 +328,8 @@ _Method = TypeVar("_Method", bound=Callable)
 
 
 def translate_errors(method: _Method) -> _Method:
-    """Raise the adapter's vendor errors as `ProviderError`s.
+    """Raise the adapter's vendor errors as `ProviderError`s, and an answer
+    the SDK could not read (`Adapter.unreadable_answer`) as a `MalformedAnswer`.
 
     The translated error is raised outside the `except` block so that it
     carries no `__context__`: the SDK exception (whose text may quote part
@@ -308,6 +342,11 @@ def translate_errors(method: _Method) -> _Method:
             return method(self, *args, **kwargs)
         except self.vendor_errors as exc:
             error = self.provider_error(exc)
+        except Exception as exc:
+            unreadable = self.unreadable_answer(exc, streamed=False)
+            if unreadable is None:
+                raise
+            error = unreadable
         raise error
 
     return wrapper  # type: ignore[return-value]
@@ -328,6 +367,11 @@ def translate_stream_errors(method: _Method) -> _Method:
                     return
                 except self.vendor_errors as exc:
                     error = self.provider_error(exc)
+                except Exception as exc:
+                    unreadable = self.unreadable_answer(exc, streamed=True)
+                    if unreadable is None:
+                        raise
+                    error = unreadable
                 else:
                     yield chunk
                     continue

@@ -33,16 +33,20 @@ writes by lifetime, and those kept for an hour ("1h") cost more than the
 from __future__ import annotations
 
 import functools
+import json
 import math
 import re
 import socket
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
+from types import TracebackType
 from typing import Any
 
 import boto3
 import urllib3.exceptions
 from botocore.config import Config
+from botocore.eventstream import ParserError as EventStreamParserError
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -51,7 +55,19 @@ from botocore.exceptions import (
     ParamValidationError,
     ReadTimeoutError,
 )
+from botocore.parsers import ResponseParserError
 
+from .answers import (
+    UnusableUsage,
+    json_kind,
+    member,
+    optional_index,
+    optional_list,
+    optional_object,
+    optional_text,
+    required_object,
+    token_figures,
+)
 from .base import Adapter, StreamCut, translate_errors, translate_stream_errors
 from .content import (
     arguments_dump,
@@ -81,11 +97,13 @@ from .errors import (
     connection_failure,
     error_for_status,
     failed_answer_error,
+    malformed_answer,
     message_says_context_too_long,
     retry_after_from_headers,
 )
 from .types import AdapterSettings, ChatRequest, ChatResult, Message, StreamChunk, ToolCall, Usage
 
+LABEL = "bedrock"
 # Sent as maxTokens when a request names none, as on Anthropic: without it
 # the model's own default applies (up to its whole output window), past what
 # budget reservations and TPM limits assume (`default_max_tokens`). A model
@@ -175,6 +193,59 @@ def _event_stream_socket(events: Any) -> socket.socket | None:
     return getattr(connection, "sock", None)
 
 
+# The usage figures of Converse answers. botocore reads them with int(): it
+# would cut 10.5 to 10, take true for 1 and fail on text.
+_USAGE_FIGURES = (
+    "inputTokens",
+    "outputTokens",
+    "totalTokens",
+    "cacheReadInputTokens",
+    "cacheWriteInputTokens",
+)
+# The module in which botocore reads an answer (an event-stream event's
+# payload too): an exception raised there is an answer it could not read (its
+# parsers take values as they come: a `str` where an object belongs fails
+# with AttributeError).
+_ANSWER_READING_MODULE = "botocore.parsers"
+
+
+def _converse_answer_check(response_dict: dict[str, Any], **_: Any) -> None:
+    """botocore's before-parse hook of Converse. botocore reads a body that is
+    not JSON as an answer without output or usage; one that is, but no
+    object, fails as a bug would: both are refused here as malformed. A usage
+    object holding a figure that is no count is left out (botocore would
+    cut or misread it), so that the usage is estimated."""
+    if response_dict.get("status_code", 200) >= 300:
+        return
+    try:
+        answer = json.loads(response_dict.get("body") or b"")
+    except ValueError:
+        answer = None
+        problem = "it is not JSON"
+    else:
+        problem = (
+            None if isinstance(answer, dict) else f"it is {json_kind(answer)}, not a JSON object"
+        )
+    if problem is not None:
+        raise malformed_answer(LABEL, problem)
+    if answer.get("usage") is None:
+        return
+    try:
+        _usage_figures(answer["usage"])
+    except UnusableUsage:
+        response_dict["body"] = json.dumps({**answer, "usage": None}).encode()
+
+
+def _raised_reading_answer(exc: BaseException) -> bool:
+    """Whether `exc` was raised while botocore read an answer."""
+    trace: TracebackType | None = exc.__traceback__
+    while trace is not None:
+        if trace.tb_frame.f_globals.get("__name__") == _ANSWER_READING_MODULE:
+            return True
+        trace = trace.tb_next
+    return False
+
+
 # One boto3 session for every adapter: it caches the service models, so a
 # client costs milliseconds instead of a quarter second. Credentials and
 # region are given per client; creating clients from one session is not
@@ -209,7 +280,7 @@ class BedrockConverseAdapter(Adapter):
             retries={"total_max_attempts": 1, "mode": "standard"},
         )
         with _session_lock:
-            return _shared_session().client(
+            client = _shared_session().client(
                 service,
                 region_name=self.settings.aws_region or DEFAULT_REGION,
                 aws_access_key_id=self.settings.aws_access_key_id or None,
@@ -217,6 +288,11 @@ class BedrockConverseAdapter(Adapter):
                 endpoint_url=self.settings.base_url or None,
                 config=config,
             )
+        if service == "bedrock-runtime":
+            client.meta.events.register(
+                "before-parse.bedrock-runtime.Converse", _converse_answer_check
+            )
+        return client
 
     def _runtime(self, requested_timeout: float | None) -> Any:
         """The runtime client for this call's read timeout."""
@@ -309,39 +385,50 @@ class BedrockConverseAdapter(Adapter):
     @translate_errors
     def complete(self, request: ChatRequest) -> ChatResult:
         response = self._send("converse", request)
-        self._refuse_failed_answer(
-            response.get("stopReason"),
-            usage=_usage(response["usage"]) if response.get("usage") else None,
-            model=request.model,
-        )
-        blocks = ((response.get("output") or {}).get("message") or {}).get("content") or []
+        stop_reason = optional_text(response.get("stopReason"), LABEL, "its stopReason")
+        usage, usage_so_far = _usage_read(response.get("usage"))
+        self._refuse_failed_answer(stop_reason, usage=usage, model=request.model)
+        output = required_object(response.get("output"), LABEL, "its output")
+        message = required_object(member(output, "message"), LABEL, "its output message")
+        blocks = member(message, "content")
+        if blocks is None:
+            raise malformed_answer(LABEL, "its output message has no content")
         own_stops = local_stops(request.stop)
-        finish_reason = _FINISH_REASONS.get(response.get("stopReason") or "", "stop")
+        finish_reason = _FINISH_REASONS.get(stop_reason or "", "stop")
         text = ""
         tool_calls: list[ToolCall] = []
-        for block in blocks:
+        for block in optional_list(blocks, LABEL, "its content field"):
+            block = required_object(block, LABEL, "a content block")
             if "text" in block:
-                text += block["text"]
+                text += _required_text(block["text"], "a text block's text")
                 cut = stop_position(text, own_stops)
                 if cut is not None:
                     # What followed the stop sequence would not have been generated.
                     text, finish_reason = text[:cut], "stop"
                     break
             elif "toolUse" in block:
-                tool_use = block["toolUse"]
-                tool_calls.append(
-                    ToolCall(
-                        id=tool_use["toolUseId"],
-                        name=tool_use["name"],
-                        arguments=arguments_dump(tool_use.get("input")),
+                tool_use = required_object(block["toolUse"], LABEL, "a toolUse block")
+                call_id, name = _tool_use_identity(tool_use)
+                arguments = tool_use.get("input")
+                if arguments is not None and not isinstance(arguments, dict):
+                    raise malformed_answer(
+                        LABEL, f"a toolUse block's input is {json_kind(arguments)}, not an object"
                     )
+                tool_calls.append(
+                    ToolCall(id=call_id, name=name, arguments=arguments_dump(arguments))
                 )
+        estimated = usage is None
+        if estimated:
+            # No usage, a figure that is no count (then none is trusted), or
+            # no output figure: estimated rather than billed as nothing.
+            usage = self.answer_usage_estimate(request, text, tool_calls, usage_so_far)
         return ChatResult(
             content=text,
-            usage=_usage(response.get("usage") or {}),
+            usage=usage,
             model=request.model,
             finish_reason=finish_reason,
             tool_calls=tool_calls,
+            usage_estimated=estimated,
         )
 
     @translate_stream_errors
@@ -352,7 +439,10 @@ class BedrockConverseAdapter(Adapter):
         events = response["stream"]
         cut = cut or StreamCut()
         stop_reason: str | None = None
+        # The usage of the closing metadata (None: none, or none usable), and
+        # what it says of the prompt when its output figure is missing.
         usage: Usage | None = None
+        usage_so_far: Usage | None = None
         tools: dict[int, dict[str, str]] = {}
         own_stops = local_stops(request.stop)
         # Text not yielded yet because it may be the start of a local stop sequence.
@@ -360,45 +450,72 @@ class BedrockConverseAdapter(Adapter):
         stopped = False
         try:
             with cut.holding(_event_stream_socket(events)):
-                for event in events:
+                for event in self._events_read(events):
+                    event = required_object(event, LABEL, "an event of it")
                     if "contentBlockStart" in event:
-                        start = event["contentBlockStart"]
-                        tool_use = (start.get("start") or {}).get("toolUse")
+                        start = required_object(
+                            event["contentBlockStart"], LABEL, "a contentBlockStart event"
+                        )
+                        begun = optional_object(
+                            start.get("start"), LABEL, "a contentBlockStart event's start"
+                        )
+                        tool_use = optional_object(
+                            member(begun, "toolUse"), LABEL, "a contentBlockStart event's toolUse"
+                        )
                         if tool_use:
-                            tools[start.get("contentBlockIndex", 0)] = {
-                                "id": tool_use.get("toolUseId", ""),
-                                "name": tool_use.get("name", ""),
+                            call_id, name = _tool_use_identity(tool_use)
+                            tools[_block_index(start)] = {
+                                "id": call_id,
+                                "name": name,
                                 "arguments": "",
                             }
-                            if tool_use.get("name"):
-                                yield StreamChunk(unseen_text=tool_use["name"], model=request.model)
+                            yield StreamChunk(unseen_text=name, model=request.model)
                     elif "contentBlockDelta" in event:
-                        block = event["contentBlockDelta"]
-                        delta = block.get("delta") or {}
-                        reasoning = (delta.get("reasoningContent") or {}).get("text")
-                        if delta.get("text"):
-                            ready, held, stopped = held_text_split(held + delta["text"], own_stops)
+                        block = required_object(
+                            event["contentBlockDelta"], LABEL, "a contentBlockDelta event"
+                        )
+                        delta = required_object(
+                            block.get("delta"), LABEL, "a contentBlockDelta event's delta"
+                        )
+                        text = optional_text(delta.get("text"), LABEL, "a text delta")
+                        reasoning = optional_object(
+                            delta.get("reasoningContent"), LABEL, "a reasoning delta"
+                        )
+                        reasoning_text = optional_text(
+                            member(reasoning, "text"), LABEL, "a reasoning delta's text"
+                        )
+                        if text:
+                            ready, held, stopped = held_text_split(held + text, own_stops)
                             if stopped:
                                 break
                             if ready:
                                 yield StreamChunk(text=ready, model=request.model)
-                        elif reasoning:
+                        elif reasoning_text:
                             # Billed output the caller does not read: counted if
                             # the stream ends before its usage arrives.
-                            yield StreamChunk(unseen_text=reasoning, model=request.model)
+                            yield StreamChunk(unseen_text=reasoning_text, model=request.model)
                         elif "toolUse" in delta:
+                            tool_delta = optional_object(delta["toolUse"], LABEL, "a toolUse delta")
                             call = tools.setdefault(
-                                block.get("contentBlockIndex", 0),
-                                {"id": "", "name": "", "arguments": ""},
+                                _block_index(block), {"id": "", "name": "", "arguments": ""}
                             )
-                            piece = delta["toolUse"].get("input") or ""
-                            call["arguments"] += piece
+                            piece = optional_text(
+                                member(tool_delta, "input"), LABEL, "a toolUse delta's input"
+                            )
                             if piece:
+                                call["arguments"] += piece
                                 yield StreamChunk(unseen_text=piece, model=request.model)
                     elif "messageStop" in event:
-                        stop_reason = event["messageStop"].get("stopReason") or "end_turn"
+                        message_stop = required_object(
+                            event["messageStop"], LABEL, "a messageStop event"
+                        )
+                        stop_reason = (
+                            optional_text(message_stop.get("stopReason"), LABEL, "its stopReason")
+                            or "end_turn"
+                        )
                     elif "metadata" in event:
-                        usage = _usage(event["metadata"].get("usage") or {})
+                        metadata = required_object(event["metadata"], LABEL, "a metadata event")
+                        usage, usage_so_far = _usage_read(metadata.get("usage"))
         finally:
             events.close()
         if held:
@@ -406,7 +523,7 @@ class BedrockConverseAdapter(Adapter):
         if stopped:
             # Closing the stream ended the generation there; its usage, which
             # the closing metadata would have brought, is left to estimate.
-            stop_reason, usage = "stop_sequence", None
+            stop_reason, usage, usage_so_far = "stop_sequence", None, None
         elif stop_reason is None:
             raise UpstreamUnavailable("The bedrock stream ended before the answer finished.")
         self._refuse_failed_answer(stop_reason, usage=usage, model=request.model)
@@ -419,7 +536,27 @@ class BedrockConverseAdapter(Adapter):
             finish_reason=_FINISH_REASONS.get(stop_reason, "stop"),
             tool_calls=tool_calls or None,
             usage=usage,
+            usage_so_far=usage_so_far,
         )
+
+    def _events_read(self, events: Any) -> Iterator[Any]:
+        """A ConverseStream's events. An event botocore cannot read once the
+        answer stopped (its messageStop came) is the closing metadata, whose
+        usage botocore reads with int(): it ends the events, and the usage is
+        estimated rather than the whole answer lost."""
+        stopped = False
+        iterator = iter(events)
+        while True:
+            try:
+                event = next(iterator)
+            except StopIteration:
+                return
+            except Exception as exc:
+                if not stopped or self.unreadable_answer(exc, streamed=True) is None:
+                    raise
+                return
+            stopped = stopped or (isinstance(event, dict) and "messageStop" in event)
+            yield event
 
     @translate_errors
     def list_models(self) -> list[str]:
@@ -445,6 +582,15 @@ class BedrockConverseAdapter(Adapter):
             raise failed_answer_error(
                 f"bedrock stopped the answer with an error ({stop_reason}).", usage, model
             )
+
+    def unreadable_answer(self, exc: Exception, *, streamed: bool) -> ProviderError | None:
+        if isinstance(exc, self.vendor_errors) or not (
+            isinstance(exc, ResponseParserError | EventStreamParserError)
+            or _raised_reading_answer(exc)
+        ):
+            return None
+        what = "an event of it" if streamed else "it"
+        return malformed_answer(LABEL, f"{what} could not be read ({type(exc).__name__})")
 
     def provider_error(self, exc: BaseException) -> ProviderError:
         if isinstance(exc, ClientError):
@@ -580,18 +726,64 @@ def _bedrock_tool(tool: dict[str, Any]) -> dict[str, Any]:
     return {"toolSpec": spec}
 
 
-def _usage(usage: dict[str, Any]) -> Usage:
-    cache_read = usage.get("cacheReadInputTokens") or 0
-    cache_write = usage.get("cacheWriteInputTokens") or 0
-    one_hour = sum(
-        detail.get("inputTokens") or 0
-        for detail in usage.get("cacheDetails") or ()
-        if isinstance(detail, dict) and detail.get("ttl") == "1h"
-    )
-    return Usage(
-        input_tokens=(usage.get("inputTokens") or 0) + cache_read + cache_write,
-        output_tokens=usage.get("outputTokens") or 0,
+def _usage_figures(usage: Any) -> dict[str, int]:
+    """The figures a Converse usage object reports (missing and null ones left
+    out), with `oneHourTokens`, the cache writes its `cacheDetails` say are
+    kept for an hour. Raises `UnusableUsage` when one is no count of tokens."""
+    figures = token_figures(usage, _USAGE_FIGURES)
+    details = member(usage, "cacheDetails")
+    if details is not None and not isinstance(details, list):
+        raise UnusableUsage
+    one_hour = 0
+    for detail in details or ():
+        tokens = token_figures(detail, ("inputTokens",)).get("inputTokens", 0)
+        if member(detail, "ttl") == "1h":
+            one_hour += tokens
+    figures["oneHourTokens"] = one_hour
+    return figures
+
+
+def _usage_read(usage: Any) -> tuple[Usage | None, Usage | None]:
+    """The usage a Converse answer reports, and what it reports of the prompt
+    when it reports no output figure: (usage, None) when the figures are all
+    there; (None, the prompt's) when `outputTokens` is missing, so that the
+    output is estimated, not taken for 0; (None, None) when there is no usage
+    to go by (none, no input figure, or a figure that is no count)."""
+    try:
+        figures = _usage_figures(usage)
+    except UnusableUsage:
+        return None, None
+    if "inputTokens" not in figures:
+        return None, None
+    cache_read = figures.get("cacheReadInputTokens", 0)
+    cache_write = figures.get("cacheWriteInputTokens", 0)
+    prompt = Usage(
+        input_tokens=figures["inputTokens"] + cache_read + cache_write,
         cache_read_tokens=cache_read,
         cache_write_tokens=cache_write,
-        cache_write_1h_tokens=min(one_hour, cache_write),
+        cache_write_1h_tokens=min(figures["oneHourTokens"], cache_write),
     )
+    if "outputTokens" not in figures:
+        return None, prompt
+    return replace(prompt, output_tokens=figures["outputTokens"]), None
+
+
+def _required_text(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise malformed_answer(LABEL, f"{what} is {json_kind(value)}, not text")
+    return value
+
+
+def _tool_use_identity(tool_use: Any) -> tuple[str, str]:
+    """The id and name of a toolUse block; a call without a name is no call."""
+    call_id = optional_text(member(tool_use, "toolUseId"), LABEL, "a toolUse block's id") or ""
+    name = optional_text(member(tool_use, "name"), LABEL, "a toolUse block's name")
+    if not name:
+        raise malformed_answer(LABEL, "a toolUse block has no name")
+    return call_id, name
+
+
+def _block_index(event: Any) -> int:
+    """The content block a stream event is about (the first when it names none)."""
+    index = optional_index(member(event, "contentBlockIndex"), LABEL, "an event's block index")
+    return index or 0

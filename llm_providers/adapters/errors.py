@@ -7,6 +7,7 @@ import re
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Iterable, Mapping
 from contextlib import suppress
 from email.utils import parsedate_to_datetime
@@ -96,6 +97,19 @@ class UpstreamUnavailable(ProviderError):
     retryable = True
 
 
+class MalformedAnswer(UpstreamUnavailable):
+    """The provider answered (HTTP 200) with a body that is not what its wire
+    format promises: not JSON, or JSON not shaped like an answer (a stream's
+    chunk included). Another attempt, or another provider, may answer
+    properly, so it is retried and fallen back from as any outage is."""
+
+
+def malformed_answer(label: str, problem: str) -> MalformedAnswer:
+    """The error of an answer of `label` (a provider type) that is not one;
+    `problem` says what is wrong with it ("it is not JSON")."""
+    return MalformedAnswer(f"The {label} answer is malformed: {problem}.")
+
+
 def failed_answer_error(message: str, usage: Usage | None, model: str) -> UpstreamUnavailable:
     """The error of an answer the provider ended as failed; the `usage` it
     reported for it (the answer's usage object, a stream's closing figures),
@@ -158,11 +172,18 @@ class _SecretsInUse:
     """The secrets of the adapters alive in this process, as the set of their
     8-character windows, for redacting text that knows no key (log records,
     error reports). An adapter adds its secrets when built; they leave when
-    the last adapter holding them is garbage-collected."""
+    the last adapter holding them is garbage-collected.
+
+    A release runs as a finalizer, whenever the garbage collector does: in
+    any thread, also one that holds the lock already (the collector can run
+    inside `hold`). It therefore never waits for the lock: it queues the
+    secrets, and whoever holds the lock applies the queue before letting go.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counts: dict[str, int] = {}
+        self._released: deque[list[str]] = deque()
         self.windows: frozenset[str] = frozenset()
 
     def hold(self, owner: object, secrets: Iterable[str]) -> None:
@@ -172,16 +193,33 @@ class _SecretsInUse:
         with self._lock:
             for secret in held:
                 self._counts[secret] = self._counts.get(secret, 0) + 1
-            self._windows_rebuild()
+            self._update()
+        self._releases_apply()
         weakref.finalize(owner, self._release, held)
 
     def _release(self, secrets: list[str]) -> None:
-        with self._lock:
-            for secret in secrets:
-                self._counts[secret] -= 1
-                if not self._counts[secret]:
-                    del self._counts[secret]
+        self._released.append(secrets)
+        self._releases_apply()
+
+    def _releases_apply(self) -> None:
+        """Apply the queued releases unless another holder of the lock will."""
+        while self._released and self._lock.acquire(blocking=False):
+            try:
+                self._update()
+            finally:
+                self._lock.release()
+
+    def _update(self) -> None:
+        """Apply the queued releases and rebuild the windows (with the lock held)."""
+        while True:
+            while self._released:
+                for secret in self._released.popleft():
+                    self._counts[secret] -= 1
+                    if not self._counts[secret]:
+                        del self._counts[secret]
             self._windows_rebuild()
+            if not self._released:
+                return
 
     def _windows_rebuild(self) -> None:
         self.windows = frozenset(

@@ -16,26 +16,41 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import json
+import math
 import re
 import string
 import struct
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import httpx2
 import openai
 
+from .answers import (
+    UnusableUsage,
+    answer_object,
+    answered_model,
+    json_kind,
+    member,
+    optional_index,
+    optional_list,
+    optional_object,
+    optional_text,
+    required_object,
+    token_figures,
+)
 from .base import (
     Adapter,
     StreamCut,
     StreamEnd,
-    estimate_output_tokens,
     estimate_text_tokens,
     httpx_response_socket,
     translate_errors,
     translate_stream_errors,
 )
-from .content import JSON_MODE_INSTRUCTION, content_text
+from .content import JSON_MODE_INSTRUCTION, arguments_dump, content_text
 from .errors import (
     ProviderBadRequest,
     ProviderError,
@@ -46,6 +61,7 @@ from .errors import (
     error_for_status,
     failed_answer_error,
     is_redirect,
+    malformed_answer,
     redirect_refused,
     retry_after_from_headers,
 )
@@ -240,49 +256,35 @@ class OpenAIChatAdapter(Adapter):
 
     @translate_errors
     def complete(self, request: ChatRequest) -> ChatResult:
-        response = self._create(request, self._chat_arguments(request))
-        if not response.choices:
-            raise UpstreamUnavailable(f"{self.settings.provider_type} answered without a choice.")
-        choice = response.choices[0]
-        self._refuse_failed_answer(
-            choice.finish_reason,
-            usage=(
-                usage_from_openai(response.usage, getattr(response, "service_tier", None))
-                if response.usage is not None
-                else None
-            ),
-            model=response.model or request.model,
+        label = self.settings.provider_type
+        response = answer_object(self._create(request, self._chat_arguments(request)), label)
+        choices = optional_list(member(response, "choices"), label, "its choices field")
+        if not choices:
+            raise malformed_answer(label, "it has no choices")
+        choice = required_object(choices[0], label, "its first choice")
+        model = answered_model(member(response, "model"), request.model)
+        usage, usage_so_far = usage_from_openai(
+            member(response, "usage"), member(response, "service_tier")
         )
-        message = choice.message
+        finish_reason = optional_text(member(choice, "finish_reason"), label, "its finish_reason")
+        self._refuse_failed_answer(finish_reason, usage=usage, model=model)
+        message = required_object(member(choice, "message"), label, "its message")
         refusal = _refusal_text(message)
-        content = _answer_text(message.content) or refusal
-        tool_calls = [
-            ToolCall(
-                id=call.id,
-                name=call.function.name,
-                arguments=call.function.arguments or "",
-                extra_content=_extra_content(call),
-            )
-            for call in message.tool_calls or ()
-            if getattr(call, "function", None) is not None
-        ]
-        estimated = response.usage is None
-        if not estimated:
-            usage = usage_from_openai(response.usage, getattr(response, "service_tier", None))
-        else:
-            # Some compatible servers omit usage; an estimate beats billing nothing.
-            usage = Usage(
-                input_tokens=self.count_tokens(request),
-                output_tokens=estimate_output_tokens(content, tool_calls),
-            )
+        content = _answer_text(member(message, "content"), label) or refusal
+        tool_calls = _answered_tool_calls(member(message, "tool_calls"), label)
+        estimated = usage is None
+        if estimated:
+            # Some compatible servers omit usage, or send figures that are no
+            # counts: an estimate beats billing nothing, or garbage.
+            usage = self.answer_usage_estimate(request, content, tool_calls, usage_so_far)
         return ChatResult(
             content=content,
             usage=usage,
-            model=response.model or request.model,
+            model=model,
             finish_reason=(
                 "content_filter"
                 if refusal
-                else finish_reason_normalise(choice.finish_reason, bool(tool_calls))
+                else finish_reason_normalise(finish_reason, bool(tool_calls))
             ),
             tool_calls=tool_calls,
             usage_estimated=estimated,
@@ -296,31 +298,45 @@ class OpenAIChatAdapter(Adapter):
         if self._asks_stream_usage():
             arguments["stream_options"] = {"include_usage": True}
         response = self._create(request, arguments, stream=True)
+        label = self.settings.provider_type
         cut = cut or StreamCut()
         model = request.model
         finish_reason: str | None = None
+        # The usage reported (None: none, or none usable), and what it says
+        # of the prompt when its output figure is missing.
         usage: Usage | None = None
+        usage_so_far: Usage | None = None
         service_tier: str | None = None
         refused = False
-        calls = _StreamedToolCalls()
+        calls = _StreamedToolCalls(label)
         end = StreamEnd()
         with response, cut.holding(httpx_response_socket(response.response)):
             for chunk in self.events_read(response, cut=cut, end=end):
-                model = chunk.model or model
-                service_tier = getattr(chunk, "service_tier", None) or service_tier
-                reported = chunk.usage or _groq_usage(chunk)
+                chunk = required_object(chunk, label, "a chunk of it")
+                model = answered_model(member(chunk, "model"), model)
+                tier = member(chunk, "service_tier")
+                service_tier = tier if isinstance(tier, str) and tier else service_tier
+                reported = member(chunk, "usage")
+                if reported is None:
+                    reported = _groq_usage(chunk)
                 if reported is not None:
-                    usage = usage_from_openai(reported, service_tier)
+                    usage, usage_so_far = usage_from_openai(reported, service_tier)
                 # Some compatible servers send "choices": null beside their usage.
-                for choice in (chunk.choices or ())[:1]:
-                    delta = choice.delta
-                    for call in (delta.tool_calls if delta else None) or ():
-                        calls.add(call)
-                        if piece := _tool_call_text(call):
+                choices = optional_list(member(chunk, "choices"), label, "a chunk's choices field")
+                for choice in choices[:1]:
+                    choice = required_object(choice, label, "a chunk's choice")
+                    delta = optional_object(member(choice, "delta"), label, "a chunk's delta")
+                    for call in optional_list(
+                        member(delta, "tool_calls"), label, "a chunk's tool_calls field"
+                    ):
+                        if piece := calls.add(call):
                             yield StreamChunk(unseen_text=piece, model=model)
-                    if choice.finish_reason:
-                        finish_reason = choice.finish_reason
-                    text = _answer_text(delta.content) if delta is not None else ""
+                    reason = optional_text(
+                        member(choice, "finish_reason"), label, "a chunk's finish_reason"
+                    )
+                    if reason:
+                        finish_reason = reason
+                    text = _answer_text(member(delta, "content"), label)
                     if refusal := _refusal_text(delta):
                         refused = True
                         text += refusal
@@ -347,13 +363,16 @@ class OpenAIChatAdapter(Adapter):
             ),
             tool_calls=tool_calls or None,
             usage=usage,
+            usage_so_far=usage_so_far,
         )
 
     @translate_errors
     def embed(self, request: EmbedRequest) -> EmbedResult:
+        label = self.settings.provider_type
         inputs = list(request.inputs)
-        size = _EMBED_BATCH_SIZES.get(self.settings.provider_type) or len(inputs) or 1
+        size = _EMBED_BATCH_SIZES.get(label) or len(inputs) or 1
         vectors: list[list[float]] = []
+        dimensions = request.expected_dimensions
         input_tokens = 0
         estimated = False
         model = ""
@@ -368,11 +387,18 @@ class OpenAIChatAdapter(Adapter):
                     encoding_format="float",
                     timeout=self._timeout(timeout),
                 )
-                batch_vectors = self._embedded_vectors(response.data, len(batch))
+                response = answer_object(response, label)
+                batch_vectors = self._embedded_vectors(
+                    member(response, "data"), len(batch), dimensions
+                )
             except self.vendor_errors as exc:
                 failure = self.provider_error(exc)
             except ProviderError as exc:
                 failure = exc
+            except Exception as exc:
+                failure = self.unreadable_answer(exc, streamed=False)
+                if failure is None:
+                    raise
             if failure is not None:
                 # Raised outside the except block: no SDK exception as context.
                 if vectors:
@@ -383,13 +409,15 @@ class OpenAIChatAdapter(Adapter):
                     failure.paid_vectors = vectors
                 raise failure
             vectors += batch_vectors
+            # Every batch's vectors have the dimensions of the first one's.
+            dimensions = dimensions or len(batch_vectors[0])
             reported = _embed_prompt_tokens(response)
             if reported:
                 input_tokens += reported
             else:
                 input_tokens += sum(estimate_text_tokens(text) for text in batch)
                 estimated = True
-            model = model or response.model
+            model = model or answered_model(member(response, "model"), "")
         return EmbedResult(
             vectors=vectors,
             usage=Usage(input_tokens=input_tokens),
@@ -397,29 +425,46 @@ class OpenAIChatAdapter(Adapter):
             usage_estimated=estimated,
         )
 
-    def _embedded_vectors(self, data: Any, expected: int) -> list[list[float]]:
+    def _embedded_vectors(
+        self, data: Any, expected: int, dimensions: int | None
+    ) -> list[list[float]]:
         """One vector per input, in input order, from an embeddings answer.
 
         Items are placed by their `index`; a server that numbers none of them
         answers in input order. An answer that is not one vector per input
         (too few, an index twice or missing) is refused: it would pair texts
-        with the vectors of other texts.
+        with the vectors of other texts. So is one whose vectors are not all
+        of `dimensions` (None: of the first one's), not numbers, or empty:
+        no vector index can hold them together.
         """
         label = self.settings.provider_type
-        items = list(data or ())
-        indexes = [getattr(item, "index", None) for item in items]
-        if all(isinstance(index, int) for index in indexes):
+        items = [
+            required_object(item, label, "an embedding")
+            for item in optional_list(data, label, "its data field")
+        ]
+        indexes = [
+            optional_index(member(item, "index"), label, "an embedding's index") for item in items
+        ]
+        if all(index is not None for index in indexes):
             if sorted(indexes) != list(range(expected)):
-                raise UpstreamUnavailable(
-                    f"{label} answered embeddings that do not match the {expected} inputs "
-                    f"(indexes {sorted(indexes)[:10]})."
+                raise malformed_answer(
+                    label,
+                    f"its embeddings do not match the {expected} inputs "
+                    f"(indexes {sorted(indexes)[:10]})",
                 )
             items = [item for _, item in sorted(zip(indexes, items, strict=True))]
         elif len(items) != expected:
-            raise UpstreamUnavailable(
-                f"{label} answered {len(items)} embeddings for {expected} inputs."
-            )
-        return [_embedding_vector(getattr(item, "embedding", None), label) for item in items]
+            raise malformed_answer(label, f"it has {len(items)} embeddings for {expected} inputs")
+        vectors = [_embedding_vector(member(item, "embedding"), label) for item in items]
+        for vector in vectors:
+            dimensions = dimensions or len(vector)
+            if len(vector) != dimensions:
+                raise malformed_answer(
+                    label,
+                    f"an embedding has {len(vector)} dimensions, not the {dimensions} "
+                    "of the others",
+                )
+        return vectors
 
     @translate_errors
     def list_models(self) -> list[str]:
@@ -451,6 +496,14 @@ class OpenAIChatAdapter(Adapter):
             raise failed_answer_error(
                 f"{self.settings.provider_type} stopped the answer with an error.", usage, model
             )
+
+    def unreadable_answer(self, exc: Exception, *, streamed: bool) -> ProviderError | None:
+        # The SDK decodes a body (a stream's event) that its server sent as
+        # JSON with json.loads.
+        if not isinstance(exc, json.JSONDecodeError):
+            return None
+        problem = "a chunk of it is not JSON" if streamed else "it is not JSON"
+        return malformed_answer(self.settings.provider_type, problem)
 
     def provider_error(self, exc: BaseException) -> ProviderError:
         label = self.settings.provider_type
@@ -524,8 +577,42 @@ def _with_extra_content(message: Message, *, keep: bool) -> Message:
 def _extra_content(call: Any) -> dict[str, Any] | None:
     """The `extra_content` object of a tool call answered (the SDK keeps
     fields it does not know as attributes), or None."""
-    extra = getattr(call, "extra_content", None)
+    extra = member(call, "extra_content")
     return extra if isinstance(extra, dict) and extra else None
+
+
+def _answered_tool_calls(calls: Any, label: str) -> list[ToolCall]:
+    """The function calls of an answer's message (calls of other kinds are left out)."""
+    tool_calls = []
+    for call in optional_list(calls, label, "its tool_calls field"):
+        call = required_object(call, label, "a tool call")
+        function = optional_object(member(call, "function"), label, "a tool call's function")
+        if function is None:
+            continue
+        name = optional_text(member(function, "name"), label, "a tool call's name")
+        if not name:
+            raise malformed_answer(label, "a tool call has no name")
+        tool_calls.append(
+            ToolCall(
+                id=optional_text(member(call, "id"), label, "a tool call's id") or "",
+                name=name,
+                arguments=_tool_arguments(member(function, "arguments"), label),
+                extra_content=_extra_content(call),
+            )
+        )
+    return tool_calls
+
+
+def _tool_arguments(arguments: Any, label: str) -> str:
+    """A tool call's arguments as JSON text. Some compatible servers send the
+    arguments object itself instead of its text."""
+    if arguments is None:
+        return ""
+    if isinstance(arguments, str):
+        return arguments
+    if isinstance(arguments, dict):
+        return arguments_dump(arguments)
+    raise malformed_answer(label, f"a tool call's arguments are {json_kind(arguments)}, not text")
 
 
 def _merged(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
@@ -591,27 +678,36 @@ def _mistral_tool_call_id(call_id: str) -> str:
     return "".join(characters)
 
 
-def _answer_text(content: Any) -> str:
-    """The text of an answer's content. Mistral's reasoning models send a list
-    of chunks instead of a string: `{"type": "thinking", ...}` (left out, as
-    every adapter leaves out reasoning) and `{"type": "text", "text": ...}`."""
+def _answer_text(content: Any, label: str) -> str:
+    """The text of an answer's content (of a message, or a stream's delta).
+    Mistral's reasoning models send a list of chunks instead of a string:
+    `{"type": "thinking", ...}` (left out, as every adapter leaves out
+    reasoning, and so are other kinds) and `{"type": "text", "text": ...}`.
+    Content of another shape (a number, an object, chunks without a type or
+    a text chunk without text) is no answer."""
+    if content is None:
+        return ""
     if isinstance(content, str):
         return content
-    if isinstance(content, list):
-        return "".join(
-            part["text"]
-            for part in content
-            if isinstance(part, dict)
-            and part.get("type") == "text"
-            and isinstance(part.get("text"), str)
-        )
-    return ""
+    if not isinstance(content, list):
+        raise malformed_answer(label, f"its content is {json_kind(content)}, not text")
+    texts = []
+    for part in content:
+        kind = member(part, "type")
+        if not isinstance(kind, str):
+            raise malformed_answer(label, "a part of its content has no type")
+        if kind == "text":
+            text = member(part, "text")
+            if not isinstance(text, str):
+                raise malformed_answer(label, "a text part of its content has no text")
+            texts.append(text)
+    return "".join(texts)
 
 
 def _refusal_text(message: Any) -> str:
     """The refusal a model gave instead of an answer (`refusal` of an OpenAI
     message or stream delta), or ""."""
-    refusal = getattr(message, "refusal", None)
+    refusal = member(message, "refusal")
     return refusal if isinstance(refusal, str) else ""
 
 
@@ -625,33 +721,49 @@ def finish_reason_normalise(reported: str | None, has_tool_calls: bool) -> str:
     return finish_reason
 
 
-def usage_from_openai(usage: Any, service_tier: str | None = None) -> Usage:
-    """OpenAI's usage already counts cached tokens in the prompt and reasoning in the output.
+def usage_from_openai(usage: Any, service_tier: Any = None) -> tuple[Usage | None, Usage | None]:
+    """The usage an answer reports, and what it reports of the prompt when
+    it reports no output figure.
 
-    `service_tier` is the tier the answer says served the call (`default`,
-    `flex`, `priority`): a project's settings at OpenAI can make priority its
-    default, which costs more, and genai-prices prices each tier apart.
+    OpenAI's usage already counts cached tokens in the prompt and reasoning in
+    the output. `service_tier` is the tier the answer says served the call
+    (`default`, `flex`, `priority`): a project's settings at OpenAI can make
+    priority its default, which costs more, and genai-prices prices each tier
+    apart. Some compatible servers (Gemini's thinking models among them)
+    report the reasoning beside `completion_tokens` instead of inside it;
+    their `total_tokens` then adds it once more, which gives it away.
 
-    Some compatible servers (Gemini's thinking models among them) report the
-    reasoning beside `completion_tokens` instead of inside it; their
-    `total_tokens` then adds it once more, which gives it away.
+    Returns (usage, None) when the figures are all there; (None, the prompt's
+    figures) when `completion_tokens` is missing or null: the output is then
+    estimated, not taken for 0; (None, None) when there is no usage to go by:
+    none, no prompt figure, or a figure that is no count (text, a fraction,
+    a negative or absurd number), which makes the whole object untrusted.
     """
-    prompt_details = getattr(usage, "prompt_tokens_details", None)
-    completion_details = getattr(usage, "completion_tokens_details", None)
-    input_tokens = usage.prompt_tokens or 0
-    output_tokens = usage.completion_tokens or 0
-    reasoning_tokens = getattr(completion_details, "reasoning_tokens", None) or 0
-    total_tokens = getattr(usage, "total_tokens", None)
-    if reasoning_tokens and total_tokens == input_tokens + output_tokens + reasoning_tokens:
-        output_tokens += reasoning_tokens
-    return Usage(
+    try:
+        figures = token_figures(usage, ("prompt_tokens", "completion_tokens", "total_tokens"))
+        cached = token_figures(
+            member(usage, "prompt_tokens_details"), ("cached_tokens", "cache_write_tokens")
+        )
+        reasoning = token_figures(
+            member(usage, "completion_tokens_details"), ("reasoning_tokens",)
+        ).get("reasoning_tokens", 0)
+    except UnusableUsage:
+        return None, None
+    input_tokens = figures.get("prompt_tokens")
+    if input_tokens is None:
+        return None, None
+    prompt = Usage(
         input_tokens=input_tokens,
-        output_tokens=output_tokens,
-        cache_read_tokens=getattr(prompt_details, "cached_tokens", None) or 0,
-        cache_write_tokens=getattr(prompt_details, "cache_write_tokens", None) or 0,
-        reasoning_tokens=reasoning_tokens,
+        cache_read_tokens=cached.get("cached_tokens", 0),
+        cache_write_tokens=cached.get("cache_write_tokens", 0),
         service_tier=service_tier if isinstance(service_tier, str) else "",
     )
+    output_tokens = figures.get("completion_tokens")
+    if output_tokens is None:
+        return None, prompt
+    if reasoning and figures.get("total_tokens") == input_tokens + output_tokens + reasoning:
+        output_tokens += reasoning
+    return replace(prompt, output_tokens=output_tokens, reasoning_tokens=reasoning), None
 
 
 def _embed_prompt_tokens(response: Any) -> int:
@@ -660,49 +772,45 @@ def _embed_prompt_tokens(response: Any) -> int:
     An embedding produces no tokens, so a `total_tokens` without
     `prompt_tokens` (some compatible servers) counts the input. Servers also
     leave `usage` out, or send nulls or zeros (Ollama versions that do not
-    count the prompt): text is never free to embed, so none of these is a count.
+    count the prompt): text is never free to embed, so none of these is a
+    count, and neither is a figure that is no count of tokens.
     """
-    usage = getattr(response, "usage", None)
-    for name in ("prompt_tokens", "total_tokens"):
-        tokens = getattr(usage, name, None)
-        if isinstance(tokens, int) and tokens > 0:
-            return tokens
-    return 0
+    try:
+        figures = token_figures(member(response, "usage"), ("prompt_tokens", "total_tokens"))
+    except UnusableUsage:
+        return 0
+    return figures.get("prompt_tokens") or figures.get("total_tokens") or 0
 
 
 def _embedding_vector(embedding: Any, label: str) -> list[float]:
     """A vector as floats. Servers that ignore `encoding_format` answer
-    base64 of little-endian float32 values, as OpenAI does when asked for it."""
+    base64 of little-endian float32 values, as OpenAI does when asked for it.
+    A vector that is empty or holds anything but finite numbers is refused."""
+    vector: list[float] | None = None
     if isinstance(embedding, str):
         try:
             packed = base64.b64decode(embedding, validate=True)
         except binascii.Error:
             packed = b"?"
         if len(packed) % 4 == 0:
-            return list(struct.unpack(f"<{len(packed) // 4}f", packed))
+            vector = list(struct.unpack(f"<{len(packed) // 4}f", packed))
     elif isinstance(embedding, list) and all(
         isinstance(value, int | float) and not isinstance(value, bool) for value in embedding
     ):
-        return [float(value) for value in embedding]
-    raise UpstreamUnavailable(f"{label} answered embeddings that are not lists of numbers.")
+        vector = [float(value) for value in embedding]
+    if vector is None:
+        raise malformed_answer(label, "an embedding is not a list of numbers")
+    if not vector:
+        raise malformed_answer(label, "an embedding is empty")
+    if not all(math.isfinite(value) for value in vector):
+        raise malformed_answer(label, "an embedding holds NaN or an infinity")
+    return vector
 
 
 def _groq_usage(chunk: Any) -> Any:
-    """Groq reports stream usage in `x_groq.usage` of the last chunk."""
-    extra = getattr(chunk, "model_extra", None) or {}
-    groq = extra.get("x_groq")
-    usage = groq.get("usage") if isinstance(groq, dict) else None
-    if not isinstance(usage, dict) or "prompt_tokens" not in usage:
-        return None
-    return openai.types.CompletionUsage.model_validate(usage)
-
-
-def _tool_call_text(delta: Any) -> str:
-    """The name and argument fragment a streamed tool call delta brings."""
-    function = delta.function
-    if function is None:
-        return ""
-    return (function.name or "") + (function.arguments or "")
+    """Groq reports stream usage in `x_groq.usage` of the last chunk (the SDK
+    keeps fields it does not know as attributes)."""
+    return member(member(chunk, "x_groq"), "usage")
 
 
 class _StreamedToolCalls:
@@ -717,33 +825,44 @@ class _StreamedToolCalls:
     an index continues the latest call.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, label: str) -> None:
+        self._label = label
         self._calls: list[dict[str, Any]] = []
         # Wire index → position in `_calls` of the call it stands for now.
         self._positions: dict[int, int] = {}
 
-    def add(self, delta: Any) -> None:
-        index = getattr(delta, "index", None)
+    def add(self, delta: Any) -> str:
+        """Take one tool call delta; returns the name and argument fragment it brings."""
+        label = self._label
+        delta = required_object(delta, label, "a streamed tool call")
+        index = optional_index(member(delta, "index"), label, "a streamed tool call's index")
+        call_id = optional_text(member(delta, "id"), label, "a streamed tool call's id")
+        function = optional_object(
+            member(delta, "function"), label, "a streamed tool call's function"
+        )
+        name = optional_text(member(function, "name"), label, "a streamed tool call's name")
+        arguments = optional_text(
+            member(function, "arguments"), label, "a streamed tool call's arguments field"
+        )
         if index is None:
             position = len(self._calls) - 1 if self._calls else None
         else:
             position = self._positions.get(index)
         current = self._calls[position] if position is not None else None
-        if current is None or (delta.id and current["id"] not in ("", delta.id)):
+        if current is None or (call_id and current["id"] not in ("", call_id)):
             current = {"id": "", "name": "", "arguments": "", "extra_content": None}
             self._calls.append(current)
             if index is not None:
                 self._positions[index] = len(self._calls) - 1
-        if delta.id:
-            current["id"] = delta.id
-        function = delta.function
-        if function is not None:
-            if function.name:
-                current["name"] = function.name
-            if function.arguments:
-                current["arguments"] += function.arguments
+        if call_id:
+            current["id"] = call_id
+        if name:
+            current["name"] = name
+        if arguments:
+            current["arguments"] += arguments
         if extra := _extra_content(delta):
             current["extra_content"] = _merged(current["extra_content"], extra)
+        return (name or "") + (arguments or "")
 
     def assembled(self) -> list[ToolCall]:
         return [

@@ -126,6 +126,9 @@ class EmbedRequest:
     inputs: list[str]
     timeout: float | None = None
     deadline: float | None = None
+    # The dimensions every vector answered must have: those of the vectors an
+    # earlier attempt of the call answered (None: those of the first one).
+    expected_dimensions: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,16 +10,14 @@ from __future__ import annotations
 import logging
 import sys
 
+import boto3
 import pytest
 from django.test import RequestFactory
 from django.views.debug import ExceptionReporter, get_exception_reporter_class
 
 from llm_providers.adapters.registry import adapter_build
 from llm_providers.adapters.types import AdapterSettings
-from llm_providers.completion import complete
 from llm_providers.log_redaction import SecretRedactingFilter
-from llm_providers.services import provider_config_create
-from tests.factories import TenantFactory
 from tests.upstreams.server import json_reply
 
 SMTP_PASSWORD = "hunter2smtpQx7"
@@ -89,23 +87,27 @@ def _pieces(secret: str) -> list[str]:
     return [secret[start : start + 8] for start in range(len(secret) - 7)]
 
 
-@pytest.mark.django_db
 @pytest.mark.parametrize("debug", [True, False], ids=["debug-page", "email-report"])
-def test_report_frame_variables_show_no_credential(
-    settings, bedrock_upstream, allow_private_urls, debug
-):
-    # given: an answer botocore cannot parse fails inside botocore, whose
-    # frames hold the signed request (its Authorization header names the key id)
-    tenant = TenantFactory()
-    provider_config_create(
-        tenant=tenant, name="bedrock", provider_type="bedrock",
-        aws_access_key_id=AWS_KEY_ID, aws_secret_access_key=AWS_SECRET, aws_region="us-east-1",
-        base_url=bedrock_upstream.base_url,
-        default_model="anthropic.claude-3-haiku-20240307-v1:0", is_default=True,
+def test_report_frame_variables_show_no_credential(settings, bedrock_upstream, debug):
+    # given: a live Bedrock adapter holding the key pair, and a failure inside
+    # botocore (an answer its parser cannot read, on a client without the
+    # adapter's checks, which turn that into an error) whose frames hold the
+    # signed request (its Authorization header names the key id)
+    adapter = adapter_build(
+        AdapterSettings("bedrock", base_url=bedrock_upstream.base_url, aws_region="us-east-1",
+                        aws_access_key_id=AWS_KEY_ID, aws_secret_access_key=AWS_SECRET)
     )  # fmt: skip
-    bedrock_upstream.enqueue(json_reply({"output": 5}), times=3)
+    client = boto3.client(
+        "bedrock-runtime", region_name="us-east-1", endpoint_url=bedrock_upstream.base_url,
+        aws_access_key_id=AWS_KEY_ID, aws_secret_access_key=AWS_SECRET,
+    )  # fmt: skip
+    bedrock_upstream.enqueue(json_reply({"output": 5}))
     with pytest.raises(AttributeError) as failure:
-        complete(tenant=tenant, messages=[{"role": "user", "content": "hello"}])
+        client.converse(
+            modelId="anthropic.claude-3-haiku-20240307-v1:0",
+            messages=[{"role": "user", "content": [{"text": "hello"}]}],
+        )
+    client.close()
     settings.DEBUG = debug
 
     # when
@@ -119,6 +121,7 @@ def test_report_frame_variables_show_no_credential(
     assert "Authorization" in html
     for piece in _pieces(AWS_KEY_ID) + _pieces(AWS_SECRET):
         assert piece not in html
+    adapter.close()
 
 
 @pytest.mark.django_db

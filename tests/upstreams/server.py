@@ -17,8 +17,9 @@ for one endpoint names its `route` and is refused (HTTP 418 with an
 explanation) when a request for another route takes its turn. A request with
 no reply scripted gets 418 too, unless `set_default` gave one. Each
 `enqueue_<kind>(..., times=1)` of a protocol server enqueues its
-`<kind>_reply(...)`; pass a reply to `set_default` to answer every request
-alike (benchmarks, long runs). 418 maps to a
+`<kind>_reply(...)`, and `enqueue_raw(...)` a body (or chunks) sent as given,
+for answers that are not what the wire format promises; pass a reply to
+`set_default` to answer every request alike (benchmarks, long runs). 418 maps to a
 non-retryable bad request, so a missing script fails a test plainly instead
 of being retried.
 """
@@ -82,6 +83,30 @@ def json_reply(payload: Any, *, status: int = 200, headers: dict | None = None, 
     )
 
 
+def raw_reply(
+    body: bytes | str = b"",
+    *,
+    chunks: list[bytes | str] | None = None,
+    content_type: str = "application/json",
+    status: int = 200,
+    route: str | None = None,
+) -> Reply:
+    """A reply sent as given, not encoded: a whole `body`, or `chunks` streamed
+    one by one (SSE events, event-stream frames). For answers that are not
+    what the wire format promises (HTML, broken JSON, a garbled frame)."""
+
+    def encoded(value: bytes | str) -> bytes:
+        return value.encode() if isinstance(value, str) else value
+
+    return Reply(
+        status=status,
+        headers={"Content-Type": content_type},
+        body=encoded(body),
+        chunks=None if chunks is None else [encoded(chunk) for chunk in chunks],
+        route=route,
+    )
+
+
 class LoopbackUpstream:
     """Start with `start()`, stop with `stop()` (the fixtures do both)."""
 
@@ -105,6 +130,10 @@ class LoopbackUpstream:
         """Answer the next request(s) with this reply."""
         with self._lock:
             self._scripts.extend([script] * times)
+
+    def enqueue_raw(self, *args: Any, times: int = 1, **kwargs: Any) -> None:
+        """Answer the next request(s) with `raw_reply(...)`."""
+        self.enqueue(raw_reply(*args, **kwargs), times=times)
 
     def set_default(self, script: Script | None) -> None:
         """Answer with this reply whenever nothing is enqueued (benchmarks, long runs)."""

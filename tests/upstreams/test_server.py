@@ -62,3 +62,21 @@ def test_default_reply_answers_when_nothing_is_enqueued():
 
     assert [status for status, _ in answers] == [500, 200, 200]
     assert answers[2][1]["choices"][0]["message"]["content"] == "default"
+
+
+def test_raw_replies_are_sent_as_given(openai_upstream):
+    openai_upstream.enqueue_raw("<html>oops</html>", content_type="text/html", route="chat")
+    openai_upstream.enqueue_raw(chunks=["data: {oops\n\n", b"data: [DONE]\n\n"], route="chat")
+
+    answers = []
+    for _ in range(2):
+        request = urllib.request.Request(
+            f"{openai_upstream.base_url}/chat/completions", data=b"{}", method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:
+            answers.append((response.headers["Content-Type"], response.read()))
+
+    assert answers == [
+        ("text/html", b"<html>oops</html>"),
+        ("application/json", b"data: {oops\n\ndata: [DONE]\n\n"),
+    ]

@@ -15,6 +15,7 @@ from llm_providers.adapters.anthropic_messages import (
 from llm_providers.adapters.content import JSON_MODE_INSTRUCTION, LEADING_USER_TEXT
 from llm_providers.adapters.errors import (
     ContextTooLong,
+    MalformedAnswer,
     NotSupported,
     ProviderAuthenticationError,
     ProviderBadRequest,
@@ -32,7 +33,7 @@ from llm_providers.adapters.types import (
     Usage,
 )
 from tests.upstreams.anthropic import AnthropicUpstream, sse
-from tests.upstreams.server import Reply
+from tests.upstreams.server import Reply, json_reply, raw_reply
 
 API_KEY = "sk-ant-api03-Hq4Lm9Zt2Wx7Rb5Nc8Vd1Kf6Gj3Ps0Ty"
 # A 1×1 PNG.
@@ -638,6 +639,299 @@ def test_stream_counts_thinking_as_output_when_the_connection_breaks_before_the_
 
     assert [(c.text, c.unseen_text) for c in received] == [("", "The user greets me.")]
     assert received[0].usage_so_far == Usage(input_tokens=12, output_tokens=1)
+
+
+# --- malformed answers -----------------------------------------------------------------
+# A proxy before the API can answer 200 with a body that is not a message.
+
+# `_request()` estimated: 3 per request + (4 + 3) for "Be brief." + (4 + 2) for "Hello?".
+REQUEST_TOKENS_ESTIMATE = 16
+
+
+def _message(content: object = None, **fields) -> dict:
+    """A message whose content (or any field) a test replaces."""
+    payload = {
+        "id": "msg_x",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-sonnet-4-6-20260217",
+        "content": [{"type": "text", "text": "Hi there!"}] if content is None else content,
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 40, "output_tokens": 7},
+    }
+    payload.update(fields)
+    return payload
+
+
+def _without(payload: dict, name: str) -> dict:
+    return {key: value for key, value in payload.items() if key != name}
+
+
+@pytest.mark.parametrize(
+    ("reply", "problem"),
+    [
+        (raw_reply("<html>502 Bad Gateway</html>", route="messages"), "it is not JSON"),
+        (
+            raw_reply("upstream connect error", content_type="text/plain", route="messages"),
+            "it is not JSON",
+        ),
+        (json_reply([_message()], route="messages"), "it is a list, not a JSON object"),
+        (json_reply(_without(_message(), "content"), route="messages"), "it has no content"),
+        (
+            json_reply(_message("Hi there!"), route="messages"),
+            "its content field is text, not a list",
+        ),
+        (
+            json_reply(_message(["Hi there!"]), route="messages"),
+            "a content block is text, not an object",
+        ),
+        (json_reply(_message([{"text": "Hi"}]), route="messages"), "a content block has no type"),
+        (
+            json_reply(_message([{"type": "text", "text": 42}]), route="messages"),
+            "a text block's text is a number, not text",
+        ),
+        (
+            json_reply(
+                _message([{"type": "tool_use", "id": "toolu_1", "input": {}}]), route="messages"
+            ),
+            "a tool_use block has no name",
+        ),
+        (
+            json_reply(
+                _message([{"type": "tool_use", "id": "toolu_1", "name": "f", "input": "x"}]),
+                route="messages",
+            ),
+            "a tool_use block's input is text, not an object",
+        ),
+        (
+            json_reply(_message(stop_reason=["end_turn"]), route="messages"),
+            "its stop_reason is a list, not text",
+        ),
+    ],
+    ids=[
+        "html",
+        "text-plain",
+        "json-list",
+        "no-content",
+        "content-text",
+        "block-text",
+        "block-without-type",
+        "text-a-number",
+        "tool-use-without-name",
+        "tool-use-input-text",
+        "stop-reason-a-list",
+    ],
+)
+def test_complete_raises_upstream_unavailable_when_the_answer_is_malformed(
+    adapter, anthropic_upstream, reply, problem
+):
+    anthropic_upstream.enqueue(reply)
+
+    with pytest.raises(MalformedAnswer) as raised:
+        adapter.complete(_request())
+
+    error = raised.value
+    assert (error.code, error.retryable, error.http_status) == ("upstream_unavailable", True, 502)
+    assert error.message == f"The anthropic answer is malformed: {problem}."
+
+
+def test_complete_leaves_out_content_blocks_of_kinds_it_does_not_read(adapter, anthropic_upstream):
+    blocks = [{"type": "thinking", "thinking": "Hmm.", "signature": "c2ln"}]
+    blocks += [{"type": "text", "text": "Hi there!"}]
+    anthropic_upstream.enqueue(json_reply(_message(blocks), route="messages"))
+
+    assert adapter.complete(_request()).content == "Hi there!"
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"input_tokens": "40", "output_tokens": 7},
+        {"input_tokens": 40, "output_tokens": 7.5},
+        {"input_tokens": 40, "output_tokens": False},
+        {"input_tokens": -40, "output_tokens": 7},
+        {"input_tokens": 40, "output_tokens": 7, "cache_read_input_tokens": 10**10},
+        {
+            "input_tokens": 40,
+            "output_tokens": 7,
+            "cache_creation": {"ephemeral_1h_input_tokens": "x"},
+        },
+        {"output_tokens": 7},
+        None,
+        "n/a",
+    ],
+    ids=[
+        "text",
+        "fraction",
+        "boolean",
+        "negative",
+        "absurd",
+        "text-cache-detail",
+        "no-input-figure",
+        "null",
+        "text-usage",
+    ],
+)
+def test_complete_estimates_usage_whose_figures_are_no_counts(adapter, anthropic_upstream, usage):
+    # given an answer whose usage is missing or garbage (it was billed as 0 before)
+    anthropic_upstream.enqueue(json_reply(_message(usage=usage), route="messages"))
+
+    result = adapter.complete(_request())
+
+    # then the whole usage is estimated ("Hi there!": 3 tokens) and flagged
+    assert result.usage == Usage(input_tokens=REQUEST_TOKENS_ESTIMATE, output_tokens=3)
+    assert result.usage_estimated is True
+
+
+def test_complete_estimates_the_output_when_the_answer_reports_it_null(adapter, anthropic_upstream):
+    usage = {"input_tokens": 200, "output_tokens": None, "cache_read_input_tokens": 1000}
+    anthropic_upstream.enqueue(json_reply(_message(usage=usage), route="messages"))
+
+    result = adapter.complete(_request())
+
+    # the prompt's figures are kept (cache reads added back), the output estimated
+    assert result.usage == Usage(input_tokens=1200, output_tokens=3, cache_read_tokens=1000)
+    assert result.usage_estimated is True
+
+
+def test_complete_reports_the_requested_model_when_the_answer_names_none(
+    adapter, anthropic_upstream
+):
+    anthropic_upstream.enqueue(json_reply(_message(model=None), route="messages"))
+
+    result = adapter.complete(_request(model="claude-sonnet-4-6"))
+
+    assert (result.model, result.usage_estimated) == ("claude-sonnet-4-6", False)
+
+
+def _stream_events(*middle: bytes, delta_usage: object = None) -> list[bytes]:
+    """message_start (40 input tokens), a text block "Hi", `middle`, then
+    message_delta (with `delta_usage`, else 3 output tokens) and message_stop."""
+    start = _message([], usage={"input_tokens": 40, "output_tokens": 1})
+    return [
+        sse("message_start", {"type": "message_start", "message": start}),
+        sse(
+            "content_block_start",
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "text", "text": ""},
+            },
+        ),
+        sse(
+            "content_block_delta",
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "text_delta", "text": "Hi"},
+            },
+        ),
+        *middle,
+        sse(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "usage": {"output_tokens": 3} if delta_usage is None else delta_usage,
+            },
+        ),
+        sse("message_stop", {"type": "message_stop"}),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("event", "problem"),
+    [
+        (b"event: content_block_delta\ndata: {oops\n\n", "an event of it is not JSON"),
+        (b"event: content_block_delta\ndata: [1]\n\n", "an event of it is a list, not an object"),
+        (
+            sse("content_block_delta", {"type": "content_block_delta", "index": 0}),
+            "a content block delta is missing",
+        ),
+        (
+            sse(
+                "content_block_delta",
+                {
+                    "type": "content_block_delta",
+                    "index": 0,
+                    "delta": {"type": "text_delta", "text": 5},
+                },
+            ),
+            "a text delta's text is a number, not text",
+        ),
+        (
+            sse(
+                "content_block_start",
+                {
+                    "type": "content_block_start",
+                    "index": 1,
+                    "content_block": {"type": "tool_use", "id": "t"},
+                },
+            ),
+            "a tool_use block has no name",
+        ),
+        (
+            sse(
+                "content_block_start",
+                {
+                    "type": "content_block_start",
+                    "content_block": {"type": "tool_use", "id": "t", "name": "f", "input": {}},
+                },
+            ),
+            "an event of a content block has no index",
+        ),
+    ],
+    ids=[
+        "not-json",
+        "a-list",
+        "delta-missing",
+        "text-a-number",
+        "tool-use-without-name",
+        "tool-use-without-index",
+    ],
+)
+def test_stream_raises_upstream_unavailable_when_an_event_is_malformed(
+    adapter, anthropic_upstream, event, problem
+):
+    anthropic_upstream.enqueue_raw(chunks=_stream_events(event), content_type="text/event-stream")
+
+    received = []
+    with pytest.raises(MalformedAnswer) as raised:
+        for chunk in adapter.stream(_request()):
+            received.append(chunk.text)
+
+    # what came before it was delivered, and the stream fails
+    assert received == ["Hi"]
+    assert raised.value.message == f"The anthropic answer is malformed: {problem}."
+
+
+@pytest.mark.parametrize(
+    "delta_usage",
+    [
+        {"output_tokens": "three"},
+        {"output_tokens": None},
+        {},
+        {"output_tokens": 3, "input_tokens": -1},
+    ],
+    ids=["text", "null", "missing", "negative-input"],
+)
+def test_stream_leaves_the_output_to_estimate_when_its_final_figure_is_unusable(
+    adapter, anthropic_upstream, delta_usage
+):
+    # given message_start's usage (40 input tokens, 1 output), then a
+    # message_delta whose output figure is garbage or missing
+    anthropic_upstream.enqueue_raw(
+        chunks=_stream_events(delta_usage=delta_usage), content_type="text/event-stream"
+    )
+
+    received = list(adapter.stream(_request()))
+
+    # then no final usage (not message_start's 1 output token): the completion
+    # service estimates the output, with the prompt's reported figures
+    assert received[-1].finish_reason == "stop"
+    assert received[-1].usage is None
+    assert received[-1].usage_so_far == Usage(input_tokens=40, output_tokens=1)
 
 
 # --- errors --------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from llm_providers.adapters.bedrock_converse import (
 from llm_providers.adapters.content import JSON_MODE_INSTRUCTION, LEADING_USER_TEXT
 from llm_providers.adapters.errors import (
     ContextTooLong,
+    MalformedAnswer,
     NotSupported,
     ProviderAuthenticationError,
     ProviderBadRequest,
@@ -31,8 +32,8 @@ from llm_providers.adapters.types import (
     Usage,
 )
 from tests.upstreams.bedrock import EVENT_STREAM_TYPE, model_id_of
-from tests.upstreams.eventstream import event_encode
-from tests.upstreams.server import Reply
+from tests.upstreams.eventstream import event_encode, message_encode
+from tests.upstreams.server import Reply, json_reply, raw_reply
 
 ACCESS_KEY_ID = "AKIAQ3EGXYZ7LMN4PRST"
 SECRET_ACCESS_KEY = "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"
@@ -757,6 +758,294 @@ def test_stream_counts_reasoning_as_output_when_the_connection_breaks_before_the
             received.append(chunk)
 
     assert [(c.text, c.unseen_text) for c in received] == [("", "The user greets me.")]
+
+
+# --- malformed answers -----------------------------------------------------------------
+# botocore reads a body that is not JSON as an answer without output, takes
+# most values as they come and fails as a bug would on others: the adapter
+# refuses them as malformed answers (retryable), never as a crash.
+
+# `_request()` estimated: 3 per request + (4 + 3) for "Be brief." + (4 + 2) for "Hello?".
+REQUEST_TOKENS_ESTIMATE = 16
+
+
+def _converse(content: object = None, **fields) -> dict:
+    """A Converse answer whose content (or any field) a test replaces."""
+    payload = {
+        "output": {
+            "message": {
+                "role": "assistant",
+                "content": [{"text": "Hi there!"}] if content is None else content,
+            }
+        },
+        "stopReason": "end_turn",
+        "usage": {"inputTokens": 40, "outputTokens": 7, "totalTokens": 47},
+        "metrics": {"latencyMs": 120},
+    }
+    payload.update(fields)
+    return payload
+
+
+@pytest.mark.parametrize(
+    ("reply", "problem"),
+    [
+        (raw_reply("<html>502 Bad Gateway</html>", route="converse"), "it is not JSON"),
+        (
+            raw_reply("<html>502 Bad Gateway</html>", content_type="text/html", route="converse"),
+            "it is not JSON",
+        ),
+        (raw_reply("", route="converse"), "it is not JSON"),
+        (json_reply([_converse()], route="converse"), "it is a list, not a JSON object"),
+        (json_reply({"stopReason": "end_turn"}, route="converse"), "its output is missing"),
+        (
+            json_reply(_converse("Hi there!"), route="converse"),
+            "it could not be read (AttributeError)",
+        ),
+        (
+            json_reply(_converse(output="Hi"), route="converse"),
+            "it could not be read (AttributeError)",
+        ),
+        (
+            json_reply(_converse([{"text": "Hi", "toolUse": {"name": "f"}}]), route="converse"),
+            "it could not be read (ResponseParserError)",
+        ),
+        (
+            json_reply(_converse([{"text": 42}]), route="converse"),
+            "a text block's text is a number, not text",
+        ),
+        (
+            json_reply(
+                _converse([{"toolUse": {"toolUseId": "t1", "input": {}}}]), route="converse"
+            ),
+            "a toolUse block has no name",
+        ),
+        (
+            json_reply(_converse(stopReason=7), route="converse"),
+            "its stopReason is a number, not text",
+        ),
+    ],
+    ids=[
+        "html",
+        "html-as-text-html",
+        "empty-body",
+        "json-list",
+        "no-output",
+        "content-text",
+        "output-text",
+        "block-of-two-kinds",
+        "text-a-number",
+        "tool-use-without-name",
+        "stop-reason-a-number",
+    ],
+)
+def test_complete_raises_upstream_unavailable_when_the_answer_is_malformed(
+    adapter, bedrock_upstream, reply, problem
+):
+    bedrock_upstream.enqueue(reply)
+
+    with pytest.raises(MalformedAnswer) as raised:
+        adapter.complete(_request())
+
+    error = raised.value
+    assert (error.code, error.retryable, error.http_status) == ("upstream_unavailable", True, 502)
+    assert error.message == f"The bedrock answer is malformed: {problem}."
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"inputTokens": "forty", "outputTokens": 7},
+        {"inputTokens": 40, "outputTokens": 7.5},
+        {"inputTokens": True, "outputTokens": 7},
+        {"inputTokens": 40, "outputTokens": -7},
+        {"inputTokens": 40, "outputTokens": 7, "cacheDetails": [{"ttl": "1h", "inputTokens": "x"}]},
+        {"inputTokens": 40, "outputTokens": 7, "cacheDetails": "1h"},
+        {"outputTokens": 7},
+        "lots",
+    ],
+    ids=[
+        "text",
+        "fraction",
+        "boolean",
+        "negative",
+        "text-cache-detail",
+        "cache-details-text",
+        "no-input-figure",
+        "text-usage",
+    ],
+)
+def test_complete_estimates_usage_whose_figures_are_no_counts(adapter, bedrock_upstream, usage):
+    # given an answer whose usage botocore would cut (7.5 to 7), misread (true
+    # as 1) or fail on (text)
+    bedrock_upstream.enqueue(json_reply(_converse(usage=usage), route="converse"))
+
+    result = adapter.complete(_request())
+
+    # then the whole usage is estimated ("Hi there!": 3 tokens) and flagged
+    assert result.content == "Hi there!"
+    assert result.usage == Usage(input_tokens=REQUEST_TOKENS_ESTIMATE, output_tokens=3)
+    assert result.usage_estimated is True
+
+
+def test_complete_estimates_the_output_when_the_answer_reports_it_null(adapter, bedrock_upstream):
+    usage = {"inputTokens": 200, "outputTokens": None, "cacheReadInputTokens": 1000}
+    bedrock_upstream.enqueue(json_reply(_converse(usage=usage), route="converse"))
+
+    result = adapter.complete(_request())
+
+    # the prompt's figures are kept (cache reads added back), the output estimated
+    assert result.usage == Usage(input_tokens=1200, output_tokens=3, cache_read_tokens=1000)
+    assert result.usage_estimated is True
+
+
+def test_complete_records_a_failed_answer_with_garbage_usage_as_unpaid(adapter, bedrock_upstream):
+    answer = _converse(stopReason="malformed_model_output", usage={"inputTokens": "x"})
+    bedrock_upstream.enqueue(json_reply(answer, route="converse"))
+
+    with pytest.raises(UpstreamUnavailable) as raised:
+        adapter.complete(_request())
+
+    assert (
+        raised.value.message == "bedrock stopped the answer with an error (malformed_model_output)."
+    )
+    assert raised.value.paid_usage is None
+
+
+def _stream_events(*middle: bytes, usage: object = None) -> list[bytes]:
+    """messageStart, a text delta "Hi", `middle`, messageStop and metadata
+    (with `usage`, else 40 input and 3 output tokens)."""
+    return [
+        event_encode("messageStart", {"role": "assistant"}),
+        event_encode("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": "Hi"}}),
+        *middle,
+        event_encode("messageStop", {"stopReason": "end_turn"}),
+        event_encode(
+            "metadata",
+            {"usage": {"inputTokens": 40, "outputTokens": 3} if usage is None else usage},
+        ),
+    ]
+
+
+def _frame(event_type: str, payload: bytes) -> bytes:
+    """An event-stream frame carrying `payload` as given."""
+    headers = {
+        ":event-type": event_type,
+        ":content-type": "application/json",
+        ":message-type": "event",
+    }
+    return message_encode(headers, payload)
+
+
+@pytest.mark.parametrize(
+    ("frame", "problem"),
+    [
+        (
+            b"\x00\x00\x00\x20\x00\x00\x00\x00garbage-garbage-garbage!",
+            "an event of it could not be read (ChecksumMismatch)",
+        ),
+        (
+            event_encode("contentBlockDelta", {"delta": {"text": "!"}})[:-1] + b"\x00",
+            "an event of it could not be read (ChecksumMismatch)",
+        ),
+        (_frame("contentBlockDelta", b"{oops"), "a contentBlockDelta event's delta is missing"),
+        (_frame("contentBlockDelta", b"[1]"), "an event of it could not be read (AttributeError)"),
+        (
+            event_encode("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": 5}}),
+            "a text delta is a number, not text",
+        ),
+        (
+            event_encode(
+                "contentBlockStart",
+                {"contentBlockIndex": 1, "start": {"toolUse": {"toolUseId": "t1"}}},
+            ),
+            "a toolUse block has no name",
+        ),
+    ],
+    ids=[
+        "garbage-frame",
+        "bad-checksum",
+        "payload-not-json",
+        "payload-a-list",
+        "text-a-number",
+        "tool-use-without-name",
+    ],
+)
+def test_stream_raises_upstream_unavailable_when_an_event_is_malformed(
+    adapter, bedrock_upstream, frame, problem
+):
+    bedrock_upstream.enqueue_raw(
+        chunks=_stream_events(frame), content_type=EVENT_STREAM_TYPE, route="converse_stream"
+    )
+
+    received = []
+    with pytest.raises(MalformedAnswer) as raised:
+        for chunk in adapter.stream(_request()):
+            received.append(chunk.text)
+
+    # what came before it was delivered, and the stream fails
+    assert received == ["Hi"]
+    assert raised.value.message == f"The bedrock answer is malformed: {problem}."
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"inputTokens": "forty", "outputTokens": 3},
+        {"inputTokens": 40, "outputTokens": -3},
+        {"inputTokens": 40, "outputTokens": 10**9},
+        "lots",
+    ],
+    ids=["text", "negative", "absurd", "text-usage"],
+)
+def test_stream_reports_no_usage_when_its_metadata_figures_are_no_counts(
+    adapter, bedrock_upstream, usage
+):
+    bedrock_upstream.enqueue_raw(
+        chunks=_stream_events(usage=usage), content_type=EVENT_STREAM_TYPE, route="converse_stream"
+    )
+
+    received = list(adapter.stream(_request()))
+
+    # the answer stands; the completion service estimates its usage
+    assert "".join(chunk.text for chunk in received) == "Hi"
+    assert (received[-1].finish_reason, received[-1].usage) == ("stop", None)
+    assert received[-1].usage_so_far is None
+
+
+def test_stream_connection_broken_after_message_stop_is_no_unreadable_metadata(
+    adapter, bedrock_upstream
+):
+    # given a stream whose connection drops after messageStop, before its metadata
+    chunks = _stream_events()
+    bedrock_upstream.enqueue(
+        Reply(
+            headers={"Content-Type": EVENT_STREAM_TYPE},
+            chunks=chunks,
+            break_after=len(chunks) - 1,
+            route="converse_stream",
+        )
+    )
+
+    # then it fails as a broken connection, not as an answer without usage
+    with pytest.raises(UpstreamUnavailable) as raised:
+        list(adapter.stream(_request()))
+
+    assert not isinstance(raised.value, MalformedAnswer)
+    assert raised.value.message.startswith("The connection to bedrock broke off")
+
+
+def test_stream_reports_the_prompts_usage_alone_when_the_output_figure_is_null(
+    adapter, bedrock_upstream
+):
+    usage = {"inputTokens": 40, "outputTokens": None, "cacheWriteInputTokens": 60}
+    bedrock_upstream.enqueue_raw(
+        chunks=_stream_events(usage=usage), content_type=EVENT_STREAM_TYPE, route="converse_stream"
+    )
+
+    received = list(adapter.stream(_request()))
+
+    assert received[-1].usage is None
+    assert received[-1].usage_so_far == Usage(input_tokens=100, cache_write_tokens=60)
 
 
 # --- errors --------------------------------------------------------------------------

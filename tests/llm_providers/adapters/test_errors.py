@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -17,8 +18,10 @@ from llm_providers.adapters.errors import (
     ProviderRateLimited,
     ProviderTimeout,
     UpstreamUnavailable,
+    _SecretsInUse,
     connection_failure,
     error_for_status,
+    malformed_answer,
     message_says_context_too_long,
     retry_after_from_headers,
 )
@@ -143,3 +146,43 @@ def test_connection_failure_tells_unreachable_from_broken_off():
         connection_failure("groq", refused) == "groq could not be reached (ConnectionRefusedError)."
     )
     assert connection_failure("groq", broken) == "The connection to groq broke off (EOFError)."
+
+
+def test_malformed_answer_is_a_retryable_upstream_unavailable_saying_what_is_wrong():
+    error = malformed_answer("openai", "it is not JSON")
+
+    assert isinstance(error, UpstreamUnavailable)
+    assert (error.code, error.http_status, error.retryable) == ("upstream_unavailable", 502, True)
+    assert error.message == "The openai answer is malformed: it is not JSON."
+
+
+class _Owner:
+    """An object holding secrets (an adapter, in the service)."""
+
+
+def test_secrets_released_by_the_collector_inside_hold_are_applied_without_deadlock():
+    # given the secrets of two owners, the first of which the garbage collector
+    # finalizes while this thread holds the lock (inside hold, as it may)
+    secrets = _SecretsInUse()
+    owners = {"first": _Owner()}
+    secrets.hold(owners["first"], ["sk-first-0123456789"])
+    rebuild = secrets._windows_rebuild
+
+    def rebuild_while_collecting():
+        owners.pop("first", None)  # its finalizer runs now, with the lock held
+        rebuild()
+
+    secrets._windows_rebuild = rebuild_while_collecting
+    second = _Owner()
+
+    # when another owner is added (in a thread, so that a deadlock fails the test)
+    thread = threading.Thread(
+        target=secrets.hold, args=(second, ["sk-second-0123456789"]), daemon=True
+    )
+    thread.start()
+    thread.join(timeout=5)
+
+    # then hold returned, and only the second owner's secret is redacted
+    assert not thread.is_alive()
+    assert "sk-secon" in secrets.windows
+    assert "sk-first" not in secrets.windows

@@ -14,6 +14,7 @@ from llm_providers.adapters.content import JSON_MODE_INSTRUCTION
 from llm_providers.adapters.errors import (
     ContentRefused,
     ContextTooLong,
+    MalformedAnswer,
     ProviderAuthenticationError,
     ProviderBadRequest,
     ProviderPermissionError,
@@ -35,7 +36,7 @@ from tests.upstreams.openai import (
     OpenAIUpstream,
     thought_signature,
 )
-from tests.upstreams.server import Reply, json_reply
+from tests.upstreams.server import Reply, json_reply, raw_reply
 
 API_KEY = "sk-proj-Q7mZ2xK9vB4nT8wR1yL6pD3sF0gH5jAa"
 # A 1×1 PNG.
@@ -1469,6 +1470,406 @@ def test_azure_refuses_to_follow_a_redirect(openai_upstream):
         assert elsewhere.requests == []
 
 
+# --- malformed answers -----------------------------------------------------------------
+# A server (or a proxy before it) can answer 200 with a body that is not what
+# the wire format promises. The SDK does not check its shape: the adapter does.
+
+# `_request()` estimated: 3 per request + (4 + 3) for "Be brief." + (4 + 2) for "Hello?".
+REQUEST_TOKENS_ESTIMATE = 16
+
+
+def _chat_answer(message: object = None, **fields) -> dict:
+    """A chat completion whose message (or any field) a test replaces."""
+    if message is None:
+        message = {"role": "assistant", "content": "Hi there!"}
+    payload = {
+        "id": "chatcmpl-x",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "gpt-4o-mini-2024-07-18",
+        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 40, "completion_tokens": 7, "total_tokens": 47},
+    }
+    payload.update(fields)
+    return payload
+
+
+def _chunk(choices: object = None, **fields) -> bytes:
+    payload = {
+        "id": "x",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "gpt-4o-mini",
+        "choices": [] if choices is None else choices,
+        **fields,
+    }
+    return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+
+def _delta(delta: object, finish_reason: str | None = None) -> list[dict]:
+    return [{"index": 0, "delta": delta, "finish_reason": finish_reason}]
+
+
+DONE = b"data: [DONE]\n\n"
+
+
+@pytest.mark.parametrize(
+    ("reply", "problem"),
+    [
+        (raw_reply("<html>502 Bad Gateway</html>", route="chat"), "it is not JSON"),
+        (
+            raw_reply("<html>502 Bad Gateway</html>", content_type="text/html", route="chat"),
+            "it is not JSON",
+        ),
+        (raw_reply('{"id": "chatcmpl-x", "choi', route="chat"), "it is not JSON"),
+        (raw_reply("", route="chat"), "it is not JSON"),
+        (json_reply([_chat_answer()], route="chat"), "it is a list, not a JSON object"),
+        (json_reply(None, route="chat"), "it is null, not a JSON object"),
+        (json_reply({"id": "chatcmpl-x", "model": "m"}, route="chat"), "it has no choices"),
+        (json_reply(_chat_answer(choices=[]), route="chat"), "it has no choices"),
+        (
+            json_reply(_chat_answer(choices={"0": {}}), route="chat"),
+            "its choices field is an object, not a list",
+        ),
+        (
+            json_reply(_chat_answer(choices=["Hi"]), route="chat"),
+            "its first choice is text, not an object",
+        ),
+        (
+            json_reply(_chat_answer(choices=[{"index": 0, "finish_reason": "stop"}]), route="chat"),
+            "its message is missing",
+        ),
+        (
+            json_reply(_chat_answer({"role": "assistant", "content": 42}), route="chat"),
+            "its content is a number, not text",
+        ),
+        (
+            json_reply(
+                _chat_answer({"role": "assistant", "content": {"text": "Hi"}}), route="chat"
+            ),
+            "its content is an object, not text",
+        ),
+        (
+            json_reply(_chat_answer({"role": "assistant", "content": ["Hi"]}), route="chat"),
+            "a part of its content has no type",
+        ),
+        (
+            json_reply(
+                _chat_answer({"role": "assistant", "content": [{"type": "text", "text": 1}]}),
+                route="chat",
+            ),
+            "a text part of its content has no text",
+        ),
+        (
+            json_reply(
+                _chat_answer({"role": "assistant", "content": None, "tool_calls": "lookup"}),
+                route="chat",
+            ),
+            "its tool_calls field is text, not a list",
+        ),
+        (
+            json_reply(
+                _chat_answer(
+                    {
+                        "role": "assistant",
+                        "content": None,
+                        "tool_calls": [{"id": "c", "type": "function", "function": {}}],
+                    }
+                ),
+                route="chat",
+            ),
+            "a tool call has no name",
+        ),
+        (
+            json_reply(
+                _chat_answer(
+                    choices=[{"index": 0, "message": {"content": "Hi"}, "finish_reason": 1}]
+                ),
+                route="chat",
+            ),
+            "its finish_reason is a number, not text",
+        ),
+    ],
+    ids=[
+        "html",
+        "html-as-text-html",
+        "truncated-json",
+        "empty-body",
+        "json-list",
+        "json-null",
+        "no-choices",
+        "empty-choices",
+        "choices-not-a-list",
+        "choice-not-an-object",
+        "no-message",
+        "content-a-number",
+        "content-an-object",
+        "content-part-without-type",
+        "text-part-without-text",
+        "tool-calls-not-a-list",
+        "tool-call-without-name",
+        "finish-reason-a-number",
+    ],
+)
+def test_complete_raises_upstream_unavailable_when_the_answer_is_malformed(
+    adapter, openai_upstream, reply, problem
+):
+    openai_upstream.enqueue(reply)
+
+    with pytest.raises(UpstreamUnavailable) as raised:
+        adapter.complete(_request())
+
+    error = raised.value
+    assert isinstance(error, MalformedAnswer)
+    assert (error.code, error.retryable, error.http_status) == ("upstream_unavailable", True, 502)
+    assert error.message == f"The openai answer is malformed: {problem}."
+
+
+def test_complete_keeps_the_text_of_content_parts_of_kinds_it_does_not_know(
+    adapter, openai_upstream
+):
+    content = [
+        {"type": "reference", "reference_ids": [1]},
+        {"type": "text", "text": "Hi there!"},
+    ]
+    openai_upstream.enqueue(json_reply(_chat_answer({"role": "assistant", "content": content})))
+
+    assert adapter.complete(_request()).content == "Hi there!"
+
+
+def test_complete_takes_tool_call_arguments_sent_as_an_object(adapter, openai_upstream):
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": {"city": "Paris"}},
+    }
+    message = {"role": "assistant", "content": None, "tool_calls": [call]}
+    openai_upstream.enqueue(json_reply(_chat_answer(message)))
+
+    result = adapter.complete(_request())
+
+    assert result.tool_calls == [
+        ToolCall(id="call_1", name="get_weather", arguments='{"city":"Paris"}')
+    ]
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"prompt_tokens": "40", "completion_tokens": 7},
+        {"prompt_tokens": 40, "completion_tokens": -7},
+        {"prompt_tokens": 40.5, "completion_tokens": 7},
+        {"prompt_tokens": True, "completion_tokens": 7},
+        {"prompt_tokens": 10**12, "completion_tokens": 7},
+        {
+            "prompt_tokens": 40,
+            "completion_tokens": 7,
+            "prompt_tokens_details": {"cached_tokens": "x"},
+        },
+        {"prompt_tokens": 40, "completion_tokens": 7, "prompt_tokens_details": "none"},
+        {"prompt_tokens": None, "completion_tokens": 7},
+        "lots",
+        [40, 7],
+    ],
+    ids=[
+        "text",
+        "negative",
+        "fraction",
+        "boolean",
+        "absurd",
+        "text-detail",
+        "details-not-an-object",
+        "no-prompt-figure",
+        "text-usage",
+        "list-usage",
+    ],
+)
+def test_complete_estimates_usage_whose_figures_are_no_counts(adapter, openai_upstream, usage):
+    # given an answer whose usage is garbage (trusting it would bill garbage)
+    openai_upstream.enqueue(json_reply(_chat_answer(usage=usage)))
+
+    # when
+    result = adapter.complete(_request())
+
+    # then the whole usage is estimated ("Hi there!": 3 tokens) and flagged
+    assert result.content == "Hi there!"
+    assert result.usage == Usage(input_tokens=REQUEST_TOKENS_ESTIMATE, output_tokens=3)
+    assert result.usage_estimated is True
+
+
+def test_complete_estimates_the_output_when_the_answer_reports_it_null(adapter, openai_upstream):
+    # given an answer that reports its prompt (and cache reads) but no output
+    usage = {
+        "prompt_tokens": 1200,
+        "completion_tokens": None,
+        "total_tokens": 1200,
+        "prompt_tokens_details": {"cached_tokens": 1000},
+    }
+    openai_upstream.enqueue(json_reply(_chat_answer(usage=usage)))
+
+    result = adapter.complete(_request())
+
+    # then the prompt's figures are kept and the output estimated, not billed as 0
+    assert result.usage == Usage(input_tokens=1200, output_tokens=3, cache_read_tokens=1000)
+    assert result.usage_estimated is True
+
+
+def test_complete_takes_a_figure_written_as_a_whole_float(adapter, openai_upstream):
+    usage = {"prompt_tokens": 40.0, "completion_tokens": 7.0, "total_tokens": 47.0}
+    openai_upstream.enqueue(json_reply(_chat_answer(usage=usage)))
+
+    result = adapter.complete(_request())
+
+    assert (result.usage, result.usage_estimated) == (
+        Usage(input_tokens=40, output_tokens=7),
+        False,
+    )
+    assert type(result.usage.input_tokens) is int
+
+
+@pytest.mark.parametrize(
+    "model", [None, 4, "", ["gpt-4o"]], ids=["null", "number", "blank", "list"]
+)
+def test_complete_reports_the_requested_model_when_the_answer_names_none(
+    adapter, openai_upstream, model
+):
+    openai_upstream.enqueue(json_reply(_chat_answer(model=model)))
+
+    result = adapter.complete(_request(model="gpt-4o-mini"))
+
+    assert result.model == "gpt-4o-mini"
+    assert result.usage == Usage(input_tokens=40, output_tokens=7)
+
+
+@pytest.mark.parametrize(
+    ("chunks", "problem"),
+    [
+        ([b"data: {oops\n\n", DONE], "a chunk of it is not JSON"),
+        ([b"data: 5\n\n", DONE], "a chunk of it is a number, not an object"),
+        ([_chunk({"0": {}}), DONE], "a chunk's choices field is an object, not a list"),
+        ([_chunk(["Hi"]), DONE], "a chunk's choice is text, not an object"),
+        ([_chunk(_delta("Hi")), DONE], "a chunk's delta is text, not an object"),
+        ([_chunk(_delta({"content": 5})), DONE], "its content is a number, not text"),
+        (
+            [_chunk(_delta({"tool_calls": {"index": 0}})), DONE],
+            "a chunk's tool_calls field is an object, not a list",
+        ),
+        (
+            [_chunk(_delta({"tool_calls": [{"index": 0, "function": {"arguments": 5}}]})), DONE],
+            "a streamed tool call's arguments field is a number, not text",
+        ),
+        (
+            [_chunk(_delta({"tool_calls": [{"index": [0], "id": "c"}]})), DONE],
+            "a streamed tool call's index is a list, not a whole number",
+        ),
+        (
+            [_chunk(_delta({}, finish_reason=["stop"])), DONE],
+            "a chunk's finish_reason is a list, not text",
+        ),
+    ],
+    ids=[
+        "not-json",
+        "a-number",
+        "choices-not-a-list",
+        "choice-not-an-object",
+        "delta-not-an-object",
+        "content-a-number",
+        "tool-calls-not-a-list",
+        "tool-call-arguments-a-number",
+        "tool-call-index-a-list",
+        "finish-reason-a-list",
+    ],
+)
+def test_stream_raises_upstream_unavailable_when_a_chunk_is_malformed(
+    adapter, openai_upstream, chunks, problem
+):
+    # given a valid first chunk, then a malformed one
+    first = _chunk(_delta({"role": "assistant", "content": "Hel"}))
+    openai_upstream.enqueue_raw(chunks=[first, *chunks], content_type="text/event-stream")
+
+    received = []
+    with pytest.raises(MalformedAnswer) as raised:
+        for chunk in adapter.stream(_request()):
+            received.append(chunk.text)
+
+    # then what came before it was delivered, and the stream fails
+    assert received == ["Hel"]
+    assert raised.value.code == "upstream_unavailable"
+    assert raised.value.message == f"The openai answer is malformed: {problem}."
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"prompt_tokens": "12", "completion_tokens": 3},
+        {"prompt_tokens": 12, "completion_tokens": 3.5},
+        "12",
+    ],
+    ids=["text", "fraction", "not-an-object"],
+)
+def test_stream_reports_no_usage_when_its_figures_are_no_counts(adapter, openai_upstream, usage):
+    chunks = [
+        _chunk(_delta({"content": "Hi"})),
+        _chunk(_delta({}, finish_reason="stop")),
+        _chunk(usage=usage),
+        DONE,
+    ]
+    openai_upstream.enqueue_raw(chunks=chunks, content_type="text/event-stream")
+
+    received = list(adapter.stream(_request()))
+
+    # the completion service then estimates the stream's usage
+    assert "".join(chunk.text for chunk in received) == "Hi"
+    assert (received[-1].finish_reason, received[-1].usage) == ("stop", None)
+    assert received[-1].usage_so_far is None
+
+
+def test_stream_reports_the_prompts_usage_alone_when_the_output_figure_is_null(
+    adapter, openai_upstream
+):
+    chunks = [
+        _chunk(_delta({"content": "Hi"})),
+        _chunk(_delta({}, finish_reason="stop")),
+        _chunk(usage={"prompt_tokens": 12, "completion_tokens": None, "total_tokens": 12}),
+        DONE,
+    ]
+    openai_upstream.enqueue_raw(chunks=chunks, content_type="text/event-stream")
+
+    received = list(adapter.stream(_request()))
+
+    assert received[-1].usage is None
+    assert received[-1].usage_so_far == Usage(input_tokens=12)
+
+
+def test_stream_reports_no_usage_when_groq_sends_figures_that_are_no_counts(openai_upstream):
+    # given Groq's usage in x_groq, with a figure that is text
+    adapter = _adapter("groq", openai_upstream.base_url, api_key="gsk_test_key_123456")
+    usage = {"prompt_tokens": "forty", "completion_tokens": 2, "total_tokens": 42}
+    chunks = [
+        _chunk(_delta({"content": "Hi"}, finish_reason="stop"), x_groq={"usage": usage}),
+        DONE,
+    ]
+    openai_upstream.enqueue_raw(chunks=chunks, content_type="text/event-stream")
+
+    received = list(adapter.stream(_request()))
+
+    assert "".join(chunk.text for chunk in received) == "Hi"
+    assert (received[-1].finish_reason, received[-1].usage) == ("stop", None)
+
+
+def test_stream_reports_the_requested_model_while_chunks_name_none(adapter, openai_upstream):
+    chunks = [
+        _chunk(_delta({"content": "Hi"}), model=None),
+        _chunk(_delta({}, finish_reason="stop"), model=7),
+        DONE,
+    ]
+    openai_upstream.enqueue_raw(chunks=chunks, content_type="text/event-stream")
+
+    received = list(adapter.stream(_request(model="gpt-4o-mini")))
+
+    assert {chunk.model for chunk in received} == {"gpt-4o-mini"}
+
+
 # --- embeddings, models, connection ---------------------------------------------------
 
 
@@ -1545,37 +1946,155 @@ def test_embed_keeps_the_answer_order_of_vectors_without_an_index(adapter, opena
     assert result.vectors == [[0.0], [1.0], [2.0]]
 
 
+def _vector_items(*embeddings) -> list[dict]:
+    return [
+        {"object": "embedding", "index": index, "embedding": embedding}
+        for index, embedding in enumerate(embeddings)
+    ]
+
+
 @pytest.mark.parametrize(
-    "data",
+    ("data", "problem"),
     [
-        [{"object": "embedding", "index": 0, "embedding": [0.5]}],
-        [{"object": "embedding", "index": 0, "embedding": [0.5]}] * 2,
-        [
-            {"object": "embedding", "index": 0, "embedding": [0.5]},
-            {"object": "embedding", "index": 2, "embedding": [0.5]},
-        ],
-        [
-            {"object": "embedding", "index": 0, "embedding": [0.5]},
-            {"object": "embedding", "index": 1, "embedding": "not base64!"},
-        ],
-        [
-            {"object": "embedding", "index": 0, "embedding": [0.5]},
-            {"object": "embedding", "index": 1, "embedding": ["x"]},
-        ],
+        (_vector_items([0.5]), "its embeddings do not match the 2 inputs (indexes [0])"),
+        (_vector_items([0.5]) * 2, "its embeddings do not match the 2 inputs (indexes [0, 0])"),
+        (
+            [
+                {"object": "embedding", "index": 0, "embedding": [0.5]},
+                {"object": "embedding", "index": 2, "embedding": [0.5]},
+            ],
+            "its embeddings do not match the 2 inputs (indexes [0, 2])",
+        ),
+        (
+            [{"object": "embedding", "embedding": [0.5]}] * 3,
+            "it has 3 embeddings for 2 inputs",
+        ),
+        (_vector_items([0.5], "not base64!"), "an embedding is not a list of numbers"),
+        (_vector_items([0.5], ["x"]), "an embedding is not a list of numbers"),
+        (_vector_items([0.5], [[0.5]]), "an embedding is not a list of numbers"),
+        (_vector_items([0.5], None), "an embedding is not a list of numbers"),
+        (_vector_items([0.5], []), "an embedding is empty"),
+        (_vector_items([0.5], [float("nan")]), "an embedding holds NaN or an infinity"),
+        (_vector_items([0.5], [float("inf")]), "an embedding holds NaN or an infinity"),
+        (
+            _vector_items([0.5, 0.25], [0.5]),
+            "an embedding has 1 dimensions, not the 2 of the others",
+        ),
+        ([0.5, 0.25], "an embedding is a number, not an object"),
+        ({"0": [0.5]}, "its data field is an object, not a list"),
+        (
+            [{"object": "embedding", "index": "0", "embedding": [0.5]}] * 2,
+            "an embedding's index is text, not a whole number",
+        ),
     ],
-    ids=["too-few", "index-twice", "index-gap", "bad-base64", "not-numbers"],
+    ids=[
+        "too-few",
+        "index-twice",
+        "index-gap",
+        "too-many",
+        "bad-base64",
+        "text",
+        "nested-lists",
+        "null",
+        "empty",
+        "nan",
+        "infinity",
+        "dimensions-differ",
+        "items-not-objects",
+        "data-not-a-list",
+        "index-not-a-number",
+    ],
 )
 def test_embed_refuses_an_answer_whose_vectors_do_not_match_the_inputs(
-    adapter, openai_upstream, data
+    adapter, openai_upstream, data, problem
 ):
-    # A vector missing or out of place would pair the caller's texts with
-    # vectors of other texts.
+    # A vector missing, out of place or that is no vector would pair the
+    # caller's texts with vectors of other texts, or poison their index.
+    # (json.dumps writes NaN and Infinity as Python's json module reads them.)
     openai_upstream.enqueue(_embeddings_answer(data, usage={"prompt_tokens": 2}))
 
-    with pytest.raises(UpstreamUnavailable) as raised:
+    with pytest.raises(MalformedAnswer) as raised:
         adapter.embed(EmbedRequest(model="nomic-embed-text", inputs=["a", "b"]))
 
-    assert "embeddings" in raised.value.message
+    assert raised.value.code == "upstream_unavailable"
+    assert raised.value.retryable is True
+    assert raised.value.message == f"The openai answer is malformed: {problem}."
+
+
+def test_embed_refuses_base64_vectors_holding_nan(adapter, openai_upstream):
+    packed = base64.b64encode(struct.pack("<2f", 0.5, float("nan"))).decode()
+    openai_upstream.enqueue(_embeddings_answer(_vector_items(packed)))
+
+    with pytest.raises(MalformedAnswer) as raised:
+        adapter.embed(EmbedRequest(model="nomic-embed-text", inputs=["a"]))
+
+    assert raised.value.message == (
+        "The openai answer is malformed: an embedding holds NaN or an infinity."
+    )
+
+
+def test_embed_refuses_an_answer_that_is_not_json(adapter, openai_upstream):
+    openai_upstream.enqueue_raw("<html>Bad gateway</html>", route="embeddings")
+
+    with pytest.raises(MalformedAnswer) as raised:
+        adapter.embed(EmbedRequest(model="nomic-embed-text", inputs=["a"]))
+
+    assert raised.value.message == "The openai answer is malformed: it is not JSON."
+
+
+def test_embed_refuses_vectors_of_other_dimensions_than_an_earlier_attempt_answered(
+    adapter, openai_upstream
+):
+    # given a call whose first attempt was answered vectors of 3 dimensions
+    openai_upstream.enqueue_embeddings([[0.5, 0.25]], model="nomic-embed-text")
+
+    with pytest.raises(MalformedAnswer) as raised:
+        adapter.embed(EmbedRequest(model="nomic-embed-text", inputs=["b"], expected_dimensions=3))
+
+    assert raised.value.message == (
+        "The openai answer is malformed: an embedding has 2 dimensions, not the 3 of the others."
+    )
+
+
+def test_gemini_refuses_a_batch_whose_vectors_differ_from_the_earlier_batches(openai_upstream):
+    # given a first batch of 2-dimensional vectors, then one of 3 dimensions
+    adapter = _adapter("gemini", openai_upstream.base_url, api_key="AIzaSyTestKey1234567890")
+    model = "gemini-embedding-001"
+    openai_upstream.enqueue_embeddings([[0.5, 0.5]] * 100, model=model, prompt_tokens=200)
+    openai_upstream.enqueue_embeddings([[0.5, 0.5, 0.5]] * 20, model=model, prompt_tokens=40)
+
+    # when
+    with pytest.raises(MalformedAnswer) as raised:
+        adapter.embed(EmbedRequest(model=model, inputs=[f"text {n}" for n in range(120)]))
+
+    # then the call fails, carrying the first batch as answered and paid
+    error = raised.value
+    assert error.message == (
+        "The gemini answer is malformed: an embedding has 3 dimensions, not the 2 of the others."
+    )
+    assert error.paid_usage == Usage(input_tokens=200)
+    assert error.paid_vectors == [[0.5, 0.5]] * 100
+    assert error.paid_model == model
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"prompt_tokens": True, "total_tokens": True},
+        {"prompt_tokens": "9", "total_tokens": "9"},
+        {"prompt_tokens": -9, "total_tokens": -9},
+        {"prompt_tokens": 9.5, "total_tokens": 9.5},
+        "nine",
+    ],
+    ids=["booleans", "text", "negative", "fraction", "not-an-object"],
+)
+def test_embed_estimates_usage_whose_figures_are_no_counts(adapter, openai_upstream, usage):
+    openai_upstream.enqueue(_embeddings_answer(_vector_items([0.5]), usage=usage))
+
+    result = adapter.embed(EmbedRequest(model="nomic-embed-text", inputs=["abcdefghi"]))
+
+    # 9 characters: 3 tokens, estimated and flagged
+    assert (result.usage, result.usage_estimated) == (Usage(input_tokens=3), True)
 
 
 def test_embed_raises_context_too_long_for_an_input_over_the_models_limit(adapter, openai_upstream):

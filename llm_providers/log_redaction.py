@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import re
 
-from .adapters.errors import redact_key_shapes, redact_secrets_in_use
+from .adapters.errors import redact_secrets_in_use
 
 _REDACTED = "[redacted]"
 # A credential header's value as dict reprs and HTTP dumps show it:
@@ -38,12 +38,11 @@ _CREDENTIAL_HEADERS = re.compile(
 def redact_log_text(text: str) -> str:
     """`text` without credential header values, key-shaped tokens, or pieces
     of a secret an adapter of this process holds."""
-    text = redact_secrets_in_use(text)
     text = _CREDENTIAL_HEADERS.sub(
         lambda match: f"{match['name']}{match['quote'] or ''}{_REDACTED}{match['quote'] or ''}",
         text,
     )
-    return redact_key_shapes(text)
+    return redact_secrets_in_use(text)
 
 
 class SecretRedactingFilter(logging.Filter):

@@ -143,17 +143,25 @@ _MIN_FRAGMENT = 8
 MAX_MESSAGE_LENGTH = 500
 
 
-def _without_fragments(text: str, secret: str) -> str:
-    """Replace every run of the text made of 8+ character windows of `secret`
-    with one marker, so that no quoted piece survives, however short the key."""
-    covered = [False] * len(text)
+def _secret_cover(text: str, secret: str, covered: list[bool]) -> None:
+    """Mark the text's occurrences of `secret` and its runs of 8+ character
+    windows of it, so that no quoted piece survives, however short the key."""
+    found = text.find(secret)
+    while found != -1:
+        covered[found : found + len(secret)] = [True] * len(secret)
+        found = text.find(secret, found + 1)
     for start in range(len(secret) - _MIN_FRAGMENT + 1):
         piece = secret[start : start + _MIN_FRAGMENT]
         found = text.find(piece)
         while found != -1:
             covered[found : found + _MIN_FRAGMENT] = [True] * _MIN_FRAGMENT
             found = text.find(piece, found + 1)
-    return _covered_replaced(text, covered)
+
+
+def _shapes_cover(text: str, covered: list[bool]) -> None:
+    """Mark the text's key-shaped tokens."""
+    for match in _KEY_PATTERNS.finditer(text):
+        covered[match.start() : match.end()] = [True] * (match.end() - match.start())
 
 
 def _covered_replaced(text: str, covered: list[bool]) -> str:
@@ -233,33 +241,32 @@ secrets_in_use = _SecretsInUse()
 
 
 def redact_secrets_in_use(text: str) -> str:
-    """`text` with every run made of 8+ character pieces of a live adapter's
-    secret replaced by one marker."""
-    windows = secrets_in_use.windows
-    if not windows or len(text) < _MIN_FRAGMENT:
-        return text
+    """`text` with every key-shaped token, and every run made of 8+ character
+    pieces of a live adapter's secret, replaced by one marker.
+
+    Both are found in the text as given and replaced together: a key that
+    shares a piece with a live secret (the "sk-proj-" of two OpenAI keys) is
+    still matched by its shape whole, not cut short by the piece first.
+    """
     covered = [False] * len(text)
-    for start in range(len(text) - _MIN_FRAGMENT + 1):
-        if text[start : start + _MIN_FRAGMENT] in windows:
-            covered[start : start + _MIN_FRAGMENT] = [True] * _MIN_FRAGMENT
+    windows = secrets_in_use.windows
+    if windows:
+        for start in range(len(text) - _MIN_FRAGMENT + 1):
+            if text[start : start + _MIN_FRAGMENT] in windows:
+                covered[start : start + _MIN_FRAGMENT] = [True] * _MIN_FRAGMENT
+    _shapes_cover(text, covered)
     return _covered_replaced(text, covered)
 
 
-def redact_key_shapes(text: str) -> str:
-    """`text` with every key-shaped token replaced (no stored secret needed)."""
-    return _KEY_PATTERNS.sub(_REDACTED, text)
-
-
 def scrub_secrets(message: str, secrets: Iterable[str] = ()) -> str:
-    """Remove secrets, any 8+ character piece of them, and key-shaped tokens."""
-    text = message
+    """Remove secrets, any 8+ character piece of them, and key-shaped tokens,
+    all found in the message as given and replaced together."""
+    covered = [False] * len(message)
     for secret in secrets:
-        if not secret:
-            continue
-        text = text.replace(secret, _REDACTED)
-        # Partial quotes: any window of the secret that survived.
-        text = _without_fragments(text, secret)
-    return redact_key_shapes(text)[:MAX_MESSAGE_LENGTH]
+        if secret:
+            _secret_cover(message, secret, covered)
+    _shapes_cover(message, covered)
+    return _covered_replaced(message, covered)[:MAX_MESSAGE_LENGTH]
 
 
 # What vendors say when a prompt does not fit the model's window: OpenAI and

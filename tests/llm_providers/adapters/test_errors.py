@@ -23,7 +23,10 @@ from llm_providers.adapters.errors import (
     error_for_status,
     malformed_answer,
     message_says_context_too_long,
+    redact_secrets_in_use,
     retry_after_from_headers,
+    scrub_secrets,
+    secrets_in_use,
 )
 
 
@@ -186,3 +189,31 @@ def test_secrets_released_by_the_collector_inside_hold_are_applied_without_deadl
     assert not thread.is_alive()
     assert "sk-secon" in secrets.windows
     assert "sk-first" not in secrets.windows
+
+
+HELD_KEY = "sk-proj-HeLd0123456789abcdefXYZ"
+OTHER_KEY = "sk-proj-Vb7QmX2tLp9RwK4sHc6NjE1uYd3FgA8zTo5iMk0"
+
+
+def test_scrub_secrets_removes_another_key_sharing_a_piece_with_the_secret_whole():
+    # given a message quoting a second key that begins like the adapter's own
+    message = f"rejected {OTHER_KEY} and {HELD_KEY[:-3]}"
+
+    # when it is scrubbed with the adapter's secret
+    scrubbed = scrub_secrets(message, [HELD_KEY])
+
+    # then both are gone: the shared "sk-proj-" did not cut the other key's shape short
+    assert scrubbed == "rejected [redacted] and [redacted]"
+
+
+def test_redact_secrets_in_use_removes_another_key_sharing_a_piece_with_a_live_secret():
+    # given a live adapter holding a key that shares "sk-proj-" with another one
+    owner = _Owner()
+    secrets_in_use.hold(owner, [HELD_KEY])
+
+    # when text quoting the other key is redacted
+    redacted = redact_secrets_in_use(f"retrying with {OTHER_KEY}; held {HELD_KEY[5:20]}")
+
+    # then the other key is removed whole, and the live secret's piece too
+    assert redacted == "retrying with [redacted]; held [redacted]"
+    del owner

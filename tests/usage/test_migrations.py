@@ -101,3 +101,27 @@ def test_priced_counts_of_stored_days_come_from_their_figures_and_the_call_logs_
         first_day=NOW.date() - dt.timedelta(days=1), last_day=NOW.date(), now=NOW
     )
     assert (recomputed.written, recomputed.removed) == (0, 0)
+
+
+def test_priced_count_of_a_day_the_purge_cut_in_two_is_never_negative():
+    # given a day of two failed attempts charged at an unknown price (each
+    # counted as failed and as unpriced), of which the purge kept one call log
+    tenant = TenantFactory()
+    config = ProviderConfigFactory(tenant=tenant)
+    kept = CallLogFactory(
+        tenant=tenant, provider_config=config, model_requested="tuned-x",
+        status="error", cost_usd=None, price_source="unknown",
+        created_at=dt.datetime(2025, 1, 10, 23, 0, tzinfo=dt.UTC),
+    )  # fmt: skip
+    DailyUsageFactory(
+        tenant=tenant, provider_config=config, provider_type=kept.provider_type,
+        day=dt.date(2025, 1, 10), model="tuned-x", service_name=kept.service_name,
+        customer_id=kept.customer_id, request_count=2, error_count=2, unpriced_count=2,
+        cost_usd=Decimal("0"), priced_count=0,
+    )  # fmt: skip
+
+    # when
+    _priced_counts_fill()
+
+    # then the row counts no priced request (not minus one), and the fill went through
+    assert list(DailyUsage.objects.values_list("model", "priced_count")) == [("tuned-x", 0)]

@@ -19,17 +19,15 @@ def priced_counts_fill(apps, schema_editor):
     plus its failed attempts that were charged: those are counted from the
     call logs still kept. A group whose logs retention has purged counts
     the charged failures it had as not priced (at least one request is
-    priced where the cost is not $0); every later recompute of its day sets
-    the exact count.
+    priced where the cost is not $0, and never fewer than none: a day the
+    purge cut in two keeps some of its unpriced failures' logs and not
+    others); every later recompute of its day sets the exact count.
     """
     DailyUsage = apps.get_model("usage", "DailyUsage")
     CallLog = apps.get_model("usage", "CallLog")
     uncharged = F("request_count") - F("error_count") - F("blocked_count") - F("unpriced_count")
-    DailyUsage.objects.update(
-        priced_count=Greatest(
-            uncharged, Case(When(~Q(cost_usd=0), then=Value(1)), default=Value(0))
-        )
-    )
+    at_least = Case(When(~Q(cost_usd=0), then=Value(1)), default=Value(0))
+    DailyUsage.objects.update(priced_count=Greatest(uncharged, at_least))
     charged = Counter()
     failures = (
         CallLog.objects.filter(status="error")
@@ -61,7 +59,7 @@ def priced_counts_fill(apps, schema_editor):
             model=model,
             service_name=service_name,
             customer_id=customer_id,
-        ).update(priced_count=uncharged + count)
+        ).update(priced_count=Greatest(uncharged + count, at_least))
 
 
 class Migration(migrations.Migration):

@@ -52,6 +52,20 @@ def env_bool(name: str, *, default: bool) -> bool:
     )
 
 
+def _whole(text: str) -> int | None:
+    """The whole number `text` writes (digits, a sign before them), else None.
+
+    Python refuses to convert more than a few thousand digits; such a value is
+    no number a setting can take either.
+    """
+    if not _WHOLE_NUMBER.fullmatch(text):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
 def env_int(
     name: str, *, default: int, minimum: int = 1, maximum: int | None = None, zero: str = ""
 ) -> int:
@@ -150,24 +164,36 @@ _RATE_UNITS = frozenset(
     {"s", "sec", "second", "seconds", "m", "min", "minute", "minutes"}
     | {"h", "hour", "hours", "d", "day", "days"}
 )
+# The throttle keeps the time of each request it counts, for a whole period,
+# per credential: a rate counts at most this many.
+RATE_COUNT_MAX = 1_000_000
+
+
+def throttle_rate_parse(name: str, rate: object) -> str:
+    """A DRF throttle rate, `<count>/<unit>`, written as DRF reads it (no blanks, lower case).
+
+    DRF reads any unit by its first letter ("10/month" as ten a minute) and
+    answers every request 500 for a rate it cannot read ("10/MIN"). Anything
+    but a rate raises ImproperlyConfigured naming `name`. The one judge of a
+    rate: env_throttle_rate reads the environment's with it, and a system
+    check the rates set in Python (llm_providers/checks.py).
+    """
+    count, slash, unit = (
+        (part.strip() for part in rate.partition("/")) if isinstance(rate, str) else ("", "", "")
+    )
+    number = _whole(count) if count.isascii() and count.isdigit() else None
+    if not slash or number is None or number > RATE_COUNT_MAX or unit.lower() not in _RATE_UNITS:
+        raise ImproperlyConfigured(
+            f"{name} must be a rate written <count>/<sec|min|hour|day>, the count from 0 to "
+            f"{RATE_COUNT_MAX} (e.g. 1200/min), not {rate!r} {_SEE}."
+        )
+    return f"{number}/{unit.lower()}"
 
 
 def env_throttle_rate(name: str, *, default: str) -> str:
-    """A DRF throttle rate, `<count>/<unit>`: written as DRF reads it (no blanks, lower case).
-
-    DRF reads any unit by its first letter ("10/month" as ten a minute) and
-    answers every request 500 for a rate it cannot read ("10/MIN").
-    """
+    """A DRF throttle rate (throttle_rate_parse), in any case and with blanks around its parts."""
     raw = env_text(name)
-    if not raw:
-        return default
-    count, slash, unit = (part.strip() for part in raw.partition("/"))
-    if not (slash and count.isascii() and count.isdigit() and unit.lower() in _RATE_UNITS):
-        raise ImproperlyConfigured(
-            f"{name} must be a rate written <count>/<sec|min|hour|day> (e.g. 1200/min), "
-            f"not {raw!r} {_SEE}."
-        )
-    return f"{int(count)}/{unit.lower()}"
+    return throttle_rate_parse(name, raw) if raw else default
 
 
 # PostgreSQL's memory units (case matters to it) and the range of work_mem, in kB.

@@ -1181,6 +1181,8 @@ def test_choice_settings_read_their_words_in_any_case(monkeypatch, written, valu
         ("2/hours", "2/hours"),
         ("100/Day", "100/day"),
         ("0/hour", "0/hour"),
+        ("007/sec", "7/sec"),
+        ("1000000/day", "1000000/day"),
         ("", "60/min"),
     ],
 )
@@ -1198,7 +1200,19 @@ def test_throttle_rates_are_written_as_the_throttle_reads_them(monkeypatch, writ
 
 
 @pytest.mark.parametrize(
-    "written", ["10/month", "10/mins", "10", "/min", "ten/min", "-5/min", "1_000/min", "10/m/s"]
+    "written",
+    [
+        "10/month",
+        "10/mins",
+        "10",
+        "/min",
+        "ten/min",
+        "-5/min",
+        "1_000/min",
+        "10/m/s",
+        "1000001/min",
+        pytest.param("9" * 5000 + "/min", id="5000-digit-count"),
+    ],
 )
 def test_throttle_rate_written_otherwise_is_refused_naming_the_variable(monkeypatch, written):
     # DRF would read "10/month" as ten a minute: it reads a unit by its first letter.
@@ -1207,8 +1221,8 @@ def test_throttle_rate_written_otherwise_is_refused_naming_the_variable(monkeypa
     with pytest.raises(ImproperlyConfigured) as refused:
         env_throttle_rate("API_THROTTLE_ANON", default="60/min")
     assert str(refused.value) == (
-        f"API_THROTTLE_ANON must be a rate written <count>/<sec|min|hour|day> (e.g. 1200/min), "
-        f"not {written!r} (see docs/OPERATIONS.md)."
+        f"API_THROTTLE_ANON must be a rate written <count>/<sec|min|hour|day>, the count from 0 "
+        f"to 1000000 (e.g. 1200/min), not {written!r} (see docs/OPERATIONS.md)."
     )
 
 
@@ -1329,8 +1343,8 @@ def _check(settings_module: str, **env: str):
             "config.settings.production",
             "API_THROTTLE_ANON",
             "10/fortnight",
-            "API_THROTTLE_ANON must be a rate written <count>/<sec|min|hour|day> "
-            "(e.g. 1200/min), not '10/fortnight'",
+            "API_THROTTLE_ANON must be a rate written <count>/<sec|min|hour|day>, the count "
+            "from 0 to 1000000 (e.g. 1200/min), not '10/fortnight'",
         ),
         (
             "config.settings.production",

@@ -1,36 +1,44 @@
 """System checks, run by `manage.py check`, `migrate` and `runserver` before they start.
 
 DRF reads the API's throttle rates on every request, so a rate it cannot
-parse would answer every request 500; it is refused here instead, naming the
-environment variable it came from.
+parse would answer every request 500, and one it misreads ("10/month", ten a
+minute to DRF) would throttle at another rate than written. The settings read
+the rates from the environment with throttle_rate_parse, which writes them as
+DRF reads them; a rate set in Python settings is judged by the same function
+here, with the same message (naming the environment variable of its scope),
+and must be written as it writes it.
 """
 
 from django.core import checks
+from django.core.exceptions import ImproperlyConfigured
 from rest_framework.settings import api_settings
 
-# DRF's throttle reads the unit by its first letter.
-_RATE_UNITS = frozenset("smhd")
-
-
-def _rate_readable(rate) -> bool:
-    if not isinstance(rate, str):
-        return False
-    count, slash, unit = rate.partition("/")
-    return bool(slash) and count.isascii() and count.isdigit() and unit[:1] in _RATE_UNITS
+from config.settings.environment import throttle_rate_parse
 
 
 @checks.register(checks.Tags.compatibility)
 def throttle_rates_check(app_configs, **kwargs):
     errors = []
     for scope, rate in api_settings.DEFAULT_THROTTLE_RATES.items():
-        if rate is None or _rate_readable(rate):
+        if rate is None:  # not throttled
             continue
-        errors.append(
-            checks.Error(
-                f"API_THROTTLE_{scope.upper()} must be a rate written <count>/<sec|min|hour|day> "
-                f"(e.g. 1200/min), not {rate!r}.",
-                hint="See docs/OPERATIONS.md, settings.",
-                id="llm_providers.E001",
+        setting = f'REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]["{scope}"]'
+        try:
+            written = throttle_rate_parse(f"API_THROTTLE_{scope.upper()}", rate)
+        except ImproperlyConfigured as refused:
+            errors.append(
+                checks.Error(str(refused), hint=f"The rate is {setting}.", id="llm_providers.E001")
             )
-        )
+            continue
+        if written != rate:
+            # Only a rate set in Python (the environment's are read into this
+            # form): DRF cannot read "10/MIN" or "10/ min", and would answer
+            # every request 500.
+            errors.append(
+                checks.Error(
+                    f"{setting} must be written as the throttle reads it, {written!r}, "
+                    f"not {rate!r}.",
+                    id="llm_providers.E001",
+                )
+            )
     return errors

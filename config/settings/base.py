@@ -95,7 +95,9 @@ except ValueError:  # a port that is not a number
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # Persistent connections: a completion must not pay for a new connection.
-    DATABASES["default"]["CONN_MAX_AGE"] = env_int("CONN_MAX_AGE", default=60, minimum=0)
+    DATABASES["default"]["CONN_MAX_AGE"] = env_int(
+        "CONN_MAX_AGE", default=60, minimum=0, maximum=86_400
+    )
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
     # Call logs are written on a connection of their own: a log must outlive a
     # caller's transaction that rolls back (the provider was paid anyway), and
@@ -128,7 +130,7 @@ CALL_LOG_DATABASE = "call_logs" if "call_logs" in DATABASES else "default"
 # (usage/bookkeeping.py); on by default with PostgreSQL, inline with SQLite.
 CALL_LOG_ASYNC = env_bool("CALL_LOG_ASYNC", default="call_logs" in DATABASES)
 # Bookkeeping items a process may hold before callers write their own inline.
-BOOKKEEPING_QUEUE_SIZE = env_int("BOOKKEEPING_QUEUE_SIZE", default=10_000)
+BOOKKEEPING_QUEUE_SIZE = env_int("BOOKKEEPING_QUEUE_SIZE", default=10_000, maximum=1_000_000)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -162,7 +164,7 @@ else:
 # that Redis nothing for this many seconds: each use fails at once, as if
 # refused, instead of waiting for its socket timeout; then one command tries it
 # again (llm_providers.redis_outage). 0 turns this off.
-CACHE_OUTAGE_RETRY_SECONDS = env_number("CACHE_OUTAGE_RETRY_SECONDS", default=5.0)
+CACHE_OUTAGE_RETRY_SECONDS = env_number("CACHE_OUTAGE_RETRY_SECONDS", default=5.0, maximum=300.0)
 DJANGO_REDIS_CONNECTION_FACTORY = "llm_providers.redis_outage.ConnectionFactory"
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -228,7 +230,7 @@ vars().update(EMAIL_CONFIG)
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", default="llm-layer@localhost")
 # 10 s per SMTP operation: a mail server that takes longer is down; the
 # alert delivery is retried later.
-EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", default=10)
+EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", default=10, maximum=300)
 
 # --- Celery, usage, budgets and alerts (usage app) ------------------------------
 # The broker is CELERY_BROKER_URL, else REDIS_URL. With neither, tasks run eagerly
@@ -261,13 +263,19 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # admin request or an alert, for ever. Longer than the worker's 1 s BRPOP.
 CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_timeout": 5, "socket_connect_timeout": 5}
 # 10 minutes: no usage task is expected to take longer; a hung one is killed.
-CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", default=600)
+# At most an hour, the Redis broker's visibility timeout: a task not acknowledged
+# by then (acks late) is handed to another worker while the first still runs it.
+CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", default=600, maximum=3600)
 
 # How often CallLog is rolled up into DailyUsage (threshold, error-rate and
 # unpriced checks follow each run), and how far back every run recomputes.
-USAGE_AGGREGATION_INTERVAL_SECONDS = env_int("USAGE_AGGREGATION_INTERVAL_SECONDS", default=300)
+# The roll-up runs at least daily; it looks back a week at most, as a late log's
+# day is recomputed whatever its age.
+USAGE_AGGREGATION_INTERVAL_SECONDS = env_int(
+    "USAGE_AGGREGATION_INTERVAL_SECONDS", default=300, maximum=86_400
+)
 USAGE_AGGREGATION_LOOKBACK_MINUTES = env_int(
-    "USAGE_AGGREGATION_LOOKBACK_MINUTES", default=120, minimum=0
+    "USAGE_AGGREGATION_LOOKBACK_MINUTES", default=120, minimum=0, maximum=10_080
 )
 # PostgreSQL work_mem of the aggregation transaction: room to group a month of
 # logs in memory (a backfill of a busy month may want more).
@@ -275,7 +283,7 @@ USAGE_AGGREGATION_WORK_MEM = env_work_mem("USAGE_AGGREGATION_WORK_MEM", default=
 # Connections a recompute of several days (a backfill, a recount, the
 # dashboard's "Recompute") shares its days among on PostgreSQL, each with its
 # own work_mem; the periodic run uses one.
-USAGE_AGGREGATION_WORKERS = env_int("USAGE_AGGREGATION_WORKERS", default=2)
+USAGE_AGGREGATION_WORKERS = env_int("USAGE_AGGREGATION_WORKERS", default=2, maximum=32)
 # Call logs older than this are deleted; DailyUsage is kept. 0 keeps them forever.
 # At most 100 years: a "for ever" written as 9999999 days reaches back before
 # year 1, which no date can, and every aggregation and purge would fail.
@@ -287,7 +295,7 @@ USAGE_CALL_LOG_RETENTION_DAYS = env_int(
     zero="0 keeps call logs for ever",
 )
 USAGE_RETENTION_PURGE_INTERVAL_SECONDS = env_int(
-    "USAGE_RETENTION_PURGE_INTERVAL_SECONDS", default=24 * 3600
+    "USAGE_RETENTION_PURGE_INTERVAL_SECONDS", default=86_400, maximum=604_800
 )
 # Budget counters: "redis" when REDIS_URL is set, else "database" (row locks).
 USAGE_BUDGET_BACKEND = env_choice(
@@ -305,33 +313,49 @@ if USAGE_BUDGET_BACKEND == "redis" and not USAGE_BUDGET_REDIS_URL:
         "(see docs/OPERATIONS.md)."
     )
 # A reservation not settled within this time is given back (a crashed worker
-# cannot hold budget for longer). Longer than the slowest stream.
-USAGE_BUDGET_RESERVATION_TTL_SECONDS = env_int("USAGE_BUDGET_RESERVATION_TTL_SECONDS", default=900)
+# cannot hold budget for longer). Longer than the slowest stream; a day at most.
+USAGE_BUDGET_RESERVATION_TTL_SECONDS = env_int(
+    "USAGE_BUDGET_RESERVATION_TTL_SECONDS", default=900, maximum=86_400
+)
 # Warm Redis counters are rebuilt from CallLog at least this often, which bounds
 # any drift (e.g. a worker that died between logging and settling).
-USAGE_BUDGET_COUNTER_REBUILD_SECONDS = env_int("USAGE_BUDGET_COUNTER_REBUILD_SECONDS", default=3600)
+USAGE_BUDGET_COUNTER_REBUILD_SECONDS = env_int(
+    "USAGE_BUDGET_COUNTER_REBUILD_SECONDS", default=3600, maximum=86_400
+)
 # Provider error-rate alerts: more than this share of errors among at least
 # MIN_REQUESTS attempts over the last WINDOW_MINUTES.
 USAGE_ERROR_RATE_THRESHOLD = env_number("USAGE_ERROR_RATE_THRESHOLD", default=0.2, maximum=1.0)
-USAGE_ERROR_RATE_WINDOW_MINUTES = env_int("USAGE_ERROR_RATE_WINDOW_MINUTES", default=15)
-USAGE_ERROR_RATE_MIN_REQUESTS = env_int("USAGE_ERROR_RATE_MIN_REQUESTS", default=20)
+USAGE_ERROR_RATE_WINDOW_MINUTES = env_int(
+    "USAGE_ERROR_RATE_WINDOW_MINUTES", default=15, maximum=1440
+)
+USAGE_ERROR_RATE_MIN_REQUESTS = env_int(
+    "USAGE_ERROR_RATE_MIN_REQUESTS", default=20, maximum=1_000_000
+)
 # Alert delivery: failed sends are retried with exponential backoff
 # (base, doubled per attempt, capped), up to MAX_ATTEMPTS; state is kept either way.
-USAGE_ALERT_RETRY_INTERVAL_SECONDS = env_int("USAGE_ALERT_RETRY_INTERVAL_SECONDS", default=60)
-USAGE_ALERT_RETRY_BASE_SECONDS = env_int("USAGE_ALERT_RETRY_BASE_SECONDS", default=60, minimum=0)
-USAGE_ALERT_RETRY_MAX_SECONDS = env_int("USAGE_ALERT_RETRY_MAX_SECONDS", default=3600)
-USAGE_ALERT_MAX_ATTEMPTS = env_int("USAGE_ALERT_MAX_ATTEMPTS", default=24)
+# Deliveries are sent at least daily; a backoff is a week at most, and a delivery
+# is tried 100 times at most.
+USAGE_ALERT_RETRY_INTERVAL_SECONDS = env_int(
+    "USAGE_ALERT_RETRY_INTERVAL_SECONDS", default=60, maximum=86_400
+)
+USAGE_ALERT_RETRY_BASE_SECONDS = env_int(
+    "USAGE_ALERT_RETRY_BASE_SECONDS", default=60, minimum=0, maximum=86_400
+)
+USAGE_ALERT_RETRY_MAX_SECONDS = env_int(
+    "USAGE_ALERT_RETRY_MAX_SECONDS", default=3600, maximum=604_800
+)
+USAGE_ALERT_MAX_ATTEMPTS = env_int("USAGE_ALERT_MAX_ATTEMPTS", default=24, maximum=100)
 # 5 s: a webhook receiver that takes longer is treated as down and retried.
 USAGE_ALERT_WEBHOOK_TIMEOUT_SECONDS = env_number(
-    "USAGE_ALERT_WEBHOOK_TIMEOUT_SECONDS", default=5.0, above_minimum=True
+    "USAGE_ALERT_WEBHOOK_TIMEOUT_SECONDS", default=5.0, above_minimum=True, maximum=300.0
 )
 # 60 s: an alert email whose SMTP session takes longer in all is cut off and
 # retried (EMAIL_TIMEOUT bounds each read or write, not the session).
 USAGE_ALERT_EMAIL_TIMEOUT_SECONDS = env_number(
-    "USAGE_ALERT_EMAIL_TIMEOUT_SECONDS", default=60.0, above_minimum=True
+    "USAGE_ALERT_EMAIL_TIMEOUT_SECONDS", default=60.0, above_minimum=True, maximum=600.0
 )
 # Admin lists of CallLog and DailyUsage count at most this many rows.
-USAGE_ADMIN_COUNT_CAP = env_int("USAGE_ADMIN_COUNT_CAP", default=10_000)
+USAGE_ADMIN_COUNT_CAP = env_int("USAGE_ADMIN_COUNT_CAP", default=10_000, maximum=10_000_000)
 
 CELERY_BEAT_SCHEDULE = {
     "usage-aggregate": {
@@ -382,7 +406,7 @@ REST_FRAMEWORK = {
     # Proxies in front of the application: anonymous clients and failed authentications
     # are told apart by the address that many hops back in X-Forwarded-For, which a
     # client cannot forge; 0 uses the connecting address. Production assumes one proxy.
-    "NUM_PROXIES": env_int("NUM_PROXIES", default=0, minimum=0),
+    "NUM_PROXIES": env_int("NUM_PROXIES", default=0, minimum=0, maximum=10),
     "EXCEPTION_HANDLER": "llm_providers.api.exception_handlers.api_exception_handler",
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
 }
@@ -474,14 +498,16 @@ LOGGING = {
 # --- Completion service ------------------------------------------------------
 # How long a process trusts the config versions it read (routes, prices and
 # budgets of a tenant): a change made in another process applies within this.
-CONFIG_VERSION_LOCAL_SECONDS = env_number("CONFIG_VERSION_LOCAL_SECONDS", default=1.0)
+CONFIG_VERSION_LOCAL_SECONDS = env_number("CONFIG_VERSION_LOCAL_SECONDS", default=1.0, maximum=60.0)
 # Attempts per route target before moving to the next fallback (1 = no retry).
-LLM_RETRY_ATTEMPTS = env_int("LLM_RETRY_ATTEMPTS", default=2)
+LLM_RETRY_ATTEMPTS = env_int("LLM_RETRY_ATTEMPTS", default=2, maximum=10)
 # Exponential backoff between attempts: base, doubled per attempt, capped.
-LLM_RETRY_BACKOFF_SECONDS = env_number("LLM_RETRY_BACKOFF_SECONDS", default=0.5)
-LLM_RETRY_BACKOFF_MAX_SECONDS = env_number("LLM_RETRY_BACKOFF_MAX_SECONDS", default=8.0)
+LLM_RETRY_BACKOFF_SECONDS = env_number("LLM_RETRY_BACKOFF_SECONDS", default=0.5, maximum=60.0)
+LLM_RETRY_BACKOFF_MAX_SECONDS = env_number(
+    "LLM_RETRY_BACKOFF_MAX_SECONDS", default=8.0, maximum=600.0
+)
 # A provider asking us to wait longer than this is skipped for the next fallback.
-LLM_RETRY_AFTER_MAX_SECONDS = env_number("LLM_RETRY_AFTER_MAX_SECONDS", default=20.0)
+LLM_RETRY_AFTER_MAX_SECONDS = env_number("LLM_RETRY_AFTER_MAX_SECONDS", default=20.0, maximum=600.0)
 # The whole call's deadline (attempts, retries, waits and fallbacks), unless a
 # call sets its own. 90 s: one attempt at the default 60 s provider timeout
 # keeps all of it, with 30 s left for a retry or fallback; and it ends before
@@ -493,7 +519,9 @@ LLM_CALL_DEADLINE_SECONDS = env_number(
 # A streamed answer over HTTP writes a keep-alive comment after this many
 # seconds without an event, so that a client gone away is noticed and its
 # upstream request stopped while the provider sends nothing. 0 turns them off.
-STREAM_KEEPALIVE_SECONDS = env_number("STREAM_KEEPALIVE_SECONDS", default=10.0)
+STREAM_KEEPALIVE_SECONDS = env_number("STREAM_KEEPALIVE_SECONDS", default=10.0, maximum=300.0)
 # Output tokens assumed for TPM limits and budget reservations when a call sets
 # no max_tokens.
-LLM_DEFAULT_MAX_TOKENS_ESTIMATE = env_int("LLM_DEFAULT_MAX_TOKENS_ESTIMATE", default=4096)
+LLM_DEFAULT_MAX_TOKENS_ESTIMATE = env_int(
+    "LLM_DEFAULT_MAX_TOKENS_ESTIMATE", default=4096, maximum=1_000_000
+)

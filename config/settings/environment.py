@@ -52,24 +52,37 @@ def env_bool(name: str, *, default: bool) -> bool:
     )
 
 
-def env_int(
-    name: str, *, default: int, minimum: int = 1, maximum: int | None = None, zero: str = ""
-) -> int:
-    """A whole-number setting, at least `minimum` (and at most `maximum`).
+def _whole(text: str) -> int | None:
+    """The whole number `text` writes (digits, a sign before them), else None.
 
-    `zero` says what 0 means where 0 is allowed, for the message.
+    Python refuses to convert more than a few thousand digits; such a value is
+    no number a setting can take either.
+    """
+    if not _WHOLE_NUMBER.fullmatch(text):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def env_int(name: str, *, default: int, minimum: int = 1, maximum: int, zero: str = "") -> int:
+    """A whole-number setting, from `minimum` to `maximum`.
+
+    Every count and duration has a maximum: a value past what the code can
+    compute with (a timedelta, a date, a timeout) would fail at run time
+    instead of at start. `zero` says what 0 means where 0 is allowed, for the
+    message.
     """
     raw = env_text(name)
     if not raw:
         return default
-    value = int(raw) if _WHOLE_NUMBER.fullmatch(raw) else None
-    if value is None or value < minimum or (maximum is not None and value > maximum):
-        bound = f"of at least {minimum}"
-        if maximum is not None:
-            bound += f" and at most {maximum}"
+    value = _whole(raw)
+    if value is None or not minimum <= value <= maximum:
         meaning = f" ({zero})" if zero else ""
         raise ImproperlyConfigured(
-            f"{name} must be a whole number {bound}{meaning}, not {raw!r} {_SEE}."
+            f"{name} must be a whole number of at least {minimum} and at most {maximum}"
+            f"{meaning}, not {raw!r} {_SEE}."
         )
     return value
 
@@ -79,10 +92,10 @@ def env_number(
     *,
     default: float,
     minimum: float = 0.0,
-    maximum: float | None = None,
+    maximum: float,
     above_minimum: bool = False,
 ) -> float:
-    """A decimal-number setting: finite, and within its range."""
+    """A decimal-number setting: finite, from `minimum` (or above it) to `maximum`."""
     raw = env_text(name)
     if not raw:
         return default
@@ -91,11 +104,11 @@ def env_number(
     except ValueError:
         value = math.nan
     too_low = value <= minimum if above_minimum else value < minimum
-    if not math.isfinite(value) or too_low or (maximum is not None and value > maximum):
+    if not math.isfinite(value) or too_low or value > maximum:
         bound = f"above {minimum:g}" if above_minimum else f"of at least {minimum:g}"
-        if maximum is not None:
-            bound += f" and at most {maximum:g}"
-        raise ImproperlyConfigured(f"{name} must be a number {bound}, not {raw!r} {_SEE}.")
+        raise ImproperlyConfigured(
+            f"{name} must be a number {bound} and at most {maximum:g}, not {raw!r} {_SEE}."
+        )
     return value
 
 
@@ -150,31 +163,43 @@ _RATE_UNITS = frozenset(
     {"s", "sec", "second", "seconds", "m", "min", "minute", "minutes"}
     | {"h", "hour", "hours", "d", "day", "days"}
 )
+# The throttle keeps the time of each request it counts, for a whole period,
+# per credential: a rate counts at most this many.
+RATE_COUNT_MAX = 1_000_000
+
+
+def throttle_rate_parse(name: str, rate: object) -> str:
+    """A DRF throttle rate, `<count>/<unit>`, written as DRF reads it (no blanks, lower case).
+
+    DRF reads any unit by its first letter ("10/month" as ten a minute) and
+    answers every request 500 for a rate it cannot read ("10/MIN"). Anything
+    but a rate raises ImproperlyConfigured naming `name`. The one judge of a
+    rate: env_throttle_rate reads the environment's with it, and a system
+    check the rates set in Python (llm_providers/checks.py).
+    """
+    count, slash, unit = (
+        (part.strip() for part in rate.partition("/")) if isinstance(rate, str) else ("", "", "")
+    )
+    number = _whole(count) if count.isascii() and count.isdigit() else None
+    if not slash or number is None or number > RATE_COUNT_MAX or unit.lower() not in _RATE_UNITS:
+        raise ImproperlyConfigured(
+            f"{name} must be a rate written <count>/<sec|min|hour|day>, the count from 0 to "
+            f"{RATE_COUNT_MAX} (e.g. 1200/min), not {rate!r} {_SEE}."
+        )
+    return f"{number}/{unit.lower()}"
 
 
 def env_throttle_rate(name: str, *, default: str) -> str:
-    """A DRF throttle rate, `<count>/<unit>`: written as DRF reads it (no blanks, lower case).
-
-    DRF reads any unit by its first letter ("10/month" as ten a minute) and
-    answers every request 500 for a rate it cannot read ("10/MIN").
-    """
+    """A DRF throttle rate (throttle_rate_parse), in any case and with blanks around its parts."""
     raw = env_text(name)
-    if not raw:
-        return default
-    count, slash, unit = (part.strip() for part in raw.partition("/"))
-    if not (slash and count.isascii() and count.isdigit() and unit.lower() in _RATE_UNITS):
-        raise ImproperlyConfigured(
-            f"{name} must be a rate written <count>/<sec|min|hour|day> (e.g. 1200/min), "
-            f"not {raw!r} {_SEE}."
-        )
-    return f"{int(count)}/{unit.lower()}"
+    return throttle_rate_parse(name, raw) if raw else default
 
 
-# PostgreSQL's memory units (case matters to it) and the range of work_mem, in kB.
+# PostgreSQL's memory units (case matters to it) and the range of work_mem, in bytes.
 _MEMORY_UNITS = {"b": "B", "kb": "kB", "mb": "MB", "gb": "GB", "tb": "TB"}
-_KB_PER_UNIT = {"B": 1 / 1024, "kB": 1, "MB": 1024, "GB": 1024**2, "TB": 1024**3}
+_BYTES_PER_UNIT = {"B": 1, "kB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}
 _MEMORY = re.compile(r"([0-9]+)\s*([a-zA-Z]*)")
-_WORK_MEM_KB = (64, 2_147_483_647)
+_WORK_MEM_BYTES = (64 * 1024, 2_147_483_647 * 1024)
 
 
 def env_work_mem(name: str, *, default: str) -> str:
@@ -184,11 +209,12 @@ def env_work_mem(name: str, *, default: str) -> str:
         return default
     match = _MEMORY.fullmatch(raw)
     unit = _MEMORY_UNITS.get(match[2].lower() or "kb") if match else None
-    if unit is None or not (
-        _WORK_MEM_KB[0] <= int(match[1]) * _KB_PER_UNIT[unit] <= _WORK_MEM_KB[1]
+    number = _whole(match[1]) if unit else None
+    if number is None or not (
+        _WORK_MEM_BYTES[0] <= number * _BYTES_PER_UNIT[unit] <= _WORK_MEM_BYTES[1]
     ):
         raise ImproperlyConfigured(
             f"{name} must be a size written <number><B|kB|MB|GB|TB> (kB if no unit) from 64kB "
             f"to 2147483647kB, e.g. 256MB, not {raw!r} {_SEE}."
         )
-    return f"{int(match[1])}{unit}"
+    return f"{number}{unit}"

@@ -44,7 +44,10 @@ EMBEDDED_BEAT = False
 ALERT_EMAIL_CONFIGURED = bool(EMAIL_URL)
 
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
-REST_FRAMEWORK = {**REST_FRAMEWORK, "NUM_PROXIES": env_int("NUM_PROXIES", default=1, minimum=0)}
+REST_FRAMEWORK = {
+    **REST_FRAMEWORK,
+    "NUM_PROXIES": env_int("NUM_PROXIES", default=1, minimum=0, maximum=10),
+}
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", default=True)
 # Load balancers probe the application itself over plain HTTP, without the
 # proxy's X-Forwarded-Proto: a redirect would read as "unhealthy". The health
@@ -57,7 +60,10 @@ if not SECURE_SSL_REDIRECT:
     SILENCED_SYSTEM_CHECKS = ["security.W008"]
 SESSION_COOKIE_SECURE = True
 CSRF_COOKIE_SECURE = True
-SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", default=31_536_000, minimum=0)
+# At most two years, the max-age the HSTS preload list recommends.
+SECURE_HSTS_SECONDS = env_int(
+    "SECURE_HSTS_SECONDS", default=31_536_000, minimum=0, maximum=63_072_000
+)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = True
 SECURE_HSTS_PRELOAD = True
 SECURE_CONTENT_TYPE_NOSNIFF = True

@@ -11,11 +11,15 @@ import os
 import re
 import subprocess
 import sys
+import uuid
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
+from django.db.models import Sum
+from django.utils import timezone
 from rest_framework.throttling import SimpleRateThrottle
 
 from config.settings import environment
@@ -23,12 +27,19 @@ from config.settings.environment import (
     env_bool,
     env_choice,
     env_int,
+    env_number,
     env_str,
     env_strings,
     env_throttle_rate,
     env_url,
     env_work_mem,
 )
+from tests.factories import CallLogFactory
+from usage.aggregation import daily_usage_recompute_recent
+from usage.budget import budget_reserve
+from usage.models import Budget, BudgetHold, CallLog, DailyUsage
+from usage.selectors import provider_error_rates
+from usage.services import budget_create
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 SETTINGS_DIR = BASE_DIR / "config" / "settings"
@@ -671,14 +682,14 @@ def test_empty_broker_and_budget_redis_urls_mean_redis_url():
         (
             "USAGE_AGGREGATION_INTERVAL_SECONDS",
             "0",
-            "USAGE_AGGREGATION_INTERVAL_SECONDS must be a whole number of at least 1, "
-            "not '0' (see docs/OPERATIONS.md).",
+            "USAGE_AGGREGATION_INTERVAL_SECONDS must be a whole number of at least 1 and at "
+            "most 86400, not '0' (see docs/OPERATIONS.md).",
         ),
         (
             "USAGE_RETENTION_PURGE_INTERVAL_SECONDS",
             "1d",
-            "USAGE_RETENTION_PURGE_INTERVAL_SECONDS must be a whole number of at least 1, "
-            "not '1d' (see docs/OPERATIONS.md).",
+            "USAGE_RETENTION_PURGE_INTERVAL_SECONDS must be a whole number of at least 1 and "
+            "at most 604800, not '1d' (see docs/OPERATIONS.md).",
         ),
         # A share: 20 (meant as per cent) would never alert.
         (
@@ -691,20 +702,20 @@ def test_empty_broker_and_budget_redis_urls_mean_redis_url():
         (
             "LLM_RETRY_BACKOFF_SECONDS",
             "-0.5",
-            "LLM_RETRY_BACKOFF_SECONDS must be a number of at least 0, not '-0.5' "
-            "(see docs/OPERATIONS.md).",
+            "LLM_RETRY_BACKOFF_SECONDS must be a number of at least 0 and at most 60, "
+            "not '-0.5' (see docs/OPERATIONS.md).",
         ),
         (
             "CACHE_OUTAGE_RETRY_SECONDS",
             "5s",
-            "CACHE_OUTAGE_RETRY_SECONDS must be a number of at least 0, not '5s' "
-            "(see docs/OPERATIONS.md).",
+            "CACHE_OUTAGE_RETRY_SECONDS must be a number of at least 0 and at most 300, "
+            "not '5s' (see docs/OPERATIONS.md).",
         ),
         (
             "CONFIG_VERSION_LOCAL_SECONDS",
             "nan",
-            "CONFIG_VERSION_LOCAL_SECONDS must be a number of at least 0, not 'nan' "
-            "(see docs/OPERATIONS.md).",
+            "CONFIG_VERSION_LOCAL_SECONDS must be a number of at least 0 and at most 60, "
+            "not 'nan' (see docs/OPERATIONS.md).",
         ),
         # A call deadline too short for any answer, or over the bound a call may ask for.
         (
@@ -723,8 +734,8 @@ def test_empty_broker_and_budget_redis_urls_mean_redis_url():
         (
             "USAGE_ALERT_WEBHOOK_TIMEOUT_SECONDS",
             "0",
-            "USAGE_ALERT_WEBHOOK_TIMEOUT_SECONDS must be a number above 0, not '0' "
-            "(see docs/OPERATIONS.md).",
+            "USAGE_ALERT_WEBHOOK_TIMEOUT_SECONDS must be a number above 0 and at most 300, "
+            "not '0' (see docs/OPERATIONS.md).",
         ),
     ],
 )
@@ -801,25 +812,29 @@ def test_runserver_keeps_no_postgresql_connection_past_its_request(argv, expecte
 # --- the documentation of the settings and the settings agree --------------------------------
 
 
-def _documented() -> dict[str, str]:
-    """docs/OPERATIONS.md's settings tables: variable -> its default as written."""
-    rows: dict[str, list[str]] = {}
+def _documented() -> dict[str, tuple[str, str]]:
+    """docs/OPERATIONS.md's settings tables: variable -> (its default, its range) as written."""
+    rows: dict[str, list[tuple[str, str]]] = {}
     in_table = False
     for line in OPERATIONS.read_text().splitlines():
-        if line.startswith("| variable | default | meaning |"):
+        if line.startswith("| variable | default | range | meaning |"):
             in_table = True
         elif not line.startswith("|"):
             in_table = False
         elif in_table and not line.startswith("|---"):
-            variable, default = (cell.strip() for cell in line.strip("|").split(" | ")[:2])
-            rows.setdefault(variable, []).append(default)
+            cells = [cell.strip() for cell in re.split(r"(?<!\\)\|", line.strip()[1:-1])]
+            assert len(cells) == 4, line
+            variable, default, written_range, _ = cells
+            rows.setdefault(variable, []).append((default, written_range))
     # Each row documents one variable, written `NAME`, once.
     assert all(re.fullmatch(r"`[A-Z][A-Z0-9_]*`", variable) for variable in rows), list(rows)
-    assert [variable for variable, defaults in rows.items() if len(defaults) > 1] == []
-    return {variable.strip("`"): defaults[0] for variable, defaults in rows.items()}
+    assert [variable for variable, written in rows.items() if len(written) > 1] == []
+    return {variable.strip("`"): written[0] for variable, written in rows.items()}
 
 
-DOCUMENTED = _documented()
+DOCUMENTED_ROWS = _documented()
+DOCUMENTED = {variable: default for variable, (default, _) in DOCUMENTED_ROWS.items()}
+DOCUMENTED_RANGES = {variable: written for variable, (_, written) in DOCUMENTED_ROWS.items()}
 
 
 def test_every_variable_the_settings_read_is_documented():
@@ -896,6 +911,33 @@ class Recording(dict):
 
 
 os.environ = Recording(os.environ)
+
+# The bounds the settings read each whole and decimal number with.
+import inspect
+from config.settings import environment
+
+bounds = {}
+
+
+def bounded(reader):
+    signature = inspect.signature(reader)
+
+    def read(name, **kwargs):
+        given = signature.bind(name, **kwargs)
+        given.apply_defaults()
+        bounds.setdefault(name, []).append([
+            reader.__name__,
+            given.arguments["minimum"],
+            given.arguments["maximum"],
+            given.arguments.get("above_minimum", False),
+        ])
+        return reader(name, **kwargs)
+
+    return read
+
+
+environment.env_int = bounded(environment.env_int)
+environment.env_number = bounded(environment.env_number)
 from django.conf import settings
 
 values = {}
@@ -910,7 +952,9 @@ for variable, paths in json.loads(sys.argv[1]).items():
             value = "<not set>"
         shown.append(value)
     values[variable] = shown[0] if len(shown) == 1 else shown
-print(json.dumps({"values": values, "looked_up": sorted(looked_up)}, default=str))
+print(json.dumps(
+    {"values": values, "looked_up": sorted(looked_up), "bounds": bounds}, default=str
+))
 """
 
 REFUSED = "refuses to start"
@@ -1075,6 +1119,69 @@ def test_documented_default_is_the_default(variable):
         assert _plain_value(plain[1], actual), (variable, setup[0], written, actual)
 
 
+def _bounds(variable: str) -> list[list]:
+    """[reader, minimum, maximum, above_minimum] of each read of a number, under the baselines."""
+    return [
+        found
+        for setup in _setups_reading(variable)
+        for found in _load(setup)["bounds"].get(variable, [])
+    ]
+
+
+def _range_written(reader: str, minimum, maximum, above_minimum: bool) -> str:
+    shown = str if reader == "env_int" else "{:g}".format
+    if above_minimum:
+        return f"above {shown(minimum)}, at most {shown(maximum)}"
+    return f"{shown(minimum)} to {shown(maximum)}"
+
+
+@pytest.mark.parametrize("variable", sorted(DOCUMENTED))
+def test_documented_range_is_the_range_read(variable):
+    # The range column is the bounds the settings read the number with, as
+    # written: "<minimum> to <maximum>" or "above <minimum>, at most <maximum>",
+    # with at most a remark in brackets; empty for any other kind of value.
+    written = DOCUMENTED_RANGES[variable]
+    bounds = _bounds(variable)
+    if not bounds:
+        assert written == "", f"{variable} is no number, yet documents the range {written!r}"
+        return
+    # read with the same bounds wherever it is read (NUM_PROXIES: by production too)
+    assert all(found == bounds[0] for found in bounds), (variable, bounds)
+    expected = _range_written(*bounds[0])
+    assert re.fullmatch(re.escape(expected) + r"(?: \([^()]*\))?", written), (
+        f"{variable}: documented {written!r}, read from {expected}"
+    )
+
+
+def _ends(end: str) -> dict[str, str]:
+    """Every number the production settings read, set to one end of its range."""
+    ends = {}
+    for variable in sorted(DOCUMENTED):
+        bounds = _bounds(variable)
+        if not bounds:
+            continue
+        reader, minimum, maximum, above_minimum = bounds[0]
+        if end == "maximum":
+            ends[variable] = str(maximum)
+        else:
+            ends[variable] = "0.001" if above_minimum else str(minimum)
+    return ends
+
+
+@pytest.mark.parametrize("end", ["minimum", "maximum"])
+def test_every_number_is_read_at_the_ends_of_its_documented_range(end):
+    ends = _ends(end)
+    assert len(ends) >= 30
+
+    values = _values(_with(PRODUCTION, **ends))
+
+    for variable, written in ends.items():
+        number = int(written) if re.fullmatch("[0-9]+", written) else float(written)
+        if _bounds(variable)[0][0] == "env_number":
+            number = float(number)
+        assert _same(number, values[variable]), (variable, written, values[variable])
+
+
 def test_variables_looked_up_at_start_are_those_found_in_the_settings_source():
     # The source scan above misses nothing the settings read another way.
     looked_up = set()
@@ -1132,17 +1239,32 @@ def test_on_off_setting_refuses_any_other_word_naming_the_variable(monkeypatch, 
 def test_whole_number_settings_read_digits(monkeypatch, written, value):
     monkeypatch.setenv("EMAIL_TIMEOUT", written)
 
-    assert env_int("EMAIL_TIMEOUT", default=10) == value
+    assert env_int("EMAIL_TIMEOUT", default=10, maximum=300) == value
 
 
-@pytest.mark.parametrize("written", ["ten", "1.5", "1e3", "1_000", "0x10", "٣", "0", "-5"])
+@pytest.mark.parametrize(
+    "written",
+    [
+        "ten",
+        "1.5",
+        "1e3",
+        "1_000",
+        "0x10",
+        "٣",
+        "0",
+        "-5",
+        "301",
+        # More digits than Python converts to a number: refused as any other.
+        pytest.param("9" * 5000, id="5000-digits"),
+    ],
+)
 def test_whole_number_setting_refuses_anything_else_naming_the_variable(monkeypatch, written):
     monkeypatch.setenv("EMAIL_TIMEOUT", written)
 
     with pytest.raises(ImproperlyConfigured) as refused:
-        env_int("EMAIL_TIMEOUT", default=10)
+        env_int("EMAIL_TIMEOUT", default=10, maximum=300)
     assert str(refused.value) == (
-        f"EMAIL_TIMEOUT must be a whole number of at least 1, not {written!r} "
+        f"EMAIL_TIMEOUT must be a whole number of at least 1 and at most 300, not {written!r} "
         "(see docs/OPERATIONS.md)."
     )
 
@@ -1155,6 +1277,73 @@ def test_whole_number_setting_refuses_a_value_above_its_maximum(monkeypatch):
     assert str(refused.value) == (
         "USAGE_CALL_LOG_RETENTION_DAYS must be a whole number of at least 0 and at most 36500, "
         "not '9999999' (see docs/OPERATIONS.md)."
+    )
+
+
+@pytest.mark.parametrize(("written", "value"), [("0", 0), ("36500", 36_500), ("+0", 0)])
+def test_whole_number_setting_reads_both_ends_of_its_range(monkeypatch, written, value):
+    monkeypatch.setenv("USAGE_CALL_LOG_RETENTION_DAYS", written)
+
+    read = env_int("USAGE_CALL_LOG_RETENTION_DAYS", default=90, minimum=0, maximum=36_500)
+
+    assert (read, type(read)) == (value, int)
+
+
+def test_every_whole_and_decimal_number_setting_has_a_maximum():
+    # A maximum left out would make a reader unbounded again: it is required.
+    for reader in (env_int, env_number):
+        with pytest.raises(TypeError, match="maximum"):
+            reader("EMAIL_TIMEOUT", default=10)
+
+
+@pytest.mark.parametrize(("written", "value"), [("0", 0.0), ("300", 300.0), (" 2.5 ", 2.5)])
+def test_decimal_settings_read_both_ends_of_their_range(monkeypatch, written, value):
+    monkeypatch.setenv("STREAM_KEEPALIVE_SECONDS", written)
+
+    assert env_number("STREAM_KEEPALIVE_SECONDS", default=10.0, maximum=300.0) == value
+
+
+@pytest.mark.parametrize(
+    "written",
+    [
+        "300.001",
+        "1e10",
+        "1e400",
+        "inf",
+        "-inf",
+        "nan",
+        "-0.001",
+        pytest.param("9" * 5000, id="5000-digits"),
+    ],
+)
+def test_decimal_setting_out_of_its_range_is_refused_naming_it(monkeypatch, written):
+    monkeypatch.setenv("STREAM_KEEPALIVE_SECONDS", written)
+
+    with pytest.raises(ImproperlyConfigured) as refused:
+        env_number("STREAM_KEEPALIVE_SECONDS", default=10.0, maximum=300.0)
+    assert str(refused.value) == (
+        f"STREAM_KEEPALIVE_SECONDS must be a number of at least 0 and at most 300, "
+        f"not {written!r} (see docs/OPERATIONS.md)."
+    )
+
+
+@pytest.mark.parametrize(("written", "refused"), [("0.001", False), ("0", True), ("600.5", True)])
+def test_a_timeout_must_be_above_zero(monkeypatch, written, refused):
+    monkeypatch.setenv("USAGE_ALERT_EMAIL_TIMEOUT_SECONDS", written)
+
+    def read():
+        return env_number(
+            "USAGE_ALERT_EMAIL_TIMEOUT_SECONDS", default=60.0, above_minimum=True, maximum=600.0
+        )
+
+    if not refused:
+        assert read() == 0.001
+        return
+    with pytest.raises(ImproperlyConfigured) as refusal:
+        read()
+    assert str(refusal.value) == (
+        f"USAGE_ALERT_EMAIL_TIMEOUT_SECONDS must be a number above 0 and at most 600, "
+        f"not {written!r} (see docs/OPERATIONS.md)."
     )
 
 
@@ -1181,6 +1370,8 @@ def test_choice_settings_read_their_words_in_any_case(monkeypatch, written, valu
         ("2/hours", "2/hours"),
         ("100/Day", "100/day"),
         ("0/hour", "0/hour"),
+        ("007/sec", "7/sec"),
+        ("1000000/day", "1000000/day"),
         ("", "60/min"),
     ],
 )
@@ -1198,7 +1389,19 @@ def test_throttle_rates_are_written_as_the_throttle_reads_them(monkeypatch, writ
 
 
 @pytest.mark.parametrize(
-    "written", ["10/month", "10/mins", "10", "/min", "ten/min", "-5/min", "1_000/min", "10/m/s"]
+    "written",
+    [
+        "10/month",
+        "10/mins",
+        "10",
+        "/min",
+        "ten/min",
+        "-5/min",
+        "1_000/min",
+        "10/m/s",
+        "1000001/min",
+        pytest.param("9" * 5000 + "/min", id="5000-digit-count"),
+    ],
 )
 def test_throttle_rate_written_otherwise_is_refused_naming_the_variable(monkeypatch, written):
     # DRF would read "10/month" as ten a minute: it reads a unit by its first letter.
@@ -1207,8 +1410,8 @@ def test_throttle_rate_written_otherwise_is_refused_naming_the_variable(monkeypa
     with pytest.raises(ImproperlyConfigured) as refused:
         env_throttle_rate("API_THROTTLE_ANON", default="60/min")
     assert str(refused.value) == (
-        f"API_THROTTLE_ANON must be a rate written <count>/<sec|min|hour|day> (e.g. 1200/min), "
-        f"not {written!r} (see docs/OPERATIONS.md)."
+        f"API_THROTTLE_ANON must be a rate written <count>/<sec|min|hour|day>, the count from 0 "
+        f"to 1000000 (e.g. 1200/min), not {written!r} (see docs/OPERATIONS.md)."
     )
 
 
@@ -1230,7 +1433,10 @@ def test_work_mem_is_written_as_postgresql_spells_it(monkeypatch, written, size)
     assert env_work_mem("USAGE_AGGREGATION_WORK_MEM", default="256MB") == size
 
 
-@pytest.mark.parametrize("written", ["32kB", "2TB", "256 megs", "1.5GB", "MB", "-1MB"])
+@pytest.mark.parametrize(
+    "written",
+    ["32kB", "2TB", "256 megs", "1.5GB", "MB", "-1MB", pytest.param("9" * 5000, id="5000-digits")],
+)
 def test_work_mem_postgresql_cannot_take_is_refused_naming_the_variable(monkeypatch, written):
     monkeypatch.setenv("USAGE_AGGREGATION_WORK_MEM", written)
 
@@ -1329,14 +1535,15 @@ def _check(settings_module: str, **env: str):
             "config.settings.production",
             "API_THROTTLE_ANON",
             "10/fortnight",
-            "API_THROTTLE_ANON must be a rate written <count>/<sec|min|hour|day> "
-            "(e.g. 1200/min), not '10/fortnight'",
+            "API_THROTTLE_ANON must be a rate written <count>/<sec|min|hour|day>, the count "
+            "from 0 to 1000000 (e.g. 1200/min), not '10/fortnight'",
         ),
         (
             "config.settings.production",
             "BOOKKEEPING_QUEUE_SIZE",
             "10k",
-            "BOOKKEEPING_QUEUE_SIZE must be a whole number of at least 1, not '10k'",
+            "BOOKKEEPING_QUEUE_SIZE must be a whole number of at least 1 and at most 1000000, "
+            "not '10k'",
         ),
         (
             "config.settings.production",
@@ -1406,6 +1613,137 @@ def test_an_unusable_url_stops_the_start_without_quoting_it(variable, url, messa
         in result.stderr
     )
     assert "hunter2" not in result.stderr + result.stdout
+
+
+# Counts and durations the settings took before each had a maximum, and the
+# run-time code that then failed on them: each is run with the setting at its
+# maximum (it works), then at the old value (it overflowed), and the start now
+# refuses that value.
+def _recompute_recent_days(tenant) -> int:
+    CallLogFactory(tenant=tenant, created_at=timezone.now() - timedelta(days=6))
+    daily_usage_recompute_recent(now=timezone.now())
+    return DailyUsage.objects.filter(tenant=tenant).aggregate(n=Sum("request_count"))["n"]
+
+
+def _error_rates(tenant) -> list:
+    CallLogFactory(
+        tenant=tenant,
+        status=CallLog.Status.ERROR,
+        error_code="provider_timeout",
+        created_at=timezone.now() - timedelta(hours=23),
+    )
+    return [row[2:] for row in provider_error_rates(now=timezone.now(), tenant=tenant)]
+
+
+def _reserve(tenant) -> timedelta:
+    if not Budget.objects.filter(tenant=tenant).exists():
+        budget_create(
+            tenant=tenant, name="cap", limit_usd=Decimal("1"), period="daily", action="block"
+        )
+    before = timezone.now()
+    reservation = budget_reserve(
+        tenant=tenant,
+        provider_config_id=None,
+        service_name="summarizer",
+        customer_id="acme",
+        amount_usd=Decimal("0.01"),
+        request_id=uuid.uuid4(),
+    )
+    hold = BudgetHold.objects.get(reservation_id=reservation.reservation_id)
+    return timedelta(seconds=round((hold.expires_at - before).total_seconds()))
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("variable", "overflowing", "minimum", "maximum", "run", "at_maximum"),
+    [
+        # 190 000 years back: before year 1.
+        ("USAGE_AGGREGATION_LOOKBACK_MINUTES", "99999999999", 0, 10_080, _recompute_recent_days, 1),
+        ("USAGE_ERROR_RATE_WINDOW_MINUTES", "1000000000000", 1, 1440, _error_rates, [(1, 1)]),
+        # More days than a timedelta holds.
+        (
+            "USAGE_BUDGET_RESERVATION_TTL_SECONDS",
+            "100000000000000",
+            1,
+            86_400,
+            _reserve,
+            timedelta(days=1),
+        ),
+    ],
+)
+def test_a_value_that_overflowed_at_run_time_now_stops_the_start(
+    settings, tenant, variable, overflowing, minimum, maximum, run, at_maximum
+):
+    settings.USAGE_BUDGET_BACKEND = "database"
+    setattr(settings, variable, maximum)
+    assert run(tenant) == at_maximum
+
+    setattr(settings, variable, int(overflowing))
+    with pytest.raises(OverflowError):
+        run(tenant)
+
+    result = _check("config.settings.production", **{**PRODUCTION_ENV, variable: overflowing})
+    assert result.returncode != 0
+    assert (
+        f"django.core.exceptions.ImproperlyConfigured: {variable} must be a whole number of at "
+        f"least {minimum} and at most {maximum}, not {overflowing!r} (see docs/OPERATIONS.md)."
+    ) in result.stderr
+    assert "OverflowError" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        # Python converts no more than 4300 digits: a ValueError from int() stopped the start.
+        (
+            "EMAIL_TIMEOUT",
+            "9" * 5000,
+            "EMAIL_TIMEOUT must be a whole number of at least 1 and at most 300, "
+            f"not {'9' * 5000!r}",
+        ),
+        (
+            "USAGE_AGGREGATION_WORK_MEM",
+            "9" * 5000 + "MB",
+            "USAGE_AGGREGATION_WORK_MEM must be a size written <number><B|kB|MB|GB|TB> (kB if no "
+            f"unit) from 64kB to 2147483647kB, e.g. 256MB, not {'9' * 5000 + 'MB'!r}",
+        ),
+        (
+            "API_THROTTLE_USER",
+            "9" * 5000 + "/min",
+            "API_THROTTLE_USER must be a rate written <count>/<sec|min|hour|day>, the count from 0 "
+            f"to 1000000 (e.g. 1200/min), not {'9' * 5000 + '/min'!r}",
+        ),
+        # 2 ** 1999 times the backoff is more than a float holds: the retry would fail.
+        (
+            "LLM_RETRY_ATTEMPTS",
+            "2000",
+            "LLM_RETRY_ATTEMPTS must be a whole number of at least 1 and at most 10, not '2000'",
+        ),
+        # A wait longer than the longest a thread can wait for.
+        (
+            "STREAM_KEEPALIVE_SECONDS",
+            "1e10",
+            "STREAM_KEEPALIVE_SECONDS must be a number of at least 0 and at most 300, not '1e10'",
+        ),
+        # Another worker would run the task again while the first still runs it.
+        (
+            "CELERY_TASK_TIME_LIMIT",
+            "7200",
+            "CELERY_TASK_TIME_LIMIT must be a whole number of at least 1 and at most 3600, "
+            "not '7200'",
+        ),
+    ],
+    ids=["int-digits", "work-mem-digits", "rate-digits", "retries", "keepalive", "time-limit"],
+)
+def test_an_absurd_value_stops_the_start_with_a_clean_error(variable, value, message):
+    result = _check("config.settings.production", **{**PRODUCTION_ENV, variable: value})
+
+    assert result.returncode != 0
+    assert (
+        f"django.core.exceptions.ImproperlyConfigured: {message} (see docs/OPERATIONS.md)."
+        in result.stderr
+    )
+    assert "ValueError" not in result.stderr
 
 
 SHOW_LOGGING = """

@@ -1,9 +1,12 @@
 """System checks: settings the API reads per request are refused at start, named."""
 
 import pytest
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
+from rest_framework.throttling import SimpleRateThrottle
 
+from config.settings.environment import env_throttle_rate
 from llm_providers.checks import throttle_rates_check
 
 
@@ -18,25 +21,99 @@ def test_default_rates_pass(settings):
     assert throttle_rates_check(None) == []
 
 
-@pytest.mark.parametrize("rate", ["1200/min", "5/s", "0/hour", "30/minute", "100/day", None])
+@pytest.mark.parametrize(
+    "rate",
+    ["1200/min", "5/s", "0/hour", "30/minute", "100/day", "2/hours", "1000000/sec", None],
+)
 def test_rates_the_throttle_reads_pass(settings, rate):
     _rates(settings, user=rate)
 
     assert throttle_rates_check(None) == []
+    if rate is not None:
+        # and the throttle reads them as written
+        throttle = type("Throttle", (SimpleRateThrottle,), {"rate": rate})()
+        count, unit = rate.split("/")
+        assert (throttle.num_requests, throttle.duration) == (
+            int(count),
+            {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit[0]],
+        )
 
 
-@pytest.mark.parametrize("rate", ["abc", "10/fortnight", "-5/min", "1_000/min", "10", "/min", ""])
-def test_a_rate_the_throttle_cannot_read_is_an_error_naming_its_variable(settings, rate):
+@pytest.mark.parametrize(
+    "rate",
+    [
+        "abc",
+        "10/fortnight",
+        # DRF reads a unit by its first letter: ten a minute, ten a second.
+        "10/month",
+        "10/mins",
+        "10/sexagesimal",
+        "-5/min",
+        "+5/min",
+        "1_000/min",
+        "1000001/min",
+        pytest.param("1" * 5000 + "/min", id="5000-digit-count"),
+        "10",
+        "/min",
+        "10/m/s",
+        "",
+        600,
+    ],
+)
+def test_a_rate_the_settings_would_refuse_is_an_error_with_their_message(
+    settings, monkeypatch, rate
+):
     _rates(settings, user=rate)
+
+    errors = throttle_rates_check(None)
+
+    message = (
+        f"API_THROTTLE_USER must be a rate written <count>/<sec|min|hour|day>, the count from "
+        f"0 to 1000000 (e.g. 1200/min), not {rate!r} (see docs/OPERATIONS.md)."
+    )
+    assert [(e.id, e.msg, e.hint) for e in errors] == [
+        (
+            "llm_providers.E001",
+            message,
+            'The rate is REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]["user"].',
+        )
+    ]
+    # The same verdict and message as for the rate set in the environment.
+    if isinstance(rate, str) and rate:
+        monkeypatch.setenv("API_THROTTLE_USER", rate)
+        with pytest.raises(ImproperlyConfigured) as refused:
+            env_throttle_rate("API_THROTTLE_USER", default="1200/min")
+        assert str(refused.value) == message
+
+
+@pytest.mark.parametrize(
+    ("rate", "written"),
+    [("10/MIN", "10/min"), ("10/ min", "10/min"), (" 10/min", "10/min"), ("010/Day", "10/day")],
+)
+def test_a_rate_set_in_python_must_be_written_as_the_throttle_reads_it(settings, rate, written):
+    # The environment may write a rate so (it is read into DRF's form); DRF
+    # itself cannot read "10/MIN" or "10/ min", and answers every request 500.
+    _rates(settings, anon=rate)
 
     errors = throttle_rates_check(None)
 
     assert [(e.id, e.msg) for e in errors] == [
         (
             "llm_providers.E001",
-            f"API_THROTTLE_USER must be a rate written <count>/<sec|min|hour|day> "
-            f"(e.g. 1200/min), not {rate!r}.",
+            f'REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]["anon"] must be written as the throttle '
+            f"reads it, {written!r}, not {rate!r}.",
         )
+    ]
+
+
+def test_every_scope_is_checked_and_named(settings):
+    _rates(settings, service_key="10/month", auth_failure="30/MIN")
+
+    errors = throttle_rates_check(None)
+
+    assert [e.msg.split(" must ")[0] for e in errors] == [
+        "API_THROTTLE_SERVICE_KEY",
+        'REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]["auth_failure"]',
     ]
 
 
@@ -44,4 +121,11 @@ def test_manage_py_check_stops_on_a_bad_rate(settings):
     _rates(settings, auth_failure="30/fortnight")
 
     with pytest.raises(SystemCheckError, match="API_THROTTLE_AUTH_FAILURE"):
+        call_command("check")
+
+
+def test_manage_py_check_stops_on_a_rate_the_throttle_would_misread(settings):
+    _rates(settings, anon="10/month")
+
+    with pytest.raises(SystemCheckError, match=r"API_THROTTLE_ANON .*not '10/month'"):
         call_command("check")

@@ -1,6 +1,7 @@
 """Settings shared by every environment, read through config/settings/environment.py."""
 
 from pathlib import Path
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
@@ -81,7 +82,7 @@ try:
         "default": environ.Env.db_url_config(
             env_url(
                 "DATABASE_URL",
-                schemes=("postgres", "postgresql", "sqlite"),
+                schemes=("postgres", "postgresql", "pgsql", "psql", "sqlite"),
                 example=_DATABASE_URL_EXAMPLE,
             )
             or f"sqlite:///{BASE_DIR / 'db.sqlite3'}"
@@ -238,7 +239,23 @@ EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", default=10, maximum=300)
 # Empty counts as unset, as a compose file writes a variable that is not set.
 # The in-process transport names a host, as kombu otherwise warns on every first task.
 EMBEDDED_BROKER_URL = "memory://localhost/"
-CELERY_BROKER_URL = env_text("CELERY_BROKER_URL") or REDIS_URL or EMBEDDED_BROKER_URL
+
+
+def _broker_url(redis_url: str) -> str:
+    """The broker URL of a Redis URL: kombu names a Redis unix socket
+    `redis+socket://` and its database `virtual_host`, where redis-py says
+    `unix://` and `db`."""
+    parts = urlsplit(redis_url)
+    if parts.scheme != "unix":
+        return redis_url
+    query = parse_qs(parts.query)
+    query["virtual_host"] = query.pop("db", ["0"])
+    return f"redis+socket://{parts.netloc}{parts.path}?{urlencode(query, doseq=True)}"
+
+
+CELERY_BROKER_URL = env_text("CELERY_BROKER_URL") or (
+    _broker_url(REDIS_URL) if REDIS_URL else EMBEDDED_BROKER_URL
+)
 CELERY_TASK_ALWAYS_EAGER = env_bool(
     "CELERY_TASK_ALWAYS_EAGER", default=CELERY_BROKER_URL.startswith("memory://")
 )
@@ -285,13 +302,13 @@ USAGE_AGGREGATION_WORK_MEM = env_work_mem("USAGE_AGGREGATION_WORK_MEM", default=
 # own work_mem; the periodic run uses one.
 USAGE_AGGREGATION_WORKERS = env_int("USAGE_AGGREGATION_WORKERS", default=2, maximum=32)
 # Call logs older than this are deleted; DailyUsage is kept. 0 keeps them forever.
-# At most 100 years: a "for ever" written as 9999999 days reaches back before
+# At most 1,000 years: a "for ever" written as 9999999 days reaches back before
 # year 1, which no date can, and every aggregation and purge would fail.
 USAGE_CALL_LOG_RETENTION_DAYS = env_int(
     "USAGE_CALL_LOG_RETENTION_DAYS",
     default=90,
     minimum=0,
-    maximum=36_500,
+    maximum=365_000,
     zero="0 keeps call logs for ever",
 )
 USAGE_RETENTION_PURGE_INTERVAL_SECONDS = env_int(
@@ -477,7 +494,9 @@ LOGGING = {
     "root": {
         "handlers": ["console"],
         "level": env_choice(
-            "LOG_LEVEL", choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"), default="INFO"
+            "LOG_LEVEL",
+            choices=("DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL", "FATAL", "NOTSET"),
+            default="INFO",
         ),
     },
     "loggers": {

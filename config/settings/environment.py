@@ -20,8 +20,8 @@ from django.core.exceptions import ImproperlyConfigured
 env = environ.Env()
 
 _SEE = "(see docs/OPERATIONS.md)"
-_TRUE = frozenset({"true", "1", "yes", "on"})
-_FALSE = frozenset({"false", "0", "no", "off"})
+_TRUE = frozenset({"true", "1", "yes", "y", "on", "ok"})
+_FALSE = frozenset({"false", "0", "no", "n", "off"})
 _WHOLE_NUMBER = re.compile(r"[+-]?[0-9]+")
 
 
@@ -36,7 +36,7 @@ def env_str(name: str, *, default: str) -> str:
 
 
 def env_bool(name: str, *, default: bool) -> bool:
-    """An on/off setting: true/false, 1/0, yes/no or on/off in any case, nothing else.
+    """An on/off setting: true/false, 1/0, yes/no, y/n, on/off or ok in any case, nothing else.
 
     django-environ would read any other word, a typo such as "ture" too, as false.
     """
@@ -48,7 +48,8 @@ def env_bool(name: str, *, default: bool) -> bool:
     if raw.lower() in _FALSE:
         return False
     raise ImproperlyConfigured(
-        f"{name} must be true or false (or 1/0, yes/no, on/off, in any case), not {raw!r} {_SEE}."
+        f"{name} must be true or false (or 1/0, yes/no, y/n, on/off, ok, in any case), "
+        f"not {raw!r} {_SEE}."
     )
 
 

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import ast
 import json
+import logging
 import os
 import re
 import subprocess
 import sys
+import time
 import uuid
 from datetime import timedelta
 from decimal import Decimal
@@ -90,6 +92,7 @@ PRODUCTION_ENV = {
 
 SHOW_SETTINGS = """
 import json
+import logging
 import django
 django.setup()
 from django.conf import settings as s
@@ -230,6 +233,7 @@ def test_development_without_debug_needs_secrets():
 
 EMBEDDED_CONCURRENT_CALLS = """
 import json
+import logging
 import threading
 import time
 from decimal import Decimal
@@ -545,6 +549,7 @@ def test_celery_uses_development_settings_when_told():
 
 HTTP_REQUESTS = """
 import json
+import logging
 import django
 django.setup()
 from django.test import Client
@@ -580,6 +585,7 @@ def test_production_answers_health_over_http_and_redirects_the_rest():
 
 CSRF_ORIGIN_CHECKS = """
 import json
+import logging
 import django
 django.setup()
 from django.http import HttpResponse
@@ -643,6 +649,7 @@ def test_secrets_starting_with_a_dollar_sign_are_taken_as_written():
 
 SHOW_BROKER = """
 import json
+import logging
 import django
 django.setup()
 from django.conf import settings as s
@@ -677,7 +684,7 @@ def test_empty_broker_and_budget_redis_urls_mean_redis_url():
             "USAGE_CALL_LOG_RETENTION_DAYS",
             "-1",
             "USAGE_CALL_LOG_RETENTION_DAYS must be a whole number of at least 0 and at most "
-            "36500 (0 keeps call logs for ever), not '-1' (see docs/OPERATIONS.md).",
+            "365000 (0 keeps call logs for ever), not '-1' (see docs/OPERATIONS.md).",
         ),
         (
             "USAGE_AGGREGATION_INTERVAL_SECONDS",
@@ -1222,7 +1229,7 @@ def test_on_off_settings_read_the_usual_words_in_any_case(monkeypatch, written, 
     assert env_bool("CALL_LOG_ASYNC", default=True) is value
 
 
-@pytest.mark.parametrize("written", ["ture", "flase", "2", "y", "enabled", "of"])
+@pytest.mark.parametrize("written", ["ture", "flase", "2", "yep", "enabled", "of"])
 def test_on_off_setting_refuses_any_other_word_naming_the_variable(monkeypatch, written):
     # django-environ would have read every one of these as off.
     monkeypatch.setenv("CALL_LOG_ASYNC", written)
@@ -1230,7 +1237,7 @@ def test_on_off_setting_refuses_any_other_word_naming_the_variable(monkeypatch, 
     with pytest.raises(ImproperlyConfigured) as refused:
         env_bool("CALL_LOG_ASYNC", default=True)
     assert str(refused.value) == (
-        f"CALL_LOG_ASYNC must be true or false (or 1/0, yes/no, on/off, in any case), "
+        f"CALL_LOG_ASYNC must be true or false (or 1/0, yes/no, y/n, on/off, ok, in any case), "
         f"not {written!r} (see docs/OPERATIONS.md)."
     )
 
@@ -1273,18 +1280,18 @@ def test_whole_number_setting_refuses_a_value_above_its_maximum(monkeypatch):
     monkeypatch.setenv("USAGE_CALL_LOG_RETENTION_DAYS", "9999999")
 
     with pytest.raises(ImproperlyConfigured) as refused:
-        env_int("USAGE_CALL_LOG_RETENTION_DAYS", default=90, minimum=0, maximum=36_500)
+        env_int("USAGE_CALL_LOG_RETENTION_DAYS", default=90, minimum=0, maximum=365_000)
     assert str(refused.value) == (
-        "USAGE_CALL_LOG_RETENTION_DAYS must be a whole number of at least 0 and at most 36500, "
+        "USAGE_CALL_LOG_RETENTION_DAYS must be a whole number of at least 0 and at most 365000, "
         "not '9999999' (see docs/OPERATIONS.md)."
     )
 
 
-@pytest.mark.parametrize(("written", "value"), [("0", 0), ("36500", 36_500), ("+0", 0)])
+@pytest.mark.parametrize(("written", "value"), [("0", 0), ("365000", 365_000), ("+0", 0)])
 def test_whole_number_setting_reads_both_ends_of_its_range(monkeypatch, written, value):
     monkeypatch.setenv("USAGE_CALL_LOG_RETENTION_DAYS", written)
 
-    read = env_int("USAGE_CALL_LOG_RETENTION_DAYS", default=90, minimum=0, maximum=36_500)
+    read = env_int("USAGE_CALL_LOG_RETENTION_DAYS", default=90, minimum=0, maximum=365_000)
 
     assert (read, type(read)) == (value, int)
 
@@ -1502,21 +1509,24 @@ def _check(settings_module: str, **env: str):
             "config.settings.development",
             "DEBUG",
             "ture",
-            "DEBUG must be true or false (or 1/0, yes/no, on/off, in any case), not 'ture'",
+            "DEBUG must be true or false (or 1/0, yes/no, y/n, on/off, ok, in any case), "
+            "not 'ture'",
         ),
         # Read as off, a typo turned the HTTPS redirect off and silenced its warning.
         (
             "config.settings.production",
             "SECURE_SSL_REDIRECT",
             "yes please",
-            "SECURE_SSL_REDIRECT must be true or false (or 1/0, yes/no, on/off, in any case), "
+            "SECURE_SSL_REDIRECT must be true or false "
+            "(or 1/0, yes/no, y/n, on/off, ok, in any case), "
             "not 'yes please'",
         ),
         (
             "config.settings.production",
             "LOG_LEVEL",
             "verbose",
-            "LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL (in any case), "
+            "LOG_LEVEL must be one of DEBUG, INFO, WARNING, WARN, ERROR, CRITICAL, FATAL, NOTSET "
+            "(in any case), "
             "not 'verbose'",
         ),
         (
@@ -1550,7 +1560,7 @@ def _check(settings_module: str, **env: str):
             "USAGE_CALL_LOG_RETENTION_DAYS",
             "9999999",
             "USAGE_CALL_LOG_RETENTION_DAYS must be a whole number of at least 0 and at most "
-            "36500 (0 keeps call logs for ever), not '9999999'",
+            "365000 (0 keeps call logs for ever), not '9999999'",
         ),
         (
             "config.settings.production",
@@ -1581,7 +1591,8 @@ def test_a_value_the_settings_cannot_take_stops_the_start_naming_it(
         (
             "DATABASE_URL",
             "mysql://app:hunter2-secret@db.internal/llm",
-            "DATABASE_URL must be a URL starting postgres:// or postgresql:// or sqlite://, "
+            "DATABASE_URL must be a URL starting postgres:// or postgresql:// or pgsql:// "
+            "or psql:// or sqlite://, "
             "e.g. postgres://user:password@host:5432/llm",
         ),
         (
@@ -1802,3 +1813,112 @@ def test_production_with_empty_optional_variables_passes_check_deploy():
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == "System check identified no issues (0 silenced)."
+
+
+# --- spellings the settings took before their readers were strict -------------
+
+
+@pytest.mark.parametrize("scheme", ["postgres", "postgresql", "pgsql", "psql"])
+def test_every_postgresql_scheme_of_django_environ_is_taken(scheme):
+    shown = _settings(
+        "config.settings.production",
+        {**PRODUCTION_ENV, "DATABASE_URL": f"{scheme}://app:pw@db.internal:6432/llm"},
+    )
+
+    assert shown["DB_ENGINE"] == "django.db.backends.postgresql"
+
+
+@pytest.mark.parametrize(
+    ("written", "level"), [("warn", "WARN"), ("Fatal", "FATAL"), ("NOTSET", "NOTSET")]
+)
+def test_log_level_takes_the_aliases_python_logging_knows(written, level):
+    result = _run(
+        ["-c", "import django, json, logging; django.setup(); "
+               "from django.conf import settings as s; "
+               "print(json.dumps([s.LOGGING['root']['level'], logging.getLogger().level]))"],
+        settings_module="config.settings.development",
+        env={"LOG_LEVEL": written},
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [level, logging.getLevelName(level)]
+
+
+@pytest.mark.parametrize(("written", "value"), [("y", True), ("OK", True), ("N", False)])
+def test_on_off_takes_django_environs_short_spellings(monkeypatch, written, value):
+    monkeypatch.setenv("CALL_LOG_ASYNC", written)
+
+    assert env_bool("CALL_LOG_ASYNC", default=not value) is value
+
+
+def test_a_redis_unix_socket_url_is_also_the_broker_in_kombus_spelling():
+    result = _run(
+        ["-c", SHOW_BROKER],
+        settings_module="config.settings.production",
+        env={**PRODUCTION_ENV, "REDIS_URL": "unix:///run/redis/redis.sock?db=6"},
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {
+        "broker": "redis+socket:///run/redis/redis.sock?virtual_host=6",
+        "eager": False,
+        "budget_redis": "unix:///run/redis/redis.sock?db=6",
+    }
+
+
+@pytest.mark.redis
+def test_a_redis_unix_socket_broker_carries_a_task_message(tmp_path):
+    # given a Redis listening on a unix socket only, named as REDIS_URL names it
+    socket_path = tmp_path / "redis.sock"
+    server = subprocess.Popen(
+        ["redis-server", "--port", "0", "--unixsocket", str(socket_path), "--save", ""],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(50):
+            if socket_path.exists():
+                break
+            time.sleep(0.1)
+        script = (
+            "import django; django.setup(); from config.celery import app; "
+            "conn = app.connection_for_write(); q = conn.SimpleQueue('probe'); "
+            "q.put({'task': 'x'}); print(q.get(timeout=5).payload['task'])"
+        )
+
+        # when the settings derive the broker from it and a message goes through
+        result = _run(
+            ["-c", script],
+            settings_module="config.settings.development",
+            env={"REDIS_URL": f"unix://{socket_path}?db=5"},
+        )
+
+        # then it came back, through database 5 of that server
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == "x"
+        keys = subprocess.run(
+            ["redis-cli", "-s", str(socket_path), "-n", "5", "keys", "*probe*"],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        assert "probe" in keys
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_call_log_retention_of_a_thousand_years_is_taken_and_purges():
+    # "keep them for ages" as operators write it: the purge's cut-off is a real date
+    shown = _run(
+        [
+            "-c",
+            "import django; django.setup(); from django.conf import settings as s; "
+            "from django.core.management import call_command; "
+            "call_command('migrate', verbosity=0); "
+            "from usage.tasks import purge_call_logs; "
+            "print(s.USAGE_CALL_LOG_RETENTION_DAYS, purge_call_logs.delay().successful())",
+        ],
+        settings_module="config.settings.development",
+        env={"USAGE_CALL_LOG_RETENTION_DAYS": "99999", "DATABASE_URL": "sqlite:///:memory:"},
+    )
+
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.split()[-2:] == ["99999", "True"]

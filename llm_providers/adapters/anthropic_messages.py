@@ -66,6 +66,7 @@ from .content import (
     tool_function,
 )
 from .errors import (
+    MalformedAnswer,
     ProviderBadRequest,
     ProviderError,
     ProviderPermissionError,
@@ -75,6 +76,7 @@ from .errors import (
     error_for_status,
     is_redirect,
     malformed_answer,
+    paid_usage_attach,
     redirect_refused,
     retry_after_from_headers,
 )
@@ -178,48 +180,30 @@ class AnthropicMessagesAdapter(Adapter):
     def complete(self, request: ChatRequest) -> ChatResult:
         message = self._client.messages.create(**self._create_arguments(request))
         message = answer_object(message, LABEL)
-        own_stops = local_stops(request.stop)
-        text = ""
-        tool_calls: list[ToolCall] = []
-        stop_reason = optional_text(member(message, "stop_reason"), LABEL, "its stop_reason")
-        finish_reason = _FINISH_REASONS.get(stop_reason or "", "stop")
-        blocks = member(message, "content")
-        if blocks is None:
-            raise malformed_answer(LABEL, "it has no content")
-        for block in optional_list(blocks, LABEL, "its content field"):
-            kind = _block_type(block, "a content block")
-            if kind == "text":
-                text += _required_text(member(block, "text"), "a text block's text")
-                cut = stop_position(text, own_stops)
-                if cut is not None:
-                    # What followed the stop sequence would not have been generated.
-                    text, finish_reason = text[:cut], "stop"
-                    break
-            elif kind == "tool_use":
-                call_id, name = _tool_use_identity(block)
-                arguments = member(block, "input")
-                if arguments is not None and not isinstance(arguments, dict):
-                    raise malformed_answer(
-                        LABEL, f"a tool_use block's input is {json_kind(arguments)}, not an object"
-                    )
-                tool_calls.append(
-                    ToolCall(id=call_id, name=name, arguments=arguments_dump(arguments))
-                )
+        # Read before the rest: an answer found malformed is still charged for
+        # the usage it reports.
+        model = answered_model(member(message, "model"), request.model)
         try:
             fields = _usage_fields(member(message, "usage"))
         except UnusableUsage:
             fields = {}
-        estimated = not {"input_tokens", "output_tokens"} <= fields.keys()
+        reported = _usage(fields) if {"input_tokens", "output_tokens"} <= fields.keys() else None
+        try:
+            text, tool_calls, finish_reason = _answer_read(message, local_stops(request.stop))
+        except MalformedAnswer as error:
+            paid_usage_attach(error, reported, model)
+            raise
+        estimated = reported is None
         if estimated:
             # No usage, a figure that is no count (then none is trusted), or
             # no output figure: estimated rather than billed as nothing.
             usage = self.answer_usage_estimate(request, text, tool_calls, _usage_so_far(fields))
         else:
-            usage = _usage(fields)
+            usage = reported
         return ChatResult(
             content=text,
             usage=usage,
-            model=answered_model(member(message, "model"), request.model),
+            model=model,
             finish_reason=finish_reason,
             tool_calls=tool_calls,
             usage_estimated=estimated,
@@ -245,88 +229,100 @@ class AnthropicMessagesAdapter(Adapter):
         held = ""
         stopped = False
         end = StreamEnd()
-        with events, cut.holding(httpx_response_socket(events.response)):
-            for event in self.events_read(events, cut=cut, end=end):
-                event = required_object(event, LABEL, "an event of it")
-                kind = _block_type(event, "an event of it")
-                text = ""
-                if kind == "message_start":
-                    started = required_object(
-                        member(event, "message"), LABEL, "its message_start's message"
-                    )
-                    model = answered_model(member(started, "model"), model)
-                    try:
-                        fields.update(_usage_fields(member(started, "usage")))
-                    except UnusableUsage:
-                        usage_unusable = True
-                elif kind == "content_block_start":
-                    block = required_object(
-                        member(event, "content_block"), LABEL, "a content_block_start's block"
-                    )
-                    block_kind = _block_type(block, "a content block")
-                    if block_kind == "tool_use":
-                        call_id, name = _tool_use_identity(block)
-                        index = _event_index(event)
-                        tools[index] = {"id": call_id, "name": name, "arguments": ""}
+        try:
+            with events, cut.holding(httpx_response_socket(events.response)):
+                for event in self.events_read(events, cut=cut, end=end):
+                    event = required_object(event, LABEL, "an event of it")
+                    kind = _block_type(event, "an event of it")
+                    text = ""
+                    if kind == "message_start":
+                        started = required_object(
+                            member(event, "message"), LABEL, "its message_start's message"
+                        )
+                        model = answered_model(member(started, "model"), model)
+                        try:
+                            fields.update(_usage_fields(member(started, "usage")))
+                        except UnusableUsage:
+                            usage_unusable = True
+                    elif kind == "content_block_start":
+                        block = required_object(
+                            member(event, "content_block"), LABEL, "a content_block_start's block"
+                        )
+                        block_kind = _block_type(block, "a content block")
+                        if block_kind == "tool_use":
+                            call_id, name = _tool_use_identity(block)
+                            index = _event_index(event)
+                            tools[index] = {"id": call_id, "name": name, "arguments": ""}
+                            yield StreamChunk(
+                                unseen_text=name, model=model, usage_so_far=_usage_so_far(fields)
+                            )
+                        elif block_kind == "text":
+                            text = optional_text(
+                                member(block, "text"), LABEL, "a text block's text"
+                            )
+                            text = text or ""
+                    elif kind == "content_block_delta":
+                        delta = required_object(
+                            member(event, "delta"), LABEL, "a content block delta"
+                        )
+                        delta_kind = _block_type(delta, "a content block delta")
+                        if delta_kind == "text_delta":
+                            text = _required_text(member(delta, "text"), "a text delta's text")
+                        elif delta_kind == "thinking_delta":
+                            thinking = optional_text(
+                                member(delta, "thinking"), LABEL, "a thinking delta's thinking"
+                            )
+                            if thinking:
+                                # Billed output the caller does not read: counted if
+                                # the stream ends before its usage arrives.
+                                yield StreamChunk(
+                                    unseen_text=thinking,
+                                    model=model,
+                                    usage_so_far=_usage_so_far(fields),
+                                )
+                        elif delta_kind == "input_json_delta":
+                            index = _event_index(event)
+                            piece = optional_text(
+                                member(delta, "partial_json"), LABEL, "a tool input delta's JSON"
+                            )
+                            if index in tools and piece:
+                                tools[index]["arguments"] += piece
+                                yield StreamChunk(
+                                    unseen_text=piece,
+                                    model=model,
+                                    usage_so_far=_usage_so_far(fields),
+                                )
+                    elif kind == "message_delta":
+                        delta = required_object(member(event, "delta"), LABEL, "a message delta")
+                        reason = optional_text(
+                            member(delta, "stop_reason"), LABEL, "a message delta's stop_reason"
+                        )
+                        stop_reason = reason or stop_reason
+                        # Cumulative: the latest figures replace the earlier ones.
+                        try:
+                            reported = _usage_fields(member(event, "usage"))
+                        except UnusableUsage:
+                            usage_unusable = True
+                        else:
+                            fields.update(reported)
+                            output_reported = output_reported or "output_tokens" in reported
+                        # The stop reason comes with the final usage: only
+                        # message_stop follows.
+                        end.whole = stop_reason is not None
+                    if not text:
+                        continue
+                    ready, held, stopped = held_text_split(held + text, own_stops)
+                    if stopped:
+                        break
+                    if ready:
                         yield StreamChunk(
-                            unseen_text=name, model=model, usage_so_far=_usage_so_far(fields)
+                            text=ready, model=model, usage_so_far=_usage_so_far(fields)
                         )
-                    elif block_kind == "text":
-                        text = optional_text(member(block, "text"), LABEL, "a text block's text")
-                        text = text or ""
-                elif kind == "content_block_delta":
-                    delta = required_object(member(event, "delta"), LABEL, "a content block delta")
-                    delta_kind = _block_type(delta, "a content block delta")
-                    if delta_kind == "text_delta":
-                        text = _required_text(member(delta, "text"), "a text delta's text")
-                    elif delta_kind == "thinking_delta":
-                        thinking = optional_text(
-                            member(delta, "thinking"), LABEL, "a thinking delta's thinking"
-                        )
-                        if thinking:
-                            # Billed output the caller does not read: counted if
-                            # the stream ends before its usage arrives.
-                            yield StreamChunk(
-                                unseen_text=thinking,
-                                model=model,
-                                usage_so_far=_usage_so_far(fields),
-                            )
-                    elif delta_kind == "input_json_delta":
-                        index = _event_index(event)
-                        piece = optional_text(
-                            member(delta, "partial_json"), LABEL, "a tool input delta's JSON"
-                        )
-                        if index in tools and piece:
-                            tools[index]["arguments"] += piece
-                            yield StreamChunk(
-                                unseen_text=piece,
-                                model=model,
-                                usage_so_far=_usage_so_far(fields),
-                            )
-                elif kind == "message_delta":
-                    delta = required_object(member(event, "delta"), LABEL, "a message delta")
-                    reason = optional_text(
-                        member(delta, "stop_reason"), LABEL, "a message delta's stop_reason"
-                    )
-                    stop_reason = reason or stop_reason
-                    # Cumulative: the latest figures replace the earlier ones.
-                    try:
-                        reported = _usage_fields(member(event, "usage"))
-                    except UnusableUsage:
-                        usage_unusable = True
-                    else:
-                        fields.update(reported)
-                        output_reported = output_reported or "output_tokens" in reported
-                    # The stop reason comes with the final usage: only
-                    # message_stop follows.
-                    end.whole = stop_reason is not None
-                if not text:
-                    continue
-                ready, held, stopped = held_text_split(held + text, own_stops)
-                if stopped:
-                    break
-                if ready:
-                    yield StreamChunk(text=ready, model=model, usage_so_far=_usage_so_far(fields))
+        except MalformedAnswer as error:
+            # An event malformed after the final usage (the message_delta):
+            # the answer is lost, but the provider reported, and charges, that usage.
+            paid_usage_attach(error, _final_usage(fields, output_reported, usage_unusable), model)
+            raise
         if held:
             yield StreamChunk(text=held, model=model, usage_so_far=_usage_so_far(fields))
         if stopped:
@@ -339,14 +335,11 @@ class AnthropicMessagesAdapter(Adapter):
             ToolCall(id=call["id"], name=call["name"], arguments=call["arguments"] or "{}")
             for _, call in sorted(tools.items())
         ]
-        # Usage with a figure that is no count, or without the output's final
-        # figure, is left to estimate from what was reported of the prompt.
-        final = not (stopped or usage_unusable) and output_reported and "input_tokens" in fields
         yield StreamChunk(
             model=model,
             finish_reason=_FINISH_REASONS.get(stop_reason, "stop"),
             tool_calls=tool_calls or None,
-            usage=_usage(fields) if final else None,
+            usage=None if stopped else _final_usage(fields, output_reported, usage_unusable),
             usage_so_far=_usage_so_far(fields),
         )
 
@@ -476,6 +469,36 @@ def _anthropic_tool(tool: dict[str, Any]) -> dict[str, Any]:
     return {"name": function["name"], **described, "input_schema": function["parameters"]}
 
 
+def _answer_read(message: Any, own_stops: list[str]) -> tuple[str, list[ToolCall], str]:
+    """The text (cut at the first of `own_stops`), tool calls and finish
+    reason of a non-streamed message."""
+    text = ""
+    tool_calls: list[ToolCall] = []
+    stop_reason = optional_text(member(message, "stop_reason"), LABEL, "its stop_reason")
+    finish_reason = _FINISH_REASONS.get(stop_reason or "", "stop")
+    blocks = member(message, "content")
+    if blocks is None:
+        raise malformed_answer(LABEL, "it has no content")
+    for block in optional_list(blocks, LABEL, "its content field"):
+        kind = _block_type(block, "a content block")
+        if kind == "text":
+            text += _required_text(member(block, "text"), "a text block's text")
+            cut = stop_position(text, own_stops)
+            if cut is not None:
+                # What followed the stop sequence would not have been generated.
+                text, finish_reason = text[:cut], "stop"
+                break
+        elif kind == "tool_use":
+            call_id, name = _tool_use_identity(block)
+            arguments = member(block, "input")
+            if arguments is not None and not isinstance(arguments, dict):
+                raise malformed_answer(
+                    LABEL, f"a tool_use block's input is {json_kind(arguments)}, not an object"
+                )
+            tool_calls.append(ToolCall(id=call_id, name=name, arguments=arguments_dump(arguments)))
+    return text, tool_calls, finish_reason
+
+
 def _usage_fields(usage: Any) -> dict[str, int]:
     """The figures a usage object reports (absent and null ones are left out,
     so a later event's figures replace only what it carries). Raises
@@ -529,6 +552,17 @@ def _event_index(event: Any) -> int:
     if index is None:
         raise malformed_answer(LABEL, "an event of a content block has no index")
     return index
+
+
+def _final_usage(fields: dict[str, int], output_reported: bool, unusable: bool) -> Usage | None:
+    """The usage a stream reported for its whole answer: the prompt's figures
+    and the output's final one (`output_reported`: a message_delta brought
+    it). None when either is missing, or when one of its usage objects held a
+    figure that is no count (`unusable`): the usage is then left to estimate
+    from what was reported of the prompt."""
+    if unusable or not output_reported or "input_tokens" not in fields:
+        return None
+    return _usage(fields)
 
 
 def _usage_so_far(fields: dict[str, int]) -> Usage | None:

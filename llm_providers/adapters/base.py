@@ -224,7 +224,9 @@ class Adapter(ABC):
         """A stream's `events`, read to their end. A connection that breaks
         (or stalls) once the adapter marked the answer whole (`end`) ends them
         as if the stream had ended. A stream its caller stopped (`cut`) fails
-        as the read did."""
+        as the read did. An event the SDK cannot read (`unreadable_answer`)
+        raises its `MalformedAnswer` here, so that the adapter can attach the
+        usage the stream reported before it."""
         iterator = iter(events)
         while True:
             try:
@@ -235,7 +237,15 @@ class Adapter(ABC):
                 if not end.whole or cut.requested.is_set():
                     raise
                 return
-            yield event
+            except Exception as exc:
+                unreadable = self.unreadable_answer(exc, streamed=True)
+                if unreadable is None:
+                    raise
+            else:
+                yield event
+                continue
+            # Raised outside the except block: no SDK exception as context.
+            raise unreadable
 
     def provider_error(self, exc: BaseException) -> ProviderError:
         """Translate one of `vendor_errors` into the error tree, message scrubbed."""

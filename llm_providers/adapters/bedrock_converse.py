@@ -39,6 +39,7 @@ import re
 import socket
 import threading
 from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import replace
 from types import TracebackType
 from typing import Any
@@ -87,6 +88,7 @@ from .content import (
 )
 from .errors import (
     ContextTooLong,
+    MalformedAnswer,
     ProviderAuthenticationError,
     ProviderBadRequest,
     ProviderError,
@@ -99,6 +101,7 @@ from .errors import (
     failed_answer_error,
     malformed_answer,
     message_says_context_too_long,
+    paid_usage_attach,
     retry_after_from_headers,
 )
 from .types import AdapterSettings, ChatRequest, ChatResult, Message, StreamChunk, ToolCall, Usage
@@ -209,12 +212,20 @@ _USAGE_FIGURES = (
 _ANSWER_READING_MODULE = "botocore.parsers"
 
 
+# The usage of the Converse answer botocore reads in this thread, as the
+# before-parse hook found it: when botocore then cannot read the rest
+# of the answer, the provider still reported, and charges, that usage.
+_answer_usage: ContextVar[Usage | None] = ContextVar("bedrock_answer_usage", default=None)
+
+
 def _converse_answer_check(response_dict: dict[str, Any], **_: Any) -> None:
     """botocore's before-parse hook of Converse. botocore reads a body that is
     not JSON as an answer without output or usage; one that is, but no
     object, fails as a bug would: both are refused here as malformed. A usage
     object holding a figure that is no count is left out (botocore would
-    cut or misread it), so that the usage is estimated."""
+    cut or misread it), so that the usage is estimated; a usable one is kept
+    in `_answer_usage`."""
+    _answer_usage.set(None)
     if response_dict.get("status_code", 200) >= 300:
         return
     try:
@@ -234,6 +245,8 @@ def _converse_answer_check(response_dict: dict[str, Any], **_: Any) -> None:
         _usage_figures(answer["usage"])
     except UnusableUsage:
         response_dict["body"] = json.dumps({**answer, "usage": None}).encode()
+    else:
+        _answer_usage.set(_usage_read(answer["usage"])[0])
 
 
 def _raised_reading_answer(exc: BaseException) -> bool:
@@ -384,9 +397,38 @@ class BedrockConverseAdapter(Adapter):
 
     @translate_errors
     def complete(self, request: ChatRequest) -> ChatResult:
-        response = self._send("converse", request)
-        stop_reason = optional_text(response.get("stopReason"), LABEL, "its stopReason")
+        response = self._converse(request)
+        # Read before the rest: an answer found malformed is still charged for
+        # the usage it reports.
         usage, usage_so_far = _usage_read(response.get("usage"))
+        try:
+            return self._answer_read(request, response, usage, usage_so_far)
+        except MalformedAnswer as error:
+            paid_usage_attach(error, usage, request.model)
+            raise
+
+    def _converse(self, request: ChatRequest) -> Any:
+        """Converse's answer, as botocore read it. One botocore cannot read
+        is a `MalformedAnswer` carrying as paid the usage it reported, which
+        the before-parse hook read from it."""
+        try:
+            return self._send("converse", request)
+        except Exception as exc:
+            error = self.unreadable_answer(exc, streamed=False)
+            if error is None:
+                raise
+        # Raised outside the except block: no botocore exception as context.
+        raise paid_usage_attach(error, _answer_usage.get(), request.model)
+
+    def _answer_read(
+        self,
+        request: ChatRequest,
+        response: Any,
+        usage: Usage | None,
+        usage_so_far: Usage | None,
+    ) -> ChatResult:
+        """The result of a Converse answer whose usage was read."""
+        stop_reason = optional_text(response.get("stopReason"), LABEL, "its stopReason")
         self._refuse_failed_answer(stop_reason, usage=usage, model=request.model)
         output = required_object(response.get("output"), LABEL, "its output")
         message = required_object(member(output, "message"), LABEL, "its output message")
@@ -516,6 +558,11 @@ class BedrockConverseAdapter(Adapter):
                     elif "metadata" in event:
                         metadata = required_object(event["metadata"], LABEL, "a metadata event")
                         usage, usage_so_far = _usage_read(metadata.get("usage"))
+        except MalformedAnswer as error:
+            # An event malformed after the metadata: the answer is lost, but
+            # the provider reported, and charges, its usage.
+            paid_usage_attach(error, usage, request.model)
+            raise
         finally:
             events.close()
         if held:
@@ -540,10 +587,12 @@ class BedrockConverseAdapter(Adapter):
         )
 
     def _events_read(self, events: Any) -> Iterator[Any]:
-        """A ConverseStream's events. An event botocore cannot read once the
-        answer stopped (its messageStop came) is the closing metadata, whose
-        usage botocore reads with int(): it ends the events, and the usage is
-        estimated rather than the whole answer lost."""
+        """A ConverseStream's events. An event botocore cannot read raises its
+        `MalformedAnswer` here (so that the usage reported before it can be
+        attached), except once the answer stopped (its messageStop came): it
+        is then the closing metadata, whose usage botocore reads with int(),
+        and it ends the events, the usage estimated rather than the whole
+        answer lost."""
         stopped = False
         iterator = iter(events)
         while True:
@@ -552,11 +601,17 @@ class BedrockConverseAdapter(Adapter):
             except StopIteration:
                 return
             except Exception as exc:
-                if not stopped or self.unreadable_answer(exc, streamed=True) is None:
+                unreadable = self.unreadable_answer(exc, streamed=True)
+                if unreadable is None:
                     raise
-                return
-            stopped = stopped or (isinstance(event, dict) and "messageStop" in event)
-            yield event
+                if stopped:
+                    return
+            else:
+                stopped = stopped or (isinstance(event, dict) and "messageStop" in event)
+                yield event
+                continue
+            # Raised outside the except block: no botocore exception as context.
+            raise unreadable
 
     @translate_errors
     def list_models(self) -> list[str]:

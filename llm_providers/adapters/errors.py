@@ -11,6 +11,7 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from contextlib import suppress
 from email.utils import parsedate_to_datetime
+from typing import TypeVar
 
 from llm_providers.exceptions import ApplicationError
 
@@ -110,16 +111,26 @@ def malformed_answer(label: str, problem: str) -> MalformedAnswer:
     return MalformedAnswer(f"The {label} answer is malformed: {problem}.")
 
 
-def failed_answer_error(message: str, usage: Usage | None, model: str) -> UpstreamUnavailable:
-    """The error of an answer the provider ended as failed; the `usage` it
-    reported for it (the answer's usage object, a stream's closing figures),
-    when it did, is what the attempt used, and is paid."""
-    error = UpstreamUnavailable(message)
+_Error = TypeVar("_Error", bound=ProviderError)
+
+
+def paid_usage_attach(error: _Error, usage: Usage | None, model: str) -> _Error:
+    """`error`, of an answer the provider reported `usage` for (by the model
+    `model`), carrying that usage as paid: the provider's own figure for the
+    whole attempt, which it charges whatever became of the answer. Nothing
+    is attached when `usage` is None (none reported, or none usable)."""
     if usage is not None:
         error.paid_usage = usage
         error.paid_model = model
         error.paid_usage_final = True
     return error
+
+
+def failed_answer_error(message: str, usage: Usage | None, model: str) -> UpstreamUnavailable:
+    """The error of an answer the provider ended as failed; the `usage` it
+    reported for it (the answer's usage object, a stream's closing figures),
+    when it did, is what the attempt used, and is paid."""
+    return paid_usage_attach(UpstreamUnavailable(message), usage, model)
 
 
 class NotSupported(ProviderError):

@@ -52,6 +52,7 @@ from .base import (
 )
 from .content import JSON_MODE_INSTRUCTION, arguments_dump, content_text
 from .errors import (
+    MalformedAnswer,
     ProviderBadRequest,
     ProviderError,
     ProviderRateLimited,
@@ -62,6 +63,7 @@ from .errors import (
     failed_answer_error,
     is_redirect,
     malformed_answer,
+    paid_usage_attach,
     redirect_refused,
     retry_after_from_headers,
 )
@@ -258,14 +260,32 @@ class OpenAIChatAdapter(Adapter):
     def complete(self, request: ChatRequest) -> ChatResult:
         label = self.settings.provider_type
         response = answer_object(self._create(request, self._chat_arguments(request)), label)
-        choices = optional_list(member(response, "choices"), label, "its choices field")
-        if not choices:
-            raise malformed_answer(label, "it has no choices")
-        choice = required_object(choices[0], label, "its first choice")
+        # Read before the rest: an answer found malformed is still charged for
+        # the usage it reports.
         model = answered_model(member(response, "model"), request.model)
         usage, usage_so_far = usage_from_openai(
             member(response, "usage"), member(response, "service_tier")
         )
+        try:
+            return self._answer_read(request, response, model, usage, usage_so_far)
+        except MalformedAnswer as error:
+            paid_usage_attach(error, usage, model)
+            raise
+
+    def _answer_read(
+        self,
+        request: ChatRequest,
+        response: Any,
+        model: str,
+        usage: Usage | None,
+        usage_so_far: Usage | None,
+    ) -> ChatResult:
+        """The result of a non-streamed answer whose model and usage were read."""
+        label = self.settings.provider_type
+        choices = optional_list(member(response, "choices"), label, "its choices field")
+        if not choices:
+            raise malformed_answer(label, "it has no choices")
+        choice = required_object(choices[0], label, "its first choice")
         finish_reason = optional_text(member(choice, "finish_reason"), label, "its finish_reason")
         self._refuse_failed_answer(finish_reason, usage=usage, model=model)
         message = required_object(member(choice, "message"), label, "its message")
@@ -310,40 +330,48 @@ class OpenAIChatAdapter(Adapter):
         refused = False
         calls = _StreamedToolCalls(label)
         end = StreamEnd()
-        with response, cut.holding(httpx_response_socket(response.response)):
-            for chunk in self.events_read(response, cut=cut, end=end):
-                chunk = required_object(chunk, label, "a chunk of it")
-                model = answered_model(member(chunk, "model"), model)
-                tier = member(chunk, "service_tier")
-                service_tier = tier if isinstance(tier, str) and tier else service_tier
-                reported = member(chunk, "usage")
-                if reported is None:
-                    reported = _groq_usage(chunk)
-                if reported is not None:
-                    usage, usage_so_far = usage_from_openai(reported, service_tier)
-                # Some compatible servers send "choices": null beside their usage.
-                choices = optional_list(member(chunk, "choices"), label, "a chunk's choices field")
-                for choice in choices[:1]:
-                    choice = required_object(choice, label, "a chunk's choice")
-                    delta = optional_object(member(choice, "delta"), label, "a chunk's delta")
-                    for call in optional_list(
-                        member(delta, "tool_calls"), label, "a chunk's tool_calls field"
-                    ):
-                        if piece := calls.add(call):
-                            yield StreamChunk(unseen_text=piece, model=model)
-                    reason = optional_text(
-                        member(choice, "finish_reason"), label, "a chunk's finish_reason"
+        try:
+            with response, cut.holding(httpx_response_socket(response.response)):
+                for chunk in self.events_read(response, cut=cut, end=end):
+                    chunk = required_object(chunk, label, "a chunk of it")
+                    model = answered_model(member(chunk, "model"), model)
+                    tier = member(chunk, "service_tier")
+                    service_tier = tier if isinstance(tier, str) and tier else service_tier
+                    reported = member(chunk, "usage")
+                    if reported is None:
+                        reported = _groq_usage(chunk)
+                    if reported is not None:
+                        usage, usage_so_far = usage_from_openai(reported, service_tier)
+                    # Some compatible servers send "choices": null beside their usage.
+                    choices = optional_list(
+                        member(chunk, "choices"), label, "a chunk's choices field"
                     )
-                    if reason:
-                        finish_reason = reason
-                    text = _answer_text(member(delta, "content"), label)
-                    if refusal := _refusal_text(delta):
-                        refused = True
-                        text += refusal
-                    if text:
-                        yield StreamChunk(text=text, model=model)
-                # Once finished with its usage reported, only `[DONE]` follows.
-                end.whole = finish_reason is not None and usage is not None
+                    for choice in choices[:1]:
+                        choice = required_object(choice, label, "a chunk's choice")
+                        delta = optional_object(member(choice, "delta"), label, "a chunk's delta")
+                        for call in optional_list(
+                            member(delta, "tool_calls"), label, "a chunk's tool_calls field"
+                        ):
+                            if piece := calls.add(call):
+                                yield StreamChunk(unseen_text=piece, model=model)
+                        reason = optional_text(
+                            member(choice, "finish_reason"), label, "a chunk's finish_reason"
+                        )
+                        if reason:
+                            finish_reason = reason
+                        text = _answer_text(member(delta, "content"), label)
+                        if refusal := _refusal_text(delta):
+                            refused = True
+                            text += refusal
+                        if text:
+                            yield StreamChunk(text=text, model=model)
+                    # Once finished with its usage reported, only `[DONE]` follows.
+                    end.whole = finish_reason is not None and usage is not None
+        except MalformedAnswer as error:
+            # A chunk malformed after the usage chunk (or beside it): the
+            # answer is lost, but the provider reported, and charges, that usage.
+            paid_usage_attach(error, usage, model)
+            raise
         if finish_reason is None:
             # Unfinished, so not an answer; the usage the server reported for
             # it (its usage chunk came) is what it charges.

@@ -1,9 +1,12 @@
-"""`complete()` over answers the provider ended as failed while reporting
-their usage (an OpenAI-compatible `finish_reason: "error"`, Bedrock's
-`malformed_model_output` / `malformed_tool_use`): the attempt is an `error`
-row priced at what the provider reported, its cost settled with the budget
-and its tokens counted in the tpm window, then retried or fallen back."""
+"""`complete()` and `stream()` over answers the provider charged for that
+are no answer: ones it ended as failed while reporting their usage (an
+OpenAI-compatible `finish_reason: "error"`, Bedrock's `malformed_model_output`
+/ `malformed_tool_use`), and malformed ones whose usage is usable. The
+attempt is an `error` row priced at what the provider reported, its cost
+settled with the budget and its tokens counted in the tpm window, then
+retried or fallen back."""
 
+import dataclasses
 from decimal import Decimal
 
 import pytest
@@ -12,6 +15,8 @@ from llm_providers.adapters.errors import UpstreamUnavailable
 from llm_providers.completion import complete, stream
 from llm_providers.services import provider_config_create
 from tests.factories import BudgetFactory, ModelPriceFactory, TenantFactory
+from tests.upstreams.eventstream import event_encode
+from tests.upstreams.server import json_reply
 from usage.budget import BudgetExceeded
 from usage.models import Budget, CallLog
 
@@ -202,3 +207,308 @@ def test_tpm_limit_counts_the_tokens_a_failed_answer_reported(tenant, openai_ups
 
     # then the window counts what both attempts used, not the failed one's worst case
     assert _tpm_counted(config) == (30 + 40) + (30 + 1)
+
+
+# --- malformed answers that report their usage --------------------------------------
+# An answer the wire format does not allow (a tool call whose name is null, a
+# text block whose text is null, a chunk that is no object) is retried like
+# any outage, but its usage, when usable, is what the provider charged for it.
+
+ANTHROPIC_MODEL = "claude-sonnet-4-6"
+
+
+def _anthropic(tenant, upstream):
+    ModelPriceFactory(provider_type="anthropic", model=ANTHROPIC_MODEL, **PRICES)
+    return provider_config_create(
+        tenant=tenant,
+        name="anthropic",
+        provider_type="anthropic",
+        api_key="sk-ant-api03-Pa1dM4lf0rm3dQw4Er6Ty1Ui3",
+        base_url=upstream.base_url,
+        default_model=ANTHROPIC_MODEL,
+        is_default=True,
+        priority=1,
+    )
+
+
+def _priced_rows(request_id):
+    return [
+        (
+            log.attempt,
+            log.status,
+            log.error_code,
+            log.input_tokens,
+            log.output_tokens,
+            log.usage_estimated,
+            log.cost_usd,
+            log.price_source,
+        )
+        for log in CallLog.objects.filter(request_id=request_id).order_by("attempt")
+    ]
+
+
+def _inserted(script, chunk: bytes, *, from_end: int):
+    """`script` (a streamed reply, or a function building one) with `chunk`
+    sent before its last `from_end` chunks."""
+
+    def build(request):
+        reply = script(request) if callable(script) else script
+        chunks = list(reply.chunks)
+        at = len(chunks) - from_end
+        return dataclasses.replace(reply, chunks=[*chunks[:at], chunk, *chunks[at:]])
+
+    return build
+
+
+def _openai_answer(message: dict, usage: dict | None) -> dict:
+    return {
+        "id": "chatcmpl-x",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "gpt-4o-2024-08-06",
+        "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls"}],
+        "usage": usage,
+    }
+
+
+# A tool call whose name is null: no call the caller could make.
+NAMELESS_CALL = {
+    "role": "assistant",
+    "content": None,
+    "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": None, "arguments": "{}"}}
+    ],
+}
+USAGE_1000_500 = {"prompt_tokens": 1000, "completion_tokens": 500, "total_tokens": 1500}
+# 1,000 × $0.001 + 500 × $0.002; the retry's 10 × $0.001 + 5 × $0.002.
+MALFORMED_COST = Decimal("2.000")
+RETRY_COST = Decimal("0.020")
+
+
+def test_openai_malformed_answer_is_paid_at_its_usage_then_retried(tenant, openai_upstream):
+    # given a $10 cap, gpt-4o at $1,000 / $2,000 per million, a first answer
+    # of 1,000 / 500 tokens whose tool call has no name, then a proper answer
+    _block(tenant, "10")
+    _openai(tenant, openai_upstream)
+    openai_upstream.enqueue(json_reply(_openai_answer(NAMELESS_CALL, USAGE_1000_500), route="chat"))
+    openai_upstream.enqueue_chat("Hi", prompt_tokens=10, completion_tokens=5)
+
+    # when
+    result = complete(tenant=tenant, messages=HELLO, max_tokens=1000)
+
+    # then the malformed attempt's row is priced at the usage the provider reported
+    assert (result.content, result.attempts, result.cost_usd) == ("Hi", 2, RETRY_COST)
+    assert _priced_rows(result.request_id) == [
+        (1, "error", "upstream_unavailable", 1000, 500, False, MALFORMED_COST, "override"),
+        (2, "ok", "", 10, 5, False, RETRY_COST, "override"),
+    ]
+    failed = CallLog.objects.get(request_id=result.request_id, attempt=1)
+    assert (failed.error_message, failed.model_answered) == (
+        "The openai answer is malformed: a tool call has no name.",
+        "gpt-4o-2024-08-06",
+    )
+    # and the budget is settled with both attempts: what the provider charged
+    assert _spend(tenant) == Decimal("2.020")
+
+
+def test_anthropic_malformed_answer_is_paid_at_its_usage_then_retried(tenant, anthropic_upstream):
+    # given a first message of 1,000 / 500 tokens whose text block's text is null
+    _block(tenant, "10")
+    _anthropic(tenant, anthropic_upstream)
+    answer = {
+        "id": "msg_x",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-sonnet-4-6-20260217",
+        "content": [{"type": "text", "text": None}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 1000, "output_tokens": 500},
+    }
+    anthropic_upstream.enqueue(json_reply(answer, route="messages"))
+    anthropic_upstream.enqueue_message("Hi", input_tokens=10, output_tokens=5)
+
+    # when
+    result = complete(tenant=tenant, messages=HELLO, max_tokens=1000)
+
+    # then
+    assert (result.content, result.attempts, result.cost_usd) == ("Hi", 2, RETRY_COST)
+    assert _priced_rows(result.request_id) == [
+        (1, "error", "upstream_unavailable", 1000, 500, False, MALFORMED_COST, "override"),
+        (2, "ok", "", 10, 5, False, RETRY_COST, "override"),
+    ]
+    assert CallLog.objects.get(request_id=result.request_id, attempt=1).error_message == (
+        "The anthropic answer is malformed: a text block's text is null, not text."
+    )
+    assert _spend(tenant) == Decimal("2.020")
+
+
+@pytest.mark.parametrize(
+    ("output", "problem"),
+    [
+        (
+            {
+                "message": {
+                    "role": "assistant",
+                    "content": [{"toolUse": {"toolUseId": "t1", "name": None, "input": {}}}],
+                }
+            },
+            "a toolUse block has no name",
+        ),
+        ("Hi", "it could not be read (AttributeError)"),
+    ],
+    ids=["tool-use-name-null", "output-text-botocore-cannot-read"],
+)
+def test_bedrock_malformed_answer_is_paid_at_its_usage_then_retried(
+    tenant, bedrock_upstream, output, problem
+):
+    # given a first answer of 1,000 / 500 tokens that the adapter, or botocore
+    # after the before-parse hook read its usage, cannot read
+    _block(tenant, "10")
+    _bedrock(tenant, bedrock_upstream)
+    answer = {
+        "output": output,
+        "stopReason": "tool_use",
+        "usage": {"inputTokens": 1000, "outputTokens": 500, "totalTokens": 1500},
+        "metrics": {"latencyMs": 120},
+    }
+    bedrock_upstream.enqueue(json_reply(answer, route="converse"))
+    bedrock_upstream.enqueue_converse("Hi", input_tokens=10, output_tokens=5)
+
+    # when
+    result = complete(tenant=tenant, messages=HELLO, max_tokens=1000)
+
+    # then
+    assert (result.content, result.attempts, result.cost_usd) == ("Hi", 2, RETRY_COST)
+    assert _priced_rows(result.request_id) == [
+        (1, "error", "upstream_unavailable", 1000, 500, False, MALFORMED_COST, "override"),
+        (2, "ok", "", 10, 5, False, RETRY_COST, "override"),
+    ]
+    failed = CallLog.objects.get(request_id=result.request_id, attempt=1)
+    assert failed.error_message == f"The bedrock answer is malformed: {problem}."
+    assert failed.model_answered == BEDROCK_MODEL
+    assert _spend(tenant) == Decimal("2.020")
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"prompt_tokens": "1000", "completion_tokens": 500},
+        {"prompt_tokens": 1000, "completion_tokens": None},
+        None,
+    ],
+    ids=["text-figure", "no-output-figure", "none"],
+)
+def test_malformed_answer_without_usable_usage_is_logged_without_cost(
+    tenant, openai_upstream, usage
+):
+    # given a malformed first answer whose usage is not usable
+    _block(tenant, "10")
+    _openai(tenant, openai_upstream)
+    openai_upstream.enqueue(json_reply(_openai_answer(NAMELESS_CALL, usage), route="chat"))
+    openai_upstream.enqueue_chat("Hi", prompt_tokens=10, completion_tokens=5)
+
+    # when
+    result = complete(tenant=tenant, messages=HELLO, max_tokens=1000)
+
+    # then its row has no tokens and no cost (nothing to bill by: neither the
+    # answer nor its usage can be read), and the budget holds only the retry
+    assert _priced_rows(result.request_id) == [
+        (1, "error", "upstream_unavailable", 0, 0, False, None, ""),
+        (2, "ok", "", 10, 5, False, RETRY_COST, "override"),
+    ]
+    assert _spend(tenant) == RETRY_COST
+
+
+def test_openai_stream_malformed_after_its_usage_chunk_is_paid_at_that_usage(
+    tenant, openai_upstream
+):
+    # given a stream that sends "Hi", finishes, reports 1,000 / 500 tokens,
+    # then sends a chunk that is a number
+    _block(tenant, "10")
+    _openai(tenant, openai_upstream)
+    reply = openai_upstream.chat_stream_reply(
+        ["Hi"], model="gpt-4o-2024-08-06", prompt_tokens=1000, completion_tokens=500
+    )
+    openai_upstream.enqueue(_inserted(reply, b"data: 42\n\n", from_end=1))
+
+    # when
+    received = []
+    answer = stream(tenant=tenant, messages=HELLO, max_tokens=1000)
+    with pytest.raises(UpstreamUnavailable) as raised:
+        for text in answer:
+            received.append(text)
+
+    # then the caller keeps its text; the attempt is priced at the reported
+    # usage, not at an estimate of "Hi"; no retry (the caller has text)
+    assert received == ["Hi"]
+    assert raised.value.message == (
+        "The openai answer is malformed: a chunk of it is a number, not an object."
+    )
+    assert _priced_rows(answer.request_id) == [
+        (1, "error", "upstream_unavailable", 1000, 500, False, MALFORMED_COST, "override"),
+    ]
+    assert (answer.result.cost_usd, answer.result.usage_estimated) == (MALFORMED_COST, False)
+    assert len(openai_upstream.requests) == 1
+    assert _spend(tenant) == MALFORMED_COST
+
+
+def test_anthropic_stream_malformed_after_its_message_delta_is_paid_then_retried(
+    tenant, anthropic_upstream
+):
+    # given a tool call stream (no text for the caller) whose message_delta
+    # reports 1,000 / 500 tokens, followed by an event that is a list; then
+    # a proper stream
+    _block(tenant, "10")
+    _anthropic(tenant, anthropic_upstream)
+    tool_use = {"id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}}
+    reply = anthropic_upstream.message_stream_reply(
+        [], input_tokens=1000, output_tokens=500, tool_uses=[tool_use]
+    )
+    malformed = b"event: content_block_delta\ndata: [1]\n\n"
+    anthropic_upstream.enqueue(_inserted(reply, malformed, from_end=1))
+    anthropic_upstream.enqueue_message_stream(["Hi"], input_tokens=10, output_tokens=5)
+
+    # when
+    answer = stream(tenant=tenant, messages=HELLO, max_tokens=1000)
+
+    # then the retry answered; the first attempt is priced at its reported
+    # usage, not message_start's nor an estimate of the tool call's pieces
+    assert list(answer) == ["Hi"]
+    assert answer.result.cost_usd == RETRY_COST
+    assert _priced_rows(answer.request_id) == [
+        (1, "error", "upstream_unavailable", 1000, 500, False, MALFORMED_COST, "override"),
+        (2, "ok", "", 10, 5, False, RETRY_COST, "override"),
+    ]
+    assert _spend(tenant) == Decimal("2.020")
+
+
+def test_bedrock_stream_malformed_after_its_metadata_is_paid_at_that_usage(
+    tenant, bedrock_upstream
+):
+    # given a stream that sends "Hi", stops, reports 1,000 / 500 tokens in
+    # its metadata, then a text delta whose text is a number
+    _block(tenant, "10")
+    _bedrock(tenant, bedrock_upstream)
+    reply = bedrock_upstream.converse_stream_reply(["Hi"], input_tokens=1000, output_tokens=500)
+    malformed = event_encode("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": 5}})
+    bedrock_upstream.enqueue(_inserted(reply, malformed, from_end=0))
+
+    # when
+    received = []
+    answer = stream(tenant=tenant, messages=HELLO, max_tokens=1000)
+    with pytest.raises(UpstreamUnavailable) as raised:
+        for text in answer:
+            received.append(text)
+
+    # then
+    assert received == ["Hi"]
+    assert (
+        raised.value.message
+        == "The bedrock answer is malformed: a text delta is a number, not text."
+    )
+    assert _priced_rows(answer.request_id) == [
+        (1, "error", "upstream_unavailable", 1000, 500, False, MALFORMED_COST, "override"),
+    ]
+    assert (answer.result.cost_usd, answer.result.usage_estimated) == (MALFORMED_COST, False)
+    assert _spend(tenant) == MALFORMED_COST

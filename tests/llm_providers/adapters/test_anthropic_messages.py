@@ -904,6 +904,113 @@ def test_stream_raises_upstream_unavailable_when_an_event_is_malformed(
     # what came before it was delivered, and the stream fails
     assert received == ["Hi"]
     assert raised.value.message == f"The anthropic answer is malformed: {problem}."
+    # without usage: its final figures had not come
+    assert raised.value.paid_usage is None
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        [{"type": "text", "text": None}],
+        [{"type": "tool_use", "id": "toolu_1", "name": None, "input": {}}],
+        "Hi there!",
+    ],
+    ids=["text-null", "tool-use-name-null", "content-text"],
+)
+def test_complete_carries_the_usage_a_malformed_answer_reports_as_paid(
+    adapter, anthropic_upstream, content
+):
+    # given a message of 1,000 input tokens (300 of them cache reads) and 500
+    # output tokens whose content cannot be read
+    usage = {"input_tokens": 700, "output_tokens": 500, "cache_read_input_tokens": 300}
+    anthropic_upstream.enqueue(json_reply(_message(content, usage=usage), route="messages"))
+
+    # when
+    with pytest.raises(MalformedAnswer) as raised:
+        adapter.complete(_request())
+
+    # then the error carries that usage (cache reads added back) as paid
+    error = raised.value
+    assert error.paid_usage == Usage(input_tokens=1000, output_tokens=500, cache_read_tokens=300)
+    assert (error.paid_model, error.paid_usage_final, error.paid_usage_estimated) == (
+        "claude-sonnet-4-6-20260217",
+        True,
+        False,
+    )
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [{"input_tokens": 700, "output_tokens": "500"}, {"input_tokens": 700}, None],
+    ids=["text-figure", "no-output-figure", "none"],
+)
+def test_complete_carries_no_usage_when_a_malformed_answer_reports_none_usable(
+    adapter, anthropic_upstream, usage
+):
+    answer = _message([{"type": "text", "text": None}], usage=usage)
+    anthropic_upstream.enqueue(json_reply(answer, route="messages"))
+
+    with pytest.raises(MalformedAnswer) as raised:
+        adapter.complete(_request())
+
+    assert raised.value.paid_usage is None
+
+
+def _after_message_delta(event: bytes, delta_usage: object = None) -> list[bytes]:
+    """`_stream_events` with `event` between message_delta and message_stop."""
+    events = _stream_events(delta_usage=delta_usage)
+    return [*events[:-1], event, events[-1]]
+
+
+@pytest.mark.parametrize(
+    ("event", "problem"),
+    [
+        (b"event: content_block_delta\ndata: {oops\n\n", "an event of it is not JSON"),
+        (b"event: content_block_delta\ndata: [1]\n\n", "an event of it is a list, not an object"),
+        (
+            sse("message_delta", {"type": "message_delta", "delta": "end_turn"}),
+            "a message delta is text, not an object",
+        ),
+    ],
+    ids=["not-json", "a-list", "delta-text"],
+)
+def test_stream_carries_the_final_usage_reported_before_a_malformed_event_as_paid(
+    adapter, anthropic_upstream, event, problem
+):
+    # given message_start (40 input tokens), "Hi", the message_delta with
+    # the final 3 output tokens, then a malformed event
+    anthropic_upstream.enqueue_raw(
+        chunks=_after_message_delta(event), content_type="text/event-stream"
+    )
+
+    # when
+    received = []
+    with pytest.raises(MalformedAnswer) as raised:
+        for chunk in adapter.stream(_request()):
+            received.append(chunk.text)
+
+    # then the answer fails, carrying the reported usage, not message_start's
+    assert received == ["Hi"]
+    error = raised.value
+    assert error.message == f"The anthropic answer is malformed: {problem}."
+    assert error.paid_usage == Usage(input_tokens=40, output_tokens=3)
+    assert (error.paid_model, error.paid_usage_final) == ("claude-sonnet-4-6-20260217", True)
+    assert error.__context__ is None
+
+
+def test_stream_carries_no_usage_when_the_final_figure_before_a_malformed_event_is_garbage(
+    adapter, anthropic_upstream
+):
+    events = _after_message_delta(
+        b"event: content_block_delta\ndata: [1]\n\n", {"output_tokens": "three"}
+    )
+    anthropic_upstream.enqueue_raw(chunks=events, content_type="text/event-stream")
+
+    with pytest.raises(MalformedAnswer) as raised:
+        list(adapter.stream(_request()))
+
+    # the completion service estimates the output beside the prompt's figures
+    assert raised.value.paid_usage is None
 
 
 @pytest.mark.parametrize(

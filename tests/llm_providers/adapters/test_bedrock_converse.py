@@ -851,6 +851,106 @@ def test_complete_raises_upstream_unavailable_when_the_answer_is_malformed(
     assert error.message == f"The bedrock answer is malformed: {problem}."
 
 
+# 1,000 input tokens (300 of them cache reads, 200 cache writes) and 500 output tokens.
+PAID_USAGE = {
+    "inputTokens": 500,
+    "outputTokens": 500,
+    "cacheReadInputTokens": 300,
+    "cacheWriteInputTokens": 200,
+    "totalTokens": 1500,
+}
+
+
+@pytest.mark.parametrize(
+    ("answer", "problem"),
+    [
+        (_converse([{"text": 42}]), "a text block's text is a number, not text"),
+        (_converse([{"text": None}]), "it could not be read (ResponseParserError)"),
+        (
+            _converse([{"toolUse": {"toolUseId": "t1", "name": None, "input": {}}}]),
+            "a toolUse block has no name",
+        ),
+        (_converse(stopReason=7), "its stopReason is a number, not text"),
+        (_converse(output="Hi"), "it could not be read (AttributeError)"),
+        (_converse("Hi there!"), "it could not be read (AttributeError)"),
+        (
+            _converse([{"text": "Hi", "toolUse": {"name": "f"}}]),
+            "it could not be read (ResponseParserError)",
+        ),
+        (_converse(metrics={"latencyMs": "fast"}), "it could not be read (ValueError)"),
+    ],
+    ids=[
+        "text-a-number",
+        "text-null",
+        "tool-use-name-null",
+        "stop-reason-a-number",
+        "output-text",
+        "content-text",
+        "block-of-two-kinds",
+        "latency-text",
+    ],
+)
+def test_complete_carries_the_usage_a_malformed_answer_reports_as_paid(
+    adapter, bedrock_upstream, answer, problem
+):
+    # given an answer with usable usage whose rest the adapter, or botocore
+    # (after the before-parse hook read the usage), cannot read
+    bedrock_upstream.enqueue(json_reply({**answer, "usage": PAID_USAGE}, route="converse"))
+
+    # when
+    with pytest.raises(MalformedAnswer) as raised:
+        adapter.complete(_request())
+
+    # then the error carries that usage (cache reads and writes added back) as paid
+    error = raised.value
+    assert error.message == f"The bedrock answer is malformed: {problem}."
+    assert error.paid_usage == Usage(
+        input_tokens=1000, output_tokens=500, cache_read_tokens=300, cache_write_tokens=200
+    )
+    assert (error.paid_model, error.paid_usage_final, error.paid_usage_estimated) == (
+        MODEL,
+        True,
+        False,
+    )
+    assert error.__context__ is None
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        _converse(output="Hi", usage={"inputTokens": 1000, "outputTokens": 500.5}),
+        _converse(output="Hi", usage={"inputTokens": 1000}),
+        _converse(output="Hi", usage=None),
+        _converse([{"text": None}], usage={"inputTokens": "1000", "outputTokens": 500}),
+    ],
+    ids=["fraction-unread", "no-output-figure-unread", "none-unread", "text-figure"],
+)
+def test_complete_carries_no_usage_when_a_malformed_answer_reports_none_usable(
+    adapter, bedrock_upstream, answer
+):
+    bedrock_upstream.enqueue(json_reply(answer, route="converse"))
+
+    with pytest.raises(MalformedAnswer) as raised:
+        adapter.complete(_request())
+
+    assert raised.value.paid_usage is None
+
+
+def test_complete_unreadable_answer_carries_no_usage_of_an_earlier_answer(
+    adapter, bedrock_upstream
+):
+    # given an answer with usage, then an unreadable one without usage
+    bedrock_upstream.enqueue_converse("Hi", input_tokens=1000, output_tokens=500)
+    bedrock_upstream.enqueue(json_reply(_converse(output="Hi", usage=None), route="converse"))
+
+    adapter.complete(_request())
+    with pytest.raises(MalformedAnswer) as raised:
+        adapter.complete(_request())
+
+    # then the second carries none: the first's usage is not taken for its own
+    assert raised.value.paid_usage is None
+
+
 @pytest.mark.parametrize(
     "usage",
     [
@@ -985,6 +1085,47 @@ def test_stream_raises_upstream_unavailable_when_an_event_is_malformed(
     # what came before it was delivered, and the stream fails
     assert received == ["Hi"]
     assert raised.value.message == f"The bedrock answer is malformed: {problem}."
+    # without usage: its metadata had not come
+    assert raised.value.paid_usage is None
+
+
+@pytest.mark.parametrize(
+    ("frame", "problem"),
+    [
+        (
+            event_encode("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": 5}}),
+            "a text delta is a number, not text",
+        ),
+        (
+            event_encode("messageStop", {"stopReason": ["end_turn"]}),
+            "its stopReason is a list, not text",
+        ),
+    ],
+    ids=["text-a-number", "stop-reason-a-list"],
+)
+def test_stream_carries_the_usage_of_metadata_before_a_malformed_event_as_paid(
+    adapter, bedrock_upstream, frame, problem
+):
+    # given a whole stream (metadata: 1,000 input and 500 output tokens), then a malformed event
+    events = [*_stream_events(usage=PAID_USAGE), frame]
+    bedrock_upstream.enqueue_raw(
+        chunks=events, content_type=EVENT_STREAM_TYPE, route="converse_stream"
+    )
+
+    # when
+    received = []
+    with pytest.raises(MalformedAnswer) as raised:
+        for chunk in adapter.stream(_request()):
+            received.append(chunk.text)
+
+    # then the answer fails, carrying the metadata's usage as paid
+    assert received == ["Hi"]
+    error = raised.value
+    assert error.message == f"The bedrock answer is malformed: {problem}."
+    assert error.paid_usage == Usage(
+        input_tokens=1000, output_tokens=500, cache_read_tokens=300, cache_write_tokens=200
+    )
+    assert (error.paid_model, error.paid_usage_final) == (MODEL, True)
 
 
 @pytest.mark.parametrize(

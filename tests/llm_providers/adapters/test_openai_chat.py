@@ -1796,6 +1796,150 @@ def test_stream_raises_upstream_unavailable_when_a_chunk_is_malformed(
     assert received == ["Hel"]
     assert raised.value.code == "upstream_unavailable"
     assert raised.value.message == f"The openai answer is malformed: {problem}."
+    # without usage: none was reported before it
+    assert raised.value.paid_usage is None
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"role": "assistant", "content": 42},
+        {"role": "assistant", "content": [{"type": "text", "text": None}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": "c", "type": "function", "function": {"name": None}}],
+        },
+    ],
+    ids=["content-a-number", "text-part-null", "tool-call-name-null"],
+)
+def test_complete_carries_the_usage_a_malformed_answer_reports_as_paid(
+    adapter, openai_upstream, message
+):
+    # given an answer of 1,000 prompt and 500 completion tokens (200 of them
+    # cached, a priority tier) whose message cannot be read
+    usage = {
+        "prompt_tokens": 1000,
+        "completion_tokens": 500,
+        "total_tokens": 1500,
+        "prompt_tokens_details": {"cached_tokens": 200},
+    }
+    answer = _chat_answer(message, usage=usage, service_tier="priority")
+    openai_upstream.enqueue(json_reply(answer, route="chat"))
+
+    # when
+    with pytest.raises(MalformedAnswer) as raised:
+        adapter.complete(_request())
+
+    # then the error carries that usage as the provider's figure for the attempt
+    error = raised.value
+    assert error.paid_usage == Usage(
+        input_tokens=1000, output_tokens=500, cache_read_tokens=200, service_tier="priority"
+    )
+    assert (error.paid_model, error.paid_usage_final, error.paid_usage_estimated) == (
+        "gpt-4o-mini-2024-07-18",
+        True,
+        False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("answer", "paid_model"),
+    [
+        (_chat_answer(choices=[]), "gpt-4o-mini-2024-07-18"),
+        (_chat_answer(choices=["Hi"], model=None), "gpt-4o-mini"),
+    ],
+    ids=["no-choices", "choice-not-an-object-and-no-model"],
+)
+def test_complete_carries_the_usage_of_an_answer_without_a_readable_choice(
+    adapter, openai_upstream, answer, paid_model
+):
+    openai_upstream.enqueue(json_reply(answer, route="chat"))
+
+    with pytest.raises(MalformedAnswer) as raised:
+        adapter.complete(_request(model="gpt-4o-mini"))
+
+    # the usage is read before the choices; the model asked for stands for a missing one
+    assert raised.value.paid_usage == Usage(input_tokens=40, output_tokens=7)
+    assert raised.value.paid_model == paid_model
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"prompt_tokens": "1000", "completion_tokens": 500},
+        {"prompt_tokens": 1000, "completion_tokens": None},
+        {"prompt_tokens": 1000, "completion_tokens": 500, "prompt_tokens_details": "x"},
+        None,
+    ],
+    ids=["text-figure", "no-output-figure", "details-not-an-object", "none"],
+)
+def test_complete_carries_no_usage_when_a_malformed_answer_reports_none_usable(
+    adapter, openai_upstream, usage
+):
+    message = {"role": "assistant", "content": 42}
+    openai_upstream.enqueue(json_reply(_chat_answer(message, usage=usage), route="chat"))
+
+    with pytest.raises(MalformedAnswer) as raised:
+        adapter.complete(_request())
+
+    # nothing to bill by: the answer cannot be read, and its usage neither
+    assert raised.value.paid_usage is None
+    assert raised.value.paid_usage_final is False
+
+
+@pytest.mark.parametrize(
+    ("malformed", "problem"),
+    [
+        (b"data: 5\n\n", "a chunk of it is a number, not an object"),
+        (b"data: {oops\n\n", "a chunk of it is not JSON"),
+        (_chunk(_delta({"content": 5})), "its content is a number, not text"),
+    ],
+    ids=["a-number", "not-json", "content-a-number"],
+)
+def test_stream_carries_the_usage_reported_before_a_malformed_chunk_as_paid(
+    adapter, openai_upstream, malformed, problem
+):
+    # given a stream that finished, sent its usage chunk, then a malformed chunk
+    chunks = [
+        _chunk(_delta({"content": "Hi"})),
+        _chunk(_delta({}, finish_reason="stop")),
+        _chunk(usage={"prompt_tokens": 1000, "completion_tokens": 500, "total_tokens": 1500}),
+        malformed,
+        DONE,
+    ]
+    openai_upstream.enqueue_raw(chunks=chunks, content_type="text/event-stream")
+
+    # when
+    received = []
+    with pytest.raises(MalformedAnswer) as raised:
+        for chunk in adapter.stream(_request()):
+            received.append(chunk.text)
+
+    # then the answer fails, carrying the usage the provider reported as paid
+    assert received == ["Hi"]
+    error = raised.value
+    assert error.message == f"The openai answer is malformed: {problem}."
+    assert error.paid_usage == Usage(input_tokens=1000, output_tokens=500)
+    assert (error.paid_model, error.paid_usage_final) == ("gpt-4o-mini", True)
+    assert error.__context__ is None
+
+
+def test_stream_carries_the_usage_of_a_usage_chunk_whose_choices_are_malformed(
+    adapter, openai_upstream
+):
+    usage = {"prompt_tokens": 1000, "completion_tokens": 500}
+    chunks = [
+        _chunk(_delta({"content": "Hi"}, finish_reason="stop")),
+        _chunk({"0": {}}, usage=usage),
+        DONE,
+    ]
+    openai_upstream.enqueue_raw(chunks=chunks, content_type="text/event-stream")
+
+    with pytest.raises(MalformedAnswer) as raised:
+        list(adapter.stream(_request()))
+
+    assert raised.value.paid_usage == Usage(input_tokens=1000, output_tokens=500)
 
 
 @pytest.mark.parametrize(

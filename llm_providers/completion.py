@@ -969,12 +969,15 @@ def _call_with_retries(
     max_output: int,
     invoke,
     paid: list[Decimal | None] | None = None,
+    kept: list[Decimal | None] | None = None,
 ):
     """Run `invoke()` (one adapter call) until it succeeds, retrying retryable
     failures on this target, each attempt admitted by the rate limit; log the
     successful attempt, priced, and settle the budget with its cost.
     Returns (answer, cost, price source, latency ms); the costs of failed
-    attempts that were partly answered (and charged for) are added to `paid`."""
+    attempts that were partly answered (and charged for) are added to `paid`,
+    and those of the part of them the answer keeps (an embedding call's
+    batches whose vectors it returns) to `kept`."""
     attempt_on_target = 0
     paid = [] if paid is None else paid
     previous: ProviderError | None = None
@@ -987,7 +990,7 @@ def _call_with_retries(
                 answer = invoke()
             except ProviderError as error:
                 _log_provider_failure(
-                    call, target, error, started_at, attempt_started, paid, counted
+                    call, target, error, started_at, attempt_started, paid, counted, kept
                 )
                 _retry_or_raise(error, attempt_on_target, call.deadline)
                 previous = error
@@ -1037,26 +1040,41 @@ def _log_success(
 
 
 def _log_provider_failure(
-    call, target, error: ProviderError, started_at, started, paid, counted: TokensCounted | None
+    call,
+    target,
+    error: ProviderError,
+    started_at,
+    started,
+    paid,
+    counted: TokensCounted | None,
+    kept: list[Decimal | None] | None = None,
 ) -> None:
     """Record a failed attempt; what the provider answered before it failed
-    (`paid_usage`) is priced on its row and added to `paid`."""
+    (`paid_usage`) is priced on its row and added to `paid`, and the cost of
+    the part of it a later attempt's answer keeps (`paid_vectors_usage`) to
+    `kept`, when given."""
     if error.paid_usage is None:
         _log_failure(call, target, error, started_at, started)
         return
-    paid.append(
-        _log_paid_failure(
-            call,
-            target,
-            error,
-            started_at,
-            started,
-            usage=error.paid_usage,
-            answered_model=error.paid_model,
-            estimated=error.paid_usage_estimated,
-            counted=counted,
-        )
+    cost = _log_paid_failure(
+        call,
+        target,
+        error,
+        started_at,
+        started,
+        usage=error.paid_usage,
+        answered_model=error.paid_model,
+        estimated=error.paid_usage_estimated,
+        counted=counted,
     )
+    paid.append(cost)
+    if kept is None or error.paid_vectors_usage is None:
+        return
+    if error.paid_vectors_usage != error.paid_usage:
+        # The row also holds the batch whose vectors were refused: the part
+        # kept is priced on its own, at the prices of the row's day.
+        cost, _ = _priced(call, target, error.paid_vectors_usage, error.paid_model, started_at)
+    kept.append(cost)
 
 
 def _log_paid_failure(
@@ -1568,6 +1586,9 @@ def _embed_on_target(call: _Call, target: RouteTarget) -> EmbeddingResult:
     # The batches answered by failed attempts on this target: a retry sends
     # only the inputs after them, and its vectors must have their dimensions.
     # Another target would start over, as its vectors do not mix with these.
+    # A batch answered with vectors that were refused is paid (on its
+    # attempt's row, and by the budget) but not kept: the result counts only
+    # the batches whose vectors it returns.
     answered: list[list[float]] = []
     answered_tokens = 0
     answered_estimated = False
@@ -1585,23 +1606,23 @@ def _embed_on_target(call: _Call, target: RouteTarget) -> EmbeddingResult:
                 )
             )
         except ProviderError as error:
-            if error.paid_vectors and error.paid_usage is not None:
+            if error.paid_vectors and error.paid_vectors_usage is not None:
                 answered.extend(error.paid_vectors)
-                answered_tokens += error.paid_usage.input_tokens
+                answered_tokens += error.paid_vectors_usage.input_tokens
                 answered_estimated = answered_estimated or error.paid_usage_estimated
             raise
 
-    paid: list[Decimal | None] = []
+    kept: list[Decimal | None] = []
     with _gated(call, target, 0) as gate:
         embedded, cost, source, latency_ms = _call_with_retries(
-            call, target, gate, 0, attempt, paid
+            call, target, gate, 0, attempt, kept=kept
         )
     config = target.provider_config
     return EmbeddingResult(
         request_id=call.request_id,
         vectors=[*answered, *embedded.vectors],
         usage=Usage(input_tokens=answered_tokens + embedded.usage.input_tokens),
-        cost_usd=_cost_sum([*paid, cost]),
+        cost_usd=_cost_sum([*kept, cost]),
         price_source=source,
         provider=config.name,
         provider_config_id=config.pk,

@@ -27,9 +27,13 @@ class ProviderError(ApplicationError):
     failed; an answer the provider ended as failed, with the usage it
     reported), with the model that answered and whether it was estimated;
     `paid_vectors` are those batches' vectors, in input order, so that a
-    retry on the same target sends only the inputs that follow them.
+    retry on the same target sends only the inputs that follow them, and
+    `paid_vectors_usage` the part of `paid_usage` those batches used (the
+    rest, if any, is the batch that failed: answered with vectors that were
+    refused, but with its usage, which the provider charges).
     `paid_usage_final`: `paid_usage` is the provider's own figure for the
-    whole attempt (an answer it ended as failed), not only a part of it.
+    whole attempt (an answer it ended as failed, or found malformed), not
+    only a part of it.
     """
 
     code = "provider_error"
@@ -40,6 +44,7 @@ class ProviderError(ApplicationError):
     paid_model: str = ""
     paid_usage_final: bool = False
     paid_vectors: list[list[float]] | None = None
+    paid_vectors_usage: Usage | None = None
 
     def __init__(
         self,

@@ -407,6 +407,10 @@ class OpenAIChatAdapter(Adapter):
         for start in range(0, len(inputs), size):
             batch = inputs[start : start + size]
             failure: ProviderError | None = None
+            # Read before the vectors: a batch whose vectors are refused is
+            # still charged for the tokens it reports (0: none usable).
+            reported = 0
+            batch_model = ""
             try:
                 timeout = self.batch_timeout(request, start)
                 response = self._client.embeddings.create(
@@ -416,6 +420,8 @@ class OpenAIChatAdapter(Adapter):
                     timeout=self._timeout(timeout),
                 )
                 response = answer_object(response, label)
+                reported = _embed_prompt_tokens(response)
+                batch_model = answered_model(member(response, "model"), "")
                 batch_vectors = self._embedded_vectors(
                     member(response, "data"), len(batch), dimensions
                 )
@@ -429,23 +435,23 @@ class OpenAIChatAdapter(Adapter):
                     raise
             if failure is not None:
                 # Raised outside the except block: no SDK exception as context.
-                if vectors:
-                    # The batches answered before this one are paid for.
-                    failure.paid_usage = Usage(input_tokens=input_tokens)
-                    failure.paid_usage_estimated = estimated
-                    failure.paid_model = model or request.model
-                    failure.paid_vectors = vectors
-                raise failure
+                raise _embed_failure_paid(
+                    failure,
+                    vectors=vectors,
+                    usage=Usage(input_tokens=input_tokens),
+                    estimated=estimated,
+                    model=model or batch_model or request.model,
+                    refused_tokens=reported,
+                )
             vectors += batch_vectors
             # Every batch's vectors have the dimensions of the first one's.
             dimensions = dimensions or len(batch_vectors[0])
-            reported = _embed_prompt_tokens(response)
             if reported:
                 input_tokens += reported
             else:
                 input_tokens += sum(estimate_text_tokens(text) for text in batch)
                 estimated = True
-            model = model or answered_model(member(response, "model"), "")
+            model = model or batch_model
         return EmbedResult(
             vectors=vectors,
             usage=Usage(input_tokens=input_tokens),
@@ -808,6 +814,34 @@ def _embed_prompt_tokens(response: Any) -> int:
     except UnusableUsage:
         return 0
     return figures.get("prompt_tokens") or figures.get("total_tokens") or 0
+
+
+def _embed_failure_paid(
+    failure: ProviderError,
+    *,
+    vectors: list[list[float]],
+    usage: Usage,
+    estimated: bool,
+    model: str,
+    refused_tokens: int,
+) -> ProviderError:
+    """`failure`, of a batch of an embedding call, carrying what the provider
+    charges for: the batches answered before it (their `vectors` and
+    `usage`), which a retry keeps, and the batch itself when its answer was
+    refused (vectors not one per input, empty, not finite, of other
+    dimensions) but reported `refused_tokens` (0: none usable). The batch
+    then ended the attempt, so `usage` and it are the whole attempt's."""
+    if vectors:
+        failure.paid_usage = usage
+        failure.paid_usage_estimated = estimated
+        failure.paid_model = model
+        failure.paid_vectors = vectors
+        failure.paid_vectors_usage = usage
+    if refused_tokens:
+        paid_usage_attach(
+            failure, replace(usage, input_tokens=usage.input_tokens + refused_tokens), model
+        )
+    return failure
 
 
 def _embedding_vector(embedding: Any, label: str) -> list[float]:

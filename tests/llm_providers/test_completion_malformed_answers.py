@@ -422,7 +422,8 @@ def test_embed_retry_must_answer_vectors_of_the_dimensions_answered_before(tenan
     with pytest.raises(MalformedAnswer) as raised:
         embed(tenant=tenant, inputs=[f"text {n}" for n in range(120)], model=model)
 
-    # then the retry sent only the 20 inputs left, and its vectors were refused
+    # then the retry sent only the 20 inputs left, and its vectors were refused,
+    # though paid at the 40 tokens it reported
     assert [len(request.json["input"]) for request in openai_upstream.requests] == [100, 20, 20]
     message = (
         "The gemini answer is malformed: an embedding has 3 dimensions, not the 2 of the others."
@@ -431,7 +432,7 @@ def test_embed_retry_must_answer_vectors_of_the_dimensions_answered_before(tenan
     rows = CallLog.objects.filter(request_id=raised.value.extra["request_id"]).order_by("attempt")
     assert [(row.error_code, row.input_tokens, row.cost_usd) for row in rows] == [
         ("upstream_unavailable", 200, Decimal("0.2")),
-        ("upstream_unavailable", 0, None),
+        ("upstream_unavailable", 40, Decimal("0.04")),
     ]
     assert rows[1].error_message == message
 

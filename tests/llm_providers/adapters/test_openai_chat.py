@@ -2160,9 +2160,19 @@ def test_embed_refuses_an_answer_whose_vectors_do_not_match_the_inputs(
     with pytest.raises(MalformedAnswer) as raised:
         adapter.embed(EmbedRequest(model="nomic-embed-text", inputs=["a", "b"]))
 
-    assert raised.value.code == "upstream_unavailable"
-    assert raised.value.retryable is True
-    assert raised.value.message == f"The openai answer is malformed: {problem}."
+    error = raised.value
+    assert error.code == "upstream_unavailable"
+    assert error.retryable is True
+    assert error.message == f"The openai answer is malformed: {problem}."
+    # The provider billed the 2 tokens it reported: the attempt's whole usage,
+    # none of it kept (there are no vectors to keep).
+    assert error.paid_usage == Usage(input_tokens=2)
+    assert (error.paid_model, error.paid_usage_final, error.paid_usage_estimated) == (
+        "nomic-embed-text",
+        True,
+        False,
+    )
+    assert (error.paid_vectors, error.paid_vectors_usage) == (None, None)
 
 
 def test_embed_refuses_base64_vectors_holding_nan(adapter, openai_upstream):
@@ -2184,6 +2194,66 @@ def test_embed_refuses_an_answer_that_is_not_json(adapter, openai_upstream):
         adapter.embed(EmbedRequest(model="nomic-embed-text", inputs=["a"]))
 
     assert raised.value.message == "The openai answer is malformed: it is not JSON."
+    # Neither vectors nor usage can be read: nothing to bill by.
+    assert raised.value.paid_usage is None
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"prompt_tokens": -2, "total_tokens": -2},
+        {"prompt_tokens": "2", "total_tokens": "2"},
+        {"prompt_tokens": 0, "total_tokens": 0},
+        {"prompt_tokens": None, "total_tokens": None},
+        "two",
+        None,
+    ],
+    ids=["negative", "text", "zeros", "nulls", "not-an-object", "none"],
+)
+def test_embed_carries_no_usage_when_a_malformed_answer_reports_none_usable(
+    adapter, openai_upstream, usage
+):
+    openai_upstream.enqueue(_embeddings_answer(_vector_items([0.5], []), usage=usage))
+
+    with pytest.raises(MalformedAnswer) as raised:
+        adapter.embed(EmbedRequest(model="nomic-embed-text", inputs=["a", "b"]))
+
+    # an embedding is never free, and a figure that is no count bills nothing
+    assert raised.value.message == "The openai answer is malformed: an embedding is empty."
+    assert raised.value.paid_usage is None
+    assert raised.value.paid_usage_final is False
+
+
+def _embedding_adapter(provider_type: str, upstream) -> OpenAIChatAdapter:
+    if provider_type == "azure_openai":
+        return _azure(upstream, deployments={"embedder": "emb"})
+    keys = {"gemini": "AIzaSyTestKey1234567890", "mistral": "mistral-test-key-123456"}
+    return _adapter(provider_type, upstream.base_url, api_key=keys.get(provider_type, API_KEY))
+
+
+@pytest.mark.parametrize("provider_type", ["openai", "azure_openai", "gemini", "mistral", "ollama"])
+def test_embed_carries_the_usage_a_malformed_answer_reports_as_paid_on_every_preset(
+    openai_upstream, provider_type
+):
+    # given an answer of 2 vectors for 3 inputs, reporting 30 tokens, from a
+    # model named otherwise than the one asked for
+    adapter = _embedding_adapter(provider_type, openai_upstream)
+    openai_upstream.enqueue_embeddings([[0.5], [0.25]], model="embedder-002", prompt_tokens=30)
+
+    # when
+    with pytest.raises(MalformedAnswer) as raised:
+        adapter.embed(EmbedRequest(model="embedder", inputs=["a", "b", "c"]))
+
+    # then
+    error = raised.value
+    assert error.message == (
+        f"The {provider_type} answer is malformed: "
+        "its embeddings do not match the 3 inputs (indexes [0, 1])."
+    )
+    assert error.paid_usage == Usage(input_tokens=30)
+    assert (error.paid_model, error.paid_usage_final) == ("embedder-002", True)
+    assert error.paid_vectors is None
+    adapter.close()
 
 
 def test_embed_refuses_vectors_of_other_dimensions_than_an_earlier_attempt_answered(
@@ -2211,14 +2281,34 @@ def test_gemini_refuses_a_batch_whose_vectors_differ_from_the_earlier_batches(op
     with pytest.raises(MalformedAnswer) as raised:
         adapter.embed(EmbedRequest(model=model, inputs=[f"text {n}" for n in range(120)]))
 
-    # then the call fails, carrying the first batch as answered and paid
+    # then the call fails, carrying the first batch as answered and paid, and
+    # the second, refused, as paid at the 40 tokens it reported
     error = raised.value
     assert error.message == (
         "The gemini answer is malformed: an embedding has 3 dimensions, not the 2 of the others."
     )
-    assert error.paid_usage == Usage(input_tokens=200)
+    assert error.paid_usage == Usage(input_tokens=240)
+    assert (error.paid_model, error.paid_usage_final) == (model, True)
     assert error.paid_vectors == [[0.5, 0.5]] * 100
-    assert error.paid_model == model
+    assert error.paid_vectors_usage == Usage(input_tokens=200)
+
+
+def test_gemini_batch_refused_without_usable_usage_carries_only_the_earlier_batches(
+    openai_upstream,
+):
+    adapter = _adapter("gemini", openai_upstream.base_url, api_key="AIzaSyTestKey1234567890")
+    model = "gemini-embedding-001"
+    openai_upstream.enqueue_embeddings([[0.5, 0.5]] * 100, model=model, prompt_tokens=200)
+    openai_upstream.enqueue_embeddings([[0.5, 0.5, 0.5]] * 20, model=model, prompt_tokens=None)
+
+    with pytest.raises(MalformedAnswer) as raised:
+        adapter.embed(EmbedRequest(model=model, inputs=[f"text {n}" for n in range(120)]))
+
+    # the first batch's usage, as a part of the attempt's: the second's is not known
+    error = raised.value
+    assert error.paid_usage == error.paid_vectors_usage == Usage(input_tokens=200)
+    assert (error.paid_model, error.paid_usage_final) == (model, False)
+    assert error.paid_vectors == [[0.5, 0.5]] * 100
 
 
 @pytest.mark.parametrize(

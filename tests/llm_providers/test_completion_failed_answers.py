@@ -1,7 +1,8 @@
-"""`complete()` and `stream()` over answers the provider charged for that
-are no answer: ones it ended as failed while reporting their usage (an
-OpenAI-compatible `finish_reason: "error"`, Bedrock's `malformed_model_output`
-/ `malformed_tool_use`), and malformed ones whose usage is usable. The
+"""`complete()`, `stream()` and `embed()` over answers the provider charged
+for that are no answer: ones it ended as failed while reporting their usage
+(an OpenAI-compatible `finish_reason: "error"`, Bedrock's
+`malformed_model_output` / `malformed_tool_use`), and malformed ones (an
+embeddings batch's refused vectors included) whose usage is usable. The
 attempt is an `error` row priced at what the provider reported, its cost
 settled with the budget and its tokens counted in the tpm window, then
 retried or fallen back."""
@@ -12,7 +13,7 @@ from decimal import Decimal
 import pytest
 
 from llm_providers.adapters.errors import UpstreamUnavailable
-from llm_providers.completion import complete, stream
+from llm_providers.completion import complete, embed, stream
 from llm_providers.services import provider_config_create
 from tests.factories import BudgetFactory, ModelPriceFactory, TenantFactory
 from tests.upstreams.eventstream import event_encode
@@ -512,3 +513,174 @@ def test_bedrock_stream_malformed_after_its_metadata_is_paid_at_that_usage(
     ]
     assert (answer.result.cost_usd, answer.result.usage_estimated) == (MALFORMED_COST, False)
     assert _spend(tenant) == MALFORMED_COST
+
+
+# --- malformed embeddings answers that report their usage ---------------------------
+# Vectors that are not one per input, empty, not finite or of other
+# dimensions are refused, and the batch retried; the provider charged the
+# tokens the answer reported all the same.
+
+EMBEDDER = "embedder"
+
+
+def _embedder(tenant, upstream, provider_type, **extra):
+    """The tenant's default config of `provider_type`, embedding with
+    `EMBEDDER` at $1,000 per million input tokens."""
+    ModelPriceFactory(provider_type=provider_type, model=EMBEDDER, **PRICES)
+    fields = {"base_url": upstream.base_url, "api_key": "sk-proj-3mb3dd1ngsM4lf0rm3dQw4Er6Ty"}
+    if provider_type == "azure_openai":
+        fields = {
+            "base_url": upstream.url,
+            "api_key": "azure-key-0123456789abcdef0123",
+            "options": {"api_version": "2024-10-21", "deployments": {EMBEDDER: "emb"}},
+        }
+    elif provider_type == "ollama":
+        del fields["api_key"]
+    return provider_config_create(
+        tenant=tenant,
+        name=provider_type,
+        provider_type=provider_type,
+        default_model=EMBEDDER,
+        is_default=True,
+        priority=1,
+        **fields,
+        **extra,
+    )
+
+
+@pytest.mark.parametrize("provider_type", ["openai", "azure_openai", "mistral", "ollama"])
+def test_embed_malformed_answer_is_paid_at_its_usage_then_retried(
+    tenant, openai_upstream, provider_type
+):
+    # given a $10 cap, and a first answer of 1,000 tokens with two vectors
+    # for the three inputs, then a proper answer of 10 tokens
+    _block(tenant, "10")
+    _embedder(tenant, openai_upstream, provider_type)
+    openai_upstream.enqueue_embeddings([[0.5], [0.25]], model=EMBEDDER, prompt_tokens=1000)
+    openai_upstream.enqueue_embeddings([[0.5], [0.25], [1.0]], model=EMBEDDER, prompt_tokens=10)
+
+    # when
+    result = embed(tenant=tenant, inputs=["a", "b", "c"], model=EMBEDDER)
+
+    # then the refused answer's row is priced at the 1,000 tokens it reported
+    # ($1.000), the retry's at its 10 ($0.010); the result counts only the
+    # batch whose vectors it returns
+    assert result.vectors == [[0.5], [0.25], [1.0]]
+    assert (result.usage.input_tokens, result.usage_estimated) == (10, False)
+    assert (result.attempts, result.cost_usd) == (2, Decimal("0.010"))
+    assert _priced_rows(result.request_id) == [
+        (1, "error", "upstream_unavailable", 1000, 0, False, Decimal("1.000"), "override"),
+        (2, "ok", "", 10, 0, False, Decimal("0.010"), "override"),
+    ]
+    failed = CallLog.objects.get(request_id=result.request_id, attempt=1)
+    assert (failed.operation, failed.model_answered, failed.error_message) == (
+        "embed",
+        EMBEDDER,
+        f"The {provider_type} answer is malformed: "
+        "its embeddings do not match the 3 inputs (indexes [0, 1]).",
+    )
+    # and the budget is settled with both attempts: what the provider charged
+    assert _spend(tenant) == Decimal("1.010")
+
+
+def test_embed_batch_refused_after_earlier_ones_is_paid_and_only_it_is_sent_again(
+    tenant, openai_upstream
+):
+    # given Gemini (100 inputs per request) and 150 inputs: the first batch
+    # is answered (200 tokens), the second's vectors hold NaN (100 tokens
+    # reported), and the retry answers the second batch (100 tokens)
+    _block(tenant, "10")
+    _embedder(tenant, openai_upstream, "gemini")
+    texts = [f"text {n}" for n in range(150)]
+    openai_upstream.enqueue_embeddings(
+        [[float(n)] for n in range(100)], model=EMBEDDER, prompt_tokens=200
+    )
+    openai_upstream.enqueue_embeddings(
+        [[0.5]] * 49 + [[float("nan")]], model=EMBEDDER, prompt_tokens=100
+    )
+    openai_upstream.enqueue_embeddings(
+        [[float(n)] for n in range(100, 150)], model=EMBEDDER, prompt_tokens=100
+    )
+
+    # when
+    result = embed(tenant=tenant, inputs=texts, model=EMBEDDER)
+
+    # then the retry sends the refused batch again, and only it
+    assert [request.json["input"] for request in openai_upstream.requests] == [
+        texts[:100],
+        texts[100:],
+        texts[100:],
+    ]
+    # the first attempt's row holds both of its batches, as the provider
+    # billed them: 300 tokens, $0.300; the retry's its 100, $0.100
+    assert _priced_rows(result.request_id) == [
+        (1, "error", "upstream_unavailable", 300, 0, False, Decimal("0.300"), "override"),
+        (2, "ok", "", 100, 0, False, Decimal("0.100"), "override"),
+    ]
+    # the result counts the batches whose vectors it returns: 200 + 100
+    # tokens, $0.300, not the refused batch
+    assert result.vectors == [[float(n)] for n in range(150)]
+    assert (result.usage.input_tokens, result.usage_estimated) == (300, False)
+    assert (result.attempts, result.cost_usd, result.price_source) == (
+        2,
+        Decimal("0.300"),
+        "override",
+    )
+    # the budget holds every token billed: 400, $0.400
+    assert _spend(tenant) == Decimal("0.400")
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"prompt_tokens": -1000, "total_tokens": -1000},
+        {"prompt_tokens": "1000", "total_tokens": "1000"},
+        {"prompt_tokens": 0, "total_tokens": 0},
+        None,
+    ],
+    ids=["negative", "text-figure", "zeros", "none"],
+)
+def test_embed_malformed_answer_without_usable_usage_is_logged_without_cost(
+    tenant, openai_upstream, usage
+):
+    # given a first answer with an empty vector whose usage is not usable
+    _block(tenant, "10")
+    _embedder(tenant, openai_upstream, "openai")
+    answer = {
+        "object": "list",
+        "data": [{"object": "embedding", "index": 0, "embedding": []}],
+        "model": EMBEDDER,
+        "usage": usage,
+    }
+    openai_upstream.enqueue(json_reply(answer, route="embeddings"))
+    openai_upstream.enqueue_embeddings([[0.5]], model=EMBEDDER, prompt_tokens=10)
+
+    # when
+    result = embed(tenant=tenant, inputs=["a"], model=EMBEDDER)
+
+    # then its row has no tokens and no cost, and the budget holds only the retry
+    assert _priced_rows(result.request_id) == [
+        (1, "error", "upstream_unavailable", 0, 0, False, None, ""),
+        (2, "ok", "", 10, 0, False, Decimal("0.010"), "override"),
+    ]
+    assert result.cost_usd == Decimal("0.010")
+    assert _spend(tenant) == Decimal("0.010")
+
+
+@pytest.mark.redis
+def test_tpm_limit_counts_the_tokens_a_malformed_embeddings_answer_reported(
+    tenant, openai_upstream
+):
+    # given a tpm limit, and a refused answer (vectors of two dimension
+    # counts) of 40 tokens before a proper one of 30
+    config = _embedder(tenant, openai_upstream, "openai", tpm_limit=5000)
+    openai_upstream.enqueue_embeddings([[0.5, 0.5], [0.5]], model=EMBEDDER, prompt_tokens=40)
+    openai_upstream.enqueue_embeddings([[0.5], [0.5]], model=EMBEDDER, prompt_tokens=30)
+
+    # when
+    result = embed(tenant=tenant, inputs=["first text", "second text"], model=EMBEDDER)
+
+    # then the window counts what both attempts used, not the refused one's
+    # worst case (the inputs' estimate)
+    assert result.attempts == 2
+    assert _tpm_counted(config) == 40 + 30

@@ -1178,7 +1178,6 @@ def test_deadline_that_capped_a_lone_targets_last_attempt_ends_the_call(tenant, 
 
 
 @pytest.mark.usefixtures("openai_sdk_warm")
-@pytest.mark.usefixtures("openai_sdk_warm")
 def test_deadline_that_capped_a_lone_targets_last_attempt_ends_a_stream(tenant, openai_upstream):
     _openai(tenant, openai_upstream)
     openai_upstream.enqueue_chat_stream(["late"], delay=5, times=3)

@@ -12,6 +12,8 @@ from typing import Any
 
 from django.conf import settings
 
+from config.settings.consistency import RESERVATION_SETTLE_SECONDS, call_deadline_most
+
 from .exceptions import ApplicationError
 from .json_values import CONTROL_CHARACTERS, json_value_error, text_problem
 
@@ -203,9 +205,26 @@ def tools_validate(tools: Any) -> list[dict] | None:
 # time out; more than ten minutes outlasts any proxy in front of the API.
 MIN_DEADLINE_SECONDS = 1
 MAX_DEADLINE_SECONDS = 600
-DEADLINE_INVALID = (
-    f"deadline must be a number of seconds from {MIN_DEADLINE_SECONDS} to {MAX_DEADLINE_SECONDS}."
-)
+
+
+def deadline_most() -> float:
+    """The longest deadline a call may set: MAX_DEADLINE_SECONDS, or less when the
+    call's budget reservation would lapse before a call that long is settled
+    (USAGE_BUDGET_RESERVATION_TTL_SECONDS, config/settings/consistency.py)."""
+    return call_deadline_most(settings.USAGE_BUDGET_RESERVATION_TTL_SECONDS, MAX_DEADLINE_SECONDS)
+
+
+def deadline_invalid() -> str:
+    """What a deadline out of its bounds is told."""
+    most = deadline_most()
+    reason = (
+        ""
+        if most >= MAX_DEADLINE_SECONDS
+        else f" (budget reservations on this server last "
+        f"{settings.USAGE_BUDGET_RESERVATION_TTL_SECONDS:g} s, "
+        f"{RESERVATION_SETTLE_SECONDS} s of which are kept for settling the call)"
+    )
+    return f"deadline must be a number of seconds from {MIN_DEADLINE_SECONDS} to {most:g}{reason}."
 
 
 def deadline_validate(deadline: Any) -> float:
@@ -215,10 +234,10 @@ def deadline_validate(deadline: Any) -> float:
     if (
         isinstance(deadline, bool)
         or not isinstance(deadline, int | float)
-        or not MIN_DEADLINE_SECONDS <= deadline <= MAX_DEADLINE_SECONDS
+        or not MIN_DEADLINE_SECONDS <= deadline <= deadline_most()
     ):
         # NaN fails the range check too: no comparison with it holds.
-        raise InvalidRequest("deadline", DEADLINE_INVALID)
+        raise InvalidRequest("deadline", deadline_invalid())
     return float(deadline)
 
 

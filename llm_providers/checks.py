@@ -7,12 +7,20 @@ the rates from the environment with throttle_rate_parse, which writes them as
 DRF reads them; a rate set in Python settings is judged by the same function
 here, with the same message (naming the environment variable of its scope),
 and must be written as it writes it.
+
+Settings that depend on one another (a budget reservation's TTL and the
+call deadline, the Celery task time limit and the alert delivery time
+limits...) are held to the rules of config/settings/consistency.py: the
+settings refuse to start on a combination read from the environment, and
+this check reports one set in Python with the same message.
 """
 
+from django.conf import settings
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 from rest_framework.settings import api_settings
 
+from config.settings.consistency import RULED, settings_conflicts
 from config.settings.environment import throttle_rate_parse
 
 
@@ -42,3 +50,11 @@ def throttle_rates_check(app_configs, **kwargs):
                 )
             )
     return errors
+
+
+@checks.register(checks.Tags.compatibility)
+def settings_consistency_check(app_configs, **kwargs):
+    values = {name: getattr(settings, name) for name in RULED if hasattr(settings, name)}
+    return [
+        checks.Error(message, id="llm_providers.E002") for message in settings_conflicts(values)
+    ]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import smtplib
 import threading
+import time
 import traceback
 import uuid
 from collections.abc import Iterator
@@ -36,6 +37,7 @@ from django.template.defaultfilters import pluralize
 from django.template.loader import render_to_string
 from django.utils import timezone
 
+from config.settings.consistency import ALERT_DELIVERY_MARGIN_SECONDS
 from llm_providers.encryption import UnreadableSecret
 from llm_providers.models import ProviderConfig, Tenant, TenantMembership
 
@@ -70,8 +72,9 @@ logger = logging.getLogger(__name__)
 # than its send may take (see _claim_seconds).
 _CLAIM_SECONDS = 120
 # Beyond the send's own time limit: rendering, recording the outcome, and
-# resolving a webhook's host.
-_CLAIM_MARGIN_SECONDS = 60
+# resolving a webhook's host. CELERY_TASK_TIME_LIMIT leaves a task at least
+# this much more than the longer time limit (config/settings/consistency.py).
+_CLAIM_MARGIN_SECONDS = ALERT_DELIVERY_MARGIN_SECONDS
 # What an attempt reads until it records its outcome: if its worker is killed
 # mid-send, the attempt stays counted with this error once its claim expires.
 _NO_OUTCOME = AlertDelivery.NO_OUTCOME
@@ -778,13 +781,18 @@ def _send(delivery: AlertDelivery) -> _Sent:
     return _Sent(note=note, send_again=send_again)
 
 
-def _claim_seconds() -> float:
-    """How long a claim lasts: past the longest a send may take, so no second worker
-    sends while the first one still may."""
+def _attempt_seconds() -> float:
+    """The longest one attempt may take: its send, then recording its outcome."""
     longest = max(
         settings.USAGE_ALERT_EMAIL_TIMEOUT_SECONDS, settings.USAGE_ALERT_WEBHOOK_TIMEOUT_SECONDS
     )
-    return max(_CLAIM_SECONDS, longest + _CLAIM_MARGIN_SECONDS)
+    return longest + _CLAIM_MARGIN_SECONDS
+
+
+def _claim_seconds() -> float:
+    """How long a claim lasts: past the longest a send may take, so no second worker
+    sends while the first one still may."""
+    return max(_CLAIM_SECONDS, _attempt_seconds())
 
 
 def _backoff_seconds(attempts: int) -> int:
@@ -931,7 +939,14 @@ def _delivered_record(delivery: AlertDelivery, *, sent: _Sent, now) -> None:
 
 
 def alert_deliveries_send_due(*, now: datetime | None = None) -> int:
-    """Attempt every delivery that is due (new or waiting for a retry); return how many went out."""
+    """Attempt every delivery that is due (new or waiting for a retry); return how many went out.
+
+    One run sends them one after the other, and starts no attempt that might
+    not end (sent and recorded) before CELERY_TASK_TIME_LIMIT kills the task:
+    killed mid-send, an attempt would stay counted without its outcome. The
+    deliveries left wait for the next run.
+    """
+    stop_starting = time.monotonic() + settings.CELERY_TASK_TIME_LIMIT - _attempt_seconds()
     now = now or timezone.now()
     due = list(
         AlertDelivery.objects.filter(
@@ -942,6 +957,14 @@ def alert_deliveries_send_due(*, now: datetime | None = None) -> int:
     )
     delivered = 0
     for delivery_id in due:
+        if time.monotonic() > stop_starting:
+            logger.info(
+                "Alert deliveries: %s left for the next run, as one more might not end "
+                "within CELERY_TASK_TIME_LIMIT (%s s)",
+                len(due) - due.index(delivery_id),
+                settings.CELERY_TASK_TIME_LIMIT,
+            )
+            break
         delivery = alert_delivery_attempt(delivery_id=delivery_id, now=now)
         if delivery is not None and delivery.delivered_at:
             delivered += 1

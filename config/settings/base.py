@@ -6,6 +6,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from .consistency import settings_conflicts_refuse
 from .environment import (
     env_bool,
     env_choice,
@@ -282,6 +283,7 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_timeout": 5, "socket_connect_timeout"
 # 10 minutes: no usage task is expected to take longer; a hung one is killed.
 # At most an hour, the Redis broker's visibility timeout: a task not acknowledged
 # by then (acks late) is handed to another worker while the first still runs it.
+# At least an alert delivery's time limit and a minute (config/settings/consistency.py).
 CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", default=600, maximum=3600)
 
 # How often CallLog is rolled up into DailyUsage (threshold, error-rate and
@@ -302,6 +304,8 @@ USAGE_AGGREGATION_WORK_MEM = env_work_mem("USAGE_AGGREGATION_WORK_MEM", default=
 # own work_mem; the periodic run uses one.
 USAGE_AGGREGATION_WORKERS = env_int("USAGE_AGGREGATION_WORKERS", default=2, maximum=32)
 # Call logs older than this are deleted; DailyUsage is kept. 0 keeps them forever.
+# Else long enough for an aggregation to run over a day once it has ended
+# (config/settings/consistency.py).
 # At most 1,000 years: a "for ever" written as 9999999 days reaches back before
 # year 1, which no date can, and every aggregation and purge would fail.
 USAGE_CALL_LOG_RETENTION_DAYS = env_int(
@@ -330,7 +334,9 @@ if USAGE_BUDGET_BACKEND == "redis" and not USAGE_BUDGET_REDIS_URL:
         "(see docs/OPERATIONS.md)."
     )
 # A reservation not settled within this time is given back (a crashed worker
-# cannot hold budget for longer). Longer than the slowest stream; a day at most.
+# cannot hold budget for longer). A day at most; at least LLM_CALL_DEADLINE_SECONDS
+# and a minute to settle, and a call may set a deadline up to this less that
+# minute (config/settings/consistency.py).
 USAGE_BUDGET_RESERVATION_TTL_SECONDS = env_int(
     "USAGE_BUDGET_RESERVATION_TTL_SECONDS", default=900, maximum=86_400
 )
@@ -340,7 +346,8 @@ USAGE_BUDGET_COUNTER_REBUILD_SECONDS = env_int(
     "USAGE_BUDGET_COUNTER_REBUILD_SECONDS", default=3600, maximum=86_400
 )
 # Provider error-rate alerts: more than this share of errors among at least
-# MIN_REQUESTS attempts over the last WINDOW_MINUTES.
+# MIN_REQUESTS attempts over the last WINDOW_MINUTES, checked after each
+# aggregation: the window spans at least the aggregation interval.
 USAGE_ERROR_RATE_THRESHOLD = env_number("USAGE_ERROR_RATE_THRESHOLD", default=0.2, maximum=1.0)
 USAGE_ERROR_RATE_WINDOW_MINUTES = env_int(
     "USAGE_ERROR_RATE_WINDOW_MINUTES", default=15, maximum=1440
@@ -544,3 +551,8 @@ STREAM_KEEPALIVE_SECONDS = env_number("STREAM_KEEPALIVE_SECONDS", default=10.0, 
 LLM_DEFAULT_MAX_TOKENS_ESTIMATE = env_int(
     "LLM_DEFAULT_MAX_TOKENS_ESTIMATE", default=4096, maximum=1_000_000
 )
+
+# --- Settings that depend on one another ----------------------------------------
+# Each is read within its own range above; a combination that would break a
+# guarantee stops the start here, naming both settings (config/settings/consistency.py).
+settings_conflicts_refuse(globals())

@@ -14,7 +14,6 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from llm_providers.chat_input import (
-    DEADLINE_INVALID,
     MAX_DEADLINE_SECONDS,
     MAX_EMBED_INPUTS,
     MAX_STOP_SEQUENCES,
@@ -447,8 +446,6 @@ class TextOrTextListField(serializers.Field):
 class DeadlineField(serializers.Field):
     """Seconds the whole call may take: a JSON number within the bounds."""
 
-    default_error_messages = {"invalid": DEADLINE_INVALID}
-
     def __init__(self, **kwargs):
         kwargs.setdefault("required", False)
         kwargs.setdefault("allow_null", True)
@@ -456,15 +453,16 @@ class DeadlineField(serializers.Field):
             "help_text",
             "Seconds the whole call may take, retries, waits and fallbacks included; "
             "each attempt's timeout is capped at the time left. A streamed call is bounded "
-            "until its first chunk. Unset: the server's LLM_CALL_DEADLINE_SECONDS.",
+            "until its first chunk. Unset: the server's LLM_CALL_DEADLINE_SECONDS. At most "
+            "600, or the server's USAGE_BUDGET_RESERVATION_TTL_SECONDS less 60 when that is less.",
         )
         super().__init__(**kwargs)
 
     def to_internal_value(self, data):
         try:
             return deadline_validate(data)
-        except InvalidRequest:
-            self.fail("invalid")
+        except InvalidRequest as refused:
+            raise serializers.ValidationError(refused.message, code="invalid") from None
 
     def to_representation(self, value):
         return value

@@ -1160,6 +1160,17 @@ def test_documented_range_is_the_range_read(variable):
     )
 
 
+# Settings another one must exceed (config/settings/consistency.py): with
+# every other number at its minimum, the least the rules let each be. The
+# rules' own boundaries are tested under "settings that depend on one another".
+LEAST_WITH_THE_OTHERS_AT_MINIMUM = {
+    # LLM_CALL_DEADLINE_SECONDS (1) and a minute to settle
+    "USAGE_BUDGET_RESERVATION_TTL_SECONDS": "61",
+    # an alert delivery's time limit (0.001) and a minute to record its outcome
+    "CELERY_TASK_TIME_LIMIT": "61",
+}
+
+
 def _ends(end: str) -> dict[str, str]:
     """Every number the production settings read, set to one end of its range."""
     ends = {}
@@ -1171,7 +1182,9 @@ def _ends(end: str) -> dict[str, str]:
         if end == "maximum":
             ends[variable] = str(maximum)
         else:
-            ends[variable] = "0.001" if above_minimum else str(minimum)
+            ends[variable] = LEAST_WITH_THE_OTHERS_AT_MINIMUM.get(
+                variable, "0.001" if above_minimum else str(minimum)
+            )
     return ends
 
 
@@ -1922,3 +1935,183 @@ def test_call_log_retention_of_a_thousand_years_is_taken_and_purges():
 
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.split()[-2:] == ["99999", "True"]
+
+
+# --- settings that depend on one another --------------------------------------------------------
+
+# Each combination breaks a rule of config/settings/consistency.py by the
+# least it can, beside the defaults of the production settings.
+CONFLICTS = [
+    pytest.param(
+        {"USAGE_BUDGET_RESERVATION_TTL_SECONDS": "149"},
+        "USAGE_BUDGET_RESERVATION_TTL_SECONDS is 149, but a call holds its budget reservation "
+        "for up to LLM_CALL_DEADLINE_SECONDS (90) and 60 s more until it is settled: its "
+        "reservation would lapse while it runs, and calls in flight could spend past a blocking "
+        "budget. Set USAGE_BUDGET_RESERVATION_TTL_SECONDS to at least 150, or "
+        "LLM_CALL_DEADLINE_SECONDS to at most 89",
+        id="reservation-ttl",
+    ),
+    pytest.param(
+        {"LLM_CALL_DEADLINE_SECONDS": "600", "USAGE_BUDGET_RESERVATION_TTL_SECONDS": "659"},
+        "USAGE_BUDGET_RESERVATION_TTL_SECONDS is 659, but a call holds its budget reservation "
+        "for up to LLM_CALL_DEADLINE_SECONDS (600) and 60 s more until it is settled: its "
+        "reservation would lapse while it runs, and calls in flight could spend past a blocking "
+        "budget. Set USAGE_BUDGET_RESERVATION_TTL_SECONDS to at least 660, or "
+        "LLM_CALL_DEADLINE_SECONDS to at most 599",
+        id="call-deadline",
+    ),
+    pytest.param(
+        {"LLM_CALL_DEADLINE_SECONDS": "90.5", "USAGE_BUDGET_RESERVATION_TTL_SECONDS": "150"},
+        "USAGE_BUDGET_RESERVATION_TTL_SECONDS is 150, but a call holds its budget reservation "
+        "for up to LLM_CALL_DEADLINE_SECONDS (90.5) and 60 s more until it is settled: its "
+        "reservation would lapse while it runs, and calls in flight could spend past a blocking "
+        "budget. Set USAGE_BUDGET_RESERVATION_TTL_SECONDS to at least 151, or "
+        "LLM_CALL_DEADLINE_SECONDS to at most 90",
+        id="fractional-call-deadline",
+    ),
+    pytest.param(
+        # No deadline of at least a second fits in it: only the TTL can change.
+        {"USAGE_BUDGET_RESERVATION_TTL_SECONDS": "60", "LLM_CALL_DEADLINE_SECONDS": "1"},
+        "USAGE_BUDGET_RESERVATION_TTL_SECONDS is 60, but a call holds its budget reservation "
+        "for up to LLM_CALL_DEADLINE_SECONDS (1) and 60 s more until it is settled: its "
+        "reservation would lapse while it runs, and calls in flight could spend past a blocking "
+        "budget. Set USAGE_BUDGET_RESERVATION_TTL_SECONDS to at least 61",
+        id="reservation-ttl-of-a-minute",
+    ),
+    pytest.param(
+        {"CELERY_TASK_TIME_LIMIT": "119"},
+        "CELERY_TASK_TIME_LIMIT is 119, but an alert delivery may take "
+        "USAGE_ALERT_EMAIL_TIMEOUT_SECONDS (60) to send and 60 s more to record its outcome and "
+        "schedule its retry: Celery would kill the task before it does, and the attempt would "
+        "be lost. Set CELERY_TASK_TIME_LIMIT to at least 120, or "
+        "USAGE_ALERT_EMAIL_TIMEOUT_SECONDS to at most 59",
+        id="task-time-limit",
+    ),
+    pytest.param(
+        {"USAGE_ALERT_EMAIL_TIMEOUT_SECONDS": "540.5"},
+        "CELERY_TASK_TIME_LIMIT is 600, but an alert delivery may take "
+        "USAGE_ALERT_EMAIL_TIMEOUT_SECONDS (540.5) to send and 60 s more to record its outcome "
+        "and schedule its retry: Celery would kill the task before it does, and the attempt "
+        "would be lost. Set CELERY_TASK_TIME_LIMIT to at least 601, or "
+        "USAGE_ALERT_EMAIL_TIMEOUT_SECONDS to at most 540",
+        id="email-timeout",
+    ),
+    pytest.param(
+        {"USAGE_ALERT_WEBHOOK_TIMEOUT_SECONDS": "300", "CELERY_TASK_TIME_LIMIT": "359"},
+        "CELERY_TASK_TIME_LIMIT is 359, but an alert delivery may take "
+        "USAGE_ALERT_WEBHOOK_TIMEOUT_SECONDS (300) to send and 60 s more to record its outcome "
+        "and schedule its retry: Celery would kill the task before it does, and the attempt "
+        "would be lost. Set CELERY_TASK_TIME_LIMIT to at least 360, or "
+        "USAGE_ALERT_WEBHOOK_TIMEOUT_SECONDS to at most 299",
+        id="webhook-timeout",
+    ),
+    pytest.param(
+        {"USAGE_CALL_LOG_RETENTION_DAYS": "1"},
+        "USAGE_CALL_LOG_RETENTION_DAYS is 1, but a day is aggregated only until it is that many "
+        "days old, and the aggregation, every USAGE_AGGREGATION_INTERVAL_SECONDS (300), must "
+        "run once after the day has ended, with 2 hours to spare: the last call logs of a day "
+        "would never be counted in its daily usage. Set USAGE_CALL_LOG_RETENTION_DAYS to at "
+        "least 2, or to 0 to keep call logs for ever",
+        id="retention-of-a-day",
+    ),
+    pytest.param(
+        {
+            "USAGE_CALL_LOG_RETENTION_DAYS": "2",
+            "USAGE_AGGREGATION_INTERVAL_SECONDS": "79201",
+            "USAGE_ERROR_RATE_WINDOW_MINUTES": "1440",
+        },
+        "USAGE_CALL_LOG_RETENTION_DAYS is 2, but a day is aggregated only until it is that many "
+        "days old, and the aggregation, every USAGE_AGGREGATION_INTERVAL_SECONDS (79201), must "
+        "run once after the day has ended, with 2 hours to spare: the last call logs of a day "
+        "would never be counted in its daily usage. Set USAGE_CALL_LOG_RETENTION_DAYS to at "
+        "least 3, or to 0 to keep call logs for ever, or USAGE_AGGREGATION_INTERVAL_SECONDS to "
+        "at most 79200",
+        id="aggregation-interval-for-retention",
+    ),
+    pytest.param(
+        {"USAGE_AGGREGATION_INTERVAL_SECONDS": "901"},
+        "USAGE_ERROR_RATE_WINDOW_MINUTES is 15, but error rates are checked after each "
+        "aggregation, every USAGE_AGGREGATION_INTERVAL_SECONDS (901): the errors between the "
+        "end of one window and the start of the next would never be checked. Set "
+        "USAGE_ERROR_RATE_WINDOW_MINUTES to at least 16, or USAGE_AGGREGATION_INTERVAL_SECONDS "
+        "to at most 900",
+        id="error-rate-window",
+    ),
+]
+
+# The same combinations at their rules' boundaries: each starts.
+BOUNDARIES = [
+    pytest.param({"USAGE_BUDGET_RESERVATION_TTL_SECONDS": "150"}, id="reservation-ttl"),
+    pytest.param(
+        {"LLM_CALL_DEADLINE_SECONDS": "600", "USAGE_BUDGET_RESERVATION_TTL_SECONDS": "660"},
+        id="call-deadline",
+    ),
+    pytest.param(
+        {"LLM_CALL_DEADLINE_SECONDS": "90.5", "USAGE_BUDGET_RESERVATION_TTL_SECONDS": "151"},
+        id="fractional-call-deadline",
+    ),
+    pytest.param(
+        {"USAGE_BUDGET_RESERVATION_TTL_SECONDS": "61", "LLM_CALL_DEADLINE_SECONDS": "1"},
+        id="reservation-ttl-of-a-minute",
+    ),
+    pytest.param({"CELERY_TASK_TIME_LIMIT": "120"}, id="task-time-limit"),
+    pytest.param({"USAGE_ALERT_EMAIL_TIMEOUT_SECONDS": "540"}, id="email-timeout"),
+    pytest.param(
+        {"USAGE_ALERT_WEBHOOK_TIMEOUT_SECONDS": "300", "CELERY_TASK_TIME_LIMIT": "360"},
+        id="webhook-timeout",
+    ),
+    pytest.param({"USAGE_CALL_LOG_RETENTION_DAYS": "2"}, id="retention-of-two-days"),
+    pytest.param(
+        {
+            "USAGE_CALL_LOG_RETENTION_DAYS": "2",
+            "USAGE_AGGREGATION_INTERVAL_SECONDS": "79200",
+            "USAGE_ERROR_RATE_WINDOW_MINUTES": "1320",
+        },
+        id="aggregation-interval-for-retention",
+    ),
+    pytest.param({"USAGE_AGGREGATION_INTERVAL_SECONDS": "900"}, id="error-rate-window"),
+]
+
+
+@pytest.mark.parametrize(("variables", "message"), CONFLICTS)
+def test_settings_that_break_a_rule_between_them_stop_the_start_naming_both(variables, message):
+    result = _check("config.settings.production", **{**PRODUCTION_ENV, **variables})
+
+    assert result.returncode != 0
+    assert (
+        f"django.core.exceptions.ImproperlyConfigured: {message} (see docs/OPERATIONS.md).\n"
+        in result.stderr
+    )
+
+
+@pytest.mark.parametrize("variables", BOUNDARIES)
+def test_settings_at_the_boundary_of_a_rule_between_them_start(variables):
+    shown = _run(
+        [
+            "-c",
+            "import django, json; django.setup(); from django.conf import settings as s; "
+            f"print(json.dumps({{name: getattr(s, name) for name in {sorted(variables)!r}}}))",
+        ],
+        settings_module="config.settings.production",
+        env={**PRODUCTION_ENV, **variables},
+    )
+
+    assert shown.returncode == 0, shown.stderr
+    assert {name: float(value) for name, value in json.loads(shown.stdout).items()} == {
+        name: float(value) for name, value in variables.items()
+    }
+
+
+def test_a_worker_refuses_to_start_on_settings_that_break_a_rule_between_them():
+    # Workers and beat load the settings as the web application does: no system check runs there.
+    result = _run(
+        CELERY_REPORT,
+        settings_module=None,
+        env={**PRODUCTION_ENV, "CELERY_TASK_TIME_LIMIT": "100"},
+    )
+
+    assert result.returncode != 0
+    assert (
+        "django.core.exceptions.ImproperlyConfigured: CELERY_TASK_TIME_LIMIT is 100, but an "
+        "alert delivery may take USAGE_ALERT_EMAIL_TIMEOUT_SECONDS (60)" in result.stderr
+    )

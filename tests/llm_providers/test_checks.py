@@ -6,8 +6,9 @@ from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 from rest_framework.throttling import SimpleRateThrottle
 
+from config.settings.consistency import settings_conflicts_refuse
 from config.settings.environment import env_throttle_rate
-from llm_providers.checks import throttle_rates_check
+from llm_providers.checks import settings_consistency_check, throttle_rates_check
 
 
 def _rates(settings, **rates):
@@ -128,4 +129,66 @@ def test_manage_py_check_stops_on_a_rate_the_throttle_would_misread(settings):
     _rates(settings, anon="10/month")
 
     with pytest.raises(SystemCheckError, match=r"API_THROTTLE_ANON .*not '10/month'"):
+        call_command("check")
+
+
+# --- settings that depend on one another ---------------------------------------------------
+
+TTL_TOO_SHORT = (
+    "USAGE_BUDGET_RESERVATION_TTL_SECONDS is 149, but a call holds its budget reservation for up "
+    "to LLM_CALL_DEADLINE_SECONDS (90) and 60 s more until it is settled: its reservation would "
+    "lapse while it runs, and calls in flight could spend past a blocking budget. Set "
+    "USAGE_BUDGET_RESERVATION_TTL_SECONDS to at least 150, or LLM_CALL_DEADLINE_SECONDS to at "
+    "most 89 (see docs/OPERATIONS.md)."
+)
+
+
+def test_default_settings_agree_with_one_another(settings):
+    assert settings_consistency_check(None) == []
+
+
+def test_settings_set_in_python_that_break_a_rule_are_an_error_with_the_start_message(settings):
+    settings.USAGE_BUDGET_RESERVATION_TTL_SECONDS = 149
+    settings.LLM_CALL_DEADLINE_SECONDS = 90.0
+
+    errors = settings_consistency_check(None)
+
+    assert [(e.id, e.msg) for e in errors] == [("llm_providers.E002", TTL_TOO_SHORT)]
+    # The same message as for the settings read from the environment.
+    with pytest.raises(ImproperlyConfigured) as refused:
+        settings_conflicts_refuse(
+            {"USAGE_BUDGET_RESERVATION_TTL_SECONDS": 149, "LLM_CALL_DEADLINE_SECONDS": 90.0}
+        )
+    assert str(refused.value) == TTL_TOO_SHORT
+
+
+def test_settings_set_in_python_at_a_rules_boundary_pass(settings):
+    settings.USAGE_BUDGET_RESERVATION_TTL_SECONDS = 150
+    settings.LLM_CALL_DEADLINE_SECONDS = 90.0
+    settings.CELERY_TASK_TIME_LIMIT = 120
+    settings.USAGE_ALERT_EMAIL_TIMEOUT_SECONDS = 60.0
+
+    assert settings_consistency_check(None) == []
+
+
+def test_every_rule_a_python_setting_breaks_is_reported(settings):
+    settings.CELERY_TASK_TIME_LIMIT = 100
+    settings.USAGE_ALERT_WEBHOOK_TIMEOUT_SECONDS = 50.0
+    settings.USAGE_AGGREGATION_INTERVAL_SECONDS = 901
+
+    errors = settings_consistency_check(None)
+
+    assert [e.msg.split(",")[0] for e in errors] == [
+        "CELERY_TASK_TIME_LIMIT is 100",
+        "CELERY_TASK_TIME_LIMIT is 100",
+        "USAGE_ERROR_RATE_WINDOW_MINUTES is 15",
+    ]
+    assert "USAGE_ALERT_EMAIL_TIMEOUT_SECONDS (60)" in errors[0].msg
+    assert "USAGE_ALERT_WEBHOOK_TIMEOUT_SECONDS (50)" in errors[1].msg
+
+
+def test_manage_py_check_stops_on_settings_that_break_a_rule(settings):
+    settings.USAGE_BUDGET_RESERVATION_TTL_SECONDS = 149
+
+    with pytest.raises(SystemCheckError, match="USAGE_BUDGET_RESERVATION_TTL_SECONDS is 149"):
         call_command("check")

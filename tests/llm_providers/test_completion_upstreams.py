@@ -24,7 +24,7 @@ from llm_providers.chat_input import InvalidRequest
 from llm_providers.clients import adapter_for_config
 from llm_providers.completion import complete, embed, stream
 from llm_providers.services import provider_config_create
-from tests.factories import ModelPriceFactory, TenantFactory
+from tests.factories import ModelPriceFactory, ProviderConfigFactory, TenantFactory
 from tests.llm_providers.adapters.test_openai_chat import MISTRAL_THINKING_STREAM
 from tests.upstreams.server import Reply
 from usage.models import CallLog
@@ -1426,6 +1426,26 @@ def test_deadline_out_of_range_is_refused(tenant, deadline):
 
     assert raised.value.extra["field"] == "deadline"
     assert raised.value.message == "deadline must be a number of seconds from 1 to 600."
+
+
+@pytest.mark.parametrize(("deadline", "refused"), [(240, False), (240.001, True), (600, True)])
+def test_deadline_a_budget_reservation_would_not_outlast_is_refused(
+    tenant, settings, deadline, refused
+):
+    # Reservations of 300 s: a call and the minute to settle it fit in 300 s with 240 s.
+    settings.USAGE_BUDGET_RESERVATION_TTL_SECONDS = 300
+    ProviderConfigFactory(tenant=tenant, is_default=True)
+
+    if not refused:
+        assert complete(tenant=tenant, messages=HELLO, deadline=deadline).content
+        return
+    with pytest.raises(InvalidRequest) as raised:
+        list(stream(tenant=tenant, messages=HELLO, deadline=deadline))
+    assert raised.value.extra["field"] == "deadline"
+    assert raised.value.message == (
+        "deadline must be a number of seconds from 1 to 240 (budget reservations on this server "
+        "last 300 s, 60 s of which are kept for settling the call)."
+    )
 
 
 def test_stream_stopped_before_a_failed_answer_records_the_failure(tenant, openai_upstream):

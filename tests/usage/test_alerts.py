@@ -4,6 +4,7 @@ import datetime as dt
 import json
 import smtplib
 import threading
+import time
 import uuid
 from decimal import Decimal
 
@@ -2130,6 +2131,49 @@ def test_periodic_run_goes_on_when_a_tenant_is_deleted_while_its_alert_is_sent(s
     assert delivered == 1
     assert not AlertDelivery.objects.filter(alert__tenant_id=doomed.pk).exists()
     assert AlertDelivery.objects.get(alert__tenant=other).state == "delivered"
+
+
+class SlowBackend:
+    """An email backend whose mail server takes 1.2 s to take each message."""
+
+    sent = []
+
+    def __init__(self, **kwargs):
+        """Takes the backend options Django passes, and needs none."""
+
+    def send_messages(self, messages):
+        time.sleep(1.2)
+        type(self).sent.extend(messages)
+        return len(messages)
+
+
+@pytest.mark.django_db
+def test_periodic_run_starts_no_delivery_that_might_outlast_the_task_time_limit(settings):
+    # given three tenants' alert emails due, each taking 1.2 s to send, and a task
+    # time limit that leaves 2 s to start attempts in: an attempt may take the
+    # email's 2 s and a minute to record its outcome, 62 of the limit's 64 s
+    settings.EMAIL_BACKEND = "tests.usage.test_alerts.SlowBackend"
+    settings.USAGE_ALERT_EMAIL_TIMEOUT_SECONDS = 2.0
+    settings.USAGE_ALERT_WEBHOOK_TIMEOUT_SECONDS = 1.0
+    settings.CELERY_TASK_TIME_LIMIT = 64
+    SlowBackend.sent.clear()
+    for name in ("First", "Second", "Third"):
+        tenant = TenantFactory(name=name)
+        BudgetFactory(tenant=tenant, alert_percentages=[50], alert_emails="ops@example.com")
+        _spend(tenant, "6.00")
+    _aggregate()
+    budget_thresholds_check(now=NOW)
+
+    # when the periodic run sends them
+    delivered = alert_deliveries_send_due(now=NOW)
+
+    # then it sent two, and left the third, unclaimed and unattempted, to the next run
+    assert delivered == 2
+    assert len(SlowBackend.sent) == 2
+    left = AlertDelivery.objects.get(delivered_at__isnull=True)
+    assert (left.attempts, left.next_attempt_at is not None, left.claim) == (0, True, None)
+    assert alert_deliveries_send_due(now=NOW + dt.timedelta(minutes=1)) == 1
+    assert len(SlowBackend.sent) == 3
 
 
 @pytest.mark.django_db

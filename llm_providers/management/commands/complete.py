@@ -2,7 +2,7 @@
 
 from django.core.management.base import BaseCommand, CommandError
 
-from llm_providers.chat_input import DEADLINE_INVALID, deadline_validate
+from llm_providers.chat_input import deadline_invalid, deadline_validate
 from llm_providers.completion import complete, stream
 from llm_providers.exceptions import ApplicationError
 from llm_providers.management.arguments import text
@@ -104,4 +104,4 @@ def _deadline(value: str | None) -> float | None:
     try:
         return deadline_validate(float(value))
     except (ValueError, ApplicationError):
-        raise CommandError(f"--deadline: {DEADLINE_INVALID}") from None
+        raise CommandError(f"--deadline: {deadline_invalid()}") from None

@@ -624,6 +624,28 @@ def test_completion_answers_400_naming_the_bad_field(service_api, fake, body, fi
     assert not CallLog.objects.exists()
 
 
+def test_completion_deadline_longer_than_a_budget_reservation_lasts_answers_400(
+    service_api, fake, settings
+):
+    # given a server whose budget reservations last 300 s, a minute of it to settle a call
+    settings.USAGE_BUDGET_RESERVATION_TTL_SECONDS = 300
+
+    # when a call asks for more than the 240 s left
+    response = service_api.post(COMPLETIONS, {"messages": HELLO, "deadline": 240.5})
+
+    # then it is refused naming the longest deadline it may ask for, and why
+    assert response.status_code == 400
+    assert response.json()["error"]["fields"] == {
+        "deadline": [
+            "deadline must be a number of seconds from 1 to 240 (budget reservations on this "
+            "server last 300 s, 60 s of which are kept for settling the call)."
+        ]
+    }
+    assert not CallLog.objects.exists()
+    # and a call asking for all of it is answered
+    assert service_api.post(COMPLETIONS, {"messages": HELLO, "deadline": 240}).status_code == 200
+
+
 @pytest.mark.parametrize("field", ["messages", "tools"])
 def test_completion_answers_400_when_json_nested_too_deep(service_api, fake, field):
     # 850 levels: the decoder accepts them, a recursive walk of them would not

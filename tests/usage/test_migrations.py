@@ -65,7 +65,7 @@ def test_budget_alert_stored_without_its_limit_takes_its_budgets_and_does_not_al
 
 
 def _priced_counts_fill():
-    migration = importlib.import_module("usage.migrations.0010_daily_usage_priced_count")
+    migration = importlib.import_module("usage.migrations.0011_daily_usage_priced_count_fill")
     migration.priced_counts_fill(apps, None)
 
 
@@ -125,3 +125,33 @@ def test_priced_count_of_a_day_the_purge_cut_in_two_is_never_negative():
 
     # then the row counts no priced request (not minus one), and the fill went through
     assert list(DailyUsage.objects.values_list("model", "priced_count")) == [("tuned-x", 0)]
+
+
+def test_priced_counts_add_each_groups_charged_failures_in_its_tenants_days(monkeypatch):
+    # given a tenant in Tokyo with three groups that have one, one and two
+    # charged failed attempts, one of them at 23:30 UTC (the next day in Tokyo),
+    # each beside a priced answer, and writes of one group per statement
+    migration = importlib.import_module("usage.migrations.0011_daily_usage_priced_count_fill")
+    monkeypatch.setattr(migration, "_BATCH", 1)
+    tenant = TenantFactory(timezone="Asia/Tokyo")
+    config = ProviderConfigFactory(tenant=tenant)
+    at = dt.datetime(2026, 6, 14, 23, 30, tzinfo=dt.UTC)
+    failures = {"one-a": 1, "one-b": 1, "two": 2}
+    for model, count in failures.items():
+        CallLogFactory(tenant=tenant, provider_config=config, model_requested=model, created_at=at)
+        CallLogFactory.create_batch(
+            count, tenant=tenant, provider_config=config, model_requested=model,
+            model_answered="", status="error", cost_usd=Decimal("0.01"),
+            price_source="override", created_at=at,
+        )  # fmt: skip
+    daily_usage_recompute(first_day=dt.date(2026, 6, 14), last_day=dt.date(2026, 6, 15), now=NOW)
+    exact = dict(DailyUsage.objects.values_list("model", "priced_count"))
+    DailyUsage.objects.update(priced_count=0)
+
+    # when
+    migration.priced_counts_fill(apps, None)
+
+    # then every group counts its answer and its charged failures, on its Tokyo day
+    assert exact == {"one-a": 2, "one-b": 2, "two": 3}
+    assert set(DailyUsage.objects.values_list("day", flat=True)) == {dt.date(2026, 6, 15)}
+    assert dict(DailyUsage.objects.values_list("model", "priced_count")) == exact

@@ -5,6 +5,7 @@ import json
 import smtplib
 import threading
 import time
+import types
 import uuid
 from decimal import Decimal
 
@@ -16,6 +17,7 @@ from django.db.models import Sum
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from config.settings.consistency import RULED, settings_conflicts
 from llm_providers.models import Tenant, TenantMembership
 from tests.factories import (
     BudgetFactory,
@@ -1078,7 +1080,6 @@ def test_two_workers_delivering_one_alert_at_once_send_it_once(httpserver, allow
     posts = []
 
     def slow(request):
-        import time
 
         from werkzeug import Response
 
@@ -2134,46 +2135,92 @@ def test_periodic_run_goes_on_when_a_tenant_is_deleted_while_its_alert_is_sent(s
 
 
 class SlowBackend:
-    """An email backend whose mail server takes 1.2 s to take each message."""
+    """An email backend whose mail server takes 1.2 s to take each message, on
+    the clock the periodic run reads (`clock`, see slow_mail), not the machine's."""
 
     sent = []
+    clock = [0.0]
 
     def __init__(self, **kwargs):
         """Takes the backend options Django passes, and needs none."""
 
     def send_messages(self, messages):
-        time.sleep(1.2)
+        type(self).clock[0] += 1.2
         type(self).sent.extend(messages)
         return len(messages)
 
 
-@pytest.mark.django_db
-def test_periodic_run_starts_no_delivery_that_might_outlast_the_task_time_limit(settings):
-    # given three tenants' alert emails due, each taking 1.2 s to send, and a task
-    # time limit that leaves 2 s to start attempts in: an attempt may take the
-    # email's 2 s and a minute to record its outcome, 62 of the limit's 64 s
+@pytest.fixture
+def slow_mail(settings, monkeypatch):
+    """Alert emails sent through SlowBackend, whose clock the periodic run reads."""
     settings.EMAIL_BACKEND = "tests.usage.test_alerts.SlowBackend"
-    settings.USAGE_ALERT_EMAIL_TIMEOUT_SECONDS = 2.0
-    settings.USAGE_ALERT_WEBHOOK_TIMEOUT_SECONDS = 1.0
-    settings.CELERY_TASK_TIME_LIMIT = 64
     SlowBackend.sent.clear()
-    for name in ("First", "Second", "Third"):
+    SlowBackend.clock[0] = 1000.0
+
+    def monotonic():
+        # Time passes between two readings, however fast the code between them.
+        SlowBackend.clock[0] += 0.001
+        return SlowBackend.clock[0]
+
+    monkeypatch.setattr("usage.alerts.time", types.SimpleNamespace(monotonic=monotonic))
+    return SlowBackend
+
+
+def _tenants_alerting(*names):
+    for name in names:
         tenant = TenantFactory(name=name)
         BudgetFactory(tenant=tenant, alert_percentages=[50], alert_emails="ops@example.com")
         _spend(tenant, "6.00")
     _aggregate()
     budget_thresholds_check(now=NOW)
 
+
+@pytest.mark.django_db
+def test_periodic_run_starts_no_delivery_that_might_outlast_the_task_time_limit(
+    settings, slow_mail
+):
+    # given three tenants' alert emails due, each taking 1.2 s to send, and a task
+    # time limit that leaves 2 s to start attempts in: an attempt may take the
+    # email's 2 s and a minute to record its outcome, 62 of the limit's 64 s
+    settings.USAGE_ALERT_EMAIL_TIMEOUT_SECONDS = 2.0
+    settings.USAGE_ALERT_WEBHOOK_TIMEOUT_SECONDS = 1.0
+    settings.CELERY_TASK_TIME_LIMIT = 64
+    _tenants_alerting("First", "Second", "Third")
+
     # when the periodic run sends them
     delivered = alert_deliveries_send_due(now=NOW)
 
-    # then it sent two, and left the third, unclaimed and unattempted, to the next run
+    # then it sent two (at 0 and 1.2 s), and left the third (2.4 s), unclaimed
+    # and unattempted, to the next run
     assert delivered == 2
-    assert len(SlowBackend.sent) == 2
+    assert len(slow_mail.sent) == 2
     left = AlertDelivery.objects.get(delivered_at__isnull=True)
     assert (left.attempts, left.next_attempt_at is not None, left.claim) == (0, True, None)
     assert alert_deliveries_send_due(now=NOW + dt.timedelta(minutes=1)) == 1
-    assert len(SlowBackend.sent) == 3
+    assert len(slow_mail.sent) == 3
+
+
+@pytest.mark.django_db
+def test_periodic_run_sends_one_delivery_at_the_least_time_limit_the_settings_accept(
+    settings, slow_mail
+):
+    # given the least task time limit the settings accept beside the default
+    # timeouts (an email's 60 s and a minute), which leaves no time to start a
+    # second attempt in, and two tenants' alert emails due
+    settings.USAGE_ALERT_EMAIL_TIMEOUT_SECONDS = 60.0
+    settings.USAGE_ALERT_WEBHOOK_TIMEOUT_SECONDS = 5.0
+    settings.CELERY_TASK_TIME_LIMIT = 120
+    assert settings_conflicts({name: getattr(settings, name) for name in RULED}) == []
+    _tenants_alerting("First", "Second")
+
+    # when the periodic run sends them, twice
+    first = alert_deliveries_send_due(now=NOW)
+    second = alert_deliveries_send_due(now=NOW + dt.timedelta(minutes=1))
+
+    # then each run sent one: the first attempt of a run always starts
+    assert (first, second) == (1, 1)
+    assert len(slow_mail.sent) == 2
+    assert not AlertDelivery.objects.filter(delivered_at__isnull=True).exists()
 
 
 @pytest.mark.django_db

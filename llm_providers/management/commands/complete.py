@@ -35,7 +35,8 @@ class Command(BaseCommand):
             default=None,
             metavar="SECONDS",
             help=(
-                "How long the whole call may take, retries and fallbacks included (1 to 600; "
+                "How long the whole call may take, retries and fallbacks included (1 to 600, "
+                "and at most USAGE_BUDGET_RESERVATION_TTL_SECONDS less 60; "
                 "default: LLM_CALL_DEADLINE_SECONDS)."
             ),
         )
